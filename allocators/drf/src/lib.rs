@@ -1,0 +1,265 @@
+//! Hierarchical Dominant Resource Fairness, as Mesos' allocator does it.
+//!
+//! Source: DRF, Ghodsi et al., "Dominant Resource Fairness: Fair Allocation of Multiple Resource Types",
+//! NSDI 2011; Mesos' `HierarchicalAllocatorProcess` (roles sorted first, then frameworks within a role).
+//!
+//! One cycle, agent by agent (sorted by ID):
+//! 1. roles are ordered by weighted dominant share (`share / weight`), ties by name;
+//! 2. inside the first role that has a framework not filtered for this agent, frameworks are ordered by
+//!    dominant share, ties to the one with fewer allocations so far, then by ID;
+//! 3. that framework is offered everything available on the agent (whole-agent offers), except where the
+//!    role's quota limit caps a scalar, in which case the offer is split to fit under the limit;
+//! 4. shares are updated before the next agent.
+//!
+//! Agents whose available resources are below Mesos' minimum allocatable amount (0.01 cpus or 32 MiB mem)
+//! are skipped, so that fragments are not offered.
+
+use allot_policy::{Grant, Policy, Resources, Snapshot, dominant_share};
+use std::collections::BTreeMap;
+
+/// Mesos' `MIN_CPUS`: an offer must have at least this many cores, or [`MIN_MEM_MIB`] of memory.
+pub const MIN_CPUS: f64 = 0.01;
+/// Mesos' `MIN_MEM` in MiB.
+pub const MIN_MEM_MIB: f64 = 32.0;
+
+/// The DRF policy. Stateless: everything it needs is in the snapshot.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Drf;
+
+/// Whether `r` is worth offering (Mesos' `allocatable()`).
+pub fn is_allocatable(r: &Resources) -> bool {
+    r.scalar("cpus") >= MIN_CPUS || r.scalar("mem") >= MIN_MEM_MIB
+}
+
+struct RoleState<'a> {
+    weight: f64,
+    limit: Option<&'a Resources>,
+    allocation: Resources,
+    share: f64,
+    frameworks: Vec<usize>,
+}
+
+struct FrameworkState {
+    allocation: Resources,
+    allocations: u64,
+    share: f64,
+}
+
+impl Policy for Drf {
+    fn name(&self) -> &str {
+        "drf"
+    }
+
+    fn allocate(&mut self, s: &Snapshot) -> Vec<Grant> {
+        let mut roles: BTreeMap<&str, RoleState<'_>> = BTreeMap::new();
+        for r in &s.roles {
+            roles.insert(
+                &r.name,
+                RoleState {
+                    weight: if r.weight > 0.0 { r.weight } else { 1.0 },
+                    limit: r.quota_limit.as_ref(),
+                    allocation: r.allocation.clone(),
+                    share: dominant_share(&r.allocation, &s.total),
+                    frameworks: Vec::new(),
+                },
+            );
+        }
+        let mut fws: Vec<FrameworkState> = Vec::with_capacity(s.frameworks.len());
+        for (i, f) in s.frameworks.iter().enumerate() {
+            let role = roles.entry(&f.role).or_insert_with(|| RoleState {
+                weight: 1.0,
+                limit: None,
+                allocation: Resources::new(),
+                share: 0.0,
+                frameworks: Vec::new(),
+            });
+            role.frameworks.push(i);
+            fws.push(FrameworkState {
+                allocation: f.allocation.clone(),
+                allocations: f.allocations,
+                share: dominant_share(&f.allocation, &s.total),
+            });
+        }
+        roles.retain(|_, r| !r.frameworks.is_empty());
+
+        let mut grants = Vec::new();
+        let mut role_order: Vec<&str> = roles.keys().copied().collect();
+        for agent in &s.agents {
+            if !is_allocatable(&agent.available) {
+                continue;
+            }
+            role_order.sort_by(|a, b| {
+                let (ra, rb) = (&roles[a], &roles[b]);
+                (ra.share / ra.weight)
+                    .total_cmp(&(rb.share / rb.weight))
+                    .then_with(|| a.cmp(b))
+            });
+            for role_name in &role_order {
+                let role = &roles[role_name];
+                let offer = match role.limit {
+                    Some(limit) => headroom_cap(&agent.available, limit, &role.allocation),
+                    None => agent.available.clone(),
+                };
+                if !is_allocatable(&offer) {
+                    continue;
+                }
+                let pick = role
+                    .frameworks
+                    .iter()
+                    .copied()
+                    .filter(|&i| !s.frameworks[i].is_filtered(&agent.id))
+                    .min_by(|&a, &b| {
+                        fws[a]
+                            .share
+                            .total_cmp(&fws[b].share)
+                            .then(fws[a].allocations.cmp(&fws[b].allocations))
+                            .then_with(|| s.frameworks[a].id.cmp(&s.frameworks[b].id))
+                    });
+                let Some(i) = pick else { continue };
+                let fw = &mut fws[i];
+                fw.allocation.add(&offer);
+                fw.allocations += 1;
+                fw.share = dominant_share(&fw.allocation, &s.total);
+                let role = roles.get_mut(role_name).expect("role exists");
+                role.allocation.add(&offer);
+                role.share = dominant_share(&role.allocation, &s.total);
+                grants.push(Grant {
+                    framework: s.frameworks[i].id.clone(),
+                    agent: agent.id.clone(),
+                    resources: offer,
+                });
+                break;
+            }
+        }
+        grants
+    }
+}
+
+/// `available` with every scalar named in `limit` cut down to what the role may still receive.
+fn headroom_cap(available: &Resources, limit: &Resources, allocation: &Resources) -> Resources {
+    let mut out = available.clone();
+    for (name, cap) in limit.scalars() {
+        let room = (cap - allocation.scalar_milli(name)).max(0);
+        out.set_scalar_milli(name, out.scalar_milli(name).min(room));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allot_policy::{AgentView, FrameworkView, RoleView};
+
+    fn r(s: &str) -> Resources {
+        s.parse().unwrap()
+    }
+
+    fn agent(id: &str, res: &str) -> AgentView {
+        AgentView {
+            id: id.into(),
+            total: r(res),
+            available: r(res),
+        }
+    }
+
+    fn fw(id: &str, role: &str, alloc: &str) -> FrameworkView {
+        FrameworkView {
+            id: id.into(),
+            role: role.into(),
+            allocation: r(alloc),
+            allocations: 0,
+            filtered_agents: vec![],
+        }
+    }
+
+    fn snapshot(agents: Vec<AgentView>, frameworks: Vec<FrameworkView>, roles: Vec<RoleView>) -> Snapshot {
+        let mut total = Resources::new();
+        for a in &agents {
+            total.add(&a.total);
+        }
+        Snapshot {
+            total,
+            agents,
+            frameworks,
+            roles,
+        }
+    }
+
+    fn role(name: &str, weight: f64, alloc: &str) -> RoleView {
+        RoleView {
+            name: name.into(),
+            weight,
+            quota_limit: None,
+            allocation: r(alloc),
+        }
+    }
+
+    #[test]
+    fn whole_agents_go_to_the_lowest_dominant_share() {
+        // a holds 1/3 of cpus; b holds 4/9 of mem: a goes first.
+        let s = snapshot(
+            vec![agent("ag1", "cpus:9;mem:18")],
+            vec![fw("a", "r1", "cpus:3;mem:2"), fw("b", "r2", "cpus:1;mem:8")],
+            vec![role("r1", 1.0, "cpus:3;mem:2"), role("r2", 1.0, "cpus:1;mem:8")],
+        );
+        let g = Drf.allocate(&s);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].framework, "a");
+        assert_eq!(g[0].resources, r("cpus:9;mem:18"));
+    }
+
+    #[test]
+    fn shares_update_between_agents() {
+        let s = snapshot(
+            vec![agent("ag1", "cpus:4;mem:4096"), agent("ag2", "cpus:4;mem:4096")],
+            vec![fw("a", "*", ""), fw("b", "*", "")],
+            vec![],
+        );
+        let g = Drf.allocate(&s);
+        let who: Vec<_> = g.iter().map(|g| g.framework.as_str()).collect();
+        assert_eq!(who, ["a", "b"]);
+    }
+
+    #[test]
+    fn ties_go_to_fewer_allocations_then_name() {
+        let mut a = fw("a", "*", "");
+        a.allocations = 3;
+        let s = snapshot(vec![agent("ag1", "cpus:1;mem:64")], vec![a, fw("b", "*", "")], vec![]);
+        assert_eq!(Drf.allocate(&s)[0].framework, "b");
+    }
+
+    #[test]
+    fn weights_scale_role_shares() {
+        // r1 holds twice r2's share but has weight 3: r1's weighted share is lower.
+        let s = snapshot(
+            vec![agent("ag1", "cpus:10;mem:1000"), agent("ag2", "cpus:10;mem:1000")],
+            vec![fw("a", "r1", "cpus:2"), fw("b", "r2", "cpus:1")],
+            vec![role("r1", 3.0, "cpus:2"), role("r2", 1.0, "cpus:1")],
+        );
+        // total cpus 20: r1 share 0.1/3, r2 share 0.05.
+        assert_eq!(Drf.allocate(&s)[0].framework, "a");
+    }
+
+    #[test]
+    fn filters_skip_a_framework_for_an_agent() {
+        let mut a = fw("a", "*", "");
+        a.filtered_agents = vec!["ag1".into()];
+        let s = snapshot(vec![agent("ag1", "cpus:1;mem:64")], vec![a, fw("b", "*", "cpus:1")], vec![]);
+        assert_eq!(Drf.allocate(&s)[0].framework, "b");
+    }
+
+    #[test]
+    fn quota_limit_splits_the_agent() {
+        let mut lim = role("r1", 1.0, "");
+        lim.quota_limit = Some(r("cpus:2"));
+        let s = snapshot(vec![agent("ag1", "cpus:8;mem:1024")], vec![fw("a", "r1", "")], vec![lim]);
+        let g = Drf.allocate(&s);
+        assert_eq!(g[0].resources, r("cpus:2;mem:1024"));
+    }
+
+    #[test]
+    fn fragments_are_not_offered() {
+        let s = snapshot(vec![agent("ag1", "cpus:0.001;mem:8")], vec![fw("a", "*", "")], vec![]);
+        assert!(Drf.allocate(&s).is_empty());
+    }
+}

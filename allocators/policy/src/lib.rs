@@ -1,0 +1,125 @@
+//! The allocation policy seam.
+//!
+//! Layout:
+//! - [`resources`]: [`Resources`], a fixed-point bag of scalars (`cpus`, `mem`, ...) and ranges (`ports`);
+//! - this module: the [`Snapshot`] a policy sees, the [`Grant`]s it returns, and the [`Policy`] trait.
+//!
+//! A policy is a pure function: snapshot in, grants out. The host (the allocator service) builds the
+//! snapshot, keeps the books (offers, filters, suppression) and validates every grant before it becomes an
+//! offer, so a policy cannot overcommit an agent even if it tries.
+
+pub mod resources;
+
+pub use resources::{Resources, ResourcesError};
+
+/// An agent as a policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentView {
+    /// The agent's ID.
+    pub id: String,
+    /// Everything the agent has.
+    pub total: Resources,
+    /// What is neither offered nor used by a task: `total` minus the agent's allocation.
+    pub available: Resources,
+}
+
+/// A framework that wants offers in this cycle (active and not suppressed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameworkView {
+    /// The framework's ID.
+    pub id: String,
+    /// The role it receives offers for.
+    pub role: String,
+    /// What it holds now, offered and used, across all agents.
+    pub allocation: Resources,
+    /// How many offers it has received so far (DRF's tie-breaker: fewer goes first).
+    pub allocations: u64,
+    /// Agents it must not be offered now (offer filters from DECLINE with `refuse_seconds`), sorted.
+    pub filtered_agents: Vec<String>,
+}
+
+impl FrameworkView {
+    /// Whether an offer filter keeps `agent` away from this framework.
+    pub fn is_filtered(&self, agent: &str) -> bool {
+        self.filtered_agents
+            .binary_search_by(|a| a.as_str().cmp(agent))
+            .is_ok()
+    }
+}
+
+/// A role as a policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleView {
+    /// The role's name.
+    pub name: String,
+    /// Its weight (default 1.0): DRF compares `dominant share / weight`.
+    pub weight: f64,
+    /// Its quota limit: the role may not be allocated more than this. `None` means no limit.
+    pub quota_limit: Option<Resources>,
+    /// What the role holds now, offered and used, across all its frameworks.
+    pub allocation: Resources,
+}
+
+/// Everything a policy may look at in one allocation cycle.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The sum of every reachable agent's total resources: the denominator of every share.
+    pub total: Resources,
+    /// Agents with something available, sorted by ID.
+    pub agents: Vec<AgentView>,
+    /// Frameworks that want offers, sorted by ID.
+    pub frameworks: Vec<FrameworkView>,
+    /// Every role that has a framework or a configured weight or quota, sorted by name.
+    pub roles: Vec<RoleView>,
+}
+
+/// A policy's decision: offer `resources` of `agent` to `framework`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// A framework ID from the snapshot.
+    pub framework: String,
+    /// An agent ID from the snapshot.
+    pub agent: String,
+    /// Must be contained in the agent's available resources (less earlier grants on it in the same cycle).
+    pub resources: Resources,
+}
+
+/// An allocation policy: decides which framework is offered which resources.
+///
+/// Implementations must be deterministic: the same snapshot gives the same grants. The host validates every
+/// grant, drops invalid ones and counts them.
+pub trait Policy: Send {
+    /// A short name, e.g. `drf`.
+    fn name(&self) -> &str;
+    /// Runs one allocation cycle over `snapshot`.
+    fn allocate(&mut self, snapshot: &Snapshot) -> Vec<Grant>;
+}
+
+/// The dominant share of `allocation` in `total` (DRF, Ghodsi et al., NSDI 2011): the largest fraction of
+/// any one resource kind, in `[0, ∞)`. Kinds absent from `total` are ignored.
+pub fn dominant_share(allocation: &Resources, total: &Resources) -> f64 {
+    let mut share = 0.0_f64;
+    for (name, total_milli) in total.scalars() {
+        if total_milli <= 0 {
+            continue;
+        }
+        let used = allocation.scalar_milli(name);
+        share = share.max(used as f64 / total_milli as f64);
+    }
+    share
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dominant_share_is_the_largest_fraction() {
+        let total: Resources = "cpus:9;mem:18".parse().unwrap();
+        let a: Resources = "cpus:3;mem:2".parse().unwrap();
+        let b: Resources = "cpus:1;mem:8".parse().unwrap();
+        assert!((dominant_share(&a, &total) - 1.0 / 3.0).abs() < 1e-9);
+        assert!((dominant_share(&b, &total) - 4.0 / 9.0).abs() < 1e-9);
+        assert_eq!(dominant_share(&Resources::default(), &total), 0.0);
+    }
+}

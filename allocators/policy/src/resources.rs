@@ -1,0 +1,370 @@
+//! Resources: scalars in fixed point and ranges.
+//!
+//! Scalars (`cpus` in cores, `mem` and `disk` in MiB, `gpus`) are stored in thousandths, as Mesos rounds
+//! scalars to three decimal places, so that sums and differences never drift. Ranges (`ports`) are sets of
+//! inclusive intervals.
+//!
+//! The text form is Mesos' resource string: `cpus:2;mem:1024;ports:[31000-31099,32000-32000]`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// Scalars are stored as integer thousandths.
+pub const SCALE: i64 = 1000;
+
+/// The largest scalar accepted, in units: beyond this fixed point would overflow on sums.
+pub const MAX_SCALAR: f64 = 1e12;
+
+/// Why a resource value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourcesError {
+    /// The value is NaN or infinite.
+    #[error("resource '{name}' is not a finite number")]
+    NotFinite {
+        /// Resource name.
+        name: String,
+    },
+    /// The value is below zero.
+    #[error("resource '{name}' is negative ({value})")]
+    Negative {
+        /// Resource name.
+        name: String,
+        /// The refused value, as given.
+        value: String,
+    },
+    /// The value is larger than [`MAX_SCALAR`].
+    #[error("resource '{name}' is too large ({value}); the limit is 1e12")]
+    TooLarge {
+        /// Resource name.
+        name: String,
+        /// The refused value, as given.
+        value: String,
+    },
+    /// A range whose begin is after its end.
+    #[error("resource '{name}' has an empty range {begin}-{end}")]
+    BadRange {
+        /// Resource name.
+        name: String,
+        /// Range begin.
+        begin: u64,
+        /// Range end.
+        end: u64,
+    },
+    /// The resource has no name.
+    #[error("a resource has an empty name")]
+    NoName,
+    /// The text form could not be parsed.
+    #[error("cannot parse resources '{0}': expected e.g. 'cpus:2;mem:1024;ports:[31000-31099]'")]
+    Parse(String),
+}
+
+/// A bag of resources: named scalars in thousandths and named range sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Resources {
+    scalars: BTreeMap<String, i64>,
+    ranges: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+impl Resources {
+    /// An empty bag.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a scalar given in units (cores, MiB, ...).
+    ///
+    /// # Errors
+    /// NaN, infinite, negative or values above [`MAX_SCALAR`] are refused.
+    pub fn add_scalar(&mut self, name: &str, value: f64) -> Result<(), ResourcesError> {
+        let milli = to_milli(name, value)?;
+        if milli > 0 {
+            *self.scalars.entry(name.to_string()).or_insert(0) += milli;
+        }
+        Ok(())
+    }
+
+    /// Adds the inclusive range `[begin, end]` to the range resource `name`.
+    ///
+    /// # Errors
+    /// [`ResourcesError::BadRange`] if `begin > end`.
+    pub fn add_range(&mut self, name: &str, begin: u64, end: u64) -> Result<(), ResourcesError> {
+        if name.is_empty() {
+            return Err(ResourcesError::NoName);
+        }
+        if begin > end {
+            return Err(ResourcesError::BadRange {
+                name: name.into(),
+                begin,
+                end,
+            });
+        }
+        let set = self.ranges.entry(name.to_string()).or_default();
+        set.push((begin, end));
+        normalize(set);
+        Ok(())
+    }
+
+    /// A scalar in units (0.0 when absent).
+    pub fn scalar(&self, name: &str) -> f64 {
+        self.scalar_milli(name) as f64 / SCALE as f64
+    }
+
+    /// A scalar in thousandths (0 when absent).
+    pub fn scalar_milli(&self, name: &str) -> i64 {
+        self.scalars.get(name).copied().unwrap_or(0)
+    }
+
+    /// Sets a scalar in thousandths; 0 or less removes it.
+    pub fn set_scalar_milli(&mut self, name: &str, milli: i64) {
+        if milli > 0 {
+            self.scalars.insert(name.to_string(), milli);
+        } else {
+            self.scalars.remove(name);
+        }
+    }
+
+    /// Every scalar as `(name, thousandths)`, sorted by name.
+    pub fn scalars(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.scalars.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// Every range resource as `(name, intervals)`, sorted by name; intervals are disjoint and sorted.
+    pub fn ranges(&self) -> impl Iterator<Item = (&str, &[(u64, u64)])> {
+        self.ranges.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// Whether nothing is in the bag.
+    pub fn is_empty(&self) -> bool {
+        self.scalars.is_empty() && self.ranges.is_empty()
+    }
+
+    /// Whether every scalar and range of `other` is in `self`.
+    pub fn contains(&self, other: &Resources) -> bool {
+        other
+            .scalars
+            .iter()
+            .all(|(k, v)| self.scalar_milli(k) >= *v)
+            && other.ranges.iter().all(|(k, want)| {
+                let have = self.ranges.get(k).map(Vec::as_slice).unwrap_or(&[]);
+                want.iter()
+                    .all(|&(b, e)| have.iter().any(|&(hb, he)| hb <= b && e <= he))
+            })
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Resources) {
+        for (k, v) in &other.scalars {
+            *self.scalars.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &other.ranges {
+            let set = self.ranges.entry(k.clone()).or_default();
+            set.extend_from_slice(v);
+            normalize(set);
+        }
+    }
+
+    /// Removes `other` from `self`, saturating at zero (callers check [`Resources::contains`] first where an
+    /// overdraw is an error).
+    pub fn subtract(&mut self, other: &Resources) {
+        for (k, v) in &other.scalars {
+            if let Some(have) = self.scalars.get_mut(k) {
+                *have -= v;
+                if *have <= 0 {
+                    self.scalars.remove(k);
+                }
+            }
+        }
+        for (k, remove) in &other.ranges {
+            if let Some(set) = self.ranges.get_mut(k) {
+                for &(rb, re) in remove {
+                    let mut out = Vec::with_capacity(set.len() + 1);
+                    for &(b, e) in set.iter() {
+                        if re < b || rb > e {
+                            out.push((b, e));
+                            continue;
+                        }
+                        if b < rb {
+                            out.push((b, rb - 1));
+                        }
+                        if re < e {
+                            out.push((re + 1, e));
+                        }
+                    }
+                    *set = out;
+                }
+                if set.is_empty() {
+                    self.ranges.remove(k);
+                }
+            }
+        }
+    }
+
+    /// `self + other`, as a new bag.
+    pub fn plus(&self, other: &Resources) -> Resources {
+        let mut r = self.clone();
+        r.add(other);
+        r
+    }
+
+    /// `self - other` (saturating), as a new bag.
+    pub fn minus(&self, other: &Resources) -> Resources {
+        let mut r = self.clone();
+        r.subtract(other);
+        r
+    }
+
+    /// The scalars of `self` capped at `limit` (kinds absent from `limit` are kept whole); ranges are kept.
+    pub fn capped_by(&self, limit: &Resources) -> Resources {
+        let mut r = self.clone();
+        for (k, v) in r.scalars.iter_mut() {
+            if let Some(cap) = limit.scalars.get(k) {
+                *v = (*v).min(*cap);
+            }
+        }
+        r.scalars.retain(|_, v| *v > 0);
+        r
+    }
+}
+
+fn to_milli(name: &str, value: f64) -> Result<i64, ResourcesError> {
+    if name.is_empty() {
+        return Err(ResourcesError::NoName);
+    }
+    if !value.is_finite() {
+        return Err(ResourcesError::NotFinite { name: name.into() });
+    }
+    if value < 0.0 {
+        return Err(ResourcesError::Negative {
+            name: name.into(),
+            value: value.to_string(),
+        });
+    }
+    if value > MAX_SCALAR {
+        return Err(ResourcesError::TooLarge {
+            name: name.into(),
+            value: value.to_string(),
+        });
+    }
+    Ok((value * SCALE as f64).round() as i64)
+}
+
+fn normalize(set: &mut Vec<(u64, u64)>) {
+    set.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(set.len());
+    for &(b, e) in set.iter() {
+        match out.last_mut() {
+            Some(last) if b <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => out.push((b, e)),
+        }
+    }
+    *set = out;
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (k, v) in &self.scalars {
+            if !first {
+                f.write_str(";")?;
+            }
+            first = false;
+            write!(f, "{k}:{}", *v as f64 / SCALE as f64)?;
+        }
+        for (k, v) in &self.ranges {
+            if !first {
+                f.write_str(";")?;
+            }
+            first = false;
+            let parts: Vec<String> = v.iter().map(|(b, e)| format!("{b}-{e}")).collect();
+            write!(f, "{k}:[{}]", parts.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Resources {
+    type Err = ResourcesError;
+
+    /// Parses Mesos' resource string, e.g. `cpus:2;mem:1024;ports:[31000-31099]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut r = Resources::new();
+        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part
+                .split_once(':')
+                .ok_or_else(|| ResourcesError::Parse(s.into()))?;
+            let (name, value) = (name.trim(), value.trim());
+            if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+                for range in inner.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+                    let (b, e) = range
+                        .split_once('-')
+                        .ok_or_else(|| ResourcesError::Parse(s.into()))?;
+                    let b: u64 = b.trim().parse().map_err(|_| ResourcesError::Parse(s.into()))?;
+                    let e: u64 = e.trim().parse().map_err(|_| ResourcesError::Parse(s.into()))?;
+                    r.add_range(name, b, e)?;
+                }
+            } else {
+                let v: f64 = value.parse().map_err(|_| ResourcesError::Parse(s.into()))?;
+                r.add_scalar(name, v)?;
+            }
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> Resources {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn fixed_point_sums_do_not_drift() {
+        let mut acc = Resources::new();
+        for _ in 0..10 {
+            acc.add(&r("cpus:0.1"));
+        }
+        assert_eq!(acc, r("cpus:1"));
+        for _ in 0..10 {
+            acc.subtract(&r("cpus:0.1"));
+        }
+        assert!(acc.is_empty());
+    }
+
+    #[test]
+    fn contains_and_subtract_ranges() {
+        let agent = r("cpus:4;mem:1024;ports:[31000-31009]");
+        assert!(agent.contains(&r("cpus:4;ports:[31002-31003]")));
+        assert!(!agent.contains(&r("cpus:4.001")));
+        assert!(!agent.contains(&r("ports:[31009-31010]")));
+        let left = agent.minus(&r("cpus:1;ports:[31002-31003]"));
+        assert_eq!(left, r("cpus:3;mem:1024;ports:[31000-31001,31004-31009]"));
+        assert_eq!(left.plus(&r("cpus:1;ports:[31002-31003]")), agent);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut x = Resources::new();
+        assert!(matches!(x.add_scalar("cpus", f64::NAN), Err(ResourcesError::NotFinite { .. })));
+        assert!(matches!(x.add_scalar("cpus", -1.0), Err(ResourcesError::Negative { .. })));
+        assert!(matches!(x.add_scalar("mem", 1e308), Err(ResourcesError::TooLarge { .. })));
+        assert!(matches!(x.add_range("ports", 5, 4), Err(ResourcesError::BadRange { .. })));
+        assert!("cpus".parse::<Resources>().is_err());
+        assert!("cpus:abc".parse::<Resources>().is_err());
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let x = r("cpus:1.5;mem:256;ports:[1-2,4-4]");
+        assert_eq!(x.to_string(), "cpus:1.5;mem:256;ports:[1-2,4-4]");
+        assert_eq!(x.to_string().parse::<Resources>().unwrap(), x);
+    }
+
+    #[test]
+    fn capped_by_limits_scalars_only_where_limited() {
+        let x = r("cpus:8;mem:4096");
+        assert_eq!(x.capped_by(&r("cpus:2")), r("cpus:2;mem:4096"));
+    }
+}
