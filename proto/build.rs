@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "allot/agent/v1/agent.proto",
         "allot/operator/v1/operator.proto",
     ];
-    tonic_prost_build::configure().compile_protos(&protos, &["."])?;
+    tonic_prost_build::configure()
+        .include_file("allot.rs")
+        .compile_protos(&protos, &["."])?;
     Ok(())
 }

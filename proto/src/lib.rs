@@ -5,30 +5,22 @@
 //! units and semantics.
 #![allow(missing_docs, clippy::all)]
 
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/allot.rs"));
+}
+
 /// `allot.common.v1`: resources, agents, frameworks, tasks and their states.
-pub mod common {
-    tonic::include_proto!("allot.common.v1");
-}
+pub use generated::allot::common::v1 as common;
 /// `allot.registry.v1`: agent admission, liveness and roles.
-pub mod registry {
-    tonic::include_proto!("allot.registry.v1");
-}
+pub use generated::allot::registry::v1 as registry;
 /// `allot.scheduler.v1`: the framework-facing scheduler API.
-pub mod scheduler {
-    tonic::include_proto!("allot.scheduler.v1");
-}
+pub use generated::allot::scheduler::v1 as scheduler;
 /// `allot.allocator.v1`: the allocator's API for the offer-broker.
-pub mod allocator {
-    tonic::include_proto!("allot.allocator.v1");
-}
+pub use generated::allot::allocator::v1 as allocator;
 /// `allot.agent.v1`: launching and killing tasks, and status updates.
-pub mod agent {
-    tonic::include_proto!("allot.agent.v1");
-}
+pub use generated::allot::agent::v1 as agent;
 /// `allot.operator.v1`: read-only operator views.
-pub mod operator {
-    tonic::include_proto!("allot.operator.v1");
-}
+pub use generated::allot::operator::v1 as operator;
 
 pub use common::{TaskState, TaskStatus};
 

@@ -1,1 +1,58 @@
+//! Plumbing shared by the Allot services.
+//!
+//! Layout:
+//! - [`config`]: flags, `ALLOT_*` environment variables and an optional TOML file, in that precedence;
+//! - [`grpc`]: serving a tonic router with a health service and graceful shutdown; lazy client channels;
+//! - [`store`]: the etcd store: the key layout under `/allot/v1/` and protobuf values;
+//! - [`convert`]: protocol resources to and from [`allot_policy::Resources`], with validation;
+//! - [`shutdown`]: SIGINT/SIGTERM as a future.
 
+pub mod config;
+pub mod convert;
+pub mod grpc;
+pub mod shutdown;
+pub mod store;
+
+pub use store::{Store, StoreError};
+
+/// Unix time now, in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix time now, in seconds with a fraction.
+pub fn now_secs() -> f64 {
+    now_ms() as f64 / 1000.0
+}
+
+/// A new random ID (UUID v4 text form) with a readable prefix, e.g. `agent-…`, `offer-…`.
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        let x = random_u64() ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{prefix}-{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn random_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_i64(now_ms());
+    h.finish()
+}

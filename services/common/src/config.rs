@@ -1,0 +1,192 @@
+//! Configuration: command-line flags, then `ALLOT_*` environment variables, then a TOML file, then defaults.
+//!
+//! Every service's config is a `clap::Parser` whose flags carry `env = "ALLOT_..."` and which has a
+//! `--config FILE` flag (env `ALLOT_CONFIG`). The file's keys are the flags' long names, with `-` or `_`:
+//!
+//! ```toml
+//! listen = "127.0.0.1:5050"
+//! etcd-endpoints = ["http://127.0.0.1:2379"]
+//! allocation_interval = "1s"
+//! ```
+//!
+//! A file key is used only when neither its flag nor its environment variable is given.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+/// Exit code for a usage error (`EX_USAGE` from sysexits.h).
+pub const EX_USAGE: i32 = 64;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {source}")]
+    Toml {
+        /// The file.
+        path: String,
+        /// The parse error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value in the file has a type that cannot become a flag (a table).
+    #[error("config file {path}: key '{key}' must be a string, number, boolean or array")]
+    Value {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+    },
+    /// Flags or values are invalid.
+    #[error("{0}")]
+    Clap(#[from] clap::Error),
+}
+
+/// Parses the process's arguments into `C`, printing help or a clear error and exiting (0 for `--help` and
+/// `--version`, [`EX_USAGE`] for anything wrong) when it cannot.
+pub fn parse<C: clap::Parser>() -> C {
+    match try_parse_from::<C>(std::env::args_os().collect()) {
+        Ok(c) => c,
+        Err(ConfigError::Clap(e)) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { EX_USAGE } else { 0 });
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(EX_USAGE);
+        }
+    }
+}
+
+/// Parses `args` (with `argv[0]`) into `C`, merging the TOML file named by `--config` or `ALLOT_CONFIG`.
+///
+/// # Errors
+/// [`ConfigError`] when the file cannot be read or parsed, or when clap refuses the result.
+pub fn try_parse_from<C: clap::Parser>(args: Vec<OsString>) -> Result<C, ConfigError> {
+    let file = config_path(&args).or_else(|| std::env::var_os("ALLOT_CONFIG"));
+    let mut merged: Vec<OsString> = args.iter().take(1).cloned().collect();
+    if let Some(path) = file {
+        merged.extend(file_args(Path::new(&path), &args)?);
+    }
+    merged.extend(args.into_iter().skip(1));
+    Ok(C::try_parse_from(merged)?)
+}
+
+fn config_path(args: &[OsString]) -> Option<OsString> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "--config" {
+            return it.next().cloned();
+        }
+        if let Some(v) = s.strip_prefix("--config=") {
+            return Some(v.into());
+        }
+    }
+    None
+}
+
+fn file_args(path: &Path, args: &[OsString]) -> Result<Vec<OsString>, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| ConfigError::Toml {
+        path: shown.clone(),
+        source: Box::new(source),
+    })?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let env = format!("ALLOT_{}", key.to_uppercase().replace('-', "_"));
+        let given = args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == flag || a.starts_with(&format!("{flag}="))
+        });
+        if given || std::env::var_os(&env).is_some() || key == "config" {
+            continue;
+        }
+        let values = match value {
+            toml::Value::Array(items) => items,
+            v => vec![v],
+        };
+        for v in values {
+            match v {
+                toml::Value::String(s) => out.push(format!("{flag}={s}").into()),
+                toml::Value::Integer(i) => out.push(format!("{flag}={i}").into()),
+                toml::Value::Float(f) => out.push(format!("{flag}={f}").into()),
+                toml::Value::Boolean(true) => out.push(flag.clone().into()),
+                toml::Value::Boolean(false) => {}
+                _ => {
+                    return Err(ConfigError::Value {
+                        path: shown,
+                        key,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a duration with units (`500ms`, `5s`, `2m`) for clap's `value_parser`.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 500ms, 5s or 2m: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct T {
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long, default_value = "a")]
+        name: String,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        #[arg(long)]
+        verbose: bool,
+        #[arg(long)]
+        endpoint: Vec<String>,
+    }
+
+    #[test]
+    fn file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "name = 'file'\ninterval = '250ms'\nverbose = true\nendpoint = ['x', 'y']\n")
+            .unwrap();
+        let args = |extra: &[&str]| {
+            let mut v: Vec<OsString> = vec!["t".into(), "--config".into(), p.clone().into()];
+            v.extend(extra.iter().map(OsString::from));
+            v
+        };
+        let t: T = try_parse_from(args(&[])).unwrap();
+        assert_eq!(t.name, "file");
+        assert_eq!(t.interval, std::time::Duration::from_millis(250));
+        assert!(t.verbose);
+        assert_eq!(t.endpoint, ["x", "y"]);
+        let t: T = try_parse_from(args(&["--name", "flag"])).unwrap();
+        assert_eq!(t.name, "flag");
+    }
+
+    #[test]
+    fn bad_duration_is_a_clear_error() {
+        let e = try_parse_from::<T>(vec!["t".into(), "--interval".into(), "soon".into()]).unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
+    }
+}

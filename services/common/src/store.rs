@@ -1,0 +1,255 @@
+//! The etcd store: Allot's single source of durable truth.
+//!
+//! Key layout (one key per entity, protobuf values), under a root that defaults to `/allot/v1`:
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `agents/<agent_id>` | `AgentRecord` | registry |
+//! | `alive/<agent_id>` | empty, bound to the agent's lease | registry |
+//! | `frameworks/<framework_id>` | `FrameworkRecord` | offer-broker |
+//! | `tasks/<framework_id>/<task_id>` | `TaskRecord` | offer-broker |
+//! | `roles/<role>` | `Role` | registry |
+
+use etcd_client::{
+    Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use prost::Message;
+
+/// The default key root.
+pub const DEFAULT_ROOT: &str = "/allot/v1";
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// etcd could not be reached or refused the request.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// A stored value is not the protobuf message expected at its key.
+    #[error("corrupt value at {key}: {source}")]
+    Decode {
+        /// The key.
+        key: String,
+        /// The decode error.
+        source: prost::DecodeError,
+    },
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Etcd(e) => tonic::Status::unavailable(format!("etcd unavailable: {e}")),
+            e @ StoreError::Decode { .. } => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// The entity kinds, each a key prefix below the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `agents/`
+    Agents,
+    /// `alive/`
+    Alive,
+    /// `frameworks/`
+    Frameworks,
+    /// `tasks/`
+    Tasks,
+    /// `roles/`
+    Roles,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Agents => "agents",
+            Kind::Alive => "alive",
+            Kind::Frameworks => "frameworks",
+            Kind::Tasks => "tasks",
+            Kind::Roles => "roles",
+        }
+    }
+}
+
+/// A handle on etcd with Allot's key layout. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    root: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+impl Store {
+    /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`), using `root` as the key root.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`] if no endpoint answers.
+    pub async fn connect(endpoints: &[String], root: &str) -> Result<Self, StoreError> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(3))
+            .with_keep_alive(
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(5),
+            );
+        let client = Client::connect(endpoints, Some(opts)).await?;
+        Ok(Self {
+            client,
+            root: root.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The underlying etcd client, for leases and transactions beyond this API.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The key of entity `id` (which may contain `/`, e.g. `fw/task`) of `kind`.
+    pub fn key(&self, kind: Kind, id: &str) -> String {
+        format!("{}/{}/{}", self.root, kind.dir(), id)
+    }
+
+    /// The prefix of every key of `kind`, ending in `/`.
+    pub fn prefix(&self, kind: Kind) -> String {
+        format!("{}/{}/", self.root, kind.dir())
+    }
+
+    /// The entity ID of `key` of `kind` (the key less its prefix).
+    pub fn id_of<'a>(&self, kind: Kind, key: &'a str) -> &'a str {
+        let p = self.prefix(kind);
+        key.strip_prefix(p.as_str()).unwrap_or(key)
+    }
+
+    /// Writes `value` at `key`, bound to `lease` when given. Returns the new revision.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn put<M: Message>(&self, key: &str, value: &M, lease: Option<i64>) -> Result<i64, StoreError> {
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        let resp = self.client.kv_client().put(key, value.encode_to_vec(), opts).await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Writes every `(key, value)` in one transaction. Returns the new revision.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn put_all<M: Message>(&self, items: &[(String, M)]) -> Result<i64, StoreError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<TxnOp> = items
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.encode_to_vec(), None))
+            .collect();
+        let resp = self.client.kv_client().txn(Txn::new().and_then(ops)).await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Reads the message at `key` with its modification revision.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`], or [`StoreError::Decode`] if the value is not an `M`.
+    pub async fn get<M: Message + Default>(&self, key: &str) -> Result<Option<(M, i64)>, StoreError> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some((decode(kv.key(), kv.value())?, kv.mod_revision()))),
+        }
+    }
+
+    /// Whether `key` exists.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(key, Some(GetOptions::new().with_count_only()))
+            .await?;
+        Ok(resp.count() > 0)
+    }
+
+    /// Every entity under `prefix` (a full key prefix), with the store revision the read saw.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`], or [`StoreError::Decode`] for a value that is not an `M`.
+    pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<(Vec<(String, M)>, i64), StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            out.push((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv.key(), kv.value())?));
+        }
+        Ok((out, rev))
+    }
+
+    /// Every key under `prefix`, values ignored.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect())
+    }
+
+    /// Deletes `key`.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client.kv_client().delete(key, None).await?;
+        Ok(())
+    }
+
+    /// Deletes every key under `prefix`.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+            .await?;
+        Ok(())
+    }
+
+    /// Watches every key under `prefix` from revision `from` (inclusive; 0 means now).
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn watch(&self, prefix: &str, from: i64) -> Result<WatchStream, StoreError> {
+        let mut opts = WatchOptions::new().with_prefix();
+        if from > 0 {
+            opts = opts.with_start_revision(from);
+        }
+        Ok(self.client.watch_client().watch(prefix, Some(opts)).await?)
+    }
+}
+
+/// Decodes a protobuf value read at `key`.
+///
+/// # Errors
+/// [`StoreError::Decode`].
+pub fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M, StoreError> {
+    M::decode(value).map_err(|source| StoreError::Decode {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
