@@ -1,1 +1,82 @@
+//! The allocator: keeps the allocation books, runs allocation cycles through the active policy, and streams
+//! the resulting offers to the offer-broker.
+//!
+//! Layout:
+//! - [`books`]: pure bookkeeping of agents, frameworks, roles, offers, tasks and filters;
+//! - [`engine`]: the actor that owns the books, follows etcd, and runs cycles;
+//! - [`grpc`]: `allot.allocator.v1.Allocator`, which the offer-broker calls.
+//!
+//! Its view of the cluster comes from etcd (agents, their liveness, frameworks, tasks, roles) through watches;
+//! outstanding offers and filters are soft state that a new broker session resets.
 
+pub mod books;
+pub mod engine;
+pub mod grpc;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Allocator configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "allot-allocator", version, about = "Allot allocator: allocation cycles through a policy")]
+pub struct Config {
+    /// TOML file with defaults for any of these flags.
+    #[arg(long, env = "ALLOT_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5051")]
+    pub listen: String,
+    /// etcd endpoints (comma-separated or repeated).
+    #[arg(long, env = "ALLOT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// Key root in etcd.
+    #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = allot_common::store::DEFAULT_ROOT)]
+    pub etcd_root: String,
+    /// Time between periodic allocation cycles; events that add supply or demand also trigger one.
+    #[arg(long, env = "ALLOT_ALLOCATION_INTERVAL", default_value = "1s", value_parser = allot_common::config::parse_duration)]
+    pub allocation_interval: Duration,
+    /// The allocation policy. Built in: `drf`.
+    #[arg(long, env = "ALLOT_POLICY", default_value = "drf", value_parser = ["drf"])]
+    pub policy: String,
+}
+
+/// An allocator failure that stops the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// etcd could not be reached at start.
+    #[error(transparent)]
+    Store(#[from] allot_common::StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the allocator on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// [`Error::Store`] if etcd cannot be reached at start; [`Error::Transport`] if the server fails.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let store = allot_common::Store::connect(&config.etcd_endpoints, &config.etcd_root).await?;
+    let policy: Box<dyn allot_policy::Policy> = Box::new(allot_drf::Drf);
+    let engine = engine::Engine::start(store, policy, config.allocation_interval);
+    tracing::info!(
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        policy = %config.policy,
+        interval = ?config.allocation_interval,
+        "allocator serving"
+    );
+    let router = allot_common::grpc::server()
+        .add_service(allot_common::grpc::health().await)
+        .add_service(
+            allot_proto::allocator::allocator_server::AllocatorServer::new(grpc::AllocatorService::new(engine.clone()))
+                .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+        );
+    let result = allot_common::grpc::serve(router, listener, shutdown).await;
+    engine.stop();
+    result?;
+    Ok(())
+}

@@ -253,3 +253,73 @@ pub fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M, Store
         source,
     })
 }
+
+/// Follows every key under `prefix` for as long as the returned future runs: first a full listing, then a
+/// watch from the listing's revision. `on_change(id, Some(value))` is called for each key present or put,
+/// `on_change(id, None)` for each key deleted, where `id` is the key less `prefix`. When the watch fails (etcd
+/// restarted, revision compacted), it lists again after `retry`, reporting deletions for keys that vanished
+/// meanwhile, so the caller's view converges on etcd's.
+pub async fn follow_prefix(
+    store: Store,
+    prefix: String,
+    retry: std::time::Duration,
+    mut on_change: impl FnMut(&str, Option<&[u8]>) + Send,
+) {
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        if let Err(e) = follow_once(&store, &prefix, &mut known, &mut on_change).await {
+            tracing::warn!(%prefix, error = %e, "etcd watch failed; listing again");
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+async fn follow_once(
+    store: &Store,
+    prefix: &str,
+    known: &mut std::collections::HashSet<String>,
+    on_change: &mut (impl FnMut(&str, Option<&[u8]>) + Send),
+) -> Result<(), StoreError> {
+    let resp = store
+        .client
+        .kv_client()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut present = std::collections::HashSet::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        let id = key.strip_prefix(prefix).unwrap_or(&key).to_string();
+        on_change(&id, Some(kv.value()));
+        present.insert(id);
+    }
+    for gone in known.difference(&present) {
+        on_change(gone, None);
+    }
+    *known = present;
+    let mut stream = store.watch(prefix, rev + 1).await?;
+    while let Some(resp) = stream.message().await? {
+        if resp.canceled() {
+            return Err(StoreError::Etcd(etcd_client::Error::WatchError(format!(
+                "watch canceled: {}",
+                resp.cancel_reason()
+            ))));
+        }
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key());
+            let id = key.strip_prefix(prefix).unwrap_or(&key).to_string();
+            match ev.event_type() {
+                etcd_client::EventType::Put => {
+                    on_change(&id, Some(kv.value()));
+                    known.insert(id);
+                }
+                etcd_client::EventType::Delete => {
+                    on_change(&id, None);
+                    known.remove(&id);
+                }
+            }
+        }
+    }
+    Ok(())
+}

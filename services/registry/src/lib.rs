@@ -1,1 +1,68 @@
+//! The registry: admission and liveness of agents, and roles with weights and quota limits.
+//!
+//! Layout: [`Config`] and [`run`] here; the gRPC service `allot.registry.v1.Registry` in [`grpc`].
+//!
+//! An agent registers with its `AgentInfo` and gets an `AgentID`; the registry writes its `AgentRecord` and an
+//! `alive/<agent_id>` key bound to an etcd lease whose TTL is the agent timeout. Each heartbeat renews the lease.
+//! When heartbeats stop, etcd expires the lease, the `alive` key disappears, and every watcher (allocator,
+//! offer-broker) sees the agent become unreachable. The registry keeps no state of its own that etcd does not
+//! hold: after a restart it finds each agent's lease again from its `alive` key.
 
+pub mod grpc;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Registry configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "allot-registry", version, about = "Allot registry: agents, their liveness, and roles")]
+pub struct Config {
+    /// TOML file with defaults for any of these flags.
+    #[arg(long, env = "ALLOT_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5050")]
+    pub listen: String,
+    /// etcd endpoints (comma-separated or repeated).
+    #[arg(long, env = "ALLOT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    /// Key root in etcd.
+    #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = allot_common::store::DEFAULT_ROOT)]
+    pub etcd_root: String,
+    /// How long an agent may go without a heartbeat before it is unreachable (etcd rounds up to whole seconds).
+    #[arg(long, env = "ALLOT_AGENT_TIMEOUT", default_value = "15s", value_parser = allot_common::config::parse_duration)]
+    pub agent_timeout: Duration,
+}
+
+/// A registry failure that stops the service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// etcd could not be reached at start.
+    #[error(transparent)]
+    Store(#[from] allot_common::StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the registry on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// [`Error::Store`] if etcd cannot be reached at start; [`Error::Transport`] if the server fails.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let store = allot_common::Store::connect(&config.etcd_endpoints, &config.etcd_root).await?;
+    let service = grpc::RegistryService::new(store, config.agent_timeout);
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving");
+    let router = allot_common::grpc::server()
+        .add_service(allot_common::grpc::health().await)
+        .add_service(
+            allot_proto::registry::registry_server::RegistryServer::new(service)
+                .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+        );
+    allot_common::grpc::serve(router, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! The allocation engine: one task owns the [`Books`], applies commands from the broker and changes from
+//! etcd in arrival order, and runs allocation cycles.
+//!
+//! A cycle runs every allocation interval, and right after a batch of commands that added supply or demand
+//! (an agent came, a framework activated or revived): commands are drained in batches, so at most one cycle
+//! is pending however many events arrive.
+
+use crate::books::{Books, RoleConfig};
+use allot_common::Store;
+use allot_common::convert::{resources_from_proto, resources_to_proto};
+use allot_common::store::{Kind, decode};
+use allot_policy::{Policy, Resources};
+use allot_proto::allocator::{AllocatorEvent, Grant as PbGrant, Grants, RescindOffers, allocator_event};
+use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskRecord, TaskState};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The sender half of the broker's decision stream.
+pub type Subscriber = mpsc::UnboundedSender<Result<AllocatorEvent, tonic::Status>>;
+
+/// A change for the engine to apply.
+#[derive(Debug)]
+pub enum Command {
+    /// A broker subscribed; it replaces any previous one and the session starts from nothing.
+    Subscribe(Subscriber),
+    /// A framework's scheduler connected.
+    Activate {
+        /// Framework ID.
+        framework: String,
+        /// Whether it starts suppressed.
+        suppressed: bool,
+    },
+    /// A framework's scheduler went away.
+    Deactivate(String),
+    /// SUPPRESS.
+    Suppress(String),
+    /// REVIVE.
+    Revive(String),
+    /// Offers came back.
+    Recover {
+        /// Offer IDs.
+        offer_ids: Vec<String>,
+        /// Filter length in seconds; 0 for none.
+        refuse_seconds: f64,
+        /// `(framework, task, agent, resources)` launched from them.
+        launched: Vec<(String, String, String, Resources)>,
+    },
+    /// An agent record was written.
+    AgentPut(String, Resources),
+    /// An agent record was deleted.
+    AgentDelete(String),
+    /// An agent's lease came alive or lapsed.
+    Alive(String, bool),
+    /// A framework record was written.
+    FrameworkPut {
+        /// Framework ID.
+        id: String,
+        /// Its role.
+        role: String,
+        /// False once torn down.
+        active: bool,
+    },
+    /// A role was configured or removed.
+    Role(String, Option<RoleConfig>),
+    /// A task record was written.
+    TaskPut {
+        /// Framework ID.
+        framework: String,
+        /// Task ID.
+        task: String,
+        /// Agent ID.
+        agent: String,
+        /// The task's resources.
+        resources: Resources,
+        /// Whether its latest state is terminal.
+        terminal: bool,
+    },
+    /// A task record was deleted.
+    TaskDelete(String, String),
+}
+
+/// A handle on the running engine. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Command>,
+    tasks: std::sync::Arc<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Engine {
+    /// Starts the engine and its etcd followers.
+    pub fn start(store: Store, policy: Box<dyn Policy>, interval: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut handles = Vec::new();
+        handles.push(tokio::spawn(run(rx, policy, interval)).abort_handle());
+        for kind in [Kind::Agents, Kind::Alive, Kind::Frameworks, Kind::Tasks, Kind::Roles] {
+            let tx = tx.clone();
+            let prefix = store.prefix(kind);
+            handles.push(
+                tokio::spawn(allot_common::store::follow_prefix(
+                    store.clone(),
+                    prefix,
+                    Duration::from_secs(1),
+                    move |id, value| {
+                        if let Some(cmd) = to_command(kind, id, value) {
+                            let _ = tx.send(cmd);
+                        }
+                    },
+                ))
+                .abort_handle(),
+            );
+        }
+        Self {
+            tx,
+            tasks: std::sync::Arc::new(handles),
+        }
+    }
+
+    /// Sends a command to the engine.
+    pub fn send(&self, cmd: Command) {
+        let _ = self.tx.send(cmd);
+    }
+
+    /// Stops the engine and its followers.
+    pub fn stop(&self) {
+        for t in self.tasks.iter() {
+            t.abort();
+        }
+    }
+}
+
+fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
+    match (kind, value) {
+        (Kind::Agents, Some(v)) => {
+            let rec: AgentRecord = decode(id.as_bytes(), v).ok()?;
+            let res = resources_from_proto(&rec.info.unwrap_or_default().resources).ok()?;
+            Some(Command::AgentPut(id.to_string(), res))
+        }
+        (Kind::Agents, None) => Some(Command::AgentDelete(id.to_string())),
+        (Kind::Alive, v) => Some(Command::Alive(id.to_string(), v.is_some())),
+        (Kind::Frameworks, Some(v)) => {
+            let rec: FrameworkRecord = decode(id.as_bytes(), v).ok()?;
+            let role = rec
+                .info
+                .and_then(|i| i.roles.first().cloned())
+                .unwrap_or_else(|| "*".to_string());
+            Some(Command::FrameworkPut {
+                id: id.to_string(),
+                role,
+                active: rec.active,
+            })
+        }
+        (Kind::Frameworks, None) => Some(Command::FrameworkPut {
+            id: id.to_string(),
+            role: String::new(),
+            active: false,
+        }),
+        (Kind::Roles, Some(v)) => {
+            let role: Role = decode(id.as_bytes(), v).ok()?;
+            let limit = resources_from_proto(&role.quota_limit).ok()?;
+            Some(Command::Role(
+                id.to_string(),
+                Some(RoleConfig {
+                    weight: if role.weight > 0.0 { role.weight } else { 1.0 },
+                    quota_limit: (!limit.is_empty()).then_some(limit),
+                }),
+            ))
+        }
+        (Kind::Roles, None) => Some(Command::Role(id.to_string(), None)),
+        (Kind::Tasks, Some(v)) => {
+            let rec: TaskRecord = decode(id.as_bytes(), v).ok()?;
+            let task = rec.task.unwrap_or_default();
+            let terminal = rec
+                .status
+                .map(|s| s.state().is_terminal() || s.state() == TaskState::TaskUnreachable)
+                .unwrap_or(false);
+            Some(Command::TaskPut {
+                framework: rec.framework_id,
+                resources: resources_from_proto(&task.resources).unwrap_or_default(),
+                task: task.task_id,
+                agent: task.agent_id,
+                terminal,
+            })
+        }
+        (Kind::Tasks, None) => {
+            let (fw, task) = id.split_once('/')?;
+            Some(Command::TaskDelete(fw.to_string(), task.to_string()))
+        }
+    }
+}
+
+struct State {
+    books: Books,
+    policy: Box<dyn Policy>,
+    subscriber: Option<Subscriber>,
+    interval: Duration,
+    start: Instant,
+    cycle: u64,
+}
+
+impl State {
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn emit(&mut self, event: allocator_event::Event) {
+        if let Some(s) = &self.subscriber
+            && s.send(Ok(AllocatorEvent { event: Some(event) })).is_err()
+        {
+            tracing::warn!("offer-broker went away; resetting the session");
+            self.subscriber = None;
+            self.books.reset_session();
+        }
+    }
+
+    fn rescind(&mut self, offers: Vec<crate::books::Offer>) {
+        if offers.is_empty() {
+            return;
+        }
+        let offer_ids = offers.into_iter().map(|o| o.id).collect();
+        self.emit(allocator_event::Event::Rescind(RescindOffers { offer_ids }));
+    }
+
+    /// Applies one command; returns whether it added supply or demand.
+    fn apply(&mut self, cmd: Command) -> bool {
+        let now = self.now();
+        match cmd {
+            Command::Subscribe(s) => {
+                tracing::info!("offer-broker subscribed; new session");
+                self.books.reset_session();
+                self.subscriber = Some(s);
+                false
+            }
+            Command::Activate { framework, suppressed } => {
+                self.books.activate(&framework, suppressed);
+                !suppressed
+            }
+            Command::Deactivate(fw) => {
+                self.books.deactivate(&fw);
+                false
+            }
+            Command::Suppress(fw) => {
+                self.books.suppress(&fw);
+                false
+            }
+            Command::Revive(fw) => {
+                self.books.revive(&fw);
+                true
+            }
+            Command::Recover {
+                offer_ids,
+                refuse_seconds,
+                launched,
+            } => {
+                let min = self.interval.as_secs_f64();
+                self.books
+                    .recover_offers(&offer_ids, refuse_seconds, min, &launched, now);
+                false
+            }
+            Command::AgentPut(id, total) => {
+                let r = self.books.set_agent(&id, total);
+                self.rescind(r);
+                true
+            }
+            Command::AgentDelete(id) => {
+                let r = self.books.remove_agent(&id);
+                self.rescind(r);
+                false
+            }
+            Command::Alive(id, alive) => {
+                if !alive {
+                    tracing::info!(agent = %id, "agent unreachable; rescinding its offers");
+                }
+                let r = self.books.set_reachable(&id, alive);
+                self.rescind(r);
+                alive
+            }
+            Command::FrameworkPut { id, role, active } => {
+                if active {
+                    self.books.add_framework(&id, &role);
+                } else {
+                    let r = self.books.remove_framework(&id);
+                    self.rescind(r);
+                }
+                active
+            }
+            Command::Role(name, cfg) => {
+                match cfg {
+                    Some(c) => self.books.set_role(&name, c),
+                    None => self.books.remove_role(&name),
+                }
+                false
+            }
+            Command::TaskPut {
+                framework,
+                task,
+                agent,
+                resources,
+                terminal,
+            } => {
+                if terminal {
+                    self.books.remove_task(&framework, &task);
+                } else {
+                    self.books.add_task(&framework, &task, &agent, resources);
+                }
+                false
+            }
+            Command::TaskDelete(fw, task) => {
+                self.books.remove_task(&fw, &task);
+                false
+            }
+        }
+    }
+
+    fn allocate(&mut self) {
+        if self.subscriber.is_none() {
+            return;
+        }
+        let now = self.now();
+        let started = Instant::now();
+        let snapshot = self.books.snapshot(now);
+        if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
+            return;
+        }
+        self.cycle += 1;
+        let grants = self.policy.allocate(&snapshot);
+        let mut out = Vec::with_capacity(grants.len());
+        let mut rejected = 0usize;
+        for g in &grants {
+            match self.books.apply_grant(g, now) {
+                Ok(o) => out.push(PbGrant {
+                    offer_id: o.id,
+                    framework_id: o.framework,
+                    agent_id: o.agent,
+                    resources: resources_to_proto(&o.resources),
+                    cycle: self.cycle,
+                }),
+                Err(why) => {
+                    rejected += 1;
+                    tracing::warn!(policy = self.policy.name(), framework = %g.framework, agent = %g.agent, ?why, "grant rejected");
+                }
+            }
+        }
+        tracing::debug!(
+            cycle = self.cycle,
+            agents = snapshot.agents.len(),
+            frameworks = snapshot.frameworks.len(),
+            grants = out.len(),
+            rejected,
+            micros = started.elapsed().as_micros() as u64,
+            "allocation cycle"
+        );
+        if !out.is_empty() {
+            self.emit(allocator_event::Event::Grants(Grants { grants: out }));
+        }
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Command>, policy: Box<dyn Policy>, interval: Duration) {
+    let mut state = State {
+        books: Books::new(&allot_common::new_id("offer")),
+        policy,
+        subscriber: None,
+        interval,
+        start: Instant::now(),
+        cycle: 0,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut want = false;
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                want |= state.apply(cmd);
+                while let Ok(cmd) = rx.try_recv() {
+                    want |= state.apply(cmd);
+                }
+            }
+            _ = ticker.tick() => want = true,
+        }
+        if want {
+            state.allocate();
+        }
+    }
+}
