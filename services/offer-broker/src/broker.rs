@@ -1,0 +1,1020 @@
+//! The broker's state and flows.
+//!
+//! Locking: one `std::sync::Mutex` over [`Inner`], never held across an `.await`. Each flow reads what it
+//! needs under the lock, does its I/O (etcd, allocator, agents) without it, and re-checks under the lock
+//! before it commits a change.
+
+use crate::validate::{ValidTask, validate_launch};
+use allot_common::Store;
+use allot_common::convert::{resources_from_proto, resources_to_proto};
+use allot_common::store::{Kind, decode};
+use allot_policy::Resources;
+use allot_proto::agent::{KillTaskRequest, LaunchTasksRequest, agent_client::AgentClient};
+use allot_proto::allocator::{
+    ActivateFrameworkRequest, DeactivateFrameworkRequest, LaunchedTask, RecoverOffersRequest, ReviveRequest,
+    SubscribeRequest as AllocSubscribe, SuppressRequest, allocator_client::AllocatorClient, allocator_event,
+};
+use allot_proto::common::{
+    AgentRecord, FrameworkInfo, FrameworkRecord, StatusSource, TaskInfo, TaskRecord, TaskState, TaskStatus,
+};
+use allot_proto::scheduler::{self as pb, Event, event};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tonic::transport::Channel;
+
+/// The sender of a framework's event stream.
+pub type EventSender = mpsc::UnboundedSender<Result<Event, Status>>;
+
+/// Mesos' default `refuse_seconds` when a DECLINE or ACCEPT carries no filters.
+pub const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
+
+struct Framework {
+    record: FrameworkRecord,
+    sender: Option<EventSender>,
+    /// Incremented on every (re-)subscription; a disconnect only counts for the connection it belongs to.
+    epoch: u64,
+    suppressed: bool,
+}
+
+struct OfferEntry {
+    offer: pb::Offer,
+    resources: Resources,
+}
+
+#[derive(Default)]
+struct Inner {
+    frameworks: HashMap<String, Framework>,
+    offers: HashMap<String, OfferEntry>,
+    tasks: HashMap<(String, String), TaskRecord>,
+    agents: HashMap<String, AgentRecord>,
+    alive: HashSet<String>,
+}
+
+/// The offer-broker. Shared behind an `Arc` by every gRPC service and background task.
+pub struct Broker {
+    store: Store,
+    allocator: AllocatorClient<Channel>,
+    heartbeat_interval: Duration,
+    inner: Mutex<Inner>,
+    agent_clients: Mutex<HashMap<String, AgentClient<Channel>>>,
+}
+
+fn update_event(status: TaskStatus) -> Event {
+    Event {
+        event: Some(event::Event::Update(pb::Update { status: Some(status) })),
+    }
+}
+
+fn new_uuid() -> Vec<u8> {
+    allot_common::new_id("u").into_bytes()
+}
+
+impl Broker {
+    /// A broker over `store` that takes decisions from the allocator at `allocator`.
+    pub fn new(store: Store, allocator: Channel, heartbeat_interval: Duration) -> Self {
+        Self {
+            store,
+            allocator: AllocatorClient::new(allocator).max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+            heartbeat_interval,
+            inner: Mutex::new(Inner::default()),
+            agent_clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("broker state poisoned")
+    }
+
+    /// Loads frameworks and tasks from etcd and starts the background work: following agents and their
+    /// liveness, the allocator's decision stream, and heartbeats. Returns the background tasks.
+    ///
+    /// # Errors
+    /// A store error if etcd cannot be read.
+    pub async fn start(self: Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, allot_common::StoreError> {
+        let (frameworks, _) = self.store.list::<FrameworkRecord>(&self.store.prefix(Kind::Frameworks)).await?;
+        let (tasks, _) = self.store.list::<TaskRecord>(&self.store.prefix(Kind::Tasks)).await?;
+        {
+            let mut inner = self.lock();
+            for (_, record) in frameworks {
+                inner.frameworks.insert(
+                    record.framework_id.clone(),
+                    Framework {
+                        record,
+                        sender: None,
+                        epoch: 0,
+                        suppressed: false,
+                    },
+                );
+            }
+            for (_, t) in tasks {
+                let id = t.task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
+                inner.tasks.insert((t.framework_id.clone(), id), t);
+            }
+        }
+        let mut handles = Vec::new();
+        let me = self.clone();
+        handles.push(tokio::spawn(allot_common::store::follow_prefix(
+            self.store.clone(),
+            self.store.prefix(Kind::Agents),
+            Duration::from_secs(1),
+            move |id, value| {
+                let mut inner = me.lock();
+                match value.and_then(|v| decode::<AgentRecord>(id.as_bytes(), v).ok()) {
+                    Some(rec) => {
+                        inner.agents.insert(id.to_string(), rec);
+                    }
+                    None => {
+                        inner.agents.remove(id);
+                    }
+                }
+            },
+        )));
+        let me = self.clone();
+        handles.push(tokio::spawn(allot_common::store::follow_prefix(
+            self.store.clone(),
+            self.store.prefix(Kind::Alive),
+            Duration::from_secs(1),
+            move |id, value| {
+                let was = {
+                    let mut inner = me.lock();
+                    if value.is_some() {
+                        !inner.alive.insert(id.to_string())
+                    } else {
+                        inner.alive.remove(id)
+                    }
+                };
+                if value.is_none() && was {
+                    let me = me.clone();
+                    let id = id.to_string();
+                    tokio::spawn(async move { me.agent_lost(&id).await });
+                }
+            },
+        )));
+        handles.push(tokio::spawn(self.clone().follow_allocator()));
+        handles.push(tokio::spawn(self.clone().heartbeats()));
+        Ok(handles)
+    }
+
+    // ---------------------------------------------------------------- allocator link
+
+    async fn follow_allocator(self: Arc<Self>) {
+        loop {
+            let mut client = self.allocator.clone();
+            match client.subscribe(AllocSubscribe {}).await {
+                Ok(resp) => {
+                    tracing::info!("subscribed to the allocator");
+                    self.new_allocator_session().await;
+                    let mut stream = resp.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(ev)) => self.on_allocator_event(ev.event).await,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "allocator stream failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.message(), "cannot subscribe to the allocator; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A new allocator session knows no offers: rescind ours, then tell it who is connected.
+    async fn new_allocator_session(&self) {
+        let (rescinds, active) = {
+            let mut inner = self.lock();
+            let offers: Vec<(String, String)> = inner
+                .offers
+                .drain()
+                .map(|(id, o)| (o.offer.framework_id, id))
+                .collect();
+            let active: Vec<(String, bool)> = inner
+                .frameworks
+                .iter()
+                .filter(|(_, f)| f.sender.is_some())
+                .map(|(id, f)| (id.clone(), f.suppressed))
+                .collect();
+            (offers, active)
+        };
+        for (fw, offer_id) in rescinds {
+            self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
+        }
+        for (fw, suppressed) in active {
+            let _ = self
+                .allocator
+                .clone()
+                .activate_framework(ActivateFrameworkRequest {
+                    framework_id: fw,
+                    suppressed,
+                })
+                .await;
+        }
+    }
+
+    async fn on_allocator_event(&self, ev: Option<allocator_event::Event>) {
+        match ev {
+            Some(allocator_event::Event::Grants(g)) => {
+                let mut unwanted = Vec::new();
+                let mut by_fw: HashMap<String, Vec<pb::Offer>> = HashMap::new();
+                {
+                    let mut inner = self.lock();
+                    for grant in g.grants {
+                        let connected = inner
+                            .frameworks
+                            .get(&grant.framework_id)
+                            .is_some_and(|f| f.sender.is_some());
+                        let Ok(resources) = resources_from_proto(&grant.resources) else {
+                            unwanted.push(grant.offer_id);
+                            continue;
+                        };
+                        if !connected || !inner.alive.contains(&grant.agent_id) {
+                            unwanted.push(grant.offer_id);
+                            continue;
+                        }
+                        let info = inner.agents.get(&grant.agent_id).and_then(|a| a.info.clone()).unwrap_or_default();
+                        let offer = pb::Offer {
+                            offer_id: grant.offer_id.clone(),
+                            framework_id: grant.framework_id.clone(),
+                            agent_id: grant.agent_id,
+                            hostname: info.hostname,
+                            resources: grant.resources,
+                            attributes: info.attributes,
+                        };
+                        inner.offers.insert(
+                            grant.offer_id,
+                            OfferEntry {
+                                offer: offer.clone(),
+                                resources,
+                            },
+                        );
+                        by_fw.entry(grant.framework_id).or_default().push(offer);
+                    }
+                }
+                for (fw, offers) in by_fw {
+                    tracing::debug!(framework = %fw, offers = offers.len(), "sending offers");
+                    if !self.send(&fw, event::Event::Offers(pb::Offers { offers: offers.clone() })) {
+                        unwanted.extend(self.take_offers(offers.iter().map(|o| o.offer_id.clone())));
+                    }
+                }
+                if !unwanted.is_empty() {
+                    self.recover(unwanted, 0.0, Vec::new()).await;
+                }
+            }
+            Some(allocator_event::Event::Rescind(r)) => {
+                let gone: Vec<(String, String)> = {
+                    let mut inner = self.lock();
+                    r.offer_ids
+                        .into_iter()
+                        .filter_map(|id| inner.offers.remove(&id).map(|o| (o.offer.framework_id, id)))
+                        .collect()
+                };
+                for (fw, offer_id) in gone {
+                    self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn take_offers(&self, ids: impl Iterator<Item = String>) -> Vec<String> {
+        let mut inner = self.lock();
+        ids.filter(|id| inner.offers.remove(id).is_some()).collect()
+    }
+
+    async fn recover(&self, offer_ids: Vec<String>, refuse_seconds: f64, launched: Vec<LaunchedTask>) {
+        if offer_ids.is_empty() && launched.is_empty() {
+            return;
+        }
+        let req = RecoverOffersRequest {
+            offer_ids,
+            refuse_seconds,
+            launched,
+        };
+        if let Err(e) = self.allocator.clone().recover_offers(req).await {
+            // The allocator restarted or is unreachable: its next session starts from etcd, which has the tasks.
+            tracing::warn!(error = %e.message(), "cannot return offers to the allocator");
+        }
+    }
+
+    // ---------------------------------------------------------------- event streams
+
+    /// Sends `ev` to framework `fw` if it is connected. Returns whether it was sent.
+    pub fn send(&self, fw: &str, ev: event::Event) -> bool {
+        let inner = self.lock();
+        match inner.frameworks.get(fw).and_then(|f| f.sender.as_ref()) {
+            Some(tx) => tx.send(Ok(Event { event: Some(ev) })).is_ok(),
+            None => false,
+        }
+    }
+
+    async fn heartbeats(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.heartbeat_interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let unacked: Vec<(String, TaskStatus)> = {
+                let inner = self.lock();
+                for f in inner.frameworks.values() {
+                    if let Some(tx) = &f.sender {
+                        let _ = tx.send(Ok(Event {
+                            event: Some(event::Event::Heartbeat(pb::Heartbeat {})),
+                        }));
+                    }
+                }
+                inner
+                    .tasks
+                    .values()
+                    .filter(|t| !t.acknowledged)
+                    .filter_map(|t| Some((t.framework_id.clone(), t.status.clone()?)))
+                    .collect()
+            };
+            for (fw, status) in unacked {
+                self.send(&fw, event::Event::Update(pb::Update { status: Some(status) }));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- scheduler calls
+
+    /// SUBSCRIBE: registers (or re-registers) a framework and returns its event stream's receiver.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a bad `FrameworkInfo`; `NOT_FOUND` for a re-subscription with an unknown or
+    /// torn-down framework ID; `UNAVAILABLE` if etcd cannot record it.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        mut info: FrameworkInfo,
+    ) -> Result<(String, u64, mpsc::UnboundedReceiver<Result<Event, Status>>), Status> {
+        if info.name.trim().is_empty() {
+            return Err(Status::invalid_argument("FrameworkInfo.name is empty"));
+        }
+        if !(info.failover_timeout.is_finite() && info.failover_timeout >= 0.0) {
+            return Err(Status::invalid_argument("FrameworkInfo.failover_timeout must be a finite number of seconds >= 0"));
+        }
+        if info.roles.is_empty() {
+            info.roles.push("*".to_string());
+        }
+        for r in &info.roles {
+            if r.is_empty() || r.contains('/') || r.len() > 128 {
+                return Err(Status::invalid_argument(format!("role '{r}' is invalid")));
+            }
+        }
+        if info.user.is_empty() {
+            info.user = "nobody".to_string();
+        }
+        let resubscribe = !info.framework_id.is_empty();
+        let id = if resubscribe {
+            let known = self.lock().frameworks.get(&info.framework_id).map(|f| f.record.active);
+            match known {
+                Some(true) => info.framework_id.clone(),
+                Some(false) => {
+                    return Err(Status::not_found(format!("framework {} was torn down", info.framework_id)));
+                }
+                None => return Err(Status::not_found(format!("framework {} is unknown", info.framework_id))),
+            }
+        } else {
+            allot_common::new_id("fw")
+        };
+        info.framework_id = id.clone();
+        let record = FrameworkRecord {
+            framework_id: id.clone(),
+            info: Some(info.clone()),
+            registered_at_ms: allot_common::now_ms(),
+            active: true,
+        };
+        self.store.put(&self.store.key(Kind::Frameworks, &id), &record, None).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(Ok(Event {
+            event: Some(event::Event::Subscribed(pb::Subscribed {
+                framework_id: id.clone(),
+                heartbeat_interval_seconds: self.heartbeat_interval.as_secs_f64(),
+            })),
+        }));
+        let (epoch, old, pending) = {
+            let mut inner = self.lock();
+            let entry = inner.frameworks.entry(id.clone()).or_insert_with(|| Framework {
+                record: record.clone(),
+                sender: None,
+                epoch: 0,
+                suppressed: false,
+            });
+            entry.record = record;
+            entry.epoch += 1;
+            entry.suppressed = false;
+            let old = entry.sender.replace(tx.clone());
+            let epoch = entry.epoch;
+            let pending: Vec<TaskStatus> = inner
+                .tasks
+                .values()
+                .filter(|t| t.framework_id == id && !t.acknowledged)
+                .filter_map(|t| t.status.clone())
+                .collect();
+            (epoch, old, pending)
+        };
+        if let Some(old) = old {
+            let _ = old.send(Ok(Event {
+                event: Some(event::Event::Error(pb::Error {
+                    message: "framework failed over: a newer subscription replaced this one".into(),
+                })),
+            }));
+        }
+        for status in pending {
+            let _ = tx.send(Ok(update_event(status)));
+        }
+        let _ = self
+            .allocator
+            .clone()
+            .activate_framework(ActivateFrameworkRequest {
+                framework_id: id.clone(),
+                suppressed: false,
+            })
+            .await;
+        tracing::info!(framework = %id, name = %info.name, roles = ?info.roles, resubscribe, "framework subscribed");
+        Ok((id, epoch, rx))
+    }
+
+    /// The event stream of connection `epoch` of framework `fw` closed.
+    pub async fn disconnected(self: Arc<Self>, fw: String, epoch: u64) {
+        let (offers, timeout) = {
+            let mut inner = self.lock();
+            let Some(f) = inner.frameworks.get_mut(&fw) else { return };
+            if f.epoch != epoch || f.sender.is_none() {
+                return;
+            }
+            f.sender = None;
+            let timeout = f.record.info.as_ref().map(|i| i.failover_timeout).unwrap_or(0.0);
+            let offers: Vec<String> = inner
+                .offers
+                .iter()
+                .filter(|(_, o)| o.offer.framework_id == fw)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &offers {
+                inner.offers.remove(id);
+            }
+            (offers, timeout)
+        };
+        tracing::info!(framework = %fw, failover_timeout = timeout, "framework disconnected");
+        let _ = self
+            .allocator
+            .clone()
+            .deactivate_framework(DeactivateFrameworkRequest { framework_id: fw.clone() })
+            .await;
+        self.recover(offers, 0.0, Vec::new()).await;
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(timeout)).await;
+            let still_gone = me
+                .lock()
+                .frameworks
+                .get(&fw)
+                .is_some_and(|f| f.epoch == epoch && f.sender.is_none() && f.record.active);
+            if still_gone {
+                tracing::info!(framework = %fw, "failover timeout passed; tearing the framework down");
+                let _ = me.teardown(&fw).await;
+            }
+        });
+    }
+
+    fn check_subscribed(&self, fw: &str) -> Result<(), Status> {
+        let inner = self.lock();
+        match inner.frameworks.get(fw) {
+            Some(f) if f.sender.is_some() => Ok(()),
+            Some(f) if !f.record.active => Err(Status::failed_precondition(format!("framework {fw} was torn down"))),
+            _ => Err(Status::failed_precondition(format!(
+                "framework '{fw}' is not subscribed: SUBSCRIBE first"
+            ))),
+        }
+    }
+
+    /// Checks that every offer exists and belongs to `fw`; returns their agent and summed resources.
+    fn check_offers(&self, fw: &str, offer_ids: &[String]) -> Result<(String, Resources), Status> {
+        if offer_ids.is_empty() {
+            return Err(Status::invalid_argument("no offer_ids given"));
+        }
+        let inner = self.lock();
+        let mut agent: Option<String> = None;
+        let mut total = Resources::new();
+        let mut seen = HashSet::new();
+        for id in offer_ids {
+            if !seen.insert(id) {
+                return Err(Status::invalid_argument(format!("offer {id} is named twice")));
+            }
+            let o = inner
+                .offers
+                .get(id)
+                .filter(|o| o.offer.framework_id == fw)
+                .ok_or_else(|| Status::not_found(format!("offer {id} is unknown, was rescinded, or was already used")))?;
+            match &agent {
+                Some(a) if *a != o.offer.agent_id => {
+                    return Err(Status::invalid_argument("offers from different agents cannot be accepted together"));
+                }
+                _ => agent = Some(o.offer.agent_id.clone()),
+            }
+            total.add(&o.resources);
+        }
+        Ok((agent.expect("at least one offer"), total))
+    }
+
+    /// ACCEPT with LAUNCH operations.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` if the framework is not subscribed; `NOT_FOUND` for an unknown or rescinded offer;
+    /// `INVALID_ARGUMENT` for a bad launch (see [`validate_launch`]); `UNAVAILABLE` if etcd cannot persist the
+    /// tasks. On any error nothing is launched and the offers stay outstanding.
+    pub async fn accept(
+        self: &Arc<Self>,
+        fw: &str,
+        offer_ids: Vec<String>,
+        tasks: Vec<TaskInfo>,
+        refuse_seconds: Option<f64>,
+    ) -> Result<usize, Status> {
+        self.check_subscribed(fw)?;
+        let refuse = refuse_of(refuse_seconds)?;
+        let (agent_id, offered) = self.check_offers(fw, &offer_ids)?;
+        let valid = {
+            let inner = self.lock();
+            validate_launch(&agent_id, &offered, tasks, |id| {
+                inner
+                    .tasks
+                    .get(&(fw.to_string(), id.to_string()))
+                    .and_then(|t| t.status.as_ref())
+                    .is_some_and(|s| !s.state().is_terminal())
+            })?
+        };
+        // Take the offers; a concurrent rescind wins.
+        {
+            let mut inner = self.lock();
+            if offer_ids.iter().any(|id| !inner.offers.contains_key(id)) {
+                return Err(Status::not_found("an offer was rescinded while the accept was in flight"));
+            }
+            for id in &offer_ids {
+                inner.offers.remove(id);
+            }
+        }
+        let now = allot_common::now_secs();
+        let records: Vec<(String, TaskRecord)> = valid
+            .iter()
+            .map(|v| {
+                let rec = TaskRecord {
+                    framework_id: fw.to_string(),
+                    task: Some(v.info.clone()),
+                    status: Some(TaskStatus {
+                        task_id: v.info.task_id.clone(),
+                        state: TaskState::TaskStaging as i32,
+                        source: StatusSource::SourceMaster as i32,
+                        agent_id: agent_id.clone(),
+                        framework_id: fw.to_string(),
+                        timestamp: now,
+                        ..Default::default()
+                    }),
+                    acknowledged: true,
+                    sandbox: String::new(),
+                };
+                (self.store.key(Kind::Tasks, &format!("{fw}/{}", v.info.task_id)), rec)
+            })
+            .collect();
+        if let Err(e) = self.store.put_all(&records).await {
+            tracing::warn!(error = %e, "cannot persist launched tasks; the offers are restored");
+            // Restore nothing we cannot vouch for: the offers go back to the allocator unfiltered.
+            self.recover(offer_ids, 0.0, Vec::new()).await;
+            return Err(e.into());
+        }
+        {
+            let mut inner = self.lock();
+            for (_, rec) in &records {
+                let id = rec.task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
+                inner.tasks.insert((fw.to_string(), id), rec.clone());
+            }
+        }
+        let launched: Vec<LaunchedTask> = valid
+            .iter()
+            .map(|v| LaunchedTask {
+                framework_id: fw.to_string(),
+                task_id: v.info.task_id.clone(),
+                agent_id: agent_id.clone(),
+                resources: resources_to_proto(&v.resources),
+            })
+            .collect();
+        self.recover(offer_ids, refuse, launched).await;
+        let n = valid.len();
+        if n > 0 {
+            let me = self.clone();
+            let fw = fw.to_string();
+            tokio::spawn(async move { me.launch(&fw, &agent_id, valid).await });
+        }
+        Ok(n)
+    }
+
+    fn agent_client(&self, agent_id: &str) -> Option<AgentClient<Channel>> {
+        let addr = self.lock().agents.get(agent_id)?.info.as_ref()?.address.clone();
+        let mut clients = self.agent_clients.lock().expect("agent clients poisoned");
+        if let Some(c) = clients.get(&addr) {
+            return Some(c.clone());
+        }
+        let c = AgentClient::new(allot_common::grpc::channel(&addr).ok()?);
+        clients.insert(addr, c.clone());
+        Some(c)
+    }
+
+    async fn launch(self: Arc<Self>, fw: &str, agent_id: &str, tasks: Vec<ValidTask>) {
+        let info = self.lock().frameworks.get(fw).and_then(|f| f.record.info.clone());
+        let ids: Vec<String> = tasks.iter().map(|t| t.info.task_id.clone()).collect();
+        let req = LaunchTasksRequest {
+            framework_id: fw.to_string(),
+            framework_info: info,
+            tasks: tasks.into_iter().map(|t| t.info).collect(),
+        };
+        let result = match self.agent_client(agent_id) {
+            Some(mut c) => c.launch_tasks(req).await.map(|_| ()),
+            None => Err(Status::unavailable(format!("agent {agent_id} is unknown"))),
+        };
+        if let Err(e) = result {
+            tracing::warn!(agent = %agent_id, error = %e.message(), "launch failed");
+            for id in ids {
+                self.master_update(
+                    fw,
+                    &id,
+                    TaskState::TaskLost,
+                    "REASON_AGENT_UNREACHABLE",
+                    &format!("launch on agent {agent_id} failed: {}", e.message()),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// A status update that the broker itself generates (source MASTER).
+    async fn master_update(&self, fw: &str, task: &str, state: TaskState, reason: &str, message: &str) {
+        let agent_id = self
+            .lock()
+            .tasks
+            .get(&(fw.to_string(), task.to_string()))
+            .and_then(|t| t.task.as_ref().map(|t| t.agent_id.clone()))
+            .unwrap_or_default();
+        let status = TaskStatus {
+            task_id: task.to_string(),
+            state: state as i32,
+            message: message.to_string(),
+            source: StatusSource::SourceMaster as i32,
+            reason: reason.to_string(),
+            agent_id,
+            framework_id: fw.to_string(),
+            timestamp: allot_common::now_secs(),
+            uuid: new_uuid(),
+            exit_code: None,
+        };
+        if let Err(e) = self.status_update(status, None).await {
+            tracing::warn!(framework = %fw, task, error = %e.message(), "cannot record a status update");
+        }
+    }
+
+    /// Records a status update and forwards it to its framework. Duplicates and updates after a terminal
+    /// state are acknowledged and dropped; unknown tasks are acknowledged and dropped with a warning.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for an update without IDs; `UNAVAILABLE` if etcd cannot persist it (the agent retries).
+    pub async fn status_update(&self, mut status: TaskStatus, sandbox: Option<String>) -> Result<(), Status> {
+        if status.task_id.is_empty() || status.framework_id.is_empty() {
+            return Err(Status::invalid_argument("a status update needs task_id and framework_id"));
+        }
+        if status.uuid.is_empty() {
+            status.uuid = new_uuid();
+        }
+        let key = (status.framework_id.clone(), status.task_id.clone());
+        let mut rec = {
+            let inner = self.lock();
+            match inner.tasks.get(&key) {
+                None => {
+                    tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
+                    return Ok(());
+                }
+                Some(r) => r.clone(),
+            }
+        };
+        if let Some(cur) = &rec.status {
+            if cur.uuid == status.uuid || cur.state().is_terminal() {
+                return Ok(());
+            }
+        }
+        rec.status = Some(status.clone());
+        rec.acknowledged = false;
+        if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
+            rec.sandbox = s;
+        }
+        self.store
+            .put(&self.store.key(Kind::Tasks, &format!("{}/{}", key.0, key.1)), &rec, None)
+            .await?;
+        self.lock().tasks.insert(key.clone(), rec);
+        tracing::debug!(framework = %key.0, task = %key.1, state = status.state().as_str_name(), "status update");
+        self.send(&key.0, event::Event::Update(pb::Update { status: Some(status) }));
+        Ok(())
+    }
+
+    /// ACKNOWLEDGE: the framework has seen the update with `uuid`.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` for an unknown task; `UNAVAILABLE` on etcd failure.
+    pub async fn acknowledge(&self, fw: &str, task: &str, uuid: &[u8]) -> Result<(), Status> {
+        self.check_subscribed(fw)?;
+        let key = (fw.to_string(), task.to_string());
+        let mut rec = self
+            .lock()
+            .tasks
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("task {task} is unknown")))?;
+        if rec.acknowledged || rec.status.as_ref().map(|s| s.uuid.as_slice()) != Some(uuid) {
+            return Ok(());
+        }
+        rec.acknowledged = true;
+        self.store
+            .put(&self.store.key(Kind::Tasks, &format!("{fw}/{task}")), &rec, None)
+            .await?;
+        let mut inner = self.lock();
+        if let Some(cur) = inner.tasks.get_mut(&key)
+            && cur.status.as_ref().map(|s| s.uuid.as_slice()) == Some(uuid)
+        {
+            cur.acknowledged = true;
+        }
+        Ok(())
+    }
+
+    /// DECLINE.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` for an unknown offer; `INVALID_ARGUMENT` for a bad
+    /// filter.
+    pub async fn decline(&self, fw: &str, offer_ids: Vec<String>, refuse_seconds: Option<f64>) -> Result<(), Status> {
+        self.check_subscribed(fw)?;
+        let refuse = refuse_of(refuse_seconds)?;
+        self.check_offers_owned(fw, &offer_ids)?;
+        let taken = self.take_offers(offer_ids.into_iter());
+        self.recover(taken, refuse, Vec::new()).await;
+        Ok(())
+    }
+
+    fn check_offers_owned(&self, fw: &str, offer_ids: &[String]) -> Result<(), Status> {
+        if offer_ids.is_empty() {
+            return Err(Status::invalid_argument("no offer_ids given"));
+        }
+        let inner = self.lock();
+        for id in offer_ids {
+            if !inner.offers.get(id).is_some_and(|o| o.offer.framework_id == fw) {
+                return Err(Status::not_found(format!("offer {id} is unknown, was rescinded, or was already used")));
+            }
+        }
+        Ok(())
+    }
+
+    /// REVIVE or SUPPRESS.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` if not subscribed.
+    pub async fn set_suppressed(&self, fw: &str, suppressed: bool) -> Result<(), Status> {
+        self.check_subscribed(fw)?;
+        if let Some(f) = self.lock().frameworks.get_mut(fw) {
+            f.suppressed = suppressed;
+        }
+        let mut a = self.allocator.clone();
+        let r = if suppressed {
+            a.suppress(SuppressRequest { framework_id: fw.into() }).await.map(|_| ())
+        } else {
+            a.revive(ReviveRequest { framework_id: fw.into() }).await.map(|_| ())
+        };
+        r.map_err(|e| Status::unavailable(format!("allocator: {}", e.message())))
+    }
+
+    /// KILL.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` for an unknown task; `UNAVAILABLE` if its agent
+    /// cannot be reached.
+    pub async fn kill(&self, fw: &str, task: &str) -> Result<(), Status> {
+        self.check_subscribed(fw)?;
+        let rec = self
+            .lock()
+            .tasks
+            .get(&(fw.to_string(), task.to_string()))
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("task {task} is unknown")))?;
+        let status = rec.status.clone().unwrap_or_default();
+        if status.state().is_terminal() {
+            self.send(fw, event::Event::Update(pb::Update { status: Some(status) }));
+            return Ok(());
+        }
+        let agent_id = rec.task.as_ref().map(|t| t.agent_id.clone()).unwrap_or_default();
+        let mut client = self
+            .agent_client(&agent_id)
+            .ok_or_else(|| Status::unavailable(format!("agent {agent_id} is unknown")))?;
+        client
+            .kill_task(KillTaskRequest {
+                framework_id: fw.to_string(),
+                task_id: task.to_string(),
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("agent {agent_id}: {}", e.message())))?;
+        Ok(())
+    }
+
+    /// RECONCILE: sends the latest state of the named tasks, or of every non-terminal task when none are named,
+    /// as UPDATE events with no uuid (nothing to acknowledge). Unknown tasks are reported TASK_UNKNOWN.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` if not subscribed.
+    pub fn reconcile(&self, fw: &str, tasks: Vec<pb::ReconcileTask>) -> Result<(), Status> {
+        self.check_subscribed(fw)?;
+        let statuses: Vec<TaskStatus> = {
+            let inner = self.lock();
+            let latest = |t: &TaskRecord| {
+                let mut s = t.status.clone().unwrap_or_default();
+                s.uuid.clear();
+                s.reason = "REASON_RECONCILIATION".into();
+                s
+            };
+            if tasks.is_empty() {
+                inner
+                    .tasks
+                    .values()
+                    .filter(|t| t.framework_id == fw)
+                    .filter(|t| t.status.as_ref().is_some_and(|s| !s.state().is_terminal()))
+                    .map(latest)
+                    .collect()
+            } else {
+                tasks
+                    .iter()
+                    .map(|rt| match inner.tasks.get(&(fw.to_string(), rt.task_id.clone())) {
+                        Some(t) => latest(t),
+                        None => TaskStatus {
+                            task_id: rt.task_id.clone(),
+                            state: TaskState::TaskUnknown as i32,
+                            source: StatusSource::SourceMaster as i32,
+                            reason: "REASON_RECONCILIATION".into(),
+                            agent_id: rt.agent_id.clone(),
+                            framework_id: fw.to_string(),
+                            timestamp: allot_common::now_secs(),
+                            ..Default::default()
+                        },
+                    })
+                    .collect()
+            }
+        };
+        for s in statuses {
+            self.send(fw, event::Event::Update(pb::Update { status: Some(s) }));
+        }
+        Ok(())
+    }
+
+    /// TEARDOWN: kills every live task of the framework, returns its offers and marks it removed.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for an unknown framework; `UNAVAILABLE` if etcd cannot record the removal.
+    pub async fn teardown(&self, fw: &str) -> Result<(), Status> {
+        let mut record = self
+            .lock()
+            .frameworks
+            .get(fw)
+            .map(|f| f.record.clone())
+            .ok_or_else(|| Status::not_found(format!("framework {fw} is unknown")))?;
+        record.active = false;
+        self.store.put(&self.store.key(Kind::Frameworks, fw), &record, None).await?;
+        let (offers, live) = {
+            let mut inner = self.lock();
+            if let Some(f) = inner.frameworks.get_mut(fw) {
+                f.record = record;
+                f.sender = None;
+            }
+            let offers: Vec<String> = inner
+                .offers
+                .iter()
+                .filter(|(_, o)| o.offer.framework_id == fw)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &offers {
+                inner.offers.remove(id);
+            }
+            let live: Vec<(String, String)> = inner
+                .tasks
+                .values()
+                .filter(|t| t.framework_id == fw)
+                .filter(|t| t.status.as_ref().is_some_and(|s| !s.state().is_terminal()))
+                .filter_map(|t| t.task.as_ref().map(|i| (i.task_id.clone(), i.agent_id.clone())))
+                .collect();
+            (offers, live)
+        };
+        let _ = self
+            .allocator
+            .clone()
+            .deactivate_framework(DeactivateFrameworkRequest { framework_id: fw.into() })
+            .await;
+        self.recover(offers, 0.0, Vec::new()).await;
+        for (task, agent) in live {
+            if let Some(mut c) = self.agent_client(&agent) {
+                let _ = c
+                    .kill_task(KillTaskRequest {
+                        framework_id: fw.into(),
+                        task_id: task,
+                    })
+                    .await;
+            }
+        }
+        tracing::info!(framework = %fw, "framework torn down");
+        Ok(())
+    }
+
+    /// An agent's lease lapsed: its live tasks become TASK_UNREACHABLE.
+    async fn agent_lost(&self, agent_id: &str) {
+        let live: Vec<(String, String)> = self
+            .lock()
+            .tasks
+            .values()
+            .filter(|t| t.task.as_ref().is_some_and(|i| i.agent_id == agent_id))
+            .filter(|t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| !s.state().is_terminal() && s.state() != TaskState::TaskUnreachable)
+            })
+            .filter_map(|t| Some((t.framework_id.clone(), t.task.as_ref()?.task_id.clone())))
+            .collect();
+        tracing::warn!(agent = %agent_id, tasks = live.len(), "agent unreachable");
+        for (fw, task) in live {
+            self.master_update(
+                &fw,
+                &task,
+                TaskState::TaskUnreachable,
+                "REASON_AGENT_UNREACHABLE",
+                &format!("agent {agent_id} stopped heartbeating"),
+            )
+            .await;
+        }
+    }
+
+    // ---------------------------------------------------------------- operator views
+
+    /// Every framework with its connection state and resources.
+    pub fn frameworks(&self) -> Vec<allot_proto::operator::FrameworkState> {
+        let inner = self.lock();
+        let mut used: HashMap<&str, Resources> = HashMap::new();
+        for t in inner.tasks.values() {
+            if t.status.as_ref().is_some_and(|s| !s.state().is_terminal()) {
+                let r = t.task.as_ref().map(|i| resources_from_proto(&i.resources).unwrap_or_default());
+                used.entry(&t.framework_id).or_default().add(&r.unwrap_or_default());
+            }
+        }
+        let mut offered: HashMap<&str, Resources> = HashMap::new();
+        for o in inner.offers.values() {
+            offered.entry(&o.offer.framework_id).or_default().add(&o.resources);
+        }
+        let mut out: Vec<_> = inner
+            .frameworks
+            .iter()
+            .map(|(id, f)| allot_proto::operator::FrameworkState {
+                record: Some(f.record.clone()),
+                connected: f.sender.is_some(),
+                suppressed: f.suppressed,
+                used: resources_to_proto(&used.get(id.as_str()).cloned().unwrap_or_default()),
+                offered: resources_to_proto(&offered.get(id.as_str()).cloned().unwrap_or_default()),
+            })
+            .collect();
+        out.sort_by_key(|f| f.record.as_ref().map(|r| r.registered_at_ms).unwrap_or(0));
+        out
+    }
+
+    /// Every task, or those of `fw` when it is not empty.
+    pub fn tasks(&self, fw: &str) -> Vec<TaskRecord> {
+        let inner = self.lock();
+        let mut out: Vec<TaskRecord> = inner
+            .tasks
+            .values()
+            .filter(|t| fw.is_empty() || t.framework_id == fw)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.framework_id, a.task.as_ref().map(|t| &t.task_id))
+                .cmp(&(&b.framework_id, b.task.as_ref().map(|t| &t.task_id)))
+        });
+        out
+    }
+
+    /// Every outstanding offer.
+    pub fn offers(&self) -> Vec<pb::Offer> {
+        self.lock().offers.values().map(|o| o.offer.clone()).collect()
+    }
+}
+
+fn refuse_of(refuse_seconds: Option<f64>) -> Result<f64, Status> {
+    let r = refuse_seconds.unwrap_or(DEFAULT_REFUSE_SECONDS);
+    if r.is_finite() && r >= 0.0 {
+        Ok(r)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "filters.refuse_seconds must be a finite number >= 0, got {r}"
+        )))
+    }
+}

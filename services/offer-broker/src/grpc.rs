@@ -1,0 +1,164 @@
+//! The broker's gRPC services: thin translations between protobuf calls and [`Broker`] flows.
+
+use crate::broker::Broker;
+use allot_proto::agent::{StatusUpdateRequest, StatusUpdateResponse, status_updates_server::StatusUpdates};
+use allot_proto::operator::{self as op, operator_server::Operator};
+use allot_proto::scheduler::{self as pb, operation, scheduler_server::Scheduler};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+/// A framework's event stream. When the scheduler goes away (the stream is dropped), the broker is told.
+pub struct EventStream {
+    rx: mpsc::UnboundedReceiver<Result<pb::Event, Status>>,
+    broker: Arc<Broker>,
+    framework: String,
+    epoch: u64,
+}
+
+impl futures::Stream for EventStream {
+    type Item = Result<pb::Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let broker = self.broker.clone();
+        let fw = std::mem::take(&mut self.framework);
+        let epoch = self.epoch;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(broker.disconnected(fw, epoch));
+        }
+    }
+}
+
+/// `allot.scheduler.v1.Scheduler`.
+pub struct SchedulerService(pub Arc<Broker>);
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let info = request
+            .into_inner()
+            .framework_info
+            .ok_or_else(|| Status::invalid_argument("SUBSCRIBE needs framework_info"))?;
+        let (framework, epoch, rx) = self.0.subscribe(info).await?;
+        Ok(Response::new(EventStream {
+            rx,
+            broker: self.0.clone(),
+            framework,
+            epoch,
+        }))
+    }
+
+    async fn accept(&self, request: Request<pb::AcceptRequest>) -> Result<Response<pb::AcceptResponse>, Status> {
+        let r = request.into_inner();
+        let mut tasks = Vec::new();
+        for op in r.operations {
+            match op.operation {
+                Some(operation::Operation::Launch(l)) => tasks.extend(l.task_infos),
+                None => return Err(Status::invalid_argument("an operation has no type (expected LAUNCH)")),
+            }
+        }
+        let refuse = r.filters.and_then(|f| f.refuse_seconds);
+        self.0.accept(&r.framework_id, r.offer_ids, tasks, refuse).await?;
+        Ok(Response::new(pb::AcceptResponse {}))
+    }
+
+    async fn decline(&self, request: Request<pb::DeclineRequest>) -> Result<Response<pb::DeclineResponse>, Status> {
+        let r = request.into_inner();
+        let refuse = r.filters.and_then(|f| f.refuse_seconds);
+        self.0.decline(&r.framework_id, r.offer_ids, refuse).await?;
+        Ok(Response::new(pb::DeclineResponse {}))
+    }
+
+    async fn revive(&self, request: Request<pb::ReviveRequest>) -> Result<Response<pb::ReviveResponse>, Status> {
+        self.0.set_suppressed(&request.into_inner().framework_id, false).await?;
+        Ok(Response::new(pb::ReviveResponse {}))
+    }
+
+    async fn suppress(&self, request: Request<pb::SuppressRequest>) -> Result<Response<pb::SuppressResponse>, Status> {
+        self.0.set_suppressed(&request.into_inner().framework_id, true).await?;
+        Ok(Response::new(pb::SuppressResponse {}))
+    }
+
+    async fn kill(&self, request: Request<pb::KillRequest>) -> Result<Response<pb::KillResponse>, Status> {
+        let r = request.into_inner();
+        self.0.kill(&r.framework_id, &r.task_id).await?;
+        Ok(Response::new(pb::KillResponse {}))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        let r = request.into_inner();
+        self.0.acknowledge(&r.framework_id, &r.task_id, &r.uuid).await?;
+        Ok(Response::new(pb::AcknowledgeResponse {}))
+    }
+
+    async fn reconcile(&self, request: Request<pb::ReconcileRequest>) -> Result<Response<pb::ReconcileResponse>, Status> {
+        let r = request.into_inner();
+        self.0.reconcile(&r.framework_id, r.tasks)?;
+        Ok(Response::new(pb::ReconcileResponse {}))
+    }
+
+    async fn teardown(&self, request: Request<pb::TeardownRequest>) -> Result<Response<pb::TeardownResponse>, Status> {
+        let fw = request.into_inner().framework_id;
+        let known_active = self
+            .0
+            .frameworks()
+            .iter()
+            .any(|f| f.record.as_ref().is_some_and(|r| r.framework_id == fw && r.active));
+        if !known_active {
+            return Err(Status::failed_precondition(format!("framework '{fw}' is not subscribed")));
+        }
+        self.0.teardown(&fw).await?;
+        Ok(Response::new(pb::TeardownResponse {}))
+    }
+}
+
+/// `allot.agent.v1.StatusUpdates`: agents deliver status updates here.
+pub struct StatusService(pub Arc<Broker>);
+
+#[tonic::async_trait]
+impl StatusUpdates for StatusService {
+    async fn update(&self, request: Request<StatusUpdateRequest>) -> Result<Response<StatusUpdateResponse>, Status> {
+        let r = request.into_inner();
+        let status = r.status.ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
+        self.0.status_update(status, Some(r.sandbox)).await?;
+        Ok(Response::new(StatusUpdateResponse {}))
+    }
+}
+
+/// `allot.operator.v1.Operator`: read-only views for the `allot` CLI.
+pub struct OperatorService(pub Arc<Broker>);
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn list_frameworks(
+        &self,
+        _: Request<op::ListFrameworksRequest>,
+    ) -> Result<Response<op::ListFrameworksResponse>, Status> {
+        Ok(Response::new(op::ListFrameworksResponse {
+            frameworks: self.0.frameworks(),
+        }))
+    }
+
+    async fn list_tasks(&self, request: Request<op::ListTasksRequest>) -> Result<Response<op::ListTasksResponse>, Status> {
+        Ok(Response::new(op::ListTasksResponse {
+            tasks: self.0.tasks(&request.into_inner().framework_id),
+        }))
+    }
+
+    async fn list_offers(&self, _: Request<op::ListOffersRequest>) -> Result<Response<op::ListOffersResponse>, Status> {
+        Ok(Response::new(op::ListOffersResponse { offers: self.0.offers() }))
+    }
+}
