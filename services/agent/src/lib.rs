@@ -1,1 +1,304 @@
+//! The agent: one per node. Registers the node's resources with the registry, keeps its lease alive with
+//! heartbeats, and runs the tasks the offer-broker launches on it, reporting every state change reliably.
+//!
+//! Layout:
+//! - [`executor`]: the command executor (one process group per task, sandbox, exit codes, kill);
+//! - [`isolation`]: cgroups or rlimits per task;
+//! - [`grpc`]: `allot.agent.v1.Agent` (LaunchTasks, KillTask);
+//! - here: [`Config`], [`run`], registration, heartbeats and the status update stream.
+//!
+//! The AgentID is checkpointed in `<work_dir>/agent_id`, so a restarted agent re-registers as the same agent.
+//! Each task's status updates go to the broker in order and each is retried, with backoff, until the broker
+//! acknowledges it (an OK answer means the update is durable in etcd).
 
+pub mod executor;
+pub mod grpc;
+pub mod isolation;
+
+use allot_common::convert::resources_to_proto;
+use allot_policy::Resources;
+use allot_proto::agent::{StatusUpdateRequest, status_updates_client::StatusUpdatesClient};
+use allot_proto::common::{AgentInfo, TaskStatus};
+use allot_proto::registry::{HeartbeatRequest, RegisterAgentRequest, registry_client::RegistryClient};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Agent configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "allot-agent", version, about = "Allot agent: runs tasks on this node")]
+pub struct Config {
+    /// TOML file with defaults for any of these flags.
+    #[arg(long, env = "ALLOT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5053")]
+    pub listen: String,
+    /// Address the broker uses to reach this agent; default: the bound listen address.
+    #[arg(long, env = "ALLOT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The registry's gRPC address.
+    #[arg(long, env = "ALLOT_REGISTRY", default_value = "127.0.0.1:5050")]
+    pub registry: String,
+    /// The offer-broker's gRPC address (status updates go there).
+    #[arg(long, env = "ALLOT_BROKER", default_value = "127.0.0.1:5052")]
+    pub broker: String,
+    /// Directory for the checkpointed AgentID and the task sandboxes.
+    #[arg(long, env = "ALLOT_WORK_DIR", default_value = ".allot/agent")]
+    pub work_dir: PathBuf,
+    /// Resources to offer, Mesos style: `cpus:4;mem:8192;disk:10240;ports:[31000-32000]` (mem and disk in
+    /// MiB). Default: this machine's cores, its memory less 1 GiB, 10 GiB disk and ports 31000-32000.
+    #[arg(long, env = "ALLOT_RESOURCES")]
+    pub resources: Option<String>,
+    /// Attributes, `key:value;key:value`.
+    #[arg(long, env = "ALLOT_ATTRIBUTES", default_value = "")]
+    pub attributes: String,
+    /// Hostname reported in offers; default: this machine's.
+    #[arg(long, env = "ALLOT_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Isolation of tasks.
+    #[arg(long, env = "ALLOT_ISOLATION", value_enum, default_value = "auto")]
+    pub isolation: isolation::Mode,
+    /// cgroup path (relative to each controller's root) under which task cgroups are made.
+    #[arg(long, env = "ALLOT_CGROUP_ROOT", default_value = "allot")]
+    pub cgroup_root: String,
+    /// Default time between SIGTERM and SIGKILL when a task is killed.
+    #[arg(long, env = "ALLOT_KILL_GRACE_PERIOD", default_value = "3s", value_parser = allot_common::config::parse_duration)]
+    pub kill_grace_period: Duration,
+}
+
+/// An agent failure that stops it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--resources` or `--attributes` cannot be parsed.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The work directory cannot be used.
+    #[error("work directory {path}: {source}")]
+    WorkDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Isolation was required and is not available.
+    #[error(transparent)]
+    Isolation(#[from] isolation::IsolationError),
+    /// The gRPC server failed or an address is invalid.
+    #[error("gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+pub(crate) struct Running {
+    pub(crate) kill: CancellationToken,
+}
+
+/// The agent's shared state.
+pub struct Agent {
+    pub(crate) agent_id: Mutex<String>,
+    pub(crate) work_dir: PathBuf,
+    pub(crate) isolator: isolation::Isolator,
+    pub(crate) grace: Duration,
+    pub(crate) broker: StatusUpdatesClient<Channel>,
+    pub(crate) tasks: Mutex<HashMap<(String, String), Running>>,
+}
+
+impl Agent {
+    /// The AgentID (empty until the first registration).
+    pub fn id(&self) -> String {
+        self.agent_id.lock().expect("agent id poisoned").clone()
+    }
+
+    /// Number of tasks running or still reporting.
+    pub fn running(&self) -> usize {
+        self.tasks.lock().expect("tasks poisoned").len()
+    }
+}
+
+/// Sends `updates` of one task to the broker in order, retrying each until it is acknowledged.
+async fn forward_updates(
+    mut client: StatusUpdatesClient<Channel>,
+    sandbox: String,
+    mut updates: mpsc::UnboundedReceiver<TaskStatus>,
+) {
+    while let Some(status) = updates.recv().await {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let req = StatusUpdateRequest {
+                status: Some(status.clone()),
+                sandbox: sandbox.clone(),
+            };
+            match client.update(req).await {
+                Ok(_) => break,
+                Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                    tracing::warn!(task = %status.task_id, error = %e.message(), "broker refused a status update; dropped");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(task = %status.task_id, error = %e.message(), ?delay, "status update not acknowledged; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+fn default_resources() -> Resources {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let mem_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|kib| (kib / 1024.0 - 1024.0).max(256.0))
+        .unwrap_or(1024.0)
+        .floor();
+    format!("cpus:{cpus};mem:{mem_mib};disk:10240;ports:[31000-32000]")
+        .parse()
+        .expect("default resources parse")
+}
+
+fn parse_attributes(s: &str) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once(':')
+            .ok_or_else(|| Error::Config(format!("attribute '{part}' is not key:value")))?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// Runs the agent on `listener` until `shutdown` resolves. On shutdown its tasks are killed and their final
+/// updates are given up to five seconds to reach the broker.
+///
+/// # Errors
+/// [`Error`] for bad configuration, an unusable work directory, required isolation that is missing, or a
+/// failing gRPC server.
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let resources = match &config.resources {
+        Some(s) => s.parse::<Resources>().map_err(|e| Error::Config(e.to_string()))?,
+        None => default_resources(),
+    };
+    let attributes = parse_attributes(&config.attributes)?;
+    let work_dir = std::path::absolute(&config.work_dir).unwrap_or(config.work_dir.clone());
+    std::fs::create_dir_all(&work_dir).map_err(|source| Error::WorkDir {
+        path: work_dir.display().to_string(),
+        source,
+    })?;
+    let id_file = work_dir.join("agent_id");
+    let checkpointed = std::fs::read_to_string(&id_file).map(|s| s.trim().to_string()).unwrap_or_default();
+    let address = match &config.advertise {
+        Some(a) => a.clone(),
+        None => listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .map_err(|e| Error::Config(format!("cannot read the listen address: {e}")))?,
+    };
+    let hostname = config.hostname.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    });
+    let cgroup_parent = format!(
+        "{}/{}",
+        config.cgroup_root.trim_matches('/'),
+        address.replace([':', '.'], "_")
+    );
+    let isolator = isolation::detect(config.isolation, &cgroup_parent)?;
+    let agent = Arc::new(Agent {
+        agent_id: Mutex::new(checkpointed.clone()),
+        work_dir: work_dir.clone(),
+        isolator,
+        grace: config.kill_grace_period,
+        broker: StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?),
+        tasks: Mutex::new(HashMap::new()),
+    });
+    let info = AgentInfo {
+        hostname,
+        address: address.clone(),
+        resources: resources_to_proto(&resources),
+        attributes: attributes.into_iter().collect(),
+    };
+    tracing::info!(%address, %resources, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
+
+    let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
+    let liveness = tokio::spawn(keep_registered(registry, info, agent.clone(), id_file));
+    let router = allot_common::grpc::server()
+        .add_service(allot_common::grpc::health().await)
+        .add_service(allot_proto::agent::agent_server::AgentServer::new(grpc::AgentService(agent.clone())));
+    let result = allot_common::grpc::serve(router, listener, shutdown).await;
+    liveness.abort();
+    // Kill what still runs and let the final updates drain.
+    let tokens: Vec<CancellationToken> = agent
+        .tasks
+        .lock()
+        .expect("tasks poisoned")
+        .values()
+        .map(|r| r.kill.clone())
+        .collect();
+    for t in &tokens {
+        t.cancel();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while agent.running() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    result?;
+    Ok(())
+}
+
+/// Registers (with the checkpointed AgentID, if any), checkpoints the ID, then heartbeats; re-registers as the
+/// same agent whenever the registry says the lease lapsed.
+async fn keep_registered(mut registry: RegistryClient<Channel>, info: AgentInfo, agent: Arc<Agent>, id_file: PathBuf) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let req = RegisterAgentRequest {
+            info: Some(info.clone()),
+            agent_id: agent.id(),
+        };
+        let resp = match registry.register_agent(req).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::warn!(error = %e.message(), ?delay, "cannot register; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        *agent.agent_id.lock().expect("agent id poisoned") = resp.agent_id.clone();
+        if let Err(e) = std::fs::write(&id_file, &resp.agent_id) {
+            tracing::warn!(error = %e, file = %id_file.display(), "cannot checkpoint the AgentID");
+        }
+        tracing::info!(agent_id = %resp.agent_id, "registered");
+        let interval = Duration::from_secs_f64(resp.heartbeat_interval.clamp(0.1, 60.0));
+        loop {
+            tokio::time::sleep(interval).await;
+            match registry
+                .heartbeat(HeartbeatRequest {
+                    agent_id: resp.agent_id.clone(),
+                })
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code() == tonic::Code::NotFound => {
+                    tracing::warn!(error = %e.message(), "lease lapsed; re-registering");
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
+            }
+        }
+    }
+}

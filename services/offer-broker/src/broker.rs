@@ -813,14 +813,21 @@ impl Broker {
         let mut client = self
             .agent_client(&agent_id)
             .ok_or_else(|| Status::unavailable(format!("agent {agent_id} is unknown")))?;
-        client
+        match client
             .kill_task(KillTaskRequest {
                 framework_id: fw.to_string(),
                 task_id: task.to_string(),
             })
             .await
-            .map_err(|e| Status::unavailable(format!("agent {agent_id}: {}", e.message())))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                self.master_update(fw, task, TaskState::TaskLost, "REASON_TASK_UNKNOWN", e.message())
+                    .await;
+                Ok(())
+            }
+            Err(e) => Err(Status::unavailable(format!("agent {agent_id}: {}", e.message()))),
+        }
     }
 
     /// RECONCILE: sends the latest state of the named tasks, or of every non-terminal task when none are named,

@@ -1,1 +1,358 @@
+//! Write an Allot framework the way Mesos frameworks are written: implement [`Scheduler`], hand it to
+//! [`run`], and answer offers through the [`Driver`].
+//!
+//! The driver subscribes to the offer-broker, dispatches events to the scheduler's callbacks, acknowledges
+//! every status update after `status_update` returns (implicit acknowledgements, Mesos' default), re-subscribes
+//! with the same FrameworkID when the connection drops or heartbeats stop, and runs the scheduler's calls
+//! (accept, decline, kill, ...) in the order they were made. A call that fails is reported to
+//! [`Scheduler::error`].
+//!
+//! ```no_run
+//! use allot_sdk::{Driver, DriverConfig, Scheduler, Offer, TaskStatus};
+//! struct Hello;
+//! impl Scheduler for Hello {
+//!     fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
+//!         driver.decline(offers.iter().map(|o| o.offer_id.clone()).collect(), Some(5.0));
+//!     }
+//!     fn status_update(&mut self, _driver: &Driver, status: &TaskStatus) {
+//!         println!("{} is {}", status.task_id, status.state().as_str_name());
+//!     }
+//! }
+//! # async fn go() -> Result<(), allot_sdk::SdkError> {
+//! let config = DriverConfig::new("127.0.0.1:5052", allot_sdk::framework_info("hello", "*"));
+//! allot_sdk::run(config, Hello).await?;
+//! # Ok(()) }
+//! ```
 
+pub use allot_proto::common::{CommandInfo, FrameworkInfo, Resource, TaskInfo, TaskState, TaskStatus};
+pub use allot_proto::scheduler::Offer;
+
+use allot_proto::scheduler::{
+    self as pb, Filters, Launch, Operation, event, operation, scheduler_client::SchedulerClient,
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A framework scheduler's callbacks. Each runs on the driver's task; keep them quick and make calls through
+/// the [`Driver`], which queues them.
+pub trait Scheduler: Send {
+    /// SUBSCRIBED: the framework is registered (again, after a reconnect) under `framework_id`.
+    fn registered(&mut self, _driver: &Driver, _framework_id: &str) {}
+    /// OFFERS: resources to accept (launch tasks) or decline.
+    fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>);
+    /// RESCIND: an offer is no longer valid.
+    fn offer_rescinded(&mut self, _driver: &Driver, _offer_id: &str) {}
+    /// UPDATE: a task changed state. The driver acknowledges it after this returns.
+    fn status_update(&mut self, driver: &Driver, status: &TaskStatus);
+    /// ERROR from the broker, or a call that failed.
+    fn error(&mut self, _driver: &Driver, _message: &str) {}
+    /// The connection to the broker dropped; the driver is re-subscribing.
+    fn disconnected(&mut self, _driver: &Driver) {}
+}
+
+/// A failure that ends [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum SdkError {
+    /// The broker refused the subscription (bad FrameworkInfo, or a FrameworkID that was torn down).
+    #[error("subscription refused: {0}")]
+    Subscribe(String),
+    /// The broker address is invalid.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Where to subscribe and as what.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// The offer-broker's address (`host:port`).
+    pub broker: String,
+    /// The framework's description; set `framework_id` to re-subscribe as an existing framework.
+    pub info: FrameworkInfo,
+}
+
+impl DriverConfig {
+    /// A config for `info` at `broker`.
+    pub fn new(broker: &str, info: FrameworkInfo) -> Self {
+        Self {
+            broker: broker.to_string(),
+            info,
+        }
+    }
+}
+
+/// A `FrameworkInfo` named `name` in `role`, run as the current user, with no failover timeout.
+pub fn framework_info(name: &str, role: &str) -> FrameworkInfo {
+    FrameworkInfo {
+        name: name.to_string(),
+        user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+        roles: vec![role.to_string()],
+        ..Default::default()
+    }
+}
+
+/// A shell command task named `task_id` with `resources` (Mesos resource text, e.g. `cpus:0.5;mem:64`).
+///
+/// # Errors
+/// The resource text is invalid.
+pub fn shell_task(task_id: &str, command: &str, resources: &str) -> Result<TaskInfo, allot_policy::ResourcesError> {
+    let r: allot_policy::Resources = resources.parse()?;
+    Ok(TaskInfo {
+        name: task_id.to_string(),
+        task_id: task_id.to_string(),
+        resources: allot_common::convert::resources_to_proto(&r),
+        command: Some(CommandInfo {
+            value: command.to_string(),
+            shell: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[derive(Debug)]
+enum Call {
+    Accept(Vec<String>, Vec<TaskInfo>, Option<f64>),
+    Decline(Vec<String>, Option<f64>),
+    Revive,
+    Suppress,
+    Kill(String, String),
+    Acknowledge(String, String, Vec<u8>),
+    Reconcile(Vec<(String, String)>),
+    Teardown,
+}
+
+/// The scheduler's handle on the cluster. Cheap to clone; calls are queued and run in order.
+#[derive(Clone, Debug)]
+pub struct Driver {
+    calls: mpsc::UnboundedSender<Call>,
+    framework_id: Arc<Mutex<String>>,
+    stop: CancellationToken,
+}
+
+impl Driver {
+    fn call(&self, c: Call) {
+        let _ = self.calls.send(c);
+    }
+
+    /// The FrameworkID (empty before the first SUBSCRIBED).
+    pub fn framework_id(&self) -> String {
+        self.framework_id.lock().expect("framework id poisoned").clone()
+    }
+
+    /// ACCEPT `offer_ids` (all on one agent) by launching `tasks`; unused resources are filtered for
+    /// `refuse_seconds` (default 5).
+    pub fn accept(&self, offer_ids: Vec<String>, tasks: Vec<TaskInfo>, refuse_seconds: Option<f64>) {
+        self.call(Call::Accept(offer_ids, tasks, refuse_seconds));
+    }
+
+    /// DECLINE `offer_ids`, filtering their agents for `refuse_seconds` (default 5; 0 for no filter).
+    pub fn decline(&self, offer_ids: Vec<String>, refuse_seconds: Option<f64>) {
+        self.call(Call::Decline(offer_ids, refuse_seconds));
+    }
+
+    /// REVIVE: clear filters, end suppression.
+    pub fn revive(&self) {
+        self.call(Call::Revive);
+    }
+
+    /// SUPPRESS: no more offers until [`Driver::revive`].
+    pub fn suppress(&self) {
+        self.call(Call::Suppress);
+    }
+
+    /// KILL a task.
+    pub fn kill(&self, task_id: &str, agent_id: &str) {
+        self.call(Call::Kill(task_id.into(), agent_id.into()));
+    }
+
+    /// RECONCILE `(task_id, agent_id)` pairs, or every task when empty.
+    pub fn reconcile(&self, tasks: Vec<(String, String)>) {
+        self.call(Call::Reconcile(tasks));
+    }
+
+    /// TEARDOWN the framework (kills its tasks), then stop the driver.
+    pub fn teardown(&self) {
+        self.call(Call::Teardown);
+    }
+
+    /// Stops the driver without tearing the framework down (its tasks keep running for `failover_timeout`).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+async fn run_calls(
+    mut client: SchedulerClient<Channel>,
+    mut calls: mpsc::UnboundedReceiver<Call>,
+    framework_id: Arc<Mutex<String>>,
+    errors: mpsc::UnboundedSender<String>,
+    stop: CancellationToken,
+) {
+    while let Some(call) = calls.recv().await {
+        let fw = framework_id.lock().expect("framework id poisoned").clone();
+        let filters = |r: Option<f64>| Some(Filters { refuse_seconds: r });
+        let what = format!("{call:?}").split('(').next().unwrap_or("call").to_uppercase();
+        let result = match call {
+            Call::Accept(offer_ids, tasks, r) => client
+                .accept(pb::AcceptRequest {
+                    framework_id: fw,
+                    offer_ids,
+                    operations: vec![Operation {
+                        operation: Some(operation::Operation::Launch(Launch { task_infos: tasks })),
+                    }],
+                    filters: filters(r),
+                })
+                .await
+                .map(|_| ()),
+            Call::Decline(offer_ids, r) => client
+                .decline(pb::DeclineRequest {
+                    framework_id: fw,
+                    offer_ids,
+                    filters: filters(r),
+                })
+                .await
+                .map(|_| ()),
+            Call::Revive => client.revive(pb::ReviveRequest { framework_id: fw }).await.map(|_| ()),
+            Call::Suppress => client.suppress(pb::SuppressRequest { framework_id: fw }).await.map(|_| ()),
+            Call::Kill(task_id, agent_id) => client
+                .kill(pb::KillRequest {
+                    framework_id: fw,
+                    task_id,
+                    agent_id,
+                })
+                .await
+                .map(|_| ()),
+            Call::Acknowledge(agent_id, task_id, uuid) => client
+                .acknowledge(pb::AcknowledgeRequest {
+                    framework_id: fw,
+                    agent_id,
+                    task_id,
+                    uuid,
+                })
+                .await
+                .map(|_| ()),
+            Call::Reconcile(tasks) => client
+                .reconcile(pb::ReconcileRequest {
+                    framework_id: fw,
+                    tasks: tasks
+                        .into_iter()
+                        .map(|(task_id, agent_id)| pb::ReconcileTask { task_id, agent_id })
+                        .collect(),
+                })
+                .await
+                .map(|_| ()),
+            Call::Teardown => {
+                let r = client.teardown(pb::TeardownRequest { framework_id: fw }).await.map(|_| ());
+                stop.cancel();
+                r
+            }
+        };
+        if let Err(e) = result {
+            let _ = errors.send(format!("{what} failed: {} ({:?})", e.message(), e.code()));
+        }
+    }
+}
+
+/// Runs `scheduler` until it calls [`Driver::teardown`] or [`Driver::stop`]; returns the scheduler so the
+/// caller can read what it collected.
+///
+/// # Errors
+/// [`SdkError::Subscribe`] when the broker refuses the subscription for good (invalid FrameworkInfo, or the
+/// framework was torn down); [`SdkError::Transport`] for an invalid broker address. A broker that cannot be
+/// reached is retried with backoff, not an error.
+pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result<S, SdkError> {
+    let channel = allot_common::grpc::channel(&config.broker)?;
+    let client = SchedulerClient::new(channel).max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
+    let (call_tx, call_rx) = mpsc::unbounded_channel();
+    let (err_tx, mut err_rx) = mpsc::unbounded_channel();
+    let framework_id = Arc::new(Mutex::new(config.info.framework_id.clone()));
+    let stop = CancellationToken::new();
+    let driver = Driver {
+        calls: call_tx,
+        framework_id: framework_id.clone(),
+        stop: stop.clone(),
+    };
+    let runner = tokio::spawn(run_calls(client.clone(), call_rx, framework_id.clone(), err_tx, stop.clone()));
+    let mut info = config.info;
+    let mut delay = Duration::from_millis(200);
+    let result = 'outer: loop {
+        info.framework_id = driver.framework_id();
+        let mut c = client.clone();
+        let subscribed = tokio::select! {
+            r = c.subscribe(pb::SubscribeRequest { framework_info: Some(info.clone()) }) => r,
+            _ = stop.cancelled() => break 'outer Ok(()),
+        };
+        let mut stream = match subscribed {
+            Ok(s) => s.into_inner(),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                break 'outer Err(SdkError::Subscribe(e.message().to_string()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), ?delay, "cannot subscribe; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => break 'outer Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        let mut patience = Duration::from_secs(45);
+        loop {
+            let msg = tokio::select! {
+                m = tokio::time::timeout(patience, stream.message()) => m,
+                Some(e) = err_rx.recv() => { scheduler.error(&driver, &e); continue; }
+                _ = stop.cancelled() => break 'outer Ok(()),
+            };
+            let ev = match msg {
+                Ok(Ok(Some(ev))) => ev,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e.message(), "event stream failed");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!("no event within three heartbeat intervals; reconnecting");
+                    break;
+                }
+            };
+            match ev.event {
+                Some(event::Event::Subscribed(s)) => {
+                    *framework_id.lock().expect("framework id poisoned") = s.framework_id.clone();
+                    patience = Duration::from_secs_f64((s.heartbeat_interval_seconds * 3.0).max(1.0));
+                    scheduler.registered(&driver, &s.framework_id);
+                }
+                Some(event::Event::Offers(o)) => scheduler.resource_offers(&driver, o.offers),
+                Some(event::Event::Rescind(r)) => scheduler.offer_rescinded(&driver, &r.offer_id),
+                Some(event::Event::Update(u)) => {
+                    if let Some(status) = u.status {
+                        scheduler.status_update(&driver, &status);
+                        if !status.uuid.is_empty() {
+                            driver.call(Call::Acknowledge(status.agent_id.clone(), status.task_id.clone(), status.uuid));
+                        }
+                    }
+                }
+                Some(event::Event::Error(e)) => scheduler.error(&driver, &e.message),
+                Some(event::Event::Failure(_)) | Some(event::Event::Heartbeat(_)) | None => {}
+            }
+        }
+        scheduler.disconnected(&driver);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => break 'outer Ok(()),
+        }
+    };
+    // Let queued calls (a final acknowledgement, the teardown) go out before returning.
+    drop(driver);
+    let _ = tokio::time::timeout(Duration::from_secs(5), runner).await;
+    result.map(|_| scheduler)
+}

@@ -1,0 +1,85 @@
+//! `allot.agent.v1.Agent`: the offer-broker launches and kills tasks here.
+
+use crate::executor::{Launch, run_task, sandbox_path};
+use crate::{Agent, Running, forward_updates};
+use allot_proto::agent::{agent_server, *};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// The agent's gRPC service.
+pub struct AgentService(pub Arc<Agent>);
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+#[tonic::async_trait]
+impl agent_server::Agent for AgentService {
+    async fn launch_tasks(&self, request: Request<LaunchTasksRequest>) -> Result<Response<LaunchTasksResponse>, Status> {
+        let r = request.into_inner();
+        if !valid_id(&r.framework_id) {
+            return Err(Status::invalid_argument("framework_id is invalid"));
+        }
+        let agent = &self.0;
+        let agent_id = agent.id();
+        for t in &r.tasks {
+            if !valid_id(&t.task_id) {
+                return Err(Status::invalid_argument(format!("task_id '{}' is invalid", t.task_id)));
+            }
+            if !t.agent_id.is_empty() && t.agent_id != agent_id {
+                return Err(Status::invalid_argument(format!(
+                    "task {} is for agent {}, this is {agent_id}",
+                    t.task_id, t.agent_id
+                )));
+            }
+        }
+        for task in r.tasks {
+            let key = (r.framework_id.clone(), task.task_id.clone());
+            let kill = CancellationToken::new();
+            {
+                let mut tasks = agent.tasks.lock().expect("tasks poisoned");
+                if tasks.contains_key(&key) {
+                    tracing::warn!(task = %task.task_id, "launch of a task already running ignored");
+                    continue;
+                }
+                tasks.insert(key.clone(), Running { kill: kill.clone() });
+            }
+            let sandbox = sandbox_path(&agent.work_dir, &r.framework_id, &task.task_id);
+            let grace = if task.kill_grace_period > 0.0 {
+                Duration::from_secs_f64(task.kill_grace_period)
+            } else {
+                agent.grace
+            };
+            let launch = Launch {
+                framework_id: r.framework_id.clone(),
+                agent_id: agent_id.clone(),
+                task,
+                sandbox: sandbox.clone(),
+                grace,
+            };
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let forwarder = tokio::spawn(forward_updates(agent.broker.clone(), sandbox.display().to_string(), rx));
+                run_task(launch, agent.isolator.clone(), kill, tx).await;
+                let _ = forwarder.await;
+                agent.tasks.lock().expect("tasks poisoned").remove(&key);
+            });
+        }
+        Ok(Response::new(LaunchTasksResponse {}))
+    }
+
+    async fn kill_task(&self, request: Request<KillTaskRequest>) -> Result<Response<KillTaskResponse>, Status> {
+        let r = request.into_inner();
+        let tasks = self.0.tasks.lock().expect("tasks poisoned");
+        match tasks.get(&(r.framework_id.clone(), r.task_id.clone())) {
+            Some(t) => {
+                t.kill.cancel();
+                Ok(Response::new(KillTaskResponse {}))
+            }
+            None => Err(Status::not_found(format!("task {} is not running on this agent", r.task_id))),
+        }
+    }
+}

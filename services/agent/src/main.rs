@@ -1,0 +1,13 @@
+//! `allot-agent`: see the library crate.
+use anyhow::Context;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: allot_agent::Config = allot_common::config::parse();
+    let _telemetry = allot_telemetry::init("allot-agent", env!("CARGO_PKG_VERSION"));
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    allot_agent::run(config, listener, allot_common::shutdown::signal()).await?;
+    Ok(())
+}

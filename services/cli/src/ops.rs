@@ -1,0 +1,282 @@
+//! Operator views: tables or JSON of agents, frameworks, tasks, offers and roles.
+
+use allot_common::convert::{resources_from_proto, resources_to_proto};
+use allot_proto::common::{Resource, Role};
+use allot_proto::operator::{ListFrameworksRequest, ListOffersRequest, ListTasksRequest, operator_client::OperatorClient};
+use allot_proto::registry::{ListAgentsRequest, ListRolesRequest, SetRoleRequest, registry_client::RegistryClient};
+use anyhow::Context;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::json;
+
+/// `allot roles set`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RolesCommand {
+    /// Create or replace a role's weight and quota limit.
+    Set {
+        /// Role name.
+        role: String,
+        /// DRF weight (> 0).
+        #[arg(long, default_value_t = 1.0)]
+        weight: f64,
+        /// Quota limit, e.g. `cpus:4;mem:4096`.
+        #[arg(long)]
+        quota: Option<String>,
+    },
+}
+
+fn res(list: &[Resource]) -> String {
+    resources_from_proto(list).map(|r| r.to_string()).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t
+}
+
+async fn registry(addr: &str) -> anyhow::Result<RegistryClient<tonic::transport::Channel>> {
+    Ok(RegistryClient::new(allot_common::grpc::channel(addr)?))
+}
+
+async fn operator(addr: &str) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
+    Ok(OperatorClient::new(allot_common::grpc::channel(addr)?))
+}
+
+pub async fn agents(addr: &str, as_json: bool) -> anyhow::Result<i32> {
+    let list = registry(addr)
+        .await?
+        .list_agents(ListAgentsRequest {})
+        .await
+        .with_context(|| format!("registry at {addr}"))?
+        .into_inner()
+        .agents;
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|a| {
+                let r = a.record.clone().unwrap_or_default();
+                let i = r.info.unwrap_or_default();
+                json!({"agent_id": r.agent_id, "hostname": i.hostname, "address": i.address,
+                       "resources": res(&i.resources), "attributes": i.attributes, "reachable": a.reachable})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let mut t = table(&["AGENT", "ADDRESS", "RESOURCES", "REACHABLE"]);
+    for a in list {
+        let r = a.record.unwrap_or_default();
+        let i = r.info.unwrap_or_default();
+        t.add_row(vec![r.agent_id, i.address, res(&i.resources), a.reachable.to_string()]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub async fn frameworks(addr: &str, as_json: bool) -> anyhow::Result<i32> {
+    let list = operator(addr)
+        .await?
+        .list_frameworks(ListFrameworksRequest {})
+        .await
+        .with_context(|| format!("offer-broker at {addr}"))?
+        .into_inner()
+        .frameworks;
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|f| {
+                let r = f.record.clone().unwrap_or_default();
+                let i = r.info.unwrap_or_default();
+                json!({"framework_id": r.framework_id, "name": i.name, "roles": i.roles, "active": r.active,
+                       "connected": f.connected, "suppressed": f.suppressed,
+                       "used": res(&f.used), "offered": res(&f.offered)})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let mut t = table(&["FRAMEWORK", "NAME", "ROLE", "STATE", "USED", "OFFERED"]);
+    for f in list {
+        let r = f.record.unwrap_or_default();
+        let i = r.info.unwrap_or_default();
+        let state = match (r.active, f.connected) {
+            (false, _) => "torn down",
+            (true, true) => "connected",
+            (true, false) => "disconnected",
+        };
+        t.add_row(vec![r.framework_id, i.name, i.roles.join(","), state.into(), res(&f.used), res(&f.offered)]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub async fn tasks(addr: &str, framework: Option<&str>, as_json: bool) -> anyhow::Result<i32> {
+    let list = operator(addr)
+        .await?
+        .list_tasks(ListTasksRequest {
+            framework_id: framework.unwrap_or_default().to_string(),
+        })
+        .await
+        .with_context(|| format!("offer-broker at {addr}"))?
+        .into_inner()
+        .tasks;
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|t| {
+                let i = t.task.clone().unwrap_or_default();
+                let s = t.status.clone().unwrap_or_default();
+                json!({"framework_id": t.framework_id, "task_id": i.task_id, "agent_id": i.agent_id,
+                       "state": s.state().as_str_name(), "message": s.message, "exit_code": s.exit_code,
+                       "resources": res(&i.resources), "sandbox": t.sandbox})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let mut t = table(&["FRAMEWORK", "TASK", "AGENT", "STATE", "RESOURCES", "MESSAGE"]);
+    for rec in list {
+        let i = rec.task.unwrap_or_default();
+        let s = rec.status.unwrap_or_default();
+        t.add_row(vec![
+            rec.framework_id,
+            i.task_id,
+            i.agent_id,
+            s.state().as_str_name().to_string(),
+            res(&i.resources),
+            s.message,
+        ]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub async fn offers(addr: &str, as_json: bool) -> anyhow::Result<i32> {
+    let list = operator(addr)
+        .await?
+        .list_offers(ListOffersRequest {})
+        .await
+        .with_context(|| format!("offer-broker at {addr}"))?
+        .into_inner()
+        .offers;
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|o| json!({"offer_id": o.offer_id, "framework_id": o.framework_id, "agent_id": o.agent_id,
+                             "hostname": o.hostname, "resources": res(&o.resources)}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let mut t = table(&["OFFER", "FRAMEWORK", "AGENT", "RESOURCES"]);
+    for o in list {
+        t.add_row(vec![o.offer_id, o.framework_id, o.agent_id, res(&o.resources)]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub async fn roles(addr: &str, broker: &str, set: Option<RolesCommand>, as_json: bool) -> anyhow::Result<i32> {
+    let mut client = registry(addr).await?;
+    if let Some(RolesCommand::Set { role, weight, quota }) = set {
+        let quota_limit = match quota {
+            Some(q) => resources_to_proto(&q.parse().with_context(|| format!("--quota '{q}'"))?),
+            None => Vec::new(),
+        };
+        client
+            .set_role(SetRoleRequest {
+                role: Some(Role {
+                    name: role.clone(),
+                    weight,
+                    quota_limit,
+                }),
+            })
+            .await
+            .with_context(|| format!("registry at {addr}"))?;
+        println!("role {role} set: weight {weight}");
+        return Ok(0);
+    }
+    let configured = client
+        .list_roles(ListRolesRequest {})
+        .await
+        .with_context(|| format!("registry at {addr}"))?
+        .into_inner()
+        .roles;
+    let shares = role_shares(addr, broker).await?;
+    let mut names: Vec<String> = configured.iter().map(|r| r.name.clone()).collect();
+    names.extend(shares.allocation.keys().cloned());
+    names.sort();
+    names.dedup();
+    let rows: Vec<(String, f64, String, String, f64)> = names
+        .into_iter()
+        .map(|name| {
+            let cfg = configured.iter().find(|r| r.name == name);
+            let alloc = shares.allocation.get(&name).cloned().unwrap_or_default();
+            let share = allot_policy::dominant_share(&alloc, &shares.total);
+            (
+                name,
+                cfg.map(|r| r.weight).unwrap_or(1.0),
+                cfg.map(|r| res(&r.quota_limit)).unwrap_or_default(),
+                alloc.to_string(),
+                share,
+            )
+        })
+        .collect();
+    if as_json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, w, q, a, s)| json!({"role": n, "weight": w, "quota_limit": q, "allocated": a, "dominant_share": s}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let mut t = table(&["ROLE", "WEIGHT", "QUOTA LIMIT", "ALLOCATED", "DOMINANT SHARE"]);
+    for (n, w, q, a, s) in rows {
+        t.add_row(vec![n, w.to_string(), q, a, format!("{:.1}%", s * 100.0)]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+/// What each role holds (used plus offered) and the cluster's total over reachable agents.
+pub struct RoleShares {
+    /// Sum of every reachable agent's resources.
+    pub total: allot_policy::Resources,
+    /// Role name -> its frameworks' used and offered resources.
+    pub allocation: std::collections::BTreeMap<String, allot_policy::Resources>,
+}
+
+/// Reads [`RoleShares`] from the registry at `registry_addr` and the broker at `broker_addr`.
+pub async fn role_shares(registry_addr: &str, broker_addr: &str) -> anyhow::Result<RoleShares> {
+    let agents = registry(registry_addr)
+        .await?
+        .list_agents(ListAgentsRequest {})
+        .await
+        .with_context(|| format!("registry at {registry_addr}"))?
+        .into_inner()
+        .agents;
+    let mut total = allot_policy::Resources::new();
+    for a in agents.iter().filter(|a| a.reachable) {
+        let info = a.record.clone().unwrap_or_default().info.unwrap_or_default();
+        total.add(&resources_from_proto(&info.resources).unwrap_or_default());
+    }
+    let frameworks = operator(broker_addr)
+        .await?
+        .list_frameworks(ListFrameworksRequest {})
+        .await
+        .with_context(|| format!("offer-broker at {broker_addr}"))?
+        .into_inner()
+        .frameworks;
+    let mut allocation: std::collections::BTreeMap<String, allot_policy::Resources> = Default::default();
+    for f in frameworks {
+        let role = f
+            .record
+            .and_then(|r| r.info)
+            .and_then(|i| i.roles.first().cloned())
+            .unwrap_or_else(|| "*".into());
+        let entry = allocation.entry(role).or_default();
+        entry.add(&resources_from_proto(&f.used).unwrap_or_default());
+        entry.add(&resources_from_proto(&f.offered).unwrap_or_default());
+    }
+    Ok(RoleShares { total, allocation })
+}
