@@ -1,1 +1,508 @@
+//! The integration test harness.
+//!
+//! - [`Etcd`]: a real `etcd` process (Debian's etcd-server) on free loopback ports, with its data in a
+//!   temporary directory; killed on drop.
+//! - [`Cluster`]: etcd plus the registry, allocator and offer-broker, each served by its library's `run` on
+//!   its own `127.0.0.1:0` listener; agents are added with [`Cluster::add_agent`] and run real commands.
+//! - [`TestFramework`]: a scheduler speaking the raw gRPC scheduler API, with waits on its event stream.
+//! - [`eventually`]: polls a condition until it holds or the patience runs out.
 
+use allot_proto::common::{CommandInfo, FrameworkInfo, Resource, TaskInfo, TaskState, TaskStatus};
+use allot_proto::scheduler::{self as pb, event, scheduler_client::SchedulerClient};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+
+/// How long waits last before a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Starts logging for a test once (`ALLOT_LOG` or `RUST_LOG` select the level; default warnings).
+pub fn init_logging() {
+    let filter = std::env::var("ALLOT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; etcd binds it a moment later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A real etcd on loopback.
+pub struct Etcd {
+    child: Child,
+    /// Client URL, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers.
+    ///
+    /// # Panics
+    /// If `etcd` is not installed (`apt-get install etcd-server`) or does not answer within 15 seconds.
+    pub async fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is installed (apt-get install etcd-server)");
+        let etcd = Etcd {
+            child,
+            endpoint,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(store) = allot_common::Store::connect(&[etcd.endpoint.clone()], "/probe").await
+                && store.exists("/probe").await.is_ok()
+            {
+                return etcd;
+            }
+            assert!(Instant::now() < deadline, "etcd did not start at {}", etcd.endpoint);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resolves when `stop` is sent; a dropped sender leaves the service running until the test ends.
+async fn stop_signal(rx: oneshot::Receiver<()>) {
+    if rx.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A service running in this process: its address and the way to stop it.
+pub struct Service {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    async fn spawn<F, Fut>(start: F) -> Service
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(start(listener, rx));
+        Service {
+            addr,
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    /// Stops gracefully and waits for the service to end.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.handle).await;
+    }
+
+    /// Ends the service abruptly, as `kill -9` would: no goodbye, no drain.
+    pub fn crash(self) {
+        self.handle.abort();
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    /// The agent's service.
+    pub service: Service,
+    /// Its work directory (checkpointed AgentID, sandboxes).
+    pub work_dir: PathBuf,
+}
+
+/// Options for a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Allocation interval.
+    pub allocation_interval: Duration,
+    /// Agent timeout (etcd lease TTL).
+    pub agent_timeout: Duration,
+    /// HEARTBEAT interval to frameworks.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            allocation_interval: Duration::from_millis(100),
+            agent_timeout: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// etcd and the three control-plane services.
+pub struct Cluster {
+    /// etcd.
+    pub etcd: Etcd,
+    /// The registry.
+    pub registry: Service,
+    /// The allocator.
+    pub allocator: Service,
+    /// The offer-broker.
+    pub broker: Service,
+    dir: tempfile::TempDir,
+    agents: usize,
+}
+
+impl Cluster {
+    /// Starts etcd and the control plane with default options.
+    pub async fn start() -> Cluster {
+        Self::start_with(ClusterOptions::default()).await
+    }
+
+    /// Starts etcd and the control plane.
+    pub async fn start_with(opts: ClusterOptions) -> Cluster {
+        init_logging();
+        let etcd = Etcd::start().await;
+        let endpoints = vec![etcd.endpoint.clone()];
+        let root = allot_common::store::DEFAULT_ROOT.to_string();
+        let cfg = allot_registry::Config {
+            config: None,
+            listen: String::new(),
+            etcd_endpoints: endpoints.clone(),
+            etcd_root: root.clone(),
+            agent_timeout: opts.agent_timeout,
+        };
+        let registry = Service::spawn(|l, rx| async move {
+            allot_registry::run(cfg, l, stop_signal(rx)).await.expect("registry runs");
+        })
+        .await;
+        let cfg = allot_allocator::Config {
+            config: None,
+            listen: String::new(),
+            etcd_endpoints: endpoints.clone(),
+            etcd_root: root.clone(),
+            allocation_interval: opts.allocation_interval,
+            policy: "drf".into(),
+        };
+        let allocator = Service::spawn(|l, rx| async move {
+            allot_allocator::run(cfg, l, stop_signal(rx)).await.expect("allocator runs");
+        })
+        .await;
+        let cfg = allot_offer_broker::Config {
+            config: None,
+            listen: String::new(),
+            etcd_endpoints: endpoints,
+            etcd_root: root,
+            allocator: allocator.addr.to_string(),
+            heartbeat_interval: opts.heartbeat_interval,
+        };
+        let broker = Service::spawn(|l, rx| async move {
+            allot_offer_broker::run(cfg, l, stop_signal(rx)).await.expect("broker runs");
+        })
+        .await;
+        Cluster {
+            etcd,
+            registry,
+            allocator,
+            broker,
+            dir: tempfile::tempdir().expect("temp dir"),
+            agents: 0,
+        }
+    }
+
+    /// Starts an agent offering `resources` (Mesos text) with a fresh work directory, and waits until it is
+    /// registered.
+    pub async fn add_agent(&mut self, resources: &str) -> AgentHandle {
+        self.agents += 1;
+        let work_dir = self.dir.path().join(format!("agent{}", self.agents));
+        self.start_agent(resources, work_dir).await
+    }
+
+    /// Starts an agent in `work_dir` (reusing a checkpointed AgentID there) and waits until it is registered.
+    pub async fn start_agent(&self, resources: &str, work_dir: PathBuf) -> AgentHandle {
+        let cfg = allot_agent::Config {
+            config: None,
+            listen: String::new(),
+            advertise: None,
+            registry: self.registry.addr.to_string(),
+            broker: self.broker.addr.to_string(),
+            work_dir: work_dir.clone(),
+            resources: Some(resources.to_string()),
+            attributes: String::new(),
+            hostname: Some("localhost".into()),
+            isolation: allot_agent::isolation::Mode::Auto,
+            cgroup_root: "allot-test".into(),
+            kill_grace_period: Duration::from_secs(2),
+        };
+        let service = Service::spawn(|l, rx| async move {
+            allot_agent::run(cfg, l, stop_signal(rx)).await.expect("agent runs");
+        })
+        .await;
+        let id_file = work_dir.join("agent_id");
+        eventually("the agent registers", || async { id_file.exists() }).await;
+        AgentHandle { service, work_dir }
+    }
+
+    /// A channel to the broker.
+    pub fn broker_channel(&self) -> Channel {
+        allot_common::grpc::channel(&self.broker.addr.to_string()).expect("channel")
+    }
+}
+
+/// Waits until `cond` holds, checking every 50 ms, for at most [`PATIENCE`].
+///
+/// # Panics
+/// When the patience runs out, naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A framework speaking the raw scheduler API.
+pub struct TestFramework {
+    /// Its FrameworkID.
+    pub id: String,
+    /// A client for calls.
+    pub client: SchedulerClient<Channel>,
+    events: mpsc::UnboundedReceiver<event::Event>,
+    /// Events taken off the stream but not yet consumed by a wait.
+    backlog: Vec<event::Event>,
+}
+
+impl TestFramework {
+    /// Subscribes as `name` in `role` and waits for SUBSCRIBED.
+    pub async fn subscribe(cluster: &Cluster, name: &str, role: &str) -> TestFramework {
+        let mut client = SchedulerClient::new(cluster.broker_channel());
+        let info = FrameworkInfo {
+            name: name.into(),
+            user: "test".into(),
+            roles: vec![role.into()],
+            ..Default::default()
+        };
+        let mut stream = client
+            .subscribe(pb::SubscribeRequest {
+                framework_info: Some(info),
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(ev)) = stream.message().await {
+                if let Some(e) = ev.event
+                    && tx.send(e).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let id = match tokio::time::timeout(PATIENCE, rx.recv()).await {
+            Ok(Some(event::Event::Subscribed(s))) => s.framework_id,
+            other => panic!("expected SUBSCRIBED, got {other:?}"),
+        };
+        TestFramework {
+            id,
+            client,
+            events: rx,
+            backlog: Vec::new(),
+        }
+    }
+
+    /// Waits up to `within` for the first event that `pick` accepts; other events stay queued.
+    pub async fn wait_for<T>(&mut self, within: Duration, mut pick: impl FnMut(&event::Event) -> Option<T>) -> Option<T> {
+        if let Some(i) = self.backlog.iter().position(|e| pick(e).is_some()) {
+            let e = self.backlog.remove(i);
+            return pick(&e);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) => {
+                    if let Some(t) = pick(&e) {
+                        return Some(t);
+                    }
+                    self.backlog.push(e);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next offers, within [`PATIENCE`].
+    ///
+    /// # Panics
+    /// If none come.
+    pub async fn offers(&mut self) -> Vec<pb::Offer> {
+        self.wait_for(PATIENCE, |e| match e {
+            event::Event::Offers(o) => Some(o.offers.clone()),
+            _ => None,
+        })
+        .await
+        .expect("offers within patience")
+    }
+
+    /// Offers arriving within `within`, if any.
+    pub async fn offers_within(&mut self, within: Duration) -> Option<Vec<pb::Offer>> {
+        self.wait_for(within, |e| match e {
+            event::Event::Offers(o) => Some(o.offers.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for an UPDATE of `task` to `state` (acknowledging every update of that task seen on the way).
+    ///
+    /// # Panics
+    /// If it does not come within [`PATIENCE`].
+    pub async fn await_state(&mut self, task: &str, state: TaskState) -> TaskStatus {
+        let mut seen = Vec::new();
+        let found = self
+            .wait_for(PATIENCE, |e| match e {
+                event::Event::Update(u) => {
+                    let s = u.status.clone()?;
+                    if s.task_id != task {
+                        return None;
+                    }
+                    seen.push(s.clone());
+                    (s.state() == state).then_some(s)
+                }
+                _ => None,
+            })
+            .await;
+        for s in &seen {
+            self.ack(s).await;
+        }
+        found.unwrap_or_else(|| {
+            let states: Vec<_> = seen.iter().map(|s| s.state().as_str_name()).collect();
+            panic!("task {task} did not reach {} (saw {states:?})", state.as_str_name())
+        })
+    }
+
+    /// ACKNOWLEDGE `status` if it carries a uuid.
+    pub async fn ack(&mut self, s: &TaskStatus) {
+        if s.uuid.is_empty() {
+            return;
+        }
+        self.client
+            .acknowledge(pb::AcknowledgeRequest {
+                framework_id: self.id.clone(),
+                agent_id: s.agent_id.clone(),
+                task_id: s.task_id.clone(),
+                uuid: s.uuid.clone(),
+            })
+            .await
+            .expect("acknowledge");
+    }
+
+    /// ACCEPT `offer` launching `tasks`, with `refuse_seconds` for the unused rest.
+    ///
+    /// # Errors
+    /// The broker's refusal.
+    pub async fn accept(&mut self, offer: &str, tasks: Vec<TaskInfo>, refuse_seconds: f64) -> Result<(), tonic::Status> {
+        self.client
+            .accept(pb::AcceptRequest {
+                framework_id: self.id.clone(),
+                offer_ids: vec![offer.to_string()],
+                operations: vec![pb::Operation {
+                    operation: Some(pb::operation::Operation::Launch(pb::Launch { task_infos: tasks })),
+                }],
+                filters: Some(pb::Filters {
+                    refuse_seconds: Some(refuse_seconds),
+                }),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// DECLINE `offer` with `refuse_seconds`.
+    ///
+    /// # Errors
+    /// The broker's refusal.
+    pub async fn decline(&mut self, offer: &str, refuse_seconds: f64) -> Result<(), tonic::Status> {
+        self.client
+            .decline(pb::DeclineRequest {
+                framework_id: self.id.clone(),
+                offer_ids: vec![offer.to_string()],
+                filters: Some(pb::Filters {
+                    refuse_seconds: Some(refuse_seconds),
+                }),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// KILL `task`.
+    ///
+    /// # Errors
+    /// The broker's refusal.
+    pub async fn kill(&mut self, task: &str) -> Result<(), tonic::Status> {
+        self.client
+            .kill(pb::KillRequest {
+                framework_id: self.id.clone(),
+                task_id: task.into(),
+                agent_id: String::new(),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A shell task `id` running `command` with `cpus` and `mem` (MiB).
+pub fn task(id: &str, command: &str, cpus: f64, mem: f64) -> TaskInfo {
+    TaskInfo {
+        name: id.into(),
+        task_id: id.into(),
+        resources: vec![
+            Resource {
+                name: "cpus".into(),
+                scalar: cpus,
+                ..Default::default()
+            },
+            Resource {
+                name: "mem".into(),
+                scalar: mem,
+                ..Default::default()
+            },
+        ],
+        command: Some(CommandInfo {
+            value: command.into(),
+            shell: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -234,12 +234,13 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: im
     tracing::info!(%address, %resources, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
 
     let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
-    let liveness = tokio::spawn(keep_registered(registry, info, agent.clone(), id_file));
+    // Aborted when `run` returns or is dropped: a crashed agent must stop heartbeating.
+    let liveness = AbortOnDrop(tokio::spawn(keep_registered(registry, info, agent.clone(), id_file)));
     let router = allot_common::grpc::server()
         .add_service(allot_common::grpc::health().await)
         .add_service(allot_proto::agent::agent_server::AgentServer::new(grpc::AgentService(agent.clone())));
     let result = allot_common::grpc::serve(router, listener, shutdown).await;
-    liveness.abort();
+    drop(liveness);
     // Kill what still runs and let the final updates drain.
     let tokens: Vec<CancellationToken> = agent
         .tasks
@@ -257,6 +258,14 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: im
     }
     result?;
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Registers (with the checkpointed AgentID, if any), checkpoints the ID, then heartbeats; re-registers as the

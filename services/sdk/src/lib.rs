@@ -130,6 +130,7 @@ pub struct Driver {
     calls: mpsc::UnboundedSender<Call>,
     framework_id: Arc<Mutex<String>>,
     stop: CancellationToken,
+    teardown: Arc<tokio::sync::Notify>,
 }
 
 impl Driver {
@@ -173,9 +174,10 @@ impl Driver {
         self.call(Call::Reconcile(tasks));
     }
 
-    /// TEARDOWN the framework (kills its tasks), then stop the driver.
+    /// TEARDOWN the framework (kills its tasks), then stop the driver. Acknowledgements of updates already
+    /// delivered go out first.
     pub fn teardown(&self) {
-        self.call(Call::Teardown);
+        self.teardown.notify_one();
     }
 
     /// Stops the driver without tearing the framework down (its tasks keep running for `failover_timeout`).
@@ -270,10 +272,12 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
     let (err_tx, mut err_rx) = mpsc::unbounded_channel();
     let framework_id = Arc::new(Mutex::new(config.info.framework_id.clone()));
     let stop = CancellationToken::new();
+    let teardown = Arc::new(tokio::sync::Notify::new());
     let driver = Driver {
         calls: call_tx,
         framework_id: framework_id.clone(),
         stop: stop.clone(),
+        teardown: teardown.clone(),
     };
     let runner = tokio::spawn(run_calls(client.clone(), call_rx, framework_id.clone(), err_tx, stop.clone()));
     let mut info = config.info;
@@ -311,6 +315,7 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
             let msg = tokio::select! {
                 m = tokio::time::timeout(patience, stream.message()) => m,
                 Some(e) = err_rx.recv() => { scheduler.error(&driver, &e); continue; }
+                _ = teardown.notified() => { driver.call(Call::Teardown); continue; }
                 _ = stop.cancelled() => break 'outer Ok(()),
             };
             let ev = match msg {
