@@ -9,18 +9,18 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/allot.rs"));
 }
 
+/// `allot.agent.v1`: launching and killing tasks, and status updates.
+pub use generated::allot::agent::v1 as agent;
+/// `allot.allocator.v1`: the allocator's API for the offer-broker.
+pub use generated::allot::allocator::v1 as allocator;
 /// `allot.common.v1`: resources, agents, frameworks, tasks and their states.
 pub use generated::allot::common::v1 as common;
+/// `allot.operator.v1`: read-only operator views.
+pub use generated::allot::operator::v1 as operator;
 /// `allot.registry.v1`: agent admission, liveness and roles.
 pub use generated::allot::registry::v1 as registry;
 /// `allot.scheduler.v1`: the framework-facing scheduler API.
 pub use generated::allot::scheduler::v1 as scheduler;
-/// `allot.allocator.v1`: the allocator's API for the offer-broker.
-pub use generated::allot::allocator::v1 as allocator;
-/// `allot.agent.v1`: launching and killing tasks, and status updates.
-pub use generated::allot::agent::v1 as agent;
-/// `allot.operator.v1`: read-only operator views.
-pub use generated::allot::operator::v1 as operator;
 
 pub use common::{TaskState, TaskStatus};
 

@@ -59,8 +59,18 @@ impl Etcd {
         let child = Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("t={peer_url}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -73,12 +83,17 @@ impl Etcd {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(store) = allot_common::Store::connect(&[etcd.endpoint.clone()], "/probe").await
+            if let Ok(store) =
+                allot_common::Store::connect(std::slice::from_ref(&etcd.endpoint), "/probe").await
                 && store.exists("/probe").await.is_ok()
             {
                 return etcd;
             }
-            assert!(Instant::now() < deadline, "etcd did not start at {}", etcd.endpoint);
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start at {}",
+                etcd.endpoint
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -112,7 +127,9 @@ impl Service {
         F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(start(listener, rx));
@@ -200,7 +217,9 @@ impl Cluster {
             agent_timeout: opts.agent_timeout,
         };
         let registry = Service::spawn(|l, rx| async move {
-            allot_registry::run(cfg, l, stop_signal(rx)).await.expect("registry runs");
+            allot_registry::run(cfg, l, stop_signal(rx))
+                .await
+                .expect("registry runs");
         })
         .await;
         let cfg = allot_allocator::Config {
@@ -212,7 +231,9 @@ impl Cluster {
             policy: "drf".into(),
         };
         let allocator = Service::spawn(|l, rx| async move {
-            allot_allocator::run(cfg, l, stop_signal(rx)).await.expect("allocator runs");
+            allot_allocator::run(cfg, l, stop_signal(rx))
+                .await
+                .expect("allocator runs");
         })
         .await;
         let cfg = allot_offer_broker::Config {
@@ -224,7 +245,9 @@ impl Cluster {
             heartbeat_interval: opts.heartbeat_interval,
         };
         let broker = Service::spawn(|l, rx| async move {
-            allot_offer_broker::run(cfg, l, stop_signal(rx)).await.expect("broker runs");
+            allot_offer_broker::run(cfg, l, stop_signal(rx))
+                .await
+                .expect("broker runs");
         })
         .await;
         Cluster {
@@ -262,7 +285,9 @@ impl Cluster {
             kill_grace_period: Duration::from_secs(2),
         };
         let service = Service::spawn(|l, rx| async move {
-            allot_agent::run(cfg, l, stop_signal(rx)).await.expect("agent runs");
+            allot_agent::run(cfg, l, stop_signal(rx))
+                .await
+                .expect("agent runs");
         })
         .await;
         let id_file = work_dir.join("agent_id");
@@ -343,7 +368,11 @@ impl TestFramework {
     }
 
     /// Waits up to `within` for the first event that `pick` accepts; other events stay queued.
-    pub async fn wait_for<T>(&mut self, within: Duration, mut pick: impl FnMut(&event::Event) -> Option<T>) -> Option<T> {
+    pub async fn wait_for<T>(
+        &mut self,
+        within: Duration,
+        mut pick: impl FnMut(&event::Event) -> Option<T>,
+    ) -> Option<T> {
         if let Some(i) = self.backlog.iter().position(|e| pick(e).is_some()) {
             let e = self.backlog.remove(i);
             return pick(&e);
@@ -408,7 +437,10 @@ impl TestFramework {
         }
         found.unwrap_or_else(|| {
             let states: Vec<_> = seen.iter().map(|s| s.state().as_str_name()).collect();
-            panic!("task {task} did not reach {} (saw {states:?})", state.as_str_name())
+            panic!(
+                "task {task} did not reach {} (saw {states:?})",
+                state.as_str_name()
+            )
         })
     }
 
@@ -432,13 +464,20 @@ impl TestFramework {
     ///
     /// # Errors
     /// The broker's refusal.
-    pub async fn accept(&mut self, offer: &str, tasks: Vec<TaskInfo>, refuse_seconds: f64) -> Result<(), tonic::Status> {
+    pub async fn accept(
+        &mut self,
+        offer: &str,
+        tasks: Vec<TaskInfo>,
+        refuse_seconds: f64,
+    ) -> Result<(), tonic::Status> {
         self.client
             .accept(pb::AcceptRequest {
                 framework_id: self.id.clone(),
                 offer_ids: vec![offer.to_string()],
                 operations: vec![pb::Operation {
-                    operation: Some(pb::operation::Operation::Launch(pb::Launch { task_infos: tasks })),
+                    operation: Some(pb::operation::Operation::Launch(pb::Launch {
+                        task_infos: tasks,
+                    })),
                 }],
                 filters: Some(pb::Filters {
                     refuse_seconds: Some(refuse_seconds),

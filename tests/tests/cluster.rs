@@ -15,23 +15,33 @@ async fn task_runs_to_finished_with_its_output_in_the_sandbox() {
     let mut fw = TestFramework::subscribe(&cluster, "hello", "*").await;
     let offers = fw.offers().await;
     assert_eq!(offers.len(), 1, "one whole-agent offer");
-    fw.accept(&offers[0].offer_id, vec![task("t1", "echo hello from $ALLOT_TASK_ID", 0.5, 64.0)], 5.0)
-        .await
-        .expect("accept");
+    fw.accept(
+        &offers[0].offer_id,
+        vec![task("t1", "echo hello from $ALLOT_TASK_ID", 0.5, 64.0)],
+        5.0,
+    )
+    .await
+    .expect("accept");
     fw.await_state("t1", TaskState::TaskRunning).await;
     let done = fw.await_state("t1", TaskState::TaskFinished).await;
     assert_eq!(done.exit_code, Some(0));
 
     let mut op = OperatorClient::new(cluster.broker_channel());
     let tasks = op
-        .list_tasks(ListTasksRequest { framework_id: fw.id.clone() })
+        .list_tasks(ListTasksRequest {
+            framework_id: fw.id.clone(),
+        })
         .await
         .expect("list tasks")
         .into_inner()
         .tasks;
     assert_eq!(tasks.len(), 1);
-    assert!(tasks[0].acknowledged, "the terminal update was acknowledged");
-    let stdout = std::fs::read_to_string(std::path::Path::new(&tasks[0].sandbox).join("stdout")).expect("stdout");
+    assert!(
+        tasks[0].acknowledged,
+        "the terminal update was acknowledged"
+    );
+    let stdout = std::fs::read_to_string(std::path::Path::new(&tasks[0].sandbox).join("stdout"))
+        .expect("stdout");
     assert_eq!(stdout.trim(), "hello from t1");
 }
 
@@ -41,9 +51,13 @@ async fn failing_command_ends_failed_with_its_exit_code() {
     cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "failing", "*").await;
     let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("bad", "echo oops >&2; exit 7", 0.1, 32.0)], 5.0)
-        .await
-        .expect("accept");
+    fw.accept(
+        &offer.offer_id,
+        vec![task("bad", "echo oops >&2; exit 7", 0.1, 32.0)],
+        5.0,
+    )
+    .await
+    .expect("accept");
     let failed = fw.await_state("bad", TaskState::TaskFailed).await;
     assert_eq!(failed.exit_code, Some(7));
     assert!(failed.message.contains("status 7"), "{}", failed.message);
@@ -55,16 +69,22 @@ async fn kill_ends_killed() {
     cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "killer", "*").await;
     let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("sleeper", "sleep 60", 0.1, 32.0)], 5.0)
-        .await
-        .expect("accept");
+    fw.accept(
+        &offer.offer_id,
+        vec![task("sleeper", "sleep 60", 0.1, 32.0)],
+        5.0,
+    )
+    .await
+    .expect("accept");
     fw.await_state("sleeper", TaskState::TaskRunning).await;
     fw.kill("sleeper").await.expect("kill");
     let killed = fw.await_state("sleeper", TaskState::TaskKilled).await;
     assert_eq!(killed.reason, "REASON_TASK_KILLED");
     // Killing an unknown task is refused; killing a finished one is harmless.
     assert_eq!(fw.kill("nope").await.unwrap_err().code(), Code::NotFound);
-    fw.kill("sleeper").await.expect("kill of a terminal task is a no-op");
+    fw.kill("sleeper")
+        .await
+        .expect("kill of a terminal task is a no-op");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,12 +96,18 @@ async fn decline_with_a_filter_keeps_the_agent_away_for_refuse_seconds() {
     let declined_at = std::time::Instant::now();
     fw.decline(&offer.offer_id, 3.0).await.expect("decline");
     assert!(
-        fw.offers_within(Duration::from_millis(2500)).await.is_none(),
+        fw.offers_within(Duration::from_millis(2500))
+            .await
+            .is_none(),
         "the filtered agent was offered again within refuse_seconds"
     );
     let again = fw.offers().await;
     assert_eq!(again[0].agent_id, offer.agent_id);
-    assert!(declined_at.elapsed() >= Duration::from_secs(3), "re-offered after {:?}", declined_at.elapsed());
+    assert!(
+        declined_at.elapsed() >= Duration::from_secs(3),
+        "re-offered after {:?}",
+        declined_at.elapsed()
+    );
     // refuse_seconds 0: no filter; the agent comes back at the next cycle.
     fw.decline(&again[0].offer_id, 0.0).await.expect("decline");
     assert!(fw.offers_within(Duration::from_secs(2)).await.is_some());
@@ -96,14 +122,57 @@ async fn bad_input_is_refused_and_loses_nothing() {
     let id = offer.offer_id.clone();
 
     let cases: Vec<(&str, Result<(), tonic::Status>, Code)> = vec![
-        ("unknown offer", fw.accept("offer-nope", vec![task("a", "true", 0.1, 32.0)], 5.0).await, Code::NotFound),
-        ("overcommit", fw.accept(&id, vec![task("a", "true", 2.0, 32.0)], 5.0).await, Code::InvalidArgument),
-        ("overcommit across tasks", fw.accept(&id, vec![task("a", "true", 0.6, 32.0), task("b", "true", 0.6, 32.0)], 5.0).await, Code::InvalidArgument),
-        ("negative", fw.accept(&id, vec![task("a", "true", -1.0, 32.0)], 5.0).await, Code::InvalidArgument),
-        ("NaN", fw.accept(&id, vec![task("a", "true", f64::NAN, 32.0)], 5.0).await, Code::InvalidArgument),
-        ("huge", fw.accept(&id, vec![task("a", "true", 1e308, 32.0)], 5.0).await, Code::InvalidArgument),
-        ("no command", fw.accept(&id, vec![task("a", "  ", 0.1, 32.0)], 5.0).await, Code::InvalidArgument),
-        ("bad filter", fw.accept(&id, vec![task("a", "true", 0.1, 32.0)], f64::INFINITY).await, Code::InvalidArgument),
+        (
+            "unknown offer",
+            fw.accept("offer-nope", vec![task("a", "true", 0.1, 32.0)], 5.0)
+                .await,
+            Code::NotFound,
+        ),
+        (
+            "overcommit",
+            fw.accept(&id, vec![task("a", "true", 2.0, 32.0)], 5.0)
+                .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "overcommit across tasks",
+            fw.accept(
+                &id,
+                vec![task("a", "true", 0.6, 32.0), task("b", "true", 0.6, 32.0)],
+                5.0,
+            )
+            .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "negative",
+            fw.accept(&id, vec![task("a", "true", -1.0, 32.0)], 5.0)
+                .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "NaN",
+            fw.accept(&id, vec![task("a", "true", f64::NAN, 32.0)], 5.0)
+                .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "huge",
+            fw.accept(&id, vec![task("a", "true", 1e308, 32.0)], 5.0)
+                .await,
+            Code::InvalidArgument,
+        ),
+        (
+            "no command",
+            fw.accept(&id, vec![task("a", "  ", 0.1, 32.0)], 5.0).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "bad filter",
+            fw.accept(&id, vec![task("a", "true", 0.1, 32.0)], f64::INFINITY)
+                .await,
+            Code::InvalidArgument,
+        ),
     ];
     for (what, result, code) in cases {
         let e = result.expect_err(what);
@@ -147,12 +216,25 @@ async fn bad_input_is_refused_and_loses_nothing() {
 
     // Nothing was launched and the offer is still whole: a correct accept of it works.
     let mut op = OperatorClient::new(cluster.broker_channel());
-    let tasks = op.list_tasks(ListTasksRequest::default()).await.expect("list").into_inner().tasks;
-    assert!(tasks.is_empty(), "no task was launched by bad input: {tasks:?}");
-    fw.accept(&id, vec![task("good", "true", 1.0, 256.0)], 5.0).await.expect("the offer survived");
+    let tasks = op
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .tasks;
+    assert!(
+        tasks.is_empty(),
+        "no task was launched by bad input: {tasks:?}"
+    );
+    fw.accept(&id, vec![task("good", "true", 1.0, 256.0)], 5.0)
+        .await
+        .expect("the offer survived");
     fw.await_state("good", TaskState::TaskFinished).await;
     // Used offers cannot be used twice.
-    let e = fw.accept(&id, vec![task("again", "true", 0.1, 32.0)], 5.0).await.unwrap_err();
+    let e = fw
+        .accept(&id, vec![task("again", "true", 0.1, 32.0)], 5.0)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
 
@@ -163,9 +245,13 @@ async fn a_lost_agent_has_its_offers_rescinded_and_its_tasks_unreachable() {
     let mut fw = TestFramework::subscribe(&cluster, "survivor", "*").await;
     let offer = fw.offers().await.remove(0);
     // Use half the agent; with no filter the other half comes straight back as a new offer.
-    fw.accept(&offer.offer_id, vec![task("long", "sleep 30", 1.0, 256.0)], 0.0)
-        .await
-        .expect("accept");
+    fw.accept(
+        &offer.offer_id,
+        vec![task("long", "sleep 30", 1.0, 256.0)],
+        0.0,
+    )
+    .await
+    .expect("accept");
     fw.await_state("long", TaskState::TaskRunning).await;
     let rest = fw.offers().await.remove(0);
     assert_eq!(rest.agent_id, offer.agent_id);
@@ -182,7 +268,10 @@ async fn a_lost_agent_has_its_offers_rescinded_and_its_tasks_unreachable() {
     let lost = fw.await_state("long", TaskState::TaskUnreachable).await;
     assert_eq!(lost.reason, "REASON_AGENT_UNREACHABLE");
     // The rescinded offer cannot be accepted.
-    let e = fw.accept(&rest.offer_id, vec![task("late", "true", 0.1, 32.0)], 5.0).await.unwrap_err();
+    let e = fw
+        .accept(&rest.offer_id, vec![task("late", "true", 0.1, 32.0)], 5.0)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
 
@@ -207,13 +296,20 @@ async fn suppress_stops_offers_and_revive_brings_them_back() {
     let mut fw = TestFramework::subscribe(&cluster, "quiet", "*").await;
     let offer = fw.offers().await.remove(0);
     fw.client
-        .suppress(pb::SuppressRequest { framework_id: fw.id.clone() })
+        .suppress(pb::SuppressRequest {
+            framework_id: fw.id.clone(),
+        })
         .await
         .expect("suppress");
     fw.decline(&offer.offer_id, 0.0).await.expect("decline");
-    assert!(fw.offers_within(Duration::from_secs(1)).await.is_none(), "suppressed frameworks get no offers");
+    assert!(
+        fw.offers_within(Duration::from_secs(1)).await.is_none(),
+        "suppressed frameworks get no offers"
+    );
     fw.client
-        .revive(pb::ReviveRequest { framework_id: fw.id.clone() })
+        .revive(pb::ReviveRequest {
+            framework_id: fw.id.clone(),
+        })
         .await
         .expect("revive");
     assert!(fw.offers_within(Duration::from_secs(5)).await.is_some());
@@ -232,7 +328,10 @@ async fn two_frameworks_in_two_roles_split_agents_by_drf() {
     // Each holds its offers (neither accepts nor declines): DRF must share the four agents two and two.
     let deadline = std::time::Instant::now() + allot_tests::PATIENCE;
     while got_a.len() + got_b.len() < 4 {
-        assert!(std::time::Instant::now() < deadline, "offers for all four agents within patience");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offers for all four agents within patience"
+        );
         if let Some(o) = a.offers_within(Duration::from_millis(100)).await {
             got_a.extend(o.into_iter().map(|o| o.agent_id));
         }
@@ -241,7 +340,10 @@ async fn two_frameworks_in_two_roles_split_agents_by_drf() {
         }
     }
     assert_eq!((got_a.len(), got_b.len()), (2, 2));
-    assert!(got_a.is_disjoint(&got_b), "no agent is in two offers at once");
+    assert!(
+        got_a.is_disjoint(&got_b),
+        "no agent is in two offers at once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,28 +376,52 @@ async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
     let mut cluster = Cluster::start().await;
     cluster.add_agent("cpus:2;mem:512").await;
     let tasks = (0..3)
-        .map(|i| allot_sdk::shell_task(&format!("t{i}"), "echo ok", "cpus:0.5;mem:64").expect("task"))
+        .map(|i| {
+            allot_sdk::shell_task(&format!("t{i}"), "echo ok", "cpus:0.5;mem:64").expect("task")
+        })
         .collect();
-    let config = allot_sdk::DriverConfig::new(&cluster.broker.addr.to_string(), allot_sdk::framework_info("sdk", "*"));
-    let done = tokio::time::timeout(allot_tests::PATIENCE, allot_sdk::run(config, Three { left: tasks, finished: 0 }))
-        .await
-        .expect("the framework finishes")
-        .expect("runs");
+    let config = allot_sdk::DriverConfig::new(
+        &cluster.broker.addr.to_string(),
+        allot_sdk::framework_info("sdk", "*"),
+    );
+    let done = tokio::time::timeout(
+        allot_tests::PATIENCE,
+        allot_sdk::run(
+            config,
+            Three {
+                left: tasks,
+                finished: 0,
+            },
+        ),
+    )
+    .await
+    .expect("the framework finishes")
+    .expect("runs");
     assert_eq!(done.finished, 3);
     let mut op = OperatorClient::new(cluster.broker_channel());
-    eventually("every update is acknowledged and the framework is gone", || {
-        let mut op = op.clone();
-        async move {
-            let tasks = op.list_tasks(ListTasksRequest::default()).await.expect("list").into_inner().tasks;
-            let fws = op
-                .list_frameworks(allot_proto::operator::ListFrameworksRequest {})
-                .await
-                .expect("list")
-                .into_inner()
-                .frameworks;
-            tasks.len() == 3 && tasks.iter().all(|t| t.acknowledged) && fws.iter().all(|f| !f.record.as_ref().unwrap().active)
-        }
-    })
+    eventually(
+        "every update is acknowledged and the framework is gone",
+        || {
+            let mut op = op.clone();
+            async move {
+                let tasks = op
+                    .list_tasks(ListTasksRequest::default())
+                    .await
+                    .expect("list")
+                    .into_inner()
+                    .tasks;
+                let fws = op
+                    .list_frameworks(allot_proto::operator::ListFrameworksRequest {})
+                    .await
+                    .expect("list")
+                    .into_inner()
+                    .frameworks;
+                tasks.len() == 3
+                    && tasks.iter().all(|t| t.acknowledged)
+                    && fws.iter().all(|f| !f.record.as_ref().unwrap().active)
+            }
+        },
+    )
     .await;
     let _ = &mut op;
 }

@@ -172,7 +172,11 @@ mod tests {
         }
     }
 
-    fn snapshot(agents: Vec<AgentView>, frameworks: Vec<FrameworkView>, roles: Vec<RoleView>) -> Snapshot {
+    fn snapshot(
+        agents: Vec<AgentView>,
+        frameworks: Vec<FrameworkView>,
+        roles: Vec<RoleView>,
+    ) -> Snapshot {
         let mut total = Resources::new();
         for a in &agents {
             total.add(&a.total);
@@ -200,7 +204,10 @@ mod tests {
         let s = snapshot(
             vec![agent("ag1", "cpus:9;mem:18")],
             vec![fw("a", "r1", "cpus:3;mem:2"), fw("b", "r2", "cpus:1;mem:8")],
-            vec![role("r1", 1.0, "cpus:3;mem:2"), role("r2", 1.0, "cpus:1;mem:8")],
+            vec![
+                role("r1", 1.0, "cpus:3;mem:2"),
+                role("r2", 1.0, "cpus:1;mem:8"),
+            ],
         );
         let g = Drf.allocate(&s);
         assert_eq!(g.len(), 1);
@@ -211,7 +218,10 @@ mod tests {
     #[test]
     fn shares_update_between_agents() {
         let s = snapshot(
-            vec![agent("ag1", "cpus:4;mem:4096"), agent("ag2", "cpus:4;mem:4096")],
+            vec![
+                agent("ag1", "cpus:4;mem:4096"),
+                agent("ag2", "cpus:4;mem:4096"),
+            ],
             vec![fw("a", "*", ""), fw("b", "*", "")],
             vec![],
         );
@@ -224,7 +234,11 @@ mod tests {
     fn ties_go_to_fewer_allocations_then_name() {
         let mut a = fw("a", "*", "");
         a.allocations = 3;
-        let s = snapshot(vec![agent("ag1", "cpus:1;mem:64")], vec![a, fw("b", "*", "")], vec![]);
+        let s = snapshot(
+            vec![agent("ag1", "cpus:1;mem:64")],
+            vec![a, fw("b", "*", "")],
+            vec![],
+        );
         assert_eq!(Drf.allocate(&s)[0].framework, "b");
     }
 
@@ -232,7 +246,10 @@ mod tests {
     fn weights_scale_role_shares() {
         // r1 holds twice r2's share but has weight 3: r1's weighted share is lower.
         let s = snapshot(
-            vec![agent("ag1", "cpus:10;mem:1000"), agent("ag2", "cpus:10;mem:1000")],
+            vec![
+                agent("ag1", "cpus:10;mem:1000"),
+                agent("ag2", "cpus:10;mem:1000"),
+            ],
             vec![fw("a", "r1", "cpus:2"), fw("b", "r2", "cpus:1")],
             vec![role("r1", 3.0, "cpus:2"), role("r2", 1.0, "cpus:1")],
         );
@@ -244,7 +261,11 @@ mod tests {
     fn filters_skip_a_framework_for_an_agent() {
         let mut a = fw("a", "*", "");
         a.filtered_agents = vec!["ag1".into()];
-        let s = snapshot(vec![agent("ag1", "cpus:1;mem:64")], vec![a, fw("b", "*", "cpus:1")], vec![]);
+        let s = snapshot(
+            vec![agent("ag1", "cpus:1;mem:64")],
+            vec![a, fw("b", "*", "cpus:1")],
+            vec![],
+        );
         assert_eq!(Drf.allocate(&s)[0].framework, "b");
     }
 
@@ -252,14 +273,22 @@ mod tests {
     fn quota_limit_splits_the_agent() {
         let mut lim = role("r1", 1.0, "");
         lim.quota_limit = Some(r("cpus:2"));
-        let s = snapshot(vec![agent("ag1", "cpus:8;mem:1024")], vec![fw("a", "r1", "")], vec![lim]);
+        let s = snapshot(
+            vec![agent("ag1", "cpus:8;mem:1024")],
+            vec![fw("a", "r1", "")],
+            vec![lim],
+        );
         let g = Drf.allocate(&s);
         assert_eq!(g[0].resources, r("cpus:2;mem:1024"));
     }
 
     #[test]
     fn fragments_are_not_offered() {
-        let s = snapshot(vec![agent("ag1", "cpus:0.001;mem:8")], vec![fw("a", "*", "")], vec![]);
+        let s = snapshot(
+            vec![agent("ag1", "cpus:0.001;mem:8")],
+            vec![fw("a", "*", "")],
+            vec![],
+        );
         assert!(Drf.allocate(&s).is_empty());
     }
 }

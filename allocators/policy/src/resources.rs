@@ -299,8 +299,14 @@ impl FromStr for Resources {
                     let (b, e) = range
                         .split_once('-')
                         .ok_or_else(|| ResourcesError::Parse(s.into()))?;
-                    let b: u64 = b.trim().parse().map_err(|_| ResourcesError::Parse(s.into()))?;
-                    let e: u64 = e.trim().parse().map_err(|_| ResourcesError::Parse(s.into()))?;
+                    let b: u64 = b
+                        .trim()
+                        .parse()
+                        .map_err(|_| ResourcesError::Parse(s.into()))?;
+                    let e: u64 = e
+                        .trim()
+                        .parse()
+                        .map_err(|_| ResourcesError::Parse(s.into()))?;
                     r.add_range(name, b, e)?;
                 }
             } else {
@@ -347,10 +353,22 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let mut x = Resources::new();
-        assert!(matches!(x.add_scalar("cpus", f64::NAN), Err(ResourcesError::NotFinite { .. })));
-        assert!(matches!(x.add_scalar("cpus", -1.0), Err(ResourcesError::Negative { .. })));
-        assert!(matches!(x.add_scalar("mem", 1e308), Err(ResourcesError::TooLarge { .. })));
-        assert!(matches!(x.add_range("ports", 5, 4), Err(ResourcesError::BadRange { .. })));
+        assert!(matches!(
+            x.add_scalar("cpus", f64::NAN),
+            Err(ResourcesError::NotFinite { .. })
+        ));
+        assert!(matches!(
+            x.add_scalar("cpus", -1.0),
+            Err(ResourcesError::Negative { .. })
+        ));
+        assert!(matches!(
+            x.add_scalar("mem", 1e308),
+            Err(ResourcesError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            x.add_range("ports", 5, 4),
+            Err(ResourcesError::BadRange { .. })
+        ));
         assert!("cpus".parse::<Resources>().is_err());
         assert!("cpus:abc".parse::<Resources>().is_err());
     }

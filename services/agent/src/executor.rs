@@ -36,7 +36,13 @@ pub fn sandbox_path(work_dir: &Path, framework_id: &str, task_id: &str) -> PathB
     work_dir.join("sandboxes").join(framework_id).join(task_id)
 }
 
-fn status(l: &Launch, state: TaskState, message: String, reason: &str, exit_code: Option<i32>) -> TaskStatus {
+fn status(
+    l: &Launch,
+    state: TaskState,
+    message: String,
+    reason: &str,
+    exit_code: Option<i32>,
+) -> TaskStatus {
     TaskStatus {
         task_id: l.task.task_id.clone(),
         state: state as i32,
@@ -52,17 +58,29 @@ fn status(l: &Launch, state: TaskState, message: String, reason: &str, exit_code
 }
 
 fn scalar(task: &TaskInfo, name: &str) -> f64 {
-    task.resources.iter().filter(|r| r.name == name).map(|r| r.scalar).sum()
+    task.resources
+        .iter()
+        .filter(|r| r.name == name)
+        .map(|r| r.scalar)
+        .sum()
 }
 
 /// Runs the task to its end, sending every status to `updates` in order. `kill` starts a graceful kill.
-pub async fn run_task(l: Launch, isolator: Isolator, kill: CancellationToken, updates: mpsc::UnboundedSender<TaskStatus>) {
+pub async fn run_task(
+    l: Launch,
+    isolator: Isolator,
+    kill: CancellationToken,
+    updates: mpsc::UnboundedSender<TaskStatus>,
+) {
     let send = |s: TaskStatus| {
         let _ = updates.send(s);
     };
     let fail = |msg: String, reason: &str| status(&l, TaskState::TaskFailed, msg, reason, None);
     if let Err(e) = std::fs::create_dir_all(&l.sandbox) {
-        send(fail(format!("cannot create sandbox {}: {e}", l.sandbox.display()), "REASON_EXECUTOR_TERMINATED"));
+        send(fail(
+            format!("cannot create sandbox {}: {e}", l.sandbox.display()),
+            "REASON_EXECUTOR_TERMINATED",
+        ));
         return;
     }
     let (cpus, mem) = (scalar(&l.task, "cpus"), scalar(&l.task, "mem"));
@@ -70,7 +88,10 @@ pub async fn run_task(l: Launch, isolator: Isolator, kill: CancellationToken, up
     let iso = match isolator.prepare(&cgroup_name, cpus, mem) {
         Ok(i) => i,
         Err(e) => {
-            send(fail(format!("cannot isolate the task: {e}"), "REASON_CONTAINER_LAUNCH_FAILED"));
+            send(fail(
+                format!("cannot isolate the task: {e}"),
+                "REASON_CONTAINER_LAUNCH_FAILED",
+            ));
             return;
         }
     };
@@ -105,7 +126,10 @@ pub async fn run_task(l: Launch, isolator: Isolator, kill: CancellationToken, up
     let (stdout, stderr) = match (open("stdout"), open("stderr")) {
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => {
-            send(fail(format!("cannot create stdout/stderr in the sandbox: {e}"), "REASON_EXECUTOR_TERMINATED"));
+            send(fail(
+                format!("cannot create stdout/stderr in the sandbox: {e}"),
+                "REASON_EXECUTOR_TERMINATED",
+            ));
             iso.release();
             return;
         }
@@ -127,7 +151,10 @@ pub async fn run_task(l: Launch, isolator: Isolator, kill: CancellationToken, up
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            send(fail(format!("cannot start '{}': {e}", argv[0]), "REASON_EXECUTOR_TERMINATED"));
+            send(fail(
+                format!("cannot start '{}': {e}", argv[0]),
+                "REASON_EXECUTOR_TERMINATED",
+            ));
             iso.release();
             return;
         }
@@ -142,7 +169,13 @@ pub async fn run_task(l: Launch, isolator: Isolator, kill: CancellationToken, up
     }
     let pgid = Pid::from_raw(pid as i32);
     send(status(&l, TaskState::TaskStarting, String::new(), "", None));
-    send(status(&l, TaskState::TaskRunning, format!("pid {pid}"), "", None));
+    send(status(
+        &l,
+        TaskState::TaskRunning,
+        format!("pid {pid}"),
+        "",
+        None,
+    ));
     tracing::info!(task = %l.task.task_id, pid, "task running");
 
     let mut killed = false;
@@ -165,17 +198,34 @@ pub async fn run_task(l: Launch, isolator: Isolator, kill: CancellationToken, up
     let oom = iso.oom_killed();
     iso.release();
     let last = match exit {
-        Err(e) => fail(format!("cannot wait for the command: {e}"), "REASON_EXECUTOR_TERMINATED"),
-        Ok(_) if killed => status(&l, TaskState::TaskKilled, "Command killed".into(), "REASON_TASK_KILLED", None),
+        Err(e) => fail(
+            format!("cannot wait for the command: {e}"),
+            "REASON_EXECUTOR_TERMINATED",
+        ),
+        Ok(_) if killed => status(
+            &l,
+            TaskState::TaskKilled,
+            "Command killed".into(),
+            "REASON_TASK_KILLED",
+            None,
+        ),
         Ok(s) if oom => status(
             &l,
             TaskState::TaskFailed,
-            format!("Memory limit of {mem} MiB exceeded: the kernel's OOM killer ended the command"),
+            format!(
+                "Memory limit of {mem} MiB exceeded: the kernel's OOM killer ended the command"
+            ),
             "REASON_CONTAINER_LIMITATION_MEMORY",
             s.code(),
         ),
         Ok(s) => match (s.code(), s.signal()) {
-            (Some(0), _) => status(&l, TaskState::TaskFinished, "Command exited with status 0".into(), "", Some(0)),
+            (Some(0), _) => status(
+                &l,
+                TaskState::TaskFinished,
+                "Command exited with status 0".into(),
+                "",
+                Some(0),
+            ),
             (Some(c), _) => status(
                 &l,
                 TaskState::TaskFailed,

@@ -12,12 +12,19 @@ use tonic::{Request, Response, Status};
 pub struct AgentService(pub Arc<Agent>);
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[tonic::async_trait]
 impl agent_server::Agent for AgentService {
-    async fn launch_tasks(&self, request: Request<LaunchTasksRequest>) -> Result<Response<LaunchTasksResponse>, Status> {
+    async fn launch_tasks(
+        &self,
+        request: Request<LaunchTasksRequest>,
+    ) -> Result<Response<LaunchTasksResponse>, Status> {
         let r = request.into_inner();
         if !valid_id(&r.framework_id) {
             return Err(Status::invalid_argument("framework_id is invalid"));
@@ -26,7 +33,10 @@ impl agent_server::Agent for AgentService {
         let agent_id = agent.id();
         for t in &r.tasks {
             if !valid_id(&t.task_id) {
-                return Err(Status::invalid_argument(format!("task_id '{}' is invalid", t.task_id)));
+                return Err(Status::invalid_argument(format!(
+                    "task_id '{}' is invalid",
+                    t.task_id
+                )));
             }
             if !t.agent_id.is_empty() && t.agent_id != agent_id {
                 return Err(Status::invalid_argument(format!(
@@ -62,7 +72,11 @@ impl agent_server::Agent for AgentService {
             let agent = agent.clone();
             tokio::spawn(async move {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let forwarder = tokio::spawn(forward_updates(agent.broker.clone(), sandbox.display().to_string(), rx));
+                let forwarder = tokio::spawn(forward_updates(
+                    agent.broker.clone(),
+                    sandbox.display().to_string(),
+                    rx,
+                ));
                 run_task(launch, agent.isolator.clone(), kill, tx).await;
                 let _ = forwarder.await;
                 agent.tasks.lock().expect("tasks poisoned").remove(&key);
@@ -71,7 +85,10 @@ impl agent_server::Agent for AgentService {
         Ok(Response::new(LaunchTasksResponse {}))
     }
 
-    async fn kill_task(&self, request: Request<KillTaskRequest>) -> Result<Response<KillTaskResponse>, Status> {
+    async fn kill_task(
+        &self,
+        request: Request<KillTaskRequest>,
+    ) -> Result<Response<KillTaskResponse>, Status> {
         let r = request.into_inner();
         let tasks = self.0.tasks.lock().expect("tasks poisoned");
         match tasks.get(&(r.framework_id.clone(), r.task_id.clone())) {
@@ -79,7 +96,10 @@ impl agent_server::Agent for AgentService {
                 t.kill.cancel();
                 Ok(Response::new(KillTaskResponse {}))
             }
-            None => Err(Status::not_found(format!("task {} is not running on this agent", r.task_id))),
+            None => Err(Status::not_found(format!(
+                "task {} is not running on this agent",
+                r.task_id
+            ))),
         }
     }
 }

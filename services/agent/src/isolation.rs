@@ -49,7 +49,9 @@ pub enum IsolationError {
 /// # Errors
 /// [`IsolationError::Cgroups`] when `mode` is [`Mode::Cgroups`] and a probe cgroup cannot be created.
 pub fn detect(mode: Mode, parent: &str) -> Result<Isolator, IsolationError> {
-    let prlimit = ["/usr/bin/prlimit", "/bin/prlimit"].into_iter().find(|p| Path::new(p).exists());
+    let prlimit = ["/usr/bin/prlimit", "/bin/prlimit"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
     let try_cgroups = || -> Result<Isolator, String> {
         let probe = format!("{parent}/probe");
         let cg = CgroupBuilder::new(&probe)
@@ -66,13 +68,17 @@ pub fn detect(mode: Mode, parent: &str) -> Result<Isolator, IsolationError> {
     };
     Ok(match mode {
         Mode::None => Isolator::None,
-        Mode::Rlimits => prlimit.map(|p| Isolator::Rlimits(p.into())).unwrap_or(Isolator::None),
+        Mode::Rlimits => prlimit
+            .map(|p| Isolator::Rlimits(p.into()))
+            .unwrap_or(Isolator::None),
         Mode::Cgroups => try_cgroups().map_err(IsolationError::Cgroups)?,
         Mode::Auto => match try_cgroups() {
             Ok(i) => i,
             Err(e) => {
                 tracing::info!(error = %e, "cgroups not usable; falling back to rlimits");
-                prlimit.map(|p| Isolator::Rlimits(p.into())).unwrap_or(Isolator::None)
+                prlimit
+                    .map(|p| Isolator::Rlimits(p.into()))
+                    .unwrap_or(Isolator::None)
             }
         },
     })
@@ -99,7 +105,11 @@ impl Isolator {
                     .set_specified_controllers(vec!["cpu".into(), "memory".into()]);
                 if mem_mib > 0.0 {
                     let bytes = (mem_mib * 1024.0 * 1024.0) as i64;
-                    b = b.memory().memory_hard_limit(bytes).memory_swap_limit(bytes).done();
+                    b = b
+                        .memory()
+                        .memory_hard_limit(bytes)
+                        .memory_swap_limit(bytes)
+                        .done();
                 }
                 if cpus > 0.0 {
                     b = b.cpu().shares(((cpus * 1024.0) as u64).max(2)).done();

@@ -19,7 +19,9 @@ use allot_common::convert::resources_to_proto;
 use allot_policy::Resources;
 use allot_proto::agent::{StatusUpdateRequest, status_updates_client::StatusUpdatesClient};
 use allot_proto::common::{AgentInfo, TaskStatus};
-use allot_proto::registry::{HeartbeatRequest, RegisterAgentRequest, registry_client::RegistryClient};
+use allot_proto::registry::{
+    HeartbeatRequest, RegisterAgentRequest, registry_client::RegistryClient,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
@@ -31,7 +33,11 @@ use tonic::transport::Channel;
 
 /// Agent configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "allot-agent", version, about = "Allot agent: runs tasks on this node")]
+#[command(
+    name = "allot-agent",
+    version,
+    about = "Allot agent: runs tasks on this node"
+)]
 pub struct Config {
     /// TOML file with defaults for any of these flags.
     #[arg(long, env = "ALLOT_CONFIG")]
@@ -150,7 +156,9 @@ async fn forward_updates(
 }
 
 fn default_resources() -> Resources {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     let mem_mib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -186,9 +194,15 @@ fn parse_attributes(s: &str) -> Result<BTreeMap<String, String>, Error> {
 /// # Errors
 /// [`Error`] for bad configuration, an unusable work directory, required isolation that is missing, or a
 /// failing gRPC server.
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let resources = match &config.resources {
-        Some(s) => s.parse::<Resources>().map_err(|e| Error::Config(e.to_string()))?,
+        Some(s) => s
+            .parse::<Resources>()
+            .map_err(|e| Error::Config(e.to_string()))?,
         None => default_resources(),
     };
     let attributes = parse_attributes(&config.attributes)?;
@@ -198,7 +212,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: im
         source,
     })?;
     let id_file = work_dir.join("agent_id");
-    let checkpointed = std::fs::read_to_string(&id_file).map(|s| s.trim().to_string()).unwrap_or_default();
+    let checkpointed = std::fs::read_to_string(&id_file)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
     let address = match &config.advertise {
         Some(a) => a.clone(),
         None => listener
@@ -235,10 +251,17 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: im
 
     let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
     // Aborted when `run` returns or is dropped: a crashed agent must stop heartbeating.
-    let liveness = AbortOnDrop(tokio::spawn(keep_registered(registry, info, agent.clone(), id_file)));
+    let liveness = AbortOnDrop(tokio::spawn(keep_registered(
+        registry,
+        info,
+        agent.clone(),
+        id_file,
+    )));
     let router = allot_common::grpc::server()
         .add_service(allot_common::grpc::health().await)
-        .add_service(allot_proto::agent::agent_server::AgentServer::new(grpc::AgentService(agent.clone())));
+        .add_service(allot_proto::agent::agent_server::AgentServer::new(
+            grpc::AgentService(agent.clone()),
+        ));
     let result = allot_common::grpc::serve(router, listener, shutdown).await;
     drop(liveness);
     // Kill what still runs and let the final updates drain.
@@ -270,7 +293,12 @@ impl Drop for AbortOnDrop {
 
 /// Registers (with the checkpointed AgentID, if any), checkpoints the ID, then heartbeats; re-registers as the
 /// same agent whenever the registry says the lease lapsed.
-async fn keep_registered(mut registry: RegistryClient<Channel>, info: AgentInfo, agent: Arc<Agent>, id_file: PathBuf) {
+async fn keep_registered(
+    mut registry: RegistryClient<Channel>,
+    info: AgentInfo,
+    agent: Arc<Agent>,
+    id_file: PathBuf,
+) {
     let mut delay = Duration::from_millis(200);
     loop {
         let req = RegisterAgentRequest {

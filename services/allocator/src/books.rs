@@ -250,7 +250,9 @@ impl Books {
     ) -> usize {
         let mut n = 0;
         for id in offer_ids {
-            let Some(o) = self.take_offer(id) else { continue };
+            let Some(o) = self.take_offer(id) else {
+                continue;
+            };
             n += 1;
             if refuse_seconds > 0.0
                 && let Some(f) = self.frameworks.get_mut(&o.framework)
@@ -291,7 +293,10 @@ impl Books {
 
     /// A task reached a terminal state: its resources return to the pool. Idempotent.
     pub fn remove_task(&mut self, framework: &str, task: &str) {
-        let Some(t) = self.tasks.remove(&(framework.to_string(), task.to_string())) else {
+        let Some(t) = self
+            .tasks
+            .remove(&(framework.to_string(), task.to_string()))
+        else {
             return;
         };
         if let Some(a) = self.agents.get_mut(&t.agent) {
@@ -327,7 +332,10 @@ impl Books {
         let mut role_alloc: BTreeMap<String, Resources> = BTreeMap::new();
         let mut frameworks = Vec::new();
         for (id, f) in self.frameworks.iter_mut() {
-            role_alloc.entry(f.role.clone()).or_default().add(&f.allocation);
+            role_alloc
+                .entry(f.role.clone())
+                .or_default()
+                .add(&f.allocation);
             f.filters.retain(|_, until| *until > now);
             if !(f.known && f.active) || f.suppressed {
                 continue;
@@ -373,7 +381,10 @@ impl Books {
         if g.resources.is_empty() {
             return Err(GrantRejection::Empty);
         }
-        let f = self.frameworks.get(&g.framework).ok_or(GrantRejection::Framework)?;
+        let f = self
+            .frameworks
+            .get(&g.framework)
+            .ok_or(GrantRejection::Framework)?;
         if !(f.known && f.active) || f.suppressed {
             return Err(GrantRejection::Framework);
         }
@@ -385,7 +396,9 @@ impl Books {
         if !(a.registered && a.reachable) {
             return Err(GrantRejection::Agent);
         }
-        if !a.total.minus(&a.allocated).contains(&g.resources) || !a.total.contains(&a.allocated.plus(&g.resources)) {
+        if !a.total.minus(&a.allocated).contains(&g.resources)
+            || !a.total.contains(&a.allocated.plus(&g.resources))
+        {
             return Err(GrantRejection::Overcommit);
         }
         if let Some(limit) = self.roles.get(&role).and_then(|r| r.quota_limit.as_ref()) {
@@ -394,7 +407,10 @@ impl Books {
                 role_alloc.add(&fw.allocation);
             }
             role_alloc.add(&g.resources);
-            if limit.scalars().any(|(k, cap)| role_alloc.scalar_milli(k) > cap) {
+            if limit
+                .scalars()
+                .any(|(k, cap)| role_alloc.scalar_milli(k) > cap)
+            {
                 return Err(GrantRejection::Quota);
             }
         }
@@ -405,7 +421,11 @@ impl Books {
             agent: g.agent.clone(),
             resources: g.resources.clone(),
         };
-        self.agents.get_mut(&g.agent).expect("checked").allocated.add(&g.resources);
+        self.agents
+            .get_mut(&g.agent)
+            .expect("checked")
+            .allocated
+            .add(&g.resources);
         let f = self.frameworks.get_mut(&g.framework).expect("checked");
         f.allocation.add(&g.resources);
         f.allocations += 1;
@@ -430,10 +450,16 @@ impl Books {
         for (id, a) in &self.agents {
             let sum = per_agent.remove(id.as_str()).unwrap_or_default();
             if sum != a.allocated {
-                return Err(format!("agent {id}: allocated {} but offers+tasks {}", a.allocated, sum));
+                return Err(format!(
+                    "agent {id}: allocated {} but offers+tasks {}",
+                    a.allocated, sum
+                ));
             }
             if !a.total.contains(&a.allocated) {
-                return Err(format!("agent {id}: allocated {} exceeds total {}", a.allocated, a.total));
+                return Err(format!(
+                    "agent {id}: allocated {} exceeds total {}",
+                    a.allocated, a.total
+                ));
             }
         }
         Ok(())

@@ -10,7 +10,9 @@ use allot_common::Store;
 use allot_common::convert::{resources_from_proto, resources_to_proto};
 use allot_common::store::{Kind, decode};
 use allot_policy::{Policy, Resources};
-use allot_proto::allocator::{AllocatorEvent, Grant as PbGrant, Grants, RescindOffers, allocator_event};
+use allot_proto::allocator::{
+    AllocatorEvent, Grant as PbGrant, Grants, RescindOffers, allocator_event,
+};
 use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskRecord, TaskState};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -92,7 +94,13 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut handles = Vec::new();
         handles.push(tokio::spawn(run(rx, policy, interval)).abort_handle());
-        for kind in [Kind::Agents, Kind::Alive, Kind::Frameworks, Kind::Tasks, Kind::Roles] {
+        for kind in [
+            Kind::Agents,
+            Kind::Alive,
+            Kind::Frameworks,
+            Kind::Tasks,
+            Kind::Roles,
+        ] {
             let tx = tx.clone();
             let prefix = store.prefix(kind);
             handles.push(
@@ -230,7 +238,10 @@ impl State {
                 self.subscriber = Some(s);
                 false
             }
-            Command::Activate { framework, suppressed } => {
+            Command::Activate {
+                framework,
+                suppressed,
+            } => {
                 self.books.activate(&framework, suppressed);
                 !suppressed
             }
@@ -355,7 +366,11 @@ impl State {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Command>, policy: Box<dyn Policy>, interval: Duration) {
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    policy: Box<dyn Policy>,
+    interval: Duration,
+) {
     let mut state = State {
         books: Books::new(&allot_common::new_id("offer")),
         policy,

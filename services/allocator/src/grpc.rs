@@ -28,12 +28,18 @@ fn need(id: &str, what: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Allocator for AllocatorService {
-    type SubscribeStream = tokio_stream::wrappers::UnboundedReceiverStream<Result<AllocatorEvent, Status>>;
+    type SubscribeStream =
+        tokio_stream::wrappers::UnboundedReceiverStream<Result<AllocatorEvent, Status>>;
 
-    async fn subscribe(&self, _: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        _: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.engine.send(Command::Subscribe(tx));
-        Ok(Response::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))
+        Ok(Response::new(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        ))
     }
 
     async fn activate_framework(
@@ -59,14 +65,20 @@ impl Allocator for AllocatorService {
         Ok(Response::new(DeactivateFrameworkResponse {}))
     }
 
-    async fn suppress(&self, request: Request<SuppressRequest>) -> Result<Response<SuppressResponse>, Status> {
+    async fn suppress(
+        &self,
+        request: Request<SuppressRequest>,
+    ) -> Result<Response<SuppressResponse>, Status> {
         let r = request.into_inner();
         need(&r.framework_id, "framework_id")?;
         self.engine.send(Command::Suppress(r.framework_id));
         Ok(Response::new(SuppressResponse {}))
     }
 
-    async fn revive(&self, request: Request<ReviveRequest>) -> Result<Response<ReviveResponse>, Status> {
+    async fn revive(
+        &self,
+        request: Request<ReviveRequest>,
+    ) -> Result<Response<ReviveResponse>, Status> {
         let r = request.into_inner();
         need(&r.framework_id, "framework_id")?;
         self.engine.send(Command::Revive(r.framework_id));

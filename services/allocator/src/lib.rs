@@ -18,7 +18,11 @@ use std::time::Duration;
 
 /// Allocator configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "allot-allocator", version, about = "Allot allocator: allocation cycles through a policy")]
+#[command(
+    name = "allot-allocator",
+    version,
+    about = "Allot allocator: allocation cycles through a policy"
+)]
 pub struct Config {
     /// TOML file with defaults for any of these flags.
     #[arg(long, env = "ALLOT_CONFIG")]
@@ -27,7 +31,12 @@ pub struct Config {
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5051")]
     pub listen: String,
     /// etcd endpoints (comma-separated or repeated).
-    #[arg(long, env = "ALLOT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ALLOT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     /// Key root in etcd.
     #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = allot_common::store::DEFAULT_ROOT)]
@@ -72,8 +81,10 @@ pub async fn run(
     let router = allot_common::grpc::server()
         .add_service(allot_common::grpc::health().await)
         .add_service(
-            allot_proto::allocator::allocator_server::AllocatorServer::new(grpc::AllocatorService::new(engine.clone()))
-                .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+            allot_proto::allocator::allocator_server::AllocatorServer::new(
+                grpc::AllocatorService::new(engine.clone()),
+            )
+            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
         );
     let result = allot_common::grpc::serve(router, listener, shutdown).await;
     engine.stop();

@@ -83,7 +83,8 @@ struct Batch {
 
 impl Scheduler for Batch {
     fn registered(&mut self, driver: &Driver, framework_id: &str) {
-        self.bar.println(format!("subscribed as framework {framework_id}"));
+        self.bar
+            .println(format!("subscribed as framework {framework_id}"));
         *self.driver.lock().expect("driver slot") = Some(driver.clone());
         if !self.pending.is_empty() {
             driver.revive();
@@ -93,7 +94,8 @@ impl Scheduler for Batch {
     fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
         for offer in offers {
             let room = self.concurrency.saturating_sub(self.running.len());
-            let offered = allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
+            let offered =
+                allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
             let tasks = take_fitting(&offered, &mut self.pending, room);
             if tasks.is_empty() {
                 driver.decline(vec![offer.offer_id], Some(1.0));
@@ -102,12 +104,17 @@ impl Scheduler for Batch {
             for t in &tasks {
                 self.running.insert(t.info.task_id.clone(), Instant::now());
             }
-            driver.accept(vec![offer.offer_id], tasks.into_iter().map(|t| t.info).collect(), Some(1.0));
+            driver.accept(
+                vec![offer.offer_id],
+                tasks.into_iter().map(|t| t.info).collect(),
+                Some(1.0),
+            );
         }
         if self.pending.is_empty() {
             driver.suppress();
         }
-        self.bar.set_message(format!("{} running", self.running.len()));
+        self.bar
+            .set_message(format!("{} running", self.running.len()));
     }
 
     fn status_update(&mut self, driver: &Driver, status: &TaskStatus) {
@@ -127,10 +134,16 @@ impl Scheduler for Batch {
             },
         );
         if state != TaskState::TaskFinished {
-            self.bar.println(format!("task {} {}: {}", status.task_id, state.as_str_name(), status.message));
+            self.bar.println(format!(
+                "task {} {}: {}",
+                status.task_id,
+                state.as_str_name(),
+                status.message
+            ));
         }
         self.bar.inc(1);
-        self.bar.set_message(format!("{} running", self.running.len()));
+        self.bar
+            .set_message(format!("{} running", self.running.len()));
         if self.done.len() == self.total {
             driver.teardown();
         } else if !self.pending.is_empty() {
@@ -146,23 +159,32 @@ impl Scheduler for Batch {
 
 /// Runs `allot batch`; returns the process exit code.
 pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(&args.jobfile).with_context(|| format!("cannot read {}", args.jobfile.display()))?;
-    let job: JobFile = toml::from_str(&text).with_context(|| format!("{} is not a valid job file", args.jobfile.display()))?;
+    let text = std::fs::read_to_string(&args.jobfile)
+        .with_context(|| format!("cannot read {}", args.jobfile.display()))?;
+    let job: JobFile = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid job file", args.jobfile.display()))?;
     if job.tasks.is_empty() {
         bail!("{} has no [[tasks]]", args.jobfile.display());
     }
-    let default_res = job.resources.clone().unwrap_or_else(|| "cpus:0.5;mem:64".into());
+    let default_res = job
+        .resources
+        .clone()
+        .unwrap_or_else(|| "cpus:0.5;mem:64".into());
     let mut pending = VecDeque::new();
     for t in &job.tasks {
         let res_text = t.resources.clone().unwrap_or_else(|| default_res.clone());
-        let resources = res_text.parse().with_context(|| format!("task {}: resources '{res_text}'", t.id))?;
+        let resources = res_text
+            .parse()
+            .with_context(|| format!("task {}: resources '{res_text}'", t.id))?;
         let info = allot_sdk::shell_task(&t.id, &t.command, &res_text)?;
         pending.push_back(Pending { info, resources });
     }
-    let name = args
-        .name
-        .or(job.name)
-        .unwrap_or_else(|| args.jobfile.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("batch".into()));
+    let name = args.name.or(job.name).unwrap_or_else(|| {
+        args.jobfile
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or("batch".into())
+    });
     let role = args.role.or(job.role).unwrap_or_else(|| "*".into());
     let concurrency = args.concurrency.or(job.concurrency).unwrap_or(4).max(1);
     let total = pending.len();
@@ -207,7 +229,11 @@ pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32>
     };
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
-    let ok = finished.done.values().filter(|o| o.state == TaskState::TaskFinished).count();
+    let ok = finished
+        .done
+        .values()
+        .filter(|o| o.state == TaskState::TaskFinished)
+        .count();
     if as_json {
         let tasks: Vec<_> = finished
             .done

@@ -46,16 +46,27 @@ impl Scheduler for Execute {
 
     fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
         for offer in offers {
-            let offered = allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
+            let offered =
+                allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
             let tasks = take_fitting(&offered, &mut self.pending, usize::MAX);
             if tasks.is_empty() {
-                driver.decline(vec![offer.offer_id], Some(if self.pending.is_empty() { 60.0 } else { 1.0 }));
+                driver.decline(
+                    vec![offer.offer_id],
+                    Some(if self.pending.is_empty() { 60.0 } else { 1.0 }),
+                );
                 continue;
             }
             for t in &tasks {
-                eprintln!("launching {} on agent {} ({})", t.info.task_id, offer.agent_id, offer.hostname);
+                eprintln!(
+                    "launching {} on agent {} ({})",
+                    t.info.task_id, offer.agent_id, offer.hostname
+                );
             }
-            driver.accept(vec![offer.offer_id], tasks.into_iter().map(|t| t.info).collect(), Some(1.0));
+            driver.accept(
+                vec![offer.offer_id],
+                tasks.into_iter().map(|t| t.info).collect(),
+                Some(1.0),
+            );
         }
         if self.pending.is_empty() {
             driver.suppress();
@@ -64,10 +75,18 @@ impl Scheduler for Execute {
 
     fn status_update(&mut self, driver: &Driver, status: &TaskStatus) {
         let state = status.state();
-        let msg = if status.message.is_empty() { String::new() } else { format!(" ({})", status.message) };
+        let msg = if status.message.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", status.message)
+        };
         eprintln!("task {}: {}{msg}", status.task_id, state.as_str_name());
         self.states.insert(status.task_id.clone(), status.clone());
-        let done = self.states.values().filter(|s| s.state().is_terminal()).count();
+        let done = self
+            .states
+            .values()
+            .filter(|s| s.state().is_terminal())
+            .count();
         if done == self.total && self.pending.is_empty() {
             driver.teardown();
         }
@@ -80,11 +99,17 @@ impl Scheduler for Execute {
 
 /// Runs `allot execute`; returns the process exit code.
 pub async fn run(broker: &str, args: Args) -> anyhow::Result<i32> {
-    let resources: allot_policy::Resources =
-        args.resources.parse().with_context(|| format!("--resources '{}'", args.resources))?;
+    let resources: allot_policy::Resources = args
+        .resources
+        .parse()
+        .with_context(|| format!("--resources '{}'", args.resources))?;
     let mut pending = VecDeque::new();
     for i in 0..args.instances {
-        let id = if args.instances == 1 { args.name.clone() } else { format!("{}-{i}", args.name) };
+        let id = if args.instances == 1 {
+            args.name.clone()
+        } else {
+            format!("{}-{i}", args.name)
+        };
         let mut info = allot_sdk::shell_task(&id, &args.command, &args.resources)?;
         info.kill_grace_period = args.kill_grace_period;
         pending.push_back(Pending {
@@ -99,7 +124,8 @@ pub async fn run(broker: &str, args: Args) -> anyhow::Result<i32> {
         states: BTreeMap::new(),
         driver: slot.clone(),
     };
-    let config = allot_sdk::DriverConfig::new(broker, allot_sdk::framework_info(&args.name, &args.role));
+    let config =
+        allot_sdk::DriverConfig::new(broker, allot_sdk::framework_info(&args.name, &args.role));
     let run = allot_sdk::run(config, scheduler);
     tokio::pin!(run);
     let finished = tokio::select! {

@@ -15,7 +15,11 @@ pub struct Pending {
 
 /// Takes tasks from the front of `queue`, in order, while they fit in `offered` and fewer than `max` are taken.
 /// Stops at the first task that does not fit, so tasks start in queue order.
-pub fn take_fitting(offered: &Resources, queue: &mut VecDeque<Pending>, max: usize) -> Vec<Pending> {
+pub fn take_fitting(
+    offered: &Resources,
+    queue: &mut VecDeque<Pending>,
+    max: usize,
+) -> Vec<Pending> {
     let mut left = offered.clone();
     let mut out = Vec::new();
     while out.len() < max {

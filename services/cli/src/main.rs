@@ -14,13 +14,27 @@ use clap::{Parser, Subcommand};
 
 /// Allot's command line.
 #[derive(Debug, Parser)]
-#[command(name = "allot", version, about = "Allot cluster manager: operator views and frameworks")]
+#[command(
+    name = "allot",
+    version,
+    about = "Allot cluster manager: operator views and frameworks"
+)]
 struct Cli {
     /// The registry's gRPC address.
-    #[arg(long, global = true, env = "ALLOT_REGISTRY", default_value = "127.0.0.1:5050")]
+    #[arg(
+        long,
+        global = true,
+        env = "ALLOT_REGISTRY",
+        default_value = "127.0.0.1:5050"
+    )]
     registry: String,
     /// The offer-broker's gRPC address.
-    #[arg(long, global = true, env = "ALLOT_BROKER", default_value = "127.0.0.1:5052")]
+    #[arg(
+        long,
+        global = true,
+        env = "ALLOT_BROKER",
+        default_value = "127.0.0.1:5052"
+    )]
     broker: String,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
@@ -61,7 +75,9 @@ async fn main() {
     let result = match cli.command {
         Command::Agents => ops::agents(&cli.registry, cli.json).await,
         Command::Frameworks => ops::frameworks(&cli.broker, cli.json).await,
-        Command::Tasks { framework } => ops::tasks(&cli.broker, framework.as_deref(), cli.json).await,
+        Command::Tasks { framework } => {
+            ops::tasks(&cli.broker, framework.as_deref(), cli.json).await
+        }
         Command::Offers => ops::offers(&cli.broker, cli.json).await,
         Command::Roles { set } => ops::roles(&cli.registry, &cli.broker, set, cli.json).await,
         Command::Execute(args) => execute::run(&cli.broker, args).await,

@@ -2,8 +2,12 @@
 
 use allot_common::convert::{resources_from_proto, resources_to_proto};
 use allot_proto::common::{Resource, Role};
-use allot_proto::operator::{ListFrameworksRequest, ListOffersRequest, ListTasksRequest, operator_client::OperatorClient};
-use allot_proto::registry::{ListAgentsRequest, ListRolesRequest, SetRoleRequest, registry_client::RegistryClient};
+use allot_proto::operator::{
+    ListFrameworksRequest, ListOffersRequest, ListTasksRequest, operator_client::OperatorClient,
+};
+use allot_proto::registry::{
+    ListAgentsRequest, ListRolesRequest, SetRoleRequest, registry_client::RegistryClient,
+};
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
@@ -25,12 +29,15 @@ pub enum RolesCommand {
 }
 
 fn res(list: &[Resource]) -> String {
-    resources_from_proto(list).map(|r| r.to_string()).unwrap_or_else(|e| format!("<{e}>"))
+    resources_from_proto(list)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|e| format!("<{e}>"))
 }
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
     t
 }
 
@@ -67,7 +74,12 @@ pub async fn agents(addr: &str, as_json: bool) -> anyhow::Result<i32> {
     for a in list {
         let r = a.record.unwrap_or_default();
         let i = r.info.unwrap_or_default();
-        t.add_row(vec![r.agent_id, i.address, res(&i.resources), a.reachable.to_string()]);
+        t.add_row(vec![
+            r.agent_id,
+            i.address,
+            res(&i.resources),
+            a.reachable.to_string(),
+        ]);
     }
     println!("{t}");
     Ok(0)
@@ -104,7 +116,14 @@ pub async fn frameworks(addr: &str, as_json: bool) -> anyhow::Result<i32> {
             (true, true) => "connected",
             (true, false) => "disconnected",
         };
-        t.add_row(vec![r.framework_id, i.name, i.roles.join(","), state.into(), res(&f.used), res(&f.offered)]);
+        t.add_row(vec![
+            r.framework_id,
+            i.name,
+            i.roles.join(","),
+            state.into(),
+            res(&f.used),
+            res(&f.offered),
+        ]);
     }
     println!("{t}");
     Ok(0)
@@ -134,7 +153,14 @@ pub async fn tasks(addr: &str, framework: Option<&str>, as_json: bool) -> anyhow
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    let mut t = table(&["FRAMEWORK", "TASK", "AGENT", "STATE", "RESOURCES", "MESSAGE"]);
+    let mut t = table(&[
+        "FRAMEWORK",
+        "TASK",
+        "AGENT",
+        "STATE",
+        "RESOURCES",
+        "MESSAGE",
+    ]);
     for rec in list {
         let i = rec.task.unwrap_or_default();
         let s = rec.status.unwrap_or_default();
@@ -170,15 +196,30 @@ pub async fn offers(addr: &str, as_json: bool) -> anyhow::Result<i32> {
     }
     let mut t = table(&["OFFER", "FRAMEWORK", "AGENT", "RESOURCES"]);
     for o in list {
-        t.add_row(vec![o.offer_id, o.framework_id, o.agent_id, res(&o.resources)]);
+        t.add_row(vec![
+            o.offer_id,
+            o.framework_id,
+            o.agent_id,
+            res(&o.resources),
+        ]);
     }
     println!("{t}");
     Ok(0)
 }
 
-pub async fn roles(addr: &str, broker: &str, set: Option<RolesCommand>, as_json: bool) -> anyhow::Result<i32> {
+pub async fn roles(
+    addr: &str,
+    broker: &str,
+    set: Option<RolesCommand>,
+    as_json: bool,
+) -> anyhow::Result<i32> {
     let mut client = registry(addr).await?;
-    if let Some(RolesCommand::Set { role, weight, quota }) = set {
+    if let Some(RolesCommand::Set {
+        role,
+        weight,
+        quota,
+    }) = set
+    {
         let quota_limit = match quota {
             Some(q) => resources_to_proto(&q.parse().with_context(|| format!("--quota '{q}'"))?),
             None => Vec::new(),
@@ -230,7 +271,13 @@ pub async fn roles(addr: &str, broker: &str, set: Option<RolesCommand>, as_json:
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    let mut t = table(&["ROLE", "WEIGHT", "QUOTA LIMIT", "ALLOCATED", "DOMINANT SHARE"]);
+    let mut t = table(&[
+        "ROLE",
+        "WEIGHT",
+        "QUOTA LIMIT",
+        "ALLOCATED",
+        "DOMINANT SHARE",
+    ]);
     for (n, w, q, a, s) in rows {
         t.add_row(vec![n, w.to_string(), q, a, format!("{:.1}%", s * 100.0)]);
     }
@@ -257,7 +304,12 @@ pub async fn role_shares(registry_addr: &str, broker_addr: &str) -> anyhow::Resu
         .agents;
     let mut total = allot_policy::Resources::new();
     for a in agents.iter().filter(|a| a.reachable) {
-        let info = a.record.clone().unwrap_or_default().info.unwrap_or_default();
+        let info = a
+            .record
+            .clone()
+            .unwrap_or_default()
+            .info
+            .unwrap_or_default();
         total.add(&resources_from_proto(&info.resources).unwrap_or_default());
     }
     let frameworks = operator(broker_addr)
@@ -267,7 +319,8 @@ pub async fn role_shares(registry_addr: &str, broker_addr: &str) -> anyhow::Resu
         .with_context(|| format!("offer-broker at {broker_addr}"))?
         .into_inner()
         .frameworks;
-    let mut allocation: std::collections::BTreeMap<String, allot_policy::Resources> = Default::default();
+    let mut allocation: std::collections::BTreeMap<String, allot_policy::Resources> =
+        Default::default();
     for f in frameworks {
         let role = f
             .record

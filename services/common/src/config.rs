@@ -126,10 +126,7 @@ fn file_args(path: &Path, args: &[OsString]) -> Result<Vec<OsString>, ConfigErro
                 toml::Value::Boolean(true) => out.push(flag.clone().into()),
                 toml::Value::Boolean(false) => {}
                 _ => {
-                    return Err(ConfigError::Value {
-                        path: shown,
-                        key,
-                    });
+                    return Err(ConfigError::Value { path: shown, key });
                 }
             }
         }
@@ -142,7 +139,8 @@ fn file_args(path: &Path, args: &[OsString]) -> Result<Vec<OsString>, ConfigErro
 /// # Errors
 /// A message naming the accepted forms.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 500ms, 5s or 2m: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 500ms, 5s or 2m: {e}"))
 }
 
 #[cfg(test)]
@@ -168,8 +166,11 @@ mod tests {
     fn file_fills_in_and_flags_win() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "name = 'file'\ninterval = '250ms'\nverbose = true\nendpoint = ['x', 'y']\n")
-            .unwrap();
+        std::fs::write(
+            &p,
+            "name = 'file'\ninterval = '250ms'\nverbose = true\nendpoint = ['x', 'y']\n",
+        )
+        .unwrap();
         let args = |extra: &[&str]| {
             let mut v: Vec<OsString> = vec!["t".into(), "--config".into(), p.clone().into()];
             v.extend(extra.iter().map(OsString::from));
@@ -186,7 +187,8 @@ mod tests {
 
     #[test]
     fn bad_duration_is_a_clear_error() {
-        let e = try_parse_from::<T>(vec!["t".into(), "--interval".into(), "soon".into()]).unwrap_err();
+        let e =
+            try_parse_from::<T>(vec!["t".into(), "--interval".into(), "soon".into()]).unwrap_err();
         assert!(e.to_string().contains("not a duration"), "{e}");
     }
 }

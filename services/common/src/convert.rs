@@ -41,10 +41,15 @@ pub fn resources_to_proto(r: &Resources) -> Vec<Resource> {
             ..Default::default()
         })
         .collect();
-    out.extend(r.ranges().map(|(name, set)| Resource {
-        name: name.to_string(),
-        ranges: set.iter().map(|&(begin, end)| Range { begin, end }).collect(),
-        ..Default::default()
+    out.extend(r.ranges().map(|(name, set)| {
+        Resource {
+            name: name.to_string(),
+            ranges: set
+                .iter()
+                .map(|&(begin, end)| Range { begin, end })
+                .collect(),
+            ..Default::default()
+        }
     }));
     out
 }

@@ -21,7 +21,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    router.serve_with_incoming_shutdown(incoming, shutdown).await
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 /// A server builder with Allot's defaults (TCP no-delay, HTTP/2 keepalive).
@@ -33,8 +35,8 @@ pub fn server() -> tonic::transport::Server {
 }
 
 /// A `grpc.health.v1.Health` service reporting SERVING for the whole server (service name "").
-pub async fn health() -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
-{
+pub async fn health()
+-> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)

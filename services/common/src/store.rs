@@ -127,9 +127,18 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Etcd`].
-    pub async fn put<M: Message>(&self, key: &str, value: &M, lease: Option<i64>) -> Result<i64, StoreError> {
+    pub async fn put<M: Message>(
+        &self,
+        key: &str,
+        value: &M,
+        lease: Option<i64>,
+    ) -> Result<i64, StoreError> {
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let resp = self.client.kv_client().put(key, value.encode_to_vec(), opts).await?;
+        let resp = self
+            .client
+            .kv_client()
+            .put(key, value.encode_to_vec(), opts)
+            .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -145,7 +154,11 @@ impl Store {
             .iter()
             .map(|(k, v)| TxnOp::put(k.as_str(), v.encode_to_vec(), None))
             .collect();
-        let resp = self.client.kv_client().txn(Txn::new().and_then(ops)).await?;
+        let resp = self
+            .client
+            .kv_client()
+            .txn(Txn::new().and_then(ops))
+            .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -153,7 +166,10 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Etcd`], or [`StoreError::Decode`] if the value is not an `M`.
-    pub async fn get<M: Message + Default>(&self, key: &str) -> Result<Option<(M, i64)>, StoreError> {
+    pub async fn get<M: Message + Default>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(M, i64)>, StoreError> {
         let resp = self.client.kv_client().get(key, None).await?;
         match resp.kvs().first() {
             None => Ok(None),
@@ -178,7 +194,10 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Etcd`], or [`StoreError::Decode`] for a value that is not an `M`.
-    pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<(Vec<(String, M)>, i64), StoreError> {
+    pub async fn list<M: Message + Default>(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<(String, M)>, i64), StoreError> {
         let resp = self
             .client
             .kv_client()
@@ -187,7 +206,10 @@ impl Store {
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
-            out.push((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv.key(), kv.value())?));
+            out.push((
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                decode(kv.key(), kv.value())?,
+            ));
         }
         Ok((out, rev))
     }
@@ -200,7 +222,10 @@ impl Store {
         let resp = self
             .client
             .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
             .await?;
         Ok(resp
             .kvs()

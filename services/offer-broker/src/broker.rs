@@ -11,11 +11,13 @@ use allot_common::store::{Kind, decode};
 use allot_policy::Resources;
 use allot_proto::agent::{KillTaskRequest, LaunchTasksRequest, agent_client::AgentClient};
 use allot_proto::allocator::{
-    ActivateFrameworkRequest, DeactivateFrameworkRequest, LaunchedTask, RecoverOffersRequest, ReviveRequest,
-    SubscribeRequest as AllocSubscribe, SuppressRequest, allocator_client::AllocatorClient, allocator_event,
+    ActivateFrameworkRequest, DeactivateFrameworkRequest, LaunchedTask, RecoverOffersRequest,
+    ReviveRequest, SubscribeRequest as AllocSubscribe, SuppressRequest,
+    allocator_client::AllocatorClient, allocator_event,
 };
 use allot_proto::common::{
-    AgentRecord, FrameworkInfo, FrameworkRecord, StatusSource, TaskInfo, TaskRecord, TaskState, TaskStatus,
+    AgentRecord, FrameworkInfo, FrameworkRecord, StatusSource, TaskInfo, TaskRecord, TaskState,
+    TaskStatus,
 };
 use allot_proto::scheduler::{self as pb, Event, event};
 use std::collections::{HashMap, HashSet};
@@ -64,7 +66,9 @@ pub struct Broker {
 
 fn update_event(status: TaskStatus) -> Event {
     Event {
-        event: Some(event::Event::Update(pb::Update { status: Some(status) })),
+        event: Some(event::Event::Update(pb::Update {
+            status: Some(status),
+        })),
     }
 }
 
@@ -77,7 +81,8 @@ impl Broker {
     pub fn new(store: Store, allocator: Channel, heartbeat_interval: Duration) -> Self {
         Self {
             store,
-            allocator: AllocatorClient::new(allocator).max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+            allocator: AllocatorClient::new(allocator)
+                .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
             heartbeat_interval,
             inner: Mutex::new(Inner::default()),
             agent_clients: Mutex::new(HashMap::new()),
@@ -93,9 +98,17 @@ impl Broker {
     ///
     /// # Errors
     /// A store error if etcd cannot be read.
-    pub async fn start(self: Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, allot_common::StoreError> {
-        let (frameworks, _) = self.store.list::<FrameworkRecord>(&self.store.prefix(Kind::Frameworks)).await?;
-        let (tasks, _) = self.store.list::<TaskRecord>(&self.store.prefix(Kind::Tasks)).await?;
+    pub async fn start(
+        self: Arc<Self>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, allot_common::StoreError> {
+        let (frameworks, _) = self
+            .store
+            .list::<FrameworkRecord>(&self.store.prefix(Kind::Frameworks))
+            .await?;
+        let (tasks, _) = self
+            .store
+            .list::<TaskRecord>(&self.store.prefix(Kind::Tasks))
+            .await?;
         {
             let mut inner = self.lock();
             for (_, record) in frameworks {
@@ -110,7 +123,11 @@ impl Broker {
                 );
             }
             for (_, t) in tasks {
-                let id = t.task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
+                let id = t
+                    .task
+                    .as_ref()
+                    .map(|t| t.task_id.clone())
+                    .unwrap_or_default();
                 inner.tasks.insert((t.framework_id.clone(), id), t);
             }
         }
@@ -179,7 +196,9 @@ impl Broker {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e.message(), "cannot subscribe to the allocator; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "cannot subscribe to the allocator; retrying")
+                }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -237,7 +256,11 @@ impl Broker {
                             unwanted.push(grant.offer_id);
                             continue;
                         }
-                        let info = inner.agents.get(&grant.agent_id).and_then(|a| a.info.clone()).unwrap_or_default();
+                        let info = inner
+                            .agents
+                            .get(&grant.agent_id)
+                            .and_then(|a| a.info.clone())
+                            .unwrap_or_default();
                         let offer = pb::Offer {
                             offer_id: grant.offer_id.clone(),
                             framework_id: grant.framework_id.clone(),
@@ -258,8 +281,14 @@ impl Broker {
                 }
                 for (fw, offers) in by_fw {
                     tracing::debug!(framework = %fw, offers = offers.len(), "sending offers");
-                    if !self.send(&fw, event::Event::Offers(pb::Offers { offers: offers.clone() })) {
-                        unwanted.extend(self.take_offers(offers.iter().map(|o| o.offer_id.clone())));
+                    if !self.send(
+                        &fw,
+                        event::Event::Offers(pb::Offers {
+                            offers: offers.clone(),
+                        }),
+                    ) {
+                        unwanted
+                            .extend(self.take_offers(offers.iter().map(|o| o.offer_id.clone())));
                     }
                 }
                 if !unwanted.is_empty() {
@@ -271,7 +300,9 @@ impl Broker {
                     let mut inner = self.lock();
                     r.offer_ids
                         .into_iter()
-                        .filter_map(|id| inner.offers.remove(&id).map(|o| (o.offer.framework_id, id)))
+                        .filter_map(|id| {
+                            inner.offers.remove(&id).map(|o| (o.offer.framework_id, id))
+                        })
                         .collect()
                 };
                 for (fw, offer_id) in gone {
@@ -287,7 +318,12 @@ impl Broker {
         ids.filter(|id| inner.offers.remove(id).is_some()).collect()
     }
 
-    async fn recover(&self, offer_ids: Vec<String>, refuse_seconds: f64, launched: Vec<LaunchedTask>) {
+    async fn recover(
+        &self,
+        offer_ids: Vec<String>,
+        refuse_seconds: f64,
+        launched: Vec<LaunchedTask>,
+    ) {
         if offer_ids.is_empty() && launched.is_empty() {
             return;
         }
@@ -335,7 +371,12 @@ impl Broker {
                     .collect()
             };
             for (fw, status) in unacked {
-                self.send(&fw, event::Event::Update(pb::Update { status: Some(status) }));
+                self.send(
+                    &fw,
+                    event::Event::Update(pb::Update {
+                        status: Some(status),
+                    }),
+                );
             }
         }
     }
@@ -355,7 +396,9 @@ impl Broker {
             return Err(Status::invalid_argument("FrameworkInfo.name is empty"));
         }
         if !(info.failover_timeout.is_finite() && info.failover_timeout >= 0.0) {
-            return Err(Status::invalid_argument("FrameworkInfo.failover_timeout must be a finite number of seconds >= 0"));
+            return Err(Status::invalid_argument(
+                "FrameworkInfo.failover_timeout must be a finite number of seconds >= 0",
+            ));
         }
         if info.roles.is_empty() {
             info.roles.push("*".to_string());
@@ -370,13 +413,25 @@ impl Broker {
         }
         let resubscribe = !info.framework_id.is_empty();
         let id = if resubscribe {
-            let known = self.lock().frameworks.get(&info.framework_id).map(|f| f.record.active);
+            let known = self
+                .lock()
+                .frameworks
+                .get(&info.framework_id)
+                .map(|f| f.record.active);
             match known {
                 Some(true) => info.framework_id.clone(),
                 Some(false) => {
-                    return Err(Status::not_found(format!("framework {} was torn down", info.framework_id)));
+                    return Err(Status::not_found(format!(
+                        "framework {} was torn down",
+                        info.framework_id
+                    )));
                 }
-                None => return Err(Status::not_found(format!("framework {} is unknown", info.framework_id))),
+                None => {
+                    return Err(Status::not_found(format!(
+                        "framework {} is unknown",
+                        info.framework_id
+                    )));
+                }
             }
         } else {
             allot_common::new_id("fw")
@@ -388,7 +443,9 @@ impl Broker {
             registered_at_ms: allot_common::now_ms(),
             active: true,
         };
-        self.store.put(&self.store.key(Kind::Frameworks, &id), &record, None).await?;
+        self.store
+            .put(&self.store.key(Kind::Frameworks, &id), &record, None)
+            .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Ok(Event {
             event: Some(event::Event::Subscribed(pb::Subscribed {
@@ -398,12 +455,15 @@ impl Broker {
         }));
         let (epoch, old, pending) = {
             let mut inner = self.lock();
-            let entry = inner.frameworks.entry(id.clone()).or_insert_with(|| Framework {
-                record: record.clone(),
-                sender: None,
-                epoch: 0,
-                suppressed: false,
-            });
+            let entry = inner
+                .frameworks
+                .entry(id.clone())
+                .or_insert_with(|| Framework {
+                    record: record.clone(),
+                    sender: None,
+                    epoch: 0,
+                    suppressed: false,
+                });
             entry.record = record;
             entry.epoch += 1;
             entry.suppressed = false;
@@ -443,12 +503,19 @@ impl Broker {
     pub async fn disconnected(self: Arc<Self>, fw: String, epoch: u64) {
         let (offers, timeout) = {
             let mut inner = self.lock();
-            let Some(f) = inner.frameworks.get_mut(&fw) else { return };
+            let Some(f) = inner.frameworks.get_mut(&fw) else {
+                return;
+            };
             if f.epoch != epoch || f.sender.is_none() {
                 return;
             }
             f.sender = None;
-            let timeout = f.record.info.as_ref().map(|i| i.failover_timeout).unwrap_or(0.0);
+            let timeout = f
+                .record
+                .info
+                .as_ref()
+                .map(|i| i.failover_timeout)
+                .unwrap_or(0.0);
             let offers: Vec<String> = inner
                 .offers
                 .iter()
@@ -464,7 +531,9 @@ impl Broker {
         let _ = self
             .allocator
             .clone()
-            .deactivate_framework(DeactivateFrameworkRequest { framework_id: fw.clone() })
+            .deactivate_framework(DeactivateFrameworkRequest {
+                framework_id: fw.clone(),
+            })
             .await;
         self.recover(offers, 0.0, Vec::new()).await;
         let me = self.clone();
@@ -486,7 +555,9 @@ impl Broker {
         let inner = self.lock();
         match inner.frameworks.get(fw) {
             Some(f) if f.sender.is_some() => Ok(()),
-            Some(f) if !f.record.active => Err(Status::failed_precondition(format!("framework {fw} was torn down"))),
+            Some(f) if !f.record.active => Err(Status::failed_precondition(format!(
+                "framework {fw} was torn down"
+            ))),
             _ => Err(Status::failed_precondition(format!(
                 "framework '{fw}' is not subscribed: SUBSCRIBE first"
             ))),
@@ -504,16 +575,16 @@ impl Broker {
         let mut seen = HashSet::new();
         for id in offer_ids {
             if !seen.insert(id) {
-                return Err(Status::invalid_argument(format!("offer {id} is named twice")));
+                return Err(Status::invalid_argument(format!(
+                    "offer {id} is named twice"
+                )));
             }
-            let o = inner
-                .offers
-                .get(id)
-                .filter(|o| o.offer.framework_id == fw)
-                .ok_or_else(|| Status::not_found(format!("offer {id} is unknown, was rescinded, or was already used")))?;
+            let o = find_offer(&inner, fw, id)?;
             match &agent {
                 Some(a) if *a != o.offer.agent_id => {
-                    return Err(Status::invalid_argument("offers from different agents cannot be accepted together"));
+                    return Err(Status::invalid_argument(
+                        "offers from different agents cannot be accepted together",
+                    ));
                 }
                 _ => agent = Some(o.offer.agent_id.clone()),
             }
@@ -552,7 +623,9 @@ impl Broker {
         {
             let mut inner = self.lock();
             if offer_ids.iter().any(|id| !inner.offers.contains_key(id)) {
-                return Err(Status::not_found("an offer was rescinded while the accept was in flight"));
+                return Err(Status::not_found(
+                    "an offer was rescinded while the accept was in flight",
+                ));
             }
             for id in &offer_ids {
                 inner.offers.remove(id);
@@ -577,7 +650,11 @@ impl Broker {
                     acknowledged: true,
                     sandbox: String::new(),
                 };
-                (self.store.key(Kind::Tasks, &format!("{fw}/{}", v.info.task_id)), rec)
+                (
+                    self.store
+                        .key(Kind::Tasks, &format!("{fw}/{}", v.info.task_id)),
+                    rec,
+                )
             })
             .collect();
         if let Err(e) = self.store.put_all(&records).await {
@@ -589,7 +666,11 @@ impl Broker {
         {
             let mut inner = self.lock();
             for (_, rec) in &records {
-                let id = rec.task.as_ref().map(|t| t.task_id.clone()).unwrap_or_default();
+                let id = rec
+                    .task
+                    .as_ref()
+                    .map(|t| t.task_id.clone())
+                    .unwrap_or_default();
                 inner.tasks.insert((fw.to_string(), id), rec.clone());
             }
         }
@@ -613,7 +694,14 @@ impl Broker {
     }
 
     fn agent_client(&self, agent_id: &str) -> Option<AgentClient<Channel>> {
-        let addr = self.lock().agents.get(agent_id)?.info.as_ref()?.address.clone();
+        let addr = self
+            .lock()
+            .agents
+            .get(agent_id)?
+            .info
+            .as_ref()?
+            .address
+            .clone();
         let mut clients = self.agent_clients.lock().expect("agent clients poisoned");
         if let Some(c) = clients.get(&addr) {
             return Some(c.clone());
@@ -624,7 +712,11 @@ impl Broker {
     }
 
     async fn launch(self: Arc<Self>, fw: &str, agent_id: &str, tasks: Vec<ValidTask>) {
-        let info = self.lock().frameworks.get(fw).and_then(|f| f.record.info.clone());
+        let info = self
+            .lock()
+            .frameworks
+            .get(fw)
+            .and_then(|f| f.record.info.clone());
         let ids: Vec<String> = tasks.iter().map(|t| t.info.task_id.clone()).collect();
         let req = LaunchTasksRequest {
             framework_id: fw.to_string(),
@@ -651,7 +743,14 @@ impl Broker {
     }
 
     /// A status update that the broker itself generates (source MASTER).
-    async fn master_update(&self, fw: &str, task: &str, state: TaskState, reason: &str, message: &str) {
+    async fn master_update(
+        &self,
+        fw: &str,
+        task: &str,
+        state: TaskState,
+        reason: &str,
+        message: &str,
+    ) {
         let agent_id = self
             .lock()
             .tasks
@@ -680,9 +779,15 @@ impl Broker {
     ///
     /// # Errors
     /// `INVALID_ARGUMENT` for an update without IDs; `UNAVAILABLE` if etcd cannot persist it (the agent retries).
-    pub async fn status_update(&self, mut status: TaskStatus, sandbox: Option<String>) -> Result<(), Status> {
+    pub async fn status_update(
+        &self,
+        mut status: TaskStatus,
+        sandbox: Option<String>,
+    ) -> Result<(), Status> {
         if status.task_id.is_empty() || status.framework_id.is_empty() {
-            return Err(Status::invalid_argument("a status update needs task_id and framework_id"));
+            return Err(Status::invalid_argument(
+                "a status update needs task_id and framework_id",
+            ));
         }
         if status.uuid.is_empty() {
             status.uuid = new_uuid();
@@ -698,10 +803,10 @@ impl Broker {
                 Some(r) => r.clone(),
             }
         };
-        if let Some(cur) = &rec.status {
-            if cur.uuid == status.uuid || cur.state().is_terminal() {
-                return Ok(());
-            }
+        if let Some(cur) = &rec.status
+            && (cur.uuid == status.uuid || cur.state().is_terminal())
+        {
+            return Ok(());
         }
         rec.status = Some(status.clone());
         rec.acknowledged = false;
@@ -709,11 +814,20 @@ impl Broker {
             rec.sandbox = s;
         }
         self.store
-            .put(&self.store.key(Kind::Tasks, &format!("{}/{}", key.0, key.1)), &rec, None)
+            .put(
+                &self.store.key(Kind::Tasks, &format!("{}/{}", key.0, key.1)),
+                &rec,
+                None,
+            )
             .await?;
         self.lock().tasks.insert(key.clone(), rec);
         tracing::debug!(framework = %key.0, task = %key.1, state = status.state().as_str_name(), "status update");
-        self.send(&key.0, event::Event::Update(pb::Update { status: Some(status) }));
+        self.send(
+            &key.0,
+            event::Event::Update(pb::Update {
+                status: Some(status),
+            }),
+        );
         Ok(())
     }
 
@@ -735,7 +849,11 @@ impl Broker {
         }
         rec.acknowledged = true;
         self.store
-            .put(&self.store.key(Kind::Tasks, &format!("{fw}/{task}")), &rec, None)
+            .put(
+                &self.store.key(Kind::Tasks, &format!("{fw}/{task}")),
+                &rec,
+                None,
+            )
             .await?;
         let mut inner = self.lock();
         if let Some(cur) = inner.tasks.get_mut(&key)
@@ -751,7 +869,12 @@ impl Broker {
     /// # Errors
     /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` for an unknown offer; `INVALID_ARGUMENT` for a bad
     /// filter.
-    pub async fn decline(&self, fw: &str, offer_ids: Vec<String>, refuse_seconds: Option<f64>) -> Result<(), Status> {
+    pub async fn decline(
+        &self,
+        fw: &str,
+        offer_ids: Vec<String>,
+        refuse_seconds: Option<f64>,
+    ) -> Result<(), Status> {
         self.check_subscribed(fw)?;
         let refuse = refuse_of(refuse_seconds)?;
         self.check_offers_owned(fw, &offer_ids)?;
@@ -766,9 +889,7 @@ impl Broker {
         }
         let inner = self.lock();
         for id in offer_ids {
-            if !inner.offers.get(id).is_some_and(|o| o.offer.framework_id == fw) {
-                return Err(Status::not_found(format!("offer {id} is unknown, was rescinded, or was already used")));
-            }
+            find_offer(&inner, fw, id)?;
         }
         Ok(())
     }
@@ -784,9 +905,17 @@ impl Broker {
         }
         let mut a = self.allocator.clone();
         let r = if suppressed {
-            a.suppress(SuppressRequest { framework_id: fw.into() }).await.map(|_| ())
+            a.suppress(SuppressRequest {
+                framework_id: fw.into(),
+            })
+            .await
+            .map(|_| ())
         } else {
-            a.revive(ReviveRequest { framework_id: fw.into() }).await.map(|_| ())
+            a.revive(ReviveRequest {
+                framework_id: fw.into(),
+            })
+            .await
+            .map(|_| ())
         };
         r.map_err(|e| Status::unavailable(format!("allocator: {}", e.message())))
     }
@@ -806,10 +935,19 @@ impl Broker {
             .ok_or_else(|| Status::not_found(format!("task {task} is unknown")))?;
         let status = rec.status.clone().unwrap_or_default();
         if status.state().is_terminal() {
-            self.send(fw, event::Event::Update(pb::Update { status: Some(status) }));
+            self.send(
+                fw,
+                event::Event::Update(pb::Update {
+                    status: Some(status),
+                }),
+            );
             return Ok(());
         }
-        let agent_id = rec.task.as_ref().map(|t| t.agent_id.clone()).unwrap_or_default();
+        let agent_id = rec
+            .task
+            .as_ref()
+            .map(|t| t.agent_id.clone())
+            .unwrap_or_default();
         let mut client = self
             .agent_client(&agent_id)
             .ok_or_else(|| Status::unavailable(format!("agent {agent_id} is unknown")))?;
@@ -822,11 +960,20 @@ impl Broker {
         {
             Ok(_) => Ok(()),
             Err(e) if e.code() == tonic::Code::NotFound => {
-                self.master_update(fw, task, TaskState::TaskLost, "REASON_TASK_UNKNOWN", e.message())
-                    .await;
+                self.master_update(
+                    fw,
+                    task,
+                    TaskState::TaskLost,
+                    "REASON_TASK_UNKNOWN",
+                    e.message(),
+                )
+                .await;
                 Ok(())
             }
-            Err(e) => Err(Status::unavailable(format!("agent {agent_id}: {}", e.message()))),
+            Err(e) => Err(Status::unavailable(format!(
+                "agent {agent_id}: {}",
+                e.message()
+            ))),
         }
     }
 
@@ -856,19 +1003,21 @@ impl Broker {
             } else {
                 tasks
                     .iter()
-                    .map(|rt| match inner.tasks.get(&(fw.to_string(), rt.task_id.clone())) {
-                        Some(t) => latest(t),
-                        None => TaskStatus {
-                            task_id: rt.task_id.clone(),
-                            state: TaskState::TaskUnknown as i32,
-                            source: StatusSource::SourceMaster as i32,
-                            reason: "REASON_RECONCILIATION".into(),
-                            agent_id: rt.agent_id.clone(),
-                            framework_id: fw.to_string(),
-                            timestamp: allot_common::now_secs(),
-                            ..Default::default()
+                    .map(
+                        |rt| match inner.tasks.get(&(fw.to_string(), rt.task_id.clone())) {
+                            Some(t) => latest(t),
+                            None => TaskStatus {
+                                task_id: rt.task_id.clone(),
+                                state: TaskState::TaskUnknown as i32,
+                                source: StatusSource::SourceMaster as i32,
+                                reason: "REASON_RECONCILIATION".into(),
+                                agent_id: rt.agent_id.clone(),
+                                framework_id: fw.to_string(),
+                                timestamp: allot_common::now_secs(),
+                                ..Default::default()
+                            },
                         },
-                    })
+                    )
                     .collect()
             }
         };
@@ -890,7 +1039,9 @@ impl Broker {
             .map(|f| f.record.clone())
             .ok_or_else(|| Status::not_found(format!("framework {fw} is unknown")))?;
         record.active = false;
-        self.store.put(&self.store.key(Kind::Frameworks, fw), &record, None).await?;
+        self.store
+            .put(&self.store.key(Kind::Frameworks, fw), &record, None)
+            .await?;
         let (offers, live) = {
             let mut inner = self.lock();
             if let Some(f) = inner.frameworks.get_mut(fw) {
@@ -911,14 +1062,20 @@ impl Broker {
                 .values()
                 .filter(|t| t.framework_id == fw)
                 .filter(|t| t.status.as_ref().is_some_and(|s| !s.state().is_terminal()))
-                .filter_map(|t| t.task.as_ref().map(|i| (i.task_id.clone(), i.agent_id.clone())))
+                .filter_map(|t| {
+                    t.task
+                        .as_ref()
+                        .map(|i| (i.task_id.clone(), i.agent_id.clone()))
+                })
                 .collect();
             (offers, live)
         };
         let _ = self
             .allocator
             .clone()
-            .deactivate_framework(DeactivateFrameworkRequest { framework_id: fw.into() })
+            .deactivate_framework(DeactivateFrameworkRequest {
+                framework_id: fw.into(),
+            })
             .await;
         self.recover(offers, 0.0, Vec::new()).await;
         for (task, agent) in live {
@@ -943,9 +1100,9 @@ impl Broker {
             .values()
             .filter(|t| t.task.as_ref().is_some_and(|i| i.agent_id == agent_id))
             .filter(|t| {
-                t.status
-                    .as_ref()
-                    .is_some_and(|s| !s.state().is_terminal() && s.state() != TaskState::TaskUnreachable)
+                t.status.as_ref().is_some_and(|s| {
+                    !s.state().is_terminal() && s.state() != TaskState::TaskUnreachable
+                })
             })
             .filter_map(|t| Some((t.framework_id.clone(), t.task.as_ref()?.task_id.clone())))
             .collect();
@@ -970,13 +1127,21 @@ impl Broker {
         let mut used: HashMap<&str, Resources> = HashMap::new();
         for t in inner.tasks.values() {
             if t.status.as_ref().is_some_and(|s| !s.state().is_terminal()) {
-                let r = t.task.as_ref().map(|i| resources_from_proto(&i.resources).unwrap_or_default());
-                used.entry(&t.framework_id).or_default().add(&r.unwrap_or_default());
+                let r = t
+                    .task
+                    .as_ref()
+                    .map(|i| resources_from_proto(&i.resources).unwrap_or_default());
+                used.entry(&t.framework_id)
+                    .or_default()
+                    .add(&r.unwrap_or_default());
             }
         }
         let mut offered: HashMap<&str, Resources> = HashMap::new();
         for o in inner.offers.values() {
-            offered.entry(&o.offer.framework_id).or_default().add(&o.resources);
+            offered
+                .entry(&o.offer.framework_id)
+                .or_default()
+                .add(&o.resources);
         }
         let mut out: Vec<_> = inner
             .frameworks
@@ -1011,8 +1176,25 @@ impl Broker {
 
     /// Every outstanding offer.
     pub fn offers(&self) -> Vec<pb::Offer> {
-        self.lock().offers.values().map(|o| o.offer.clone()).collect()
+        self.lock()
+            .offers
+            .values()
+            .map(|o| o.offer.clone())
+            .collect()
     }
+}
+
+/// The outstanding offer `id` of framework `fw`.
+fn find_offer<'a>(inner: &'a Inner, fw: &str, id: &str) -> Result<&'a OfferEntry, Status> {
+    inner
+        .offers
+        .get(id)
+        .filter(|o| o.offer.framework_id == fw)
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "offer {id} is unknown, was rescinded, or was already used"
+            ))
+        })
 }
 
 fn refuse_of(refuse_seconds: Option<f64>) -> Result<f64, Status> {

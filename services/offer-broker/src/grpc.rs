@@ -1,7 +1,9 @@
 //! The broker's gRPC services: thin translations between protobuf calls and [`Broker`] flows.
 
 use crate::broker::Broker;
-use allot_proto::agent::{StatusUpdateRequest, StatusUpdateResponse, status_updates_server::StatusUpdates};
+use allot_proto::agent::{
+    StatusUpdateRequest, StatusUpdateResponse, status_updates_server::StatusUpdates,
+};
 use allot_proto::operator::{self as op, operator_server::Operator};
 use allot_proto::scheduler::{self as pb, operation, scheduler_server::Scheduler};
 use std::pin::Pin;
@@ -44,7 +46,10 @@ pub struct SchedulerService(pub Arc<Broker>);
 impl Scheduler for SchedulerService {
     type SubscribeStream = EventStream;
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let info = request
             .into_inner()
             .framework_info
@@ -58,38 +63,63 @@ impl Scheduler for SchedulerService {
         }))
     }
 
-    async fn accept(&self, request: Request<pb::AcceptRequest>) -> Result<Response<pb::AcceptResponse>, Status> {
+    async fn accept(
+        &self,
+        request: Request<pb::AcceptRequest>,
+    ) -> Result<Response<pb::AcceptResponse>, Status> {
         let r = request.into_inner();
         let mut tasks = Vec::new();
         for op in r.operations {
             match op.operation {
                 Some(operation::Operation::Launch(l)) => tasks.extend(l.task_infos),
-                None => return Err(Status::invalid_argument("an operation has no type (expected LAUNCH)")),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "an operation has no type (expected LAUNCH)",
+                    ));
+                }
             }
         }
         let refuse = r.filters.and_then(|f| f.refuse_seconds);
-        self.0.accept(&r.framework_id, r.offer_ids, tasks, refuse).await?;
+        self.0
+            .accept(&r.framework_id, r.offer_ids, tasks, refuse)
+            .await?;
         Ok(Response::new(pb::AcceptResponse {}))
     }
 
-    async fn decline(&self, request: Request<pb::DeclineRequest>) -> Result<Response<pb::DeclineResponse>, Status> {
+    async fn decline(
+        &self,
+        request: Request<pb::DeclineRequest>,
+    ) -> Result<Response<pb::DeclineResponse>, Status> {
         let r = request.into_inner();
         let refuse = r.filters.and_then(|f| f.refuse_seconds);
         self.0.decline(&r.framework_id, r.offer_ids, refuse).await?;
         Ok(Response::new(pb::DeclineResponse {}))
     }
 
-    async fn revive(&self, request: Request<pb::ReviveRequest>) -> Result<Response<pb::ReviveResponse>, Status> {
-        self.0.set_suppressed(&request.into_inner().framework_id, false).await?;
+    async fn revive(
+        &self,
+        request: Request<pb::ReviveRequest>,
+    ) -> Result<Response<pb::ReviveResponse>, Status> {
+        self.0
+            .set_suppressed(&request.into_inner().framework_id, false)
+            .await?;
         Ok(Response::new(pb::ReviveResponse {}))
     }
 
-    async fn suppress(&self, request: Request<pb::SuppressRequest>) -> Result<Response<pb::SuppressResponse>, Status> {
-        self.0.set_suppressed(&request.into_inner().framework_id, true).await?;
+    async fn suppress(
+        &self,
+        request: Request<pb::SuppressRequest>,
+    ) -> Result<Response<pb::SuppressResponse>, Status> {
+        self.0
+            .set_suppressed(&request.into_inner().framework_id, true)
+            .await?;
         Ok(Response::new(pb::SuppressResponse {}))
     }
 
-    async fn kill(&self, request: Request<pb::KillRequest>) -> Result<Response<pb::KillResponse>, Status> {
+    async fn kill(
+        &self,
+        request: Request<pb::KillRequest>,
+    ) -> Result<Response<pb::KillResponse>, Status> {
         let r = request.into_inner();
         self.0.kill(&r.framework_id, &r.task_id).await?;
         Ok(Response::new(pb::KillResponse {}))
@@ -100,25 +130,35 @@ impl Scheduler for SchedulerService {
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let r = request.into_inner();
-        self.0.acknowledge(&r.framework_id, &r.task_id, &r.uuid).await?;
+        self.0
+            .acknowledge(&r.framework_id, &r.task_id, &r.uuid)
+            .await?;
         Ok(Response::new(pb::AcknowledgeResponse {}))
     }
 
-    async fn reconcile(&self, request: Request<pb::ReconcileRequest>) -> Result<Response<pb::ReconcileResponse>, Status> {
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
         let r = request.into_inner();
         self.0.reconcile(&r.framework_id, r.tasks)?;
         Ok(Response::new(pb::ReconcileResponse {}))
     }
 
-    async fn teardown(&self, request: Request<pb::TeardownRequest>) -> Result<Response<pb::TeardownResponse>, Status> {
+    async fn teardown(
+        &self,
+        request: Request<pb::TeardownRequest>,
+    ) -> Result<Response<pb::TeardownResponse>, Status> {
         let fw = request.into_inner().framework_id;
-        let known_active = self
-            .0
-            .frameworks()
-            .iter()
-            .any(|f| f.record.as_ref().is_some_and(|r| r.framework_id == fw && r.active));
+        let known_active = self.0.frameworks().iter().any(|f| {
+            f.record
+                .as_ref()
+                .is_some_and(|r| r.framework_id == fw && r.active)
+        });
         if !known_active {
-            return Err(Status::failed_precondition(format!("framework '{fw}' is not subscribed")));
+            return Err(Status::failed_precondition(format!(
+                "framework '{fw}' is not subscribed"
+            )));
         }
         self.0.teardown(&fw).await?;
         Ok(Response::new(pb::TeardownResponse {}))
@@ -130,9 +170,14 @@ pub struct StatusService(pub Arc<Broker>);
 
 #[tonic::async_trait]
 impl StatusUpdates for StatusService {
-    async fn update(&self, request: Request<StatusUpdateRequest>) -> Result<Response<StatusUpdateResponse>, Status> {
+    async fn update(
+        &self,
+        request: Request<StatusUpdateRequest>,
+    ) -> Result<Response<StatusUpdateResponse>, Status> {
         let r = request.into_inner();
-        let status = r.status.ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
+        let status = r
+            .status
+            .ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
         self.0.status_update(status, Some(r.sandbox)).await?;
         Ok(Response::new(StatusUpdateResponse {}))
     }
@@ -152,13 +197,21 @@ impl Operator for OperatorService {
         }))
     }
 
-    async fn list_tasks(&self, request: Request<op::ListTasksRequest>) -> Result<Response<op::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<op::ListTasksRequest>,
+    ) -> Result<Response<op::ListTasksResponse>, Status> {
         Ok(Response::new(op::ListTasksResponse {
             tasks: self.0.tasks(&request.into_inner().framework_id),
         }))
     }
 
-    async fn list_offers(&self, _: Request<op::ListOffersRequest>) -> Result<Response<op::ListOffersResponse>, Status> {
-        Ok(Response::new(op::ListOffersResponse { offers: self.0.offers() }))
+    async fn list_offers(
+        &self,
+        _: Request<op::ListOffersRequest>,
+    ) -> Result<Response<op::ListOffersResponse>, Status> {
+        Ok(Response::new(op::ListOffersResponse {
+            offers: self.0.offers(),
+        }))
     }
 }

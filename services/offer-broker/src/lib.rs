@@ -21,7 +21,11 @@ use std::time::Duration;
 
 /// Offer-broker configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "allot-offer-broker", version, about = "Allot offer-broker: the scheduler API")]
+#[command(
+    name = "allot-offer-broker",
+    version,
+    about = "Allot offer-broker: the scheduler API"
+)]
 pub struct Config {
     /// TOML file with defaults for any of these flags.
     #[arg(long, env = "ALLOT_CONFIG")]
@@ -30,7 +34,12 @@ pub struct Config {
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5052")]
     pub listen: String,
     /// etcd endpoints (comma-separated or repeated).
-    #[arg(long, env = "ALLOT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ALLOT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     /// Key root in etcd.
     #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = allot_common::store::DEFAULT_ROOT)]
@@ -65,21 +74,36 @@ pub async fn run(
 ) -> Result<(), Error> {
     let store = allot_common::Store::connect(&config.etcd_endpoints, &config.etcd_root).await?;
     let allocator = allot_common::grpc::channel(&config.allocator)?;
-    let broker = Arc::new(broker::Broker::new(store, allocator, config.heartbeat_interval));
+    let broker = Arc::new(broker::Broker::new(
+        store,
+        allocator,
+        config.heartbeat_interval,
+    ));
     let background = broker.clone().start().await?;
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         allocator = %config.allocator,
         "offer-broker serving"
     );
-    use allot_proto::{agent::status_updates_server::StatusUpdatesServer, operator::operator_server::OperatorServer,
-        scheduler::scheduler_server::SchedulerServer};
+    use allot_proto::{
+        agent::status_updates_server::StatusUpdatesServer,
+        operator::operator_server::OperatorServer, scheduler::scheduler_server::SchedulerServer,
+    };
     let max = allot_common::grpc::MAX_MESSAGE_BYTES;
     let router = allot_common::grpc::server()
         .add_service(allot_common::grpc::health().await)
-        .add_service(SchedulerServer::new(grpc::SchedulerService(broker.clone())).max_decoding_message_size(max))
-        .add_service(StatusUpdatesServer::new(grpc::StatusService(broker.clone())).max_decoding_message_size(max))
-        .add_service(OperatorServer::new(grpc::OperatorService(broker.clone())).max_decoding_message_size(max));
+        .add_service(
+            SchedulerServer::new(grpc::SchedulerService(broker.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            StatusUpdatesServer::new(grpc::StatusService(broker.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            OperatorServer::new(grpc::OperatorService(broker.clone()))
+                .max_decoding_message_size(max),
+        );
     let result = allot_common::grpc::serve(router, listener, shutdown).await;
     for h in background {
         h.abort();

@@ -8,7 +8,11 @@ use tonic::Status;
 
 /// Whether `id` is a valid task, framework or agent ID: 1-128 characters of `[A-Za-z0-9._-]`.
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// A task that passed validation, with its parsed resources.
@@ -84,7 +88,10 @@ pub fn validate_launch(
             t.name = t.task_id.clone();
         }
         sum.add(&res);
-        out.push(ValidTask { info: t, resources: res });
+        out.push(ValidTask {
+            info: t,
+            resources: res,
+        });
     }
     if !offered.contains(&sum) {
         return Err(Status::invalid_argument(format!(
@@ -119,7 +126,10 @@ mod tests {
 
     #[test]
     fn fills_in_agent_and_name() {
-        let v = validate_launch("a1", &offered(), vec![task("t1", "cpus:1;mem:128")], |_| false).unwrap();
+        let v = validate_launch("a1", &offered(), vec![task("t1", "cpus:1;mem:128")], |_| {
+            false
+        })
+        .unwrap();
         assert_eq!(v[0].info.agent_id, "a1");
         assert_eq!(v[0].info.name, "t1");
     }
@@ -145,7 +155,10 @@ mod tests {
         let cases = [
             (vec![task("", "cpus:1")], "task_id"),
             (vec![task("t/1", "cpus:1")], "task_id"),
-            (vec![task("t1", "cpus:1"), task("t1", "cpus:0.5")], "already in use"),
+            (
+                vec![task("t1", "cpus:1"), task("t1", "cpus:0.5")],
+                "already in use",
+            ),
             (vec![other], "names agent"),
             (vec![nocmd], "no command"),
             (vec![task("t1", "disk:1")], "cpus or mem"),
@@ -158,7 +171,10 @@ mod tests {
         let mut nan = task("t1", "cpus:1");
         nan.resources[0].scalar = f64::NAN;
         assert!(validate_launch("a1", &offered(), vec![nan], |_| false).is_err());
-        let e = validate_launch("a1", &offered(), vec![task("t1", "cpus:1")], |id| id == "t1").unwrap_err();
+        let e = validate_launch("a1", &offered(), vec![task("t1", "cpus:1")], |id| {
+            id == "t1"
+        })
+        .unwrap_err();
         assert!(e.message().contains("already in use"));
     }
 }

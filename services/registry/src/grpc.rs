@@ -39,7 +39,11 @@ impl RegistryService {
         (self.agent_timeout.as_secs_f64().ceil() as i64).max(1)
     }
 
-    async fn open_lease(&self, agent_id: &str, lease_id: i64) -> Result<Arc<tokio::sync::Mutex<Lease>>, Status> {
+    async fn open_lease(
+        &self,
+        agent_id: &str,
+        lease_id: i64,
+    ) -> Result<Arc<tokio::sync::Mutex<Lease>>, Status> {
         let (keeper, stream) = self
             .store
             .client()
@@ -61,7 +65,9 @@ impl RegistryService {
     fn valid_id(id: &str) -> bool {
         !id.is_empty()
             && id.len() <= 128
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     }
 }
 
@@ -76,7 +82,9 @@ impl Registry for RegistryService {
             .info
             .ok_or_else(|| Status::invalid_argument("RegisterAgent needs `info` (AgentInfo)"))?;
         if info.address.is_empty() {
-            return Err(Status::invalid_argument("AgentInfo.address (host:port) is empty"));
+            return Err(Status::invalid_argument(
+                "AgentInfo.address (host:port) is empty",
+            ));
         }
         let resources = resources_from_proto(&info.resources)
             .map_err(|e| Status::invalid_argument(format!("AgentInfo.resources: {e}")))?;
@@ -84,7 +92,12 @@ impl Registry for RegistryService {
             return Err(Status::invalid_argument("AgentInfo.resources is empty"));
         }
         if info.hostname.is_empty() {
-            info.hostname = info.address.split(':').next().unwrap_or_default().to_string();
+            info.hostname = info
+                .address
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
         }
         let agent_id = if req.agent_id.is_empty() {
             allot_common::new_id("agent")
@@ -97,7 +110,11 @@ impl Registry for RegistryService {
             )));
         };
         // A re-registration replaces the previous lease.
-        let previous = self.leases.lock().expect("lease map poisoned").remove(&agent_id);
+        let previous = self
+            .leases
+            .lock()
+            .expect("lease map poisoned")
+            .remove(&agent_id);
         if let Some(old) = previous {
             let id = old.lock().await.id;
             let _ = self.store.client().lease_revoke(id).await;
@@ -113,7 +130,9 @@ impl Registry for RegistryService {
             info: Some(info),
             registered_at_ms: allot_common::now_ms(),
         };
-        self.store.put(&self.store.key(Kind::Agents, &agent_id), &record, None).await?;
+        self.store
+            .put(&self.store.key(Kind::Agents, &agent_id), &record, None)
+            .await?;
         let mut kv = self.store.client().kv_client();
         kv.put(
             self.store.key(Kind::Alive, &agent_id),
@@ -131,9 +150,17 @@ impl Registry for RegistryService {
         }))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let agent_id = request.into_inner().agent_id;
-        let lease = self.leases.lock().expect("lease map poisoned").get(&agent_id).cloned();
+        let lease = self
+            .leases
+            .lock()
+            .expect("lease map poisoned")
+            .get(&agent_id)
+            .cloned();
         let lease = match lease {
             Some(l) => l,
             None => {
@@ -149,7 +176,9 @@ impl Registry for RegistryService {
                     .first()
                     .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<i64>().ok())
                     .ok_or_else(|| {
-                        Status::not_found(format!("agent {agent_id} is not registered or its lease lapsed; re-register"))
+                        Status::not_found(format!(
+                            "agent {agent_id} is not registered or its lease lapsed; re-register"
+                        ))
                     })?;
                 self.open_lease(&agent_id, lease_id).await?
             }
@@ -169,8 +198,13 @@ impl Registry for RegistryService {
             Some(r) if r.ttl() > 0 => Ok(Response::new(HeartbeatResponse {})),
             _ => {
                 drop(lease);
-                self.leases.lock().expect("lease map poisoned").remove(&agent_id);
-                Err(Status::not_found(format!("agent {agent_id}'s lease lapsed; re-register")))
+                self.leases
+                    .lock()
+                    .expect("lease map poisoned")
+                    .remove(&agent_id);
+                Err(Status::not_found(format!(
+                    "agent {agent_id}'s lease lapsed; re-register"
+                )))
             }
         }
     }
@@ -180,18 +214,30 @@ impl Registry for RegistryService {
         request: Request<UnregisterAgentRequest>,
     ) -> Result<Response<UnregisterAgentResponse>, Status> {
         let agent_id = request.into_inner().agent_id;
-        let lease = self.leases.lock().expect("lease map poisoned").remove(&agent_id);
+        let lease = self
+            .leases
+            .lock()
+            .expect("lease map poisoned")
+            .remove(&agent_id);
         if let Some(lease) = lease {
             let id = lease.lock().await.id;
             let _ = self.store.client().lease_revoke(id).await;
         }
-        self.store.delete(&self.store.key(Kind::Alive, &agent_id)).await?;
+        self.store
+            .delete(&self.store.key(Kind::Alive, &agent_id))
+            .await?;
         tracing::info!(%agent_id, "agent unregistered");
         Ok(Response::new(UnregisterAgentResponse {}))
     }
 
-    async fn list_agents(&self, _: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
-        let (records, _) = self.store.list::<AgentRecord>(&self.store.prefix(Kind::Agents)).await?;
+    async fn list_agents(
+        &self,
+        _: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let (records, _) = self
+            .store
+            .list::<AgentRecord>(&self.store.prefix(Kind::Agents))
+            .await?;
         let alive: std::collections::HashSet<String> = self
             .store
             .keys(&self.store.prefix(Kind::Alive))
@@ -209,13 +255,19 @@ impl Registry for RegistryService {
         Ok(Response::new(ListAgentsResponse { agents }))
     }
 
-    async fn set_role(&self, request: Request<SetRoleRequest>) -> Result<Response<SetRoleResponse>, Status> {
+    async fn set_role(
+        &self,
+        request: Request<SetRoleRequest>,
+    ) -> Result<Response<SetRoleResponse>, Status> {
         let role = request
             .into_inner()
             .role
             .ok_or_else(|| Status::invalid_argument("SetRole needs `role`"))?;
         if role.name.is_empty() || role.name.contains('/') || role.name.len() > 128 {
-            return Err(Status::invalid_argument(format!("role name '{}' is invalid", role.name)));
+            return Err(Status::invalid_argument(format!(
+                "role name '{}' is invalid",
+                role.name
+            )));
         }
         if !(role.weight.is_finite() && role.weight > 0.0) {
             return Err(Status::invalid_argument(format!(
@@ -225,13 +277,21 @@ impl Registry for RegistryService {
         }
         resources_from_proto(&role.quota_limit)
             .map_err(|e| Status::invalid_argument(format!("quota_limit: {e}")))?;
-        self.store.put(&self.store.key(Kind::Roles, &role.name), &role, None).await?;
+        self.store
+            .put(&self.store.key(Kind::Roles, &role.name), &role, None)
+            .await?;
         tracing::info!(role = %role.name, weight = role.weight, "role set");
         Ok(Response::new(SetRoleResponse {}))
     }
 
-    async fn list_roles(&self, _: Request<ListRolesRequest>) -> Result<Response<ListRolesResponse>, Status> {
-        let (roles, _) = self.store.list::<Role>(&self.store.prefix(Kind::Roles)).await?;
+    async fn list_roles(
+        &self,
+        _: Request<ListRolesRequest>,
+    ) -> Result<Response<ListRolesResponse>, Status> {
+        let (roles, _) = self
+            .store
+            .list::<Role>(&self.store.prefix(Kind::Roles))
+            .await?;
         Ok(Response::new(ListRolesResponse {
             roles: roles.into_iter().map(|(_, r)| r).collect(),
         }))

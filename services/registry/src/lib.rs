@@ -15,7 +15,11 @@ use std::time::Duration;
 
 /// Registry configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "allot-registry", version, about = "Allot registry: agents, their liveness, and roles")]
+#[command(
+    name = "allot-registry",
+    version,
+    about = "Allot registry: agents, their liveness, and roles"
+)]
 pub struct Config {
     /// TOML file with defaults for any of these flags.
     #[arg(long, env = "ALLOT_CONFIG")]
@@ -24,7 +28,12 @@ pub struct Config {
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5050")]
     pub listen: String,
     /// etcd endpoints (comma-separated or repeated).
-    #[arg(long, env = "ALLOT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ALLOT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     /// Key root in etcd.
     #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = allot_common::store::DEFAULT_ROOT)]

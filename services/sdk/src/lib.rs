@@ -24,7 +24,9 @@
 //! # Ok(()) }
 //! ```
 
-pub use allot_proto::common::{CommandInfo, FrameworkInfo, Resource, TaskInfo, TaskState, TaskStatus};
+pub use allot_proto::common::{
+    CommandInfo, FrameworkInfo, Resource, TaskInfo, TaskState, TaskStatus,
+};
 pub use allot_proto::scheduler::Offer;
 
 use allot_proto::scheduler::{
@@ -97,7 +99,11 @@ pub fn framework_info(name: &str, role: &str) -> FrameworkInfo {
 ///
 /// # Errors
 /// The resource text is invalid.
-pub fn shell_task(task_id: &str, command: &str, resources: &str) -> Result<TaskInfo, allot_policy::ResourcesError> {
+pub fn shell_task(
+    task_id: &str,
+    command: &str,
+    resources: &str,
+) -> Result<TaskInfo, allot_policy::ResourcesError> {
     let r: allot_policy::Resources = resources.parse()?;
     Ok(TaskInfo {
         name: task_id.to_string(),
@@ -140,12 +146,20 @@ impl Driver {
 
     /// The FrameworkID (empty before the first SUBSCRIBED).
     pub fn framework_id(&self) -> String {
-        self.framework_id.lock().expect("framework id poisoned").clone()
+        self.framework_id
+            .lock()
+            .expect("framework id poisoned")
+            .clone()
     }
 
     /// ACCEPT `offer_ids` (all on one agent) by launching `tasks`; unused resources are filtered for
     /// `refuse_seconds` (default 5).
-    pub fn accept(&self, offer_ids: Vec<String>, tasks: Vec<TaskInfo>, refuse_seconds: Option<f64>) {
+    pub fn accept(
+        &self,
+        offer_ids: Vec<String>,
+        tasks: Vec<TaskInfo>,
+        refuse_seconds: Option<f64>,
+    ) {
         self.call(Call::Accept(offer_ids, tasks, refuse_seconds));
     }
 
@@ -193,10 +207,21 @@ async fn run_calls(
     errors: mpsc::UnboundedSender<String>,
     stop: CancellationToken,
 ) {
-    while let Some(call) = calls.recv().await {
+    loop {
+        // Once stopped, drain what is queued (a last acknowledgement, the teardown) and end.
+        let call = tokio::select! {
+            biased;
+            c = calls.recv() => c,
+            _ = stop.cancelled() => calls.try_recv().ok(),
+        };
+        let Some(call) = call else { return };
         let fw = framework_id.lock().expect("framework id poisoned").clone();
         let filters = |r: Option<f64>| Some(Filters { refuse_seconds: r });
-        let what = format!("{call:?}").split('(').next().unwrap_or("call").to_uppercase();
+        let what = format!("{call:?}")
+            .split('(')
+            .next()
+            .unwrap_or("call")
+            .to_uppercase();
         let result = match call {
             Call::Accept(offer_ids, tasks, r) => client
                 .accept(pb::AcceptRequest {
@@ -217,8 +242,14 @@ async fn run_calls(
                 })
                 .await
                 .map(|_| ()),
-            Call::Revive => client.revive(pb::ReviveRequest { framework_id: fw }).await.map(|_| ()),
-            Call::Suppress => client.suppress(pb::SuppressRequest { framework_id: fw }).await.map(|_| ()),
+            Call::Revive => client
+                .revive(pb::ReviveRequest { framework_id: fw })
+                .await
+                .map(|_| ()),
+            Call::Suppress => client
+                .suppress(pb::SuppressRequest { framework_id: fw })
+                .await
+                .map(|_| ()),
             Call::Kill(task_id, agent_id) => client
                 .kill(pb::KillRequest {
                     framework_id: fw,
@@ -247,7 +278,10 @@ async fn run_calls(
                 .await
                 .map(|_| ()),
             Call::Teardown => {
-                let r = client.teardown(pb::TeardownRequest { framework_id: fw }).await.map(|_| ());
+                let r = client
+                    .teardown(pb::TeardownRequest { framework_id: fw })
+                    .await
+                    .map(|_| ());
                 stop.cancel();
                 r
             }
@@ -267,7 +301,8 @@ async fn run_calls(
 /// reached is retried with backoff, not an error.
 pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result<S, SdkError> {
     let channel = allot_common::grpc::channel(&config.broker)?;
-    let client = SchedulerClient::new(channel).max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
+    let client = SchedulerClient::new(channel)
+        .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
     let (call_tx, call_rx) = mpsc::unbounded_channel();
     let (err_tx, mut err_rx) = mpsc::unbounded_channel();
     let framework_id = Arc::new(Mutex::new(config.info.framework_id.clone()));
@@ -279,7 +314,13 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
         stop: stop.clone(),
         teardown: teardown.clone(),
     };
-    let runner = tokio::spawn(run_calls(client.clone(), call_rx, framework_id.clone(), err_tx, stop.clone()));
+    let runner = tokio::spawn(run_calls(
+        client.clone(),
+        call_rx,
+        framework_id.clone(),
+        err_tx,
+        stop.clone(),
+    ));
     let mut info = config.info;
     let mut delay = Duration::from_millis(200);
     let result = 'outer: loop {
@@ -294,7 +335,9 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
             Err(e)
                 if matches!(
                     e.code(),
-                    tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::NotFound
+                        | tonic::Code::FailedPrecondition
                 ) =>
             {
                 break 'outer Err(SdkError::Subscribe(e.message().to_string()));
@@ -333,7 +376,8 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
             match ev.event {
                 Some(event::Event::Subscribed(s)) => {
                     *framework_id.lock().expect("framework id poisoned") = s.framework_id.clone();
-                    patience = Duration::from_secs_f64((s.heartbeat_interval_seconds * 3.0).max(1.0));
+                    patience =
+                        Duration::from_secs_f64((s.heartbeat_interval_seconds * 3.0).max(1.0));
                     scheduler.registered(&driver, &s.framework_id);
                 }
                 Some(event::Event::Offers(o)) => scheduler.resource_offers(&driver, o.offers),
@@ -342,7 +386,11 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                     if let Some(status) = u.status {
                         scheduler.status_update(&driver, &status);
                         if !status.uuid.is_empty() {
-                            driver.call(Call::Acknowledge(status.agent_id.clone(), status.task_id.clone(), status.uuid));
+                            driver.call(Call::Acknowledge(
+                                status.agent_id.clone(),
+                                status.task_id.clone(),
+                                status.uuid,
+                            ));
                         }
                     }
                 }

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# The main job: a local Allot cluster running real tasks.
+#
+# Builds Allot, starts etcd, the registry, the allocator, the offer-broker and three agents (each given a slice
+# of this machine) on free loopback ports, then runs two batch frameworks in two roles over every file under
+# /usr/share: one checksums them (role "analytics", weight 2), one compresses them (role "archive", weight 1).
+# While they run it samples each role's dominant share; at the end it prints the results and the shares, then
+# tears everything down. Ctrl-C at any point stops everything it started.
+#
+# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep]
+#   --files DIR  the tree to process (default /usr/share)
+#   --tasks N    tasks per framework (default 32)
+#   --keep       leave the cluster running after the jobs, until Ctrl-C
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+files_root=/usr/share
+ntasks=32
+keep=0
+while (($#)); do
+  case "$1" in
+    --files) files_root=$2; shift 2 ;;
+    --tasks) ntasks=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
+  esac
+done
+
+source "$here/ensure-deps.sh"
+allot_ensure_deps
+
+echo "==> building (cargo build --bins)"
+(cd "$repo" && cargo build --bins --quiet)
+bin="$repo/target/debug"
+
+run="$repo/.allot/demo"
+rm -rf "$run"
+mkdir -p "$run/logs" "$run/out/sha256" "$run/out/archive" "$run/lists"
+
+pids=()
+cleanup() {
+  local code=$?
+  trap - EXIT INT TERM
+  if ((${#pids[@]})); then
+    echo "==> stopping the cluster"
+    # Frameworks and agents first, etcd last; SIGTERM, then SIGKILL for anything still there after 10 s.
+    for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
+    for _ in $(seq 100); do
+      local alive=0
+      for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+      ((alive)) || break
+      sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+  fi
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 40000))
+    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+start() { # name, command...
+  local name=$1; shift
+  "$@" >"$run/logs/$name.log" 2>&1 &
+  pids+=($!)
+}
+
+wait_port() { # port, what
+  for _ in $(seq 150); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$2 did not come up; see $run/logs/" >&2
+  return 1
+}
+
+etcd_port=$(free_port); etcd_peer=$(free_port)
+registry_port=$(free_port); allocator_port=$(free_port); broker_port=$(free_port)
+export ALLOT_ETCD_ENDPOINTS="http://127.0.0.1:$etcd_port"
+export ALLOT_REGISTRY="127.0.0.1:$registry_port" ALLOT_BROKER="127.0.0.1:$broker_port"
+
+echo "==> starting etcd on :$etcd_port"
+start etcd etcd --name allot --data-dir "$run/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+  --initial-cluster "allot=http://127.0.0.1:$etcd_peer"
+wait_port "$etcd_port" etcd
+
+echo "==> starting registry :$registry_port, allocator :$allocator_port, offer-broker :$broker_port"
+start registry "$bin/allot-registry" --listen "127.0.0.1:$registry_port" --agent-timeout 5s
+start allocator "$bin/allot-allocator" --listen "127.0.0.1:$allocator_port" --allocation-interval 250ms
+start broker "$bin/allot-offer-broker" --listen "127.0.0.1:$broker_port" --allocator "127.0.0.1:$allocator_port" \
+  --heartbeat-interval 5s
+wait_port "$registry_port" registry; wait_port "$allocator_port" allocator; wait_port "$broker_port" offer-broker
+
+# Three agents, each a third of this machine's cores and up to 2 GiB of memory.
+cores=$(nproc)
+mem_mib=$(awk '/MemTotal/ {m=int($2/1024/4); if (m > 2048) m = 2048; print m}' /proc/meminfo)
+cpus=$(awk -v c="$cores" 'BEGIN { x = c / 3; if (x < 1) x = 1; printf "%.2f", x }')
+for i in 1 2 3; do
+  port=$(free_port)
+  lo=$((31000 + i * 1000)); hi=$((lo + 999))
+  start "agent$i" "$bin/allot-agent" --listen "127.0.0.1:$port" --work-dir "$run/agent$i" \
+    --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i"
+done
+for _ in $(seq 100); do
+  [[ $("$bin/allot" agents --json 2>/dev/null | grep -c '"reachable": true') == 3 ]] && break
+  sleep 0.2
+done
+"$bin/allot" agents
+
+"$bin/allot" roles set analytics --weight 2 >/dev/null
+"$bin/allot" roles set archive --weight 1 >/dev/null
+
+echo "==> preparing two jobs of $ntasks tasks over $files_root"
+find "$files_root" -type f -readable -print0 2>/dev/null >"$run/lists/all"
+nfiles=$(tr -cd '\0' <"$run/lists/all" | wc -c)
+(cd "$run/lists" && split -t '\0' -n "r/$ntasks" -d -a 3 all part-)
+{
+  echo 'name = "checksum"'; echo 'role = "analytics"'; echo 'concurrency = 8'
+  echo 'resources = "cpus:0.25;mem:64"'
+  for f in "$run"/lists/part-*; do
+    n=${f##*-}
+    echo "[[tasks]]"; echo "id = \"sha256-$n\""
+    echo "command = \"xargs -0 -a '$f' sha256sum > '$run/out/sha256/$n.txt' 2> errors.txt; test -s '$run/out/sha256/$n.txt'\""
+  done
+} >"$run/checksum.toml"
+{
+  echo 'name = "compress"'; echo 'role = "archive"'; echo 'concurrency = 8'
+  echo 'resources = "cpus:0.5;mem:128"'
+  for f in "$run"/lists/part-*; do
+    n=${f##*-}
+    echo "[[tasks]]"; echo "id = \"gzip-$n\""
+    echo "command = \"tar --null -T '$f' -czf '$run/out/archive/$n.tar.gz' 2> errors.txt; test -s '$run/out/archive/$n.tar.gz'\""
+  done
+} >"$run/compress.toml"
+
+echo "==> running both frameworks ($nfiles files); sampling dominant shares twice a second"
+start_s=$(date +%s)
+"$bin/allot" batch "$run/checksum.toml" --quiet >"$run/checksum.summary" 2>"$run/logs/checksum.log" &
+pids+=($!); sha_pid=$!
+"$bin/allot" batch "$run/compress.toml" --quiet >"$run/compress.summary" 2>"$run/logs/compress.log" &
+pids+=($!); gz_pid=$!
+: >"$run/shares.tsv"
+while kill -0 "$sha_pid" 2>/dev/null || kill -0 "$gz_pid" 2>/dev/null; do
+  t=$(( $(date +%s) - start_s ))
+  both=0
+  kill -0 "$sha_pid" 2>/dev/null && kill -0 "$gz_pid" 2>/dev/null && both=1
+  # One JSON object per role; keys may come in any order, so print at the end of each object. The last column
+  # says whether both frameworks were still running.
+  "$bin/allot" roles --json 2>/dev/null | awk -v t="$t" -v both="$both" '
+    /"role":/ { gsub(/[",]/, "", $2); role = $2 }
+    /"dominant_share":/ { gsub(/,/, "", $2); share = $2 }
+    /^  }/ { if (role != "") printf "%s\t%s\t%s\t%s\n", t, role, share, both; role = ""; share = 0 }' >>"$run/shares.tsv"
+  line=$(awk -v t="$t" -F'\t' '$1 == t { v[$2] = $3 } END { for (r in v) printf "%s %3.0f%%  ", r, v[r] * 100 }' "$run/shares.tsv")
+  if [[ -t 1 ]]; then
+    printf '\r  t=%3ss  dominant shares: %-44s' "$t" "$line"
+  elif ((t % 5 == 0)); then
+    printf '  t=%3ss  dominant shares: %s\n' "$t" "$line"
+  fi
+  sleep 0.5
+done
+echo
+sha_rc=0; gz_rc=0
+wait "$sha_pid" || sha_rc=$?
+wait "$gz_pid" || gz_rc=$?
+elapsed=$(( $(date +%s) - start_s ))
+
+echo "==> checksum framework (role analytics)"; tail -n 1 "$run/checksum.summary"
+echo "==> compress framework (role archive)"; tail -n 1 "$run/compress.summary"
+echo "    full task tables: $run/checksum.summary, $run/compress.summary"
+
+echo "==> results"
+sums=$(cat "$run"/out/sha256/*.txt 2>/dev/null | wc -l)
+in_bytes=$(tr '\0' '\n' <"$run/lists/all" | xargs -d '\n' stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+out_bytes=$(du -cb "$run"/out/archive/*.tar.gz 2>/dev/null | tail -n 1 | cut -f1)
+echo "    sha256 of $sums of $nfiles files under $files_root (in $run/out/sha256/)"
+awk -v i="$in_bytes" -v o="$out_bytes" 'BEGIN { printf "    compressed %.1f MiB into %.1f MiB (ratio %.2f) in %s/out/archive/\n", i/1048576, o/1048576, (o > 0 ? i/o : 0), "'"$run"'" }'
+echo "    both jobs took ${elapsed}s on $cores cores"
+
+echo "==> dominant share per role while both frameworks ran (DRF; weights analytics=2, archive=1; offered + used)"
+awk -F'\t' '$4 == 1 && ($2 == "analytics" || $2 == "archive") { n[$2]++; s[$2] += $3; if ($3 > m[$2]) m[$2] = $3 }
+  END { for (r in n) printf "    %-10s mean %5.1f%%  peak %5.1f%%  (%d samples)\n", r, 100 * s[r] / n[r], 100 * m[r], n[r] }' \
+  "$run/shares.tsv" | sort
+"$bin/allot" frameworks
+
+if ((keep)); then
+  echo "==> cluster left running (ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_BROKER=$ALLOT_BROKER); Ctrl-C to stop"
+  while :; do sleep 3600; done
+fi
+if ((sha_rc || gz_rc)); then
+  echo "some tasks failed: see $run/*.summary and $run/logs/" >&2
+  exit 1
+fi
+echo "==> done"

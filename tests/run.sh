@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests of the scheduling core and the integration tests against a real etcd, real
+# services on loopback ports and real agents. Installs etcd-server and protobuf-compiler when missing.
+#
+# Usage: bash tests/run.sh [extra arguments for cargo nextest / cargo test]
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$repo/deploy/local/ensure-deps.sh"
+allot_ensure_deps
+cd "$repo"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  echo "(cargo-nextest not found: using cargo test)"
+  cargo test --workspace --no-fail-fast "$@"
+fi
