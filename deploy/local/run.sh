@@ -192,6 +192,8 @@ echo "==> dominant share per role while both frameworks ran (DRF; weights analyt
 awk -F'\t' '$4 == 1 && ($2 == "analytics" || $2 == "archive") { n[$2]++; s[$2] += $3; if ($3 > m[$2]) m[$2] = $3 }
   END { for (r in n) printf "    %-10s mean %5.1f%%  peak %5.1f%%  (%d samples)\n", r, 100 * s[r] / n[r], 100 * m[r], n[r] }' \
   "$run/shares.tsv" | sort
+echo "    (no preemption: the framework that subscribes first takes the idle cluster; after that DRF gives each"
+echo "     freed resource to the role with the lowest dominant share / weight)"
 "$bin/allot" frameworks
 
 if ((keep)); then

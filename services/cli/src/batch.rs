@@ -98,7 +98,11 @@ impl Scheduler for Batch {
                 allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
             let tasks = take_fitting(&offered, &mut self.pending, room);
             if tasks.is_empty() {
-                driver.decline(vec![offer.offer_id], Some(1.0));
+                // At the concurrency cap: stay away until a task ends (then we revive). Otherwise the offer is
+                // too small for the next task: no filter, so that the agent comes back when it has more free.
+                // A filter here would keep us off exactly the agents where resources are about to free up.
+                let refuse = if room == 0 { 5.0 } else { 0.0 };
+                driver.decline(vec![offer.offer_id], Some(refuse));
                 continue;
             }
             for t in &tasks {

@@ -50,10 +50,10 @@ impl Scheduler for Execute {
                 allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
             let tasks = take_fitting(&offered, &mut self.pending, usize::MAX);
             if tasks.is_empty() {
-                driver.decline(
-                    vec![offer.offer_id],
-                    Some(if self.pending.is_empty() { 60.0 } else { 1.0 }),
-                );
+                // Nothing left to launch: stay away. Otherwise the offer is too small: no filter, so the agent
+                // comes back as soon as it has more free.
+                let refuse = if self.pending.is_empty() { 60.0 } else { 0.0 };
+                driver.decline(vec![offer.offer_id], Some(refuse));
                 continue;
             }
             for t in &tasks {
@@ -65,7 +65,7 @@ impl Scheduler for Execute {
             driver.accept(
                 vec![offer.offer_id],
                 tasks.into_iter().map(|t| t.info).collect(),
-                Some(1.0),
+                Some(0.0),
             );
         }
         if self.pending.is_empty() {
