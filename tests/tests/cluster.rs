@@ -425,3 +425,52 @@ async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
     .await;
     let _ = &mut op;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_tag() {
+    let mut cluster = Cluster::start().await;
+    // "analytics" sorts before "db" at equal shares: it is offered the unreserved part first.
+    let mut web = TestFramework::subscribe(&cluster, "web", "analytics").await;
+    let mut db = TestFramework::subscribe(&cluster, "db", "db").await;
+    cluster
+        .add_agent("cpus:1;mem:256;cpus(db):1;mem(db):256")
+        .await;
+    let web_offer = web.offers().await.remove(0);
+    assert!(
+        web_offer.resources.iter().all(|r| r.role.is_empty()),
+        "web is offered no reserved resources: {:?}",
+        web_offer.resources
+    );
+    let db_offer = db.offers().await.remove(0);
+    let reserved: Vec<_> = db_offer
+        .resources
+        .iter()
+        .filter(|r| r.role == "db")
+        .collect();
+    assert_eq!(
+        reserved.len(),
+        2,
+        "db is offered its reservation: {:?}",
+        db_offer.resources
+    );
+    db.accept(
+        &db_offer.offer_id,
+        vec![task("in-db", "true", 0.5, 128.0)],
+        5.0,
+    )
+    .await
+    .expect("accept");
+    db.await_state("in-db", TaskState::TaskFinished).await;
+    let mut op = OperatorClient::new(cluster.broker_channel());
+    let tasks = op
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .tasks;
+    let res = &tasks[0].task.as_ref().expect("task").resources;
+    assert!(
+        res.iter().all(|r| r.role == "db"),
+        "the task runs on the reservation: {res:?}"
+    );
+}

@@ -1,18 +1,22 @@
-//! Hierarchical Dominant Resource Fairness, as Mesos' allocator does it.
+//! Hierarchical Dominant Resource Fairness, as Mesos' allocator does it, and its priority variant.
 //!
 //! Source: DRF, Ghodsi et al., "Dominant Resource Fairness: Fair Allocation of Multiple Resource Types",
-//! NSDI 2011; Mesos' `HierarchicalAllocatorProcess` (roles sorted first, then frameworks within a role).
+//! NSDI 2011; Mesos' `HierarchicalAllocatorProcess` (roles sorted first, then frameworks within a role; weights
+//! divide a role's dominant share, Mesos `docs/weights.md`).
 //!
-//! One cycle, agent by agent (sorted by ID):
-//! 1. roles are ordered by weighted dominant share (`share / weight`), ties by name;
-//! 2. inside the first role that has a framework not filtered for this agent, frameworks are ordered by
-//!    dominant share, ties to the one with fewer allocations so far, then by ID;
-//! 3. that framework is offered everything available on the agent (whole-agent offers), except where the
-//!    role's quota limit caps a scalar, in which case the offer is split to fit under the limit;
-//! 4. shares are updated before the next agent.
+//! One cycle, agent by agent in snapshot order:
+//! 1. (`priority` only) frameworks are grouped into priority classes, highest first; each class in turn
+//!    gets what the classes above left on the agent;
+//! 2. roles (with a framework in the class) are ordered by weighted dominant share (`share / weight`), ties by
+//!    name;
+//! 3. each role in that order is offered its reservation on the agent plus all the unreserved resources still
+//!    there (whole-agent offers), cut down where the role's quota limit requires; inside the role the framework
+//!    with the lowest dominant share gets it, ties to fewer allocations so far, then to the lower ID; frameworks
+//!    with an offer filter on the agent are skipped;
+//! 4. shares are updated before the next role and agent.
 //!
-//! Agents whose available resources are below Mesos' minimum allocatable amount (0.01 cpus or 32 MiB mem)
-//! are skipped, so that fragments are not offered.
+//! Offers below Mesos' minimum allocatable amount (0.01 cpus or 32 MiB mem) are not made, so fragments are not
+//! offered.
 
 use allot_policy::{Grant, Policy, Resources, Snapshot, dominant_share};
 use std::collections::BTreeMap;
@@ -25,6 +29,30 @@ pub const MIN_MEM_MIB: f64 = 32.0;
 /// The DRF policy. Stateless: everything it needs is in the snapshot.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Drf;
+
+/// The priority policy: priority classes first (higher first), hierarchical DRF inside a class.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Priority;
+
+impl Policy for Drf {
+    fn name(&self) -> &str {
+        "drf"
+    }
+
+    fn allocate(&mut self, snapshot: &Snapshot) -> Vec<Grant> {
+        hierarchical(snapshot, false)
+    }
+}
+
+impl Policy for Priority {
+    fn name(&self) -> &str {
+        "priority"
+    }
+
+    fn allocate(&mut self, snapshot: &Snapshot) -> Vec<Grant> {
+        hierarchical(snapshot, true)
+    }
+}
 
 /// Whether `r` is worth offering (Mesos' `allocatable()`).
 pub fn is_allocatable(r: &Resources) -> bool {
@@ -45,69 +73,86 @@ struct FrameworkState {
     share: f64,
 }
 
-impl Policy for Drf {
-    fn name(&self) -> &str {
-        "drf"
-    }
-
-    fn allocate(&mut self, s: &Snapshot) -> Vec<Grant> {
-        let mut roles: BTreeMap<&str, RoleState<'_>> = BTreeMap::new();
-        for r in &s.roles {
-            roles.insert(
-                &r.name,
-                RoleState {
-                    weight: if r.weight > 0.0 { r.weight } else { 1.0 },
-                    limit: r.quota_limit.as_ref(),
-                    allocation: r.allocation.clone(),
-                    share: dominant_share(&r.allocation, &s.total),
-                    frameworks: Vec::new(),
-                },
-            );
-        }
-        let mut fws: Vec<FrameworkState> = Vec::with_capacity(s.frameworks.len());
-        for (i, f) in s.frameworks.iter().enumerate() {
-            let role = roles.entry(&f.role).or_insert_with(|| RoleState {
-                weight: 1.0,
-                limit: None,
-                allocation: Resources::new(),
-                share: 0.0,
+/// One cycle of hierarchical DRF over `s`; with `by_priority`, priority classes come first.
+pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
+    let mut roles: BTreeMap<&str, RoleState<'_>> = BTreeMap::new();
+    for r in &s.roles {
+        roles.insert(
+            &r.name,
+            RoleState {
+                weight: if r.weight > 0.0 { r.weight } else { 1.0 },
+                limit: r.quota_limit.as_ref(),
+                allocation: r.allocation.clone(),
+                share: dominant_share(&r.allocation, &s.total),
                 frameworks: Vec::new(),
-            });
-            role.frameworks.push(i);
-            fws.push(FrameworkState {
-                allocation: f.allocation.clone(),
-                allocations: f.allocations,
-                share: dominant_share(&f.allocation, &s.total),
-            });
+            },
+        );
+    }
+    let listed: Vec<&str> = roles.keys().copied().collect();
+    let mut fws: Vec<FrameworkState> = Vec::with_capacity(s.frameworks.len());
+    for (i, f) in s.frameworks.iter().enumerate() {
+        let role = roles.entry(&f.role).or_insert_with(|| RoleState {
+            weight: 1.0,
+            limit: None,
+            allocation: Resources::new(),
+            share: 0.0,
+            frameworks: Vec::new(),
+        });
+        role.frameworks.push(i);
+        // A role missing from `Snapshot::roles` holds what its frameworks hold.
+        if listed.binary_search(&f.role.as_str()).is_err() {
+            role.allocation.add(&f.allocation);
+            role.share = dominant_share(&role.allocation, &s.total);
         }
-        roles.retain(|_, r| !r.frameworks.is_empty());
+        fws.push(FrameworkState {
+            allocation: f.allocation.clone(),
+            allocations: f.allocations,
+            share: dominant_share(&f.allocation, &s.total),
+        });
+    }
+    roles.retain(|_, r| !r.frameworks.is_empty());
+    let class_of = |i: usize| {
+        if by_priority {
+            s.frameworks[i].priority
+        } else {
+            0
+        }
+    };
+    let mut classes: Vec<i32> = (0..s.frameworks.len()).map(class_of).collect();
+    classes.sort_unstable_by(|a, b| b.cmp(a));
+    classes.dedup();
 
-        let mut grants = Vec::new();
-        let mut role_order: Vec<&str> = roles.keys().copied().collect();
-        for agent in &s.agents {
-            if !is_allocatable(&agent.available) {
-                continue;
-            }
-            role_order.sort_by(|a, b| {
+    let mut grants = Vec::new();
+    for agent in &s.agents {
+        let mut unreserved = agent.available.clone();
+        let mut reserved = agent.reserved.clone();
+        for &class in &classes {
+            let mut order: Vec<&str> = roles
+                .iter()
+                .filter(|(_, r)| r.frameworks.iter().any(|&i| class_of(i) == class))
+                .map(|(name, _)| *name)
+                .collect();
+            order.sort_by(|a, b| {
                 let (ra, rb) = (&roles[a], &roles[b]);
                 (ra.share / ra.weight)
                     .total_cmp(&(rb.share / rb.weight))
                     .then_with(|| a.cmp(b))
             });
-            for role_name in &role_order {
+            for role_name in order {
                 let role = &roles[role_name];
-                let offer = match role.limit {
-                    Some(limit) => headroom_cap(&agent.available, limit, &role.allocation),
-                    None => agent.available.clone(),
+                let own = reserved.get(role_name).cloned().unwrap_or_default();
+                let free = match role.limit {
+                    Some(limit) => headroom_cap(&unreserved, limit, &role.allocation.plus(&own)),
+                    None => unreserved.clone(),
                 };
-                if !is_allocatable(&offer) {
+                if !is_allocatable(&free.plus(&own)) {
                     continue;
                 }
                 let pick = role
                     .frameworks
                     .iter()
                     .copied()
-                    .filter(|&i| !s.frameworks[i].is_filtered(&agent.id))
+                    .filter(|&i| class_of(i) == class && !s.frameworks[i].is_filtered(&agent.id))
                     .min_by(|&a, &b| {
                         fws[a]
                             .share
@@ -116,23 +161,26 @@ impl Policy for Drf {
                             .then_with(|| s.frameworks[a].id.cmp(&s.frameworks[b].id))
                     });
                 let Some(i) = pick else { continue };
+                let granted = free.plus(&own);
                 let fw = &mut fws[i];
-                fw.allocation.add(&offer);
+                fw.allocation.add(&granted);
                 fw.allocations += 1;
                 fw.share = dominant_share(&fw.allocation, &s.total);
                 let role = roles.get_mut(role_name).expect("role exists");
-                role.allocation.add(&offer);
+                role.allocation.add(&granted);
                 role.share = dominant_share(&role.allocation, &s.total);
+                unreserved.subtract(&free);
+                reserved.remove(role_name);
                 grants.push(Grant {
                     framework: s.frameworks[i].id.clone(),
                     agent: agent.id.clone(),
-                    resources: offer,
+                    resources: free,
+                    reserved: own,
                 });
-                break;
             }
         }
-        grants
     }
+    grants
 }
 
 /// `available` with every scalar named in `limit` cut down to what the role may still receive.
@@ -159,6 +207,7 @@ mod tests {
             id: id.into(),
             total: r(res),
             available: r(res),
+            reserved: Default::default(),
         }
     }
 
@@ -169,6 +218,7 @@ mod tests {
             allocation: r(alloc),
             allocations: 0,
             filtered_agents: vec![],
+            priority: 0,
         }
     }
 
@@ -280,6 +330,63 @@ mod tests {
         );
         let g = Drf.allocate(&s);
         assert_eq!(g[0].resources, r("cpus:2;mem:1024"));
+    }
+
+    #[test]
+    fn quota_leftovers_go_to_the_next_role() {
+        let mut lim = role("r1", 1.0, "");
+        lim.quota_limit = Some(r("cpus:2"));
+        let s = snapshot(
+            vec![agent("ag1", "cpus:8;mem:1024")],
+            vec![fw("a", "r1", ""), fw("b", "r2", "")],
+            vec![lim],
+        );
+        let g = Drf.allocate(&s);
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            (g[0].framework.as_str(), &g[0].resources),
+            ("a", &r("cpus:2;mem:1024"))
+        );
+        assert_eq!(
+            (g[1].framework.as_str(), &g[1].resources),
+            ("b", &r("cpus:6"))
+        );
+    }
+
+    #[test]
+    fn reserved_resources_go_only_to_their_role() {
+        let mut a = agent("ag1", "cpus:4;mem:1024");
+        a.available = r("cpus:2;mem:512");
+        a.reserved.insert("db".into(), r("cpus:2;mem:512"));
+        // "web" has the lower share and takes the unreserved part; "db" still gets its reservation.
+        let s = snapshot(
+            vec![a],
+            vec![fw("w", "web", ""), fw("d", "db", "cpus:1")],
+            vec![],
+        );
+        let g = Drf.allocate(&s);
+        assert_eq!(g.len(), 2, "{g:?}");
+        assert_eq!(g[0].framework, "w");
+        assert_eq!(g[0].resources, r("cpus:2;mem:512"));
+        assert!(g[0].reserved.is_empty());
+        assert_eq!(g[1].framework, "d");
+        assert!(g[1].resources.is_empty());
+        assert_eq!(g[1].reserved, r("cpus:2;mem:512"));
+    }
+
+    #[test]
+    fn priority_classes_go_first_then_drf() {
+        let mut high = fw("z-high", "r", "cpus:3");
+        high.priority = 10;
+        let s = snapshot(
+            vec![agent("ag1", "cpus:1;mem:64"), agent("ag2", "cpus:1;mem:64")],
+            vec![fw("a-low", "r", ""), high],
+            vec![],
+        );
+        // DRF alone prefers the empty framework; priority gives both agents to the high class.
+        assert_eq!(Drf.allocate(&s)[0].framework, "a-low");
+        let g = Priority.allocate(&s);
+        assert!(g.iter().all(|g| g.framework == "z-high"), "{g:?}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod resources;
 
 pub use resources::{Resources, ResourcesError};
 
+use std::collections::BTreeMap;
+
 /// An agent as a policy sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentView {
@@ -19,8 +21,10 @@ pub struct AgentView {
     pub id: String,
     /// Everything the agent has.
     pub total: Resources,
-    /// What is neither offered nor used by a task: `total` minus the agent's allocation.
+    /// Unreserved resources neither offered nor used by a task.
     pub available: Resources,
+    /// Reserved resources neither offered nor used, by role: offered only to frameworks of that role.
+    pub reserved: BTreeMap<String, Resources>,
 }
 
 /// A framework that wants offers in this cycle (active and not suppressed).
@@ -36,6 +40,8 @@ pub struct FrameworkView {
     pub allocations: u64,
     /// Agents it must not be offered now (offer filters from DECLINE with `refuse_seconds`), sorted.
     pub filtered_agents: Vec<String>,
+    /// Priority class: higher goes first under the `priority` policy; ignored by `drf`. Default 0.
+    pub priority: i32,
 }
 
 impl FrameworkView {
@@ -80,8 +86,19 @@ pub struct Grant {
     pub framework: String,
     /// An agent ID from the snapshot.
     pub agent: String,
-    /// Must be contained in the agent's available resources (less earlier grants on it in the same cycle).
+    /// Unreserved resources: must be within the agent's available resources (less earlier grants on it in
+    /// the same cycle).
     pub resources: Resources,
+    /// Resources reserved for the framework's role: must be within the agent's `reserved[role]` (less earlier
+    /// grants). Empty when the agent has no reservation for the role.
+    pub reserved: Resources,
+}
+
+impl Grant {
+    /// Everything granted, unreserved and reserved.
+    pub fn total(&self) -> Resources {
+        self.resources.plus(&self.reserved)
+    }
 }
 
 /// An allocation policy: decides which framework is offered which resources.

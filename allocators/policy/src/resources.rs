@@ -294,6 +294,9 @@ impl FromStr for Resources {
                 .split_once(':')
                 .ok_or_else(|| ResourcesError::Parse(s.into()))?;
             let (name, value) = (name.trim(), value.trim());
+            if name.contains(['(', ')', ' ']) {
+                return Err(ResourcesError::Parse(s.into()));
+            }
             if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
                 for range in inner.split(',').map(str::trim).filter(|x| !x.is_empty()) {
                     let (b, e) = range
@@ -318,9 +321,60 @@ impl FromStr for Resources {
     }
 }
 
+/// Parses Mesos' resource text with static reservations, e.g. `cpus:4;mem:4096;cpus(db):2;mem(db):1024`:
+/// returns the unreserved resources and the reserved ones by role. `name(*)` means unreserved.
+///
+/// # Errors
+/// [`ResourcesError`] for text that is not of that form or values that are invalid.
+pub fn parse_reservations(
+    s: &str,
+) -> Result<(Resources, std::collections::BTreeMap<String, Resources>), ResourcesError> {
+    let mut unreserved = Vec::new();
+    let mut reserved: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once(':')
+            .ok_or_else(|| ResourcesError::Parse(s.into()))?;
+        match name.trim().split_once('(') {
+            Some((n, role)) => {
+                let role = role
+                    .strip_suffix(')')
+                    .ok_or_else(|| ResourcesError::Parse(s.into()))?
+                    .trim();
+                if role.is_empty() || role.contains(['(', ')', '/']) {
+                    return Err(ResourcesError::Parse(s.into()));
+                }
+                let text = format!("{}:{value}", n.trim());
+                if role == "*" {
+                    unreserved.push(text);
+                } else {
+                    reserved.entry(role.to_string()).or_default().push(text);
+                }
+            }
+            None => unreserved.push(part.to_string()),
+        }
+    }
+    let unreserved = unreserved.join(";").parse()?;
+    let mut out = std::collections::BTreeMap::new();
+    for (role, parts) in reserved {
+        out.insert(role, parts.join(";").parse()?);
+    }
+    Ok((unreserved, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_reservations_parse() {
+        let (u, r) =
+            parse_reservations("cpus:4;mem:1024;cpus(db):2;mem(db):512;disk(*):10").unwrap();
+        assert_eq!(u, "cpus:4;mem:1024;disk:10".parse().unwrap());
+        assert_eq!(r["db"], "cpus:2;mem:512".parse().unwrap());
+        assert!(parse_reservations("cpus(db:2").is_err());
+        assert!("cpus(db):2".parse::<Resources>().is_err());
+    }
 
     fn r(s: &str) -> Resources {
         s.parse().unwrap()

@@ -58,7 +58,8 @@ pub struct Config {
     #[arg(long, env = "ALLOT_WORK_DIR", default_value = ".allot/agent")]
     pub work_dir: PathBuf,
     /// Resources to offer, Mesos style: `cpus:4;mem:8192;disk:10240;ports:[31000-32000]` (mem and disk in
-    /// MiB). Default: this machine's cores, its memory less 1 GiB, 10 GiB disk and ports 31000-32000.
+    /// MiB); `cpus(db):2` reserves for role `db` (static reservation). Default: this machine's cores, its
+    /// memory less 1 GiB, 10 GiB disk and ports 31000-32000.
     #[arg(long, env = "ALLOT_RESOURCES")]
     pub resources: Option<String>,
     /// Attributes, `key:value;key:value`.
@@ -199,11 +200,10 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let resources = match &config.resources {
-        Some(s) => s
-            .parse::<Resources>()
+    let (resources, reserved) = match &config.resources {
+        Some(s) => allot_policy::resources::parse_reservations(s)
             .map_err(|e| Error::Config(e.to_string()))?,
-        None => default_resources(),
+        None => (default_resources(), Default::default()),
     };
     let attributes = parse_attributes(&config.attributes)?;
     let work_dir = std::path::absolute(&config.work_dir).unwrap_or(config.work_dir.clone());
@@ -244,10 +244,20 @@ pub async fn run(
     let info = AgentInfo {
         hostname,
         address: address.clone(),
-        resources: resources_to_proto(&resources),
+        resources: {
+            let mut all = resources_to_proto(&resources);
+            for (role, r) in &reserved {
+                all.extend(allot_common::convert::piece_to_proto(
+                    &Resources::new(),
+                    r,
+                    role,
+                ));
+            }
+            all
+        },
         attributes: attributes.into_iter().collect(),
     };
-    tracing::info!(%address, %resources, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
+    tracing::info!(%address, %resources, ?reserved, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
 
     let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
     // Aborted when `run` returns or is dropped: a crashed agent must stop heartbeating.

@@ -1,12 +1,42 @@
 //! The allocator's books: agents, frameworks, roles, outstanding offers and running tasks, and the offer
 //! filters. Pure bookkeeping, no I/O; time is passed in (seconds on any monotonic clock) so the same code
-//! runs on a wall clock in the service and on a simulated clock in tests.
+//! runs on a wall clock in the service and on a simulated clock in the simulator.
 //!
-//! Invariant: for every agent, `allocated` equals the sum of its outstanding offers and its non-terminal
-//! tasks, and never exceeds `total`. Every grant is validated against this before it becomes an offer.
+//! An agent's resources are unreserved or reserved for a role. Every offer and task holds a [`Piece`]: some
+//! unreserved resources and some of its framework's role's reservation.
+//!
+//! Invariant: for every agent, the unreserved pieces of its offers and tasks sum to `allocated`, which never
+//! exceeds its unreserved total; per role, the reserved pieces sum to `allocated_reserved[role]`, which never
+//! exceeds the reservation. Every grant is validated against this before it becomes an offer.
 
-use allot_policy::{AgentView, FrameworkView, Grant, Resources, RoleView, Snapshot};
+use allot_policy::{AgentView, FrameworkView, Grant, Policy, Resources, RoleView, Snapshot};
 use std::collections::{BTreeMap, HashMap};
+
+/// Resources held by an offer or a task: an unreserved part and a part of `role`'s reservation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Piece {
+    /// Unreserved resources.
+    pub unreserved: Resources,
+    /// Resources reserved for `role`.
+    pub reserved: Resources,
+    /// The role the reserved part belongs to (the framework's role).
+    pub role: String,
+}
+
+impl Piece {
+    /// An unreserved piece.
+    pub fn unreserved(r: Resources) -> Self {
+        Self {
+            unreserved: r,
+            ..Self::default()
+        }
+    }
+
+    /// Both parts together.
+    pub fn total(&self) -> Resources {
+        self.unreserved.plus(&self.reserved)
+    }
+}
 
 /// An offer the allocator has made and not yet recovered.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,21 +48,66 @@ pub struct Offer {
     /// The agent whose resources it holds.
     pub agent: String,
     /// The resources.
-    pub resources: Resources,
+    pub piece: Piece,
 }
 
 #[derive(Debug, Clone, Default)]
 struct Agent {
+    /// Everything, reserved included.
     total: Resources,
+    /// Reservations by role (part of `total`).
+    reserved: BTreeMap<String, Resources>,
+    /// Unreserved resources held by offers and tasks.
     allocated: Resources,
+    /// Reserved resources held by offers and tasks, by role.
+    allocated_reserved: BTreeMap<String, Resources>,
     /// The agent has a record and a live lease.
     registered: bool,
     reachable: bool,
 }
 
+impl Agent {
+    fn unreserved_total(&self) -> Resources {
+        let mut r = self.total.clone();
+        for v in self.reserved.values() {
+            r.subtract(v);
+        }
+        r
+    }
+
+    fn hold(&mut self, p: &Piece) {
+        self.allocated.add(&p.unreserved);
+        if !p.reserved.is_empty() {
+            self.allocated_reserved
+                .entry(p.role.clone())
+                .or_default()
+                .add(&p.reserved);
+        }
+    }
+
+    fn release(&mut self, p: &Piece) {
+        self.allocated.subtract(&p.unreserved);
+        if let Some(r) = self.allocated_reserved.get_mut(&p.role) {
+            r.subtract(&p.reserved);
+            if r.is_empty() {
+                self.allocated_reserved.remove(&p.role);
+            }
+        }
+    }
+
+    fn reserved_available(&self, role: &str) -> Resources {
+        let mut r = self.reserved.get(role).cloned().unwrap_or_default();
+        if let Some(used) = self.allocated_reserved.get(role) {
+            r.subtract(used);
+        }
+        r
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Framework {
     role: String,
+    priority: i32,
     /// Known from etcd (subscribed at some point and not torn down).
     known: bool,
     /// Its scheduler is connected through the broker.
@@ -48,7 +123,7 @@ struct Framework {
 struct Task {
     framework: String,
     agent: String,
-    resources: Resources,
+    piece: Piece,
 }
 
 /// Role configuration: weight and quota limit.
@@ -61,13 +136,13 @@ pub struct RoleConfig {
 }
 
 /// Why a policy's grant was refused by the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantRejection {
     /// The framework is unknown, inactive or suppressed.
     Framework,
     /// The agent is unknown or unreachable.
     Agent,
-    /// The grant asks for more than the agent has available.
+    /// The grant asks for more than the agent has available (or reserved for the role).
     Overcommit,
     /// An offer filter keeps the agent from the framework.
     Filtered,
@@ -75,6 +150,33 @@ pub enum GrantRejection {
     Quota,
     /// The grant is empty.
     Empty,
+}
+
+impl GrantRejection {
+    /// A short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantRejection::Framework => "framework",
+            GrantRejection::Agent => "agent",
+            GrantRejection::Overcommit => "overcommit",
+            GrantRejection::Filtered => "filtered",
+            GrantRejection::Quota => "quota",
+            GrantRejection::Empty => "empty",
+        }
+    }
+}
+
+/// What one allocation cycle did.
+#[derive(Debug, Default)]
+pub struct Cycle {
+    /// Offers made.
+    pub offers: Vec<Offer>,
+    /// Grants the host refused, with the reason.
+    pub rejected: Vec<(Grant, GrantRejection)>,
+    /// Agents in the snapshot.
+    pub agents: usize,
+    /// Frameworks in the snapshot.
+    pub frameworks: usize,
 }
 
 /// The allocator's books.
@@ -98,13 +200,23 @@ impl Books {
         }
     }
 
-    /// Adds or updates an agent's record (its total resources). Returns the offers rescinded because the
-    /// total shrank below what is allocated.
-    pub fn set_agent(&mut self, id: &str, total: Resources) -> Vec<Offer> {
+    /// Adds or updates an agent: `total` resources, of which `reserved` (by role) are reserved. Returns the
+    /// offers rescinded because the agent shrank below what is allocated.
+    pub fn set_agent(
+        &mut self,
+        id: &str,
+        total: Resources,
+        reserved: BTreeMap<String, Resources>,
+    ) -> Vec<Offer> {
         let a = self.agents.entry(id.to_string()).or_default();
         a.total = total;
+        a.reserved = reserved;
         a.registered = true;
-        if a.total.contains(&a.allocated) {
+        let fits = a.unreserved_total().contains(&a.allocated)
+            && a.allocated_reserved
+                .iter()
+                .all(|(role, used)| a.reserved.get(role).is_some_and(|r| r.contains(used)));
+        if fits {
             Vec::new()
         } else {
             self.rescind_agent_offers(id)
@@ -149,11 +261,12 @@ impl Books {
         ids.iter().filter_map(|id| self.take_offer(id)).collect()
     }
 
-    /// Adds a framework known from etcd, in `role`.
-    pub fn add_framework(&mut self, id: &str, role: &str) {
+    /// Adds a framework known from etcd, in `role`, with priority class `priority` (0 by default).
+    pub fn add_framework(&mut self, id: &str, role: &str, priority: i32) {
         let f = self.frameworks.entry(id.to_string()).or_default();
         f.known = true;
         f.role = role.to_string();
+        f.priority = priority;
     }
 
     /// Removes a framework (torn down). Returns its rescinded offers.
@@ -225,15 +338,35 @@ impl Books {
         self.roles.remove(name);
     }
 
+    /// A role's configuration (weight 1 and no limit when none is set).
+    pub fn role_config(&self, name: &str) -> RoleConfig {
+        self.roles.get(name).cloned().unwrap_or(RoleConfig {
+            weight: 1.0,
+            quota_limit: None,
+        })
+    }
+
     fn take_offer(&mut self, id: &str) -> Option<Offer> {
         let o = self.offers.remove(id)?;
         if let Some(a) = self.agents.get_mut(&o.agent) {
-            a.allocated.subtract(&o.resources);
+            a.release(&o.piece);
         }
         if let Some(f) = self.frameworks.get_mut(&o.framework) {
-            f.allocation.subtract(&o.resources);
+            f.allocation.subtract(&o.piece.total());
         }
         Some(o)
+    }
+
+    /// An outstanding offer.
+    pub fn offer(&self, id: &str) -> Option<&Offer> {
+        self.offers.get(id)
+    }
+
+    /// Adds an offer filter: `agent` is not offered to `framework` before `until` (seconds).
+    pub fn filter(&mut self, framework: &str, agent: &str, until: f64) {
+        if let Some(f) = self.frameworks.get_mut(framework) {
+            f.filters.insert(agent.to_string(), until);
+        }
     }
 
     /// Offers come back (declined, rescinded by the broker, or accepted). Tasks launched from them keep their
@@ -245,7 +378,7 @@ impl Books {
         offer_ids: &[String],
         refuse_seconds: f64,
         min_filter: f64,
-        launched: &[(String, String, String, Resources)],
+        launched: &[(String, String, String, Piece)],
         now: f64,
     ) -> usize {
         let mut n = 0;
@@ -254,21 +387,18 @@ impl Books {
                 continue;
             };
             n += 1;
-            if refuse_seconds > 0.0
-                && let Some(f) = self.frameworks.get_mut(&o.framework)
-            {
-                f.filters
-                    .insert(o.agent.clone(), now + refuse_seconds.max(min_filter));
+            if refuse_seconds > 0.0 {
+                self.filter(&o.framework, &o.agent, now + refuse_seconds.max(min_filter));
             }
         }
-        for (framework, task, agent, resources) in launched {
-            self.add_task(framework, task, agent, resources.clone());
+        for (framework, task, agent, piece) in launched {
+            self.add_task(framework, task, agent, piece.clone());
         }
         n
     }
 
-    /// A non-terminal task holds `resources` of `agent` for `framework`. Idempotent.
-    pub fn add_task(&mut self, framework: &str, task: &str, agent: &str, resources: Resources) {
+    /// A non-terminal task holds `piece` of `agent` for `framework`. Idempotent.
+    pub fn add_task(&mut self, framework: &str, task: &str, agent: &str, piece: Piece) {
         let key = (framework.to_string(), task.to_string());
         if self.tasks.contains_key(&key) {
             return;
@@ -277,16 +407,16 @@ impl Books {
             if !a.reachable && a.registered {
                 return;
             }
-            a.allocated.add(&resources);
+            a.hold(&piece);
         }
         let f = self.frameworks.entry(framework.to_string()).or_default();
-        f.allocation.add(&resources);
+        f.allocation.add(&piece.total());
         self.tasks.insert(
             key,
             Task {
                 framework: framework.to_string(),
                 agent: agent.to_string(),
-                resources,
+                piece,
             },
         );
     }
@@ -300,10 +430,10 @@ impl Books {
             return;
         };
         if let Some(a) = self.agents.get_mut(&t.agent) {
-            a.allocated.subtract(&t.resources);
+            a.release(&t.piece);
         }
         if let Some(f) = self.frameworks.get_mut(&t.framework) {
-            f.allocation.subtract(&t.resources);
+            f.allocation.subtract(&t.piece.total());
             if !f.known && f.allocation.is_empty() {
                 self.frameworks.remove(&t.framework);
             }
@@ -320,12 +450,19 @@ impl Books {
                 continue;
             }
             total.add(&a.total);
-            let available = a.total.minus(&a.allocated);
-            if !available.is_empty() {
+            let available = a.unreserved_total().minus(&a.allocated);
+            let reserved: BTreeMap<String, Resources> = a
+                .reserved
+                .keys()
+                .map(|role| (role.clone(), a.reserved_available(role)))
+                .filter(|(_, r)| !r.is_empty())
+                .collect();
+            if !available.is_empty() || !reserved.is_empty() {
                 agents.push(AgentView {
                     id: id.clone(),
                     total: a.total.clone(),
                     available,
+                    reserved,
                 });
             }
         }
@@ -348,6 +485,7 @@ impl Books {
                 allocation: f.allocation.clone(),
                 allocations: f.allocations,
                 filtered_agents: filtered,
+                priority: f.priority,
             });
         }
         for name in self.roles.keys() {
@@ -378,7 +516,7 @@ impl Books {
     /// # Errors
     /// The [`GrantRejection`] that names what is wrong; the books are unchanged.
     pub fn apply_grant(&mut self, g: &Grant, now: f64) -> Result<Offer, GrantRejection> {
-        if g.resources.is_empty() {
+        if g.resources.is_empty() && g.reserved.is_empty() {
             return Err(GrantRejection::Empty);
         }
         let f = self
@@ -396,17 +534,15 @@ impl Books {
         if !(a.registered && a.reachable) {
             return Err(GrantRejection::Agent);
         }
-        if !a.total.minus(&a.allocated).contains(&g.resources)
-            || !a.total.contains(&a.allocated.plus(&g.resources))
-        {
+        let free = a.unreserved_total().minus(&a.allocated);
+        if !free.contains(&g.resources) || !a.reserved_available(&role).contains(&g.reserved) {
             return Err(GrantRejection::Overcommit);
         }
         if let Some(limit) = self.roles.get(&role).and_then(|r| r.quota_limit.as_ref()) {
-            let mut role_alloc = Resources::new();
+            let mut role_alloc = g.total();
             for fw in self.frameworks.values().filter(|x| x.role == role) {
                 role_alloc.add(&fw.allocation);
             }
-            role_alloc.add(&g.resources);
             if limit
                 .scalars()
                 .any(|(k, cap)| role_alloc.scalar_milli(k) > cap)
@@ -419,18 +555,41 @@ impl Books {
             id: format!("{}-{}", self.offer_prefix, self.next_offer),
             framework: g.framework.clone(),
             agent: g.agent.clone(),
-            resources: g.resources.clone(),
+            piece: Piece {
+                unreserved: g.resources.clone(),
+                reserved: g.reserved.clone(),
+                role,
+            },
         };
         self.agents
             .get_mut(&g.agent)
             .expect("checked")
-            .allocated
-            .add(&g.resources);
+            .hold(&offer.piece);
         let f = self.frameworks.get_mut(&g.framework).expect("checked");
-        f.allocation.add(&g.resources);
+        f.allocation.add(&offer.piece.total());
         f.allocations += 1;
         self.offers.insert(offer.id.clone(), offer.clone());
         Ok(offer)
+    }
+
+    /// Runs one allocation cycle at `now`: snapshot, `policy`, then every grant validated into an offer.
+    pub fn run_cycle(&mut self, policy: &mut dyn Policy, now: f64) -> Cycle {
+        let snapshot = self.snapshot(now);
+        let mut cycle = Cycle {
+            agents: snapshot.agents.len(),
+            frameworks: snapshot.frameworks.len(),
+            ..Cycle::default()
+        };
+        if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
+            return cycle;
+        }
+        for g in policy.allocate(&snapshot) {
+            match self.apply_grant(&g, now) {
+                Ok(o) => cycle.offers.push(o),
+                Err(why) => cycle.rejected.push((g, why)),
+            }
+        }
+        cycle
     }
 
     /// Outstanding offers.
@@ -438,28 +597,68 @@ impl Books {
         self.offers.values()
     }
 
+    /// Each framework's allocation (offered and used), role and priority, by framework ID.
+    pub fn allocations(&self) -> impl Iterator<Item = (&str, &str, &Resources)> {
+        self.frameworks
+            .iter()
+            .map(|(id, f)| (id.as_str(), f.role.as_str(), &f.allocation))
+    }
+
+    /// The total of every reachable agent.
+    pub fn cluster_total(&self) -> Resources {
+        let mut t = Resources::new();
+        for a in self.agents.values().filter(|a| a.registered && a.reachable) {
+            t.add(&a.total);
+        }
+        t
+    }
+
     /// Checks the books' invariant; returns the first violation found. Used by tests.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut per_agent: HashMap<&str, Resources> = HashMap::new();
-        for o in self.offers.values() {
-            per_agent.entry(&o.agent).or_default().add(&o.resources);
-        }
-        for t in self.tasks.values() {
-            per_agent.entry(&t.agent).or_default().add(&t.resources);
+        let mut unres: HashMap<&str, Resources> = HashMap::new();
+        let mut res: HashMap<(&str, &str), Resources> = HashMap::new();
+        let pieces = self
+            .offers
+            .values()
+            .map(|o| (o.agent.as_str(), &o.piece))
+            .chain(self.tasks.values().map(|t| (t.agent.as_str(), &t.piece)));
+        for (agent, p) in pieces {
+            unres.entry(agent).or_default().add(&p.unreserved);
+            if !p.reserved.is_empty() {
+                res.entry((agent, p.role.as_str()))
+                    .or_default()
+                    .add(&p.reserved);
+            }
         }
         for (id, a) in &self.agents {
-            let sum = per_agent.remove(id.as_str()).unwrap_or_default();
+            let sum = unres.remove(id.as_str()).unwrap_or_default();
             if sum != a.allocated {
                 return Err(format!(
                     "agent {id}: allocated {} but offers+tasks {}",
                     a.allocated, sum
                 ));
             }
-            if !a.total.contains(&a.allocated) {
+            if !a.unreserved_total().contains(&a.allocated) {
                 return Err(format!(
-                    "agent {id}: allocated {} exceeds total {}",
-                    a.allocated, a.total
+                    "agent {id}: allocated {} exceeds unreserved {}",
+                    a.allocated,
+                    a.unreserved_total()
                 ));
+            }
+            for (role, used) in &a.allocated_reserved {
+                let sum = res
+                    .remove(&(id.as_str(), role.as_str()))
+                    .unwrap_or_default();
+                if &sum != used {
+                    return Err(format!(
+                        "agent {id} role {role}: reserved allocated {used} but pieces {sum}"
+                    ));
+                }
+                if !a.reserved.get(role).is_some_and(|r| r.contains(used)) {
+                    return Err(format!(
+                        "agent {id} role {role}: {used} exceeds the reservation"
+                    ));
+                }
             }
         }
         Ok(())
@@ -469,7 +668,6 @@ impl Books {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use allot_policy::Policy;
 
     fn r(s: &str) -> Resources {
         s.parse().unwrap()
@@ -477,20 +675,17 @@ mod tests {
 
     fn books() -> Books {
         let mut b = Books::new("o");
-        b.set_agent("a1", r("cpus:4;mem:1024"));
+        b.set_agent("a1", r("cpus:4;mem:1024"), Default::default());
         b.set_reachable("a1", true);
-        b.add_framework("f1", "*");
+        b.add_framework("f1", "*", 0);
         b.activate("f1", false);
         b
     }
 
     fn cycle(b: &mut Books, now: f64) -> Vec<Offer> {
-        let snap = b.snapshot(now);
-        allot_drf::Drf
-            .allocate(&snap)
-            .iter()
-            .map(|g| b.apply_grant(g, now).unwrap())
-            .collect()
+        let c = b.run_cycle(&mut allot_drf::Drf, now);
+        assert!(c.rejected.is_empty(), "{:?}", c.rejected);
+        c.offers
     }
 
     #[test]
@@ -505,13 +700,18 @@ mod tests {
     fn accept_keeps_used_and_returns_the_rest_with_a_filter() {
         let mut b = books();
         let o = cycle(&mut b, 0.0).remove(0);
-        let launched = vec![("f1".into(), "t1".into(), "a1".into(), r("cpus:1;mem:128"))];
+        let launched = vec![(
+            "f1".into(),
+            "t1".into(),
+            "a1".into(),
+            Piece::unreserved(r("cpus:1;mem:128")),
+        )];
         b.recover_offers(&[o.id], 5.0, 1.0, &launched, 0.0);
         b.check_invariants().unwrap();
         // Filtered for 5 s: nothing offered at t=1, the rest offered at t=6.
         assert!(cycle(&mut b, 1.0).is_empty());
         let again = cycle(&mut b, 6.0);
-        assert_eq!(again[0].resources, r("cpus:3;mem:896"));
+        assert_eq!(again[0].piece.unreserved, r("cpus:3;mem:896"));
         b.remove_task("f1", "t1");
         b.check_invariants().unwrap();
     }
@@ -554,21 +754,59 @@ mod tests {
             framework: "f1".into(),
             agent: "a1".into(),
             resources: r("cpus:5"),
+            reserved: Resources::new(),
         };
         assert_eq!(b.apply_grant(&over, 0.0), Err(GrantRejection::Overcommit));
         let ghost = Grant {
             framework: "nope".into(),
             agent: "a1".into(),
             resources: r("cpus:1"),
+            reserved: Resources::new(),
         };
         assert_eq!(b.apply_grant(&ghost, 0.0), Err(GrantRejection::Framework));
         let noagent = Grant {
             framework: "f1".into(),
             agent: "zz".into(),
             resources: r("cpus:1"),
+            reserved: Resources::new(),
         };
         assert_eq!(b.apply_grant(&noagent, 0.0), Err(GrantRejection::Agent));
         b.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn reservations_are_held_and_released_per_role() {
+        let mut b = Books::new("o");
+        let mut res = BTreeMap::new();
+        res.insert("db".to_string(), r("cpus:2;mem:256"));
+        b.set_agent("a1", r("cpus:4;mem:1024"), res);
+        b.set_reachable("a1", true);
+        b.add_framework("web", "analytics", 0);
+        b.activate("web", false);
+        b.add_framework("db", "db", 0);
+        b.activate("db", false);
+        let offers = cycle(&mut b, 0.0);
+        assert_eq!(offers.len(), 2, "{offers:?}");
+        let db = offers.iter().find(|o| o.framework == "db").unwrap();
+        assert_eq!(db.piece.reserved, r("cpus:2;mem:256"));
+        b.check_invariants().unwrap();
+        // "analytics" sorts first (equal shares): it takes the unreserved part, "db" its reservation.
+        let web = offers.iter().find(|o| o.framework == "web").unwrap();
+        assert!(web.piece.reserved.is_empty());
+        // A grant of reserved resources to another role is refused.
+        let steal = Grant {
+            framework: "web".into(),
+            agent: "a1".into(),
+            resources: Resources::new(),
+            reserved: r("cpus:1"),
+        };
+        assert_eq!(b.apply_grant(&steal, 0.0), Err(GrantRejection::Overcommit));
+        b.recover_offers(&[db.id.clone()], 0.0, 1.0, &[], 0.0);
+        b.check_invariants().unwrap();
+        assert_eq!(
+            b.snapshot(0.0).agents[0].reserved["db"],
+            r("cpus:2;mem:256")
+        );
     }
 
     #[test]

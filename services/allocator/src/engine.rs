@@ -5,9 +5,9 @@
 //! (an agent came, a framework activated or revived): commands are drained in batches, so at most one cycle
 //! is pending however many events arrive.
 
-use crate::books::{Books, RoleConfig};
+use crate::books::{Books, Piece, RoleConfig};
 use allot_common::Store;
-use allot_common::convert::{resources_from_proto, resources_to_proto};
+use allot_common::convert::{piece_to_proto, pieces_from_proto, resources_from_proto};
 use allot_common::store::{Kind, decode};
 use allot_policy::{Policy, Resources};
 use allot_proto::allocator::{
@@ -45,10 +45,14 @@ pub enum Command {
         /// Filter length in seconds; 0 for none.
         refuse_seconds: f64,
         /// `(framework, task, agent, resources)` launched from them.
-        launched: Vec<(String, String, String, Resources)>,
+        launched: Vec<(String, String, String, Piece)>,
     },
-    /// An agent record was written.
-    AgentPut(String, Resources),
+    /// An agent record was written: its total resources and its reservations by role.
+    AgentPut(
+        String,
+        Resources,
+        std::collections::BTreeMap<String, Resources>,
+    ),
     /// An agent record was deleted.
     AgentDelete(String),
     /// An agent's lease came alive or lapsed.
@@ -59,6 +63,8 @@ pub enum Command {
         id: String,
         /// Its role.
         role: String,
+        /// Its priority class.
+        priority: i32,
         /// False once torn down.
         active: bool,
     },
@@ -73,7 +79,7 @@ pub enum Command {
         /// Agent ID.
         agent: String,
         /// The task's resources.
-        resources: Resources,
+        piece: Piece,
         /// Whether its latest state is terminal.
         terminal: bool,
     },
@@ -140,26 +146,34 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
     match (kind, value) {
         (Kind::Agents, Some(v)) => {
             let rec: AgentRecord = decode(id.as_bytes(), v).ok()?;
-            let res = resources_from_proto(&rec.info.unwrap_or_default().resources).ok()?;
-            Some(Command::AgentPut(id.to_string(), res))
+            let (unreserved, reserved) =
+                pieces_from_proto(&rec.info.unwrap_or_default().resources).ok()?;
+            let mut total = unreserved;
+            for r in reserved.values() {
+                total.add(r);
+            }
+            Some(Command::AgentPut(id.to_string(), total, reserved))
         }
         (Kind::Agents, None) => Some(Command::AgentDelete(id.to_string())),
         (Kind::Alive, v) => Some(Command::Alive(id.to_string(), v.is_some())),
         (Kind::Frameworks, Some(v)) => {
             let rec: FrameworkRecord = decode(id.as_bytes(), v).ok()?;
-            let role = rec
-                .info
-                .and_then(|i| i.roles.first().cloned())
-                .unwrap_or_else(|| "*".to_string());
+            let info = rec.info.unwrap_or_default();
             Some(Command::FrameworkPut {
                 id: id.to_string(),
-                role,
+                role: info
+                    .roles
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "*".to_string()),
+                priority: info.priority,
                 active: rec.active,
             })
         }
         (Kind::Frameworks, None) => Some(Command::FrameworkPut {
             id: id.to_string(),
             role: String::new(),
+            priority: 0,
             active: false,
         }),
         (Kind::Roles, Some(v)) => {
@@ -183,7 +197,7 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
                 .unwrap_or(false);
             Some(Command::TaskPut {
                 framework: rec.framework_id,
-                resources: resources_from_proto(&task.resources).unwrap_or_default(),
+                piece: piece_of(&task.resources),
                 task: task.task_id,
                 agent: task.agent_id,
                 terminal,
@@ -193,6 +207,17 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
             let (fw, task) = id.split_once('/')?;
             Some(Command::TaskDelete(fw.to_string(), task.to_string()))
         }
+    }
+}
+
+/// The [`Piece`] of role-tagged protocol resources (one role at most: the framework's).
+pub fn piece_of(list: &[allot_proto::common::Resource]) -> Piece {
+    let (unreserved, reserved) = pieces_from_proto(list).unwrap_or_default();
+    let (role, reserved) = reserved.into_iter().next().unwrap_or_default();
+    Piece {
+        unreserved,
+        reserved,
+        role,
     }
 }
 
@@ -267,8 +292,8 @@ impl State {
                     .recover_offers(&offer_ids, refuse_seconds, min, &launched, now);
                 false
             }
-            Command::AgentPut(id, total) => {
-                let r = self.books.set_agent(&id, total);
+            Command::AgentPut(id, total, reserved) => {
+                let r = self.books.set_agent(&id, total, reserved);
                 self.rescind(r);
                 true
             }
@@ -285,9 +310,14 @@ impl State {
                 self.rescind(r);
                 alive
             }
-            Command::FrameworkPut { id, role, active } => {
+            Command::FrameworkPut {
+                id,
+                role,
+                priority,
+                active,
+            } => {
                 if active {
-                    self.books.add_framework(&id, &role);
+                    self.books.add_framework(&id, &role, priority);
                 } else {
                     let r = self.books.remove_framework(&id);
                     self.rescind(r);
@@ -305,13 +335,13 @@ impl State {
                 framework,
                 task,
                 agent,
-                resources,
+                piece,
                 terminal,
             } => {
                 if terminal {
                     self.books.remove_task(&framework, &task);
                 } else {
-                    self.books.add_task(&framework, &task, &agent, resources);
+                    self.books.add_task(&framework, &task, &agent, piece);
                 }
                 false
             }
@@ -328,40 +358,41 @@ impl State {
         }
         let now = self.now();
         let started = Instant::now();
-        let snapshot = self.books.snapshot(now);
-        if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
+        let cycle = self.books.run_cycle(self.policy.as_mut(), now);
+        if cycle.agents == 0 || cycle.frameworks == 0 {
             return;
         }
         self.cycle += 1;
-        let grants = self.policy.allocate(&snapshot);
-        let mut out = Vec::with_capacity(grants.len());
-        let mut rejected = 0usize;
-        for g in &grants {
-            match self.books.apply_grant(g, now) {
-                Ok(o) => out.push(PbGrant {
-                    offer_id: o.id,
-                    framework_id: o.framework,
-                    agent_id: o.agent,
-                    resources: resources_to_proto(&o.resources),
-                    cycle: self.cycle,
-                }),
-                Err(why) => {
-                    rejected += 1;
-                    tracing::warn!(policy = self.policy.name(), framework = %g.framework, agent = %g.agent, ?why, "grant rejected");
-                }
-            }
+        for (g, why) in &cycle.rejected {
+            tracing::warn!(policy = self.policy.name(), framework = %g.framework, agent = %g.agent,
+                reason = why.as_str(), "grant rejected");
         }
         tracing::debug!(
             cycle = self.cycle,
-            agents = snapshot.agents.len(),
-            frameworks = snapshot.frameworks.len(),
-            grants = out.len(),
-            rejected,
+            agents = cycle.agents,
+            frameworks = cycle.frameworks,
+            grants = cycle.offers.len(),
+            rejected = cycle.rejected.len(),
             micros = started.elapsed().as_micros() as u64,
             "allocation cycle"
         );
-        if !out.is_empty() {
-            self.emit(allocator_event::Event::Grants(Grants { grants: out }));
+        if !cycle.offers.is_empty() {
+            let grants = cycle
+                .offers
+                .into_iter()
+                .map(|o| PbGrant {
+                    resources: piece_to_proto(
+                        &o.piece.unreserved,
+                        &o.piece.reserved,
+                        &o.piece.role,
+                    ),
+                    offer_id: o.id,
+                    framework_id: o.framework,
+                    agent_id: o.agent,
+                    cycle: self.cycle,
+                })
+                .collect();
+            self.emit(allocator_event::Event::Grants(Grants { grants }));
         }
     }
 }

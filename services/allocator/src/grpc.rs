@@ -98,9 +98,14 @@ impl Allocator for AllocatorService {
         }
         let mut launched = Vec::with_capacity(r.launched.len());
         for t in r.launched {
-            let res = resources_from_proto(&t.resources)
+            resources_from_proto(&t.resources)
                 .map_err(|e| Status::invalid_argument(format!("task {}: {e}", t.task_id)))?;
-            launched.push((t.framework_id, t.task_id, t.agent_id, res));
+            launched.push((
+                t.framework_id,
+                t.task_id,
+                t.agent_id,
+                crate::engine::piece_of(&t.resources),
+            ));
         }
         self.engine.send(Command::Recover {
             offer_ids: r.offer_ids,

@@ -6,7 +6,9 @@
 
 use crate::validate::{ValidTask, validate_launch};
 use allot_common::Store;
-use allot_common::convert::{resources_from_proto, resources_to_proto};
+use allot_common::convert::{
+    piece_to_proto, pieces_from_proto, resources_from_proto, resources_to_proto, take_from,
+};
 use allot_common::store::{Kind, decode};
 use allot_policy::Resources;
 use allot_proto::agent::{KillTaskRequest, LaunchTasksRequest, agent_client::AgentClient};
@@ -20,7 +22,7 @@ use allot_proto::common::{
     TaskStatus,
 };
 use allot_proto::scheduler::{self as pb, Event, event};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -252,7 +254,11 @@ impl Broker {
                             unwanted.push(grant.offer_id);
                             continue;
                         };
-                        if !connected || !inner.alive.contains(&grant.agent_id) {
+                        // Offer only agents we can launch on: alive, and with their record (address) known.
+                        if !connected
+                            || !inner.alive.contains(&grant.agent_id)
+                            || !inner.agents.contains_key(&grant.agent_id)
+                        {
                             unwanted.push(grant.offer_id);
                             continue;
                         }
@@ -609,7 +615,7 @@ impl Broker {
         self.check_subscribed(fw)?;
         let refuse = refuse_of(refuse_seconds)?;
         let (agent_id, offered) = self.check_offers(fw, &offer_ids)?;
-        let valid = {
+        let mut valid = {
             let inner = self.lock();
             validate_launch(&agent_id, &offered, tasks, |id| {
                 inner
@@ -620,16 +626,38 @@ impl Broker {
             })?
         };
         // Take the offers; a concurrent rescind wins.
-        {
+        let taken: Vec<OfferEntry> = {
             let mut inner = self.lock();
             if offer_ids.iter().any(|id| !inner.offers.contains_key(id)) {
                 return Err(Status::not_found(
                     "an offer was rescinded while the accept was in flight",
                 ));
             }
-            for id in &offer_ids {
-                inner.offers.remove(id);
+            offer_ids
+                .iter()
+                .filter_map(|id| inner.offers.remove(id))
+                .collect()
+        };
+        // Tasks use the offers' reservation for the framework's role first, then unreserved resources; their
+        // resources are tagged accordingly, so that the allocator's books (and a restarted allocator, from etcd)
+        // know which part of the agent they hold.
+        let mut pools: BTreeMap<String, Resources> = BTreeMap::new();
+        for o in &taken {
+            let (_, reserved) = pieces_from_proto(&o.offer.resources).unwrap_or_default();
+            for (role, r) in reserved {
+                pools.entry(role).or_default().add(&r);
             }
+        }
+        for v in valid.iter_mut() {
+            let mut tagged = Vec::new();
+            let mut rest = v.resources.clone();
+            for (role, pool) in pools.iter_mut() {
+                let (left, took) = take_from(&rest, pool);
+                tagged.extend(piece_to_proto(&Resources::new(), &took, role));
+                rest = left;
+            }
+            tagged.extend(resources_to_proto(&rest));
+            v.info.resources = tagged;
         }
         let now = allot_common::now_secs();
         let records: Vec<(String, TaskRecord)> = valid
@@ -680,7 +708,7 @@ impl Broker {
                 framework_id: fw.to_string(),
                 task_id: v.info.task_id.clone(),
                 agent_id: agent_id.clone(),
-                resources: resources_to_proto(&v.resources),
+                resources: v.info.resources.clone(),
             })
             .collect();
         self.recover(offer_ids, refuse, launched).await;
@@ -693,15 +721,21 @@ impl Broker {
         Ok(n)
     }
 
-    fn agent_client(&self, agent_id: &str) -> Option<AgentClient<Channel>> {
-        let addr = self
+    /// A client for agent `agent_id`, from the cached record or, when the cache has not caught up, from etcd.
+    async fn agent_client(&self, agent_id: &str) -> Option<AgentClient<Channel>> {
+        let cached = self
             .lock()
             .agents
-            .get(agent_id)?
-            .info
-            .as_ref()?
-            .address
-            .clone();
+            .get(agent_id)
+            .and_then(|a| a.info.as_ref().map(|i| i.address.clone()));
+        let addr = match cached {
+            Some(a) => a,
+            None => {
+                let key = self.store.key(Kind::Agents, agent_id);
+                let (rec, _) = self.store.get::<AgentRecord>(&key).await.ok()??;
+                rec.info?.address
+            }
+        };
         let mut clients = self.agent_clients.lock().expect("agent clients poisoned");
         if let Some(c) = clients.get(&addr) {
             return Some(c.clone());
@@ -723,7 +757,7 @@ impl Broker {
             framework_info: info,
             tasks: tasks.into_iter().map(|t| t.info).collect(),
         };
-        let result = match self.agent_client(agent_id) {
+        let result = match self.agent_client(agent_id).await {
             Some(mut c) => c.launch_tasks(req).await.map(|_| ()),
             None => Err(Status::unavailable(format!("agent {agent_id} is unknown"))),
         };
@@ -950,6 +984,7 @@ impl Broker {
             .unwrap_or_default();
         let mut client = self
             .agent_client(&agent_id)
+            .await
             .ok_or_else(|| Status::unavailable(format!("agent {agent_id} is unknown")))?;
         match client
             .kill_task(KillTaskRequest {
@@ -1079,7 +1114,7 @@ impl Broker {
             .await;
         self.recover(offers, 0.0, Vec::new()).await;
         for (task, agent) in live {
-            if let Some(mut c) = self.agent_client(&agent) {
+            if let Some(mut c) = self.agent_client(&agent).await {
                 let _ = c
                     .kill_task(KillTaskRequest {
                         framework_id: fw.into(),
