@@ -189,9 +189,27 @@ pub struct Books {
     tasks: HashMap<(String, String), Task>,
     next_offer: u64,
     offer_prefix: String,
+    /// When set, the state of a SplitMix64 generator that shuffles the agents of each snapshot (Mesos shuffles
+    /// agents every cycle so that no agent is always considered first).
+    shuffle: Option<u64>,
 }
 
 impl Books {
+    /// Shuffles the agents of every snapshot in an order drawn from `seed` (deterministic per seed).
+    pub fn shuffle_agents(&mut self, seed: u64) {
+        self.shuffle = Some(seed);
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // SplitMix64 (Steele, Lea, Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014).
+        let state = self.shuffle.as_mut().expect("shuffling enabled");
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
     /// Empty books whose offer IDs start with `offer_prefix` (unique per allocator session).
     pub fn new(offer_prefix: &str) -> Self {
         Self {
@@ -503,6 +521,12 @@ impl Books {
                 }
             })
             .collect();
+        if self.shuffle.is_some() {
+            for i in (1..agents.len()).rev() {
+                let j = (self.next_random() % (i as u64 + 1)) as usize;
+                agents.swap(i, j);
+            }
+        }
         Snapshot {
             total,
             agents,
@@ -801,7 +825,7 @@ mod tests {
             reserved: r("cpus:1"),
         };
         assert_eq!(b.apply_grant(&steal, 0.0), Err(GrantRejection::Overcommit));
-        b.recover_offers(&[db.id.clone()], 0.0, 1.0, &[], 0.0);
+        b.recover_offers(std::slice::from_ref(&db.id), 0.0, 1.0, &[], 0.0);
         b.check_invariants().unwrap();
         assert_eq!(
             b.snapshot(0.0).agents[0].reserved["db"],

@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`books`]: pure bookkeeping of agents, frameworks, roles, offers, tasks and filters;
 //! - [`engine`]: the actor that owns the books, follows etcd, and runs cycles;
-//! - [`grpc`]: `allot.allocator.v1.Allocator`, which the offer-broker calls.
+//! - [`grpc`]: `allot.allocator.v1.Allocator`, which the offer-broker calls;
+//! - [`sim`]: the policy simulator behind `allot sim`, on the same books and cycle.
 //!
 //! Its view of the cluster comes from etcd (agents, their liveness, frameworks, tasks, roles) through watches;
 //! outstanding offers and filters are soft state that a new broker session resets.
@@ -12,6 +13,7 @@
 pub mod books;
 pub mod engine;
 pub mod grpc;
+pub mod sim;
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,8 +46,8 @@ pub struct Config {
     /// Time between periodic allocation cycles; events that add supply or demand also trigger one.
     #[arg(long, env = "ALLOT_ALLOCATION_INTERVAL", default_value = "1s", value_parser = allot_common::config::parse_duration)]
     pub allocation_interval: Duration,
-    /// The allocation policy. Built in: `drf`.
-    #[arg(long, env = "ALLOT_POLICY", default_value = "drf", value_parser = ["drf"])]
+    /// The allocation policy. Built in: `drf`, `priority`.
+    #[arg(long, env = "ALLOT_POLICY", default_value = "drf", value_parser = ["drf", "priority"])]
     pub policy: String,
 }
 
@@ -70,7 +72,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let store = allot_common::Store::connect(&config.etcd_endpoints, &config.etcd_root).await?;
-    let policy: Box<dyn allot_policy::Policy> = Box::new(allot_drf::Drf);
+    let policy = sim::builtin_policy(&config.policy).expect("clap checked the policy name");
     let engine = engine::Engine::start(store, policy, config.allocation_interval);
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -3,7 +3,8 @@
 //! - `allot agents | frameworks | tasks | offers | roles [--json]`: what the cluster holds now;
 //! - `allot roles set ROLE --weight W [--quota RES]`: configure a role;
 //! - `allot execute`: run one command (or N instances) as a framework, like `mesos-execute`;
-//! - `allot batch JOBFILE`: run a job file's commands under a concurrency cap.
+//! - `allot batch JOBFILE`: run a job file's commands under a concurrency cap;
+//! - `allot sim SCENARIO`: run an allocation scenario on a simulated clock.
 
 mod batch;
 mod execute;
@@ -66,6 +67,43 @@ enum Command {
     Execute(execute::Args),
     /// Run every command of a job file under a concurrency cap, then print a summary.
     Batch(batch::Args),
+    /// Run an allocation scenario through the allocator and a policy on a simulated clock; print every offer
+    /// and launch as a JSON line.
+    Sim {
+        /// The scenario file (YAML; format in `docs/plugin-guide.md` and `examples/scenarios/`).
+        scenario: std::path::PathBuf,
+        /// Policy to use instead of the scenario's: `drf` or `priority`.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Shuffle agents every cycle in an order drawn from this seed (default: sorted by ID).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// End with a summary line: offers and launches per framework, dominant shares, Jain's fairness index.
+        #[arg(long)]
+        summary: bool,
+    },
+}
+
+fn sim(
+    path: &std::path::Path,
+    policy: Option<String>,
+    seed: Option<u64>,
+    summary: bool,
+) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let opts = allot_allocator::sim::SimOptions {
+        policy,
+        seed,
+        summary,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    allot_allocator::sim::run(&text, &opts, &mut out)
+        .with_context(|| path.display().to_string())?;
+    std::io::Write::flush(&mut out)?;
+    Ok(0)
 }
 
 #[tokio::main]
@@ -82,6 +120,12 @@ async fn main() {
         Command::Roles { set } => ops::roles(&cli.registry, &cli.broker, set, cli.json).await,
         Command::Execute(args) => execute::run(&cli.broker, args).await,
         Command::Batch(args) => batch::run(&cli.broker, args, cli.json).await,
+        Command::Sim {
+            scenario,
+            policy,
+            seed,
+            summary,
+        } => sim(&scenario, policy, seed, summary),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,277 @@
+//! Scenarios through the simulator, checked against Mesos' documented allocator behaviour. The first three
+//! are the examples in `examples/scenarios/`; the rest are written here.
+
+use allot_allocator::sim::{SimOptions, run};
+use serde_json::Value;
+
+fn sim_with(scenario: &str, opts: &SimOptions) -> Vec<Value> {
+    let mut out = Vec::new();
+    run(scenario, opts, &mut out).expect("scenario runs");
+    String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn sim(scenario: &str) -> Vec<Value> {
+    sim_with(scenario, &SimOptions::default())
+}
+
+fn example(name: &str) -> String {
+    let path = format!(
+        "{}/../../examples/scenarios/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn of<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["type"] == kind).collect()
+}
+
+fn count(lines: &[Value], kind: &str, framework: &str) -> usize {
+    of(lines, kind)
+        .iter()
+        .filter(|l| l["framework"] == framework)
+        .count()
+}
+
+#[test]
+fn drf_paper_gives_a_three_tasks_and_b_two() {
+    let lines = sim(&example("drf-paper.yaml"));
+    assert_eq!(count(&lines, "launch", "A"), 3, "{lines:#?}");
+    assert_eq!(count(&lines, "launch", "B"), 2);
+    // The last launch happens by t=3; nothing launches after the CPUs run out.
+    let last = of(&lines, "launch").last().unwrap()["t"].as_f64().unwrap();
+    assert!(last <= 3.0, "last launch at {last}");
+}
+
+#[test]
+fn offer_filter_keeps_the_agent_away_until_it_expires() {
+    let lines = sim(&example("offer-filter.yaml"));
+    let offers: Vec<f64> = of(&lines, "offer")
+        .iter()
+        .map(|l| l["t"].as_f64().unwrap())
+        .collect();
+    assert_eq!(offers, vec![0.0, 2.0], "{lines:#?}");
+    assert_eq!(
+        of(&lines, "offer")[0]["resources"],
+        serde_json::json!({"cpus": 1, "mem": 512})
+    );
+}
+
+#[test]
+fn two_roles_with_weights_one_and_three_split_one_to_three() {
+    let lines = sim(&example("two-roles-weights.yaml"));
+    let offers = of(&lines, "offer");
+    let at_one: Vec<&&Value> = offers.iter().filter(|l| l["t"] == 1).collect();
+    let f1 = at_one.iter().filter(|l| l["framework"] == "f1").count();
+    let f2 = at_one.iter().filter(|l| l["framework"] == "f2").count();
+    assert_eq!((f1, f2), (1, 3), "{lines:#?}");
+}
+
+#[test]
+fn filters_last_at_least_the_allocation_interval() {
+    // Mesos: a filter lasts max(refuse_seconds, allocation_interval). Declined at t=1 for 0.5 s, it still
+    // covers the cycle at t=2 (until t=3); the agent comes back at t=4.
+    let lines = sim(r#"
+allocation_interval: 2
+events:
+  - add_framework: {id: f}
+  - add_agent: {id: a, resources: {cpus: 1, mem: 128}}
+  - advance: 1
+  - decline: {framework: f, refuse_seconds: 0.5}
+  - advance: 3
+"#);
+    let t: Vec<f64> = of(&lines, "offer")
+        .iter()
+        .map(|l| l["t"].as_f64().unwrap())
+        .collect();
+    assert_eq!(t, vec![0.0, 4.0], "{lines:#?}");
+}
+
+#[test]
+fn suppressed_frameworks_get_nothing_until_revived() {
+    let lines = sim(r#"
+events:
+  - add_framework: {id: f}
+  - add_agent: {id: a, resources: {cpus: 1, mem: 128}}
+  - suppress: {framework: f}
+  - decline: {framework: f, refuse_seconds: 0}
+  - advance: 3
+  - revive: {framework: f}
+"#);
+    let t: Vec<f64> = of(&lines, "offer")
+        .iter()
+        .map(|l| l["t"].as_f64().unwrap())
+        .collect();
+    assert_eq!(t, vec![0.0, 3.0], "{lines:#?}");
+}
+
+#[test]
+fn accept_returns_the_rest_with_its_filter_and_recover_frees_the_task() {
+    let lines = sim(r#"
+events:
+  - add_framework: {id: f}
+  - add_agent: {id: a, resources: {cpus: 4, mem: 1024}}
+  - accept: {framework: f, agent: a, resources: {cpus: 1, mem: 256}, refuse_seconds: 2}
+  - advance: 2
+  - decline: {framework: f, refuse_seconds: 0}
+  - recover: {framework: f, agent: a, resources: {cpus: 1, mem: 256}}
+  - advance: 1
+"#);
+    let offers = of(&lines, "offer");
+    assert_eq!(offers.len(), 3, "{lines:#?}");
+    assert_eq!(offers[1]["t"], 2);
+    assert_eq!(
+        offers[1]["resources"],
+        serde_json::json!({"cpus": 3, "mem": 768})
+    );
+    assert_eq!(
+        offers[2]["resources"],
+        serde_json::json!({"cpus": 4, "mem": 1024})
+    );
+}
+
+#[test]
+fn reserved_resources_go_only_to_their_role() {
+    let lines = sim(r#"
+events:
+  - add_framework: {id: web, role: analytics}
+  - add_framework: {id: db, role: db}
+  - add_agent: {id: a, resources: {cpus: 2, mem: 512}, reserved: {db: {cpus: 2, mem: 512}}}
+"#);
+    let offers = of(&lines, "offer");
+    assert_eq!(offers.len(), 2, "{lines:#?}");
+    let web = offers.iter().find(|o| o["framework"] == "web").unwrap();
+    assert!(web.get("reserved").is_none());
+    let db = offers.iter().find(|o| o["framework"] == "db").unwrap();
+    assert_eq!(
+        db["reserved"],
+        serde_json::json!({"db": {"cpus": 2, "mem": 512}})
+    );
+}
+
+#[test]
+fn quota_limit_caps_a_role_and_the_rest_goes_elsewhere() {
+    let lines = sim(r#"
+events:
+  - update_quota: {role: capped, limit: {cpus: 2}}
+  - add_framework: {id: c, role: capped}
+  - add_framework: {id: o, role: other}
+  - add_agent: {id: a, resources: {cpus: 8, mem: 1024}}
+"#);
+    let offers = of(&lines, "offer");
+    let c = offers.iter().find(|o| o["framework"] == "c").unwrap();
+    assert_eq!(c["resources"]["cpus"], 2, "{lines:#?}");
+    let o = offers.iter().find(|o| o["framework"] == "o").unwrap();
+    assert_eq!(o["resources"]["cpus"], 6);
+}
+
+#[test]
+fn workload_tasks_with_a_duration_free_their_resources() {
+    let lines = sim_with(
+        r#"
+events:
+  - add_agent: {id: a, resources: {cpus: 2, mem: 256}}
+  - add_framework: {id: w, workload: {task: {cpus: 1, mem: 64}, count: 4, per_offer: 2, duration: 3}}
+  - advance: 10
+"#,
+        &SimOptions {
+            summary: true,
+            ..SimOptions::default()
+        },
+    );
+    let launches: Vec<f64> = of(&lines, "launch")
+        .iter()
+        .map(|l| l["t"].as_f64().unwrap())
+        .collect();
+    assert_eq!(launches, vec![0.0, 0.0, 3.0, 3.0], "{lines:#?}");
+    let summary = of(&lines, "summary")[0];
+    assert_eq!(summary["frameworks"]["w"]["launches"], 4);
+}
+
+#[test]
+fn a_removed_agent_rescinds_its_offers() {
+    let lines = sim(r#"
+events:
+  - add_framework: {id: f}
+  - add_agent: {id: a, resources: {cpus: 1, mem: 128}}
+  - remove_agent: {id: a}
+  - advance: 2
+"#);
+    assert_eq!(of(&lines, "rescind").len(), 1);
+    assert_eq!(of(&lines, "offer").len(), 1, "no offers of a removed agent");
+}
+
+#[test]
+fn priority_serves_the_high_class_first() {
+    let scenario = r#"
+events:
+  - add_framework: {id: low, role: r}
+  - add_framework: {id: high, role: r, priority: 10}
+  - decline: {framework: low, refuse_seconds: 0}
+  - add_agent: {id: a1, resources: {cpus: 1, mem: 128}}
+  - add_agent: {id: a2, resources: {cpus: 1, mem: 128}}
+"#;
+    let drf = sim(scenario);
+    assert_eq!(
+        (count(&drf, "offer", "low"), count(&drf, "offer", "high")),
+        (1, 1)
+    );
+    let prio = sim_with(
+        scenario,
+        &SimOptions {
+            policy: Some("priority".into()),
+            ..SimOptions::default()
+        },
+    );
+    assert_eq!(
+        (count(&prio, "offer", "low"), count(&prio, "offer", "high")),
+        (0, 2),
+        "{prio:#?}"
+    );
+}
+
+#[test]
+fn same_scenario_and_seed_give_the_same_output() {
+    let scenario = r#"
+events:
+  - add_framework: {id: f, workload: {task: {cpus: 1, mem: 64}, count: 50, per_offer: 1, duration: 2}}
+  - add_framework: {id: g, workload: {task: {cpus: 1, mem: 64}, count: 50, per_offer: 1, duration: 3}}
+  - add_agent: {id: a1, resources: {cpus: 2, mem: 512}}
+  - add_agent: {id: a2, resources: {cpus: 2, mem: 512}}
+  - add_agent: {id: a3, resources: {cpus: 2, mem: 512}}
+  - advance: 20
+"#;
+    let opts = SimOptions {
+        seed: Some(7),
+        summary: true,
+        ..SimOptions::default()
+    };
+    assert_eq!(sim_with(scenario, &opts), sim_with(scenario, &opts));
+}
+
+#[test]
+fn bad_scenarios_are_clear_errors() {
+    let cases = [
+        ("events: [{bogus: 1}]", "unknown variant"),
+        (
+            "events:\n  - accept: {framework: f, agent: a, resources: {cpus: 1}}",
+            "no outstanding offer",
+        ),
+        (
+            "events:\n  - add_agent: {id: a, resources: {cpus: -1}}",
+            "negative",
+        ),
+        ("events:\n  - advance: -3", "seconds"),
+        ("policy: nope\nevents: []", "unknown policy"),
+    ];
+    for (text, want) in cases {
+        let err = run(text, &SimOptions::default(), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}
