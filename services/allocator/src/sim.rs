@@ -287,7 +287,7 @@ fn secs(ms: i64) -> Value {
 }
 
 fn to_ms(s: f64) -> Result<i64, String> {
-    if s.is_finite() && s >= 0.0 && s < 1e12 {
+    if s.is_finite() && (0.0..1e12).contains(&s) {
         Ok((s * 1000.0).round() as i64)
     } else {
         Err(format!("{s} is not a number of seconds >= 0"))
