@@ -8,6 +8,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$repo/deploy/local/ensure-deps.sh"
 allot_ensure_deps
 cd "$repo"
+# The native builds of the built-in policies, which the policy tests load into a running allocator.
+cargo build -p allot-drf-native -p allot-priority-native
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

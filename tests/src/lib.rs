@@ -171,6 +171,8 @@ pub struct ClusterOptions {
     pub agent_timeout: Duration,
     /// HEARTBEAT interval to frameworks.
     pub heartbeat_interval: Duration,
+    /// How long a policy call may take.
+    pub policy_timeout: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -179,6 +181,7 @@ impl Default for ClusterOptions {
             allocation_interval: Duration::from_millis(100),
             agent_timeout: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(2),
+            policy_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -206,6 +209,7 @@ impl Cluster {
     /// Starts etcd and the control plane.
     pub async fn start_with(opts: ClusterOptions) -> Cluster {
         init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
         let etcd = Etcd::start().await;
         let endpoints = vec![etcd.endpoint.clone()];
         let root = allot_common::store::DEFAULT_ROOT.to_string();
@@ -229,6 +233,8 @@ impl Cluster {
             etcd_root: root.clone(),
             allocation_interval: opts.allocation_interval,
             policy: "drf".into(),
+            policy_dir: dir.path().join("policies"),
+            policy_timeout: opts.policy_timeout,
         };
         let allocator = Service::spawn(|l, rx| async move {
             allot_allocator::run(cfg, l, stop_signal(rx))
@@ -255,7 +261,7 @@ impl Cluster {
             registry,
             allocator,
             broker,
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
             agents: 0,
         }
     }

@@ -180,7 +180,7 @@ pub struct Cycle {
 }
 
 /// The allocator's books.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Books {
     agents: BTreeMap<String, Agent>,
     frameworks: BTreeMap<String, Framework>,
@@ -596,6 +596,23 @@ impl Books {
         Ok(offer)
     }
 
+    /// Validates `grants` in order at `now`, recording the valid ones as offers.
+    pub fn apply_grants(
+        &mut self,
+        grants: Vec<Grant>,
+        now: f64,
+    ) -> (Vec<Offer>, Vec<(Grant, GrantRejection)>) {
+        let mut offers = Vec::with_capacity(grants.len());
+        let mut rejected = Vec::new();
+        for g in grants {
+            match self.apply_grant(&g, now) {
+                Ok(o) => offers.push(o),
+                Err(why) => rejected.push((g, why)),
+            }
+        }
+        (offers, rejected)
+    }
+
     /// Runs one allocation cycle at `now`: snapshot, `policy`, then every grant validated into an offer.
     pub fn run_cycle(&mut self, policy: &mut dyn Policy, now: f64) -> Cycle {
         let snapshot = self.snapshot(now);
@@ -607,12 +624,9 @@ impl Books {
         if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
             return cycle;
         }
-        for g in policy.allocate(&snapshot) {
-            match self.apply_grant(&g, now) {
-                Ok(o) => cycle.offers.push(o),
-                Err(why) => cycle.rejected.push((g, why)),
-            }
-        }
+        let (offers, rejected) = self.apply_grants(policy.allocate(&snapshot), now);
+        cycle.offers = offers;
+        cycle.rejected = rejected;
         cycle
     }
 

@@ -6,16 +6,21 @@
 //! is pending however many events arrive.
 
 use crate::books::{Books, Piece, RoleConfig};
+use crate::policy::{Failure, Loaded};
 use allot_common::Store;
 use allot_common::convert::{piece_to_proto, pieces_from_proto, resources_from_proto};
 use allot_common::store::{Kind, decode};
-use allot_policy::{Policy, Resources};
+use allot_policy::Resources;
 use allot_proto::allocator::{
-    AllocatorEvent, Grant as PbGrant, Grants, RescindOffers, allocator_event,
+    AllocatorEvent, Grant as PbGrant, Grants, PolicyRecord, PolicyRef, PolicyStatusResponse,
+    RescindOffers, allocator_event,
 };
 use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskRecord, TaskState};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// The sender half of the broker's decision stream.
 pub type Subscriber = mpsc::UnboundedSender<Result<AllocatorEvent, tonic::Status>>;
@@ -85,6 +90,26 @@ pub enum Command {
     },
     /// A task record was deleted.
     TaskDelete(String, String),
+    /// The active-policy record changed and this replica loaded the policy it names (or failed to). `seq`
+    /// orders the loads: an older one is ignored.
+    SwapPolicy {
+        /// Order of the record change.
+        seq: u64,
+        /// The record.
+        record: PolicyRecord,
+        /// The loaded policy, or why it could not be loaded here.
+        loaded: Result<Loaded, String>,
+    },
+    /// Runs `policy` once on the current snapshot without applying its grants; answers with the number of
+    /// grants and the call's duration in microseconds, or what was wrong.
+    Trial {
+        /// The candidate.
+        policy: Loaded,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<(u32, u64), String>>,
+    },
+    /// Reports the policy status.
+    Status(oneshot::Sender<PolicyStatusResponse>),
 }
 
 /// A handle on the running engine. Cheap to clone.
@@ -95,11 +120,52 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine and its etcd followers.
-    pub fn start(store: Store, policy: Box<dyn Policy>, interval: Duration) -> Self {
+    /// Starts the engine and its etcd followers. `default_policy` runs until an active-policy record says
+    /// otherwise; a policy call gets at most `deadline`; artifacts are cached in `cache_dir`.
+    pub fn start(
+        store: Store,
+        default_policy: Loaded,
+        interval: Duration,
+        deadline: Duration,
+        cache_dir: std::path::PathBuf,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut handles = Vec::new();
-        handles.push(tokio::spawn(run(rx, policy, interval)).abort_handle());
+        handles
+            .push(tokio::spawn(run(rx, default_policy.clone(), interval, deadline)).abort_handle());
+        let policy_tx = tx.clone();
+        let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let policy_store = store.clone();
+        handles.push(
+            tokio::spawn(allot_common::store::follow_prefix(
+                store.clone(),
+                store.prefix(Kind::Policy),
+                Duration::from_secs(1),
+                move |id, value| {
+                    if id != "active" {
+                        return;
+                    }
+                    let record = value
+                        .and_then(|v| decode::<PolicyRecord>(id.as_bytes(), v).ok())
+                        .unwrap_or_else(|| PolicyRecord {
+                            active: Some(default_policy.reference.clone()),
+                            ..PolicyRecord::default()
+                        });
+                    let n = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let (tx, store, dir) =
+                        (policy_tx.clone(), policy_store.clone(), cache_dir.clone());
+                    tokio::spawn(async move {
+                        let loaded = resolve(&store, record.active.as_ref(), &dir).await;
+                        let _ = tx.send(Command::SwapPolicy {
+                            seq: n,
+                            record,
+                            loaded,
+                        });
+                    });
+                },
+            ))
+            .abort_handle(),
+        );
         for kind in [
             Kind::Agents,
             Kind::Alive,
@@ -140,6 +206,24 @@ impl Engine {
             t.abort();
         }
     }
+}
+
+/// Loads the policy `reference` names on this replica: a built-in, or an artifact fetched from etcd into
+/// `cache_dir`.
+///
+/// # Errors
+/// A message when it cannot be loaded here.
+pub async fn resolve(
+    store: &Store,
+    reference: Option<&PolicyRef>,
+    cache_dir: &std::path::Path,
+) -> Result<Loaded, String> {
+    let r = reference.ok_or("the record names no policy")?;
+    if r.kind == "builtin" {
+        return Loaded::builtin(&r.name).ok_or_else(|| format!("no built-in policy '{}'", r.name));
+    }
+    let path = crate::policy::materialize(store, &r.sha256, cache_dir).await?;
+    Loaded::from_file(&path, &r.sha256)
 }
 
 fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
@@ -207,6 +291,7 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
             let (fw, task) = id.split_once('/')?;
             Some(Command::TaskDelete(fw.to_string(), task.to_string()))
         }
+        (Kind::Policy | Kind::Artifacts, _) => None,
     }
 }
 
@@ -221,9 +306,27 @@ pub fn piece_of(list: &[allot_proto::common::Resource]) -> Piece {
     }
 }
 
+/// Counters of the policy host.
+#[derive(Debug, Default)]
+struct PolicyStats {
+    cycles: u64,
+    failures: u64,
+    fallbacks: u64,
+    dropped_grants: u64,
+    last_error: String,
+    last_error_at_ms: i64,
+    by_reason: BTreeMap<String, u64>,
+}
+
 struct State {
     books: Books,
-    policy: Box<dyn Policy>,
+    running: Loaded,
+    last_good: Loaded,
+    record: PolicyRecord,
+    record_seq: u64,
+    load_error: String,
+    deadline: Duration,
+    stats: PolicyStats,
     subscriber: Option<Subscriber>,
     interval: Duration,
     start: Instant,
@@ -349,7 +452,93 @@ impl State {
                 self.books.remove_task(&fw, &task);
                 false
             }
+            Command::SwapPolicy {
+                seq,
+                record,
+                loaded,
+            } => {
+                if seq < self.record_seq {
+                    return false;
+                }
+                self.record_seq = seq;
+                self.record = record;
+                match loaded {
+                    Ok(p) => {
+                        tracing::info!(policy = %p.reference.name, kind = %p.reference.kind,
+                            sha256 = %p.reference.sha256, "policy activated");
+                        // The policy that ran until now becomes the fallback, unless it had broken down.
+                        let old = std::mem::replace(&mut self.running, p);
+                        if !old.broken && old.reference != self.running.reference {
+                            self.last_good = old;
+                        }
+                        self.load_error.clear();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load the recorded policy; keeping the running one");
+                        self.load_error = e;
+                    }
+                }
+                true
+            }
+            Command::Trial { policy, reply } => {
+                let _ = reply.send(self.trial(&policy, now));
+                false
+            }
+            Command::Status(reply) => {
+                let s = &self.stats;
+                let _ = reply.send(PolicyStatusResponse {
+                    record: Some(self.record.clone()),
+                    running: Some(self.running.reference.clone()),
+                    last_good: Some(self.last_good.reference.clone()),
+                    cycles: s.cycles,
+                    failures: s.failures,
+                    fallbacks: s.fallbacks,
+                    dropped_grants: s.dropped_grants,
+                    last_error: s.last_error.clone(),
+                    last_error_at_ms: s.last_error_at_ms,
+                    failures_by_reason: s.by_reason.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    load_error: self.load_error.clone(),
+                });
+                false
+            }
         }
+    }
+
+    fn trial(&mut self, policy: &Loaded, now: f64) -> Result<(u32, u64), String> {
+        let snapshot = Arc::new(self.books.snapshot(now));
+        let started = Instant::now();
+        let grants = policy
+            .call(&snapshot, self.deadline)
+            .map_err(|f| f.to_string())?;
+        let micros = started.elapsed().as_micros() as u64;
+        let n = grants.len() as u32;
+        let (_, rejected) = self.books.clone().apply_grants(grants, now);
+        if let Some((g, why)) = rejected.first() {
+            return Err(format!(
+                "{} of {n} grants are invalid (first: {} on {} refused: {})",
+                rejected.len(),
+                g.framework,
+                g.agent,
+                why.as_str()
+            ));
+        }
+        Ok((n, micros))
+    }
+
+    fn fail(&mut self, f: &Failure) {
+        self.stats.failures += 1;
+        *self
+            .stats
+            .by_reason
+            .entry(f.reason().to_string())
+            .or_default() += 1;
+        self.stats.last_error = format!("{}: {f}", self.running.reference.name);
+        self.stats.last_error_at_ms = allot_common::now_ms();
+        if matches!(f, Failure::Timeout(_)) {
+            self.running.broken = true;
+        }
+        tracing::warn!(policy = %self.running.reference.name, reason = f.reason(), error = %f,
+            fallback = %self.last_good.reference.name, "policy failed; this cycle uses the last good policy");
     }
 
     fn allocate(&mut self) {
@@ -358,27 +547,48 @@ impl State {
         }
         let now = self.now();
         let started = Instant::now();
-        let cycle = self.books.run_cycle(self.policy.as_mut(), now);
-        if cycle.agents == 0 || cycle.frameworks == 0 {
+        let snapshot = Arc::new(self.books.snapshot(now));
+        if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
             return;
         }
         self.cycle += 1;
-        for (g, why) in &cycle.rejected {
-            tracing::warn!(policy = self.policy.name(), framework = %g.framework, agent = %g.agent,
+        self.stats.cycles += 1;
+        let grants = match self.running.call(&snapshot, self.deadline) {
+            Ok(g) => g,
+            Err(f) => {
+                if !self.running.broken || matches!(f, Failure::Timeout(_)) {
+                    self.fail(&f);
+                }
+                self.stats.fallbacks += 1;
+                match self.last_good.call(&snapshot, self.deadline) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the last good policy failed too; using built-in drf");
+                        self.last_good = Loaded::builtin("drf").expect("drf is built in");
+                        self.last_good
+                            .call(&snapshot, self.deadline)
+                            .unwrap_or_default()
+                    }
+                }
+            }
+        };
+        let (offers, rejected) = self.books.apply_grants(grants, now);
+        self.stats.dropped_grants += rejected.len() as u64;
+        for (g, why) in &rejected {
+            tracing::warn!(policy = %self.running.reference.name, framework = %g.framework, agent = %g.agent,
                 reason = why.as_str(), "grant rejected");
         }
         tracing::debug!(
             cycle = self.cycle,
-            agents = cycle.agents,
-            frameworks = cycle.frameworks,
-            grants = cycle.offers.len(),
-            rejected = cycle.rejected.len(),
+            agents = snapshot.agents.len(),
+            frameworks = snapshot.frameworks.len(),
+            grants = offers.len(),
+            rejected = rejected.len(),
             micros = started.elapsed().as_micros() as u64,
             "allocation cycle"
         );
-        if !cycle.offers.is_empty() {
-            let grants = cycle
-                .offers
+        if !offers.is_empty() {
+            let grants = offers
                 .into_iter()
                 .map(|o| PbGrant {
                     resources: piece_to_proto(
@@ -399,12 +609,22 @@ impl State {
 
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Command>,
-    policy: Box<dyn Policy>,
+    policy: Loaded,
     interval: Duration,
+    deadline: Duration,
 ) {
     let mut state = State {
         books: Books::new(&allot_common::new_id("offer")),
-        policy,
+        last_good: policy.clone(),
+        record: PolicyRecord {
+            active: Some(policy.reference.clone()),
+            ..PolicyRecord::default()
+        },
+        running: policy,
+        record_seq: 0,
+        load_error: String::new(),
+        deadline,
+        stats: PolicyStats::default(),
         subscriber: None,
         interval,
         start: Instant::now(),

@@ -1,4 +1,5 @@
-//! `allot.allocator.v1.Allocator`: the offer-broker's view of the allocator.
+//! `allot.allocator.v1.Allocator` (the offer-broker's view of the allocator) and
+//! `allot.allocator.v1.PolicyAdmin` (the operator's).
 
 use crate::engine::{Command, Engine};
 use allot_common::convert::resources_from_proto;
@@ -113,5 +114,193 @@ impl Allocator for AllocatorService {
             launched,
         });
         Ok(Response::new(RecoverOffersResponse {}))
+    }
+}
+
+/// `allot.allocator.v1.PolicyAdmin`: load, list, activate and roll back policies.
+#[derive(Debug, Clone)]
+pub struct PolicyAdminService {
+    store: allot_common::Store,
+    engine: Engine,
+    cache_dir: std::path::PathBuf,
+}
+
+impl PolicyAdminService {
+    /// A service over `store` and `engine`, caching artifacts in `cache_dir`.
+    pub fn new(store: allot_common::Store, engine: Engine, cache_dir: std::path::PathBuf) -> Self {
+        Self {
+            store,
+            engine,
+            cache_dir,
+        }
+    }
+
+    fn record_key(&self) -> String {
+        self.store.key(allot_common::store::Kind::Policy, "active")
+    }
+
+    /// The active-policy record; before the first activation, the engine's (its configured default).
+    async fn record(&self) -> Result<PolicyRecord, Status> {
+        if let Some((r, _)) = self.store.get::<PolicyRecord>(&self.record_key()).await? {
+            return Ok(r);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine.send(Command::Status(tx));
+        let status = rx
+            .await
+            .map_err(|_| Status::unavailable("the allocation engine stopped"))?;
+        Ok(status.record.unwrap_or_default())
+    }
+
+    async fn trial(&self, policy: crate::policy::Loaded) -> Result<(u32, u64), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine.send(Command::Trial { policy, reply: tx });
+        rx.await
+            .map_err(|_| Status::unavailable("the allocation engine stopped"))?
+            .map_err(|e| Status::failed_precondition(format!("trial run failed: {e}")))
+    }
+
+    async fn artifacts(&self) -> Result<Vec<PolicyArtifact>, Status> {
+        let prefix = self.store.prefix(allot_common::store::Kind::Artifacts);
+        let keys = self.store.keys(&prefix).await?;
+        let mut out = Vec::new();
+        for k in keys.iter().filter(|k| k.ends_with("/meta")) {
+            if let Some((meta, _)) = self.store.get::<PolicyArtifact>(k).await? {
+                out.push(meta);
+            }
+        }
+        out.sort_by_key(|a| a.loaded_at_ms);
+        Ok(out)
+    }
+
+    async fn resolve_reference(&self, reference: &str) -> Result<PolicyRef, Status> {
+        if crate::policy::BUILTINS.contains(&reference) {
+            return Ok(crate::policy::builtin_ref(reference));
+        }
+        let wanted = reference.to_ascii_lowercase();
+        let matches: Vec<PolicyRef> = self
+            .artifacts()
+            .await?
+            .into_iter()
+            .filter_map(|a| a.r#ref)
+            .filter(|r| {
+                !wanted.is_empty() && (r.sha256.starts_with(&wanted) || r.name == reference)
+            })
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Status::not_found(format!(
+                "no built-in policy or loaded artifact matches '{reference}' (built in: {})",
+                crate::policy::BUILTINS.join(", ")
+            ))),
+            _ => Err(Status::invalid_argument(format!(
+                "'{reference}' matches {} artifacts: give more of the sha256",
+                matches.len()
+            ))),
+        }
+    }
+
+    async fn activate_ref(&self, reference: PolicyRef) -> Result<PolicyRecord, Status> {
+        let loaded = crate::engine::resolve(&self.store, Some(&reference), &self.cache_dir)
+            .await
+            .map_err(Status::failed_precondition)?;
+        self.trial(loaded).await?;
+        let current = self.record().await?;
+        let record = PolicyRecord {
+            previous: current.active,
+            active: Some(reference),
+            activated_at_ms: allot_common::now_ms(),
+        };
+        self.store.put(&self.record_key(), &record, None).await?;
+        Ok(record)
+    }
+}
+
+#[tonic::async_trait]
+impl policy_admin_server::PolicyAdmin for PolicyAdminService {
+    async fn load(
+        &self,
+        request: Request<LoadPolicyRequest>,
+    ) -> Result<Response<LoadPolicyResponse>, Status> {
+        let r = request.into_inner();
+        if r.artifact.is_empty() {
+            return Err(Status::invalid_argument("the artifact is empty"));
+        }
+        let sha = crate::policy::sha256_hex(&r.artifact);
+        if !r.sha256.is_empty() && !r.sha256.eq_ignore_ascii_case(&sha) {
+            return Err(Status::invalid_argument(format!(
+                "sha256 mismatch: the artifact is {sha}, the pin says {}",
+                r.sha256
+            )));
+        }
+        crate::policy::artifact_kind(&r.artifact).map_err(Status::invalid_argument)?;
+        let path = crate::policy::write_cached(&self.cache_dir, &sha, &r.artifact)
+            .map_err(Status::internal)?;
+        let loaded =
+            crate::policy::Loaded::from_file(&path, &sha).map_err(Status::invalid_argument)?;
+        let (grants, micros) = self.trial(loaded.clone()).await?;
+        let meta =
+            crate::policy::store_artifact(&self.store, &loaded.reference, &r.artifact).await?;
+        tracing::info!(policy = %loaded.reference.name, sha256 = %sha, size = r.artifact.len(), "policy artifact loaded");
+        if r.activate {
+            self.activate_ref(loaded.reference).await?;
+        }
+        Ok(Response::new(LoadPolicyResponse {
+            artifact: Some(meta),
+            trial_grants: grants,
+            trial_micros: micros,
+        }))
+    }
+
+    async fn list(
+        &self,
+        _: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        Ok(Response::new(ListPoliciesResponse {
+            builtins: crate::policy::BUILTINS
+                .iter()
+                .map(|b| b.to_string())
+                .collect(),
+            artifacts: self.artifacts().await?,
+            record: Some(self.record().await?),
+        }))
+    }
+
+    async fn activate(
+        &self,
+        request: Request<ActivatePolicyRequest>,
+    ) -> Result<Response<ActivatePolicyResponse>, Status> {
+        let reference = self
+            .resolve_reference(request.into_inner().reference.trim())
+            .await?;
+        let record = self.activate_ref(reference).await?;
+        Ok(Response::new(ActivatePolicyResponse {
+            record: Some(record),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        _: Request<RollbackPolicyRequest>,
+    ) -> Result<Response<RollbackPolicyResponse>, Status> {
+        let previous = self.record().await?.previous.ok_or_else(|| {
+            Status::failed_precondition("there is no previous policy to roll back to")
+        })?;
+        let record = self.activate_ref(previous).await?;
+        Ok(Response::new(RollbackPolicyResponse {
+            record: Some(record),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<PolicyStatusRequest>,
+    ) -> Result<Response<PolicyStatusResponse>, Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.engine.send(Command::Status(tx));
+        let status = rx
+            .await
+            .map_err(|_| Status::unavailable("the allocation engine stopped"))?;
+        Ok(Response::new(status))
     }
 }

@@ -5,6 +5,7 @@
 //! - [`books`]: pure bookkeeping of agents, frameworks, roles, offers, tasks and filters;
 //! - [`engine`]: the actor that owns the books, follows etcd, and runs cycles;
 //! - [`grpc`]: `allot.allocator.v1.Allocator`, which the offer-broker calls;
+//! - [`policy`]: hosting built-in and native policies, artifacts pinned by sha256, failure containment;
 //! - [`sim`]: the policy simulator behind `allot sim`, on the same books and cycle.
 //!
 //! Its view of the cluster comes from etcd (agents, their liveness, frameworks, tasks, roles) through watches;
@@ -13,6 +14,7 @@
 pub mod books;
 pub mod engine;
 pub mod grpc;
+pub mod policy;
 pub mod sim;
 
 use std::future::Future;
@@ -49,6 +51,12 @@ pub struct Config {
     /// The allocation policy. Built in: `drf`, `priority`.
     #[arg(long, env = "ALLOT_POLICY", default_value = "drf", value_parser = ["drf", "priority"])]
     pub policy: String,
+    /// Where loaded policy artifacts are cached on this machine.
+    #[arg(long, env = "ALLOT_POLICY_DIR", default_value = ".allot/policies")]
+    pub policy_dir: std::path::PathBuf,
+    /// How long one policy call may take before the cycle falls back to the last good policy.
+    #[arg(long, env = "ALLOT_POLICY_TIMEOUT", default_value = "1s", value_parser = allot_common::config::parse_duration)]
+    pub policy_timeout: Duration,
 }
 
 /// An allocator failure that stops the service.
@@ -72,8 +80,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let store = allot_common::Store::connect(&config.etcd_endpoints, &config.etcd_root).await?;
-    let policy = sim::builtin_policy(&config.policy).expect("clap checked the policy name");
-    let engine = engine::Engine::start(store, policy, config.allocation_interval);
+    let policy = policy::Loaded::builtin(&config.policy).expect("clap checked the policy name");
+    let engine = engine::Engine::start(
+        store.clone(),
+        policy,
+        config.allocation_interval,
+        config.policy_timeout,
+        config.policy_dir.clone(),
+    );
+    let admin = grpc::PolicyAdminService::new(store, engine.clone(), config.policy_dir.clone());
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         policy = %config.policy,
@@ -87,6 +102,10 @@ pub async fn run(
                 grpc::AllocatorService::new(engine.clone()),
             )
             .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            allot_proto::allocator::policy_admin_server::PolicyAdminServer::new(admin)
+                .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
         );
     let result = allot_common::grpc::serve(router, listener, shutdown).await;
     engine.stop();

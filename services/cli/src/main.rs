@@ -4,12 +4,14 @@
 //! - `allot roles set ROLE --weight W [--quota RES]`: configure a role;
 //! - `allot execute`: run one command (or N instances) as a framework, like `mesos-execute`;
 //! - `allot batch JOBFILE`: run a job file's commands under a concurrency cap;
+//! - `allot policy load|list|activate|rollback|status`: manage the allocator's policy at runtime;
 //! - `allot sim SCENARIO`: run an allocation scenario on a simulated clock.
 
 mod batch;
 mod execute;
 mod fit;
 mod ops;
+mod policy;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,14 @@ struct Cli {
         default_value = "127.0.0.1:5052"
     )]
     broker: String,
+    /// The allocator's gRPC address (policy administration).
+    #[arg(
+        long,
+        global = true,
+        env = "ALLOT_ALLOCATOR",
+        default_value = "127.0.0.1:5051"
+    )]
+    allocator: String,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -67,6 +77,11 @@ enum Command {
     Execute(execute::Args),
     /// Run every command of a job file under a concurrency cap, then print a summary.
     Batch(batch::Args),
+    /// Allocation policies: load an artifact, list, activate, roll back, status.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Run an allocation scenario through the allocator and a policy on a simulated clock; print every offer
     /// and launch as a JSON line.
     Sim {
@@ -120,6 +135,7 @@ async fn main() {
         Command::Roles { set } => ops::roles(&cli.registry, &cli.broker, set, cli.json).await,
         Command::Execute(args) => execute::run(&cli.broker, args).await,
         Command::Batch(args) => batch::run(&cli.broker, args, cli.json).await,
+        Command::Policy { command } => policy::run(&cli.allocator, command, cli.json).await,
         Command::Sim {
             scenario,
             policy,

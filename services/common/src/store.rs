@@ -9,6 +9,8 @@
 //! | `frameworks/<framework_id>` | `FrameworkRecord` | offer-broker |
 //! | `tasks/<framework_id>/<task_id>` | `TaskRecord` | offer-broker |
 //! | `roles/<role>` | `Role` | registry |
+//! | `policy/active` | `PolicyRecord` | allocator (admin API) |
+//! | `policies/<sha256>/meta`, `policies/<sha256>/chunk/<n>` | `PolicyArtifact`, raw bytes | allocator |
 
 use etcd_client::{
     Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
@@ -56,6 +58,10 @@ pub enum Kind {
     Tasks,
     /// `roles/`
     Roles,
+    /// `policy/`: the active-policy record.
+    Policy,
+    /// `policies/`: stored policy artifacts.
+    Artifacts,
 }
 
 impl Kind {
@@ -66,6 +72,8 @@ impl Kind {
             Kind::Frameworks => "frameworks",
             Kind::Tasks => "tasks",
             Kind::Roles => "roles",
+            Kind::Policy => "policy",
+            Kind::Artifacts => "policies",
         }
     }
 }
@@ -232,6 +240,24 @@ impl Store {
             .iter()
             .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
             .collect())
+    }
+
+    /// Writes raw `bytes` at `key`.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.client.kv_client().put(key, bytes, None).await?;
+        Ok(())
+    }
+
+    /// Reads the raw bytes at `key`.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     /// Deletes `key`.

@@ -1,0 +1,190 @@
+//! The guest side: a policy written in Rust reads the host's C snapshot and writes grants back.
+
+use crate::*;
+use allot_policy::{AgentView, FrameworkView, Grant, Policy, Resources, RoleView, Snapshot};
+use std::collections::{BTreeMap, HashMap};
+
+/// Reads `n` entries at `ptr` (an empty slice for a null pointer or `n == 0`).
+///
+/// # Safety
+/// `ptr` must point to `n` valid `T`s for the lifetime `'a`.
+unsafe fn slice<'a, T>(ptr: *const T, n: u32) -> &'a [T] {
+    if ptr.is_null() || n == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller guarantees `n` valid entries.
+        unsafe { std::slice::from_raw_parts(ptr, n as usize) }
+    }
+}
+
+/// # Safety
+/// `s` must point to `len` bytes valid for `'a`.
+unsafe fn text<'a>(s: AllotStr) -> Result<&'a str, i32> {
+    // SAFETY: forwarded from the caller.
+    let bytes = unsafe { slice(s.ptr, s.len) };
+    std::str::from_utf8(bytes).map_err(|_| ERR_INPUT)
+}
+
+fn resources(kinds: &[&str], v: &[i64]) -> Resources {
+    let mut r = Resources::new();
+    for (k, &milli) in kinds.iter().zip(v) {
+        r.set_scalar_milli(k, milli);
+    }
+    r
+}
+
+/// Converts the host's C snapshot into a [`Snapshot`].
+///
+/// # Safety
+/// `s` must be valid as `allot_policy.h` describes, for the duration of the call.
+///
+/// # Errors
+/// [`ERR_INPUT`] for a different ABI version, bad UTF-8 or out-of-range indices.
+pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<Snapshot, i32> {
+    if s.abi_version != ABI_VERSION {
+        return Err(ERR_INPUT);
+    }
+    let n = s.n_kinds;
+    // SAFETY (every block below): pointers and lengths come from the host as the ABI requires.
+    let kinds: Vec<&str> = unsafe { slice(s.kinds, n) }
+        .iter()
+        .map(|k| unsafe { text(*k) })
+        .collect::<Result<_, _>>()?;
+    let vec = |p: *const i64| resources(&kinds, unsafe { slice(p, n) });
+    let roles_c = unsafe { slice(s.roles, s.n_roles) };
+    let mut role_names = Vec::with_capacity(roles_c.len());
+    let mut roles = Vec::with_capacity(roles_c.len());
+    for r in roles_c {
+        let name = unsafe { text(r.name) }?.to_string();
+        let quota_limit = (!r.quota_limit.is_null()).then(|| {
+            let lim = unsafe { slice(r.quota_limit, n) };
+            let mut out = Resources::new();
+            for (k, &v) in kinds.iter().zip(lim) {
+                if v >= 0 {
+                    // Note: `Resources` drops zero entries, so a limit of exactly 0 reads as no limit.
+                    out.set_scalar_milli(k, v);
+                }
+            }
+            out
+        });
+        role_names.push(name.clone());
+        roles.push(RoleView {
+            name,
+            weight: r.weight,
+            quota_limit,
+            allocation: vec(r.allocation),
+        });
+    }
+    let agents_c = unsafe { slice(s.agents, s.n_agents) };
+    let mut agents = Vec::with_capacity(agents_c.len());
+    for a in agents_c {
+        let mut reserved = BTreeMap::new();
+        for res in unsafe { slice(a.reserved, a.n_reserved) } {
+            let role = role_names.get(res.role as usize).ok_or(ERR_INPUT)?;
+            reserved.insert(role.clone(), vec(res.available));
+        }
+        agents.push(AgentView {
+            id: unsafe { text(a.id) }?.to_string(),
+            total: vec(a.total),
+            available: vec(a.available),
+            reserved,
+        });
+    }
+    let mut frameworks = Vec::new();
+    for f in unsafe { slice(s.frameworks, s.n_frameworks) } {
+        let mut filtered_agents = Vec::with_capacity(f.n_filtered as usize);
+        for &i in unsafe { slice(f.filtered, f.n_filtered) } {
+            filtered_agents.push(agents.get(i as usize).ok_or(ERR_INPUT)?.id.clone());
+        }
+        filtered_agents.sort();
+        frameworks.push(FrameworkView {
+            id: unsafe { text(f.id) }?.to_string(),
+            role: role_names.get(f.role as usize).ok_or(ERR_INPUT)?.clone(),
+            allocation: vec(f.allocation),
+            allocations: f.allocations,
+            filtered_agents,
+            priority: f.priority,
+        });
+    }
+    Ok(Snapshot {
+        total: vec(s.total),
+        agents,
+        frameworks,
+        roles,
+    })
+}
+
+/// Writes `grants` into `out`, resolving IDs against `snapshot`.
+///
+/// # Safety
+/// `out` and the arrays it points to must be valid as `allot_policy.h` describes.
+///
+/// # Errors
+/// [`ERR_CAPACITY`] when there are more grants than room; [`ERR_INPUT`] for an unknown ID.
+pub unsafe fn write_grants(
+    snapshot: &Snapshot,
+    kinds: &[String],
+    grants: &[Grant],
+    out: &mut AllotGrants,
+) -> Result<(), i32> {
+    if grants.len() > out.capacity as usize {
+        return Err(ERR_CAPACITY);
+    }
+    let fw: HashMap<&str, u32> = snapshot
+        .frameworks
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.id.as_str(), i as u32))
+        .collect();
+    let ag: HashMap<&str, u32> = snapshot
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.id.as_str(), i as u32))
+        .collect();
+    // SAFETY: the host made `capacity` entries, each pointing at `n_kinds` writable i64s.
+    let slots = unsafe { std::slice::from_raw_parts_mut(out.grants, out.capacity as usize) };
+    for (slot, g) in slots.iter_mut().zip(grants) {
+        slot.framework = *fw.get(g.framework.as_str()).ok_or(ERR_INPUT)?;
+        slot.agent = *ag.get(g.agent.as_str()).ok_or(ERR_INPUT)?;
+        let res = unsafe { std::slice::from_raw_parts_mut(slot.resources, kinds.len()) };
+        let rsv = unsafe { std::slice::from_raw_parts_mut(slot.reserved, kinds.len()) };
+        for (i, k) in kinds.iter().enumerate() {
+            res[i] = g.resources.scalar_milli(k);
+            rsv[i] = g.reserved.scalar_milli(k);
+        }
+    }
+    out.len = grants.len() as u32;
+    Ok(())
+}
+
+/// Runs `policy` on the host's snapshot and writes its grants: the body of `allot_policy_allocate` for a
+/// Rust policy. A panic inside the policy is caught and reported as [`ERR_PANIC`].
+///
+/// # Safety
+/// `snapshot` and `out` must be valid as `allot_policy.h` describes.
+pub unsafe fn allocate(
+    policy: &mut dyn Policy,
+    snapshot: *const AllotSnapshot,
+    out: *mut AllotGrants,
+) -> i32 {
+    if snapshot.is_null() || out.is_null() {
+        return ERR_INPUT;
+    }
+    let run = std::panic::AssertUnwindSafe(|| -> Result<(), i32> {
+        // SAFETY: checked non-null above; validity is the host's promise.
+        let (s, out) = unsafe { (&*snapshot, &mut *out) };
+        let snap = unsafe { read_snapshot(s) }?;
+        let kinds: Vec<String> = unsafe { slice(s.kinds, s.n_kinds) }
+            .iter()
+            .map(|k| unsafe { text(*k) }.map(str::to_string))
+            .collect::<Result<_, _>>()?;
+        let grants = policy.allocate(&snap);
+        unsafe { write_grants(&snap, &kinds, &grants, out) }
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(Ok(())) => OK,
+        Ok(Err(code)) => code,
+        Err(_) => ERR_PANIC,
+    }
+}

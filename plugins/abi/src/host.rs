@@ -1,0 +1,427 @@
+//! The host side: the allocator builds a C snapshot, calls a native policy library, and reads its grants
+//! back, checking every index and amount.
+
+use crate::*;
+use allot_policy::{Grant, Resources, Snapshot};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a native policy could not be loaded or called.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AbiError {
+    /// The library cannot be opened or lacks a symbol.
+    #[error("cannot load {path}: {message}")]
+    Load {
+        /// The library.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The library speaks another ABI version.
+    #[error("ABI version {found}, this allocator speaks {ABI_VERSION}")]
+    Version {
+        /// The library's version.
+        found: u32,
+    },
+    /// `allot_policy_allocate` returned an error code.
+    #[error("the policy returned error code {0}")]
+    Code(i32),
+    /// The policy wrote a grant that names no framework or agent of the snapshot, or a negative amount.
+    #[error("the policy returned a malformed grant: {0}")]
+    BadGrant(String),
+}
+
+/// A snapshot laid out for the C ABI. Owns every array the pointers in [`CSnapshot::as_ptr`] point into.
+pub struct CSnapshot {
+    kinds: Vec<String>,
+    _kind_strs: Vec<AllotStr>,
+    _flat: Vec<i64>,
+    _reservations: Vec<AllotReservation>,
+    _agents: Vec<AllotAgent>,
+    _roles: Vec<AllotRole>,
+    _frameworks: Vec<AllotFramework>,
+    _filtered: Vec<u32>,
+    _ids: Vec<String>,
+    raw: AllotSnapshot,
+}
+
+// SAFETY: the raw pointers point into heap buffers owned by the same value and never written through.
+#[allow(unsafe_code)]
+unsafe impl Send for CSnapshot {}
+
+fn s(t: &str) -> AllotStr {
+    AllotStr {
+        ptr: t.as_ptr(),
+        len: t.len() as u32,
+    }
+}
+
+impl CSnapshot {
+    /// Lays out `snap` for the C ABI.
+    pub fn new(snap: &Snapshot) -> Self {
+        let mut kinds: BTreeSet<String> =
+            snap.total.scalars().map(|(k, _)| k.to_string()).collect();
+        for a in &snap.agents {
+            kinds.extend(a.total.scalars().map(|(k, _)| k.to_string()));
+        }
+        let kinds: Vec<String> = kinds.into_iter().collect();
+        let n = kinds.len();
+        let vector = |r: &Resources, flat: &mut Vec<i64>| -> usize {
+            let at = flat.len();
+            flat.extend(kinds.iter().map(|k| r.scalar_milli(k)));
+            at
+        };
+        let role_index: std::collections::HashMap<&str, u32> = snap
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.as_str(), i as u32))
+            .collect();
+        let agent_index: std::collections::HashMap<&str, u32> = snap
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.id.as_str(), i as u32))
+            .collect();
+
+        // First pass: every number into one flat vector, remembering offsets.
+        let mut flat: Vec<i64> = Vec::new();
+        let total_at = vector(&snap.total, &mut flat);
+        let mut agent_at = Vec::with_capacity(snap.agents.len());
+        let mut res_at: Vec<(u32, usize)> = Vec::new();
+        let mut agent_res: Vec<(usize, usize)> = Vec::new();
+        for a in &snap.agents {
+            let t = vector(&a.total, &mut flat);
+            let av = vector(&a.available, &mut flat);
+            let start = res_at.len();
+            for (role, r) in &a.reserved {
+                if let Some(&ri) = role_index.get(role.as_str()) {
+                    let at = vector(r, &mut flat);
+                    res_at.push((ri, at));
+                }
+            }
+            agent_res.push((start, res_at.len() - start));
+            agent_at.push((t, av));
+        }
+        let mut role_at = Vec::with_capacity(snap.roles.len());
+        for r in &snap.roles {
+            let lim = r.quota_limit.as_ref().map(|l| {
+                let at = flat.len();
+                flat.extend(kinds.iter().map(|k| {
+                    let v = l.scalar_milli(k);
+                    if l.scalars().any(|(name, _)| name == k) {
+                        v
+                    } else {
+                        -1
+                    }
+                }));
+                at
+            });
+            role_at.push((lim, vector(&r.allocation, &mut flat)));
+        }
+        let mut filtered: Vec<u32> = Vec::new();
+        let mut fw_at = Vec::with_capacity(snap.frameworks.len());
+        for f in &snap.frameworks {
+            let alloc = vector(&f.allocation, &mut flat);
+            let start = filtered.len();
+            let mut idx: Vec<u32> = f
+                .filtered_agents
+                .iter()
+                .filter_map(|a| agent_index.get(a.as_str()).copied())
+                .collect();
+            idx.sort_unstable();
+            filtered.extend(idx);
+            fw_at.push((alloc, start, filtered.len() - start));
+        }
+
+        // Second pass: pointers into the finished buffers.
+        let ids: Vec<String> = snap
+            .agents
+            .iter()
+            .map(|a| a.id.clone())
+            .chain(snap.roles.iter().map(|r| r.name.clone()))
+            .chain(snap.frameworks.iter().map(|f| f.id.clone()))
+            .collect();
+        let p = |at: usize| flat[at..].as_ptr();
+        let kind_strs: Vec<AllotStr> = kinds.iter().map(|k| s(k)).collect();
+        let reservations: Vec<AllotReservation> = res_at
+            .iter()
+            .map(|&(role, at)| AllotReservation {
+                role,
+                available: p(at),
+            })
+            .collect();
+        let na = snap.agents.len();
+        let nr = snap.roles.len();
+        let agents: Vec<AllotAgent> = (0..na)
+            .map(|i| AllotAgent {
+                id: s(&ids[i]),
+                total: p(agent_at[i].0),
+                available: p(agent_at[i].1),
+                n_reserved: agent_res[i].1 as u32,
+                reserved: reservations[agent_res[i].0..].as_ptr(),
+            })
+            .collect();
+        let roles: Vec<AllotRole> = (0..nr)
+            .map(|i| AllotRole {
+                name: s(&ids[na + i]),
+                weight: snap.roles[i].weight,
+                quota_limit: role_at[i].0.map_or(std::ptr::null(), p),
+                allocation: p(role_at[i].1),
+            })
+            .collect();
+        let frameworks: Vec<AllotFramework> = snap
+            .frameworks
+            .iter()
+            .enumerate()
+            .map(|(i, f)| AllotFramework {
+                id: s(&ids[na + nr + i]),
+                role: role_index.get(f.role.as_str()).copied().unwrap_or(u32::MAX),
+                priority: f.priority,
+                allocations: f.allocations,
+                allocation: p(fw_at[i].0),
+                n_filtered: fw_at[i].2 as u32,
+                filtered: filtered[fw_at[i].1..].as_ptr(),
+            })
+            .collect();
+        let raw = AllotSnapshot {
+            abi_version: ABI_VERSION,
+            n_kinds: n as u32,
+            kinds: kind_strs.as_ptr(),
+            total: p(total_at),
+            n_agents: na as u32,
+            agents: agents.as_ptr(),
+            n_roles: nr as u32,
+            roles: roles.as_ptr(),
+            n_frameworks: frameworks.len() as u32,
+            frameworks: frameworks.as_ptr(),
+        };
+        Self {
+            kinds,
+            _kind_strs: kind_strs,
+            _flat: flat,
+            _reservations: reservations,
+            _agents: agents,
+            _roles: roles,
+            _frameworks: frameworks,
+            _filtered: filtered,
+            _ids: ids,
+            raw,
+        }
+    }
+
+    /// The snapshot for the C call; valid while `self` lives.
+    pub fn as_ptr(&self) -> *const AllotSnapshot {
+        &self.raw
+    }
+
+    /// The resource kinds, in ABI order.
+    pub fn kinds(&self) -> &[String] {
+        &self.kinds
+    }
+}
+
+/// Room for a policy's grants: `capacity` grants of two `n_kinds` vectors each.
+pub struct GrantBuffer {
+    n_kinds: usize,
+    amounts: Vec<i64>,
+    grants: Vec<AllotGrant>,
+    raw: AllotGrants,
+}
+
+// SAFETY: the raw pointers point into heap buffers owned by the same value.
+#[allow(unsafe_code)]
+unsafe impl Send for GrantBuffer {}
+
+impl GrantBuffer {
+    /// Room for `capacity` grants over `n_kinds` kinds, zeroed.
+    pub fn new(capacity: usize, n_kinds: usize) -> Self {
+        let mut amounts = vec![0i64; capacity * 2 * n_kinds.max(1)];
+        let base = amounts.as_mut_ptr();
+        let stride = n_kinds.max(1);
+        let mut grants: Vec<AllotGrant> = (0..capacity)
+            .map(|i| AllotGrant {
+                framework: u32::MAX,
+                agent: u32::MAX,
+                // SAFETY: offsets stay within `amounts` (2 * stride per grant).
+                #[allow(unsafe_code)]
+                resources: unsafe { base.add(2 * i * stride) },
+                #[allow(unsafe_code)]
+                reserved: unsafe { base.add((2 * i + 1) * stride) },
+            })
+            .collect();
+        let raw = AllotGrants {
+            capacity: capacity as u32,
+            len: 0,
+            grants: grants.as_mut_ptr(),
+        };
+        Self {
+            n_kinds,
+            amounts,
+            grants,
+            raw,
+        }
+    }
+
+    /// The buffer for the C call.
+    pub fn as_mut_ptr(&mut self) -> *mut AllotGrants {
+        &mut self.raw
+    }
+
+    /// Reads the grants written for `snap` laid out as `c`, checking every index and amount, and attaching each
+    /// agent's free port ranges to its first grant with unreserved resources.
+    ///
+    /// # Errors
+    /// [`AbiError::BadGrant`] for a length beyond capacity, an index out of range or a negative amount.
+    pub fn read(&self, snap: &Snapshot, c: &CSnapshot) -> Result<Vec<Grant>, AbiError> {
+        let len = self.raw.len as usize;
+        if len > self.grants.len() {
+            return Err(AbiError::BadGrant(format!(
+                "{len} grants for a capacity of {}",
+                self.grants.len()
+            )));
+        }
+        let stride = self.n_kinds.max(1);
+        let mut ranges_given = vec![false; snap.agents.len()];
+        let mut out = Vec::with_capacity(len);
+        for (i, g) in self.grants[..len].iter().enumerate() {
+            let fw = snap.frameworks.get(g.framework as usize).ok_or_else(|| {
+                AbiError::BadGrant(format!("grant {i} names framework index {}", g.framework))
+            })?;
+            let agent = snap.agents.get(g.agent as usize).ok_or_else(|| {
+                AbiError::BadGrant(format!("grant {i} names agent index {}", g.agent))
+            })?;
+            let mut resources = Resources::new();
+            let mut reserved = Resources::new();
+            for (k, kind) in c.kinds().iter().enumerate() {
+                let (u, r) = (
+                    self.amounts[2 * i * stride + k],
+                    self.amounts[(2 * i + 1) * stride + k],
+                );
+                if u < 0 || r < 0 {
+                    return Err(AbiError::BadGrant(format!(
+                        "grant {i} has a negative amount of {kind}"
+                    )));
+                }
+                resources.set_scalar_milli(kind, u);
+                reserved.set_scalar_milli(kind, r);
+            }
+            let ai = g.agent as usize;
+            if !resources.is_empty() && !ranges_given[ai] {
+                ranges_given[ai] = true;
+                for (name, set) in agent.available.ranges() {
+                    for &(b, e) in set {
+                        let _ = resources.add_range(name, b, e);
+                    }
+                }
+            }
+            out.push(Grant {
+                framework: fw.id.clone(),
+                agent: agent.id.clone(),
+                resources,
+                reserved,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A native policy library, loaded and checked.
+#[derive(Clone)]
+pub struct NativePolicy {
+    _lib: Arc<libloading::Library>,
+    name: String,
+    allocate: AllocateFn,
+}
+
+impl std::fmt::Debug for NativePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativePolicy")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl NativePolicy {
+    /// Loads the library at `path` and checks its ABI version.
+    ///
+    /// Loading runs the library's initialisers: only load libraries you trust.
+    ///
+    /// # Errors
+    /// [`AbiError::Load`] if it cannot be opened or lacks a symbol; [`AbiError::Version`] for another ABI.
+    #[allow(unsafe_code)]
+    pub fn load(path: &Path) -> Result<Self, AbiError> {
+        let err = |m: String| AbiError::Load {
+            path: path.display().to_string(),
+            message: m,
+        };
+        // SAFETY: loading runs foreign initialisers; native policies are trusted code by contract.
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| err(e.to_string()))?;
+        // SAFETY: the symbols have the types `allot_policy.h` declares.
+        let (version, name, allocate) = unsafe {
+            let v: libloading::Symbol<'_, AbiVersionFn> = lib
+                .get(b"allot_policy_abi_version\0")
+                .map_err(|e| err(e.to_string()))?;
+            let n: libloading::Symbol<'_, NameFn> = lib
+                .get(b"allot_policy_name\0")
+                .map_err(|e| err(e.to_string()))?;
+            let a: libloading::Symbol<'_, AllocateFn> = lib
+                .get(b"allot_policy_allocate\0")
+                .map_err(|e| err(e.to_string()))?;
+            (*v, *n, *a)
+        };
+        // SAFETY: calling the library's exports as declared.
+        let found = unsafe { version() };
+        if found != ABI_VERSION {
+            return Err(AbiError::Version { found });
+        }
+        let name_ptr = unsafe { name() };
+        let name = if name_ptr.is_null() {
+            "unnamed".to_string()
+        } else {
+            // SAFETY: a NUL-terminated static string, as the ABI requires.
+            unsafe { std::ffi::CStr::from_ptr(name_ptr) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Ok(Self {
+            _lib: Arc::new(lib),
+            name,
+            allocate,
+        })
+    }
+
+    /// The name the library reports.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs one cycle over `snap`.
+    ///
+    /// # Errors
+    /// [`AbiError::Code`] for an error code from the policy; [`AbiError::BadGrant`] for malformed grants.
+    #[allow(unsafe_code)]
+    pub fn allocate(&self, snap: &Snapshot) -> Result<Vec<Grant>, AbiError> {
+        let c = CSnapshot::new(snap);
+        let mut capacity = snap.agents.len() * 4 + 64;
+        loop {
+            let mut buf = GrantBuffer::new(capacity, c.kinds().len());
+            // SAFETY: both pointers are valid for the call and the library is loaded.
+            let code = unsafe { (self.allocate)(c.as_ptr(), buf.as_mut_ptr()) };
+            match code {
+                OK => return buf.read(snap, &c),
+                ERR_CAPACITY if capacity < snap.agents.len() * (snap.roles.len() + 1) + 64 => {
+                    capacity = snap.agents.len() * (snap.roles.len() + 1) + 64;
+                }
+                code => return Err(AbiError::Code(code)),
+            }
+        }
+    }
+}
+
+// SAFETY: the library stays loaded while any copy lives (Arc); the exported functions are pure per the ABI.
+#[allow(unsafe_code)]
+unsafe impl Send for NativePolicy {}
+#[allow(unsafe_code)]
+unsafe impl Sync for NativePolicy {}

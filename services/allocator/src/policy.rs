@@ -1,0 +1,287 @@
+//! Policy hosting: built-in and native policies behind one interface, each call bounded by a deadline, and
+//! artifacts stored in etcd pinned by their sha256.
+//!
+//! A call that fails (an error code, a panic, malformed grants, or no answer before the deadline) is a
+//! [`Failure`]; the engine then decides the cycle with the last good policy. A native policy that missed its
+//! deadline is abandoned on its worker thread and marked broken, so that it is not called again.
+
+use allot_common::Store;
+use allot_common::store::Kind;
+use allot_policy::{Grant, Snapshot};
+use allot_policy_abi::host::NativePolicy;
+use allot_proto::allocator::{PolicyArtifact, PolicyRef};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The built-in policies, by name.
+pub const BUILTINS: &[&str] = &["drf", "priority"];
+
+/// Size of one stored chunk of an artifact, in bytes (etcd refuses requests over 1.5 MiB by default).
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Why a policy call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The policy reported an error.
+    Error(String),
+    /// The policy did not answer before the deadline.
+    Timeout(Duration),
+    /// The policy panicked.
+    Panic(String),
+    /// The policy returned something that is not a list of grants over the snapshot.
+    Malformed(String),
+}
+
+impl Failure {
+    /// A short label for counters: `error`, `timeout`, `panic`, `malformed`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Error(_) => "error",
+            Failure::Timeout(_) => "timeout",
+            Failure::Panic(_) => "panic",
+            Failure::Malformed(_) => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Error(m) => write!(f, "error: {m}"),
+            Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
+            Failure::Panic(m) => write!(f, "panic: {m}"),
+            Failure::Malformed(m) => write!(f, "malformed output: {m}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Implementation {
+    Builtin(&'static str),
+    Native(Arc<NativePolicy>),
+}
+
+/// A policy ready to be called.
+#[derive(Clone)]
+pub struct Loaded {
+    /// What it is.
+    pub reference: PolicyRef,
+    imp: Implementation,
+    /// Set after it missed a deadline: it is not called again.
+    pub broken: bool,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("reference", &self.reference)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+/// The `PolicyRef` of built-in policy `name`.
+pub fn builtin_ref(name: &str) -> PolicyRef {
+    PolicyRef {
+        name: name.to_string(),
+        kind: "builtin".into(),
+        sha256: String::new(),
+    }
+}
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The kind of an artifact from its first bytes: `native` (ELF) or `wasm`.
+///
+/// # Errors
+/// A message when it is neither.
+pub fn artifact_kind(bytes: &[u8]) -> Result<&'static str, String> {
+    if bytes.starts_with(b"\x7fELF") {
+        Ok("native")
+    } else if bytes.starts_with(b"\0asm") {
+        Ok("wasm")
+    } else {
+        Err("the artifact is neither an ELF shared library nor a WASM component".into())
+    }
+}
+
+impl Loaded {
+    /// Built-in policy `name`, if there is one.
+    pub fn builtin(name: &str) -> Option<Loaded> {
+        let name = *BUILTINS.iter().find(|b| **b == name)?;
+        Some(Loaded {
+            reference: builtin_ref(name),
+            imp: Implementation::Builtin(name),
+            broken: false,
+        })
+    }
+
+    /// Loads the artifact in file `path` whose sha256 is `sha256`.
+    ///
+    /// # Errors
+    /// A message when the file is not a policy this allocator can load (wrong ABI version, missing symbols,
+    /// or a WASM component, which this build does not run yet).
+    pub fn from_file(path: &Path, sha256: &str) -> Result<Loaded, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        match artifact_kind(&bytes)? {
+            "native" => {
+                let p = NativePolicy::load(path).map_err(|e| e.to_string())?;
+                Ok(Loaded {
+                    reference: PolicyRef {
+                        name: p.name().to_string(),
+                        kind: "native".into(),
+                        sha256: sha256.to_string(),
+                    },
+                    imp: Implementation::Native(Arc::new(p)),
+                    broken: false,
+                })
+            }
+            _ => Err("WASM policies are not supported by this allocator build yet".into()),
+        }
+    }
+
+    /// Runs one cycle over `snapshot`, giving a native policy at most `deadline`.
+    ///
+    /// # Errors
+    /// [`Failure`] as described in the module documentation.
+    pub fn call(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        deadline: Duration,
+    ) -> Result<Vec<Grant>, Failure> {
+        if self.broken {
+            return Err(Failure::Error(
+                "the policy is broken (it missed a deadline) and is not called".into(),
+            ));
+        }
+        match &self.imp {
+            Implementation::Builtin(name) => {
+                let mut policy = crate::sim::builtin_policy(name).expect("built-in exists");
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.allocate(snapshot)))
+                    .map_err(|p| Failure::Panic(panic_text(&p)))
+            }
+            Implementation::Native(p) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (p, snap) = (p.clone(), snapshot.clone());
+                std::thread::Builder::new()
+                    .name(format!("policy-{}", self.reference.name))
+                    .spawn(move || {
+                        let _ = tx.send(p.allocate(&snap));
+                    })
+                    .map_err(|e| Failure::Error(format!("cannot start the policy thread: {e}")))?;
+                match rx.recv_timeout(deadline) {
+                    Ok(Ok(grants)) => Ok(grants),
+                    Ok(Err(allot_policy_abi::host::AbiError::BadGrant(m))) => {
+                        Err(Failure::Malformed(m))
+                    }
+                    Ok(Err(e)) => Err(Failure::Error(e.to_string())),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        Err(Failure::Timeout(deadline))
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Failure::Panic(
+                        "the policy thread ended without an answer".into(),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The key of an artifact's metadata.
+pub fn meta_key(store: &Store, sha256: &str) -> String {
+    store.key(Kind::Artifacts, &format!("{sha256}/meta"))
+}
+
+fn chunk_key(store: &Store, sha256: &str, i: u32) -> String {
+    store.key(Kind::Artifacts, &format!("{sha256}/chunk/{i:05}"))
+}
+
+/// Stores `bytes` as artifact `reference` in etcd: the chunks first, the metadata last (its presence means
+/// the artifact is complete).
+///
+/// # Errors
+/// A store error.
+pub async fn store_artifact(
+    store: &Store,
+    reference: &PolicyRef,
+    bytes: &[u8],
+) -> Result<PolicyArtifact, allot_common::StoreError> {
+    let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        store
+            .put_bytes(&chunk_key(store, &reference.sha256, i as u32), c.to_vec())
+            .await?;
+    }
+    let meta = PolicyArtifact {
+        r#ref: Some(reference.clone()),
+        size: bytes.len() as u64,
+        chunks: chunks.len() as u32,
+        loaded_at_ms: allot_common::now_ms(),
+    };
+    store
+        .put(&meta_key(store, &reference.sha256), &meta, None)
+        .await?;
+    Ok(meta)
+}
+
+/// The file of artifact `sha256` in `cache_dir`, fetched from etcd and checked against its sha256 if it is
+/// not there yet.
+///
+/// # Errors
+/// A message when the artifact is unknown, incomplete, or its bytes do not match its sha256.
+pub async fn materialize(store: &Store, sha256: &str, cache_dir: &Path) -> Result<PathBuf, String> {
+    let path = cache_dir.join(format!("{sha256}.policy"));
+    if let Ok(bytes) = std::fs::read(&path)
+        && sha256_hex(&bytes) == sha256
+    {
+        return Ok(path);
+    }
+    let (meta, _) = store
+        .get::<PolicyArtifact>(&meta_key(store, sha256))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no artifact with sha256 {sha256} is stored"))?;
+    let mut bytes = Vec::with_capacity(meta.size as usize);
+    for i in 0..meta.chunks {
+        let chunk = store
+            .get_bytes(&chunk_key(store, sha256, i))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("artifact {sha256} is missing chunk {i}"))?;
+        bytes.extend(chunk);
+    }
+    if sha256_hex(&bytes) != sha256 {
+        return Err(format!(
+            "artifact {sha256}: stored bytes do not match the sha256"
+        ));
+    }
+    write_cached(cache_dir, sha256, &bytes)
+}
+
+/// Writes `bytes` as the cached file of artifact `sha256` (atomically: a temporary file, then a rename).
+///
+/// # Errors
+/// A message for an I/O failure.
+pub fn write_cached(cache_dir: &Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+    let path = cache_dir.join(format!("{sha256}.policy"));
+    let tmp = cache_dir.join(format!(".{sha256}.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}

@@ -1,0 +1,351 @@
+//! Allocation policies as native plugins on a live cluster: loading pinned artifacts, swapping under a
+//! running workload, and containing plugins that fail (error codes, garbage, endless loops, overcommit).
+//! The misbehaving plugins are written in C against `plugins/abi/include/allot_policy.h` and compiled here
+//! with the system C compiler.
+
+use allot_proto::allocator::{
+    ActivatePolicyRequest, LoadPolicyRequest, PolicyStatusRequest, PolicyStatusResponse,
+    RollbackPolicyRequest, policy_admin_client::PolicyAdminClient,
+};
+use allot_proto::common::TaskState;
+use allot_proto::scheduler::event;
+use allot_tests::{Cluster, PATIENCE, TestFramework, eventually, task};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The native build of a built-in policy (`drf` or `priority`), built on demand.
+fn native(name: &str) -> Vec<u8> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target"));
+    let path = target
+        .join("debug")
+        .join(format!("liballot_{name}_native.so"));
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", &format!("allot-{name}-native")])
+            .current_dir(repo())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building allot-{name}-native");
+    }
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A C policy: whole agents to the first unfiltered framework while one framework is subscribed; `mode`
+/// decides what it does once there are two.
+fn c_plugin(dir: &Path, mode: &str) -> Vec<u8> {
+    let version = if mode == "wrong_abi" {
+        "99u"
+    } else {
+        "ALLOT_POLICY_ABI_VERSION"
+    };
+    let src = format!(
+        r#"
+#include "allot_policy.h"
+uint32_t allot_policy_abi_version(void) {{ return {version}; }}
+const char *allot_policy_name(void) {{ return "c-{mode}"; }}
+int32_t allot_policy_allocate(const allot_snapshot *s, allot_grants *out) {{
+    int misbehave = s->n_frameworks >= 2;
+    const char *mode = "{mode}";
+    if (misbehave && mode[0] == 'e') return ALLOT_POLICY_ERR_PANIC;          /* error */
+    if (misbehave && mode[0] == 'l') {{ volatile unsigned long x = 0; for (;;) x++; }}  /* loop */
+    uint32_t n = 0;
+    for (uint32_t a = 0; a < s->n_agents && n < out->capacity; a++) {{
+        for (uint32_t f = 0; f < s->n_frameworks; f++) {{
+            const allot_framework *fw = &s->frameworks[f];
+            int filtered = 0;
+            for (uint32_t k = 0; k < fw->n_filtered; k++) if (fw->filtered[k] == a) filtered = 1;
+            if (filtered) continue;
+            allot_grant *g = &out->grants[n++];
+            g->framework = (misbehave && mode[0] == 'g') ? 9999u : f;           /* garbage */
+            g->agent = a;
+            for (uint32_t k = 0; k < s->n_kinds; k++)
+                g->resources[k] = s->agents[a].available[k] * ((misbehave && mode[0] == 'o') ? 2 : 1); /* overcommit */
+            break;
+        }}
+    }}
+    out->len = n;
+    return ALLOT_POLICY_OK;
+}}
+"#
+    );
+    let c = dir.join(format!("{mode}.c"));
+    let so = dir.join(format!("{mode}.so"));
+    std::fs::write(&c, src).expect("write C source");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&so)
+        .arg(&c)
+        .arg("-I")
+        .arg(repo().join("plugins/abi/include"))
+        .status()
+        .expect("a C compiler (cc) is installed");
+    assert!(status.success(), "compiling {mode}.c");
+    std::fs::read(&so).expect("plugin built")
+}
+
+fn admin(cluster: &Cluster) -> PolicyAdminClient<Channel> {
+    PolicyAdminClient::new(
+        allot_common::grpc::channel(&cluster.allocator.addr.to_string()).expect("channel"),
+    )
+    .max_encoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
+}
+
+async fn load(
+    cluster: &Cluster,
+    artifact: Vec<u8>,
+    activate: bool,
+) -> Result<String, tonic::Status> {
+    let r = admin(cluster)
+        .load(LoadPolicyRequest {
+            artifact,
+            sha256: String::new(),
+            activate,
+        })
+        .await?
+        .into_inner();
+    Ok(r.artifact
+        .and_then(|a| a.r#ref)
+        .map(|r| r.sha256)
+        .unwrap_or_default())
+}
+
+async fn status(cluster: &Cluster) -> PolicyStatusResponse {
+    admin(cluster)
+        .status(PolicyStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+async fn running(cluster: &Cluster) -> (String, String) {
+    let r = status(cluster).await.running.unwrap_or_default();
+    (r.name, r.kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_checked_before_they_are_stored() {
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let e = load(&cluster, c_plugin(dir.path(), "wrong_abi"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("ABI version 99"), "{}", e.message());
+    let e = load(&cluster, b"#!/bin/sh\necho hi\n".to_vec(), false)
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("neither an ELF"), "{}", e.message());
+    let e = admin(&cluster)
+        .load(LoadPolicyRequest {
+            artifact: native("drf"),
+            sha256: "00".repeat(32),
+            activate: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("sha256 mismatch"), "{}", e.message());
+    let e = admin(&cluster)
+        .activate(ActivatePolicyRequest {
+            reference: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = admin(&cluster)
+        .rollback(RollbackPolicyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
+    let mut cluster = Cluster::start().await;
+    for _ in 0..3 {
+        cluster.add_agent("cpus:1;mem:256").await;
+    }
+    let mut fw = TestFramework::subscribe(&cluster, "steady", "*").await;
+    let drf_sha = load(&cluster, native("drf"), false)
+        .await
+        .expect("load native drf");
+    let prio_sha = load(&cluster, native("priority"), false)
+        .await
+        .expect("load native priority");
+    let steps: Vec<(&str, (&str, &str))> = vec![
+        (drf_sha.as_str(), ("drf", "native")),
+        (prio_sha.as_str(), ("priority", "native")),
+        ("rollback", ("drf", "native")),
+        ("drf", ("drf", "builtin")),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    let mut launched = 0;
+    for (step, want) in steps {
+        if step == "rollback" {
+            admin(&cluster)
+                .rollback(RollbackPolicyRequest {})
+                .await
+                .expect("rollback");
+        } else {
+            admin(&cluster)
+                .activate(ActivatePolicyRequest {
+                    reference: step[..12.min(step.len())].to_string(),
+                })
+                .await
+                .expect("activate");
+        }
+        eventually("the allocator runs the new policy", || async {
+            running(&cluster).await == (want.0.into(), want.1.into())
+        })
+        .await;
+        // Keep the workload going: every offer is used for one short task, then released.
+        for _ in 0..3 {
+            let offers = fw.offers().await;
+            for o in offers {
+                assert!(
+                    seen.insert(o.offer_id.clone()),
+                    "offer {} made twice",
+                    o.offer_id
+                );
+                launched += 1;
+                fw.accept(
+                    &o.offer_id,
+                    vec![task(&format!("t{launched}"), "true", 0.5, 64.0)],
+                    0.0,
+                )
+                .await
+                .expect("every offer made under any policy is valid");
+            }
+        }
+    }
+    for i in 1..=launched {
+        fw.await_state(&format!("t{i}"), TaskState::TaskFinished)
+            .await;
+    }
+    let rescinds = fw
+        .wait_for(Duration::from_millis(200), |e| {
+            matches!(e, event::Event::Rescind(_)).then_some(())
+        })
+        .await;
+    assert!(rescinds.is_none(), "no offer was rescinded by a swap");
+    let s = status(&cluster).await;
+    assert_eq!((s.failures, s.dropped_grants), (0, 0), "{s:?}");
+}
+
+/// Activates the C plugin `mode` while one framework is subscribed (its trial passes), then subscribes a
+/// second framework, which makes it misbehave. Returns the cluster and the second framework.
+async fn misbehaving(mode: &str) -> (Cluster, TestFramework, tempfile::TempDir) {
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("cpus:1;mem:256").await;
+    cluster.add_agent("cpus:1;mem:256").await;
+    let mut first = TestFramework::subscribe(&cluster, "first", "*").await;
+    // Keep the first framework away from the agents so they stay free for the second.
+    for o in first.offers().await {
+        first.decline(&o.offer_id, 600.0).await.expect("decline");
+    }
+    while let Some(more) = first.offers_within(Duration::from_millis(300)).await {
+        for o in more {
+            first.decline(&o.offer_id, 600.0).await.expect("decline");
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    load(&cluster, c_plugin(dir.path(), mode), true)
+        .await
+        .expect("the plugin passes its trial");
+    let name = format!("c-{mode}");
+    eventually("the plugin runs", || async {
+        running(&cluster).await.0 == name
+    })
+    .await;
+    let second = TestFramework::subscribe(&cluster, "second", "*").await;
+    (cluster, second, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_returning_an_error_is_contained() {
+    let (cluster, mut second, _dir) = misbehaving("error").await;
+    assert!(
+        !second.offers().await.is_empty(),
+        "allocation goes on with the last good policy"
+    );
+    let s = status(&cluster).await;
+    assert!(s.failures >= 1 && s.fallbacks >= 1, "{s:?}");
+    assert!(
+        s.failures_by_reason.get("error").copied().unwrap_or(0) >= 1,
+        "{s:?}"
+    );
+    assert!(s.last_error.contains("error code 3"), "{}", s.last_error);
+    assert_eq!(s.last_good.unwrap_or_default().name, "drf");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_returning_garbage_is_contained() {
+    let (cluster, mut second, _dir) = misbehaving("garbage").await;
+    assert!(!second.offers().await.is_empty());
+    let s = status(&cluster).await;
+    assert!(
+        s.failures_by_reason.get("malformed").copied().unwrap_or(0) >= 1,
+        "{s:?}"
+    );
+    assert!(
+        s.last_error.contains("framework index 9999"),
+        "{}",
+        s.last_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_loops_is_abandoned_and_allocation_goes_on() {
+    let (cluster, mut second, _dir) = misbehaving("loop").await;
+    // It times out once, is marked broken, and is not called again: later cycles fall back at once.
+    for _ in 0..3 {
+        for o in second.offers().await {
+            second.decline(&o.offer_id, 0.0).await.expect("decline");
+        }
+    }
+    let s = status(&cluster).await;
+    assert_eq!(
+        s.failures_by_reason.get("timeout").copied(),
+        Some(1),
+        "{s:?}"
+    );
+    assert_eq!(s.failures, 1, "{s:?}");
+    assert!(s.fallbacks >= 3, "{s:?}");
+    assert_eq!(
+        s.last_good.unwrap_or_default().name,
+        "drf",
+        "the fallback is the policy before the plugin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overcommitting_grants_are_dropped_and_counted_and_rollback_restores() {
+    let (cluster, mut second, _dir) = misbehaving("overcommit").await;
+    eventually("overcommitting grants are dropped", || async {
+        status(&cluster).await.dropped_grants >= 2
+    })
+    .await;
+    assert!(
+        second
+            .offers_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no invalid grant became an offer"
+    );
+    admin(&cluster)
+        .rollback(RollbackPolicyRequest {})
+        .await
+        .expect("rollback");
+    assert!(
+        !second.offers().await.is_empty(),
+        "the rolled-back policy offers again"
+    );
+    let _ = PATIENCE;
+}
