@@ -37,16 +37,19 @@
 //!
 //! Output, one JSON object per line: `{"type":"offer","t":..,"framework":..,"agent":..,"resources":{..},
 //! "reserved":{role:{..}}}` (`reserved` only when some are), `{"type":"launch",...,"resources":{..}}`,
-//! `{"type":"rescind","t":..,"framework":..,"agent":..}`, and with `--summary` a final `{"type":"summary",..}`
+//! `{"type":"rescind","t":..,"framework":..,"agent":..}`, `{"type":"rejected",..,"reason":..}` for a grant the
+//! host refused (overcommit, filtered, quota, ...), and with `--summary` a final `{"type":"summary",..}`
 //! with offers and launches per framework, dominant shares per framework and role at the end, and Jain's
 //! fairness index of the frameworks' weighted dominant shares (Jain, Chiu, Hawe, DEC-TR-301, 1984).
 
 use crate::books::{Books, Offer, Piece, RoleConfig};
+use crate::policy::Loaded;
 use allot_policy::{Policy, Resources, dominant_share};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 
 /// Why a scenario could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +251,7 @@ struct Counts {
 /// Options for one simulation.
 #[derive(Debug, Clone, Default)]
 pub struct SimOptions {
-    /// Overrides the scenario's policy.
+    /// Overrides the scenario's policy: a built-in name or the path of a policy library.
     pub policy: Option<String>,
     /// Shuffles agents every cycle in an order drawn from this seed; `None` keeps them sorted by ID.
     pub seed: Option<u64>,
@@ -267,7 +270,7 @@ pub fn builtin_policy(name: &str) -> Option<Box<dyn Policy>> {
 
 struct Sim<'w> {
     books: Books,
-    policy: Box<dyn Policy>,
+    policy: Loaded,
     now_ms: i64,
     interval_ms: i64,
     roles: BTreeMap<String, String>,
@@ -360,7 +363,28 @@ impl Sim<'_> {
 
     fn allocate(&mut self) -> Result<(), SimError> {
         let now = self.now();
-        let cycle = self.books.run_cycle(self.policy.as_mut(), now);
+        let snapshot = Arc::new(self.books.snapshot(now));
+        if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
+            return Ok(());
+        }
+        let grants = self
+            .policy
+            .call(&snapshot, std::time::Duration::from_secs(10))
+            .map_err(|f| {
+                SimError::Policy(format!(
+                    "{} failed at t={now}: {f}",
+                    self.policy.reference.name
+                ))
+            })?;
+        let (offers, rejected) = self.books.apply_grants(grants, now);
+        for (g, why) in rejected {
+            self.line(json!({"type": "rejected", "t": secs(self.now_ms), "framework": g.framework, "agent": g.agent,
+                             "resources": resources_json(&g.total()), "reason": why.as_str()}))?;
+        }
+        let cycle = crate::books::Cycle {
+            offers,
+            ..Default::default()
+        };
         for o in &cycle.offers {
             let mut line = json!({"type": "offer", "t": secs(self.now_ms), "framework": o.framework, "agent": o.agent,
                                   "resources": resources_json(&o.piece.total())});
@@ -700,11 +724,23 @@ pub fn run(scenario: &str, opts: &SimOptions, out: &mut dyn Write) -> Result<(),
         .clone()
         .or(sc.policy.clone())
         .unwrap_or_else(|| "drf".to_string());
-    let policy = builtin_policy(&policy_name).ok_or_else(|| {
-        SimError::Policy(format!(
-            "unknown policy '{policy_name}' (built in: drf, priority)"
-        ))
-    })?;
+    let policy = match Loaded::builtin(&policy_name) {
+        Some(p) => p,
+        None if std::path::Path::new(&policy_name).exists() => {
+            let bytes = std::fs::read(&policy_name)
+                .map_err(|e| SimError::Policy(format!("{policy_name}: {e}")))?;
+            Loaded::from_file(
+                std::path::Path::new(&policy_name),
+                &crate::policy::sha256_hex(&bytes),
+            )
+            .map_err(SimError::Policy)?
+        }
+        None => {
+            return Err(SimError::Policy(format!(
+                "unknown policy '{policy_name}' (built in: drf, priority; or a path to a policy library)"
+            )));
+        }
+    };
     let interval_ms = to_ms(sc.allocation_interval)
         .ok()
         .filter(|ms| *ms > 0)

@@ -275,3 +275,39 @@ fn bad_scenarios_are_clear_errors() {
         assert!(err.contains(want), "{text:?}: {err}");
     }
 }
+
+#[test]
+fn a_native_policy_library_runs_in_the_simulator_like_the_builtin() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo.join("target"));
+    let lib = target.join("debug/liballot_drf_native.so");
+    if !lib.exists() {
+        let ok = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "allot-drf-native"])
+            .current_dir(&repo)
+            .status()
+            .expect("cargo runs")
+            .success();
+        assert!(ok, "building allot-drf-native");
+    }
+    for name in [
+        "drf-paper.yaml",
+        "offer-filter.yaml",
+        "two-roles-weights.yaml",
+    ] {
+        let builtin = sim(&example(name));
+        let native = sim_with(
+            &example(name),
+            &SimOptions {
+                policy: Some(lib.display().to_string()),
+                ..SimOptions::default()
+            },
+        );
+        assert_eq!(
+            builtin, native,
+            "{name}: the native build decides exactly like the built-in"
+        );
+    }
+}
