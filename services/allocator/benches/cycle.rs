@@ -1,0 +1,115 @@
+//! One full allocation cycle through the allocator's host (snapshot, policy, validation of every grant into an
+//! offer) at 1,000 / 10,000 / 50,000 agents x 10 / 100 / 1,000 frameworks; agents of cpus 24 and mem 4096,
+//! frameworks spread over 10 roles, all resources free (the worst case: every agent is offered). Built-in DRF
+//! and the native build of the same DRF (`liballot_drf_native.so`, loaded through the C ABI) in the same run.
+//!
+//! Run: `cargo build --release -p allot-drf-native && cargo bench -p allot-allocator --bench cycle`
+//! Options (after `--`): `--quick` for the smaller sizes only; `--runs N` (default 5, the median is reported).
+//! Anchor: Mesos 1.x needs about 1.06 s for 10,000 agents x 1,000 frameworks in its own allocator benchmark.
+
+use allot_allocator::books::Books;
+use allot_allocator::policy::Loaded;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn books(agents: usize, frameworks: usize) -> Books {
+    let mut b = Books::new("bench");
+    for i in 0..agents {
+        let id = format!("agent-{i:06}");
+        b.set_agent(
+            &id,
+            "cpus:24;mem:4096".parse().expect("resources"),
+            Default::default(),
+        );
+        b.set_reachable(&id, true);
+    }
+    for i in 0..frameworks {
+        let id = format!("fw-{i:05}");
+        b.add_framework(&id, &format!("role-{}", i % 10), 0);
+        b.activate(&id, false);
+    }
+    b
+}
+
+fn cycle(template: &Books, policy: &Loaded) -> (Duration, usize) {
+    let mut b = template.clone();
+    let started = Instant::now();
+    let snapshot = Arc::new(b.snapshot(0.0));
+    let grants = policy
+        .call(&snapshot, Duration::from_secs(600))
+        .expect("the policy runs");
+    let (offers, rejected) = b.apply_grants(grants, 0.0);
+    let took = started.elapsed();
+    assert!(rejected.is_empty(), "{} grants rejected", rejected.len());
+    (took, offers.len())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let lib = ["release", "debug"]
+        .iter()
+        .map(|p| target.join(p).join("liballot_drf_native.so"))
+        .find(|p| p.exists());
+    let native = lib.as_ref().map(|p| {
+        let bytes = std::fs::read(p).expect("read the library");
+        Loaded::from_file(p, &allot_allocator::policy::sha256_hex(&bytes))
+            .expect("load the library")
+    });
+    let builtin = Loaded::builtin("drf").expect("drf");
+    println!(
+        "# one allocation cycle, median of {runs} runs; native: {}",
+        lib.map(|p| p.display().to_string())
+            .unwrap_or("not built".into())
+    );
+    println!(
+        "{:>7} {:>10} {:>8} {:>14} {:>14} {:>8}",
+        "agents", "frameworks", "offers", "builtin drf", "native drf", "native/builtin"
+    );
+    let agent_sizes: &[usize] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 50_000]
+    };
+    for &agents in agent_sizes {
+        for &frameworks in &[10usize, 100, 1_000] {
+            let template = books(agents, frameworks);
+            let mut offers = 0;
+            let b = median(
+                (0..runs)
+                    .map(|_| {
+                        let (d, n) = cycle(&template, &builtin);
+                        offers = n;
+                        d
+                    })
+                    .collect(),
+            );
+            let n = native
+                .as_ref()
+                .map(|p| median((0..runs).map(|_| cycle(&template, p).0).collect()));
+            println!(
+                "{agents:>7} {frameworks:>10} {offers:>8} {:>11.2} ms {:>11} {:>8}",
+                b.as_secs_f64() * 1e3,
+                n.map(|n| format!("{:.2} ms", n.as_secs_f64() * 1e3))
+                    .unwrap_or("-".into()),
+                n.map(|n| format!("{:.2}x", n.as_secs_f64() / b.as_secs_f64()))
+                    .unwrap_or("-".into()),
+            );
+        }
+    }
+}
