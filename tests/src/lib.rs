@@ -211,13 +211,10 @@ impl Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let etcd = Etcd::start().await;
-        let endpoints = vec![etcd.endpoint.clone()];
-        let root = allot_common::store::DEFAULT_ROOT.to_string();
         let cfg = allot_registry::Config {
             config: None,
             listen: String::new(),
-            etcd_endpoints: endpoints.clone(),
-            etcd_root: root.clone(),
+            etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             agent_timeout: opts.agent_timeout,
         };
         let registry = Service::spawn(|l, rx| async move {
@@ -229,8 +226,7 @@ impl Cluster {
         let cfg = allot_allocator::Config {
             config: None,
             listen: String::new(),
-            etcd_endpoints: endpoints.clone(),
-            etcd_root: root.clone(),
+            etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             allocation_interval: opts.allocation_interval,
             policy: "drf".into(),
             policy_dir: dir.path().join("policies"),
@@ -245,8 +241,7 @@ impl Cluster {
         let cfg = allot_offer_broker::Config {
             config: None,
             listen: String::new(),
-            etcd_endpoints: endpoints,
-            etcd_root: root,
+            etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             allocator: allocator.addr.to_string(),
             heartbeat_interval: opts.heartbeat_interval,
         };

@@ -2,6 +2,7 @@
 
 use crate::executor::{Launch, run_task, sandbox_path};
 use crate::{Agent, Running, forward_updates};
+use allot_common::valid_id;
 use allot_proto::agent::{agent_server, *};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +11,6 @@ use tonic::{Request, Response, Status};
 
 /// The agent's gRPC service.
 pub struct AgentService(pub Arc<Agent>);
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
 
 #[tonic::async_trait]
 impl agent_server::Agent for AgentService {

@@ -34,17 +34,9 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5051")]
     pub listen: String,
-    /// etcd endpoints (comma-separated or repeated).
-    #[arg(
-        long,
-        env = "ALLOT_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// Key root in etcd.
-    #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = allot_common::store::DEFAULT_ROOT)]
-    pub etcd_root: String,
+    /// Where etcd is.
+    #[command(flatten)]
+    pub etcd: allot_common::config::EtcdArgs,
     /// Time between periodic allocation cycles; events that add supply or demand also trigger one.
     #[arg(long, env = "ALLOT_ALLOCATION_INTERVAL", default_value = "1s", value_parser = allot_common::config::parse_duration)]
     pub allocation_interval: Duration,
@@ -59,16 +51,8 @@ pub struct Config {
     pub policy_timeout: Duration,
 }
 
-/// An allocator failure that stops the service.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// etcd could not be reached at start.
-    #[error(transparent)]
-    Store(#[from] allot_common::StoreError),
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
+/// A failure that stops the service.
+pub use allot_common::ServiceError as Error;
 
 /// Runs the allocator on `listener` until `shutdown` resolves.
 ///
@@ -79,7 +63,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let store = allot_common::Store::connect(&config.etcd_endpoints, &config.etcd_root).await?;
+    let store = config.etcd.connect().await?;
     let policy = policy::Loaded::builtin(&config.policy).expect("clap checked the policy name");
     let engine = engine::Engine::start(
         store.clone(),

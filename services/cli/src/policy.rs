@@ -56,6 +56,21 @@ fn ref_json(r: &Option<PolicyRef>) -> serde_json::Value {
     }
 }
 
+/// Prints the active-policy record an activation or rollback answered with.
+fn print_record(
+    r: Result<Option<allot_proto::allocator::PolicyRecord>, tonic::Status>,
+) -> anyhow::Result<()> {
+    let rec = r
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .unwrap_or_default();
+    println!(
+        "active: {} (was {})",
+        show(&rec.active),
+        show(&rec.previous)
+    );
+    Ok(())
+}
+
 /// Runs an `allot policy` subcommand against the allocator at `addr`.
 pub async fn run(addr: &str, command: PolicyCommand, as_json: bool) -> anyhow::Result<i32> {
     let mut client = PolicyAdminClient::new(allot_common::grpc::channel(addr)?)
@@ -151,32 +166,12 @@ pub async fn run(addr: &str, command: PolicyCommand, as_json: bool) -> anyhow::R
             }
         }
         PolicyCommand::Activate { reference } => {
-            let r = client
-                .activate(ActivatePolicyRequest { reference })
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))
-                .with_context(ctx)?
-                .into_inner();
-            let rec = r.record.unwrap_or_default();
-            println!(
-                "active: {} (was {})",
-                show(&rec.active),
-                show(&rec.previous)
-            );
+            let r = client.activate(ActivatePolicyRequest { reference }).await;
+            print_record(r.map(|r| r.into_inner().record)).with_context(ctx)?;
         }
         PolicyCommand::Rollback => {
-            let r = client
-                .rollback(RollbackPolicyRequest {})
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))
-                .with_context(ctx)?
-                .into_inner();
-            let rec = r.record.unwrap_or_default();
-            println!(
-                "active: {} (was {})",
-                show(&rec.active),
-                show(&rec.previous)
-            );
+            let r = client.rollback(RollbackPolicyRequest {}).await;
+            print_record(r.map(|r| r.into_inner().record)).with_context(ctx)?;
         }
         PolicyCommand::Status => {
             let s = client

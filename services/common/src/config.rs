@@ -134,6 +134,40 @@ fn file_args(path: &Path, args: &[OsString]) -> Result<Vec<OsString>, ConfigErro
     Ok(out)
 }
 
+/// Where etcd is: the flags every control-plane service shares (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints (comma-separated or repeated).
+    #[arg(
+        long,
+        env = "ALLOT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Key root in etcd.
+    #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = crate::store::DEFAULT_ROOT)]
+    pub etcd_root: String,
+}
+
+impl EtcdArgs {
+    /// Endpoints at `endpoint` with the default key root.
+    pub fn at(endpoint: &str) -> Self {
+        Self {
+            etcd_endpoints: vec![endpoint.to_string()],
+            etcd_root: crate::store::DEFAULT_ROOT.to_string(),
+        }
+    }
+
+    /// Connects to etcd.
+    ///
+    /// # Errors
+    /// [`crate::StoreError::Etcd`] if no endpoint answers.
+    pub async fn connect(&self) -> Result<crate::Store, crate::StoreError> {
+        crate::Store::connect(&self.etcd_endpoints, &self.etcd_root).await
+    }
+}
+
 /// Parses a duration with units (`500ms`, `5s`, `2m`) for clap's `value_parser`.
 ///
 /// # Errors

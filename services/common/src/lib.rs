@@ -15,6 +15,27 @@ pub mod store;
 
 pub use store::{Store, StoreError};
 
+/// A failure that stops a control-plane service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// etcd could not be reached at start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server failed, or an address is invalid.
+    #[error("gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Whether `id` is a valid agent, framework or task ID: 1-128 characters of `[A-Za-z0-9._-]` (safe as a path
+/// component and an etcd key segment).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// Unix time now, in milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -57,6 +57,22 @@ struct Inner {
     alive: HashSet<String>,
 }
 
+impl Inner {
+    /// Removes every outstanding offer of framework `fw`; returns their IDs.
+    fn take_framework_offers(&mut self, fw: &str) -> Vec<String> {
+        let ids: Vec<String> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| o.offer.framework_id == fw)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.offers.remove(id);
+        }
+        ids
+    }
+}
+
 /// The offer-broker. Shared behind an `Arc` by every gRPC service and background task.
 pub struct Broker {
     store: Store,
@@ -522,15 +538,7 @@ impl Broker {
                 .as_ref()
                 .map(|i| i.failover_timeout)
                 .unwrap_or(0.0);
-            let offers: Vec<String> = inner
-                .offers
-                .iter()
-                .filter(|(_, o)| o.offer.framework_id == fw)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &offers {
-                inner.offers.remove(id);
-            }
+            let offers = inner.take_framework_offers(&fw);
             (offers, timeout)
         };
         tracing::info!(framework = %fw, failover_timeout = timeout, "framework disconnected");
@@ -1083,15 +1091,7 @@ impl Broker {
                 f.record = record;
                 f.sender = None;
             }
-            let offers: Vec<String> = inner
-                .offers
-                .iter()
-                .filter(|(_, o)| o.offer.framework_id == fw)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &offers {
-                inner.offers.remove(id);
-            }
+            let offers = inner.take_framework_offers(fw);
             let live: Vec<(String, String)> = inner
                 .tasks
                 .values()

@@ -33,17 +33,9 @@ pub struct Config {
     /// Address to serve gRPC on (schedulers, agents' status updates, operators).
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5052")]
     pub listen: String,
-    /// etcd endpoints (comma-separated or repeated).
-    #[arg(
-        long,
-        env = "ALLOT_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// Key root in etcd.
-    #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = allot_common::store::DEFAULT_ROOT)]
-    pub etcd_root: String,
+    /// Where etcd is.
+    #[command(flatten)]
+    pub etcd: allot_common::config::EtcdArgs,
     /// The allocator's gRPC address.
     #[arg(long, env = "ALLOT_ALLOCATOR", default_value = "127.0.0.1:5051")]
     pub allocator: String,
@@ -52,16 +44,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
 }
 
-/// An offer-broker failure that stops the service.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// etcd could not be reached at start.
-    #[error(transparent)]
-    Store(#[from] allot_common::StoreError),
-    /// The gRPC server failed, or the allocator address is invalid.
-    #[error("gRPC: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
+/// A failure that stops the service.
+pub use allot_common::ServiceError as Error;
 
 /// Runs the offer-broker on `listener` until `shutdown` resolves.
 ///
@@ -72,7 +56,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let store = allot_common::Store::connect(&config.etcd_endpoints, &config.etcd_root).await?;
+    let store = config.etcd.connect().await?;
     let allocator = allot_common::grpc::channel(&config.allocator)?;
     let broker = Arc::new(broker::Broker::new(
         store,

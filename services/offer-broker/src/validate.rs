@@ -6,14 +6,7 @@ use allot_proto::common::TaskInfo;
 use std::collections::HashSet;
 use tonic::Status;
 
-/// Whether `id` is a valid task, framework or agent ID: 1-128 characters of `[A-Za-z0-9._-]`.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
+pub use allot_common::valid_id;
 
 /// A task that passed validation, with its parsed resources.
 #[derive(Debug, Clone)]

@@ -61,14 +61,6 @@ impl RegistryService {
             .insert(agent_id.to_string(), lease.clone());
         Ok(lease)
     }
-
-    fn valid_id(id: &str) -> bool {
-        !id.is_empty()
-            && id.len() <= 128
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    }
 }
 
 #[tonic::async_trait]
@@ -101,7 +93,7 @@ impl Registry for RegistryService {
         }
         let agent_id = if req.agent_id.is_empty() {
             allot_common::new_id("agent")
-        } else if Self::valid_id(&req.agent_id) {
+        } else if allot_common::valid_id(&req.agent_id) {
             req.agent_id
         } else {
             return Err(Status::invalid_argument(format!(

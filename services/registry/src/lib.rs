@@ -27,32 +27,16 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5050")]
     pub listen: String,
-    /// etcd endpoints (comma-separated or repeated).
-    #[arg(
-        long,
-        env = "ALLOT_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// Key root in etcd.
-    #[arg(long, env = "ALLOT_ETCD_ROOT", default_value = allot_common::store::DEFAULT_ROOT)]
-    pub etcd_root: String,
+    /// Where etcd is.
+    #[command(flatten)]
+    pub etcd: allot_common::config::EtcdArgs,
     /// How long an agent may go without a heartbeat before it is unreachable (etcd rounds up to whole seconds).
     #[arg(long, env = "ALLOT_AGENT_TIMEOUT", default_value = "15s", value_parser = allot_common::config::parse_duration)]
     pub agent_timeout: Duration,
 }
 
-/// A registry failure that stops the service.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// etcd could not be reached at start.
-    #[error(transparent)]
-    Store(#[from] allot_common::StoreError),
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
+/// A failure that stops the service.
+pub use allot_common::ServiceError as Error;
 
 /// Runs the registry on `listener` until `shutdown` resolves.
 ///
@@ -63,7 +47,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let store = allot_common::Store::connect(&config.etcd_endpoints, &config.etcd_root).await?;
+    let store = config.etcd.connect().await?;
     let service = grpc::RegistryService::new(store, config.agent_timeout);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving");
     let router = allot_common::grpc::server()
