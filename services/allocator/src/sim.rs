@@ -348,12 +348,7 @@ impl Sim<'_> {
             return None;
         }
         let mut pool = offer.piece.reserved.clone();
-        let mut reserved = Resources::new();
-        for (name, milli) in want.scalars() {
-            reserved.set_scalar_milli(name, milli.min(pool.scalar_milli(name)));
-        }
-        pool.subtract(&reserved);
-        let unreserved = want.minus(&reserved);
+        let (unreserved, reserved) = allot_common::convert::take_from(want, &mut pool);
         offer.piece.unreserved.contains(&unreserved).then(|| Piece {
             unreserved,
             reserved,
