@@ -332,13 +332,18 @@ pub struct TestFramework {
 impl TestFramework {
     /// Subscribes as `name` in `role` and waits for SUBSCRIBED.
     pub async fn subscribe(cluster: &Cluster, name: &str, role: &str) -> TestFramework {
-        let mut client = SchedulerClient::new(cluster.broker_channel());
         let info = FrameworkInfo {
             name: name.into(),
             user: "test".into(),
             roles: vec![role.into()],
             ..Default::default()
         };
+        Self::subscribe_with(cluster, info).await
+    }
+
+    /// Subscribes with `info` and waits for SUBSCRIBED.
+    pub async fn subscribe_with(cluster: &Cluster, info: FrameworkInfo) -> TestFramework {
+        let mut client = SchedulerClient::new(cluster.broker_channel());
         let mut stream = client
             .subscribe(pb::SubscribeRequest {
                 framework_info: Some(info),

@@ -5,7 +5,7 @@
 
 use allot_proto::allocator::{
     ActivatePolicyRequest, LoadPolicyRequest, PolicyStatusRequest, PolicyStatusResponse,
-    RollbackPolicyRequest, policy_admin_client::PolicyAdminClient,
+    RollbackPolicyRequest, ShadowPolicyRequest, policy_admin_client::PolicyAdminClient,
 };
 use allot_proto::common::TaskState;
 use allot_proto::scheduler::event;
@@ -348,4 +348,58 @@ async fn overcommitting_grants_are_dropped_and_counted_and_rollback_restores() {
         "the rolled-back policy offers again"
     );
     let _ = PATIENCE;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_policy_is_compared_without_being_applied() {
+    let mut cluster = Cluster::start().await;
+    let info = |name: &str, role: &str, priority| allot_proto::common::FrameworkInfo {
+        name: name.into(),
+        user: "test".into(),
+        roles: vec![role.into()],
+        priority,
+        ..Default::default()
+    };
+    let mut low = TestFramework::subscribe_with(&cluster, info("low", "batch", 0)).await;
+    let mut high = TestFramework::subscribe_with(&cluster, info("high", "service", 10)).await;
+    admin(&cluster)
+        .shadow(ShadowPolicyRequest {
+            reference: "priority".into(),
+            off: false,
+        })
+        .await
+        .expect("shadow");
+    cluster.add_agent("cpus:1;mem:256").await;
+    cluster.add_agent("cpus:1;mem:256").await;
+    // DRF, the active policy, gives each framework one agent...
+    assert_eq!(low.offers().await.len() + high.offers().await.len(), 2);
+    // ...while the shadow would have given both to the high priority class.
+    eventually("the shadow report shows the difference", || async {
+        status(&cluster)
+            .await
+            .shadow
+            .is_some_and(|s| s.differing_grants >= 1)
+    })
+    .await;
+    let sh = status(&cluster).await.shadow.expect("shadow report");
+    assert_eq!(sh.policy.unwrap_or_default().name, "priority");
+    assert!(
+        sh.mean_share_delta["service"] > 0.0,
+        "{:?}",
+        sh.mean_share_delta
+    );
+    assert!(
+        sh.mean_share_delta["batch"] < 0.0,
+        "{:?}",
+        sh.mean_share_delta
+    );
+    assert_eq!(sh.invalid_grants, 0);
+    admin(&cluster)
+        .shadow(ShadowPolicyRequest {
+            reference: String::new(),
+            off: true,
+        })
+        .await
+        .expect("shadow off");
+    assert!(status(&cluster).await.shadow.is_none());
 }

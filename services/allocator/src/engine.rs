@@ -13,7 +13,7 @@ use allot_common::store::{Kind, decode};
 use allot_policy::Resources;
 use allot_proto::allocator::{
     AllocatorEvent, Grant as PbGrant, Grants, PolicyRecord, PolicyRef, PolicyStatusResponse,
-    RescindOffers, allocator_event,
+    RescindOffers, ShadowReport, allocator_event,
 };
 use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskRecord, TaskState};
 use std::collections::BTreeMap;
@@ -110,6 +110,8 @@ pub enum Command {
     },
     /// Reports the policy status.
     Status(oneshot::Sender<PolicyStatusResponse>),
+    /// Starts (or, with `None`, stops) a shadow policy.
+    Shadow(Option<Loaded>),
 }
 
 /// A handle on the running engine. Cheap to clone.
@@ -327,6 +329,9 @@ struct State {
     load_error: String,
     deadline: Duration,
     stats: PolicyStats,
+    shadow: Option<(Loaded, ShadowReport)>,
+    /// Per role, the sum of per-cycle share deltas (shadow - active), and how many cycles were compared.
+    shadow_deltas: (BTreeMap<String, f64>, u64),
     subscriber: Option<Subscriber>,
     interval: Duration,
     start: Instant,
@@ -498,6 +503,19 @@ impl State {
                     last_error_at_ms: s.last_error_at_ms,
                     failures_by_reason: s.by_reason.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     load_error: self.load_error.clone(),
+                    shadow: self.shadow.as_ref().map(|(_, r)| r.clone()),
+                });
+                false
+            }
+            Command::Shadow(candidate) => {
+                self.shadow_deltas = (BTreeMap::new(), 0);
+                self.shadow = candidate.map(|p| {
+                    tracing::info!(policy = %p.reference.name, "shadow policy started");
+                    let report = ShadowReport {
+                        policy: Some(p.reference.clone()),
+                        ..ShadowReport::default()
+                    };
+                    (p, report)
                 });
                 false
             }
@@ -523,6 +541,54 @@ impl State {
             ));
         }
         Ok((n, micros))
+    }
+
+    /// Runs the shadow policy, if any, on this cycle's snapshot and compares it with the active `grants`.
+    fn run_shadow(
+        &mut self,
+        snapshot: &Arc<allot_policy::Snapshot>,
+        grants: &[allot_policy::Grant],
+    ) {
+        let Some((candidate, report)) = self.shadow.as_mut() else {
+            return;
+        };
+        if candidate.broken {
+            return;
+        }
+        report.cycles += 1;
+        match candidate.call(snapshot, self.deadline) {
+            Ok(theirs) => {
+                let c = crate::shadow::compare(snapshot, grants, &theirs);
+                report.active_grants += c.active_grants;
+                report.shadow_grants += c.shadow_grants;
+                report.differing_grants += c.differing;
+                report.invalid_grants += c.invalid;
+                let (sums, n) = &mut self.shadow_deltas;
+                *n += 1;
+                for (role, b) in &c.shadow_share {
+                    let a = c.active_share.get(role).copied().unwrap_or(0.0);
+                    *sums.entry(role.clone()).or_default() += b - a;
+                }
+                for (role, a) in &c.active_share {
+                    if !c.shadow_share.contains_key(role) {
+                        *sums.entry(role.clone()).or_default() -= a;
+                    }
+                }
+                report.mean_share_delta = sums
+                    .iter()
+                    .map(|(r, d)| (r.clone(), d / *n as f64))
+                    .collect();
+                report.active_share = c.active_share.into_iter().collect();
+                report.shadow_share = c.shadow_share.into_iter().collect();
+            }
+            Err(f) => {
+                report.failures += 1;
+                report.last_error = f.to_string();
+                if matches!(f, Failure::Timeout(_)) {
+                    candidate.broken = true;
+                }
+            }
+        }
     }
 
     fn fail(&mut self, f: &Failure) {
@@ -572,6 +638,7 @@ impl State {
                 }
             }
         };
+        self.run_shadow(&snapshot, &grants);
         let (offers, rejected) = self.books.apply_grants(grants, now);
         self.stats.dropped_grants += rejected.len() as u64;
         for (g, why) in &rejected {
@@ -625,6 +692,8 @@ async fn run(
         load_error: String::new(),
         deadline,
         stats: PolicyStats::default(),
+        shadow: None,
+        shadow_deltas: (BTreeMap::new(), 0),
         subscriber: None,
         interval,
         start: Instant::now(),

@@ -292,6 +292,25 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         }))
     }
 
+    async fn shadow(
+        &self,
+        request: Request<ShadowPolicyRequest>,
+    ) -> Result<Response<ShadowPolicyResponse>, Status> {
+        let r = request.into_inner();
+        if r.off {
+            self.engine.send(Command::Shadow(None));
+            return Ok(Response::new(ShadowPolicyResponse { shadow: None }));
+        }
+        let reference = self.resolve_reference(r.reference.trim()).await?;
+        let loaded = crate::engine::resolve(&self.store, Some(&reference), &self.cache_dir)
+            .await
+            .map_err(Status::failed_precondition)?;
+        self.engine.send(Command::Shadow(Some(loaded)));
+        Ok(Response::new(ShadowPolicyResponse {
+            shadow: Some(reference),
+        }))
+    }
+
     async fn status(
         &self,
         _: Request<PolicyStatusRequest>,

@@ -6,6 +6,7 @@
 //! - [`engine`]: the actor that owns the books, follows etcd, and runs cycles;
 //! - [`grpc`]: `allot.allocator.v1.Allocator`, which the offer-broker calls;
 //! - [`policy`]: hosting built-in and native policies, artifacts pinned by sha256, failure containment;
+//! - [`shadow`]: comparing a candidate policy with the active one, cycle by cycle;
 //! - [`sim`]: the policy simulator behind `allot sim`, on the same books and cycle.
 //!
 //! Its view of the cluster comes from etcd (agents, their liveness, frameworks, tasks, roles) through watches;
@@ -15,6 +16,7 @@ pub mod books;
 pub mod engine;
 pub mod grpc;
 pub mod policy;
+pub mod shadow;
 pub mod sim;
 
 use std::future::Future;

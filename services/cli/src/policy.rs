@@ -2,7 +2,7 @@
 
 use allot_proto::allocator::{
     ActivatePolicyRequest, ListPoliciesRequest, LoadPolicyRequest, PolicyRef, PolicyStatusRequest,
-    RollbackPolicyRequest, policy_admin_client::PolicyAdminClient,
+    RollbackPolicyRequest, ShadowPolicyRequest, policy_admin_client::PolicyAdminClient,
 };
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -32,8 +32,18 @@ pub enum PolicyCommand {
     },
     /// Make the previous policy active again.
     Rollback,
-    /// What runs, what would run if it failed, and its failures.
+    /// What runs, what would run if it failed, its failures, and the shadow report.
     Status,
+    /// Run a candidate beside the active policy on every cycle, without applying its grants; `allot policy
+    /// status` then shows how its decisions differ (grants, per-role dominant shares).
+    Shadow {
+        /// `drf`, `priority`, or a loaded artifact's sha256 prefix.
+        #[arg(required_unless_present = "off")]
+        reference: Option<String>,
+        /// Stop the shadow policy.
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 fn show(r: &Option<PolicyRef>) -> String {
@@ -173,6 +183,24 @@ pub async fn run(addr: &str, command: PolicyCommand, as_json: bool) -> anyhow::R
             let r = client.rollback(RollbackPolicyRequest {}).await;
             print_record(r.map(|r| r.into_inner().record)).with_context(ctx)?;
         }
+        PolicyCommand::Shadow { reference, off } => {
+            let r = client
+                .shadow(ShadowPolicyRequest {
+                    reference: reference.unwrap_or_default(),
+                    off,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))
+                .with_context(ctx)?
+                .into_inner();
+            match r.shadow {
+                Some(p) => println!(
+                    "shadowing {} beside the active policy; see `allot policy status`",
+                    show(&Some(p))
+                ),
+                None => println!("shadow policy stopped"),
+            }
+        }
         PolicyCommand::Status => {
             let s = client
                 .status(PolicyStatusRequest {})
@@ -188,7 +216,12 @@ pub async fn run(addr: &str, command: PolicyCommand, as_json: bool) -> anyhow::R
                     "running": ref_json(&s.running), "last_good": ref_json(&s.last_good),
                     "cycles": s.cycles, "failures": s.failures, "fallbacks": s.fallbacks,
                     "dropped_grants": s.dropped_grants, "failures_by_reason": s.failures_by_reason,
-                    "last_error": s.last_error, "last_error_at_ms": s.last_error_at_ms, "load_error": s.load_error}))?
+                    "last_error": s.last_error, "last_error_at_ms": s.last_error_at_ms, "load_error": s.load_error,
+                    "shadow": s.shadow.as_ref().map(|sh| json!({"policy": ref_json(&sh.policy), "cycles": sh.cycles,
+                        "failures": sh.failures, "active_grants": sh.active_grants, "shadow_grants": sh.shadow_grants,
+                        "differing_grants": sh.differing_grants, "invalid_grants": sh.invalid_grants,
+                        "active_share": sh.active_share, "shadow_share": sh.shadow_share,
+                        "mean_share_delta": sh.mean_share_delta, "last_error": sh.last_error}))}))?
                 );
             } else {
                 let rec = s.record.unwrap_or_default();
@@ -207,6 +240,41 @@ pub async fn run(addr: &str, command: PolicyCommand, as_json: bool) -> anyhow::R
                 }
                 if !s.load_error.is_empty() {
                     println!("cannot run the recorded policy here: {}", s.load_error);
+                }
+                if let Some(sh) = &s.shadow {
+                    println!(
+                        "shadow: {} over {} cycles ({} failures{})",
+                        show(&sh.policy),
+                        sh.cycles,
+                        sh.failures,
+                        if sh.last_error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", last: {}", sh.last_error)
+                        }
+                    );
+                    println!(
+                        "  grants: active {}  shadow {}  differing {}  invalid {}",
+                        sh.active_grants, sh.shadow_grants, sh.differing_grants, sh.invalid_grants
+                    );
+                    let mut roles: Vec<&String> = sh
+                        .active_share
+                        .keys()
+                        .chain(sh.shadow_share.keys())
+                        .collect();
+                    roles.sort();
+                    roles.dedup();
+                    for r in roles {
+                        let a = sh.active_share.get(r).copied().unwrap_or(0.0);
+                        let b = sh.shadow_share.get(r).copied().unwrap_or(0.0);
+                        let d = sh.mean_share_delta.get(r).copied().unwrap_or(0.0);
+                        println!(
+                            "  role {r}: mean share delta {:+.1} points; last cycle {:.1}% active, {:.1}% shadow",
+                            d * 100.0,
+                            a * 100.0,
+                            b * 100.0
+                        );
+                    }
                 }
             }
         }
