@@ -771,48 +771,58 @@ impl Broker {
         };
         if let Err(e) = result {
             tracing::warn!(agent = %agent_id, error = %e.message(), "launch failed");
-            for id in ids {
-                self.master_update(
-                    fw,
-                    &id,
-                    TaskState::TaskLost,
-                    "REASON_AGENT_UNREACHABLE",
-                    &format!("launch on agent {agent_id} failed: {}", e.message()),
-                )
-                .await;
-            }
+            let tasks: Vec<(String, String)> =
+                ids.into_iter().map(|id| (fw.to_string(), id)).collect();
+            self.master_updates(
+                &tasks,
+                TaskState::TaskLost,
+                "REASON_AGENT_UNREACHABLE",
+                &format!("launch on agent {agent_id} failed: {}", e.message()),
+            )
+            .await;
         }
     }
 
-    /// A status update that the broker itself generates (source MASTER).
-    async fn master_update(
+    /// Status updates that the broker itself generates (source MASTER): `state` for every `(framework, task)`
+    /// of `tasks`, recorded in one etcd transaction.
+    async fn master_updates(
         &self,
-        fw: &str,
-        task: &str,
+        tasks: &[(String, String)],
         state: TaskState,
         reason: &str,
         message: &str,
     ) {
-        let agent_id = self
-            .lock()
-            .tasks
-            .get(&(fw.to_string(), task.to_string()))
-            .and_then(|t| t.task.as_ref().map(|t| t.agent_id.clone()))
-            .unwrap_or_default();
-        let status = TaskStatus {
-            task_id: task.to_string(),
-            state: state as i32,
-            message: message.to_string(),
-            source: StatusSource::SourceMaster as i32,
-            reason: reason.to_string(),
-            agent_id,
-            framework_id: fw.to_string(),
-            timestamp: allot_common::now_secs(),
-            uuid: new_uuid(),
-            exit_code: None,
+        if tasks.is_empty() {
+            return;
+        }
+        let updates: Vec<(TaskStatus, Option<String>)> = {
+            let inner = self.lock();
+            tasks
+                .iter()
+                .map(|(fw, task)| {
+                    let agent_id = inner
+                        .tasks
+                        .get(&(fw.clone(), task.clone()))
+                        .and_then(|t| t.task.as_ref().map(|t| t.agent_id.clone()))
+                        .unwrap_or_default();
+                    let status = TaskStatus {
+                        task_id: task.clone(),
+                        state: state as i32,
+                        message: message.to_string(),
+                        source: StatusSource::SourceMaster as i32,
+                        reason: reason.to_string(),
+                        agent_id,
+                        framework_id: fw.clone(),
+                        timestamp: allot_common::now_secs(),
+                        uuid: new_uuid(),
+                        exit_code: None,
+                    };
+                    (status, None)
+                })
+                .collect()
         };
-        if let Err(e) = self.status_update(status, None).await {
-            tracing::warn!(framework = %fw, task, error = %e.message(), "cannot record a status update");
+        if let Err(e) = self.record_updates(updates).await {
+            tracing::warn!(tasks = tasks.len(), error = %e.message(), "cannot record status updates");
         }
     }
 
@@ -823,7 +833,7 @@ impl Broker {
     /// `INVALID_ARGUMENT` for an update without IDs; `UNAVAILABLE` if etcd cannot persist it (the agent retries).
     pub async fn status_update(
         &self,
-        mut status: TaskStatus,
+        status: TaskStatus,
         sandbox: Option<String>,
     ) -> Result<(), Status> {
         if status.task_id.is_empty() || status.framework_id.is_empty() {
@@ -831,45 +841,73 @@ impl Broker {
                 "a status update needs task_id and framework_id",
             ));
         }
-        if status.uuid.is_empty() {
-            status.uuid = new_uuid();
-        }
-        let key = (status.framework_id.clone(), status.task_id.clone());
-        let mut rec = {
-            let inner = self.lock();
-            match inner.tasks.get(&key) {
-                None => {
-                    tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
-                    return Ok(());
-                }
-                Some(r) => r.clone(),
-            }
-        };
-        if let Some(cur) = &rec.status
-            && (cur.uuid == status.uuid || cur.state().is_terminal())
+        self.record_updates(vec![(status, sandbox)]).await
+    }
+
+    /// Records `updates` (each with the task's sandbox, if the agent reported one) in one etcd transaction,
+    /// then forwards each to its framework. Updates for unknown tasks, repeated updates (same uuid) and updates
+    /// after a terminal state are dropped.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` if etcd cannot persist them; nothing is recorded or forwarded then.
+    async fn record_updates(
+        &self,
+        updates: Vec<(TaskStatus, Option<String>)>,
+    ) -> Result<(), Status> {
+        let mut records: Vec<(String, TaskRecord)> = Vec::with_capacity(updates.len());
+        let mut statuses: Vec<TaskStatus> = Vec::with_capacity(updates.len());
         {
-            return Ok(());
+            let inner = self.lock();
+            for (mut status, sandbox) in updates {
+                if status.uuid.is_empty() {
+                    status.uuid = new_uuid();
+                }
+                let key = (status.framework_id.clone(), status.task_id.clone());
+                let Some(current) = inner.tasks.get(&key) else {
+                    tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
+                    continue;
+                };
+                if let Some(cur) = &current.status
+                    && (cur.uuid == status.uuid || cur.state().is_terminal())
+                {
+                    continue;
+                }
+                let mut rec = current.clone();
+                rec.status = Some(status.clone());
+                rec.acknowledged = false;
+                if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
+                    rec.sandbox = s;
+                }
+                records.push((
+                    self.store.key(Kind::Tasks, &format!("{}/{}", key.0, key.1)),
+                    rec,
+                ));
+                statuses.push(status);
+            }
         }
-        rec.status = Some(status.clone());
-        rec.acknowledged = false;
-        if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
-            rec.sandbox = s;
+        self.store.put_all(&records).await?;
+        {
+            let mut inner = self.lock();
+            for (_, rec) in records {
+                let id = rec
+                    .task
+                    .as_ref()
+                    .map(|t| t.task_id.clone())
+                    .unwrap_or_default();
+                inner.tasks.insert((rec.framework_id.clone(), id), rec);
+            }
         }
-        self.store
-            .put(
-                &self.store.key(Kind::Tasks, &format!("{}/{}", key.0, key.1)),
-                &rec,
-                None,
-            )
-            .await?;
-        self.lock().tasks.insert(key.clone(), rec);
-        tracing::debug!(framework = %key.0, task = %key.1, state = status.state().as_str_name(), "status update");
-        self.send(
-            &key.0,
-            event::Event::Update(pb::Update {
-                status: Some(status),
-            }),
-        );
+        for status in statuses {
+            tracing::debug!(framework = %status.framework_id, task = %status.task_id,
+                state = status.state().as_str_name(), "status update");
+            let fw = status.framework_id.clone();
+            self.send(
+                &fw,
+                event::Event::Update(pb::Update {
+                    status: Some(status),
+                }),
+            );
+        }
         Ok(())
     }
 
@@ -1003,9 +1041,8 @@ impl Broker {
         {
             Ok(_) => Ok(()),
             Err(e) if e.code() == tonic::Code::NotFound => {
-                self.master_update(
-                    fw,
-                    task,
+                self.master_updates(
+                    &[(fw.to_string(), task.to_string())],
                     TaskState::TaskLost,
                     "REASON_TASK_UNKNOWN",
                     e.message(),
@@ -1142,16 +1179,13 @@ impl Broker {
             .filter_map(|t| Some((t.framework_id.clone(), t.task.as_ref()?.task_id.clone())))
             .collect();
         tracing::warn!(agent = %agent_id, tasks = live.len(), "agent unreachable");
-        for (fw, task) in live {
-            self.master_update(
-                &fw,
-                &task,
-                TaskState::TaskUnreachable,
-                "REASON_AGENT_UNREACHABLE",
-                &format!("agent {agent_id} stopped heartbeating"),
-            )
-            .await;
-        }
+        self.master_updates(
+            &live,
+            TaskState::TaskUnreachable,
+            "REASON_AGENT_UNREACHABLE",
+            &format!("agent {agent_id} stopped heartbeating"),
+        )
+        .await;
     }
 
     // ---------------------------------------------------------------- operator views
