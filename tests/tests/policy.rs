@@ -403,3 +403,43 @@ async fn a_shadow_policy_is_compared_without_being_applied() {
         .expect("shadow off");
     assert!(status(&cluster).await.shadow.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_an_empty_cache_fetches_the_artifact_from_etcd() {
+    use allot_allocator::policy::{materialize, sha256_hex, store_artifact};
+    let etcd = allot_tests::Etcd::start().await;
+    let store = allot_common::config::EtcdArgs::at(&etcd.endpoint)
+        .connect()
+        .await
+        .expect("etcd");
+    // Over two chunks, so that order matters.
+    let bytes: Vec<u8> = (0..(allot_allocator::policy::CHUNK_BYTES * 2 + 123))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let reference = allot_proto::allocator::PolicyRef {
+        name: "blob".into(),
+        kind: "native".into(),
+        sha256: sha256_hex(&bytes),
+    };
+    let meta = store_artifact(&store, &reference, &bytes)
+        .await
+        .expect("stored");
+    assert_eq!(meta.chunks, 3);
+    let cache = tempfile::tempdir().expect("temp dir");
+    let path = materialize(&store, &reference.sha256, cache.path())
+        .await
+        .expect("fetched");
+    assert_eq!(std::fs::read(path).expect("cached file"), bytes);
+    // A tampered chunk is refused.
+    let key = format!(
+        "{}/policies/chunk/{}/00001",
+        allot_common::store::DEFAULT_ROOT,
+        reference.sha256
+    );
+    store.put_bytes(&key, vec![0u8; 10]).await.expect("tamper");
+    let other = tempfile::tempdir().expect("temp dir");
+    let e = materialize(&store, &reference.sha256, other.path())
+        .await
+        .unwrap_err();
+    assert!(e.contains("do not match"), "{e}");
+}

@@ -161,14 +161,11 @@ impl PolicyAdminService {
     }
 
     async fn artifacts(&self) -> Result<Vec<PolicyArtifact>, Status> {
-        let prefix = self.store.prefix(allot_common::store::Kind::Artifacts);
-        let keys = self.store.keys(&prefix).await?;
-        let mut out = Vec::new();
-        for k in keys.iter().filter(|k| k.ends_with("/meta")) {
-            if let Some((meta, _)) = self.store.get::<PolicyArtifact>(k).await? {
-                out.push(meta);
-            }
-        }
+        let (metas, _) = self
+            .store
+            .list::<PolicyArtifact>(&crate::policy::meta_prefix(&self.store))
+            .await?;
+        let mut out: Vec<PolicyArtifact> = metas.into_iter().map(|(_, m)| m).collect();
         out.sort_by_key(|a| a.loaded_at_ms);
         Ok(out)
     }

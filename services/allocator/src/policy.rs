@@ -204,11 +204,21 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 
 /// The key of an artifact's metadata.
 pub fn meta_key(store: &Store, sha256: &str) -> String {
-    store.key(Kind::Artifacts, &format!("{sha256}/meta"))
+    store.key(Kind::Artifacts, &format!("meta/{sha256}"))
+}
+
+/// The prefix of every artifact's metadata: one range read lists them all.
+pub fn meta_prefix(store: &Store) -> String {
+    store.key(Kind::Artifacts, "meta/")
+}
+
+/// The prefix of an artifact's chunks: one range read returns them in order.
+fn chunk_prefix(store: &Store, sha256: &str) -> String {
+    store.key(Kind::Artifacts, &format!("chunk/{sha256}/"))
 }
 
 fn chunk_key(store: &Store, sha256: &str, i: u32) -> String {
-    store.key(Kind::Artifacts, &format!("{sha256}/chunk/{i:05}"))
+    format!("{}{i:05}", chunk_prefix(store, sha256))
 }
 
 /// Stores `bytes` as artifact `reference` in etcd: the chunks first, the metadata last (its presence means
@@ -256,13 +266,19 @@ pub async fn materialize(store: &Store, sha256: &str, cache_dir: &Path) -> Resul
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no artifact with sha256 {sha256} is stored"))?;
+    let chunks = store
+        .list_bytes(&chunk_prefix(store, sha256))
+        .await
+        .map_err(|e| e.to_string())?;
+    if chunks.len() != meta.chunks as usize {
+        return Err(format!(
+            "artifact {sha256} has {} of its {} chunks",
+            chunks.len(),
+            meta.chunks
+        ));
+    }
     let mut bytes = Vec::with_capacity(meta.size as usize);
-    for i in 0..meta.chunks {
-        let chunk = store
-            .get_bytes(&chunk_key(store, sha256, i))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("artifact {sha256} is missing chunk {i}"))?;
+    for (_, chunk) in chunks {
         bytes.extend(chunk);
     }
     if sha256_hex(&bytes) != sha256 {

@@ -10,7 +10,7 @@
 //! | `tasks/<framework_id>/<task_id>` | `TaskRecord` | offer-broker |
 //! | `roles/<role>` | `Role` | registry |
 //! | `policy/active` | `PolicyRecord` | allocator (admin API) |
-//! | `policies/<sha256>/meta`, `policies/<sha256>/chunk/<n>` | `PolicyArtifact`, raw bytes | allocator |
+//! | `policies/meta/<sha256>`, `policies/chunk/<sha256>/<n>` | `PolicyArtifact`, raw bytes | allocator |
 
 use etcd_client::{
     Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
@@ -251,13 +251,26 @@ impl Store {
         Ok(())
     }
 
-    /// Reads the raw bytes at `key`.
+    /// Every `(key, raw value)` under `prefix`, in key order.
     ///
     /// # Errors
     /// [`StoreError::Etcd`].
-    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let resp = self.client.kv_client().get(key, None).await?;
-        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    pub async fn list_bytes(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
     }
 
     /// Deletes `key`.
