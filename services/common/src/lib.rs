@@ -51,29 +51,5 @@ pub fn now_secs() -> f64 {
 
 /// A new random ID (UUID v4 text form) with a readable prefix, e.g. `agent-…`, `offer-…`.
 pub fn new_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 16];
-    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-        let x = random_u64() ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{prefix}-{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
-fn random_u64() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_i64(now_ms());
-    h.finish()
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
