@@ -43,7 +43,7 @@ pub struct Config {
     #[arg(long, env = "ALLOT_ALLOCATION_INTERVAL", default_value = "1s", value_parser = allot_common::config::parse_duration)]
     pub allocation_interval: Duration,
     /// The allocation policy. Built in: `drf`, `priority`.
-    #[arg(long, env = "ALLOT_POLICY", default_value = "drf", value_parser = ["drf", "priority"])]
+    #[arg(long, env = "ALLOT_POLICY", default_value = "drf", value_parser = clap::builder::PossibleValuesParser::new(policy::BUILTINS))]
     pub policy: String,
     /// Where loaded policy artifacts are cached on this machine.
     #[arg(long, env = "ALLOT_POLICY_DIR", default_value = ".allot/policies")]

@@ -7,7 +7,7 @@
 
 use allot_common::Store;
 use allot_common::store::Kind;
-use allot_policy::{Grant, Snapshot};
+use allot_policy::{Grant, Policy, Snapshot};
 use allot_policy_abi::host::NativePolicy;
 use allot_proto::allocator::{PolicyArtifact, PolicyRef};
 use sha2::Digest;
@@ -15,8 +15,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The built-in policies, by name.
-pub const BUILTINS: &[&str] = &["drf", "priority"];
+/// The built-in policies, by name, and how to make each. The one list of them.
+const BUILTIN_POLICIES: [(&str, fn() -> Box<dyn Policy>); 2] = [
+    ("drf", || Box::new(allot_drf::Drf)),
+    ("priority", || Box::new(allot_drf::Priority)),
+];
+
+/// The names of the built-in policies: `drf`, `priority`.
+pub const BUILTINS: [&str; 2] = [BUILTIN_POLICIES[0].0, BUILTIN_POLICIES[1].0];
+
+/// A built-in policy by name.
+pub fn builtin_policy(name: &str) -> Option<Box<dyn Policy>> {
+    BUILTIN_POLICIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, make)| make())
+}
 
 /// Size of one stored chunk of an artifact, in bytes (etcd refuses requests over 1.5 MiB by default).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
@@ -164,7 +178,7 @@ impl Loaded {
         }
         match &self.imp {
             Implementation::Builtin(name) => {
-                let mut policy = crate::sim::builtin_policy(name).expect("built-in exists");
+                let mut policy = builtin_policy(name).expect("built-in exists");
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.allocate(snapshot)))
                     .map_err(|p| Failure::Panic(panic_text(&p)))
             }

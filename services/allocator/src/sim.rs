@@ -44,7 +44,7 @@
 
 use crate::books::{Books, Offer, Piece, RoleConfig};
 use crate::policy::Loaded;
-use allot_policy::{Policy, Resources, dominant_share};
+use allot_policy::{Resources, dominant_share};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -257,15 +257,6 @@ pub struct SimOptions {
     pub seed: Option<u64>,
     /// Adds a final summary line.
     pub summary: bool,
-}
-
-/// A built-in policy by name: `drf` or `priority`.
-pub fn builtin_policy(name: &str) -> Option<Box<dyn Policy>> {
-    match name {
-        "drf" => Some(Box::new(allot_drf::Drf)),
-        "priority" => Some(Box::new(allot_drf::Priority)),
-        _ => None,
-    }
 }
 
 struct Sim<'w> {
