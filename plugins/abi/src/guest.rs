@@ -33,14 +33,15 @@ fn resources(kinds: &[&str], v: &[i64]) -> Resources {
     r
 }
 
-/// Converts the host's C snapshot into a [`Snapshot`].
+/// Converts the host's C snapshot into a [`Snapshot`], with the resource kind names in ABI order (the order
+/// [`write_grants`] needs).
 ///
 /// # Safety
 /// `s` must be valid as `allot_policy.h` describes, for the duration of the call.
 ///
 /// # Errors
 /// [`ERR_INPUT`] for a different ABI version, bad UTF-8 or out-of-range indices.
-pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<Snapshot, i32> {
+pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>), i32> {
     if s.abi_version != ABI_VERSION {
         return Err(ERR_INPUT);
     }
@@ -106,12 +107,13 @@ pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<Snapshot, i32> {
             priority: f.priority,
         });
     }
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         total: vec(s.total),
         agents,
         frameworks,
         roles,
-    })
+    };
+    Ok((snapshot, kinds.iter().map(|k| k.to_string()).collect()))
 }
 
 /// Writes `grants` into `out`, resolving IDs against `snapshot`.
@@ -174,11 +176,7 @@ pub unsafe fn allocate(
     let run = std::panic::AssertUnwindSafe(|| -> Result<(), i32> {
         // SAFETY: checked non-null above; validity is the host's promise.
         let (s, out) = unsafe { (&*snapshot, &mut *out) };
-        let snap = unsafe { read_snapshot(s) }?;
-        let kinds: Vec<String> = unsafe { slice(s.kinds, s.n_kinds) }
-            .iter()
-            .map(|k| unsafe { text(*k) }.map(str::to_string))
-            .collect::<Result<_, _>>()?;
+        let (snap, kinds) = unsafe { read_snapshot(s) }?;
         let grants = policy.allocate(&snap);
         unsafe { write_grants(&snap, &kinds, &grants, out) }
     });
