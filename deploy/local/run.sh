@@ -126,24 +126,21 @@ echo "==> preparing two jobs of $ntasks tasks over $files_root"
 find "$files_root" -type f -readable -print0 2>/dev/null >"$run/lists/all"
 nfiles=$(tr -cd '\0' <"$run/lists/all" | wc -c)
 (cd "$run/lists" && split -t '\0' -n "r/$ntasks" -d -a 3 all part-)
-{
-  echo 'name = "checksum"'; echo 'role = "analytics"'; echo 'concurrency = 8'
-  echo 'resources = "cpus:0.25;mem:64"'
-  for f in "$run"/lists/part-*; do
-    n=${f##*-}
-    echo "[[tasks]]"; echo "id = \"sha256-$n\""
-    echo "command = \"xargs -0 -a '$f' sha256sum > '$run/out/sha256/$n.txt' 2> errors.txt; test -s '$run/out/sha256/$n.txt'\""
-  done
-} >"$run/checksum.toml"
-{
-  echo 'name = "compress"'; echo 'role = "archive"'; echo 'concurrency = 8'
-  echo 'resources = "cpus:0.5;mem:128"'
-  for f in "$run"/lists/part-*; do
-    n=${f##*-}
-    echo "[[tasks]]"; echo "id = \"gzip-$n\""
-    echo "command = \"tar --null -T '$f' -czf '$run/out/archive/$n.tar.gz' 2> errors.txt; test -s '$run/out/archive/$n.tar.gz'\""
-  done
-} >"$run/compress.toml"
+# A job file for `allot batch`: one task per file list, its command made by function $6 from (list, number).
+job_file() { # file name role resources id_prefix command_fn
+  local f n
+  {
+    echo "name = \"$2\""; echo "role = \"$3\""; echo 'concurrency = 8'; echo "resources = \"$4\""
+    for f in "$run"/lists/part-*; do
+      n=${f##*-}
+      echo "[[tasks]]"; echo "id = \"$5-$n\""; echo "command = \"$("$6" "$f" "$n")\""
+    done
+  } >"$1"
+}
+checksum_cmd() { echo "xargs -0 -a '$1' sha256sum > '$run/out/sha256/$2.txt' 2> errors.txt; test -s '$run/out/sha256/$2.txt'"; }
+compress_cmd() { echo "tar --null -T '$1' -czf '$run/out/archive/$2.tar.gz' 2> errors.txt; test -s '$run/out/archive/$2.tar.gz'"; }
+job_file "$run/checksum.toml" checksum analytics "cpus:0.25;mem:64" sha256 checksum_cmd
+job_file "$run/compress.toml" compress archive "cpus:0.5;mem:128" gzip compress_cmd
 
 echo "==> running both frameworks ($nfiles files); sampling dominant shares twice a second"
 start_s=$(date +%s)
