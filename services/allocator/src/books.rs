@@ -540,6 +540,26 @@ impl Books {
     /// # Errors
     /// The [`GrantRejection`] that names what is wrong; the books are unchanged.
     pub fn apply_grant(&mut self, g: &Grant, now: f64) -> Result<Offer, GrantRejection> {
+        let mut role_alloc = self.role_allocations();
+        self.apply_grant_with(g, now, &mut role_alloc)
+    }
+
+    /// What every role holds now (offered and used), summed over its frameworks.
+    fn role_allocations(&self) -> HashMap<String, Resources> {
+        let mut out: HashMap<String, Resources> = HashMap::new();
+        for f in self.frameworks.values() {
+            out.entry(f.role.clone()).or_default().add(&f.allocation);
+        }
+        out
+    }
+
+    /// [`Books::apply_grant`] with the roles' allocations computed once by the caller and kept up to date here.
+    fn apply_grant_with(
+        &mut self,
+        g: &Grant,
+        now: f64,
+        role_alloc: &mut HashMap<String, Resources>,
+    ) -> Result<Offer, GrantRejection> {
         if g.resources.is_empty() && g.reserved.is_empty() {
             return Err(GrantRejection::Empty);
         }
@@ -563,14 +583,11 @@ impl Books {
             return Err(GrantRejection::Overcommit);
         }
         if let Some(limit) = self.roles.get(&role).and_then(|r| r.quota_limit.as_ref()) {
-            let mut role_alloc = g.total();
-            for fw in self.frameworks.values().filter(|x| x.role == role) {
-                role_alloc.add(&fw.allocation);
-            }
-            if limit
-                .scalars()
-                .any(|(k, cap)| role_alloc.scalar_milli(k) > cap)
-            {
+            let after = role_alloc
+                .get(&role)
+                .map(|a| a.plus(&g.total()))
+                .unwrap_or_else(|| g.total());
+            if limit.scalars().any(|(k, cap)| after.scalar_milli(k) > cap) {
                 return Err(GrantRejection::Quota);
             }
         }
@@ -592,6 +609,10 @@ impl Books {
         let f = self.frameworks.get_mut(&g.framework).expect("checked");
         f.allocation.add(&offer.piece.total());
         f.allocations += 1;
+        role_alloc
+            .entry(offer.piece.role.clone())
+            .or_default()
+            .add(&offer.piece.total());
         self.offers.insert(offer.id.clone(), offer.clone());
         Ok(offer)
     }
@@ -604,8 +625,9 @@ impl Books {
     ) -> (Vec<Offer>, Vec<(Grant, GrantRejection)>) {
         let mut offers = Vec::with_capacity(grants.len());
         let mut rejected = Vec::new();
+        let mut role_alloc = self.role_allocations();
         for g in grants {
-            match self.apply_grant(&g, now) {
+            match self.apply_grant_with(&g, now, &mut role_alloc) {
                 Ok(o) => offers.push(o),
                 Err(why) => rejected.push((g, why)),
             }
