@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The built-in policies, by name, and how to make each. The one list of them.
-const BUILTIN_POLICIES: [(&str, fn() -> Box<dyn Policy>); 2] = [
+type MakePolicy = fn() -> Box<dyn Policy>;
+
+const BUILTIN_POLICIES: [(&str, MakePolicy); 2] = [
     ("drf", || Box::new(allot_drf::Drf)),
     ("priority", || Box::new(allot_drf::Priority)),
 ];
