@@ -122,17 +122,24 @@ impl Registry for RegistryService {
             info: Some(info),
             registered_at_ms: allot_common::now_ms(),
         };
+        // The record and the lease-bound liveness key in one transaction: watchers see both at one revision.
+        let txn = etcd_client::Txn::new().and_then([
+            etcd_client::TxnOp::put(
+                self.store.key(Kind::Agents, &agent_id),
+                prost::Message::encode_to_vec(&record),
+                None,
+            ),
+            etcd_client::TxnOp::put(
+                self.store.key(Kind::Alive, &agent_id),
+                lease.id().to_string(),
+                Some(etcd_client::PutOptions::new().with_lease(lease.id())),
+            ),
+        ]);
         self.store
-            .put(&self.store.key(Kind::Agents, &agent_id), &record, None)
-            .await?;
-        let mut kv = self.store.client().kv_client();
-        kv.put(
-            self.store.key(Kind::Alive, &agent_id),
-            lease.id().to_string(),
-            Some(etcd_client::PutOptions::new().with_lease(lease.id())),
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+            .client()
+            .txn(txn)
+            .await
+            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
         self.open_lease(&agent_id, lease.id()).await?;
         tracing::info!(%agent_id, address = %record.info.as_ref().map(|i| i.address.as_str()).unwrap_or(""), %resources, "agent registered");
         Ok(Response::new(RegisterAgentResponse {
@@ -211,13 +218,19 @@ impl Registry for RegistryService {
             .lock()
             .expect("lease map poisoned")
             .remove(&agent_id);
-        if let Some(lease) = lease {
-            let id = lease.lock().await.id;
-            let _ = self.store.client().lease_revoke(id).await;
+        // Revoking the lease deletes the alive key; without a lease here (say, after a restart), delete it.
+        let revoked = match lease {
+            Some(lease) => {
+                let id = lease.lock().await.id;
+                self.store.client().lease_revoke(id).await.is_ok()
+            }
+            None => false,
+        };
+        if !revoked {
+            self.store
+                .delete(&self.store.key(Kind::Alive, &agent_id))
+                .await?;
         }
-        self.store
-            .delete(&self.store.key(Kind::Alive, &agent_id))
-            .await?;
         tracing::info!(%agent_id, "agent unregistered");
         Ok(Response::new(UnregisterAgentResponse {}))
     }
