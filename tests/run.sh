@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests of the scheduling core and the integration tests against a real etcd, real
-# services on loopback ports and real agents. Installs etcd-server and protobuf-compiler when missing.
+# services on loopback ports and real agents. Installs etcd-server, protobuf-compiler, clang, lld and wasi-libc
+# when missing.
 #
 # Usage: bash tests/run.sh [extra arguments for cargo nextest / cargo test]
 set -euo pipefail
@@ -10,6 +11,8 @@ allot_ensure_deps
 cd "$repo"
 # The native builds of the built-in policies, which the policy tests load into a running allocator.
 cargo build -p allot-drf-native -p allot-priority-native
+# The WASM policies and fixtures (target/wasm/): C with Debian's clang, Rust where wasm32 is available.
+bash plugins/wasm/build.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

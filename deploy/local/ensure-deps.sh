@@ -20,3 +20,25 @@ allot_ensure_deps() {
     return 1
   fi
 }
+
+# What building the WASM policies needs: clang and wasm-ld (lld) for --target=wasm32-wasi, wasi-libc for
+# malloc and string.h, and compiler-rt's wasm32 builtins.
+allot_ensure_wasm_deps() {
+  allot_ensure_deps
+  local missing=() sudo=""
+  [[ $(id -u) == 0 ]] || sudo="sudo"
+  command -v clang >/dev/null 2>&1 || missing+=(clang)
+  command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
+  [[ -d /usr/share/wasi-sysroot || -d /usr/lib/wasm32-wasi ]] || missing+=(wasi-libc)
+  if ((${#missing[@]})); then
+    echo "==> installing ${missing[*]} (Debian packages)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if ! compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" >/dev/null; then
+    local v
+    v=$(clang --version | sed -n 's/.*version \([0-9]*\).*/\1/p' | head -1)
+    echo "==> installing libclang-rt-$v-dev-wasm32 (Debian package)"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "libclang-rt-$v-dev-wasm32" >/dev/null
+  fi
+}

@@ -1,7 +1,8 @@
-//! Allocation policies as native plugins on a live cluster: loading pinned artifacts, swapping under a
-//! running workload, and containing plugins that fail (error codes, garbage, endless loops, overcommit).
-//! The misbehaving plugins are written in C against `plugins/abi/include/allot_policy.h` and compiled here
-//! with the system C compiler.
+//! Allocation policies as native and WASM plugins on a live cluster: loading pinned artifacts, swapping
+//! under a running workload (native <-> WASM included), and containing plugins that fail (error codes,
+//! garbage, endless loops, overcommit, traps, memory exhaustion, another interface version). The native
+//! misbehaving plugins are written in C against `plugins/abi/include/allot_policy.h` and compiled here with
+//! the system C compiler; the WASM ones are C too (plugins/wasm/c/fault.c), built by plugins/wasm/build.sh.
 
 use allot_proto::allocator::{
     ActivatePolicyRequest, LoadPolicyRequest, PolicyStatusRequest, PolicyStatusResponse,
@@ -166,35 +167,24 @@ async fn artifacts_are_checked_before_they_are_stored() {
     assert_eq!(e.code(), Code::FailedPrecondition);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
-    let mut cluster = Cluster::start().await;
-    for _ in 0..3 {
-        cluster.add_agent("cpus:1;mem:256").await;
-    }
-    let mut fw = TestFramework::subscribe(&cluster, "steady", "*").await;
-    let drf_sha = load(&cluster, native("drf"), false)
-        .await
-        .expect("load native drf");
-    let prio_sha = load(&cluster, native("priority"), false)
-        .await
-        .expect("load native priority");
-    let steps: Vec<(&str, (&str, &str))> = vec![
-        (drf_sha.as_str(), ("drf", "native")),
-        (prio_sha.as_str(), ("priority", "native")),
-        ("rollback", ("drf", "native")),
-        ("drf", ("drf", "builtin")),
-    ];
+/// Runs `steps` (a reference to activate, or "rollback", and the (name, kind) that must then run) under a
+/// workload that uses every offer for one short task; checks that no offer is made twice, none is rescinded,
+/// every task finishes and no policy call failed.
+async fn swap_under_workload(
+    cluster: &Cluster,
+    fw: &mut TestFramework,
+    steps: Vec<(String, (&str, &str))>,
+) {
     let mut seen = std::collections::HashSet::new();
     let mut launched = 0;
     for (step, want) in steps {
         if step == "rollback" {
-            admin(&cluster)
+            admin(cluster)
                 .rollback(RollbackPolicyRequest {})
                 .await
                 .expect("rollback");
         } else {
-            admin(&cluster)
+            admin(cluster)
                 .activate(ActivatePolicyRequest {
                     reference: step[..12.min(step.len())].to_string(),
                 })
@@ -202,7 +192,7 @@ async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
                 .expect("activate");
         }
         eventually("the allocator runs the new policy", || async {
-            running(&cluster).await == (want.0.into(), want.1.into())
+            running(cluster).await == (want.0.into(), want.1.into())
         })
         .await;
         // Keep the workload going: every offer is used for one short task, then released.
@@ -235,13 +225,139 @@ async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
         })
         .await;
     assert!(rescinds.is_none(), "no offer was rescinded by a swap");
-    let s = status(&cluster).await;
+    let s = status(cluster).await;
     assert_eq!((s.failures, s.dropped_grants), (0, 0), "{s:?}");
 }
 
-/// Activates the C plugin `mode` while one framework is subscribed (its trial passes), then subscribes a
-/// second framework, which makes it misbehave. Returns the cluster and the second framework.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
+    let mut cluster = Cluster::start().await;
+    for _ in 0..3 {
+        cluster.add_agent("cpus:1;mem:256").await;
+    }
+    let mut fw = TestFramework::subscribe(&cluster, "steady", "*").await;
+    let drf_sha = load(&cluster, native("drf"), false)
+        .await
+        .expect("load native drf");
+    let prio_sha = load(&cluster, native("priority"), false)
+        .await
+        .expect("load native priority");
+    let steps = vec![
+        (drf_sha, ("drf", "native")),
+        (prio_sha, ("priority", "native")),
+        ("rollback".into(), ("drf", "native")),
+        ("drf".into(), ("drf", "builtin")),
+    ];
+    swap_under_workload(&cluster, &mut fw, steps).await;
+}
+
+/// A WASM component built by `bash plugins/wasm/build.sh` (tests/run.sh runs it first).
+fn wasm(name: &str) -> Option<Vec<u8>> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target"));
+    std::fs::read(target.join("wasm").join(format!("{name}.wasm"))).ok()
+}
+
+fn c_wasm(name: &str) -> Vec<u8> {
+    wasm(name).unwrap_or_else(|| {
+        panic!("target/wasm/{name}.wasm is missing: run `bash plugins/wasm/build.sh` (tests/run.sh does)")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_native_drf_to_wasm_priority_and_back_loses_no_offer() {
+    let mut cluster = Cluster::start().await;
+    for _ in 0..3 {
+        cluster.add_agent("cpus:1;mem:256").await;
+    }
+    let mut fw = TestFramework::subscribe(&cluster, "steady", "*").await;
+    let drf_sha = load(&cluster, native("drf"), false)
+        .await
+        .expect("load native drf");
+    // The Rust priority policy compiled to WASM; where this machine has no wasm32 Rust target, the C policy.
+    let (bytes, name) = match wasm("priority") {
+        Some(b) => (b, "priority"),
+        None => {
+            eprintln!(
+                "priority.wasm not built (no wasm32-unknown-unknown target): using fairshare-c.wasm"
+            );
+            (c_wasm("fairshare-c"), "fairshare-c")
+        }
+    };
+    let wasm_sha = load(&cluster, bytes, false)
+        .await
+        .expect("load the WASM policy");
+    let fair_sha = load(&cluster, c_wasm("fairshare-c"), false)
+        .await
+        .expect("load the C policy");
+    let steps = vec![
+        (drf_sha, ("drf", "native")),
+        (wasm_sha, (name, "wasm")),
+        ("rollback".into(), ("drf", "native")),
+        (fair_sha, ("fairshare-c", "wasm")),
+        ("rollback".into(), ("drf", "native")),
+    ];
+    swap_under_workload(&cluster, &mut fw, steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_plugins_that_trap_loop_or_exhaust_memory_are_contained() {
+    for (fixture, reason, text) in [
+        ("fault-trap", "trap", "unreachable"),
+        ("fault-oom", "trap", "memory"),
+        ("fault-loop", "timeout", "no answer within"),
+        ("fault-garbage", "malformed", "framework index 9999"),
+        ("fault-error", "error", "fault injected"),
+    ] {
+        let (cluster, mut second) = misbehaving_plugin(c_wasm(fixture), fixture).await;
+        assert!(
+            !second.offers().await.is_empty(),
+            "{fixture}: allocation goes on with the last good policy"
+        );
+        let s = status(&cluster).await;
+        assert!(
+            s.failures_by_reason.get(reason).copied().unwrap_or(0) >= 1 && s.fallbacks >= 1,
+            "{fixture}: {s:?}"
+        );
+        assert!(s.last_error.contains(text), "{fixture}: {}", s.last_error);
+        assert_eq!(s.running.unwrap_or_default().kind, "wasm", "{fixture}");
+        assert_eq!(s.last_good.unwrap_or_default().name, "drf", "{fixture}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_artifacts_of_another_interface_version_are_refused() {
+    let cluster = Cluster::start().await;
+    let e = load(&cluster, c_wasm("wrong-version"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("allot:policy@0.1.0"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        status(&cluster)
+            .await
+            .running
+            .is_some_and(|r| r.kind == "builtin")
+    );
+}
+
+/// Activates the native C plugin `mode` while one framework is subscribed (its trial passes), then
+/// subscribes a second framework, which makes it misbehave. Returns the cluster and the second framework.
 async fn misbehaving(mode: &str) -> (Cluster, TestFramework, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, second) =
+        misbehaving_plugin(c_plugin(dir.path(), mode), &format!("c-{mode}")).await;
+    (cluster, second, dir)
+}
+
+/// Activates `artifact` (a plugin that behaves with one framework and misbehaves with two, named `name`)
+/// while one framework is subscribed, then subscribes a second framework.
+async fn misbehaving_plugin(artifact: Vec<u8>, name: &str) -> (Cluster, TestFramework) {
     let mut cluster = Cluster::start().await;
     cluster.add_agent("cpus:1;mem:256").await;
     cluster.add_agent("cpus:1;mem:256").await;
@@ -255,17 +371,15 @@ async fn misbehaving(mode: &str) -> (Cluster, TestFramework, tempfile::TempDir) 
             first.decline(&o.offer_id, 600.0).await.expect("decline");
         }
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    load(&cluster, c_plugin(dir.path(), mode), true)
+    load(&cluster, artifact, true)
         .await
         .expect("the plugin passes its trial");
-    let name = format!("c-{mode}");
     eventually("the plugin runs", || async {
         running(&cluster).await.0 == name
     })
     .await;
     let second = TestFramework::subscribe(&cluster, "second", "*").await;
-    (cluster, second, dir)
+    (cluster, second)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

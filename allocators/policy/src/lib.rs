@@ -8,6 +8,7 @@
 //! snapshot, keeps the books (offers, filters, suppression) and validates every grant before it becomes an
 //! offer, so a policy cannot overcommit an agent even if it tries.
 
+pub mod indexed;
 pub mod resources;
 
 pub use resources::{Resources, ResourcesError};

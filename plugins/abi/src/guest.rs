@@ -1,8 +1,8 @@
 //! The guest side: a policy written in Rust reads the host's C snapshot and writes grants back.
 
 use crate::*;
-use allot_policy::{AgentView, FrameworkView, Grant, Policy, Resources, RoleView, Snapshot};
-use std::collections::{BTreeMap, HashMap};
+use allot_policy::{AgentView, FrameworkView, Grant, Policy, RoleView, Snapshot, indexed};
+use std::collections::BTreeMap;
 
 /// Reads `n` entries at `ptr` (an empty slice for a null pointer or `n == 0`).
 ///
@@ -25,14 +25,6 @@ unsafe fn text<'a>(s: AllotStr) -> Result<&'a str, i32> {
     std::str::from_utf8(bytes).map_err(|_| ERR_INPUT)
 }
 
-fn resources(kinds: &[&str], v: &[i64]) -> Resources {
-    let mut r = Resources::new();
-    for (k, &milli) in kinds.iter().zip(v) {
-        r.set_scalar_milli(k, milli);
-    }
-    r
-}
-
 /// Converts the host's C snapshot into a [`Snapshot`], with the resource kind names in ABI order (the order
 /// [`write_grants`] needs).
 ///
@@ -51,23 +43,14 @@ pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>)
         .iter()
         .map(|k| unsafe { text(*k) })
         .collect::<Result<_, _>>()?;
-    let vec = |p: *const i64| resources(&kinds, unsafe { slice(p, n) });
+    let vec = |p: *const i64| indexed::resources(&kinds, unsafe { slice(p, n) });
     let roles_c = unsafe { slice(s.roles, s.n_roles) };
     let mut role_names = Vec::with_capacity(roles_c.len());
     let mut roles = Vec::with_capacity(roles_c.len());
     for r in roles_c {
         let name = unsafe { text(r.name) }?.to_string();
-        let quota_limit = (!r.quota_limit.is_null()).then(|| {
-            let lim = unsafe { slice(r.quota_limit, n) };
-            let mut out = Resources::new();
-            for (k, &v) in kinds.iter().zip(lim) {
-                if v >= 0 {
-                    // Note: `Resources` drops zero entries, so a limit of exactly 0 reads as no limit.
-                    out.set_scalar_milli(k, v);
-                }
-            }
-            out
-        });
+        let quota_limit = (!r.quota_limit.is_null())
+            .then(|| indexed::limit_resources(&kinds, unsafe { slice(r.quota_limit, n) }));
         role_names.push(name.clone());
         roles.push(RoleView {
             name,
@@ -132,23 +115,11 @@ pub unsafe fn write_grants(
     if grants.len() > out.capacity as usize {
         return Err(ERR_CAPACITY);
     }
-    let fw: HashMap<&str, u32> = snapshot
-        .frameworks
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.id.as_str(), i as u32))
-        .collect();
-    let ag: HashMap<&str, u32> = snapshot
-        .agents
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.id.as_str(), i as u32))
-        .collect();
+    let index = indexed::GrantIndex::new(snapshot);
     // SAFETY: the host made `capacity` entries, each pointing at `n_kinds` writable i64s.
     let slots = unsafe { std::slice::from_raw_parts_mut(out.grants, out.capacity as usize) };
     for (slot, g) in slots.iter_mut().zip(grants) {
-        slot.framework = *fw.get(g.framework.as_str()).ok_or(ERR_INPUT)?;
-        slot.agent = *ag.get(g.agent.as_str()).ok_or(ERR_INPUT)?;
+        (slot.framework, slot.agent) = index.of(g).ok_or(ERR_INPUT)?;
         let res = unsafe { std::slice::from_raw_parts_mut(slot.resources, kinds.len()) };
         let rsv = unsafe { std::slice::from_raw_parts_mut(slot.reserved, kinds.len()) };
         for (i, k) in kinds.iter().enumerate() {

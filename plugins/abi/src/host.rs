@@ -2,8 +2,7 @@
 //! back, checking every index and amount.
 
 use crate::*;
-use allot_policy::{Grant, Resources, Snapshot};
-use std::collections::BTreeSet;
+use allot_policy::{Grant, Resources, Snapshot, indexed};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -60,16 +59,11 @@ fn s(t: &str) -> AllotStr {
 impl CSnapshot {
     /// Lays out `snap` for the C ABI.
     pub fn new(snap: &Snapshot) -> Self {
-        let mut kinds: BTreeSet<String> =
-            snap.total.scalars().map(|(k, _)| k.to_string()).collect();
-        for a in &snap.agents {
-            kinds.extend(a.total.scalars().map(|(k, _)| k.to_string()));
-        }
-        let kinds: Vec<String> = kinds.into_iter().collect();
+        let kinds = indexed::kinds(snap);
         let n = kinds.len();
         let vector = |r: &Resources, flat: &mut Vec<i64>| -> usize {
             let at = flat.len();
-            flat.extend(kinds.iter().map(|k| r.scalar_milli(k)));
+            indexed::extend_amounts(r, &kinds, flat);
             at
         };
         let role_index: std::collections::HashMap<&str, u32> = snap
@@ -77,12 +71,6 @@ impl CSnapshot {
             .iter()
             .enumerate()
             .map(|(i, r)| (r.name.as_str(), i as u32))
-            .collect();
-        let agent_index: std::collections::HashMap<&str, u32> = snap
-            .agents
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.id.as_str(), i as u32))
             .collect();
 
         // First pass: every number into one flat vector, remembering offsets.
@@ -108,29 +96,16 @@ impl CSnapshot {
         for r in &snap.roles {
             let lim = r.quota_limit.as_ref().map(|l| {
                 let at = flat.len();
-                flat.extend(kinds.iter().map(|k| {
-                    let v = l.scalar_milli(k);
-                    if l.scalars().any(|(name, _)| name == k) {
-                        v
-                    } else {
-                        -1
-                    }
-                }));
+                flat.extend(indexed::limit_amounts(l, &kinds));
                 at
             });
             role_at.push((lim, vector(&r.allocation, &mut flat)));
         }
         let mut filtered: Vec<u32> = Vec::new();
         let mut fw_at = Vec::with_capacity(snap.frameworks.len());
-        for f in &snap.frameworks {
+        for (f, idx) in snap.frameworks.iter().zip(indexed::filtered(snap)) {
             let alloc = vector(&f.allocation, &mut flat);
             let start = filtered.len();
-            let mut idx: Vec<u32> = f
-                .filtered_agents
-                .iter()
-                .filter_map(|a| agent_index.get(a.as_str()).copied())
-                .collect();
-            idx.sort_unstable();
             filtered.extend(idx);
             fw_at.push((alloc, start, filtered.len() - start));
         }
@@ -283,45 +258,21 @@ impl GrantBuffer {
             )));
         }
         let stride = self.n_kinds.max(1);
-        let mut ranges_given = vec![false; snap.agents.len()];
+        let n = self.n_kinds;
+        let mut reader = indexed::GrantReader::new(snap, c.kinds());
         let mut out = Vec::with_capacity(len);
         for (i, g) in self.grants[..len].iter().enumerate() {
-            let fw = snap.frameworks.get(g.framework as usize).ok_or_else(|| {
-                AbiError::BadGrant(format!("grant {i} names framework index {}", g.framework))
-            })?;
-            let agent = snap.agents.get(g.agent as usize).ok_or_else(|| {
-                AbiError::BadGrant(format!("grant {i} names agent index {}", g.agent))
-            })?;
-            let mut resources = Resources::new();
-            let mut reserved = Resources::new();
-            for (k, kind) in c.kinds().iter().enumerate() {
-                let (u, r) = (
-                    self.amounts[2 * i * stride + k],
-                    self.amounts[(2 * i + 1) * stride + k],
-                );
-                if u < 0 || r < 0 {
-                    return Err(AbiError::BadGrant(format!(
-                        "grant {i} has a negative amount of {kind}"
-                    )));
-                }
-                resources.set_scalar_milli(kind, u);
-                reserved.set_scalar_milli(kind, r);
-            }
-            let ai = g.agent as usize;
-            if !resources.is_empty() && !ranges_given[ai] {
-                ranges_given[ai] = true;
-                for (name, set) in agent.available.ranges() {
-                    for &(b, e) in set {
-                        let _ = resources.add_range(name, b, e);
-                    }
-                }
-            }
-            out.push(Grant {
-                framework: fw.id.clone(),
-                agent: agent.id.clone(),
-                resources,
-                reserved,
-            });
+            let at = 2 * i * stride;
+            let grant = reader
+                .read(
+                    i,
+                    g.framework,
+                    g.agent,
+                    &self.amounts[at..at + n],
+                    &self.amounts[at + stride..at + stride + n],
+                )
+                .map_err(AbiError::BadGrant)?;
+            out.push(grant);
         }
         Ok(out)
     }

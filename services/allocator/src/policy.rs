@@ -1,14 +1,16 @@
-//! Policy hosting: built-in and native policies behind one interface, each call bounded by a deadline, and
-//! artifacts stored in etcd pinned by their sha256.
+//! Policy hosting: built-in, native and WASM policies behind one interface, each call bounded by a deadline,
+//! and artifacts stored in etcd pinned by their sha256.
 //!
-//! A call that fails (an error code, a panic, malformed grants, or no answer before the deadline) is a
-//! [`Failure`]; the engine then decides the cycle with the last good policy. A native policy that missed its
-//! deadline is abandoned on its worker thread and marked broken, so that it is not called again.
+//! A call that fails (an error code, a panic, a trap, malformed grants, or no answer before the deadline) is
+//! a [`Failure`]; the engine then decides the cycle with the last good policy. A policy that missed its
+//! deadline is marked broken and not called again: a native one is abandoned on its worker thread, a WASM one
+//! is interrupted by its epoch deadline (allot-policy-wasm).
 
 use allot_common::Store;
 use allot_common::store::Kind;
 use allot_policy::{Grant, Policy, Snapshot};
 use allot_policy_abi::host::NativePolicy;
+use allot_policy_wasm::{Limits, WasmError, WasmPolicy};
 use allot_proto::allocator::{PolicyArtifact, PolicyRef};
 use sha2::Digest;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,9 @@ pub fn builtin_policy(name: &str) -> Option<Box<dyn Policy>> {
         .map(|(_, make)| make())
 }
 
+/// How long a WASM component's `name` may take when it is loaded (compiling it is not counted).
+pub const LOAD_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Size of one stored chunk of an artifact, in bytes (etcd refuses requests over 1.5 MiB by default).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -46,17 +51,20 @@ pub enum Failure {
     Timeout(Duration),
     /// The policy panicked.
     Panic(String),
+    /// A WASM policy trapped (unreachable, out-of-bounds access, memory cap reached, ...).
+    Trap(String),
     /// The policy returned something that is not a list of grants over the snapshot.
     Malformed(String),
 }
 
 impl Failure {
-    /// A short label for counters: `error`, `timeout`, `panic`, `malformed`.
+    /// A short label for counters: `error`, `timeout`, `panic`, `trap`, `malformed`.
     pub fn reason(&self) -> &'static str {
         match self {
             Failure::Error(_) => "error",
             Failure::Timeout(_) => "timeout",
             Failure::Panic(_) => "panic",
+            Failure::Trap(_) => "trap",
             Failure::Malformed(_) => "malformed",
         }
     }
@@ -68,6 +76,7 @@ impl std::fmt::Display for Failure {
             Failure::Error(m) => write!(f, "error: {m}"),
             Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
             Failure::Panic(m) => write!(f, "panic: {m}"),
+            Failure::Trap(m) => write!(f, "trap: {m}"),
             Failure::Malformed(m) => write!(f, "malformed output: {m}"),
         }
     }
@@ -77,6 +86,7 @@ impl std::fmt::Display for Failure {
 enum Implementation {
     Builtin(&'static str),
     Native(Arc<NativePolicy>),
+    Wasm(Arc<WasmPolicy>),
 }
 
 /// A policy ready to be called.
@@ -143,8 +153,9 @@ impl Loaded {
     /// Loads the artifact in file `path` whose sha256 is `sha256`.
     ///
     /// # Errors
-    /// A message when the file is not a policy this allocator can load (wrong ABI version, missing symbols,
-    /// or a WASM component, which this build does not run yet).
+    /// A message when the file is not a policy this allocator can load: a library with another ABI version
+    /// or missing symbols; a WASM component for another interface version, with imports, or whose `name`
+    /// traps or does not answer within [`LOAD_DEADLINE`].
     pub fn from_file(path: &Path, sha256: &str) -> Result<Loaded, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         match artifact_kind(&bytes)? {
@@ -160,11 +171,23 @@ impl Loaded {
                     broken: false,
                 })
             }
-            _ => Err("WASM policies are not supported by this allocator build yet".into()),
+            _ => {
+                let p = WasmPolicy::load(&bytes, Limits::default(), LOAD_DEADLINE)
+                    .map_err(|e| e.to_string())?;
+                Ok(Loaded {
+                    reference: PolicyRef {
+                        name: p.name().to_string(),
+                        kind: "wasm".into(),
+                        sha256: sha256.to_string(),
+                    },
+                    imp: Implementation::Wasm(Arc::new(p)),
+                    broken: false,
+                })
+            }
         }
     }
 
-    /// Runs one cycle over `snapshot`, giving a native policy at most `deadline`.
+    /// Runs one cycle over `snapshot`, giving a native or WASM policy at most `deadline`.
     ///
     /// # Errors
     /// [`Failure`] as described in the module documentation.
@@ -184,6 +207,13 @@ impl Loaded {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.allocate(snapshot)))
                     .map_err(|p| Failure::Panic(panic_text(&p)))
             }
+            Implementation::Wasm(p) => p.allocate(snapshot, deadline).map_err(|e| match e {
+                WasmError::Timeout(d) => Failure::Timeout(d),
+                WasmError::Trap(m) => Failure::Trap(m),
+                WasmError::Error(m) => Failure::Error(m),
+                WasmError::BadGrant(m) => Failure::Malformed(m),
+                other => Failure::Error(other.to_string()),
+            }),
             Implementation::Native(p) => {
                 let (tx, rx) = std::sync::mpsc::channel();
                 let (p, snap) = (p.clone(), snapshot.clone());

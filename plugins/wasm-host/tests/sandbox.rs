@@ -1,0 +1,264 @@
+//! The WASM host against real components built by `bash plugins/wasm/build.sh` (target/wasm/): the C policy,
+//! the built-in Rust policies compiled to WASM (compared grant for grant with the same policies run
+//! natively), and C fixtures that trap, loop, exhaust memory, return garbage or an error, or were built
+//! against another interface version.
+
+use allot_policy::{AgentView, FrameworkView, Policy, Resources, RoleView, Snapshot};
+use allot_policy_wasm::{Limits, WasmError, WasmPolicy};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(5);
+
+fn artifact(name: &str) -> Option<Vec<u8>> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    std::fs::read(target.join("wasm").join(format!("{name}.wasm"))).ok()
+}
+
+/// A C-built component: always built by plugins/wasm/build.sh, which tests/run.sh runs first.
+fn c_built(name: &str) -> Vec<u8> {
+    artifact(name).unwrap_or_else(|| {
+        panic!("target/wasm/{name}.wasm is missing: run `bash plugins/wasm/build.sh` (tests/run.sh does)")
+    })
+}
+
+fn load(name: &str) -> WasmPolicy {
+    WasmPolicy::load(&c_built(name), Limits::default(), DEADLINE)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn r(s: &str) -> Resources {
+    s.parse().expect("resources")
+}
+
+fn framework(id: &str, role: &str, priority: i32) -> FrameworkView {
+    FrameworkView {
+        id: id.into(),
+        role: role.into(),
+        allocation: Resources::new(),
+        allocations: 0,
+        filtered_agents: vec![],
+        priority,
+    }
+}
+
+fn role(name: &str, weight: f64) -> RoleView {
+    RoleView {
+        name: name.into(),
+        weight,
+        quota_limit: None,
+        allocation: Resources::new(),
+    }
+}
+
+/// `agents` agents of cpus 4 / mem 1024 and two frameworks in two roles.
+fn small(agents: usize) -> Snapshot {
+    let agents: Vec<AgentView> = (0..agents)
+        .map(|i| AgentView {
+            id: format!("a{i:03}"),
+            total: r("cpus:4;mem:1024"),
+            available: r("cpus:4;mem:1024"),
+            reserved: Default::default(),
+        })
+        .collect();
+    let mut total = Resources::new();
+    for a in &agents {
+        total.add(&a.total);
+    }
+    Snapshot {
+        total,
+        agents,
+        frameworks: vec![framework("f1", "web", 0), framework("f2", "batch", 0)],
+        roles: vec![role("batch", 1.0), role("web", 1.0)],
+    }
+}
+
+/// A mixed snapshot: reservations, a quota limit, weights, priorities, filters and prior allocations.
+fn mixed() -> Snapshot {
+    let mut s = Snapshot::default();
+    for i in 0..40 {
+        let mut reserved = std::collections::BTreeMap::new();
+        if i % 5 == 0 {
+            reserved.insert("db".to_string(), r("cpus:2;mem:512"));
+        }
+        let available = if i % 3 == 0 {
+            "cpus:1;mem:256"
+        } else {
+            "cpus:8;mem:4096;disk:100"
+        };
+        s.agents.push(AgentView {
+            id: format!("agent-{i:02}"),
+            total: r("cpus:10;mem:4608;disk:100"),
+            available: r(available),
+            reserved,
+        });
+        s.total.add(&r("cpus:10;mem:4608;disk:100"));
+    }
+    s.roles = vec![role("batch", 1.0), role("db", 2.0), role("web", 1.0)];
+    s.roles[2].quota_limit = Some(r("cpus:20"));
+    s.roles[0].allocation = r("cpus:30;mem:1000");
+    for (i, (rl, prio)) in [
+        ("batch", 0),
+        ("db", 5),
+        ("web", 0),
+        ("batch", 5),
+        ("web", 1),
+        ("db", 0),
+        ("batch", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut f = framework(&format!("fw-{i}"), rl, prio);
+        f.allocations = (i as u64 * 7) % 3;
+        if i == 0 {
+            f.allocation = r("cpus:30;mem:1000");
+        }
+        if i % 2 == 1 {
+            f.filtered_agents = vec!["agent-03".into(), "agent-17".into()];
+        }
+        s.frameworks.push(f);
+    }
+    s
+}
+
+#[test]
+fn the_c_policy_shares_agents_between_roles() {
+    let p = load("fairshare-c");
+    assert_eq!(p.name(), "fairshare-c");
+    let grants = p.allocate(&small(4), DEADLINE).expect("allocates");
+    assert_eq!(grants.len(), 4, "{grants:?}");
+    for f in ["f1", "f2"] {
+        assert_eq!(
+            grants.iter().filter(|g| g.framework == f).count(),
+            2,
+            "{grants:?}"
+        );
+    }
+    assert!(grants.iter().all(|g| g.resources == r("cpus:4;mem:1024")));
+}
+
+#[test]
+fn the_c_policy_respects_quota_filters_and_reservations() {
+    let s = mixed();
+    let grants = load("fairshare-c")
+        .allocate(&s, DEADLINE)
+        .expect("allocates");
+    assert!(!grants.is_empty());
+    let mut web_cpus = 0;
+    for g in &grants {
+        let f = s
+            .frameworks
+            .iter()
+            .find(|f| f.id == g.framework)
+            .expect("known framework");
+        assert!(!f.is_filtered(&g.agent), "{g:?}");
+        if f.role == "web" {
+            web_cpus += g.total().scalar_milli("cpus");
+        }
+        if !g.reserved.is_empty() {
+            assert_eq!(f.role, "db", "reservations go to their role: {g:?}");
+        }
+    }
+    assert!(web_cpus <= 20_000, "the web quota limit holds: {web_cpus}");
+}
+
+/// The built-in Rust policies compiled to WASM decide exactly like the native code.
+#[test]
+fn rust_policies_in_wasm_match_the_built_ins() {
+    let cases: [(&str, Box<dyn Policy>); 2] = [
+        ("drf", Box::new(allot_drf::Drf)),
+        ("priority", Box::new(allot_drf::Priority)),
+    ];
+    for (name, mut native) in cases {
+        let Some(bytes) = artifact(name) else {
+            eprintln!("SKIP {name}.wasm: not built (no wasm32-unknown-unknown Rust target here)");
+            continue;
+        };
+        let wasm = WasmPolicy::load(&bytes, Limits::default(), DEADLINE).expect("loads");
+        assert_eq!(wasm.name(), name);
+        for snap in [small(6), mixed()] {
+            let want = native.allocate(&snap);
+            let got = wasm.allocate(&snap, DEADLINE).expect("allocates");
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_trap_is_reported() {
+    let p = load("fault-trap");
+    let one = Snapshot {
+        frameworks: vec![framework("f1", "web", 0)],
+        ..small(2)
+    };
+    assert_eq!(
+        p.allocate(&one, DEADLINE)
+            .expect("behaves with one framework")
+            .len(),
+        2
+    );
+    match p.allocate(&small(2), DEADLINE) {
+        Err(WasmError::Trap(m)) => assert!(m.contains("unreachable"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // The next call runs in a fresh instance: the trap left nothing behind.
+    assert_eq!(p.allocate(&one, DEADLINE).expect("still callable").len(), 2);
+}
+
+#[test]
+fn an_endless_loop_is_interrupted_at_the_deadline() {
+    let p = load("fault-loop");
+    let deadline = Duration::from_millis(200);
+    let started = Instant::now();
+    assert_eq!(
+        p.allocate(&small(2), deadline),
+        Err(WasmError::Timeout(deadline))
+    );
+    assert!(started.elapsed() >= deadline, "not before the deadline");
+}
+
+#[test]
+fn the_memory_cap_holds() {
+    let limits = Limits {
+        memory_bytes: 32 << 20,
+    };
+    let p = WasmPolicy::load(&c_built("fault-oom"), limits, DEADLINE).expect("loads");
+    match p.allocate(&small(2), DEADLINE) {
+        Err(WasmError::Trap(m)) => assert!(m.contains("memory"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn garbage_and_errors_are_reported() {
+    match load("fault-garbage").allocate(&small(2), DEADLINE) {
+        Err(WasmError::BadGrant(m)) => assert!(m.contains("framework index 9999"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        load("fault-error").allocate(&small(2), DEADLINE),
+        Err(WasmError::Error("fault injected".into()))
+    );
+}
+
+#[test]
+fn other_interface_versions_and_non_components_are_refused() {
+    match WasmPolicy::load(&c_built("wrong-version"), Limits::default(), DEADLINE) {
+        Err(WasmError::Interface(m)) => {
+            assert!(m.contains("0.1.0") || m.contains("allocator"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        WasmPolicy::load(b"\0asm\x01\0\0\0", Limits::default(), DEADLINE),
+        Err(WasmError::Compile(_) | WasmError::Interface(_))
+    ));
+    assert!(matches!(
+        WasmPolicy::load(b"not wasm at all", Limits::default(), DEADLINE),
+        Err(WasmError::Compile(_))
+    ));
+}

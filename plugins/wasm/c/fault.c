@@ -1,0 +1,86 @@
+/*
+ * Misbehaving WASM policies, the fixtures of the containment tests (tests/tests/policy.rs and
+ * plugins/wasm-host/tests). Built by plugins/wasm/build.sh once per fault with -DFAULT_<NAME>.
+ *
+ * With one framework in the snapshot each behaves (every agent whole to the first framework that is not
+ * filtered from it), so it passes the allocator's trial at activation; with two or more it misbehaves:
+ *   FAULT_TRAP      executes `unreachable`;
+ *   FAULT_LOOP      never returns;
+ *   FAULT_OOM       allocates until the host's memory cap stops it;
+ *   FAULT_GARBAGE   names framework index 9999;
+ *   FAULT_ERROR     returns err("fault injected");
+ *   FAULT_OVERCOMMIT grants twice what each agent has.
+ */
+#include "policy.h"
+
+#include <stdlib.h>
+
+#if defined(FAULT_TRAP)
+#define NAME "fault-trap"
+#elif defined(FAULT_LOOP)
+#define NAME "fault-loop"
+#elif defined(FAULT_OOM)
+#define NAME "fault-oom"
+#elif defined(FAULT_GARBAGE)
+#define NAME "fault-garbage"
+#elif defined(FAULT_ERROR)
+#define NAME "fault-error"
+#elif defined(FAULT_OVERCOMMIT)
+#define NAME "fault-overcommit"
+#else
+#error "define one FAULT_*"
+#endif
+
+void exports_allot_policy_allocator_name(policy_string_t *ret) { policy_string_dup(ret, NAME); }
+
+bool exports_allot_policy_allocator_allocate(allot_policy_types_snapshot_t *s,
+                                             exports_allot_policy_allocator_list_grant_t *ret,
+                                             policy_string_t *err) {
+    int misbehave = s->frameworks.len >= 2;
+    int factor = 1;
+    if (misbehave) {
+#if defined(FAULT_TRAP)
+        __builtin_trap();
+#elif defined(FAULT_LOOP)
+        volatile unsigned long x = 0;
+        for (;;) x++;
+#elif defined(FAULT_OOM)
+        for (;;) {
+            volatile char *p = malloc(1 << 20);
+            if (!p) __builtin_trap();
+            p[0] = 1;
+        }
+#elif defined(FAULT_ERROR)
+        policy_string_dup(err, "fault injected");
+        return false;
+#elif defined(FAULT_OVERCOMMIT)
+        factor = 2;
+#endif
+    }
+    (void)err;
+    size_t nk = s->kinds.len, n = 0;
+    exports_allot_policy_allocator_grant_t *grants = calloc(s->agents.len + 1, sizeof(*grants));
+    for (uint32_t a = 0; a < s->agents.len; a++) {
+        for (uint32_t f = 0; f < s->frameworks.len; f++) {
+            const allot_policy_types_framework_t *fw = &s->frameworks.ptr[f];
+            int filtered = 0;
+            for (size_t i = 0; i < fw->filtered.len; i++)
+                if (fw->filtered.ptr[i] == a) filtered = 1;
+            if (filtered) continue;
+            exports_allot_policy_allocator_grant_t *g = &grants[n++];
+#if defined(FAULT_GARBAGE)
+            g->framework = misbehave ? 9999u : f;
+#else
+            g->framework = f;
+#endif
+            g->agent = a;
+            g->resources.ptr = calloc(nk + 1, sizeof(int64_t));
+            g->resources.len = nk;
+            for (size_t k = 0; k < nk; k++) g->resources.ptr[k] = s->agents.ptr[a].available.ptr[k] * factor;
+            break;
+        }
+    }
+    ret->ptr = grants;
+    ret->len = n;
+    return true;
+}
