@@ -324,6 +324,20 @@ async fn wasm_plugins_that_trap_loop_or_exhaust_memory_are_contained() {
         assert_eq!(s.running.unwrap_or_default().kind, "wasm", "{fixture}");
         assert_eq!(s.last_good.unwrap_or_default().name, "drf", "{fixture}");
     }
+    // Grants beyond what agents have are not a failure of the call: the host drops each one and counts it.
+    let (cluster, mut second) =
+        misbehaving_plugin(c_wasm("fault-overcommit"), "fault-overcommit").await;
+    eventually("overcommitting grants are dropped", || async {
+        status(&cluster).await.dropped_grants >= 2
+    })
+    .await;
+    assert!(
+        second
+            .offers_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no invalid grant became an offer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

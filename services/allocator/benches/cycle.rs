@@ -1,9 +1,11 @@
 //! One full allocation cycle through the allocator's host (snapshot, policy, validation of every grant into an
 //! offer) at 1,000 / 10,000 / 50,000 agents x 10 / 100 / 1,000 frameworks; agents of cpus 24 and mem 4096,
-//! frameworks spread over 10 roles, all resources free (the worst case: every agent is offered). Built-in DRF
-//! and the native build of the same DRF (`liballot_drf_native.so`, loaded through the C ABI) in the same run.
+//! frameworks spread over 10 roles, all resources free (the worst case: every agent is offered). Built-in DRF,
+//! the native build of the same DRF (`liballot_drf_native.so`, loaded through the C ABI) and its WASM build
+//! (`target/wasm/drf.wasm`, through the WIT interface, sandboxed) in the same run.
 //!
-//! Run: `cargo build --release -p allot-drf-native && cargo bench -p allot-allocator --bench cycle`
+//! Run: `cargo build --release -p allot-drf-native && bash plugins/wasm/build.sh &&
+//!       cargo bench -p allot-allocator --bench cycle`
 //! Options (after `--`): `--quick` for the smaller sizes only; `--runs N` (default 5, the median is reported).
 //! Anchor: Mesos 1.x needs about 1.06 s for 10,000 agents x 1,000 frameworks in its own allocator benchmark.
 
@@ -71,15 +73,22 @@ fn main() {
         Loaded::from_file(p, &allot_allocator::policy::sha256_hex(&bytes))
             .expect("load the library")
     });
+    let wasm_path = target.join("wasm/drf.wasm");
+    let wasm = wasm_path.exists().then(|| {
+        let bytes = std::fs::read(&wasm_path).expect("read the component");
+        Loaded::from_file(&wasm_path, &allot_allocator::policy::sha256_hex(&bytes))
+            .expect("load the component")
+    });
     let builtin = Loaded::builtin("drf").expect("drf");
     println!(
-        "# one allocation cycle, median of {runs} runs; native: {}",
+        "# one allocation cycle, median of {runs} runs; native: {}; wasm: {}",
         lib.map(|p| p.display().to_string())
-            .unwrap_or("not built".into())
+            .unwrap_or("not built".into()),
+        if wasm.is_some() { wasm_path.display().to_string() } else { "not built".into() }
     );
     println!(
-        "{:>7} {:>10} {:>8} {:>14} {:>14} {:>8}",
-        "agents", "frameworks", "offers", "builtin drf", "native drf", "native/builtin"
+        "{:>7} {:>10} {:>8} {:>14} {:>14} {:>14} {:>11}",
+        "agents", "frameworks", "offers", "builtin drf", "native drf", "wasm drf", "wasm/native"
     );
     let agent_sizes: &[usize] = if quick {
         &[1_000, 10_000]
@@ -99,15 +108,22 @@ fn main() {
                     })
                     .collect(),
             );
-            let n = native
-                .as_ref()
-                .map(|p| median((0..runs).map(|_| cycle(&template, p).0).collect()));
+            let time = |p: &Option<Loaded>| {
+                p.as_ref()
+                    .map(|p| median((0..runs).map(|_| cycle(&template, p).0).collect()))
+            };
+            let (n, w) = (time(&native), time(&wasm));
+            let ms = |d: Option<Duration>| {
+                d.map(|d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+                    .unwrap_or("-".into())
+            };
             println!(
-                "{agents:>7} {frameworks:>10} {offers:>8} {:>11.2} ms {:>11} {:>8}",
+                "{agents:>7} {frameworks:>10} {offers:>8} {:>11.2} ms {:>14} {:>14} {:>11}",
                 b.as_secs_f64() * 1e3,
-                n.map(|n| format!("{:.2} ms", n.as_secs_f64() * 1e3))
-                    .unwrap_or("-".into()),
-                n.map(|n| format!("{:.2}x", n.as_secs_f64() / b.as_secs_f64()))
+                ms(n),
+                ms(w),
+                n.zip(w)
+                    .map(|(n, w)| format!("{:.2}x", w.as_secs_f64() / n.as_secs_f64()))
                     .unwrap_or("-".into()),
             );
         }

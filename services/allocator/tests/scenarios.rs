@@ -276,8 +276,10 @@ fn bad_scenarios_are_clear_errors() {
     }
 }
 
+/// The native library (built here when missing) and, when plugins/wasm/build.sh made it, the WASM component
+/// of the built-in drf: each decides every example scenario exactly like the built-in.
 #[test]
-fn a_native_policy_library_runs_in_the_simulator_like_the_builtin() {
+fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
@@ -292,22 +294,33 @@ fn a_native_policy_library_runs_in_the_simulator_like_the_builtin() {
             .success();
         assert!(ok, "building allot-drf-native");
     }
+    let mut plugins = vec![lib];
+    let component = target.join("wasm/drf.wasm");
+    if component.exists() {
+        plugins.push(component);
+    } else {
+        eprintln!("SKIP the WASM drf: target/wasm/drf.wasm not built (no wasm32 Rust target)");
+    }
     for name in [
         "drf-paper.yaml",
         "offer-filter.yaml",
         "two-roles-weights.yaml",
     ] {
         let builtin = sim(&example(name));
-        let native = sim_with(
-            &example(name),
-            &SimOptions {
-                policy: Some(lib.display().to_string()),
-                ..SimOptions::default()
-            },
-        );
-        assert_eq!(
-            builtin, native,
-            "{name}: the native build decides exactly like the built-in"
-        );
+        for plugin in &plugins {
+            let other = sim_with(
+                &example(name),
+                &SimOptions {
+                    policy: Some(plugin.display().to_string()),
+                    ..SimOptions::default()
+                },
+            );
+            assert_eq!(
+                builtin,
+                other,
+                "{name}: {} decides exactly like the built-in",
+                plugin.display()
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 /// `allot policy` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {
-    /// Upload a policy artifact (native `.so`); the allocator checks it loads and runs once, then stores it
+    /// Upload a policy artifact (a native `.so` or a WASM component `.wasm`); the allocator checks it loads and runs once, then stores it
     /// in etcd pinned by its sha256.
     Load {
         /// The artifact file.
