@@ -204,6 +204,14 @@ async fn swap_under_workload(
                     "offer {} made twice",
                     o.offer_id
                 );
+                // What is left of an agent running earlier tasks may be memory only (an offer is allocatable
+                // with cpus or memory, as in Mesos): decline what the task does not fit.
+                let r =
+                    allot_common::convert::resources_from_proto(&o.resources).expect("resources");
+                if r.scalar("cpus") < 0.5 || r.scalar("mem") < 64.0 {
+                    fw.decline(&o.offer_id, 0.0).await.expect("decline");
+                    continue;
+                }
                 launched += 1;
                 fw.accept(
                     &o.offer_id,

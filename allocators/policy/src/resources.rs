@@ -5,16 +5,45 @@
 //! inclusive intervals.
 //!
 //! The text form is Mesos' resource string: `cpus:2;mem:1024;ports:[31000-31099,32000-32000]`.
+//!
+//! Scalar names are interned (one `&'static str` per distinct name, at most [`MAX_KINDS`] of them) and a bag
+//! keeps up to four scalars inline, sorted by name: copying, adding and comparing bags allocates nothing,
+//! which is what an allocation cycle over tens of thousands of agents does all the time.
 
-use std::collections::BTreeMap;
+use smallvec::SmallVec;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
 
 /// Scalars are stored as integer thousandths.
 pub const SCALE: i64 = 1000;
 
 /// The largest scalar accepted, in units: beyond this fixed point would overflow on sums.
 pub const MAX_SCALAR: f64 = 1e12;
+
+/// The most distinct scalar names a process accepts from input (names are interned and never freed).
+pub const MAX_KINDS: usize = 1024;
+
+fn kinds() -> &'static Mutex<HashSet<&'static str>> {
+    static KINDS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    KINDS.get_or_init(Default::default)
+}
+
+/// The interned `name`; `None` when it would be new and [`MAX_KINDS`] names are already interned (only when
+/// `capped`).
+fn intern(name: &str, capped: bool) -> Option<&'static str> {
+    let mut set = kinds().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = set.get(name) {
+        return Some(k);
+    }
+    if capped && set.len() >= MAX_KINDS {
+        return None;
+    }
+    let k: &'static str = Box::leak(name.to_string().into_boxed_str());
+    set.insert(k);
+    Some(k)
+}
 
 /// Why a resource value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +83,12 @@ pub enum ResourcesError {
     /// The resource has no name.
     #[error("a resource has an empty name")]
     NoName,
+    /// The process has seen [`MAX_KINDS`] distinct scalar names already.
+    #[error("resource '{name}' would be distinct scalar name number {MAX_KINDS}+1; refusing it")]
+    TooManyKinds {
+        /// Resource name.
+        name: String,
+    },
     /// The text form could not be parsed.
     #[error("cannot parse resources '{0}': expected e.g. 'cpus:2;mem:1024;ports:[31000-31099]'")]
     Parse(String),
@@ -62,7 +97,8 @@ pub enum ResourcesError {
 /// A bag of resources: named scalars in thousandths and named range sets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
-    scalars: BTreeMap<String, i64>,
+    /// Sorted by name, every value > 0.
+    scalars: SmallVec<[(&'static str, i64); 4]>,
     ranges: BTreeMap<String, Vec<(u64, u64)>>,
 }
 
@@ -79,7 +115,9 @@ impl Resources {
     pub fn add_scalar(&mut self, name: &str, value: f64) -> Result<(), ResourcesError> {
         let milli = to_milli(name, value)?;
         if milli > 0 {
-            *self.scalars.entry(name.to_string()).or_insert(0) += milli;
+            let k = intern(name, true)
+                .ok_or_else(|| ResourcesError::TooManyKinds { name: name.into() })?;
+            self.add_milli(k, milli);
         }
         Ok(())
     }
@@ -112,21 +150,40 @@ impl Resources {
 
     /// A scalar in thousandths (0 when absent).
     pub fn scalar_milli(&self, name: &str) -> i64 {
-        self.scalars.get(name).copied().unwrap_or(0)
+        self.find(name).map_or(0, |i| self.scalars[i].1)
     }
 
-    /// Sets a scalar in thousandths; 0 or less removes it.
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.scalars.binary_search_by(|(k, _)| (*k).cmp(name))
+    }
+
+    /// Adds `milli` (> 0) to the interned kind `k`.
+    fn add_milli(&mut self, k: &'static str, milli: i64) {
+        match self.find(k) {
+            Ok(i) => self.scalars[i].1 += milli,
+            Err(i) => self.scalars.insert(i, (k, milli)),
+        }
+    }
+
+    /// Sets a scalar in thousandths; 0 or less removes it. Meant for names that come from other bags or from
+    /// a snapshot's kinds: new names are interned without the [`MAX_KINDS`] cap that input goes through.
     pub fn set_scalar_milli(&mut self, name: &str, milli: i64) {
-        if milli > 0 {
-            self.scalars.insert(name.to_string(), milli);
-        } else {
-            self.scalars.remove(name);
+        match self.find(name) {
+            Ok(i) if milli > 0 => self.scalars[i].1 = milli,
+            Ok(i) => {
+                self.scalars.remove(i);
+            }
+            Err(i) if milli > 0 => {
+                let k = intern(name, false).expect("uncapped interning");
+                self.scalars.insert(i, (k, milli));
+            }
+            Err(_) => {}
         }
     }
 
     /// Every scalar as `(name, thousandths)`, sorted by name.
     pub fn scalars(&self) -> impl Iterator<Item = (&str, i64)> {
-        self.scalars.iter().map(|(k, v)| (k.as_str(), *v))
+        self.scalars.iter().map(|&(k, v)| (k, v))
     }
 
     /// Every range resource as `(name, intervals)`, sorted by name; intervals are disjoint and sorted.
@@ -144,7 +201,7 @@ impl Resources {
         other
             .scalars
             .iter()
-            .all(|(k, v)| self.scalar_milli(k) >= *v)
+            .all(|&(k, v)| self.scalar_milli(k) >= v)
             && other.ranges.iter().all(|(k, want)| {
                 let have = self.ranges.get(k).map(Vec::as_slice).unwrap_or(&[]);
                 want.iter()
@@ -154,8 +211,8 @@ impl Resources {
 
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &Resources) {
-        for (k, v) in &other.scalars {
-            *self.scalars.entry(k.clone()).or_insert(0) += v;
+        for &(k, v) in &other.scalars {
+            self.add_milli(k, v);
         }
         for (k, v) in &other.ranges {
             let set = self.ranges.entry(k.clone()).or_default();
@@ -167,11 +224,11 @@ impl Resources {
     /// Removes `other` from `self`, saturating at zero (callers check [`Resources::contains`] first where an
     /// overdraw is an error).
     pub fn subtract(&mut self, other: &Resources) {
-        for (k, v) in &other.scalars {
-            if let Some(have) = self.scalars.get_mut(k) {
-                *have -= v;
-                if *have <= 0 {
-                    self.scalars.remove(k);
+        for &(k, v) in &other.scalars {
+            if let Ok(i) = self.find(k) {
+                self.scalars[i].1 -= v;
+                if self.scalars[i].1 <= 0 {
+                    self.scalars.remove(i);
                 }
             }
         }
@@ -218,11 +275,11 @@ impl Resources {
     pub fn capped_by(&self, limit: &Resources) -> Resources {
         let mut r = self.clone();
         for (k, v) in r.scalars.iter_mut() {
-            if let Some(cap) = limit.scalars.get(k) {
-                *v = (*v).min(*cap);
+            if let Ok(i) = limit.find(k) {
+                *v = (*v).min(limit.scalars[i].1);
             }
         }
-        r.scalars.retain(|_, v| *v > 0);
+        r.scalars.retain(|(_, v)| *v > 0);
         r
     }
 }
@@ -264,12 +321,12 @@ fn normalize(set: &mut Vec<(u64, u64)>) {
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
-        for (k, v) in &self.scalars {
+        for &(k, v) in &self.scalars {
             if !first {
                 f.write_str(";")?;
             }
             first = false;
-            write!(f, "{k}:{}", *v as f64 / SCALE as f64)?;
+            write!(f, "{k}:{}", v as f64 / SCALE as f64)?;
         }
         for (k, v) in &self.ranges {
             if !first {

@@ -84,7 +84,11 @@ fn main() {
         "# one allocation cycle, median of {runs} runs; native: {}; wasm: {}",
         lib.map(|p| p.display().to_string())
             .unwrap_or("not built".into()),
-        if wasm.is_some() { wasm_path.display().to_string() } else { "not built".into() }
+        if wasm.is_some() {
+            wasm_path.display().to_string()
+        } else {
+            "not built".into()
+        }
     );
     println!(
         "{:>7} {:>10} {:>8} {:>14} {:>14} {:>14} {:>11}",
