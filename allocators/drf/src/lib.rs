@@ -19,7 +19,7 @@
 //! offered.
 
 use allot_policy::{Grant, Policy, Resources, Snapshot, dominant_share};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Mesos' `MIN_CPUS`: an offer must have at least this many cores, or [`MIN_MEM_MIB`] of memory.
 pub const MIN_CPUS: f64 = 0.01;
@@ -59,12 +59,40 @@ pub fn is_allocatable(r: &Resources) -> bool {
     r.scalar("cpus") >= MIN_CPUS || r.scalar("mem") >= MIN_MEM_MIB
 }
 
+/// A framework's place in its role's queue: lowest dominant share first, then fewer allocations, then ID.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Key<'a> {
+    share: f64,
+    allocations: u64,
+    id: &'a str,
+    index: usize,
+}
+
+impl Eq for Key<'_> {}
+
+impl Ord for Key<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.share
+            .total_cmp(&other.share)
+            .then(self.allocations.cmp(&other.allocations))
+            .then_with(|| self.id.cmp(other.id))
+            .then(self.index.cmp(&other.index))
+    }
+}
+
+impl PartialOrd for Key<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 struct RoleState<'a> {
     weight: f64,
     limit: Option<&'a Resources>,
     allocation: Resources,
     share: f64,
-    frameworks: Vec<usize>,
+    /// The role's frameworks by priority class, each class a queue in DRF order.
+    queues: BTreeMap<i32, BTreeSet<Key<'a>>>,
 }
 
 struct FrameworkState {
@@ -74,6 +102,9 @@ struct FrameworkState {
 }
 
 /// One cycle of hierarchical DRF over `s`; with `by_priority`, priority classes come first.
+///
+/// Cost: per agent, sorting the roles of each class plus `O(log F)` to pick a framework (more only when
+/// frameworks at the head of a role's queue filtered the agent), so `O(A · (R log R + log F))`.
 pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
     let mut roles: BTreeMap<&str, RoleState<'_>> = BTreeMap::new();
     for r in &s.roles {
@@ -84,33 +115,11 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
                 limit: r.quota_limit.as_ref(),
                 allocation: r.allocation.clone(),
                 share: dominant_share(&r.allocation, &s.total),
-                frameworks: Vec::new(),
+                queues: BTreeMap::new(),
             },
         );
     }
     let listed: Vec<&str> = roles.keys().copied().collect();
-    let mut fws: Vec<FrameworkState> = Vec::with_capacity(s.frameworks.len());
-    for (i, f) in s.frameworks.iter().enumerate() {
-        let role = roles.entry(&f.role).or_insert_with(|| RoleState {
-            weight: 1.0,
-            limit: None,
-            allocation: Resources::new(),
-            share: 0.0,
-            frameworks: Vec::new(),
-        });
-        role.frameworks.push(i);
-        // A role missing from `Snapshot::roles` holds what its frameworks hold.
-        if listed.binary_search(&f.role.as_str()).is_err() {
-            role.allocation.add(&f.allocation);
-            role.share = dominant_share(&role.allocation, &s.total);
-        }
-        fws.push(FrameworkState {
-            allocation: f.allocation.clone(),
-            allocations: f.allocations,
-            share: dominant_share(&f.allocation, &s.total),
-        });
-    }
-    roles.retain(|_, r| !r.frameworks.is_empty());
     let class_of = |i: usize| {
         if by_priority {
             s.frameworks[i].priority
@@ -118,55 +127,96 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
             0
         }
     };
+    let mut fws: Vec<FrameworkState> = Vec::with_capacity(s.frameworks.len());
+    for (i, f) in s.frameworks.iter().enumerate() {
+        let role = roles.entry(&f.role).or_insert_with(|| RoleState {
+            weight: 1.0,
+            limit: None,
+            allocation: Resources::new(),
+            share: 0.0,
+            queues: BTreeMap::new(),
+        });
+        // A role missing from `Snapshot::roles` holds what its frameworks hold.
+        if listed.binary_search(&f.role.as_str()).is_err() {
+            role.allocation.add(&f.allocation);
+            role.share = dominant_share(&role.allocation, &s.total);
+        }
+        let share = dominant_share(&f.allocation, &s.total);
+        role.queues.entry(class_of(i)).or_default().insert(Key {
+            share,
+            allocations: f.allocations,
+            id: &f.id,
+            index: i,
+        });
+        fws.push(FrameworkState {
+            allocation: f.allocation.clone(),
+            allocations: f.allocations,
+            share,
+        });
+    }
+    roles.retain(|_, r| !r.queues.is_empty());
     let mut classes: Vec<i32> = (0..s.frameworks.len()).map(class_of).collect();
     classes.sort_unstable_by(|a, b| b.cmp(a));
     classes.dedup();
+    // The roles with a framework in each class.
+    let members: Vec<Vec<&str>> = classes
+        .iter()
+        .map(|c| {
+            roles
+                .iter()
+                .filter(|(_, r)| r.queues.contains_key(c))
+                .map(|(name, _)| *name)
+                .collect()
+        })
+        .collect();
 
     let mut grants = Vec::new();
+    let mut order: Vec<&str> = Vec::new();
     for agent in &s.agents {
         let mut unreserved = agent.available.clone();
         let mut reserved = agent.reserved.clone();
-        for &class in &classes {
-            let mut order: Vec<&str> = roles
-                .iter()
-                .filter(|(_, r)| r.frameworks.iter().any(|&i| class_of(i) == class))
-                .map(|(name, _)| *name)
-                .collect();
+        'classes: for (&class, members) in classes.iter().zip(&members) {
+            order.clear();
+            order.extend(members.iter().copied());
             order.sort_by(|a, b| {
                 let (ra, rb) = (&roles[a], &roles[b]);
                 (ra.share / ra.weight)
                     .total_cmp(&(rb.share / rb.weight))
                     .then_with(|| a.cmp(b))
             });
-            for role_name in order {
-                let role = &roles[role_name];
+            for &role_name in &order {
+                if reserved.is_empty() && !is_allocatable(&unreserved) {
+                    break 'classes;
+                }
+                let role = roles.get_mut(role_name).expect("role exists");
                 let own = reserved.get(role_name).cloned().unwrap_or_default();
                 let free = match role.limit {
                     Some(limit) => headroom_cap(&unreserved, limit, &role.allocation.plus(&own)),
                     None => unreserved.clone(),
                 };
-                if !is_allocatable(&free.plus(&own)) {
+                let granted = free.plus(&own);
+                if !is_allocatable(&granted) {
                     continue;
                 }
-                let pick = role
-                    .frameworks
+                let queue = role.queues.get_mut(&class).expect("class queue");
+                let Some(key) = queue
                     .iter()
+                    .find(|k| !s.frameworks[k.index].is_filtered(&agent.id))
                     .copied()
-                    .filter(|&i| class_of(i) == class && !s.frameworks[i].is_filtered(&agent.id))
-                    .min_by(|&a, &b| {
-                        fws[a]
-                            .share
-                            .total_cmp(&fws[b].share)
-                            .then(fws[a].allocations.cmp(&fws[b].allocations))
-                            .then_with(|| s.frameworks[a].id.cmp(&s.frameworks[b].id))
-                    });
-                let Some(i) = pick else { continue };
-                let granted = free.plus(&own);
+                else {
+                    continue;
+                };
+                let i = key.index;
                 let fw = &mut fws[i];
                 fw.allocation.add(&granted);
                 fw.allocations += 1;
                 fw.share = dominant_share(&fw.allocation, &s.total);
-                let role = roles.get_mut(role_name).expect("role exists");
+                queue.remove(&key);
+                queue.insert(Key {
+                    share: fw.share,
+                    allocations: fw.allocations,
+                    ..key
+                });
                 role.allocation.add(&granted);
                 role.share = dominant_share(&role.allocation, &s.total);
                 unreserved.subtract(&free);
