@@ -20,12 +20,15 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target"))
+}
+
 /// The native build of a built-in policy (`drf` or `priority`), built on demand.
 fn native(name: &str) -> Vec<u8> {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target"));
-    let path = target
+    let path = target_dir()
         .join("debug")
         .join(format!("liballot_{name}_native.so"));
     if !path.exists() {
@@ -237,16 +240,22 @@ async fn swap_under_workload(
     assert_eq!((s.failures, s.dropped_grants), (0, 0), "{s:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
+/// Three small agents, one framework that takes every offer, and native drf loaded (its sha256).
+async fn steady_cluster() -> (Cluster, TestFramework, String) {
     let mut cluster = Cluster::start().await;
     for _ in 0..3 {
         cluster.add_agent("cpus:1;mem:256").await;
     }
-    let mut fw = TestFramework::subscribe(&cluster, "steady", "*").await;
+    let fw = TestFramework::subscribe(&cluster, "steady", "*").await;
     let drf_sha = load(&cluster, native("drf"), false)
         .await
         .expect("load native drf");
+    (cluster, fw, drf_sha)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
+    let (cluster, mut fw, drf_sha) = steady_cluster().await;
     let prio_sha = load(&cluster, native("priority"), false)
         .await
         .expect("load native priority");
@@ -261,10 +270,7 @@ async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
 
 /// A WASM component built by `bash plugins/wasm/build.sh` (tests/run.sh runs it first).
 fn wasm(name: &str) -> Option<Vec<u8>> {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target"));
-    std::fs::read(target.join("wasm").join(format!("{name}.wasm"))).ok()
+    std::fs::read(target_dir().join("wasm").join(format!("{name}.wasm"))).ok()
 }
 
 fn c_wasm(name: &str) -> Vec<u8> {
@@ -275,14 +281,7 @@ fn c_wasm(name: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_native_drf_to_wasm_priority_and_back_loses_no_offer() {
-    let mut cluster = Cluster::start().await;
-    for _ in 0..3 {
-        cluster.add_agent("cpus:1;mem:256").await;
-    }
-    let mut fw = TestFramework::subscribe(&cluster, "steady", "*").await;
-    let drf_sha = load(&cluster, native("drf"), false)
-        .await
-        .expect("load native drf");
+    let (cluster, mut fw, drf_sha) = steady_cluster().await;
     // The Rust priority policy compiled to WASM; where this machine has no wasm32 Rust target, the C policy.
     let (bytes, name) = match wasm("priority") {
         Some(b) => (b, "priority"),

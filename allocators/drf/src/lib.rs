@@ -106,20 +106,38 @@ struct FrameworkState {
 /// Cost: per agent, sorting the roles of each class plus `O(log F)` to pick a framework (more only when
 /// frameworks at the head of a role's queue filtered the agent), so `O(A · (R log R + log F))`.
 pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
-    let mut roles: BTreeMap<&str, RoleState<'_>> = BTreeMap::new();
+    // Roles by name: those of the snapshot and those its frameworks name.
+    let mut names: Vec<&str> = s
+        .roles
+        .iter()
+        .map(|r| r.name.as_str())
+        .chain(s.frameworks.iter().map(|f| f.role.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let index = |name: &str| names.binary_search(&name).expect("every role is named");
+    let mut roles: Vec<RoleState<'_>> = names
+        .iter()
+        .map(|_| RoleState {
+            weight: 1.0,
+            limit: None,
+            allocation: Resources::new(),
+            share: 0.0,
+            queues: BTreeMap::new(),
+        })
+        .collect();
+    let mut listed = vec![false; names.len()];
     for r in &s.roles {
-        roles.insert(
-            &r.name,
-            RoleState {
-                weight: if r.weight > 0.0 { r.weight } else { 1.0 },
-                limit: r.quota_limit.as_ref(),
-                allocation: r.allocation.clone(),
-                share: dominant_share(&r.allocation, &s.total),
-                queues: BTreeMap::new(),
-            },
-        );
+        let i = index(&r.name);
+        listed[i] = true;
+        roles[i] = RoleState {
+            weight: if r.weight > 0.0 { r.weight } else { 1.0 },
+            limit: r.quota_limit.as_ref(),
+            allocation: r.allocation.clone(),
+            share: dominant_share(&r.allocation, &s.total),
+            queues: BTreeMap::new(),
+        };
     }
-    let listed: Vec<&str> = roles.keys().copied().collect();
     let class_of = |i: usize| {
         if by_priority {
             s.frameworks[i].priority
@@ -129,15 +147,10 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
     };
     let mut fws: Vec<FrameworkState> = Vec::with_capacity(s.frameworks.len());
     for (i, f) in s.frameworks.iter().enumerate() {
-        let role = roles.entry(&f.role).or_insert_with(|| RoleState {
-            weight: 1.0,
-            limit: None,
-            allocation: Resources::new(),
-            share: 0.0,
-            queues: BTreeMap::new(),
-        });
+        let ri = index(&f.role);
+        let role = &mut roles[ri];
         // A role missing from `Snapshot::roles` holds what its frameworks hold.
-        if listed.binary_search(&f.role.as_str()).is_err() {
+        if !listed[ri] {
             role.allocation.add(&f.allocation);
             role.share = dominant_share(&role.allocation, &s.total);
         }
@@ -154,42 +167,44 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
             share,
         });
     }
-    roles.retain(|_, r| !r.queues.is_empty());
     let mut classes: Vec<i32> = (0..s.frameworks.len()).map(class_of).collect();
     classes.sort_unstable_by(|a, b| b.cmp(a));
     classes.dedup();
-    // The roles with a framework in each class.
-    let members: Vec<Vec<&str>> = classes
+    // The roles with a framework in each class, by index (= by name).
+    let members: Vec<Vec<usize>> = classes
         .iter()
         .map(|c| {
-            roles
-                .iter()
-                .filter(|(_, r)| r.queues.contains_key(c))
-                .map(|(name, _)| *name)
+            (0..roles.len())
+                .filter(|&r| roles[r].queues.contains_key(c))
                 .collect()
         })
         .collect();
 
-    let mut grants = Vec::new();
-    let mut order: Vec<&str> = Vec::new();
+    let mut grants = Vec::with_capacity(s.agents.len());
+    let mut order: Vec<(f64, usize)> = Vec::new();
     for agent in &s.agents {
         let mut unreserved = agent.available.clone();
         let mut reserved = agent.reserved.clone();
         'classes: for (&class, members) in classes.iter().zip(&members) {
+            // Lowest weighted dominant share first, ties by name.
             order.clear();
-            order.extend(members.iter().copied());
-            order.sort_by(|a, b| {
-                let (ra, rb) = (&roles[a], &roles[b]);
-                (ra.share / ra.weight)
-                    .total_cmp(&(rb.share / rb.weight))
-                    .then_with(|| a.cmp(b))
-            });
-            for &role_name in &order {
+            order.extend(
+                members
+                    .iter()
+                    .map(|&r| (roles[r].share / roles[r].weight, r)),
+            );
+            order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for &(_, ri) in &order {
                 if reserved.is_empty() && !is_allocatable(&unreserved) {
                     break 'classes;
                 }
-                let role = roles.get_mut(role_name).expect("role exists");
-                let own = reserved.get(role_name).cloned().unwrap_or_default();
+                let role_name = names[ri];
+                let role = &mut roles[ri];
+                let own = if reserved.is_empty() {
+                    Resources::new()
+                } else {
+                    reserved.get(role_name).cloned().unwrap_or_default()
+                };
                 let free = match role.limit {
                     Some(limit) => headroom_cap(&unreserved, limit, &role.allocation.plus(&own)),
                     None => unreserved.clone(),
@@ -220,7 +235,9 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
                 role.allocation.add(&granted);
                 role.share = dominant_share(&role.allocation, &s.total);
                 unreserved.subtract(&free);
-                reserved.remove(role_name);
+                if !own.is_empty() {
+                    reserved.remove(role_name);
+                }
                 grants.push(Grant {
                     framework: s.frameworks[i].id.clone(),
                     agent: agent.id.clone(),

@@ -574,15 +574,18 @@ impl Books {
             return Err(GrantRejection::Filtered);
         }
         let role = f.role.clone();
-        let a = self.agents.get(&g.agent).ok_or(GrantRejection::Agent)?;
+        let quota = self.roles.get(&role).and_then(|r| r.quota_limit.as_ref());
+        let a = self.agents.get_mut(&g.agent).ok_or(GrantRejection::Agent)?;
         if !(a.registered && a.reachable) {
             return Err(GrantRejection::Agent);
         }
         let free = a.unreserved_total().minus(&a.allocated);
-        if !free.contains(&g.resources) || !a.reserved_available(&role).contains(&g.reserved) {
+        if !free.contains(&g.resources)
+            || (!g.reserved.is_empty() && !a.reserved_available(&role).contains(&g.reserved))
+        {
             return Err(GrantRejection::Overcommit);
         }
-        if let Some(limit) = self.roles.get(&role).and_then(|r| r.quota_limit.as_ref()) {
+        if let Some(limit) = quota {
             let after = role_alloc
                 .get(&role)
                 .map(|a| a.plus(&g.total()))
@@ -602,10 +605,7 @@ impl Books {
                 role,
             },
         };
-        self.agents
-            .get_mut(&g.agent)
-            .expect("checked")
-            .hold(&offer.piece);
+        a.hold(&offer.piece);
         let f = self.frameworks.get_mut(&g.framework).expect("checked");
         f.allocation.add(&offer.piece.total());
         f.allocations += 1;
@@ -626,6 +626,7 @@ impl Books {
         let mut offers = Vec::with_capacity(grants.len());
         let mut rejected = Vec::new();
         let mut role_alloc = self.role_allocations();
+        self.offers.reserve(grants.len());
         for g in grants {
             match self.apply_grant_with(&g, now, &mut role_alloc) {
                 Ok(o) => offers.push(o),

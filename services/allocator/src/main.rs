@@ -1,6 +1,11 @@
 //! `allot-allocator`: see the library crate.
 use anyhow::Context;
 
+// Allocation cycles make and drop tens of thousands of small values (offers, grants, IDs): mimalloc keeps
+// them off the system allocator's slow paths (docs/benchmarks.md has the figures).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: allot_allocator::Config = allot_common::config::parse();
