@@ -334,17 +334,7 @@ async fn wasm_plugins_that_trap_loop_or_exhaust_memory_are_contained() {
     // Grants beyond what agents have are not a failure of the call: the host drops each one and counts it.
     let (cluster, mut second) =
         misbehaving_plugin(c_wasm("fault-overcommit"), "fault-overcommit").await;
-    eventually("overcommitting grants are dropped", || async {
-        status(&cluster).await.dropped_grants >= 2
-    })
-    .await;
-    assert!(
-        second
-            .offers_within(Duration::from_millis(500))
-            .await
-            .is_none(),
-        "no invalid grant became an offer"
-    );
+    overcommits_are_dropped(&cluster, &mut second).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +354,21 @@ async fn wasm_artifacts_of_another_interface_version_are_refused() {
             .await
             .running
             .is_some_and(|r| r.kind == "builtin")
+    );
+}
+
+/// Waits until the host has dropped overcommitting grants, and checks that none became an offer.
+async fn overcommits_are_dropped(cluster: &Cluster, second: &mut TestFramework) {
+    eventually("overcommitting grants are dropped", || async {
+        status(cluster).await.dropped_grants >= 2
+    })
+    .await;
+    assert!(
+        second
+            .offers_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no invalid grant became an offer"
     );
 }
 
@@ -463,17 +468,7 @@ async fn a_plugin_that_loops_is_abandoned_and_allocation_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overcommitting_grants_are_dropped_and_counted_and_rollback_restores() {
     let (cluster, mut second, _dir) = misbehaving("overcommit").await;
-    eventually("overcommitting grants are dropped", || async {
-        status(&cluster).await.dropped_grants >= 2
-    })
-    .await;
-    assert!(
-        second
-            .offers_within(Duration::from_millis(500))
-            .await
-            .is_none(),
-        "no invalid grant became an offer"
-    );
+    overcommits_are_dropped(&cluster, &mut second).await;
     admin(&cluster)
         .rollback(RollbackPolicyRequest {})
         .await
