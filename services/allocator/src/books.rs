@@ -541,7 +541,8 @@ impl Books {
     /// The [`GrantRejection`] that names what is wrong; the books are unchanged.
     pub fn apply_grant(&mut self, g: &Grant, now: f64) -> Result<Offer, GrantRejection> {
         let mut role_alloc = self.role_allocations();
-        self.apply_grant_with(g, now, &mut role_alloc)
+        self.apply_grant_with(g.clone(), now, &mut role_alloc)
+            .map_err(|(_, why)| why)
     }
 
     /// What every role holds now (offered and used), summed over its frameworks.
@@ -554,65 +555,68 @@ impl Books {
     }
 
     /// [`Books::apply_grant`] with the roles' allocations computed once by the caller and kept up to date here.
+    /// Takes the grant by value so that a valid one moves into its offer; a refused one comes back.
     fn apply_grant_with(
         &mut self,
-        g: &Grant,
+        g: Grant,
         now: f64,
         role_alloc: &mut HashMap<String, Resources>,
-    ) -> Result<Offer, GrantRejection> {
+    ) -> Result<Offer, (Grant, GrantRejection)> {
         if g.resources.is_empty() && g.reserved.is_empty() {
-            return Err(GrantRejection::Empty);
+            return Err((g, GrantRejection::Empty));
         }
-        let f = self
-            .frameworks
-            .get(&g.framework)
-            .ok_or(GrantRejection::Framework)?;
+        let Some(f) = self.frameworks.get_mut(&g.framework) else {
+            return Err((g, GrantRejection::Framework));
+        };
         if !(f.known && f.active) || f.suppressed {
-            return Err(GrantRejection::Framework);
+            return Err((g, GrantRejection::Framework));
         }
         if f.filters.get(&g.agent).is_some_and(|until| *until > now) {
-            return Err(GrantRejection::Filtered);
+            return Err((g, GrantRejection::Filtered));
         }
-        let role = f.role.clone();
-        let quota = self.roles.get(&role).and_then(|r| r.quota_limit.as_ref());
-        let a = self.agents.get_mut(&g.agent).ok_or(GrantRejection::Agent)?;
+        let quota = self.roles.get(&f.role).and_then(|r| r.quota_limit.as_ref());
+        let Some(a) = self.agents.get_mut(&g.agent) else {
+            return Err((g, GrantRejection::Agent));
+        };
         if !(a.registered && a.reachable) {
-            return Err(GrantRejection::Agent);
+            return Err((g, GrantRejection::Agent));
         }
         let free = a.unreserved_total().minus(&a.allocated);
         if !free.contains(&g.resources)
-            || (!g.reserved.is_empty() && !a.reserved_available(&role).contains(&g.reserved))
+            || (!g.reserved.is_empty() && !a.reserved_available(&f.role).contains(&g.reserved))
         {
-            return Err(GrantRejection::Overcommit);
+            return Err((g, GrantRejection::Overcommit));
         }
+        let total = g.total();
         if let Some(limit) = quota {
             let after = role_alloc
-                .get(&role)
-                .map(|a| a.plus(&g.total()))
-                .unwrap_or_else(|| g.total());
+                .get(&f.role)
+                .map(|a| a.plus(&total))
+                .unwrap_or_else(|| total.clone());
             if limit.scalars().any(|(k, cap)| after.scalar_milli(k) > cap) {
-                return Err(GrantRejection::Quota);
+                return Err((g, GrantRejection::Quota));
             }
         }
         self.next_offer += 1;
         let offer = Offer {
             id: format!("{}-{}", self.offer_prefix, self.next_offer),
-            framework: g.framework.clone(),
-            agent: g.agent.clone(),
+            framework: g.framework,
+            agent: g.agent,
             piece: Piece {
-                unreserved: g.resources.clone(),
-                reserved: g.reserved.clone(),
-                role,
+                unreserved: g.resources,
+                reserved: g.reserved,
+                role: f.role.clone(),
             },
         };
         a.hold(&offer.piece);
-        let f = self.frameworks.get_mut(&g.framework).expect("checked");
-        f.allocation.add(&offer.piece.total());
+        f.allocation.add(&total);
         f.allocations += 1;
-        role_alloc
-            .entry(offer.piece.role.clone())
-            .or_default()
-            .add(&offer.piece.total());
+        match role_alloc.get_mut(&f.role) {
+            Some(r) => r.add(&total),
+            None => {
+                role_alloc.insert(f.role.clone(), total);
+            }
+        }
         self.offers.insert(offer.id.clone(), offer.clone());
         Ok(offer)
     }
@@ -628,9 +632,9 @@ impl Books {
         let mut role_alloc = self.role_allocations();
         self.offers.reserve(grants.len());
         for g in grants {
-            match self.apply_grant_with(&g, now, &mut role_alloc) {
+            match self.apply_grant_with(g, now, &mut role_alloc) {
                 Ok(o) => offers.push(o),
-                Err(why) => rejected.push((g, why)),
+                Err(refused) => rejected.push(refused),
             }
         }
         (offers, rejected)
