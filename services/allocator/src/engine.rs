@@ -320,6 +320,15 @@ struct PolicyStats {
     by_reason: BTreeMap<String, u64>,
 }
 
+/// A candidate policy run beside the active one.
+struct Shadow {
+    policy: Loaded,
+    report: ShadowReport,
+    /// Per role, the sum of per-cycle share deltas (shadow - active) over the `compared` cycles.
+    delta_sums: BTreeMap<String, f64>,
+    compared: u64,
+}
+
 struct State {
     books: Books,
     running: Loaded,
@@ -329,9 +338,7 @@ struct State {
     load_error: String,
     deadline: Duration,
     stats: PolicyStats,
-    shadow: Option<(Loaded, ShadowReport)>,
-    /// Per role, the sum of per-cycle share deltas (shadow - active), and how many cycles were compared.
-    shadow_deltas: (BTreeMap<String, f64>, u64),
+    shadow: Option<Shadow>,
     subscriber: Option<Subscriber>,
     interval: Duration,
     start: Instant,
@@ -503,19 +510,22 @@ impl State {
                     last_error_at_ms: s.last_error_at_ms,
                     failures_by_reason: s.by_reason.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     load_error: self.load_error.clone(),
-                    shadow: self.shadow.as_ref().map(|(_, r)| r.clone()),
+                    shadow: self.shadow.as_ref().map(|s| s.report.clone()),
                 });
                 false
             }
             Command::Shadow(candidate) => {
-                self.shadow_deltas = (BTreeMap::new(), 0);
                 self.shadow = candidate.map(|p| {
                     tracing::info!(policy = %p.reference.name, "shadow policy started");
-                    let report = ShadowReport {
-                        policy: Some(p.reference.clone()),
-                        ..ShadowReport::default()
-                    };
-                    (p, report)
+                    Shadow {
+                        report: ShadowReport {
+                            policy: Some(p.reference.clone()),
+                            ..ShadowReport::default()
+                        },
+                        policy: p,
+                        delta_sums: BTreeMap::new(),
+                        compared: 0,
+                    }
                 });
                 false
             }
@@ -549,7 +559,13 @@ impl State {
         snapshot: &Arc<allot_policy::Snapshot>,
         grants: &[allot_policy::Grant],
     ) {
-        let Some((candidate, report)) = self.shadow.as_mut() else {
+        let Some(Shadow {
+            policy: candidate,
+            report,
+            delta_sums: sums,
+            compared: n,
+        }) = self.shadow.as_mut()
+        else {
             return;
         };
         if candidate.broken {
@@ -563,7 +579,6 @@ impl State {
                 report.shadow_grants += c.shadow_grants;
                 report.differing_grants += c.differing;
                 report.invalid_grants += c.invalid;
-                let (sums, n) = &mut self.shadow_deltas;
                 *n += 1;
                 for (role, b) in &c.shadow_share {
                     let a = c.active_share.get(role).copied().unwrap_or(0.0);
@@ -693,7 +708,6 @@ async fn run(
         deadline,
         stats: PolicyStats::default(),
         shadow: None,
-        shadow_deltas: (BTreeMap::new(), 0),
         subscriber: None,
         interval,
         start: Instant::now(),

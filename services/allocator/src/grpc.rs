@@ -202,6 +202,12 @@ impl PolicyAdminService {
             .await
             .map_err(Status::failed_precondition)?;
         self.trial(loaded).await?;
+        self.record_active(reference).await
+    }
+
+    /// Records `reference`, loaded and tried already, as the active policy (the current one becomes the
+    /// previous).
+    async fn record_active(&self, reference: PolicyRef) -> Result<PolicyRecord, Status> {
         let current = self.record().await?;
         let record = PolicyRecord {
             previous: current.active,
@@ -240,7 +246,8 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
             crate::policy::store_artifact(&self.store, &loaded.reference, &r.artifact).await?;
         tracing::info!(policy = %loaded.reference.name, sha256 = %sha, size = r.artifact.len(), "policy artifact loaded");
         if r.activate {
-            self.activate_ref(loaded.reference).await?;
+            // Loaded and tried just above: record it without compiling and trying it again.
+            self.record_active(loaded.reference).await?;
         }
         Ok(Response::new(LoadPolicyResponse {
             artifact: Some(meta),

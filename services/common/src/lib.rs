@@ -26,6 +26,11 @@ pub enum ServiceError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Whether `name` is a valid role name: 1-128 bytes without `/` (a role is an etcd key segment).
+pub fn valid_role(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name.len() <= 128
+}
+
 /// Whether `id` is a valid agent, framework or task ID: 1-128 characters of `[A-Za-z0-9._-]` (safe as a path
 /// component and an etcd key segment).
 pub fn valid_id(id: &str) -> bool {

@@ -120,6 +120,11 @@ impl Store {
         format!("{}/{}/{}", self.root, kind.dir(), id)
     }
 
+    /// The key of task `task` of framework `framework`.
+    pub fn task_key(&self, framework: &str, task: &str) -> String {
+        self.key(Kind::Tasks, &format!("{framework}/{task}"))
+    }
+
     /// The prefix of every key of `kind`, ending in `/`.
     pub fn prefix(&self, kind: Kind) -> String {
         format!("{}/{}/", self.root, kind.dir())

@@ -90,6 +90,16 @@ fn update_event(status: TaskStatus) -> Event {
     }
 }
 
+/// The `(framework, task)` key of a task record in the broker's map.
+fn task_key(rec: &TaskRecord) -> (String, String) {
+    let task = rec
+        .task
+        .as_ref()
+        .map(|t| t.task_id.clone())
+        .unwrap_or_default();
+    (rec.framework_id.clone(), task)
+}
+
 fn new_uuid() -> Vec<u8> {
     allot_common::new_id("u").into_bytes()
 }
@@ -141,12 +151,7 @@ impl Broker {
                 );
             }
             for (_, t) in tasks {
-                let id = t
-                    .task
-                    .as_ref()
-                    .map(|t| t.task_id.clone())
-                    .unwrap_or_default();
-                inner.tasks.insert((t.framework_id.clone(), id), t);
+                inner.tasks.insert(task_key(&t), t);
             }
         }
         let mut handles = Vec::new();
@@ -271,18 +276,14 @@ impl Broker {
                             continue;
                         };
                         // Offer only agents we can launch on: alive, and with their record (address) known.
-                        if !connected
-                            || !inner.alive.contains(&grant.agent_id)
-                            || !inner.agents.contains_key(&grant.agent_id)
-                        {
+                        let record = inner.agents.get(&grant.agent_id);
+                        let (true, true, Some(record)) =
+                            (connected, inner.alive.contains(&grant.agent_id), record)
+                        else {
                             unwanted.push(grant.offer_id);
                             continue;
-                        }
-                        let info = inner
-                            .agents
-                            .get(&grant.agent_id)
-                            .and_then(|a| a.info.clone())
-                            .unwrap_or_default();
+                        };
+                        let info = record.info.clone().unwrap_or_default();
                         let offer = pb::Offer {
                             offer_id: grant.offer_id.clone(),
                             framework_id: grant.framework_id.clone(),
@@ -303,14 +304,9 @@ impl Broker {
                 }
                 for (fw, offers) in by_fw {
                     tracing::debug!(framework = %fw, offers = offers.len(), "sending offers");
-                    if !self.send(
-                        &fw,
-                        event::Event::Offers(pb::Offers {
-                            offers: offers.clone(),
-                        }),
-                    ) {
-                        unwanted
-                            .extend(self.take_offers(offers.iter().map(|o| o.offer_id.clone())));
+                    let ids: Vec<String> = offers.iter().map(|o| o.offer_id.clone()).collect();
+                    if !self.send(&fw, event::Event::Offers(pb::Offers { offers })) {
+                        unwanted.extend(self.take_offers(ids.into_iter()));
                     }
                 }
                 if !unwanted.is_empty() {
@@ -371,34 +367,44 @@ impl Broker {
         }
     }
 
+    /// Sends each status as an UPDATE to its framework, if connected, under one lock.
+    fn send_updates(&self, statuses: impl IntoIterator<Item = TaskStatus>) {
+        let inner = self.lock();
+        for status in statuses {
+            if let Some(tx) = inner
+                .frameworks
+                .get(&status.framework_id)
+                .and_then(|f| f.sender.as_ref())
+            {
+                let _ = tx.send(Ok(update_event(status)));
+            }
+        }
+    }
+
     async fn heartbeats(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.heartbeat_interval);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let unacked: Vec<(String, TaskStatus)> = {
-                let inner = self.lock();
-                for f in inner.frameworks.values() {
-                    if let Some(tx) = &f.sender {
-                        let _ = tx.send(Ok(Event {
-                            event: Some(event::Event::Heartbeat(pb::Heartbeat {})),
-                        }));
-                    }
+            let inner = self.lock();
+            for f in inner.frameworks.values() {
+                if let Some(tx) = &f.sender {
+                    let _ = tx.send(Ok(Event {
+                        event: Some(event::Event::Heartbeat(pb::Heartbeat {})),
+                    }));
                 }
-                inner
-                    .tasks
-                    .values()
-                    .filter(|t| !t.acknowledged)
-                    .filter_map(|t| Some((t.framework_id.clone(), t.status.clone()?)))
-                    .collect()
-            };
-            for (fw, status) in unacked {
-                self.send(
-                    &fw,
-                    event::Event::Update(pb::Update {
-                        status: Some(status),
-                    }),
-                );
+            }
+            // Unacknowledged updates go again, to their framework's current connection.
+            for t in inner.tasks.values().filter(|t| !t.acknowledged) {
+                if let (Some(status), Some(tx)) = (
+                    &t.status,
+                    inner
+                        .frameworks
+                        .get(&t.framework_id)
+                        .and_then(|f| f.sender.as_ref()),
+                ) {
+                    let _ = tx.send(Ok(update_event(status.clone())));
+                }
             }
         }
     }
@@ -426,7 +432,7 @@ impl Broker {
             info.roles.push("*".to_string());
         }
         for r in &info.roles {
-            if r.is_empty() || r.contains('/') || r.len() > 128 {
+            if !allot_common::valid_role(r) {
                 return Err(Status::invalid_argument(format!("role '{r}' is invalid")));
             }
         }
@@ -686,11 +692,7 @@ impl Broker {
                     acknowledged: true,
                     sandbox: String::new(),
                 };
-                (
-                    self.store
-                        .key(Kind::Tasks, &format!("{fw}/{}", v.info.task_id)),
-                    rec,
-                )
+                (self.store.task_key(fw, &v.info.task_id), rec)
             })
             .collect();
         if let Err(e) = self.store.put_all(&records).await {
@@ -702,12 +704,7 @@ impl Broker {
         {
             let mut inner = self.lock();
             for (_, rec) in &records {
-                let id = rec
-                    .task
-                    .as_ref()
-                    .map(|t| t.task_id.clone())
-                    .unwrap_or_default();
-                inner.tasks.insert((fw.to_string(), id), rec.clone());
+                inner.tasks.insert(task_key(rec), rec.clone());
             }
         }
         let launched: Vec<LaunchedTask> = valid
@@ -878,10 +875,7 @@ impl Broker {
                 if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
                     rec.sandbox = s;
                 }
-                records.push((
-                    self.store.key(Kind::Tasks, &format!("{}/{}", key.0, key.1)),
-                    rec,
-                ));
+                records.push((self.store.task_key(&key.0, &key.1), rec));
                 statuses.push(status);
             }
         }
@@ -889,25 +883,14 @@ impl Broker {
         {
             let mut inner = self.lock();
             for (_, rec) in records {
-                let id = rec
-                    .task
-                    .as_ref()
-                    .map(|t| t.task_id.clone())
-                    .unwrap_or_default();
-                inner.tasks.insert((rec.framework_id.clone(), id), rec);
+                inner.tasks.insert(task_key(&rec), rec);
             }
         }
-        for status in statuses {
+        for status in &statuses {
             tracing::debug!(framework = %status.framework_id, task = %status.task_id,
                 state = status.state().as_str_name(), "status update");
-            let fw = status.framework_id.clone();
-            self.send(
-                &fw,
-                event::Event::Update(pb::Update {
-                    status: Some(status),
-                }),
-            );
         }
+        self.send_updates(statuses);
         Ok(())
     }
 
@@ -929,11 +912,7 @@ impl Broker {
         }
         rec.acknowledged = true;
         self.store
-            .put(
-                &self.store.key(Kind::Tasks, &format!("{fw}/{task}")),
-                &rec,
-                None,
-            )
+            .put(&self.store.task_key(fw, task), &rec, None)
             .await?;
         let mut inner = self.lock();
         if let Some(cur) = inner.tasks.get_mut(&key)
@@ -1015,12 +994,7 @@ impl Broker {
             .ok_or_else(|| Status::not_found(format!("task {task} is unknown")))?;
         let status = rec.status.clone().unwrap_or_default();
         if status.state().is_terminal() {
-            self.send(
-                fw,
-                event::Event::Update(pb::Update {
-                    status: Some(status),
-                }),
-            );
+            self.send_updates([status]);
             return Ok(());
         }
         let agent_id = rec
@@ -1101,9 +1075,7 @@ impl Broker {
                     .collect()
             }
         };
-        for s in statuses {
-            self.send(fw, event::Event::Update(pb::Update { status: Some(s) }));
-        }
+        self.send_updates(statuses);
         Ok(())
     }
 

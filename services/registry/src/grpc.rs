@@ -2,7 +2,7 @@
 
 use allot_common::Store;
 use allot_common::convert::resources_from_proto;
-use allot_common::store::Kind;
+use allot_common::store::{Kind, StoreError};
 use allot_proto::common::{AgentRecord, Role};
 use allot_proto::registry::{registry_server::Registry, *};
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
@@ -49,7 +49,7 @@ impl RegistryService {
             .client()
             .lease_keep_alive(lease_id)
             .await
-            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+            .map_err(StoreError::from)?;
         let lease = Arc::new(tokio::sync::Mutex::new(Lease {
             id: lease_id,
             keeper,
@@ -116,7 +116,7 @@ impl Registry for RegistryService {
             .client()
             .lease_grant(self.ttl_seconds(), None)
             .await
-            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+            .map_err(StoreError::from)?;
         let record = AgentRecord {
             agent_id: agent_id.clone(),
             info: Some(info),
@@ -139,7 +139,7 @@ impl Registry for RegistryService {
             .client()
             .txn(txn)
             .await
-            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+            .map_err(StoreError::from)?;
         self.open_lease(&agent_id, lease.id()).await?;
         tracing::info!(%agent_id, address = %record.info.as_ref().map(|i| i.address.as_str()).unwrap_or(""), %resources, "agent registered");
         Ok(Response::new(RegisterAgentResponse {
@@ -169,7 +169,7 @@ impl Registry for RegistryService {
                     .client()
                     .get(self.store.key(Kind::Alive, &agent_id), None)
                     .await
-                    .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+                    .map_err(StoreError::from)?;
                 let lease_id = resp
                     .kvs()
                     .first()
@@ -183,16 +183,8 @@ impl Registry for RegistryService {
             }
         };
         let mut lease = lease.lock().await;
-        lease
-            .keeper
-            .keep_alive()
-            .await
-            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
-        let answer = lease
-            .stream
-            .message()
-            .await
-            .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
+        lease.keeper.keep_alive().await.map_err(StoreError::from)?;
+        let answer = lease.stream.message().await.map_err(StoreError::from)?;
         match answer {
             Some(r) if r.ttl() > 0 => Ok(Response::new(HeartbeatResponse {})),
             _ => {
@@ -268,7 +260,7 @@ impl Registry for RegistryService {
             .into_inner()
             .role
             .ok_or_else(|| Status::invalid_argument("SetRole needs `role`"))?;
-        if role.name.is_empty() || role.name.contains('/') || role.name.len() > 128 {
+        if !allot_common::valid_role(&role.name) {
             return Err(Status::invalid_argument(format!(
                 "role name '{}' is invalid",
                 role.name
