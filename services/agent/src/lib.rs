@@ -134,7 +134,7 @@ async fn forward_updates(
     mut updates: mpsc::UnboundedReceiver<TaskStatus>,
 ) {
     while let Some(status) = updates.recv().await {
-        let mut delay = Duration::from_millis(100);
+        let mut delays = allot_common::retry_delays(Duration::from_millis(100));
         loop {
             let req = StatusUpdateRequest {
                 status: Some(status.clone()),
@@ -147,9 +147,9 @@ async fn forward_updates(
                     break;
                 }
                 Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
                     tracing::debug!(task = %status.task_id, error = %e.message(), ?delay, "status update not acknowledged; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -309,7 +309,8 @@ async fn keep_registered(
     agent: Arc<Agent>,
     id_file: PathBuf,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let first = Duration::from_millis(200);
+    let mut delays = allot_common::retry_delays(first);
     loop {
         let req = RegisterAgentRequest {
             info: Some(info.clone()),
@@ -318,13 +319,13 @@ async fn keep_registered(
         let resp = match registry.register_agent(req).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %e.message(), ?delay, "cannot register; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        delay = Duration::from_millis(200);
+        delays = allot_common::retry_delays(first);
         *agent.agent_id.lock().expect("agent id poisoned") = resp.agent_id.clone();
         if let Err(e) = std::fs::write(&id_file, &resp.agent_id) {
             tracing::warn!(error = %e, file = %id_file.display(), "cannot checkpoint the AgentID");

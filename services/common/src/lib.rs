@@ -26,6 +26,18 @@ pub enum ServiceError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Retry delays: `first`, then doubling up to 5 s, without end and without jitter (backon's exponential
+/// backoff). Make a new one to start over after a success.
+pub fn retry_delays(first: std::time::Duration) -> impl Iterator<Item = std::time::Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
 /// Whether `name` is a valid role name: 1-128 bytes without `/` (a role is an etcd key segment).
 pub fn valid_role(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && name.len() <= 128
@@ -57,4 +69,18 @@ pub fn now_secs() -> f64 {
 /// A new random ID (UUID v4 text form) with a readable prefix, e.g. `agent-…`, `offer-…`.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn retry_delays_double_up_to_five_seconds() {
+        let ms: Vec<u128> = super::retry_delays(Duration::from_millis(200))
+            .take(8)
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(ms, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
 }

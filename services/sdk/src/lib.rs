@@ -322,7 +322,8 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
         stop.clone(),
     ));
     let mut info = config.info;
-    let mut delay = Duration::from_millis(200);
+    let first = Duration::from_millis(200);
+    let mut delays = allot_common::retry_delays(first);
     let result = 'outer: loop {
         info.framework_id = driver.framework_id();
         let mut c = client.clone();
@@ -343,16 +344,16 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                 break 'outer Err(SdkError::Subscribe(e.message().to_string()));
             }
             Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %e.message(), ?delay, "cannot subscribe; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => break 'outer Ok(()),
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        delay = Duration::from_millis(200);
+        delays = allot_common::retry_delays(first);
         let mut patience = Duration::from_secs(45);
         loop {
             let msg = tokio::select! {
@@ -400,7 +401,7 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
         }
         scheduler.disconnected(&driver);
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(first) => {}
             _ = stop.cancelled() => break 'outer Ok(()),
         }
     };
