@@ -1,5 +1,6 @@
-//! The policy simulator: runs a scenario through the real allocator host ([`Books::run_cycle`]) and a policy
-//! on a simulated clock, and writes every offer and launch as a JSON line. `allot sim` is its command line.
+//! The policy simulator: runs a scenario through the real allocator host ([`Books::snapshot`], the policy's
+//! call, [`Books::apply_grants`]) on a simulated clock, and writes every offer and launch as a JSON line.
+//! `allot sim` is its command line.
 //!
 //! Scenario format (YAML):
 //!
@@ -367,11 +368,7 @@ impl Sim<'_> {
             self.line(json!({"type": "rejected", "t": secs(self.now_ms), "framework": g.framework, "agent": g.agent,
                              "resources": resources_json(&g.total()), "reason": why.as_str()}))?;
         }
-        let cycle = crate::books::Cycle {
-            offers,
-            ..Default::default()
-        };
-        for o in &cycle.offers {
+        for o in &offers {
             let mut line = json!({"type": "offer", "t": secs(self.now_ms), "framework": o.framework, "agent": o.agent,
                                   "resources": resources_json(&o.piece.total())});
             if !o.piece.reserved.is_empty() {
@@ -381,7 +378,7 @@ impl Sim<'_> {
             self.line(line)?;
             self.counts.entry(o.framework.clone()).or_default().offers += 1;
         }
-        for o in cycle.offers {
+        for o in offers {
             let Some(w) = self.workloads.get(&o.framework) else {
                 continue;
             };
