@@ -7,6 +7,7 @@
 //! - [`TestFramework`]: a scheduler speaking the raw gRPC scheduler API, with waits on its event stream.
 //! - [`eventually`]: polls a condition until it holds or the patience runs out.
 
+use allot_common::grpc::Channel;
 use allot_proto::common::{CommandInfo, FrameworkInfo, Resource, TaskInfo, TaskState, TaskStatus};
 use allot_proto::scheduler::{self as pb, event, scheduler_client::SchedulerClient};
 use std::net::SocketAddr;
@@ -14,7 +15,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 /// How long waits last before a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -214,6 +214,7 @@ impl Cluster {
         let cfg = allot_registry::Config {
             config: None,
             listen: String::new(),
+            metrics_listen: None,
             etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             agent_timeout: opts.agent_timeout,
         };
@@ -226,6 +227,7 @@ impl Cluster {
         let cfg = allot_allocator::Config {
             config: None,
             listen: String::new(),
+            metrics_listen: None,
             etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             allocation_interval: opts.allocation_interval,
             policy: "drf".into(),
@@ -241,6 +243,7 @@ impl Cluster {
         let cfg = allot_offer_broker::Config {
             config: None,
             listen: String::new(),
+            metrics_listen: None,
             etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             allocator: allocator.addr.to_string(),
             heartbeat_interval: opts.heartbeat_interval,
@@ -274,6 +277,7 @@ impl Cluster {
         let cfg = allot_agent::Config {
             config: None,
             listen: String::new(),
+            metrics_listen: None,
             advertise: None,
             registry: self.registry.addr.to_string(),
             broker: self.broker.addr.to_string(),

@@ -4,6 +4,7 @@
 //! misbehaving plugins are written in C against `plugins/abi/include/allot_policy.h` and compiled here with
 //! the system C compiler; the WASM ones are C too (plugins/wasm/c/fault.c), built by plugins/wasm/build.sh.
 
+use allot_common::grpc::Channel;
 use allot_proto::allocator::{
     ActivatePolicyRequest, LoadPolicyRequest, PolicyStatusRequest, PolicyStatusResponse,
     RollbackPolicyRequest, ShadowPolicyRequest, policy_admin_client::PolicyAdminClient,
@@ -14,7 +15,6 @@ use allot_tests::{Cluster, PATIENCE, TestFramework, eventually, task};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Code;
-use tonic::transport::Channel;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

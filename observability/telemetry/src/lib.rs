@@ -1,40 +1,168 @@
-//! Telemetry set-up shared by every Allot binary.
+//! Telemetry set-up shared by every Allot binary and the framework SDK.
 //!
-//! [`init`] installs a `tracing` subscriber:
-//! - the filter comes from `ALLOT_LOG` (or `RUST_LOG`), default `info`, in `tracing_subscriber::EnvFilter`
-//!   syntax (e.g. `allot_allocator=debug,info`);
-//! - `ALLOT_LOG_FORMAT=json` switches from human-readable lines to one JSON object per line.
+//! - Logs ([`init`]): a `tracing` subscriber writing to standard error; the filter comes from `ALLOT_LOG` (or
+//!   `RUST_LOG`), default `info`, in `tracing_subscriber::EnvFilter` syntax; `ALLOT_LOG_FORMAT=json` gives one
+//!   JSON object per line. The log filter never hides spans from the trace exporter.
+//! - Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, every span
+//!   of an `allot*` target at INFO or above is exported over OTLP/gRPC through a batch span processor. The
+//!   standard variables are honoured by the OpenTelemetry SDK: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//!   `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_BSP_SCHEDULE_DELAY` and the other `OTEL_BSP_*`,
+//!   `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_HEADERS`; `OTEL_SDK_DISABLED=true` turns export off.
+//! - Propagation ([`propagation`]): W3C trace context (`traceparent`, `tracestate`) in gRPC metadata on every
+//!   call ([`grpc`]), and in a `trace_context` map inside messages that outlive a call (grants, events).
+//! - Metrics ([`metrics`]): one Prometheus registry per process, with per-RPC rate, errors and duration
+//!   recorded by [`grpc`], process CPU and memory, and each service's own series; served at `/metrics`.
 //!
-//! Logs go to standard error so that a binary's standard output stays free for its results.
+//! Span names and attributes follow the OpenTelemetry semantic conventions v1.26.0 ([`SEMCONV_SCHEMA_URL`]):
+//! RPC spans are named `package.Service/Method` with `rpc.system = "grpc"`, `rpc.service`, `rpc.method` and
+//! `rpc.grpc.status_code`; etcd spans carry `db.system = "etcd"` and `db.operation.name`.
 
-use tracing_subscriber::EnvFilter;
+pub mod grpc;
+pub mod metrics;
+mod otlp;
+pub mod propagation;
 
-/// Keeps telemetry running; drop it last, at the end of `main`.
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// The semantic-conventions version whose names Allot's spans use.
+pub const SEMCONV_SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
+
+/// What to set up; [`Settings::from_env`] reads it from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Log filter in `EnvFilter` syntax; `None` means `info`.
+    pub log_filter: Option<String>,
+    /// One JSON object per log line instead of human-readable lines.
+    pub json_logs: bool,
+    /// OTLP/gRPC endpoint for traces (e.g. `http://127.0.0.1:4317`); `None` exports nothing.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Settings {
+    /// Reads `ALLOT_LOG` (or `RUST_LOG`), `ALLOT_LOG_FORMAT`, `OTEL_SDK_DISABLED`,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` and `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn from_env() -> Settings {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        Settings {
+            log_filter: var("ALLOT_LOG").or_else(|| var("RUST_LOG")),
+            json_logs: var("ALLOT_LOG_FORMAT").is_some_and(|v| v.eq_ignore_ascii_case("json")),
+            otlp_endpoint: if disabled {
+                None
+            } else {
+                var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                    .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            },
+        }
+    }
+}
+
+/// Keeps telemetry running; drop it last, at the end of `main`: dropping it flushes the spans not yet
+/// exported (waiting at most the exporter's timeout).
 #[must_use = "telemetry stops when the guard is dropped"]
 #[derive(Debug)]
 pub struct Guard {
-    _private: (),
+    provider: Option<SdkTracerProvider>,
+    exporter_runtime: Option<otlp::ExportRuntime>,
 }
 
-/// Installs the global `tracing` subscriber for `service` (e.g. `allot-registry`) at `version`.
-///
-/// Calling it twice is harmless: the second call keeps the first subscriber.
-pub fn init(service: &'static str, version: &'static str) -> Guard {
-    let filter = std::env::var("ALLOT_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("ALLOT_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if json {
-        builder.json().try_init()
-    } else {
-        builder.compact().try_init()
-    };
-    if result.is_ok() {
-        tracing::debug!(service, version, "telemetry initialised");
+impl Guard {
+    /// Whether spans are being exported over OTLP.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
     }
-    Guard { _private: () }
+
+    /// Exports every finished span now.
+    ///
+    /// # Errors
+    /// The SDK's error when the exporter fails or times out.
+    pub fn flush(&self) -> Result<(), String> {
+        match &self.provider {
+            Some(p) => p.force_flush().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("telemetry: flushing spans at exit failed: {e}");
+        }
+        // The runtime that drove the exporter goes last, after the final export.
+        if let Some(rt) = self.exporter_runtime.take() {
+            rt.shutdown();
+        }
+    }
+}
+
+/// Installs the global `tracing` subscriber for `service` (e.g. `allot-registry`) at `version`, with
+/// [`Settings::from_env`].
+///
+/// Calling it twice is harmless: the second call keeps the first subscriber and exports nothing itself.
+pub fn init(service: &'static str, version: &'static str) -> Guard {
+    init_with(service, version, Settings::from_env())
+}
+
+/// [`init`] with explicit settings (tests point the exporter at their own receiver this way).
+pub fn init_with(service: &'static str, version: &'static str, settings: Settings) -> Guard {
+    let filter = settings.log_filter.as_deref().unwrap_or("info");
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if settings.json_logs {
+        fmt.json().with_filter(filter).boxed()
+    } else {
+        fmt.compact().with_filter(filter).boxed()
+    };
+
+    let mut exporter_runtime = None;
+    let mut provider = None;
+    let mut otel_error = None;
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        match otlp::provider(service, version, endpoint) {
+            Ok((p, rt)) => {
+                provider = Some(p);
+                exporter_runtime = Some(rt);
+            }
+            Err(e) => otel_error = Some(e),
+        }
+    }
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.target().starts_with("allot") && *meta.level() <= tracing::Level::INFO
+            }))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if !installed {
+        // Another subscriber is already global: a provider of ours would never see a span.
+        return Guard {
+            provider: None,
+            exporter_runtime: None,
+        };
+    }
+    if let Some(e) = otel_error {
+        tracing::warn!(error = %e, "OTLP trace export is off");
+    }
+    tracing::debug!(
+        service,
+        version,
+        exporting = provider.is_some(),
+        "telemetry initialised"
+    );
+    Guard {
+        provider,
+        exporter_runtime,
+    }
 }

@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod isolation;
 
 use allot_common::convert::resources_to_proto;
+use allot_common::grpc::Channel;
 use allot_policy::Resources;
 use allot_proto::agent::{StatusUpdateRequest, status_updates_client::StatusUpdatesClient};
 use allot_proto::common::{AgentInfo, TaskStatus};
@@ -29,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Agent configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
 #[derive(Debug, Clone, clap::Parser)]
@@ -45,6 +45,9 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5053")]
     pub listen: String,
+    /// Address to serve Prometheus metrics on over HTTP (`GET /metrics`), e.g. `127.0.0.1:9050`; none when absent.
+    #[arg(long, env = "ALLOT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Address the broker uses to reach this agent; default: the bound listen address.
     #[arg(long, env = "ALLOT_ADVERTISE")]
     pub advertise: Option<String>,
@@ -99,6 +102,9 @@ pub enum Error {
     /// The gRPC server failed or an address is invalid.
     #[error("gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The `/metrics` endpoint could not start.
+    #[error(transparent)]
+    Service(#[from] allot_common::ServiceError),
 }
 
 pub(crate) struct Running {
@@ -206,6 +212,7 @@ pub async fn run(
         None => (default_resources(), Default::default()),
     };
     let attributes = parse_attributes(&config.attributes)?;
+    let _metrics = allot_common::grpc::metrics(config.metrics_listen.as_deref()).await?;
     let work_dir = std::path::absolute(&config.work_dir).unwrap_or(config.work_dir.clone());
     std::fs::create_dir_all(&work_dir).map_err(|source| Error::WorkDir {
         path: work_dir.display().to_string(),

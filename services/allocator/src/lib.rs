@@ -36,6 +36,9 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5051")]
     pub listen: String,
+    /// Address to serve Prometheus metrics on over HTTP (`GET /metrics`), e.g. `127.0.0.1:9050`; none when absent.
+    #[arg(long, env = "ALLOT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_common::config::EtcdArgs,
@@ -66,6 +69,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let store = config.etcd.connect().await?;
+    let _metrics = allot_common::grpc::metrics(config.metrics_listen.as_deref()).await?;
     let policy = policy::Loaded::builtin(&config.policy).expect("clap checked the policy name");
     let engine = engine::Engine::start(
         store.clone(),

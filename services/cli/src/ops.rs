@@ -41,11 +41,11 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-async fn registry(addr: &str) -> anyhow::Result<RegistryClient<tonic::transport::Channel>> {
+async fn registry(addr: &str) -> anyhow::Result<RegistryClient<allot_common::grpc::Channel>> {
     Ok(RegistryClient::new(allot_common::grpc::channel(addr)?))
 }
 
-async fn operator(addr: &str) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
+async fn operator(addr: &str) -> anyhow::Result<OperatorClient<allot_common::grpc::Channel>> {
     Ok(OperatorClient::new(allot_common::grpc::channel(addr)?))
 }
 

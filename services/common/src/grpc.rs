@@ -1,9 +1,19 @@
-//! Serving and calling gRPC.
+//! Serving and calling gRPC, traced and measured (see `allot_telemetry::grpc`), and the `/metrics` endpoint.
 
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+/// A client channel: every call is traced (W3C context in its metadata) and counted.
+pub type Channel = allot_telemetry::grpc::TracedChannel;
+
+/// The layers every Allot server runs each call through.
+pub type Layers =
+    tower::layer::util::Stack<allot_telemetry::grpc::ServerLayer, tower::layer::util::Identity>;
+
+/// A router built on [`server`].
+pub type Router = tonic::transport::server::Router<Layers>;
 
 /// Largest gRPC message accepted by Allot servers and clients, in bytes (16 MiB): large enough for an offer
 /// burst to a framework on 10,000 agents, small enough that an oversized request is refused.
@@ -16,7 +26,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// # Errors
 /// The transport error if the server fails.
 pub async fn serve(
-    router: tonic::transport::server::Router,
+    router: Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
@@ -26,12 +36,32 @@ pub async fn serve(
         .await
 }
 
-/// A server builder with Allot's defaults (TCP no-delay, HTTP/2 keepalive).
-pub fn server() -> tonic::transport::Server {
+/// A server builder with Allot's defaults (TCP no-delay, HTTP/2 keepalive) whose every call gets a server
+/// span (parented by the caller's trace context) and the per-RPC metrics.
+pub fn server() -> tonic::transport::Server<Layers> {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(allot_telemetry::grpc::ServerLayer)
+}
+
+/// Starts the Prometheus endpoint (`GET /metrics`) on `addr` when one is given.
+///
+/// # Errors
+/// [`crate::ServiceError::Metrics`] when `addr` cannot be bound.
+pub async fn metrics(
+    addr: Option<&str>,
+) -> Result<Option<allot_telemetry::metrics::MetricsServer>, crate::ServiceError> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => allot_telemetry::metrics::serve(addr)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                crate::ServiceError::Metrics(format!("cannot serve metrics on {addr}: {e}"))
+            }),
+    }
 }
 
 /// A `grpc.health.v1.Health` service reporting SERVING for the whole server (service name "").
@@ -50,6 +80,10 @@ pub async fn health()
 /// # Errors
 /// An error if `addr` is not a valid URI.
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Channel::new(raw_channel(addr)?))
+}
+
+fn raw_channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {

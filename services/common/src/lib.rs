@@ -24,6 +24,9 @@ pub enum ServiceError {
     /// The gRPC server failed, or an address is invalid.
     #[error("gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The `/metrics` endpoint could not start.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// Retry delays: `first`, then doubling up to 5 s, without end and without jitter (backon's exponential

@@ -17,6 +17,57 @@ use etcd_client::{
 };
 use prost::Message;
 
+/// etcd request latency, by operation (`put`, `get`, `txn`, `delete`, `watch`, `lease_grant`, ...).
+static ETCD_SECONDS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::HistogramVec> =
+    std::sync::LazyLock::new(|| {
+        allot_telemetry::metrics::histogram_vec(
+            "allot_etcd_request_duration_seconds",
+            "Latency of etcd requests, in seconds, by operation",
+            &["db_operation"],
+        )
+    });
+
+/// etcd requests that failed, by operation.
+static ETCD_ERRORS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        allot_telemetry::metrics::counter_vec(
+            "allot_etcd_request_errors_total",
+            "etcd requests that failed, by operation",
+            &["db_operation"],
+        )
+    });
+
+/// Runs one etcd request `op` (e.g. `"txn"`) inside a client span `etcd <op>` (`db.system = "etcd"`,
+/// `db.operation.name`) and records its latency in `allot_etcd_request_duration_seconds` and failures in
+/// `allot_etcd_request_errors_total`.
+///
+/// # Errors
+/// The request's own error.
+pub async fn traced<T>(
+    op: &'static str,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "etcd",
+        otel.name = %format_args!("etcd {op}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system = "etcd",
+        db.operation.name = op,
+    );
+    let start = std::time::Instant::now();
+    let result = request.instrument(span.clone()).await;
+    ETCD_SECONDS
+        .with_label_values(&[op])
+        .observe(start.elapsed().as_secs_f64());
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+        ETCD_ERRORS.with_label_values(&[op]).inc();
+    }
+    result
+}
+
 /// The default key root.
 pub const DEFAULT_ROOT: &str = "/allot/v1";
 
@@ -147,11 +198,13 @@ impl Store {
         lease: Option<i64>,
     ) -> Result<i64, StoreError> {
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let resp = self
-            .client
-            .kv_client()
-            .put(key, value.encode_to_vec(), opts)
-            .await?;
+        let resp = traced(
+            "put",
+            self.client
+                .kv_client()
+                .put(key, value.encode_to_vec(), opts),
+        )
+        .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -167,11 +220,7 @@ impl Store {
             .iter()
             .map(|(k, v)| TxnOp::put(k.as_str(), v.encode_to_vec(), None))
             .collect();
-        let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().and_then(ops))
-            .await?;
+        let resp = traced("txn", self.client.kv_client().txn(Txn::new().and_then(ops))).await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -183,7 +232,7 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<(M, i64)>, StoreError> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = traced("get", self.client.kv_client().get(key, None)).await?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => Ok(Some((decode(kv.key(), kv.value())?, kv.mod_revision()))),
@@ -195,11 +244,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(key, Some(GetOptions::new().with_count_only()))
-            .await?;
+        let resp = traced(
+            "get",
+            self.client
+                .kv_client()
+                .get(key, Some(GetOptions::new().with_count_only())),
+        )
+        .await?;
         Ok(resp.count() > 0)
     }
 
@@ -211,11 +262,13 @@ impl Store {
         &self,
         prefix: &str,
     ) -> Result<(Vec<(String, M)>, i64), StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
+        let resp = traced(
+            "get",
+            self.client
+                .kv_client()
+                .get(prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
@@ -232,14 +285,14 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(
+        let resp = traced(
+            "get",
+            self.client.kv_client().get(
                 prefix,
                 Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         Ok(resp
             .kvs()
             .iter()
@@ -252,7 +305,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.client.kv_client().put(key, bytes, None).await?;
+        traced("put", self.client.kv_client().put(key, bytes, None)).await?;
         Ok(())
     }
 
@@ -261,11 +314,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn list_bytes(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
+        let resp = traced(
+            "get",
+            self.client
+                .kv_client()
+                .get(prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         Ok(resp
             .kvs()
             .iter()
@@ -283,7 +338,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.client.kv_client().delete(key, None).await?;
+        traced("delete", self.client.kv_client().delete(key, None)).await?;
         Ok(())
     }
 
@@ -292,10 +347,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        self.client
-            .kv_client()
-            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
-            .await?;
+        traced(
+            "delete",
+            self.client
+                .kv_client()
+                .delete(prefix, Some(DeleteOptions::new().with_prefix())),
+        )
+        .await?;
         Ok(())
     }
 
@@ -308,7 +366,11 @@ impl Store {
         if from > 0 {
             opts = opts.with_start_revision(from);
         }
-        Ok(self.client.watch_client().watch(prefix, Some(opts)).await?)
+        Ok(traced(
+            "watch",
+            self.client.watch_client().watch(prefix, Some(opts)),
+        )
+        .await?)
     }
 }
 

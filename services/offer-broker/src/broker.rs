@@ -9,6 +9,7 @@ use allot_common::Store;
 use allot_common::convert::{
     piece_to_proto, pieces_from_proto, resources_from_proto, resources_to_proto, take_from,
 };
+use allot_common::grpc::Channel;
 use allot_common::store::{Kind, decode};
 use allot_policy::Resources;
 use allot_proto::agent::{KillTaskRequest, LaunchTasksRequest, agent_client::AgentClient};
@@ -27,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::transport::Channel;
 
 /// The sender of a framework's event stream.
 pub type EventSender = mpsc::UnboundedSender<Result<Event, Status>>;

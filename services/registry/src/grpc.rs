@@ -44,12 +44,12 @@ impl RegistryService {
         agent_id: &str,
         lease_id: i64,
     ) -> Result<Arc<tokio::sync::Mutex<Lease>>, Status> {
-        let (keeper, stream) = self
-            .store
-            .client()
-            .lease_keep_alive(lease_id)
-            .await
-            .map_err(StoreError::from)?;
+        let (keeper, stream) = allot_common::store::traced(
+            "lease_keep_alive",
+            self.store.client().lease_keep_alive(lease_id),
+        )
+        .await
+        .map_err(StoreError::from)?;
         let lease = Arc::new(tokio::sync::Mutex::new(Lease {
             id: lease_id,
             keeper,
@@ -109,14 +109,16 @@ impl Registry for RegistryService {
             .remove(&agent_id);
         if let Some(old) = previous {
             let id = old.lock().await.id;
-            let _ = self.store.client().lease_revoke(id).await;
+            let _ =
+                allot_common::store::traced("lease_revoke", self.store.client().lease_revoke(id))
+                    .await;
         }
-        let lease = self
-            .store
-            .client()
-            .lease_grant(self.ttl_seconds(), None)
-            .await
-            .map_err(StoreError::from)?;
+        let lease = allot_common::store::traced(
+            "lease_grant",
+            self.store.client().lease_grant(self.ttl_seconds(), None),
+        )
+        .await
+        .map_err(StoreError::from)?;
         let record = AgentRecord {
             agent_id: agent_id.clone(),
             info: Some(info),
@@ -135,9 +137,7 @@ impl Registry for RegistryService {
                 Some(etcd_client::PutOptions::new().with_lease(lease.id())),
             ),
         ]);
-        self.store
-            .client()
-            .txn(txn)
+        allot_common::store::traced("txn", self.store.client().txn(txn))
             .await
             .map_err(StoreError::from)?;
         self.open_lease(&agent_id, lease.id()).await?;
@@ -164,12 +164,14 @@ impl Registry for RegistryService {
             Some(l) => l,
             None => {
                 // After a registry restart: find the lease again from the agent's alive key.
-                let resp = self
-                    .store
-                    .client()
-                    .get(self.store.key(Kind::Alive, &agent_id), None)
-                    .await
-                    .map_err(StoreError::from)?;
+                let resp = allot_common::store::traced(
+                    "get",
+                    self.store
+                        .client()
+                        .get(self.store.key(Kind::Alive, &agent_id), None),
+                )
+                .await
+                .map_err(StoreError::from)?;
                 let lease_id = resp
                     .kvs()
                     .first()
@@ -214,7 +216,9 @@ impl Registry for RegistryService {
         let revoked = match lease {
             Some(lease) => {
                 let id = lease.lock().await.id;
-                self.store.client().lease_revoke(id).await.is_ok()
+                allot_common::store::traced("lease_revoke", self.store.client().lease_revoke(id))
+                    .await
+                    .is_ok()
             }
             None => false,
         };

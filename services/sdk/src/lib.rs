@@ -29,6 +29,7 @@ pub use allot_proto::common::{
 };
 pub use allot_proto::scheduler::Offer;
 
+use allot_common::grpc::Channel;
 use allot_proto::scheduler::{
     self as pb, Filters, Launch, Operation, event, operation, scheduler_client::SchedulerClient,
 };
@@ -36,7 +37,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// A framework scheduler's callbacks. Each runs on the driver's task; keep them quick and make calls through
 /// the [`Driver`], which queues them.
