@@ -8,9 +8,11 @@
 //! When a process exports no traces its spans have no OpenTelemetry context: injecting writes nothing and
 //! extracting gives an empty context, so every function here is safe to call unconditionally.
 
+pub use opentelemetry::trace::SpanContext;
+
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
-use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use std::collections::HashMap;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;

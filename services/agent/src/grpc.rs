@@ -2,6 +2,7 @@
 
 use crate::executor::{Launch, run_task, sandbox_path};
 use crate::{Agent, Running, forward_updates};
+use allot_common::convert::resources_from_proto;
 use allot_common::valid_id;
 use allot_proto::agent::{agent_server, *};
 use std::sync::Arc;
@@ -47,8 +48,25 @@ impl agent_server::Agent for AgentService {
                     tracing::warn!(task = %task.task_id, "launch of a task already running ignored");
                     continue;
                 }
-                tasks.insert(key.clone(), Running { kill: kill.clone() });
+                let resources = resources_from_proto(&task.resources).unwrap_or_default();
+                tasks.insert(
+                    key.clone(),
+                    Running {
+                        kill: kill.clone(),
+                        resources,
+                    },
+                );
             }
+            agent.refresh_usage();
+            // The launch of this task, in the caller's trace; its status updates are children of it.
+            let span = tracing::info_span!(
+                "launch task",
+                allot.framework.id = %r.framework_id,
+                allot.task.id = %task.task_id,
+                allot.agent.id = %agent_id,
+                allot.sandbox = %sandbox_path(&agent.work_dir, &r.framework_id, &task.task_id).display(),
+            );
+            let launch_context = allot_telemetry::propagation::to_map(&span);
             let sandbox = sandbox_path(&agent.work_dir, &r.framework_id, &task.task_id);
             let grace = if task.kill_grace_period > 0.0 {
                 Duration::from_secs_f64(task.kill_grace_period)
@@ -68,12 +86,15 @@ impl agent_server::Agent for AgentService {
                 let forwarder = tokio::spawn(forward_updates(
                     agent.broker.clone(),
                     sandbox.display().to_string(),
+                    launch_context,
                     rx,
                 ));
                 run_task(launch, agent.isolator.clone(), kill, tx).await;
                 let _ = forwarder.await;
                 agent.tasks.lock().expect("tasks poisoned").remove(&key);
+                agent.refresh_usage();
             });
+            drop(span);
         }
         Ok(Response::new(LaunchTasksResponse {}))
     }

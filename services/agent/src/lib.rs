@@ -109,7 +109,48 @@ pub enum Error {
 
 pub(crate) struct Running {
     pub(crate) kill: CancellationToken,
+    /// What the task holds (its TaskInfo resources).
+    pub(crate) resources: Resources,
 }
+
+/// The agent's Prometheus series: `allot_agent_resources{agent, resource, state}` (`state` = `total` or
+/// `used`; cpus in CPUs, mem and disk in MiB), `allot_agent_tasks_running{agent}`,
+/// `allot_agent_status_updates_total{state}` (acknowledged by the broker) and
+/// `allot_agent_status_update_retries_total`.
+struct Metrics {
+    resources: allot_telemetry::metrics::prometheus::GaugeVec,
+    running: allot_telemetry::metrics::prometheus::GaugeVec,
+    updates: allot_telemetry::metrics::prometheus::IntCounterVec,
+    retries: allot_telemetry::metrics::prometheus::IntCounter,
+}
+
+static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
+    use allot_telemetry::metrics::{counter_vec, gauge_vec};
+    Metrics {
+        resources: gauge_vec(
+            "allot_agent_resources",
+            "An agent's resources, total and used by its tasks (cpus in CPUs, mem and disk in MiB)",
+            &["agent", "resource", "state"],
+        ),
+        running: gauge_vec(
+            "allot_agent_tasks_running",
+            "Tasks running or still reporting on an agent",
+            &["agent"],
+        ),
+        updates: counter_vec(
+            "allot_agent_status_updates_total",
+            "Status updates the broker acknowledged, by state",
+            &["state"],
+        ),
+        retries: allot_telemetry::metrics::register(
+            allot_telemetry::metrics::prometheus::IntCounter::new(
+                "allot_agent_status_update_retries_total",
+                "Status update deliveries retried after a failure",
+            )
+            .expect("valid counter"),
+        ),
+    }
+});
 
 /// The agent's shared state.
 pub struct Agent {
@@ -119,6 +160,9 @@ pub struct Agent {
     pub(crate) grace: Duration,
     pub(crate) broker: StatusUpdatesClient<Channel>,
     pub(crate) tasks: Mutex<HashMap<(String, String), Running>>,
+    /// The address the broker reaches this agent at (the `agent` label of its series).
+    pub(crate) address: String,
+    pub(crate) total: Resources,
 }
 
 impl Agent {
@@ -131,32 +175,83 @@ impl Agent {
     pub fn running(&self) -> usize {
         self.tasks.lock().expect("tasks poisoned").len()
     }
+
+    /// Sets the agent's series from its tasks.
+    pub(crate) fn refresh_usage(&self) {
+        let (n, used) = {
+            let tasks = self.tasks.lock().expect("tasks poisoned");
+            let mut used = Resources::new();
+            for t in tasks.values() {
+                used.add(&t.resources);
+            }
+            (tasks.len(), used)
+        };
+        M.running.with_label_values(&[&self.address]).set(n as f64);
+        for (name, milli) in self.total.scalars() {
+            M.resources
+                .with_label_values(&[&self.address, name, "total"])
+                .set(milli as f64 / 1000.0);
+            M.resources
+                .with_label_values(&[&self.address, name, "used"])
+                .set(used.scalar_milli(name) as f64 / 1000.0);
+        }
+    }
 }
 
-/// Sends `updates` of one task to the broker in order, retrying each until it is acknowledged.
+/// Sends `updates` of one task to the broker in order, retrying each until it is acknowledged. Each update
+/// is a `status update` span whose parent is the task's launch (`launch_context`, W3C), so the update joins
+/// the trace of the ACCEPT that launched the task.
 async fn forward_updates(
     mut client: StatusUpdatesClient<Channel>,
     sandbox: String,
+    launch_context: HashMap<String, String>,
     mut updates: mpsc::UnboundedReceiver<TaskStatus>,
 ) {
+    use tracing::Instrument as _;
     while let Some(status) = updates.recv().await {
-        let mut delays = allot_common::retry_delays(Duration::from_millis(100));
-        loop {
-            let req = StatusUpdateRequest {
-                status: Some(status.clone()),
-                sandbox: sandbox.clone(),
-            };
-            match client.update(req).await {
-                Ok(_) => break,
-                Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                    tracing::warn!(task = %status.task_id, error = %e.message(), "broker refused a status update; dropped");
-                    break;
-                }
-                Err(e) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::debug!(task = %status.task_id, error = %e.message(), ?delay, "status update not acknowledged; retrying");
-                    tokio::time::sleep(delay).await;
-                }
+        let span = tracing::info_span!(
+            "status update",
+            allot.framework.id = %status.framework_id,
+            allot.task.id = %status.task_id,
+            allot.agent.id = %status.agent_id,
+            allot.task.state = status.state().as_str_name(),
+            allot.task.reason = %status.reason,
+            allot.attempts = tracing::field::Empty,
+        );
+        allot_telemetry::propagation::set_parent_from_map(&span, &launch_context);
+        deliver(&mut client, &sandbox, &status)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Delivers one status update, retrying with backoff until the broker acknowledges or refuses it.
+async fn deliver(client: &mut StatusUpdatesClient<Channel>, sandbox: &str, status: &TaskStatus) {
+    let mut delays = allot_common::retry_delays(Duration::from_millis(100));
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        tracing::Span::current().record("allot.attempts", attempts);
+        let req = StatusUpdateRequest {
+            status: Some(status.clone()),
+            sandbox: sandbox.to_string(),
+        };
+        match client.update(req).await {
+            Ok(_) => {
+                M.updates
+                    .with_label_values(&[status.state().as_str_name()])
+                    .inc();
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                tracing::warn!(task = %status.task_id, error = %e.message(), "broker refused a status update; dropped");
+                break;
+            }
+            Err(e) => {
+                M.retries.inc();
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::debug!(task = %status.task_id, error = %e.message(), ?delay, "status update not acknowledged; retrying");
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -247,7 +342,10 @@ pub async fn run(
         grace: config.kill_grace_period,
         broker: StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?),
         tasks: Mutex::new(HashMap::new()),
+        address: address.clone(),
+        total: resources.clone(),
     });
+    agent.refresh_usage();
     let info = AgentInfo {
         hostname,
         address: address.clone(),

@@ -458,6 +458,14 @@ impl Books {
         }
     }
 
+    /// How many agents are registered and reachable.
+    pub fn reachable_agents(&self) -> usize {
+        self.agents
+            .values()
+            .filter(|a| a.registered && a.reachable)
+            .count()
+    }
+
     /// The snapshot a policy sees at time `now`: reachable agents with resources available, active unsuppressed
     /// frameworks with their unexpired filters, and roles.
     pub fn snapshot(&mut self, now: f64) -> Snapshot {

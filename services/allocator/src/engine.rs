@@ -6,6 +6,7 @@
 //! is pending however many events arrive.
 
 use crate::books::{Books, Piece, RoleConfig};
+use crate::metrics::M;
 use crate::policy::{Failure, Loaded};
 use allot_common::Store;
 use allot_common::convert::{piece_to_proto, pieces_from_proto, resources_from_proto};
@@ -16,7 +17,7 @@ use allot_proto::allocator::{
     RescindOffers, ShadowReport, allocator_event,
 };
 use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskRecord, TaskState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -343,6 +344,8 @@ struct State {
     interval: Duration,
     start: Instant,
     cycle: u64,
+    /// Per framework wanting offers: consecutive cycles without any, and its role.
+    starved: HashMap<String, (u64, String)>,
 }
 
 impl State {
@@ -480,6 +483,7 @@ impl State {
                             sha256 = %p.reference.sha256, "policy activated");
                         // The policy that ran until now becomes the fallback, unless it had broken down.
                         let old = std::mem::replace(&mut self.running, p);
+                        set_active(Some(&old.reference), &self.running.reference);
                         if !old.broken && old.reference != self.running.reference {
                             self.last_good = old;
                         }
@@ -608,6 +612,9 @@ impl State {
 
     fn fail(&mut self, f: &Failure) {
         self.stats.failures += 1;
+        M.policy_failures
+            .with_label_values(&[&self.running.reference.name, f.reason()])
+            .inc();
         *self
             .stats
             .by_reason
@@ -629,11 +636,35 @@ impl State {
         let now = self.now();
         let started = Instant::now();
         let snapshot = Arc::new(self.books.snapshot(now));
-        if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
+        M.agents.set(self.books.reachable_agents() as f64);
+        M.frameworks.set(snapshot.frameworks.len() as f64);
+        if snapshot.frameworks.is_empty() {
+            return;
+        }
+        if snapshot.agents.is_empty() {
+            // Nothing to offer: every framework holding no offer goes one more cycle without.
+            self.count_starved(&snapshot);
             return;
         }
         self.cycle += 1;
         self.stats.cycles += 1;
+        let policy = &self.running.reference;
+        let span = tracing::info_span!(
+            "allocation cycle",
+            allot.cycle = self.cycle,
+            allot.agents = snapshot.agents.len(),
+            allot.frameworks = snapshot.frameworks.len(),
+            allot.grants = tracing::field::Empty,
+            allot.grants.dropped = tracing::field::Empty,
+            allot.frameworks.starved = tracing::field::Empty,
+            allot.policy.name = %policy.name,
+            allot.policy.kind = %policy.kind,
+            allot.policy.version = self.running.interface_version(),
+            allot.policy.sha256 = %policy.sha256,
+            allot.policy.fallback = tracing::field::Empty,
+            allot.cycle.duration_ms = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let grants = match self.running.call(&snapshot, self.deadline) {
             Ok(g) => g,
             Err(f) => {
@@ -641,6 +672,11 @@ impl State {
                     self.fail(&f);
                 }
                 self.stats.fallbacks += 1;
+                M.fallbacks.inc();
+                span.record(
+                    "allot.policy.fallback",
+                    tracing::field::display(&self.last_good.reference.name),
+                );
                 match self.last_good.call(&snapshot, self.deadline) {
                     Ok(g) => g,
                     Err(e) => {
@@ -657,19 +693,34 @@ impl State {
         let (offers, rejected) = self.books.apply_grants(grants, now);
         self.stats.dropped_grants += rejected.len() as u64;
         for (g, why) in &rejected {
+            M.grants_dropped
+                .with_label_values(&[&self.running.reference.name, why.as_str()])
+                .inc();
             tracing::warn!(policy = %self.running.reference.name, framework = %g.framework, agent = %g.agent,
                 reason = why.as_str(), "grant rejected");
         }
+        let starved = self.count_starved(&snapshot);
+        self.record_shares(&snapshot, &offers);
+        let elapsed = started.elapsed();
+        M.cycles.inc();
+        M.cycle_seconds.observe(elapsed.as_secs_f64());
+        M.grants.inc_by(offers.len() as u64);
+        M.offers_outstanding.set(self.books.offers().count() as f64);
+        span.record("allot.grants", offers.len());
+        span.record("allot.grants.dropped", rejected.len());
+        span.record("allot.frameworks.starved", starved);
+        span.record("allot.cycle.duration_ms", elapsed.as_secs_f64() * 1e3);
         tracing::debug!(
             cycle = self.cycle,
             agents = snapshot.agents.len(),
             frameworks = snapshot.frameworks.len(),
             grants = offers.len(),
             rejected = rejected.len(),
-            micros = started.elapsed().as_micros() as u64,
+            micros = elapsed.as_micros() as u64,
             "allocation cycle"
         );
         if !offers.is_empty() {
+            let trace_context = allot_telemetry::propagation::to_map(&span);
             let grants = offers
                 .into_iter()
                 .map(|o| PbGrant {
@@ -682,11 +733,86 @@ impl State {
                     framework_id: o.framework,
                     agent_id: o.agent,
                     cycle: self.cycle,
+                    trace_context: trace_context.clone(),
                 })
                 .collect();
             self.emit(allocator_event::Event::Grants(Grants { grants }));
         }
     }
+
+    /// Updates each wanting framework's count of cycles without offers (reset when it holds one) and the
+    /// `allot_framework_starved_cycles` series; returns how many frameworks are starved now.
+    fn count_starved(&mut self, snapshot: &allot_policy::Snapshot) -> usize {
+        let holding: HashSet<&str> = self.books.offers().map(|o| o.framework.as_str()).collect();
+        let mut next = HashMap::with_capacity(snapshot.frameworks.len());
+        for f in &snapshot.frameworks {
+            let n = if holding.contains(f.id.as_str()) {
+                0
+            } else {
+                self.starved.get(&f.id).map_or(1, |(n, _)| n + 1)
+            };
+            M.starved.with_label_values(&[&f.id, &f.role]).set(n as f64);
+            next.insert(f.id.clone(), (n, f.role.clone()));
+        }
+        for (id, (_, role)) in &self.starved {
+            if !next.contains_key(id) {
+                let _ = M.starved.remove_label_values(&[id, role]);
+            }
+        }
+        self.starved = next;
+        self.starved.values().filter(|(n, _)| *n > 0).count()
+    }
+
+    /// Sets the per-role and cluster series from the cycle's snapshot plus the offers it made.
+    fn record_shares(&self, snapshot: &allot_policy::Snapshot, offers: &[crate::books::Offer]) {
+        let role_of: HashMap<&str, &str> = snapshot
+            .frameworks
+            .iter()
+            .map(|f| (f.id.as_str(), f.role.as_str()))
+            .collect();
+        let mut by_role: BTreeMap<&str, Resources> = snapshot
+            .roles
+            .iter()
+            .map(|r| (r.name.as_str(), r.allocation.clone()))
+            .collect();
+        for o in offers {
+            if let Some(role) = role_of.get(o.framework.as_str()) {
+                by_role.entry(role).or_default().add(&o.piece.total());
+            }
+        }
+        let mut allocated = Resources::new();
+        for (role, r) in &by_role {
+            M.role_share
+                .with_label_values(&[role])
+                .set(allot_policy::dominant_share(r, &snapshot.total));
+            for (name, milli) in r.scalars() {
+                M.role_allocated
+                    .with_label_values(&[role, name])
+                    .set(milli as f64 / 1000.0);
+            }
+            allocated.add(r);
+        }
+        for (name, milli) in snapshot.total.scalars() {
+            M.cluster
+                .with_label_values(&[name, "total"])
+                .set(milli as f64 / 1000.0);
+            M.cluster
+                .with_label_values(&[name, "allocated"])
+                .set(allocated.scalar_milli(name) as f64 / 1000.0);
+        }
+    }
+}
+
+/// Moves `allot_policy_active` from `old` to `new`.
+fn set_active(old: Option<&PolicyRef>, new: &PolicyRef) {
+    if let Some(old) = old {
+        let _ = M
+            .policy_active
+            .remove_label_values(&[&old.name, &old.kind, &old.sha256]);
+    }
+    M.policy_active
+        .with_label_values(&[&new.name, &new.kind, &new.sha256])
+        .set(1.0);
 }
 
 async fn run(
@@ -712,7 +838,9 @@ async fn run(
         interval,
         start: Instant::now(),
         cycle: 0,
+        starved: HashMap::new(),
     };
+    set_active(None, &state.running.reference);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -727,6 +855,7 @@ async fn run(
             }
             _ = ticker.tick() => want = true,
         }
+        M.heartbeat.set(allot_common::now_secs());
         if want {
             state.allocate();
         }

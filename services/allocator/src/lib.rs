@@ -15,6 +15,7 @@
 pub mod books;
 pub mod engine;
 pub mod grpc;
+mod metrics;
 pub mod policy;
 pub mod shadow;
 pub mod sim;

@@ -187,11 +187,58 @@ impl Loaded {
         }
     }
 
-    /// Runs one cycle over `snapshot`, giving a native or WASM policy at most `deadline`.
+    /// The version of the interface the policy is called through: the allocator's own version for a
+    /// built-in, `abi-v1` (C ABI) for a native library, the WIT package (`allot:policy@0.1.0`) for WASM.
+    pub fn interface_version(&self) -> &'static str {
+        match &self.imp {
+            Implementation::Builtin(_) => env!("CARGO_PKG_VERSION"),
+            Implementation::Native(_) => "abi-v1",
+            Implementation::Wasm(_) => "allot:policy@0.1.0",
+        }
+    }
+
+    /// Runs one cycle over `snapshot`, giving a native or WASM policy at most `deadline`, inside a
+    /// `policy allocate` span (policy name, kind, version, sha256; grants or the failure) and timed in
+    /// `allot_policy_call_duration_seconds`.
     ///
     /// # Errors
     /// [`Failure`] as described in the module documentation.
     pub fn call(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        deadline: Duration,
+    ) -> Result<Vec<Grant>, Failure> {
+        let r = &self.reference;
+        let span = tracing::info_span!(
+            "policy allocate",
+            allot.policy.name = %r.name,
+            allot.policy.kind = %r.kind,
+            allot.policy.version = self.interface_version(),
+            allot.policy.sha256 = %r.sha256,
+            allot.grants = tracing::field::Empty,
+            allot.policy.failure = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
+        let result = self.call_untraced(snapshot, deadline);
+        crate::metrics::M
+            .policy_seconds
+            .with_label_values(&[&r.name, &r.kind])
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(grants) => {
+                span.record("allot.grants", grants.len());
+            }
+            Err(f) => {
+                span.record("allot.policy.failure", tracing::field::display(f));
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
+    }
+
+    fn call_untraced(
         &self,
         snapshot: &Arc<Snapshot>,
         deadline: Duration,

@@ -4,6 +4,7 @@
 //! needs under the lock, does its I/O (etcd, allocator, agents) without it, and re-checks under the lock
 //! before it commits a change.
 
+use crate::metrics::M;
 use crate::validate::{ValidTask, validate_launch};
 use allot_common::Store;
 use allot_common::convert::{
@@ -23,11 +24,14 @@ use allot_proto::common::{
     TaskStatus,
 };
 use allot_proto::scheduler::{self as pb, Event, event};
+use allot_telemetry::propagation;
+use allot_telemetry::propagation::SpanContext;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
+use tracing::Instrument as _;
 
 /// The sender of a framework's event stream.
 pub type EventSender = mpsc::UnboundedSender<Result<Event, Status>>;
@@ -46,6 +50,8 @@ struct Framework {
 struct OfferEntry {
     offer: pb::Offer,
     resources: Resources,
+    /// The offer's span, which the ACCEPT that uses the offer links to.
+    span: SpanContext,
 }
 
 #[derive(Default)]
@@ -82,11 +88,21 @@ pub struct Broker {
     agent_clients: Mutex<HashMap<String, AgentClient<Channel>>>,
 }
 
-fn update_event(status: TaskStatus) -> Event {
+/// An event without trace context.
+fn plain(ev: event::Event) -> Event {
+    Event {
+        event: Some(ev),
+        trace_context: Default::default(),
+    }
+}
+
+/// An UPDATE event carrying `trace_context` (the span that recorded it, or nothing for a re-send).
+fn update_event(status: TaskStatus, trace_context: HashMap<String, String>) -> Event {
     Event {
         event: Some(event::Event::Update(pb::Update {
             status: Some(status),
         })),
+        trace_context,
     }
 }
 
@@ -244,6 +260,7 @@ impl Broker {
                 .collect();
             (offers, active)
         };
+        M.rescinded.inc_by(rescinds.len() as u64);
         for (fw, offer_id) in rescinds {
             self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
         }
@@ -284,6 +301,16 @@ impl Broker {
                             continue;
                         };
                         let info = record.info.clone().unwrap_or_default();
+                        // The offer's span: a child of the allocation cycle that made it.
+                        let span = tracing::info_span!(
+                            "offer",
+                            allot.offer.id = %grant.offer_id,
+                            allot.framework.id = %grant.framework_id,
+                            allot.agent.id = %grant.agent_id,
+                            allot.cycle = grant.cycle,
+                        );
+                        propagation::set_parent_from_map(&span, &grant.trace_context);
+                        let span = propagation::span_context_of(&span);
                         let offer = pb::Offer {
                             offer_id: grant.offer_id.clone(),
                             framework_id: grant.framework_id.clone(),
@@ -297,6 +324,7 @@ impl Broker {
                             OfferEntry {
                                 offer: offer.clone(),
                                 resources,
+                                span,
                             },
                         );
                         by_fw.entry(grant.framework_id).or_default().push(offer);
@@ -304,11 +332,15 @@ impl Broker {
                 }
                 for (fw, offers) in by_fw {
                     tracing::debug!(framework = %fw, offers = offers.len(), "sending offers");
+                    let n = offers.len() as u64;
                     let ids: Vec<String> = offers.iter().map(|o| o.offer_id.clone()).collect();
-                    if !self.send(&fw, event::Event::Offers(pb::Offers { offers })) {
+                    if self.send(&fw, event::Event::Offers(pb::Offers { offers })) {
+                        M.offers.inc_by(n);
+                    } else {
                         unwanted.extend(self.take_offers(ids.into_iter()));
                     }
                 }
+                self.refresh_gauges();
                 if !unwanted.is_empty() {
                     self.recover(unwanted, 0.0, Vec::new()).await;
                 }
@@ -323,6 +355,7 @@ impl Broker {
                         })
                         .collect()
                 };
+                M.rescinded.inc_by(gone.len() as u64);
                 for (fw, offer_id) in gone {
                     self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
                 }
@@ -362,13 +395,15 @@ impl Broker {
     pub fn send(&self, fw: &str, ev: event::Event) -> bool {
         let inner = self.lock();
         match inner.frameworks.get(fw).and_then(|f| f.sender.as_ref()) {
-            Some(tx) => tx.send(Ok(Event { event: Some(ev) })).is_ok(),
+            Some(tx) => tx.send(Ok(plain(ev))).is_ok(),
             None => false,
         }
     }
 
-    /// Sends each status as an UPDATE to its framework, if connected, under one lock.
+    /// Sends each status as an UPDATE to its framework, if connected, under one lock; each event carries the
+    /// current span's trace context, so that the framework continues the task's trace.
     fn send_updates(&self, statuses: impl IntoIterator<Item = TaskStatus>) {
+        let trace_context = propagation::current_map();
         let inner = self.lock();
         for status in statuses {
             if let Some(tx) = inner
@@ -376,8 +411,34 @@ impl Broker {
                 .get(&status.framework_id)
                 .and_then(|f| f.sender.as_ref())
             {
-                let _ = tx.send(Ok(update_event(status)));
+                let _ = tx.send(Ok(update_event(status, trace_context.clone())));
             }
+        }
+    }
+
+    /// Sets the gauges from the broker's state: offers outstanding, tasks by state, connections, agents.
+    fn refresh_gauges(&self) {
+        let inner = self.lock();
+        M.outstanding.set(inner.offers.len() as f64);
+        M.connected.set(
+            inner
+                .frameworks
+                .values()
+                .filter(|f| f.sender.is_some())
+                .count() as f64,
+        );
+        M.agents_alive.set(inner.alive.len() as f64);
+        let mut by_state: BTreeMap<&str, u64> = (0..32)
+            .filter_map(|n| TaskState::try_from(n).ok())
+            .map(|s| (s.as_str_name(), 0))
+            .collect();
+        for t in inner.tasks.values() {
+            if let Some(s) = &t.status {
+                *by_state.entry(s.state().as_str_name()).or_default() += 1;
+            }
+        }
+        for (state, n) in by_state {
+            M.tasks.with_label_values(&[state]).set(n as f64);
         }
     }
 
@@ -386,12 +447,11 @@ impl Broker {
         tick.tick().await;
         loop {
             tick.tick().await;
+            self.refresh_gauges();
             let inner = self.lock();
             for f in inner.frameworks.values() {
                 if let Some(tx) = &f.sender {
-                    let _ = tx.send(Ok(Event {
-                        event: Some(event::Event::Heartbeat(pb::Heartbeat {})),
-                    }));
+                    let _ = tx.send(Ok(plain(event::Event::Heartbeat(pb::Heartbeat {}))));
                 }
             }
             // Unacknowledged updates go again, to their framework's current connection.
@@ -403,7 +463,7 @@ impl Broker {
                         .get(&t.framework_id)
                         .and_then(|f| f.sender.as_ref()),
                 ) {
-                    let _ = tx.send(Ok(update_event(status.clone())));
+                    let _ = tx.send(Ok(update_event(status.clone(), HashMap::new())));
                 }
             }
         }
@@ -475,12 +535,10 @@ impl Broker {
             .put(&self.store.key(Kind::Frameworks, &id), &record, None)
             .await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(Ok(Event {
-            event: Some(event::Event::Subscribed(pb::Subscribed {
-                framework_id: id.clone(),
-                heartbeat_interval_seconds: self.heartbeat_interval.as_secs_f64(),
-            })),
-        }));
+        let _ = tx.send(Ok(plain(event::Event::Subscribed(pb::Subscribed {
+            framework_id: id.clone(),
+            heartbeat_interval_seconds: self.heartbeat_interval.as_secs_f64(),
+        }))));
         let (epoch, old, pending) = {
             let mut inner = self.lock();
             let entry = inner
@@ -506,14 +564,12 @@ impl Broker {
             (epoch, old, pending)
         };
         if let Some(old) = old {
-            let _ = old.send(Ok(Event {
-                event: Some(event::Event::Error(pb::Error {
-                    message: "framework failed over: a newer subscription replaced this one".into(),
-                })),
-            }));
+            let _ = old.send(Ok(plain(event::Event::Error(pb::Error {
+                message: "framework failed over: a newer subscription replaced this one".into(),
+            }))));
         }
         for status in pending {
-            let _ = tx.send(Ok(update_event(status)));
+            let _ = tx.send(Ok(update_event(status, HashMap::new())));
         }
         let _ = self
             .allocator
@@ -626,9 +682,38 @@ impl Broker {
         tasks: Vec<TaskInfo>,
         refuse_seconds: Option<f64>,
     ) -> Result<usize, Status> {
+        let task_ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
+        let span = tracing::info_span!(
+            "accept",
+            allot.framework.id = %fw,
+            allot.offers = offer_ids.len(),
+            allot.offer.ids = %offer_ids.join(","),
+            allot.tasks = tasks.len(),
+            allot.task.ids = %task_ids.join(","),
+            allot.agent.id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .accept_traced(fw, offer_ids, tasks, refuse_seconds)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn accept_traced(
+        self: &Arc<Self>,
+        fw: &str,
+        offer_ids: Vec<String>,
+        tasks: Vec<TaskInfo>,
+        refuse_seconds: Option<f64>,
+    ) -> Result<usize, Status> {
         self.check_subscribed(fw)?;
         let refuse = refuse_of(refuse_seconds)?;
         let (agent_id, offered) = self.check_offers(fw, &offer_ids)?;
+        tracing::Span::current().record("allot.agent.id", agent_id.as_str());
         let mut valid = {
             let inner = self.lock();
             validate_launch(&agent_id, &offered, tasks, |id| {
@@ -652,6 +737,12 @@ impl Broker {
                 .filter_map(|id| inner.offers.remove(id))
                 .collect()
         };
+        // The ACCEPT's trace names the offers it used, and through them the allocation cycle that made them.
+        let span = tracing::Span::current();
+        for o in &taken {
+            propagation::link(&span, &o.span);
+        }
+        M.accepted.inc_by(taken.len() as u64);
         // Tasks use the offers' reservation for the framework's role first, then unreserved resources; their
         // resources are tagged accordingly, so that the allocator's books (and a restarted allocator, from etcd)
         // know which part of the agent they hold.
@@ -718,10 +809,18 @@ impl Broker {
             .collect();
         self.recover(offer_ids, refuse, launched).await;
         let n = valid.len();
+        M.launched.inc_by(n as u64);
         if n > 0 {
             let me = self.clone();
             let fw = fw.to_string();
-            tokio::spawn(async move { me.launch(&fw, &agent_id, valid).await });
+            let span = tracing::info_span!(
+                "launch",
+                allot.framework.id = %fw,
+                allot.agent.id = %agent_id,
+                allot.tasks = n,
+                otel.status_code = tracing::field::Empty,
+            );
+            tokio::spawn(async move { me.launch(&fw, &agent_id, valid).await }.instrument(span));
         }
         Ok(n)
     }
@@ -767,6 +866,7 @@ impl Broker {
             None => Err(Status::unavailable(format!("agent {agent_id} is unknown"))),
         };
         if let Err(e) = result {
+            tracing::Span::current().record("otel.status_code", "ERROR");
             tracing::warn!(agent = %agent_id, error = %e.message(), "launch failed");
             let tasks: Vec<(String, String)> =
                 ids.into_iter().map(|id| (fw.to_string(), id)).collect();
@@ -838,7 +938,17 @@ impl Broker {
                 "a status update needs task_id and framework_id",
             ));
         }
-        self.record_updates(vec![(status, sandbox)]).await
+        let span = tracing::info_span!(
+            "status update",
+            allot.framework.id = %status.framework_id,
+            allot.task.id = %status.task_id,
+            allot.agent.id = %status.agent_id,
+            allot.task.state = status.state().as_str_name(),
+            allot.task.reason = %status.reason,
+        );
+        self.record_updates(vec![(status, sandbox)])
+            .instrument(span)
+            .await
     }
 
     /// Records `updates` (each with the task's sandbox, if the agent reported one) in one etcd transaction,
@@ -887,6 +997,9 @@ impl Broker {
             }
         }
         for status in &statuses {
+            M.updates
+                .with_label_values(&[status.state().as_str_name()])
+                .inc();
             tracing::debug!(framework = %status.framework_id, task = %status.task_id,
                 state = status.state().as_str_name(), "status update");
         }
@@ -938,6 +1051,7 @@ impl Broker {
         let refuse = refuse_of(refuse_seconds)?;
         self.check_offers_owned(fw, &offer_ids)?;
         let taken = self.take_offers(offer_ids.into_iter());
+        M.declined.inc_by(taken.len() as u64);
         self.recover(taken, refuse, Vec::new()).await;
         Ok(())
     }

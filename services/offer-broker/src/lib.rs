@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod grpc;
+mod metrics;
 pub mod validate;
 
 use std::future::Future;

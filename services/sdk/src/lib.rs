@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// A framework scheduler's callbacks. Each runs on the driver's task; keep them quick and make calls through
 /// the [`Driver`], which queues them.
@@ -133,7 +134,8 @@ enum Call {
 /// The scheduler's handle on the cluster. Cheap to clone; calls are queued and run in order.
 #[derive(Clone, Debug)]
 pub struct Driver {
-    calls: mpsc::UnboundedSender<Call>,
+    /// Each call with the span it was made in (its trace continues there).
+    calls: mpsc::UnboundedSender<(Call, tracing::Span)>,
     framework_id: Arc<Mutex<String>>,
     stop: CancellationToken,
     teardown: Arc<tokio::sync::Notify>,
@@ -141,7 +143,7 @@ pub struct Driver {
 
 impl Driver {
     fn call(&self, c: Call) {
-        let _ = self.calls.send(c);
+        let _ = self.calls.send((c, tracing::Span::current()));
     }
 
     /// The FrameworkID (empty before the first SUBSCRIBED).
@@ -202,7 +204,7 @@ impl Driver {
 
 async fn run_calls(
     mut client: SchedulerClient<Channel>,
-    mut calls: mpsc::UnboundedReceiver<Call>,
+    mut calls: mpsc::UnboundedReceiver<(Call, tracing::Span)>,
     framework_id: Arc<Mutex<String>>,
     errors: mpsc::UnboundedSender<String>,
     stop: CancellationToken,
@@ -214,7 +216,7 @@ async fn run_calls(
             c = calls.recv() => c,
             _ = stop.cancelled() => calls.try_recv().ok(),
         };
-        let Some(call) = call else { return };
+        let Some((call, caller)) = call else { return };
         let fw = framework_id.lock().expect("framework id poisoned").clone();
         let filters = |r: Option<f64>| Some(Filters { refuse_seconds: r });
         let what = format!("{call:?}")
@@ -222,71 +224,95 @@ async fn run_calls(
             .next()
             .unwrap_or("call")
             .to_uppercase();
-        let result = match call {
-            Call::Accept(offer_ids, tasks, r) => client
-                .accept(pb::AcceptRequest {
-                    framework_id: fw,
-                    offer_ids,
-                    operations: vec![Operation {
-                        operation: Some(operation::Operation::Launch(Launch { task_infos: tasks })),
-                    }],
-                    filters: filters(r),
-                })
-                .await
-                .map(|_| ()),
-            Call::Decline(offer_ids, r) => client
-                .decline(pb::DeclineRequest {
-                    framework_id: fw,
-                    offer_ids,
-                    filters: filters(r),
-                })
-                .await
-                .map(|_| ()),
-            Call::Revive => client
-                .revive(pb::ReviveRequest { framework_id: fw })
-                .await
-                .map(|_| ()),
-            Call::Suppress => client
-                .suppress(pb::SuppressRequest { framework_id: fw })
-                .await
-                .map(|_| ()),
-            Call::Kill(task_id, agent_id) => client
-                .kill(pb::KillRequest {
-                    framework_id: fw,
-                    task_id,
-                    agent_id,
-                })
-                .await
-                .map(|_| ()),
-            Call::Acknowledge(agent_id, task_id, uuid) => client
-                .acknowledge(pb::AcknowledgeRequest {
-                    framework_id: fw,
-                    agent_id,
-                    task_id,
-                    uuid,
-                })
-                .await
-                .map(|_| ()),
-            Call::Reconcile(tasks) => client
-                .reconcile(pb::ReconcileRequest {
-                    framework_id: fw,
-                    tasks: tasks
-                        .into_iter()
-                        .map(|(task_id, agent_id)| pb::ReconcileTask { task_id, agent_id })
-                        .collect(),
-                })
-                .await
-                .map(|_| ()),
-            Call::Teardown => {
-                let r = client
-                    .teardown(pb::TeardownRequest { framework_id: fw })
+        // One span per call (ACCEPT, ACKNOWLEDGE, ...), in the trace of the span the call was made in; an
+        // ACCEPT made from `resource_offers` starts a new trace, the task's.
+        let span = tracing::info_span!(
+            parent: &caller,
+            "scheduler call",
+            otel.name = %what,
+            otel.status_code = tracing::field::Empty,
+            allot.framework.id = %fw,
+            allot.offer.ids = tracing::field::Empty,
+            allot.task.ids = tracing::field::Empty,
+        );
+        if let Call::Accept(offers, tasks, _) = &call {
+            span.record("allot.offer.ids", offers.join(","));
+            let ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
+            span.record("allot.task.ids", ids.join(","));
+        }
+        let call_span = span.clone();
+        let result = async {
+            match call {
+                Call::Accept(offer_ids, tasks, r) => client
+                    .accept(pb::AcceptRequest {
+                        framework_id: fw,
+                        offer_ids,
+                        operations: vec![Operation {
+                            operation: Some(operation::Operation::Launch(Launch {
+                                task_infos: tasks,
+                            })),
+                        }],
+                        filters: filters(r),
+                    })
                     .await
-                    .map(|_| ());
-                stop.cancel();
-                r
+                    .map(|_| ()),
+                Call::Decline(offer_ids, r) => client
+                    .decline(pb::DeclineRequest {
+                        framework_id: fw,
+                        offer_ids,
+                        filters: filters(r),
+                    })
+                    .await
+                    .map(|_| ()),
+                Call::Revive => client
+                    .revive(pb::ReviveRequest { framework_id: fw })
+                    .await
+                    .map(|_| ()),
+                Call::Suppress => client
+                    .suppress(pb::SuppressRequest { framework_id: fw })
+                    .await
+                    .map(|_| ()),
+                Call::Kill(task_id, agent_id) => client
+                    .kill(pb::KillRequest {
+                        framework_id: fw,
+                        task_id,
+                        agent_id,
+                    })
+                    .await
+                    .map(|_| ()),
+                Call::Acknowledge(agent_id, task_id, uuid) => client
+                    .acknowledge(pb::AcknowledgeRequest {
+                        framework_id: fw,
+                        agent_id,
+                        task_id,
+                        uuid,
+                    })
+                    .await
+                    .map(|_| ()),
+                Call::Reconcile(tasks) => client
+                    .reconcile(pb::ReconcileRequest {
+                        framework_id: fw,
+                        tasks: tasks
+                            .into_iter()
+                            .map(|(task_id, agent_id)| pb::ReconcileTask { task_id, agent_id })
+                            .collect(),
+                    })
+                    .await
+                    .map(|_| ()),
+                Call::Teardown => {
+                    let r = client
+                        .teardown(pb::TeardownRequest { framework_id: fw })
+                        .await
+                        .map(|_| ());
+                    stop.cancel();
+                    r
+                }
             }
-        };
+        }
+        .instrument(call_span)
+        .await;
         if let Err(e) = result {
+            span.record("otel.status_code", "ERROR");
             let _ = errors.send(format!("{what} failed: {} ({:?})", e.message(), e.code()));
         }
     }
@@ -374,6 +400,7 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                     break;
                 }
             };
+            let trace_context = ev.trace_context;
             match ev.event {
                 Some(event::Event::Subscribed(s)) => {
                     *framework_id.lock().expect("framework id poisoned") = s.framework_id.clone();
@@ -385,6 +412,18 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                 Some(event::Event::Rescind(r)) => scheduler.offer_rescinded(&driver, &r.offer_id),
                 Some(event::Event::Update(u)) => {
                     if let Some(status) = u.status {
+                        // The update continues the task's trace (the broker sent its context); the
+                        // acknowledgement is made inside it.
+                        let span = tracing::info_span!(
+                            "status update",
+                            otel.kind = "consumer",
+                            allot.framework.id = %status.framework_id,
+                            allot.task.id = %status.task_id,
+                            allot.agent.id = %status.agent_id,
+                            allot.task.state = status.state().as_str_name(),
+                        );
+                        allot_telemetry::propagation::set_parent_from_map(&span, &trace_context);
+                        let _entered = span.enter();
                         scheduler.status_update(&driver, &status);
                         if !status.uuid.is_empty() {
                             driver.call(Call::Acknowledge(
