@@ -9,7 +9,9 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$repo/deploy/local/ensure-deps.sh"
 allot_ensure_deps
 cd "$repo"
-# The native builds of the built-in policies, which the policy tests load into a running allocator.
+# The service binaries (the telemetry tests run them as real processes) and the native builds of the
+# built-in policies, which the policy tests load into a running allocator.
+cargo build --bins
 cargo build -p allot-drf-native -p allot-priority-native
 # The WASM policies and fixtures (target/wasm/): C with Debian's clang, Rust where wasm32 is available.
 bash plugins/wasm/build.sh

@@ -6,6 +6,11 @@
 //!   its own `127.0.0.1:0` listener; agents are added with [`Cluster::add_agent`] and run real commands.
 //! - [`TestFramework`]: a scheduler speaking the raw gRPC scheduler API, with waits on its event stream.
 //! - [`eventually`]: polls a condition until it holds or the patience runs out.
+//! - [`procs::ProcessCluster`]: the same services as real processes (the built binaries), with `/metrics`;
+//!   [`otlp::OtlpReceiver`]: an in-process OTLP trace receiver, for telemetry tests.
+
+pub mod otlp;
+pub mod procs;
 
 use allot_common::grpc::Channel;
 use allot_proto::common::{CommandInfo, FrameworkInfo, Resource, TaskInfo, TaskState, TaskStatus};

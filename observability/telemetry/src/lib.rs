@@ -96,9 +96,7 @@ impl Drop for Guard {
             eprintln!("telemetry: flushing spans at exit failed: {e}");
         }
         // The runtime that drove the exporter goes last, after the final export.
-        if let Some(rt) = self.exporter_runtime.take() {
-            rt.shutdown();
-        }
+        drop(self.exporter_runtime.take());
     }
 }
 
@@ -147,6 +145,7 @@ pub fn init_with(service: &'static str, version: &'static str, settings: Setting
         .is_ok();
     if !installed {
         // Another subscriber is already global: a provider of ours would never see a span.
+        eprintln!("telemetry: a tracing subscriber is already installed; {service} keeps it");
         return Guard {
             provider: None,
             exporter_runtime: None,

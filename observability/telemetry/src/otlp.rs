@@ -14,12 +14,15 @@ use std::time::Duration;
 
 /// The runtime the exporter's gRPC client runs on.
 #[derive(Debug)]
-pub(crate) struct ExportRuntime(tokio::runtime::Runtime);
+pub(crate) struct ExportRuntime(Option<tokio::runtime::Runtime>);
 
-impl ExportRuntime {
-    /// Stops the runtime without waiting for stray tasks.
-    pub(crate) fn shutdown(self) {
-        self.0.shutdown_timeout(Duration::from_millis(100));
+/// A runtime cannot simply be dropped inside async code (where `init` may be called, and the guard
+/// dropped): it is shut down in the background instead.
+impl Drop for ExportRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -103,9 +106,10 @@ pub(crate) fn provider(
         inner: Arc::new(exporter),
         handle: runtime.handle().clone(),
     };
+    let runtime = ExportRuntime(Some(runtime));
     let provider = SdkTracerProvider::builder()
         .with_resource(resource(service, version))
         .with_batch_exporter(exporter)
         .build();
-    Ok((provider, ExportRuntime(runtime)))
+    Ok((provider, runtime))
 }

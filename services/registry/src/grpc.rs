@@ -185,8 +185,13 @@ impl Registry for RegistryService {
             }
         };
         let mut lease = lease.lock().await;
-        lease.keeper.keep_alive().await.map_err(StoreError::from)?;
-        let answer = lease.stream.message().await.map_err(StoreError::from)?;
+        let Lease { keeper, stream, .. } = &mut *lease;
+        let answer = allot_common::store::traced("lease_keep_alive", async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        })
+        .await
+        .map_err(StoreError::from)?;
         match answer {
             Some(r) if r.ttl() > 0 => Ok(Response::new(HeartbeatResponse {})),
             _ => {

@@ -1,0 +1,432 @@
+//! Telemetry end to end: real service processes export OTLP to an in-process receiver; one task's trace runs
+//! from the framework's ACCEPT to its TASK_RUNNING update back at the framework through the broker and the
+//! agent; every service's `/metrics` moves with work.
+
+use allot_proto::common::TaskState;
+use allot_sdk::{Driver, Offer, Scheduler, TaskStatus};
+use allot_tests::otlp::{OtlpReceiver, SpanRecord};
+use allot_tests::procs::{ProcessCluster, metric, scrape};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+const FRAMEWORK: &str = "allot-test-framework";
+const BROKER: &str = "allot-offer-broker";
+const AGENT: &str = "allot-agent";
+const ALLOCATOR: &str = "allot-allocator";
+
+/// Runs `tasks` (one shell command each, `cpus:0.5;mem:64`) through an SDK framework until all finish.
+struct RunAll {
+    left: Vec<allot_sdk::TaskInfo>,
+    total: usize,
+    finished: usize,
+}
+
+impl Scheduler for RunAll {
+    fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
+        for o in offers {
+            let tasks: Vec<_> = self.left.drain(..).collect();
+            if tasks.is_empty() {
+                driver.decline(vec![o.offer_id], Some(60.0));
+            } else {
+                driver.accept(vec![o.offer_id], tasks, Some(1.0));
+            }
+        }
+    }
+
+    fn status_update(&mut self, driver: &Driver, status: &TaskStatus) {
+        if status.state() == TaskState::TaskFinished {
+            self.finished += 1;
+            if self.finished == self.total {
+                driver.teardown();
+            }
+        }
+    }
+}
+
+async fn run_tasks(cluster: &ProcessCluster, commands: &[&str]) {
+    let tasks: Vec<_> = commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| allot_sdk::shell_task(&format!("t{i}"), c, "cpus:0.5;mem:64").expect("task"))
+        .collect();
+    let config = allot_sdk::DriverConfig::new(
+        &cluster.broker.addr,
+        allot_sdk::framework_info("telemetry", "*"),
+    );
+    let done = tokio::time::timeout(
+        Duration::from_secs(60),
+        allot_sdk::run(
+            config,
+            RunAll {
+                total: tasks.len(),
+                left: tasks,
+                finished: 0,
+            },
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the tasks did not finish; {}", cluster.logs()))
+    .expect("the framework runs");
+    assert_eq!(done.finished, commands.len());
+}
+
+/// The chain of `(service, span name)` from `span` up to its trace's root.
+fn ancestry<'a>(
+    span: &'a SpanRecord,
+    by_id: &HashMap<&str, &'a SpanRecord>,
+) -> Vec<(String, String)> {
+    let mut out = vec![(span.service.clone(), span.name.clone())];
+    let mut at = span;
+    while !at.parent_span_id.is_empty() {
+        let parent = by_id.get(at.parent_span_id.as_str()).unwrap_or_else(|| {
+            panic!(
+                "the parent of {} ({}) was never exported",
+                at.name, at.service
+            )
+        });
+        out.push((parent.service.clone(), parent.name.clone()));
+        at = parent;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_task_trace_runs_from_accept_to_running_through_three_processes() {
+    let receiver = OtlpReceiver::start().await;
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            receiver.endpoint(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
+    ];
+    let mut cluster = ProcessCluster::start(1, &env).await;
+    // This process is the framework: its SDK spans go to the same receiver.
+    let telemetry = allot_telemetry::init_with(
+        FRAMEWORK,
+        "0.0.0",
+        allot_telemetry::Settings {
+            log_filter: Some("warn".into()),
+            json_logs: false,
+            otlp_endpoint: Some(receiver.endpoint()),
+        },
+    );
+    assert!(telemetry.exporting());
+    run_tasks(&cluster, &["sleep 0.3"]).await;
+    telemetry
+        .flush()
+        .expect("the framework's spans are exported");
+    cluster.stop();
+
+    let spans = receiver.spans();
+    let accept = spans
+        .iter()
+        .find(|s| s.service == FRAMEWORK && s.name == "ACCEPT")
+        .expect("the framework's ACCEPT span");
+    assert!(
+        accept.parent_span_id.is_empty(),
+        "ACCEPT starts the task's trace"
+    );
+    assert_eq!(accept.attr("allot.task.ids"), Some("t0"));
+    let trace: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.trace_id == accept.trace_id)
+        .collect();
+    let by_id: HashMap<&str, &SpanRecord> =
+        trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+
+    // Spans from at least three processes share the trace: the framework, the broker and the agent.
+    let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
+    let pids: BTreeSet<i64> = trace.iter().map(|s| s.pid).collect();
+    for s in [FRAMEWORK, BROKER, AGENT] {
+        assert!(services.contains(s), "{s} is in the trace: {services:?}");
+    }
+    assert!(pids.len() >= 3, "three processes: {pids:?}");
+    assert_eq!(pids.len(), services.len(), "one process per service");
+
+    // Every span's parent is in the trace (all exported, links intact).
+    for s in &trace {
+        if s.span_id != accept.span_id {
+            assert!(
+                by_id.contains_key(s.parent_span_id.as_str()),
+                "{} ({}) has a parent in the trace",
+                s.name,
+                s.service
+            );
+        }
+    }
+
+    // TASK_RUNNING back at the framework, parent by parent up to the ACCEPT.
+    let running = trace
+        .iter()
+        .find(|s| {
+            s.service == FRAMEWORK
+                && s.name == "status update"
+                && s.attr("allot.task.state") == Some("TASK_RUNNING")
+        })
+        .expect("the framework's TASK_RUNNING span is in the ACCEPT's trace");
+    let chain = ancestry(running, &by_id);
+    let expected: Vec<(String, String)> = [
+        (FRAMEWORK, "status update"),
+        (BROKER, "status update"),
+        (BROKER, "allot.agent.v1.StatusUpdates/Update"),
+        (AGENT, "allot.agent.v1.StatusUpdates/Update"),
+        (AGENT, "status update"),
+        (AGENT, "launch task"),
+        (AGENT, "allot.agent.v1.Agent/LaunchTasks"),
+        (BROKER, "allot.agent.v1.Agent/LaunchTasks"),
+        (BROKER, "launch"),
+        (BROKER, "accept"),
+        (BROKER, "allot.scheduler.v1.Scheduler/Accept"),
+        (FRAMEWORK, "allot.scheduler.v1.Scheduler/Accept"),
+        (FRAMEWORK, "ACCEPT"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(chain, expected);
+
+    // RPC spans carry the semantic conventions' attributes and kinds.
+    for s in trace
+        .iter()
+        .filter(|s| s.name == "allot.scheduler.v1.Scheduler/Accept")
+    {
+        assert_eq!(s.attr("rpc.system"), Some("grpc"));
+        assert_eq!(s.attr("rpc.service"), Some("allot.scheduler.v1.Scheduler"));
+        assert_eq!(s.attr("rpc.method"), Some("Accept"));
+        assert_eq!(s.attr("rpc.grpc.status_code"), Some("0"));
+        let kind = if s.service == BROKER { 2 } else { 3 };
+        assert_eq!(
+            s.kind, kind,
+            "server on the broker, client at the framework"
+        );
+    }
+    // The agent's update span names the task and its state.
+    let agent_running = trace
+        .iter()
+        .find(|s| {
+            s.service == AGENT
+                && s.name == "status update"
+                && s.attr("allot.task.state") == Some("TASK_RUNNING")
+        })
+        .expect("agent TASK_RUNNING");
+    assert_eq!(agent_running.attr("allot.task.id"), Some("t0"));
+    // The tasks were persisted in an etcd transaction inside the ACCEPT.
+    let broker_accept = trace
+        .iter()
+        .find(|s| s.service == BROKER && s.name == "accept")
+        .expect("broker accept");
+    assert!(
+        trace.iter().any(|s| s.name == "etcd txn"
+            && s.parent_span_id == broker_accept.span_id
+            && s.attr("db.system") == Some("etcd")
+            && s.attr("db.operation.name") == Some("txn")),
+        "an etcd txn span under the broker's accept"
+    );
+
+    // The ACCEPT links to the offer it used; the offer is a child of the allocation cycle that made it.
+    let (link_trace, link_span) = broker_accept
+        .links
+        .first()
+        .expect("accept links to its offer");
+    let offer = spans
+        .iter()
+        .find(|s| &s.trace_id == link_trace && &s.span_id == link_span)
+        .expect("the linked offer span was exported");
+    assert_eq!(offer.name, "offer");
+    assert_eq!(offer.service, BROKER);
+    assert_eq!(
+        offer.attr("allot.framework.id"),
+        broker_accept.attr("allot.framework.id")
+    );
+    let cycle = spans
+        .iter()
+        .find(|s| s.span_id == offer.parent_span_id && s.trace_id == offer.trace_id)
+        .expect("the offer's parent was exported");
+    assert_eq!(cycle.service, ALLOCATOR);
+    assert_eq!(cycle.name, "allocation cycle");
+    assert_eq!(cycle.attr("allot.policy.name"), Some("drf"));
+    assert_eq!(cycle.attr("allot.policy.kind"), Some("builtin"));
+    for key in ["allot.policy.version", "allot.cycle.duration_ms"] {
+        assert!(
+            cycle.attr(key).is_some_and(|v| !v.is_empty()),
+            "{key} on the cycle"
+        );
+    }
+    // A built-in has no artifact: its sha256 is empty, but the attribute is there.
+    assert_eq!(cycle.attr("allot.policy.sha256"), Some(""));
+    assert_eq!(cycle.attr("allot.agents"), Some("1"));
+    assert_eq!(cycle.attr("allot.frameworks"), Some("1"));
+    assert_eq!(cycle.attr("allot.grants"), Some("1"));
+    assert_eq!(offer.attr("allot.cycle"), cycle.attr("allot.cycle"));
+    let policy_call = spans
+        .iter()
+        .find(|s| s.parent_span_id == cycle.span_id && s.name == "policy allocate")
+        .expect("the policy call is a child of the cycle");
+    assert_eq!(policy_call.attr("allot.grants"), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_metrics_that_move_with_work() {
+    let mut cluster = ProcessCluster::start(1, &[]).await;
+    let scrape_all = |c: &ProcessCluster| {
+        let addrs = [
+            c.registry.metrics.clone(),
+            c.allocator.metrics.clone(),
+            c.broker.metrics.clone(),
+            c.agents[0].metrics.clone(),
+        ];
+        async move {
+            let mut out = Vec::new();
+            for a in &addrs {
+                out.push(scrape(a).await);
+            }
+            out
+        }
+    };
+    let before = scrape_all(&cluster).await;
+    run_tasks(&cluster, &["true", "true", "sleep 0.2"]).await;
+    // Gauges refresh on the broker's heartbeat (1 s here).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = scrape_all(&cluster).await;
+    let [reg0, alloc0, broker0, agent0] = &before[..] else {
+        unreachable!()
+    };
+    let [reg1, alloc1, broker1, agent1] = &after[..] else {
+        unreachable!()
+    };
+    let v =
+        |text: &str, name: &str, labels: &[(&str, &str)]| metric(text, name, labels).unwrap_or(0.0);
+    let grew = |a: &str, b: &str, name: &str, labels: &[(&str, &str)]| {
+        let (x, y) = (v(a, name, labels), v(b, name, labels));
+        assert!(y > x, "{name}{labels:?} grew: {x} -> {y}");
+    };
+
+    // Every process: its own CPU and memory, and per-RPC rate, errors and duration.
+    for text in &after {
+        assert!(v(text, "process_resident_memory_bytes", &[]) > 0.0);
+        assert!(metric(text, "process_cpu_seconds_total", &[]).is_some());
+    }
+    // Registry: heartbeats served, etcd requests timed.
+    grew(
+        reg0,
+        reg1,
+        "allot_rpc_server_requests_total",
+        &[("rpc_method", "Heartbeat"), ("grpc_code", "OK")],
+    );
+    grew(reg0, reg1, "allot_etcd_request_duration_seconds_count", &[]);
+    // Broker: the scheduler calls, offers, launches, updates and tasks by state.
+    let accept = [
+        ("rpc_service", "allot.scheduler.v1.Scheduler"),
+        ("rpc_method", "Accept"),
+    ];
+    grew(broker0, broker1, "allot_rpc_server_requests_total", &accept);
+    grew(
+        broker0,
+        broker1,
+        "allot_rpc_server_duration_seconds_count",
+        &accept,
+    );
+    grew(broker0, broker1, "allot_offers_total", &[]);
+    grew(broker0, broker1, "allot_offers_accepted_total", &[]);
+    for series in [
+        "allot_offers_outstanding",
+        "allot_offers_declined_total",
+        "allot_offers_rescinded_total",
+    ] {
+        assert!(
+            metric(broker1, series, &[]).is_some(),
+            "{series} is exposed"
+        );
+    }
+    grew(broker0, broker1, "allot_tasks_launched_total", &[]);
+    grew(
+        broker0,
+        broker1,
+        "allot_task_status_updates_total",
+        &[("state", "TASK_FINISHED")],
+    );
+    assert_eq!(
+        v(broker1, "allot_tasks", &[("state", "TASK_FINISHED")]),
+        3.0
+    );
+    grew(
+        broker0,
+        broker1,
+        "allot_etcd_request_duration_seconds_count",
+        &[("db_operation", "txn")],
+    );
+    // Errors are counted by code: an ACCEPT of an unknown offer is NOT_FOUND.
+    {
+        use allot_proto::scheduler::{AcceptRequest, scheduler_client::SchedulerClient};
+        let mut c = SchedulerClient::new(
+            allot_common::grpc::channel(&cluster.broker.addr).expect("channel"),
+        );
+        let err = c
+            .accept(AcceptRequest {
+                framework_id: "nobody".into(),
+                offer_ids: vec!["no-such-offer".into()],
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_ne!(err.code(), tonic::Code::Ok);
+        let text = scrape(&cluster.broker.metrics).await;
+        let code = allot_telemetry::grpc::code_name(err.code() as i32);
+        assert!(
+            v(
+                &text,
+                "allot_rpc_server_requests_total",
+                &[("rpc_method", "Accept"), ("grpc_code", code)]
+            ) >= 1.0
+        );
+    }
+    // Allocator: cycles and their duration, grants, policy latency, shares and cluster resources.
+    grew(alloc0, alloc1, "allot_allocation_cycles_total", &[]);
+    grew(
+        alloc0,
+        alloc1,
+        "allot_allocation_cycle_duration_seconds_count",
+        &[],
+    );
+    grew(alloc0, alloc1, "allot_allocation_grants_total", &[]);
+    grew(
+        alloc0,
+        alloc1,
+        "allot_policy_call_duration_seconds_count",
+        &[("policy", "drf"), ("kind", "builtin")],
+    );
+    assert_eq!(v(alloc1, "allot_policy_active", &[("policy", "drf")]), 1.0);
+    assert_eq!(
+        v(
+            alloc1,
+            "allot_cluster_resources",
+            &[("resource", "cpus"), ("state", "total")]
+        ),
+        4.0
+    );
+    assert!(metric(alloc1, "allot_role_dominant_share", &[("role", "*")]).is_some());
+    assert!(v(alloc1, "allot_allocator_heartbeat_timestamp_seconds", &[]) > 1.7e9);
+    // Agent: its resources, and the updates the broker acknowledged.
+    assert_eq!(
+        v(
+            agent1,
+            "allot_agent_resources",
+            &[("resource", "mem"), ("state", "total")]
+        ),
+        4096.0
+    );
+    grew(
+        agent0,
+        agent1,
+        "allot_agent_status_updates_total",
+        &[("state", "TASK_RUNNING")],
+    );
+    grew(
+        agent0,
+        agent1,
+        "allot_rpc_client_requests_total",
+        &[("rpc_method", "Update"), ("grpc_code", "OK")],
+    );
+    cluster.stop();
+}
