@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and running Allot needs on Debian, when it is missing: etcd (etcd-server) and protoc
 # (protobuf-compiler, also needed by etcd-client's build). Sourced by deploy/local/run.sh and tests/run.sh.
+# allot_ensure_prometheus adds Debian's prometheus (the server and promtool, which checks and unit-tests the
+# alert rules in observability/prometheus/).
 set -euo pipefail
 
 allot_ensure_deps() {
@@ -18,6 +20,16 @@ allot_ensure_deps() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo is missing: install the Rust toolchain (https://rustup.rs) first" >&2
     return 1
+  fi
+}
+
+allot_ensure_prometheus() {
+  if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo"
+    echo "==> installing prometheus (Debian package)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   fi
 }
 

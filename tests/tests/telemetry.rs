@@ -429,4 +429,76 @@ async fn every_service_serves_metrics_that_move_with_work() {
         &[("rpc_method", "Update"), ("grpc_code", "OK")],
     );
     cluster.stop();
+    // Every series the alert rules and the dashboard use is one the services export.
+    let exported: BTreeSet<String> = after
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .fold(n.to_string(), |n, suffix| {
+                    n.strip_suffix(suffix).map(str::to_string).unwrap_or(n)
+                })
+        })
+        .collect();
+    // Labelled series that appear only with their first event (no failure, drop or starvation happened here).
+    let on_first_event = [
+        "allot_policy_failures_total",
+        "allot_allocation_grants_dropped_total",
+        "allot_framework_starved_cycles",
+    ];
+    for name in referenced_series() {
+        assert!(
+            exported.contains(&name) || on_first_event.contains(&name.as_str()),
+            "{name} (used by an alert or the dashboard) is exported"
+        );
+    }
+}
+
+/// The `allot_*` series named in `observability/prometheus/alerts.yml` and `observability/grafana/allot.json`.
+fn referenced_series() -> BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../observability");
+    let mut names = BTreeSet::new();
+    for file in ["prometheus/alerts.yml", "grafana/allot.json"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("observability file");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("allot_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let name = name.strip_suffix("_bucket").unwrap_or(name);
+            names.insert(name.to_string());
+            rest = &tail[end..];
+        }
+    }
+    assert!(names.len() > 20, "found the series names: {names:?}");
+    names
+}
+
+/// The alert rules are valid, their unit tests pass, and the scrape configuration is valid (Debian's
+/// promtool; `tests/run.sh` installs it).
+#[test]
+fn alert_rules_pass_promtool() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../observability/prometheus");
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["test", "rules", "alerts_test.yml"],
+        &["check", "config", "prometheus.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool is installed (apt-get install prometheus; tests/run.sh does)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -466,6 +466,14 @@ impl Books {
             .count()
     }
 
+    /// How many agents are registered (their record is in etcd) but unreachable: lost, not removed.
+    pub fn unreachable_agents(&self) -> usize {
+        self.agents
+            .values()
+            .filter(|a| a.registered && !a.reachable)
+            .count()
+    }
+
     /// The snapshot a policy sees at time `now`: reachable agents with resources available, active unsuppressed
     /// frameworks with their unexpired filters, and roles.
     pub fn snapshot(&mut self, now: f64) -> Snapshot {

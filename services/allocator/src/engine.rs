@@ -630,13 +630,15 @@ impl State {
     }
 
     fn allocate(&mut self) {
+        M.agents.set(self.books.reachable_agents() as f64);
+        M.agents_unreachable
+            .set(self.books.unreachable_agents() as f64);
         if self.subscriber.is_none() {
             return;
         }
         let now = self.now();
         let started = Instant::now();
         let snapshot = Arc::new(self.books.snapshot(now));
-        M.agents.set(self.books.reachable_agents() as f64);
         M.frameworks.set(snapshot.frameworks.len() as f64);
         if snapshot.frameworks.is_empty() {
             return;

@@ -15,6 +15,7 @@
 //! | `allot_role_allocated` | gauge | `role`, `resource` | offered plus used by the role (cpus in CPUs, mem and disk in MiB) |
 //! | `allot_cluster_resources` | gauge | `resource`, `state` (`total`, `allocated`) | over reachable agents |
 //! | `allot_allocator_agents` / `allot_allocator_frameworks` | gauge | | reachable agents; frameworks wanting offers (active, not suppressed) |
+//! | `allot_agents_unreachable` | gauge | | agents still registered whose liveness lapsed (lost, not removed) |
 //! | `allot_framework_starved_cycles` | gauge | `framework`, `role` | consecutive cycles a framework wanting offers held none and got none |
 //! | `allot_allocator_offers_outstanding` | gauge | | offers in the allocator's books (made, not yet answered) |
 
@@ -39,6 +40,7 @@ pub(crate) struct Metrics {
     pub role_allocated: GaugeVec,
     pub cluster: GaugeVec,
     pub agents: Gauge,
+    pub agents_unreachable: Gauge,
     pub frameworks: Gauge,
     pub starved: GaugeVec,
     pub offers_outstanding: Gauge,
@@ -109,6 +111,10 @@ pub(crate) static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         &["resource", "state"],
     ),
     agents: gauge("allot_allocator_agents", "Reachable agents"),
+    agents_unreachable: gauge(
+        "allot_agents_unreachable",
+        "Agents still registered whose liveness lapsed (lost, not removed)",
+    ),
     frameworks: gauge(
         "allot_allocator_frameworks",
         "Frameworks wanting offers (active and not suppressed)",
