@@ -7,10 +7,15 @@
 # While they run it samples each role's dominant share; at the end it prints the results and the shares, then
 # tears everything down. Ctrl-C at any point stops everything it started.
 #
-# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep]
-#   --files DIR  the tree to process (default /usr/share)
-#   --tasks N    tasks per framework (default 32)
-#   --keep       leave the cluster running after the jobs, until Ctrl-C
+# Every service serves Prometheus metrics (its /metrics address is printed). With OTEL_EXPORTER_OTLP_ENDPOINT
+# set, every process (services and frameworks) exports its spans there over OTLP/gRPC.
+#
+# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus]
+#   --files DIR    the tree to process (default /usr/share)
+#   --tasks N      tasks per framework (default 32)
+#   --keep         leave the cluster running after the jobs, until Ctrl-C
+#   --prometheus   also start Prometheus (Debian's package, installed if missing) scraping the cluster, with
+#                  the alert rules of observability/prometheus/
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,18 +23,21 @@ repo=$(cd "$here/../.." && pwd)
 files_root=/usr/share
 ntasks=32
 keep=0
+prometheus=0
 while (($#)); do
   case "$1" in
     --files) files_root=$2; shift 2 ;;
     --tasks) ntasks=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --prometheus) prometheus=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
 
 source "$here/ensure-deps.sh"
 allot_ensure_deps
+((prometheus)) && allot_ensure_prometheus
 
 echo "==> building (cargo build --bins)"
 (cd "$repo" && cargo build --bins --quiet)
@@ -96,11 +104,23 @@ start etcd etcd --name allot --data-dir "$run/etcd" \
   --initial-cluster "allot=http://127.0.0.1:$etcd_peer"
 wait_port "$etcd_port" etcd
 
+# Each service's /metrics address, by Prometheus job.
+declare -A metrics=()
+metrics_port() { # job: sets $mport to a free port and records it for the job
+  mport=$(free_port)
+  metrics[$1]="${metrics[$1]:-}${metrics[$1]:+ }127.0.0.1:$mport"
+}
+metrics_port allot-registry; reg_m=$mport
+metrics_port allot-allocator; alloc_m=$mport
+metrics_port allot-offer-broker; broker_m=$mport
+
 echo "==> starting registry :$registry_port, allocator :$allocator_port, offer-broker :$broker_port"
-start registry "$bin/allot-registry" --listen "127.0.0.1:$registry_port" --agent-timeout 5s
-start allocator "$bin/allot-allocator" --listen "127.0.0.1:$allocator_port" --allocation-interval 250ms
+start registry "$bin/allot-registry" --listen "127.0.0.1:$registry_port" --agent-timeout 5s \
+  --metrics-listen "127.0.0.1:$reg_m"
+start allocator "$bin/allot-allocator" --listen "127.0.0.1:$allocator_port" --allocation-interval 250ms \
+  --metrics-listen "127.0.0.1:$alloc_m"
 start broker "$bin/allot-offer-broker" --listen "127.0.0.1:$broker_port" --allocator "127.0.0.1:$allocator_port" \
-  --heartbeat-interval 5s
+  --heartbeat-interval 5s --metrics-listen "127.0.0.1:$broker_m"
 wait_port "$registry_port" registry; wait_port "$allocator_port" allocator; wait_port "$broker_port" offer-broker
 
 # Three agents, each a third of this machine's cores and up to 2 GiB of memory.
@@ -110,9 +130,31 @@ cpus=$(awk -v c="$cores" 'BEGIN { x = c / 3; if (x < 1) x = 1; printf "%.2f", x 
 for i in 1 2 3; do
   port=$(free_port)
   lo=$((31000 + i * 1000)); hi=$((lo + 999))
+  metrics_port allot-agent; agent_m=$mport
   start "agent$i" "$bin/allot-agent" --listen "127.0.0.1:$port" --work-dir "$run/agent$i" \
-    --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i"
+    --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i" \
+    --metrics-listen "127.0.0.1:$agent_m"
 done
+for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
+  echo "    metrics $job: $(sed 's#\([^ ]*\)#http://\1/metrics#g' <<<"${metrics[$job]}")"
+done
+if ((prometheus)); then
+  # The scrape configuration of observability/prometheus/, with this cluster's ports.
+  prom_port=$(free_port)
+  mkdir -p "$run/prometheus"
+  cp "$repo/observability/prometheus/alerts.yml" "$run/prometheus/"
+  {
+    sed -n '/^global:/,/^scrape_configs:/p' "$repo/observability/prometheus/prometheus.yml"
+    for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
+      targets=$(sed 's/\([^ ]*\)/"\1"/g; s/ /, /g' <<<"${metrics[$job]}")
+      printf '  - job_name: %s\n    static_configs:\n      - targets: [%s]\n' "$job" "$targets"
+    done
+  } >"$run/prometheus/prometheus.yml"
+  start prometheus prometheus --config.file "$run/prometheus/prometheus.yml" \
+    --storage.tsdb.path "$run/prometheus/data" --web.listen-address "127.0.0.1:$prom_port"
+  wait_port "$prom_port" prometheus
+  echo "    prometheus: http://127.0.0.1:$prom_port (targets: /targets, alerts: /alerts)"
+fi
 for _ in $(seq 100); do
   [[ $("$bin/allot" agents --json 2>/dev/null | grep -c '"reachable": true') == 3 ]] && break
   sleep 0.2
@@ -192,6 +234,20 @@ awk -F'\t' '$4 == 1 && ($2 == "analytics" || $2 == "archive") { n[$2]++; s[$2] +
 echo "    (no preemption: the framework that subscribes first takes the idle cluster; after that DRF gives each"
 echo "     freed resource to the role with the lowest dominant share / weight)"
 "$bin/allot" frameworks
+
+if ((prometheus)); then
+  prom_query() { # PromQL without spaces -> the first value of the answer
+    local answer
+    answer=$(exec 3<>"/dev/tcp/127.0.0.1/$prom_port"
+      printf 'GET /api/v1/query?query=%s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$1" >&3
+      cat <&3)
+    sed -n 's/.*"value":\[[0-9.]*,"\([^"]*\)".*/\1/p' <<<"$answer" | head -n 1
+  }
+  firing=$(prom_query 'count(ALERTS{alertstate="firing"})')
+  echo "==> prometheus (http://127.0.0.1:$prom_port): $(prom_query 'sum(up)') of 6 services scraped;" \
+    "$(prom_query 'sum(allot_allocation_cycles_total)') allocation cycles," \
+    "$(prom_query 'sum(allot_tasks_launched_total)') tasks launched, ${firing:-0} alerts firing"
+fi
 
 if ((keep)); then
   echo "==> cluster left running (ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_BROKER=$ALLOT_BROKER); Ctrl-C to stop"
