@@ -132,6 +132,14 @@ async fn one_task_trace_runs_from_accept_to_running_through_three_processes() {
         .iter()
         .filter(|s| s.trace_id == accept.trace_id)
         .collect();
+    // ALLOT_TRACE_SVG=FILE renders this trace as a waterfall (docs/images/task-trace.svg is one).
+    if let Some(path) = std::env::var_os("ALLOT_TRACE_SVG") {
+        let svg = allot_tests::otlp::render_waterfall(
+            "One task's trace: ACCEPT to TASK_FINISHED",
+            &trace,
+        );
+        std::fs::write(&path, svg).expect("write the SVG");
+    }
     let by_id: HashMap<&str, &SpanRecord> =
         trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
 
