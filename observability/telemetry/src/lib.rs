@@ -133,7 +133,14 @@ pub fn init_with(service: &'static str, version: &'static str, settings: Setting
     }
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service))
+            .with_tracer(
+                p.tracer_with_scope(
+                    opentelemetry::InstrumentationScope::builder(service)
+                        .with_version(version)
+                        .with_schema_url(SEMCONV_SCHEMA_URL)
+                        .build(),
+                ),
+            )
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
                 meta.target().starts_with("allot") && *meta.level() <= tracing::Level::INFO
             }))

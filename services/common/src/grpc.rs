@@ -30,7 +30,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    use futures::StreamExt as _;
+    // The server's own `tcp_nodelay` applies only to listeners it binds: set it on each accepted socket, or
+    // Nagle's algorithm and delayed ACKs hold small responses and stream messages for ~40 ms.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|s| {
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    });
     router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
