@@ -756,8 +756,9 @@ impl State {
             M.starved.with_label_values(&[&f.id, &f.role]).set(n as f64);
             next.insert(f.id.clone(), (n, f.role.clone()));
         }
+        // Series of frameworks that stopped wanting offers, or changed role, go.
         for (id, (_, role)) in &self.starved {
-            if !next.contains_key(id) {
+            if next.get(id).is_none_or(|(_, now)| now != role) {
                 let _ = M.starved.remove_label_values(&[id, role]);
             }
         }
