@@ -80,6 +80,42 @@ fn rpc_span(kind: &'static str, service: &str, method: &str) -> tracing::Span {
     )
 }
 
+/// Which end of a call a span and its series describe.
+#[derive(Clone, Copy)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Records the end of a call on `span` (`rpc.grpc.status_code`, ERROR status) and in the side's series.
+fn finish(
+    side: Side,
+    span: &tracing::Span,
+    service: &str,
+    method: &str,
+    code: i32,
+    start: Instant,
+) {
+    span.record("rpc.grpc.status_code", code);
+    let (error, requests, duration) = match side {
+        Side::Server => (
+            matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+            &RPC.server_requests,
+            &RPC.server_duration,
+        ),
+        Side::Client => (code != 0, &RPC.client_requests, &RPC.client_duration),
+    };
+    if error {
+        span.record("otel.status_code", "ERROR");
+    }
+    requests
+        .with_label_values(&[service, method, code_name(code)])
+        .inc();
+    duration
+        .with_label_values(&[service, method])
+        .observe(start.elapsed().as_secs_f64());
+}
+
 /// A boxed future of a response.
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
@@ -134,21 +170,9 @@ where
         Box::pin(
             async move {
                 let result = future.await;
-                let code = match &result {
-                    Ok(response) => status_code(response),
-                    Err(_) => 2,
-                };
+                let code = result.as_ref().map_or(2, status_code);
                 let span = tracing::Span::current();
-                span.record("rpc.grpc.status_code", code);
-                if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
-                    span.record("otel.status_code", "ERROR");
-                }
-                RPC.server_requests
-                    .with_label_values(&[&service, &method, code_name(code)])
-                    .inc();
-                RPC.server_duration
-                    .with_label_values(&[&service, &method])
-                    .observe(start.elapsed().as_secs_f64());
+                finish(Side::Server, &span, &service, &method, code, start);
                 result
             }
             .instrument(span),
@@ -196,21 +220,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for TracedChannel {
         Box::pin(
             async move {
                 let result = future.await;
-                let code = match &result {
-                    Ok(response) => status_code(response),
-                    Err(_) => 14,
-                };
+                let code = result.as_ref().map_or(14, status_code);
                 let span = tracing::Span::current();
-                span.record("rpc.grpc.status_code", code);
-                if code != 0 {
-                    span.record("otel.status_code", "ERROR");
-                }
-                RPC.client_requests
-                    .with_label_values(&[&service, &method, code_name(code)])
-                    .inc();
-                RPC.client_duration
-                    .with_label_values(&[&service, &method])
-                    .observe(start.elapsed().as_secs_f64());
+                finish(Side::Client, &span, &service, &method, code, start);
                 result
             }
             .instrument(span),
