@@ -17,7 +17,10 @@
 
 pub use prometheus;
 
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Encoder as _, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry,
+};
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 
@@ -41,6 +44,24 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(metric: M) -> 
         .register(Box::new(metric.clone()))
         .expect("each Allot series is registered once");
     metric
+}
+
+/// A counter `name`, registered.
+pub fn counter(name: &str, help: &str) -> IntCounter {
+    register(IntCounter::new(name, help).expect("valid counter"))
+}
+
+/// A gauge `name`, registered.
+pub fn gauge(name: &str, help: &str) -> Gauge {
+    register(Gauge::new(name, help).expect("valid gauge"))
+}
+
+/// A histogram `name` (in seconds, [`LATENCY_BUCKETS`]), registered.
+pub fn histogram(name: &str, help: &str) -> Histogram {
+    register(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+            .expect("valid histogram"),
+    )
 }
 
 /// A counter family `name` with `labels`, registered.

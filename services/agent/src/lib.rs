@@ -142,12 +142,9 @@ static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
             "Status updates the broker acknowledged, by state",
             &["state"],
         ),
-        retries: allot_telemetry::metrics::register(
-            allot_telemetry::metrics::prometheus::IntCounter::new(
-                "allot_agent_status_update_retries_total",
-                "Status update deliveries retried after a failure",
-            )
-            .expect("valid counter"),
+        retries: allot_telemetry::metrics::counter(
+            "allot_agent_status_update_retries_total",
+            "Status update deliveries retried after a failure",
         ),
     }
 });

@@ -22,7 +22,7 @@
 use allot_telemetry::metrics::prometheus::{
     Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec,
 };
-use allot_telemetry::metrics::{counter_vec, gauge_vec, histogram_vec, register};
+use allot_telemetry::metrics::{counter, counter_vec, gauge, gauge_vec, histogram, histogram_vec};
 use std::sync::LazyLock;
 
 /// Every series of the allocator.
@@ -46,29 +46,15 @@ pub(crate) struct Metrics {
     pub offers_outstanding: Gauge,
 }
 
-fn gauge(name: &str, help: &str) -> Gauge {
-    register(Gauge::new(name, help).expect("valid gauge"))
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    register(IntCounter::new(name, help).expect("valid counter"))
-}
-
 pub(crate) static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     heartbeat: gauge(
         "allot_allocator_heartbeat_timestamp_seconds",
         "Unix time of the allocation engine's last loop turn, in seconds",
     ),
     cycles: counter("allot_allocation_cycles_total", "Allocation cycles run"),
-    cycle_seconds: register(
-        Histogram::with_opts(
-            allot_telemetry::metrics::prometheus::HistogramOpts::new(
-                "allot_allocation_cycle_duration_seconds",
-                "Duration of one allocation cycle (snapshot, policy, validation), in seconds",
-            )
-            .buckets(allot_telemetry::metrics::LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid histogram"),
+    cycle_seconds: histogram(
+        "allot_allocation_cycle_duration_seconds",
+        "Duration of one allocation cycle (snapshot, policy, validation), in seconds",
     ),
     grants: counter("allot_allocation_grants_total", "Grants that became offers"),
     grants_dropped: counter_vec(

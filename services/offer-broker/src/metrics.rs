@@ -16,7 +16,7 @@
 //! Gauges are refreshed after each batch of grants and on every heartbeat tick.
 
 use allot_telemetry::metrics::prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec};
-use allot_telemetry::metrics::{counter_vec, gauge_vec, register};
+use allot_telemetry::metrics::{counter, counter_vec, gauge, gauge_vec};
 use std::sync::LazyLock;
 
 pub(crate) struct Metrics {
@@ -30,14 +30,6 @@ pub(crate) struct Metrics {
     pub tasks: GaugeVec,
     pub connected: Gauge,
     pub agents_alive: Gauge,
-}
-
-fn gauge(name: &str, help: &str) -> Gauge {
-    register(Gauge::new(name, help).expect("valid gauge"))
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    register(IntCounter::new(name, help).expect("valid counter"))
 }
 
 pub(crate) static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
