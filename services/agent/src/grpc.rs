@@ -58,16 +58,16 @@ impl agent_server::Agent for AgentService {
                 );
             }
             agent.refresh_usage();
+            let sandbox = sandbox_path(&agent.work_dir, &r.framework_id, &task.task_id);
             // The launch of this task, in the caller's trace; its status updates are children of it.
             let span = tracing::info_span!(
                 "launch task",
                 allot.framework.id = %r.framework_id,
                 allot.task.id = %task.task_id,
                 allot.agent.id = %agent_id,
-                allot.sandbox = %sandbox_path(&agent.work_dir, &r.framework_id, &task.task_id).display(),
+                allot.sandbox = %sandbox.display(),
             );
             let launch_context = allot_telemetry::propagation::to_map(&span);
-            let sandbox = sandbox_path(&agent.work_dir, &r.framework_id, &task.task_id);
             let grace = if task.kill_grace_period > 0.0 {
                 Duration::from_secs_f64(task.kill_grace_period)
             } else {

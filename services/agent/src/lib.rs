@@ -206,15 +206,7 @@ async fn forward_updates(
 ) {
     use tracing::Instrument as _;
     while let Some(status) = updates.recv().await {
-        let span = tracing::info_span!(
-            "status update",
-            allot.framework.id = %status.framework_id,
-            allot.task.id = %status.task_id,
-            allot.agent.id = %status.agent_id,
-            allot.task.state = status.state().as_str_name(),
-            allot.task.reason = %status.reason,
-            allot.attempts = tracing::field::Empty,
-        );
+        let span = allot_common::status_update_span(&status, "internal");
         allot_telemetry::propagation::set_parent_from_map(&span, &launch_context);
         deliver(&mut client, &sandbox, &status)
             .instrument(span)

@@ -29,6 +29,25 @@ pub enum ServiceError {
     Metrics(String),
 }
 
+/// The `status update` span of one task status update, the same on the agent (which sends it), the
+/// offer-broker (which records and forwards it) and the framework (which receives it): `otel.kind` is
+/// `internal` or, at the framework, `consumer`; `allot.attempts` is recorded by the agent's retries.
+pub fn status_update_span(
+    status: &allot_proto::common::TaskStatus,
+    kind: &'static str,
+) -> tracing::Span {
+    tracing::info_span!(
+        "status update",
+        otel.kind = kind,
+        allot.framework.id = %status.framework_id,
+        allot.task.id = %status.task_id,
+        allot.agent.id = %status.agent_id,
+        allot.task.state = status.state().as_str_name(),
+        allot.task.reason = %status.reason,
+        allot.attempts = tracing::field::Empty,
+    )
+}
+
 /// Retry delays: `first`, then doubling up to 5 s, without end and without jitter (backon's exponential
 /// backoff). Make a new one to start over after a success.
 pub fn retry_delays(first: std::time::Duration) -> impl Iterator<Item = std::time::Duration> {

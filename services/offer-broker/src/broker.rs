@@ -938,14 +938,7 @@ impl Broker {
                 "a status update needs task_id and framework_id",
             ));
         }
-        let span = tracing::info_span!(
-            "status update",
-            allot.framework.id = %status.framework_id,
-            allot.task.id = %status.task_id,
-            allot.agent.id = %status.agent_id,
-            allot.task.state = status.state().as_str_name(),
-            allot.task.reason = %status.reason,
-        );
+        let span = allot_common::status_update_span(&status, "internal");
         self.record_updates(vec![(status, sandbox)])
             .instrument(span)
             .await

@@ -414,14 +414,7 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                     if let Some(status) = u.status {
                         // The update continues the task's trace (the broker sent its context); the
                         // acknowledgement is made inside it.
-                        let span = tracing::info_span!(
-                            "status update",
-                            otel.kind = "consumer",
-                            allot.framework.id = %status.framework_id,
-                            allot.task.id = %status.task_id,
-                            allot.agent.id = %status.agent_id,
-                            allot.task.state = status.state().as_str_name(),
-                        );
+                        let span = allot_common::status_update_span(&status, "consumer");
                         allot_telemetry::propagation::set_parent_from_map(&span, &trace_context);
                         let _entered = span.enter();
                         scheduler.status_update(&driver, &status);
