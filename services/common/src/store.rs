@@ -232,11 +232,20 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<(M, i64)>, StoreError> {
-        let resp = traced("get", self.client.kv_client().get(key, None)).await?;
+        let resp = self.range(key, None).await?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => Ok(Some((decode(kv.key(), kv.value())?, kv.mod_revision()))),
         }
+    }
+
+    /// One traced etcd range read (`etcd get`).
+    async fn range(
+        &self,
+        key: &str,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+        traced("get", self.client.kv_client().get(key, options)).await
     }
 
     /// Whether `key` exists.
@@ -244,13 +253,9 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        let resp = traced(
-            "get",
-            self.client
-                .kv_client()
-                .get(key, Some(GetOptions::new().with_count_only())),
-        )
-        .await?;
+        let resp = self
+            .range(key, Some(GetOptions::new().with_count_only()))
+            .await?;
         Ok(resp.count() > 0)
     }
 
@@ -262,13 +267,9 @@ impl Store {
         &self,
         prefix: &str,
     ) -> Result<(Vec<(String, M)>, i64), StoreError> {
-        let resp = traced(
-            "get",
-            self.client
-                .kv_client()
-                .get(prefix, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let resp = self
+            .range(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
@@ -285,14 +286,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let resp = traced(
-            "get",
-            self.client.kv_client().get(
+        let resp = self
+            .range(
                 prefix,
                 Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
-        )
-        .await?;
+            )
+            .await?;
         Ok(resp
             .kvs()
             .iter()
@@ -314,13 +313,9 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn list_bytes(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let resp = traced(
-            "get",
-            self.client
-                .kv_client()
-                .get(prefix, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
+        let resp = self
+            .range(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
         Ok(resp
             .kvs()
             .iter()
@@ -412,9 +407,7 @@ async fn follow_once(
     on_change: &mut (impl FnMut(&str, Option<&[u8]>) + Send),
 ) -> Result<(), StoreError> {
     let resp = store
-        .client
-        .kv_client()
-        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .range(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut present = std::collections::HashSet::new();
