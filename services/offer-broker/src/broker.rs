@@ -369,6 +369,18 @@ impl Broker {
         ids.filter(|id| inner.offers.remove(id).is_some()).collect()
     }
 
+    /// Tells the allocator that framework `fw` wants no more offers and returns its `offers`, unfiltered.
+    async fn deactivate(&self, fw: &str, offers: Vec<String>) {
+        let _ = self
+            .allocator
+            .clone()
+            .deactivate_framework(DeactivateFrameworkRequest {
+                framework_id: fw.to_string(),
+            })
+            .await;
+        self.recover(offers, 0.0, Vec::new()).await;
+    }
+
     async fn recover(
         &self,
         offer_ids: Vec<String>,
@@ -604,14 +616,7 @@ impl Broker {
             (offers, timeout)
         };
         tracing::info!(framework = %fw, failover_timeout = timeout, "framework disconnected");
-        let _ = self
-            .allocator
-            .clone()
-            .deactivate_framework(DeactivateFrameworkRequest {
-                framework_id: fw.clone(),
-            })
-            .await;
-        self.recover(offers, 0.0, Vec::new()).await;
+        self.deactivate(&fw, offers).await;
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs_f64(timeout)).await;
@@ -1221,14 +1226,7 @@ impl Broker {
                 .collect();
             (offers, live)
         };
-        let _ = self
-            .allocator
-            .clone()
-            .deactivate_framework(DeactivateFrameworkRequest {
-                framework_id: fw.into(),
-            })
-            .await;
-        self.recover(offers, 0.0, Vec::new()).await;
+        self.deactivate(fw, offers).await;
         for (task, agent) in live {
             if let Some(mut c) = self.agent_client(&agent).await {
                 let _ = c
