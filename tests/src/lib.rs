@@ -327,6 +327,48 @@ where
     }
 }
 
+/// An SDK scheduler that launches all its tasks on the first offer, declines every later offer for 60 s, and
+/// tears the framework down once every task is TASK_FINISHED.
+pub struct RunAll {
+    left: Vec<TaskInfo>,
+    total: usize,
+    /// Tasks that reached TASK_FINISHED.
+    pub finished: usize,
+}
+
+impl RunAll {
+    /// A scheduler for `tasks`.
+    pub fn new(tasks: Vec<TaskInfo>) -> RunAll {
+        RunAll {
+            total: tasks.len(),
+            left: tasks,
+            finished: 0,
+        }
+    }
+}
+
+impl allot_sdk::Scheduler for RunAll {
+    fn resource_offers(&mut self, driver: &allot_sdk::Driver, offers: Vec<pb::Offer>) {
+        for o in offers {
+            let tasks: Vec<_> = self.left.drain(..).collect();
+            if tasks.is_empty() {
+                driver.decline(vec![o.offer_id], Some(60.0));
+            } else {
+                driver.accept(vec![o.offer_id], tasks, Some(1.0));
+            }
+        }
+    }
+
+    fn status_update(&mut self, driver: &allot_sdk::Driver, status: &TaskStatus) {
+        if status.state() == TaskState::TaskFinished {
+            self.finished += 1;
+            if self.finished == self.total {
+                driver.teardown();
+            }
+        }
+    }
+}
+
 /// A framework speaking the raw scheduler API.
 pub struct TestFramework {
     /// Its FrameworkID.

@@ -348,31 +348,6 @@ async fn two_frameworks_in_two_roles_split_agents_by_drf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
-    use allot_sdk::{Driver, Offer, Scheduler, TaskStatus};
-    struct Three {
-        left: Vec<allot_sdk::TaskInfo>,
-        finished: usize,
-    }
-    impl Scheduler for Three {
-        fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
-            for o in offers {
-                let tasks: Vec<_> = self.left.drain(..).collect();
-                if tasks.is_empty() {
-                    driver.decline(vec![o.offer_id], Some(60.0));
-                } else {
-                    driver.accept(vec![o.offer_id], tasks, Some(1.0));
-                }
-            }
-        }
-        fn status_update(&mut self, driver: &Driver, status: &TaskStatus) {
-            if status.state() == TaskState::TaskFinished {
-                self.finished += 1;
-                if self.finished == 3 {
-                    driver.teardown();
-                }
-            }
-        }
-    }
     let mut cluster = Cluster::start().await;
     cluster.add_agent("cpus:2;mem:512").await;
     let tasks = (0..3)
@@ -386,13 +361,7 @@ async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
     );
     let done = tokio::time::timeout(
         allot_tests::PATIENCE,
-        allot_sdk::run(
-            config,
-            Three {
-                left: tasks,
-                finished: 0,
-            },
-        ),
+        allot_sdk::run(config, allot_tests::RunAll::new(tasks)),
     )
     .await
     .expect("the framework finishes")

@@ -2,8 +2,6 @@
 //! from the framework's ACCEPT to its TASK_RUNNING update back at the framework through the broker and the
 //! agent; every service's `/metrics` moves with work.
 
-use allot_proto::common::TaskState;
-use allot_sdk::{Driver, Offer, Scheduler, TaskStatus};
 use allot_tests::otlp::{OtlpReceiver, SpanRecord};
 use allot_tests::procs::{ProcessCluster, metric, scrape};
 use std::collections::{BTreeSet, HashMap};
@@ -14,35 +12,7 @@ const BROKER: &str = "allot-offer-broker";
 const AGENT: &str = "allot-agent";
 const ALLOCATOR: &str = "allot-allocator";
 
-/// Runs `tasks` (one shell command each, `cpus:0.5;mem:64`) through an SDK framework until all finish.
-struct RunAll {
-    left: Vec<allot_sdk::TaskInfo>,
-    total: usize,
-    finished: usize,
-}
-
-impl Scheduler for RunAll {
-    fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
-        for o in offers {
-            let tasks: Vec<_> = self.left.drain(..).collect();
-            if tasks.is_empty() {
-                driver.decline(vec![o.offer_id], Some(60.0));
-            } else {
-                driver.accept(vec![o.offer_id], tasks, Some(1.0));
-            }
-        }
-    }
-
-    fn status_update(&mut self, driver: &Driver, status: &TaskStatus) {
-        if status.state() == TaskState::TaskFinished {
-            self.finished += 1;
-            if self.finished == self.total {
-                driver.teardown();
-            }
-        }
-    }
-}
-
+/// Runs `commands` (one task each, `cpus:0.5;mem:64`) through an SDK framework until all finish.
 async fn run_tasks(cluster: &ProcessCluster, commands: &[&str]) {
     let tasks: Vec<_> = commands
         .iter()
@@ -55,14 +25,7 @@ async fn run_tasks(cluster: &ProcessCluster, commands: &[&str]) {
     );
     let done = tokio::time::timeout(
         Duration::from_secs(60),
-        allot_sdk::run(
-            config,
-            RunAll {
-                total: tasks.len(),
-                left: tasks,
-                finished: 0,
-            },
-        ),
+        allot_sdk::run(config, allot_tests::RunAll::new(tasks)),
     )
     .await
     .unwrap_or_else(|_| panic!("the tasks did not finish; {}", cluster.logs()))
