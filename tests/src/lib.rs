@@ -219,7 +219,7 @@ impl Cluster {
         let cfg = allot_registry::Config {
             config: None,
             listen: String::new(),
-            metrics_listen: None,
+            metrics: Default::default(),
             etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             agent_timeout: opts.agent_timeout,
         };
@@ -232,7 +232,7 @@ impl Cluster {
         let cfg = allot_allocator::Config {
             config: None,
             listen: String::new(),
-            metrics_listen: None,
+            metrics: Default::default(),
             etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             allocation_interval: opts.allocation_interval,
             policy: "drf".into(),
@@ -248,7 +248,7 @@ impl Cluster {
         let cfg = allot_offer_broker::Config {
             config: None,
             listen: String::new(),
-            metrics_listen: None,
+            metrics: Default::default(),
             etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
             allocator: allocator.addr.to_string(),
             heartbeat_interval: opts.heartbeat_interval,
@@ -282,7 +282,7 @@ impl Cluster {
         let cfg = allot_agent::Config {
             config: None,
             listen: String::new(),
-            metrics_listen: None,
+            metrics: Default::default(),
             advertise: None,
             registry: self.registry.addr.to_string(),
             broker: self.broker.addr.to_string(),

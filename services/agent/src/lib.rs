@@ -45,9 +45,9 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5053")]
     pub listen: String,
-    /// Address to serve Prometheus metrics on over HTTP (`GET /metrics`), e.g. `127.0.0.1:9050`; none when absent.
-    #[arg(long, env = "ALLOT_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
+    /// Where to serve Prometheus metrics.
+    #[command(flatten)]
+    pub metrics: allot_common::config::MetricsArgs,
     /// Address the broker uses to reach this agent; default: the bound listen address.
     #[arg(long, env = "ALLOT_ADVERTISE")]
     pub advertise: Option<String>,
@@ -296,7 +296,7 @@ pub async fn run(
         None => (default_resources(), Default::default()),
     };
     let attributes = parse_attributes(&config.attributes)?;
-    let _metrics = allot_common::grpc::metrics(config.metrics_listen.as_deref()).await?;
+    let _metrics = config.metrics.serve().await?;
     let work_dir = std::path::absolute(&config.work_dir).unwrap_or(config.work_dir.clone());
     std::fs::create_dir_all(&work_dir).map_err(|source| Error::WorkDir {
         path: work_dir.display().to_string(),

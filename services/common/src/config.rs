@@ -134,6 +134,34 @@ fn file_args(path: &Path, args: &[OsString]) -> Result<Vec<OsString>, ConfigErro
     Ok(out)
 }
 
+/// Where a service serves its Prometheus metrics, flattened into every service's config.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MetricsArgs {
+    /// Address to serve Prometheus metrics on over HTTP (`GET /metrics`), e.g. `127.0.0.1:9050`; none when absent.
+    #[arg(long, env = "ALLOT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+impl MetricsArgs {
+    /// Starts the `/metrics` endpoint when an address is given; it stops when the result is dropped.
+    ///
+    /// # Errors
+    /// [`crate::ServiceError::Metrics`] when the address cannot be bound.
+    pub async fn serve(
+        &self,
+    ) -> Result<Option<allot_telemetry::metrics::MetricsServer>, crate::ServiceError> {
+        let Some(addr) = &self.metrics_listen else {
+            return Ok(None);
+        };
+        allot_telemetry::metrics::serve(addr)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                crate::ServiceError::Metrics(format!("cannot serve metrics on {addr}: {e}"))
+            })
+    }
+}
+
 /// Where etcd is: the flags every control-plane service shares (`#[command(flatten)]`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {

@@ -1,4 +1,4 @@
-//! Serving and calling gRPC, traced and measured (see `allot_telemetry::grpc`), and the `/metrics` endpoint.
+//! Serving and calling gRPC, traced and measured (see `allot_telemetry::grpc`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -52,24 +52,6 @@ pub fn server() -> tonic::transport::Server<Layers> {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(allot_telemetry::grpc::ServerLayer)
-}
-
-/// Starts the Prometheus endpoint (`GET /metrics`) on `addr` when one is given.
-///
-/// # Errors
-/// [`crate::ServiceError::Metrics`] when `addr` cannot be bound.
-pub async fn metrics(
-    addr: Option<&str>,
-) -> Result<Option<allot_telemetry::metrics::MetricsServer>, crate::ServiceError> {
-    match addr {
-        None => Ok(None),
-        Some(addr) => allot_telemetry::metrics::serve(addr)
-            .await
-            .map(Some)
-            .map_err(|e| {
-                crate::ServiceError::Metrics(format!("cannot serve metrics on {addr}: {e}"))
-            }),
-    }
 }
 
 /// A `grpc.health.v1.Health` service reporting SERVING for the whole server (service name "").

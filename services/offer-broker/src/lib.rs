@@ -34,9 +34,9 @@ pub struct Config {
     /// Address to serve gRPC on (schedulers, agents' status updates, operators).
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5052")]
     pub listen: String,
-    /// Address to serve Prometheus metrics on over HTTP (`GET /metrics`), e.g. `127.0.0.1:9050`; none when absent.
-    #[arg(long, env = "ALLOT_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
+    /// Where to serve Prometheus metrics.
+    #[command(flatten)]
+    pub metrics: allot_common::config::MetricsArgs,
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_common::config::EtcdArgs,
@@ -61,7 +61,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let store = config.etcd.connect().await?;
-    let _metrics = allot_common::grpc::metrics(config.metrics_listen.as_deref()).await?;
+    let _metrics = config.metrics.serve().await?;
     let allocator = allot_common::grpc::channel(&config.allocator)?;
     let broker = Arc::new(broker::Broker::new(
         store,

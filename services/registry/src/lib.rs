@@ -27,9 +27,9 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:5050")]
     pub listen: String,
-    /// Address to serve Prometheus metrics on over HTTP (`GET /metrics`), e.g. `127.0.0.1:9050`; none when absent.
-    #[arg(long, env = "ALLOT_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
+    /// Where to serve Prometheus metrics.
+    #[command(flatten)]
+    pub metrics: allot_common::config::MetricsArgs,
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_common::config::EtcdArgs,
@@ -51,7 +51,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let store = config.etcd.connect().await?;
-    let _metrics = allot_common::grpc::metrics(config.metrics_listen.as_deref()).await?;
+    let _metrics = config.metrics.serve().await?;
     let service = grpc::RegistryService::new(store, config.agent_timeout);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving");
     let router = allot_common::grpc::server()
