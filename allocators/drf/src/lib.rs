@@ -270,22 +270,13 @@ mod tests {
     }
 
     fn agent(id: &str, res: &str) -> AgentView {
-        AgentView {
-            id: id.into(),
-            total: r(res),
-            available: r(res),
-            reserved: Default::default(),
-        }
+        AgentView::idle(id, r(res))
     }
 
     fn fw(id: &str, role: &str, alloc: &str) -> FrameworkView {
         FrameworkView {
-            id: id.into(),
-            role: role.into(),
             allocation: r(alloc),
-            allocations: 0,
-            filtered_agents: vec![],
-            priority: 0,
+            ..FrameworkView::new(id, role)
         }
     }
 

@@ -201,22 +201,14 @@ mod tests {
     use crate::{AgentView, FrameworkView};
 
     fn snap() -> Snapshot {
-        let agent = |id: &str| AgentView {
-            id: id.into(),
-            total: "cpus:4;mem:1024;ports:[31000-31009]".parse().unwrap(),
-            available: "cpus:4;mem:1024;ports:[31000-31009]".parse().unwrap(),
-            reserved: Default::default(),
-        };
+        let agent =
+            |id: &str| AgentView::idle(id, "cpus:4;mem:1024;ports:[31000-31009]".parse().unwrap());
         Snapshot {
             total: "cpus:8;mem:2048".parse().unwrap(),
             agents: vec![agent("a1"), agent("a2")],
             frameworks: vec![FrameworkView {
-                id: "f1".into(),
-                role: "r".into(),
-                allocation: Resources::new(),
-                allocations: 0,
                 filtered_agents: vec!["a2".into()],
-                priority: 0,
+                ..FrameworkView::new("f1", "r")
             }],
             roles: vec![],
         }

@@ -28,6 +28,18 @@ pub struct AgentView {
     pub reserved: BTreeMap<String, Resources>,
 }
 
+impl AgentView {
+    /// An agent `id` with nothing offered, used or reserved: all of `total` is available.
+    pub fn idle(id: &str, total: Resources) -> AgentView {
+        AgentView {
+            id: id.to_string(),
+            available: total.clone(),
+            total,
+            reserved: BTreeMap::new(),
+        }
+    }
+}
+
 /// A framework that wants offers in this cycle (active and not suppressed).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameworkView {
@@ -46,6 +58,18 @@ pub struct FrameworkView {
 }
 
 impl FrameworkView {
+    /// A framework `id` in `role` that holds nothing, has had no offers, has no filters and priority 0.
+    pub fn new(id: &str, role: &str) -> FrameworkView {
+        FrameworkView {
+            id: id.to_string(),
+            role: role.to_string(),
+            allocation: Resources::new(),
+            allocations: 0,
+            filtered_agents: Vec::new(),
+            priority: 0,
+        }
+    }
+
     /// Whether an offer filter keeps `agent` away from this framework.
     pub fn is_filtered(&self, agent: &str) -> bool {
         self.filtered_agents

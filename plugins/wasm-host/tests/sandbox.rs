@@ -35,12 +35,8 @@ fn r(s: &str) -> Resources {
 
 fn framework(id: &str, role: &str, priority: i32) -> FrameworkView {
     FrameworkView {
-        id: id.into(),
-        role: role.into(),
-        allocation: Resources::new(),
-        allocations: 0,
-        filtered_agents: vec![],
         priority,
+        ..FrameworkView::new(id, role)
     }
 }
 
@@ -56,12 +52,7 @@ fn role(name: &str, weight: f64) -> RoleView {
 /// `agents` agents of cpus 4 / mem 1024 and two frameworks in two roles.
 fn small(agents: usize) -> Snapshot {
     let agents: Vec<AgentView> = (0..agents)
-        .map(|i| AgentView {
-            id: format!("a{i:03}"),
-            total: r("cpus:4;mem:1024"),
-            available: r("cpus:4;mem:1024"),
-            reserved: Default::default(),
-        })
+        .map(|i| AgentView::idle(&format!("a{i:03}"), r("cpus:4;mem:1024")))
         .collect();
     let mut total = Resources::new();
     for a in &agents {

@@ -96,19 +96,10 @@ mod tests {
     use allot_policy::{AgentView, FrameworkView, Policy};
 
     fn snapshot() -> Snapshot {
-        let a = |id: &str| AgentView {
-            id: id.into(),
-            total: "cpus:4;mem:1024".parse().unwrap(),
-            available: "cpus:4;mem:1024".parse().unwrap(),
-            reserved: Default::default(),
-        };
+        let a = |id: &str| AgentView::idle(id, "cpus:4;mem:1024".parse().unwrap());
         let f = |id: &str, role: &str, priority| FrameworkView {
-            id: id.into(),
-            role: role.into(),
-            allocation: Resources::new(),
-            allocations: 0,
-            filtered_agents: vec![],
             priority,
+            ..FrameworkView::new(id, role)
         };
         Snapshot {
             total: "cpus:8;mem:2048".parse().unwrap(),
