@@ -31,6 +31,15 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 /// The semantic-conventions version whose names Allot's spans use.
 pub const SEMCONV_SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
 
+/// Set once this process exports spans.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans: hot paths skip spans that would only be exported (e.g. one per
+/// offer) when it does not.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What to set up; [`Settings::from_env`] reads it from the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -71,7 +80,7 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Whether spans are being exported over OTLP.
+    /// Whether spans are being exported over OTLP by this guard's provider.
     pub fn exporting(&self) -> bool {
         self.provider.is_some()
     }
@@ -90,10 +99,11 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take()
-            && let Err(e) = provider.shutdown()
-        {
-            eprintln!("telemetry: flushing spans at exit failed: {e}");
+        if let Some(provider) = self.provider.take() {
+            EXPORTING.store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = provider.shutdown() {
+                eprintln!("telemetry: flushing spans at exit failed: {e}");
+            }
         }
         // The runtime that drove the exporter goes last, after the final export.
         drop(self.exporter_runtime.take());
@@ -161,6 +171,7 @@ pub fn init_with(service: &'static str, version: &'static str, settings: Setting
     if let Some(e) = otel_error {
         tracing::warn!(error = %e, "OTLP trace export is off");
     }
+    EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(
         service,
         version,

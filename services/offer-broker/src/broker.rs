@@ -301,16 +301,21 @@ impl Broker {
                             continue;
                         };
                         let info = record.info.clone().unwrap_or_default();
-                        // The offer's span: a child of the allocation cycle that made it.
-                        let span = tracing::info_span!(
-                            "offer",
-                            allot.offer.id = %grant.offer_id,
-                            allot.framework.id = %grant.framework_id,
-                            allot.agent.id = %grant.agent_id,
-                            allot.cycle = grant.cycle,
-                        );
-                        propagation::set_parent_from_map(&span, &grant.trace_context);
-                        let span = propagation::span_context_of(&span);
+                        // The offer's span, a child of the allocation cycle that made it; made only when
+                        // spans are exported (thousands of offers a cycle would cost for nothing).
+                        let span = if allot_telemetry::exporting() {
+                            let span = tracing::info_span!(
+                                "offer",
+                                allot.offer.id = %grant.offer_id,
+                                allot.framework.id = %grant.framework_id,
+                                allot.agent.id = %grant.agent_id,
+                                allot.cycle = grant.cycle,
+                            );
+                            propagation::set_parent_from_map(&span, &grant.trace_context);
+                            propagation::span_context_of(&span)
+                        } else {
+                            SpanContext::empty_context()
+                        };
                         let offer = pb::Offer {
                             offer_id: grant.offer_id.clone(),
                             framework_id: grant.framework_id.clone(),
