@@ -69,11 +69,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# free_port VAR: sets VAR to a loopback port nobody listens on and that this script has not handed out yet,
+# below the kernel's ephemeral range (where outgoing connections take their local ports, which would make a
+# later bind fail).
+declare -A used_ports=()
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 40000))
-    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    p=$((10000 + RANDOM % (ephemeral_low - 10000)))
+    [[ -n ${used_ports[$p]:-} ]] && continue
+    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+    used_ports[$p]=1
+    printf -v "$1" '%s' "$p"
+    return
   done
 }
 
@@ -92,8 +101,8 @@ wait_port() { # port, what
   return 1
 }
 
-etcd_port=$(free_port); etcd_peer=$(free_port)
-registry_port=$(free_port); allocator_port=$(free_port); broker_port=$(free_port)
+free_port etcd_port; free_port etcd_peer
+free_port registry_port; free_port allocator_port; free_port broker_port
 export ALLOT_ETCD_ENDPOINTS="http://127.0.0.1:$etcd_port"
 export ALLOT_REGISTRY="127.0.0.1:$registry_port" ALLOT_BROKER="127.0.0.1:$broker_port"
 
@@ -107,7 +116,7 @@ wait_port "$etcd_port" etcd
 # Each service's /metrics address, by Prometheus job.
 declare -A metrics=()
 metrics_port() { # job: sets $mport to a free port and records it for the job
-  mport=$(free_port)
+  free_port mport
   metrics[$1]="${metrics[$1]:-}${metrics[$1]:+ }127.0.0.1:$mport"
 }
 metrics_port allot-registry; reg_m=$mport
@@ -128,7 +137,7 @@ cores=$(nproc)
 mem_mib=$(awk '/MemTotal/ {m=int($2/1024/4); if (m > 2048) m = 2048; print m}' /proc/meminfo)
 cpus=$(awk -v c="$cores" 'BEGIN { x = c / 3; if (x < 1) x = 1; printf "%.2f", x }')
 for i in 1 2 3; do
-  port=$(free_port)
+  free_port port
   lo=$((31000 + i * 1000)); hi=$((lo + 999))
   metrics_port allot-agent; agent_m=$mport
   start "agent$i" "$bin/allot-agent" --listen "127.0.0.1:$port" --work-dir "$run/agent$i" \
@@ -140,7 +149,7 @@ for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
 done
 if ((prometheus)); then
   # The scrape configuration of observability/prometheus/, with this cluster's ports.
-  prom_port=$(free_port)
+  free_port prom_port
   mkdir -p "$run/prometheus"
   cp "$repo/observability/prometheus/alerts.yml" "$run/prometheus/"
   {
@@ -155,10 +164,16 @@ if ((prometheus)); then
   wait_port "$prom_port" prometheus
   echo "    prometheus: http://127.0.0.1:$prom_port (targets: /targets, alerts: /alerts)"
 fi
+registered=0
 for _ in $(seq 100); do
-  [[ $("$bin/allot" agents --json 2>/dev/null | grep -c '"reachable": true') == 3 ]] && break
+  registered=$("$bin/allot" agents --json 2>/dev/null | grep -c '"reachable": true' || true)
+  ((registered == 3)) && break
   sleep 0.2
 done
+if ((registered != 3)); then
+  echo "only $registered of 3 agents registered; see $run/logs/agent*.log" >&2
+  exit 1
+fi
 "$bin/allot" agents
 
 "$bin/allot" roles set analytics --weight 2 >/dev/null
