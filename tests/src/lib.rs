@@ -104,6 +104,13 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// etcd's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -291,6 +298,8 @@ impl Cluster {
             attributes: String::new(),
             hostname: Some("localhost".into()),
             isolation: allot_agent::isolation::Mode::Auto,
+            simulate: None,
+            sim_task_duration: Duration::from_secs(1),
             cgroup_root: "allot-test".into(),
             kill_grace_period: Duration::from_secs(2),
         };
@@ -512,6 +521,7 @@ impl TestFramework {
                 agent_id: s.agent_id.clone(),
                 task_id: s.task_id.clone(),
                 uuid: s.uuid.clone(),
+                more: Vec::new(),
             })
             .await
             .expect("acknowledge");

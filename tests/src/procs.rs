@@ -50,17 +50,19 @@ impl Drop for Proc {
     }
 }
 
-/// The directory holding the service binaries (`target/debug`), found from the test executable's path.
+/// The directory holding the service binaries (`target/<profile>`), found from this executable's path.
 ///
 /// # Panics
 /// When `allot-registry` is not there: run `cargo build --bins` first (`tests/run.sh` does).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps")
-        .to_path_buf();
+    // A test runs from target/<profile>/deps, a binary (allot-bench) from target/<profile>.
+    let here = exe.parent().expect("target/<profile>");
+    let dir = if here.join("allot-registry").exists() {
+        here.to_path_buf()
+    } else {
+        here.parent().expect("target/<profile>/deps").to_path_buf()
+    };
     assert!(
         dir.join("allot-registry").exists(),
         "service binaries missing in {}: run `cargo build --bins` first",
@@ -85,7 +87,12 @@ pub struct ProcessCluster {
     pub dir: tempfile::TempDir,
 }
 
-fn spawn(
+/// Starts `program` from `bin` as service `name` on fresh loopback ports (`--listen`, `--metrics-listen`)
+/// with `args` and `env`, its stderr in `logs/<name>.log`.
+///
+/// # Panics
+/// When the program cannot be started.
+pub fn spawn(
     bin: &std::path::Path,
     name: &str,
     program: &str,
@@ -101,8 +108,8 @@ fn spawn(
     let child = Command::new(bin.join(program))
         .args(["--listen", &addr, "--metrics-listen", &metrics])
         .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("ALLOT_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -14,6 +14,7 @@
 pub mod executor;
 pub mod grpc;
 pub mod isolation;
+pub mod sim;
 
 use allot_common::convert::resources_to_proto;
 use allot_common::grpc::Channel;
@@ -77,6 +78,14 @@ pub struct Config {
     /// cgroup path (relative to each controller's root) under which task cgroups are made.
     #[arg(long, env = "ALLOT_CGROUP_ROOT", default_value = "allot")]
     pub cgroup_root: String,
+    /// Run this many simulated agents in this process instead of one real agent (see [`sim`]): each registers
+    /// and heartbeats on its own; tasks are not executed but reported TASK_RUNNING at once and TASK_FINISHED
+    /// after `--sim-task-duration` (or N seconds for a command `sleep N`). For scale tests of the control plane.
+    #[arg(long, env = "ALLOT_SIMULATE")]
+    pub simulate: Option<usize>,
+    /// How long a simulated task runs when its command does not say (`sleep N`).
+    #[arg(long, env = "ALLOT_SIM_TASK_DURATION", default_value = "1s", value_parser = allot_common::config::parse_duration)]
+    pub sim_task_duration: Duration,
     /// Default time between SIGTERM and SIGKILL when a task is killed.
     #[arg(long, env = "ALLOT_KILL_GRACE_PERIOD", default_value = "3s", value_parser = allot_common::config::parse_duration)]
     pub kill_grace_period: Duration,
@@ -279,6 +288,56 @@ fn parse_attributes(s: &str) -> Result<BTreeMap<String, String>, Error> {
     Ok(out)
 }
 
+/// What a node registers: its `AgentInfo` (address, hostname, resources with reservations, attributes), its
+/// unreserved resources and its static reservations by role.
+pub(crate) struct Node {
+    pub(crate) info: AgentInfo,
+    pub(crate) resources: Resources,
+    pub(crate) reserved: BTreeMap<String, Resources>,
+}
+
+impl Node {
+    /// From the flags (`--resources`, `--attributes`, `--hostname`, `--advertise`) and the bound listener.
+    fn of(config: &Config, listener: &tokio::net::TcpListener) -> Result<Node, Error> {
+        let (resources, reserved) = match &config.resources {
+            Some(s) => allot_policy::resources::parse_reservations(s)
+                .map_err(|e| Error::Config(e.to_string()))?,
+            None => (default_resources(), Default::default()),
+        };
+        let attributes = parse_attributes(&config.attributes)?;
+        let address = match &config.advertise {
+            Some(a) => a.clone(),
+            None => listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .map_err(|e| Error::Config(format!("cannot read the listen address: {e}")))?,
+        };
+        let hostname = config.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        let mut all = resources_to_proto(&resources);
+        for (role, r) in &reserved {
+            all.extend(allot_common::convert::piece_to_proto(
+                &Resources::new(),
+                r,
+                role,
+            ));
+        }
+        Ok(Node {
+            info: AgentInfo {
+                hostname,
+                address,
+                resources: all,
+                attributes: attributes.into_iter().collect(),
+            },
+            resources,
+            reserved,
+        })
+    }
+}
+
 /// Runs the agent on `listener` until `shutdown` resolves. On shutdown its tasks are killed and their final
 /// updates are given up to five seconds to reach the broker.
 ///
@@ -290,12 +349,10 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let (resources, reserved) = match &config.resources {
-        Some(s) => allot_policy::resources::parse_reservations(s)
-            .map_err(|e| Error::Config(e.to_string()))?,
-        None => (default_resources(), Default::default()),
-    };
-    let attributes = parse_attributes(&config.attributes)?;
+    if let Some(n) = config.simulate {
+        return sim::run(config.clone(), n, listener, shutdown).await;
+    }
+    let node = Node::of(&config, &listener)?;
     let _metrics = config.metrics.serve().await?;
     let work_dir = std::path::absolute(&config.work_dir).unwrap_or(config.work_dir.clone());
     std::fs::create_dir_all(&work_dir).map_err(|source| Error::WorkDir {
@@ -306,18 +363,12 @@ pub async fn run(
     let checkpointed = std::fs::read_to_string(&id_file)
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    let address = match &config.advertise {
-        Some(a) => a.clone(),
-        None => listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .map_err(|e| Error::Config(format!("cannot read the listen address: {e}")))?,
-    };
-    let hostname = config.hostname.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into())
-    });
+    let Node {
+        info,
+        resources,
+        reserved,
+    } = node;
+    let address = info.address.clone();
     let cgroup_parent = format!(
         "{}/{}",
         config.cgroup_root.trim_matches('/'),
@@ -335,32 +386,16 @@ pub async fn run(
         total: resources.clone(),
     });
     agent.refresh_usage();
-    let info = AgentInfo {
-        hostname,
-        address: address.clone(),
-        resources: {
-            let mut all = resources_to_proto(&resources);
-            for (role, r) in &reserved {
-                all.extend(allot_common::convert::piece_to_proto(
-                    &Resources::new(),
-                    r,
-                    role,
-                ));
-            }
-            all
-        },
-        attributes: attributes.into_iter().collect(),
-    };
     tracing::info!(%address, %resources, ?reserved, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
 
     let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
     // Aborted when `run` returns or is dropped: a crashed agent must stop heartbeating.
-    let liveness = AbortOnDrop(tokio::spawn(keep_registered(
-        registry,
-        info,
-        agent.clone(),
-        id_file,
-    )));
+    let liveness = {
+        let agent = agent.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            keep_registered(registry, info, &agent.agent_id, Some(id_file), None).await
+        }))
+    };
     let router = allot_common::grpc::server()
         .add_service(allot_common::grpc::health().await)
         .add_service(allot_proto::agent::agent_server::AgentServer::new(
@@ -395,20 +430,22 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Registers (with the checkpointed AgentID, if any), checkpoints the ID, then heartbeats; re-registers as the
-/// same agent whenever the registry says the lease lapsed.
-async fn keep_registered(
+/// Registers (with the AgentID in `id`, if any), records the ID in `id` and in `id_file` (when given), then
+/// heartbeats; re-registers as the same agent whenever the registry says the lease lapsed. `admission`, a
+/// permit of whoever limits how many agents register at once, is released after the first registration.
+pub(crate) async fn keep_registered(
     mut registry: RegistryClient<Channel>,
     info: AgentInfo,
-    agent: Arc<Agent>,
-    id_file: PathBuf,
+    id: &Mutex<String>,
+    id_file: Option<PathBuf>,
+    mut admission: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let first = Duration::from_millis(200);
     let mut delays = allot_common::retry_delays(first);
     loop {
         let req = RegisterAgentRequest {
             info: Some(info.clone()),
-            agent_id: agent.id(),
+            agent_id: id.lock().expect("agent id poisoned").clone(),
         };
         let resp = match registry.register_agent(req).await {
             Ok(r) => r.into_inner(),
@@ -420,11 +457,18 @@ async fn keep_registered(
             }
         };
         delays = allot_common::retry_delays(first);
-        *agent.agent_id.lock().expect("agent id poisoned") = resp.agent_id.clone();
-        if let Err(e) = std::fs::write(&id_file, &resp.agent_id) {
-            tracing::warn!(error = %e, file = %id_file.display(), "cannot checkpoint the AgentID");
+        drop(admission.take());
+        *id.lock().expect("agent id poisoned") = resp.agent_id.clone();
+        if let Some(file) = &id_file
+            && let Err(e) = std::fs::write(file, &resp.agent_id)
+        {
+            tracing::warn!(error = %e, file = %file.display(), "cannot checkpoint the AgentID");
         }
-        tracing::info!(agent_id = %resp.agent_id, "registered");
+        if id_file.is_some() {
+            tracing::info!(agent_id = %resp.agent_id, "registered");
+        } else {
+            tracing::debug!(agent_id = %resp.agent_id, "registered");
+        }
         let interval = Duration::from_secs_f64(resp.heartbeat_interval.clamp(0.1, 60.0));
         loop {
             tokio::time::sleep(interval).await;

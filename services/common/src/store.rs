@@ -17,6 +17,9 @@ use etcd_client::{
 };
 use prost::Message;
 
+/// The most operations one etcd transaction may hold: etcd's `--max-txn-ops` default.
+pub const MAX_TXN_OPS: usize = 128;
+
 /// etcd request latency, by operation (`put`, `get`, `txn`, `delete`, `watch`, `lease_grant`, ...).
 static ETCD_SECONDS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::HistogramVec> =
     std::sync::LazyLock::new(|| {
@@ -222,6 +225,21 @@ impl Store {
             .collect();
         let resp = traced("txn", self.client.kv_client().txn(Txn::new().and_then(ops))).await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Writes independent records in transactions of at most [`MAX_TXN_OPS`] puts each, sent concurrently;
+    /// unlike [`Store::put_all`], the whole is not atomic (each chunk is). For batches whose records stand
+    /// alone, such as status updates and acknowledgements of different tasks. Keys must be distinct (etcd
+    /// refuses a transaction that names a key twice).
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`] if any chunk fails; the chunks that succeeded stay written.
+    pub async fn put_chunked<M: Message>(&self, items: &[(String, M)]) -> Result<(), StoreError> {
+        let chunks = items.chunks(MAX_TXN_OPS).map(|chunk| self.put_all(chunk));
+        for r in futures::future::join_all(chunks).await {
+            r?;
+        }
+        Ok(())
     }
 
     /// Reads the message at `key` with its modification revision.

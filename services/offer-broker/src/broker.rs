@@ -954,6 +954,28 @@ impl Broker {
             .await
     }
 
+    /// Records a batch of status updates (each with its sandbox) from one agent, in order, and forwards them.
+    /// Updates without IDs are dropped with a warning; the rest are recorded as by [`Broker::status_update`]
+    /// (several updates of one task in the batch are all forwarded, the latest is persisted).
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` if etcd cannot persist them; the agent retries the batch (repeats are dropped by uuid).
+    pub async fn status_updates(&self, updates: Vec<(TaskStatus, String)>) -> Result<(), Status> {
+        let updates: Vec<(TaskStatus, Option<String>)> = updates
+            .into_iter()
+            .filter(|(s, _)| {
+                let ok = !s.task_id.is_empty() && !s.framework_id.is_empty();
+                if !ok {
+                    tracing::warn!(task = %s.task_id, framework = %s.framework_id, "status update without task_id or framework_id dropped");
+                }
+                ok
+            })
+            .map(|(s, sandbox)| (s, Some(sandbox)))
+            .collect();
+        let span = tracing::info_span!("status updates", allot.updates = updates.len());
+        self.record_updates(updates).instrument(span).await
+    }
+
     /// Records `updates` (each with the task's sandbox, if the agent reported one) in one etcd transaction,
     /// then forwards each to its framework. Updates for unknown tasks, repeated updates (same uuid) and updates
     /// after a terminal state are dropped.
@@ -968,14 +990,24 @@ impl Broker {
         let mut statuses: Vec<TaskStatus> = Vec::with_capacity(updates.len());
         {
             let inner = self.lock();
+            // A task's later update in the same batch builds on its earlier one; only the latest record of
+            // each task is written (etcd refuses a transaction naming a key twice), every update is forwarded.
+            let mut slot: HashMap<(String, String), usize> = HashMap::new();
             for (mut status, sandbox) in updates {
                 if status.uuid.is_empty() {
                     status.uuid = new_uuid();
                 }
                 let key = (status.framework_id.clone(), status.task_id.clone());
-                let Some(current) = inner.tasks.get(&key) else {
-                    tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
-                    continue;
+                let earlier = slot.get(&key).copied();
+                let current = match earlier {
+                    Some(i) => &records[i].1,
+                    None => match inner.tasks.get(&key) {
+                        Some(c) => c,
+                        None => {
+                            tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
+                            continue;
+                        }
+                    },
                 };
                 if let Some(cur) = &current.status
                     && (cur.uuid == status.uuid || cur.state().is_terminal())
@@ -988,11 +1020,17 @@ impl Broker {
                 if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
                     rec.sandbox = s;
                 }
-                records.push((self.store.task_key(&key.0, &key.1), rec));
+                match earlier {
+                    Some(i) => records[i].1 = rec,
+                    None => {
+                        slot.insert(key.clone(), records.len());
+                        records.push((self.store.task_key(&key.0, &key.1), rec));
+                    }
+                }
                 statuses.push(status);
             }
         }
-        self.store.put_all(&records).await?;
+        self.store.put_chunked(&records).await?;
         {
             let mut inner = self.lock();
             for (_, rec) in records {
@@ -1015,26 +1053,55 @@ impl Broker {
     /// # Errors
     /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` for an unknown task; `UNAVAILABLE` on etcd failure.
     pub async fn acknowledge(&self, fw: &str, task: &str, uuid: &[u8]) -> Result<(), Status> {
+        self.acknowledge_many(fw, vec![(task.to_string(), uuid.to_vec())])
+            .await
+    }
+
+    /// ACKNOWLEDGE many `(task_id, uuid)` pairs at once; the records that change are written in as few etcd
+    /// transactions as fit. An acknowledgement of an update that is not the task's latest is ignored.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` if any task is unknown (nothing is written then);
+    /// `UNAVAILABLE` on etcd failure.
+    pub async fn acknowledge_many(
+        &self,
+        fw: &str,
+        acks: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), Status> {
         self.check_subscribed(fw)?;
-        let key = (fw.to_string(), task.to_string());
-        let mut rec = self
-            .lock()
-            .tasks
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("task {task} is unknown")))?;
-        if rec.acknowledged || rec.status.as_ref().map(|s| s.uuid.as_slice()) != Some(uuid) {
+        let mut records: Vec<(String, TaskRecord)> = Vec::with_capacity(acks.len());
+        {
+            let inner = self.lock();
+            let mut seen = std::collections::HashSet::new();
+            for (task, uuid) in &acks {
+                let key = (fw.to_string(), task.clone());
+                let rec = inner
+                    .tasks
+                    .get(&key)
+                    .ok_or_else(|| Status::not_found(format!("task {task} is unknown")))?;
+                if rec.acknowledged
+                    || rec.status.as_ref().map(|s| s.uuid.as_slice()) != Some(uuid.as_slice())
+                    || !seen.insert(task.as_str())
+                {
+                    continue;
+                }
+                let mut rec = rec.clone();
+                rec.acknowledged = true;
+                records.push((self.store.task_key(fw, task), rec));
+            }
+        }
+        if records.is_empty() {
             return Ok(());
         }
-        rec.acknowledged = true;
-        self.store
-            .put(&self.store.task_key(fw, task), &rec, None)
-            .await?;
+        self.store.put_chunked(&records).await?;
         let mut inner = self.lock();
-        if let Some(cur) = inner.tasks.get_mut(&key)
-            && cur.status.as_ref().map(|s| s.uuid.as_slice()) == Some(uuid)
-        {
-            cur.acknowledged = true;
+        for (_, rec) in records {
+            let uuid = rec.status.as_ref().map(|s| s.uuid.clone());
+            if let Some(cur) = inner.tasks.get_mut(&task_key(&rec))
+                && cur.status.as_ref().map(|s| &s.uuid) == uuid.as_ref()
+            {
+                cur.acknowledged = true;
+            }
         }
         Ok(())
     }

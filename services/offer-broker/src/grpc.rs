@@ -2,7 +2,8 @@
 
 use crate::broker::Broker;
 use allot_proto::agent::{
-    StatusUpdateRequest, StatusUpdateResponse, status_updates_server::StatusUpdates,
+    StatusUpdateBatchRequest, StatusUpdateRequest, StatusUpdateResponse,
+    status_updates_server::StatusUpdates,
 };
 use allot_proto::operator::{self as op, operator_server::Operator};
 use allot_proto::scheduler::{self as pb, operation, scheduler_server::Scheduler};
@@ -130,9 +131,17 @@ impl Scheduler for SchedulerService {
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let r = request.into_inner();
-        self.0
-            .acknowledge(&r.framework_id, &r.task_id, &r.uuid)
-            .await?;
+        let mut acks = Vec::with_capacity(1 + r.more.len());
+        if !r.task_id.is_empty() {
+            acks.push((r.task_id, r.uuid));
+        }
+        acks.extend(r.more.into_iter().map(|a| (a.task_id, a.uuid)));
+        if acks.is_empty() {
+            return Err(Status::invalid_argument(
+                "ACKNOWLEDGE needs a task_id and uuid (or acknowledgements in `more`)",
+            ));
+        }
+        self.0.acknowledge_many(&r.framework_id, acks).await?;
         Ok(Response::new(pb::AcknowledgeResponse {}))
     }
 
@@ -179,6 +188,20 @@ impl StatusUpdates for StatusService {
             .status
             .ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
         self.0.status_update(status, Some(r.sandbox)).await?;
+        Ok(Response::new(StatusUpdateResponse {}))
+    }
+
+    async fn update_batch(
+        &self,
+        request: Request<StatusUpdateBatchRequest>,
+    ) -> Result<Response<StatusUpdateResponse>, Status> {
+        let updates = request
+            .into_inner()
+            .updates
+            .into_iter()
+            .filter_map(|u| Some((u.status?, u.sandbox)))
+            .collect();
+        self.0.status_updates(updates).await?;
         Ok(Response::new(StatusUpdateResponse {}))
     }
 }

@@ -119,6 +119,9 @@ pub fn shell_task(
     })
 }
 
+/// The most acknowledgements one ACKNOWLEDGE call carries.
+const MAX_ACKS_PER_CALL: usize = 1024;
+
 #[derive(Debug)]
 enum Call {
     Accept(Vec<String>, Vec<TaskInfo>, Option<f64>),
@@ -126,9 +129,26 @@ enum Call {
     Revive,
     Suppress,
     Kill(String, String),
-    Acknowledge(String, String, Vec<u8>),
+    /// `(agent_id, task_id, uuid)`, and more gathered from the queue when it is sent.
+    Acknowledge(String, String, Vec<u8>, Vec<pb::Acknowledgement>),
     Reconcile(Vec<(String, String)>),
     Teardown,
+}
+
+impl Call {
+    /// The call's name in the scheduler API (`ACCEPT`, `ACKNOWLEDGE`, ...).
+    fn name(&self) -> &'static str {
+        match self {
+            Call::Accept(..) => "ACCEPT",
+            Call::Decline(..) => "DECLINE",
+            Call::Revive => "REVIVE",
+            Call::Suppress => "SUPPRESS",
+            Call::Kill(..) => "KILL",
+            Call::Acknowledge(..) => "ACKNOWLEDGE",
+            Call::Reconcile(..) => "RECONCILE",
+            Call::Teardown => "TEARDOWN",
+        }
+    }
 }
 
 /// The scheduler's handle on the cluster. Cheap to clone; calls are queued and run in order.
@@ -209,21 +229,41 @@ async fn run_calls(
     errors: mpsc::UnboundedSender<String>,
     stop: CancellationToken,
 ) {
+    // A call taken off the queue while gathering acknowledgements, to be made next.
+    let mut held: Option<(Call, tracing::Span)> = None;
     loop {
         // Once stopped, drain what is queued (a last acknowledgement, the teardown) and end.
-        let call = tokio::select! {
-            biased;
-            c = calls.recv() => c,
-            _ = stop.cancelled() => calls.try_recv().ok(),
+        let call = match held.take() {
+            Some(c) => Some(c),
+            None => tokio::select! {
+                biased;
+                c = calls.recv() => c,
+                _ = stop.cancelled() => calls.try_recv().ok(),
+            },
         };
-        let Some((call, caller)) = call else { return };
+        let Some((mut call, caller)) = call else { return };
+        // Acknowledgements that queued up while the previous call was in flight go out in one ACKNOWLEDGE.
+        if let Call::Acknowledge(_, _, _, more) = &mut call {
+            while more.len() < MAX_ACKS_PER_CALL {
+                match calls.try_recv() {
+                    Ok((Call::Acknowledge(agent_id, task_id, uuid, _), _)) => {
+                        more.push(pb::Acknowledgement {
+                            agent_id,
+                            task_id,
+                            uuid,
+                        })
+                    }
+                    Ok(other) => {
+                        held = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         let fw = framework_id.lock().expect("framework id poisoned").clone();
         let filters = |r: Option<f64>| Some(Filters { refuse_seconds: r });
-        let what = format!("{call:?}")
-            .split('(')
-            .next()
-            .unwrap_or("call")
-            .to_uppercase();
+        let what = call.name();
         // One span per call (ACCEPT, ACKNOWLEDGE, ...), in the trace of the span the call was made in; an
         // ACCEPT made from `resource_offers` starts a new trace, the task's.
         let span = tracing::info_span!(
@@ -280,12 +320,13 @@ async fn run_calls(
                     })
                     .await
                     .map(|_| ()),
-                Call::Acknowledge(agent_id, task_id, uuid) => client
+                Call::Acknowledge(agent_id, task_id, uuid, more) => client
                     .acknowledge(pb::AcknowledgeRequest {
                         framework_id: fw,
                         agent_id,
                         task_id,
                         uuid,
+                        more,
                     })
                     .await
                     .map(|_| ()),
@@ -423,6 +464,7 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                                 status.agent_id.clone(),
                                 status.task_id.clone(),
                                 status.uuid,
+                                Vec::new(),
                             ));
                         }
                     }

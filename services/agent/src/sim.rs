@@ -1,0 +1,347 @@
+//! Simulated agents: many agents in one process, for testing the control plane at scale on one machine.
+//!
+//! `allot-agent --simulate N` registers N agents with the registry, each with the resources of `--resources`,
+//! its own AgentID (`<hostname>-sim<i>`, so a restarted simulator re-registers the same agents) and its own
+//! heartbeats, over real gRPC. All N share this process's listener: the offer-broker reaches every one of them
+//! at the same address, and a launch is routed by its tasks' `agent_id`.
+//!
+//! Tasks are not executed. A launched task is reported TASK_RUNNING at once and TASK_FINISHED after its
+//! duration: N seconds when its command is `sleep N`, `--sim-task-duration` otherwise; a KILL ends it with
+//! TASK_KILLED. (A Mesos executor may report TASK_RUNNING without TASK_STARTING; the simulator does, to spend
+//! the control plane's effort on the updates that matter.)
+//!
+//! Status updates go through one [`UpdateQueue`] for the whole process: what queues up while a call is in
+//! flight goes in the next `UpdateBatch` call, in order, and a batch is retried with backoff until the broker
+//! acknowledges it (at-least-once, in order per task, as for a real agent).
+
+use crate::{AbortOnDrop, Error, Node, keep_registered};
+use allot_common::grpc::Channel;
+use allot_proto::agent::{
+    KillTaskRequest, KillTaskResponse, LaunchTasksRequest, LaunchTasksResponse,
+    StatusUpdateBatchRequest, StatusUpdateRequest, agent_server,
+    status_updates_client::StatusUpdatesClient,
+};
+use allot_proto::common::{StatusSource, TaskState, TaskStatus};
+use allot_proto::registry::registry_client::RegistryClient;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// How many simulated agents register at the same time.
+const REGISTER_CONCURRENCY: usize = 64;
+
+/// The most status updates one `UpdateBatch` call carries.
+const MAX_UPDATES_PER_CALL: usize = 1024;
+
+/// The simulator's series: `allot_sim_agents_registered`, `allot_sim_tasks_running`,
+/// `allot_sim_status_updates_total` (acknowledged by the broker) and `allot_sim_update_batches_total`.
+struct Metrics {
+    registered: allot_telemetry::metrics::prometheus::IntGauge,
+    running: allot_telemetry::metrics::prometheus::IntGauge,
+    updates: allot_telemetry::metrics::prometheus::IntCounter,
+    batches: allot_telemetry::metrics::prometheus::IntCounter,
+}
+
+static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
+    use allot_telemetry::metrics::{counter, prometheus, register};
+    let gauge = |name: &str, help: &str| {
+        register(prometheus::IntGauge::new(name, help).expect("a valid gauge"))
+    };
+    Metrics {
+        registered: gauge(
+            "allot_sim_agents_registered",
+            "Simulated agents that have registered at least once",
+        ),
+        running: gauge(
+            "allot_sim_tasks_running",
+            "Simulated tasks running on this process's agents",
+        ),
+        updates: counter(
+            "allot_sim_status_updates_total",
+            "Status updates of simulated tasks the broker acknowledged",
+        ),
+        batches: counter(
+            "allot_sim_update_batches_total",
+            "UpdateBatch calls the broker acknowledged",
+        ),
+    }
+});
+
+/// A process-wide status update queue: updates are sent in order, many per call, each batch retried with
+/// backoff until the broker acknowledges it.
+#[derive(Clone)]
+pub struct UpdateQueue(mpsc::UnboundedSender<StatusUpdateRequest>);
+
+impl UpdateQueue {
+    /// Starts the sender, which delivers to `broker` until every handle is dropped and the queue is empty.
+    pub fn start(broker: StatusUpdatesClient<Channel>) -> (UpdateQueue, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (UpdateQueue(tx), tokio::spawn(send_batches(broker, rx)))
+    }
+
+    /// Queues `status` of a task whose sandbox is `sandbox`.
+    pub fn push(&self, status: TaskStatus, sandbox: &str) {
+        let _ = self.0.send(StatusUpdateRequest {
+            status: Some(status),
+            sandbox: sandbox.to_string(),
+        });
+    }
+}
+
+async fn send_batches(
+    mut broker: StatusUpdatesClient<Channel>,
+    mut rx: mpsc::UnboundedReceiver<StatusUpdateRequest>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut updates = vec![first];
+        while updates.len() < MAX_UPDATES_PER_CALL {
+            match rx.try_recv() {
+                Ok(u) => updates.push(u),
+                Err(_) => break,
+            }
+        }
+        let n = updates.len() as u64;
+        let req = StatusUpdateBatchRequest { updates };
+        let mut delays = allot_common::retry_delays(Duration::from_millis(100));
+        loop {
+            match broker.update_batch(req.clone()).await {
+                Ok(_) => {
+                    M.updates.inc_by(n);
+                    M.batches.inc();
+                    break;
+                }
+                Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                    tracing::warn!(error = %e.message(), updates = n, "broker refused a batch of status updates; dropped");
+                    break;
+                }
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::debug!(error = %e.message(), ?delay, "status updates not acknowledged; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// The simulated agents of this process.
+struct Sim {
+    /// The AgentIDs this process simulates.
+    agents: HashSet<String>,
+    /// Running tasks by `(framework_id, task_id)`.
+    tasks: Mutex<HashMap<(String, String), CancellationToken>>,
+    updates: UpdateQueue,
+    duration: Duration,
+}
+
+fn status(fw: &str, agent: &str, task: &str, state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus {
+        task_id: task.to_string(),
+        state: state as i32,
+        message: message.to_string(),
+        source: StatusSource::SourceExecutor as i32,
+        agent_id: agent.to_string(),
+        framework_id: fw.to_string(),
+        timestamp: allot_common::now_secs(),
+        uuid: allot_common::new_id("u").into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// How long a simulated task runs: N seconds for a command `sleep N`, else `default`.
+fn duration_of(command: &str, default: Duration) -> Duration {
+    command
+        .trim()
+        .strip_prefix("sleep ")
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(default)
+}
+
+struct SimService(Arc<Sim>);
+
+#[tonic::async_trait]
+impl agent_server::Agent for SimService {
+    async fn launch_tasks(
+        &self,
+        request: Request<LaunchTasksRequest>,
+    ) -> Result<Response<LaunchTasksResponse>, Status> {
+        let r = request.into_inner();
+        let sim = &self.0;
+        if !allot_common::valid_id(&r.framework_id) {
+            return Err(Status::invalid_argument("framework_id is invalid"));
+        }
+        if let Some(t) = r.tasks.iter().find(|t| !sim.agents.contains(&t.agent_id)) {
+            return Err(Status::invalid_argument(format!(
+                "task {} is for agent '{}', which this simulator does not run",
+                t.task_id, t.agent_id
+            )));
+        }
+        for task in r.tasks {
+            let key = (r.framework_id.clone(), task.task_id.clone());
+            let kill = CancellationToken::new();
+            if sim
+                .tasks
+                .lock()
+                .expect("tasks poisoned")
+                .insert(key.clone(), kill.clone())
+                .is_some()
+            {
+                tracing::warn!(task = %task.task_id, "launch of a task already running ignored");
+                continue;
+            }
+            M.running.inc();
+            let command = task.command.as_ref().map(|c| c.value.as_str()).unwrap_or("");
+            let duration = duration_of(command, sim.duration);
+            let (fw, agent) = (r.framework_id.clone(), task.agent_id);
+            sim.updates.push(
+                status(&fw, &agent, &key.1, TaskState::TaskRunning, "simulated"),
+                "",
+            );
+            let sim = sim.clone();
+            tokio::spawn(async move {
+                let (state, message) = tokio::select! {
+                    _ = tokio::time::sleep(duration) => (TaskState::TaskFinished, "simulated task finished"),
+                    _ = kill.cancelled() => (TaskState::TaskKilled, "simulated task killed"),
+                };
+                sim.tasks.lock().expect("tasks poisoned").remove(&key);
+                M.running.dec();
+                sim.updates
+                    .push(status(&fw, &agent, &key.1, state, message), "");
+            });
+        }
+        Ok(Response::new(LaunchTasksResponse {}))
+    }
+
+    async fn kill_task(
+        &self,
+        request: Request<KillTaskRequest>,
+    ) -> Result<Response<KillTaskResponse>, Status> {
+        let r = request.into_inner();
+        match self
+            .0
+            .tasks
+            .lock()
+            .expect("tasks poisoned")
+            .get(&(r.framework_id, r.task_id.clone()))
+        {
+            Some(kill) => {
+                kill.cancel();
+                Ok(Response::new(KillTaskResponse {}))
+            }
+            None => Err(Status::not_found(format!(
+                "task {} is not running on this simulator",
+                r.task_id
+            ))),
+        }
+    }
+}
+
+/// Runs `n` simulated agents on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// [`Error`] for bad `--resources`/`--attributes` or a failing gRPC server.
+pub async fn run(
+    config: crate::Config,
+    n: usize,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let node = Node::of(&config, &listener)?;
+    let _metrics = config.metrics.serve().await?;
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            let host: String = node
+                .info
+                .hostname
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("{host}-sim{i}")
+        })
+        .collect();
+    let (updates, sender) =
+        UpdateQueue::start(StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?));
+    let sim = Arc::new(Sim {
+        agents: ids.iter().cloned().collect(),
+        tasks: Mutex::new(HashMap::new()),
+        updates,
+        duration: config.sim_task_duration,
+    });
+    tracing::info!(agents = n, address = %node.info.address, resources = %node.resources, "simulated agents starting");
+    let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
+    let admission = Arc::new(tokio::sync::Semaphore::new(REGISTER_CONCURRENCY));
+    let liveness = {
+        let (info, admission) = (node.info.clone(), admission.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let mut agents = tokio::task::JoinSet::new();
+            for (i, id) in ids.into_iter().enumerate() {
+                let permit = admission.clone().acquire_owned().await.expect("open");
+                let mut info = info.clone();
+                info.hostname = format!("{}-sim{i}", info.hostname);
+                let registry = registry.clone();
+                agents.spawn(async move {
+                    let id = Mutex::new(id);
+                    keep_registered(registry, info, &id, None, Some(permit)).await
+                });
+                if i % 1000 == 999 {
+                    tracing::info!(agents = i + 1, "simulated agents registering");
+                }
+            }
+            // Wait until the last permits come back: every agent registered once.
+            let _all = admission
+                .acquire_many(REGISTER_CONCURRENCY as u32)
+                .await
+                .expect("open");
+            M.registered.set(n as i64);
+            tracing::info!(agents = n, "simulated agents registered");
+            while agents.join_next().await.is_some() {}
+        }))
+    };
+    let router = allot_common::grpc::server()
+        .add_service(allot_common::grpc::health().await)
+        .add_service(agent_server::AgentServer::new(SimService(sim.clone())));
+    let result = allot_common::grpc::serve(router, listener, shutdown).await;
+    drop(liveness);
+    // Report the tasks still running as killed, and give the updates five seconds to drain.
+    let running: Vec<CancellationToken> = sim
+        .tasks
+        .lock()
+        .expect("tasks poisoned")
+        .values()
+        .cloned()
+        .collect();
+    for k in running {
+        k.cancel();
+    }
+    drop(sim);
+    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    result?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sleep_command_sets_the_duration() {
+        let d = Duration::from_secs(1);
+        assert_eq!(duration_of("sleep 0.25", d), Duration::from_millis(250));
+        assert_eq!(duration_of("  sleep 3 ", d), Duration::from_secs(3));
+        assert_eq!(duration_of("sleep forever", d), d);
+        assert_eq!(duration_of("sleep -1", d), d);
+        assert_eq!(duration_of("echo hi", d), d);
+    }
+}

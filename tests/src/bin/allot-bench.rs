@@ -1,0 +1,469 @@
+//! `allot-bench`: the control plane at scale on one machine.
+//!
+//! Starts a real etcd, measures its raw durable put rate, then starts the registry, allocator and offer-broker
+//! as real processes, one `allot-agent --simulate N` process holding N simulated agents, and M frameworks (SDK
+//! drivers in this process) that launch tasks on every offer until they have launched their share. It reports:
+//! tasks per second from ACCEPT to TASK_RUNNING at the framework (which acknowledges it at once), p50/p99 of
+//! that latency, allocation cycle time (from the allocator's `/metrics`), CPU seconds and peak RSS of every
+//! process, and etcd's raw put rate from the same run as the physical limit.
+//!
+//! Run it from a release build, next to the release service binaries:
+//! `cargo build --release --bins && target/release/allot-bench --agents 1000 --frameworks 10 --tasks 50000`.
+
+use allot_proto::common::{TaskState, TaskStatus};
+use allot_proto::scheduler as pb;
+use allot_tests::procs::{bin_dir, metric, scrape, spawn};
+use clap::Parser;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(about = "Allot control-plane benchmark: simulated agents, real services, real etcd")]
+struct Args {
+    /// Simulated agents.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Frameworks, each launching tasks/frameworks tasks.
+    #[arg(long, default_value_t = 10)]
+    frameworks: usize,
+    /// Tasks to launch in all.
+    #[arg(long, default_value_t = 50_000)]
+    tasks: usize,
+    /// Resources of each simulated agent (Mesos text; mem in MiB).
+    #[arg(long, default_value = "cpus:24;mem:4096;disk:0")]
+    agent_resources: String,
+    /// Resources of each task.
+    #[arg(long, default_value = "cpus:1;mem:128")]
+    task_resources: String,
+    /// How long each task runs (seconds).
+    #[arg(long, default_value_t = 1.0)]
+    task_seconds: f64,
+    /// The allocator's --allocation-interval.
+    #[arg(long, default_value = "200ms")]
+    allocation_interval: String,
+    /// The registry's --agent-timeout (agents heartbeat every third of it).
+    #[arg(long, default_value = "15s")]
+    agent_timeout: String,
+    /// After the workload, keep the cluster up this many seconds (heartbeats go on) before reading RSS.
+    #[arg(long, default_value_t = 0.0)]
+    hold_seconds: f64,
+    /// How long to measure etcd's raw put rate (seconds).
+    #[arg(long, default_value_t = 3.0)]
+    put_seconds: f64,
+    /// Concurrent puts while measuring etcd's raw put rate.
+    #[arg(long, default_value_t = 64)]
+    put_concurrency: usize,
+    /// Give up on the workload after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    timeout_seconds: f64,
+}
+
+/// CPU time (user + system) and peak RSS of a process, from `/proc`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+}
+
+fn usage(pid: u32) -> Usage {
+    // /proc counts CPU time in USER_HZ ticks, 100 per second on Linux.
+    let ticks = 100.0;
+    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command (which may hold spaces) start after the last ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    let peak_rss_mib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(0.0);
+    Usage {
+        cpu_seconds,
+        peak_rss_mib,
+    }
+}
+
+/// What one framework saw.
+#[derive(Default)]
+struct Seen {
+    /// ACCEPT → TASK_RUNNING, per task.
+    latencies: Vec<Duration>,
+    first_accept: Option<Instant>,
+    last_running: Option<Instant>,
+    terminal: usize,
+    failed: usize,
+}
+
+/// A framework that launches as many tasks as fit in each offer until it has launched `budget`, and tears
+/// itself down when all have ended.
+struct Bench {
+    name: String,
+    budget: usize,
+    launched: usize,
+    task: allot_policy::Resources,
+    command: String,
+    accepted_at: std::collections::HashMap<String, Instant>,
+    seen: Seen,
+}
+
+impl Bench {
+    fn fits(&self, offered: &allot_policy::Resources) -> usize {
+        self.task
+            .scalars()
+            .filter(|(_, need)| *need > 0)
+            .map(|(name, need)| (offered.scalar_milli(name) / need) as usize)
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+impl allot_sdk::Scheduler for Bench {
+    fn resource_offers(&mut self, driver: &allot_sdk::Driver, offers: Vec<pb::Offer>) {
+        for o in offers {
+            let offered =
+                allot_common::convert::resources_from_proto(&o.resources).unwrap_or_default();
+            let n = self.fits(&offered).min(self.budget - self.launched);
+            if n == 0 {
+                let refuse = if self.launched == self.budget {
+                    3600.0
+                } else {
+                    0.0
+                };
+                driver.decline(vec![o.offer_id], Some(refuse));
+                continue;
+            }
+            let now = Instant::now();
+            self.seen.first_accept.get_or_insert(now);
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let id = format!("{}-{}", self.name, self.launched + i);
+                    self.accepted_at.insert(id.clone(), now);
+                    let mut t = allot_sdk::shell_task(&id, &self.command, "cpus:1")
+                        .expect("valid resources");
+                    t.resources = allot_common::convert::resources_to_proto(&self.task);
+                    t
+                })
+                .collect();
+            self.launched += n;
+            driver.accept(vec![o.offer_id], tasks, Some(0.0));
+            if self.launched == self.budget {
+                driver.suppress();
+            }
+        }
+    }
+
+    fn status_update(&mut self, driver: &allot_sdk::Driver, status: &TaskStatus) {
+        let state = status.state();
+        if state == TaskState::TaskRunning {
+            if let Some(t) = self.accepted_at.remove(&status.task_id) {
+                let now = Instant::now();
+                self.seen.latencies.push(now - t);
+                self.seen.last_running = Some(now);
+            }
+        } else if state.is_terminal() {
+            self.accepted_at.remove(&status.task_id);
+            self.seen.terminal += 1;
+            if state != TaskState::TaskFinished {
+                self.seen.failed += 1;
+            }
+            if self.seen.terminal == self.budget {
+                driver.teardown();
+            }
+        }
+    }
+}
+
+/// etcd's raw durable put rate: `concurrency` puts in flight of 256-byte values to distinct keys for
+/// `seconds`.
+async fn raw_put_rate(endpoint: &str, seconds: f64, concurrency: usize) -> f64 {
+    let client = etcd_client::Client::connect([endpoint], None)
+        .await
+        .expect("etcd client");
+    let done = Arc::new(AtomicUsize::new(0));
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let (mut kv, done) = (client.kv_client(), done.clone());
+        workers.spawn(async move {
+            let value = vec![b'x'; 256];
+            let mut i = 0u64;
+            while Instant::now() < until {
+                kv.put(format!("/bench/put/{w}/{i}"), value.clone(), None)
+                    .await
+                    .expect("put");
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let mut kv = client.kv_client();
+    let _ = kv
+        .delete(
+            "/bench/put/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await;
+    rate
+}
+
+async fn count_alive(endpoint: &str) -> i64 {
+    let Ok(mut c) = etcd_client::Client::connect([endpoint], None).await else {
+        return 0;
+    };
+    c.get(
+        "/allot/v1/alive/",
+        Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+    )
+    .await
+    .map(|r| r.count())
+    .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// The `q` quantile of a Prometheus histogram `name` (upper bound of the bucket it falls in), in seconds.
+fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let count = metric(text, &format!("{name}_count"), &[])?;
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&format!("{name}_bucket{{le=\""))?;
+            let (le, value) = rest.split_once("\"} ")?;
+            Some((le.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+        .into_iter()
+        .find(|(_, c)| *c >= q * count)
+        .map(|(le, _)| le)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.frameworks > 0, "--frameworks must be at least 1");
+    let task: allot_policy::Resources = args
+        .task_resources
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--task-resources: {e}"))?;
+    let bin = bin_dir();
+    let etcd = allot_tests::Etcd::start().await;
+    eprintln!(
+        "etcd at {}; measuring its raw put rate ({} s, {} in flight)",
+        etcd.endpoint, args.put_seconds, args.put_concurrency
+    );
+    let put_rate = raw_put_rate(&etcd.endpoint, args.put_seconds, args.put_concurrency).await;
+    eprintln!("etcd raw put rate: {put_rate:.0}/s");
+
+    let dir = tempfile::tempdir()?;
+    let logs = dir.path();
+    let etcd_args = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["--etcd-endpoints".to_string(), etcd.endpoint.clone()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let env: Vec<(String, String)> = vec![("ALLOT_LOG".into(), "warn".into())];
+    let registry = spawn(
+        &bin,
+        "registry",
+        "allot-registry",
+        &etcd_args(&["--agent-timeout", &args.agent_timeout]),
+        &env,
+        logs,
+    );
+    let allocator = spawn(
+        &bin,
+        "allocator",
+        "allot-allocator",
+        &etcd_args(&["--allocation-interval", &args.allocation_interval]),
+        &env,
+        logs,
+    );
+    let broker = spawn(
+        &bin,
+        "broker",
+        "allot-offer-broker",
+        &etcd_args(&["--allocator", &allocator.addr]),
+        &env,
+        logs,
+    );
+    let sim_args: Vec<String> = [
+        "--simulate",
+        &args.agents.to_string(),
+        "--registry",
+        &registry.addr,
+        "--broker",
+        &broker.addr,
+        "--resources",
+        &args.agent_resources,
+        "--hostname",
+        "bench",
+        "--sim-task-duration",
+        &format!("{}s", args.task_seconds),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agents = spawn(&bin, "agents", "allot-agent", &sim_args, &env, logs);
+    let started = Instant::now();
+    loop {
+        let n = count_alive(&etcd.endpoint).await;
+        if n as usize >= args.agents {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {n} of {} agents registered in 600 s; logs in {}",
+            args.agents,
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let registration = started.elapsed();
+    eprintln!(
+        "{} simulated agents registered in {:.1} s",
+        args.agents,
+        registration.as_secs_f64()
+    );
+
+    let procs: Vec<(&str, u32)> = vec![
+        ("etcd", etcd.pid()),
+        ("registry", registry.pid()),
+        ("allocator", allocator.pid()),
+        ("offer-broker", broker.pid()),
+        ("agents (simulated)", agents.pid()),
+        ("frameworks (this process)", std::process::id()),
+    ];
+    let before: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
+    let cycles_before = scrape(&allocator.metrics).await;
+
+    let per = args.tasks / args.frameworks;
+    let command = format!("sleep {}", args.task_seconds);
+    let wall = Instant::now();
+    let mut drivers = tokio::task::JoinSet::new();
+    for i in 0..args.frameworks {
+        let extra = usize::from(i < args.tasks % args.frameworks);
+        let name = format!("bench{i}");
+        let scheduler = Bench {
+            name: name.clone(),
+            budget: per + extra,
+            launched: 0,
+            task: task.clone(),
+            command: command.clone(),
+            accepted_at: Default::default(),
+            seen: Seen::default(),
+        };
+        let config =
+            allot_sdk::DriverConfig::new(&broker.addr, allot_sdk::framework_info(&name, "bench"));
+        drivers.spawn(allot_sdk::run(config, scheduler));
+    }
+    let mut seen = Vec::new();
+    let deadline = Duration::from_secs_f64(args.timeout_seconds);
+    while let Some(r) = tokio::time::timeout(deadline.saturating_sub(wall.elapsed()), drivers.join_next())
+        .await
+        .map_err(|_| anyhow::anyhow!("the workload did not finish in {} s; logs in {}", args.timeout_seconds, logs.display()))?
+    {
+        seen.push(r??.seen);
+    }
+    let workload = wall.elapsed();
+    if args.hold_seconds > 0.0 {
+        eprintln!("holding the cluster for {} s", args.hold_seconds);
+        tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)).await;
+    }
+    let alive_at_end = count_alive(&etcd.endpoint).await;
+    let after: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
+    let cycles_after = scrape(&allocator.metrics).await;
+
+    let mut latencies: Vec<Duration> = seen.iter().flat_map(|s| s.latencies.clone()).collect();
+    latencies.sort();
+    let running = latencies.len();
+    let first = seen.iter().filter_map(|s| s.first_accept).min();
+    let last = seen.iter().filter_map(|s| s.last_running).max();
+    let span = match (first, last) {
+        (Some(f), Some(l)) => (l - f).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    let failed: usize = seen.iter().map(|s| s.failed).sum();
+    let terminal: usize = seen.iter().map(|s| s.terminal).sum();
+    let cycle = "allot_allocation_cycle_duration_seconds";
+    let d = |m: &str| {
+        metric(&cycles_after, m, &[]).unwrap_or(0.0) - metric(&cycles_before, m, &[]).unwrap_or(0.0)
+    };
+    let (n_cycles, cycle_sum) = (d(&format!("{cycle}_count")), d(&format!("{cycle}_sum")));
+    let tasks_per_second = running as f64 / span;
+
+    println!("## allot-bench");
+    println!(
+        "agents {} ({}), frameworks {}, tasks {} ({}, {} s each), allocation interval {}, agent timeout {}",
+        args.agents,
+        args.agent_resources,
+        args.frameworks,
+        args.tasks,
+        args.task_resources,
+        args.task_seconds,
+        args.allocation_interval,
+        args.agent_timeout
+    );
+    println!(
+        "registration of {} agents: {:.1} s; reachable at the end: {alive_at_end}",
+        args.agents,
+        registration.as_secs_f64()
+    );
+    println!("etcd raw put rate: {put_rate:.0}/s ({} in flight, 256 B values)", args.put_concurrency);
+    println!(
+        "tasks RUNNING: {running} of {} in {span:.2} s = {tasks_per_second:.0} tasks/s ({:.0}% of etcd's raw put rate); terminal {terminal}, not FINISHED {failed}; workload wall time {:.2} s",
+        args.tasks,
+        100.0 * tasks_per_second / put_rate,
+        workload.as_secs_f64()
+    );
+    println!(
+        "ACCEPT -> TASK_RUNNING: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!(
+        "allocation cycles: {n_cycles:.0}, mean {:.2} ms, p99 <= {:.1} ms (whole run)",
+        if n_cycles > 0.0 { 1e3 * cycle_sum / n_cycles } else { 0.0 },
+        histogram_quantile(&cycles_after, cycle, 0.99).unwrap_or(f64::NAN) * 1e3
+    );
+    println!("| process | CPU s (workload) | CPU % of one core | peak RSS MiB |");
+    println!("|---|---:|---:|---:|");
+    let secs = workload.as_secs_f64() + args.hold_seconds;
+    for (((name, _), b), a) in procs.iter().zip(&before).zip(&after) {
+        let cpu = a.cpu_seconds - b.cpu_seconds;
+        println!(
+            "| {name} | {cpu:.2} | {:.0} | {:.0} |",
+            100.0 * cpu / secs,
+            a.peak_rss_mib
+        );
+    }
+    let all_ran = running == args.tasks && terminal == args.tasks && failed == 0;
+    drop((agents, broker, allocator, registry));
+    anyhow::ensure!(
+        all_ran,
+        "not every task ran and finished: running {running}, terminal {terminal}, failed {failed}"
+    );
+    Ok(())
+}
