@@ -9,6 +9,7 @@
 //! - [`procs::ProcessCluster`]: the same services as real processes (the built binaries), with `/metrics`;
 //!   [`otlp::OtlpReceiver`]: an in-process OTLP trace receiver, for telemetry tests.
 
+pub mod fill;
 pub mod otlp;
 pub mod procs;
 
@@ -312,6 +313,55 @@ impl Cluster {
         let id_file = work_dir.join("agent_id");
         eventually("the agent registers", || async { id_file.exists() }).await;
         AgentHandle { service, work_dir }
+    }
+
+    /// Starts `n` simulated agents (one `allot-agent --simulate n` in this process), each offering
+    /// `resources`, whose tasks run `task_duration` unless their command is `sleep N`; waits until all are
+    /// registered and reachable.
+    pub async fn add_simulated_agents(
+        &self,
+        n: usize,
+        resources: &str,
+        task_duration: Duration,
+    ) -> Service {
+        let cfg = allot_agent::Config {
+            config: None,
+            listen: String::new(),
+            metrics: Default::default(),
+            advertise: None,
+            registry: self.registry.addr.to_string(),
+            broker: self.broker.addr.to_string(),
+            work_dir: self.dir.path().join("sim"),
+            resources: Some(resources.to_string()),
+            attributes: String::new(),
+            hostname: Some("sim".into()),
+            isolation: allot_agent::isolation::Mode::None,
+            simulate: Some(n),
+            sim_task_duration: task_duration,
+            cgroup_root: "allot-test".into(),
+            kill_grace_period: Duration::from_secs(2),
+        };
+        let service = Service::spawn(|l, rx| async move {
+            allot_agent::run(cfg, l, stop_signal(rx))
+                .await
+                .expect("simulated agents run");
+        })
+        .await;
+        let registry = self.registry.addr.to_string();
+        eventually("the simulated agents register", || {
+            let registry = registry.clone();
+            async move {
+                use allot_proto::registry::{ListAgentsRequest, registry_client::RegistryClient};
+                let mut c =
+                    RegistryClient::new(allot_common::grpc::channel(&registry).expect("channel"));
+                c.list_agents(ListAgentsRequest {})
+                    .await
+                    .map(|r| r.get_ref().agents.iter().filter(|a| a.reachable).count() == n)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        service
     }
 
     /// A channel to the broker.

@@ -78,7 +78,9 @@ pub struct UpdateQueue(mpsc::UnboundedSender<StatusUpdateRequest>);
 
 impl UpdateQueue {
     /// Starts the sender, which delivers to `broker` until every handle is dropped and the queue is empty.
-    pub fn start(broker: StatusUpdatesClient<Channel>) -> (UpdateQueue, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        broker: StatusUpdatesClient<Channel>,
+    ) -> (UpdateQueue, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (UpdateQueue(tx), tokio::spawn(send_batches(broker, rx)))
     }
@@ -196,7 +198,11 @@ impl agent_server::Agent for SimService {
                 continue;
             }
             M.running.inc();
-            let command = task.command.as_ref().map(|c| c.value.as_str()).unwrap_or("");
+            let command = task
+                .command
+                .as_ref()
+                .map(|c| c.value.as_str())
+                .unwrap_or("");
             let duration = duration_of(command, sim.duration);
             let (fw, agent) = (r.framework_id.clone(), task.agent_id);
             sim.updates.push(
@@ -271,8 +277,9 @@ pub async fn run(
             format!("{host}-sim{i}")
         })
         .collect();
-    let (updates, sender) =
-        UpdateQueue::start(StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?));
+    let (updates, sender) = UpdateQueue::start(StatusUpdatesClient::new(
+        allot_common::grpc::channel(&config.broker)?,
+    ));
     let sim = Arc::new(Sim {
         agents: ids.iter().cloned().collect(),
         tasks: Mutex::new(HashMap::new()),

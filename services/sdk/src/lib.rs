@@ -241,7 +241,9 @@ async fn run_calls(
                 _ = stop.cancelled() => calls.try_recv().ok(),
             },
         };
-        let Some((mut call, caller)) = call else { return };
+        let Some((mut call, caller)) = call else {
+            return;
+        };
         // Acknowledgements that queued up while the previous call was in flight go out in one ACKNOWLEDGE.
         if let Call::Acknowledge(_, _, _, more) = &mut call {
             while more.len() < MAX_ACKS_PER_CALL {

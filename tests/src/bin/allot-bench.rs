@@ -10,8 +10,7 @@
 //! Run it from a release build, next to the release service binaries:
 //! `cargo build --release --bins && target/release/allot-bench --agents 1000 --frameworks 10 --tasks 50000`.
 
-use allot_proto::common::{TaskState, TaskStatus};
-use allot_proto::scheduler as pb;
+use allot_tests::fill::Fill;
 use allot_tests::procs::{bin_dir, metric, scrape, spawn};
 use clap::Parser;
 use std::sync::Arc;
@@ -94,96 +93,6 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
-/// What one framework saw.
-#[derive(Default)]
-struct Seen {
-    /// ACCEPT → TASK_RUNNING, per task.
-    latencies: Vec<Duration>,
-    first_accept: Option<Instant>,
-    last_running: Option<Instant>,
-    terminal: usize,
-    failed: usize,
-}
-
-/// A framework that launches as many tasks as fit in each offer until it has launched `budget`, and tears
-/// itself down when all have ended.
-struct Bench {
-    name: String,
-    budget: usize,
-    launched: usize,
-    task: allot_policy::Resources,
-    command: String,
-    accepted_at: std::collections::HashMap<String, Instant>,
-    seen: Seen,
-}
-
-impl Bench {
-    fn fits(&self, offered: &allot_policy::Resources) -> usize {
-        self.task
-            .scalars()
-            .filter(|(_, need)| *need > 0)
-            .map(|(name, need)| (offered.scalar_milli(name) / need) as usize)
-            .min()
-            .unwrap_or(0)
-    }
-}
-
-impl allot_sdk::Scheduler for Bench {
-    fn resource_offers(&mut self, driver: &allot_sdk::Driver, offers: Vec<pb::Offer>) {
-        for o in offers {
-            let offered =
-                allot_common::convert::resources_from_proto(&o.resources).unwrap_or_default();
-            let n = self.fits(&offered).min(self.budget - self.launched);
-            if n == 0 {
-                let refuse = if self.launched == self.budget {
-                    3600.0
-                } else {
-                    0.0
-                };
-                driver.decline(vec![o.offer_id], Some(refuse));
-                continue;
-            }
-            let now = Instant::now();
-            self.seen.first_accept.get_or_insert(now);
-            let tasks: Vec<_> = (0..n)
-                .map(|i| {
-                    let id = format!("{}-{}", self.name, self.launched + i);
-                    self.accepted_at.insert(id.clone(), now);
-                    let mut t = allot_sdk::shell_task(&id, &self.command, "cpus:1")
-                        .expect("valid resources");
-                    t.resources = allot_common::convert::resources_to_proto(&self.task);
-                    t
-                })
-                .collect();
-            self.launched += n;
-            driver.accept(vec![o.offer_id], tasks, Some(0.0));
-            if self.launched == self.budget {
-                driver.suppress();
-            }
-        }
-    }
-
-    fn status_update(&mut self, driver: &allot_sdk::Driver, status: &TaskStatus) {
-        let state = status.state();
-        if state == TaskState::TaskRunning {
-            if let Some(t) = self.accepted_at.remove(&status.task_id) {
-                let now = Instant::now();
-                self.seen.latencies.push(now - t);
-                self.seen.last_running = Some(now);
-            }
-        } else if state.is_terminal() {
-            self.accepted_at.remove(&status.task_id);
-            self.seen.terminal += 1;
-            if state != TaskState::TaskFinished {
-                self.seen.failed += 1;
-            }
-            if self.seen.terminal == self.budget {
-                driver.teardown();
-            }
-        }
-    }
-}
-
 /// etcd's raw durable put rate: `concurrency` puts in flight of 256-byte values to distinct keys for
 /// `seconds`.
 async fn raw_put_rate(endpoint: &str, seconds: f64, concurrency: usize) -> f64 {
@@ -226,7 +135,11 @@ async fn count_alive(endpoint: &str) -> i64 {
     };
     c.get(
         "/allot/v1/alive/",
-        Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+        Some(
+            etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only(),
+        ),
     )
     .await
     .map(|r| r.count())
@@ -365,24 +278,23 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.frameworks {
         let extra = usize::from(i < args.tasks % args.frameworks);
         let name = format!("bench{i}");
-        let scheduler = Bench {
-            name: name.clone(),
-            budget: per + extra,
-            launched: 0,
-            task: task.clone(),
-            command: command.clone(),
-            accepted_at: Default::default(),
-            seen: Seen::default(),
-        };
+        let scheduler = Fill::new(&name, per + extra, task.clone(), &command);
         let config =
             allot_sdk::DriverConfig::new(&broker.addr, allot_sdk::framework_info(&name, "bench"));
         drivers.spawn(allot_sdk::run(config, scheduler));
     }
     let mut seen = Vec::new();
     let deadline = Duration::from_secs_f64(args.timeout_seconds);
-    while let Some(r) = tokio::time::timeout(deadline.saturating_sub(wall.elapsed()), drivers.join_next())
-        .await
-        .map_err(|_| anyhow::anyhow!("the workload did not finish in {} s; logs in {}", args.timeout_seconds, logs.display()))?
+    while let Some(r) =
+        tokio::time::timeout(deadline.saturating_sub(wall.elapsed()), drivers.join_next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the workload did not finish in {} s; logs in {}",
+                    args.timeout_seconds,
+                    logs.display()
+                )
+            })?
     {
         seen.push(r??.seen);
     }
@@ -430,7 +342,10 @@ async fn main() -> anyhow::Result<()> {
         args.agents,
         registration.as_secs_f64()
     );
-    println!("etcd raw put rate: {put_rate:.0}/s ({} in flight, 256 B values)", args.put_concurrency);
+    println!(
+        "etcd raw put rate: {put_rate:.0}/s ({} in flight, 256 B values)",
+        args.put_concurrency
+    );
     println!(
         "tasks RUNNING: {running} of {} in {span:.2} s = {tasks_per_second:.0} tasks/s ({:.0}% of etcd's raw put rate); terminal {terminal}, not FINISHED {failed}; workload wall time {:.2} s",
         args.tasks,
@@ -445,7 +360,11 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "allocation cycles: {n_cycles:.0}, mean {:.2} ms, p99 <= {:.1} ms (whole run)",
-        if n_cycles > 0.0 { 1e3 * cycle_sum / n_cycles } else { 0.0 },
+        if n_cycles > 0.0 {
+            1e3 * cycle_sum / n_cycles
+        } else {
+            0.0
+        },
         histogram_quantile(&cycles_after, cycle, 0.99).unwrap_or(f64::NAN) * 1e3
     );
     println!("| process | CPU s (workload) | CPU % of one core | peak RSS MiB |");
