@@ -4,7 +4,7 @@
 use allot_proto::agent::{
     StatusUpdateBatchRequest, StatusUpdateRequest, status_updates_client::StatusUpdatesClient,
 };
-use allot_proto::common::{TaskState, TaskStatus};
+use allot_proto::common::{TaskRecord, TaskState, TaskStatus};
 use allot_proto::operator::{ListTasksRequest, operator_client::OperatorClient};
 use allot_proto::scheduler as pb;
 use allot_tests::fill::Fill;
@@ -78,6 +78,19 @@ async fn simulated_agents_run_a_workload_to_the_end() {
     );
 }
 
+/// The next UPDATE of `task` to `state`, not acknowledged.
+async fn update_of(fw: &mut TestFramework, task: &str, state: TaskState) -> TaskStatus {
+    fw.wait_for(allot_tests::PATIENCE, |e| match e {
+        pb::event::Event::Update(u) => u
+            .status
+            .clone()
+            .filter(|s| s.task_id == task && s.state() == state),
+        _ => None,
+    })
+    .await
+    .unwrap_or_else(|| panic!("no update of {task} to {}", state.as_str_name()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropped() {
     let cluster = Cluster::start().await;
@@ -97,8 +110,8 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
     )
     .await
     .expect("accept");
-    let r1 = fw.await_state("t1", TaskState::TaskRunning).await;
-    let r2 = fw.await_state("t2", TaskState::TaskRunning).await;
+    let r1 = update_of(&mut fw, "t1", TaskState::TaskRunning).await;
+    let r2 = update_of(&mut fw, "t2", TaskState::TaskRunning).await;
 
     // One batch: an entry without IDs, t1 FINISHED, the same update again, an update of an unknown task.
     let finished = TaskStatus {
@@ -129,7 +142,7 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
         })
         .await
         .expect("a batch with bad entries is accepted; the bad ones are dropped");
-    let done = fw.await_state("t1", TaskState::TaskFinished).await;
+    let done = update_of(&mut fw, "t1", TaskState::TaskFinished).await;
     assert_eq!(done.uuid, b"u-finished");
     assert!(
         fw.wait_for(Duration::from_millis(500), |e| match e {
@@ -193,7 +206,37 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
     assert_eq!(tasks.len(), 2);
     assert!(tasks.iter().all(|t| t.acknowledged), "{tasks:?}");
 
-    // A simulated task can be killed.
+    // A simulated task can be killed. Its RUNNING was just acknowledged: the lazy write of that
+    // acknowledgement must not put RUNNING back over TASK_KILLED in etcd.
     fw.kill("t2").await.expect("kill");
-    fw.await_state("t2", TaskState::TaskKilled).await;
+    update_of(&mut fw, "t2", TaskState::TaskKilled).await;
+    let store = allot_common::Store::connect(
+        std::slice::from_ref(&cluster.etcd.endpoint),
+        allot_common::store::DEFAULT_ROOT,
+    )
+    .await
+    .expect("etcd");
+    let in_etcd = |task: &'static str| {
+        let (store, fw) = (store.clone(), fw.id.clone());
+        async move {
+            store
+                .get::<TaskRecord>(&store.task_key(&fw, task))
+                .await
+                .expect("read")
+                .expect("the task is in etcd")
+                .0
+        }
+    };
+    eventually("t1's acknowledgement reaches etcd", || async {
+        in_etcd("t1").await.acknowledged
+    })
+    .await;
+    tokio::time::sleep(allot_offer_broker::broker::ACK_FLUSH_INTERVAL * 3).await;
+    let t2 = in_etcd("t2").await;
+    assert_eq!(
+        t2.status.as_ref().map(|s| s.state()),
+        Some(TaskState::TaskKilled),
+        "{t2:?}"
+    );
+    assert!(!t2.acknowledged, "TASK_KILLED itself was not acknowledged");
 }

@@ -242,6 +242,29 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `(key, expected, new)` items in one transaction if every key still holds its `expected` bytes;
+    /// returns whether it did. At most [`MAX_TXN_OPS`] items.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn put_if_unchanged<M: Message>(
+        &self,
+        items: &[(String, Vec<u8>, M)],
+    ) -> Result<bool, StoreError> {
+        use etcd_client::{Compare, CompareOp};
+        let compares: Vec<Compare> = items
+            .iter()
+            .map(|(k, expected, _)| Compare::value(k.as_str(), CompareOp::Equal, expected.clone()))
+            .collect();
+        let ops: Vec<TxnOp> = items
+            .iter()
+            .map(|(k, _, v)| TxnOp::put(k.as_str(), v.encode_to_vec(), None))
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = traced("txn", self.client.kv_client().txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
     /// Reads the message at `key` with its modification revision.
     ///
     /// # Errors

@@ -36,6 +36,12 @@ use tracing::Instrument as _;
 /// The sender of a framework's event stream.
 pub type EventSender = mpsc::UnboundedSender<Result<Event, Status>>;
 
+/// How often acknowledgements are written to etcd. An ACKNOWLEDGE takes effect in memory at once and is
+/// persisted with the others of the same interval in as few transactions as fit; an acknowledged update that a
+/// newer one replaced in the meantime needs no write at all (the newer record is written unacknowledged). A
+/// broker that dies within the interval re-sends those updates after its restart: at least once, as promised.
+pub const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Mesos' default `refuse_seconds` when a DECLINE or ACCEPT carries no filters.
 pub const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
@@ -61,6 +67,8 @@ struct Inner {
     tasks: HashMap<(String, String), TaskRecord>,
     agents: HashMap<String, AgentRecord>,
     alive: HashSet<String>,
+    /// Tasks whose acknowledgement is in memory but not yet in etcd (see [`ACK_FLUSH_INTERVAL`]).
+    unflushed_acks: HashSet<(String, String)>,
 }
 
 impl Inner {
@@ -211,6 +219,7 @@ impl Broker {
         )));
         handles.push(tokio::spawn(self.clone().follow_allocator()));
         handles.push(tokio::spawn(self.clone().heartbeats()));
+        handles.push(tokio::spawn(self.clone().flush_acks()));
         Ok(handles)
     }
 
@@ -1069,41 +1078,72 @@ impl Broker {
         acks: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Status> {
         self.check_subscribed(fw)?;
-        let mut records: Vec<(String, TaskRecord)> = Vec::with_capacity(acks.len());
-        {
-            let inner = self.lock();
-            let mut seen = std::collections::HashSet::new();
-            for (task, uuid) in &acks {
-                let key = (fw.to_string(), task.clone());
-                let rec = inner
-                    .tasks
-                    .get(&key)
-                    .ok_or_else(|| Status::not_found(format!("task {task} is unknown")))?;
-                if rec.acknowledged
-                    || rec.status.as_ref().map(|s| s.uuid.as_slice()) != Some(uuid.as_slice())
-                    || !seen.insert(task.as_str())
-                {
-                    continue;
-                }
-                let mut rec = rec.clone();
-                rec.acknowledged = true;
-                records.push((self.store.task_key(fw, task), rec));
-            }
-        }
-        if records.is_empty() {
-            return Ok(());
-        }
-        self.store.put_chunked(&records).await?;
         let mut inner = self.lock();
-        for (_, rec) in records {
-            let uuid = rec.status.as_ref().map(|s| s.uuid.clone());
-            if let Some(cur) = inner.tasks.get_mut(&task_key(&rec))
-                && cur.status.as_ref().map(|s| &s.uuid) == uuid.as_ref()
+        if let Some((task, _)) = acks
+            .iter()
+            .find(|(task, _)| !inner.tasks.contains_key(&(fw.to_string(), task.clone())))
+        {
+            return Err(Status::not_found(format!("task {task} is unknown")));
+        }
+        for (task, uuid) in acks {
+            let key = (fw.to_string(), task);
+            if let Some(rec) = inner.tasks.get_mut(&key)
+                && !rec.acknowledged
+                && rec.status.as_ref().map(|s| &s.uuid) == Some(&uuid)
             {
-                cur.acknowledged = true;
+                rec.acknowledged = true;
+                inner.unflushed_acks.insert(key);
             }
         }
         Ok(())
+    }
+
+    /// Writes the acknowledgements taken since the last flush, every [`ACK_FLUSH_INTERVAL`]; on an etcd error
+    /// they are kept for the next round.
+    async fn flush_acks(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ACK_FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // Each record is written only if etcd still holds the unacknowledged record of the same update:
+            // a newer update written meanwhile (or in flight) must not be overwritten by an older state.
+            let (keys, records): (Vec<_>, Vec<_>) = {
+                let mut inner = self.lock();
+                let keys: Vec<(String, String)> = inner.unflushed_acks.drain().collect();
+                keys.into_iter()
+                    .filter_map(|k| {
+                        let rec = inner.tasks.get(&k).filter(|r| r.acknowledged)?;
+                        let unacked = TaskRecord {
+                            acknowledged: false,
+                            ..rec.clone()
+                        };
+                        let key = self.store.task_key(&k.0, &k.1);
+                        Some((
+                            k,
+                            (key, prost::Message::encode_to_vec(&unacked), rec.clone()),
+                        ))
+                    })
+                    .unzip()
+            };
+            let store = &self.store;
+            let chunks = records
+                .chunks(allot_common::store::MAX_TXN_OPS)
+                .zip(keys.chunks(allot_common::store::MAX_TXN_OPS))
+                .map(
+                    |(records, keys)| async move { (store.put_if_unchanged(records).await, keys) },
+                );
+            for (result, keys) in futures::future::join_all(chunks).await {
+                match result {
+                    Ok(true) => {}
+                    // Some task changed meanwhile: the next round writes those still acknowledged.
+                    Ok(false) => self.lock().unflushed_acks.extend(keys.iter().cloned()),
+                    Err(e) => {
+                        tracing::warn!(acknowledgements = keys.len(), error = %e, "cannot persist acknowledgements; retrying");
+                        self.lock().unflushed_acks.extend(keys.iter().cloned());
+                    }
+                }
+            }
+        }
     }
 
     /// DECLINE.
