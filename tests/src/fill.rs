@@ -29,6 +29,9 @@ pub struct Fill {
     task: allot_policy::Resources,
     command: String,
     accepted_at: std::collections::HashMap<String, Instant>,
+    /// At most this many tasks per second, counted from the first offer (None: as fast as offers come).
+    rate: Option<f64>,
+    started: Option<Instant>,
     /// What it saw.
     pub seen: Seen,
 }
@@ -43,7 +46,29 @@ impl Fill {
             task,
             command: command.to_string(),
             accepted_at: Default::default(),
+            rate: None,
+            started: None,
             seen: Seen::default(),
+        }
+    }
+
+    /// Launches at most `tasks_per_second` (averaged from the first offer; what an offer cannot take yet is
+    /// declined without a filter and comes back at the next allocation cycle).
+    pub fn with_rate(mut self, tasks_per_second: f64) -> Fill {
+        self.rate = Some(tasks_per_second);
+        self
+    }
+
+    /// How many more tasks the rate allows now.
+    fn allowed(&mut self) -> usize {
+        let left = self.budget - self.launched;
+        match self.rate {
+            None => left,
+            Some(rate) => {
+                let start = *self.started.get_or_insert_with(Instant::now);
+                let due = (rate * start.elapsed().as_secs_f64()).ceil() as usize;
+                due.saturating_sub(self.launched).min(left)
+            }
         }
     }
 
@@ -63,7 +88,7 @@ impl allot_sdk::Scheduler for Fill {
         for o in offers {
             let offered =
                 allot_common::convert::resources_from_proto(&o.resources).unwrap_or_default();
-            let n = self.fits(&offered).min(self.budget - self.launched);
+            let n = self.fits(&offered).min(self.allowed());
             if n == 0 {
                 let refuse = if self.launched == self.budget {
                     3600.0

@@ -354,7 +354,8 @@ impl Broker {
                         unwanted.extend(self.take_offers(ids.into_iter()));
                     }
                 }
-                self.refresh_gauges();
+                // The full refresh (which counts every task) runs on heartbeats; here only the offers.
+                M.outstanding.set(self.lock().offers.len() as f64);
                 if !unwanted.is_empty() {
                     self.recover(unwanted, 0.0, Vec::new()).await;
                 }

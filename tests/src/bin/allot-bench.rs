@@ -53,6 +53,10 @@ struct Args {
     /// Concurrent puts while measuring etcd's raw put rate.
     #[arg(long, default_value_t = 64)]
     put_concurrency: usize,
+    /// Launch at most this many tasks per second in all (spread over the frameworks); default: as fast as
+    /// offers come. A paced run measures latency at a sustained rate instead of after a burst.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Give up on the workload after this many seconds.
     #[arg(long, default_value_t = 300.0)]
     timeout_seconds: f64,
@@ -278,7 +282,10 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.frameworks {
         let extra = usize::from(i < args.tasks % args.frameworks);
         let name = format!("bench{i}");
-        let scheduler = Fill::new(&name, per + extra, task.clone(), &command);
+        let mut scheduler = Fill::new(&name, per + extra, task.clone(), &command);
+        if let Some(rate) = args.rate {
+            scheduler = scheduler.with_rate(rate / args.frameworks as f64);
+        }
         let config =
             allot_sdk::DriverConfig::new(&broker.addr, allot_sdk::framework_info(&name, "bench"));
         drivers.spawn(allot_sdk::run(config, scheduler));
@@ -327,13 +334,14 @@ async fn main() -> anyhow::Result<()> {
 
     println!("## allot-bench");
     println!(
-        "agents {} ({}), frameworks {}, tasks {} ({}, {} s each), allocation interval {}, agent timeout {}",
+        "agents {} ({}), frameworks {}, tasks {} ({}, {} s each), rate {}, allocation interval {}, agent timeout {}",
         args.agents,
         args.agent_resources,
         args.frameworks,
         args.tasks,
         args.task_resources,
         args.task_seconds,
+        args.rate.map_or("unpaced".to_string(), |r| format!("{r}/s")),
         args.allocation_interval,
         args.agent_timeout
     );
