@@ -13,8 +13,10 @@ pub struct Seen {
     pub first_accept: Option<Instant>,
     /// When the last TASK_RUNNING was seen.
     pub last_running: Option<Instant>,
-    /// Tasks seen in a terminal state.
+    /// Tasks seen in a terminal state (each counted once; updates are delivered at least once).
     pub terminal: usize,
+    /// Terminal updates seen more than once.
+    pub repeated: usize,
     /// Tasks seen in a terminal state other than TASK_FINISHED.
     pub failed: usize,
 }
@@ -29,6 +31,7 @@ pub struct Fill {
     task: allot_policy::Resources,
     command: String,
     accepted_at: std::collections::HashMap<String, Instant>,
+    ended: std::collections::HashSet<String>,
     /// At most this many tasks per second, counted from the first offer (None: as fast as offers come).
     rate: Option<f64>,
     started: Option<Instant>,
@@ -46,6 +49,7 @@ impl Fill {
             task,
             command: command.to_string(),
             accepted_at: Default::default(),
+            ended: Default::default(),
             rate: None,
             started: None,
             seen: Seen::default(),
@@ -127,6 +131,10 @@ impl allot_sdk::Scheduler for Fill {
                 self.seen.last_running = Some(now);
             }
         } else if state.is_terminal() {
+            if !self.ended.insert(status.task_id.clone()) {
+                self.seen.repeated += 1;
+                return;
+            }
             self.accepted_at.remove(&status.task_id);
             self.seen.terminal += 1;
             if state != TaskState::TaskFinished {

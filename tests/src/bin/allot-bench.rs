@@ -325,6 +325,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let failed: usize = seen.iter().map(|s| s.failed).sum();
     let terminal: usize = seen.iter().map(|s| s.terminal).sum();
+    let repeated: usize = seen.iter().map(|s| s.repeated).sum();
     let cycle = "allot_allocation_cycle_duration_seconds";
     let d = |m: &str| {
         metric(&cycles_after, m, &[]).unwrap_or(0.0) - metric(&cycles_before, m, &[]).unwrap_or(0.0)
@@ -341,7 +342,8 @@ async fn main() -> anyhow::Result<()> {
         args.tasks,
         args.task_resources,
         args.task_seconds,
-        args.rate.map_or("unpaced".to_string(), |r| format!("{r}/s")),
+        args.rate
+            .map_or("unpaced".to_string(), |r| format!("{r}/s")),
         args.allocation_interval,
         args.agent_timeout
     );
@@ -355,7 +357,7 @@ async fn main() -> anyhow::Result<()> {
         args.put_concurrency
     );
     println!(
-        "tasks RUNNING: {running} of {} in {span:.2} s = {tasks_per_second:.0} tasks/s ({:.0}% of etcd's raw put rate); terminal {terminal}, not FINISHED {failed}; workload wall time {:.2} s",
+        "tasks RUNNING: {running} of {} in {span:.2} s = {tasks_per_second:.0} tasks/s ({:.0}% of etcd's raw put rate); terminal {terminal} (repeated terminal updates {repeated}), not FINISHED {failed}; workload wall time {:.2} s",
         args.tasks,
         100.0 * tasks_per_second / put_rate,
         workload.as_secs_f64()
