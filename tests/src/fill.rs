@@ -29,7 +29,8 @@ pub struct Fill {
     budget: usize,
     launched: usize,
     task: allot_policy::Resources,
-    command: String,
+    /// Every task's TaskInfo but its ID and name.
+    template: allot_proto::common::TaskInfo,
     accepted_at: std::collections::HashMap<String, Instant>,
     ended: std::collections::HashSet<String>,
     /// At most this many tasks per second, counted from the first offer (None: as fast as offers come).
@@ -46,8 +47,11 @@ impl Fill {
             name: name.to_string(),
             budget,
             launched: 0,
+            template: allot_proto::common::TaskInfo {
+                resources: allot_common::convert::resources_to_proto(&task),
+                ..allot_sdk::shell_task("", command, "cpus:1").expect("valid resources")
+            },
             task,
-            command: command.to_string(),
             accepted_at: Default::default(),
             ended: Default::default(),
             rate: None,
@@ -108,10 +112,11 @@ impl allot_sdk::Scheduler for Fill {
                 .map(|i| {
                     let id = format!("{}-{}", self.name, self.launched + i);
                     self.accepted_at.insert(id.clone(), now);
-                    let mut t = allot_sdk::shell_task(&id, &self.command, "cpus:1")
-                        .expect("valid resources");
-                    t.resources = allot_common::convert::resources_to_proto(&self.task);
-                    t
+                    allot_proto::common::TaskInfo {
+                        name: id.clone(),
+                        task_id: id,
+                        ..self.template.clone()
+                    }
                 })
                 .collect();
             self.launched += n;

@@ -285,25 +285,35 @@ impl Cluster {
         self.start_agent(resources, work_dir).await
     }
 
-    /// Starts an agent in `work_dir` (reusing a checkpointed AgentID there) and waits until it is registered.
-    pub async fn start_agent(&self, resources: &str, work_dir: PathBuf) -> AgentHandle {
-        let cfg = allot_agent::Config {
+    /// An agent's configuration against this cluster: `resources` (Mesos text), `work_dir`, `hostname`.
+    fn agent_config(
+        &self,
+        resources: &str,
+        work_dir: PathBuf,
+        hostname: &str,
+    ) -> allot_agent::Config {
+        allot_agent::Config {
             config: None,
             listen: String::new(),
             metrics: Default::default(),
             advertise: None,
             registry: self.registry.addr.to_string(),
             broker: self.broker.addr.to_string(),
-            work_dir: work_dir.clone(),
+            work_dir,
             resources: Some(resources.to_string()),
             attributes: String::new(),
-            hostname: Some("localhost".into()),
+            hostname: Some(hostname.into()),
             isolation: allot_agent::isolation::Mode::Auto,
             simulate: None,
             sim_task_duration: Duration::from_secs(1),
             cgroup_root: "allot-test".into(),
             kill_grace_period: Duration::from_secs(2),
-        };
+        }
+    }
+
+    /// Starts an agent in `work_dir` (reusing a checkpointed AgentID there) and waits until it is registered.
+    pub async fn start_agent(&self, resources: &str, work_dir: PathBuf) -> AgentHandle {
+        let cfg = self.agent_config(resources, work_dir.clone(), "localhost");
         let service = Service::spawn(|l, rx| async move {
             allot_agent::run(cfg, l, stop_signal(rx))
                 .await
@@ -325,21 +335,9 @@ impl Cluster {
         task_duration: Duration,
     ) -> Service {
         let cfg = allot_agent::Config {
-            config: None,
-            listen: String::new(),
-            metrics: Default::default(),
-            advertise: None,
-            registry: self.registry.addr.to_string(),
-            broker: self.broker.addr.to_string(),
-            work_dir: self.dir.path().join("sim"),
-            resources: Some(resources.to_string()),
-            attributes: String::new(),
-            hostname: Some("sim".into()),
-            isolation: allot_agent::isolation::Mode::None,
             simulate: Some(n),
             sim_task_duration: task_duration,
-            cgroup_root: "allot-test".into(),
-            kill_grace_period: Duration::from_secs(2),
+            ..self.agent_config(resources, self.dir.path().join("sim"), "sim")
         };
         let service = Service::spawn(|l, rx| async move {
             allot_agent::run(cfg, l, stop_signal(rx))
@@ -350,15 +348,7 @@ impl Cluster {
         let registry = self.registry.addr.to_string();
         eventually("the simulated agents register", || {
             let registry = registry.clone();
-            async move {
-                use allot_proto::registry::{ListAgentsRequest, registry_client::RegistryClient};
-                let mut c =
-                    RegistryClient::new(allot_common::grpc::channel(&registry).expect("channel"));
-                c.list_agents(ListAgentsRequest {})
-                    .await
-                    .map(|r| r.get_ref().agents.iter().filter(|a| a.reachable).count() == n)
-                    .unwrap_or(false)
-            }
+            async move { reachable_agents(&registry).await == n }
         })
         .await;
         service
@@ -368,6 +358,19 @@ impl Cluster {
     pub fn broker_channel(&self) -> Channel {
         allot_common::grpc::channel(&self.broker.addr.to_string()).expect("channel")
     }
+}
+
+/// How many agents the registry at `registry` (host:port) lists as reachable; 0 when it cannot be asked.
+pub async fn reachable_agents(registry: &str) -> usize {
+    use allot_proto::registry::{ListAgentsRequest, registry_client::RegistryClient};
+    let Ok(channel) = allot_common::grpc::channel(registry) else {
+        return 0;
+    };
+    RegistryClient::new(channel)
+        .list_agents(ListAgentsRequest {})
+        .await
+        .map(|r| r.get_ref().agents.iter().filter(|a| a.reachable).count())
+        .unwrap_or(0)
 }
 
 /// Waits until `cond` holds, checking every 50 ms, for at most [`PATIENCE`].

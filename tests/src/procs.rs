@@ -197,16 +197,10 @@ impl ProcessCluster {
     }
 
     async fn wait_for_agents(&self, n: usize) {
-        use allot_proto::registry::{ListAgentsRequest, registry_client::RegistryClient};
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Ok(ch) = allot_common::grpc::channel(&self.registry.addr) {
-                let mut c = RegistryClient::new(ch);
-                if let Ok(r) = c.list_agents(ListAgentsRequest {}).await
-                    && r.get_ref().agents.iter().filter(|a| a.reachable).count() >= n
-                {
-                    return;
-                }
+            if crate::reachable_agents(&self.registry.addr).await >= n {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -10,6 +10,36 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+/// Checks a LaunchTasks request before anything starts: a valid `framework_id` and task IDs, and every task
+/// for an agent that `runs` accepts (`this` names the receiver in the error).
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming the first offending field or task.
+pub(crate) fn check_launch(
+    r: &LaunchTasksRequest,
+    runs: impl Fn(&str) -> bool,
+    this: &str,
+) -> Result<(), Status> {
+    if !valid_id(&r.framework_id) {
+        return Err(Status::invalid_argument("framework_id is invalid"));
+    }
+    for t in &r.tasks {
+        if !valid_id(&t.task_id) {
+            return Err(Status::invalid_argument(format!(
+                "task_id '{}' is invalid",
+                t.task_id
+            )));
+        }
+        if !runs(&t.agent_id) {
+            return Err(Status::invalid_argument(format!(
+                "task {} is for agent {}, this is {this}",
+                t.task_id, t.agent_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The agent's gRPC service.
 pub struct AgentService(pub Arc<Agent>);
 
@@ -20,25 +50,9 @@ impl agent_server::Agent for AgentService {
         request: Request<LaunchTasksRequest>,
     ) -> Result<Response<LaunchTasksResponse>, Status> {
         let r = request.into_inner();
-        if !valid_id(&r.framework_id) {
-            return Err(Status::invalid_argument("framework_id is invalid"));
-        }
         let agent = &self.0;
         let agent_id = agent.id();
-        for t in &r.tasks {
-            if !valid_id(&t.task_id) {
-                return Err(Status::invalid_argument(format!(
-                    "task_id '{}' is invalid",
-                    t.task_id
-                )));
-            }
-            if !t.agent_id.is_empty() && t.agent_id != agent_id {
-                return Err(Status::invalid_argument(format!(
-                    "task {} is for agent {}, this is {agent_id}",
-                    t.task_id, t.agent_id
-                )));
-            }
-        }
+        check_launch(&r, |a| a.is_empty() || a == agent_id, &agent_id)?;
         for task in r.tasks {
             let key = (r.framework_id.clone(), task.task_id.clone());
             let kill = CancellationToken::new();

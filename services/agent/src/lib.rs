@@ -350,7 +350,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     if let Some(n) = config.simulate {
-        return sim::run(config.clone(), n, listener, shutdown).await;
+        return sim::run(config, n, listener, shutdown).await;
     }
     let node = Node::of(&config, &listener)?;
     let _metrics = config.metrics.serve().await?;

@@ -40,17 +40,14 @@ const MAX_UPDATES_PER_CALL: usize = 1024;
 /// The simulator's series: `allot_sim_agents_registered`, `allot_sim_tasks_running`,
 /// `allot_sim_status_updates_total` (acknowledged by the broker) and `allot_sim_update_batches_total`.
 struct Metrics {
-    registered: allot_telemetry::metrics::prometheus::IntGauge,
-    running: allot_telemetry::metrics::prometheus::IntGauge,
+    registered: allot_telemetry::metrics::prometheus::Gauge,
+    running: allot_telemetry::metrics::prometheus::Gauge,
     updates: allot_telemetry::metrics::prometheus::IntCounter,
     batches: allot_telemetry::metrics::prometheus::IntCounter,
 }
 
 static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
-    use allot_telemetry::metrics::{counter, prometheus, register};
-    let gauge = |name: &str, help: &str| {
-        register(prometheus::IntGauge::new(name, help).expect("a valid gauge"))
-    };
+    use allot_telemetry::metrics::{counter, gauge};
     Metrics {
         registered: gauge(
             "allot_sim_agents_registered",
@@ -175,15 +172,11 @@ impl agent_server::Agent for SimService {
     ) -> Result<Response<LaunchTasksResponse>, Status> {
         let r = request.into_inner();
         let sim = &self.0;
-        if !allot_common::valid_id(&r.framework_id) {
-            return Err(Status::invalid_argument("framework_id is invalid"));
-        }
-        if let Some(t) = r.tasks.iter().find(|t| !sim.agents.contains(&t.agent_id)) {
-            return Err(Status::invalid_argument(format!(
-                "task {} is for agent '{}', which this simulator does not run",
-                t.task_id, t.agent_id
-            )));
-        }
+        crate::grpc::check_launch(
+            &r,
+            |a| sim.agents.contains(a),
+            "a simulator of other agents",
+        )?;
         for task in r.tasks {
             let key = (r.framework_id.clone(), task.task_id.clone());
             let kill = CancellationToken::new();
@@ -311,7 +304,7 @@ pub async fn run(
                 .acquire_many(REGISTER_CONCURRENCY as u32)
                 .await
                 .expect("open");
-            M.registered.set(n as i64);
+            M.registered.set(n as f64);
             tracing::info!(agents = n, "simulated agents registered");
             while agents.join_next().await.is_some() {}
         }))

@@ -1058,36 +1058,24 @@ impl Broker {
         Ok(())
     }
 
-    /// ACKNOWLEDGE: the framework has seen the update with `uuid`.
+    /// ACKNOWLEDGE: the framework has seen the updates `(task_id, uuid)` of `acks`. Takes effect in memory at
+    /// once and reaches etcd with the next flush (within [`ACK_FLUSH_INTERVAL`]). An acknowledgement of an
+    /// update that is not the task's latest is ignored.
     ///
     /// # Errors
-    /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` for an unknown task; `UNAVAILABLE` on etcd failure.
-    pub async fn acknowledge(&self, fw: &str, task: &str, uuid: &[u8]) -> Result<(), Status> {
-        self.acknowledge_many(fw, vec![(task.to_string(), uuid.to_vec())])
-            .await
-    }
-
-    /// ACKNOWLEDGE many `(task_id, uuid)` pairs at once; the records that change are written in as few etcd
-    /// transactions as fit. An acknowledgement of an update that is not the task's latest is ignored.
-    ///
-    /// # Errors
-    /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` if any task is unknown (nothing is written then);
-    /// `UNAVAILABLE` on etcd failure.
-    pub async fn acknowledge_many(
-        &self,
-        fw: &str,
-        acks: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), Status> {
+    /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` if any task is unknown (nothing is acknowledged
+    /// then).
+    pub fn acknowledge(&self, fw: &str, acks: Vec<(String, Vec<u8>)>) -> Result<(), Status> {
         self.check_subscribed(fw)?;
+        let acks: Vec<((String, String), Vec<u8>)> = acks
+            .into_iter()
+            .map(|(task, uuid)| ((fw.to_string(), task), uuid))
+            .collect();
         let mut inner = self.lock();
-        if let Some((task, _)) = acks
-            .iter()
-            .find(|(task, _)| !inner.tasks.contains_key(&(fw.to_string(), task.clone())))
-        {
+        if let Some(((_, task), _)) = acks.iter().find(|(key, _)| !inner.tasks.contains_key(key)) {
             return Err(Status::not_found(format!("task {task} is unknown")));
         }
-        for (task, uuid) in acks {
-            let key = (fw.to_string(), task);
+        for (key, uuid) in acks {
             if let Some(rec) = inner.tasks.get_mut(&key)
                 && !rec.acknowledged
                 && rec.status.as_ref().map(|s| &s.uuid) == Some(&uuid)

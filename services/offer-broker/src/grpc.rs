@@ -141,7 +141,7 @@ impl Scheduler for SchedulerService {
                 "ACKNOWLEDGE needs a task_id and uuid (or acknowledgements in `more`)",
             ));
         }
-        self.0.acknowledge_many(&r.framework_id, acks).await?;
+        self.0.acknowledge(&r.framework_id, acks)?;
         Ok(Response::new(pb::AcknowledgeResponse {}))
     }
 

@@ -99,10 +99,7 @@ fn usage(pid: u32) -> Usage {
 
 /// etcd's raw durable put rate: `concurrency` puts in flight of 256-byte values to distinct keys for
 /// `seconds`.
-async fn raw_put_rate(endpoint: &str, seconds: f64, concurrency: usize) -> f64 {
-    let client = etcd_client::Client::connect([endpoint], None)
-        .await
-        .expect("etcd client");
+async fn raw_put_rate(client: &etcd_client::Client, seconds: f64, concurrency: usize) -> f64 {
     let done = Arc::new(AtomicUsize::new(0));
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -133,11 +130,9 @@ async fn raw_put_rate(endpoint: &str, seconds: f64, concurrency: usize) -> f64 {
     rate
 }
 
-async fn count_alive(endpoint: &str) -> i64 {
-    let Ok(mut c) = etcd_client::Client::connect([endpoint], None).await else {
-        return 0;
-    };
-    c.get(
+/// How many agents hold a liveness key in etcd (0 if etcd does not answer).
+async fn count_alive(etcd: &mut etcd_client::Client) -> i64 {
+    etcd.get(
         "/allot/v1/alive/",
         Some(
             etcd_client::GetOptions::new()
@@ -190,7 +185,8 @@ async fn main() -> anyhow::Result<()> {
         "etcd at {}; measuring its raw put rate ({} s, {} in flight)",
         etcd.endpoint, args.put_seconds, args.put_concurrency
     );
-    let put_rate = raw_put_rate(&etcd.endpoint, args.put_seconds, args.put_concurrency).await;
+    let mut client = etcd_client::Client::connect([&etcd.endpoint], None).await?;
+    let put_rate = raw_put_rate(&client, args.put_seconds, args.put_concurrency).await;
     eprintln!("etcd raw put rate: {put_rate:.0}/s");
 
     let dir = tempfile::tempdir()?;
@@ -245,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
     let agents = spawn(&bin, "agents", "allot-agent", &sim_args, &env, logs);
     let started = Instant::now();
     loop {
-        let n = count_alive(&etcd.endpoint).await;
+        let n = count_alive(&mut client).await;
         if n as usize >= args.agents {
             break;
         }
@@ -310,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("holding the cluster for {} s", args.hold_seconds);
         tokio::time::sleep(Duration::from_secs_f64(args.hold_seconds)).await;
     }
-    let alive_at_end = count_alive(&etcd.endpoint).await;
+    let alive_at_end = count_alive(&mut client).await;
     let after: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
     let cycles_after = scrape(&allocator.metrics).await;
 
