@@ -354,6 +354,19 @@ impl Cluster {
         service
     }
 
+    /// The broker's tasks of framework `framework_id` (every framework's when empty), from the operator API.
+    pub async fn tasks(&self, framework_id: &str) -> Vec<allot_proto::common::TaskRecord> {
+        use allot_proto::operator::{ListTasksRequest, operator_client::OperatorClient};
+        OperatorClient::new(self.broker_channel())
+            .list_tasks(ListTasksRequest {
+                framework_id: framework_id.to_string(),
+            })
+            .await
+            .expect("list tasks")
+            .into_inner()
+            .tasks
+    }
+
     /// A channel to the broker.
     pub fn broker_channel(&self) -> Channel {
         allot_common::grpc::channel(&self.broker.addr.to_string()).expect("channel")

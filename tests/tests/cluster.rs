@@ -2,7 +2,7 @@
 //! running real commands. Each test starts its own etcd on free ports, so tests run in parallel.
 
 use allot_proto::common::TaskState;
-use allot_proto::operator::{ListTasksRequest, operator_client::OperatorClient};
+use allot_proto::operator::operator_client::OperatorClient;
 use allot_proto::scheduler::{self as pb, event, scheduler_client::SchedulerClient};
 use allot_tests::{Cluster, TestFramework, eventually, task};
 use std::time::Duration;
@@ -26,15 +26,7 @@ async fn task_runs_to_finished_with_its_output_in_the_sandbox() {
     let done = fw.await_state("t1", TaskState::TaskFinished).await;
     assert_eq!(done.exit_code, Some(0));
 
-    let mut op = OperatorClient::new(cluster.broker_channel());
-    let tasks = op
-        .list_tasks(ListTasksRequest {
-            framework_id: fw.id.clone(),
-        })
-        .await
-        .expect("list tasks")
-        .into_inner()
-        .tasks;
+    let tasks = cluster.tasks(&fw.id).await;
     assert_eq!(tasks.len(), 1);
     assert!(
         tasks[0].acknowledged,
@@ -215,13 +207,7 @@ async fn bad_input_is_refused_and_loses_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // Nothing was launched and the offer is still whole: a correct accept of it works.
-    let mut op = OperatorClient::new(cluster.broker_channel());
-    let tasks = op
-        .list_tasks(ListTasksRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .tasks;
+    let tasks = cluster.tasks("").await;
     assert!(
         tasks.is_empty(),
         "no task was launched by bad input: {tasks:?}"
@@ -367,18 +353,14 @@ async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
     .expect("the framework finishes")
     .expect("runs");
     assert_eq!(done.finished, 3);
-    let mut op = OperatorClient::new(cluster.broker_channel());
+    let op = OperatorClient::new(cluster.broker_channel());
+    let cluster = &cluster;
     eventually(
         "every update is acknowledged and the framework is gone",
         || {
             let mut op = op.clone();
             async move {
-                let tasks = op
-                    .list_tasks(ListTasksRequest::default())
-                    .await
-                    .expect("list")
-                    .into_inner()
-                    .tasks;
+                let tasks = cluster.tasks("").await;
                 let fws = op
                     .list_frameworks(allot_proto::operator::ListFrameworksRequest {})
                     .await
@@ -392,7 +374,6 @@ async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
         },
     )
     .await;
-    let _ = &mut op;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,13 +411,7 @@ async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_ta
     .await
     .expect("accept");
     db.await_state("in-db", TaskState::TaskFinished).await;
-    let mut op = OperatorClient::new(cluster.broker_channel());
-    let tasks = op
-        .list_tasks(ListTasksRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .tasks;
+    let tasks = cluster.tasks("").await;
     let res = &tasks[0].task.as_ref().expect("task").resources;
     assert!(
         res.iter().all(|r| r.role == "db"),

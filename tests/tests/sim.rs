@@ -5,7 +5,6 @@ use allot_proto::agent::{
     StatusUpdateBatchRequest, StatusUpdateRequest, status_updates_client::StatusUpdatesClient,
 };
 use allot_proto::common::{TaskRecord, TaskState, TaskStatus};
-use allot_proto::operator::{ListTasksRequest, operator_client::OperatorClient};
 use allot_proto::scheduler as pb;
 use allot_tests::fill::Fill;
 use allot_tests::{Cluster, TestFramework, eventually, task};
@@ -44,30 +43,18 @@ async fn simulated_agents_run_a_workload_to_the_end() {
     assert_eq!(running, 300, "every task was seen TASK_RUNNING");
     // 300 tasks on 80 CPUs: the agents were used more than once, and every terminal update was acknowledged
     // (in batches) and persisted.
-    let mut op = OperatorClient::new(cluster.broker_channel());
-    eventually("all 300 tasks are FINISHED and acknowledged", || {
-        let mut op = op.clone();
-        async move {
-            let tasks = op
-                .list_tasks(ListTasksRequest::default())
-                .await
-                .expect("list")
-                .into_inner()
-                .tasks;
-            tasks.len() == 300
-                && tasks.iter().all(|t| {
-                    t.acknowledged
-                        && t.status.as_ref().map(|s| s.state()) == Some(TaskState::TaskFinished)
-                })
-        }
+    eventually("all 300 tasks are FINISHED and acknowledged", || async {
+        let tasks = cluster.tasks("").await;
+        tasks.len() == 300
+            && tasks.iter().all(|t| {
+                t.acknowledged
+                    && t.status.as_ref().map(|s| s.state()) == Some(TaskState::TaskFinished)
+            })
     })
     .await;
-    let agents: std::collections::HashSet<String> = op
-        .list_tasks(ListTasksRequest::default())
+    let agents: std::collections::HashSet<String> = cluster
+        .tasks("")
         .await
-        .expect("list")
-        .into_inner()
-        .tasks
         .iter()
         .filter_map(|t| t.task.as_ref().map(|t| t.agent_id.clone()))
         .collect();
@@ -194,15 +181,7 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
         .await
         .expect_err("an unknown task is refused");
     assert_eq!(unknown.code(), Code::NotFound);
-    let mut op = OperatorClient::new(cluster.broker_channel());
-    let tasks = op
-        .list_tasks(ListTasksRequest {
-            framework_id: fw.id.clone(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .tasks;
+    let tasks = cluster.tasks(&fw.id).await;
     assert_eq!(tasks.len(), 2);
     assert!(tasks.iter().all(|t| t.acknowledged), "{tasks:?}");
 
