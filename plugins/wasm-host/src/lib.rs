@@ -165,7 +165,9 @@ impl WasmPolicy {
             },
         );
         store.limiter(|s| &mut s.limits);
-        let ticks = deadline.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
+        // The ticker's phase is arbitrary: its first tick may come right after this call starts, so one tick
+        // more than the deadline holds keeps the call from being interrupted before its deadline.
+        let ticks = deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         let instance = self
