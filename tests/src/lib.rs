@@ -140,9 +140,16 @@ impl Service {
         F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Self::spawn_at("127.0.0.1:0".parse().expect("address"), start).await
+    }
+
+    /// Like `spawn`, on `addr` (say, the address of a service that crashed, so its clients find it again).
+    async fn spawn_at<F, Fut>(addr: SocketAddr, start: F) -> Service
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(start(listener, rx));
@@ -180,7 +187,7 @@ pub struct AgentHandle {
 pub struct ClusterOptions {
     /// Allocation interval.
     pub allocation_interval: Duration,
-    /// Agent timeout (etcd lease TTL).
+    /// Agent timeout: how long an agent may miss heartbeats before it is unreachable.
     pub agent_timeout: Duration,
     /// HEARTBEAT interval to frameworks.
     pub heartbeat_interval: Duration,
@@ -211,6 +218,24 @@ pub struct Cluster {
     pub broker: Service,
     dir: tempfile::TempDir,
     agents: usize,
+    opts: ClusterOptions,
+}
+
+/// A registry against `etcd` on `addr`.
+async fn start_registry(etcd: &Etcd, opts: &ClusterOptions, addr: SocketAddr) -> Service {
+    let cfg = allot_registry::Config {
+        config: None,
+        listen: String::new(),
+        metrics: Default::default(),
+        etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
+        agent_timeout: opts.agent_timeout,
+    };
+    Service::spawn_at(addr, |l, rx| async move {
+        allot_registry::run(cfg, l, stop_signal(rx))
+            .await
+            .expect("registry runs");
+    })
+    .await
 }
 
 impl Cluster {
@@ -224,19 +249,7 @@ impl Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let etcd = Etcd::start().await;
-        let cfg = allot_registry::Config {
-            config: None,
-            listen: String::new(),
-            metrics: Default::default(),
-            etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
-            agent_timeout: opts.agent_timeout,
-        };
-        let registry = Service::spawn(|l, rx| async move {
-            allot_registry::run(cfg, l, stop_signal(rx))
-                .await
-                .expect("registry runs");
-        })
-        .await;
+        let registry = start_registry(&etcd, &opts, "127.0.0.1:0".parse().expect("address")).await;
         let cfg = allot_allocator::Config {
             config: None,
             listen: String::new(),
@@ -274,7 +287,17 @@ impl Cluster {
             broker,
             dir,
             agents: 0,
+            opts,
         }
+    }
+
+    /// Kills the registry abruptly and starts a new one on the same address, as an operator restarting a
+    /// crashed registry would; agents and their heartbeats find it there.
+    pub async fn restart_registry(&mut self) {
+        self.registry.handle.abort();
+        // Until the aborted task is gone, its listener still holds the address.
+        let _ = (&mut self.registry.handle).await;
+        self.registry = start_registry(&self.etcd, &self.opts, self.registry.addr).await;
     }
 
     /// Starts an agent offering `resources` (Mesos text) with a fresh work directory, and waits until it is

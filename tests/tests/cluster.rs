@@ -262,6 +262,37 @@ async fn a_lost_agent_has_its_offers_rescinded_and_its_tasks_unreachable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_registry_keeps_live_agents_and_still_times_out_dead_ones() {
+    let mut cluster = Cluster::start().await;
+    let _steady = cluster.add_agent("cpus:1;mem:256").await;
+    let doomed = cluster.add_agent("cpus:1;mem:256").await;
+    let registry = cluster.registry.addr.to_string();
+    // The registry and an agent die together: no one saw the agent's last heartbeats.
+    doomed.service.crash();
+    cluster.restart_registry().await;
+    assert_eq!(
+        allot_tests::reachable_agents(&registry).await,
+        2,
+        "a restarted registry gives every agent it finds alive a full timeout"
+    );
+    let timeout = allot_tests::ClusterOptions::default().agent_timeout;
+    eventually("the dead agent times out under the new registry", || {
+        let registry = registry.clone();
+        async move { allot_tests::reachable_agents(&registry).await == 1 }
+    })
+    .await;
+    // The live agent's heartbeats reach the new registry: it outlasts several timeouts.
+    tokio::time::sleep(timeout * 3).await;
+    assert_eq!(allot_tests::reachable_agents(&registry).await, 1);
+    let mut fw = TestFramework::subscribe(&cluster, "after-registry-restart", "*").await;
+    assert_eq!(
+        fw.offers().await.len(),
+        1,
+        "the live agent is still offered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_registers_as_the_same_agent() {
     let mut cluster = Cluster::start().await;
     let agent = cluster.add_agent("cpus:1;mem:256").await;

@@ -61,7 +61,7 @@ struct Agent {
     allocated: Resources,
     /// Reserved resources held by offers and tasks, by role.
     allocated_reserved: BTreeMap<String, Resources>,
-    /// The agent has a record and a live lease.
+    /// The agent has a record and an `alive` key (its heartbeats arrive in time).
     registered: bool,
     reachable: bool,
 }
@@ -241,7 +241,7 @@ impl Books {
         }
     }
 
-    /// Marks an agent reachable (its lease is alive) or not. Going unreachable rescinds its offers and
+    /// Marks an agent reachable (its `alive` key exists) or not. Going unreachable rescinds its offers and
     /// forgets its tasks' allocations: the resources leave the pool. Returns the rescinded offers.
     pub fn set_reachable(&mut self, id: &str, reachable: bool) -> Vec<Offer> {
         let a = self.agents.entry(id.to_string()).or_default();

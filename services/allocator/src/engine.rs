@@ -61,7 +61,7 @@ pub enum Command {
     ),
     /// An agent record was deleted.
     AgentDelete(String),
-    /// An agent's lease came alive or lapsed.
+    /// An agent became reachable (its `alive` key appeared) or unreachable (the key went away).
     Alive(String, bool),
     /// A framework record was written.
     FrameworkPut {

@@ -322,11 +322,11 @@ impl Store {
         Ok((out, rev))
     }
 
-    /// Every key under `prefix`, values ignored.
+    /// Every key under `prefix` with its modification revision, values ignored.
     ///
     /// # Errors
     /// [`StoreError::Etcd`].
-    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let resp = self
             .range(
                 prefix,
@@ -336,8 +336,34 @@ impl Store {
         Ok(resp
             .kvs()
             .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.mod_revision(),
+                )
+            })
             .collect())
+    }
+
+    /// Deletes the `(key, mod_revision)` items in one transaction if every key is still at its revision;
+    /// returns whether it did. At most [`MAX_TXN_OPS`] items. A key rewritten since (a newer revision) or
+    /// already gone makes the whole transaction do nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn delete_if_unchanged(&self, items: &[(String, i64)]) -> Result<bool, StoreError> {
+        use etcd_client::{Compare, CompareOp};
+        let compares: Vec<Compare> = items
+            .iter()
+            .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev))
+            .collect();
+        let ops: Vec<TxnOp> = items
+            .iter()
+            .map(|(k, _)| TxnOp::delete(k.as_str(), None))
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = traced("txn", self.client.kv_client().txn(txn)).await?;
+        Ok(resp.succeeded())
     }
 
     /// Writes raw `bytes` at `key`.

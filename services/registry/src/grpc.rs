@@ -1,66 +1,153 @@
 //! `allot.registry.v1.Registry`.
 
+use crate::liveness::Liveness;
 use allot_common::Store;
 use allot_common::convert::resources_from_proto;
 use allot_common::store::{Kind, StoreError};
 use allot_proto::common::{AgentRecord, Role};
 use allot_proto::registry::{registry_server::Registry, *};
-use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
-/// The lease of one agent and the open keep-alive stream that renews it.
-struct Lease {
-    id: i64,
-    keeper: LeaseKeeper,
-    stream: LeaseKeepAliveStream,
-}
+/// Compare-and-delete transactions of the sweeper hold this many agents each (≤ etcd's `--max-txn-ops`).
+const SWEEP_CHUNK: usize = 64;
 
-/// The registry's gRPC service.
+/// The registry's gRPC service. Agent liveness is a [`Liveness`] table in memory; etcd holds only its
+/// transitions (the `alive/<agent_id>` keys), written by registration and deleted by a sweeper task that runs
+/// as long as the service exists.
 pub struct RegistryService {
     store: Store,
     agent_timeout: Duration,
-    leases: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Lease>>>>,
+    liveness: Arc<Mutex<Liveness>>,
+    sweeper: tokio::task::AbortHandle,
+}
+
+impl Drop for RegistryService {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
+}
+
+/// Registry metrics.
+struct Metrics {
+    reachable: prometheus::Gauge,
+    timeouts: prometheus::IntCounter,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| Metrics {
+        reachable: allot_telemetry::metrics::gauge(
+            "allot_registry_agents_reachable",
+            "Registered agents whose heartbeats arrive in time",
+        ),
+        timeouts: allot_telemetry::metrics::counter(
+            "allot_registry_agent_timeouts_total",
+            "Agents declared unreachable after agent_timeout without a heartbeat",
+        ),
+    })
 }
 
 impl RegistryService {
-    /// A service over `store` whose agents time out after `agent_timeout` without a heartbeat.
-    pub fn new(store: Store, agent_timeout: Duration) -> Self {
-        Self {
+    /// A service over `store` whose agents time out after `agent_timeout` without a heartbeat. Every agent
+    /// that etcd lists as alive is admitted with a full timeout from now (a restarted registry does not judge
+    /// agents by heartbeats it never saw). Starts the sweeper on the current Tokio runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`] if the `alive` keys cannot be read.
+    pub async fn start(store: Store, agent_timeout: Duration) -> Result<Self, StoreError> {
+        let mut liveness = Liveness::new(agent_timeout);
+        let now = Instant::now();
+        for (key, revision) in store.keys(&store.prefix(Kind::Alive)).await? {
+            liveness.admit(store.id_of(Kind::Alive, &key).to_string(), revision, now);
+        }
+        if !liveness.is_empty() {
+            tracing::info!(
+                agents = liveness.len(),
+                ?agent_timeout,
+                "agents found alive; each gets a full timeout"
+            );
+        }
+        metrics().reachable.set(liveness.len() as f64);
+        let liveness = Arc::new(Mutex::new(liveness));
+        let period = (agent_timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let sweeper =
+            tokio::spawn(sweep_forever(store.clone(), liveness.clone(), period)).abort_handle();
+        Ok(Self {
             store,
             agent_timeout,
-            leases: Mutex::new(HashMap::new()),
+            liveness,
+            sweeper,
+        })
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().expect("liveness poisoned")
+    }
+}
+
+/// Every `period`, deletes the `alive` keys of agents past their deadline.
+async fn sweep_forever(store: Store, liveness: Arc<Mutex<Liveness>>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sweep(&store, &liveness).await;
+    }
+}
+
+/// One sweep: takes the expired agents out of `liveness` and deletes their `alive` keys, each only if it is
+/// still at the revision the registry admitted (an agent that registered again since keeps its new key). A
+/// key that cannot be deleted (etcd unavailable) goes back into the table for the next sweep.
+async fn sweep(store: &Store, liveness: &Mutex<Liveness>) {
+    let expired = liveness
+        .lock()
+        .expect("liveness poisoned")
+        .expire(Instant::now());
+    let mut timed_out = 0usize;
+    for chunk in expired.chunks(SWEEP_CHUNK) {
+        let items: Vec<(String, i64)> = chunk
+            .iter()
+            .map(|(id, rev)| (store.key(Kind::Alive, id), *rev))
+            .collect();
+        let singles: Vec<usize> = match store.delete_if_unchanged(&items).await {
+            Ok(true) => {
+                timed_out += chunk.len();
+                for (id, _) in chunk.iter().take(10) {
+                    tracing::warn!(agent_id = %id, "agent missed its heartbeats past agent_timeout; unreachable");
+                }
+                Vec::new()
+            }
+            // Some key changed or went away: judge each on its own.
+            Ok(false) | Err(_) => (0..chunk.len()).collect(),
+        };
+        for i in singles {
+            let (id, rev) = &chunk[i];
+            match store.delete_if_unchanged(&items[i..=i]).await {
+                Ok(true) => {
+                    timed_out += 1;
+                    tracing::warn!(agent_id = %id, "agent missed its heartbeats past agent_timeout; unreachable");
+                }
+                Ok(false) => tracing::debug!(agent_id = %id, "alive key changed since; left alone"),
+                Err(e) => {
+                    tracing::warn!(agent_id = %id, error = %e, "cannot mark the agent unreachable; retrying");
+                    liveness.lock().expect("liveness poisoned").retry(
+                        id.clone(),
+                        *rev,
+                        Instant::now(),
+                    );
+                }
+            }
         }
     }
-
-    fn ttl_seconds(&self) -> i64 {
-        (self.agent_timeout.as_secs_f64().ceil() as i64).max(1)
+    if timed_out > 10 {
+        tracing::warn!(agents = timed_out, "agents timed out in one sweep");
     }
-
-    async fn open_lease(
-        &self,
-        agent_id: &str,
-        lease_id: i64,
-    ) -> Result<Arc<tokio::sync::Mutex<Lease>>, Status> {
-        let (keeper, stream) = allot_common::store::traced(
-            "lease_keep_alive",
-            self.store.client().lease_keep_alive(lease_id),
-        )
-        .await
-        .map_err(StoreError::from)?;
-        let lease = Arc::new(tokio::sync::Mutex::new(Lease {
-            id: lease_id,
-            keeper,
-            stream,
-        }));
-        self.leases
-            .lock()
-            .expect("lease map poisoned")
-            .insert(agent_id.to_string(), lease.clone());
-        Ok(lease)
-    }
+    let m = metrics();
+    m.timeouts.inc_by(timed_out as u64);
+    m.reachable
+        .set(liveness.lock().expect("liveness poisoned").len() as f64);
 }
 
 #[tonic::async_trait]
@@ -101,30 +188,13 @@ impl Registry for RegistryService {
                 req.agent_id
             )));
         };
-        // A re-registration replaces the previous lease.
-        let previous = self
-            .leases
-            .lock()
-            .expect("lease map poisoned")
-            .remove(&agent_id);
-        if let Some(old) = previous {
-            let id = old.lock().await.id;
-            let _ =
-                allot_common::store::traced("lease_revoke", self.store.client().lease_revoke(id))
-                    .await;
-        }
-        let lease = allot_common::store::traced(
-            "lease_grant",
-            self.store.client().lease_grant(self.ttl_seconds(), None),
-        )
-        .await
-        .map_err(StoreError::from)?;
         let record = AgentRecord {
             agent_id: agent_id.clone(),
             info: Some(info),
             registered_at_ms: allot_common::now_ms(),
         };
-        // The record and the lease-bound liveness key in one transaction: watchers see both at one revision.
+        // The record and the liveness key in one transaction: watchers see both at one revision, which is
+        // the revision the sweeper later deletes the liveness key at. A re-registration rewrites both.
         let txn = etcd_client::Txn::new().and_then([
             etcd_client::TxnOp::put(
                 self.store.key(Kind::Agents, &agent_id),
@@ -133,14 +203,20 @@ impl Registry for RegistryService {
             ),
             etcd_client::TxnOp::put(
                 self.store.key(Kind::Alive, &agent_id),
-                lease.id().to_string(),
-                Some(etcd_client::PutOptions::new().with_lease(lease.id())),
+                record.registered_at_ms.to_string(),
+                None,
             ),
         ]);
-        allot_common::store::traced("txn", self.store.client().txn(txn))
+        let resp = allot_common::store::traced("txn", self.store.client().txn(txn))
             .await
             .map_err(StoreError::from)?;
-        self.open_lease(&agent_id, lease.id()).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let reachable = {
+            let mut liveness = self.liveness();
+            liveness.admit(agent_id.clone(), revision, Instant::now());
+            liveness.len()
+        };
+        metrics().reachable.set(reachable as f64);
         tracing::info!(%agent_id, address = %record.info.as_ref().map(|i| i.address.as_str()).unwrap_or(""), %resources, "agent registered");
         Ok(Response::new(RegisterAgentResponse {
             agent_id,
@@ -154,56 +230,12 @@ impl Registry for RegistryService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let agent_id = request.into_inner().agent_id;
-        let lease = self
-            .leases
-            .lock()
-            .expect("lease map poisoned")
-            .get(&agent_id)
-            .cloned();
-        let lease = match lease {
-            Some(l) => l,
-            None => {
-                // After a registry restart: find the lease again from the agent's alive key.
-                let resp = allot_common::store::traced(
-                    "get",
-                    self.store
-                        .client()
-                        .get(self.store.key(Kind::Alive, &agent_id), None),
-                )
-                .await
-                .map_err(StoreError::from)?;
-                let lease_id = resp
-                    .kvs()
-                    .first()
-                    .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<i64>().ok())
-                    .ok_or_else(|| {
-                        Status::not_found(format!(
-                            "agent {agent_id} is not registered or its lease lapsed; re-register"
-                        ))
-                    })?;
-                self.open_lease(&agent_id, lease_id).await?
-            }
-        };
-        let mut lease = lease.lock().await;
-        let Lease { keeper, stream, .. } = &mut *lease;
-        let answer = allot_common::store::traced("lease_keep_alive", async {
-            keeper.keep_alive().await?;
-            stream.message().await
-        })
-        .await
-        .map_err(StoreError::from)?;
-        match answer {
-            Some(r) if r.ttl() > 0 => Ok(Response::new(HeartbeatResponse {})),
-            _ => {
-                drop(lease);
-                self.leases
-                    .lock()
-                    .expect("lease map poisoned")
-                    .remove(&agent_id);
-                Err(Status::not_found(format!(
-                    "agent {agent_id}'s lease lapsed; re-register"
-                )))
-            }
+        if self.liveness().heartbeat(&agent_id, Instant::now()) {
+            Ok(Response::new(HeartbeatResponse {}))
+        } else {
+            Err(Status::not_found(format!(
+                "agent {agent_id} is not registered or missed its heartbeats past agent_timeout; re-register"
+            )))
         }
     }
 
@@ -212,26 +244,15 @@ impl Registry for RegistryService {
         request: Request<UnregisterAgentRequest>,
     ) -> Result<Response<UnregisterAgentResponse>, Status> {
         let agent_id = request.into_inner().agent_id;
-        let lease = self
-            .leases
-            .lock()
-            .expect("lease map poisoned")
-            .remove(&agent_id);
-        // Revoking the lease deletes the alive key; without a lease here (say, after a restart), delete it.
-        let revoked = match lease {
-            Some(lease) => {
-                let id = lease.lock().await.id;
-                allot_common::store::traced("lease_revoke", self.store.client().lease_revoke(id))
-                    .await
-                    .is_ok()
-            }
-            None => false,
+        let reachable = {
+            let mut liveness = self.liveness();
+            liveness.forget(&agent_id);
+            liveness.len()
         };
-        if !revoked {
-            self.store
-                .delete(&self.store.key(Kind::Alive, &agent_id))
-                .await?;
-        }
+        metrics().reachable.set(reachable as f64);
+        self.store
+            .delete(&self.store.key(Kind::Alive, &agent_id))
+            .await?;
         tracing::info!(%agent_id, "agent unregistered");
         Ok(Response::new(UnregisterAgentResponse {}))
     }
@@ -249,7 +270,7 @@ impl Registry for RegistryService {
             .keys(&self.store.prefix(Kind::Alive))
             .await?
             .into_iter()
-            .map(|k| self.store.id_of(Kind::Alive, &k).to_string())
+            .map(|(k, _)| self.store.id_of(Kind::Alive, &k).to_string())
             .collect();
         let agents = records
             .into_iter()
