@@ -458,6 +458,14 @@ impl Books {
         }
     }
 
+    /// Whether any framework would be in a snapshot now: known, active and not suppressed. O(frameworks), so
+    /// that an allocation with nobody to offer to costs no snapshot of every agent.
+    pub fn wants_offers(&self) -> bool {
+        self.frameworks
+            .values()
+            .any(|f| f.known && f.active && !f.suppressed)
+    }
+
     /// How many agents are registered and reachable.
     pub fn reachable_agents(&self) -> usize {
         self.agents
@@ -817,7 +825,9 @@ mod tests {
         b.revive("f1");
         let o = cycle(&mut b, 1.0).remove(0);
         b.recover_offers(&[o.id], 0.0, 1.0, &[], 1.0);
+        assert!(b.wants_offers());
         b.suppress("f1");
+        assert!(!b.wants_offers(), "a suppressed framework wants no offers");
         assert!(cycle(&mut b, 2.0).is_empty());
     }
 

@@ -636,6 +636,11 @@ impl State {
         if self.subscriber.is_none() {
             return;
         }
+        if !self.books.wants_offers() {
+            // Nobody to offer to (say, while thousands of agents register): skip the snapshot of every agent.
+            M.frameworks.set(0.0);
+            return;
+        }
         let now = self.now();
         let started = Instant::now();
         let snapshot = Arc::new(self.books.snapshot(now));
