@@ -35,7 +35,7 @@ async fn simulated_agents_run_a_workload_to_the_end() {
         .await
         .expect("the frameworks finish their tasks")
     {
-        let seen = done.expect("joins").expect("runs").seen;
+        let seen = done.expect("joins").expect("runs").take_seen();
         assert_eq!(seen.terminal, 150, "every task ended");
         assert_eq!(seen.failed, 0, "every task ended TASK_FINISHED");
         running += seen.latencies.len();

@@ -57,6 +57,9 @@ struct Args {
     /// offers come. A paced run measures latency at a sustained rate instead of after a burst.
     #[arg(long)]
     rate: Option<f64>,
+    /// Also print ACCEPT -> TASK_RUNNING p50/p99 per second of the workload (by accept time), to stderr.
+    #[arg(long)]
+    timeline: bool,
     /// Give up on the workload after this many seconds.
     #[arg(long, default_value_t = 300.0)]
     timeout_seconds: f64,
@@ -143,6 +146,25 @@ async fn count_alive(etcd: &mut etcd_client::Client) -> i64 {
     .await
     .map(|r| r.count())
     .unwrap_or(0)
+}
+
+/// Prints tasks accepted, p50 and p99 of ACCEPT -> TASK_RUNNING for each second after `start`.
+fn print_timeline(seen: &[allot_tests::fill::Seen], start: Instant) {
+    let mut by_second: std::collections::BTreeMap<u64, Vec<Duration>> = Default::default();
+    for (at, latency) in seen.iter().flat_map(|s| s.latencies.iter()) {
+        let second = at.saturating_duration_since(start).as_secs();
+        by_second.entry(second).or_default().push(*latency);
+    }
+    eprintln!("second  accepted  p50 ms  p99 ms");
+    for (second, mut l) in by_second {
+        l.sort();
+        eprintln!(
+            "{second:>6}  {:>8}  {:>6.1}  {:>6.1}",
+            l.len(),
+            percentile(&l, 0.5).as_secs_f64() * 1e3,
+            percentile(&l, 0.99).as_secs_f64() * 1e3
+        );
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -299,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
                 )
             })?
     {
-        seen.push(r??.seen);
+        seen.push(r??.take_seen());
     }
     let workload = wall.elapsed();
     if args.hold_seconds > 0.0 {
@@ -310,7 +332,13 @@ async fn main() -> anyhow::Result<()> {
     let after: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
     let cycles_after = scrape(&allocator.metrics).await;
 
-    let mut latencies: Vec<Duration> = seen.iter().flat_map(|s| s.latencies.clone()).collect();
+    if args.timeline {
+        print_timeline(&seen, wall);
+    }
+    let mut latencies: Vec<Duration> = seen
+        .iter()
+        .flat_map(|s| s.latencies.iter().map(|(_, l)| *l))
+        .collect();
     latencies.sort();
     let running = latencies.len();
     let first = seen.iter().filter_map(|s| s.first_accept).min();
