@@ -278,14 +278,21 @@ async fn every_service_serves_metrics_that_move_with_work() {
         assert!(v(text, "process_resident_memory_bytes", &[]) > 0.0);
         assert!(metric(text, "process_cpu_seconds_total", &[]).is_some());
     }
-    // Registry: heartbeats served, etcd requests timed.
+    // Registry: heartbeats served from memory (no etcd request), the agent reachable, registration timed.
     grew(
         reg0,
         reg1,
         "allot_rpc_server_requests_total",
         &[("rpc_method", "Heartbeat"), ("grpc_code", "OK")],
     );
-    grew(reg0, reg1, "allot_etcd_request_duration_seconds_count", &[]);
+    assert_eq!(v(reg1, "allot_registry_agents_reachable", &[]), 1.0);
+    let etcd = "allot_etcd_request_duration_seconds_count";
+    assert!(v(reg1, etcd, &[]) > 0.0, "registration went through etcd");
+    assert_eq!(
+        v(reg0, etcd, &[]),
+        v(reg1, etcd, &[]),
+        "heartbeats write nothing to etcd"
+    );
     // Broker: the scheduler calls, offers, launches, updates and tasks by state.
     let accept = [
         ("rpc_service", "allot.scheduler.v1.Scheduler"),
