@@ -449,3 +449,32 @@ async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_ta
         "the task runs on the reservation: {res:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_deletes_only_alive_keys_still_at_their_admitted_revision() {
+    let etcd = allot_tests::Etcd::start().await;
+    let store = allot_common::config::EtcdArgs::at(&etcd.endpoint)
+        .connect()
+        .await
+        .expect("etcd");
+    let keys = ["/t/alive/a", "/t/alive/b", "/t/alive/c"];
+    let mut items = Vec::new();
+    for k in keys {
+        store.put_bytes(k, b"1".to_vec()).await.expect("put");
+        let rev = store.keys(k).await.expect("keys")[0].1;
+        items.push((k.to_string(), rev));
+    }
+    // b re-registered (a newer revision) and c went away since they were judged.
+    store.put_bytes(keys[1], b"2".to_vec()).await.expect("put");
+    store.delete(keys[2]).await.expect("delete");
+    let deleted = store.delete_if_unchanged(&items).await.expect("txn");
+    assert_eq!(deleted, vec![true, false, false]);
+    let left: Vec<String> = store
+        .keys("/t/alive/")
+        .await
+        .expect("keys")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(left, vec![keys[1].to_string()]);
+}

@@ -345,25 +345,64 @@ impl Store {
             .collect())
     }
 
-    /// Deletes the `(key, mod_revision)` items in one transaction if every key is still at its revision;
-    /// returns whether it did. At most [`MAX_TXN_OPS`] items. A key rewritten since (a newer revision) or
-    /// already gone makes the whole transaction do nothing.
+    /// Deletes each `(key, mod_revision)` item whose key is still at that revision, and returns, per item,
+    /// whether it was deleted (a key rewritten since, or already gone, is left alone). At most [`MAX_TXN_OPS`]
+    /// items. One transaction when nothing changed; otherwise its failure branch reads the keys' current
+    /// revisions and the items still unchanged are deleted in the next one.
     ///
     /// # Errors
-    /// [`StoreError::Etcd`].
-    pub async fn delete_if_unchanged(&self, items: &[(String, i64)]) -> Result<bool, StoreError> {
-        use etcd_client::{Compare, CompareOp};
-        let compares: Vec<Compare> = items
-            .iter()
-            .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev))
-            .collect();
-        let ops: Vec<TxnOp> = items
-            .iter()
-            .map(|(k, _)| TxnOp::delete(k.as_str(), None))
-            .collect();
-        let txn = Txn::new().when(compares).and_then(ops);
-        let resp = traced("txn", self.client.kv_client().txn(txn)).await?;
-        Ok(resp.succeeded())
+    /// [`StoreError::Etcd`]; items deleted before the error stay deleted.
+    pub async fn delete_if_unchanged(
+        &self,
+        items: &[(String, i64)],
+    ) -> Result<Vec<bool>, StoreError> {
+        use etcd_client::{Compare, CompareOp, TxnOpResponse};
+        let mut deleted = vec![false; items.len()];
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        while !pending.is_empty() {
+            let compares: Vec<Compare> = pending
+                .iter()
+                .map(|&i| Compare::mod_revision(items[i].0.as_str(), CompareOp::Equal, items[i].1))
+                .collect();
+            let deletes: Vec<TxnOp> = pending
+                .iter()
+                .map(|&i| TxnOp::delete(items[i].0.as_str(), None))
+                .collect();
+            let reads: Vec<TxnOp> = pending
+                .iter()
+                .map(|&i| {
+                    TxnOp::get(
+                        items[i].0.as_str(),
+                        Some(GetOptions::new().with_keys_only()),
+                    )
+                })
+                .collect();
+            let txn = Txn::new().when(compares).and_then(deletes).or_else(reads);
+            let resp = traced("txn", self.client.kv_client().txn(txn)).await?;
+            if resp.succeeded() {
+                for &i in &pending {
+                    deleted[i] = true;
+                }
+                break;
+            }
+            let before = pending.len();
+            pending = pending
+                .into_iter()
+                .zip(resp.op_responses())
+                .filter(|(i, read)| match read {
+                    TxnOpResponse::Get(r) => {
+                        r.kvs().first().map(|kv| kv.mod_revision()) == Some(items[*i].1)
+                    }
+                    _ => false,
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if pending.len() == before {
+                // Nothing changed between the compare and the read (cannot happen): do not loop.
+                break;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Writes raw `bytes` at `key`.

@@ -29,25 +29,23 @@ impl Drop for RegistryService {
     }
 }
 
-/// Registry metrics.
+/// The registry's series: `allot_registry_agents_reachable` (set on every sweep) and
+/// `allot_registry_agent_timeouts_total`.
 struct Metrics {
-    reachable: prometheus::Gauge,
-    timeouts: prometheus::IntCounter,
+    reachable: allot_telemetry::metrics::prometheus::Gauge,
+    timeouts: allot_telemetry::metrics::prometheus::IntCounter,
 }
 
-fn metrics() -> &'static Metrics {
-    static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
-    M.get_or_init(|| Metrics {
-        reachable: allot_telemetry::metrics::gauge(
-            "allot_registry_agents_reachable",
-            "Registered agents whose heartbeats arrive in time",
-        ),
-        timeouts: allot_telemetry::metrics::counter(
-            "allot_registry_agent_timeouts_total",
-            "Agents declared unreachable after agent_timeout without a heartbeat",
-        ),
-    })
-}
+static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| Metrics {
+    reachable: allot_telemetry::metrics::gauge(
+        "allot_registry_agents_reachable",
+        "Registered agents whose heartbeats arrive in time",
+    ),
+    timeouts: allot_telemetry::metrics::counter(
+        "allot_registry_agent_timeouts_total",
+        "Agents declared unreachable after agent_timeout without a heartbeat",
+    ),
+});
 
 impl RegistryService {
     /// A service over `store` whose agents time out after `agent_timeout` without a heartbeat. Every agent
@@ -69,7 +67,7 @@ impl RegistryService {
                 "agents found alive; each gets a full timeout"
             );
         }
-        metrics().reachable.set(liveness.len() as f64);
+        M.reachable.set(liveness.len() as f64);
         let liveness = Arc::new(Mutex::new(liveness));
         let period = (agent_timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let sweeper =
@@ -98,8 +96,8 @@ async fn sweep_forever(store: Store, liveness: Arc<Mutex<Liveness>>, period: Dur
 }
 
 /// One sweep: takes the expired agents out of `liveness` and deletes their `alive` keys, each only if it is
-/// still at the revision the registry admitted (an agent that registered again since keeps its new key). A
-/// key that cannot be deleted (etcd unavailable) goes back into the table for the next sweep.
+/// still at the revision the registry admitted (an agent that registered again since keeps its new key). Keys
+/// that cannot be deleted (etcd unavailable) go back into the table for the next sweep.
 async fn sweep(store: &Store, liveness: &Mutex<Liveness>) {
     let expired = liveness
         .lock()
@@ -111,32 +109,24 @@ async fn sweep(store: &Store, liveness: &Mutex<Liveness>) {
             .iter()
             .map(|(id, rev)| (store.key(Kind::Alive, id), *rev))
             .collect();
-        let singles: Vec<usize> = match store.delete_if_unchanged(&items).await {
-            Ok(true) => {
-                timed_out += chunk.len();
-                for (id, _) in chunk.iter().take(10) {
-                    tracing::warn!(agent_id = %id, "agent missed its heartbeats past agent_timeout; unreachable");
-                }
-                Vec::new()
-            }
-            // Some key changed or went away: judge each on its own.
-            Ok(false) | Err(_) => (0..chunk.len()).collect(),
-        };
-        for i in singles {
-            let (id, rev) = &chunk[i];
-            match store.delete_if_unchanged(&items[i..=i]).await {
-                Ok(true) => {
+        match store.delete_if_unchanged(&items).await {
+            Ok(deleted) => {
+                for ((id, _), gone) in chunk.iter().zip(deleted) {
+                    if !gone {
+                        tracing::debug!(agent_id = %id, "alive key changed since; left alone");
+                        continue;
+                    }
                     timed_out += 1;
-                    tracing::warn!(agent_id = %id, "agent missed its heartbeats past agent_timeout; unreachable");
+                    if timed_out <= 10 {
+                        tracing::warn!(agent_id = %id, "agent missed its heartbeats past agent_timeout; unreachable");
+                    }
                 }
-                Ok(false) => tracing::debug!(agent_id = %id, "alive key changed since; left alone"),
-                Err(e) => {
-                    tracing::warn!(agent_id = %id, error = %e, "cannot mark the agent unreachable; retrying");
-                    liveness.lock().expect("liveness poisoned").retry(
-                        id.clone(),
-                        *rev,
-                        Instant::now(),
-                    );
+            }
+            Err(e) => {
+                tracing::warn!(agents = chunk.len(), error = %e, "cannot mark agents unreachable; retrying");
+                let mut liveness = liveness.lock().expect("liveness poisoned");
+                for (id, rev) in chunk {
+                    liveness.retry(id.clone(), *rev, Instant::now());
                 }
             }
         }
@@ -144,9 +134,8 @@ async fn sweep(store: &Store, liveness: &Mutex<Liveness>) {
     if timed_out > 10 {
         tracing::warn!(agents = timed_out, "agents timed out in one sweep");
     }
-    let m = metrics();
-    m.timeouts.inc_by(timed_out as u64);
-    m.reachable
+    M.timeouts.inc_by(timed_out as u64);
+    M.reachable
         .set(liveness.lock().expect("liveness poisoned").len() as f64);
 }
 
@@ -211,12 +200,8 @@ impl Registry for RegistryService {
             .await
             .map_err(StoreError::from)?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let reachable = {
-            let mut liveness = self.liveness();
-            liveness.admit(agent_id.clone(), revision, Instant::now());
-            liveness.len()
-        };
-        metrics().reachable.set(reachable as f64);
+        self.liveness()
+            .admit(agent_id.clone(), revision, Instant::now());
         tracing::info!(%agent_id, address = %record.info.as_ref().map(|i| i.address.as_str()).unwrap_or(""), %resources, "agent registered");
         Ok(Response::new(RegisterAgentResponse {
             agent_id,
@@ -244,15 +229,11 @@ impl Registry for RegistryService {
         request: Request<UnregisterAgentRequest>,
     ) -> Result<Response<UnregisterAgentResponse>, Status> {
         let agent_id = request.into_inner().agent_id;
-        let reachable = {
-            let mut liveness = self.liveness();
-            liveness.forget(&agent_id);
-            liveness.len()
-        };
-        metrics().reachable.set(reachable as f64);
+        // The key first: if etcd cannot delete it, the agent stays in the table and times out like any other.
         self.store
             .delete(&self.store.key(Kind::Alive, &agent_id))
             .await?;
+        self.liveness().forget(&agent_id);
         tracing::info!(%agent_id, "agent unregistered");
         Ok(Response::new(UnregisterAgentResponse {}))
     }
@@ -265,17 +246,12 @@ impl Registry for RegistryService {
             .store
             .list::<AgentRecord>(&self.store.prefix(Kind::Agents))
             .await?;
-        let alive: std::collections::HashSet<String> = self
-            .store
-            .keys(&self.store.prefix(Kind::Alive))
-            .await?
-            .into_iter()
-            .map(|(k, _)| self.store.id_of(Kind::Alive, &k).to_string())
-            .collect();
+        // Reachability is the registry's own judgement, which the `alive` keys publish.
+        let liveness = self.liveness();
         let agents = records
             .into_iter()
             .map(|(_, record)| AgentState {
-                reachable: alive.contains(&record.agent_id),
+                reachable: liveness.is_admitted(&record.agent_id),
                 record: Some(record),
             })
             .collect();

@@ -36,7 +36,7 @@ pub struct Config {
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_common::config::EtcdArgs,
-    /// How long an agent may go without a heartbeat before it is unreachable (etcd rounds up to whole seconds).
+    /// How long an agent may go without a heartbeat before it is unreachable.
     #[arg(long, env = "ALLOT_AGENT_TIMEOUT", default_value = "15s", value_parser = allot_common::config::parse_duration)]
     pub agent_timeout: Duration,
 }

@@ -63,16 +63,20 @@ impl Liveness {
     /// Removes and returns every agent whose deadline is before `now`, as `(agent_id, alive key revision)`,
     /// in no particular order.
     pub fn expire(&mut self, now: Instant) -> Vec<(String, i64)> {
-        let expired: Vec<(String, i64)> = self
-            .agents
-            .iter()
-            .filter(|(_, e)| e.deadline < now)
-            .map(|(id, e)| (id.clone(), e.revision))
-            .collect();
-        for (id, _) in &expired {
-            self.agents.remove(id);
-        }
+        let mut expired = Vec::new();
+        self.agents.retain(|id, e| {
+            let keep = e.deadline >= now;
+            if !keep {
+                expired.push((id.clone(), e.revision));
+            }
+            keep
+        });
         expired
+    }
+
+    /// Whether `agent_id` is admitted: registered, and its heartbeats arrive in time.
+    pub fn is_admitted(&self, agent_id: &str) -> bool {
+        self.agents.contains_key(agent_id)
     }
 
     /// Puts back an expired agent whose key could not be deleted (etcd unavailable), already past its
@@ -155,6 +159,7 @@ mod tests {
         live.admit("new".into(), 5, start + Duration::from_secs(12));
         live.retry("new".into(), 2, start + Duration::from_secs(12));
         assert!(live.expire(start + Duration::from_secs(13)).is_empty());
+        assert!(live.is_admitted("new"));
         assert_eq!(live.forget("new"), Some(5));
         assert_eq!(live.forget("new"), None);
     }
