@@ -60,6 +60,9 @@ const HOLD_SECONDS: f64 = 2.0;
 /// they will not use (the remainders of its own accepts still come back, unfiltered, at the next cycle).
 const SURPLUS_REFUSE_SECONDS: f64 = 60.0;
 
+/// The filter on offers declined once every task is launched.
+const DONE_REFUSE_SECONDS: f64 = 3600.0;
+
 /// How often a paced [`Fill`] launches from its held offers.
 const PACE_TICK: Duration = Duration::from_millis(50);
 
@@ -158,7 +161,7 @@ impl State {
             // Nothing more to launch: what is still held goes back for good.
             let rest: Vec<String> = self.held.drain(..).map(|(id, _)| id).collect();
             if !rest.is_empty() {
-                driver.decline(rest, Some(3600.0));
+                driver.decline(rest, Some(DONE_REFUSE_SECONDS));
             }
         }
     }
@@ -190,7 +193,7 @@ impl allot_sdk::Scheduler for Fill {
         let mut declines: [(f64, Vec<String>); 3] = [
             (0.0, Vec::new()),
             (SURPLUS_REFUSE_SECONDS, Vec::new()),
-            (3600.0, Vec::new()),
+            (DONE_REFUSE_SECONDS, Vec::new()),
         ];
         for o in offers {
             let offered =

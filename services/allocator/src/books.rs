@@ -119,6 +119,13 @@ struct Framework {
     filters: HashMap<String, f64>,
 }
 
+impl Framework {
+    /// Whether it may be offered resources: known, connected and not suppressed.
+    fn wants_offers(&self) -> bool {
+        self.known && self.active && !self.suppressed
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Task {
     framework: String,
@@ -461,9 +468,7 @@ impl Books {
     /// Whether any framework would be in a snapshot now: known, active and not suppressed. O(frameworks), so
     /// that an allocation with nobody to offer to costs no snapshot of every agent.
     pub fn wants_offers(&self) -> bool {
-        self.frameworks
-            .values()
-            .any(|f| f.known && f.active && !f.suppressed)
+        self.frameworks.values().any(Framework::wants_offers)
     }
 
     /// How many agents are registered and reachable.
@@ -516,7 +521,7 @@ impl Books {
                 .or_default()
                 .add(&f.allocation);
             f.filters.retain(|_, until| *until > now);
-            if !(f.known && f.active) || f.suppressed {
+            if !f.wants_offers() {
                 continue;
             }
             let mut filtered: Vec<String> = f.filters.keys().cloned().collect();
@@ -595,7 +600,7 @@ impl Books {
         let Some(f) = self.frameworks.get_mut(&g.framework) else {
             return Err((g, GrantRejection::Framework));
         };
-        if !(f.known && f.active) || f.suppressed {
+        if !f.wants_offers() {
             return Err((g, GrantRejection::Framework));
         }
         if f.filters.get(&g.agent).is_some_and(|until| *until > now) {
