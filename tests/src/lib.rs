@@ -238,6 +238,29 @@ async fn start_registry(etcd: &Etcd, opts: &ClusterOptions, addr: SocketAddr) ->
     .await
 }
 
+/// An offer-broker against `etcd` and the allocator at `allocator`, on `addr`.
+async fn start_broker(
+    etcd: &Etcd,
+    opts: &ClusterOptions,
+    allocator: SocketAddr,
+    addr: SocketAddr,
+) -> Service {
+    let cfg = allot_offer_broker::Config {
+        config: None,
+        listen: String::new(),
+        metrics: Default::default(),
+        etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
+        allocator: allocator.to_string(),
+        heartbeat_interval: opts.heartbeat_interval,
+    };
+    Service::spawn_at(addr, |l, rx| async move {
+        allot_offer_broker::run(cfg, l, stop_signal(rx))
+            .await
+            .expect("broker runs");
+    })
+    .await
+}
+
 impl Cluster {
     /// Starts etcd and the control plane with default options.
     pub async fn start() -> Cluster {
@@ -266,19 +289,12 @@ impl Cluster {
                 .expect("allocator runs");
         })
         .await;
-        let cfg = allot_offer_broker::Config {
-            config: None,
-            listen: String::new(),
-            metrics: Default::default(),
-            etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
-            allocator: allocator.addr.to_string(),
-            heartbeat_interval: opts.heartbeat_interval,
-        };
-        let broker = Service::spawn(|l, rx| async move {
-            allot_offer_broker::run(cfg, l, stop_signal(rx))
-                .await
-                .expect("broker runs");
-        })
+        let broker = start_broker(
+            &etcd,
+            &opts,
+            allocator.addr,
+            "127.0.0.1:0".parse().expect("address"),
+        )
         .await;
         Cluster {
             etcd,
@@ -298,6 +314,20 @@ impl Cluster {
         // Until the aborted task is gone, its listener still holds the address.
         let _ = (&mut self.registry.handle).await;
         self.registry = start_registry(&self.etcd, &self.opts, self.registry.addr).await;
+    }
+
+    /// Kills the offer-broker abruptly (nothing it held in memory is written) and starts a new one on the same
+    /// address; frameworks re-subscribe and agents re-send what is not acknowledged.
+    pub async fn restart_broker(&mut self) {
+        self.broker.handle.abort();
+        let _ = (&mut self.broker.handle).await;
+        self.broker = start_broker(
+            &self.etcd,
+            &self.opts,
+            self.allocator.addr,
+            self.broker.addr,
+        )
+        .await;
     }
 
     /// Starts an agent offering `resources` (Mesos text) with a fresh work directory, and waits until it is
@@ -331,6 +361,8 @@ impl Cluster {
             sim_task_duration: Duration::from_secs(1),
             cgroup_root: "allot-test".into(),
             kill_grace_period: Duration::from_secs(2),
+            // Short, so that tests which restart the broker see updates re-sent within a second.
+            status_update_retry_interval: Duration::from_secs(1),
         }
     }
 
@@ -568,35 +600,35 @@ impl TestFramework {
         .await
     }
 
-    /// Waits for an UPDATE of `task` to `state` (acknowledging every update of that task seen on the way).
+    /// Waits for an UPDATE of `task` to `state`, acknowledging every update of that task as it comes (as the
+    /// SDK's implicit acknowledgements do: the agent sends a task's next update only after the previous one is
+    /// acknowledged).
     ///
     /// # Panics
     /// If it does not come within [`PATIENCE`].
     pub async fn await_state(&mut self, task: &str, state: TaskState) -> TaskStatus {
-        let mut seen = Vec::new();
-        let found = self
-            .wait_for(PATIENCE, |e| match e {
-                event::Event::Update(u) => {
-                    let s = u.status.clone()?;
-                    if s.task_id != task {
-                        return None;
-                    }
-                    seen.push(s.clone());
-                    (s.state() == state).then_some(s)
-                }
-                _ => None,
-            })
-            .await;
-        for s in &seen {
-            self.ack(s).await;
+        let mut seen: Vec<&'static str> = Vec::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let next = self
+                .wait_for(within, |e| match e {
+                    event::Event::Update(u) => u.status.clone().filter(|s| s.task_id == task),
+                    _ => None,
+                })
+                .await;
+            let Some(s) = next else {
+                panic!(
+                    "task {task} did not reach {} (saw {seen:?})",
+                    state.as_str_name()
+                )
+            };
+            self.ack(&s).await;
+            seen.push(s.state().as_str_name());
+            if s.state() == state {
+                return s;
+            }
         }
-        found.unwrap_or_else(|| {
-            let states: Vec<_> = seen.iter().map(|s| s.state().as_str_name()).collect();
-            panic!(
-                "task {task} did not reach {} (saw {states:?})",
-                state.as_str_name()
-            )
-        })
     }
 
     /// ACKNOWLEDGE `status` if it carries a uuid.

@@ -478,3 +478,131 @@ async fn a_sweep_deletes_only_alive_keys_still_at_their_admitted_revision() {
         .collect();
     assert_eq!(left, vec![keys[1].to_string()]);
 }
+
+/// Every UPDATE of `task` that arrives within `within`, not acknowledged.
+async fn updates_within(fw: &mut TestFramework, task: &str, within: Duration) -> Vec<TaskState> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut states = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let next = fw
+            .wait_for(left, |e| match e {
+                event::Event::Update(u) => u.status.clone().filter(|s| s.task_id == task),
+                _ => None,
+            })
+            .await;
+        match next {
+            Some(s) => states.push(s.state()),
+            None => return states,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_each_update_until_the_framework_acknowledges_it() {
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
+    let mut fw = TestFramework::subscribe(&cluster, "slow-acker", "*").await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(&offer.offer_id, vec![task("t", "true", 0.1, 32.0)], 5.0)
+        .await
+        .expect("accept");
+    // The command exits at once, but while TASK_STARTING is not acknowledged nothing later is sent: the
+    // framework sees only TASK_STARTING, again (on the broker's heartbeats), for longer than a heartbeat.
+    let seen = updates_within(&mut fw, "t", Duration::from_secs(5)).await;
+    assert!(seen.len() >= 2, "TASK_STARTING is re-sent: {seen:?}");
+    assert!(
+        seen.iter().all(|s| *s == TaskState::TaskStarting),
+        "{seen:?}"
+    );
+    let tasks = cluster.tasks(&fw.id).await;
+    assert_eq!(
+        tasks[0].status.as_ref().map(|s| s.state()),
+        Some(TaskState::TaskStarting)
+    );
+    // The agent holds the rest in its checkpoint.
+    let stream = agent
+        .work_dir
+        .join("meta/frameworks")
+        .join(&fw.id)
+        .join("tasks/t/updates");
+    assert!(stream.exists(), "{} is checkpointed", stream.display());
+    // Acknowledging each update as it comes lets the next one go, up to the end.
+    let done = fw.await_state("t", TaskState::TaskFinished).await;
+    assert_eq!(done.exit_code, Some(0));
+    eventually(
+        "the acknowledged stream leaves the agent's checkpoint",
+        || async { !stream.exists() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_agent_resends_its_checkpointed_updates_after_a_restart() {
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
+    let mut fw = TestFramework::subscribe(&cluster, "across-agent-restart", "*").await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(&offer.offer_id, vec![task("t", "exit 3", 0.1, 32.0)], 5.0)
+        .await
+        .expect("accept");
+    let first = updates_within(&mut fw, "t", Duration::from_secs(1)).await;
+    assert_eq!(first.first(), Some(&TaskState::TaskStarting), "{first:?}");
+    // The command has long exited; its TASK_RUNNING and TASK_FAILED wait, unacknowledged, in the agent's
+    // checkpoint when the agent dies without a goodbye.
+    let dir = agent.work_dir.clone();
+    agent.service.crash();
+    let _again = cluster.start_agent("cpus:1;mem:256", dir).await;
+    let failed = fw.await_state("t", TaskState::TaskFailed).await;
+    assert_eq!(
+        failed.exit_code,
+        Some(3),
+        "the checkpointed update, as sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_broker_loses_no_status_update() {
+    let mut cluster = Cluster::start().await;
+    let _agent = cluster.add_agent("cpus:1;mem:256").await;
+    let info = allot_proto::common::FrameworkInfo {
+        name: "across-broker-restart".into(),
+        failover_timeout: 600.0,
+        ..Default::default()
+    };
+    let mut fw = TestFramework::subscribe_with(&cluster, info.clone()).await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(&offer.offer_id, vec![task("t", "sleep 2", 0.1, 32.0)], 5.0)
+        .await
+        .expect("accept");
+    fw.await_state("t", TaskState::TaskRunning).await;
+    // The broker dies right after the acknowledgement, most likely before its next flush: what it held in
+    // memory is gone, the agent still has every update it was not told is acknowledged.
+    cluster.restart_broker().await;
+    let mut fw = TestFramework::subscribe_with(
+        &cluster,
+        allot_proto::common::FrameworkInfo {
+            framework_id: fw.id.clone(),
+            ..info
+        },
+    )
+    .await;
+    let done = fw.await_state("t", TaskState::TaskFinished).await;
+    assert_eq!(done.exit_code, Some(0));
+    let store = allot_common::Store::connect(
+        std::slice::from_ref(&cluster.etcd.endpoint),
+        allot_common::store::DEFAULT_ROOT,
+    )
+    .await
+    .expect("etcd");
+    let key = store.task_key(&fw.id, "t");
+    eventually("etcd records TASK_FINISHED, acknowledged", || async {
+        let (t, _) = store
+            .get::<allot_proto::common::TaskRecord>(&key)
+            .await
+            .expect("read")
+            .expect("the task is in etcd");
+        t.acknowledged && t.status.as_ref().map(|s| s.state()) == Some(TaskState::TaskFinished)
+    })
+    .await;
+}

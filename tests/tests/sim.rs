@@ -210,7 +210,7 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
         in_etcd("t1").await.acknowledged
     })
     .await;
-    tokio::time::sleep(allot_offer_broker::broker::ACK_FLUSH_INTERVAL * 3).await;
+    tokio::time::sleep(allot_offer_broker::broker::FLUSH_INTERVAL * 3).await;
     let t2 = in_etcd("t2").await;
     assert_eq!(
         t2.status.as_ref().map(|s| s.state()),

@@ -1,7 +1,7 @@
 //! `allot.agent.v1.Agent`: the offer-broker launches and kills tasks here.
 
 use crate::executor::{Launch, run_task, sandbox_path};
-use crate::{Agent, Running, forward_updates};
+use crate::{Agent, M, Running};
 use allot_common::convert::resources_from_proto;
 use allot_common::valid_id;
 use allot_proto::agent::{agent_server, *};
@@ -96,13 +96,17 @@ impl agent_server::Agent for AgentService {
             };
             let agent = agent.clone();
             tokio::spawn(async move {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let forwarder = tokio::spawn(forward_updates(
-                    agent.broker.clone(),
-                    sandbox.display().to_string(),
-                    launch_context,
-                    rx,
-                ));
+                // Every update goes to the status update manager (checkpointed) as the executor sends it.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let manager = agent.updates.clone();
+                let sandbox = sandbox.display().to_string();
+                let forwarder = tokio::spawn(async move {
+                    while let Some(status) = rx.recv().await {
+                        if let Err(e) = manager.push(status, &sandbox, &launch_context) {
+                            tracing::warn!(error = %e, "cannot checkpoint a status update; it is kept in memory");
+                        }
+                    }
+                });
                 run_task(launch, agent.isolator.clone(), kill, tx).await;
                 let _ = forwarder.await;
                 agent.tasks.lock().expect("tasks poisoned").remove(&key);
@@ -111,6 +115,22 @@ impl agent_server::Agent for AgentService {
             drop(span);
         }
         Ok(Response::new(LaunchTasksResponse {}))
+    }
+
+    async fn acknowledge_status_updates(
+        &self,
+        request: Request<AcknowledgeStatusUpdatesRequest>,
+    ) -> Result<Response<AcknowledgeStatusUpdatesResponse>, Status> {
+        for a in request.into_inner().acknowledgements {
+            if let Some(state) = self
+                .0
+                .updates
+                .acknowledge(&(a.framework_id, a.task_id), &a.uuid)
+            {
+                M.updates.with_label_values(&[state.as_str_name()]).inc();
+            }
+        }
+        Ok(Response::new(AcknowledgeStatusUpdatesResponse {}))
     }
 
     async fn kill_task(

@@ -4,23 +4,26 @@
 //! Layout:
 //! - [`executor`]: the command executor (one process group per task, sandbox, exit codes, kill);
 //! - [`isolation`]: cgroups or rlimits per task;
-//! - [`grpc`]: `allot.agent.v1.Agent` (LaunchTasks, KillTask);
-//! - here: [`Config`], [`run`], registration, heartbeats and the status update stream.
+//! - [`grpc`]: `allot.agent.v1.Agent` (LaunchTasks, KillTask, AcknowledgeStatusUpdates);
+//! - [`status`]: the status update manager (checkpointed, re-sent until the framework acknowledges);
+//! - here: [`Config`], [`run`], registration, heartbeats and the delivery of status updates.
 //!
 //! The AgentID is checkpointed in `<work_dir>/agent_id`, so a restarted agent re-registers as the same agent.
-//! Each task's status updates go to the broker in order and each is retried, with backoff, until the broker
-//! acknowledges it (an OK answer means the update is durable in etcd).
+//! Each task's status updates are checkpointed under `<work_dir>/meta` and go to the broker in order; each is
+//! re-sent until the framework's acknowledgement comes back through the broker (see [`status`]).
 
 pub mod executor;
 pub mod grpc;
 pub mod isolation;
 pub mod sim;
+pub mod status;
 
+use allot_common::AbortOnDrop;
 use allot_common::convert::resources_to_proto;
 use allot_common::grpc::Channel;
 use allot_policy::Resources;
-use allot_proto::agent::{StatusUpdateRequest, status_updates_client::StatusUpdatesClient};
-use allot_proto::common::{AgentInfo, TaskStatus};
+use allot_proto::agent::status_updates_client::StatusUpdatesClient;
+use allot_proto::common::AgentInfo;
 use allot_proto::registry::{
     HeartbeatRequest, RegisterAgentRequest, registry_client::RegistryClient,
 };
@@ -29,7 +32,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Agent configuration: flags, `ALLOT_*` environment variables, or a TOML file (`--config`).
@@ -86,6 +88,10 @@ pub struct Config {
     /// How long a simulated task runs when its command does not say (`sleep N`).
     #[arg(long, env = "ALLOT_SIM_TASK_DURATION", default_value = "1s", value_parser = allot_common::config::parse_duration)]
     pub sim_task_duration: Duration,
+    /// First re-send of a status update that the framework has not acknowledged; doubles each time up to
+    /// 10 min (Mesos: 10 s).
+    #[arg(long, env = "ALLOT_STATUS_UPDATE_RETRY_INTERVAL", default_value = "10s", value_parser = allot_common::config::parse_duration)]
+    pub status_update_retry_interval: Duration,
     /// Default time between SIGTERM and SIGKILL when a task is killed.
     #[arg(long, env = "ALLOT_KILL_GRACE_PERIOD", default_value = "3s", value_parser = allot_common::config::parse_duration)]
     pub kill_grace_period: Duration,
@@ -124,8 +130,8 @@ pub(crate) struct Running {
 
 /// The agent's Prometheus series: `allot_agent_resources{agent, resource, state}` (`state` = `total` or
 /// `used`; cpus in CPUs, mem and disk in MiB), `allot_agent_tasks_running{agent}`,
-/// `allot_agent_status_updates_total{state}` (acknowledged by the broker) and
-/// `allot_agent_status_update_retries_total`.
+/// `allot_agent_status_updates_total{state}` (acknowledged by the framework) and
+/// `allot_agent_status_update_retries_total` (deliveries that failed and were retried).
 struct Metrics {
     resources: allot_telemetry::metrics::prometheus::GaugeVec,
     running: allot_telemetry::metrics::prometheus::GaugeVec,
@@ -148,7 +154,7 @@ static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
         ),
         updates: counter_vec(
             "allot_agent_status_updates_total",
-            "Status updates the broker acknowledged, by state",
+            "Status updates the framework acknowledged, by state",
             &["state"],
         ),
         retries: allot_telemetry::metrics::counter(
@@ -164,7 +170,7 @@ pub struct Agent {
     pub(crate) work_dir: PathBuf,
     pub(crate) isolator: isolation::Isolator,
     pub(crate) grace: Duration,
-    pub(crate) broker: StatusUpdatesClient<Channel>,
+    pub(crate) updates: Arc<status::StatusUpdateManager>,
     pub(crate) tasks: Mutex<HashMap<(String, String), Running>>,
     /// The address the broker reaches this agent at (the `agent` label of its series).
     pub(crate) address: String,
@@ -204,55 +210,38 @@ impl Agent {
     }
 }
 
-/// Sends `updates` of one task to the broker in order, retrying each until it is acknowledged. Each update
-/// is a `status update` span whose parent is the task's launch (`launch_context`, W3C), so the update joins
-/// the trace of the ACCEPT that launched the task.
-async fn forward_updates(
+/// Delivers `due` status updates to the broker, one `Update` call each, in order. Each update is a
+/// `status update` span whose parent is the task's launch (its W3C context), so the update joins the trace of
+/// the ACCEPT that launched the task. An update the broker refuses as malformed is dropped.
+///
+/// # Errors
+/// The first failed call's status; the manager re-sends every head after a backoff.
+async fn deliver(
     mut client: StatusUpdatesClient<Channel>,
-    sandbox: String,
-    launch_context: HashMap<String, String>,
-    mut updates: mpsc::UnboundedReceiver<TaskStatus>,
-) {
+    updates: &status::StatusUpdateManager,
+    due: Vec<status::Outgoing>,
+) -> Result<(), tonic::Status> {
     use tracing::Instrument as _;
-    while let Some(status) = updates.recv().await {
-        let span = allot_common::status_update_span(&status, "internal");
-        allot_telemetry::propagation::set_parent_from_map(&span, &launch_context);
-        deliver(&mut client, &sandbox, &status)
-            .instrument(span)
-            .await;
-    }
-}
-
-/// Delivers one status update, retrying with backoff until the broker acknowledges or refuses it.
-async fn deliver(client: &mut StatusUpdatesClient<Channel>, sandbox: &str, status: &TaskStatus) {
-    let mut delays = allot_common::retry_delays(Duration::from_millis(100));
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        tracing::Span::current().record("allot.attempts", attempts);
-        let req = StatusUpdateRequest {
-            status: Some(status.clone()),
-            sandbox: sandbox.to_string(),
+    for o in due {
+        let Some(status) = o.request.status.clone() else {
+            continue;
         };
-        match client.update(req).await {
-            Ok(_) => {
-                M.updates
-                    .with_label_values(&[status.state().as_str_name()])
-                    .inc();
-                break;
-            }
+        let span = allot_common::status_update_span(&status, "internal");
+        allot_telemetry::propagation::set_parent_from_map(&span, &o.context);
+        match client.update(o.request).instrument(span).await {
+            Ok(_) => {}
             Err(e) if e.code() == tonic::Code::InvalidArgument => {
                 tracing::warn!(task = %status.task_id, error = %e.message(), "broker refused a status update; dropped");
-                break;
+                let key = (status.framework_id.clone(), status.task_id.clone());
+                updates.acknowledge(&key, &status.uuid);
             }
             Err(e) => {
                 M.retries.inc();
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::debug!(task = %status.task_id, error = %e.message(), ?delay, "status update not acknowledged; retrying");
-                tokio::time::sleep(delay).await;
+                return Err(e);
             }
         }
     }
+    Ok(())
 }
 
 fn default_resources() -> Resources {
@@ -375,12 +364,32 @@ pub async fn run(
         address.replace([':', '.'], "_")
     );
     let isolator = isolation::detect(config.isolation, &cgroup_parent)?;
+    let meta = work_dir.join("meta");
+    let updates = Arc::new(
+        status::StatusUpdateManager::recover(&meta, config.status_update_retry_interval).map_err(
+            |source| Error::WorkDir {
+                path: meta.display().to_string(),
+                source,
+            },
+        )?,
+    );
+    let broker = StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?);
+    let stop_updates = CancellationToken::new();
+    // Aborted with `run`: a crashed agent sends nothing more (its checkpoint has what is left).
+    let mut update_sender = {
+        let (updates, stop) = (updates.clone(), stop_updates.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            updates
+                .run(|due| deliver(broker.clone(), &updates, due), stop)
+                .await
+        }))
+    };
     let agent = Arc::new(Agent {
         agent_id: Mutex::new(checkpointed.clone()),
         work_dir: work_dir.clone(),
         isolator,
         grace: config.kill_grace_period,
-        broker: StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?),
+        updates: updates.clone(),
         tasks: Mutex::new(HashMap::new()),
         address: address.clone(),
         total: resources.clone(),
@@ -414,20 +423,15 @@ pub async fn run(
     for t in &tokens {
         t.cancel();
     }
+    // Until acknowledged, what is left stays checkpointed and goes out after the next start.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while agent.running() > 0 && tokio::time::Instant::now() < deadline {
+    while (agent.running() > 0 || updates.pending() > 0) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    stop_updates.cancel();
+    let _ = (&mut update_sender.0).await;
     result?;
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Registers (with the AgentID in `id`, if any), records the ID in `id` and in `id_file` (when given), then

@@ -10,16 +10,19 @@
 //! TASK_KILLED. (A Mesos executor may report TASK_RUNNING without TASK_STARTING; the simulator does, to spend
 //! the control plane's effort on the updates that matter.)
 //!
-//! Status updates go through one [`UpdateQueue`] for the whole process: what queues up while a call is in
-//! flight goes in the next `UpdateBatch` call, in order, and a batch is retried with backoff until the broker
-//! acknowledges it (at-least-once, in order per task, as for a real agent).
+//! Status updates go through one [`StatusUpdateManager`] for the whole process (in memory, not checkpointed):
+//! the heads of every task's stream that are due go in one `UpdateBatch` call, and each update is re-sent until
+//! the framework's acknowledgement comes back through the broker (at-least-once, in order per task, as for a
+//! real agent).
 
-use crate::{AbortOnDrop, Error, Node, keep_registered};
+use crate::status::{Outgoing, StatusUpdateManager};
+use crate::{Error, Node, keep_registered};
+use allot_common::AbortOnDrop;
 use allot_common::grpc::Channel;
 use allot_proto::agent::{
-    KillTaskRequest, KillTaskResponse, LaunchTasksRequest, LaunchTasksResponse,
-    StatusUpdateBatchRequest, StatusUpdateRequest, agent_server,
-    status_updates_client::StatusUpdatesClient,
+    AcknowledgeStatusUpdatesRequest, AcknowledgeStatusUpdatesResponse, KillTaskRequest,
+    KillTaskResponse, LaunchTasksRequest, LaunchTasksResponse, StatusUpdateBatchRequest,
+    agent_server, status_updates_client::StatusUpdatesClient,
 };
 use allot_proto::common::{StatusSource, TaskState, TaskStatus};
 use allot_proto::registry::registry_client::RegistryClient;
@@ -27,18 +30,15 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 /// How many simulated agents register at the same time.
 const REGISTER_CONCURRENCY: usize = 64;
 
-/// The most status updates one `UpdateBatch` call carries.
-const MAX_UPDATES_PER_CALL: usize = 1024;
-
 /// The simulator's series: `allot_sim_agents_registered`, `allot_sim_tasks_running`,
-/// `allot_sim_status_updates_total` (acknowledged by the broker) and `allot_sim_update_batches_total`.
+/// `allot_sim_status_updates_total` (acknowledged by the framework) and `allot_sim_update_batches_total`
+/// (`UpdateBatch` calls the broker answered).
 struct Metrics {
     registered: allot_telemetry::metrics::prometheus::Gauge,
     running: allot_telemetry::metrics::prometheus::Gauge,
@@ -59,71 +59,45 @@ static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
         ),
         updates: counter(
             "allot_sim_status_updates_total",
-            "Status updates of simulated tasks the broker acknowledged",
+            "Status updates of simulated tasks the framework acknowledged",
         ),
         batches: counter(
             "allot_sim_update_batches_total",
-            "UpdateBatch calls the broker acknowledged",
+            "UpdateBatch calls the broker answered with OK",
         ),
     }
 });
 
-/// A process-wide status update queue: updates are sent in order, many per call, each batch retried with
-/// backoff until the broker acknowledges it.
-#[derive(Clone)]
-pub struct UpdateQueue(mpsc::UnboundedSender<StatusUpdateRequest>);
-
-impl UpdateQueue {
-    /// Starts the sender, which delivers to `broker` until every handle is dropped and the queue is empty.
-    pub fn start(
-        broker: StatusUpdatesClient<Channel>,
-    ) -> (UpdateQueue, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (UpdateQueue(tx), tokio::spawn(send_batches(broker, rx)))
-    }
-
-    /// Queues `status` of a task whose sandbox is `sandbox`.
-    pub fn push(&self, status: TaskStatus, sandbox: &str) {
-        let _ = self.0.send(StatusUpdateRequest {
-            status: Some(status),
-            sandbox: sandbox.to_string(),
-        });
-    }
-}
-
-async fn send_batches(
+/// Sends `due` updates to the broker in one `UpdateBatch` call.
+///
+/// # Errors
+/// The call's status when the broker did not answer OK (a malformed batch is dropped instead).
+async fn send_batch(
     mut broker: StatusUpdatesClient<Channel>,
-    mut rx: mpsc::UnboundedReceiver<StatusUpdateRequest>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut updates = vec![first];
-        while updates.len() < MAX_UPDATES_PER_CALL {
-            match rx.try_recv() {
-                Ok(u) => updates.push(u),
-                Err(_) => break,
-            }
+    updates: &StatusUpdateManager,
+    due: Vec<Outgoing>,
+) -> Result<(), Status> {
+    let keys: Vec<_> = due
+        .iter()
+        .filter_map(|o| o.request.status.as_ref())
+        .map(|s| ((s.framework_id.clone(), s.task_id.clone()), s.uuid.clone()))
+        .collect();
+    let req = StatusUpdateBatchRequest {
+        updates: due.into_iter().map(|o| o.request).collect(),
+    };
+    match broker.update_batch(req).await {
+        Ok(_) => {
+            M.batches.inc();
+            Ok(())
         }
-        let n = updates.len() as u64;
-        let req = StatusUpdateBatchRequest { updates };
-        let mut delays = allot_common::retry_delays(Duration::from_millis(100));
-        loop {
-            match broker.update_batch(req.clone()).await {
-                Ok(_) => {
-                    M.updates.inc_by(n);
-                    M.batches.inc();
-                    break;
-                }
-                Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                    tracing::warn!(error = %e.message(), updates = n, "broker refused a batch of status updates; dropped");
-                    break;
-                }
-                Err(e) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tracing::debug!(error = %e.message(), ?delay, "status updates not acknowledged; retrying");
-                    tokio::time::sleep(delay).await;
-                }
+        Err(e) if e.code() == tonic::Code::InvalidArgument => {
+            tracing::warn!(error = %e.message(), updates = keys.len(), "broker refused a batch of status updates; dropped");
+            for (key, uuid) in keys {
+                updates.acknowledge(&key, &uuid);
             }
+            Ok(())
         }
+        Err(e) => Err(e),
     }
 }
 
@@ -133,7 +107,7 @@ struct Sim {
     agents: HashSet<String>,
     /// Running tasks by `(framework_id, task_id)`.
     tasks: Mutex<HashMap<(String, String), CancellationToken>>,
-    updates: UpdateQueue,
+    updates: Arc<StatusUpdateManager>,
     duration: Duration,
 }
 
@@ -160,6 +134,13 @@ fn duration_of(command: &str, default: Duration) -> Duration {
         .filter(|n| n.is_finite() && *n >= 0.0)
         .map(Duration::from_secs_f64)
         .unwrap_or(default)
+}
+
+impl Sim {
+    fn push(&self, status: TaskStatus) {
+        // In memory only: this cannot fail.
+        let _ = self.updates.push(status, "", &HashMap::new());
+    }
 }
 
 struct SimService(Arc<Sim>);
@@ -198,10 +179,13 @@ impl agent_server::Agent for SimService {
                 .unwrap_or("");
             let duration = duration_of(command, sim.duration);
             let (fw, agent) = (r.framework_id.clone(), task.agent_id);
-            sim.updates.push(
-                status(&fw, &agent, &key.1, TaskState::TaskRunning, "simulated"),
-                "",
-            );
+            sim.push(status(
+                &fw,
+                &agent,
+                &key.1,
+                TaskState::TaskRunning,
+                "simulated",
+            ));
             let sim = sim.clone();
             tokio::spawn(async move {
                 let (state, message) = tokio::select! {
@@ -210,11 +194,29 @@ impl agent_server::Agent for SimService {
                 };
                 sim.tasks.lock().expect("tasks poisoned").remove(&key);
                 M.running.dec();
-                sim.updates
-                    .push(status(&fw, &agent, &key.1, state, message), "");
+                sim.push(status(&fw, &agent, &key.1, state, message));
             });
         }
         Ok(Response::new(LaunchTasksResponse {}))
+    }
+
+    async fn acknowledge_status_updates(
+        &self,
+        request: Request<AcknowledgeStatusUpdatesRequest>,
+    ) -> Result<Response<AcknowledgeStatusUpdatesResponse>, Status> {
+        let mut n = 0;
+        for a in request.into_inner().acknowledgements {
+            if self
+                .0
+                .updates
+                .acknowledge(&(a.framework_id, a.task_id), &a.uuid)
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        M.updates.inc_by(n);
+        Ok(Response::new(AcknowledgeStatusUpdatesResponse {}))
     }
 
     async fn kill_task(
@@ -270,13 +272,23 @@ pub async fn run(
             format!("{host}-sim{i}")
         })
         .collect();
-    let (updates, sender) = UpdateQueue::start(StatusUpdatesClient::new(
-        allot_common::grpc::channel(&config.broker)?,
+    let updates = Arc::new(StatusUpdateManager::in_memory(
+        config.status_update_retry_interval,
     ));
+    let broker = StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?);
+    let stop_updates = CancellationToken::new();
+    let mut sender = {
+        let (updates, stop) = (updates.clone(), stop_updates.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            updates
+                .run(|due| send_batch(broker.clone(), &updates, due), stop)
+                .await
+        }))
+    };
     let sim = Arc::new(Sim {
         agents: ids.iter().cloned().collect(),
         tasks: Mutex::new(HashMap::new()),
-        updates,
+        updates: updates.clone(),
         duration: config.sim_task_duration,
     });
     tracing::info!(agents = n, address = %node.info.address, resources = %node.resources, "simulated agents starting");
@@ -325,8 +337,12 @@ pub async fn run(
     for k in running {
         k.cancel();
     }
-    drop(sim);
-    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while updates.pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_updates.cancel();
+    let _ = (&mut sender.0).await;
     result?;
     Ok(())
 }

@@ -93,6 +93,16 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
 
+/// A background task that is aborted when this handle is dropped: a service whose `run` future is dropped
+/// (a crash in a test, an aborted task) stops its background work with it.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

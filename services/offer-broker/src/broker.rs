@@ -13,7 +13,10 @@ use allot_common::convert::{
 use allot_common::grpc::Channel;
 use allot_common::store::{Kind, decode};
 use allot_policy::Resources;
-use allot_proto::agent::{KillTaskRequest, LaunchTasksRequest, agent_client::AgentClient};
+use allot_proto::agent::{
+    AcknowledgeStatusUpdatesRequest, KillTaskRequest, LaunchTasksRequest,
+    StatusUpdateAcknowledgement, agent_client::AgentClient,
+};
 use allot_proto::allocator::{
     ActivateFrameworkRequest, DeactivateFrameworkRequest, LaunchedTask, RecoverOffersRequest,
     ReviveRequest, SubscribeRequest as AllocSubscribe, SuppressRequest,
@@ -36,11 +39,16 @@ use tracing::Instrument as _;
 /// The sender of a framework's event stream.
 pub type EventSender = mpsc::UnboundedSender<Result<Event, Status>>;
 
-/// How often acknowledgements are written to etcd. An ACKNOWLEDGE takes effect in memory at once and is
-/// persisted with the others of the same interval in as few transactions as fit; an acknowledged update that a
-/// newer one replaced in the meantime needs no write at all (the newer record is written unacknowledged). A
-/// broker that dies within the interval re-sends those updates after its restart: at least once, as promised.
-pub const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the status of tasks reaches etcd. Agents' status updates and frameworks' acknowledgements take
+/// effect in memory at once (an update is forwarded to its framework as it arrives) and are written in batches:
+/// at every flush, each task whose latest update is acknowledged is written (state and acknowledgement in one
+/// record); a task whose update is still unacknowledged is written at the flush after (so that an ACK that
+/// comes within one interval costs no second write). Only after the write does the broker pass the
+/// acknowledgement on to the agent (`Agent.AcknowledgeStatusUpdates`), whose status update manager has kept and
+/// re-sent the update until then: a broker that dies before a flush loses nothing an agent does not still
+/// hold. Updates the broker makes itself (TASK_LOST, TASK_UNREACHABLE) have no agent to keep them and are
+/// written before they are forwarded.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Mesos' default `refuse_seconds` when a DECLINE or ACCEPT carries no filters.
 pub const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
@@ -67,8 +75,14 @@ struct Inner {
     tasks: HashMap<(String, String), TaskRecord>,
     agents: HashMap<String, AgentRecord>,
     alive: HashSet<String>,
-    /// Tasks whose acknowledgement is in memory but not yet in etcd (see [`ACK_FLUSH_INTERVAL`]).
-    unflushed_acks: HashSet<(String, String)>,
+    /// Tasks whose record in memory is newer than in etcd, with the flush count when they changed (see
+    /// [`FLUSH_INTERVAL`]).
+    dirty: HashMap<(String, String), u64>,
+    /// Flushes so far.
+    flushes: u64,
+    /// Acknowledgements to pass on to agents with the next flush: repeats of updates already recorded as
+    /// acknowledged, and updates dropped (unknown task, after a terminal state).
+    agent_acks: Vec<StatusUpdateAcknowledgement>,
 }
 
 impl Inner {
@@ -94,6 +108,22 @@ pub struct Broker {
     heartbeat_interval: Duration,
     inner: Mutex<Inner>,
     agent_clients: Mutex<HashMap<String, AgentClient<Channel>>>,
+    /// Held by whoever writes task records from memory (the flush and the broker's own updates), so that an
+    /// older snapshot of a task never overwrites a newer one in etcd. The ACCEPT's TASK_STAGING writes need
+    /// not: they create keys that nothing else writes yet.
+    task_writes: tokio::sync::Mutex<()>,
+}
+
+/// The acknowledgement for the agent of `status` (`None` for an update the broker made itself).
+fn agent_ack(status: &TaskStatus) -> Option<StatusUpdateAcknowledgement> {
+    (status.source() != StatusSource::SourceMaster && !status.agent_id.is_empty()).then(|| {
+        StatusUpdateAcknowledgement {
+            agent_id: status.agent_id.clone(),
+            framework_id: status.framework_id.clone(),
+            task_id: status.task_id.clone(),
+            uuid: status.uuid.clone(),
+        }
+    })
 }
 
 /// An event without trace context.
@@ -138,6 +168,7 @@ impl Broker {
             heartbeat_interval,
             inner: Mutex::new(Inner::default()),
             agent_clients: Mutex::new(HashMap::new()),
+            task_writes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -219,7 +250,7 @@ impl Broker {
         )));
         handles.push(tokio::spawn(self.clone().follow_allocator()));
         handles.push(tokio::spawn(self.clone().heartbeats()));
-        handles.push(tokio::spawn(self.clone().flush_acks()));
+        handles.push(tokio::spawn(self.clone().flush()));
         Ok(handles)
     }
 
@@ -845,21 +876,32 @@ impl Broker {
         Ok(n)
     }
 
-    /// A client for agent `agent_id`, from the cached record or, when the cache has not caught up, from etcd.
-    async fn agent_client(&self, agent_id: &str) -> Option<AgentClient<Channel>> {
+    /// The gRPC address of agent `agent_id`, from the cached record or, when the cache has not caught up, from
+    /// etcd.
+    async fn agent_address(&self, agent_id: &str) -> Option<String> {
         let cached = self
             .lock()
             .agents
             .get(agent_id)
             .and_then(|a| a.info.as_ref().map(|i| i.address.clone()));
-        let addr = match cached {
-            Some(a) => a,
+        match cached {
+            Some(a) => Some(a),
             None => {
                 let key = self.store.key(Kind::Agents, agent_id);
                 let (rec, _) = self.store.get::<AgentRecord>(&key).await.ok()??;
-                rec.info?.address
+                Some(rec.info?.address)
             }
-        };
+        }
+    }
+
+    /// A client for agent `agent_id` (see [`Broker::agent_address`]).
+    async fn agent_client(&self, agent_id: &str) -> Option<AgentClient<Channel>> {
+        let addr = self.agent_address(agent_id).await?;
+        self.client_at(addr)
+    }
+
+    /// A client for the agent (or simulator) at `addr`, made once and cached.
+    fn client_at(&self, addr: String) -> Option<AgentClient<Channel>> {
         let mut clients = self.agent_clients.lock().expect("agent clients poisoned");
         if let Some(c) = clients.get(&addr) {
             return Some(c.clone());
@@ -912,7 +954,7 @@ impl Broker {
         if tasks.is_empty() {
             return;
         }
-        let updates: Vec<(TaskStatus, Option<String>)> = {
+        let updates: Vec<TaskStatus> = {
             let inner = self.lock();
             tasks
                 .iter()
@@ -922,7 +964,7 @@ impl Broker {
                         .get(&(fw.clone(), task.clone()))
                         .and_then(|t| t.task.as_ref().map(|t| t.agent_id.clone()))
                         .unwrap_or_default();
-                    let status = TaskStatus {
+                    TaskStatus {
                         task_id: task.clone(),
                         state: state as i32,
                         message: message.to_string(),
@@ -933,8 +975,7 @@ impl Broker {
                         timestamp: allot_common::now_secs(),
                         uuid: new_uuid(),
                         exit_code: None,
-                    };
-                    (status, None)
+                    }
                 })
                 .collect()
         };
@@ -943,34 +984,29 @@ impl Broker {
         }
     }
 
-    /// Records a status update and forwards it to its framework. Duplicates and updates after a terminal
-    /// state are acknowledged and dropped; unknown tasks are acknowledged and dropped with a warning.
+    /// A status update from an agent: forwarded to its framework at once and written to etcd lazily (see
+    /// [`FLUSH_INTERVAL`]). A repeat of an update already recorded as acknowledged is acknowledged to the agent
+    /// again; a repeat of an unacknowledged one is dropped (the broker's heartbeats re-send unacknowledged
+    /// updates to the framework); an update for an unknown task or after a terminal state is acknowledged to
+    /// the agent and dropped (with a warning for unknown tasks).
     ///
     /// # Errors
-    /// `INVALID_ARGUMENT` for an update without IDs; `UNAVAILABLE` if etcd cannot persist it (the agent retries).
-    pub async fn status_update(
-        &self,
-        status: TaskStatus,
-        sandbox: Option<String>,
-    ) -> Result<(), Status> {
+    /// `INVALID_ARGUMENT` for an update without IDs.
+    pub fn status_update(&self, status: TaskStatus, sandbox: Option<String>) -> Result<(), Status> {
         if status.task_id.is_empty() || status.framework_id.is_empty() {
             return Err(Status::invalid_argument(
                 "a status update needs task_id and framework_id",
             ));
         }
         let span = allot_common::status_update_span(&status, "internal");
-        self.record_updates(vec![(status, sandbox)])
-            .instrument(span)
-            .await
+        let _entered = span.enter();
+        self.receive_updates(vec![(status, sandbox)]);
+        Ok(())
     }
 
-    /// Records a batch of status updates (each with its sandbox) from one agent, in order, and forwards them.
-    /// Updates without IDs are dropped with a warning; the rest are recorded as by [`Broker::status_update`]
-    /// (several updates of one task in the batch are all forwarded, the latest is persisted).
-    ///
-    /// # Errors
-    /// `UNAVAILABLE` if etcd cannot persist them; the agent retries the batch (repeats are dropped by uuid).
-    pub async fn status_updates(&self, updates: Vec<(TaskStatus, String)>) -> Result<(), Status> {
+    /// A batch of status updates (each with its sandbox) from one agent, in order, each handled as by
+    /// [`Broker::status_update`]. Updates without IDs are dropped with a warning.
+    pub fn status_updates(&self, updates: Vec<(TaskStatus, String)>) {
         let updates: Vec<(TaskStatus, Option<String>)> = updates
             .into_iter()
             .filter(|(s, _)| {
@@ -983,60 +1019,95 @@ impl Broker {
             .map(|(s, sandbox)| (s, Some(sandbox)))
             .collect();
         let span = tracing::info_span!("status updates", allot.updates = updates.len());
-        self.record_updates(updates).instrument(span).await
+        let _entered = span.enter();
+        self.receive_updates(updates);
     }
 
-    /// Records `updates` (each with the task's sandbox, if the agent reported one) in one etcd transaction,
-    /// then forwards each to its framework. Updates for unknown tasks, repeated updates (same uuid) and updates
-    /// after a terminal state are dropped.
+    /// Applies agents' `updates` in memory, marks their tasks for the next flush and forwards them.
+    fn receive_updates(&self, updates: Vec<(TaskStatus, Option<String>)>) {
+        let mut forward: Vec<TaskStatus> = Vec::with_capacity(updates.len());
+        let mut fresh = 0usize;
+        {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            for (mut status, sandbox) in updates {
+                if status.uuid.is_empty() {
+                    // Nothing can acknowledge it to its sender; it still reaches the framework once.
+                    status.uuid = new_uuid();
+                }
+                let key = (status.framework_id.clone(), status.task_id.clone());
+                let Some(rec) = inner.tasks.get_mut(&key) else {
+                    tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
+                    inner.agent_acks.extend(agent_ack(&status));
+                    continue;
+                };
+                if let Some(cur) = &rec.status {
+                    if cur.uuid == status.uuid {
+                        // Unacknowledged, it is re-sent to the framework on heartbeats; acknowledged but not
+                        // yet written, the flush acknowledges it to the agent.
+                        if rec.acknowledged && !inner.dirty.contains_key(&key) {
+                            inner.agent_acks.extend(agent_ack(&status));
+                        }
+                        continue;
+                    }
+                    if cur.state().is_terminal() {
+                        inner.agent_acks.extend(agent_ack(&status));
+                        continue;
+                    }
+                }
+                rec.status = Some(status.clone());
+                rec.acknowledged = false;
+                if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
+                    rec.sandbox = s;
+                }
+                inner.dirty.insert(key, inner.flushes);
+                M.updates
+                    .with_label_values(&[status.state().as_str_name()])
+                    .inc();
+                tracing::debug!(framework = %status.framework_id, task = %status.task_id,
+                    state = status.state().as_str_name(), "status update");
+                fresh += 1;
+                forward.push(status);
+            }
+        }
+        tracing::debug!(
+            updates = forward.len(),
+            new = fresh,
+            "status updates received"
+        );
+        self.send_updates(forward);
+    }
+
+    /// Records `updates` that the broker makes itself (each from the task's record in memory) in etcd, then
+    /// forwards each to its framework. Updates for unknown tasks and after a terminal state are dropped.
     ///
     /// # Errors
     /// `UNAVAILABLE` if etcd cannot persist them; nothing is recorded or forwarded then.
-    async fn record_updates(
-        &self,
-        updates: Vec<(TaskStatus, Option<String>)>,
-    ) -> Result<(), Status> {
+    async fn record_updates(&self, updates: Vec<TaskStatus>) -> Result<(), Status> {
+        let _writes = self.task_writes.lock().await;
         let mut records: Vec<(String, TaskRecord)> = Vec::with_capacity(updates.len());
         let mut statuses: Vec<TaskStatus> = Vec::with_capacity(updates.len());
         {
             let inner = self.lock();
-            // A task's later update in the same batch builds on its earlier one; only the latest record of
-            // each task is written (etcd refuses a transaction naming a key twice), every update is forwarded.
-            let mut slot: HashMap<(String, String), usize> = HashMap::new();
-            for (mut status, sandbox) in updates {
-                if status.uuid.is_empty() {
-                    status.uuid = new_uuid();
-                }
+            let mut seen: HashSet<(String, String)> = HashSet::new();
+            for status in updates {
                 let key = (status.framework_id.clone(), status.task_id.clone());
-                let earlier = slot.get(&key).copied();
-                let current = match earlier {
-                    Some(i) => &records[i].1,
-                    None => match inner.tasks.get(&key) {
-                        Some(c) => c,
-                        None => {
-                            tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
-                            continue;
-                        }
-                    },
+                let Some(current) = inner.tasks.get(&key) else {
+                    tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
+                    continue;
                 };
-                if let Some(cur) = &current.status
-                    && (cur.uuid == status.uuid || cur.state().is_terminal())
+                if current
+                    .status
+                    .as_ref()
+                    .is_some_and(|c| c.state().is_terminal())
+                    || !seen.insert(key.clone())
                 {
                     continue;
                 }
                 let mut rec = current.clone();
                 rec.status = Some(status.clone());
                 rec.acknowledged = false;
-                if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
-                    rec.sandbox = s;
-                }
-                match earlier {
-                    Some(i) => records[i].1 = rec,
-                    None => {
-                        slot.insert(key.clone(), records.len());
-                        records.push((self.store.task_key(&key.0, &key.1), rec));
-                    }
-                }
+                records.push((self.store.task_key(&key.0, &key.1), rec));
                 statuses.push(status);
             }
         }
@@ -1051,16 +1122,14 @@ impl Broker {
             M.updates
                 .with_label_values(&[status.state().as_str_name()])
                 .inc();
-            tracing::debug!(framework = %status.framework_id, task = %status.task_id,
-                state = status.state().as_str_name(), "status update");
         }
         self.send_updates(statuses);
         Ok(())
     }
 
     /// ACKNOWLEDGE: the framework has seen the updates `(task_id, uuid)` of `acks`. Takes effect in memory at
-    /// once and reaches etcd with the next flush (within [`ACK_FLUSH_INTERVAL`]). An acknowledgement of an
-    /// update that is not the task's latest is ignored.
+    /// once and reaches etcd, then the agent, with the next flush (see [`FLUSH_INTERVAL`]). An acknowledgement
+    /// of an update that is not the task's latest is ignored.
     ///
     /// # Errors
     /// `FAILED_PRECONDITION` if not subscribed; `NOT_FOUND` if any task is unknown (nothing is acknowledged
@@ -1075,63 +1144,114 @@ impl Broker {
         if let Some(((_, task), _)) = acks.iter().find(|(key, _)| !inner.tasks.contains_key(key)) {
             return Err(Status::not_found(format!("task {task} is unknown")));
         }
+        let flushes = inner.flushes;
         for (key, uuid) in acks {
             if let Some(rec) = inner.tasks.get_mut(&key)
                 && !rec.acknowledged
                 && rec.status.as_ref().map(|s| &s.uuid) == Some(&uuid)
             {
                 rec.acknowledged = true;
-                inner.unflushed_acks.insert(key);
+                inner.dirty.entry(key).or_insert(flushes);
             }
         }
         Ok(())
     }
 
-    /// Writes the acknowledgements taken since the last flush, every [`ACK_FLUSH_INTERVAL`]; on an etcd error
-    /// they are kept for the next round.
-    async fn flush_acks(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(ACK_FLUSH_INTERVAL);
+    /// Flushes every [`FLUSH_INTERVAL`] until the broker is dropped.
+    async fn flush(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            // Each record is written only if etcd still holds the unacknowledged record of the same update:
-            // a newer update written meanwhile (or in flight) must not be overwritten by an older state.
-            let (keys, records): (Vec<_>, Vec<_>) = {
-                let mut inner = self.lock();
-                let keys: Vec<(String, String)> = inner.unflushed_acks.drain().collect();
-                keys.into_iter()
-                    .filter_map(|k| {
-                        let rec = inner.tasks.get(&k).filter(|r| r.acknowledged)?;
-                        let unacked = TaskRecord {
-                            acknowledged: false,
-                            ..rec.clone()
-                        };
-                        let key = self.store.task_key(&k.0, &k.1);
-                        Some((
-                            k,
-                            (key, prost::Message::encode_to_vec(&unacked), rec.clone()),
-                        ))
-                    })
-                    .unzip()
-            };
-            let store = &self.store;
-            let chunks = records
-                .chunks(allot_common::store::MAX_TXN_OPS)
-                .zip(keys.chunks(allot_common::store::MAX_TXN_OPS))
-                .map(
-                    |(records, keys)| async move { (store.put_if_unchanged(records).await, keys) },
-                );
-            for (result, keys) in futures::future::join_all(chunks).await {
-                match result {
-                    Ok(true) => {}
-                    // Some task changed meanwhile: the next round writes those still acknowledged.
-                    Ok(false) => self.lock().unflushed_acks.extend(keys.iter().cloned()),
-                    Err(e) => {
-                        tracing::warn!(acknowledgements = keys.len(), error = %e, "cannot persist acknowledgements; retrying");
-                        self.lock().unflushed_acks.extend(keys.iter().cloned());
+            self.flush_once().await;
+        }
+    }
+
+    /// Writes the tasks that are due (see [`FLUSH_INTERVAL`]) in as few transactions as fit, then passes the
+    /// acknowledgements now recorded in etcd on to their agents. On an etcd error the tasks stay due for the
+    /// next flush and their agents hear nothing (they re-send).
+    pub async fn flush_once(&self) {
+        let _writes = self.task_writes.lock().await;
+        let (records, mut acks) = {
+            let mut inner = self.lock();
+            inner.flushes += 1;
+            let now = inner.flushes;
+            let inner = &mut *inner;
+            let tasks = &inner.tasks;
+            let due: Vec<(String, String)> = inner
+                .dirty
+                .iter()
+                .filter(|(k, since)| {
+                    *since + 2 <= now || tasks.get(*k).is_some_and(|r| r.acknowledged)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            let records: Vec<(String, TaskRecord)> = due
+                .into_iter()
+                .filter_map(|k| {
+                    inner.dirty.remove(&k);
+                    let rec = tasks.get(&k)?.clone();
+                    Some((self.store.task_key(&k.0, &k.1), rec))
+                })
+                .collect();
+            (records, std::mem::take(&mut inner.agent_acks))
+        };
+        let store = &self.store;
+        let chunks = records
+            .chunks(allot_common::store::MAX_TXN_OPS)
+            .map(|c| async move { (store.put_all(c).await, c) });
+        for (result, chunk) in futures::future::join_all(chunks).await {
+            match result {
+                Ok(_) => acks.extend(
+                    chunk
+                        .iter()
+                        .filter(|(_, r)| r.acknowledged)
+                        .filter_map(|(_, r)| agent_ack(r.status.as_ref()?)),
+                ),
+                Err(e) => {
+                    tracing::warn!(tasks = chunk.len(), error = %e, "cannot persist task status; retrying");
+                    let mut inner = self.lock();
+                    for (_, r) in chunk {
+                        inner.dirty.insert(task_key(r), 0);
                     }
                 }
             }
+        }
+        self.send_agent_acks(acks).await;
+    }
+
+    /// Passes acknowledgements on to agents: one call per agent address (a simulator holds many agents). A
+    /// call that fails is not retried: the agent re-sends the update and hears the acknowledgement again.
+    async fn send_agent_acks(&self, acks: Vec<StatusUpdateAcknowledgement>) {
+        if acks.is_empty() {
+            return;
+        }
+        let mut by_agent: HashMap<String, Vec<StatusUpdateAcknowledgement>> = HashMap::new();
+        for a in acks {
+            by_agent.entry(a.agent_id.clone()).or_default().push(a);
+        }
+        let mut by_address: HashMap<String, Vec<StatusUpdateAcknowledgement>> = HashMap::new();
+        for (agent, acks) in by_agent {
+            match self.agent_address(&agent).await {
+                Some(addr) => by_address.entry(addr).or_default().extend(acks),
+                None => tracing::debug!(%agent, "acknowledgements for an unknown agent dropped"),
+            }
+        }
+        for (addr, acknowledgements) in by_address {
+            let Some(mut client) = self.client_at(addr.clone()) else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let n = acknowledgements.len();
+                if let Err(e) = client
+                    .acknowledge_status_updates(AcknowledgeStatusUpdatesRequest {
+                        acknowledgements,
+                    })
+                    .await
+                {
+                    tracing::debug!(agent = %addr, acknowledgements = n, error = %e.message(), "cannot pass acknowledgements on; the agent will re-send");
+                }
+            });
         }
     }
 

@@ -187,7 +187,7 @@ impl StatusUpdates for StatusService {
         let status = r
             .status
             .ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
-        self.0.status_update(status, Some(r.sandbox)).await?;
+        self.0.status_update(status, Some(r.sandbox))?;
         Ok(Response::new(StatusUpdateResponse {}))
     }
 
@@ -201,7 +201,7 @@ impl StatusUpdates for StatusService {
             .into_iter()
             .filter_map(|u| Some((u.status?, u.sandbox)))
             .collect();
-        self.0.status_updates(updates).await?;
+        self.0.status_updates(updates);
         Ok(Response::new(StatusUpdateResponse {}))
     }
 }

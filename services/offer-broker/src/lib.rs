@@ -68,7 +68,14 @@ pub async fn run(
         allocator,
         config.heartbeat_interval,
     ));
-    let background = broker.clone().start().await?;
+    // Aborted when `run` returns or is dropped.
+    let _background: Vec<allot_common::AbortOnDrop> = broker
+        .clone()
+        .start()
+        .await?
+        .into_iter()
+        .map(allot_common::AbortOnDrop)
+        .collect();
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         allocator = %config.allocator,
@@ -93,10 +100,6 @@ pub async fn run(
             OperatorServer::new(grpc::OperatorService(broker.clone()))
                 .max_decoding_message_size(max),
         );
-    let result = allot_common::grpc::serve(router, listener, shutdown).await;
-    for h in background {
-        h.abort();
-    }
-    result?;
+    allot_common::grpc::serve(router, listener, shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,492 @@
+//! The status update manager (Mesos' `StatusUpdateManager`): every status update of a task is kept until the
+//! framework has acknowledged it, and re-sent until then.
+//!
+//! Each task has one stream of updates, in the order the executor produced them. Only the head of a stream is
+//! ever in flight: the next update of the task is sent once the head is acknowledged, so a framework sees a
+//! task's updates in order. The acknowledgement comes back from the offer-broker
+//! (`Agent.AcknowledgeStatusUpdates`) after the framework's ACKNOWLEDGE is recorded in etcd; an OK answer to
+//! the `Update` call itself only says the broker received the update. An unacknowledged head is re-sent after
+//! [`RETRY_MIN`], then after twice as long each time, up to [`RETRY_MAX`] (Mesos' `STATUS_UPDATE_RETRY_INTERVAL_MIN`
+//! and `_MAX`). When a call fails (the broker is down or restarting), every unacknowledged head is re-sent as
+//! soon as a call succeeds again.
+//!
+//! A real agent checkpoints each stream (Mesos' `--checkpoint`): every update, and every acknowledgement, is
+//! appended to `<work_dir>/meta/frameworks/<framework_id>/tasks/<task_id>/updates` (length-delimited
+//! `allot.agent.v1.StatusUpdateCheckpoint` records) before it takes effect, and [`StatusUpdateManager::recover`]
+//! rebuilds the streams from those files after a restart. A stream whose terminal update is acknowledged is
+//! removed with its file. Simulated agents keep their streams in memory only.
+
+use allot_proto::agent::{StatusUpdateCheckpoint, StatusUpdateRequest, status_update_checkpoint};
+use allot_proto::common::{TaskState, TaskStatus};
+use prost::Message as _;
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// First re-send of an unacknowledged update, as Mesos' `STATUS_UPDATE_RETRY_INTERVAL_MIN` (10 s).
+pub const RETRY_MIN: Duration = Duration::from_secs(10);
+
+/// Longest wait between re-sends, as Mesos' `STATUS_UPDATE_RETRY_INTERVAL_MAX` (10 min).
+pub const RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// The most updates one send takes from the manager.
+pub const MAX_PER_SEND: usize = 1024;
+
+/// A task: `(framework_id, task_id)`.
+pub type TaskKey = (String, String);
+
+/// An update ready to go: the request and the W3C trace context of the task's launch (empty if none), which
+/// the update's span continues.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The update and the task's sandbox.
+    pub request: StatusUpdateRequest,
+    /// The launch's trace context.
+    pub context: HashMap<String, String>,
+}
+
+struct Stream {
+    updates: VecDeque<StatusUpdateRequest>,
+    context: HashMap<String, String>,
+    /// When the head is due to be (re-)sent; `None` until it was sent once.
+    due: Option<Instant>,
+    /// The wait before the next re-send of the head.
+    backoff: Duration,
+    /// The checkpoint file, appended to (real agents only).
+    file: Option<std::fs::File>,
+}
+
+impl Stream {
+    fn new(context: HashMap<String, String>, file: Option<std::fs::File>) -> Stream {
+        Stream {
+            updates: VecDeque::new(),
+            context,
+            due: None,
+            backoff: RETRY_MIN,
+            file,
+        }
+    }
+}
+
+/// The streams of every task on this agent (or on every simulated agent of this process).
+pub struct StatusUpdateManager {
+    streams: Mutex<HashMap<TaskKey, Stream>>,
+    wake: Notify,
+    /// `<work_dir>/meta` for a checkpointing agent.
+    meta: Option<PathBuf>,
+    retry_min: Duration,
+}
+
+fn status_of(r: &StatusUpdateRequest) -> &TaskStatus {
+    static EMPTY: std::sync::LazyLock<TaskStatus> = std::sync::LazyLock::new(TaskStatus::default);
+    r.status.as_ref().unwrap_or(&EMPTY)
+}
+
+fn append(
+    file: &mut std::fs::File,
+    record: status_update_checkpoint::Record,
+) -> std::io::Result<()> {
+    let bytes = StatusUpdateCheckpoint {
+        record: Some(record),
+    }
+    .encode_length_delimited_to_vec();
+    file.write_all(&bytes)?;
+    file.sync_data()
+}
+
+impl StatusUpdateManager {
+    /// A manager without checkpoints (simulated agents, tests); heads are re-sent after `retry_min`, doubling.
+    pub fn in_memory(retry_min: Duration) -> StatusUpdateManager {
+        StatusUpdateManager {
+            streams: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            meta: None,
+            retry_min,
+        }
+    }
+
+    /// A checkpointing manager under `meta` (`<work_dir>/meta`), with the streams found there: every
+    /// unacknowledged update is sent again, in order. Unreadable records end a file's replay (a torn last
+    /// record after a crash); what was read before them is kept.
+    ///
+    /// # Errors
+    /// The I/O error if `meta` cannot be created or listed.
+    pub fn recover(meta: &Path, retry_min: Duration) -> std::io::Result<StatusUpdateManager> {
+        let frameworks = meta.join("frameworks");
+        std::fs::create_dir_all(&frameworks)?;
+        let mut streams = HashMap::new();
+        for fw in std::fs::read_dir(&frameworks)? {
+            let fw = fw?;
+            let Ok(tasks) = std::fs::read_dir(fw.path().join("tasks")) else {
+                continue;
+            };
+            for task in tasks {
+                let task = task?;
+                let path = task.path().join("updates");
+                let key = (
+                    fw.file_name().to_string_lossy().into_owned(),
+                    task.file_name().to_string_lossy().into_owned(),
+                );
+                let (updates, valid) = replay(&std::fs::read(&path).unwrap_or_default());
+                if updates.is_empty() {
+                    let _ = std::fs::remove_dir_all(task.path());
+                    continue;
+                }
+                let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+                // Later records go right after the last good one, not after a torn one.
+                file.set_len(valid as u64)?;
+                let mut stream = Stream::new(HashMap::new(), Some(file));
+                stream.backoff = retry_min;
+                stream.updates = updates;
+                streams.insert(key, stream);
+            }
+        }
+        if !streams.is_empty() {
+            tracing::info!(
+                tasks = streams.len(),
+                "recovered unacknowledged status updates"
+            );
+        }
+        Ok(StatusUpdateManager {
+            streams: Mutex::new(streams),
+            wake: Notify::new(),
+            meta: Some(meta.to_path_buf()),
+            retry_min,
+        })
+    }
+
+    fn task_dir(&self, (fw, task): &TaskKey) -> Option<PathBuf> {
+        Some(
+            self.meta
+                .as_ref()?
+                .join("frameworks")
+                .join(fw)
+                .join("tasks")
+                .join(task),
+        )
+    }
+
+    /// Adds `status` (with the task's `sandbox` path and launch trace `context`) to the end of its task's
+    /// stream; checkpointed first when this manager checkpoints.
+    ///
+    /// # Errors
+    /// The I/O error if the checkpoint cannot be written; the update is still kept in memory and sent.
+    pub fn push(
+        &self,
+        status: TaskStatus,
+        sandbox: &str,
+        context: &HashMap<String, String>,
+    ) -> std::io::Result<()> {
+        let key = (status.framework_id.clone(), status.task_id.clone());
+        let request = StatusUpdateRequest {
+            status: Some(status),
+            sandbox: sandbox.to_string(),
+        };
+        let mut result = Ok(());
+        {
+            let mut streams = self.streams.lock().expect("streams poisoned");
+            let stream = streams.entry(key.clone()).or_insert_with(|| {
+                let file = self.task_dir(&key).and_then(|dir| {
+                    let open = std::fs::create_dir_all(&dir).and_then(|_| {
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(dir.join("updates"))
+                    });
+                    match open {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            result = Err(e);
+                            None
+                        }
+                    }
+                });
+                let mut s = Stream::new(context.clone(), file);
+                s.backoff = self.retry_min;
+                s
+            });
+            if let Some(file) = stream.file.as_mut()
+                && let Err(e) = append(
+                    file,
+                    status_update_checkpoint::Record::Update(request.clone()),
+                )
+            {
+                result = Err(e);
+            }
+            stream.updates.push_back(request);
+        }
+        self.wake.notify_one();
+        result
+    }
+
+    /// The framework acknowledged update `uuid` of task `key`: drops it if it is the head of the stream, so
+    /// that the next update can go. Returns the state of the acknowledged update when it was the head; other
+    /// acknowledgements (repeats, stale or unknown ones) change nothing and return `None`.
+    pub fn acknowledge(&self, key: &TaskKey, uuid: &[u8]) -> Option<TaskState> {
+        let mut streams = self.streams.lock().expect("streams poisoned");
+        let stream = streams.get_mut(key)?;
+        if stream.updates.front().map(|r| status_of(r).uuid.as_slice()) != Some(uuid) {
+            return None;
+        }
+        if let Some(file) = stream.file.as_mut()
+            && let Err(e) = append(file, status_update_checkpoint::Record::Ack(uuid.to_vec()))
+        {
+            tracing::warn!(task = %key.1, error = %e, "cannot checkpoint a status update acknowledgement");
+        }
+        let head = stream.updates.pop_front().expect("head");
+        let state = status_of(&head).state();
+        stream.due = None;
+        stream.backoff = self.retry_min;
+        if stream.updates.is_empty() && state.is_terminal() {
+            streams.remove(key);
+            if let Some(dir) = self.task_dir(key) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        } else if !stream.updates.is_empty() {
+            drop(streams);
+            self.wake.notify_one();
+        }
+        Some(state)
+    }
+
+    /// Updates not yet acknowledged, over all tasks.
+    pub fn pending(&self) -> usize {
+        self.streams
+            .lock()
+            .expect("streams poisoned")
+            .values()
+            .map(|s| s.updates.len())
+            .sum()
+    }
+
+    /// Whether task `key` has an update not yet acknowledged.
+    pub fn has_pending(&self, key: &TaskKey) -> bool {
+        self.streams
+            .lock()
+            .expect("streams poisoned")
+            .get(key)
+            .is_some_and(|s| !s.updates.is_empty())
+    }
+
+    /// Takes up to `max` heads that are due at `now` (never sent, or not acknowledged in time) and schedules
+    /// their next re-send; returns them with the earliest time another head falls due.
+    pub fn take_due(&self, now: Instant, max: usize) -> (Vec<Outgoing>, Option<Instant>) {
+        let mut streams = self.streams.lock().expect("streams poisoned");
+        let mut out = Vec::new();
+        let mut next: Option<Instant> = None;
+        for stream in streams.values_mut() {
+            let Some(head) = stream.updates.front() else {
+                continue;
+            };
+            let due = stream.due.is_none_or(|d| d <= now);
+            if due && out.len() < max {
+                out.push(Outgoing {
+                    request: head.clone(),
+                    context: stream.context.clone(),
+                });
+                let at = now + stream.backoff;
+                stream.due = Some(at);
+                stream.backoff = (stream.backoff * 2).min(RETRY_MAX);
+                next = Some(next.map_or(at, |n| n.min(at)));
+            } else {
+                let at = stream.due.unwrap_or(now);
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        (out, next)
+    }
+
+    /// A send failed: every head is due again at once (the caller waits its own backoff first).
+    pub fn resend_all(&self) {
+        for stream in self.streams.lock().expect("streams poisoned").values_mut() {
+            stream.due = None;
+        }
+    }
+
+    /// Sends due heads with `send` until `stop` is cancelled: one call at a time, up to [`MAX_PER_SEND`]
+    /// updates each; a failed call is retried with backoff (100 ms doubling to 5 s) and then every head is sent
+    /// again. `send` returns `Err` for a call the broker did not answer with OK.
+    pub async fn run<F, Fut>(&self, mut send: F, stop: tokio_util::sync::CancellationToken)
+    where
+        F: FnMut(Vec<Outgoing>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+    {
+        let first = Duration::from_millis(100);
+        let mut delays = allot_common::retry_delays(first);
+        loop {
+            let notified = self.wake.notified();
+            let (due, next) = self.take_due(Instant::now(), MAX_PER_SEND);
+            if due.is_empty() {
+                let wait = next.map(|n| n.saturating_duration_since(Instant::now()));
+                tokio::select! {
+                    _ = notified => {}
+                    _ = async {
+                        match wait {
+                            Some(w) => tokio::time::sleep(w).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                    _ = stop.cancelled() => return,
+                }
+                continue;
+            }
+            let n = due.len();
+            match send(due).await {
+                Ok(()) => delays = allot_common::retry_delays(first),
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::debug!(error = %e.message(), updates = n, ?delay, "status updates not delivered; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    self.resend_all();
+                }
+            }
+        }
+    }
+}
+
+/// The unacknowledged updates of one checkpoint file, in order, and the length of its readable prefix.
+fn replay(all: &[u8]) -> (VecDeque<StatusUpdateRequest>, usize) {
+    let mut updates = VecDeque::new();
+    let mut bytes = all;
+    let mut valid = 0;
+    while !bytes.is_empty() {
+        let Ok(rec) = StatusUpdateCheckpoint::decode_length_delimited(&mut bytes) else {
+            tracing::warn!("torn status update checkpoint record ignored");
+            break;
+        };
+        match rec.record {
+            Some(status_update_checkpoint::Record::Update(u)) => updates.push_back(u),
+            Some(status_update_checkpoint::Record::Ack(uuid))
+                if updates.front().map(|r| status_of(r).uuid.as_slice())
+                    == Some(uuid.as_slice()) =>
+            {
+                updates.pop_front();
+            }
+            Some(status_update_checkpoint::Record::Ack(_)) => {}
+            None => {}
+        }
+        valid = all.len() - bytes.len();
+    }
+    (updates, valid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(task: &str, state: TaskState, uuid: &str) -> TaskStatus {
+        TaskStatus {
+            task_id: task.into(),
+            framework_id: "fw".into(),
+            agent_id: "a".into(),
+            state: state as i32,
+            uuid: uuid.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn uuids(out: &[Outgoing]) -> Vec<String> {
+        let mut v: Vec<String> = out
+            .iter()
+            .map(|o| String::from_utf8(status_of(&o.request).uuid.clone()).unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn key(task: &str) -> TaskKey {
+        ("fw".into(), task.into())
+    }
+
+    #[test]
+    fn only_the_head_of_a_stream_is_in_flight_and_an_ack_releases_the_next() {
+        let m = StatusUpdateManager::in_memory(Duration::from_secs(10));
+        let none = HashMap::new();
+        m.push(update("t1", TaskState::TaskRunning, "r1"), "", &none)
+            .unwrap();
+        m.push(update("t1", TaskState::TaskFinished, "f1"), "", &none)
+            .unwrap();
+        m.push(update("t2", TaskState::TaskRunning, "r2"), "", &none)
+            .unwrap();
+        let now = Instant::now();
+        let (out, next) = m.take_due(now, 100);
+        assert_eq!(uuids(&out), ["r1", "r2"]);
+        assert_eq!(next, Some(now + Duration::from_secs(10)));
+        // Nothing is due again before the retry interval.
+        assert!(m.take_due(now + Duration::from_secs(9), 100).0.is_empty());
+        // A stale or foreign acknowledgement changes nothing; the head's releases the next update.
+        assert_eq!(m.acknowledge(&key("t1"), b"f1"), None);
+        assert_eq!(m.acknowledge(&key("t9"), b"r1"), None);
+        assert!(m.acknowledge(&key("t1"), b"r1").is_some());
+        assert_eq!(m.acknowledge(&key("t1"), b"r1"), None);
+        let (out, _) = m.take_due(now + Duration::from_secs(1), 100);
+        assert_eq!(uuids(&out), ["f1"]);
+        // The terminal update's acknowledgement ends the stream.
+        assert!(m.acknowledge(&key("t1"), b"f1").is_some());
+        assert!(!m.has_pending(&key("t1")));
+        assert_eq!(m.pending(), 1);
+    }
+
+    #[test]
+    fn an_unacknowledged_head_is_resent_with_doubling_backoff_and_at_once_after_a_failure() {
+        let m = StatusUpdateManager::in_memory(Duration::from_secs(10));
+        m.push(
+            update("t", TaskState::TaskRunning, "r"),
+            "",
+            &HashMap::new(),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        assert_eq!(m.take_due(t0, 10).0.len(), 1);
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(m.take_due(t1, 10).0.len(), 1);
+        // Now 20 s until the next re-send.
+        assert!(m.take_due(t1 + Duration::from_secs(19), 10).0.is_empty());
+        assert_eq!(m.take_due(t1 + Duration::from_secs(20), 10).0.len(), 1);
+        m.resend_all();
+        assert_eq!(m.take_due(t1 + Duration::from_secs(21), 10).0.len(), 1);
+        assert_eq!(m.take_due(t1, 0).0.len(), 0, "max is honoured");
+    }
+
+    #[test]
+    fn a_checkpointed_stream_survives_a_restart_and_an_acknowledged_one_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta");
+        let none = HashMap::new();
+        {
+            let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
+            m.push(update("t1", TaskState::TaskRunning, "r1"), "/sb", &none)
+                .unwrap();
+            m.push(update("t1", TaskState::TaskFinished, "f1"), "/sb", &none)
+                .unwrap();
+            m.push(update("t2", TaskState::TaskRunning, "r2"), "", &none)
+                .unwrap();
+            m.push(update("t2", TaskState::TaskFailed, "x2"), "", &none)
+                .unwrap();
+            assert!(m.acknowledge(&key("t1"), b"r1").is_some());
+            assert!(m.acknowledge(&key("t2"), b"r2").is_some());
+            assert!(m.acknowledge(&key("t2"), b"x2").is_some());
+        }
+        assert!(!meta.join("frameworks/fw/tasks/t2").exists());
+        // A torn record at the end of t1's file (a crash in the middle of a write) is ignored.
+        let file = meta.join("frameworks/fw/tasks/t1/updates");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        f.write_all(&[0x7f, 0x0a, 0x01]).unwrap();
+        let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
+        assert_eq!(m.pending(), 1);
+        let (out, _) = m.take_due(Instant::now(), 10);
+        assert_eq!(uuids(&out), ["f1"]);
+        assert_eq!(out[0].request.sandbox, "/sb");
+        assert!(m.acknowledge(&key("t1"), b"f1").is_some());
+        assert!(!meta.join("frameworks/fw/tasks/t1").exists());
+    }
+}
