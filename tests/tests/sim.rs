@@ -210,7 +210,12 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
         in_etcd("t1").await.acknowledged
     })
     .await;
-    tokio::time::sleep(allot_offer_broker::broker::FLUSH_INTERVAL * 3).await;
+    // Unacknowledged, TASK_KILLED is written once it has waited UNACKNOWLEDGED_WRITE_DELAY.
+    tokio::time::sleep(
+        allot_offer_broker::broker::UNACKNOWLEDGED_WRITE_DELAY
+            + allot_offer_broker::broker::FLUSH_INTERVAL * 3,
+    )
+    .await;
     let t2 = in_etcd("t2").await;
     assert_eq!(
         t2.status.as_ref().map(|s| s.state()),

@@ -19,7 +19,8 @@
 use allot_proto::agent::{StatusUpdateCheckpoint, StatusUpdateRequest, status_update_checkpoint};
 use allot_proto::common::{TaskState, TaskStatus};
 use prost::Message as _;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -71,9 +72,21 @@ impl Stream {
     }
 }
 
+/// The streams, and which heads are to be sent when.
+#[derive(Default)]
+struct Streams {
+    tasks: HashMap<TaskKey, Stream>,
+    /// Tasks whose head is to be sent at once (a new head, or every head after a failed call). An entry counts
+    /// only while its task's head has not been sent (`due` is `None`).
+    ready: VecDeque<TaskKey>,
+    /// Re-send deadlines, earliest first. An entry counts only while its task's `due` is still that instant
+    /// (an acknowledgement or a failure makes it stale).
+    timers: BinaryHeap<Reverse<(Instant, TaskKey)>>,
+}
+
 /// The streams of every task on this agent (or on every simulated agent of this process).
 pub struct StatusUpdateManager {
-    streams: Mutex<HashMap<TaskKey, Stream>>,
+    streams: Mutex<Streams>,
     wake: Notify,
     /// `<work_dir>/meta` for a checkpointing agent.
     meta: Option<PathBuf>,
@@ -101,7 +114,7 @@ impl StatusUpdateManager {
     /// A manager without checkpoints (simulated agents, tests); heads are re-sent after `retry_min`, doubling.
     pub fn in_memory(retry_min: Duration) -> StatusUpdateManager {
         StatusUpdateManager {
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Streams::default()),
             wake: Notify::new(),
             meta: None,
             retry_min,
@@ -150,8 +163,13 @@ impl StatusUpdateManager {
                 "recovered unacknowledged status updates"
             );
         }
+        let ready = streams.keys().cloned().collect();
         Ok(StatusUpdateManager {
-            streams: Mutex::new(streams),
+            streams: Mutex::new(Streams {
+                tasks: streams,
+                ready,
+                timers: BinaryHeap::new(),
+            }),
             wake: Notify::new(),
             meta: Some(meta.to_path_buf()),
             retry_min,
@@ -188,7 +206,8 @@ impl StatusUpdateManager {
         let mut result = Ok(());
         {
             let mut streams = self.streams.lock().expect("streams poisoned");
-            let stream = streams.entry(key.clone()).or_insert_with(|| {
+            let streams = &mut *streams;
+            let stream = streams.tasks.entry(key.clone()).or_insert_with(|| {
                 let file = self.task_dir(&key).and_then(|dir| {
                     let open = std::fs::create_dir_all(&dir).and_then(|_| {
                         std::fs::OpenOptions::new()
@@ -217,6 +236,10 @@ impl StatusUpdateManager {
                 result = Err(e);
             }
             stream.updates.push_back(request);
+            if stream.updates.len() == 1 {
+                stream.due = None;
+                streams.ready.push_back(key);
+            }
         }
         self.wake.notify_one();
         result
@@ -227,7 +250,7 @@ impl StatusUpdateManager {
     /// acknowledgements (repeats, stale or unknown ones) change nothing and return `None`.
     pub fn acknowledge(&self, key: &TaskKey, uuid: &[u8]) -> Option<TaskState> {
         let mut streams = self.streams.lock().expect("streams poisoned");
-        let stream = streams.get_mut(key)?;
+        let stream = streams.tasks.get_mut(key)?;
         if stream.updates.front().map(|r| status_of(r).uuid.as_slice()) != Some(uuid) {
             return None;
         }
@@ -241,11 +264,12 @@ impl StatusUpdateManager {
         stream.due = None;
         stream.backoff = self.retry_min;
         if stream.updates.is_empty() && state.is_terminal() {
-            streams.remove(key);
+            streams.tasks.remove(key);
             if let Some(dir) = self.task_dir(key) {
                 let _ = std::fs::remove_dir_all(dir);
             }
         } else if !stream.updates.is_empty() {
+            streams.ready.push_back(key.clone());
             drop(streams);
             self.wake.notify_one();
         }
@@ -257,6 +281,7 @@ impl StatusUpdateManager {
         self.streams
             .lock()
             .expect("streams poisoned")
+            .tasks
             .values()
             .map(|s| s.updates.len())
             .sum()
@@ -267,42 +292,83 @@ impl StatusUpdateManager {
         self.streams
             .lock()
             .expect("streams poisoned")
+            .tasks
             .get(key)
             .is_some_and(|s| !s.updates.is_empty())
     }
 
     /// Takes up to `max` heads that are due at `now` (never sent, or not acknowledged in time) and schedules
-    /// their next re-send; returns them with the earliest time another head falls due.
+    /// their next re-send; returns them with the earliest time another head may fall due.
     pub fn take_due(&self, now: Instant, max: usize) -> (Vec<Outgoing>, Option<Instant>) {
         let mut streams = self.streams.lock().expect("streams poisoned");
+        let Streams {
+            tasks,
+            ready,
+            timers,
+        } = &mut *streams;
         let mut out = Vec::new();
-        let mut next: Option<Instant> = None;
-        for stream in streams.values_mut() {
+        // Sends the head and schedules its re-send.
+        let take = |out: &mut Vec<Outgoing>,
+                    key: TaskKey,
+                    stream: &mut Stream,
+                    timers: &mut BinaryHeap<_>| {
             let Some(head) = stream.updates.front() else {
-                continue;
+                return;
             };
-            let due = stream.due.is_none_or(|d| d <= now);
-            if due && out.len() < max {
-                out.push(Outgoing {
-                    request: head.clone(),
-                    context: stream.context.clone(),
-                });
-                let at = now + stream.backoff;
-                stream.due = Some(at);
-                stream.backoff = (stream.backoff * 2).min(RETRY_MAX);
-                next = Some(next.map_or(at, |n| n.min(at)));
-            } else {
-                let at = stream.due.unwrap_or(now);
-                next = Some(next.map_or(at, |n| n.min(at)));
+            out.push(Outgoing {
+                request: head.clone(),
+                context: stream.context.clone(),
+            });
+            let at = now + stream.backoff;
+            stream.due = Some(at);
+            stream.backoff = (stream.backoff * 2).min(RETRY_MAX);
+            timers.push(Reverse((at, key)));
+        };
+        while out.len() < max {
+            let Some(key) = ready.pop_front() else { break };
+            if let Some(stream) = tasks.get_mut(&key)
+                && stream.due.is_none()
+            {
+                take(&mut out, key, stream, timers);
             }
         }
+        while out.len() < max {
+            let Some(Reverse((at, _))) = timers.peek() else {
+                break;
+            };
+            if *at > now {
+                break;
+            }
+            let Reverse((at, key)) = timers.pop().expect("peeked");
+            if let Some(stream) = tasks.get_mut(&key)
+                && stream.due == Some(at)
+            {
+                take(&mut out, key, stream, timers);
+            }
+        }
+        let next = if ready.is_empty() {
+            timers.peek().map(|Reverse((at, _))| *at)
+        } else {
+            Some(now)
+        };
         (out, next)
     }
 
     /// A send failed: every head is due again at once (the caller waits its own backoff first).
     pub fn resend_all(&self) {
-        for stream in self.streams.lock().expect("streams poisoned").values_mut() {
-            stream.due = None;
+        let mut streams = self.streams.lock().expect("streams poisoned");
+        let Streams {
+            tasks,
+            ready,
+            timers,
+        } = &mut *streams;
+        ready.clear();
+        timers.clear();
+        for (key, stream) in tasks.iter_mut() {
+            if !stream.updates.is_empty() {
+                stream.due = None;
+                ready.push_back(key.clone());
+            }
         }
     }
 

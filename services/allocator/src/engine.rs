@@ -91,6 +91,8 @@ pub enum Command {
     },
     /// A task record was deleted.
     TaskDelete(String, String),
+    /// The broker saw these `(framework, task)` end (ahead of their records in etcd).
+    TasksEnded(Vec<(String, String)>),
     /// The active-policy record changed and this replica loaded the policy it names (or failed to). `seq`
     /// orders the loads: an older one is ignored.
     SwapPolicy {
@@ -465,6 +467,12 @@ impl State {
             }
             Command::TaskDelete(fw, task) => {
                 self.books.remove_task(&fw, &task);
+                false
+            }
+            Command::TasksEnded(tasks) => {
+                for (fw, task) in tasks {
+                    self.books.remove_task(&fw, &task);
+                }
                 false
             }
             Command::SwapPolicy {

@@ -115,6 +115,20 @@ impl Allocator for AllocatorService {
         });
         Ok(Response::new(RecoverOffersResponse {}))
     }
+
+    async fn tasks_ended(
+        &self,
+        request: Request<TasksEndedRequest>,
+    ) -> Result<Response<TasksEndedResponse>, Status> {
+        let tasks = request
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(|t| (t.framework_id, t.task_id))
+            .collect();
+        self.engine.send(Command::TasksEnded(tasks));
+        Ok(Response::new(TasksEndedResponse {}))
+    }
 }
 
 /// `allot.allocator.v1.PolicyAdmin`: load, list, activate and roll back policies.

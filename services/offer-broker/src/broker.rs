@@ -18,8 +18,9 @@ use allot_proto::agent::{
     StatusUpdateAcknowledgement, agent_client::AgentClient,
 };
 use allot_proto::allocator::{
-    ActivateFrameworkRequest, DeactivateFrameworkRequest, LaunchedTask, RecoverOffersRequest,
-    ReviveRequest, SubscribeRequest as AllocSubscribe, SuppressRequest,
+    ActivateFrameworkRequest, DeactivateFrameworkRequest, EndedTask, LaunchedTask,
+    RecoverOffersRequest, ReviveRequest, SubscribeRequest as AllocSubscribe, SuppressRequest,
+    TasksEndedRequest,
     allocator_client::AllocatorClient, allocator_event,
 };
 use allot_proto::common::{
@@ -40,15 +41,20 @@ use tracing::Instrument as _;
 pub type EventSender = mpsc::UnboundedSender<Result<Event, Status>>;
 
 /// How often the status of tasks reaches etcd. Agents' status updates and frameworks' acknowledgements take
-/// effect in memory at once (an update is forwarded to its framework as it arrives) and are written in batches:
-/// at every flush, each task whose latest update is acknowledged is written (state and acknowledgement in one
-/// record); a task whose update is still unacknowledged is written at the flush after (so that an ACK that
-/// comes within one interval costs no second write). Only after the write does the broker pass the
-/// acknowledgement on to the agent (`Agent.AcknowledgeStatusUpdates`), whose status update manager has kept and
-/// re-sent the update until then: a broker that dies before a flush loses nothing an agent does not still
-/// hold. Updates the broker makes itself (TASK_LOST, TASK_UNREACHABLE) have no agent to keep them and are
-/// written before they are forwarded.
+/// effect in memory at once (an update is forwarded to its framework as it arrives, and a terminal one frees
+/// the task's resources in the allocator at once, `TasksEnded`) and are written in batches: at every flush,
+/// each task whose latest update is acknowledged is written, state and acknowledgement in one record. An
+/// update still unacknowledged after [`UNACKNOWLEDGED_WRITE_DELAY`] is written as it is. Only after the write
+/// does the broker pass the acknowledgement on to the agent (`Agent.AcknowledgeStatusUpdates`), whose status
+/// update manager has kept and re-sent the update until then: a broker that dies before a flush loses nothing
+/// an agent does not still hold. Updates the broker makes itself (TASK_LOST, TASK_UNREACHABLE) have no agent
+/// to keep them and are written before they are forwarded.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long an update may wait for its framework's acknowledgement before it is written to etcd anyway (so
+/// that etcd, and an allocator restarted from it, catch up with a framework that stopped acknowledging). An
+/// acknowledgement within this time costs no second write.
+pub const UNACKNOWLEDGED_WRITE_DELAY: Duration = Duration::from_secs(5);
 
 /// Mesos' default `refuse_seconds` when a DECLINE or ACCEPT carries no filters.
 pub const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
@@ -1026,6 +1032,7 @@ impl Broker {
     /// Applies agents' `updates` in memory, marks their tasks for the next flush and forwards them.
     fn receive_updates(&self, updates: Vec<(TaskStatus, Option<String>)>) {
         let mut forward: Vec<TaskStatus> = Vec::with_capacity(updates.len());
+        let mut ended: Vec<EndedTask> = Vec::new();
         let mut fresh = 0usize;
         {
             let mut inner = self.lock();
@@ -1055,6 +1062,13 @@ impl Broker {
                         continue;
                     }
                 }
+                let state = status.state();
+                if state.is_terminal() || state == TaskState::TaskUnreachable {
+                    ended.push(EndedTask {
+                        framework_id: key.0.clone(),
+                        task_id: key.1.clone(),
+                    });
+                }
                 rec.status = Some(status.clone());
                 rec.acknowledged = false;
                 if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
@@ -1076,6 +1090,18 @@ impl Broker {
             "status updates received"
         );
         self.send_updates(forward);
+        if !ended.is_empty() {
+            // Should this call be lost, the allocator still learns it from etcd when the records are written.
+            let mut allocator = self.allocator.clone();
+            tokio::spawn(async move {
+                if let Err(e) = allocator
+                    .tasks_ended(TasksEndedRequest { tasks: ended })
+                    .await
+                {
+                    tracing::debug!(error = %e.message(), "cannot tell the allocator of ended tasks");
+                }
+            });
+        }
     }
 
     /// Records `updates` that the broker makes itself (each from the task's record in memory) in etcd, then
@@ -1178,11 +1204,12 @@ impl Broker {
             let now = inner.flushes;
             let inner = &mut *inner;
             let tasks = &inner.tasks;
+            let wait = (UNACKNOWLEDGED_WRITE_DELAY.as_millis() / FLUSH_INTERVAL.as_millis()) as u64;
             let due: Vec<(String, String)> = inner
                 .dirty
                 .iter()
                 .filter(|(k, since)| {
-                    *since + 2 <= now || tasks.get(*k).is_some_and(|r| r.acknowledged)
+                    *since + wait < now || tasks.get(*k).is_some_and(|r| r.acknowledged)
                 })
                 .map(|(k, _)| k.clone())
                 .collect();

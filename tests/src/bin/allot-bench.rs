@@ -292,6 +292,8 @@ async fn main() -> anyhow::Result<()> {
     ];
     let before: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
     let cycles_before = scrape(&allocator.metrics).await;
+    let etcd_metrics = etcd.endpoint.trim_start_matches("http://").to_string();
+    let etcd_before = scrape(&etcd_metrics).await;
 
     let per = args.tasks / args.frameworks;
     let command = format!("sleep {}", args.task_seconds);
@@ -331,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
     let alive_at_end = count_alive(&mut client).await;
     let after: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
     let cycles_after = scrape(&allocator.metrics).await;
+    let etcd_after = scrape(&etcd_metrics).await;
 
     if args.timeline {
         print_timeline(&seen, wall);
@@ -356,6 +359,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let (n_cycles, cycle_sum) = (d(&format!("{cycle}_count")), d(&format!("{cycle}_sum")));
     let tasks_per_second = running as f64 / span;
+    // etcd's own counters of what the workload (and the hold) wrote.
+    let e = |m: &str| {
+        metric(&etcd_after, m, &[]).unwrap_or(0.0) - metric(&etcd_before, m, &[]).unwrap_or(0.0)
+    };
+    let (puts, txns) = (e("etcd_mvcc_put_total"), e("etcd_mvcc_txn_total"));
 
     println!("## allot-bench");
     println!(
@@ -385,6 +393,10 @@ async fn main() -> anyhow::Result<()> {
         args.tasks,
         100.0 * tasks_per_second / put_rate,
         workload.as_secs_f64()
+    );
+    println!(
+        "etcd writes: {puts:.0} puts in {txns:.0} transactions ({:.2} puts per task)",
+        puts / args.tasks.max(1) as f64
     );
     println!(
         "ACCEPT -> TASK_RUNNING: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
