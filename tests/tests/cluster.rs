@@ -561,10 +561,35 @@ async fn a_crashed_agent_resends_its_checkpointed_updates_after_a_restart() {
     );
 }
 
+/// A store on the cluster's etcd.
+async fn store_of(cluster: &Cluster) -> allot_common::Store {
+    allot_common::Store::connect(
+        std::slice::from_ref(&cluster.etcd.endpoint),
+        allot_common::store::DEFAULT_ROOT,
+    )
+    .await
+    .expect("etcd")
+}
+
+/// Task `task` of framework `fw` as etcd records it.
+async fn recorded(
+    store: &allot_common::Store,
+    fw: &str,
+    task: &str,
+) -> allot_proto::common::TaskRecord {
+    store
+        .get::<allot_proto::common::TaskRecord>(&store.task_key(fw, task))
+        .await
+        .expect("read")
+        .expect("the task is in etcd")
+        .0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_broker_loses_no_status_update() {
     let mut cluster = Cluster::start().await;
     let _agent = cluster.add_agent("cpus:1;mem:256").await;
+    let store = store_of(&cluster).await;
     let info = allot_proto::common::FrameworkInfo {
         name: "across-broker-restart".into(),
         failover_timeout: 600.0,
@@ -572,12 +597,19 @@ async fn a_crashed_broker_loses_no_status_update() {
     };
     let mut fw = TestFramework::subscribe_with(&cluster, info.clone()).await;
     let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("t", "sleep 2", 0.1, 32.0)], 5.0)
+    fw.accept(&offer.offer_id, vec![task("t", "sleep 5", 0.1, 32.0)], 5.0)
         .await
         .expect("accept");
     fw.await_state("t", TaskState::TaskRunning).await;
-    // The broker dies right after the acknowledgement, most likely before its next flush: what it held in
-    // memory is gone, the agent still has every update it was not told is acknowledged.
+    // The acknowledged TASK_RUNNING goes to the agent, not to etcd: etcd still says TASK_STAGING.
+    tokio::time::sleep(allot_offer_broker::broker::FLUSH_INTERVAL * 3).await;
+    let before = recorded(&store, &fw.id, "t").await;
+    assert_eq!(
+        before.status.as_ref().map(|s| s.state()),
+        Some(TaskState::TaskStaging),
+        "intermediate states are not written"
+    );
+    // The broker dies; the new one learns TASK_RUNNING from the agent and answers RECONCILE with it.
     cluster.restart_broker().await;
     let mut fw = TestFramework::subscribe_with(
         &cluster,
@@ -587,22 +619,91 @@ async fn a_crashed_broker_loses_no_status_update() {
         },
     )
     .await;
+    let mut client = SchedulerClient::new(cluster.broker_channel());
+    let mut running = None;
+    for _ in 0..40 {
+        client
+            .reconcile(pb::ReconcileRequest {
+                framework_id: fw.id.clone(),
+                tasks: vec![pb::ReconcileTask {
+                    task_id: "t".into(),
+                    agent_id: offer.agent_id.clone(),
+                }],
+            })
+            .await
+            .expect("reconcile");
+        let state = fw
+            .wait_for(Duration::from_secs(1), |e| match e {
+                event::Event::Update(u) => u
+                    .status
+                    .clone()
+                    .filter(|s| s.task_id == "t" && s.uuid.is_empty()),
+                _ => None,
+            })
+            .await;
+        if let Some(s) = state.filter(|s| s.state() == TaskState::TaskRunning) {
+            running = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let running = running.expect("the restarted broker answers RECONCILE with TASK_RUNNING");
+    assert_eq!(running.reason, "REASON_RECONCILIATION");
     let done = fw.await_state("t", TaskState::TaskFinished).await;
     assert_eq!(done.exit_code, Some(0));
-    let store = allot_common::Store::connect(
-        std::slice::from_ref(&cluster.etcd.endpoint),
-        allot_common::store::DEFAULT_ROOT,
-    )
-    .await
-    .expect("etcd");
-    let key = store.task_key(&fw.id, "t");
     eventually("etcd records TASK_FINISHED, acknowledged", || async {
-        let (t, _) = store
-            .get::<allot_proto::common::TaskRecord>(&key)
-            .await
-            .expect("read")
-            .expect("the task is in etcd");
+        let t = recorded(&store, &fw.id, "t").await;
         t.acknowledged && t.status.as_ref().map(|s| s.state()) == Some(TaskState::TaskFinished)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_that_never_reached_its_agent_is_lost_after_a_broker_restart() {
+    let mut cluster = Cluster::start().await;
+    let _agent = cluster.add_agent("cpus:1;mem:256").await;
+    let store = store_of(&cluster).await;
+    let info = allot_proto::common::FrameworkInfo {
+        name: "lost-launch".into(),
+        failover_timeout: 600.0,
+        ..Default::default()
+    };
+    let mut fw = TestFramework::subscribe_with(&cluster, info.clone()).await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(&offer.offer_id, vec![task("t", "sleep 30", 0.1, 32.0)], 5.0)
+        .await
+        .expect("accept");
+    fw.await_state("t", TaskState::TaskRunning).await;
+    // A broker that recorded an ACCEPT and died before its LaunchTasks reached the agent leaves this behind.
+    let mut ghost = recorded(&store, &fw.id, "t").await;
+    let info_t = ghost.task.as_mut().expect("task info");
+    info_t.task_id = "ghost".into();
+    if let Some(s) = ghost.status.as_mut() {
+        s.task_id = "ghost".into();
+    }
+    store
+        .put(&store.task_key(&fw.id, "ghost"), &ghost, None)
+        .await
+        .expect("put");
+    cluster.restart_broker().await;
+    let mut fw = TestFramework::subscribe_with(
+        &cluster,
+        allot_proto::common::FrameworkInfo {
+            framework_id: fw.id.clone(),
+            ..info
+        },
+    )
+    .await;
+    let lost = fw.await_state("ghost", TaskState::TaskLost).await;
+    assert_eq!(lost.reason, "REASON_TASK_UNKNOWN");
+    // The task the agent does run is not lost: the agent re-sends what was not acknowledged to the new broker.
+    eventually("t is TASK_RUNNING under the new broker", || async {
+        cluster.tasks(&fw.id).await.iter().any(|r| {
+            r.task.as_ref().is_some_and(|i| i.task_id == "t")
+                && r.status.as_ref().map(|s| s.state()) == Some(TaskState::TaskRunning)
+        })
+    })
+    .await;
+    fw.kill("t").await.expect("kill");
+    fw.await_state("t", TaskState::TaskKilled).await;
 }

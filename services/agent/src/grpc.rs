@@ -40,6 +40,26 @@ pub(crate) fn check_launch(
     Ok(())
 }
 
+/// Answers a ReconcileTasks call from what `updates` holds and whether `launched` knows a task (launched, no
+/// update made yet).
+pub(crate) fn reconcile(
+    updates: &crate::status::StatusUpdateManager,
+    launched: impl Fn(&(String, String)) -> bool,
+    tasks: Vec<AgentTask>,
+) -> ReconcileTasksResponse {
+    let mut out = ReconcileTasksResponse::default();
+    for t in tasks {
+        let key = (t.framework_id.clone(), t.task_id.clone());
+        match updates.known(&key) {
+            Some(Some(status)) => out.acknowledged.push(status),
+            Some(None) => {}
+            None if launched(&key) => {}
+            None => out.unknown.push(t),
+        }
+    }
+    out
+}
+
 /// The agent's gRPC service.
 pub struct AgentService(pub Arc<Agent>);
 
@@ -131,6 +151,19 @@ impl agent_server::Agent for AgentService {
             }
         }
         Ok(Response::new(AcknowledgeStatusUpdatesResponse {}))
+    }
+
+    async fn reconcile_tasks(
+        &self,
+        request: Request<ReconcileTasksRequest>,
+    ) -> Result<Response<ReconcileTasksResponse>, Status> {
+        let agent = &self.0;
+        let tasks = agent.tasks.lock().expect("tasks poisoned");
+        Ok(Response::new(reconcile(
+            &agent.updates,
+            |k| tasks.contains_key(k),
+            request.into_inner().tasks,
+        )))
     }
 
     async fn kill_task(

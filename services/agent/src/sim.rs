@@ -21,8 +21,9 @@ use allot_common::AbortOnDrop;
 use allot_common::grpc::Channel;
 use allot_proto::agent::{
     AcknowledgeStatusUpdatesRequest, AcknowledgeStatusUpdatesResponse, KillTaskRequest,
-    KillTaskResponse, LaunchTasksRequest, LaunchTasksResponse, StatusUpdateBatchRequest,
-    agent_server, status_updates_client::StatusUpdatesClient,
+    KillTaskResponse, LaunchTasksRequest, LaunchTasksResponse, ReconcileTasksRequest,
+    ReconcileTasksResponse, StatusUpdateBatchRequest, agent_server,
+    status_updates_client::StatusUpdatesClient,
 };
 use allot_proto::common::{StatusSource, TaskState, TaskStatus};
 use allot_proto::registry::registry_client::RegistryClient;
@@ -192,9 +193,10 @@ impl agent_server::Agent for SimService {
                     _ = tokio::time::sleep(duration) => (TaskState::TaskFinished, "simulated task finished"),
                     _ = kill.cancelled() => (TaskState::TaskKilled, "simulated task killed"),
                 };
+                // Pushed before the task leaves the map, so that reconciliation always finds it somewhere.
+                sim.push(status(&fw, &agent, &key.1, state, message));
                 sim.tasks.lock().expect("tasks poisoned").remove(&key);
                 M.running.dec();
-                sim.push(status(&fw, &agent, &key.1, state, message));
             });
         }
         Ok(Response::new(LaunchTasksResponse {}))
@@ -217,6 +219,19 @@ impl agent_server::Agent for SimService {
         }
         M.updates.inc_by(n);
         Ok(Response::new(AcknowledgeStatusUpdatesResponse {}))
+    }
+
+    async fn reconcile_tasks(
+        &self,
+        request: Request<ReconcileTasksRequest>,
+    ) -> Result<Response<ReconcileTasksResponse>, Status> {
+        let sim = &self.0;
+        let tasks = sim.tasks.lock().expect("tasks poisoned");
+        Ok(Response::new(crate::grpc::reconcile(
+            &sim.updates,
+            |k| tasks.contains_key(k),
+            request.into_inner().tasks,
+        )))
     }
 
     async fn kill_task(

@@ -51,6 +51,8 @@ pub struct Outgoing {
 
 struct Stream {
     updates: VecDeque<StatusUpdateRequest>,
+    /// The latest acknowledged update.
+    acknowledged: Option<TaskStatus>,
     context: HashMap<String, String>,
     /// When the head is due to be (re-)sent; `None` until it was sent once.
     due: Option<Instant>,
@@ -64,6 +66,7 @@ impl Stream {
     fn new(context: HashMap<String, String>, file: Option<std::fs::File>) -> Stream {
         Stream {
             updates: VecDeque::new(),
+            acknowledged: None,
             context,
             due: None,
             backoff: RETRY_MIN,
@@ -143,8 +146,13 @@ impl StatusUpdateManager {
                     fw.file_name().to_string_lossy().into_owned(),
                     task.file_name().to_string_lossy().into_owned(),
                 );
-                let (updates, valid) = replay(&std::fs::read(&path).unwrap_or_default());
-                if updates.is_empty() {
+                let (updates, acknowledged, valid) =
+                    replay(&std::fs::read(&path).unwrap_or_default());
+                if updates.is_empty()
+                    && acknowledged
+                        .as_ref()
+                        .is_none_or(|s| s.state().is_terminal())
+                {
                     let _ = std::fs::remove_dir_all(task.path());
                     continue;
                 }
@@ -154,6 +162,7 @@ impl StatusUpdateManager {
                 let mut stream = Stream::new(HashMap::new(), Some(file));
                 stream.backoff = retry_min;
                 stream.updates = updates;
+                stream.acknowledged = acknowledged;
                 streams.insert(key, stream);
             }
         }
@@ -163,7 +172,11 @@ impl StatusUpdateManager {
                 "recovered unacknowledged status updates"
             );
         }
-        let ready = streams.keys().cloned().collect();
+        let ready = streams
+            .iter()
+            .filter(|(_, s)| !s.updates.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
         Ok(StatusUpdateManager {
             streams: Mutex::new(Streams {
                 tasks: streams,
@@ -261,6 +274,7 @@ impl StatusUpdateManager {
         }
         let head = stream.updates.pop_front().expect("head");
         let state = status_of(&head).state();
+        stream.acknowledged = head.status;
         stream.due = None;
         stream.backoff = self.retry_min;
         if stream.updates.is_empty() && state.is_terminal() {
@@ -285,6 +299,17 @@ impl StatusUpdateManager {
             .values()
             .map(|s| s.updates.len())
             .sum()
+    }
+
+    /// What this manager knows of task `key`: `None` if it has no stream for it (no update yet, or its
+    /// terminal update is acknowledged), else the latest acknowledged update, if any.
+    pub fn known(&self, key: &TaskKey) -> Option<Option<TaskStatus>> {
+        self.streams
+            .lock()
+            .expect("streams poisoned")
+            .tasks
+            .get(key)
+            .map(|s| s.acknowledged.clone())
     }
 
     /// Whether task `key` has an update not yet acknowledged.
@@ -416,9 +441,11 @@ impl StatusUpdateManager {
     }
 }
 
-/// The unacknowledged updates of one checkpoint file, in order, and the length of its readable prefix.
-fn replay(all: &[u8]) -> (VecDeque<StatusUpdateRequest>, usize) {
+/// The unacknowledged updates of one checkpoint file, in order, the latest acknowledged one, and the length
+/// of the file's readable prefix.
+fn replay(all: &[u8]) -> (VecDeque<StatusUpdateRequest>, Option<TaskStatus>, usize) {
     let mut updates = VecDeque::new();
+    let mut acknowledged = None;
     let mut bytes = all;
     let mut valid = 0;
     while !bytes.is_empty() {
@@ -432,14 +459,14 @@ fn replay(all: &[u8]) -> (VecDeque<StatusUpdateRequest>, usize) {
                 if updates.front().map(|r| status_of(r).uuid.as_slice())
                     == Some(uuid.as_slice()) =>
             {
-                updates.pop_front();
+                acknowledged = updates.pop_front().and_then(|r| r.status);
             }
             Some(status_update_checkpoint::Record::Ack(_)) => {}
             None => {}
         }
         valid = all.len() - bytes.len();
     }
-    (updates, valid)
+    (updates, acknowledged, valid)
 }
 
 #[cfg(test)]
@@ -493,6 +520,17 @@ mod tests {
         assert_eq!(m.acknowledge(&key("t1"), b"r1"), None);
         let (out, _) = m.take_due(now + Duration::from_secs(1), 100);
         assert_eq!(uuids(&out), ["f1"]);
+        let known = m
+            .known(&key("t1"))
+            .expect("t1 is known")
+            .expect("acknowledged");
+        assert_eq!(known.uuid, b"r1");
+        assert_eq!(
+            m.known(&key("t2")),
+            Some(None),
+            "known, nothing acknowledged"
+        );
+        assert_eq!(m.known(&key("t9")), None);
         // The terminal update's acknowledgement ends the stream.
         assert!(m.acknowledge(&key("t1"), b"f1").is_some());
         assert!(!m.has_pending(&key("t1")));
@@ -549,6 +587,11 @@ mod tests {
         f.write_all(&[0x7f, 0x0a, 0x01]).unwrap();
         let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
         assert_eq!(m.pending(), 1);
+        let known = m
+            .known(&key("t1"))
+            .flatten()
+            .expect("r1 survives the restart");
+        assert_eq!(known.uuid, b"r1");
         let (out, _) = m.take_due(Instant::now(), 10);
         assert_eq!(uuids(&out), ["f1"]);
         assert_eq!(out[0].request.sandbox, "/sb");

@@ -14,14 +14,13 @@ use allot_common::grpc::Channel;
 use allot_common::store::{Kind, decode};
 use allot_policy::Resources;
 use allot_proto::agent::{
-    AcknowledgeStatusUpdatesRequest, KillTaskRequest, LaunchTasksRequest,
-    StatusUpdateAcknowledgement, agent_client::AgentClient,
+    AcknowledgeStatusUpdatesRequest, AgentTask, KillTaskRequest, LaunchTasksRequest,
+    ReconcileTasksRequest, StatusUpdateAcknowledgement, agent_client::AgentClient,
 };
 use allot_proto::allocator::{
     ActivateFrameworkRequest, DeactivateFrameworkRequest, EndedTask, LaunchedTask,
     RecoverOffersRequest, ReviveRequest, SubscribeRequest as AllocSubscribe, SuppressRequest,
-    TasksEndedRequest,
-    allocator_client::AllocatorClient, allocator_event,
+    TasksEndedRequest, allocator_client::AllocatorClient, allocator_event,
 };
 use allot_proto::common::{
     AgentRecord, FrameworkInfo, FrameworkRecord, StatusSource, TaskInfo, TaskRecord, TaskState,
@@ -40,15 +39,17 @@ use tracing::Instrument as _;
 /// The sender of a framework's event stream.
 pub type EventSender = mpsc::UnboundedSender<Result<Event, Status>>;
 
-/// How often the status of tasks reaches etcd. Agents' status updates and frameworks' acknowledgements take
-/// effect in memory at once (an update is forwarded to its framework as it arrives, and a terminal one frees
-/// the task's resources in the allocator at once, `TasksEnded`) and are written in batches: at every flush,
-/// each task whose latest update is acknowledged is written, state and acknowledgement in one record. An
-/// update still unacknowledged after [`UNACKNOWLEDGED_WRITE_DELAY`] is written as it is. Only after the write
-/// does the broker pass the acknowledgement on to the agent (`Agent.AcknowledgeStatusUpdates`), whose status
-/// update manager has kept and re-sent the update until then: a broker that dies before a flush loses nothing
-/// an agent does not still hold. Updates the broker makes itself (TASK_LOST, TASK_UNREACHABLE) have no agent
-/// to keep them and are written before they are forwarded.
+/// How often acknowledgements reach etcd and agents. Agents' status updates and frameworks' acknowledgements
+/// take effect in memory at once (an update is forwarded to its framework as it arrives, and a terminal one
+/// frees the task's resources in the allocator at once, `TasksEnded`). At every flush, each task whose
+/// terminal update is acknowledged is written, state and acknowledgement in one record, and only then is the
+/// acknowledgement passed on to the agent (`Agent.AcknowledgeStatusUpdates`), whose status update manager has
+/// kept and re-sent the update until then. An acknowledged intermediate state (TASK_STARTING, TASK_RUNNING) is
+/// not written at all; its acknowledgement goes to the agent, which remembers it and tells a restarted broker
+/// (`Agent.ReconcileTasks`). An update still unacknowledged after [`UNACKNOWLEDGED_WRITE_DELAY`] is written as
+/// it is. So a task costs etcd two writes (TASK_STAGING at the ACCEPT, its acknowledged end), and a broker that
+/// dies loses nothing that etcd or an agent does not still hold. Updates the broker makes itself (TASK_LOST,
+/// TASK_UNREACHABLE) have no agent to keep them and are written before they are forwarded.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How long an update may wait for its framework's acknowledgement before it is written to etcd anyway (so
@@ -119,6 +120,9 @@ pub struct Broker {
     /// not: they create keys that nothing else writes yet.
     task_writes: tokio::sync::Mutex<()>,
 }
+
+/// A task to reconcile with its agent, with the uuid of its recorded status.
+type Recorded = ((String, String), Vec<u8>);
 
 /// The acknowledgement for the agent of `status` (`None` for an update the broker made itself).
 fn agent_ack(status: &TaskStatus) -> Option<StatusUpdateAcknowledgement> {
@@ -216,6 +220,7 @@ impl Broker {
             }
         }
         let mut handles = Vec::new();
+        handles.push(tokio::spawn(self.clone().reconcile_agents()));
         let me = self.clone();
         handles.push(tokio::spawn(allot_common::store::follow_prefix(
             self.store.clone(),
@@ -258,6 +263,145 @@ impl Broker {
         handles.push(tokio::spawn(self.clone().heartbeats()));
         handles.push(tokio::spawn(self.clone().flush()));
         Ok(handles)
+    }
+
+    /// After a start: asks every agent what it knows of the tasks that etcd records on it as TASK_STAGING,
+    /// TASK_STARTING, TASK_RUNNING or TASK_KILLING (intermediate states are not written, see
+    /// [`FLUSH_INTERVAL`]). The latest acknowledged state an agent reports replaces the recorded one in memory;
+    /// a task the agent has never heard of (the ACCEPT was recorded, the launch never reached the agent) is
+    /// reported TASK_LOST. A task that changed meanwhile (its agent re-sent an update) is left alone. An agent
+    /// that does not answer keeps its tasks' recorded states (if it is gone, the registry's timeout makes them
+    /// TASK_UNREACHABLE).
+    async fn reconcile_agents(self: Arc<Self>) {
+        let mut by_agent: HashMap<String, Vec<Recorded>> = HashMap::new();
+        {
+            let inner = self.lock();
+            for (key, rec) in &inner.tasks {
+                let (Some(status), Some(task)) = (&rec.status, &rec.task) else {
+                    continue;
+                };
+                if matches!(
+                    status.state(),
+                    TaskState::TaskStaging
+                        | TaskState::TaskStarting
+                        | TaskState::TaskRunning
+                        | TaskState::TaskKilling
+                ) {
+                    by_agent
+                        .entry(task.agent_id.clone())
+                        .or_default()
+                        .push((key.clone(), status.uuid.clone()));
+                }
+            }
+        }
+        if by_agent.is_empty() {
+            return;
+        }
+        let (agents, tasks) = (
+            by_agent.len(),
+            by_agent.values().map(Vec::len).sum::<usize>(),
+        );
+        let mut by_address: HashMap<String, Vec<Recorded>> = HashMap::new();
+        for (agent, tasks) in by_agent {
+            match self.agent_address(&agent).await {
+                Some(addr) => by_address.entry(addr).or_default().extend(tasks),
+                None => {
+                    tracing::warn!(%agent, tasks = tasks.len(), "tasks on an unknown agent keep their recorded state")
+                }
+            }
+        }
+        let calls = by_address
+            .into_iter()
+            .map(|(addr, tasks)| self.reconcile_at(addr, tasks));
+        let lost: usize = futures::future::join_all(calls).await.into_iter().sum();
+        tracing::info!(
+            agents,
+            tasks,
+            lost,
+            "reconciled the recorded tasks with their agents"
+        );
+    }
+
+    /// Reconciles `tasks` (each with the uuid of its recorded status) with the agent (or simulator) at `addr`;
+    /// returns how many were reported TASK_LOST.
+    async fn reconcile_at(&self, addr: String, tasks: Vec<Recorded>) -> usize {
+        let Some(client) = self.client_at(addr.clone()) else {
+            return 0;
+        };
+        let mut lost_total = 0;
+        for chunk in tasks.chunks(4096) {
+            let req = ReconcileTasksRequest {
+                tasks: chunk
+                    .iter()
+                    .map(|((fw, task), _)| AgentTask {
+                        framework_id: fw.clone(),
+                        task_id: task.clone(),
+                    })
+                    .collect(),
+            };
+            let mut answer = None;
+            let mut delays = allot_common::retry_delays(Duration::from_millis(200));
+            for _ in 0..6 {
+                match client.clone().reconcile_tasks(req.clone()).await {
+                    Ok(r) => {
+                        answer = Some(r.into_inner());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(agent = %addr, error = %e.message(), "reconciliation failed; retrying");
+                        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                    }
+                }
+            }
+            let Some(answer) = answer else {
+                tracing::warn!(agent = %addr, tasks = chunk.len(), "agent did not answer reconciliation; its tasks keep their recorded state");
+                continue;
+            };
+            let recorded: HashMap<&(String, String), &Vec<u8>> =
+                chunk.iter().map(|(k, u)| (k, u)).collect();
+            let mut lost = Vec::new();
+            {
+                let mut inner = self.lock();
+                let flushes = inner.flushes;
+                let unchanged = |inner: &Inner, key: &(String, String)| {
+                    let rec_uuid = inner
+                        .tasks
+                        .get(key)
+                        .and_then(|r| r.status.as_ref())
+                        .map(|s| &s.uuid);
+                    rec_uuid.is_some() && recorded.get(key).copied() == rec_uuid
+                };
+                for status in answer.acknowledged {
+                    let key = (status.framework_id.clone(), status.task_id.clone());
+                    if !unchanged(&inner, &key) {
+                        continue;
+                    }
+                    let terminal = status.state().is_terminal();
+                    if let Some(rec) = inner.tasks.get_mut(&key) {
+                        rec.status = Some(status);
+                        rec.acknowledged = true;
+                    }
+                    if terminal {
+                        inner.dirty.insert(key, flushes);
+                    }
+                }
+                for t in answer.unknown {
+                    let key = (t.framework_id, t.task_id);
+                    if unchanged(&inner, &key) {
+                        lost.push(key);
+                    }
+                }
+            }
+            lost_total += lost.len();
+            self.master_updates(
+                &lost,
+                TaskState::TaskLost,
+                "REASON_TASK_UNKNOWN",
+                "the agent has no record of the task: its launch did not reach it",
+            )
+            .await;
+        }
+        lost_total
     }
 
     // ---------------------------------------------------------------- allocator link
@@ -912,7 +1056,8 @@ impl Broker {
         if let Some(c) = clients.get(&addr) {
             return Some(c.clone());
         }
-        let c = AgentClient::new(allot_common::grpc::channel(&addr).ok()?);
+        let c = AgentClient::new(allot_common::grpc::channel(&addr).ok()?)
+            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
         clients.insert(addr, c.clone());
         Some(c)
     }
@@ -1205,23 +1350,26 @@ impl Broker {
             let inner = &mut *inner;
             let tasks = &inner.tasks;
             let wait = (UNACKNOWLEDGED_WRITE_DELAY.as_millis() / FLUSH_INTERVAL.as_millis()) as u64;
-            let due: Vec<(String, String)> = inner
-                .dirty
-                .iter()
-                .filter(|(k, since)| {
-                    *since + wait < now || tasks.get(*k).is_some_and(|r| r.acknowledged)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            let records: Vec<(String, TaskRecord)> = due
-                .into_iter()
-                .filter_map(|k| {
-                    inner.dirty.remove(&k);
-                    let rec = tasks.get(&k)?.clone();
-                    Some((self.store.task_key(&k.0, &k.1), rec))
-                })
-                .collect();
-            (records, std::mem::take(&mut inner.agent_acks))
+            let mut acks = std::mem::take(&mut inner.agent_acks);
+            let mut records: Vec<(String, TaskRecord)> = Vec::new();
+            inner.dirty.retain(|k, since| {
+                let Some(rec) = tasks.get(k) else {
+                    return false;
+                };
+                let terminal = rec.status.as_ref().is_some_and(|s| s.state().is_terminal());
+                if rec.acknowledged && !terminal {
+                    // An acknowledged intermediate state is not written: the agent keeps it and tells a
+                    // restarted broker (ReconcileTasks).
+                    acks.extend(rec.status.as_ref().and_then(agent_ack));
+                    return false;
+                }
+                if rec.acknowledged || *since + wait < now {
+                    records.push((self.store.task_key(&k.0, &k.1), rec.clone()));
+                    return false;
+                }
+                true
+            });
+            (records, acks)
         };
         let store = &self.store;
         let chunks = records
