@@ -88,12 +88,16 @@ pub enum StoreError {
         /// The decode error.
         source: prost::DecodeError,
     },
+    /// A transaction of a [`GroupCommit`] failed; every request in it gets the same error, as text.
+    #[error("etcd: {0}")]
+    Grouped(String),
 }
 
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Etcd(e) => tonic::Status::unavailable(format!("etcd unavailable: {e}")),
+            StoreError::Grouped(e) => tonic::Status::unavailable(format!("etcd unavailable: {e}")),
             e @ StoreError::Decode { .. } => tonic::Status::internal(e.to_string()),
         }
     }
@@ -552,4 +556,100 @@ async fn follow_once(
         }
     }
     Ok(())
+}
+
+/// One request to a [`GroupCommit`]: records to write atomically, and where to answer.
+type GroupRequest<M> = (
+    Vec<(String, M)>,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
+/// Group commit: concurrent writers' records go to etcd together. While one round of transactions is in
+/// flight, new requests queue; the next round packs all of them into as few transactions as fit
+/// ([`MAX_TXN_OPS`] puts each, a key at most once per transaction, each request whole in one transaction so
+/// that it stays atomic; a request larger than a transaction is written alone in chunks). etcd's CPU cost is
+/// mostly per transaction, so many small concurrent writes (one ACCEPT each) cost a fraction of what they
+/// would alone, for at most one round trip of extra latency. The background task ends with the last handle.
+pub struct GroupCommit<M> {
+    tx: tokio::sync::mpsc::UnboundedSender<GroupRequest<M>>,
+}
+
+impl<M: Message + Clone + Send + Sync + 'static> GroupCommit<M> {
+    /// Starts the committer on `store`.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(commit_rounds(store, rx));
+        Self { tx }
+    }
+
+    /// Writes `items` in one transaction (several, not atomic as a whole, if more than [`MAX_TXN_OPS`]),
+    /// together with whatever other requests queued meanwhile.
+    ///
+    /// # Errors
+    /// [`StoreError::Grouped`] if the transaction failed (nothing of `items` is written then, unless they
+    /// needed several transactions).
+    pub async fn put_all(&self, items: Vec<(String, M)>) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((items, reply))
+            .map_err(|_| StoreError::Grouped("the group committer stopped".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Grouped("the group committer stopped".into())))
+    }
+}
+
+async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
+    store: Store,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<GroupRequest<M>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut requests = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            requests.push(more);
+        }
+        // Pack whole requests into groups of at most MAX_TXN_OPS distinct keys.
+        let mut groups: Vec<(Vec<(String, M)>, Vec<tokio::sync::oneshot::Sender<_>>)> = Vec::new();
+        let mut alone = Vec::new();
+        let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (items, reply) in requests {
+            if items.len() > MAX_TXN_OPS {
+                alone.push((items, reply));
+                continue;
+            }
+            let fits = groups.last().is_some_and(|(g, _)| g.len() + items.len() <= MAX_TXN_OPS)
+                && items.iter().all(|(k, _)| !keys.contains(k));
+            if !fits {
+                groups.push((Vec::new(), Vec::new()));
+                keys.clear();
+            }
+            let (g, replies) = groups.last_mut().expect("a group");
+            keys.extend(items.iter().map(|(k, _)| k.clone()));
+            g.extend(items);
+            replies.push(reply);
+        }
+        let store = &store;
+        let rounds = groups.into_iter().map(|(items, replies)| async move {
+            let result = store.put_all(&items).await.map(|_| ());
+            for r in replies {
+                let _ = r.send(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| StoreError::Grouped(e.to_string())),
+                );
+            }
+        });
+        let singles = alone.into_iter().map(|(items, reply)| async move {
+            let _ = reply.send(store.put_chunked(&items).await);
+        });
+        futures::future::join(
+            futures::future::join_all(rounds),
+            futures::future::join_all(singles),
+        )
+        .await;
+    }
 }

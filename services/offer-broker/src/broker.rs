@@ -119,6 +119,8 @@ pub struct Broker {
     /// older snapshot of a task never overwrites a newer one in etcd. The ACCEPT's TASK_STAGING writes need
     /// not: they create keys that nothing else writes yet.
     task_writes: tokio::sync::Mutex<()>,
+    /// The ACCEPTs' TASK_STAGING records, written together with those of concurrent ACCEPTs.
+    staging: allot_common::store::GroupCommit<TaskRecord>,
 }
 
 /// A task to reconcile with its agent, with the uuid of its recorded status.
@@ -170,15 +172,17 @@ fn new_uuid() -> Vec<u8> {
 
 impl Broker {
     /// A broker over `store` that takes decisions from the allocator at `allocator`.
+    /// Must be called within a Tokio runtime (it starts the group committer of TASK_STAGING writes).
     pub fn new(store: Store, allocator: Channel, heartbeat_interval: Duration) -> Self {
         Self {
-            store,
+            store: store.clone(),
             allocator: AllocatorClient::new(allocator)
                 .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
             heartbeat_interval,
             inner: Mutex::new(Inner::default()),
             agent_clients: Mutex::new(HashMap::new()),
             task_writes: tokio::sync::Mutex::new(()),
+            staging: allot_common::store::GroupCommit::start(store.clone()),
         }
     }
 
@@ -987,7 +991,7 @@ impl Broker {
                 (self.store.task_key(fw, &v.info.task_id), rec)
             })
             .collect();
-        if let Err(e) = self.store.put_all(&records).await {
+        if let Err(e) = self.staging.put_all(records.clone()).await {
             tracing::warn!(error = %e, "cannot persist launched tasks; the offers are restored");
             // Restore nothing we cannot vouch for: the offers go back to the allocator unfiltered.
             self.recover(offer_ids, 0.0, Vec::new()).await;
