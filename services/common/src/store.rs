@@ -5,9 +5,9 @@
 //! | key | value | written by |
 //! |---|---|---|
 //! | `agents/<agent_id>` | `AgentRecord` | registry |
-//! | `alive/<agent_id>` | empty, bound to the agent's lease | registry |
+//! | `alive/<agent_id>` | registration time (ms); present while the agent heartbeats | registry |
 //! | `frameworks/<framework_id>` | `FrameworkRecord` | offer-broker |
-//! | `tasks/<framework_id>/<task_id>` | `TaskRecord` | offer-broker |
+//! | `tasks/<framework_id>/<task_id>` | `TaskRecord` (TASK_STAGING, then the acknowledged end) | offer-broker |
 //! | `roles/<role>` | `Role` | registry |
 //! | `policy/active` | `PolicyRecord` | allocator (admin API) |
 //! | `policies/meta/<sha256>`, `policies/chunk/<sha256>/<n>` | `PolicyArtifact`, raw bytes | allocator |
@@ -244,29 +244,6 @@ impl Store {
             r?;
         }
         Ok(())
-    }
-
-    /// Writes `(key, expected, new)` items in one transaction if every key still holds its `expected` bytes;
-    /// returns whether it did. At most [`MAX_TXN_OPS`] items.
-    ///
-    /// # Errors
-    /// [`StoreError::Etcd`].
-    pub async fn put_if_unchanged<M: Message>(
-        &self,
-        items: &[(String, Vec<u8>, M)],
-    ) -> Result<bool, StoreError> {
-        use etcd_client::{Compare, CompareOp};
-        let compares: Vec<Compare> = items
-            .iter()
-            .map(|(k, expected, _)| Compare::value(k.as_str(), CompareOp::Equal, expected.clone()))
-            .collect();
-        let ops: Vec<TxnOp> = items
-            .iter()
-            .map(|(k, _, v)| TxnOp::put(k.as_str(), v.encode_to_vec(), None))
-            .collect();
-        let txn = Txn::new().when(compares).and_then(ops);
-        let resp = traced("txn", self.client.kv_client().txn(txn)).await?;
-        Ok(resp.succeeded())
     }
 
     /// Reads the message at `key` with its modification revision.
@@ -620,7 +597,9 @@ async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
                 alone.push((items, reply));
                 continue;
             }
-            let fits = groups.last().is_some_and(|(g, _)| g.len() + items.len() <= MAX_TXN_OPS)
+            let fits = groups
+                .last()
+                .is_some_and(|(g, _)| g.len() + items.len() <= MAX_TXN_OPS)
                 && items.iter().all(|(k, _)| !keys.contains(k));
             if !fits {
                 groups.push((Vec::new(), Vec::new()));
