@@ -707,3 +707,50 @@ async fn a_launch_that_never_reached_its_agent_is_lost_after_a_broker_restart() 
     fw.kill("t").await.expect("kill");
     fw.await_state("t", TaskState::TaskKilled).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_writes_every_concurrent_request_whole() {
+    use allot_proto::common::TaskRecord;
+    let etcd = allot_tests::Etcd::start().await;
+    let store = allot_common::config::EtcdArgs::at(&etcd.endpoint)
+        .connect()
+        .await
+        .expect("etcd");
+    let group = std::sync::Arc::new(allot_common::store::GroupCommit::<TaskRecord>::start(
+        store.clone(),
+    ));
+    let record = |fw: &str| TaskRecord {
+        framework_id: fw.to_string(),
+        ..Default::default()
+    };
+    // 50 concurrent requests of 10 keys, two requests naming the same key (they cannot share a transaction),
+    // and one request larger than a transaction.
+    let mut calls = tokio::task::JoinSet::new();
+    for r in 0..50 {
+        let group = group.clone();
+        let items: Vec<(String, TaskRecord)> = (0..10)
+            .map(|i| (format!("/g/r{r}/k{i}"), record(&format!("r{r}"))))
+            .collect();
+        calls.spawn(async move { group.put_all(items).await });
+    }
+    for v in ["first", "second"] {
+        let group = group.clone();
+        calls.spawn(async move { group.put_all(vec![("/g/same".into(), record(v))]).await });
+    }
+    let big: Vec<(String, TaskRecord)> = (0..300)
+        .map(|i| (format!("/g/big/k{i}"), record("big")))
+        .collect();
+    let group2 = group.clone();
+    calls.spawn(async move { group2.put_all(big).await });
+    while let Some(r) = calls.join_next().await {
+        r.expect("join").expect("written");
+    }
+    let (all, _) = store.list::<TaskRecord>("/g/").await.expect("list");
+    assert_eq!(all.len(), 50 * 10 + 1 + 300);
+    let (same, _) = store
+        .get::<TaskRecord>("/g/same")
+        .await
+        .expect("get")
+        .expect("present");
+    assert!(["first", "second"].contains(&same.framework_id.as_str()));
+}

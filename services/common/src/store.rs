@@ -579,6 +579,12 @@ impl<M: Message + Clone + Send + Sync + 'static> GroupCommit<M> {
     }
 }
 
+/// One transaction of a round: the records of whole requests, and their answers.
+type Group<M> = (
+    Vec<(String, M)>,
+    Vec<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
+);
+
 async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
     store: Store,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<GroupRequest<M>>,
@@ -589,7 +595,7 @@ async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
             requests.push(more);
         }
         // Pack whole requests into groups of at most MAX_TXN_OPS distinct keys.
-        let mut groups: Vec<(Vec<(String, M)>, Vec<tokio::sync::oneshot::Sender<_>>)> = Vec::new();
+        let mut groups: Vec<Group<M>> = Vec::new();
         let mut alone = Vec::new();
         let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (items, reply) in requests {
