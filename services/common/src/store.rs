@@ -535,10 +535,11 @@ async fn follow_once(
     Ok(())
 }
 
-/// One request to a [`GroupCommit`]: records to write atomically, and where to answer.
+/// One request to a [`GroupCommit`]: records to write atomically, where to answer, and the caller's span.
 type GroupRequest<M> = (
     Vec<(String, M)>,
     tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    tracing::Span,
 );
 
 /// Group commit: concurrent writers' records go to etcd together. While one round of transactions is in
@@ -546,7 +547,8 @@ type GroupRequest<M> = (
 /// ([`MAX_TXN_OPS`] puts each, a key at most once per transaction, each request whole in one transaction so
 /// that it stays atomic; a request larger than a transaction is written alone in chunks). etcd's CPU cost is
 /// mostly per transaction, so many small concurrent writes (one ACCEPT each) cost a fraction of what they
-/// would alone, for at most one round trip of extra latency. The background task ends with the last handle.
+/// would alone, for at most one round trip of extra latency. A transaction's `etcd txn` span is a child of the
+/// first request's span in it. The background task ends with the last handle.
 pub struct GroupCommit<M> {
     tx: tokio::sync::mpsc::UnboundedSender<GroupRequest<M>>,
 }
@@ -571,7 +573,7 @@ impl<M: Message + Clone + Send + Sync + 'static> GroupCommit<M> {
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send((items, reply))
+            .send((items, reply, tracing::Span::current()))
             .map_err(|_| StoreError::Grouped("the group committer stopped".into()))?;
         answer
             .await
@@ -579,16 +581,19 @@ impl<M: Message + Clone + Send + Sync + 'static> GroupCommit<M> {
     }
 }
 
-/// One transaction of a round: the records of whole requests, and their answers.
+/// One transaction of a round: the records of whole requests, their answers, and the first caller's span
+/// (the transaction's `etcd txn` span is its child).
 type Group<M> = (
     Vec<(String, M)>,
     Vec<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
+    tracing::Span,
 );
 
 async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
     store: Store,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<GroupRequest<M>>,
 ) {
+    use tracing::Instrument as _;
     while let Some(first) = rx.recv().await {
         let mut requests = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -598,27 +603,27 @@ async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
         let mut groups: Vec<Group<M>> = Vec::new();
         let mut alone = Vec::new();
         let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for (items, reply) in requests {
+        for (items, reply, span) in requests {
             if items.len() > MAX_TXN_OPS {
-                alone.push((items, reply));
+                alone.push((items, reply, span));
                 continue;
             }
             let fits = groups
                 .last()
-                .is_some_and(|(g, _)| g.len() + items.len() <= MAX_TXN_OPS)
+                .is_some_and(|(g, _, _)| g.len() + items.len() <= MAX_TXN_OPS)
                 && items.iter().all(|(k, _)| !keys.contains(k));
             if !fits {
-                groups.push((Vec::new(), Vec::new()));
+                groups.push((Vec::new(), Vec::new(), span));
                 keys.clear();
             }
-            let (g, replies) = groups.last_mut().expect("a group");
+            let (g, replies, _) = groups.last_mut().expect("a group");
             keys.extend(items.iter().map(|(k, _)| k.clone()));
             g.extend(items);
             replies.push(reply);
         }
         let store = &store;
-        let rounds = groups.into_iter().map(|(items, replies)| async move {
-            let result = store.put_all(&items).await.map(|_| ());
+        let rounds = groups.into_iter().map(|(items, replies, span)| async move {
+            let result = store.put_all(&items).instrument(span).await.map(|_| ());
             for r in replies {
                 let _ = r.send(
                     result
@@ -628,8 +633,8 @@ async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
                 );
             }
         });
-        let singles = alone.into_iter().map(|(items, reply)| async move {
-            let _ = reply.send(store.put_chunked(&items).await);
+        let singles = alone.into_iter().map(|(items, reply, span)| async move {
+            let _ = reply.send(store.put_chunked(&items).instrument(span).await);
         });
         futures::future::join(
             futures::future::join_all(rounds),
