@@ -754,3 +754,38 @@ async fn a_group_commit_writes_every_concurrent_request_whole() {
         .expect("present");
     assert!(["first", "second"].contains(&same.framework_id.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_ends_the_tasks_it_cannot_reattach_to() {
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
+    let mut fw = TestFramework::subscribe(&cluster, "left-behind", "*").await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(&offer.offer_id, vec![task("t", "sleep 30", 0.1, 32.0)], 5.0)
+        .await
+        .expect("accept");
+    fw.await_state("t", TaskState::TaskRunning).await;
+    let pid_file = agent
+        .work_dir
+        .join("meta/frameworks")
+        .join(&fw.id)
+        .join("tasks/t/pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the pid is checkpointed")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // The agent dies; its task's process outlives it. The next agent process does not reattach: it kills what
+    // is left of the task and says so.
+    let dir = agent.work_dir.clone();
+    agent.service.crash();
+    let _again = cluster.start_agent("cpus:1;mem:256", dir).await;
+    let failed = fw.await_state("t", TaskState::TaskFailed).await;
+    assert_eq!(failed.reason, "REASON_AGENT_RESTARTED");
+    assert!(failed.message.contains("killed"), "{}", failed.message);
+    eventually("the left-behind process is gone", || async {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+}

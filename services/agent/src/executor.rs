@@ -29,6 +29,9 @@ pub struct Launch {
     pub sandbox: PathBuf,
     /// Seconds between SIGTERM and SIGKILL on a kill.
     pub grace: Duration,
+    /// Where to checkpoint the task's pid once it runs (a restarted agent kills what it cannot reattach to);
+    /// `None` to not checkpoint.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// The sandbox of `task_id` of `framework_id` under `work_dir`.
@@ -160,6 +163,15 @@ pub async fn run_task(
         }
     };
     let pid = child.id().unwrap_or(0);
+    if let Some(file) = &l.pid_file {
+        let written = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(file, pid.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(task = %l.task.task_id, error = %e, "cannot checkpoint the task's pid");
+        }
+    }
     if let Err(e) = iso.attach(pid) {
         tracing::warn!(task = %l.task.task_id, error = %e, "cannot move the task into its cgroup");
     }
@@ -244,4 +256,45 @@ pub async fn run_task(
     };
     tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended");
     send(last);
+}
+
+/// Kills what is left of a task that an earlier agent process started: the process group of the pid
+/// checkpointed in `pid_file`, if that process is still alive and is the task (its environment names
+/// `framework_id` and `task_id`, so a recycled pid is never killed). Returns whether it killed anything.
+pub fn kill_leftover(pid_file: &Path, framework_id: &str, task_id: &str) -> bool {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return false;
+    };
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    let has = |v: String| vars.contains(&v.as_bytes());
+    if !(has(format!("ALLOT_TASK_ID={task_id}"))
+        && has(format!("ALLOT_FRAMEWORK_ID={framework_id}")))
+    {
+        return false;
+    }
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpointed_pid_that_is_not_the_task_is_never_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        // This test's own process: alive, but not task t of framework fw.
+        std::fs::write(&file, std::process::id().to_string()).unwrap();
+        assert!(!kill_leftover(&file, "fw", "t"));
+        std::fs::write(&file, "not a pid").unwrap();
+        assert!(!kill_leftover(&file, "fw", "t"));
+        assert!(!kill_leftover(&dir.path().join("missing"), "fw", "t"));
+    }
 }

@@ -113,6 +113,7 @@ impl agent_server::Agent for AgentService {
                 task,
                 sandbox: sandbox.clone(),
                 grace,
+                pid_file: agent.updates.pid_file(&key),
             };
             let agent = agent.clone();
             tokio::spawn(async move {

@@ -10,7 +10,9 @@
 //!
 //! The AgentID is checkpointed in `<work_dir>/agent_id`, so a restarted agent re-registers as the same agent.
 //! Each task's status updates are checkpointed under `<work_dir>/meta` and go to the broker in order; each is
-//! re-sent until the framework's acknowledgement comes back through the broker (see [`status`]).
+//! re-sent until the framework's acknowledgement comes back through the broker (see [`status`]). A restarted
+//! agent does not reattach to running tasks: it kills what an earlier agent process left running (the pid is
+//! checkpointed beside the task's updates) and reports those tasks TASK_FAILED (REASON_AGENT_RESTARTED).
 
 pub mod executor;
 pub mod grpc;
@@ -23,7 +25,7 @@ use allot_common::convert::resources_to_proto;
 use allot_common::grpc::Channel;
 use allot_policy::Resources;
 use allot_proto::agent::status_updates_client::StatusUpdatesClient;
-use allot_proto::common::AgentInfo;
+use allot_proto::common::{AgentInfo, StatusSource, TaskState, TaskStatus};
 use allot_proto::registry::{
     HeartbeatRequest, RegisterAgentRequest, registry_client::RegistryClient,
 };
@@ -244,6 +246,40 @@ async fn deliver(
     Ok(())
 }
 
+/// After a restart: every task that an earlier agent process left unfinished (its checkpointed stream does not
+/// end in a terminal update) is ended, as Mesos' `--recover=cleanup` does: this agent does not reattach to a
+/// running task, so it kills what is left of the task's process group (only if the checkpointed pid is still
+/// that task's) and reports TASK_FAILED with reason REASON_AGENT_RESTARTED. The update goes through the
+/// status update manager like any other, after the earlier ones still unacknowledged.
+fn end_leftover_tasks(updates: &status::StatusUpdateManager) {
+    for ((fw, task), latest) in updates.unfinished() {
+        let killed = updates
+            .pid_file(&(fw.clone(), task.clone()))
+            .is_some_and(|f| executor::kill_leftover(&f, &fw, &task));
+        let message = if killed {
+            "the agent restarted and does not reattach to running tasks: the task's processes were killed"
+        } else {
+            "the agent restarted and found none of the task's processes"
+        };
+        tracing::warn!(framework = %fw, %task, killed, "ending a task left by an earlier agent process");
+        let status = TaskStatus {
+            task_id: task,
+            state: TaskState::TaskFailed as i32,
+            message: message.into(),
+            source: StatusSource::SourceAgent as i32,
+            reason: "REASON_AGENT_RESTARTED".into(),
+            agent_id: latest.agent_id,
+            framework_id: fw,
+            timestamp: allot_common::now_secs(),
+            uuid: allot_common::new_id("u").into_bytes(),
+            exit_code: None,
+        };
+        if let Err(e) = updates.push(status, "", &HashMap::new()) {
+            tracing::warn!(error = %e, "cannot checkpoint a status update; it is kept in memory");
+        }
+    }
+}
+
 fn default_resources() -> Resources {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -373,6 +409,7 @@ pub async fn run(
             },
         )?,
     );
+    end_leftover_tasks(&updates);
     let broker = StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?);
     let stop_updates = CancellationToken::new();
     // Aborted with `run`: a crashed agent sends nothing more (its checkpoint has what is left).

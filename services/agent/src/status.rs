@@ -301,6 +301,30 @@ impl StatusUpdateManager {
             .sum()
     }
 
+    /// Where the pid of task `key` is checkpointed, beside its stream (`None` without checkpoints).
+    pub fn pid_file(&self, key: &TaskKey) -> Option<PathBuf> {
+        self.task_dir(key).map(|d| d.join("pid"))
+    }
+
+    /// Tasks whose latest update (acknowledged or not) is not terminal, with that update: after a restart,
+    /// the tasks an earlier agent process left running.
+    pub fn unfinished(&self) -> Vec<(TaskKey, TaskStatus)> {
+        self.streams
+            .lock()
+            .expect("streams poisoned")
+            .tasks
+            .iter()
+            .filter_map(|(k, s)| {
+                let latest = s
+                    .updates
+                    .back()
+                    .and_then(|r| r.status.clone())
+                    .or_else(|| s.acknowledged.clone())?;
+                (!latest.state().is_terminal()).then(|| (k.clone(), latest))
+            })
+            .collect()
+    }
+
     /// What this manager knows of task `key`: `None` if it has no stream for it (no update yet, or its
     /// terminal update is acknowledged), else the latest acknowledged update, if any.
     pub fn known(&self, key: &TaskKey) -> Option<Option<TaskStatus>> {
