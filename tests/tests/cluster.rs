@@ -789,3 +789,47 @@ async fn a_restarted_agent_ends_the_tasks_it_cannot_reattach_to() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_comes_back_has_its_unreachable_tasks_reconciled() {
+    let mut cluster = Cluster::start().await;
+    let _agent = cluster.add_agent("cpus:1;mem:256").await;
+    let store = store_of(&cluster).await;
+    let mut fw = TestFramework::subscribe(&cluster, "partitioned", "*").await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(&offer.offer_id, vec![task("t", "sleep 30", 0.5, 64.0)], 5.0)
+        .await
+        .expect("accept");
+    fw.await_state("t", TaskState::TaskRunning).await;
+    // A partition, as the rest of the cluster sees it: the agent's alive key goes, later it comes back (the
+    // registry re-admits an agent whose heartbeats reach it again).
+    let alive = store.key(allot_common::store::Kind::Alive, &offer.agent_id);
+    let (_, value) = store
+        .list_bytes(&alive)
+        .await
+        .expect("read")
+        .pop()
+        .expect("the agent is alive");
+    store.delete(&alive).await.expect("delete");
+    let unreachable = fw.await_state("t", TaskState::TaskUnreachable).await;
+    assert_eq!(unreachable.reason, "REASON_AGENT_UNREACHABLE");
+    store.put_bytes(&alive, value).await.expect("put");
+    // Either the agent re-sends its TASK_RUNNING (its acknowledgement was still on the way when the task was
+    // made unreachable) or the broker's reconciliation with the returned agent reports it.
+    let back = fw.await_state("t", TaskState::TaskRunning).await;
+    assert!(
+        ["", "REASON_RECONCILIATION"].contains(&back.reason.as_str()),
+        "{back:?}"
+    );
+    // Either way etcd, and through it the allocator, count the task as live again.
+    eventually("etcd records t as TASK_RUNNING again", || async {
+        recorded(&store, &fw.id, "t")
+            .await
+            .status
+            .map(|s| s.state())
+            == Some(TaskState::TaskRunning)
+    })
+    .await;
+    fw.kill("t").await.expect("kill");
+    fw.await_state("t", TaskState::TaskKilled).await;
+}

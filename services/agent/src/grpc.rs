@@ -51,7 +51,10 @@ pub(crate) fn reconcile(
     for t in tasks {
         let key = (t.framework_id.clone(), t.task_id.clone());
         match updates.known(&key) {
-            Some(Some(status)) => out.acknowledged.push(status),
+            Some(Some((status, acknowledged))) => out.tasks.push(ReconciledTask {
+                status: Some(status),
+                acknowledged,
+            }),
             Some(None) => {}
             None if launched(&key) => {}
             None => out.unknown.push(t),

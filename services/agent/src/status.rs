@@ -326,14 +326,17 @@ impl StatusUpdateManager {
     }
 
     /// What this manager knows of task `key`: `None` if it has no stream for it (no update yet, or its
-    /// terminal update is acknowledged), else the latest acknowledged update, if any.
-    pub fn known(&self, key: &TaskKey) -> Option<Option<TaskStatus>> {
+    /// terminal update is acknowledged), else its latest update, if any, and whether that one is acknowledged.
+    pub fn known(&self, key: &TaskKey) -> Option<Option<(TaskStatus, bool)>> {
         self.streams
             .lock()
             .expect("streams poisoned")
             .tasks
             .get(key)
-            .map(|s| s.acknowledged.clone())
+            .map(|s| match s.updates.back().and_then(|r| r.status.clone()) {
+                Some(pending) => Some((pending, false)),
+                None => s.acknowledged.clone().map(|a| (a, true)),
+            })
     }
 
     /// Whether task `key` has an update not yet acknowledged.
@@ -544,16 +547,16 @@ mod tests {
         assert_eq!(m.acknowledge(&key("t1"), b"r1"), None);
         let (out, _) = m.take_due(now + Duration::from_secs(1), 100);
         assert_eq!(uuids(&out), ["f1"]);
-        let known = m
+        let (latest, acked) = m
             .known(&key("t1"))
             .expect("t1 is known")
-            .expect("acknowledged");
-        assert_eq!(known.uuid, b"r1");
-        assert_eq!(
-            m.known(&key("t2")),
-            Some(None),
-            "known, nothing acknowledged"
-        );
+            .expect("an update");
+        assert_eq!((latest.uuid.as_slice(), acked), (&b"f1"[..], false));
+        let (latest, acked) = m
+            .known(&key("t2"))
+            .expect("t2 is known")
+            .expect("an update");
+        assert_eq!((latest.uuid.as_slice(), acked), (&b"r2"[..], false));
         assert_eq!(m.known(&key("t9")), None);
         // The terminal update's acknowledgement ends the stream.
         assert!(m.acknowledge(&key("t1"), b"f1").is_some());
@@ -611,11 +614,12 @@ mod tests {
         f.write_all(&[0x7f, 0x0a, 0x01]).unwrap();
         let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
         assert_eq!(m.pending(), 1);
-        let known = m
+        // t1 has r1 acknowledged and f1 still to go.
+        let (latest, acked) = m
             .known(&key("t1"))
             .flatten()
-            .expect("r1 survives the restart");
-        assert_eq!(known.uuid, b"r1");
+            .expect("t1 survives the restart");
+        assert_eq!((latest.uuid.as_slice(), acked), (&b"f1"[..], false));
         let (out, _) = m.take_due(Instant::now(), 10);
         assert_eq!(uuids(&out), ["f1"]);
         assert_eq!(out[0].request.sandbox, "/sb");

@@ -87,6 +87,9 @@ struct Inner {
     dirty: HashMap<(String, String), u64>,
     /// Flushes so far.
     flushes: u64,
+    /// Dirty tasks whose next write may not be skipped even if it is an acknowledged intermediate state: tasks
+    /// back from TASK_UNREACHABLE, which etcd (and the allocator, through it) still counts as gone.
+    must_write: HashSet<(String, String)>,
     /// Acknowledgements to pass on to agents with the next flush: repeats of updates already recorded as
     /// acknowledged, and updates dropped (unknown task, after a terminal state).
     agent_acks: Vec<StatusUpdateAcknowledgement>,
@@ -260,6 +263,10 @@ impl Broker {
                     let me = me.clone();
                     let id = id.to_string();
                     tokio::spawn(async move { me.agent_lost(&id).await });
+                } else if value.is_some() && !was {
+                    let me = me.clone();
+                    let id = id.to_string();
+                    tokio::spawn(async move { me.agent_returned(&id).await });
                 }
             },
         )));
@@ -271,7 +278,7 @@ impl Broker {
 
     /// After a start: asks every agent what it knows of the tasks that etcd records on it as TASK_STAGING,
     /// TASK_STARTING, TASK_RUNNING or TASK_KILLING (intermediate states are not written, see
-    /// [`FLUSH_INTERVAL`]). The latest acknowledged state an agent reports replaces the recorded one in memory;
+    /// [`FLUSH_INTERVAL`]). The latest state an agent reports replaces the recorded one in memory;
     /// a task the agent has never heard of (the ACCEPT was recorded, the launch never reached the agent) is
     /// reported TASK_LOST. A task that changed meanwhile (its agent re-sent an update) is left alone. An agent
     /// that does not answer keeps its tasks' recorded states (if it is gone, the registry's timeout makes them
@@ -316,7 +323,7 @@ impl Broker {
         }
         let calls = by_address
             .into_iter()
-            .map(|(addr, tasks)| self.reconcile_at(addr, tasks));
+            .map(|(addr, tasks)| self.reconcile_at(addr, tasks, false));
         let lost: usize = futures::future::join_all(calls).await.into_iter().sum();
         tracing::info!(
             agents,
@@ -328,7 +335,11 @@ impl Broker {
 
     /// Reconciles `tasks` (each with the uuid of its recorded status) with the agent (or simulator) at `addr`;
     /// returns how many were reported TASK_LOST.
-    async fn reconcile_at(&self, addr: String, tasks: Vec<Recorded>) -> usize {
+    ///
+    /// With `returned` (the agent came back after it was unreachable), a task the agent still has is not
+    /// replaced silently: its state is reported again, as a new update written to etcd (reason
+    /// REASON_RECONCILIATION), so that the framework and the allocator see the task live again.
+    async fn reconcile_at(&self, addr: String, tasks: Vec<Recorded>, returned: bool) -> usize {
         let Some(client) = self.client_at(addr.clone()) else {
             return 0;
         };
@@ -364,6 +375,8 @@ impl Broker {
             let recorded: HashMap<&(String, String), &Vec<u8>> =
                 chunk.iter().map(|(k, u)| (k, u)).collect();
             let mut lost = Vec::new();
+            let mut revived: HashMap<TaskState, Vec<(String, String)>> = HashMap::new();
+            let mut ended = Vec::new();
             {
                 let mut inner = self.lock();
                 let flushes = inner.flushes;
@@ -375,17 +388,30 @@ impl Broker {
                         .map(|s| &s.uuid);
                     rec_uuid.is_some() && recorded.get(key).copied() == rec_uuid
                 };
-                for status in answer.acknowledged {
+                for t in answer.tasks {
+                    let Some(status) = t.status else { continue };
                     let key = (status.framework_id.clone(), status.task_id.clone());
                     if !unchanged(&inner, &key) {
                         continue;
                     }
+                    if returned {
+                        if !status.state().is_terminal() {
+                            revived.entry(status.state()).or_default().push(key);
+                        }
+                        continue;
+                    }
+                    // An unacknowledged one goes to the framework on the next heartbeat (and comes from the
+                    // agent again); a terminal one is written once acknowledged.
                     let terminal = status.state().is_terminal();
                     if let Some(rec) = inner.tasks.get_mut(&key) {
                         rec.status = Some(status);
-                        rec.acknowledged = true;
+                        rec.acknowledged = t.acknowledged;
                     }
                     if terminal {
+                        ended.push(EndedTask {
+                            framework_id: key.0.clone(),
+                            task_id: key.1.clone(),
+                        });
                         inner.dirty.insert(key, flushes);
                     }
                 }
@@ -395,6 +421,16 @@ impl Broker {
                         lost.push(key);
                     }
                 }
+            }
+            self.tell_ended(ended);
+            for (state, tasks) in revived {
+                self.master_updates(
+                    &tasks,
+                    state,
+                    "REASON_RECONCILIATION",
+                    &format!("agent at {addr} is reachable again and still runs the task"),
+                )
+                .await;
             }
             lost_total += lost.len();
             self.master_updates(
@@ -1212,6 +1248,11 @@ impl Broker {
                     }
                 }
                 let state = status.state();
+                if rec.status.as_ref().map(|c| c.state()) == Some(TaskState::TaskUnreachable)
+                    && !state.is_terminal()
+                {
+                    inner.must_write.insert(key.clone());
+                }
                 if state.is_terminal() || state == TaskState::TaskUnreachable {
                     ended.push(EndedTask {
                         framework_id: key.0.clone(),
@@ -1239,18 +1280,24 @@ impl Broker {
             "status updates received"
         );
         self.send_updates(forward);
-        if !ended.is_empty() {
-            // Should this call be lost, the allocator still learns it from etcd when the records are written.
-            let mut allocator = self.allocator.clone();
-            tokio::spawn(async move {
-                if let Err(e) = allocator
-                    .tasks_ended(TasksEndedRequest { tasks: ended })
-                    .await
-                {
-                    tracing::debug!(error = %e.message(), "cannot tell the allocator of ended tasks");
-                }
-            });
+        self.tell_ended(ended);
+    }
+
+    /// Tells the allocator that these tasks ended (their resources are free), without waiting. Should the call
+    /// be lost, the allocator still learns it from etcd when the records are written.
+    fn tell_ended(&self, ended: Vec<EndedTask>) {
+        if ended.is_empty() {
+            return;
         }
+        let mut allocator = self.allocator.clone();
+        tokio::spawn(async move {
+            if let Err(e) = allocator
+                .tasks_ended(TasksEndedRequest { tasks: ended })
+                .await
+            {
+                tracing::debug!(error = %e.message(), "cannot tell the allocator of ended tasks");
+            }
+        });
     }
 
     /// Records `updates` that the broker makes itself (each from the task's record in memory) in etcd, then
@@ -1356,11 +1403,16 @@ impl Broker {
             let wait = (UNACKNOWLEDGED_WRITE_DELAY.as_millis() / FLUSH_INTERVAL.as_millis()) as u64;
             let mut acks = std::mem::take(&mut inner.agent_acks);
             let mut records: Vec<(String, TaskRecord)> = Vec::new();
+            let must_write = std::mem::take(&mut inner.must_write);
             inner.dirty.retain(|k, since| {
                 let Some(rec) = tasks.get(k) else {
                     return false;
                 };
                 let terminal = rec.status.as_ref().is_some_and(|s| s.state().is_terminal());
+                if must_write.contains(k) {
+                    records.push((self.store.task_key(&k.0, &k.1), rec.clone()));
+                    return false;
+                }
                 if rec.acknowledged && !terminal {
                     // An acknowledged intermediate state is not written: the agent keeps it and tells a
                     // restarted broker (ReconcileTasks).
@@ -1392,6 +1444,7 @@ impl Broker {
                     let mut inner = self.lock();
                     for (_, r) in chunk {
                         inner.dirty.insert(task_key(r), 0);
+                        inner.must_write.insert(task_key(r));
                     }
                 }
             }
@@ -1639,6 +1692,30 @@ impl Broker {
         }
         tracing::info!(framework = %fw, "framework torn down");
         Ok(())
+    }
+
+    /// An agent is reachable (again): its tasks that were made TASK_UNREACHABLE are reconciled with it (see
+    /// [`Broker::reconcile_at`]); those it still runs are reported in their state again, those it never heard
+    /// of TASK_LOST. Updates it could not deliver meanwhile arrive from its status update manager on their own.
+    async fn agent_returned(&self, agent_id: &str) {
+        let tasks: Vec<Recorded> = self
+            .lock()
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.task.as_ref().is_some_and(|i| i.agent_id == agent_id))
+            .filter_map(|(k, t)| {
+                let s = t.status.as_ref()?;
+                (s.state() == TaskState::TaskUnreachable).then(|| (k.clone(), s.uuid.clone()))
+            })
+            .collect();
+        if tasks.is_empty() {
+            return;
+        }
+        let Some(addr) = self.agent_address(agent_id).await else {
+            return;
+        };
+        tracing::info!(agent = %agent_id, tasks = tasks.len(), "agent reachable again; reconciling its unreachable tasks");
+        self.reconcile_at(addr, tasks, true).await;
     }
 
     /// An agent's lease lapsed: its live tasks become TASK_UNREACHABLE.
