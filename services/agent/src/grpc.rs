@@ -145,14 +145,12 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<AcknowledgeStatusUpdatesRequest>,
     ) -> Result<Response<AcknowledgeStatusUpdatesResponse>, Status> {
-        for a in request.into_inner().acknowledgements {
-            if let Some(state) = self
-                .0
-                .updates
-                .acknowledge(&(a.framework_id, a.task_id), &a.uuid)
-            {
-                M.updates.with_label_values(&[state.as_str_name()]).inc();
-            }
+        let acked = self
+            .0
+            .updates
+            .acknowledge_all(request.into_inner().acknowledgements);
+        for state in acked {
+            M.updates.with_label_values(&[state.as_str_name()]).inc();
         }
         Ok(Response::new(AcknowledgeStatusUpdatesResponse {}))
     }

@@ -214,28 +214,28 @@ impl Agent {
 
 /// Delivers `due` status updates to the broker, one `Update` call each, in order. Each update is a
 /// `status update` span whose parent is the task's launch (its W3C context), so the update joins the trace of
-/// the ACCEPT that launched the task. An update the broker refuses as malformed is dropped.
+/// the ACCEPT that launched the task. Returns the updates the broker refused as malformed.
 ///
 /// # Errors
 /// The first failed call's status; the manager re-sends every head after a backoff.
 async fn deliver(
     mut client: StatusUpdatesClient<Channel>,
-    updates: &status::StatusUpdateManager,
     due: Vec<status::Outgoing>,
-) -> Result<(), tonic::Status> {
+) -> Result<Vec<status::Refused>, tonic::Status> {
     use tracing::Instrument as _;
+    let mut refused = Vec::new();
     for o in due {
         let Some(status) = o.request.status.clone() else {
             continue;
         };
         let span = allot_common::status_update_span(&status, "internal");
         allot_telemetry::propagation::set_parent_from_map(&span, &o.context);
+        let dropped = o.refused();
         match client.update(o.request).instrument(span).await {
             Ok(_) => {}
             Err(e) if e.code() == tonic::Code::InvalidArgument => {
                 tracing::warn!(task = %status.task_id, error = %e.message(), "broker refused a status update; dropped");
-                let key = (status.framework_id.clone(), status.task_id.clone());
-                updates.acknowledge(&key, &status.uuid);
+                refused.extend(dropped);
             }
             Err(e) => {
                 M.retries.inc();
@@ -243,7 +243,7 @@ async fn deliver(
             }
         }
     }
-    Ok(())
+    Ok(refused)
 }
 
 /// After a restart: every task that an earlier agent process left unfinished (its checkpointed stream does not
@@ -411,16 +411,8 @@ pub async fn run(
     );
     end_leftover_tasks(&updates);
     let broker = StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?);
-    let stop_updates = CancellationToken::new();
     // Aborted with `run`: a crashed agent sends nothing more (its checkpoint has what is left).
-    let mut update_sender = {
-        let (updates, stop) = (updates.clone(), stop_updates.clone());
-        AbortOnDrop(tokio::spawn(async move {
-            updates
-                .run(|due| deliver(broker.clone(), &updates, due), stop)
-                .await
-        }))
-    };
+    let sending = updates.start(move |due| deliver(broker.clone(), due));
     let agent = Arc::new(Agent {
         agent_id: Mutex::new(checkpointed.clone()),
         work_dir: work_dir.clone(),
@@ -461,12 +453,9 @@ pub async fn run(
         t.cancel();
     }
     // Until acknowledged, what is left stays checkpointed and goes out after the next start.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while (agent.running() > 0 || updates.pending() > 0) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop_updates.cancel();
-    let _ = (&mut update_sender.0).await;
+    sending
+        .drain(Duration::from_secs(5), || agent.running() > 0)
+        .await;
     result?;
     Ok(())
 }

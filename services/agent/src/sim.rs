@@ -15,7 +15,7 @@
 //! the framework's acknowledgement comes back through the broker (at-least-once, in order per task, as for a
 //! real agent).
 
-use crate::status::{Outgoing, StatusUpdateManager};
+use crate::status::{Outgoing, Refused, StatusUpdateManager};
 use crate::{Error, Node, keep_registered};
 use allot_common::AbortOnDrop;
 use allot_common::grpc::Channel;
@@ -69,34 +69,27 @@ static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
     }
 });
 
-/// Sends `due` updates to the broker in one `UpdateBatch` call.
+/// Sends `due` updates to the broker in one `UpdateBatch` call; returns them all as refused if the broker
+/// refused the batch as malformed.
 ///
 /// # Errors
-/// The call's status when the broker did not answer OK (a malformed batch is dropped instead).
+/// The call's status when the broker did not answer.
 async fn send_batch(
     mut broker: StatusUpdatesClient<Channel>,
-    updates: &StatusUpdateManager,
     due: Vec<Outgoing>,
-) -> Result<(), Status> {
-    let keys: Vec<_> = due
-        .iter()
-        .filter_map(|o| o.request.status.as_ref())
-        .map(|s| ((s.framework_id.clone(), s.task_id.clone()), s.uuid.clone()))
-        .collect();
+) -> Result<Vec<Refused>, Status> {
+    let refused: Vec<Refused> = due.iter().filter_map(Outgoing::refused).collect();
     let req = StatusUpdateBatchRequest {
         updates: due.into_iter().map(|o| o.request).collect(),
     };
     match broker.update_batch(req).await {
         Ok(_) => {
             M.batches.inc();
-            Ok(())
+            Ok(Vec::new())
         }
         Err(e) if e.code() == tonic::Code::InvalidArgument => {
-            tracing::warn!(error = %e.message(), updates = keys.len(), "broker refused a batch of status updates; dropped");
-            for (key, uuid) in keys {
-                updates.acknowledge(&key, &uuid);
-            }
-            Ok(())
+            tracing::warn!(error = %e.message(), updates = refused.len(), "broker refused a batch of status updates; dropped");
+            Ok(refused)
         }
         Err(e) => Err(e),
     }
@@ -206,18 +199,11 @@ impl agent_server::Agent for SimService {
         &self,
         request: Request<AcknowledgeStatusUpdatesRequest>,
     ) -> Result<Response<AcknowledgeStatusUpdatesResponse>, Status> {
-        let mut n = 0;
-        for a in request.into_inner().acknowledgements {
-            if self
-                .0
-                .updates
-                .acknowledge(&(a.framework_id, a.task_id), &a.uuid)
-                .is_some()
-            {
-                n += 1;
-            }
-        }
-        M.updates.inc_by(n);
+        let acked = self
+            .0
+            .updates
+            .acknowledge_all(request.into_inner().acknowledgements);
+        M.updates.inc_by(acked.len() as u64);
         Ok(Response::new(AcknowledgeStatusUpdatesResponse {}))
     }
 
@@ -291,15 +277,7 @@ pub async fn run(
         config.status_update_retry_interval,
     ));
     let broker = StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?);
-    let stop_updates = CancellationToken::new();
-    let mut sender = {
-        let (updates, stop) = (updates.clone(), stop_updates.clone());
-        AbortOnDrop(tokio::spawn(async move {
-            updates
-                .run(|due| send_batch(broker.clone(), &updates, due), stop)
-                .await
-        }))
-    };
+    let sending = updates.start(move |due| send_batch(broker.clone(), due));
     let sim = Arc::new(Sim {
         agents: ids.iter().cloned().collect(),
         tasks: Mutex::new(HashMap::new()),
@@ -352,12 +330,7 @@ pub async fn run(
     for k in running {
         k.cancel();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while updates.pending() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop_updates.cancel();
-    let _ = (&mut sender.0).await;
+    sending.drain(Duration::from_secs(5), || false).await;
     result?;
     Ok(())
 }

@@ -16,14 +16,18 @@
 //! rebuilds the streams from those files after a restart. A stream whose terminal update is acknowledged is
 //! removed with its file. Simulated agents keep their streams in memory only.
 
-use allot_proto::agent::{StatusUpdateCheckpoint, StatusUpdateRequest, status_update_checkpoint};
+use allot_common::AbortOnDrop;
+use allot_proto::agent::{
+    StatusUpdateAcknowledgement, StatusUpdateCheckpoint, StatusUpdateRequest,
+    status_update_checkpoint,
+};
 use allot_proto::common::{TaskState, TaskStatus};
 use prost::Message as _;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -290,6 +294,17 @@ impl StatusUpdateManager {
         Some(state)
     }
 
+    /// `Agent.AcknowledgeStatusUpdates`: each acknowledgement as by [`StatusUpdateManager::acknowledge`];
+    /// returns the states of the updates it dropped.
+    pub fn acknowledge_all(
+        &self,
+        acks: impl IntoIterator<Item = StatusUpdateAcknowledgement>,
+    ) -> Vec<TaskState> {
+        acks.into_iter()
+            .filter_map(|a| self.acknowledge(&(a.framework_id, a.task_id), &a.uuid))
+            .collect()
+    }
+
     /// Updates not yet acknowledged, over all tasks.
     pub fn pending(&self) -> usize {
         self.streams
@@ -337,16 +352,6 @@ impl StatusUpdateManager {
                 Some(pending) => Some((pending, false)),
                 None => s.acknowledged.clone().map(|a| (a, true)),
             })
-    }
-
-    /// Whether task `key` has an update not yet acknowledged.
-    pub fn has_pending(&self, key: &TaskKey) -> bool {
-        self.streams
-            .lock()
-            .expect("streams poisoned")
-            .tasks
-            .get(key)
-            .is_some_and(|s| !s.updates.is_empty())
     }
 
     /// Takes up to `max` heads that are due at `now` (never sent, or not acknowledged in time) and schedules
@@ -424,13 +429,30 @@ impl StatusUpdateManager {
         }
     }
 
+    /// Starts sending due heads with `send` (see [`StatusUpdateManager::run`]) on a task of its own; the
+    /// returned handle stops it, and aborts it when dropped (a crashed agent sends nothing more).
+    pub fn start<F, Fut>(self: &Arc<Self>, send: F) -> Sending
+    where
+        F: FnMut(Vec<Outgoing>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Vec<Refused>, tonic::Status>> + Send,
+    {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (me, until) = (self.clone(), stop.clone());
+        Sending {
+            manager: self.clone(),
+            stop,
+            task: AbortOnDrop(tokio::spawn(async move { me.run(send, until).await })),
+        }
+    }
+
     /// Sends due heads with `send` until `stop` is cancelled: one call at a time, up to [`MAX_PER_SEND`]
-    /// updates each; a failed call is retried with backoff (100 ms doubling to 5 s) and then every head is sent
-    /// again. `send` returns `Err` for a call the broker did not answer with OK.
-    pub async fn run<F, Fut>(&self, mut send: F, stop: tokio_util::sync::CancellationToken)
+    /// updates each. `send` answers which updates the broker refused as malformed (they are dropped), or `Err`
+    /// for a call the broker did not answer; that is retried with backoff (100 ms doubling to 5 s), and then
+    /// every head is sent again.
+    async fn run<F, Fut>(&self, mut send: F, stop: tokio_util::sync::CancellationToken)
     where
         F: FnMut(Vec<Outgoing>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+        Fut: std::future::Future<Output = Result<Vec<Refused>, tonic::Status>>,
     {
         let first = Duration::from_millis(100);
         let mut delays = allot_common::retry_delays(first);
@@ -453,7 +475,12 @@ impl StatusUpdateManager {
             }
             let n = due.len();
             match send(due).await {
-                Ok(()) => delays = allot_common::retry_delays(first),
+                Ok(refused) => {
+                    for (key, uuid) in refused {
+                        self.acknowledge(&key, &uuid);
+                    }
+                    delays = allot_common::retry_delays(first);
+                }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));
                     tracing::debug!(error = %e.message(), updates = n, ?delay, "status updates not delivered; retrying");
@@ -465,6 +492,38 @@ impl StatusUpdateManager {
                 }
             }
         }
+    }
+}
+
+/// An update the broker refused as malformed: its task and uuid.
+pub type Refused = (TaskKey, Vec<u8>);
+
+impl Outgoing {
+    /// This update as [`Refused`], for a sender whose call the broker refused.
+    pub fn refused(&self) -> Option<Refused> {
+        let s = self.request.status.as_ref()?;
+        Some(((s.framework_id.clone(), s.task_id.clone()), s.uuid.clone()))
+    }
+}
+
+/// The sender started by [`StatusUpdateManager::start`].
+pub struct Sending {
+    manager: Arc<StatusUpdateManager>,
+    stop: tokio_util::sync::CancellationToken,
+    task: AbortOnDrop,
+}
+
+impl Sending {
+    /// For a graceful shutdown: gives the pending updates (and whatever `busy` says is still running) up to
+    /// `within` to be acknowledged, then stops sending. What is left stays checkpointed, if the manager
+    /// checkpoints.
+    pub async fn drain(mut self, within: Duration, busy: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        while (busy() || self.manager.pending() > 0) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop.cancel();
+        let _ = (&mut self.task.0).await;
     }
 }
 
@@ -560,7 +619,7 @@ mod tests {
         assert_eq!(m.known(&key("t9")), None);
         // The terminal update's acknowledgement ends the stream.
         assert!(m.acknowledge(&key("t1"), b"f1").is_some());
-        assert!(!m.has_pending(&key("t1")));
+        assert_eq!(m.known(&key("t1")), None, "the stream has ended");
         assert_eq!(m.pending(), 1);
     }
 
