@@ -716,19 +716,19 @@ async fn a_group_commit_writes_every_concurrent_request_whole() {
         .connect()
         .await
         .expect("etcd");
-    let group = std::sync::Arc::new(allot_common::store::GroupCommit::<TaskRecord>::start(
-        store.clone(),
-    ));
-    let record = |fw: &str| TaskRecord {
-        framework_id: fw.to_string(),
-        ..Default::default()
+    let group = std::sync::Arc::new(allot_common::store::GroupCommit::start(store.clone()));
+    let record = |fw: &str| {
+        prost::Message::encode_to_vec(&TaskRecord {
+            framework_id: fw.to_string(),
+            ..Default::default()
+        })
     };
     // 50 concurrent requests of 10 keys, two requests naming the same key (they cannot share a transaction),
     // and one request larger than a transaction.
     let mut calls = tokio::task::JoinSet::new();
     for r in 0..50 {
         let group = group.clone();
-        let items: Vec<(String, TaskRecord)> = (0..10)
+        let items: allot_common::store::Encoded = (0..10)
             .map(|i| (format!("/g/r{r}/k{i}"), record(&format!("r{r}"))))
             .collect();
         calls.spawn(async move { group.put_all(items).await });
@@ -737,7 +737,7 @@ async fn a_group_commit_writes_every_concurrent_request_whole() {
         let group = group.clone();
         calls.spawn(async move { group.put_all(vec![("/g/same".into(), record(v))]).await });
     }
-    let big: Vec<(String, TaskRecord)> = (0..300)
+    let big: allot_common::store::Encoded = (0..300)
         .map(|i| (format!("/g/big/k{i}"), record("big")))
         .collect();
     let group2 = group.clone();

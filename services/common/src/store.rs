@@ -220,12 +220,26 @@ impl Store {
     /// # Errors
     /// [`StoreError::Etcd`].
     pub async fn put_all<M: Message>(&self, items: &[(String, M)]) -> Result<i64, StoreError> {
+        self.put_all_encoded(
+            items
+                .iter()
+                .map(|(k, v)| (k.clone(), v.encode_to_vec()))
+                .collect(),
+        )
+        .await
+    }
+
+    /// Writes every `(key, encoded value)` in one transaction. Returns the new revision (0 for no items).
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`].
+    pub async fn put_all_encoded(&self, items: Vec<(String, Vec<u8>)>) -> Result<i64, StoreError> {
         if items.is_empty() {
             return Ok(0);
         }
         let ops: Vec<TxnOp> = items
-            .iter()
-            .map(|(k, v)| TxnOp::put(k.as_str(), v.encode_to_vec(), None))
+            .into_iter()
+            .map(|(k, v)| TxnOp::put(k, v, None))
             .collect();
         let resp = traced("txn", self.client.kv_client().txn(Txn::new().and_then(ops))).await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
@@ -535,9 +549,12 @@ async fn follow_once(
     Ok(())
 }
 
+/// Records as a [`GroupCommit`] takes them: keys and encoded values.
+pub type Encoded = Vec<(String, Vec<u8>)>;
+
 /// One request to a [`GroupCommit`]: records to write atomically, where to answer, and the caller's span.
-type GroupRequest<M> = (
-    Vec<(String, M)>,
+type GroupRequest = (
+    Encoded,
     tokio::sync::oneshot::Sender<Result<(), StoreError>>,
     tracing::Span,
 );
@@ -547,13 +564,14 @@ type GroupRequest<M> = (
 /// ([`MAX_TXN_OPS`] puts each, a key at most once per transaction, each request whole in one transaction so
 /// that it stays atomic; a request larger than a transaction is written alone in chunks). etcd's CPU cost is
 /// mostly per transaction, so many small concurrent writes (one ACCEPT each) cost a fraction of what they
-/// would alone, for at most one round trip of extra latency. A transaction's `etcd txn` span is a child of the
-/// first request's span in it. The background task ends with the last handle.
-pub struct GroupCommit<M> {
-    tx: tokio::sync::mpsc::UnboundedSender<GroupRequest<M>>,
+/// would alone, for at most one round trip of extra latency. Records come encoded, so that a caller keeps its
+/// own copy without cloning it. A transaction's `etcd txn` span is a child of the first request's span in it.
+/// The background task ends with the last handle.
+pub struct GroupCommit {
+    tx: tokio::sync::mpsc::UnboundedSender<GroupRequest>,
 }
 
-impl<M: Message + Clone + Send + Sync + 'static> GroupCommit<M> {
+impl GroupCommit {
     /// Starts the committer on `store`.
     pub fn start(store: Store) -> Self {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -566,8 +584,8 @@ impl<M: Message + Clone + Send + Sync + 'static> GroupCommit<M> {
     ///
     /// # Errors
     /// [`StoreError::Grouped`] if the transaction failed (nothing of `items` is written then, unless they
-    /// needed several transactions).
-    pub async fn put_all(&self, items: Vec<(String, M)>) -> Result<(), StoreError> {
+    /// needed several transactions), [`StoreError::Etcd`] for a failed chunk of an oversized request.
+    pub async fn put_all(&self, items: Encoded) -> Result<(), StoreError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -583,16 +601,13 @@ impl<M: Message + Clone + Send + Sync + 'static> GroupCommit<M> {
 
 /// One transaction of a round: the records of whole requests, their answers, and the first caller's span
 /// (the transaction's `etcd txn` span is its child).
-type Group<M> = (
-    Vec<(String, M)>,
+type Group = (
+    Encoded,
     Vec<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
     tracing::Span,
 );
 
-async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
-    store: Store,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<GroupRequest<M>>,
-) {
+async fn commit_rounds(store: Store, mut rx: tokio::sync::mpsc::UnboundedReceiver<GroupRequest>) {
     use tracing::Instrument as _;
     while let Some(first) = rx.recv().await {
         let mut requests = vec![first];
@@ -600,7 +615,7 @@ async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
             requests.push(more);
         }
         // Pack whole requests into groups of at most MAX_TXN_OPS distinct keys.
-        let mut groups: Vec<Group<M>> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let mut alone = Vec::new();
         let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (items, reply, span) in requests {
@@ -623,7 +638,7 @@ async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
         }
         let store = &store;
         let rounds = groups.into_iter().map(|(items, replies, span)| async move {
-            let result = store.put_all(&items).instrument(span).await.map(|_| ());
+            let result = store.put_all_encoded(items).instrument(span).await;
             for r in replies {
                 let _ = r.send(
                     result
@@ -634,7 +649,16 @@ async fn commit_rounds<M: Message + Clone + Send + Sync + 'static>(
             }
         });
         let singles = alone.into_iter().map(|(items, reply, span)| async move {
-            let _ = reply.send(store.put_chunked(&items).instrument(span).await);
+            let mut chunks = Vec::new();
+            let mut rest = items.into_iter().peekable();
+            while rest.peek().is_some() {
+                chunks.push(rest.by_ref().take(MAX_TXN_OPS).collect::<Encoded>());
+            }
+            let written =
+                futures::future::join_all(chunks.into_iter().map(|c| store.put_all_encoded(c)))
+                    .instrument(span)
+                    .await;
+            let _ = reply.send(written.into_iter().try_for_each(|r| r.map(|_| ())));
         });
         futures::future::join(
             futures::future::join_all(rounds),

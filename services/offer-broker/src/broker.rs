@@ -123,7 +123,7 @@ pub struct Broker {
     /// not: they create keys that nothing else writes yet.
     task_writes: tokio::sync::Mutex<()>,
     /// The ACCEPTs' TASK_STAGING records, written together with those of concurrent ACCEPTs.
-    staging: allot_common::store::GroupCommit<TaskRecord>,
+    staging: allot_common::store::GroupCommit,
 }
 
 /// A task to reconcile with its agent, with the uuid of its recorded status.
@@ -193,7 +193,7 @@ impl Broker {
         self.inner.lock().expect("broker state poisoned")
     }
 
-    /// Loads frameworks and tasks from etcd and starts the background work: following agents and their
+    /// Loads frameworks, tasks and agents from etcd and starts the background work: following agents and their
     /// liveness, the allocator's decision stream, and heartbeats. Returns the background tasks.
     ///
     /// # Errors
@@ -209,8 +209,16 @@ impl Broker {
             .store
             .list::<TaskRecord>(&self.store.prefix(Kind::Tasks))
             .await?;
+        // The agents too, so that reconciliation finds their addresses without one etcd read per agent.
+        let (agents, _) = self
+            .store
+            .list::<AgentRecord>(&self.store.prefix(Kind::Agents))
+            .await?;
         {
             let mut inner = self.lock();
+            for (_, a) in agents {
+                inner.agents.insert(a.agent_id.clone(), a);
+            }
             for (_, record) in frameworks {
                 inner.frameworks.insert(
                     record.framework_id.clone(),
@@ -284,49 +292,39 @@ impl Broker {
     /// that does not answer keeps its tasks' recorded states (if it is gone, the registry's timeout makes them
     /// TASK_UNREACHABLE).
     async fn reconcile_agents(self: Arc<Self>) {
-        let mut by_agent: HashMap<String, Vec<Recorded>> = HashMap::new();
-        {
+        let recorded: Vec<(String, Recorded)> = {
             let inner = self.lock();
-            for (key, rec) in &inner.tasks {
-                let (Some(status), Some(task)) = (&rec.status, &rec.task) else {
-                    continue;
-                };
-                if matches!(
-                    status.state(),
-                    TaskState::TaskStaging
-                        | TaskState::TaskStarting
-                        | TaskState::TaskRunning
-                        | TaskState::TaskKilling
-                ) {
-                    by_agent
-                        .entry(task.agent_id.clone())
-                        .or_default()
-                        .push((key.clone(), status.uuid.clone()));
-                }
-            }
-        }
-        if by_agent.is_empty() {
+            inner
+                .tasks
+                .iter()
+                .filter_map(|(key, rec)| {
+                    let (status, task) = (rec.status.as_ref()?, rec.task.as_ref()?);
+                    matches!(
+                        status.state(),
+                        TaskState::TaskStaging
+                            | TaskState::TaskStarting
+                            | TaskState::TaskRunning
+                            | TaskState::TaskKilling
+                    )
+                    .then(|| (task.agent_id.clone(), (key.clone(), status.uuid.clone())))
+                })
+                .collect()
+        };
+        if recorded.is_empty() {
             return;
         }
-        let (agents, tasks) = (
-            by_agent.len(),
-            by_agent.values().map(Vec::len).sum::<usize>(),
-        );
-        let mut by_address: HashMap<String, Vec<Recorded>> = HashMap::new();
-        for (agent, tasks) in by_agent {
-            match self.agent_address(&agent).await {
-                Some(addr) => by_address.entry(addr).or_default().extend(tasks),
-                None => {
-                    tracing::warn!(%agent, tasks = tasks.len(), "tasks on an unknown agent keep their recorded state")
-                }
-            }
+        let tasks = recorded.len();
+        let (by_address, unknown) = self.by_address(recorded).await;
+        for (agent, tasks) in unknown {
+            tracing::warn!(%agent, tasks = tasks.len(), "tasks on an unknown agent keep their recorded state");
         }
+        let agents = by_address.len();
         let calls = by_address
             .into_iter()
             .map(|(addr, tasks)| self.reconcile_at(addr, tasks, false));
         let lost: usize = futures::future::join_all(calls).await.into_iter().sum();
         tracing::info!(
-            agents,
+            agent_addresses = agents,
             tasks,
             lost,
             "reconciled the recorded tasks with their agents"
@@ -1027,7 +1025,11 @@ impl Broker {
                 (self.store.task_key(fw, &v.info.task_id), rec)
             })
             .collect();
-        if let Err(e) = self.staging.put_all(records.clone()).await {
+        let encoded = records
+            .iter()
+            .map(|(k, r)| (k.clone(), prost::Message::encode_to_vec(r)))
+            .collect();
+        if let Err(e) = self.staging.put_all(encoded).await {
             tracing::warn!(error = %e, "cannot persist launched tasks; the offers are restored");
             // Restore nothing we cannot vouch for: the offers go back to the allocator unfiltered.
             self.recover(offer_ids, 0.0, Vec::new()).await;
@@ -1082,6 +1084,36 @@ impl Broker {
                 Some(rec.info?.address)
             }
         }
+    }
+
+    /// Groups `items`, each with its agent, by the agent's address (a simulator serves many agents at one
+    /// address): one pass over the cached agent records, then one etcd read per agent the cache has not seen
+    /// yet. Items of agents unknown to both come back apart, by agent.
+    async fn by_address<T>(
+        &self,
+        items: Vec<(String, T)>,
+    ) -> (HashMap<String, Vec<T>>, HashMap<String, Vec<T>>) {
+        let mut grouped: HashMap<String, Vec<T>> = HashMap::new();
+        let mut missing: HashMap<String, Vec<T>> = HashMap::new();
+        {
+            let inner = self.lock();
+            for (agent, item) in items {
+                match inner.agents.get(&agent).and_then(|a| a.info.as_ref()) {
+                    Some(info) => grouped.entry(info.address.clone()).or_default().push(item),
+                    None => missing.entry(agent).or_default().push(item),
+                }
+            }
+        }
+        let mut unknown = HashMap::new();
+        for (agent, items) in missing {
+            match self.agent_address(&agent).await {
+                Some(addr) => grouped.entry(addr).or_default().extend(items),
+                None => {
+                    unknown.insert(agent, items);
+                }
+            }
+        }
+        (grouped, unknown)
     }
 
     /// A client for agent `agent_id` (see [`Broker::agent_address`]).
@@ -1458,16 +1490,11 @@ impl Broker {
         if acks.is_empty() {
             return;
         }
-        let mut by_agent: HashMap<String, Vec<StatusUpdateAcknowledgement>> = HashMap::new();
-        for a in acks {
-            by_agent.entry(a.agent_id.clone()).or_default().push(a);
-        }
-        let mut by_address: HashMap<String, Vec<StatusUpdateAcknowledgement>> = HashMap::new();
-        for (agent, acks) in by_agent {
-            match self.agent_address(&agent).await {
-                Some(addr) => by_address.entry(addr).or_default().extend(acks),
-                None => tracing::debug!(%agent, "acknowledgements for an unknown agent dropped"),
-            }
+        let (by_address, unknown) = self
+            .by_address(acks.into_iter().map(|a| (a.agent_id.clone(), a)).collect())
+            .await;
+        for agent in unknown.keys() {
+            tracing::debug!(%agent, "acknowledgements for an unknown agent dropped");
         }
         for (addr, acknowledgements) in by_address {
             let Some(mut client) = self.client_at(addr.clone()) else {
