@@ -110,6 +110,33 @@ impl Etcd {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// A store on this etcd, under the services' default root.
+    pub async fn store(&self) -> allot_common::Store {
+        allot_common::Store::connect(
+            std::slice::from_ref(&self.endpoint),
+            allot_common::store::DEFAULT_ROOT,
+        )
+        .await
+        .expect("etcd")
+    }
+}
+
+/// Task `task` of framework `fw` as etcd records it.
+///
+/// # Panics
+/// If etcd cannot be read or has no such task.
+pub async fn recorded_task(
+    store: &allot_common::Store,
+    fw: &str,
+    task: &str,
+) -> allot_proto::common::TaskRecord {
+    store
+        .get::<allot_proto::common::TaskRecord>(&store.task_key(fw, task))
+        .await
+        .expect("read")
+        .expect("the task is in etcd")
+        .0
 }
 
 impl Drop for Etcd {
@@ -503,6 +530,8 @@ impl allot_sdk::Scheduler for RunAll {
 pub struct TestFramework {
     /// Its FrameworkID.
     pub id: String,
+    /// What it subscribed with.
+    info: FrameworkInfo,
     /// A client for calls.
     pub client: SchedulerClient<Channel>,
     events: mpsc::UnboundedReceiver<event::Event>,
@@ -527,7 +556,7 @@ impl TestFramework {
         let mut client = SchedulerClient::new(cluster.broker_channel());
         let mut stream = client
             .subscribe(pb::SubscribeRequest {
-                framework_info: Some(info),
+                framework_info: Some(info.clone()),
             })
             .await
             .expect("subscribe")
@@ -548,10 +577,34 @@ impl TestFramework {
         };
         TestFramework {
             id,
+            info,
             client,
             events: rx,
             backlog: Vec::new(),
         }
+    }
+
+    /// Subscribes again as this framework (its FrameworkID set), as a scheduler does after a failover or a
+    /// broker restart; waits for SUBSCRIBED.
+    pub async fn resubscribe(&self, cluster: &Cluster) -> TestFramework {
+        let info = FrameworkInfo {
+            framework_id: self.id.clone(),
+            ..self.info.clone()
+        };
+        Self::subscribe_with(cluster, info).await
+    }
+
+    /// Takes the next offer and launches `task` on it (the rest of the offer filtered for 5 s); returns the
+    /// offer.
+    ///
+    /// # Panics
+    /// If no offer comes or the ACCEPT is refused.
+    pub async fn launch(&mut self, task: TaskInfo) -> pb::Offer {
+        let offer = self.offers().await.remove(0);
+        self.accept(&offer.offer_id, vec![task], 5.0)
+            .await
+            .expect("accept");
+        offer
     }
 
     /// Waits up to `within` for the first event that `pick` accepts; other events stay queued.

@@ -4,7 +4,7 @@
 use allot_proto::common::TaskState;
 use allot_proto::operator::operator_client::OperatorClient;
 use allot_proto::scheduler::{self as pb, event, scheduler_client::SchedulerClient};
-use allot_tests::{Cluster, TestFramework, eventually, task};
+use allot_tests::{Cluster, TestFramework, eventually, recorded_task, task};
 use std::time::Duration;
 use tonic::Code;
 
@@ -453,10 +453,7 @@ async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_ta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_deletes_only_alive_keys_still_at_their_admitted_revision() {
     let etcd = allot_tests::Etcd::start().await;
-    let store = allot_common::config::EtcdArgs::at(&etcd.endpoint)
-        .connect()
-        .await
-        .expect("etcd");
+    let store = etcd.store().await;
     let keys = ["/t/alive/a", "/t/alive/b", "/t/alive/c"];
     let mut items = Vec::new();
     for k in keys {
@@ -498,15 +495,22 @@ async fn updates_within(fw: &mut TestFramework, task: &str, within: Duration) ->
     }
 }
 
+/// Where `agent` checkpoints task `task` of framework `fw` (its status updates and pid).
+fn checkpoint_of(agent: &allot_tests::AgentHandle, fw: &str, task: &str) -> std::path::PathBuf {
+    agent
+        .work_dir
+        .join("meta/frameworks")
+        .join(fw)
+        .join("tasks")
+        .join(task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_keeps_each_update_until_the_framework_acknowledges_it() {
     let mut cluster = Cluster::start().await;
     let agent = cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "slow-acker", "*").await;
-    let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("t", "true", 0.1, 32.0)], 5.0)
-        .await
-        .expect("accept");
+    fw.launch(task("t", "true", 0.1, 32.0)).await;
     // The command exits at once, but while TASK_STARTING is not acknowledged nothing later is sent: the
     // framework sees only TASK_STARTING, again (on the broker's heartbeats), for longer than a heartbeat.
     let seen = updates_within(&mut fw, "t", Duration::from_secs(5)).await;
@@ -521,11 +525,7 @@ async fn an_agent_keeps_each_update_until_the_framework_acknowledges_it() {
         Some(TaskState::TaskStarting)
     );
     // The agent holds the rest in its checkpoint.
-    let stream = agent
-        .work_dir
-        .join("meta/frameworks")
-        .join(&fw.id)
-        .join("tasks/t/updates");
+    let stream = checkpoint_of(&agent, &fw.id, "t").join("updates");
     assert!(stream.exists(), "{} is checkpointed", stream.display());
     // Acknowledging each update as it comes lets the next one go, up to the end.
     let done = fw.await_state("t", TaskState::TaskFinished).await;
@@ -542,10 +542,7 @@ async fn a_crashed_agent_resends_its_checkpointed_updates_after_a_restart() {
     let mut cluster = Cluster::start().await;
     let agent = cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "across-agent-restart", "*").await;
-    let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("t", "exit 3", 0.1, 32.0)], 5.0)
-        .await
-        .expect("accept");
+    fw.launch(task("t", "exit 3", 0.1, 32.0)).await;
     let first = updates_within(&mut fw, "t", Duration::from_secs(1)).await;
     assert_eq!(first.first(), Some(&TaskState::TaskStarting), "{first:?}");
     // The command has long exited; its TASK_RUNNING and TASK_FAILED wait, unacknowledged, in the agent's
@@ -561,49 +558,22 @@ async fn a_crashed_agent_resends_its_checkpointed_updates_after_a_restart() {
     );
 }
 
-/// A store on the cluster's etcd.
-async fn store_of(cluster: &Cluster) -> allot_common::Store {
-    allot_common::Store::connect(
-        std::slice::from_ref(&cluster.etcd.endpoint),
-        allot_common::store::DEFAULT_ROOT,
-    )
-    .await
-    .expect("etcd")
-}
-
-/// Task `task` of framework `fw` as etcd records it.
-async fn recorded(
-    store: &allot_common::Store,
-    fw: &str,
-    task: &str,
-) -> allot_proto::common::TaskRecord {
-    store
-        .get::<allot_proto::common::TaskRecord>(&store.task_key(fw, task))
-        .await
-        .expect("read")
-        .expect("the task is in etcd")
-        .0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_broker_loses_no_status_update() {
     let mut cluster = Cluster::start().await;
     let _agent = cluster.add_agent("cpus:1;mem:256").await;
-    let store = store_of(&cluster).await;
+    let store = cluster.etcd.store().await;
     let info = allot_proto::common::FrameworkInfo {
         name: "across-broker-restart".into(),
         failover_timeout: 600.0,
         ..Default::default()
     };
-    let mut fw = TestFramework::subscribe_with(&cluster, info.clone()).await;
-    let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("t", "sleep 5", 0.1, 32.0)], 5.0)
-        .await
-        .expect("accept");
+    let mut fw = TestFramework::subscribe_with(&cluster, info).await;
+    let offer = fw.launch(task("t", "sleep 5", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
     // The acknowledged TASK_RUNNING goes to the agent, not to etcd: etcd still says TASK_STAGING.
     tokio::time::sleep(allot_offer_broker::broker::FLUSH_INTERVAL * 3).await;
-    let before = recorded(&store, &fw.id, "t").await;
+    let before = recorded_task(&store, &fw.id, "t").await;
     assert_eq!(
         before.status.as_ref().map(|s| s.state()),
         Some(TaskState::TaskStaging),
@@ -611,14 +581,7 @@ async fn a_crashed_broker_loses_no_status_update() {
     );
     // The broker dies; the new one learns TASK_RUNNING from the agent and answers RECONCILE with it.
     cluster.restart_broker().await;
-    let mut fw = TestFramework::subscribe_with(
-        &cluster,
-        allot_proto::common::FrameworkInfo {
-            framework_id: fw.id.clone(),
-            ..info
-        },
-    )
-    .await;
+    let mut fw = fw.resubscribe(&cluster).await;
     let mut client = SchedulerClient::new(cluster.broker_channel());
     let mut running = None;
     for _ in 0..40 {
@@ -652,7 +615,7 @@ async fn a_crashed_broker_loses_no_status_update() {
     let done = fw.await_state("t", TaskState::TaskFinished).await;
     assert_eq!(done.exit_code, Some(0));
     eventually("etcd records TASK_FINISHED, acknowledged", || async {
-        let t = recorded(&store, &fw.id, "t").await;
+        let t = recorded_task(&store, &fw.id, "t").await;
         t.acknowledged && t.status.as_ref().map(|s| s.state()) == Some(TaskState::TaskFinished)
     })
     .await;
@@ -662,20 +625,17 @@ async fn a_crashed_broker_loses_no_status_update() {
 async fn a_launch_that_never_reached_its_agent_is_lost_after_a_broker_restart() {
     let mut cluster = Cluster::start().await;
     let _agent = cluster.add_agent("cpus:1;mem:256").await;
-    let store = store_of(&cluster).await;
+    let store = cluster.etcd.store().await;
     let info = allot_proto::common::FrameworkInfo {
         name: "lost-launch".into(),
         failover_timeout: 600.0,
         ..Default::default()
     };
-    let mut fw = TestFramework::subscribe_with(&cluster, info.clone()).await;
-    let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("t", "sleep 30", 0.1, 32.0)], 5.0)
-        .await
-        .expect("accept");
+    let mut fw = TestFramework::subscribe_with(&cluster, info).await;
+    fw.launch(task("t", "sleep 30", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
     // A broker that recorded an ACCEPT and died before its LaunchTasks reached the agent leaves this behind.
-    let mut ghost = recorded(&store, &fw.id, "t").await;
+    let mut ghost = recorded_task(&store, &fw.id, "t").await;
     let info_t = ghost.task.as_mut().expect("task info");
     info_t.task_id = "ghost".into();
     if let Some(s) = ghost.status.as_mut() {
@@ -686,14 +646,7 @@ async fn a_launch_that_never_reached_its_agent_is_lost_after_a_broker_restart() 
         .await
         .expect("put");
     cluster.restart_broker().await;
-    let mut fw = TestFramework::subscribe_with(
-        &cluster,
-        allot_proto::common::FrameworkInfo {
-            framework_id: fw.id.clone(),
-            ..info
-        },
-    )
-    .await;
+    let mut fw = fw.resubscribe(&cluster).await;
     let lost = fw.await_state("ghost", TaskState::TaskLost).await;
     assert_eq!(lost.reason, "REASON_TASK_UNKNOWN");
     // The task the agent does run is not lost: the agent re-sends what was not acknowledged to the new broker.
@@ -712,10 +665,7 @@ async fn a_launch_that_never_reached_its_agent_is_lost_after_a_broker_restart() 
 async fn a_group_commit_writes_every_concurrent_request_whole() {
     use allot_proto::common::TaskRecord;
     let etcd = allot_tests::Etcd::start().await;
-    let store = allot_common::config::EtcdArgs::at(&etcd.endpoint)
-        .connect()
-        .await
-        .expect("etcd");
+    let store = etcd.store().await;
     let group = std::sync::Arc::new(allot_common::store::GroupCommit::start(store.clone()));
     let record = |fw: &str| {
         prost::Message::encode_to_vec(&TaskRecord {
@@ -760,16 +710,9 @@ async fn a_restarted_agent_ends_the_tasks_it_cannot_reattach_to() {
     let mut cluster = Cluster::start().await;
     let agent = cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "left-behind", "*").await;
-    let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("t", "sleep 30", 0.1, 32.0)], 5.0)
-        .await
-        .expect("accept");
+    fw.launch(task("t", "sleep 30", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
-    let pid_file = agent
-        .work_dir
-        .join("meta/frameworks")
-        .join(&fw.id)
-        .join("tasks/t/pid");
+    let pid_file = checkpoint_of(&agent, &fw.id, "t").join("pid");
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .expect("the pid is checkpointed")
         .trim()
@@ -794,12 +737,9 @@ async fn a_restarted_agent_ends_the_tasks_it_cannot_reattach_to() {
 async fn an_agent_that_comes_back_has_its_unreachable_tasks_reconciled() {
     let mut cluster = Cluster::start().await;
     let _agent = cluster.add_agent("cpus:1;mem:256").await;
-    let store = store_of(&cluster).await;
+    let store = cluster.etcd.store().await;
     let mut fw = TestFramework::subscribe(&cluster, "partitioned", "*").await;
-    let offer = fw.offers().await.remove(0);
-    fw.accept(&offer.offer_id, vec![task("t", "sleep 30", 0.5, 64.0)], 5.0)
-        .await
-        .expect("accept");
+    let offer = fw.launch(task("t", "sleep 30", 0.5, 64.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
     // A partition, as the rest of the cluster sees it: the agent's alive key goes, later it comes back (the
     // registry re-admits an agent whose heartbeats reach it again).
@@ -823,7 +763,7 @@ async fn an_agent_that_comes_back_has_its_unreachable_tasks_reconciled() {
     );
     // Either way etcd, and through it the allocator, count the task as live again.
     eventually("etcd records t as TASK_RUNNING again", || async {
-        recorded(&store, &fw.id, "t")
+        recorded_task(&store, &fw.id, "t")
             .await
             .status
             .map(|s| s.state())

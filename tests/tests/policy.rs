@@ -538,10 +538,7 @@ async fn a_shadow_policy_is_compared_without_being_applied() {
 async fn a_replica_with_an_empty_cache_fetches_the_artifact_from_etcd() {
     use allot_allocator::policy::{materialize, sha256_hex, store_artifact};
     let etcd = allot_tests::Etcd::start().await;
-    let store = allot_common::config::EtcdArgs::at(&etcd.endpoint)
-        .connect()
-        .await
-        .expect("etcd");
+    let store = etcd.store().await;
     // Over two chunks, so that order matters.
     let bytes: Vec<u8> = (0..(allot_allocator::policy::CHUNK_BYTES * 2 + 123))
         .map(|i| (i % 251) as u8)

@@ -4,7 +4,7 @@
 use allot_proto::agent::{
     StatusUpdateBatchRequest, StatusUpdateRequest, status_updates_client::StatusUpdatesClient,
 };
-use allot_proto::common::{TaskRecord, TaskState, TaskStatus};
+use allot_proto::common::{TaskState, TaskStatus};
 use allot_proto::scheduler as pb;
 use allot_tests::fill::Fill;
 use allot_tests::{Cluster, TestFramework, eventually, task};
@@ -189,23 +189,8 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
     // acknowledgement must not put RUNNING back over TASK_KILLED in etcd.
     fw.kill("t2").await.expect("kill");
     update_of(&mut fw, "t2", TaskState::TaskKilled).await;
-    let store = allot_common::Store::connect(
-        std::slice::from_ref(&cluster.etcd.endpoint),
-        allot_common::store::DEFAULT_ROOT,
-    )
-    .await
-    .expect("etcd");
-    let in_etcd = |task: &'static str| {
-        let (store, fw) = (store.clone(), fw.id.clone());
-        async move {
-            store
-                .get::<TaskRecord>(&store.task_key(&fw, task))
-                .await
-                .expect("read")
-                .expect("the task is in etcd")
-                .0
-        }
-    };
+    let store = cluster.etcd.store().await;
+    let in_etcd = |task: &'static str| allot_tests::recorded_task(&store, &fw.id, task);
     eventually("t1's acknowledgement reaches etcd", || async {
         in_etcd("t1").await.acknowledged
     })
