@@ -220,6 +220,8 @@ pub struct ClusterOptions {
     pub heartbeat_interval: Duration,
     /// How long a policy call may take.
     pub policy_timeout: Duration,
+    /// Lease time of the allocator's and the broker's leadership.
+    pub leader_lease: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -229,6 +231,7 @@ impl Default for ClusterOptions {
             agent_timeout: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(2),
             policy_timeout: Duration::from_millis(500),
+            leader_lease: Duration::from_secs(2),
         }
     }
 }
@@ -265,6 +268,14 @@ async fn start_registry(etcd: &Etcd, opts: &ClusterOptions, addr: SocketAddr) ->
     .await
 }
 
+/// Election flags for a test's replicated services: a short lease, so that a crashed leader is replaced soon.
+fn election(opts: &ClusterOptions) -> allot_common::leader::ElectionArgs {
+    allot_common::leader::ElectionArgs {
+        advertise: None,
+        leader_lease: opts.leader_lease,
+    }
+}
+
 /// An offer-broker against `etcd` and the allocator at `allocator`, on `addr`.
 async fn start_broker(
     etcd: &Etcd,
@@ -279,6 +290,7 @@ async fn start_broker(
         etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
         allocator: allocator.to_string(),
         heartbeat_interval: opts.heartbeat_interval,
+        election: election(opts),
     };
     Service::spawn_at(addr, |l, rx| async move {
         allot_offer_broker::run(cfg, l, stop_signal(rx))
@@ -309,6 +321,7 @@ impl Cluster {
             policy: "drf".into(),
             policy_dir: dir.path().join("policies"),
             policy_timeout: opts.policy_timeout,
+            election: election(&opts),
         };
         let allocator = Service::spawn(|l, rx| async move {
             allot_allocator::run(cfg, l, stop_signal(rx))
@@ -323,6 +336,8 @@ impl Cluster {
             "127.0.0.1:0".parse().expect("address"),
         )
         .await;
+        await_leader(&allocator.addr.to_string()).await;
+        await_leader(&broker.addr.to_string()).await;
         Cluster {
             etcd,
             registry,
@@ -355,6 +370,8 @@ impl Cluster {
             self.broker.addr,
         )
         .await;
+        // The crashed broker's leadership lease lingers until it expires (`leader_lease`).
+        await_leader(&self.broker.addr.to_string()).await;
     }
 
     /// Starts an agent offering `resources` (Mesos text) with a fresh work directory, and waits until it is
@@ -453,6 +470,16 @@ impl Cluster {
     pub fn broker_channel(&self) -> Channel {
         allot_common::grpc::channel(&self.broker.addr.to_string()).expect("channel")
     }
+}
+
+/// Waits until one of the replicas at `addrs` (comma-separated) answers as the leader of its service.
+pub async fn await_leader(addrs: &str) {
+    let replicas = allot_common::grpc::Replicas::new(addrs).expect("addresses");
+    eventually(&format!("a leader among {addrs}"), || {
+        let r = replicas.clone();
+        async move { r.find_leader().await.is_ok() }
+    })
+    .await;
 }
 
 /// How many agents the registry at `registry` (host:port) lists as reachable; 0 when it cannot be asked.

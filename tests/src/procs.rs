@@ -192,6 +192,8 @@ impl ProcessCluster {
             etcd,
             dir,
         };
+        crate::await_leader(&cluster.allocator.addr).await;
+        crate::await_leader(&cluster.broker.addr).await;
         cluster.wait_for_agents(agents).await;
         cluster
     }

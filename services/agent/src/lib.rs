@@ -59,7 +59,8 @@ pub struct Config {
     /// The registry's gRPC address.
     #[arg(long, env = "ALLOT_REGISTRY", default_value = "127.0.0.1:5050")]
     pub registry: String,
-    /// The offer-broker's gRPC address (status updates go there).
+    /// The offer-broker's gRPC address (status updates go there); for replicated brokers, every replica's,
+    /// comma-separated (updates follow the leader).
     #[arg(long, env = "ALLOT_BROKER", default_value = "127.0.0.1:5052")]
     pub broker: String,
     /// Directory for the checkpointed AgentID and the task sandboxes.
@@ -219,10 +220,11 @@ impl Agent {
 /// # Errors
 /// The first failed call's status; the manager re-sends every head after a backoff.
 async fn deliver(
-    mut client: StatusUpdatesClient<Channel>,
+    brokers: allot_common::grpc::Replicas,
     due: Vec<status::Outgoing>,
 ) -> Result<Vec<status::Refused>, tonic::Status> {
     use tracing::Instrument as _;
+    let mut client = StatusUpdatesClient::new(brokers.channel());
     let mut refused = Vec::new();
     for o in due {
         let Some(status) = o.request.status.clone() else {
@@ -239,6 +241,8 @@ async fn deliver(
             }
             Err(e) => {
                 M.retries.inc();
+                // A standby broker names the leader: the re-send goes there.
+                brokers.failed(&e);
                 return Err(e);
             }
         }
@@ -410,9 +414,9 @@ pub async fn run(
         )?,
     );
     end_leftover_tasks(&updates);
-    let broker = StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?);
+    let brokers = allot_common::grpc::Replicas::new(&config.broker)?;
     // Aborted with `run`: a crashed agent sends nothing more (its checkpoint has what is left).
-    let sending = updates.start(move |due| deliver(broker.clone(), due));
+    let sending = updates.start(move |due| deliver(brokers.clone(), due));
     let agent = Arc::new(Agent {
         agent_id: Mutex::new(checkpointed.clone()),
         work_dir: work_dir.clone(),

@@ -18,7 +18,6 @@
 use crate::status::{Outgoing, Refused, StatusUpdateManager};
 use crate::{Error, Node, keep_registered};
 use allot_common::AbortOnDrop;
-use allot_common::grpc::Channel;
 use allot_proto::agent::{
     AcknowledgeStatusUpdatesRequest, AcknowledgeStatusUpdatesResponse, KillTaskRequest,
     KillTaskResponse, LaunchTasksRequest, LaunchTasksResponse, ReconcileTasksRequest,
@@ -75,9 +74,10 @@ static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
 /// # Errors
 /// The call's status when the broker did not answer.
 async fn send_batch(
-    mut broker: StatusUpdatesClient<Channel>,
+    brokers: allot_common::grpc::Replicas,
     due: Vec<Outgoing>,
 ) -> Result<Vec<Refused>, Status> {
+    let mut broker = StatusUpdatesClient::new(brokers.channel());
     let refused: Vec<Refused> = due.iter().filter_map(Outgoing::refused).collect();
     let req = StatusUpdateBatchRequest {
         updates: due.into_iter().map(|o| o.request).collect(),
@@ -91,7 +91,10 @@ async fn send_batch(
             tracing::warn!(error = %e.message(), updates = refused.len(), "broker refused a batch of status updates; dropped");
             Ok(refused)
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            brokers.failed(&e);
+            Err(e)
+        }
     }
 }
 
@@ -276,8 +279,8 @@ pub async fn run(
     let updates = Arc::new(StatusUpdateManager::in_memory(
         config.status_update_retry_interval,
     ));
-    let broker = StatusUpdatesClient::new(allot_common::grpc::channel(&config.broker)?);
-    let sending = updates.start(move |due| send_batch(broker.clone(), due));
+    let brokers = allot_common::grpc::Replicas::new(&config.broker)?;
+    let sending = updates.start(move |due| send_batch(brokers.clone(), due));
     let sim = Arc::new(Sim {
         agents: ids.iter().cloned().collect(),
         tasks: Mutex::new(HashMap::new()),

@@ -43,6 +43,9 @@ pub struct Config {
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_common::config::EtcdArgs,
+    /// Leader election among allocator replicas (one leads; standbys point callers to it).
+    #[command(flatten)]
+    pub election: allot_common::leader::ElectionArgs,
     /// Time between periodic allocation cycles; events that add supply or demand also trigger one.
     #[arg(long, env = "ALLOT_ALLOCATION_INTERVAL", default_value = "1s", value_parser = allot_common::config::parse_duration)]
     pub allocation_interval: Duration,
@@ -60,10 +63,14 @@ pub struct Config {
 /// A failure that stops the service.
 pub use allot_common::ServiceError as Error;
 
-/// Runs the allocator on `listener` until `shutdown` resolves.
+/// Runs the allocator on `listener` until `shutdown` resolves: a standby until it wins the election among
+/// allocator replicas (see [`allot_common::leader`]), then the leader, whose cycles make offers to the
+/// subscribed broker.
 ///
 /// # Errors
-/// [`Error::Store`] if etcd cannot be reached at start; [`Error::Transport`] if the server fails.
+/// [`Error::Store`] if etcd cannot be reached at start; [`Error::Transport`] if the server fails;
+/// [`Error::LeadershipLost`] if the leader could not renew its lease (restart the process: it campaigns
+/// again).
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -79,14 +86,18 @@ pub async fn run(
         config.policy_timeout,
         config.policy_dir.clone(),
     );
-    let admin = grpc::PolicyAdminService::new(store, engine.clone(), config.policy_dir.clone());
+    let admin =
+        grpc::PolicyAdminService::new(store.clone(), engine.clone(), config.policy_dir.clone());
+    // A standby's engine follows etcd too (a hot standby), but allocates nothing: cycles run only for a
+    // subscribed broker, and the standby answers no call.
+    let leadership = allot_common::leader::Leadership::new();
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         policy = %config.policy,
         interval = ?config.allocation_interval,
-        "allocator serving"
+        "allocator serving (a standby until elected)"
     );
-    let router = allot_common::grpc::server()
+    let router = allot_common::grpc::replicated_server(&leadership)
         .add_service(allot_common::grpc::health().await)
         .add_service(
             allot_proto::allocator::allocator_server::AllocatorServer::new(
@@ -98,8 +109,15 @@ pub async fn run(
             allot_proto::allocator::policy_admin_server::PolicyAdminServer::new(admin)
                 .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
         );
-    let result = allot_common::grpc::serve(router, listener, shutdown).await;
+    let result = allot_common::leader::serve_replicated(
+        router,
+        listener,
+        shutdown,
+        (&store, "allocator", &config.election),
+        &leadership,
+        || async { Ok(()) },
+    )
+    .await;
     engine.stop();
-    result?;
-    Ok(())
+    result
 }

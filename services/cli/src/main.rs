@@ -31,7 +31,8 @@ struct Cli {
         default_value = "127.0.0.1:5050"
     )]
     registry: String,
-    /// The offer-broker's gRPC address.
+    /// The offer-broker's gRPC address; for replicated brokers, every replica's, comma-separated (the
+    /// leader is found).
     #[arg(
         long,
         global = true,
@@ -39,7 +40,7 @@ struct Cli {
         default_value = "127.0.0.1:5052"
     )]
     broker: String,
-    /// The allocator's gRPC address (policy administration).
+    /// The allocator's gRPC address (policy administration); for replicas, every one's, comma-separated.
     #[arg(
         long,
         global = true,

@@ -45,8 +45,17 @@ async fn registry(addr: &str) -> anyhow::Result<RegistryClient<allot_common::grp
     Ok(RegistryClient::new(allot_common::grpc::channel(addr)?))
 }
 
+/// A client of the leading broker among the replicas at `addr` (comma-separated).
 async fn operator(addr: &str) -> anyhow::Result<OperatorClient<allot_common::grpc::Channel>> {
-    Ok(OperatorClient::new(allot_common::grpc::channel(addr)?))
+    Ok(OperatorClient::new(leader(addr).await?))
+}
+
+/// A channel to the leader among the replicas at `addr` (comma-separated): a standby names the leader, an
+/// unreachable replica is skipped. If none answers as the leader, the first call reports why.
+pub async fn leader(addr: &str) -> anyhow::Result<allot_common::grpc::Channel> {
+    let replicas = allot_common::grpc::Replicas::new(addr)?;
+    let _ = replicas.find_leader().await;
+    Ok(replicas.channel())
 }
 
 pub async fn agents(addr: &str, as_json: bool) -> anyhow::Result<i32> {

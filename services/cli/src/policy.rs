@@ -83,7 +83,7 @@ fn print_record(
 
 /// Runs an `allot policy` subcommand against the allocator at `addr`.
 pub async fn run(addr: &str, command: PolicyCommand, as_json: bool) -> anyhow::Result<i32> {
-    let mut client = PolicyAdminClient::new(allot_common::grpc::channel(addr)?)
+    let mut client = PolicyAdminClient::new(crate::ops::leader(addr).await?)
         .max_encoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
         .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
     let ctx = || format!("allocator at {addr}");

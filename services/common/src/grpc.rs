@@ -8,9 +8,12 @@ use tonic::transport::Endpoint;
 /// A client channel: every call is traced (W3C context in its metadata) and counted.
 pub type Channel = allot_telemetry::grpc::TracedChannel;
 
-/// The layers every Allot server runs each call through.
-pub type Layers =
-    tower::layer::util::Stack<allot_telemetry::grpc::ServerLayer, tower::layer::util::Identity>;
+/// The layers every Allot server runs each call through: tracing and metrics, then (for a replicated
+/// service) the standby's rejection.
+pub type Layers = tower::layer::util::Stack<
+    crate::leader::StandbyLayer,
+    tower::layer::util::Stack<allot_telemetry::grpc::ServerLayer, tower::layer::util::Identity>,
+>;
 
 /// A router built on [`server`].
 pub type Router = tonic::transport::server::Router<Layers>;
@@ -47,11 +50,24 @@ pub async fn serve(
 /// A server builder with Allot's defaults (TCP no-delay, HTTP/2 keepalive) whose every call gets a server
 /// span (parented by the caller's trace context) and the per-RPC metrics.
 pub fn server() -> tonic::transport::Server<Layers> {
+    builder(crate::leader::StandbyLayer(None))
+}
+
+/// Like [`server`], for a replicated service: while `leadership` says standby, every call but the health
+/// service is answered `UNAVAILABLE` naming the leader (see [`crate::leader`]).
+pub fn replicated_server(
+    leadership: &crate::leader::Leadership,
+) -> tonic::transport::Server<Layers> {
+    builder(crate::leader::StandbyLayer(Some(leadership.clone())))
+}
+
+fn builder(standby: crate::leader::StandbyLayer) -> tonic::transport::Server<Layers> {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(allot_telemetry::grpc::ServerLayer)
+        .layer(standby)
 }
 
 /// A `grpc.health.v1.Health` service reporting SERVING for the whole server (service name "").
@@ -85,4 +101,179 @@ fn raw_channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .connect_lazy())
+}
+
+/// The replicas of a replicated service (allocator, offer-broker), from a comma-separated list of
+/// `host:port` addresses. Calls go to the replica believed to lead; a standby's answer (`UNAVAILABLE` with
+/// [`crate::leader::LEADER_METADATA`]) moves them to the leader it names, and a connection that cannot be
+/// made moves them to the next address. Cheap to clone; clones share what they learn.
+#[derive(Debug, Clone)]
+pub struct Replicas {
+    inner: std::sync::Arc<std::sync::Mutex<ReplicaSet>>,
+}
+
+#[derive(Debug)]
+struct ReplicaSet {
+    addrs: Vec<String>,
+    current: usize,
+    channels: std::collections::HashMap<String, Channel>,
+}
+
+impl Replicas {
+    /// The replicas at `list` (`host:port[,host:port...]`); the first is tried first.
+    ///
+    /// # Errors
+    /// An error if an address is not a valid URI, or the list is empty.
+    pub fn new(list: &str) -> Result<Self, tonic::transport::Error> {
+        let addrs: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut channels = std::collections::HashMap::new();
+        for a in &addrs {
+            channels.insert(a.clone(), channel(a)?);
+        }
+        if addrs.is_empty() {
+            // The same error an empty address gives.
+            channel("")?;
+        }
+        Ok(Self {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(ReplicaSet {
+                addrs,
+                current: 0,
+                channels,
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplicaSet> {
+        self.inner.lock().expect("replica set poisoned")
+    }
+
+    /// The address calls go to now.
+    pub fn current(&self) -> String {
+        let set = self.lock();
+        set.addrs[set.current].clone()
+    }
+
+    /// The channel to the replica calls go to now.
+    pub fn channel(&self) -> Channel {
+        let set = self.lock();
+        set.channels[&set.addrs[set.current]].clone()
+    }
+
+    /// Learns from a failed call: returns whether the call was certainly not served and may go again (to the
+    /// leader the standby named, or to the next address after a connection failure). Any other error
+    /// (including `UNAVAILABLE` from the leader itself, say when etcd is down) leaves the choice as it is.
+    pub fn failed(&self, status: &tonic::Status) -> bool {
+        let mut set = self.lock();
+        let hint = status
+            .metadata()
+            .get(crate::leader::LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let standby = status.code() == tonic::Code::Unavailable
+            && status.message().starts_with("not the leader");
+        let unreachable = status.code() == tonic::Code::Unavailable
+            && std::error::Error::source(status).is_some();
+        if let Some(leader) = hint.filter(|h| !h.is_empty()) {
+            if let Some(i) = set.addrs.iter().position(|a| *a == leader) {
+                set.current = i;
+            } else if let Ok(ch) = channel(&leader) {
+                tracing::info!(%leader, "following a leader not in the configured list");
+                set.channels.insert(leader.clone(), ch);
+                set.addrs.push(leader);
+                set.current = set.addrs.len() - 1;
+            }
+            return true;
+        }
+        if standby || unreachable {
+            set.current = (set.current + 1) % set.addrs.len();
+            return true;
+        }
+        false
+    }
+
+    /// Runs `call` on the current replica; while it fails in a way [`Replicas::failed`] says was not served,
+    /// runs it again on the replica that suggests (at most twice per replica, with a short pause between
+    /// rounds).
+    ///
+    /// # Errors
+    /// The last call's status.
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let tries = 2 * self.lock().addrs.len() + 1;
+        let mut attempt = 0;
+        loop {
+            match call(self.channel()).await {
+                Err(s) if attempt + 1 < tries && self.failed(&s) => {
+                    attempt += 1;
+                    if attempt % self.lock().addrs.len().max(1) == 0 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Replicas {
+    /// Finds the leader: probes the replicas (following a standby's answer, skipping the unreachable) until one
+    /// answers as the leader, so that [`Replicas::channel`] then reaches it. The probe is a call to a method no
+    /// service has: a standby answers it with its rejection, the leader with `UNIMPLEMENTED`.
+    ///
+    /// # Errors
+    /// The last probe's status if no replica answered as the leader.
+    pub async fn find_leader(&self) -> Result<(), tonic::Status> {
+        let probe = self
+            .call(|ch| async move {
+                let mut grpc = tonic::client::Grpc::new(ch);
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::from_error(Box::new(e)))?;
+                grpc.unary::<(), (), _>(
+                    tonic::Request::new(()),
+                    http::uri::PathAndQuery::from_static("/allot.leader.v1.Probe/Leader"),
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await
+                .map(|_| ())
+            })
+            .await;
+        match probe {
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(()),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replicas_follow_the_named_leader_and_skip_the_unreachable() {
+        let r = Replicas::new("10.0.0.1:1, 10.0.0.2:1").expect("valid list");
+        assert_eq!(r.current(), "10.0.0.1:1");
+        let standby = crate::leader::Leadership::new();
+        // A standby that knows no leader: next address.
+        assert!(r.failed(&standby.rejection().expect("standby")));
+        assert_eq!(r.current(), "10.0.0.2:1");
+        // An error from the leader itself is not a reason to move.
+        assert!(!r.failed(&tonic::Status::unavailable("etcd unavailable: down")));
+        assert_eq!(r.current(), "10.0.0.2:1");
+        // A named leader, even one not in the list, is followed.
+        let mut s = tonic::Status::unavailable("not the leader; the leader is at 10.0.0.3:1");
+        s.metadata_mut()
+            .insert(crate::leader::LEADER_METADATA, "10.0.0.3:1".parse().expect("ascii"));
+        assert!(r.failed(&s));
+        assert_eq!(r.current(), "10.0.0.3:1");
+        assert!(Replicas::new(" , ").is_err());
+    }
 }

@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`config`]: flags, `ALLOT_*` environment variables and an optional TOML file, in that precedence;
 //! - [`grpc`]: serving a tonic router with a health service and graceful shutdown; lazy client channels;
+//! - [`leader`]: leader election through etcd for the allocator and the offer-broker, and the standby's
+//!   answer that points callers to the leader;
 //! - [`store`]: the etcd store: the key layout under `/allot/v1/` and protobuf values;
 //! - [`convert`]: protocol resources to and from [`allot_policy::Resources`], with validation;
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
@@ -10,6 +12,7 @@
 pub mod config;
 pub mod convert;
 pub mod grpc;
+pub mod leader;
 pub mod shutdown;
 pub mod store;
 
@@ -27,6 +30,10 @@ pub enum ServiceError {
     /// The `/metrics` endpoint could not start.
     #[error("{0}")]
     Metrics(String),
+    /// This replica led, and could not renew its leadership lease for a whole lease time: a standby may lead
+    /// now. The process should exit and be restarted (it then campaigns again).
+    #[error("lost leadership: the leadership lease could not be renewed")]
+    LeadershipLost,
 }
 
 /// The `status update` span of one task status update, the same on the agent (which sends it), the

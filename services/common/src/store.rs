@@ -168,6 +168,11 @@ impl Store {
         })
     }
 
+    /// The key root (e.g. `/allot/v1`), without a trailing `/`.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
     /// The underlying etcd client, for leases and transactions beyond this API.
     pub fn client(&self) -> Client {
         self.client.clone()

@@ -114,7 +114,8 @@ impl Inner {
 /// The offer-broker. Shared behind an `Arc` by every gRPC service and background task.
 pub struct Broker {
     store: Store,
-    allocator: AllocatorClient<Channel>,
+    /// The allocator's replicas; calls go to the one that leads.
+    allocators: allot_common::grpc::Replicas,
     heartbeat_interval: Duration,
     inner: Mutex<Inner>,
     agent_clients: Mutex<HashMap<String, AgentClient<Channel>>>,
@@ -174,19 +175,28 @@ fn new_uuid() -> Vec<u8> {
 }
 
 impl Broker {
-    /// A broker over `store` that takes decisions from the allocator at `allocator`.
+    /// A broker over `store` that takes decisions from the leading replica of `allocators`.
     /// Must be called within a Tokio runtime (it starts the group committer of TASK_STAGING writes).
-    pub fn new(store: Store, allocator: Channel, heartbeat_interval: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        allocators: allot_common::grpc::Replicas,
+        heartbeat_interval: Duration,
+    ) -> Self {
         Self {
             store: store.clone(),
-            allocator: AllocatorClient::new(allocator)
-                .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+            allocators,
             heartbeat_interval,
             inner: Mutex::new(Inner::default()),
             agent_clients: Mutex::new(HashMap::new()),
             task_writes: tokio::sync::Mutex::new(()),
             staging: allot_common::store::GroupCommit::start(store.clone()),
         }
+    }
+
+    /// A client of the allocator replica believed to lead.
+    fn allocator(&self) -> AllocatorClient<Channel> {
+        AllocatorClient::new(self.allocators.channel())
+            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -446,7 +456,7 @@ impl Broker {
 
     async fn follow_allocator(self: Arc<Self>) {
         loop {
-            let mut client = self.allocator.clone();
+            let mut client = self.allocator();
             match client.subscribe(AllocSubscribe {}).await {
                 Ok(resp) => {
                     tracing::info!("subscribed to the allocator");
@@ -458,13 +468,17 @@ impl Broker {
                             Ok(None) => break,
                             Err(e) => {
                                 tracing::warn!(error = %e, "allocator stream failed");
+                                self.allocators.failed(&e);
                                 break;
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e.message(), "cannot subscribe to the allocator; retrying")
+                    // A standby names the leader; a replica that cannot be reached is skipped.
+                    self.allocators.failed(&e);
+                    tracing::warn!(error = %e.message(), allocator = %self.allocators.current(),
+                        "cannot subscribe to the allocator; retrying")
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -494,8 +508,7 @@ impl Broker {
         }
         for (fw, suppressed) in active {
             let _ = self
-                .allocator
-                .clone()
+                .allocator()
                 .activate_framework(ActivateFrameworkRequest {
                     framework_id: fw,
                     suppressed,
@@ -606,8 +619,7 @@ impl Broker {
     /// Tells the allocator that framework `fw` wants no more offers and returns its `offers`, unfiltered.
     async fn deactivate(&self, fw: &str, offers: Vec<String>) {
         let _ = self
-            .allocator
-            .clone()
+            .allocator()
             .deactivate_framework(DeactivateFrameworkRequest {
                 framework_id: fw.to_string(),
             })
@@ -629,7 +641,7 @@ impl Broker {
             refuse_seconds,
             launched,
         };
-        if let Err(e) = self.allocator.clone().recover_offers(req).await {
+        if let Err(e) = self.allocator().recover_offers(req).await {
             // The allocator restarted or is unreachable: its next session starts from etcd, which has the tasks.
             tracing::warn!(error = %e.message(), "cannot return offers to the allocator");
         }
@@ -818,8 +830,7 @@ impl Broker {
             let _ = tx.send(Ok(update_event(status, HashMap::new())));
         }
         let _ = self
-            .allocator
-            .clone()
+            .allocator()
             .activate_framework(ActivateFrameworkRequest {
                 framework_id: id.clone(),
                 suppressed: false,
@@ -1321,7 +1332,7 @@ impl Broker {
         if ended.is_empty() {
             return;
         }
-        let mut allocator = self.allocator.clone();
+        let mut allocator = self.allocator();
         tokio::spawn(async move {
             if let Err(e) = allocator
                 .tasks_ended(TasksEndedRequest { tasks: ended })
@@ -1554,7 +1565,7 @@ impl Broker {
         if let Some(f) = self.lock().frameworks.get_mut(fw) {
             f.suppressed = suppressed;
         }
-        let mut a = self.allocator.clone();
+        let mut a = self.allocator();
         let r = if suppressed {
             a.suppress(SuppressRequest {
                 framework_id: fw.into(),

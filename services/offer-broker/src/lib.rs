@@ -40,9 +40,13 @@ pub struct Config {
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_common::config::EtcdArgs,
-    /// The allocator's gRPC address.
+    /// The allocator's gRPC address; for replicated allocators, every replica's, comma-separated (calls
+    /// follow the leader).
     #[arg(long, env = "ALLOT_ALLOCATOR", default_value = "127.0.0.1:5051")]
     pub allocator: String,
+    /// Leader election among broker replicas (one leads; standbys point callers to it).
+    #[command(flatten)]
+    pub election: allot_common::leader::ElectionArgs,
     /// Time between HEARTBEAT events on each framework's stream; unacknowledged updates are re-sent as often.
     #[arg(long, env = "ALLOT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = allot_common::config::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -51,10 +55,14 @@ pub struct Config {
 /// A failure that stops the service.
 pub use allot_common::ServiceError as Error;
 
-/// Runs the offer-broker on `listener` until `shutdown` resolves.
+/// Runs the offer-broker on `listener` until `shutdown` resolves: a standby until it wins the election among
+/// broker replicas (see [`allot_common::leader`]), then the leader, which loads frameworks, tasks and agents
+/// from etcd and reconciles tasks with their agents.
 ///
 /// # Errors
-/// [`Error::Store`] if etcd cannot be reached at start; [`Error::Transport`] if the server fails.
+/// [`Error::Store`] if etcd cannot be reached at start or read when elected; [`Error::Transport`] if the
+/// server fails or an address is invalid; [`Error::LeadershipLost`] if the leader could not renew its lease
+/// (restart the process: it campaigns again).
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -62,31 +70,24 @@ pub async fn run(
 ) -> Result<(), Error> {
     let store = config.etcd.connect().await?;
     let _metrics = config.metrics.serve().await?;
-    let allocator = allot_common::grpc::channel(&config.allocator)?;
+    let allocators = allot_common::grpc::Replicas::new(&config.allocator)?;
     let broker = Arc::new(broker::Broker::new(
-        store,
-        allocator,
+        store.clone(),
+        allocators,
         config.heartbeat_interval,
     ));
-    // Aborted when `run` returns or is dropped.
-    let _background: Vec<allot_common::AbortOnDrop> = broker
-        .clone()
-        .start()
-        .await?
-        .into_iter()
-        .map(allot_common::AbortOnDrop)
-        .collect();
+    let leadership = allot_common::leader::Leadership::new();
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         allocator = %config.allocator,
-        "offer-broker serving"
+        "offer-broker serving (a standby until elected)"
     );
     use allot_proto::{
         agent::status_updates_server::StatusUpdatesServer,
         operator::operator_server::OperatorServer, scheduler::scheduler_server::SchedulerServer,
     };
     let max = allot_common::grpc::MAX_MESSAGE_BYTES;
-    let router = allot_common::grpc::server()
+    let router = allot_common::grpc::replicated_server(&leadership)
         .add_service(allot_common::grpc::health().await)
         .add_service(
             SchedulerServer::new(grpc::SchedulerService(broker.clone()))
@@ -100,6 +101,24 @@ pub async fn run(
             OperatorServer::new(grpc::OperatorService(broker.clone()))
                 .max_decoding_message_size(max),
         );
-    allot_common::grpc::serve(router, listener, shutdown).await?;
-    Ok(())
+    // Elected: load the state from etcd and start the background work, aborted when `run` returns.
+    let on_elected = || async {
+        let background: Vec<allot_common::AbortOnDrop> = broker
+            .clone()
+            .start()
+            .await?
+            .into_iter()
+            .map(allot_common::AbortOnDrop)
+            .collect();
+        Ok(background)
+    };
+    allot_common::leader::serve_replicated(
+        router,
+        listener,
+        shutdown,
+        (&store, "offer-broker", &config.election),
+        &leadership,
+        on_elected,
+    )
+    .await
 }

@@ -29,7 +29,6 @@ pub use allot_proto::common::{
 };
 pub use allot_proto::scheduler::Offer;
 
-use allot_common::grpc::Channel;
 use allot_proto::scheduler::{
     self as pb, Filters, Launch, Operation, event, operation, scheduler_client::SchedulerClient,
 };
@@ -70,7 +69,8 @@ pub enum SdkError {
 /// Where to subscribe and as what.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
-    /// The offer-broker's address (`host:port`).
+    /// The offer-broker's address (`host:port`); for replicated brokers, every replica's, comma-separated: the
+    /// driver follows the leader (a standby names it; an unreachable replica is skipped).
     pub broker: String,
     /// The framework's description; set `framework_id` to re-subscribe as an existing framework.
     pub info: FrameworkInfo,
@@ -223,7 +223,7 @@ impl Driver {
 }
 
 async fn run_calls(
-    mut client: SchedulerClient<Channel>,
+    brokers: allot_common::grpc::Replicas,
     mut calls: mpsc::UnboundedReceiver<(Call, tracing::Span)>,
     framework_id: Arc<Mutex<String>>,
     errors: mpsc::UnboundedSender<String>,
@@ -283,6 +283,9 @@ async fn run_calls(
             span.record("allot.task.ids", ids.join(","));
         }
         let call_span = span.clone();
+        // The broker the subscription is on (only the subscription loop moves to another replica).
+        let mut client = SchedulerClient::new(brokers.channel())
+            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
         let result = async {
             match call {
                 Call::Accept(offer_ids, tasks, r) => client
@@ -369,9 +372,7 @@ async fn run_calls(
 /// framework was torn down); [`SdkError::Transport`] for an invalid broker address. A broker that cannot be
 /// reached is retried with backoff, not an error.
 pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result<S, SdkError> {
-    let channel = allot_common::grpc::channel(&config.broker)?;
-    let client = SchedulerClient::new(channel)
-        .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
+    let brokers = allot_common::grpc::Replicas::new(&config.broker)?;
     let (call_tx, call_rx) = mpsc::unbounded_channel();
     let (err_tx, mut err_rx) = mpsc::unbounded_channel();
     let framework_id = Arc::new(Mutex::new(config.info.framework_id.clone()));
@@ -384,7 +385,7 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
         teardown: teardown.clone(),
     };
     let runner = tokio::spawn(run_calls(
-        client.clone(),
+        brokers.clone(),
         call_rx,
         framework_id.clone(),
         err_tx,
@@ -395,7 +396,8 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
     let mut delays = allot_common::retry_delays(first);
     let result = 'outer: loop {
         info.framework_id = driver.framework_id();
-        let mut c = client.clone();
+        let mut c = SchedulerClient::new(brokers.channel())
+            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
         let subscribed = tokio::select! {
             r = c.subscribe(pb::SubscribeRequest { framework_info: Some(info.clone()) }) => r,
             _ = stop.cancelled() => break 'outer Ok(()),
@@ -413,8 +415,10 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                 break 'outer Err(SdkError::Subscribe(e.message().to_string()));
             }
             Err(e) => {
+                // A standby broker names the leader, an unreachable one is skipped: the next try goes there.
+                brokers.failed(&e);
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(error = %e.message(), ?delay, "cannot subscribe; retrying");
+                tracing::warn!(error = %e.message(), ?delay, broker = %brokers.current(), "cannot subscribe; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => break 'outer Ok(()),

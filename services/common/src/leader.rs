@@ -1,0 +1,377 @@
+//! Leader election through etcd for the services that run one active replica: the allocator and the
+//! offer-broker.
+//!
+//! Every replica campaigns in the election `<root>/leader/<service>` with etcd's v3 election API: each
+//! candidate writes a key bound to its own lease, and the candidate whose key was created first leads. The
+//! value is the replica's advertised gRPC address. Until it leads, a replica is a *standby*: its server
+//! answers every call (but `grpc.health.v1`) with `UNAVAILABLE` and the leader's address in the
+//! [`LEADER_METADATA`] metadata, so that callers ([`crate::grpc::Replicas`]) move to the leader by themselves.
+//!
+//! The leader renews its lease every third of the lease time. A leader that cannot renew it for a whole lease
+//! time (etcd unreachable, the process stalled) steps down before etcd can hand leadership to a standby
+//! ([`Term::lost`]); the service then stops, as a Mesos master stops when it loses its ZooKeeper session,
+//! and a supervisor (systemd `Restart=always`, `deploy/local/run.sh`) starts it again as a candidate.
+//! A leader that stops gracefully revokes its lease, so a standby takes over at once; a leader killed with
+//! `kill -9` is replaced once its lease expires (at most `--leader-lease`).
+
+use crate::store::{Store, StoreError};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The gRPC metadata key in which a standby names the leader's address (`host:port`, empty when it knows
+/// of no leader).
+pub const LEADER_METADATA: &str = "allot-leader";
+
+/// Election flags of a replicated service (allocator, offer-broker).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ElectionArgs {
+    /// The address other processes reach this replica at, published as the leader's address while it leads
+    /// (default: the address it listens on).
+    #[arg(long = "advertise", env = "ALLOT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Lease time of the leadership: a leader that cannot renew its lease for this long steps down, and a
+    /// killed leader is replaced after at most this long. etcd raises values under about 2 s to its minimum.
+    #[arg(long, env = "ALLOT_LEADER_LEASE", default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub leader_lease: Duration,
+}
+
+impl Default for ElectionArgs {
+    fn default() -> Self {
+        Self {
+            advertise: None,
+            leader_lease: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a replica knows of the election. Cheap to clone; every clone sees the same state.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    state: Arc<watch::Sender<Role>>,
+}
+
+/// A replica's role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not leading; the leader's address if one is known.
+    Standby(Option<String>),
+    /// Leading.
+    Leader,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Leadership {
+    /// A standby that knows of no leader yet.
+    pub fn new() -> Self {
+        Self {
+            state: Arc::new(watch::Sender::new(Role::Standby(None))),
+        }
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.state.borrow().clone()
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        *self.state.borrow() == Role::Leader
+    }
+
+    fn set(&self, role: Role) {
+        self.state.send_replace(role);
+    }
+
+    /// The answer a standby gives every call: `UNAVAILABLE` naming the leader in [`LEADER_METADATA`];
+    /// `None` while this replica leads.
+    pub fn rejection(&self) -> Option<tonic::Status> {
+        let leader = match &*self.state.borrow() {
+            Role::Leader => return None,
+            Role::Standby(leader) => leader.clone().unwrap_or_default(),
+        };
+        let message = if leader.is_empty() {
+            "not the leader, and no leader is elected yet; retry".to_string()
+        } else {
+            format!("not the leader; the leader is at {leader}")
+        };
+        let mut status = tonic::Status::unavailable(message);
+        if let Ok(v) = leader.parse() {
+            status.metadata_mut().insert(LEADER_METADATA, v);
+        }
+        Some(status)
+    }
+}
+
+/// One term of leadership, from winning the election to losing or resigning it.
+pub struct Term {
+    store: Store,
+    lease: i64,
+    lost: watch::Receiver<bool>,
+    _keeper: crate::AbortOnDrop,
+}
+
+impl Term {
+    /// Resolves when the lease could not be renewed for a whole lease time (or etcd says it expired): from
+    /// then on this replica must make no decision, for a standby may already lead.
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Gives leadership up at once by revoking the lease (its election key goes with it), so that a standby
+    /// takes over without waiting for the lease to expire. Errors are ignored: the lease expires anyway.
+    pub async fn resign(self) {
+        let mut client = self.store.client();
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(self.lease)).await;
+    }
+}
+
+/// Campaigns for leadership of `service` with `advertise` as this replica's address and leases of `ttl`;
+/// returns once elected. Meanwhile `leadership` follows who leads (for the standby's answers); etcd errors
+/// are retried with backoff, so this waits for etcd to come back rather than fail.
+pub async fn campaign(
+    store: &Store,
+    service: &str,
+    advertise: &str,
+    ttl: Duration,
+    leadership: &Leadership,
+) -> Term {
+    let name = format!("{}/leader/{service}", store.root());
+    let _observer = crate::AbortOnDrop(tokio::spawn(observe(
+        store.clone(),
+        name.clone(),
+        leadership.clone(),
+    )));
+    let mut delays = crate::retry_delays(Duration::from_millis(200));
+    loop {
+        match try_campaign(store, &name, advertise, ttl).await {
+            Ok(term) => {
+                leadership.set(Role::Leader);
+                tracing::info!(service, advertise, lease = term.lease, "elected leader");
+                return term;
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(service, error = %e, ?delay, "campaign failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn try_campaign(
+    store: &Store,
+    name: &str,
+    advertise: &str,
+    ttl: Duration,
+) -> Result<Term, StoreError> {
+    let mut client = store.client();
+    let secs = ttl.as_secs().max(1) as i64;
+    let lease = crate::store::traced("lease_grant", client.lease_grant(secs, None))
+        .await?
+        .id();
+    let (lost_tx, mut lost) = watch::channel(false);
+    // Renewals start before the campaign, which blocks for as long as another replica leads.
+    let keeper = crate::AbortOnDrop(tokio::spawn(keep_alive(store.clone(), lease, ttl, lost_tx)));
+    tracing::info!(%name, advertise, lease, "campaigning for leadership");
+    tokio::select! {
+        r = client.campaign(name, advertise, lease) => { r?; }
+        _ = lost.wait_for(|l| *l) => {
+            return Err(StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(
+                "the lease expired while campaigning".into(),
+            )));
+        }
+    }
+    Ok(Term {
+        store: store.clone(),
+        lease,
+        lost,
+        _keeper: keeper,
+    })
+}
+
+/// Renews `lease` every `ttl / 3`. Sets `lost` once a renewal has not succeeded for `ttl` less a margin,
+/// counted from when the last successful renewal was *sent* (etcd restarts the lease no earlier than that),
+/// or when etcd answers that the lease is gone.
+async fn keep_alive(store: Store, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
+    let margin = (ttl / 4).min(Duration::from_secs(1));
+    let period = ttl / 3;
+    let mut deadline = Instant::now() + ttl - margin;
+    loop {
+        let sent = Instant::now();
+        let renewed = tokio::time::timeout(period, renew(&store, lease)).await;
+        match renewed {
+            Ok(Ok(remaining)) if remaining > 0 => deadline = sent + ttl - margin,
+            Ok(Ok(_)) => {
+                tracing::error!(lease, "etcd says the leadership lease expired");
+                lost.send_replace(true);
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(lease, error = %e, "cannot renew the leadership lease"),
+            Err(_) => tracing::warn!(lease, "renewing the leadership lease timed out"),
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(
+                lease,
+                "leadership lease not renewed for a whole lease time; stepping down"
+            );
+            lost.send_replace(true);
+            return;
+        }
+        tokio::time::sleep_until((sent + period).min(deadline)).await;
+    }
+}
+
+/// One renewal of `lease`; returns the TTL etcd granted (0: the lease no longer exists).
+async fn renew(store: &Store, lease: i64) -> Result<i64, etcd_client::Error> {
+    let mut client = store.client();
+    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+    keeper.keep_alive().await?;
+    Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
+}
+
+/// Follows the election's leader into `leadership` (for a standby's answers) until aborted.
+async fn observe(store: Store, name: String, leadership: Leadership) {
+    loop {
+        let mut client = store.client();
+        if let Ok(mut stream) = client.observe(name.as_str()).await {
+            while let Ok(Some(resp)) = stream.message().await {
+                if leadership.is_leader() {
+                    return;
+                }
+                let leader = resp
+                    .kv()
+                    .and_then(|kv| kv.value_str().ok())
+                    .map(str::to_string);
+                leadership.set(Role::Standby(leader));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Serves `router` (built on [`crate::grpc::replicated_server`] with `leadership`) on `listener` as a
+/// replica of `service`: a standby until elected, then `on_elected` runs (it loads state and starts the
+/// leader's background work, which lives as long as what it returns) and the replica leads until `shutdown`
+/// resolves (it then resigns, so that a standby takes over at once) or its leadership is lost.
+///
+/// # Errors
+/// [`crate::ServiceError::LeadershipLost`] when the lease could not be renewed; `on_elected`'s error; the
+/// transport error if the server fails.
+pub async fn serve_replicated<T, Fut>(
+    router: crate::grpc::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    (store, service, args): (&Store, &str, &ElectionArgs),
+    leadership: &Leadership,
+    on_elected: impl FnOnce() -> Fut,
+) -> Result<(), crate::ServiceError>
+where
+    Fut: std::future::Future<Output = Result<T, crate::ServiceError>>,
+{
+    let advertise = match &args.advertise {
+        Some(a) => a.clone(),
+        None => listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    };
+    let serving = crate::grpc::serve(router, listener, shutdown);
+    tokio::pin!(serving);
+    let mut term = tokio::select! {
+        t = campaign(store, service, &advertise, args.leader_lease, leadership) => t,
+        r = &mut serving => return Ok(r?),
+    };
+    let _leading = tokio::select! {
+        held = on_elected() => held?,
+        _ = term.lost() => return Err(crate::ServiceError::LeadershipLost),
+        r = &mut serving => { term.resign().await; return Ok(r?); }
+    };
+    tokio::select! {
+        _ = term.lost() => Err(crate::ServiceError::LeadershipLost),
+        r = &mut serving => { term.resign().await; Ok(r?) }
+    }
+}
+
+/// A `tower::Layer` for a replicated service's server: while [`Leadership`] says standby, every call but the
+/// health service is answered with [`Leadership::rejection`] and never reaches the service. Without a
+/// leadership (`StandbyLayer::default()`), it passes every call through.
+#[derive(Debug, Clone, Default)]
+pub struct StandbyLayer(pub Option<Leadership>);
+
+impl<S> tower::Layer<S> for StandbyLayer {
+    type Service = Standby<S>;
+
+    fn layer(&self, inner: S) -> Standby<S> {
+        Standby {
+            inner,
+            leadership: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`StandbyLayer`] wraps around a server.
+#[derive(Debug, Clone)]
+pub struct Standby<S> {
+    inner: S,
+    leadership: Option<Leadership>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Standby<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        futures::future::Ready<Result<S::Response, S::Error>>,
+        S::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let Some(l) = &self.leadership
+            && !request.uri().path().starts_with("/grpc.health.")
+            && let Some(status) = l.rejection()
+        {
+            return futures::future::Either::Left(futures::future::ready(Ok(status.into_http())));
+        }
+        futures::future::Either::Right(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_names_the_leader_and_a_leader_rejects_nothing() {
+        let l = Leadership::new();
+        let s = l.rejection().expect("a new replica is a standby");
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            s.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()),
+            Some("")
+        );
+        l.set(Role::Standby(Some("10.0.0.7:5052".into())));
+        let s = l.rejection().expect("still a standby");
+        assert_eq!(
+            s.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()),
+            Some("10.0.0.7:5052")
+        );
+        assert!(s.message().contains("10.0.0.7:5052"));
+        l.set(Role::Leader);
+        assert!(l.rejection().is_none());
+        assert!(l.clone().is_leader());
+    }
+}
