@@ -9,6 +9,7 @@
 //! - [`procs::ProcessCluster`]: the same services as real processes (the built binaries), with `/metrics`;
 //!   [`otlp::OtlpReceiver`]: an in-process OTLP trace receiver, for telemetry tests.
 
+pub mod faults;
 pub mod fill;
 pub mod otlp;
 pub mod procs;
@@ -19,6 +20,7 @@ use allot_proto::scheduler::{self as pb, event, scheduler_client::SchedulerClien
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,7 +51,32 @@ pub struct Etcd {
     child: Child,
     /// Client URL, `http://127.0.0.1:PORT`.
     pub endpoint: String,
-    _dir: tempfile::TempDir,
+    peer_url: String,
+    dir: tempfile::TempDir,
+}
+
+/// Starts an etcd process with its data in `dir`.
+fn spawn_etcd(dir: &std::path::Path, endpoint: &str, peer_url: &str) -> Child {
+    Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            endpoint,
+            "--advertise-client-urls",
+            endpoint,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+        ])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd is installed (apt-get install etcd-server)")
 }
 
 impl Etcd {
@@ -62,46 +89,43 @@ impl Etcd {
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd is installed (apt-get install etcd-server)");
+        let child = spawn_etcd(dir.path(), &endpoint, &peer_url);
         let etcd = Etcd {
             child,
             endpoint,
-            _dir: dir,
+            peer_url,
+            dir,
         };
+        etcd.await_answer().await;
+        etcd
+    }
+
+    async fn await_answer(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(store) =
-                allot_common::Store::connect(std::slice::from_ref(&etcd.endpoint), "/probe").await
+                allot_common::Store::connect(std::slice::from_ref(&self.endpoint), "/probe").await
                 && store.exists("/probe").await.is_ok()
             {
-                return etcd;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "etcd did not start at {}",
-                etcd.endpoint
+                self.endpoint
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Kills etcd with SIGKILL, leaves it down for `down`, and starts it again on the same ports and data;
+    /// returns once it answers.
+    pub async fn kill_and_restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        self.child = spawn_etcd(self.dir.path(), &self.endpoint, &self.peer_url);
+        self.await_answer().await;
     }
 }
 
@@ -153,52 +177,175 @@ async fn stop_signal(rx: oneshot::Receiver<()>) {
     }
 }
 
-/// A service running in this process: its address and the way to stop it.
+/// What a service's stop signal is: a future every incarnation of the service shares.
+pub type Stop = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// A service running in this process, each incarnation on a Tokio runtime of its own: its address and the
+/// way to stop it.
+///
+/// Everything an incarnation spawns (its connections, background tasks, watches) runs on its runtime, so that
+/// [`Service::crash`] ends all of it at once, as `kill -9` ends a process: no goodbye, no drain, every socket
+/// closed. Processes it started (an agent's tasks) live on, as they would. A service whose `run` asks to be
+/// restarted (a replica that lost its leadership exits for its supervisor to start it again) gets a fresh
+/// runtime on the same address, as systemd's `Restart=always` would give it a fresh process.
 pub struct Service {
     /// The address it listens on.
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<()>,
+    runtime: Arc<std::sync::Mutex<Option<tokio::runtime::Runtime>>>,
+    supervisor: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Service {
     async fn spawn<F, Fut>(start: F) -> Service
     where
-        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
+        F: Fn(tokio::net::TcpListener, Stop) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
     {
         Self::spawn_at("127.0.0.1:0".parse().expect("address"), start).await
     }
 
     /// Like `spawn`, on `addr` (say, the address of a service that crashed, so its clients find it again).
+    /// `start` runs one incarnation and returns whether to start another.
     async fn spawn_at<F, Fut>(addr: SocketAddr, start: F) -> Service
     where
-        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
+        F: Fn(tokio::net::TcpListener, Stop) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        use futures::FutureExt as _;
+        let first = bind_when_free(addr).await;
+        let addr = first.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(start(listener, rx));
+        let stop: Stop = stop_signal(rx).boxed().shared();
+        let runtime = Arc::new(std::sync::Mutex::new(None));
+        let slot = runtime.clone();
+        let supervisor = tokio::spawn(async move {
+            let mut listener = Some(first);
+            loop {
+                let l = match listener.take() {
+                    Some(l) => l,
+                    None => bind_when_free(addr).await,
+                };
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("service")
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                let (done_tx, done) = oneshot::channel();
+                let incarnation = start(
+                    {
+                        let _in = rt.enter();
+                        tokio::net::TcpListener::from_std(l).expect("listener")
+                    },
+                    stop.clone(),
+                );
+                rt.spawn(async move {
+                    let _ = done_tx.send(incarnation.await);
+                });
+                *slot.lock().expect("runtime slot") = Some(rt);
+                // Err: the runtime was shut down (a crash) or the service panicked.
+                let again = done.await.unwrap_or(false);
+                if !again {
+                    return;
+                }
+                if let Some(rt) = slot.lock().expect("runtime slot").take() {
+                    rt.shutdown_background();
+                }
+            }
+        });
         Service {
             addr,
             stop: Some(tx),
-            handle,
+            runtime,
+            supervisor: Some(supervisor),
         }
     }
 
-    /// Stops gracefully and waits for the service to end.
+    fn shut_down(&mut self) {
+        if let Some(s) = self.supervisor.take() {
+            s.abort();
+        }
+        if let Some(rt) = self.runtime.lock().expect("runtime slot").take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Stops gracefully and waits (at most 10 s) for the service to end.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.handle).await;
+        if let Some(sup) = self.supervisor.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), sup).await;
+        }
+        self.shut_down();
     }
 
     /// Ends the service abruptly, as `kill -9` would: no goodbye, no drain.
-    pub fn crash(self) {
-        self.handle.abort();
+    pub fn crash(mut self) {
+        self.shut_down();
     }
+
+    /// Like [`Service::crash`], and waits until the service's address is free again; returns it.
+    pub async fn crash_and_wait(mut self) -> SocketAddr {
+        self.kill().await
+    }
+
+    /// Crashes the service in place (what is left is inert) and waits until its address is free again.
+    async fn kill(&mut self) -> SocketAddr {
+        self.shut_down();
+        drop(bind_when_free(self.addr).await);
+        self.addr
+    }
+}
+
+impl Drop for Service {
+    /// A service handle dropped without [`Service::stop`] or [`Service::crash`] leaves the service running
+    /// until the test process ends (as a detached task would).
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.lock().expect("runtime slot").take() {
+            std::mem::forget(rt);
+        }
+    }
+}
+
+/// Whether a replicated service should be started again after `result`: yes when it stopped because it lost
+/// its leadership (its supervisor restarts it; it campaigns again). Panics on any other error.
+fn restart_after(what: &str, result: Result<(), allot_common::ServiceError>) -> bool {
+    match result {
+        Err(allot_common::ServiceError::LeadershipLost) => {
+            tracing::warn!(service = what, "lost leadership; restarting it");
+            true
+        }
+        r => {
+            r.unwrap_or_else(|e| panic!("{what} runs: {e}"));
+            false
+        }
+    }
+}
+
+/// A listener on `addr`, retried while a crashed service's runtime still holds the address.
+async fn bind_when_free(addr: SocketAddr) -> std::net::TcpListener {
+    loop {
+        match bind_reuse(addr) {
+            Ok(l) => return l,
+            Err(e) if addr.port() != 0 => {
+                tracing::debug!(%addr, error = %e, "address still held; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
+/// A listener on `addr` with SO_REUSEADDR (as servers bind), so that connections of a crashed server in
+/// TIME_WAIT do not hold the address; non-blocking, for a runtime to take over.
+fn bind_reuse(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
 
 /// A running agent.
@@ -207,6 +354,25 @@ pub struct AgentHandle {
     pub service: Service,
     /// Its work directory (checkpointed AgentID, sandboxes).
     pub work_dir: PathBuf,
+}
+
+/// An agent behind proxies (see [`Cluster::add_agent_behind_proxies`]).
+pub struct CutAgent {
+    /// The agent.
+    pub agent: AgentHandle,
+    proxies: Vec<faults::Proxy>,
+}
+
+impl CutAgent {
+    /// Cuts the agent off: every connection to and from it is dropped, new ones refused.
+    pub fn cut(&self) {
+        self.proxies.iter().for_each(faults::Proxy::cut);
+    }
+
+    /// Ends the cut.
+    pub fn heal(&self) {
+        self.proxies.iter().for_each(faults::Proxy::heal);
+    }
 }
 
 /// Options for a test cluster.
@@ -222,6 +388,8 @@ pub struct ClusterOptions {
     pub policy_timeout: Duration,
     /// Lease time of the allocator's and the broker's leadership.
     pub leader_lease: Duration,
+    /// Replicas of the allocator and of the broker (the first of each leads; the others are standbys).
+    pub replicas: usize,
 }
 
 impl Default for ClusterOptions {
@@ -232,6 +400,7 @@ impl Default for ClusterOptions {
             heartbeat_interval: Duration::from_secs(2),
             policy_timeout: Duration::from_millis(500),
             leader_lease: Duration::from_secs(2),
+            replicas: 1,
         }
     }
 }
@@ -242,10 +411,16 @@ pub struct Cluster {
     pub etcd: Etcd,
     /// The registry.
     pub registry: Service,
-    /// The allocator.
+    /// The allocator (the leading replica).
     pub allocator: Service,
-    /// The offer-broker.
+    /// The offer-broker (the leading replica).
     pub broker: Service,
+    /// Standby allocator replicas.
+    pub standby_allocators: Vec<Service>,
+    /// Standby broker replicas.
+    pub standby_brokers: Vec<Service>,
+    allocator_addrs: String,
+    broker_addrs: String,
     dir: tempfile::TempDir,
     agents: usize,
     opts: ClusterOptions,
@@ -260,10 +435,14 @@ async fn start_registry(etcd: &Etcd, opts: &ClusterOptions, addr: SocketAddr) ->
         etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
         agent_timeout: opts.agent_timeout,
     };
-    Service::spawn_at(addr, |l, rx| async move {
-        allot_registry::run(cfg, l, stop_signal(rx))
-            .await
-            .expect("registry runs");
+    Service::spawn_at(addr, move |l, stop| {
+        let cfg = cfg.clone();
+        async move {
+            allot_registry::run(cfg, l, stop)
+                .await
+                .expect("registry runs");
+            false
+        }
     })
     .await
 }
@@ -276,11 +455,11 @@ fn election(opts: &ClusterOptions) -> allot_common::leader::ElectionArgs {
     }
 }
 
-/// An offer-broker against `etcd` and the allocator at `allocator`, on `addr`.
+/// An offer-broker against `etcd` and the allocator replicas at `allocators` (comma-separated), on `addr`.
 async fn start_broker(
     etcd: &Etcd,
     opts: &ClusterOptions,
-    allocator: SocketAddr,
+    allocators: &str,
     addr: SocketAddr,
 ) -> Service {
     let cfg = allot_offer_broker::Config {
@@ -288,16 +467,48 @@ async fn start_broker(
         listen: String::new(),
         metrics: Default::default(),
         etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
-        allocator: allocator.to_string(),
+        allocator: allocators.to_string(),
         heartbeat_interval: opts.heartbeat_interval,
         election: election(opts),
     };
-    Service::spawn_at(addr, |l, rx| async move {
-        allot_offer_broker::run(cfg, l, stop_signal(rx))
-            .await
-            .expect("broker runs");
+    Service::spawn_at(addr, move |l, stop| {
+        let cfg = cfg.clone();
+        async move { restart_after("broker", allot_offer_broker::run(cfg, l, stop).await) }
     })
     .await
+}
+
+/// An allocator against `etcd`, caching policies in `dir`, on `addr`.
+async fn start_allocator(
+    etcd: &Etcd,
+    opts: &ClusterOptions,
+    dir: &std::path::Path,
+    addr: SocketAddr,
+) -> Service {
+    let cfg = allot_allocator::Config {
+        config: None,
+        listen: String::new(),
+        metrics: Default::default(),
+        etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
+        allocation_interval: opts.allocation_interval,
+        policy: "drf".into(),
+        policy_dir: dir.join("policies"),
+        policy_timeout: opts.policy_timeout,
+        election: election(opts),
+    };
+    Service::spawn_at(addr, move |l, stop| {
+        let cfg = cfg.clone();
+        async move { restart_after("allocator", allot_allocator::run(cfg, l, stop).await) }
+    })
+    .await
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("address")
+}
+
+fn join(addrs: impl Iterator<Item = SocketAddr>) -> String {
+    addrs.map(|a| a.to_string()).collect::<Vec<_>>().join(",")
 }
 
 impl Cluster {
@@ -306,67 +517,97 @@ impl Cluster {
         Self::start_with(ClusterOptions::default()).await
     }
 
-    /// Starts etcd and the control plane.
+    /// Starts etcd and the control plane: `opts.replicas` allocators and brokers, the first of each elected
+    /// before the standbys start.
     pub async fn start_with(opts: ClusterOptions) -> Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let etcd = Etcd::start().await;
-        let registry = start_registry(&etcd, &opts, "127.0.0.1:0".parse().expect("address")).await;
-        let cfg = allot_allocator::Config {
-            config: None,
-            listen: String::new(),
-            metrics: Default::default(),
-            etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
-            allocation_interval: opts.allocation_interval,
-            policy: "drf".into(),
-            policy_dir: dir.path().join("policies"),
-            policy_timeout: opts.policy_timeout,
-            election: election(&opts),
-        };
-        let allocator = Service::spawn(|l, rx| async move {
-            allot_allocator::run(cfg, l, stop_signal(rx))
-                .await
-                .expect("allocator runs");
-        })
-        .await;
-        let broker = start_broker(
-            &etcd,
-            &opts,
-            allocator.addr,
-            "127.0.0.1:0".parse().expect("address"),
-        )
-        .await;
-        await_leader(&allocator.addr.to_string()).await;
-        await_leader(&broker.addr.to_string()).await;
+        let registry = start_registry(&etcd, &opts, any_port()).await;
+        let mut allocators = Vec::new();
+        for _ in 0..opts.replicas.max(1) {
+            let a = start_allocator(&etcd, &opts, dir.path(), any_port()).await;
+            if allocators.is_empty() {
+                await_leader(&a.addr.to_string()).await;
+            }
+            allocators.push(a);
+        }
+        let allocator_addrs = join(allocators.iter().map(|a| a.addr));
+        let mut brokers = Vec::new();
+        for _ in 0..opts.replicas.max(1) {
+            let b = start_broker(&etcd, &opts, &allocator_addrs, any_port()).await;
+            if brokers.is_empty() {
+                await_leader(&b.addr.to_string()).await;
+            }
+            brokers.push(b);
+        }
+        let broker_addrs = join(brokers.iter().map(|b| b.addr));
+        let allocator = allocators.remove(0);
+        let broker = brokers.remove(0);
         Cluster {
             etcd,
             registry,
             allocator,
             broker,
+            standby_allocators: allocators,
+            standby_brokers: brokers,
+            allocator_addrs,
+            broker_addrs,
             dir,
             agents: 0,
             opts,
         }
     }
 
+    /// Every broker replica's address, comma-separated (what agents and the SDK are given).
+    pub fn broker_addrs(&self) -> &str {
+        &self.broker_addrs
+    }
+
+    /// Kills the leading allocator abruptly and waits until the first standby leads (once the crashed
+    /// leader's lease expires); the crashed replica then starts again on its address as a standby, as its
+    /// supervisor would restart it.
+    ///
+    /// # Panics
+    /// If there is no standby.
+    pub async fn fail_over_allocator(&mut self) {
+        let next = self.standby_allocators.remove(0);
+        let old = std::mem::replace(&mut self.allocator, next);
+        let addr = old.crash_and_wait().await;
+        await_leader(&self.allocator.addr.to_string()).await;
+        let again = start_allocator(&self.etcd, &self.opts, self.dir.path(), addr).await;
+        self.standby_allocators.push(again);
+    }
+
+    /// Kills the leading broker abruptly and waits until the first standby leads; the crashed replica starts
+    /// again on its address as a standby.
+    ///
+    /// # Panics
+    /// If there is no standby.
+    pub async fn fail_over_broker(&mut self) {
+        let next = self.standby_brokers.remove(0);
+        let old = std::mem::replace(&mut self.broker, next);
+        let addr = old.crash_and_wait().await;
+        await_leader(&self.broker.addr.to_string()).await;
+        let again = start_broker(&self.etcd, &self.opts, &self.allocator_addrs, addr).await;
+        self.standby_brokers.push(again);
+    }
+
     /// Kills the registry abruptly and starts a new one on the same address, as an operator restarting a
     /// crashed registry would; agents and their heartbeats find it there.
     pub async fn restart_registry(&mut self) {
-        self.registry.handle.abort();
-        // Until the aborted task is gone, its listener still holds the address.
-        let _ = (&mut self.registry.handle).await;
-        self.registry = start_registry(&self.etcd, &self.opts, self.registry.addr).await;
+        let addr = self.registry.kill().await;
+        self.registry = start_registry(&self.etcd, &self.opts, addr).await;
     }
 
     /// Kills the offer-broker abruptly (nothing it held in memory is written) and starts a new one on the same
     /// address; frameworks re-subscribe and agents re-send what is not acknowledged.
     pub async fn restart_broker(&mut self) {
-        self.broker.handle.abort();
-        let _ = (&mut self.broker.handle).await;
+        self.broker.kill().await;
         self.broker = start_broker(
             &self.etcd,
             &self.opts,
-            self.allocator.addr,
+            &self.allocator_addrs,
             self.broker.addr,
         )
         .await;
@@ -395,7 +636,7 @@ impl Cluster {
             metrics: Default::default(),
             advertise: None,
             registry: self.registry.addr.to_string(),
-            broker: self.broker.addr.to_string(),
+            broker: self.broker_addrs.clone(),
             work_dir,
             resources: Some(resources.to_string()),
             attributes: String::new(),
@@ -413,15 +654,55 @@ impl Cluster {
     /// Starts an agent in `work_dir` (reusing a checkpointed AgentID there) and waits until it is registered.
     pub async fn start_agent(&self, resources: &str, work_dir: PathBuf) -> AgentHandle {
         let cfg = self.agent_config(resources, work_dir.clone(), "localhost");
-        let service = Service::spawn(|l, rx| async move {
-            allot_agent::run(cfg, l, stop_signal(rx))
-                .await
-                .expect("agent runs");
+        let service = Service::spawn(move |l, stop| {
+            let cfg = cfg.clone();
+            async move {
+                allot_agent::run(cfg, l, stop).await.expect("agent runs");
+                false
+            }
         })
         .await;
         let id_file = work_dir.join("agent_id");
         eventually("the agent registers", || async { id_file.exists() }).await;
         AgentHandle { service, work_dir }
+    }
+
+    /// Starts an agent whose every connection goes through a [`faults::Proxy`] (to the registry, to each
+    /// broker replica, and from the brokers to it), so that the test can cut it off the network and heal it.
+    pub async fn add_agent_behind_proxies(&mut self, resources: &str) -> CutAgent {
+        self.agents += 1;
+        let work_dir = self.dir.path().join(format!("agent{}", self.agents));
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let inbound = faults::Proxy::start(addr).await;
+        let registry = faults::Proxy::start(self.registry.addr).await;
+        let mut brokers = Vec::new();
+        for b in self.broker_addrs.split(',') {
+            brokers.push(faults::Proxy::start(b.parse().expect("address")).await);
+        }
+        let cfg = allot_agent::Config {
+            registry: registry.addr.to_string(),
+            broker: join(brokers.iter().map(|p| p.addr)),
+            advertise: Some(inbound.addr.to_string()),
+            ..self.agent_config(resources, work_dir.clone(), "behind-proxies")
+        };
+        let service = Service::spawn_at(addr, move |l, stop| {
+            let cfg = cfg.clone();
+            async move {
+                allot_agent::run(cfg, l, stop).await.expect("agent runs");
+                false
+            }
+        })
+        .await;
+        let id_file = work_dir.join("agent_id");
+        eventually("the agent registers", || async { id_file.exists() }).await;
+        let mut proxies = vec![inbound, registry];
+        proxies.extend(brokers);
+        CutAgent {
+            agent: AgentHandle { service, work_dir },
+            proxies,
+        }
     }
 
     /// Starts `n` simulated agents (one `allot-agent --simulate n` in this process), each offering
@@ -438,10 +719,14 @@ impl Cluster {
             sim_task_duration: task_duration,
             ..self.agent_config(resources, self.dir.path().join("sim"), "sim")
         };
-        let service = Service::spawn(|l, rx| async move {
-            allot_agent::run(cfg, l, stop_signal(rx))
-                .await
-                .expect("simulated agents run");
+        let service = Service::spawn(move |l, stop| {
+            let cfg = cfg.clone();
+            async move {
+                allot_agent::run(cfg, l, stop)
+                    .await
+                    .expect("simulated agents run");
+                false
+            }
         })
         .await;
         let registry = self.registry.addr.to_string();

@@ -149,8 +149,9 @@ pub async fn run_task(
         .env("ALLOT_TASK_ID", &l.task.task_id)
         .env("ALLOT_FRAMEWORK_ID", &l.framework_id)
         .env("ALLOT_AGENT_ID", &l.agent_id)
-        .process_group(0)
-        .kill_on_drop(true);
+        // No kill_on_drop: a crashed agent leaves its tasks running, as `kill -9` of the agent process would; the
+        // next agent process ends them (`end_leftover_tasks`), and a graceful stop kills them explicitly.
+        .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -270,8 +270,10 @@ mod tests {
         assert_eq!(r.current(), "10.0.0.2:1");
         // A named leader, even one not in the list, is followed.
         let mut s = tonic::Status::unavailable("not the leader; the leader is at 10.0.0.3:1");
-        s.metadata_mut()
-            .insert(crate::leader::LEADER_METADATA, "10.0.0.3:1".parse().expect("ascii"));
+        s.metadata_mut().insert(
+            crate::leader::LEADER_METADATA,
+            "10.0.0.3:1".parse().expect("ascii"),
+        );
         assert!(r.failed(&s));
         assert_eq!(r.current(), "10.0.0.3:1");
         assert!(Replicas::new(" , ").is_err());

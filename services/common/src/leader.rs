@@ -330,10 +330,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::Either<
-        futures::future::Ready<Result<S::Response, S::Error>>,
-        S::Future,
-    >;
+    type Future =
+        futures::future::Either<futures::future::Ready<Result<S::Response, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -360,13 +358,17 @@ mod tests {
         let s = l.rejection().expect("a new replica is a standby");
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert_eq!(
-            s.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()),
+            s.metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok()),
             Some("")
         );
         l.set(Role::Standby(Some("10.0.0.7:5052".into())));
         let s = l.rejection().expect("still a standby");
         assert_eq!(
-            s.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()),
+            s.metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok()),
             Some("10.0.0.7:5052")
         );
         assert!(s.message().contains("10.0.0.7:5052"));

@@ -415,9 +415,13 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                 break 'outer Err(SdkError::Subscribe(e.message().to_string()));
             }
             Err(e) => {
-                // A standby broker names the leader, an unreachable one is skipped: the next try goes there.
-                brokers.failed(&e);
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                // A standby broker names the leader, an unreachable one is skipped: the next try goes there,
+                // soon (backing off is for a broker that answers and cannot serve).
+                let delay = if brokers.failed(&e) {
+                    first
+                } else {
+                    delays.next().unwrap_or(Duration::from_secs(5))
+                };
                 tracing::warn!(error = %e.message(), ?delay, broker = %brokers.current(), "cannot subscribe; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

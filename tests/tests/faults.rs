@@ -1,0 +1,177 @@
+//! Fault injection: during a workload of 1,000 short tasks (real processes on three agents), kill in turn the
+//! registry, the allocator leader, the broker leader, an agent, and etcd (then restart it), and cut an agent
+//! off the network. Every task must end in exactly one terminal state that the framework sees, no accepted
+//! launch may run twice, and the cluster must allocate again after each fault (the times are printed; see
+//! `docs/reliability.md`).
+
+use allot_tests::faults::{Workload, WorkloadLog};
+use allot_tests::{Cluster, ClusterOptions, task};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TASKS: usize = 1000;
+const AGENT: &str = "cpus:8;mem:8192";
+
+/// Waits until `cond` holds on the log, for at most `patience`.
+async fn wait_log(
+    log: &Arc<Mutex<WorkloadLog>>,
+    what: &str,
+    patience: Duration,
+    cond: impl Fn(&WorkloadLog) -> bool,
+) {
+    let deadline = Instant::now() + patience;
+    loop {
+        if cond(&log.lock().expect("log")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_task_ends_exactly_once_through_every_fault() {
+    let opts = ClusterOptions {
+        replicas: 2,
+        // Long enough that a leader rides out etcd's restart and a loaded machine's stalls.
+        leader_lease: Duration::from_secs(4),
+        ..ClusterOptions::default()
+    };
+    let agent_timeout = opts.agent_timeout;
+    let mut cluster = Cluster::start_with(opts).await;
+    let mut crashable = cluster.add_agent(AGENT).await;
+    let _steady = cluster.add_agent(AGENT).await;
+    let cut = cluster.add_agent_behind_proxies(AGENT).await;
+
+    // Each task appends its ID to `runs` when it starts: a launch that ran twice shows up twice.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runs = dir.path().join("runs");
+    let runs_arg = runs.display().to_string();
+    let workload = Workload::new(TASKS, 8, move |id| {
+        task(
+            id,
+            &format!("echo $ALLOT_TASK_ID >> {runs_arg}; sleep 0.2"),
+            0.5,
+            32.0,
+        )
+    });
+    let log = workload.log.clone();
+    let config = allot_sdk::DriverConfig::new(
+        cluster.broker_addrs(),
+        allot_sdk::framework_info("faults", "*"),
+    );
+    let driver = tokio::spawn(allot_sdk::run(config, workload));
+
+    let mut times: Vec<(&str, Duration)> = Vec::new();
+    let faults = [
+        "registry killed and restarted",
+        "allocator leader killed",
+        "broker leader killed",
+        "agent killed and restarted",
+        "etcd killed, restarted after 1 s",
+        "agent cut off for agent_timeout + 1 s",
+    ];
+    for (i, fault) in faults.iter().enumerate() {
+        let progress = 100 + i * 130;
+        wait_log(
+            &log,
+            &format!("{progress} tasks ended before: {fault}"),
+            Duration::from_secs(90),
+            |l| l.finished.len() >= progress,
+        )
+        .await;
+        let at = Instant::now();
+        match i {
+            0 => cluster.restart_registry().await,
+            1 => cluster.fail_over_allocator().await,
+            2 => cluster.fail_over_broker().await,
+            3 => {
+                let work_dir = crashable.work_dir.clone();
+                crashable.service.crash_and_wait().await;
+                crashable = cluster.start_agent(AGENT, work_dir).await;
+            }
+            4 => cluster.etcd.kill_and_restart(Duration::from_secs(1)).await,
+            _ => {
+                cut.cut();
+                tokio::time::sleep(agent_timeout + Duration::from_secs(1)).await;
+                cut.heal();
+            }
+        }
+        wait_log(
+            &log,
+            &format!("a task launched after '{fault}' runs"),
+            Duration::from_secs(60),
+            |l| l.back_after(at).is_some(),
+        )
+        .await;
+        let back = log.lock().expect("log").back_after(at).expect("back");
+        eprintln!("fault: {fault:<40} allocating and running again after {back:?}");
+        times.push((fault, back));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while log.lock().expect("log").finished.len() < TASKS {
+        if Instant::now() > deadline {
+            let l = log.lock().expect("log");
+            let open: Vec<_> = l
+                .launched_at
+                .keys()
+                .filter(|id| l.terminal(id).is_none() && !l.unknown.contains(*id))
+                .map(|id| (id.clone(), l.updates.get(id).cloned()))
+                .collect();
+            panic!(
+                "{} of {TASKS} work items ended; launched and open: {open:?}; errors: {:?}",
+                l.finished.len(),
+                l.errors
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(20), driver).await;
+
+    let log = log.lock().expect("log");
+    // Exactly one terminal state per task, as the framework saw it.
+    let bad = log.inconsistent();
+    assert!(
+        bad.is_empty(),
+        "tasks with more than one terminal state: {bad:?}"
+    );
+    // Every launch took effect and ended, or never took effect (TASK_UNKNOWN) and was launched again.
+    for id in log.launched_at.keys() {
+        assert!(
+            log.terminal(id).is_some() || log.unknown.contains(id),
+            "task {id} was launched and never ended: {:?}",
+            log.updates.get(id)
+        );
+    }
+    // No launch ran twice; each finished task ran once.
+    let text = std::fs::read_to_string(&runs).expect("runs file");
+    let mut ran: HashMap<&str, usize> = HashMap::new();
+    for id in text.lines() {
+        *ran.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = ran.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "launches that ran twice: {twice:?}");
+    let mut by_state: HashMap<String, usize> = HashMap::new();
+    for id in log.updates.keys() {
+        if let Some(s) = log.terminal(id) {
+            *by_state.entry(s.as_str_name().to_string()).or_default() += 1;
+            if s == allot_proto::common::TaskState::TaskFinished {
+                assert_eq!(
+                    ran.get(id.as_str()),
+                    Some(&1),
+                    "finished task {id} ran once"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{TASKS} work items: terminal states {by_state:?}; {} launches answered TASK_UNKNOWN and went again; {} failed calls",
+        log.unknown.len(),
+        log.errors.len()
+    );
+    for (fault, t) in &times {
+        eprintln!("| {fault} | {:.2} s |", t.as_secs_f64());
+    }
+}
