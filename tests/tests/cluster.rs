@@ -5,7 +5,7 @@ use allot_proto::common::TaskState;
 use allot_proto::operator::operator_client::OperatorClient;
 use allot_proto::scheduler::{self as pb, event, scheduler_client::SchedulerClient};
 use allot_tests::{Cluster, TestFramework, eventually, recorded_task, task};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -772,4 +772,74 @@ async fn an_agent_that_comes_back_has_its_unreachable_tasks_reconciled() {
     .await;
     fw.kill("t").await.expect("kill");
     fw.await_state("t", TaskState::TaskKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_failover_failover_timeout_decides_which_frameworks_are_torn_down() {
+    let mut cluster = Cluster::start().await;
+    let _agent = cluster.add_agent("cpus:2;mem:512").await;
+    let store = cluster.etcd.store().await;
+    let info = |name: &str, failover_timeout: f64| allot_proto::common::FrameworkInfo {
+        name: name.into(),
+        failover_timeout,
+        ..Default::default()
+    };
+    let mut gone = TestFramework::subscribe_with(&cluster, info("gone", 1.0)).await;
+    gone.launch(task("g", "sleep 120", 0.5, 32.0)).await;
+    gone.await_state("g", TaskState::TaskRunning).await;
+    let mut back = TestFramework::subscribe_with(&cluster, info("back", 600.0)).await;
+    back.launch(task("b", "sleep 120", 0.5, 32.0)).await;
+    back.await_state("b", TaskState::TaskRunning).await;
+    let (gone_id, back_id) = (gone.id.clone(), back.id.clone());
+    drop((gone, back));
+
+    // The broker dies; neither scheduler re-subscribes for a while.
+    cluster.restart_broker().await;
+    let restarted = Instant::now();
+    let active = |id: String| {
+        let store = store.clone();
+        async move {
+            store
+                .get::<allot_proto::common::FrameworkRecord>(
+                    &store.key(allot_common::store::Kind::Frameworks, &id),
+                )
+                .await
+                .expect("read")
+                .expect("recorded")
+                .0
+                .active
+        }
+    };
+    eventually("the framework that did not come back is torn down", || {
+        let is_active = active(gone_id.clone());
+        async move { !is_active.await }
+    })
+    .await;
+    // Not before three heartbeat intervals (2 s each in tests): a broker failover is no scheduler's fault.
+    assert!(
+        restarted.elapsed() >= Duration::from_millis(5500),
+        "torn down after {:?}",
+        restarted.elapsed()
+    );
+    // Its task was killed, and etcd records the end (the broker acknowledged it for the torn-down framework).
+    eventually("the torn-down framework's task ends in etcd", || async {
+        let t = recorded_task(&store, &gone_id, "g").await;
+        t.acknowledged && t.status.as_ref().map(|s| s.state()) == Some(TaskState::TaskKilled)
+    })
+    .await;
+    // The other one, within its failover timeout, keeps its task and comes back to it.
+    assert!(active(back_id.clone()).await);
+    let info = allot_proto::common::FrameworkInfo {
+        framework_id: back_id.clone(),
+        ..info("back", 600.0)
+    };
+    let mut back = TestFramework::subscribe_with(&cluster, info).await;
+    assert_eq!(back.id, back_id);
+    let t = recorded_task(&store, &back_id, "b").await;
+    assert!(
+        !t.status.expect("status").state().is_terminal(),
+        "the task of a framework within its failover timeout keeps running"
+    );
+    back.kill("b").await.expect("kill");
+    back.await_state("b", TaskState::TaskKilled).await;
 }

@@ -21,6 +21,26 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// `allot_leader{service}`: 1 while this replica leads `service`, 0 while it is a standby.
+static LEADER: std::sync::LazyLock<allot_telemetry::metrics::prometheus::GaugeVec> =
+    std::sync::LazyLock::new(|| {
+        allot_telemetry::metrics::gauge_vec(
+            "allot_leader",
+            "1 while this replica leads its service (allocator, offer-broker), 0 while it is a standby",
+            &["service"],
+        )
+    });
+
+/// `allot_leader_terms_total{service}`: terms this replica won.
+static TERMS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        allot_telemetry::metrics::counter_vec(
+            "allot_leader_terms_total",
+            "Elections this replica won",
+            &["service"],
+        )
+    });
+
 /// The gRPC metadata key in which a standby names the leader's address (`host:port`, empty when it knows
 /// of no leader).
 pub const LEADER_METADATA: &str = "allot-leader";
@@ -143,6 +163,7 @@ pub async fn campaign(
     ttl: Duration,
     leadership: &Leadership,
 ) -> Term {
+    LEADER.with_label_values(&[service]).set(0.0);
     let name = format!("{}/leader/{service}", store.root());
     let _observer = crate::AbortOnDrop(tokio::spawn(observe(
         store.clone(),
@@ -154,6 +175,8 @@ pub async fn campaign(
         match try_campaign(store, &name, advertise, ttl).await {
             Ok(term) => {
                 leadership.set(Role::Leader);
+                LEADER.with_label_values(&[service]).set(1.0);
+                TERMS.with_label_values(&[service]).inc();
                 tracing::info!(service, advertise, lease = term.lease, "elected leader");
                 return term;
             }
@@ -294,10 +317,12 @@ where
         _ = term.lost() => return Err(crate::ServiceError::LeadershipLost),
         r = &mut serving => { term.resign().await; return Ok(r?); }
     };
-    tokio::select! {
+    let result = tokio::select! {
         _ = term.lost() => Err(crate::ServiceError::LeadershipLost),
         r = &mut serving => { term.resign().await; Ok(r?) }
-    }
+    };
+    LEADER.with_label_values(&[service]).set(0.0);
+    result
 }
 
 /// A `tower::Layer` for a replicated service's server: while [`Leadership`] says standby, every call but the

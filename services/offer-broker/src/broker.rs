@@ -244,6 +244,23 @@ impl Broker {
                 inner.tasks.insert(task_key(&t), t);
             }
         }
+        // Every framework etcd records as active is disconnected from this broker until it re-subscribes. Its
+        // failover timeout runs from now, but no shorter than three heartbeat intervals: a scheduler notices a
+        // silent broker within three intervals and re-subscribes, and a broker failover is no scheduler's fault.
+        let grace = 3.0 * self.heartbeat_interval.as_secs_f64();
+        let recovered: Vec<(String, f64)> = self
+            .lock()
+            .frameworks
+            .iter()
+            .filter(|(_, f)| f.record.active)
+            .map(|(id, f)| {
+                let timeout = f.record.info.as_ref().map_or(0.0, |i| i.failover_timeout);
+                (id.clone(), timeout.max(grace))
+            })
+            .collect();
+        for (fw, timeout) in recovered {
+            self.tear_down_after(fw, 0, timeout);
+        }
         let mut handles = Vec::new();
         handles.push(tokio::spawn(self.clone().reconcile_agents()));
         let me = self.clone();
@@ -862,9 +879,15 @@ impl Broker {
         };
         tracing::info!(framework = %fw, failover_timeout = timeout, "framework disconnected");
         self.deactivate(&fw, offers).await;
+        self.tear_down_after(fw, epoch, timeout);
+    }
+
+    /// Tears framework `fw` down unless it re-subscribes (its connection epoch moves past `epoch`) within
+    /// `failover_timeout` seconds, as the Mesos master does with a disconnected framework.
+    fn tear_down_after(self: &Arc<Self>, fw: String, epoch: u64, failover_timeout: f64) {
         let me = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(timeout)).await;
+            tokio::time::sleep(Duration::from_secs_f64(failover_timeout)).await;
             let still_gone = me
                 .lock()
                 .frameworks
@@ -1177,7 +1200,9 @@ impl Broker {
     }
 
     /// Status updates that the broker itself generates (source MASTER): `state` for every `(framework, task)`
-    /// of `tasks`, recorded in one etcd transaction.
+    /// of `tasks`, recorded in one etcd transaction, retried until etcd takes it: a decision that cannot be
+    /// recorded is not made yet (meanwhile etcd keeps the tasks' earlier states, which a restarted broker
+    /// reconciles with their agents).
     async fn master_updates(
         &self,
         tasks: &[(String, String)],
@@ -1188,34 +1213,46 @@ impl Broker {
         if tasks.is_empty() {
             return;
         }
-        let updates: Vec<TaskStatus> = {
-            let inner = self.lock();
-            tasks
-                .iter()
-                .map(|(fw, task)| {
-                    let agent_id = inner
-                        .tasks
-                        .get(&(fw.clone(), task.clone()))
-                        .and_then(|t| t.task.as_ref().map(|t| t.agent_id.clone()))
-                        .unwrap_or_default();
-                    TaskStatus {
-                        task_id: task.clone(),
-                        state: state as i32,
-                        message: message.to_string(),
-                        source: StatusSource::SourceMaster as i32,
-                        reason: reason.to_string(),
-                        agent_id,
-                        framework_id: fw.clone(),
-                        timestamp: allot_common::now_secs(),
-                        uuid: new_uuid(),
-                        exit_code: None,
-                    }
-                })
-                .collect()
-        };
-        if let Err(e) = self.record_updates(updates).await {
-            tracing::warn!(tasks = tasks.len(), error = %e.message(), "cannot record status updates");
+        let updates = self.master_statuses(tasks, state, reason, message);
+        let mut delays = allot_common::retry_delays(Duration::from_millis(200));
+        while let Err(e) = self.record_updates(updates.clone()).await {
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tracing::warn!(tasks = tasks.len(), error = %e.message(), ?delay, "cannot record status updates; retrying");
+            tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The updates [`Broker::master_updates`] records.
+    fn master_statuses(
+        &self,
+        tasks: &[(String, String)],
+        state: TaskState,
+        reason: &str,
+        message: &str,
+    ) -> Vec<TaskStatus> {
+        let inner = self.lock();
+        tasks
+            .iter()
+            .map(|(fw, task)| {
+                let agent_id = inner
+                    .tasks
+                    .get(&(fw.clone(), task.clone()))
+                    .and_then(|t| t.task.as_ref().map(|t| t.agent_id.clone()))
+                    .unwrap_or_default();
+                TaskStatus {
+                    task_id: task.clone(),
+                    state: state as i32,
+                    message: message.to_string(),
+                    source: StatusSource::SourceMaster as i32,
+                    reason: reason.to_string(),
+                    agent_id,
+                    framework_id: fw.clone(),
+                    timestamp: allot_common::now_secs(),
+                    uuid: new_uuid(),
+                    exit_code: None,
+                }
+            })
+            .collect()
     }
 
     /// A status update from an agent: forwarded to its framework at once and written to etcd lazily (see
@@ -1303,11 +1340,20 @@ impl Broker {
                     });
                 }
                 rec.status = Some(status.clone());
-                rec.acknowledged = false;
+                // A torn-down framework acknowledges nothing any more: the broker acknowledges for it (the
+                // agent can then forget the update, as a Mesos agent does when its framework is shut down).
+                let torn_down = inner
+                    .frameworks
+                    .get(&key.0)
+                    .is_some_and(|f| !f.record.active);
+                rec.acknowledged = torn_down;
                 if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
                     rec.sandbox = s;
                 }
                 inner.dirty.insert(key, inner.flushes);
+                if torn_down {
+                    continue;
+                }
                 M.updates
                     .with_label_values(&[status.state().as_str_name()])
                     .inc();
@@ -1618,14 +1664,13 @@ impl Broker {
         {
             Ok(_) => Ok(()),
             Err(e) if e.code() == tonic::Code::NotFound => {
-                self.master_updates(
+                let lost = self.master_statuses(
                     &[(fw.to_string(), task.to_string())],
                     TaskState::TaskLost,
                     "REASON_TASK_UNKNOWN",
                     e.message(),
-                )
-                .await;
-                Ok(())
+                );
+                self.record_updates(lost).await
             }
             Err(e) => Err(Status::unavailable(format!(
                 "agent {agent_id}: {}",
