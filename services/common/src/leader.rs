@@ -110,6 +110,12 @@ impl Leadership {
         self.state.send_replace(role);
     }
 
+    /// From now on this replica serves calls as the leader of `service`.
+    pub fn set_leader(&self, service: &str) {
+        self.set(Role::Leader);
+        LEADER.with_label_values(&[service]).set(1.0);
+    }
+
     /// The answer a standby gives every call: `UNAVAILABLE` naming the leader in [`LEADER_METADATA`];
     /// `None` while this replica leads.
     pub fn rejection(&self) -> Option<tonic::Status> {
@@ -155,7 +161,8 @@ impl Term {
 
 /// Campaigns for leadership of `service` with `advertise` as this replica's address and leases of `ttl`;
 /// returns once elected. Meanwhile `leadership` follows who leads (for the standby's answers); etcd errors
-/// are retried with backoff, so this waits for etcd to come back rather than fail.
+/// are retried with backoff, so this waits for etcd to come back rather than fail. The caller marks itself
+/// leader ([`Leadership::set_leader`]) once it is ready to serve as one.
 pub async fn campaign(
     store: &Store,
     service: &str,
@@ -174,8 +181,6 @@ pub async fn campaign(
     loop {
         match try_campaign(store, &name, advertise, ttl).await {
             Ok(term) => {
-                leadership.set(Role::Leader);
-                LEADER.with_label_values(&[service]).set(1.0);
                 TERMS.with_label_values(&[service]).inc();
                 tracing::info!(service, advertise, lease = term.lease, "elected leader");
                 return term;
@@ -312,11 +317,13 @@ where
         t = campaign(store, service, &advertise, args.leader_lease, leadership) => t,
         r = &mut serving => return Ok(r?),
     };
+    // Calls are still refused while the new leader loads its state: none may see it half built.
     let _leading = tokio::select! {
         held = on_elected() => held?,
         _ = term.lost() => return Err(crate::ServiceError::LeadershipLost),
         r = &mut serving => { term.resign().await; return Ok(r?); }
     };
+    leadership.set_leader(service);
     let result = tokio::select! {
         _ = term.lost() => Err(crate::ServiceError::LeadershipLost),
         r = &mut serving => { term.resign().await; Ok(r?) }
@@ -397,7 +404,7 @@ mod tests {
             Some("10.0.0.7:5052")
         );
         assert!(s.message().contains("10.0.0.7:5052"));
-        l.set(Role::Leader);
+        l.set_leader("test");
         assert!(l.rejection().is_none());
         assert!(l.clone().is_leader());
     }

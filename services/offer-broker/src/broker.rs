@@ -199,6 +199,26 @@ impl Broker {
             .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
     }
 
+    /// Makes a call on the leading allocator: a standby's answer or an unreachable replica sends it on to the
+    /// leader (see [`allot_common::grpc::Replicas::call`]).
+    ///
+    /// # Errors
+    /// The last attempt's status.
+    async fn on_allocator<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(AllocatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        self.allocators
+            .call(|ch| {
+                call(
+                    AllocatorClient::new(ch)
+                        .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+                )
+            })
+            .await
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("broker state poisoned")
     }
@@ -524,11 +544,14 @@ impl Broker {
             self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
         }
         for (fw, suppressed) in active {
+            let req = ActivateFrameworkRequest {
+                framework_id: fw,
+                suppressed,
+            };
             let _ = self
-                .allocator()
-                .activate_framework(ActivateFrameworkRequest {
-                    framework_id: fw,
-                    suppressed,
+                .on_allocator(|mut a| {
+                    let req = req.clone();
+                    async move { a.activate_framework(req).await }
                 })
                 .await;
         }
@@ -635,10 +658,13 @@ impl Broker {
 
     /// Tells the allocator that framework `fw` wants no more offers and returns its `offers`, unfiltered.
     async fn deactivate(&self, fw: &str, offers: Vec<String>) {
+        let req = DeactivateFrameworkRequest {
+            framework_id: fw.to_string(),
+        };
         let _ = self
-            .allocator()
-            .deactivate_framework(DeactivateFrameworkRequest {
-                framework_id: fw.to_string(),
+            .on_allocator(|mut a| {
+                let req = req.clone();
+                async move { a.deactivate_framework(req).await }
             })
             .await;
         self.recover(offers, 0.0, Vec::new()).await;
@@ -658,7 +684,13 @@ impl Broker {
             refuse_seconds,
             launched,
         };
-        if let Err(e) = self.allocator().recover_offers(req).await {
+        let recovered = self
+            .on_allocator(|mut a| {
+                let req = req.clone();
+                async move { a.recover_offers(req).await }
+            })
+            .await;
+        if let Err(e) = recovered {
             // The allocator restarted or is unreachable: its next session starts from etcd, which has the tasks.
             tracing::warn!(error = %e.message(), "cannot return offers to the allocator");
         }
@@ -846,13 +878,20 @@ impl Broker {
         for status in pending {
             let _ = tx.send(Ok(update_event(status, HashMap::new())));
         }
-        let _ = self
-            .allocator()
-            .activate_framework(ActivateFrameworkRequest {
-                framework_id: id.clone(),
-                suppressed: false,
+        let req = ActivateFrameworkRequest {
+            framework_id: id.clone(),
+            suppressed: false,
+        };
+        if let Err(e) = self
+            .on_allocator(|mut a| {
+                let req = req.clone();
+                async move { a.activate_framework(req).await }
             })
-            .await;
+            .await
+        {
+            // The next allocator session activates every connected framework.
+            tracing::warn!(framework = %id, error = %e.message(), "cannot activate the framework at the allocator");
+        }
         tracing::info!(framework = %id, name = %info.name, roles = ?info.roles, resubscribe, "framework subscribed");
         Ok((id, epoch, rx))
     }
@@ -1611,20 +1650,23 @@ impl Broker {
         if let Some(f) = self.lock().frameworks.get_mut(fw) {
             f.suppressed = suppressed;
         }
-        let mut a = self.allocator();
-        let r = if suppressed {
-            a.suppress(SuppressRequest {
-                framework_id: fw.into(),
+        let fw = fw.to_string();
+        let r = self
+            .on_allocator(|mut a| {
+                let fw = fw.clone();
+                async move {
+                    if suppressed {
+                        a.suppress(SuppressRequest { framework_id: fw })
+                            .await
+                            .map(|_| ())
+                    } else {
+                        a.revive(ReviveRequest { framework_id: fw })
+                            .await
+                            .map(|_| ())
+                    }
+                }
             })
-            .await
-            .map(|_| ())
-        } else {
-            a.revive(ReviveRequest {
-                framework_id: fw.into(),
-            })
-            .await
-            .map(|_| ())
-        };
+            .await;
         r.map_err(|e| Status::unavailable(format!("allocator: {}", e.message())))
     }
 
