@@ -292,7 +292,13 @@ impl Broker {
                 let mut inner = me.lock();
                 match value.and_then(|v| decode::<AgentRecord>(id.as_bytes(), v).ok()) {
                     Some(rec) => {
-                        inner.agents.insert(id.to_string(), rec);
+                        let since = rec.registered_at_ms;
+                        let before = inner.agents.insert(id.to_string(), rec);
+                        if before.is_some_and(|b| b.registered_at_ms != since) {
+                            let me = me.clone();
+                            let id = id.to_string();
+                            tokio::spawn(async move { me.agent_reregistered(&id, since).await });
+                        }
                     }
                     None => {
                         inner.agents.remove(id);
@@ -1841,6 +1847,38 @@ impl Broker {
         };
         tracing::info!(agent = %agent_id, tasks = tasks.len(), "agent reachable again; reconciling its unreachable tasks");
         self.reconcile_at(addr, tasks, true).await;
+    }
+
+    /// An agent registered again (a new agent process, or one back from a partition): its tasks are reconciled
+    /// with it, as a Mesos master reconciles the tasks an agent reports when it re-registers. A task launched
+    /// before the registration that the agent has never heard of (the launch died with the earlier agent
+    /// process) becomes TASK_LOST; tasks it knows report their latest state. Tasks still TASK_STAGING that
+    /// were accepted less than a second before the registration are left out: their launch may be on its way
+    /// to the new process. TASK_UNREACHABLE tasks are [`Broker::agent_returned`]'s.
+    async fn agent_reregistered(&self, agent_id: &str, registered_at_ms: i64) {
+        let launched_before = registered_at_ms as f64 / 1000.0 - 1.0;
+        let tasks: Vec<Recorded> = self
+            .lock()
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.task.as_ref().is_some_and(|i| i.agent_id == agent_id))
+            .filter_map(|(k, t)| {
+                let s = t.status.as_ref()?;
+                let state = s.state();
+                let settled = !state.is_terminal()
+                    && state != TaskState::TaskUnreachable
+                    && (state != TaskState::TaskStaging || s.timestamp < launched_before);
+                settled.then(|| (k.clone(), s.uuid.clone()))
+            })
+            .collect();
+        if tasks.is_empty() {
+            return;
+        }
+        let Some(addr) = self.agent_address(agent_id).await else {
+            return;
+        };
+        tracing::info!(agent = %agent_id, tasks = tasks.len(), "agent registered again; reconciling its tasks");
+        self.reconcile_at(addr, tasks, false).await;
     }
 
     /// An agent's lease lapsed: its live tasks become TASK_UNREACHABLE.
