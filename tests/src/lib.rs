@@ -503,6 +503,22 @@ async fn start_allocator(
     .await
 }
 
+/// Runs an agent with `cfg` on `addr` and waits until it is registered (its AgentID checkpointed).
+async fn spawn_agent(cfg: allot_agent::Config, addr: SocketAddr) -> AgentHandle {
+    let work_dir = cfg.work_dir.clone();
+    let service = Service::spawn_at(addr, move |l, stop| {
+        let cfg = cfg.clone();
+        async move {
+            allot_agent::run(cfg, l, stop).await.expect("agent runs");
+            false
+        }
+    })
+    .await;
+    let id_file = work_dir.join("agent_id");
+    eventually("the agent registers", || async { id_file.exists() }).await;
+    AgentHandle { service, work_dir }
+}
+
 fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("address")
 }
@@ -653,18 +669,8 @@ impl Cluster {
 
     /// Starts an agent in `work_dir` (reusing a checkpointed AgentID there) and waits until it is registered.
     pub async fn start_agent(&self, resources: &str, work_dir: PathBuf) -> AgentHandle {
-        let cfg = self.agent_config(resources, work_dir.clone(), "localhost");
-        let service = Service::spawn(move |l, stop| {
-            let cfg = cfg.clone();
-            async move {
-                allot_agent::run(cfg, l, stop).await.expect("agent runs");
-                false
-            }
-        })
-        .await;
-        let id_file = work_dir.join("agent_id");
-        eventually("the agent registers", || async { id_file.exists() }).await;
-        AgentHandle { service, work_dir }
+        let cfg = self.agent_config(resources, work_dir, "localhost");
+        spawn_agent(cfg, any_port()).await
     }
 
     /// Starts an agent whose every connection goes through a [`faults::Proxy`] (to the registry, to each
@@ -685,22 +691,12 @@ impl Cluster {
             registry: registry.addr.to_string(),
             broker: join(brokers.iter().map(|p| p.addr)),
             advertise: Some(inbound.addr.to_string()),
-            ..self.agent_config(resources, work_dir.clone(), "behind-proxies")
+            ..self.agent_config(resources, work_dir, "behind-proxies")
         };
-        let service = Service::spawn_at(addr, move |l, stop| {
-            let cfg = cfg.clone();
-            async move {
-                allot_agent::run(cfg, l, stop).await.expect("agent runs");
-                false
-            }
-        })
-        .await;
-        let id_file = work_dir.join("agent_id");
-        eventually("the agent registers", || async { id_file.exists() }).await;
         let mut proxies = vec![inbound, registry];
         proxies.extend(brokers);
         CutAgent {
-            agent: AgentHandle { service, work_dir },
+            agent: spawn_agent(cfg, addr).await,
             proxies,
         }
     }

@@ -1829,24 +1829,14 @@ impl Broker {
     /// [`Broker::reconcile_at`]); those it still runs are reported in their state again, those it never heard
     /// of TASK_LOST. Updates it could not deliver meanwhile arrive from its status update manager on their own.
     async fn agent_returned(&self, agent_id: &str) {
-        let tasks: Vec<Recorded> = self
-            .lock()
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.task.as_ref().is_some_and(|i| i.agent_id == agent_id))
-            .filter_map(|(k, t)| {
-                let s = t.status.as_ref()?;
-                (s.state() == TaskState::TaskUnreachable).then(|| (k.clone(), s.uuid.clone()))
-            })
-            .collect();
-        if tasks.is_empty() {
-            return;
-        }
-        let Some(addr) = self.agent_address(agent_id).await else {
-            return;
-        };
-        tracing::info!(agent = %agent_id, tasks = tasks.len(), "agent reachable again; reconciling its unreachable tasks");
-        self.reconcile_at(addr, tasks, true).await;
+        let unreachable = |s: &TaskStatus| s.state() == TaskState::TaskUnreachable;
+        self.reconcile_agent(
+            agent_id,
+            unreachable,
+            true,
+            "agent reachable again; reconciling its unreachable tasks",
+        )
+        .await;
     }
 
     /// An agent registered again (a new agent process, or one back from a partition): its tasks are reconciled
@@ -1857,6 +1847,29 @@ impl Broker {
     /// to the new process. TASK_UNREACHABLE tasks are [`Broker::agent_returned`]'s.
     async fn agent_reregistered(&self, agent_id: &str, registered_at_ms: i64) {
         let launched_before = registered_at_ms as f64 / 1000.0 - 1.0;
+        let settled = |s: &TaskStatus| {
+            let state = s.state();
+            !state.is_terminal()
+                && state != TaskState::TaskUnreachable
+                && (state != TaskState::TaskStaging || s.timestamp < launched_before)
+        };
+        self.reconcile_agent(
+            agent_id,
+            settled,
+            false,
+            "agent registered again; reconciling its tasks",
+        )
+        .await;
+    }
+
+    /// Reconciles the tasks on `agent_id` whose latest status `pick` selects (see [`Broker::reconcile_at`]).
+    async fn reconcile_agent(
+        &self,
+        agent_id: &str,
+        pick: impl Fn(&TaskStatus) -> bool,
+        returned: bool,
+        what: &'static str,
+    ) {
         let tasks: Vec<Recorded> = self
             .lock()
             .tasks
@@ -1864,11 +1877,7 @@ impl Broker {
             .filter(|(_, t)| t.task.as_ref().is_some_and(|i| i.agent_id == agent_id))
             .filter_map(|(k, t)| {
                 let s = t.status.as_ref()?;
-                let state = s.state();
-                let settled = !state.is_terminal()
-                    && state != TaskState::TaskUnreachable
-                    && (state != TaskState::TaskStaging || s.timestamp < launched_before);
-                settled.then(|| (k.clone(), s.uuid.clone()))
+                pick(s).then(|| (k.clone(), s.uuid.clone()))
             })
             .collect();
         if tasks.is_empty() {
@@ -1877,8 +1886,8 @@ impl Broker {
         let Some(addr) = self.agent_address(agent_id).await else {
             return;
         };
-        tracing::info!(agent = %agent_id, tasks = tasks.len(), "agent registered again; reconciling its tasks");
-        self.reconcile_at(addr, tasks, false).await;
+        tracing::info!(agent = %agent_id, tasks = tasks.len(), "{what}");
+        self.reconcile_at(addr, tasks, returned).await;
     }
 
     /// An agent's lease lapsed: its live tasks become TASK_UNREACHABLE.
