@@ -11,6 +11,7 @@
 
 pub mod faults;
 pub mod fill;
+pub mod fuzz;
 pub mod otlp;
 pub mod procs;
 

@@ -1,0 +1,173 @@
+//! Fuzz target bodies. Each takes arbitrary bytes, must never panic, and checks the invariant it names.
+//!
+//! `fuzz/` runs them under libFuzzer (`cargo fuzz run accept|resources|policy_output`, which needs a nightly
+//! toolchain and cargo-fuzz); `tests/tests/fuzz.rs` runs them in every CI run on stable, over a corpus of
+//! adversarial inputs and deterministic pseudo-random ones. Each returns what the input reached, so that the
+//! stable run can check that its inputs reach both the accepting and the refusing side.
+
+/// How far an input got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reached {
+    /// The bytes did not decode.
+    Undecoded,
+    /// Decoded, and refused with an error.
+    Refused,
+    /// Decoded and accepted (and the invariant held).
+    Accepted,
+}
+
+use allot_allocator::books::Books;
+use allot_policy::Resources;
+use allot_proto::common::TaskInfo;
+use allot_proto::scheduler::{AcceptRequest, operation};
+use prost::Message as _;
+
+/// What the offer in [`accept`] holds.
+pub const OFFERED: &str = "cpus:4;mem:1024;disk:2048;ports:[31000-31010]";
+
+/// Protocol decoding and LAUNCH validation: `data` as an `AcceptRequest` whose LAUNCH operations are checked
+/// against an offer of [`OFFERED`] on agent `a1`. A request that decodes either is refused with a message or
+/// launches tasks that together fit the offer.
+pub fn accept(data: &[u8]) -> Reached {
+    let Ok(req) = AcceptRequest::decode(data) else {
+        return Reached::Undecoded;
+    };
+    let tasks: Vec<TaskInfo> = req
+        .operations
+        .into_iter()
+        .filter_map(|o| match o.operation {
+            Some(operation::Operation::Launch(l)) => Some(l.task_infos),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let offered: Resources = OFFERED.parse().expect("offer");
+    match allot_offer_broker::validate::validate_launch("a1", &offered, tasks, |_| false) {
+        Ok(valid) => {
+            let mut used = Resources::new();
+            for t in &valid {
+                used.add(&t.resources);
+                assert_eq!(t.info.agent_id, "a1", "a task launched on another agent");
+            }
+            assert!(
+                offered.contains(&used),
+                "overcommitted: {used} of {offered}"
+            );
+            Reached::Accepted
+        }
+        Err(status) => {
+            assert!(!status.message().is_empty(), "a refusal without a reason");
+            Reached::Refused
+        }
+    }
+}
+
+/// Resource conversion: `data` as a `TaskInfo` whose resources are converted. Conversion either fails or gives
+/// scalars that are finite, non-negative and at most [`allot_policy::resources::MAX_SCALAR`].
+pub fn resources(data: &[u8]) -> Reached {
+    let Ok(task) = TaskInfo::decode(data) else {
+        return Reached::Undecoded;
+    };
+    match allot_common::convert::resources_from_proto(&task.resources) {
+        Ok(r) => {
+            for (name, milli) in r.scalars() {
+                let v = milli as f64 / 1000.0;
+                assert!(
+                    (0.0..=allot_policy::resources::MAX_SCALAR).contains(&v),
+                    "{name} = {v} accepted"
+                );
+            }
+            Reached::Accepted
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "a refusal without a reason");
+            Reached::Refused
+        }
+    }
+}
+
+/// A little reader of fuzz bytes.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        let (head, rest) = self.0.split_at_checked(8)?;
+        self.0 = rest;
+        Some(i64::from_le_bytes(head.try_into().ok()?))
+    }
+}
+
+/// Validation of plugin output: `data` read as a list of grants in the plugin interfaces' index form (framework
+/// and agent indices, an amount per resource kind, unreserved and reserved), as a native or WASM policy
+/// returns them, over the snapshot of three agents (one with a reservation for role `db`) and three
+/// frameworks (one capped by a quota). Each grant is read back (`GrantReader`) and applied to the books;
+/// whatever is refused, the books' invariants hold after every grant: nothing offered twice, nothing beyond an
+/// agent's total, reservations only to their role.
+/// Returns [`Reached::Accepted`] if any grant was applied, else [`Reached::Refused`] if any was read,
+/// else [`Reached::Undecoded`].
+pub fn policy_output(data: &[u8]) -> Reached {
+    let r = |s: &str| -> Resources { s.parse().expect("resources") };
+    let mut books = Books::new("o");
+    books.set_agent("a1", r("cpus:4;mem:1024"), Default::default());
+    books.set_agent(
+        "a2",
+        r("cpus:8;mem:4096;ports:[31000-31005]"),
+        [("db".to_string(), r("cpus:2;mem:512"))].into(),
+    );
+    books.set_agent("a3", r("cpus:1;mem:128;disk:10"), Default::default());
+    for a in ["a1", "a2", "a3"] {
+        books.set_reachable(a, true);
+    }
+    for (fw, role) in [("f1", "*"), ("f2", "db"), ("f3", "web")] {
+        books.add_framework(fw, role, 0);
+        books.activate(fw, false);
+    }
+    books.set_role(
+        "web",
+        allot_allocator::books::RoleConfig {
+            weight: 1.0,
+            quota_limit: Some(r("cpus:1;mem:256")),
+        },
+    );
+    let snap = books.snapshot(0.0);
+    let kinds = allot_policy::indexed::kinds(&snap);
+    let mut reader = allot_policy::indexed::GrantReader::new(&snap, &kinds);
+    let mut input = Bytes(data);
+    let mut i = 0;
+    let mut reached = Reached::Undecoded;
+    while let (Some(fw), Some(agent), Some(shape)) = (input.u8(), input.u8(), input.u8()) {
+        // The low bits choose each vector's length: none, one per kind, or (to test the check) one too many.
+        let len = |bits: u8| match bits % 3 {
+            0 => 0,
+            1 => kinds.len(),
+            _ => kinds.len() + 1,
+        };
+        let mut vector = |n: usize| -> Vec<i64> { (0..n).map_while(|_| input.i64()).collect() };
+        let resources = vector(len(shape));
+        let reserved = vector(len(shape >> 2));
+        if let Ok(grant) = reader.read(
+            i,
+            u32::from(fw % 5),
+            u32::from(agent % 5),
+            &resources,
+            &reserved,
+        ) {
+            reached = match books.apply_grant(&grant, 0.0) {
+                Ok(_) => Reached::Accepted,
+                Err(_) if reached == Reached::Accepted => Reached::Accepted,
+                Err(_) => Reached::Refused,
+            };
+        }
+        books
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("grant {i} broke the books: {e}"));
+        i += 1;
+    }
+    reached
+}

@@ -1,0 +1,201 @@
+//! The fuzz target bodies (`allot_tests::fuzz`, run under libFuzzer from `fuzz/`) on stable, in every CI run:
+//! over a corpus of adversarial inputs (absurd resources: negative, NaN, infinite, 1e308; oversized and
+//! duplicate launches; out-of-range grant indices and negative amounts) and 20,000 deterministic
+//! pseudo-random inputs each, mutations of the corpus included.
+
+use allot_proto::common::{CommandInfo, Range, Resource, TaskInfo};
+use allot_proto::scheduler::{AcceptRequest, Launch, Operation, operation};
+use allot_tests::fuzz;
+use prost::Message as _;
+
+fn scalar(name: &str, v: f64) -> Resource {
+    Resource {
+        name: name.into(),
+        scalar: v,
+        ..Default::default()
+    }
+}
+
+fn task(id: &str, resources: Vec<Resource>) -> TaskInfo {
+    TaskInfo {
+        task_id: id.into(),
+        command: Some(CommandInfo {
+            value: "true".into(),
+            ..Default::default()
+        }),
+        resources,
+        ..Default::default()
+    }
+}
+
+fn accept(tasks: Vec<TaskInfo>) -> Vec<u8> {
+    AcceptRequest {
+        framework_id: "f".into(),
+        offer_ids: vec!["o".into()],
+        operations: vec![Operation {
+            operation: Some(operation::Operation::Launch(Launch { task_infos: tasks })),
+        }],
+        filters: None,
+    }
+    .encode_to_vec()
+}
+
+/// Adversarial seeds, each as protocol bytes.
+fn corpus() -> Vec<Vec<u8>> {
+    let absurd = [
+        -1.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        1e308,
+        5e-324,
+        0.0,
+        4.0,
+        4.0001,
+    ];
+    let mut seeds = Vec::new();
+    for v in absurd {
+        seeds.push(accept(vec![task(
+            "t",
+            vec![scalar("cpus", v), scalar("mem", 32.0)],
+        )]));
+        seeds.push(task("t", vec![scalar("mem", v)]).encode_to_vec());
+    }
+    // Overcommit across tasks, duplicate IDs, a bad ID, many tasks, ports outside the offer, empty ranges.
+    seeds.push(accept(
+        (0..5)
+            .map(|i| task(&format!("t{i}"), vec![scalar("cpus", 1.0)]))
+            .collect(),
+    ));
+    seeds.push(accept(vec![
+        task("t", vec![scalar("cpus", 1.0)]),
+        task("t", vec![scalar("cpus", 1.0)]),
+    ]));
+    seeds.push(accept(vec![task("../etc", vec![scalar("cpus", 1.0)])]));
+    seeds.push(accept(
+        (0..2000)
+            .map(|i| task(&format!("t{i}"), vec![scalar("cpus", 0.001)]))
+            .collect(),
+    ));
+    let ports = |b, e| Resource {
+        name: "ports".into(),
+        ranges: vec![Range { begin: b, end: e }],
+        ..Default::default()
+    };
+    seeds.push(accept(vec![task("t", vec![ports(30000, 31000)])]));
+    seeds.push(accept(vec![task("t", vec![ports(31005, 31002)])]));
+    seeds.push(accept(vec![task("t", vec![ports(0, u64::MAX)])]));
+    seeds.push(Vec::new());
+    seeds.push(vec![0xff; 64]);
+    // Grants: framework/agent indices out of range, negative and huge amounts, wrong vector lengths.
+    let mut grants = Vec::new();
+    for (fw, agent, shape) in [(0u8, 0u8, 1u8), (7, 1, 1), (1, 9, 5), (2, 1, 2), (1, 1, 4)] {
+        grants.extend([fw, agent, shape]);
+        for amount in [4000i64, -1, i64::MAX, 0, 512_000, 1] {
+            grants.extend(amount.to_le_bytes());
+        }
+    }
+    seeds.push(grants);
+    // Grants that fit: one CPU, one MiB of each other kind, unreserved, to each framework on each agent; and
+    // a reserved one for role db (framework index 1) on a2 (agent index 1).
+    for kinds in [3usize, 4] {
+        let mut fitting = Vec::new();
+        for fw in 0..3u8 {
+            for agent in 0..3u8 {
+                fitting.extend([fw, agent, 1]);
+                for _ in 0..kinds {
+                    fitting.extend(1000i64.to_le_bytes());
+                }
+            }
+        }
+        fitting.extend([1, 1, 4]);
+        for _ in 0..kinds {
+            fitting.extend(1000i64.to_le_bytes());
+        }
+        seeds.push(fitting);
+    }
+    seeds
+}
+
+/// xorshift64*: deterministic pseudo-random bytes, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A random input: fresh bytes, or a seed with a few bytes flipped, cut or repeated.
+    fn input(&mut self, seeds: &[Vec<u8>]) -> Vec<u8> {
+        let pick = self.next() as usize;
+        if pick.is_multiple_of(3) || seeds.is_empty() {
+            let n = (self.next() % 256) as usize;
+            return (0..n).map(|_| self.next() as u8).collect();
+        }
+        let mut v = seeds[pick % seeds.len()].clone();
+        for _ in 0..1 + self.next() % 4 {
+            if v.is_empty() {
+                break;
+            }
+            let at = (self.next() as usize) % v.len();
+            match self.next() % 3 {
+                0 => v[at] = self.next() as u8,
+                1 => v.truncate(at),
+                _ => {
+                    let tail = v[at..].to_vec();
+                    v.extend(tail);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Runs `target` on the corpus and 20,000 random inputs; asserts that inputs reached both the accepting and
+/// the refusing side (or the run would prove little).
+fn run(target: fn(&[u8]) -> fuzz::Reached, seed: u64) {
+    let seeds = corpus();
+    let mut reached = std::collections::HashMap::new();
+    let mut rng = Rng(seed);
+    let inputs = seeds
+        .iter()
+        .cloned()
+        .chain((0..20_000).map(|_| rng.input(&seeds)));
+    for input in inputs.collect::<Vec<_>>() {
+        *reached.entry(target(&input)).or_insert(0usize) += 1;
+    }
+    eprintln!("{reached:?}");
+    for side in [fuzz::Reached::Accepted, fuzz::Reached::Refused] {
+        assert!(
+            reached.get(&side).is_some_and(|n| *n > 10),
+            "few inputs reached {side:?}: {reached:?}"
+        );
+    }
+}
+
+#[test]
+fn accept_decoding_and_launch_validation_never_panic_nor_overcommit() {
+    run(fuzz::accept, 0x5eed_0001);
+}
+
+#[test]
+fn resource_conversion_accepts_only_finite_bounded_amounts() {
+    run(fuzz::resources, 0x5eed_0002);
+}
+
+#[test]
+fn plugin_output_never_breaks_the_books() {
+    run(fuzz::policy_output, 0x5eed_0003);
+}
+
+#[test]
+fn absurd_resources_are_refused_with_a_clear_error() {
+    use allot_common::convert::resources_from_proto;
+    for v in [-1.0, f64::NAN, f64::INFINITY, 1e308] {
+        let e = resources_from_proto(&[scalar("cpus", v)]).expect_err("refused");
+        assert!(e.to_string().contains("cpus"), "{e}");
+    }
+}
