@@ -114,9 +114,9 @@ pub struct Replicas {
 
 #[derive(Debug)]
 struct ReplicaSet {
-    addrs: Vec<String>,
+    /// Each replica's address and channel, in the order given (a leader named by a standby is appended).
+    replicas: Vec<(String, Channel)>,
     current: usize,
-    channels: std::collections::HashMap<String, Channel>,
 }
 
 impl Replicas {
@@ -125,25 +125,20 @@ impl Replicas {
     /// # Errors
     /// An error if an address is not a valid URI, or the list is empty.
     pub fn new(list: &str) -> Result<Self, tonic::transport::Error> {
-        let addrs: Vec<String> = list
+        let replicas = list
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
-            .map(str::to_string)
-            .collect();
-        let mut channels = std::collections::HashMap::new();
-        for a in &addrs {
-            channels.insert(a.clone(), channel(a)?);
-        }
-        if addrs.is_empty() {
+            .map(|a| Ok((a.to_string(), channel(a)?)))
+            .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
+        if replicas.is_empty() {
             // The same error an empty address gives.
             channel("")?;
         }
         Ok(Self {
             inner: std::sync::Arc::new(std::sync::Mutex::new(ReplicaSet {
-                addrs,
+                replicas,
                 current: 0,
-                channels,
             })),
         })
     }
@@ -155,45 +150,48 @@ impl Replicas {
     /// The address calls go to now.
     pub fn current(&self) -> String {
         let set = self.lock();
-        set.addrs[set.current].clone()
+        set.replicas[set.current].0.clone()
     }
 
     /// The channel to the replica calls go to now.
     pub fn channel(&self) -> Channel {
         let set = self.lock();
-        set.channels[&set.addrs[set.current]].clone()
+        set.replicas[set.current].1.clone()
     }
 
     /// Learns from a failed call: returns whether the call was certainly not served and may go again (to the
-    /// leader the standby named, or to the next address after a connection failure). Any other error
-    /// (including `UNAVAILABLE` from the leader itself, say when etcd is down) leaves the choice as it is.
+    /// leader a standby named, or to the next address after a standby that knows no leader or a connection
+    /// failure). Any other error (including `UNAVAILABLE` from the leader itself, say when etcd is down)
+    /// leaves the choice as it is. A standby is told by [`crate::leader::LEADER_METADATA`] on its answer.
     pub fn failed(&self, status: &tonic::Status) -> bool {
         let mut set = self.lock();
-        let hint = status
+        let standby = status
             .metadata()
             .get(crate::leader::LEADER_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let standby = status.code() == tonic::Code::Unavailable
-            && status.message().starts_with("not the leader");
+            .map(|v| v.to_str().unwrap_or_default().to_string());
         let unreachable = status.code() == tonic::Code::Unavailable
             && std::error::Error::source(status).is_some();
-        if let Some(leader) = hint.filter(|h| !h.is_empty()) {
-            if let Some(i) = set.addrs.iter().position(|a| *a == leader) {
-                set.current = i;
-            } else if let Ok(ch) = channel(&leader) {
-                tracing::info!(%leader, "following a leader not in the configured list");
-                set.channels.insert(leader.clone(), ch);
-                set.addrs.push(leader);
-                set.current = set.addrs.len() - 1;
+        match standby {
+            Some(leader) if !leader.is_empty() => {
+                if let Some(i) = set.replicas.iter().position(|(a, _)| *a == leader) {
+                    set.current = i;
+                } else if let Ok(ch) = channel(&leader) {
+                    tracing::info!(%leader, "following a leader not in the configured list");
+                    set.replicas.push((leader, ch));
+                    set.current = set.replicas.len() - 1;
+                }
+                true
             }
-            return true;
+            Some(_) => {
+                set.current = (set.current + 1) % set.replicas.len();
+                true
+            }
+            None if unreachable => {
+                set.current = (set.current + 1) % set.replicas.len();
+                true
+            }
+            None => false,
         }
-        if standby || unreachable {
-            set.current = (set.current + 1) % set.addrs.len();
-            return true;
-        }
-        false
     }
 
     /// Runs `call` on the current replica; while it fails in a way [`Replicas::failed`] says was not served,
@@ -207,13 +205,13 @@ impl Replicas {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let tries = 2 * self.lock().addrs.len() + 1;
+        let tries = 2 * self.lock().replicas.len() + 1;
         let mut attempt = 0;
         loop {
             match call(self.channel()).await {
                 Err(s) if attempt + 1 < tries && self.failed(&s) => {
                     attempt += 1;
-                    if attempt % self.lock().addrs.len().max(1) == 0 {
+                    if attempt % self.lock().replicas.len() == 0 {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
@@ -221,9 +219,7 @@ impl Replicas {
             }
         }
     }
-}
 
-impl Replicas {
     /// Finds the leader: probes the replicas (following a standby's answer, skipping the unreachable) until one
     /// answers as the leader, so that [`Replicas::channel`] then reaches it. The probe is a call to a method no
     /// service has: a standby answers it with its rejection, the leader with `UNIMPLEMENTED`.

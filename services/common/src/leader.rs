@@ -42,7 +42,7 @@ static TERMS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::IntCount
     });
 
 /// The gRPC metadata key in which a standby names the leader's address (`host:port`, empty when it knows
-/// of no leader).
+/// of no leader). Present on every standby's answer, and only there.
 pub const LEADER_METADATA: &str = "allot-leader";
 
 /// Election flags of a replicated service (allocator, offer-broker).
@@ -70,12 +70,12 @@ impl Default for ElectionArgs {
 /// What a replica knows of the election. Cheap to clone; every clone sees the same state.
 #[derive(Debug, Clone)]
 pub struct Leadership {
-    state: Arc<watch::Sender<Role>>,
+    state: Arc<std::sync::RwLock<Role>>,
 }
 
 /// A replica's role.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
+enum Role {
     /// Not leading; the leader's address if one is known.
     Standby(Option<String>),
     /// Leading.
@@ -92,22 +92,12 @@ impl Leadership {
     /// A standby that knows of no leader yet.
     pub fn new() -> Self {
         Self {
-            state: Arc::new(watch::Sender::new(Role::Standby(None))),
+            state: Arc::new(std::sync::RwLock::new(Role::Standby(None))),
         }
     }
 
-    /// The current role.
-    pub fn role(&self) -> Role {
-        self.state.borrow().clone()
-    }
-
-    /// Whether this replica leads.
-    pub fn is_leader(&self) -> bool {
-        *self.state.borrow() == Role::Leader
-    }
-
     fn set(&self, role: Role) {
-        self.state.send_replace(role);
+        *self.state.write().expect("leadership poisoned") = role;
     }
 
     /// From now on this replica serves calls as the leader of `service`.
@@ -119,7 +109,7 @@ impl Leadership {
     /// The answer a standby gives every call: `UNAVAILABLE` naming the leader in [`LEADER_METADATA`];
     /// `None` while this replica leads.
     pub fn rejection(&self) -> Option<tonic::Status> {
-        let leader = match &*self.state.borrow() {
+        let leader = match &*self.state.read().expect("leadership poisoned") {
             Role::Leader => return None,
             Role::Standby(leader) => leader.clone().unwrap_or_default(),
         };
@@ -129,9 +119,11 @@ impl Leadership {
             format!("not the leader; the leader is at {leader}")
         };
         let mut status = tonic::Status::unavailable(message);
-        if let Ok(v) = leader.parse() {
-            status.metadata_mut().insert(LEADER_METADATA, v);
-        }
+        // Always present on a standby's answer (empty when no leader is known): callers tell a standby by it.
+        let value = leader
+            .parse()
+            .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(""));
+        status.metadata_mut().insert(LEADER_METADATA, value);
         Some(status)
     }
 }
@@ -265,15 +257,13 @@ async fn renew(store: &Store, lease: i64) -> Result<i64, etcd_client::Error> {
     Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
 }
 
-/// Follows the election's leader into `leadership` (for a standby's answers) until aborted.
+/// Follows the election's leader into `leadership` (for a standby's answers) until aborted ([`campaign`]
+/// aborts it once elected).
 async fn observe(store: Store, name: String, leadership: Leadership) {
     loop {
         let mut client = store.client();
         if let Ok(mut stream) = client.observe(name.as_str()).await {
             while let Ok(Some(resp)) = stream.message().await {
-                if leadership.is_leader() {
-                    return;
-                }
                 let leader = resp
                     .kv()
                     .and_then(|kv| kv.value_str().ok())
@@ -405,7 +395,6 @@ mod tests {
         );
         assert!(s.message().contains("10.0.0.7:5052"));
         l.set_leader("test");
-        assert!(l.rejection().is_none());
-        assert!(l.clone().is_leader());
+        assert!(l.clone().rejection().is_none(), "clones share the state");
     }
 }

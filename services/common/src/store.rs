@@ -253,13 +253,24 @@ impl Store {
     /// Writes independent records in transactions of at most [`MAX_TXN_OPS`] puts each, sent concurrently;
     /// unlike [`Store::put_all`], the whole is not atomic (each chunk is). For batches whose records stand
     /// alone, such as status updates and acknowledgements of different tasks. Keys must be distinct (etcd
-    /// refuses a transaction that names a key twice).
+    /// refuses a transaction that names a key twice). Returns each chunk with its outcome, so that a caller
+    /// can tell which records were written.
+    pub async fn put_chunks<'a, M: Message>(
+        &self,
+        items: &'a [(String, M)],
+    ) -> Vec<(&'a [(String, M)], Result<i64, StoreError>)> {
+        let chunks = items
+            .chunks(MAX_TXN_OPS)
+            .map(|chunk| async move { (chunk, self.put_all(chunk).await) });
+        futures::future::join_all(chunks).await
+    }
+
+    /// [`Store::put_chunks`] for a caller that only needs to know whether everything was written.
     ///
     /// # Errors
     /// [`StoreError::Etcd`] if any chunk fails; the chunks that succeeded stay written.
     pub async fn put_chunked<M: Message>(&self, items: &[(String, M)]) -> Result<(), StoreError> {
-        let chunks = items.chunks(MAX_TXN_OPS).map(|chunk| self.put_all(chunk));
-        for r in futures::future::join_all(chunks).await {
+        for (_, r) in self.put_chunks(items).await {
             r?;
         }
         Ok(())

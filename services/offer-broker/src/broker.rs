@@ -170,6 +170,11 @@ fn task_key(rec: &TaskRecord) -> (String, String) {
     (rec.framework_id.clone(), task)
 }
 
+/// An allocator client on `channel`, taking messages as large as Allot's servers send.
+fn allocator_client(channel: Channel) -> AllocatorClient<Channel> {
+    AllocatorClient::new(channel).max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
+}
+
 fn new_uuid() -> Vec<u8> {
     allot_common::new_id("u").into_bytes()
 }
@@ -195,8 +200,7 @@ impl Broker {
 
     /// A client of the allocator replica believed to lead.
     fn allocator(&self) -> AllocatorClient<Channel> {
-        AllocatorClient::new(self.allocators.channel())
-            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
+        allocator_client(self.allocators.channel())
     }
 
     /// Makes a call on the leading allocator: a standby's answer or an unreachable replica sends it on to the
@@ -209,14 +213,7 @@ impl Broker {
         F: FnMut(AllocatorClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        self.allocators
-            .call(|ch| {
-                call(
-                    AllocatorClient::new(ch)
-                        .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
-                )
-            })
-            .await
+        self.allocators.call(|ch| call(allocator_client(ch))).await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -1561,11 +1558,7 @@ impl Broker {
             });
             (records, acks)
         };
-        let store = &self.store;
-        let chunks = records
-            .chunks(allot_common::store::MAX_TXN_OPS)
-            .map(|c| async move { (store.put_all(c).await, c) });
-        for (result, chunk) in futures::future::join_all(chunks).await {
+        for (chunk, result) in self.store.put_chunks(&records).await {
             match result {
                 Ok(_) => acks.extend(
                     chunk
