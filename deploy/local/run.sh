@@ -142,7 +142,7 @@ for i in 1 2 3; do
   metrics_port allot-agent; agent_m=$mport
   start "agent$i" "$bin/allot-agent" --listen "127.0.0.1:$port" --work-dir "$run/agent$i" \
     --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i" \
-    --metrics-listen "127.0.0.1:$agent_m"
+    --kill-tasks-on-stop --metrics-listen "127.0.0.1:$agent_m"
 done
 for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
   echo "    metrics $job: $(sed 's#\([^ ]*\)#http://\1/metrics#g' <<<"${metrics[$job]}")"

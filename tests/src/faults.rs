@@ -82,6 +82,8 @@ pub struct WorkloadLog {
     pub finished: std::collections::HashSet<usize>,
     /// Errors the driver reported (failed calls during faults).
     pub errors: Vec<String>,
+    /// The reason of each task ID's first terminal update, when it has one.
+    pub reasons: HashMap<String, String>,
 }
 
 impl WorkloadLog {
@@ -264,6 +266,11 @@ impl allot_sdk::Scheduler for Workload {
             log.running_at
                 .entry(status.task_id.clone())
                 .or_insert_with(Instant::now);
+        }
+        if state.is_terminal() && !status.reason.is_empty() {
+            log.reasons
+                .entry(status.task_id.clone())
+                .or_insert_with(|| status.reason.clone());
         }
         if state.is_terminal()
             && let Some((item, _)) = parse_id(&status.task_id)

@@ -663,6 +663,8 @@ impl Cluster {
             sim_task_duration: Duration::from_secs(1),
             cgroup_root: "allot-test".into(),
             kill_grace_period: Duration::from_secs(2),
+            // A stopped test agent leaves nothing running behind.
+            kill_tasks_on_stop: true,
             // Short, so that tests which restart the broker see updates re-sent within a second.
             status_update_retry_interval: Duration::from_secs(1),
         }
@@ -670,7 +672,18 @@ impl Cluster {
 
     /// Starts an agent in `work_dir` (reusing a checkpointed AgentID there) and waits until it is registered.
     pub async fn start_agent(&self, resources: &str, work_dir: PathBuf) -> AgentHandle {
-        let cfg = self.agent_config(resources, work_dir, "localhost");
+        self.start_agent_with(resources, work_dir, |_| {}).await
+    }
+
+    /// As [`Cluster::start_agent`], with the configuration changed by `edit` first.
+    pub async fn start_agent_with(
+        &self,
+        resources: &str,
+        work_dir: PathBuf,
+        edit: impl FnOnce(&mut allot_agent::Config),
+    ) -> AgentHandle {
+        let mut cfg = self.agent_config(resources, work_dir, "localhost");
+        edit(&mut cfg);
         spawn_agent(cfg, any_port()).await
     }
 

@@ -174,6 +174,7 @@ impl ProcessCluster {
                 "cpus:4;mem:4096;disk:1024".to_string(),
                 "--hostname".to_string(),
                 format!("agent{i}"),
+                "--kill-tasks-on-stop".to_string(),
             ];
             procs.push(spawn(
                 &bin,

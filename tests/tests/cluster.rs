@@ -58,20 +58,36 @@ async fn failing_command_ends_failed_with_its_exit_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_ends_killed() {
     let mut cluster = Cluster::start().await;
-    cluster.add_agent("cpus:1;mem:256").await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "killer", "*").await;
     let offer = fw.offers().await.remove(0);
+    // A task that handles SIGTERM gets the grace period (2 s here) to end by itself.
+    let graceful = "trap 'sleep 1; echo cleaned up; exit 0' TERM; sleep 60 & wait";
     fw.accept(
         &offer.offer_id,
-        vec![task("sleeper", "sleep 60", 0.1, 32.0)],
+        vec![
+            task("sleeper", "sleep 60", 0.1, 32.0),
+            task("graceful", graceful, 0.1, 32.0),
+        ],
         5.0,
     )
     .await
     .expect("accept");
-    fw.await_state("sleeper", TaskState::TaskRunning).await;
-    fw.kill("sleeper").await.expect("kill");
-    let killed = fw.await_state("sleeper", TaskState::TaskKilled).await;
-    assert_eq!(killed.reason, "REASON_TASK_KILLED");
+    for t in ["sleeper", "graceful"] {
+        fw.await_state(t, TaskState::TaskRunning).await;
+        fw.kill(t).await.expect("kill");
+        let killed = fw.await_state(t, TaskState::TaskKilled).await;
+        assert_eq!(killed.reason, "REASON_TASK_KILLED");
+    }
+    let stdout = agent
+        .work_dir
+        .join("sandboxes")
+        .join(&fw.id)
+        .join("graceful/stdout");
+    assert_eq!(
+        std::fs::read_to_string(stdout).unwrap().trim(),
+        "cleaned up"
+    );
     // Killing an unknown task is refused; killing a finished one is harmless.
     assert_eq!(fw.kill("nope").await.unwrap_err().code(), Code::NotFound);
     fw.kill("sleeper")
@@ -705,32 +721,172 @@ async fn a_group_commit_writes_every_concurrent_request_whole() {
     assert!(["first", "second"].contains(&same.framework_id.as_str()));
 }
 
+/// Whether process `pid` runs (a zombie does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_agent_ends_the_tasks_it_cannot_reattach_to() {
+async fn a_restarted_agent_reattaches_to_its_tasks() {
     let mut cluster = Cluster::start().await;
-    let agent = cluster.add_agent("cpus:1;mem:256").await;
-    let mut fw = TestFramework::subscribe(&cluster, "left-behind", "*").await;
-    fw.launch(task("t", "sleep 30", 0.1, 32.0)).await;
+    let agent = cluster.add_agent("cpus:1;mem:512").await;
+    let mut fw = TestFramework::subscribe(&cluster, "outliving", "*").await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(
+        &offer.offer_id,
+        vec![
+            // Still running when the agent comes back; killed by the framework after.
+            task("long", "sleep 60", 0.1, 32.0),
+            // Ends after the agent is back: the new agent process sees it end.
+            task("later", "sleep 6; echo done", 0.1, 32.0),
+            // Ends while no agent runs.
+            task("meanwhile", "sleep 2; exit 7", 0.1, 32.0),
+        ],
+        5.0,
+    )
+    .await
+    .expect("accept");
+    for t in ["long", "later", "meanwhile"] {
+        fw.await_state(t, TaskState::TaskRunning).await;
+    }
+    let pid = |t: &str| -> i32 {
+        std::fs::read_to_string(checkpoint_of(&agent, &fw.id, t).join("pid"))
+            .expect("the pid is checkpointed")
+            .trim()
+            .parse()
+            .expect("a pid")
+    };
+    let (long, later) = (pid("long"), pid("later"));
+    // The agent dies (kill -9: nothing of it runs on); its tasks do not.
+    let dir = agent.work_dir.clone();
+    agent.service.crash();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        running(long) && running(later),
+        "the tasks outlive the agent"
+    );
+    let again = cluster.start_agent("cpus:1;mem:512", dir.clone()).await;
+
+    let meanwhile = fw.await_state("meanwhile", TaskState::TaskFailed).await;
+    assert_eq!(meanwhile.exit_code, Some(7));
+    assert!(
+        meanwhile.message.contains("while the agent was down"),
+        "{}",
+        meanwhile.message
+    );
+    let later_done = fw.await_state("later", TaskState::TaskFinished).await;
+    assert_eq!(later_done.agent_id, offer.agent_id, "the same agent");
+    let stdout = dir
+        .join("sandboxes")
+        .join(&fw.id)
+        .join("later")
+        .join("stdout");
+    assert_eq!(std::fs::read_to_string(stdout).unwrap().trim(), "done");
+    // The long task was reattached: still running, killable through the new agent process.
+    assert!(running(long));
+    fw.kill("long").await.expect("kill");
+    let killed = fw.await_state("long", TaskState::TaskKilled).await;
+    assert_eq!(killed.reason, "REASON_TASK_KILLED");
+    eventually("the killed task's processes are gone", || async {
+        !running(long)
+    })
+    .await;
+    // The restarted agent re-registered as the same agent, and its resources are offered again.
+    let next = fw.offers().await.remove(0);
+    assert_eq!(next.agent_id, offer.agent_id);
+    drop(again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_for_an_upgrade_leaves_its_tasks_running_and_takes_them_back() {
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().expect("work dir");
+    let leave = |c: &mut allot_agent::Config| c.kill_tasks_on_stop = false;
+    let agent = cluster
+        .start_agent_with("cpus:1;mem:256", dir.path().to_path_buf(), leave)
+        .await;
+    let mut fw = TestFramework::subscribe(&cluster, "upgraded", "*").await;
+    fw.launch(task("t", "sleep 60", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
-    let pid_file = checkpoint_of(&agent, &fw.id, "t").join("pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
+    let pid: i32 = std::fs::read_to_string(checkpoint_of(&agent, &fw.id, "t").join("pid"))
         .expect("the pid is checkpointed")
         .trim()
         .parse()
         .expect("a pid");
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
-    // The agent dies; its task's process outlives it. The next agent process does not reattach: it kills what
-    // is left of the task and says so.
+    // A graceful stop (SIGTERM, as `systemctl restart` sends) leaves the task running.
+    let t0 = std::time::Instant::now();
+    agent.service.stop().await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "a stop that leaves the tasks is prompt"
+    );
+    assert!(running(pid), "the task outlives a stopped agent");
+    let again = cluster
+        .start_agent_with("cpus:1;mem:256", dir.path().to_path_buf(), leave)
+        .await;
+    // The agent came back on another address: until the broker has seen it, a kill may not reach it (a
+    // framework retries its kills).
+    let mut attempts = 0;
+    while let Err(e) = fw.kill("t").await {
+        attempts += 1;
+        assert!(attempts < 50, "the kill never reached the agent: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fw.await_state("t", TaskState::TaskKilled).await;
+    eventually("the task is gone", || async { !running(pid) }).await;
+    // With --kill-tasks-on-stop, a stop drains the node.
+    again.service.stop().await;
+    let draining = cluster
+        .start_agent("cpus:1;mem:256", dir.path().to_path_buf())
+        .await;
+    fw.launch(task("u", "sleep 60", 0.1, 32.0)).await;
+    fw.await_state("u", TaskState::TaskRunning).await;
+    let pid: i32 = std::fs::read_to_string(checkpoint_of(&draining, &fw.id, "u").join("pid"))
+        .expect("the pid is checkpointed")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let stopping = tokio::spawn(draining.service.stop());
+    let killed = fw.await_state("u", TaskState::TaskKilled).await;
+    assert_eq!(killed.reason, "REASON_TASK_KILLED");
+    assert!(!running(pid), "the drained task is gone");
+    // The stop waited for the final update to be acknowledged.
+    stopping.await.expect("stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_reports_the_tasks_it_finds_nothing_of() {
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
+    let mut fw = TestFramework::subscribe(&cluster, "vanished", "*").await;
+    fw.launch(task("t", "sleep 60", 0.1, 32.0)).await;
+    fw.await_state("t", TaskState::TaskRunning).await;
+    let checkpoint = checkpoint_of(&agent, &fw.id, "t");
+    let pid: i32 = std::fs::read_to_string(checkpoint.join("pid"))
+        .expect("the pid is checkpointed")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // The agent dies, and the task's whole process group with it (as on a reboot): no exit status is left.
     let dir = agent.work_dir.clone();
     agent.service.crash();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("killpg");
+    eventually("the task is gone", || async { !running(pid) }).await;
     let _again = cluster.start_agent("cpus:1;mem:256", dir).await;
     let failed = fw.await_state("t", TaskState::TaskFailed).await;
     assert_eq!(failed.reason, "REASON_AGENT_RESTARTED");
-    assert!(failed.message.contains("killed"), "{}", failed.message);
-    eventually("the left-behind process is gone", || async {
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    })
-    .await;
+    assert!(
+        failed.message.contains("none of the task's processes"),
+        "{}",
+        failed.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,10 +153,26 @@ async fn every_task_ends_exactly_once_through_every_fault() {
     }
     let twice: Vec<_> = ran.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "launches that ran twice: {twice:?}");
+    // Tasks outlive a killed agent: the restarted agent reattaches to them (or reports how they ended).
+    let abandoned: Vec<_> = log
+        .reasons
+        .iter()
+        .filter(|(_, r)| *r == "REASON_AGENT_RESTARTED")
+        .collect();
+    assert!(
+        abandoned.is_empty(),
+        "tasks the restarted agent lost: {abandoned:?}"
+    );
     let mut by_state: HashMap<String, usize> = HashMap::new();
     for id in log.updates.keys() {
         if let Some(s) = log.terminal(id) {
-            *by_state.entry(s.as_str_name().to_string()).or_default() += 1;
+            let reason = log
+                .reasons
+                .get(id)
+                .map_or(String::new(), |r| format!(" {r}"));
+            *by_state
+                .entry(format!("{}{reason}", s.as_str_name()))
+                .or_default() += 1;
             if s == allot_proto::common::TaskState::TaskFinished {
                 assert_eq!(
                     ran.get(id.as_str()),

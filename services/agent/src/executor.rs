@@ -4,17 +4,44 @@
 //!
 //! The sandbox is `<work_dir>/sandboxes/<framework_id>/<task_id>/`, holding `stdout` and `stderr`; the command
 //! runs there with `ALLOT_SANDBOX` (and `MESOS_SANDBOX`, for Mesos-era scripts) pointing at it.
+//!
+//! # Surviving an agent restart
+//! A task outlives the agent process that started it (Mesos' agent recovery, `--recover=reconnect`). The
+//! command runs under a small `/bin/sh` wrapper, the leader of the task's process group, that writes the
+//! command's exit status to the task's checkpoint directory (`exit`) when it ends, so that an agent that was
+//! not the wrapper's parent still learns how the task ended. Beside it the agent checkpoints the task
+//! (`task`, the `TaskInfo`) before it starts and the wrapper's pid (`pid`) once it runs. A restarted agent
+//! calls [`recover`] for each task whose last update is not terminal: a task still running is watched again
+//! ([`watch_task`]: polled every [`WATCH_INTERVAL`], killed by process group), a task that ended while the
+//! agent was down is reported from its `exit` file.
+//!
+//! As in a shell, a status above 128 means the command was ended by signal `status - 128`; the wrapper
+//! re-raises that signal on itself so that the agent that waits for it sees the signal too.
 
 use crate::isolation::{Isolator, TaskIsolation};
 use allot_proto::common::{StatusSource, TaskInfo, TaskState, TaskStatus};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use prost::Message as _;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// How often a task recovered after an agent restart (not the agent's child, so not waited for) is checked.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The wrapper around every command. Arguments: the exit file, then the command. It ignores nothing (a trap
+/// is reset in the command), but a SIGTERM sent to the process group waits in the trap until the command has
+/// handled its own, so a graceful kill keeps its grace period.
+const WRAPPER: &str = r#"exit_file=$1; shift
+trap 'true' TERM
+GATE"$@"; s=$?
+echo "$s" > "$exit_file"
+if [ "$s" -gt 128 ]; then trap - TERM; kill -$((s - 128)) $$; fi
+exit "$s""#;
 
 /// What the executor needs to run one task.
 #[derive(Debug, Clone)]
@@ -29,9 +56,9 @@ pub struct Launch {
     pub sandbox: PathBuf,
     /// Seconds between SIGTERM and SIGKILL on a kill.
     pub grace: Duration,
-    /// Where to checkpoint the task's pid once it runs (a restarted agent kills what it cannot reattach to);
-    /// `None` to not checkpoint.
-    pub pid_file: Option<PathBuf>,
+    /// The task's checkpoint directory (`<work_dir>/meta/frameworks/<fw>/tasks/<task>`), where its `task`,
+    /// `pid` and `exit` files go so that a restarted agent can reattach; `None` to not checkpoint.
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// The sandbox of `task_id` of `framework_id` under `work_dir`.
@@ -68,6 +95,105 @@ fn scalar(task: &TaskInfo, name: &str) -> f64 {
         .sum()
 }
 
+/// The name of a task's cgroup under the agent's parent cgroup.
+fn cgroup_name(l: &Launch) -> String {
+    format!("{}.{}", l.framework_id, l.task.task_id)
+}
+
+/// How a task's command ended, as far as the agent can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// This signal ended it.
+    Signal(i32),
+    /// Its processes are gone and left no exit status (the wrapper was killed too, e.g. by SIGKILL to the
+    /// process group while no agent was watching).
+    Unknown,
+}
+
+impl Exit {
+    /// From a status the wrapper recorded: above 128 is a signal, as in a shell.
+    fn from_recorded(s: i32) -> Exit {
+        if (129..=128 + 64).contains(&s) {
+            Exit::Signal(s - 128)
+        } else {
+            Exit::Code(s)
+        }
+    }
+}
+
+/// The exit status the wrapper recorded in `checkpoint/exit`, if any.
+fn recorded_exit(checkpoint: &Path) -> Option<Exit> {
+    std::fs::read_to_string(checkpoint.join("exit"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(Exit::from_recorded)
+}
+
+/// The task's final update. `note` is appended to the message (e.g. that the agent was down).
+fn final_status(
+    l: &Launch,
+    exit: Result<Exit, String>,
+    killed: bool,
+    oom: bool,
+    note: &str,
+) -> TaskStatus {
+    let failed = |message: String, reason: &str, code: Option<i32>| {
+        status(l, TaskState::TaskFailed, message + note, reason, code)
+    };
+    let code = match exit {
+        Ok(Exit::Code(c)) => Some(c),
+        _ => None,
+    };
+    match exit {
+        Err(e) => failed(
+            format!("cannot wait for the command: {e}"),
+            "REASON_EXECUTOR_TERMINATED",
+            None,
+        ),
+        Ok(_) if killed => status(
+            l,
+            TaskState::TaskKilled,
+            format!("Command killed{note}"),
+            "REASON_TASK_KILLED",
+            None,
+        ),
+        Ok(_) if oom => failed(
+            format!(
+                "Memory limit of {} MiB exceeded: the kernel's OOM killer ended the command",
+                scalar(&l.task, "mem")
+            ),
+            "REASON_CONTAINER_LIMITATION_MEMORY",
+            code,
+        ),
+        Ok(Exit::Code(0)) => status(
+            l,
+            TaskState::TaskFinished,
+            format!("Command exited with status 0{note}"),
+            "",
+            Some(0),
+        ),
+        Ok(Exit::Code(c)) => failed(
+            format!("Command exited with status {c}"),
+            "REASON_COMMAND_EXECUTOR_FAILED",
+            Some(c),
+        ),
+        Ok(Exit::Signal(sig)) => failed(
+            format!("Command terminated with signal {sig}"),
+            "REASON_COMMAND_EXECUTOR_FAILED",
+            None,
+        ),
+        Ok(Exit::Unknown) => failed(
+            "The command's processes are gone and left no exit status".into(),
+            "REASON_EXECUTOR_TERMINATED",
+            None,
+        ),
+    }
+}
+
 /// Runs the task to its end, sending every status to `updates` in order. `kill` starts a graceful kill.
 pub async fn run_task(
     l: Launch,
@@ -86,9 +212,20 @@ pub async fn run_task(
         ));
         return;
     }
+    // The task is checkpointed before it starts, so that a restarted agent knows what it holds.
+    let exit_file = match &l.checkpoint {
+        Some(dir) => {
+            let written = std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(dir.join("task"), l.task.encode_to_vec()));
+            if let Err(e) = written {
+                tracing::warn!(task = %l.task.task_id, error = %e, "cannot checkpoint the task");
+            }
+            dir.join("exit")
+        }
+        None => PathBuf::from("/dev/null"),
+    };
     let (cpus, mem) = (scalar(&l.task, "cpus"), scalar(&l.task, "mem"));
-    let cgroup_name = format!("{}.{}", l.framework_id, l.task.task_id);
-    let iso = match isolator.prepare(&cgroup_name, cpus, mem) {
+    let iso = match isolator.prepare(&cgroup_name(&l), cpus, mem) {
         Ok(i) => i,
         Err(e) => {
             send(fail(
@@ -112,19 +249,19 @@ pub async fn run_task(
         argv = wrapped;
     }
     // With a cgroup, the command waits at a gate until its process is in the cgroup, so that nothing it forks
-    // can escape: `sh` reads one line from a pipe, then execs the command. The agent writes the line after
-    // attaching the pid.
+    // can escape: the wrapper reads one line from a pipe before it starts the command. The agent writes the
+    // line after attaching the pid.
     let gated = matches!(iso, TaskIsolation::Cgroup(_));
-    if gated {
-        let mut wrapped: Vec<String> = vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            "read -r _ || true; exec \"$@\"".into(),
-            "allot-executor".into(),
-        ];
-        wrapped.append(&mut argv);
-        argv = wrapped;
-    }
+    let script = WRAPPER.replace("GATE", if gated { "read -r _ || true\n" } else { "" });
+    let mut wrapped: Vec<String> = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        script,
+        "allot-executor".into(),
+        exit_file.display().to_string(),
+    ];
+    wrapped.append(&mut argv);
+    let argv = wrapped;
     let open = |name: &str| std::fs::File::create(l.sandbox.join(name));
     let (stdout, stderr) = match (open("stdout"), open("stderr")) {
         (Ok(o), Ok(e)) => (o, e),
@@ -149,8 +286,7 @@ pub async fn run_task(
         .env("ALLOT_TASK_ID", &l.task.task_id)
         .env("ALLOT_FRAMEWORK_ID", &l.framework_id)
         .env("ALLOT_AGENT_ID", &l.agent_id)
-        // No kill_on_drop: a crashed agent leaves its tasks running, as `kill -9` of the agent process would; the
-        // next agent process ends them (`end_leftover_tasks`), and a graceful stop kills them explicitly.
+        // No kill_on_drop: a task outlives a crashed agent, and the next agent process reattaches to it.
         .process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -164,14 +300,10 @@ pub async fn run_task(
         }
     };
     let pid = child.id().unwrap_or(0);
-    if let Some(file) = &l.pid_file {
-        let written = file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(file, pid.to_string()));
-        if let Err(e) = written {
-            tracing::warn!(task = %l.task.task_id, error = %e, "cannot checkpoint the task's pid");
-        }
+    if let Some(dir) = &l.checkpoint
+        && let Err(e) = std::fs::write(dir.join("pid"), pid.to_string())
+    {
+        tracing::warn!(task = %l.task.task_id, error = %e, "cannot checkpoint the task's pid");
     }
     if let Err(e) = iso.attach(pid) {
         tracing::warn!(task = %l.task.task_id, error = %e, "cannot move the task into its cgroup");
@@ -206,81 +338,160 @@ pub async fn run_task(
             }
         }
     };
+    let exit = exit
+        .map(|s| match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Unknown,
+        })
+        .map_err(|e| e.to_string());
+    finish(&l, pgid, iso, exit, killed, "", &updates);
+}
+
+/// Ends a task whose wrapper is gone: kills what it left in its process group, releases its isolation and
+/// sends its final update.
+fn finish(
+    l: &Launch,
+    pgid: Pid,
+    iso: TaskIsolation,
+    exit: Result<Exit, String>,
+    killed: bool,
+    note: &str,
+    updates: &mpsc::UnboundedSender<TaskStatus>,
+) {
     // Whatever the command left behind in its process group goes with it.
     let _ = killpg(pgid, Signal::SIGKILL);
     let oom = iso.oom_killed();
     iso.release();
-    let last = match exit {
-        Err(e) => fail(
-            format!("cannot wait for the command: {e}"),
-            "REASON_EXECUTOR_TERMINATED",
-        ),
-        Ok(_) if killed => status(
-            &l,
-            TaskState::TaskKilled,
-            "Command killed".into(),
-            "REASON_TASK_KILLED",
-            None,
-        ),
-        Ok(s) if oom => status(
-            &l,
-            TaskState::TaskFailed,
-            format!(
-                "Memory limit of {mem} MiB exceeded: the kernel's OOM killer ended the command"
-            ),
-            "REASON_CONTAINER_LIMITATION_MEMORY",
-            s.code(),
-        ),
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(0), _) => status(
-                &l,
-                TaskState::TaskFinished,
-                "Command exited with status 0".into(),
-                "",
-                Some(0),
-            ),
-            (Some(c), _) => status(
-                &l,
-                TaskState::TaskFailed,
-                format!("Command exited with status {c}"),
-                "REASON_COMMAND_EXECUTOR_FAILED",
-                Some(c),
-            ),
-            (None, sig) => status(
-                &l,
-                TaskState::TaskFailed,
-                format!("Command terminated with signal {}", sig.unwrap_or(0)),
-                "REASON_COMMAND_EXECUTOR_FAILED",
-                None,
-            ),
-        },
-    };
+    let last = final_status(l, exit, killed, oom, note);
     tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended");
-    send(last);
+    let _ = updates.send(last);
 }
 
-/// Kills what is left of a task that an earlier agent process started: the process group of the pid
-/// checkpointed in `pid_file`, if that process is still alive and is the task (its environment names
-/// `framework_id` and `task_id`, so a recycled pid is never killed). Returns whether it killed anything.
-pub fn kill_leftover(pid_file: &Path, framework_id: &str, task_id: &str) -> bool {
-    let Some(pid) = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|p| *p > 1)
-    else {
-        return false;
-    };
+/// What a restarted agent finds of a task an earlier agent process started.
+#[derive(Debug)]
+pub enum Recovered {
+    /// Its wrapper still runs, with this pid: the agent reattaches ([`watch_task`]).
+    Running(Pid),
+    /// It ended while no agent was watching.
+    Ended(Exit),
+}
+
+/// Whether `pid` is a live process (not a zombie) of task `task_id` of `framework_id`: its environment names
+/// both, so that a recycled pid is never taken for the task.
+fn is_task(pid: i32, framework_id: &str, task_id: &str) -> bool {
     let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
     let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
     let has = |v: String| vars.contains(&v.as_bytes());
-    if !(has(format!("ALLOT_TASK_ID={task_id}"))
-        && has(format!("ALLOT_FRAMEWORK_ID={framework_id}")))
-    {
+    has(format!("ALLOT_TASK_ID={task_id}"))
+        && has(format!("ALLOT_FRAMEWORK_ID={framework_id}"))
+        && alive(Pid::from_raw(pid))
+}
+
+/// Whether `pid` runs (exists and is not a zombie waiting for its parent).
+fn alive(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
+    };
+    // `pid (comm) S …`: the state follows the last parenthesis (comm may hold any character).
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// After an agent restart: what became of task `task_id` of `framework_id`, from its checkpoint directory
+/// (see the module docs). A pid that is not the task's (recycled) counts as gone.
+pub fn recover(checkpoint: &Path, framework_id: &str, task_id: &str) -> Recovered {
+    let pid = std::fs::read_to_string(checkpoint.join("pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1);
+    if let Some(pid) = pid
+        && is_task(pid, framework_id, task_id)
+    {
+        return Recovered::Running(Pid::from_raw(pid));
     }
-    killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+    Recovered::Ended(recorded_exit(checkpoint).unwrap_or(Exit::Unknown))
+}
+
+/// The `TaskInfo` checkpointed for a task, if it can be read.
+pub fn checkpointed_task(checkpoint: &Path) -> Option<TaskInfo> {
+    let bytes = std::fs::read(checkpoint.join("task")).ok()?;
+    TaskInfo::decode(bytes.as_slice()).ok()
+}
+
+/// Sends the final update of a task that ended while no agent was watching (see [`recover`]): from its
+/// recorded exit status, or, with none, TASK_FAILED with reason REASON_AGENT_RESTARTED.
+pub async fn report_ended(
+    l: Launch,
+    isolator: Isolator,
+    exit: Exit,
+    updates: mpsc::UnboundedSender<TaskStatus>,
+) {
+    // In a cgroup, whatever the command left behind is killed by the release.
+    let iso = isolator.reopen(&cgroup_name(&l));
+    let oom = iso.oom_killed();
+    iso.release();
+    let last = if exit == Exit::Unknown {
+        let mut s = status(
+            &l,
+            TaskState::TaskFailed,
+            "The agent restarted and found none of the task's processes, and no exit status".into(),
+            "REASON_AGENT_RESTARTED",
+            None,
+        );
+        s.source = StatusSource::SourceAgent as i32;
+        s
+    } else {
+        final_status(
+            &l,
+            Ok(exit),
+            false,
+            oom,
+            " (it ended while the agent was down)",
+        )
+    };
+    tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended while the agent was down");
+    let _ = updates.send(last);
+}
+
+/// Watches a task that an earlier agent process started and that still runs (its wrapper is `pid`), until it
+/// ends; then sends its final update, as [`run_task`] would. `kill` kills it as [`run_task`] does: SIGTERM to
+/// its process group, SIGKILL after the grace period.
+pub async fn watch_task(
+    l: Launch,
+    pid: Pid,
+    isolator: Isolator,
+    kill: CancellationToken,
+    updates: mpsc::UnboundedSender<TaskStatus>,
+) {
+    let iso = isolator.reopen(&cgroup_name(&l));
+    tracing::info!(task = %l.task.task_id, %pid, "reattached to a running task");
+    let gone = || async {
+        while alive(pid) {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+        }
+    };
+    let mut killed = false;
+    tokio::select! {
+        _ = gone() => {}
+        _ = kill.cancelled() => {
+            killed = true;
+            let _ = killpg(pid, Signal::SIGTERM);
+            if tokio::time::timeout(l.grace, gone()).await.is_err() {
+                let _ = killpg(pid, Signal::SIGKILL);
+                gone().await;
+            }
+        }
+    }
+    let exit = l
+        .checkpoint
+        .as_deref()
+        .and_then(recorded_exit)
+        .unwrap_or(Exit::Unknown);
+    finish(&l, pid, iso, Ok(exit), killed, "", &updates);
 }
 
 #[cfg(test)]
@@ -288,14 +499,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_checkpointed_pid_that_is_not_the_task_is_never_killed() {
+    fn a_checkpointed_pid_that_is_not_the_task_is_never_taken_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("pid");
         // This test's own process: alive, but not task t of framework fw.
-        std::fs::write(&file, std::process::id().to_string()).unwrap();
-        assert!(!kill_leftover(&file, "fw", "t"));
-        std::fs::write(&file, "not a pid").unwrap();
-        assert!(!kill_leftover(&file, "fw", "t"));
-        assert!(!kill_leftover(&dir.path().join("missing"), "fw", "t"));
+        std::fs::write(dir.path().join("pid"), std::process::id().to_string()).unwrap();
+        assert!(matches!(
+            recover(dir.path(), "fw", "t"),
+            Recovered::Ended(Exit::Unknown)
+        ));
+        std::fs::write(dir.path().join("pid"), "not a pid").unwrap();
+        std::fs::write(dir.path().join("exit"), "3\n").unwrap();
+        assert!(matches!(
+            recover(dir.path(), "fw", "t"),
+            Recovered::Ended(Exit::Code(3))
+        ));
+        assert!(matches!(
+            recover(&dir.path().join("missing"), "fw", "t"),
+            Recovered::Ended(Exit::Unknown)
+        ));
+    }
+
+    #[test]
+    fn a_recorded_status_above_128_is_a_signal() {
+        assert_eq!(Exit::from_recorded(0), Exit::Code(0));
+        assert_eq!(Exit::from_recorded(128), Exit::Code(128));
+        assert_eq!(Exit::from_recorded(137), Exit::Signal(9));
+        assert_eq!(Exit::from_recorded(255), Exit::Code(255));
+        assert!(alive(Pid::this()));
+        assert!(!alive(Pid::from_raw(i32::MAX)));
     }
 }

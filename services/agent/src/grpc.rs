@@ -1,12 +1,10 @@
 //! `allot.agent.v1.Agent`: the offer-broker launches and kills tasks here.
 
-use crate::executor::{Launch, run_task, sandbox_path};
-use crate::{Agent, M, Running};
-use allot_common::convert::resources_from_proto;
+use crate::executor::run_task;
+use crate::{Agent, M};
 use allot_common::valid_id;
 use allot_proto::agent::{agent_server, *};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -77,65 +75,25 @@ impl agent_server::Agent for AgentService {
         let agent_id = agent.id();
         check_launch(&r, |a| a.is_empty() || a == agent_id, &agent_id)?;
         for task in r.tasks {
-            let key = (r.framework_id.clone(), task.task_id.clone());
-            let kill = CancellationToken::new();
-            {
-                let mut tasks = agent.tasks.lock().expect("tasks poisoned");
-                if tasks.contains_key(&key) {
-                    tracing::warn!(task = %task.task_id, "launch of a task already running ignored");
-                    continue;
-                }
-                let resources = resources_from_proto(&task.resources).unwrap_or_default();
-                tasks.insert(
-                    key.clone(),
-                    Running {
-                        kill: kill.clone(),
-                        resources,
-                    },
-                );
-            }
-            agent.refresh_usage();
-            let sandbox = sandbox_path(&agent.work_dir, &r.framework_id, &task.task_id);
+            let task_id = task.task_id.clone();
+            let launch = agent.launch(&r.framework_id, &agent_id, task);
             // The launch of this task, in the caller's trace; its status updates are children of it.
             let span = tracing::info_span!(
                 "launch task",
                 allot.framework.id = %r.framework_id,
-                allot.task.id = %task.task_id,
+                allot.task.id = %task_id,
                 allot.agent.id = %agent_id,
-                allot.sandbox = %sandbox.display(),
+                allot.sandbox = %launch.sandbox.display(),
             );
-            let launch_context = allot_telemetry::propagation::to_map(&span);
-            let grace = if task.kill_grace_period > 0.0 {
-                Duration::from_secs_f64(task.kill_grace_period)
-            } else {
-                agent.grace
-            };
-            let launch = Launch {
-                framework_id: r.framework_id.clone(),
-                agent_id: agent_id.clone(),
-                task,
-                sandbox: sandbox.clone(),
-                grace,
-                pid_file: agent.updates.pid_file(&key),
-            };
-            let agent = agent.clone();
-            tokio::spawn(async move {
-                // Every update goes to the status update manager (checkpointed) as the executor sends it.
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                let manager = agent.updates.clone();
-                let sandbox = sandbox.display().to_string();
-                let forwarder = tokio::spawn(async move {
-                    while let Some(status) = rx.recv().await {
-                        if let Err(e) = manager.push(status, &sandbox, &launch_context) {
-                            tracing::warn!(error = %e, "cannot checkpoint a status update; it is kept in memory");
-                        }
-                    }
-                });
-                run_task(launch, agent.isolator.clone(), kill, tx).await;
-                let _ = forwarder.await;
-                agent.tasks.lock().expect("tasks poisoned").remove(&key);
-                agent.refresh_usage();
-            });
+            let context = allot_telemetry::propagation::to_map(&span);
+            let kill = CancellationToken::new();
+            let token = kill.clone();
+            let isolator = agent.isolator.clone();
+            if !agent.supervise(launch, kill, context, |l, tx| {
+                run_task(l, isolator, token, tx)
+            }) {
+                tracing::warn!(task = %task_id, "launch of a task already running ignored");
+            }
             drop(span);
         }
         Ok(Response::new(LaunchTasksResponse {}))

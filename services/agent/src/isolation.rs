@@ -124,6 +124,18 @@ impl Isolator {
             _ => Ok(TaskIsolation::None),
         }
     }
+
+    /// The isolation of task `task` prepared by an earlier agent process, to watch and release it after a
+    /// restart: its cgroup, if this agent uses cgroups (rlimits were applied when the command started).
+    pub fn reopen(&self, task: &str) -> TaskIsolation {
+        match self {
+            Isolator::Cgroups { parent } => TaskIsolation::Cgroup(Cgroup::load(
+                hierarchies::auto(),
+                format!("{parent}/{task}"),
+            )),
+            _ => TaskIsolation::None,
+        }
+    }
 }
 
 /// Isolation for one task.

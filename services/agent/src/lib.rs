@@ -10,9 +10,9 @@
 //!
 //! The AgentID is checkpointed in `<work_dir>/agent_id`, so a restarted agent re-registers as the same agent.
 //! Each task's status updates are checkpointed under `<work_dir>/meta` and go to the broker in order; each is
-//! re-sent until the framework's acknowledgement comes back through the broker (see [`status`]). A restarted
-//! agent does not reattach to running tasks: it kills what an earlier agent process left running (the pid is
-//! checkpointed beside the task's updates) and reports those tasks TASK_FAILED (REASON_AGENT_RESTARTED).
+//! re-sent until the framework's acknowledgement comes back through the broker (see [`status`]). Tasks outlive
+//! the agent process: a restarted agent reattaches to those still running and reports those that ended while
+//! it was down (`recover_tasks`, [`executor`]'s checkpoints).
 
 pub mod executor;
 pub mod grpc;
@@ -25,7 +25,7 @@ use allot_common::convert::resources_to_proto;
 use allot_common::grpc::Channel;
 use allot_policy::Resources;
 use allot_proto::agent::status_updates_client::StatusUpdatesClient;
-use allot_proto::common::{AgentInfo, StatusSource, TaskState, TaskStatus};
+use allot_proto::common::{AgentInfo, TaskStatus};
 use allot_proto::registry::{
     HeartbeatRequest, RegisterAgentRequest, registry_client::RegistryClient,
 };
@@ -95,6 +95,11 @@ pub struct Config {
     /// 10 min (Mesos: 10 s).
     #[arg(long, env = "ALLOT_STATUS_UPDATE_RETRY_INTERVAL", default_value = "10s", value_parser = allot_common::config::parse_duration)]
     pub status_update_retry_interval: Duration,
+    /// Kill every task when the agent stops (SIGTERM, SIGINT), to drain the node. Without it a stopped agent
+    /// leaves its tasks running and the next agent process on the same `--work-dir` reattaches to them, so
+    /// that an agent can be upgraded or restarted under its tasks (as a Mesos agent is).
+    #[arg(long, env = "ALLOT_KILL_TASKS_ON_STOP")]
+    pub kill_tasks_on_stop: bool,
     /// Default time between SIGTERM and SIGKILL when a task is killed.
     #[arg(long, env = "ALLOT_KILL_GRACE_PERIOD", default_value = "3s", value_parser = allot_common::config::parse_duration)]
     pub kill_grace_period: Duration,
@@ -191,6 +196,75 @@ impl Agent {
         self.tasks.lock().expect("tasks poisoned").len()
     }
 
+    /// The executor's view of task `task` of framework `framework_id`: its sandbox, kill grace period (the
+    /// task's own, else the agent's) and checkpoint directory.
+    pub(crate) fn launch(
+        &self,
+        framework_id: &str,
+        agent_id: &str,
+        task: allot_proto::common::TaskInfo,
+    ) -> executor::Launch {
+        let key = (framework_id.to_string(), task.task_id.clone());
+        executor::Launch {
+            framework_id: framework_id.to_string(),
+            agent_id: agent_id.to_string(),
+            sandbox: executor::sandbox_path(&self.work_dir, framework_id, &task.task_id),
+            grace: if task.kill_grace_period > 0.0 {
+                Duration::from_secs_f64(task.kill_grace_period)
+            } else {
+                self.grace
+            },
+            checkpoint: self.updates.task_dir(&key),
+            task,
+        }
+    }
+
+    /// Runs task `l` through `run` (an executor future, given the launch and a sender for the task's updates)
+    /// on its own tokio task: the task is one of this agent's (its resources in use, `kill` ends it) until
+    /// `run` returns, and each update it sends goes to the status update manager in order, with the task's
+    /// sandbox and the launch's trace `context`. Returns `false`, running nothing, if the task is already here.
+    pub(crate) fn supervise<F>(
+        self: &Arc<Self>,
+        l: executor::Launch,
+        kill: CancellationToken,
+        context: HashMap<String, String>,
+        run: impl FnOnce(executor::Launch, tokio::sync::mpsc::UnboundedSender<TaskStatus>) -> F,
+    ) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let key = (l.framework_id.clone(), l.task.task_id.clone());
+        {
+            let mut tasks = self.tasks.lock().expect("tasks poisoned");
+            if tasks.contains_key(&key) {
+                return false;
+            }
+            let resources =
+                allot_common::convert::resources_from_proto(&l.task.resources).unwrap_or_default();
+            tasks.insert(key.clone(), Running { kill, resources });
+        }
+        self.refresh_usage();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let manager = self.updates.clone();
+        let sandbox = l.sandbox.display().to_string();
+        let forwarder = tokio::spawn(async move {
+            while let Some(status) = rx.recv().await {
+                if let Err(e) = manager.push(status, &sandbox, &context) {
+                    tracing::warn!(error = %e, "cannot checkpoint a status update; it is kept in memory");
+                }
+            }
+        });
+        let running = run(l, tx);
+        let agent = self.clone();
+        tokio::spawn(async move {
+            running.await;
+            let _ = forwarder.await;
+            agent.tasks.lock().expect("tasks poisoned").remove(&key);
+            agent.refresh_usage();
+        });
+        true
+    }
+
     /// Sets the agent's series from its tasks.
     pub(crate) fn refresh_usage(&self) {
         let (n, used) = {
@@ -250,37 +324,45 @@ async fn deliver(
     Ok(refused)
 }
 
-/// After a restart: every task that an earlier agent process left unfinished (its checkpointed stream does not
-/// end in a terminal update) is ended, as Mesos' `--recover=cleanup` does: this agent does not reattach to a
-/// running task, so it kills what is left of the task's process group (only if the checkpointed pid is still
-/// that task's) and reports TASK_FAILED with reason REASON_AGENT_RESTARTED. The update goes through the
-/// status update manager like any other, after the earlier ones still unacknowledged.
-fn end_leftover_tasks(updates: &status::StatusUpdateManager) {
-    for ((fw, task), latest) in updates.unfinished() {
-        let killed = updates
-            .pid_file(&(fw.clone(), task.clone()))
-            .is_some_and(|f| executor::kill_leftover(&f, &fw, &task));
-        let message = if killed {
-            "the agent restarted and does not reattach to running tasks: the task's processes were killed"
-        } else {
-            "the agent restarted and found none of the task's processes"
+/// After a restart (Mesos' agent recovery): every task that an earlier agent process left unfinished (its
+/// checkpointed stream does not end in a terminal update) is recovered from its checkpoint directory (see
+/// [`executor`]). A task still running is reattached to: watched until it ends, killable, its resources in
+/// use. A task that ended while the agent was down is reported from the exit status it recorded; one that left
+/// none, TASK_FAILED with reason REASON_AGENT_RESTARTED. The final updates go through the status update
+/// manager like any other, after the earlier ones still unacknowledged.
+fn recover_tasks(agent: &Arc<Agent>) {
+    for ((fw, task_id), latest) in agent.updates.unfinished() {
+        let key = (fw.clone(), task_id.clone());
+        let dir = agent.updates.task_dir(&key);
+        let task = dir
+            .as_deref()
+            .and_then(executor::checkpointed_task)
+            .unwrap_or_else(|| allot_proto::common::TaskInfo {
+                task_id: task_id.clone(),
+                ..Default::default()
+            });
+        let launch = agent.launch(&fw, &latest.agent_id, task);
+        let found = dir
+            .as_deref()
+            .map_or(executor::Recovered::Ended(executor::Exit::Unknown), |d| {
+                executor::recover(d, &fw, &task_id)
+            });
+        tracing::info!(framework = %fw, task = %task_id, ?found, "recovering a task left by an earlier agent process");
+        let isolator = agent.isolator.clone();
+        let kill = CancellationToken::new();
+        let token = kill.clone();
+        match found {
+            executor::Recovered::Running(pid) => {
+                agent.supervise(launch, kill, HashMap::new(), |l, tx| {
+                    executor::watch_task(l, pid, isolator, token, tx)
+                })
+            }
+            executor::Recovered::Ended(exit) => {
+                agent.supervise(launch, kill, HashMap::new(), |l, tx| {
+                    executor::report_ended(l, isolator, exit, tx)
+                })
+            }
         };
-        tracing::warn!(framework = %fw, %task, killed, "ending a task left by an earlier agent process");
-        let status = TaskStatus {
-            task_id: task,
-            state: TaskState::TaskFailed as i32,
-            message: message.into(),
-            source: StatusSource::SourceAgent as i32,
-            reason: "REASON_AGENT_RESTARTED".into(),
-            agent_id: latest.agent_id,
-            framework_id: fw,
-            timestamp: allot_common::now_secs(),
-            uuid: allot_common::new_id("u").into_bytes(),
-            exit_code: None,
-        };
-        if let Err(e) = updates.push(status, "", &HashMap::new()) {
-            tracing::warn!(error = %e, "cannot checkpoint a status update; it is kept in memory");
-        }
     }
 }
 
@@ -367,8 +449,9 @@ impl Node {
     }
 }
 
-/// Runs the agent on `listener` until `shutdown` resolves. On shutdown its tasks are killed and their final
-/// updates are given up to five seconds to reach the broker.
+/// Runs the agent on `listener` until `shutdown` resolves. On shutdown its tasks go on running for the next
+/// agent process to reattach to; with `--kill-tasks-on-stop` they are killed. Either way the pending updates
+/// are given up to five seconds to reach the broker (what is left stays checkpointed).
 ///
 /// # Errors
 /// [`Error`] for bad configuration, an unusable work directory, required isolation that is missing, or a
@@ -413,7 +496,6 @@ pub async fn run(
             },
         )?,
     );
-    end_leftover_tasks(&updates);
     let brokers = allot_common::grpc::Replicas::new(&config.broker)?;
     // Aborted with `run`: a crashed agent sends nothing more (its checkpoint has what is left).
     let sending = updates.start(move |due| deliver(brokers.clone(), due));
@@ -427,6 +509,7 @@ pub async fn run(
         address: address.clone(),
         total: resources.clone(),
     });
+    recover_tasks(&agent);
     agent.refresh_usage();
     tracing::info!(%address, %resources, ?reserved, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
 
@@ -443,23 +526,30 @@ pub async fn run(
         .add_service(allot_proto::agent::agent_server::AgentServer::new(
             grpc::AgentService(agent.clone()),
         ));
-    let result = allot_common::grpc::serve(router, listener, shutdown).await;
+    // The server stops only after the drain, so that acknowledgements still reach the agent meanwhile.
+    let stopping = {
+        let agent = agent.clone();
+        async move {
+            shutdown.await;
+            if config.kill_tasks_on_stop {
+                for running in agent.tasks.lock().expect("tasks poisoned").values() {
+                    running.kill.cancel();
+                }
+                // The tasks end within their grace periods; their final updates get a few seconds more.
+                let within = agent.grace + Duration::from_secs(5);
+                sending.drain(within, || agent.running() > 0).await;
+            } else {
+                // Nothing is waited for: every update is checkpointed and goes out after the next start.
+                tracing::info!(
+                    tasks = agent.running(),
+                    "stopping; the tasks go on running for the next agent process"
+                );
+                sending.drain(Duration::ZERO, || false).await;
+            }
+        }
+    };
+    let result = allot_common::grpc::serve(router, listener, stopping).await;
     drop(liveness);
-    // Kill what still runs and let the final updates drain.
-    let tokens: Vec<CancellationToken> = agent
-        .tasks
-        .lock()
-        .expect("tasks poisoned")
-        .values()
-        .map(|r| r.kill.clone())
-        .collect();
-    for t in &tokens {
-        t.cancel();
-    }
-    // Until acknowledged, what is left stays checkpointed and goes out after the next start.
-    sending
-        .drain(Duration::from_secs(5), || agent.running() > 0)
-        .await;
     result?;
     Ok(())
 }

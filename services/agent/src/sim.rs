@@ -320,20 +320,17 @@ pub async fn run(
     let router = allot_common::grpc::server()
         .add_service(allot_common::grpc::health().await)
         .add_service(agent_server::AgentServer::new(SimService(sim.clone())));
-    let result = allot_common::grpc::serve(router, listener, shutdown).await;
+    // Report the tasks still running as killed, and give the updates five seconds to drain while the server
+    // still takes their acknowledgements.
+    let stopping = async move {
+        shutdown.await;
+        for k in sim.tasks.lock().expect("tasks poisoned").values() {
+            k.cancel();
+        }
+        sending.drain(Duration::from_secs(5), || false).await;
+    };
+    let result = allot_common::grpc::serve(router, listener, stopping).await;
     drop(liveness);
-    // Report the tasks still running as killed, and give the updates five seconds to drain.
-    let running: Vec<CancellationToken> = sim
-        .tasks
-        .lock()
-        .expect("tasks poisoned")
-        .values()
-        .cloned()
-        .collect();
-    for k in running {
-        k.cancel();
-    }
-    sending.drain(Duration::from_secs(5), || false).await;
     result?;
     Ok(())
 }

@@ -193,7 +193,10 @@ impl StatusUpdateManager {
         })
     }
 
-    fn task_dir(&self, (fw, task): &TaskKey) -> Option<PathBuf> {
+    /// Task `key`'s checkpoint directory, `<meta>/frameworks/<fw>/tasks/<task>`, holding its `updates` and
+    /// the executor's checkpoints (see [`crate::executor`]); removed when the task's terminal update is
+    /// acknowledged. `None` without checkpoints.
+    pub fn task_dir(&self, (fw, task): &TaskKey) -> Option<PathBuf> {
         Some(
             self.meta
                 .as_ref()?
@@ -314,11 +317,6 @@ impl StatusUpdateManager {
             .values()
             .map(|s| s.updates.len())
             .sum()
-    }
-
-    /// Where the pid of task `key` is checkpointed, beside its stream (`None` without checkpoints).
-    pub fn pid_file(&self, key: &TaskKey) -> Option<PathBuf> {
-        self.task_dir(key).map(|d| d.join("pid"))
     }
 
     /// Tasks whose latest update (acknowledged or not) is not terminal, with that update: after a restart,
