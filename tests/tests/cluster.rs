@@ -467,6 +467,47 @@ async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_ta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_term_ended_cannot_write() {
+    use allot_common::leader::{Leadership, campaign};
+    let etcd = allot_tests::Etcd::start().await;
+    let (old, new) = (etcd.store().await, etcd.store().await);
+    let lease = Duration::from_secs(30);
+    let term = campaign(&old, "fenced", "old:1", lease, &Leadership::new()).await;
+    term.fence(&old);
+    old.put_bytes("/t/fenced/a", b"old".to_vec())
+        .await
+        .expect("the leader writes");
+    // The old leader stalls; meanwhile its election key goes (as when its lease expires) and another replica
+    // is elected.
+    let prefix = format!("{}/leader/fenced/", old.root());
+    for (key, _) in new.keys(&prefix).await.expect("keys") {
+        new.delete(&key).await.expect("delete");
+    }
+    let _new_term = campaign(&new, "fenced", "new:1", lease, &Leadership::new()).await;
+    // The old leader wakes up: every write it tries is refused, and it learns that it must step down.
+    let refused = old.put_bytes("/t/fenced/a", b"stale".to_vec()).await;
+    assert!(
+        matches!(refused, Err(allot_common::store::StoreError::Fenced)),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        old.delete("/t/fenced/a").await,
+        Err(allot_common::store::StoreError::Fenced)
+    ));
+    tokio::time::timeout(Duration::from_secs(1), old.fenced_out())
+        .await
+        .expect("fenced out");
+    let value = new
+        .list_bytes("/t/fenced/a")
+        .await
+        .expect("read")
+        .pop()
+        .expect("kept")
+        .1;
+    assert_eq!(value, b"old");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_deletes_only_alive_keys_still_at_their_admitted_revision() {
     let etcd = allot_tests::Etcd::start().await;
     let store = etcd.store().await;

@@ -131,6 +131,9 @@ impl Leadership {
 /// One term of leadership, from winning the election to losing or resigning it.
 pub struct Term {
     store: Store,
+    /// The election key this replica created, and its create revision: the fence of its writes.
+    key: Vec<u8>,
+    revision: i64,
     lease: i64,
     lost: watch::Receiver<bool>,
     _keeper: crate::AbortOnDrop,
@@ -141,6 +144,11 @@ impl Term {
     /// then on this replica must make no decision, for a standby may already lead.
     pub async fn lost(&mut self) {
         let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Fences `store`'s writes (and its clones') with this term's election key: see [`Store::fence`].
+    pub fn fence(&self, store: &Store) {
+        store.fence(self.key.clone(), self.revision);
     }
 
     /// Gives leadership up at once by revoking the lease (its election key goes with it), so that a standby
@@ -201,16 +209,22 @@ async fn try_campaign(
     // Renewals start before the campaign, which blocks for as long as another replica leads.
     let keeper = crate::AbortOnDrop(tokio::spawn(keep_alive(store.clone(), lease, ttl, lost_tx)));
     tracing::info!(%name, advertise, lease, "campaigning for leadership");
-    tokio::select! {
-        r = client.campaign(name, advertise, lease) => { r?; }
+    let elected = tokio::select! {
+        r = client.campaign(name, advertise, lease) => r?,
         _ = lost.wait_for(|l| *l) => {
             return Err(StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(
                 "the lease expired while campaigning".into(),
             )));
         }
-    }
+    };
+    let (key, revision) = elected
+        .leader()
+        .map(|k| (k.key().to_vec(), k.rev()))
+        .unwrap_or_default();
     Ok(Term {
         store: store.clone(),
+        key,
+        revision,
         lease,
         lost,
         _keeper: keeper,
@@ -307,15 +321,19 @@ where
         t = campaign(store, service, &advertise, args.leader_lease, leadership) => t,
         r = &mut serving => return Ok(r?),
     };
+    // From now on every write of this replica is fenced by its term.
+    term.fence(store);
     // Calls are still refused while the new leader loads its state: none may see it half built.
     let _leading = tokio::select! {
         held = on_elected() => held?,
         _ = term.lost() => return Err(crate::ServiceError::LeadershipLost),
+        _ = store.fenced_out() => return Err(crate::ServiceError::LeadershipLost),
         r = &mut serving => { term.resign().await; return Ok(r?); }
     };
     leadership.set_leader(service);
     let result = tokio::select! {
         _ = term.lost() => Err(crate::ServiceError::LeadershipLost),
+        _ = store.fenced_out() => Err(crate::ServiceError::LeadershipLost),
         r = &mut serving => { term.resign().await; Ok(r?) }
     };
     LEADER.with_label_values(&[service]).set(0.0);

@@ -91,6 +91,9 @@ pub enum StoreError {
     /// A transaction of a [`GroupCommit`] failed; every request in it gets the same error, as text.
     #[error("etcd: {0}")]
     Grouped(String),
+    /// A write of a fenced store (see [`Store::fence`]) was refused: this replica is no longer the leader.
+    #[error("not the leader any more: the write is fenced off (another replica was elected)")]
+    Fenced,
 }
 
 impl From<StoreError> for tonic::Status {
@@ -98,6 +101,7 @@ impl From<StoreError> for tonic::Status {
         match e {
             StoreError::Etcd(e) => tonic::Status::unavailable(format!("etcd unavailable: {e}")),
             StoreError::Grouped(e) => tonic::Status::unavailable(format!("etcd unavailable: {e}")),
+            e @ StoreError::Fenced => tonic::Status::unavailable(e.to_string()),
             e @ StoreError::Decode { .. } => tonic::Status::internal(e.to_string()),
         }
     }
@@ -136,11 +140,21 @@ impl Kind {
     }
 }
 
-/// A handle on etcd with Allot's key layout. Cheap to clone.
+/// A handle on etcd with Allot's key layout. Cheap to clone; clones share one [`Store::fence`].
 #[derive(Clone)]
 pub struct Store {
     client: Client,
     root: String,
+    fence: std::sync::Arc<Fence>,
+}
+
+/// The leader's fence shared by a store's clones: the election key and its create revision, once elected,
+/// and whether a write found it gone.
+#[derive(Default)]
+struct Fence {
+    term: std::sync::RwLock<Option<(Vec<u8>, i64)>>,
+    tripped: tokio::sync::Notify,
+    is_tripped: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -165,7 +179,56 @@ impl Store {
         Ok(Self {
             client,
             root: root.trim_end_matches('/').to_string(),
+            fence: Default::default(),
         })
+    }
+
+    /// Fences every later write of this store and its clones with a leader's election key: each write is a
+    /// transaction that takes effect only while `key` still exists with create revision `revision`, i.e.
+    /// while this replica's term lasts. A leader that stalled past its lease (a long pause, a frozen VM) and
+    /// wakes up after a standby took over can then write nothing: its write fails with
+    /// [`StoreError::Fenced`] and [`Store::fenced_out`] resolves, so that it steps down. (The fencing-token
+    /// idea of Chubby, Burrows OSDI 2006; etcd's election API gives the key and revision.)
+    pub fn fence(&self, key: Vec<u8>, revision: i64) {
+        *self.fence.term.write().expect("fence poisoned") = Some((key, revision));
+    }
+
+    /// Resolves once a write was refused because the fence's key is gone (see [`Store::fence`]).
+    pub async fn fenced_out(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let notified = self.fence.tripped.notified();
+            if self.fence.is_tripped.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs `ops` in one transaction, guarded by the fence if there is one.
+    async fn write(&self, what: &'static str, ops: Vec<TxnOp>) -> Result<i64, StoreError> {
+        use etcd_client::{Compare, CompareOp};
+        let term = self.fence.term.read().expect("fence poisoned").clone();
+        let txn = match &term {
+            Some((key, rev)) => Txn::new()
+                .when([Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    *rev,
+                )])
+                .and_then(ops),
+            None => Txn::new().and_then(ops),
+        };
+        let resp = traced(what, self.client.kv_client().txn(txn)).await?;
+        if !resp.succeeded() {
+            self.fence
+                .is_tripped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.fence.tripped.notify_waiters();
+            tracing::error!("a write was fenced off: another replica leads now");
+            return Err(StoreError::Fenced);
+        }
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// The key root (e.g. `/allot/v1`), without a trailing `/`.
@@ -202,7 +265,7 @@ impl Store {
     /// Writes `value` at `key`, bound to `lease` when given. Returns the new revision.
     ///
     /// # Errors
-    /// [`StoreError::Etcd`].
+    /// [`StoreError::Etcd`]; [`StoreError::Fenced`] when this store is fenced and its term is over.
     pub async fn put<M: Message>(
         &self,
         key: &str,
@@ -210,20 +273,14 @@ impl Store {
         lease: Option<i64>,
     ) -> Result<i64, StoreError> {
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let resp = traced(
-            "put",
-            self.client
-                .kv_client()
-                .put(key, value.encode_to_vec(), opts),
-        )
-        .await?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+        self.write("put", vec![TxnOp::put(key, value.encode_to_vec(), opts)])
+            .await
     }
 
     /// Writes every `(key, value)` in one transaction. Returns the new revision.
     ///
     /// # Errors
-    /// [`StoreError::Etcd`].
+    /// [`StoreError::Etcd`]; [`StoreError::Fenced`] when this store is fenced and its term is over.
     pub async fn put_all<M: Message>(&self, items: &[(String, M)]) -> Result<i64, StoreError> {
         self.put_all_encoded(
             items
@@ -237,7 +294,7 @@ impl Store {
     /// Writes every `(key, encoded value)` in one transaction. Returns the new revision (0 for no items).
     ///
     /// # Errors
-    /// [`StoreError::Etcd`].
+    /// [`StoreError::Etcd`]; [`StoreError::Fenced`] when this store is fenced and its term is over.
     pub async fn put_all_encoded(&self, items: Vec<(String, Vec<u8>)>) -> Result<i64, StoreError> {
         if items.is_empty() {
             return Ok(0);
@@ -246,8 +303,7 @@ impl Store {
             .into_iter()
             .map(|(k, v)| TxnOp::put(k, v, None))
             .collect();
-        let resp = traced("txn", self.client.kv_client().txn(Txn::new().and_then(ops))).await?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+        self.write("txn", ops).await
     }
 
     /// Writes independent records in transactions of at most [`MAX_TXN_OPS`] puts each, sent concurrently;
@@ -419,9 +475,10 @@ impl Store {
     /// Writes raw `bytes` at `key`.
     ///
     /// # Errors
-    /// [`StoreError::Etcd`].
+    /// [`StoreError::Etcd`]; [`StoreError::Fenced`] when this store is fenced and its term is over.
     pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        traced("put", self.client.kv_client().put(key, bytes, None)).await?;
+        self.write("put", vec![TxnOp::put(key, bytes, None)])
+            .await?;
         Ok(())
     }
 
@@ -448,22 +505,23 @@ impl Store {
     /// Deletes `key`.
     ///
     /// # Errors
-    /// [`StoreError::Etcd`].
+    /// [`StoreError::Etcd`]; [`StoreError::Fenced`] when this store is fenced and its term is over.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        traced("delete", self.client.kv_client().delete(key, None)).await?;
+        self.write("delete", vec![TxnOp::delete(key, None)]).await?;
         Ok(())
     }
 
     /// Deletes every key under `prefix`.
     ///
     /// # Errors
-    /// [`StoreError::Etcd`].
+    /// [`StoreError::Etcd`]; [`StoreError::Fenced`] when this store is fenced and its term is over.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        traced(
+        self.write(
             "delete",
-            self.client
-                .kv_client()
-                .delete(prefix, Some(DeleteOptions::new().with_prefix())),
+            vec![TxnOp::delete(
+                prefix,
+                Some(DeleteOptions::new().with_prefix()),
+            )],
         )
         .await?;
         Ok(())
