@@ -562,6 +562,15 @@ fn checkpoint_of(agent: &allot_tests::AgentHandle, fw: &str, task: &str) -> std:
         .join(task)
 }
 
+/// The pid the agent checkpointed for `task` of `fw` (its wrapper, the leader of the task's process group).
+fn checkpointed_pid(agent: &allot_tests::AgentHandle, fw: &str, task: &str) -> i32 {
+    std::fs::read_to_string(checkpoint_of(agent, fw, task).join("pid"))
+        .expect("the pid is checkpointed")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_keeps_each_update_until_the_framework_acknowledges_it() {
     let mut cluster = Cluster::start().await;
@@ -793,14 +802,10 @@ async fn a_restarted_agent_reattaches_to_its_tasks() {
     for t in ["long", "later", "meanwhile"] {
         fw.await_state(t, TaskState::TaskRunning).await;
     }
-    let pid = |t: &str| -> i32 {
-        std::fs::read_to_string(checkpoint_of(&agent, &fw.id, t).join("pid"))
-            .expect("the pid is checkpointed")
-            .trim()
-            .parse()
-            .expect("a pid")
-    };
-    let (long, later) = (pid("long"), pid("later"));
+    let (long, later) = (
+        checkpointed_pid(&agent, &fw.id, "long"),
+        checkpointed_pid(&agent, &fw.id, "later"),
+    );
     // The agent dies (kill -9: nothing of it runs on); its tasks do not.
     let dir = agent.work_dir.clone();
     agent.service.crash();
@@ -852,11 +857,7 @@ async fn an_agent_stopped_for_an_upgrade_leaves_its_tasks_running_and_takes_them
     let mut fw = TestFramework::subscribe(&cluster, "upgraded", "*").await;
     fw.launch(task("t", "sleep 60", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
-    let pid: i32 = std::fs::read_to_string(checkpoint_of(&agent, &fw.id, "t").join("pid"))
-        .expect("the pid is checkpointed")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let pid: i32 = checkpointed_pid(&agent, &fw.id, "t");
     // A graceful stop (SIGTERM, as `systemctl restart` sends) leaves the task running.
     let t0 = std::time::Instant::now();
     agent.service.stop().await;
@@ -885,11 +886,7 @@ async fn an_agent_stopped_for_an_upgrade_leaves_its_tasks_running_and_takes_them
         .await;
     fw.launch(task("u", "sleep 60", 0.1, 32.0)).await;
     fw.await_state("u", TaskState::TaskRunning).await;
-    let pid: i32 = std::fs::read_to_string(checkpoint_of(&draining, &fw.id, "u").join("pid"))
-        .expect("the pid is checkpointed")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let pid: i32 = checkpointed_pid(&draining, &fw.id, "u");
     let stopping = tokio::spawn(draining.service.stop());
     let killed = fw.await_state("u", TaskState::TaskKilled).await;
     assert_eq!(killed.reason, "REASON_TASK_KILLED");
@@ -905,12 +902,7 @@ async fn a_restarted_agent_reports_the_tasks_it_finds_nothing_of() {
     let mut fw = TestFramework::subscribe(&cluster, "vanished", "*").await;
     fw.launch(task("t", "sleep 60", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
-    let checkpoint = checkpoint_of(&agent, &fw.id, "t");
-    let pid: i32 = std::fs::read_to_string(checkpoint.join("pid"))
-        .expect("the pid is checkpointed")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let pid = checkpointed_pid(&agent, &fw.id, "t");
     // The agent dies, and the task's whole process group with it (as on a reboot): no exit status is left.
     let dir = agent.work_dir.clone();
     agent.service.crash();
