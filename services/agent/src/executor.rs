@@ -345,7 +345,7 @@ pub async fn run_task(
             (None, None) => Exit::Unknown,
         })
         .map_err(|e| e.to_string());
-    finish(&l, pgid, iso, exit, killed, "", &updates);
+    finish(&l, pgid, iso, exit, killed, &updates);
 }
 
 /// Ends a task whose wrapper is gone: kills what it left in its process group, releases its isolation and
@@ -356,14 +356,13 @@ fn finish(
     iso: TaskIsolation,
     exit: Result<Exit, String>,
     killed: bool,
-    note: &str,
     updates: &mpsc::UnboundedSender<TaskStatus>,
 ) {
     // Whatever the command left behind in its process group goes with it.
     let _ = killpg(pgid, Signal::SIGKILL);
     let oom = iso.oom_killed();
     iso.release();
-    let last = final_status(l, exit, killed, oom, note);
+    let last = final_status(l, exit, killed, oom, "");
     tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended");
     let _ = updates.send(last);
 }
@@ -491,7 +490,7 @@ pub async fn watch_task(
         .as_deref()
         .and_then(recorded_exit)
         .unwrap_or(Exit::Unknown);
-    finish(&l, pid, iso, Ok(exit), killed, "", &updates);
+    finish(&l, pid, iso, Ok(exit), killed, &updates);
 }
 
 #[cfg(test)]

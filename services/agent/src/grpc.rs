@@ -5,7 +5,6 @@ use crate::{Agent, M};
 use allot_common::valid_id;
 use allot_proto::agent::{agent_server, *};
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 /// Checks a LaunchTasks request before anything starts: a valid `framework_id` and task IDs, and every task
@@ -86,11 +85,9 @@ impl agent_server::Agent for AgentService {
                 allot.sandbox = %launch.sandbox.display(),
             );
             let context = allot_telemetry::propagation::to_map(&span);
-            let kill = CancellationToken::new();
-            let token = kill.clone();
             let isolator = agent.isolator.clone();
-            if !agent.supervise(launch, kill, context, |l, tx| {
-                run_task(l, isolator, token, tx)
+            if !agent.supervise(launch, context, |l, kill, tx| {
+                run_task(l, isolator, kill, tx)
             }) {
                 tracing::warn!(task = %task_id, "launch of a task already running ignored");
             }

@@ -219,21 +219,26 @@ impl Agent {
         }
     }
 
-    /// Runs task `l` through `run` (an executor future, given the launch and a sender for the task's updates)
-    /// on its own tokio task: the task is one of this agent's (its resources in use, `kill` ends it) until
-    /// `run` returns, and each update it sends goes to the status update manager in order, with the task's
-    /// sandbox and the launch's trace `context`. Returns `false`, running nothing, if the task is already here.
+    /// Runs task `l` through `run` (an executor future, given the launch, the token that kills the task, and a
+    /// sender for the task's updates) on its own tokio task: the task is one of this agent's (its resources in
+    /// use, KillTask cancels the token) until `run` returns, and each update it sends goes to the status update
+    /// manager in order, with the task's sandbox and the launch's trace `context`. Returns `false`, running
+    /// nothing, if the task is already here.
     pub(crate) fn supervise<F>(
         self: &Arc<Self>,
         l: executor::Launch,
-        kill: CancellationToken,
         context: HashMap<String, String>,
-        run: impl FnOnce(executor::Launch, tokio::sync::mpsc::UnboundedSender<TaskStatus>) -> F,
+        run: impl FnOnce(
+            executor::Launch,
+            CancellationToken,
+            tokio::sync::mpsc::UnboundedSender<TaskStatus>,
+        ) -> F,
     ) -> bool
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let key = (l.framework_id.clone(), l.task.task_id.clone());
+        let kill = CancellationToken::new();
         {
             let mut tasks = self.tasks.lock().expect("tasks poisoned");
             if tasks.contains_key(&key) {
@@ -241,7 +246,13 @@ impl Agent {
             }
             let resources =
                 allot_common::convert::resources_from_proto(&l.task.resources).unwrap_or_default();
-            tasks.insert(key.clone(), Running { kill, resources });
+            tasks.insert(
+                key.clone(),
+                Running {
+                    kill: kill.clone(),
+                    resources,
+                },
+            );
         }
         self.refresh_usage();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -254,7 +265,7 @@ impl Agent {
                 }
             }
         });
-        let running = run(l, tx);
+        let running = run(l, kill, tx);
         let agent = self.clone();
         tokio::spawn(async move {
             running.await;
@@ -349,16 +360,14 @@ fn recover_tasks(agent: &Arc<Agent>) {
             });
         tracing::info!(framework = %fw, task = %task_id, ?found, "recovering a task left by an earlier agent process");
         let isolator = agent.isolator.clone();
-        let kill = CancellationToken::new();
-        let token = kill.clone();
         match found {
             executor::Recovered::Running(pid) => {
-                agent.supervise(launch, kill, HashMap::new(), |l, tx| {
-                    executor::watch_task(l, pid, isolator, token, tx)
+                agent.supervise(launch, HashMap::new(), |l, kill, tx| {
+                    executor::watch_task(l, pid, isolator, kill, tx)
                 })
             }
             executor::Recovered::Ended(exit) => {
-                agent.supervise(launch, kill, HashMap::new(), |l, tx| {
+                agent.supervise(launch, HashMap::new(), |l, _, tx| {
                     executor::report_ended(l, isolator, exit, tx)
                 })
             }
@@ -450,8 +459,9 @@ impl Node {
 }
 
 /// Runs the agent on `listener` until `shutdown` resolves. On shutdown its tasks go on running for the next
-/// agent process to reattach to; with `--kill-tasks-on-stop` they are killed. Either way the pending updates
-/// are given up to five seconds to reach the broker (what is left stays checkpointed).
+/// agent process to reattach to, and the agent stops at once (every update is checkpointed and goes out after
+/// the next start). With `--kill-tasks-on-stop` they are killed, and their final updates are given the grace
+/// period plus five seconds to be acknowledged, while the server still takes the acknowledgements.
 ///
 /// # Errors
 /// [`Error`] for bad configuration, an unusable work directory, required isolation that is missing, or a
