@@ -131,24 +131,20 @@ impl Leadership {
 /// One term of leadership, from winning the election to losing or resigning it.
 pub struct Term {
     store: Store,
-    /// The election key this replica created, and its create revision: the fence of its writes.
-    key: Vec<u8>,
-    revision: i64,
     lease: i64,
     lost: watch::Receiver<bool>,
     _keeper: crate::AbortOnDrop,
 }
 
 impl Term {
-    /// Resolves when the lease could not be renewed for a whole lease time (or etcd says it expired): from
-    /// then on this replica must make no decision, for a standby may already lead.
+    /// Resolves when the lease could not be renewed for a whole lease time (or etcd says it expired), or a
+    /// write of the term's store was fenced off (see [`Store::fence`]): from then on this replica must make
+    /// no decision, for a standby may already lead.
     pub async fn lost(&mut self) {
-        let _ = self.lost.wait_for(|lost| *lost).await;
-    }
-
-    /// Fences `store`'s writes (and its clones') with this term's election key: see [`Store::fence`].
-    pub fn fence(&self, store: &Store) {
-        store.fence(self.key.clone(), self.revision);
+        tokio::select! {
+            _ = self.lost.wait_for(|lost| *lost) => {}
+            _ = self.store.fenced_out() => {}
+        }
     }
 
     /// Gives leadership up at once by revoking the lease (its election key goes with it), so that a standby
@@ -160,7 +156,7 @@ impl Term {
 }
 
 /// Campaigns for leadership of `service` with `advertise` as this replica's address and leases of `ttl`;
-/// returns once elected. Meanwhile `leadership` follows who leads (for the standby's answers); etcd errors
+/// returns once elected, with `store` (and its clones) fenced by the new term ([`Store::fence`]). Meanwhile `leadership` follows who leads (for the standby's answers); etcd errors
 /// are retried with backoff, so this waits for etcd to come back rather than fail. The caller marks itself
 /// leader ([`Leadership::set_leader`]) once it is ready to serve as one.
 pub async fn campaign(
@@ -217,14 +213,12 @@ async fn try_campaign(
             )));
         }
     };
-    let (key, revision) = elected
-        .leader()
-        .map(|k| (k.key().to_vec(), k.rev()))
-        .unwrap_or_default();
+    // From now on every write of this store and its clones is fenced by the term.
+    if let Some(k) = elected.leader() {
+        store.fence(k.key().to_vec(), k.rev());
+    }
     Ok(Term {
         store: store.clone(),
-        key,
-        revision,
         lease,
         lost,
         _keeper: keeper,
@@ -295,7 +289,7 @@ async fn observe(store: Store, name: String, leadership: Leadership) {
 /// resolves (it then resigns, so that a standby takes over at once) or its leadership is lost.
 ///
 /// # Errors
-/// [`crate::ServiceError::LeadershipLost`] when the lease could not be renewed; `on_elected`'s error; the
+/// [`crate::ServiceError::LeadershipLost`] when the lease could not be renewed or a write was fenced off; `on_elected`'s error; the
 /// transport error if the server fails.
 pub async fn serve_replicated<T, Fut>(
     router: crate::grpc::Router,
@@ -321,19 +315,15 @@ where
         t = campaign(store, service, &advertise, args.leader_lease, leadership) => t,
         r = &mut serving => return Ok(r?),
     };
-    // From now on every write of this replica is fenced by its term.
-    term.fence(store);
     // Calls are still refused while the new leader loads its state: none may see it half built.
     let _leading = tokio::select! {
         held = on_elected() => held?,
         _ = term.lost() => return Err(crate::ServiceError::LeadershipLost),
-        _ = store.fenced_out() => return Err(crate::ServiceError::LeadershipLost),
         r = &mut serving => { term.resign().await; return Ok(r?); }
     };
     leadership.set_leader(service);
     let result = tokio::select! {
         _ = term.lost() => Err(crate::ServiceError::LeadershipLost),
-        _ = store.fenced_out() => Err(crate::ServiceError::LeadershipLost),
         r = &mut serving => { term.resign().await; Ok(r?) }
     };
     LEADER.with_label_values(&[service]).set(0.0);

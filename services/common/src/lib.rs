@@ -30,9 +30,11 @@ pub enum ServiceError {
     /// The `/metrics` endpoint could not start.
     #[error("{0}")]
     Metrics(String),
-    /// This replica led, and could not renew its leadership lease for a whole lease time: a standby may lead
-    /// now. The process should exit and be restarted (it then campaigns again).
-    #[error("lost leadership: the leadership lease could not be renewed")]
+    /// This replica led, and could not renew its leadership lease for a whole lease time, or found a write
+    /// fenced off: a standby may lead now. The process should exit and be restarted (it then campaigns again).
+    #[error(
+        "lost leadership: the leadership lease could not be renewed, or a write was fenced off"
+    )]
     LeadershipLost,
 }
 

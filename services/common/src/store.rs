@@ -153,8 +153,7 @@ pub struct Store {
 #[derive(Default)]
 struct Fence {
     term: std::sync::RwLock<Option<(Vec<u8>, i64)>>,
-    tripped: tokio::sync::Notify,
-    is_tripped: std::sync::atomic::AtomicBool,
+    tripped: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -195,14 +194,7 @@ impl Store {
 
     /// Resolves once a write was refused because the fence's key is gone (see [`Store::fence`]).
     pub async fn fenced_out(&self) {
-        use std::sync::atomic::Ordering;
-        loop {
-            let notified = self.fence.tripped.notified();
-            if self.fence.is_tripped.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
+        let _ = self.fence.tripped.subscribe().wait_for(|t| *t).await;
     }
 
     /// Runs `ops` in one transaction, guarded by the fence if there is one.
@@ -221,10 +213,7 @@ impl Store {
         };
         let resp = traced(what, self.client.kv_client().txn(txn)).await?;
         if !resp.succeeded() {
-            self.fence
-                .is_tripped
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            self.fence.tripped.notify_waiters();
+            self.fence.tripped.send_replace(true);
             tracing::error!("a write was fenced off: another replica leads now");
             return Err(StoreError::Fenced);
         }
