@@ -119,6 +119,14 @@ struct ReplicaSet {
     current: usize,
 }
 
+impl ReplicaSet {
+    /// Moves calls to the next address; returns `true` (the call may go again there).
+    fn next(&mut self) -> bool {
+        self.current = (self.current + 1) % self.replicas.len();
+        true
+    }
+}
+
 impl Replicas {
     /// The replicas at `list` (`host:port[,host:port...]`); the first is tried first.
     ///
@@ -182,14 +190,9 @@ impl Replicas {
                 }
                 true
             }
-            Some(_) => {
-                set.current = (set.current + 1) % set.replicas.len();
-                true
-            }
-            None if unreachable => {
-                set.current = (set.current + 1) % set.replicas.len();
-                true
-            }
+            // A standby that knows no leader, or a replica that cannot be reached: the next address.
+            Some(_) => set.next(),
+            None if unreachable => set.next(),
             None => false,
         }
     }

@@ -20,13 +20,7 @@ pub struct RegistryService {
     store: Store,
     agent_timeout: Duration,
     liveness: Arc<Mutex<Liveness>>,
-    sweeper: tokio::task::AbortHandle,
-}
-
-impl Drop for RegistryService {
-    fn drop(&mut self) {
-        self.sweeper.abort();
-    }
+    _sweeper: allot_common::AbortOnDrop,
 }
 
 /// The registry's series: `allot_registry_agents_reachable` (set on every sweep) and
@@ -70,13 +64,12 @@ impl RegistryService {
         M.reachable.set(liveness.len() as f64);
         let liveness = Arc::new(Mutex::new(liveness));
         let period = (agent_timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let sweeper =
-            tokio::spawn(sweep_forever(store.clone(), liveness.clone(), period)).abort_handle();
+        let sweeper = tokio::spawn(sweep_forever(store.clone(), liveness.clone(), period));
         Ok(Self {
             store,
             agent_timeout,
             liveness,
-            sweeper,
+            _sweeper: allot_common::AbortOnDrop(sweeper),
         })
     }
 
@@ -184,22 +177,19 @@ impl Registry for RegistryService {
         };
         // The record and the liveness key in one transaction: watchers see both at one revision, which is
         // the revision the sweeper later deletes the liveness key at. A re-registration rewrites both.
-        let txn = etcd_client::Txn::new().and_then([
-            etcd_client::TxnOp::put(
-                self.store.key(Kind::Agents, &agent_id),
-                prost::Message::encode_to_vec(&record),
-                None,
-            ),
-            etcd_client::TxnOp::put(
-                self.store.key(Kind::Alive, &agent_id),
-                record.registered_at_ms.to_string(),
-                None,
-            ),
-        ]);
-        let resp = allot_common::store::traced("txn", self.store.client().txn(txn))
-            .await
-            .map_err(StoreError::from)?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let revision = self
+            .store
+            .put_all_encoded(vec![
+                (
+                    self.store.key(Kind::Agents, &agent_id),
+                    prost::Message::encode_to_vec(&record),
+                ),
+                (
+                    self.store.key(Kind::Alive, &agent_id),
+                    record.registered_at_ms.to_string().into_bytes(),
+                ),
+            ])
+            .await?;
         self.liveness()
             .admit(agent_id.clone(), revision, Instant::now());
         tracing::info!(%agent_id, address = %record.info.as_ref().map(|i| i.address.as_str()).unwrap_or(""), %resources, "agent registered");
