@@ -203,17 +203,37 @@ impl Broker {
         allocator_client(self.allocators.channel())
     }
 
-    /// Makes a call on the leading allocator: a standby's answer or an unreachable replica sends it on to the
-    /// leader (see [`allot_common::grpc::Replicas::call`]).
+    /// Makes a call with `req` on the leading allocator: a standby's answer or an unreachable replica sends it
+    /// on to the leader (see [`allot_common::grpc::Replicas::call`]), with a copy of `req` each time.
     ///
     /// # Errors
     /// The last attempt's status.
-    async fn on_allocator<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    async fn on_allocator<R, T, F, Fut>(&self, req: R, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(AllocatorClient<Channel>) -> Fut,
+        R: Clone,
+        F: FnMut(AllocatorClient<Channel>, R) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        self.allocators.call(|ch| call(allocator_client(ch))).await
+        self.allocators
+            .call(|ch| call(allocator_client(ch), req.clone()))
+            .await
+    }
+
+    /// Tells the allocator that framework `fw` is connected (and whether it is suppressed).
+    ///
+    /// # Errors
+    /// The allocator's status (see [`Broker::on_allocator`]).
+    async fn activate(&self, fw: String, suppressed: bool) -> Result<(), Status> {
+        let req = ActivateFrameworkRequest {
+            framework_id: fw,
+            suppressed,
+        };
+        self.on_allocator(
+            req,
+            |mut a, req| async move { a.activate_framework(req).await },
+        )
+        .await
+        .map(|_| ())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -547,16 +567,7 @@ impl Broker {
             self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
         }
         for (fw, suppressed) in active {
-            let req = ActivateFrameworkRequest {
-                framework_id: fw,
-                suppressed,
-            };
-            let _ = self
-                .on_allocator(|mut a| {
-                    let req = req.clone();
-                    async move { a.activate_framework(req).await }
-                })
-                .await;
+            let _ = self.activate(fw, suppressed).await;
         }
     }
 
@@ -665,9 +676,8 @@ impl Broker {
             framework_id: fw.to_string(),
         };
         let _ = self
-            .on_allocator(|mut a| {
-                let req = req.clone();
-                async move { a.deactivate_framework(req).await }
+            .on_allocator(req, |mut a, req| async move {
+                a.deactivate_framework(req).await
             })
             .await;
         self.recover(offers, 0.0, Vec::new()).await;
@@ -688,10 +698,7 @@ impl Broker {
             launched,
         };
         let recovered = self
-            .on_allocator(|mut a| {
-                let req = req.clone();
-                async move { a.recover_offers(req).await }
-            })
+            .on_allocator(req, |mut a, req| async move { a.recover_offers(req).await })
             .await;
         if let Err(e) = recovered {
             // The allocator restarted or is unreachable: its next session starts from etcd, which has the tasks.
@@ -881,17 +888,7 @@ impl Broker {
         for status in pending {
             let _ = tx.send(Ok(update_event(status, HashMap::new())));
         }
-        let req = ActivateFrameworkRequest {
-            framework_id: id.clone(),
-            suppressed: false,
-        };
-        if let Err(e) = self
-            .on_allocator(|mut a| {
-                let req = req.clone();
-                async move { a.activate_framework(req).await }
-            })
-            .await
-        {
+        if let Err(e) = self.activate(id.clone(), false).await {
             // The next allocator session activates every connected framework.
             tracing::warn!(framework = %id, error = %e.message(), "cannot activate the framework at the allocator");
         }
@@ -1524,7 +1521,7 @@ impl Broker {
     /// acknowledgements now recorded in etcd on to their agents. On an etcd error the tasks stay due for the
     /// next flush and their agents hear nothing (they re-send).
     pub async fn flush_once(&self) {
-        let _writes = self.task_writes.lock().await;
+        let writes = self.task_writes.lock().await;
         let (records, mut acks) = {
             let mut inner = self.lock();
             inner.flushes += 1;
@@ -1576,6 +1573,8 @@ impl Broker {
                 }
             }
         }
+        // The records are written: passing the acknowledgements on need not hold up other writers.
+        drop(writes);
         self.send_agent_acks(acks).await;
     }
 
@@ -1649,20 +1648,16 @@ impl Broker {
         if let Some(f) = self.lock().frameworks.get_mut(fw) {
             f.suppressed = suppressed;
         }
-        let fw = fw.to_string();
         let r = self
-            .on_allocator(|mut a| {
-                let fw = fw.clone();
-                async move {
-                    if suppressed {
-                        a.suppress(SuppressRequest { framework_id: fw })
-                            .await
-                            .map(|_| ())
-                    } else {
-                        a.revive(ReviveRequest { framework_id: fw })
-                            .await
-                            .map(|_| ())
-                    }
+            .on_allocator(fw.to_string(), |mut a, fw| async move {
+                if suppressed {
+                    a.suppress(SuppressRequest { framework_id: fw })
+                        .await
+                        .map(|_| ())
+                } else {
+                    a.revive(ReviveRequest { framework_id: fw })
+                        .await
+                        .map(|_| ())
                 }
             })
             .await;
