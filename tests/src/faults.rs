@@ -186,22 +186,6 @@ impl Workload {
     }
 }
 
-fn scalar(o: &pb::Offer, name: &str) -> f64 {
-    o.resources
-        .iter()
-        .filter(|r| r.name == name)
-        .map(|r| r.scalar)
-        .sum()
-}
-
-fn needs(t: &TaskInfo, name: &str) -> f64 {
-    t.resources
-        .iter()
-        .filter(|r| r.name == name)
-        .map(|r| r.scalar)
-        .sum()
-}
-
 impl allot_sdk::Scheduler for Workload {
     fn registered(&mut self, driver: &allot_sdk::Driver, _framework_id: &str) {
         // After a (re-)subscription, ask at once about every task still silent.
@@ -212,19 +196,19 @@ impl allot_sdk::Scheduler for Workload {
     fn resource_offers(&mut self, driver: &allot_sdk::Driver, offers: Vec<pb::Offer>) {
         self.reconcile_silent(driver);
         for o in offers {
-            let (mut cpus, mut mem) = (scalar(&o, "cpus"), scalar(&o, "mem"));
+            let resources = allot_common::convert::resources_from_proto;
+            let mut left = resources(&o.resources).unwrap_or_default();
             let mut tasks = Vec::new();
             while tasks.len() < self.per_offer {
                 let Some(&(item, attempt)) = self.queue.front() else {
                     break;
                 };
                 let mut t = (self.make)(&Self::id(item, attempt));
-                let (c, m) = (needs(&t, "cpus"), needs(&t, "mem"));
-                if c > cpus + 1e-9 || m > mem + 1e-9 {
+                let need = resources(&t.resources).unwrap_or_default();
+                if !left.contains(&need) {
                     break;
                 }
-                cpus -= c;
-                mem -= m;
+                left.subtract(&need);
                 self.queue.pop_front();
                 t.agent_id = o.agent_id.clone();
                 tasks.push(t);

@@ -451,8 +451,8 @@ async fn start_registry(etcd: &Etcd, opts: &ClusterOptions, addr: SocketAddr) ->
 /// Election flags for a test's replicated services: a short lease, so that a crashed leader is replaced soon.
 fn election(opts: &ClusterOptions) -> allot_common::leader::ElectionArgs {
     allot_common::leader::ElectionArgs {
-        advertise: None,
         leader_lease: opts.leader_lease,
+        ..Default::default()
     }
 }
 

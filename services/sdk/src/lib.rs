@@ -222,6 +222,14 @@ impl Driver {
     }
 }
 
+/// A client of the broker replica calls go to now, taking messages as large as Allot's servers send.
+fn scheduler_client(
+    brokers: &allot_common::grpc::Replicas,
+) -> SchedulerClient<allot_common::grpc::Channel> {
+    SchedulerClient::new(brokers.channel())
+        .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
+}
+
 async fn run_calls(
     brokers: allot_common::grpc::Replicas,
     mut calls: mpsc::UnboundedReceiver<(Call, tracing::Span)>,
@@ -284,8 +292,7 @@ async fn run_calls(
         }
         let call_span = span.clone();
         // The broker the subscription is on (only the subscription loop moves to another replica).
-        let mut client = SchedulerClient::new(brokers.channel())
-            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
+        let mut client = scheduler_client(&brokers);
         let result = async {
             match call {
                 Call::Accept(offer_ids, tasks, r) => client
@@ -396,8 +403,7 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
     let mut delays = allot_common::retry_delays(first);
     let result = 'outer: loop {
         info.framework_id = driver.framework_id();
-        let mut c = SchedulerClient::new(brokers.channel())
-            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
+        let mut c = scheduler_client(&brokers);
         let subscribed = tokio::select! {
             r = c.subscribe(pb::SubscribeRequest { framework_info: Some(info.clone()) }) => r,
             _ = stop.cancelled() => break 'outer Ok(()),
