@@ -67,13 +67,18 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(context: HashMap<String, String>, file: Option<std::fs::File>) -> Stream {
+    /// An empty stream whose first re-send waits `backoff`.
+    fn new(
+        context: HashMap<String, String>,
+        file: Option<std::fs::File>,
+        backoff: Duration,
+    ) -> Stream {
         Stream {
             updates: VecDeque::new(),
             acknowledged: None,
             context,
             due: None,
-            backoff: RETRY_MIN,
+            backoff,
             file,
         }
     }
@@ -163,8 +168,7 @@ impl StatusUpdateManager {
                 let file = std::fs::OpenOptions::new().append(true).open(&path)?;
                 // Later records go right after the last good one, not after a torn one.
                 file.set_len(valid as u64)?;
-                let mut stream = Stream::new(HashMap::new(), Some(file));
-                stream.backoff = retry_min;
+                let mut stream = Stream::new(HashMap::new(), Some(file), retry_min);
                 stream.updates = updates;
                 stream.acknowledged = acknowledged;
                 streams.insert(key, stream);
@@ -243,9 +247,7 @@ impl StatusUpdateManager {
                         }
                     }
                 });
-                let mut s = Stream::new(context.clone(), file);
-                s.backoff = self.retry_min;
-                s
+                Stream::new(context.clone(), file, self.retry_min)
             });
             if let Some(file) = stream.file.as_mut()
                 && let Err(e) = append(
