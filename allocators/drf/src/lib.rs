@@ -182,7 +182,7 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
 
     let mut grants = Vec::with_capacity(s.agents.len());
     let mut order: Vec<(f64, usize)> = Vec::new();
-    for agent in &s.agents {
+    for (ai, agent) in s.agents.iter().enumerate() {
         let mut unreserved = agent.available.clone();
         let mut reserved = agent.reserved.clone();
         'classes: for (&class, members) in classes.iter().zip(&members) {
@@ -239,8 +239,8 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
                     reserved.remove(role_name);
                 }
                 grants.push(Grant {
-                    framework: s.frameworks[i].id.clone(),
-                    agent: agent.id.clone(),
+                    framework: i,
+                    agent: ai,
                     resources: free,
                     reserved: own,
                 });
@@ -319,7 +319,7 @@ mod tests {
         );
         let g = Drf.allocate(&s);
         assert_eq!(g.len(), 1);
-        assert_eq!(g[0].framework, "a");
+        assert_eq!(s.frameworks[g[0].framework].id, "a");
         assert_eq!(g[0].resources, r("cpus:9;mem:18"));
     }
 
@@ -334,7 +334,7 @@ mod tests {
             vec![],
         );
         let g = Drf.allocate(&s);
-        let who: Vec<_> = g.iter().map(|g| g.framework.as_str()).collect();
+        let who: Vec<_> = g.iter().map(|g| s.names(g).unwrap().0).collect();
         assert_eq!(who, ["a", "b"]);
     }
 
@@ -347,7 +347,7 @@ mod tests {
             vec![a, fw("b", "*", "")],
             vec![],
         );
-        assert_eq!(Drf.allocate(&s)[0].framework, "b");
+        assert_eq!(s.frameworks[Drf.allocate(&s)[0].framework].id, "b");
     }
 
     #[test]
@@ -362,7 +362,7 @@ mod tests {
             vec![role("r1", 3.0, "cpus:2"), role("r2", 1.0, "cpus:1")],
         );
         // total cpus 20: r1 share 0.1/3, r2 share 0.05.
-        assert_eq!(Drf.allocate(&s)[0].framework, "a");
+        assert_eq!(s.frameworks[Drf.allocate(&s)[0].framework].id, "a");
     }
 
     #[test]
@@ -374,7 +374,7 @@ mod tests {
             vec![a, fw("b", "*", "cpus:1")],
             vec![],
         );
-        assert_eq!(Drf.allocate(&s)[0].framework, "b");
+        assert_eq!(s.frameworks[Drf.allocate(&s)[0].framework].id, "b");
     }
 
     #[test]
@@ -402,11 +402,11 @@ mod tests {
         let g = Drf.allocate(&s);
         assert_eq!(g.len(), 2);
         assert_eq!(
-            (g[0].framework.as_str(), &g[0].resources),
+            (s.names(&g[0]).unwrap().0, &g[0].resources),
             ("a", &r("cpus:2;mem:1024"))
         );
         assert_eq!(
-            (g[1].framework.as_str(), &g[1].resources),
+            (s.names(&g[1]).unwrap().0, &g[1].resources),
             ("b", &r("cpus:6"))
         );
     }
@@ -424,10 +424,10 @@ mod tests {
         );
         let g = Drf.allocate(&s);
         assert_eq!(g.len(), 2, "{g:?}");
-        assert_eq!(g[0].framework, "w");
+        assert_eq!(s.frameworks[g[0].framework].id, "w");
         assert_eq!(g[0].resources, r("cpus:2;mem:512"));
         assert!(g[0].reserved.is_empty());
-        assert_eq!(g[1].framework, "d");
+        assert_eq!(s.frameworks[g[1].framework].id, "d");
         assert!(g[1].resources.is_empty());
         assert_eq!(g[1].reserved, r("cpus:2;mem:512"));
     }
@@ -442,9 +442,12 @@ mod tests {
             vec![],
         );
         // DRF alone prefers the empty framework; priority gives both agents to the high class.
-        assert_eq!(Drf.allocate(&s)[0].framework, "a-low");
+        assert_eq!(s.frameworks[Drf.allocate(&s)[0].framework].id, "a-low");
         let g = Priority.allocate(&s);
-        assert!(g.iter().all(|g| g.framework == "z-high"), "{g:?}");
+        assert!(
+            g.iter().all(|g| s.frameworks[g.framework].id == "z-high"),
+            "{g:?}"
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! kind order; agents, roles and frameworks are referred to by their index in the snapshot.
 //!
 //! Hosts use [`kinds`], [`amounts`], [`limit_amounts`], [`filtered`] to lay a [`Snapshot`] out and a
-//! [`GrantReader`] to read a plugin's grants back; guests use [`resources`], [`limit_resources`] and
-//! [`GrantIndex`] for the way back.
+//! [`GrantReader`] to read a plugin's grants back; guests use [`resources`] and [`limit_resources`] for the way
+//! back ([`Grant`]s already name agents and frameworks by index).
 
 use crate::{Grant, Resources, Snapshot};
 use std::collections::{BTreeSet, HashMap};
@@ -119,15 +119,14 @@ impl<'a> GrantReader<'a> {
         resources: &[i64],
         reserved: &[i64],
     ) -> Result<Grant, String> {
-        let fw = self
-            .snap
-            .frameworks
-            .get(framework as usize)
-            .ok_or_else(|| format!("grant {i} names framework index {framework}"))?;
+        let (framework, agent) = (framework as usize, agent as usize);
+        if framework >= self.snap.frameworks.len() {
+            return Err(format!("grant {i} names framework index {framework}"));
+        }
         let ag = self
             .snap
             .agents
-            .get(agent as usize)
+            .get(agent)
             .ok_or_else(|| format!("grant {i} names agent index {agent}"))?;
         let vector = |v: &[i64], what: &str| -> Result<Resources, String> {
             if !v.is_empty() && v.len() != self.kinds.len() {
@@ -147,7 +146,7 @@ impl<'a> GrantReader<'a> {
         };
         let mut resources = vector(resources, "unreserved")?;
         let reserved = vector(reserved, "reserved")?;
-        let seen = &mut self.ranges_given[agent as usize];
+        let seen = &mut self.ranges_given[agent];
         if !resources.is_empty() && !*seen {
             *seen = true;
             for (name, set) in ag.available.ranges() {
@@ -157,41 +156,11 @@ impl<'a> GrantReader<'a> {
             }
         }
         Ok(Grant {
-            framework: fw.id.clone(),
-            agent: ag.id.clone(),
+            framework,
+            agent,
             resources,
             reserved,
         })
-    }
-}
-
-/// The way back for a guest: the indices of a grant's framework and agent in the snapshot.
-pub struct GrantIndex<'a> {
-    frameworks: HashMap<&'a str, u32>,
-    agents: HashMap<&'a str, u32>,
-}
-
-impl<'a> GrantIndex<'a> {
-    /// An index over `snap`.
-    pub fn new(snap: &'a Snapshot) -> Self {
-        let index = |ids: Vec<&'a str>| -> HashMap<&'a str, u32> {
-            ids.into_iter()
-                .enumerate()
-                .map(|(i, id)| (id, i as u32))
-                .collect()
-        };
-        Self {
-            frameworks: index(snap.frameworks.iter().map(|f| f.id.as_str()).collect()),
-            agents: index(snap.agents.iter().map(|a| a.id.as_str()).collect()),
-        }
-    }
-
-    /// `(framework index, agent index)` of `g`, or `None` when either is not in the snapshot.
-    pub fn of(&self, g: &Grant) -> Option<(u32, u32)> {
-        Some((
-            *self.frameworks.get(g.framework.as_str())?,
-            *self.agents.get(g.agent.as_str())?,
-        ))
     }
 }
 
@@ -227,12 +196,11 @@ mod tests {
 
         let mut reader = GrantReader::new(&s, &k);
         let g = reader.read(0, 0, 1, &[1000, 0], &[]).unwrap();
-        assert_eq!((g.framework.as_str(), g.agent.as_str()), ("f1", "a2"));
+        assert_eq!(s.names(&g), Some(("f1", "a2")));
         assert_eq!(g.resources.to_string(), "cpus:1;ports:[31000-31009]");
         // Ranges go with the first grant on the agent only.
         let g2 = reader.read(1, 0, 1, &[1000, 0], &[]).unwrap();
         assert_eq!(g2.resources.to_string(), "cpus:1");
-        assert_eq!(GrantIndex::new(&s).of(&g), Some((0, 1)));
     }
 
     #[test]

@@ -104,13 +104,15 @@ pub struct Snapshot {
     pub roles: Vec<RoleView>,
 }
 
-/// A policy's decision: offer `resources` of `agent` to `framework`.
+/// A policy's decision: offer `resources` of agent `agents[agent]` to framework `frameworks[framework]` of the
+/// snapshot it was made on. Agents and frameworks are named by their index in the snapshot, as in the C ABI
+/// and the WIT interface: a policy never copies an ID, and the host finds both without a lookup by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
-    /// A framework ID from the snapshot.
-    pub framework: String,
-    /// An agent ID from the snapshot.
-    pub agent: String,
+    /// Index of the framework in [`Snapshot::frameworks`].
+    pub framework: usize,
+    /// Index of the agent in [`Snapshot::agents`].
+    pub agent: usize,
     /// Unreserved resources: must be within the agent's available resources (less earlier grants on it in
     /// the same cycle).
     pub resources: Resources,
@@ -123,6 +125,17 @@ impl Grant {
     /// Everything granted, unreserved and reserved.
     pub fn total(&self) -> Resources {
         self.resources.plus(&self.reserved)
+    }
+}
+
+impl Snapshot {
+    /// The framework and agent `g` names, as `(framework ID, agent ID)`; `None` when either index is out of
+    /// range.
+    pub fn names(&self, g: &Grant) -> Option<(&str, &str)> {
+        Some((
+            self.frameworks.get(g.framework)?.id.as_str(),
+            self.agents.get(g.agent)?.id.as_str(),
+        ))
     }
 }
 

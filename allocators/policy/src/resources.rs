@@ -154,6 +154,14 @@ impl Resources {
     }
 
     fn find(&self, name: &str) -> Result<usize, usize> {
+        // Names from other bags are the same interned `&'static str`: the usual hit costs no byte compare.
+        if let Some(i) = self
+            .scalars
+            .iter()
+            .position(|(k, _)| std::ptr::eq(*k, name))
+        {
+            return Ok(i);
+        }
         self.scalars.binary_search_by(|(k, _)| (*k).cmp(name))
     }
 

@@ -99,13 +99,13 @@ pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>)
     Ok((snapshot, kinds.iter().map(|k| k.to_string()).collect()))
 }
 
-/// Writes `grants` into `out`, resolving IDs against `snapshot`.
+/// Writes `grants` over `snapshot` into `out`.
 ///
 /// # Safety
 /// `out` and the arrays it points to must be valid as `allot_policy.h` describes.
 ///
 /// # Errors
-/// [`ERR_CAPACITY`] when there are more grants than room; [`ERR_INPUT`] for an unknown ID.
+/// [`ERR_CAPACITY`] when there are more grants than room; [`ERR_INPUT`] for an index beyond the snapshot.
 pub unsafe fn write_grants(
     snapshot: &Snapshot,
     kinds: &[String],
@@ -115,11 +115,11 @@ pub unsafe fn write_grants(
     if grants.len() > out.capacity as usize {
         return Err(ERR_CAPACITY);
     }
-    let index = indexed::GrantIndex::new(snapshot);
     // SAFETY: the host made `capacity` entries, each pointing at `n_kinds` writable i64s.
     let slots = unsafe { std::slice::from_raw_parts_mut(out.grants, out.capacity as usize) };
     for (slot, g) in slots.iter_mut().zip(grants) {
-        (slot.framework, slot.agent) = index.of(g).ok_or(ERR_INPUT)?;
+        snapshot.names(g).ok_or(ERR_INPUT)?;
+        (slot.framework, slot.agent) = (g.framework as u32, g.agent as u32);
         let res = unsafe { std::slice::from_raw_parts_mut(slot.resources, kinds.len()) };
         let rsv = unsafe { std::slice::from_raw_parts_mut(slot.reserved, kinds.len()) };
         for (i, k) in kinds.iter().enumerate() {

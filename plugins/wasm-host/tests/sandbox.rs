@@ -119,11 +119,15 @@ fn mixed() -> Snapshot {
 fn the_c_policy_shares_agents_between_roles() {
     let p = load("fairshare-c");
     assert_eq!(p.name(), "fairshare-c");
-    let grants = p.allocate(&small(4), DEADLINE).expect("allocates");
+    let s = small(4);
+    let grants = p.allocate(&s, DEADLINE).expect("allocates");
     assert_eq!(grants.len(), 4, "{grants:?}");
     for f in ["f1", "f2"] {
         assert_eq!(
-            grants.iter().filter(|g| g.framework == f).count(),
+            grants
+                .iter()
+                .filter(|g| s.frameworks[g.framework].id == f)
+                .count(),
             2,
             "{grants:?}"
         );
@@ -140,12 +144,8 @@ fn the_c_policy_respects_quota_filters_and_reservations() {
     assert!(!grants.is_empty());
     let mut web_cpus = 0;
     for g in &grants {
-        let f = s
-            .frameworks
-            .iter()
-            .find(|f| f.id == g.framework)
-            .expect("known framework");
-        assert!(!f.is_filtered(&g.agent), "{g:?}");
+        let f = &s.frameworks[g.framework];
+        assert!(!f.is_filtered(&s.agents[g.agent].id), "{g:?}");
         if f.role == "web" {
             web_cpus += g.total().scalar_milli("cpus");
         }

@@ -6,8 +6,10 @@
 //!
 //! Run: `cargo build --release -p allot-drf-native && bash plugins/wasm/build.sh &&
 //!       cargo bench -p allot-allocator --bench cycle`
-//! Options (after `--`): `--quick` for the smaller sizes only; `--runs N` (default 5, the median is reported);
-//! `--phases` adds, for the built-in, where the time goes (snapshot / policy / validation into offers).
+//! Options (after `--`): `--quick` for the smaller sizes only; `--size AGENTSxFRAMEWORKS` (e.g. `10000x1000`)
+//! for one size only; `--builtin-only` to time the built-in alone (for a profiler); `--runs N` (default 5, the median is reported);
+//! `--phases` adds, for the built-in, where the time goes (snapshot / policy / validation into offers; each the
+//! median of its own runs).
 //! Anchor: Mesos 1.x needs about 1.06 s for 10,000 agents x 1,000 frameworks in its own allocator benchmark.
 
 use allot_allocator::books::Books;
@@ -45,7 +47,7 @@ fn cycle(template: &Books, policy: &Loaded) -> (Duration, usize) {
     let grants = policy
         .call(&snapshot, Duration::from_secs(600))
         .expect("the policy runs");
-    let (offers, rejected) = b.apply_grants(grants, 0.0);
+    let (offers, rejected) = b.apply_grants(&snapshot, grants, 0.0);
     let took = started.elapsed();
     assert!(rejected.is_empty(), "{} grants rejected", rejected.len());
     (took, offers.len())
@@ -61,7 +63,7 @@ fn phases(template: &Books, policy: &Loaded) -> [Duration; 3] {
         .call(&snapshot, Duration::from_secs(600))
         .expect("the policy runs");
     let t2 = Instant::now();
-    let _ = b.apply_grants(grants, 0.0);
+    let _ = b.apply_grants(&snapshot, grants, 0.0);
     [t1 - t0, t2 - t1, t2.elapsed()]
 }
 
@@ -74,6 +76,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let show_phases = args.iter().any(|a| a == "--phases");
+    let only_builtin = args.iter().any(|a| a == "--builtin-only");
     let runs: usize = args
         .iter()
         .position(|a| a == "--runs")
@@ -88,13 +91,13 @@ fn main() {
         .iter()
         .map(|p| target.join(p).join("liballot_drf_native.so"))
         .find(|p| p.exists());
-    let native = lib.as_ref().map(|p| {
+    let native = lib.as_ref().filter(|_| !only_builtin).map(|p| {
         let bytes = std::fs::read(p).expect("read the library");
         Loaded::from_file(p, &allot_allocator::policy::sha256_hex(&bytes))
             .expect("load the library")
     });
     let wasm_path = target.join("wasm/drf.wasm");
-    let wasm = wasm_path.exists().then(|| {
+    let wasm = (wasm_path.exists() && !only_builtin).then(|| {
         let bytes = std::fs::read(&wasm_path).expect("read the component");
         Loaded::from_file(&wasm_path, &allot_allocator::policy::sha256_hex(&bytes))
             .expect("load the component")
@@ -114,51 +117,65 @@ fn main() {
         "{:>7} {:>10} {:>8} {:>14} {:>14} {:>14} {:>11}",
         "agents", "frameworks", "offers", "builtin drf", "native drf", "wasm drf", "wasm/native"
     );
+    let only: Option<(usize, usize)> = args
+        .iter()
+        .position(|a| a == "--size")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.split_once('x'))
+        .and_then(|(a, f)| Some((a.parse().ok()?, f.parse().ok()?)));
     let agent_sizes: &[usize] = if quick {
         &[1_000, 10_000]
     } else {
         &[1_000, 10_000, 50_000]
     };
-    for &agents in agent_sizes {
-        for &frameworks in &[10usize, 100, 1_000] {
-            let template = books(agents, frameworks);
-            let mut offers = 0;
-            let b = median(
-                (0..runs)
-                    .map(|_| {
-                        let (d, n) = cycle(&template, &builtin);
-                        offers = n;
-                        d
-                    })
-                    .collect(),
-            );
-            let time = |p: &Option<Loaded>| {
-                p.as_ref()
-                    .map(|p| median((0..runs).map(|_| cycle(&template, p).0).collect()))
-            };
-            let (n, w) = (time(&native), time(&wasm));
-            let ms = |d: Option<Duration>| {
-                d.map(|d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
-                    .unwrap_or("-".into())
-            };
+    let sizes: Vec<(usize, usize)> = match only {
+        Some(size) => vec![size],
+        None => agent_sizes
+            .iter()
+            .flat_map(|&a| [10usize, 100, 1_000].map(|f| (a, f)))
+            .collect(),
+    };
+    for (agents, frameworks) in sizes {
+        let template = books(agents, frameworks);
+        let mut offers = 0;
+        let b = median(
+            (0..runs)
+                .map(|_| {
+                    let (d, n) = cycle(&template, &builtin);
+                    offers = n;
+                    d
+                })
+                .collect(),
+        );
+        let time = |p: &Option<Loaded>| {
+            p.as_ref()
+                .map(|p| median((0..runs).map(|_| cycle(&template, p).0).collect()))
+        };
+        let (n, w) = (time(&native), time(&wasm));
+        let ms = |d: Option<Duration>| {
+            d.map(|d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+                .unwrap_or("-".into())
+        };
+        println!(
+            "{agents:>7} {frameworks:>10} {offers:>8} {:>11.2} ms {:>14} {:>14} {:>11}",
+            b.as_secs_f64() * 1e3,
+            ms(n),
+            ms(w),
+            n.zip(w)
+                .map(|(n, w)| format!("{:.2}x", w.as_secs_f64() / n.as_secs_f64()))
+                .unwrap_or("-".into()),
+        );
+        if show_phases {
+            let all: Vec<[Duration; 3]> = (0..runs).map(|_| phases(&template, &builtin)).collect();
+            let p: Vec<Duration> = (0..3)
+                .map(|i| median(all.iter().map(|p| p[i]).collect()))
+                .collect();
             println!(
-                "{agents:>7} {frameworks:>10} {offers:>8} {:>11.2} ms {:>14} {:>14} {:>11}",
-                b.as_secs_f64() * 1e3,
-                ms(n),
-                ms(w),
-                n.zip(w)
-                    .map(|(n, w)| format!("{:.2}x", w.as_secs_f64() / n.as_secs_f64()))
-                    .unwrap_or("-".into()),
+                "        builtin phases: snapshot {:.2} ms, policy {:.2} ms, validation {:.2} ms",
+                p[0].as_secs_f64() * 1e3,
+                p[1].as_secs_f64() * 1e3,
+                p[2].as_secs_f64() * 1e3
             );
-            if show_phases {
-                let p = phases(&template, &builtin);
-                println!(
-                    "        builtin phases: snapshot {:.2} ms, policy {:.2} ms, validation {:.2} ms",
-                    p[0].as_secs_f64() * 1e3,
-                    p[1].as_secs_f64() * 1e3,
-                    p[2].as_secs_f64() * 1e3
-                );
-            }
         }
     }
 }

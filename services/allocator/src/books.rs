@@ -10,17 +10,104 @@
 //! exceeds the reservation. Every grant is validated against this before it becomes an offer.
 
 use allot_policy::{AgentView, FrameworkView, Grant, Policy, Resources, RoleView, Snapshot};
+use slab::Slab;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// An ID (of an agent, framework, role or offer) shared between the books and the offers made from them:
+/// copying one counts a reference and allocates nothing.
+pub type Id = Arc<str>;
+
+/// Entries by ID: iterated in ID order, and each also reachable in O(1) through the slot it keeps while it
+/// lives. A snapshot remembers the slots of its agents and frameworks, so that validating a cycle's grants
+/// looks nothing up by name.
+#[derive(Debug, Clone)]
+struct Table<V> {
+    by_id: BTreeMap<Id, usize>,
+    slots: Slab<(Id, V)>,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Self {
+            by_id: BTreeMap::new(),
+            slots: Slab::new(),
+        }
+    }
+}
+
+impl<V: Default> Table<V> {
+    fn get_mut(&mut self, id: &str) -> Option<&mut V> {
+        let s = *self.by_id.get(id)?;
+        Some(&mut self.slots[s].1)
+    }
+
+    /// `id`'s entry, made with `V::default()` when absent.
+    fn entry(&mut self, id: &str) -> &mut V {
+        let s = match self.by_id.get(id) {
+            Some(&s) => s,
+            None => {
+                let id: Id = id.into();
+                let s = self.slots.insert((id.clone(), V::default()));
+                self.by_id.insert(id, s);
+                s
+            }
+        };
+        &mut self.slots[s].1
+    }
+
+    fn remove(&mut self, id: &str) -> Option<V> {
+        let s = self.by_id.remove(id)?;
+        Some(self.slots.remove(s).1)
+    }
+
+    /// `(slot, id, entry)` in ID order.
+    fn iter(&self) -> impl Iterator<Item = (usize, &str, &V)> {
+        self.by_id
+            .iter()
+            .map(|(id, &s)| (s, &**id, &self.slots[s].1))
+    }
+
+    /// Every entry, in no particular order.
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.slots.iter().map(|(_, (_, v))| v)
+    }
+
+    /// Every entry, in no particular order.
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.slots.iter_mut().map(|(_, (_, v))| v)
+    }
+
+    /// The shared ID and the entry in `slot` when it is still `id`'s, else `id`'s wherever it is.
+    fn at_mut(&mut self, slot: Option<usize>, id: &str) -> Option<(&Id, &mut V)> {
+        let s = match slot {
+            Some(s) if self.slots.get(s).is_some_and(|(k, _)| **k == *id) => s,
+            _ => *self.by_id.get(id)?,
+        };
+        let (k, v) = &mut self.slots[s];
+        Some((&*k, v))
+    }
+}
 
 /// Resources held by an offer or a task: an unreserved part and a part of `role`'s reservation.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Piece {
     /// Unreserved resources.
     pub unreserved: Resources,
     /// Resources reserved for `role`.
     pub reserved: Resources,
     /// The role the reserved part belongs to (the framework's role).
-    pub role: String,
+    pub role: Id,
+}
+
+impl Default for Piece {
+    fn default() -> Self {
+        Self {
+            unreserved: Resources::new(),
+            reserved: Resources::new(),
+            role: "".into(),
+        }
+    }
 }
 
 impl Piece {
@@ -38,15 +125,15 @@ impl Piece {
     }
 }
 
-/// An offer the allocator has made and not yet recovered.
+/// An offer the allocator has made and not yet recovered. The books keep a copy; the IDs are shared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Offer {
     /// Offer ID.
-    pub id: String,
+    pub id: Id,
     /// The framework it was made to.
-    pub framework: String,
+    pub framework: Id,
     /// The agent whose resources it holds.
-    pub agent: String,
+    pub agent: Id,
     /// The resources.
     pub piece: Piece,
 }
@@ -59,6 +146,9 @@ struct Agent {
     reserved: BTreeMap<String, Resources>,
     /// Unreserved resources held by offers and tasks.
     allocated: Resources,
+    /// Unreserved resources held by nothing: `unreserved_total() - allocated` (saturating), kept up to date so
+    /// that a cycle computes it for no agent.
+    free: Resources,
     /// Reserved resources held by offers and tasks, by role.
     allocated_reserved: BTreeMap<String, Resources>,
     /// The agent has a record and an `alive` key (its heartbeats arrive in time).
@@ -75,11 +165,18 @@ impl Agent {
         r
     }
 
+    /// Recomputes `free` from the totals.
+    fn refresh(&mut self) {
+        self.free = self.unreserved_total().minus(&self.allocated);
+    }
+
     fn hold(&mut self, p: &Piece) {
         self.allocated.add(&p.unreserved);
+        // Saturating subtraction composes: this equals a refresh.
+        self.free.subtract(&p.unreserved);
         if !p.reserved.is_empty() {
             self.allocated_reserved
-                .entry(p.role.clone())
+                .entry(p.role.to_string())
                 .or_default()
                 .add(&p.reserved);
         }
@@ -87,10 +184,11 @@ impl Agent {
 
     fn release(&mut self, p: &Piece) {
         self.allocated.subtract(&p.unreserved);
-        if let Some(r) = self.allocated_reserved.get_mut(&p.role) {
+        self.refresh();
+        if let Some(r) = self.allocated_reserved.get_mut(&*p.role) {
             r.subtract(&p.reserved);
             if r.is_empty() {
-                self.allocated_reserved.remove(&p.role);
+                self.allocated_reserved.remove(&*p.role);
             }
         }
     }
@@ -104,9 +202,9 @@ impl Agent {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Framework {
-    role: String,
+    role: Id,
     priority: i32,
     /// Known from etcd (subscribed at some point and not torn down).
     known: bool,
@@ -117,6 +215,21 @@ struct Framework {
     allocations: u64,
     /// Agent ID -> time (seconds) until which the agent is filtered.
     filters: HashMap<String, f64>,
+}
+
+impl Default for Framework {
+    fn default() -> Self {
+        Self {
+            role: "".into(),
+            priority: 0,
+            known: false,
+            active: false,
+            suppressed: false,
+            allocation: Resources::new(),
+            allocations: 0,
+            filters: HashMap::new(),
+        }
+    }
 }
 
 impl Framework {
@@ -189,13 +302,18 @@ pub struct Cycle {
 /// The allocator's books.
 #[derive(Debug, Default, Clone)]
 pub struct Books {
-    agents: BTreeMap<String, Agent>,
-    frameworks: BTreeMap<String, Framework>,
+    agents: Table<Agent>,
+    frameworks: Table<Framework>,
+    /// The table slots of the last snapshot's agents and frameworks, in snapshot order.
+    view: (Vec<usize>, Vec<usize>),
     roles: BTreeMap<String, RoleConfig>,
-    offers: HashMap<String, Offer>,
+    /// Outstanding offers by ID (hashed with foldhash: the IDs are ours, and SipHash showed in profiles).
+    offers: HashMap<Id, Offer, foldhash::fast::RandomState>,
     tasks: HashMap<(String, String), Task>,
     next_offer: u64,
     offer_prefix: String,
+    /// Where the next offer ID is written (one allocation per ID, for its `Id`).
+    offer_id_buf: String,
     /// When set, the state of a SplitMix64 generator that shuffles the agents of each snapshot (Mesos shuffles
     /// agents every cycle so that no agent is always considered first).
     shuffle: Option<u64>,
@@ -233,10 +351,11 @@ impl Books {
         total: Resources,
         reserved: BTreeMap<String, Resources>,
     ) -> Vec<Offer> {
-        let a = self.agents.entry(id.to_string()).or_default();
+        let a = self.agents.entry(id);
         a.total = total;
         a.reserved = reserved;
         a.registered = true;
+        a.refresh();
         let fits = a.unreserved_total().contains(&a.allocated)
             && a.allocated_reserved
                 .iter()
@@ -251,7 +370,7 @@ impl Books {
     /// Marks an agent reachable (its `alive` key exists) or not. Going unreachable rescinds its offers and
     /// forgets its tasks' allocations: the resources leave the pool. Returns the rescinded offers.
     pub fn set_reachable(&mut self, id: &str, reachable: bool) -> Vec<Offer> {
-        let a = self.agents.entry(id.to_string()).or_default();
+        let a = self.agents.entry(id);
         a.reachable = reachable;
         if reachable {
             return Vec::new();
@@ -277,10 +396,10 @@ impl Books {
     }
 
     fn rescind_agent_offers(&mut self, agent: &str) -> Vec<Offer> {
-        let ids: Vec<String> = self
+        let ids: Vec<Id> = self
             .offers
             .values()
-            .filter(|o| o.agent == agent)
+            .filter(|o| *o.agent == *agent)
             .map(|o| o.id.clone())
             .collect();
         ids.iter().filter_map(|id| self.take_offer(id)).collect()
@@ -288,9 +407,11 @@ impl Books {
 
     /// Adds a framework known from etcd, in `role`, with priority class `priority` (0 by default).
     pub fn add_framework(&mut self, id: &str, role: &str, priority: i32) {
-        let f = self.frameworks.entry(id.to_string()).or_default();
+        let f = self.frameworks.entry(id);
         f.known = true;
-        f.role = role.to_string();
+        if *f.role != *role {
+            f.role = role.into();
+        }
         f.priority = priority;
     }
 
@@ -308,7 +429,7 @@ impl Books {
 
     /// A framework's scheduler connected: it wants offers (unless `suppressed`).
     pub fn activate(&mut self, id: &str, suppressed: bool) {
-        let f = self.frameworks.entry(id.to_string()).or_default();
+        let f = self.frameworks.entry(id);
         f.active = true;
         f.suppressed = suppressed;
     }
@@ -318,10 +439,10 @@ impl Books {
         if let Some(f) = self.frameworks.get_mut(id) {
             f.active = false;
         }
-        let ids: Vec<String> = self
+        let ids: Vec<Id> = self
             .offers
             .values()
-            .filter(|o| o.framework == id)
+            .filter(|o| *o.framework == *id)
             .map(|o| o.id.clone())
             .collect();
         ids.iter().filter_map(|id| self.take_offer(id)).collect()
@@ -329,7 +450,7 @@ impl Books {
 
     /// Deactivates every framework and recovers every offer (a new broker session starts from nothing).
     pub fn reset_session(&mut self) {
-        let ids: Vec<String> = self.offers.keys().cloned().collect();
+        let ids: Vec<Id> = self.offers.keys().cloned().collect();
         for id in ids {
             self.take_offer(&id);
         }
@@ -398,9 +519,9 @@ impl Books {
     /// resources allocated; the rest returns to the pool, filtered from the framework on that agent for
     /// `refuse_seconds` (at least `min_filter`, the allocation interval, as in Mesos) when `refuse_seconds > 0`.
     /// Unknown offer IDs are ignored (already rescinded). Returns how many offers were recovered.
-    pub fn recover_offers(
+    pub fn recover_offers<S: AsRef<str>>(
         &mut self,
-        offer_ids: &[String],
+        offer_ids: &[S],
         refuse_seconds: f64,
         min_filter: f64,
         launched: &[(String, String, String, Piece)],
@@ -408,7 +529,7 @@ impl Books {
     ) -> usize {
         let mut n = 0;
         for id in offer_ids {
-            let Some(o) = self.take_offer(id) else {
+            let Some(o) = self.take_offer(id.as_ref()) else {
                 continue;
             };
             n += 1;
@@ -434,7 +555,7 @@ impl Books {
             }
             a.hold(&piece);
         }
-        let f = self.frameworks.entry(framework.to_string()).or_default();
+        let f = self.frameworks.entry(framework);
         f.allocation.add(&piece.total());
         self.tasks.insert(
             key,
@@ -492,12 +613,13 @@ impl Books {
     pub fn snapshot(&mut self, now: f64) -> Snapshot {
         let mut total = Resources::new();
         let mut agents = Vec::new();
-        for (id, a) in &self.agents {
+        let mut agent_slots = Vec::new();
+        for (slot, id, a) in self.agents.iter() {
             if !(a.registered && a.reachable) {
                 continue;
             }
             total.add(&a.total);
-            let available = a.unreserved_total().minus(&a.allocated);
+            let available = a.free.clone();
             let reserved: BTreeMap<String, Resources> = a
                 .reserved
                 .keys()
@@ -506,34 +628,39 @@ impl Books {
                 .collect();
             if !available.is_empty() || !reserved.is_empty() {
                 agents.push(AgentView {
-                    id: id.clone(),
+                    id: id.to_string(),
                     total: a.total.clone(),
                     available,
                     reserved,
                 });
+                agent_slots.push(slot);
             }
         }
         let mut role_alloc: BTreeMap<String, Resources> = BTreeMap::new();
         let mut frameworks = Vec::new();
-        for (id, f) in self.frameworks.iter_mut() {
+        let mut framework_slots = Vec::new();
+        for f in self.frameworks.values_mut() {
+            f.filters.retain(|_, until| *until > now);
+        }
+        for (slot, id, f) in self.frameworks.iter() {
             role_alloc
-                .entry(f.role.clone())
+                .entry(f.role.to_string())
                 .or_default()
                 .add(&f.allocation);
-            f.filters.retain(|_, until| *until > now);
             if !f.wants_offers() {
                 continue;
             }
             let mut filtered: Vec<String> = f.filters.keys().cloned().collect();
             filtered.sort();
             frameworks.push(FrameworkView {
-                id: id.clone(),
-                role: f.role.clone(),
+                id: id.to_string(),
+                role: f.role.to_string(),
                 allocation: f.allocation.clone(),
                 allocations: f.allocations,
                 filtered_agents: filtered,
                 priority: f.priority,
             });
+            framework_slots.push(slot);
         }
         for name in self.roles.keys() {
             role_alloc.entry(name.clone()).or_default();
@@ -554,8 +681,10 @@ impl Books {
             for i in (1..agents.len()).rev() {
                 let j = (self.next_random() % (i as u64 + 1)) as usize;
                 agents.swap(i, j);
+                agent_slots.swap(i, j);
             }
         }
+        self.view = (agent_slots, framework_slots);
         Snapshot {
             total,
             agents,
@@ -564,19 +693,25 @@ impl Books {
         }
     }
 
-    /// Validates one grant against the books at `now` and, if valid, records it as an offer.
+    /// Validates one grant, made on `snapshot` (the last this book took), against the books at `now` and, if
+    /// valid, records it as an offer.
     ///
     /// # Errors
     /// The [`GrantRejection`] that names what is wrong; the books are unchanged.
-    pub fn apply_grant(&mut self, g: &Grant, now: f64) -> Result<Offer, GrantRejection> {
+    pub fn apply_grant(
+        &mut self,
+        snapshot: &Snapshot,
+        g: &Grant,
+        now: f64,
+    ) -> Result<Offer, GrantRejection> {
         let mut role_alloc = self.role_allocations();
-        self.apply_grant_with(g.clone(), now, &mut role_alloc)
+        self.apply_grant_with(snapshot, g.clone(), now, &mut role_alloc)
             .map_err(|(_, why)| why)
     }
 
     /// What every role holds now (offered and used), summed over its frameworks.
-    fn role_allocations(&self) -> HashMap<String, Resources> {
-        let mut out: HashMap<String, Resources> = HashMap::new();
+    fn role_allocations(&self) -> HashMap<Id, Resources> {
+        let mut out: HashMap<Id, Resources> = HashMap::new();
         for f in self.frameworks.values() {
             out.entry(f.role.clone()).or_default().add(&f.allocation);
         }
@@ -584,37 +719,54 @@ impl Books {
     }
 
     /// [`Books::apply_grant`] with the roles' allocations computed once by the caller and kept up to date here.
-    /// Takes the grant by value so that a valid one moves into its offer; a refused one comes back.
+    /// Takes the grant by value so that a valid one moves into its offer; a refused one comes back. The
+    /// grant's framework and agent are found through the slots the snapshot remembered (checked against their
+    /// IDs, looked up by ID when `snapshot` is not the last one taken).
     // Both variants are a few hundred bytes (the Ok one as much as the Err one): boxing would only add an
     // allocation.
     #[allow(clippy::result_large_err)]
     fn apply_grant_with(
         &mut self,
+        snapshot: &Snapshot,
         g: Grant,
         now: f64,
-        role_alloc: &mut HashMap<String, Resources>,
+        role_alloc: &mut HashMap<Id, Resources>,
     ) -> Result<Offer, (Grant, GrantRejection)> {
         if g.resources.is_empty() && g.reserved.is_empty() {
             return Err((g, GrantRejection::Empty));
         }
-        let Some(f) = self.frameworks.get_mut(&g.framework) else {
+        let Some(fw_id) = snapshot.frameworks.get(g.framework).map(|f| f.id.as_str()) else {
+            return Err((g, GrantRejection::Framework));
+        };
+        let Some(agent_id) = snapshot.agents.get(g.agent).map(|a| a.id.as_str()) else {
+            return Err((g, GrantRejection::Agent));
+        };
+        let Some((fw_id, f)) = self
+            .frameworks
+            .at_mut(self.view.1.get(g.framework).copied(), fw_id)
+        else {
             return Err((g, GrantRejection::Framework));
         };
         if !f.wants_offers() {
             return Err((g, GrantRejection::Framework));
         }
-        if f.filters.get(&g.agent).is_some_and(|until| *until > now) {
+        if f.filters.get(agent_id).is_some_and(|until| *until > now) {
             return Err((g, GrantRejection::Filtered));
         }
-        let quota = self.roles.get(&f.role).and_then(|r| r.quota_limit.as_ref());
-        let Some(a) = self.agents.get_mut(&g.agent) else {
+        let quota = self
+            .roles
+            .get(&*f.role)
+            .and_then(|r| r.quota_limit.as_ref());
+        let Some((agent_id, a)) = self
+            .agents
+            .at_mut(self.view.0.get(g.agent).copied(), agent_id)
+        else {
             return Err((g, GrantRejection::Agent));
         };
         if !(a.registered && a.reachable) {
             return Err((g, GrantRejection::Agent));
         }
-        let free = a.unreserved_total().minus(&a.allocated);
-        if !free.contains(&g.resources)
+        if !a.free.contains(&g.resources)
             || (!g.reserved.is_empty() && !a.reserved_available(&f.role).contains(&g.reserved))
         {
             return Err((g, GrantRejection::Overcommit));
@@ -630,10 +782,16 @@ impl Books {
             }
         }
         self.next_offer += 1;
+        let mut number = itoa::Buffer::new();
+        let buf = &mut self.offer_id_buf;
+        buf.clear();
+        buf.push_str(&self.offer_prefix);
+        buf.push('-');
+        buf.push_str(number.format(self.next_offer));
         let offer = Offer {
-            id: format!("{}-{}", self.offer_prefix, self.next_offer),
-            framework: g.framework,
-            agent: g.agent,
+            id: Id::from(buf.as_str()),
+            framework: fw_id.clone(),
+            agent: agent_id.clone(),
             piece: Piece {
                 unreserved: g.resources,
                 reserved: g.reserved,
@@ -653,9 +811,11 @@ impl Books {
         Ok(offer)
     }
 
-    /// Validates `grants` in order at `now`, recording the valid ones as offers.
+    /// Validates `grants`, made on `snapshot` (the last this book took), in order at `now`, recording the
+    /// valid ones as offers.
     pub fn apply_grants(
         &mut self,
+        snapshot: &Snapshot,
         grants: Vec<Grant>,
         now: f64,
     ) -> (Vec<Offer>, Vec<(Grant, GrantRejection)>) {
@@ -664,7 +824,7 @@ impl Books {
         let mut role_alloc = self.role_allocations();
         self.offers.reserve(grants.len());
         for g in grants {
-            match self.apply_grant_with(g, now, &mut role_alloc) {
+            match self.apply_grant_with(snapshot, g, now, &mut role_alloc) {
                 Ok(o) => offers.push(o),
                 Err(refused) => rejected.push(refused),
             }
@@ -683,7 +843,8 @@ impl Books {
         if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
             return cycle;
         }
-        let (offers, rejected) = self.apply_grants(policy.allocate(&snapshot), now);
+        let grants = policy.allocate(&snapshot);
+        let (offers, rejected) = self.apply_grants(&snapshot, grants, now);
         cycle.offers = offers;
         cycle.rejected = rejected;
         cycle
@@ -698,7 +859,7 @@ impl Books {
     pub fn allocations(&self) -> impl Iterator<Item = (&str, &str, &Resources)> {
         self.frameworks
             .iter()
-            .map(|(id, f)| (id.as_str(), f.role.as_str(), &f.allocation))
+            .map(|(_, id, f)| (id, &*f.role, &f.allocation))
     }
 
     /// The total of every reachable agent.
@@ -717,22 +878,28 @@ impl Books {
         let pieces = self
             .offers
             .values()
-            .map(|o| (o.agent.as_str(), &o.piece))
+            .map(|o| (&*o.agent, &o.piece))
             .chain(self.tasks.values().map(|t| (t.agent.as_str(), &t.piece)));
         for (agent, p) in pieces {
             unres.entry(agent).or_default().add(&p.unreserved);
             if !p.reserved.is_empty() {
-                res.entry((agent, p.role.as_str()))
-                    .or_default()
-                    .add(&p.reserved);
+                res.entry((agent, &*p.role)).or_default().add(&p.reserved);
             }
         }
-        for (id, a) in &self.agents {
-            let sum = unres.remove(id.as_str()).unwrap_or_default();
+        for (_, id, a) in self.agents.iter() {
+            let sum = unres.remove(id).unwrap_or_default();
             if sum != a.allocated {
                 return Err(format!(
                     "agent {id}: allocated {} but offers+tasks {}",
                     a.allocated, sum
+                ));
+            }
+            if a.free != a.unreserved_total().minus(&a.allocated) {
+                return Err(format!(
+                    "agent {id}: free {} but unreserved {} less allocated {}",
+                    a.free,
+                    a.unreserved_total(),
+                    a.allocated
                 ));
             }
             if !a.unreserved_total().contains(&a.allocated) {
@@ -743,9 +910,7 @@ impl Books {
                 ));
             }
             for (role, used) in &a.allocated_reserved {
-                let sum = res
-                    .remove(&(id.as_str(), role.as_str()))
-                    .unwrap_or_default();
+                let sum = res.remove(&(id, role.as_str())).unwrap_or_default();
                 if &sum != used {
                     return Err(format!(
                         "agent {id} role {role}: reserved allocated {used} but pieces {sum}"
@@ -846,30 +1011,58 @@ mod tests {
         b.check_invariants().unwrap();
     }
 
+    fn grant(framework: usize, agent: usize, resources: &str) -> Grant {
+        Grant {
+            framework,
+            agent,
+            resources: r(resources),
+            reserved: Resources::new(),
+        }
+    }
+
     #[test]
     fn invalid_grants_are_refused() {
         let mut b = books();
-        let over = Grant {
-            framework: "f1".into(),
-            agent: "a1".into(),
-            resources: r("cpus:5"),
-            reserved: Resources::new(),
-        };
-        assert_eq!(b.apply_grant(&over, 0.0), Err(GrantRejection::Overcommit));
-        let ghost = Grant {
-            framework: "nope".into(),
-            agent: "a1".into(),
-            resources: r("cpus:1"),
-            reserved: Resources::new(),
-        };
-        assert_eq!(b.apply_grant(&ghost, 0.0), Err(GrantRejection::Framework));
-        let noagent = Grant {
-            framework: "f1".into(),
-            agent: "zz".into(),
-            resources: r("cpus:1"),
-            reserved: Resources::new(),
-        };
-        assert_eq!(b.apply_grant(&noagent, 0.0), Err(GrantRejection::Agent));
+        let s = b.snapshot(0.0);
+        let refused = |b: &mut Books, g: Grant| b.apply_grant(&s, &g, 0.0).unwrap_err();
+        assert_eq!(
+            refused(&mut b, grant(0, 0, "cpus:5")),
+            GrantRejection::Overcommit
+        );
+        assert_eq!(
+            refused(&mut b, grant(1, 0, "cpus:1")),
+            GrantRejection::Framework
+        );
+        assert_eq!(
+            refused(&mut b, grant(0, 1, "cpus:1")),
+            GrantRejection::Agent
+        );
+        assert_eq!(refused(&mut b, grant(0, 0, "")), GrantRejection::Empty);
+        b.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn grants_made_on_a_snapshot_follow_agents_and_frameworks_by_id() {
+        let mut b = books();
+        let s = b.snapshot(0.0);
+        // a1 goes and a2 takes its table slot: a grant on a1 must not land on a2.
+        b.remove_agent("a1");
+        b.set_agent("a2", r("cpus:4;mem:1024"), Default::default());
+        b.set_reachable("a2", true);
+        assert_eq!(
+            b.apply_grant(&s, &grant(0, 0, "cpus:1"), 0.0),
+            Err(GrantRejection::Agent)
+        );
+        // a1 comes back in another slot: found by ID.
+        b.set_agent("a1", r("cpus:4;mem:1024"), Default::default());
+        b.set_reachable("a1", true);
+        let o = b.apply_grant(&s, &grant(0, 0, "cpus:1"), 0.0).unwrap();
+        assert_eq!((&*o.framework, &*o.agent), ("f1", "a1"));
+        b.remove_framework("f1");
+        assert_eq!(
+            b.apply_grant(&s, &grant(0, 0, "cpus:1"), 0.0),
+            Err(GrantRejection::Framework)
+        );
         b.check_invariants().unwrap();
     }
 
@@ -884,22 +1077,25 @@ mod tests {
         b.activate("web", false);
         b.add_framework("db", "db", 0);
         b.activate("db", false);
+        let before = b.snapshot(0.0);
         let offers = cycle(&mut b, 0.0);
         assert_eq!(offers.len(), 2, "{offers:?}");
-        let db = offers.iter().find(|o| o.framework == "db").unwrap();
+        let db = offers.iter().find(|o| &*o.framework == "db").unwrap();
         assert_eq!(db.piece.reserved, r("cpus:2;mem:256"));
         b.check_invariants().unwrap();
         // "analytics" sorts first (equal shares): it takes the unreserved part, "db" its reservation.
-        let web = offers.iter().find(|o| o.framework == "web").unwrap();
+        let web = offers.iter().find(|o| &*o.framework == "web").unwrap();
         assert!(web.piece.reserved.is_empty());
         // A grant of reserved resources to another role is refused.
         let steal = Grant {
-            framework: "web".into(),
-            agent: "a1".into(),
-            resources: Resources::new(),
             reserved: r("cpus:1"),
+            ..grant(1, 0, "")
         };
-        assert_eq!(b.apply_grant(&steal, 0.0), Err(GrantRejection::Overcommit));
+        assert_eq!(before.frameworks[1].id, "web");
+        assert_eq!(
+            b.apply_grant(&before, &steal, 0.0),
+            Err(GrantRejection::Overcommit)
+        );
         b.recover_offers(std::slice::from_ref(&db.id), 0.0, 1.0, &[], 0.0);
         b.check_invariants().unwrap();
         assert_eq!(

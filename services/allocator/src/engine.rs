@@ -307,7 +307,7 @@ pub fn piece_of(list: &[allot_proto::common::Resource]) -> Piece {
     Piece {
         unreserved,
         reserved,
-        role,
+        role: role.into(),
     }
 }
 
@@ -369,7 +369,7 @@ impl State {
         if offers.is_empty() {
             return;
         }
-        let offer_ids = offers.into_iter().map(|o| o.id).collect();
+        let offer_ids = offers.into_iter().map(|o| o.id.to_string()).collect();
         self.emit(allocator_event::Event::Rescind(RescindOffers { offer_ids }));
     }
 
@@ -552,13 +552,12 @@ impl State {
             .map_err(|f| f.to_string())?;
         let micros = started.elapsed().as_micros() as u64;
         let n = grants.len() as u32;
-        let (_, rejected) = self.books.clone().apply_grants(grants, now);
+        let (_, rejected) = self.books.clone().apply_grants(&snapshot, grants, now);
         if let Some((g, why)) = rejected.first() {
+            let (framework, agent) = snapshot.names(g).unwrap_or(("?", "?"));
             return Err(format!(
-                "{} of {n} grants are invalid (first: {} on {} refused: {})",
+                "{} of {n} grants are invalid (first: {framework} on {agent} refused: {})",
                 rejected.len(),
-                g.framework,
-                g.agent,
                 why.as_str()
             ));
         }
@@ -705,14 +704,15 @@ impl State {
             }
         };
         self.run_shadow(&snapshot, &grants);
-        let (offers, rejected) = self.books.apply_grants(grants, now);
+        let (offers, rejected) = self.books.apply_grants(&snapshot, grants, now);
         self.stats.dropped_grants += rejected.len() as u64;
         for (g, why) in &rejected {
             M.grants_dropped
                 .with_label_values(&[&self.running.reference.name, why.as_str()])
                 .inc();
-            tracing::warn!(policy = %self.running.reference.name, framework = %g.framework, agent = %g.agent,
-                reason = why.as_str(), "grant rejected");
+            let (framework, agent) = snapshot.names(g).unwrap_or(("?", "?"));
+            tracing::warn!(policy = %self.running.reference.name, framework, agent,
+                framework_index = g.framework, agent_index = g.agent, reason = why.as_str(), "grant rejected");
         }
         let starved = self.count_starved(&snapshot);
         self.record_shares(&snapshot, &offers);
@@ -744,9 +744,9 @@ impl State {
                         &o.piece.reserved,
                         &o.piece.role,
                     ),
-                    offer_id: o.id,
-                    framework_id: o.framework,
-                    agent_id: o.agent,
+                    offer_id: o.id.to_string(),
+                    framework_id: o.framework.to_string(),
+                    agent_id: o.agent.to_string(),
                     cycle: self.cycle,
                     trace_context: trace_context.clone(),
                 })
@@ -758,7 +758,7 @@ impl State {
     /// Updates each wanting framework's count of cycles without offers (reset when it holds one) and the
     /// `allot_framework_starved_cycles` series; returns how many frameworks are starved now.
     fn count_starved(&mut self, snapshot: &allot_policy::Snapshot) -> usize {
-        let holding: HashSet<&str> = self.books.offers().map(|o| o.framework.as_str()).collect();
+        let holding: HashSet<&str> = self.books.offers().map(|o| &*o.framework).collect();
         let mut next = HashMap::with_capacity(snapshot.frameworks.len());
         for f in &snapshot.frameworks {
             let n = if holding.contains(f.id.as_str()) {
@@ -792,7 +792,7 @@ impl State {
             .map(|r| (r.name.as_str(), r.allocation.clone()))
             .collect();
         for o in offers {
-            if let Some(role) = role_of.get(o.framework.as_str()) {
+            if let Some(role) = role_of.get(&*o.framework) {
                 by_role.entry(role).or_default().add(&o.piece.total());
             }
         }

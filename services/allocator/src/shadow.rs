@@ -2,7 +2,7 @@
 //! decisions are compared with the active policy's without being applied.
 
 use allot_policy::{Grant, Resources, Snapshot, dominant_share};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How one cycle's decisions of two policies compare.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,15 +23,10 @@ pub struct Comparison {
 
 /// Role shares after `grants` on `s`, and how many grants do not fit what the snapshot has free.
 fn apply(s: &Snapshot, grants: &[Grant]) -> (BTreeMap<String, f64>, u64) {
-    let role_of: HashMap<&str, &str> = s
-        .frameworks
-        .iter()
-        .map(|f| (f.id.as_str(), f.role.as_str()))
-        .collect();
-    let mut free: HashMap<&str, (Resources, BTreeMap<String, Resources>)> = s
+    let mut free: Vec<(Resources, BTreeMap<String, Resources>)> = s
         .agents
         .iter()
-        .map(|a| (a.id.as_str(), (a.available.clone(), a.reserved.clone())))
+        .map(|a| (a.available.clone(), a.reserved.clone()))
         .collect();
     let mut alloc: BTreeMap<String, Resources> = s
         .roles
@@ -48,20 +43,20 @@ fn apply(s: &Snapshot, grants: &[Grant]) -> (BTreeMap<String, f64>, u64) {
     let mut invalid = 0;
     for g in grants {
         let (Some(role), Some((unreserved, reserved))) = (
-            role_of.get(g.framework.as_str()),
-            free.get_mut(g.agent.as_str()),
+            s.frameworks.get(g.framework).map(|f| &f.role),
+            free.get_mut(g.agent),
         ) else {
             invalid += 1;
             continue;
         };
-        let own = reserved.entry(role.to_string()).or_default();
+        let own = reserved.entry(role.clone()).or_default();
         if !unreserved.contains(&g.resources) || !own.contains(&g.reserved) {
             invalid += 1;
             continue;
         }
         unreserved.subtract(&g.resources);
         own.subtract(&g.reserved);
-        alloc.entry(role.to_string()).or_default().add(&g.total());
+        alloc.entry(role.clone()).or_default().add(&g.total());
     }
     let shares = alloc
         .iter()
@@ -72,10 +67,8 @@ fn apply(s: &Snapshot, grants: &[Grant]) -> (BTreeMap<String, f64>, u64) {
 
 /// Compares the active policy's `active` grants with the candidate's `shadow` grants on snapshot `s`.
 pub fn compare(s: &Snapshot, active: &[Grant], shadow: &[Grant]) -> Comparison {
-    let pairs = |g: &[Grant]| -> BTreeSet<(String, String)> {
-        g.iter()
-            .map(|g| (g.framework.clone(), g.agent.clone()))
-            .collect()
+    let pairs = |g: &[Grant]| -> BTreeSet<(usize, usize)> {
+        g.iter().map(|g| (g.framework, g.agent)).collect()
     };
     let (a, b) = (pairs(active), pairs(shadow));
     let (active_share, _) = apply(s, active);
@@ -137,8 +130,8 @@ mod tests {
     fn overcommitting_candidate_grants_are_counted_not_applied() {
         let s = snapshot();
         let greedy = vec![Grant {
-            framework: "low".into(),
-            agent: "a1".into(),
+            framework: 0,
+            agent: 0,
             resources: "cpus:8".parse().unwrap(),
             reserved: Resources::new(),
         }];

@@ -302,7 +302,7 @@ impl Sim<'_> {
 
     fn rescinded(&mut self, offers: Vec<Offer>) -> Result<(), SimError> {
         for o in offers {
-            self.line(json!({"type": "rescind", "t": secs(self.now_ms), "framework": o.framework, "agent": o.agent}))?;
+            self.line(json!({"type": "rescind", "t": secs(self.now_ms), "framework": &*o.framework, "agent": &*o.agent}))?;
         }
         Ok(())
     }
@@ -363,23 +363,27 @@ impl Sim<'_> {
                     self.policy.reference.name
                 ))
             })?;
-        let (offers, rejected) = self.books.apply_grants(grants, now);
+        let (offers, rejected) = self.books.apply_grants(&snapshot, grants, now);
         for (g, why) in rejected {
-            self.line(json!({"type": "rejected", "t": secs(self.now_ms), "framework": g.framework, "agent": g.agent,
+            let (framework, agent) = snapshot.names(&g).unwrap_or(("?", "?"));
+            self.line(json!({"type": "rejected", "t": secs(self.now_ms), "framework": framework, "agent": agent,
                              "resources": resources_json(&g.total()), "reason": why.as_str()}))?;
         }
         for o in &offers {
-            let mut line = json!({"type": "offer", "t": secs(self.now_ms), "framework": o.framework, "agent": o.agent,
+            let mut line = json!({"type": "offer", "t": secs(self.now_ms), "framework": &*o.framework, "agent": &*o.agent,
                                   "resources": resources_json(&o.piece.total())});
             if !o.piece.reserved.is_empty() {
                 line["reserved"] =
-                    json!({ o.piece.role.clone(): resources_json(&o.piece.reserved) });
+                    json!({ o.piece.role.to_string(): resources_json(&o.piece.reserved) });
             }
             self.line(line)?;
-            self.counts.entry(o.framework.clone()).or_default().offers += 1;
+            self.counts
+                .entry(o.framework.to_string())
+                .or_default()
+                .offers += 1;
         }
         for o in offers {
-            let Some(w) = self.workloads.get(&o.framework) else {
+            let Some(w) = self.workloads.get(&*o.framework) else {
                 continue;
             };
             let (task, per_offer, duration) = (w.task.clone(), w.per_offer, w.duration_ms);
@@ -393,10 +397,10 @@ impl Sim<'_> {
                 remaining.piece.unreserved.subtract(&piece.unreserved);
                 remaining.piece.reserved.subtract(&piece.reserved);
                 let id = self.launch(&o.framework, &o.agent, piece.clone(), duration)?;
-                launched.push((o.framework.clone(), id, o.agent.clone(), piece));
+                launched.push((o.framework.to_string(), id, o.agent.to_string(), piece));
                 left -= 1;
             }
-            if let Some(w) = self.workloads.get_mut(&o.framework) {
+            if let Some(w) = self.workloads.get_mut(&*o.framework) {
                 w.left = left;
             }
             let min_filter = self.interval_ms as f64 / 1000.0;
@@ -446,7 +450,7 @@ impl Sim<'_> {
         let mut v: Vec<Offer> = self
             .books
             .offers()
-            .filter(|o| o.framework == framework && agent.is_none_or(|a| a == o.agent))
+            .filter(|o| *o.framework == *framework && agent.is_none_or(|a| *a == *o.agent))
             .cloned()
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
@@ -484,7 +488,7 @@ impl Sim<'_> {
                     let piece = Piece {
                         unreserved,
                         reserved,
-                        role,
+                        role: role.into(),
                     };
                     self.books.add_task(fw, &task, &id, piece.clone());
                     self.tasks.push(SimTask {
@@ -552,7 +556,7 @@ impl Sim<'_> {
             } => {
                 let refuse = refuse_seconds.unwrap_or(5.0);
                 to_ms(refuse)?;
-                let ids: Vec<String> = self
+                let ids: Vec<crate::books::Id> = self
                     .outstanding(&framework, agent.as_deref())
                     .into_iter()
                     .map(|o| o.id)

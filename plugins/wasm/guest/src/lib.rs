@@ -38,16 +38,18 @@ impl<P: Policy + Default> Guest for Export<P> {
         let kinds = snapshot.kinds.clone();
         let snap = from_wit(snapshot)?;
         let grants = P::default().allocate(&snap);
-        let index = indexed::GrantIndex::new(&snap);
         grants
             .iter()
             .map(|g| {
-                let (framework, agent) = index.of(g).ok_or_else(|| {
-                    format!("the policy granted to unknown {}/{}", g.framework, g.agent)
-                })?;
+                if snap.names(g).is_none() {
+                    return Err(format!(
+                        "the policy granted to framework index {} on agent index {}, beyond the snapshot",
+                        g.framework, g.agent
+                    ));
+                }
                 Ok(wit::Grant {
-                    framework,
-                    agent,
+                    framework: g.framework as u32,
+                    agent: g.agent as u32,
                     resources: indexed::amounts(&g.resources, &kinds),
                     reserved: indexed::amounts(&g.reserved, &kinds),
                 })
