@@ -18,7 +18,8 @@
 //! Offers below Mesos' minimum allocatable amount (0.01 cpus or 32 MiB mem) are not made, so fragments are not
 //! offered.
 
-use allot_policy::{Grant, Policy, Resources, Snapshot, dominant_share};
+use allot_policy::indexed::{IndexedGrants, IndexedPolicy, Layout, View};
+use allot_policy::{Grant, Policy, Resources, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Mesos' `MIN_CPUS`: an offer must have at least this many cores, or [`MIN_MEM_MIB`] of memory.
@@ -44,6 +45,16 @@ impl Policy for Drf {
     }
 }
 
+impl IndexedPolicy for Drf {
+    fn name(&self) -> &str {
+        "drf"
+    }
+
+    fn allocate_indexed(&mut self, view: &View<'_>) -> IndexedGrants {
+        hierarchical_indexed(view, false)
+    }
+}
+
 impl Policy for Priority {
     fn name(&self) -> &str {
         "priority"
@@ -54,33 +65,59 @@ impl Policy for Priority {
     }
 }
 
+impl IndexedPolicy for Priority {
+    fn name(&self) -> &str {
+        "priority"
+    }
+
+    fn allocate_indexed(&mut self, view: &View<'_>) -> IndexedGrants {
+        hierarchical_indexed(view, true)
+    }
+}
+
 /// Whether `r` is worth offering (Mesos' `allocatable()`).
 pub fn is_allocatable(r: &Resources) -> bool {
     r.scalar("cpus") >= MIN_CPUS || r.scalar("mem") >= MIN_MEM_MIB
 }
 
-/// A framework's place in its role's queue: lowest dominant share first, then fewer allocations, then ID.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Key<'a> {
-    share: f64,
-    allocations: u64,
-    id: &'a str,
-    index: usize,
+/// [`is_allocatable`] on amounts in thousandths, given the positions of `cpus` and `mem` among the kinds.
+fn allocatable(v: &[i64], cpus: Option<usize>, mem: Option<usize>) -> bool {
+    let milli = |k: Option<usize>| k.map_or(0, |k| v[k]);
+    milli(cpus) as f64 >= MIN_CPUS * 1000.0 || milli(mem) as f64 >= MIN_MEM_MIB * 1000.0
 }
 
-impl Eq for Key<'_> {}
+/// The dominant share of `allocation` in `total` (both in kind order): the largest fraction of any kind the
+/// total has.
+fn share(allocation: &[i64], total: &[i64]) -> f64 {
+    allocation
+        .iter()
+        .zip(total)
+        .filter(|(_, t)| **t > 0)
+        .map(|(a, t)| *a as f64 / *t as f64)
+        .fold(0.0, f64::max)
+}
 
-impl Ord for Key<'_> {
+/// A framework's place in its role's queue: lowest dominant share first, then fewer allocations, then ID
+/// (`rank`: its position among the frameworks sorted by ID).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Key {
+    share: f64,
+    allocations: u64,
+    rank: u32,
+}
+
+impl Eq for Key {}
+
+impl Ord for Key {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.share
             .total_cmp(&other.share)
             .then(self.allocations.cmp(&other.allocations))
-            .then_with(|| self.id.cmp(other.id))
-            .then(self.index.cmp(&other.index))
+            .then(self.rank.cmp(&other.rank))
     }
 }
 
-impl PartialOrd for Key<'_> {
+impl PartialOrd for Key {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
@@ -88,89 +125,94 @@ impl PartialOrd for Key<'_> {
 
 struct RoleState<'a> {
     weight: f64,
-    limit: Option<&'a Resources>,
-    allocation: Resources,
+    limit: Option<&'a [i64]>,
+    allocation: Vec<i64>,
     share: f64,
+    /// Position among the roles sorted by name (DRF's tie-breaker).
+    rank: u32,
     /// The role's frameworks by priority class, each class a queue in DRF order.
-    queues: BTreeMap<i32, BTreeSet<Key<'a>>>,
+    queues: BTreeMap<i32, BTreeSet<Key>>,
 }
 
 struct FrameworkState {
-    allocation: Resources,
-    allocations: u64,
-    share: f64,
+    allocation: Vec<i64>,
+    key: Key,
 }
 
-/// One cycle of hierarchical DRF over `s`; with `by_priority`, priority classes come first.
+/// One cycle of hierarchical DRF over `s`; with `by_priority`, priority classes come first. Lays the
+/// snapshot out in index form and runs [`hierarchical_indexed`].
+pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
+    let layout = Layout::new(s);
+    let grants = hierarchical_indexed(&layout.view(s), by_priority);
+    grants
+        .to_grants(s, &layout.kinds)
+        .expect("DRF grants stay within the snapshot")
+}
+
+/// One cycle of hierarchical DRF over the index form `v`; with `by_priority`, priority classes come first.
 ///
 /// Cost: per agent, sorting the roles of each class plus `O(log F)` to pick a framework (more only when
-/// frameworks at the head of a role's queue filtered the agent), so `O(A · (R log R + log F))`.
-pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
-    // Roles by name: those of the snapshot and those its frameworks name.
-    let mut names: Vec<&str> = s
+/// frameworks at the head of a role's queue filtered the agent), so `O(A · (R log R + log F))`, all on
+/// vectors of amounts: no resource bag or ID is built.
+pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
+    let n = v.kinds.len();
+    let kind = |name: &str| v.kinds.iter().position(|k| *k == name);
+    let (cpus, mem) = (kind("cpus"), kind("mem"));
+    let ranks = |keys: Vec<&str>| -> Vec<u32> {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|&a, &b| keys[a].cmp(keys[b]).then(a.cmp(&b)));
+        let mut rank = vec![0; keys.len()];
+        for (r, i) in order.into_iter().enumerate() {
+            rank[i] = r as u32;
+        }
+        rank
+    };
+    let role_ranks = ranks(v.roles.iter().map(|r| r.name).collect());
+    let fw_ranks = ranks(v.frameworks.iter().map(|f| f.id).collect());
+    let mut roles: Vec<RoleState<'_>> = v
         .roles
         .iter()
-        .map(|r| r.name.as_str())
-        .chain(s.frameworks.iter().map(|f| f.role.as_str()))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    let index = |name: &str| names.binary_search(&name).expect("every role is named");
-    let mut roles: Vec<RoleState<'_>> = names
-        .iter()
-        .map(|_| RoleState {
-            weight: 1.0,
-            limit: None,
-            allocation: Resources::new(),
-            share: 0.0,
+        .zip(role_ranks)
+        .map(|(r, rank)| RoleState {
+            weight: if r.weight > 0.0 { r.weight } else { 1.0 },
+            limit: r.quota_limit,
+            allocation: r.allocation.to_vec(),
+            share: share(r.allocation, v.total),
+            rank,
             queues: BTreeMap::new(),
         })
         .collect();
-    let mut listed = vec![false; names.len()];
-    for r in &s.roles {
-        let i = index(&r.name);
-        listed[i] = true;
-        roles[i] = RoleState {
-            weight: if r.weight > 0.0 { r.weight } else { 1.0 },
-            limit: r.quota_limit.as_ref(),
-            allocation: r.allocation.clone(),
-            share: dominant_share(&r.allocation, &s.total),
-            queues: BTreeMap::new(),
-        };
-    }
     let class_of = |i: usize| {
         if by_priority {
-            s.frameworks[i].priority
+            v.frameworks[i].priority
         } else {
             0
         }
     };
-    let mut fws: Vec<FrameworkState> = Vec::with_capacity(s.frameworks.len());
-    for (i, f) in s.frameworks.iter().enumerate() {
-        let ri = index(&f.role);
-        let role = &mut roles[ri];
-        // A role missing from `Snapshot::roles` holds what its frameworks hold.
-        if !listed[ri] {
-            role.allocation.add(&f.allocation);
-            role.share = dominant_share(&role.allocation, &s.total);
-        }
-        let share = dominant_share(&f.allocation, &s.total);
-        role.queues.entry(class_of(i)).or_default().insert(Key {
-            share,
+    let mut fws: Vec<FrameworkState> = Vec::with_capacity(v.frameworks.len());
+    // Framework index by rank.
+    let mut index_of = vec![0usize; v.frameworks.len()];
+    for (i, f) in v.frameworks.iter().enumerate() {
+        let key = Key {
+            share: share(f.allocation, v.total),
             allocations: f.allocations,
-            id: &f.id,
-            index: i,
-        });
+            rank: fw_ranks[i],
+        };
+        roles[f.role as usize]
+            .queues
+            .entry(class_of(i))
+            .or_default()
+            .insert(key);
+        index_of[key.rank as usize] = i;
         fws.push(FrameworkState {
-            allocation: f.allocation.clone(),
-            allocations: f.allocations,
-            share,
+            allocation: f.allocation.to_vec(),
+            key,
         });
     }
-    let mut classes: Vec<i32> = (0..s.frameworks.len()).map(class_of).collect();
+    let mut classes: Vec<i32> = (0..v.frameworks.len()).map(class_of).collect();
     classes.sort_unstable_by(|a, b| b.cmp(a));
     classes.dedup();
-    // The roles with a framework in each class, by index (= by name).
+    // The roles with a framework in each class.
     let members: Vec<Vec<usize>> = classes
         .iter()
         .map(|c| {
@@ -180,84 +222,82 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
         })
         .collect();
 
-    let mut grants = Vec::with_capacity(s.agents.len());
-    let mut order: Vec<(f64, usize)> = Vec::new();
-    for (ai, agent) in s.agents.iter().enumerate() {
-        let mut unreserved = agent.available.clone();
-        let mut reserved = agent.reserved.clone();
-        'classes: for (&class, members) in classes.iter().zip(&members) {
+    let mut grants = IndexedGrants::new(n, v.agents.len());
+    // Each class's roles in DRF order, kept from agent to agent: between two agents only the roles granted to
+    // moved, so re-sorting is close to linear.
+    let mut orders: Vec<Vec<(f64, u32, usize)>> = members
+        .iter()
+        .map(|m| m.iter().map(|&r| (0.0, 0, r)).collect())
+        .collect();
+    let (mut unreserved, mut free, mut granted) = (vec![0; n], vec![0; n], vec![0; n]);
+    let zero = vec![0; n];
+    let mut reserved: Vec<(u32, &[i64])> = Vec::new();
+    for (ai, agent) in v.agents.iter().enumerate() {
+        unreserved.copy_from_slice(agent.available);
+        reserved.clear();
+        reserved.extend_from_slice(&agent.reserved);
+        'classes: for (&class, order) in classes.iter().zip(&mut orders) {
             // Lowest weighted dominant share first, ties by name.
-            order.clear();
-            order.extend(
-                members
-                    .iter()
-                    .map(|&r| (roles[r].share / roles[r].weight, r)),
-            );
-            order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            for &(_, ri) in &order {
-                if reserved.is_empty() && !is_allocatable(&unreserved) {
+            for e in order.iter_mut() {
+                let r = &roles[e.2];
+                *e = (r.share / r.weight, r.rank, e.2);
+            }
+            order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for &(_, _, ri) in order.iter() {
+                if reserved.is_empty() && !allocatable(&unreserved, cpus, mem) {
                     break 'classes;
                 }
-                let role_name = names[ri];
                 let role = &mut roles[ri];
-                let own = if reserved.is_empty() {
-                    Resources::new()
-                } else {
-                    reserved.get(role_name).cloned().unwrap_or_default()
-                };
-                let free = match role.limit {
-                    Some(limit) => headroom_cap(&unreserved, limit, &role.allocation.plus(&own)),
-                    None => unreserved.clone(),
-                };
-                let granted = free.plus(&own);
-                if !is_allocatable(&granted) {
+                let own_at = reserved.iter().position(|&(r, _)| r as usize == ri);
+                let own: &[i64] = own_at.map_or(&zero, |i| reserved[i].1);
+                // The unreserved part, cut down to what the quota limit leaves.
+                for k in 0..n {
+                    free[k] = unreserved[k];
+                    if let Some(limit) = role.limit
+                        && limit[k] >= 0
+                    {
+                        let room = (limit[k] - role.allocation[k] - own[k]).max(0);
+                        free[k] = free[k].min(room);
+                    }
+                    granted[k] = free[k] + own[k];
+                }
+                if !allocatable(&granted, cpus, mem) {
                     continue;
                 }
                 let queue = role.queues.get_mut(&class).expect("class queue");
                 let Some(key) = queue
                     .iter()
-                    .find(|k| !s.frameworks[k.index].is_filtered(&agent.id))
+                    .find(|k| {
+                        let f = &v.frameworks[index_of[k.rank as usize]];
+                        f.filtered.binary_search(&(ai as u32)).is_err()
+                    })
                     .copied()
                 else {
                     continue;
                 };
-                let i = key.index;
+                let i = index_of[key.rank as usize];
                 let fw = &mut fws[i];
-                fw.allocation.add(&granted);
-                fw.allocations += 1;
-                fw.share = dominant_share(&fw.allocation, &s.total);
-                queue.remove(&key);
-                queue.insert(Key {
-                    share: fw.share,
-                    allocations: fw.allocations,
-                    ..key
-                });
-                role.allocation.add(&granted);
-                role.share = dominant_share(&role.allocation, &s.total);
-                unreserved.subtract(&free);
-                if !own.is_empty() {
-                    reserved.remove(role_name);
+                for k in 0..n {
+                    fw.allocation[k] += granted[k];
+                    role.allocation[k] += granted[k];
+                    unreserved[k] -= free[k];
                 }
-                grants.push(Grant {
-                    framework: i,
-                    agent: ai,
-                    resources: free,
-                    reserved: own,
-                });
+                queue.remove(&key);
+                fw.key = Key {
+                    share: share(&fw.allocation, v.total),
+                    allocations: key.allocations + 1,
+                    ..key
+                };
+                queue.insert(fw.key);
+                role.share = share(&role.allocation, v.total);
+                grants.push(i as u32, ai as u32, &free, own);
+                if let Some(at) = own_at {
+                    reserved.remove(at);
+                }
             }
         }
     }
     grants
-}
-
-/// `available` with every scalar named in `limit` cut down to what the role may still receive.
-fn headroom_cap(available: &Resources, limit: &Resources, allocation: &Resources) -> Resources {
-    let mut out = available.clone();
-    for (name, cap) in limit.scalars() {
-        let room = (cap - allocation.scalar_milli(name)).max(0);
-        out.set_scalar_milli(name, out.scalar_milli(name).min(room));
-    }
-    out
 }
 
 #[cfg(test)]

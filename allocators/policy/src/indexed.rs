@@ -2,20 +2,384 @@
 //! WIT world in `plugins/wit`): resource kinds are named once, sorted; amounts are vectors of thousandths in
 //! kind order; agents, roles and frameworks are referred to by their index in the snapshot.
 //!
-//! Hosts use [`kinds`], [`amounts`], [`limit_amounts`], [`filtered`] to lay a [`Snapshot`] out and a
-//! [`GrantReader`] to read a plugin's grants back; guests use [`resources`] and [`limit_resources`] for the way
-//! back ([`Grant`]s already name agents and frameworks by index).
+//! Hosts use [`Layout`] (or [`kinds`], [`amounts`], [`limit_amounts`], [`filtered`]) to lay a [`Snapshot`]
+//! out and a [`GrantReader`] to read a plugin's grants back; guests use [`resources`] and
+//! [`limit_resources`] for the way back ([`Grant`]s already name agents and frameworks by index).
+//!
+//! A policy that implements [`IndexedPolicy`] decides on a [`View`] of the index form directly: its native
+//! and WASM builds read the host's buffers as they are, and neither side builds a [`Snapshot`] of bags and
+//! IDs on the way (the built-in `drf` and `priority` do this).
 
-use crate::{Grant, Resources, Snapshot};
+use crate::{Grant, Kind, Resources, Snapshot};
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+
+/// One agent of a [`View`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRow<'a> {
+    /// Unreserved resources neither offered nor used, one amount per kind.
+    pub available: &'a [i64],
+    /// Its reservations still free: `(role index, amounts)`.
+    pub reserved: Vec<(u32, &'a [i64])>,
+}
+
+/// One role of a [`View`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleRow<'a> {
+    /// The role's name.
+    pub name: &'a str,
+    /// Its weight (> 0 to count; DRF treats anything else as 1).
+    pub weight: f64,
+    /// Its quota limit, one amount per kind, -1 where the kind is not limited; `None`: no limit at all.
+    pub quota_limit: Option<&'a [i64]>,
+    /// What the role holds now.
+    pub allocation: &'a [i64],
+}
+
+/// One framework of a [`View`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameworkRow<'a> {
+    /// The framework's ID.
+    pub id: &'a str,
+    /// Index of its role.
+    pub role: u32,
+    /// Priority class (higher first under `priority`).
+    pub priority: i32,
+    /// Offers received so far.
+    pub allocations: u64,
+    /// What it holds now.
+    pub allocation: &'a [i64],
+    /// Indices of the agents it is filtered from, sorted.
+    pub filtered: &'a [u32],
+}
+
+/// A snapshot in index form, borrowed from wherever its numbers live: a [`Layout`] of a [`Snapshot`], the
+/// host's C buffers, or a WIT record. Every amount vector has one entry per kind; indices are checked by
+/// [`View::check`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct View<'a> {
+    /// Scalar kind names, sorted.
+    pub kinds: Vec<&'a str>,
+    /// The cluster's total.
+    pub total: &'a [i64],
+    /// Agents with something available.
+    pub agents: Vec<AgentRow<'a>>,
+    /// Roles, sorted by name: every role a framework names is here.
+    pub roles: Vec<RoleRow<'a>>,
+    /// Frameworks that want offers, sorted by ID.
+    pub frameworks: Vec<FrameworkRow<'a>>,
+}
+
+impl View<'_> {
+    /// Checks that every vector has one amount per kind, every role index is in range and every filter list
+    /// is sorted and in range.
+    ///
+    /// # Errors
+    /// A message naming the first violation.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.kinds.len();
+        let (na, nr) = (self.agents.len(), self.roles.len());
+        let len = |v: &[i64], what: &dyn Fn() -> String| {
+            if v.len() == n {
+                Ok(())
+            } else {
+                Err(format!("{} has {} amounts for {n} kinds", what(), v.len()))
+            }
+        };
+        len(self.total, &|| "the total".into())?;
+        for (i, a) in self.agents.iter().enumerate() {
+            len(a.available, &|| format!("agent {i}"))?;
+            for &(r, v) in &a.reserved {
+                if r as usize >= nr {
+                    return Err(format!("agent {i} has a reservation of role index {r}"));
+                }
+                len(v, &|| format!("agent {i}'s reservation"))?;
+            }
+        }
+        for (i, r) in self.roles.iter().enumerate() {
+            len(r.allocation, &|| format!("role {i}"))?;
+            if let Some(l) = r.quota_limit {
+                len(l, &|| format!("role {i}'s quota limit"))?;
+            }
+        }
+        for (i, f) in self.frameworks.iter().enumerate() {
+            len(f.allocation, &|| format!("framework {i}"))?;
+            if f.role as usize >= nr {
+                return Err(format!("framework {i} names role index {}", f.role));
+            }
+            if !f.filtered.is_sorted() || f.filtered.last().is_some_and(|&a| a as usize >= na) {
+                return Err(format!(
+                    "framework {i}'s filtered agents are unsorted or out of range"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Grants in index form: `(framework index, agent index)` and two amount vectors each (unreserved, then
+/// reserved for the framework's role), flat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexedGrants {
+    n_kinds: usize,
+    rows: Vec<(u32, u32)>,
+    amounts: Vec<i64>,
+}
+
+impl IndexedGrants {
+    /// No grants yet, over `n_kinds` kinds; room for `capacity`.
+    pub fn new(n_kinds: usize, capacity: usize) -> Self {
+        Self {
+            n_kinds,
+            rows: Vec::with_capacity(capacity),
+            amounts: Vec::with_capacity(capacity * 2 * n_kinds),
+        }
+    }
+
+    /// Adds a grant of `unreserved` and `reserved` (one amount per kind each) of agent `agent` to framework
+    /// `framework`.
+    pub fn push(&mut self, framework: u32, agent: u32, unreserved: &[i64], reserved: &[i64]) {
+        debug_assert_eq!(
+            (unreserved.len(), reserved.len()),
+            (self.n_kinds, self.n_kinds)
+        );
+        self.rows.push((framework, agent));
+        self.amounts.extend_from_slice(unreserved);
+        self.amounts.extend_from_slice(reserved);
+    }
+
+    /// How many grants.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Every grant as `(framework, agent, unreserved, reserved)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u32, &[i64], &[i64])> {
+        let n = self.n_kinds;
+        self.rows.iter().enumerate().map(move |(i, &(f, a))| {
+            let at = 2 * n * i;
+            (
+                f,
+                a,
+                &self.amounts[at..at + n],
+                &self.amounts[at + n..at + 2 * n],
+            )
+        })
+    }
+
+    /// The grants as [`Grant`]s over `snap`, laid out with `kinds`; each agent's free port ranges go with its
+    /// first grant of unreserved resources.
+    ///
+    /// # Errors
+    /// A message for an index out of range or a negative amount.
+    pub fn to_grants(&self, snap: &Snapshot, kinds: &[String]) -> Result<Vec<Grant>, String> {
+        let mut reader = GrantReader::new(snap, kinds);
+        let mut out = Vec::with_capacity(self.len());
+        for (i, (f, a, r, v)) in self.iter().enumerate() {
+            out.push(reader.read(i, f, a, r, v)?);
+        }
+        Ok(out)
+    }
+}
+
+/// A policy that decides on the index form. Implementations must be deterministic and may assume a view
+/// that passed [`View::check`].
+pub trait IndexedPolicy: Send {
+    /// A short name, e.g. `drf`.
+    fn name(&self) -> &str;
+    /// Runs one allocation cycle over `view`.
+    fn allocate_indexed(&mut self, view: &View<'_>) -> IndexedGrants;
+}
+
+/// A [`Snapshot`] laid out in index form: every amount in one flat vector. [`Layout::view`] borrows it as a
+/// [`View`]; the C host points its ABI structs into it.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// The snapshot's kinds, sorted.
+    pub kinds: Vec<String>,
+    /// Every amount vector, one after another.
+    pub flat: Vec<i64>,
+    /// Offset of the total in `flat`.
+    pub total: usize,
+    /// Per agent: offsets of its total and available amounts, and its range of `reservations`.
+    pub agents: Vec<(usize, usize, Range<usize>)>,
+    /// `(role index, offset)` of every agent's free reservations.
+    pub reservations: Vec<(u32, usize)>,
+    /// Per role (the snapshot's, plus any a framework names that it lacks, sorted by name): name, weight,
+    /// offset of the quota limit (-1 for unlimited kinds) and of the allocation.
+    pub roles: Vec<(String, f64, Option<usize>, usize)>,
+    /// Per framework: role index, offset of its allocation, range of `filtered`.
+    pub frameworks: Vec<(u32, usize, Range<usize>)>,
+    /// Every framework's filtered agent indices, sorted per framework.
+    pub filtered: Vec<u32>,
+}
+
+impl Layout {
+    /// Lays `snap` out. A role a framework names but `snap.roles` lacks is added with weight 1, no limit and
+    /// the sum of its frameworks' allocations.
+    pub fn new(snap: &Snapshot) -> Self {
+        let interned = interned_kinds(snap);
+        let kinds: Vec<String> = interned.iter().map(|k| k.name().to_string()).collect();
+        let mut flat =
+            Vec::with_capacity((2 * snap.agents.len() + 2 * snap.frameworks.len()) * kinds.len());
+        let put = |r: &Resources, flat: &mut Vec<i64>| {
+            let at = flat.len();
+            flat.extend(interned.iter().map(|&k| r.kind_milli(k)));
+            at
+        };
+        let total = put(&snap.total, &mut flat);
+        // Roles: the snapshot's and the missing ones its frameworks name, by name.
+        let mut roles: Vec<(&str, f64, Option<&Resources>, Resources)> = snap
+            .roles
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.weight,
+                    r.quota_limit.as_ref(),
+                    r.allocation.clone(),
+                )
+            })
+            .collect();
+        let listed: BTreeSet<&str> = roles.iter().map(|r| r.0).collect();
+        let mut missing: HashMap<&str, Resources> = HashMap::new();
+        for f in &snap.frameworks {
+            if !listed.contains(f.role.as_str()) {
+                missing.entry(&f.role).or_default().add(&f.allocation);
+            }
+        }
+        roles.extend(missing.into_iter().map(|(n, a)| (n, 1.0, None, a)));
+        roles.sort_by(|a, b| a.0.cmp(b.0));
+        let role_index: HashMap<&str, u32> = roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.0, i as u32))
+            .collect();
+        let mut agents = Vec::with_capacity(snap.agents.len());
+        let mut reservations = Vec::new();
+        for a in &snap.agents {
+            let t = put(&a.total, &mut flat);
+            let av = put(&a.available, &mut flat);
+            let start = reservations.len();
+            for (role, r) in &a.reserved {
+                if let Some(&ri) = role_index.get(role.as_str()) {
+                    reservations.push((ri, put(r, &mut flat)));
+                }
+            }
+            agents.push((t, av, start..reservations.len()));
+        }
+        let roles = roles
+            .into_iter()
+            .map(|(name, weight, limit, allocation)| {
+                let lim = limit.map(|l| {
+                    let at = flat.len();
+                    flat.extend(limit_amounts(l, &kinds));
+                    at
+                });
+                (name.to_string(), weight, lim, put(&allocation, &mut flat))
+            })
+            .collect();
+        let mut filtered_all = Vec::new();
+        let frameworks = snap
+            .frameworks
+            .iter()
+            .zip(filtered(snap))
+            .map(|(f, idx)| {
+                let start = filtered_all.len();
+                filtered_all.extend(idx);
+                (
+                    role_index[f.role.as_str()],
+                    put(&f.allocation, &mut flat),
+                    start..filtered_all.len(),
+                )
+            })
+            .collect();
+        Self {
+            kinds,
+            flat,
+            total,
+            agents,
+            reservations,
+            roles,
+            frameworks,
+            filtered: filtered_all,
+        }
+    }
+
+    /// The amounts at `at`.
+    pub fn amounts(&self, at: usize) -> &[i64] {
+        &self.flat[at..at + self.kinds.len()]
+    }
+
+    /// A view of the layout of `snap` (the snapshot it was made from, for the framework IDs).
+    pub fn view<'a>(&'a self, snap: &'a Snapshot) -> View<'a> {
+        View {
+            kinds: self.kinds.iter().map(String::as_str).collect(),
+            total: self.amounts(self.total),
+            agents: self
+                .agents
+                .iter()
+                .map(|(_, av, res)| AgentRow {
+                    available: self.amounts(*av),
+                    reserved: self.reservations[res.clone()]
+                        .iter()
+                        .map(|&(r, at)| (r, self.amounts(at)))
+                        .collect(),
+                })
+                .collect(),
+            roles: self
+                .roles
+                .iter()
+                .map(|(name, weight, lim, alloc)| RoleRow {
+                    name,
+                    weight: *weight,
+                    quota_limit: lim.map(|at| self.amounts(at)),
+                    allocation: self.amounts(*alloc),
+                })
+                .collect(),
+            frameworks: snap
+                .frameworks
+                .iter()
+                .zip(&self.frameworks)
+                .map(|(f, (role, alloc, filtered))| FrameworkRow {
+                    id: &f.id,
+                    role: *role,
+                    priority: f.priority,
+                    allocations: f.allocations,
+                    allocation: self.amounts(*alloc),
+                    filtered: &self.filtered[filtered.clone()],
+                })
+                .collect(),
+        }
+    }
+}
 
 /// The scalar resource kinds of `snap` (of its total and of every agent), sorted by name.
 pub fn kinds(snap: &Snapshot) -> Vec<String> {
-    let mut kinds: BTreeSet<&str> = snap.total.scalars().map(|(k, _)| k).collect();
-    for a in &snap.agents {
-        kinds.extend(a.total.scalars().map(|(k, _)| k));
+    interned_kinds(snap)
+        .into_iter()
+        .map(|k| k.name().to_string())
+        .collect()
+}
+
+/// [`kinds`] as interned [`Kind`]s. Names are told apart by pointer while collecting: a handful of kinds over
+/// tens of thousands of agents costs no string comparison.
+pub fn interned_kinds(snap: &Snapshot) -> Vec<Kind> {
+    let mut kinds: Vec<Kind> = Vec::new();
+    for r in std::iter::once(&snap.total).chain(snap.agents.iter().map(|a| &a.total)) {
+        for (k, _) in r.kinds() {
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
     }
-    kinds.into_iter().map(str::to_string).collect()
+    kinds.sort_by(|a, b| a.name().cmp(b.name()));
+    kinds
 }
 
 /// `r`'s scalars in thousandths, one per kind of `kinds`, appended to `out`.
@@ -46,6 +410,9 @@ pub fn limit_amounts(limit: &Resources, kinds: &[String]) -> Vec<i64> {
 
 /// For every framework of `snap`, in order, the sorted indices of the agents it is filtered from.
 pub fn filtered(snap: &Snapshot) -> Vec<Vec<u32>> {
+    if snap.frameworks.iter().all(|f| f.filtered_agents.is_empty()) {
+        return vec![Vec::new(); snap.frameworks.len()];
+    }
     let index: HashMap<&str, u32> = snap
         .agents
         .iter()
@@ -66,22 +433,27 @@ pub fn filtered(snap: &Snapshot) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// `names` interned, in order.
+pub fn interned<K: AsRef<str>>(names: &[K]) -> Vec<Kind> {
+    names.iter().map(|k| Kind::new(k.as_ref())).collect()
+}
+
 /// Resources from thousandths in kind order (entries of 0 or less are dropped).
-pub fn resources<K: AsRef<str>>(kinds: &[K], v: &[i64]) -> Resources {
+pub fn resources(kinds: &[Kind], v: &[i64]) -> Resources {
     let mut r = Resources::new();
-    for (k, &milli) in kinds.iter().zip(v) {
-        r.set_scalar_milli(k.as_ref(), milli);
+    for (&k, &milli) in kinds.iter().zip(v) {
+        r.set_kind_milli(k, milli);
     }
     r
 }
 
 /// A quota limit from thousandths in kind order: kinds at -1 are not limited. A limit of exactly 0 reads as
 /// no limit on that kind, as [`Resources`] does not keep zero entries.
-pub fn limit_resources<K: AsRef<str>>(kinds: &[K], v: &[i64]) -> Resources {
+pub fn limit_resources(kinds: &[Kind], v: &[i64]) -> Resources {
     let mut r = Resources::new();
-    for (k, &milli) in kinds.iter().zip(v) {
+    for (&k, &milli) in kinds.iter().zip(v) {
         if milli >= 0 {
-            r.set_scalar_milli(k.as_ref(), milli);
+            r.set_kind_milli(k, milli);
         }
     }
     r
@@ -93,6 +465,7 @@ pub fn limit_resources<K: AsRef<str>>(kinds: &[K], v: &[i64]) -> Resources {
 pub struct GrantReader<'a> {
     snap: &'a Snapshot,
     kinds: &'a [String],
+    interned: Vec<Kind>,
     ranges_given: Vec<bool>,
 }
 
@@ -102,6 +475,7 @@ impl<'a> GrantReader<'a> {
         Self {
             snap,
             kinds,
+            interned: interned(kinds),
             ranges_given: vec![false; snap.agents.len()],
         }
     }
@@ -142,7 +516,7 @@ impl<'a> GrantReader<'a> {
                     self.kinds[k]
                 ));
             }
-            Ok(self::resources(self.kinds, v))
+            Ok(self::resources(&self.interned, v))
         };
         let mut resources = vector(resources, "unreserved")?;
         let reserved = vector(reserved, "reserved")?;
@@ -192,7 +566,7 @@ mod tests {
         assert_eq!(filtered(&s), [vec![1]]);
         let limit: Resources = "cpus:2".parse().unwrap();
         assert_eq!(limit_amounts(&limit, &k), [2000, -1]);
-        assert_eq!(limit_resources(&k, &[2000, -1]), limit);
+        assert_eq!(limit_resources(&interned(&k), &[2000, -1]), limit);
 
         let mut reader = GrantReader::new(&s, &k);
         let g = reader.read(0, 0, 1, &[1000, 0], &[]).unwrap();

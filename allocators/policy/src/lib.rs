@@ -11,7 +11,7 @@
 pub mod indexed;
 pub mod resources;
 
-pub use resources::{Resources, ResourcesError};
+pub use resources::{Kind, Resources, ResourcesError};
 
 use std::collections::BTreeMap;
 

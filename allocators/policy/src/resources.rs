@@ -45,6 +45,24 @@ fn intern(name: &str, capped: bool) -> Option<&'static str> {
     Some(k)
 }
 
+/// A scalar resource name interned by this process: copied and compared as a pointer. Made once per name
+/// (say, per snapshot kind) so that building bags from index-form amounts takes no lock per value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind(&'static str);
+
+impl Kind {
+    /// The interned `name` (interned now if new; no [`MAX_KINDS`] cap: meant for names that come from bags
+    /// or snapshots, which input has already capped).
+    pub fn new(name: &str) -> Kind {
+        Kind(intern(name, false).expect("uncapped interning"))
+    }
+
+    /// The name.
+    pub fn name(self) -> &'static str {
+        self.0
+    }
+}
+
 /// Why a resource value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResourcesError {
@@ -189,6 +207,32 @@ impl Resources {
         }
     }
 
+    /// Sets scalar `kind` in thousandths; 0 or less removes it. [`Resources::set_scalar_milli`] without the
+    /// interning lookup.
+    pub fn set_kind_milli(&mut self, kind: Kind, milli: i64) {
+        match self.find(kind.0) {
+            Ok(i) if milli > 0 => self.scalars[i].1 = milli,
+            Ok(i) => {
+                self.scalars.remove(i);
+            }
+            Err(i) if milli > 0 => self.scalars.insert(i, (kind.0, milli)),
+            Err(_) => {}
+        }
+    }
+
+    /// Scalar `kind` in thousandths (0 when absent), found by pointer: no name is compared.
+    pub fn kind_milli(&self, kind: Kind) -> i64 {
+        self.scalars
+            .iter()
+            .find(|(k, _)| std::ptr::eq(*k, kind.0))
+            .map_or(0, |&(_, v)| v)
+    }
+
+    /// Every scalar as `(kind, thousandths)`, sorted by name.
+    pub fn kinds(&self) -> impl Iterator<Item = (Kind, i64)> {
+        self.scalars.iter().map(|&(k, v)| (Kind(k), v))
+    }
+
     /// Every scalar as `(name, thousandths)`, sorted by name.
     pub fn scalars(&self) -> impl Iterator<Item = (&str, i64)> {
         self.scalars.iter().map(|&(k, v)| (k, v))
@@ -206,10 +250,18 @@ impl Resources {
 
     /// Whether every scalar and range of `other` is in `self`.
     pub fn contains(&self, other: &Resources) -> bool {
-        other
-            .scalars
-            .iter()
-            .all(|&(k, v)| self.scalar_milli(k) >= v)
+        let scalars = if self.same_kinds(other) {
+            self.scalars
+                .iter()
+                .zip(&other.scalars)
+                .all(|(a, b)| a.1 >= b.1)
+        } else {
+            other
+                .scalars
+                .iter()
+                .all(|&(k, v)| self.scalar_milli(k) >= v)
+        };
+        scalars
             && other.ranges.iter().all(|(k, want)| {
                 let have = self.ranges.get(k).map(Vec::as_slice).unwrap_or(&[]);
                 want.iter()
@@ -217,10 +269,27 @@ impl Resources {
             })
     }
 
+    /// Whether both bags have the same scalar kinds, in the same order (the usual case in a cycle: every bag
+    /// holds cpus, mem, disk), so that arithmetic can go entry by entry.
+    fn same_kinds(&self, other: &Resources) -> bool {
+        self.scalars.len() == other.scalars.len()
+            && self
+                .scalars
+                .iter()
+                .zip(&other.scalars)
+                .all(|(a, b)| std::ptr::eq(a.0, b.0))
+    }
+
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &Resources) {
-        for &(k, v) in &other.scalars {
-            self.add_milli(k, v);
+        if self.same_kinds(other) {
+            for (a, b) in self.scalars.iter_mut().zip(&other.scalars) {
+                a.1 += b.1;
+            }
+        } else {
+            for &(k, v) in &other.scalars {
+                self.add_milli(k, v);
+            }
         }
         for (k, v) in &other.ranges {
             let set = self.ranges.entry(k.clone()).or_default();
@@ -232,11 +301,18 @@ impl Resources {
     /// Removes `other` from `self`, saturating at zero (callers check [`Resources::contains`] first where an
     /// overdraw is an error).
     pub fn subtract(&mut self, other: &Resources) {
-        for &(k, v) in &other.scalars {
-            if let Ok(i) = self.find(k) {
-                self.scalars[i].1 -= v;
-                if self.scalars[i].1 <= 0 {
-                    self.scalars.remove(i);
+        if self.same_kinds(other) {
+            for (a, b) in self.scalars.iter_mut().zip(&other.scalars) {
+                a.1 -= b.1;
+            }
+            self.scalars.retain(|(_, v)| *v > 0);
+        } else {
+            for &(k, v) in &other.scalars {
+                if let Ok(i) = self.find(k) {
+                    self.scalars[i].1 -= v;
+                    if self.scalars[i].1 <= 0 {
+                        self.scalars.remove(i);
+                    }
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! The guest side: a policy written in Rust reads the host's C snapshot and writes grants back.
 
 use crate::*;
+use allot_policy::indexed::{AgentRow, FrameworkRow, IndexedGrants, IndexedPolicy, RoleRow, View};
 use allot_policy::{AgentView, FrameworkView, Grant, Policy, RoleView, Snapshot, indexed};
 use std::collections::BTreeMap;
 
@@ -43,14 +44,15 @@ pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>)
         .iter()
         .map(|k| unsafe { text(*k) })
         .collect::<Result<_, _>>()?;
-    let vec = |p: *const i64| indexed::resources(&kinds, unsafe { slice(p, n) });
+    let interned = indexed::interned(&kinds);
+    let vec = |p: *const i64| indexed::resources(&interned, unsafe { slice(p, n) });
     let roles_c = unsafe { slice(s.roles, s.n_roles) };
     let mut role_names = Vec::with_capacity(roles_c.len());
     let mut roles = Vec::with_capacity(roles_c.len());
     for r in roles_c {
         let name = unsafe { text(r.name) }?.to_string();
         let quota_limit = (!r.quota_limit.is_null())
-            .then(|| indexed::limit_resources(&kinds, unsafe { slice(r.quota_limit, n) }));
+            .then(|| indexed::limit_resources(&interned, unsafe { slice(r.quota_limit, n) }));
         role_names.push(name.clone());
         roles.push(RoleView {
             name,
@@ -99,6 +101,100 @@ pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>)
     Ok((snapshot, kinds.iter().map(|k| k.to_string()).collect()))
 }
 
+/// Borrows the host's C snapshot as a [`View`] (no amount or ID is copied) and checks it.
+///
+/// # Safety
+/// `s` must be valid as `allot_policy.h` describes, for `'a`.
+///
+/// # Errors
+/// [`ERR_INPUT`] for a different ABI version, bad UTF-8, or a view [`View::check`] refuses.
+pub unsafe fn read_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
+    if s.abi_version != ABI_VERSION {
+        return Err(ERR_INPUT);
+    }
+    let n = s.n_kinds;
+    // SAFETY (every block below): pointers and lengths come from the host as the ABI requires.
+    let kinds: Vec<&str> = unsafe { slice(s.kinds, n) }
+        .iter()
+        .map(|k| unsafe { text(*k) })
+        .collect::<Result<_, _>>()?;
+    let amounts = |p: *const i64| -> &'a [i64] { unsafe { slice(p, n) } };
+    let agents = unsafe { slice(s.agents, s.n_agents) }
+        .iter()
+        .map(|a| AgentRow {
+            available: amounts(a.available),
+            reserved: unsafe { slice(a.reserved, a.n_reserved) }
+                .iter()
+                .map(|r| (r.role, amounts(r.available)))
+                .collect(),
+        })
+        .collect();
+    let roles = unsafe { slice(s.roles, s.n_roles) }
+        .iter()
+        .map(|r| {
+            Ok(RoleRow {
+                name: unsafe { text(r.name) }?,
+                weight: r.weight,
+                quota_limit: (!r.quota_limit.is_null()).then(|| amounts(r.quota_limit)),
+                allocation: amounts(r.allocation),
+            })
+        })
+        .collect::<Result<_, i32>>()?;
+    let frameworks = unsafe { slice(s.frameworks, s.n_frameworks) }
+        .iter()
+        .map(|f| {
+            Ok(FrameworkRow {
+                id: unsafe { text(f.id) }?,
+                role: f.role,
+                priority: f.priority,
+                allocations: f.allocations,
+                allocation: amounts(f.allocation),
+                filtered: unsafe { slice(f.filtered, f.n_filtered) },
+            })
+        })
+        .collect::<Result<_, i32>>()?;
+    let view = View {
+        kinds,
+        total: amounts(s.total),
+        agents,
+        roles,
+        frameworks,
+    };
+    view.check().map_err(|_| ERR_INPUT)?;
+    Ok(view)
+}
+
+/// Writes index-form `grants` over a snapshot of `n_agents` agents and `n_frameworks` frameworks into `out`.
+///
+/// # Safety
+/// `out` and the arrays it points to must be valid as `allot_policy.h` describes.
+///
+/// # Errors
+/// [`ERR_CAPACITY`] when there are more grants than room; [`ERR_INPUT`] for an index beyond the snapshot.
+pub unsafe fn write_indexed_grants(
+    n_agents: usize,
+    n_frameworks: usize,
+    n_kinds: usize,
+    grants: &IndexedGrants,
+    out: &mut AllotGrants,
+) -> Result<(), i32> {
+    if grants.len() > out.capacity as usize {
+        return Err(ERR_CAPACITY);
+    }
+    // SAFETY: the host made `capacity` entries, each pointing at `n_kinds` writable i64s.
+    let slots = unsafe { std::slice::from_raw_parts_mut(out.grants, out.capacity as usize) };
+    for (slot, (f, a, res, rsv)) in slots.iter_mut().zip(grants.iter()) {
+        if f as usize >= n_frameworks || a as usize >= n_agents {
+            return Err(ERR_INPUT);
+        }
+        (slot.framework, slot.agent) = (f, a);
+        unsafe { std::slice::from_raw_parts_mut(slot.resources, n_kinds) }.copy_from_slice(res);
+        unsafe { std::slice::from_raw_parts_mut(slot.reserved, n_kinds) }.copy_from_slice(rsv);
+    }
+    out.len = grants.len() as u32;
+    Ok(())
+}
+
 /// Writes `grants` over `snapshot` into `out`.
 ///
 /// # Safety
@@ -129,6 +225,35 @@ pub unsafe fn write_grants(
     }
     out.len = grants.len() as u32;
     Ok(())
+}
+
+/// Runs index-form `policy` on the host's snapshot, read in place, and writes its grants: the body of
+/// `allot_policy_allocate` for an [`IndexedPolicy`]. A panic inside the policy is caught and reported as
+/// [`ERR_PANIC`].
+///
+/// # Safety
+/// `snapshot` and `out` must be valid as `allot_policy.h` describes.
+pub unsafe fn allocate_indexed(
+    policy: &mut dyn IndexedPolicy,
+    snapshot: *const AllotSnapshot,
+    out: *mut AllotGrants,
+) -> i32 {
+    if snapshot.is_null() || out.is_null() {
+        return ERR_INPUT;
+    }
+    let run = std::panic::AssertUnwindSafe(|| -> Result<(), i32> {
+        // SAFETY: checked non-null above; validity is the host's promise.
+        let (s, out) = unsafe { (&*snapshot, &mut *out) };
+        let view = unsafe { read_view(s) }?;
+        let grants = policy.allocate_indexed(&view);
+        let (na, nf, nk) = (view.agents.len(), view.frameworks.len(), view.kinds.len());
+        unsafe { write_indexed_grants(na, nf, nk, &grants, out) }
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(Ok(())) => OK,
+        Ok(Err(code)) => code,
+        Err(_) => ERR_PANIC,
+    }
 }
 
 /// Runs `policy` on the host's snapshot and writes its grants: the body of `allot_policy_allocate` for a

@@ -2,7 +2,7 @@
 //! back, checking every index and amount.
 
 use crate::*;
-use allot_policy::{Grant, Resources, Snapshot, indexed};
+use allot_policy::{Grant, Snapshot, indexed};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,19 +33,17 @@ pub enum AbiError {
 
 /// A snapshot laid out for the C ABI. Owns every array the pointers in [`CSnapshot::as_ptr`] point into.
 pub struct CSnapshot {
-    kinds: Vec<String>,
+    layout: indexed::Layout,
     _kind_strs: Vec<AllotStr>,
-    _flat: Vec<i64>,
     _reservations: Vec<AllotReservation>,
     _agents: Vec<AllotAgent>,
     _roles: Vec<AllotRole>,
     _frameworks: Vec<AllotFramework>,
-    _filtered: Vec<u32>,
-    _ids: Vec<String>,
     raw: AllotSnapshot,
 }
 
-// SAFETY: the raw pointers point into heap buffers owned by the same value and never written through.
+// SAFETY: the raw pointers point into heap buffers owned by the same value (the layout's vectors and the
+// snapshot's IDs, which the caller keeps alive, see `new`) and are never written through.
 #[allow(unsafe_code)]
 unsafe impl Send for CSnapshot {}
 
@@ -57,131 +55,76 @@ fn s(t: &str) -> AllotStr {
 }
 
 impl CSnapshot {
-    /// Lays out `snap` for the C ABI.
+    /// Lays out `snap` for the C ABI ([`indexed::Layout`]). Agent and framework IDs point into `snap`, which
+    /// must outlive the call the result is passed to.
     pub fn new(snap: &Snapshot) -> Self {
-        let kinds = indexed::kinds(snap);
-        let n = kinds.len();
-        let vector = |r: &Resources, flat: &mut Vec<i64>| -> usize {
-            let at = flat.len();
-            indexed::extend_amounts(r, &kinds, flat);
-            at
-        };
-        let role_index: std::collections::HashMap<&str, u32> = snap
-            .roles
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.name.as_str(), i as u32))
-            .collect();
-
-        // First pass: every number into one flat vector, remembering offsets.
-        let mut flat: Vec<i64> = Vec::new();
-        let total_at = vector(&snap.total, &mut flat);
-        let mut agent_at = Vec::with_capacity(snap.agents.len());
-        let mut res_at: Vec<(u32, usize)> = Vec::new();
-        let mut agent_res: Vec<(usize, usize)> = Vec::new();
-        for a in &snap.agents {
-            let t = vector(&a.total, &mut flat);
-            let av = vector(&a.available, &mut flat);
-            let start = res_at.len();
-            for (role, r) in &a.reserved {
-                if let Some(&ri) = role_index.get(role.as_str()) {
-                    let at = vector(r, &mut flat);
-                    res_at.push((ri, at));
-                }
-            }
-            agent_res.push((start, res_at.len() - start));
-            agent_at.push((t, av));
-        }
-        let mut role_at = Vec::with_capacity(snap.roles.len());
-        for r in &snap.roles {
-            let lim = r.quota_limit.as_ref().map(|l| {
-                let at = flat.len();
-                flat.extend(indexed::limit_amounts(l, &kinds));
-                at
-            });
-            role_at.push((lim, vector(&r.allocation, &mut flat)));
-        }
-        let mut filtered: Vec<u32> = Vec::new();
-        let mut fw_at = Vec::with_capacity(snap.frameworks.len());
-        for (f, idx) in snap.frameworks.iter().zip(indexed::filtered(snap)) {
-            let alloc = vector(&f.allocation, &mut flat);
-            let start = filtered.len();
-            filtered.extend(idx);
-            fw_at.push((alloc, start, filtered.len() - start));
-        }
-
-        // Second pass: pointers into the finished buffers.
-        let ids: Vec<String> = snap
-            .agents
-            .iter()
-            .map(|a| a.id.clone())
-            .chain(snap.roles.iter().map(|r| r.name.clone()))
-            .chain(snap.frameworks.iter().map(|f| f.id.clone()))
-            .collect();
-        let p = |at: usize| flat[at..].as_ptr();
-        let kind_strs: Vec<AllotStr> = kinds.iter().map(|k| s(k)).collect();
-        let reservations: Vec<AllotReservation> = res_at
+        let layout = indexed::Layout::new(snap);
+        let l = &layout;
+        let p = |at: usize| l.flat[at..].as_ptr();
+        let kind_strs: Vec<AllotStr> = l.kinds.iter().map(|k| s(k)).collect();
+        let reservations: Vec<AllotReservation> = l
+            .reservations
             .iter()
             .map(|&(role, at)| AllotReservation {
                 role,
                 available: p(at),
             })
             .collect();
-        let na = snap.agents.len();
-        let nr = snap.roles.len();
-        let agents: Vec<AllotAgent> = (0..na)
-            .map(|i| AllotAgent {
-                id: s(&ids[i]),
-                total: p(agent_at[i].0),
-                available: p(agent_at[i].1),
-                n_reserved: agent_res[i].1 as u32,
-                reserved: reservations[agent_res[i].0..].as_ptr(),
+        let agents: Vec<AllotAgent> = snap
+            .agents
+            .iter()
+            .zip(&l.agents)
+            .map(|(a, (total, available, res))| AllotAgent {
+                id: s(&a.id),
+                total: p(*total),
+                available: p(*available),
+                n_reserved: res.len() as u32,
+                reserved: reservations[res.start..].as_ptr(),
             })
             .collect();
-        let roles: Vec<AllotRole> = (0..nr)
-            .map(|i| AllotRole {
-                name: s(&ids[na + i]),
-                weight: snap.roles[i].weight,
-                quota_limit: role_at[i].0.map_or(std::ptr::null(), p),
-                allocation: p(role_at[i].1),
+        let roles: Vec<AllotRole> = l
+            .roles
+            .iter()
+            .map(|(name, weight, limit, allocation)| AllotRole {
+                name: s(name),
+                weight: *weight,
+                quota_limit: limit.map_or(std::ptr::null(), p),
+                allocation: p(*allocation),
             })
             .collect();
         let frameworks: Vec<AllotFramework> = snap
             .frameworks
             .iter()
-            .enumerate()
-            .map(|(i, f)| AllotFramework {
-                id: s(&ids[na + nr + i]),
-                role: role_index.get(f.role.as_str()).copied().unwrap_or(u32::MAX),
+            .zip(&l.frameworks)
+            .map(|(f, (role, allocation, filtered))| AllotFramework {
+                id: s(&f.id),
+                role: *role,
                 priority: f.priority,
                 allocations: f.allocations,
-                allocation: p(fw_at[i].0),
-                n_filtered: fw_at[i].2 as u32,
-                filtered: filtered[fw_at[i].1..].as_ptr(),
+                allocation: p(*allocation),
+                n_filtered: filtered.len() as u32,
+                filtered: l.filtered[filtered.start..].as_ptr(),
             })
             .collect();
         let raw = AllotSnapshot {
             abi_version: ABI_VERSION,
-            n_kinds: n as u32,
+            n_kinds: l.kinds.len() as u32,
             kinds: kind_strs.as_ptr(),
-            total: p(total_at),
-            n_agents: na as u32,
+            total: p(l.total),
+            n_agents: agents.len() as u32,
             agents: agents.as_ptr(),
-            n_roles: nr as u32,
+            n_roles: roles.len() as u32,
             roles: roles.as_ptr(),
             n_frameworks: frameworks.len() as u32,
             frameworks: frameworks.as_ptr(),
         };
         Self {
-            kinds,
+            layout,
             _kind_strs: kind_strs,
-            _flat: flat,
             _reservations: reservations,
             _agents: agents,
             _roles: roles,
             _frameworks: frameworks,
-            _filtered: filtered,
-            _ids: ids,
             raw,
         }
     }
@@ -193,7 +136,7 @@ impl CSnapshot {
 
     /// The resource kinds, in ABI order.
     pub fn kinds(&self) -> &[String] {
-        &self.kinds
+        &self.layout.kinds
     }
 }
 

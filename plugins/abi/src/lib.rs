@@ -159,11 +159,35 @@ pub type AllocateFn = unsafe extern "C" fn(*const AllotSnapshot, *mut AllotGrant
 /// `$name`. Use it once in a `cdylib` crate:
 ///
 /// ```ignore
-/// allot_policy_abi::export_policy!(allot_drf::Drf, c"drf");
+/// allot_policy_abi::export_policy!(my_crate::MyPolicy, c"mine");
+/// ```
+///
+/// With `indexed` first, `$make` is an [`allot_policy::indexed::IndexedPolicy`] that reads the host's
+/// buffers in place (what the built-in policies do):
+///
+/// ```ignore
+/// allot_policy_abi::export_policy!(indexed allot_drf::Drf, c"drf");
 /// ```
 #[macro_export]
 macro_rules! export_policy {
-    ($make:expr, $name:expr) => {
+    (indexed $make:expr, $name:expr) => {
+        $crate::export_policy!(@symbols $name);
+
+        /// Runs one allocation cycle; see `allot_policy.h`.
+        ///
+        /// # Safety
+        /// `snapshot` and `out` must be valid as `allot_policy.h` describes.
+        #[allow(unsafe_code)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn allot_policy_allocate(
+            snapshot: *const $crate::AllotSnapshot,
+            out: *mut $crate::AllotGrants,
+        ) -> i32 {
+            // SAFETY: the host passes pointers valid for the call, as the ABI requires.
+            unsafe { $crate::guest::allocate_indexed(&mut $make, snapshot, out) }
+        }
+    };
+    (@symbols $name:expr) => {
         /// The ABI version this library speaks.
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
@@ -178,6 +202,9 @@ macro_rules! export_policy {
             let name: &'static ::std::ffi::CStr = $name;
             name.as_ptr()
         }
+    };
+    ($make:expr, $name:expr) => {
+        $crate::export_policy!(@symbols $name);
 
         /// Runs one allocation cycle; see `allot_policy.h`.
         ///

@@ -1,2 +1,3 @@
-//! `liballot_priority_native.so`: the built-in priority policy as a native policy library.
-allot_policy_abi::export_policy!(allot_drf::Priority, c"priority");
+//! `liballot_priority_native.so`: the built-in priority policy as a native policy library. It decides on the
+//! host's C snapshot in place (`allot_drf::Priority` is an `IndexedPolicy`).
+allot_policy_abi::export_policy!(indexed allot_drf::Priority, c"priority");

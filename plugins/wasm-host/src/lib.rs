@@ -188,15 +188,15 @@ impl WasmPolicy {
     /// [`WasmError::Trap`], [`WasmError::Timeout`], [`WasmError::Error`] (the policy's own `err`) and
     /// [`WasmError::BadGrant`].
     pub fn allocate(&self, snap: &Snapshot, deadline: Duration) -> Result<Vec<Grant>, WasmError> {
-        let kinds = indexed::kinds(snap);
-        let input = to_wit(snap, &kinds);
+        let layout = indexed::Layout::new(snap);
+        let input = to_wit(snap, &layout);
         let (mut store, instance) = self.instantiate(deadline)?;
         let grants = instance
             .allot_policy_allocator()
             .call_allocate(&mut store, &input)
             .map_err(|e| describe(e, deadline))?
             .map_err(WasmError::Error)?;
-        let mut reader = indexed::GrantReader::new(snap, &kinds);
+        let mut reader = indexed::GrantReader::new(snap, &layout.kinds);
         grants
             .iter()
             .enumerate()
@@ -206,60 +206,49 @@ impl WasmPolicy {
     }
 }
 
-fn to_wit(snap: &Snapshot, kinds: &[String]) -> wit::Snapshot {
-    let role_index: std::collections::HashMap<&str, u32> = snap
-        .roles
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.name.as_str(), i as u32))
-        .collect();
-    let amounts = |r| indexed::amounts(r, kinds);
+fn to_wit(snap: &Snapshot, l: &indexed::Layout) -> wit::Snapshot {
+    let amounts = |at: usize| l.amounts(at).to_vec();
     wit::Snapshot {
-        kinds: kinds.to_vec(),
-        total: amounts(&snap.total),
+        kinds: l.kinds.clone(),
+        total: amounts(l.total),
         agents: snap
             .agents
             .iter()
-            .map(|a| wit::Agent {
+            .zip(&l.agents)
+            .map(|(a, (total, available, res))| wit::Agent {
                 id: a.id.clone(),
-                total: amounts(&a.total),
-                available: amounts(&a.available),
-                reserved: a
-                    .reserved
+                total: amounts(*total),
+                available: amounts(*available),
+                reserved: l.reservations[res.clone()]
                     .iter()
-                    .filter_map(|(role, r)| {
-                        Some(wit::Reservation {
-                            role: *role_index.get(role.as_str())?,
-                            available: amounts(r),
-                        })
+                    .map(|&(role, at)| wit::Reservation {
+                        role,
+                        available: amounts(at),
                     })
                     .collect(),
             })
             .collect(),
-        roles: snap
+        roles: l
             .roles
             .iter()
-            .map(|r| wit::Role {
-                name: r.name.clone(),
-                weight: r.weight,
-                quota_limit: r
-                    .quota_limit
-                    .as_ref()
-                    .map(|l| indexed::limit_amounts(l, kinds)),
-                allocation: amounts(&r.allocation),
+            .map(|(name, weight, limit, allocation)| wit::Role {
+                name: name.clone(),
+                weight: *weight,
+                quota_limit: limit.map(amounts),
+                allocation: amounts(*allocation),
             })
             .collect(),
         frameworks: snap
             .frameworks
             .iter()
-            .zip(indexed::filtered(snap))
-            .map(|(f, filtered)| wit::Framework {
+            .zip(&l.frameworks)
+            .map(|(f, (role, allocation, filtered))| wit::Framework {
                 id: f.id.clone(),
-                role: role_index.get(f.role.as_str()).copied().unwrap_or(u32::MAX),
+                role: *role,
                 priority: f.priority,
                 allocations: f.allocations,
-                allocation: amounts(&f.allocation),
-                filtered,
+                allocation: amounts(*allocation),
+                filtered: l.filtered[filtered.clone()].to_vec(),
             })
             .collect(),
     }

@@ -290,7 +290,7 @@ impl GrantRejection {
 #[derive(Debug, Default)]
 pub struct Cycle {
     /// Offers made.
-    pub offers: Vec<Offer>,
+    pub offers: Vec<Arc<Offer>>,
     /// Grants the host refused, with the reason.
     pub rejected: Vec<(Grant, GrantRejection)>,
     /// Agents in the snapshot.
@@ -308,7 +308,7 @@ pub struct Books {
     view: (Vec<usize>, Vec<usize>),
     roles: BTreeMap<String, RoleConfig>,
     /// Outstanding offers by ID (hashed with foldhash: the IDs are ours, and SipHash showed in profiles).
-    offers: HashMap<Id, Offer, foldhash::fast::RandomState>,
+    offers: HashMap<Id, Arc<Offer>, foldhash::fast::RandomState>,
     tasks: HashMap<(String, String), Task>,
     next_offer: u64,
     offer_prefix: String,
@@ -350,7 +350,7 @@ impl Books {
         id: &str,
         total: Resources,
         reserved: BTreeMap<String, Resources>,
-    ) -> Vec<Offer> {
+    ) -> Vec<Arc<Offer>> {
         let a = self.agents.entry(id);
         a.total = total;
         a.reserved = reserved;
@@ -369,7 +369,7 @@ impl Books {
 
     /// Marks an agent reachable (its `alive` key exists) or not. Going unreachable rescinds its offers and
     /// forgets its tasks' allocations: the resources leave the pool. Returns the rescinded offers.
-    pub fn set_reachable(&mut self, id: &str, reachable: bool) -> Vec<Offer> {
+    pub fn set_reachable(&mut self, id: &str, reachable: bool) -> Vec<Arc<Offer>> {
         let a = self.agents.entry(id);
         a.reachable = reachable;
         if reachable {
@@ -389,13 +389,13 @@ impl Books {
     }
 
     /// Removes an agent's record entirely. Returns its rescinded offers.
-    pub fn remove_agent(&mut self, id: &str) -> Vec<Offer> {
+    pub fn remove_agent(&mut self, id: &str) -> Vec<Arc<Offer>> {
         let out = self.set_reachable(id, false);
         self.agents.remove(id);
         out
     }
 
-    fn rescind_agent_offers(&mut self, agent: &str) -> Vec<Offer> {
+    fn rescind_agent_offers(&mut self, agent: &str) -> Vec<Arc<Offer>> {
         let ids: Vec<Id> = self
             .offers
             .values()
@@ -416,7 +416,7 @@ impl Books {
     }
 
     /// Removes a framework (torn down). Returns its rescinded offers.
-    pub fn remove_framework(&mut self, id: &str) -> Vec<Offer> {
+    pub fn remove_framework(&mut self, id: &str) -> Vec<Arc<Offer>> {
         let out = self.deactivate(id);
         if let Some(f) = self.frameworks.get_mut(id) {
             f.known = false;
@@ -435,7 +435,7 @@ impl Books {
     }
 
     /// A framework's scheduler went away: no more offers; its outstanding offers are recovered.
-    pub fn deactivate(&mut self, id: &str) -> Vec<Offer> {
+    pub fn deactivate(&mut self, id: &str) -> Vec<Arc<Offer>> {
         if let Some(f) = self.frameworks.get_mut(id) {
             f.active = false;
         }
@@ -492,7 +492,7 @@ impl Books {
         })
     }
 
-    fn take_offer(&mut self, id: &str) -> Option<Offer> {
+    fn take_offer(&mut self, id: &str) -> Option<Arc<Offer>> {
         let o = self.offers.remove(id)?;
         if let Some(a) = self.agents.get_mut(&o.agent) {
             a.release(&o.piece);
@@ -505,7 +505,7 @@ impl Books {
 
     /// An outstanding offer.
     pub fn offer(&self, id: &str) -> Option<&Offer> {
-        self.offers.get(id)
+        self.offers.get(id).map(|o| &**o)
     }
 
     /// Adds an offer filter: `agent` is not offered to `framework` before `until` (seconds).
@@ -703,17 +703,27 @@ impl Books {
         snapshot: &Snapshot,
         g: &Grant,
         now: f64,
-    ) -> Result<Offer, GrantRejection> {
+    ) -> Result<Arc<Offer>, GrantRejection> {
         let mut role_alloc = self.role_allocations();
         self.apply_grant_with(snapshot, g.clone(), now, &mut role_alloc)
             .map_err(|(_, why)| why)
     }
 
-    /// What every role holds now (offered and used), summed over its frameworks.
+    /// What every role with a quota limit holds now (offered and used), summed over its frameworks: what
+    /// validation checks limits against. Roles without a limit are not summed.
     fn role_allocations(&self) -> HashMap<Id, Resources> {
         let mut out: HashMap<Id, Resources> = HashMap::new();
+        if self.roles.values().all(|r| r.quota_limit.is_none()) {
+            return out;
+        }
         for f in self.frameworks.values() {
-            out.entry(f.role.clone()).or_default().add(&f.allocation);
+            if self
+                .roles
+                .get(&*f.role)
+                .is_some_and(|r| r.quota_limit.is_some())
+            {
+                out.entry(f.role.clone()).or_default().add(&f.allocation);
+            }
         }
         out
     }
@@ -731,7 +741,7 @@ impl Books {
         g: Grant,
         now: f64,
         role_alloc: &mut HashMap<Id, Resources>,
-    ) -> Result<Offer, (Grant, GrantRejection)> {
+    ) -> Result<Arc<Offer>, (Grant, GrantRejection)> {
         if g.resources.is_empty() && g.reserved.is_empty() {
             return Err((g, GrantRejection::Empty));
         }
@@ -771,15 +781,15 @@ impl Books {
         {
             return Err((g, GrantRejection::Overcommit));
         }
-        let total = g.total();
         if let Some(limit) = quota {
-            let after = role_alloc
-                .get(&f.role)
-                .map(|a| a.plus(&total))
-                .unwrap_or_else(|| total.clone());
+            let mut after = g.total();
+            if let Some(held) = role_alloc.get(&f.role) {
+                after.add(held);
+            }
             if limit.scalars().any(|(k, cap)| after.scalar_milli(k) > cap) {
                 return Err((g, GrantRejection::Quota));
             }
+            role_alloc.insert(f.role.clone(), after);
         }
         self.next_offer += 1;
         let mut number = itoa::Buffer::new();
@@ -788,7 +798,7 @@ impl Books {
         buf.push_str(&self.offer_prefix);
         buf.push('-');
         buf.push_str(number.format(self.next_offer));
-        let offer = Offer {
+        let offer = Arc::new(Offer {
             id: Id::from(buf.as_str()),
             framework: fw_id.clone(),
             agent: agent_id.clone(),
@@ -797,16 +807,11 @@ impl Books {
                 reserved: g.reserved,
                 role: f.role.clone(),
             },
-        };
+        });
         a.hold(&offer.piece);
-        f.allocation.add(&total);
+        f.allocation.add(&offer.piece.unreserved);
+        f.allocation.add(&offer.piece.reserved);
         f.allocations += 1;
-        match role_alloc.get_mut(&f.role) {
-            Some(r) => r.add(&total),
-            None => {
-                role_alloc.insert(f.role.clone(), total);
-            }
-        }
         self.offers.insert(offer.id.clone(), offer.clone());
         Ok(offer)
     }
@@ -818,7 +823,7 @@ impl Books {
         snapshot: &Snapshot,
         grants: Vec<Grant>,
         now: f64,
-    ) -> (Vec<Offer>, Vec<(Grant, GrantRejection)>) {
+    ) -> (Vec<Arc<Offer>>, Vec<(Grant, GrantRejection)>) {
         let mut offers = Vec::with_capacity(grants.len());
         let mut rejected = Vec::new();
         let mut role_alloc = self.role_allocations();
@@ -852,7 +857,7 @@ impl Books {
 
     /// Outstanding offers.
     pub fn offers(&self) -> impl Iterator<Item = &Offer> {
-        self.offers.values()
+        self.offers.values().map(|o| &**o)
     }
 
     /// Each framework's allocation (offered and used), role and priority, by framework ID.
@@ -944,7 +949,7 @@ mod tests {
         b
     }
 
-    fn cycle(b: &mut Books, now: f64) -> Vec<Offer> {
+    fn cycle(b: &mut Books, now: f64) -> Vec<Arc<Offer>> {
         let c = b.run_cycle(&mut allot_drf::Drf, now);
         assert!(c.rejected.is_empty(), "{:?}", c.rejected);
         c.offers
@@ -968,7 +973,7 @@ mod tests {
             "a1".into(),
             Piece::unreserved(r("cpus:1;mem:128")),
         )];
-        b.recover_offers(&[o.id], 5.0, 1.0, &launched, 0.0);
+        b.recover_offers(&[o.id.clone()], 5.0, 1.0, &launched, 0.0);
         b.check_invariants().unwrap();
         // Filtered for 5 s: nothing offered at t=1, the rest offered at t=6.
         assert!(cycle(&mut b, 1.0).is_empty());
@@ -982,7 +987,7 @@ mod tests {
     fn filter_lasts_at_least_the_allocation_interval() {
         let mut b = books();
         let o = cycle(&mut b, 0.0).remove(0);
-        b.recover_offers(&[o.id], 0.1, 1.0, &[], 0.0);
+        b.recover_offers(&[o.id.clone()], 0.1, 1.0, &[], 0.0);
         assert!(cycle(&mut b, 0.5).is_empty());
         assert_eq!(cycle(&mut b, 1.5).len(), 1);
     }
@@ -991,10 +996,10 @@ mod tests {
     fn revive_clears_filters_and_suppress_stops_offers() {
         let mut b = books();
         let o = cycle(&mut b, 0.0).remove(0);
-        b.recover_offers(&[o.id], 100.0, 1.0, &[], 0.0);
+        b.recover_offers(&[o.id.clone()], 100.0, 1.0, &[], 0.0);
         b.revive("f1");
         let o = cycle(&mut b, 1.0).remove(0);
-        b.recover_offers(&[o.id], 0.0, 1.0, &[], 1.0);
+        b.recover_offers(&[o.id.clone()], 0.0, 1.0, &[], 1.0);
         assert!(b.wants_offers());
         b.suppress("f1");
         assert!(!b.wants_offers(), "a suppressed framework wants no offers");

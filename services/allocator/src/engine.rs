@@ -365,7 +365,7 @@ impl State {
         }
     }
 
-    fn rescind(&mut self, offers: Vec<crate::books::Offer>) {
+    fn rescind(&mut self, offers: Vec<Arc<crate::books::Offer>>) {
         if offers.is_empty() {
             return;
         }
@@ -780,7 +780,7 @@ impl State {
     }
 
     /// Sets the per-role and cluster series from the cycle's snapshot plus the offers it made.
-    fn record_shares(&self, snapshot: &allot_policy::Snapshot, offers: &[crate::books::Offer]) {
+    fn record_shares(&self, snapshot: &allot_policy::Snapshot, offers: &[Arc<crate::books::Offer>]) {
         let role_of: HashMap<&str, &str> = snapshot
             .frameworks
             .iter()

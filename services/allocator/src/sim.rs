@@ -300,7 +300,7 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn rescinded(&mut self, offers: Vec<Offer>) -> Result<(), SimError> {
+    fn rescinded(&mut self, offers: Vec<Arc<Offer>>) -> Result<(), SimError> {
         for o in offers {
             self.line(json!({"type": "rescind", "t": secs(self.now_ms), "framework": &*o.framework, "agent": &*o.agent}))?;
         }
@@ -388,7 +388,7 @@ impl Sim<'_> {
             };
             let (task, per_offer, duration) = (w.task.clone(), w.per_offer, w.duration_ms);
             let mut left = w.left;
-            let mut remaining = o.clone();
+            let mut remaining = (*o).clone();
             let mut launched = Vec::new();
             while left > 0 && (launched.len() as u64) < per_offer {
                 let Some(piece) = self.piece_from_offer(&remaining, &task) else {
@@ -405,7 +405,7 @@ impl Sim<'_> {
             }
             let min_filter = self.interval_ms as f64 / 1000.0;
             self.books
-                .recover_offers(&[o.id], 0.0, min_filter, &launched, now);
+                .recover_offers(&[o.id.clone()], 0.0, min_filter, &launched, now);
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ wit_bindgen::generate!({
 });
 
 use allot::policy::types as wit;
+use allot_policy::indexed::{AgentRow, FrameworkRow, IndexedPolicy, RoleRow, View};
 use allot_policy::{AgentView, FrameworkView, Policy, RoleView, Snapshot, indexed};
 use exports::allot::policy::allocator::Guest;
 use std::marker::PhantomData;
@@ -58,12 +59,70 @@ impl<P: Policy + Default> Guest for Export<P> {
     }
 }
 
+/// Exports index-form policy `P` through the WIT world: it decides on a [`View`] of the WIT snapshot's
+/// vectors, and no [`Snapshot`] is built.
+pub struct ExportIndexed<P>(PhantomData<P>);
+
+impl<P: IndexedPolicy + Default> Guest for ExportIndexed<P> {
+    fn name() -> String {
+        P::default().name().to_string()
+    }
+
+    fn allocate(s: wit::Snapshot) -> Result<Vec<wit::Grant>, String> {
+        let view = View {
+            kinds: s.kinds.iter().map(String::as_str).collect(),
+            total: &s.total,
+            agents: s
+                .agents
+                .iter()
+                .map(|a| AgentRow {
+                    available: &a.available,
+                    reserved: a.reserved.iter().map(|r| (r.role, &r.available[..])).collect(),
+                })
+                .collect(),
+            roles: s
+                .roles
+                .iter()
+                .map(|r| RoleRow {
+                    name: &r.name,
+                    weight: r.weight,
+                    quota_limit: r.quota_limit.as_deref(),
+                    allocation: &r.allocation,
+                })
+                .collect(),
+            frameworks: s
+                .frameworks
+                .iter()
+                .map(|f| FrameworkRow {
+                    id: &f.id,
+                    role: f.role,
+                    priority: f.priority,
+                    allocations: f.allocations,
+                    allocation: &f.allocation,
+                    filtered: &f.filtered,
+                })
+                .collect(),
+        };
+        view.check()?;
+        let grants = P::default().allocate_indexed(&view);
+        Ok(grants
+            .iter()
+            .map(|(framework, agent, resources, reserved)| wit::Grant {
+                framework,
+                agent,
+                resources: resources.to_vec(),
+                reserved: reserved.to_vec(),
+            })
+            .collect())
+    }
+}
+
 /// The [`Snapshot`] of a WIT snapshot.
 ///
 /// # Errors
 /// A message for a role or agent index out of range.
 pub fn from_wit(s: wit::Snapshot) -> Result<Snapshot, String> {
-    let kinds = s.kinds;
+    let kinds = indexed::interned(&s.kinds);
     let names: Vec<String> = s.roles.iter().map(|r| r.name.clone()).collect();
     let role = |i: u32| {
         names
