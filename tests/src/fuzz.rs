@@ -158,7 +158,7 @@ pub fn policy_output(data: &[u8]) -> Reached {
             &resources,
             &reserved,
         ) {
-            reached = match books.apply_grant(&grant, 0.0) {
+            reached = match books.apply_grant(&snap, &grant, 0.0) {
                 Ok(_) => Reached::Accepted,
                 Err(_) if reached == Reached::Accepted => Reached::Accepted,
                 Err(_) => Reached::Refused,

@@ -973,7 +973,7 @@ mod tests {
             "a1".into(),
             Piece::unreserved(r("cpus:1;mem:128")),
         )];
-        b.recover_offers(&[o.id.clone()], 5.0, 1.0, &launched, 0.0);
+        b.recover_offers(std::slice::from_ref(&o.id), 5.0, 1.0, &launched, 0.0);
         b.check_invariants().unwrap();
         // Filtered for 5 s: nothing offered at t=1, the rest offered at t=6.
         assert!(cycle(&mut b, 1.0).is_empty());
@@ -987,7 +987,7 @@ mod tests {
     fn filter_lasts_at_least_the_allocation_interval() {
         let mut b = books();
         let o = cycle(&mut b, 0.0).remove(0);
-        b.recover_offers(&[o.id.clone()], 0.1, 1.0, &[], 0.0);
+        b.recover_offers(std::slice::from_ref(&o.id), 0.1, 1.0, &[], 0.0);
         assert!(cycle(&mut b, 0.5).is_empty());
         assert_eq!(cycle(&mut b, 1.5).len(), 1);
     }
@@ -996,10 +996,10 @@ mod tests {
     fn revive_clears_filters_and_suppress_stops_offers() {
         let mut b = books();
         let o = cycle(&mut b, 0.0).remove(0);
-        b.recover_offers(&[o.id.clone()], 100.0, 1.0, &[], 0.0);
+        b.recover_offers(std::slice::from_ref(&o.id), 100.0, 1.0, &[], 0.0);
         b.revive("f1");
         let o = cycle(&mut b, 1.0).remove(0);
-        b.recover_offers(&[o.id.clone()], 0.0, 1.0, &[], 1.0);
+        b.recover_offers(std::slice::from_ref(&o.id), 0.0, 1.0, &[], 1.0);
         assert!(b.wants_offers());
         b.suppress("f1");
         assert!(!b.wants_offers(), "a suppressed framework wants no offers");

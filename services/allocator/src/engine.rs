@@ -780,7 +780,11 @@ impl State {
     }
 
     /// Sets the per-role and cluster series from the cycle's snapshot plus the offers it made.
-    fn record_shares(&self, snapshot: &allot_policy::Snapshot, offers: &[Arc<crate::books::Offer>]) {
+    fn record_shares(
+        &self,
+        snapshot: &allot_policy::Snapshot,
+        offers: &[Arc<crate::books::Offer>],
+    ) {
         let role_of: HashMap<&str, &str> = snapshot
             .frameworks
             .iter()

@@ -405,7 +405,7 @@ impl Sim<'_> {
             }
             let min_filter = self.interval_ms as f64 / 1000.0;
             self.books
-                .recover_offers(&[o.id.clone()], 0.0, min_filter, &launched, now);
+                .recover_offers(std::slice::from_ref(&o.id), 0.0, min_filter, &launched, now);
         }
         Ok(())
     }

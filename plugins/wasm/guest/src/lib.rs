@@ -77,7 +77,11 @@ impl<P: IndexedPolicy + Default> Guest for ExportIndexed<P> {
                 .iter()
                 .map(|a| AgentRow {
                     available: &a.available,
-                    reserved: a.reserved.iter().map(|r| (r.role, &r.available[..])).collect(),
+                    reserved: a
+                        .reserved
+                        .iter()
+                        .map(|r| (r.role, &r.available[..]))
+                        .collect(),
                 })
                 .collect(),
             roles: s
