@@ -227,6 +227,31 @@ pub unsafe fn write_grants(
     Ok(())
 }
 
+/// Runs `body` on the host's snapshot and grant buffer, checking both pointers for null and turning a panic
+/// into [`ERR_PANIC`]: the frame of every `allot_policy_allocate`.
+///
+/// # Safety
+/// `snapshot` and `out` must be valid as `allot_policy.h` describes.
+unsafe fn guarded(
+    snapshot: *const AllotSnapshot,
+    out: *mut AllotGrants,
+    body: impl FnOnce(&AllotSnapshot, &mut AllotGrants) -> Result<(), i32>,
+) -> i32 {
+    if snapshot.is_null() || out.is_null() {
+        return ERR_INPUT;
+    }
+    let run = std::panic::AssertUnwindSafe(|| {
+        // SAFETY: checked non-null above; validity is the host's promise.
+        let (s, out) = unsafe { (&*snapshot, &mut *out) };
+        body(s, out)
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(Ok(())) => OK,
+        Ok(Err(code)) => code,
+        Err(_) => ERR_PANIC,
+    }
+}
+
 /// Runs index-form `policy` on the host's snapshot, read in place, and writes its grants: the body of
 /// `allot_policy_allocate` for an [`IndexedPolicy`]. A panic inside the policy is caught and reported as
 /// [`ERR_PANIC`].
@@ -238,21 +263,14 @@ pub unsafe fn allocate_indexed(
     snapshot: *const AllotSnapshot,
     out: *mut AllotGrants,
 ) -> i32 {
-    if snapshot.is_null() || out.is_null() {
-        return ERR_INPUT;
-    }
-    let run = std::panic::AssertUnwindSafe(|| -> Result<(), i32> {
-        // SAFETY: checked non-null above; validity is the host's promise.
-        let (s, out) = unsafe { (&*snapshot, &mut *out) };
-        let view = unsafe { read_view(s) }?;
-        let grants = policy.allocate_indexed(&view);
-        let (na, nf, nk) = (view.agents.len(), view.frameworks.len(), view.kinds.len());
-        unsafe { write_indexed_grants(na, nf, nk, &grants, out) }
-    });
-    match std::panic::catch_unwind(run) {
-        Ok(Ok(())) => OK,
-        Ok(Err(code)) => code,
-        Err(_) => ERR_PANIC,
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        guarded(snapshot, out, |s, out| {
+            let view = read_view(s)?;
+            let grants = policy.allocate_indexed(&view);
+            let (na, nf, nk) = (view.agents.len(), view.frameworks.len(), view.kinds.len());
+            write_indexed_grants(na, nf, nk, &grants, out)
+        })
     }
 }
 
@@ -266,19 +284,12 @@ pub unsafe fn allocate(
     snapshot: *const AllotSnapshot,
     out: *mut AllotGrants,
 ) -> i32 {
-    if snapshot.is_null() || out.is_null() {
-        return ERR_INPUT;
-    }
-    let run = std::panic::AssertUnwindSafe(|| -> Result<(), i32> {
-        // SAFETY: checked non-null above; validity is the host's promise.
-        let (s, out) = unsafe { (&*snapshot, &mut *out) };
-        let (snap, kinds) = unsafe { read_snapshot(s) }?;
-        let grants = policy.allocate(&snap);
-        unsafe { write_grants(&snap, &kinds, &grants, out) }
-    });
-    match std::panic::catch_unwind(run) {
-        Ok(Ok(())) => OK,
-        Ok(Err(code)) => code,
-        Err(_) => ERR_PANIC,
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        guarded(snapshot, out, |s, out| {
+            let (snap, kinds) = read_snapshot(s)?;
+            let grants = policy.allocate(&snap);
+            write_grants(&snap, &kinds, &grants, out)
+        })
     }
 }

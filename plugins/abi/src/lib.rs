@@ -171,23 +171,12 @@ pub type AllocateFn = unsafe extern "C" fn(*const AllotSnapshot, *mut AllotGrant
 #[macro_export]
 macro_rules! export_policy {
     (indexed $make:expr, $name:expr) => {
-        $crate::export_policy!(@symbols $name);
-
-        /// Runs one allocation cycle; see `allot_policy.h`.
-        ///
-        /// # Safety
-        /// `snapshot` and `out` must be valid as `allot_policy.h` describes.
-        #[allow(unsafe_code)]
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn allot_policy_allocate(
-            snapshot: *const $crate::AllotSnapshot,
-            out: *mut $crate::AllotGrants,
-        ) -> i32 {
-            // SAFETY: the host passes pointers valid for the call, as the ABI requires.
-            unsafe { $crate::guest::allocate_indexed(&mut $make, snapshot, out) }
-        }
+        $crate::export_policy!(@export $make, $name, allocate_indexed);
     };
-    (@symbols $name:expr) => {
+    ($make:expr, $name:expr) => {
+        $crate::export_policy!(@export $make, $name, allocate);
+    };
+    (@export $make:expr, $name:expr, $entry:ident) => {
         /// The ABI version this library speaks.
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
@@ -202,9 +191,6 @@ macro_rules! export_policy {
             let name: &'static ::std::ffi::CStr = $name;
             name.as_ptr()
         }
-    };
-    ($make:expr, $name:expr) => {
-        $crate::export_policy!(@symbols $name);
 
         /// Runs one allocation cycle; see `allot_policy.h`.
         ///
@@ -217,7 +203,7 @@ macro_rules! export_policy {
             out: *mut $crate::AllotGrants,
         ) -> i32 {
             // SAFETY: the host passes pointers valid for the call, as the ABI requires.
-            unsafe { $crate::guest::allocate(&mut $make, snapshot, out) }
+            unsafe { $crate::guest::$entry(&mut $make, snapshot, out) }
         }
     };
 }
