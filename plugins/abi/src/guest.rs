@@ -26,6 +26,24 @@ unsafe fn text<'a>(s: AllotStr) -> Result<&'a str, i32> {
     std::str::from_utf8(bytes).map_err(|_| ERR_INPUT)
 }
 
+/// The kind names of `s`, once its ABI version is checked.
+///
+/// # Safety
+/// `s` must be valid as `allot_policy.h` describes, for `'a`.
+///
+/// # Errors
+/// [`ERR_INPUT`] for a different ABI version or a name that is not UTF-8.
+unsafe fn checked_kinds(s: &AllotSnapshot) -> Result<Vec<&str>, i32> {
+    if s.abi_version != ABI_VERSION {
+        return Err(ERR_INPUT);
+    }
+    // SAFETY: pointers and lengths come from the host as the ABI requires.
+    unsafe { slice(s.kinds, s.n_kinds) }
+        .iter()
+        .map(|k| unsafe { text(*k) })
+        .collect()
+}
+
 /// Converts the host's C snapshot into a [`Snapshot`], with the resource kind names in ABI order (the order
 /// [`write_grants`] needs).
 ///
@@ -35,15 +53,9 @@ unsafe fn text<'a>(s: AllotStr) -> Result<&'a str, i32> {
 /// # Errors
 /// [`ERR_INPUT`] for a different ABI version, bad UTF-8 or out-of-range indices.
 pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>), i32> {
-    if s.abi_version != ABI_VERSION {
-        return Err(ERR_INPUT);
-    }
+    let kinds = unsafe { checked_kinds(s) }?;
     let n = s.n_kinds;
     // SAFETY (every block below): pointers and lengths come from the host as the ABI requires.
-    let kinds: Vec<&str> = unsafe { slice(s.kinds, n) }
-        .iter()
-        .map(|k| unsafe { text(*k) })
-        .collect::<Result<_, _>>()?;
     let interned = indexed::interned(&kinds);
     let vec = |p: *const i64| indexed::resources(&interned, unsafe { slice(p, n) });
     let roles_c = unsafe { slice(s.roles, s.n_roles) };
@@ -109,15 +121,9 @@ pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>)
 /// # Errors
 /// [`ERR_INPUT`] for a different ABI version, bad UTF-8, or a view [`View::check`] refuses.
 pub unsafe fn read_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
-    if s.abi_version != ABI_VERSION {
-        return Err(ERR_INPUT);
-    }
+    let kinds = unsafe { checked_kinds(s) }?;
     let n = s.n_kinds;
     // SAFETY (every block below): pointers and lengths come from the host as the ABI requires.
-    let kinds: Vec<&str> = unsafe { slice(s.kinds, n) }
-        .iter()
-        .map(|k| unsafe { text(*k) })
-        .collect::<Result<_, _>>()?;
     let amounts = |p: *const i64| -> &'a [i64] { unsafe { slice(p, n) } };
     let agents = unsafe { slice(s.agents, s.n_agents) }
         .iter()
