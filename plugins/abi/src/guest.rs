@@ -29,7 +29,7 @@ unsafe fn text<'a>(s: AllotStr) -> Result<&'a str, i32> {
 /// The kind names of `s`, once its ABI version is checked.
 ///
 /// # Safety
-/// `s` must be valid as `allot_policy.h` describes, for `'a`.
+/// `s` must be valid as `allot_policy.h` describes, for the duration of the call.
 ///
 /// # Errors
 /// [`ERR_INPUT`] for a different ABI version or a name that is not UTF-8.
