@@ -90,7 +90,7 @@ impl<V: Default> Table<V> {
 }
 
 /// Resources held by an offer or a task: an unreserved part and a part of `role`'s reservation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Piece {
     /// Unreserved resources.
     pub unreserved: Resources,
@@ -98,16 +98,6 @@ pub struct Piece {
     pub reserved: Resources,
     /// The role the reserved part belongs to (the framework's role).
     pub role: Id,
-}
-
-impl Default for Piece {
-    fn default() -> Self {
-        Self {
-            unreserved: Resources::new(),
-            reserved: Resources::new(),
-            role: "".into(),
-        }
-    }
 }
 
 impl Piece {
@@ -202,7 +192,7 @@ impl Agent {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Framework {
     role: Id,
     priority: i32,
@@ -215,21 +205,6 @@ struct Framework {
     allocations: u64,
     /// Agent ID -> time (seconds) until which the agent is filtered.
     filters: HashMap<String, f64>,
-}
-
-impl Default for Framework {
-    fn default() -> Self {
-        Self {
-            role: "".into(),
-            priority: 0,
-            known: false,
-            active: false,
-            suppressed: false,
-            allocation: Resources::new(),
-            allocations: 0,
-            filters: HashMap::new(),
-        }
-    }
 }
 
 impl Framework {
@@ -304,8 +279,10 @@ pub struct Cycle {
 pub struct Books {
     agents: Table<Agent>,
     frameworks: Table<Framework>,
-    /// The table slots of the last snapshot's agents and frameworks, in snapshot order.
-    view: (Vec<usize>, Vec<usize>),
+    /// The table slots of the last snapshot's agents, in snapshot order.
+    agent_slots: Vec<usize>,
+    /// The table slots of the last snapshot's frameworks, in snapshot order.
+    framework_slots: Vec<usize>,
     roles: BTreeMap<String, RoleConfig>,
     /// Outstanding offers by ID (hashed with foldhash: the IDs are ours, and SipHash showed in profiles).
     offers: HashMap<Id, Arc<Offer>, foldhash::fast::RandomState>,
@@ -684,7 +661,8 @@ impl Books {
                 agent_slots.swap(i, j);
             }
         }
-        self.view = (agent_slots, framework_slots);
+        self.agent_slots = agent_slots;
+        self.framework_slots = framework_slots;
         Snapshot {
             total,
             agents,
@@ -753,7 +731,7 @@ impl Books {
         };
         let Some((fw_id, f)) = self
             .frameworks
-            .at_mut(self.view.1.get(g.framework).copied(), fw_id)
+            .at_mut(self.framework_slots.get(g.framework).copied(), fw_id)
         else {
             return Err((g, GrantRejection::Framework));
         };
@@ -769,7 +747,7 @@ impl Books {
             .and_then(|r| r.quota_limit.as_ref());
         let Some((agent_id, a)) = self
             .agents
-            .at_mut(self.view.0.get(g.agent).copied(), agent_id)
+            .at_mut(self.agent_slots.get(g.agent).copied(), agent_id)
         else {
             return Err((g, GrantRejection::Agent));
         };
