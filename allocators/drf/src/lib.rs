@@ -75,12 +75,8 @@ impl IndexedPolicy for Priority {
     }
 }
 
-/// Whether `r` is worth offering (Mesos' `allocatable()`).
-pub fn is_allocatable(r: &Resources) -> bool {
-    r.scalar("cpus") >= MIN_CPUS || r.scalar("mem") >= MIN_MEM_MIB
-}
-
-/// [`is_allocatable`] on amounts in thousandths, given the positions of `cpus` and `mem` among the kinds.
+/// Whether amounts `v` (thousandths in kind order) are worth offering, given the positions of `cpus` and `mem`
+/// among the kinds (Mesos' `allocatable()`: at least [`MIN_CPUS`] or [`MIN_MEM_MIB`]).
 fn allocatable(v: &[i64], cpus: Option<usize>, mem: Option<usize>) -> bool {
     let milli = |k: Option<usize>| k.map_or(0, |k| v[k]);
     milli(cpus) as f64 >= MIN_CPUS * 1000.0 || milli(mem) as f64 >= MIN_MEM_MIB * 1000.0

@@ -382,16 +382,9 @@ pub fn interned_kinds(snap: &Snapshot) -> Vec<Kind> {
     kinds
 }
 
-/// `r`'s scalars in thousandths, one per kind of `kinds`, appended to `out`.
-pub fn extend_amounts(r: &Resources, kinds: &[String], out: &mut Vec<i64>) {
-    out.extend(kinds.iter().map(|k| r.scalar_milli(k)));
-}
-
 /// `r`'s scalars in thousandths, one per kind of `kinds` (0 when absent).
 pub fn amounts(r: &Resources, kinds: &[String]) -> Vec<i64> {
-    let mut out = Vec::with_capacity(kinds.len());
-    extend_amounts(r, kinds, &mut out);
-    out
+    kinds.iter().map(|k| r.scalar_milli(k)).collect()
 }
 
 /// A quota limit in thousandths, one per kind of `kinds`: -1 where the limit does not name the kind.
