@@ -19,7 +19,7 @@
 //! offered.
 
 use allot_policy::indexed::{IndexedGrants, IndexedPolicy, Layout, View};
-use allot_policy::{Grant, Policy, Resources, Snapshot};
+use allot_policy::{Grant, Policy, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Mesos' `MIN_CPUS`: an offer must have at least this many cores, or [`MIN_MEM_MIB`] of memory.
@@ -299,7 +299,7 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use allot_policy::{AgentView, FrameworkView, RoleView};
+    use allot_policy::{AgentView, FrameworkView, Resources, RoleView};
 
     fn r(s: &str) -> Resources {
         s.parse().unwrap()

@@ -10,13 +10,17 @@
 //! and WASM builds read the host's buffers as they are, and neither side builds a [`Snapshot`] of bags and
 //! IDs on the way (the built-in `drf` and `priority` do this).
 
-use crate::{Grant, Kind, Resources, Snapshot};
+use crate::{AgentView, FrameworkView, Grant, Kind, Resources, RoleView, Snapshot};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
 /// One agent of a [`View`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentRow<'a> {
+    /// The agent's ID.
+    pub id: &'a str,
+    /// Everything it has, reserved included.
+    pub total: &'a [i64],
     /// Unreserved resources neither offered nor used, one amount per kind.
     pub available: &'a [i64],
     /// Its reservations still free: `(role index, amounts)`.
@@ -115,6 +119,71 @@ impl View<'_> {
         }
         Ok(())
     }
+
+    /// The [`Snapshot`] of this view: IDs and resource bags, for a [`crate::Policy`] (what a guest does for
+    /// a policy that does not decide on the index form). Amount vectors are read kind by kind.
+    ///
+    /// # Errors
+    /// A message for a role or agent index out of range.
+    pub fn to_snapshot(&self) -> Result<Snapshot, String> {
+        let kinds = interned(&self.kinds);
+        let bag = |v: &[i64]| resources(&kinds, v);
+        let role = |i: u32| {
+            self.roles
+                .get(i as usize)
+                .map(|r| r.name.to_string())
+                .ok_or_else(|| format!("role index {i} out of range"))
+        };
+        let roles = self
+            .roles
+            .iter()
+            .map(|r| RoleView {
+                name: r.name.to_string(),
+                weight: r.weight,
+                quota_limit: r.quota_limit.map(|l| limit_resources(&kinds, l)),
+                allocation: bag(r.allocation),
+            })
+            .collect();
+        let mut agents = Vec::with_capacity(self.agents.len());
+        for a in &self.agents {
+            let mut reserved = std::collections::BTreeMap::new();
+            for &(r, v) in &a.reserved {
+                reserved.insert(role(r)?, bag(v));
+            }
+            agents.push(AgentView {
+                id: a.id.to_string(),
+                total: bag(a.total),
+                available: bag(a.available),
+                reserved,
+            });
+        }
+        let mut frameworks = Vec::with_capacity(self.frameworks.len());
+        for f in &self.frameworks {
+            let mut filtered_agents = Vec::with_capacity(f.filtered.len());
+            for &i in f.filtered {
+                let a = self
+                    .agents
+                    .get(i as usize)
+                    .ok_or_else(|| format!("agent index {i} out of range"))?;
+                filtered_agents.push(a.id.to_string());
+            }
+            filtered_agents.sort();
+            frameworks.push(FrameworkView {
+                id: f.id.to_string(),
+                role: role(f.role)?,
+                allocation: bag(f.allocation),
+                allocations: f.allocations,
+                filtered_agents,
+                priority: f.priority,
+            });
+        }
+        Ok(Snapshot {
+            total: bag(self.total),
+            agents,
+            frameworks,
+            roles,
+        })
+    }
 }
 
 /// Grants in index form: `(framework index, agent index)` and two amount vectors each (unreserved, then
@@ -146,6 +215,21 @@ impl IndexedGrants {
         self.rows.push((framework, agent));
         self.amounts.extend_from_slice(unreserved);
         self.amounts.extend_from_slice(reserved);
+    }
+
+    /// `grants` in index form over `kinds` (each bag read kind by kind; port ranges are dropped, as plugins see
+    /// scalars only).
+    pub fn from_grants<K: AsRef<str>>(grants: &[Grant], kinds: &[K]) -> Self {
+        let mut out = Self::new(kinds.len(), grants.len());
+        for g in grants {
+            let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+            out.rows.push((index(g.framework), index(g.agent)));
+            for bag in [&g.resources, &g.reserved] {
+                out.amounts
+                    .extend(kinds.iter().map(|k| bag.scalar_milli(k.as_ref())));
+            }
+        }
+        out
     }
 
     /// How many grants.
@@ -324,7 +408,10 @@ impl Layout {
             agents: self
                 .agents
                 .iter()
-                .map(|(_, av, res)| AgentRow {
+                .zip(&snap.agents)
+                .map(|((total, av, res), a)| AgentRow {
+                    id: &a.id,
+                    total: self.amounts(*total),
                     available: self.amounts(*av),
                     reserved: self.reservations[res.clone()]
                         .iter()

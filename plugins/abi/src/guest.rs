@@ -2,8 +2,7 @@
 
 use crate::*;
 use allot_policy::indexed::{AgentRow, FrameworkRow, IndexedGrants, IndexedPolicy, RoleRow, View};
-use allot_policy::{AgentView, FrameworkView, Grant, Policy, RoleView, Snapshot, indexed};
-use std::collections::BTreeMap;
+use allot_policy::{Grant, Policy, Snapshot};
 
 /// Reads `n` entries at `ptr` (an empty slice for a null pointer or `n == 0`).
 ///
@@ -26,115 +25,38 @@ unsafe fn text<'a>(s: AllotStr) -> Result<&'a str, i32> {
     std::str::from_utf8(bytes).map_err(|_| ERR_INPUT)
 }
 
-/// The kind names of `s`, once its ABI version is checked.
-///
-/// # Safety
-/// `s` must be valid as `allot_policy.h` describes, for the duration of the call.
-///
-/// # Errors
-/// [`ERR_INPUT`] for a different ABI version or a name that is not UTF-8.
-unsafe fn checked_kinds(s: &AllotSnapshot) -> Result<Vec<&str>, i32> {
-    if s.abi_version != ABI_VERSION {
-        return Err(ERR_INPUT);
-    }
-    // SAFETY: pointers and lengths come from the host as the ABI requires.
-    unsafe { slice(s.kinds, s.n_kinds) }
-        .iter()
-        .map(|k| unsafe { text(*k) })
-        .collect()
-}
-
-/// Converts the host's C snapshot into a [`Snapshot`], with the resource kind names in ABI order (the order
-/// [`write_grants`] needs).
-///
-/// # Safety
-/// `s` must be valid as `allot_policy.h` describes, for the duration of the call.
-///
-/// # Errors
-/// [`ERR_INPUT`] for a different ABI version, bad UTF-8 or out-of-range indices.
-pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>), i32> {
-    let kinds = unsafe { checked_kinds(s) }?;
-    let n = s.n_kinds;
-    // SAFETY (every block below): pointers and lengths come from the host as the ABI requires.
-    let interned = indexed::interned(&kinds);
-    let vec = |p: *const i64| indexed::resources(&interned, unsafe { slice(p, n) });
-    let roles_c = unsafe { slice(s.roles, s.n_roles) };
-    let mut role_names = Vec::with_capacity(roles_c.len());
-    let mut roles = Vec::with_capacity(roles_c.len());
-    for r in roles_c {
-        let name = unsafe { text(r.name) }?.to_string();
-        let quota_limit = (!r.quota_limit.is_null())
-            .then(|| indexed::limit_resources(&interned, unsafe { slice(r.quota_limit, n) }));
-        role_names.push(name.clone());
-        roles.push(RoleView {
-            name,
-            weight: r.weight,
-            quota_limit,
-            allocation: vec(r.allocation),
-        });
-    }
-    let agents_c = unsafe { slice(s.agents, s.n_agents) };
-    let mut agents = Vec::with_capacity(agents_c.len());
-    for a in agents_c {
-        let mut reserved = BTreeMap::new();
-        for res in unsafe { slice(a.reserved, a.n_reserved) } {
-            let role = role_names.get(res.role as usize).ok_or(ERR_INPUT)?;
-            reserved.insert(role.clone(), vec(res.available));
-        }
-        agents.push(AgentView {
-            id: unsafe { text(a.id) }?.to_string(),
-            total: vec(a.total),
-            available: vec(a.available),
-            reserved,
-        });
-    }
-    let mut frameworks = Vec::new();
-    for f in unsafe { slice(s.frameworks, s.n_frameworks) } {
-        let mut filtered_agents = Vec::with_capacity(f.n_filtered as usize);
-        for &i in unsafe { slice(f.filtered, f.n_filtered) } {
-            filtered_agents.push(agents.get(i as usize).ok_or(ERR_INPUT)?.id.clone());
-        }
-        filtered_agents.sort();
-        frameworks.push(FrameworkView {
-            id: unsafe { text(f.id) }?.to_string(),
-            role: role_names.get(f.role as usize).ok_or(ERR_INPUT)?.clone(),
-            allocation: vec(f.allocation),
-            allocations: f.allocations,
-            filtered_agents,
-            priority: f.priority,
-        });
-    }
-    let snapshot = Snapshot {
-        total: vec(s.total),
-        agents,
-        frameworks,
-        roles,
-    };
-    Ok((snapshot, kinds.iter().map(|k| k.to_string()).collect()))
-}
-
-/// Borrows the host's C snapshot as a [`View`] (no amount or ID is copied) and checks it.
+/// Borrows the host's C snapshot as a [`View`] (no amount is copied), without [`View::check`].
 ///
 /// # Safety
 /// `s` must be valid as `allot_policy.h` describes, for `'a`.
 ///
 /// # Errors
-/// [`ERR_INPUT`] for a different ABI version, bad UTF-8, or a view [`View::check`] refuses.
-pub unsafe fn read_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
-    let kinds = unsafe { checked_kinds(s) }?;
+/// [`ERR_INPUT`] for a different ABI version or text that is not UTF-8.
+unsafe fn borrow_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
+    if s.abi_version != ABI_VERSION {
+        return Err(ERR_INPUT);
+    }
     let n = s.n_kinds;
     // SAFETY (every block below): pointers and lengths come from the host as the ABI requires.
+    let kinds: Vec<&str> = unsafe { slice(s.kinds, n) }
+        .iter()
+        .map(|k| unsafe { text(*k) })
+        .collect::<Result<_, _>>()?;
     let amounts = |p: *const i64| -> &'a [i64] { unsafe { slice(p, n) } };
     let agents = unsafe { slice(s.agents, s.n_agents) }
         .iter()
-        .map(|a| AgentRow {
-            available: amounts(a.available),
-            reserved: unsafe { slice(a.reserved, a.n_reserved) }
-                .iter()
-                .map(|r| (r.role, amounts(r.available)))
-                .collect(),
+        .map(|a| {
+            Ok(AgentRow {
+                id: unsafe { text(a.id) }?,
+                total: amounts(a.total),
+                available: amounts(a.available),
+                reserved: unsafe { slice(a.reserved, a.n_reserved) }
+                    .iter()
+                    .map(|r| (r.role, amounts(r.available)))
+                    .collect(),
+            })
         })
-        .collect();
+        .collect::<Result<_, i32>>()?;
     let roles = unsafe { slice(s.roles, s.n_roles) }
         .iter()
         .map(|r| {
@@ -159,15 +81,42 @@ pub unsafe fn read_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
             })
         })
         .collect::<Result<_, i32>>()?;
-    let view = View {
+    Ok(View {
         kinds,
         total: amounts(s.total),
         agents,
         roles,
         frameworks,
-    };
+    })
+}
+
+/// Borrows the host's C snapshot as a [`View`] (no amount or ID is copied) and checks it.
+///
+/// # Safety
+/// `s` must be valid as `allot_policy.h` describes, for `'a`.
+///
+/// # Errors
+/// [`ERR_INPUT`] for a different ABI version, bad UTF-8, or a view [`View::check`] refuses.
+pub unsafe fn read_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
+    // SAFETY: forwarded from the caller.
+    let view = unsafe { borrow_view(s) }?;
     view.check().map_err(|_| ERR_INPUT)?;
     Ok(view)
+}
+
+/// Converts the host's C snapshot into a [`Snapshot`], with the resource kind names in ABI order (the order
+/// the grants are written in).
+///
+/// # Safety
+/// `s` must be valid as `allot_policy.h` describes, for the duration of the call.
+///
+/// # Errors
+/// [`ERR_INPUT`] for a different ABI version, bad UTF-8 or out-of-range indices.
+pub unsafe fn read_snapshot(s: &AllotSnapshot) -> Result<(Snapshot, Vec<String>), i32> {
+    // SAFETY: forwarded from the caller.
+    let view = unsafe { borrow_view(s) }?;
+    let snapshot = view.to_snapshot().map_err(|_| ERR_INPUT)?;
+    Ok((snapshot, view.kinds.iter().map(|k| k.to_string()).collect()))
 }
 
 /// Writes index-form `grants` over a snapshot of `n_agents` agents and `n_frameworks` frameworks into `out`.
@@ -201,36 +150,23 @@ pub unsafe fn write_indexed_grants(
     Ok(())
 }
 
-/// Writes `grants` over `snapshot` into `out`.
+/// Writes `grants` over `snapshot` into `out`, amounts in the order of `kinds`.
 ///
 /// # Safety
 /// `out` and the arrays it points to must be valid as `allot_policy.h` describes.
 ///
 /// # Errors
-/// [`ERR_CAPACITY`] when there are more grants than room; [`ERR_INPUT`] for an index beyond the snapshot.
+/// As [`write_indexed_grants`].
 pub unsafe fn write_grants(
     snapshot: &Snapshot,
     kinds: &[String],
     grants: &[Grant],
     out: &mut AllotGrants,
 ) -> Result<(), i32> {
-    if grants.len() > out.capacity as usize {
-        return Err(ERR_CAPACITY);
-    }
-    // SAFETY: the host made `capacity` entries, each pointing at `n_kinds` writable i64s.
-    let slots = unsafe { std::slice::from_raw_parts_mut(out.grants, out.capacity as usize) };
-    for (slot, g) in slots.iter_mut().zip(grants) {
-        snapshot.names(g).ok_or(ERR_INPUT)?;
-        (slot.framework, slot.agent) = (g.framework as u32, g.agent as u32);
-        let res = unsafe { std::slice::from_raw_parts_mut(slot.resources, kinds.len()) };
-        let rsv = unsafe { std::slice::from_raw_parts_mut(slot.reserved, kinds.len()) };
-        for (i, k) in kinds.iter().enumerate() {
-            res[i] = g.resources.scalar_milli(k);
-            rsv[i] = g.reserved.scalar_milli(k);
-        }
-    }
-    out.len = grants.len() as u32;
-    Ok(())
+    let indexed = IndexedGrants::from_grants(grants, kinds);
+    let (na, nf) = (snapshot.agents.len(), snapshot.frameworks.len());
+    // SAFETY: forwarded from the caller.
+    unsafe { write_indexed_grants(na, nf, kinds.len(), &indexed, out) }
 }
 
 /// Runs `body` on the host's snapshot and grant buffer, checking both pointers for null and turning a panic

@@ -10,7 +10,8 @@
 //!
 //! then wraps the core module into a component (`allot-wasm-tool component`, see `plugins/wasm/build.sh`).
 //! [`Export`] converts the index form of the WIT snapshot into an [`allot_policy::Snapshot`] and the
-//! policy's grants back into indices, exactly like the native ABI's guest side.
+//! policy's grants back into indices, through the same [`View`] as the native ABI's guest side;
+//! [`ExportIndexed`] hands an [`IndexedPolicy`] the [`View`] itself.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -21,8 +22,8 @@ wit_bindgen::generate!({
 });
 
 use allot::policy::types as wit;
-use allot_policy::indexed::{AgentRow, FrameworkRow, IndexedPolicy, RoleRow, View};
-use allot_policy::{AgentView, FrameworkView, Policy, RoleView, Snapshot, indexed};
+use allot_policy::Policy;
+use allot_policy::indexed::{AgentRow, FrameworkRow, IndexedGrants, IndexedPolicy, RoleRow, View};
 use exports::allot::policy::allocator::Guest;
 use std::marker::PhantomData;
 
@@ -35,32 +36,21 @@ impl<P: Policy + Default> Guest for Export<P> {
         P::default().name().to_string()
     }
 
-    fn allocate(snapshot: wit::Snapshot) -> Result<Vec<wit::Grant>, String> {
-        let kinds = snapshot.kinds.clone();
-        let snap = from_wit(snapshot)?;
+    fn allocate(s: wit::Snapshot) -> Result<Vec<wit::Grant>, String> {
+        let snap = view_of(&s).to_snapshot()?;
         let grants = P::default().allocate(&snap);
-        grants
-            .iter()
-            .map(|g| {
-                if snap.names(g).is_none() {
-                    return Err(format!(
-                        "the policy granted to framework index {} on agent index {}, beyond the snapshot",
-                        g.framework, g.agent
-                    ));
-                }
-                Ok(wit::Grant {
-                    framework: g.framework as u32,
-                    agent: g.agent as u32,
-                    resources: indexed::amounts(&g.resources, &kinds),
-                    reserved: indexed::amounts(&g.reserved, &kinds),
-                })
-            })
-            .collect()
+        if let Some(g) = grants.iter().find(|g| snap.names(g).is_none()) {
+            return Err(format!(
+                "the policy granted to framework index {} on agent index {}, beyond the snapshot",
+                g.framework, g.agent
+            ));
+        }
+        Ok(wit_grants(&IndexedGrants::from_grants(&grants, &s.kinds)))
     }
 }
 
 /// Exports index-form policy `P` through the WIT world: it decides on a [`View`] of the WIT snapshot's
-/// vectors, and no [`Snapshot`] is built.
+/// vectors, and no [`allot_policy::Snapshot`] is built.
 pub struct ExportIndexed<P>(PhantomData<P>);
 
 impl<P: IndexedPolicy + Default> Guest for ExportIndexed<P> {
@@ -69,119 +59,65 @@ impl<P: IndexedPolicy + Default> Guest for ExportIndexed<P> {
     }
 
     fn allocate(s: wit::Snapshot) -> Result<Vec<wit::Grant>, String> {
-        let view = View {
-            kinds: s.kinds.iter().map(String::as_str).collect(),
-            total: &s.total,
-            agents: s
-                .agents
-                .iter()
-                .map(|a| AgentRow {
-                    available: &a.available,
-                    reserved: a
-                        .reserved
-                        .iter()
-                        .map(|r| (r.role, &r.available[..]))
-                        .collect(),
-                })
-                .collect(),
-            roles: s
-                .roles
-                .iter()
-                .map(|r| RoleRow {
-                    name: &r.name,
-                    weight: r.weight,
-                    quota_limit: r.quota_limit.as_deref(),
-                    allocation: &r.allocation,
-                })
-                .collect(),
-            frameworks: s
-                .frameworks
-                .iter()
-                .map(|f| FrameworkRow {
-                    id: &f.id,
-                    role: f.role,
-                    priority: f.priority,
-                    allocations: f.allocations,
-                    allocation: &f.allocation,
-                    filtered: &f.filtered,
-                })
-                .collect(),
-        };
+        let view = view_of(&s);
         view.check()?;
-        let grants = P::default().allocate_indexed(&view);
-        Ok(grants
-            .iter()
-            .map(|(framework, agent, resources, reserved)| wit::Grant {
-                framework,
-                agent,
-                resources: resources.to_vec(),
-                reserved: reserved.to_vec(),
-            })
-            .collect())
+        Ok(wit_grants(&P::default().allocate_indexed(&view)))
     }
 }
 
-/// The [`Snapshot`] of a WIT snapshot.
-///
-/// # Errors
-/// A message for a role or agent index out of range.
-pub fn from_wit(s: wit::Snapshot) -> Result<Snapshot, String> {
-    let kinds = indexed::interned(&s.kinds);
-    let names: Vec<String> = s.roles.iter().map(|r| r.name.clone()).collect();
-    let role = |i: u32| {
-        names
-            .get(i as usize)
-            .cloned()
-            .ok_or_else(|| format!("role index {i} out of range"))
-    };
-    let roles = s
-        .roles
-        .into_iter()
-        .map(|r| RoleView {
-            name: r.name,
-            weight: r.weight,
-            quota_limit: r
-                .quota_limit
-                .map(|l: Vec<i64>| indexed::limit_resources(&kinds, &l)),
-            allocation: indexed::resources(&kinds, &r.allocation),
+/// A [`View`] of a WIT snapshot, borrowing its vectors.
+pub fn view_of(s: &wit::Snapshot) -> View<'_> {
+    View {
+        kinds: s.kinds.iter().map(String::as_str).collect(),
+        total: &s.total,
+        agents: s
+            .agents
+            .iter()
+            .map(|a| AgentRow {
+                id: &a.id,
+                total: &a.total,
+                available: &a.available,
+                reserved: a
+                    .reserved
+                    .iter()
+                    .map(|r| (r.role, &r.available[..]))
+                    .collect(),
+            })
+            .collect(),
+        roles: s
+            .roles
+            .iter()
+            .map(|r| RoleRow {
+                name: &r.name,
+                weight: r.weight,
+                quota_limit: r.quota_limit.as_deref(),
+                allocation: &r.allocation,
+            })
+            .collect(),
+        frameworks: s
+            .frameworks
+            .iter()
+            .map(|f| FrameworkRow {
+                id: &f.id,
+                role: f.role,
+                priority: f.priority,
+                allocations: f.allocations,
+                allocation: &f.allocation,
+                filtered: &f.filtered,
+            })
+            .collect(),
+    }
+}
+
+/// Index-form grants as WIT grants.
+fn wit_grants(grants: &IndexedGrants) -> Vec<wit::Grant> {
+    grants
+        .iter()
+        .map(|(framework, agent, resources, reserved)| wit::Grant {
+            framework,
+            agent,
+            resources: resources.to_vec(),
+            reserved: reserved.to_vec(),
         })
-        .collect();
-    let mut agents = Vec::with_capacity(s.agents.len());
-    for a in s.agents {
-        let mut reserved = std::collections::BTreeMap::new();
-        for r in a.reserved {
-            reserved.insert(role(r.role)?, indexed::resources(&kinds, &r.available));
-        }
-        agents.push(AgentView {
-            id: a.id,
-            total: indexed::resources(&kinds, &a.total),
-            available: indexed::resources(&kinds, &a.available),
-            reserved,
-        });
-    }
-    let mut frameworks = Vec::with_capacity(s.frameworks.len());
-    for f in s.frameworks {
-        let mut filtered_agents = Vec::with_capacity(f.filtered.len());
-        for i in f.filtered {
-            let a: &AgentView = agents
-                .get(i as usize)
-                .ok_or_else(|| format!("agent index {i} out of range"))?;
-            filtered_agents.push(a.id.clone());
-        }
-        filtered_agents.sort();
-        frameworks.push(FrameworkView {
-            id: f.id,
-            role: role(f.role)?,
-            allocation: indexed::resources(&kinds, &f.allocation),
-            allocations: f.allocations,
-            filtered_agents,
-            priority: f.priority,
-        });
-    }
-    Ok(Snapshot {
-        total: indexed::resources(&kinds, &s.total),
-        agents,
-        frameworks,
-        roles,
-    })
+        .collect()
 }
