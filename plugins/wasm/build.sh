@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds Allot's WASM policies (components of plugins/wit, world `policy`) into target/wasm/:
 #   fairshare-c.wasm             a policy written in C, built with Debian's clang (always)
-#   fault-{trap,loop,oom,garbage,error,overcommit}.wasm   C fixtures that misbehave, for the containment tests
-#   wrong-version.wasm           fairshare-c built against allot:policy@0.2.0, which hosts must refuse
+#   fault-{trap,loop,oom,garbage,error,overcommit,columns}.wasm   C fixtures that misbehave, for the containment tests
+#   wrong-version.wasm           fairshare-c built against allot:policy@0.9.0, which hosts must refuse
 #   drf.wasm, priority.wasm      the built-in Rust policies (allocators/drf), when the Rust target
 #                                wasm32-unknown-unknown is installed or `rustup target add` can fetch it
 # Installs clang, lld and wasi-libc when missing (Debian packages). Needs no wasm-tools/wit-bindgen CLI: the
@@ -36,16 +36,16 @@ c_policy() { # NAME SOURCE [CFLAGS...]
 }
 echo "==> C policies (clang --target=wasm32-wasi)"
 c_policy fairshare-c c/fairshare.c
-for fault in trap loop oom garbage error overcommit; do
+for fault in trap loop oom garbage error overcommit columns; do
   c_policy "fault-$fault" c/fault.c "-DFAULT_$(echo "$fault" | tr a-z A-Z)"
 done
 
 # The same C policy against the WIT package at another version: hosts must refuse it.
-other="$build/wit-0.2.0"
+other="$build/wit-0.9.0"
 mkdir -p "$other"
-sed 's/^package allot:policy@0.1.0;/package allot:policy@0.2.0;/' "$repo/plugins/wit/policy.wit" >"$other/policy.wit"
-"$tool" c-bindings "$other" "$build/c-bindings-0.2.0" >/dev/null
-gen="$build/c-bindings-0.2.0" c_policy wrong-version c/fairshare.c
+sed 's/^package allot:policy@0.2.0;/package allot:policy@0.9.0;/' "$repo/plugins/wit/policy.wit" >"$other/policy.wit"
+"$tool" c-bindings "$other" "$build/c-bindings-0.9.0" >/dev/null
+gen="$build/c-bindings-0.9.0" c_policy wrong-version c/fairshare.c
 
 echo "==> Rust policies (wasm32-unknown-unknown)"
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown ||

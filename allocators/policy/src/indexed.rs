@@ -232,6 +232,12 @@ impl IndexedGrants {
         out
     }
 
+    /// The grants' `(framework, agent)` index pairs and their amounts, flat: two vectors (unreserved, then
+    /// reserved) of `n_kinds` amounts per grant, in grant order.
+    pub fn into_parts(self) -> (Vec<(u32, u32)>, Vec<i64>) {
+        (self.rows, self.amounts)
+    }
+
     /// How many grants.
     pub fn len(&self) -> usize {
         self.rows.len()

@@ -230,6 +230,10 @@ fn garbage_and_errors_are_reported() {
         Err(WasmError::BadGrant(m)) => assert!(m.contains("framework index 9999"), "{m}"),
         other => panic!("{other:?}"),
     }
+    match load("fault-columns").allocate(&small(2), DEADLINE) {
+        Err(WasmError::BadGrant(m)) => assert!(m.contains("need"), "{m}"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         load("fault-error").allocate(&small(2), DEADLINE),
         Err(WasmError::Error("fault injected".into()))
@@ -237,10 +241,31 @@ fn garbage_and_errors_are_reported() {
 }
 
 #[test]
+fn calls_beyond_the_concurrent_limit_wait_for_a_slot() {
+    let policy = load("fairshare-c");
+    let snap = small(50);
+    let expected = policy.allocate(&snap, DEADLINE).expect("one call");
+    let calls = 3 * allot_policy_wasm::CONCURRENT_CALLS;
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..calls)
+            .map(|_| s.spawn(|| policy.allocate(&snap, DEADLINE)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    });
+    assert_eq!(results.len(), calls);
+    for r in results {
+        assert_eq!(r.as_ref(), Ok(&expected));
+    }
+}
+
+#[test]
 fn other_interface_versions_and_non_components_are_refused() {
     match WasmPolicy::load(&c_built("wrong-version"), Limits::default(), DEADLINE) {
         Err(WasmError::Interface(m)) => {
-            assert!(m.contains("0.1.0") || m.contains("allocator"), "{m}")
+            assert!(m.contains("0.2.0") || m.contains("allocator"), "{m}")
         }
         other => panic!("{other:?}"),
     }

@@ -16,60 +16,54 @@
 #include <string.h>
 
 typedef allot_policy_types_snapshot_t snapshot_t;
-typedef allot_policy_types_amounts_t amounts_t;
-typedef exports_allot_policy_allocator_grant_t grant_t;
+typedef allot_policy_types_framework_t framework_t;
 
-static double share(const int64_t *alloc, const amounts_t *total) {
-    double s = 0;
-    for (size_t k = 0; k < total->len; k++)
-        if (total->ptr[k] > 0 && (double)alloc[k] / (double)total->ptr[k] > s)
-            s = (double)alloc[k] / (double)total->ptr[k];
-    return s;
+/* The amount vector at offset `at` of the snapshot's flat amounts: one entry per kind. */
+static const int64_t *amounts(const snapshot_t *s, allot_policy_types_at_t at) { return &s->amounts.ptr[at]; }
+
+static double share(const snapshot_t *s, const int64_t *alloc) {
+    const int64_t *total = amounts(s, s->total);
+    double x = 0;
+    for (size_t k = 0; k < s->kinds.len; k++)
+        if (total[k] > 0 && (double)alloc[k] / (double)total[k] > x) x = (double)alloc[k] / (double)total[k];
+    return x;
 }
 
-static int filtered(const allot_policy_types_framework_t *f, uint32_t agent) {
-    for (size_t i = 0; i < f->filtered.len; i++)
-        if (f->filtered.ptr[i] == agent) return 1;
+static int filtered(const snapshot_t *s, const framework_t *f, uint32_t agent) {
+    for (uint32_t i = f->filtered.start; i < f->filtered.end; i++)
+        if (s->filtered.ptr[i] == agent) return 1;
     return 0;
-}
-
-static amounts_t amounts(size_t n) {
-    amounts_t a = {calloc(n ? n : 1, sizeof(int64_t)), n};
-    return a;
 }
 
 void exports_allot_policy_allocator_name(policy_string_t *ret) { policy_string_dup(ret, "fairshare-c"); }
 
-bool exports_allot_policy_allocator_allocate(snapshot_t *s, exports_allot_policy_allocator_list_grant_t *ret,
-                                             policy_string_t *err) {
-    size_t nk = s->kinds.len, nf = s->frameworks.len, nr = s->roles.len;
+bool exports_allot_policy_allocator_allocate(snapshot_t *s, allot_policy_types_grants_t *ret, policy_string_t *err) {
+    const allot_policy_types_agents_t *agents = &s->agents;
+    size_t nk = s->kinds.len, nf = s->frameworks.len, nr = s->roles.len, na = agents->total.len;
     /* Working copies of every framework's and role's allocation, updated as grants are made. */
     int64_t *fw_alloc = calloc(nf * nk + 1, sizeof(int64_t));
     int64_t *role_alloc = calloc(nr * nk + 1, sizeof(int64_t));
-    if (!fw_alloc || !role_alloc) {
+    /* At most one grant per agent: its framework, its agent and 2 * nk amounts. */
+    uint32_t *out_fw = calloc(na + 1, sizeof(uint32_t)), *out_agent = calloc(na + 1, sizeof(uint32_t));
+    int64_t *out = calloc(2 * nk * na + 1, sizeof(int64_t));
+    if (!fw_alloc || !role_alloc || !out_fw || !out_agent || !out) {
         policy_string_dup(err, "fairshare-c: out of memory");
         return false;
     }
-    for (size_t f = 0; f < nf; f++) {
-        const amounts_t *a = &s->frameworks.ptr[f].allocation;
-        memcpy(&fw_alloc[f * nk], a->ptr, (a->len < nk ? a->len : nk) * sizeof(int64_t));
-    }
-    for (size_t r = 0; r < nr; r++) {
-        const amounts_t *a = &s->roles.ptr[r].allocation;
-        memcpy(&role_alloc[r * nk], a->ptr, (a->len < nk ? a->len : nk) * sizeof(int64_t));
-    }
-    grant_t *grants = calloc(s->agents.len + 1, sizeof(grant_t));
+    for (size_t f = 0; f < nf; f++)
+        memcpy(&fw_alloc[f * nk], amounts(s, s->frameworks.ptr[f].allocation), nk * sizeof(int64_t));
+    for (size_t r = 0; r < nr; r++)
+        memcpy(&role_alloc[r * nk], amounts(s, s->roles.ptr[r].allocation), nk * sizeof(int64_t));
     size_t n = 0;
-    for (uint32_t a = 0; a < s->agents.len; a++) {
-        const allot_policy_types_agent_t *agent = &s->agents.ptr[a];
+    for (uint32_t a = 0; a < na; a++) {
         long best = -1;
         double best_role = 0, best_fw = 0;
         for (size_t f = 0; f < nf; f++) {
-            const allot_policy_types_framework_t *fw = &s->frameworks.ptr[f];
-            if (fw->role >= nr || filtered(fw, a)) continue;
+            const framework_t *fw = &s->frameworks.ptr[f];
+            if (fw->role >= nr || filtered(s, fw, a)) continue;
             const allot_policy_types_role_t *role = &s->roles.ptr[fw->role];
-            double rs = share(&role_alloc[fw->role * nk], &s->total) / (role->weight > 0 ? role->weight : 1);
-            double fs = share(&fw_alloc[f * nk], &s->total);
+            double rs = share(s, &role_alloc[fw->role * nk]) / (role->weight > 0 ? role->weight : 1);
+            double fs = share(s, &fw_alloc[f * nk]);
             if (best < 0 || rs < best_role || (rs == best_role && fs < best_fw) ||
                 (rs == best_role && fs == best_fw && fw->allocations < s->frameworks.ptr[best].allocations)) {
                 best = (long)f;
@@ -78,30 +72,40 @@ bool exports_allot_policy_allocator_allocate(snapshot_t *s, exports_allot_policy
             }
         }
         if (best < 0) continue;
-        const allot_policy_types_framework_t *fw = &s->frameworks.ptr[best];
+        const framework_t *fw = &s->frameworks.ptr[best];
         const allot_policy_types_role_t *role = &s->roles.ptr[fw->role];
-        grant_t g = {(uint32_t)best, a, amounts(nk), amounts(nk)};
+        const int64_t *available = amounts(s, agents->available.ptr[a]), *reservation = NULL;
+        for (uint32_t i = agents->reservations.ptr[a]; i < agents->reservations.ptr[a + 1]; i++)
+            if (agents->reservation_role.ptr[i] == fw->role)
+                reservation = amounts(s, agents->reservation_available.ptr[i]);
+        const int64_t *limit = role->quota_limit.is_some ? amounts(s, role->quota_limit.val) : NULL;
+        int64_t *unreserved_out = &out[2 * nk * n], *reserved_out = unreserved_out + nk;
         int64_t any = 0;
         for (size_t k = 0; k < nk; k++) {
-            int64_t unreserved = k < agent->available.len ? agent->available.ptr[k] : 0, reserved = 0;
-            for (size_t i = 0; i < agent->reserved.len; i++)
-                if (agent->reserved.ptr[i].role == fw->role && k < agent->reserved.ptr[i].available.len)
-                    reserved = agent->reserved.ptr[i].available.ptr[k];
-            if (role->quota_limit.is_some && k < role->quota_limit.val.len && role->quota_limit.val.ptr[k] >= 0) {
-                int64_t headroom = role->quota_limit.val.ptr[k] - role_alloc[fw->role * nk + k];
+            int64_t unreserved = available[k], reserved = reservation ? reservation[k] : 0;
+            if (limit && limit[k] >= 0) {
+                int64_t headroom = limit[k] - role_alloc[fw->role * nk + k];
                 if (headroom < 0) headroom = 0;
                 if (reserved > headroom) reserved = headroom;
                 if (unreserved > headroom - reserved) unreserved = headroom - reserved;
             }
-            g.resources.ptr[k] = unreserved;
-            g.reserved.ptr[k] = reserved;
+            unreserved_out[k] = unreserved;
+            reserved_out[k] = reserved;
             fw_alloc[best * nk + k] += unreserved + reserved;
             role_alloc[fw->role * nk + k] += unreserved + reserved;
             any += unreserved + reserved;
         }
-        if (any > 0) grants[n++] = g;
+        if (any > 0) {
+            out_fw[n] = (uint32_t)best;
+            out_agent[n] = a;
+            n++;
+        }
     }
-    ret->ptr = grants;
-    ret->len = n;
+    ret->framework.ptr = out_fw;
+    ret->framework.len = n;
+    ret->agent.ptr = out_agent;
+    ret->agent.len = n;
+    ret->amounts.ptr = out;
+    ret->amounts.len = 2 * nk * n;
     return true;
 }

@@ -9,7 +9,8 @@
  *   FAULT_OOM       allocates until the host's memory cap stops it;
  *   FAULT_GARBAGE   names framework index 9999;
  *   FAULT_ERROR     returns err("fault injected");
- *   FAULT_OVERCOMMIT grants twice what each agent has.
+ *   FAULT_OVERCOMMIT grants twice what each agent has;
+ *   FAULT_COLUMNS   returns one amount fewer than its grants need.
  */
 #include "policy.h"
 
@@ -27,14 +28,15 @@
 #define NAME "fault-error"
 #elif defined(FAULT_OVERCOMMIT)
 #define NAME "fault-overcommit"
+#elif defined(FAULT_COLUMNS)
+#define NAME "fault-columns"
 #else
 #error "define one FAULT_*"
 #endif
 
 void exports_allot_policy_allocator_name(policy_string_t *ret) { policy_string_dup(ret, NAME); }
 
-bool exports_allot_policy_allocator_allocate(allot_policy_types_snapshot_t *s,
-                                             exports_allot_policy_allocator_list_grant_t *ret,
+bool exports_allot_policy_allocator_allocate(allot_policy_types_snapshot_t *s, allot_policy_types_grants_t *ret,
                                              policy_string_t *err) {
     int misbehave = s->frameworks.len >= 2;
     int factor = 1;
@@ -58,29 +60,37 @@ bool exports_allot_policy_allocator_allocate(allot_policy_types_snapshot_t *s,
 #endif
     }
     (void)err;
-    size_t nk = s->kinds.len, n = 0;
-    exports_allot_policy_allocator_grant_t *grants = calloc(s->agents.len + 1, sizeof(*grants));
-    for (uint32_t a = 0; a < s->agents.len; a++) {
+    size_t nk = s->kinds.len, na = s->agents.total.len, n = 0;
+    uint32_t *out_fw = calloc(na + 1, sizeof(uint32_t)), *out_agent = calloc(na + 1, sizeof(uint32_t));
+    int64_t *out = calloc(2 * nk * na + 1, sizeof(int64_t));
+    for (uint32_t a = 0; a < na; a++) {
         for (uint32_t f = 0; f < s->frameworks.len; f++) {
             const allot_policy_types_framework_t *fw = &s->frameworks.ptr[f];
             int filtered = 0;
-            for (size_t i = 0; i < fw->filtered.len; i++)
-                if (fw->filtered.ptr[i] == a) filtered = 1;
+            for (uint32_t i = fw->filtered.start; i < fw->filtered.end; i++)
+                if (s->filtered.ptr[i] == a) filtered = 1;
             if (filtered) continue;
-            exports_allot_policy_allocator_grant_t *g = &grants[n++];
 #if defined(FAULT_GARBAGE)
-            g->framework = misbehave ? 9999u : f;
+            out_fw[n] = misbehave ? 9999u : f;
 #else
-            g->framework = f;
+            out_fw[n] = f;
 #endif
-            g->agent = a;
-            g->resources.ptr = calloc(nk + 1, sizeof(int64_t));
-            g->resources.len = nk;
-            for (size_t k = 0; k < nk; k++) g->resources.ptr[k] = s->agents.ptr[a].available.ptr[k] * factor;
+            out_agent[n] = a;
+            /* The agent's whole available resources (times `factor`), nothing reserved. */
+            const int64_t *available = &s->amounts.ptr[s->agents.available.ptr[a]];
+            for (size_t k = 0; k < nk; k++) out[2 * nk * n + k] = available[k] * factor;
+            n++;
             break;
         }
     }
-    ret->ptr = grants;
-    ret->len = n;
+    ret->framework.ptr = out_fw;
+    ret->framework.len = n;
+    ret->agent.ptr = out_agent;
+    ret->agent.len = n;
+    ret->amounts.ptr = out;
+    ret->amounts.len = 2 * nk * n;
+#if defined(FAULT_COLUMNS)
+    if (misbehave && ret->amounts.len > 0) ret->amounts.len--;
+#endif
     return true;
 }

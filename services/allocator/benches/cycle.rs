@@ -7,7 +7,9 @@
 //! Run: `cargo build --release -p allot-drf-native && bash plugins/wasm/build.sh &&
 //!       cargo bench -p allot-allocator --bench cycle`
 //! Options (after `--`): `--quick` for the smaller sizes only; `--size AGENTSxFRAMEWORKS` (e.g. `10000x1000`)
-//! for one size only; `--builtin-only` to time the built-in alone (for a profiler); `--runs N` (default 5, the median is reported);
+//! for one size only; `--builtin-only` to time the built-in alone (for a profiler); `--runs N` (default 5,
+//! the median is reported; the runs of the three policies alternate, so that a slow spell of the machine hits
+//! each alike);
 //! `--phases` adds, for the built-in, where the time goes (snapshot / policy / validation into offers; each the
 //! median of its own runs).
 //! Anchor: Mesos 1.x needs about 1.06 s for 10,000 agents x 1,000 frameworks in its own allocator benchmark.
@@ -137,21 +139,27 @@ fn main() {
     };
     for (agents, frameworks) in sizes {
         let template = books(agents, frameworks);
+        // Round-robin over the policies, so that a slow spell of the machine hits each of them alike.
+        let policies: Vec<Option<&Loaded>> = vec![Some(&builtin), native.as_ref(), wasm.as_ref()];
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); policies.len()];
         let mut offers = 0;
-        let b = median(
-            (0..runs)
-                .map(|_| {
-                    let (d, n) = cycle(&template, &builtin);
+        for _ in 0..runs {
+            for (p, t) in policies.iter().zip(&mut times) {
+                if let Some(p) = p {
+                    let (d, n) = cycle(&template, p);
                     offers = n;
-                    d
-                })
-                .collect(),
+                    t.push(d);
+                }
+            }
+        }
+        let mut medians = times
+            .into_iter()
+            .map(|t| (!t.is_empty()).then(|| median(t)));
+        let (b, n, w) = (
+            medians.next().flatten().expect("the built-in ran"),
+            medians.next().flatten(),
+            medians.next().flatten(),
         );
-        let time = |p: &Option<Loaded>| {
-            p.as_ref()
-                .map(|p| median((0..runs).map(|_| cycle(&template, p).0).collect()))
-        };
-        let (n, w) = (time(&native), time(&wasm));
         let ms = |d: Option<Duration>| {
             d.map(|d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
                 .unwrap_or("-".into())

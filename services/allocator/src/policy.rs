@@ -188,12 +188,12 @@ impl Loaded {
     }
 
     /// The version of the interface the policy is called through: the allocator's own version for a
-    /// built-in, `abi-v1` (C ABI) for a native library, the WIT package (`allot:policy@0.1.0`) for WASM.
+    /// built-in, `abi-v1` (C ABI) for a native library, the WIT package (`allot:policy@0.2.0`) for WASM.
     pub fn interface_version(&self) -> &'static str {
         match &self.imp {
             Implementation::Builtin(_) => env!("CARGO_PKG_VERSION"),
             Implementation::Native(_) => "abi-v1",
-            Implementation::Wasm(_) => "allot:policy@0.1.0",
+            Implementation::Wasm(_) => "allot:policy@0.2.0",
         }
     }
 

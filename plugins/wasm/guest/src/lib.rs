@@ -1,4 +1,4 @@
-//! Rust guest bindings of the `allot:policy@0.1.0` world (`plugins/wit/policy.wit`).
+//! Rust guest bindings of the `allot:policy@0.2.0` world (`plugins/wit/policy.wit`).
 //!
 //! A policy crate builds as a `cdylib` for `wasm32-unknown-unknown` and exports any
 //! [`allot_policy::Policy`] that implements `Default` with:
@@ -36,8 +36,8 @@ impl<P: Policy + Default> Guest for Export<P> {
         P::default().name().to_string()
     }
 
-    fn allocate(s: wit::Snapshot) -> Result<Vec<wit::Grant>, String> {
-        let snap = view_of(&s).to_snapshot()?;
+    fn allocate(s: wit::Snapshot) -> Result<wit::Grants, String> {
+        let snap = view_of(&s)?.to_snapshot()?;
         let grants = P::default().allocate(&snap);
         if let Some(g) = grants.iter().find(|g| snap.names(g).is_none()) {
             return Err(format!(
@@ -45,7 +45,7 @@ impl<P: Policy + Default> Guest for Export<P> {
                 g.framework, g.agent
             ));
         }
-        Ok(wit_grants(&IndexedGrants::from_grants(&grants, &s.kinds)))
+        Ok(wit_grants(IndexedGrants::from_grants(&grants, &s.kinds)))
     }
 }
 
@@ -58,66 +58,115 @@ impl<P: IndexedPolicy + Default> Guest for ExportIndexed<P> {
         P::default().name().to_string()
     }
 
-    fn allocate(s: wit::Snapshot) -> Result<Vec<wit::Grant>, String> {
-        let view = view_of(&s);
+    fn allocate(s: wit::Snapshot) -> Result<wit::Grants, String> {
+        let view = view_of(&s)?;
         view.check()?;
-        Ok(wit_grants(&P::default().allocate_indexed(&view)))
+        Ok(wit_grants(P::default().allocate_indexed(&view)))
     }
 }
 
-/// A [`View`] of a WIT snapshot, borrowing its vectors.
-pub fn view_of(s: &wit::Snapshot) -> View<'_> {
-    View {
-        kinds: s.kinds.iter().map(String::as_str).collect(),
-        total: &s.total,
-        agents: s
-            .agents
-            .iter()
-            .map(|a| AgentRow {
-                id: &a.id,
-                total: &a.total,
-                available: &a.available,
-                reserved: a
-                    .reserved
+/// A [`View`] of a WIT snapshot, borrowing its amounts and names.
+///
+/// # Errors
+/// A message for an offset, span or name range beyond the snapshot's lists.
+pub fn view_of(s: &wit::Snapshot) -> Result<View<'_>, String> {
+    let n = s.kinds.len();
+    let amounts = |at: u32, what: &dyn Fn() -> String| {
+        s.amounts
+            .get(at as usize..at as usize + n)
+            .ok_or_else(|| format!("{} points beyond the amounts", what()))
+    };
+    let name = |r: wit::Span, what: &dyn Fn() -> String| {
+        s.names
+            .get(r.start as usize..r.end as usize)
+            .ok_or_else(|| format!("{} is not a range of the names", what()))
+    };
+    fn range<'a, T>(
+        v: &'a [T],
+        r: wit::Span,
+        what: &dyn Fn() -> String,
+    ) -> Result<&'a [T], String> {
+        v.get(r.start as usize..r.end as usize)
+            .ok_or_else(|| format!("{} is not a range of its list", what()))
+    }
+    let c = &s.agents;
+    let na = c.total.len();
+    if c.available.len() != na || c.id.len() != na + 1 || c.reservations.len() != na + 1 {
+        return Err(format!(
+            "the agent columns disagree: {na} totals, {} available, {} ID bounds, {} reservation bounds",
+            c.available.len(),
+            c.id.len(),
+            c.reservations.len()
+        ));
+    }
+    let agents = (0..na)
+        .map(|i| {
+            let what = || format!("agent {i}");
+            let bounds = |col: &[u32]| wit::Span {
+                start: col[i],
+                end: col[i + 1],
+            };
+            let res = bounds(&c.reservations);
+            let roles = range(&c.reservation_role, res, &what)?;
+            let available = range(&c.reservation_available, res, &what)?;
+            Ok(AgentRow {
+                id: name(bounds(&c.id), &what)?,
+                total: amounts(c.total[i], &what)?,
+                available: amounts(c.available[i], &what)?,
+                reserved: roles
                     .iter()
-                    .map(|r| (r.role, &r.available[..]))
-                    .collect(),
+                    .zip(available)
+                    .map(|(&role, &at)| Ok((role, amounts(at, &what)?)))
+                    .collect::<Result<_, String>>()?,
             })
-            .collect(),
-        roles: s
-            .roles
-            .iter()
-            .map(|r| RoleRow {
-                name: &r.name,
+        })
+        .collect::<Result<_, String>>()?;
+    let roles = s
+        .roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let what = || format!("role {i}");
+            Ok(RoleRow {
+                name: name(r.name, &what)?,
                 weight: r.weight,
-                quota_limit: r.quota_limit.as_deref(),
-                allocation: &r.allocation,
+                quota_limit: r.quota_limit.map(|at| amounts(at, &what)).transpose()?,
+                allocation: amounts(r.allocation, &what)?,
             })
-            .collect(),
-        frameworks: s
-            .frameworks
-            .iter()
-            .map(|f| FrameworkRow {
-                id: &f.id,
+        })
+        .collect::<Result<_, String>>()?;
+    let frameworks = s
+        .frameworks
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let what = || format!("framework {i}");
+            Ok(FrameworkRow {
+                id: name(f.id, &what)?,
                 role: f.role,
                 priority: f.priority,
                 allocations: f.allocations,
-                allocation: &f.allocation,
-                filtered: &f.filtered,
+                allocation: amounts(f.allocation, &what)?,
+                filtered: range(&s.filtered, f.filtered, &what)?,
             })
-            .collect(),
-    }
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(View {
+        kinds: s.kinds.iter().map(String::as_str).collect(),
+        total: amounts(s.total, &|| "the total".into())?,
+        agents,
+        roles,
+        frameworks,
+    })
 }
 
-/// Index-form grants as WIT grants.
-fn wit_grants(grants: &IndexedGrants) -> Vec<wit::Grant> {
-    grants
-        .iter()
-        .map(|(framework, agent, resources, reserved)| wit::Grant {
-            framework,
-            agent,
-            resources: resources.to_vec(),
-            reserved: reserved.to_vec(),
-        })
-        .collect()
+/// Index-form grants as the WIT answer: the amounts move as they are.
+fn wit_grants(grants: IndexedGrants) -> wit::Grants {
+    let (rows, amounts) = grants.into_parts();
+    let (framework, agent) = rows.into_iter().unzip();
+    wit::Grants {
+        framework,
+        agent,
+        amounts,
+    }
 }
