@@ -110,7 +110,8 @@ echo "==> starting etcd on :$etcd_port"
 start etcd etcd --name allot --data-dir "$run/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-  --initial-cluster "allot=http://127.0.0.1:$etcd_peer"
+  --initial-cluster "allot=http://127.0.0.1:$etcd_peer" \
+  --backend-batch-interval=10ms # docs/operations.md, "Running etcd"
 wait_port "$etcd_port" etcd
 
 # Each service's /metrics address, by Prometheus job.
