@@ -1,12 +1,6 @@
 //! `allot-offer-broker`: see the library crate.
 use anyhow::Context;
 
-// Every ACCEPT, status update and acknowledgement makes and drops task records, IDs and protobuf
-// buffers: mimalloc keeps them off the system allocator's slow paths (glibc malloc/free was ~12% of the broker's
-// CPU at 5,000 tasks/s; docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: allot_offer_broker::Config = allot_common::config::parse();
