@@ -101,11 +101,8 @@ bool exports_allot_policy_allocator_allocate(snapshot_t *s, allot_policy_types_g
             n++;
         }
     }
-    ret->framework.ptr = out_fw;
-    ret->framework.len = n;
-    ret->agent.ptr = out_agent;
-    ret->agent.len = n;
-    ret->amounts.ptr = out;
-    ret->amounts.len = 2 * nk * n;
+    ret->framework = (policy_list_u32_t){out_fw, n};
+    ret->agent = (policy_list_u32_t){out_agent, n};
+    ret->amounts = (policy_list_s64_t){out, 2 * nk * n};
     return true;
 }

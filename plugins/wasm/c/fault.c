@@ -83,12 +83,9 @@ bool exports_allot_policy_allocator_allocate(allot_policy_types_snapshot_t *s, a
             break;
         }
     }
-    ret->framework.ptr = out_fw;
-    ret->framework.len = n;
-    ret->agent.ptr = out_agent;
-    ret->agent.len = n;
-    ret->amounts.ptr = out;
-    ret->amounts.len = 2 * nk * n;
+    ret->framework = (policy_list_u32_t){out_fw, n};
+    ret->agent = (policy_list_u32_t){out_agent, n};
+    ret->amounts = (policy_list_s64_t){out, 2 * nk * n};
 #if defined(FAULT_COLUMNS)
     if (misbehave && ret->amounts.len > 0) ret->amounts.len--;
 #endif
