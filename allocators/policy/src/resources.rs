@@ -194,15 +194,19 @@ impl Resources {
     /// Sets a scalar in thousandths; 0 or less removes it. Meant for names that come from other bags or from
     /// a snapshot's kinds: new names are interned without the [`MAX_KINDS`] cap that input goes through.
     pub fn set_scalar_milli(&mut self, name: &str, milli: i64) {
+        self.set_milli(name, milli, || {
+            intern(name, false).expect("uncapped interning")
+        });
+    }
+
+    /// Sets scalar `name` to `milli` (0 or less removes it); `interned` gives the name to store when it is new.
+    fn set_milli(&mut self, name: &str, milli: i64, interned: impl FnOnce() -> &'static str) {
         match self.find(name) {
             Ok(i) if milli > 0 => self.scalars[i].1 = milli,
             Ok(i) => {
                 self.scalars.remove(i);
             }
-            Err(i) if milli > 0 => {
-                let k = intern(name, false).expect("uncapped interning");
-                self.scalars.insert(i, (k, milli));
-            }
+            Err(i) if milli > 0 => self.scalars.insert(i, (interned(), milli)),
             Err(_) => {}
         }
     }
@@ -210,14 +214,7 @@ impl Resources {
     /// Sets scalar `kind` in thousandths; 0 or less removes it. [`Resources::set_scalar_milli`] without the
     /// interning lookup.
     pub fn set_kind_milli(&mut self, kind: Kind, milli: i64) {
-        match self.find(kind.0) {
-            Ok(i) if milli > 0 => self.scalars[i].1 = milli,
-            Ok(i) => {
-                self.scalars.remove(i);
-            }
-            Err(i) if milli > 0 => self.scalars.insert(i, (kind.0, milli)),
-            Err(_) => {}
-        }
+        self.set_milli(kind.0, milli, || kind.0);
     }
 
     /// Scalar `kind` in thousandths (0 when absent), found by pointer: no name is compared.
