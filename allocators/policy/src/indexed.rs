@@ -2,7 +2,7 @@
 //! WIT world in `plugins/wit`): resource kinds are named once, sorted; amounts are vectors of thousandths in
 //! kind order; agents, roles and frameworks are referred to by their index in the snapshot.
 //!
-//! Hosts use [`Layout`] (or [`kinds`], [`amounts`], [`limit_amounts`], [`filtered`]) to lay a [`Snapshot`]
+//! Hosts use [`Layout`] (or [`kinds`], [`limit_amounts`], [`filtered`]) to lay a [`Snapshot`]
 //! out and a [`GrantReader`] to read a plugin's grants back; guests use [`resources`] and
 //! [`limit_resources`] for the way back ([`Grant`]s already name agents and frameworks by index).
 //!
@@ -186,12 +186,14 @@ impl View<'_> {
     }
 }
 
-/// Grants in index form: `(framework index, agent index)` and two amount vectors each (unreserved, then
-/// reserved for the framework's role), flat.
+/// Grants in index form, in columns as the WIT answer carries them: grant i names framework `framework[i]`
+/// and agent `agent[i]` and has two amount vectors (unreserved, then reserved for the framework's role) at
+/// `amounts[2 * n_kinds * i ..]`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IndexedGrants {
     n_kinds: usize,
-    rows: Vec<(u32, u32)>,
+    framework: Vec<u32>,
+    agent: Vec<u32>,
     amounts: Vec<i64>,
 }
 
@@ -200,7 +202,8 @@ impl IndexedGrants {
     pub fn new(n_kinds: usize, capacity: usize) -> Self {
         Self {
             n_kinds,
-            rows: Vec::with_capacity(capacity),
+            framework: Vec::with_capacity(capacity),
+            agent: Vec::with_capacity(capacity),
             amounts: Vec::with_capacity(capacity * 2 * n_kinds),
         }
     }
@@ -212,7 +215,8 @@ impl IndexedGrants {
             (unreserved.len(), reserved.len()),
             (self.n_kinds, self.n_kinds)
         );
-        self.rows.push((framework, agent));
+        self.framework.push(framework);
+        self.agent.push(agent);
         self.amounts.extend_from_slice(unreserved);
         self.amounts.extend_from_slice(reserved);
     }
@@ -223,7 +227,8 @@ impl IndexedGrants {
         let mut out = Self::new(kinds.len(), grants.len());
         for g in grants {
             let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
-            out.rows.push((index(g.framework), index(g.agent)));
+            out.framework.push(index(g.framework));
+            out.agent.push(index(g.agent));
             for bag in [&g.resources, &g.reserved] {
                 out.amounts
                     .extend(kinds.iter().map(|k| bag.scalar_milli(k.as_ref())));
@@ -232,26 +237,55 @@ impl IndexedGrants {
         out
     }
 
-    /// The grants' `(framework, agent)` index pairs and their amounts, flat: two vectors (unreserved, then
-    /// reserved) of `n_kinds` amounts per grant, in grant order.
-    pub fn into_parts(self) -> (Vec<(u32, u32)>, Vec<i64>) {
-        (self.rows, self.amounts)
+    /// The grants' columns: framework indices, agent indices and the amounts, two vectors (unreserved, then
+    /// reserved) of `n_kinds` per grant, in grant order.
+    pub fn into_columns(self) -> (Vec<u32>, Vec<u32>, Vec<i64>) {
+        (self.framework, self.agent, self.amounts)
+    }
+
+    /// Grants over `n_kinds` kinds from their columns (see [`IndexedGrants::into_columns`]).
+    ///
+    /// # Errors
+    /// A message when the columns disagree: not one agent per framework index, or not `2 * n_kinds` amounts
+    /// per grant.
+    pub fn from_columns(
+        n_kinds: usize,
+        framework: Vec<u32>,
+        agent: Vec<u32>,
+        amounts: Vec<i64>,
+    ) -> Result<Self, String> {
+        let count = framework.len();
+        if agent.len() != count || amounts.len() != 2 * n_kinds * count {
+            return Err(format!(
+                "{count} grants over {n_kinds} kinds need {count} agents and {} amounts, not {} and {}",
+                2 * n_kinds * count,
+                agent.len(),
+                amounts.len()
+            ));
+        }
+        Ok(Self {
+            n_kinds,
+            framework,
+            agent,
+            amounts,
+        })
     }
 
     /// How many grants.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.framework.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.framework.is_empty()
     }
 
     /// Every grant as `(framework, agent, unreserved, reserved)`.
     pub fn iter(&self) -> impl Iterator<Item = (u32, u32, &[i64], &[i64])> {
         let n = self.n_kinds;
-        self.rows.iter().enumerate().map(move |(i, &(f, a))| {
+        let rows = self.framework.iter().zip(&self.agent);
+        rows.enumerate().map(move |(i, (&f, &a))| {
             let at = 2 * n * i;
             (
                 f,
@@ -475,11 +509,6 @@ pub fn interned_kinds(snap: &Snapshot) -> Vec<Kind> {
     kinds
 }
 
-/// `r`'s scalars in thousandths, one per kind of `kinds` (0 when absent).
-pub fn amounts(r: &Resources, kinds: &[String]) -> Vec<i64> {
-    kinds.iter().map(|k| r.scalar_milli(k)).collect()
-}
-
 /// A quota limit in thousandths, one per kind of `kinds`: -1 where the limit does not name the kind.
 pub fn limit_amounts(limit: &Resources, kinds: &[String]) -> Vec<i64> {
     kinds
@@ -648,7 +677,8 @@ mod tests {
         let s = snap();
         let k = kinds(&s);
         assert_eq!(k, ["cpus", "mem"]);
-        assert_eq!(amounts(&s.total, &k), [8000, 2048000]);
+        let l = Layout::new(&s);
+        assert_eq!(l.amounts(l.total), [8000, 2048000]);
         assert_eq!(filtered(&s), [vec![1]]);
         let limit: Resources = "cpus:2".parse().unwrap();
         assert_eq!(limit_amounts(&limit, &k), [2000, -1]);

@@ -263,25 +263,8 @@ impl WasmPolicy {
             .call_allocate(&mut call.store, &input)
             .map_err(|e| describe(e, deadline))?
             .map_err(WasmError::Error)?;
-        let count = out.framework.len();
-        if out.agent.len() != count || out.amounts.len() != 2 * n * count {
-            return Err(WasmError::BadGrant(format!(
-                "{count} grants over {n} kinds need {count} agents and {} amounts, not {} and {}",
-                2 * n * count,
-                out.agent.len(),
-                out.amounts.len()
-            )));
-        }
-        let mut reader = indexed::GrantReader::new(snap, &kinds);
-        out.framework
-            .iter()
-            .zip(&out.agent)
-            .enumerate()
-            .map(|(i, (&framework, &agent))| {
-                let v = &out.amounts[2 * n * i..2 * n * (i + 1)];
-                reader.read(i, framework, agent, &v[..n], &v[n..])
-            })
-            .collect::<Result<_, _>>()
+        indexed::IndexedGrants::from_columns(n, out.framework, out.agent, out.amounts)
+            .and_then(|grants| grants.to_grants(snap, &kinds))
             .map_err(WasmError::BadGrant)
     }
 }

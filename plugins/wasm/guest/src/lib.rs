@@ -162,8 +162,7 @@ pub fn view_of(s: &wit::Snapshot) -> Result<View<'_>, String> {
 
 /// Index-form grants as the WIT answer: the amounts move as they are.
 fn wit_grants(grants: IndexedGrants) -> wit::Grants {
-    let (rows, amounts) = grants.into_parts();
-    let (framework, agent) = rows.into_iter().unzip();
+    let (framework, agent, amounts) = grants.into_columns();
     wit::Grants {
         framework,
         agent,
