@@ -175,6 +175,27 @@ fn allocator_client(channel: Channel) -> AllocatorClient<Channel> {
     AllocatorClient::new(channel).max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
 }
 
+/// Makes a call with `req` on the leading replica of `allocators`: a standby's answer or an unreachable
+/// replica sends it on to the leader (see [`allot_common::grpc::Replicas::call`]), with a copy of `req` each
+/// time.
+///
+/// # Errors
+/// The last attempt's status.
+async fn on_allocator<R, T, F, Fut>(
+    allocators: &allot_common::grpc::Replicas,
+    req: R,
+    mut call: F,
+) -> Result<T, Status>
+where
+    R: Clone,
+    F: FnMut(AllocatorClient<Channel>, R) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    allocators
+        .call(|ch| call(allocator_client(ch), req.clone()))
+        .await
+}
+
 fn new_uuid() -> Vec<u8> {
     allot_common::new_id("u").into_bytes()
 }
@@ -203,35 +224,18 @@ impl Broker {
         allocator_client(self.allocators.channel())
     }
 
-    /// Makes a call with `req` on the leading allocator: a standby's answer or an unreachable replica sends it
-    /// on to the leader (see [`allot_common::grpc::Replicas::call`]), with a copy of `req` each time.
-    ///
-    /// # Errors
-    /// The last attempt's status.
-    async fn on_allocator<R, T, F, Fut>(&self, req: R, mut call: F) -> Result<T, Status>
-    where
-        R: Clone,
-        F: FnMut(AllocatorClient<Channel>, R) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
-    {
-        self.allocators
-            .call(|ch| call(allocator_client(ch), req.clone()))
-            .await
-    }
-
     /// Tells the allocator that framework `fw` is connected (and whether it is suppressed).
     ///
     /// # Errors
-    /// The allocator's status (see [`Broker::on_allocator`]).
+    /// The allocator's status (see [`on_allocator`]).
     async fn activate(&self, fw: String, suppressed: bool) -> Result<(), Status> {
         let req = ActivateFrameworkRequest {
             framework_id: fw,
             suppressed,
         };
-        self.on_allocator(
-            req,
-            |mut a, req| async move { a.activate_framework(req).await },
-        )
+        on_allocator(&self.allocators, req, |mut a, req| async move {
+            a.activate_framework(req).await
+        })
         .await
         .map(|_| ())
     }
@@ -675,11 +679,10 @@ impl Broker {
         let req = DeactivateFrameworkRequest {
             framework_id: fw.to_string(),
         };
-        let _ = self
-            .on_allocator(req, |mut a, req| async move {
-                a.deactivate_framework(req).await
-            })
-            .await;
+        let _ = on_allocator(&self.allocators, req, |mut a, req| async move {
+            a.deactivate_framework(req).await
+        })
+        .await;
         self.recover(offers, 0.0, Vec::new()).await;
     }
 
@@ -697,9 +700,10 @@ impl Broker {
             refuse_seconds,
             launched,
         };
-        let recovered = self
-            .on_allocator(req, |mut a, req| async move { a.recover_offers(req).await })
-            .await;
+        let recovered = on_allocator(&self.allocators, req, |mut a, req| async move {
+            a.recover_offers(req).await
+        })
+        .await;
         if let Err(e) = recovered {
             // The allocator restarted or is unreachable: its next session starts from etcd, which has the tasks.
             tracing::warn!(error = %e.message(), "cannot return offers to the allocator");
@@ -1417,12 +1421,13 @@ impl Broker {
         if ended.is_empty() {
             return;
         }
-        let mut allocator = self.allocator();
+        let allocators = self.allocators.clone();
+        let req = TasksEndedRequest { tasks: ended };
         tokio::spawn(async move {
-            if let Err(e) = allocator
-                .tasks_ended(TasksEndedRequest { tasks: ended })
-                .await
-            {
+            let told = on_allocator(&allocators, req, |mut a, req| async move {
+                a.tasks_ended(req).await
+            });
+            if let Err(e) = told.await {
                 tracing::debug!(error = %e.message(), "cannot tell the allocator of ended tasks");
             }
         });
@@ -1648,19 +1653,18 @@ impl Broker {
         if let Some(f) = self.lock().frameworks.get_mut(fw) {
             f.suppressed = suppressed;
         }
-        let r = self
-            .on_allocator(fw.to_string(), |mut a, fw| async move {
-                if suppressed {
-                    a.suppress(SuppressRequest { framework_id: fw })
-                        .await
-                        .map(|_| ())
-                } else {
-                    a.revive(ReviveRequest { framework_id: fw })
-                        .await
-                        .map(|_| ())
-                }
-            })
-            .await;
+        let r = on_allocator(&self.allocators, fw.to_string(), |mut a, fw| async move {
+            if suppressed {
+                a.suppress(SuppressRequest { framework_id: fw })
+                    .await
+                    .map(|_| ())
+            } else {
+                a.revive(ReviveRequest { framework_id: fw })
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
         r.map_err(|e| Status::unavailable(format!("allocator: {}", e.message())))
     }
 
