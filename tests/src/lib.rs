@@ -205,16 +205,8 @@ pub struct Service {
 }
 
 impl Service {
-    async fn spawn<F, Fut>(start: F) -> Service
-    where
-        F: Fn(tokio::net::TcpListener, Stop) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = bool> + Send + 'static,
-    {
-        Self::spawn_at("127.0.0.1:0".parse().expect("address"), start).await
-    }
-
-    /// Like `spawn`, on `addr` (say, the address of a service that crashed, so its clients find it again).
-    /// `start` runs one incarnation and returns whether to start another.
+    /// Runs a service on `addr` (port 0 for any; or the address of a service that crashed, so its clients
+    /// find it again). `start` runs one incarnation and returns whether to start another.
     async fn spawn_at<F, Fut>(addr: SocketAddr, start: F) -> Service
     where
         F: Fn(tokio::net::TcpListener, Stop) -> Fut + Send + 'static,
@@ -511,17 +503,22 @@ async fn start_allocator(
     .await
 }
 
-/// Runs an agent with `cfg` on `addr` and waits until it is registered (its AgentID checkpointed).
-async fn spawn_agent(cfg: allot_agent::Config, addr: SocketAddr) -> AgentHandle {
-    let work_dir = cfg.work_dir.clone();
-    let service = Service::spawn_at(addr, move |l, stop| {
+/// Runs an agent (or, with `cfg.simulate`, a simulator of agents) with `cfg` on `addr`.
+async fn agent_service(cfg: allot_agent::Config, addr: SocketAddr) -> Service {
+    Service::spawn_at(addr, move |l, stop| {
         let cfg = cfg.clone();
         async move {
             allot_agent::run(cfg, l, stop).await.expect("agent runs");
             false
         }
     })
-    .await;
+    .await
+}
+
+/// Runs an agent with `cfg` on `addr` and waits until it is registered (its AgentID checkpointed).
+async fn spawn_agent(cfg: allot_agent::Config, addr: SocketAddr) -> AgentHandle {
+    let work_dir = cfg.work_dir.clone();
+    let service = agent_service(cfg, addr).await;
     let id_file = work_dir.join("agent_id");
     eventually("the agent registers", || async { id_file.exists() }).await;
     AgentHandle { service, work_dir }
@@ -736,16 +733,7 @@ impl Cluster {
             sim_task_duration: task_duration,
             ..self.agent_config(resources, self.dir.path().join("sim"), "sim")
         };
-        let service = Service::spawn(move |l, stop| {
-            let cfg = cfg.clone();
-            async move {
-                allot_agent::run(cfg, l, stop)
-                    .await
-                    .expect("simulated agents run");
-                false
-            }
-        })
-        .await;
+        let service = agent_service(cfg, any_port()).await;
         let registry = self.registry.addr.to_string();
         eventually("the simulated agents register", || {
             let registry = registry.clone();

@@ -771,12 +771,9 @@ async fn a_group_commit_writes_every_concurrent_request_whole() {
     assert!(["first", "second"].contains(&same.framework_id.as_str()));
 }
 
-/// Whether process `pid` runs (a zombie does not).
+/// Whether process `pid` runs (a zombie does not), as the agent tells.
 fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
-        .unwrap_or(false)
+    allot_agent::executor::alive(nix::unistd::Pid::from_raw(pid))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

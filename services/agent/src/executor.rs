@@ -390,7 +390,7 @@ fn is_task(pid: i32, framework_id: &str, task_id: &str) -> bool {
 }
 
 /// Whether `pid` runs (exists and is not a zombie waiting for its parent).
-fn alive(pid: Pid) -> bool {
+pub fn alive(pid: Pid) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
