@@ -156,9 +156,10 @@ impl Term {
 }
 
 /// Campaigns for leadership of `service` with `advertise` as this replica's address and leases of `ttl`;
-/// returns once elected, with `store` (and its clones) fenced by the new term ([`Store::fence`]). Meanwhile `leadership` follows who leads (for the standby's answers); etcd errors
-/// are retried with backoff, so this waits for etcd to come back rather than fail. The caller marks itself
-/// leader ([`Leadership::set_leader`]) once it is ready to serve as one.
+/// returns once elected, with `store` (and its clones) fenced by the new term ([`Store::fence`]). Meanwhile
+/// `leadership` follows who leads (for the standby's answers); etcd errors are retried with backoff, so this
+/// waits for etcd to come back rather than fail. The caller marks itself leader ([`Leadership::set_leader`])
+/// once it is ready to serve as one.
 pub async fn campaign(
     store: &Store,
     service: &str,
@@ -289,8 +290,8 @@ async fn observe(store: Store, name: String, leadership: Leadership) {
 /// resolves (it then resigns, so that a standby takes over at once) or its leadership is lost.
 ///
 /// # Errors
-/// [`crate::ServiceError::LeadershipLost`] when the lease could not be renewed or a write was fenced off; `on_elected`'s error; the
-/// transport error if the server fails.
+/// [`crate::ServiceError::LeadershipLost`] when the lease could not be renewed or a write was fenced off;
+/// `on_elected`'s error; the transport error if the server fails.
 pub async fn serve_replicated<T, Fut>(
     router: crate::grpc::Router,
     listener: tokio::net::TcpListener,
