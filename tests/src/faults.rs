@@ -10,12 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// A TCP proxy to `target` that a test can cut: while cut, every connection through it is dropped and new
-/// ones are closed at once, as a network partition would; [`Proxy::heal`] lets connections through again.
+/// A TCP proxy to `target` that a test can cut or slow down: while cut, every connection through it is dropped
+/// and new ones are closed at once, as a network partition would; [`Proxy::heal`] lets connections through
+/// again. [`Proxy::delay`] holds every byte for a while in each direction, as a long round trip or a stalled
+/// peer would.
 pub struct Proxy {
     /// Where to connect instead of `target`.
     pub addr: SocketAddr,
     cut: Arc<watch::Sender<bool>>,
+    delay: Arc<watch::Sender<Duration>>,
     _accept: allot_common::AbortOnDrop,
 }
 
@@ -27,21 +30,26 @@ impl Proxy {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let cut = Arc::new(watch::Sender::new(false));
-        let state = cut.clone();
+        let delay = Arc::new(watch::Sender::new(Duration::ZERO));
+        let (state, delays) = (cut.clone(), delay.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if *state.borrow() {
                     continue;
                 }
                 let mut cut = state.subscribe();
+                let delays = delays.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = pump(in_read, out_write, delays.clone()) => {}
+                        _ = pump(out_read, in_write, delays) => {}
                         _ = cut.wait_for(|c| *c) => {}
                     }
                 });
@@ -50,6 +58,7 @@ impl Proxy {
         Proxy {
             addr,
             cut,
+            delay,
             _accept: allot_common::AbortOnDrop(accept),
         }
     }
@@ -63,6 +72,41 @@ impl Proxy {
     pub fn heal(&self) {
         self.cut.send_replace(false);
     }
+
+    /// From now on, holds every byte `one_way` before passing it on, in each direction (a round trip takes
+    /// twice that); `Duration::ZERO` passes bytes straight through again. Order is kept.
+    pub fn delay(&self, one_way: Duration) {
+        self.delay.send_replace(one_way);
+    }
+}
+
+/// Copies `from` to `to`, each chunk held for the delay current when it was read, until either side closes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Arc<watch::Sender<Duration>>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let write = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let due = tokio::time::Instant::now() + *delay.borrow();
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    };
+    // Reading ends first (the peer closed); what was read is still written, late as it is.
+    tokio::join!(read, write);
 }
 
 /// What a [`Workload`] saw, shared with the test.

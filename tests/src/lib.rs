@@ -143,6 +143,14 @@ impl Etcd {
         self.child.id()
     }
 
+    /// etcd's client address.
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("etcd's endpoint is http://IP:PORT")
+    }
+
     /// A store on this etcd, under the services' default root.
     pub async fn store(&self) -> allot_common::Store {
         allot_common::Store::connect(
@@ -390,6 +398,8 @@ pub struct ClusterOptions {
     pub leader_lease: Duration,
     /// Replicas of the allocator and of the broker (the first of each leads; the others are standbys).
     pub replicas: usize,
+    /// The services reach etcd through a [`faults::Proxy`] ([`Cluster::etcd_link`]).
+    pub etcd_link: bool,
 }
 
 impl Default for ClusterOptions {
@@ -401,6 +411,7 @@ impl Default for ClusterOptions {
             policy_timeout: Duration::from_millis(500),
             leader_lease: Duration::from_secs(2),
             replicas: 1,
+            etcd_link: false,
         }
     }
 }
@@ -409,6 +420,11 @@ impl Default for ClusterOptions {
 pub struct Cluster {
     /// etcd.
     pub etcd: Etcd,
+    /// The proxy between the control-plane services and etcd, with [`ClusterOptions::etcd_link`]: a test cuts or
+    /// slows their path to etcd with it.
+    pub etcd_link: Option<faults::Proxy>,
+    /// The etcd endpoint the services are given (etcd's, or the link's).
+    services_etcd: String,
     /// The registry.
     pub registry: Service,
     /// The allocator (the leading replica).
@@ -427,12 +443,12 @@ pub struct Cluster {
 }
 
 /// A registry against `etcd` on `addr`.
-async fn start_registry(etcd: &Etcd, opts: &ClusterOptions, addr: SocketAddr) -> Service {
+async fn start_registry(etcd: &str, opts: &ClusterOptions, addr: SocketAddr) -> Service {
     let cfg = allot_registry::Config {
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
+        etcd: allot_common::config::EtcdArgs::at(etcd),
         agent_timeout: opts.agent_timeout,
     };
     Service::spawn_at(addr, move |l, stop| {
@@ -457,7 +473,7 @@ fn election(opts: &ClusterOptions) -> allot_common::leader::ElectionArgs {
 
 /// An offer-broker against `etcd` and the allocator replicas at `allocators` (comma-separated), on `addr`.
 async fn start_broker(
-    etcd: &Etcd,
+    etcd: &str,
     opts: &ClusterOptions,
     allocators: &str,
     addr: SocketAddr,
@@ -466,7 +482,7 @@ async fn start_broker(
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
+        etcd: allot_common::config::EtcdArgs::at(etcd),
         allocator: allocators.to_string(),
         heartbeat_interval: opts.heartbeat_interval,
         election: election(opts),
@@ -480,7 +496,7 @@ async fn start_broker(
 
 /// An allocator against `etcd`, caching policies in `dir`, on `addr`.
 async fn start_allocator(
-    etcd: &Etcd,
+    etcd: &str,
     opts: &ClusterOptions,
     dir: &std::path::Path,
     addr: SocketAddr,
@@ -489,7 +505,7 @@ async fn start_allocator(
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_common::config::EtcdArgs::at(&etcd.endpoint),
+        etcd: allot_common::config::EtcdArgs::at(etcd),
         allocation_interval: opts.allocation_interval,
         policy: "drf".into(),
         policy_dir: dir.join("policies"),
@@ -544,10 +560,17 @@ impl Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
         let etcd = Etcd::start().await;
-        let registry = start_registry(&etcd, &opts, any_port()).await;
+        let etcd_link = match opts.etcd_link {
+            true => Some(faults::Proxy::start(etcd.addr()).await),
+            false => None,
+        };
+        let services_etcd = etcd_link
+            .as_ref()
+            .map_or(etcd.endpoint.clone(), |p| format!("http://{}", p.addr));
+        let registry = start_registry(&services_etcd, &opts, any_port()).await;
         let mut allocators = Vec::new();
         for _ in 0..opts.replicas.max(1) {
-            let a = start_allocator(&etcd, &opts, dir.path(), any_port()).await;
+            let a = start_allocator(&services_etcd, &opts, dir.path(), any_port()).await;
             if allocators.is_empty() {
                 await_leader(&a.addr.to_string()).await;
             }
@@ -556,7 +579,7 @@ impl Cluster {
         let allocator_addrs = join(allocators.iter().map(|a| a.addr));
         let mut brokers = Vec::new();
         for _ in 0..opts.replicas.max(1) {
-            let b = start_broker(&etcd, &opts, &allocator_addrs, any_port()).await;
+            let b = start_broker(&services_etcd, &opts, &allocator_addrs, any_port()).await;
             if brokers.is_empty() {
                 await_leader(&b.addr.to_string()).await;
             }
@@ -567,6 +590,8 @@ impl Cluster {
         let broker = brokers.remove(0);
         Cluster {
             etcd,
+            etcd_link,
+            services_etcd,
             registry,
             allocator,
             broker,
@@ -596,7 +621,7 @@ impl Cluster {
         let old = std::mem::replace(&mut self.allocator, next);
         let addr = old.crash_and_wait().await;
         await_leader(&self.allocator.addr.to_string()).await;
-        let again = start_allocator(&self.etcd, &self.opts, self.dir.path(), addr).await;
+        let again = start_allocator(&self.services_etcd, &self.opts, self.dir.path(), addr).await;
         self.standby_allocators.push(again);
     }
 
@@ -610,7 +635,8 @@ impl Cluster {
         let old = std::mem::replace(&mut self.broker, next);
         let addr = old.crash_and_wait().await;
         await_leader(&self.broker.addr.to_string()).await;
-        let again = start_broker(&self.etcd, &self.opts, &self.allocator_addrs, addr).await;
+        let again =
+            start_broker(&self.services_etcd, &self.opts, &self.allocator_addrs, addr).await;
         self.standby_brokers.push(again);
     }
 
@@ -618,7 +644,7 @@ impl Cluster {
     /// crashed registry would; agents and their heartbeats find it there.
     pub async fn restart_registry(&mut self) {
         let addr = self.registry.kill().await;
-        self.registry = start_registry(&self.etcd, &self.opts, addr).await;
+        self.registry = start_registry(&self.services_etcd, &self.opts, addr).await;
     }
 
     /// Kills the offer-broker abruptly (nothing it held in memory is written) and starts a new one on the same
@@ -626,7 +652,7 @@ impl Cluster {
     pub async fn restart_broker(&mut self) {
         self.broker.kill().await;
         self.broker = start_broker(
-            &self.etcd,
+            &self.services_etcd,
             &self.opts,
             &self.allocator_addrs,
             self.broker.addr,
@@ -728,9 +754,24 @@ impl Cluster {
         resources: &str,
         task_duration: Duration,
     ) -> Service {
+        self.add_simulated_agents_via(n, resources, task_duration, &self.broker_addrs)
+            .await
+    }
+
+    /// Like [`Cluster::add_simulated_agents`], with the agents' status updates sent to `brokers`
+    /// (comma-separated; a [`faults::Proxy`] in front of the broker, say). The agents' IDs depend only on `n`:
+    /// a simulator started again after a crash registers the same agents again.
+    pub async fn add_simulated_agents_via(
+        &self,
+        n: usize,
+        resources: &str,
+        task_duration: Duration,
+        brokers: &str,
+    ) -> Service {
         let cfg = allot_agent::Config {
             simulate: Some(n),
             sim_task_duration: task_duration,
+            broker: brokers.to_string(),
             ..self.agent_config(resources, self.dir.path().join("sim"), "sim")
         };
         let service = agent_service(cfg, any_port()).await;

@@ -1,8 +1,8 @@
-//! Fault injection: during a workload of 1,000 short tasks (real processes on three agents), kill in turn the
+//! Fault injection. During a workload of 1,000 short tasks (real processes on three agents), kill in turn the
 //! registry, the allocator leader, the broker leader, an agent, and etcd (then restart it), and cut an agent
 //! off the network. Every task must end in exactly one terminal state that the framework sees, no accepted
 //! launch may run twice, and the cluster must allocate again after each fault (the times are printed; see
-//! `docs/reliability.md`).
+//! `docs/reliability.md`). And a slow, then stalled, etcd under the leaders.
 
 use allot_tests::faults::{Workload, WorkloadLog};
 use allot_tests::{Cluster, ClusterOptions, task};
@@ -190,4 +190,71 @@ async fn every_task_ends_exactly_once_through_every_fault() {
     for (fault, t) in &times {
         eprintln!("| {fault} | {:.2} s |", t.as_secs_f64());
     }
+}
+
+/// Runs `count` one-CPU tasks through a fresh framework `name`; panics unless all end TASK_FINISHED within
+/// `patience`.
+async fn run_tasks(cluster: &Cluster, name: &str, count: usize, patience: Duration) {
+    let config =
+        allot_sdk::DriverConfig::new(cluster.broker_addrs(), allot_sdk::framework_info(name, "*"));
+    let task = "cpus:1;mem:64".parse().expect("resources");
+    let fill = allot_tests::fill::Fill::new(name, count, task, "sleep 0.1");
+    let seen = tokio::time::timeout(patience, allot_sdk::run(config, fill))
+        .await
+        .unwrap_or_else(|_| panic!("{name}: {count} tasks end within {patience:?}"))
+        .expect("the framework runs")
+        .take_seen();
+    assert_eq!((seen.terminal, seen.failed), (count, 0), "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_ride_out_a_slow_etcd_and_come_back_after_a_stall() {
+    let opts = ClusterOptions {
+        etcd_link: true,
+        ..ClusterOptions::default()
+    };
+    let lease = opts.leader_lease;
+    let cluster = Cluster::start_with(opts).await;
+    let _agents = cluster
+        .add_simulated_agents(4, "cpus:4;mem:1024", Duration::from_millis(100))
+        .await;
+    let link = cluster
+        .etcd_link
+        .as_ref()
+        .expect("the services reach etcd through a link");
+    // Each election key is named after its lease: the same keys mean the same terms.
+    let store = cluster.etcd.store().await;
+    let prefix = format!("{}/leader/", store.root());
+    let terms = || async { store.keys(&prefix).await.expect("election keys") };
+    let before = terms().await;
+    assert_eq!(
+        before.len(),
+        2,
+        "an allocator and a broker lead: {before:?}"
+    );
+
+    // Slow: every round trip to etcd takes 800 ms, longer than a third of the lease (the renewal period).
+    link.delay(Duration::from_millis(400));
+    tokio::time::sleep(lease * 3).await;
+    link.delay(Duration::ZERO);
+    assert_eq!(terms().await, before, "both leaders kept their terms");
+    run_tasks(&cluster, "after-slow", 8, allot_tests::PATIENCE).await;
+
+    // Stalled: nothing gets through for longer than the lease. Both leaders step down, and leaders (the same
+    // replicas, restarted by their supervisor) are elected again once etcd answers.
+    link.delay(lease + Duration::from_secs(1));
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    link.delay(Duration::ZERO);
+    let healed = Instant::now();
+    run_tasks(&cluster, "after-stall", 8, allot_tests::PATIENCE).await;
+    let after = terms().await;
+    assert_eq!(after.len(), 2, "an allocator and a broker lead: {after:?}");
+    assert!(
+        after.iter().all(|k| !before.contains(k)),
+        "new terms after the stall: {before:?} -> {after:?}"
+    );
+    eprintln!(
+        "leaders elected and tasks run {:.1} s after etcd answered again",
+        healed.elapsed().as_secs_f64()
+    );
 }

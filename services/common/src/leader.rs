@@ -7,10 +7,12 @@
 //! answers every call (but `grpc.health.v1`) with `UNAVAILABLE` and the leader's address in the
 //! [`LEADER_METADATA`] metadata, so that callers ([`crate::grpc::Replicas`]) move to the leader by themselves.
 //!
-//! The leader renews its lease every third of the lease time. A leader that cannot renew it for a whole lease
+//! The leader renews its lease every third of the lease time, each renewal running for as long as the lease
+//! allows beside the next, so that a slow etcd keeps the term. A leader that cannot renew it for a whole lease
 //! time (etcd unreachable, the process stalled) steps down before etcd can hand leadership to a standby
-//! ([`Term::lost`]); the service then stops, as a Mesos master stops when it loses its ZooKeeper session,
-//! and a supervisor (systemd `Restart=always`, `deploy/local/run.sh`) starts it again as a candidate.
+//! ([`Term::lost`]), revoking its lease if etcd still answers; the service then stops, as a Mesos master stops
+//! when it loses its ZooKeeper session, and a supervisor (systemd `Restart=always`, `deploy/local/run.sh`)
+//! starts it again as a candidate.
 //! A leader that stops gracefully revokes its lease, so a standby takes over at once; a leader killed with
 //! `kill -9` is replaced once its lease expires (at most `--leader-lease`).
 
@@ -150,9 +152,15 @@ impl Term {
     /// Gives leadership up at once by revoking the lease (its election key goes with it), so that a standby
     /// takes over without waiting for the lease to expire. Errors are ignored: the lease expires anyway.
     pub async fn resign(self) {
-        let mut client = self.store.client();
-        let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(self.lease)).await;
+        revoke(&self.store, self.lease).await;
     }
+}
+
+/// Revokes `lease` (and so deletes the election key bound to it), waiting at most 2 s; errors are ignored, for
+/// the lease expires anyway.
+async fn revoke(store: &Store, lease: i64) {
+    let mut client = store.client();
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
 }
 
 /// Campaigns for leadership of `service` with `advertise` as this replica's address and leases of `ttl`;
@@ -207,11 +215,18 @@ async fn try_campaign(
     let keeper = crate::AbortOnDrop(tokio::spawn(keep_alive(store.clone(), lease, ttl, lost_tx)));
     tracing::info!(%name, advertise, lease, "campaigning for leadership");
     let elected = tokio::select! {
-        r = client.campaign(name, advertise, lease) => r?,
-        _ = lost.wait_for(|l| *l) => {
-            return Err(StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(
-                "the lease expired while campaigning".into(),
-            )));
+        r = client.campaign(name, advertise, lease) => r,
+        _ = lost.wait_for(|l| *l) => Err(etcd_client::Error::LeaseKeepAliveError(
+            "the lease expired while campaigning".into(),
+        )),
+    };
+    let elected = match elected {
+        Ok(e) => e,
+        Err(e) => {
+            // A failed attempt's key would stand in front of the next attempt's until its lease expired.
+            drop(keeper);
+            revoke(store, lease).await;
+            return Err(e.into());
         }
     };
     // From now on every write of this store and its clones is fenced by the term.
@@ -226,44 +241,60 @@ async fn try_campaign(
     })
 }
 
-/// Renews `lease` every `ttl / 3`. Sets `lost` once a renewal has not succeeded for `ttl` less a margin,
-/// counted from when the last successful renewal was *sent* (etcd restarts the lease no earlier than that),
-/// or when etcd answers that the lease is gone.
+/// Renews `lease` every `ttl / 3`. Sets `lost` once no renewal has succeeded for `ttl` less a margin, counted
+/// from when the last successful renewal was *sent* (etcd restarts the lease no earlier than that), or when
+/// etcd answers that the lease is gone.
+///
+/// Renewals overlap: each runs on its own (for at most `ttl`) while the next is sent on time, so a slow etcd
+/// (a loaded disk, a long round trip) keeps the term as long as some renewal gets through within the lease
+/// time, and one renewal stuck on a dead connection does not hold back the next.
 async fn keep_alive(store: Store, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
     let margin = (ttl / 4).min(Duration::from_secs(1));
-    let period = ttl / 3;
     let mut deadline = Instant::now() + ttl - margin;
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewals = tokio::task::JoinSet::new();
     loop {
-        let sent = Instant::now();
-        let renewed = tokio::time::timeout(period, renew(&store, lease)).await;
-        match renewed {
-            Ok(Ok(remaining)) if remaining > 0 => deadline = sent + ttl - margin,
-            Ok(Ok(_)) => {
-                tracing::error!(lease, "etcd says the leadership lease expired");
+        tokio::select! {
+            _ = tick.tick() => {
+                let (store, sent) = (store.clone(), Instant::now());
+                renewals.spawn(async move {
+                    (sent, tokio::time::timeout(ttl, renew(&store, lease)).await)
+                });
+            }
+            Some(Ok((sent, renewed))) = renewals.join_next() => match renewed {
+                Ok(Ok(true)) => deadline = deadline.max(sent + ttl - margin),
+                Ok(Ok(false)) => {
+                    tracing::error!(lease, "etcd says the leadership lease expired");
+                    lost.send_replace(true);
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(lease, error = %e, "cannot renew the leadership lease"),
+                Err(_) => tracing::warn!(lease, "renewing the leadership lease timed out"),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::error!(
+                    lease,
+                    "leadership lease not renewed for a whole lease time; stepping down"
+                );
                 lost.send_replace(true);
                 return;
             }
-            Ok(Err(e)) => tracing::warn!(lease, error = %e, "cannot renew the leadership lease"),
-            Err(_) => tracing::warn!(lease, "renewing the leadership lease timed out"),
         }
-        if Instant::now() >= deadline {
-            tracing::error!(
-                lease,
-                "leadership lease not renewed for a whole lease time; stepping down"
-            );
-            lost.send_replace(true);
-            return;
-        }
-        tokio::time::sleep_until((sent + period).min(deadline)).await;
     }
 }
 
-/// One renewal of `lease`; returns the TTL etcd granted (0: the lease no longer exists).
-async fn renew(store: &Store, lease: i64) -> Result<i64, etcd_client::Error> {
+/// One renewal of `lease`, one round trip: opening etcd's keep-alive stream sends the first renewal and reads
+/// its answer. `Ok(false)`: etcd answered that the lease no longer exists.
+async fn renew(store: &Store, lease: i64) -> Result<bool, etcd_client::Error> {
     let mut client = store.client();
-    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-    keeper.keep_alive().await?;
-    Ok(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
+    // The stream could carry more renewals; dropping it after the first is what `keep_alive` wants.
+    match client.lease_keep_alive(lease).await {
+        Ok(_) => Ok(true),
+        // etcd-client's words for an answer with TTL 0.
+        Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Follows the election's leader into `leadership` (for a standby's answers) until aborted ([`campaign`]
@@ -319,16 +350,25 @@ where
     // Calls are still refused while the new leader loads its state: none may see it half built.
     let _leading = tokio::select! {
         held = on_elected() => held?,
-        _ = term.lost() => return Err(crate::ServiceError::LeadershipLost),
+        _ = term.lost() => { term.resign().await; return Err(crate::ServiceError::LeadershipLost); }
         r = &mut serving => { term.resign().await; return Ok(r?); }
     };
     leadership.set_leader(service);
-    let result = tokio::select! {
-        _ = term.lost() => Err(crate::ServiceError::LeadershipLost),
-        r = &mut serving => { term.resign().await; Ok(r?) }
+    let lost = tokio::select! {
+        _ = term.lost() => true,
+        r = &mut serving => { r?; false }
     };
     LEADER.with_label_values(&[service]).set(0.0);
-    result
+    // The leader's work stops before the key goes, so that no decision overlaps the next term. After a lost
+    // term the key is revoked too (when etcd answers): a slow etcd may still hold it, and the next leader, this
+    // replica restarted or a standby, would wait for it to expire.
+    drop(_leading);
+    term.resign().await;
+    if lost {
+        Err(crate::ServiceError::LeadershipLost)
+    } else {
+        Ok(())
+    }
 }
 
 /// A `tower::Layer` for a replicated service's server: while [`Leadership`] says standby, every call but the
