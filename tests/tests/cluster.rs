@@ -920,6 +920,37 @@ async fn a_restarted_agent_reports_the_tasks_it_finds_nothing_of() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_taken_by_an_agent_that_died_before_any_update_is_lost_after_it_registers_again() {
+    let cluster = Cluster::start().await;
+    // The simulated agent keeps its tasks in memory only, and its updates go through a link that is cut, so
+    // the broker hears nothing of the tasks after it launched them: they stay TASK_STAGING there.
+    let link = allot_tests::faults::Proxy::start(cluster.broker.addr).await;
+    link.cut();
+    let (n, resources, duration) = (1, "cpus:2;mem:256", Duration::from_secs(60));
+    let sim = cluster
+        .add_simulated_agents_via(n, resources, duration, &link.addr.to_string())
+        .await;
+    let mut fw = TestFramework::subscribe(&cluster, "orphaned", "*").await;
+    let offer = fw.offers().await.remove(0);
+    let tasks = vec![
+        task("a", "sleep 60", 0.5, 32.0),
+        task("b", "sleep 60", 0.5, 32.0),
+    ];
+    fw.accept(&offer.offer_id, tasks, 5.0).await.expect("accept");
+    // The launch reaches the simulator (it answers at once); then the process dies and a new one registers the
+    // same agent well within a second of the ACCEPT, knowing nothing of the tasks.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sim.crash_and_wait().await;
+    let _again = cluster
+        .add_simulated_agents_via(n, resources, duration, &link.addr.to_string())
+        .await;
+    for t in ["a", "b"] {
+        let lost = fw.await_state(t, TaskState::TaskLost).await;
+        assert_eq!(lost.agent_id, offer.agent_id, "{lost:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_comes_back_has_its_unreachable_tasks_reconciled() {
     let mut cluster = Cluster::start().await;
     let _agent = cluster.add_agent("cpus:1;mem:256").await;

@@ -60,6 +60,10 @@ pub const UNACKNOWLEDGED_WRITE_DELAY: Duration = Duration::from_secs(5);
 /// Mesos' default `refuse_seconds` when a DECLINE or ACCEPT carries no filters.
 pub const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
 
+/// How long the broker waits for an agent to answer a launch (`Agent.LaunchTasks`); an agent that has not
+/// answered by then is treated like one that could not be reached: the tasks become TASK_LOST.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Framework {
     record: FrameworkRecord,
     sender: Option<EventSender>,
@@ -93,6 +97,10 @@ struct Inner {
     /// Acknowledgements to pass on to agents with the next flush: repeats of updates already recorded as
     /// acknowledged, and updates dropped (unknown task, after a terminal state).
     agent_acks: Vec<StatusUpdateAcknowledgement>,
+    /// Tasks whose launch is on its way to their agent: accepted, and the agent has not answered the launch
+    /// yet. Until it has, the agent may not know the task, so asking it (`Agent.ReconcileTasks`) would call a
+    /// launch in flight TASK_LOST.
+    launching: HashSet<(String, String)>,
 }
 
 impl Inner {
@@ -318,7 +326,7 @@ impl Broker {
                         if before.is_some_and(|b| b.registered_at_ms != since) {
                             let me = me.clone();
                             let id = id.to_string();
-                            tokio::spawn(async move { me.agent_reregistered(&id, since).await });
+                            tokio::spawn(async move { me.agent_reregistered(&id).await });
                         }
                     }
                     None => {
@@ -1115,6 +1123,7 @@ impl Broker {
         {
             let mut inner = self.lock();
             for (_, rec) in &records {
+                inner.launching.insert(task_key(rec));
                 inner.tasks.insert(task_key(rec), rec.clone());
             }
         }
@@ -1224,21 +1233,28 @@ impl Broker {
             tasks: tasks.into_iter().map(|t| t.info).collect(),
         };
         let result = match self.agent_client(agent_id).await {
-            Some(mut c) => c.launch_tasks(req).await.map(|_| ()),
+            Some(mut c) => tokio::time::timeout(LAUNCH_TIMEOUT, c.launch_tasks(req))
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("the agent did not answer")))
+                .map(|_| ()),
             None => Err(Status::unavailable(format!("agent {agent_id} is unknown"))),
         };
+        let keys: Vec<(String, String)> =
+            ids.iter().map(|id| (fw.to_string(), id.clone())).collect();
         if let Err(e) = result {
             tracing::Span::current().record("otel.status_code", "ERROR");
             tracing::warn!(agent = %agent_id, error = %e.message(), "launch failed");
-            let tasks: Vec<(String, String)> =
-                ids.into_iter().map(|id| (fw.to_string(), id)).collect();
             self.master_updates(
-                &tasks,
+                &keys,
                 TaskState::TaskLost,
                 "REASON_AGENT_UNREACHABLE",
                 &format!("launch on agent {agent_id} failed: {}", e.message()),
             )
             .await;
+        }
+        let mut inner = self.lock();
+        for k in &keys {
+            inner.launching.remove(k);
         }
     }
 
@@ -1834,16 +1850,35 @@ impl Broker {
     /// An agent registered again (a new agent process, or one back from a partition): its tasks are reconciled
     /// with it, as a Mesos master reconciles the tasks an agent reports when it re-registers. A task launched
     /// before the registration that the agent has never heard of (the launch died with the earlier agent
-    /// process) becomes TASK_LOST; tasks it knows report their latest state. Tasks still TASK_STAGING that
-    /// were accepted less than a second before the registration are left out: their launch may be on its way
-    /// to the new process. TASK_UNREACHABLE tasks are [`Broker::agent_returned`]'s.
-    async fn agent_reregistered(&self, agent_id: &str, registered_at_ms: i64) {
-        let launched_before = registered_at_ms as f64 / 1000.0 - 1.0;
+    /// process, before it wrote the task down) becomes TASK_LOST; tasks it knows report their latest state.
+    /// Launches still on their way to the agent are waited for first (at most [`LAUNCH_TIMEOUT`]), for the new
+    /// process may be the one they reach; a launch made later is not reconciled here (see
+    /// [`Broker::reconcile_agent`]). TASK_UNREACHABLE tasks are [`Broker::agent_returned`]'s.
+    async fn agent_reregistered(&self, agent_id: &str) {
+        let on_agent = |inner: &Inner| {
+            inner
+                .launching
+                .iter()
+                .filter(|k| {
+                    inner
+                        .tasks
+                        .get(*k)
+                        .and_then(|t| t.task.as_ref())
+                        .is_some_and(|t| t.agent_id == agent_id)
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let in_flight = on_agent(&self.lock());
+        let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT + Duration::from_secs(1);
+        while tokio::time::Instant::now() < deadline
+            && in_flight.iter().any(|k| self.lock().launching.contains(k))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let settled = |s: &TaskStatus| {
             let state = s.state();
-            !state.is_terminal()
-                && state != TaskState::TaskUnreachable
-                && (state != TaskState::TaskStaging || s.timestamp < launched_before)
+            !state.is_terminal() && state != TaskState::TaskUnreachable
         };
         self.reconcile_agent(
             agent_id,
@@ -1854,7 +1889,8 @@ impl Broker {
         .await;
     }
 
-    /// Reconciles the tasks on `agent_id` whose latest status `pick` selects (see [`Broker::reconcile_at`]).
+    /// Reconciles the tasks on `agent_id` whose latest status `pick` selects (see [`Broker::reconcile_at`]),
+    /// but those whose launch is on its way to the agent: the agent may not know them yet.
     async fn reconcile_agent(
         &self,
         agent_id: &str,
@@ -1862,16 +1898,21 @@ impl Broker {
         returned: bool,
         what: &'static str,
     ) {
-        let tasks: Vec<Recorded> = self
-            .lock()
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.task.as_ref().is_some_and(|i| i.agent_id == agent_id))
-            .filter_map(|(k, t)| {
-                let s = t.status.as_ref()?;
-                pick(s).then(|| (k.clone(), s.uuid.clone()))
-            })
-            .collect();
+        let tasks: Vec<Recorded> = {
+            let inner = self.lock();
+            inner
+                .tasks
+                .iter()
+                .filter(|(k, t)| {
+                    t.task.as_ref().is_some_and(|i| i.agent_id == agent_id)
+                        && !inner.launching.contains(*k)
+                })
+                .filter_map(|(k, t)| {
+                    let s = t.status.as_ref()?;
+                    pick(s).then(|| (k.clone(), s.uuid.clone()))
+                })
+                .collect()
+        };
         if tasks.is_empty() {
             return;
         }
