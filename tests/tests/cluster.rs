@@ -936,7 +936,9 @@ async fn a_launch_taken_by_an_agent_that_died_before_any_update_is_lost_after_it
         task("a", "sleep 60", 0.5, 32.0),
         task("b", "sleep 60", 0.5, 32.0),
     ];
-    fw.accept(&offer.offer_id, tasks, 5.0).await.expect("accept");
+    fw.accept(&offer.offer_id, tasks, 5.0)
+        .await
+        .expect("accept");
     // The launch reaches the simulator (it answers at once); then the process dies and a new one registers the
     // same agent well within a second of the ACCEPT, knowing nothing of the tasks.
     tokio::time::sleep(Duration::from_millis(200)).await;
