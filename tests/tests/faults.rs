@@ -34,8 +34,10 @@ async fn wait_log(
 async fn every_task_ends_exactly_once_through_every_fault() {
     let opts = ClusterOptions {
         replicas: 2,
-        // Long enough that a leader rides out etcd's restart and a loaded machine's stalls.
-        leader_lease: Duration::from_secs(4),
+        // Long enough that a leader rides out etcd's restart (down 1 s, then about 1.5 s until it serves) and a
+        // loaded machine's stalls: a leader steps down 1 s before its lease ends, and its last renewal may have
+        // been up to 1 s before etcd went down.
+        leader_lease: Duration::from_secs(5),
         ..ClusterOptions::default()
     };
     let agent_timeout = opts.agent_timeout;

@@ -447,15 +447,18 @@ impl StatusUpdateManager {
 
     /// Sends due heads with `send` until `stop` is cancelled: one call at a time, up to [`MAX_PER_SEND`]
     /// updates each. `send` answers which updates the broker refused as malformed (they are dropped), or `Err`
-    /// for a call the broker did not answer; that is retried with backoff (100 ms doubling to 5 s), and then
-    /// every head is sent again.
+    /// for a call the broker did not answer; that is retried with backoff (100 ms doubling to 1 s, plus up to
+    /// as much again of jitter), and then every head is sent again. A standby's refusal that names the leader
+    /// is retried at once (once in a row: `send` is expected to go to the named leader next), so that updates
+    /// reach a new broker leader as soon as it leads, not a backoff later.
     async fn run<F, Fut>(&self, mut send: F, stop: tokio_util::sync::CancellationToken)
     where
         F: FnMut(Vec<Outgoing>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<Refused>, tonic::Status>>,
     {
-        let first = Duration::from_millis(100);
-        let mut delays = allot_common::retry_delays(first);
+        let (first, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let mut delays = allot_common::jittered_retry_delays(first, max);
+        let mut redirected = false;
         loop {
             let notified = self.wake.notified();
             let (due, next) = self.take_due(Instant::now(), MAX_PER_SEND);
@@ -479,10 +482,17 @@ impl StatusUpdateManager {
                     for (key, uuid) in refused {
                         self.acknowledge(&key, &uuid);
                     }
-                    delays = allot_common::retry_delays(first);
+                    delays = allot_common::jittered_retry_delays(first, max);
+                    redirected = false;
+                }
+                Err(e) if !redirected && names_leader(&e) => {
+                    tracing::debug!(error = %e.message(), updates = n, "status updates sent to a standby; going to the leader");
+                    redirected = true;
+                    self.resend_all();
                 }
                 Err(e) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    redirected = false;
+                    let delay = delays.next().unwrap_or(max);
                     tracing::debug!(error = %e.message(), updates = n, ?delay, "status updates not delivered; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -493,6 +503,14 @@ impl StatusUpdateManager {
             }
         }
     }
+}
+
+/// Whether `status` is a standby's refusal that names the leader (see `allot_common::leader`).
+fn names_leader(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(allot_common::leader::LEADER_METADATA)
+        .is_some_and(|v| !v.is_empty())
 }
 
 /// An update the broker refused as malformed: its task and uuid.
@@ -684,5 +702,58 @@ mod tests {
         assert_eq!(out[0].request.sandbox, "/sb");
         assert!(m.acknowledge(&key("t1"), b"f1").is_some());
         assert!(!meta.join("frameworks/fw/tasks/t1").exists());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_naming_the_leader_is_retried_at_once_and_other_failures_back_off() {
+        let m = Arc::new(StatusUpdateManager::in_memory(Duration::from_secs(10)));
+        m.push(
+            update("t", TaskState::TaskRunning, "r"),
+            "",
+            &HashMap::new(),
+        )
+        .unwrap();
+        let standby = || {
+            let mut s =
+                tonic::Status::unavailable("not the leader; the leader is at 10.0.0.2:5052");
+            s.metadata_mut().insert(
+                allot_common::leader::LEADER_METADATA,
+                "10.0.0.2:5052".parse().unwrap(),
+            );
+            s
+        };
+        // The broker answers: a standby's redirect, the same again (the named leader is a standby too), then
+        // a failure without a leader, then success.
+        let answers = Arc::new(std::sync::Mutex::new(vec![
+            Ok(Vec::new()),
+            Err(tonic::Status::unavailable("connection refused")),
+            Err(standby()),
+            Err(standby()),
+        ]));
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a, c) = (answers.clone(), calls.clone());
+        let start = tokio::time::Instant::now();
+        let _sending = m.start(move |_| {
+            c.lock().unwrap().push(start.elapsed());
+            let answer = a.lock().unwrap().pop().unwrap_or(Ok(Vec::new()));
+            async move { answer }
+        });
+        while calls.lock().unwrap().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let at = calls.lock().unwrap().clone();
+        assert_eq!(
+            at[0], at[1],
+            "the first redirect is followed at once: {at:?}"
+        );
+        assert!(
+            at[2] - at[1] >= Duration::from_millis(100),
+            "a second redirect in a row backs off: {at:?}"
+        );
+        assert!(at[3] - at[2] >= at[2] - at[1], "backoff grows: {at:?}");
+        assert!(
+            at[3] - at[2] <= Duration::from_millis(400),
+            "the backoff is 100 ms doubling, with jitter: {at:?}"
+        );
     }
 }

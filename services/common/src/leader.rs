@@ -7,8 +7,8 @@
 //! answers every call (but `grpc.health.v1`) with `UNAVAILABLE` and the leader's address in the
 //! [`LEADER_METADATA`] metadata, so that callers ([`crate::grpc::Replicas`]) move to the leader by themselves.
 //!
-//! The leader renews its lease every third of the lease time, each renewal running for as long as the lease
-//! allows beside the next, so that a slow etcd keeps the term. A leader that cannot renew it for a whole lease
+//! The leader renews its lease every third of the lease time (at least once a second), each renewal running
+//! for as long as the lease allows beside the next, so that a slow etcd keeps the term. A leader that cannot renew it for a whole lease
 //! time (etcd unreachable, the process stalled) steps down before etcd can hand leadership to a standby
 //! ([`Term::lost`]), revoking its lease if etcd still answers; the service then stops, as a Mesos master stops
 //! when it loses its ZooKeeper session, and a supervisor (systemd `Restart=always`, `deploy/local/run.sh`)
@@ -241,7 +241,7 @@ async fn try_campaign(
     })
 }
 
-/// Renews `lease` every `ttl / 3`. Sets `lost` once no renewal has succeeded for `ttl` less a margin, counted
+/// Renews `lease` every `ttl / 3` (at least once a second). Sets `lost` once no renewal has succeeded for `ttl` less a margin, counted
 /// from when the last successful renewal was *sent* (etcd restarts the lease no earlier than that), or when
 /// etcd answers that the lease is gone.
 ///
@@ -251,7 +251,9 @@ async fn try_campaign(
 async fn keep_alive(store: Store, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
     let margin = (ttl / 4).min(Duration::from_secs(1));
     let mut deadline = Instant::now() + ttl - margin;
-    let mut tick = tokio::time::interval(ttl / 3);
+    // At least once a second: a renewal that succeeds just before etcd becomes unreachable (a restart) leaves
+    // the most of the lease to ride the outage out.
+    let mut tick = tokio::time::interval((ttl / 3).min(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewals = tokio::task::JoinSet::new();
     loop {

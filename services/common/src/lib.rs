@@ -69,6 +69,23 @@ pub fn retry_delays(first: std::time::Duration) -> impl Iterator<Item = std::tim
         .build()
 }
 
+/// Retry delays for calls many processes make to one service while it fails over: `first`, then doubling up
+/// to `max`, each with up to as much again of random jitter (so that agents that lost the same broker do not
+/// come back in step), without end. A short `max` bounds how long a caller lags behind the service's return.
+pub fn jittered_retry_delays(
+    first: std::time::Duration,
+    max: std::time::Duration,
+) -> impl Iterator<Item = std::time::Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Whether `name` is a valid role name: 1-128 bytes without `/` (a role is an etcd key segment).
 pub fn valid_role(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && name.len() <= 128
