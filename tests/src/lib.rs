@@ -60,7 +60,8 @@ pub struct Etcd {
 /// instead of 100 ms.
 pub const ETCD_BACKEND_BATCH_INTERVAL: &str = "--backend-batch-interval=10ms";
 
-/// Starts an etcd process with its data in `dir`.
+/// Starts an etcd process with its data in `dir`, with the flags in `$ALLOT_ETCD_FLAGS` (whitespace-separated)
+/// added.
 fn spawn_etcd(dir: &std::path::Path, endpoint: &str, peer_url: &str) -> Child {
     Command::new("etcd")
         .args(["--name", "t", "--data-dir"])
@@ -81,6 +82,12 @@ fn spawn_etcd(dir: &std::path::Path, endpoint: &str, peer_url: &str) -> Child {
         // See docs/operations.md, "Running etcd": etcd 3.4 copies its uncommitted write buffer for every
         // transaction; a short batch interval keeps that buffer small.
         .arg(ETCD_BACKEND_BATCH_INTERVAL)
+        // More flags for experiments (later ones win): `--enable-pprof` to profile etcd, other batch settings.
+        .args(
+            std::env::var("ALLOT_ETCD_FLAGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
