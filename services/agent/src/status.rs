@@ -485,7 +485,11 @@ impl StatusUpdateManager {
                     delays = allot_common::jittered_retry_delays(first, max);
                     redirected = false;
                 }
-                Err(e) if !redirected && names_leader(&e) => {
+                Err(e)
+                    if !redirected
+                        && allot_common::leader::standby_names(&e)
+                            .is_some_and(|l| !l.is_empty()) =>
+                {
                     tracing::debug!(error = %e.message(), updates = n, "status updates sent to a standby; going to the leader");
                     redirected = true;
                     self.resend_all();
@@ -503,14 +507,6 @@ impl StatusUpdateManager {
             }
         }
     }
-}
-
-/// Whether `status` is a standby's refusal that names the leader (see `allot_common::leader`).
-fn names_leader(status: &tonic::Status) -> bool {
-    status
-        .metadata()
-        .get(allot_common::leader::LEADER_METADATA)
-        .is_some_and(|v| !v.is_empty())
 }
 
 /// An update the broker refused as malformed: its task and uuid.

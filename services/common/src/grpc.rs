@@ -173,10 +173,7 @@ impl Replicas {
     /// leaves the choice as it is. A standby is told by [`crate::leader::LEADER_METADATA`] on its answer.
     pub fn failed(&self, status: &tonic::Status) -> bool {
         let mut set = self.lock();
-        let standby = status
-            .metadata()
-            .get(crate::leader::LEADER_METADATA)
-            .map(|v| v.to_str().unwrap_or_default().to_string());
+        let standby = crate::leader::standby_names(status).map(str::to_string);
         let unreachable = status.code() == tonic::Code::Unavailable
             && std::error::Error::source(status).is_some();
         match standby {

@@ -8,9 +8,9 @@
 //! [`LEADER_METADATA`] metadata, so that callers ([`crate::grpc::Replicas`]) move to the leader by themselves.
 //!
 //! The leader renews its lease every third of the lease time (at least once a second), each renewal running
-//! for as long as the lease allows beside the next, so that a slow etcd keeps the term. A leader that cannot renew it for a whole lease
-//! time (etcd unreachable, the process stalled) steps down before etcd can hand leadership to a standby
-//! ([`Term::lost`]), revoking its lease if etcd still answers; the service then stops, as a Mesos master stops
+//! for as long as the lease allows beside the next, so that a slow etcd keeps the term. A leader that cannot
+//! renew it for a whole lease time (etcd unreachable, the process stalled) steps down before etcd can hand
+//! leadership to a standby ([`Term::lost`]), revoking its lease if etcd still answers; the service then stops, as a Mesos master stops
 //! when it loses its ZooKeeper session, and a supervisor (systemd `Restart=always`, `deploy/local/run.sh`)
 //! starts it again as a candidate.
 //! A leader that stops gracefully revokes its lease, so a standby takes over at once; a leader killed with
@@ -130,6 +130,15 @@ impl Leadership {
     }
 }
 
+/// What a standby's refusal says of the leader: `Some(address)` when `status` is a standby's answer (the
+/// address is empty when it knows of no leader), `None` for any other status.
+pub fn standby_names(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(LEADER_METADATA)
+        .map(|v| v.to_str().unwrap_or_default())
+}
+
 /// One term of leadership, from winning the election to losing or resigning it.
 pub struct Term {
     store: Store,
@@ -241,9 +250,9 @@ async fn try_campaign(
     })
 }
 
-/// Renews `lease` every `ttl / 3` (at least once a second). Sets `lost` once no renewal has succeeded for `ttl` less a margin, counted
-/// from when the last successful renewal was *sent* (etcd restarts the lease no earlier than that), or when
-/// etcd answers that the lease is gone.
+/// Renews `lease` every `ttl / 3` (at least once a second). Sets `lost` once no renewal has succeeded for
+/// `ttl` less a margin, counted from when the last successful renewal was *sent* (etcd restarts the lease no
+/// earlier than that), or when etcd answers that the lease is gone.
 ///
 /// Renewals overlap: each runs on its own (for at most `ttl`) while the next is sent on time, so a slow etcd
 /// (a loaded disk, a long round trip) keeps the term as long as some renewal gets through within the lease
@@ -350,27 +359,23 @@ where
         r = &mut serving => return Ok(r?),
     };
     // Calls are still refused while the new leader loads its state: none may see it half built.
-    let _leading = tokio::select! {
+    let leading = tokio::select! {
         held = on_elected() => held?,
         _ = term.lost() => { term.resign().await; return Err(crate::ServiceError::LeadershipLost); }
         r = &mut serving => { term.resign().await; return Ok(r?); }
     };
     leadership.set_leader(service);
-    let lost = tokio::select! {
-        _ = term.lost() => true,
-        r = &mut serving => { r?; false }
+    let ended = tokio::select! {
+        _ = term.lost() => Err(crate::ServiceError::LeadershipLost),
+        r = &mut serving => r.map_err(crate::ServiceError::from),
     };
     LEADER.with_label_values(&[service]).set(0.0);
-    // The leader's work stops before the key goes, so that no decision overlaps the next term. After a lost
-    // term the key is revoked too (when etcd answers): a slow etcd may still hold it, and the next leader, this
-    // replica restarted or a standby, would wait for it to expire.
-    drop(_leading);
+    // The leader's work stops before the key goes, so that no decision overlaps the next term. The key is
+    // revoked however the term ended (after a lost term, when etcd answers): a slow etcd may still hold it, and
+    // the next leader, this replica restarted or a standby, would wait for it to expire.
+    drop(leading);
     term.resign().await;
-    if lost {
-        Err(crate::ServiceError::LeadershipLost)
-    } else {
-        Ok(())
-    }
+    ended
 }
 
 /// A `tower::Layer` for a replicated service's server: while [`Leadership`] says standby, every call but the
