@@ -61,12 +61,16 @@ pub fn status_update_span(
 /// backoff). Make a new one to start over after a success.
 pub fn retry_delays(first: std::time::Duration) -> impl Iterator<Item = std::time::Duration> {
     use backon::BackoffBuilder;
+    doubling(first, std::time::Duration::from_secs(5)).build()
+}
+
+/// backon's exponential backoff from `first`, doubling up to `max`, without end.
+fn doubling(first: std::time::Duration, max: std::time::Duration) -> backon::ExponentialBuilder {
     backon::ExponentialBuilder::default()
         .with_min_delay(first)
-        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_max_delay(max)
         .with_factor(2.0)
         .without_max_times()
-        .build()
 }
 
 /// Retry delays for calls many processes make to one service while it fails over: `first`, then doubling up
@@ -77,13 +81,7 @@ pub fn jittered_retry_delays(
     max: std::time::Duration,
 ) -> impl Iterator<Item = std::time::Duration> {
     use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(first)
-        .with_max_delay(max)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    doubling(first, max).with_jitter().build()
 }
 
 /// Whether `name` is a valid role name: 1-128 bytes without `/` (a role is an etcd key segment).

@@ -200,15 +200,15 @@ impl Store {
     /// Runs `ops` in one transaction, guarded by the fence if there is one.
     async fn write(&self, what: &'static str, ops: Vec<TxnOp>) -> Result<i64, StoreError> {
         use etcd_client::{Compare, CompareOp};
-        let term = self.fence.term.read().expect("fence poisoned").clone();
-        let txn = match &term {
-            Some((key, rev)) => Txn::new()
-                .when([Compare::create_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    *rev,
-                )])
-                .and_then(ops),
+        let fence = self
+            .fence
+            .term
+            .read()
+            .expect("fence poisoned")
+            .as_ref()
+            .map(|(key, rev)| Compare::create_revision(key.clone(), CompareOp::Equal, *rev));
+        let txn = match fence {
+            Some(compare) => Txn::new().when([compare]).and_then(ops),
             None => Txn::new().and_then(ops),
         };
         let resp = traced(what, self.client.kv_client().txn(txn)).await?;
