@@ -1122,9 +1122,10 @@ impl Broker {
         }
         {
             let mut inner = self.lock();
-            for (_, rec) in &records {
-                inner.launching.insert(task_key(rec));
-                inner.tasks.insert(task_key(rec), rec.clone());
+            for (_, rec) in records {
+                let key = task_key(&rec);
+                inner.launching.insert(key.clone());
+                inner.tasks.insert(key, rec);
             }
         }
         let launched: Vec<LaunchedTask> = valid
@@ -1226,7 +1227,10 @@ impl Broker {
             .frameworks
             .get(fw)
             .and_then(|f| f.record.info.clone());
-        let ids: Vec<String> = tasks.iter().map(|t| t.info.task_id.clone()).collect();
+        let keys: Vec<(String, String)> = tasks
+            .iter()
+            .map(|t| (fw.to_string(), t.info.task_id.clone()))
+            .collect();
         let req = LaunchTasksRequest {
             framework_id: fw.to_string(),
             framework_info: info,
@@ -1239,8 +1243,6 @@ impl Broker {
                 .map(|_| ()),
             None => Err(Status::unavailable(format!("agent {agent_id} is unknown"))),
         };
-        let keys: Vec<(String, String)> =
-            ids.iter().map(|id| (fw.to_string(), id.clone())).collect();
         if let Err(e) = result {
             tracing::Span::current().record("otel.status_code", "ERROR");
             tracing::warn!(agent = %agent_id, error = %e.message(), "launch failed");
@@ -1855,7 +1857,8 @@ impl Broker {
     /// process may be the one they reach; a launch made later is not reconciled here (see
     /// [`Broker::reconcile_agent`]). TASK_UNREACHABLE tasks are [`Broker::agent_returned`]'s.
     async fn agent_reregistered(&self, agent_id: &str) {
-        let on_agent = |inner: &Inner| {
+        let in_flight: Vec<(String, String)> = {
+            let inner = self.lock();
             inner
                 .launching
                 .iter()
@@ -1867,9 +1870,8 @@ impl Broker {
                         .is_some_and(|t| t.agent_id == agent_id)
                 })
                 .cloned()
-                .collect::<Vec<_>>()
+                .collect()
         };
-        let in_flight = on_agent(&self.lock());
         let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT + Duration::from_secs(1);
         while tokio::time::Instant::now() < deadline
             && in_flight.iter().any(|k| self.lock().launching.contains(k))
