@@ -430,8 +430,6 @@ pub struct Cluster {
     /// The proxy between the control-plane services and etcd, with [`ClusterOptions::etcd_link`]: a test cuts or
     /// slows their path to etcd with it.
     pub etcd_link: Option<faults::Proxy>,
-    /// The etcd endpoint the services are given (etcd's, or the link's).
-    services_etcd: String,
     /// The registry.
     pub registry: Service,
     /// The allocator (the leading replica).
@@ -447,6 +445,11 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     agents: usize,
     opts: ClusterOptions,
+}
+
+/// The etcd endpoint the control-plane services are given: `etcd`'s, or `link`'s in front of it.
+fn services_endpoint(etcd: &Etcd, link: Option<&faults::Proxy>) -> String {
+    link.map_or(etcd.endpoint.clone(), |p| format!("http://{}", p.addr))
 }
 
 /// A registry against `etcd` on `addr`.
@@ -571,9 +574,7 @@ impl Cluster {
             true => Some(faults::Proxy::start(etcd.addr()).await),
             false => None,
         };
-        let services_etcd = etcd_link
-            .as_ref()
-            .map_or(etcd.endpoint.clone(), |p| format!("http://{}", p.addr));
+        let services_etcd = services_endpoint(&etcd, etcd_link.as_ref());
         let registry = start_registry(&services_etcd, &opts, any_port()).await;
         let mut allocators = Vec::new();
         for _ in 0..opts.replicas.max(1) {
@@ -598,7 +599,6 @@ impl Cluster {
         Cluster {
             etcd,
             etcd_link,
-            services_etcd,
             registry,
             allocator,
             broker,
@@ -610,6 +610,11 @@ impl Cluster {
             agents: 0,
             opts,
         }
+    }
+
+    /// The etcd endpoint the control-plane services are given (see [`ClusterOptions::etcd_link`]).
+    fn services_etcd(&self) -> String {
+        services_endpoint(&self.etcd, self.etcd_link.as_ref())
     }
 
     /// Every broker replica's address, comma-separated (what agents and the SDK are given).
@@ -628,7 +633,7 @@ impl Cluster {
         let old = std::mem::replace(&mut self.allocator, next);
         let addr = old.crash_and_wait().await;
         await_leader(&self.allocator.addr.to_string()).await;
-        let again = start_allocator(&self.services_etcd, &self.opts, self.dir.path(), addr).await;
+        let again = start_allocator(&self.services_etcd(), &self.opts, self.dir.path(), addr).await;
         self.standby_allocators.push(again);
     }
 
@@ -642,8 +647,13 @@ impl Cluster {
         let old = std::mem::replace(&mut self.broker, next);
         let addr = old.crash_and_wait().await;
         await_leader(&self.broker.addr.to_string()).await;
-        let again =
-            start_broker(&self.services_etcd, &self.opts, &self.allocator_addrs, addr).await;
+        let again = start_broker(
+            &self.services_etcd(),
+            &self.opts,
+            &self.allocator_addrs,
+            addr,
+        )
+        .await;
         self.standby_brokers.push(again);
     }
 
@@ -651,7 +661,7 @@ impl Cluster {
     /// crashed registry would; agents and their heartbeats find it there.
     pub async fn restart_registry(&mut self) {
         let addr = self.registry.kill().await;
-        self.registry = start_registry(&self.services_etcd, &self.opts, addr).await;
+        self.registry = start_registry(&self.services_etcd(), &self.opts, addr).await;
     }
 
     /// Kills the offer-broker abruptly (nothing it held in memory is written) and starts a new one on the same
@@ -659,7 +669,7 @@ impl Cluster {
     pub async fn restart_broker(&mut self) {
         self.broker.kill().await;
         self.broker = start_broker(
-            &self.services_etcd,
+            &self.services_etcd(),
             &self.opts,
             &self.allocator_addrs,
             self.broker.addr,
