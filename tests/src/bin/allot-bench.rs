@@ -123,13 +123,11 @@ async fn raw_put_rate(client: &etcd_client::Client, seconds: f64, concurrency: u
     }
     while workers.join_next().await.is_some() {}
     let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    let mut kv = client.kv_client();
-    let _ = kv
-        .delete(
-            "/bench/put/",
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        )
-        .await;
+    // The keys stay (a fresh etcd is thrown away after the run). Deleting them in one transaction, as this did
+    // until session 12, grew etcd 3.4's buffer of uncommitted writes to tens of thousands of entries, and while
+    // writes go on without a pause etcd keeps that length and copies all of it for every later transaction:
+    // about one run in two then cost etcd twice the CPU and p99 went from ~70 ms to over 1 s
+    // (docs/operations.md, "Running etcd").
     rate
 }
 
