@@ -142,6 +142,40 @@ pub struct Broker {
     task_writes: tokio::sync::Mutex<()>,
     /// The ACCEPTs' TASK_STAGING records, written together with those of concurrent ACCEPTs.
     staging: allot_common::store::GroupCommit,
+    /// Ended tasks on their way to the allocator (see [`start_telling_ended`]).
+    ended: mpsc::UnboundedSender<Vec<EndedTask>>,
+}
+
+/// At most this many ended tasks go to the allocator in one `TasksEnded` call (about 60 bytes each).
+const MAX_ENDED_PER_CALL: usize = 10_000;
+
+/// Starts the task that tells the allocator of ended tasks: one `TasksEnded` call at a time, carrying every
+/// ended task that queued up while the previous call was in flight (at 9,000 tasks/s a call per `UpdateBatch`
+/// made about 500 small calls a second). The task ends with the returned sender.
+fn start_telling_ended(
+    allocators: allot_common::grpc::Replicas,
+) -> mpsc::UnboundedSender<Vec<EndedTask>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<EndedTask>>();
+    tokio::spawn(async move {
+        while let Some(mut tasks) = rx.recv().await {
+            while let Ok(more) = rx.try_recv() {
+                tasks.extend(more);
+            }
+            while !tasks.is_empty() {
+                let rest = tasks.split_off(tasks.len().min(MAX_ENDED_PER_CALL));
+                let req = TasksEndedRequest {
+                    tasks: std::mem::replace(&mut tasks, rest),
+                };
+                let told = on_allocator(&allocators, req, |mut a, req| async move {
+                    a.tasks_ended(req).await
+                });
+                if let Err(e) = told.await {
+                    tracing::debug!(error = %e.message(), "cannot tell the allocator of ended tasks");
+                }
+            }
+        }
+    });
+    tx
 }
 
 /// A task to reconcile with its agent, with the uuid of its recorded status.
@@ -219,7 +253,8 @@ fn new_uuid() -> Vec<u8> {
 
 impl Broker {
     /// A broker over `store` that takes decisions from the leading replica of `allocators`.
-    /// Must be called within a Tokio runtime (it starts the group committer of TASK_STAGING writes).
+    /// Must be called within a Tokio runtime (it starts the group committer of TASK_STAGING writes and the
+    /// sender of ended tasks to the allocator).
     pub fn new(
         store: Store,
         allocators: allot_common::grpc::Replicas,
@@ -227,12 +262,13 @@ impl Broker {
     ) -> Self {
         Self {
             store: store.clone(),
-            allocators,
             heartbeat_interval,
             inner: Mutex::new(Inner::default()),
             agent_clients: Mutex::new(HashMap::new()),
             task_writes: tokio::sync::Mutex::new(()),
             staging: allot_common::store::GroupCommit::start(store.clone()),
+            ended: start_telling_ended(allocators.clone()),
+            allocators,
         }
     }
 
@@ -1442,22 +1478,13 @@ impl Broker {
         self.tell_ended(ended);
     }
 
-    /// Tells the allocator that these tasks ended (their resources are free), without waiting. Should the call
-    /// be lost, the allocator still learns it from etcd when the records are written.
+    /// Tells the allocator that these tasks ended (their resources are free), without waiting: they join the
+    /// next `TasksEnded` call (see [`start_telling_ended`]). Should the call be lost, the allocator still
+    /// learns it from etcd when the records are written.
     fn tell_ended(&self, ended: Vec<EndedTask>) {
-        if ended.is_empty() {
-            return;
+        if !ended.is_empty() {
+            let _ = self.ended.send(ended);
         }
-        let allocators = self.allocators.clone();
-        let req = TasksEndedRequest { tasks: ended };
-        tokio::spawn(async move {
-            let told = on_allocator(&allocators, req, |mut a, req| async move {
-                a.tasks_ended(req).await
-            });
-            if let Err(e) = told.await {
-                tracing::debug!(error = %e.message(), "cannot tell the allocator of ended tasks");
-            }
-        });
     }
 
     /// Records `updates` that the broker makes itself (each from the task's record in memory) in etcd, then
