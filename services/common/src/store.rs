@@ -266,20 +266,6 @@ impl Store {
             .await
     }
 
-    /// Writes every `(key, value)` in one transaction. Returns the new revision.
-    ///
-    /// # Errors
-    /// [`StoreError::Etcd`]; [`StoreError::Fenced`] when this store is fenced and its term is over.
-    pub async fn put_all<M: Message>(&self, items: &[(String, M)]) -> Result<i64, StoreError> {
-        self.put_all_encoded(
-            items
-                .iter()
-                .map(|(k, v)| (k.clone(), v.encode_to_vec()))
-                .collect(),
-        )
-        .await
-    }
-
     /// Writes every `(key, encoded value)` in one transaction. Returns the new revision (0 for no items).
     ///
     /// # Errors
@@ -295,27 +281,33 @@ impl Store {
         self.write("txn", ops).await
     }
 
-    /// Writes independent records in transactions of at most [`MAX_TXN_OPS`] puts each, sent concurrently;
-    /// unlike [`Store::put_all`], the whole is not atomic (each chunk is). For batches whose records stand
-    /// alone, such as status updates and acknowledgements of different tasks. Keys must be distinct (etcd
-    /// refuses a transaction that names a key twice). Returns each chunk with its outcome, so that a caller
-    /// can tell which records were written.
-    pub async fn put_chunks<'a, M: Message>(
-        &self,
-        items: &'a [(String, M)],
-    ) -> Vec<(&'a [(String, M)], Result<i64, StoreError>)> {
-        let chunks = items
-            .chunks(MAX_TXN_OPS)
-            .map(|chunk| async move { (chunk, self.put_all(chunk).await) });
-        futures::future::join_all(chunks).await
+    /// Writes independent encoded records in transactions of at most [`MAX_TXN_OPS`] puts each, sent
+    /// concurrently; unlike [`Store::put_all_encoded`], the whole is not atomic (each chunk is). For batches whose
+    /// records stand alone, such as status updates and acknowledgements of different tasks. Keys must be
+    /// distinct (etcd refuses a transaction that names a key twice). Returns, in order, how many records each
+    /// transaction held and its outcome, so that a caller can tell which records were written.
+    pub async fn put_chunks(&self, mut items: Encoded) -> Vec<(usize, Result<i64, StoreError>)> {
+        let mut chunks = Vec::with_capacity(items.len().div_ceil(MAX_TXN_OPS));
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(MAX_TXN_OPS));
+            chunks.push(std::mem::replace(&mut items, rest));
+        }
+        let puts = chunks
+            .into_iter()
+            .map(|chunk| async move { (chunk.len(), self.put_all_encoded(chunk).await) });
+        futures::future::join_all(puts).await
     }
 
-    /// [`Store::put_chunks`] for a caller that only needs to know whether everything was written.
+    /// [`Store::put_chunks`] of messages, for a caller that only needs to know whether everything was written.
     ///
     /// # Errors
     /// [`StoreError::Etcd`] if any chunk fails; the chunks that succeeded stay written.
     pub async fn put_chunked<M: Message>(&self, items: &[(String, M)]) -> Result<(), StoreError> {
-        for (_, r) in self.put_chunks(items).await {
+        let encoded = items
+            .iter()
+            .map(|(k, v)| (k.clone(), v.encode_to_vec()))
+            .collect();
+        for (_, r) in self.put_chunks(encoded).await {
             r?;
         }
         Ok(())

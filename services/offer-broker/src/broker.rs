@@ -161,13 +161,12 @@ fn start_telling_ended(
             while let Ok(more) = rx.try_recv() {
                 tasks.extend(more);
             }
-            while !tasks.is_empty() {
-                let rest = tasks.split_off(tasks.len().min(MAX_ENDED_PER_CALL));
-                let req = TasksEndedRequest {
-                    tasks: std::mem::replace(&mut tasks, rest),
-                };
-                let told = on_allocator(&allocators, req, |mut a, req| async move {
-                    a.tasks_ended(req).await
+            for chunk in tasks.chunks(MAX_ENDED_PER_CALL) {
+                let told = on_allocator(&allocators, chunk, |mut a, chunk| async move {
+                    a.tasks_ended(TasksEndedRequest {
+                        tasks: chunk.to_vec(),
+                    })
+                    .await
                 });
                 if let Err(e) = told.await {
                     tracing::debug!(error = %e.message(), "cannot tell the allocator of ended tasks");
@@ -1272,7 +1271,7 @@ impl Broker {
             .frameworks
             .get(fw)
             .and_then(|f| f.record.info.clone());
-        let keys: Vec<(String, String)> = tasks
+        let keys: Vec<TaskKey> = tasks
             .iter()
             .map(|t| (fw.to_string(), t.info.task_id.clone()))
             .collect();
@@ -1628,24 +1627,13 @@ impl Broker {
             });
             acks
         };
-        // Transactions of at most MAX_TXN_OPS puts, sent concurrently (as Store::put_chunks).
-        let mut rounds = Vec::new();
-        while !encoded.is_empty() {
-            let rest = encoded.split_off(encoded.len().min(allot_common::store::MAX_TXN_OPS));
-            let chunk = std::mem::replace(&mut encoded, rest);
-            let rest = written.split_off(chunk.len());
-            rounds.push((std::mem::replace(&mut written, rest), chunk));
-        }
-        let results =
-            futures::future::join_all(rounds.into_iter().map(|(tasks, chunk)| async move {
-                (tasks, self.store.put_all_encoded(chunk).await)
-            }))
-            .await;
-        for (tasks, result) in results {
+        let mut written = written.into_iter();
+        for (n, result) in self.store.put_chunks(encoded).await {
+            let tasks = written.by_ref().take(n);
             match result {
-                Ok(_) => acks.extend(tasks.into_iter().filter_map(|(_, ack)| ack)),
+                Ok(_) => acks.extend(tasks.filter_map(|(_, ack)| ack)),
                 Err(e) => {
-                    tracing::warn!(tasks = tasks.len(), error = %e, "cannot persist task status; retrying");
+                    tracing::warn!(tasks = n, error = %e, "cannot persist task status; retrying");
                     let mut inner = self.lock();
                     for (key, _) in tasks {
                         inner.dirty.insert(key.clone(), 0);
@@ -1915,7 +1903,7 @@ impl Broker {
     /// process may be the one they reach; a launch made later is not reconciled here (see
     /// [`Broker::reconcile_agent`]). TASK_UNREACHABLE tasks are [`Broker::agent_returned`]'s.
     async fn agent_reregistered(&self, agent_id: &str) {
-        let in_flight: Vec<(String, String)> = {
+        let in_flight: Vec<TaskKey> = {
             let inner = self.lock();
             inner
                 .launching
