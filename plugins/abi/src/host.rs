@@ -31,8 +31,9 @@ pub enum AbiError {
     BadGrant(String),
 }
 
-/// A snapshot laid out for the C ABI. Owns every array the pointers in [`CSnapshot::as_ptr`] point into.
-pub struct CSnapshot {
+/// A snapshot laid out for the C ABI. Owns every array the pointers in [`CSnapshot::as_ptr`] point into, but
+/// the agents' and frameworks' IDs, which point into the [`Snapshot`] it borrows for `'a`.
+pub struct CSnapshot<'a> {
     layout: indexed::Layout,
     _kind_strs: Vec<AllotStr>,
     _reservations: Vec<AllotReservation>,
@@ -40,12 +41,13 @@ pub struct CSnapshot {
     _roles: Vec<AllotRole>,
     _frameworks: Vec<AllotFramework>,
     raw: AllotSnapshot,
+    _ids: std::marker::PhantomData<&'a Snapshot>,
 }
 
-// SAFETY: the raw pointers point into heap buffers owned by the same value (the layout's vectors and the
-// snapshot's IDs, which the caller keeps alive, see `new`) and are never written through.
+// SAFETY: the raw pointers point into heap buffers owned by the same value (the layout's vectors) or by the
+// snapshot it borrows (the IDs), and are never written through.
 #[allow(unsafe_code)]
-unsafe impl Send for CSnapshot {}
+unsafe impl Send for CSnapshot<'_> {}
 
 fn s(t: &str) -> AllotStr {
     AllotStr {
@@ -54,10 +56,10 @@ fn s(t: &str) -> AllotStr {
     }
 }
 
-impl CSnapshot {
+impl<'a> CSnapshot<'a> {
     /// Lays out `snap` for the C ABI ([`indexed::Layout`]). Agent and framework IDs point into `snap`, which
-    /// must outlive the call the result is passed to.
-    pub fn new(snap: &Snapshot) -> Self {
+    /// the result borrows.
+    pub fn new(snap: &'a Snapshot) -> Self {
         let layout = indexed::Layout::new(snap);
         let l = &layout;
         let p = |at: usize| l.flat[at..].as_ptr();
@@ -126,6 +128,7 @@ impl CSnapshot {
             _roles: roles,
             _frameworks: frameworks,
             raw,
+            _ids: std::marker::PhantomData,
         }
     }
 
@@ -192,7 +195,7 @@ impl GrantBuffer {
     ///
     /// # Errors
     /// [`AbiError::BadGrant`] for a length beyond capacity, an index out of range or a negative amount.
-    pub fn read(&self, snap: &Snapshot, c: &CSnapshot) -> Result<Vec<Grant>, AbiError> {
+    pub fn read(&self, snap: &Snapshot, c: &CSnapshot<'_>) -> Result<Vec<Grant>, AbiError> {
         let len = self.raw.len as usize;
         if len > self.grants.len() {
             return Err(AbiError::BadGrant(format!(
