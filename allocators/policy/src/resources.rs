@@ -194,9 +194,7 @@ impl Resources {
     /// Sets a scalar in thousandths; 0 or less removes it. Meant for names that come from other bags or from
     /// a snapshot's kinds: new names are interned without the [`MAX_KINDS`] cap that input goes through.
     pub fn set_scalar_milli(&mut self, name: &str, milli: i64) {
-        self.set_milli(name, milli, || {
-            intern(name, false).expect("uncapped interning")
-        });
+        self.set_milli(name, milli, || Kind::new(name).0);
     }
 
     /// Sets scalar `name` to `milli` (0 or less removes it); `interned` gives the name to store when it is new.

@@ -290,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
     ];
     let before: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
     let cycles_before = scrape(&allocator.metrics).await;
-    let etcd_metrics = etcd.endpoint.trim_start_matches("http://").to_string();
+    let etcd_metrics = etcd.addr().to_string();
     let etcd_before = scrape(&etcd_metrics).await;
 
     let per = args.tasks / args.frameworks;
