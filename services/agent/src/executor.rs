@@ -82,7 +82,7 @@ fn status(
         agent_id: l.agent_id.clone(),
         framework_id: l.framework_id.clone(),
         timestamp: allot_common::now_secs(),
-        uuid: allot_common::new_id("u").into_bytes(),
+        uuid: allot_common::new_status_uuid(),
         exit_code,
     }
 }

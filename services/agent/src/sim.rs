@@ -15,7 +15,7 @@
 //! the framework's acknowledgement comes back through the broker (at-least-once, in order per task, as for a
 //! real agent).
 
-use crate::status::{Outgoing, Refused, StatusUpdateManager};
+use crate::status::{Outgoing, Refused, StatusUpdateManager, TaskKey};
 use crate::{Error, Node, keep_registered};
 use allot_common::AbortOnDrop;
 use allot_proto::agent::{
@@ -26,11 +26,13 @@ use allot_proto::agent::{
 };
 use allot_proto::common::{StatusSource, TaskState, TaskStatus};
 use allot_proto::registry::registry_client::RegistryClient;
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 /// How many simulated agents register at the same time.
@@ -102,8 +104,15 @@ async fn send_batch(
 struct Sim {
     /// The AgentIDs this process simulates.
     agents: HashSet<String>,
-    /// Running tasks by `(framework_id, task_id)`.
-    tasks: Mutex<HashMap<(String, String), CancellationToken>>,
+    /// Running tasks by `(framework_id, task_id)`: the agent each runs on and its launch number (a task killed
+    /// and launched again is a new launch, whose end is not the old one's).
+    tasks: Mutex<HashMap<TaskKey, (String, u64)>>,
+    /// When each launch finishes, earliest first: one timer for every simulated task (a tokio task and a timer
+    /// of its own per task cost the simulator more than the control plane it is there to load).
+    ends: Mutex<BinaryHeap<Reverse<(Instant, u64, TaskKey)>>>,
+    /// Wakes the timer when a launch ends earlier than every other.
+    earlier: Notify,
+    launches: AtomicU64,
     updates: Arc<StatusUpdateManager>,
     duration: Duration,
 }
@@ -117,7 +126,7 @@ fn status(fw: &str, agent: &str, task: &str, state: TaskState, message: &str) ->
         agent_id: agent.to_string(),
         framework_id: fw.to_string(),
         timestamp: allot_common::now_secs(),
-        uuid: allot_common::new_id("u").into_bytes(),
+        uuid: allot_common::new_status_uuid(),
         ..Default::default()
     }
 }
@@ -138,6 +147,56 @@ impl Sim {
         // In memory only: this cannot fail.
         let _ = self.updates.push(status, "", &HashMap::new());
     }
+
+    /// Ends launch `launch` of task `key` with `state` if it is still running. The update is pushed before
+    /// the task leaves the map, so that reconciliation always finds it somewhere.
+    fn end(&self, key: &TaskKey, launch: Option<u64>, state: TaskState, message: &str) -> bool {
+        let mut tasks = self.tasks.lock().expect("tasks poisoned");
+        let Some((agent, running)) = tasks.get(key) else {
+            return false;
+        };
+        if launch.is_some_and(|l| l != *running) {
+            return false;
+        }
+        self.push(status(&key.0, agent, &key.1, state, message));
+        tasks.remove(key);
+        M.running.dec();
+        true
+    }
+
+    /// Finishes every launch whose duration is up, until the process ends.
+    async fn finish_tasks(self: Arc<Self>) {
+        loop {
+            let woken = self.earlier.notified();
+            let now = Instant::now();
+            let (due, next) = {
+                let mut ends = self.ends.lock().expect("ends poisoned");
+                let mut due = Vec::new();
+                while ends.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+                    let Reverse((_, launch, key)) = ends.pop().expect("peeked");
+                    due.push((launch, key));
+                }
+                (due, ends.peek().map(|Reverse((at, _, _))| *at))
+            };
+            for (launch, key) in due {
+                self.end(
+                    &key,
+                    Some(launch),
+                    TaskState::TaskFinished,
+                    "simulated task finished",
+                );
+            }
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = woken => {}
+                    }
+                }
+                None => woken.await,
+            }
+        }
+    }
 }
 
 struct SimService(Arc<Sim>);
@@ -157,16 +216,21 @@ impl agent_server::Agent for SimService {
         )?;
         for task in r.tasks {
             let key = (r.framework_id.clone(), task.task_id.clone());
-            let kill = CancellationToken::new();
-            if sim
-                .tasks
-                .lock()
-                .expect("tasks poisoned")
-                .insert(key.clone(), kill.clone())
-                .is_some()
+            let launch = sim.launches.fetch_add(1, Ordering::Relaxed);
             {
-                tracing::warn!(task = %task.task_id, "launch of a task already running ignored");
-                continue;
+                let mut tasks = sim.tasks.lock().expect("tasks poisoned");
+                if tasks.contains_key(&key) {
+                    tracing::warn!(task = %task.task_id, "launch of a task already running ignored");
+                    continue;
+                }
+                sim.push(status(
+                    &key.0,
+                    &task.agent_id,
+                    &key.1,
+                    TaskState::TaskRunning,
+                    "simulated",
+                ));
+                tasks.insert(key.clone(), (task.agent_id, launch));
             }
             M.running.inc();
             let command = task
@@ -174,26 +238,14 @@ impl agent_server::Agent for SimService {
                 .as_ref()
                 .map(|c| c.value.as_str())
                 .unwrap_or("");
-            let duration = duration_of(command, sim.duration);
-            let (fw, agent) = (r.framework_id.clone(), task.agent_id);
-            sim.push(status(
-                &fw,
-                &agent,
-                &key.1,
-                TaskState::TaskRunning,
-                "simulated",
-            ));
-            let sim = sim.clone();
-            tokio::spawn(async move {
-                let (state, message) = tokio::select! {
-                    _ = tokio::time::sleep(duration) => (TaskState::TaskFinished, "simulated task finished"),
-                    _ = kill.cancelled() => (TaskState::TaskKilled, "simulated task killed"),
-                };
-                // Pushed before the task leaves the map, so that reconciliation always finds it somewhere.
-                sim.push(status(&fw, &agent, &key.1, state, message));
-                sim.tasks.lock().expect("tasks poisoned").remove(&key);
-                M.running.dec();
-            });
+            let at = Instant::now() + duration_of(command, sim.duration);
+            let mut ends = sim.ends.lock().expect("ends poisoned");
+            let earliest = ends.peek().is_none_or(|Reverse((first, _, _))| at < *first);
+            ends.push(Reverse((at, launch, key)));
+            drop(ends);
+            if earliest {
+                sim.earlier.notify_one();
+            }
         }
         Ok(Response::new(LaunchTasksResponse {}))
     }
@@ -228,21 +280,17 @@ impl agent_server::Agent for SimService {
         request: Request<KillTaskRequest>,
     ) -> Result<Response<KillTaskResponse>, Status> {
         let r = request.into_inner();
-        match self
+        let key = (r.framework_id, r.task_id);
+        if self
             .0
-            .tasks
-            .lock()
-            .expect("tasks poisoned")
-            .get(&(r.framework_id, r.task_id.clone()))
+            .end(&key, None, TaskState::TaskKilled, "simulated task killed")
         {
-            Some(kill) => {
-                kill.cancel();
-                Ok(Response::new(KillTaskResponse {}))
-            }
-            None => Err(Status::not_found(format!(
+            Ok(Response::new(KillTaskResponse {}))
+        } else {
+            Err(Status::not_found(format!(
                 "task {} is not running on this simulator",
-                r.task_id
-            ))),
+                key.1
+            )))
         }
     }
 }
@@ -284,9 +332,13 @@ pub async fn run(
     let sim = Arc::new(Sim {
         agents: ids.iter().cloned().collect(),
         tasks: Mutex::new(HashMap::new()),
+        ends: Mutex::new(BinaryHeap::new()),
+        earlier: Notify::new(),
+        launches: AtomicU64::new(0),
         updates: updates.clone(),
         duration: config.sim_task_duration,
     });
+    let finishing = AbortOnDrop(tokio::spawn(sim.clone().finish_tasks()));
     tracing::info!(agents = n, address = %node.info.address, resources = %node.resources, "simulated agents starting");
     let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
     let admission = Arc::new(tokio::sync::Semaphore::new(REGISTER_CONCURRENCY));
@@ -324,8 +376,16 @@ pub async fn run(
     // still takes their acknowledgements.
     let stopping = async move {
         shutdown.await;
-        for k in sim.tasks.lock().expect("tasks poisoned").values() {
-            k.cancel();
+        drop(finishing);
+        let running: Vec<TaskKey> = sim
+            .tasks
+            .lock()
+            .expect("tasks poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        for key in running {
+            sim.end(&key, None, TaskState::TaskKilled, "simulated task killed");
         }
         sending.drain(Duration::from_secs(5), || false).await;
     };

@@ -272,9 +272,27 @@ impl StatusUpdateManager {
     /// acknowledgements (repeats, stale or unknown ones) change nothing and return `None`.
     pub fn acknowledge(&self, key: &TaskKey, uuid: &[u8]) -> Option<TaskState> {
         let mut streams = self.streams.lock().expect("streams poisoned");
-        let stream = streams.tasks.get_mut(key)?;
+        let (state, next) = self.acknowledge_locked(&mut streams, key, uuid);
+        drop(streams);
+        if next {
+            self.wake.notify_one();
+        }
+        state
+    }
+
+    /// [`StatusUpdateManager::acknowledge`] under the caller's lock; also says whether another update of the
+    /// task is now ready to send.
+    fn acknowledge_locked(
+        &self,
+        streams: &mut Streams,
+        key: &TaskKey,
+        uuid: &[u8],
+    ) -> (Option<TaskState>, bool) {
+        let Some(stream) = streams.tasks.get_mut(key) else {
+            return (None, false);
+        };
         if stream.updates.front().map(|r| status_of(r).uuid.as_slice()) != Some(uuid) {
-            return None;
+            return (None, false);
         }
         if let Some(file) = stream.file.as_mut()
             && let Err(e) = append(file, status_update_checkpoint::Record::Ack(uuid.to_vec()))
@@ -286,28 +304,40 @@ impl StatusUpdateManager {
         stream.acknowledged = head.status;
         stream.due = None;
         stream.backoff = self.retry_min;
-        if stream.updates.is_empty() && state.is_terminal() {
+        let next = !stream.updates.is_empty();
+        if !next && state.is_terminal() {
             streams.tasks.remove(key);
             if let Some(dir) = self.task_dir(key) {
                 let _ = std::fs::remove_dir_all(dir);
             }
-        } else if !stream.updates.is_empty() {
+        } else if next {
             streams.ready.push_back(key.clone());
-            drop(streams);
-            self.wake.notify_one();
         }
-        Some(state)
+        (Some(state), next)
     }
 
-    /// `Agent.AcknowledgeStatusUpdates`: each acknowledgement as by [`StatusUpdateManager::acknowledge`];
-    /// returns the states of the updates it dropped.
+    /// `Agent.AcknowledgeStatusUpdates`: each acknowledgement as by [`StatusUpdateManager::acknowledge`], all
+    /// under one lock; returns the states of the updates it dropped.
     pub fn acknowledge_all(
         &self,
         acks: impl IntoIterator<Item = StatusUpdateAcknowledgement>,
     ) -> Vec<TaskState> {
-        acks.into_iter()
-            .filter_map(|a| self.acknowledge(&(a.framework_id, a.task_id), &a.uuid))
-            .collect()
+        let mut streams = self.streams.lock().expect("streams poisoned");
+        let mut wake = false;
+        let states = acks
+            .into_iter()
+            .filter_map(|a| {
+                let (state, next) =
+                    self.acknowledge_locked(&mut streams, &(a.framework_id, a.task_id), &a.uuid);
+                wake |= next;
+                state
+            })
+            .collect();
+        drop(streams);
+        if wake {
+            self.wake.notify_one();
+        }
+        states
     }
 
     /// Updates not yet acknowledged, over all tasks.

@@ -200,6 +200,18 @@ impl Engine {
         }
     }
 
+    /// A handle whose commands go to the returned receiver instead of an engine (for tests of the services
+    /// in front of it).
+    #[cfg(test)]
+    pub(crate) fn detached() -> (Self, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = Self {
+            tx,
+            tasks: std::sync::Arc::new(Vec::new()),
+        };
+        (engine, rx)
+    }
+
     /// Sends a command to the engine.
     pub fn send(&self, cmd: Command) {
         let _ = self.tx.send(cmd);

@@ -90,29 +90,42 @@ impl Allocator for AllocatorService {
         &self,
         request: Request<RecoverOffersRequest>,
     ) -> Result<Response<RecoverOffersResponse>, Status> {
-        let r = request.into_inner();
-        if !(r.refuse_seconds.is_finite() && r.refuse_seconds >= 0.0) {
-            return Err(Status::invalid_argument(format!(
-                "refuse_seconds must be a finite number >= 0, got {}",
-                r.refuse_seconds
-            )));
+        let mut r = request.into_inner();
+        let more = std::mem::take(&mut r.more);
+        // Every recovery is checked before any is applied: a malformed call changes nothing.
+        let mut commands = Vec::with_capacity(1 + more.len());
+        for r in std::iter::once(r).chain(more) {
+            if !r.more.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a recovery in `more` cannot carry `more` of its own",
+                ));
+            }
+            if !(r.refuse_seconds.is_finite() && r.refuse_seconds >= 0.0) {
+                return Err(Status::invalid_argument(format!(
+                    "refuse_seconds must be a finite number >= 0, got {}",
+                    r.refuse_seconds
+                )));
+            }
+            let mut launched = Vec::with_capacity(r.launched.len());
+            for t in r.launched {
+                resources_from_proto(&t.resources)
+                    .map_err(|e| Status::invalid_argument(format!("task {}: {e}", t.task_id)))?;
+                launched.push((
+                    t.framework_id,
+                    t.task_id,
+                    t.agent_id,
+                    crate::engine::piece_of(&t.resources),
+                ));
+            }
+            commands.push(Command::Recover {
+                offer_ids: r.offer_ids,
+                refuse_seconds: r.refuse_seconds,
+                launched,
+            });
         }
-        let mut launched = Vec::with_capacity(r.launched.len());
-        for t in r.launched {
-            resources_from_proto(&t.resources)
-                .map_err(|e| Status::invalid_argument(format!("task {}: {e}", t.task_id)))?;
-            launched.push((
-                t.framework_id,
-                t.task_id,
-                t.agent_id,
-                crate::engine::piece_of(&t.resources),
-            ));
+        for command in commands {
+            self.engine.send(command);
         }
-        self.engine.send(Command::Recover {
-            offer_ids: r.offer_ids,
-            refuse_seconds: r.refuse_seconds,
-            launched,
-        });
         Ok(Response::new(RecoverOffersResponse {}))
     }
 
@@ -339,5 +352,71 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
             .await
             .map_err(|_| Status::unavailable("the allocation engine stopped"))?;
         Ok(Response::new(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recovery(offer: &str, refuse_seconds: f64) -> RecoverOffersRequest {
+        RecoverOffersRequest {
+            offer_ids: vec![offer.to_string()],
+            refuse_seconds,
+            ..Default::default()
+        }
+    }
+
+    fn recovered(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Command>,
+    ) -> Vec<(Vec<String>, f64)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| match c {
+                Command::Recover {
+                    offer_ids,
+                    refuse_seconds,
+                    ..
+                } => (offer_ids, refuse_seconds),
+                other => panic!("unexpected command {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_recoveries_is_applied_in_order_each_with_its_filter() {
+        let (engine, mut rx) = Engine::detached();
+        let service = AllocatorService::new(engine);
+        let mut req = recovery("o1", 5.0);
+        req.more = vec![recovery("o2", 0.0), recovery("o3", 60.0)];
+        service.recover_offers(Request::new(req)).await.unwrap();
+        assert_eq!(
+            recovered(&mut rx),
+            [
+                (vec!["o1".to_string()], 5.0),
+                (vec!["o2".to_string()], 0.0),
+                (vec!["o3".to_string()], 60.0)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn one_malformed_recovery_refuses_the_whole_batch() {
+        let (engine, mut rx) = Engine::detached();
+        let service = AllocatorService::new(engine);
+        let mut req = recovery("o1", 5.0);
+        req.more = vec![recovery("o2", f64::NAN), recovery("o3", 0.0)];
+        let e = service.recover_offers(Request::new(req)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let mut nested = recovery("o1", 0.0);
+        nested.more = vec![RecoverOffersRequest {
+            more: vec![recovery("o2", 0.0)],
+            ..recovery("o3", 0.0)
+        }];
+        let e = service
+            .recover_offers(Request::new(nested))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(recovered(&mut rx).is_empty(), "nothing applied");
     }
 }
