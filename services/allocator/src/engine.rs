@@ -16,7 +16,7 @@ use allot_proto::allocator::{
     AllocatorEvent, Grant as PbGrant, Grants, PolicyRecord, PolicyRef, PolicyStatusResponse,
     RescindOffers, ShadowReport, allocator_event,
 };
-use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskRecord, TaskState};
+use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,6 +243,37 @@ pub async fn resolve(
     Loaded::from_file(&path, &r.sha256)
 }
 
+/// The fields of an `allot.common.v1.TaskRecord` the allocator uses (same field numbers). Every task write
+/// reaches the allocator through its etcd watch, two per task; decoding only these skips the allocations of
+/// the task's command, name, labels and status message and uuid (prost steps over the other fields).
+#[derive(Clone, PartialEq, prost::Message)]
+struct TaskRecordView {
+    #[prost(string, tag = "1")]
+    framework_id: String,
+    #[prost(message, optional, tag = "2")]
+    task: Option<TaskInfoView>,
+    #[prost(message, optional, tag = "3")]
+    status: Option<TaskStatusView>,
+}
+
+/// The fields of an `allot.common.v1.TaskInfo` the allocator uses.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TaskInfoView {
+    #[prost(string, tag = "2")]
+    task_id: String,
+    #[prost(string, tag = "3")]
+    agent_id: String,
+    #[prost(message, repeated, tag = "4")]
+    resources: Vec<allot_proto::common::Resource>,
+}
+
+/// The field of an `allot.common.v1.TaskStatus` the allocator uses: its state.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TaskStatusView {
+    #[prost(enumeration = "TaskState", tag = "2")]
+    state: i32,
+}
+
 fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
     match (kind, value) {
         (Kind::Agents, Some(v)) => {
@@ -290,11 +321,14 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
         }
         (Kind::Roles, None) => Some(Command::Role(id.to_string(), None)),
         (Kind::Tasks, Some(v)) => {
-            let rec: TaskRecord = decode(id.as_bytes(), v).ok()?;
+            let rec: TaskRecordView = decode(id.as_bytes(), v).ok()?;
             let task = rec.task.unwrap_or_default();
             let terminal = rec
                 .status
-                .map(|s| s.state().is_terminal() || s.state() == TaskState::TaskUnreachable)
+                .map(|s| {
+                    let state = TaskState::try_from(s.state).unwrap_or_default();
+                    state.is_terminal() || state == TaskState::TaskUnreachable
+                })
                 .unwrap_or(false);
             Some(Command::TaskPut {
                 framework: rec.framework_id,
@@ -890,6 +924,75 @@ async fn run(
         M.heartbeat.set(allot_common::now_secs());
         if want {
             state.allocate();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allot_proto::common::{CommandInfo, TaskInfo, TaskRecord, TaskStatus};
+
+    fn written(state: TaskState) -> Vec<u8> {
+        let resources = allot_common::convert::resources_to_proto(
+            &"cpus:1.5;mem:128".parse::<Resources>().expect("valid"),
+        );
+        let rec = TaskRecord {
+            framework_id: "fw".into(),
+            task: Some(TaskInfo {
+                name: "a task".into(),
+                task_id: "t1".into(),
+                agent_id: "a1".into(),
+                resources: resources.clone(),
+                command: Some(CommandInfo {
+                    value: "sleep 1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(TaskStatus {
+                task_id: "t1".into(),
+                state: state as i32,
+                message: "a message".into(),
+                uuid: vec![7; 16],
+                ..Default::default()
+            }),
+            acknowledged: true,
+            sandbox: "/tmp/x".into(),
+        };
+        prost::Message::encode_to_vec(&rec)
+    }
+
+    #[test]
+    fn a_task_record_is_read_through_its_view() {
+        for (state, terminal) in [
+            (TaskState::TaskStaging, false),
+            (TaskState::TaskRunning, false),
+            (TaskState::TaskFinished, true),
+            (TaskState::TaskUnreachable, true),
+        ] {
+            let Some(Command::TaskPut {
+                framework,
+                task,
+                agent,
+                piece,
+                terminal: t,
+            }) = to_command(Kind::Tasks, "fw/t1", Some(&written(state)))
+            else {
+                panic!("a task record makes a TaskPut");
+            };
+            assert_eq!(
+                (framework.as_str(), task.as_str(), agent.as_str()),
+                ("fw", "t1", "a1")
+            );
+            assert_eq!(t, terminal, "{state:?}");
+            let full = TaskInfo {
+                resources: allot_common::convert::resources_to_proto(
+                    &"cpus:1.5;mem:128".parse::<Resources>().expect("valid"),
+                ),
+                ..Default::default()
+            };
+            assert_eq!(piece, piece_of(&full.resources));
         }
     }
 }
