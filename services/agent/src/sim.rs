@@ -214,6 +214,7 @@ impl agent_server::Agent for SimService {
             |a| sim.agents.contains(a),
             "a simulator of other agents",
         )?;
+        let mut ends = Vec::with_capacity(r.tasks.len());
         for task in r.tasks {
             let key = (r.framework_id.clone(), task.task_id.clone());
             let launch = sim.launches.fetch_add(1, Ordering::Relaxed);
@@ -239,13 +240,17 @@ impl agent_server::Agent for SimService {
                 .map(|c| c.value.as_str())
                 .unwrap_or("");
             let at = Instant::now() + duration_of(command, sim.duration);
-            let mut ends = sim.ends.lock().expect("ends poisoned");
-            let earliest = ends.peek().is_none_or(|Reverse((first, _, _))| at < *first);
             ends.push(Reverse((at, launch, key)));
-            drop(ends);
-            if earliest {
-                sim.earlier.notify_one();
-            }
+        }
+        // The launch's ends join the timer's heap under one lock; the timer is woken if one of them comes first.
+        let first = |heap: &BinaryHeap<_>| heap.peek().map(|Reverse((at, _, _))| *at);
+        let mut heap = sim.ends.lock().expect("ends poisoned");
+        let before = first(&heap);
+        heap.extend(ends);
+        let earlier = first(&heap).is_some_and(|at| before.is_none_or(|b| at < b));
+        drop(heap);
+        if earlier {
+            sim.earlier.notify_one();
         }
         Ok(Response::new(LaunchTasksResponse {}))
     }

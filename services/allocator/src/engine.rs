@@ -346,15 +346,26 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
     }
 }
 
-/// The [`Piece`] of role-tagged protocol resources (one role at most: the framework's).
+/// The [`Piece`] of role-tagged protocol resources (one role at most: the framework's); nothing for resources
+/// that do not convert (see [`try_piece_of`]).
 pub fn piece_of(list: &[allot_proto::common::Resource]) -> Piece {
-    let (unreserved, reserved) = pieces_from_proto(list).unwrap_or_default();
+    try_piece_of(list).unwrap_or_default()
+}
+
+/// The [`Piece`] of role-tagged protocol resources (one role at most: the framework's).
+///
+/// # Errors
+/// As [`allot_common::convert::resources_from_proto`]: a resource without a name, a bad amount.
+pub fn try_piece_of(
+    list: &[allot_proto::common::Resource],
+) -> Result<Piece, allot_policy::ResourcesError> {
+    let (unreserved, reserved) = pieces_from_proto(list)?;
     let (role, reserved) = reserved.into_iter().next().unwrap_or_default();
-    Piece {
+    Ok(Piece {
         unreserved,
         reserved,
         role: role.into(),
-    }
+    })
 }
 
 /// Counters of the policy host.
@@ -933,17 +944,20 @@ mod tests {
     use super::*;
     use allot_proto::common::{CommandInfo, TaskInfo, TaskRecord, TaskStatus};
 
-    fn written(state: TaskState) -> Vec<u8> {
-        let resources = allot_common::convert::resources_to_proto(
+    fn resources() -> Vec<allot_proto::common::Resource> {
+        allot_common::convert::resources_to_proto(
             &"cpus:1.5;mem:128".parse::<Resources>().expect("valid"),
-        );
+        )
+    }
+
+    fn written(state: TaskState) -> Vec<u8> {
         let rec = TaskRecord {
             framework_id: "fw".into(),
             task: Some(TaskInfo {
                 name: "a task".into(),
                 task_id: "t1".into(),
                 agent_id: "a1".into(),
-                resources: resources.clone(),
+                resources: resources(),
                 command: Some(CommandInfo {
                     value: "sleep 1".into(),
                     ..Default::default()
@@ -986,13 +1000,7 @@ mod tests {
                 ("fw", "t1", "a1")
             );
             assert_eq!(t, terminal, "{state:?}");
-            let full = TaskInfo {
-                resources: allot_common::convert::resources_to_proto(
-                    &"cpus:1.5;mem:128".parse::<Resources>().expect("valid"),
-                ),
-                ..Default::default()
-            };
-            assert_eq!(piece, piece_of(&full.resources));
+            assert_eq!(piece, piece_of(&resources()));
         }
     }
 }

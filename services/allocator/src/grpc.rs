@@ -2,7 +2,6 @@
 //! `allot.allocator.v1.PolicyAdmin` (the operator's).
 
 use crate::engine::{Command, Engine};
-use allot_common::convert::resources_from_proto;
 use allot_proto::allocator::{allocator_server::Allocator, *};
 use tonic::{Request, Response, Status};
 
@@ -108,14 +107,9 @@ impl Allocator for AllocatorService {
             }
             let mut launched = Vec::with_capacity(r.launched.len());
             for t in r.launched {
-                resources_from_proto(&t.resources)
+                let piece = crate::engine::try_piece_of(&t.resources)
                     .map_err(|e| Status::invalid_argument(format!("task {}: {e}", t.task_id)))?;
-                launched.push((
-                    t.framework_id,
-                    t.task_id,
-                    t.agent_id,
-                    crate::engine::piece_of(&t.resources),
-                ));
+                launched.push((t.framework_id, t.task_id, t.agent_id, piece));
             }
             commands.push(Command::Recover {
                 offer_ids: r.offer_ids,

@@ -794,12 +794,12 @@ impl Broker {
             more: Vec::new(),
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let recovered = match self.recovering.send((req, tracing::Span::current(), reply)) {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err(Status::unavailable("the offer recovery sender stopped"))),
-            Err(_) => Err(Status::unavailable("the offer recovery sender stopped")),
+        let answered = match self.recovering.send((req, tracing::Span::current(), reply)) {
+            Ok(()) => answer.await.ok(),
+            Err(_) => None,
         };
+        let recovered = answered
+            .unwrap_or_else(|| Err(Status::unavailable("the offer recovery sender stopped")));
         if let Err(e) = recovered {
             // The allocator restarted or is unreachable: its next session starts from etcd, which has the tasks.
             tracing::warn!(error = %e.message(), "cannot return offers to the allocator");
