@@ -3,9 +3,11 @@
 //!
 //! The driver subscribes to the offer-broker, dispatches events to the scheduler's callbacks, acknowledges
 //! every status update after `status_update` returns (implicit acknowledgements, Mesos' default), re-subscribes
-//! with the same FrameworkID when the connection drops or heartbeats stop, and runs the scheduler's calls
-//! (accept, decline, kill, ...) in the order they were made. A call that fails is reported to
-//! [`Scheduler::error`].
+//! with the same FrameworkID when the connection drops or heartbeats stop, and makes the scheduler's calls
+//! (accept, decline, kill, ...) in the order they were made: ACCEPT, DECLINE and ACKNOWLEDGE, which name their
+//! own offers or updates, up to four at once without waiting for one another; every other call (REVIVE,
+//! SUPPRESS, KILL, RECONCILE, TEARDOWN) only after all calls made before it are answered. A call that fails is
+//! reported to [`Scheduler::error`].
 //!
 //! ```no_run
 //! use allot_sdk::{Driver, DriverConfig, Scheduler, Offer, TaskStatus};
@@ -32,6 +34,7 @@ pub use allot_proto::scheduler::Offer;
 use allot_proto::scheduler::{
     self as pb, Filters, Launch, Operation, event, operation, scheduler_client::SchedulerClient,
 };
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -119,6 +122,11 @@ pub fn shell_task(
     })
 }
 
+/// The most pipelined calls (ACCEPT, DECLINE, ACKNOWLEDGE) one driver has in flight at once. One at a time,
+/// a framework launching 800 tasks a second spent half of each second waiting on its own ACCEPTs, and every
+/// ACCEPT queued behind the previous one.
+const MAX_CALLS_IN_FLIGHT: usize = 4;
+
 /// The most acknowledgements one ACKNOWLEDGE call carries.
 const MAX_ACKS_PER_CALL: usize = 1024;
 
@@ -136,6 +144,16 @@ enum Call {
 }
 
 impl Call {
+    /// Whether the call may be made while earlier ones are still in flight: ACCEPT, DECLINE and ACKNOWLEDGE
+    /// each name their own offers or updates, so their order does not matter. Every other call waits for
+    /// those before it to be answered.
+    fn pipelined(&self) -> bool {
+        matches!(
+            self,
+            Call::Accept(..) | Call::Decline(..) | Call::Acknowledge(..)
+        )
+    }
+
     /// The call's name in the scheduler API (`ACCEPT`, `ACKNOWLEDGE`, ...).
     fn name(&self) -> &'static str {
         match self {
@@ -237,39 +255,42 @@ async fn run_calls(
     errors: mpsc::UnboundedSender<String>,
     stop: CancellationToken,
 ) {
-    // A call taken off the queue while gathering acknowledgements, to be made next.
-    let mut held: Option<(Call, tracing::Span)> = None;
+    // Calls taken off the channel and not made yet, in order.
+    let mut queued: VecDeque<(Call, tracing::Span)> = VecDeque::new();
+    // Pipelined calls in flight (see `Call::pipelined`).
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
+        while in_flight.try_join_next().is_some() {}
         // Once stopped, drain what is queued (a last acknowledgement, the teardown) and end.
-        let call = match held.take() {
-            Some(c) => Some(c),
-            None => tokio::select! {
+        if queued.is_empty() {
+            let first = tokio::select! {
                 biased;
                 c = calls.recv() => c,
                 _ = stop.cancelled() => calls.try_recv().ok(),
-            },
-        };
-        let Some((mut call, caller)) = call else {
+            };
+            queued.extend(first);
+        }
+        while let Ok(c) = calls.try_recv() {
+            queued.push_back(c);
+        }
+        let Some((mut call, caller)) = queued.pop_front() else {
+            while in_flight.join_next().await.is_some() {}
             return;
         };
-        // Acknowledgements that queued up while the previous call was in flight go out in one ACKNOWLEDGE.
+        // Acknowledgements that queued up while the previous call was in flight go out in one ACKNOWLEDGE,
+        // ahead of the other calls queued between them (an acknowledgement is independent of them).
         if let Call::Acknowledge(_, _, _, more) = &mut call {
-            while more.len() < MAX_ACKS_PER_CALL {
-                match calls.try_recv() {
-                    Ok((Call::Acknowledge(agent_id, task_id, uuid, _), _)) => {
-                        more.push(pb::Acknowledgement {
-                            agent_id,
-                            task_id,
-                            uuid,
-                        })
-                    }
-                    Ok(other) => {
-                        held = Some(other);
-                        break;
-                    }
-                    Err(_) => break,
+            queued.retain_mut(|(c, _)| match c {
+                Call::Acknowledge(agent_id, task_id, uuid, _) if more.len() < MAX_ACKS_PER_CALL => {
+                    more.push(pb::Acknowledgement {
+                        agent_id: std::mem::take(agent_id),
+                        task_id: std::mem::take(task_id),
+                        uuid: std::mem::take(uuid),
+                    });
+                    false
                 }
-            }
+                _ => true,
+            });
         }
         let fw = framework_id.lock().expect("framework id poisoned").clone();
         let filters = |r: Option<f64>| Some(Filters { refuse_seconds: r });
@@ -293,7 +314,9 @@ async fn run_calls(
         let call_span = span.clone();
         // The broker the subscription is on (only the subscription loop moves to another replica).
         let mut client = scheduler_client(&brokers);
-        let result = async {
+        let pipelined = call.pipelined();
+        let stop = stop.clone();
+        let result = async move {
             match call {
                 Call::Accept(offer_ids, tasks, r) => client
                     .accept(pb::AcceptRequest {
@@ -362,11 +385,24 @@ async fn run_calls(
                 }
             }
         }
-        .instrument(call_span)
-        .await;
-        if let Err(e) = result {
-            span.record("otel.status_code", "ERROR");
-            let _ = errors.send(format!("{what} failed: {} ({:?})", e.message(), e.code()));
+        .instrument(call_span);
+        let errors = errors.clone();
+        let made = async move {
+            if let Err(e) = result.await {
+                span.record("otel.status_code", "ERROR");
+                let _ = errors.send(format!("{what} failed: {} ({:?})", e.message(), e.code()));
+            }
+        };
+        if pipelined {
+            while in_flight.len() >= MAX_CALLS_IN_FLIGHT {
+                in_flight.join_next().await;
+            }
+            in_flight.spawn(made);
+        } else {
+            // Every call made before it is answered first: SUPPRESS after REVIVE stays suppressed, TEARDOWN
+            // comes last.
+            while in_flight.join_next().await.is_some() {}
+            made.await;
         }
     }
 }
@@ -499,4 +535,250 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
     drop(driver);
     let _ = tokio::time::timeout(Duration::from_secs(5), runner).await;
     result.map(|_| scheduler)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The driver against a recording scheduler server on a real loopback socket (no broker behind it): which
+    //! calls it makes, how many at once, and in what order.
+    use super::*;
+    use allot_proto::scheduler::Event;
+    use allot_proto::scheduler::scheduler_server::{Scheduler as SchedulerApi, SchedulerServer};
+    use tokio::sync::Semaphore;
+    use tonic::{Request, Response, Status};
+
+    /// What the recording server saw.
+    #[derive(Default)]
+    struct Seen {
+        /// Every call by name, in arrival order; an ACKNOWLEDGE as `ACKNOWLEDGE xN` (N acknowledgements).
+        calls: Vec<String>,
+        /// ACCEPTs arrived and not yet answered, and the most there were at once.
+        accepts_open: usize,
+        most_accepts_open: usize,
+        /// ACCEPTs open when the SUPPRESS arrived.
+        open_at_suppress: Option<usize>,
+    }
+
+    /// A scheduler server that records calls and holds every ACCEPT until `gate` has a permit for it.
+    struct Recorder {
+        seen: Arc<Mutex<Seen>>,
+        gate: Arc<Semaphore>,
+        events: Arc<Mutex<Option<mpsc::Sender<Result<Event, Status>>>>>,
+    }
+
+    impl Recorder {
+        fn note(&self, call: String) {
+            self.seen.lock().unwrap().calls.push(call);
+        }
+    }
+
+    #[tonic::async_trait]
+    impl SchedulerApi for Recorder {
+        type SubscribeStream = tokio_stream::wrappers::ReceiverStream<Result<Event, Status>>;
+
+        async fn subscribe(
+            &self,
+            _: Request<pb::SubscribeRequest>,
+        ) -> Result<Response<Self::SubscribeStream>, Status> {
+            let (tx, rx) = mpsc::channel(64);
+            let subscribed = event::Event::Subscribed(pb::Subscribed {
+                framework_id: "fw".into(),
+                heartbeat_interval_seconds: 15.0,
+            });
+            let _ = tx.try_send(Ok(Event {
+                event: Some(subscribed),
+                trace_context: Default::default(),
+            }));
+            *self.events.lock().unwrap() = Some(tx);
+            Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                rx,
+            )))
+        }
+
+        async fn accept(
+            &self,
+            r: Request<pb::AcceptRequest>,
+        ) -> Result<Response<pb::AcceptResponse>, Status> {
+            {
+                let mut seen = self.seen.lock().unwrap();
+                seen.calls
+                    .push(format!("ACCEPT {}", r.get_ref().offer_ids.join(",")));
+                seen.accepts_open += 1;
+                seen.most_accepts_open = seen.most_accepts_open.max(seen.accepts_open);
+            }
+            self.gate.acquire().await.expect("gate open").forget();
+            self.seen.lock().unwrap().accepts_open -= 1;
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn decline(
+            &self,
+            _: Request<pb::DeclineRequest>,
+        ) -> Result<Response<pb::DeclineResponse>, Status> {
+            self.note("DECLINE".into());
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn revive(
+            &self,
+            _: Request<pb::ReviveRequest>,
+        ) -> Result<Response<pb::ReviveResponse>, Status> {
+            self.note("REVIVE".into());
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn suppress(
+            &self,
+            _: Request<pb::SuppressRequest>,
+        ) -> Result<Response<pb::SuppressResponse>, Status> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.open_at_suppress = Some(seen.accepts_open);
+            seen.calls.push("SUPPRESS".into());
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn kill(
+            &self,
+            _: Request<pb::KillRequest>,
+        ) -> Result<Response<pb::KillResponse>, Status> {
+            self.note("KILL".into());
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn acknowledge(
+            &self,
+            r: Request<pb::AcknowledgeRequest>,
+        ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+            self.note(format!("ACKNOWLEDGE x{}", 1 + r.get_ref().more.len()));
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn reconcile(
+            &self,
+            _: Request<pb::ReconcileRequest>,
+        ) -> Result<Response<pb::ReconcileResponse>, Status> {
+            self.note("RECONCILE".into());
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn teardown(
+            &self,
+            _: Request<pb::TeardownRequest>,
+        ) -> Result<Response<pb::TeardownResponse>, Status> {
+            self.note("TEARDOWN".into());
+            Ok(Response::new(Default::default()))
+        }
+    }
+
+    /// Accepts each offer of the first OFFERS event in its own call, then suppresses; tears down at the
+    /// second status update.
+    struct EachOffer {
+        updates: usize,
+    }
+
+    impl Scheduler for EachOffer {
+        fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
+            for o in offers {
+                driver.accept(vec![o.offer_id], Vec::new(), None);
+            }
+            driver.suppress();
+        }
+
+        fn status_update(&mut self, driver: &Driver, _status: &TaskStatus) {
+            self.updates += 1;
+            if self.updates == 2 {
+                driver.teardown();
+            }
+        }
+    }
+
+    /// Polls `f` every 10 ms until it is true (at most 10 s).
+    async fn until(mut f: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not met in 10 s");
+    }
+
+    #[tokio::test]
+    async fn accepts_are_pipelined_and_other_calls_wait_for_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let gate = Arc::new(Semaphore::new(0));
+        let events = Arc::new(Mutex::new(None));
+        let recorder = Recorder {
+            seen: seen.clone(),
+            gate: gate.clone(),
+            events: events.clone(),
+        };
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(SchedulerServer::new(recorder))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let driver = tokio::spawn(run(
+            DriverConfig::new(&addr.to_string(), framework_info("each-offer", "test")),
+            EachOffer { updates: 0 },
+        ));
+        until(|| events.lock().unwrap().is_some()).await;
+        let send = |ev: event::Event| {
+            let tx = events.lock().unwrap().clone().unwrap();
+            async move {
+                tx.send(Ok(Event {
+                    event: Some(ev),
+                    trace_context: Default::default(),
+                }))
+                .await
+                .unwrap()
+            }
+        };
+        let offers = (1..=6)
+            .map(|i| Offer {
+                offer_id: format!("o{i}"),
+                agent_id: format!("a{i}"),
+                ..Default::default()
+            })
+            .collect();
+        send(event::Event::Offers(pb::Offers { offers })).await;
+        // Four ACCEPTs go out without waiting for one another, and no more.
+        until(|| seen.lock().unwrap().accepts_open == MAX_CALLS_IN_FLIGHT).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(seen.lock().unwrap().accepts_open, MAX_CALLS_IN_FLIGHT);
+        // Two updates while the ACCEPTs are held: their acknowledgements wait, and go out together.
+        for task in ["t1", "t2"] {
+            let status = TaskStatus {
+                task_id: task.into(),
+                agent_id: "a1".into(),
+                uuid: vec![1, 2, 3],
+                ..Default::default()
+            };
+            send(event::Event::Update(pb::Update {
+                status: Some(status),
+            }))
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gate.add_permits(6);
+        let scheduler = tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .expect("the driver ends after TEARDOWN")
+            .unwrap()
+            .unwrap();
+        assert_eq!(scheduler.updates, 2);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.most_accepts_open, MAX_CALLS_IN_FLIGHT);
+        // SUPPRESS came after every ACCEPT was answered, TEARDOWN last, and one ACKNOWLEDGE carried both.
+        assert_eq!(seen.open_at_suppress, Some(0));
+        // (ACCEPTs in flight together may arrive in any order.)
+        let mut accepts = seen.calls[..6].to_vec();
+        accepts.sort();
+        let expected: Vec<String> = (1..=6).map(|i| format!("ACCEPT o{i}")).collect();
+        assert_eq!(accepts, expected);
+        assert_eq!(seen.calls[6..], ["SUPPRESS", "ACKNOWLEDGE x2", "TEARDOWN"]);
+        server.abort();
+    }
 }

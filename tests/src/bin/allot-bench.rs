@@ -55,8 +55,12 @@ struct Args {
     put_concurrency: usize,
     /// Launch at most this many tasks per second in all (spread over the frameworks); default: as fast as
     /// offers come. A paced run measures latency at a sustained rate instead of after a burst.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rate_of_raw")]
     rate: Option<f64>,
+    /// Pace at this fraction of etcd's raw put rate measured at the start of the run (0.5: the rate issue 6
+    /// asks to sustain), instead of a fixed `--rate`.
+    #[arg(long)]
+    rate_of_raw: Option<f64>,
     /// Also print ACCEPT -> TASK_RUNNING p50/p99 per second of the workload (by accept time), to stderr.
     #[arg(long)]
     timeline: bool,
@@ -173,6 +177,27 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// gRPC calls so far by method, from a service's `/metrics` text: the series of `counter`
+/// (`allot_rpc_server_requests_total` or `allot_rpc_client_requests_total`), every status code counted.
+fn calls(text: &str, counter: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut calls = std::collections::BTreeMap::new();
+    let prefix = format!("{counter}{{");
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(prefix.as_str()) else {
+            continue;
+        };
+        let (labels, value) = rest.rsplit_once("} ").unwrap_or_default();
+        let method = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("rpc_method=\""))
+            .map(|m| m.trim_end_matches('"').to_string());
+        if let (Some(method), Ok(v)) = (method, value.trim().parse::<f64>()) {
+            *calls.entry(method).or_default() += v;
+        }
+    }
+    calls
+}
+
 /// The `q` quantile of a Prometheus histogram `name` (upper bound of the bucket it falls in), in seconds.
 fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
     let count = metric(text, &format!("{name}_count"), &[])?;
@@ -208,6 +233,9 @@ async fn main() -> anyhow::Result<()> {
     let mut client = etcd_client::Client::connect([&etcd.endpoint], None).await?;
     let put_rate = raw_put_rate(&client, args.put_seconds, args.put_concurrency).await;
     eprintln!("etcd raw put rate: {put_rate:.0}/s");
+    let rate = args
+        .rate
+        .or(args.rate_of_raw.map(|f| (f * put_rate).round()));
 
     let dir = tempfile::tempdir()?;
     let logs = dir.path();
@@ -290,6 +318,8 @@ async fn main() -> anyhow::Result<()> {
     ];
     let before: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
     let cycles_before = scrape(&allocator.metrics).await;
+    let broker_before = scrape(&broker.metrics).await;
+    let agents_before = scrape(&agents.metrics).await;
     let etcd_metrics = etcd.addr().to_string();
     let etcd_before = scrape(&etcd_metrics).await;
 
@@ -301,7 +331,7 @@ async fn main() -> anyhow::Result<()> {
         let extra = usize::from(i < args.tasks % args.frameworks);
         let name = format!("bench{i}");
         let mut scheduler = Fill::new(&name, per + extra, task.clone(), &command);
-        if let Some(rate) = args.rate {
+        if let Some(rate) = rate {
             scheduler = scheduler.with_rate(rate / args.frameworks as f64);
         }
         let config =
@@ -331,6 +361,8 @@ async fn main() -> anyhow::Result<()> {
     let alive_at_end = count_alive(&mut client).await;
     let after: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
     let cycles_after = scrape(&allocator.metrics).await;
+    let broker_after = scrape(&broker.metrics).await;
+    let agents_after = scrape(&agents.metrics).await;
     let etcd_after = scrape(&etcd_metrics).await;
 
     if args.timeline {
@@ -372,8 +404,7 @@ async fn main() -> anyhow::Result<()> {
         args.tasks,
         args.task_resources,
         args.task_seconds,
-        args.rate
-            .map_or("unpaced".to_string(), |r| format!("{r}/s")),
+        rate.map_or("unpaced".to_string(), |r| format!("{r}/s")),
         args.allocation_interval,
         args.agent_timeout
     );
@@ -411,6 +442,32 @@ async fn main() -> anyhow::Result<()> {
         },
         histogram_quantile(&cycles_after, cycle, 0.99).unwrap_or(f64::NAN) * 1e3
     );
+    let per_1000 = 1000.0 / args.tasks.max(1) as f64;
+    for (service, before, after) in [
+        ("offer-broker", &broker_before, &broker_after),
+        ("allocator", &cycles_before, &cycles_after),
+        ("simulated agents", &agents_before, &agents_after),
+    ] {
+        for (side, counter) in [
+            ("served", "allot_rpc_server_requests_total"),
+            ("made", "allot_rpc_client_requests_total"),
+        ] {
+            let before = calls(before, counter);
+            let made: Vec<String> = calls(after, counter)
+                .into_iter()
+                .map(|(method, n)| {
+                    let n = n - before.get(&method).copied().unwrap_or(0.0);
+                    (method, n * per_1000)
+                })
+                .filter(|(_, n)| *n >= 0.5)
+                .map(|(method, n)| format!("{method} {n:.0}"))
+                .collect();
+            println!(
+                "gRPC calls {side} by the {service} per 1,000 tasks: {}",
+                made.join(", ")
+            );
+        }
+    }
     println!("| process | CPU s (workload) | CPU % of one core | peak RSS MiB |");
     println!("|---|---:|---:|---:|");
     let secs = workload.as_secs_f64() + args.hold_seconds;
