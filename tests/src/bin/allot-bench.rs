@@ -5,7 +5,8 @@
 //! drivers in this process) that launch tasks on every offer until they have launched their share. It reports:
 //! tasks per second from ACCEPT to TASK_RUNNING at the framework (which acknowledges it at once), p50/p99 of
 //! that latency, allocation cycle time (from the allocator's `/metrics`), CPU seconds and peak RSS of every
-//! process, and etcd's raw put rate from the same run as the physical limit.
+//! process, the gRPC calls each service served and made per 1,000 tasks, and etcd's raw put rate from the same
+//! run as the physical limit.
 //!
 //! Run it from a release build, next to the release service binaries:
 //! `cargo build --release --bins && target/release/allot-bench --agents 1000 --frameworks 10 --tasks 50000`.
