@@ -547,6 +547,9 @@ mod tests {
     use tokio::sync::Semaphore;
     use tonic::{Request, Response, Status};
 
+    /// Where the recording server's SUBSCRIBE stream takes its events from.
+    type EventSender = mpsc::Sender<Result<Event, Status>>;
+
     /// What the recording server saw.
     #[derive(Default)]
     struct Seen {
@@ -563,7 +566,7 @@ mod tests {
     struct Recorder {
         seen: Arc<Mutex<Seen>>,
         gate: Arc<Semaphore>,
-        events: Arc<Mutex<Option<mpsc::Sender<Result<Event, Status>>>>>,
+        events: Arc<Mutex<Option<EventSender>>>,
     }
 
     impl Recorder {
