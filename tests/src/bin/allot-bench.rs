@@ -460,8 +460,9 @@ async fn main() -> anyhow::Result<()> {
                     let n = n - before.get(&method).copied().unwrap_or(0.0);
                     (method, n * per_1000)
                 })
-                .filter(|(_, n)| *n >= 0.5)
-                .map(|(method, n)| format!("{method} {n:.0}"))
+                .map(|(method, n)| (method, n.round()))
+                .filter(|(_, n)| *n >= 1.0)
+                .map(|(method, n)| format!("{method} {n}"))
                 .collect();
             println!(
                 "gRPC calls {side} by the {service} per 1,000 tasks: {}",
