@@ -570,8 +570,10 @@ mod tests {
     }
 
     impl Recorder {
-        fn note(&self, call: String) {
+        /// Records `call` and answers OK.
+        fn note<T: Default>(&self, call: String) -> Result<Response<T>, Status> {
             self.seen.lock().unwrap().calls.push(call);
+            Ok(Response::new(T::default()))
         }
     }
 
@@ -618,16 +620,14 @@ mod tests {
             &self,
             _: Request<pb::DeclineRequest>,
         ) -> Result<Response<pb::DeclineResponse>, Status> {
-            self.note("DECLINE".into());
-            Ok(Response::new(Default::default()))
+            self.note("DECLINE".into())
         }
 
         async fn revive(
             &self,
             _: Request<pb::ReviveRequest>,
         ) -> Result<Response<pb::ReviveResponse>, Status> {
-            self.note("REVIVE".into());
-            Ok(Response::new(Default::default()))
+            self.note("REVIVE".into())
         }
 
         async fn suppress(
@@ -644,32 +644,28 @@ mod tests {
             &self,
             _: Request<pb::KillRequest>,
         ) -> Result<Response<pb::KillResponse>, Status> {
-            self.note("KILL".into());
-            Ok(Response::new(Default::default()))
+            self.note("KILL".into())
         }
 
         async fn acknowledge(
             &self,
             r: Request<pb::AcknowledgeRequest>,
         ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
-            self.note(format!("ACKNOWLEDGE x{}", 1 + r.get_ref().more.len()));
-            Ok(Response::new(Default::default()))
+            self.note(format!("ACKNOWLEDGE x{}", 1 + r.get_ref().more.len()))
         }
 
         async fn reconcile(
             &self,
             _: Request<pb::ReconcileRequest>,
         ) -> Result<Response<pb::ReconcileResponse>, Status> {
-            self.note("RECONCILE".into());
-            Ok(Response::new(Default::default()))
+            self.note("RECONCILE".into())
         }
 
         async fn teardown(
             &self,
             _: Request<pb::TeardownRequest>,
         ) -> Result<Response<pb::TeardownResponse>, Status> {
-            self.note("TEARDOWN".into());
-            Ok(Response::new(Default::default()))
+            self.note("TEARDOWN".into())
         }
     }
 
