@@ -286,11 +286,14 @@ impl Store {
     /// records stand alone, such as status updates and acknowledgements of different tasks. Keys must be
     /// distinct (etcd refuses a transaction that names a key twice). Returns, in order, how many records each
     /// transaction held and its outcome, so that a caller can tell which records were written.
-    pub async fn put_chunks(&self, mut items: Encoded) -> Vec<(usize, Result<i64, StoreError>)> {
-        let mut chunks = Vec::with_capacity(items.len().div_ceil(MAX_TXN_OPS));
-        while !items.is_empty() {
-            let rest = items.split_off(items.len().min(MAX_TXN_OPS));
-            chunks.push(std::mem::replace(&mut items, rest));
+    pub async fn put_chunks(&self, items: Encoded) -> Vec<(usize, Result<i64, StoreError>)> {
+        // Each record moves once (splitting chunks off the front would move the rest every time).
+        let mut chunks: Vec<Encoded> = Vec::with_capacity(items.len().div_ceil(MAX_TXN_OPS));
+        for (i, item) in items.into_iter().enumerate() {
+            if i % MAX_TXN_OPS == 0 {
+                chunks.push(Vec::with_capacity(MAX_TXN_OPS));
+            }
+            chunks.last_mut().expect("pushed above").push(item);
         }
         let puts = chunks
             .into_iter()

@@ -257,10 +257,9 @@ async fn run_calls(
 ) {
     // Calls taken off the channel and not made yet, in order.
     let mut queued: VecDeque<(Call, tracing::Span)> = VecDeque::new();
-    // Pipelined calls in flight (see `Call::pipelined`).
+    // Pipelined calls in flight (see `Call::pipelined`); finished ones are joined when the next needs room.
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
-        while in_flight.try_join_next().is_some() {}
         // Once stopped, drain what is queued (a last acknowledgement, the teardown) and end.
         if queued.is_empty() {
             let first = tokio::select! {

@@ -318,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
         ("frameworks (this process)", std::process::id()),
     ];
     let before: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
-    let cycles_before = scrape(&allocator.metrics).await;
+    let allocator_before = scrape(&allocator.metrics).await;
     let broker_before = scrape(&broker.metrics).await;
     let agents_before = scrape(&agents.metrics).await;
     let etcd_metrics = etcd.addr().to_string();
@@ -361,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let alive_at_end = count_alive(&mut client).await;
     let after: Vec<Usage> = procs.iter().map(|(_, p)| usage(*p)).collect();
-    let cycles_after = scrape(&allocator.metrics).await;
+    let allocator_after = scrape(&allocator.metrics).await;
     let broker_after = scrape(&broker.metrics).await;
     let agents_after = scrape(&agents.metrics).await;
     let etcd_after = scrape(&etcd_metrics).await;
@@ -386,7 +386,8 @@ async fn main() -> anyhow::Result<()> {
     let repeated: usize = seen.iter().map(|s| s.repeated).sum();
     let cycle = "allot_allocation_cycle_duration_seconds";
     let d = |m: &str| {
-        metric(&cycles_after, m, &[]).unwrap_or(0.0) - metric(&cycles_before, m, &[]).unwrap_or(0.0)
+        metric(&allocator_after, m, &[]).unwrap_or(0.0)
+            - metric(&allocator_before, m, &[]).unwrap_or(0.0)
     };
     let (n_cycles, cycle_sum) = (d(&format!("{cycle}_count")), d(&format!("{cycle}_sum")));
     let tasks_per_second = running as f64 / span;
@@ -441,12 +442,12 @@ async fn main() -> anyhow::Result<()> {
         } else {
             0.0
         },
-        histogram_quantile(&cycles_after, cycle, 0.99).unwrap_or(f64::NAN) * 1e3
+        histogram_quantile(&allocator_after, cycle, 0.99).unwrap_or(f64::NAN) * 1e3
     );
     let per_1000 = 1000.0 / args.tasks.max(1) as f64;
     for (service, before, after) in [
         ("offer-broker", &broker_before, &broker_after),
-        ("allocator", &cycles_before, &cycles_after),
+        ("allocator", &allocator_before, &allocator_after),
         ("simulated agents", &agents_before, &agents_after),
     ] {
         for (side, counter) in [
@@ -458,9 +459,8 @@ async fn main() -> anyhow::Result<()> {
                 .into_iter()
                 .map(|(method, n)| {
                     let n = n - before.get(&method).copied().unwrap_or(0.0);
-                    (method, n * per_1000)
+                    (method, (n * per_1000).round())
                 })
-                .map(|(method, n)| (method, n.round()))
                 .filter(|(_, n)| *n >= 1.0)
                 .map(|(method, n)| format!("{method} {n}"))
                 .collect();
