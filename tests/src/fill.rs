@@ -39,7 +39,7 @@ struct State {
     name: String,
     budget: usize,
     launched: usize,
-    task: allot_policy::Resources,
+    task: allot_resources::Resources,
     /// Every task's TaskInfo but its ID and name.
     template: allot_proto::common::TaskInfo,
     accepted_at: std::collections::HashMap<String, Instant>,
@@ -68,7 +68,7 @@ const PACE_TICK: Duration = Duration::from_millis(50);
 
 impl Fill {
     /// A scheduler named `name` that launches `budget` tasks.
-    pub fn new(name: &str, budget: usize, task: allot_policy::Resources, command: &str) -> Fill {
+    pub fn new(name: &str, budget: usize, task: allot_resources::Resources, command: &str) -> Fill {
         let state = State {
             name: name.to_string(),
             budget,
@@ -130,7 +130,7 @@ impl State {
     }
 
     /// How many tasks fit in `offered`.
-    fn fits(&self, offered: &allot_policy::Resources) -> usize {
+    fn fits(&self, offered: &allot_resources::Resources) -> usize {
         self.task
             .scalars()
             .filter(|(_, need)| *need > 0)

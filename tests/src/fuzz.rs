@@ -17,9 +17,9 @@ pub enum Reached {
 }
 
 use allot_allocator::books::Books;
-use allot_policy::Resources;
 use allot_proto::common::TaskInfo;
 use allot_proto::scheduler::{AcceptRequest, operation};
+use allot_resources::Resources;
 use prost::Message as _;
 
 /// What the offer in [`accept`] holds.

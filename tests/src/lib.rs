@@ -119,7 +119,7 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(store) =
-                allot_common::Store::connect(std::slice::from_ref(&self.endpoint), "/probe").await
+                allot_server::Store::connect(std::slice::from_ref(&self.endpoint), "/probe").await
                 && store.exists("/probe").await.is_ok()
             {
                 return;
@@ -159,10 +159,10 @@ impl Etcd {
     }
 
     /// A store on this etcd, under the services' default root.
-    pub async fn store(&self) -> allot_common::Store {
-        allot_common::Store::connect(
+    pub async fn store(&self) -> allot_server::Store {
+        allot_server::Store::connect(
             std::slice::from_ref(&self.endpoint),
-            allot_common::store::DEFAULT_ROOT,
+            allot_server::store::DEFAULT_ROOT,
         )
         .await
         .expect("etcd")
@@ -174,7 +174,7 @@ impl Etcd {
 /// # Panics
 /// If etcd cannot be read or has no such task.
 pub async fn recorded_task(
-    store: &allot_common::Store,
+    store: &allot_server::Store,
     fw: &str,
     task: &str,
 ) -> allot_proto::common::TaskRecord {
@@ -327,9 +327,9 @@ impl Drop for Service {
 
 /// Whether a replicated service should be started again after `result`: yes when it stopped because it lost
 /// its leadership (its supervisor restarts it; it campaigns again). Panics on any other error.
-fn restart_after(what: &str, result: Result<(), allot_common::ServiceError>) -> bool {
+fn restart_after(what: &str, result: Result<(), allot_server::ServiceError>) -> bool {
     match result {
-        Err(allot_common::ServiceError::LeadershipLost) => {
+        Err(allot_server::ServiceError::LeadershipLost) => {
             tracing::warn!(service = what, "lost leadership; restarting it");
             true
         }
@@ -458,7 +458,7 @@ async fn start_registry(etcd: &str, opts: &ClusterOptions, addr: SocketAddr) -> 
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_common::config::EtcdArgs::at(etcd),
+        etcd: allot_server::config::EtcdArgs::at(etcd),
         agent_timeout: opts.agent_timeout,
     };
     Service::spawn_at(addr, move |l, stop| {
@@ -474,8 +474,8 @@ async fn start_registry(etcd: &str, opts: &ClusterOptions, addr: SocketAddr) -> 
 }
 
 /// Election flags for a test's replicated services: a short lease, so that a crashed leader is replaced soon.
-fn election(opts: &ClusterOptions) -> allot_common::leader::ElectionArgs {
-    allot_common::leader::ElectionArgs {
+fn election(opts: &ClusterOptions) -> allot_server::leader::ElectionArgs {
+    allot_server::leader::ElectionArgs {
         leader_lease: opts.leader_lease,
         ..Default::default()
     }
@@ -492,7 +492,7 @@ async fn start_broker(
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_common::config::EtcdArgs::at(etcd),
+        etcd: allot_server::config::EtcdArgs::at(etcd),
         allocator: allocators.to_string(),
         heartbeat_interval: opts.heartbeat_interval,
         election: election(opts),
@@ -515,7 +515,7 @@ async fn start_allocator(
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_common::config::EtcdArgs::at(etcd),
+        etcd: allot_server::config::EtcdArgs::at(etcd),
         allocation_interval: opts.allocation_interval,
         policy: "drf".into(),
         policy_dir: dir.join("policies"),

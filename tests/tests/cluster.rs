@@ -468,7 +468,7 @@ async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_ta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_term_ended_cannot_write() {
-    use allot_common::leader::{Leadership, campaign};
+    use allot_server::{leader::campaign, standby::Leadership};
     let etcd = allot_tests::Etcd::start().await;
     let (old, new) = (etcd.store().await, etcd.store().await);
     let lease = Duration::from_secs(30);
@@ -487,12 +487,12 @@ async fn a_leader_whose_term_ended_cannot_write() {
     // The old leader wakes up: every write it tries is refused, and it learns that it must step down.
     let refused = old.put_bytes("/t/fenced/a", b"stale".to_vec()).await;
     assert!(
-        matches!(refused, Err(allot_common::store::StoreError::Fenced)),
+        matches!(refused, Err(allot_server::store::StoreError::Fenced)),
         "{refused:?}"
     );
     assert!(matches!(
         old.delete("/t/fenced/a").await,
-        Err(allot_common::store::StoreError::Fenced)
+        Err(allot_server::store::StoreError::Fenced)
     ));
     tokio::time::timeout(Duration::from_secs(1), old.fenced_out())
         .await
@@ -732,7 +732,7 @@ async fn a_group_commit_writes_every_concurrent_request_whole() {
     use allot_proto::common::TaskRecord;
     let etcd = allot_tests::Etcd::start().await;
     let store = etcd.store().await;
-    let group = std::sync::Arc::new(allot_common::store::GroupCommit::start(store.clone()));
+    let group = std::sync::Arc::new(allot_server::store::GroupCommit::start(store.clone()));
     let record = |fw: &str| {
         prost::Message::encode_to_vec(&TaskRecord {
             framework_id: fw.to_string(),
@@ -744,7 +744,7 @@ async fn a_group_commit_writes_every_concurrent_request_whole() {
     let mut calls = tokio::task::JoinSet::new();
     for r in 0..50 {
         let group = group.clone();
-        let items: allot_common::store::Encoded = (0..10)
+        let items: allot_server::store::Encoded = (0..10)
             .map(|i| (format!("/g/r{r}/k{i}"), record(&format!("r{r}"))))
             .collect();
         calls.spawn(async move { group.put_all(items).await });
@@ -753,7 +753,7 @@ async fn a_group_commit_writes_every_concurrent_request_whole() {
         let group = group.clone();
         calls.spawn(async move { group.put_all(vec![("/g/same".into(), record(v))]).await });
     }
-    let big: allot_common::store::Encoded = (0..300)
+    let big: allot_server::store::Encoded = (0..300)
         .map(|i| (format!("/g/big/k{i}"), record("big")))
         .collect();
     let group2 = group.clone();
@@ -962,7 +962,7 @@ async fn an_agent_that_comes_back_has_its_unreachable_tasks_reconciled() {
     fw.await_state("t", TaskState::TaskRunning).await;
     // A partition, as the rest of the cluster sees it: the agent's alive key goes, later it comes back (the
     // registry re-admits an agent whose heartbeats reach it again).
-    let alive = store.key(allot_common::store::Kind::Alive, &offer.agent_id);
+    let alive = store.key(allot_server::store::Kind::Alive, &offer.agent_id);
     let (_, value) = store
         .list_bytes(&alive)
         .await
@@ -1020,7 +1020,7 @@ async fn after_a_broker_failover_failover_timeout_decides_which_frameworks_are_t
         async move {
             store
                 .get::<allot_proto::common::FrameworkRecord>(
-                    &store.key(allot_common::store::Kind::Frameworks, &id),
+                    &store.key(allot_server::store::Kind::Frameworks, &id),
                 )
                 .await
                 .expect("read")

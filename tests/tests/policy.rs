@@ -560,7 +560,7 @@ async fn a_replica_with_an_empty_cache_fetches_the_artifact_from_etcd() {
     // A tampered chunk is refused.
     let key = format!(
         "{}/policies/chunk/{}/00001",
-        allot_common::store::DEFAULT_ROOT,
+        allot_server::store::DEFAULT_ROOT,
         reference.sha256
     );
     store.put_bytes(&key, vec![0u8; 10]).await.expect("tamper");

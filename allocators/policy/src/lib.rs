@@ -1,7 +1,8 @@
 //! The allocation policy seam.
 //!
 //! Layout:
-//! - [`resources`]: [`Resources`], a fixed-point bag of scalars (`cpus`, `mem`, ...) and ranges (`ports`);
+//! - [`resources`]: [`Resources`], a fixed-point bag of scalars (`cpus`, `mem`, ...) and ranges (`ports`),
+//!   re-exported from the `allot-resources` crate;
 //! - this module: the [`Snapshot`] a policy sees, the [`Grant`]s it returns, and the [`Policy`] trait.
 //!
 //! A policy is a pure function: snapshot in, grants out. The host (the allocator service) builds the
@@ -9,9 +10,10 @@
 //! offer, so a policy cannot overcommit an agent even if it tries.
 
 pub mod indexed;
-pub mod resources;
 
-pub use resources::{Kind, Resources, ResourcesError};
+/// The resource arithmetic, re-exported from `allot-resources` so that a policy needs only this crate.
+pub use allot_resources as resources;
+pub use allot_resources::{Kind, Resources, ResourcesError};
 
 use std::collections::BTreeMap;
 

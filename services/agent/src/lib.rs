@@ -23,12 +23,12 @@ pub mod status;
 use allot_common::AbortOnDrop;
 use allot_common::convert::resources_to_proto;
 use allot_common::grpc::Channel;
-use allot_policy::Resources;
 use allot_proto::agent::status_updates_client::StatusUpdatesClient;
 use allot_proto::common::{AgentInfo, TaskStatus};
 use allot_proto::registry::{
     HeartbeatRequest, RegisterAgentRequest, registry_client::RegistryClient,
 };
+use allot_resources::Resources;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ pub struct Config {
     pub listen: String,
     /// Where to serve Prometheus metrics.
     #[command(flatten)]
-    pub metrics: allot_common::config::MetricsArgs,
+    pub metrics: allot_server::config::MetricsArgs,
     /// Address the broker uses to reach this agent; default: the bound listen address.
     #[arg(long, env = "ALLOT_ADVERTISE")]
     pub advertise: Option<String>,
@@ -89,11 +89,11 @@ pub struct Config {
     #[arg(long, env = "ALLOT_SIMULATE")]
     pub simulate: Option<usize>,
     /// How long a simulated task runs when its command does not say (`sleep N`).
-    #[arg(long, env = "ALLOT_SIM_TASK_DURATION", default_value = "1s", value_parser = allot_common::config::parse_duration)]
+    #[arg(long, env = "ALLOT_SIM_TASK_DURATION", default_value = "1s", value_parser = allot_server::config::parse_duration)]
     pub sim_task_duration: Duration,
     /// First re-send of a status update that the framework has not acknowledged; doubles each time up to
     /// 10 min (Mesos: 10 s).
-    #[arg(long, env = "ALLOT_STATUS_UPDATE_RETRY_INTERVAL", default_value = "10s", value_parser = allot_common::config::parse_duration)]
+    #[arg(long, env = "ALLOT_STATUS_UPDATE_RETRY_INTERVAL", default_value = "10s", value_parser = allot_server::config::parse_duration)]
     pub status_update_retry_interval: Duration,
     /// Kill every task when the agent stops (SIGTERM, SIGINT), to drain the node. Without it a stopped agent
     /// leaves its tasks running and the next agent process on the same `--work-dir` reattaches to them, so
@@ -101,7 +101,7 @@ pub struct Config {
     #[arg(long, env = "ALLOT_KILL_TASKS_ON_STOP")]
     pub kill_tasks_on_stop: bool,
     /// Default time between SIGTERM and SIGKILL when a task is killed.
-    #[arg(long, env = "ALLOT_KILL_GRACE_PERIOD", default_value = "3s", value_parser = allot_common::config::parse_duration)]
+    #[arg(long, env = "ALLOT_KILL_GRACE_PERIOD", default_value = "3s", value_parser = allot_server::config::parse_duration)]
     pub kill_grace_period: Duration,
 }
 
@@ -127,7 +127,7 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     /// The `/metrics` endpoint could not start.
     #[error(transparent)]
-    Service(#[from] allot_common::ServiceError),
+    Service(#[from] allot_server::ServiceError),
 }
 
 pub(crate) struct Running {
@@ -420,8 +420,9 @@ impl Node {
     /// From the flags (`--resources`, `--attributes`, `--hostname`, `--advertise`) and the bound listener.
     fn of(config: &Config, listener: &tokio::net::TcpListener) -> Result<Node, Error> {
         let (resources, reserved) = match &config.resources {
-            Some(s) => allot_policy::resources::parse_reservations(s)
-                .map_err(|e| Error::Config(e.to_string()))?,
+            Some(s) => {
+                allot_resources::parse_reservations(s).map_err(|e| Error::Config(e.to_string()))?
+            }
             None => (default_resources(), Default::default()),
         };
         let attributes = parse_attributes(&config.attributes)?;
@@ -531,8 +532,8 @@ pub async fn run(
             keep_registered(registry, info, &agent.agent_id, Some(id_file), None).await
         }))
     };
-    let router = allot_common::grpc::server()
-        .add_service(allot_common::grpc::health().await)
+    let router = allot_server::grpc::server()
+        .add_service(allot_server::grpc::health().await)
         .add_service(allot_proto::agent::agent_server::AgentServer::new(
             grpc::AgentService(agent.clone()),
         ));
@@ -558,7 +559,7 @@ pub async fn run(
             }
         }
     };
-    let result = allot_common::grpc::serve(router, listener, stopping).await;
+    let result = allot_server::grpc::serve(router, listener, stopping).await;
     drop(liveness);
     result?;
     Ok(())

@@ -3,11 +3,11 @@ use anyhow::Context;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config: allot_agent::Config = allot_common::config::parse();
+    let config: allot_agent::Config = allot_server::config::parse();
     let _telemetry = allot_telemetry::init("allot-agent", env!("CARGO_PKG_VERSION"));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    allot_agent::run(config, listener, allot_common::shutdown::signal()).await?;
+    allot_agent::run(config, listener, allot_server::shutdown::signal()).await?;
     Ok(())
 }

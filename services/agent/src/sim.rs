@@ -374,8 +374,8 @@ pub async fn run(
             while agents.join_next().await.is_some() {}
         }))
     };
-    let router = allot_common::grpc::server()
-        .add_service(allot_common::grpc::health().await)
+    let router = allot_server::grpc::server()
+        .add_service(allot_server::grpc::health().await)
         .add_service(agent_server::AgentServer::new(SimService(sim.clone())));
     // Report the tasks still running as killed, and give the updates five seconds to drain while the server
     // still takes their acknowledgements.
@@ -394,7 +394,7 @@ pub async fn run(
         }
         sending.drain(Duration::from_secs(5), || false).await;
     };
-    let result = allot_common::grpc::serve(router, listener, stopping).await;
+    let result = allot_server::grpc::serve(router, listener, stopping).await;
     drop(liveness);
     result?;
     Ok(())

@@ -517,8 +517,7 @@ impl StatusUpdateManager {
                 }
                 Err(e)
                     if !redirected
-                        && allot_common::leader::standby_names(&e)
-                            .is_some_and(|l| !l.is_empty()) =>
+                        && allot_common::grpc::standby_names(&e).is_some_and(|l| !l.is_empty()) =>
                 {
                     tracing::debug!(error = %e.message(), updates = n, "status updates sent to a standby; going to the leader");
                     redirected = true;
@@ -743,7 +742,7 @@ mod tests {
             let mut s =
                 tonic::Status::unavailable("not the leader; the leader is at 10.0.0.2:5052");
             s.metadata_mut().insert(
-                allot_common::leader::LEADER_METADATA,
+                allot_common::grpc::LEADER_METADATA,
                 "10.0.0.2:5052".parse().unwrap(),
             );
             s

@@ -8,15 +8,15 @@
 use crate::books::{Books, Piece, RoleConfig};
 use crate::metrics::M;
 use crate::policy::{Failure, Loaded};
-use allot_common::Store;
 use allot_common::convert::{piece_to_proto, pieces_from_proto, resources_from_proto};
-use allot_common::store::{Kind, decode};
 use allot_policy::Resources;
 use allot_proto::allocator::{
     AllocatorEvent, Grant as PbGrant, Grants, PolicyRecord, PolicyRef, PolicyStatusResponse,
     RescindOffers, ShadowReport, allocator_event,
 };
 use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskState};
+use allot_server::Store;
+use allot_server::store::{Kind, decode};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,7 +142,7 @@ impl Engine {
         let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let policy_store = store.clone();
         handles.push(
-            tokio::spawn(allot_common::store::follow_prefix(
+            tokio::spawn(allot_server::store::follow_prefix(
                 store.clone(),
                 store.prefix(Kind::Policy),
                 Duration::from_secs(1),
@@ -181,7 +181,7 @@ impl Engine {
             let tx = tx.clone();
             let prefix = store.prefix(kind);
             handles.push(
-                tokio::spawn(allot_common::store::follow_prefix(
+                tokio::spawn(allot_server::store::follow_prefix(
                     store.clone(),
                     prefix,
                     Duration::from_secs(1),

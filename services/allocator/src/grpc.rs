@@ -141,14 +141,14 @@ impl Allocator for AllocatorService {
 /// `allot.allocator.v1.PolicyAdmin`: load, list, activate and roll back policies.
 #[derive(Debug, Clone)]
 pub struct PolicyAdminService {
-    store: allot_common::Store,
+    store: allot_server::Store,
     engine: Engine,
     cache_dir: std::path::PathBuf,
 }
 
 impl PolicyAdminService {
     /// A service over `store` and `engine`, caching artifacts in `cache_dir`.
-    pub fn new(store: allot_common::Store, engine: Engine, cache_dir: std::path::PathBuf) -> Self {
+    pub fn new(store: allot_server::Store, engine: Engine, cache_dir: std::path::PathBuf) -> Self {
         Self {
             store,
             engine,
@@ -157,7 +157,7 @@ impl PolicyAdminService {
     }
 
     fn record_key(&self) -> String {
-        self.store.key(allot_common::store::Kind::Policy, "active")
+        self.store.key(allot_server::store::Kind::Policy, "active")
     }
 
     /// The active-policy record; before the first activation, the engine's (its configured default).

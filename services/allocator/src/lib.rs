@@ -39,15 +39,15 @@ pub struct Config {
     pub listen: String,
     /// Where to serve Prometheus metrics.
     #[command(flatten)]
-    pub metrics: allot_common::config::MetricsArgs,
+    pub metrics: allot_server::config::MetricsArgs,
     /// Where etcd is.
     #[command(flatten)]
-    pub etcd: allot_common::config::EtcdArgs,
+    pub etcd: allot_server::config::EtcdArgs,
     /// Leader election among allocator replicas (one leads; standbys point callers to it).
     #[command(flatten)]
-    pub election: allot_common::leader::ElectionArgs,
+    pub election: allot_server::leader::ElectionArgs,
     /// Time between periodic allocation cycles; events that add supply or demand also trigger one.
-    #[arg(long, env = "ALLOT_ALLOCATION_INTERVAL", default_value = "1s", value_parser = allot_common::config::parse_duration)]
+    #[arg(long, env = "ALLOT_ALLOCATION_INTERVAL", default_value = "1s", value_parser = allot_server::config::parse_duration)]
     pub allocation_interval: Duration,
     /// The allocation policy. Built in: `drf`, `priority`.
     #[arg(long, env = "ALLOT_POLICY", default_value = "drf", value_parser = clap::builder::PossibleValuesParser::new(policy::BUILTINS))]
@@ -56,15 +56,15 @@ pub struct Config {
     #[arg(long, env = "ALLOT_POLICY_DIR", default_value = ".allot/policies")]
     pub policy_dir: std::path::PathBuf,
     /// How long one policy call may take before the cycle falls back to the last good policy.
-    #[arg(long, env = "ALLOT_POLICY_TIMEOUT", default_value = "1s", value_parser = allot_common::config::parse_duration)]
+    #[arg(long, env = "ALLOT_POLICY_TIMEOUT", default_value = "1s", value_parser = allot_server::config::parse_duration)]
     pub policy_timeout: Duration,
 }
 
 /// A failure that stops the service.
-pub use allot_common::ServiceError as Error;
+pub use allot_server::ServiceError as Error;
 
 /// Runs the allocator on `listener` until `shutdown` resolves: a standby until it wins the election among
-/// allocator replicas (see [`allot_common::leader`]), then the leader, whose cycles make offers to the
+/// allocator replicas (see [`allot_server::leader`]), then the leader, whose cycles make offers to the
 /// subscribed broker.
 ///
 /// # Errors
@@ -90,15 +90,15 @@ pub async fn run(
         grpc::PolicyAdminService::new(store.clone(), engine.clone(), config.policy_dir.clone());
     // A standby's engine follows etcd too (a hot standby), but allocates nothing: cycles run only for a
     // subscribed broker, and the standby answers no call.
-    let leadership = allot_common::leader::Leadership::new();
+    let leadership = allot_server::standby::Leadership::new();
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         policy = %config.policy,
         interval = ?config.allocation_interval,
         "allocator serving (a standby until elected)"
     );
-    let router = allot_common::grpc::replicated_server(&leadership)
-        .add_service(allot_common::grpc::health().await)
+    let router = allot_server::grpc::replicated_server(&leadership)
+        .add_service(allot_server::grpc::health().await)
         .add_service(
             allot_proto::allocator::allocator_server::AllocatorServer::new(
                 grpc::AllocatorService::new(engine.clone()),
@@ -109,7 +109,7 @@ pub async fn run(
             allot_proto::allocator::policy_admin_server::PolicyAdminServer::new(admin)
                 .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
         );
-    let result = allot_common::leader::serve_replicated(
+    let result = allot_server::leader::serve_replicated(
         router,
         listener,
         shutdown,

@@ -8,11 +8,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config: allot_allocator::Config = allot_common::config::parse();
+    let config: allot_allocator::Config = allot_server::config::parse();
     let _telemetry = allot_telemetry::init("allot-allocator", env!("CARGO_PKG_VERSION"));
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    allot_allocator::run(config, listener, allot_common::shutdown::signal()).await?;
+    allot_allocator::run(config, listener, allot_server::shutdown::signal()).await?;
     Ok(())
 }

@@ -6,12 +6,12 @@
 //! deadline is marked broken and not called again: a native one is abandoned on its worker thread, a WASM one
 //! is interrupted by its epoch deadline (allot-policy-wasm).
 
-use allot_common::Store;
-use allot_common::store::Kind;
 use allot_policy::{Grant, Policy, Snapshot};
 use allot_policy_abi::host::NativePolicy;
 use allot_policy_wasm::{Limits, WasmError, WasmPolicy};
 use allot_proto::allocator::{PolicyArtifact, PolicyRef};
+use allot_server::Store;
+use allot_server::store::Kind;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -323,7 +323,7 @@ pub async fn store_artifact(
     store: &Store,
     reference: &PolicyRef,
     bytes: &[u8],
-) -> Result<PolicyArtifact, allot_common::StoreError> {
+) -> Result<PolicyArtifact, allot_server::StoreError> {
     let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
     for (i, c) in chunks.iter().enumerate() {
         store

@@ -99,7 +99,7 @@ impl Scheduler for Execute {
 
 /// Runs `allot execute`; returns the process exit code.
 pub async fn run(broker: &str, args: Args) -> anyhow::Result<i32> {
-    let resources: allot_policy::Resources = args
+    let resources: allot_resources::Resources = args
         .resources
         .parse()
         .with_context(|| format!("--resources '{}'", args.resources))?;

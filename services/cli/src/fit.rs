@@ -1,6 +1,6 @@
 //! Packing pending tasks into an offer, shared by `allot execute` and `allot batch`.
 
-use allot_policy::Resources;
+use allot_resources::Resources;
 use allot_sdk::TaskInfo;
 use std::collections::VecDeque;
 

@@ -124,7 +124,7 @@ fn sim(
 
 #[tokio::main]
 async fn main() {
-    let cli: Cli = allot_common::config::parse();
+    let cli: Cli = allot_server::config::parse();
     let _telemetry = allot_telemetry::init("allot", env!("CARGO_PKG_VERSION"));
     let result = match cli.command {
         Command::Agents => ops::agents(&cli.registry, cli.json).await,

@@ -297,9 +297,9 @@ pub async fn roles(
 /// What each role holds (used plus offered) and the cluster's total over reachable agents.
 pub struct RoleShares {
     /// Sum of every reachable agent's resources.
-    pub total: allot_policy::Resources,
+    pub total: allot_resources::Resources,
     /// Role name -> its frameworks' used and offered resources.
-    pub allocation: std::collections::BTreeMap<String, allot_policy::Resources>,
+    pub allocation: std::collections::BTreeMap<String, allot_resources::Resources>,
 }
 
 /// Reads [`RoleShares`] from the registry at `registry_addr` and the broker at `broker_addr`.
@@ -311,7 +311,7 @@ pub async fn role_shares(registry_addr: &str, broker_addr: &str) -> anyhow::Resu
         .with_context(|| format!("registry at {registry_addr}"))?
         .into_inner()
         .agents;
-    let mut total = allot_policy::Resources::new();
+    let mut total = allot_resources::Resources::new();
     for a in agents.iter().filter(|a| a.reachable) {
         let info = a
             .record
@@ -328,7 +328,7 @@ pub async fn role_shares(registry_addr: &str, broker_addr: &str) -> anyhow::Resu
         .with_context(|| format!("offer-broker at {broker_addr}"))?
         .into_inner()
         .frameworks;
-    let mut allocation: std::collections::BTreeMap<String, allot_policy::Resources> =
+    let mut allocation: std::collections::BTreeMap<String, allot_resources::Resources> =
         Default::default();
     for f in frameworks {
         let role = f

@@ -1,7 +1,7 @@
 //! Conversions between protocol resources (`allot.common.v1.Resource`) and [`Resources`], with reservation roles.
 
-use allot_policy::{Resources, ResourcesError};
 use allot_proto::common::{Range, Resource};
+use allot_resources::{Resources, ResourcesError};
 use std::collections::BTreeMap;
 
 /// Converts protocol resources into one validated [`Resources`], reserved and unreserved together. Resources
@@ -82,7 +82,7 @@ pub fn resources_to_proto(r: &Resources) -> Vec<Resource> {
         .scalars()
         .map(|(name, milli)| Resource {
             name: name.to_string(),
-            scalar: milli as f64 / allot_policy::resources::SCALE as f64,
+            scalar: milli as f64 / allot_resources::SCALE as f64,
             ..Default::default()
         })
         .collect();

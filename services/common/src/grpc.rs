@@ -1,83 +1,30 @@
-//! Serving and calling gRPC, traced and measured (see `allot_telemetry::grpc`).
+//! Calling Allot's gRPC services, traced and measured (see `allot_telemetry::grpc`): lazy client channels and
+//! [`Replicas`], which follows the leader of a replicated service. The standby's side of that protocol (the
+//! answer naming the leader) is `allot_server::standby`; what both sides agree on is here:
+//! [`LEADER_METADATA`] and [`standby_names`].
 
 use std::future::Future;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
 
 /// A client channel: every call is traced (W3C context in its metadata) and counted.
 pub type Channel = allot_telemetry::grpc::TracedChannel;
 
-/// The layers every Allot server runs each call through: tracing and metrics, then (for a replicated
-/// service) the standby's rejection.
-pub type Layers = tower::layer::util::Stack<
-    crate::leader::StandbyLayer,
-    tower::layer::util::Stack<allot_telemetry::grpc::ServerLayer, tower::layer::util::Identity>,
->;
-
-/// A router built on [`server`].
-pub type Router = tonic::transport::server::Router<Layers>;
-
 /// Largest gRPC message accepted by Allot servers and clients, in bytes (16 MiB): large enough for an offer
 /// burst to a framework on 10,000 agents, small enough that an oversized request is refused.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight calls.
-///
-/// The router should already hold the service's health service (see [`health`]).
-///
-/// # Errors
-/// The transport error if the server fails.
-pub async fn serve(
-    router: Router,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    use futures::StreamExt as _;
-    // The server's own `tcp_nodelay` applies only to listeners it binds: set it on each accepted socket, or
-    // Nagle's algorithm and delayed ACKs hold small responses and stream messages for ~40 ms.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|s| {
-            s.set_nodelay(true)?;
-            Ok(s)
-        })
-    });
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-}
+/// The gRPC metadata key in which a standby names the leader's address (`host:port`, empty when it knows
+/// of no leader). Present on every standby's answer, and only there.
+pub const LEADER_METADATA: &str = "allot-leader";
 
-/// A server builder with Allot's defaults (TCP no-delay, HTTP/2 keepalive) whose every call gets a server
-/// span (parented by the caller's trace context) and the per-RPC metrics.
-pub fn server() -> tonic::transport::Server<Layers> {
-    builder(crate::leader::StandbyLayer(None))
-}
-
-/// Like [`server`], for a replicated service: while `leadership` says standby, every call but the health
-/// service is answered `UNAVAILABLE` naming the leader (see [`crate::leader`]).
-pub fn replicated_server(
-    leadership: &crate::leader::Leadership,
-) -> tonic::transport::Server<Layers> {
-    builder(crate::leader::StandbyLayer(Some(leadership.clone())))
-}
-
-fn builder(standby: crate::leader::StandbyLayer) -> tonic::transport::Server<Layers> {
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .layer(allot_telemetry::grpc::ServerLayer)
-        .layer(standby)
-}
-
-/// A `grpc.health.v1.Health` service reporting SERVING for the whole server (service name "").
-pub async fn health()
--> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    service
+/// What a standby's refusal says of the leader: `Some(address)` when `status` is a standby's answer (the
+/// address is empty when it knows of no leader), `None` for any other status.
+pub fn standby_names(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(LEADER_METADATA)
+        .map(|v| v.to_str().unwrap_or_default())
 }
 
 /// A channel to `addr` (`host:port` or a full `http://` URI) that connects on first use and reconnects
@@ -105,7 +52,7 @@ fn raw_channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport
 
 /// The replicas of a replicated service (allocator, offer-broker), from a comma-separated list of
 /// `host:port` addresses. Calls go to the replica believed to lead; a standby's answer (`UNAVAILABLE` with
-/// [`crate::leader::LEADER_METADATA`]) moves them to the leader it names, and a connection that cannot be
+/// [`LEADER_METADATA`]) moves them to the leader it names, and a connection that cannot be
 /// made moves them to the next address. Cheap to clone; clones share what they learn.
 #[derive(Debug, Clone)]
 pub struct Replicas {
@@ -170,10 +117,10 @@ impl Replicas {
     /// Learns from a failed call: returns whether the call was certainly not served and may go again (to the
     /// leader a standby named, or to the next address after a standby that knows no leader or a connection
     /// failure). Any other error (including `UNAVAILABLE` from the leader itself, say when etcd is down)
-    /// leaves the choice as it is. A standby is told by [`crate::leader::LEADER_METADATA`] on its answer.
+    /// leaves the choice as it is. A standby is told by [`LEADER_METADATA`] on its answer.
     pub fn failed(&self, status: &tonic::Status) -> bool {
         let mut set = self.lock();
-        let standby = crate::leader::standby_names(status).map(str::to_string);
+        let standby = standby_names(status).map(str::to_string);
         let unreachable = status.code() == tonic::Code::Unavailable
             && std::error::Error::source(status).is_some();
         match standby {
@@ -257,19 +204,22 @@ mod tests {
     async fn replicas_follow_the_named_leader_and_skip_the_unreachable() {
         let r = Replicas::new("10.0.0.1:1, 10.0.0.2:1").expect("valid list");
         assert_eq!(r.current(), "10.0.0.1:1");
-        let standby = crate::leader::Leadership::new();
-        // A standby that knows no leader: next address.
-        assert!(r.failed(&standby.rejection().expect("standby")));
+        // A standby that knows no leader (its answer carries the metadata, empty): next address.
+        let mut standby =
+            tonic::Status::unavailable("not the leader, and no leader is elected yet");
+        standby.metadata_mut().insert(
+            LEADER_METADATA,
+            tonic::metadata::MetadataValue::from_static(""),
+        );
+        assert!(r.failed(&standby));
         assert_eq!(r.current(), "10.0.0.2:1");
         // An error from the leader itself is not a reason to move.
         assert!(!r.failed(&tonic::Status::unavailable("etcd unavailable: down")));
         assert_eq!(r.current(), "10.0.0.2:1");
         // A named leader, even one not in the list, is followed.
         let mut s = tonic::Status::unavailable("not the leader; the leader is at 10.0.0.3:1");
-        s.metadata_mut().insert(
-            crate::leader::LEADER_METADATA,
-            "10.0.0.3:1".parse().expect("ascii"),
-        );
+        s.metadata_mut()
+            .insert(LEADER_METADATA, "10.0.0.3:1".parse().expect("ascii"));
         assert!(r.failed(&s));
         assert_eq!(r.current(), "10.0.0.3:1");
         assert!(Replicas::new(" , ").is_err());

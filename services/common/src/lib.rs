@@ -1,42 +1,18 @@
-//! Plumbing shared by the Allot services.
+//! What every Allot process shares, servers and clients alike (the framework SDK and the CLI included): IDs,
+//! time, retry delays, status update UUIDs and spans, calling gRPC, and protocol resources.
 //!
 //! Layout:
-//! - [`config`]: flags, `ALLOT_*` environment variables and an optional TOML file, in that precedence;
-//! - [`grpc`]: serving a tonic router with a health service and graceful shutdown; lazy client channels;
-//! - [`leader`]: leader election through etcd for the allocator and the offer-broker, and the standby's
-//!   answer that points callers to the leader;
-//! - [`store`]: the etcd store: the key layout under `/allot/v1/` and protobuf values;
-//! - [`convert`]: protocol resources to and from [`allot_policy::Resources`], with validation;
-//! - [`shutdown`]: SIGINT/SIGTERM as a future.
+//! - [`grpc`]: lazy client channels, traced and counted; [`grpc::Replicas`], which follows the leader of a
+//!   replicated service;
+//! - [`convert`]: protocol resources to and from [`allot_resources::Resources`], with validation;
+//! - here: IDs, time, retry delays, status update UUIDs and spans.
+//!
+//! This crate stays lean on purpose (no etcd client, no flag parsing, no server): a framework author's build
+//! pulls it in through the SDK. What only the services need (configuration, the etcd store, leader election,
+//! serving) is `allot-server`.
 
-pub mod config;
 pub mod convert;
 pub mod grpc;
-pub mod leader;
-pub mod shutdown;
-pub mod store;
-
-pub use store::{Store, StoreError};
-
-/// A failure that stops a control-plane service.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    /// etcd could not be reached at start.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The gRPC server failed, or an address is invalid.
-    #[error("gRPC: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The `/metrics` endpoint could not start.
-    #[error("{0}")]
-    Metrics(String),
-    /// This replica led, and could not renew its leadership lease for a whole lease time, or found a write
-    /// fenced off: a standby may lead now. The process should exit and be restarted (it then campaigns again).
-    #[error(
-        "lost leadership: the leadership lease could not be renewed, or a write was fenced off"
-    )]
-    LeadershipLost,
-}
 
 /// The `status update` span of one task status update, the same on the agent (which sends it), the
 /// offer-broker (which records and forwards it) and the framework (which receives it): `otel.kind` is

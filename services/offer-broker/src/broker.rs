@@ -6,13 +6,10 @@
 
 use crate::metrics::M;
 use crate::validate::{ValidTask, validate_launch};
-use allot_common::Store;
 use allot_common::convert::{
     piece_to_proto, pieces_from_proto, resources_from_proto, resources_to_proto, take_from,
 };
 use allot_common::grpc::Channel;
-use allot_common::store::{Kind, decode};
-use allot_policy::Resources;
 use allot_proto::agent::{
     AcknowledgeStatusUpdatesRequest, AgentTask, KillTaskRequest, LaunchTasksRequest,
     ReconcileTasksRequest, StatusUpdateAcknowledgement, agent_client::AgentClient,
@@ -27,6 +24,9 @@ use allot_proto::common::{
     TaskStatus,
 };
 use allot_proto::scheduler::{self as pb, Event, event};
+use allot_resources::Resources;
+use allot_server::Store;
+use allot_server::store::{Kind, decode};
 use allot_telemetry::propagation;
 use allot_telemetry::propagation::SpanContext;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -141,7 +141,7 @@ pub struct Broker {
     /// not: they create keys that nothing else writes yet.
     task_writes: tokio::sync::Mutex<()>,
     /// The ACCEPTs' TASK_STAGING records, written together with those of concurrent ACCEPTs.
-    staging: allot_common::store::GroupCommit,
+    staging: allot_server::store::GroupCommit,
     /// Ended tasks on their way to the allocator (see [`start_telling_ended`]).
     ended: mpsc::UnboundedSender<Vec<EndedTask>>,
     /// Offers on their way back to the allocator (see [`start_recovering`]).
@@ -313,7 +313,7 @@ impl Broker {
             inner: Mutex::new(Inner::default()),
             agent_clients: Mutex::new(HashMap::new()),
             task_writes: tokio::sync::Mutex::new(()),
-            staging: allot_common::store::GroupCommit::start(store.clone()),
+            staging: allot_server::store::GroupCommit::start(store.clone()),
             ended: start_telling_ended(allocators.clone()),
             recovering: start_recovering(allocators.clone()),
             allocators,
@@ -352,7 +352,7 @@ impl Broker {
     /// A store error if etcd cannot be read.
     pub async fn start(
         self: Arc<Self>,
-    ) -> Result<Vec<tokio::task::JoinHandle<()>>, allot_common::StoreError> {
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, allot_server::StoreError> {
         let (frameworks, _) = self
             .store
             .list::<FrameworkRecord>(&self.store.prefix(Kind::Frameworks))
@@ -406,7 +406,7 @@ impl Broker {
         let mut handles = Vec::new();
         handles.push(tokio::spawn(self.clone().reconcile_agents()));
         let me = self.clone();
-        handles.push(tokio::spawn(allot_common::store::follow_prefix(
+        handles.push(tokio::spawn(allot_server::store::follow_prefix(
             self.store.clone(),
             self.store.prefix(Kind::Agents),
             Duration::from_secs(1),
@@ -429,7 +429,7 @@ impl Broker {
             },
         )));
         let me = self.clone();
-        handles.push(tokio::spawn(allot_common::store::follow_prefix(
+        handles.push(tokio::spawn(allot_server::store::follow_prefix(
             self.store.clone(),
             self.store.prefix(Kind::Alive),
             Duration::from_secs(1),
@@ -1635,7 +1635,7 @@ impl Broker {
         let writes = self.task_writes.lock().await;
         // Each record due is encoded where it lies (no clone of the record), with the task's key and, when the
         // framework has acknowledged it, the acknowledgement to pass on once it is written.
-        let mut encoded: allot_common::store::Encoded = Vec::new();
+        let mut encoded: allot_server::store::Encoded = Vec::new();
         let mut written: Vec<(TaskKey, Option<StatusUpdateAcknowledgement>)> = Vec::new();
         let mut acks = {
             let mut inner = self.lock();

@@ -36,27 +36,27 @@ pub struct Config {
     pub listen: String,
     /// Where to serve Prometheus metrics.
     #[command(flatten)]
-    pub metrics: allot_common::config::MetricsArgs,
+    pub metrics: allot_server::config::MetricsArgs,
     /// Where etcd is.
     #[command(flatten)]
-    pub etcd: allot_common::config::EtcdArgs,
+    pub etcd: allot_server::config::EtcdArgs,
     /// The allocator's gRPC address; for replicated allocators, every replica's, comma-separated (calls
     /// follow the leader).
     #[arg(long, env = "ALLOT_ALLOCATOR", default_value = "127.0.0.1:5051")]
     pub allocator: String,
     /// Leader election among broker replicas (one leads; standbys point callers to it).
     #[command(flatten)]
-    pub election: allot_common::leader::ElectionArgs,
+    pub election: allot_server::leader::ElectionArgs,
     /// Time between HEARTBEAT events on each framework's stream; unacknowledged updates are re-sent as often.
-    #[arg(long, env = "ALLOT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = allot_common::config::parse_duration)]
+    #[arg(long, env = "ALLOT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = allot_server::config::parse_duration)]
     pub heartbeat_interval: Duration,
 }
 
 /// A failure that stops the service.
-pub use allot_common::ServiceError as Error;
+pub use allot_server::ServiceError as Error;
 
 /// Runs the offer-broker on `listener` until `shutdown` resolves: a standby until it wins the election among
-/// broker replicas (see [`allot_common::leader`]), then the leader, which loads frameworks, tasks and agents
+/// broker replicas (see [`allot_server::leader`]), then the leader, which loads frameworks, tasks and agents
 /// from etcd and reconciles tasks with their agents.
 ///
 /// # Errors
@@ -76,7 +76,7 @@ pub async fn run(
         allocators,
         config.heartbeat_interval,
     ));
-    let leadership = allot_common::leader::Leadership::new();
+    let leadership = allot_server::standby::Leadership::new();
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         allocator = %config.allocator,
@@ -87,8 +87,8 @@ pub async fn run(
         operator::operator_server::OperatorServer, scheduler::scheduler_server::SchedulerServer,
     };
     let max = allot_common::grpc::MAX_MESSAGE_BYTES;
-    let router = allot_common::grpc::replicated_server(&leadership)
-        .add_service(allot_common::grpc::health().await)
+    let router = allot_server::grpc::replicated_server(&leadership)
+        .add_service(allot_server::grpc::health().await)
         .add_service(
             SchedulerServer::new(grpc::SchedulerService(broker.clone()))
                 .max_decoding_message_size(max),
@@ -112,7 +112,7 @@ pub async fn run(
             .collect();
         Ok(background)
     };
-    allot_common::leader::serve_replicated(
+    allot_server::leader::serve_replicated(
         router,
         listener,
         shutdown,

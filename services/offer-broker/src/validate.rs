@@ -1,8 +1,8 @@
 //! Validation of LAUNCH operations against the offers they use. Pure: no I/O.
 
 use allot_common::convert::resources_from_proto;
-use allot_policy::Resources;
 use allot_proto::common::TaskInfo;
+use allot_resources::Resources;
 use std::collections::HashSet;
 use tonic::Status;
 

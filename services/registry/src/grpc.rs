@@ -1,11 +1,11 @@
 //! `allot.registry.v1.Registry`.
 
 use crate::liveness::Liveness;
-use allot_common::Store;
 use allot_common::convert::resources_from_proto;
-use allot_common::store::{Kind, StoreError};
 use allot_proto::common::{AgentRecord, Role};
 use allot_proto::registry::{registry_server::Registry, *};
+use allot_server::Store;
+use allot_server::store::{Kind, StoreError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};

@@ -32,17 +32,17 @@ pub struct Config {
     pub listen: String,
     /// Where to serve Prometheus metrics.
     #[command(flatten)]
-    pub metrics: allot_common::config::MetricsArgs,
+    pub metrics: allot_server::config::MetricsArgs,
     /// Where etcd is.
     #[command(flatten)]
-    pub etcd: allot_common::config::EtcdArgs,
+    pub etcd: allot_server::config::EtcdArgs,
     /// How long an agent may go without a heartbeat before it is unreachable.
-    #[arg(long, env = "ALLOT_AGENT_TIMEOUT", default_value = "15s", value_parser = allot_common::config::parse_duration)]
+    #[arg(long, env = "ALLOT_AGENT_TIMEOUT", default_value = "15s", value_parser = allot_server::config::parse_duration)]
     pub agent_timeout: Duration,
 }
 
 /// A failure that stops the service.
-pub use allot_common::ServiceError as Error;
+pub use allot_server::ServiceError as Error;
 
 /// Runs the registry on `listener` until `shutdown` resolves.
 ///
@@ -57,12 +57,12 @@ pub async fn run(
     let _metrics = config.metrics.serve().await?;
     let service = grpc::RegistryService::start(store, config.agent_timeout).await?;
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving");
-    let router = allot_common::grpc::server()
-        .add_service(allot_common::grpc::health().await)
+    let router = allot_server::grpc::server()
+        .add_service(allot_server::grpc::health().await)
         .add_service(
             allot_proto::registry::registry_server::RegistryServer::new(service)
                 .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
         );
-    allot_common::grpc::serve(router, listener, shutdown).await?;
+    allot_server::grpc::serve(router, listener, shutdown).await?;
     Ok(())
 }

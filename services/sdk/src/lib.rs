@@ -107,8 +107,8 @@ pub fn shell_task(
     task_id: &str,
     command: &str,
     resources: &str,
-) -> Result<TaskInfo, allot_policy::ResourcesError> {
-    let r: allot_policy::Resources = resources.parse()?;
+) -> Result<TaskInfo, allot_resources::ResourcesError> {
+    let r: allot_resources::Resources = resources.parse()?;
     Ok(TaskInfo {
         name: task_id.to_string(),
         task_id: task_id.to_string(),

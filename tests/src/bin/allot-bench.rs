@@ -221,7 +221,7 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.frameworks > 0, "--frameworks must be at least 1");
-    let task: allot_policy::Resources = args
+    let task: allot_resources::Resources = args
         .task_resources
         .parse()
         .map_err(|e| anyhow::anyhow!("--task-resources: {e}"))?;

@@ -5,7 +5,8 @@
 //! candidate writes a key bound to its own lease, and the candidate whose key was created first leads. The
 //! value is the replica's advertised gRPC address. Until it leads, a replica is a *standby*: its server
 //! answers every call (but `grpc.health.v1`) with `UNAVAILABLE` and the leader's address in the
-//! [`LEADER_METADATA`] metadata, so that callers ([`crate::grpc::Replicas`]) move to the leader by themselves.
+//! `allot-leader` metadata ([`crate::standby`]), so that callers (`allot_common::grpc::Replicas`) move to the leader
+//! by themselves.
 //!
 //! The leader renews its lease every third of the lease time (at least once a second), each renewal running
 //! for as long as the lease allows beside the next, so that a slow etcd keeps the term. A leader that cannot
@@ -16,22 +17,11 @@
 //! A leader that stops gracefully revokes its lease, so a standby takes over at once; a leader killed with
 //! `kill -9` is replaced once its lease expires (at most `--leader-lease`).
 
+use crate::standby::{LEADER, Leadership};
 use crate::store::{Store, StoreError};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-/// `allot_leader{service}`: 1 while this replica leads `service`, 0 while it is a standby.
-static LEADER: std::sync::LazyLock<allot_telemetry::metrics::prometheus::GaugeVec> =
-    std::sync::LazyLock::new(|| {
-        allot_telemetry::metrics::gauge_vec(
-            "allot_leader",
-            "1 while this replica leads its service (allocator, offer-broker), 0 while it is a standby",
-            &["service"],
-        )
-    });
 
 /// `allot_leader_terms_total{service}`: terms this replica won.
 static TERMS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::IntCounterVec> =
@@ -42,10 +32,6 @@ static TERMS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::IntCount
             &["service"],
         )
     });
-
-/// The gRPC metadata key in which a standby names the leader's address (`host:port`, empty when it knows
-/// of no leader). Present on every standby's answer, and only there.
-pub const LEADER_METADATA: &str = "allot-leader";
 
 /// Election flags of a replicated service (allocator, offer-broker).
 #[derive(Debug, Clone, clap::Args)]
@@ -69,82 +55,12 @@ impl Default for ElectionArgs {
     }
 }
 
-/// What a replica knows of the election. Cheap to clone; every clone sees the same state.
-#[derive(Debug, Clone)]
-pub struct Leadership {
-    state: Arc<std::sync::RwLock<Role>>,
-}
-
-/// A replica's role.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Role {
-    /// Not leading; the leader's address if one is known.
-    Standby(Option<String>),
-    /// Leading.
-    Leader,
-}
-
-impl Default for Leadership {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Leadership {
-    /// A standby that knows of no leader yet.
-    pub fn new() -> Self {
-        Self {
-            state: Arc::new(std::sync::RwLock::new(Role::Standby(None))),
-        }
-    }
-
-    fn set(&self, role: Role) {
-        *self.state.write().expect("leadership poisoned") = role;
-    }
-
-    /// From now on this replica serves calls as the leader of `service`.
-    pub fn set_leader(&self, service: &str) {
-        self.set(Role::Leader);
-        LEADER.with_label_values(&[service]).set(1.0);
-    }
-
-    /// The answer a standby gives every call: `UNAVAILABLE` naming the leader in [`LEADER_METADATA`];
-    /// `None` while this replica leads.
-    pub fn rejection(&self) -> Option<tonic::Status> {
-        let leader = match &*self.state.read().expect("leadership poisoned") {
-            Role::Leader => return None,
-            Role::Standby(leader) => leader.clone().unwrap_or_default(),
-        };
-        let message = if leader.is_empty() {
-            "not the leader, and no leader is elected yet; retry".to_string()
-        } else {
-            format!("not the leader; the leader is at {leader}")
-        };
-        let mut status = tonic::Status::unavailable(message);
-        // Always present on a standby's answer (empty when no leader is known): callers tell a standby by it.
-        let value = leader
-            .parse()
-            .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(""));
-        status.metadata_mut().insert(LEADER_METADATA, value);
-        Some(status)
-    }
-}
-
-/// What a standby's refusal says of the leader: `Some(address)` when `status` is a standby's answer (the
-/// address is empty when it knows of no leader), `None` for any other status.
-pub fn standby_names(status: &tonic::Status) -> Option<&str> {
-    status
-        .metadata()
-        .get(LEADER_METADATA)
-        .map(|v| v.to_str().unwrap_or_default())
-}
-
 /// One term of leadership, from winning the election to losing or resigning it.
 pub struct Term {
     store: Store,
     lease: i64,
     lost: watch::Receiver<bool>,
-    _keeper: crate::AbortOnDrop,
+    _keeper: allot_common::AbortOnDrop,
 }
 
 impl Term {
@@ -186,12 +102,12 @@ pub async fn campaign(
 ) -> Term {
     LEADER.with_label_values(&[service]).set(0.0);
     let name = format!("{}/leader/{service}", store.root());
-    let _observer = crate::AbortOnDrop(tokio::spawn(observe(
+    let _observer = allot_common::AbortOnDrop(tokio::spawn(observe(
         store.clone(),
         name.clone(),
         leadership.clone(),
     )));
-    let mut delays = crate::retry_delays(Duration::from_millis(200));
+    let mut delays = allot_common::retry_delays(Duration::from_millis(200));
     loop {
         match try_campaign(store, &name, advertise, ttl).await {
             Ok(term) => {
@@ -221,7 +137,8 @@ async fn try_campaign(
         .id();
     let (lost_tx, mut lost) = watch::channel(false);
     // Renewals start before the campaign, which blocks for as long as another replica leads.
-    let keeper = crate::AbortOnDrop(tokio::spawn(keep_alive(store.clone(), lease, ttl, lost_tx)));
+    let keeper =
+        allot_common::AbortOnDrop(tokio::spawn(keep_alive(store.clone(), lease, ttl, lost_tx)));
     tracing::info!(%name, advertise, lease, "campaigning for leadership");
     let elected = tokio::select! {
         r = client.campaign(name, advertise, lease) => r,
@@ -319,7 +236,7 @@ async fn observe(store: Store, name: String, leadership: Leadership) {
                     .kv()
                     .and_then(|kv| kv.value_str().ok())
                     .map(str::to_string);
-                leadership.set(Role::Standby(leader));
+                leadership.set_standby(leader);
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -376,81 +293,4 @@ where
     drop(leading);
     term.resign().await;
     ended
-}
-
-/// A `tower::Layer` for a replicated service's server: while [`Leadership`] says standby, every call but the
-/// health service is answered with [`Leadership::rejection`] and never reaches the service. Without a
-/// leadership (`StandbyLayer::default()`), it passes every call through.
-#[derive(Debug, Clone, Default)]
-pub struct StandbyLayer(pub Option<Leadership>);
-
-impl<S> tower::Layer<S> for StandbyLayer {
-    type Service = Standby<S>;
-
-    fn layer(&self, inner: S) -> Standby<S> {
-        Standby {
-            inner,
-            leadership: self.0.clone(),
-        }
-    }
-}
-
-/// The service [`StandbyLayer`] wraps around a server.
-#[derive(Debug, Clone)]
-pub struct Standby<S> {
-    inner: S,
-    leadership: Option<Leadership>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Standby<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        futures::future::Either<futures::future::Ready<Result<S::Response, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if let Some(l) = &self.leadership
-            && !request.uri().path().starts_with("/grpc.health.")
-            && let Some(status) = l.rejection()
-        {
-            return futures::future::Either::Left(futures::future::ready(Ok(status.into_http())));
-        }
-        futures::future::Either::Right(self.inner.call(request))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_standby_names_the_leader_and_a_leader_rejects_nothing() {
-        let l = Leadership::new();
-        let s = l.rejection().expect("a new replica is a standby");
-        assert_eq!(s.code(), tonic::Code::Unavailable);
-        assert_eq!(
-            s.metadata()
-                .get(LEADER_METADATA)
-                .and_then(|v| v.to_str().ok()),
-            Some("")
-        );
-        l.set(Role::Standby(Some("10.0.0.7:5052".into())));
-        let s = l.rejection().expect("still a standby");
-        assert_eq!(
-            s.metadata()
-                .get(LEADER_METADATA)
-                .and_then(|v| v.to_str().ok()),
-            Some("10.0.0.7:5052")
-        );
-        assert!(s.message().contains("10.0.0.7:5052"));
-        l.set_leader("test");
-        assert!(l.clone().rejection().is_none(), "clones share the state");
-    }
 }

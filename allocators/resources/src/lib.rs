@@ -1,4 +1,8 @@
-//! Resources: scalars in fixed point and ranges.
+//! Resources: scalars in fixed point and ranges (crate `allot-resources`).
+//!
+//! One type, [`Resources`], counts what agents have, offers hold and tasks use, everywhere in Allot: the
+//! policies (through `allot-policy`, which re-exports it), the services and the framework SDK. It has no
+//! dependency on the protocol; `allot_common::convert` turns it into protobuf `Resource` lists and back.
 //!
 //! Scalars (`cpus` in cores, `mem` and `disk` in MiB, `gpus`) are stored in thousandths, as Mesos rounds
 //! scalars to three decimal places, so that sums and differences never drift. Ranges (`ports`) are sets of
