@@ -42,7 +42,9 @@ pub fn accept(data: &[u8]) -> Reached {
         .flatten()
         .collect();
     let offered: Resources = OFFERED.parse().expect("offer");
-    match allot_offer_broker::validate::validate_launch("a1", &offered, tasks, |_| false) {
+    match allot_offer_broker::validate::validate_launch("a1", &offered, tasks, |_| false)
+        .map_err(tonic::Status::from)
+    {
         Ok(valid) => {
             let mut used = Resources::new();
             for t in &valid {

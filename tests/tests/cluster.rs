@@ -638,7 +638,7 @@ async fn a_crashed_broker_loses_no_status_update() {
     let offer = fw.launch(task("t", "sleep 5", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
     // The acknowledged TASK_RUNNING goes to the agent, not to etcd: etcd still says TASK_STAGING.
-    tokio::time::sleep(allot_offer_broker::broker::FLUSH_INTERVAL * 3).await;
+    tokio::time::sleep(allot_offer_broker::updates::FLUSH_INTERVAL * 3).await;
     let before = recorded_task(&store, &fw.id, "t").await;
     assert_eq!(
         before.status.as_ref().map(|s| s.state()),

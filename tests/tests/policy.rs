@@ -567,6 +567,7 @@ async fn a_replica_with_an_empty_cache_fetches_the_artifact_from_etcd() {
     let other = tempfile::tempdir().expect("temp dir");
     let e = materialize(&store, &reference.sha256, other.path())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("do not match"), "{e}");
 }

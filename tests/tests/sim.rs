@@ -197,8 +197,8 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
     .await;
     // Unacknowledged, TASK_KILLED is written once it has waited UNACKNOWLEDGED_WRITE_DELAY.
     tokio::time::sleep(
-        allot_offer_broker::broker::UNACKNOWLEDGED_WRITE_DELAY
-            + allot_offer_broker::broker::FLUSH_INTERVAL * 3,
+        allot_offer_broker::updates::UNACKNOWLEDGED_WRITE_DELAY
+            + allot_offer_broker::updates::FLUSH_INTERVAL * 3,
     )
     .await;
     let t2 = in_etcd("t2").await;

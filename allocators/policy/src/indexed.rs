@@ -14,6 +14,69 @@ use crate::{AgentView, FrameworkView, Grant, Kind, Resources, RoleView, Snapshot
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
+/// What is wrong with a snapshot or an answer in index form: the first malformed part found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexError {
+    /// An amount vector without one entry per resource kind.
+    #[error("{what} has {len} amounts for {kinds} kinds")]
+    Length {
+        /// Which vector, e.g. `agent 3` or `grant 0's reserved vector`.
+        what: String,
+        /// Its length.
+        len: usize,
+        /// The number of kinds.
+        kinds: usize,
+    },
+    /// A reference to a role, agent or framework that the snapshot does not have.
+    #[error("{what} names {of} index {index}")]
+    Index {
+        /// Who names it, e.g. `grant 2`.
+        what: String,
+        /// What kind of thing: `role`, `agent` or `framework`.
+        of: &'static str,
+        /// The index named.
+        index: usize,
+    },
+    /// A framework's filtered agents are unsorted or name agents out of range.
+    #[error("framework {0}'s filtered agents are unsorted or out of range")]
+    Filtered(usize),
+    /// Grant columns of mismatched lengths.
+    #[error(
+        "{grants} grants over {kinds} kinds need {grants} agents and {} amounts, not {agents} and {amounts}",
+        2 * kinds * grants
+    )]
+    Columns {
+        /// Grants (the length of the framework column).
+        grants: usize,
+        /// Resource kinds.
+        kinds: usize,
+        /// The length of the agent column.
+        agents: usize,
+        /// The length of the amounts column.
+        amounts: usize,
+    },
+    /// A grant's amount vector without one entry per resource kind.
+    #[error("grant {grant} has {len} {what} amounts for {kinds} resource kinds")]
+    GrantLength {
+        /// The grant's position in the answer.
+        grant: usize,
+        /// Which vector: `unreserved` or `reserved`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The number of kinds.
+        kinds: usize,
+    },
+    /// A negative amount in a grant.
+    #[error("grant {grant} has a negative amount of {kind}")]
+    Negative {
+        /// The grant's position in the answer.
+        grant: usize,
+        /// The resource kind.
+        kind: String,
+    },
+}
+
 /// One agent of a [`View`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentRow<'a> {
@@ -79,15 +142,19 @@ impl View<'_> {
     /// is sorted and in range.
     ///
     /// # Errors
-    /// A message naming the first violation.
-    pub fn check(&self) -> Result<(), String> {
+    /// The first violation, as an [`IndexError`].
+    pub fn check(&self) -> Result<(), IndexError> {
         let n = self.kinds.len();
         let (na, nr) = (self.agents.len(), self.roles.len());
         let len = |v: &[i64], what: &dyn Fn() -> String| {
             if v.len() == n {
                 Ok(())
             } else {
-                Err(format!("{} has {} amounts for {n} kinds", what(), v.len()))
+                Err(IndexError::Length {
+                    what: what(),
+                    len: v.len(),
+                    kinds: n,
+                })
             }
         };
         len(self.total, &|| "the total".into())?;
@@ -95,7 +162,11 @@ impl View<'_> {
             len(a.available, &|| format!("agent {i}"))?;
             for &(r, v) in &a.reserved {
                 if r as usize >= nr {
-                    return Err(format!("agent {i} has a reservation of role index {r}"));
+                    return Err(IndexError::Index {
+                        what: format!("agent {i}'s reservation"),
+                        of: "role",
+                        index: r as usize,
+                    });
                 }
                 len(v, &|| format!("agent {i}'s reservation"))?;
             }
@@ -109,12 +180,14 @@ impl View<'_> {
         for (i, f) in self.frameworks.iter().enumerate() {
             len(f.allocation, &|| format!("framework {i}"))?;
             if f.role as usize >= nr {
-                return Err(format!("framework {i} names role index {}", f.role));
+                return Err(IndexError::Index {
+                    what: format!("framework {i}"),
+                    of: "role",
+                    index: f.role as usize,
+                });
             }
             if !f.filtered.is_sorted() || f.filtered.last().is_some_and(|&a| a as usize >= na) {
-                return Err(format!(
-                    "framework {i}'s filtered agents are unsorted or out of range"
-                ));
+                return Err(IndexError::Filtered(i));
             }
         }
         Ok(())
@@ -124,15 +197,19 @@ impl View<'_> {
     /// a policy that does not decide on the index form). Amount vectors are read kind by kind.
     ///
     /// # Errors
-    /// A message for a role or agent index out of range.
-    pub fn to_snapshot(&self) -> Result<Snapshot, String> {
+    /// [`IndexError::Index`] for a role or agent index out of range.
+    pub fn to_snapshot(&self) -> Result<Snapshot, IndexError> {
         let kinds = interned(&self.kinds);
         let bag = |v: &[i64]| resources(&kinds, v);
         let role = |i: u32| {
             self.roles
                 .get(i as usize)
                 .map(|r| r.name.to_string())
-                .ok_or_else(|| format!("role index {i} out of range"))
+                .ok_or_else(|| IndexError::Index {
+                    what: "the view".into(),
+                    of: "role",
+                    index: i as usize,
+                })
         };
         let roles = self
             .roles
@@ -164,7 +241,11 @@ impl View<'_> {
                 let a = self
                     .agents
                     .get(i as usize)
-                    .ok_or_else(|| format!("agent index {i} out of range"))?;
+                    .ok_or_else(|| IndexError::Index {
+                        what: format!("framework {}'s filter", f.id),
+                        of: "agent",
+                        index: i as usize,
+                    })?;
                 filtered_agents.push(a.id.to_string());
             }
             filtered_agents.sort();
@@ -253,15 +334,15 @@ impl IndexedGrants {
         framework: Vec<u32>,
         agent: Vec<u32>,
         amounts: Vec<i64>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, IndexError> {
         let count = framework.len();
         if agent.len() != count || amounts.len() != 2 * n_kinds * count {
-            return Err(format!(
-                "{count} grants over {n_kinds} kinds need {count} agents and {} amounts, not {} and {}",
-                2 * n_kinds * count,
-                agent.len(),
-                amounts.len()
-            ));
+            return Err(IndexError::Columns {
+                grants: count,
+                kinds: n_kinds,
+                agents: agent.len(),
+                amounts: amounts.len(),
+            });
         }
         Ok(Self {
             n_kinds,
@@ -300,8 +381,8 @@ impl IndexedGrants {
     /// first grant of unreserved resources.
     ///
     /// # Errors
-    /// A message for an index out of range or a negative amount.
-    pub fn to_grants(&self, snap: &Snapshot, kinds: &[String]) -> Result<Vec<Grant>, String> {
+    /// An [`IndexError`] for an index out of range, a vector of the wrong length or a negative amount.
+    pub fn to_grants(&self, snap: &Snapshot, kinds: &[String]) -> Result<Vec<Grant>, IndexError> {
         let mut reader = GrantReader::new(snap, kinds);
         let mut out = Vec::with_capacity(self.len());
         for (i, (f, a, r, v)) in self.iter().enumerate() {
@@ -599,7 +680,7 @@ impl<'a> GrantReader<'a> {
     /// Each amount vector has one entry per kind, or none at all (nothing).
     ///
     /// # Errors
-    /// A message for an index out of range, a vector of the wrong length or a negative amount.
+    /// An [`IndexError`] for an index out of range, a vector of the wrong length or a negative amount.
     pub fn read(
         &mut self,
         i: usize,
@@ -607,29 +688,39 @@ impl<'a> GrantReader<'a> {
         agent: u32,
         resources: &[i64],
         reserved: &[i64],
-    ) -> Result<Grant, String> {
+    ) -> Result<Grant, IndexError> {
         let (framework, agent) = (framework as usize, agent as usize);
+        let grant = || format!("grant {i}");
         if framework >= self.snap.frameworks.len() {
-            return Err(format!("grant {i} names framework index {framework}"));
+            return Err(IndexError::Index {
+                what: grant(),
+                of: "framework",
+                index: framework,
+            });
         }
         let ag = self
             .snap
             .agents
             .get(agent)
-            .ok_or_else(|| format!("grant {i} names agent index {agent}"))?;
-        let vector = |v: &[i64], what: &str| -> Result<Resources, String> {
+            .ok_or_else(|| IndexError::Index {
+                what: grant(),
+                of: "agent",
+                index: agent,
+            })?;
+        let vector = |v: &[i64], what: &'static str| -> Result<Resources, IndexError> {
             if !v.is_empty() && v.len() != self.kinds.len() {
-                return Err(format!(
-                    "grant {i} has {} {what} amounts for {} resource kinds",
-                    v.len(),
-                    self.kinds.len()
-                ));
+                return Err(IndexError::GrantLength {
+                    grant: i,
+                    what,
+                    len: v.len(),
+                    kinds: self.kinds.len(),
+                });
             }
             if let Some(k) = v.iter().position(|&x| x < 0) {
-                return Err(format!(
-                    "grant {i} has a negative amount of {}",
-                    self.kinds[k]
-                ));
+                return Err(IndexError::Negative {
+                    grant: i,
+                    kind: self.kinds[k].clone(),
+                });
             }
             Ok(self::resources(&self.interned, v))
         };
@@ -702,24 +793,28 @@ mod tests {
             reader
                 .read(0, 5, 0, &[], &[])
                 .unwrap_err()
+                .to_string()
                 .contains("framework index 5")
         );
         assert!(
             reader
                 .read(0, 0, 9, &[], &[])
                 .unwrap_err()
+                .to_string()
                 .contains("agent index 9")
         );
         assert!(
             reader
                 .read(0, 0, 0, &[1], &[])
                 .unwrap_err()
+                .to_string()
                 .contains("1 unreserved amounts")
         );
         assert!(
             reader
                 .read(0, 0, 0, &[-1, 0], &[])
                 .unwrap_err()
+                .to_string()
                 .contains("negative amount of cpus")
         );
     }

@@ -217,7 +217,7 @@ impl GrantBuffer {
                     &self.amounts[at..at + n],
                     &self.amounts[at + stride..at + stride + n],
                 )
-                .map_err(AbiError::BadGrant)?;
+                .map_err(|e| AbiError::BadGrant(e.to_string()))?;
             out.push(grant);
         }
         Ok(out)

@@ -265,7 +265,7 @@ impl WasmPolicy {
             .map_err(WasmError::Error)?;
         indexed::IndexedGrants::from_columns(n, out.framework, out.agent, out.amounts)
             .and_then(|grants| grants.to_grants(snap, &kinds))
-            .map_err(WasmError::BadGrant)
+            .map_err(|e| WasmError::BadGrant(e.to_string()))
     }
 }
 

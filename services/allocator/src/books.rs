@@ -274,6 +274,11 @@ pub struct Cycle {
     pub frameworks: usize,
 }
 
+/// A broken invariant of the books, described (see [`Books::check_invariants`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
 /// The allocator's books.
 #[derive(Debug, Default, Clone)]
 pub struct Books {
@@ -855,7 +860,10 @@ impl Books {
     }
 
     /// Checks the books' invariant; returns the first violation found. Used by tests.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// The first [`Violation`] found.
+    pub fn check_invariants(&self) -> Result<(), Violation> {
         let mut unres: HashMap<&str, Resources> = HashMap::new();
         let mut res: HashMap<(&str, &str), Resources> = HashMap::new();
         let pieces = self
@@ -872,37 +880,37 @@ impl Books {
         for (_, id, a) in self.agents.iter() {
             let sum = unres.remove(id).unwrap_or_default();
             if sum != a.allocated {
-                return Err(format!(
+                return Err(Violation(format!(
                     "agent {id}: allocated {} but offers+tasks {}",
                     a.allocated, sum
-                ));
+                )));
             }
             if a.free != a.unreserved_total().minus(&a.allocated) {
-                return Err(format!(
+                return Err(Violation(format!(
                     "agent {id}: free {} but unreserved {} less allocated {}",
                     a.free,
                     a.unreserved_total(),
                     a.allocated
-                ));
+                )));
             }
             if !a.unreserved_total().contains(&a.allocated) {
-                return Err(format!(
+                return Err(Violation(format!(
                     "agent {id}: allocated {} exceeds unreserved {}",
                     a.allocated,
                     a.unreserved_total()
-                ));
+                )));
             }
             for (role, used) in &a.allocated_reserved {
                 let sum = res.remove(&(id, role.as_str())).unwrap_or_default();
                 if &sum != used {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "agent {id} role {role}: reserved allocated {used} but pieces {sum}"
-                    ));
+                    )));
                 }
                 if !a.reserved.get(role).is_some_and(|r| r.contains(used)) {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "agent {id} role {role}: {used} exceeds the reservation"
-                    ));
+                    )));
                 }
             }
         }

@@ -101,7 +101,7 @@ pub enum Command {
         /// The record.
         record: PolicyRecord,
         /// The loaded policy, or why it could not be loaded here.
-        loaded: Result<Loaded, String>,
+        loaded: Result<Loaded, crate::error::LoadError>,
     },
     /// Runs `policy` once on the current snapshot without applying its grants; answers with the number of
     /// grants and the call's duration in microseconds, or what was wrong.
@@ -109,7 +109,7 @@ pub enum Command {
         /// The candidate.
         policy: Loaded,
         /// Where to answer.
-        reply: oneshot::Sender<Result<(u32, u64), String>>,
+        reply: oneshot::Sender<Result<(u32, u64), crate::error::TrialError>>,
     },
     /// Reports the policy status.
     Status(oneshot::Sender<PolicyStatusResponse>),
@@ -229,15 +229,16 @@ impl Engine {
 /// `cache_dir`.
 ///
 /// # Errors
-/// A message when it cannot be loaded here.
+/// [`LoadError`](crate::error::LoadError) when it cannot be loaded here.
 pub async fn resolve(
     store: &Store,
     reference: Option<&PolicyRef>,
     cache_dir: &std::path::Path,
-) -> Result<Loaded, String> {
-    let r = reference.ok_or("the record names no policy")?;
+) -> Result<Loaded, crate::error::LoadError> {
+    use crate::error::LoadError;
+    let r = reference.ok_or(LoadError::NoReference)?;
     if r.kind == "builtin" {
-        return Loaded::builtin(&r.name).ok_or_else(|| format!("no built-in policy '{}'", r.name));
+        return Loaded::builtin(&r.name).ok_or_else(|| LoadError::NoBuiltin(r.name.clone()));
     }
     let path = crate::policy::materialize(store, &r.sha256, cache_dir).await?;
     Loaded::from_file(&path, &r.sha256)
@@ -556,7 +557,7 @@ impl State {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot load the recorded policy; keeping the running one");
-                        self.load_error = e;
+                        self.load_error = e.to_string();
                     }
                 }
                 true
@@ -601,22 +602,22 @@ impl State {
         }
     }
 
-    fn trial(&mut self, policy: &Loaded, now: f64) -> Result<(u32, u64), String> {
+    fn trial(&mut self, policy: &Loaded, now: f64) -> Result<(u32, u64), crate::error::TrialError> {
         let snapshot = Arc::new(self.books.snapshot(now));
         let started = Instant::now();
-        let grants = policy
-            .call(&snapshot, self.deadline)
-            .map_err(|f| f.to_string())?;
+        let grants = policy.call(&snapshot, self.deadline)?;
         let micros = started.elapsed().as_micros() as u64;
         let n = grants.len() as u32;
         let (_, rejected) = self.books.clone().apply_grants(&snapshot, grants, now);
         if let Some((g, why)) = rejected.first() {
             let (framework, agent) = snapshot.names(g).unwrap_or(("?", "?"));
-            return Err(format!(
-                "{} of {n} grants are invalid (first: {framework} on {agent} refused: {})",
-                rejected.len(),
-                why.as_str()
-            ));
+            return Err(crate::error::TrialError::InvalidGrants {
+                invalid: rejected.len(),
+                grants: n,
+                framework: framework.to_string(),
+                agent: agent.to_string(),
+                why: why.as_str(),
+            });
         }
         Ok((n, micros))
     }

@@ -1,9 +1,31 @@
 //! `allot.allocator.v1.Allocator` (the offer-broker's view of the allocator) and
-//! `allot.allocator.v1.PolicyAdmin` (the operator's).
+//! `allot.allocator.v1.PolicyAdmin` (the operator's): thin translations between protobuf calls and the
+//! [`Engine`] or [`PolicyAdmin`], and the one mapping of the allocator's [`Error`] to gRPC status codes.
 
+use crate::admin::PolicyAdmin;
 use crate::engine::{Command, Engine};
+use crate::error::Error;
 use allot_proto::allocator::{allocator_server::Allocator, *};
 use tonic::{Request, Response, Status};
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let text = e.to_string();
+        match e {
+            Error::Invalid(_) | Error::BadArtifact(_) | Error::Ambiguous { .. } => {
+                Status::invalid_argument(text)
+            }
+            Error::Unloadable(_) | Error::Trial(_) | Error::NoPrevious => {
+                Status::failed_precondition(text)
+            }
+            Error::NoMatch { .. } => Status::not_found(text),
+            Error::Cache(_) => Status::internal(text),
+            Error::EngineStopped => Status::unavailable(text),
+            Error::Store(e) if e.is_corrupt() => Status::internal(text),
+            Error::Store(_) => Status::unavailable(text),
+        }
+    }
+}
 
 /// The allocator's gRPC service: validates each call and hands it to the [`Engine`].
 #[derive(Debug, Clone)]
@@ -18,12 +40,47 @@ impl AllocatorService {
     }
 }
 
-fn need(id: &str, what: &str) -> Result<(), Status> {
+fn need(id: &str, what: &str) -> Result<(), Error> {
     if id.is_empty() {
-        Err(Status::invalid_argument(format!("{what} is empty")))
+        Err(Error::Invalid(format!("{what} is empty")))
     } else {
         Ok(())
     }
+}
+
+/// The engine commands of a RecoverOffers call, each recovery (the first and those in `more`) in order.
+///
+/// # Errors
+/// [`Error::Invalid`] for a nested `more`, a bad `refuse_seconds` or malformed task resources: every
+/// recovery is checked before any is applied, so a malformed call changes nothing.
+fn recoveries(mut r: RecoverOffersRequest) -> Result<Vec<Command>, Error> {
+    let more = std::mem::take(&mut r.more);
+    let mut commands = Vec::with_capacity(1 + more.len());
+    for r in std::iter::once(r).chain(more) {
+        if !r.more.is_empty() {
+            return Err(Error::Invalid(
+                "a recovery in `more` cannot carry `more` of its own".into(),
+            ));
+        }
+        if !(r.refuse_seconds.is_finite() && r.refuse_seconds >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "refuse_seconds must be a finite number >= 0, got {}",
+                r.refuse_seconds
+            )));
+        }
+        let mut launched = Vec::with_capacity(r.launched.len());
+        for t in r.launched {
+            let piece = crate::engine::try_piece_of(&t.resources)
+                .map_err(|e| Error::Invalid(format!("task {}: {e}", t.task_id)))?;
+            launched.push((t.framework_id, t.task_id, t.agent_id, piece));
+        }
+        commands.push(Command::Recover {
+            offer_ids: r.offer_ids,
+            refuse_seconds: r.refuse_seconds,
+            launched,
+        });
+    }
+    Ok(commands)
 }
 
 #[tonic::async_trait]
@@ -89,35 +146,7 @@ impl Allocator for AllocatorService {
         &self,
         request: Request<RecoverOffersRequest>,
     ) -> Result<Response<RecoverOffersResponse>, Status> {
-        let mut r = request.into_inner();
-        let more = std::mem::take(&mut r.more);
-        // Every recovery is checked before any is applied: a malformed call changes nothing.
-        let mut commands = Vec::with_capacity(1 + more.len());
-        for r in std::iter::once(r).chain(more) {
-            if !r.more.is_empty() {
-                return Err(Status::invalid_argument(
-                    "a recovery in `more` cannot carry `more` of its own",
-                ));
-            }
-            if !(r.refuse_seconds.is_finite() && r.refuse_seconds >= 0.0) {
-                return Err(Status::invalid_argument(format!(
-                    "refuse_seconds must be a finite number >= 0, got {}",
-                    r.refuse_seconds
-                )));
-            }
-            let mut launched = Vec::with_capacity(r.launched.len());
-            for t in r.launched {
-                let piece = crate::engine::try_piece_of(&t.resources)
-                    .map_err(|e| Status::invalid_argument(format!("task {}: {e}", t.task_id)))?;
-                launched.push((t.framework_id, t.task_id, t.agent_id, piece));
-            }
-            commands.push(Command::Recover {
-                offer_ids: r.offer_ids,
-                refuse_seconds: r.refuse_seconds,
-                launched,
-            });
-        }
-        for command in commands {
+        for command in recoveries(request.into_inner())? {
             self.engine.send(command);
         }
         Ok(Response::new(RecoverOffersResponse {}))
@@ -138,107 +167,9 @@ impl Allocator for AllocatorService {
     }
 }
 
-/// `allot.allocator.v1.PolicyAdmin`: load, list, activate and roll back policies.
+/// `allot.allocator.v1.PolicyAdmin`: load, list, activate, roll back and shadow policies.
 #[derive(Debug, Clone)]
-pub struct PolicyAdminService {
-    store: allot_server::Store,
-    engine: Engine,
-    cache_dir: std::path::PathBuf,
-}
-
-impl PolicyAdminService {
-    /// A service over `store` and `engine`, caching artifacts in `cache_dir`.
-    pub fn new(store: allot_server::Store, engine: Engine, cache_dir: std::path::PathBuf) -> Self {
-        Self {
-            store,
-            engine,
-            cache_dir,
-        }
-    }
-
-    fn record_key(&self) -> String {
-        self.store.key(allot_server::store::Kind::Policy, "active")
-    }
-
-    /// The active-policy record; before the first activation, the engine's (its configured default).
-    async fn record(&self) -> Result<PolicyRecord, Status> {
-        if let Some((r, _)) = self.store.get::<PolicyRecord>(&self.record_key()).await? {
-            return Ok(r);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.engine.send(Command::Status(tx));
-        let status = rx
-            .await
-            .map_err(|_| Status::unavailable("the allocation engine stopped"))?;
-        Ok(status.record.unwrap_or_default())
-    }
-
-    async fn trial(&self, policy: crate::policy::Loaded) -> Result<(u32, u64), Status> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.engine.send(Command::Trial { policy, reply: tx });
-        rx.await
-            .map_err(|_| Status::unavailable("the allocation engine stopped"))?
-            .map_err(|e| Status::failed_precondition(format!("trial run failed: {e}")))
-    }
-
-    async fn artifacts(&self) -> Result<Vec<PolicyArtifact>, Status> {
-        let (metas, _) = self
-            .store
-            .list::<PolicyArtifact>(&crate::policy::meta_prefix(&self.store))
-            .await?;
-        let mut out: Vec<PolicyArtifact> = metas.into_iter().map(|(_, m)| m).collect();
-        out.sort_by_key(|a| a.loaded_at_ms);
-        Ok(out)
-    }
-
-    async fn resolve_reference(&self, reference: &str) -> Result<PolicyRef, Status> {
-        if crate::policy::BUILTINS.contains(&reference) {
-            return Ok(crate::policy::builtin_ref(reference));
-        }
-        let wanted = reference.to_ascii_lowercase();
-        let matches: Vec<PolicyRef> = self
-            .artifacts()
-            .await?
-            .into_iter()
-            .filter_map(|a| a.r#ref)
-            .filter(|r| {
-                !wanted.is_empty() && (r.sha256.starts_with(&wanted) || r.name == reference)
-            })
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => Err(Status::not_found(format!(
-                "no built-in policy or loaded artifact matches '{reference}' (built in: {})",
-                crate::policy::BUILTINS.join(", ")
-            ))),
-            _ => Err(Status::invalid_argument(format!(
-                "'{reference}' matches {} artifacts: give more of the sha256",
-                matches.len()
-            ))),
-        }
-    }
-
-    async fn activate_ref(&self, reference: PolicyRef) -> Result<PolicyRecord, Status> {
-        let loaded = crate::engine::resolve(&self.store, Some(&reference), &self.cache_dir)
-            .await
-            .map_err(Status::failed_precondition)?;
-        self.trial(loaded).await?;
-        self.record_active(reference).await
-    }
-
-    /// Records `reference`, loaded and tried already, as the active policy (the current one becomes the
-    /// previous).
-    async fn record_active(&self, reference: PolicyRef) -> Result<PolicyRecord, Status> {
-        let current = self.record().await?;
-        let record = PolicyRecord {
-            previous: current.active,
-            active: Some(reference),
-            activated_at_ms: allot_common::now_ms(),
-        };
-        self.store.put(&self.record_key(), &record, None).await?;
-        Ok(record)
-    }
-}
+pub struct PolicyAdminService(pub PolicyAdmin);
 
 #[tonic::async_trait]
 impl policy_admin_server::PolicyAdmin for PolicyAdminService {
@@ -247,29 +178,7 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         request: Request<LoadPolicyRequest>,
     ) -> Result<Response<LoadPolicyResponse>, Status> {
         let r = request.into_inner();
-        if r.artifact.is_empty() {
-            return Err(Status::invalid_argument("the artifact is empty"));
-        }
-        let sha = crate::policy::sha256_hex(&r.artifact);
-        if !r.sha256.is_empty() && !r.sha256.eq_ignore_ascii_case(&sha) {
-            return Err(Status::invalid_argument(format!(
-                "sha256 mismatch: the artifact is {sha}, the pin says {}",
-                r.sha256
-            )));
-        }
-        crate::policy::artifact_kind(&r.artifact).map_err(Status::invalid_argument)?;
-        let path = crate::policy::write_cached(&self.cache_dir, &sha, &r.artifact)
-            .map_err(Status::internal)?;
-        let loaded =
-            crate::policy::Loaded::from_file(&path, &sha).map_err(Status::invalid_argument)?;
-        let (grants, micros) = self.trial(loaded.clone()).await?;
-        let meta =
-            crate::policy::store_artifact(&self.store, &loaded.reference, &r.artifact).await?;
-        tracing::info!(policy = %loaded.reference.name, sha256 = %sha, size = r.artifact.len(), "policy artifact loaded");
-        if r.activate {
-            // Loaded and tried just above: record it without compiling and trying it again.
-            self.record_active(loaded.reference).await?;
-        }
+        let (meta, grants, micros) = self.0.load(&r.artifact, &r.sha256, r.activate).await?;
         Ok(Response::new(LoadPolicyResponse {
             artifact: Some(meta),
             trial_grants: grants,
@@ -286,8 +195,8 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
                 .iter()
                 .map(|b| b.to_string())
                 .collect(),
-            artifacts: self.artifacts().await?,
-            record: Some(self.record().await?),
+            artifacts: self.0.artifacts().await?,
+            record: Some(self.0.record().await?),
         }))
     }
 
@@ -295,10 +204,10 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<ActivatePolicyRequest>,
     ) -> Result<Response<ActivatePolicyResponse>, Status> {
-        let reference = self
-            .resolve_reference(request.into_inner().reference.trim())
+        let record = self
+            .0
+            .activate(request.into_inner().reference.trim())
             .await?;
-        let record = self.activate_ref(reference).await?;
         Ok(Response::new(ActivatePolicyResponse {
             record: Some(record),
         }))
@@ -308,12 +217,8 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         _: Request<RollbackPolicyRequest>,
     ) -> Result<Response<RollbackPolicyResponse>, Status> {
-        let previous = self.record().await?.previous.ok_or_else(|| {
-            Status::failed_precondition("there is no previous policy to roll back to")
-        })?;
-        let record = self.activate_ref(previous).await?;
         Ok(Response::new(RollbackPolicyResponse {
-            record: Some(record),
+            record: Some(self.0.rollback().await?),
         }))
     }
 
@@ -322,17 +227,9 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         request: Request<ShadowPolicyRequest>,
     ) -> Result<Response<ShadowPolicyResponse>, Status> {
         let r = request.into_inner();
-        if r.off {
-            self.engine.send(Command::Shadow(None));
-            return Ok(Response::new(ShadowPolicyResponse { shadow: None }));
-        }
-        let reference = self.resolve_reference(r.reference.trim()).await?;
-        let loaded = crate::engine::resolve(&self.store, Some(&reference), &self.cache_dir)
-            .await
-            .map_err(Status::failed_precondition)?;
-        self.engine.send(Command::Shadow(Some(loaded)));
+        let reference = (!r.off).then(|| r.reference.trim().to_string());
         Ok(Response::new(ShadowPolicyResponse {
-            shadow: Some(reference),
+            shadow: self.0.shadow(reference.as_deref()).await?,
         }))
     }
 
@@ -340,12 +237,7 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         _: Request<PolicyStatusRequest>,
     ) -> Result<Response<PolicyStatusResponse>, Status> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.engine.send(Command::Status(tx));
-        let status = rx
-            .await
-            .map_err(|_| Status::unavailable("the allocation engine stopped"))?;
-        Ok(Response::new(status))
+        Ok(Response::new(self.0.status().await?))
     }
 }
 

@@ -1,25 +1,34 @@
 //! The allocator: keeps the allocation books, runs allocation cycles through the active policy, and streams
 //! the resulting offers to the offer-broker.
 //!
-//! Layout:
+//! Layout, each module importing only those above it:
+//! - [`error`]: the errors, typed once ([`error::Failure`], [`error::LoadError`], [`error::TrialError`],
+//!   [`Error`]);
 //! - [`books`]: pure bookkeeping of agents, frameworks, roles, offers, tasks and filters;
+//! - [`shadow`]: comparing a candidate policy with the active one, cycle by cycle (pure);
+//! - [`policy`]: hosting built-in, native and WASM policies, artifacts pinned by sha256, failure containment;
 //! - [`engine`]: the actor that owns the books, follows etcd, and runs cycles;
-//! - [`grpc`]: `allot.allocator.v1.Allocator`, which the offer-broker calls;
-//! - [`policy`]: hosting built-in and native policies, artifacts pinned by sha256, failure containment;
-//! - [`shadow`]: comparing a candidate policy with the active one, cycle by cycle;
+//! - [`admin`]: the operator's policy flows (load, activate, roll back, shadow, status);
+//! - [`grpc`]: `allot.allocator.v1.Allocator` (the offer-broker's) and `PolicyAdmin` (the operator's), and
+//!   the mapping of [`Error`] to status codes;
 //! - [`sim`]: the policy simulator behind `allot sim`, on the same books and cycle.
 //!
 //! Its view of the cluster comes from etcd (agents, their liveness, frameworks, tasks, roles) through watches;
 //! outstanding offers and filters are soft state that a new broker session resets.
 
+pub mod admin;
 pub mod books;
 pub mod engine;
+pub mod error;
 pub mod grpc;
 mod metrics;
 pub mod policy;
 pub mod shadow;
 pub mod sim;
 
+pub use error::Error;
+
+use allot_server::ServiceError;
 use std::future::Future;
 use std::time::Duration;
 
@@ -60,22 +69,19 @@ pub struct Config {
     pub policy_timeout: Duration,
 }
 
-/// A failure that stops the service.
-pub use allot_server::ServiceError as Error;
-
 /// Runs the allocator on `listener` until `shutdown` resolves: a standby until it wins the election among
 /// allocator replicas (see [`allot_server::leader`]), then the leader, whose cycles make offers to the
 /// subscribed broker.
 ///
 /// # Errors
-/// [`Error::Store`] if etcd cannot be reached at start; [`Error::Transport`] if the server fails;
-/// [`Error::LeadershipLost`] if the leader could not renew its lease (restart the process: it campaigns
-/// again).
+/// [`ServiceError::Store`] if etcd cannot be reached at start; [`ServiceError::Transport`] if the server
+/// fails; [`ServiceError::LeadershipLost`] if the leader could not renew its lease (restart the process: it
+/// campaigns again).
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) -> Result<(), ServiceError> {
     let store = config.etcd.connect().await?;
     let _metrics = config.metrics.serve().await?;
     let policy = policy::Loaded::builtin(&config.policy).expect("clap checked the policy name");
@@ -86,8 +92,11 @@ pub async fn run(
         config.policy_timeout,
         config.policy_dir.clone(),
     );
-    let admin =
-        grpc::PolicyAdminService::new(store.clone(), engine.clone(), config.policy_dir.clone());
+    let admin = grpc::PolicyAdminService(admin::PolicyAdmin::new(
+        store.clone(),
+        engine.clone(),
+        config.policy_dir.clone(),
+    ));
     // A standby's engine follows etcd too (a hot standby), but allocates nothing: cycles run only for a
     // subscribed broker, and the standby answers no call.
     let leadership = allot_server::standby::Leadership::new();

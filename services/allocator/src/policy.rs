@@ -42,45 +42,7 @@ pub const LOAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Size of one stored chunk of an artifact, in bytes (etcd refuses requests over 1.5 MiB by default).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 
-/// Why a policy call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// The policy reported an error.
-    Error(String),
-    /// The policy did not answer before the deadline.
-    Timeout(Duration),
-    /// The policy panicked.
-    Panic(String),
-    /// A WASM policy trapped (unreachable, out-of-bounds access, memory cap reached, ...).
-    Trap(String),
-    /// The policy returned something that is not a list of grants over the snapshot.
-    Malformed(String),
-}
-
-impl Failure {
-    /// A short label for counters: `error`, `timeout`, `panic`, `trap`, `malformed`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Failure::Error(_) => "error",
-            Failure::Timeout(_) => "timeout",
-            Failure::Panic(_) => "panic",
-            Failure::Trap(_) => "trap",
-            Failure::Malformed(_) => "malformed",
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Error(m) => write!(f, "error: {m}"),
-            Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
-            Failure::Panic(m) => write!(f, "panic: {m}"),
-            Failure::Trap(m) => write!(f, "trap: {m}"),
-            Failure::Malformed(m) => write!(f, "malformed output: {m}"),
-        }
-    }
-}
+pub use crate::error::{Failure, LoadError};
 
 #[derive(Clone)]
 enum Implementation {
@@ -128,14 +90,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The kind of an artifact from its first bytes: `native` (ELF) or `wasm`.
 ///
 /// # Errors
-/// A message when it is neither.
-pub fn artifact_kind(bytes: &[u8]) -> Result<&'static str, String> {
+/// [`LoadError::NotAnArtifact`] when it is neither.
+pub fn artifact_kind(bytes: &[u8]) -> Result<&'static str, LoadError> {
     if bytes.starts_with(b"\x7fELF") {
         Ok("native")
     } else if bytes.starts_with(b"\0asm") {
         Ok("wasm")
     } else {
-        Err("the artifact is neither an ELF shared library nor a WASM component".into())
+        Err(LoadError::NotAnArtifact)
     }
 }
 
@@ -153,14 +115,18 @@ impl Loaded {
     /// Loads the artifact in file `path` whose sha256 is `sha256`.
     ///
     /// # Errors
-    /// A message when the file is not a policy this allocator can load: a library with another ABI version
-    /// or missing symbols; a WASM component for another interface version, with imports, or whose `name`
-    /// traps or does not answer within [`LOAD_DEADLINE`].
-    pub fn from_file(path: &Path, sha256: &str) -> Result<Loaded, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    /// [`LoadError`] when the file cannot be read or is not a policy this allocator can load: a library with
+    /// another ABI version or missing symbols ([`LoadError::Native`]); a WASM component for an interface
+    /// version this host does not know, with imports, or whose `name` traps or does not answer within
+    /// [`LOAD_DEADLINE`] ([`LoadError::Wasm`]).
+    pub fn from_file(path: &Path, sha256: &str) -> Result<Loaded, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         match artifact_kind(&bytes)? {
             "native" => {
-                let p = NativePolicy::load(path).map_err(|e| e.to_string())?;
+                let p = NativePolicy::load(path)?;
                 Ok(Loaded {
                     reference: PolicyRef {
                         name: p.name().to_string(),
@@ -172,8 +138,7 @@ impl Loaded {
                 })
             }
             _ => {
-                let p = WasmPolicy::load(&bytes, Limits::default(), LOAD_DEADLINE)
-                    .map_err(|e| e.to_string())?;
+                let p = WasmPolicy::load(&bytes, Limits::default(), LOAD_DEADLINE)?;
                 Ok(Loaded {
                     reference: PolicyRef {
                         name: p.name().to_string(),
@@ -346,8 +311,14 @@ pub async fn store_artifact(
 /// not there yet.
 ///
 /// # Errors
-/// A message when the artifact is unknown, incomplete, or its bytes do not match its sha256.
-pub async fn materialize(store: &Store, sha256: &str, cache_dir: &Path) -> Result<PathBuf, String> {
+/// [`LoadError::Unknown`], [`LoadError::Incomplete`] or [`LoadError::Mismatch`] when the artifact is unknown,
+/// incomplete, or its bytes do not match its sha256; [`LoadError::Store`] if etcd cannot be read;
+/// [`LoadError::Io`] if the cache cannot be written.
+pub async fn materialize(
+    store: &Store,
+    sha256: &str,
+    cache_dir: &Path,
+) -> Result<PathBuf, LoadError> {
     let path = cache_dir.join(format!("{sha256}.policy"));
     if let Ok(bytes) = std::fs::read(&path)
         && sha256_hex(&bytes) == sha256
@@ -356,28 +327,22 @@ pub async fn materialize(store: &Store, sha256: &str, cache_dir: &Path) -> Resul
     }
     let (meta, _) = store
         .get::<PolicyArtifact>(&meta_key(store, sha256))
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no artifact with sha256 {sha256} is stored"))?;
-    let chunks = store
-        .list_bytes(&chunk_prefix(store, sha256))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?
+        .ok_or_else(|| LoadError::Unknown(sha256.to_string()))?;
+    let chunks = store.list_bytes(&chunk_prefix(store, sha256)).await?;
     if chunks.len() != meta.chunks as usize {
-        return Err(format!(
-            "artifact {sha256} has {} of its {} chunks",
-            chunks.len(),
-            meta.chunks
-        ));
+        return Err(LoadError::Incomplete {
+            sha256: sha256.to_string(),
+            have: chunks.len(),
+            chunks: meta.chunks,
+        });
     }
     let mut bytes = Vec::with_capacity(meta.size as usize);
     for (_, chunk) in chunks {
         bytes.extend(chunk);
     }
     if sha256_hex(&bytes) != sha256 {
-        return Err(format!(
-            "artifact {sha256}: stored bytes do not match the sha256"
-        ));
+        return Err(LoadError::Mismatch(sha256.to_string()));
     }
     write_cached(cache_dir, sha256, &bytes)
 }
@@ -385,12 +350,16 @@ pub async fn materialize(store: &Store, sha256: &str, cache_dir: &Path) -> Resul
 /// Writes `bytes` as the cached file of artifact `sha256` (atomically: a temporary file, then a rename).
 ///
 /// # Errors
-/// A message for an I/O failure.
-pub fn write_cached(cache_dir: &Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+/// [`LoadError::Io`] for an I/O failure.
+pub fn write_cached(cache_dir: &Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, LoadError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoadError::Io { path, source }
+    };
+    std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
     let path = cache_dir.join(format!("{sha256}.policy"));
     let tmp = cache_dir.join(format!(".{sha256}.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
     Ok(path)
 }

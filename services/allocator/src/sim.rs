@@ -68,9 +68,12 @@ pub enum SimError {
         /// What is wrong.
         message: String,
     },
-    /// The policy is unknown or failed to load.
+    /// The policy is unknown, or its file cannot be read.
     #[error("policy: {0}")]
     Policy(String),
+    /// The policy's file is not a policy this allocator can load.
+    #[error("policy: {0}")]
+    Load(#[from] crate::error::LoadError),
     /// Writing the output failed.
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
@@ -86,16 +89,27 @@ enum ResValue {
 
 type ResMap = BTreeMap<String, ResValue>;
 
-fn to_resources(m: &ResMap) -> Result<Resources, String> {
+/// Why one event of a scenario cannot be applied; [`run`] reports it as [`SimError::Event`] with the event's
+/// position (or, for output that cannot be written, as the [`SimError`] itself).
+#[derive(Debug, thiserror::Error)]
+enum EventError {
+    /// The event asks for something the simulated cluster cannot do, or holds a bad value.
+    #[error("{0}")]
+    Invalid(String),
+    /// A resource amount or text is malformed.
+    #[error(transparent)]
+    Resources(#[from] allot_policy::ResourcesError),
+    /// Writing the output failed.
+    #[error(transparent)]
+    Sim(#[from] SimError),
+}
+
+fn to_resources(m: &ResMap) -> Result<Resources, EventError> {
     let mut r = Resources::new();
     for (name, v) in m {
         match v {
-            ResValue::Num(x) => r.add_scalar(name, *x).map_err(|e| e.to_string())?,
-            ResValue::Text(t) => r.add(
-                &format!("{name}:{t}")
-                    .parse::<Resources>()
-                    .map_err(|e| e.to_string())?,
-            ),
+            ResValue::Num(x) => r.add_scalar(name, *x)?,
+            ResValue::Text(t) => r.add(&format!("{name}:{t}").parse::<Resources>()?),
         }
     }
     Ok(r)
@@ -281,11 +295,13 @@ fn secs(ms: i64) -> Value {
     }
 }
 
-fn to_ms(s: f64) -> Result<i64, String> {
+fn to_ms(s: f64) -> Result<i64, EventError> {
     if s.is_finite() && (0.0..1e12).contains(&s) {
         Ok((s * 1000.0).round() as i64)
     } else {
-        Err(format!("{s} is not a number of seconds >= 0"))
+        Err(EventError::Invalid(format!(
+            "{s} is not a number of seconds >= 0"
+        )))
     }
 }
 
@@ -457,7 +473,7 @@ impl Sim<'_> {
         v
     }
 
-    fn apply(&mut self, ev: Event) -> Result<(), String> {
+    fn apply(&mut self, ev: Event) -> Result<(), EventError> {
         let min_filter = self.interval_ms as f64 / 1000.0;
         let now = self.now();
         match ev {
@@ -476,7 +492,7 @@ impl Sim<'_> {
                     res.insert(role.clone(), r);
                 }
                 let r = self.books.set_agent(&id, total, res.clone());
-                self.rescinded(r).map_err(|e| e.to_string())?;
+                self.rescinded(r)?;
                 self.books.set_reachable(&id, true);
                 for (fw, m) in &used {
                     let want = to_resources(m)?;
@@ -499,12 +515,12 @@ impl Sim<'_> {
                         ends_ms: None,
                     });
                 }
-                self.allocate().map_err(|e| e.to_string())?;
+                self.allocate()?;
             }
             Event::RemoveAgent { id } => {
                 let r = self.books.remove_agent(&id);
                 self.tasks.retain(|t| t.agent != id);
-                self.rescinded(r).map_err(|e| e.to_string())?;
+                self.rescinded(r)?;
             }
             Event::AddFramework {
                 id,
@@ -518,11 +534,13 @@ impl Sim<'_> {
                     .unwrap_or_else(|| "*".to_string());
                 if let Some(w) = workload {
                     if w.per_offer == 0 {
-                        return Err("workload.per_offer must be at least 1".into());
+                        return Err(EventError::Invalid(
+                            "workload.per_offer must be at least 1".into(),
+                        ));
                     }
                     let task = to_resources(&w.task)?;
                     if task.is_empty() {
-                        return Err("workload.task is empty".into());
+                        return Err(EventError::Invalid("workload.task is empty".into()));
                     }
                     self.workloads.insert(
                         id.clone(),
@@ -538,7 +556,7 @@ impl Sim<'_> {
                 self.counts.entry(id.clone()).or_default();
                 self.books.add_framework(&id, &role, priority);
                 self.books.activate(&id, false);
-                self.allocate().map_err(|e| e.to_string())?;
+                self.allocate()?;
             }
             Event::RemoveFramework { id } => {
                 let r = self.books.remove_framework(&id);
@@ -547,7 +565,7 @@ impl Sim<'_> {
                 }
                 self.tasks.retain(|t| t.framework != id);
                 self.workloads.remove(&id);
-                self.rescinded(r).map_err(|e| e.to_string())?;
+                self.rescinded(r)?;
             }
             Event::Decline {
                 framework,
@@ -577,13 +595,18 @@ impl Sim<'_> {
                     .outstanding(&framework, Some(&agent))
                     .into_iter()
                     .next()
-                    .ok_or_else(|| format!("{framework} has no outstanding offer on {agent}"))?;
+                    .ok_or_else(|| {
+                        EventError::Invalid(format!(
+                            "{framework} has no outstanding offer on {agent}"
+                        ))
+                    })?;
                 let piece = self.piece_from_offer(&offer, &want).ok_or_else(|| {
-                    format!("{want} does not fit the offer of {}", offer.piece.total())
+                    EventError::Invalid(format!(
+                        "{want} does not fit the offer of {}",
+                        offer.piece.total()
+                    ))
                 })?;
-                let id = self
-                    .launch(&framework, &agent, piece.clone(), None)
-                    .map_err(|e| e.to_string())?;
+                let id = self.launch(&framework, &agent, piece.clone(), None)?;
                 self.books.recover_offers(
                     &[offer.id],
                     refuse,
@@ -613,9 +636,9 @@ impl Sim<'_> {
                     }
                 }
                 if !left.is_empty() {
-                    return Err(format!(
+                    return Err(EventError::Invalid(format!(
                         "{framework} holds no tasks adding up to the rest ({left}) on {agent}"
-                    ));
+                    )));
                 }
                 for id in &freed {
                     self.books.remove_task(&framework, id);
@@ -625,12 +648,12 @@ impl Sim<'_> {
             Event::Suppress { framework } => self.books.suppress(&framework),
             Event::Revive { framework } => {
                 self.books.revive(&framework);
-                self.allocate().map_err(|e| e.to_string())?;
+                self.allocate()?;
             }
             Event::UpdateWeights(weights) => {
                 for (role, weight) in weights {
                     if !(weight.is_finite() && weight > 0.0) {
-                        return Err(format!("weight of {role} must be > 0"));
+                        return Err(EventError::Invalid(format!("weight of {role} must be > 0")));
                     }
                     let mut cfg = self.books.role_config(&role);
                     cfg.weight = weight;
@@ -647,7 +670,7 @@ impl Sim<'_> {
             }
             Event::Advance(s) => {
                 let ms = to_ms(s)?;
-                self.advance(ms).map_err(|e| e.to_string())?;
+                self.advance(ms)?;
             }
         }
         Ok(())
@@ -719,8 +742,7 @@ pub fn run(scenario: &str, opts: &SimOptions, out: &mut dyn Write) -> Result<(),
             Loaded::from_file(
                 std::path::Path::new(&policy_name),
                 &crate::policy::sha256_hex(&bytes),
-            )
-            .map_err(SimError::Policy)?
+            )?
         }
         None => {
             return Err(SimError::Policy(format!(
@@ -757,10 +779,13 @@ pub fn run(scenario: &str, opts: &SimOptions, out: &mut dyn Write) -> Result<(),
     };
     for (index, ev) in sc.events.into_iter().enumerate() {
         let kind = ev.kind();
-        sim.apply(ev).map_err(|message| SimError::Event {
-            index,
-            kind,
-            message,
+        sim.apply(ev).map_err(|e| match e {
+            EventError::Sim(e) => e,
+            e => SimError::Event {
+                index,
+                kind,
+                message: e.to_string(),
+            },
         })?;
         debug_assert!(
             sim.books.check_invariants().is_ok(),

@@ -1,6 +1,8 @@
-//! The broker's gRPC services: thin translations between protobuf calls and [`Broker`] flows.
+//! The broker's gRPC services: thin translations between protobuf calls and [`Broker`] flows, and the one
+//! mapping of the broker's [`Error`] to gRPC status codes.
 
 use crate::broker::Broker;
+use crate::error::Error;
 use allot_proto::agent::{
     StatusUpdateBatchRequest, StatusUpdateRequest, StatusUpdateResponse,
     status_updates_server::StatusUpdates,
@@ -13,9 +15,29 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let text = e.to_string();
+        match e {
+            Error::Invalid(_) => Status::invalid_argument(text),
+            Error::NotSubscribed(_) | Error::TornDown(_) => Status::failed_precondition(text),
+            Error::Removed(_)
+            | Error::UnknownFramework(_)
+            | Error::UnknownOffer(_)
+            | Error::Rescinded
+            | Error::UnknownTask(_) => Status::not_found(text),
+            Error::UnknownAgent(_) | Error::Agent { .. } | Error::Allocator(_) => {
+                Status::unavailable(text)
+            }
+            Error::Store(e) if e.is_corrupt() => Status::internal(text),
+            Error::Store(_) => Status::unavailable(text),
+        }
+    }
+}
+
 /// A framework's event stream. When the scheduler goes away (the stream is dropped), the broker is told.
 pub struct EventStream {
-    rx: mpsc::UnboundedReceiver<Result<pb::Event, Status>>,
+    rx: mpsc::UnboundedReceiver<pb::Event>,
     broker: Arc<Broker>,
     framework: String,
     epoch: u64,
@@ -25,7 +47,7 @@ impl futures::Stream for EventStream {
     type Item = Result<pb::Event, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|ev| ev.map(Ok))
     }
 }
 
@@ -158,18 +180,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::TeardownRequest>,
     ) -> Result<Response<pb::TeardownResponse>, Status> {
-        let fw = request.into_inner().framework_id;
-        let known_active = self.0.frameworks().iter().any(|f| {
-            f.record
-                .as_ref()
-                .is_some_and(|r| r.framework_id == fw && r.active)
-        });
-        if !known_active {
-            return Err(Status::failed_precondition(format!(
-                "framework '{fw}' is not subscribed"
-            )));
-        }
-        self.0.teardown(&fw).await?;
+        self.0
+            .teardown_call(&request.into_inner().framework_id)
+            .await?;
         Ok(Response::new(pb::TeardownResponse {}))
     }
 }

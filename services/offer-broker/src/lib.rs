@@ -1,21 +1,41 @@
 //! The offer-broker: the scheduler-facing API.
 //!
-//! Layout:
-//! - [`broker`]: the shared state (subscribed frameworks, outstanding offers, the task cache) and every flow:
-//!   subscribe, accept, decline, kill, status updates, reconciliation, teardown, agent loss;
+//! Layout, in layers: each module imports only modules above it in this list.
+//! - [`error`]: [`Error`], every way a call can be refused or fail, typed once;
 //! - [`validate`]: pure validation of LAUNCH operations;
+//! - [`state`]: the state (frameworks, offers, tasks) and every decision about it, pure and unit tested;
+//! - [`link`]: the two outbound links, to the allocator and to agents;
+//! - `metrics`: the broker's Prometheus series;
+//! - [`broker`]: [`Broker`]: the state behind one lock, the links, the store, and what flows share;
+//! - one module per flow, each `impl Broker` reading "lock, ask the state, do I/O, commit":
+//!   [`updates`] (status updates and the acknowledgement protocol), [`offers`] (grants, ACCEPT, DECLINE),
+//!   [`scheduler`] (SUBSCRIBE, failover timeouts, SUPPRESS/REVIVE, KILL, RECONCILE, TEARDOWN, heartbeats),
+//!   [`recovery`] (the leader's start, reconciliation with agents, agents lost, back or restarted),
+//!   [`views`] (operator views);
 //! - [`grpc`]: the tonic services `allot.scheduler.v1.Scheduler` (frameworks), `allot.agent.v1.StatusUpdates`
-//!   (agents) and `allot.operator.v1.Operator` (operators).
+//!   (agents) and `allot.operator.v1.Operator` (operators), and the mapping of [`Error`] to status codes.
 //!
 //! Durable state lives in etcd: framework records and task records (each task's latest status and whether the
 //! framework acknowledged it). Offers are soft: they come from the allocator's decision stream, and when that
 //! stream restarts every outstanding offer is rescinded.
 
 pub mod broker;
+pub mod error;
 pub mod grpc;
+pub mod link;
 mod metrics;
+pub mod offers;
+pub mod recovery;
+pub mod scheduler;
+pub mod state;
+pub mod updates;
 pub mod validate;
+pub mod views;
 
+pub use broker::Broker;
+pub use error::Error;
+
+use allot_server::ServiceError;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,22 +72,19 @@ pub struct Config {
     pub heartbeat_interval: Duration,
 }
 
-/// A failure that stops the service.
-pub use allot_server::ServiceError as Error;
-
 /// Runs the offer-broker on `listener` until `shutdown` resolves: a standby until it wins the election among
 /// broker replicas (see [`allot_server::leader`]), then the leader, which loads frameworks, tasks and agents
 /// from etcd and reconciles tasks with their agents.
 ///
 /// # Errors
-/// [`Error::Store`] if etcd cannot be reached at start or read when elected; [`Error::Transport`] if the
-/// server fails or an address is invalid; [`Error::LeadershipLost`] if the leader could not renew its lease
-/// (restart the process: it campaigns again).
+/// [`ServiceError::Store`] if etcd cannot be reached at start or read when elected;
+/// [`ServiceError::Transport`] if the server fails or an address is invalid; [`ServiceError::LeadershipLost`]
+/// if the leader could not renew its lease (restart the process: it campaigns again).
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) -> Result<(), ServiceError> {
     let store = config.etcd.connect().await?;
     let _metrics = config.metrics.serve().await?;
     let allocators = allot_common::grpc::Replicas::new(&config.allocator)?;

@@ -1,10 +1,10 @@
 //! Validation of LAUNCH operations against the offers they use. Pure: no I/O.
 
+use crate::error::Error;
 use allot_common::convert::resources_from_proto;
 use allot_proto::common::TaskInfo;
 use allot_resources::Resources;
 use std::collections::HashSet;
-use tonic::Status;
 
 pub use allot_common::valid_id;
 
@@ -22,26 +22,26 @@ pub struct ValidTask {
 /// `is_live(task_id)` tells whether the framework already has a non-terminal task with that ID.
 ///
 /// # Errors
-/// `INVALID_ARGUMENT` naming the first problem: a bad or duplicate task ID, a task for another agent, a task
+/// [`Error::Invalid`] naming the first problem: a bad or duplicate task ID, a task for another agent, a task
 /// with no command, invalid or empty resources, or tasks that together ask for more than the offers hold.
 pub fn validate_launch(
     agent_id: &str,
     offered: &Resources,
     tasks: Vec<TaskInfo>,
     is_live: impl Fn(&str) -> bool,
-) -> Result<Vec<ValidTask>, Status> {
+) -> Result<Vec<ValidTask>, Error> {
     let mut seen = HashSet::new();
     let mut sum = Resources::new();
     let mut out = Vec::with_capacity(tasks.len());
     for mut t in tasks {
         if !valid_id(&t.task_id) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::Invalid(format!(
                 "task_id '{}' must be 1-128 characters of [A-Za-z0-9._-]",
                 t.task_id
             )));
         }
         if !seen.insert(t.task_id.clone()) || is_live(&t.task_id) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::Invalid(format!(
                 "task_id '{}' is already in use by a live task of this framework",
                 t.task_id
             )));
@@ -49,7 +49,7 @@ pub fn validate_launch(
         if t.agent_id.is_empty() {
             t.agent_id = agent_id.to_string();
         } else if t.agent_id != agent_id {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::Invalid(format!(
                 "task '{}' names agent {} but the offers are for agent {agent_id}",
                 t.task_id, t.agent_id
             )));
@@ -57,22 +57,22 @@ pub fn validate_launch(
         match &t.command {
             Some(c) if !c.value.trim().is_empty() => {}
             _ => {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::Invalid(format!(
                     "task '{}' has no command (CommandInfo.value is empty)",
                     t.task_id
                 )));
             }
         }
         if !(t.kill_grace_period.is_finite() && t.kill_grace_period >= 0.0) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::Invalid(format!(
                 "task '{}': kill_grace_period must be a finite number of seconds >= 0",
                 t.task_id
             )));
         }
         let res = resources_from_proto(&t.resources)
-            .map_err(|e| Status::invalid_argument(format!("task '{}': {e}", t.task_id)))?;
+            .map_err(|e| Error::Invalid(format!("task '{}': {e}", t.task_id)))?;
         if res.scalar("cpus") <= 0.0 && res.scalar("mem") <= 0.0 {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::Invalid(format!(
                 "task '{}' must ask for some cpus or mem",
                 t.task_id
             )));
@@ -87,7 +87,7 @@ pub fn validate_launch(
         });
     }
     if !offered.contains(&sum) {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::Invalid(format!(
             "the tasks ask for {sum}, which overcommits the offered {offered}"
         )));
     }
@@ -129,13 +129,15 @@ mod tests {
 
     #[test]
     fn refuses_overcommit_across_tasks() {
-        let e = validate_launch(
-            "a1",
-            &offered(),
-            vec![task("t1", "cpus:1.5"), task("t2", "cpus:1")],
-            |_| false,
-        )
-        .unwrap_err();
+        let e = tonic::Status::from(
+            validate_launch(
+                "a1",
+                &offered(),
+                vec![task("t1", "cpus:1.5"), task("t2", "cpus:1")],
+                |_| false,
+            )
+            .unwrap_err(),
+        );
         assert!(e.message().contains("overcommits"), "{}", e.message());
     }
 
@@ -157,17 +159,21 @@ mod tests {
             (vec![task("t1", "disk:1")], "cpus or mem"),
         ];
         for (tasks, want) in cases {
-            let e = validate_launch("a1", &offered(), tasks, |_| false).unwrap_err();
+            let e = tonic::Status::from(
+                validate_launch("a1", &offered(), tasks, |_| false).unwrap_err(),
+            );
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains(want), "{} lacks {want}", e.message());
         }
         let mut nan = task("t1", "cpus:1");
         nan.resources[0].scalar = f64::NAN;
         assert!(validate_launch("a1", &offered(), vec![nan], |_| false).is_err());
-        let e = validate_launch("a1", &offered(), vec![task("t1", "cpus:1")], |id| {
-            id == "t1"
-        })
-        .unwrap_err();
+        let e = tonic::Status::from(
+            validate_launch("a1", &offered(), vec![task("t1", "cpus:1")], |id| {
+                id == "t1"
+            })
+            .unwrap_err(),
+        );
         assert!(e.message().contains("already in use"));
     }
 }

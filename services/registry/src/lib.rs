@@ -1,6 +1,13 @@
 //! The registry: admission and liveness of agents, and roles with weights and quota limits.
 //!
-//! Layout: [`Config`] and [`run`] here; the gRPC service `allot.registry.v1.Registry` in [`grpc`].
+//! Layout, each module importing only those above it:
+//! - [`error`]: [`Error`], every way a call can be refused or fail;
+//! - [`liveness`]: heartbeat deadlines in memory (pure);
+//! - `metrics`: the registry's Prometheus series;
+//! - [`sweeper`]: agents past their deadline become unreachable (their `alive` key is deleted);
+//! - [`registry`]: [`Registry`], the flows: registration, heartbeats, the agent list, roles;
+//! - [`grpc`]: the tonic service `allot.registry.v1.Registry` and the mapping of [`Error`] to status codes;
+//! - here: [`Config`] and [`run`].
 //!
 //! An agent registers with its `AgentInfo` and gets an `AgentID`; the registry writes its `AgentRecord` and an
 //! `alive/<agent_id>` key in one transaction. Heartbeats move the agent's deadline in memory ([`liveness`]) and
@@ -10,8 +17,15 @@
 //! the registry gives every agent whose `alive` key it finds a full timeout. Run one registry per cluster: two
 //! would each judge only the heartbeats they receive.
 
+pub mod error;
 pub mod grpc;
 pub mod liveness;
+mod metrics;
+pub mod registry;
+pub mod sweeper;
+
+pub use error::Error;
+pub use registry::Registry;
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,21 +55,19 @@ pub struct Config {
     pub agent_timeout: Duration,
 }
 
-/// A failure that stops the service.
-pub use allot_server::ServiceError as Error;
-
 /// Runs the registry on `listener` until `shutdown` resolves.
 ///
 /// # Errors
-/// [`Error::Store`] if etcd cannot be reached or read at start; [`Error::Transport`] if the server fails.
+/// [`allot_server::ServiceError::Store`] if etcd cannot be reached or read at start;
+/// [`allot_server::ServiceError::Transport`] if the server fails.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) -> Result<(), allot_server::ServiceError> {
     let store = config.etcd.connect().await?;
     let _metrics = config.metrics.serve().await?;
-    let service = grpc::RegistryService::start(store, config.agent_timeout).await?;
+    let service = grpc::RegistryService(Registry::start(store, config.agent_timeout).await?);
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving");
     let router = allot_server::grpc::server()
         .add_service(allot_server::grpc::health().await)

@@ -78,7 +78,7 @@ pub const DEFAULT_ROOT: &str = "/allot/v1";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// etcd could not be reached or refused the request.
-    #[error("etcd: {0}")]
+    #[error("etcd unavailable: {0}")]
     Etcd(#[from] etcd_client::Error),
     /// A stored value is not the protobuf message expected at its key.
     #[error("corrupt value at {key}: {source}")]
@@ -89,21 +89,19 @@ pub enum StoreError {
         source: prost::DecodeError,
     },
     /// A transaction of a [`GroupCommit`] failed; every request in it gets the same error, as text.
-    #[error("etcd: {0}")]
+    #[error("etcd unavailable: {0}")]
     Grouped(String),
     /// A write of a fenced store (see [`Store::fence`]) was refused: this replica is no longer the leader.
     #[error("not the leader any more: the write is fenced off (another replica was elected)")]
     Fenced,
 }
 
-impl From<StoreError> for tonic::Status {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Etcd(e) => tonic::Status::unavailable(format!("etcd unavailable: {e}")),
-            StoreError::Grouped(e) => tonic::Status::unavailable(format!("etcd unavailable: {e}")),
-            e @ StoreError::Fenced => tonic::Status::unavailable(e.to_string()),
-            e @ StoreError::Decode { .. } => tonic::Status::internal(e.to_string()),
-        }
+impl StoreError {
+    /// Whether the value read is corrupt (a bug or a foreign writer), as opposed to etcd being unavailable or
+    /// this replica fenced off, which a retry or another replica can cure. Services map the first to
+    /// `INTERNAL` and the rest to `UNAVAILABLE`.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Decode { .. })
     }
 }
 

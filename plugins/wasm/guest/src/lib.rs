@@ -37,7 +37,7 @@ impl<P: Policy + Default> Guest for Export<P> {
     }
 
     fn allocate(s: wit::Snapshot) -> Result<wit::Grants, String> {
-        let snap = view_of(&s)?.to_snapshot()?;
+        let snap = view_of(&s)?.to_snapshot().map_err(|e| e.to_string())?;
         let grants = P::default().allocate(&snap);
         if let Some(g) = grants.iter().find(|g| snap.names(g).is_none()) {
             return Err(format!(
@@ -60,7 +60,7 @@ impl<P: IndexedPolicy + Default> Guest for ExportIndexed<P> {
 
     fn allocate(s: wit::Snapshot) -> Result<wit::Grants, String> {
         let view = view_of(&s)?;
-        view.check()?;
+        view.check().map_err(|e| e.to_string())?;
         Ok(wit_grants(P::default().allocate_indexed(&view)))
     }
 }

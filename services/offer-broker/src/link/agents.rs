@@ -1,0 +1,138 @@
+//! The broker's link to agents: launches, kills, reconciliation and acknowledgements, each to an agent's (or
+//! a simulator's) address, over one cached channel per address.
+
+use crate::error::Error;
+use allot_common::grpc::Channel;
+use allot_proto::agent::{
+    AcknowledgeStatusUpdatesRequest, KillTaskRequest, LaunchTasksRequest, ReconcileTasksRequest,
+    ReconcileTasksResponse, StatusUpdateAcknowledgement, agent_client::AgentClient,
+};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long the broker waits for an agent to answer a launch (`Agent.LaunchTasks`); an agent that has not
+/// answered by then is treated like one that could not be reached: the tasks become TASK_LOST.
+pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a KILL ended at the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Killed {
+    /// The agent is killing the task (its updates follow).
+    Killing,
+    /// The agent does not know the task (its message says why): the broker reports it TASK_LOST.
+    Unknown(String),
+}
+
+/// Clients of the agents, one per address, made on first use.
+#[derive(Default)]
+pub struct AgentLink {
+    clients: Mutex<HashMap<String, AgentClient<Channel>>>,
+}
+
+impl AgentLink {
+    /// A client for the agent (or simulator) at `addr`, made once and cached; `None` for an address that
+    /// is not a valid URI.
+    pub fn client(&self, addr: &str) -> Option<AgentClient<Channel>> {
+        let mut clients = self.clients.lock().expect("agent clients poisoned");
+        if let Some(c) = clients.get(addr) {
+            return Some(c.clone());
+        }
+        let c = AgentClient::new(allot_common::grpc::channel(addr).ok()?)
+            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
+        clients.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
+
+    /// Launches `req` on agent `agent_id` at `addr`, waiting at most [`LAUNCH_TIMEOUT`] for its answer.
+    ///
+    /// # Errors
+    /// [`Error::UnknownAgent`] without an address; [`Error::Agent`] if the agent cannot be reached, refuses
+    /// or does not answer in time.
+    pub async fn launch(
+        &self,
+        agent_id: &str,
+        addr: Option<&str>,
+        req: LaunchTasksRequest,
+    ) -> Result<(), Error> {
+        let mut c = addr
+            .and_then(|a| self.client(a))
+            .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
+        let failed = |message: String| Error::Agent {
+            agent: agent_id.to_string(),
+            message,
+        };
+        match tokio::time::timeout(LAUNCH_TIMEOUT, c.launch_tasks(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(failed(s.message().to_string())),
+            Err(_) => Err(failed("the agent did not answer".into())),
+        }
+    }
+
+    /// Asks agent `agent_id` at `addr` to kill task `task` of `fw`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownAgent`] without an address; [`Error::Agent`] if the agent cannot be reached or fails.
+    pub async fn kill(
+        &self,
+        agent_id: &str,
+        addr: Option<&str>,
+        fw: &str,
+        task: &str,
+    ) -> Result<Killed, Error> {
+        let mut c = addr
+            .and_then(|a| self.client(a))
+            .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
+        let req = KillTaskRequest {
+            framework_id: fw.to_string(),
+            task_id: task.to_string(),
+        };
+        match c.kill_task(req).await {
+            Ok(_) => Ok(Killed::Killing),
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(Killed::Unknown(e.message().into())),
+            Err(e) => Err(Error::Agent {
+                agent: agent_id.to_string(),
+                message: e.message().to_string(),
+            }),
+        }
+    }
+
+    /// Asks the agent (or simulator) at `addr` what it knows of the tasks of `req`, trying up to six times
+    /// with backoff; `None` if it never answered.
+    pub async fn reconcile(
+        &self,
+        addr: &str,
+        req: ReconcileTasksRequest,
+    ) -> Option<ReconcileTasksResponse> {
+        let client = self.client(addr)?;
+        let mut delays = allot_common::retry_delays(Duration::from_millis(200));
+        for _ in 0..6 {
+            match client.clone().reconcile_tasks(req.clone()).await {
+                Ok(r) => return Some(r.into_inner()),
+                Err(e) => {
+                    tracing::debug!(agent = %addr, error = %e.message(), "reconciliation failed; retrying");
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                }
+            }
+        }
+        None
+    }
+
+    /// Passes `acknowledgements` on to the agent (or simulator) at `addr`, without waiting. A call that fails
+    /// is not retried: the agent re-sends the update and hears the acknowledgement again.
+    pub fn acknowledge(&self, addr: &str, acknowledgements: Vec<StatusUpdateAcknowledgement>) {
+        let Some(mut client) = self.client(addr) else {
+            return;
+        };
+        let addr = addr.to_string();
+        tokio::spawn(async move {
+            let n = acknowledgements.len();
+            if let Err(e) = client
+                .acknowledge_status_updates(AcknowledgeStatusUpdatesRequest { acknowledgements })
+                .await
+            {
+                tracing::debug!(agent = %addr, acknowledgements = n, error = %e.message(), "cannot pass acknowledgements on; the agent will re-send");
+            }
+        });
+    }
+}

@@ -1,0 +1,331 @@
+//! Offers: from the allocator's grants to the frameworks' ACCEPT and DECLINE.
+//!
+//! The broker subscribes to the leading allocator's decision stream. A grant of an agent to a connected
+//! framework becomes an offer on its event stream (OFFERS); a grant it cannot offer goes straight back. A
+//! rescind from the allocator (the agent went away) withdraws the offer (RESCIND). A new allocator session
+//! knows no offers: every outstanding one is rescinded and every connected framework activated again.
+//!
+//! ACCEPT with LAUNCH operations: validate everything (offers, agent, task IDs, commands, resources,
+//! overcommit) before anything changes; take the offers (a concurrent rescind wins); write the tasks as
+//! TASK_STAGING (one etcd transaction, shared with concurrent ACCEPTs by a group commit); return the unused
+//! rest of the offers to the allocator with the framework's filter, together with the launched tasks, and wait
+//! for its answer (so that it knows of a task before the task can end); then launch on the agent. A task is
+//! launched at most once: the offers leave the book before the tasks are persisted, and a second ACCEPT of the
+//! same offer is refused. DECLINE returns the offers with the filter (`refuse_seconds`, Mesos' default 5 s).
+
+use crate::broker::{Broker, span_failed};
+use crate::error::Error;
+use crate::metrics::M;
+use crate::state::{OfferEntry, TaskKey, refuse_of, staging_record, tag_reservations, task_key};
+use crate::validate::{ValidTask, validate_launch};
+use allot_common::convert::resources_from_proto;
+use allot_proto::agent::LaunchTasksRequest;
+use allot_proto::allocator::{LaunchedTask, allocator_event};
+use allot_proto::common::{TaskInfo, TaskState};
+use allot_proto::scheduler::{self as pb, event};
+use allot_telemetry::propagation;
+use allot_telemetry::propagation::SpanContext;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument as _;
+
+/// Mesos' default `refuse_seconds` when a DECLINE or ACCEPT carries no filters.
+pub const DEFAULT_REFUSE_SECONDS: f64 = 5.0;
+
+impl Broker {
+    /// Follows the leading allocator's decision stream for as long as the broker leads, subscribing again
+    /// (to the leader, which a standby names) whenever it ends.
+    pub(crate) async fn follow_allocator(self: Arc<Self>) {
+        loop {
+            match self.allocator.subscribe().await {
+                Ok(mut stream) => {
+                    tracing::info!("subscribed to the allocator");
+                    self.new_allocator_session().await;
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(ev)) => self.on_allocator_event(ev.event).await,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "allocator stream failed");
+                                self.allocator.replicas().failed(&e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // A standby names the leader; a replica that cannot be reached is skipped.
+                    self.allocator.replicas().failed(&e);
+                    tracing::warn!(error = %e.message(), allocator = %self.allocator.replicas().current(),
+                        "cannot subscribe to the allocator; retrying")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A new allocator session knows no offers: rescind ours, then tell it who is connected.
+    async fn new_allocator_session(&self) {
+        let (rescinds, active) = {
+            let mut state = self.lock();
+            (state.rescind_all(), state.connected())
+        };
+        M.rescinded.inc_by(rescinds.len() as u64);
+        for (fw, offer_id) in rescinds {
+            self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
+        }
+        for (fw, suppressed) in active {
+            let _ = self.allocator.activate(fw, suppressed).await;
+        }
+    }
+
+    async fn on_allocator_event(&self, ev: Option<allocator_event::Event>) {
+        match ev {
+            Some(allocator_event::Event::Grants(g)) => self.offer(g.grants).await,
+            Some(allocator_event::Event::Rescind(r)) => {
+                let gone = self.lock().rescind(r.offer_ids);
+                M.rescinded.inc_by(gone.len() as u64);
+                for (fw, offer_id) in gone {
+                    self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Turns `grants` into offers on their frameworks' event streams; those that cannot be offered (the
+    /// framework is gone, the agent is not alive or unknown, the resources are malformed) go back to the
+    /// allocator unfiltered.
+    async fn offer(&self, grants: Vec<allot_proto::allocator::Grant>) {
+        let mut unwanted = Vec::new();
+        let mut by_fw: HashMap<String, Vec<pb::Offer>> = HashMap::new();
+        {
+            let mut state = self.lock();
+            for grant in grants {
+                let (Ok(resources), Some(info)) = (
+                    resources_from_proto(&grant.resources),
+                    state.offer_target(&grant.framework_id, &grant.agent_id),
+                ) else {
+                    unwanted.push(grant.offer_id);
+                    continue;
+                };
+                // The offer's span, a child of the allocation cycle that made it; made only when spans are
+                // exported (thousands of offers a cycle would cost for nothing).
+                let span = if allot_telemetry::exporting() {
+                    let span = tracing::info_span!(
+                        "offer",
+                        allot.offer.id = %grant.offer_id,
+                        allot.framework.id = %grant.framework_id,
+                        allot.agent.id = %grant.agent_id,
+                        allot.cycle = grant.cycle,
+                    );
+                    propagation::set_parent_from_map(&span, &grant.trace_context);
+                    propagation::span_context_of(&span)
+                } else {
+                    SpanContext::empty_context()
+                };
+                let offer = pb::Offer {
+                    offer_id: grant.offer_id.clone(),
+                    framework_id: grant.framework_id.clone(),
+                    agent_id: grant.agent_id,
+                    hostname: info.hostname,
+                    resources: grant.resources,
+                    attributes: info.attributes,
+                };
+                state.offers.insert(
+                    grant.offer_id,
+                    OfferEntry {
+                        offer: offer.clone(),
+                        resources,
+                        span,
+                    },
+                );
+                by_fw.entry(grant.framework_id).or_default().push(offer);
+            }
+        }
+        for (fw, offers) in by_fw {
+            tracing::debug!(framework = %fw, offers = offers.len(), "sending offers");
+            let n = offers.len() as u64;
+            let ids: Vec<String> = offers.iter().map(|o| o.offer_id.clone()).collect();
+            if self.send(&fw, event::Event::Offers(pb::Offers { offers })) {
+                M.offers.inc_by(n);
+            } else {
+                unwanted.extend(self.lock().take_offers(ids));
+            }
+        }
+        // The full refresh (which counts every task) runs on heartbeats; here only the offers.
+        M.outstanding.set(self.lock().offers.len() as f64);
+        if !unwanted.is_empty() {
+            self.allocator.recover(unwanted, 0.0, Vec::new()).await;
+        }
+    }
+
+    /// ACCEPT with LAUNCH operations of `tasks` on the offers `offer_ids`, filtering the agent for
+    /// `refuse_seconds` (default [`DEFAULT_REFUSE_SECONDS`]) afterwards. Returns the number of tasks launched.
+    ///
+    /// # Errors
+    /// [`Error::NotSubscribed`] or [`Error::TornDown`]; [`Error::UnknownOffer`] or [`Error::Rescinded`] for
+    /// an unknown or rescinded offer; [`Error::Invalid`] for a bad launch (see [`validate_launch`]) or filter;
+    /// [`Error::Store`] if etcd cannot persist the tasks. On any error nothing is launched; after a failed
+    /// write the offers go back to the allocator.
+    #[tracing::instrument(
+        name = "accept",
+        skip_all,
+        fields(
+            allot.framework.id = %fw,
+            allot.offers = offer_ids.len(),
+            allot.offer.ids = %offer_ids.join(","),
+            allot.tasks = tasks.len(),
+            allot.task.ids = %tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>().join(","),
+            allot.agent.id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    )]
+    pub async fn accept(
+        self: &Arc<Self>,
+        fw: &str,
+        offer_ids: Vec<String>,
+        tasks: Vec<TaskInfo>,
+        refuse_seconds: Option<f64>,
+    ) -> Result<usize, Error> {
+        let (agent_id, refuse, taken, mut valid) = self
+            .take_for_accept(fw, &offer_ids, tasks, refuse_seconds)
+            .inspect_err(span_failed)?;
+        // The ACCEPT's trace names the offers it used, and through them the allocation cycle that made them.
+        let span = tracing::Span::current();
+        for o in &taken {
+            propagation::link(&span, &o.span);
+        }
+        M.accepted.inc_by(taken.len() as u64);
+        tag_reservations(&taken, &mut valid);
+        let now = allot_common::now_secs();
+        let records: Vec<_> = valid
+            .iter()
+            .map(|v| staging_record(fw, &agent_id, v.info.clone(), now))
+            .collect();
+        let encoded = records
+            .iter()
+            .map(|r| {
+                let (fw, task) = task_key(r);
+                (
+                    self.store.task_key(&fw, &task),
+                    prost::Message::encode_to_vec(r),
+                )
+            })
+            .collect();
+        if let Err(e) = self.staging.put_all(encoded).await {
+            tracing::warn!(error = %e, "cannot persist launched tasks; the offers are restored");
+            // Restore nothing we cannot vouch for: the offers go back to the allocator unfiltered.
+            self.allocator.recover(offer_ids, 0.0, Vec::new()).await;
+            let e = Error::from(e);
+            span_failed(&e);
+            return Err(e);
+        }
+        self.lock().add_staged(records);
+        let launched: Vec<LaunchedTask> = valid
+            .iter()
+            .map(|v| LaunchedTask {
+                framework_id: fw.to_string(),
+                task_id: v.info.task_id.clone(),
+                agent_id: agent_id.clone(),
+                resources: v.info.resources.clone(),
+            })
+            .collect();
+        self.allocator.recover(offer_ids, refuse, launched).await;
+        let n = valid.len();
+        M.launched.inc_by(n as u64);
+        if n > 0 {
+            let me = self.clone();
+            let fw = fw.to_string();
+            let span = tracing::info_span!(
+                "launch",
+                allot.framework.id = %fw,
+                allot.agent.id = %agent_id,
+                allot.tasks = n,
+                otel.status_code = tracing::field::Empty,
+            );
+            tokio::spawn(async move { me.launch(&fw, &agent_id, valid).await }.instrument(span));
+        }
+        Ok(n)
+    }
+
+    /// The checks of an ACCEPT, then the offers taken, under one lock: returns the agent, the filter, the
+    /// offers and the validated tasks.
+    fn take_for_accept(
+        &self,
+        fw: &str,
+        offer_ids: &[String],
+        tasks: Vec<TaskInfo>,
+        refuse_seconds: Option<f64>,
+    ) -> Result<(String, f64, Vec<OfferEntry>, Vec<ValidTask>), Error> {
+        let mut state = self.lock();
+        state.check_subscribed(fw)?;
+        let refuse = refuse_of(refuse_seconds, DEFAULT_REFUSE_SECONDS)?;
+        let (agent_id, offered) = state.check_offers(fw, offer_ids)?;
+        tracing::Span::current().record("allot.agent.id", agent_id.as_str());
+        let valid = validate_launch(&agent_id, &offered, tasks, |id| state.is_live_task(fw, id))?;
+        let taken = state.take_offers_for_accept(offer_ids)?;
+        Ok((agent_id, refuse, taken, valid))
+    }
+
+    /// Launches `tasks` of `fw` on `agent_id`; if the agent cannot be reached or does not answer within
+    /// [`LAUNCH_TIMEOUT`](crate::link::agents::LAUNCH_TIMEOUT), the tasks become TASK_LOST.
+    async fn launch(self: Arc<Self>, fw: &str, agent_id: &str, tasks: Vec<ValidTask>) {
+        let info = self
+            .lock()
+            .frameworks
+            .get(fw)
+            .and_then(|f| f.record.info.clone());
+        let keys: Vec<TaskKey> = tasks
+            .iter()
+            .map(|t| (fw.to_string(), t.info.task_id.clone()))
+            .collect();
+        let req = LaunchTasksRequest {
+            framework_id: fw.to_string(),
+            framework_info: info,
+            tasks: tasks.into_iter().map(|t| t.info).collect(),
+        };
+        let addr = self.agent_address(agent_id).await;
+        if let Err(e) = self.agents.launch(agent_id, addr.as_deref(), req).await {
+            tracing::Span::current().record("otel.status_code", "ERROR");
+            let why = match &e {
+                Error::Agent { message, .. } => message.clone(),
+                e => e.to_string(),
+            };
+            tracing::warn!(agent = %agent_id, error = %why, "launch failed");
+            self.master_updates(
+                &keys,
+                TaskState::TaskLost,
+                "REASON_AGENT_UNREACHABLE",
+                &format!("launch on agent {agent_id} failed: {why}"),
+            )
+            .await;
+        }
+        self.lock().launched(&keys);
+    }
+
+    /// DECLINE of `offer_ids`, filtering their agent for `refuse_seconds` (default
+    /// [`DEFAULT_REFUSE_SECONDS`]).
+    ///
+    /// # Errors
+    /// [`Error::NotSubscribed`] or [`Error::TornDown`]; [`Error::UnknownOffer`]; [`Error::Invalid`] for no
+    /// offers or a bad filter.
+    pub async fn decline(
+        &self,
+        fw: &str,
+        offer_ids: Vec<String>,
+        refuse_seconds: Option<f64>,
+    ) -> Result<(), Error> {
+        let taken = {
+            let mut state = self.lock();
+            state.check_subscribed(fw)?;
+            let refuse = refuse_of(refuse_seconds, DEFAULT_REFUSE_SECONDS)?;
+            state.check_offers_owned(fw, &offer_ids)?;
+            (state.take_offers(offer_ids), refuse)
+        };
+        M.declined.inc_by(taken.0.len() as u64);
+        self.allocator.recover(taken.0, taken.1, Vec::new()).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! Status updates and the acknowledgement protocol.
+//!
+//! Updates are at least once and in order per task, end to end. An agent's status update manager checkpoints
+//! each update of a task and keeps its oldest unacknowledged one in flight, re-sending it until the
+//! framework's acknowledgement comes back through the broker (Mesos' status update manager). The broker's
+//! part:
+//!
+//! 1. **Receive** (`Agent -> StatusUpdates.Update/UpdateBatch`): the update takes effect in memory at once
+//!    ([`State::apply_updates`](crate::state::State::apply_updates)) and is forwarded to the framework as an
+//!    UPDATE; a terminal one frees the task's resources in the allocator at once (`TasksEnded`). Nothing is
+//!    written yet.
+//! 2. **Acknowledge** (`Scheduler.Acknowledge`): the framework's acknowledgement also takes effect in memory
+//!    at once.
+//! 3. **Flush**, every [`FLUSH_INTERVAL`]: each task whose terminal update is acknowledged is written, state
+//!    and acknowledgement in one record, and only then is the acknowledgement passed on to the agent
+//!    (`Agent.AcknowledgeStatusUpdates`), which may then send the task's next update. An acknowledged
+//!    intermediate state (TASK_STARTING, TASK_RUNNING) is not written at all: its acknowledgement goes to the
+//!    agent, which remembers it and tells a restarted broker (`Agent.ReconcileTasks`). An update still
+//!    unacknowledged after [`UNACKNOWLEDGED_WRITE_DELAY`] is written as it is (so that etcd, and an allocator
+//!    restarted from it, catch up with a framework that stopped acknowledging).
+//!
+//! So a task costs etcd two writes (TASK_STAGING at the ACCEPT, its acknowledged end), and a broker that dies
+//! loses nothing that etcd or an agent does not still hold: every acknowledged update is in etcd or on its
+//! agent. Unacknowledged updates go to their framework again on every heartbeat and on re-subscription.
+//!
+//! Updates the broker makes itself (TASK_LOST, TASK_UNREACHABLE, reconciliation) have no agent to keep them:
+//! they are written before they are forwarded ([`Broker::master_updates`]), retried until etcd takes them.
+//! Task records are written from memory by one writer at a time (`task_writes`), so an older snapshot of a
+//! task never overwrites a newer one.
+
+use crate::broker::Broker;
+use crate::error::Error;
+use crate::metrics::M;
+use crate::state::{TaskKey, agent_ack};
+use allot_proto::agent::StatusUpdateAcknowledgement;
+use allot_proto::common::{TaskState, TaskStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often acknowledged updates reach etcd and agents (see the module documentation).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long an update may wait for its framework's acknowledgement before it is written to etcd anyway. An
+/// acknowledgement within this time costs no second write.
+pub const UNACKNOWLEDGED_WRITE_DELAY: Duration = Duration::from_secs(5);
+
+impl Broker {
+    /// A status update from an agent: forwarded to its framework at once and written to etcd lazily (see the
+    /// module documentation). A repeat of an update already recorded as acknowledged is acknowledged to the
+    /// agent again; a repeat of an unacknowledged one is dropped (the broker's heartbeats re-send
+    /// unacknowledged updates to the framework); an update for an unknown task or after a terminal state is
+    /// acknowledged to the agent and dropped (with a warning for unknown tasks).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an update without IDs.
+    pub fn status_update(&self, status: TaskStatus, sandbox: Option<String>) -> Result<(), Error> {
+        if status.task_id.is_empty() || status.framework_id.is_empty() {
+            return Err(Error::Invalid(
+                "a status update needs task_id and framework_id".into(),
+            ));
+        }
+        let span = allot_common::status_update_span(&status, "internal");
+        let _entered = span.enter();
+        self.receive_updates(vec![(status, sandbox)]);
+        Ok(())
+    }
+
+    /// A batch of status updates (each with its sandbox) from one agent, in order, each handled as by
+    /// [`Broker::status_update`]. Updates without IDs are dropped with a warning.
+    pub fn status_updates(&self, updates: Vec<(TaskStatus, String)>) {
+        let updates: Vec<(TaskStatus, Option<String>)> = updates
+            .into_iter()
+            .filter(|(s, _)| {
+                let ok = !s.task_id.is_empty() && !s.framework_id.is_empty();
+                if !ok {
+                    tracing::warn!(task = %s.task_id, framework = %s.framework_id, "status update without task_id or framework_id dropped");
+                }
+                ok
+            })
+            .map(|(s, sandbox)| (s, Some(sandbox)))
+            .collect();
+        let span = tracing::info_span!("status updates", allot.updates = updates.len());
+        let _entered = span.enter();
+        self.receive_updates(updates);
+    }
+
+    /// Applies agents' `updates` in memory, marks their tasks for the next flush and forwards them.
+    fn receive_updates(&self, updates: Vec<(TaskStatus, Option<String>)>) {
+        let applied = self
+            .lock()
+            .apply_updates(updates, allot_common::new_status_uuid);
+        for status in &applied.forward {
+            M.updates
+                .with_label_values(&[status.state().as_str_name()])
+                .inc();
+            tracing::debug!(framework = %status.framework_id, task = %status.task_id,
+                state = status.state().as_str_name(), "status update");
+        }
+        tracing::debug!(updates = applied.forward.len(), "status updates received");
+        self.send_updates(applied.forward);
+        self.allocator.tell_ended(applied.ended);
+    }
+
+    /// ACKNOWLEDGE: the framework has seen the updates `(task_id, uuid)` of `acks`. Takes effect in memory at
+    /// once and reaches etcd, then the agent, with the next flush. An acknowledgement of an update that is not
+    /// the task's latest is ignored.
+    ///
+    /// # Errors
+    /// [`Error::NotSubscribed`] or [`Error::TornDown`]; [`Error::UnknownTask`] if any task is unknown
+    /// (nothing is acknowledged then).
+    pub fn acknowledge(&self, fw: &str, acks: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
+        let mut state = self.lock();
+        state.check_subscribed(fw)?;
+        state.acknowledge(fw, acks)
+    }
+
+    /// Flushes every [`FLUSH_INTERVAL`] until aborted.
+    pub(crate) async fn flush(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_once().await;
+        }
+    }
+
+    /// Writes the tasks that are due (see [`State::take_due`](crate::state::State::take_due)) in as few
+    /// transactions as fit, then passes the acknowledgements now recorded in etcd on to their agents. On an
+    /// etcd error the tasks stay due for the next flush and their agents hear nothing (they re-send).
+    pub async fn flush_once(&self) {
+        let writes = self.task_writes.lock().await;
+        // Each record due is encoded where it lies (no clone of the record), with the task's key and, when the
+        // framework has acknowledged it, the acknowledgement to pass on once it is written.
+        let mut encoded: allot_server::store::Encoded = Vec::new();
+        let mut written: Vec<(TaskKey, Option<StatusUpdateAcknowledgement>)> = Vec::new();
+        let wait = (UNACKNOWLEDGED_WRITE_DELAY.as_millis() / FLUSH_INTERVAL.as_millis()) as u64;
+        let mut acks = self.lock().take_due(wait, |k, rec| {
+            encoded.push((
+                self.store.task_key(&k.0, &k.1),
+                prost::Message::encode_to_vec(rec),
+            ));
+            let ack = rec
+                .acknowledged
+                .then(|| rec.status.as_ref().and_then(agent_ack))
+                .flatten();
+            written.push((k.clone(), ack));
+        });
+        let mut written = written.into_iter();
+        for (n, result) in self.store.put_chunks(encoded).await {
+            let tasks = written.by_ref().take(n);
+            match result {
+                Ok(_) => acks.extend(tasks.filter_map(|(_, ack)| ack)),
+                Err(e) => {
+                    tracing::warn!(tasks = n, error = %e, "cannot persist task status; retrying");
+                    self.lock().write_failed(tasks.map(|(key, _)| key));
+                }
+            }
+        }
+        // The records are written: passing the acknowledgements on need not hold up other writers.
+        drop(writes);
+        self.send_agent_acks(acks).await;
+    }
+
+    /// Passes acknowledgements on to agents: one call per agent address (a simulator holds many agents).
+    async fn send_agent_acks(&self, acks: Vec<StatusUpdateAcknowledgement>) {
+        if acks.is_empty() {
+            return;
+        }
+        let (by_address, unknown) = self
+            .by_address(acks.into_iter().map(|a| (a.agent_id.clone(), a)).collect())
+            .await;
+        for agent in unknown.keys() {
+            tracing::debug!(%agent, "acknowledgements for an unknown agent dropped");
+        }
+        for (addr, acknowledgements) in by_address {
+            self.agents.acknowledge(&addr, acknowledgements);
+        }
+    }
+
+    /// Status updates that the broker itself makes (source MASTER): `state` for every `(framework, task)` of
+    /// `tasks`, with `reason` and `message`, recorded in one etcd transaction, retried until etcd takes it: a
+    /// decision that cannot be recorded is not made yet (meanwhile etcd keeps the tasks' earlier states, which
+    /// a restarted broker reconciles with their agents).
+    pub(crate) async fn master_updates(
+        &self,
+        tasks: &[TaskKey],
+        state: TaskState,
+        reason: &str,
+        message: &str,
+    ) {
+        if tasks.is_empty() {
+            return;
+        }
+        let updates = self.master_statuses(tasks, state, reason, message);
+        let mut delays = allot_common::retry_delays(Duration::from_millis(200));
+        while let Err(e) = self.record_updates(updates.clone()).await {
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tracing::warn!(tasks = tasks.len(), error = %e, ?delay, "cannot record status updates; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The updates [`Broker::master_updates`] records.
+    pub(crate) fn master_statuses(
+        &self,
+        tasks: &[TaskKey],
+        state: TaskState,
+        reason: &str,
+        message: &str,
+    ) -> Vec<TaskStatus> {
+        self.lock().master_statuses(
+            tasks,
+            (state, reason, message),
+            allot_common::now_secs(),
+            allot_common::new_status_uuid,
+        )
+    }
+
+    /// Records `updates` that the broker makes itself in etcd, then forwards each to its framework. Updates
+    /// for unknown tasks and after a terminal state are dropped.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if etcd cannot persist them; nothing is recorded or forwarded then.
+    pub(crate) async fn record_updates(&self, updates: Vec<TaskStatus>) -> Result<(), Error> {
+        let _writes = self.task_writes.lock().await;
+        let records = self.lock().own_update_records(updates);
+        let keyed: Vec<(String, _)> = records
+            .into_iter()
+            .map(|rec| {
+                let task = rec.task.as_ref().map_or("", |t| t.task_id.as_str());
+                (self.store.task_key(&rec.framework_id, task), rec)
+            })
+            .collect();
+        self.store.put_chunked(&keyed).await?;
+        let statuses: Vec<TaskStatus> = keyed
+            .iter()
+            .filter_map(|(_, rec)| rec.status.clone())
+            .collect();
+        self.lock()
+            .put_records(keyed.into_iter().map(|(_, rec)| rec));
+        for status in &statuses {
+            M.updates
+                .with_label_values(&[status.state().as_str_name()])
+                .inc();
+        }
+        self.send_updates(statuses);
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! The registry's flows: agent registration, heartbeats and unregistration, the agent list, and roles.
+//!
+//! Agent liveness is a [`Liveness`] table in memory; etcd holds only its transitions (the `alive/<agent_id>`
+//! keys), written by registration and deleted by the [`sweeper`](crate::sweeper), which runs as long as the
+//! [`Registry`] exists.
+
+use crate::error::Error;
+use crate::liveness::Liveness;
+use crate::metrics::M;
+use allot_common::convert::resources_from_proto;
+use allot_proto::common::{AgentInfo, AgentRecord, Role};
+use allot_server::Store;
+use allot_server::store::{Kind, StoreError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// An agent admitted by [`Registry::register_agent`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    /// Its AgentID: the one it asked for (a re-registration), or a new one.
+    pub agent_id: String,
+    /// How often it should heartbeat, in seconds: a third of the agent timeout, at least 0.2.
+    pub heartbeat_interval: f64,
+    /// How long it may go without a heartbeat before it is unreachable, in seconds.
+    pub agent_timeout: f64,
+}
+
+/// The registry: agents, their liveness, and roles.
+pub struct Registry {
+    store: Store,
+    agent_timeout: Duration,
+    liveness: Arc<Mutex<Liveness>>,
+    _sweeper: allot_common::AbortOnDrop,
+}
+
+impl Registry {
+    /// A registry over `store` whose agents time out after `agent_timeout` without a heartbeat. Every agent
+    /// that etcd lists as alive is admitted with a full timeout from now (a restarted registry does not judge
+    /// agents by heartbeats it never saw). Starts the sweeper on the current Tokio runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`] if the `alive` keys cannot be read.
+    pub async fn start(store: Store, agent_timeout: Duration) -> Result<Self, StoreError> {
+        let mut liveness = Liveness::new(agent_timeout);
+        let now = Instant::now();
+        for (key, revision) in store.keys(&store.prefix(Kind::Alive)).await? {
+            liveness.admit(store.id_of(Kind::Alive, &key).to_string(), revision, now);
+        }
+        if !liveness.is_empty() {
+            tracing::info!(
+                agents = liveness.len(),
+                ?agent_timeout,
+                "agents found alive; each gets a full timeout"
+            );
+        }
+        M.reachable.set(liveness.len() as f64);
+        let liveness = Arc::new(Mutex::new(liveness));
+        let sweeper = tokio::spawn(crate::sweeper::sweep_forever(
+            store.clone(),
+            liveness.clone(),
+            crate::sweeper::period(agent_timeout),
+        ));
+        Ok(Self {
+            store,
+            agent_timeout,
+            liveness,
+            _sweeper: allot_common::AbortOnDrop(sweeper),
+        })
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().expect("liveness poisoned")
+    }
+
+    /// Registers an agent described by `info`, as `agent_id` when it has one (a restarted agent re-registers
+    /// with its checkpointed ID) or under a new ID. Its record and its `alive` key are written in one
+    /// transaction, and its heartbeat deadline starts now.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an empty address, empty or malformed resources, or a malformed `agent_id`;
+    /// [`Error::Store`] if etcd cannot record it.
+    pub async fn register_agent(
+        &self,
+        mut info: AgentInfo,
+        agent_id: String,
+    ) -> Result<Registered, Error> {
+        if info.address.is_empty() {
+            return Err(Error::Invalid(
+                "AgentInfo.address (host:port) is empty".into(),
+            ));
+        }
+        let resources = resources_from_proto(&info.resources)
+            .map_err(|e| Error::Invalid(format!("AgentInfo.resources: {e}")))?;
+        if resources.is_empty() {
+            return Err(Error::Invalid("AgentInfo.resources is empty".into()));
+        }
+        if info.hostname.is_empty() {
+            info.hostname = info
+                .address
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+        let agent_id = if agent_id.is_empty() {
+            allot_common::new_id("agent")
+        } else if allot_common::valid_id(&agent_id) {
+            agent_id
+        } else {
+            return Err(Error::Invalid(format!(
+                "agent_id '{agent_id}' must be 1-128 characters of [A-Za-z0-9._-]"
+            )));
+        };
+        let record = AgentRecord {
+            agent_id: agent_id.clone(),
+            info: Some(info),
+            registered_at_ms: allot_common::now_ms(),
+        };
+        // The record and the liveness key in one transaction: watchers see both at one revision, which is
+        // the revision the sweeper later deletes the liveness key at. A re-registration rewrites both.
+        let revision = self
+            .store
+            .put_all_encoded(vec![
+                (
+                    self.store.key(Kind::Agents, &agent_id),
+                    prost::Message::encode_to_vec(&record),
+                ),
+                (
+                    self.store.key(Kind::Alive, &agent_id),
+                    record.registered_at_ms.to_string().into_bytes(),
+                ),
+            ])
+            .await?;
+        self.liveness()
+            .admit(agent_id.clone(), revision, Instant::now());
+        tracing::info!(%agent_id, address = %record.info.as_ref().map(|i| i.address.as_str()).unwrap_or(""), %resources, "agent registered");
+        Ok(Registered {
+            agent_id,
+            heartbeat_interval: (self.agent_timeout.as_secs_f64() / 3.0).max(0.2),
+            agent_timeout: self.agent_timeout.as_secs_f64(),
+        })
+    }
+
+    /// A heartbeat of `agent_id`: moves its deadline (in memory; no etcd write).
+    ///
+    /// # Errors
+    /// [`Error::NotRegistered`] if the agent is not registered or already timed out.
+    pub fn heartbeat(&self, agent_id: &str) -> Result<(), Error> {
+        if self.liveness().heartbeat(agent_id, Instant::now()) {
+            Ok(())
+        } else {
+            Err(Error::NotRegistered(agent_id.to_string()))
+        }
+    }
+
+    /// Unregisters `agent_id` (an agent that stops for good): its `alive` key goes, then its deadline.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if etcd cannot delete the key; the agent then stays and times out like any other.
+    pub async fn unregister_agent(&self, agent_id: &str) -> Result<(), Error> {
+        self.store
+            .delete(&self.store.key(Kind::Alive, agent_id))
+            .await?;
+        self.liveness().forget(agent_id);
+        tracing::info!(%agent_id, "agent unregistered");
+        Ok(())
+    }
+
+    /// Every registered agent with whether it is reachable (the registry's own judgement, which the `alive`
+    /// keys publish).
+    ///
+    /// # Errors
+    /// [`Error::Store`] if etcd cannot be read.
+    pub async fn agents(&self) -> Result<Vec<(AgentRecord, bool)>, Error> {
+        let (records, _) = self
+            .store
+            .list::<AgentRecord>(&self.store.prefix(Kind::Agents))
+            .await?;
+        let liveness = self.liveness();
+        Ok(records
+            .into_iter()
+            .map(|(_, record)| {
+                let reachable = liveness.is_admitted(&record.agent_id);
+                (record, reachable)
+            })
+            .collect())
+    }
+
+    /// Creates or replaces `role` (weight, quota limit).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad name, a weight that is not a positive number, or a malformed quota limit;
+    /// [`Error::Store`] if etcd cannot record it.
+    pub async fn set_role(&self, role: Role) -> Result<(), Error> {
+        check_role(&role)?;
+        self.store
+            .put(&self.store.key(Kind::Roles, &role.name), &role, None)
+            .await?;
+        tracing::info!(role = %role.name, weight = role.weight, "role set");
+        Ok(())
+    }
+
+    /// Every role etcd records.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if etcd cannot be read.
+    pub async fn roles(&self) -> Result<Vec<Role>, Error> {
+        let (roles, _) = self
+            .store
+            .list::<Role>(&self.store.prefix(Kind::Roles))
+            .await?;
+        Ok(roles.into_iter().map(|(_, r)| r).collect())
+    }
+}
+
+/// Checks a role before it is stored.
+///
+/// # Errors
+/// [`Error::Invalid`] naming what is wrong.
+fn check_role(role: &Role) -> Result<(), Error> {
+    if !allot_common::valid_role(&role.name) {
+        return Err(Error::Invalid(format!(
+            "role name '{}' is invalid",
+            role.name
+        )));
+    }
+    if !(role.weight.is_finite() && role.weight > 0.0) {
+        return Err(Error::Invalid(format!(
+            "role weight must be a positive number, got {}",
+            role.weight
+        )));
+    }
+    resources_from_proto(&role.quota_limit)
+        .map_err(|e| Error::Invalid(format!("quota_limit: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_checked_before_they_are_stored() {
+        let role = |name: &str, weight: f64| Role {
+            name: name.into(),
+            weight,
+            ..Default::default()
+        };
+        assert!(check_role(&role("analytics", 2.0)).is_ok());
+        for (bad, what) in [
+            (role("", 1.0), "name"),
+            (role("a/b", 1.0), "name"),
+            (role("r", 0.0), "weight"),
+            (role("r", f64::NAN), "weight"),
+        ] {
+            let e = check_role(&bad).unwrap_err();
+            assert!(matches!(&e, Error::Invalid(m) if m.contains(what)), "{e}");
+        }
+    }
+}
