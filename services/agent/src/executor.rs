@@ -136,7 +136,7 @@ fn recorded_exit(checkpoint: &Path) -> Option<Exit> {
 /// The task's final update. `note` is appended to the message (e.g. that the agent was down).
 fn final_status(
     l: &Launch,
-    exit: Result<Exit, String>,
+    exit: std::io::Result<Exit>,
     killed: bool,
     oom: bool,
     note: &str,
@@ -338,13 +338,11 @@ pub async fn run_task(
             }
         }
     };
-    let exit = exit
-        .map(|s| match (s.code(), s.signal()) {
-            (Some(c), _) => Exit::Code(c),
-            (None, Some(sig)) => Exit::Signal(sig),
-            (None, None) => Exit::Unknown,
-        })
-        .map_err(|e| e.to_string());
+    let exit = exit.map(|s| match (s.code(), s.signal()) {
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(sig)) => Exit::Signal(sig),
+        (None, None) => Exit::Unknown,
+    });
     finish(&l, pgid, iso, exit, killed, &updates);
 }
 
@@ -354,7 +352,7 @@ fn finish(
     l: &Launch,
     pgid: Pid,
     iso: TaskIsolation,
-    exit: Result<Exit, String>,
+    exit: std::io::Result<Exit>,
     killed: bool,
     updates: &mpsc::UnboundedSender<TaskStatus>,
 ) {

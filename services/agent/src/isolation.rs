@@ -6,6 +6,7 @@
 //! limited (`RLIMIT_AS`, which also counts address space reserved but never used: a fallback, not a match for
 //! cgroups).
 
+use cgroups_rs::fs::error::Error as CgroupError;
 use cgroups_rs::fs::{Cgroup, cgroup_builder::CgroupBuilder, hierarchies, memory::MemController};
 use std::path::Path;
 
@@ -39,9 +40,25 @@ pub enum Isolator {
 /// Why isolation could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum IsolationError {
-    /// cgroups were required but cannot be created.
+    /// cgroups were required but a probe cgroup cannot be created or removed.
     #[error("cgroups are not usable here: {0}")]
-    Cgroups(String),
+    Cgroups(#[source] CgroupError),
+    /// A task's cgroup cannot be created.
+    #[error("cannot create cgroup {path}: {source}")]
+    Prepare {
+        /// The cgroup's path, relative to each controller's root.
+        path: String,
+        /// What cgroups-rs reported.
+        source: CgroupError,
+    },
+    /// A task's process cannot be moved into its cgroup.
+    #[error("cannot move process {pid} into its cgroup: {source}")]
+    Attach {
+        /// The process.
+        pid: u32,
+        /// What cgroups-rs reported.
+        source: CgroupError,
+    },
 }
 
 /// Chooses the isolator for `mode`; `parent` is the cgroup path for this agent's tasks.
@@ -52,7 +69,7 @@ pub fn detect(mode: Mode, parent: &str) -> Result<Isolator, IsolationError> {
     let prlimit = ["/usr/bin/prlimit", "/bin/prlimit"]
         .into_iter()
         .find(|p| Path::new(p).exists());
-    let try_cgroups = || -> Result<Isolator, String> {
+    let try_cgroups = || -> Result<Isolator, IsolationError> {
         let probe = format!("{parent}/probe");
         let cg = CgroupBuilder::new(&probe)
             .set_specified_controllers(vec!["cpu".into(), "memory".into()])
@@ -60,8 +77,8 @@ pub fn detect(mode: Mode, parent: &str) -> Result<Isolator, IsolationError> {
             .memory_hard_limit(64 << 20)
             .done()
             .build(hierarchies::auto())
-            .map_err(|e| e.to_string())?;
-        cg.delete().map_err(|e| e.to_string())?;
+            .map_err(IsolationError::Cgroups)?;
+        cg.delete().map_err(IsolationError::Cgroups)?;
         Ok(Isolator::Cgroups {
             parent: parent.to_string(),
         })
@@ -71,7 +88,7 @@ pub fn detect(mode: Mode, parent: &str) -> Result<Isolator, IsolationError> {
         Mode::Rlimits => prlimit
             .map(|p| Isolator::Rlimits(p.into()))
             .unwrap_or(Isolator::None),
-        Mode::Cgroups => try_cgroups().map_err(IsolationError::Cgroups)?,
+        Mode::Cgroups => try_cgroups()?,
         Mode::Auto => match try_cgroups() {
             Ok(i) => i,
             Err(e) => {
@@ -97,11 +114,17 @@ impl Isolator {
     /// Prepares isolation for task `task` with `cpus` cores and `mem_mib` MiB (0 means unlimited).
     ///
     /// # Errors
-    /// A message if the task's cgroup cannot be created.
-    pub fn prepare(&self, task: &str, cpus: f64, mem_mib: f64) -> Result<TaskIsolation, String> {
+    /// [`IsolationError::Prepare`] if the task's cgroup cannot be created.
+    pub fn prepare(
+        &self,
+        task: &str,
+        cpus: f64,
+        mem_mib: f64,
+    ) -> Result<TaskIsolation, IsolationError> {
         match self {
             Isolator::Cgroups { parent } => {
-                let mut b = CgroupBuilder::new(&format!("{parent}/{task}"))
+                let path = format!("{parent}/{task}");
+                let mut b = CgroupBuilder::new(&path)
                     .set_specified_controllers(vec!["cpu".into(), "memory".into()]);
                 if mem_mib > 0.0 {
                     let bytes = (mem_mib * 1024.0 * 1024.0) as i64;
@@ -114,7 +137,9 @@ impl Isolator {
                 if cpus > 0.0 {
                     b = b.cpu().shares(((cpus * 1024.0) as u64).max(2)).done();
                 }
-                let cg = b.build(hierarchies::auto()).map_err(|e| e.to_string())?;
+                let cg = b
+                    .build(hierarchies::auto())
+                    .map_err(|source| IsolationError::Prepare { path, source })?;
                 Ok(TaskIsolation::Cgroup(cg))
             }
             Isolator::Rlimits(prlimit) if mem_mib > 0.0 => Ok(TaskIsolation::Prlimit {
@@ -158,12 +183,12 @@ impl TaskIsolation {
     /// Moves process `pid` into the task's cgroup (no-op otherwise).
     ///
     /// # Errors
-    /// A message if the cgroup refuses the process.
-    pub fn attach(&self, pid: u32) -> Result<(), String> {
+    /// [`IsolationError::Attach`] if the cgroup refuses the process.
+    pub fn attach(&self, pid: u32) -> Result<(), IsolationError> {
         match self {
             TaskIsolation::Cgroup(cg) => cg
                 .add_task_by_tgid(cgroups_rs::CgroupPid::from(pid as u64))
-                .map_err(|e| e.to_string()),
+                .map_err(|source| IsolationError::Attach { pid, source }),
             _ => Ok(()),
         }
     }
