@@ -1,5 +1,9 @@
-//! The WebAssembly policy host: components of the `allot:policy@0.2.0` world (`plugins/wit/policy.wit`),
-//! compiled and run with wasmtime.
+//! The WebAssembly policy host: components of the `allot:policy` world, compiled and run with wasmtime.
+//!
+//! Every released version of the interface keeps loading ([`INTERFACES`]): each lives frozen in its own
+//! folder of `plugins/wit/` (`0.1.0/policy.wit`, `0.2.0/policy.wit`), the host has bindings for each, and a
+//! component is run through the bindings of the version it exports (`allot:policy/allocator@<version>`).
+//! A new version sits beside the older ones; none is ever edited in place.
 //!
 //! Every call runs in a fresh store and instance (its linear memory zeroed, taken from a pool of slots kept
 //! mapped between calls, see [`KEEP_RESIDENT`]), so a policy keeps no state between cycles and a trap cannot
@@ -23,14 +27,27 @@ use wasmtime::{
     StoreLimitsBuilder, Trap,
 };
 
-mod bindings {
+/// Bindings of `allot:policy@0.1.0` (frozen): a list per amount vector, a string per ID.
+mod v0_1_0 {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/0.1.0",
         world: "policy",
     });
 }
 
-use bindings::allot::policy::types as wit;
+/// Bindings of `allot:policy@0.2.0`: the flat layout.
+mod v0_2_0 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.2.0",
+        world: "policy",
+    });
+}
+
+use v0_2_0::allot::policy::types as wit;
+
+/// The interface versions this host loads, oldest first. A component exports the `allocator` interface of
+/// exactly one of them.
+pub const INTERFACES: [&str; 2] = ["allot:policy@0.1.0", "allot:policy@0.2.0"];
 
 /// How often the epoch ticker advances the engine's epoch: the resolution of call deadlines.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -65,9 +82,10 @@ pub enum WasmError {
     /// The bytes are not a valid component.
     #[error("not a loadable WASM component: {0}")]
     Compile(String),
-    /// The component does not target `allot:policy@0.2.0`'s `policy` world, or imports something.
+    /// The component does not target the `policy` world of a version in [`INTERFACES`], or imports
+    /// something.
     #[error(
-        "the component does not implement allot:policy@0.2.0 (world `policy`) without imports: {0}"
+        "the component does not implement allot:policy@0.1.0 or allot:policy@0.2.0 (world `policy`) without imports: {0}"
     )]
     Interface(String),
     /// The policy trapped (unreachable, out of bounds, out of memory, ...).
@@ -151,17 +169,40 @@ impl Drop for Permit {
     }
 }
 
+/// A component ready to instantiate, through the bindings of its interface version.
+#[derive(Clone)]
+enum Pre {
+    V0_1(v0_1_0::PolicyPre<State>),
+    V0_2(v0_2_0::PolicyPre<State>),
+}
+
+/// A live instance of either version.
+enum Instance {
+    V0_1(v0_1_0::Policy),
+    V0_2(v0_2_0::Policy),
+}
+
 /// A live instance: its store, dropped (giving the pool slot back) before the permit.
 struct Call {
     store: Store<State>,
-    instance: bindings::Policy,
+    instance: Instance,
     _permit: Permit,
+}
+
+impl Call {
+    /// The policy's `name`.
+    fn name(&mut self) -> wasmtime::Result<String> {
+        match &self.instance {
+            Instance::V0_1(i) => i.allot_policy_allocator().call_name(&mut self.store),
+            Instance::V0_2(i) => i.allot_policy_allocator().call_name(&mut self.store),
+        }
+    }
 }
 
 /// A compiled WASM policy, ready to be instantiated for each call. Cheap to clone.
 #[derive(Clone)]
 pub struct WasmPolicy {
-    pre: bindings::PolicyPre<State>,
+    pre: Pre,
     limits: Limits,
     name: String,
 }
@@ -184,34 +225,42 @@ fn describe(e: wasmtime::Error, deadline: Duration) -> WasmError {
 }
 
 impl WasmPolicy {
-    /// Compiles the component in `bytes`, checks that it targets the `policy` world with no imports, and
-    /// asks its name (within `deadline`).
+    /// Compiles the component in `bytes`, checks that it targets the `policy` world of a version in
+    /// [`INTERFACES`] with no imports, and asks its name (within `deadline`).
     ///
     /// # Errors
     /// [`WasmError::Compile`] for bytes that are not a component, [`WasmError::Interface`] for another world
-    /// or any import, and the errors of a call for a `name` that traps or loops.
+    /// or version, or any import, and the errors of a call for a `name` that traps or loops.
     pub fn load(bytes: &[u8], limits: Limits, deadline: Duration) -> Result<Self, WasmError> {
         let engine = engine();
         let component =
             Component::new(engine, bytes).map_err(|e| WasmError::Compile(format!("{e:#}")))?;
+        let version = exported_version(engine, &component)?;
         let linker: Linker<State> = Linker::new(engine);
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Interface(format!("{e:#}")))?;
-        let pre =
-            bindings::PolicyPre::new(pre).map_err(|e| WasmError::Interface(format!("{e:#}")))?;
+        let interface = |e: wasmtime::Error| WasmError::Interface(format!("{e:#}"));
+        let pre = match version.as_str() {
+            "0.1.0" => Pre::V0_1(v0_1_0::PolicyPre::new(pre).map_err(interface)?),
+            _ => Pre::V0_2(v0_2_0::PolicyPre::new(pre).map_err(interface)?),
+        };
         let mut policy = Self {
             pre,
             limits,
             name: String::new(),
         };
         let mut call = policy.instantiate(deadline)?;
-        policy.name = call
-            .instance
-            .allot_policy_allocator()
-            .call_name(&mut call.store)
-            .map_err(|e| describe(e, deadline))?;
+        policy.name = call.name().map_err(|e| describe(e, deadline))?;
         Ok(policy)
+    }
+
+    /// The interface version the component implements, one of [`INTERFACES`] (e.g. `allot:policy@0.1.0`).
+    pub fn interface(&self) -> &'static str {
+        match self.pre {
+            Pre::V0_1(_) => INTERFACES[0],
+            Pre::V0_2(_) => INTERFACES[1],
+        }
     }
 
     fn instantiate(&self, deadline: Duration) -> Result<Call, WasmError> {
@@ -231,10 +280,11 @@ impl WasmPolicy {
         let ticks = deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| describe(e, deadline))?;
+        let instance = match &self.pre {
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
+        }
+        .map_err(|e| describe(e, deadline))?;
         Ok(Call {
             store,
             instance,
@@ -254,11 +304,25 @@ impl WasmPolicy {
     /// [`WasmError::BadGrant`].
     pub fn allocate(&self, snap: &Snapshot, deadline: Duration) -> Result<Vec<Grant>, WasmError> {
         let layout = indexed::Layout::new(snap);
+        match &self.pre {
+            Pre::V0_1(_) => self.allocate_v0_1(snap, layout, deadline),
+            Pre::V0_2(_) => self.allocate_v0_2(snap, layout, deadline),
+        }
+    }
+
+    fn allocate_v0_2(
+        &self,
+        snap: &Snapshot,
+        layout: indexed::Layout,
+        deadline: Duration,
+    ) -> Result<Vec<Grant>, WasmError> {
         let n = layout.kinds.len();
         let (input, kinds) = to_wit(snap, layout);
         let mut call = self.instantiate(deadline)?;
-        let out = call
-            .instance
+        let Instance::V0_2(instance) = &call.instance else {
+            unreachable!("a 0.2.0 component instantiates as 0.2.0");
+        };
+        let out = instance
             .allot_policy_allocator()
             .call_allocate(&mut call.store, &input)
             .map_err(|e| describe(e, deadline))?
@@ -266,6 +330,108 @@ impl WasmPolicy {
         indexed::IndexedGrants::from_columns(n, out.framework, out.agent, out.amounts)
             .and_then(|grants| grants.to_grants(snap, &kinds))
             .map_err(|e| WasmError::BadGrant(e.to_string()))
+    }
+
+    fn allocate_v0_1(
+        &self,
+        snap: &Snapshot,
+        layout: indexed::Layout,
+        deadline: Duration,
+    ) -> Result<Vec<Grant>, WasmError> {
+        let input = to_wit_v0_1(snap, &layout);
+        let mut call = self.instantiate(deadline)?;
+        let Instance::V0_1(instance) = &call.instance else {
+            unreachable!("a 0.1.0 component instantiates as 0.1.0");
+        };
+        let grants = instance
+            .allot_policy_allocator()
+            .call_allocate(&mut call.store, &input)
+            .map_err(|e| describe(e, deadline))?
+            .map_err(WasmError::Error)?;
+        let mut reader = indexed::GrantReader::new(snap, &layout.kinds);
+        grants
+            .iter()
+            .enumerate()
+            .map(|(i, g)| reader.read(i, g.framework, g.agent, &g.resources, &g.reserved))
+            .collect::<Result<_, _>>()
+            .map_err(|e| WasmError::BadGrant(e.to_string()))
+    }
+}
+
+/// The version of `allot:policy` whose `allocator` interface `component` exports (`0.1.0`, `0.2.0`).
+///
+/// # Errors
+/// [`WasmError::Interface`] when it exports none, or one of a version this host does not know.
+fn exported_version(engine: &Engine, component: &Component) -> Result<String, WasmError> {
+    const PREFIX: &str = "allot:policy/allocator@";
+    let ty = component.component_type();
+    let exported: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let Some(version) = exported.iter().find_map(|e| e.strip_prefix(PREFIX)) else {
+        return Err(WasmError::Interface(format!(
+            "it exports no {PREFIX}<version> (exports: {})",
+            exported.join(", ")
+        )));
+    };
+    if !INTERFACES.contains(&format!("allot:policy@{version}").as_str()) {
+        return Err(WasmError::Interface(format!(
+            "it exports {PREFIX}{version}; this host loads {}",
+            INTERFACES.join(", ")
+        )));
+    }
+    Ok(version.to_string())
+}
+
+/// `snap`, laid out in `l`, as the nested records of `allot:policy@0.1.0`: a list per amount vector and a
+/// string per ID.
+fn to_wit_v0_1(snap: &Snapshot, l: &indexed::Layout) -> v0_1_0::allot::policy::types::Snapshot {
+    use v0_1_0::allot::policy::types as old;
+    let amounts = |at: usize| l.amounts(at).to_vec();
+    old::Snapshot {
+        kinds: l.kinds.clone(),
+        total: amounts(l.total),
+        agents: snap
+            .agents
+            .iter()
+            .zip(&l.agents)
+            .map(|(a, (total, available, res))| old::Agent {
+                id: a.id.clone(),
+                total: amounts(*total),
+                available: amounts(*available),
+                reserved: l.reservations[res.clone()]
+                    .iter()
+                    .map(|&(role, at)| old::Reservation {
+                        role,
+                        available: amounts(at),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        roles: l
+            .roles
+            .iter()
+            .map(|(name, weight, limit, allocation)| old::Role {
+                name: name.clone(),
+                weight: *weight,
+                quota_limit: limit.map(amounts),
+                allocation: amounts(*allocation),
+            })
+            .collect(),
+        frameworks: snap
+            .frameworks
+            .iter()
+            .zip(&l.frameworks)
+            .map(|(f, (role, allocation, filtered))| old::Framework {
+                id: f.id.clone(),
+                role: *role,
+                priority: f.priority,
+                allocations: f.allocations,
+                allocation: amounts(*allocation),
+                filtered: l.filtered[filtered.clone()].to_vec(),
+            })
+            .collect(),
     }
 }
 

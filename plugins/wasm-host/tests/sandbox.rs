@@ -156,6 +156,23 @@ fn the_c_policy_respects_quota_filters_and_reservations() {
     assert!(web_cpus <= 20_000, "the web quota limit holds: {web_cpus}");
 }
 
+/// A component built against the frozen `allot:policy@0.1.0` (c/v0.1.0/fairshare.c, compiled by
+/// plugins/wasm/build.sh from plugins/wit/0.1.0) still loads, runs through the 0.1.0 bindings, and decides
+/// exactly like the same policy written against 0.2.0.
+#[test]
+fn a_policy_built_against_the_frozen_0_1_0_interface_loads_and_allocates() {
+    let old = load("fairshare-c-0.1.0");
+    assert_eq!(old.interface(), "allot:policy@0.1.0");
+    assert_eq!(old.name(), "fairshare-c");
+    let new = load("fairshare-c");
+    assert_eq!(new.interface(), "allot:policy@0.2.0");
+    for s in [small(4), small(100), mixed()] {
+        let a = old.allocate(&s, DEADLINE).expect("0.1.0 allocates");
+        assert!(!a.is_empty());
+        assert_eq!(a, new.allocate(&s, DEADLINE).expect("0.2.0 allocates"));
+    }
+}
+
 /// The built-in Rust policies compiled to WASM decide exactly like the native code.
 #[test]
 fn rust_policies_in_wasm_match_the_built_ins() {

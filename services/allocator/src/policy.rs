@@ -153,12 +153,13 @@ impl Loaded {
     }
 
     /// The version of the interface the policy is called through: the allocator's own version for a
-    /// built-in, `abi-v1` (C ABI) for a native library, the WIT package (`allot:policy@0.2.0`) for WASM.
+    /// built-in, `abi-v1` (C ABI) for a native library, the WIT package the component exports for WASM
+    /// (`allot:policy@0.1.0` or `allot:policy@0.2.0`).
     pub fn interface_version(&self) -> &'static str {
         match &self.imp {
             Implementation::Builtin(_) => env!("CARGO_PKG_VERSION"),
             Implementation::Native(_) => "abi-v1",
-            Implementation::Wasm(_) => "allot:policy@0.2.0",
+            Implementation::Wasm(p) => p.interface(),
         }
     }
 

@@ -1,4 +1,4 @@
-//! Rust guest bindings of the `allot:policy@0.2.0` world (`plugins/wit/policy.wit`).
+//! Rust guest bindings of the `allot:policy@0.2.0` world (`plugins/wit/0.2.0/policy.wit`).
 //!
 //! A policy crate builds as a `cdylib` for `wasm32-unknown-unknown` and exports any
 //! [`allot_policy::Policy`] that implements `Default` with:
@@ -14,7 +14,7 @@
 //! [`ExportIndexed`] hands an [`IndexedPolicy`] the [`View`] itself.
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/0.2.0",
     world: "policy",
     pub_export_macro: true,
     export_macro_name: "export_policy",
