@@ -5,7 +5,28 @@
 # alert rules in observability/prometheus/).
 set -euo pipefail
 
+# The toolchain rust-toolchain.toml pins, from an installed `stable` of the same version when rustup knows no
+# toolchain of that name (a machine with one toolchain, and no network for rustup to fetch the pinned one).
+allot_ensure_toolchain() {
+  command -v rustup >/dev/null 2>&1 || return 0
+  local repo pinned home triple stable
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  pinned=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$repo/rust-toolchain.toml")
+  [[ -n $pinned ]] || return 0
+  home=${RUSTUP_HOME:-$HOME/.rustup}
+  if rustup toolchain list | grep -q "^$pinned"; then
+    return 0
+  fi
+  stable=$(rustup toolchain list | sed -n 's/^\(stable-[^ ]*\).*/\1/p' | head -1)
+  if [[ -n $stable ]] && "$home/toolchains/$stable/bin/rustc" --version | grep -q "^rustc $pinned "; then
+    triple=${stable#stable-}
+    echo "==> using $stable as the pinned toolchain $pinned (rust-toolchain.toml)"
+    ln -s "$home/toolchains/$stable" "$home/toolchains/$pinned-$triple"
+  fi
+}
+
 allot_ensure_deps() {
+  allot_ensure_toolchain
   local missing=()
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
   command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
@@ -30,6 +51,16 @@ allot_ensure_prometheus() {
     echo "==> installing prometheus (Debian package)"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  fi
+}
+
+# The tools .ci/run checks the workspace with beyond the toolchain: cargo-deny (licenses, bans, sources),
+# installed from crates.io when missing.
+allot_ensure_ci_tools() {
+  allot_ensure_deps
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "==> installing cargo-deny (crates.io; a few minutes)"
+    cargo install --locked --quiet cargo-deny
   fi
 }
 

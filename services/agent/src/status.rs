@@ -459,7 +459,7 @@ impl StatusUpdateManager {
         }
     }
 
-    /// Starts sending due heads with `send` (see [`StatusUpdateManager::run`]) on a task of its own; the
+    /// Starts sending due heads with `send` (see `StatusUpdateManager::run`) on a task of its own; the
     /// returned handle stops it, and aborts it when dropped (a crashed agent sends nothing more).
     pub fn start<F, Fut>(self: &Arc<Self>, send: F) -> Sending
     where

@@ -24,7 +24,7 @@
 //! agent. Unacknowledged updates go to their framework again on every heartbeat and on re-subscription.
 //!
 //! Updates the broker makes itself (TASK_LOST, TASK_UNREACHABLE, reconciliation) have no agent to keep them:
-//! they are written before they are forwarded ([`Broker::master_updates`]), retried until etcd takes them.
+//! they are written before they are forwarded (`Broker::master_updates`), retried until etcd takes them.
 //! Task records are written from memory by one writer at a time (`task_writes`), so an older snapshot of a
 //! task never overwrites a newer one.
 
