@@ -81,14 +81,45 @@ fn task_info(id: &str, resources: &str) -> TaskInfo {
 /// A state with task `t1` of `FW` staged on `AGENT` (its launch answered).
 fn with_task() -> (State, mpsc::UnboundedReceiver<Event>) {
     let (mut s, rx) = subscribed();
+    stage(&mut s, "t1");
+    s.launched(&[(FW.into(), "t1".into())]);
+    (s, rx)
+}
+
+/// Stages task `task` of `FW` on `AGENT` (cpus 1), its launch in flight.
+fn stage(s: &mut State, task: &str) {
     s.add_staged(vec![staging_record(
         FW,
         AGENT,
-        task_info("t1", "cpus:1"),
+        task_info(task, "cpus:1"),
         1.0,
     )]);
-    s.launched(&[(FW.into(), "t1".into())]);
-    (s, rx)
+}
+
+/// Applies one update of `task` from `AGENT`, with uuid `[n; 16]`.
+fn apply(s: &mut State, task: &str, state: TaskState, n: u8) -> Applied {
+    s.apply_updates(vec![(update(task, state, n), None)], || uuid(0))
+}
+
+/// `FW` acknowledges the update `[n; 16]` of `task`.
+fn ack(s: &mut State, task: &str, n: u8) {
+    s.acknowledge(FW, vec![(task.into(), uuid(n))]).unwrap();
+}
+
+/// The broker records `task` TASK_UNREACHABLE (its agent was lost).
+fn make_unreachable(s: &mut State, task: &str) {
+    let statuses = s.master_statuses(
+        &[key(task)],
+        (
+            TaskState::TaskUnreachable,
+            "REASON_AGENT_UNREACHABLE",
+            "gone",
+        ),
+        2.0,
+        || uuid(5),
+    );
+    let records = s.own_update_records(statuses);
+    s.put_records(records);
 }
 
 fn update(task: &str, state: TaskState, n: u8) -> TaskStatus {
@@ -144,10 +175,7 @@ fn a_call_needs_a_subscription_and_a_torn_down_framework_cannot_come_back() {
 #[test]
 fn a_resubscription_replaces_the_stream_and_resends_unacknowledged_updates() {
     let (mut s, _old) = with_task();
-    s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 1), None)],
-        || uuid(0),
-    );
+    apply(&mut s, "t1", TaskState::TaskRunning, 1);
     let (tx, _new) = mpsc::unbounded_channel();
     let (epoch, old, pending) = s.subscribe(record(FW, true), tx);
     assert_eq!(epoch, 2);
@@ -246,12 +274,7 @@ fn launched_tasks_draw_on_the_role_reservation_first() {
 #[test]
 fn a_staged_task_is_live_and_in_flight_until_its_launch_is_answered() {
     let (mut s, _rx) = subscribed();
-    s.add_staged(vec![staging_record(
-        FW,
-        AGENT,
-        task_info("t1", "cpus:1"),
-        1.0,
-    )]);
+    stage(&mut s, "t1");
     assert!(s.is_live_task(FW, "t1"));
     assert_eq!(status_of(&s, "t1").state(), TaskState::TaskStaging);
     assert_eq!(s.launching_on(AGENT), [key("t1")]);
@@ -281,10 +304,7 @@ fn updates_are_forwarded_once_and_a_terminal_one_ends_the_task() {
     assert!(a.ended.is_empty());
     assert_eq!(s.tasks[&key("t1")].sandbox, "/sandbox");
     assert!(!s.tasks[&key("t1")].acknowledged);
-    let a = s.apply_updates(
-        vec![(update("t1", TaskState::TaskFinished, 2), None)],
-        || uuid(0),
-    );
+    let a = apply(&mut s, "t1", TaskState::TaskFinished, 2);
     assert_eq!(a.forward.len(), 1);
     assert_eq!(a.ended.len(), 1, "the allocator frees its resources");
     // After a terminal state, anything more is acknowledged to the agent and dropped.
@@ -300,10 +320,7 @@ fn updates_are_forwarded_once_and_a_terminal_one_ends_the_task() {
 #[test]
 fn an_update_for_an_unknown_task_is_acknowledged_and_dropped() {
     let (mut s, _rx) = subscribed();
-    let a = s.apply_updates(
-        vec![(update("nope", TaskState::TaskRunning, 1), None)],
-        || uuid(0),
-    );
+    let a = apply(&mut s, "nope", TaskState::TaskRunning, 1);
     assert!(a.forward.is_empty());
     assert_eq!(s.agent_acks.len(), 1);
     assert!(s.tasks.is_empty());
@@ -324,10 +341,7 @@ fn a_torn_down_framework_is_acknowledged_for_and_not_forwarded() {
 #[test]
 fn an_update_without_a_uuid_gets_one() {
     let (mut s, _rx) = with_task();
-    let a = s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 1), None)],
-        || uuid(0),
-    );
+    let a = apply(&mut s, "t1", TaskState::TaskRunning, 1);
     assert_eq!(a.forward[0].uuid, uuid(1));
     let mut no_uuid = update("t1", TaskState::TaskFinished, 0);
     no_uuid.uuid.clear();
@@ -338,10 +352,7 @@ fn an_update_without_a_uuid_gets_one() {
 #[test]
 fn acknowledgements_name_the_latest_update_and_unknown_tasks_refuse_the_call() {
     let (mut s, _rx) = with_task();
-    s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 1), None)],
-        || uuid(0),
-    );
+    apply(&mut s, "t1", TaskState::TaskRunning, 1);
     assert!(matches!(
         s.acknowledge(FW, vec![("t1".into(), uuid(1)), ("nope".into(), uuid(1))]),
         Err(Error::UnknownTask(t)) if t == "nope"
@@ -350,36 +361,30 @@ fn acknowledgements_name_the_latest_update_and_unknown_tasks_refuse_the_call() {
         !s.tasks[&key("t1")].acknowledged,
         "nothing acknowledged then"
     );
-    s.acknowledge(FW, vec![("t1".into(), uuid(7))]).unwrap();
+    ack(&mut s, "t1", 7);
     assert!(
         !s.tasks[&key("t1")].acknowledged,
         "an older uuid is ignored"
     );
-    s.acknowledge(FW, vec![("t1".into(), uuid(1))]).unwrap();
+    ack(&mut s, "t1", 1);
     assert!(s.tasks[&key("t1")].acknowledged);
 }
 
 #[test]
 fn the_flush_writes_acknowledged_ends_and_passes_intermediate_acknowledgements_on() {
     let (mut s, _rx) = with_task();
-    s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 1), None)],
-        || uuid(0),
-    );
+    apply(&mut s, "t1", TaskState::TaskRunning, 1);
     // Unacknowledged: nothing written, nothing passed on.
     assert_eq!(due(&mut s, 25), (vec![], vec![]));
-    s.acknowledge(FW, vec![("t1".into(), uuid(1))]).unwrap();
+    ack(&mut s, "t1", 1);
     // An acknowledged TASK_RUNNING is not written; its acknowledgement goes to the agent.
     let (written, acks) = due(&mut s, 25);
     assert!(written.is_empty());
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].uuid, uuid(1));
     // An acknowledged terminal update is written (its acknowledgement follows the write).
-    s.apply_updates(
-        vec![(update("t1", TaskState::TaskFinished, 2), None)],
-        || uuid(0),
-    );
-    s.acknowledge(FW, vec![("t1".into(), uuid(2))]).unwrap();
+    apply(&mut s, "t1", TaskState::TaskFinished, 2);
+    ack(&mut s, "t1", 2);
     let (written, acks) = due(&mut s, 25);
     assert_eq!(written, [key("t1")]);
     assert!(acks.is_empty());
@@ -389,10 +394,7 @@ fn the_flush_writes_acknowledged_ends_and_passes_intermediate_acknowledgements_o
 #[test]
 fn an_update_left_unacknowledged_is_written_after_the_wait() {
     let (mut s, _rx) = with_task();
-    s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 1), None)],
-        || uuid(0),
-    );
+    apply(&mut s, "t1", TaskState::TaskRunning, 1);
     for _ in 0..3 {
         assert!(due(&mut s, 3).0.is_empty());
     }
@@ -402,12 +404,9 @@ fn an_update_left_unacknowledged_is_written_after_the_wait() {
 #[test]
 fn a_failed_write_is_written_at_the_next_flush_even_if_acknowledged_meanwhile() {
     let (mut s, _rx) = with_task();
-    s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 1), None)],
-        || uuid(0),
-    );
+    apply(&mut s, "t1", TaskState::TaskRunning, 1);
     s.write_failed([key("t1")]);
-    s.acknowledge(FW, vec![("t1".into(), uuid(1))]).unwrap();
+    ack(&mut s, "t1", 1);
     let (written, acks) = due(&mut s, 25);
     assert_eq!(written, [key("t1")], "must be written, not skipped");
     assert!(acks.is_empty());
@@ -416,24 +415,10 @@ fn a_failed_write_is_written_at_the_next_flush_even_if_acknowledged_meanwhile() 
 #[test]
 fn a_task_back_from_unreachable_is_written_when_running_again() {
     let (mut s, _rx) = with_task();
-    let lost = s.master_statuses(
-        &[key("t1")],
-        (
-            TaskState::TaskUnreachable,
-            "REASON_AGENT_UNREACHABLE",
-            "gone",
-        ),
-        2.0,
-        || uuid(5),
-    );
-    let records = s.own_update_records(lost);
-    s.put_records(records);
-    let a = s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 6), None)],
-        || uuid(0),
-    );
+    make_unreachable(&mut s, "t1");
+    let a = apply(&mut s, "t1", TaskState::TaskRunning, 6);
     assert_eq!(a.forward.len(), 1);
-    s.acknowledge(FW, vec![("t1".into(), uuid(6))]).unwrap();
+    ack(&mut s, "t1", 6);
     assert_eq!(due(&mut s, 25).0, [key("t1")]);
 }
 
@@ -467,16 +452,8 @@ fn the_brokers_own_updates_skip_unknown_ended_and_repeated_tasks() {
 #[test]
 fn reconcile_answers_named_tasks_and_every_live_task_without_uuids() {
     let (mut s, _rx) = with_task();
-    s.add_staged(vec![staging_record(
-        FW,
-        AGENT,
-        task_info("t2", "cpus:1"),
-        1.0,
-    )]);
-    s.apply_updates(
-        vec![(update("t2", TaskState::TaskFinished, 1), None)],
-        || uuid(0),
-    );
+    stage(&mut s, "t2");
+    apply(&mut s, "t2", TaskState::TaskFinished, 1);
     let all = s.reconcile(FW, &[], 9.0);
     assert_eq!(all.len(), 1, "only live tasks");
     assert_eq!(all[0].task_id, "t1");
@@ -510,10 +487,7 @@ fn reconciliation_answers_replace_unchanged_tasks_and_unknown_ones_are_lost() {
     let asked = s.tasks_on(AGENT, |_| true);
     assert_eq!(asked.len(), 3);
     // t3 changed after the question: its answer is ignored.
-    s.apply_updates(
-        vec![(update("t3", TaskState::TaskRunning, 9), None)],
-        || uuid(0),
-    );
+    apply(&mut s, "t3", TaskState::TaskRunning, 9);
     let answer = ReconcileTasksResponse {
         tasks: vec![
             ReconciledTask {
@@ -545,18 +519,7 @@ fn reconciliation_answers_replace_unchanged_tasks_and_unknown_ones_are_lost() {
 #[test]
 fn an_agent_back_from_unreachable_revives_what_it_still_runs() {
     let (mut s, _rx) = with_task();
-    let unreachable = s.master_statuses(
-        &[key("t1")],
-        (
-            TaskState::TaskUnreachable,
-            "REASON_AGENT_UNREACHABLE",
-            "gone",
-        ),
-        2.0,
-        || uuid(5),
-    );
-    let records = s.own_update_records(unreachable);
-    s.put_records(records);
+    make_unreachable(&mut s, "t1");
     assert!(
         s.reachable_tasks_on(AGENT).is_empty(),
         "already unreachable"
@@ -581,16 +544,8 @@ fn an_agent_back_from_unreachable_revives_what_it_still_runs() {
 #[test]
 fn after_a_start_tasks_in_intermediate_states_are_reconciled() {
     let (mut s, _rx) = with_task();
-    s.add_staged(vec![staging_record(
-        FW,
-        AGENT,
-        task_info("t2", "cpus:1"),
-        1.0,
-    )]);
-    s.apply_updates(
-        vec![(update("t2", TaskState::TaskFinished, 1), None)],
-        || uuid(0),
-    );
+    stage(&mut s, "t2");
+    apply(&mut s, "t2", TaskState::TaskFinished, 1);
     let due = s.to_reconcile_after_start();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].0, AGENT);
@@ -614,10 +569,7 @@ fn a_new_registration_of_an_agent_is_told_apart_from_an_update() {
 #[test]
 fn heartbeats_resend_unacknowledged_updates_on_the_current_stream() {
     let (mut s, mut rx) = with_task();
-    s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 1), None)],
-        || uuid(0),
-    );
+    apply(&mut s, "t1", TaskState::TaskRunning, 1);
     events(&mut rx);
     s.heartbeat();
     let evs = events(&mut rx);
@@ -625,7 +577,7 @@ fn heartbeats_resend_unacknowledged_updates_on_the_current_stream() {
     assert!(
         matches!(&evs[1], event::Event::Update(u) if u.status.as_ref().unwrap().task_id == "t1")
     );
-    s.acknowledge(FW, vec![("t1".into(), uuid(1))]).unwrap();
+    ack(&mut s, "t1", 1);
     s.heartbeat();
     assert_eq!(events(&mut rx).len(), 1, "only the heartbeat");
 }
