@@ -88,13 +88,33 @@ impl Guard {
     /// Exports every finished span now.
     ///
     /// # Errors
-    /// The SDK's error when the exporter fails or times out.
-    pub fn flush(&self) -> Result<(), String> {
+    /// [`TelemetryError::Flush`] with the SDK's error when the exporter fails or times out.
+    pub fn flush(&self) -> Result<(), TelemetryError> {
         match &self.provider {
-            Some(p) => p.force_flush().map_err(|e| e.to_string()),
+            Some(p) => p.force_flush().map_err(TelemetryError::Flush),
             None => Ok(()),
         }
     }
+}
+
+/// Why span export could not start or flush. Telemetry failing never stops a process: [`init`] logs these
+/// and runs without export.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The exporter's one-thread runtime could not start.
+    #[error("cannot start the exporter's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The OTLP exporter could not be built (an endpoint that is not a valid URI).
+    #[error("cannot build the OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+        endpoint: String,
+        /// The SDK's error.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// Flushing finished spans failed or timed out.
+    #[error("cannot export spans: {0}")]
+    Flush(#[source] opentelemetry_sdk::error::OTelSdkError),
 }
 
 impl Drop for Guard {

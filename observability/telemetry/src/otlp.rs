@@ -82,25 +82,28 @@ fn resource(service: &'static str, version: &'static str) -> Resource {
 /// A tracer provider exporting to `endpoint` over OTLP/gRPC with a batch span processor.
 ///
 /// # Errors
-/// A message when the runtime cannot start or the endpoint is not a valid URI.
+/// [`crate::TelemetryError`] when the runtime cannot start or the endpoint is not a valid URI.
 pub(crate) fn provider(
     service: &'static str,
     version: &'static str,
     endpoint: &str,
-) -> Result<(SdkTracerProvider, ExportRuntime), String> {
+) -> Result<(SdkTracerProvider, ExportRuntime), crate::TelemetryError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("otlp-export")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the exporter's runtime: {e}"))?;
+        .map_err(crate::TelemetryError::Runtime)?;
     let exporter = {
         let _in_runtime = runtime.enter();
         opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
             .build()
-            .map_err(|e| format!("cannot build the OTLP exporter for {endpoint}: {e}"))?
+            .map_err(|source| crate::TelemetryError::Exporter {
+                endpoint: endpoint.to_string(),
+                source,
+            })?
     };
     let exporter = OnRuntime {
         inner: Arc::new(exporter),

@@ -196,13 +196,25 @@ impl EtcdArgs {
     }
 }
 
+/// A duration flag that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("'{text}' is not a duration like 500ms, 5s or 2m: {source}")]
+pub struct DurationError {
+    /// What was given.
+    pub text: String,
+    /// humantime's reason.
+    pub source: humantime::DurationError,
+}
+
 /// Parses a duration with units (`500ms`, `5s`, `2m`) for clap's `value_parser`.
 ///
 /// # Errors
-/// A message naming the accepted forms.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration like 500ms, 5s or 2m: {e}"))
+/// [`DurationError`], naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
+    humantime::parse_duration(s).map_err(|source| DurationError {
+        text: s.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

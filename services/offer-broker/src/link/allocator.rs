@@ -28,12 +28,18 @@ const MAX_ENDED_PER_CALL: usize = 10_000;
 /// offered again.
 const TELL_ENDED_SPACING: Duration = Duration::from_millis(20);
 
-/// An offer recovery for the allocator, the span of the call that made it, and who waits for the answer.
+/// An offer recovery for the allocator, the span of the call that made it, and who waits for the answer (the
+/// allocator's refusal, as text: one answer goes to every caller of the call).
 type Recovery = (
     RecoverOffersRequest,
     tracing::Span,
-    oneshot::Sender<Result<(), String>>,
+    oneshot::Sender<Result<(), RecoveryFailed>>,
 );
+
+/// The `RecoverOffers` call that carried a recovery failed, with the allocator's message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+struct RecoveryFailed(String);
 
 /// The link to the allocator's replicas. Its sender tasks end when it is dropped.
 pub struct AllocatorLink {
@@ -164,7 +170,8 @@ impl AllocatorLink {
             Ok(()) => answer.await.ok(),
             Err(_) => None,
         };
-        let recovered = answered.unwrap_or_else(|| Err("the offer recovery sender stopped".into()));
+        let recovered = answered
+            .unwrap_or_else(|| Err(RecoveryFailed("the offer recovery sender stopped".into())));
         if let Err(e) = recovered {
             tracing::warn!(error = %e, "cannot return offers to the allocator");
         }
@@ -202,7 +209,7 @@ fn start_recovering(replicas: Replicas) -> mpsc::UnboundedSender<Recovery> {
             .instrument(span)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string());
+            .map_err(|e| RecoveryFailed(e.to_string()));
             for reply in replies {
                 let _ = reply.send(recovered.clone());
             }
