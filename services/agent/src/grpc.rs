@@ -75,6 +75,15 @@ impl agent_server::Agent for AgentService {
         check_launch(&r, |a| a.is_empty() || a == agent_id, &agent_id)?;
         for task in r.tasks {
             let task_id = task.task_id.clone();
+            // A launch sent again (the broker did not hear the first answered) of a task that has run and
+            // ended, or has updates waiting: it is not run twice. Its updates reach the broker on their own.
+            if agent
+                .updates
+                .has_seen(&(r.framework_id.clone(), task_id.clone()))
+            {
+                tracing::warn!(task = %task_id, "launch of a known task ignored");
+                continue;
+            }
             let launch = agent.launch(&r.framework_id, &agent_id, task);
             // The launch of this task, in the caller's trace; its status updates are children of it.
             let span = tracing::info_span!(
@@ -89,7 +98,7 @@ impl agent_server::Agent for AgentService {
             if !agent.supervise(launch, context, |l, kill, tx| {
                 run_task(l, isolator, kill, tx)
             }) {
-                tracing::warn!(task = %task_id, "launch of a task already running ignored");
+                tracing::warn!(task = %task_id, "launch of a known task ignored");
             }
             drop(span);
         }

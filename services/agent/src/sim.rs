@@ -220,8 +220,8 @@ impl agent_server::Agent for SimService {
             let launch = sim.launches.fetch_add(1, Ordering::Relaxed);
             {
                 let mut tasks = sim.tasks.lock().expect("tasks poisoned");
-                if tasks.contains_key(&key) {
-                    tracing::warn!(task = %task.task_id, "launch of a task already running ignored");
+                if tasks.contains_key(&key) || sim.updates.has_seen(&key) {
+                    tracing::warn!(task = %task.task_id, "launch of a known task ignored");
                     continue;
                 }
                 sim.push(status(

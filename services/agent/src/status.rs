@@ -14,7 +14,9 @@
 //! appended to `<work_dir>/meta/frameworks/<framework_id>/tasks/<task_id>/updates` (length-delimited
 //! `allot.agent.v1.StatusUpdateCheckpoint` records) before it takes effect, and [`StatusUpdateManager::recover`]
 //! rebuilds the streams from those files after a restart. A stream whose terminal update is acknowledged is
-//! removed with its file. Simulated agents keep their streams in memory only.
+//! removed with its file; its task is remembered in memory for [`REMEMBER_ENDED`], so that a launch of it the
+//! broker sends again (it could not know whether its first call got through) does not run it twice. Simulated
+//! agents keep their streams in memory only.
 
 use allot_common::AbortOnDrop;
 use allot_proto::agent::{
@@ -24,7 +26,7 @@ use allot_proto::agent::{
 use allot_proto::common::{TaskState, TaskStatus};
 use prost::Message as _;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,14 @@ pub const RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// The most updates one send takes from the manager.
 pub const MAX_PER_SEND: usize = 1024;
+
+/// How long the manager remembers a task whose terminal update was acknowledged (15 min), so that a launch
+/// of it that arrives late (a broker sent it again, not knowing whether its first call got through) is
+/// recognised and not run a second time. At most [`MAX_ENDED`] are remembered; an agent restart forgets them.
+pub const REMEMBER_ENDED: Duration = Duration::from_secs(15 * 60);
+
+/// The most ended tasks the manager remembers (see [`REMEMBER_ENDED`]).
+pub const MAX_ENDED: usize = 100_000;
 
 /// A task: `(framework_id, task_id)`.
 pub type TaskKey = (String, String);
@@ -94,6 +104,26 @@ struct Streams {
     /// Re-send deadlines, earliest first. An entry counts only while its task's `due` is still that instant
     /// (an acknowledgement or a failure makes it stale).
     timers: BinaryHeap<Reverse<(Instant, TaskKey)>>,
+    /// Tasks whose terminal update was acknowledged, oldest first, with when (see [`REMEMBER_ENDED`]).
+    ended: VecDeque<(Instant, TaskKey)>,
+    /// The keys of `ended`.
+    ended_keys: HashSet<TaskKey>,
+}
+
+impl Streams {
+    /// Remembers that `key` ended (its terminal update is acknowledged), forgetting the oldest beyond
+    /// [`REMEMBER_ENDED`] and [`MAX_ENDED`].
+    fn ended(&mut self, key: TaskKey, now: Instant) {
+        while let Some((at, _)) = self.ended.front()
+            && (now.duration_since(*at) > REMEMBER_ENDED || self.ended.len() >= MAX_ENDED)
+        {
+            let (_, old) = self.ended.pop_front().expect("front");
+            self.ended_keys.remove(&old);
+        }
+        if self.ended_keys.insert(key.clone()) {
+            self.ended.push_back((now, key));
+        }
+    }
 }
 
 /// The streams of every task on this agent (or on every simulated agent of this process).
@@ -189,7 +219,7 @@ impl StatusUpdateManager {
             streams: Mutex::new(Streams {
                 tasks: streams,
                 ready,
-                timers: BinaryHeap::new(),
+                ..Streams::default()
             }),
             wake: Notify::new(),
             meta: Some(meta.to_path_buf()),
@@ -307,6 +337,7 @@ impl StatusUpdateManager {
         let next = !stream.updates.is_empty();
         if !next && state.is_terminal() {
             streams.tasks.remove(key);
+            streams.ended(key.clone(), Instant::now());
             if let Some(dir) = self.task_dir(key) {
                 let _ = std::fs::remove_dir_all(dir);
             }
@@ -384,6 +415,13 @@ impl StatusUpdateManager {
             })
     }
 
+    /// Whether this manager has seen task `key`: it has a stream for it, or the task ended (its terminal update
+    /// acknowledged) within [`REMEMBER_ENDED`]. A launch of such a task is a repeat and must not run it again.
+    pub fn has_seen(&self, key: &TaskKey) -> bool {
+        let streams = self.streams.lock().expect("streams poisoned");
+        streams.tasks.contains_key(key) || streams.ended_keys.contains(key)
+    }
+
     /// Takes up to `max` heads that are due at `now` (never sent, or not acknowledged in time) and schedules
     /// their next re-send; returns them with the earliest time another head may fall due.
     pub fn take_due(&self, now: Instant, max: usize) -> (Vec<Outgoing>, Option<Instant>) {
@@ -392,6 +430,7 @@ impl StatusUpdateManager {
             tasks,
             ready,
             timers,
+            ..
         } = &mut *streams;
         let mut out = Vec::new();
         // Sends the head and schedules its re-send.
@@ -448,6 +487,7 @@ impl StatusUpdateManager {
             tasks,
             ready,
             timers,
+            ..
         } = &mut *streams;
         ready.clear();
         timers.clear();
@@ -664,6 +704,23 @@ mod tests {
         assert!(m.acknowledge(&key("t1"), b"f1").is_some());
         assert_eq!(m.known(&key("t1")), None, "the stream has ended");
         assert_eq!(m.pending(), 1);
+        // An ended task is still seen, so that a launch of it sent again is not run twice.
+        assert!(m.has_seen(&key("t1")) && m.has_seen(&key("t2")));
+        assert!(!m.has_seen(&key("t9")));
+    }
+
+    #[test]
+    fn ended_tasks_are_remembered_for_a_while_and_the_oldest_forgotten_first() {
+        let mut streams = Streams::default();
+        let t0 = Instant::now();
+        streams.ended(key("a"), t0);
+        streams.ended(key("b"), t0 + Duration::from_secs(1));
+        streams.ended(key("a"), t0 + Duration::from_secs(2));
+        assert_eq!(streams.ended.len(), 2, "a repeat is remembered once");
+        // Past REMEMBER_ENDED, the next end forgets the old ones.
+        streams.ended(key("c"), t0 + REMEMBER_ENDED + Duration::from_millis(500));
+        assert!(!streams.ended_keys.contains(&key("a")));
+        assert!(streams.ended_keys.contains(&key("b")) && streams.ended_keys.contains(&key("c")));
     }
 
     #[test]
