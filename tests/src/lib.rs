@@ -136,9 +136,19 @@ impl Etcd {
     /// Kills etcd with SIGKILL, leaves it down for `down`, and starts it again on the same ports and data;
     /// returns once it answers.
     pub async fn kill_and_restart(&mut self, down: Duration) {
+        self.kill();
+        tokio::time::sleep(down).await;
+        self.restart().await;
+    }
+
+    /// Kills etcd with SIGKILL and waits for it to exit; [`Etcd::restart`] brings it back.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        tokio::time::sleep(down).await;
+    }
+
+    /// Starts etcd again on the same ports and data after [`Etcd::kill`]; returns once it answers.
+    pub async fn restart(&mut self) {
         self.child = spawn_etcd(self.dir.path(), &self.endpoint, &self.peer_url);
         self.await_answer().await;
     }

@@ -4,7 +4,7 @@
 use allot_proto::common::TaskState;
 use allot_proto::operator::operator_client::OperatorClient;
 use allot_proto::scheduler::{self as pb, event, scheduler_client::SchedulerClient};
-use allot_tests::{Cluster, TestFramework, eventually, recorded_task, task};
+use allot_tests::{Cluster, ClusterOptions, TestFramework, eventually, recorded_task, task};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -187,6 +187,16 @@ async fn bad_input_is_refused_and_loses_nothing() {
         assert_eq!(e.code(), code, "{what}: {}", e.message());
         assert!(!e.message().is_empty(), "{what} has a message");
     }
+    // No launch is left unanswered: each task of a refused ACCEPT also gets a status update (issue 22), with
+    // no uuid (nothing to acknowledge): TASK_DROPPED for the unknown offer, TASK_ERROR for invalid launches.
+    let dropped = fw.await_state("a", TaskState::TaskDropped).await;
+    assert_eq!(dropped.reason, "REASON_INVALID_OFFERS", "{dropped:?}");
+    assert!(dropped.uuid.is_empty(), "{dropped:?}");
+    let error = fw.await_state("a", TaskState::TaskError).await;
+    assert_eq!(error.reason, "REASON_TASK_INVALID", "{error:?}");
+    assert!(!error.message.is_empty());
+    let error = fw.await_state("b", TaskState::TaskError).await;
+    assert_eq!(error.reason, "REASON_TASK_INVALID", "{error:?}");
     let mut other_agent = task("a", "true", 0.1, 32.0);
     other_agent.agent_id = "agent-elsewhere".into();
     let e = fw.accept(&id, vec![other_agent], 5.0).await.unwrap_err();
@@ -238,6 +248,42 @@ async fn bad_input_is_refused_and_loses_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    let dropped = fw.await_state("again", TaskState::TaskDropped).await;
+    assert_eq!(dropped.reason, "REASON_INVALID_OFFERS", "{dropped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_etcd_could_not_record_is_answered_task_dropped_once_etcd_is_back() {
+    // The services reach etcd through a link the test cuts; a lease long enough that no leader steps down.
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        etcd_link: true,
+        leader_lease: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await;
+    cluster.add_agent("cpus:1;mem:256").await;
+    let mut fw = TestFramework::subscribe(&cluster, "unlucky", "*").await;
+    let offer = fw.offers().await.remove(0);
+    // etcd is out of reach: the ACCEPT cannot record its task, so nothing is launched and the call fails.
+    let link = cluster.etcd_link.as_ref().expect("etcd link");
+    link.cut();
+    let e = fw
+        .accept(&offer.offer_id, vec![task("t", "true", 0.1, 32.0)], 5.0)
+        .await
+        .expect_err("nothing can be recorded while etcd is out of reach");
+    assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
+    // Once etcd answers again and holds no record of the task, the framework is told: TASK_DROPPED.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    link.heal();
+    let dropped = fw.await_state("t", TaskState::TaskDropped).await;
+    assert_eq!(dropped.reason, "REASON_STORE_UNAVAILABLE", "{dropped:?}");
+    assert!(
+        cluster.tasks(&fw.id).await.is_empty(),
+        "a dropped task has no record"
+    );
+    // The offer came back whole: the task can be launched now.
+    fw.launch(task("t", "true", 0.1, 32.0)).await;
+    fw.await_state("t", TaskState::TaskFinished).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -688,7 +734,7 @@ async fn a_crashed_broker_loses_no_status_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_launch_that_never_reached_its_agent_is_lost_after_a_broker_restart() {
+async fn a_launch_that_never_reached_its_agent_is_carried_out_after_a_broker_restart() {
     let mut cluster = Cluster::start().await;
     let _agent = cluster.add_agent("cpus:1;mem:256").await;
     let store = cluster.etcd.store().await;
@@ -713,8 +759,13 @@ async fn a_launch_that_never_reached_its_agent_is_lost_after_a_broker_restart() 
         .expect("put");
     cluster.restart_broker().await;
     let mut fw = fw.resubscribe(&cluster).await;
-    let lost = fw.await_state("ghost", TaskState::TaskLost).await;
-    assert_eq!(lost.reason, "REASON_TASK_UNKNOWN");
+    // The new leader finds the task recorded TASK_STAGING and unknown to its agent: it sends the launch again
+    // (issue 22: a recorded launch is carried out; TASK_LOST only when the agent itself is gone).
+    let running = fw.await_state("ghost", TaskState::TaskRunning).await;
+    assert_eq!(
+        running.agent_id,
+        ghost.task.as_ref().expect("task").agent_id
+    );
     // The task the agent does run is not lost: the agent re-sends what was not acknowledged to the new broker.
     eventually("t is TASK_RUNNING under the new broker", || async {
         cluster.tasks(&fw.id).await.iter().any(|r| {
@@ -725,6 +776,58 @@ async fn a_launch_that_never_reached_its_agent_is_lost_after_a_broker_restart() 
     .await;
     fw.kill("t").await.expect("kill");
     fw.await_state("t", TaskState::TaskKilled).await;
+    fw.kill("ghost").await.expect("kill");
+    fw.await_state("ghost", TaskState::TaskKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_sent_again_is_never_run_twice() {
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
+    let mut fw = TestFramework::subscribe(&cluster, "once", "*").await;
+    let ledger = tempfile::NamedTempFile::new().expect("ledger");
+    let path = ledger.path().display().to_string();
+    fw.launch(task("done", &format!("echo started >> {path}"), 0.1, 32.0))
+        .await;
+    fw.await_state("done", TaskState::TaskFinished).await;
+    fw.launch(task(
+        "live",
+        &format!("echo started >> {path}; sleep 60"),
+        0.1,
+        32.0,
+    ))
+    .await;
+    fw.await_state("live", TaskState::TaskRunning).await;
+    // A broker that did not hear its first LaunchTasks answered sends it again (issue 22): the agent knows
+    // both tasks (one ended and acknowledged, one running) and starts neither a second time.
+    let store = cluster.etcd.store().await;
+    let mut client = allot_proto::agent::agent_client::AgentClient::connect(format!(
+        "http://{}",
+        agent.service.addr
+    ))
+    .await
+    .expect("agent");
+    let mut tasks = Vec::new();
+    for t in ["done", "live"] {
+        tasks.push(recorded_task(&store, &fw.id, t).await.task.expect("task"));
+    }
+    client
+        .launch_tasks(allot_proto::agent::LaunchTasksRequest {
+            framework_id: fw.id.clone(),
+            framework_info: None,
+            tasks,
+        })
+        .await
+        .expect("the agent answers a repeated launch");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let starts = std::fs::read_to_string(ledger.path()).expect("ledger");
+    assert_eq!(
+        starts.lines().count(),
+        2,
+        "each task started once: {starts:?}"
+    );
+    fw.kill("live").await.expect("kill");
+    fw.await_state("live", TaskState::TaskKilled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -920,7 +1023,8 @@ async fn a_restarted_agent_reports_the_tasks_it_finds_nothing_of() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_launch_taken_by_an_agent_that_died_before_any_update_is_lost_after_it_registers_again() {
+async fn a_launch_taken_by_an_agent_that_died_before_any_update_is_sent_again_when_it_registers_again()
+ {
     let cluster = Cluster::start().await;
     // The simulated agent keeps its tasks in memory only, and its updates go through a link that is cut, so
     // the broker hears nothing of the tasks after it launched them: they stay TASK_STAGING there.
@@ -946,9 +1050,12 @@ async fn a_launch_taken_by_an_agent_that_died_before_any_update_is_lost_after_it
     let _again = cluster
         .add_simulated_agents_via(n, resources, duration, &link.addr.to_string())
         .await;
+    // The new process is asked about the tasks, knows nothing of them, and is sent their launch again; its
+    // updates reach the broker once the link is healed. Nothing is lost: the agent is there.
+    link.heal();
     for t in ["a", "b"] {
-        let lost = fw.await_state(t, TaskState::TaskLost).await;
-        assert_eq!(lost.agent_id, offer.agent_id, "{lost:?}");
+        let running = fw.await_state(t, TaskState::TaskRunning).await;
+        assert_eq!(running.agent_id, offer.agent_id, "{running:?}");
     }
 }
 

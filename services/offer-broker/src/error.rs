@@ -35,7 +35,16 @@ pub enum Error {
     /// An agent whose address the broker cannot find (`UNAVAILABLE`).
     #[error("agent {0} is unknown")]
     UnknownAgent(String),
-    /// An agent that could not be reached, refused the call or did not answer in time (`UNAVAILABLE`).
+    /// An agent that could not be reached or did not answer in time: the call may be made again
+    /// (`UNAVAILABLE`).
+    #[error("agent {agent} is unreachable: {message}")]
+    AgentUnreachable {
+        /// The agent.
+        agent: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// An agent that refused the call (`UNAVAILABLE`).
     #[error("agent {agent}: {message}")]
     Agent {
         /// The agent.

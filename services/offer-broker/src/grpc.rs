@@ -26,9 +26,10 @@ impl From<Error> for Status {
             | Error::UnknownOffer(_)
             | Error::Rescinded
             | Error::UnknownTask(_) => Status::not_found(text),
-            Error::UnknownAgent(_) | Error::Agent { .. } | Error::Allocator(_) => {
-                Status::unavailable(text)
-            }
+            Error::UnknownAgent(_)
+            | Error::Agent { .. }
+            | Error::AgentUnreachable { .. }
+            | Error::Allocator(_) => Status::unavailable(text),
             Error::Store(e) if e.is_corrupt() => Status::internal(text),
             Error::Store(_) => Status::unavailable(text),
         }

@@ -164,6 +164,12 @@ impl Broker {
     /// ACCEPT with LAUNCH operations of `tasks` on the offers `offer_ids`, filtering the agent for
     /// `refuse_seconds` (default [`DEFAULT_REFUSE_SECONDS`]) afterwards. Returns the number of tasks launched.
     ///
+    /// No launch is left unanswered: every task of an ACCEPT that is refused also gets a status update on the
+    /// framework's event stream, with no uuid (nothing to acknowledge): TASK_ERROR (REASON_TASK_INVALID) for
+    /// an invalid launch, TASK_DROPPED (REASON_INVALID_OFFERS) for an unknown or rescinded offer, and
+    /// TASK_DROPPED (REASON_STORE_UNAVAILABLE) when etcd cannot record the tasks, sent once etcd is known not
+    /// to hold them (`Broker::drop_unrecorded`). A task whose ID names a live task gets none.
+    ///
     /// # Errors
     /// [`Error::NotSubscribed`] or [`Error::TornDown`]; [`Error::UnknownOffer`] or [`Error::Rescinded`] for
     /// an unknown or rescinded offer; [`Error::Invalid`] for a bad launch (see [`validate_launch`]) or filter;
@@ -189,9 +195,19 @@ impl Broker {
         tasks: Vec<TaskInfo>,
         refuse_seconds: Option<f64>,
     ) -> Result<usize, Error> {
-        let (agent_id, refuse, taken, mut valid) = self
-            .take_for_accept(fw, &offer_ids, tasks, refuse_seconds)
-            .inspect_err(span_failed)?;
+        let asked: Vec<(String, String)> = tasks
+            .iter()
+            .map(|t| (t.task_id.clone(), t.agent_id.clone()))
+            .collect();
+        let (agent_id, refuse, taken, mut valid) =
+            match self.take_for_accept(fw, &offer_ids, tasks, refuse_seconds) {
+                Ok(t) => t,
+                Err(e) => {
+                    span_failed(&e);
+                    self.answer_refused(fw, &asked, &e);
+                    return Err(e);
+                }
+            };
         // The ACCEPT's trace names the offers it used, and through them the allocation cycle that made them.
         let span = tracing::Span::current();
         for o in &taken {
@@ -204,7 +220,7 @@ impl Broker {
             .iter()
             .map(|v| staging_record(fw, &agent_id, v.info.clone(), now))
             .collect();
-        let encoded = records
+        let encoded: Vec<(String, Vec<u8>)> = records
             .iter()
             .map(|r| {
                 let (fw, task) = task_key(r);
@@ -214,10 +230,18 @@ impl Broker {
                 )
             })
             .collect();
+        let keys: Vec<String> = encoded.iter().map(|(k, _)| k.clone()).collect();
         if let Err(e) = self.staging.put_all(encoded).await {
             tracing::warn!(error = %e, "cannot persist launched tasks; the offers are restored");
             // Restore nothing we cannot vouch for: the offers go back to the allocator unfiltered.
             self.allocator.recover(offer_ids, 0.0, Vec::new()).await;
+            let asked: Vec<(String, String)> = valid
+                .iter()
+                .map(|v| (v.info.task_id.clone(), agent_id.clone()))
+                .collect();
+            let me = self.clone();
+            let fw = fw.to_string();
+            tokio::spawn(async move { me.drop_unrecorded(&fw, keys, asked).await });
             let e = Error::from(e);
             span_failed(&e);
             return Err(e);
@@ -236,18 +260,63 @@ impl Broker {
         let n = valid.len();
         M.launched.inc_by(n as u64);
         if n > 0 {
-            let me = self.clone();
-            let fw = fw.to_string();
-            let span = tracing::info_span!(
-                "launch",
-                allot.framework.id = %fw,
-                allot.agent.id = %agent_id,
-                allot.tasks = n,
-                otel.status_code = tracing::field::Empty,
-            );
-            tokio::spawn(async move { me.launch(&fw, &agent_id, valid).await }.instrument(span));
+            let tasks = valid.into_iter().map(|v| v.info).collect();
+            self.spawn_launch(fw, &agent_id, tasks);
         }
         Ok(n)
+    }
+
+    /// Answers each task of a refused ACCEPT with TASK_ERROR or TASK_DROPPED (see [`Broker::accept`]).
+    fn answer_refused(&self, fw: &str, asked: &[(String, String)], e: &Error) {
+        let (state, reason) = match e {
+            Error::Invalid(_) => (TaskState::TaskError, "REASON_TASK_INVALID"),
+            Error::UnknownOffer(_) | Error::Rescinded => {
+                (TaskState::TaskDropped, "REASON_INVALID_OFFERS")
+            }
+            // Not subscribed: no event stream to answer on (the framework reconciles after it subscribes).
+            _ => return,
+        };
+        let message = e.to_string();
+        let statuses = self.lock().refusals(
+            fw,
+            asked,
+            (state, reason, &message),
+            allot_common::now_secs(),
+        );
+        self.send_updates(statuses);
+    }
+
+    /// After the TASK_STAGING write of an ACCEPT failed: etcd may hold the records or not (a write can succeed
+    /// and its answer be lost). The keys are deleted, retried with backoff until etcd takes it, and only then
+    /// are the tasks `asked` answered TASK_DROPPED (REASON_STORE_UNAVAILABLE): a framework told its task was
+    /// dropped never sees it launched by a later leader from a record that survived. If this broker is fenced
+    /// off first, nothing is answered: the next leader finds the records, if any, and launches them, and the
+    /// framework's reconciliation learns either way.
+    async fn drop_unrecorded(&self, fw: &str, keys: Vec<String>, asked: Vec<(String, String)>) {
+        let mut delays =
+            allot_common::jittered_retry_delays(Duration::from_millis(200), Duration::from_secs(2));
+        loop {
+            match self.store.delete_all(&keys).await {
+                Ok(()) => break,
+                Err(allot_server::StoreError::Fenced) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, tasks = keys.len(), "cannot clear unrecorded tasks yet; retrying");
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+                }
+            }
+        }
+        let statuses = self.lock().refusals(
+            fw,
+            &asked,
+            (
+                TaskState::TaskDropped,
+                "REASON_STORE_UNAVAILABLE",
+                "etcd could not record the launch; nothing was launched",
+            ),
+            allot_common::now_secs(),
+        );
+        tracing::info!(framework = %fw, tasks = statuses.len(), "unrecorded launches dropped");
+        self.send_updates(statuses);
     }
 
     /// The checks of an ACCEPT, then the offers taken, under one lock: returns the agent, the filter, the
@@ -269,9 +338,27 @@ impl Broker {
         Ok((agent_id, refuse, taken, valid))
     }
 
-    /// Launches `tasks` of `fw` on `agent_id`; if the agent cannot be reached or does not answer within
-    /// [`LAUNCH_TIMEOUT`](crate::link::agents::LAUNCH_TIMEOUT), the tasks become TASK_LOST.
-    async fn launch(self: Arc<Self>, fw: &str, agent_id: &str, tasks: Vec<ValidTask>) {
+    /// Launches `tasks` of `fw` on `agent_id` on a task of its own, in a `launch` span (see
+    /// [`Broker::launch`]). The tasks must be marked in flight (`State::launching`).
+    pub(crate) fn spawn_launch(self: &Arc<Self>, fw: &str, agent_id: &str, tasks: Vec<TaskInfo>) {
+        let me = self.clone();
+        let (fw, agent_id) = (fw.to_string(), agent_id.to_string());
+        let span = tracing::info_span!(
+            "launch",
+            allot.framework.id = %fw,
+            allot.agent.id = %agent_id,
+            allot.tasks = tasks.len(),
+            otel.status_code = tracing::field::Empty,
+        );
+        tokio::spawn(async move { me.launch(&fw, &agent_id, tasks).await }.instrument(span));
+    }
+
+    /// Launches `tasks` of `fw` on `agent_id`. A recorded launch is carried out: while the agent cannot be
+    /// reached or does not answer (within [`LAUNCH_TIMEOUT`](crate::link::agents::LAUNCH_TIMEOUT) a try) and
+    /// its liveness key is present, the launch is sent again with backoff (an agent answers a launch of a task
+    /// it knows with nothing new: none starts twice). The tasks become TASK_LOST only when the agent refuses
+    /// the launch, is unknown, or is gone.
+    async fn launch(self: Arc<Self>, fw: &str, agent_id: &str, tasks: Vec<TaskInfo>) {
         let info = self
             .lock()
             .frameworks
@@ -279,28 +366,63 @@ impl Broker {
             .and_then(|f| f.record.info.clone());
         let keys: Vec<TaskKey> = tasks
             .iter()
-            .map(|t| (fw.to_string(), t.info.task_id.clone()))
+            .map(|t| (fw.to_string(), t.task_id.clone()))
             .collect();
-        let req = LaunchTasksRequest {
+        let mut req = LaunchTasksRequest {
             framework_id: fw.to_string(),
             framework_info: info,
-            tasks: tasks.into_iter().map(|t| t.info).collect(),
+            tasks,
         };
-        let addr = self.agent_address(agent_id).await;
-        if let Err(e) = self.agents.launch(agent_id, addr.as_deref(), req).await {
+        let mut delays =
+            allot_common::jittered_retry_delays(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let addr = self.agent_address(agent_id).await;
+            let e = match self
+                .agents
+                .launch(agent_id, addr.as_deref(), req.clone())
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            let alive = self.lock().alive.contains(agent_id);
+            if matches!(e, Error::AgentUnreachable { .. }) && alive {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(agent = %agent_id, error = %e, ?delay, "launch not answered; sending it again");
+                tokio::time::sleep(delay).await;
+                // The call may have reached the agent after all: a task any update names is not sent again.
+                let state = self.lock();
+                req.tasks.retain(|t| state.is_staging(fw, &t.task_id));
+                drop(state);
+                if req.tasks.is_empty() {
+                    break;
+                }
+                continue;
+            }
             tracing::Span::current().record("otel.status_code", "ERROR");
             let why = match &e {
-                Error::Agent { message, .. } => message.clone(),
+                Error::Agent { message, .. } | Error::AgentUnreachable { message, .. } => {
+                    message.clone()
+                }
                 e => e.to_string(),
             };
             tracing::warn!(agent = %agent_id, error = %why, "launch failed");
+            // Only the tasks no update names: one that reached its agent is that agent's to report.
+            let lost: Vec<TaskKey> = {
+                let state = self.lock();
+                keys.iter()
+                    .filter(|(fw, task)| state.is_staging(fw, task))
+                    .cloned()
+                    .collect()
+            };
             self.master_updates(
-                &keys,
+                &lost,
                 TaskState::TaskLost,
                 "REASON_AGENT_UNREACHABLE",
                 &format!("launch on agent {agent_id} failed: {why}"),
             )
             .await;
+            break;
         }
         self.lock().launched(&keys);
     }

@@ -4,13 +4,15 @@
 //!   etcd records as active is disconnected until it re-subscribes; its failover timeout runs from now, but no
 //!   shorter than three heartbeat intervals. Then it asks every agent what it knows of the tasks etcd records
 //!   as not yet terminal (`Agent.ReconcileTasks`; intermediate states are not written): the agent's latest
-//!   state replaces the recorded one, and a task the agent has never heard of (the ACCEPT was recorded, the
-//!   launch never reached the agent) becomes TASK_LOST.
+//!   state replaces the recorded one; a task recorded TASK_STAGING that the agent has never heard of (the
+//!   ACCEPT was recorded, the launch never reached the agent: the broker died, or its call failed) is
+//!   launched again, so that a recorded launch is carried out; a task past TASK_STAGING that the agent has no
+//!   record of becomes TASK_LOST.
 //! - **Agent lost** (its `alive` key deleted by the registry): its live tasks become TASK_UNREACHABLE.
 //! - **Agent returned** (its `alive` key back): its TASK_UNREACHABLE tasks are reconciled; those it still runs
 //!   are reported, and written, live again.
 //! - **Agent registered again** (a new agent process): all its tasks are reconciled, once the launches in
-//!   flight to it have been answered, so that a launch that died with the earlier process becomes TASK_LOST.
+//!   flight to it have been answered, so that a launch that died with the earlier process is sent again.
 //!
 //! The broker never asks an agent about a task whose launch it has not heard the agent answer: until then the
 //! agent may not know the task, and reconciliation would call a launch in flight TASK_LOST.
@@ -142,11 +144,17 @@ impl Broker {
     }
 
     /// Reconciles `tasks` (each with the uuid of its recorded status) with the agent (or simulator) at `addr`;
-    /// returns how many were reported TASK_LOST. With `returned` (the agent came back after it was
+    /// returns how many were reported TASK_LOST. A task recorded TASK_STAGING that the agent never heard of
+    /// is launched again. With `returned` (the agent came back after it was
     /// unreachable), a task the agent still has is reported again, as a new update written to etcd (reason
     /// REASON_RECONCILIATION), so that the framework and the allocator see the task live again (see
     /// [`State::apply_reconciliation`](crate::state::State::apply_reconciliation)).
-    async fn reconcile_at(&self, addr: String, tasks: Vec<Recorded>, returned: bool) -> usize {
+    async fn reconcile_at(
+        self: &Arc<Self>,
+        addr: String,
+        tasks: Vec<Recorded>,
+        returned: bool,
+    ) -> usize {
         let mut lost_total = 0;
         for chunk in tasks.chunks(RECONCILE_CHUNK) {
             let req = ReconcileTasksRequest {
@@ -162,8 +170,18 @@ impl Broker {
                 tracing::warn!(agent = %addr, tasks = chunk.len(), "agent did not answer reconciliation; its tasks keep their recorded state");
                 continue;
             };
-            let done = self.lock().apply_reconciliation(chunk, answer, returned);
+            let (done, relaunches) = {
+                let mut state = self.lock();
+                let done = state.apply_reconciliation(chunk, answer, returned);
+                let relaunches = state.relaunches(&done.relaunch);
+                (done, relaunches)
+            };
             self.allocator.tell_ended(done.ended);
+            for (fw, agent, tasks) in relaunches {
+                tracing::info!(framework = %fw, agent = %agent, tasks = tasks.len(),
+                    "launch did not reach the agent; sending it again");
+                self.spawn_launch(&fw, &agent, tasks);
+            }
             for (state, tasks) in done.revived {
                 self.master_updates(
                     &tasks,
@@ -188,7 +206,7 @@ impl Broker {
     /// An agent is reachable (again): its tasks that were made TASK_UNREACHABLE are reconciled with it; those
     /// it still runs are reported in their state again, those it never heard of TASK_LOST. Updates it could not
     /// deliver meanwhile arrive from its status update manager on their own.
-    async fn agent_returned(&self, agent_id: &str) {
+    async fn agent_returned(self: &Arc<Self>, agent_id: &str) {
         let unreachable = |s: &TaskStatus| s.state() == TaskState::TaskUnreachable;
         self.reconcile_agent(
             agent_id,
@@ -202,11 +220,11 @@ impl Broker {
     /// An agent registered again (a new agent process, or one back from a partition): its tasks are reconciled
     /// with it, as a Mesos master reconciles the tasks an agent reports when it re-registers. A task launched
     /// before the registration that the agent has never heard of (the launch died with the earlier agent
-    /// process, before it wrote the task down) becomes TASK_LOST; tasks it knows report their latest state.
+    /// process, before it wrote the task down) is launched again; tasks it knows report their latest state.
     /// Launches still on their way to the agent are waited for first (at most [`LAUNCH_TIMEOUT`]), for the new
     /// process may be the one they reach; a launch made later is not reconciled here. TASK_UNREACHABLE tasks
     /// are [`Broker::agent_returned`]'s.
-    async fn agent_reregistered(&self, agent_id: &str) {
+    async fn agent_reregistered(self: &Arc<Self>, agent_id: &str) {
         let in_flight = self.lock().launching_on(agent_id);
         let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT + Duration::from_secs(1);
         while tokio::time::Instant::now() < deadline
@@ -230,7 +248,7 @@ impl Broker {
     /// Reconciles the tasks on `agent_id` whose latest status `pick` selects (see [`Broker::reconcile_at`]),
     /// but those whose launch is on its way to the agent.
     async fn reconcile_agent(
-        &self,
+        self: &Arc<Self>,
         agent_id: &str,
         pick: impl Fn(&TaskStatus) -> bool,
         returned: bool,

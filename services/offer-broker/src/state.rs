@@ -78,7 +78,10 @@ pub struct Applied {
 /// What an agent's answer to reconciliation decided (see [`State::apply_reconciliation`]).
 #[derive(Debug, Default)]
 pub struct Reconciled {
-    /// Tasks the agent has never heard of: TASK_LOST.
+    /// Tasks recorded TASK_STAGING that the agent has never heard of: their launch did not reach it, and is
+    /// sent again.
+    pub relaunch: Vec<TaskKey>,
+    /// Tasks past TASK_STAGING that the agent has no record of: TASK_LOST.
     pub lost: Vec<TaskKey>,
     /// Tasks of an agent back from unreachable that it still runs, by their state: reported again.
     pub revived: BTreeMap<TaskState, Vec<TaskKey>>,
@@ -517,6 +520,16 @@ impl State {
             .get(&(fw.to_string(), task.to_string()))
             .and_then(|t| t.status.as_ref())
             .is_some_and(is_live)
+    }
+
+    /// Whether task `task` of `fw` is still recorded TASK_STAGING: no update from its agent has been heard, so
+    /// its launch may not have reached the agent. A launch is sent again only for such tasks: one that any
+    /// update names has reached its agent.
+    pub fn is_staging(&self, fw: &str, task: &str) -> bool {
+        self.tasks
+            .get(&(fw.to_string(), task.to_string()))
+            .and_then(|t| t.status.as_ref())
+            .is_some_and(|s| s.state() == TaskState::TaskStaging)
     }
 
     /// Takes every offer of `ids` for an ACCEPT, all or none.

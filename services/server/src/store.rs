@@ -493,6 +493,23 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes every key of `keys` (in transactions of at most [`MAX_TXN_OPS`] keys; a key that does not exist
+    /// is no error).
+    ///
+    /// # Errors
+    /// [`StoreError::Etcd`]; [`StoreError::Fenced`] when this store is fenced and its term is over. Keys of the
+    /// transactions before the failed one are deleted.
+    pub async fn delete_all(&self, keys: &[String]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(MAX_TXN_OPS) {
+            let ops = chunk
+                .iter()
+                .map(|k| TxnOp::delete(k.as_str(), None))
+                .collect();
+            self.write("delete", ops).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes every key under `prefix`.
     ///
     /// # Errors

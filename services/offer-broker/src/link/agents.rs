@@ -15,6 +15,29 @@ use std::time::Duration;
 /// answered by then is treated like one that could not be reached: the tasks become TASK_LOST.
 pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether a failed call's `status` says the agent may not have been reached or did not answer: the call
+/// may be made again (a launch the agent already took is not started twice).
+fn unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+    )
+}
+
+/// The error of a call to `agent` that failed with `status`.
+fn failed(agent: &str, status: &tonic::Status) -> Error {
+    let (agent, message) = (agent.to_string(), status.message().to_string());
+    if unreachable(status) {
+        Error::AgentUnreachable { agent, message }
+    } else {
+        Error::Agent { agent, message }
+    }
+}
+
 /// How a KILL ended at the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Killed {
@@ -47,8 +70,8 @@ impl AgentLink {
     /// Launches `req` on agent `agent_id` at `addr`, waiting at most [`LAUNCH_TIMEOUT`] for its answer.
     ///
     /// # Errors
-    /// [`Error::UnknownAgent`] without an address; [`Error::Agent`] if the agent cannot be reached, refuses
-    /// or does not answer in time.
+    /// [`Error::UnknownAgent`] without an address; [`Error::AgentUnreachable`] if the agent cannot be reached
+    /// or does not answer in time (the launch may be sent again); [`Error::Agent`] if it refuses.
     pub async fn launch(
         &self,
         agent_id: &str,
@@ -58,21 +81,21 @@ impl AgentLink {
         let mut c = addr
             .and_then(|a| self.client(a))
             .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
-        let failed = |message: String| Error::Agent {
-            agent: agent_id.to_string(),
-            message,
-        };
         match tokio::time::timeout(LAUNCH_TIMEOUT, c.launch_tasks(req)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(s)) => Err(failed(s.message().to_string())),
-            Err(_) => Err(failed("the agent did not answer".into())),
+            Ok(Err(s)) => Err(failed(agent_id, &s)),
+            Err(_) => Err(Error::AgentUnreachable {
+                agent: agent_id.to_string(),
+                message: "the agent did not answer".into(),
+            }),
         }
     }
 
     /// Asks agent `agent_id` at `addr` to kill task `task` of `fw`.
     ///
     /// # Errors
-    /// [`Error::UnknownAgent`] without an address; [`Error::Agent`] if the agent cannot be reached or fails.
+    /// [`Error::UnknownAgent`] without an address; [`Error::AgentUnreachable`] if the agent cannot be reached;
+    /// [`Error::Agent`] if it fails.
     pub async fn kill(
         &self,
         agent_id: &str,
@@ -90,10 +113,7 @@ impl AgentLink {
         match c.kill_task(req).await {
             Ok(_) => Ok(Killed::Killing),
             Err(e) if e.code() == tonic::Code::NotFound => Ok(Killed::Unknown(e.message().into())),
-            Err(e) => Err(Error::Agent {
-                agent: agent_id.to_string(),
-                message: e.message().to_string(),
-            }),
+            Err(e) => Err(failed(agent_id, &e)),
         }
     }
 

@@ -103,7 +103,9 @@ impl State {
     ///   (`revived`, by state) and nothing else changes;
     /// - without, the agent's latest state replaces the recorded one with its acknowledgement; a terminal one
     ///   is due for writing and ends the task for the allocator;
-    /// - a task the agent has never heard of is `lost`.
+    /// - a task the agent has never heard of is `relaunch`ed if it is recorded TASK_STAGING (its launch did not
+    ///   reach the agent; the agent answers a launch of a task it knows with its state, so none starts twice),
+    ///   and `lost` otherwise, or when the agent is back from unreachable.
     pub fn apply_reconciliation(
         &mut self,
         asked: &[Recorded],
@@ -148,10 +150,40 @@ impl State {
         }
         for t in answer.unknown {
             let key = (t.framework_id, t.task_id);
-            if unchanged(&self.tasks, &key) {
+            if !unchanged(&self.tasks, &key) {
+                continue;
+            }
+            let staging = self
+                .tasks
+                .get(&key)
+                .and_then(|r| r.status.as_ref())
+                .is_some_and(|s| s.state() == TaskState::TaskStaging);
+            if staging && !returned {
+                out.relaunch.push(key);
+            } else {
                 out.lost.push(key);
             }
         }
         out
+    }
+
+    /// The launches to send again for `keys` (tasks recorded TASK_STAGING whose launch did not reach their
+    /// agent), grouped by framework and agent; each is marked in flight.
+    pub fn relaunches(&mut self, keys: &[TaskKey]) -> Vec<(String, String, Vec<TaskInfo>)> {
+        let mut groups: BTreeMap<(String, String), Vec<TaskInfo>> = BTreeMap::new();
+        for key in keys {
+            let Some(info) = self.tasks.get(key).and_then(|r| r.task.clone()) else {
+                continue;
+            };
+            self.launching.insert(key.clone());
+            groups
+                .entry((key.0.clone(), info.agent_id.clone()))
+                .or_default()
+                .push(info);
+        }
+        groups
+            .into_iter()
+            .map(|((fw, agent), tasks)| (fw, agent, tasks))
+            .collect()
     }
 }

@@ -4,6 +4,37 @@
 use super::*;
 
 impl State {
+    /// The updates that answer the tasks `(task_id, agent_id)` of `fw`'s ACCEPT that was refused before
+    /// anything was recorded: `state` (TASK_ERROR for an invalid launch, TASK_DROPPED otherwise, as Mesos 1.x)
+    /// with `reason` and `message`, at `now`, with no uuid (there is no record to acknowledge). A task whose ID
+    /// is taken by a live task of `fw`, or empty, gets none: its update would name another task.
+    pub fn refusals(
+        &self,
+        fw: &str,
+        tasks: &[(String, String)],
+        (state, reason, message): (TaskState, &str, &str),
+        now: f64,
+    ) -> Vec<TaskStatus> {
+        let mut seen = HashSet::new();
+        tasks
+            .iter()
+            .filter(|(task, _)| !task.is_empty() && !self.is_live_task(fw, task))
+            .filter(|(task, _)| seen.insert(task.as_str()))
+            .map(|(task, agent)| TaskStatus {
+                task_id: task.clone(),
+                state: state as i32,
+                message: message.to_string(),
+                source: StatusSource::SourceMaster as i32,
+                reason: reason.to_string(),
+                agent_id: agent.clone(),
+                framework_id: fw.to_string(),
+                timestamp: now,
+                uuid: Vec::new(),
+                exit_code: None,
+            })
+            .collect()
+    }
+
     /// Records the TASK_STAGING `records` an ACCEPT persisted; their launch is on its way to the agent.
     pub fn add_staged(&mut self, records: Vec<TaskRecord>) {
         for rec in records {

@@ -478,7 +478,7 @@ fn reconcile_answers_named_tasks_and_every_live_task_without_uuids() {
 }
 
 #[test]
-fn reconciliation_answers_replace_unchanged_tasks_and_unknown_ones_are_lost() {
+fn reconciliation_answers_replace_unchanged_tasks_and_unknown_staged_ones_launch_again() {
     let (mut s, _rx) = with_task();
     for t in ["t2", "t3"] {
         s.add_staged(vec![staging_record(FW, AGENT, task_info(t, "cpus:1"), 1.0)]);
@@ -505,7 +505,8 @@ fn reconciliation_answers_replace_unchanged_tasks_and_unknown_ones_are_lost() {
         }],
     };
     let done = s.apply_reconciliation(&asked, answer, false);
-    assert_eq!(done.lost, [key("t2")]);
+    assert_eq!(done.relaunch, [key("t2")]);
+    assert!(done.lost.is_empty());
     assert_eq!(done.ended.len(), 1);
     assert_eq!(status_of(&s, "t1").state(), TaskState::TaskFinished);
     assert!(s.tasks[&key("t1")].acknowledged);
@@ -610,4 +611,87 @@ fn refuse_seconds_must_be_a_finite_number_of_seconds() {
     for bad in [-1.0, f64::NAN, f64::INFINITY] {
         assert!(matches!(refuse_of(Some(bad), 5.0), Err(Error::Invalid(_))));
     }
+}
+
+#[test]
+fn a_refused_accept_answers_each_new_task_but_never_a_live_one() {
+    let (mut s, _rx) = with_task();
+    let asked = [
+        ("t1".to_string(), AGENT.to_string()),
+        ("t2".to_string(), String::new()),
+        ("t2".to_string(), String::new()),
+        (String::new(), String::new()),
+    ];
+    let answers = s.refusals(
+        FW,
+        &asked,
+        (
+            TaskState::TaskDropped,
+            "REASON_INVALID_OFFERS",
+            "offer gone",
+        ),
+        4.0,
+    );
+    assert_eq!(
+        answers.len(),
+        1,
+        "t1 is live, t2 once, no empty ID: {answers:?}"
+    );
+    assert_eq!(answers[0].task_id, "t2");
+    assert_eq!(answers[0].state(), TaskState::TaskDropped);
+    assert_eq!(answers[0].source(), StatusSource::SourceMaster);
+    assert!(answers[0].uuid.is_empty(), "nothing to acknowledge");
+    assert!(!s.tasks.contains_key(&key("t2")), "nothing recorded");
+    apply(&mut s, "t1", TaskState::TaskFinished, 1);
+    let again = s.refusals(
+        FW,
+        &asked[..1],
+        (TaskState::TaskError, "REASON_TASK_INVALID", "bad"),
+        4.0,
+    );
+    assert_eq!(again.len(), 1, "an ended task's ID may be answered");
+}
+
+#[test]
+fn a_staged_task_its_agent_never_heard_of_is_launched_again_and_a_started_one_is_lost() {
+    let (mut s, _rx) = with_task();
+    stage(&mut s, "t2");
+    s.launched(&[key("t2")]);
+    apply(&mut s, "t2", TaskState::TaskRunning, 1);
+    ack(&mut s, "t2", 1);
+    let asked = s.tasks_on(AGENT, |_| true);
+    let unknown = |task: &str| allot_proto::agent::AgentTask {
+        framework_id: FW.into(),
+        task_id: task.into(),
+    };
+    let answer = ReconcileTasksResponse {
+        tasks: vec![],
+        unknown: vec![unknown("t1"), unknown("t2")],
+    };
+    let done = s.apply_reconciliation(&asked, answer, false);
+    assert_eq!(done.relaunch, [key("t1")], "recorded TASK_STAGING");
+    assert_eq!(done.lost, [key("t2")], "the agent forgot a task it ran");
+    let launches = s.relaunches(&done.relaunch);
+    assert_eq!(launches.len(), 1);
+    let (fw, agent, tasks) = &launches[0];
+    assert_eq!((fw.as_str(), agent.as_str()), (FW, AGENT));
+    assert_eq!(tasks[0].task_id, "t1");
+    assert_eq!(s.launching_on(AGENT), [key("t1")], "in flight again");
+}
+
+#[test]
+fn a_task_unknown_to_an_agent_back_from_unreachable_is_lost_not_launched() {
+    let (mut s, _rx) = with_task();
+    make_unreachable(&mut s, "t1");
+    let asked = s.tasks_on(AGENT, |st| st.state() == TaskState::TaskUnreachable);
+    let answer = ReconcileTasksResponse {
+        tasks: vec![],
+        unknown: vec![allot_proto::agent::AgentTask {
+            framework_id: FW.into(),
+            task_id: "t1".into(),
+        }],
+    };
+    let done = s.apply_reconciliation(&asked, answer, true);
+    assert!(done.relaunch.is_empty());
+    assert_eq!(done.lost, [key("t1")]);
 }
