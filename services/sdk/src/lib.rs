@@ -9,6 +9,13 @@
 //! SUPPRESS, KILL, RECONCILE, TEARDOWN) only after all calls made before it are answered. A call that fails is
 //! reported to [`Scheduler::error`].
 //!
+//! No launch is left without an answer. The broker answers every task of an ACCEPT it refuses with a status
+//! update (TASK_ERROR for an invalid launch, TASK_DROPPED otherwise); and when an ACCEPT fails in a way that
+//! leaves its outcome unknown (the call timed out, the connection broke, the broker changed), the driver
+//! reconciles exactly its tasks, after 1 s and then backing off to 30 s (at once after a re-subscription),
+//! until an update names each of them: the task's state, or TASK_UNKNOWN for a launch that never took effect.
+//! A framework that does nothing special therefore hears of every task it launched.
+//!
 //! ```no_run
 //! use allot_sdk::{Driver, DriverConfig, Scheduler, Offer, TaskStatus};
 //! struct Hello;
@@ -34,7 +41,7 @@ pub use allot_proto::scheduler::Offer;
 use allot_proto::scheduler::{
     self as pb, Filters, Launch, Operation, event, operation, scheduler_client::SchedulerClient,
 };
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -56,6 +63,9 @@ pub trait Scheduler: Send {
     fn error(&mut self, _driver: &Driver, _message: &str) {}
     /// The connection to the broker dropped; the driver is re-subscribing.
     fn disconnected(&mut self, _driver: &Driver) {}
+    /// Called about once a second while subscribed, for the framework's own timers (for example, giving up on
+    /// a task that has stayed TASK_UNREACHABLE too long). Not a Mesos callback.
+    fn tick(&mut self, _driver: &Driver) {}
 }
 
 /// A failure that ends [`run`].
@@ -248,11 +258,81 @@ fn scheduler_client(
         .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
 }
 
+/// A call that failed: what to tell [`Scheduler::error`], and for an ACCEPT its tasks `(task_id, agent_id)`,
+/// whose fate the driver then reconciles.
+struct CallFailed {
+    message: String,
+    launching: Vec<(String, String)>,
+}
+
+/// The first wait before the driver reconciles tasks of a failed ACCEPT; it doubles up to
+/// [`MAX_RECONCILE_DELAY`] while the broker has not answered for every one of them.
+const FIRST_RECONCILE_DELAY: Duration = Duration::from_secs(1);
+
+/// The longest wait between two reconciliations of tasks of failed ACCEPTs.
+const MAX_RECONCILE_DELAY: Duration = Duration::from_secs(30);
+
+/// Tasks of ACCEPTs that failed, whose fate the framework has not heard yet: the driver reconciles them with
+/// backoff (at once after a re-subscription) until an update names each of them. An ACCEPT that failed may
+/// have launched its tasks (the answer was lost, the broker died after recording them) or not (refused, or
+/// never received); the broker answers a reconciliation with the task's state, or TASK_UNKNOWN for a task it
+/// never recorded, so a framework never waits for ever on a launch it cannot know the outcome of.
+#[derive(Default)]
+struct Unsure {
+    /// `task_id -> agent_id`.
+    tasks: HashMap<String, String>,
+    /// When to reconcile next, and the wait after that.
+    next: Option<(tokio::time::Instant, Duration)>,
+}
+
+impl Unsure {
+    fn add(&mut self, tasks: Vec<(String, String)>) {
+        if tasks.is_empty() {
+            return;
+        }
+        self.tasks.extend(tasks);
+        if self.next.is_none() {
+            self.next = Some((
+                tokio::time::Instant::now() + FIRST_RECONCILE_DELAY,
+                FIRST_RECONCILE_DELAY,
+            ));
+        }
+    }
+
+    /// An update named `task`: its fate is known.
+    fn heard(&mut self, task: &str) {
+        if self.tasks.remove(task).is_some() && self.tasks.is_empty() {
+            self.next = None;
+        }
+    }
+
+    /// The tasks to reconcile now, and the next time (backing off).
+    fn due(&mut self) -> Vec<(String, String)> {
+        let Some((_, wait)) = self.next else {
+            return Vec::new();
+        };
+        let wait = (wait * 2).min(MAX_RECONCILE_DELAY);
+        self.next = Some((tokio::time::Instant::now() + wait, wait));
+        self.tasks
+            .iter()
+            .map(|(t, a)| (t.clone(), a.clone()))
+            .collect()
+    }
+
+    /// When [`Unsure::due`] should run; far away when nothing is unsure.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.next.map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            |(at, _)| at,
+        )
+    }
+}
+
 async fn run_calls(
     brokers: allot_common::grpc::Replicas,
     mut calls: mpsc::UnboundedReceiver<(Call, tracing::Span)>,
     framework_id: Arc<Mutex<String>>,
-    errors: mpsc::UnboundedSender<String>,
+    errors: mpsc::UnboundedSender<CallFailed>,
     stop: CancellationToken,
 ) {
     // Calls taken off the channel and not made yet, in order.
@@ -305,10 +385,16 @@ async fn run_calls(
             allot.offer.ids = tracing::field::Empty,
             allot.task.ids = tracing::field::Empty,
         );
+        // The tasks of an ACCEPT, to reconcile should the call fail (its outcome is then unknown).
+        let mut launching: Vec<(String, String)> = Vec::new();
         if let Call::Accept(offers, tasks, _) = &call {
             span.record("allot.offer.ids", offers.join(","));
             let ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
             span.record("allot.task.ids", ids.join(","));
+            launching = tasks
+                .iter()
+                .map(|t| (t.task_id.clone(), t.agent_id.clone()))
+                .collect();
         }
         let call_span = span.clone();
         // The broker the subscription is on (only the subscription loop moves to another replica).
@@ -389,7 +475,10 @@ async fn run_calls(
         let made = async move {
             if let Err(e) = result.await {
                 span.record("otel.status_code", "ERROR");
-                let _ = errors.send(format!("{what} failed: {} ({:?})", e.message(), e.code()));
+                let _ = errors.send(CallFailed {
+                    message: format!("{what} failed: {} ({:?})", e.message(), e.code()),
+                    launching,
+                });
             }
         };
         if pipelined {
@@ -434,6 +523,9 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
         stop.clone(),
     ));
     let mut info = config.info;
+    let mut unsure = Unsure::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let first = Duration::from_millis(200);
     let mut delays = allot_common::retry_delays(first);
     let result = 'outer: loop {
@@ -473,13 +565,24 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
         };
         delays = allot_common::retry_delays(first);
         let mut patience = Duration::from_secs(45);
+        let mut last_event = tokio::time::Instant::now();
         loop {
             let msg = tokio::select! {
-                m = tokio::time::timeout(patience, stream.message()) => m,
-                Some(e) = err_rx.recv() => { scheduler.error(&driver, &e); continue; }
+                m = tokio::time::timeout_at(last_event + patience, stream.message()) => m,
+                Some(e) = err_rx.recv() => {
+                    unsure.add(e.launching);
+                    scheduler.error(&driver, &e.message);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(unsure.deadline()), if unsure.next.is_some() => {
+                    driver.call(Call::Reconcile(unsure.due()));
+                    continue;
+                }
                 _ = teardown.notified() => { driver.call(Call::Teardown); continue; }
+                _ = ticks.tick() => { scheduler.tick(&driver); continue; }
                 _ = stop.cancelled() => break 'outer Ok(()),
             };
+            last_event = tokio::time::Instant::now();
             let ev = match msg {
                 Ok(Ok(Some(ev))) => ev,
                 Ok(Ok(None)) => break,
@@ -499,6 +602,9 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                     patience =
                         Duration::from_secs_f64((s.heartbeat_interval_seconds * 3.0).max(1.0));
                     scheduler.registered(&driver, &s.framework_id);
+                    if !unsure.tasks.is_empty() {
+                        driver.call(Call::Reconcile(unsure.due()));
+                    }
                 }
                 Some(event::Event::Offers(o)) => scheduler.resource_offers(&driver, o.offers),
                 Some(event::Event::Rescind(r)) => scheduler.offer_rescinded(&driver, &r.offer_id),
@@ -509,6 +615,7 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                         let span = allot_common::status_update_span(&status, "consumer");
                         allot_telemetry::propagation::set_parent_from_map(&span, &trace_context);
                         let _entered = span.enter();
+                        unsure.heard(&status.task_id);
                         scheduler.status_update(&driver, &status);
                         if !status.uuid.is_empty() {
                             driver.call(Call::Acknowledge(
@@ -566,6 +673,8 @@ mod tests {
         seen: Arc<Mutex<Seen>>,
         gate: Arc<Semaphore>,
         events: Arc<Mutex<Option<EventSender>>>,
+        /// Answer every ACCEPT `UNAVAILABLE` (as a broker that lost leadership).
+        fail_accepts: bool,
     }
 
     impl Recorder {
@@ -612,6 +721,9 @@ mod tests {
             }
             self.gate.acquire().await.expect("gate open").forget();
             self.seen.lock().unwrap().accepts_open -= 1;
+            if self.fail_accepts {
+                return Err(Status::unavailable("not the leader any more"));
+            }
             Ok(Response::new(Default::default()))
         }
 
@@ -655,9 +767,19 @@ mod tests {
 
         async fn reconcile(
             &self,
-            _: Request<pb::ReconcileRequest>,
+            r: Request<pb::ReconcileRequest>,
         ) -> Result<Response<pb::ReconcileResponse>, Status> {
-            self.note("RECONCILE".into())
+            let ids: Vec<&str> = r
+                .get_ref()
+                .tasks
+                .iter()
+                .map(|t| t.task_id.as_str())
+                .collect();
+            self.note(
+                format!("RECONCILE {}", ids.join(","))
+                    .trim_end()
+                    .to_string(),
+            )
         }
 
         async fn teardown(
@@ -712,6 +834,7 @@ mod tests {
             seen: seen.clone(),
             gate: gate.clone(),
             events: events.clone(),
+            fail_accepts: false,
         };
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -777,6 +900,103 @@ mod tests {
         let expected: Vec<String> = (1..=6).map(|i| format!("ACCEPT o{i}")).collect();
         assert_eq!(accepts, expected);
         assert_eq!(seen.calls[6..], ["SUPPRESS", "ACKNOWLEDGE x2", "TEARDOWN"]);
+        server.abort();
+    }
+
+    /// Launches task `t1` on the first offer; records every update.
+    #[derive(Default)]
+    struct LaunchOne {
+        heard: Vec<(String, TaskState)>,
+    }
+
+    impl Scheduler for LaunchOne {
+        fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
+            let task = shell_task("t1", "true", "cpus:0.1").expect("task");
+            driver.accept(vec![offers[0].offer_id.clone()], vec![task], None);
+        }
+
+        fn status_update(&mut self, driver: &Driver, status: &TaskStatus) {
+            self.heard.push((status.task_id.clone(), status.state()));
+            driver.stop();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_tasks_of_a_failed_accept_are_reconciled_until_an_update_names_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let events = Arc::new(Mutex::new(None));
+        let recorder = Recorder {
+            seen: seen.clone(),
+            gate: Arc::new(Semaphore::new(100)),
+            events: events.clone(),
+            fail_accepts: true,
+        };
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(SchedulerServer::new(recorder))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let driver = tokio::spawn(run(
+            DriverConfig::new(&addr.to_string(), framework_info("launch-one", "test")),
+            LaunchOne::default(),
+        ));
+        until(|| events.lock().unwrap().is_some()).await;
+        let tx = events.lock().unwrap().clone().unwrap();
+        let send = |ev: event::Event| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(Event {
+                    event: Some(ev),
+                    trace_context: Default::default(),
+                }))
+                .await
+                .unwrap()
+            }
+        };
+        let offer = Offer {
+            offer_id: "o1".into(),
+            agent_id: "a1".into(),
+            ..Default::default()
+        };
+        send(event::Event::Offers(pb::Offers {
+            offers: vec![offer],
+        }))
+        .await;
+        // The ACCEPT fails: its outcome is unknown, so the driver asks about its task after a second, and
+        // again (backing off) while no update names it.
+        let reconciles = || {
+            seen.lock()
+                .unwrap()
+                .calls
+                .iter()
+                .filter(|c| *c == "RECONCILE t1")
+                .count()
+        };
+        until(|| reconciles() == 2).await;
+        // The broker's answer (TASK_UNKNOWN: the launch never took effect) ends the reconciliation.
+        let unknown = TaskStatus {
+            task_id: "t1".into(),
+            state: TaskState::TaskUnknown as i32,
+            ..Default::default()
+        };
+        send(event::Event::Update(pb::Update {
+            status: Some(unknown),
+        }))
+        .await;
+        let scheduler = tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .expect("the driver stops")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            scheduler.heard,
+            [("t1".to_string(), TaskState::TaskUnknown)]
+        );
+        let calls = seen.lock().unwrap().calls.clone();
+        assert_eq!(calls[0], "ACCEPT o1");
+        assert_eq!(reconciles(), 2, "{calls:?}");
         server.abort();
     }
 }
