@@ -1,11 +1,13 @@
 //! `allot execute`: a one-off framework that runs a command (N instances), prints each state change, and
 //! exits with the command's exit code, like `mesos-execute`. Ctrl-C tears the framework down (its tasks are
-//! killed).
+//! killed). An instance that ends through no fault of its own (see [`crate::attempts`]) is launched again
+//! under a new task ID, up to `--max-retries` times.
 
+use crate::attempts::{Attempts, Next, attempt_id};
 use crate::fit::{Pending, take_fitting};
 use allot_sdk::{Driver, Offer, Scheduler, TaskState, TaskStatus};
 use anyhow::Context;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// `allot execute` flags.
@@ -29,26 +31,82 @@ pub struct Args {
     /// Seconds between SIGTERM and SIGKILL when the task is killed.
     #[arg(long, default_value_t = 3.0)]
     kill_grace_period: f64,
+    /// How many times an instance that ended through no fault of its own (TASK_LOST, TASK_DROPPED, its agent
+    /// restarted, TASK_UNREACHABLE past `--unreachable-timeout`, ...) is launched again.
+    #[arg(long, default_value_t = 3)]
+    max_retries: u32,
+    /// Seconds an instance may stay TASK_UNREACHABLE before it is launched again elsewhere.
+    #[arg(long, default_value_t = 60.0)]
+    unreachable_timeout: f64,
 }
 
 struct Execute {
-    pending: VecDeque<Pending>,
+    /// Each instance as first launched, by instance (job) ID.
+    instances: BTreeMap<String, Pending>,
+    /// Launches waiting for an offer, with their instance and attempt.
+    pending: VecDeque<(Pending, String, u32)>,
+    /// Launches in flight: task ID -> agent ID.
+    running: HashMap<String, String>,
+    /// The final status of each instance that ended for good.
     states: BTreeMap<String, TaskStatus>,
-    total: usize,
+    attempts: Attempts,
     driver: Arc<Mutex<Option<Driver>>>,
+    clock: std::time::Instant,
+}
+
+impl Execute {
+    fn settle(&mut self, driver: &Driver, task_id: &str, status: Option<&TaskStatus>, next: Next) {
+        match next {
+            Next::Nothing => {}
+            Next::Kill(task, agent) => driver.kill(&task, &agent),
+            Next::Retry(job, attempt) => {
+                self.running.remove(task_id);
+                let mut p = self.instances[&job].clone();
+                p.info.task_id = attempt_id(&job, attempt);
+                eprintln!("launching {job} again as {}", p.info.task_id);
+                self.pending.push_front((p, job, attempt));
+                driver.revive();
+            }
+            Next::Ended(job, _) => {
+                let agent = self.running.remove(task_id).unwrap_or_default();
+                let status = status.cloned().unwrap_or_else(|| TaskStatus {
+                    task_id: task_id.to_string(),
+                    state: TaskState::TaskUnreachable as i32,
+                    message: "unreachable for longer than --unreachable-timeout".into(),
+                    agent_id: agent,
+                    ..Default::default()
+                });
+                self.states.insert(job, status);
+                if self.states.len() == self.instances.len() {
+                    driver.teardown();
+                }
+            }
+        }
+    }
 }
 
 impl Scheduler for Execute {
     fn registered(&mut self, driver: &Driver, framework_id: &str) {
         eprintln!("subscribed as framework {framework_id}");
         *self.driver.lock().expect("driver slot") = Some(driver.clone());
+        let live: Vec<(String, String)> = self
+            .running
+            .iter()
+            .map(|(t, a)| (t.clone(), a.clone()))
+            .collect();
+        if !live.is_empty() {
+            driver.reconcile(live);
+        }
+        if !self.pending.is_empty() {
+            driver.revive();
+        }
     }
 
     fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
         for offer in offers {
             let offered =
                 allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
-            let tasks = take_fitting(&offered, &mut self.pending, usize::MAX);
+            let tasks = take_fitting(&offered, &mut self.pending, usize::MAX, |p| &p.0.resources);
             if tasks.is_empty() {
                 // Nothing left to launch: stay away. Otherwise the offer is too small: no filter, so the agent
                 // comes back as soon as it has more free.
@@ -56,17 +114,18 @@ impl Scheduler for Execute {
                 driver.decline(vec![offer.offer_id], Some(refuse));
                 continue;
             }
-            for t in &tasks {
+            let mut launches = Vec::with_capacity(tasks.len());
+            for (t, job, attempt) in tasks {
                 eprintln!(
                     "launching {} on agent {} ({})",
                     t.info.task_id, offer.agent_id, offer.hostname
                 );
+                self.attempts.launched(&job, attempt);
+                self.running
+                    .insert(t.info.task_id.clone(), offer.agent_id.clone());
+                launches.push(t.info);
             }
-            driver.accept(
-                vec![offer.offer_id],
-                tasks.into_iter().map(|t| t.info).collect(),
-                Some(0.0),
-            );
+            driver.accept(vec![offer.offer_id], launches, Some(0.0));
         }
         if self.pending.is_empty() {
             driver.suppress();
@@ -81,14 +140,21 @@ impl Scheduler for Execute {
             format!(" ({})", status.message)
         };
         eprintln!("task {}: {}{msg}", status.task_id, state.as_str_name());
-        self.states.insert(status.task_id.clone(), status.clone());
-        let done = self
-            .states
-            .values()
-            .filter(|s| s.state().is_terminal())
-            .count();
-        if done == self.total && self.pending.is_empty() {
-            driver.teardown();
+        let now = self.clock.elapsed().as_secs_f64();
+        let next = self.attempts.update(status, now);
+        self.settle(driver, &status.task_id, Some(status), next);
+    }
+
+    fn tick(&mut self, driver: &Driver) {
+        let now = self.clock.elapsed().as_secs_f64();
+        for next in self.attempts.overdue(now) {
+            let task_id = match &next {
+                Next::Retry(job, attempt) => attempt_id(job, attempt - 1),
+                Next::Ended(job, attempt) => attempt_id(job, *attempt),
+                _ => continue,
+            };
+            eprintln!("task {task_id}: unreachable for longer than --unreachable-timeout");
+            self.settle(driver, &task_id, None, next);
         }
     }
 
@@ -103,6 +169,7 @@ pub async fn run(broker: &str, args: Args) -> anyhow::Result<i32> {
         .resources
         .parse()
         .with_context(|| format!("--resources '{}'", args.resources))?;
+    let mut instances = BTreeMap::new();
     let mut pending = VecDeque::new();
     for i in 0..args.instances {
         let id = if args.instances == 1 {
@@ -112,17 +179,22 @@ pub async fn run(broker: &str, args: Args) -> anyhow::Result<i32> {
         };
         let mut info = allot_sdk::shell_task(&id, &args.command, &args.resources)?;
         info.kill_grace_period = args.kill_grace_period;
-        pending.push_back(Pending {
+        let p = Pending {
             info,
             resources: resources.clone(),
-        });
+        };
+        instances.insert(id.clone(), p.clone());
+        pending.push_back((p, id, 1));
     }
     let slot = Arc::new(Mutex::new(None::<Driver>));
     let scheduler = Execute {
-        total: pending.len(),
+        instances,
         pending,
+        running: HashMap::new(),
         states: BTreeMap::new(),
+        attempts: Attempts::new(args.max_retries, args.unreachable_timeout),
         driver: slot.clone(),
+        clock: std::time::Instant::now(),
     };
     let config =
         allot_sdk::DriverConfig::new(broker, allot_sdk::framework_info(&args.name, &args.role));

@@ -13,19 +13,21 @@ pub struct Pending {
     pub resources: Resources,
 }
 
-/// Takes tasks from the front of `queue`, in order, while they fit in `offered` and fewer than `max` are taken.
-/// Stops at the first task that does not fit, so tasks start in queue order.
-pub fn take_fitting(
+/// Takes items from the front of `queue`, in order, while their resources (as `resources` gives them) fit in
+/// `offered` and fewer than `max` are taken. Stops at the first item that does not fit, so tasks start in
+/// queue order.
+pub fn take_fitting<T>(
     offered: &Resources,
-    queue: &mut VecDeque<Pending>,
+    queue: &mut VecDeque<T>,
     max: usize,
-) -> Vec<Pending> {
+    resources: impl Fn(&T) -> &Resources,
+) -> Vec<T> {
     let mut left = offered.clone();
     let mut out = Vec::new();
     while out.len() < max {
         match queue.front() {
-            Some(p) if left.contains(&p.resources) => {
-                left.subtract(&p.resources);
+            Some(p) if left.contains(resources(p)) => {
+                left.subtract(resources(p));
                 out.push(queue.pop_front().expect("front exists"));
             }
             _ => break,
@@ -51,10 +53,10 @@ mod tests {
     #[test]
     fn packs_in_order_up_to_the_cap() {
         let mut q: VecDeque<_> = vec![p("a", "cpus:1"), p("b", "cpus:1"), p("c", "cpus:1")].into();
-        let got = take_fitting(&"cpus:2.5".parse().unwrap(), &mut q, 10);
+        let got = take_fitting(&"cpus:2.5".parse().unwrap(), &mut q, 10, |p| &p.resources);
         assert_eq!(got.len(), 2);
         assert_eq!(q.len(), 1);
-        let got = take_fitting(&"cpus:8".parse().unwrap(), &mut q, 0);
+        let got = take_fitting(&"cpus:8".parse().unwrap(), &mut q, 0, |p| &p.resources);
         assert!(got.is_empty());
     }
 }

@@ -7,9 +7,11 @@
 //! - `allot policy load|list|activate|rollback|status`: manage the allocator's policy at runtime;
 //! - `allot sim SCENARIO`: run an allocation scenario on a simulated clock.
 
+mod attempts;
 mod batch;
 mod execute;
 mod fit;
+mod journal;
 mod ops;
 mod policy;
 

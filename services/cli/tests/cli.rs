@@ -119,3 +119,159 @@ async fn a_bad_flag_is_a_usage_error() {
         .expect("allot runs");
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// The `allot` arguments that reach `cluster`.
+fn allot_args(cluster: &Cluster) -> Vec<String> {
+    vec![
+        "--registry".into(),
+        cluster.registry.addr.to_string(),
+        "--broker".into(),
+        cluster.broker.addr.to_string(),
+    ]
+}
+
+/// The pid the agent with `work_dir` checkpointed for task `task` (of whichever framework ran it).
+fn checkpointed_pid(work_dir: &std::path::Path, task: &str) -> Option<i32> {
+    let frameworks = std::fs::read_dir(work_dir.join("meta/frameworks")).ok()?;
+    frameworks.flatten().find_map(|fw| {
+        std::fs::read_to_string(fw.path().join("tasks").join(task).join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits until `path` holds at least `lines` lines; returns them.
+async fn lines_in(path: &std::path::Path, lines: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + allot_tests::PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= lines {
+            return text.lines().map(str::to_string).collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never had {lines} lines: {text:?}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_launches_again_a_task_its_agent_lost_and_not_one_that_failed() {
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger");
+    let job = dir.path().join("job.toml");
+    // `t` runs until its agent dies with all of its processes (as on a reboot): the restarted agent finds no
+    // exit status and reports TASK_FAILED (REASON_AGENT_RESTARTED), no fault of the task; the batch launches it
+    // again as `t-retry1`. `bad` fails by its own exit code: it is not launched again.
+    let d = dir.path().display();
+    let text = format!(
+        "name = \"retrying\"\nconcurrency = 2\nresources = \"cpus:0.25;mem:32\"\n\
+         [[tasks]]\nid = \"t\"\ncommand = \"echo $ALLOT_TASK_ID >> {d}/ledger; [ -e {d}/marker ] || {{ touch {d}/marker; sleep 60; }}\"\n\
+         [[tasks]]\nid = \"bad\"\ncommand = \"echo $ALLOT_TASK_ID >> {d}/ledger; exit 4\"\n"
+    );
+    std::fs::write(&job, text).expect("job file");
+    let batch = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(allot_args(&cluster))
+        .args(["batch", job.to_str().expect("utf-8"), "--quiet", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("allot batch");
+    lines_in(&ledger, 2).await;
+    let work_dir = agent.work_dir.clone();
+    let pid = checkpointed_pid(&work_dir, "t").expect("t's pid is checkpointed");
+    agent.service.crash();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("killpg");
+    let _again = cluster.start_agent("cpus:1;mem:256", work_dir).await;
+    let out = tokio::time::timeout(allot_tests::PATIENCE, batch.wait_with_output())
+        .await
+        .expect("the batch ends")
+        .expect("allot batch runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "bad failed: {stdout} {stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
+    let tasks = summary["tasks"].as_array().expect("tasks");
+    let of = |id: &str| tasks.iter().find(|t| t["task_id"] == id).expect(id).clone();
+    assert_eq!(of("t")["state"], "TASK_FINISHED", "{stdout}");
+    assert_eq!(of("t")["attempts"], 2, "{stdout}");
+    assert_eq!(of("bad")["state"], "TASK_FAILED", "{stdout}");
+    assert_eq!(of("bad")["attempts"], 1, "{stdout}");
+    let mut starts = std::fs::read_to_string(&ledger).expect("ledger");
+    starts = starts.lines().collect::<Vec<_>>().join(" ");
+    assert_eq!(starts.matches("bad").count(), 1, "{starts}");
+    assert!(starts.contains("t-retry1"), "{starts}");
+    assert!(
+        !job.with_extension("toml.journal").exists(),
+        "the journal is removed when the batch ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_batch_run_again_resumes_its_job_and_runs_no_task_twice() {
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("cpus:1;mem:256").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger");
+    let job = dir.path().join("job.toml");
+    let mut text =
+        String::from("name = \"resumable\"\nconcurrency = 2\nresources = \"cpus:0.25;mem:32\"\n");
+    for i in 0..6 {
+        text.push_str(&format!(
+            "[[tasks]]\nid = \"t{i}\"\ncommand = \"echo t{i} >> {}; sleep 1\"\n",
+            ledger.display()
+        ));
+    }
+    std::fs::write(&job, text).expect("job file");
+    let run = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(allot_args(&cluster))
+            .args(["batch", job.to_str().expect("utf-8"), "--quiet", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("allot batch")
+    };
+    // The batch is killed (SIGKILL) with tasks running: they keep running, the journal stays.
+    let mut first = run();
+    lines_in(&ledger, 3).await;
+    first.kill().await.expect("kill -9 the batch");
+    let journal = dir.path().join("job.toml.journal");
+    assert!(journal.exists(), "the journal outlives the batch");
+    // Run again: it re-subscribes as the same framework and finishes the job.
+    let out = tokio::time::timeout(allot_tests::PATIENCE, run().wait_with_output())
+        .await
+        .expect("the batch ends")
+        .expect("allot batch runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {stderr}");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert!(stdout.contains("\"finished\": 6"), "{stdout}");
+    let starts = std::fs::read_to_string(&ledger).expect("ledger");
+    for i in 0..6 {
+        let n = starts.lines().filter(|l| *l == format!("t{i}")).count();
+        assert_eq!(n, 1, "t{i} started once: {starts:?}");
+    }
+    assert!(
+        !journal.exists(),
+        "the journal is removed when the batch ends"
+    );
+    let frameworks = allot(&cluster, &["frameworks", "--json"]).await;
+    let text = String::from_utf8_lossy(&frameworks.stdout);
+    assert!(
+        text.matches("resumable").count() <= 1,
+        "one framework, resumed, not two: {text}"
+    );
+}
