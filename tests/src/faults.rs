@@ -122,6 +122,9 @@ pub struct WorkloadLog {
     /// Task IDs the broker answered TASK_UNKNOWN for (their ACCEPT never took effect); the work went again
     /// under a new ID.
     pub unknown: Vec<String>,
+    /// Task IDs the broker answered TASK_DROPPED for (refused before it reached an agent: etcd could not
+    /// record it, or its offer was gone); the work went again under a new ID.
+    pub dropped: Vec<String>,
     /// Work items whose task (under one of its IDs) reached a terminal state.
     pub finished: std::collections::HashSet<usize>,
     /// Errors the driver reported (failed calls during faults).
@@ -168,8 +171,9 @@ impl WorkloadLog {
 ///
 /// It behaves as a careful Mesos framework does: every few seconds it explicitly reconciles the tasks it
 /// launched and heard nothing of (an ACCEPT can fail during a fault), and a task the broker answers
-/// TASK_UNKNOWN for is launched again under a new ID. A work item whose task ends in any terminal state is
-/// done (it is not retried): the suite checks that each launch ends exactly once, not that all succeed.
+/// TASK_UNKNOWN or TASK_DROPPED for (the launch never took effect) is launched again under a new ID. A work
+/// item whose task ends in any other terminal state is done (it is not retried): the suite checks that each
+/// launch ends exactly once, not that all succeed.
 pub struct Workload {
     queue: VecDeque<(usize, u32)>,
     make: Box<dyn Fn(&str) -> TaskInfo + Send>,
@@ -299,6 +303,16 @@ impl allot_sdk::Scheduler for Workload {
             log.reasons
                 .entry(status.task_id.clone())
                 .or_insert_with(|| status.reason.clone());
+        }
+        if state == TaskState::TaskDropped {
+            // Refused before it reached an agent: launch the work again under a new ID (once per ID).
+            if !log.dropped.contains(&status.task_id) {
+                log.dropped.push(status.task_id.clone());
+                if let Some((item, attempt)) = parse_id(&status.task_id) {
+                    self.queue.push_back((item, attempt + 1));
+                }
+            }
+            return;
         }
         if state.is_terminal()
             && let Some((item, _)) = parse_id(&status.task_id)

@@ -155,6 +155,16 @@ async fn every_task_ends_exactly_once_through_every_fault() {
     }
     let twice: Vec<_> = ran.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "launches that ran twice: {twice:?}");
+    // A launch reported TASK_DROPPED never ran (its work went again under a new ID).
+    let dropped_ran: Vec<_> = log
+        .dropped
+        .iter()
+        .filter(|id| ran.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        dropped_ran.is_empty(),
+        "launches reported dropped that ran: {dropped_ran:?}"
+    );
     // Tasks outlive a killed agent: the restarted agent reattaches to them (or reports how they ended).
     let abandoned: Vec<_> = log
         .reasons
@@ -185,8 +195,9 @@ async fn every_task_ends_exactly_once_through_every_fault() {
         }
     }
     eprintln!(
-        "{TASKS} work items: terminal states {by_state:?}; {} launches answered TASK_UNKNOWN and went again; {} failed calls",
+        "{TASKS} work items: terminal states {by_state:?}; {} launches answered TASK_UNKNOWN and {} TASK_DROPPED went again; {} failed calls",
         log.unknown.len(),
+        log.dropped.len(),
         log.errors.len()
     );
     for (fault, t) in &times {
