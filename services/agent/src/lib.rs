@@ -22,7 +22,6 @@ pub mod status;
 
 use allot_common::AbortOnDrop;
 use allot_common::convert::resources_to_proto;
-use allot_common::grpc::Channel;
 use allot_proto::agent::status_updates_client::StatusUpdatesClient;
 use allot_proto::common::{AgentInfo, TaskStatus};
 use allot_proto::registry::{
@@ -56,7 +55,8 @@ pub struct Config {
     /// Address the broker uses to reach this agent; default: the bound listen address.
     #[arg(long, env = "ALLOT_ADVERTISE")]
     pub advertise: Option<String>,
-    /// The registry's gRPC address.
+    /// The registry's gRPC address; for replicated registries, every replica's, comma-separated (calls follow
+    /// the leader).
     #[arg(long, env = "ALLOT_REGISTRY", default_value = "127.0.0.1:5050")]
     pub registry: String,
     /// The offer-broker's gRPC address (status updates go there); for replicated brokers, every replica's,
@@ -352,7 +352,8 @@ fn recover_tasks(agent: &Arc<Agent>) {
                 task_id: task_id.clone(),
                 ..Default::default()
             });
-        let launch = agent.launch(&fw, &latest.agent_id, task);
+        let agent_id = latest.map_or_else(|| task.agent_id.clone(), |l| l.agent_id);
+        let launch = agent.launch(&fw, &agent_id, task);
         let found = dir
             .as_deref()
             .map_or(executor::Recovered::Ended(executor::Exit::Unknown), |d| {
@@ -524,7 +525,7 @@ pub async fn run(
     agent.refresh_usage();
     tracing::info!(%address, %resources, ?reserved, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
 
-    let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
+    let registry = allot_common::grpc::Replicas::new(&config.registry)?;
     // Aborted when `run` returns or is dropped: a crashed agent must stop heartbeating.
     let liveness = {
         let agent = agent.clone();
@@ -566,10 +567,11 @@ pub async fn run(
 }
 
 /// Registers (with the AgentID in `id`, if any), records the ID in `id` and in `id_file` (when given), then
-/// heartbeats; re-registers as the same agent whenever the registry says the lease lapsed. `admission`, a
-/// permit of whoever limits how many agents register at once, is released after the first registration.
+/// heartbeats; re-registers as the same agent whenever the registry says the lease lapsed. Calls go to the
+/// leading replica of `registry` (a standby names it). `admission`, a permit of whoever limits how many
+/// agents register at once, is released after the first registration.
 pub(crate) async fn keep_registered(
-    mut registry: RegistryClient<Channel>,
+    registry: allot_common::grpc::Replicas,
     info: AgentInfo,
     id: &Mutex<String>,
     id_file: Option<PathBuf>,
@@ -582,7 +584,13 @@ pub(crate) async fn keep_registered(
             info: Some(info.clone()),
             agent_id: id.lock().expect("agent id poisoned").clone(),
         };
-        let resp = match registry.register_agent(req).await {
+        let resp = match registry
+            .call(|ch| {
+                let req = req.clone();
+                async move { RegistryClient::new(ch).register_agent(req).await }
+            })
+            .await
+        {
             Ok(r) => r.into_inner(),
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
@@ -607,9 +615,13 @@ pub(crate) async fn keep_registered(
         let interval = Duration::from_secs_f64(resp.heartbeat_interval.clamp(0.1, 60.0));
         loop {
             tokio::time::sleep(interval).await;
+            let beat = HeartbeatRequest {
+                agent_id: resp.agent_id.clone(),
+            };
             match registry
-                .heartbeat(HeartbeatRequest {
-                    agent_id: resp.agent_id.clone(),
+                .call(|ch| {
+                    let beat = beat.clone();
+                    async move { RegistryClient::new(ch).heartbeat(beat).await }
                 })
                 .await
             {

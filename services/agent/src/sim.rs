@@ -25,7 +25,6 @@ use allot_proto::agent::{
     status_updates_client::StatusUpdatesClient,
 };
 use allot_proto::common::{StatusSource, TaskState, TaskStatus};
-use allot_proto::registry::registry_client::RegistryClient;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::future::Future;
@@ -345,7 +344,7 @@ pub async fn run(
     });
     let finishing = AbortOnDrop(tokio::spawn(sim.clone().finish_tasks()));
     tracing::info!(agents = n, address = %node.info.address, resources = %node.resources, "simulated agents starting");
-    let registry = RegistryClient::new(allot_common::grpc::channel(&config.registry)?);
+    let registry = allot_common::grpc::Replicas::new(&config.registry)?;
     let admission = Arc::new(tokio::sync::Semaphore::new(REGISTER_CONCURRENCY));
     let liveness = {
         let (info, admission) = (node.info.clone(), admission.clone());

@@ -187,15 +187,24 @@ impl StatusUpdateManager {
                 );
                 let (updates, acknowledged, valid) =
                     replay(&std::fs::read(&path).unwrap_or_default());
+                // A task launched (its TaskInfo checkpointed) that made no update yet is kept: its process may
+                // run, and a launch of it sent again must not start it a second time.
+                let launched_silent = updates.is_empty()
+                    && acknowledged.is_none()
+                    && task.path().join("task").exists();
                 if updates.is_empty()
                     && acknowledged
                         .as_ref()
                         .is_none_or(|s| s.state().is_terminal())
+                    && !launched_silent
                 {
                     let _ = std::fs::remove_dir_all(task.path());
                     continue;
                 }
-                let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
                 // Later records go right after the last good one, not after a torn one.
                 file.set_len(valid as u64)?;
                 let mut stream = Stream::new(HashMap::new(), Some(file), retry_min);
@@ -382,9 +391,10 @@ impl StatusUpdateManager {
             .sum()
     }
 
-    /// Tasks whose latest update (acknowledged or not) is not terminal, with that update: after a restart,
-    /// the tasks an earlier agent process left running.
-    pub fn unfinished(&self) -> Vec<(TaskKey, TaskStatus)> {
+    /// Tasks whose latest update (acknowledged or not) is not terminal, with that update, or that have made no
+    /// update at all (`None`: launched, checkpointed, then the agent died): after a restart, the tasks an
+    /// earlier agent process left running.
+    pub fn unfinished(&self) -> Vec<(TaskKey, Option<TaskStatus>)> {
         self.streams
             .lock()
             .expect("streams poisoned")
@@ -395,8 +405,11 @@ impl StatusUpdateManager {
                     .updates
                     .back()
                     .and_then(|r| r.status.clone())
-                    .or_else(|| s.acknowledged.clone())?;
-                (!latest.state().is_terminal()).then(|| (k.clone(), latest))
+                    .or_else(|| s.acknowledged.clone());
+                match latest {
+                    Some(l) if l.state().is_terminal() => None,
+                    latest => Some((k.clone(), latest)),
+                }
             })
             .collect()
     }
@@ -784,6 +797,25 @@ mod tests {
         assert_eq!(out[0].request.sandbox, "/sb");
         assert!(m.acknowledge(&key("t1"), b"f1").is_some());
         assert!(!meta.join("frameworks/fw/tasks/t1").exists());
+    }
+
+    #[test]
+    fn a_task_launched_without_an_update_yet_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta");
+        // The agent checkpointed the task and started it, then died before its first update; an empty
+        // directory (no TaskInfo) is left from nothing worth keeping.
+        let launched = meta.join("frameworks/fw/tasks/t1");
+        std::fs::create_dir_all(&launched).unwrap();
+        std::fs::write(launched.join("task"), b"").unwrap();
+        std::fs::create_dir_all(meta.join("frameworks/fw/tasks/t2")).unwrap();
+        let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
+        assert_eq!(m.unfinished(), [(key("t1"), None)]);
+        assert!(
+            m.has_seen(&key("t1")),
+            "a launch of it sent again is ignored"
+        );
+        assert!(!meta.join("frameworks/fw/tasks/t2").exists());
     }
 
     #[tokio::test(start_paused = true)]
