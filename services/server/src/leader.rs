@@ -14,8 +14,14 @@
 //! leadership to a standby ([`Term::lost`]), revoking its lease if etcd still answers; the service then stops, as a Mesos master stops
 //! when it loses its ZooKeeper session, and a supervisor (systemd `Restart=always`, `deploy/local/run.sh`)
 //! starts it again as a candidate.
-//! A leader that stops gracefully revokes its lease, so a standby takes over at once; a leader killed with
-//! `kill -9` is replaced once its lease expires (at most `--leader-lease`).
+//! A leader that stops gracefully revokes its lease, so a standby takes over at once. A leader killed with
+//! `kill -9` is replaced within about a second and a half, long before its lease expires: each standby
+//! watches for a dead leader ([`watch_for_a_dead_leader`]) and revokes its lease when the leader's address
+//! refuses connections [`REFUSALS`] times in a row (or is the standby's own address: the standby is that
+//! leader's restarted process) *and* etcd says the lease has not been renewed for over a second. Both must
+//! hold, so a slow etcd or a leader that is alive but unreachable from the standby (a partition, a wrong
+//! `--advertise`) is not deposed: the lease decides then, and it can stay long enough to ride out an etcd
+//! stall. A wrong guess is safe all the same: every write of a deposed leader is fenced off.
 
 use crate::standby::{LEADER, Leadership};
 use crate::store::{Store, StoreError};
@@ -32,6 +38,13 @@ static TERMS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::IntCount
             &["service"],
         )
     });
+
+/// How many connection attempts in a row a leader's address must refuse before a standby revokes the lease
+/// of a leader that has also stopped renewing it (see [`watch_for_a_dead_leader`]).
+pub const REFUSALS: u32 = 3;
+
+/// The wait between two probes of the leader's address by a standby.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Election flags of a replicated service (allocator, offer-broker).
 #[derive(Debug, Clone, clap::Args)]
@@ -102,14 +115,23 @@ pub async fn campaign(
 ) -> Term {
     LEADER.with_label_values(&[service]).set(0.0);
     let name = format!("{}/leader/{service}", store.root());
+    let (current_tx, current) = watch::channel(None);
     let _observer = allot_common::AbortOnDrop(tokio::spawn(observe(
         store.clone(),
         name.clone(),
         leadership.clone(),
+        current_tx,
+    )));
+    let (own_lease, own_lease_rx) = watch::channel(0);
+    let _prober = allot_common::AbortOnDrop(tokio::spawn(watch_for_a_dead_leader(
+        store.clone(),
+        current,
+        advertise.to_string(),
+        own_lease_rx,
     )));
     let mut delays = allot_common::retry_delays(Duration::from_millis(200));
     loop {
-        match try_campaign(store, &name, advertise, ttl).await {
+        match try_campaign(store, &name, advertise, ttl, &own_lease).await {
             Ok(term) => {
                 TERMS.with_label_values(&[service]).inc();
                 tracing::info!(service, advertise, lease = term.lease, "elected leader");
@@ -129,12 +151,14 @@ async fn try_campaign(
     name: &str,
     advertise: &str,
     ttl: Duration,
+    own_lease: &watch::Sender<i64>,
 ) -> Result<Term, StoreError> {
     let mut client = store.client();
     let secs = ttl.as_secs().max(1) as i64;
     let lease = crate::store::traced("lease_grant", client.lease_grant(secs, None))
         .await?
         .id();
+    own_lease.send_replace(lease);
     let (lost_tx, mut lost) = watch::channel(false);
     // Renewals start before the campaign, which blocks for as long as another replica leads.
     let keeper =
@@ -225,21 +249,108 @@ async fn renew(store: &Store, lease: i64) -> Result<bool, etcd_client::Error> {
     }
 }
 
-/// Follows the election's leader into `leadership` (for a standby's answers) until aborted ([`campaign`]
-/// aborts it once elected).
-async fn observe(store: Store, name: String, leadership: Leadership) {
+/// The election's leader as a standby sees it: its advertised address and the lease its key is bound to.
+#[derive(Debug, Clone, PartialEq)]
+struct Current {
+    address: String,
+    lease: i64,
+}
+
+/// Follows the election's leader into `leadership` (for a standby's answers) and `current` until aborted
+/// ([`campaign`] aborts it once elected).
+async fn observe(
+    store: Store,
+    name: String,
+    leadership: Leadership,
+    current: watch::Sender<Option<Current>>,
+) {
     loop {
         let mut client = store.client();
         if let Ok(mut stream) = client.observe(name.as_str()).await {
             while let Ok(Some(resp)) = stream.message().await {
-                let leader = resp
-                    .kv()
-                    .and_then(|kv| kv.value_str().ok())
-                    .map(str::to_string);
-                leadership.set_standby(leader);
+                let leader = resp.kv().and_then(|kv| {
+                    Some(Current {
+                        address: kv.value_str().ok()?.to_string(),
+                        lease: kv.lease(),
+                    })
+                });
+                leadership.set_standby(leader.as_ref().map(|c| c.address.clone()));
+                current.send_replace(leader);
             }
         }
+        current.send_replace(None);
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether a standby may depose the leader: its address refused [`REFUSALS`] connections in a row, or is the
+/// standby's own (`own_address`: the standby is the dead leader's restarted process), and etcd reports its
+/// lease at `remaining` of `granted` seconds (whole seconds, rounded down), that is, not renewed for over a
+/// second (a leader renews at least once a second). A lease under 3 s is left to expire.
+pub fn leader_looks_dead(refusals: u32, own_address: bool, remaining: i64, granted: i64) -> bool {
+    (refusals >= REFUSALS || own_address) && granted >= 3 && remaining <= granted - 2
+}
+
+/// Watches for a dead leader while this replica is a standby (see the module documentation): probes the
+/// current leader's address every [`PROBE_INTERVAL`] and revokes the leader's lease once
+/// [`leader_looks_dead`] says so. `own_lease` is this replica's own campaign lease, never revoked here.
+async fn watch_for_a_dead_leader(
+    store: Store,
+    mut current: watch::Receiver<Option<Current>>,
+    advertise: String,
+    own_lease: watch::Receiver<i64>,
+) {
+    let mut refusals = 0u32;
+    let mut watched: Option<Current> = None;
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let leader = current.borrow_and_update().clone();
+        if leader != watched {
+            refusals = 0;
+            watched = leader.clone();
+        }
+        let Some(leader) = leader else { continue };
+        if leader.lease == *own_lease.borrow() {
+            continue;
+        }
+        let own_address = leader.address == advertise;
+        if !own_address {
+            let probe = tokio::time::timeout(
+                PROBE_INTERVAL,
+                tokio::net::TcpStream::connect(leader.address.as_str()),
+            )
+            .await;
+            match probe {
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => refusals += 1,
+                // Accepted, timed out (a partition, a stalled host) or any other failure: not plainly dead.
+                _ => refusals = 0,
+            }
+            if refusals < REFUSALS {
+                continue;
+            }
+        }
+        let mut client = store.client();
+        let Ok(Ok(ttl)) = tokio::time::timeout(
+            PROBE_INTERVAL,
+            client.lease_time_to_live(leader.lease, None),
+        )
+        .await
+        else {
+            continue;
+        };
+        if leader_looks_dead(refusals, own_address, ttl.ttl(), ttl.granted_ttl()) {
+            tracing::warn!(
+                leader = %leader.address,
+                lease = leader.lease,
+                refusals,
+                remaining = ttl.ttl(),
+                "the leader is gone (its address refuses connections and its lease is not renewed): revoking its lease"
+            );
+            revoke(&store, leader.lease).await;
+            refusals = 0;
+        }
     }
 }
 
@@ -293,4 +404,25 @@ where
     drop(leading);
     term.resign().await;
     ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_is_deposed_only_when_its_address_refuses_and_its_lease_is_not_renewed() {
+        // Dead: refused three times, and the 10 s lease not renewed for over a second.
+        assert!(leader_looks_dead(3, false, 8, 10));
+        // Alive but unreachable from here (a partition, a wrong --advertise): it keeps renewing.
+        assert!(!leader_looks_dead(9, false, 9, 10));
+        // Not renewed (a slow etcd), but its address answers: the lease decides.
+        assert!(!leader_looks_dead(0, false, 3, 10));
+        assert!(!leader_looks_dead(2, false, 3, 10));
+        // The standby's own address: it is the leader's restarted process.
+        assert!(leader_looks_dead(0, true, 7, 10));
+        assert!(!leader_looks_dead(0, true, 9, 10));
+        // A lease under 3 s is left to expire.
+        assert!(!leader_looks_dead(5, false, 0, 2));
+    }
 }
