@@ -25,7 +25,8 @@ use clap::{Parser, Subcommand};
     about = "Allot cluster manager: operator views and frameworks"
 )]
 struct Cli {
-    /// The registry's gRPC address.
+    /// The registry's gRPC address; for replicated registries, every replica's, comma-separated (calls follow
+    /// the leader).
     #[arg(
         long,
         global = true,

@@ -41,8 +41,9 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// A client of the leading registry among the replicas at `addr` (comma-separated).
 async fn registry(addr: &str) -> anyhow::Result<RegistryClient<allot_common::grpc::Channel>> {
-    Ok(RegistryClient::new(allot_common::grpc::channel(addr)?))
+    Ok(RegistryClient::new(leader(addr).await?))
 }
 
 /// A client of the leading broker among the replicas at `addr` (comma-separated).

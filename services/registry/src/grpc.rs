@@ -17,8 +17,17 @@ impl From<Error> for Status {
     }
 }
 
-/// The registry's gRPC service.
-pub struct RegistryService(pub Registry);
+/// The registry's gRPC service: the [`Registry`] once this replica leads (a standby's calls are answered by
+/// `allot_server::grpc::replicated_server` before they reach it).
+pub struct RegistryService(pub std::sync::Arc<std::sync::OnceLock<Registry>>);
+
+impl RegistryService {
+    fn registry(&self) -> Result<&Registry, Status> {
+        self.0.get().ok_or_else(|| {
+            Status::unavailable("this registry replica has not loaded its state yet")
+        })
+    }
+}
 
 #[tonic::async_trait]
 impl registry_server::Registry for RegistryService {
@@ -30,7 +39,7 @@ impl registry_server::Registry for RegistryService {
         let info = req
             .info
             .ok_or_else(|| Status::invalid_argument("RegisterAgent needs `info` (AgentInfo)"))?;
-        let r = self.0.register_agent(info, req.agent_id).await?;
+        let r = self.registry()?.register_agent(info, req.agent_id).await?;
         Ok(Response::new(RegisterAgentResponse {
             agent_id: r.agent_id,
             heartbeat_interval: r.heartbeat_interval,
@@ -42,7 +51,7 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        self.0.heartbeat(&request.into_inner().agent_id)?;
+        self.registry()?.heartbeat(&request.into_inner().agent_id)?;
         Ok(Response::new(HeartbeatResponse {}))
     }
 
@@ -50,7 +59,7 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<UnregisterAgentRequest>,
     ) -> Result<Response<UnregisterAgentResponse>, Status> {
-        self.0
+        self.registry()?
             .unregister_agent(&request.into_inner().agent_id)
             .await?;
         Ok(Response::new(UnregisterAgentResponse {}))
@@ -61,7 +70,7 @@ impl registry_server::Registry for RegistryService {
         _: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
         let agents = self
-            .0
+            .registry()?
             .agents()
             .await?
             .into_iter()
@@ -81,7 +90,7 @@ impl registry_server::Registry for RegistryService {
             .into_inner()
             .role
             .ok_or_else(|| Status::invalid_argument("SetRole needs `role`"))?;
-        self.0.set_role(role).await?;
+        self.registry()?.set_role(role).await?;
         Ok(Response::new(SetRoleResponse {}))
     }
 
@@ -90,7 +99,7 @@ impl registry_server::Registry for RegistryService {
         _: Request<ListRolesRequest>,
     ) -> Result<Response<ListRolesResponse>, Status> {
         Ok(Response::new(ListRolesResponse {
-            roles: self.0.roles().await?,
+            roles: self.registry()?.roles().await?,
         }))
     }
 }

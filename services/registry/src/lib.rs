@@ -13,9 +13,13 @@
 //! `alive/<agent_id>` key in one transaction. Heartbeats move the agent's deadline in memory ([`liveness`]) and
 //! write nothing; when an agent misses its heartbeats for `agent_timeout`, the registry deletes its `alive` key
 //! and every watcher (allocator, offer-broker) sees the agent become unreachable. A heartbeat therefore costs
-//! no etcd round trip, which is what lets one registry hold 50,000 agents (docs/benchmarks.md). After a restart
-//! the registry gives every agent whose `alive` key it finds a full timeout. Run one registry per cluster: two
-//! would each judge only the heartbeats they receive.
+//! no etcd round trip, which is what lets one registry hold 50,000 agents (docs/benchmarks.md).
+//!
+//! The registry runs as replicas, like the allocator and the offer-broker: one leads (leader election through
+//! etcd, [`allot_server::leader`]), the standbys answer every call with `UNAVAILABLE` naming the leader, and
+//! agents and the CLI follow it. Only the leader judges heartbeats; a new leader (or a restarted registry)
+//! gives every agent whose `alive` key it finds a full timeout, so no agent is declared lost for heartbeats
+//! that went to the previous leader.
 
 pub mod error;
 pub mod grpc;
@@ -53,13 +57,20 @@ pub struct Config {
     /// How long an agent may go without a heartbeat before it is unreachable.
     #[arg(long, env = "ALLOT_AGENT_TIMEOUT", default_value = "15s", value_parser = allot_server::config::parse_duration)]
     pub agent_timeout: Duration,
+    /// Leader election among registry replicas (one leads; standbys point callers to it).
+    #[command(flatten)]
+    pub election: allot_server::leader::ElectionArgs,
 }
 
-/// Runs the registry on `listener` until `shutdown` resolves.
+/// Runs the registry on `listener` until `shutdown` resolves: a standby until it wins the election among
+/// registry replicas, then the leader, which loads the `alive` keys (each agent gets a full timeout) and
+/// sweeps for agents past their deadline.
 ///
 /// # Errors
-/// [`allot_server::ServiceError::Store`] if etcd cannot be reached or read at start;
-/// [`allot_server::ServiceError::Transport`] if the server fails.
+/// [`allot_server::ServiceError::Store`] if etcd cannot be reached or read when elected;
+/// [`allot_server::ServiceError::Transport`] if the server fails;
+/// [`allot_server::ServiceError::LeadershipLost`] if the leader could not renew its lease (restart the process:
+/// it campaigns again).
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -67,14 +78,31 @@ pub async fn run(
 ) -> Result<(), allot_server::ServiceError> {
     let store = config.etcd.connect().await?;
     let _metrics = config.metrics.serve().await?;
-    let service = grpc::RegistryService(Registry::start(store, config.agent_timeout).await?);
-    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving");
-    let router = allot_server::grpc::server()
+    let slot = std::sync::Arc::new(std::sync::OnceLock::new());
+    let leadership = allot_server::standby::Leadership::new();
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving (a standby until elected)");
+    let router = allot_server::grpc::replicated_server(&leadership)
         .add_service(allot_server::grpc::health().await)
         .add_service(
-            allot_proto::registry::registry_server::RegistryServer::new(service)
-                .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+            allot_proto::registry::registry_server::RegistryServer::new(grpc::RegistryService(
+                slot.clone(),
+            ))
+            .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
         );
-    allot_server::grpc::serve(router, listener, shutdown).await?;
-    Ok(())
+    // Elected: load the agents etcd lists as alive, and sweep for as long as the term lasts.
+    let on_elected = || async {
+        let registry = Registry::load(store.clone(), config.agent_timeout).await?;
+        let sweeper = allot_common::AbortOnDrop(tokio::spawn(registry.sweep()));
+        let _ = slot.set(registry);
+        Ok(sweeper)
+    };
+    allot_server::leader::serve_replicated(
+        router,
+        listener,
+        shutdown,
+        (&store, "registry", &config.election),
+        &leadership,
+        on_elected,
+    )
+    .await
 }

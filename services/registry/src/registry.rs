@@ -1,8 +1,8 @@
 //! The registry's flows: agent registration, heartbeats and unregistration, the agent list, and roles.
 //!
 //! Agent liveness is a [`Liveness`] table in memory; etcd holds only its transitions (the `alive/<agent_id>`
-//! keys), written by registration and deleted by the [`sweeper`](crate::sweeper), which runs as long as the
-//! [`Registry`] exists.
+//! keys), written by registration and deleted by the [`sweeper`](crate::sweeper), which the leading replica
+//! runs ([`Registry::sweep`]) for as long as its term lasts.
 
 use crate::error::Error;
 use crate::liveness::Liveness;
@@ -30,17 +30,17 @@ pub struct Registry {
     store: Store,
     agent_timeout: Duration,
     liveness: Arc<Mutex<Liveness>>,
-    _sweeper: allot_common::AbortOnDrop,
 }
 
 impl Registry {
     /// A registry over `store` whose agents time out after `agent_timeout` without a heartbeat. Every agent
     /// that etcd lists as alive is admitted with a full timeout from now (a restarted registry does not judge
-    /// agents by heartbeats it never saw). Starts the sweeper on the current Tokio runtime.
+    /// agents by heartbeats it never saw, and a new leader gives every agent a full timeout). Agents time out
+    /// only while [`Registry::sweep`] runs.
     ///
     /// # Errors
     /// [`StoreError::Etcd`] if the `alive` keys cannot be read.
-    pub async fn start(store: Store, agent_timeout: Duration) -> Result<Self, StoreError> {
+    pub async fn load(store: Store, agent_timeout: Duration) -> Result<Self, StoreError> {
         let mut liveness = Liveness::new(agent_timeout);
         let now = Instant::now();
         for (key, revision) in store.keys(&store.prefix(Kind::Alive)).await? {
@@ -55,17 +55,21 @@ impl Registry {
         }
         M.reachable.set(liveness.len() as f64);
         let liveness = Arc::new(Mutex::new(liveness));
-        let sweeper = tokio::spawn(crate::sweeper::sweep_forever(
-            store.clone(),
-            liveness.clone(),
-            crate::sweeper::period(agent_timeout),
-        ));
         Ok(Self {
             store,
             agent_timeout,
             liveness,
-            _sweeper: allot_common::AbortOnDrop(sweeper),
         })
+    }
+
+    /// The sweeper of this registry: agents past their deadline become unreachable (see
+    /// [`sweeper`](crate::sweeper)). Runs until dropped; spawn it for the term of the leading replica.
+    pub fn sweep(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        crate::sweeper::sweep_forever(
+            self.store.clone(),
+            self.liveness.clone(),
+            crate::sweeper::period(self.agent_timeout),
+        )
     }
 
     fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
