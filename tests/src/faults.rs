@@ -281,7 +281,9 @@ impl allot_sdk::Scheduler for Workload {
         let mut log = self.log.lock().expect("log");
         if state == TaskState::TaskUnknown {
             // The ACCEPT never took effect: launch the work again under a new ID (once per unknown ID).
-            if !log.unknown.contains(&status.task_id) && !log.updates.contains_key(&status.task_id)
+            if !log.unknown.contains(&status.task_id)
+                && !log.updates.contains_key(&status.task_id)
+                && !log.dropped.contains(&status.task_id)
             {
                 log.unknown.push(status.task_id.clone());
                 if let Some((item, attempt)) = parse_id(&status.task_id) {
@@ -305,8 +307,9 @@ impl allot_sdk::Scheduler for Workload {
                 .or_insert_with(|| status.reason.clone());
         }
         if state == TaskState::TaskDropped {
-            // Refused before it reached an agent: launch the work again under a new ID (once per ID).
-            if !log.dropped.contains(&status.task_id) {
+            // Refused before it reached an agent: launch the work again under a new ID, once per ID (a
+            // reconciliation may have answered TASK_UNKNOWN for it first, and the work went again then).
+            if !log.dropped.contains(&status.task_id) && !log.unknown.contains(&status.task_id) {
                 log.dropped.push(status.task_id.clone());
                 if let Some((item, attempt)) = parse_id(&status.task_id) {
                     self.queue.push_back((item, attempt + 1));

@@ -440,8 +440,10 @@ pub struct Cluster {
     /// The proxy between the control-plane services and etcd, with [`ClusterOptions::etcd_link`]: a test cuts or
     /// slows their path to etcd with it.
     pub etcd_link: Option<faults::Proxy>,
-    /// The registry.
+    /// The registry (the leading replica).
     pub registry: Service,
+    /// Standby registry replicas.
+    pub standby_registries: Vec<Service>,
     /// The allocator (the leading replica).
     pub allocator: Service,
     /// The offer-broker (the leading replica).
@@ -450,6 +452,7 @@ pub struct Cluster {
     pub standby_allocators: Vec<Service>,
     /// Standby broker replicas.
     pub standby_brokers: Vec<Service>,
+    registry_addrs: String,
     allocator_addrs: String,
     broker_addrs: String,
     dir: tempfile::TempDir,
@@ -462,23 +465,26 @@ fn services_endpoint(etcd: &Etcd, link: Option<&faults::Proxy>) -> String {
     link.map_or(etcd.endpoint.clone(), |p| format!("http://{}", p.addr))
 }
 
-/// A registry against `etcd` on `addr`.
+/// A registry against `etcd` on `addr`; returns once a registry leads (this one, unless another replica does).
 async fn start_registry(etcd: &str, opts: &ClusterOptions, addr: SocketAddr) -> Service {
+    let service = start_standby_registry(etcd, opts, addr).await;
+    await_leader(&service.addr.to_string()).await;
+    service
+}
+
+/// A registry against `etcd` on `addr`, not waiting for it to lead.
+async fn start_standby_registry(etcd: &str, opts: &ClusterOptions, addr: SocketAddr) -> Service {
     let cfg = allot_registry::Config {
         config: None,
         listen: String::new(),
         metrics: Default::default(),
         etcd: allot_server::config::EtcdArgs::at(etcd),
         agent_timeout: opts.agent_timeout,
+        election: election(opts),
     };
     Service::spawn_at(addr, move |l, stop| {
         let cfg = cfg.clone();
-        async move {
-            allot_registry::run(cfg, l, stop)
-                .await
-                .expect("registry runs");
-            false
-        }
+        async move { restart_after("registry", allot_registry::run(cfg, l, stop).await) }
     })
     .await
 }
@@ -585,7 +591,12 @@ impl Cluster {
             false => None,
         };
         let services_etcd = services_endpoint(&etcd, etcd_link.as_ref());
-        let registry = start_registry(&services_etcd, &opts, any_port()).await;
+        let mut registries = vec![start_registry(&services_etcd, &opts, any_port()).await];
+        for _ in 1..opts.replicas.max(1) {
+            registries.push(start_standby_registry(&services_etcd, &opts, any_port()).await);
+        }
+        let registry_addrs = join(registries.iter().map(|r| r.addr));
+        let registry = registries.remove(0);
         let mut allocators = Vec::new();
         for _ in 0..opts.replicas.max(1) {
             let a = start_allocator(&services_etcd, &opts, dir.path(), any_port()).await;
@@ -610,10 +621,12 @@ impl Cluster {
             etcd,
             etcd_link,
             registry,
+            standby_registries: registries,
             allocator,
             broker,
             standby_allocators: allocators,
             standby_brokers: brokers,
+            registry_addrs,
             allocator_addrs,
             broker_addrs,
             dir,
@@ -667,6 +680,25 @@ impl Cluster {
         self.standby_brokers.push(again);
     }
 
+    /// Every registry replica's address, comma-separated (what agents and the CLI are given).
+    pub fn registry_addrs(&self) -> &str {
+        &self.registry_addrs
+    }
+
+    /// Kills the leading registry abruptly and waits until the first standby leads; the crashed replica starts
+    /// again on its address as a standby, as its supervisor would restart it.
+    ///
+    /// # Panics
+    /// If there is no standby.
+    pub async fn fail_over_registry(&mut self) {
+        let next = self.standby_registries.remove(0);
+        let old = std::mem::replace(&mut self.registry, next);
+        let addr = old.crash_and_wait().await;
+        await_leader(&self.registry.addr.to_string()).await;
+        let again = start_standby_registry(&self.services_etcd(), &self.opts, addr).await;
+        self.standby_registries.push(again);
+    }
+
     /// Kills the registry abruptly and starts a new one on the same address, as an operator restarting a
     /// crashed registry would; agents and their heartbeats find it there.
     pub async fn restart_registry(&mut self) {
@@ -709,7 +741,7 @@ impl Cluster {
             listen: String::new(),
             metrics: Default::default(),
             advertise: None,
-            registry: self.registry.addr.to_string(),
+            registry: self.registry_addrs.clone(),
             broker: self.broker_addrs.clone(),
             work_dir,
             resources: Some(resources.to_string()),
@@ -753,18 +785,22 @@ impl Cluster {
             .parse()
             .expect("address");
         let inbound = faults::Proxy::start(addr).await;
-        let registry = faults::Proxy::start(self.registry.addr).await;
+        let mut registries = Vec::new();
+        for r in self.registry_addrs.split(',') {
+            registries.push(faults::Proxy::start(r.parse().expect("address")).await);
+        }
         let mut brokers = Vec::new();
         for b in self.broker_addrs.split(',') {
             brokers.push(faults::Proxy::start(b.parse().expect("address")).await);
         }
         let cfg = allot_agent::Config {
-            registry: registry.addr.to_string(),
+            registry: join(registries.iter().map(|p| p.addr)),
             broker: join(brokers.iter().map(|p| p.addr)),
             advertise: Some(inbound.addr.to_string()),
             ..self.agent_config(resources, work_dir, "behind-proxies")
         };
-        let mut proxies = vec![inbound, registry];
+        let mut proxies = vec![inbound];
+        proxies.extend(registries);
         proxies.extend(brokers);
         CutAgent {
             agent: spawn_agent(cfg, addr).await,
@@ -802,7 +838,7 @@ impl Cluster {
             ..self.agent_config(resources, self.dir.path().join("sim"), "sim")
         };
         let service = agent_service(cfg, any_port()).await;
-        let registry = self.registry.addr.to_string();
+        let registry = self.registry_addrs.clone();
         eventually("the simulated agents register", || {
             let registry = registry.clone();
             async move { reachable_agents(&registry).await == n }
@@ -840,14 +876,19 @@ pub async fn await_leader(addrs: &str) {
     .await;
 }
 
-/// How many agents the registry at `registry` (host:port) lists as reachable; 0 when it cannot be asked.
+/// How many agents the leading registry among `registry` (host:port, comma-separated) lists as reachable; 0
+/// when it cannot be asked.
 pub async fn reachable_agents(registry: &str) -> usize {
     use allot_proto::registry::{ListAgentsRequest, registry_client::RegistryClient};
-    let Ok(channel) = allot_common::grpc::channel(registry) else {
+    let Ok(replicas) = allot_common::grpc::Replicas::new(registry) else {
         return 0;
     };
-    RegistryClient::new(channel)
-        .list_agents(ListAgentsRequest {})
+    replicas
+        .call(|ch| async move {
+            RegistryClient::new(ch)
+                .list_agents(ListAgentsRequest {})
+                .await
+        })
         .await
         .map(|r| r.get_ref().agents.iter().filter(|a| a.reachable).count())
         .unwrap_or(0)

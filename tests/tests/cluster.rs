@@ -1169,3 +1169,47 @@ async fn after_a_broker_failover_failover_timeout_decides_which_frameworks_are_t
     back.kill("b").await.expect("kill");
     back.await_state("b", TaskState::TaskKilled).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_long_before_its_lease_expires() {
+    // A 10 s lease (the default): a standby that finds the leader's address refusing connections and its
+    // lease not renewed revokes it (issue 22), instead of waiting for it to expire.
+    let lease = Duration::from_secs(10);
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        replicas: 2,
+        leader_lease: lease,
+        ..Default::default()
+    })
+    .await;
+    cluster.add_agent("cpus:1;mem:256").await;
+    let t0 = Instant::now();
+    cluster.fail_over_broker().await;
+    let broker = t0.elapsed();
+    let t0 = Instant::now();
+    cluster.fail_over_allocator().await;
+    let allocator = t0.elapsed();
+    eprintln!("standby leads after: broker {broker:?}, allocator {allocator:?}");
+    assert!(broker < lease / 2, "broker took over after {broker:?}");
+    assert!(
+        allocator < lease / 2,
+        "allocator took over after {allocator:?}"
+    );
+    let mut fw = TestFramework::subscribe(&cluster, "after", "*").await;
+    fw.launch(task("t", "true", 0.1, 32.0)).await;
+    fw.await_state("t", TaskState::TaskFinished).await;
+
+    // One replica, restarted on its own address: it revokes its dead predecessor's lease.
+    let mut single = Cluster::start_with(ClusterOptions {
+        leader_lease: lease,
+        ..Default::default()
+    })
+    .await;
+    let t0 = Instant::now();
+    single.restart_broker().await;
+    let restarted = t0.elapsed();
+    eprintln!("a restarted broker leads after {restarted:?}");
+    assert!(
+        restarted < lease / 2,
+        "restarted broker led after {restarted:?}"
+    );
+}

@@ -67,7 +67,7 @@ async fn every_task_ends_exactly_once_through_every_fault() {
 
     let mut times: Vec<(&str, Duration)> = Vec::new();
     let faults = [
-        "registry killed and restarted",
+        "registry leader killed",
         "allocator leader killed",
         "broker leader killed",
         "agent killed and restarted",
@@ -85,7 +85,7 @@ async fn every_task_ends_exactly_once_through_every_fault() {
         .await;
         let at = Instant::now();
         match i {
-            0 => cluster.restart_registry().await,
+            0 => cluster.fail_over_registry().await,
             1 => cluster.fail_over_allocator().await,
             2 => cluster.fail_over_broker().await,
             3 => {
