@@ -369,10 +369,22 @@ impl Scheduler for Batch {
     }
 }
 
-/// Reads and checks the job file: its tasks in order, as launches of attempt 1.
-fn load(args: &Args) -> anyhow::Result<(JobFile, BTreeMap<String, Pending>, Vec<String>)> {
+/// A job file read and checked.
+struct Loaded {
+    file: JobFile,
+    /// Each task, as a launch of attempt 1.
+    jobs: BTreeMap<String, Pending>,
+    /// The task IDs in the file's order.
+    order: Vec<String>,
+    /// The file's SHA-256 (see [`crate::journal`]).
+    digest: String,
+}
+
+/// Reads and checks the job file.
+fn load(args: &Args) -> anyhow::Result<Loaded> {
     let text = std::fs::read_to_string(&args.jobfile)
         .with_context(|| format!("cannot read {}", args.jobfile.display()))?;
+    let digest = crate::journal::job_digest(&text);
     let job: JobFile = toml::from_str(&text)
         .with_context(|| format!("{} is not a valid job file", args.jobfile.display()))?;
     if job.tasks.is_empty() {
@@ -408,7 +420,12 @@ fn load(args: &Args) -> anyhow::Result<(JobFile, BTreeMap<String, Pending>, Vec<
             bail!("task id '{id}' is taken by the retries of task '{base}'; rename it");
         }
     }
-    Ok((job, jobs, order))
+    Ok(Loaded {
+        file: job,
+        jobs,
+        order,
+        digest,
+    })
 }
 
 /// Where a job stands when a batch starts.
@@ -473,7 +490,12 @@ fn resume(
 
 /// Runs `allot batch`; returns the process exit code.
 pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32> {
-    let (job, jobs, order) = load(&args)?;
+    let Loaded {
+        file: job,
+        jobs,
+        order,
+        digest,
+    } = load(&args)?;
     let name = args.name.clone().or(job.name).unwrap_or_else(|| {
         args.jobfile
             .file_stem()
@@ -514,6 +536,28 @@ pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32>
             (None, Replayed::default())
         }
     };
+    if let Some(was) = &replayed.job_sha256
+        && *was != digest
+    {
+        bail!(
+            "the journal {} belongs to another version of {} (it changed since that batch ran); \
+             remove the journal to start the job afresh, or restore the job file to resume it",
+            journal_path.display(),
+            args.jobfile.display()
+        );
+    }
+    if replayed.job_sha256.is_none()
+        && let Some(j) = journal.as_mut()
+        && let Err(e) = j.append(&Entry::Job {
+            job_sha256: digest.clone(),
+        })
+    {
+        say(
+            &bar,
+            format!("warning: cannot write the journal ({e}); this batch cannot be resumed"),
+        );
+        journal = None;
+    }
     if replayed.framework_id.is_some() || !replayed.launched.is_empty() {
         say(
             &bar,

@@ -2,6 +2,7 @@
 //! it, as the framework it was (within its `failover_timeout`), without running a finished task again.
 //!
 //! A file of JSON lines, appended to and flushed before each step takes effect on the cluster:
+//! `{"job_sha256": HEX}` first (the job file it belongs to: a journal of another job file is not resumed),
 //! `{"framework_id": ID}` once subscribed, `{"launched": JOB, "attempt": N}` before each launch, and
 //! `{"ended": JOB, ...}` (the outcome) when a job task ended for good. A torn last line (the process died
 //! while writing it) is ignored. The file is removed when the batch ends.
@@ -14,6 +15,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Entry {
+    /// The SHA-256 of the job file, in hex.
+    Job {
+        /// The digest.
+        job_sha256: String,
+    },
     /// The framework subscribed under this ID.
     Subscribed {
         /// The framework ID.
@@ -49,6 +55,8 @@ pub enum Entry {
 /// each ended one.
 #[derive(Debug, Default, PartialEq)]
 pub struct Replayed {
+    /// The job file's SHA-256 the journal was written for.
+    pub job_sha256: Option<String>,
     /// The framework to re-subscribe as.
     pub framework_id: Option<String>,
     /// Job task -> its latest attempt.
@@ -62,6 +70,7 @@ pub fn replay(text: &str) -> Replayed {
     let mut out = Replayed::default();
     for line in text.lines() {
         match serde_json::from_str::<Entry>(line) {
+            Ok(Entry::Job { job_sha256 }) => out.job_sha256 = Some(job_sha256),
             Ok(Entry::Subscribed { framework_id }) => out.framework_id = Some(framework_id),
             Ok(Entry::Launched { launched, attempt }) => {
                 let a = out.launched.entry(launched).or_default();
@@ -77,6 +86,15 @@ pub fn replay(text: &str) -> Replayed {
         }
     }
     out
+}
+
+/// The SHA-256 of `text` (a job file), in hex.
+pub fn job_digest(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// An open journal, appended to.
