@@ -47,38 +47,50 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A real etcd on loopback.
+/// A real etcd on loopback: one member, or a cluster of several ([`Etcd::start_cluster`]).
 pub struct Etcd {
-    child: Child,
-    /// Client URL, `http://127.0.0.1:PORT`.
+    members: Vec<Member>,
+    /// The first member's client URL, `http://127.0.0.1:PORT`.
     pub endpoint: String,
-    peer_url: String,
+    /// Every member's client URL, comma-separated (what the services are given).
+    pub endpoints: String,
+    /// `--initial-cluster`: `name=peer_url,...`.
+    initial_cluster: String,
     dir: tempfile::TempDir,
+}
+
+/// One etcd member.
+struct Member {
+    name: String,
+    client: String,
+    peer: String,
+    child: Option<Child>,
 }
 
 /// The etcd flag Allot runs etcd with (docs/operations.md, "Running etcd"): commit the backend every 10 ms
 /// instead of 100 ms.
 pub const ETCD_BACKEND_BATCH_INTERVAL: &str = "--backend-batch-interval=10ms";
 
-/// Starts an etcd process with its data in `dir`, with the flags in `$ALLOT_ETCD_FLAGS` (whitespace-separated)
-/// added.
-fn spawn_etcd(dir: &std::path::Path, endpoint: &str, peer_url: &str) -> Child {
+/// Starts etcd member `m` of the cluster `initial_cluster`, with its data in `dir/<name>`, with the flags in
+/// `$ALLOT_ETCD_FLAGS` (whitespace-separated) added. A restarted member finds its data and rejoins.
+fn spawn_etcd(dir: &std::path::Path, m: &Member, initial_cluster: &str) -> Child {
     Command::new("etcd")
-        .args(["--name", "t", "--data-dir"])
-        .arg(dir.join("data"))
+        .args(["--name", &m.name, "--data-dir"])
+        .arg(dir.join(&m.name))
         .args([
             "--listen-client-urls",
-            endpoint,
+            &m.client,
             "--advertise-client-urls",
-            endpoint,
+            &m.client,
         ])
         .args([
             "--listen-peer-urls",
-            peer_url,
+            &m.peer,
             "--initial-advertise-peer-urls",
-            peer_url,
+            &m.peer,
         ])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--initial-cluster-token", "allot-test"])
         // See docs/operations.md, "Running etcd": etcd 3.4 copies its uncommitted write buffer for every
         // transaction; a short batch interval keeps that buffer small.
         .arg(ETCD_BACKEND_BATCH_INTERVAL)
@@ -100,26 +112,56 @@ impl Etcd {
     /// # Panics
     /// If `etcd` is not installed (`apt-get install etcd-server`) or does not answer within 15 seconds.
     pub async fn start() -> Etcd {
+        Self::start_cluster(1).await
+    }
+
+    /// Starts an etcd cluster of `n` members on loopback and waits until it answers.
+    ///
+    /// # Panics
+    /// As [`Etcd::start`].
+    pub async fn start_cluster(n: usize) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = spawn_etcd(dir.path(), &endpoint, &peer_url);
+        let mut members: Vec<Member> = (0..n.max(1))
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: format!("http://127.0.0.1:{}", free_port()),
+                peer: format!("http://127.0.0.1:{}", free_port()),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.child = Some(spawn_etcd(dir.path(), m, &initial_cluster));
+        }
+        let endpoints = members
+            .iter()
+            .map(|m| m.client.clone())
+            .collect::<Vec<_>>()
+            .join(",");
         let etcd = Etcd {
-            child,
-            endpoint,
-            peer_url,
+            endpoint: members[0].client.clone(),
+            endpoints,
+            members,
+            initial_cluster,
             dir,
         };
         etcd.await_answer().await;
         etcd
     }
 
+    /// Every member's client URL.
+    fn endpoint_list(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
     async fn await_answer(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(store) =
-                allot_server::Store::connect(std::slice::from_ref(&self.endpoint), "/probe").await
+            if let Ok(store) = allot_server::Store::connect(&self.endpoint_list(), "/probe").await
                 && store.exists("/probe").await.is_ok()
             {
                 return;
@@ -127,40 +169,90 @@ impl Etcd {
             assert!(
                 Instant::now() < deadline,
                 "etcd did not start at {}",
-                self.endpoint
+                self.endpoints
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Kills etcd with SIGKILL, leaves it down for `down`, and starts it again on the same ports and data;
-    /// returns once it answers.
+    /// Kills every member with SIGKILL, leaves etcd down for `down`, and starts it again on the same ports and
+    /// data; returns once it answers.
     pub async fn kill_and_restart(&mut self, down: Duration) {
         self.kill();
         tokio::time::sleep(down).await;
         self.restart().await;
     }
 
-    /// Kills etcd with SIGKILL and waits for it to exit; [`Etcd::restart`] brings it back.
+    /// Kills every member with SIGKILL and waits for them to exit; [`Etcd::restart`] brings them back.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
     }
 
-    /// Starts etcd again on the same ports and data after [`Etcd::kill`]; returns once it answers.
+    /// Starts every member again on the same ports and data after [`Etcd::kill`]; returns once etcd answers.
     pub async fn restart(&mut self) {
-        self.child = spawn_etcd(self.dir.path(), &self.endpoint, &self.peer_url);
+        for i in 0..self.members.len() {
+            self.start_member(i);
+        }
         self.await_answer().await;
+    }
+
+    /// Kills member `i` with SIGKILL and waits for it to exit.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again (it rejoins with its data) after [`Etcd::kill_member`]; returns once etcd
+    /// answers.
+    pub async fn restart_member(&mut self, i: usize) {
+        self.start_member(i);
+        self.await_answer().await;
+    }
+
+    fn start_member(&mut self, i: usize) {
+        if self.members[i].child.is_none() {
+            let child = spawn_etcd(self.dir.path(), &self.members[i], &self.initial_cluster);
+            self.members[i].child = Some(child);
+        }
+    }
+
+    /// The index of the member that is the Raft leader now, if a member that answers knows one.
+    pub async fn leader_member(&self) -> Option<usize> {
+        for m in &self.members {
+            let Ok(mut c) = etcd_client::Client::connect([m.client.as_str()], None).await else {
+                continue;
+            };
+            let Ok(status) = c.status().await else {
+                continue;
+            };
+            let leader = status.leader();
+            for (i, other) in self.members.iter().enumerate() {
+                let Ok(mut c) = etcd_client::Client::connect([other.client.as_str()], None).await
+                else {
+                    continue;
+                };
+                if let Ok(s) = c.status().await
+                    && s.header().map(|h| h.member_id()) == Some(leader)
+                {
+                    return Some(i);
+                }
+            }
+        }
+        None
     }
 }
 
 impl Etcd {
-    /// etcd's process ID.
+    /// The first member's process ID.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.members[0].child.as_ref().map_or(0, Child::id)
     }
 
-    /// etcd's client address.
+    /// The first member's client address.
     pub fn addr(&self) -> SocketAddr {
         self.endpoint
             .trim_start_matches("http://")
@@ -168,14 +260,17 @@ impl Etcd {
             .expect("etcd's endpoint is http://IP:PORT")
     }
 
-    /// A store on this etcd, under the services' default root.
+    /// A store on this etcd (every member), under the services' default root.
     pub async fn store(&self) -> allot_server::Store {
-        allot_server::Store::connect(
-            std::slice::from_ref(&self.endpoint),
-            allot_server::store::DEFAULT_ROOT,
-        )
-        .await
-        .expect("etcd")
+        allot_server::Store::connect(&self.endpoint_list(), allot_server::store::DEFAULT_ROOT)
+            .await
+            .expect("etcd")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -194,13 +289,6 @@ pub async fn recorded_task(
         .expect("read")
         .expect("the task is in etcd")
         .0
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Resolves when `stop` is sent; a dropped sender leaves the service running until the test ends.
@@ -417,6 +505,9 @@ pub struct ClusterOptions {
     pub replicas: usize,
     /// The services reach etcd through a [`faults::Proxy`] ([`Cluster::etcd_link`]).
     pub etcd_link: bool,
+    /// Members of the etcd cluster (every service is given all of them; with `etcd_link`, only the first is
+    /// behind the proxy).
+    pub etcd_members: usize,
 }
 
 impl Default for ClusterOptions {
@@ -429,6 +520,7 @@ impl Default for ClusterOptions {
             leader_lease: Duration::from_secs(2),
             replicas: 1,
             etcd_link: false,
+            etcd_members: 1,
         }
     }
 }
@@ -462,7 +554,7 @@ pub struct Cluster {
 
 /// The etcd endpoint the control-plane services are given: `etcd`'s, or `link`'s in front of it.
 fn services_endpoint(etcd: &Etcd, link: Option<&faults::Proxy>) -> String {
-    link.map_or(etcd.endpoint.clone(), |p| format!("http://{}", p.addr))
+    link.map_or(etcd.endpoints.clone(), |p| format!("http://{}", p.addr))
 }
 
 /// A registry against `etcd` on `addr`; returns once a registry leads (this one, unless another replica does).
@@ -585,7 +677,7 @@ impl Cluster {
     pub async fn start_with(opts: ClusterOptions) -> Cluster {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
-        let etcd = Etcd::start().await;
+        let etcd = Etcd::start_cluster(opts.etcd_members).await;
         let etcd_link = match opts.etcd_link {
             true => Some(faults::Proxy::start(etcd.addr()).await),
             false => None,

@@ -232,7 +232,7 @@ async fn a_killed_batch_run_again_resumes_its_job_and_runs_no_task_twice() {
             ledger.display()
         ));
     }
-    std::fs::write(&job, text).expect("job file");
+    std::fs::write(&job, &text).expect("job file");
     let run = || {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
             .args(allot_args(&cluster))
@@ -249,6 +249,16 @@ async fn a_killed_batch_run_again_resumes_its_job_and_runs_no_task_twice() {
     first.kill().await.expect("kill -9 the batch");
     let journal = dir.path().join("job.toml.journal");
     assert!(journal.exists(), "the journal outlives the batch");
+    // A journal is not resumed against a changed job file.
+    std::fs::write(&job, format!("{text}# edited\n")).expect("job file");
+    let refused = tokio::time::timeout(allot_tests::PATIENCE, run().wait_with_output())
+        .await
+        .expect("the batch ends")
+        .expect("allot batch runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another version"), "{stderr}");
+    std::fs::write(&job, &text).expect("job file");
     // Run again: it re-subscribes as the same framework and finishes the job.
     let out = tokio::time::timeout(allot_tests::PATIENCE, run().wait_with_output())
         .await

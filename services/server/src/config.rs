@@ -179,10 +179,10 @@ pub struct EtcdArgs {
 }
 
 impl EtcdArgs {
-    /// Endpoints at `endpoint` with the default key root.
+    /// Endpoints at `endpoint` (one, or several comma-separated) with the default key root.
     pub fn at(endpoint: &str) -> Self {
         Self {
-            etcd_endpoints: vec![endpoint.to_string()],
+            etcd_endpoints: endpoint.split(',').map(str::to_string).collect(),
             etcd_root: crate::store::DEFAULT_ROOT.to_string(),
         }
     }

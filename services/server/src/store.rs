@@ -74,6 +74,12 @@ pub async fn traced<T>(
 /// The default key root.
 pub const DEFAULT_ROOT: &str = "/allot/v1";
 
+/// How long a write waits for etcd before it fails with [`StoreError::TimedOut`] (1.5 s). etcd itself gives a
+/// proposal up only after about 5 s plus two election timeouts, and a proposal sent through a follower whose
+/// leader just died waits that long: failing sooner lets the caller retry on the new leader, elected in about a
+/// second. Well above a healthy etcd's write latency (milliseconds, docs/benchmarks.md).
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -94,6 +100,9 @@ pub enum StoreError {
     /// A write of a fenced store (see [`Store::fence`]) was refused: this replica is no longer the leader.
     #[error("not the leader any more: the write is fenced off (another replica was elected)")]
     Fenced,
+    /// etcd did not answer a write within [`WRITE_TIMEOUT`]; it may still apply it.
+    #[error("etcd did not answer a write within {0:?}; it may or may not have been applied")]
+    TimedOut(std::time::Duration),
 }
 
 impl StoreError {
@@ -209,7 +218,12 @@ impl Store {
             Some(compare) => Txn::new().when([compare]).and_then(ops),
             None => Txn::new().and_then(ops),
         };
-        let resp = traced(what, self.client.kv_client().txn(txn)).await?;
+        let resp = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            traced(what, self.client.kv_client().txn(txn)),
+        )
+        .await
+        .map_err(|_| StoreError::TimedOut(WRITE_TIMEOUT))??;
         if !resp.succeeded() {
             self.fence.tripped.send_replace(true);
             tracing::error!("a write was fenced off: another replica leads now");
