@@ -16,7 +16,7 @@
 //! starts it again as a candidate.
 //! A leader that stops gracefully revokes its lease, so a standby takes over at once. A leader killed with
 //! `kill -9` is replaced within about a second and a half, long before its lease expires: each standby
-//! watches for a dead leader ([`watch_for_a_dead_leader`]) and revokes its lease when the leader's address
+//! watches for a dead leader ([`leader_looks_dead`]) and revokes its lease when the leader's address
 //! refuses connections [`REFUSALS`] times in a row (or is the standby's own address: the standby is that
 //! leader's restarted process) *and* etcd says the lease has not been renewed for over a second. Both must
 //! hold, so a slow etcd or a leader that is alive but unreachable from the standby (a partition, a wrong
@@ -40,7 +40,7 @@ static TERMS: std::sync::LazyLock<allot_telemetry::metrics::prometheus::IntCount
     });
 
 /// How many connection attempts in a row a leader's address must refuse before a standby revokes the lease
-/// of a leader that has also stopped renewing it (see [`watch_for_a_dead_leader`]).
+/// of a leader that has also stopped renewing it (see [`leader_looks_dead`]).
 pub const REFUSALS: u32 = 3;
 
 /// The wait between two probes of the leader's address by a standby.
