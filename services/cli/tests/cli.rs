@@ -6,12 +6,7 @@ use std::process::Output;
 
 async fn allot(cluster: &Cluster, args: &[&str]) -> Output {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args([
-            "--registry",
-            &cluster.registry.addr.to_string(),
-            "--broker",
-            &cluster.broker.addr.to_string(),
-        ])
+        .args(allot_args(cluster))
         .args(args)
         .output();
     tokio::time::timeout(allot_tests::PATIENCE, out)

@@ -823,26 +823,37 @@ mod tests {
         panic!("condition not met in 10 s");
     }
 
-    #[tokio::test]
-    async fn accepts_are_pipelined_and_other_calls_wait_for_them() {
+    /// Serves `recorder` as a broker on a free loopback port; returns its address and the server's task.
+    async fn serve(
+        recorder: Recorder,
+    ) -> (
+        String,
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let gate = Arc::new(Semaphore::new(0));
-        let events = Arc::new(Mutex::new(None));
-        let recorder = Recorder {
-            seen: seen.clone(),
-            gate: gate.clone(),
-            events: events.clone(),
-            fail_accepts: false,
-        };
+        let addr = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(SchedulerServer::new(recorder))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn accepts_are_pipelined_and_other_calls_wait_for_them() {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let gate = Arc::new(Semaphore::new(0));
+        let events = Arc::new(Mutex::new(None));
+        let (addr, server) = serve(Recorder {
+            seen: seen.clone(),
+            gate: gate.clone(),
+            events: events.clone(),
+            fail_accepts: false,
+        })
+        .await;
         let driver = tokio::spawn(run(
-            DriverConfig::new(&addr.to_string(), framework_info("each-offer", "test")),
+            DriverConfig::new(&addr, framework_info("each-offer", "test")),
             EachOffer { updates: 0 },
         ));
         until(|| events.lock().unwrap().is_some()).await;
@@ -923,23 +934,17 @@ mod tests {
 
     #[tokio::test]
     async fn the_tasks_of_a_failed_accept_are_reconciled_until_an_update_names_them() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let events = Arc::new(Mutex::new(None));
-        let recorder = Recorder {
+        let (addr, server) = serve(Recorder {
             seen: seen.clone(),
             gate: Arc::new(Semaphore::new(100)),
             events: events.clone(),
             fail_accepts: true,
-        };
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(SchedulerServer::new(recorder))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        })
+        .await;
         let driver = tokio::spawn(run(
-            DriverConfig::new(&addr.to_string(), framework_info("launch-one", "test")),
+            DriverConfig::new(&addr, framework_info("launch-one", "test")),
             LaunchOne::default(),
         ));
         until(|| events.lock().unwrap().is_some()).await;
