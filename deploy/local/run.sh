@@ -10,12 +10,15 @@
 # Every service serves Prometheus metrics (its /metrics address is printed). With OTEL_EXPORTER_OTLP_ENDPOINT
 # set, every process (services and frameworks) exports its spans there over OTLP/gRPC.
 #
-# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus]
+# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus] [--ha]
 #   --files DIR    the tree to process (default /usr/share)
 #   --tasks N      tasks per framework (default 32)
 #   --keep         leave the cluster running after the jobs, until Ctrl-C
 #   --prometheus   also start Prometheus (Debian's package, installed if missing) scraping the cluster, with
 #                  the alert rules of observability/prometheus/
+#   --ha           no single point of failure: a 3-member etcd cluster and two replicas of the registry, the
+#                  allocator and the offer-broker, each under a loop that restarts it 1 s after it exits (as
+#                  systemd's Restart=always would); kill -9 any of them and the jobs go on
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,13 +27,15 @@ files_root=/usr/share
 ntasks=32
 keep=0
 prometheus=0
+ha=0
 while (($#)); do
   case "$1" in
     --files) files_root=$2; shift 2 ;;
     --tasks) ntasks=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --prometheus) prometheus=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --ha) ha=1; shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -48,9 +53,19 @@ rm -rf "$run"
 mkdir -p "$run/logs" "$run/out/sha256" "$run/out/archive" "$run/lists"
 
 pids=()
+loops=() # restart loops of supervised services (--ha)
 cleanup() {
   local code=$?
   trap - EXIT INT TERM
+  if ((${#loops[@]})); then
+    # Each loop first, so that it restarts nothing, then the service it was running.
+    local l kids
+    for l in "${loops[@]}"; do
+      kids=$(pgrep -P "$l" || true)
+      kill -TERM "$l" 2>/dev/null || true
+      for k in $kids; do kill -TERM "$k" 2>/dev/null || true; pids+=("$k"); done
+    done
+  fi
   if ((${#pids[@]})); then
     echo "==> stopping the cluster"
     # Frameworks and agents first, etcd last; SIGTERM, then SIGKILL for anything still there after 10 s.
@@ -92,6 +107,22 @@ start() { # name, command...
   pids+=($!)
 }
 
+# supervise name command...: runs the command, and again 1 s after each exit (with --ha), as a supervisor would.
+supervise() {
+  local name=$1; shift
+  if ! ((ha)); then start "$name" "$@"; return; fi
+  (
+    trap 'exit 0' TERM
+    while :; do
+      "$@" >>"$run/logs/$name.log" 2>&1 &
+      wait $! || true
+      echo "== $(date +%T) $name exited; restarting it in 1 s" >>"$run/logs/$name.log"
+      sleep 1
+    done
+  ) &
+  loops+=($!)
+}
+
 wait_port() { # port, what
   for _ in $(seq 150); do
     (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -101,18 +132,32 @@ wait_port() { # port, what
   return 1
 }
 
-free_port etcd_port; free_port etcd_peer
-free_port registry_port; free_port allocator_port; free_port broker_port
-export ALLOT_ETCD_ENDPOINTS="http://127.0.0.1:$etcd_port"
-export ALLOT_REGISTRY="127.0.0.1:$registry_port" ALLOT_BROKER="127.0.0.1:$broker_port"
+members=1; replicas=1
+((ha)) && { members=3; replicas=2; }
+etcd_clients=(); etcd_peers=(); initial=()
+for ((i=0; i<members; i++)); do
+  free_port port; etcd_clients+=("http://127.0.0.1:$port")
+  free_port port; etcd_peers+=("http://127.0.0.1:$port"); initial+=("allot$i=http://127.0.0.1:$port")
+done
+join() { local IFS=,; echo "$*"; }
+declare -A addrs=()
+for svc in registry allocator broker; do
+  list=()
+  for ((i=0; i<replicas; i++)); do free_port port; list+=("127.0.0.1:$port"); done
+  addrs[$svc]=$(join "${list[@]}")
+done
+export ALLOT_ETCD_ENDPOINTS=$(join "${etcd_clients[@]}")
+export ALLOT_REGISTRY=${addrs[registry]} ALLOT_ALLOCATOR=${addrs[allocator]} ALLOT_BROKER=${addrs[broker]}
 
-echo "==> starting etcd on :$etcd_port"
-start etcd etcd --name allot --data-dir "$run/etcd" \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-  --initial-cluster "allot=http://127.0.0.1:$etcd_peer" \
-  --backend-batch-interval=10ms # docs/operations.md, "Running etcd"
-wait_port "$etcd_port" etcd
+echo "==> starting etcd ($members member(s)): $ALLOT_ETCD_ENDPOINTS"
+for ((i=0; i<members; i++)); do
+  supervise "etcd$i" etcd --name "allot$i" --data-dir "$run/etcd$i" \
+    --listen-client-urls "${etcd_clients[i]}" --advertise-client-urls "${etcd_clients[i]}" \
+    --listen-peer-urls "${etcd_peers[i]}" --initial-advertise-peer-urls "${etcd_peers[i]}" \
+    --initial-cluster "$(join "${initial[@]}")" --initial-cluster-token allot-local \
+    --backend-batch-interval=10ms # docs/operations.md, "Running etcd"
+done
+for c in "${etcd_clients[@]}"; do wait_port "${c##*:}" etcd; done
 
 # Each service's /metrics address, by Prometheus job.
 declare -A metrics=()
@@ -120,18 +165,29 @@ metrics_port() { # job: sets $mport to a free port and records it for the job
   free_port mport
   metrics[$1]="${metrics[$1]:-}${metrics[$1]:+ }127.0.0.1:$mport"
 }
-metrics_port allot-registry; reg_m=$mport
-metrics_port allot-allocator; alloc_m=$mport
-metrics_port allot-offer-broker; broker_m=$mport
 
-echo "==> starting registry :$registry_port, allocator :$allocator_port, offer-broker :$broker_port"
-start registry "$bin/allot-registry" --listen "127.0.0.1:$registry_port" --agent-timeout 5s \
-  --metrics-listen "127.0.0.1:$reg_m"
-start allocator "$bin/allot-allocator" --listen "127.0.0.1:$allocator_port" --allocation-interval 250ms \
-  --metrics-listen "127.0.0.1:$alloc_m"
-start broker "$bin/allot-offer-broker" --listen "127.0.0.1:$broker_port" --allocator "127.0.0.1:$allocator_port" \
-  --heartbeat-interval 5s --metrics-listen "127.0.0.1:$broker_m"
-wait_port "$registry_port" registry; wait_port "$allocator_port" allocator; wait_port "$broker_port" offer-broker
+echo "==> starting registry $ALLOT_REGISTRY, allocator $ALLOT_ALLOCATOR, offer-broker $ALLOT_BROKER"
+i=0
+for a in ${ALLOT_REGISTRY//,/ }; do
+  metrics_port allot-registry
+  supervise "registry$i" "$bin/allot-registry" --listen "$a" --agent-timeout 5s --metrics-listen "127.0.0.1:$mport"
+  i=$((i + 1))
+done
+i=0
+for a in ${ALLOT_ALLOCATOR//,/ }; do
+  metrics_port allot-allocator
+  supervise "allocator$i" "$bin/allot-allocator" --listen "$a" --allocation-interval 250ms \
+    --metrics-listen "127.0.0.1:$mport"
+  i=$((i + 1))
+done
+i=0
+for a in ${ALLOT_BROKER//,/ }; do
+  metrics_port allot-offer-broker
+  supervise "broker$i" "$bin/allot-offer-broker" --listen "$a" --allocator "$ALLOT_ALLOCATOR" \
+    --heartbeat-interval 5s --metrics-listen "127.0.0.1:$mport"
+  i=$((i + 1))
+done
+for a in ${ALLOT_REGISTRY//,/ } ${ALLOT_ALLOCATOR//,/ } ${ALLOT_BROKER//,/ }; do wait_port "${a##*:}" "the service at $a"; done
 
 # Three agents, each a third of this machine's cores and up to 2 GiB of memory.
 cores=$(nproc)
@@ -216,7 +272,7 @@ while kill -0 "$sha_pid" 2>/dev/null || kill -0 "$gz_pid" 2>/dev/null; do
   "$bin/allot" roles --json 2>/dev/null | awk -v t="$t" -v both="$both" '
     /"role":/ { gsub(/[",]/, "", $2); role = $2 }
     /"dominant_share":/ { gsub(/,/, "", $2); share = $2 }
-    /^  }/ { if (role != "") printf "%s\t%s\t%s\t%s\n", t, role, share, both; role = ""; share = 0 }' >>"$run/shares.tsv"
+    /^  }/ { if (role != "") printf "%s\t%s\t%s\t%s\n", t, role, share, both; role = ""; share = 0 }' >>"$run/shares.tsv" || true
   line=$(awk -v t="$t" -F'\t' '$1 == t { v[$2] = $3 } END { for (r in v) printf "%s %3.0f%%  ", r, v[r] * 100 }' "$run/shares.tsv")
   if [[ -t 1 ]]; then
     printf '\r  t=%3ss  dominant shares: %-44s' "$t" "$line"
@@ -249,7 +305,7 @@ awk -F'\t' '$4 == 1 && ($2 == "analytics" || $2 == "archive") { n[$2]++; s[$2] +
   "$run/shares.tsv" | sort
 echo "    (no preemption: the framework that subscribes first takes the idle cluster; after that DRF gives each"
 echo "     freed resource to the role with the lowest dominant share / weight)"
-"$bin/allot" frameworks
+"$bin/allot" frameworks || true
 
 if ((prometheus)); then
   prom_query() { # PromQL without spaces -> the first value of the answer
@@ -260,13 +316,16 @@ if ((prometheus)); then
     sed -n 's/.*"value":\[[0-9.]*,"\([^"]*\)".*/\1/p' <<<"$answer" | head -n 1
   }
   firing=$(prom_query 'count(ALERTS{alertstate="firing"})')
-  echo "==> prometheus (http://127.0.0.1:$prom_port): $(prom_query 'sum(up)') of 6 services scraped;" \
+  targets=$(for j in "${!metrics[@]}"; do echo ${metrics[$j]}; done | wc -w)
+  echo "==> prometheus (http://127.0.0.1:$prom_port): $(prom_query 'sum(up)') of $targets services scraped;" \
     "$(prom_query 'sum(allot_allocation_cycles_total)') allocation cycles," \
     "$(prom_query 'sum(allot_tasks_launched_total)') tasks launched, ${firing:-0} alerts firing"
 fi
 
 if ((keep)); then
-  echo "==> cluster left running (ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_BROKER=$ALLOT_BROKER); Ctrl-C to stop"
+  echo "==> cluster left running; Ctrl-C to stop. For the CLI:"
+  echo "    export ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER"
+  echo "    export PATH=$bin:\$PATH"
   while :; do sleep 3600; done
 fi
 if ((sha_rc || gz_rc)); then
