@@ -111,7 +111,7 @@ impl Attempts {
     pub fn update(&mut self, status: &TaskStatus, now: f64) -> Next {
         let state = status.state();
         if self.abandoned.contains(&status.task_id) {
-            if state.is_terminal() {
+            if state.is_terminal() || state == TaskState::TaskUnknown {
                 self.abandoned.remove(&status.task_id);
                 return Next::Nothing;
             }
@@ -129,7 +129,9 @@ impl Attempts {
             return Next::Nothing;
         }
         live.unreachable_since = None;
-        if !state.is_terminal() {
+        // TASK_UNKNOWN (the broker has no record: the launch never took effect) ends the launch as surely as a
+        // terminal state, though Mesos does not call it terminal.
+        if !state.is_terminal() && state != TaskState::TaskUnknown {
             return Next::Nothing;
         }
         let live = self.live.remove(&status.task_id).expect("live");
@@ -233,6 +235,17 @@ mod tests {
         assert_eq!(a.update(&lost("t-retry2"), 4.0), Next::Ended("t".into(), 3));
         assert_eq!(a.tries.get("t"), Some(&3));
         assert!(a.live.is_empty());
+    }
+
+    #[test]
+    fn a_launch_the_broker_has_no_record_of_is_launched_again() {
+        // An ACCEPT lost with a broker that died: reconciliation answers TASK_UNKNOWN.
+        let mut a = Attempts::new(3, 60.0);
+        a.launched("t", 1);
+        assert_eq!(
+            a.update(&status("t", TaskState::TaskUnknown, ""), 1.0),
+            Next::Retry("t".into(), 2)
+        );
     }
 
     #[test]
