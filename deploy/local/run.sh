@@ -10,7 +10,7 @@
 # Every service serves Prometheus metrics (its /metrics address is printed). With OTEL_EXPORTER_OTLP_ENDPOINT
 # set, every process (services and frameworks) exports its spans there over OTLP/gRPC.
 #
-# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus] [--ha]
+# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus] [--ha] [--cluster-only]
 #   --files DIR    the tree to process (default /usr/share)
 #   --tasks N      tasks per framework (default 32)
 #   --keep         leave the cluster running after the jobs, until Ctrl-C
@@ -18,7 +18,9 @@
 #                  the alert rules of observability/prometheus/
 #   --ha           no single point of failure: a 3-member etcd cluster and two replicas of the registry, the
 #                  allocator and the offer-broker, each under a loop that restarts it 1 s after it exits (as
-#                  systemd's Restart=always would); kill -9 any of them and the jobs go on
+#                  systemd's Restart=always would), agents too; kill -9 any of them and the jobs go on
+#   --cluster-only start the cluster, write its addresses to .allot/demo/cluster.env (shell syntax) and wait
+#                  until Ctrl-C, running no jobs (tests/chaos.sh uses it)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +30,7 @@ ntasks=32
 keep=0
 prometheus=0
 ha=0
+cluster_only=0
 while (($#)); do
   case "$1" in
     --files) files_root=$2; shift 2 ;;
@@ -35,7 +38,8 @@ while (($#)); do
     --keep) keep=1; shift ;;
     --prometheus) prometheus=1; shift ;;
     --ha) ha=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --cluster-only) cluster_only=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -57,6 +61,7 @@ loops=() # restart loops of supervised services (--ha)
 cleanup() {
   local code=$?
   trap - EXIT INT TERM
+  [[ -n ${sleeper:-} ]] && kill "$sleeper" 2>/dev/null
   if ((${#loops[@]})); then
     # Each loop first, so that it restarts nothing, then the service it was running.
     local l kids
@@ -197,7 +202,7 @@ for i in 1 2 3; do
   free_port port
   lo=$((31000 + i * 1000)); hi=$((lo + 999))
   metrics_port allot-agent; agent_m=$mport
-  start "agent$i" "$bin/allot-agent" --listen "127.0.0.1:$port" --work-dir "$run/agent$i" \
+  supervise "agent$i" "$bin/allot-agent" --listen "127.0.0.1:$port" --work-dir "$run/agent$i" \
     --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i" \
     --kill-tasks-on-stop --metrics-listen "127.0.0.1:$agent_m"
 done
@@ -235,6 +240,20 @@ fi
 
 "$bin/allot" roles set analytics --weight 2 >/dev/null
 "$bin/allot" roles set archive --weight 1 >/dev/null
+
+if ((cluster_only)); then
+  {
+    echo "export ALLOT_ETCD_ENDPOINTS=$ALLOT_ETCD_ENDPOINTS"
+    echo "export ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER"
+    echo "export PATH=$bin:\$PATH"
+    for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
+      echo "metrics_${job//-/_}=\"${metrics[$job]}\""
+    done
+  } >"$run/cluster.env.tmp"
+  mv "$run/cluster.env.tmp" "$run/cluster.env"
+  echo "==> cluster up; its addresses are in $run/cluster.env; Ctrl-C (or SIGTERM) to stop"
+  while :; do sleep 3600 & sleeper=$!; wait $sleeper; done
+fi
 
 echo "==> preparing two jobs of $ntasks tasks over $files_root"
 find "$files_root" -type f -readable -print0 2>/dev/null >"$run/lists/all"
