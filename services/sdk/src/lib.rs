@@ -823,6 +823,22 @@ mod tests {
         panic!("condition not met in 10 s");
     }
 
+    /// Sends `ev` on the event stream of the subscribed driver (`events` holds its sender).
+    fn push(
+        events: &Arc<Mutex<Option<EventSender>>>,
+        ev: event::Event,
+    ) -> impl std::future::Future<Output = ()> + use<> {
+        let tx = events.lock().unwrap().clone().expect("subscribed");
+        async move {
+            tx.send(Ok(Event {
+                event: Some(ev),
+                trace_context: Default::default(),
+            }))
+            .await
+            .unwrap()
+        }
+    }
+
     /// Serves `recorder` as a broker on a free loopback port; returns its address and the server's task.
     async fn serve(
         recorder: Recorder,
@@ -857,17 +873,7 @@ mod tests {
             EachOffer { updates: 0 },
         ));
         until(|| events.lock().unwrap().is_some()).await;
-        let send = |ev: event::Event| {
-            let tx = events.lock().unwrap().clone().unwrap();
-            async move {
-                tx.send(Ok(Event {
-                    event: Some(ev),
-                    trace_context: Default::default(),
-                }))
-                .await
-                .unwrap()
-            }
-        };
+        let send = |ev: event::Event| push(&events, ev);
         let offers = (1..=6)
             .map(|i| Offer {
                 offer_id: format!("o{i}"),
@@ -948,18 +954,7 @@ mod tests {
             LaunchOne::default(),
         ));
         until(|| events.lock().unwrap().is_some()).await;
-        let tx = events.lock().unwrap().clone().unwrap();
-        let send = |ev: event::Event| {
-            let tx = tx.clone();
-            async move {
-                tx.send(Ok(Event {
-                    event: Some(ev),
-                    trace_context: Default::default(),
-                }))
-                .await
-                .unwrap()
-            }
-        };
+        let send = |ev: event::Event| push(&events, ev);
         let offer = Offer {
             offer_id: "o1".into(),
             agent_id: "a1".into(),
