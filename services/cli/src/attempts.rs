@@ -45,6 +45,15 @@ pub fn attempt_id(job: &str, attempt: u32) -> String {
     }
 }
 
+/// The task ID of the launch that [`Attempts::overdue`] gave up, for what it decided (`next`).
+pub fn given_up(next: &Next) -> Option<String> {
+    match next {
+        Next::Retry(job, attempt) => Some(attempt_id(job, attempt - 1)),
+        Next::Ended(job, attempt) => Some(attempt_id(job, *attempt)),
+        _ => None,
+    }
+}
+
 /// What to do after an update.
 #[derive(Debug, PartialEq)]
 pub enum Next {
@@ -139,7 +148,8 @@ impl Attempts {
     }
 
     /// The launches unreachable for longer than the timeout at `now`: each is given up (killed if it comes
-    /// back) and its job task launched again, or ended if it has no retries left. Returns what to do for each.
+    /// back) and its job task launched again, or ended if it has no retries left. Returns what to do for each
+    /// ([`given_up`] names the launch).
     pub fn overdue(&mut self, now: f64) -> Vec<Next> {
         let ids: Vec<String> = self
             .live

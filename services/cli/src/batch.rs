@@ -24,7 +24,7 @@
 //! killed, running the same command again within that time resumes the job as the same framework, without
 //! running again a task that ended.
 
-use crate::attempts::{Attempts, Next, attempt_id};
+use crate::attempts::{Attempts, Next, attempt_id, given_up};
 use crate::fit::{Pending, take_fitting};
 use crate::journal::{Entry, Journal, Replayed};
 use allot_sdk::{Driver, Offer, Scheduler, TaskState, TaskStatus};
@@ -355,10 +355,8 @@ impl Scheduler for Batch {
     fn tick(&mut self, driver: &Driver) {
         let now = self.now();
         for next in self.attempts.overdue(now) {
-            let task_id = match &next {
-                Next::Retry(job, attempt) => attempt_id(job, attempt - 1),
-                Next::Ended(job, attempt) => attempt_id(job, *attempt),
-                _ => continue,
+            let Some(task_id) = given_up(&next) else {
+                continue;
             };
             self.settle(driver, &task_id, None, next);
         }

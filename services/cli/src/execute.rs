@@ -3,7 +3,7 @@
 //! killed). An instance that ends through no fault of its own (see [`crate::attempts`]) is launched again
 //! under a new task ID, up to `--max-retries` times.
 
-use crate::attempts::{Attempts, Next, attempt_id};
+use crate::attempts::{Attempts, Next, attempt_id, given_up};
 use crate::fit::{Pending, take_fitting};
 use allot_sdk::{Driver, Offer, Scheduler, TaskState, TaskStatus};
 use anyhow::Context;
@@ -148,10 +148,8 @@ impl Scheduler for Execute {
     fn tick(&mut self, driver: &Driver) {
         let now = self.clock.elapsed().as_secs_f64();
         for next in self.attempts.overdue(now) {
-            let task_id = match &next {
-                Next::Retry(job, attempt) => attempt_id(job, attempt - 1),
-                Next::Ended(job, attempt) => attempt_id(job, *attempt),
-                _ => continue,
+            let Some(task_id) = given_up(&next) else {
+                continue;
             };
             eprintln!("task {task_id}: unreachable for longer than --unreachable-timeout");
             self.settle(driver, &task_id, None, next);
