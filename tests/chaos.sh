@@ -18,6 +18,7 @@
 # The faults come every 5 s from 3 s after the batch starts.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$repo/deploy/local/ensure-deps.sh"
 tasks=1500
 task_seconds=1
 concurrency=24
@@ -61,12 +62,6 @@ done
 # shellcheck disable=SC1091
 source "$demo/cluster.env"
 
-# http_get host:port path: the body of a plain HTTP GET.
-http_get() {
-  local answer
-  answer=$(exec 3<>"/dev/tcp/${1%:*}/${1##*:}" && printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3 && cat <&3) || return 1
-  printf '%s' "${answer#*$'\r\n\r\n'}"
-}
 
 # leader_of service metrics-list addr-list: the gRPC address of the replica whose /metrics says it leads.
 leader_of() {
@@ -76,7 +71,7 @@ leader_of() {
   IFS=, read -r -a addrs <<<"$3"
   for m in "${ms[@]}"; do
     # Read whole before grep: `grep -q` would stop reading early, and pipefail would call that a failure.
-    body=$(http_get "$m" /metrics 2>/dev/null) || true
+    body=$(allot_http_get "$m" /metrics 2>/dev/null) || true
     if grep -q "^allot_leader{service=\"$service\"} 1" <<<"$body"; then
       echo "${addrs[i]}"
       return
@@ -93,7 +88,7 @@ etcd_leader() {
   local c
   for c in ${ALLOT_ETCD_ENDPOINTS//,/ }; do
     c=${c#http://}
-    body=$(http_get "$c" /metrics 2>/dev/null) || true
+    body=$(allot_http_get "$c" /metrics 2>/dev/null) || true
     if grep -q '^etcd_server_is_leader 1' <<<"$body"; then
       echo "$c"
       return
@@ -104,7 +99,7 @@ etcd_leader() {
 etcd_healthy() { # every member answers /health with a leader
   local c
   for c in ${ALLOT_ETCD_ENDPOINTS//,/ }; do
-    body=$(http_get "${c#http://}" /health 2>/dev/null) || return 1
+    body=$(allot_http_get "${c#http://}" /health 2>/dev/null) || return 1
     grep -q '"health":"true"' <<<"$body" || return 1
   done
 }

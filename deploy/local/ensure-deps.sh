@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and running Allot needs on Debian, when it is missing: etcd (etcd-server) and protoc
-# (protobuf-compiler, also needed by etcd-client's build). Sourced by deploy/local/run.sh and tests/run.sh.
+# (protobuf-compiler, also needed by etcd-client's build). Sourced by deploy/local/run.sh, tests/run.sh and
+# tests/chaos.sh.
 # allot_ensure_prometheus adds Debian's prometheus (the server and promtool, which checks and unit-tests the
 # alert rules in observability/prometheus/).
 set -euo pipefail
@@ -84,4 +85,12 @@ allot_ensure_wasm_deps() {
     echo "==> installing libclang-rt-$v-dev-wasm32 (Debian package)"
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "libclang-rt-$v-dev-wasm32" >/dev/null
   fi
+}
+
+# allot_http_get HOST:PORT PATH: the body of a plain HTTP/1.0 GET, with bash's /dev/tcp (no curl needed); for
+# /metrics, /health and Prometheus' API on loopback.
+allot_http_get() {
+  local answer
+  answer=$(exec 3<>"/dev/tcp/${1%:*}/${1##*:}" && printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3 && cat <&3) || return 1
+  printf '%s' "${answer#*$'\r\n\r\n'}"
 }

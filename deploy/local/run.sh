@@ -329,9 +329,7 @@ echo "     freed resource to the role with the lowest dominant share / weight)"
 if ((prometheus)); then
   prom_query() { # PromQL without spaces -> the first value of the answer
     local answer
-    answer=$(exec 3<>"/dev/tcp/127.0.0.1/$prom_port"
-      printf 'GET /api/v1/query?query=%s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$1" >&3
-      cat <&3)
+    answer=$(allot_http_get "127.0.0.1:$prom_port" "/api/v1/query?query=$1") || true
     sed -n 's/.*"value":\[[0-9.]*,"\([^"]*\)".*/\1/p' <<<"$answer" | head -n 1
   }
   firing=$(prom_query 'count(ALERTS{alertstate="firing"})')
