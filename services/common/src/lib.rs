@@ -118,6 +118,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
+impl AbortOnDrop {
+    /// Aborts the task and waits until it has stopped: unlike a drop, nothing the task was doing can still
+    /// happen after this returns (an abort takes effect only at the task's next `.await`).
+    pub async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

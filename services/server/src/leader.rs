@@ -116,7 +116,7 @@ pub async fn campaign(
     LEADER.with_label_values(&[service]).set(0.0);
     let name = format!("{}/leader/{service}", store.root());
     let (current_tx, current) = watch::channel(None);
-    let _observer = allot_common::AbortOnDrop(tokio::spawn(observe(
+    let observer = allot_common::AbortOnDrop(tokio::spawn(observe(
         store.clone(),
         name.clone(),
         leadership.clone(),
@@ -133,6 +133,10 @@ pub async fn campaign(
     loop {
         match try_campaign(store, &name, advertise, ttl, &own_lease).await {
             Ok(term) => {
+                // The observer may be reporting the deleted leader's successor (this replica) as a standby's
+                // view at this very moment: it must be stopped before the caller marks this replica leader,
+                // or its late `set_standby` would demote the new leader for good.
+                observer.stop().await;
                 TERMS.with_label_values(&[service]).inc();
                 tracing::info!(service, advertise, lease = term.lease, "elected leader");
                 return term;
