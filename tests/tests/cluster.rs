@@ -811,14 +811,29 @@ async fn a_launch_sent_again_is_never_run_twice() {
     for t in ["done", "live"] {
         tasks.push(recorded_task(&store, &fw.id, t).await.task.expect("task"));
     }
+    let mut stale = tasks[0].clone();
     client
         .launch_tasks(allot_proto::agent::LaunchTasksRequest {
             framework_id: fw.id.clone(),
             framework_info: None,
             tasks,
+            agent_registration: 0,
         })
         .await
         .expect("the agent answers a repeated launch");
+    // A launch stamped with an earlier registration of the agent (one a network partition held up until
+    // after the agent registered again) starts nothing.
+    stale.task_id = "stale".into();
+    let refused = client
+        .launch_tasks(allot_proto::agent::LaunchTasksRequest {
+            framework_id: fw.id.clone(),
+            framework_info: None,
+            tasks: vec![stale],
+            agent_registration: 1,
+        })
+        .await
+        .expect_err("a launch for another registration is refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let starts = std::fs::read_to_string(ledger.path()).expect("ledger");
     assert_eq!(

@@ -73,6 +73,15 @@ impl agent_server::Agent for AgentService {
         let agent = &self.0;
         let agent_id = agent.id();
         check_launch(&r, |a| a.is_empty() || a == agent_id, &agent_id)?;
+        if let Err(refusal) = agent
+            .fence
+            .admits(r.agent_registration, std::time::Instant::now())
+        {
+            tracing::warn!(framework = %r.framework_id, tasks = r.tasks.len(), %refusal, "launch refused");
+            return Err(Status::failed_precondition(format!(
+                "launch refused: {refusal}"
+            )));
+        }
         for task in r.tasks {
             let task_id = task.task_id.clone();
             // A launch sent again (the broker did not hear the first answered) of a task that has run and

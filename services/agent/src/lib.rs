@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`executor`]: the command executor (one process group per task, sandbox, exit codes, kill);
 //! - [`isolation`]: cgroups or rlimits per task;
+//! - [`fence`]: launches run only by the registration they were meant for (no task started by a launch
+//!   a network partition held up after the broker gave it up);
 //! - [`grpc`]: `allot.agent.v1.Agent` (LaunchTasks, KillTask, AcknowledgeStatusUpdates);
 //! - [`status`]: the status update manager (checkpointed, re-sent until the framework acknowledges);
 //! - here: [`Config`], [`run`], registration, heartbeats and the delivery of status updates.
@@ -15,6 +17,7 @@
 //! it was down (`recover_tasks`, [`executor`]'s checkpoints).
 
 pub mod executor;
+pub mod fence;
 pub mod grpc;
 pub mod isolation;
 pub mod sim;
@@ -175,6 +178,8 @@ static M: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(|| {
 /// The agent's shared state.
 pub struct Agent {
     pub(crate) agent_id: Mutex<String>,
+    /// This registration and when the registry last confirmed it: which launches may run.
+    pub(crate) fence: fence::Fence,
     pub(crate) work_dir: PathBuf,
     pub(crate) isolator: isolation::Isolator,
     pub(crate) grace: Duration,
@@ -513,6 +518,7 @@ pub async fn run(
     let sending = updates.start(move |due| deliver(brokers.clone(), due));
     let agent = Arc::new(Agent {
         agent_id: Mutex::new(checkpointed.clone()),
+        fence: fence::Fence::default(),
         work_dir: work_dir.clone(),
         isolator,
         grace: config.kill_grace_period,
@@ -530,7 +536,12 @@ pub async fn run(
     let liveness = {
         let agent = agent.clone();
         AbortOnDrop(tokio::spawn(async move {
-            keep_registered(registry, info, &agent.agent_id, Some(id_file), None).await
+            let registration = Registration {
+                id: &agent.agent_id,
+                id_file: Some(id_file),
+                fence: Some(&agent.fence),
+            };
+            keep_registered(registry, info, registration, None).await
         }))
     };
     let router = allot_server::grpc::server()
@@ -566,17 +577,28 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers (with the AgentID in `id`, if any), records the ID in `id` and in `id_file` (when given), then
-/// heartbeats; re-registers as the same agent whenever the registry says the lease lapsed. Calls go to the
-/// leading replica of `registry` (a standby names it). `admission`, a permit of whoever limits how many
-/// agents register at once, is released after the first registration.
+/// Where [`keep_registered`] keeps what the registry answers.
+pub(crate) struct Registration<'a> {
+    /// The AgentID: the one to register as (empty: a new one), then the one the registry gave.
+    pub id: &'a Mutex<String>,
+    /// Where the AgentID is checkpointed, if anywhere.
+    pub id_file: Option<PathBuf>,
+    /// The launch fence to keep up to date, if any (simulated agents have none).
+    pub fence: Option<&'a fence::Fence>,
+}
+
+/// Registers (with the AgentID in `at.id`, if any), records the ID in `at.id` and in `at.id_file` (when
+/// given), then heartbeats, telling `at.fence` of each registration and each answered heartbeat;
+/// re-registers as the same agent whenever the registry says the lease lapsed. Calls go to the leading
+/// replica of `registry` (a standby names it). `admission`, a permit of whoever limits how many agents
+/// register at once, is released after the first registration.
 pub(crate) async fn keep_registered(
     registry: allot_common::grpc::Replicas,
     info: AgentInfo,
-    id: &Mutex<String>,
-    id_file: Option<PathBuf>,
+    at: Registration<'_>,
     mut admission: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
+    let Registration { id, id_file, fence } = at;
     let first = Duration::from_millis(200);
     let mut delays = allot_common::retry_delays(first);
     loop {
@@ -584,6 +606,7 @@ pub(crate) async fn keep_registered(
             info: Some(info.clone()),
             agent_id: id.lock().expect("agent id poisoned").clone(),
         };
+        let sent = std::time::Instant::now();
         let resp = match registry
             .call(|ch| {
                 let req = req.clone();
@@ -602,6 +625,10 @@ pub(crate) async fn keep_registered(
         delays = allot_common::retry_delays(first);
         drop(admission.take());
         *id.lock().expect("agent id poisoned") = resp.agent_id.clone();
+        if let Some(fence) = fence {
+            let timeout = Duration::from_secs_f64(resp.agent_timeout.clamp(0.1, 3600.0));
+            fence.registered(resp.registration, timeout, sent);
+        }
         if let Some(file) = &id_file
             && let Err(e) = std::fs::write(file, &resp.agent_id)
         {
@@ -618,6 +645,7 @@ pub(crate) async fn keep_registered(
             let beat = HeartbeatRequest {
                 agent_id: resp.agent_id.clone(),
             };
+            let sent = std::time::Instant::now();
             match registry
                 .call(|ch| {
                     let beat = beat.clone();
@@ -625,7 +653,11 @@ pub(crate) async fn keep_registered(
                 })
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(fence) = fence {
+                        fence.confirmed(sent);
+                    }
+                }
                 Err(e) if e.code() == tonic::Code::NotFound => {
                     tracing::warn!(error = %e.message(), "lease lapsed; re-registering");
                     break;

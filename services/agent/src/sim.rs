@@ -16,7 +16,7 @@
 //! real agent).
 
 use crate::status::{Outgoing, Refused, StatusUpdateManager, TaskKey};
-use crate::{Error, Node, keep_registered};
+use crate::{Error, Node, Registration, keep_registered};
 use allot_common::AbortOnDrop;
 use allot_proto::agent::{
     AcknowledgeStatusUpdatesRequest, AcknowledgeStatusUpdatesResponse, KillTaskRequest,
@@ -357,7 +357,12 @@ pub async fn run(
                 let registry = registry.clone();
                 agents.spawn(async move {
                     let id = Mutex::new(id);
-                    keep_registered(registry, info, &id, None, Some(permit)).await
+                    let at = Registration {
+                        id: &id,
+                        id_file: None,
+                        fence: None,
+                    };
+                    keep_registered(registry, info, at, Some(permit)).await
                 });
                 if i % 1000 == 999 {
                     tracing::info!(agents = i + 1, "simulated agents registering");

@@ -12,6 +12,7 @@
 //! | `allot_tasks` | gauge | `state` | tasks the broker knows, by latest state (`TASK_RUNNING`, ...) |
 //! | `allot_frameworks_connected` | gauge | | frameworks with an open event stream |
 //! | `allot_agents_alive` | gauge | | agents whose liveness key is present |
+//! | `allot_stale_tasks_killed_total` | counter | | tasks an agent reported live that the broker holds ended or does not know (a launch held up in a partition, a torn-down framework's task), killed |
 //!
 //! Gauges are refreshed after each batch of grants and on every heartbeat tick.
 
@@ -30,6 +31,7 @@ pub(crate) struct Metrics {
     pub tasks: GaugeVec,
     pub connected: Gauge,
     pub agents_alive: Gauge,
+    pub stale_killed: IntCounter,
 }
 
 pub(crate) static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -63,4 +65,8 @@ pub(crate) static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "Frameworks with an open event stream",
     ),
     agents_alive: gauge("allot_agents_alive", "Agents whose liveness key is present"),
+    stale_killed: counter(
+        "allot_stale_tasks_killed_total",
+        "Tasks an agent reported live that the broker holds ended or does not know, killed",
+    ),
 });

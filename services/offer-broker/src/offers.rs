@@ -372,11 +372,14 @@ impl Broker {
             framework_id: fw.to_string(),
             framework_info: info,
             tasks,
+            agent_registration: 0,
         };
         let mut delays =
             allot_common::jittered_retry_delays(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let addr = self.agent_address(agent_id).await;
+            // The registration the broker knows now: the agent runs the launch only as that registration.
+            req.agent_registration = self.lock().alive.get(agent_id).copied().unwrap_or(0);
             let e = match self
                 .agents
                 .launch(agent_id, addr.as_deref(), req.clone())
@@ -385,7 +388,7 @@ impl Broker {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            let alive = self.lock().alive.contains(agent_id);
+            let alive = self.lock().alive.contains_key(agent_id);
             if matches!(e, Error::AgentUnreachable { .. }) && alive {
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(agent = %agent_id, error = %e, ?delay, "launch not answered; sending it again");

@@ -73,6 +73,9 @@ pub struct Applied {
     pub forward: Vec<TaskStatus>,
     /// Tasks that ended (or became unreachable): the allocator frees their resources.
     pub ended: Vec<EndedTask>,
+    /// Tasks an agent reports live that the broker holds ended or does not know, as (framework, task,
+    /// agent): the agent is told to kill them (see [`State::apply_updates`]).
+    pub kill: Vec<(String, String, String)>,
 }
 
 /// What an agent's answer to reconciliation decided (see [`State::apply_reconciliation`]).
@@ -112,8 +115,9 @@ pub struct State {
     pub tasks: FastMap<TaskKey, TaskRecord>,
     /// Agent records (addresses), followed from etcd.
     pub agents: HashMap<String, AgentRecord>,
-    /// Agents whose liveness key is present.
-    pub alive: HashSet<String>,
+    /// Agents whose liveness key is present, with the registration it names (the key's value; 0 if it is
+    /// not a number): launches are stamped with it (see `allot_agent::fence`).
+    pub alive: HashMap<String, u64>,
     /// Tasks whose record in memory is newer than in etcd, with the flush count when they changed (see
     /// `updates.rs`).
     pub dirty: FastMap<TaskKey, u64>,
@@ -416,7 +420,7 @@ impl State {
     pub fn offer_target(&self, fw: &str, agent_id: &str) -> Option<AgentInfo> {
         let connected = self.frameworks.get(fw).is_some_and(|f| f.sender.is_some());
         let record = self.agents.get(agent_id)?;
-        (connected && self.alive.contains(agent_id))
+        (connected && self.alive.contains_key(agent_id))
             .then(|| record.info.clone().unwrap_or_default())
     }
 

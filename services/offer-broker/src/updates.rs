@@ -53,7 +53,11 @@ impl Broker {
     ///
     /// # Errors
     /// [`Error::Invalid`] for an update without IDs.
-    pub fn status_update(&self, status: TaskStatus, sandbox: Option<String>) -> Result<(), Error> {
+    pub fn status_update(
+        self: &Arc<Self>,
+        status: TaskStatus,
+        sandbox: Option<String>,
+    ) -> Result<(), Error> {
         if status.task_id.is_empty() || status.framework_id.is_empty() {
             return Err(Error::Invalid(
                 "a status update needs task_id and framework_id".into(),
@@ -67,7 +71,7 @@ impl Broker {
 
     /// A batch of status updates (each with its sandbox) from one agent, in order, each handled as by
     /// [`Broker::status_update`]. Updates without IDs are dropped with a warning.
-    pub fn status_updates(&self, updates: Vec<(TaskStatus, String)>) {
+    pub fn status_updates(self: &Arc<Self>, updates: Vec<(TaskStatus, String)>) {
         let updates: Vec<(TaskStatus, Option<String>)> = updates
             .into_iter()
             .filter(|(s, _)| {
@@ -84,8 +88,9 @@ impl Broker {
         self.receive_updates(updates);
     }
 
-    /// Applies agents' `updates` in memory, marks their tasks for the next flush and forwards them.
-    fn receive_updates(&self, updates: Vec<(TaskStatus, Option<String>)>) {
+    /// Applies agents' `updates` in memory, marks their tasks for the next flush and forwards them; tells
+    /// agents to kill the tasks they report live that the broker holds ended.
+    fn receive_updates(self: &Arc<Self>, updates: Vec<(TaskStatus, Option<String>)>) {
         let applied = self
             .lock()
             .apply_updates(updates, allot_common::new_status_uuid);
@@ -99,6 +104,18 @@ impl Broker {
         tracing::debug!(updates = applied.forward.len(), "status updates received");
         self.send_updates(applied.forward);
         self.allocator.tell_ended(applied.ended);
+        for (fw, task, agent) in applied.kill {
+            tracing::warn!(framework = %fw, %task, %agent,
+                "an agent reports live a task that has ended or is unknown; killing it");
+            M.stale_killed.inc();
+            let me = self.clone();
+            tokio::spawn(async move {
+                let addr = me.agent_address(&agent).await;
+                if let Err(e) = me.agents.kill(&agent, addr.as_deref(), &fw, &task).await {
+                    tracing::warn!(framework = %fw, %task, %agent, error = %e, "cannot kill it");
+                }
+            });
+        }
     }
 
     /// ACKNOWLEDGE: the framework has seen the updates `(task_id, uuid)` of `acks`. Takes effect in memory at

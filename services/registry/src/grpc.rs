@@ -44,6 +44,7 @@ impl registry_server::Registry for RegistryService {
             agent_id: r.agent_id,
             heartbeat_interval: r.heartbeat_interval,
             agent_timeout: r.agent_timeout,
+            registration: r.registration,
         }))
     }
 

@@ -23,6 +23,10 @@ pub struct Registered {
     pub heartbeat_interval: f64,
     /// How long it may go without a heartbeat before it is unreachable, in seconds.
     pub agent_timeout: f64,
+    /// This registration: the time it was made (Unix milliseconds), which is also the value of the agent's
+    /// `alive` key. A re-registration gets a new one; the offer-broker stamps launches with it (see
+    /// `LaunchTasksRequest.agent_registration`).
+    pub registration: u64,
 }
 
 /// The registry: agents, their liveness, and roles.
@@ -142,6 +146,7 @@ impl Registry {
             agent_id,
             heartbeat_interval: (self.agent_timeout.as_secs_f64() / 3.0).max(0.2),
             agent_timeout: self.agent_timeout.as_secs_f64(),
+            registration: u64::try_from(record.registered_at_ms).unwrap_or(0),
         })
     }
 

@@ -25,6 +25,9 @@ fn unreachable(status: &tonic::Status) -> bool {
             | tonic::Code::Unknown
             | tonic::Code::Cancelled
             | tonic::Code::Aborted
+            // The agent refused a launch for a registration it no longer has, or while the registry has not
+            // confirmed it lately (allot_agent::fence): sent again once the broker sees its liveness change.
+            | tonic::Code::FailedPrecondition
     )
 }
 

@@ -20,12 +20,14 @@ impl State {
         }
     }
 
-    /// Records whether agent `id`'s liveness key is present; returns the change.
-    pub fn set_alive(&mut self, id: &str, present: bool) -> Liveness {
-        let was = if present {
-            !self.alive.insert(id.to_string())
-        } else {
-            self.alive.remove(id)
+    /// Records whether agent `id`'s liveness key is present, with the registration it names; returns the
+    /// change (a new registration of an agent that stayed alive, e.g. a restart within its timeout, is
+    /// [`Liveness::Same`]: its tasks are reconciled when its record is written again).
+    pub fn set_alive(&mut self, id: &str, registration: Option<u64>) -> Liveness {
+        let present = registration.is_some();
+        let was = match registration {
+            Some(r) => self.alive.insert(id.to_string(), r).is_some(),
+            None => self.alive.remove(id).is_some(),
         };
         match (present, was) {
             (false, true) => Liveness::Lost,

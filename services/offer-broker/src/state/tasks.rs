@@ -54,6 +54,9 @@ impl State {
     /// Applies agents' `updates` (each with its sandbox) in memory, in order, and marks their tasks for the
     /// next flush:
     /// - an update for an unknown task, or after a terminal state, is acknowledged to its agent and dropped;
+    ///   if it says the task is live, the task is killed: the framework was told it ended (TASK_LOST after
+    ///   its agent came back without it, say) or it was torn down, and may have launched it again elsewhere
+    ///   (a Mesos master likewise kills, on re-registration, tasks an agent runs that it counts as gone);
     /// - a repeat of the task's latest update is dropped; if that update is acknowledged and written already,
     ///   the acknowledgement goes to the agent again;
     /// - a new update replaces the task's status, unacknowledged (a torn-down framework acknowledges nothing:
@@ -69,7 +72,16 @@ impl State {
     ) -> Applied {
         let mut out = Applied {
             forward: Vec::with_capacity(updates.len()),
-            ended: Vec::new(),
+            ..Applied::default()
+        };
+        let kill = |status: &TaskStatus, out: &mut Applied| {
+            if !status.state().is_terminal() {
+                out.kill.push((
+                    status.framework_id.clone(),
+                    status.task_id.clone(),
+                    status.agent_id.clone(),
+                ));
+            }
         };
         for (mut status, sandbox) in updates {
             if status.uuid.is_empty() {
@@ -79,6 +91,7 @@ impl State {
             let Some(rec) = self.tasks.get_mut(&key) else {
                 tracing::warn!(framework = %key.0, task = %key.1, "status update for an unknown task dropped");
                 self.agent_acks.extend(agent_ack(&status));
+                kill(&status, &mut out);
                 continue;
             };
             if let Some(cur) = &rec.status {
@@ -92,6 +105,7 @@ impl State {
                 }
                 if cur.state().is_terminal() {
                     self.agent_acks.extend(agent_ack(&status));
+                    kill(&status, &mut out);
                     continue;
                 }
             }

@@ -42,7 +42,7 @@ fn subscribed() -> (State, mpsc::UnboundedReceiver<Event>) {
             registered_at_ms: 10,
         },
     );
-    s.alive.insert(AGENT.into());
+    s.alive.insert(AGENT.into(), 10);
     (s, rx)
 }
 
@@ -209,10 +209,11 @@ fn grants_are_offered_only_to_connected_frameworks_on_alive_known_agents() {
     assert_eq!(s.offer_target(FW, AGENT).unwrap().hostname, "host-1");
     assert!(s.offer_target("other", AGENT).is_none(), "not connected");
     assert!(s.offer_target(FW, "agent-2").is_none(), "no record");
-    assert_eq!(s.set_alive(AGENT, false), Liveness::Lost);
+    assert_eq!(s.set_alive(AGENT, None), Liveness::Lost);
     assert!(s.offer_target(FW, AGENT).is_none(), "not alive");
-    assert_eq!(s.set_alive(AGENT, true), Liveness::Returned);
-    assert_eq!(s.set_alive(AGENT, true), Liveness::Same);
+    assert_eq!(s.set_alive(AGENT, Some(11)), Liveness::Returned);
+    assert_eq!(s.set_alive(AGENT, Some(12)), Liveness::Same);
+    assert_eq!(s.alive[AGENT], 12, "the latest registration is the one launches name");
 }
 
 #[test]
@@ -315,6 +316,26 @@ fn updates_are_forwarded_once_and_a_terminal_one_ends_the_task() {
     assert_eq!(status_of(&s, "t1").state(), TaskState::TaskFinished);
     assert_eq!(s.agent_acks.len(), 1);
     assert_eq!(s.agent_acks[0].uuid, uuid(3));
+    assert!(a.kill.is_empty(), "an ended task reported ended is not killed");
+}
+
+#[test]
+fn a_task_reported_live_after_the_broker_ended_it_is_killed() {
+    // The broker gave t1 up (TASK_LOST: its agent came back without it); a launch a partition held up
+    // starts it after all, and the agent reports it running: it is killed, and the framework hears nothing.
+    let (mut s, _rx) = with_task();
+    let statuses = s.master_statuses(
+        &[key("t1")],
+        (TaskState::TaskLost, "REASON_TASK_UNKNOWN", "no record"),
+        2.0,
+        || uuid(5),
+    );
+    let records = s.own_update_records(statuses);
+    s.put_records(records);
+    let a = apply(&mut s, "t1", TaskState::TaskRunning, 1);
+    assert!(a.forward.is_empty());
+    assert_eq!(a.kill, vec![(FW.into(), "t1".into(), AGENT.into())]);
+    assert_eq!(status_of(&s, "t1").state(), TaskState::TaskLost);
 }
 
 #[test]
@@ -324,6 +345,9 @@ fn an_update_for_an_unknown_task_is_acknowledged_and_dropped() {
     assert!(a.forward.is_empty());
     assert_eq!(s.agent_acks.len(), 1);
     assert!(s.tasks.is_empty());
+    assert_eq!(a.kill.len(), 1, "a live task the broker does not know is killed");
+    let a = apply(&mut s, "nope", TaskState::TaskFinished, 2);
+    assert!(a.kill.is_empty(), "an ended one is only acknowledged");
 }
 
 #[test]
