@@ -11,6 +11,7 @@
 # set, every process (services and frameworks) exports its spans there over OTLP/gRPC.
 #
 # Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus] [--ha] [--cluster-only]
+#                                 [--address IP] [--agent-netns NS=IP]
 #   --files DIR    the tree to process (default /usr/share)
 #   --tasks N      tasks per framework (default 32)
 #   --keep         leave the cluster running after the jobs, until Ctrl-C
@@ -21,6 +22,10 @@
 #                  systemd's Restart=always would), agents too; kill -9 any of them and the jobs go on
 #   --cluster-only start the cluster, write its addresses to .allot/demo/cluster.env (shell syntax) and wait
 #                  until Ctrl-C, running no jobs (tests/chaos.sh uses it)
+#   --address IP   the local address every service, etcd and the agents listen on (default 127.0.0.1)
+#   --agent-netns NS=IP
+#                  run the third agent in network namespace NS at address IP (one the caller set up, with a
+#                  route to --address); tests/chaos.sh uses it to cut that agent off the network
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,6 +36,9 @@ keep=0
 prometheus=0
 ha=0
 cluster_only=0
+host=127.0.0.1
+netns=""
+netns_ip=""
 while (($#)); do
   case "$1" in
     --files) files_root=$2; shift 2 ;;
@@ -39,7 +47,9 @@ while (($#)); do
     --prometheus) prometheus=1; shift ;;
     --ha) ha=1; shift ;;
     --cluster-only) cluster_only=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --address) host=$2; shift 2 ;;
+    --agent-netns) netns=${2%%=*}; netns_ip=${2#*=}; shift 2 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -99,7 +109,7 @@ free_port() {
   while :; do
     p=$((10000 + RANDOM % (ephemeral_low - 10000)))
     [[ -n ${used_ports[$p]:-} ]] && continue
-    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+    (echo >"/dev/tcp/$host/$p") 2>/dev/null && continue
     used_ports[$p]=1
     printf -v "$1" '%s' "$p"
     return
@@ -130,7 +140,7 @@ supervise() {
 
 wait_port() { # port, what
   for _ in $(seq 150); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    (echo >"/dev/tcp/$host/$1") 2>/dev/null && return 0
     sleep 0.1
   done
   echo "$2 did not come up; see $run/logs/" >&2
@@ -141,14 +151,14 @@ members=1; replicas=1
 ((ha)) && { members=3; replicas=2; }
 etcd_clients=(); etcd_peers=(); initial=()
 for ((i=0; i<members; i++)); do
-  free_port port; etcd_clients+=("http://127.0.0.1:$port")
-  free_port port; etcd_peers+=("http://127.0.0.1:$port"); initial+=("allot$i=http://127.0.0.1:$port")
+  free_port port; etcd_clients+=("http://$host:$port")
+  free_port port; etcd_peers+=("http://$host:$port"); initial+=("allot$i=http://$host:$port")
 done
 join() { local IFS=,; echo "$*"; }
 declare -A addrs=()
 for svc in registry allocator broker; do
   list=()
-  for ((i=0; i<replicas; i++)); do free_port port; list+=("127.0.0.1:$port"); done
+  for ((i=0; i<replicas; i++)); do free_port port; list+=("$host:$port"); done
   addrs[$svc]=$(join "${list[@]}")
 done
 export ALLOT_ETCD_ENDPOINTS=$(join "${etcd_clients[@]}")
@@ -168,28 +178,28 @@ for c in "${etcd_clients[@]}"; do wait_port "${c##*:}" etcd; done
 declare -A metrics=()
 metrics_port() { # job: sets $mport to a free port and records it for the job
   free_port mport
-  metrics[$1]="${metrics[$1]:-}${metrics[$1]:+ }127.0.0.1:$mport"
+  metrics[$1]="${metrics[$1]:-}${metrics[$1]:+ }$host:$mport"
 }
 
 echo "==> starting registry $ALLOT_REGISTRY, allocator $ALLOT_ALLOCATOR, offer-broker $ALLOT_BROKER"
 i=0
 for a in ${ALLOT_REGISTRY//,/ }; do
   metrics_port allot-registry
-  supervise "registry$i" "$bin/allot-registry" --listen "$a" --agent-timeout 5s --metrics-listen "127.0.0.1:$mport"
+  supervise "registry$i" "$bin/allot-registry" --listen "$a" --agent-timeout 5s --metrics-listen "$host:$mport"
   i=$((i + 1))
 done
 i=0
 for a in ${ALLOT_ALLOCATOR//,/ }; do
   metrics_port allot-allocator
   supervise "allocator$i" "$bin/allot-allocator" --listen "$a" --allocation-interval 250ms \
-    --metrics-listen "127.0.0.1:$mport"
+    --metrics-listen "$host:$mport"
   i=$((i + 1))
 done
 i=0
 for a in ${ALLOT_BROKER//,/ }; do
   metrics_port allot-offer-broker
   supervise "broker$i" "$bin/allot-offer-broker" --listen "$a" --allocator "$ALLOT_ALLOCATOR" \
-    --heartbeat-interval 5s --metrics-listen "127.0.0.1:$mport"
+    --heartbeat-interval 5s --metrics-listen "$host:$mport"
   i=$((i + 1))
 done
 for a in ${ALLOT_REGISTRY//,/ } ${ALLOT_ALLOCATOR//,/ } ${ALLOT_BROKER//,/ }; do wait_port "${a##*:}" "the service at $a"; done
@@ -202,9 +212,14 @@ for i in 1 2 3; do
   free_port port
   lo=$((31000 + i * 1000)); hi=$((lo + 999))
   metrics_port allot-agent; agent_m=$mport
-  supervise "agent$i" "$bin/allot-agent" --listen "127.0.0.1:$port" --work-dir "$run/agent$i" \
+  at=$host; in_netns=()
+  if ((i == 3)) && [[ -n $netns ]]; then
+    at=$netns_ip; in_netns=(ip netns exec "$netns")
+    metrics[allot-agent]=${metrics[allot-agent]/%$host:$agent_m/$at:$agent_m}
+  fi
+  supervise "agent$i" "${in_netns[@]}" "$bin/allot-agent" --listen "$at:$port" --work-dir "$run/agent$i" \
     --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i" \
-    --kill-tasks-on-stop --metrics-listen "127.0.0.1:$agent_m"
+    --kill-tasks-on-stop --metrics-listen "$at:$agent_m"
 done
 for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
   echo "    metrics $job: $(sed 's#\([^ ]*\)#http://\1/metrics#g' <<<"${metrics[$job]}")"
@@ -222,9 +237,9 @@ if ((prometheus)); then
     done
   } >"$run/prometheus/prometheus.yml"
   start prometheus prometheus --config.file "$run/prometheus/prometheus.yml" \
-    --storage.tsdb.path "$run/prometheus/data" --web.listen-address "127.0.0.1:$prom_port"
+    --storage.tsdb.path "$run/prometheus/data" --web.listen-address "$host:$prom_port"
   wait_port "$prom_port" prometheus
-  echo "    prometheus: http://127.0.0.1:$prom_port (targets: /targets, alerts: /alerts)"
+  echo "    prometheus: http://$host:$prom_port (targets: /targets, alerts: /alerts)"
 fi
 registered=0
 for _ in $(seq 100); do
@@ -329,12 +344,12 @@ echo "     freed resource to the role with the lowest dominant share / weight)"
 if ((prometheus)); then
   prom_query() { # PromQL without spaces -> the first value of the answer
     local answer
-    answer=$(allot_http_get "127.0.0.1:$prom_port" "/api/v1/query?query=$1") || true
+    answer=$(allot_http_get "$host:$prom_port" "/api/v1/query?query=$1") || true
     sed -n 's/.*"value":\[[0-9.]*,"\([^"]*\)".*/\1/p' <<<"$answer" | head -n 1
   }
   firing=$(prom_query 'count(ALERTS{alertstate="firing"})')
   targets=$(for j in "${!metrics[@]}"; do echo ${metrics[$j]}; done | wc -w)
-  echo "==> prometheus (http://127.0.0.1:$prom_port): $(prom_query 'sum(up)') of $targets services scraped;" \
+  echo "==> prometheus (http://$host:$prom_port): $(prom_query 'sum(up)') of $targets services scraped;" \
     "$(prom_query 'sum(allot_allocation_cycles_total)') allocation cycles," \
     "$(prom_query 'sum(allot_tasks_launched_total)') tasks launched, ${firing:-0} alerts firing"
 fi
