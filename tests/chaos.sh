@@ -82,8 +82,8 @@ healer=""
 finish() {
   local code=$?
   trap - EXIT INT TERM
-  [[ -n $batch ]] && kill -TERM "$batch" 2>/dev/null
-  [[ -n $healer ]] && kill -TERM "$healer" 2>/dev/null
+  [[ -n $batch ]] && { kill -TERM "$batch" 2>/dev/null || true; }
+  [[ -n $healer ]] && { kill -TERM "$healer" 2>/dev/null || true; }
   kill -TERM "$cluster" 2>/dev/null || true
   wait 2>/dev/null || true
   ((network_cut)) && { heal; netns_down; }
@@ -93,7 +93,11 @@ trap finish EXIT
 trap 'exit 130' INT TERM
 for _ in $(seq 1800); do
   [[ -f $demo/cluster.env ]] && break
-  kill -0 "$cluster" 2>/dev/null || { echo "the cluster did not start; see $out/cluster.log" >&2; exit 1; }
+  kill -0 "$cluster" 2>/dev/null || {
+    echo "the cluster did not start; the end of $out/cluster.log:" >&2
+    tail -n 15 "$out/cluster.log" >&2
+    exit 1
+  }
   sleep 0.2
 done
 [[ -f $demo/cluster.env ]] || { echo "the cluster did not start in time; see $out/cluster.log" >&2; exit 1; }
@@ -119,7 +123,7 @@ leader_of() {
 }
 
 # pid_listening addr: the process serving gRPC at addr (started with --listen addr).
-pid_listening() { pgrep -f -- "--listen $1( |\$)" | head -n 1; }
+pid_listening() { [[ -n $1 ]] && { pgrep -f -- "--listen $1( |\$)" || true; } | head -n 1; }
 
 # etcd_leader: the client URL of the etcd member that leads (etcd's own /metrics).
 etcd_leader() {
@@ -171,6 +175,29 @@ faults=(
   "whole etcd"
 )
 ((network_cut)) && faults+=("agent network cut")
+# find_target fault: the process(es) to kill for `fault` (empty if not found now).
+find_target() {
+  local lead a standby="" member
+  case "$1" in
+    "broker leader") pid_listening "$(leader_of offer-broker "$metrics_allot_offer_broker" "$ALLOT_BROKER")" ;;
+    "allocator leader") pid_listening "$(leader_of allocator "$metrics_allot_allocator" "$ALLOT_ALLOCATOR")" ;;
+    "registry leader") pid_listening "$(leader_of registry "$metrics_allot_registry" "$ALLOT_REGISTRY")" ;;
+    "broker standby")
+      lead=$(leader_of offer-broker "$metrics_allot_offer_broker" "$ALLOT_BROKER")
+      [[ -n $lead ]] || return 0
+      for a in ${ALLOT_BROKER//,/ }; do [[ $a != "$lead" ]] && standby=$a; done
+      pid_listening "$standby" ;;
+    "agent") { pgrep -f -- "--work-dir $demo/agent1( |\$)" || true; } | head -n 1 ;;
+    "etcd leader member")
+      member=$(etcd_leader)
+      [[ -n $member ]] || return 0
+      { pgrep -f -- "--listen-client-urls http://$member( |\$)" || true; } | head -n 1 ;;
+    "whole etcd")
+      until etcd_healthy && (( $(pgrep -fc -- "^etcd --name allot" || true) == 3 )); do sleep 0.1; done
+      pgrep -f -- "^etcd --name allot" | tr '\n' ' ' ;;
+    "agent network cut") echo "agent3 at $ns_agent" ;;
+  esac
+}
 declare -a fault_at=() fault_limit=()
 # The batch is under way once tasks start.
 until (( $(started) > 0 )); do
@@ -186,23 +213,13 @@ for ((f = 0; f < ${#faults[@]}; f++)); do
   done
   fault=${faults[f]}
   limit=3
-  case "$fault" in
-    "broker leader") target=$(pid_listening "$(leader_of offer-broker "$metrics_allot_offer_broker" "$ALLOT_BROKER")") ;;
-    "allocator leader") target=$(pid_listening "$(leader_of allocator "$metrics_allot_allocator" "$ALLOT_ALLOCATOR")") ;;
-    "registry leader") target=$(pid_listening "$(leader_of registry "$metrics_allot_registry" "$ALLOT_REGISTRY")") ;;
-    "broker standby")
-      lead=$(leader_of offer-broker "$metrics_allot_offer_broker" "$ALLOT_BROKER")
-      for a in ${ALLOT_BROKER//,/ }; do [[ $a != "$lead" ]] && standby=$a; done
-      target=$(pid_listening "$standby") ;;
-    "agent") target=$(pgrep -f -- "--work-dir $demo/agent1( |\$)" | head -n 1) ;;
-    "etcd leader member")
-      member=$(etcd_leader)
-      target=$(pgrep -f -- "--listen-client-urls http://$member( |\$)" | head -n 1) ;;
-    "whole etcd")
-      until etcd_healthy && (( $(pgrep -fc -- "^etcd --name allot") == 3 )); do sleep 0.1; done
-      target=$(pgrep -f -- "^etcd --name allot" | tr '\n' ' ') ;;
-    "agent network cut") target="agent3 at $ns_agent" ;;
-  esac
+  # The process to kill; a leader may be changing hands (the previous fault), so look again for up to 5 s.
+  target=""
+  for _ in $(seq 50); do
+    target=$(find_target "$fault")
+    [[ -n ${target// /} ]] && break
+    sleep 0.1
+  done
   if [[ -z ${target// /} ]]; then
     echo "cannot find the process for: $fault" >&2
     exit 1
