@@ -54,8 +54,9 @@ impl State {
     /// Applies agents' `updates` (each with its sandbox) in memory, in order, and marks their tasks for the
     /// next flush:
     /// - an update for an unknown task, or after a terminal state, is acknowledged to its agent and dropped;
-    ///   if it says the task is live, the task is killed: the framework was told it ended (TASK_LOST after
-    ///   its agent came back without it, say) or it was torn down, and may have launched it again elsewhere
+    ///   if it says the task is live and the broker ended it by its own decision or does not know it, the
+    ///   task is killed: the framework was told it ended (TASK_LOST after its agent came back without it,
+    ///   say) or it was torn down, and may have launched it again elsewhere
     ///   (a Mesos master likewise kills, on re-registration, tasks an agent runs that it counts as gone);
     /// - a repeat of the task's latest update is dropped; if that update is acknowledged and written already,
     ///   the acknowledgement goes to the agent again;
@@ -105,7 +106,11 @@ impl State {
                 }
                 if cur.state().is_terminal() {
                     self.agent_acks.extend(agent_ack(&status));
-                    kill(&status, &mut out);
+                    // Ended by the broker's own decision (TASK_LOST, TASK_DROPPED, ...), yet live on its agent:
+                    // kill it. Ended by its agent's word, a live update is an older one sent again.
+                    if cur.source() == StatusSource::SourceMaster {
+                        kill(&status, &mut out);
+                    }
                     continue;
                 }
             }

@@ -317,6 +317,13 @@ fn updates_are_forwarded_once_and_a_terminal_one_ends_the_task() {
     assert_eq!(s.agent_acks.len(), 1);
     assert_eq!(s.agent_acks[0].uuid, uuid(3));
     assert!(a.kill.is_empty(), "an ended task reported ended is not killed");
+    let a = s.apply_updates(vec![(update("t1", TaskState::TaskRunning, 4), None)], || {
+        uuid(0)
+    });
+    assert!(
+        a.kill.is_empty(),
+        "an older live update sent again after the agent's own terminal one is no reason to kill"
+    );
 }
 
 #[test]
