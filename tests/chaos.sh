@@ -36,6 +36,13 @@ while (($#)); do
   esac
 done
 
+# A cluster of an earlier run still up (a chaos run or run.sh killed with SIGKILL) would answer in this one's
+# place: refuse to start beside it.
+leftover=$(pgrep -f -- "--work-dir $repo/.allot/demo/agent|--data-dir $repo/.allot/demo/etcd" | tr '\n' ' ' || true)
+if [[ -n ${leftover// /} ]]; then
+  echo "a cluster from an earlier run is still running (pids $leftover); stop it first" >&2
+  exit 1
+fi
 out="$repo/.allot/chaos"
 rm -rf "$out"
 mkdir -p "$out"

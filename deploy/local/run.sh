@@ -170,7 +170,7 @@ for ((i=0; i<members; i++)); do
     --listen-client-urls "${etcd_clients[i]}" --advertise-client-urls "${etcd_clients[i]}" \
     --listen-peer-urls "${etcd_peers[i]}" --initial-advertise-peer-urls "${etcd_peers[i]}" \
     --initial-cluster "$(join "${initial[@]}")" --initial-cluster-token allot-local \
-    --backend-batch-interval=10ms # docs/operations.md, "Running etcd"
+    --backend-batch-interval=10ms --heartbeat-interval=50 --election-timeout=500 # docs/operations.md, "Running etcd"
 done
 for c in "${etcd_clients[@]}"; do wait_port "${c##*:}" etcd; done
 
