@@ -74,11 +74,38 @@ pub async fn traced<T>(
 /// The default key root.
 pub const DEFAULT_ROOT: &str = "/allot/v1";
 
-/// How long a write waits for etcd before it fails with [`StoreError::TimedOut`] (1.5 s). etcd itself gives a
-/// proposal up only after about 5 s plus two election timeouts, and a proposal sent through a follower whose
-/// leader just died waits that long: failing sooner lets the caller retry on the new leader, elected in about a
-/// second. Well above a healthy etcd's write latency (milliseconds, docs/benchmarks.md).
+/// How long a write waits for etcd before it fails with [`StoreError::TimedOut`] (1.5 s), sending it again
+/// meanwhile after each attempt unanswered for [`WRITE_ATTEMPT_TIMEOUT`] or failed at once. etcd itself gives
+/// a proposal up only after about 5 s plus two election timeouts, and a proposal sent through a follower
+/// whose leader just died waits that long; a new leader is elected within about a second. Well above a
+/// healthy etcd's write latency (milliseconds, docs/benchmarks.md).
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// How long one attempt of a write may go unanswered before it is sent again, within [`WRITE_TIMEOUT`]. etcd
+/// 3.4 drops the proposals a follower forwards to a leader that has just died, and answers them only at its
+/// own request timeout: a write sent in the moment between the leader's death and its followers noticing it
+/// (one election timeout) would otherwise wait out the whole [`WRITE_TIMEOUT`] and fail, although a new leader
+/// is elected well within it. Far above a healthy write's latency (milliseconds; docs/benchmarks.md).
+pub const WRITE_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// The pause before a write that failed at once (connection refused, no leader) is sent again.
+const WRITE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether a failed etcd call may succeed if made again at once: the member was unreachable or had no leader.
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Aborted
+        ),
+        _ => false,
+    }
+}
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -218,18 +245,45 @@ impl Store {
             Some(compare) => Txn::new().when([compare]).and_then(ops),
             None => Txn::new().and_then(ops),
         };
-        let resp = tokio::time::timeout(
-            WRITE_TIMEOUT,
-            traced(what, self.client.kv_client().txn(txn)),
-        )
-        .await
-        .map_err(|_| StoreError::TimedOut(WRITE_TIMEOUT))??;
+        let resp = self.send_txn(what, txn).await?;
         if !resp.succeeded() {
             self.fence.tripped.send_replace(true);
             tracing::error!("a write was fenced off: another replica leads now");
             return Err(StoreError::Fenced);
         }
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Sends `txn`, again after a transient failure or an attempt of more than [`WRITE_ATTEMPT_TIMEOUT`],
+    /// until [`WRITE_TIMEOUT`] has passed. Every write Allot makes is idempotent (puts of whole values,
+    /// deletes, guarded by the fence's compare, which a repeat passes as the first did), so a repeat of an
+    /// attempt that etcd did apply after all changes nothing.
+    async fn send_txn(
+        &self,
+        what: &'static str,
+        txn: Txn,
+    ) -> Result<etcd_client::TxnResponse, StoreError> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::TimedOut(WRITE_TIMEOUT));
+            }
+            let attempt = tokio::time::timeout(
+                left.min(WRITE_ATTEMPT_TIMEOUT),
+                traced(what, self.client.kv_client().txn(txn.clone())),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) if transient(&e) => {
+                    tracing::debug!(error = %e, "etcd write failed; sending it again");
+                    tokio::time::sleep(WRITE_RETRY_DELAY.min(left)).await;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => tracing::debug!("etcd write not answered in time; sending it again"),
+            }
+        }
     }
 
     /// The key root (e.g. `/allot/v1`), without a trailing `/`.
@@ -752,5 +806,20 @@ async fn commit_rounds(store: Store, mut rx: tokio::sync::mpsc::UnboundedReceive
             futures::future::join_all(singles),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_a_retry_can_cure_are_transient() {
+        let status = |code| etcd_client::Error::GRpcStatus(tonic::Status::new(code, "x"));
+        assert!(transient(&status(tonic::Code::Unavailable)), "no leader, member down");
+        assert!(transient(&status(tonic::Code::Unknown)), "transport error");
+        assert!(!transient(&status(tonic::Code::InvalidArgument)));
+        assert!(!transient(&status(tonic::Code::PermissionDenied)));
+        assert!(!transient(&etcd_client::Error::InvalidArgs("x".into())));
     }
 }
