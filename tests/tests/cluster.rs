@@ -833,7 +833,11 @@ async fn a_launch_sent_again_is_never_run_twice() {
         })
         .await
         .expect_err("a launch for another registration is refused");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let starts = std::fs::read_to_string(ledger.path()).expect("ledger");
     assert_eq!(

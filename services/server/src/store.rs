@@ -816,7 +816,10 @@ mod tests {
     #[test]
     fn only_failures_a_retry_can_cure_are_transient() {
         let status = |code| etcd_client::Error::GRpcStatus(tonic::Status::new(code, "x"));
-        assert!(transient(&status(tonic::Code::Unavailable)), "no leader, member down");
+        assert!(
+            transient(&status(tonic::Code::Unavailable)),
+            "no leader, member down"
+        );
         assert!(transient(&status(tonic::Code::Unknown)), "transport error");
         assert!(!transient(&status(tonic::Code::InvalidArgument)));
         assert!(!transient(&status(tonic::Code::PermissionDenied)));

@@ -213,7 +213,10 @@ fn grants_are_offered_only_to_connected_frameworks_on_alive_known_agents() {
     assert!(s.offer_target(FW, AGENT).is_none(), "not alive");
     assert_eq!(s.set_alive(AGENT, Some(11)), Liveness::Returned);
     assert_eq!(s.set_alive(AGENT, Some(12)), Liveness::Same);
-    assert_eq!(s.alive[AGENT], 12, "the latest registration is the one launches name");
+    assert_eq!(
+        s.alive[AGENT], 12,
+        "the latest registration is the one launches name"
+    );
 }
 
 #[test]
@@ -316,10 +319,14 @@ fn updates_are_forwarded_once_and_a_terminal_one_ends_the_task() {
     assert_eq!(status_of(&s, "t1").state(), TaskState::TaskFinished);
     assert_eq!(s.agent_acks.len(), 1);
     assert_eq!(s.agent_acks[0].uuid, uuid(3));
-    assert!(a.kill.is_empty(), "an ended task reported ended is not killed");
-    let a = s.apply_updates(vec![(update("t1", TaskState::TaskRunning, 4), None)], || {
-        uuid(0)
-    });
+    assert!(
+        a.kill.is_empty(),
+        "an ended task reported ended is not killed"
+    );
+    let a = s.apply_updates(
+        vec![(update("t1", TaskState::TaskRunning, 4), None)],
+        || uuid(0),
+    );
     assert!(
         a.kill.is_empty(),
         "an older live update sent again after the agent's own terminal one is no reason to kill"
@@ -352,7 +359,11 @@ fn an_update_for_an_unknown_task_is_acknowledged_and_dropped() {
     assert!(a.forward.is_empty());
     assert_eq!(s.agent_acks.len(), 1);
     assert!(s.tasks.is_empty());
-    assert_eq!(a.kill.len(), 1, "a live task the broker does not know is killed");
+    assert_eq!(
+        a.kill.len(),
+        1,
+        "a live task the broker does not know is killed"
+    );
     let a = apply(&mut s, "nope", TaskState::TaskFinished, 2);
     assert!(a.kill.is_empty(), "an ended one is only acknowledged");
 }
