@@ -9,6 +9,7 @@
 
 mod attempts;
 mod batch;
+mod certs;
 mod execute;
 mod fit;
 mod journal;
@@ -81,6 +82,11 @@ enum Command {
     Execute(execute::Args),
     /// Run every command of a job file under a concurrency cap, then print a summary.
     Batch(batch::Args),
+    /// Certificates: `allot certs init` makes a certificate authority and a cluster's certificates.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
     /// Allocation policies: load an artifact, list, activate, roll back, status.
     Policy {
         #[command(subcommand)]
@@ -139,6 +145,9 @@ async fn main() {
         Command::Roles { set } => ops::roles(&cli.registry, &cli.broker, set, cli.json).await,
         Command::Execute(args) => execute::run(&cli.broker, args).await,
         Command::Batch(args) => batch::run(&cli.broker, args, cli.json).await,
+        Command::Certs {
+            command: certs::CertsCommand::Init(args),
+        } => certs::init(&args).map(|()| 0),
         Command::Policy { command } => policy::run(&cli.allocator, command, cli.json).await,
         Command::Sim {
             scenario,
