@@ -1,0 +1,362 @@
+//! Mutual TLS for Allot's links (issue 23; see `docs/security.md`): the TLS material of a process, loaded from
+//! the files `allot certs init` writes and re-read when they change, and the principal a peer's certificate
+//! names.
+//!
+//! A process presents `<name>.pem` with `<name>-key.pem` and trusts exactly the authority in `ca.pem`; as a
+//! server it requires a certificate from every caller, signed by that authority ([`TlsConfigs::server`]); as
+//! a client it presents its own ([`TlsConfigs::client`]). Cryptography is rustls with the ring provider.
+//!
+//! Rotation without a restart: [`Tls`] checks the files' modification times (at most once every
+//! [`RELOAD_CHECK`]) whenever a configuration is asked for, i.e. for each new connection, and loads them again
+//! when they changed; a set that does not load (a key that does not match its certificate, a half-written
+//! file) is logged and the previous one kept.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// How often, at most, [`Tls`] looks at its files' modification times.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no PEM item of the kind expected.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// rustls refused the material (e.g. a key that does not match its certificate).
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// The authority cannot verify client certificates (e.g. an empty `ca.pem`).
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+/// Where a process's TLS material is: the authority it trusts, its certificate (chain) and its private key,
+/// all PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate authority (`ca.pem`).
+    pub ca: PathBuf,
+    /// This process's certificate (`<name>.pem`).
+    pub cert: PathBuf,
+    /// Its private key (`<name>-key.pem`).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files `allot certs init` writes for principal `name` into `dir`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+        }
+    }
+
+    fn stamp(&self) -> [Option<SystemTime>; 3] {
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        [mtime(&self.ca), mtime(&self.cert), mtime(&self.key)]
+    }
+}
+
+/// A server and a client configuration made from one set of [`TlsFiles`].
+#[derive(Clone)]
+pub struct TlsConfigs {
+    /// Presents the certificate; requires one signed by the authority from every client.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Presents the certificate; trusts servers signed by the authority only.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsConfigs { .. }")
+    }
+}
+
+/// Loads `files` into a server and a client configuration (HTTP/2 by ALPN, as gRPC needs).
+///
+/// # Errors
+/// [`TlsError::File`] for a missing or empty file, [`TlsError::Verifier`] for an unusable authority,
+/// [`TlsError::Config`] for a key that does not match the certificate.
+pub fn load(files: &TlsFiles) -> Result<TlsConfigs, TlsError> {
+    let bad = |path: &Path, message: String| TlsError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(path, e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(path, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad(path, "no certificate in it".into()));
+        }
+        Ok(certs)
+    };
+    let ca = certs(&files.ca)?;
+    let chain = certs(&files.cert)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots
+            .add(c)
+            .map_err(|e| bad(&files.ca, format!("not a usable authority: {e}")))?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsConfigs {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+/// A process's TLS material, re-read when its files change (see the module documentation). Cheap to share.
+#[derive(Debug)]
+pub struct Tls {
+    files: TlsFiles,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    configs: TlsConfigs,
+    stamp: [Option<SystemTime>; 3],
+    checked: Instant,
+}
+
+impl Tls {
+    /// Loads `files`.
+    ///
+    /// # Errors
+    /// As [`load`]: a process must not start with material it cannot use.
+    pub fn open(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let stamp = files.stamp();
+        let configs = load(&files)?;
+        Ok(Arc::new(Self {
+            files,
+            state: Mutex::new(Loaded {
+                configs,
+                stamp,
+                checked: Instant::now(),
+            }),
+        }))
+    }
+
+    /// The files it loads.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The current configurations, loaded again first if the files changed since they were last loaded
+    /// (looked at no more than once every [`RELOAD_CHECK`]).
+    pub fn configs(&self) -> TlsConfigs {
+        let mut state = self.state.lock().expect("tls poisoned");
+        if state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = Instant::now();
+            let stamp = self.files.stamp();
+            if stamp != state.stamp {
+                match load(&self.files) {
+                    Ok(configs) => {
+                        tracing::info!(cert = %self.files.cert.display(), "TLS material changed on disk; loaded it again");
+                        state.configs = configs;
+                        state.stamp = stamp;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS material changed on disk but does not load; keeping the previous");
+                    }
+                }
+            }
+        }
+        state.configs.clone()
+    }
+}
+
+/// Who a certificate names: its subject's common name (CN) is the principal, its organization (O) the kind
+/// (`service`, `agent`, `operator`, `framework`), as `allot certs init` writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The principal, e.g. `offer-broker`, `agent-node1`, `framework-batch`.
+    pub name: String,
+    /// Its kind; empty if the certificate names no organization.
+    pub kind: String,
+}
+
+/// The principal `cert` (DER) names, or `None` if it is not a certificate or has no common name.
+pub fn principal_of(cert: &[u8]) -> Option<Principal> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let subject = parsed.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let kind = subject
+        .iter_organization()
+        .next()
+        .and_then(|o| o.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Some(Principal { name, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    /// A CA and, signed by it, a certificate for `cn` of kind `o` with SAN localhost: (ca pem, cert pem, key pem).
+    fn material(cn: &str, o: &str) -> (String, String, String) {
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".into()]).unwrap();
+        leaf.distinguished_name.push(DnType::CommonName, cn);
+        leaf.distinguished_name.push(DnType::OrganizationName, o);
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        (ca_pem, cert.pem(), key.serialize_pem())
+    }
+
+    fn write(dir: &Path, name: &str, (ca, cert, key): &(String, String, String)) -> TlsFiles {
+        std::fs::write(dir.join("ca.pem"), ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key).unwrap();
+        TlsFiles::in_dir(dir, name)
+    }
+
+    /// Runs a TLS handshake between `client` and `server` in memory; returns the certificate the server saw.
+    fn handshake(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+    ) -> Result<Option<Vec<u8>>, rustls::Error> {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c = rustls::ClientConnection::new(client, name)?;
+        let mut s = rustls::ServerConnection::new(server)?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        Ok(s.peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|c| c.to_vec()))
+    }
+
+    #[test]
+    fn peers_of_one_authority_handshake_and_the_server_learns_the_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = material("offer-broker", "service");
+        let server = load(&write(dir.path(), "offer-broker", &(ca.clone(), cert, key))).unwrap();
+        // The client is the broker itself (its certificate from the same authority), calling a replica.
+        let seen = handshake(server.client.clone(), server.server.clone())
+            .unwrap()
+            .expect("the client presented a certificate");
+        assert_eq!(
+            principal_of(&seen),
+            Some(Principal {
+                name: "offer-broker".into(),
+                kind: "service".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_peer_of_another_authority_is_refused() {
+        let ours = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        let server = load(&write(
+            ours.path(),
+            "registry",
+            &material("registry", "service"),
+        ))
+        .unwrap();
+        let stranger = load(&write(
+            theirs.path(),
+            "agent-x",
+            &material("agent-x", "agent"),
+        ))
+        .unwrap();
+        assert!(handshake(stranger.client, server.server).is_err());
+    }
+
+    #[test]
+    fn bad_material_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles::in_dir(dir.path(), "nobody");
+        let e = load(&files).unwrap_err().to_string();
+        assert!(e.contains("ca.pem"), "{e}");
+        // A key that is not the certificate's.
+        let (ca, cert, _) = material("a", "agent");
+        let (_, _, other_key) = material("b", "agent");
+        let e = load(&write(dir.path(), "a", &(ca, cert, other_key))).unwrap_err();
+        assert!(matches!(e, TlsError::Config(_)), "{e}");
+        assert_eq!(principal_of(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn changed_files_are_loaded_again_and_broken_ones_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = material("agent-a", "agent");
+        let tls = Tls::open(write(dir.path(), "agent-a", &first)).unwrap();
+        let before = tls.configs();
+        // Rotated: a new authority and certificate (mtimes move on; RELOAD_CHECK passes).
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(50));
+        let second = material("agent-a", "agent");
+        write(dir.path(), "agent-a", &second);
+        let after = tls.configs();
+        assert!(!Arc::ptr_eq(&before.server, &after.server), "reloaded");
+        // A peer of the new authority is now accepted; one of the old is not.
+        let peer = tempfile::tempdir().unwrap();
+        let new_peer = load(&write(peer.path(), "agent-a", &second)).unwrap();
+        assert!(handshake(new_peer.client, after.server.clone()).is_ok());
+        assert!(handshake(before.client, after.server.clone()).is_err());
+        // Broken on disk: the previous set stays.
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(50));
+        std::fs::write(dir.path().join("agent-a-key.pem"), "garbage").unwrap();
+        let kept = tls.configs();
+        assert!(Arc::ptr_eq(&kept.server, &after.server));
+    }
+}
