@@ -36,7 +36,30 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Channel::new(raw_channel(addr)?))
 }
 
+/// Like [`channel`], over mutual TLS with `tls`'s client configuration (see [`crate::tls`]): every new
+/// connection presents the current certificate and accepts only a server the authority signed for the
+/// address's host (its subject alternative names).
+///
+/// # Errors
+/// An error if `addr` is not a valid URI.
+pub fn tls_channel(
+    addr: &str,
+    tls: std::sync::Arc<crate::tls::Tls>,
+) -> Result<Channel, tonic::transport::Error> {
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        let tls = tls.clone();
+        async move { crate::tls::connect(&uri, &tls).await }
+    });
+    Ok(Channel::new(
+        endpoint(addr)?.connect_with_connector_lazy(connector),
+    ))
+}
+
 fn raw_channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(endpoint(addr)?.connect_lazy())
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -46,8 +69,7 @@ fn raw_channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
 }
 
 /// The replicas of a replicated service (allocator, offer-broker), from a comma-separated list of

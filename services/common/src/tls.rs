@@ -198,6 +198,34 @@ impl Tls {
     }
 }
 
+/// Opens a TCP connection to `uri`'s host and port and runs the TLS handshake on it as a client of `tls`
+/// (the connector of [`crate::grpc::tls_channel`]). The server must present a certificate the authority
+/// signed for that host.
+///
+/// # Errors
+/// An I/O error if the address is incomplete, the connection fails or the handshake is refused.
+pub async fn connect(
+    uri: &http::Uri,
+    tls: &Tls,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
+{
+    use std::io::{Error, ErrorKind};
+    let host = uri
+        .host()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("{uri}: no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("{uri}: no port")))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    let connector = tokio_rustls::TlsConnector::from(tls.configs().client);
+    let stream = connector.connect(name, tcp).await?;
+    Ok(hyper_util::rt::TokioIo::new(stream))
+}
+
 /// Who a certificate names: its subject's common name (CN) is the principal, its organization (O) the kind
 /// (`service`, `agent`, `operator`, `framework`), as `allot certs init` writes them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,6 +40,71 @@ pub async fn serve(
         .await
 }
 
+/// How long a caller has to complete its TLS handshake before its connection is closed.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Like [`serve`], over mutual TLS (see `allot_common::tls`): every connection must complete a handshake
+/// with `tls`'s current server configuration, presenting a certificate the authority signed, within
+/// [`TLS_HANDSHAKE_TIMEOUT`]; a plaintext, wrong-authority or stalled caller is dropped (logged at debug)
+/// and the others are served meanwhile, each handshake running on a task of its own. Handlers learn who
+/// called with [`peer_principal`].
+///
+/// # Errors
+/// The transport error if the server fails.
+pub async fn serve_tls(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    tls: std::sync::Arc<allot_common::tls::Tls>,
+) -> Result<(), tonic::transport::Error> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    >(64);
+    let accepting = allot_common::AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (tx, acceptor) = (
+                tx.clone(),
+                tokio_rustls::TlsAcceptor::from(tls.configs().server),
+            );
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake not completed in time"),
+                }
+            });
+        }
+    }));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let result = router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    drop(accepting);
+    result
+}
+
+/// The principal whose certificate the caller of `request` presented (served by [`serve_tls`]); `None`
+/// for a plaintext connection.
+pub fn peer_principal<T>(request: &tonic::Request<T>) -> Option<allot_common::tls::Principal> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?;
+    allot_common::tls::principal_of(certs.first()?)
+}
+
 /// A server builder with Allot's defaults (TCP no-delay, HTTP/2 keepalive) whose every call gets a server
 /// span (parented by the caller's trace context) and the per-RPC metrics.
 pub fn server() -> tonic::transport::Server<Layers> {
