@@ -18,6 +18,20 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// of no leader). Present on every standby's answer, and only there.
 pub const LEADER_METADATA: &str = "allot-leader";
 
+/// Whether a call that failed with `code` may succeed if made again: the peer was not reached, the
+/// connection broke, or the peer could not answer yet (`UNAVAILABLE`, `UNKNOWN` for transport errors,
+/// `DEADLINE_EXCEEDED`, `CANCELLED`, `ABORTED`). Only for calls that are safe to repeat.
+pub fn transient(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Aborted
+    )
+}
+
 /// What a standby's refusal says of the leader: `Some(address)` when `status` is a standby's answer (the
 /// address is empty when it knows of no leader), `None` for any other status.
 pub fn standby_names(status: &tonic::Status) -> Option<&str> {

@@ -95,14 +95,7 @@ const WRITE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(
 fn transient(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => matches!(
-            s.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Unknown
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled
-                | tonic::Code::Aborted
-        ),
+        etcd_client::Error::GRpcStatus(s) => allot_common::grpc::transient(s.code()),
         _ => false,
     }
 }

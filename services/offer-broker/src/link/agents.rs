@@ -18,17 +18,10 @@ pub const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whether a failed call's `status` says the agent may not have been reached or did not answer: the call
 /// may be made again (a launch the agent already took is not started twice).
 fn unreachable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::Aborted
-            // The agent refused a launch for a registration it no longer has, or while the registry has not
-            // confirmed it lately (allot_agent::fence): sent again once the broker sees its liveness change.
-            | tonic::Code::FailedPrecondition
-    )
+    // FAILED_PRECONDITION: the agent refused a launch for a registration it no longer has, or while the
+    // registry has not confirmed it lately (allot_agent::fence): sent again once the broker sees its liveness
+    // change.
+    allot_common::grpc::transient(status.code()) || status.code() == tonic::Code::FailedPrecondition
 }
 
 /// The error of a call to `agent` that failed with `status`.
