@@ -82,6 +82,21 @@ async fn mutual_tls_admits_its_own_authority_only_and_names_the_caller() {
     check(tls_client(ours.path(), "agent-node1", &addr))
         .await
         .expect("an agent's certificate is admitted");
+    // The same through a service's dialer, as replicas are followed.
+    let dialer = allot_common::grpc::Dialer::tls(
+        Tls::open(TlsFiles::in_dir(ours.path(), "allocator")).unwrap(),
+    );
+    let replicas = dialer.replicas(&addr).unwrap();
+    replicas
+        .call(|ch| async move {
+            HealthClient::new(ch)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+        })
+        .await
+        .expect("a replica set dialed over TLS");
     assert_eq!(
         *callers.lock().unwrap(),
         [
@@ -92,6 +107,10 @@ async fn mutual_tls_admits_its_own_authority_only_and_names_the_caller() {
             Some(Principal {
                 name: "agent-node1".into(),
                 kind: "agent".into()
+            }),
+            Some(Principal {
+                name: "allocator".into(),
+                kind: "service".into()
             })
         ],
         "each call carries its caller's principal"
@@ -107,7 +126,7 @@ async fn mutual_tls_admits_its_own_authority_only_and_names_the_caller() {
     );
     assert_eq!(
         callers.lock().unwrap().len(),
-        2,
+        3,
         "no refused call reached a handler"
     );
 }

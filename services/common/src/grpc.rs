@@ -86,6 +86,49 @@ fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
+/// How a process opens client connections: plaintext, or mutual TLS with its own material (see
+/// [`crate::tls`]). Cheap to clone; a service keeps one and makes every channel through it.
+#[derive(Debug, Clone, Default)]
+pub struct Dialer {
+    tls: Option<std::sync::Arc<crate::tls::Tls>>,
+}
+
+impl Dialer {
+    /// Plaintext connections (`--insecure`).
+    pub fn plaintext() -> Self {
+        Self::default()
+    }
+
+    /// Mutual TLS with `tls`.
+    pub fn tls(tls: std::sync::Arc<crate::tls::Tls>) -> Self {
+        Self { tls: Some(tls) }
+    }
+
+    /// Whether it dials over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A lazy channel to `addr` ([`channel`] or [`tls_channel`]).
+    ///
+    /// # Errors
+    /// An error if `addr` is not a valid URI.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => tls_channel(addr, tls.clone()),
+            None => channel(addr),
+        }
+    }
+
+    /// The replicas at `list`, dialed through this dialer (see [`Replicas::new`]).
+    ///
+    /// # Errors
+    /// As [`Replicas::new`].
+    pub fn replicas(&self, list: &str) -> Result<Replicas, tonic::transport::Error> {
+        Replicas::with_dialer(list, self.clone())
+    }
+}
+
 /// The replicas of a replicated service (allocator, offer-broker), from a comma-separated list of
 /// `host:port` addresses. Calls go to the replica believed to lead; a standby's answer (`UNAVAILABLE` with
 /// [`LEADER_METADATA`]) moves them to the leader it names, and a connection that cannot be
@@ -100,6 +143,8 @@ struct ReplicaSet {
     /// Each replica's address and channel, in the order given (a leader named by a standby is appended).
     replicas: Vec<(String, Channel)>,
     current: usize,
+    /// How channels to newly named leaders are made.
+    dialer: Dialer,
 }
 
 impl ReplicaSet {
@@ -116,11 +161,20 @@ impl Replicas {
     /// # Errors
     /// An error if an address is not a valid URI, or the list is empty.
     pub fn new(list: &str) -> Result<Self, tonic::transport::Error> {
+        Self::with_dialer(list, Dialer::plaintext())
+    }
+
+    /// Like [`Replicas::new`], every channel (to the listed replicas and to leaders they name) made by
+    /// `dialer`.
+    ///
+    /// # Errors
+    /// As [`Replicas::new`].
+    pub fn with_dialer(list: &str, dialer: Dialer) -> Result<Self, tonic::transport::Error> {
         let replicas = list
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
-            .map(|a| Ok((a.to_string(), channel(a)?)))
+            .map(|a| Ok((a.to_string(), dialer.channel(a)?)))
             .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
         if replicas.is_empty() {
             // The same error an empty address gives.
@@ -130,6 +184,7 @@ impl Replicas {
             inner: std::sync::Arc::new(std::sync::Mutex::new(ReplicaSet {
                 replicas,
                 current: 0,
+                dialer,
             })),
         })
     }
@@ -163,7 +218,7 @@ impl Replicas {
             Some(leader) if !leader.is_empty() => {
                 if let Some(i) = set.replicas.iter().position(|(a, _)| *a == leader) {
                     set.current = i;
-                } else if let Ok(ch) = channel(&leader) {
+                } else if let Ok(ch) = set.dialer.channel(&leader) {
                     tracing::info!(%leader, "following a leader not in the configured list");
                     set.replicas.push((leader, ch));
                     set.current = set.replicas.len() - 1;
