@@ -1,6 +1,6 @@
 //! Fuzz target bodies. Each takes arbitrary bytes, must never panic, and checks the invariant it names.
 //!
-//! `fuzz/` runs them under libFuzzer (`cargo fuzz run accept|resources|policy_output`, which needs a nightly
+//! `fuzz/` runs them under libFuzzer (`cargo fuzz run accept|resources|policy_output|credentials`, which needs a nightly
 //! toolchain and cargo-fuzz); `tests/tests/fuzz.rs` runs them in every CI run on stable, over a corpus of
 //! adversarial inputs and deterministic pseudo-random ones. Each returns what the input reached, so that the
 //! stable run can check that its inputs reach both the accepting and the refusing side.
@@ -98,6 +98,12 @@ impl Bytes<'_> {
         Some(b)
     }
 
+    fn u16(&mut self) -> Option<u16> {
+        let (head, rest) = self.0.split_at_checked(2)?;
+        self.0 = rest;
+        Some(u16::from_le_bytes(head.try_into().ok()?))
+    }
+
     fn i64(&mut self) -> Option<i64> {
         let (head, rest) = self.0.split_at_checked(8)?;
         self.0 = rest;
@@ -172,4 +178,31 @@ pub fn policy_output(data: &[u8]) -> Reached {
         i += 1;
     }
     reached
+}
+
+/// Credential parsing: `data` as `[authority length: u16 LE][certificate length: u16 LE][authority PEM]
+/// [certificate PEM][key PEM]` through `allot_common::tls::from_pem`, and the certificate part as DER through
+/// `allot_common::tls::principal_of` (and, when the material loads, its first certificate too). Nothing may
+/// panic; material that does not load is refused with an error.
+pub fn credentials(data: &[u8]) -> Reached {
+    let mut input = Bytes(data);
+    let lens = (input.u16(), input.u16());
+    let (Some(ca_len), Some(cert_len)) = lens else {
+        return Reached::Undecoded;
+    };
+    let rest = input.0;
+    let ca_end = usize::from(ca_len).min(rest.len());
+    let cert_end = (ca_end + usize::from(cert_len)).min(rest.len());
+    let (ca, cert, key) = (&rest[..ca_end], &rest[ca_end..cert_end], &rest[cert_end..]);
+    let _ = allot_common::tls::principal_of(cert);
+    match allot_common::tls::from_pem(ca, cert, key) {
+        Ok(_) => {
+            use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject as _};
+            let der =
+                CertificateDer::from_pem_slice(cert).expect("a certificate that loaded parses");
+            let _ = allot_common::tls::principal_of(&der);
+            Reached::Accepted
+        }
+        Err(_) => Reached::Refused,
+    }
 }

@@ -1,7 +1,8 @@
 //! The fuzz target bodies (`allot_tests::fuzz`, run under libFuzzer from `fuzz/`) on stable, in every CI run:
 //! over a corpus of adversarial inputs (absurd resources: negative, NaN, infinite, 1e308; oversized and
 //! duplicate launches; out-of-range grant indices and negative amounts) and 20,000 deterministic
-//! pseudo-random inputs each, mutations of the corpus included.
+//! pseudo-random inputs each, mutations of the corpus included; and credential parsing (issue 23) over valid
+//! and broken certificate sets made here.
 
 use allot_proto::common::{CommandInfo, Range, Resource, TaskInfo};
 use allot_proto::scheduler::{AcceptRequest, Launch, Operation, operation};
@@ -157,7 +158,11 @@ impl Rng {
 /// Runs `target` on the corpus and 20,000 random inputs; asserts that inputs reached both the accepting and
 /// the refusing side (or the run would prove little).
 fn run(target: fn(&[u8]) -> fuzz::Reached, seed: u64) {
-    let seeds = corpus();
+    run_on(target, seed, corpus());
+}
+
+/// [`run`] over `seeds`.
+fn run_on(target: fn(&[u8]) -> fuzz::Reached, seed: u64, seeds: Vec<Vec<u8>>) {
     let mut reached = std::collections::HashMap::new();
     let mut rng = Rng(seed);
     let inputs = seeds
@@ -189,6 +194,57 @@ fn resource_conversion_accepts_only_finite_bounded_amounts() {
 #[test]
 fn plugin_output_never_breaks_the_books() {
     run(fuzz::policy_output, 0x5eed_0003);
+}
+
+/// Credential seeds in `fuzz::credentials`' framing: valid sets (a CA, a certificate it signed, its key),
+/// and a key that is not the certificate's, an empty authority, DER where PEM belongs.
+fn credential_corpus() -> Vec<Vec<u8>> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let frame = |ca: &[u8], cert: &[u8], key: &[u8]| {
+        let mut v = Vec::new();
+        v.extend((ca.len() as u16).to_le_bytes());
+        v.extend((cert.len() as u16).to_le_bytes());
+        v.extend(ca);
+        v.extend(cert);
+        v.extend(key);
+        v
+    };
+    let mut seeds = Vec::new();
+    for cn in ["offer-broker", "agent-node1", "framework-batch"] {
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "fuzz CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".into()]).unwrap();
+        leaf.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let other = KeyPair::generate().unwrap();
+        seeds.push(frame(
+            ca_cert.pem().as_bytes(),
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        ));
+        seeds.push(frame(
+            ca_cert.pem().as_bytes(),
+            cert.pem().as_bytes(),
+            other.serialize_pem().as_bytes(),
+        ));
+        seeds.push(frame(
+            b"",
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        ));
+        seeds.push(frame(ca_cert.der(), cert.der(), &key.serialize_der()));
+    }
+    seeds
+}
+
+#[test]
+fn credential_parsing_never_panics() {
+    run_on(fuzz::credentials, 0x5eed_0004, credential_corpus());
 }
 
 #[test]

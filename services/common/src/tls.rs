@@ -32,6 +32,14 @@ pub enum TlsError {
         /// What is wrong with it.
         message: String,
     },
+    /// A PEM input of [`from_pem`] holds no usable item of its kind.
+    #[error("{item:?}: {message}")]
+    Pem {
+        /// Which input.
+        item: PemItem,
+        /// What is wrong with it.
+        message: String,
+    },
     /// rustls refused the material (e.g. a key that does not match its certificate).
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
@@ -86,32 +94,66 @@ impl std::fmt::Debug for TlsConfigs {
 /// Loads `files` into a server and a client configuration (HTTP/2 by ALPN, as gRPC needs).
 ///
 /// # Errors
-/// [`TlsError::File`] for a missing or empty file, [`TlsError::Verifier`] for an unusable authority,
-/// [`TlsError::Config`] for a key that does not match the certificate.
+/// [`TlsError::File`] for a missing, unreadable or malformed file (naming it), [`TlsError::Verifier`] for an
+/// unusable authority, [`TlsError::Config`] for a key that does not match the certificate.
 pub fn load(files: &TlsFiles) -> Result<TlsConfigs, TlsError> {
-    let bad = |path: &Path, message: String| TlsError::File {
-        path: path.to_path_buf(),
-        message,
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| TlsError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     };
-    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, TlsError> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(path, e.to_string()))?
+    let (ca, cert, key) = (read(&files.ca)?, read(&files.cert)?, read(&files.key)?);
+    from_pem(&ca, &cert, &key).map_err(|e| match e {
+        TlsError::Pem { item, message } => TlsError::File {
+            path: match item {
+                PemItem::Authority => files.ca.clone(),
+                PemItem::Certificate => files.cert.clone(),
+                PemItem::Key => files.key.clone(),
+            },
+            message,
+        },
+        e => e,
+    })
+}
+
+/// Which of the three PEM inputs of [`from_pem`] is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemItem {
+    /// The authority (`ca.pem`).
+    Authority,
+    /// The certificate chain (`<name>.pem`).
+    Certificate,
+    /// The private key (`<name>-key.pem`).
+    Key,
+}
+
+/// Makes the configurations of [`load`] from PEM bytes: the authority's certificates, this principal's
+/// certificate chain and its private key. Never panics on malformed input (fuzzed:
+/// `allot_tests::fuzz::credentials`).
+///
+/// # Errors
+/// [`TlsError::Pem`] for an input with no usable PEM item of its kind; [`TlsError::Verifier`],
+/// [`TlsError::Config`] as for [`load`].
+pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<TlsConfigs, TlsError> {
+    let bad = |item, message: String| TlsError::Pem { item, message };
+    let certs = |item, bytes: &[u8]| -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
             .collect::<Result<_, _>>()
-            .map_err(|e| bad(path, e.to_string()))?;
+            .map_err(|e| bad(item, e.to_string()))?;
         if certs.is_empty() {
-            return Err(bad(path, "no certificate in it".into()));
+            return Err(bad(item, "no certificate in it".into()));
         }
         Ok(certs)
     };
-    let ca = certs(&files.ca)?;
-    let chain = certs(&files.cert)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, e.to_string()))?;
+    let ca = certs(PemItem::Authority, ca)?;
+    let chain = certs(PemItem::Certificate, cert)?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad(PemItem::Key, e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in ca {
         roots
             .add(c)
-            .map_err(|e| bad(&files.ca, format!("not a usable authority: {e}")))?;
+            .map_err(|e| bad(PemItem::Authority, format!("not a usable authority: {e}")))?;
     }
     let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
