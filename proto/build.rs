@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "allot/allocator/v1/allocator.proto",
         "allot/agent/v1/agent.proto",
         "allot/operator/v1/operator.proto",
+        "allot/leader/v1/leader.proto",
     ];
     tonic_prost_build::configure()
         .include_file("allot.rs")

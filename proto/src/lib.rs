@@ -1,7 +1,7 @@
 //! Allot's wire protocol: prost messages and tonic clients and servers for every `allot.<area>.v1` package.
 //!
 //! Layout: one module per proto package, named after it (`common`, `registry`, `scheduler`, `allocator`,
-//! `agent`, `operator`). The `.proto` files under `proto/allot/` are the source of truth; their comments give
+//! `agent`, `operator`, `leader`). The `.proto` files under `proto/allot/` are the source of truth; their comments give
 //! units and semantics.
 #![allow(missing_docs, clippy::all)]
 
@@ -15,6 +15,8 @@ pub use generated::allot::agent::v1 as agent;
 pub use generated::allot::allocator::v1 as allocator;
 /// `allot.common.v1`: resources, agents, frameworks, tasks and their states.
 pub use generated::allot::common::v1 as common;
+/// `allot.leader.v1`: the probe that finds a replicated service's leader.
+pub use generated::allot::leader::v1 as leader;
 /// `allot.operator.v1`: read-only operator views.
 pub use generated::allot::operator::v1 as operator;
 /// `allot.registry.v1`: agent admission, liveness and roles.

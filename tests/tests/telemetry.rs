@@ -273,10 +273,21 @@ async fn every_service_serves_metrics_that_move_with_work() {
         assert!(y > x, "{name}{labels:?} grew: {x} -> {y}");
     };
 
-    // Every process: its own CPU and memory, and per-RPC rate, errors and duration.
+    // Every process: its own CPU and memory, and per-RPC rate, errors and duration; no expected call counted
+    // as an error (finding a leader used to call a method no service had, an UNIMPLEMENTED per CLI call).
+    let unimplemented = allot_telemetry::grpc::code_name(tonic::Code::Unimplemented as i32);
     for text in &after {
         assert!(v(text, "process_resident_memory_bytes", &[]) > 0.0);
         assert!(metric(text, "process_cpu_seconds_total", &[]).is_some());
+        assert!(
+            metric(
+                text,
+                "allot_rpc_server_requests_total",
+                &[("grpc_code", unimplemented)]
+            )
+            .is_none(),
+            "a call answered {unimplemented}"
+        );
     }
     // Registry: heartbeats served from memory (no etcd request), the agent reachable, registration timed.
     grew(

@@ -546,6 +546,7 @@ pub async fn run(
     };
     let router = allot_server::grpc::server()
         .add_service(allot_server::grpc::health().await)
+        .add_service(allot_server::grpc::probe())
         .add_service(allot_proto::agent::agent_server::AgentServer::new(
             grpc::AgentService(agent.clone()),
         ));

@@ -108,6 +108,7 @@ pub async fn run(
     );
     let router = allot_server::grpc::replicated_server(&leadership)
         .add_service(allot_server::grpc::health().await)
+        .add_service(allot_server::grpc::probe())
         .add_service(
             allot_proto::allocator::allocator_server::AllocatorServer::new(
                 grpc::AllocatorService::new(engine.clone()),

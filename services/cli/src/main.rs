@@ -97,7 +97,8 @@ enum Command {
     Sim {
         /// The scenario file (YAML; format in `docs/plugin-guide.md` and `examples/scenarios/`).
         scenario: std::path::PathBuf,
-        /// Policy to use instead of the scenario's: `drf` or `priority`.
+        /// Policy to use instead of the scenario's: a built-in (`drf`, `priority`) or the path of a policy
+        /// library (`lib<name>.so` native, `<name>.wasm` component), as `allot policy load` takes.
         #[arg(long)]
         policy: Option<String>,
         /// Shuffle agents every cycle in an order drawn from this seed (default: sorted by ID).

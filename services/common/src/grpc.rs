@@ -259,8 +259,9 @@ impl Replicas {
     }
 
     /// Finds the leader: probes the replicas (following a standby's answer, skipping the unreachable) until one
-    /// answers as the leader, so that [`Replicas::channel`] then reaches it. The probe is a call to a method no
-    /// service has: a standby answers it with its rejection, the leader with `UNIMPLEMENTED`.
+    /// answers as the leader, so that [`Replicas::channel`] then reaches it. The probe is
+    /// `allot.leader.v1.Probe/Leader`: a standby answers it with its rejection, the leader with OK (a server
+    /// from before the probe service existed, with `UNIMPLEMENTED`, also taken as the leader's answer).
     ///
     /// # Errors
     /// The last probe's status if no replica answered as the leader.
@@ -282,6 +283,7 @@ impl Replicas {
             .await;
         match probe {
             Err(s) if s.code() == tonic::Code::Unimplemented => Ok(()),
+            Ok(()) => Ok(()),
             other => other,
         }
     }

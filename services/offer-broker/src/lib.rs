@@ -106,6 +106,7 @@ pub async fn run(
     let max = allot_common::grpc::MAX_MESSAGE_BYTES;
     let router = allot_server::grpc::replicated_server(&leadership)
         .add_service(allot_server::grpc::health().await)
+        .add_service(allot_server::grpc::probe())
         .add_service(
             SchedulerServer::new(grpc::SchedulerService(broker.clone()))
                 .max_decoding_message_size(max),

@@ -83,6 +83,7 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "registry serving (a standby until elected)");
     let router = allot_server::grpc::replicated_server(&leadership)
         .add_service(allot_server::grpc::health().await)
+        .add_service(allot_server::grpc::probe())
         .add_service(
             allot_proto::registry::registry_server::RegistryServer::new(grpc::RegistryService(
                 slot.clone(),

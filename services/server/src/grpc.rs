@@ -128,6 +128,27 @@ fn builder(standby: crate::standby::StandbyLayer) -> tonic::transport::Server<La
         .layer(standby)
 }
 
+/// `allot.leader.v1.Probe`: answers OK, so that `Replicas::find_leader` knows it reached the leader (a
+/// standby's layer answers for it, naming the leader, before the call gets here). Every Allot server adds it
+/// beside [`health`].
+pub fn probe() -> allot_proto::leader::probe_server::ProbeServer<Probe> {
+    allot_proto::leader::probe_server::ProbeServer::new(Probe)
+}
+
+/// The `allot.leader.v1.Probe` service (see [`probe`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Probe;
+
+#[tonic::async_trait]
+impl allot_proto::leader::probe_server::Probe for Probe {
+    async fn leader(
+        &self,
+        _: tonic::Request<allot_proto::leader::LeaderRequest>,
+    ) -> Result<tonic::Response<allot_proto::leader::LeaderResponse>, tonic::Status> {
+        Ok(tonic::Response::new(allot_proto::leader::LeaderResponse {}))
+    }
+}
+
 /// A `grpc.health.v1.Health` service reporting SERVING for the whole server (service name "").
 pub async fn health()
 -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
