@@ -372,6 +372,24 @@ async fn every_service_serves_metrics_that_move_with_work() {
     }
     // Allocator: cycles and their duration, grants, policy latency, shares and cluster resources.
     grew(alloc0, alloc1, "allot_allocation_cycles_total", &[]);
+    // The framework is gone: with no cycle to run, the allocator's gauges still say the cluster is idle (they
+    // used to keep the last busy cycle's figures: every resource allocated, offers outstanding).
+    assert_eq!(v(alloc1, "allot_allocator_offers_outstanding", &[]), 0.0);
+    assert_eq!(
+        v(
+            alloc1,
+            "allot_cluster_resources",
+            &[("resource", "cpus"), ("state", "allocated")]
+        ),
+        0.0
+    );
+    assert!(
+        v(
+            alloc1,
+            "allot_cluster_resources",
+            &[("resource", "cpus"), ("state", "total")]
+        ) > 0.0
+    );
     grew(
         alloc0,
         alloc1,

@@ -406,6 +406,12 @@ struct State {
     cycle: u64,
     /// Per framework wanting offers: consecutive cycles without any, and its role.
     starved: HashMap<String, (u64, String)>,
+    /// When the resource, offer and share gauges were last refreshed without a cycle (see
+    /// [`State::refresh_idle_gauges`]).
+    idle_gauges_at: Option<Instant>,
+    /// Every (role, resource) whose `allot_role_allocated` (and role whose `allot_role_dominant_share`) has been
+    /// set: a role that leaves the books is set to 0, not left at its last figure.
+    gauge_roles: std::collections::BTreeSet<(String, String)>,
 }
 
 impl State {
@@ -699,11 +705,13 @@ impl State {
         M.agents_unreachable
             .set(self.books.unreachable_agents() as f64);
         if self.subscriber.is_none() {
+            self.refresh_idle_gauges();
             return;
         }
         if !self.books.wants_offers() {
             // Nobody to offer to (say, while thousands of agents register): skip the snapshot of every agent.
             M.frameworks.set(0.0);
+            self.refresh_idle_gauges();
             return;
         }
         let now = self.now();
@@ -711,8 +719,10 @@ impl State {
         let snapshot = Arc::new(self.books.snapshot(now));
         M.frameworks.set(snapshot.frameworks.len() as f64);
         if snapshot.frameworks.is_empty() {
+            self.refresh_idle_gauges();
             return;
         }
+        self.idle_gauges_at = None;
         if snapshot.agents.is_empty() {
             // Nothing to offer: every framework holding no offer goes one more cycle without.
             self.count_starved(&snapshot);
@@ -838,8 +848,25 @@ impl State {
     }
 
     /// Sets the per-role and cluster series from the cycle's snapshot plus the offers it made.
+    /// No cycle runs (no framework wants offers, or no broker is subscribed): the gauges a cycle sets
+    /// (cluster resources, role shares and allocations, outstanding offers) are set from the books anyway, so
+    /// that an idle cluster does not go on showing the last busy cycle's figures. At most once every
+    /// [`IDLE_GAUGES_EVERY`], since it snapshots every agent.
+    fn refresh_idle_gauges(&mut self) {
+        if self
+            .idle_gauges_at
+            .is_some_and(|at| at.elapsed() < IDLE_GAUGES_EVERY)
+        {
+            return;
+        }
+        self.idle_gauges_at = Some(Instant::now());
+        let snapshot = self.books.snapshot(self.now());
+        self.record_shares(&snapshot, &[]);
+        M.offers_outstanding.set(self.books.offers().count() as f64);
+    }
+
     fn record_shares(
-        &self,
+        &mut self,
         snapshot: &allot_policy::Snapshot,
         offers: &[Arc<crate::books::Offer>],
     ) {
@@ -859,17 +886,29 @@ impl State {
             }
         }
         let mut allocated = Resources::new();
+        let mut now_set = std::collections::BTreeSet::new();
         for (role, r) in &by_role {
             M.role_share
                 .with_label_values(&[role])
                 .set(allot_policy::dominant_share(r, &snapshot.total));
+            now_set.insert((role.to_string(), String::new()));
             for (name, milli) in r.scalars() {
                 M.role_allocated
                     .with_label_values(&[role, name])
                     .set(milli as f64 / 1000.0);
+                now_set.insert((role.to_string(), name.to_string()));
             }
             allocated.add(r);
         }
+        // What was set before and is not now (a role gone from the books, a resource it no longer holds): 0.
+        for (role, name) in self.gauge_roles.difference(&now_set) {
+            if name.is_empty() {
+                M.role_share.with_label_values(&[role]).set(0.0);
+            } else {
+                M.role_allocated.with_label_values(&[role, name]).set(0.0);
+            }
+        }
+        self.gauge_roles.extend(now_set);
         for (name, milli) in snapshot.total.scalars() {
             M.cluster
                 .with_label_values(&[name, "total"])
@@ -880,6 +919,9 @@ impl State {
         }
     }
 }
+
+/// How often, at most, an allocator with no cycle to run refreshes its resource, offer and share gauges.
+const IDLE_GAUGES_EVERY: Duration = Duration::from_secs(1);
 
 /// Moves `allot_policy_active` from `old` to `new`.
 fn set_active(old: Option<&PolicyRef>, new: &PolicyRef) {
@@ -917,6 +959,8 @@ async fn run(
         start: Instant::now(),
         cycle: 0,
         starved: HashMap::new(),
+        idle_gauges_at: None,
+        gauge_roles: Default::default(),
     };
     set_active(None, &state.running.reference);
     let mut ticker = tokio::time::interval(interval);

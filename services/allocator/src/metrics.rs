@@ -18,6 +18,10 @@
 //! | `allot_agents_unreachable` | gauge | | agents still registered whose liveness lapsed (lost, not removed) |
 //! | `allot_framework_starved_cycles` | gauge | `framework`, `role` | consecutive cycles a framework wanting offers held none and got none |
 //! | `allot_allocator_offers_outstanding` | gauge | | offers in the allocator's books (made, not yet answered) |
+//!
+//! The resource, share and offer gauges are set by every cycle and, when no cycle runs (no framework wants
+//! offers, no broker is subscribed), from the allocator's books at least once a second, so that an idle
+//! cluster reads idle; a role that leaves the books reads 0.
 
 use allot_telemetry::metrics::prometheus::{
     Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec,
