@@ -104,11 +104,6 @@ impl Dialer {
         Self { tls: Some(tls) }
     }
 
-    /// Whether it dials over TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// A lazy channel to `addr` ([`channel`] or [`tls_channel`]).
     ///
     /// # Errors
@@ -283,7 +278,6 @@ impl Replicas {
             .await;
         match probe {
             Err(s) if s.code() == tonic::Code::Unimplemented => Ok(()),
-            Ok(()) => Ok(()),
             other => other,
         }
     }

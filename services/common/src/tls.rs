@@ -211,11 +211,6 @@ impl Tls {
         }))
     }
 
-    /// The files it loads.
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
-
     /// The current configurations, loaded again first if the files changed since they were last loaded
     /// (looked at no more than once every [`RELOAD_CHECK`]).
     pub fn configs(&self) -> TlsConfigs {
