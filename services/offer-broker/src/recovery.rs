@@ -98,13 +98,7 @@ impl Broker {
             self.store.prefix(Kind::Alive),
             Duration::from_secs(1),
             move |id, value| {
-                // The value is the agent's registration (`RegisterAgentResponse.registration`).
-                let registration = value.map(|v| {
-                    std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0)
-                });
+                let registration = value.map(allot_server::store::alive_registration);
                 let change = me.lock().set_alive(id, registration);
                 let (me, id) = (me.clone(), id.to_string());
                 match change {

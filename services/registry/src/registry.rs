@@ -10,7 +10,7 @@ use crate::metrics::M;
 use allot_common::convert::resources_from_proto;
 use allot_proto::common::{AgentInfo, AgentRecord, Role};
 use allot_server::Store;
-use allot_server::store::{Kind, StoreError};
+use allot_server::store::{Kind, StoreError, alive_value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,7 @@ impl Registry {
         };
         // The record and the liveness key in one transaction: watchers see both at one revision, which is
         // the revision the sweeper later deletes the liveness key at. A re-registration rewrites both.
+        let registration = u64::try_from(record.registered_at_ms).unwrap_or(0);
         let revision = self
             .store
             .put_all_encoded(vec![
@@ -135,7 +136,7 @@ impl Registry {
                 ),
                 (
                     self.store.key(Kind::Alive, &agent_id),
-                    record.registered_at_ms.to_string().into_bytes(),
+                    alive_value(registration),
                 ),
             ])
             .await?;
@@ -146,7 +147,7 @@ impl Registry {
             agent_id,
             heartbeat_interval: (self.agent_timeout.as_secs_f64() / 3.0).max(0.2),
             agent_timeout: self.agent_timeout.as_secs_f64(),
-            registration: u64::try_from(record.registered_at_ms).unwrap_or(0),
+            registration,
         })
     }
 

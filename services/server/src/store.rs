@@ -167,6 +167,20 @@ impl Kind {
     }
 }
 
+/// The value of an agent's `alive/<agent_id>` key: the number of its current registration, in decimal (the
+/// registry writes it; the offer-broker stamps launches with it, see `allot_agent::fence`).
+pub fn alive_value(registration: u64) -> Vec<u8> {
+    registration.to_string().into_bytes()
+}
+
+/// The registration an `alive` key's value names ([`alive_value`]); 0 (any registration) if it is not one.
+pub fn alive_registration(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A handle on etcd with Allot's key layout. Cheap to clone; clones share one [`Store::fence`].
 #[derive(Clone)]
 pub struct Store {
@@ -805,6 +819,15 @@ async fn commit_rounds(store: Store, mut rx: tokio::sync::mpsc::UnboundedReceive
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alive_value_names_its_registration() {
+        assert_eq!(
+            alive_registration(&alive_value(1_796_260_915_495)),
+            1_796_260_915_495
+        );
+        assert_eq!(alive_registration(b"not a number"), 0);
+    }
 
     #[test]
     fn only_failures_a_retry_can_cure_are_transient() {
