@@ -4,7 +4,8 @@
 //! that reads: lock, ask [`State`], do I/O (etcd, the allocator, agents) without the lock, and commit under
 //! the lock again. The lock is a `std::sync::Mutex`, never held across an `.await`.
 
-use crate::link::agents::AgentLink;
+use crate::error::Error;
+use crate::link::agents::{AgentLink, Killed};
 use crate::link::allocator::AllocatorLink;
 use crate::metrics::M;
 use crate::state::State;
@@ -87,6 +88,20 @@ impl Broker {
                 Some(rec.info?.address)
             }
         }
+    }
+
+    /// Asks agent `agent_id` (found by [`Broker::agent_address`]) to kill task `task` of `fw`.
+    ///
+    /// # Errors
+    /// As [`AgentLink::kill`].
+    pub(crate) async fn kill_on_agent(
+        &self,
+        agent_id: &str,
+        fw: &str,
+        task: &str,
+    ) -> Result<Killed, Error> {
+        let addr = self.agent_address(agent_id).await;
+        self.agents.kill(agent_id, addr.as_deref(), fw, task).await
     }
 
     /// Groups `items`, each with its agent, by the agent's address (a simulator serves many agents at one

@@ -110,8 +110,7 @@ impl Broker {
             M.stale_killed.inc();
             let me = self.clone();
             tokio::spawn(async move {
-                let addr = me.agent_address(&agent).await;
-                if let Err(e) = me.agents.kill(&agent, addr.as_deref(), &fw, &task).await {
+                if let Err(e) = me.kill_on_agent(&agent, &fw, &task).await {
                     tracing::warn!(framework = %fw, %task, %agent, error = %e, "cannot kill it");
                 }
             });
