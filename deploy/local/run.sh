@@ -176,9 +176,9 @@ for c in "${etcd_clients[@]}"; do wait_port "${c##*:}" etcd; done
 
 # Each service's /metrics address, by Prometheus job.
 declare -A metrics=()
-metrics_port() { # job: sets $mport to a free port and records it for the job
+metrics_port() { # job [address]: sets $mport to a free port and records address:port (default --address) for the job
   free_port mport
-  metrics[$1]="${metrics[$1]:-}${metrics[$1]:+ }$host:$mport"
+  metrics[$1]="${metrics[$1]:-}${metrics[$1]:+ }${2:-$host}:$mport"
 }
 
 echo "==> starting registry $ALLOT_REGISTRY, allocator $ALLOT_ALLOCATOR, offer-broker $ALLOT_BROKER"
@@ -211,12 +211,11 @@ cpus=$(awk -v c="$cores" 'BEGIN { x = c / 3; if (x < 1) x = 1; printf "%.2f", x 
 for i in 1 2 3; do
   free_port port
   lo=$((31000 + i * 1000)); hi=$((lo + 999))
-  metrics_port allot-agent; agent_m=$mport
   at=$host; in_netns=()
   if ((i == 3)) && [[ -n $netns ]]; then
     at=$netns_ip; in_netns=(ip netns exec "$netns")
-    metrics[allot-agent]=${metrics[allot-agent]/%$host:$agent_m/$at:$agent_m}
   fi
+  metrics_port allot-agent "$at"; agent_m=$mport
   supervise "agent$i" "${in_netns[@]}" "$bin/allot-agent" --listen "$at:$port" --work-dir "$run/agent$i" \
     --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i" \
     --kill-tasks-on-stop --metrics-listen "$at:$agent_m"
