@@ -216,21 +216,21 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
 /// Writes `contents` to `dir/name`; a `secret` file is made readable by its owner only.
 fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> anyhow::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join(name);
-    // Written whole to a temporary file, then renamed: a service that re-reads its files never sees half.
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let failed = || format!("cannot write {}", path.display());
+    // Written whole to a fresh temporary file (mode 0600) beside it, then renamed over it: a service that
+    // re-reads its files never sees half of one.
+    let mut f = tempfile::NamedTempFile::new_in(dir).with_context(failed)?;
+    if !secret {
+        f.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(failed)?;
+    }
     f.write_all(contents.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        .and_then(|()| f.as_file().sync_all())
+        .with_context(failed)?;
+    f.persist(&path).with_context(failed)?;
     Ok(())
 }
 
