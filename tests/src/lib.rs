@@ -47,15 +47,20 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A real etcd on loopback: one member, or a cluster of several ([`Etcd::start_cluster`]).
+/// A real etcd on loopback: one member, or a cluster of several ([`Etcd::start_cluster`]). By default it is
+/// secured as `deploy/local/run.sh` runs it: mutual TLS for clients and peers (`--client-cert-auth`), with
+/// a certificate authority made for it in its directory ([`Etcd::tls_dir`]), which the cluster's services
+/// and clients use too.
 pub struct Etcd {
     members: Vec<Member>,
-    /// The first member's client URL, `http://127.0.0.1:PORT`.
+    /// The first member's client URL, `https://127.0.0.1:PORT` (`http://` for [`Etcd::start_insecure`]).
     pub endpoint: String,
     /// Every member's client URL, comma-separated (what the services are given).
     pub endpoints: String,
     /// `--initial-cluster`: `name=peer_url,...`.
     initial_cluster: String,
+    /// The TLS material's directory (`dir/tls`); `None` for a plaintext etcd.
+    tls: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -64,6 +69,8 @@ struct Member {
     name: String,
     client: String,
     peer: String,
+    /// `/metrics` in plain HTTP, `127.0.0.1:PORT` (the client port requires a certificate).
+    metrics: String,
     child: Option<Child>,
 }
 
@@ -77,10 +84,34 @@ pub const ETCD_BACKEND_BATCH_INTERVAL: &str = "--backend-batch-interval=10ms";
 /// election timeout ten times that or more; loopback's round trip is far below a millisecond).
 pub const ETCD_RAFT_TIMING: [&str; 2] = ["--heartbeat-interval=50", "--election-timeout=500"];
 
-/// Starts etcd member `m` of the cluster `initial_cluster`, with its data in `dir/<name>`, with the flags in
-/// `$ALLOT_ETCD_FLAGS` (whitespace-separated) added. A restarted member finds its data and rejoins.
-fn spawn_etcd(dir: &std::path::Path, m: &Member, initial_cluster: &str) -> Child {
+/// Starts etcd member `m` of the cluster `initial_cluster`, with its data in `dir/<name>`, over mutual TLS
+/// with the material in `tls` if given, with the flags in `$ALLOT_ETCD_FLAGS` (whitespace-separated) added. A
+/// restarted member finds its data and rejoins.
+fn spawn_etcd(
+    dir: &std::path::Path,
+    m: &Member,
+    initial_cluster: &str,
+    tls: Option<&std::path::Path>,
+) -> Child {
+    let mut tls_flags: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(t) = tls {
+        let (ca, cert, key) = (t.join("ca.pem"), t.join("etcd.pem"), t.join("etcd-key.pem"));
+        for (flag, path) in [
+            ("--trusted-ca-file", &ca),
+            ("--cert-file", &cert),
+            ("--key-file", &key),
+            ("--peer-trusted-ca-file", &ca),
+            ("--peer-cert-file", &cert),
+            ("--peer-key-file", &key),
+        ] {
+            tls_flags.push(flag.into());
+            tls_flags.push(path.into());
+        }
+        tls_flags.push("--client-cert-auth".into());
+        tls_flags.push("--peer-client-cert-auth".into());
+    }
     Command::new("etcd")
+        .args(tls_flags)
         .args(["--name", &m.name, "--data-dir"])
         .arg(dir.join(&m.name))
         .args([
@@ -96,6 +127,7 @@ fn spawn_etcd(dir: &std::path::Path, m: &Member, initial_cluster: &str) -> Child
             &m.peer,
         ])
         .args(["--initial-cluster", initial_cluster])
+        .arg(format!("--listen-metrics-urls=http://{}", m.metrics))
         .args(["--initial-cluster-token", "allot-test"])
         // See docs/operations.md, "Running etcd": etcd 3.4 copies its uncommitted write buffer for every
         // transaction; a short batch interval keeps that buffer small.
@@ -122,17 +154,36 @@ impl Etcd {
         Self::start_cluster(1).await
     }
 
+    /// Starts a plaintext etcd (one member, no TLS), for services run `--insecure`.
+    ///
+    /// # Panics
+    /// As [`Etcd::start`].
+    pub async fn start_insecure() -> Etcd {
+        Self::start_members(1, false).await
+    }
+
     /// Starts an etcd cluster of `n` members on loopback and waits until it answers.
     ///
     /// # Panics
     /// As [`Etcd::start`].
     pub async fn start_cluster(n: usize) -> Etcd {
+        Self::start_members(n, true).await
+    }
+
+    async fn start_members(n: usize, secure: bool) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
+        let tls = secure.then(|| {
+            let tls = dir.path().join("tls");
+            issue_cluster_pki(&tls);
+            tls
+        });
+        let scheme = if secure { "https" } else { "http" };
         let mut members: Vec<Member> = (0..n.max(1))
             .map(|i| Member {
                 name: format!("m{i}"),
-                client: format!("http://127.0.0.1:{}", free_port()),
-                peer: format!("http://127.0.0.1:{}", free_port()),
+                client: format!("{scheme}://127.0.0.1:{}", free_port()),
+                peer: format!("{scheme}://127.0.0.1:{}", free_port()),
+                metrics: format!("127.0.0.1:{}", free_port()),
                 child: None,
             })
             .collect();
@@ -142,7 +193,7 @@ impl Etcd {
             .collect::<Vec<_>>()
             .join(",");
         for m in &mut members {
-            m.child = Some(spawn_etcd(dir.path(), m, &initial_cluster));
+            m.child = Some(spawn_etcd(dir.path(), m, &initial_cluster, tls.as_deref()));
         }
         let endpoints = members
             .iter()
@@ -154,6 +205,7 @@ impl Etcd {
             endpoints,
             members,
             initial_cluster,
+            tls,
             dir,
         };
         etcd.await_answer().await;
@@ -168,7 +220,12 @@ impl Etcd {
     async fn await_answer(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(store) = allot_server::Store::connect(&self.endpoint_list(), "/probe").await
+            if let Ok(store) = allot_server::Store::connect(
+                &self.endpoint_list(),
+                "/probe",
+                self.dialer("registry").material(),
+            )
+            .await
                 && store.exists("/probe").await.is_ok()
             {
                 return;
@@ -222,7 +279,12 @@ impl Etcd {
 
     fn start_member(&mut self, i: usize) {
         if self.members[i].child.is_none() {
-            let child = spawn_etcd(self.dir.path(), &self.members[i], &self.initial_cluster);
+            let child = spawn_etcd(
+                self.dir.path(),
+                &self.members[i],
+                &self.initial_cluster,
+                self.tls.as_deref(),
+            );
             self.members[i].child = Some(child);
         }
     }
@@ -230,7 +292,7 @@ impl Etcd {
     /// The index of the member that is the Raft leader now, if a member that answers knows one.
     pub async fn leader_member(&self) -> Option<usize> {
         for m in &self.members {
-            let Ok(mut c) = etcd_client::Client::connect([m.client.as_str()], None).await else {
+            let Ok(mut c) = self.member_client(&m.client).await else {
                 continue;
             };
             let Ok(status) = c.status().await else {
@@ -238,8 +300,7 @@ impl Etcd {
             };
             let leader = status.leader();
             for (i, other) in self.members.iter().enumerate() {
-                let Ok(mut c) = etcd_client::Client::connect([other.client.as_str()], None).await
-                else {
+                let Ok(mut c) = self.member_client(&other.client).await else {
                     continue;
                 };
                 if let Ok(s) = c.status().await
@@ -259,20 +320,133 @@ impl Etcd {
         self.members[0].child.as_ref().map_or(0, Child::id)
     }
 
+    /// The first member's plain-HTTP metrics address (`GET /metrics`), `127.0.0.1:PORT`.
+    pub fn metrics_addr(&self) -> &str {
+        &self.members[0].metrics
+    }
+
     /// The first member's client address.
     pub fn addr(&self) -> SocketAddr {
         self.endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .expect("etcd's endpoint is http://IP:PORT")
+            .split("://")
+            .last()
+            .and_then(|a| a.parse().ok())
+            .expect("etcd's endpoint is http(s)://IP:PORT")
     }
 
     /// A store on this etcd (every member), under the services' default root.
     pub async fn store(&self) -> allot_server::Store {
-        allot_server::Store::connect(&self.endpoint_list(), allot_server::store::DEFAULT_ROOT)
-            .await
-            .expect("etcd")
+        allot_server::Store::connect(
+            &self.endpoint_list(),
+            allot_server::store::DEFAULT_ROOT,
+            self.dialer("registry").material(),
+        )
+        .await
+        .expect("etcd")
     }
+
+    /// An etcd client of every member (as a service connects: over TLS when etcd is secured).
+    pub async fn client(&self) -> etcd_client::Client {
+        self.store().await.client()
+    }
+
+    /// A client of the one member at `url`.
+    async fn member_client(
+        &self,
+        url: &str,
+    ) -> Result<etcd_client::Client, allot_server::StoreError> {
+        let store = allot_server::Store::connect(
+            &[url.to_string()],
+            "/",
+            self.dialer("registry").material(),
+        )
+        .await?;
+        Ok(store.client())
+    }
+
+    /// The directory of the TLS material etcd and the cluster's services use (`allot certs init`'s layout);
+    /// `None` for [`Etcd::start_insecure`].
+    pub fn tls_dir(&self) -> Option<&std::path::Path> {
+        self.tls.as_deref()
+    }
+
+    /// How principal `name` connects: mutual TLS with its certificate (issued now from the authority if it
+    /// has none yet; its kind from the name's prefix, `agent-`, `framework-`, `operator`, else service), or
+    /// plaintext for an insecure etcd.
+    ///
+    /// # Panics
+    /// If the certificate cannot be issued or loaded.
+    pub fn dialer(&self, name: &str) -> allot_common::grpc::Dialer {
+        allot_common::grpc::Dialer::new(self.tls_dir().map(|dir| material(dir, name)))
+    }
+
+    /// The operator's dialer ([`Etcd::dialer`] of principal `operator`).
+    pub fn operator(&self) -> allot_common::grpc::Dialer {
+        self.dialer("operator")
+    }
+
+    /// A service binary's flags for principal `name`: `--tls-dir DIR --tls-name NAME` (issued on demand, as
+    /// [`Etcd::dialer`]), or `--insecure`.
+    pub fn tls_flags(&self, name: &str) -> Vec<String> {
+        match self.tls_dir() {
+            Some(dir) => {
+                material(dir, name);
+                vec![
+                    "--tls-dir".into(),
+                    dir.display().to_string(),
+                    "--tls-name".into(),
+                    name.into(),
+                ]
+            }
+            None => vec!["--insecure".into()],
+        }
+    }
+
+    /// `--tls-dir`/`--tls-name` for principal `name` (issued on demand, as [`Etcd::dialer`]), or `--insecure`.
+    pub fn tls_args(&self, name: &str) -> allot_server::config::TlsArgs {
+        tls_args(self.tls_dir(), name)
+    }
+}
+
+/// Makes a cluster's authority and certificates in `dir`, as `allot certs init` does (agents and frameworks
+/// are issued on demand by [`Etcd::dialer`]).
+fn issue_cluster_pki(dir: &std::path::Path) {
+    use allot_server::certs;
+    let validity = certs::Validity::days(2);
+    certs::init_authority(dir, validity, false).expect("a certificate authority");
+    let principals = certs::cluster(&[], &["default".into()]).expect("principals");
+    certs::issue(dir, &principals, &[], validity).expect("certificates");
+}
+
+/// `--tls-dir`/`--tls-name` for principal `name` in `dir` (issued on demand), or `--insecure` without a
+/// directory.
+fn tls_args(dir: Option<&std::path::Path>, name: &str) -> allot_server::config::TlsArgs {
+    match dir {
+        Some(dir) => {
+            material(dir, name);
+            allot_server::config::TlsArgs::in_dir(dir, name)
+        }
+        None => allot_server::config::TlsArgs::insecure(),
+    }
+}
+
+/// The TLS material of principal `name` in `dir`, issued first if it has none.
+fn material(dir: &std::path::Path, name: &str) -> Arc<allot_common::tls::Tls> {
+    use allot_server::certs;
+    // One issuer at a time: two writing the same principal could leave one's key beside the other's certificate.
+    static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ISSUING.lock().unwrap_or_else(|e| e.into_inner());
+    if !dir.join(format!("{name}.pem")).exists() {
+        certs::issue(
+            dir,
+            &[certs::Principal::new(name, certs::kind_of(name))],
+            &[],
+            certs::Validity::days(2),
+        )
+        .expect("a certificate");
+    }
+    allot_common::tls::Tls::open(allot_common::tls::TlsFiles::in_dir(dir, name))
+        .expect("TLS material")
 }
 
 impl Drop for Etcd {
@@ -559,25 +733,52 @@ pub struct Cluster {
     opts: ClusterOptions,
 }
 
-/// The etcd endpoint the control-plane services are given: `etcd`'s, or `link`'s in front of it.
-fn services_endpoint(etcd: &Etcd, link: Option<&faults::Proxy>) -> String {
-    link.map_or(etcd.endpoints.clone(), |p| format!("http://{}", p.addr))
+/// What a test's control-plane services are given: the etcd endpoints and the TLS material.
+#[derive(Debug, Clone)]
+struct Wiring {
+    /// `etcd`'s endpoints, or the address of the proxy in front of it.
+    etcd: String,
+    /// The TLS material's directory; `None`: `--insecure`.
+    tls_dir: Option<PathBuf>,
+}
+
+impl Wiring {
+    fn etcd(&self) -> allot_server::config::EtcdArgs {
+        allot_server::config::EtcdArgs::at(&self.etcd)
+    }
+
+    fn tls(&self, name: &str) -> allot_server::config::TlsArgs {
+        tls_args(self.tls_dir.as_deref(), name)
+    }
+
+    fn dialer(&self, name: &str) -> allot_common::grpc::Dialer {
+        allot_common::grpc::Dialer::new(self.tls_dir.as_deref().map(|dir| material(dir, name)))
+    }
+}
+
+/// What the control-plane services are given: `etcd`'s endpoints, or `link`'s in front of it.
+fn services_wiring(etcd: &Etcd, link: Option<&faults::Proxy>) -> Wiring {
+    Wiring {
+        etcd: link.map_or(etcd.endpoints.clone(), |p| p.addr.to_string()),
+        tls_dir: etcd.tls.clone(),
+    }
 }
 
 /// A registry against `etcd` on `addr`; returns once a registry leads (this one, unless another replica does).
-async fn start_registry(etcd: &str, opts: &ClusterOptions, addr: SocketAddr) -> Service {
+async fn start_registry(etcd: &Wiring, opts: &ClusterOptions, addr: SocketAddr) -> Service {
     let service = start_standby_registry(etcd, opts, addr).await;
-    await_leader(&service.addr.to_string()).await;
+    await_leader(&etcd.dialer("operator"), &service.addr.to_string()).await;
     service
 }
 
 /// A registry against `etcd` on `addr`, not waiting for it to lead.
-async fn start_standby_registry(etcd: &str, opts: &ClusterOptions, addr: SocketAddr) -> Service {
+async fn start_standby_registry(etcd: &Wiring, opts: &ClusterOptions, addr: SocketAddr) -> Service {
     let cfg = allot_registry::Config {
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_server::config::EtcdArgs::at(etcd),
+        etcd: etcd.etcd(),
+        tls: etcd.tls("registry"),
         agent_timeout: opts.agent_timeout,
         election: election(opts),
     };
@@ -598,7 +799,7 @@ fn election(opts: &ClusterOptions) -> allot_server::leader::ElectionArgs {
 
 /// An offer-broker against `etcd` and the allocator replicas at `allocators` (comma-separated), on `addr`.
 async fn start_broker(
-    etcd: &str,
+    etcd: &Wiring,
     opts: &ClusterOptions,
     allocators: &str,
     addr: SocketAddr,
@@ -607,7 +808,8 @@ async fn start_broker(
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_server::config::EtcdArgs::at(etcd),
+        etcd: etcd.etcd(),
+        tls: etcd.tls("offer-broker"),
         allocator: allocators.to_string(),
         heartbeat_interval: opts.heartbeat_interval,
         election: election(opts),
@@ -621,7 +823,7 @@ async fn start_broker(
 
 /// An allocator against `etcd`, caching policies in `dir`, on `addr`.
 async fn start_allocator(
-    etcd: &str,
+    etcd: &Wiring,
     opts: &ClusterOptions,
     dir: &std::path::Path,
     addr: SocketAddr,
@@ -630,7 +832,8 @@ async fn start_allocator(
         config: None,
         listen: String::new(),
         metrics: Default::default(),
-        etcd: allot_server::config::EtcdArgs::at(etcd),
+        etcd: etcd.etcd(),
+        tls: etcd.tls("allocator"),
         allocation_interval: opts.allocation_interval,
         policy: "drf".into(),
         policy_dir: dir.join("policies"),
@@ -689,7 +892,7 @@ impl Cluster {
             true => Some(faults::Proxy::start(etcd.addr()).await),
             false => None,
         };
-        let services_etcd = services_endpoint(&etcd, etcd_link.as_ref());
+        let services_etcd = services_wiring(&etcd, etcd_link.as_ref());
         let mut registries = vec![start_registry(&services_etcd, &opts, any_port()).await];
         for _ in 1..opts.replicas.max(1) {
             registries.push(start_standby_registry(&services_etcd, &opts, any_port()).await);
@@ -700,7 +903,7 @@ impl Cluster {
         for _ in 0..opts.replicas.max(1) {
             let a = start_allocator(&services_etcd, &opts, dir.path(), any_port()).await;
             if allocators.is_empty() {
-                await_leader(&a.addr.to_string()).await;
+                await_leader(&services_etcd.dialer("operator"), &a.addr.to_string()).await;
             }
             allocators.push(a);
         }
@@ -709,7 +912,7 @@ impl Cluster {
         for _ in 0..opts.replicas.max(1) {
             let b = start_broker(&services_etcd, &opts, &allocator_addrs, any_port()).await;
             if brokers.is_empty() {
-                await_leader(&b.addr.to_string()).await;
+                await_leader(&services_etcd.dialer("operator"), &b.addr.to_string()).await;
             }
             brokers.push(b);
         }
@@ -735,8 +938,8 @@ impl Cluster {
     }
 
     /// The etcd endpoint the control-plane services are given (see [`ClusterOptions::etcd_link`]).
-    fn services_etcd(&self) -> String {
-        services_endpoint(&self.etcd, self.etcd_link.as_ref())
+    fn services_etcd(&self) -> Wiring {
+        services_wiring(&self.etcd, self.etcd_link.as_ref())
     }
 
     /// Every broker replica's address, comma-separated (what agents and the SDK are given).
@@ -754,7 +957,7 @@ impl Cluster {
         let next = self.standby_allocators.remove(0);
         let old = std::mem::replace(&mut self.allocator, next);
         let addr = old.crash_and_wait().await;
-        await_leader(&self.allocator.addr.to_string()).await;
+        await_leader(&self.operator(), &self.allocator.addr.to_string()).await;
         let again = start_allocator(&self.services_etcd(), &self.opts, self.dir.path(), addr).await;
         self.standby_allocators.push(again);
     }
@@ -768,7 +971,7 @@ impl Cluster {
         let next = self.standby_brokers.remove(0);
         let old = std::mem::replace(&mut self.broker, next);
         let addr = old.crash_and_wait().await;
-        await_leader(&self.broker.addr.to_string()).await;
+        await_leader(&self.operator(), &self.broker.addr.to_string()).await;
         let again = start_broker(
             &self.services_etcd(),
             &self.opts,
@@ -793,7 +996,7 @@ impl Cluster {
         let next = self.standby_registries.remove(0);
         let old = std::mem::replace(&mut self.registry, next);
         let addr = old.crash_and_wait().await;
-        await_leader(&self.registry.addr.to_string()).await;
+        await_leader(&self.operator(), &self.registry.addr.to_string()).await;
         let again = start_standby_registry(&self.services_etcd(), &self.opts, addr).await;
         self.standby_registries.push(again);
     }
@@ -817,7 +1020,7 @@ impl Cluster {
         )
         .await;
         // The crashed broker's leadership lease lingers until it expires (`leader_lease`).
-        await_leader(&self.broker.addr.to_string()).await;
+        await_leader(&self.operator(), &self.broker.addr.to_string()).await;
     }
 
     /// Starts an agent offering `resources` (Mesos text) with a fresh work directory, and waits until it is
@@ -839,6 +1042,7 @@ impl Cluster {
             config: None,
             listen: String::new(),
             metrics: Default::default(),
+            tls: self.etcd.tls_args(&format!("agent-{hostname}")),
             advertise: None,
             registry: self.registry_addrs.clone(),
             broker: self.broker_addrs.clone(),
@@ -937,10 +1141,10 @@ impl Cluster {
             ..self.agent_config(resources, self.dir.path().join("sim"), "sim")
         };
         let service = agent_service(cfg, any_port()).await;
-        let registry = self.registry_addrs.clone();
+        let (registry, operator) = (self.registry_addrs.clone(), self.operator());
         eventually("the simulated agents register", || {
-            let registry = registry.clone();
-            async move { reachable_agents(&registry).await == n }
+            let (registry, operator) = (registry.clone(), operator.clone());
+            async move { reachable_agents(&operator, &registry).await == n }
         })
         .await;
         service
@@ -959,15 +1163,53 @@ impl Cluster {
             .tasks
     }
 
-    /// A channel to the broker.
+    /// A channel to the broker, as the default framework principal (`framework-default`; mutual TLS unless the
+    /// cluster's etcd is insecure).
     pub fn broker_channel(&self) -> Channel {
-        allot_common::grpc::channel(&self.broker.addr.to_string()).expect("channel")
+        self.dialer("framework-default")
+            .channel(&self.broker.addr.to_string())
+            .expect("channel")
+    }
+
+    /// How principal `name` connects to this cluster (see [`Etcd::dialer`]).
+    pub fn dialer(&self, name: &str) -> allot_common::grpc::Dialer {
+        self.etcd.dialer(name)
+    }
+
+    /// The `allot` CLI's flags that reach this cluster: its registry, broker and allocator addresses, and its
+    /// TLS material (`--tls-dir`, or `--insecure`).
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--registry".to_string(),
+            self.registry_addrs.clone(),
+            "--broker".into(),
+            self.broker_addrs.clone(),
+            "--allocator".into(),
+            self.allocator_addrs.clone(),
+        ];
+        match self.etcd.tls_dir() {
+            Some(dir) => args.extend(["--tls-dir".into(), dir.display().to_string()]),
+            None => args.push("--insecure".into()),
+        }
+        args
+    }
+
+    /// The operator's dialer: what the `allot` CLI's operator commands connect with.
+    pub fn operator(&self) -> allot_common::grpc::Dialer {
+        self.etcd.operator()
+    }
+
+    /// `allot_sdk::DriverConfig` for `info` at this cluster's brokers, connecting as `framework-default`.
+    pub fn driver_config(&self, info: FrameworkInfo) -> allot_sdk::DriverConfig {
+        allot_sdk::DriverConfig::new(self.broker_addrs(), info)
+            .with_dialer(self.dialer("framework-default"))
     }
 }
 
-/// Waits until one of the replicas at `addrs` (comma-separated) answers as the leader of its service.
-pub async fn await_leader(addrs: &str) {
-    let replicas = allot_common::grpc::Replicas::new(addrs).expect("addresses");
+/// Waits until one of the replicas at `addrs` (comma-separated), dialed through `dialer`, answers as the
+/// leader of its service.
+pub async fn await_leader(dialer: &allot_common::grpc::Dialer, addrs: &str) {
+    let replicas = dialer.replicas(addrs).expect("addresses");
     eventually(&format!("a leader among {addrs}"), || {
         let r = replicas.clone();
         async move { r.find_leader().await.is_ok() }
@@ -975,11 +1217,11 @@ pub async fn await_leader(addrs: &str) {
     .await;
 }
 
-/// How many agents the leading registry among `registry` (host:port, comma-separated) lists as reachable; 0
-/// when it cannot be asked.
-pub async fn reachable_agents(registry: &str) -> usize {
+/// How many agents the leading registry among `registry` (host:port, comma-separated), dialed through
+/// `dialer`, lists as reachable; 0 when it cannot be asked.
+pub async fn reachable_agents(dialer: &allot_common::grpc::Dialer, registry: &str) -> usize {
     use allot_proto::registry::{ListAgentsRequest, registry_client::RegistryClient};
-    let Ok(replicas) = allot_common::grpc::Replicas::new(registry) else {
+    let Ok(replicas) = dialer.replicas(registry) else {
         return 0;
     };
     replicas

@@ -131,8 +131,9 @@ impl ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let logs = dir.path();
         let etcd_args = vec!["--etcd-endpoints".to_string(), etcd.endpoint.clone()];
-        let with = |extra: &[&str]| -> Vec<String> {
+        let with = |name: &str, extra: &[&str]| -> Vec<String> {
             let mut a = etcd_args.clone();
+            a.extend(etcd.tls_flags(name));
             a.extend(extra.iter().map(|s| s.to_string()));
             a
         };
@@ -140,7 +141,7 @@ impl ProcessCluster {
             &bin,
             "registry",
             "allot-registry",
-            &with(&["--agent-timeout", "5s"]),
+            &with("registry", &["--agent-timeout", "5s"]),
             env,
             logs,
         );
@@ -148,7 +149,7 @@ impl ProcessCluster {
             &bin,
             "allocator",
             "allot-allocator",
-            &with(&["--allocation-interval", "200ms"]),
+            &with("allocator", &["--allocation-interval", "200ms"]),
             env,
             logs,
         );
@@ -156,14 +157,18 @@ impl ProcessCluster {
             &bin,
             "broker",
             "allot-offer-broker",
-            &with(&["--allocator", &allocator.addr, "--heartbeat-interval", "1s"]),
+            &with(
+                "offer-broker",
+                &["--allocator", &allocator.addr, "--heartbeat-interval", "1s"],
+            ),
             env,
             logs,
         );
         let mut procs = Vec::new();
         for i in 0..agents {
             let work = dir.path().join(format!("agent{i}"));
-            let args = vec![
+            let mut args = etcd.tls_flags(&format!("agent-agent{i}"));
+            args.extend([
                 "--registry".to_string(),
                 registry.addr.clone(),
                 "--broker".to_string(),
@@ -175,7 +180,7 @@ impl ProcessCluster {
                 "--hostname".to_string(),
                 format!("agent{i}"),
                 "--kill-tasks-on-stop".to_string(),
-            ];
+            ]);
             procs.push(spawn(
                 &bin,
                 &format!("agent{i}"),
@@ -193,8 +198,9 @@ impl ProcessCluster {
             etcd,
             dir,
         };
-        crate::await_leader(&cluster.allocator.addr).await;
-        crate::await_leader(&cluster.broker.addr).await;
+        let operator = cluster.etcd.operator();
+        crate::await_leader(&operator, &cluster.allocator.addr).await;
+        crate::await_leader(&operator, &cluster.broker.addr).await;
         cluster.wait_for_agents(agents).await;
         cluster
     }
@@ -202,7 +208,7 @@ impl ProcessCluster {
     async fn wait_for_agents(&self, n: usize) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if crate::reachable_agents(&self.registry.addr).await >= n {
+            if crate::reachable_agents(&self.etcd.operator(), &self.registry.addr).await >= n {
                 return;
             }
             assert!(

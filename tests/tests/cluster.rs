@@ -329,23 +329,24 @@ async fn a_restarted_registry_keeps_live_agents_and_still_times_out_dead_ones() 
     let _steady = cluster.add_agent("cpus:1;mem:256").await;
     let doomed = cluster.add_agent("cpus:1;mem:256").await;
     let registry = cluster.registry.addr.to_string();
+    let operator = cluster.operator();
     // The registry and an agent die together: no one saw the agent's last heartbeats.
     doomed.service.crash();
     cluster.restart_registry().await;
     assert_eq!(
-        allot_tests::reachable_agents(&registry).await,
+        allot_tests::reachable_agents(&operator, &registry).await,
         2,
         "a restarted registry gives every agent it finds alive a full timeout"
     );
     let timeout = allot_tests::ClusterOptions::default().agent_timeout;
     eventually("the dead agent times out under the new registry", || {
-        let registry = registry.clone();
-        async move { allot_tests::reachable_agents(&registry).await == 1 }
+        let (registry, operator) = (registry.clone(), operator.clone());
+        async move { allot_tests::reachable_agents(&operator, &registry).await == 1 }
     })
     .await;
     // The live agent's heartbeats reach the new registry: it outlasts several timeouts.
     tokio::time::sleep(timeout * 3).await;
-    assert_eq!(allot_tests::reachable_agents(&registry).await, 1);
+    assert_eq!(allot_tests::reachable_agents(&operator, &registry).await, 1);
     let mut fw = TestFramework::subscribe(&cluster, "after-registry-restart", "*").await;
     assert_eq!(
         fw.offers().await.len(),
@@ -434,10 +435,7 @@ async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
             allot_sdk::shell_task(&format!("t{i}"), "echo ok", "cpus:0.5;mem:64").expect("task")
         })
         .collect();
-    let config = allot_sdk::DriverConfig::new(
-        &cluster.broker.addr.to_string(),
-        allot_sdk::framework_info("sdk", "*"),
-    );
+    let config = cluster.driver_config(allot_sdk::framework_info("sdk", "*"));
     let done = tokio::time::timeout(
         allot_tests::PATIENCE,
         allot_sdk::run(config, allot_tests::RunAll::new(tasks)),
@@ -801,12 +799,12 @@ async fn a_launch_sent_again_is_never_run_twice() {
     // A broker that did not hear its first LaunchTasks answered sends it again (issue 22): the agent knows
     // both tasks (one ended and acknowledged, one running) and starts neither a second time.
     let store = cluster.etcd.store().await;
-    let mut client = allot_proto::agent::agent_client::AgentClient::connect(format!(
-        "http://{}",
-        agent.service.addr
-    ))
-    .await
-    .expect("agent");
+    let mut client = allot_proto::agent::agent_client::AgentClient::new(
+        cluster
+            .dialer("offer-broker")
+            .channel(&agent.service.addr.to_string())
+            .expect("agent"),
+    );
     let mut tasks = Vec::new();
     for t in ["done", "live"] {
         tasks.push(recorded_task(&store, &fw.id, t).await.task.expect("task"));

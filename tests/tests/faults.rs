@@ -61,10 +61,7 @@ async fn every_task_ends_exactly_once_through_every_fault() {
         )
     });
     let log = workload.log.clone();
-    let config = allot_sdk::DriverConfig::new(
-        cluster.broker_addrs(),
-        allot_sdk::framework_info("faults", "*"),
-    );
+    let config = cluster.driver_config(allot_sdk::framework_info("faults", "*"));
     let driver = tokio::spawn(allot_sdk::run(config, workload));
 
     let mut times: Vec<(&str, Duration)> = Vec::new();
@@ -217,8 +214,7 @@ async fn every_task_ends_exactly_once_through_every_fault() {
 /// Runs `count` one-CPU tasks through a fresh framework `name`; panics unless all end TASK_FINISHED within
 /// `patience`.
 async fn run_tasks(cluster: &Cluster, name: &str, count: usize, patience: Duration) {
-    let config =
-        allot_sdk::DriverConfig::new(cluster.broker_addrs(), allot_sdk::framework_info(name, "*"));
+    let config = cluster.driver_config(allot_sdk::framework_info(name, "*"));
     let task = "cpus:1;mem:64".parse().expect("resources");
     let fill = allot_tests::fill::Fill::new(name, count, task, "sleep 0.1");
     let seen = tokio::time::timeout(patience, allot_sdk::run(config, fill))

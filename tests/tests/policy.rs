@@ -97,7 +97,10 @@ int32_t allot_policy_allocate(const allot_snapshot *s, allot_grants *out) {{
 
 fn admin(cluster: &Cluster) -> PolicyAdminClient<Channel> {
     PolicyAdminClient::new(
-        allot_common::grpc::channel(&cluster.allocator.addr.to_string()).expect("channel"),
+        cluster
+            .operator()
+            .channel(&cluster.allocator.addr.to_string())
+            .expect("channel"),
     )
     .max_encoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES)
 }

@@ -20,10 +20,7 @@ async fn simulated_agents_run_a_workload_to_the_end() {
     let mut frameworks = tokio::task::JoinSet::new();
     for i in 0..2 {
         let name = format!("fill{i}");
-        let config = allot_sdk::DriverConfig::new(
-            &cluster.broker.addr.to_string(),
-            allot_sdk::framework_info(&name, "*"),
-        );
+        let config = cluster.driver_config(allot_sdk::framework_info(&name, "*"));
         let task = "cpus:1;mem:64".parse().expect("resources");
         frameworks.spawn(allot_sdk::run(
             config,

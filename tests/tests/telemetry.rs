@@ -22,7 +22,8 @@ async fn run_tasks(cluster: &ProcessCluster, commands: &[&str]) {
     let config = allot_sdk::DriverConfig::new(
         &cluster.broker.addr,
         allot_sdk::framework_info("telemetry", "*"),
-    );
+    )
+    .with_dialer(cluster.etcd.dialer("framework-default"));
     let done = tokio::time::timeout(
         Duration::from_secs(60),
         allot_sdk::run(config, allot_tests::RunAll::new(tasks)),
@@ -349,7 +350,11 @@ async fn every_service_serves_metrics_that_move_with_work() {
     {
         use allot_proto::scheduler::{AcceptRequest, scheduler_client::SchedulerClient};
         let mut c = SchedulerClient::new(
-            allot_common::grpc::channel(&cluster.broker.addr).expect("channel"),
+            cluster
+                .etcd
+                .dialer("framework-default")
+                .channel(&cluster.broker.addr)
+                .expect("channel"),
         );
         let err = c
             .accept(AcceptRequest {

@@ -55,6 +55,10 @@ pub struct Config {
     /// Where to serve Prometheus metrics.
     #[command(flatten)]
     pub metrics: allot_server::config::MetricsArgs,
+    /// Mutual TLS (default; the agent presents `agent-<hostname>` unless --tls-name says otherwise) or
+    /// --insecure.
+    #[command(flatten)]
+    pub tls: allot_server::config::TlsArgs,
     /// Address the broker uses to reach this agent; default: the bound listen address.
     #[arg(long, env = "ALLOT_ADVERTISE")]
     pub advertise: Option<String>,
@@ -482,6 +486,7 @@ pub async fn run(
         return sim::run(config, n, listener, shutdown).await;
     }
     let node = Node::of(&config, &listener)?;
+    let dialer = config.tls.open(&format!("agent-{}", node.info.hostname))?;
     let _metrics = config.metrics.serve().await?;
     let work_dir = std::path::absolute(&config.work_dir).unwrap_or(config.work_dir.clone());
     std::fs::create_dir_all(&work_dir).map_err(|source| Error::WorkDir {
@@ -513,7 +518,7 @@ pub async fn run(
             },
         )?,
     );
-    let brokers = allot_common::grpc::Replicas::new(&config.broker)?;
+    let brokers = dialer.replicas(&config.broker)?;
     // Aborted with `run`: a crashed agent sends nothing more (its checkpoint has what is left).
     let sending = updates.start(move |due| deliver(brokers.clone(), due));
     let agent = Arc::new(Agent {
@@ -531,7 +536,7 @@ pub async fn run(
     agent.refresh_usage();
     tracing::info!(%address, %resources, ?reserved, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
 
-    let registry = allot_common::grpc::Replicas::new(&config.registry)?;
+    let registry = dialer.replicas(&config.registry)?;
     // Aborted when `run` returns or is dropped: a crashed agent must stop heartbeating.
     let liveness = {
         let agent = agent.clone();
@@ -572,7 +577,7 @@ pub async fn run(
             }
         }
     };
-    let result = allot_server::grpc::serve(router, listener, stopping).await;
+    let result = allot_server::grpc::serve(router, listener, stopping, dialer.material()).await;
     drop(liveness);
     result?;
     Ok(())

@@ -331,7 +331,8 @@ pub async fn run(
     let updates = Arc::new(StatusUpdateManager::in_memory(
         config.status_update_retry_interval,
     ));
-    let brokers = allot_common::grpc::Replicas::new(&config.broker)?;
+    let dialer = config.tls.open(&format!("agent-{}", node.info.hostname))?;
+    let brokers = dialer.replicas(&config.broker)?;
     let sending = updates.start(move |due| send_batch(brokers.clone(), due));
     let sim = Arc::new(Sim {
         agents: ids.iter().cloned().collect(),
@@ -344,7 +345,7 @@ pub async fn run(
     });
     let finishing = AbortOnDrop(tokio::spawn(sim.clone().finish_tasks()));
     tracing::info!(agents = n, address = %node.info.address, resources = %node.resources, "simulated agents starting");
-    let registry = allot_common::grpc::Replicas::new(&config.registry)?;
+    let registry = dialer.replicas(&config.registry)?;
     let admission = Arc::new(tokio::sync::Semaphore::new(REGISTER_CONCURRENCY));
     let liveness = {
         let (info, admission) = (node.info.clone(), admission.clone());
@@ -399,7 +400,7 @@ pub async fn run(
         }
         sending.drain(Duration::from_secs(5), || false).await;
     };
-    let result = allot_server::grpc::serve(router, listener, stopping).await;
+    let result = allot_server::grpc::serve(router, listener, stopping, dialer.material()).await;
     drop(liveness);
     result?;
     Ok(())

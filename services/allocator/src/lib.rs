@@ -52,6 +52,9 @@ pub struct Config {
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_server::config::EtcdArgs,
+    /// Mutual TLS (default) or --insecure.
+    #[command(flatten)]
+    pub tls: allot_server::config::TlsArgs,
     /// Leader election among allocator replicas (one leads; standbys point callers to it).
     #[command(flatten)]
     pub election: allot_server::leader::ElectionArgs,
@@ -82,7 +85,8 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    let store = config.etcd.connect().await?;
+    let dialer = config.tls.open("allocator")?;
+    let store = config.etcd.connect(&dialer).await?;
     let _metrics = config.metrics.serve().await?;
     let policy = policy::Loaded::builtin(&config.policy).expect("clap checked the policy name");
     let engine = engine::Engine::start(
@@ -124,6 +128,7 @@ pub async fn run(
         listener,
         shutdown,
         (&store, "allocator", &config.election),
+        dialer.material(),
         &leadership,
         || async { Ok(()) },
     )

@@ -603,7 +603,8 @@ pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32>
         let mut info = allot_sdk::framework_info(&name, &role);
         info.failover_timeout = args.failover_timeout;
         info.framework_id = framework_id.clone().unwrap_or_default();
-        let config = allot_sdk::DriverConfig::new(broker, info);
+        let config = allot_sdk::DriverConfig::new(broker, info)
+            .with_dialer(crate::ops::dialer(allot_sdk::DEFAULT_FRAMEWORK_PRINCIPAL)?);
         let run = allot_sdk::run(config, scheduler);
         tokio::pin!(run);
         let result = tokio::select! {

@@ -195,7 +195,8 @@ pub async fn run(broker: &str, args: Args) -> anyhow::Result<i32> {
         clock: std::time::Instant::now(),
     };
     let config =
-        allot_sdk::DriverConfig::new(broker, allot_sdk::framework_info(&args.name, &args.role));
+        allot_sdk::DriverConfig::new(broker, allot_sdk::framework_info(&args.name, &args.role))
+            .with_dialer(crate::ops::dialer(allot_sdk::DEFAULT_FRAMEWORK_PRINCIPAL)?);
     let run = allot_sdk::run(config, scheduler);
     tokio::pin!(run);
     let finished = tokio::select! {

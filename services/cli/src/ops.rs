@@ -51,10 +51,42 @@ async fn operator(addr: &str) -> anyhow::Result<OperatorClient<allot_common::grp
     Ok(OperatorClient::new(leader(addr).await?))
 }
 
+/// How the CLI secures its connections (`--tls-dir`, `--tls-name`, `--insecure` and their `ALLOT_*`
+/// variables).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The TLS material's directory; default `.allot/tls`.
+    pub dir: Option<std::path::PathBuf>,
+    /// The principal to present; default: the command's (see [`dialer`]).
+    pub name: Option<String>,
+    /// Plaintext.
+    pub insecure: bool,
+}
+
+static SECURITY: std::sync::OnceLock<Security> = std::sync::OnceLock::new();
+
+/// Sets how [`dialer`] connects; called once, at start.
+pub fn secure_with(security: Security) {
+    let _ = SECURITY.set(security);
+}
+
+/// How a command connects: mutual TLS with the certificate of the principal `--tls-name` names (default
+/// `default_name`: `operator` for operator commands, `framework-default` for frameworks) in `--tls-dir`, or
+/// plaintext with `--insecure`.
+///
+/// # Errors
+/// No TLS material and no `--insecure`, or material that does not load.
+pub fn dialer(default_name: &str) -> anyhow::Result<allot_common::grpc::Dialer> {
+    let s = SECURITY.get().cloned().unwrap_or_default();
+    let name = s.name.as_deref().unwrap_or(default_name);
+    let tls = allot_common::tls::open_or_insecure(s.dir.as_deref(), name, s.insecure)?;
+    Ok(allot_common::grpc::Dialer::new(tls))
+}
+
 /// A channel to the leader among the replicas at `addr` (comma-separated): a standby names the leader, an
 /// unreachable replica is skipped. If none answers as the leader, the first call reports why.
 pub async fn leader(addr: &str) -> anyhow::Result<allot_common::grpc::Channel> {
-    let replicas = allot_common::grpc::Replicas::new(addr)?;
+    let replicas = dialer("operator")?.replicas(addr)?;
     let _ = replicas.find_leader().await;
     Ok(replicas.channel())
 }

@@ -117,12 +117,7 @@ async fn a_bad_flag_is_a_usage_error() {
 
 /// The `allot` arguments that reach `cluster`.
 fn allot_args(cluster: &Cluster) -> Vec<String> {
-    vec![
-        "--registry".into(),
-        cluster.registry.addr.to_string(),
-        "--broker".into(),
-        cluster.broker.addr.to_string(),
-    ]
+    cluster.cli_args()
 }
 
 /// The pid the agent with `work_dir` checkpointed for task `task` (of whichever framework ran it).

@@ -104,6 +104,16 @@ impl Dialer {
         Self { tls: Some(tls) }
     }
 
+    /// Mutual TLS with `tls` when given, plaintext otherwise (what [`crate::tls::open_or_insecure`] resolved).
+    pub fn new(tls: Option<std::sync::Arc<crate::tls::Tls>>) -> Self {
+        Self { tls }
+    }
+
+    /// The TLS material connections present, `None` for plaintext: a server beside this dialer serves with it.
+    pub fn material(&self) -> Option<&std::sync::Arc<crate::tls::Tls>> {
+        self.tls.as_ref()
+    }
+
     /// A lazy channel to `addr` ([`channel`] or [`tls_channel`]).
     ///
     /// # Errors

@@ -46,6 +46,64 @@ pub enum TlsError {
     /// The authority cannot verify client certificates (e.g. an empty `ca.pem`).
     #[error("client verifier: {0}")]
     Verifier(String),
+    /// The directory holds no certificate authority, and plaintext was not asked for.
+    #[error(
+        "no TLS material in {} (no ca.pem): make it with `allot certs init {}`, point --tls-dir or ALLOT_TLS_DIR \
+         at it, or run with --insecure (ALLOT_INSECURE=1: plaintext, no identities)",
+        dir.display(), dir.display()
+    )]
+    Missing {
+        /// The directory looked in.
+        dir: PathBuf,
+    },
+}
+
+/// Where TLS material is looked for when no directory is named: `.allot/tls` (relative to the working
+/// directory), where `allot certs init` writes by default.
+pub const DEFAULT_DIR: &str = ".allot/tls";
+
+/// How every Allot process (service, agent, CLI, framework through the SDK) decides how to secure its links:
+/// plaintext when `insecure` (with a warning, logged at every start), otherwise the material of principal
+/// `name` in `dir` (default [`DEFAULT_DIR`]). There is no silent fallback to plaintext.
+///
+/// # Errors
+/// [`TlsError::Missing`] when `dir` has no `ca.pem`; otherwise as [`Tls::open`].
+pub fn open_or_insecure(
+    dir: Option<&Path>,
+    name: &str,
+    insecure: bool,
+) -> Result<Option<Arc<Tls>>, TlsError> {
+    if insecure {
+        tracing::warn!(
+            "running without TLS (--insecure): links are plaintext, callers are not authenticated and anyone \
+             who can reach this process can act as any principal"
+        );
+        return Ok(None);
+    }
+    let dir = dir.unwrap_or(Path::new(DEFAULT_DIR));
+    if !dir.join("ca.pem").exists() {
+        return Err(TlsError::Missing {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Tls::open(TlsFiles::in_dir(dir, name)).map(Some)
+}
+
+/// [`open_or_insecure`] from the environment, for the CLI and frameworks: `ALLOT_INSECURE` (set to anything
+/// but empty, `0`, `false`, `no` or `off`), `ALLOT_TLS_DIR` and `ALLOT_TLS_NAME` (default `default_name`).
+///
+/// # Errors
+/// As [`open_or_insecure`].
+pub fn from_env(default_name: &str) -> Result<Option<Arc<Tls>>, TlsError> {
+    let insecure = std::env::var("ALLOT_INSECURE").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    });
+    let dir = std::env::var_os("ALLOT_TLS_DIR").map(PathBuf::from);
+    let name = std::env::var("ALLOT_TLS_NAME").unwrap_or_else(|_| default_name.to_string());
+    open_or_insecure(dir.as_deref(), &name, insecure)
 }
 
 /// Where a process's TLS material is: the authority it trusts, its certificate (chain) and its private key,
@@ -290,6 +348,12 @@ pub fn principal_of(cert: &[u8]) -> Option<Principal> {
         .unwrap_or_default()
         .to_string();
     Some(Principal { name, kind })
+}
+
+/// The principal the first certificate in `pem` names (see [`principal_of`]).
+pub fn principal_of_pem(pem: &[u8]) -> Option<Principal> {
+    let der = CertificateDer::from_pem_slice(pem).ok()?;
+    principal_of(&der)
 }
 
 #[cfg(test)]

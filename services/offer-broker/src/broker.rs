@@ -36,12 +36,14 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker over `store` that takes decisions from the leading replica of `allocators` and sends a
-    /// HEARTBEAT to each framework every `heartbeat_interval`. Must be called within a Tokio runtime (it
-    /// starts the group committer of TASK_STAGING writes and the allocator link's senders).
+    /// A broker over `store` that takes decisions from the leading replica of `allocators`, reaches agents
+    /// through `dialer` and sends a HEARTBEAT to each framework every `heartbeat_interval`. Must be called
+    /// within a Tokio runtime (it starts the group committer of TASK_STAGING writes and the allocator link's
+    /// senders).
     pub fn new(
         store: Store,
         allocators: allot_common::grpc::Replicas,
+        dialer: allot_common::grpc::Dialer,
         heartbeat_interval: Duration,
     ) -> Self {
         Self {
@@ -50,7 +52,7 @@ impl Broker {
             heartbeat_interval,
             state: Mutex::new(State::default()),
             allocator: AllocatorLink::start(allocators),
-            agents: AgentLink::default(),
+            agents: AgentLink::new(dialer),
             task_writes: tokio::sync::Mutex::new(()),
         }
     }

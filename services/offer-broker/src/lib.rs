@@ -60,6 +60,9 @@ pub struct Config {
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_server::config::EtcdArgs,
+    /// Mutual TLS (default) or --insecure.
+    #[command(flatten)]
+    pub tls: allot_server::config::TlsArgs,
     /// The allocator's gRPC address; for replicated allocators, every replica's, comma-separated (calls
     /// follow the leader).
     #[arg(long, env = "ALLOT_ALLOCATOR", default_value = "127.0.0.1:5051")]
@@ -85,12 +88,14 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    let store = config.etcd.connect().await?;
+    let dialer = config.tls.open("offer-broker")?;
+    let store = config.etcd.connect(&dialer).await?;
     let _metrics = config.metrics.serve().await?;
-    let allocators = allot_common::grpc::Replicas::new(&config.allocator)?;
+    let allocators = dialer.replicas(&config.allocator)?;
     let broker = Arc::new(broker::Broker::new(
         store.clone(),
         allocators,
+        dialer.clone(),
         config.heartbeat_interval,
     ));
     let leadership = allot_server::standby::Leadership::new();
@@ -135,6 +140,7 @@ pub async fn run(
         listener,
         shutdown,
         (&store, "offer-broker", &config.election),
+        dialer.material(),
         &leadership,
         on_elected,
     )

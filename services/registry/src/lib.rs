@@ -54,6 +54,9 @@ pub struct Config {
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_server::config::EtcdArgs,
+    /// Mutual TLS (default) or --insecure.
+    #[command(flatten)]
+    pub tls: allot_server::config::TlsArgs,
     /// How long an agent may go without a heartbeat before it is unreachable.
     #[arg(long, env = "ALLOT_AGENT_TIMEOUT", default_value = "15s", value_parser = allot_server::config::parse_duration)]
     pub agent_timeout: Duration,
@@ -67,6 +70,7 @@ pub struct Config {
 /// sweeps for agents past their deadline.
 ///
 /// # Errors
+/// [`allot_server::ServiceError::Tls`] without TLS material (and no `--insecure`);
 /// [`allot_server::ServiceError::Store`] if etcd cannot be reached or read when elected;
 /// [`allot_server::ServiceError::Transport`] if the server fails;
 /// [`allot_server::ServiceError::LeadershipLost`] if the leader could not renew its lease (restart the process:
@@ -76,7 +80,8 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), allot_server::ServiceError> {
-    let store = config.etcd.connect().await?;
+    let dialer = config.tls.open("registry")?;
+    let store = config.etcd.connect(&dialer).await?;
     let _metrics = config.metrics.serve().await?;
     let slot = std::sync::Arc::new(std::sync::OnceLock::new());
     let leadership = allot_server::standby::Leadership::new();
@@ -102,6 +107,7 @@ pub async fn run(
         listener,
         shutdown,
         (&store, "registry", &config.election),
+        dialer.material(),
         &leadership,
         on_elected,
     )

@@ -77,7 +77,14 @@ pub enum SdkError {
     /// The broker address is invalid.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The framework's TLS material is missing or does not load (see [`DriverConfig::dialer`]).
+    #[error(transparent)]
+    Tls(#[from] allot_common::tls::TlsError),
 }
+
+/// The principal a framework presents when the environment names none (`ALLOT_TLS_NAME`): the one
+/// `allot certs init` issues by default.
+pub const DEFAULT_FRAMEWORK_PRINCIPAL: &str = "framework-default";
 
 /// Where to subscribe and as what.
 #[derive(Debug, Clone)]
@@ -87,15 +94,28 @@ pub struct DriverConfig {
     pub broker: String,
     /// The framework's description; set `framework_id` to re-subscribe as an existing framework.
     pub info: FrameworkInfo,
+    /// How the driver connects to the broker. `None` (the default): as the environment says, when [`run`]
+    /// starts: mutual TLS with the certificate of principal `ALLOT_TLS_NAME` (default
+    /// [`DEFAULT_FRAMEWORK_PRINCIPAL`]) in `ALLOT_TLS_DIR` (default `.allot/tls`), or plaintext if
+    /// `ALLOT_INSECURE` is set (see `allot_common::tls::from_env`).
+    pub dialer: Option<allot_common::grpc::Dialer>,
 }
 
 impl DriverConfig {
-    /// A config for `info` at `broker`.
+    /// A config for `info` at `broker`, secured as the environment says (see [`DriverConfig::dialer`]).
     pub fn new(broker: &str, info: FrameworkInfo) -> Self {
         Self {
             broker: broker.to_string(),
             info,
+            dialer: None,
         }
+    }
+
+    /// Connects through `dialer` (mutual TLS with material of the caller's choosing, or plaintext) instead of
+    /// what the environment says.
+    pub fn with_dialer(mut self, dialer: allot_common::grpc::Dialer) -> Self {
+        self.dialer = Some(dialer);
+        self
     }
 }
 
@@ -500,10 +520,17 @@ async fn run_calls(
 ///
 /// # Errors
 /// [`SdkError::Subscribe`] when the broker refuses the subscription for good (invalid FrameworkInfo, or the
-/// framework was torn down); [`SdkError::Transport`] for an invalid broker address. A broker that cannot be
-/// reached is retried with backoff, not an error.
+/// framework was torn down); [`SdkError::Transport`] for an invalid broker address; [`SdkError::Tls`] when
+/// the TLS material is missing or does not load. A broker that cannot be reached is retried with backoff, not
+/// an error.
 pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result<S, SdkError> {
-    let brokers = allot_common::grpc::Replicas::new(&config.broker)?;
+    let dialer = match config.dialer {
+        Some(d) => d,
+        None => allot_common::grpc::Dialer::new(allot_common::tls::from_env(
+            DEFAULT_FRAMEWORK_PRINCIPAL,
+        )?),
+    };
+    let brokers = dialer.replicas(&config.broker)?;
     let (call_tx, call_rx) = mpsc::unbounded_channel();
     let (err_tx, mut err_rx) = mpsc::unbounded_channel();
     let framework_id = Arc::new(Mutex::new(config.info.framework_id.clone()));
@@ -869,7 +896,8 @@ mod tests {
         })
         .await;
         let driver = tokio::spawn(run(
-            DriverConfig::new(&addr, framework_info("each-offer", "test")),
+            DriverConfig::new(&addr, framework_info("each-offer", "test"))
+                .with_dialer(allot_common::grpc::Dialer::plaintext()),
             EachOffer { updates: 0 },
         ));
         until(|| events.lock().unwrap().is_some()).await;
@@ -950,7 +978,8 @@ mod tests {
         })
         .await;
         let driver = tokio::spawn(run(
-            DriverConfig::new(&addr, framework_info("launch-one", "test")),
+            DriverConfig::new(&addr, framework_info("launch-one", "test"))
+                .with_dialer(allot_common::grpc::Dialer::plaintext()),
             LaunchOne::default(),
         ));
         until(|| events.lock().unwrap().is_some()).await;

@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:5050"
-//! etcd-endpoints = ["http://127.0.0.1:2379"]
+//! etcd-endpoints = ["127.0.0.1:2379"]
 //! allocation_interval = "1s"
 //! ```
 //!
@@ -162,15 +162,72 @@ impl MetricsArgs {
     }
 }
 
+/// How a process secures its links (issue 23, `docs/security.md`): the flags every service and agent
+/// shares (`#[command(flatten)]`). By default a process serves and calls over mutual TLS with the material
+/// `allot certs init` wrote; plaintext needs `--insecure`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Directory of the cluster's TLS material as `allot certs init` writes it: `ca.pem` (the authority every
+    /// peer must be signed by) and this process's `<name>.pem` and `<name>-key.pem`, re-read when they change.
+    /// Default: `.allot/tls`.
+    #[arg(long, env = "ALLOT_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// The principal whose certificate this process presents (its files' stem in --tls-dir). Default: the
+    /// service's name (`registry`, `allocator`, `offer-broker`); for an agent, `agent-<hostname>`.
+    #[arg(long, env = "ALLOT_TLS_NAME")]
+    pub tls_name: Option<String>,
+    /// Serve and call in plaintext: no TLS, no identities, anyone who reaches the process may act as anyone.
+    /// For a test bench only; a warning is logged at every start. Wins over --tls-dir.
+    #[arg(long, env = "ALLOT_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// Plaintext (`--insecure`).
+    pub fn insecure() -> Self {
+        Self {
+            insecure: true,
+            ..Self::default()
+        }
+    }
+
+    /// The material of principal `name` in `dir`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        Self {
+            tls_dir: Some(dir.to_path_buf()),
+            tls_name: Some(name.to_string()),
+            insecure: false,
+        }
+    }
+
+    /// Opens the material (`default_name` unless --tls-name says otherwise) and returns the dialer every
+    /// channel of the process is made with; its [`allot_common::grpc::Dialer::material`] is what the process
+    /// serves with.
+    ///
+    /// # Errors
+    /// [`crate::ServiceError::Tls`] when there is no material and --insecure was not given, or it does not
+    /// load (naming the file and what is wrong).
+    pub fn open(
+        &self,
+        default_name: &str,
+    ) -> Result<allot_common::grpc::Dialer, crate::ServiceError> {
+        let name = self.tls_name.as_deref().unwrap_or(default_name);
+        allot_common::tls::open_or_insecure(self.tls_dir.as_deref(), name, self.insecure)
+            .map(allot_common::grpc::Dialer::new)
+            .map_err(crate::ServiceError::Tls)
+    }
+}
+
 /// Where etcd is: the flags every control-plane service shares (`#[command(flatten)]`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {
-    /// etcd endpoints (comma-separated or repeated).
+    /// etcd endpoints, `host:port` (comma-separated or repeated): reached over mutual TLS with this process's
+    /// certificate, or in plaintext with --insecure. An explicit `https://` or `http://` must match the mode.
     #[arg(
         long,
         env = "ALLOT_ETCD_ENDPOINTS",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
+        default_value = "127.0.0.1:2379"
     )]
     pub etcd_endpoints: Vec<String>,
     /// Key root in etcd.
@@ -187,12 +244,15 @@ impl EtcdArgs {
         }
     }
 
-    /// Connects to etcd.
+    /// Connects to etcd, over mutual TLS when `dialer` has material (see [`crate::Store::connect`]).
     ///
     /// # Errors
     /// [`crate::StoreError::Etcd`] if no endpoint answers.
-    pub async fn connect(&self) -> Result<crate::Store, crate::StoreError> {
-        crate::Store::connect(&self.etcd_endpoints, &self.etcd_root).await
+    pub async fn connect(
+        &self,
+        dialer: &allot_common::grpc::Dialer,
+    ) -> Result<crate::Store, crate::StoreError> {
+        crate::Store::connect(&self.etcd_endpoints, &self.etcd_root, dialer.material()).await
     }
 }
 

@@ -15,13 +15,30 @@ pub type Layers = tower::layer::util::Stack<
 /// A router built on [`server`].
 pub type Router = tonic::transport::server::Router<Layers>;
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight calls: over mutual TLS
+/// with `tls` ([`serve_tls`]) when given, in plaintext ([`serve_plaintext`], `--insecure`) otherwise.
 ///
 /// The router should already hold the service's health service (see [`health`]).
 ///
 /// # Errors
 /// The transport error if the server fails.
 pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<&std::sync::Arc<allot_common::tls::Tls>>,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => serve_tls(router, listener, shutdown, tls.clone()).await,
+        None => serve_plaintext(router, listener, shutdown).await,
+    }
+}
+
+/// Serves `router` on `listener` in plaintext until `shutdown` resolves, then drains in-flight calls.
+///
+/// # Errors
+/// The transport error if the server fails.
+pub async fn serve_plaintext(
     router: Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -43,7 +60,7 @@ pub async fn serve(
 /// How long a caller has to complete its TLS handshake before its connection is closed.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Like [`serve`], over mutual TLS (see `allot_common::tls`): every connection must complete a handshake
+/// Like [`serve_plaintext`], over mutual TLS (see `allot_common::tls`): every connection must complete a handshake
 /// with `tls`'s current server configuration, presenting a certificate the authority signed, within
 /// [`TLS_HANDSHAKE_TIMEOUT`]; a plaintext, wrong-authority or stalled caller is dropped (logged at debug)
 /// and the others are served meanwhile, each handshake running on a task of its own. Handlers learn who

@@ -358,7 +358,8 @@ async fn watch_for_a_dead_leader(
     }
 }
 
-/// Serves `router` (built on [`crate::grpc::replicated_server`] with `leadership`) on `listener` as a
+/// Serves `router` (built on [`crate::grpc::replicated_server`] with `leadership`) on `listener` (over mutual
+/// TLS with `tls` when given, see [`crate::grpc::serve`]) as a
 /// replica of `service`: a standby until elected, then `on_elected` runs (it loads state and starts the
 /// leader's background work, which lives as long as what it returns) and the replica leads until `shutdown`
 /// resolves (it then resigns, so that a standby takes over at once) or its leadership is lost.
@@ -371,6 +372,7 @@ pub async fn serve_replicated<T, Fut>(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
     (store, service, args): (&Store, &str, &ElectionArgs),
+    tls: Option<&std::sync::Arc<allot_common::tls::Tls>>,
     leadership: &Leadership,
     on_elected: impl FnOnce() -> Fut,
 ) -> Result<(), crate::ServiceError>
@@ -384,7 +386,7 @@ where
             .map(|a| a.to_string())
             .unwrap_or_default(),
     };
-    let serving = crate::grpc::serve(router, listener, shutdown);
+    let serving = crate::grpc::serve(router, listener, shutdown, tls);
     tokio::pin!(serving);
     let mut term = tokio::select! {
         t = campaign(store, service, &advertise, args.leader_lease, leadership) => t,

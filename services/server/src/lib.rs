@@ -13,6 +13,7 @@
 //!   [`leader::serve_replicated`];
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 
+pub mod certs;
 pub mod config;
 pub mod grpc;
 pub mod leader;
@@ -34,6 +35,9 @@ pub enum ServiceError {
     /// The `/metrics` endpoint could not start.
     #[error("{0}")]
     Metrics(String),
+    /// The TLS material is missing or does not load (and `--insecure` was not given).
+    #[error(transparent)]
+    Tls(#[from] allot_common::tls::TlsError),
     /// This replica led, and could not renew its leadership lease for a whole lease time, or found a write
     /// fenced off: a standby may lead now. The process should exit and be restarted (it then campaigns again).
     #[error(

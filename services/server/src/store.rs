@@ -197,6 +197,82 @@ struct Fence {
     tripped: tokio::sync::watch::Sender<bool>,
 }
 
+/// How long connecting to one etcd member may take.
+const ETCD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// HTTP/2 keepalive to etcd: interval, and how long an answer may take before the connection is dropped.
+const ETCD_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A channel to the etcd members at `endpoints` over mutual TLS (see [`Store::connect`]), connected to one
+/// of them before it returns.
+async fn tls_channel(
+    endpoints: &[String],
+    tls: std::sync::Arc<allot_common::tls::Tls>,
+) -> Result<tonic::transport::Channel, etcd_client::Error> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let invalid = |m: String| etcd_client::Error::InvalidArgs(m);
+    let uris = endpoints
+        .iter()
+        .map(|e| {
+            if e.starts_with("http://") {
+                return Err(invalid(format!(
+                    "etcd endpoint {e} is plaintext, but this process has TLS material: use https://, or --insecure"
+                )));
+            }
+            let bare = e.strip_prefix("https://").unwrap_or(e);
+            format!("https://{bare}")
+                .parse::<http::Uri>()
+                .map_err(|err| invalid(format!("etcd endpoint {e}: {err}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = uris.first().cloned() else {
+        return Err(invalid("no etcd endpoint".into()));
+    };
+    let (uris, next) = (
+        std::sync::Arc::new(uris),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (uris, next, tls) = (uris.clone(), next.clone(), tls.clone());
+        async move {
+            let start = next.load(Ordering::Relaxed);
+            let mut last = None;
+            for i in 0..uris.len() {
+                let k = (start + i) % uris.len();
+                let attempt = tokio::time::timeout(
+                    ETCD_CONNECT_TIMEOUT,
+                    allot_common::tls::connect(&uris[k], &tls),
+                );
+                match attempt.await {
+                    Ok(Ok(io)) => {
+                        // When this connection breaks, the next one starts at the following member.
+                        next.store(k + 1, Ordering::Relaxed);
+                        return Ok(io);
+                    }
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {
+                        last = Some(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("{}: connect timed out", uris[k]),
+                        ))
+                    }
+                }
+            }
+            Err(last.expect("at least one endpoint"))
+        }
+    });
+    // The authority is the first member's; the connector decides where each connection goes and runs the TLS
+    // handshake itself, so the channel's own scheme is `http` (tonic refuses `https` without its own TLS).
+    let plain = format!("http://{}", first.authority().map_or("", |a| a.as_str()))
+        .parse::<http::Uri>()
+        .map_err(|e| invalid(format!("etcd endpoint {first}: {e}")))?;
+    let endpoint = tonic::transport::Endpoint::from(plain)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(ETCD_KEEPALIVE)
+        .keep_alive_timeout(ETCD_KEEPALIVE)
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_with_connector(connector).await?)
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("root", &self.root).finish()
@@ -204,18 +280,47 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`), using `root` as the key root.
+    /// Connects to etcd at `endpoints` (`host:port`, or with `http://` / `https://`), using `root` as the
+    /// key root: over mutual TLS with `tls`'s material when given (etcd run with `--client-cert-auth`), in
+    /// plaintext otherwise.
+    ///
+    /// Over TLS the connection goes to one member at a time through [`allot_common::tls::connect`], so that
+    /// rotated certificates are used by the next connection; when a connection breaks, the next one tries the
+    /// following member first (the other members in turn if it cannot be reached).
     ///
     /// # Errors
-    /// [`StoreError::Etcd`] if no endpoint answers.
-    pub async fn connect(endpoints: &[String], root: &str) -> Result<Self, StoreError> {
+    /// [`StoreError::Etcd`] if no endpoint answers, or an endpoint's scheme contradicts the mode (`http://`
+    /// with TLS material, `https://` without).
+    pub async fn connect(
+        endpoints: &[String],
+        root: &str,
+        tls: Option<&std::sync::Arc<allot_common::tls::Tls>>,
+    ) -> Result<Self, StoreError> {
         let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(std::time::Duration::from_secs(3))
-            .with_keep_alive(
-                std::time::Duration::from_secs(5),
-                std::time::Duration::from_secs(5),
-            );
-        let client = Client::connect(endpoints, Some(opts)).await?;
+            .with_connect_timeout(ETCD_CONNECT_TIMEOUT)
+            .with_keep_alive(ETCD_KEEPALIVE, ETCD_KEEPALIVE);
+        let client = match tls {
+            None => {
+                if let Some(e) = endpoints.iter().find(|e| e.starts_with("https://")) {
+                    return Err(etcd_client::Error::InvalidArgs(format!(
+                        "etcd endpoint {e} is TLS, but this process runs --insecure (plaintext)"
+                    ))
+                    .into());
+                }
+                let bare: Vec<String> = endpoints
+                    .iter()
+                    .map(|e| match e.contains("://") {
+                        true => e.clone(),
+                        false => format!("http://{e}"),
+                    })
+                    .collect();
+                Client::connect(bare, Some(opts)).await?
+            }
+            Some(tls) => {
+                let channel = tls_channel(endpoints, tls.clone()).await?;
+                Client::from_channel(etcd_client::Channel::Tonic(channel), Some(opts)).await?
+            }
+        };
         Ok(Self {
             client,
             root: root.trim_end_matches('/').to_string(),

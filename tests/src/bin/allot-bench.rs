@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Parser)]
 #[command(about = "Allot control-plane benchmark: simulated agents, real services, real etcd")]
 struct Args {
+    /// Run every link in plaintext (`--insecure` services, a plaintext etcd) instead of mutual TLS, to measure
+    /// what TLS costs.
+    #[arg(long)]
+    insecure: bool,
     /// Simulated agents.
     #[arg(long, default_value_t = 1000)]
     agents: usize,
@@ -226,12 +230,15 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--task-resources: {e}"))?;
     let bin = bin_dir();
-    let etcd = allot_tests::Etcd::start().await;
+    let etcd = match args.insecure {
+        true => allot_tests::Etcd::start_insecure().await,
+        false => allot_tests::Etcd::start().await,
+    };
     eprintln!(
         "etcd at {}; measuring its raw put rate ({} s, {} in flight)",
         etcd.endpoint, args.put_seconds, args.put_concurrency
     );
-    let mut client = etcd_client::Client::connect([&etcd.endpoint], None).await?;
+    let mut client = etcd.client().await;
     let put_rate = raw_put_rate(&client, args.put_seconds, args.put_concurrency).await;
     eprintln!("etcd raw put rate: {put_rate:.0}/s");
     let rate = args
@@ -240,8 +247,9 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let logs = dir.path();
-    let etcd_args = |extra: &[&str]| -> Vec<String> {
+    let etcd_args = |name: &str, extra: &[&str]| -> Vec<String> {
         let mut a = vec!["--etcd-endpoints".to_string(), etcd.endpoint.clone()];
+        a.extend(etcd.tls_flags(name));
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
@@ -250,7 +258,7 @@ async fn main() -> anyhow::Result<()> {
         &bin,
         "registry",
         "allot-registry",
-        &etcd_args(&["--agent-timeout", &args.agent_timeout]),
+        &etcd_args("registry", &["--agent-timeout", &args.agent_timeout]),
         &env,
         logs,
     );
@@ -258,7 +266,10 @@ async fn main() -> anyhow::Result<()> {
         &bin,
         "allocator",
         "allot-allocator",
-        &etcd_args(&["--allocation-interval", &args.allocation_interval]),
+        &etcd_args(
+            "allocator",
+            &["--allocation-interval", &args.allocation_interval],
+        ),
         &env,
         logs,
     );
@@ -266,27 +277,29 @@ async fn main() -> anyhow::Result<()> {
         &bin,
         "broker",
         "allot-offer-broker",
-        &etcd_args(&["--allocator", &allocator.addr]),
+        &etcd_args("offer-broker", &["--allocator", &allocator.addr]),
         &env,
         logs,
     );
-    let sim_args: Vec<String> = [
-        "--simulate",
-        &args.agents.to_string(),
-        "--registry",
-        &registry.addr,
-        "--broker",
-        &broker.addr,
-        "--resources",
-        &args.agent_resources,
-        "--hostname",
-        "bench",
-        "--sim-task-duration",
-        &format!("{}s", args.task_seconds),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut sim_args = etcd.tls_flags("agent-bench");
+    sim_args.extend(
+        [
+            "--simulate",
+            &args.agents.to_string(),
+            "--registry",
+            &registry.addr,
+            "--broker",
+            &broker.addr,
+            "--resources",
+            &args.agent_resources,
+            "--hostname",
+            "bench",
+            "--sim-task-duration",
+            &format!("{}s", args.task_seconds),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     let agents = spawn(&bin, "agents", "allot-agent", &sim_args, &env, logs);
     let started = Instant::now();
     loop {
@@ -321,7 +334,7 @@ async fn main() -> anyhow::Result<()> {
     let allocator_before = scrape(&allocator.metrics).await;
     let broker_before = scrape(&broker.metrics).await;
     let agents_before = scrape(&agents.metrics).await;
-    let etcd_metrics = etcd.addr().to_string();
+    let etcd_metrics = etcd.metrics_addr().to_string();
     let etcd_before = scrape(&etcd_metrics).await;
 
     let per = args.tasks / args.frameworks;
@@ -336,7 +349,8 @@ async fn main() -> anyhow::Result<()> {
             scheduler = scheduler.with_rate(rate / args.frameworks as f64);
         }
         let config =
-            allot_sdk::DriverConfig::new(&broker.addr, allot_sdk::framework_info(&name, "bench"));
+            allot_sdk::DriverConfig::new(&broker.addr, allot_sdk::framework_info(&name, "bench"))
+                .with_dialer(etcd.dialer("framework-default"));
         drivers.spawn(allot_sdk::run(config, scheduler));
     }
     let mut seen = Vec::new();

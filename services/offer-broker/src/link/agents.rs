@@ -47,9 +47,19 @@ pub enum Killed {
 #[derive(Default)]
 pub struct AgentLink {
     clients: Mutex<HashMap<String, AgentClient<Channel>>>,
+    /// How channels are made: mutual TLS with the broker's certificate, or plaintext (`--insecure`).
+    dialer: allot_common::grpc::Dialer,
 }
 
 impl AgentLink {
+    /// A link whose channels `dialer` makes.
+    pub fn new(dialer: allot_common::grpc::Dialer) -> Self {
+        Self {
+            clients: Mutex::default(),
+            dialer,
+        }
+    }
+
     /// A client for the agent (or simulator) at `addr`, made once and cached; `None` for an address that
     /// is not a valid URI.
     pub fn client(&self, addr: &str) -> Option<AgentClient<Channel>> {
@@ -57,7 +67,7 @@ impl AgentLink {
         if let Some(c) = clients.get(addr) {
             return Some(c.clone());
         }
-        let c = AgentClient::new(allot_common::grpc::channel(addr).ok()?)
+        let c = AgentClient::new(self.dialer.channel(addr).ok()?)
             .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES);
         clients.insert(addr.to_string(), c.clone());
         Some(c)
