@@ -132,23 +132,25 @@ leader_of() {
 # pid_listening addr: the process serving gRPC at addr (started with --listen addr).
 pid_listening() { [[ -n $1 ]] && { pgrep -f -- "--listen $1( |\$)" || true; } | head -n 1; }
 
-# etcd_leader: the client URL of the etcd member that leads (etcd's own /metrics).
+# etcd_leader: the client address (host:port) of the etcd member that leads, from etcd's own /metrics (served
+# in plain HTTP on ALLOT_ETCD_METRICS, in the order of ALLOT_ETCD_ENDPOINTS; the client port needs a certificate).
 etcd_leader() {
-  local c
-  for c in ${ALLOT_ETCD_ENDPOINTS//,/ }; do
-    c=${c#http://}
-    body=$(allot_http_get "$c" /metrics 2>/dev/null) || true
+  local i=0 m clients
+  IFS=, read -r -a clients <<<"$ALLOT_ETCD_ENDPOINTS"
+  for m in ${ALLOT_ETCD_METRICS//,/ }; do
+    body=$(allot_http_get "$m" /metrics 2>/dev/null) || true
     if grep -q '^etcd_server_is_leader 1' <<<"$body"; then
-      echo "$c"
+      echo "${clients[i]#*://}"
       return
     fi
+    i=$((i + 1))
   done
 }
 
 etcd_healthy() { # every member answers /health with a leader
-  local c
-  for c in ${ALLOT_ETCD_ENDPOINTS//,/ }; do
-    body=$(allot_http_get "${c#http://}" /health 2>/dev/null) || return 1
+  local m
+  for m in ${ALLOT_ETCD_METRICS//,/ }; do
+    body=$(allot_http_get "$m" /health 2>/dev/null) || return 1
     grep -q '"health":"true"' <<<"$body" || return 1
   done
 }
@@ -198,7 +200,7 @@ find_target() {
     "etcd leader member")
       member=$(etcd_leader)
       [[ -n $member ]] || return 0
-      { pgrep -f -- "--listen-client-urls http://$member( |\$)" || true; } | head -n 1 ;;
+      { pgrep -f -- "--listen-client-urls https://$member( |\$)" || true; } | head -n 1 ;;
     "whole etcd")
       until etcd_healthy && (( $(pgrep -fc -- "^etcd --name allot" || true) == 3 )); do sleep 0.1; done
       pgrep -f -- "^etcd --name allot" | tr '\n' ' ' ;;

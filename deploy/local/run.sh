@@ -7,6 +7,10 @@
 # While they run it samples each role's dominant share; at the end it prints the results and the shares, then
 # tears everything down. Ctrl-C at any point stops everything it started.
 #
+# Every link is mutual TLS (docs/security.md): the script makes the cluster's certificate authority and
+# certificates in .allot/demo/tls (`allot certs init`), runs etcd with --client-cert-auth, and every process
+# finds its certificate through ALLOT_TLS_DIR.
+#
 # Every service serves Prometheus metrics (its /metrics address is printed). With OTEL_EXPORTER_OTLP_ENDPOINT
 # set, every process (services and frameworks) exports its spans there over OTLP/gRPC.
 #
@@ -65,6 +69,13 @@ bin="$repo/target/debug"
 run="$repo/.allot/demo"
 rm -rf "$run"
 mkdir -p "$run/logs" "$run/out/sha256" "$run/out/archive" "$run/lists"
+
+# Mutual TLS on every link (docs/security.md): this cluster's certificate authority and the certificates of the
+# services, etcd, the agents (agent-node1..3), the operator (the CLI) and the frameworks' default principal.
+tls_hosts=(--host "$host" --host localhost)
+[[ -n $netns_ip ]] && tls_hosts+=(--host "$netns_ip")
+"$bin/allot" certs init "$run/tls" "${tls_hosts[@]}" >/dev/null
+export ALLOT_TLS_DIR=$run/tls
 
 pids=()
 loops=() # restart loops of supervised services (--ha)
@@ -149,10 +160,11 @@ wait_port() { # port, what
 
 members=1; replicas=1
 ((ha)) && { members=3; replicas=2; }
-etcd_clients=(); etcd_peers=(); initial=()
+etcd_clients=(); etcd_peers=(); etcd_metrics=(); initial=()
 for ((i=0; i<members; i++)); do
-  free_port port; etcd_clients+=("http://$host:$port")
-  free_port port; etcd_peers+=("http://$host:$port"); initial+=("allot$i=http://$host:$port")
+  free_port port; etcd_clients+=("https://$host:$port")
+  free_port port; etcd_peers+=("https://$host:$port"); initial+=("allot$i=https://$host:$port")
+  free_port port; etcd_metrics+=("$host:$port") # /metrics and /health in plain HTTP (clients need a certificate)
 done
 join() { local IFS=,; echo "$*"; }
 declare -A addrs=()
@@ -162,6 +174,7 @@ for svc in registry allocator broker; do
   addrs[$svc]=$(join "${list[@]}")
 done
 export ALLOT_ETCD_ENDPOINTS=$(join "${etcd_clients[@]}")
+export ALLOT_ETCD_METRICS=$(join "${etcd_metrics[@]}")
 export ALLOT_REGISTRY=${addrs[registry]} ALLOT_ALLOCATOR=${addrs[allocator]} ALLOT_BROKER=${addrs[broker]}
 
 echo "==> starting etcd ($members member(s)): $ALLOT_ETCD_ENDPOINTS"
@@ -170,6 +183,11 @@ for ((i=0; i<members; i++)); do
     --listen-client-urls "${etcd_clients[i]}" --advertise-client-urls "${etcd_clients[i]}" \
     --listen-peer-urls "${etcd_peers[i]}" --initial-advertise-peer-urls "${etcd_peers[i]}" \
     --initial-cluster "$(join "${initial[@]}")" --initial-cluster-token allot-local \
+    --listen-metrics-urls "http://${etcd_metrics[i]}" \
+    --trusted-ca-file "$ALLOT_TLS_DIR/ca.pem" --cert-file "$ALLOT_TLS_DIR/etcd.pem" \
+    --key-file "$ALLOT_TLS_DIR/etcd-key.pem" --client-cert-auth \
+    --peer-trusted-ca-file "$ALLOT_TLS_DIR/ca.pem" --peer-cert-file "$ALLOT_TLS_DIR/etcd.pem" \
+    --peer-key-file "$ALLOT_TLS_DIR/etcd-key.pem" --peer-client-cert-auth \
     --backend-batch-interval=10ms --heartbeat-interval=50 --election-timeout=500 # docs/operations.md, "Running etcd"
 done
 for c in "${etcd_clients[@]}"; do wait_port "${c##*:}" etcd; done
@@ -218,7 +236,7 @@ for i in 1 2 3; do
   metrics_port allot-agent "$at"; agent_m=$mport
   supervise "agent$i" "${in_netns[@]}" "$bin/allot-agent" --listen "$at:$port" --work-dir "$run/agent$i" \
     --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i" \
-    --kill-tasks-on-stop --metrics-listen "$at:$agent_m"
+    --tls-name "agent-node$i" --kill-tasks-on-stop --metrics-listen "$at:$agent_m"
 done
 for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
   echo "    metrics $job: $(sed 's#\([^ ]*\)#http://\1/metrics#g' <<<"${metrics[$job]}")"
@@ -257,7 +275,8 @@ fi
 
 if ((cluster_only)); then
   {
-    echo "export ALLOT_ETCD_ENDPOINTS=$ALLOT_ETCD_ENDPOINTS"
+    echo "export ALLOT_ETCD_ENDPOINTS=$ALLOT_ETCD_ENDPOINTS ALLOT_ETCD_METRICS=$ALLOT_ETCD_METRICS"
+    echo "export ALLOT_TLS_DIR=$ALLOT_TLS_DIR"
     echo "export ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER"
     echo "export PATH=$bin:\$PATH"
     for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
@@ -356,6 +375,7 @@ fi
 if ((keep)); then
   echo "==> cluster left running; Ctrl-C to stop. For the CLI:"
   echo "    export ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER"
+  echo "    export ALLOT_TLS_DIR=$ALLOT_TLS_DIR   # the operator's certificate (and framework-default's)"
   echo "    export PATH=$bin:\$PATH"
   while :; do sleep 3600; done
 fi

@@ -1,7 +1,8 @@
 //! Mutual TLS on a real socket (issue 23, the transport): certificates from the real `allot certs init`, a
 //! gRPC server through `allot_server::grpc::serve_tls`, clients through `allot_common::grpc::tls_channel`.
 //! Plaintext and wrong-authority callers are refused; the server learns each caller's principal; a rotated
-//! authority is used by new connections without a restart.
+//! authority is used by new connections without a restart. Every service of a cluster and its etcd refuse
+//! plaintext, another authority and an expired certificate; a service without material does not start.
 
 use allot_common::tls::{Principal, Tls, TlsFiles};
 use std::path::Path;
@@ -155,5 +156,142 @@ async fn a_rotated_authority_is_used_by_new_connections_without_a_restart() {
             .await
             .is_err(),
         "one of the old authority is refused"
+    );
+}
+
+/// Principal `name` issued by the authority in `dir`, valid only in the past (expired a day ago).
+fn issue_expired(dir: &Path, name: &str) {
+    use allot_server::certs::{Principal, Validity, issue, kind_of};
+    let now = time::OffsetDateTime::now_utc();
+    let validity = Validity {
+        not_before: now - time::Duration::days(3),
+        not_after: now - time::Duration::days(1),
+    };
+    issue(dir, &[Principal::new(name, kind_of(name))], &[], validity).expect("issued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_and_etcd_refuse_plaintext_another_authority_and_an_expired_certificate() {
+    let mut cluster = allot_tests::Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:128").await;
+    let theirs = tempfile::tempdir().unwrap();
+    certs_init(theirs.path(), &[]);
+    let ours = cluster
+        .etcd
+        .tls_dir()
+        .expect("a secured cluster")
+        .to_path_buf();
+    issue_expired(&ours, "framework-expired");
+    let services = [
+        ("registry", cluster.registry.addr.to_string()),
+        ("allocator", cluster.allocator.addr.to_string()),
+        ("offer-broker", cluster.broker.addr.to_string()),
+        ("agent", agent.service.addr.to_string()),
+    ];
+    for (name, addr) in &services {
+        check(cluster.operator().channel(addr).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{name} admits the operator: {e}"));
+        assert!(
+            check(allot_common::grpc::channel(addr).unwrap())
+                .await
+                .is_err(),
+            "{name} refuses plaintext"
+        );
+        assert!(
+            check(tls_client(theirs.path(), "operator", addr))
+                .await
+                .is_err(),
+            "{name} refuses another authority's certificate"
+        );
+        assert!(
+            check(tls_client(&ours, "framework-expired", addr))
+                .await
+                .is_err(),
+            "{name} refuses an expired certificate"
+        );
+    }
+    // etcd (run with --client-cert-auth): the same three refusals.
+    let etcd = cluster.etcd.addr().to_string();
+    let reads = |tls: Option<Arc<Tls>>| {
+        let etcd = etcd.clone();
+        async move {
+            let store = tokio::time::timeout(
+                Duration::from_secs(10),
+                allot_server::Store::connect(&[etcd], "/t", tls.as_ref()),
+            )
+            .await
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(10), store.exists("/t/x"))
+                .await
+                .map_err(|_| "no answer".to_string())?
+                .map_err(|e| e.to_string())
+        }
+    };
+    let own = Tls::open(TlsFiles::in_dir(&ours, "registry")).unwrap();
+    reads(Some(own)).await.expect("etcd admits a service");
+    assert!(reads(None).await.is_err(), "etcd refuses plaintext");
+    let foreign = Tls::open(TlsFiles::in_dir(theirs.path(), "registry")).unwrap();
+    assert!(
+        reads(Some(foreign)).await.is_err(),
+        "etcd refuses another authority's certificate"
+    );
+    let expired = Tls::open(TlsFiles::in_dir(&ours, "framework-expired")).unwrap();
+    assert!(
+        reads(Some(expired)).await.is_err(),
+        "etcd refuses an expired certificate"
+    );
+}
+
+#[test]
+fn a_service_without_tls_material_does_not_start_and_insecure_is_warned_about() {
+    let empty = tempfile::tempdir().unwrap();
+    let registry = allot_tests::procs::bin_dir().join("allot-registry");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(&registry)
+            .args(["--listen", "127.0.0.1:0", "--etcd-endpoints", "127.0.0.1:9"])
+            .arg("--tls-dir")
+            .arg(empty.path())
+            .args(extra)
+            .env("ALLOT_LOG", "warn")
+            .env_remove("ALLOT_INSECURE")
+            .output()
+            .expect("allot-registry runs")
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no TLS material") && stderr.contains("allot certs init"),
+        "the error says what is missing and how to make it: {stderr}"
+    );
+    // --insecure starts (and waits for an etcd at port 9), warning that it is plaintext.
+    let mut child = std::process::Command::new(&registry)
+        .args(["--listen", "127.0.0.1:0", "--etcd-endpoints", "127.0.0.1:9"])
+        .arg("--tls-dir")
+        .arg(empty.path())
+        .arg("--insecure")
+        .env("ALLOT_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("allot-registry runs");
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("exit status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("running without TLS"), "{stderr}");
+    assert!(!stderr.contains("no TLS material"), "{stderr}");
+    // The CLI says the same.
+    let cli = std::process::Command::new(allot_tests::procs::bin_dir().join("allot"))
+        .args(["--registry", "127.0.0.1:9", "agents", "--tls-dir"])
+        .arg(empty.path())
+        .env_remove("ALLOT_INSECURE")
+        .output()
+        .expect("allot runs");
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        !cli.status.success() && stderr.contains("no TLS material"),
+        "{stderr}"
     );
 }

@@ -247,7 +247,7 @@ impl EtcdArgs {
     /// Connects to etcd, over mutual TLS when `dialer` has material (see [`crate::Store::connect`]).
     ///
     /// # Errors
-    /// [`crate::StoreError::Etcd`] if no endpoint answers.
+    /// [`crate::StoreError::Etcd`] for an invalid endpoint (etcd itself is reached on first use).
     pub async fn connect(
         &self,
         dialer: &allot_common::grpc::Dialer,

@@ -202,9 +202,9 @@ const ETCD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// HTTP/2 keepalive to etcd: interval, and how long an answer may take before the connection is dropped.
 const ETCD_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A channel to the etcd members at `endpoints` over mutual TLS (see [`Store::connect`]), connected to one
-/// of them before it returns.
-async fn tls_channel(
+/// A channel to the etcd members at `endpoints` over mutual TLS (see [`Store::connect`]), connecting on first
+/// use.
+fn tls_channel(
     endpoints: &[String],
     tls: std::sync::Arc<allot_common::tls::Tls>,
 ) -> Result<tonic::transport::Channel, etcd_client::Error> {
@@ -270,7 +270,9 @@ async fn tls_channel(
         .http2_keep_alive_interval(ETCD_KEEPALIVE)
         .keep_alive_timeout(ETCD_KEEPALIVE)
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_with_connector(connector).await?)
+    // Lazy, as the plaintext client's balanced channel is: a service starts while etcd is down or stalled, and
+    // each call waits for (and reports) the connection.
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 impl std::fmt::Debug for Store {
@@ -288,9 +290,12 @@ impl Store {
     /// rotated certificates are used by the next connection; when a connection breaks, the next one tries the
     /// following member first (the other members in turn if it cannot be reached).
     ///
+    /// Connections are made on first use, in both modes: a service starts while etcd is down, and its calls
+    /// fail (and are retried) until etcd answers.
+    ///
     /// # Errors
-    /// [`StoreError::Etcd`] if no endpoint answers, or an endpoint's scheme contradicts the mode (`http://`
-    /// with TLS material, `https://` without).
+    /// [`StoreError::Etcd`] for an invalid endpoint, or one whose scheme contradicts the mode (`http://` with
+    /// TLS material, `https://` without).
     pub async fn connect(
         endpoints: &[String],
         root: &str,
@@ -317,7 +322,7 @@ impl Store {
                 Client::connect(bare, Some(opts)).await?
             }
             Some(tls) => {
-                let channel = tls_channel(endpoints, tls.clone()).await?;
+                let channel = tls_channel(endpoints, tls.clone())?;
                 Client::from_channel(etcd_client::Channel::Tonic(channel), Some(opts)).await?
             }
         };
