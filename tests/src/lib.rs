@@ -455,6 +455,24 @@ impl Drop for Etcd {
     }
 }
 
+/// Framework `fw` as etcd records it.
+///
+/// # Panics
+/// If etcd cannot be read or has no such framework.
+pub async fn recorded_framework(
+    store: &allot_server::Store,
+    fw: &str,
+) -> allot_proto::common::FrameworkRecord {
+    store
+        .get::<allot_proto::common::FrameworkRecord>(
+            &store.key(allot_server::store::Kind::Frameworks, fw),
+        )
+        .await
+        .expect("read")
+        .expect("the framework is in etcd")
+        .0
+}
+
 /// Task `task` of framework `fw` as etcd records it.
 ///
 /// # Panics
@@ -1318,9 +1336,35 @@ impl TestFramework {
         Self::subscribe_with(cluster, info).await
     }
 
+    /// Subscribes as `name` in `role`, presenting principal `principal`'s certificate (issued on demand), and
+    /// waits for SUBSCRIBED.
+    pub async fn subscribe_as(
+        cluster: &Cluster,
+        principal: &str,
+        name: &str,
+        role: &str,
+    ) -> TestFramework {
+        let info = FrameworkInfo {
+            name: name.into(),
+            user: "test".into(),
+            roles: vec![role.into()],
+            ..Default::default()
+        };
+        let channel = cluster
+            .dialer(principal)
+            .channel(&cluster.broker.addr.to_string())
+            .expect("channel");
+        Self::subscribe_via(channel, info).await
+    }
+
     /// Subscribes with `info` and waits for SUBSCRIBED.
     pub async fn subscribe_with(cluster: &Cluster, info: FrameworkInfo) -> TestFramework {
-        let mut client = SchedulerClient::new(cluster.broker_channel());
+        Self::subscribe_via(cluster.broker_channel(), info).await
+    }
+
+    /// Subscribes with `info` over `channel` and waits for SUBSCRIBED.
+    pub async fn subscribe_via(channel: Channel, info: FrameworkInfo) -> TestFramework {
+        let mut client = SchedulerClient::new(channel);
         let mut stream = client
             .subscribe(pb::SubscribeRequest {
                 framework_info: Some(info.clone()),

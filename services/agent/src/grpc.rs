@@ -7,6 +7,21 @@ use allot_proto::agent::{agent_server, *};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// The interceptor of the agent's gRPC service: only the offer-broker (a `service` principal) may launch,
+/// kill, acknowledge or reconcile on an agent, so that a framework's certificate cannot start tasks behind the
+/// broker's back (on an `--insecure` agent every caller passes).
+///
+/// # Errors
+/// PERMISSION_DENIED (see `allot_server::authz::denied`).
+pub(crate) fn broker_only(request: Request<()>) -> Result<Request<()>, Status> {
+    allot_server::authz::caller(&request).require(
+        &["service"],
+        "call_agents",
+        "(launch, kill, acknowledge or reconcile tasks on an agent)",
+    )?;
+    Ok(request)
+}
+
 /// Checks a LaunchTasks request before anything starts: a valid `framework_id` and task IDs, and every task
 /// for an agent that `runs` accepts (`this` names the receiver in the error).
 ///

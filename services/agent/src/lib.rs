@@ -552,9 +552,12 @@ pub async fn run(
     let router = allot_server::grpc::server()
         .add_service(allot_server::grpc::health().await)
         .add_service(allot_server::grpc::probe())
-        .add_service(allot_proto::agent::agent_server::AgentServer::new(
-            grpc::AgentService(agent.clone()),
-        ));
+        .add_service(
+            allot_proto::agent::agent_server::AgentServer::with_interceptor(
+                grpc::AgentService(agent.clone()),
+                grpc::broker_only,
+            ),
+        );
     // The server stops only after the drain, so that acknowledgements still reach the agent meanwhile.
     let stopping = {
         let agent = agent.clone();

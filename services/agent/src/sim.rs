@@ -382,7 +382,10 @@ pub async fn run(
     let router = allot_server::grpc::server()
         .add_service(allot_server::grpc::health().await)
         .add_service(allot_server::grpc::probe())
-        .add_service(agent_server::AgentServer::new(SimService(sim.clone())));
+        .add_service(agent_server::AgentServer::with_interceptor(
+            SimService(sim.clone()),
+            crate::grpc::broker_only,
+        ));
     // Report the tasks still running as killed, and give the updates five seconds to drain while the server
     // still takes their acknowledgements.
     let stopping = async move {

@@ -167,6 +167,22 @@ impl Allocator for AllocatorService {
     }
 }
 
+/// The interceptor of the allocator's `Allocator` service (offers, activation, recovered resources): only the
+/// offer-broker (a `service` principal) may call it (on an `--insecure` allocator every caller passes).
+///
+/// # Errors
+/// PERMISSION_DENIED (see `allot_server::authz::denied`).
+pub fn broker_only(request: Request<()>) -> Result<Request<()>, Status> {
+    allot_server::authz::caller(&request).require(&["service"], "call_allocator", "(offers)")?;
+    Ok(request)
+}
+
+/// Allows an operator (or, on an `--insecure` allocator, anyone) to do `action` to `object`: a policy runs
+/// inside the allocator, so only operators may load, activate, shadow or roll one back.
+fn operator<T>(request: &Request<T>, action: &str, object: &str) -> Result<(), Status> {
+    allot_server::authz::caller(request).require(&["operator"], action, object)
+}
+
 /// `allot.allocator.v1.PolicyAdmin`: load, list, activate, roll back and shadow policies.
 #[derive(Debug, Clone)]
 pub struct PolicyAdminService(pub PolicyAdmin);
@@ -177,6 +193,7 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<LoadPolicyRequest>,
     ) -> Result<Response<LoadPolicyResponse>, Status> {
+        operator(&request, "load_policies", "a policy artifact")?;
         let r = request.into_inner();
         let (meta, grants, micros) = self.0.load(&r.artifact, &r.sha256, r.activate).await?;
         Ok(Response::new(LoadPolicyResponse {
@@ -204,6 +221,7 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<ActivatePolicyRequest>,
     ) -> Result<Response<ActivatePolicyResponse>, Status> {
+        operator(&request, "activate_policies", "a policy")?;
         let record = self
             .0
             .activate(request.into_inner().reference.trim())
@@ -215,8 +233,13 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
 
     async fn rollback(
         &self,
-        _: Request<RollbackPolicyRequest>,
+        request: Request<RollbackPolicyRequest>,
     ) -> Result<Response<RollbackPolicyResponse>, Status> {
+        operator(
+            &request,
+            "activate_policies",
+            "the previous policy (rollback)",
+        )?;
         Ok(Response::new(RollbackPolicyResponse {
             record: Some(self.0.rollback().await?),
         }))
@@ -226,6 +249,7 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<ShadowPolicyRequest>,
     ) -> Result<Response<ShadowPolicyResponse>, Status> {
+        operator(&request, "shadow_policies", "a policy")?;
         let r = request.into_inner();
         let reference = (!r.off).then(|| r.reference.trim().to_string());
         Ok(Response::new(ShadowPolicyResponse {

@@ -113,12 +113,13 @@ pub async fn run(
     let router = allot_server::grpc::replicated_server(&leadership)
         .add_service(allot_server::grpc::health().await)
         .add_service(allot_server::grpc::probe())
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             allot_proto::allocator::allocator_server::AllocatorServer::new(
                 grpc::AllocatorService::new(engine.clone()),
             )
             .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
-        )
+            grpc::broker_only,
+        ))
         .add_service(
             allot_proto::allocator::policy_admin_server::PolicyAdminServer::new(admin)
                 .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),

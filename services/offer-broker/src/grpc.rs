@@ -9,6 +9,7 @@ use allot_proto::agent::{
 };
 use allot_proto::operator::{self as op, operator_server::Operator};
 use allot_proto::scheduler::{self as pb, operation, scheduler_server::Scheduler};
+use allot_server::authz::{self, Caller};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -66,6 +67,34 @@ impl Drop for EventStream {
 /// `allot.scheduler.v1.Scheduler`.
 pub struct SchedulerService(pub Arc<Broker>);
 
+/// Principal kinds that may act as a framework (subscribe, and act on the frameworks they subscribed).
+const FRAMEWORK_KINDS: [&str; 2] = ["framework", "service"];
+
+impl SchedulerService {
+    /// Allows `caller` to do `action` to framework `fw`: an anonymous caller (an `--insecure` broker), the
+    /// principal the framework subscribed as, or (for `teardown_frameworks`) an operator. An unknown framework
+    /// passes, so that the call itself answers NOT_FOUND; so does one subscribed without a principal (on an
+    /// insecure broker, before identities).
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED (see `allot_server::authz::denied`).
+    fn authorize(&self, caller: &Caller, fw: &str, action: &str) -> Result<(), Status> {
+        let Some(p) = caller.principal() else {
+            return Ok(());
+        };
+        if action == "teardown_frameworks" && p.kind == "operator" {
+            return Ok(());
+        }
+        match self.0.framework_principal(fw) {
+            Some(recorded) if !recorded.is_empty() && recorded != p.name => Err(caller.deny(
+                action,
+                &format!("framework {fw} (subscribed as principal '{recorded}')"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {
     type SubscribeStream = EventStream;
@@ -74,10 +103,27 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let info = request
+        let caller = authz::caller(&request);
+        let mut info = request
             .into_inner()
             .framework_info
             .ok_or_else(|| Status::invalid_argument("SUBSCRIBE needs framework_info"))?;
+        let object = format!("framework '{}'", info.name);
+        caller.require(&FRAMEWORK_KINDS, "register_frameworks", &object)?;
+        if let Some(p) = caller.principal() {
+            // The certificate names the framework's principal (Mesos: FrameworkInfo.principal must match the
+            // authenticated one); a re-subscription must come from the principal that subscribed first.
+            if !info.principal.is_empty() && info.principal != p.name {
+                return Err(caller.deny(
+                    "register_frameworks",
+                    &format!("{object} as principal '{}'", info.principal),
+                ));
+            }
+            if !info.framework_id.is_empty() {
+                self.authorize(&caller, &info.framework_id, "register_frameworks")?;
+            }
+            info.principal = p.name.clone();
+        }
         let (framework, epoch, rx) = self.0.subscribe(info).await?;
         Ok(Response::new(EventStream {
             rx,
@@ -91,7 +137,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::AcceptRequest>,
     ) -> Result<Response<pb::AcceptResponse>, Status> {
+        let caller = authz::caller(&request);
         let r = request.into_inner();
+        self.authorize(&caller, &r.framework_id, "run_tasks")?;
         let mut tasks = Vec::new();
         for op in r.operations {
             match op.operation {
@@ -114,7 +162,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::DeclineRequest>,
     ) -> Result<Response<pb::DeclineResponse>, Status> {
+        let caller = authz::caller(&request);
         let r = request.into_inner();
+        self.authorize(&caller, &r.framework_id, "decline")?;
         let refuse = r.filters.and_then(|f| f.refuse_seconds);
         self.0.decline(&r.framework_id, r.offer_ids, refuse).await?;
         Ok(Response::new(pb::DeclineResponse {}))
@@ -124,9 +174,10 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::ReviveRequest>,
     ) -> Result<Response<pb::ReviveResponse>, Status> {
-        self.0
-            .set_suppressed(&request.into_inner().framework_id, false)
-            .await?;
+        let caller = authz::caller(&request);
+        let fw = request.into_inner().framework_id;
+        self.authorize(&caller, &fw, "revive")?;
+        self.0.set_suppressed(&fw, false).await?;
         Ok(Response::new(pb::ReviveResponse {}))
     }
 
@@ -134,9 +185,10 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::SuppressRequest>,
     ) -> Result<Response<pb::SuppressResponse>, Status> {
-        self.0
-            .set_suppressed(&request.into_inner().framework_id, true)
-            .await?;
+        let caller = authz::caller(&request);
+        let fw = request.into_inner().framework_id;
+        self.authorize(&caller, &fw, "suppress")?;
+        self.0.set_suppressed(&fw, true).await?;
         Ok(Response::new(pb::SuppressResponse {}))
     }
 
@@ -144,7 +196,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::KillRequest>,
     ) -> Result<Response<pb::KillResponse>, Status> {
+        let caller = authz::caller(&request);
         let r = request.into_inner();
+        self.authorize(&caller, &r.framework_id, "kill_tasks")?;
         self.0.kill(&r.framework_id, &r.task_id).await?;
         Ok(Response::new(pb::KillResponse {}))
     }
@@ -153,7 +207,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        let caller = authz::caller(&request);
         let r = request.into_inner();
+        self.authorize(&caller, &r.framework_id, "acknowledge")?;
         let mut acks = Vec::with_capacity(1 + r.more.len());
         if !r.task_id.is_empty() {
             acks.push((r.task_id, r.uuid));
@@ -172,7 +228,9 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::ReconcileRequest>,
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        let caller = authz::caller(&request);
         let r = request.into_inner();
+        self.authorize(&caller, &r.framework_id, "reconcile")?;
         self.0.reconcile(&r.framework_id, r.tasks)?;
         Ok(Response::new(pb::ReconcileResponse {}))
     }
@@ -181,9 +239,10 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<pb::TeardownRequest>,
     ) -> Result<Response<pb::TeardownResponse>, Status> {
-        self.0
-            .teardown_call(&request.into_inner().framework_id)
-            .await?;
+        let caller = authz::caller(&request);
+        let fw = request.into_inner().framework_id;
+        self.authorize(&caller, &fw, "teardown_frameworks")?;
+        self.0.teardown_call(&fw).await?;
         Ok(Response::new(pb::TeardownResponse {}))
     }
 }
@@ -191,12 +250,16 @@ impl Scheduler for SchedulerService {
 /// `allot.agent.v1.StatusUpdates`: agents deliver status updates here.
 pub struct StatusService(pub Arc<Broker>);
 
+/// Principal kinds that may deliver status updates.
+const AGENT_KINDS: [&str; 2] = ["agent", "service"];
+
 #[tonic::async_trait]
 impl StatusUpdates for StatusService {
     async fn update(
         &self,
         request: Request<StatusUpdateRequest>,
     ) -> Result<Response<StatusUpdateResponse>, Status> {
+        authz::caller(&request).require(&AGENT_KINDS, "update_status", "of tasks")?;
         let r = request.into_inner();
         let status = r
             .status
@@ -209,6 +272,7 @@ impl StatusUpdates for StatusService {
         &self,
         request: Request<StatusUpdateBatchRequest>,
     ) -> Result<Response<StatusUpdateResponse>, Status> {
+        authz::caller(&request).require(&AGENT_KINDS, "update_status", "of tasks")?;
         let updates = request
             .into_inner()
             .updates

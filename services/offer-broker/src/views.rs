@@ -10,6 +10,20 @@ use allot_resources::Resources;
 use std::collections::HashMap;
 
 impl Broker {
+    /// The principal framework `fw` subscribed as (`FrameworkInfo.principal` as recorded: the name of its
+    /// certificate, or what an insecure broker was told); `None` for an unknown framework.
+    pub fn framework_principal(&self, fw: &str) -> Option<String> {
+        let state = self.lock();
+        let f = state.frameworks.get(fw)?;
+        Some(
+            f.record
+                .info
+                .as_ref()
+                .map(|i| i.principal.clone())
+                .unwrap_or_default(),
+        )
+    }
+
     /// Every framework with its connection state and resources (used by its live tasks, offered), oldest
     /// registration first.
     pub fn frameworks(&self) -> Vec<FrameworkState> {

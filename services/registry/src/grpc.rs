@@ -4,6 +4,7 @@
 use crate::error::Error;
 use crate::registry::Registry;
 use allot_proto::registry::{registry_server, *};
+use allot_server::authz;
 use tonic::{Request, Response, Status};
 
 impl From<Error> for Status {
@@ -29,12 +30,16 @@ impl RegistryService {
     }
 }
 
+/// Principal kinds that may register agents and heartbeat for them.
+const AGENT_KINDS: [&str; 1] = ["agent"];
+
 #[tonic::async_trait]
 impl registry_server::Registry for RegistryService {
     async fn register_agent(
         &self,
         request: Request<RegisterAgentRequest>,
     ) -> Result<Response<RegisterAgentResponse>, Status> {
+        authz::caller(&request).require(&AGENT_KINDS, "register_agents", "an agent")?;
         let req = request.into_inner();
         let info = req
             .info
@@ -52,6 +57,7 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        authz::caller(&request).require(&AGENT_KINDS, "register_agents", "(heartbeat)")?;
         self.registry()?.heartbeat(&request.into_inner().agent_id)?;
         Ok(Response::new(HeartbeatResponse {}))
     }
@@ -60,6 +66,7 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<UnregisterAgentRequest>,
     ) -> Result<Response<UnregisterAgentResponse>, Status> {
+        authz::caller(&request).require(&AGENT_KINDS, "register_agents", "(unregister)")?;
         self.registry()?
             .unregister_agent(&request.into_inner().agent_id)
             .await?;
@@ -87,10 +94,16 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<SetRoleRequest>,
     ) -> Result<Response<SetRoleResponse>, Status> {
+        let caller = authz::caller(&request);
         let role = request
             .into_inner()
             .role
             .ok_or_else(|| Status::invalid_argument("SetRole needs `role`"))?;
+        caller.require(
+            &["operator"],
+            "update_weights",
+            &format!("role '{}' (weight and quota)", role.name),
+        )?;
         self.registry()?.set_role(role).await?;
         Ok(Response::new(SetRoleResponse {}))
     }

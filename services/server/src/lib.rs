@@ -13,6 +13,7 @@
 //!   [`leader::serve_replicated`];
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 
+pub mod authz;
 pub mod certs;
 pub mod config;
 pub mod grpc;

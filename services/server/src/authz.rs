@@ -1,0 +1,125 @@
+//! Who may call what (issue 23, `docs/security.md`): the caller's identity from its TLS certificate, and the
+//! refusal every service gives in the same shape.
+//!
+//! A caller is the principal its certificate names (CN, with its kind in O: `service`, `agent`, `operator`,
+//! `framework`; see `crate::certs`), or [`Caller::Anonymous`] on a server run `--insecure`, where there are no
+//! identities and every check passes (the operator chose that, and was warned at start). A refusal is
+//! `PERMISSION_DENIED` naming the principal, the action (Mesos' ACL vocabulary where it has a word:
+//! `register_frameworks`, `teardown_frameworks`, `update_weights`, ...) and the object; it is counted in
+//! `allot_authz_denied_total{action}` and logged at warning level with the same three fields.
+
+use allot_common::tls::Principal;
+
+/// `allot_authz_denied_total{action}`: calls refused for want of permission.
+static DENIED: std::sync::LazyLock<allot_telemetry::metrics::prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        allot_telemetry::metrics::counter_vec(
+            "allot_authz_denied_total",
+            "Calls refused PERMISSION_DENIED, by action",
+            &["action"],
+        )
+    });
+
+/// Who made a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A plaintext connection (a server run `--insecure`): no identity, nothing is checked.
+    Anonymous,
+    /// The principal of the caller's certificate.
+    Principal(Principal),
+}
+
+/// Who made `request` (see [`crate::grpc::peer_principal`]).
+pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    match crate::grpc::peer_principal(request) {
+        Some(p) => Caller::Principal(p),
+        None => Caller::Anonymous,
+    }
+}
+
+impl Caller {
+    /// The principal, `None` when anonymous.
+    pub fn principal(&self) -> Option<&Principal> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Principal(p) => Some(p),
+        }
+    }
+
+    /// The principal's name (`anonymous` when there is none), for logs.
+    pub fn name(&self) -> &str {
+        self.principal().map_or("anonymous", |p| p.name.as_str())
+    }
+
+    /// Whether the caller is anonymous or of one of `kinds`.
+    pub fn is(&self, kinds: &[&str]) -> bool {
+        self.principal()
+            .is_none_or(|p| kinds.contains(&p.kind.as_str()))
+    }
+
+    /// Allows the call if the caller is anonymous or of one of `kinds`.
+    ///
+    /// # Errors
+    /// [`denied`] naming the caller, `action` and `object`.
+    pub fn require(&self, kinds: &[&str], action: &str, object: &str) -> Result<(), tonic::Status> {
+        if self.is(kinds) {
+            Ok(())
+        } else {
+            Err(self.deny(action, object))
+        }
+    }
+
+    /// The refusal of `action` on `object` by this caller (see [`denied`]).
+    pub fn deny(&self, action: &str, object: &str) -> tonic::Status {
+        let kind = self.principal().map_or("", |p| p.kind.as_str());
+        denied(self.name(), kind, action, object)
+    }
+}
+
+/// A refusal: `PERMISSION_DENIED` "principal P (kind K) may not ACTION OBJECT", counted in
+/// `allot_authz_denied_total{action}` and logged.
+pub fn denied(principal: &str, kind: &str, action: &str, object: &str) -> tonic::Status {
+    DENIED.with_label_values(&[action]).inc();
+    tracing::warn!(principal, kind, action, object, "permission denied");
+    tonic::Status::permission_denied(format!(
+        "principal '{principal}' (kind '{kind}') may not {action} {object}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_(name: &str, kind: &str) -> Caller {
+        Caller::Principal(Principal {
+            name: name.into(),
+            kind: kind.into(),
+        })
+    }
+
+    #[test]
+    fn anonymous_passes_every_check_and_a_principal_only_its_kinds() {
+        assert!(
+            Caller::Anonymous
+                .require(&["operator"], "update_weights", "role r")
+                .is_ok()
+        );
+        assert!(
+            as_("operator", "operator")
+                .require(&["operator"], "update_weights", "role r")
+                .is_ok()
+        );
+        let refused = as_("framework-a", "framework")
+            .require(&["operator"], "update_weights", "role r")
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            refused.message(),
+            "principal 'framework-a' (kind 'framework') may not update_weights role r"
+        );
+        assert!(
+            DENIED.with_label_values(&["update_weights"]).get() >= 1,
+            "the refusal is counted"
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! Identities on a real, secured cluster (issue 23): each call is made with a certificate of the cluster's
+//! authority, and what the caller may do follows from the principal it names. Framework B cannot act on
+//! framework A (kill, acknowledge, reconcile, re-subscribe as, tear down); an operator may tear it down; a
+//! framework cannot load or activate a policy, set a role's weight, call an agent directly or send status
+//! updates; an agent cannot register a framework.
+
+use allot_proto::common::{FrameworkInfo, TaskState};
+use allot_proto::scheduler as pb;
+use allot_proto::scheduler::scheduler_client::SchedulerClient;
+use allot_tests::{Cluster, TestFramework, task};
+use tonic::Code;
+
+fn denied<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
+    match r {
+        Err(s) if s.code() == Code::PermissionDenied => {
+            assert!(
+                s.message().contains("principal '"),
+                "{what}: the refusal names the principal: {}",
+                s.message()
+            );
+        }
+        other => panic!("{what}: expected PERMISSION_DENIED, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_acts_only_on_itself_and_an_operator_may_tear_it_down() {
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    let mut a = TestFramework::subscribe_as(&cluster, "framework-a", "a", "*").await;
+    a.launch(task("t", "sleep 60", 0.5, 64.0)).await;
+    a.await_state("t", TaskState::TaskRunning).await;
+
+    // B, another framework principal, on its own connection.
+    let mut b = SchedulerClient::new(
+        cluster
+            .dialer("framework-b")
+            .channel(&cluster.broker.addr.to_string())
+            .unwrap(),
+    );
+    denied(
+        "B kills A's task",
+        b.kill(pb::KillRequest {
+            framework_id: a.id.clone(),
+            task_id: "t".into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    denied(
+        "B reconciles A's tasks",
+        b.reconcile(pb::ReconcileRequest {
+            framework_id: a.id.clone(),
+            tasks: vec![],
+        })
+        .await,
+    );
+    denied(
+        "B acknowledges A's update",
+        b.acknowledge(pb::AcknowledgeRequest {
+            framework_id: a.id.clone(),
+            task_id: "t".into(),
+            uuid: vec![0; 16],
+            ..Default::default()
+        })
+        .await,
+    );
+    denied(
+        "B suppresses A",
+        b.suppress(pb::SuppressRequest {
+            framework_id: a.id.clone(),
+            ..Default::default()
+        })
+        .await,
+    );
+    denied(
+        "B tears A down",
+        b.teardown(pb::TeardownRequest {
+            framework_id: a.id.clone(),
+        })
+        .await,
+    );
+    denied(
+        "B re-subscribes as A",
+        b.subscribe(pb::SubscribeRequest {
+            framework_info: Some(FrameworkInfo {
+                name: "a".into(),
+                framework_id: a.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await,
+    );
+    denied(
+        "B subscribes naming A's principal",
+        b.subscribe(pb::SubscribeRequest {
+            framework_info: Some(FrameworkInfo {
+                name: "impostor".into(),
+                principal: "framework-a".into(),
+                ..Default::default()
+            }),
+        })
+        .await,
+    );
+    // Nothing of that reached A's task; A itself may act on it.
+    a.client
+        .reconcile(pb::ReconcileRequest {
+            framework_id: a.id.clone(),
+            tasks: vec![],
+        })
+        .await
+        .expect("A reconciles its own tasks");
+    let recorded = allot_tests::recorded_framework(&cluster.etcd.store().await, &a.id).await;
+    assert_eq!(
+        recorded.info.expect("info").principal,
+        "framework-a",
+        "the framework's principal is recorded with it, from its certificate"
+    );
+    // An agent's certificate cannot register a framework.
+    let mut agent_as_framework = SchedulerClient::new(
+        cluster
+            .dialer("agent-localhost")
+            .channel(&cluster.broker.addr.to_string())
+            .unwrap(),
+    );
+    denied(
+        "an agent subscribes as a framework",
+        agent_as_framework
+            .subscribe(pb::SubscribeRequest {
+                framework_info: Some(FrameworkInfo {
+                    name: "sneaky".into(),
+                    ..Default::default()
+                }),
+            })
+            .await,
+    );
+    // The operator may tear A down (Mesos' teardown_frameworks).
+    let mut operator = SchedulerClient::new(
+        cluster
+            .operator()
+            .channel(&cluster.broker.addr.to_string())
+            .unwrap(),
+    );
+    operator
+        .teardown(pb::TeardownRequest {
+            framework_id: a.id.clone(),
+        })
+        .await
+        .expect("the operator tears A down");
+    allot_tests::eventually("A's task is killed with the framework", || async {
+        cluster.tasks(&a.id).await.iter().any(|t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.state() == TaskState::TaskKilled)
+        })
+    })
+    .await;
+    assert!(
+        !allot_tests::recorded_framework(&cluster.etcd.store().await, &a.id)
+            .await
+            .active,
+        "A is torn down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_cannot_administer_policies_roles_agents_or_updates() {
+    use allot_proto::agent::agent_client::AgentClient;
+    use allot_proto::allocator::policy_admin_client::PolicyAdminClient;
+    use allot_proto::registry::registry_client::RegistryClient;
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
+    let fw = cluster.dialer("framework-default");
+    let allocator = cluster.allocator.addr.to_string();
+
+    let mut admin = PolicyAdminClient::new(fw.channel(&allocator).unwrap());
+    denied(
+        "a framework loads a policy",
+        admin
+            .load(allot_proto::allocator::LoadPolicyRequest {
+                artifact: b"\0asm".to_vec(),
+                ..Default::default()
+            })
+            .await,
+    );
+    denied(
+        "a framework activates a policy",
+        admin
+            .activate(allot_proto::allocator::ActivatePolicyRequest {
+                reference: "priority".into(),
+            })
+            .await,
+    );
+    denied(
+        "a framework rolls a policy back",
+        admin
+            .rollback(allot_proto::allocator::RollbackPolicyRequest {})
+            .await,
+    );
+    // Reading is allowed; the operator may activate.
+    admin
+        .status(allot_proto::allocator::PolicyStatusRequest {})
+        .await
+        .expect("a framework reads the policy status");
+    PolicyAdminClient::new(cluster.operator().channel(&allocator).unwrap())
+        .activate(allot_proto::allocator::ActivatePolicyRequest {
+            reference: "priority".into(),
+        })
+        .await
+        .expect("the operator activates a policy");
+
+    let registry = cluster.registry.addr.to_string();
+    let role = allot_proto::common::Role {
+        name: "greedy".into(),
+        weight: 100.0,
+        ..Default::default()
+    };
+    denied(
+        "a framework sets a role's weight",
+        RegistryClient::new(fw.channel(&registry).unwrap())
+            .set_role(allot_proto::registry::SetRoleRequest {
+                role: Some(role.clone()),
+            })
+            .await,
+    );
+    RegistryClient::new(cluster.operator().channel(&registry).unwrap())
+        .set_role(allot_proto::registry::SetRoleRequest { role: Some(role) })
+        .await
+        .expect("the operator sets a role's weight");
+    denied(
+        "a framework registers an agent",
+        RegistryClient::new(fw.channel(&registry).unwrap())
+            .heartbeat(allot_proto::registry::HeartbeatRequest {
+                agent_id: "agent-x".into(),
+            })
+            .await,
+    );
+
+    denied(
+        "a framework launches on an agent directly",
+        AgentClient::new(fw.channel(&agent.service.addr.to_string()).unwrap())
+            .launch_tasks(allot_proto::agent::LaunchTasksRequest {
+                framework_id: "fw-x".into(),
+                ..Default::default()
+            })
+            .await,
+    );
+    denied(
+        "a framework sends a status update",
+        allot_proto::agent::status_updates_client::StatusUpdatesClient::new(
+            fw.channel(&cluster.broker.addr.to_string()).unwrap(),
+        )
+        .update(allot_proto::agent::StatusUpdateRequest::default())
+        .await,
+    );
+}
