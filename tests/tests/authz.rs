@@ -2,7 +2,7 @@
 //! authority, and what the caller may do follows from the principal it names. Framework B cannot act on
 //! framework A (kill, acknowledge, reconcile, re-subscribe as, tear down); an operator may tear it down; a
 //! framework cannot load or activate a policy, set a role's weight, call an agent directly or send status
-//! updates; an agent cannot register a framework.
+//! updates; an agent cannot register a framework, nor register, heartbeat or report tasks as another agent.
 
 use allot_proto::common::{FrameworkInfo, TaskState};
 use allot_proto::scheduler as pb;
@@ -252,5 +252,86 @@ async fn a_framework_cannot_administer_policies_roles_agents_or_updates() {
         )
         .update(allot_proto::agent::StatusUpdateRequest::default())
         .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registers_and_heartbeats_only_as_itself() {
+    use allot_proto::registry::registry_client::RegistryClient;
+    use allot_proto::registry::{HeartbeatRequest, RegisterAgentRequest};
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:256").await;
+    let id = std::fs::read_to_string(agent.work_dir.join("agent_id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let registry = cluster.registry.addr.to_string();
+    let mut other = RegistryClient::new(cluster.dialer("agent-other").channel(&registry).unwrap());
+    denied(
+        "another agent heartbeats for it",
+        other
+            .heartbeat(HeartbeatRequest {
+                agent_id: id.clone(),
+            })
+            .await,
+    );
+    let info = allot_proto::common::AgentInfo {
+        address: "127.0.0.1:9".into(),
+        resources: allot_common::convert::resources_to_proto(&"cpus:64".parse().unwrap()),
+        ..Default::default()
+    };
+    denied(
+        "another agent re-registers under its ID",
+        other
+            .register_agent(RegisterAgentRequest {
+                info: Some(info.clone()),
+                agent_id: id.clone(),
+            })
+            .await,
+    );
+    // Nor may it report that agent's tasks to the broker.
+    let forged = allot_proto::common::TaskStatus {
+        task_id: "t".into(),
+        agent_id: id.clone(),
+        state: TaskState::TaskFinished as i32,
+        ..Default::default()
+    };
+    let broker = cluster.broker.addr.to_string();
+    denied(
+        "another agent sends its updates",
+        allot_proto::agent::status_updates_client::StatusUpdatesClient::new(
+            cluster.dialer("agent-other").channel(&broker).unwrap(),
+        )
+        .update(allot_proto::agent::StatusUpdateRequest {
+            status: Some(forged),
+            ..Default::default()
+        })
+        .await,
+    );
+    // Under a new ID of its own, the other agent registers.
+    other
+        .register_agent(RegisterAgentRequest {
+            info: Some(info),
+            agent_id: String::new(),
+        })
+        .await
+        .expect("an agent registers as itself");
+    // The real agent's own heartbeats go on.
+    tokio::time::sleep(allot_tests::ClusterOptions::default().agent_timeout * 2).await;
+    let listed = RegistryClient::new(cluster.operator().channel(&registry).unwrap())
+        .list_agents(allot_proto::registry::ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    let own = listed
+        .iter()
+        .find(|a| a.record.as_ref().is_some_and(|r| r.agent_id == id))
+        .expect("the agent is listed");
+    assert!(own.reachable, "the agent is still reachable");
+    assert_eq!(
+        own.record.as_ref().unwrap().principal,
+        "agent-localhost",
+        "its registering principal is recorded"
     );
 }

@@ -250,6 +250,30 @@ impl Scheduler for SchedulerService {
 /// `allot.agent.v1.StatusUpdates`: agents deliver status updates here.
 pub struct StatusService(pub Arc<Broker>);
 
+impl StatusService {
+    /// Allows `caller` to report the tasks of agent `agent_id`: an anonymous caller (an `--insecure` broker),
+    /// a service, an agent the broker has not seen (or one registered without a principal), or the principal
+    /// that registered it.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED (see `allot_server::authz::denied`).
+    fn own_agent(&self, caller: &Caller, agent_id: &str) -> Result<(), Status> {
+        let Some(p) = caller.principal() else {
+            return Ok(());
+        };
+        if p.kind == "service" {
+            return Ok(());
+        }
+        match self.0.agent_principal(agent_id) {
+            Some(owner) if !owner.is_empty() && owner != p.name => Err(caller.deny(
+                "update_status",
+                &format!("of agent {agent_id}'s tasks (registered by principal '{owner}')"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Principal kinds that may deliver status updates.
 const AGENT_KINDS: [&str; 2] = ["agent", "service"];
 
@@ -259,11 +283,13 @@ impl StatusUpdates for StatusService {
         &self,
         request: Request<StatusUpdateRequest>,
     ) -> Result<Response<StatusUpdateResponse>, Status> {
-        authz::caller(&request).require(&AGENT_KINDS, "update_status", "of tasks")?;
+        let caller = authz::caller(&request);
+        caller.require(&AGENT_KINDS, "update_status", "of tasks")?;
         let r = request.into_inner();
         let status = r
             .status
             .ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
+        self.own_agent(&caller, &status.agent_id)?;
         self.0.status_update(status, Some(r.sandbox))?;
         Ok(Response::new(StatusUpdateResponse {}))
     }
@@ -272,13 +298,17 @@ impl StatusUpdates for StatusService {
         &self,
         request: Request<StatusUpdateBatchRequest>,
     ) -> Result<Response<StatusUpdateResponse>, Status> {
-        authz::caller(&request).require(&AGENT_KINDS, "update_status", "of tasks")?;
-        let updates = request
+        let caller = authz::caller(&request);
+        caller.require(&AGENT_KINDS, "update_status", "of tasks")?;
+        let updates: Vec<_> = request
             .into_inner()
             .updates
             .into_iter()
             .filter_map(|u| Some((u.status?, u.sandbox)))
             .collect();
+        for (status, _) in &updates {
+            self.own_agent(&caller, &status.agent_id)?;
+        }
         self.0.status_updates(updates);
         Ok(Response::new(StatusUpdateResponse {}))
     }

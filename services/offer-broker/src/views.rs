@@ -24,6 +24,15 @@ impl Broker {
         )
     }
 
+    /// The principal that registered agent `agent_id` (`AgentRecord.principal`; empty when registered on an
+    /// insecure registry); `None` for an agent the broker has not seen.
+    pub fn agent_principal(&self, agent_id: &str) -> Option<String> {
+        self.lock()
+            .agents
+            .get(agent_id)
+            .map(|a| a.principal.clone())
+    }
+
     /// Every framework with its connection state and resources (used by its live tasks, offered), oldest
     /// registration first.
     pub fn frameworks(&self) -> Vec<FrameworkState> {

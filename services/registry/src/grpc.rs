@@ -30,6 +30,25 @@ impl RegistryService {
     }
 }
 
+/// Allows `caller` to act for agent `agent_id`: an anonymous caller (an `--insecure` registry), a new or
+/// unknown agent, or the principal that registered it (an agent registered without a principal, on an
+/// insecure registry, may be taken over by the first principal that registers it).
+///
+/// # Errors
+/// PERMISSION_DENIED (see `allot_server::authz::denied`).
+fn as_itself(registry: &Registry, caller: &authz::Caller, agent_id: &str) -> Result<(), Status> {
+    let Some(p) = caller.principal() else {
+        return Ok(());
+    };
+    match registry.principal_of(agent_id) {
+        Some(owner) if !owner.is_empty() && owner != p.name => Err(caller.deny(
+            "register_agents",
+            &format!("as agent {agent_id} (registered by principal '{owner}')"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Principal kinds that may register agents and heartbeat for them.
 const AGENT_KINDS: [&str; 1] = ["agent"];
 
@@ -39,12 +58,21 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<RegisterAgentRequest>,
     ) -> Result<Response<RegisterAgentResponse>, Status> {
-        authz::caller(&request).require(&AGENT_KINDS, "register_agents", "an agent")?;
+        let caller = authz::caller(&request);
+        caller.require(&AGENT_KINDS, "register_agents", "an agent")?;
         let req = request.into_inner();
         let info = req
             .info
             .ok_or_else(|| Status::invalid_argument("RegisterAgent needs `info` (AgentInfo)"))?;
-        let r = self.registry()?.register_agent(info, req.agent_id).await?;
+        let registry = self.registry()?;
+        as_itself(registry, &caller, &req.agent_id)?;
+        let principal = caller
+            .principal()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let r = registry
+            .register_agent(info, req.agent_id, &principal)
+            .await?;
         Ok(Response::new(RegisterAgentResponse {
             agent_id: r.agent_id,
             heartbeat_interval: r.heartbeat_interval,
@@ -57,8 +85,12 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        authz::caller(&request).require(&AGENT_KINDS, "register_agents", "(heartbeat)")?;
-        self.registry()?.heartbeat(&request.into_inner().agent_id)?;
+        let caller = authz::caller(&request);
+        caller.require(&AGENT_KINDS, "register_agents", "(heartbeat)")?;
+        let agent_id = request.into_inner().agent_id;
+        let registry = self.registry()?;
+        as_itself(registry, &caller, &agent_id)?;
+        registry.heartbeat(&agent_id)?;
         Ok(Response::new(HeartbeatResponse {}))
     }
 
@@ -66,10 +98,12 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<UnregisterAgentRequest>,
     ) -> Result<Response<UnregisterAgentResponse>, Status> {
-        authz::caller(&request).require(&AGENT_KINDS, "register_agents", "(unregister)")?;
-        self.registry()?
-            .unregister_agent(&request.into_inner().agent_id)
-            .await?;
+        let caller = authz::caller(&request);
+        caller.require(&AGENT_KINDS, "register_agents", "(unregister)")?;
+        let agent_id = request.into_inner().agent_id;
+        let registry = self.registry()?;
+        as_itself(registry, &caller, &agent_id)?;
+        registry.unregister_agent(&agent_id).await?;
         Ok(Response::new(UnregisterAgentResponse {}))
     }
 

@@ -11,6 +11,7 @@ use allot_common::convert::resources_from_proto;
 use allot_proto::common::{AgentInfo, AgentRecord, Role};
 use allot_server::Store;
 use allot_server::store::{Kind, StoreError, alive_value};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub struct Registry {
     store: Store,
     agent_timeout: Duration,
     liveness: Arc<Mutex<Liveness>>,
+    /// Each agent's registering principal (`AgentRecord.principal`), for the identity checks of every call.
+    principals: Mutex<HashMap<String, String>>,
 }
 
 impl Registry {
@@ -59,10 +62,18 @@ impl Registry {
         }
         M.reachable.set(liveness.len() as f64);
         let liveness = Arc::new(Mutex::new(liveness));
+        let (records, _) = store
+            .list::<AgentRecord>(&store.prefix(Kind::Agents))
+            .await?;
+        let principals = records
+            .into_iter()
+            .map(|(_, r)| (r.agent_id, r.principal))
+            .collect();
         Ok(Self {
             store,
             agent_timeout,
             liveness,
+            principals: Mutex::new(principals),
         })
     }
 
@@ -80,8 +91,19 @@ impl Registry {
         self.liveness.lock().expect("liveness poisoned")
     }
 
-    /// Registers an agent described by `info`, as `agent_id` when it has one (a restarted agent re-registers
-    /// with its checkpointed ID) or under a new ID. Its record and its `alive` key are written in one
+    /// The principal that registered `agent_id` (empty: registered without one, on an insecure registry);
+    /// `None` for an agent never registered.
+    pub fn principal_of(&self, agent_id: &str) -> Option<String> {
+        self.principals
+            .lock()
+            .expect("principals poisoned")
+            .get(agent_id)
+            .cloned()
+    }
+
+    /// Registers an agent described by `info`, registered by `principal` (empty on an insecure registry; see
+    /// [`Registry::principal_of`]), as `agent_id` when it has one (a restarted agent re-registers with its
+    /// checkpointed ID) or under a new ID. Its record and its `alive` key are written in one
     /// transaction, and its heartbeat deadline starts now.
     ///
     /// # Errors
@@ -91,6 +113,7 @@ impl Registry {
         &self,
         mut info: AgentInfo,
         agent_id: String,
+        principal: &str,
     ) -> Result<Registered, Error> {
         if info.address.is_empty() {
             return Err(Error::Invalid(
@@ -123,6 +146,7 @@ impl Registry {
             agent_id: agent_id.clone(),
             info: Some(info),
             registered_at_ms: allot_common::now_ms(),
+            principal: principal.to_string(),
         };
         // The record and the liveness key in one transaction: watchers see both at one revision, which is
         // the revision the sweeper later deletes the liveness key at. A re-registration rewrites both.
@@ -142,7 +166,11 @@ impl Registry {
             .await?;
         self.liveness()
             .admit(agent_id.clone(), revision, Instant::now());
-        tracing::info!(%agent_id, address = %record.info.as_ref().map(|i| i.address.as_str()).unwrap_or(""), %resources, "agent registered");
+        self.principals
+            .lock()
+            .expect("principals poisoned")
+            .insert(agent_id.clone(), principal.to_string());
+        tracing::info!(%agent_id, %principal, address = %record.info.as_ref().map(|i| i.address.as_str()).unwrap_or(""), %resources, "agent registered");
         Ok(Registered {
             agent_id,
             heartbeat_interval: (self.agent_timeout.as_secs_f64() / 3.0).max(0.2),

@@ -40,6 +40,7 @@ fn subscribed() -> (State, mpsc::UnboundedReceiver<Event>) {
                 ..Default::default()
             }),
             registered_at_ms: 10,
+            principal: String::new(),
         },
     );
     s.alive.insert(AGENT.into(), 10);
