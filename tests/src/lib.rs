@@ -1077,6 +1077,7 @@ impl Cluster {
             kill_tasks_on_stop: true,
             // Short, so that tests which restart the broker see updates re-sent within a second.
             status_update_retry_interval: Duration::from_secs(1),
+            switch_user: true,
         }
     }
 
@@ -1253,6 +1254,15 @@ pub async fn reachable_agents(dialer: &allot_common::grpc::Dialer, registry: &st
         .unwrap_or(0)
 }
 
+/// The name of the user this process runs as: what a test framework names as its `user`, so that tasks run
+/// as the test's own user (agents switch to the task's user, as Mesos' `--switch_user` does).
+pub fn current_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .ok()
+        .flatten()
+        .map_or_else(|| "root".to_string(), |u| u.name)
+}
+
 /// Waits until `cond` holds, checking every 50 ms, for at most [`PATIENCE`].
 ///
 /// # Panics
@@ -1329,7 +1339,7 @@ impl TestFramework {
     pub async fn subscribe(cluster: &Cluster, name: &str, role: &str) -> TestFramework {
         let info = FrameworkInfo {
             name: name.into(),
-            user: "test".into(),
+            user: current_user(),
             roles: vec![role.into()],
             ..Default::default()
         };
@@ -1346,7 +1356,7 @@ impl TestFramework {
     ) -> TestFramework {
         let info = FrameworkInfo {
             name: name.into(),
-            user: "test".into(),
+            user: current_user(),
             roles: vec![role.into()],
             ..Default::default()
         };

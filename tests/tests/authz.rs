@@ -2,7 +2,8 @@
 //! authority, and what the caller may do follows from the principal it names. Framework B cannot act on
 //! framework A (kill, acknowledge, reconcile, re-subscribe as, tear down); an operator may tear it down; a
 //! framework cannot load or activate a policy, set a role's weight, call an agent directly or send status
-//! updates; an agent cannot register a framework, nor register, heartbeat or report tasks as another agent.
+//! updates; an agent cannot register a framework, nor register, heartbeat or report tasks as another agent. A
+//! task runs as the Unix user it names, and one naming a user the agent does not have fails.
 
 use allot_proto::common::{FrameworkInfo, TaskState};
 use allot_proto::scheduler as pb;
@@ -333,5 +334,54 @@ async fn an_agent_registers_and_heartbeats_only_as_itself() {
         own.record.as_ref().unwrap().principal,
         "agent-localhost",
         "its registering principal is recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_as_the_user_it_names_and_an_unknown_user_fails_it() {
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:2;mem:512").await;
+    let mut fw = TestFramework::subscribe(&cluster, "users", "*").await;
+    let root = nix::unistd::Uid::effective().is_root();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("Debian has user nobody");
+    let mut as_nobody = task("who", "id -u > uid; id -g > gid; touch mine", 0.5, 64.0);
+    as_nobody.command.as_mut().unwrap().user = "nobody".into();
+    fw.launch(as_nobody).await;
+    if root {
+        fw.await_state("who", TaskState::TaskFinished).await;
+        let sandbox = allot_agent::executor::sandbox_path(&agent.work_dir, &fw.id, "who");
+        let read = |f: &str| {
+            std::fs::read_to_string(sandbox.join(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            read("uid"),
+            nobody.uid.to_string(),
+            "the task ran as nobody"
+        );
+        assert_eq!(read("gid"), nobody.gid.to_string(), "with nobody's group");
+        use std::os::unix::fs::MetadataExt as _;
+        let owner = std::fs::metadata(&sandbox).unwrap().uid();
+        assert_eq!(owner, nobody.uid.as_raw(), "the sandbox belongs to nobody");
+        let made = std::fs::metadata(sandbox.join("mine")).unwrap().uid();
+        assert_eq!(made, nobody.uid.as_raw(), "what the task makes is nobody's");
+    } else {
+        // An agent not run as root cannot switch users: the task fails and says why.
+        let s = fw.await_state("who", TaskState::TaskFailed).await;
+        assert!(s.message.contains("not root"), "{}", s.message);
+    }
+    let mut ghost = task("ghost", "true", 0.5, 64.0);
+    ghost.command.as_mut().unwrap().user = "no-such-user-here".into();
+    fw.launch(ghost).await;
+    let s = fw.await_state("ghost", TaskState::TaskFailed).await;
+    assert!(
+        s.message
+            .contains("user 'no-such-user-here' does not exist on this agent"),
+        "{}",
+        s.message
     );
 }

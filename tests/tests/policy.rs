@@ -488,7 +488,7 @@ async fn a_shadow_policy_is_compared_without_being_applied() {
     let mut cluster = Cluster::start().await;
     let info = |name: &str, role: &str, priority| allot_proto::common::FrameworkInfo {
         name: name.into(),
-        user: "test".into(),
+        user: allot_tests::current_user(),
         roles: vec![role.into()],
         priority,
         ..Default::default()

@@ -114,7 +114,13 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
         status: Some(s),
         sandbox: String::new(),
     };
-    let mut updates = StatusUpdatesClient::new(cluster.broker_channel());
+    // As the simulated agents' own principal (an agent may report only its own tasks).
+    let mut updates = StatusUpdatesClient::new(
+        cluster
+            .dialer("agent-sim")
+            .channel(&cluster.broker.addr.to_string())
+            .expect("channel"),
+    );
     updates
         .update_batch(StatusUpdateBatchRequest {
             updates: vec![

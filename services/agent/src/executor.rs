@@ -59,6 +59,53 @@ pub struct Launch {
     /// The task's checkpoint directory (`<work_dir>/meta/frameworks/<fw>/tasks/<task>`), where its `task`,
     /// `pid` and `exit` files go so that a restarted agent can reattach; `None` to not checkpoint.
     pub checkpoint: Option<PathBuf>,
+    /// The Unix user to run the task as (its `CommandInfo.user`, see [`switch_user`]); `None`: the agent's own
+    /// (`--switch-user=false`).
+    pub user: Option<String>,
+}
+
+/// Who a task runs as: a user's uid and primary gid (its other groups come from the group database when the
+/// task starts: `setpriv --init-groups`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user's name.
+    pub name: String,
+    /// Its uid.
+    pub uid: nix::unistd::Uid,
+    /// Its primary group.
+    pub gid: nix::unistd::Gid,
+}
+
+/// Resolves `user` for a task (Mesos' `--switch_user`): its uid and gid from this machine's user database.
+/// `None` when no switch is needed (the agent already runs as that user).
+///
+/// # Errors
+/// A message for TASK_FAILED: an empty name, a user that does not exist on this agent, or (for an agent not
+/// running as root) a user other than the agent's own.
+pub fn switch_user(user: &str) -> Result<Option<RunAs>, String> {
+    use nix::unistd::{Uid, User};
+    if user.is_empty() {
+        return Err("the task names no user (CommandInfo.user or FrameworkInfo.user)".into());
+    }
+    let found = User::from_name(user)
+        .map_err(|e| format!("cannot look up user '{user}' on this agent: {e}"))?
+        .ok_or_else(|| format!("user '{user}' does not exist on this agent"))?;
+    let me = Uid::effective();
+    if found.uid == me {
+        return Ok(None);
+    }
+    if !me.is_root() {
+        return Err(format!(
+            "the agent runs as uid {me}, not root, and cannot run a task as user '{user}' (uid {}): run the \
+             agent as root, or with --switch-user=false to run every task as the agent's user",
+            found.uid
+        ));
+    }
+    Ok(Some(RunAs {
+        name: user.to_string(),
+        uid: found.uid,
+        gid: found.gid,
+    }))
 }
 
 /// The sandbox of `task_id` of `framework_id` under `work_dir`.
@@ -224,6 +271,13 @@ pub async fn run_task(
         }
         None => PathBuf::from("/dev/null"),
     };
+    let run_as = match l.user.as_deref().map(switch_user).transpose() {
+        Ok(r) => r.flatten(),
+        Err(message) => {
+            send(fail(message, "REASON_EXECUTOR_TERMINATED"));
+            return;
+        }
+    };
     let (cpus, mem) = (scalar(&l.task, "cpus"), scalar(&l.task, "mem"));
     let iso = match isolator.prepare(&cgroup_name(&l), cpus, mem) {
         Ok(i) => i,
@@ -261,6 +315,19 @@ pub async fn run_task(
         exit_file.display().to_string(),
     ];
     wrapped.append(&mut argv);
+    // As the task's user: util-linux's setpriv sets the uid, gid and the user's groups (initgroups) and execs
+    // the wrapper, keeping the pid the agent puts in the cgroup.
+    if let Some(who) = &run_as {
+        let mut switched = vec![
+            "setpriv".to_string(),
+            format!("--reuid={}", who.uid),
+            format!("--regid={}", who.gid),
+            "--init-groups".into(),
+            "--".into(),
+        ];
+        switched.append(&mut wrapped);
+        wrapped = switched;
+    }
     let argv = wrapped;
     let open = |name: &str| std::fs::File::create(l.sandbox.join(name));
     let (stdout, stderr) = match (open("stdout"), open("stderr")) {
@@ -274,6 +341,30 @@ pub async fn run_task(
             return;
         }
     };
+    // The sandbox (and the file the wrapper writes the exit status to) belong to the task's user.
+    if let Some(who) = &run_as {
+        let owned = [
+            l.sandbox.clone(),
+            l.sandbox.join("stdout"),
+            l.sandbox.join("stderr"),
+        ]
+        .into_iter()
+        .chain(l.checkpoint.is_some().then(|| exit_file.clone()))
+        .try_for_each(|p| {
+            if p == exit_file {
+                std::fs::write(&p, b"")?;
+            }
+            nix::unistd::chown(&p, Some(who.uid), Some(who.gid)).map_err(std::io::Error::from)
+        });
+        if let Err(e) = owned {
+            send(fail(
+                format!("cannot give the sandbox to user '{}': {e}", who.name),
+                "REASON_EXECUTOR_TERMINATED",
+            ));
+            iso.release();
+            return;
+        }
+    }
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&l.sandbox)
@@ -288,6 +379,9 @@ pub async fn run_task(
         .env("ALLOT_AGENT_ID", &l.agent_id)
         // No kill_on_drop: a task outlives a crashed agent, and the next agent process reattaches to it.
         .process_group(0);
+    if let Some(who) = &run_as {
+        cmd.env("USER", &who.name).env("LOGNAME", &who.name);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

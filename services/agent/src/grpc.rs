@@ -97,8 +97,19 @@ impl agent_server::Agent for AgentService {
                 "launch refused: {refusal}"
             )));
         }
-        for task in r.tasks {
+        let framework_user = r
+            .framework_info
+            .as_ref()
+            .map(|f| f.user.clone())
+            .unwrap_or_default();
+        for mut task in r.tasks {
             let task_id = task.task_id.clone();
+            // The task runs as its command's user, else its framework's (Mesos); recorded in the task, so that
+            // its checkpoint names the user it runs as.
+            let command = task.command.get_or_insert_with(Default::default);
+            if command.user.is_empty() {
+                command.user = framework_user.clone();
+            }
             // A launch sent again (the broker did not hear the first answered) of a task that has run and
             // ended, or has updates waiting: it is not run twice. Its updates reach the broker on their own.
             if agent

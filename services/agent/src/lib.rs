@@ -110,6 +110,12 @@ pub struct Config {
     /// Default time between SIGTERM and SIGKILL when a task is killed.
     #[arg(long, env = "ALLOT_KILL_GRACE_PERIOD", default_value = "3s", value_parser = allot_server::config::parse_duration)]
     pub kill_grace_period: Duration,
+    /// Run each task as the Unix user it names (its `CommandInfo.user`, else its framework's `user`), with
+    /// that user's groups, its sandbox owned by that user (Mesos' `--switch_user`); a user that does not exist
+    /// here ends the task TASK_FAILED. Needs an agent run as root, unless every task names the agent's own
+    /// user. `--switch-user=false` runs every task as the agent's user.
+    #[arg(long, env = "ALLOT_SWITCH_USER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub switch_user: bool,
 }
 
 /// An agent failure that stops it.
@@ -187,6 +193,8 @@ pub struct Agent {
     pub(crate) work_dir: PathBuf,
     pub(crate) isolator: isolation::Isolator,
     pub(crate) grace: Duration,
+    /// Run each task as its user (`--switch-user`).
+    pub(crate) switch_user: bool,
     pub(crate) updates: Arc<status::StatusUpdateManager>,
     pub(crate) tasks: Mutex<HashMap<(String, String), Running>>,
     /// The address the broker reaches this agent at (the `agent` label of its series).
@@ -224,6 +232,12 @@ impl Agent {
                 self.grace
             },
             checkpoint: self.updates.task_dir(&key),
+            user: self.switch_user.then(|| {
+                task.command
+                    .as_ref()
+                    .map(|c| c.user.clone())
+                    .unwrap_or_default()
+            }),
             task,
         }
     }
@@ -527,6 +541,7 @@ pub async fn run(
         work_dir: work_dir.clone(),
         isolator,
         grace: config.kill_grace_period,
+        switch_user: config.switch_user,
         updates: updates.clone(),
         tasks: Mutex::new(HashMap::new()),
         address: address.clone(),
