@@ -9,7 +9,7 @@
 #
 # Every link is mutual TLS (docs/security.md): the script makes the cluster's certificate authority and
 # certificates in .allot/demo/tls (`allot certs init`), runs etcd with --client-cert-auth, and every process
-# finds its certificate through ALLOT_TLS_DIR.
+# finds its certificate through ALLOT_TLS_DIR. The services deny what .allot/demo/acls.toml does not allow.
 #
 # Every service serves Prometheus metrics (its /metrics address is printed). With OTEL_EXPORTER_OTLP_ENDPOINT
 # set, every process (services and frameworks) exports its spans there over OTLP/gRPC.
@@ -76,6 +76,41 @@ tls_hosts=(--host "$host" --host localhost)
 [[ -n $netns_ip ]] && tls_hosts+=(--host "$netns_ip")
 "$bin/allot" certs init "$run/tls" "${tls_hosts[@]}" >/dev/null
 export ALLOT_TLS_DIR=$run/tls
+# Default deny: what each principal may do (docs/security.md, "The ACL file"); edit it while the cluster runs.
+cat >"$run/acls.toml" <<ACLS
+[[register_frameworks]]
+principals = ["kind:framework"]
+roles = ["*"]
+
+[[run_tasks]]   # tasks run as their framework's user: the one running this script
+principals = ["kind:framework"]
+users = ["$(id -un)"]
+
+[[teardown_frameworks]]
+principals = ["kind:operator"]
+framework_principals = ["*"]
+
+[[update_weights]]
+principals = ["kind:operator"]
+roles = ["*"]
+
+[[update_quotas]]
+principals = ["kind:operator"]
+roles = ["*"]
+
+[[load_policies]]
+principals = ["kind:operator"]
+policies = ["*"]
+
+[[activate_policies]]
+principals = ["kind:operator"]
+policies = ["*"]
+
+[[shadow_policies]]
+principals = ["kind:operator"]
+policies = ["*"]
+ACLS
+export ALLOT_ACLS=$run/acls.toml
 
 pids=()
 loops=() # restart loops of supervised services (--ha)

@@ -707,6 +707,8 @@ pub struct ClusterOptions {
     /// Members of the etcd cluster (every service is given all of them; with `etcd_link`, only the first is
     /// behind the proxy).
     pub etcd_members: usize,
+    /// The text of an ACL file the services are given (`--acls`); none by default.
+    pub acls: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -720,6 +722,7 @@ impl Default for ClusterOptions {
             replicas: 1,
             etcd_link: false,
             etcd_members: 1,
+            acls: None,
         }
     }
 }
@@ -758,6 +761,8 @@ struct Wiring {
     etcd: String,
     /// The TLS material's directory; `None`: `--insecure`.
     tls_dir: Option<PathBuf>,
+    /// The ACL file, if any.
+    acls: Option<PathBuf>,
 }
 
 impl Wiring {
@@ -769,16 +774,24 @@ impl Wiring {
         tls_args(self.tls_dir.as_deref(), name)
     }
 
+    fn acls(&self) -> allot_server::config::AclArgs {
+        allot_server::config::AclArgs {
+            acls: self.acls.clone(),
+        }
+    }
+
     fn dialer(&self, name: &str) -> allot_common::grpc::Dialer {
         allot_common::grpc::Dialer::new(self.tls_dir.as_deref().map(|dir| material(dir, name)))
     }
 }
 
-/// What the control-plane services are given: `etcd`'s endpoints, or `link`'s in front of it.
-fn services_wiring(etcd: &Etcd, link: Option<&faults::Proxy>) -> Wiring {
+/// What the control-plane services are given: `etcd`'s endpoints, or `link`'s in front of it, and the ACL
+/// file `acls` if any.
+fn services_wiring(etcd: &Etcd, link: Option<&faults::Proxy>, acls: Option<PathBuf>) -> Wiring {
     Wiring {
         etcd: link.map_or(etcd.endpoints.clone(), |p| p.addr.to_string()),
         tls_dir: etcd.tls.clone(),
+        acls,
     }
 }
 
@@ -797,6 +810,7 @@ async fn start_standby_registry(etcd: &Wiring, opts: &ClusterOptions, addr: Sock
         metrics: Default::default(),
         etcd: etcd.etcd(),
         tls: etcd.tls("registry"),
+        acls: etcd.acls(),
         agent_timeout: opts.agent_timeout,
         election: election(opts),
     };
@@ -828,6 +842,7 @@ async fn start_broker(
         metrics: Default::default(),
         etcd: etcd.etcd(),
         tls: etcd.tls("offer-broker"),
+        acls: etcd.acls(),
         allocator: allocators.to_string(),
         heartbeat_interval: opts.heartbeat_interval,
         election: election(opts),
@@ -852,6 +867,7 @@ async fn start_allocator(
         metrics: Default::default(),
         etcd: etcd.etcd(),
         tls: etcd.tls("allocator"),
+        acls: etcd.acls(),
         allocation_interval: opts.allocation_interval,
         policy: "drf".into(),
         policy_dir: dir.join("policies"),
@@ -910,7 +926,12 @@ impl Cluster {
             true => Some(faults::Proxy::start(etcd.addr()).await),
             false => None,
         };
-        let services_etcd = services_wiring(&etcd, etcd_link.as_ref());
+        let acls = opts.acls.as_ref().map(|text| {
+            let path = dir.path().join("acls.toml");
+            std::fs::write(&path, text).expect("ACL file");
+            path
+        });
+        let services_etcd = services_wiring(&etcd, etcd_link.as_ref(), acls);
         let mut registries = vec![start_registry(&services_etcd, &opts, any_port()).await];
         for _ in 1..opts.replicas.max(1) {
             registries.push(start_standby_registry(&services_etcd, &opts, any_port()).await);
@@ -957,7 +978,13 @@ impl Cluster {
 
     /// The etcd endpoint the control-plane services are given (see [`ClusterOptions::etcd_link`]).
     fn services_etcd(&self) -> Wiring {
-        services_wiring(&self.etcd, self.etcd_link.as_ref())
+        let acls = self.opts.acls.as_ref().map(|_| self.acls_path());
+        services_wiring(&self.etcd, self.etcd_link.as_ref(), acls)
+    }
+
+    /// Where the cluster's ACL file is (with [`ClusterOptions::acls`]): write it to change the rules.
+    pub fn acls_path(&self) -> PathBuf {
+        self.dir.path().join("acls.toml")
     }
 
     /// Every broker replica's address, comma-separated (what agents and the SDK are given).

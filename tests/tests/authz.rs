@@ -3,7 +3,8 @@
 //! framework A (kill, acknowledge, reconcile, re-subscribe as, tear down); an operator may tear it down; a
 //! framework cannot load or activate a policy, set a role's weight, call an agent directly or send status
 //! updates; an agent cannot register a framework, nor register, heartbeat or report tasks as another agent. A
-//! task runs as the Unix user it names, and one naming a user the agent does not have fails.
+//! task runs as the Unix user it names, and one naming a user the agent does not have fails. The ACL file
+//! decides roles, task users and weights, and is read again when it changes.
 
 use allot_proto::common::{FrameworkInfo, TaskState};
 use allot_proto::scheduler as pb;
@@ -384,4 +385,102 @@ async fn a_task_runs_as_the_user_it_names_and_an_unknown_user_fails_it() {
         "{}",
         s.message
     );
+}
+
+const ACLS: &str = r#"
+[[register_frameworks]]
+principals = ["framework-a"]
+roles = ["a"]
+
+[[run_tasks]]
+principals = ["framework-a"]
+users = ["nobody"]
+
+[[update_weights]]
+principals = ["kind:operator"]
+roles = ["a"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_file_decides_roles_users_and_weights_and_is_read_again_when_it_changes() {
+    use allot_proto::registry::registry_client::RegistryClient;
+    let mut cluster = Cluster::start_with(allot_tests::ClusterOptions {
+        acls: Some(ACLS.into()),
+        ..Default::default()
+    })
+    .await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    let broker = cluster.broker.addr.to_string();
+    let subscribe = |principal: &str, role: &str| {
+        let mut c = SchedulerClient::new(cluster.dialer(principal).channel(&broker).unwrap());
+        let role = role.to_string();
+        async move {
+            c.subscribe(pb::SubscribeRequest {
+                framework_info: Some(FrameworkInfo {
+                    name: "x".into(),
+                    roles: vec![role],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    denied("framework-a in role b", subscribe("framework-a", "b").await);
+    denied(
+        "framework-b, which no rule names",
+        subscribe("framework-b", "a").await,
+    );
+
+    let mut a = TestFramework::subscribe_as(&cluster, "framework-a", "a", "a").await;
+    let offer = a.offers().await.remove(0);
+    let as_root = {
+        let mut t = task("root", "true", 0.5, 64.0);
+        t.command.as_mut().unwrap().user = "root".into();
+        t
+    };
+    denied(
+        "a task as root",
+        a.accept(&offer.offer_id, vec![as_root], 0.0).await,
+    );
+    let mut as_nobody = task("ok", "true", 0.5, 64.0);
+    as_nobody.command.as_mut().unwrap().user = "nobody".into();
+    a.accept(&offer.offer_id, vec![as_nobody], 0.0)
+        .await
+        .expect("a task as nobody is allowed");
+    let expected = match nix::unistd::Uid::effective().is_root() {
+        true => TaskState::TaskFinished,
+        false => TaskState::TaskFailed,
+    };
+    a.await_state("ok", expected).await;
+
+    let registry = cluster.registry.addr.to_string();
+    let set_role = |name: &str| {
+        let mut c = RegistryClient::new(cluster.operator().channel(&registry).unwrap());
+        let role = allot_proto::common::Role {
+            name: name.into(),
+            weight: 2.0,
+            ..Default::default()
+        };
+        async move {
+            c.set_role(allot_proto::registry::SetRoleRequest { role: Some(role) })
+                .await
+                .map(|_| ())
+        }
+    };
+    set_role("a").await.expect("the operator sets role a");
+    denied("the operator sets role b", set_role("b").await);
+    // The operator edits the file; the registry reads it again within a second.
+    std::fs::write(
+        cluster.acls_path(),
+        ACLS.replace(
+            "[[update_weights]]\nprincipals = [\"kind:operator\"]\nroles = [\"a\"]",
+            "[[update_weights]]\nprincipals = [\"kind:operator\"]\nroles = [\"a\", \"b\"]",
+        ),
+    )
+    .unwrap();
+    allot_tests::eventually("the changed ACL file allows role b", || async {
+        set_role("b").await.is_ok()
+    })
+    .await;
 }

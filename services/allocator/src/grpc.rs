@@ -177,15 +177,33 @@ pub fn broker_only(request: Request<()>) -> Result<Request<()>, Status> {
     Ok(request)
 }
 
-/// Allows an operator (or, on an `--insecure` allocator, anyone) to do `action` to `object`: a policy runs
-/// inside the allocator, so only operators may load, activate, shadow or roll one back.
-fn operator<T>(request: &Request<T>, action: &str, object: &str) -> Result<(), Status> {
-    allot_server::authz::caller(request).require(&["operator"], action, object)
-}
-
-/// `allot.allocator.v1.PolicyAdmin`: load, list, activate, roll back and shadow policies.
+/// `allot.allocator.v1.PolicyAdmin`: load, list, activate, roll back and shadow policies; with the ACL file,
+/// if there is one.
 #[derive(Debug, Clone)]
-pub struct PolicyAdminService(pub PolicyAdmin);
+pub struct PolicyAdminService(
+    pub PolicyAdmin,
+    pub Option<std::sync::Arc<allot_server::acl::Acls>>,
+);
+
+impl PolicyAdminService {
+    /// Allows an operator (or, on an `--insecure` allocator, anyone) to do `action` to the policies
+    /// `policies` (described by `object`), as the ACL file says if there is one: a policy runs inside the
+    /// allocator, so only operators may load, activate, shadow or roll one back.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED (see `allot_server::authz::denied`).
+    fn operator<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+        policies: &[&str],
+        object: &str,
+    ) -> Result<(), Status> {
+        let caller = allot_server::authz::caller(request);
+        caller.require(&["operator"], action, object)?;
+        allot_server::authz::check_acl(self.1.as_deref(), &caller, action, policies, object)
+    }
+}
 
 #[tonic::async_trait]
 impl policy_admin_server::PolicyAdmin for PolicyAdminService {
@@ -193,7 +211,7 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<LoadPolicyRequest>,
     ) -> Result<Response<LoadPolicyResponse>, Status> {
-        operator(&request, "load_policies", "a policy artifact")?;
+        self.operator(&request, "load_policies", &[], "a policy artifact")?;
         let r = request.into_inner();
         let (meta, grants, micros) = self.0.load(&r.artifact, &r.sha256, r.activate).await?;
         Ok(Response::new(LoadPolicyResponse {
@@ -221,11 +239,10 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<ActivatePolicyRequest>,
     ) -> Result<Response<ActivatePolicyResponse>, Status> {
-        operator(&request, "activate_policies", "a policy")?;
-        let record = self
-            .0
-            .activate(request.into_inner().reference.trim())
-            .await?;
+        let reference = request.get_ref().reference.trim().to_string();
+        let object = format!("policy '{reference}'");
+        self.operator(&request, "activate_policies", &[&reference], &object)?;
+        let record = self.0.activate(&reference).await?;
         Ok(Response::new(ActivatePolicyResponse {
             record: Some(record),
         }))
@@ -235,9 +252,10 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<RollbackPolicyRequest>,
     ) -> Result<Response<RollbackPolicyResponse>, Status> {
-        operator(
+        self.operator(
             &request,
             "activate_policies",
+            &[],
             "the previous policy (rollback)",
         )?;
         Ok(Response::new(RollbackPolicyResponse {
@@ -249,7 +267,9 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<ShadowPolicyRequest>,
     ) -> Result<Response<ShadowPolicyResponse>, Status> {
-        operator(&request, "shadow_policies", "a policy")?;
+        let reference = request.get_ref().reference.trim().to_string();
+        let object = format!("policy '{reference}' (shadow)");
+        self.operator(&request, "shadow_policies", &[&reference], &object)?;
         let r = request.into_inner();
         let reference = (!r.off).then(|| r.reference.trim().to_string());
         Ok(Response::new(ShadowPolicyResponse {

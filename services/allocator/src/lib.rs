@@ -55,6 +55,9 @@ pub struct Config {
     /// Mutual TLS (default) or --insecure.
     #[command(flatten)]
     pub tls: allot_server::config::TlsArgs,
+    /// The ACL file.
+    #[command(flatten)]
+    pub acls: allot_server::config::AclArgs,
     /// Leader election among allocator replicas (one leads; standbys point callers to it).
     #[command(flatten)]
     pub election: allot_server::leader::ElectionArgs,
@@ -86,6 +89,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     let dialer = config.tls.open("allocator")?;
+    let acls = config.acls.open()?;
     let store = config.etcd.connect(&dialer).await?;
     let _metrics = config.metrics.serve().await?;
     let policy = policy::Loaded::builtin(&config.policy).expect("clap checked the policy name");
@@ -96,11 +100,10 @@ pub async fn run(
         config.policy_timeout,
         config.policy_dir.clone(),
     );
-    let admin = grpc::PolicyAdminService(admin::PolicyAdmin::new(
-        store.clone(),
-        engine.clone(),
-        config.policy_dir.clone(),
-    ));
+    let admin = grpc::PolicyAdminService(
+        admin::PolicyAdmin::new(store.clone(), engine.clone(), config.policy_dir.clone()),
+        acls,
+    );
     // A standby's engine follows etcd too (a hot standby), but allocates nothing: cycles run only for a
     // subscribed broker, and the standby answers no call.
     let leadership = allot_server::standby::Leadership::new();

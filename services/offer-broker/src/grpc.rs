@@ -64,8 +64,8 @@ impl Drop for EventStream {
     }
 }
 
-/// `allot.scheduler.v1.Scheduler`.
-pub struct SchedulerService(pub Arc<Broker>);
+/// `allot.scheduler.v1.Scheduler`: the broker, and the ACL file if there is one.
+pub struct SchedulerService(pub Arc<Broker>, pub Option<Arc<allot_server::acl::Acls>>);
 
 /// Principal kinds that may act as a framework (subscribe, and act on the frameworks they subscribed).
 const FRAMEWORK_KINDS: [&str; 2] = ["framework", "service"];
@@ -83,7 +83,14 @@ impl SchedulerService {
             return Ok(());
         };
         if action == "teardown_frameworks" && p.kind == "operator" {
-            return Ok(());
+            let owner = self.0.framework_principal(fw).unwrap_or_default();
+            return authz::check_acl(
+                self.1.as_deref(),
+                caller,
+                action,
+                &[&owner],
+                &format!("framework {fw} (subscribed as principal '{owner}')"),
+            );
         }
         match self.0.framework_principal(fw) {
             Some(recorded) if !recorded.is_empty() && recorded != p.name => Err(caller.deny(
@@ -110,6 +117,17 @@ impl Scheduler for SchedulerService {
             .ok_or_else(|| Status::invalid_argument("SUBSCRIBE needs framework_info"))?;
         let object = format!("framework '{}'", info.name);
         caller.require(&FRAMEWORK_KINDS, "register_frameworks", &object)?;
+        let roles: Vec<&str> = match info.roles.is_empty() {
+            true => vec!["*"],
+            false => info.roles.iter().map(String::as_str).collect(),
+        };
+        authz::check_acl(
+            self.1.as_deref(),
+            &caller,
+            "register_frameworks",
+            &roles,
+            &format!("{object} in roles {}", roles.join(", ")),
+        )?;
         if let Some(p) = caller.principal() {
             // The certificate names the framework's principal (Mesos: FrameworkInfo.principal must match the
             // authenticated one); a re-subscription must come from the principal that subscribed first.
@@ -150,6 +168,34 @@ impl Scheduler for SchedulerService {
                     ));
                 }
             }
+        }
+        if self.1.is_some() && caller.principal().is_some() {
+            // run_tasks: every task's user (its command's, else its framework's) must be allowed.
+            let framework_user = self
+                .0
+                .framework_info(&r.framework_id)
+                .map(|i| i.user)
+                .unwrap_or_default();
+            let users: Vec<String> = tasks
+                .iter()
+                .map(|t| {
+                    t.command
+                        .as_ref()
+                        .map(|c| c.user.clone())
+                        .filter(|u| !u.is_empty())
+                        .unwrap_or_else(|| framework_user.clone())
+                })
+                .collect();
+            let mut distinct: Vec<&str> = users.iter().map(String::as_str).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            authz::check_acl(
+                self.1.as_deref(),
+                &caller,
+                "run_tasks",
+                &distinct,
+                &format!("as user(s) {}", distinct.join(", ")),
+            )?;
         }
         let refuse = r.filters.and_then(|f| f.refuse_seconds);
         self.0

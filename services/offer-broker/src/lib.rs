@@ -63,6 +63,9 @@ pub struct Config {
     /// Mutual TLS (default) or --insecure.
     #[command(flatten)]
     pub tls: allot_server::config::TlsArgs,
+    /// The ACL file.
+    #[command(flatten)]
+    pub acls: allot_server::config::AclArgs,
     /// The allocator's gRPC address; for replicated allocators, every replica's, comma-separated (calls
     /// follow the leader).
     #[arg(long, env = "ALLOT_ALLOCATOR", default_value = "127.0.0.1:5051")]
@@ -89,6 +92,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     let dialer = config.tls.open("offer-broker")?;
+    let acls = config.acls.open()?;
     let store = config.etcd.connect(&dialer).await?;
     let _metrics = config.metrics.serve().await?;
     let allocators = dialer.replicas(&config.allocator)?;
@@ -113,7 +117,7 @@ pub async fn run(
         .add_service(allot_server::grpc::health().await)
         .add_service(allot_server::grpc::probe())
         .add_service(
-            SchedulerServer::new(grpc::SchedulerService(broker.clone()))
+            SchedulerServer::new(grpc::SchedulerService(broker.clone(), acls))
                 .max_decoding_message_size(max),
         )
         .add_service(

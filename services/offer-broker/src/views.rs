@@ -13,15 +13,14 @@ impl Broker {
     /// The principal framework `fw` subscribed as (`FrameworkInfo.principal` as recorded: the name of its
     /// certificate, or what an insecure broker was told); `None` for an unknown framework.
     pub fn framework_principal(&self, fw: &str) -> Option<String> {
+        self.framework_info(fw).map(|i| i.principal)
+    }
+
+    /// Framework `fw`'s `FrameworkInfo` as recorded; `None` for an unknown framework.
+    pub fn framework_info(&self, fw: &str) -> Option<allot_proto::common::FrameworkInfo> {
         let state = self.lock();
         let f = state.frameworks.get(fw)?;
-        Some(
-            f.record
-                .info
-                .as_ref()
-                .map(|i| i.principal.clone())
-                .unwrap_or_default(),
-        )
+        Some(f.record.info.clone().unwrap_or_default())
     }
 
     /// The principal that registered agent `agent_id` (`AgentRecord.principal`; empty when registered on an

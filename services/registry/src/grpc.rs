@@ -20,7 +20,10 @@ impl From<Error> for Status {
 
 /// The registry's gRPC service: the [`Registry`] once this replica leads (a standby's calls are answered by
 /// `allot_server::grpc::replicated_server` before they reach it).
-pub struct RegistryService(pub std::sync::Arc<std::sync::OnceLock<Registry>>);
+pub struct RegistryService(
+    pub std::sync::Arc<std::sync::OnceLock<Registry>>,
+    pub Option<std::sync::Arc<allot_server::acl::Acls>>,
+);
 
 impl RegistryService {
     fn registry(&self) -> Result<&Registry, Status> {
@@ -133,11 +136,13 @@ impl registry_server::Registry for RegistryService {
             .into_inner()
             .role
             .ok_or_else(|| Status::invalid_argument("SetRole needs `role`"))?;
-        caller.require(
-            &["operator"],
-            "update_weights",
-            &format!("role '{}' (weight and quota)", role.name),
-        )?;
+        let object = format!("role '{}'", role.name);
+        caller.require(&["operator"], "update_weights", &object)?;
+        let acls = self.1.as_deref();
+        authz::check_acl(acls, &caller, "update_weights", &[&role.name], &object)?;
+        if !role.quota_limit.is_empty() {
+            authz::check_acl(acls, &caller, "update_quotas", &[&role.name], &object)?;
+        }
         self.registry()?.set_role(role).await?;
         Ok(Response::new(SetRoleResponse {}))
     }

@@ -57,6 +57,9 @@ pub struct Config {
     /// Mutual TLS (default) or --insecure.
     #[command(flatten)]
     pub tls: allot_server::config::TlsArgs,
+    /// The ACL file.
+    #[command(flatten)]
+    pub acls: allot_server::config::AclArgs,
     /// How long an agent may go without a heartbeat before it is unreachable.
     #[arg(long, env = "ALLOT_AGENT_TIMEOUT", default_value = "15s", value_parser = allot_server::config::parse_duration)]
     pub agent_timeout: Duration,
@@ -81,6 +84,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), allot_server::ServiceError> {
     let dialer = config.tls.open("registry")?;
+    let acls = config.acls.open()?;
     let store = config.etcd.connect(&dialer).await?;
     let _metrics = config.metrics.serve().await?;
     let slot = std::sync::Arc::new(std::sync::OnceLock::new());
@@ -92,6 +96,7 @@ pub async fn run(
         .add_service(
             allot_proto::registry::registry_server::RegistryServer::new(grpc::RegistryService(
                 slot.clone(),
+                acls,
             ))
             .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
         );

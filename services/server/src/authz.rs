@@ -76,6 +76,27 @@ impl Caller {
     }
 }
 
+/// Applies the ACL file, if there is one, to `caller` doing `action` to `objects` (described by `object` in a
+/// refusal); anonymous callers and services without a file pass.
+///
+/// # Errors
+/// [`denied`] when the file's rules deny it.
+pub fn check_acl(
+    acls: Option<&crate::acl::Acls>,
+    caller: &Caller,
+    action: &str,
+    objects: &[&str],
+    object: &str,
+) -> Result<(), tonic::Status> {
+    let (Some(acls), Some(p)) = (acls, caller.principal()) else {
+        return Ok(());
+    };
+    match acls.current().decide(action, &p.name, &p.kind, objects) {
+        crate::acl::Decision::Allow => Ok(()),
+        crate::acl::Decision::Deny => Err(caller.deny(action, object)),
+    }
+}
+
 /// A refusal: `PERMISSION_DENIED` "principal P (kind K) may not ACTION OBJECT", counted in
 /// `allot_authz_denied_total{action}` and logged.
 pub fn denied(principal: &str, kind: &str, action: &str, object: &str) -> tonic::Status {

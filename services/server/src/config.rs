@@ -218,6 +218,30 @@ impl TlsArgs {
     }
 }
 
+/// The ACL file (see [`crate::acl`]): flattened into the offer-broker's, the registry's and the allocator's
+/// configs.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AclArgs {
+    /// ACL file (TOML, Mesos' ACL vocabulary: register_frameworks, run_tasks, teardown_frameworks,
+    /// update_weights, update_quotas, load/activate/shadow_policies), read again when it changes. Without it
+    /// the built-in rules by principal kind apply (docs/security.md).
+    #[arg(long, env = "ALLOT_ACLS")]
+    pub acls: Option<std::path::PathBuf>,
+}
+
+impl AclArgs {
+    /// Reads the file, if one is given.
+    ///
+    /// # Errors
+    /// [`crate::ServiceError::Acl`] when it cannot be read or parsed.
+    pub fn open(&self) -> Result<Option<std::sync::Arc<crate::acl::Acls>>, crate::ServiceError> {
+        match &self.acls {
+            Some(path) => Ok(Some(std::sync::Arc::new(crate::acl::Acls::open(path)?))),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Where etcd is: the flags every control-plane service shares (`#[command(flatten)]`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {

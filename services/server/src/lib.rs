@@ -13,6 +13,7 @@
 //!   [`leader::serve_replicated`];
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 
+pub mod acl;
 pub mod authz;
 pub mod certs;
 pub mod config;
@@ -39,6 +40,9 @@ pub enum ServiceError {
     /// The TLS material is missing or does not load (and `--insecure` was not given).
     #[error(transparent)]
     Tls(#[from] allot_common::tls::TlsError),
+    /// The ACL file cannot be read or parsed.
+    #[error(transparent)]
+    Acl(#[from] crate::acl::AclError),
     /// This replica led, and could not renew its leadership lease for a whole lease time, or found a write
     /// fenced off: a standby may lead now. The process should exit and be restarted (it then campaigns again).
     #[error(
