@@ -4,7 +4,8 @@
 //! framework cannot load or activate a policy, set a role's weight, call an agent directly or send status
 //! updates; an agent cannot register a framework, nor register, heartbeat or report tasks as another agent. A
 //! task runs as the Unix user it names, and one naming a user the agent does not have fails. The ACL file
-//! decides roles, task users and weights, and is read again when it changes.
+//! decides roles, task users and weights, and is read again when it changes. Operator actions, allowed or
+//! refused, are in the audit trail (`allot audit`), which only operators may read.
 
 use allot_proto::common::{FrameworkInfo, TaskState};
 use allot_proto::scheduler as pb;
@@ -229,6 +230,51 @@ async fn a_framework_cannot_administer_policies_roles_agents_or_updates() {
         .set_role(allot_proto::registry::SetRoleRequest { role: Some(role) })
         .await
         .expect("the operator sets a role's weight");
+    // The audit trail has both: the operator's change and the framework's refused one, newest first; only an
+    // operator may read it.
+    let audit = || async {
+        RegistryClient::new(cluster.operator().channel(&registry).unwrap())
+            .list_audit(allot_proto::registry::ListAuditRequest { limit: 10 })
+            .await
+            .unwrap()
+            .into_inner()
+            .records
+    };
+    allot_tests::eventually("the role changes are in the audit trail", || async {
+        let records = audit().await;
+        records.iter().any(|r| {
+            r.principal == "framework-default" && r.action == "update_weights" && !r.allowed
+        }) && records
+            .iter()
+            .any(|r| r.principal == "operator" && r.action == "update_weights" && r.allowed)
+    })
+    .await;
+    assert!(
+        audit()
+            .await
+            .iter()
+            .any(|r| r.service == "allocator" && r.action == "activate_policies" && r.allowed),
+        "the operator's policy activation is in the trail"
+    );
+    denied(
+        "a framework reads the audit trail",
+        RegistryClient::new(fw.channel(&registry).unwrap())
+            .list_audit(allot_proto::registry::ListAuditRequest::default())
+            .await,
+    );
+    let out = std::process::Command::new(allot_tests::procs::bin_dir().join("allot"))
+        .args(cluster.cli_args())
+        .args(["audit", "--json"])
+        .output()
+        .expect("allot runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("\"update_weights\"")
+            && text.contains("\"operator\""),
+        "`allot audit` lists the operator's actions: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     denied(
         "a framework registers an agent",
         RegistryClient::new(fw.channel(&registry).unwrap())

@@ -343,7 +343,7 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
             let (fw, task) = id.split_once('/')?;
             Some(Command::TaskDelete(fw.to_string(), task.to_string()))
         }
-        (Kind::Policy | Kind::Artifacts, _) => None,
+        (Kind::Policy | Kind::Artifacts | Kind::Audit, _) => None,
     }
 }
 

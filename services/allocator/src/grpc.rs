@@ -178,30 +178,35 @@ pub fn broker_only(request: Request<()>) -> Result<Request<()>, Status> {
 }
 
 /// `allot.allocator.v1.PolicyAdmin`: load, list, activate, roll back and shadow policies; with the ACL file,
-/// if there is one.
+/// if there is one, and the audit trail every policy action is recorded in.
 #[derive(Debug, Clone)]
 pub struct PolicyAdminService(
     pub PolicyAdmin,
     pub Option<std::sync::Arc<allot_server::acl::Acls>>,
+    pub allot_server::audit::Audit,
 );
 
 impl PolicyAdminService {
-    /// Allows an operator (or, on an `--insecure` allocator, anyone) to do `action` to the policies
-    /// `policies` (described by `object`), as the ACL file says if there is one: a policy runs inside the
-    /// allocator, so only operators may load, activate, shadow or roll one back.
+    /// Runs policy action `action` on `policies` (described by `object`) for `caller` when an operator (or,
+    /// on an `--insecure` allocator, anyone) asks and the ACL file, if there is one, allows it: a policy runs
+    /// inside the allocator. The outcome, allowed or not, goes to the audit trail.
     ///
     /// # Errors
-    /// PERMISSION_DENIED (see `allot_server::authz::denied`).
-    fn operator<T>(
+    /// PERMISSION_DENIED (see `allot_server::authz::denied`), or the action's own error.
+    async fn audited<T>(
         &self,
-        request: &Request<T>,
-        action: &str,
-        policies: &[&str],
-        object: &str,
-    ) -> Result<(), Status> {
-        let caller = allot_server::authz::caller(request);
-        caller.require(&["operator"], action, object)?;
-        allot_server::authz::check_acl(self.1.as_deref(), &caller, action, policies, object)
+        caller: &allot_server::authz::Caller,
+        (action, policies, object): (&str, &[&str], &str),
+        run: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let result = async {
+            caller.require(&["operator"], action, object)?;
+            allot_server::authz::check_acl(self.1.as_deref(), caller, action, policies, object)?;
+            run.await
+        }
+        .await;
+        self.2.record(caller, action, object, &result);
+        result
     }
 }
 
@@ -211,14 +216,20 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<LoadPolicyRequest>,
     ) -> Result<Response<LoadPolicyResponse>, Status> {
-        self.operator(&request, "load_policies", &[], "a policy artifact")?;
+        let caller = allot_server::authz::caller(&request);
         let r = request.into_inner();
-        let (meta, grants, micros) = self.0.load(&r.artifact, &r.sha256, r.activate).await?;
-        Ok(Response::new(LoadPolicyResponse {
-            artifact: Some(meta),
-            trial_grants: grants,
-            trial_micros: micros,
-        }))
+        let object = format!("a policy artifact ({} bytes)", r.artifact.len());
+        let run = async {
+            let (meta, grants, micros) = self.0.load(&r.artifact, &r.sha256, r.activate).await?;
+            Ok(LoadPolicyResponse {
+                artifact: Some(meta),
+                trial_grants: grants,
+                trial_micros: micros,
+            })
+        };
+        self.audited(&caller, ("load_policies", &[], &object), run)
+            .await
+            .map(Response::new)
     }
 
     async fn list(
@@ -239,42 +250,57 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         &self,
         request: Request<ActivatePolicyRequest>,
     ) -> Result<Response<ActivatePolicyResponse>, Status> {
-        let reference = request.get_ref().reference.trim().to_string();
+        let caller = allot_server::authz::caller(&request);
+        let reference = request.into_inner().reference.trim().to_string();
         let object = format!("policy '{reference}'");
-        self.operator(&request, "activate_policies", &[&reference], &object)?;
-        let record = self.0.activate(&reference).await?;
-        Ok(Response::new(ActivatePolicyResponse {
-            record: Some(record),
-        }))
+        let run = async {
+            Ok(ActivatePolicyResponse {
+                record: Some(self.0.activate(&reference).await?),
+            })
+        };
+        self.audited(&caller, ("activate_policies", &[&reference], &object), run)
+            .await
+            .map(Response::new)
     }
 
     async fn rollback(
         &self,
         request: Request<RollbackPolicyRequest>,
     ) -> Result<Response<RollbackPolicyResponse>, Status> {
-        self.operator(
-            &request,
+        let caller = allot_server::authz::caller(&request);
+        let run = async {
+            Ok(RollbackPolicyResponse {
+                record: Some(self.0.rollback().await?),
+            })
+        };
+        let what = (
             "activate_policies",
-            &[],
+            &[][..],
             "the previous policy (rollback)",
-        )?;
-        Ok(Response::new(RollbackPolicyResponse {
-            record: Some(self.0.rollback().await?),
-        }))
+        );
+        self.audited(&caller, what, run).await.map(Response::new)
     }
 
     async fn shadow(
         &self,
         request: Request<ShadowPolicyRequest>,
     ) -> Result<Response<ShadowPolicyResponse>, Status> {
-        let reference = request.get_ref().reference.trim().to_string();
-        let object = format!("policy '{reference}' (shadow)");
-        self.operator(&request, "shadow_policies", &[&reference], &object)?;
+        let caller = allot_server::authz::caller(&request);
         let r = request.into_inner();
-        let reference = (!r.off).then(|| r.reference.trim().to_string());
-        Ok(Response::new(ShadowPolicyResponse {
-            shadow: self.0.shadow(reference.as_deref()).await?,
-        }))
+        let reference = r.reference.trim().to_string();
+        let object = match r.off {
+            true => "shadow off".to_string(),
+            false => format!("policy '{reference}' (shadow)"),
+        };
+        let run = async {
+            let shadowed = (!r.off).then_some(reference.as_str());
+            Ok(ShadowPolicyResponse {
+                shadow: self.0.shadow(shadowed).await?,
+            })
+        };
+        self.audited(&caller, ("shadow_policies", &[&reference], &object), run)
+            .await
+            .map(Response::new)
     }
 
     async fn status(

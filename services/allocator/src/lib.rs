@@ -103,6 +103,7 @@ pub async fn run(
     let admin = grpc::PolicyAdminService(
         admin::PolicyAdmin::new(store.clone(), engine.clone(), config.policy_dir.clone()),
         acls,
+        allot_server::audit::Audit::new(store.clone(), "allocator"),
     );
     // A standby's engine follows etcd too (a hot standby), but allocates nothing: cycles run only for a
     // subscribed broker, and the standby answers no call.

@@ -73,6 +73,12 @@ struct Cli {
 enum Command {
     /// Registered agents, their resources and reachability.
     Agents,
+    /// Recent operator actions of every service (roles, policies, teardowns), allowed or refused.
+    Audit {
+        /// How many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Frameworks, their roles, connection and resources.
     Frameworks,
     /// Tasks and their latest states.
@@ -153,6 +159,7 @@ async fn main() {
     });
     let result = match cli.command {
         Command::Agents => ops::agents(&cli.registry, cli.json).await,
+        Command::Audit { limit } => ops::audit(&cli.registry, limit, cli.json).await,
         Command::Frameworks => ops::frameworks(&cli.broker, cli.json).await,
         Command::Tasks { framework } => {
             ops::tasks(&cli.broker, framework.as_deref(), cli.json).await

@@ -91,6 +91,52 @@ pub async fn leader(addr: &str) -> anyhow::Result<allot_common::grpc::Channel> {
     Ok(replicas.channel())
 }
 
+/// `allot audit`: the newest `limit` operator actions of every service (newest first), allowed or refused.
+///
+/// # Errors
+/// The registry cannot be reached, or refuses (only operators may read the trail).
+pub async fn audit(addr: &str, limit: u32, as_json: bool) -> anyhow::Result<i32> {
+    let records = registry(addr)
+        .await?
+        .list_audit(allot_proto::registry::ListAuditRequest { limit })
+        .await
+        .with_context(|| format!("registry at {addr}"))?
+        .into_inner()
+        .records;
+    let when = |ms: i64| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        humantime::format_rfc3339_seconds(at).to_string()
+    };
+    if as_json {
+        let v: Vec<_> = records
+            .iter()
+            .map(|r| {
+                json!({"at": when(r.at_ms), "service": r.service, "principal": r.principal, "kind": r.kind,
+                       "action": r.action, "object": r.object, "allowed": r.allowed, "message": r.message})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let mut t = table(&["TIME", "SERVICE", "PRINCIPAL", "ACTION", "OBJECT", "RESULT"]);
+    for r in records {
+        let result = match r.allowed {
+            true => "allowed".to_string(),
+            false => format!("refused: {}", r.message),
+        };
+        t.add_row(vec![
+            when(r.at_ms),
+            r.service,
+            r.principal,
+            r.action,
+            r.object,
+            result,
+        ]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
 pub async fn agents(addr: &str, as_json: bool) -> anyhow::Result<i32> {
     let list = registry(addr)
         .await?

@@ -64,8 +64,13 @@ impl Drop for EventStream {
     }
 }
 
-/// `allot.scheduler.v1.Scheduler`: the broker, and the ACL file if there is one.
-pub struct SchedulerService(pub Arc<Broker>, pub Option<Arc<allot_server::acl::Acls>>);
+/// `allot.scheduler.v1.Scheduler`: the broker, the ACL file if there is one, and the audit trail (TEARDOWN is
+/// recorded there).
+pub struct SchedulerService(
+    pub Arc<Broker>,
+    pub Option<Arc<allot_server::acl::Acls>>,
+    pub allot_server::audit::Audit,
+);
 
 /// Principal kinds that may act as a framework (subscribe, and act on the frameworks they subscribed).
 const FRAMEWORK_KINDS: [&str; 2] = ["framework", "service"];
@@ -287,8 +292,15 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<pb::TeardownResponse>, Status> {
         let caller = authz::caller(&request);
         let fw = request.into_inner().framework_id;
-        self.authorize(&caller, &fw, "teardown_frameworks")?;
-        self.0.teardown_call(&fw).await?;
+        let result = async {
+            self.authorize(&caller, &fw, "teardown_frameworks")?;
+            self.0.teardown_call(&fw).await.map_err(Status::from)
+        }
+        .await;
+        let object = format!("framework {fw}");
+        self.2
+            .record(&caller, "teardown_frameworks", &object, &result);
+        result?;
         Ok(Response::new(pb::TeardownResponse {}))
     }
 }

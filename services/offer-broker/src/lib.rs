@@ -117,8 +117,12 @@ pub async fn run(
         .add_service(allot_server::grpc::health().await)
         .add_service(allot_server::grpc::probe())
         .add_service(
-            SchedulerServer::new(grpc::SchedulerService(broker.clone(), acls))
-                .max_decoding_message_size(max),
+            SchedulerServer::new(grpc::SchedulerService(
+                broker.clone(),
+                acls,
+                allot_server::audit::Audit::new(store.clone(), "offer-broker"),
+            ))
+            .max_decoding_message_size(max),
         )
         .add_service(
             StatusUpdatesServer::new(grpc::StatusService(broker.clone()))

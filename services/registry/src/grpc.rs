@@ -23,6 +23,7 @@ impl From<Error> for Status {
 pub struct RegistryService(
     pub std::sync::Arc<std::sync::OnceLock<Registry>>,
     pub Option<std::sync::Arc<allot_server::acl::Acls>>,
+    pub allot_server::audit::Audit,
 );
 
 impl RegistryService {
@@ -136,15 +137,44 @@ impl registry_server::Registry for RegistryService {
             .into_inner()
             .role
             .ok_or_else(|| Status::invalid_argument("SetRole needs `role`"))?;
-        let object = format!("role '{}'", role.name);
-        caller.require(&["operator"], "update_weights", &object)?;
-        let acls = self.1.as_deref();
-        authz::check_acl(acls, &caller, "update_weights", &[&role.name], &object)?;
-        if !role.quota_limit.is_empty() {
-            authz::check_acl(acls, &caller, "update_quotas", &[&role.name], &object)?;
+        let object = format!("role '{}' (weight {})", role.name, role.weight);
+        let action = match role.quota_limit.is_empty() {
+            true => "update_weights",
+            false => "update_quotas",
+        };
+        let result = async {
+            caller.require(&["operator"], "update_weights", &object)?;
+            let acls = self.1.as_deref();
+            authz::check_acl(acls, &caller, "update_weights", &[&role.name], &object)?;
+            if !role.quota_limit.is_empty() {
+                authz::check_acl(acls, &caller, "update_quotas", &[&role.name], &object)?;
+            }
+            self.registry()?.set_role(role).await?;
+            Ok::<_, Status>(())
         }
-        self.registry()?.set_role(role).await?;
+        .await;
+        self.2.record(&caller, action, &object, &result);
+        result?;
         Ok(Response::new(SetRoleResponse {}))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        authz::caller(&request).require(
+            &["operator", "service"],
+            "view_audit",
+            "the audit trail",
+        )?;
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let records = allot_server::audit::recent(self.registry()?.store(), limit)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ListAuditResponse { records }))
     }
 
     async fn list_roles(

@@ -97,6 +97,7 @@ pub async fn run(
             allot_proto::registry::registry_server::RegistryServer::new(grpc::RegistryService(
                 slot.clone(),
                 acls,
+                allot_server::audit::Audit::new(store.clone(), "registry"),
             ))
             .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
         );

@@ -91,6 +91,11 @@ impl Registry {
         self.liveness.lock().expect("liveness poisoned")
     }
 
+    /// The store this registry writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The principal that registered `agent_id` (empty: registered without one, on an insecure registry);
     /// `None` for an agent never registered.
     pub fn principal_of(&self, agent_id: &str) -> Option<String> {

@@ -14,6 +14,7 @@
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 
 pub mod acl;
+pub mod audit;
 pub mod authz;
 pub mod certs;
 pub mod config;

@@ -151,6 +151,8 @@ pub enum Kind {
     Policy,
     /// `policies/`: stored policy artifacts.
     Artifacts,
+    /// `audit/`: the audit trail of operator actions (`crate::audit`).
+    Audit,
 }
 
 impl Kind {
@@ -163,6 +165,7 @@ impl Kind {
             Kind::Roles => "roles",
             Kind::Policy => "policy",
             Kind::Artifacts => "policies",
+            Kind::Audit => "audit",
         }
     }
 }
