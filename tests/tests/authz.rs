@@ -72,7 +72,6 @@ async fn a_framework_acts_only_on_itself_and_an_operator_may_tear_it_down() {
         "B suppresses A",
         b.suppress(pb::SuppressRequest {
             framework_id: a.id.clone(),
-            ..Default::default()
         })
         .await,
     );

@@ -21,10 +21,13 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Parser)]
 #[command(about = "Allot control-plane benchmark: simulated agents, real services, real etcd")]
 struct Args {
-    /// Run every link in plaintext (`--insecure` services, a plaintext etcd) instead of mutual TLS, to measure
-    /// what TLS costs.
+    /// Run every link in plaintext (`--insecure` services, a plaintext etcd) instead of mutual TLS.
     #[arg(long)]
     insecure: bool,
+    /// Measure what TLS costs: this many rounds of one mutual-TLS run and one plaintext run each (alternating
+    /// which goes first), each a fresh cluster, then a summary of both.
+    #[arg(long, default_value_t = 0)]
+    compare_insecure: usize,
     /// Simulated agents.
     #[arg(long, default_value_t = 1000)]
     agents: usize,
@@ -221,16 +224,95 @@ fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         .map(|(le, _)| le)
 }
 
+/// What one run measured, for `--compare-insecure`'s summary.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    /// Tasks per second from the first ACCEPT to the last TASK_RUNNING.
+    tasks_per_second: f64,
+    /// ACCEPT -> TASK_RUNNING, milliseconds.
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU seconds of every process during the workload.
+    cpu_seconds: f64,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.frameworks > 0, "--frameworks must be at least 1");
+    if args.compare_insecure == 0 {
+        run_once(&args, args.insecure).await?;
+        return Ok(());
+    }
+    // Mutual TLS against plaintext in one invocation, alternating (TLS, plain, plain, TLS, ...) so that a
+    // drift of the machine over the minutes weighs on both alike.
+    let mut rows: Vec<(bool, Outcome)> = Vec::new();
+    for round in 0..args.compare_insecure {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for insecure in order {
+            eprintln!(
+                "=== round {} of {}: {}",
+                round + 1,
+                args.compare_insecure,
+                mode(insecure)
+            );
+            rows.push((insecure, run_once(&args, insecure).await?));
+        }
+    }
+    println!("## TLS against plaintext");
+    println!("| run | links | tasks/s | ACCEPT -> RUNNING p50 / p99 ms | CPU s (all processes) |");
+    println!("|---:|---|---:|---|---:|");
+    for (i, (insecure, o)) in rows.iter().enumerate() {
+        println!(
+            "| {} | {} | {:.0} | {:.0} / {:.0} | {:.2} |",
+            i + 1,
+            mode(*insecure),
+            o.tasks_per_second,
+            o.p50_ms,
+            o.p99_ms,
+            o.cpu_seconds
+        );
+    }
+    let mean = |insecure: bool, f: fn(&Outcome) -> f64| {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.0 == insecure)
+            .map(|r| f(&r.1))
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let (tls, plain) = (
+        mean(false, |o| o.tasks_per_second),
+        mean(true, |o| o.tasks_per_second),
+    );
+    let (tls_cpu, plain_cpu) = (
+        mean(false, |o| o.cpu_seconds),
+        mean(true, |o| o.cpu_seconds),
+    );
+    println!(
+        "mean tasks/s: mutual TLS {tls:.0}, plaintext {plain:.0}; TLS against plaintext: tasks/s {:+.1}%, CPU {:+.1}%",
+        100.0 * (tls - plain) / plain,
+        100.0 * (tls_cpu - plain_cpu) / plain_cpu
+    );
+    Ok(())
+}
+
+fn mode(insecure: bool) -> &'static str {
+    if insecure { "plaintext" } else { "mutual TLS" }
+}
+
+/// One run: a fresh etcd and cluster (plaintext when `insecure`), the workload, the report.
+async fn run_once(args: &Args, insecure: bool) -> anyhow::Result<Outcome> {
     let task: allot_resources::Resources = args
         .task_resources
         .parse()
         .map_err(|e| anyhow::anyhow!("--task-resources: {e}"))?;
     let bin = bin_dir();
-    let etcd = match args.insecure {
+    let etcd = match insecure {
         true => allot_tests::Etcd::start_insecure().await,
         false => allot_tests::Etcd::start().await,
     };
@@ -487,8 +569,10 @@ async fn main() -> anyhow::Result<()> {
     println!("| process | CPU s (workload) | CPU % of one core | peak RSS MiB |");
     println!("|---|---:|---:|---:|");
     let secs = workload.as_secs_f64() + args.hold_seconds;
+    let mut cpu_seconds = 0.0;
     for (((name, _), b), a) in procs.iter().zip(&before).zip(&after) {
         let cpu = a.cpu_seconds - b.cpu_seconds;
+        cpu_seconds += cpu;
         println!(
             "| {name} | {cpu:.2} | {:.0} | {:.0} |",
             100.0 * cpu / secs,
@@ -501,5 +585,10 @@ async fn main() -> anyhow::Result<()> {
         all_ran,
         "not every task ran and finished: running {running}, terminal {terminal}, failed {failed}"
     );
-    Ok(())
+    Ok(Outcome {
+        tasks_per_second,
+        p50_ms: percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        cpu_seconds,
+    })
 }
