@@ -1,6 +1,6 @@
 //! Fuzz target bodies. Each takes arbitrary bytes, must never panic, and checks the invariant it names.
 //!
-//! `fuzz/` runs them under libFuzzer (`cargo fuzz run accept|resources|policy_output|credentials`, which needs a nightly
+//! `fuzz/` runs them under libFuzzer (`cargo fuzz run accept|resources|policy_output|credentials|acls`, which needs a nightly
 //! toolchain and cargo-fuzz); `tests/tests/fuzz.rs` runs them in every CI run on stable, over a corpus of
 //! adversarial inputs and deterministic pseudo-random ones. Each returns what the input reached, so that the
 //! stable run can check that its inputs reach both the accepting and the refusing side.
@@ -204,5 +204,30 @@ pub fn credentials(data: &[u8]) -> Reached {
             Reached::Accepted
         }
         Err(_) => Reached::Refused,
+    }
+}
+
+/// An ACL file's text (`allot_server::acl`), as UTF-8 bytes. Never panics; a file that parses decides the same
+/// way twice, and an action it has no rule for is decided by `permissive` alone.
+pub fn acls(data: &[u8]) -> Reached {
+    use allot_server::acl::{ACTIONS, AclSet, Decision};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Reached::Undecoded;
+    };
+    match AclSet::parse(text) {
+        Err(_) => Reached::Refused,
+        Ok(set) => {
+            for (action, _) in ACTIONS {
+                let d = set.decide(action, "framework-x", "framework", &["r", "nobody"]);
+                assert_eq!(
+                    d,
+                    set.decide(action, "framework-x", "framework", &["r", "nobody"])
+                );
+                if set.rules.get(action).is_none_or(|r| r.is_empty()) {
+                    assert_eq!(d == Decision::Allow, set.permissive, "{action}: {text:?}");
+                }
+            }
+            Reached::Accepted
+        }
     }
 }

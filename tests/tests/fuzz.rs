@@ -248,6 +248,24 @@ fn credential_parsing_never_panics() {
 }
 
 #[test]
+fn acl_file_parsing_never_panics() {
+    let seeds = [
+        "permissive = false\n[[register_frameworks]]\nprincipals = [\"framework-a\"]\nroles = [\"a\"]\n",
+        "[[run_tasks]]\nprincipals = [\"kind:framework\"]\nusers = [\"nobody\", \"root\"]\n",
+        "[[teardown_frameworks]]\nprincipals = [\"*\"]\nframework_principals = [\"*\"]\n",
+        "[[update_weights]]\nprincipals = [\"operator\"]\nroles = [\"*\"]\n[[update_quotas]]\nprincipals = []\nroles = []\n",
+        "[[activate_policies]]\nprincipals = [\"kind:operator\"]\npolicies = [\"drf\"]\npermissive = true\n",
+        "[[run_tasks]]\nprincipals = \"*\"\nusers = [1]\n",
+        "permissive = true",
+    ];
+    run_on(
+        fuzz::acls,
+        0x5eed_0005,
+        seeds.iter().map(|s| s.as_bytes().to_vec()).collect(),
+    );
+}
+
+#[test]
 fn absurd_resources_are_refused_with_a_clear_error() {
     use allot_common::convert::resources_from_proto;
     for v in [-1.0, f64::NAN, f64::INFINITY, 1e308] {
