@@ -1230,3 +1230,44 @@ async fn a_killed_leader_is_replaced_long_before_its_lease_expires() {
         "restarted broker led after {restarted:?}"
     );
 }
+
+/// `allot_framework_starved_cycles{framework}` now, from this process's metrics (the allocator runs here).
+fn starved_cycles(framework: &str) -> Option<f64> {
+    let prefix = format!("allot_framework_starved_cycles{{framework=\"{framework}\"");
+    allot_telemetry::metrics::render()
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_offered_memory_without_cpus_counts_as_starved() {
+    // Issue 27: role a's task holds the only CPU; role b's framework is offered the memory left, cycle after
+    // cycle, and can run nothing on it. It is starving, and the metric (and the alert on it) says so.
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("cpus:1;mem:1024").await;
+    let mut a = TestFramework::subscribe(&cluster, "holder", "a").await;
+    a.launch(task("hold", "sleep 60", 1.0, 64.0)).await;
+    a.await_state("hold", TaskState::TaskRunning).await;
+    let mut b = TestFramework::subscribe(&cluster, "hungry", "b").await;
+    let offer = b.offers().await.remove(0);
+    assert!(
+        offer
+            .resources
+            .iter()
+            .all(|r| r.name != "cpus" || r.scalar == 0.0),
+        "b is offered no CPU: {offer:?}"
+    );
+    let b_id = b.id.clone();
+    eventually("b counts as starved for 5 cycles", || {
+        let id = b_id.clone();
+        async move { starved_cycles(&id).is_some_and(|n| n >= 5.0) }
+    })
+    .await;
+    assert_eq!(
+        starved_cycles(&a.id).unwrap_or(0.0),
+        0.0,
+        "a, holding the CPU in use, is not starved"
+    );
+}

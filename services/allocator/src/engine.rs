@@ -823,10 +823,17 @@ impl State {
         }
     }
 
-    /// Updates each wanting framework's count of cycles without offers (reset when it holds one) and the
-    /// `allot_framework_starved_cycles` series; returns how many frameworks are starved now.
+    /// Updates each wanting framework's count of cycles in which it held no CPUs, offered or in use (reset when
+    /// it holds some), and the `allot_framework_starved_cycles` series; returns how many frameworks are starved
+    /// now. Offers of memory and disk alone do not count: no task runs on them, and a framework that declines
+    /// them cycle after cycle while another role holds every CPU is starving (issue 27).
     fn count_starved(&mut self, snapshot: &allot_policy::Snapshot) -> usize {
-        let holding: HashSet<&str> = self.books.offers().map(|o| &*o.framework).collect();
+        let holding: HashSet<&str> = self
+            .books
+            .allocations()
+            .filter(|(_, _, held)| held.scalar("cpus") > 0.0)
+            .map(|(id, _, _)| id)
+            .collect();
         let mut next = HashMap::with_capacity(snapshot.frameworks.len());
         for f in &snapshot.frameworks {
             let n = if holding.contains(f.id.as_str()) {
