@@ -13,6 +13,7 @@
 
 pub mod convert;
 pub mod grpc;
+pub mod reload;
 pub mod tls;
 
 /// The `status update` span of one task status update, the same on the agent (which sends it), the

@@ -6,20 +6,17 @@
 //! server it requires a certificate from every caller, signed by that authority ([`TlsConfigs::server`]); as
 //! a client it presents its own ([`TlsConfigs::client`]). Cryptography is rustls with the ring provider.
 //!
-//! Rotation without a restart: [`Tls`] checks the files' modification times (at most once every
-//! [`RELOAD_CHECK`]) whenever a configuration is asked for, i.e. for each new connection, and loads them again
-//! when they changed; a set that does not load (a key that does not match its certificate, a half-written
-//! file) is logged and the previous one kept.
+//! Rotation without a restart: [`Tls`] is a [`crate::reload::Watched`] value: whenever a configuration is
+//! asked for, i.e. for each new connection, the files are loaded again if they changed (looked at no more than
+//! once every [`RELOAD_CHECK`]); a set that does not load (a key that does not match its certificate, a
+//! half-written file) is logged and the previous one kept.
 
+pub use crate::reload::RELOAD_CHECK;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-/// How often, at most, [`Tls`] looks at its files' modification times.
-pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// Why TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +123,6 @@ impl TlsFiles {
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}-key.pem")),
         }
-    }
-
-    fn stamp(&self) -> [Option<SystemTime>; 3] {
-        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        [mtime(&self.ca), mtime(&self.cert), mtime(&self.key)]
     }
 }
 
@@ -241,14 +233,7 @@ pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<TlsConfigs, TlsErr
 #[derive(Debug)]
 pub struct Tls {
     files: TlsFiles,
-    state: Mutex<Loaded>,
-}
-
-#[derive(Debug)]
-struct Loaded {
-    configs: TlsConfigs,
-    stamp: [Option<SystemTime>; 3],
-    checked: Instant,
+    configs: crate::reload::Watched<TlsConfigs>,
 }
 
 impl Tls {
@@ -257,39 +242,15 @@ impl Tls {
     /// # Errors
     /// As [`load`]: a process must not start with material it cannot use.
     pub fn open(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let stamp = files.stamp();
-        let configs = load(&files)?;
-        Ok(Arc::new(Self {
-            files,
-            state: Mutex::new(Loaded {
-                configs,
-                stamp,
-                checked: Instant::now(),
-            }),
-        }))
+        let paths = vec![files.cert.clone(), files.key.clone(), files.ca.clone()];
+        let configs = crate::reload::Watched::open("TLS material", paths, || load(&files))?;
+        Ok(Arc::new(Self { files, configs }))
     }
 
     /// The current configurations, loaded again first if the files changed since they were last loaded
     /// (looked at no more than once every [`RELOAD_CHECK`]).
     pub fn configs(&self) -> TlsConfigs {
-        let mut state = self.state.lock().expect("tls poisoned");
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            let stamp = self.files.stamp();
-            if stamp != state.stamp {
-                match load(&self.files) {
-                    Ok(configs) => {
-                        tracing::info!(cert = %self.files.cert.display(), "TLS material changed on disk; loaded it again");
-                        state.configs = configs;
-                        state.stamp = stamp;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TLS material changed on disk but does not load; keeping the previous");
-                    }
-                }
-            }
-        }
-        state.configs.clone()
+        self.configs.current(|| load(&self.files))
     }
 }
 
@@ -360,6 +321,7 @@ pub fn principal_of_pem(pem: &[u8]) -> Option<Principal> {
 mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use std::time::Duration;
 
     /// A CA and, signed by it, a certificate for `cn` of kind `o` with SAN localhost: (ca pem, cert pem, key pem).
     fn material(cn: &str, o: &str) -> (String, String, String) {

@@ -31,12 +31,8 @@
 //! `shadow_policies` with `policies`) take rules of the same shape. Without a file, the built-in rules by
 //! principal kind apply alone (see [`crate::authz`]); the ACL file narrows them, never widens them.
 
+pub use allot_common::reload::RELOAD_CHECK;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
-
-/// How often, at most, [`Acls`] looks at its file's modification time.
-pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// The actions an ACL file may have rules for, each with the name of its objects' list.
 pub const ACTIONS: [(&str, &str); 8] = [
@@ -190,34 +186,26 @@ impl AclSet {
     }
 }
 
-/// An ACL file, read again when it changes (checked at most once every [`RELOAD_CHECK`], when a decision is
-/// asked for); a version that does not parse is logged and the previous one kept. Cheap to share.
+/// An ACL file, read again when it changes (an [`allot_common::reload::Watched`] value: checked at most once
+/// every [`RELOAD_CHECK`], when a decision is asked for; a version that does not parse is logged and the
+/// previous one kept). Cheap to share.
 #[derive(Debug)]
 pub struct Acls {
     path: PathBuf,
-    state: Mutex<Loaded>,
+    set: allot_common::reload::Watched<std::sync::Arc<AclSet>>,
 }
 
-#[derive(Debug)]
-struct Loaded {
-    set: AclSet,
-    stamp: Option<SystemTime>,
-    checked: Instant,
-}
-
-fn read(path: &Path) -> Result<AclSet, AclError> {
+fn read(path: &Path) -> Result<std::sync::Arc<AclSet>, AclError> {
     let text = std::fs::read_to_string(path).map_err(|source| AclError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    AclSet::parse(&text).map_err(|message| AclError::Invalid {
-        path: path.to_path_buf(),
-        message,
-    })
-}
-
-fn stamp(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    AclSet::parse(&text)
+        .map(std::sync::Arc::new)
+        .map_err(|message| AclError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
 }
 
 impl Acls {
@@ -226,43 +214,26 @@ impl Acls {
     /// # Errors
     /// [`AclError`]: a service must not start with ACLs it cannot read.
     pub fn open(path: &Path) -> Result<Self, AclError> {
-        let set = read(path)?;
+        let set =
+            allot_common::reload::Watched::open("ACL file", vec![path.to_path_buf()], || {
+                read(path)
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
-            state: Mutex::new(Loaded {
-                set,
-                stamp: stamp(path),
-                checked: Instant::now(),
-            }),
+            set,
         })
     }
 
     /// The current rules, read again first if the file changed.
-    pub fn current(&self) -> AclSet {
-        let mut state = self.state.lock().expect("acls poisoned");
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            let now = stamp(&self.path);
-            if now != state.stamp {
-                match read(&self.path) {
-                    Ok(set) => {
-                        tracing::info!(path = %self.path.display(), "ACL file changed; loaded it again");
-                        state.set = set;
-                        state.stamp = now;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ACL file changed but does not load; keeping the previous rules");
-                    }
-                }
-            }
-        }
-        state.set.clone()
+    pub fn current(&self) -> std::sync::Arc<AclSet> {
+        self.set.current(|| read(&self.path))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const FILE: &str = r#"
 [[register_frameworks]]
