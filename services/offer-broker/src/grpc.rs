@@ -87,23 +87,13 @@ impl SchedulerService {
         let Some(p) = caller.principal() else {
             return Ok(());
         };
+        let owner = self.0.framework_principal(fw);
+        let object = format!("framework {fw}");
         if action == "teardown_frameworks" && p.kind == "operator" {
-            let owner = self.0.framework_principal(fw).unwrap_or_default();
-            return authz::check_acl(
-                self.1.as_deref(),
-                caller,
-                action,
-                &[&owner],
-                &format!("framework {fw} (subscribed as principal '{owner}')"),
-            );
+            let owner = owner.as_deref().unwrap_or_default();
+            return authz::check_acl(self.1.as_deref(), caller, action, &[owner], &object);
         }
-        match self.0.framework_principal(fw) {
-            Some(recorded) if !recorded.is_empty() && recorded != p.name => Err(caller.deny(
-                action,
-                &format!("framework {fw} (subscribed as principal '{recorded}')"),
-            )),
-            _ => Ok(()),
-        }
+        caller.require_owner(owner.as_deref(), action, &object)
     }
 }
 
@@ -309,26 +299,31 @@ impl Scheduler for SchedulerService {
 pub struct StatusService(pub Arc<Broker>);
 
 impl StatusService {
-    /// Allows `caller` to report the tasks of agent `agent_id`: an anonymous caller (an `--insecure` broker),
-    /// a service, an agent the broker has not seen (or one registered without a principal), or the principal
-    /// that registered it.
+    /// Allows `caller` to report the tasks of the agents `agent_ids`: an anonymous caller (an `--insecure`
+    /// broker), a service, or for each agent the principal that registered it (an agent the broker has not
+    /// seen, or one registered without a principal, passes). The broker's state is read once for all.
     ///
     /// # Errors
-    /// PERMISSION_DENIED (see `allot_server::authz::denied`).
-    fn own_agent(&self, caller: &Caller, agent_id: &str) -> Result<(), Status> {
-        let Some(p) = caller.principal() else {
-            return Ok(());
-        };
-        if p.kind == "service" {
+    /// PERMISSION_DENIED (see `allot_server::authz::denied`) for the first agent of another principal.
+    fn own_agents<'a>(
+        &self,
+        caller: &Caller,
+        agent_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Status> {
+        if caller.is(&["service"]) {
             return Ok(());
         }
-        match self.0.agent_principal(agent_id) {
-            Some(owner) if !owner.is_empty() && owner != p.name => Err(caller.deny(
+        let mut ids: Vec<&str> = agent_ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for (id, owner) in self.0.agent_principals(&ids) {
+            caller.require_owner(
+                owner.as_deref(),
                 "update_status",
-                &format!("of agent {agent_id}'s tasks (registered by principal '{owner}')"),
-            )),
-            _ => Ok(()),
+                &format!("agent {id}'s tasks"),
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -347,7 +342,7 @@ impl StatusUpdates for StatusService {
         let status = r
             .status
             .ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
-        self.own_agent(&caller, &status.agent_id)?;
+        self.own_agents(&caller, [status.agent_id.as_str()])?;
         self.0.status_update(status, Some(r.sandbox))?;
         Ok(Response::new(StatusUpdateResponse {}))
     }
@@ -364,9 +359,7 @@ impl StatusUpdates for StatusService {
             .into_iter()
             .filter_map(|u| Some((u.status?, u.sandbox)))
             .collect();
-        for (status, _) in &updates {
-            self.own_agent(&caller, &status.agent_id)?;
-        }
+        self.own_agents(&caller, updates.iter().map(|(s, _)| s.agent_id.as_str()))?;
         self.0.status_updates(updates);
         Ok(Response::new(StatusUpdateResponse {}))
     }

@@ -13,7 +13,15 @@ impl Broker {
     /// The principal framework `fw` subscribed as (`FrameworkInfo.principal` as recorded: the name of its
     /// certificate, or what an insecure broker was told); `None` for an unknown framework.
     pub fn framework_principal(&self, fw: &str) -> Option<String> {
-        self.framework_info(fw).map(|i| i.principal)
+        let state = self.lock();
+        let f = state.frameworks.get(fw)?;
+        Some(
+            f.record
+                .info
+                .as_ref()
+                .map(|i| i.principal.clone())
+                .unwrap_or_default(),
+        )
     }
 
     /// Framework `fw`'s `FrameworkInfo` as recorded; `None` for an unknown framework.
@@ -23,13 +31,14 @@ impl Broker {
         Some(f.record.info.clone().unwrap_or_default())
     }
 
-    /// The principal that registered agent `agent_id` (`AgentRecord.principal`; empty when registered on an
-    /// insecure registry); `None` for an agent the broker has not seen.
-    pub fn agent_principal(&self, agent_id: &str) -> Option<String> {
-        self.lock()
-            .agents
-            .get(agent_id)
-            .map(|a| a.principal.clone())
+    /// For each of `agent_ids`, the principal that registered it (`AgentRecord.principal`; empty when
+    /// registered on an insecure registry), `None` for an agent the broker has not seen; under one lock.
+    pub fn agent_principals<'a>(&self, agent_ids: &[&'a str]) -> Vec<(&'a str, Option<String>)> {
+        let state = self.lock();
+        agent_ids
+            .iter()
+            .map(|id| (*id, state.agents.get(*id).map(|a| a.principal.clone())))
+            .collect()
     }
 
     /// Every framework with its connection state and resources (used by its live tasks, offered), oldest

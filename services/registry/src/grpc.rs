@@ -41,16 +41,15 @@ impl RegistryService {
 /// # Errors
 /// PERMISSION_DENIED (see `allot_server::authz::denied`).
 fn as_itself(registry: &Registry, caller: &authz::Caller, agent_id: &str) -> Result<(), Status> {
-    let Some(p) = caller.principal() else {
+    if caller.principal().is_none() {
         return Ok(());
-    };
-    match registry.principal_of(agent_id) {
-        Some(owner) if !owner.is_empty() && owner != p.name => Err(caller.deny(
-            "register_agents",
-            &format!("as agent {agent_id} (registered by principal '{owner}')"),
-        )),
-        _ => Ok(()),
     }
+    let owner = registry.principal_of(agent_id);
+    caller.require_owner(
+        owner.as_deref(),
+        "register_agents",
+        &format!("as agent {agent_id}"),
+    )
 }
 
 /// Principal kinds that may register agents and heartbeat for them.

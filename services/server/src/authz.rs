@@ -69,6 +69,27 @@ impl Caller {
         }
     }
 
+    /// Allows the caller to do `action` to `object`, which principal `owner` registered (the framework's
+    /// subscriber, the agent's registrant): an anonymous caller, an object with no owner on record (unknown,
+    /// so that the call itself answers it; or recorded by an insecure service), or its owner.
+    ///
+    /// # Errors
+    /// [`denied`] naming the caller, `action` and `object` with its owner.
+    pub fn require_owner(
+        &self,
+        owner: Option<&str>,
+        action: &str,
+        object: &str,
+    ) -> Result<(), tonic::Status> {
+        match (self.principal(), owner) {
+            (Some(p), Some(owner)) if !owner.is_empty() && owner != p.name => Err(self.deny(
+                action,
+                &format!("{object} (registered by principal '{owner}')"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The refusal of `action` on `object` by this caller (see [`denied`]).
     pub fn deny(&self, action: &str, object: &str) -> tonic::Status {
         let kind = self.principal().map_or("", |p| p.kind.as_str());
@@ -141,6 +162,37 @@ mod tests {
         assert!(
             DENIED.with_label_values(&["update_weights"]).get() >= 1,
             "the refusal is counted"
+        );
+    }
+
+    #[test]
+    fn only_the_owner_passes_unless_there_is_none_on_record() {
+        let a = as_("framework-a", "framework");
+        assert!(
+            a.require_owner(Some("framework-a"), "kill_tasks", "framework f")
+                .is_ok()
+        );
+        assert!(
+            a.require_owner(None, "kill_tasks", "framework f").is_ok(),
+            "unknown"
+        );
+        assert!(
+            a.require_owner(Some(""), "kill_tasks", "framework f")
+                .is_ok(),
+            "recorded insecure"
+        );
+        assert!(
+            Caller::Anonymous
+                .require_owner(Some("framework-b"), "kill_tasks", "f")
+                .is_ok()
+        );
+        let refused = a
+            .require_owner(Some("framework-b"), "kill_tasks", "framework f")
+            .unwrap_err();
+        assert_eq!(
+            refused.message(),
+            "principal 'framework-a' (kind 'framework') may not kill_tasks framework f (registered by \
+             principal 'framework-b')"
         );
     }
 }
