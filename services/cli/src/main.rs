@@ -55,16 +55,9 @@ struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// Directory of the cluster's TLS material, as `allot certs init` writes it (default `.allot/tls`).
-    #[arg(long, global = true, env = "ALLOT_TLS_DIR")]
-    tls_dir: Option<std::path::PathBuf>,
-    /// The principal whose certificate to present. Default: `operator` for operator commands,
-    /// `framework-default` for `execute` and `batch`.
-    #[arg(long, global = true, env = "ALLOT_TLS_NAME")]
-    tls_name: Option<String>,
-    /// Connect in plaintext, to a cluster run --insecure (a warning is printed).
-    #[arg(long, global = true, env = "ALLOT_INSECURE")]
-    insecure: bool,
+    /// The certificate to present (`--tls-dir`, `--tls-name`), or `--insecure`.
+    #[command(flatten)]
+    tls: allot_server::config::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,11 +145,7 @@ fn sim(
 async fn main() {
     let cli: Cli = allot_server::config::parse();
     let _telemetry = allot_telemetry::init("allot", env!("CARGO_PKG_VERSION"));
-    ops::secure_with(ops::Security {
-        dir: cli.tls_dir.clone(),
-        name: cli.tls_name.clone(),
-        insecure: cli.insecure,
-    });
+    ops::secure_with(cli.tls.clone());
     let result = match cli.command {
         Command::Agents => ops::agents(&cli.registry, cli.json).await,
         Command::Audit { limit } => ops::audit(&cli.registry, limit, cli.json).await,

@@ -52,21 +52,11 @@ async fn operator(addr: &str) -> anyhow::Result<OperatorClient<allot_common::grp
 }
 
 /// How the CLI secures its connections (`--tls-dir`, `--tls-name`, `--insecure` and their `ALLOT_*`
-/// variables).
-#[derive(Debug, Clone, Default)]
-pub struct Security {
-    /// The TLS material's directory; default `.allot/tls`.
-    pub dir: Option<std::path::PathBuf>,
-    /// The principal to present; default: the command's (see [`dialer`]).
-    pub name: Option<String>,
-    /// Plaintext.
-    pub insecure: bool,
-}
-
-static SECURITY: std::sync::OnceLock<Security> = std::sync::OnceLock::new();
+/// variables), set once at start.
+static SECURITY: std::sync::OnceLock<allot_server::config::TlsArgs> = std::sync::OnceLock::new();
 
 /// Sets how [`dialer`] connects; called once, at start.
-pub fn secure_with(security: Security) {
+pub fn secure_with(security: allot_server::config::TlsArgs) {
     let _ = SECURITY.set(security);
 }
 
@@ -77,10 +67,11 @@ pub fn secure_with(security: Security) {
 /// # Errors
 /// No TLS material and no `--insecure`, or material that does not load.
 pub fn dialer(default_name: &str) -> anyhow::Result<allot_common::grpc::Dialer> {
-    let s = SECURITY.get().cloned().unwrap_or_default();
-    let name = s.name.as_deref().unwrap_or(default_name);
-    let tls = allot_common::tls::open_or_insecure(s.dir.as_deref(), name, s.insecure)?;
-    Ok(allot_common::grpc::Dialer::new(tls))
+    Ok(SECURITY
+        .get()
+        .cloned()
+        .unwrap_or_default()
+        .open(default_name)?)
 }
 
 /// A channel to the leader among the replicas at `addr` (comma-separated): a standby names the leader, an

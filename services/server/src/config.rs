@@ -162,23 +162,24 @@ impl MetricsArgs {
     }
 }
 
-/// How a process secures its links (issue 23, `docs/security.md`): the flags every service and agent
-/// shares (`#[command(flatten)]`). By default a process serves and calls over mutual TLS with the material
+/// How a process secures its links (issue 23, `docs/security.md`): the flags every service, agent and the
+/// `allot` CLI share (`#[command(flatten)]`; global, so that a CLI takes them after its subcommand too). By default a process serves and calls over mutual TLS with the material
 /// `allot certs init` wrote; plaintext needs `--insecure`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
     /// Directory of the cluster's TLS material as `allot certs init` writes it: `ca.pem` (the authority every
     /// peer must be signed by) and this process's `<name>.pem` and `<name>-key.pem`, re-read when they change.
     /// Default: `.allot/tls`.
-    #[arg(long, env = "ALLOT_TLS_DIR")]
+    #[arg(long, global = true, env = "ALLOT_TLS_DIR")]
     pub tls_dir: Option<std::path::PathBuf>,
     /// The principal whose certificate this process presents (its files' stem in --tls-dir). Default: the
-    /// service's name (`registry`, `allocator`, `offer-broker`); for an agent, `agent-<hostname>`.
-    #[arg(long, env = "ALLOT_TLS_NAME")]
+    /// service's name (`registry`, `allocator`, `offer-broker`); for an agent, `agent-<hostname>`; for the
+    /// `allot` CLI, `operator`, or `framework-default` for `execute` and `batch`.
+    #[arg(long, global = true, env = "ALLOT_TLS_NAME")]
     pub tls_name: Option<String>,
     /// Serve and call in plaintext: no TLS, no identities, anyone who reaches the process may act as anyone.
     /// For a test bench only; a warning is logged at every start. Wins over --tls-dir.
-    #[arg(long, env = "ALLOT_INSECURE")]
+    #[arg(long, global = true, env = "ALLOT_INSECURE")]
     pub insecure: bool,
 }
 
