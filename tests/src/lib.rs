@@ -377,7 +377,7 @@ impl Etcd {
     /// # Panics
     /// If the certificate cannot be issued or loaded.
     pub fn dialer(&self, name: &str) -> allot_common::grpc::Dialer {
-        allot_common::grpc::Dialer::new(self.tls_dir().map(|dir| material(dir, name)))
+        dialer_in(self.tls_dir(), name)
     }
 
     /// The operator's dialer ([`Etcd::dialer`] of principal `operator`).
@@ -430,13 +430,25 @@ fn tls_args(dir: Option<&std::path::Path>, name: &str) -> allot_server::config::
     }
 }
 
-/// The TLS material of principal `name` in `dir`, issued first if it has none.
+/// How principal `name` connects with the material in `dir` (issued on demand), or in plaintext without one.
+fn dialer_in(dir: Option<&std::path::Path>, name: &str) -> allot_common::grpc::Dialer {
+    allot_common::grpc::Dialer::new(dir.map(|dir| material(dir, name)))
+}
+
+/// The TLS material of principal `name` in `dir`, issued first if it has none; loaded once per process (it
+/// reloads itself when its files change), so that tests polling a service do not read the files every time.
 fn material(dir: &std::path::Path, name: &str) -> Arc<allot_common::tls::Tls> {
     use allot_server::certs;
-    // One issuer at a time: two writing the same principal could leave one's key beside the other's certificate.
-    static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ISSUING.lock().unwrap_or_else(|e| e.into_inner());
-    if !dir.join(format!("{name}.pem")).exists() {
+    // One issuer at a time (two writing the same principal could leave one's key beside the other's
+    // certificate), and the loaded material by its certificate's path.
+    static LOADED: std::sync::Mutex<Vec<(PathBuf, Arc<allot_common::tls::Tls>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    let files = allot_common::tls::TlsFiles::in_dir(dir, name);
+    if let Some((_, tls)) = loaded.iter().find(|(cert, _)| *cert == files.cert) {
+        return tls.clone();
+    }
+    if !files.cert.exists() {
         certs::issue(
             dir,
             &[certs::Principal::new(name, certs::kind_of(name))],
@@ -445,8 +457,10 @@ fn material(dir: &std::path::Path, name: &str) -> Arc<allot_common::tls::Tls> {
         )
         .expect("a certificate");
     }
-    allot_common::tls::Tls::open(allot_common::tls::TlsFiles::in_dir(dir, name))
-        .expect("TLS material")
+    let cert = files.cert.clone();
+    let tls = allot_common::tls::Tls::open(files).expect("TLS material");
+    loaded.push((cert, tls.clone()));
+    tls
 }
 
 impl Drop for Etcd {
@@ -781,7 +795,7 @@ impl Wiring {
     }
 
     fn dialer(&self, name: &str) -> allot_common::grpc::Dialer {
-        allot_common::grpc::Dialer::new(self.tls_dir.as_deref().map(|dir| material(dir, name)))
+        dialer_in(self.tls_dir.as_deref(), name)
     }
 }
 

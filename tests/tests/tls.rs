@@ -84,9 +84,9 @@ async fn mutual_tls_admits_its_own_authority_only_and_names_the_caller() {
         .await
         .expect("an agent's certificate is admitted");
     // The same through a service's dialer, as replicas are followed.
-    let dialer = allot_common::grpc::Dialer::tls(
+    let dialer = allot_common::grpc::Dialer::new(Some(
         Tls::open(TlsFiles::in_dir(ours.path(), "allocator")).unwrap(),
-    );
+    ));
     let replicas = dialer.replicas(&addr).unwrap();
     replicas
         .call(|ch| async move {

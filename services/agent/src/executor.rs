@@ -343,18 +343,22 @@ pub async fn run_task(
     };
     // The sandbox (and the file the wrapper writes the exit status to) belong to the task's user.
     if let Some(who) = &run_as {
-        let owned = [
-            l.sandbox.clone(),
-            l.sandbox.join("stdout"),
-            l.sandbox.join("stderr"),
-        ]
-        .into_iter()
-        .chain(l.checkpoint.is_some().then(|| exit_file.clone()))
-        .try_for_each(|p| {
-            if p == exit_file {
-                std::fs::write(&p, b"")?;
-            }
-            nix::unistd::chown(&p, Some(who.uid), Some(who.gid)).map_err(std::io::Error::from)
+        // The wrapper, running as the user, writes the exit status into a file made for it here.
+        let exit_made = match l.checkpoint.is_some() {
+            true => std::fs::write(&exit_file, b"").map(|()| Some(exit_file.clone())),
+            false => Ok(None),
+        };
+        let owned = exit_made.and_then(|exit| {
+            [
+                l.sandbox.clone(),
+                l.sandbox.join("stdout"),
+                l.sandbox.join("stderr"),
+            ]
+            .into_iter()
+            .chain(exit)
+            .try_for_each(|p| {
+                nix::unistd::chown(&p, Some(who.uid), Some(who.gid)).map_err(std::io::Error::from)
+            })
         });
         if let Err(e) = owned {
             send(fail(

@@ -99,11 +99,6 @@ impl Dialer {
         Self::default()
     }
 
-    /// Mutual TLS with `tls`.
-    pub fn tls(tls: std::sync::Arc<crate::tls::Tls>) -> Self {
-        Self { tls: Some(tls) }
-    }
-
     /// Mutual TLS with `tls` when given, plaintext otherwise (what [`crate::tls::open_or_insecure`] resolved).
     pub fn new(tls: Option<std::sync::Arc<crate::tls::Tls>>) -> Self {
         Self { tls }
@@ -125,10 +120,10 @@ impl Dialer {
         }
     }
 
-    /// The replicas at `list`, dialed through this dialer (see [`Replicas::new`]).
+    /// The replicas at `list`, dialed through this dialer (see [`Replicas::with_dialer`]).
     ///
     /// # Errors
-    /// As [`Replicas::new`].
+    /// As [`Replicas::with_dialer`].
     pub fn replicas(&self, list: &str) -> Result<Replicas, tonic::transport::Error> {
         Replicas::with_dialer(list, self.clone())
     }
@@ -161,19 +156,11 @@ impl ReplicaSet {
 }
 
 impl Replicas {
-    /// The replicas at `list` (`host:port[,host:port...]`); the first is tried first.
+    /// The replicas at `list` (`host:port[,host:port...]`; the first is tried first), every channel (to the
+    /// listed replicas and to leaders they name) made by `dialer` (see [`Dialer::replicas`]).
     ///
     /// # Errors
     /// An error if an address is not a valid URI, or the list is empty.
-    pub fn new(list: &str) -> Result<Self, tonic::transport::Error> {
-        Self::with_dialer(list, Dialer::plaintext())
-    }
-
-    /// Like [`Replicas::new`], every channel (to the listed replicas and to leaders they name) made by
-    /// `dialer`.
-    ///
-    /// # Errors
-    /// As [`Replicas::new`].
     pub fn with_dialer(list: &str, dialer: Dialer) -> Result<Self, tonic::transport::Error> {
         let replicas = list
             .split(',')
@@ -299,7 +286,9 @@ mod tests {
 
     #[tokio::test]
     async fn replicas_follow_the_named_leader_and_skip_the_unreachable() {
-        let r = Replicas::new("10.0.0.1:1, 10.0.0.2:1").expect("valid list");
+        let r = Dialer::plaintext()
+            .replicas("10.0.0.1:1, 10.0.0.2:1")
+            .expect("valid list");
         assert_eq!(r.current(), "10.0.0.1:1");
         // A standby that knows no leader (its answer carries the metadata, empty): next address.
         let mut standby =
@@ -319,6 +308,6 @@ mod tests {
             .insert(LEADER_METADATA, "10.0.0.3:1".parse().expect("ascii"));
         assert!(r.failed(&s));
         assert_eq!(r.current(), "10.0.0.3:1");
-        assert!(Replicas::new(" , ").is_err());
+        assert!(Dialer::plaintext().replicas(" , ").is_err());
     }
 }

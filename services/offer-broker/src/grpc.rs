@@ -166,24 +166,16 @@ impl Scheduler for SchedulerService {
         }
         if self.1.is_some() && caller.principal().is_some() {
             // run_tasks: every task's user (its command's, else its framework's) must be allowed.
-            let framework_user = self
-                .0
-                .framework_info(&r.framework_id)
-                .map(|i| i.user)
-                .unwrap_or_default();
-            let users: Vec<String> = tasks
+            let framework_user = self.0.framework_user(&r.framework_id).unwrap_or_default();
+            let distinct: Vec<&str> = tasks
                 .iter()
-                .map(|t| {
-                    t.command
-                        .as_ref()
-                        .map(|c| c.user.clone())
-                        .filter(|u| !u.is_empty())
-                        .unwrap_or_else(|| framework_user.clone())
+                .map(|t| match t.command.as_ref().map(|c| c.user.as_str()) {
+                    Some(u) if !u.is_empty() => u,
+                    _ => framework_user.as_str(),
                 })
+                .collect::<std::collections::BTreeSet<&str>>()
+                .into_iter()
                 .collect();
-            let mut distinct: Vec<&str> = users.iter().map(String::as_str).collect();
-            distinct.sort_unstable();
-            distinct.dedup();
             authz::check_acl(
                 self.1.as_deref(),
                 &caller,

@@ -13,22 +13,25 @@ impl Broker {
     /// The principal framework `fw` subscribed as (`FrameworkInfo.principal` as recorded: the name of its
     /// certificate, or what an insecure broker was told); `None` for an unknown framework.
     pub fn framework_principal(&self, fw: &str) -> Option<String> {
-        let state = self.lock();
-        let f = state.frameworks.get(fw)?;
-        Some(
-            f.record
-                .info
-                .as_ref()
-                .map(|i| i.principal.clone())
-                .unwrap_or_default(),
-        )
+        self.recorded_info(fw, |i| i.principal.clone())
     }
 
-    /// Framework `fw`'s `FrameworkInfo` as recorded; `None` for an unknown framework.
-    pub fn framework_info(&self, fw: &str) -> Option<allot_proto::common::FrameworkInfo> {
+    /// The Unix user framework `fw` subscribed with (`FrameworkInfo.user` as recorded); `None` for an unknown
+    /// framework.
+    pub fn framework_user(&self, fw: &str) -> Option<String> {
+        self.recorded_info(fw, |i| i.user.clone())
+    }
+
+    /// `read` of framework `fw`'s recorded `FrameworkInfo` (an empty one if the record has none), under the
+    /// lock; `None` for an unknown framework.
+    fn recorded_info<T>(
+        &self,
+        fw: &str,
+        read: impl FnOnce(&allot_proto::common::FrameworkInfo) -> T,
+    ) -> Option<T> {
         let state = self.lock();
         let f = state.frameworks.get(fw)?;
-        Some(f.record.info.clone().unwrap_or_default())
+        Some(read(f.record.info.as_ref().unwrap_or(&Default::default())))
     }
 
     /// For each of `agent_ids`, the principal that registered it (`AgentRecord.principal`; empty when

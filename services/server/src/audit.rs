@@ -72,7 +72,7 @@ impl Audit {
     }
 }
 
-/// Deletes the oldest records beyond [`KEEP`].
+/// Deletes the oldest records beyond [`KEEP`], in one transaction (a record rewritten since is left alone).
 async fn prune(store: &Store) {
     let Ok(mut keys) = store.keys(&store.prefix(Kind::Audit)).await else {
         return;
@@ -81,10 +81,8 @@ async fn prune(store: &Store) {
         return;
     }
     keys.sort();
-    let excess = keys.len() - KEEP;
-    for (key, _) in keys.into_iter().take(excess) {
-        let _ = store.delete(&key).await;
-    }
+    let excess = (keys.len() - KEEP).min(crate::store::MAX_TXN_OPS);
+    let _ = store.delete_if_unchanged(&keys[..excess]).await;
 }
 
 /// The newest `limit` records of every service, newest first.

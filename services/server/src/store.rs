@@ -315,14 +315,8 @@ impl Store {
                     ))
                     .into());
                 }
-                let bare: Vec<String> = endpoints
-                    .iter()
-                    .map(|e| match e.contains("://") {
-                        true => e.clone(),
-                        false => format!("http://{e}"),
-                    })
-                    .collect();
-                Client::connect(bare, Some(opts)).await?
+                // etcd-client dials a bare `host:port` over http itself.
+                Client::connect(endpoints, Some(opts)).await?
             }
             Some(tls) => {
                 let channel = tls_channel(endpoints, tls.clone())?;
