@@ -98,7 +98,7 @@ async fn one_task_trace_runs_from_accept_to_running_through_three_processes() {
         .collect();
     // ALLOT_TRACE_SVG=FILE renders this trace as a waterfall (docs/images/task-trace.svg is one).
     if let Some(path) = std::env::var_os("ALLOT_TRACE_SVG") {
-        let svg = allot_tests::otlp::render_waterfall(
+        let svg = allot_traces::render::svg_waterfall(
             "One task's trace: ACCEPT to TASK_FINISHED",
             &trace,
         );
@@ -513,4 +513,198 @@ fn alert_rules_pass_promtool() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Runs the `allot` binary with `args`; returns (exit code, stdout, stderr).
+async fn allot_cli(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(allot_tests::procs::bin_dir().join("allot"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output();
+    let out = tokio::time::timeout(allot_tests::PATIENCE, out)
+        .await
+        .expect("allot finishes")
+        .expect("allot runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The local trace store end to end: `allot traces serve` (a real process) keeps the spans of real services
+/// and of `allot batch` (the framework); `allot trace TASK_ID` draws one task's trace, leaving out the other
+/// task its ACCEPT launched, and says why the task is on its agent (the offer, the allocation cycle, the
+/// policy); `allot traces list` and `allot traces cycles --framework` answer from the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_store_says_why_a_task_is_on_its_agent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("traces");
+    let store_arg = store.display().to_string();
+    let addr = format!("127.0.0.1:{}", allot_tests::free_port());
+    let serve_log = std::fs::File::create(dir.path().join("serve.log")).expect("log");
+    let mut serve = std::process::Command::new(allot_tests::procs::bin_dir().join("allot"))
+        .args([
+            "traces",
+            "serve",
+            "--listen",
+            &addr,
+            "--traces-dir",
+            &store_arg,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(serve_log)
+        .spawn()
+        .expect("allot traces serve starts");
+    let deadline = std::time::Instant::now() + allot_tests::PATIENCE;
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the store listens");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            format!("http://{addr}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
+    ];
+    let mut cluster = ProcessCluster::start(1, &env).await;
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "name = \"traced\"\nconcurrency = 2\nresources = \"cpus:0.5;mem:32\"\n\
+         [[tasks]]\nid = \"traced-a\"\ncommand = \"true\"\n\
+         [[tasks]]\nid = \"traced-b\"\ncommand = \"true\"\n",
+    )
+    .expect("job file");
+    let tls_dir = cluster
+        .etcd
+        .tls_dir()
+        .expect("a secured cluster")
+        .display()
+        .to_string();
+    let (code, _, stderr) = allot_cli(
+        &[
+            "--broker",
+            &cluster.broker.addr,
+            "--tls-dir",
+            &tls_dir,
+            "batch",
+            job.to_str().expect("utf-8"),
+            "--quiet",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "the batch runs: {stderr}");
+    // SIGTERM: every service exports what it still holds before it exits.
+    cluster.stop();
+
+    let store_args = ["--traces-dir", store_arg.as_str()];
+    let svg = dir.path().join("a.svg");
+    let (code, text, stderr) = allot_cli(
+        &[
+            &["trace", "traced-a", "--svg", svg.to_str().expect("utf-8")][..],
+            &store_args,
+        ]
+        .concat(),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    for part in [
+        "task traced-a · trace ",
+        "ACCEPT [allot]",
+        "accept [offer-broker]",
+        "launch task [agent]",
+        "status update [agent] TASK_FINISHED",
+        "why this agent:",
+        "task traced-a is on agent ",
+        "made by allocation cycle ",
+        "policy drf (builtin, ",
+        "the policy call took ",
+    ] {
+        assert!(text.contains(part), "`{part}` in:\n{text}");
+    }
+    assert_eq!(
+        text.matches("launch task [agent]").count(),
+        1,
+        "traced-b's launch is left out:\n{text}"
+    );
+    assert!(
+        std::fs::read_to_string(&svg)
+            .expect("the SVG")
+            .contains("launch task"),
+        "the SVG waterfall"
+    );
+
+    let (code, json, stderr) = allot_cli(
+        &[&["--json", "trace", "traced-a"][..], &store_args].concat(),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let t = &report["traces"][0];
+    let offer = &t["placements"][0]["offers"][0];
+    assert_eq!(
+        t["agent_id"], offer["offer"]["attributes"]["allot.agent.id"],
+        "the task is on the agent of the offer its framework accepted"
+    );
+    assert_eq!(offer["cycle"]["name"], "allocation cycle");
+    let framework = offer["offer"]["attributes"]["allot.framework.id"]
+        .as_str()
+        .expect("the offer names its framework")
+        .to_string();
+
+    let (_, list, _) = allot_cli(&[&["traces", "list"][..], &store_args].concat(), &[]).await;
+    assert!(
+        list.contains("traced-a") && list.contains("ACCEPT"),
+        "{list}"
+    );
+    let (code, cycles, stderr) = allot_cli(
+        &[
+            &[
+                "--json",
+                "traces",
+                "cycles",
+                "--limit",
+                "1000",
+                "--framework",
+                &framework,
+            ][..],
+            &store_args,
+        ]
+        .concat(),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let cycles: serde_json::Value = serde_json::from_str(&cycles).expect("JSON");
+    assert!(
+        cycles
+            .as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["offers_to_framework"].as_u64() >= Some(1)),
+        "a cycle offered to the framework: {cycles}"
+    );
+
+    let (code, _, stderr) =
+        allot_cli(&[&["trace", "no-such-task"][..], &store_args].concat(), &[]).await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no stored span names task no-such-task"),
+        "{stderr}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(
+        serve.wait().expect("serve exits").success(),
+        "a clean exit on SIGTERM"
+    );
 }

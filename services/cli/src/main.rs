@@ -5,7 +5,9 @@
 //! - `allot execute`: run one command (or N instances) as a framework, like `mesos-execute`;
 //! - `allot batch JOBFILE`: run a job file's commands under a concurrency cap;
 //! - `allot policy load|list|activate|rollback|status`: manage the allocator's policy at runtime;
-//! - `allot sim SCENARIO`: run an allocation scenario on a simulated clock.
+//! - `allot sim SCENARIO`: run an allocation scenario on a simulated clock;
+//! - `allot traces serve|list|cycles`, `allot trace TASK_ID`: a local trace store and why a task landed where
+//!   it did.
 
 mod attempts;
 mod batch;
@@ -15,6 +17,7 @@ mod fit;
 mod journal;
 mod ops;
 mod policy;
+mod traces;
 
 use clap::{Parser, Subcommand};
 
@@ -101,6 +104,15 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// A local trace store: `serve` receives spans over OTLP and keeps them on disk; `list` and `cycles`
+    /// show recent task traces and allocation cycles.
+    Traces {
+        #[command(subcommand)]
+        command: traces::TracesCommand,
+    },
+    /// One task's trace from the trace store as a waterfall, and why it landed on its agent (the offer its
+    /// framework accepted, the allocation cycle and policy that made the offer).
+    Trace(traces::TraceArgs),
     /// Run an allocation scenario through the allocator and a policy on a simulated clock; print every offer
     /// and launch as a JSON line.
     Sim {
@@ -144,7 +156,7 @@ fn sim(
 #[tokio::main]
 async fn main() {
     let cli: Cli = allot_server::config::parse();
-    let _telemetry = allot_telemetry::init("allot", env!("CARGO_PKG_VERSION"));
+    let telemetry = allot_telemetry::init("allot", env!("CARGO_PKG_VERSION"));
     ops::secure_with(cli.tls.clone());
     let result = match cli.command {
         Command::Agents => ops::agents(&cli.registry, cli.json).await,
@@ -164,6 +176,8 @@ async fn main() {
             command: certs::CertsCommand::Issue(args),
         } => certs::issue(&args).map(|()| 0),
         Command::Policy { command } => policy::run(&cli.allocator, command, cli.json).await,
+        Command::Traces { command } => traces::run(command, cli.json).await,
+        Command::Trace(args) => traces::trace(args, cli.json),
         Command::Sim {
             scenario,
             policy,
@@ -171,6 +185,9 @@ async fn main() {
             summary,
         } => sim(&scenario, policy, seed, summary),
     };
+    // process::exit runs no destructor: end telemetry first, so that the spans of this run (a framework's
+    // ACCEPTs, an operator's calls) are exported.
+    drop(telemetry);
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
