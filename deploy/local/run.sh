@@ -14,13 +14,15 @@
 # Every service serves Prometheus metrics (its /metrics address is printed). With OTEL_EXPORTER_OTLP_ENDPOINT
 # set, every process (services and frameworks) exports its spans there over OTLP/gRPC.
 #
-# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus] [--ha] [--cluster-only]
-#                                 [--address IP] [--agent-netns NS=IP]
+# Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus] [--traces] [--ha]
+#                                 [--cluster-only] [--address IP] [--agent-netns NS=IP]
 #   --files DIR    the tree to process (default /usr/share)
 #   --tasks N      tasks per framework (default 32)
 #   --keep         leave the cluster running after the jobs, until Ctrl-C
 #   --prometheus   also start Prometheus (Debian's package, installed if missing) scraping the cluster, with
 #                  the alert rules of observability/prometheus/
+#   --traces       also start a local trace store (`allot traces serve`, spans in .allot/demo/traces) that every
+#                  process exports its spans to, and show why one task landed on its agent (`allot trace`)
 #   --ha           no single point of failure: a 3-member etcd cluster and two replicas of the registry, the
 #                  allocator and the offer-broker, each under a loop that restarts it 1 s after it exits (as
 #                  systemd's Restart=always would), agents too; kill -9 any of them and the jobs go on
@@ -38,6 +40,7 @@ files_root=/usr/share
 ntasks=32
 keep=0
 prometheus=0
+traces=0
 ha=0
 cluster_only=0
 host=127.0.0.1
@@ -49,11 +52,12 @@ while (($#)); do
     --tasks) ntasks=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --prometheus) prometheus=1; shift ;;
+    --traces) traces=1; shift ;;
     --ha) ha=1; shift ;;
     --cluster-only) cluster_only=1; shift ;;
     --address) host=$2; shift 2 ;;
     --agent-netns) netns=${2%%=*}; netns_ip=${2#*=}; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -210,6 +214,15 @@ for svc in registry allocator broker; do
 done
 export ALLOT_ETCD_ENDPOINTS=$(join "${etcd_clients[@]}")
 export ALLOT_ETCD_METRICS=$(join "${etcd_metrics[@]}")
+if ((traces)); then
+  # The local trace store (docs/why-did-my-task-land-there.md): every process started from here on exports its
+  # spans to it, twice a second.
+  free_port port
+  export ALLOT_TRACES_DIR=$run/traces OTEL_EXPORTER_OTLP_ENDPOINT=http://$host:$port OTEL_BSP_SCHEDULE_DELAY=500
+  start traces "$bin/allot" traces serve --listen "$host:$port"
+  wait_port "$port" "the trace store"
+  echo "==> trace store: OTLP on $OTEL_EXPORTER_OTLP_ENDPOINT, spans in $ALLOT_TRACES_DIR"
+fi
 export ALLOT_REGISTRY=${addrs[registry]} ALLOT_ALLOCATOR=${addrs[allocator]} ALLOT_BROKER=${addrs[broker]}
 
 echo "==> starting etcd ($members member(s)): $ALLOT_ETCD_ENDPOINTS"
@@ -308,17 +321,20 @@ fi
 "$bin/allot" roles set analytics --weight 2 >/dev/null
 "$bin/allot" roles set archive --weight 1 >/dev/null
 
+# Everything the CLI needs to reach this cluster, in shell syntax: `source .allot/demo/cluster.env`.
+{
+  echo "export ALLOT_ETCD_ENDPOINTS=$ALLOT_ETCD_ENDPOINTS ALLOT_ETCD_METRICS=$ALLOT_ETCD_METRICS"
+  echo "export ALLOT_TLS_DIR=$ALLOT_TLS_DIR"
+  echo "export ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER"
+  echo "export PATH=$bin:\$PATH"
+  ((traces)) && echo "export ALLOT_TRACES_DIR=$ALLOT_TRACES_DIR OTEL_EXPORTER_OTLP_ENDPOINT=$OTEL_EXPORTER_OTLP_ENDPOINT"
+  for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
+    echo "metrics_${job//-/_}=\"${metrics[$job]}\""
+  done
+} >"$run/cluster.env.tmp"
+mv "$run/cluster.env.tmp" "$run/cluster.env"
+
 if ((cluster_only)); then
-  {
-    echo "export ALLOT_ETCD_ENDPOINTS=$ALLOT_ETCD_ENDPOINTS ALLOT_ETCD_METRICS=$ALLOT_ETCD_METRICS"
-    echo "export ALLOT_TLS_DIR=$ALLOT_TLS_DIR"
-    echo "export ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER"
-    echo "export PATH=$bin:\$PATH"
-    for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
-      echo "metrics_${job//-/_}=\"${metrics[$job]}\""
-    done
-  } >"$run/cluster.env.tmp"
-  mv "$run/cluster.env.tmp" "$run/cluster.env"
   echo "==> cluster up; its addresses are in $run/cluster.env; Ctrl-C (or SIGTERM) to stop"
   while :; do sleep 3600 & sleeper=$!; wait $sleeper; done
 fi
@@ -407,11 +423,20 @@ if ((prometheus)); then
     "$(prom_query 'sum(allot_tasks_launched_total)') tasks launched, ${firing:-0} alerts firing"
 fi
 
+if ((traces)); then
+  sleep 1 # the services' last spans (exported twice a second)
+  echo "==> why did task sha256-000 land on its agent? (allot trace sha256-000; the whole trace without the sed)"
+  "$bin/allot" trace sha256-000 | sed -n '/^why this agent/,$p' || true
+  echo "    recent task traces: allot traces list; allocation cycles: allot traces cycles [--framework ID]"
+fi
+
 if ((keep)); then
-  echo "==> cluster left running; Ctrl-C to stop. For the CLI:"
-  echo "    export ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER"
-  echo "    export ALLOT_TLS_DIR=$ALLOT_TLS_DIR   # the operator's certificate (and framework-default's)"
-  echo "    export PATH=$bin:\$PATH"
+  echo "==> cluster left running; Ctrl-C to stop. For the CLI, in another shell:"
+  echo "    source $run/cluster.env"
+  echo "    (it sets ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER,"
+  echo "     ALLOT_TLS_DIR=$ALLOT_TLS_DIR (the operator's certificate and framework-default's),"
+  ((traces)) && echo "     ALLOT_TRACES_DIR=$ALLOT_TRACES_DIR (the trace store) and OTEL_EXPORTER_OTLP_ENDPOINT,"
+  echo "     and puts $bin, where \`allot\` is, first on PATH)"
   while :; do sleep 3600; done
 fi
 if ((sha_rc || gz_rc)); then
