@@ -59,6 +59,13 @@ allot_ensure_prometheus() {
 # installed from crates.io when missing.
 allot_ensure_ci_tools() {
   allot_ensure_deps
+  if ! command -v python3 >/dev/null 2>&1; then # .ci/module-cycles.py and tests/doc-test.py
+    echo "==> installing python3 (Debian package)"
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-minimal >/dev/null
+  fi
   if ! cargo deny --version >/dev/null 2>&1; then
     echo "==> installing cargo-deny (crates.io; a few minutes)"
     cargo install --locked --quiet cargo-deny
