@@ -33,6 +33,8 @@ pub struct Broker {
     pub(crate) task_writes: tokio::sync::Mutex<()>,
     /// The ACCEPTs' TASK_STAGING records, written together with those of concurrent ACCEPTs.
     pub(crate) staging: allot_server::store::GroupCommit,
+    /// Woken when acknowledgements are ready for agents ([`Broker::pass_acks`]).
+    pub(crate) acks_ready: tokio::sync::Notify,
 }
 
 impl Broker {
@@ -54,6 +56,7 @@ impl Broker {
             allocator: AllocatorLink::start(allocators),
             agents: AgentLink::new(dialer),
             task_writes: tokio::sync::Mutex::new(()),
+            acks_ready: tokio::sync::Notify::new(),
         }
     }
 

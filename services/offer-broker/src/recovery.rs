@@ -115,6 +115,7 @@ impl Broker {
         handles.push(tokio::spawn(self.clone().follow_allocator()));
         handles.push(tokio::spawn(self.clone().heartbeats()));
         handles.push(tokio::spawn(self.clone().flush()));
+        handles.push(tokio::spawn(self.clone().pass_acks()));
         Ok(handles)
     }
 

@@ -10,12 +10,15 @@
 //!    UPDATE; a terminal one frees the task's resources in the allocator at once (`TasksEnded`). Nothing is
 //!    written yet.
 //! 2. **Acknowledge** (`Scheduler.Acknowledge`): the framework's acknowledgement also takes effect in memory
-//!    at once.
+//!    at once. An acknowledged intermediate state (TASK_STARTING, TASK_RUNNING) is not written at all: its
+//!    acknowledgement goes on to the agent at once (`Agent.AcknowledgeStatusUpdates`, [`Broker::pass_acks`]),
+//!    which remembers it, tells a restarted broker (`Agent.ReconcileTasks`), and sends the task's next update.
+//!    Waiting for the flush here cost every task up to two flush intervals between TASK_STARTING and its end
+//!    (issue 24).
 //! 3. **Flush**, every [`FLUSH_INTERVAL`]: each task whose terminal update is acknowledged is written, state
-//!    and acknowledgement in one record, and only then is the acknowledgement passed on to the agent
-//!    (`Agent.AcknowledgeStatusUpdates`), which may then send the task's next update. An acknowledged
-//!    intermediate state (TASK_STARTING, TASK_RUNNING) is not written at all: its acknowledgement goes to the
-//!    agent, which remembers it and tells a restarted broker (`Agent.ReconcileTasks`). An update still
+//!    and acknowledgement in one record, and only then is the acknowledgement passed on to the agent, which
+//!    may then forget the task. The framework saw the terminal update when it arrived, and the allocator freed
+//!    the task's resources then: this wait delays no task. An update still
 //!    unacknowledged after [`UNACKNOWLEDGED_WRITE_DELAY`] is written as it is (so that etcd, and an allocator
 //!    restarted from it, catch up with a framework that stopped acknowledging).
 //!
@@ -118,16 +121,35 @@ impl Broker {
     }
 
     /// ACKNOWLEDGE: the framework has seen the updates `(task_id, uuid)` of `acks`. Takes effect in memory at
-    /// once and reaches etcd, then the agent, with the next flush. An acknowledgement of an update that is not
-    /// the task's latest is ignored.
+    /// once. The acknowledgement of an intermediate state (TASK_STARTING, TASK_RUNNING) goes on to the agent at
+    /// once, so that it sends the task's next update without waiting; that of a terminal state reaches etcd,
+    /// then the agent, with the next flush. An acknowledgement of an update that is not the task's latest is
+    /// ignored.
     ///
     /// # Errors
     /// [`Error::NotSubscribed`] or [`Error::TornDown`]; [`Error::UnknownTask`] if any task is unknown
     /// (nothing is acknowledged then).
     pub fn acknowledge(&self, fw: &str, acks: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
-        let mut state = self.lock();
-        state.check_subscribed(fw)?;
-        state.acknowledge(fw, acks)
+        let ready = {
+            let mut state = self.lock();
+            state.check_subscribed(fw)?;
+            state.acknowledge(fw, acks)?
+        };
+        if ready {
+            self.acks_ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Passes acknowledgements that need no write on to agents as they become ready, until aborted. While
+    /// one round is being sent, those that arrive meanwhile gather for the next, so a busy broker sends them
+    /// in batches and an idle one at once.
+    pub(crate) async fn pass_acks(self: Arc<Self>) {
+        loop {
+            self.acks_ready.notified().await;
+            let acks = self.lock().take_agent_acks();
+            self.send_agent_acks(acks).await;
+        }
     }
 
     /// Flushes every [`FLUSH_INTERVAL`] until aborted.

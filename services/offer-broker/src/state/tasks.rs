@@ -146,11 +146,15 @@ impl State {
     }
 
     /// ACKNOWLEDGE by `fw` of its updates `(task_id, uuid)`: each task whose latest update has that uuid is
-    /// acknowledged and marked for the next flush; an acknowledgement of an older update is ignored.
+    /// acknowledged; an acknowledgement of an older update is ignored. An acknowledged intermediate state
+    /// (TASK_STARTING, TASK_RUNNING) needs no write: its acknowledgement joins [`State::agent_acks`], to go to
+    /// the agent at once (the agent keeps it and sends the task's next update), as a flush would have passed
+    /// it on; a terminal one, or one that must be written first (back from TASK_UNREACHABLE, a failed write),
+    /// is marked for the next flush. Returns whether any acknowledgement is ready for an agent.
     ///
     /// # Errors
     /// [`Error::UnknownTask`] if any task is unknown; nothing is acknowledged then.
-    pub fn acknowledge(&mut self, fw: &str, acks: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
+    pub fn acknowledge(&mut self, fw: &str, acks: Vec<(String, Vec<u8>)>) -> Result<bool, Error> {
         let acks: Vec<(TaskKey, Vec<u8>)> = acks
             .into_iter()
             .map(|(task, uuid)| ((fw.to_string(), task), uuid))
@@ -158,16 +162,29 @@ impl State {
         if let Some(((_, task), _)) = acks.iter().find(|(key, _)| !self.tasks.contains_key(key)) {
             return Err(Error::UnknownTask(task.clone()));
         }
+        let mut ready = false;
         for (key, uuid) in acks {
             if let Some(rec) = self.tasks.get_mut(&key)
                 && !rec.acknowledged
                 && rec.status.as_ref().map(|s| &s.uuid) == Some(&uuid)
             {
                 rec.acknowledged = true;
-                self.dirty.entry(key).or_insert(self.flushes);
+                let terminal = rec.status.as_ref().is_some_and(|s| s.state().is_terminal());
+                if terminal || self.must_write.contains(&key) {
+                    self.dirty.entry(key).or_insert(self.flushes);
+                } else if let Some(ack) = rec.status.as_ref().and_then(agent_ack) {
+                    self.dirty.remove(&key);
+                    self.agent_acks.push(ack);
+                    ready = true;
+                }
             }
         }
-        Ok(())
+        Ok(ready)
+    }
+
+    /// The acknowledgements ready to go to agents now (see [`State::acknowledge`]).
+    pub fn take_agent_acks(&mut self) -> Vec<StatusUpdateAcknowledgement> {
+        std::mem::take(&mut self.agent_acks)
     }
 
     /// Starts a flush: chooses what it writes (see `updates.rs`). Counts the flush, then for each dirty task:

@@ -414,20 +414,25 @@ fn acknowledgements_name_the_latest_update_and_unknown_tasks_refuse_the_call() {
 }
 
 #[test]
-fn the_flush_writes_acknowledged_ends_and_passes_intermediate_acknowledgements_on() {
+fn intermediate_acknowledgements_go_on_at_once_and_acknowledged_ends_wait_for_their_write() {
     let (mut s, _rx) = with_task();
     apply(&mut s, "t1", TaskState::TaskRunning, 1);
     // Unacknowledged: nothing written, nothing passed on.
     assert_eq!(due(&mut s, 25), (vec![], vec![]));
-    ack(&mut s, "t1", 1);
-    // An acknowledged TASK_RUNNING is not written; its acknowledgement goes to the agent.
-    let (written, acks) = due(&mut s, 25);
-    assert!(written.is_empty());
+    // An acknowledged TASK_RUNNING is never written; its acknowledgement is ready for the agent at once.
+    assert!(s.acknowledge(FW, vec![("t1".into(), uuid(1))]).unwrap());
+    let acks = s.take_agent_acks();
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].uuid, uuid(1));
+    assert_eq!(
+        due(&mut s, 25),
+        (vec![], vec![]),
+        "nothing left for the flush"
+    );
     // An acknowledged terminal update is written (its acknowledgement follows the write).
     apply(&mut s, "t1", TaskState::TaskFinished, 2);
-    ack(&mut s, "t1", 2);
+    assert!(!s.acknowledge(FW, vec![("t1".into(), uuid(2))]).unwrap());
+    assert!(s.take_agent_acks().is_empty(), "not before etcd holds it");
     let (written, acks) = due(&mut s, 25);
     assert_eq!(written, [key("t1")]);
     assert!(acks.is_empty());
