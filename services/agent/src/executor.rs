@@ -241,23 +241,26 @@ fn final_status(
     }
 }
 
-/// Runs the task to its end, sending every status to `updates` in order. `kill` starts a graceful kill.
-pub async fn run_task(
-    l: Launch,
-    isolator: Isolator,
-    kill: CancellationToken,
-    updates: mpsc::UnboundedSender<TaskStatus>,
-) {
-    let send = |s: TaskStatus| {
-        let _ = updates.send(s);
-    };
-    let fail = |msg: String, reason: &str| status(&l, TaskState::TaskFailed, msg, reason, None);
+/// A task's command, started: the child (its stdin the gate, when the command waits at one), its isolation
+/// and its pid.
+struct Started {
+    child: tokio::process::Child,
+    iso: TaskIsolation,
+    pid: u32,
+}
+
+/// The steps before the command runs (sandbox, checkpoint, user, cgroup, fork and exec, cgroup attach): file
+/// and cgroup writes and a fork, so [`run_task`] runs them on a blocking thread, not on the async workers that
+/// carry every other task's status updates. On failure, the task's TASK_FAILED update.
+fn start(l: &Launch, isolator: &Isolator) -> Result<Started, Box<TaskStatus>> {
+    let fail =
+        |msg: String, reason: &str| Box::new(status(l, TaskState::TaskFailed, msg, reason, None));
+    let sandbox_span = tracing::info_span!("sandbox").entered();
     if let Err(e) = std::fs::create_dir_all(&l.sandbox) {
-        send(fail(
+        return Err(fail(
             format!("cannot create sandbox {}: {e}", l.sandbox.display()),
             "REASON_EXECUTOR_TERMINATED",
         ));
-        return;
     }
     // The task is checkpointed before it starts, so that a restarted agent knows what it holds.
     let exit_file = match &l.checkpoint {
@@ -274,19 +277,19 @@ pub async fn run_task(
     let run_as = match l.user.as_deref().map(switch_user).transpose() {
         Ok(r) => r.flatten(),
         Err(message) => {
-            send(fail(message, "REASON_EXECUTOR_TERMINATED"));
-            return;
+            return Err(fail(message, "REASON_EXECUTOR_TERMINATED"));
         }
     };
     let (cpus, mem) = (scalar(&l.task, "cpus"), scalar(&l.task, "mem"));
-    let iso = match isolator.prepare(&cgroup_name(&l), cpus, mem) {
+    drop(sandbox_span);
+    let isolate_span = tracing::info_span!("isolate").entered();
+    let iso = match isolator.prepare(&cgroup_name(l), cpus, mem) {
         Ok(i) => i,
         Err(e) => {
-            send(fail(
+            return Err(fail(
                 format!("cannot isolate the task: {e}"),
                 "REASON_CONTAINER_LAUNCH_FAILED",
             ));
-            return;
         }
     };
     let cmd_info = l.task.command.clone().unwrap_or_default();
@@ -333,12 +336,11 @@ pub async fn run_task(
     let (stdout, stderr) = match (open("stdout"), open("stderr")) {
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => {
-            send(fail(
+            iso.release();
+            return Err(fail(
                 format!("cannot create stdout/stderr in the sandbox: {e}"),
                 "REASON_EXECUTOR_TERMINATED",
             ));
-            iso.release();
-            return;
         }
     };
     // The sandbox (and the file the wrapper writes the exit status to) belong to the task's user.
@@ -361,14 +363,15 @@ pub async fn run_task(
             })
         });
         if let Err(e) = owned {
-            send(fail(
+            iso.release();
+            return Err(fail(
                 format!("cannot give the sandbox to user '{}': {e}", who.name),
                 "REASON_EXECUTOR_TERMINATED",
             ));
-            iso.release();
-            return;
         }
     }
+    drop(isolate_span);
+    let spawn_span = tracing::info_span!("spawn");
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&l.sandbox)
@@ -386,15 +389,14 @@ pub async fn run_task(
     if let Some(who) = &run_as {
         cmd.env("USER", &who.name).env("LOGNAME", &who.name);
     }
-    let mut child = match cmd.spawn() {
+    let child = match spawn_span.in_scope(|| cmd.spawn()) {
         Ok(c) => c,
         Err(e) => {
-            send(fail(
+            iso.release();
+            return Err(fail(
                 format!("cannot start '{}': {e}", argv[0]),
                 "REASON_EXECUTOR_TERMINATED",
             ));
-            iso.release();
-            return;
         }
     };
     let pid = child.id().unwrap_or(0);
@@ -403,9 +405,47 @@ pub async fn run_task(
     {
         tracing::warn!(task = %l.task.task_id, error = %e, "cannot checkpoint the task's pid");
     }
-    if let Err(e) = iso.attach(pid) {
+    if let Err(e) = spawn_span.in_scope(|| iso.attach(pid)) {
         tracing::warn!(task = %l.task.task_id, error = %e, "cannot move the task into its cgroup");
     }
+    drop(spawn_span);
+    Ok(Started { child, iso, pid })
+}
+
+/// Runs the task to its end, sending every status to `updates` in order. `kill` starts a graceful kill.
+pub async fn run_task(
+    l: Launch,
+    isolator: Isolator,
+    kill: CancellationToken,
+    updates: mpsc::UnboundedSender<TaskStatus>,
+) {
+    let send = |s: TaskStatus| {
+        let _ = updates.send(s);
+    };
+    let span = tracing::Span::current();
+    let launch = l.clone();
+    let started = tokio::task::spawn_blocking(move || span.in_scope(|| start(&launch, &isolator)))
+        .await
+        .unwrap_or_else(|e| {
+            Err(Box::new(status(
+                &l,
+                TaskState::TaskFailed,
+                format!("the task's start-up failed: {e}"),
+                "REASON_EXECUTOR_TERMINATED",
+                None,
+            )))
+        });
+    let Started {
+        mut child,
+        iso,
+        pid,
+    } = match started {
+        Ok(s) => s,
+        Err(failed) => {
+            send(*failed);
+            return;
+        }
+    };
     if let Some(mut gate) = child.stdin.take() {
         use tokio::io::AsyncWriteExt;
         let _ = gate.write_all(b"go\n").await;
@@ -457,7 +497,7 @@ fn finish(
     // Whatever the command left behind in its process group goes with it.
     let _ = killpg(pgid, Signal::SIGKILL);
     let oom = iso.oom_killed();
-    iso.release();
+    tracing::info_span!("release").in_scope(|| iso.release());
     let last = final_status(l, exit, killed, oom, "");
     tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended");
     let _ = updates.send(last);

@@ -130,8 +130,10 @@ impl agent_server::Agent for AgentService {
             );
             let context = allot_telemetry::propagation::to_map(&span);
             let isolator = agent.isolator.clone();
+            // The task's life in this agent, its start-up steps as children (`sandbox`, `isolate`, `spawn`).
+            let run_span = tracing::info_span!(parent: &span, "run task", allot.task.id = %task_id);
             if !agent.supervise(launch, context, |l, kill, tx| {
-                run_task(l, isolator, kill, tx)
+                tracing::Instrument::instrument(run_task(l, isolator, kill, tx), run_span)
             }) {
                 tracing::warn!(task = %task_id, "launch of a known task ignored");
             }

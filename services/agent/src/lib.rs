@@ -281,10 +281,27 @@ impl Agent {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let manager = self.updates.clone();
         let sandbox = l.sandbox.display().to_string();
+        // Checkpointing an update syncs a file: on a blocking thread, so that the async workers go on carrying
+        // other tasks' launches and updates. One task's updates are checkpointed in order.
         let forwarder = tokio::spawn(async move {
+            let (context, sandbox) = (Arc::new(context), Arc::new(sandbox));
             while let Some(status) = rx.recv().await {
-                if let Err(e) = manager.push(status, &sandbox, &context) {
-                    tracing::warn!(error = %e, "cannot checkpoint a status update; it is kept in memory");
+                let mut batch = vec![status];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let (manager, context, sandbox) =
+                    (manager.clone(), context.clone(), sandbox.clone());
+                let pushed = tokio::task::spawn_blocking(move || {
+                    for status in batch {
+                        if let Err(e) = manager.push(status, &sandbox, &context) {
+                            tracing::warn!(error = %e, "cannot checkpoint a status update; it is kept in memory");
+                        }
+                    }
+                })
+                .await;
+                if let Err(e) = pushed {
+                    tracing::error!(error = %e, "checkpointing status updates failed");
                 }
             }
         });
