@@ -15,7 +15,7 @@
 # set, every process (services and frameworks) exports its spans there over OTLP/gRPC.
 #
 # Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus] [--traces] [--ha]
-#                                 [--cluster-only] [--address IP] [--agent-netns NS=IP]
+#                                 [--cluster-only] [--release] [--address IP] [--agent-netns NS=IP]
 #   --files DIR    the tree to process (default /usr/share)
 #   --tasks N      tasks per framework (default 32)
 #   --keep         leave the cluster running after the jobs, until Ctrl-C
@@ -28,6 +28,7 @@
 #                  systemd's Restart=always would), agents too; kill -9 any of them and the jobs go on
 #   --cluster-only start the cluster, write its addresses to .allot/demo/cluster.env (shell syntax) and wait
 #                  until Ctrl-C, running no jobs (tests/chaos.sh uses it)
+#   --release      build and run the release binaries (target/release; tests/real-bench.sh --release uses it)
 #   --address IP   the local address every service, etcd and the agents listen on (default 127.0.0.1)
 #   --agent-netns NS=IP
 #                  run the third agent in network namespace NS at address IP (one the caller set up, with a
@@ -43,6 +44,7 @@ prometheus=0
 traces=0
 ha=0
 cluster_only=0
+release=0
 host=127.0.0.1
 netns=""
 netns_ip=""
@@ -55,9 +57,10 @@ while (($#)); do
     --traces) traces=1; shift ;;
     --ha) ha=1; shift ;;
     --cluster-only) cluster_only=1; shift ;;
+    --release) release=1; shift ;;
     --address) host=$2; shift 2 ;;
     --agent-netns) netns=${2%%=*}; netns_ip=${2#*=}; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -66,9 +69,15 @@ source "$here/ensure-deps.sh"
 allot_ensure_deps
 ((prometheus)) && allot_ensure_prometheus
 
-echo "==> building (cargo build --bins)"
-(cd "$repo" && cargo build --bins --quiet)
-bin="$repo/target/debug"
+if ((release)); then
+  echo "==> building (cargo build --release --bins)"
+  (cd "$repo" && cargo build --release --bins --quiet)
+  bin="$repo/target/release"
+else
+  echo "==> building (cargo build --bins)"
+  (cd "$repo" && cargo build --bins --quiet)
+  bin="$repo/target/debug"
+fi
 
 run="$repo/.allot/demo"
 rm -rf "$run"

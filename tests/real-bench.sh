@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Real tasks through real agents, beside the machine's own limit for the same work (issue 24).
+#
+# Starts the local cluster (deploy/local/run.sh --cluster-only: etcd, the services, three agents, mutual TLS),
+# then, for each round: the command N times through `xargs -P C` (no cluster: the ceiling), and the same N
+# commands as one `allot batch` job with concurrency C. Prints per round tasks/s of each, Allot's share of the
+# ceiling, and p50/p99 of each task's launch-to-terminal-seen time as `allot batch` measures it (from the
+# ACCEPT that launched it to its terminal update at the framework); then the median round.
+#
+# Usage: bash tests/real-bench.sh [--tasks N] [--concurrency C] [--command CMD] [--resources R] [--rounds K]
+#                                 [--release]
+#   defaults: 1,000 tasks of `sha256sum /etc/os-release > /dev/null`, 20 at a time, cpus:0.05;mem:16 each,
+#   3 rounds; --release builds and runs the release binaries (what docs/benchmarks.md reports).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tasks=1000
+concurrency=20
+command='sha256sum /etc/os-release > /dev/null'
+resources='cpus:0.05;mem:16'
+rounds=3
+release=0
+while (($#)); do
+  case "$1" in
+    --tasks) tasks=$2; shift 2 ;;
+    --concurrency) concurrency=$2; shift 2 ;;
+    --command) command=$2; shift 2 ;;
+    --resources) resources=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --release) release=1; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
+  esac
+done
+cd "$repo"
+out=$repo/.allot/real-bench
+rm -rf "$out"; mkdir -p "$out"
+
+cluster_args=(--cluster-only)
+if ((release)); then
+  echo "==> building release binaries"
+  cargo build --release --bins --quiet
+  cluster_args+=(--release)
+fi
+echo "==> starting the cluster (log: $out/cluster.log)"
+rm -f .allot/demo/cluster.env
+setsid bash deploy/local/run.sh "${cluster_args[@]}" >"$out/cluster.log" 2>&1 &
+cluster=$!
+trap 'kill -TERM -- "-$cluster" 2>/dev/null || true; wait "$cluster" 2>/dev/null || true' EXIT
+for _ in $(seq 1200); do
+  [[ -f .allot/demo/cluster.env ]] && grep -q "cluster up" "$out/cluster.log" && break
+  kill -0 "$cluster" 2>/dev/null || { tail -n 20 "$out/cluster.log" >&2; exit 1; }
+  sleep 0.5
+done
+source .allot/demo/cluster.env
+
+{
+  echo "name = \"real-bench\""; echo "concurrency = $concurrency"; echo "resources = \"$resources\""
+  esc=${command//\\/\\\\}; esc=${esc//\"/\\\"}
+  for i in $(seq "$tasks"); do echo "[[tasks]]"; echo "id = \"t$i\""; echo "command = \"$esc\""; done
+} >"$out/job.toml"
+
+now() { date +%s.%N; }
+echo "==> $rounds rounds of $tasks tasks, $concurrency at a time: $command"
+printf '    %-6s %12s %12s %8s %10s %10s\n' round "xargs t/s" "allot t/s" share "p50 ms" "p99 ms"
+: >"$out/rounds.tsv"
+for r in $(seq "$rounds"); do
+  t0=$(now)
+  seq "$tasks" | xargs -P "$concurrency" -I{} sh -c "$command"
+  t1=$(now)
+  allot batch "$out/job.toml" --quiet --json >"$out/batch-$r.json" 2>"$out/batch-$r.log"
+  t2=$(now)
+  grep -o '"seconds": [0-9.e-]*' "$out/batch-$r.json" | head -n "$tasks" | awk '{print $2 * 1000}' | sort -n >"$out/lat-$r.txt"
+  n=$(wc -l <"$out/lat-$r.txt")
+  p50=$(awk -v n="$n" 'NR == int(n * 0.50 + 0.5) {print; exit}' "$out/lat-$r.txt")
+  p99=$(awk -v n="$n" 'NR == int(n * 0.99 + 0.5) {print; exit}' "$out/lat-$r.txt")
+  awk -v r="$r" -v n="$tasks" -v a="$t0" -v b="$t1" -v c="$t2" -v p50="$p50" -v p99="$p99" 'BEGIN {
+    x = n / (b - a); y = n / (c - b)
+    printf "    %-6s %12.1f %12.1f %7.0f%% %10.1f %10.1f\n", r, x, y, 100 * y / x, p50, p99
+    printf "%s\t%f\t%f\t%f\t%f\n", r, x, y, p50, p99 >> "'"$out/rounds.tsv"'" }'
+done
+# The median round by Allot's rate.
+sort -t$'\t' -k3,3n "$out/rounds.tsv" | awk -F'\t' -v k="$rounds" 'NR == int((k + 1) / 2) {
+  printf "==> median round: xargs %.1f tasks/s, allot %.1f tasks/s (%.0f%% of xargs), p50 %.1f ms, p99 %.1f ms\n",
+    $2, $3, 100 * $3 / $2, $4, $5 }'
+echo "    per-task outcomes: $out/batch-*.json"
