@@ -11,7 +11,7 @@
 //!    written yet.
 //! 2. **Acknowledge** (`Scheduler.Acknowledge`): the framework's acknowledgement also takes effect in memory
 //!    at once. An acknowledged intermediate state (TASK_STARTING, TASK_RUNNING) is not written at all: its
-//!    acknowledgement goes on to the agent at once (`Agent.AcknowledgeStatusUpdates`, [`Broker::pass_acks`]),
+//!    acknowledgement goes on to the agent at once (`Agent.AcknowledgeStatusUpdates`, `Broker::pass_acks`),
 //!    which remembers it, tells a restarted broker (`Agent.ReconcileTasks`), and sends the task's next update.
 //!    Waiting for the flush here cost every task up to two flush intervals between TASK_STARTING and its end
 //!    (issue 24).
