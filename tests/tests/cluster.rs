@@ -1271,3 +1271,36 @@ async fn a_framework_offered_memory_without_cpus_counts_as_starved() {
         "a, holding the CPU in use, is not starved"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_declining_every_offer_counts_as_starved_until_it_launches() {
+    // Issue 27: offers a framework declines are not offers it can use. Declining offers that hold CPUs, cycle
+    // after cycle, it is starving although it holds an offer now and then; a launch ends that.
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("cpus:2;mem:1024").await;
+    let mut b = TestFramework::subscribe(&cluster, "picky", "b").await;
+    let id = b.id.clone();
+    for _ in 0..8 {
+        let offer = b.offers().await.remove(0);
+        assert!(
+            offer
+                .resources
+                .iter()
+                .any(|r| r.name == "cpus" && r.scalar > 0.0),
+            "the offer holds CPUs: {offer:?}"
+        );
+        b.decline(&offer.offer_id, 0.01).await.expect("decline");
+    }
+    eventually("b counts as starved for 5 cycles in a row", || {
+        let id = id.clone();
+        async move { starved_cycles(&id).is_some_and(|n| n >= 5.0) }
+    })
+    .await;
+    b.launch(task("run", "sleep 30", 1.0, 64.0)).await;
+    b.await_state("run", TaskState::TaskRunning).await;
+    eventually("a launch ends b's starvation", || {
+        let id = id.clone();
+        async move { starved_cycles(&id) == Some(0.0) }
+    })
+    .await;
+}

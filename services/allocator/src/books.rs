@@ -205,6 +205,9 @@ struct Framework {
     allocations: u64,
     /// Agent ID -> time (seconds) until which the agent is filtered.
     filters: HashMap<String, f64>,
+    /// It returned an offer holding CPUs unused (declined it) and has launched nothing since: the offers it
+    /// holds are not ones it can use (issue 27: starvation that users feel).
+    declined_cpus: bool,
 }
 
 impl Framework {
@@ -518,11 +521,29 @@ impl Books {
             if refuse_seconds > 0.0 {
                 self.filter(&o.framework, &o.agent, now + refuse_seconds.max(min_filter));
             }
+            if o.piece.total().scalar("cpus") > 0.0
+                && !launched.iter().any(|(f, ..)| **f == *o.framework)
+                && let Some(f) = self.frameworks.get_mut(&o.framework)
+            {
+                f.declined_cpus = true;
+            }
         }
         for (framework, task, agent, piece) in launched {
             self.add_task(framework, task, agent, piece.clone());
+            if let Some(f) = self.frameworks.get_mut(framework) {
+                f.declined_cpus = false;
+            }
         }
         n
+    }
+
+    /// Whether `framework` returned an offer holding CPUs unused and has launched nothing since (see
+    /// [`Books::recover_offers`]).
+    pub fn declined_cpus(&self, framework: &str) -> bool {
+        self.frameworks
+            .by_id
+            .get(framework)
+            .is_some_and(|&s| self.frameworks.slots[s].1.declined_cpus)
     }
 
     /// A non-terminal task holds `piece` of `agent` for `framework`. Idempotent.

@@ -828,15 +828,25 @@ impl State {
         }
     }
 
-    /// Updates each wanting framework's count of cycles in which it held no CPUs, offered or in use (reset when
-    /// it holds some), and the `allot_framework_starved_cycles` series; returns how many frameworks are starved
-    /// now. Offers of memory and disk alone do not count: no task runs on them, and a framework that declines
-    /// them cycle after cycle while another role holds every CPU is starving (issue 27).
+    /// Updates each wanting framework's count of cycles in which it held no CPUs it could use (reset when it
+    /// does), and the `allot_framework_starved_cycles` series; returns how many frameworks are starved now.
+    /// CPUs in use by its tasks count; offered CPUs count unless it has declined an offer holding CPUs and
+    /// launched nothing since (such offers are not ones it can use). Offers of memory and disk alone never
+    /// count: no task runs on them. So a framework declining memory-only offers while another role holds every
+    /// CPU, or declining every offer it gets, is starving (issue 27).
     fn count_starved(&mut self, snapshot: &allot_policy::Snapshot) -> usize {
+        let mut offered: HashMap<&str, f64> = HashMap::new();
+        for o in self.books.offers() {
+            *offered.entry(&*o.framework).or_default() += o.piece.total().scalar("cpus");
+        }
         let holding: HashSet<&str> = self
             .books
             .allocations()
-            .filter(|(_, _, held)| held.scalar("cpus") > 0.0)
+            .filter(|(id, _, held)| {
+                let cpus = held.scalar("cpus");
+                let in_use = cpus - offered.get(id).copied().unwrap_or(0.0);
+                in_use > 1e-9 || (cpus > 0.0 && !self.books.declined_cpus(id))
+            })
             .map(|(id, _, _)| id)
             .collect();
         let mut next = HashMap::with_capacity(snapshot.frameworks.len());

@@ -16,7 +16,7 @@
 //! | `allot_cluster_resources` | gauge | `resource`, `state` (`total`, `allocated`) | over reachable agents |
 //! | `allot_allocator_agents` / `allot_allocator_frameworks` | gauge | | reachable agents; frameworks wanting offers (active, not suppressed) |
 //! | `allot_agents_unreachable` | gauge | | agents still registered whose liveness lapsed (lost, not removed) |
-//! | `allot_framework_starved_cycles` | gauge | `framework`, `role` | consecutive cycles a framework wanting offers held no CPUs, offered or in use (offers of memory and disk alone do not count) |
+//! | `allot_framework_starved_cycles` | gauge | `framework`, `role` | consecutive cycles a framework wanting offers held no CPUs it could use: none in use, and none offered, or only offered after it declined CPUs and launched nothing since (offers of memory and disk alone do not count) |
 //! | `allot_allocator_offers_outstanding` | gauge | | offers in the allocator's books (made, not yet answered) |
 //!
 //! The resource, share and offer gauges are set by every cycle and, when no cycle runs (no framework wants
@@ -111,7 +111,7 @@ pub(crate) static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     ),
     starved: gauge_vec(
         "allot_framework_starved_cycles",
-        "Consecutive allocation cycles in which a framework wanting offers held no CPUs, offered or in use",
+        "Consecutive allocation cycles in which a framework wanting offers held no CPUs it could use (in use, or offered and not of the kind it declines)",
         &["framework", "role"],
     ),
     offers_outstanding: gauge(
