@@ -251,14 +251,12 @@ pub fn recent_traces(
     limit: usize,
     tasks_only: bool,
 ) -> Result<Vec<TraceSummary>, StoreError> {
-    let mut by_trace: HashMap<String, TraceSummary> = HashMap::new();
-    let mut ends: HashMap<String, u64> = HashMap::new();
+    // Per trace: its summary, the latest end seen, and whether its root span (no parent) was seen; until it
+    // is, the earliest span stands for the root.
+    let mut by_trace: HashMap<String, (TraceSummary, u64, bool)> = HashMap::new();
     store.scan(|s| {
-        let end = ends.entry(s.trace_id.clone()).or_insert(0);
-        *end = (*end).max(s.end_ns);
-        let t = by_trace
-            .entry(s.trace_id.clone())
-            .or_insert_with(|| TraceSummary {
+        let (t, end, rooted) = by_trace.entry(s.trace_id.clone()).or_insert_with(|| {
+            let summary = TraceSummary {
                 trace_id: s.trace_id.clone(),
                 root: s.name.clone(),
                 service: s.service.clone(),
@@ -267,7 +265,9 @@ pub fn recent_traces(
                 spans: 0,
                 tasks: Vec::new(),
                 error: false,
-            });
+            };
+            (summary, s.end_ns, false)
+        });
         t.spans += 1;
         t.error |= s.status == 2;
         for task in s.task_ids() {
@@ -275,19 +275,20 @@ pub fn recent_traces(
                 t.tasks.push(task.to_string());
             }
         }
-        if s.parent_span_id.is_empty() || s.start_ns < t.start_ns {
-            if s.parent_span_id.is_empty() || t.root.is_empty() {
-                t.root = s.name.clone();
-                t.service = s.service.clone();
-            }
-            t.start_ns = t.start_ns.min(s.start_ns);
+        let is_root = s.parent_span_id.is_empty();
+        if is_root || (!*rooted && s.start_ns < t.start_ns) {
+            t.root = s.name.clone();
+            t.service = s.service.clone();
         }
+        *rooted |= is_root;
+        t.start_ns = t.start_ns.min(s.start_ns);
+        *end = (*end).max(s.end_ns);
     })?;
     let mut out: Vec<TraceSummary> = by_trace
         .into_values()
-        .filter(|t| !tasks_only || !t.tasks.is_empty())
-        .map(|mut t| {
-            t.duration_ms = ends[&t.trace_id].saturating_sub(t.start_ns) as f64 / 1e6;
+        .filter(|(t, ..)| !tasks_only || !t.tasks.is_empty())
+        .map(|(mut t, end, _)| {
+            t.duration_ms = end.saturating_sub(t.start_ns) as f64 / 1e6;
             t.tasks.sort();
             t
         })
@@ -335,7 +336,8 @@ pub fn cycles(
         .collect())
 }
 
-fn at(ns: u64) -> String {
+/// A span time (Unix nanoseconds) as RFC 3339 with milliseconds, UTC (`2026-12-03T07:10:13.703Z`).
+pub fn rfc3339(ns: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -367,7 +369,7 @@ pub fn explain(task_id: &str, agent: Option<&str>, p: &Placement) -> String {
             1 => "an offer".to_string(),
             n => format!("{n} offers"),
         },
-        at(a.start_ns),
+        rfc3339(a.start_ns),
         attr_or(a, "allot.task.ids", task_id),
     );
     if p.offers.is_empty() {
@@ -393,7 +395,7 @@ pub fn explain(task_id: &str, agent: Option<&str>, p: &Placement) -> String {
             out,
             " at {}:\n  policy {} ({}, {}{}) saw {} agents and {} frameworks wanting offers;\n  \
              it granted {} ({} dropped by the host), {} frameworks starved, the cycle took {} ms;",
-            at(c.start_ns),
+            rfc3339(c.start_ns),
             attr_or(c, "allot.policy.name", "?"),
             attr_or(c, "allot.policy.kind", "?"),
             attr_or(c, "allot.policy.version", "?"),

@@ -34,7 +34,8 @@ fn res(list: &[Resource]) -> String {
         .unwrap_or_else(|e| format!("<{e}>"))
 }
 
-fn table(header: &[&str]) -> Table {
+/// A table with `header`, in the CLI's one style.
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_header(header.to_vec());

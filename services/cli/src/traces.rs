@@ -3,7 +3,6 @@
 
 use allot_traces::{SpanRecord, Store, query, render};
 use anyhow::Context;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use std::path::PathBuf;
 
 /// Where the trace store is.
@@ -75,18 +74,6 @@ pub struct TraceArgs {
     store: StoreArgs,
 }
 
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(header.to_vec());
-    t
-}
-
-fn clock(ns: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 /// Runs one `allot traces` command; returns the exit code.
 ///
 /// # Errors
@@ -105,7 +92,7 @@ pub async fn run(command: TracesCommand, as_json: bool) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&traces)?);
                 return Ok(0);
             }
-            let mut t = table(&["trace", "start", "root", "ms", "spans", "tasks"]);
+            let mut t = crate::ops::table(&["trace", "start", "root", "ms", "spans", "tasks"]);
             for tr in &traces {
                 let mut tasks = tr.tasks.join(",");
                 if tasks.len() > 48 {
@@ -117,7 +104,7 @@ pub async fn run(command: TracesCommand, as_json: bool) -> anyhow::Result<i32> {
                 }
                 t.add_row(vec![
                     tr.trace_id.clone(),
-                    clock(tr.start_ns),
+                    query::rfc3339(tr.start_ns),
                     format!(
                         "{} [{}]{}",
                         tr.root,
@@ -154,7 +141,7 @@ pub async fn run(command: TracesCommand, as_json: bool) -> anyhow::Result<i32> {
                 header.push("to framework");
             }
             header.push("ms");
-            let mut t = table(&header);
+            let mut t = crate::ops::table(&header);
             for r in &rows {
                 let c = &r.cycle;
                 let a = |k: &str| c.attr(k).unwrap_or("").to_string();
@@ -166,7 +153,7 @@ pub async fn run(command: TracesCommand, as_json: bool) -> anyhow::Result<i32> {
                 }
                 let mut row = vec![
                     a("allot.cycle"),
-                    clock(c.start_ns),
+                    query::rfc3339(c.start_ns),
                     policy,
                     a("allot.agents"),
                     a("allot.frameworks"),
@@ -281,7 +268,7 @@ pub fn trace(args: TraceArgs, as_json: bool) -> anyhow::Result<i32> {
             "task {} · trace {} · {} · agent {} · last state {} · {} spans",
             args.task_id,
             t.trace_id,
-            clock(start),
+            query::rfc3339(start),
             t.agent_id.as_deref().unwrap_or("?"),
             t.last_state.as_deref().unwrap_or("?"),
             t.spans.len()
