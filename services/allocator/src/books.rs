@@ -37,6 +37,11 @@ impl<V> Default for Table<V> {
 }
 
 impl<V: Default> Table<V> {
+    fn get(&self, id: &str) -> Option<&V> {
+        let s = *self.by_id.get(id)?;
+        Some(&self.slots[s].1)
+    }
+
     fn get_mut(&mut self, id: &str) -> Option<&mut V> {
         let s = *self.by_id.get(id)?;
         Some(&mut self.slots[s].1)
@@ -541,9 +546,8 @@ impl Books {
     /// [`Books::recover_offers`]).
     pub fn declined_cpus(&self, framework: &str) -> bool {
         self.frameworks
-            .by_id
             .get(framework)
-            .is_some_and(|&s| self.frameworks.slots[s].1.declined_cpus)
+            .is_some_and(|f| f.declined_cpus)
     }
 
     /// A non-terminal task holds `piece` of `agent` for `framework`. Idempotent.
