@@ -126,7 +126,8 @@ pub struct State {
     /// Dirty tasks whose next write may not be skipped even if it is an acknowledged intermediate state: tasks
     /// back from TASK_UNREACHABLE, which etcd (and the allocator, through it) still counts as gone.
     pub must_write: FastSet<TaskKey>,
-    /// Acknowledgements to pass on to agents with the next flush: repeats of updates already recorded as
+    /// Acknowledgements that need no write, to pass on to agents at once (`Broker::pass_acks`, or the next
+    /// flush if it comes first): acknowledged intermediate states, repeats of updates already recorded as
     /// acknowledged, and updates dropped (unknown task, after a terminal state).
     pub agent_acks: Vec<StatusUpdateAcknowledgement>,
     /// Tasks whose launch is on its way to their agent: accepted, and the agent has not answered the launch

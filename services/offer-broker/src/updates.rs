@@ -94,9 +94,16 @@ impl Broker {
     /// Applies agents' `updates` in memory, marks their tasks for the next flush and forwards them; tells
     /// agents to kill the tasks they report live that the broker holds ended.
     fn receive_updates(self: &Arc<Self>, updates: Vec<(TaskStatus, Option<String>)>) {
-        let applied = self
-            .lock()
-            .apply_updates(updates, allot_common::new_status_uuid);
+        let (applied, acks_ready) = {
+            let mut state = self.lock();
+            let applied = state.apply_updates(updates, allot_common::new_status_uuid);
+            (applied, !state.agent_acks.is_empty())
+        };
+        // Repeats and dropped updates are acknowledged to their agents the same way as the framework's
+        // acknowledgements of intermediate states: by the one sender of `agent_acks`.
+        if acks_ready {
+            self.acks_ready.notify_one();
+        }
         for status in &applied.forward {
             M.updates
                 .with_label_values(&[status.state().as_str_name()])
