@@ -140,7 +140,7 @@ pub fn policy_output(data: &[u8]) -> Reached {
         "web",
         allot_allocator::books::RoleConfig {
             weight: 1.0,
-            quota_limit: Some(r("cpus:1;mem:256")),
+            quota_limit: Some("cpus:1;mem:256".parse().unwrap()),
         },
     );
     let snap = books.snapshot(0.0);

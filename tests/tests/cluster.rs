@@ -426,6 +426,77 @@ async fn two_frameworks_in_two_roles_split_agents_by_drf() {
     );
 }
 
+/// Zero means zero, end to end: `allot roles set frozen --quota 'cpus:0;mem:0'` through the CLI, the registry,
+/// etcd and the allocator's watch keeps every offer away from the role on an idle cluster, while a role
+/// without a limit is offered everything; `allot roles` shows the zeros. Lifting the limit brings offers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_quota_limit_keeps_a_role_from_every_offer() {
+    let mut cluster = Cluster::start().await;
+    let cli_args = cluster.cli_args();
+    let allot = |args: &[&str]| {
+        let out = std::process::Command::new(allot_tests::procs::bin_dir().join("allot"))
+            .args(&cli_args)
+            .args(args)
+            .output()
+            .expect("allot runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "allot {args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    allot(&["roles", "set", "frozen", "--quota", "cpus:0;mem:0"]);
+    let listed = allot(&["roles", "--json"]);
+    assert!(listed.contains("\"cpus:0;mem:0\""), "{listed}");
+    let mut frozen = TestFramework::subscribe(&cluster, "frozen", "frozen").await;
+    let mut open = TestFramework::subscribe(&cluster, "open", "open").await;
+    for _ in 0..2 {
+        cluster.add_agent("cpus:1;mem:256").await;
+    }
+    let mut held = Vec::new();
+    let deadline = std::time::Instant::now() + allot_tests::PATIENCE;
+    while held.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the open role is offered both agents"
+        );
+        if let Some(o) = open.offers_within(Duration::from_millis(200)).await {
+            held.extend(o);
+        }
+    }
+    assert!(
+        frozen.offers_within(Duration::from_secs(2)).await.is_none(),
+        "a role limited to cpus:0;mem:0 is offered nothing, on a cluster with idle agents"
+    );
+    // With the limit raised to one CPU, the role is offered again once the open framework gives offers back.
+    allot(&["roles", "set", "frozen", "--quota", "cpus:1"]);
+    let deadline = std::time::Instant::now() + allot_tests::PATIENCE;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frozen role is offered again"
+        );
+        for o in held.drain(..) {
+            open.decline(&o.offer_id, 0.0).await.expect("decline");
+        }
+        if let Some(o) = frozen.offers_within(Duration::from_millis(300)).await {
+            let cpus: f64 = o
+                .iter()
+                .flat_map(|o| &o.resources)
+                .filter(|r| r.name == "cpus")
+                .map(|r| r.scalar)
+                .sum();
+            assert!(cpus <= 1.0, "within the new limit: {o:?}");
+            break;
+        }
+        if let Some(o) = open.offers_within(Duration::from_millis(100)).await {
+            held.extend(o);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
     let mut cluster = Cluster::start().await;

@@ -416,7 +416,7 @@ mod tests {
     #[test]
     fn quota_limit_splits_the_agent() {
         let mut lim = role("r1", 1.0, "");
-        lim.quota_limit = Some(r("cpus:2"));
+        lim.quota_limit = Some("cpus:2".parse().unwrap());
         let s = snapshot(
             vec![agent("ag1", "cpus:8;mem:1024")],
             vec![fw("a", "r1", "")],
@@ -429,7 +429,7 @@ mod tests {
     #[test]
     fn quota_leftovers_go_to_the_next_role() {
         let mut lim = role("r1", 1.0, "");
-        lim.quota_limit = Some(r("cpus:2"));
+        lim.quota_limit = Some("cpus:2".parse().unwrap());
         let s = snapshot(
             vec![agent("ag1", "cpus:8;mem:1024")],
             vec![fw("a", "r1", ""), fw("b", "r2", "")],

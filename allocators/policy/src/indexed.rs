@@ -10,7 +10,7 @@
 //! and WASM builds read the host's buffers as they are, and neither side builds a [`Snapshot`] of bags and
 //! IDs on the way (the built-in `drf` and `priority` do this).
 
-use crate::{AgentView, FrameworkView, Grant, Kind, Resources, RoleView, Snapshot};
+use crate::{AgentView, FrameworkView, Grant, Kind, Limits, Resources, RoleView, Snapshot};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
@@ -439,7 +439,7 @@ impl Layout {
         };
         let total = put(&snap.total, &mut flat);
         // Roles: the snapshot's and the missing ones its frameworks name, by name.
-        let mut roles: Vec<(&str, f64, Option<&Resources>, Resources)> = snap
+        let mut roles: Vec<(&str, f64, Option<&Limits>, Resources)> = snap
             .roles
             .iter()
             .map(|r| {
@@ -590,17 +590,12 @@ pub fn interned_kinds(snap: &Snapshot) -> Vec<Kind> {
     kinds
 }
 
-/// A quota limit in thousandths, one per kind of `kinds`: -1 where the limit does not name the kind.
-pub fn limit_amounts(limit: &Resources, kinds: &[String]) -> Vec<i64> {
+/// A quota limit in thousandths, one per kind of `kinds`: -1 where the limit does not name the kind, 0 where
+/// it allows none of it.
+pub fn limit_amounts(limit: &Limits, kinds: &[String]) -> Vec<i64> {
     kinds
         .iter()
-        .map(|k| {
-            if limit.scalars().any(|(name, _)| name == k) {
-                limit.scalar_milli(k)
-            } else {
-                -1
-            }
-        })
+        .map(|k| limit.get_milli(k).unwrap_or(-1))
         .collect()
 }
 
@@ -643,16 +638,14 @@ pub fn resources(kinds: &[Kind], v: &[i64]) -> Resources {
     r
 }
 
-/// A quota limit from thousandths in kind order: kinds at -1 are not limited. A limit of exactly 0 reads as
-/// no limit on that kind, as [`Resources`] does not keep zero entries.
-pub fn limit_resources(kinds: &[Kind], v: &[i64]) -> Resources {
-    let mut r = Resources::new();
+/// A quota limit from thousandths in kind order: kinds at -1 (any negative amount) are not limited, kinds at
+/// 0 are limited to none.
+pub fn limit_resources(kinds: &[Kind], v: &[i64]) -> Limits {
+    let mut l = Limits::new();
     for (&k, &milli) in kinds.iter().zip(v) {
-        if milli >= 0 {
-            r.set_kind_milli(k, milli);
-        }
+        l.set_kind_milli(k, milli);
     }
-    r
+    l
 }
 
 /// Reads grants given by index back into [`Grant`]s over a snapshot, checking indices and amounts, and
@@ -771,9 +764,12 @@ mod tests {
         let l = Layout::new(&s);
         assert_eq!(l.amounts(l.total), [8000, 2048000]);
         assert_eq!(filtered(&s), [vec![1]]);
-        let limit: Resources = "cpus:2".parse().unwrap();
+        let limit: Limits = "cpus:2".parse().unwrap();
         assert_eq!(limit_amounts(&limit, &k), [2000, -1]);
         assert_eq!(limit_resources(&interned(&k), &[2000, -1]), limit);
+        let none: Limits = "cpus:0;mem:0".parse().unwrap();
+        assert_eq!(limit_amounts(&none, &k), [0, 0]);
+        assert_eq!(limit_resources(&interned(&k), &[0, 0]), none);
 
         let mut reader = GrantReader::new(&s, &k);
         let g = reader.read(0, 0, 1, &[1000, 0], &[]).unwrap();

@@ -13,7 +13,7 @@ pub mod indexed;
 
 /// The resource arithmetic, re-exported from `allot-resources` so that a policy needs only this crate.
 pub use allot_resources as resources;
-pub use allot_resources::{Kind, Resources, ResourcesError};
+pub use allot_resources::{Kind, Limits, Resources, ResourcesError};
 
 use std::collections::BTreeMap;
 
@@ -87,8 +87,10 @@ pub struct RoleView {
     pub name: String,
     /// Its weight (default 1.0): DRF compares `dominant share / weight`.
     pub weight: f64,
-    /// Its quota limit: the role may not be allocated more than this. `None` means no limit.
-    pub quota_limit: Option<Resources>,
+    /// Its quota limit: the role may not hold (offered and used) more than this of any scalar the limit
+    /// names; a limit of 0 allows none, a scalar the limit does not name is not limited. `None` (or an empty
+    /// limit) means no limit at all.
+    pub quota_limit: Option<Limits>,
     /// What the role holds now, offered and used, across all its frameworks.
     pub allocation: Resources,
 }

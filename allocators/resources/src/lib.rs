@@ -14,6 +14,9 @@
 //! keeps up to four scalars inline, sorted by name: copying, adding and comparing bags allocates nothing,
 //! which is what an allocation cycle over tens of thousands of agents does all the time.
 
+mod limits;
+
+pub use limits::Limits;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -353,18 +356,6 @@ impl Resources {
         r.subtract(other);
         r
     }
-
-    /// The scalars of `self` capped at `limit` (kinds absent from `limit` are kept whole); ranges are kept.
-    pub fn capped_by(&self, limit: &Resources) -> Resources {
-        let mut r = self.clone();
-        for (k, v) in r.scalars.iter_mut() {
-            if let Ok(i) = limit.find(k) {
-                *v = (*v).min(limit.scalars[i].1);
-            }
-        }
-        r.scalars.retain(|(_, v)| *v > 0);
-        r
-    }
 }
 
 fn to_milli(name: &str, value: f64) -> Result<i64, ResourcesError> {
@@ -572,11 +563,5 @@ mod tests {
         let x = r("cpus:1.5;mem:256;ports:[1-2,4-4]");
         assert_eq!(x.to_string(), "cpus:1.5;mem:256;ports:[1-2,4-4]");
         assert_eq!(x.to_string().parse::<Resources>().unwrap(), x);
-    }
-
-    #[test]
-    fn capped_by_limits_scalars_only_where_limited() {
-        let x = r("cpus:8;mem:4096");
-        assert_eq!(x.capped_by(&r("cpus:2")), r("cpus:2;mem:4096"));
     }
 }

@@ -88,7 +88,7 @@ fn mixed() -> Snapshot {
         s.total.add(&r("cpus:10;mem:4608;disk:100"));
     }
     s.roles = vec![role("batch", 1.0), role("db", 2.0), role("web", 1.0)];
-    s.roles[2].quota_limit = Some(r("cpus:20"));
+    s.roles[2].quota_limit = Some("cpus:20".parse().unwrap());
     s.roles[0].allocation = r("cpus:30;mem:1000");
     for (i, (rl, prio)) in [
         ("batch", 0),
@@ -154,6 +154,37 @@ fn the_c_policy_respects_quota_filters_and_reservations() {
         }
     }
     assert!(web_cpus <= 20_000, "the web quota limit holds: {web_cpus}");
+}
+
+/// A quota limit of 0 crosses both interface versions as 0, not as "no limit": no policy, C or Rust, old
+/// interface or new, gives the role any CPU or memory.
+#[test]
+fn a_zero_quota_limit_reaches_every_policy_as_none() {
+    let mut s = mixed();
+    s.roles[2].quota_limit = Some("cpus:0;mem:0".parse().unwrap());
+    let mut policies = vec![load("fairshare-c"), load("fairshare-c-0.1.0")];
+    policies.extend(
+        ["drf", "priority"]
+            .into_iter()
+            .filter_map(artifact)
+            .map(|b| WasmPolicy::load(&b, Limits::default(), DEADLINE).expect("loads")),
+    );
+    for p in &policies {
+        let grants = p.allocate(&s, DEADLINE).expect("allocates");
+        assert!(!grants.is_empty(), "{}", p.name());
+        for g in &grants {
+            if s.frameworks[g.framework].role == "web" {
+                let t = g.total();
+                assert_eq!(
+                    (t.scalar_milli("cpus"), t.scalar_milli("mem")),
+                    (0, 0),
+                    "{} ({}): {g:?}",
+                    p.name(),
+                    p.interface()
+                );
+            }
+        }
+    }
 }
 
 /// A component built against the frozen `allot:policy@0.1.0` (c/v0.1.0/fairshare.c, compiled by

@@ -9,7 +9,9 @@
 //! exceeds its unreserved total; per role, the reserved pieces sum to `allocated_reserved[role]`, which never
 //! exceeds the reservation. Every grant is validated against this before it becomes an offer.
 
-use allot_policy::{AgentView, FrameworkView, Grant, Policy, Resources, RoleView, Snapshot};
+use allot_policy::{
+    AgentView, FrameworkView, Grant, Limits, Policy, Resources, RoleView, Snapshot,
+};
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -234,8 +236,8 @@ struct Task {
 pub struct RoleConfig {
     /// DRF weight, > 0.
     pub weight: f64,
-    /// Quota limit, if any.
-    pub quota_limit: Option<Resources>,
+    /// Quota limit, if any: a scalar at 0 allows none of it, one not named is not limited.
+    pub quota_limit: Option<Limits>,
 }
 
 /// Why a policy's grant was refused by the host.
@@ -794,7 +796,7 @@ impl Books {
             if let Some(held) = role_alloc.get(&f.role) {
                 after.add(held);
             }
-            if limit.scalars().any(|(k, cap)| after.scalar_milli(k) > cap) {
+            if !limit.allows(&after) {
                 return Err((g, GrantRejection::Quota));
             }
             role_alloc.insert(f.role.clone(), after);

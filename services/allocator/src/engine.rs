@@ -11,7 +11,7 @@
 use crate::books::{Books, Piece, RoleConfig};
 use crate::metrics::M;
 use crate::policy::{Failure, Loaded};
-use allot_common::convert::{piece_to_proto, pieces_from_proto, resources_from_proto};
+use allot_common::convert::{limits_from_proto, piece_to_proto, pieces_from_proto};
 use allot_policy::Resources;
 use allot_proto::allocator::{
     AllocatorEvent, Grant as PbGrant, Grants, PolicyRecord, PolicyRef, PolicyStatusResponse,
@@ -314,7 +314,7 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
         }),
         (Kind::Roles, Some(v)) => {
             let role: Role = decode(id.as_bytes(), v).ok()?;
-            let limit = resources_from_proto(&role.quota_limit).ok()?;
+            let limit = limits_from_proto(&role.quota_limit).ok()?;
             Some(Command::Role(
                 id.to_string(),
                 Some(RoleConfig {

@@ -17,7 +17,7 @@
 //!   - suppress: {framework: f1}
 //!   - revive: {framework: f1}
 //!   - update_weights: {batch: 1, service: 3}
-//!   - update_quota: {role: batch, limit: {cpus: 2}}
+//!   - update_quota: {role: batch, limit: {cpus: 2, mem: 0}}   # 0: none of it; absent: unlimited
 //!   - remove_agent: {id: a1}
 //!   - remove_framework: {id: f1}
 //!   - advance: 10
@@ -45,7 +45,7 @@
 
 use crate::books::{Books, Offer, Piece, RoleConfig};
 use crate::policy::Loaded;
-use allot_policy::{Resources, dominant_share};
+use allot_policy::{Limits, Resources, dominant_share};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -113,6 +113,22 @@ fn to_resources(m: &ResMap) -> Result<Resources, EventError> {
         }
     }
     Ok(r)
+}
+
+/// A quota limit from its JSON form: numbers only, and a 0 is kept (none of that resource).
+fn to_limits(m: &ResMap) -> Result<Limits, EventError> {
+    let mut l = Limits::new();
+    for (name, v) in m {
+        match v {
+            ResValue::Num(x) => l.set(name, *x)?,
+            ResValue::Text(t) => {
+                return Err(EventError::Invalid(format!(
+                    "quota limit {name}: {t}: a limit is a number (ranges cannot be limited)"
+                )));
+            }
+        }
+    }
+    Ok(l)
 }
 
 /// JSON form of resources: scalars as numbers (whole numbers without a fraction), ranges as Mesos text.
@@ -661,7 +677,7 @@ impl Sim<'_> {
                 }
             }
             Event::UpdateQuota { role, limit } => {
-                let limit = to_resources(&limit)?;
+                let limit = to_limits(&limit)?;
                 let cfg = RoleConfig {
                     quota_limit: Some(limit),
                     ..self.books.role_config(&role)

@@ -169,6 +169,22 @@ events:
     assert_eq!(o["resources"]["cpus"], 6);
 }
 
+/// Zero means zero: a limit of `cpus: 0, mem: 0` keeps every offer away from the role on an idle cluster, and
+/// a limit of `disk: 0` keeps disk out of the role's offers; only an absent resource is unlimited.
+#[test]
+fn a_zero_quota_limit_allows_none_of_the_resource() {
+    let lines = sim(&example("zero-quota.yaml"));
+    let offers = of(&lines, "offer");
+    assert!(!offers.is_empty(), "{lines:#?}");
+    assert_eq!(count(&lines, "offer", "f-frozen"), 0, "{lines:#?}");
+    for o in offers.iter().filter(|o| o["framework"] == "f-web") {
+        assert!(o["resources"]["cpus"].as_f64().unwrap() <= 2.0, "{o}");
+        assert!(o["resources"].get("disk").is_none(), "{o}");
+    }
+    assert!(count(&lines, "offer", "f-web") > 0, "{lines:#?}");
+    assert!(count(&lines, "offer", "f-batch") > 0, "{lines:#?}");
+}
+
 #[test]
 fn workload_tasks_with_a_duration_free_their_resources() {
     let lines = sim_with(
@@ -305,6 +321,7 @@ fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
         "drf-paper.yaml",
         "offer-filter.yaml",
         "two-roles-weights.yaml",
+        "zero-quota.yaml",
     ] {
         let builtin = sim(&example(name));
         for plugin in &plugins {

@@ -1,6 +1,7 @@
 //! Operator views: tables or JSON of agents, frameworks, tasks, offers and roles.
 
-use allot_common::convert::{resources_from_proto, resources_to_proto};
+use allot_common::convert::{limits_from_proto, limits_to_proto, resources_from_proto};
+use allot_policy::Limits;
 use allot_proto::common::{Resource, Role};
 use allot_proto::operator::{
     ListFrameworksRequest, ListOffersRequest, ListTasksRequest, operator_client::OperatorClient,
@@ -22,7 +23,8 @@ pub enum RolesCommand {
         /// DRF weight (> 0).
         #[arg(long, default_value_t = 1.0)]
         weight: f64,
-        /// Quota limit, e.g. `cpus:4;mem:4096`.
+        /// Quota limit, e.g. `cpus:4;mem:4096`: the most the role may hold, offered and used. `cpus:0` allows
+        /// no CPUs at all; a resource not named is not limited.
         #[arg(long)]
         quota: Option<String>,
     },
@@ -301,7 +303,10 @@ pub async fn roles(
     }) = set
     {
         let quota_limit = match quota {
-            Some(q) => resources_to_proto(&q.parse().with_context(|| format!("--quota '{q}'"))?),
+            Some(q) => limits_to_proto(
+                &q.parse::<Limits>()
+                    .with_context(|| format!("--quota '{q}'"))?,
+            ),
             None => Vec::new(),
         };
         client
@@ -337,7 +342,12 @@ pub async fn roles(
             (
                 name,
                 cfg.map(|r| r.weight).unwrap_or(1.0),
-                cfg.map(|r| res(&r.quota_limit)).unwrap_or_default(),
+                cfg.map(|r| {
+                    limits_from_proto(&r.quota_limit)
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|e| format!("<{e}>"))
+                })
+                .unwrap_or_default(),
                 alloc.to_string(),
                 share,
             )

@@ -1,7 +1,7 @@
 //! Conversions between protocol resources (`allot.common.v1.Resource`) and [`Resources`], with reservation roles.
 
 use allot_proto::common::{Range, Resource};
-use allot_resources::{Resources, ResourcesError};
+use allot_resources::{Limits, Resources, ResourcesError};
 use std::collections::BTreeMap;
 
 /// Converts protocol resources into one validated [`Resources`], reserved and unreserved together. Resources
@@ -15,6 +15,39 @@ pub fn resources_from_proto(list: &[Resource]) -> Result<Resources, ResourcesErr
         all.add(r);
     }
     Ok(all)
+}
+
+/// Converts a role's protocol quota limit (`Role.quota_limit`) into [`Limits`]: a resource given with scalar 0
+/// is kept and allows none of it; resources the list does not name are not limited. Entries of the same name:
+/// the last one counts.
+///
+/// # Errors
+/// [`ResourcesError`] for a missing name, a range (limits are scalars only), or a negative, NaN, infinite or
+/// too large scalar.
+pub fn limits_from_proto(list: &[Resource]) -> Result<Limits, ResourcesError> {
+    let mut limits = Limits::new();
+    for res in list {
+        if !res.ranges.is_empty() {
+            return Err(ResourcesError::Parse(format!(
+                "{}: a quota limit names scalars only",
+                res.name
+            )));
+        }
+        limits.set(&res.name, res.scalar)?;
+    }
+    Ok(limits)
+}
+
+/// A role's quota limit as protocol resources, zeros included (the way back of [`limits_from_proto`]).
+pub fn limits_to_proto(limits: &Limits) -> Vec<Resource> {
+    limits
+        .scalars()
+        .map(|(name, milli)| Resource {
+            name: name.to_string(),
+            scalar: milli as f64 / allot_resources::SCALE as f64,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Converts protocol resources into the unreserved ones and the reserved ones by role (`role` empty or `*` is

@@ -7,7 +7,7 @@
 use crate::error::Error;
 use crate::liveness::Liveness;
 use crate::metrics::M;
-use allot_common::convert::resources_from_proto;
+use allot_common::convert::{limits_from_proto, resources_from_proto};
 use allot_proto::common::{AgentInfo, AgentRecord, Role};
 use allot_server::Store;
 use allot_server::store::{Kind, StoreError, alive_value};
@@ -273,7 +273,7 @@ fn check_role(role: &Role) -> Result<(), Error> {
             role.weight
         )));
     }
-    resources_from_proto(&role.quota_limit)
+    limits_from_proto(&role.quota_limit)
         .map_err(|e| Error::Invalid(format!("quota_limit: {e}")))?;
     Ok(())
 }
