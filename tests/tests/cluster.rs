@@ -55,6 +55,42 @@ async fn failing_command_ends_failed_with_its_exit_code() {
     assert!(failed.message.contains("status 7"), "{}", failed.message);
 }
 
+/// Memory limits hold from the command's first instruction: a shell command (run in the executor's own
+/// subshell, not a second shell) that asks for 256 MiB in a task of 32 MiB is ended by the kernel and fails
+/// with REASON_CONTAINER_LIMITATION_MEMORY. Where the agent cannot use cgroups (it then limits address space
+/// with prlimit, which fails the allocation instead) the reason is not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_memory_limit_fails_with_the_memory_limitation() {
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("cpus:1;mem:256").await;
+    let mut fw = TestFramework::subscribe(&cluster, "greedy", "*").await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(
+        &offer.offer_id,
+        vec![task(
+            "greedy",
+            "echo start; dd if=/dev/zero of=/dev/null bs=256M count=1; echo survived",
+            0.1,
+            32.0,
+        )],
+        5.0,
+    )
+    .await
+    .expect("accept");
+    let failed = fw.await_state("greedy", TaskState::TaskFailed).await;
+    let cgroups = std::path::Path::new("/sys/fs/cgroup/memory/allot").exists()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+            .is_ok_and(|c| c.contains("memory"));
+    if cgroups {
+        assert_eq!(
+            failed.reason, "REASON_CONTAINER_LIMITATION_MEMORY",
+            "{failed:?}"
+        );
+    } else {
+        eprintln!("SKIP the reason: no memory cgroup here ({failed:?})");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_ends_killed() {
     let mut cluster = Cluster::start().await;

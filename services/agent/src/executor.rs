@@ -35,13 +35,22 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The wrapper around every command. Arguments: the exit file, then the command. It ignores nothing (a trap
 /// is reset in the command), but a SIGTERM sent to the process group waits in the trap until the command has
-/// handled its own, so a graceful kill keeps its grace period.
+/// handled its own, so a graceful kill keeps its grace period. `RUN` is [`RUN_ARGV`] or [`RUN_SHELL`].
 const WRAPPER: &str = r#"exit_file=$1; shift
 trap 'true' TERM
-GATE"$@"; s=$?
+GATERUN; s=$?
 echo "$s" > "$exit_file"
 if [ "$s" -gt 128 ]; then trap - TERM; kill -$((s - 128)) $$; fi
 exit "$s""#;
+
+/// How the wrapper runs a command given as a program and its arguments.
+const RUN_ARGV: &str = r#""$@""#;
+
+/// How the wrapper runs a shell command (`CommandInfo.shell`, the one argument after the exit file): in a
+/// subshell of the wrapper itself, which is what `sh -c` would be without one more `exec` of the shell per
+/// task (issue 24). The subshell has no positional parameters, its traps reset, and its exit status (or
+/// signal) is the command's; `exit` and `exec` in the command end or replace the subshell only.
+const RUN_SHELL: &str = r#"c=$1; shift; ( eval "$c" )"#;
 
 /// What the executor needs to run one task.
 #[derive(Debug, Clone)]
@@ -293,7 +302,12 @@ fn start(l: &Launch, isolator: &Isolator) -> Result<Started, Box<TaskStatus>> {
         }
     };
     let cmd_info = l.task.command.clone().unwrap_or_default();
-    let mut argv: Vec<String> = if cmd_info.shell || cmd_info.arguments.is_empty() {
+    let shell = cmd_info.shell || cmd_info.arguments.is_empty();
+    // Under prlimit the command must be a program to exec: the shell.
+    let in_wrapper = shell && !matches!(iso, TaskIsolation::Prlimit { .. });
+    let mut argv: Vec<String> = if in_wrapper {
+        vec![cmd_info.value.clone()]
+    } else if shell {
         vec!["/bin/sh".into(), "-c".into(), cmd_info.value.clone()]
     } else {
         let mut v = vec![cmd_info.value.clone()];
@@ -309,7 +323,9 @@ fn start(l: &Launch, isolator: &Isolator) -> Result<Started, Box<TaskStatus>> {
     // can escape: the wrapper reads one line from a pipe before it starts the command. The agent writes the
     // line after attaching the pid.
     let gated = matches!(iso, TaskIsolation::Cgroup(_));
-    let script = WRAPPER.replace("GATE", if gated { "read -r _ || true\n" } else { "" });
+    let script = WRAPPER
+        .replace("GATE", if gated { "read -r _ || true\n" } else { "" })
+        .replace("RUN", if in_wrapper { RUN_SHELL } else { RUN_ARGV });
     let mut wrapped: Vec<String> = vec![
         "/bin/sh".into(),
         "-c".into(),

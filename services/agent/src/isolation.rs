@@ -7,7 +7,10 @@
 //! cgroups).
 
 use cgroups_rs::fs::error::Error as CgroupError;
-use cgroups_rs::fs::{Cgroup, cgroup_builder::CgroupBuilder, hierarchies, memory::MemController};
+use cgroups_rs::fs::{
+    Cgroup, Controller, Hierarchy, cgroup_builder::CgroupBuilder, hierarchies,
+    memory::MemController,
+};
 use std::path::Path;
 
 /// The isolation the agent applies.
@@ -30,11 +33,42 @@ pub enum Isolator {
     Cgroups {
         /// e.g. `allot/agent-…`.
         parent: String,
+        /// The host's cgroup hierarchy, found once at start (finding it reads `/proc/self/mountinfo`, which a
+        /// task's start need not pay for).
+        hierarchy: Hier,
     },
     /// `prlimit` at this path.
     Rlimits(String),
     /// Nothing.
     None,
+}
+
+/// The cgroup hierarchy found at start: v1 (with the mount points of its controllers) or v2 (unified).
+#[derive(Debug, Clone)]
+pub enum Hier {
+    /// cgroup v1.
+    V1(hierarchies::V1),
+    /// cgroup v2.
+    V2(hierarchies::V2),
+}
+
+impl Hier {
+    /// The host's hierarchy now (what `cgroups_rs::fs::hierarchies::auto` finds).
+    pub fn detect() -> Hier {
+        if hierarchies::is_cgroup2_unified_mode() {
+            Hier::V2(hierarchies::V2::new())
+        } else {
+            Hier::V1(hierarchies::V1::new())
+        }
+    }
+
+    /// A copy for cgroups-rs, which takes its hierarchy boxed.
+    fn boxed(&self) -> Box<dyn Hierarchy> {
+        match self {
+            Hier::V1(h) => Box::new(h.clone()),
+            Hier::V2(h) => Box::new(h.clone()),
+        }
+    }
 }
 
 /// Why isolation could not be set up.
@@ -81,6 +115,7 @@ pub fn detect(mode: Mode, parent: &str) -> Result<Isolator, IsolationError> {
         cg.delete().map_err(IsolationError::Cgroups)?;
         Ok(Isolator::Cgroups {
             parent: parent.to_string(),
+            hierarchy: Hier::detect(),
         })
     };
     Ok(match mode {
@@ -122,7 +157,7 @@ impl Isolator {
         mem_mib: f64,
     ) -> Result<TaskIsolation, IsolationError> {
         match self {
-            Isolator::Cgroups { parent } => {
+            Isolator::Cgroups { parent, hierarchy } => {
                 let path = format!("{parent}/{task}");
                 let mut b = CgroupBuilder::new(&path)
                     .set_specified_controllers(vec!["cpu".into(), "memory".into()]);
@@ -138,7 +173,7 @@ impl Isolator {
                     b = b.cpu().shares(((cpus * 1024.0) as u64).max(2)).done();
                 }
                 let cg = b
-                    .build(hierarchies::auto())
+                    .build(hierarchy.boxed())
                     .map_err(|source| IsolationError::Prepare { path, source })?;
                 Ok(TaskIsolation::Cgroup(cg))
             }
@@ -154,10 +189,9 @@ impl Isolator {
     /// restart: its cgroup, if this agent uses cgroups (rlimits were applied when the command started).
     pub fn reopen(&self, task: &str) -> TaskIsolation {
         match self {
-            Isolator::Cgroups { parent } => TaskIsolation::Cgroup(Cgroup::load(
-                hierarchies::auto(),
-                format!("{parent}/{task}"),
-            )),
+            Isolator::Cgroups { parent, hierarchy } => {
+                TaskIsolation::Cgroup(Cgroup::load(hierarchy.boxed(), format!("{parent}/{task}")))
+            }
             _ => TaskIsolation::None,
         }
     }
@@ -179,6 +213,14 @@ pub enum TaskIsolation {
     None,
 }
 
+/// The `oom_kill N` count of a cgroup's `memory.oom_control` (v1) or `memory.events` (v2) text; 0 if absent.
+fn oom_kills(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 impl TaskIsolation {
     /// Moves process `pid` into the task's cgroup (no-op otherwise).
     ///
@@ -193,18 +235,24 @@ impl TaskIsolation {
         }
     }
 
-    /// Whether the kernel's OOM killer killed a process of this task (cgroups only).
+    /// Whether the kernel's OOM killer killed a process of this task (cgroups only): the `oom_kill` count of
+    /// the task's memory cgroup, read from the one file that holds it (`memory.oom_control` on v1,
+    /// `memory.events` on v2; cgroups-rs' `memory_stat` reads a dozen files, and on v2 leaves the count out).
     pub fn oom_killed(&self) -> bool {
-        match self {
-            TaskIsolation::Cgroup(cg) => cg
-                .controller_of::<MemController>()
-                .map(|m| {
-                    let s = m.memory_stat();
-                    s.oom_control.oom_kill > 0
-                })
-                .unwrap_or(false),
-            _ => false,
-        }
+        let TaskIsolation::Cgroup(cg) = self else {
+            return false;
+        };
+        let Some(m) = cg.controller_of::<MemController>() else {
+            return false;
+        };
+        let file = if cg.v2() {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(m.path().join(file))
+            .map(|text| oom_kills(&text) > 0)
+            .unwrap_or(false)
     }
 
     /// Removes the task's cgroup; every process in it must be gone.
@@ -224,5 +272,18 @@ impl TaskIsolation {
             }
             tracing::warn!(path = cg.path(), "cannot remove task cgroup");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oom_kills;
+
+    #[test]
+    fn the_oom_kill_count_is_read_from_either_version() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!((oom_kills(v1), oom_kills(v2)), (2, 1));
+        assert_eq!(oom_kills("oom_kill_disable 0\n"), 0);
     }
 }

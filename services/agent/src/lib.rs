@@ -293,10 +293,8 @@ impl Agent {
                 let (manager, context, sandbox) =
                     (manager.clone(), context.clone(), sandbox.clone());
                 let pushed = tokio::task::spawn_blocking(move || {
-                    for status in batch {
-                        if let Err(e) = manager.push(status, &sandbox, &context) {
-                            tracing::warn!(error = %e, "cannot checkpoint a status update; it is kept in memory");
-                        }
+                    if let Err(e) = manager.push_all(batch, &sandbox, &context) {
+                        tracing::warn!(error = %e, "cannot checkpoint status updates; they are kept in memory");
                     }
                 })
                 .await;

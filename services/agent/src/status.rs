@@ -73,15 +73,16 @@ struct Stream {
     due: Option<Instant>,
     /// The wait before the next re-send of the head.
     backoff: Duration,
-    /// The checkpoint file, appended to (real agents only).
-    file: Option<std::fs::File>,
+    /// The checkpoint file, appended to (real agents only); shared so that updates are written and synced
+    /// outside the lock every task's stream sits behind.
+    file: Option<Arc<std::fs::File>>,
 }
 
 impl Stream {
     /// An empty stream whose first re-send waits `backoff`.
     fn new(
         context: HashMap<String, String>,
-        file: Option<std::fs::File>,
+        file: Option<Arc<std::fs::File>>,
         backoff: Duration,
     ) -> Stream {
         Stream {
@@ -141,21 +142,28 @@ fn status_of(r: &StatusUpdateRequest) -> &TaskStatus {
     r.status.as_ref().unwrap_or(&EMPTY)
 }
 
-/// Appends `record` to a stream's checkpoint file. An update is synced to disk before it may be sent (a
-/// restarted agent must find every update it sent and the framework has not acknowledged); an acknowledgement
-/// is not: the next update's sync takes it along, and one lost in a crash only makes the restarted agent send
-/// an acknowledged update again, which the broker acknowledges again (updates are at least once). Skipping
+/// Appends `records` to a stream's checkpoint file in one write. Updates are synced to disk before they may be
+/// sent (a restarted agent must find every update it sent and the framework has not acknowledged), with one
+/// sync for all of them (a task's TASK_STARTING and TASK_RUNNING come together); an acknowledgement is not:
+/// the next update's sync takes it along, and one lost in a crash only makes the restarted agent send an
+/// acknowledged update again, which the broker acknowledges again (updates are at least once). Skipping
 /// that sync halves the syncs per task (issue 24).
 fn append(
-    file: &mut std::fs::File,
-    record: status_update_checkpoint::Record,
+    file: &std::fs::File,
+    records: impl IntoIterator<Item = status_update_checkpoint::Record>,
 ) -> std::io::Result<()> {
-    let sync = matches!(record, status_update_checkpoint::Record::Update(_));
-    let bytes = StatusUpdateCheckpoint {
-        record: Some(record),
+    let mut bytes = Vec::new();
+    let mut sync = false;
+    for record in records {
+        sync |= matches!(record, status_update_checkpoint::Record::Update(_));
+        StatusUpdateCheckpoint {
+            record: Some(record),
+        }
+        .encode_length_delimited(&mut bytes)
+        .expect("a Vec grows");
     }
-    .encode_length_delimited_to_vec();
-    file.write_all(&bytes)?;
+    let mut writer = file;
+    writer.write_all(&bytes)?;
     if sync {
         file.sync_data()?;
     }
@@ -217,7 +225,7 @@ impl StatusUpdateManager {
                     .open(&path)?;
                 // Later records go right after the last good one, not after a torn one.
                 file.set_len(valid as u64)?;
-                let mut stream = Stream::new(HashMap::new(), Some(file), retry_min);
+                let mut stream = Stream::new(HashMap::new(), Some(Arc::new(file)), retry_min);
                 stream.updates = updates;
                 stream.acknowledged = acknowledged;
                 streams.insert(key, stream);
@@ -261,53 +269,92 @@ impl StatusUpdateManager {
     }
 
     /// Adds `status` (with the task's `sandbox` path and launch trace `context`) to the end of its task's
-    /// stream; checkpointed first when this manager checkpoints.
+    /// stream; checkpointed first when this manager checkpoints. [`StatusUpdateManager::push_all`] of one.
     ///
     /// # Errors
-    /// The I/O error if the checkpoint cannot be written; the update is still kept in memory and sent.
+    /// As [`StatusUpdateManager::push_all`].
     pub fn push(
         &self,
         status: TaskStatus,
         sandbox: &str,
         context: &HashMap<String, String>,
     ) -> std::io::Result<()> {
-        let key = (status.framework_id.clone(), status.task_id.clone());
-        let request = StatusUpdateRequest {
-            status: Some(status),
-            sandbox: sandbox.to_string(),
+        self.push_all(vec![status], sandbox, context)
+    }
+
+    /// Adds `statuses`, updates of one task in order (with its `sandbox` path and launch trace `context`), to
+    /// the end of its stream. When this manager checkpoints, they are written to the task's checkpoint file
+    /// and synced once, outside the lock that every stream sits behind, before any of them may be sent.
+    ///
+    /// # Errors
+    /// The I/O error if the checkpoint cannot be written; the updates are still kept in memory and sent.
+    pub fn push_all(
+        &self,
+        statuses: Vec<TaskStatus>,
+        sandbox: &str,
+        context: &HashMap<String, String>,
+    ) -> std::io::Result<()> {
+        let Some(first) = statuses.first() else {
+            return Ok(());
         };
+        let key = (first.framework_id.clone(), first.task_id.clone());
+        debug_assert!(
+            statuses
+                .iter()
+                .all(|s| s.framework_id == key.0 && s.task_id == key.1),
+            "push_all takes one task's updates"
+        );
+        let requests: Vec<StatusUpdateRequest> = statuses
+            .into_iter()
+            .map(|status| StatusUpdateRequest {
+                status: Some(status),
+                sandbox: sandbox.to_string(),
+            })
+            .collect();
         let mut result = Ok(());
+        // The task's checkpoint file: its stream's, or opened now (outside the lock) for a new stream.
+        let known = {
+            let streams = self.streams.lock().expect("streams poisoned");
+            streams.tasks.get(&key).map(|s| s.file.clone())
+        };
+        let file = match known {
+            Some(file) => file,
+            None => self.task_dir(&key).and_then(|dir| {
+                let open = std::fs::create_dir_all(&dir).and_then(|_| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("updates"))
+                });
+                match open {
+                    Ok(f) => Some(Arc::new(f)),
+                    Err(e) => {
+                        result = Err(e);
+                        None
+                    }
+                }
+            }),
+        };
+        if let Some(file) = &file
+            && let Err(e) = append(
+                file,
+                requests
+                    .iter()
+                    .map(|r| status_update_checkpoint::Record::Update(r.clone())),
+            )
+        {
+            result = Err(e);
+        }
         {
             let mut streams = self.streams.lock().expect("streams poisoned");
             let streams = &mut *streams;
-            let stream = streams.tasks.entry(key.clone()).or_insert_with(|| {
-                let file = self.task_dir(&key).and_then(|dir| {
-                    let open = std::fs::create_dir_all(&dir).and_then(|_| {
-                        std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(dir.join("updates"))
-                    });
-                    match open {
-                        Ok(f) => Some(f),
-                        Err(e) => {
-                            result = Err(e);
-                            None
-                        }
-                    }
-                });
-                Stream::new(context.clone(), file, self.retry_min)
-            });
-            if let Some(file) = stream.file.as_mut()
-                && let Err(e) = append(
-                    file,
-                    status_update_checkpoint::Record::Update(request.clone()),
-                )
-            {
-                result = Err(e);
-            }
-            stream.updates.push_back(request);
-            if stream.updates.len() == 1 {
+            let stream = streams
+                .tasks
+                .entry(key.clone())
+                .or_insert_with(|| Stream::new(context.clone(), file, self.retry_min));
+            let was_empty = stream.updates.is_empty();
+            stream.updates.extend(requests);
+            if was_empty {
                 stream.due = None;
                 streams.ready.push_back(key);
             }
@@ -343,8 +390,8 @@ impl StatusUpdateManager {
         if stream.updates.front().map(|r| status_of(r).uuid.as_slice()) != Some(uuid) {
             return (None, false);
         }
-        if let Some(file) = stream.file.as_mut()
-            && let Err(e) = append(file, status_update_checkpoint::Record::Ack(uuid.to_vec()))
+        if let Some(file) = &stream.file
+            && let Err(e) = append(file, [status_update_checkpoint::Record::Ack(uuid.to_vec())])
         {
             tracing::warn!(task = %key.1, error = %e, "cannot checkpoint a status update acknowledgement");
         }
