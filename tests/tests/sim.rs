@@ -112,7 +112,7 @@ async fn batched_updates_and_acknowledgements_are_recorded_and_bad_entries_dropp
     };
     let entry = |s: TaskStatus| StatusUpdateRequest {
         status: Some(s),
-        sandbox: String::new(),
+        ..Default::default()
     };
     // As the simulated agents' own principal (an agent may report only its own tasks).
     let mut updates = StatusUpdatesClient::new(

@@ -336,12 +336,15 @@ impl Agent {
     }
 }
 
-/// Delivers `due` status updates to the broker, one `Update` call each, in order. Each update is a
-/// `status update` span whose parent is the task's launch (its W3C context), so the update joins the trace of
-/// the ACCEPT that launched the task. Returns the updates the broker refused as malformed.
+/// Delivers `due` status updates to the broker in order: one `Update` call for a single update, one
+/// `UpdateBatch` call for several (the heads of many tasks' streams, due together under load: one call instead
+/// of one per update, issue 24). Each update is a `status update` span whose parent is the task's launch (its
+/// W3C context), so the update joins the trace of the ACCEPT that launched the task; in a batch each update
+/// carries its span's context in `trace_context`. Returns the updates the broker refused as malformed (and
+/// those without IDs, which are never sent).
 ///
 /// # Errors
-/// The first failed call's status; the manager re-sends every head after a backoff.
+/// The failed call's status; the manager re-sends every head after a backoff.
 async fn deliver(
     brokers: allot_common::grpc::Replicas,
     due: Vec<status::Outgoing>,
@@ -349,26 +352,56 @@ async fn deliver(
     use tracing::Instrument as _;
     let mut client = StatusUpdatesClient::new(brokers.channel());
     let mut refused = Vec::new();
+    let mut batch = Vec::with_capacity(due.len());
     for o in due {
-        let Some(status) = o.request.status.clone() else {
+        let Some(status) = o.request.status.as_ref() else {
             continue;
         };
-        let span = allot_common::status_update_span(&status, "internal");
+        if status.task_id.is_empty() || status.framework_id.is_empty() {
+            tracing::warn!(task = %status.task_id, "a status update without task or framework ID; dropped");
+            refused.extend(o.refused());
+            continue;
+        }
+        let span = allot_common::status_update_span(status, "internal");
         allot_telemetry::propagation::set_parent_from_map(&span, &o.context);
-        let dropped = o.refused();
-        match client.update(o.request).instrument(span).await {
-            Ok(_) => {}
-            Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                tracing::warn!(task = %status.task_id, error = %e.message(), "broker refused a status update; dropped");
-                refused.extend(dropped);
-            }
-            Err(e) => {
-                M.retries.inc();
-                // A standby broker names the leader: the re-send goes there.
-                brokers.failed(&e);
-                return Err(e);
+        batch.push((o, span));
+    }
+    let result = match batch.len() {
+        0 => return Ok(refused),
+        1 => {
+            let (o, span) = batch.pop().expect("one");
+            let dropped = o.refused();
+            match client.update(o.request).instrument(span).await {
+                Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                    tracing::warn!(error = %e.message(), "broker refused a status update; dropped");
+                    refused.extend(dropped);
+                    Ok(())
+                }
+                r => r.map(|_| ()),
             }
         }
+        n => {
+            let updates = batch
+                .iter()
+                .map(|(o, span)| {
+                    let mut request = o.request.clone();
+                    request.trace_context = allot_telemetry::propagation::to_map(span);
+                    request
+                })
+                .collect();
+            let span = tracing::info_span!("status updates", allot.updates = n);
+            client
+                .update_batch(allot_proto::agent::StatusUpdateBatchRequest { updates })
+                .instrument(span)
+                .await
+                .map(|_| ())
+        }
+    };
+    if let Err(e) = result {
+        M.retries.inc();
+        // A standby broker names the leader: the re-send goes there.
+        brokers.failed(&e);
+        return Err(e);
     }
     Ok(refused)
 }

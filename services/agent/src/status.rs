@@ -309,6 +309,7 @@ impl StatusUpdateManager {
             .map(|status| StatusUpdateRequest {
                 status: Some(status),
                 sandbox: sandbox.to_string(),
+                ..Default::default()
             })
             .collect();
         let mut result = Ok(());

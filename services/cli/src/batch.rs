@@ -167,9 +167,20 @@ struct Batch {
     bar: ProgressBar,
     driver: Arc<Mutex<Option<Driver>>>,
     clock: Instant,
+    /// Whether an offer filter (a decline or accept with `refuse_seconds`) or SUPPRESS may keep offers away
+    /// since the last REVIVE: only then does room opening up call for one (a REVIVE per ended task is two
+    /// calls and an allocation for nothing when no filter is set, issue 24).
+    filtered: bool,
 }
 
 impl Batch {
+    /// REVIVE, when a filter or SUPPRESS may be keeping offers away.
+    fn revive_if_filtered(&mut self, driver: &Driver) {
+        if std::mem::take(&mut self.filtered) {
+            driver.revive();
+        }
+    }
+
     /// Seconds since the batch started, the clock of [`Attempts`].
     fn now(&self) -> f64 {
         self.clock.elapsed().as_secs_f64()
@@ -223,7 +234,7 @@ impl Batch {
                     ),
                 );
                 self.queue_retry(&job, attempt);
-                driver.revive();
+                self.revive_if_filtered(driver);
             }
             Next::Ended(job, attempts) => {
                 let ran = self.running.remove(task_id);
@@ -266,7 +277,7 @@ impl Batch {
                     driver.teardown();
                 } else if !self.pending.is_empty() {
                     // Room opened up: ask for offers again (clears our filters).
-                    driver.revive();
+                    self.revive_if_filtered(driver);
                 }
             }
         }
@@ -297,6 +308,7 @@ impl Scheduler for Batch {
             driver.reconcile(live);
         }
         if !self.pending.is_empty() {
+            self.filtered = false;
             driver.revive();
         }
     }
@@ -312,6 +324,7 @@ impl Scheduler for Batch {
                 // too small for the next task: no filter, so that the agent comes back when it has more free.
                 // A filter here would keep us off exactly the agents where resources are about to free up.
                 let refuse = if room == 0 { 5.0 } else { 0.0 };
+                self.filtered |= refuse > 0.0;
                 driver.decline(vec![offer.offer_id], Some(refuse));
                 continue;
             }
@@ -333,8 +346,10 @@ impl Scheduler for Batch {
                 launches.push(t.info);
             }
             driver.accept(vec![offer.offer_id], launches, Some(1.0));
+            self.filtered = true;
         }
         if self.pending.is_empty() {
+            self.filtered = true;
             driver.suppress();
         }
         self.bar
@@ -599,6 +614,7 @@ pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32>
             bar: bar.clone(),
             driver: slot.clone(),
             clock: Instant::now(),
+            filtered: false,
         };
         let mut info = allot_sdk::framework_info(&name, &role);
         info.failover_timeout = args.failover_timeout;

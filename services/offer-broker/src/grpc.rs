@@ -349,9 +349,9 @@ impl StatusUpdates for StatusService {
             .into_inner()
             .updates
             .into_iter()
-            .filter_map(|u| Some((u.status?, u.sandbox)))
+            .filter_map(|u| Some((u.status?, u.sandbox, u.trace_context)))
             .collect();
-        self.own_agents(&caller, updates.iter().map(|(s, _)| s.agent_id.as_str()))?;
+        self.own_agents(&caller, updates.iter().map(|(s, _, _)| s.agent_id.as_str()))?;
         self.0.status_updates(updates);
         Ok(Response::new(StatusUpdateResponse {}))
     }

@@ -72,22 +72,33 @@ impl Broker {
         Ok(())
     }
 
-    /// A batch of status updates (each with its sandbox) from one agent, in order, each handled as by
-    /// [`Broker::status_update`]. Updates without IDs are dropped with a warning.
-    pub fn status_updates(self: &Arc<Self>, updates: Vec<(TaskStatus, String)>) {
+    /// A batch of status updates from one agent, in order, each with its sandbox and the W3C trace context of
+    /// the agent's span for it (empty: none), each handled as by [`Broker::status_update`]; each update with a
+    /// context is recorded as a `status update` span in its own task's trace. Updates without IDs are dropped
+    /// with a warning.
+    pub fn status_updates(
+        self: &Arc<Self>,
+        updates: Vec<(TaskStatus, String, std::collections::HashMap<String, String>)>,
+    ) {
+        let span = tracing::info_span!("status updates", allot.updates = updates.len());
+        let _entered = span.enter();
         let updates: Vec<(TaskStatus, Option<String>)> = updates
             .into_iter()
-            .filter(|(s, _)| {
+            .filter(|(s, _, _)| {
                 let ok = !s.task_id.is_empty() && !s.framework_id.is_empty();
                 if !ok {
                     tracing::warn!(task = %s.task_id, framework = %s.framework_id, "status update without task_id or framework_id dropped");
                 }
                 ok
             })
-            .map(|(s, sandbox)| (s, Some(sandbox)))
+            .map(|(s, sandbox, context)| {
+                if !context.is_empty() {
+                    let one = allot_common::status_update_span(&s, "internal");
+                    allot_telemetry::propagation::set_parent_from_map(&one, &context);
+                }
+                (s, Some(sandbox))
+            })
             .collect();
-        let span = tracing::info_span!("status updates", allot.updates = updates.len());
-        let _entered = span.enter();
         self.receive_updates(updates);
     }
 
