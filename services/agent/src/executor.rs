@@ -27,7 +27,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How often a task recovered after an agent restart (not the agent's child, so not waited for) is checked.
@@ -51,6 +50,41 @@ const RUN_ARGV: &str = r#""$@""#;
 /// task (issue 24). The subshell has no positional parameters, its traps reset, and its exit status (or
 /// signal) is the command's; `exit` and `exec` in the command end or replace the subshell only.
 const RUN_SHELL: &str = r#"c=$1; shift; ( eval "$c" )"#;
+
+/// Where one task's status updates go: its stream in the agent's status update manager, with its sandbox path
+/// and the launch's trace context. [`TaskUpdates::push`] checkpoints (a file write and a sync), so it is called
+/// on a blocking thread, in the same blocking call as the step that produced the update: one thread hand-off
+/// per step, not two (issue 24).
+#[derive(Clone)]
+pub struct TaskUpdates {
+    /// The agent's status update manager.
+    pub manager: std::sync::Arc<crate::status::StatusUpdateManager>,
+    /// The task's sandbox, absolute.
+    pub sandbox: std::sync::Arc<str>,
+    /// The launch's W3C trace context.
+    pub context: std::sync::Arc<std::collections::HashMap<String, String>>,
+}
+
+impl TaskUpdates {
+    /// Appends `statuses` (in order) to the task's stream, checkpointed; a checkpoint that cannot be written
+    /// is logged and the updates are still sent. Blocking.
+    pub fn push(&self, statuses: Vec<TaskStatus>) {
+        if let Err(e) = self
+            .manager
+            .push_all(statuses, &self.sandbox, &self.context)
+        {
+            tracing::warn!(error = %e, "cannot checkpoint status updates; they are kept in memory");
+        }
+    }
+
+    /// [`TaskUpdates::push`] from async code, on a blocking thread.
+    pub async fn push_async(&self, statuses: Vec<TaskStatus>) {
+        let me = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || me.push(statuses)).await {
+            tracing::error!(error = %e, "checkpointing status updates failed");
+        }
+    }
+}
 
 /// What the executor needs to run one task.
 #[derive(Debug, Clone)]
@@ -428,55 +462,69 @@ fn start(l: &Launch, isolator: &Isolator) -> Result<Started, Box<TaskStatus>> {
     Ok(Started { child, iso, pid })
 }
 
-/// Runs the task to its end, sending every status to `updates` in order. `kill` starts a graceful kill.
+/// Runs the task to its end, pushing every status to `updates` in order. `kill` starts a graceful kill.
+///
+/// Two blocking calls per task, each with the updates it produces: the start (sandbox, checkpoint, cgroup,
+/// spawn, attach, the gate opened, then TASK_STARTING and TASK_RUNNING checkpointed together) and the end
+/// (process group killed, cgroup released, the final update checkpointed).
 pub async fn run_task(
     l: Launch,
     isolator: Isolator,
     kill: CancellationToken,
-    updates: mpsc::UnboundedSender<TaskStatus>,
+    updates: TaskUpdates,
 ) {
-    let send = |s: TaskStatus| {
-        let _ = updates.send(s);
-    };
     let span = tracing::Span::current();
-    let launch = l.clone();
-    let started = tokio::task::spawn_blocking(move || span.in_scope(|| start(&launch, &isolator)))
-        .await
-        .unwrap_or_else(|e| {
-            Err(Box::new(status(
-                &l,
-                TaskState::TaskFailed,
-                format!("the task's start-up failed: {e}"),
-                "REASON_EXECUTOR_TERMINATED",
-                None,
-            )))
-        });
+    let (launch, up) = (l.clone(), updates.clone());
+    let started = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| match start(&launch, &isolator) {
+            Ok(mut s) => {
+                // The command waits at the gate until it is in its cgroup (attached in `start`): open it.
+                // Three bytes into an empty pipe never block; dropping the pipe closes the command's stdin.
+                if let Some(gate) = s.child.stdin.take()
+                    && let Err(e) = nix::unistd::write(&gate, b"go\n")
+                {
+                    tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");
+                }
+                up.push(vec![
+                    status(&launch, TaskState::TaskStarting, String::new(), "", None),
+                    status(
+                        &launch,
+                        TaskState::TaskRunning,
+                        format!("pid {}", s.pid),
+                        "",
+                        None,
+                    ),
+                ]);
+                tracing::info!(task = %launch.task.task_id, pid = s.pid, "task running");
+                Some(s)
+            }
+            Err(failed) => {
+                up.push(vec![*failed]);
+                None
+            }
+        })
+    })
+    .await;
     let Started {
         mut child,
         iso,
         pid,
     } = match started {
-        Ok(s) => s,
-        Err(failed) => {
-            send(*failed);
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            let failed = status(
+                &l,
+                TaskState::TaskFailed,
+                format!("the task's start-up failed: {e}"),
+                "REASON_EXECUTOR_TERMINATED",
+                None,
+            );
+            updates.push_async(vec![failed]).await;
             return;
         }
     };
-    if let Some(mut gate) = child.stdin.take() {
-        use tokio::io::AsyncWriteExt;
-        let _ = gate.write_all(b"go\n").await;
-    }
     let pgid = Pid::from_raw(pid as i32);
-    send(status(&l, TaskState::TaskStarting, String::new(), "", None));
-    send(status(
-        &l,
-        TaskState::TaskRunning,
-        format!("pid {pid}"),
-        "",
-        None,
-    ));
-    tracing::info!(task = %l.task.task_id, pid, "task running");
-
     let mut killed = false;
     let exit = tokio::select! {
         r = child.wait() => r,
@@ -497,26 +545,35 @@ pub async fn run_task(
         (None, Some(sig)) => Exit::Signal(sig),
         (None, None) => Exit::Unknown,
     });
-    finish(&l, pgid, iso, exit, killed, &updates);
+    finish(l, pgid, iso, exit, killed, updates).await;
 }
 
-/// Ends a task whose wrapper is gone: kills what it left in its process group, releases its isolation and
-/// sends its final update.
-fn finish(
-    l: &Launch,
+/// Ends a task whose wrapper is gone, on a blocking thread: kills what it left in its process group, releases
+/// its isolation and pushes its final update.
+async fn finish(
+    l: Launch,
     pgid: Pid,
     iso: TaskIsolation,
     exit: std::io::Result<Exit>,
     killed: bool,
-    updates: &mpsc::UnboundedSender<TaskStatus>,
+    updates: TaskUpdates,
 ) {
-    // Whatever the command left behind in its process group goes with it.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let oom = iso.oom_killed();
-    tracing::info_span!("release").in_scope(|| iso.release());
-    let last = final_status(l, exit, killed, oom, "");
-    tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended");
-    let _ = updates.send(last);
+    let span = tracing::Span::current();
+    let ended = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            // Whatever the command left behind in its process group goes with it.
+            let _ = killpg(pgid, Signal::SIGKILL);
+            let oom = iso.oom_killed();
+            tracing::info_span!("release").in_scope(|| iso.release());
+            let last = final_status(&l, exit, killed, oom, "");
+            tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended");
+            updates.push(vec![last]);
+        })
+    })
+    .await;
+    if let Err(e) = ended {
+        tracing::error!(error = %e, "ending a task failed");
+    }
 }
 
 /// What a restarted agent finds of a task an earlier agent process started.
@@ -575,16 +632,19 @@ pub fn checkpointed_task(checkpoint: &Path) -> Option<TaskInfo> {
 
 /// Sends the final update of a task that ended while no agent was watching (see [`recover`]): from its
 /// recorded exit status, or, with none, TASK_FAILED with reason REASON_AGENT_RESTARTED.
-pub async fn report_ended(
-    l: Launch,
-    isolator: Isolator,
-    exit: Exit,
-    updates: mpsc::UnboundedSender<TaskStatus>,
-) {
+pub async fn report_ended(l: Launch, isolator: Isolator, exit: Exit, updates: TaskUpdates) {
     // In a cgroup, whatever the command left behind is killed by the release.
-    let iso = isolator.reopen(&cgroup_name(&l));
-    let oom = iso.oom_killed();
-    iso.release();
+    let oom = tokio::task::spawn_blocking({
+        let name = cgroup_name(&l);
+        move || {
+            let iso = isolator.reopen(&name);
+            let oom = iso.oom_killed();
+            iso.release();
+            oom
+        }
+    })
+    .await
+    .unwrap_or(false);
     let last = if exit == Exit::Unknown {
         let mut s = status(
             &l,
@@ -605,7 +665,7 @@ pub async fn report_ended(
         )
     };
     tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended while the agent was down");
-    let _ = updates.send(last);
+    updates.push_async(vec![last]).await;
 }
 
 /// Watches a task that an earlier agent process started and that still runs (its wrapper is `pid`), until it
@@ -616,7 +676,7 @@ pub async fn watch_task(
     pid: Pid,
     isolator: Isolator,
     kill: CancellationToken,
-    updates: mpsc::UnboundedSender<TaskStatus>,
+    updates: TaskUpdates,
 ) {
     let iso = isolator.reopen(&cgroup_name(&l));
     tracing::info!(task = %l.task.task_id, %pid, "reattached to a running task");
@@ -642,7 +702,7 @@ pub async fn watch_task(
         .as_deref()
         .and_then(recorded_exit)
         .unwrap_or(Exit::Unknown);
-    finish(&l, pid, iso, Ok(exit), killed, &updates);
+    finish(l, pid, iso, Ok(exit), killed, updates).await;
 }
 
 #[cfg(test)]

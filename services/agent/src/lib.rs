@@ -26,7 +26,7 @@ pub mod status;
 use allot_common::AbortOnDrop;
 use allot_common::convert::resources_to_proto;
 use allot_proto::agent::status_updates_client::StatusUpdatesClient;
-use allot_proto::common::{AgentInfo, TaskStatus};
+use allot_proto::common::AgentInfo;
 use allot_proto::registry::{
     HeartbeatRequest, RegisterAgentRequest, registry_client::RegistryClient,
 };
@@ -242,20 +242,16 @@ impl Agent {
         }
     }
 
-    /// Runs task `l` through `run` (an executor future, given the launch, the token that kills the task, and a
-    /// sender for the task's updates) on its own tokio task: the task is one of this agent's (its resources in
-    /// use, KillTask cancels the token) until `run` returns, and each update it sends goes to the status update
-    /// manager in order, with the task's sandbox and the launch's trace `context`. Returns `false`, running
-    /// nothing, if the task is already here.
+    /// Runs task `l` through `run` (an executor future, given the launch, the token that kills the task, and
+    /// the task's [`executor::TaskUpdates`]) on its own tokio task: the task is one of this agent's (its
+    /// resources in use, KillTask cancels the token) until `run` returns, and each update it pushes goes to the
+    /// status update manager in order, with the task's sandbox and the launch's trace `context`. Returns
+    /// `false`, running nothing, if the task is already here.
     pub(crate) fn supervise<F>(
         self: &Arc<Self>,
         l: executor::Launch,
         context: HashMap<String, String>,
-        run: impl FnOnce(
-            executor::Launch,
-            CancellationToken,
-            tokio::sync::mpsc::UnboundedSender<TaskStatus>,
-        ) -> F,
+        run: impl FnOnce(executor::Launch, CancellationToken, executor::TaskUpdates) -> F,
     ) -> bool
     where
         F: Future<Output = ()> + Send + 'static,
@@ -278,36 +274,15 @@ impl Agent {
             );
         }
         self.refresh_usage();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let manager = self.updates.clone();
-        let sandbox = l.sandbox.display().to_string();
-        // Checkpointing an update syncs a file: on a blocking thread, so that the async workers go on carrying
-        // other tasks' launches and updates. One task's updates are checkpointed in order.
-        let forwarder = tokio::spawn(async move {
-            let (context, sandbox) = (Arc::new(context), Arc::new(sandbox));
-            while let Some(status) = rx.recv().await {
-                let mut batch = vec![status];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                let (manager, context, sandbox) =
-                    (manager.clone(), context.clone(), sandbox.clone());
-                let pushed = tokio::task::spawn_blocking(move || {
-                    if let Err(e) = manager.push_all(batch, &sandbox, &context) {
-                        tracing::warn!(error = %e, "cannot checkpoint status updates; they are kept in memory");
-                    }
-                })
-                .await;
-                if let Err(e) = pushed {
-                    tracing::error!(error = %e, "checkpointing status updates failed");
-                }
-            }
-        });
-        let running = run(l, kill, tx);
+        let updates = executor::TaskUpdates {
+            manager: self.updates.clone(),
+            sandbox: Arc::from(l.sandbox.display().to_string()),
+            context: Arc::new(context),
+        };
+        let running = run(l, kill, updates);
         let agent = self.clone();
         tokio::spawn(async move {
             running.await;
-            let _ = forwarder.await;
             agent.tasks.lock().expect("tasks poisoned").remove(&key);
             agent.refresh_usage();
         });

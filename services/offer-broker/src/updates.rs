@@ -78,7 +78,11 @@ impl Broker {
     /// with a warning.
     pub fn status_updates(
         self: &Arc<Self>,
-        updates: Vec<(TaskStatus, String, std::collections::HashMap<String, String>)>,
+        updates: Vec<(
+            TaskStatus,
+            String,
+            std::collections::HashMap<String, String>,
+        )>,
     ) {
         let span = tracing::info_span!("status updates", allot.updates = updates.len());
         let _entered = span.enter();
