@@ -8,9 +8,13 @@
 # ACCEPT that launched it to its terminal update at the framework); then the median round.
 #
 # Usage: bash tests/real-bench.sh [--tasks N] [--concurrency C] [--command CMD] [--resources R] [--rounds K]
-#                                 [--release]
+#                                 [--release] [--phases]
 #   defaults: 1,000 tasks of `sha256sum /etc/os-release > /dev/null`, 20 at a time, cpus:0.05;mem:16 each,
-#   3 rounds; --release builds and runs the release binaries (what docs/benchmarks.md reports).
+#   3 rounds; --release builds and runs the release binaries (what docs/benchmarks.md reports). Every round
+#   also prints the CPU each process spent per task (ms, from /proc: self, and children for agents: the
+#   tasks). --phases runs the cluster with its local trace store (run.sh --traces: every process exports its
+#   spans, which costs CPU, so rates are lower) and ends with `allot traces phases`: per service and step,
+#   how many, p50/p99/mean and total milliseconds.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tasks=1000
@@ -19,6 +23,7 @@ command='sha256sum /etc/os-release > /dev/null'
 resources='cpus:0.05;mem:16'
 rounds=3
 release=0
+phases=0
 while (($#)); do
   case "$1" in
     --tasks) tasks=$2; shift 2 ;;
@@ -27,7 +32,8 @@ while (($#)); do
     --resources) resources=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --release) release=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --phases) phases=1; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -36,6 +42,7 @@ out=$repo/.allot/real-bench
 rm -rf "$out"; mkdir -p "$out"
 
 cluster_args=(--cluster-only)
+((phases)) && cluster_args+=(--traces)
 if ((release)); then
   echo "==> building release binaries"
   cargo build --release --bins --quiet
@@ -60,6 +67,15 @@ source .allot/demo/cluster.env
 } >"$out/job.toml"
 
 now() { date +%s.%N; }
+# "pid name self children" in clock ticks, for etcd and every Allot process of the cluster.
+cpu() {
+  local p f
+  for p in $(pgrep -f "$repo/target/.*/allot-|etcd --name allot"); do
+    read -r -a f <"/proc/$p/stat" 2>/dev/null || continue
+    echo "$p ${f[1]//[()]/} $((f[13] + f[14])) $((f[15] + f[16]))"
+  done | sort
+}
+hz=$(getconf CLK_TCK)
 echo "==> $rounds rounds of $tasks tasks, $concurrency at a time: $command"
 printf '    %-6s %12s %12s %8s %10s %10s\n' round "xargs t/s" "allot t/s" share "p50 ms" "p99 ms"
 : >"$out/rounds.tsv"
@@ -67,8 +83,11 @@ for r in $(seq "$rounds"); do
   t0=$(now)
   seq "$tasks" | xargs -P "$concurrency" -I{} sh -c "$command"
   t1=$(now)
-  allot batch "$out/job.toml" --quiet --json >"$out/batch-$r.json" 2>"$out/batch-$r.log"
+  cpu >"$out/cpu0"
+  TIMEFORMAT='%U %S'
+  { time allot batch "$out/job.toml" --quiet --json >"$out/batch-$r.json" 2>"$out/batch-$r.log"; } 2>"$out/time-$r"
   t2=$(now)
+  cpu >"$out/cpu1"
   grep -o '"seconds": [0-9.e-]*' "$out/batch-$r.json" | head -n "$tasks" | awk '{print $2 * 1000}' | sort -n >"$out/lat-$r.txt"
   n=$(wc -l <"$out/lat-$r.txt")
   p50=$(awk -v n="$n" 'NR == int(n * 0.50 + 0.5) {print; exit}' "$out/lat-$r.txt")
@@ -77,9 +96,22 @@ for r in $(seq "$rounds"); do
     x = n / (b - a); y = n / (c - b)
     printf "    %-6s %12.1f %12.1f %7.0f%% %10.1f %10.1f\n", r, x, y, 100 * y / x, p50, p99
     printf "%s\t%f\t%f\t%f\t%f\n", r, x, y, p50, p99 >> "'"$out/rounds.tsv"'" }'
+  # CPU per task by process name (agents summed), in ms: self, and the children the agents reaped (tasks).
+  read -r bu bs <"$out/time-$r"
+  join "$out/cpu0" "$out/cpu1" | awk -v n="$tasks" -v hz="$hz" -v bu="$bu" -v bs="$bs" '{
+      s[$2] += ($6 - $3); c[$2] += ($7 - $4) }
+    END { line = sprintf("           CPU ms/task: allot-batch %.2f", (bu + bs) * 1000 / n)
+      for (k in s) { line = line sprintf(" %s %.2f", k, s[k] * 1000 / hz / n)
+        if (c[k] > 0) line = line sprintf(" (+%.2f tasks)", c[k] * 1000 / hz / n) }
+      print line }'
 done
 # The median round by Allot's rate.
 sort -t$'\t' -k3,3n "$out/rounds.tsv" | awk -F'\t' -v k="$rounds" 'NR == int((k + 1) / 2) {
   printf "==> median round: xargs %.1f tasks/s, allot %.1f tasks/s (%.0f%% of xargs), p50 %.1f ms, p99 %.1f ms\n",
     $2, $3, 100 * $3 / $2, $4, $5 }'
 echo "    per-task outcomes: $out/batch-*.json"
+if ((phases)); then
+  echo "==> where the time went (spans of the task traces; tracing was on, so rates above are lower)"
+  sleep 1 # the last spans are exported within OTEL_BSP_SCHEDULE_DELAY
+  allot traces phases --limit 25
+fi

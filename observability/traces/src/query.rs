@@ -336,6 +336,67 @@ pub fn cycles(
         .collect())
 }
 
+/// How long one kind of step took across the tasks in the store: every span of that name from that service
+/// in a trace that names a task (a launch, its start-up steps, its status updates and the calls between).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PhaseRow {
+    /// The service that recorded the spans.
+    pub service: String,
+    /// The span name (`launch task`, `isolate`, `status update`, a gRPC method ...).
+    pub name: String,
+    /// Spans of it.
+    pub count: usize,
+    /// Median duration, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile duration, milliseconds.
+    pub p99_ms: f64,
+    /// Mean duration, milliseconds.
+    pub mean_ms: f64,
+    /// All its spans' durations added up, milliseconds: where the time went.
+    pub total_ms: f64,
+}
+
+/// Per-phase times of task work: the spans of every trace that names a task and started at or after
+/// `since_ns` (Unix nanoseconds; 0 for all), grouped by service and span name, the largest total first. What
+/// `tests/real-bench.sh --phases` prints (issue 24).
+///
+/// # Errors
+/// As [`Store::scan`].
+pub fn phases(store: &Store, since_ns: u64) -> Result<Vec<PhaseRow>, StoreError> {
+    let mut task_traces: std::collections::HashSet<String> = std::collections::HashSet::new();
+    store.scan(|s| {
+        if s.start_ns >= since_ns && !s.task_ids().is_empty() {
+            task_traces.insert(s.trace_id);
+        }
+    })?;
+    let mut by_name: HashMap<(String, String), Vec<f64>> = HashMap::new();
+    store.scan(|s| {
+        if s.start_ns >= since_ns && task_traces.contains(&s.trace_id) {
+            let ms = s.duration_ms();
+            by_name.entry((s.service, s.name)).or_default().push(ms);
+        }
+    })?;
+    let mut rows: Vec<PhaseRow> = by_name
+        .into_iter()
+        .map(|((service, name), mut ms)| {
+            ms.sort_by(f64::total_cmp);
+            let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+            let total: f64 = ms.iter().sum();
+            PhaseRow {
+                service,
+                name,
+                count: ms.len(),
+                p50_ms: at(0.5),
+                p99_ms: at(0.99),
+                mean_ms: total / ms.len() as f64,
+                total_ms: total,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+    Ok(rows)
+}
+
 /// A span time (Unix nanoseconds) as RFC 3339 with milliseconds, UTC (`2026-12-03T07:10:13.703Z`).
 pub fn rfc3339(ns: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
@@ -610,5 +671,23 @@ mod tests {
         assert_eq!((rows[0].offers, rows[0].offers_to_framework), (1, Some(1)));
         let rows = cycles(&store, 10, Some("f2")).unwrap();
         assert_eq!(rows[0].offers_to_framework, Some(0));
+    }
+
+    #[test]
+    fn phases_group_the_spans_of_task_traces_by_service_and_name() {
+        let (_dir, store) = store();
+        let rows = phases(&store, 0).unwrap();
+        let launch = rows
+            .iter()
+            .find(|r| r.name == "launch task")
+            .expect("launch task row");
+        assert_eq!((launch.service.as_str(), launch.count), ("allot-agent", 2));
+        assert!((launch.p50_ms - 10e-6).abs() < 1e-9, "{launch:?}");
+        assert!(
+            rows.iter()
+                .all(|r| r.name != "Heartbeat" && r.name != "allocation cycle"),
+            "only the traces that name tasks: {rows:?}"
+        );
+        assert!(phases(&store, u64::MAX).unwrap().is_empty());
     }
 }

@@ -56,6 +56,18 @@ pub enum TracesCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Where task work spends its time: every span of the traces that launched tasks, grouped by service and
+    /// span name (count, p50, p99, mean and total milliseconds), the largest total first.
+    Phases {
+        /// Only traces of the last this many seconds (default: all in the store).
+        #[arg(long)]
+        since_seconds: Option<f64>,
+        /// How many rows.
+        #[arg(long, default_value_t = 30)]
+        limit: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// `allot trace TASK_ID`.
@@ -118,6 +130,45 @@ pub async fn run(command: TracesCommand, as_json: bool) -> anyhow::Result<i32> {
             }
             println!("{t}");
             if traces.is_empty() {
+                eprintln!("{}", empty_hint(&store));
+            }
+            Ok(0)
+        }
+        TracesCommand::Phases {
+            since_seconds,
+            limit,
+            store,
+        } => {
+            let store = Store::new(store.dir);
+            let since_ns = since_seconds.map_or(0, |secs| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                now.saturating_sub(std::time::Duration::from_secs_f64(secs.max(0.0)))
+                    .as_nanos() as u64
+            });
+            let mut rows = query::phases(&store, since_ns)?;
+            rows.truncate(limit);
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(0);
+            }
+            let mut t = crate::ops::table(&[
+                "service", "span", "count", "p50 ms", "p99 ms", "mean ms", "total ms",
+            ]);
+            for r in &rows {
+                t.add_row(vec![
+                    r.service.clone(),
+                    r.name.clone(),
+                    r.count.to_string(),
+                    format!("{:.2}", r.p50_ms),
+                    format!("{:.2}", r.p99_ms),
+                    format!("{:.2}", r.mean_ms),
+                    format!("{:.0}", r.total_ms),
+                ]);
+            }
+            println!("{t}");
+            if rows.is_empty() {
                 eprintln!("{}", empty_hint(&store));
             }
             Ok(0)
