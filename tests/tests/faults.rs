@@ -227,8 +227,13 @@ async fn run_tasks(cluster: &Cluster, name: &str, count: usize, patience: Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_ride_out_a_slow_etcd_and_come_back_after_a_stall() {
+    // A 4 s lease: renewals go every second and the term holds until 3 s after the last successful one was
+    // sent, so a 1.2 s round trip (longer than the renewal period) leaves 0.8 s to spare. With the default 2 s
+    // lease a round trip longer than the renewal period (0.67 s) left at most 0.17 s, less than a loaded CI
+    // machine's scheduling stalls, and the registry lost its term now and then.
     let opts = ClusterOptions {
         etcd_link: true,
+        leader_lease: Duration::from_secs(4),
         ..ClusterOptions::default()
     };
     let lease = opts.leader_lease;
@@ -251,8 +256,8 @@ async fn leaders_ride_out_a_slow_etcd_and_come_back_after_a_stall() {
         "a registry, an allocator and a broker lead: {before:?}"
     );
 
-    // Slow: every round trip to etcd takes 800 ms, longer than a third of the lease (the renewal period).
-    link.delay(Duration::from_millis(400));
+    // Slow: every round trip to etcd takes 1.2 s, longer than the renewal period (1 s).
+    link.delay(Duration::from_millis(600));
     tokio::time::sleep(lease * 3).await;
     link.delay(Duration::ZERO);
     assert_eq!(terms().await, before, "every leader kept its term");
