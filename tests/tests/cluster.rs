@@ -713,13 +713,15 @@ fn checkpoint_of(agent: &allot_tests::AgentHandle, fw: &str, task: &str) -> std:
         .join(task)
 }
 
-/// The pid the agent checkpointed for `task` of `fw` (its wrapper, the leader of the task's process group).
+/// The pid the agent checkpointed for `task` of `fw` (its wrapper, the leader of the task's process group): the
+/// pid record of the task's update stream file.
 fn checkpointed_pid(agent: &allot_tests::AgentHandle, fw: &str, task: &str) -> i32 {
-    std::fs::read_to_string(checkpoint_of(agent, fw, task).join("pid"))
-        .expect("the pid is checkpointed")
-        .trim()
-        .parse()
-        .expect("a pid")
+    let file = std::fs::read(checkpoint_of(agent, fw, task).join("updates"))
+        .expect("the task is checkpointed");
+    let pid = allot_agent::status::replay(&file)
+        .pid
+        .expect("the pid is checkpointed");
+    i32::try_from(pid).expect("a pid")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

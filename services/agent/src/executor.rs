@@ -9,11 +9,12 @@
 //! A task outlives the agent process that started it (Mesos' agent recovery, `--recover=reconnect`). The
 //! command runs under a small `/bin/sh` wrapper, the leader of the task's process group, that writes the
 //! command's exit status to the task's checkpoint directory (`exit`) when it ends, so that an agent that was
-//! not the wrapper's parent still learns how the task ended. Beside it the agent checkpoints the task
-//! (`task`, the `TaskInfo`) before it starts and the wrapper's pid (`pid`) once it runs. A restarted agent
-//! calls [`recover`] for each task whose last update is not terminal: a task still running is watched again
-//! ([`watch_task`]: polled every [`WATCH_INTERVAL`], killed by process group), a task that ended while the
-//! agent was down is reported from its `exit` file.
+//! not the wrapper's parent still learns how the task ended. Beside it the agent checkpoints the task (the
+//! `TaskInfo`) before it starts and the wrapper's pid once it runs, as the first records of the task's update
+//! stream file (`updates`; agents before issue 24 wrote `task` and `pid` files, which are still read). A
+//! restarted agent calls [`recover`] for each task whose last update is not terminal: a task still running is
+//! watched again ([`watch_task`]: polled every [`WATCH_INTERVAL`], killed by process group), a task that
+//! ended while the agent was down is reported from its `exit` file.
 //!
 //! As in a shell, a status above 128 means the command was ended by signal `status - 128`; the wrapper
 //! re-raises that signal on itself so that the agent that waits for it sees the signal too.
@@ -57,6 +58,8 @@ const RUN_SHELL: &str = r#"c=$1; shift; ( eval "$c" )"#;
 /// per step, not two (issue 24).
 #[derive(Clone)]
 pub struct TaskUpdates {
+    /// The task: `(framework ID, task ID)`.
+    pub key: crate::status::TaskKey,
     /// The agent's status update manager.
     pub manager: std::sync::Arc<crate::status::StatusUpdateManager>,
     /// The task's sandbox, absolute.
@@ -74,6 +77,21 @@ impl TaskUpdates {
             .push_all(statuses, &self.sandbox, &self.context)
         {
             tracing::warn!(error = %e, "cannot checkpoint status updates; they are kept in memory");
+        }
+    }
+
+    /// The task is being launched: its stream begins with the task as launched (see
+    /// [`crate::status::StatusUpdateManager::begin`]). Blocking.
+    pub fn begin(&self, task: &TaskInfo) {
+        if let Err(e) = self.manager.begin(&self.key, &self.context, task) {
+            tracing::warn!(task = %task.task_id, error = %e, "cannot checkpoint the task");
+        }
+    }
+
+    /// Records the pid of the task's wrapper in its checkpoint. Blocking.
+    pub fn record_pid(&self, pid: u32) {
+        if let Err(e) = self.manager.record_pid(&self.key, pid) {
+            tracing::warn!(task = %self.key.1, error = %e, "cannot checkpoint the task's pid");
         }
     }
 
@@ -99,8 +117,9 @@ pub struct Launch {
     pub sandbox: PathBuf,
     /// Seconds between SIGTERM and SIGKILL on a kill.
     pub grace: Duration,
-    /// The task's checkpoint directory (`<work_dir>/meta/frameworks/<fw>/tasks/<task>`), where its `task`,
-    /// `pid` and `exit` files go so that a restarted agent can reattach; `None` to not checkpoint.
+    /// The task's checkpoint directory (`<work_dir>/meta/frameworks/<fw>/tasks/<task>`), where its `updates`
+    /// (with the launch and pid records) and `exit` files go so that a restarted agent can reattach; `None` to
+    /// not checkpoint.
     pub checkpoint: Option<PathBuf>,
     /// The Unix user to run the task as (its `CommandInfo.user`, see [`switch_user`]); `None`: the agent's own
     /// (`--switch-user=false`).
@@ -295,7 +314,11 @@ struct Started {
 /// The steps before the command runs (sandbox, checkpoint, user, cgroup, fork and exec, cgroup attach): file
 /// and cgroup writes and a fork, so [`run_task`] runs them on a blocking thread, not on the async workers that
 /// carry every other task's status updates. On failure, the task's TASK_FAILED update.
-fn start(l: &Launch, isolator: &Isolator) -> Result<Started, Box<TaskStatus>> {
+fn start(
+    l: &Launch,
+    isolator: &Isolator,
+    updates: &TaskUpdates,
+) -> Result<Started, Box<TaskStatus>> {
     let fail =
         |msg: String, reason: &str| Box::new(status(l, TaskState::TaskFailed, msg, reason, None));
     let sandbox_span = tracing::info_span!("sandbox").entered();
@@ -305,16 +328,11 @@ fn start(l: &Launch, isolator: &Isolator) -> Result<Started, Box<TaskStatus>> {
             "REASON_EXECUTOR_TERMINATED",
         ));
     }
-    // The task is checkpointed before it starts, so that a restarted agent knows what it holds.
+    // The task is checkpointed before it starts (the first record of its update stream's file, which makes its
+    // checkpoint directory), so that a restarted agent knows what it holds.
+    updates.begin(&l.task);
     let exit_file = match &l.checkpoint {
-        Some(dir) => {
-            let written = std::fs::create_dir_all(dir)
-                .and_then(|_| std::fs::write(dir.join("task"), l.task.encode_to_vec()));
-            if let Err(e) = written {
-                tracing::warn!(task = %l.task.task_id, error = %e, "cannot checkpoint the task");
-            }
-            dir.join("exit")
-        }
+        Some(dir) => dir.join("exit"),
         None => PathBuf::from("/dev/null"),
     };
     let run_as = match l.user.as_deref().map(switch_user).transpose() {
@@ -450,11 +468,7 @@ fn start(l: &Launch, isolator: &Isolator) -> Result<Started, Box<TaskStatus>> {
         }
     };
     let pid = child.id().unwrap_or(0);
-    if let Some(dir) = &l.checkpoint
-        && let Err(e) = std::fs::write(dir.join("pid"), pid.to_string())
-    {
-        tracing::warn!(task = %l.task.task_id, error = %e, "cannot checkpoint the task's pid");
-    }
+    updates.record_pid(pid);
     if let Err(e) = spawn_span.in_scope(|| iso.attach(pid)) {
         tracing::warn!(task = %l.task.task_id, error = %e, "cannot move the task into its cgroup");
     }
@@ -476,7 +490,7 @@ pub async fn run_task(
     let span = tracing::Span::current();
     let (launch, up) = (l.clone(), updates.clone());
     let started = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| match start(&launch, &isolator) {
+        span.in_scope(|| match start(&launch, &isolator, &up) {
             Ok(mut s) => {
                 // The command waits at the gate until it is in its cgroup (attached in `start`): open it.
                 // Three bytes into an empty pipe never block; dropping the pipe closes the command's stdin.
@@ -612,9 +626,15 @@ pub fn alive(pid: Pid) -> bool {
 /// After an agent restart: what became of task `task_id` of `framework_id`, from its checkpoint directory
 /// (see the module docs). A pid that is not the task's (recycled) counts as gone.
 pub fn recover(checkpoint: &Path, framework_id: &str, task_id: &str) -> Recovered {
-    let pid = std::fs::read_to_string(checkpoint.join("pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
+    // The pid record of the update stream; an earlier agent's `pid` file.
+    let pid = recorded(checkpoint)
+        .pid
+        .and_then(|p| i32::try_from(p).ok())
+        .or_else(|| {
+            std::fs::read_to_string(checkpoint.join("pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+        })
         .filter(|p| *p > 1);
     if let Some(pid) = pid
         && is_task(pid, framework_id, task_id)
@@ -626,8 +646,16 @@ pub fn recover(checkpoint: &Path, framework_id: &str, task_id: &str) -> Recovere
 
 /// The `TaskInfo` checkpointed for a task, if it can be read.
 pub fn checkpointed_task(checkpoint: &Path) -> Option<TaskInfo> {
-    let bytes = std::fs::read(checkpoint.join("task")).ok()?;
-    TaskInfo::decode(bytes.as_slice()).ok()
+    // The task record of the update stream; an earlier agent's `task` file.
+    recorded(checkpoint).task.or_else(|| {
+        let bytes = std::fs::read(checkpoint.join("task")).ok()?;
+        TaskInfo::decode(bytes.as_slice()).ok()
+    })
+}
+
+/// The records of a task's checkpointed update stream (`<checkpoint>/updates`), as far as they can be read.
+fn recorded(checkpoint: &Path) -> crate::status::Replayed {
+    crate::status::replay(&std::fs::read(checkpoint.join("updates")).unwrap_or_default())
 }
 
 /// Sends the final update of a task that ended while no agent was watching (see [`recover`]): from its

@@ -275,6 +275,7 @@ impl Agent {
         }
         self.refresh_usage();
         let updates = executor::TaskUpdates {
+            key: key.clone(),
             manager: self.updates.clone(),
             sandbox: Arc::from(l.sandbox.display().to_string()),
             context: Arc::new(context),

@@ -24,7 +24,7 @@ use allot_proto::agent::{
     StatusUpdateAcknowledgement, StatusUpdateCheckpoint, StatusUpdateRequest,
     status_update_checkpoint,
 };
-use allot_proto::common::{TaskState, TaskStatus};
+use allot_proto::common::{TaskInfo, TaskState, TaskStatus};
 use prost::Message as _;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -203,13 +203,18 @@ impl StatusUpdateManager {
                     fw.file_name().to_string_lossy().into_owned(),
                     task.file_name().to_string_lossy().into_owned(),
                 );
-                let (updates, acknowledged, valid) =
-                    replay(&std::fs::read(&path).unwrap_or_default());
+                let Replayed {
+                    updates,
+                    acknowledged,
+                    task: launched,
+                    valid,
+                    ..
+                } = replay(&std::fs::read(&path).unwrap_or_default());
                 // A task launched (its TaskInfo checkpointed) that made no update yet is kept: its process may
                 // run, and a launch of it sent again must not start it a second time.
                 let launched_silent = updates.is_empty()
                     && acknowledged.is_none()
-                    && task.path().join("task").exists();
+                    && (launched.is_some() || task.path().join("task").exists());
                 if updates.is_empty()
                     && acknowledged
                         .as_ref()
@@ -312,30 +317,7 @@ impl StatusUpdateManager {
                 ..Default::default()
             })
             .collect();
-        let mut result = Ok(());
-        // The task's checkpoint file: its stream's, or opened now (outside the lock) for a new stream.
-        let known = {
-            let streams = self.streams.lock().expect("streams poisoned");
-            streams.tasks.get(&key).map(|s| s.file.clone())
-        };
-        let file = match known {
-            Some(file) => file,
-            None => self.task_dir(&key).and_then(|dir| {
-                let open = std::fs::create_dir_all(&dir).and_then(|_| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(dir.join("updates"))
-                });
-                match open {
-                    Ok(f) => Some(Arc::new(f)),
-                    Err(e) => {
-                        result = Err(e);
-                        None
-                    }
-                }
-            }),
-        };
+        let (file, mut result) = self.stream_file(&key, context);
         if let Some(file) = &file
             && let Err(e) = append(
                 file,
@@ -352,7 +334,7 @@ impl StatusUpdateManager {
             let stream = streams
                 .tasks
                 .entry(key.clone())
-                .or_insert_with(|| Stream::new(context.clone(), file, self.retry_min));
+                .or_insert_with(|| Stream::new(context.clone(), None, self.retry_min));
             let was_empty = stream.updates.is_empty();
             stream.updates.extend(requests);
             if was_empty {
@@ -362,6 +344,89 @@ impl StatusUpdateManager {
         }
         self.wake.notify_one();
         result
+    }
+
+    /// The checkpoint file of task `key`'s stream. A task without a stream gets one now (with the launch's
+    /// trace `context` and no updates), its directory made and its file opened outside the lock.
+    ///
+    /// # Errors
+    /// The I/O error if the file cannot be made; the stream is still made, without a file.
+    fn stream_file(
+        &self,
+        key: &TaskKey,
+        context: &HashMap<String, String>,
+    ) -> (Option<Arc<std::fs::File>>, std::io::Result<()>) {
+        if let Some(s) = self
+            .streams
+            .lock()
+            .expect("streams poisoned")
+            .tasks
+            .get(key)
+        {
+            return (s.file.clone(), Ok(()));
+        }
+        let mut result = Ok(());
+        let file = self.task_dir(key).and_then(|dir| {
+            let open = std::fs::create_dir_all(&dir).and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("updates"))
+            });
+            match open {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) => {
+                    result = Err(e);
+                    None
+                }
+            }
+        });
+        let mut streams = self.streams.lock().expect("streams poisoned");
+        let stream = streams
+            .tasks
+            .entry(key.clone())
+            .or_insert_with(|| Stream::new(context.clone(), file, self.retry_min));
+        (stream.file.clone(), result)
+    }
+
+    /// Task `key` is being launched: its stream is made (with the launch's trace `context`) and `task`, as
+    /// launched, becomes the first record of its checkpoint file, so that a restarted agent knows what it holds
+    /// even before the task's first update. Not synced: the first update's sync takes it along, and a task
+    /// whose record was lost in a crash never started its command (the record is written first).
+    ///
+    /// # Errors
+    /// The I/O error if the checkpoint cannot be written.
+    pub fn begin(
+        &self,
+        key: &TaskKey,
+        context: &HashMap<String, String>,
+        task: &TaskInfo,
+    ) -> std::io::Result<()> {
+        let (file, result) = self.stream_file(key, context);
+        result?;
+        match file {
+            Some(f) => append(&f, [status_update_checkpoint::Record::Task(task.clone())]),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the pid of task `key`'s wrapper in its checkpoint file (after [`StatusUpdateManager::begin`]),
+    /// for a restarted agent to reattach to. Not synced, like the record of the launch.
+    ///
+    /// # Errors
+    /// The I/O error if the checkpoint cannot be written.
+    pub fn record_pid(&self, key: &TaskKey, pid: u32) -> std::io::Result<()> {
+        let file = self
+            .streams
+            .lock()
+            .expect("streams poisoned")
+            .tasks
+            .get(key)
+            .and_then(|s| s.file.clone());
+        match file {
+            Some(f) => append(&f, [status_update_checkpoint::Record::Pid(pid)]),
+            None => Ok(()),
+        }
     }
 
     /// The framework acknowledged update `uuid` of task `key`: drops it if it is the head of the stream, so
@@ -681,32 +746,46 @@ impl Sending {
     }
 }
 
-/// The unacknowledged updates of one checkpoint file, in order, the latest acknowledged one, and the length
-/// of the file's readable prefix.
-fn replay(all: &[u8]) -> (VecDeque<StatusUpdateRequest>, Option<TaskStatus>, usize) {
-    let mut updates = VecDeque::new();
-    let mut acknowledged = None;
+/// What one checkpoint file holds.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// The unacknowledged updates, in order.
+    pub updates: VecDeque<StatusUpdateRequest>,
+    /// The latest acknowledged update.
+    pub acknowledged: Option<TaskStatus>,
+    /// The task as launched (its `task` record), if written.
+    pub task: Option<TaskInfo>,
+    /// The pid of the task's wrapper (its `pid` record), if written.
+    pub pid: Option<u32>,
+    /// The length of the file's readable prefix.
+    pub valid: usize,
+}
+
+/// Reads a checkpoint file's records (a torn last record ends the readable prefix).
+pub fn replay(all: &[u8]) -> Replayed {
+    let mut r = Replayed::default();
     let mut bytes = all;
-    let mut valid = 0;
     while !bytes.is_empty() {
         let Ok(rec) = StatusUpdateCheckpoint::decode_length_delimited(&mut bytes) else {
             tracing::warn!("torn status update checkpoint record ignored");
             break;
         };
         match rec.record {
-            Some(status_update_checkpoint::Record::Update(u)) => updates.push_back(u),
+            Some(status_update_checkpoint::Record::Update(u)) => r.updates.push_back(u),
             Some(status_update_checkpoint::Record::Ack(uuid))
-                if updates.front().map(|r| status_of(r).uuid.as_slice())
+                if r.updates.front().map(|u| status_of(u).uuid.as_slice())
                     == Some(uuid.as_slice()) =>
             {
-                acknowledged = updates.pop_front().and_then(|r| r.status);
+                r.acknowledged = r.updates.pop_front().and_then(|u| u.status);
             }
             Some(status_update_checkpoint::Record::Ack(_)) => {}
+            Some(status_update_checkpoint::Record::Task(t)) => r.task = Some(t),
+            Some(status_update_checkpoint::Record::Pid(p)) => r.pid = Some(p),
             None => {}
         }
-        valid = all.len() - bytes.len();
+        r.valid = all.len() - bytes.len();
     }
-    (updates, acknowledged, valid)
+    r
 }
 
 #[cfg(test)]
@@ -874,6 +953,46 @@ mod tests {
             "a launch of it sent again is ignored"
         );
         assert!(!meta.join("frameworks/fw/tasks/t2").exists());
+    }
+
+    /// The launch and the pid are the first records of the update stream's file (no `task` or `pid` file):
+    /// a restarted agent finds both, before and after the task's first update.
+    #[test]
+    fn the_launch_and_pid_records_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta");
+        let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
+        let task = TaskInfo {
+            task_id: "t1".into(),
+            ..Default::default()
+        };
+        m.begin(&key("t1"), &HashMap::new(), &task).unwrap();
+        m.record_pid(&key("t1"), 4242).unwrap();
+        let checkpoint = m.task_dir(&key("t1")).unwrap();
+        let files: Vec<String> = std::fs::read_dir(&checkpoint)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, ["updates"]);
+        drop(m);
+        let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            m.unfinished(),
+            [(key("t1"), None)],
+            "launched, no update yet"
+        );
+        m.push(
+            update("t1", TaskState::TaskRunning, "r"),
+            "",
+            &HashMap::new(),
+        )
+        .unwrap();
+        drop(m);
+        let r = replay(&std::fs::read(checkpoint.join("updates")).unwrap());
+        assert_eq!(
+            (r.task, r.pid, r.updates.len()),
+            (Some(task), Some(4242), 1)
+        );
     }
 
     #[tokio::test(start_paused = true)]
