@@ -669,6 +669,21 @@ pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32>
         .values()
         .filter(|o| o.state == TaskState::TaskFinished)
         .count();
+    // Task turnaround: each task's launch to its terminal update seen here, over the tasks that ran.
+    let mut turnaround: Vec<f64> = finished
+        .done
+        .values()
+        .filter(|o| o.seconds > 0.0)
+        .map(|o| o.seconds)
+        .collect();
+    turnaround.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        (!turnaround.is_empty()).then(|| {
+            turnaround
+                [((turnaround.len() as f64 * q).ceil() as usize).clamp(1, turnaround.len()) - 1]
+        })
+    };
+    let (p50, p99) = (quantile(0.5), quantile(0.99));
     if as_json {
         let tasks: Vec<_> = finished
             .done
@@ -680,7 +695,8 @@ pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32>
             })
             .collect();
         let summary = serde_json::json!({"framework": name, "role": role, "tasks": tasks, "finished": ok,
-                                         "total": total, "seconds": wall});
+                                         "total": total, "seconds": wall,
+                                         "turnaround_p50_seconds": p50, "turnaround_p99_seconds": p99});
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let mut t = Table::new();
@@ -699,8 +715,14 @@ pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32>
         }
         println!("{t}");
         let retried = finished.done.values().filter(|o| o.attempts > 1).count();
+        let turnaround = match (p50, p99) {
+            (Some(p50), Some(p99)) => {
+                format!("; task turnaround (launch to end) p50 {p50:.2}s, p99 {p99:.2}s")
+            }
+            _ => String::new(),
+        };
         println!(
-            "{name} ({role}): {ok}/{total} tasks finished in {wall:.1}s ({retried} launched more than once)"
+            "{name} ({role}): {ok}/{total} tasks finished in {wall:.1}s ({retried} launched more than once){turnaround}"
         );
     }
     Ok(if ok == total { 0 } else { 1 })
