@@ -1304,6 +1304,18 @@ pub fn current_user() -> String {
         .map_or_else(|| "root".to_string(), |u| u.name)
 }
 
+/// The pid an agent with `work_dir` checkpointed for task `task` (of whichever framework ran it): the pid record
+/// of the task's update stream file (`<work_dir>/meta/frameworks/<fw>/tasks/<task>/updates`), the wrapper that
+/// leads the task's process group.
+pub fn checkpointed_pid(work_dir: &std::path::Path, task: &str) -> Option<i32> {
+    let frameworks = std::fs::read_dir(work_dir.join("meta/frameworks")).ok()?;
+    frameworks.flatten().find_map(|fw| {
+        let file = std::fs::read(fw.path().join("tasks").join(task).join("updates")).ok()?;
+        let pid = allot_agent::status::replay(&file).pid?;
+        i32::try_from(pid).ok()
+    })
+}
+
 /// Waits until `cond` holds, checking every 50 ms, for at most [`PATIENCE`].
 ///
 /// # Panics

@@ -713,15 +713,9 @@ fn checkpoint_of(agent: &allot_tests::AgentHandle, fw: &str, task: &str) -> std:
         .join(task)
 }
 
-/// The pid the agent checkpointed for `task` of `fw` (its wrapper, the leader of the task's process group): the
-/// pid record of the task's update stream file.
-fn checkpointed_pid(agent: &allot_tests::AgentHandle, fw: &str, task: &str) -> i32 {
-    let file = std::fs::read(checkpoint_of(agent, fw, task).join("updates"))
-        .expect("the task is checkpointed");
-    let pid = allot_agent::status::replay(&file)
-        .pid
-        .expect("the pid is checkpointed");
-    i32::try_from(pid).expect("a pid")
+/// The pid the agent checkpointed for `task` (its wrapper, the leader of the task's process group).
+fn checkpointed_pid(agent: &allot_tests::AgentHandle, task: &str) -> i32 {
+    allot_tests::checkpointed_pid(&agent.work_dir, task).expect("the pid is checkpointed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1029,8 +1023,8 @@ async fn a_restarted_agent_reattaches_to_its_tasks() {
         fw.await_state(t, TaskState::TaskRunning).await;
     }
     let (long, later) = (
-        checkpointed_pid(&agent, &fw.id, "long"),
-        checkpointed_pid(&agent, &fw.id, "later"),
+        checkpointed_pid(&agent, "long"),
+        checkpointed_pid(&agent, "later"),
     );
     // The agent dies (kill -9: nothing of it runs on); its tasks do not.
     let dir = agent.work_dir.clone();
@@ -1083,7 +1077,7 @@ async fn an_agent_stopped_for_an_upgrade_leaves_its_tasks_running_and_takes_them
     let mut fw = TestFramework::subscribe(&cluster, "upgraded", "*").await;
     fw.launch(task("t", "sleep 60", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
-    let pid: i32 = checkpointed_pid(&agent, &fw.id, "t");
+    let pid: i32 = checkpointed_pid(&agent, "t");
     // A graceful stop (SIGTERM, as `systemctl restart` sends) leaves the task running.
     let t0 = std::time::Instant::now();
     agent.service.stop().await;
@@ -1112,7 +1106,7 @@ async fn an_agent_stopped_for_an_upgrade_leaves_its_tasks_running_and_takes_them
         .await;
     fw.launch(task("u", "sleep 60", 0.1, 32.0)).await;
     fw.await_state("u", TaskState::TaskRunning).await;
-    let pid: i32 = checkpointed_pid(&draining, &fw.id, "u");
+    let pid: i32 = checkpointed_pid(&draining, "u");
     let stopping = tokio::spawn(draining.service.stop());
     let killed = fw.await_state("u", TaskState::TaskKilled).await;
     assert_eq!(killed.reason, "REASON_TASK_KILLED");
@@ -1128,7 +1122,7 @@ async fn a_restarted_agent_reports_the_tasks_it_finds_nothing_of() {
     let mut fw = TestFramework::subscribe(&cluster, "vanished", "*").await;
     fw.launch(task("t", "sleep 60", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
-    let pid = checkpointed_pid(&agent, &fw.id, "t");
+    let pid = checkpointed_pid(&agent, "t");
     // The agent dies, and the task's whole process group with it (as on a reboot): no exit status is left.
     let dir = agent.work_dir.clone();
     agent.service.crash();

@@ -120,18 +120,6 @@ fn allot_args(cluster: &Cluster) -> Vec<String> {
     cluster.cli_args()
 }
 
-/// The pid the agent with `work_dir` checkpointed for task `task` (of whichever framework ran it).
-fn checkpointed_pid(work_dir: &std::path::Path, task: &str) -> Option<i32> {
-    let frameworks = std::fs::read_dir(work_dir.join("meta/frameworks")).ok()?;
-    frameworks.flatten().find_map(|fw| {
-        std::fs::read_to_string(fw.path().join("tasks").join(task).join("pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 /// Waits until `path` holds at least `lines` lines; returns them.
 async fn lines_in(path: &std::path::Path, lines: usize) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + allot_tests::PATIENCE;
@@ -175,7 +163,7 @@ async fn batch_launches_again_a_task_its_agent_lost_and_not_one_that_failed() {
         .expect("allot batch");
     lines_in(&ledger, 2).await;
     let work_dir = agent.work_dir.clone();
-    let pid = checkpointed_pid(&work_dir, "t").expect("t's pid is checkpointed");
+    let pid = allot_tests::checkpointed_pid(&work_dir, "t").expect("t's pid is checkpointed");
     agent.service.crash();
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pid),

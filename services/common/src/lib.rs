@@ -62,9 +62,39 @@ pub fn jittered_retry_delays(
     doubling(first, max).with_jitter().build()
 }
 
-/// Whether `name` is a valid role name: 1-128 bytes without `/` (a role is an etcd key segment).
+/// Whether `name` is a valid role name (see [`check_role`]).
 pub fn valid_role(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && name.len() <= 128
+    check_role(name).is_ok()
+}
+
+/// Checks a role name as Mesos does (`mesos::roles::validate`: a role is a valid directory name): `*` (the
+/// default role), or a name of 1-128 bytes that is not `.` or `..`, does not start with `-`, and holds no
+/// whitespace or control character. `/` is refused too: Mesos' role trees (`eng/web`) are not supported yet
+/// (issue 25), and a role is an etcd key segment.
+///
+/// # Errors
+/// Why `name` is not a role name, in words.
+pub fn check_role(name: &str) -> Result<(), String> {
+    let why = if name.is_empty() {
+        "a role name cannot be empty"
+    } else if name.len() > 128 {
+        "a role name is at most 128 bytes"
+    } else if name == "*" {
+        return Ok(());
+    } else if name == "." || name == ".." {
+        "a role name cannot be '.' or '..'"
+    } else if name.starts_with('-') {
+        "a role name cannot start with '-'"
+    } else if name.contains('/') {
+        "a role name cannot contain '/' (role trees such as 'eng/web' are not supported yet)"
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "a role name cannot contain whitespace or control characters"
+    } else if name.contains('*') {
+        "a role name cannot contain '*' (only the default role is '*')"
+    } else {
+        return Ok(());
+    };
+    Err(format!("role '{}': {why}", name.escape_debug()))
 }
 
 /// Whether `id` is a valid agent, framework or task ID: 1-128 characters of `[A-Za-z0-9._-]` (safe as a path
@@ -131,6 +161,33 @@ impl AbortOnDrop {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn role_names_are_checked_as_mesos_does() {
+        for good in ["*", "dev", "web-prod", "team.a", "a_b", "R1"] {
+            assert!(super::check_role(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            "a b",
+            "a\tb",
+            "a\u{8}b",
+            "eng/web",
+            "/eng",
+            "a*",
+            &"x".repeat(129),
+        ] {
+            assert!(super::check_role(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            super::check_role("-x")
+                .unwrap_err()
+                .contains("start with '-'")
+        );
+    }
+
     use std::time::Duration;
 
     #[test]

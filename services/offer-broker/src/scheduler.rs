@@ -41,8 +41,8 @@ impl Broker {
         if info.roles.is_empty() {
             info.roles.push("*".to_string());
         }
-        if let Some(r) = info.roles.iter().find(|r| !allot_common::valid_role(r)) {
-            return Err(Error::Invalid(format!("role '{r}' is invalid")));
+        for r in &info.roles {
+            allot_common::check_role(r).map_err(Error::Invalid)?;
         }
         if info.user.is_empty() {
             info.user = "nobody".to_string();

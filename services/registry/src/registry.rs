@@ -261,12 +261,7 @@ impl Registry {
 /// # Errors
 /// [`Error::Invalid`] naming what is wrong.
 fn check_role(role: &Role) -> Result<(), Error> {
-    if !allot_common::valid_role(&role.name) {
-        return Err(Error::Invalid(format!(
-            "role name '{}' is invalid",
-            role.name
-        )));
-    }
+    allot_common::check_role(&role.name).map_err(Error::Invalid)?;
     if !(role.weight.is_finite() && role.weight > 0.0) {
         return Err(Error::Invalid(format!(
             "role weight must be a positive number, got {}",
