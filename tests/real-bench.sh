@@ -8,13 +8,14 @@
 # ACCEPT that launched it to its terminal update at the framework); then the median round.
 #
 # Usage: bash tests/real-bench.sh [--tasks N] [--concurrency C] [--command CMD] [--resources R] [--rounds K]
-#                                 [--release] [--phases]
+#                                 [--release] [--phases] [--slurm]
 #   defaults: 1,000 tasks of `sha256sum /etc/os-release > /dev/null`, 20 at a time, cpus:0.05;mem:16 each,
 #   3 rounds; --release builds and runs the release binaries (what docs/benchmarks.md reports). Every round
 #   also prints the CPU each process spent per task (ms, from /proc: self, and children for agents: the
 #   tasks). --phases runs the cluster with its local trace store (run.sh --traces: every process exports its
 #   spans, which costs CPU, so rates are lower) and ends with `allot traces phases`: per service and step,
-#   how many, p50/p99/mean and total milliseconds.
+#   how many, p50/p99/mean and total milliseconds. --slurm ends with the same commands through a local Slurm
+#   (tests/slurm-peer.sh: installs and configures Debian's slurm-wlm; root) and Allot's rate over Slurm's.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tasks=1000
@@ -24,6 +25,7 @@ resources='cpus:0.05;mem:16'
 rounds=3
 release=0
 phases=0
+slurm=0
 while (($#)); do
   case "$1" in
     --tasks) tasks=$2; shift 2 ;;
@@ -33,7 +35,8 @@ while (($#)); do
     --rounds) rounds=$2; shift 2 ;;
     --release) release=1; shift ;;
     --phases) phases=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --slurm) slurm=1; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -110,6 +113,17 @@ sort -t$'\t' -k3,3n "$out/rounds.tsv" | awk -F'\t' -v k="$rounds" 'NR == int((k 
   printf "==> median round: xargs %.1f tasks/s, allot %.1f tasks/s (%.0f%% of xargs), p50 %.1f ms, p99 %.1f ms\n",
     $2, $3, 100 * $3 / $2, $4, $5 }'
 echo "    per-task outcomes: $out/batch-*.json"
+if ((slurm)); then
+  echo "==> the same $tasks commands through Slurm (tests/slurm-peer.sh)"
+  if bash "$repo/tests/slurm-peer.sh" --tasks "$tasks" --concurrency "$concurrency" --command "$command" \
+    | tee "$out/slurm.txt"; then
+    allot_rate=$(sort -t$'\t' -k3,3n "$out/rounds.tsv" | awk -F'\t' -v k="$rounds" 'NR == int((k + 1) / 2) { print $3 }')
+    awk -v a="$allot_rate" '/^slurm / { printf "==> allot (median round) %.1f tasks/s = %.1fx slurm'"'"'s %.1f\n", a, a / $2, $2 }' \
+      "$out/slurm.txt"
+  else
+    echo "    (no Slurm figure: see the message above)"
+  fi
+fi
 if ((phases)); then
   echo "==> where the time went (spans of the task traces; tracing was on, so rates above are lower)"
   sleep 1 # the last spans are exported within OTEL_BSP_SCHEDULE_DELAY
