@@ -8,7 +8,7 @@
 # ACCEPT that launched it to its terminal update at the framework); then the median round.
 #
 # Usage: bash tests/real-bench.sh [--tasks N] [--concurrency C] [--command CMD] [--resources R] [--rounds K]
-#                                 [--release] [--phases] [--slurm]
+#                                 [--release] [--phases] [--slurm] [--agents N]
 #   defaults: 1,000 tasks of `sha256sum /etc/os-release > /dev/null`, 20 at a time, cpus:0.05;mem:16 each,
 #   3 rounds; --release builds and runs the release binaries (what docs/benchmarks.md reports). Every round
 #   also prints the CPU each process spent per task (ms, from /proc: self, and children for agents: the
@@ -16,6 +16,7 @@
 #   spans, which costs CPU, so rates are lower) and ends with `allot traces phases`: per service and step,
 #   how many, p50/p99/mean and total milliseconds. --slurm ends with the same commands through a local Slurm
 #   (tests/slurm-peer.sh: installs and configures Debian's slurm-wlm; root) and Allot's rate over Slurm's.
+#   --agents N runs N agents instead of three (e.g. --agents 4 --concurrency 200 --resources 'cpus:0.01;mem:8').
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tasks=1000
@@ -26,6 +27,7 @@ rounds=3
 release=0
 phases=0
 slurm=0
+agents=3
 while (($#)); do
   case "$1" in
     --tasks) tasks=$2; shift 2 ;;
@@ -36,7 +38,8 @@ while (($#)); do
     --release) release=1; shift ;;
     --phases) phases=1; shift ;;
     --slurm) slurm=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --agents) agents=$2; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -44,7 +47,7 @@ cd "$repo"
 out=$repo/.allot/real-bench
 rm -rf "$out"; mkdir -p "$out"
 
-cluster_args=(--cluster-only)
+cluster_args=(--cluster-only --agents "$agents")
 ((phases)) && cluster_args+=(--traces)
 if ((release)); then
   echo "==> building release binaries"

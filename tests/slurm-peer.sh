@@ -117,7 +117,8 @@ if ! sbatch --parsable --array="1-$tasks%$concurrency" --cpus-per-task=1 --mem=1
 fi
 deadline=$((SECONDS + 600))
 while (($(wc -l <"$ledger") < tasks)); do
-  if ((SECONDS > deadline)) || ! squeue -h 2>/dev/null | grep -q .; then
+  # Over when the deadline passed, or when squeue answers (a busy slurmctld may not) and lists nothing.
+  if ((SECONDS > deadline)) || { queue=$(squeue -h 2>/dev/null) && [[ -z $queue ]]; }; then
     sleep 1
     (($(wc -l <"$ledger") < tasks)) || break
     echo "slurm-peer: only $(wc -l <"$ledger") of $tasks tasks succeeded; a task's output:" >&2

@@ -16,6 +16,7 @@
 #
 # Usage: bash deploy/local/run.sh [--files DIR] [--tasks N] [--keep] [--prometheus] [--traces] [--ha]
 #                                 [--cluster-only] [--release] [--address IP] [--agent-netns NS=IP]
+#                                 [--agents N]
 #   --files DIR    the tree to process (default /usr/share)
 #   --tasks N      tasks per framework (default 32)
 #   --keep         leave the cluster running after the jobs, until Ctrl-C
@@ -33,6 +34,8 @@
 #   --agent-netns NS=IP
 #                  run the third agent in network namespace NS at address IP (one the caller set up, with a
 #                  route to --address); tests/chaos.sh uses it to cut that agent off the network
+#   --agents N     run N agents (default 3), each an N-th of this machine's cores (at least one core) and up
+#                  to 2 GiB of memory (tests/real-bench.sh --agents passes it on)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,6 +51,7 @@ release=0
 host=127.0.0.1
 netns=""
 netns_ip=""
+nagents=3
 while (($#)); do
   case "$1" in
     --files) files_root=$2; shift 2 ;;
@@ -60,6 +64,7 @@ while (($#)); do
     --release) release=1; shift ;;
     --address) host=$2; shift 2 ;;
     --agent-netns) netns=${2%%=*}; netns_ip=${2#*=}; shift 2 ;;
+    --agents) nagents=$2; shift 2 ;;
     -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
@@ -84,10 +89,12 @@ rm -rf "$run"
 mkdir -p "$run/logs" "$run/out/sha256" "$run/out/archive" "$run/lists"
 
 # Mutual TLS on every link (docs/security.md): this cluster's certificate authority and the certificates of the
-# services, etcd, the agents (agent-node1..3), the operator (the CLI) and the frameworks' default principal.
+# services, etcd, the agents (agent-node1..N), the operator (the CLI) and the frameworks' default principal.
 tls_hosts=(--host "$host" --host localhost)
 [[ -n $netns_ip ]] && tls_hosts+=(--host "$netns_ip")
-"$bin/allot" certs init "$run/tls" "${tls_hosts[@]}" >/dev/null
+agent_names=()
+for ((i = 1; i <= nagents; i++)); do agent_names+=(--agent "node$i"); done
+"$bin/allot" certs init "$run/tls" "${tls_hosts[@]}" "${agent_names[@]}" >/dev/null
 export ALLOT_TLS_DIR=$run/tls
 # Default deny: what each principal may do (docs/security.md, "The ACL file"); edit it while the cluster runs.
 cat >"$run/acls.toml" <<ACLS
@@ -279,11 +286,11 @@ for a in ${ALLOT_BROKER//,/ }; do
 done
 for a in ${ALLOT_REGISTRY//,/ } ${ALLOT_ALLOCATOR//,/ } ${ALLOT_BROKER//,/ }; do wait_port "${a##*:}" "the service at $a"; done
 
-# Three agents, each a third of this machine's cores and up to 2 GiB of memory.
+# The agents (three by default), each an N-th of this machine's cores (at least one) and up to 2 GiB of memory.
 cores=$(nproc)
 mem_mib=$(awk '/MemTotal/ {m=int($2/1024/4); if (m > 2048) m = 2048; print m}' /proc/meminfo)
-cpus=$(awk -v c="$cores" 'BEGIN { x = c / 3; if (x < 1) x = 1; printf "%.2f", x }')
-for i in 1 2 3; do
+cpus=$(awk -v c="$cores" -v n="$nagents" 'BEGIN { x = c / n; if (x < 1) x = 1; printf "%.2f", x }')
+for ((i = 1; i <= nagents; i++)); do
   free_port port
   lo=$((31000 + i * 1000)); hi=$((lo + 999))
   at=$host; in_netns=()
@@ -318,11 +325,11 @@ fi
 registered=0
 for _ in $(seq 100); do
   registered=$("$bin/allot" agents --json 2>/dev/null | grep -c '"reachable": true' || true)
-  ((registered == 3)) && break
+  ((registered == nagents)) && break
   sleep 0.2
 done
-if ((registered != 3)); then
-  echo "only $registered of 3 agents registered; see $run/logs/agent*.log" >&2
+if ((registered != nagents)); then
+  echo "only $registered of $nagents agents registered; see $run/logs/agent*.log" >&2
   exit 1
 fi
 "$bin/allot" agents
