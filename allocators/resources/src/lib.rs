@@ -414,13 +414,13 @@ impl fmt::Display for Resources {
     }
 }
 
-impl FromStr for Resources {
-    type Err = ResourcesError;
-
-    /// Parses Mesos' resource string, e.g. `cpus:2;mem:1024;ports:[31000-31099]`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut r = Resources::new();
-        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+/// The `name:value` parts of Mesos' resource text `s` (split at `;`, trimmed, empty parts skipped), each name
+/// free of `(`, `)` and spaces; a part without `:` or with such a name is [`ResourcesError::Parse`].
+fn text_parts(s: &str) -> impl Iterator<Item = Result<(&str, &str), ResourcesError>> {
+    s.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(move |part| {
             let (name, value) = part
                 .split_once(':')
                 .ok_or_else(|| ResourcesError::Parse(s.into()))?;
@@ -428,6 +428,18 @@ impl FromStr for Resources {
             if name.contains(['(', ')', ' ']) {
                 return Err(ResourcesError::Parse(s.into()));
             }
+            Ok((name, value))
+        })
+}
+
+impl FromStr for Resources {
+    type Err = ResourcesError;
+
+    /// Parses Mesos' resource string, e.g. `cpus:2;mem:1024;ports:[31000-31099]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut r = Resources::new();
+        for part in text_parts(s) {
+            let (name, value) = part?;
             if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
                 for range in inner.split(',').map(str::trim).filter(|x| !x.is_empty()) {
                     let (b, e) = range

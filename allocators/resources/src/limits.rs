@@ -1,6 +1,6 @@
 //! Quota limits: the most of each scalar a role may hold, where zero is kept and means none.
 
-use crate::{Kind, Resources, ResourcesError, SCALE, intern, to_milli};
+use crate::{Kind, Resources, ResourcesError, SCALE, intern, text_parts, to_milli};
 use smallvec::SmallVec;
 use std::fmt;
 use std::str::FromStr;
@@ -123,12 +123,9 @@ impl FromStr for Limits {
     /// value.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut l = Limits::new();
-        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, value) = part
-                .split_once(':')
-                .ok_or_else(|| ResourcesError::Parse(s.into()))?;
-            let (name, value) = (name.trim(), value.trim());
-            if name.contains(['(', ')', ' ', '[']) || value.starts_with('[') {
+        for part in text_parts(s) {
+            let (name, value) = part?;
+            if name.contains('[') || value.starts_with('[') {
                 return Err(ResourcesError::Parse(s.into()));
             }
             let v: f64 = value.parse().map_err(|_| ResourcesError::Parse(s.into()))?;
