@@ -43,9 +43,15 @@ async fn failing_command_ends_failed_with_its_exit_code() {
     cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "failing", "*").await;
     let offer = fw.offers().await.remove(0);
+    // The command sees no variable or argument of the executor's wrapper, as under `sh -c`.
     fw.accept(
         &offer.offer_id,
-        vec![task("bad", "echo oops >&2; exit 7", 0.1, 32.0)],
+        vec![task(
+            "bad",
+            "echo oops >&2; [ -z \"$exit_file$1$c\" ] && [ $# = 0 ] && exit 7; exit 9",
+            0.1,
+            32.0,
+        )],
         5.0,
     )
     .await

@@ -48,9 +48,10 @@ const RUN_ARGV: &str = r#""$@""#;
 
 /// How the wrapper runs a shell command (`CommandInfo.shell`, the one argument after the exit file): in a
 /// subshell of the wrapper itself, which is what `sh -c` would be without one more `exec` of the shell per
-/// task (issue 24). The subshell has no positional parameters, its traps reset, and its exit status (or
-/// signal) is the command's; `exit` and `exec` in the command end or replace the subshell only.
-const RUN_SHELL: &str = r#"c=$1; shift; ( eval "$c" )"#;
+/// task (issue 24). The subshell sees none of the wrapper's variables or positional parameters (the command
+/// is evaluated after `set --`), its traps are reset, and its exit status (or signal) is the command's;
+/// `exit` and `exec` in the command end or replace the subshell only.
+const RUN_SHELL: &str = r#"( unset exit_file; eval 'set --;' "$1" )"#;
 
 /// Where one task's status updates go: its stream in the agent's status update manager, with its sandbox path
 /// and the launch's trace context. [`TaskUpdates::push`] checkpoints (a file write and a sync), so it is called
