@@ -58,7 +58,11 @@ def script(doc, work):
         "  local code=$? p",
         f"  cd {q(REPO)}",
         "  for p in \"${bg[@]}\"; do kill -TERM -- \"-$p\" 2>/dev/null || true; done",
-        "  for p in \"${bg[@]}\"; do while kill -0 \"$p\" 2>/dev/null; do sleep 0.2; done; done",
+        # Every process of the background block's group, not only its leader, must be gone before the next
+        # step (the chaos test refuses to start beside a cluster still stopping); SIGKILL after 30 s.
+        "  local n",
+        "  for p in \"${bg[@]}\"; do n=0; while kill -0 -- \"-$p\" 2>/dev/null; do",
+        "    ((++n == 150)) && kill -KILL -- \"-$p\" 2>/dev/null; sleep 0.2; done; done",
         "  for p in \"${created[@]}\"; do rm -rf -- \"$p\"; done",
         "  for p in $(snapshot | comm -13 \"$before\" -); do rm -rf -- \"$p\"; done",
     ]
