@@ -80,28 +80,6 @@ impl Limits {
             .iter()
             .all(|&(k, cap)| held.scalar_milli(k) <= cap)
     }
-
-    /// What of `r` is left once every limited scalar is capped at what the limit leaves a role that already
-    /// holds `held` (kinds the limit does not name are kept whole; ranges are kept).
-    pub fn room_in(&self, r: &Resources, held: &Resources) -> Resources {
-        let mut out = r.clone();
-        for &(k, cap) in &self.scalars {
-            let room = (cap - held.scalar_milli(k)).max(0);
-            if out.scalar_milli(k) > room {
-                out.set_scalar_milli(k, room);
-            }
-        }
-        out
-    }
-}
-
-impl From<&Resources> for Limits {
-    /// The limit of every scalar of `r` (its ranges are not limits and are left out).
-    fn from(r: &Resources) -> Limits {
-        Limits {
-            scalars: r.kinds().map(|(k, v)| (k.name(), v)).collect(),
-        }
-    }
 }
 
 impl fmt::Display for Limits {
@@ -151,21 +129,13 @@ mod tests {
         assert_eq!(l.get_milli("disk"), None);
         assert!(!l.allows(&r("cpus:0.001")));
         assert!(l.allows(&r("disk:100")));
-        assert_eq!(
-            l.room_in(&r("cpus:4;mem:512;disk:10"), &r("")),
-            r("disk:10")
-        );
         assert_eq!(l.to_string(), "cpus:0;mem:0");
         assert!("".parse::<Limits>().unwrap().is_empty());
     }
 
     #[test]
-    fn room_counts_what_is_held() {
+    fn a_role_at_its_limit_is_allowed() {
         let l: Limits = "cpus:2".parse().unwrap();
-        assert_eq!(
-            l.room_in(&r("cpus:4;mem:512"), &r("cpus:1.5")),
-            r("cpus:0.5;mem:512")
-        );
         assert!(l.allows(&r("cpus:2;mem:99999")));
     }
 
@@ -183,6 +153,5 @@ mod tests {
         l.set_kind_milli(Kind::new("cpus"), -1);
         l.set_kind_milli(Kind::new("disk"), 0);
         assert_eq!(l.to_string(), "disk:0;mem:0");
-        assert_eq!(Limits::from(&r("cpus:2;ports:[1-3]")).to_string(), "cpus:2");
     }
 }

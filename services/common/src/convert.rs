@@ -40,14 +40,16 @@ pub fn limits_from_proto(list: &[Resource]) -> Result<Limits, ResourcesError> {
 
 /// A role's quota limit as protocol resources, zeros included (the way back of [`limits_from_proto`]).
 pub fn limits_to_proto(limits: &Limits) -> Vec<Resource> {
-    limits
-        .scalars()
-        .map(|(name, milli)| Resource {
-            name: name.to_string(),
-            scalar: milli as f64 / allot_resources::SCALE as f64,
-            ..Default::default()
-        })
-        .collect()
+    limits.scalars().map(scalar_to_proto).collect()
+}
+
+/// One scalar, `(name, thousandths)`, as a protocol resource.
+fn scalar_to_proto((name, milli): (&str, i64)) -> Resource {
+    Resource {
+        name: name.to_string(),
+        scalar: milli as f64 / allot_resources::SCALE as f64,
+        ..Default::default()
+    }
 }
 
 /// Converts protocol resources into the unreserved ones and the reserved ones by role (`role` empty or `*` is
@@ -111,14 +113,7 @@ pub fn take_from(want: &Resources, pool: &mut Resources) -> (Resources, Resource
 
 /// Converts [`Resources`] into protocol resources: one `Resource` per name, scalars first.
 pub fn resources_to_proto(r: &Resources) -> Vec<Resource> {
-    let mut out: Vec<Resource> = r
-        .scalars()
-        .map(|(name, milli)| Resource {
-            name: name.to_string(),
-            scalar: milli as f64 / allot_resources::SCALE as f64,
-            ..Default::default()
-        })
-        .collect();
+    let mut out: Vec<Resource> = r.scalars().map(scalar_to_proto).collect();
     out.extend(r.ranges().map(|(name, set)| {
         Resource {
             name: name.to_string(),

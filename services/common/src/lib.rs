@@ -62,11 +62,6 @@ pub fn jittered_retry_delays(
     doubling(first, max).with_jitter().build()
 }
 
-/// Whether `name` is a valid role name (see [`check_role`]).
-pub fn valid_role(name: &str) -> bool {
-    check_role(name).is_ok()
-}
-
 /// Checks a role name as Mesos does (`mesos::roles::validate`: a role is a valid directory name): `*` (the
 /// default role), or a name of 1-128 bytes that is not `.` or `..`, does not start with `-`, and holds no
 /// whitespace or control character. `/` is refused too: Mesos' role trees (`eng/web`) are not supported yet
