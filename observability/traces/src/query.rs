@@ -363,38 +363,54 @@ pub struct PhaseRow {
 /// # Errors
 /// As [`Store::scan`].
 pub fn phases(store: &Store, since_ns: u64) -> Result<Vec<PhaseRow>, StoreError> {
-    let mut task_traces: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // One pass: each trace's durations by (service, name) index, and whether the trace names a task; only the
+    // traces that do are counted at the end.
+    let mut names: HashMap<(String, String), usize> = HashMap::new();
+    let mut by_trace: HashMap<String, (bool, Vec<(usize, f64)>)> = HashMap::new();
     store.scan(|s| {
-        if s.start_ns >= since_ns && !s.task_ids().is_empty() {
-            task_traces.insert(s.trace_id);
+        if s.start_ns < since_ns {
+            return;
         }
+        let ms = s.duration_ms();
+        let names_task = !s.task_ids().is_empty();
+        let next = names.len();
+        let name = *names.entry((s.service, s.name)).or_insert(next);
+        let (task, spans) = by_trace.entry(s.trace_id).or_default();
+        *task |= names_task;
+        spans.push((name, ms));
     })?;
-    let mut by_name: HashMap<(String, String), Vec<f64>> = HashMap::new();
-    store.scan(|s| {
-        if s.start_ns >= since_ns && task_traces.contains(&s.trace_id) {
-            let ms = s.duration_ms();
-            by_name.entry((s.service, s.name)).or_default().push(ms);
+    let mut by_name: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for (_, spans) in by_trace.into_values().filter(|(task, _)| *task) {
+        for (name, ms) in spans {
+            by_name[name].push(ms);
         }
-    })?;
-    let mut rows: Vec<PhaseRow> = by_name
+    }
+    let mut rows: Vec<PhaseRow> = names
         .into_iter()
-        .map(|((service, name), mut ms)| {
+        .filter_map(|((service, name), i)| {
+            let mut ms = std::mem::take(&mut by_name[i]);
             ms.sort_by(f64::total_cmp);
-            let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
             let total: f64 = ms.iter().sum();
-            PhaseRow {
+            Some(PhaseRow {
                 service,
                 name,
                 count: ms.len(),
-                p50_ms: at(0.5),
-                p99_ms: at(0.99),
+                p50_ms: quantile(&ms, 0.5)?,
+                p99_ms: quantile(&ms, 0.99)?,
                 mean_ms: total / ms.len() as f64,
                 total_ms: total,
-            }
+            })
         })
         .collect();
     rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
     Ok(rows)
+}
+
+/// The `q` quantile (0 to 1) of `sorted` (ascending) by nearest rank: the smallest value with at least
+/// `q` of the values at or below it; `None` for no values.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let n = sorted.len();
+    (n > 0).then(|| sorted[((n as f64 * q).ceil() as usize).clamp(1, n) - 1])
 }
 
 /// A span time (Unix nanoseconds) as RFC 3339 with milliseconds, UTC (`2026-12-03T07:10:13.703Z`).

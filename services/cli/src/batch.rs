@@ -677,12 +677,7 @@ pub async fn run(broker: &str, args: Args, as_json: bool) -> anyhow::Result<i32>
         .map(|o| o.seconds)
         .collect();
     turnaround.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        (!turnaround.is_empty()).then(|| {
-            turnaround
-                [((turnaround.len() as f64 * q).ceil() as usize).clamp(1, turnaround.len()) - 1]
-        })
-    };
+    let quantile = |q| allot_traces::query::quantile(&turnaround, q);
     let (p50, p99) = (quantile(0.5), quantile(0.99));
     if as_json {
         let tasks: Vec<_> = finished
