@@ -1309,11 +1309,9 @@ pub fn current_user() -> String {
 /// leads the task's process group.
 pub fn checkpointed_pid(work_dir: &std::path::Path, task: &str) -> Option<i32> {
     let frameworks = std::fs::read_dir(work_dir.join("meta/frameworks")).ok()?;
-    frameworks.flatten().find_map(|fw| {
-        let file = std::fs::read(fw.path().join("tasks").join(task).join("updates")).ok()?;
-        let pid = allot_agent::status::replay(&file).pid?;
-        i32::try_from(pid).ok()
-    })
+    frameworks
+        .flatten()
+        .find_map(|fw| allot_agent::executor::checkpointed(&fw.path().join("tasks").join(task)).pid)
 }
 
 /// Waits until `cond` holds, checking every 50 ms, for at most [`PATIENCE`].

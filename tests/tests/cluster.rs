@@ -42,20 +42,14 @@ async fn failing_command_ends_failed_with_its_exit_code() {
     let mut cluster = Cluster::start().await;
     cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "failing", "*").await;
-    let offer = fw.offers().await.remove(0);
     // The command sees no variable or argument of the executor's wrapper, as under `sh -c`.
-    fw.accept(
-        &offer.offer_id,
-        vec![task(
-            "bad",
-            "echo oops >&2; [ -z \"$exit_file$1$c\" ] && [ $# = 0 ] && exit 7; exit 9",
-            0.1,
-            32.0,
-        )],
-        5.0,
-    )
-    .await
-    .expect("accept");
+    fw.launch(task(
+        "bad",
+        "echo oops >&2; [ -z \"$exit_file$1$c\" ] && [ $# = 0 ] && exit 7; exit 9",
+        0.1,
+        32.0,
+    ))
+    .await;
     let failed = fw.await_state("bad", TaskState::TaskFailed).await;
     assert_eq!(failed.exit_code, Some(7));
     assert!(failed.message.contains("status 7"), "{}", failed.message);
@@ -70,19 +64,13 @@ async fn a_task_over_its_memory_limit_fails_with_the_memory_limitation() {
     let mut cluster = Cluster::start().await;
     cluster.add_agent("cpus:1;mem:256").await;
     let mut fw = TestFramework::subscribe(&cluster, "greedy", "*").await;
-    let offer = fw.offers().await.remove(0);
-    fw.accept(
-        &offer.offer_id,
-        vec![task(
-            "greedy",
-            "echo start; dd if=/dev/zero of=/dev/null bs=256M count=1; echo survived",
-            0.1,
-            32.0,
-        )],
-        5.0,
-    )
-    .await
-    .expect("accept");
+    fw.launch(task(
+        "greedy",
+        "echo start; dd if=/dev/zero of=/dev/null bs=256M count=1; echo survived",
+        0.1,
+        32.0,
+    ))
+    .await;
     let failed = fw.await_state("greedy", TaskState::TaskFailed).await;
     let cgroups = std::path::Path::new("/sys/fs/cgroup/memory/allot").exists()
         || std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")

@@ -624,20 +624,47 @@ pub fn alive(pid: Pid) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
-/// After an agent restart: what became of task `task_id` of `framework_id`, from its checkpoint directory
-/// (see the module docs). A pid that is not the task's (recycled) counts as gone.
-pub fn recover(checkpoint: &Path, framework_id: &str, task_id: &str) -> Recovered {
-    // The pid record of the update stream; an earlier agent's `pid` file.
-    let pid = recorded(checkpoint)
-        .pid
-        .and_then(|p| i32::try_from(p).ok())
-        .or_else(|| {
-            std::fs::read_to_string(checkpoint.join("pid"))
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-        })
-        .filter(|p| *p > 1);
-    if let Some(pid) = pid
+/// What a task's checkpoint directory says of its launch, read once: the task as launched and the pid of its
+/// wrapper, from the records of its update stream (`updates`), or from the `task` and `pid` files agents
+/// before issue 24 wrote.
+#[derive(Debug, Default)]
+pub struct Checkpointed {
+    /// The `TaskInfo` as launched, if it can be read.
+    pub task: Option<TaskInfo>,
+    /// The pid of the task's wrapper, if recorded.
+    pub pid: Option<i32>,
+}
+
+/// Reads task checkpoint directory `checkpoint` (see [`Checkpointed`]).
+pub fn checkpointed(checkpoint: &Path) -> Checkpointed {
+    let recorded =
+        crate::status::replay(&std::fs::read(checkpoint.join("updates")).unwrap_or_default());
+    Checkpointed {
+        task: recorded.task.or_else(|| {
+            let bytes = std::fs::read(checkpoint.join("task")).ok()?;
+            TaskInfo::decode(bytes.as_slice()).ok()
+        }),
+        pid: recorded
+            .pid
+            .and_then(|p| i32::try_from(p).ok())
+            .or_else(|| {
+                std::fs::read_to_string(checkpoint.join("pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+            }),
+    }
+}
+
+/// After an agent restart: what became of task `task_id` of `framework_id`, from its checkpoint directory and
+/// the wrapper's `pid` read from it ([`checkpointed`]; see the module docs). A pid that is not the task's
+/// (recycled) counts as gone.
+pub fn recover(
+    checkpoint: &Path,
+    pid: Option<i32>,
+    framework_id: &str,
+    task_id: &str,
+) -> Recovered {
+    if let Some(pid) = pid.filter(|p| *p > 1)
         && is_task(pid, framework_id, task_id)
     {
         return Recovered::Running(Pid::from_raw(pid));
@@ -645,56 +672,40 @@ pub fn recover(checkpoint: &Path, framework_id: &str, task_id: &str) -> Recovere
     Recovered::Ended(recorded_exit(checkpoint).unwrap_or(Exit::Unknown))
 }
 
-/// The `TaskInfo` checkpointed for a task, if it can be read.
-pub fn checkpointed_task(checkpoint: &Path) -> Option<TaskInfo> {
-    // The task record of the update stream; an earlier agent's `task` file.
-    recorded(checkpoint).task.or_else(|| {
-        let bytes = std::fs::read(checkpoint.join("task")).ok()?;
-        TaskInfo::decode(bytes.as_slice()).ok()
-    })
-}
-
-/// The records of a task's checkpointed update stream (`<checkpoint>/updates`), as far as they can be read.
-fn recorded(checkpoint: &Path) -> crate::status::Replayed {
-    crate::status::replay(&std::fs::read(checkpoint.join("updates")).unwrap_or_default())
-}
-
 /// Sends the final update of a task that ended while no agent was watching (see [`recover`]): from its
 /// recorded exit status, or, with none, TASK_FAILED with reason REASON_AGENT_RESTARTED.
 pub async fn report_ended(l: Launch, isolator: Isolator, exit: Exit, updates: TaskUpdates) {
-    // In a cgroup, whatever the command left behind is killed by the release.
-    let oom = tokio::task::spawn_blocking({
-        let name = cgroup_name(&l);
-        move || {
-            let iso = isolator.reopen(&name);
-            let oom = iso.oom_killed();
-            iso.release();
-            oom
-        }
+    let ended = tokio::task::spawn_blocking(move || {
+        // In a cgroup, whatever the command left behind is killed by the release.
+        let iso = isolator.reopen(&cgroup_name(&l));
+        let oom = iso.oom_killed();
+        iso.release();
+        let last = if exit == Exit::Unknown {
+            let mut s = status(
+                &l,
+                TaskState::TaskFailed,
+                "The agent restarted and found none of the task's processes, and no exit status".into(),
+                "REASON_AGENT_RESTARTED",
+                None,
+            );
+            s.source = StatusSource::SourceAgent as i32;
+            s
+        } else {
+            final_status(
+                &l,
+                Ok(exit),
+                false,
+                oom,
+                " (it ended while the agent was down)",
+            )
+        };
+        tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended while the agent was down");
+        updates.push(vec![last]);
     })
-    .await
-    .unwrap_or(false);
-    let last = if exit == Exit::Unknown {
-        let mut s = status(
-            &l,
-            TaskState::TaskFailed,
-            "The agent restarted and found none of the task's processes, and no exit status".into(),
-            "REASON_AGENT_RESTARTED",
-            None,
-        );
-        s.source = StatusSource::SourceAgent as i32;
-        s
-    } else {
-        final_status(
-            &l,
-            Ok(exit),
-            false,
-            oom,
-            " (it ended while the agent was down)",
-        )
-    };
-    tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended while the agent was down");
-    updates.push_async(vec![last]).await;
+    .await;
+    if let Err(e) = ended {
+        tracing::error!(error = %e, "reporting a task that ended while the agent was down failed");
+    }
 }
 
 /// Watches a task that an earlier agent process started and that still runs (its wrapper is `pid`), until it
@@ -744,17 +755,17 @@ mod tests {
         // This test's own process: alive, but not task t of framework fw.
         std::fs::write(dir.path().join("pid"), std::process::id().to_string()).unwrap();
         assert!(matches!(
-            recover(dir.path(), "fw", "t"),
+            recover(dir.path(), checkpointed(dir.path()).pid, "fw", "t"),
             Recovered::Ended(Exit::Unknown)
         ));
         std::fs::write(dir.path().join("pid"), "not a pid").unwrap();
         std::fs::write(dir.path().join("exit"), "3\n").unwrap();
         assert!(matches!(
-            recover(dir.path(), "fw", "t"),
+            recover(dir.path(), checkpointed(dir.path()).pid, "fw", "t"),
             Recovered::Ended(Exit::Code(3))
         ));
         assert!(matches!(
-            recover(&dir.path().join("missing"), "fw", "t"),
+            recover(&dir.path().join("missing"), None, "fw", "t"),
             Recovered::Ended(Exit::Unknown)
         ));
     }

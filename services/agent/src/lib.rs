@@ -392,9 +392,12 @@ fn recover_tasks(agent: &Arc<Agent>) {
     for ((fw, task_id), latest) in agent.updates.unfinished() {
         let key = (fw.clone(), task_id.clone());
         let dir = agent.updates.task_dir(&key);
-        let task = dir
+        let checkpointed = dir
             .as_deref()
-            .and_then(executor::checkpointed_task)
+            .map(executor::checkpointed)
+            .unwrap_or_default();
+        let task = checkpointed
+            .task
             .unwrap_or_else(|| allot_proto::common::TaskInfo {
                 task_id: task_id.clone(),
                 ..Default::default()
@@ -404,7 +407,7 @@ fn recover_tasks(agent: &Arc<Agent>) {
         let found = dir
             .as_deref()
             .map_or(executor::Recovered::Ended(executor::Exit::Unknown), |d| {
-                executor::recover(d, &fw, &task_id)
+                executor::recover(d, checkpointed.pid, &fw, &task_id)
             });
         tracing::info!(framework = %fw, task = %task_id, ?found, "recovering a task left by an earlier agent process");
         let isolator = agent.isolator.clone();
