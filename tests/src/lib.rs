@@ -1254,6 +1254,25 @@ impl Cluster {
         args
     }
 
+    /// Runs the `allot` CLI against this cluster with `args` and returns what it printed.
+    ///
+    /// # Panics
+    /// When it cannot run or exits non-zero (the message has its output).
+    pub fn allot(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(procs::bin_dir().join("allot"))
+            .args(self.cli_args())
+            .args(args)
+            .output()
+            .expect("allot runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "allot {args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
     /// The operator's dialer: what the `allot` CLI's operator commands connect with.
     pub fn operator(&self) -> allot_common::grpc::Dialer {
         self.etcd.operator()

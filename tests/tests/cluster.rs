@@ -462,23 +462,8 @@ async fn two_frameworks_in_two_roles_split_agents_by_drf() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_quota_limit_keeps_a_role_from_every_offer() {
     let mut cluster = Cluster::start().await;
-    let cli_args = cluster.cli_args();
-    let allot = |args: &[&str]| {
-        let out = std::process::Command::new(allot_tests::procs::bin_dir().join("allot"))
-            .args(&cli_args)
-            .args(args)
-            .output()
-            .expect("allot runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "allot {args:?}: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
-    allot(&["roles", "set", "frozen", "--quota", "cpus:0;mem:0"]);
-    let listed = allot(&["roles", "--json"]);
+    cluster.allot(&["roles", "set", "frozen", "--quota", "cpus:0;mem:0"]);
+    let listed = cluster.allot(&["roles", "--json"]);
     assert!(listed.contains("\"cpus:0;mem:0\""), "{listed}");
     let mut frozen = TestFramework::subscribe(&cluster, "frozen", "frozen").await;
     let mut open = TestFramework::subscribe(&cluster, "open", "open").await;
@@ -501,7 +486,7 @@ async fn a_zero_quota_limit_keeps_a_role_from_every_offer() {
         "a role limited to cpus:0;mem:0 is offered nothing, on a cluster with idle agents"
     );
     // With the limit raised to one CPU, the role is offered again once the open framework gives offers back.
-    allot(&["roles", "set", "frozen", "--quota", "cpus:1"]);
+    cluster.allot(&["roles", "set", "frozen", "--quota", "cpus:1"]);
     let deadline = std::time::Instant::now() + allot_tests::PATIENCE;
     loop {
         assert!(
@@ -512,12 +497,7 @@ async fn a_zero_quota_limit_keeps_a_role_from_every_offer() {
             open.decline(&o.offer_id, 0.0).await.expect("decline");
         }
         if let Some(o) = frozen.offers_within(Duration::from_millis(300)).await {
-            let cpus: f64 = o
-                .iter()
-                .flat_map(|o| &o.resources)
-                .filter(|r| r.name == "cpus")
-                .map(|r| r.scalar)
-                .sum();
+            let (cpus, _) = cpus_and_mem(&o);
             assert!(cpus <= 1.0, "within the new limit: {o:?}");
             break;
         }
@@ -525,6 +505,94 @@ async fn a_zero_quota_limit_keeps_a_role_from_every_offer() {
             held.extend(o);
         }
     }
+}
+
+/// Sums the `cpus` and `mem` of `offers`.
+fn cpus_and_mem(offers: &[pb::Offer]) -> (f64, f64) {
+    let sum = |name: &str| {
+        offers
+            .iter()
+            .flat_map(|o| &o.resources)
+            .filter(|r| r.name == name)
+            .map(|r| r.scalar)
+            .sum()
+    };
+    (sum("cpus"), sum("mem"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_limit_on_an_inner_role_caps_its_whole_subtree() {
+    let mut cluster = Cluster::start().await;
+    // eng's subtree may hold one agent's worth; eng/web weighs twice eng/batch.
+    cluster.allot(&["roles", "set", "eng", "--quota", "cpus:1;mem:256"]);
+    cluster.allot(&["roles", "set", "eng/web", "--weight", "2"]);
+    let mut web = TestFramework::subscribe(&cluster, "web", "eng/web").await;
+    let mut batch = TestFramework::subscribe(&cluster, "batch", "eng/batch").await;
+    let mut ops = TestFramework::subscribe(&cluster, "ops", "ops").await;
+    for _ in 0..3 {
+        cluster.add_agent("cpus:1;mem:256").await;
+    }
+    // ops is offered the two agents eng's limit leaves; the eng frameworks together never hold more than
+    // the limit, however long they keep their offers.
+    let (mut eng_held, mut ops_held) = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + allot_tests::PATIENCE;
+    while ops_held.len() < 2 || eng_held.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ops is offered two agents and eng one: eng {eng_held:?}, ops {ops_held:?}"
+        );
+        for f in [&mut web, &mut batch] {
+            if let Some(o) = f.offers_within(Duration::from_millis(100)).await {
+                eng_held.extend(o);
+            }
+        }
+        if let Some(o) = ops.offers_within(Duration::from_millis(100)).await {
+            ops_held.extend(o);
+        }
+    }
+    for f in [&mut web, &mut batch] {
+        if let Some(o) = f.offers_within(Duration::from_secs(1)).await {
+            eng_held.extend(o);
+        }
+    }
+    let (cpus, mem) = cpus_and_mem(&eng_held);
+    assert!(
+        cpus <= 1.0 && mem <= 256.0,
+        "eng's subtree is capped: {eng_held:?}"
+    );
+    // `allot roles` shows the tree, each inner role with what its subtree holds.
+    let text = cluster.allot(&["roles"]);
+    let at = |name: &str| {
+        text.find(name)
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(
+        at("  eng/web") > at("eng") && at("  eng/batch") > at("eng"),
+        "{text}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&cluster.allot(&["roles", "--json"])).expect("JSON");
+    let eng = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|r| r["role"] == "eng")
+        .expect("eng is listed");
+    assert_eq!(eng["quota_limit"], "cpus:1;mem:256", "{listed}");
+    assert!(
+        eng["dominant_share"].as_f64().expect("a share") > 0.0,
+        "eng's share is its subtree's: {listed}"
+    );
+    let web_row = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|r| r["role"] == "eng/web")
+        .expect("eng/web is listed");
+    assert_eq!(
+        (&web_row["parent"], &web_row["weight"]),
+        (&serde_json::json!("eng"), &serde_json::json!(2.0))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

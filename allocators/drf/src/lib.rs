@@ -119,13 +119,7 @@ impl PartialOrd for Key {
     }
 }
 
-struct RoleState<'a> {
-    weight: f64,
-    limit: Option<&'a [i64]>,
-    allocation: Vec<i64>,
-    share: f64,
-    /// Position among the roles sorted by name (DRF's tie-breaker).
-    rank: u32,
+struct RoleState {
     /// The role's frameworks by priority class, each class a queue in DRF order.
     queues: BTreeMap<i32, BTreeSet<Key>>,
 }
@@ -133,6 +127,155 @@ struct RoleState<'a> {
 struct FrameworkState {
     allocation: Vec<i64>,
     key: Key,
+}
+
+/// A node of the role tree (Mesos 1.6+ hierarchical roles, `/` between components): a role of the view, an
+/// inner role that only its descendants name, or the virtual leaf that holds an inner role's own frameworks
+/// (Mesos' sorter's `a/.`), a sibling of the role's children.
+struct Node<'a> {
+    /// The node's parent, `None` for a top-level role.
+    parent: Option<usize>,
+    /// Weight among its siblings (a virtual leaf has its role's).
+    weight: f64,
+    /// The role's quota limit (-1 where a kind is not limited), capping its subtree; none on a virtual leaf.
+    limit: Option<&'a [i64]>,
+    /// What the subtree holds (the role's own allocation for a virtual leaf).
+    allocation: Vec<i64>,
+    /// Dominant share of `allocation`.
+    share: f64,
+    /// Position among the nodes sorted by name (DRF's tie-breaker among siblings).
+    rank: u32,
+}
+
+/// The role tree of a view: a node per role (at the role's index), per inner role no role names itself, and
+/// per virtual leaf; the node a role's frameworks hang from (`leaf`) and the path from the top to it (`path`).
+struct Tree<'a> {
+    nodes: Vec<Node<'a>>,
+    leaf: Vec<usize>,
+    path: Vec<Vec<usize>>,
+}
+
+impl<'a> Tree<'a> {
+    fn new(v: &View<'a>) -> Tree<'a> {
+        let n = v.kinds.len();
+        let mut names: Vec<&'a str> = v.roles.iter().map(|r| r.name).collect();
+        let mut index: std::collections::HashMap<&'a str, usize> =
+            names.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+        let mut nodes: Vec<Node<'a>> = v
+            .roles
+            .iter()
+            .map(|r| Node {
+                parent: None,
+                weight: if r.weight > 0.0 { r.weight } else { 1.0 },
+                limit: r.quota_limit,
+                allocation: r.allocation.to_vec(),
+                share: 0.0,
+                rank: 0,
+            })
+            .collect();
+        // Inner roles that no role of the view names: weight 1, no limit.
+        for r in v.roles.iter() {
+            for anc in allot_policy::role_ancestors(r.name) {
+                if !index.contains_key(anc) {
+                    index.insert(anc, nodes.len());
+                    names.push(anc);
+                    nodes.push(Node {
+                        parent: None,
+                        weight: 1.0,
+                        limit: None,
+                        allocation: vec![0; n],
+                        share: 0.0,
+                        rank: 0,
+                    });
+                }
+            }
+        }
+        let mut inner = vec![false; nodes.len()];
+        for (i, name) in names.iter().enumerate() {
+            if let Some((parent, _)) = name.rsplit_once('/') {
+                let p = index[parent];
+                nodes[i].parent = Some(p);
+                inner[p] = true;
+            }
+        }
+        // A role with children has its own frameworks and allocation in a virtual leaf under it.
+        let mut leaf: Vec<usize> = (0..v.roles.len()).collect();
+        for (ri, r) in v.roles.iter().enumerate() {
+            if inner[ri] {
+                leaf[ri] = nodes.len();
+                names.push(r.name);
+                nodes.push(Node {
+                    parent: Some(ri),
+                    weight: nodes[ri].weight,
+                    limit: None,
+                    allocation: r.allocation.to_vec(),
+                    share: 0.0,
+                    rank: 0,
+                });
+            }
+        }
+        // Subtree allocations: every role's own allocation is charged to its ancestors.
+        for (ri, r) in v.roles.iter().enumerate() {
+            let mut up = nodes[ri].parent;
+            while let Some(p) = up {
+                for (a, x) in nodes[p].allocation.iter_mut().zip(r.allocation) {
+                    *a += x;
+                }
+                up = nodes[p].parent;
+            }
+        }
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
+        order.sort_by(|&a, &b| names[a].cmp(names[b]).then(a.cmp(&b)));
+        for (rank, i) in order.into_iter().enumerate() {
+            nodes[i].rank = rank as u32;
+        }
+        for node in &mut nodes {
+            node.share = share(&node.allocation, v.total);
+        }
+        let path = leaf
+            .iter()
+            .map(|&l| {
+                let mut p = vec![l];
+                while let Some(up) = nodes[*p.last().expect("non-empty")].parent {
+                    p.push(up);
+                }
+                p.reverse();
+                p
+            })
+            .collect();
+        Tree { nodes, leaf, path }
+    }
+
+    /// How much more of each kind role `ri` may be granted under its own quota limit and its ancestors', less
+    /// `own` (its reservation granted with it, which counts too); `None` where nothing limits a kind.
+    fn room(&self, ri: usize, own: &[i64], k: usize) -> Option<i64> {
+        let mut room: Option<i64> = None;
+        let mut at = Some(ri);
+        while let Some(i) = at {
+            let node = &self.nodes[i];
+            if let Some(limit) = node.limit
+                && limit[k] >= 0
+            {
+                let r = (limit[k] - node.allocation[k] - own[k]).max(0);
+                room = Some(room.map_or(r, |x| x.min(r)));
+            }
+            at = node.parent;
+        }
+        room
+    }
+
+    /// Charges `granted` to role `ri`'s leaf and every node above it.
+    fn charge(&mut self, ri: usize, granted: &[i64], total: &[i64]) {
+        let mut at = Some(self.leaf[ri]);
+        while let Some(i) = at {
+            let node = &mut self.nodes[i];
+            for (a, g) in node.allocation.iter_mut().zip(granted) {
+                *a += g;
+            }
+            node.share = share(&node.allocation, total);
+            at = node.parent;
+        }
+    }
 }
 
 /// One cycle of hierarchical DRF over `s`; with `by_priority`, priority classes come first. Lays the
@@ -147,9 +290,14 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
 
 /// One cycle of hierarchical DRF over the index form `v`; with `by_priority`, priority classes come first.
 ///
-/// Cost: per agent, sorting the roles of each class plus `O(log F)` to pick a framework (more only when
-/// frameworks at the head of a role's queue filtered the agent), so `O(A · (R log R + log F))`, all on
-/// vectors of amounts: no resource bag or ID is built.
+/// Roles form trees by name (`eng`, `eng/web`, `eng/batch`; Mesos 1.6+ hierarchical roles): at every level
+/// siblings are ordered by the weighted dominant share of their subtree, ties by name, and an agent goes to
+/// the first role in that depth-first order that can use it; a role's quota limit caps its subtree; a role
+/// with children keeps its own frameworks in a virtual leaf beside them (Mesos' sorter does the same).
+///
+/// Cost: per agent, sorting the roles of each class (comparisons walk the role paths, so `O(R log R · d)` for
+/// trees `d` deep) plus `O(log F)` to pick a framework (more only when frameworks at the head of a role's queue
+/// filtered the agent), all on vectors of amounts: no resource bag or ID is built.
 pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
     let n = v.kinds.len();
     let kind = |name: &str| v.kinds.iter().position(|k| *k == name);
@@ -163,18 +311,12 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
         }
         rank
     };
-    let role_ranks = ranks(v.roles.iter().map(|r| r.name).collect());
     let fw_ranks = ranks(v.frameworks.iter().map(|f| f.id).collect());
-    let mut roles: Vec<RoleState<'_>> = v
+    let mut tree = Tree::new(v);
+    let mut roles: Vec<RoleState> = v
         .roles
         .iter()
-        .zip(role_ranks)
-        .map(|(r, rank)| RoleState {
-            weight: if r.weight > 0.0 { r.weight } else { 1.0 },
-            limit: r.quota_limit,
-            allocation: r.allocation.to_vec(),
-            share: share(r.allocation, v.total),
-            rank,
+        .map(|_| RoleState {
             queues: BTreeMap::new(),
         })
         .collect();
@@ -208,8 +350,9 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
     let mut classes: Vec<i32> = (0..v.frameworks.len()).map(class_of).collect();
     classes.sort_unstable_by(|a, b| b.cmp(a));
     classes.dedup();
-    // The roles with a framework in each class.
-    let members: Vec<Vec<usize>> = classes
+    // Each class's roles (those with a framework in it), kept in DRF order from agent to agent: between two
+    // agents only the roles granted to moved, so re-sorting is close to linear.
+    let mut orders: Vec<Vec<usize>> = classes
         .iter()
         .map(|c| {
             (0..roles.len())
@@ -219,40 +362,41 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
         .collect();
 
     let mut grants = IndexedGrants::new(n, v.agents.len());
-    // Each class's roles in DRF order, kept from agent to agent: between two agents only the roles granted to
-    // moved, so re-sorting is close to linear.
-    let mut orders: Vec<Vec<(f64, u32, usize)>> = members
-        .iter()
-        .map(|m| m.iter().map(|&r| (0.0, 0, r)).collect())
-        .collect();
     let (mut unreserved, mut free, mut granted) = (vec![0; n], vec![0; n], vec![0; n]);
     let zero = vec![0; n];
     let mut reserved: Vec<(u32, &[i64])> = Vec::new();
+    // Each node's weighted share and rank, refreshed before each sort.
+    let mut keys: Vec<(f64, u32)> = vec![(0.0, 0); tree.nodes.len()];
     for (ai, agent) in v.agents.iter().enumerate() {
         unreserved.copy_from_slice(agent.available);
         reserved.clear();
         reserved.extend_from_slice(&agent.reserved);
         'classes: for (&class, order) in classes.iter().zip(&mut orders) {
-            // Lowest weighted dominant share first, ties by name.
-            for e in order.iter_mut() {
-                let r = &roles[e.2];
-                *e = (r.share / r.weight, r.rank, e.2);
+            // Lowest weighted dominant share first at every level of the tree, ties by name.
+            for (key, node) in keys.iter_mut().zip(&tree.nodes) {
+                *key = (node.share / node.weight, node.rank);
             }
-            order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            for &(_, _, ri) in order.iter() {
+            order.sort_by(|&a, &b| {
+                let (pa, pb) = (&tree.path[a], &tree.path[b]);
+                pa.iter()
+                    .zip(pb)
+                    .map(|(&x, &y)| {
+                        let (kx, ky) = (keys[x], keys[y]);
+                        kx.0.total_cmp(&ky.0).then(kx.1.cmp(&ky.1))
+                    })
+                    .find(|o| o.is_ne())
+                    .unwrap_or(pa.len().cmp(&pb.len()))
+            });
+            for &ri in order.iter() {
                 if reserved.is_empty() && !allocatable(&unreserved, cpus, mem) {
                     break 'classes;
                 }
-                let role = &mut roles[ri];
                 let own_at = reserved.iter().position(|&(r, _)| r as usize == ri);
                 let own: &[i64] = own_at.map_or(&zero, |i| reserved[i].1);
-                // The unreserved part, cut down to what the quota limit leaves.
+                // The unreserved part, cut down to what the quota limits of the role and its ancestors leave.
                 for k in 0..n {
                     free[k] = unreserved[k];
-                    if let Some(limit) = role.limit
-                        && limit[k] >= 0
-                    {
-                        let room = (limit[k] - role.allocation[k] - own[k]).max(0);
+                    if let Some(room) = tree.room(ri, own, k) {
                         free[k] = free[k].min(room);
                     }
                     granted[k] = free[k] + own[k];
@@ -260,7 +404,7 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                 if !allocatable(&granted, cpus, mem) {
                     continue;
                 }
-                let queue = role.queues.get_mut(&class).expect("class queue");
+                let queue = roles[ri].queues.get_mut(&class).expect("class queue");
                 let Some(key) = queue
                     .iter()
                     .find(|k| {
@@ -275,7 +419,6 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                 let fw = &mut fws[i];
                 for k in 0..n {
                     fw.allocation[k] += granted[k];
-                    role.allocation[k] += granted[k];
                     unreserved[k] -= free[k];
                 }
                 queue.remove(&key);
@@ -285,7 +428,7 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                     ..key
                 };
                 queue.insert(fw.key);
-                role.share = share(&role.allocation, v.total);
+                tree.charge(ri, &granted, v.total);
                 grants.push(i as u32, ai as u32, &free, own);
                 if let Some(at) = own_at {
                     reserved.remove(at);
@@ -483,6 +626,101 @@ mod tests {
         assert!(
             g.iter().all(|g| s.frameworks[g.framework].id == "z-high"),
             "{g:?}"
+        );
+    }
+
+    /// Who got each agent, in agent order.
+    fn winners(s: &Snapshot) -> Vec<String> {
+        let mut g = Drf.allocate(s);
+        g.sort_by_key(|g| g.agent);
+        g.iter()
+            .map(|g| s.frameworks[g.framework].role.clone())
+            .collect()
+    }
+
+    fn four_agents() -> Vec<AgentView> {
+        (1..=4)
+            .map(|i| agent(&format!("ag{i}"), "cpus:1;mem:256"))
+            .collect()
+    }
+
+    #[test]
+    fn siblings_share_their_parent_s_part_of_a_role_tree() {
+        // Flat, three roles would get a third each; as a tree, ops gets half and eng's two children split the
+        // other half (Mesos' hierarchical DRF: shares compared among siblings, a parent's share is its
+        // subtree's).
+        let s = snapshot(
+            four_agents(),
+            vec![
+                fw("b", "eng/batch", ""),
+                fw("o", "ops", ""),
+                fw("w", "eng/web", ""),
+            ],
+            vec![],
+        );
+        assert_eq!(winners(&s), ["eng/batch", "ops", "eng/web", "ops"]);
+    }
+
+    #[test]
+    fn weights_apply_among_siblings_at_every_level() {
+        let mut roles = vec![role("eng", 3.0, ""), role("eng/web", 2.0, "")];
+        roles.push(role("ops", 1.0, ""));
+        let agents = (1..=8)
+            .map(|i| agent(&format!("ag{i}"), "cpus:1;mem:256"))
+            .collect();
+        let s = snapshot(
+            agents,
+            vec![
+                fw("b", "eng/batch", ""),
+                fw("o", "ops", ""),
+                fw("w", "eng/web", ""),
+            ],
+            roles,
+        );
+        let won = winners(&s);
+        let count = |r: &str| won.iter().filter(|w| *w == r).count();
+        // eng (weight 3) takes 6 of 8 agents, ops 2; inside eng, web (weight 2) takes 4, batch 2.
+        assert_eq!(
+            (count("ops"), count("eng/web"), count("eng/batch")),
+            (2, 4, 2),
+            "{won:?}"
+        );
+    }
+
+    #[test]
+    fn an_inner_role_s_own_frameworks_are_a_sibling_of_its_children() {
+        let s = snapshot(
+            four_agents(),
+            vec![
+                fw("e", "eng", ""),
+                fw("o", "ops", ""),
+                fw("w", "eng/web", ""),
+            ],
+            vec![],
+        );
+        // eng's own framework and eng/web split eng's half.
+        assert_eq!(winners(&s), ["eng", "ops", "eng/web", "ops"]);
+    }
+
+    #[test]
+    fn a_parent_s_quota_limit_caps_its_subtree() {
+        let mut eng = role("eng", 1.0, "");
+        eng.quota_limit = Some("cpus:2".parse().unwrap());
+        let s = snapshot(
+            (1..=6)
+                .map(|i| agent(&format!("ag{i}"), "cpus:1"))
+                .collect(),
+            vec![
+                fw("b", "eng/batch", ""),
+                fw("o", "ops", "cpus:5"),
+                fw("w", "eng/web", ""),
+            ],
+            vec![eng, role("ops", 1.0, "cpus:5")],
+        );
+        // eng's subtree stops at 2 cpus though ops holds far more; the rest goes to ops.
+        assert_eq!(
+            winners(&s),
+            ["eng/batch", "eng/web", "ops", "ops", "ops", "ops"]
         );
     }
 

@@ -91,7 +91,8 @@ pub struct RoleView {
     /// names; a limit of 0 allows none, a scalar the limit does not name is not limited. `None` (or an empty
     /// limit) means no limit at all.
     pub quota_limit: Option<Limits>,
-    /// What the role holds now, offered and used, across all its frameworks.
+    /// What the role holds now, offered and used, across all its own frameworks (not its descendants': a
+    /// subtree's allocation is the sum over the role and every role below it).
     pub allocation: Resources,
 }
 
@@ -104,7 +105,8 @@ pub struct Snapshot {
     pub agents: Vec<AgentView>,
     /// Frameworks that want offers, sorted by ID.
     pub frameworks: Vec<FrameworkView>,
-    /// Every role that has a framework or a configured weight or quota, sorted by name.
+    /// Every role that has a framework or a configured weight or quota, and every ancestor of one in its role
+    /// tree ([`role_ancestors`]), sorted by name.
     pub roles: Vec<RoleView>,
 }
 
@@ -154,6 +156,18 @@ pub trait Policy: Send {
     fn allocate(&mut self, snapshot: &Snapshot) -> Vec<Grant>;
 }
 
+/// The ancestors of role `name` in its role tree (Mesos 1.6+ hierarchical roles: `/` separates a role's
+/// components), nearest first: `eng/web/canary` gives `eng/web`, then `eng`; a top-level role or `*` has none.
+/// A quota limit on a role caps its whole subtree, and weights apply among siblings.
+pub fn role_ancestors(name: &str) -> impl Iterator<Item = &str> {
+    let mut rest = name;
+    std::iter::from_fn(move || {
+        let (parent, _) = rest.rsplit_once('/')?;
+        rest = parent;
+        Some(parent)
+    })
+}
+
 /// The dominant share of `allocation` in `total` (DRF, Ghodsi et al., NSDI 2011): the largest fraction of
 /// any one resource kind, in `[0, ∞)`. Kinds absent from `total` are ignored.
 pub fn dominant_share(allocation: &Resources, total: &Resources) -> f64 {
@@ -171,6 +185,16 @@ pub fn dominant_share(allocation: &Resources, total: &Resources) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_role_s_ancestors_come_nearest_first() {
+        fn of(r: &str) -> Vec<&str> {
+            role_ancestors(r).collect()
+        }
+        assert_eq!(of("eng/web/canary"), ["eng/web", "eng"]);
+        assert!(of("eng").is_empty());
+        assert!(of("*").is_empty());
+    }
 
     #[test]
     fn dominant_share_is_the_largest_fraction() {

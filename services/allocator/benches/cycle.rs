@@ -11,7 +11,9 @@
 //! the median is reported; the runs of the three policies alternate, so that a slow spell of the machine hits
 //! each alike);
 //! `--phases` adds, for the built-in, where the time goes (snapshot / policy / validation into offers; each the
-//! median of its own runs).
+//! median of its own runs); `--tree` puts the frameworks in a role tree three levels deep instead of 10 flat
+//! roles (`dept-{0,1}/team-{0..4}/role-{0..9}`: 2 departments of 5 teams of 10 roles, weights on the
+//! departments and teams, a quota limit on each team that its subtree cannot reach).
 //! Anchor: Mesos 1.x needs about 1.06 s for 10,000 agents x 1,000 frameworks in its own allocator benchmark.
 
 use allot_allocator::books::Books;
@@ -23,7 +25,7 @@ use allot_allocator::policy::Loaded;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn books(agents: usize, frameworks: usize) -> Books {
+fn books(agents: usize, frameworks: usize, tree: bool) -> Books {
     let mut b = Books::new("bench");
     for i in 0..agents {
         let id = format!("agent-{i:06}");
@@ -36,8 +38,35 @@ fn books(agents: usize, frameworks: usize) -> Books {
     }
     for i in 0..frameworks {
         let id = format!("fw-{i:05}");
-        b.add_framework(&id, &format!("role-{}", i % 10), 0);
+        let role = if tree {
+            format!("dept-{}/team-{}/role-{}", i % 2, i % 10 / 2, i % 100 / 10)
+        } else {
+            format!("role-{}", i % 10)
+        };
+        b.add_framework(&id, &role, 0);
         b.activate(&id, false);
+    }
+    if tree {
+        use allot_allocator::books::RoleConfig;
+        let unreachable: allot_policy::Limits =
+            format!("cpus:{}", agents * 24).parse().expect("limit");
+        for d in 0..2 {
+            let weight = (d + 1) as f64;
+            b.set_role(
+                &format!("dept-{d}"),
+                RoleConfig {
+                    weight,
+                    quota_limit: None,
+                },
+            );
+            for t in 0..5 {
+                let team = RoleConfig {
+                    weight: (t + 1) as f64,
+                    quota_limit: Some(unreachable.clone()),
+                };
+                b.set_role(&format!("dept-{d}/team-{t}"), team);
+            }
+        }
     }
     b
 }
@@ -78,6 +107,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let show_phases = args.iter().any(|a| a == "--phases");
+    let tree = args.iter().any(|a| a == "--tree");
     let only_builtin = args.iter().any(|a| a == "--builtin-only");
     let runs: usize = args
         .iter()
@@ -106,7 +136,12 @@ fn main() {
     });
     let builtin = Loaded::builtin("drf").expect("drf");
     println!(
-        "# one allocation cycle, median of {runs} runs; native: {}; wasm: {}",
+        "# one allocation cycle{}, median of {runs} runs; native: {}; wasm: {}",
+        if tree {
+            " (roles in a tree three levels deep)"
+        } else {
+            ""
+        },
         lib.map(|p| p.display().to_string())
             .unwrap_or("not built".into()),
         if wasm.is_some() {
@@ -138,7 +173,7 @@ fn main() {
             .collect(),
     };
     for (agents, frameworks) in sizes {
-        let template = books(agents, frameworks);
+        let template = books(agents, frameworks, tree);
         // Round-robin over the policies, so that a slow spell of the machine hits each of them alike.
         let policies: Vec<Option<&Loaded>> = vec![Some(&builtin), native.as_ref(), wasm.as_ref()];
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); policies.len()];

@@ -10,7 +10,7 @@
 //! exceeds the reservation. Every grant is validated against this before it becomes an offer.
 
 use allot_policy::{
-    AgentView, FrameworkView, Grant, Limits, Policy, Resources, RoleView, Snapshot,
+    AgentView, FrameworkView, Grant, Limits, Policy, Resources, RoleView, Snapshot, role_ancestors,
 };
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap};
@@ -674,6 +674,16 @@ impl Books {
         for name in self.roles.keys() {
             role_alloc.entry(name.clone()).or_default();
         }
+        // Every ancestor of a role is in the snapshot too (weight 1 and no limit unless configured), so that a
+        // policy sees whole role trees.
+        let inner: Vec<String> = role_alloc
+            .keys()
+            .flat_map(|r| role_ancestors(r))
+            .map(str::to_string)
+            .collect();
+        for name in inner {
+            role_alloc.entry(name).or_default();
+        }
         let roles = role_alloc
             .into_iter()
             .map(|(name, allocation)| {
@@ -719,20 +729,23 @@ impl Books {
             .map_err(|(_, why)| why)
     }
 
-    /// What every role with a quota limit holds now (offered and used), summed over its frameworks: what
-    /// validation checks limits against. Roles without a limit are not summed.
+    /// What every role with a quota limit holds now (offered and used), summed over the frameworks of its
+    /// subtree (the role and every role below it in its role tree: a limit caps the subtree, as Mesos charges
+    /// a role's consumption to its ancestors): what validation checks limits against. Roles without a limit
+    /// are not summed.
     fn role_allocations(&self) -> HashMap<Id, Resources> {
         let mut out: HashMap<Id, Resources> = HashMap::new();
         if self.roles.values().all(|r| r.quota_limit.is_none()) {
             return out;
         }
         for f in self.frameworks.values() {
-            if self
-                .roles
-                .get(&*f.role)
-                .is_some_and(|r| r.quota_limit.is_some())
-            {
-                out.entry(f.role.clone()).or_default().add(&f.allocation);
+            for (role, _) in limits_over(&self.roles, &f.role) {
+                match out.get_mut(role) {
+                    Some(held) => held.add(&f.allocation),
+                    None => {
+                        out.insert(role.into(), f.allocation.clone());
+                    }
+                }
             }
         }
         out
@@ -773,10 +786,7 @@ impl Books {
         if f.filters.get(agent_id).is_some_and(|until| *until > now) {
             return Err((g, GrantRejection::Filtered));
         }
-        let quota = self
-            .roles
-            .get(&*f.role)
-            .and_then(|r| r.quota_limit.as_ref());
+        let role = f.role.clone();
         let Some((agent_id, a)) = self
             .agents
             .at_mut(self.agent_slots.get(g.agent).copied(), agent_id)
@@ -791,16 +801,21 @@ impl Books {
         {
             return Err((g, GrantRejection::Overcommit));
         }
-        if let Some(limit) = quota {
+        // The role's quota limit and its ancestors' (each caps its subtree).
+        let after = |r: &str| {
             let mut after = g.total();
-            if let Some(held) = role_alloc.get(&f.role) {
+            if let Some(held) = role_alloc.get(r) {
                 after.add(held);
             }
-            if !limit.allows(&after) {
-                return Err((g, GrantRejection::Quota));
-            }
-            role_alloc.insert(f.role.clone(), after);
+            after
+        };
+        if limits_over(&self.roles, &role).any(|(r, limit)| !limit.allows(&after(r))) {
+            return Err((g, GrantRejection::Quota));
         }
+        let charged: Vec<(Id, Resources)> = limits_over(&self.roles, &role)
+            .map(|(r, _)| (Id::from(r), after(r)))
+            .collect();
+        role_alloc.extend(charged);
         self.next_offer += 1;
         let mut number = itoa::Buffer::new();
         let buf = &mut self.offer_id_buf;
@@ -945,6 +960,17 @@ impl Books {
     }
 }
 
+/// The quota limits that apply to a framework of `role` (configurations `roles`): its own and its ancestors',
+/// as `(role, limit)`.
+fn limits_over<'a>(
+    roles: &'a BTreeMap<String, RoleConfig>,
+    role: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a Limits)> + 'a {
+    std::iter::once(role)
+        .chain(role_ancestors(role))
+        .filter_map(|r| Some((r, roles.get(r)?.quota_limit.as_ref()?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1056,6 +1082,44 @@ mod tests {
             GrantRejection::Agent
         );
         assert_eq!(refused(&mut b, grant(0, 0, "")), GrantRejection::Empty);
+        b.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_quota_limit_on_an_inner_role_caps_its_whole_subtree() {
+        let mut b = books();
+        b.set_agent("a1", r("cpus:8;mem:4096"), Default::default());
+        b.add_framework("web", "eng/web", 0);
+        b.add_framework("batch", "eng/batch/nightly", 0);
+        b.activate("web", false);
+        b.activate("batch", false);
+        b.set_role(
+            "eng",
+            RoleConfig {
+                weight: 1.0,
+                quota_limit: Some("cpus:3".parse().unwrap()),
+            },
+        );
+        let s = b.snapshot(0.0);
+        // The snapshot names every inner role of a tree, unconfigured ones (eng/batch) included.
+        let names: Vec<&str> = s.roles.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["*", "eng", "eng/batch", "eng/batch/nightly", "eng/web"]
+        );
+        let fw = |id: &str| s.frameworks.iter().position(|f| f.id == id).unwrap();
+        // A policy that ignores the tree cannot take eng past 3 cpus through its two subtrees.
+        b.apply_grant(&s, &grant(fw("web"), 0, "cpus:2"), 0.0)
+            .unwrap();
+        assert_eq!(
+            b.apply_grant(&s, &grant(fw("batch"), 0, "cpus:2"), 0.0),
+            Err(GrantRejection::Quota)
+        );
+        b.apply_grant(&s, &grant(fw("batch"), 0, "cpus:1"), 0.0)
+            .unwrap();
+        // A role outside the tree is not charged.
+        b.apply_grant(&s, &grant(fw("f1"), 0, "cpus:4"), 0.0)
+            .unwrap();
         b.check_invariants().unwrap();
     }
 

@@ -71,6 +71,28 @@ fn two_roles_with_weights_one_and_three_split_one_to_three() {
     assert_eq!((f1, f2), (1, 3), "{lines:#?}");
 }
 
+/// How many offers each of `frameworks` got at time `t`.
+fn offers_at(lines: &[Value], t: u64, frameworks: &[&str]) -> Vec<usize> {
+    let offers = of(lines, "offer");
+    frameworks
+        .iter()
+        .map(|f| {
+            offers
+                .iter()
+                .filter(|l| l["t"] == t && l["framework"] == *f)
+                .count()
+        })
+        .collect()
+}
+
+#[test]
+fn a_role_tree_splits_by_weight_among_siblings_and_a_parent_limit_caps_its_subtree() {
+    let lines = sim(&example("role-tree.yaml"));
+    let fws = ["f-ops", "f-web", "f-batch"];
+    assert_eq!(offers_at(&lines, 1, &fws), [4, 3, 1], "{lines:#?}");
+    assert_eq!(offers_at(&lines, 2, &fws), [6, 1, 1], "{lines:#?}");
+}
+
 #[test]
 fn filters_last_at_least_the_allocation_interval() {
     // Mesos: a filter lasts max(refuse_seconds, allocation_interval). Declined at t=1 for 0.5 s, it still
@@ -322,6 +344,7 @@ fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
         "offer-filter.yaml",
         "two-roles-weights.yaml",
         "zero-quota.yaml",
+        "role-tree.yaml",
     ] {
         let builtin = sim(&example(name));
         for plugin in &plugins {

@@ -331,32 +331,54 @@ pub async fn roles(
     let shares = role_shares(addr, broker).await?;
     let mut names: Vec<String> = configured.iter().map(|r| r.name.clone()).collect();
     names.extend(shares.allocation.keys().cloned());
-    names.sort();
+    // Every inner role of a tree shows, configured or not.
+    let inner: Vec<String> = names
+        .iter()
+        .flat_map(|n| allot_policy::role_ancestors(n))
+        .map(str::to_string)
+        .collect();
+    names.extend(inner);
+    // Depth first: a role, then its subtree (by component, so that eng/web comes right after eng).
+    names.sort_by(|a, b| a.split('/').cmp(b.split('/')));
     names.dedup();
-    let rows: Vec<(String, f64, String, String, f64)> = names
+    let rows: Vec<RoleRow> = names
         .into_iter()
         .map(|name| {
             let cfg = configured.iter().find(|r| r.name == name);
-            let alloc = shares.allocation.get(&name).cloned().unwrap_or_default();
+            // What the subtree holds: a quota limit caps it, and a parent's share is its subtree's.
+            let mut alloc = allot_resources::Resources::new();
+            for (r, a) in &shares.allocation {
+                if *r == name || r.strip_prefix(&*name).is_some_and(|s| s.starts_with('/')) {
+                    alloc.add(a);
+                }
+            }
             let share = allot_policy::dominant_share(&alloc, &shares.total);
-            (
-                name,
-                cfg.map(|r| r.weight).unwrap_or(1.0),
-                cfg.map(|r| {
-                    limits_from_proto(&r.quota_limit)
-                        .map(|l| l.to_string())
-                        .unwrap_or_else(|e| format!("<{e}>"))
-                })
-                .unwrap_or_default(),
-                alloc.to_string(),
+            let parent = allot_policy::role_ancestors(&name)
+                .next()
+                .map(str::to_string);
+            RoleRow {
+                parent,
+                weight: cfg.map(|r| r.weight).unwrap_or(1.0),
+                quota: cfg
+                    .map(|r| {
+                        limits_from_proto(&r.quota_limit)
+                            .map(|l| l.to_string())
+                            .unwrap_or_else(|e| format!("<{e}>"))
+                    })
+                    .unwrap_or_default(),
+                allocated: alloc.to_string(),
                 share,
-            )
+                name,
+            }
         })
         .collect();
     if as_json {
         let v: Vec<_> = rows
             .iter()
-            .map(|(n, w, q, a, s)| json!({"role": n, "weight": w, "quota_limit": q, "allocated": a, "dominant_share": s}))
+            .map(|r| {
+                json!({"role": r.name, "parent": r.parent, "weight": r.weight, "quota_limit": r.quota,
+                       "allocated": r.allocated, "dominant_share": r.share})
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
@@ -368,11 +390,32 @@ pub async fn roles(
         "ALLOCATED",
         "DOMINANT SHARE",
     ]);
-    for (n, w, q, a, s) in rows {
-        t.add_row(vec![n, w.to_string(), q, a, format!("{:.1}%", s * 100.0)]);
+    for r in rows {
+        let depth = r.name.matches('/').count();
+        t.add_row(vec![
+            format!("{}{}", "  ".repeat(depth), r.name),
+            r.weight.to_string(),
+            r.quota,
+            r.allocated,
+            format!("{:.1}%", r.share * 100.0),
+        ]);
     }
     println!("{t}");
     Ok(0)
+}
+
+/// One line of `allot roles`: a role of a tree (or a top-level role) and what its subtree holds.
+struct RoleRow {
+    name: String,
+    /// The role's parent in its tree, `None` at the top.
+    parent: Option<String>,
+    weight: f64,
+    /// The quota limit in text form, empty when none.
+    quota: String,
+    /// What the role and every role below it hold (used plus offered), in text form.
+    allocated: String,
+    /// The dominant share of `allocated`, in `[0, 1]`.
+    share: f64,
 }
 
 /// What each role holds (used plus offered) and the cluster's total over reachable agents.

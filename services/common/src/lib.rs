@@ -62,34 +62,45 @@ pub fn jittered_retry_delays(
     doubling(first, max).with_jitter().build()
 }
 
-/// Checks a role name as Mesos does (`mesos::roles::validate`: a role is a valid directory name): `*` (the
-/// default role), or a name of 1-128 bytes that is not `.` or `..`, does not start with `-`, and holds no
-/// whitespace or control character. `/` is refused too: Mesos' role trees (`eng/web`) are not supported yet
-/// (issue 25), and a role is an etcd key segment.
+/// Checks a role name as Mesos does (`mesos::roles::validate`): `*` (the default role), or a path of one or
+/// more components joined by `/` (a role tree, Mesos 1.6+: `eng`, `eng/web`, `eng/web/canary`), 1-128 bytes
+/// in all, where no component is empty (so no leading, trailing or doubled `/`), `.`, `..` or `*`, starts
+/// with `-`, or holds whitespace or a control character. A role is an etcd key suffix (`roles/eng/web`),
+/// never a path on disk.
 ///
 /// # Errors
 /// Why `name` is not a role name, in words.
 pub fn check_role(name: &str) -> Result<(), String> {
-    let why = if name.is_empty() {
-        "a role name cannot be empty"
-    } else if name.len() > 128 {
-        "a role name is at most 128 bytes"
-    } else if name == "*" {
+    let what = |why: &str| Err(format!("role '{}': {why}", name.escape_debug()));
+    if name.is_empty() {
+        return what("a role name cannot be empty");
+    }
+    if name.len() > 128 {
+        return what("a role name is at most 128 bytes");
+    }
+    if name == "*" {
         return Ok(());
-    } else if name == "." || name == ".." {
-        "a role name cannot be '.' or '..'"
-    } else if name.starts_with('-') {
-        "a role name cannot start with '-'"
-    } else if name.contains('/') {
-        "a role name cannot contain '/' (role trees such as 'eng/web' are not supported yet)"
-    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        "a role name cannot contain whitespace or control characters"
-    } else if name.contains('*') {
-        "a role name cannot contain '*' (only the default role is '*')"
-    } else {
-        return Ok(());
-    };
-    Err(format!("role '{}': {why}", name.escape_debug()))
+    }
+    if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        return what(
+            "a role name's components cannot be empty (no leading, trailing or doubled '/')",
+        );
+    }
+    for c in name.split('/') {
+        let why = if c == "." || c == ".." {
+            "a role name or component cannot be '.' or '..'"
+        } else if c.starts_with('-') {
+            "a role name or component cannot start with '-'"
+        } else if c.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            "a role name cannot contain whitespace or control characters"
+        } else if c.contains('*') {
+            "a role name cannot contain '*' (only the default role is '*')"
+        } else {
+            continue;
+        };
+        return what(why);
+    }
+    Ok(())
 }
 
 /// Whether `id` is a valid agent, framework or task ID: 1-128 characters of `[A-Za-z0-9._-]` (safe as a path
@@ -158,7 +169,17 @@ impl AbortOnDrop {
 mod tests {
     #[test]
     fn role_names_are_checked_as_mesos_does() {
-        for good in ["*", "dev", "web-prod", "team.a", "a_b", "R1"] {
+        for good in [
+            "*",
+            "dev",
+            "web-prod",
+            "team.a",
+            "a_b",
+            "R1",
+            "eng/web",
+            "eng/web/canary",
+            "a.b/c-d",
+        ] {
             assert!(super::check_role(good).is_ok(), "{good}");
         }
         for bad in [
@@ -169,8 +190,14 @@ mod tests {
             "a b",
             "a\tb",
             "a\u{8}b",
-            "eng/web",
             "/eng",
+            "eng/",
+            "eng//web",
+            "eng/./web",
+            "eng/..",
+            "eng/-web",
+            "eng/*",
+            "eng/a b",
             "a*",
             &"x".repeat(129),
         ] {

@@ -287,7 +287,7 @@ mod tests {
         assert!(check_role(&role("analytics", 2.0)).is_ok());
         for (bad, what) in [
             (role("", 1.0), "name"),
-            (role("a/b", 1.0), "name"),
+            (role("a//b", 1.0), "name"),
             (role("r", 0.0), "weight"),
             (role("r", f64::NAN), "weight"),
         ] {

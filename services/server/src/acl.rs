@@ -12,7 +12,7 @@
 //!
 //! [[register_frameworks]]
 //! principals = ["framework-etl", "framework-default"]   # names, "kind:framework", or "*"
-//! roles = ["etl", "analytics"]                          # or ["*"]
+//! roles = ["etl", "analytics", "eng/*"]                 # "eng/*": every role below eng; or ["*"]
 //!
 //! [[run_tasks]]
 //! principals = ["kind:framework"]
@@ -94,8 +94,19 @@ pub enum Decision {
     Deny,
 }
 
+/// Whether `value` is among `patterns`: `*` matches anything, `base/*` every object strictly below `base` in a
+/// role tree (Mesos' hierarchical role ACLs: `eng/*` matches `eng/web` and `eng/web/canary`, not `eng`), any
+/// other pattern only itself.
 fn matches(patterns: &[String], value: &str) -> bool {
-    patterns.iter().any(|p| p == "*" || p == value)
+    patterns.iter().any(|p| {
+        p == "*"
+            || p == value
+            || p.strip_suffix("/*").is_some_and(|base| {
+                value
+                    .strip_prefix(base)
+                    .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'))
+            })
+    })
 }
 
 fn principal_matches(patterns: &[String], name: &str, kind: &str) -> bool {
@@ -248,6 +259,16 @@ roles = ["*"]
 principals = ["*"]
 users = ["nobody"]
 "#;
+
+    #[test]
+    fn a_subtree_pattern_matches_the_roles_below_its_base_only() {
+        let p = ["eng/*".to_string()];
+        assert!(matches(&p, "eng/web"));
+        assert!(matches(&p, "eng/web/canary"));
+        assert!(!matches(&p, "eng"));
+        assert!(!matches(&p, "engineering/web"));
+        assert!(!matches(&p, "ops/eng/web"));
+    }
 
     #[test]
     fn the_first_rule_whose_principals_match_decides_and_none_denies() {
