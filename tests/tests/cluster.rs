@@ -680,6 +680,76 @@ async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_ta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_s_dynamic_reservation_goes_to_its_role_and_survives_an_allocator_failover() {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        replicas: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut web = TestFramework::subscribe(&cluster, "web", "analytics").await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    // web holds an offer of the whole agent when the operator reserves half of it for db.
+    let held = web.offers().await.remove(0);
+    let agent = held.agent_id.clone();
+    let refused = std::process::Command::new(allot_tests::procs::bin_dir().join("allot"))
+        .args(cluster.cli_args())
+        .args(["reserve", &agent, "cpus:3", "--role", "db"])
+        .output()
+        .expect("allot runs");
+    assert!(
+        !refused.status.success(),
+        "more than the agent has is refused"
+    );
+    cluster.allot(&["reserve", &agent, "cpus:1;mem:256", "--role", "db"]);
+    web.wait_for(allot_tests::PATIENCE, |e| match e {
+        event::Event::Rescind(r) if r.offer_id == held.offer_id => Some(()),
+        _ => None,
+    })
+    .await
+    .expect("web's offer of the now reserved resources is rescinded");
+    let listed = cluster.allot(&["reservations", "--json"]);
+    assert!(listed.contains("\"cpus:1;mem:256\""), "{listed}");
+    // Through an allocator failover, the reservation holds: web is offered only the unreserved half, db its
+    // reservation, tagged with its role.
+    cluster.fail_over_allocator().await;
+    let mut db = TestFramework::subscribe(&cluster, "db", "db").await;
+    let db_offer = db.offers().await.remove(0);
+    assert!(
+        db_offer
+            .resources
+            .iter()
+            .any(|r| r.role == "db" && r.name == "cpus" && r.scalar == 1.0),
+        "db is offered its reservation: {:?}",
+        db_offer.resources
+    );
+    let deadline = Instant::now() + allot_tests::PATIENCE;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "web is offered the unreserved half"
+        );
+        if let Some(offers) = web.offers_within(Duration::from_millis(300)).await {
+            for o in &offers {
+                assert!(
+                    o.resources.iter().all(|r| r.role.is_empty()),
+                    "web is offered nothing reserved: {:?}",
+                    o.resources
+                );
+            }
+            if offers.iter().any(|o| o.agent_id == agent) {
+                break;
+            }
+        }
+    }
+    // Once unreserved, the resources are anyone's again.
+    cluster.allot(&["unreserve", &agent, "--role", "db"]);
+    assert!(
+        cluster.allot(&["reservations", "--json"]).trim() == "[]",
+        "no reservation is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_term_ended_cannot_write() {
     use allot_server::{leader::campaign, standby::Leadership};
     let etcd = allot_tests::Etcd::start().await;

@@ -148,11 +148,10 @@ struct Node<'a> {
 }
 
 /// The role tree of a view: a node per role (at the role's index), per inner role no role names itself, and
-/// per virtual leaf; the node a role's frameworks hang from (`leaf`) and the path from the top to it (`path`).
+/// per virtual leaf; and the node each role's frameworks hang from (`leaf`).
 struct Tree<'a> {
     nodes: Vec<Node<'a>>,
     leaf: Vec<usize>,
-    path: Vec<Vec<usize>>,
 }
 
 impl<'a> Tree<'a> {
@@ -232,18 +231,7 @@ impl<'a> Tree<'a> {
         for node in &mut nodes {
             node.share = share(&node.allocation, v.total);
         }
-        let path = leaf
-            .iter()
-            .map(|&l| {
-                let mut p = vec![l];
-                while let Some(up) = nodes[*p.last().expect("non-empty")].parent {
-                    p.push(up);
-                }
-                p.reverse();
-                p
-            })
-            .collect();
-        Tree { nodes, leaf, path }
+        Tree { nodes, leaf }
     }
 
     /// How much more of each kind role `ri` may be granted under its own quota limit and its ancestors', less
@@ -262,6 +250,33 @@ impl<'a> Tree<'a> {
             at = node.parent;
         }
         room
+    }
+
+    /// Node `n`'s place among its siblings: weighted dominant share of its subtree, then name.
+    fn key(&self, n: usize) -> (f64, u32) {
+        let node = &self.nodes[n];
+        (node.share / node.weight, node.rank)
+    }
+
+    /// The tree cut down to the leaves of `roles`: each node's children that lead to one of them, the top
+    /// level's at index `nodes.len()`.
+    fn children(&self, roles: &[usize]) -> Vec<Vec<usize>> {
+        let top = self.nodes.len();
+        let mut kids = vec![Vec::new(); top + 1];
+        let mut seen = vec![false; top];
+        for &ri in roles {
+            let mut at = self.leaf[ri];
+            while !seen[at] {
+                seen[at] = true;
+                let parent = self.nodes[at].parent.unwrap_or(top);
+                kids[parent].push(at);
+                if parent == top {
+                    break;
+                }
+                at = parent;
+            }
+        }
+        kids
     }
 
     /// Charges `granted` to role `ri`'s leaf and every node above it.
@@ -350,44 +365,56 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
     let mut classes: Vec<i32> = (0..v.frameworks.len()).map(class_of).collect();
     classes.sort_unstable_by(|a, b| b.cmp(a));
     classes.dedup();
-    // Each class's roles (those with a framework in it), kept in DRF order from agent to agent: between two
-    // agents only the roles granted to moved, so re-sorting is close to linear.
-    let mut orders: Vec<Vec<usize>> = classes
+    // Each class's part of the role tree (the nodes leading to a role with a framework in the class), each
+    // node's children kept in DRF order from agent to agent: between two agents only the nodes granted to
+    // moved, so re-sorting them is close to linear, and only the nodes an agent's walk reaches are sorted.
+    let mut kids: Vec<Vec<Vec<usize>>> = classes
         .iter()
         .map(|c| {
-            (0..roles.len())
+            let members: Vec<usize> = (0..roles.len())
                 .filter(|&r| roles[r].queues.contains_key(c))
-                .collect()
+                .collect();
+            tree.children(&members)
         })
         .collect();
+    // Which role's frameworks hang from a node, if any.
+    let mut client_of: Vec<Option<usize>> = vec![None; tree.nodes.len()];
+    for (ri, &leaf) in tree.leaf.iter().enumerate() {
+        client_of[leaf] = Some(ri);
+    }
+    let top = tree.nodes.len();
 
     let mut grants = IndexedGrants::new(n, v.agents.len());
     let (mut unreserved, mut free, mut granted) = (vec![0; n], vec![0; n], vec![0; n]);
     let zero = vec![0; n];
     let mut reserved: Vec<(u32, &[i64])> = Vec::new();
-    // Each node's weighted share and rank, refreshed before each sort.
-    let mut keys: Vec<(f64, u32)> = vec![(0.0, 0); tree.nodes.len()];
+    // The depth-first walk: (node, position of the next child to visit).
+    let mut stack: Vec<(usize, usize)> = Vec::new();
     for (ai, agent) in v.agents.iter().enumerate() {
         unreserved.copy_from_slice(agent.available);
         reserved.clear();
         reserved.extend_from_slice(&agent.reserved);
-        'classes: for (&class, order) in classes.iter().zip(&mut orders) {
-            // Lowest weighted dominant share first at every level of the tree, ties by name.
-            for (key, node) in keys.iter_mut().zip(&tree.nodes) {
-                *key = (node.share / node.weight, node.rank);
-            }
-            order.sort_by(|&a, &b| {
-                let (pa, pb) = (&tree.path[a], &tree.path[b]);
-                pa.iter()
-                    .zip(pb)
-                    .map(|(&x, &y)| {
-                        let (kx, ky) = (keys[x], keys[y]);
-                        kx.0.total_cmp(&ky.0).then(kx.1.cmp(&ky.1))
-                    })
-                    .find(|o| o.is_ne())
-                    .unwrap_or(pa.len().cmp(&pb.len()))
-            });
-            for &ri in order.iter() {
+        'classes: for (&class, kids) in classes.iter().zip(&mut kids) {
+            // Depth first, lowest weighted dominant share first at every level of the tree, ties by name; a
+            // node's children are ordered when the walk reaches it.
+            stack.clear();
+            stack.push((top, 0));
+            let by_key = |tree: &Tree<'_>, a: &usize, b: &usize| {
+                let (ka, kb) = (tree.key(*a), tree.key(*b));
+                ka.0.total_cmp(&kb.0).then(ka.1.cmp(&kb.1))
+            };
+            kids[top].sort_by(|a, b| by_key(&tree, a, b));
+            while let Some((at, next)) = stack.last_mut() {
+                let Some(&child) = kids[*at].get(*next) else {
+                    stack.pop();
+                    continue;
+                };
+                *next += 1;
+                let Some(ri) = client_of[child] else {
+                    kids[child].sort_by(|a, b| by_key(&tree, a, b));
+                    stack.push((child, 0));
+                    continue;
+                };
                 if reserved.is_empty() && !allocatable(&unreserved, cpus, mem) {
                     break 'classes;
                 }

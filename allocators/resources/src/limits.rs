@@ -80,6 +80,14 @@ impl Limits {
             .iter()
             .all(|&(k, cap)| held.scalar_milli(k) <= cap)
     }
+
+    /// Whether a role holding the sum of `parts` is within the limit (as [`Limits::allows`] on the sum,
+    /// without building it).
+    pub fn allows_sum(&self, parts: &[&Resources]) -> bool {
+        self.scalars
+            .iter()
+            .all(|&(k, cap)| parts.iter().map(|p| p.scalar_milli(k)).sum::<i64>() <= cap)
+    }
 }
 
 impl fmt::Display for Limits {

@@ -139,8 +139,10 @@ pub struct Offer {
 struct Agent {
     /// Everything, reserved included.
     total: Resources,
-    /// Reservations by role (part of `total`).
+    /// Reservations by role (part of `total`): the static ones plus the dynamic ones of [`Books`].
     reserved: BTreeMap<String, Resources>,
+    /// The reservations the agent declares itself (`cpus(db):2` in its resources), by role.
+    static_reserved: BTreeMap<String, Resources>,
     /// Unreserved resources held by offers and tasks.
     allocated: Resources,
     /// Unreserved resources held by nothing: `unreserved_total() - allocated` (saturating), kept up to date so
@@ -299,6 +301,9 @@ pub struct Books {
     /// The table slots of the last snapshot's frameworks, in snapshot order.
     framework_slots: Vec<usize>,
     roles: BTreeMap<String, RoleConfig>,
+    /// Dynamic reservations (operator `allot reserve`), by agent then role: carved out of the agent's
+    /// unreserved resources. Kept apart from the agents so that they outlive an agent's record.
+    dynamic: BTreeMap<String, BTreeMap<String, Resources>>,
     /// Outstanding offers by ID (hashed with foldhash: the IDs are ours, and SipHash showed in profiles).
     offers: HashMap<Id, Arc<Offer>, foldhash::fast::RandomState>,
     tasks: HashMap<(String, String), Task>,
@@ -345,8 +350,31 @@ impl Books {
     ) -> Vec<Arc<Offer>> {
         let a = self.agents.entry(id);
         a.total = total;
-        a.reserved = reserved;
+        a.static_reserved = reserved;
         a.registered = true;
+        self.apply_reservations(id)
+    }
+
+    /// Recomputes agent `id`'s reservations (static plus dynamic; the dynamic ones only while they fit in its
+    /// unreserved resources: an agent that came back smaller keeps its static ones alone) and rescinds its
+    /// offers if what they and its tasks hold no longer fits. Returns the rescinded offers.
+    fn apply_reservations(&mut self, id: &str) -> Vec<Arc<Offer>> {
+        let dynamic = self.dynamic.get(id);
+        let a = self.agents.entry(id);
+        a.reserved = a.static_reserved.clone();
+        if let Some(dynamic) = dynamic {
+            let mut unreserved = a.unreserved_total();
+            let mut sum = Resources::new();
+            for r in dynamic.values() {
+                sum.add(r);
+            }
+            if unreserved.contains(&sum) {
+                unreserved.subtract(&sum);
+                for (role, r) in dynamic {
+                    a.reserved.entry(role.clone()).or_default().add(r);
+                }
+            }
+        }
         a.refresh();
         let fits = a.unreserved_total().contains(&a.allocated)
             && a.allocated_reserved
@@ -357,6 +385,96 @@ impl Books {
         } else {
             self.rescind_agent_offers(id)
         }
+    }
+
+    /// Agent `id`'s dynamic reservations (operator `allot reserve`; Mesos' `RESERVE_RESOURCES`), by role.
+    pub fn dynamic_reservations(&self, id: &str) -> BTreeMap<String, Resources> {
+        self.dynamic.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Sets agent `id`'s dynamic reservations to `reserved` (by role; empty: none), rescinding the agent's
+    /// outstanding offers that no longer fit. With `check` (an operator's call on the leader), the change is
+    /// refused unless the agent is registered, the reservations fit in its unreserved resources, and its
+    /// running tasks keep what they hold: unreserved resources a task uses cannot be reserved, a reservation a
+    /// task uses cannot be released (Mesos refuses both); outstanding offers do not count, they are
+    /// rescinded. Without `check` (the record read back from etcd) the change is applied as far as it fits.
+    ///
+    /// # Errors
+    /// What is in the way, in words (only with `check`); the books are unchanged.
+    pub fn set_dynamic_reservations(
+        &mut self,
+        id: &str,
+        reserved: BTreeMap<String, Resources>,
+        check: bool,
+    ) -> Result<Vec<Arc<Offer>>, String> {
+        let reserved: BTreeMap<String, Resources> = reserved
+            .into_iter()
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        if self
+            .dynamic
+            .get(id)
+            .map_or(reserved.is_empty(), |d| *d == reserved)
+        {
+            return Ok(Vec::new());
+        }
+        if check {
+            let a = match self.agents.get(id) {
+                Some(a) if a.registered => a,
+                _ => return Err(format!("agent {id} is not registered")),
+            };
+            let mut wanted = Resources::new();
+            for r in reserved.values() {
+                wanted.add(r);
+            }
+            let mut unreserved = a.total.clone();
+            for r in a.static_reserved.values() {
+                unreserved.subtract(r);
+            }
+            if !unreserved.contains(&wanted) {
+                return Err(format!(
+                    "agent {id} has {unreserved} unreserved, not the {wanted} these reservations need"
+                ));
+            }
+            // What its tasks hold: everything allocated on it less its outstanding offers.
+            let mut tasks = a.allocated.clone();
+            let mut tasks_reserved = a.allocated_reserved.clone();
+            for o in self.offers.values().filter(|o| *o.agent == *id) {
+                tasks.subtract(&o.piece.unreserved);
+                if let Some(r) = tasks_reserved.get_mut(&*o.piece.role) {
+                    r.subtract(&o.piece.reserved);
+                }
+            }
+            unreserved.subtract(&wanted);
+            if !unreserved.contains(&tasks) {
+                return Err(format!(
+                    "agent {id}'s tasks use {tasks} of its unreserved resources: reserving {wanted} would leave \
+                     them {unreserved}"
+                ));
+            }
+            for (role, used) in &tasks_reserved {
+                let mut after = a.static_reserved.get(role).cloned().unwrap_or_default();
+                if let Some(r) = reserved.get(role) {
+                    after.add(r);
+                }
+                if !after.contains(used) {
+                    return Err(format!(
+                        "agent {id}'s tasks of role {role} use {used} of its reservation, which would \
+                         shrink to {after}"
+                    ));
+                }
+            }
+        }
+        if reserved.is_empty() {
+            self.dynamic.remove(id);
+        } else {
+            self.dynamic.insert(id.to_string(), reserved);
+        }
+        // Offers on the agent are rescinded when the reservations change at all: an offer of unreserved
+        // resources may hold what is now reserved.
+        let rescinded = self.rescind_agent_offers(id);
+        let more = self.apply_reservations(id);
+        Ok(rescinded.into_iter().chain(more).collect())
     }
 
     /// Marks an agent reachable (its `alive` key exists) or not. Going unreachable rescinds its offers and
@@ -802,20 +920,24 @@ impl Books {
             return Err((g, GrantRejection::Overcommit));
         }
         // The role's quota limit and its ancestors' (each caps its subtree).
-        let after = |r: &str| {
-            let mut after = g.total();
-            if let Some(held) = role_alloc.get(r) {
-                after.add(held);
-            }
-            after
-        };
-        if limits_over(&self.roles, &role).any(|(r, limit)| !limit.allows(&after(r))) {
+        let none = Resources::new();
+        if limits_over(&self.roles, &role).any(|(r, limit)| {
+            let held = role_alloc.get(r).unwrap_or(&none);
+            !limit.allows_sum(&[held, &g.resources, &g.reserved])
+        }) {
             return Err((g, GrantRejection::Quota));
         }
-        let charged: Vec<(Id, Resources)> = limits_over(&self.roles, &role)
-            .map(|(r, _)| (Id::from(r), after(r)))
-            .collect();
-        role_alloc.extend(charged);
+        for (r, _) in limits_over(&self.roles, &role) {
+            match role_alloc.get_mut(r) {
+                Some(held) => {
+                    held.add(&g.resources);
+                    held.add(&g.reserved);
+                }
+                None => {
+                    role_alloc.insert(Id::from(r), g.total());
+                }
+            }
+        }
         self.next_offer += 1;
         let mut number = itoa::Buffer::new();
         let buf = &mut self.offer_id_buf;
@@ -1121,6 +1243,87 @@ mod tests {
         b.apply_grant(&s, &grant(fw("f1"), 0, "cpus:4"), 0.0)
             .unwrap();
         b.check_invariants().unwrap();
+    }
+
+    fn by_role(role: &str, res: &str) -> BTreeMap<String, Resources> {
+        BTreeMap::from([(role.to_string(), r(res))])
+    }
+
+    #[test]
+    fn dynamic_reservations_are_checked_then_offered_only_to_their_role() {
+        let mut b = books();
+        b.add_framework("d1", "db", 0);
+        b.activate("d1", false);
+        // f1 holds an offer of the whole agent and runs a task of 1 cpu from it.
+        let o = cycle(&mut b, 0.0).remove(0);
+        let task = Piece::unreserved(r("cpus:1;mem:128"));
+        let launched = vec![("f1".into(), "t1".into(), "a1".into(), task)];
+        b.recover_offers(std::slice::from_ref(&o.id), 0.0, 1.0, &launched, 0.0);
+        let o = cycle(&mut b, 1.0);
+        assert_eq!(o.len(), 1, "{o:?}");
+        // More than the agent has, or what the task uses, cannot be reserved.
+        let refused = b
+            .set_dynamic_reservations("a1", by_role("db", "cpus:5"), true)
+            .unwrap_err();
+        assert!(refused.contains("unreserved"), "{refused}");
+        let refused = b
+            .set_dynamic_reservations("a1", by_role("db", "cpus:3.5"), true)
+            .unwrap_err();
+        assert!(refused.contains("tasks use"), "{refused}");
+        assert!(
+            b.set_dynamic_reservations("nowhere", by_role("db", "cpus:1"), true)
+                .is_err()
+        );
+        // Three cpus can: the outstanding offer on them is rescinded, and they go to db alone.
+        let rescinded = b
+            .set_dynamic_reservations("a1", by_role("db", "cpus:3;mem:512"), true)
+            .unwrap();
+        assert_eq!(rescinded.len(), 1);
+        b.check_invariants().unwrap();
+        let offers = cycle(&mut b, 2.0);
+        let db: Vec<_> = offers.iter().filter(|o| &*o.framework == "d1").collect();
+        assert_eq!(db.len(), 1, "{offers:?}");
+        assert_eq!(db[0].piece.reserved, r("cpus:3;mem:512"));
+        assert!(
+            offers
+                .iter()
+                .filter(|o| &*o.framework == "f1")
+                .all(|o| o.piece.reserved.is_empty() && !o.piece.unreserved.contains(&r("cpus:1")))
+        );
+        // The same reservations read back from etcd change nothing (no offer rescinded).
+        assert!(
+            b.set_dynamic_reservations("a1", by_role("db", "cpus:3;mem:512"), false)
+                .unwrap()
+                .is_empty()
+        );
+        // A reservation a task of its role holds cannot be released; once the task ends, it can.
+        let d = db[0].id.clone();
+        let task = Piece {
+            unreserved: Resources::new(),
+            reserved: r("cpus:2;mem:256"),
+            role: "db".into(),
+        };
+        let launched = vec![("d1".into(), "t2".into(), "a1".into(), task)];
+        b.recover_offers(std::slice::from_ref(&d), 0.0, 1.0, &launched, 2.0);
+        let refused = b
+            .set_dynamic_reservations("a1", BTreeMap::new(), true)
+            .unwrap_err();
+        assert!(refused.contains("role db"), "{refused}");
+        b.remove_task("d1", "t2");
+        b.set_dynamic_reservations("a1", BTreeMap::new(), true)
+            .unwrap();
+        b.check_invariants().unwrap();
+        // The reservations outlive the agent's record: they apply again when it comes back.
+        b.set_dynamic_reservations("a1", by_role("db", "cpus:1"), true)
+            .unwrap();
+        b.remove_agent("a1");
+        b.set_agent("a1", r("cpus:4;mem:1024"), Default::default());
+        b.set_reachable("a1", true);
+        assert_eq!(b.dynamic_reservations("a1"), by_role("db", "cpus:1"));
+        assert_eq!(
+            b.snapshot(3.0).agents[0].reserved.get("db"),
+            Some(&r("cpus:1"))
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use crate::policy::{Failure, Loaded};
 use allot_common::convert::{limits_from_proto, piece_to_proto, pieces_from_proto};
 use allot_policy::Resources;
 use allot_proto::allocator::{
-    AllocatorEvent, Grant as PbGrant, Grants, PolicyRecord, PolicyRef, PolicyStatusResponse,
-    RescindOffers, ShadowReport, allocator_event,
+    AgentReservations, AllocatorEvent, Grant as PbGrant, Grants, PolicyRecord, PolicyRef,
+    PolicyStatusResponse, RescindOffers, ShadowReport, allocator_event,
 };
 use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskState};
 use allot_server::Store;
@@ -118,6 +118,21 @@ pub enum Command {
     Status(oneshot::Sender<PolicyStatusResponse>),
     /// Starts (or, with `None`, stops) a shadow policy.
     Shadow(Option<Loaded>),
+    /// An agent's dynamic reservations record was written (by role) or deleted (`None`).
+    Reservations(String, Option<BTreeMap<String, Resources>>),
+    /// An operator's change of an agent's dynamic reservations, checked against the books first
+    /// (`Books::set_dynamic_reservations`); answers with the reservations before the change (to restore if
+    /// the record cannot be written), or why the change is refused.
+    Reserve {
+        /// The agent.
+        agent: String,
+        /// Its dynamic reservations after the change, by role.
+        reserved: BTreeMap<String, Resources>,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<BTreeMap<String, Resources>, String>>,
+    },
+    /// Asks for an agent's dynamic reservations, by role.
+    DynamicReservations(String, oneshot::Sender<BTreeMap<String, Resources>>),
 }
 
 /// A handle on the running engine. Cheap to clone.
@@ -180,6 +195,7 @@ impl Engine {
             Kind::Frameworks,
             Kind::Tasks,
             Kind::Roles,
+            Kind::Reservations,
         ] {
             let tx = tx.clone();
             let prefix = store.prefix(kind);
@@ -346,6 +362,12 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
             let (fw, task) = id.split_once('/')?;
             Some(Command::TaskDelete(fw.to_string(), task.to_string()))
         }
+        (Kind::Reservations, Some(v)) => {
+            let rec: AgentReservations = decode(id.as_bytes(), v).ok()?;
+            let (_, reserved) = pieces_from_proto(&rec.resources).ok()?;
+            Some(Command::Reservations(id.to_string(), Some(reserved)))
+        }
+        (Kind::Reservations, None) => Some(Command::Reservations(id.to_string(), None)),
         (Kind::Policy | Kind::Artifacts | Kind::Audit, _) => None,
     }
 }
@@ -572,6 +594,42 @@ impl State {
                     }
                 }
                 true
+            }
+            Command::Reservations(agent, reserved) => {
+                match self.books.set_dynamic_reservations(
+                    &agent,
+                    reserved.unwrap_or_default(),
+                    false,
+                ) {
+                    Ok(r) => {
+                        let changed = !r.is_empty();
+                        self.rescind(r);
+                        changed
+                    }
+                    Err(why) => {
+                        tracing::warn!(agent = %agent, %why, "dynamic reservations not applied");
+                        false
+                    }
+                }
+            }
+            Command::Reserve {
+                agent,
+                reserved,
+                reply,
+            } => {
+                let before = self.books.dynamic_reservations(&agent);
+                let done = self.books.set_dynamic_reservations(&agent, reserved, true);
+                let changed = done.as_ref().is_ok_and(|r| !r.is_empty());
+                let answer = done.map(|r| {
+                    self.rescind(r);
+                    before
+                });
+                let _ = reply.send(answer);
+                changed
+            }
+            Command::DynamicReservations(agent, reply) => {
+                let _ = reply.send(self.books.dynamic_reservations(&agent));
+                false
             }
             Command::Trial { policy, reply } => {
                 let _ = reply.send(self.trial(&policy, now));

@@ -157,6 +157,10 @@ pub enum Error {
         /// How many artifacts it matches.
         matches: usize,
     },
+    /// A dynamic reservation that the agent's resources or its running tasks do not allow
+    /// (`FAILED_PRECONDITION`; Mesos answers 409 Conflict).
+    #[error("{0}")]
+    Conflict(String),
     /// ROLLBACK with no previous policy recorded (`FAILED_PRECONDITION`).
     #[error("there is no previous policy to roll back to")]
     NoPrevious,

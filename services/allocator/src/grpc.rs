@@ -15,7 +15,7 @@ impl From<Error> for Status {
             Error::Invalid(_) | Error::BadArtifact(_) | Error::Ambiguous { .. } => {
                 Status::invalid_argument(text)
             }
-            Error::Unloadable(_) | Error::Trial(_) | Error::NoPrevious => {
+            Error::Unloadable(_) | Error::Trial(_) | Error::NoPrevious | Error::Conflict(_) => {
                 Status::failed_precondition(text)
             }
             Error::NoMatch { .. } => Status::not_found(text),
@@ -308,6 +308,86 @@ impl policy_admin_server::PolicyAdmin for PolicyAdminService {
         _: Request<PolicyStatusRequest>,
     ) -> Result<Response<PolicyStatusResponse>, Status> {
         Ok(Response::new(self.0.status().await?))
+    }
+}
+
+/// `allot.allocator.v1.Reservations`: the operator's dynamic reservations, allowed to operators (and, on an
+/// `--insecure` allocator, anyone) that the ACL file, if there is one, lets reserve or unreserve for the
+/// role; every change, allowed or not, goes to the audit trail.
+#[derive(Debug, Clone)]
+pub struct ReservationsService(
+    pub crate::reservations::ReservationAdmin,
+    pub Option<std::sync::Arc<allot_server::acl::Acls>>,
+    pub allot_server::audit::Audit,
+);
+
+impl ReservationsService {
+    async fn change(
+        &self,
+        request: Request<ReserveRequest>,
+        reserve: bool,
+    ) -> Result<Response<ReservationsResponse>, Status> {
+        let caller = allot_server::authz::caller(&request);
+        let r = request.into_inner();
+        let action = if reserve {
+            "reserve_resources"
+        } else {
+            "unreserve_resources"
+        };
+        let object = format!(
+            "{} on agent {} for role {}",
+            allot_common::convert::pieces_from_proto(&r.resources)
+                .map(|(u, _)| u.to_string())
+                .unwrap_or_else(|e| format!("<{e}>")),
+            r.agent_id,
+            r.role
+        );
+        let result = async {
+            caller.require(&["operator"], action, &object)?;
+            allot_server::authz::check_acl(
+                self.1.as_deref(),
+                &caller,
+                action,
+                &[&r.role],
+                &object,
+            )?;
+            let reservations = self
+                .0
+                .change(&r.agent_id, &r.role, &r.resources, reserve)
+                .await?;
+            Ok(ReservationsResponse {
+                reservations: Some(reservations),
+            })
+        }
+        .await;
+        self.2.record(&caller, action, &object, &result);
+        result.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl reservations_server::Reservations for ReservationsService {
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReservationsResponse>, Status> {
+        self.change(request, true).await
+    }
+
+    async fn unreserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReservationsResponse>, Status> {
+        self.change(request, false).await
+    }
+
+    async fn list(
+        &self,
+        _: Request<ListReservationsRequest>,
+    ) -> Result<Response<ListReservationsResponse>, Status> {
+        Ok(Response::new(ListReservationsResponse {
+            agents: self.0.list().await?,
+        }))
     }
 }
 

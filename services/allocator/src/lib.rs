@@ -9,7 +9,10 @@
 //! - [`policy`]: hosting built-in, native and WASM policies, artifacts pinned by sha256, failure containment;
 //! - [`engine`]: the actor that owns the books, follows etcd, and runs cycles;
 //! - [`admin`]: the operator's policy flows (load, activate, roll back, shadow, status);
-//! - [`grpc`]: `allot.allocator.v1.Allocator` (the offer-broker's) and `PolicyAdmin` (the operator's), and
+//! - [`reservations`]: the operator's dynamic reservations (reserve, unreserve, list), checked by the engine
+//!   and kept in etcd;
+//! - [`grpc`]: `allot.allocator.v1.Allocator` (the offer-broker's), `PolicyAdmin` and `Reservations` (the
+//!   operator's), and
 //!   the mapping of [`Error`] to status codes;
 //! - [`sim`]: the policy simulator behind `allot sim`, on the same books and cycle.
 //!
@@ -23,6 +26,7 @@ pub mod error;
 pub mod grpc;
 mod metrics;
 pub mod policy;
+pub mod reservations;
 pub mod shadow;
 pub mod sim;
 
@@ -102,6 +106,11 @@ pub async fn run(
     );
     let admin = grpc::PolicyAdminService(
         admin::PolicyAdmin::new(store.clone(), engine.clone(), config.policy_dir.clone()),
+        acls.clone(),
+        allot_server::audit::Audit::new(store.clone(), "allocator"),
+    );
+    let reservations = grpc::ReservationsService(
+        reservations::ReservationAdmin::new(store.clone(), engine.clone()),
         acls,
         allot_server::audit::Audit::new(store.clone(), "allocator"),
     );
@@ -127,6 +136,9 @@ pub async fn run(
         .add_service(
             allot_proto::allocator::policy_admin_server::PolicyAdminServer::new(admin)
                 .max_decoding_message_size(allot_common::grpc::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            allot_proto::allocator::reservations_server::ReservationsServer::new(reservations),
         );
     let result = allot_server::leader::serve_replicated(
         router,

@@ -90,6 +90,13 @@ enum Command {
         #[command(subcommand)]
         set: Option<ops::RolesCommand>,
     },
+    /// Reserve part of an agent's unreserved resources for a role (a dynamic reservation, Mesos'
+    /// RESERVE_RESOURCES): offered only to that role's frameworks from then on, under every policy.
+    Reserve(ops::ReserveArgs),
+    /// Release (part of) a role's dynamic reservation on an agent; without RESOURCES, all of it.
+    Unreserve(ops::ReserveArgs),
+    /// Every agent's dynamic reservations.
+    Reservations,
     /// Run a command as a one-off framework and exit with its exit code (like mesos-execute).
     Execute(execute::Args),
     /// Run every command of a job file under a concurrency cap, then print a summary.
@@ -167,6 +174,9 @@ async fn main() {
         }
         Command::Offers => ops::offers(&cli.broker, cli.json).await,
         Command::Roles { set } => ops::roles(&cli.registry, &cli.broker, set, cli.json).await,
+        Command::Reserve(args) => ops::reserve(&cli.allocator, args, true, cli.json).await,
+        Command::Unreserve(args) => ops::reserve(&cli.allocator, args, false, cli.json).await,
+        Command::Reservations => ops::reservations(&cli.allocator, cli.json).await,
         Command::Execute(args) => execute::run(&cli.broker, args).await,
         Command::Batch(args) => batch::run(&cli.broker, args, cli.json).await,
         Command::Certs {

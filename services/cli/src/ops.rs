@@ -404,6 +404,97 @@ pub async fn roles(
     Ok(0)
 }
 
+/// `allot reserve` and `allot unreserve`.
+#[derive(Debug, clap::Args)]
+pub struct ReserveArgs {
+    /// The agent's ID (`allot agents` lists them).
+    pub agent: String,
+    /// Scalar resources in Mesos' text form, e.g. `cpus:2;mem:1024` (optional for `unreserve`: all).
+    pub resources: Option<String>,
+    /// The role they are (or were) reserved for.
+    #[arg(long)]
+    pub role: String,
+}
+
+/// Prints agents' dynamic reservations, one line per agent and role.
+fn print_reservations(
+    agents: &[allot_proto::allocator::AgentReservations],
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    for a in agents {
+        let (_, by_role) = allot_common::convert::pieces_from_proto(&a.resources)
+            .context("reservations record")?;
+        for (role, r) in by_role {
+            rows.push((a.agent_id.clone(), role, r.to_string()));
+        }
+    }
+    if as_json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(a, r, res)| json!({"agent_id": a, "role": r, "resources": res}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut t = table(&["AGENT", "ROLE", "RESERVED"]);
+    for (a, r, res) in rows {
+        t.add_row(vec![a, r, res]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// `allot reserve` (`reserve`) or `allot unreserve` against the allocator at `addr`: prints the agent's
+/// dynamic reservations after the change.
+pub async fn reserve(
+    addr: &str,
+    args: ReserveArgs,
+    reserve: bool,
+    as_json: bool,
+) -> anyhow::Result<i32> {
+    use allot_proto::allocator::{ReserveRequest, reservations_client::ReservationsClient};
+    let resources = match &args.resources {
+        Some(text) => allot_common::convert::resources_to_proto(
+            &text
+                .parse::<allot_resources::Resources>()
+                .with_context(|| format!("resources '{text}'"))?,
+        ),
+        None if reserve => anyhow::bail!("allot reserve needs the resources to reserve"),
+        None => Vec::new(),
+    };
+    let request = ReserveRequest {
+        agent_id: args.agent.clone(),
+        role: args.role.clone(),
+        resources,
+    };
+    let mut client = ReservationsClient::new(leader(addr).await?);
+    let answer = if reserve {
+        client.reserve(request).await
+    } else {
+        client.unreserve(request).await
+    }
+    .with_context(|| format!("allocator at {addr}"))?
+    .into_inner();
+    print_reservations(answer.reservations.as_slice(), as_json)?;
+    Ok(0)
+}
+
+/// `allot reservations`: every agent's dynamic reservations, from the allocator at `addr`.
+pub async fn reservations(addr: &str, as_json: bool) -> anyhow::Result<i32> {
+    use allot_proto::allocator::{
+        ListReservationsRequest, reservations_client::ReservationsClient,
+    };
+    let agents = ReservationsClient::new(leader(addr).await?)
+        .list(ListReservationsRequest {})
+        .await
+        .with_context(|| format!("allocator at {addr}"))?
+        .into_inner()
+        .agents;
+    print_reservations(&agents, as_json)?;
+    Ok(0)
+}
+
 /// One line of `allot roles`: a role of a tree (or a top-level role) and what its subtree holds.
 struct RoleRow {
     name: String,

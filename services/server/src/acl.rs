@@ -27,7 +27,8 @@
 //! roles = ["*"]
 //! ```
 //!
-//! The other actions (`update_quotas` with `roles`, `load_policies`, `activate_policies` and
+//! The other actions (`update_quotas`, `reserve_resources` and `unreserve_resources` with `roles`,
+//! `load_policies`, `activate_policies` and
 //! `shadow_policies` with `policies`) take rules of the same shape. Without a file, the built-in rules by
 //! principal kind apply alone (see [`crate::authz`]); the ACL file narrows them, never widens them.
 
@@ -35,7 +36,7 @@ pub use allot_common::reload::RELOAD_CHECK;
 use std::path::{Path, PathBuf};
 
 /// The actions an ACL file may have rules for, each with the name of its objects' list.
-pub const ACTIONS: [(&str, &str); 8] = [
+pub const ACTIONS: [(&str, &str); 10] = [
     ("register_frameworks", "roles"),
     ("run_tasks", "users"),
     ("teardown_frameworks", "framework_principals"),
@@ -44,6 +45,8 @@ pub const ACTIONS: [(&str, &str); 8] = [
     ("load_policies", "policies"),
     ("activate_policies", "policies"),
     ("shadow_policies", "policies"),
+    ("reserve_resources", "roles"),
+    ("unreserve_resources", "roles"),
 ];
 
 /// Why an ACL file cannot be used.

@@ -8,7 +8,8 @@
 //! | `alive/<agent_id>` | registration time (ms); present while the agent heartbeats | registry |
 //! | `frameworks/<framework_id>` | `FrameworkRecord` | offer-broker |
 //! | `tasks/<framework_id>/<task_id>` | `TaskRecord` (TASK_STAGING, then the acknowledged end) | offer-broker |
-//! | `roles/<role>` | `Role` | registry |
+//! | `roles/<role>` | `Role` (a role tree's `eng/web` is `roles/eng/web`) | registry |
+//! | `reservations/<agent_id>` | `AgentReservations`: the agent's dynamic reservations | allocator (reservations API) |
 //! | `policy/active` | `PolicyRecord` | allocator (admin API) |
 //! | `policies/meta/<sha256>`, `policies/chunk/<sha256>/<n>` | `PolicyArtifact`, raw bytes | allocator |
 
@@ -153,6 +154,8 @@ pub enum Kind {
     Artifacts,
     /// `audit/`: the audit trail of operator actions (`crate::audit`).
     Audit,
+    /// `reservations/`: dynamic reservations by agent (the allocator's).
+    Reservations,
 }
 
 impl Kind {
@@ -166,6 +169,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::Artifacts => "policies",
             Kind::Audit => "audit",
+            Kind::Reservations => "reservations",
         }
     }
 }
