@@ -118,6 +118,14 @@ roles = ["*"]
 principals = ["kind:operator"]
 roles = ["*"]
 
+[[reserve_resources]]
+principals = ["kind:operator"]
+roles = ["*"]
+
+[[unreserve_resources]]
+principals = ["kind:operator"]
+roles = ["*"]
+
 [[load_policies]]
 principals = ["kind:operator"]
 policies = ["*"]

@@ -19,7 +19,7 @@
 //! offered.
 
 use allot_policy::indexed::{IndexedGrants, IndexedPolicy, Layout, View};
-use allot_policy::{Grant, Policy, Snapshot};
+use allot_policy::{Grant, Policy, Revocation, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Mesos' `MIN_CPUS`: an offer must have at least this many cores, or [`MIN_MEM_MIB`] of memory.
@@ -43,6 +43,106 @@ impl Policy for Drf {
     fn allocate(&mut self, snapshot: &Snapshot) -> Vec<Grant> {
         hierarchical(snapshot, false)
     }
+
+    fn revoke(&mut self, snapshot: &Snapshot) -> Vec<Revocation> {
+        revocations(snapshot, false)
+    }
+}
+
+/// Preemption for weighted DRF and its priority variant: which running tasks to end so that starved roles get
+/// back to their weighted fair share ([`allot_policy::fair_shares`]).
+///
+/// A role is starved when one of its frameworks has wanted offers and been offered nothing for at least the
+/// grace, and its subtree's dominant share is below its fair share. For each starved role, most starved
+/// first (lowest share / fair share), tasks are taken from roles above their fair share, neither the starved
+/// role nor one of its ancestors or descendants, youngest first (the least work lost; with `by_priority`, the
+/// lowest priority class first, and never a class above the starved framework's), until the dominant shares
+/// freed cover the starved role's deficit; a victim role stops giving once it is at or below its fair share
+/// (so it goes at most one task below it). Tasks younger than the minimum runtime are not in the snapshot.
+/// Source of the idea: YARN's fair scheduler preemption (`fairSharePreemptionTimeout`); Mesos never preempted.
+pub fn revocations(s: &Snapshot, by_priority: bool) -> Vec<Revocation> {
+    let Some(p) = s.preemption else {
+        return Vec::new();
+    };
+    let fair = allot_policy::fair_shares(s);
+    let mut share: BTreeMap<String, f64> = allot_policy::subtree_allocations(s)
+        .into_iter()
+        .map(|(r, a)| (r, allot_policy::dominant_share(&a, &s.total)))
+        .collect();
+    // Starved roles, each with its longest-starved framework's priority class.
+    let mut starved: Vec<(&str, i32, f64)> = Vec::new();
+    for f in s
+        .frameworks
+        .iter()
+        .filter(|f| f.starved_seconds >= p.grace_seconds)
+    {
+        let (have, owed) = (share[&f.role], fair[&f.role]);
+        if have >= owed {
+            continue;
+        }
+        match starved.iter_mut().find(|(r, _, _)| *r == f.role) {
+            Some(e) => e.1 = e.1.max(f.priority),
+            None => starved.push((&f.role, f.priority, f.starved_seconds)),
+        }
+    }
+    starved.sort_by(|a, b| {
+        let ratio = |r: &str| share[r] / fair[r];
+        ratio(a.0).total_cmp(&ratio(b.0)).then(a.0.cmp(b.0))
+    });
+    let related = |a: &str, b: &str| {
+        a == b
+            || allot_policy::role_ancestors(a).any(|x| x == b)
+            || allot_policy::role_ancestors(b).any(|x| x == a)
+    };
+    // Candidates, in the order they are taken.
+    let mut order: Vec<usize> = (0..s.tasks.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ta, tb) = (&s.tasks[a], &s.tasks[b]);
+        let class = |t: &allot_policy::TaskView| if by_priority { t.priority } else { 0 };
+        class(ta)
+            .cmp(&class(tb))
+            .then(ta.running_seconds.total_cmp(&tb.running_seconds))
+            .then(ta.framework.cmp(&tb.framework))
+            .then(ta.id.cmp(&tb.id))
+    });
+    let mut taken = vec![false; s.tasks.len()];
+    let mut out = Vec::new();
+    for (role, class, waited) in starved {
+        let mut need = fair[role] - share[role];
+        for &i in &order {
+            if need <= 0.0 {
+                break;
+            }
+            let t = &s.tasks[i];
+            if taken[i] || related(&t.role, role) || (by_priority && t.priority > class) {
+                continue;
+            }
+            let (v_share, v_fair) = (share[&t.role], fair[&t.role]);
+            if v_share <= v_fair {
+                continue;
+            }
+            let freed = allot_policy::dominant_share(&t.resources, &s.total);
+            taken[i] = true;
+            need -= freed;
+            for r in std::iter::once(t.role.as_str()).chain(allot_policy::role_ancestors(&t.role)) {
+                if let Some(x) = share.get_mut(r) {
+                    *x -= freed;
+                }
+            }
+            out.push(Revocation {
+                task: i,
+                message: format!(
+                    "preempted for role {role}: below its fair share of {:.1}% for {waited:.0} s; role {} held \
+                     {:.1}%, over its {:.1}%",
+                    fair[role] * 100.0,
+                    t.role,
+                    v_share * 100.0,
+                    v_fair * 100.0
+                ),
+            });
+        }
+    }
+    out
 }
 
 impl IndexedPolicy for Drf {
@@ -62,6 +162,10 @@ impl Policy for Priority {
 
     fn allocate(&mut self, snapshot: &Snapshot) -> Vec<Grant> {
         hierarchical(snapshot, true)
+    }
+
+    fn revoke(&mut self, snapshot: &Snapshot) -> Vec<Revocation> {
+        revocations(snapshot, true)
     }
 }
 
@@ -500,6 +604,7 @@ mod tests {
             agents,
             frameworks,
             roles,
+            ..Snapshot::default()
         }
     }
 
@@ -749,6 +854,65 @@ mod tests {
             winners(&s),
             ["eng/batch", "eng/web", "ops", "ops", "ops", "ops"]
         );
+    }
+
+    /// Role `a` runs four 1-cpu tasks (started 10, 20, 30, 40 s ago) on the whole 4-cpu cluster; a
+    /// framework of role `b` has been starved for `starved` seconds; the grace is 5 s.
+    fn full_cluster(starved: f64, b_priority: i32) -> Snapshot {
+        let mut b = fw("fb", "b", "");
+        b.starved_seconds = starved;
+        b.priority = b_priority;
+        let mut s = snapshot(
+            vec![agent("ag1", "cpus:4;mem:1024")],
+            vec![b],
+            vec![role("a", 1.0, "cpus:4;mem:512"), role("b", 1.0, "")],
+        );
+        s.agents.clear();
+        s.preemption = Some(allot_policy::Preemption {
+            grace_seconds: 5.0,
+            min_runtime_seconds: 0.0,
+        });
+        s.tasks = (1..=4)
+            .map(|i| allot_policy::TaskView {
+                framework: "fa".into(),
+                id: format!("t{i}"),
+                agent: "ag1".into(),
+                role: "a".into(),
+                priority: 1,
+                resources: r("cpus:1;mem:128"),
+                running_seconds: 10.0 * i as f64,
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn a_starved_role_gets_its_fair_share_back_from_the_youngest_tasks() {
+        let s = full_cluster(6.0, 0);
+        let revoked: Vec<&str> = Drf
+            .revoke(&s)
+            .iter()
+            .map(|r| s.tasks[r.task].id.as_str())
+            .collect();
+        // b's fair share is half the cluster: two of a's four tasks, the two youngest.
+        assert_eq!(revoked, ["t1", "t2"]);
+        assert!(Drf.revoke(&s)[0].message.contains("role b"));
+    }
+
+    #[test]
+    fn nothing_is_revoked_within_the_grace_or_without_preemption() {
+        assert!(Drf.revoke(&full_cluster(4.0, 0)).is_empty());
+        let mut off = full_cluster(60.0, 0);
+        off.preemption = None;
+        assert!(Drf.revoke(&off).is_empty());
+    }
+
+    #[test]
+    fn priority_never_revokes_a_higher_class_for_a_lower_one() {
+        // a's tasks are of class 1: b in class 0 gets nothing back under priority, but does under drf.
+        assert!(Priority.revoke(&full_cluster(60.0, 0)).is_empty());
+        assert_eq!(Priority.revoke(&full_cluster(60.0, 1)).len(), 2);
+        assert_eq!(Drf.revoke(&full_cluster(60.0, 0)).len(), 2);
     }
 
     #[test]

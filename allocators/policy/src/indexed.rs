@@ -256,6 +256,7 @@ impl View<'_> {
                 allocations: f.allocations,
                 filtered_agents,
                 priority: f.priority,
+                starved_seconds: 0.0,
             });
         }
         Ok(Snapshot {
@@ -263,6 +264,7 @@ impl View<'_> {
             agents,
             frameworks,
             roles,
+            ..Snapshot::default()
         })
     }
 }
@@ -753,6 +755,7 @@ mod tests {
                 ..FrameworkView::new("f1", "r")
             }],
             roles: vec![],
+            ..Snapshot::default()
         }
     }
 

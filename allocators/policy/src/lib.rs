@@ -57,6 +57,10 @@ pub struct FrameworkView {
     pub filtered_agents: Vec<String>,
     /// Priority class: higher goes first under the `priority` policy; ignored by `drf`. Default 0.
     pub priority: i32,
+    /// Seconds it has wanted offers and been offered no CPUs (0 after an offer with CPUs; memory left beside
+    /// tasks that use every CPU runs nothing): how long it has been starved, which preemption compares with
+    /// [`Preemption::grace_seconds`].
+    pub starved_seconds: f64,
 }
 
 impl FrameworkView {
@@ -69,6 +73,7 @@ impl FrameworkView {
             allocations: 0,
             filtered_agents: Vec::new(),
             priority: 0,
+            starved_seconds: 0.0,
         }
     }
 
@@ -96,6 +101,48 @@ pub struct RoleView {
     pub allocation: Resources,
 }
 
+/// A running task, as a policy that may preempt sees it (only when [`Snapshot::preemption`] is set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskView {
+    /// Its framework's ID.
+    pub framework: String,
+    /// The task's ID.
+    pub id: String,
+    /// The agent it runs on.
+    pub agent: String,
+    /// Its framework's role.
+    pub role: String,
+    /// Its framework's priority class.
+    pub priority: i32,
+    /// What it holds (unreserved and reserved).
+    pub resources: Resources,
+    /// Seconds since it was launched.
+    pub running_seconds: f64,
+}
+
+/// The preemption settings the host runs with (allocator flags `--preemption-grace`,
+/// `--preemption-min-runtime`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Preemption {
+    /// How long a framework must have been starved (wanting offers, offered nothing) before a policy may
+    /// revoke tasks for it, in seconds (YARN fair scheduler's `fairSharePreemptionTimeout` idea).
+    pub grace_seconds: f64,
+    /// Tasks younger than this are never revoked, in seconds.
+    pub min_runtime_seconds: f64,
+}
+
+/// A policy's decision to end a running task so that another framework gets its share (preemption, which
+/// Mesos' allocator never had). The host checks it (a running task, old enough, of a role above its fair
+/// share) and the broker kills the task after its kill grace period; it ends `TASK_KILLED` with
+/// `REASON_PREEMPTED`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revocation {
+    /// Index of the task in [`Snapshot::tasks`].
+    pub task: usize,
+    /// Why, in words, for the framework and the operator (e.g. which role it restores, below what share).
+    pub message: String,
+}
+
 /// Everything a policy may look at in one allocation cycle.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -108,6 +155,12 @@ pub struct Snapshot {
     /// Every role that has a framework or a configured weight or quota, and every ancestor of one in its role
     /// tree ([`role_ancestors`]), sorted by name.
     pub roles: Vec<RoleView>,
+    /// Set when the host runs with preemption on and some framework has been starved for longer than the
+    /// grace: then [`Policy::revoke`] is called after [`Policy::allocate`]. `None` otherwise.
+    pub preemption: Option<Preemption>,
+    /// Running tasks that may be revoked (those older than the minimum runtime, not already being
+    /// revoked), sorted by framework then task ID; empty unless `preemption` is set.
+    pub tasks: Vec<TaskView>,
 }
 
 /// A policy's decision: offer `resources` of agent `agents[agent]` to framework `frameworks[framework]` of the
@@ -154,6 +207,14 @@ pub trait Policy: Send {
     fn name(&self) -> &str;
     /// Runs one allocation cycle over `snapshot`.
     fn allocate(&mut self, snapshot: &Snapshot) -> Vec<Grant>;
+
+    /// Tasks to end so that starved frameworks get their share back (preemption). The host calls it after
+    /// [`Policy::allocate`], on the same snapshot, only when [`Snapshot::preemption`] is set. The default
+    /// revokes nothing: a policy that does not implement it never preempts.
+    fn revoke(&mut self, snapshot: &Snapshot) -> Vec<Revocation> {
+        let _ = snapshot;
+        Vec::new()
+    }
 }
 
 /// The ancestors of role `name` in its role tree (Mesos 1.6+ hierarchical roles: `/` separates a role's
@@ -166,6 +227,70 @@ pub fn role_ancestors(name: &str) -> impl Iterator<Item = &str> {
         rest = parent;
         Some(parent)
     })
+}
+
+/// What each role's subtree holds (the role's allocation plus every descendant's), by role name: every role
+/// of the snapshot and every ancestor of one.
+pub fn subtree_allocations(s: &Snapshot) -> BTreeMap<String, Resources> {
+    let mut out: BTreeMap<String, Resources> = BTreeMap::new();
+    for r in &s.roles {
+        out.entry(r.name.clone()).or_default().add(&r.allocation);
+        for a in role_ancestors(&r.name) {
+            out.entry(a.to_string()).or_default().add(&r.allocation);
+        }
+    }
+    out
+}
+
+/// Each role's weighted fair share of the cluster, in `[0, 1]` of its dominant resource, as hierarchical
+/// weighted DRF entitles it: at each level of the role tree, the roles that are active (in their subtree, a
+/// framework wants offers or something is held) split their parent's share in proportion to their weights
+/// (the top level splits 1); an inactive role's fair share is 0. Sources: DRF (Ghodsi et al., NSDI 2011);
+/// weights as in Mesos' `docs/weights.md`; role trees as in Mesos 1.6+.
+pub fn fair_shares(s: &Snapshot) -> BTreeMap<String, f64> {
+    let held = subtree_allocations(s);
+    let mut active: std::collections::BTreeSet<&str> = held
+        .iter()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    for f in &s.frameworks {
+        active.insert(&f.role);
+        active.extend(role_ancestors(&f.role));
+    }
+    let weight = |name: &str| {
+        s.roles
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .map(|i| s.roles[i].weight)
+            .filter(|w| *w > 0.0)
+            .unwrap_or(1.0)
+    };
+    // Siblings' weights summed, by parent ("" for the top level).
+    let mut sums: BTreeMap<&str, f64> = BTreeMap::new();
+    for &name in &active {
+        let parent = role_ancestors(name).next().unwrap_or("");
+        *sums.entry(parent).or_default() += weight(name);
+    }
+    let mut out = BTreeMap::new();
+    for name in held.keys() {
+        let fair = if active.contains(name.as_str()) {
+            // Down from the top: each level's part of its parent's.
+            let mut path: Vec<&str> = role_ancestors(name).collect();
+            path.reverse();
+            path.push(name);
+            path.iter()
+                .map(|n| {
+                    let parent = role_ancestors(n).next().unwrap_or("");
+                    weight(n) / sums[parent]
+                })
+                .product()
+        } else {
+            0.0
+        };
+        out.insert(name.clone(), fair);
+    }
+    out
 }
 
 /// The dominant share of `allocation` in `total` (DRF, Ghodsi et al., NSDI 2011): the largest fraction of
@@ -185,6 +310,38 @@ pub fn dominant_share(allocation: &Resources, total: &Resources) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fair_shares_split_by_weight_among_active_siblings() {
+        let mut s = Snapshot {
+            total: "cpus:10".parse().unwrap(),
+            ..Snapshot::default()
+        };
+        let role = |name: &str, weight: f64, alloc: &str| RoleView {
+            name: name.into(),
+            weight,
+            quota_limit: None,
+            allocation: alloc.parse().unwrap(),
+        };
+        s.roles = vec![
+            role("eng", 3.0, ""),
+            role("eng/batch", 1.0, "cpus:2"),
+            role("eng/web", 1.0, ""),
+            role("idle", 5.0, ""),
+            role("ops", 1.0, "cpus:1"),
+        ];
+        s.frameworks = vec![FrameworkView::new("w", "eng/web")];
+        let fair = fair_shares(&s);
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // eng (weight 3) against ops (1): 3/4 and 1/4; eng's children split its 3/4; idle has no demand.
+        assert!(
+            near(fair["eng"], 0.75) && near(fair["ops"], 0.25),
+            "{fair:?}"
+        );
+        assert!(near(fair["eng/web"], 0.375) && near(fair["eng/batch"], 0.375));
+        assert_eq!(fair["idle"], 0.0);
+        assert_eq!(subtree_allocations(&s)["eng"], "cpus:2".parse().unwrap());
+    }
 
     #[test]
     fn a_role_s_ancestors_come_nearest_first() {

@@ -63,6 +63,7 @@ fn small(agents: usize) -> Snapshot {
         agents,
         frameworks: vec![framework("f1", "web", 0), framework("f2", "batch", 0)],
         roles: vec![role("batch", 1.0), role("web", 1.0)],
+        ..Snapshot::default()
     }
 }
 

@@ -10,7 +10,8 @@
 //! exceeds the reservation. Every grant is validated against this before it becomes an offer.
 
 use allot_policy::{
-    AgentView, FrameworkView, Grant, Limits, Policy, Resources, RoleView, Snapshot, role_ancestors,
+    AgentView, FrameworkView, Grant, Limits, Policy, Preemption, Resources, Revocation, RoleView,
+    Snapshot, TaskView, role_ancestors,
 };
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap};
@@ -217,6 +218,9 @@ struct Framework {
     /// It returned an offer holding CPUs unused (declined it) and has launched nothing since: the offers it
     /// holds are not ones it can use (issue 27: starvation that users feel).
     declined_cpus: bool,
+    /// Since when (books' clock) it has wanted offers and been offered no CPUs; `None` while it does not
+    /// want offers or right after an offer with CPUs.
+    starved_since: Option<f64>,
 }
 
 impl Framework {
@@ -231,6 +235,12 @@ struct Task {
     framework: String,
     agent: String,
     piece: Piece,
+    /// When it was added (the books' clock at the last snapshot before, seconds). A restarted allocator
+    /// starts its tasks' clocks again.
+    started: f64,
+    /// Until when a revocation of it is in flight (its kill not yet seen): not offered for revocation again
+    /// before then.
+    revoked_until: f64,
 }
 
 /// Role configuration: weight and quota limit.
@@ -241,6 +251,9 @@ pub struct RoleConfig {
     /// Quota limit, if any: a scalar at 0 allows none of it, one not named is not limited.
     pub quota_limit: Option<Limits>,
 }
+
+/// A revocation the host refused, and why (see [`Books::apply_revocations`]).
+pub type RefusedRevocation = (Revocation, &'static str);
 
 /// Why a policy's grant was refused by the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +314,10 @@ pub struct Books {
     /// The table slots of the last snapshot's frameworks, in snapshot order.
     framework_slots: Vec<usize>,
     roles: BTreeMap<String, RoleConfig>,
+    /// Preemption settings; `None`: off (the default).
+    preemption: Option<Preemption>,
+    /// The time of the last snapshot (books' clock, seconds): when a task added since started, near enough.
+    clock: f64,
     /// Dynamic reservations (operator `allot reserve`), by agent then role: carved out of the agent's
     /// unreserved resources. Kept apart from the agents so that they outlive an agent's record.
     dynamic: BTreeMap<String, BTreeMap<String, Resources>>,
@@ -690,6 +707,8 @@ impl Books {
                 framework: framework.to_string(),
                 agent: agent.to_string(),
                 piece,
+                started: self.clock,
+                revoked_until: 0.0,
             },
         );
     }
@@ -738,6 +757,7 @@ impl Books {
     /// The snapshot a policy sees at time `now`: reachable agents with resources available, active unsuppressed
     /// frameworks with their unexpired filters, and roles.
     pub fn snapshot(&mut self, now: f64) -> Snapshot {
+        self.clock = now;
         let mut total = Resources::new();
         let mut agents = Vec::new();
         let mut agent_slots = Vec::new();
@@ -769,6 +789,14 @@ impl Books {
         for f in self.frameworks.values_mut() {
             f.filters.retain(|_, until| *until > now);
         }
+        for f in self.frameworks.values_mut() {
+            if !f.wants_offers() {
+                f.starved_since = None;
+            } else if f.starved_since.is_none() {
+                f.starved_since = Some(now);
+            }
+        }
+        let mut starved_longest = 0.0_f64;
         for (slot, id, f) in self.frameworks.iter() {
             role_alloc
                 .entry(f.role.to_string())
@@ -777,6 +805,8 @@ impl Books {
             if !f.wants_offers() {
                 continue;
             }
+            let starved_seconds = f.starved_since.map_or(0.0, |t| now - t);
+            starved_longest = starved_longest.max(starved_seconds);
             let mut filtered: Vec<String> = f.filters.keys().cloned().collect();
             filtered.sort();
             frameworks.push(FrameworkView {
@@ -786,6 +816,7 @@ impl Books {
                 allocations: f.allocations,
                 filtered_agents: filtered,
                 priority: f.priority,
+                starved_seconds,
             });
             framework_slots.push(slot);
         }
@@ -823,12 +854,126 @@ impl Books {
         }
         self.agent_slots = agent_slots;
         self.framework_slots = framework_slots;
+        let (preemption, tasks) = match self.preemption {
+            Some(p) if starved_longest >= p.grace_seconds => {
+                (Some(p), self.revocable_tasks(p, now))
+            }
+            _ => (None, Vec::new()),
+        };
         Snapshot {
             total,
             agents,
             frameworks,
             roles,
+            preemption,
+            tasks,
         }
+    }
+
+    /// Sets the preemption settings (`None`: off).
+    pub fn set_preemption(&mut self, preemption: Option<Preemption>) {
+        self.preemption = preemption;
+    }
+
+    /// The tasks a policy may revoke at `now`: running for at least the minimum runtime and not already
+    /// being revoked, sorted by framework then task ID.
+    fn revocable_tasks(&self, p: Preemption, now: f64) -> Vec<TaskView> {
+        let mut out = Vec::new();
+        for ((fw, id), t) in self.tasks.iter() {
+            let running = now - t.started;
+            if running < p.min_runtime_seconds || t.revoked_until > now {
+                continue;
+            }
+            let Some(f) = self.frameworks.get(fw) else {
+                continue;
+            };
+            out.push(TaskView {
+                framework: fw.clone(),
+                id: id.clone(),
+                agent: t.agent.clone(),
+                role: f.role.to_string(),
+                priority: f.priority,
+                resources: t.piece.total(),
+                running_seconds: running,
+            });
+        }
+        out.sort_by(|a, b| a.framework.cmp(&b.framework).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Checks a policy's revocations, made on `snapshot` (the last this book took) at `now`, and marks the
+    /// accepted ones as in flight for `pending` seconds (not offered for revocation again meanwhile). A
+    /// revocation is refused when it names no task of the snapshot, names one twice, a task that ended or is
+    /// younger than the minimum runtime, a task of a role at or below its weighted fair share
+    /// ([`allot_policy::fair_shares`]), or once the shares already revoked cover what the starved roles lack:
+    /// whatever the policy, preemption never takes more than restores the shares.
+    pub fn apply_revocations(
+        &mut self,
+        snapshot: &Snapshot,
+        revocations: Vec<Revocation>,
+        now: f64,
+        pending: f64,
+    ) -> (Vec<(TaskView, String)>, Vec<RefusedRevocation>) {
+        let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+        let Some(p) = snapshot.preemption else {
+            refused.extend(revocations.into_iter().map(|r| (r, "preemption is off")));
+            return (accepted, refused);
+        };
+        let fair = allot_policy::fair_shares(snapshot);
+        let mut share: BTreeMap<String, f64> = allot_policy::subtree_allocations(snapshot)
+            .into_iter()
+            .map(|(r, a)| (r, allot_policy::dominant_share(&a, &snapshot.total)))
+            .collect();
+        let mut lacking = 0.0;
+        let mut counted = std::collections::BTreeSet::new();
+        for f in snapshot
+            .frameworks
+            .iter()
+            .filter(|f| f.starved_seconds >= p.grace_seconds)
+        {
+            if counted.insert(f.role.as_str()) {
+                lacking += (fair[&f.role] - share[&f.role]).max(0.0);
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in revocations {
+            let Some(t) = snapshot.tasks.get(r.task) else {
+                refused.push((r, "no such task in the snapshot"));
+                continue;
+            };
+            if !seen.insert(r.task) {
+                refused.push((r, "task revoked twice"));
+                continue;
+            }
+            let Some(task) = self.tasks.get_mut(&(t.framework.clone(), t.id.clone())) else {
+                refused.push((r, "task ended"));
+                continue;
+            };
+            if t.running_seconds < p.min_runtime_seconds || task.revoked_until > now {
+                refused.push((r, "task too young or already being revoked"));
+                continue;
+            }
+            if lacking <= 1e-9 {
+                refused.push((r, "the starved roles' shares are already restored"));
+                continue;
+            }
+            if share.get(&t.role).copied().unwrap_or(0.0)
+                <= fair.get(&t.role).copied().unwrap_or(0.0)
+            {
+                refused.push((r, "the task's role is not above its fair share"));
+                continue;
+            }
+            let freed = allot_policy::dominant_share(&t.resources, &snapshot.total);
+            lacking -= freed;
+            for role in std::iter::once(t.role.as_str()).chain(role_ancestors(&t.role)) {
+                if let Some(x) = share.get_mut(role) {
+                    *x -= freed;
+                }
+            }
+            task.revoked_until = now + pending;
+            accepted.push((t.clone(), r.message));
+        }
+        (accepted, refused)
     }
 
     /// Validates one grant, made on `snapshot` (the last this book took), against the books at `now` and, if
@@ -956,6 +1101,13 @@ impl Books {
             },
         });
         a.hold(&offer.piece);
+        // An offer with CPUs ends the framework's starvation; one of memory alone (what is left beside tasks
+        // that use every CPU) runs nothing, and does not.
+        if offer.piece.unreserved.scalar_milli("cpus") + offer.piece.reserved.scalar_milli("cpus")
+            > 0
+        {
+            f.starved_since = None;
+        }
         f.allocation.add(&offer.piece.unreserved);
         f.allocation.add(&offer.piece.reserved);
         f.allocations += 1;
@@ -1324,6 +1476,54 @@ mod tests {
             b.snapshot(3.0).agents[0].reserved.get("db"),
             Some(&r("cpus:1"))
         );
+    }
+
+    #[test]
+    fn revocations_are_checked_and_never_take_more_than_restores_the_shares() {
+        let mut b = books();
+        b.set_preemption(Some(Preemption {
+            grace_seconds: 2.0,
+            min_runtime_seconds: 1.0,
+        }));
+        // f1 (role *) runs four 1-cpu tasks on the whole cluster from t=0.
+        let o = cycle(&mut b, 0.0).remove(0);
+        let launched: Vec<_> = (0..4)
+            .map(|i| {
+                let piece = Piece::unreserved(r("cpus:1;mem:256"));
+                ("f1".to_string(), format!("t{i}"), "a1".to_string(), piece)
+            })
+            .collect();
+        b.recover_offers(std::slice::from_ref(&o.id), 0.0, 1.0, &launched, 0.0);
+        b.add_framework("g", "web", 0);
+        b.activate("g", false);
+        // Not starved long enough: no preemption in the snapshot.
+        let s = b.snapshot(1.0);
+        assert!(s.preemption.is_none() && s.tasks.is_empty());
+        let s = b.snapshot(3.5);
+        assert!(s.preemption.is_some());
+        assert_eq!(s.tasks.len(), 4);
+        let rev = |task: usize| Revocation {
+            task,
+            message: "test".into(),
+        };
+        // web's fair share is half: two tasks restore it; the third is refused, as are a duplicate and an
+        // index out of range.
+        let (accepted, refused) =
+            b.apply_revocations(&s, vec![rev(0), rev(0), rev(9), rev(1), rev(2)], 3.5, 30.0);
+        let ids: Vec<&str> = accepted.iter().map(|(t, _)| t.id.as_str()).collect();
+        assert_eq!(ids, ["t0", "t1"]);
+        let why: Vec<&str> = refused.iter().map(|(_, w)| *w).collect();
+        assert_eq!(
+            why,
+            [
+                "task revoked twice",
+                "no such task in the snapshot",
+                "the starved roles' shares are already restored"
+            ]
+        );
+        // Revoked tasks are not offered for revocation again while their kill is in flight.
+        let s = b.snapshot(4.0);
+        assert_eq!(s.tasks.len(), 2);
     }
 
     #[test]

@@ -204,6 +204,32 @@ impl Loaded {
         result
     }
 
+    /// The tasks the policy revokes on `snapshot` (preemption), inside a `policy revoke` span; nothing when
+    /// the snapshot has no preemption settings. Only the built-in policies preempt: the released native (C
+    /// ABI v1) and WASM (`allot:policy@0.1.0`, `@0.2.0`) interfaces carry no revocations, so such a policy
+    /// never preempts.
+    ///
+    /// # Errors
+    /// [`Failure::Panic`] when the built-in panics.
+    pub fn revoke(&self, snapshot: &Snapshot) -> Result<Vec<allot_policy::Revocation>, Failure> {
+        let (Implementation::Builtin(name), Some(_)) = (&self.imp, snapshot.preemption) else {
+            return Ok(Vec::new());
+        };
+        let span = tracing::info_span!(
+            "policy revoke",
+            allot.policy.name = %name,
+            allot.tasks = snapshot.tasks.len(),
+            allot.revocations = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let mut policy = builtin_policy(name).expect("built-in exists");
+        let out =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.revoke(snapshot)))
+                .map_err(|p| Failure::Panic(panic_text(&p)))?;
+        span.record("allot.revocations", out.len());
+        Ok(out)
+    }
+
     fn call_untraced(
         &self,
         snapshot: &Arc<Snapshot>,

@@ -99,6 +99,7 @@ mod tests {
             agents: vec![a("a1"), a("a2")],
             frameworks: vec![f("low", "batch", 0), f("high", "service", 10)],
             roles: vec![],
+            ..Snapshot::default()
         }
     }
 

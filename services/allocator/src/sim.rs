@@ -8,6 +8,7 @@
 //! name: two-roles
 //! allocation_interval: 1      # seconds, default 1
 //! policy: drf                 # built-in name; `--policy` overrides
+//! preemption: {grace: 5, min_runtime: 0}   # optional, seconds: the policy may revoke tasks (see below)
 //! events:
 //!   - add_agent: {id: a1, resources: {cpus: 4, mem: 4096}, reserved: {db: {cpus: 1}}, used: {f1: {cpus: 1}}}
 //!   - add_framework: {id: f1, role: batch, priority: 0, workload: {task: {cpus: 1, mem: 128}, count: 10, per_offer: 2, duration: 5}}
@@ -36,9 +37,15 @@
 //!   that fit (while `count` lasts), returns the rest with no filter, and releases each task after `duration`
 //!   seconds (never, if absent).
 //!
+//! - with `preemption`, a framework that has wanted offers and been offered nothing for `grace` seconds may
+//!   have the policy revoke other roles' tasks (running at least `min_runtime`) for it at the next cycle; the
+//!   host checks every revocation (`Books::apply_revocations`) and a revoked task ends at once.
+//!
 //! Output, one JSON object per line: `{"type":"offer","t":..,"framework":..,"agent":..,"resources":{..},
 //! "reserved":{role:{..}}}` (`reserved` only when some are), `{"type":"launch",...,"resources":{..}}`,
-//! `{"type":"rescind","t":..,"framework":..,"agent":..}`, `{"type":"rejected",..,"reason":..}` for a grant the
+//! `{"type":"rescind","t":..,"framework":..,"agent":..}`, `{"type":"preempt","t":..,"framework":..,"task":..,
+//! "agent":..,"resources":{..},"message":..}` for a revoked task, `{"type":"revocation_refused",..,"reason":..}`
+//! for a revocation the host refused, `{"type":"rejected",..,"reason":..}` for a grant the
 //! host refused (overcommit, filtered, quota, ...), and with `--summary` a final `{"type":"summary",..}`
 //! with offers and launches per framework, dominant shares per framework and role at the end, and Jain's
 //! fairness index of the frameworks' weighted dominant shares (Jain, Chiu, Hawe, DEC-TR-301, 1984).
@@ -158,7 +165,19 @@ struct Scenario {
     allocation_interval: f64,
     #[serde(default)]
     policy: Option<String>,
+    #[serde(default)]
+    preemption: Option<PreemptionSpec>,
     events: Vec<Event>,
+}
+
+/// `preemption: {grace: 5, min_runtime: 0}` in a scenario: seconds, as the allocator's `--preemption-grace`
+/// and `--preemption-min-runtime`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreemptionSpec {
+    grace: f64,
+    #[serde(default)]
+    min_runtime: f64,
 }
 
 fn one() -> f64 {
@@ -380,11 +399,39 @@ impl Sim<'_> {
         })
     }
 
+    /// Runs the policy's revocations on `snapshot` through the host's checks; each accepted one ends its
+    /// task at once (as a kill would) and is written as a `preempt` line, each refused one as a
+    /// `revocation_refused` line.
+    fn preempt(&mut self, snapshot: &allot_policy::Snapshot) -> Result<(), SimError> {
+        let now = self.now();
+        let revocations = self.policy.revoke(snapshot).map_err(|f| {
+            SimError::Policy(format!(
+                "{} failed to revoke at t={now}: {f}",
+                self.policy.reference.name
+            ))
+        })?;
+        let (accepted, refused) =
+            self.books
+                .apply_revocations(snapshot, revocations, now, f64::INFINITY);
+        for (r, why) in refused {
+            let task = snapshot.tasks.get(r.task).map_or("?", |t| t.id.as_str());
+            self.line(json!({"type": "revocation_refused", "t": secs(self.now_ms), "task": task, "reason": why}))?;
+        }
+        for (t, message) in accepted {
+            self.line(json!({"type": "preempt", "t": secs(self.now_ms), "framework": t.framework, "task": t.id,
+                             "agent": t.agent, "resources": resources_json(&t.resources), "message": message}))?;
+            self.tasks
+                .retain(|x| !(x.framework == t.framework && x.id == t.id));
+            self.books.remove_task(&t.framework, &t.id);
+        }
+        Ok(())
+    }
+
     fn allocate(&mut self) -> Result<(), SimError> {
         let now = self.now();
         let snapshot = Arc::new(self.books.snapshot(now));
         if snapshot.agents.is_empty() || snapshot.frameworks.is_empty() {
-            return Ok(());
+            return self.preempt(&snapshot);
         }
         let grants = self
             .policy
@@ -439,7 +486,7 @@ impl Sim<'_> {
             self.books
                 .recover_offers(std::slice::from_ref(&o.id), 0.0, min_filter, &launched, now);
         }
-        Ok(())
+        self.preempt(&snapshot)
     }
 
     fn release_due(&mut self) {
@@ -780,6 +827,12 @@ pub fn run(scenario: &str, opts: &SimOptions, out: &mut dyn Write) -> Result<(),
     ));
     if let Some(seed) = opts.seed {
         books.shuffle_agents(seed);
+    }
+    if let Some(p) = &sc.preemption {
+        books.set_preemption(Some(allot_policy::Preemption {
+            grace_seconds: p.grace,
+            min_runtime_seconds: p.min_runtime,
+        }));
     }
     let mut sim = Sim {
         books,

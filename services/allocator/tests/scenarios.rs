@@ -94,6 +94,34 @@ fn a_role_tree_splits_by_weight_among_siblings_and_a_parent_limit_caps_its_subtr
 }
 
 #[test]
+fn a_starved_role_gets_its_fair_share_back_by_preemption_after_the_grace() {
+    let lines = sim(&example("preemption.yaml"));
+    let preempted = of(&lines, "preempt");
+    assert_eq!(preempted.len(), 4, "{lines:#?}");
+    assert!(
+        preempted
+            .iter()
+            .all(|p| p["t"] == 5 && p["framework"] == "f-batch")
+    );
+    assert!(of(&lines, "revocation_refused").is_empty(), "{lines:#?}");
+    let launches = |f: &str| {
+        of(&lines, "launch")
+            .into_iter()
+            .filter(|l| l["framework"] == f)
+            .map(|l| l["t"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(launches("f-batch"), [0.0; 8]);
+    assert_eq!(launches("f-web"), [6.0; 4], "{lines:#?}");
+    // Without preemption, web waits for ever.
+    let scenario =
+        example("preemption.yaml").replace("preemption: {grace: 3, min_runtime: 1}\n", "");
+    let lines = sim(&scenario);
+    assert!(of(&lines, "preempt").is_empty());
+    assert_eq!(count(&lines, "launch", "f-web"), 0);
+}
+
+#[test]
 fn filters_last_at_least_the_allocation_interval() {
     // Mesos: a filter lasts max(refuse_seconds, allocation_interval). Declined at t=1 for 0.5 s, it still
     // covers the cycle at t=2 (until t=3); the agent comes back at t=4.
