@@ -723,6 +723,8 @@ pub struct ClusterOptions {
     pub etcd_members: usize,
     /// The text of an ACL file the services are given (`--acls`); none by default.
     pub acls: Option<String>,
+    /// The allocator's `--preemption-grace` (none: no preemption, the default); its minimum task runtime is 0.
+    pub preemption_grace: Option<Duration>,
 }
 
 impl Default for ClusterOptions {
@@ -737,6 +739,7 @@ impl Default for ClusterOptions {
             etcd_link: false,
             etcd_members: 1,
             acls: None,
+            preemption_grace: None,
         }
     }
 }
@@ -887,6 +890,8 @@ async fn start_allocator(
         policy_dir: dir.join("policies"),
         policy_timeout: opts.policy_timeout,
         election: election(opts),
+        preemption_grace: opts.preemption_grace,
+        preemption_min_runtime: Duration::ZERO,
     };
     Service::spawn_at(addr, move |l, stop| {
         let cfg = cfg.clone();

@@ -750,6 +750,91 @@ async fn an_operator_s_dynamic_reservation_goes_to_its_role_and_survives_an_allo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starved_role_reaches_its_fair_share_by_preemption_within_the_grace() {
+    let grace = Duration::from_secs(2);
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        preemption_grace: Some(grace),
+        ..Default::default()
+    })
+    .await;
+    cluster.add_agent("cpus:2;mem:1024").await;
+    // batch takes the idle cluster with four long tasks (and filters the agent for an hour: it wants no more).
+    let mut batch = TestFramework::subscribe(&cluster, "batch", "batch").await;
+    let offer = batch.offers().await.remove(0);
+    let long: Vec<String> = (0..4).map(|i| format!("long{i}")).collect();
+    let tasks = long
+        .iter()
+        .map(|id| task(id, "sleep 600", 0.5, 128.0))
+        .collect();
+    batch
+        .accept(&offer.offer_id, tasks, 3600.0)
+        .await
+        .expect("accept");
+    for id in &long {
+        batch.await_state(id, TaskState::TaskRunning).await;
+    }
+    // web arrives: every CPU is in use. It declines the memory left (it runs nothing without CPUs) and waits.
+    let started = Instant::now();
+    let mut web = TestFramework::subscribe(&cluster, "web", "web").await;
+    let mut cpus = 0.0;
+    while cpus < 1.0 {
+        assert!(
+            started.elapsed() < grace + Duration::from_secs(10),
+            "web is offered CPUs within the grace and a few cycles"
+        );
+        let Some(offers) = web.offers_within(Duration::from_millis(200)).await else {
+            continue;
+        };
+        for o in offers {
+            let (c, _) = cpus_and_mem(std::slice::from_ref(&o));
+            if c > 0.0 {
+                cpus += c;
+            } else {
+                web.decline(&o.offer_id, 0.0).await.expect("decline");
+            }
+        }
+    }
+    let took = started.elapsed();
+    eprintln!("web reached its fair share {took:?} after it subscribed (grace {grace:?})");
+    assert!(took >= grace, "not before the grace: {took:?}");
+    assert!(
+        (cpus - 1.0).abs() < 1e-9,
+        "web is offered its fair share, half the CPUs, no more: {cpus}"
+    );
+    // Two of batch's tasks (enough to restore web's share, no more) ended TASK_KILLED with REASON_PREEMPTED.
+    let mut preempted = Vec::new();
+    while preempted.len() < 2 {
+        let s = batch
+            .wait_for(allot_tests::PATIENCE, |e| match e {
+                event::Event::Update(u) => u
+                    .status
+                    .clone()
+                    .filter(|s| s.state() == TaskState::TaskKilled),
+                _ => None,
+            })
+            .await
+            .expect("a preempted task's end");
+        assert_eq!(s.reason, "REASON_PREEMPTED", "{s:?}");
+        assert!(s.message.contains("preempted for role web"), "{s:?}");
+        batch.ack(&s).await;
+        preempted.push(s.task_id);
+    }
+    assert!(
+        batch
+            .wait_for(Duration::from_secs(1), |e| match e {
+                event::Event::Update(u) => u
+                    .status
+                    .clone()
+                    .filter(|s| s.state() == TaskState::TaskKilled),
+                _ => None,
+            })
+            .await
+            .is_none(),
+        "no third task is preempted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_term_ended_cannot_write() {
     use allot_server::{leader::campaign, standby::Leadership};
     let etcd = allot_tests::Etcd::start().await;

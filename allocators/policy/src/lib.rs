@@ -97,7 +97,8 @@ pub struct RoleView {
     /// limit) means no limit at all.
     pub quota_limit: Option<Limits>,
     /// What the role holds now, offered and used, across all its own frameworks (not its descendants': a
-    /// subtree's allocation is the sum over the role and every role below it).
+    /// subtree's allocation is the sum over the role and every role below it). With preemption on, tasks whose
+    /// revocation is in flight are left out: they are as good as ended.
     pub allocation: Resources,
 }
 

@@ -125,7 +125,13 @@ pub struct Launch {
     /// The Unix user to run the task as (its `CommandInfo.user`, see [`switch_user`]); `None`: the agent's own
     /// (`--switch-user=false`).
     pub user: Option<String>,
+    /// Why a kill was asked for, if it said: the `(reason, message)` of the TASK_KILLED (set by KillTask before
+    /// it cancels the task; e.g. `REASON_PREEMPTED`). Unset: `REASON_TASK_KILLED`.
+    pub kill_reason: KillReason,
 }
+
+/// The reason a kill gives, shared between the agent's KillTask and the task's executor.
+pub type KillReason = std::sync::Arc<std::sync::OnceLock<(String, String)>>;
 
 /// Who a task runs as: a user's uid and primary gid (its other groups come from the group database when the
 /// task starts: `setpriv --init-groups`).
@@ -264,13 +270,22 @@ fn final_status(
             "REASON_EXECUTOR_TERMINATED",
             None,
         ),
-        Ok(_) if killed => status(
-            l,
-            TaskState::TaskKilled,
-            format!("Command killed{note}"),
-            "REASON_TASK_KILLED",
-            None,
-        ),
+        Ok(_) if killed => match l.kill_reason.get() {
+            Some((reason, why)) if !reason.is_empty() => status(
+                l,
+                TaskState::TaskKilled,
+                format!("Command killed: {why}{note}"),
+                reason,
+                None,
+            ),
+            _ => status(
+                l,
+                TaskState::TaskKilled,
+                format!("Command killed{note}"),
+                "REASON_TASK_KILLED",
+                None,
+            ),
+        },
         Ok(_) if oom => failed(
             format!(
                 "Memory limit of {} MiB exceeded: the kernel's OOM killer ended the command",

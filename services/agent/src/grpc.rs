@@ -177,6 +177,9 @@ impl agent_server::Agent for AgentService {
         let tasks = self.0.tasks.lock().expect("tasks poisoned");
         match tasks.get(&(r.framework_id.clone(), r.task_id.clone())) {
             Some(t) => {
+                if !r.reason.is_empty() {
+                    let _ = t.kill_reason.set((r.reason, r.message));
+                }
                 t.kill.cancel();
                 Ok(Response::new(KillTaskResponse {}))
             }

@@ -145,6 +145,8 @@ pub enum Error {
 
 pub(crate) struct Running {
     pub(crate) kill: CancellationToken,
+    /// Why it is killed, when KillTask says (read by its executor for the final status).
+    pub(crate) kill_reason: executor::KillReason,
     /// What the task holds (its TaskInfo resources).
     pub(crate) resources: Resources,
 }
@@ -239,6 +241,7 @@ impl Agent {
                     .unwrap_or_default()
             }),
             task,
+            kill_reason: Default::default(),
         }
     }
 
@@ -269,6 +272,7 @@ impl Agent {
                 key.clone(),
                 Running {
                     kill: kill.clone(),
+                    kill_reason: l.kill_reason.clone(),
                     resources,
                 },
             );

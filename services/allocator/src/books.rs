@@ -820,6 +820,17 @@ impl Books {
             });
             framework_slots.push(slot);
         }
+        if self.preemption.is_some() {
+            // Tasks whose revocation is in flight are as good as ended for fairness: their roles' shares leave
+            // them out, so that neither the policy nor the host revokes again for what they will free.
+            for t in self.tasks.values().filter(|t| t.revoked_until > now) {
+                if let Some(f) = self.frameworks.get(&t.framework)
+                    && let Some(r) = role_alloc.get_mut(&*f.role)
+                {
+                    r.subtract(&t.piece.total());
+                }
+            }
+        }
         for name in self.roles.keys() {
             role_alloc.entry(name.clone()).or_default();
         }

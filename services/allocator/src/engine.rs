@@ -15,7 +15,7 @@ use allot_common::convert::{limits_from_proto, piece_to_proto, pieces_from_proto
 use allot_policy::Resources;
 use allot_proto::allocator::{
     AgentReservations, AllocatorEvent, Grant as PbGrant, Grants, PolicyRecord, PolicyRef,
-    PolicyStatusResponse, RescindOffers, ShadowReport, allocator_event,
+    PolicyStatusResponse, RescindOffers, RevokeTasks, RevokedTask, ShadowReport, allocator_event,
 };
 use allot_proto::common::{AgentRecord, FrameworkRecord, Role, TaskState};
 use allot_server::Store;
@@ -133,6 +133,8 @@ pub enum Command {
     },
     /// Asks for an agent's dynamic reservations, by role.
     DynamicReservations(String, oneshot::Sender<BTreeMap<String, Resources>>),
+    /// Sets the preemption settings (`None`: off).
+    SetPreemption(Option<allot_policy::Preemption>),
 }
 
 /// A handle on the running engine. Cheap to clone.
@@ -627,6 +629,10 @@ impl State {
                 let _ = reply.send(answer);
                 changed
             }
+            Command::SetPreemption(p) => {
+                self.books.set_preemption(p);
+                false
+            }
             Command::DynamicReservations(agent, reply) => {
                 let _ = reply.send(self.books.dynamic_reservations(&agent));
                 false
@@ -789,6 +795,7 @@ impl State {
         if snapshot.agents.is_empty() {
             // Nothing to offer: every framework holding no offer goes one more cycle without.
             self.count_starved(&snapshot);
+            self.preempt(&snapshot, now);
             return;
         }
         self.cycle += 1;
@@ -846,6 +853,7 @@ impl State {
                 framework_index = g.framework, agent_index = g.agent, reason = why.as_str(), "grant rejected");
         }
         let starved = self.count_starved(&snapshot);
+        self.preempt(&snapshot, now);
         self.record_shares(&snapshot, &offers);
         let elapsed = started.elapsed();
         M.cycles.inc();
@@ -884,6 +892,54 @@ impl State {
                 .collect();
             self.emit(allocator_event::Event::Grants(Grants { grants }));
         }
+    }
+
+    /// Runs the policy's revocations on `snapshot` (which carries preemption settings only when preemption is
+    /// on and some framework has been starved past the grace), checks them (`Books::apply_revocations`) and
+    /// sends the accepted ones to the broker, which kills each task: it ends TASK_KILLED with
+    /// REASON_PREEMPTED. Counted in `allot_preemptions_total` and `allot_revocations_refused_total`.
+    fn preempt(&mut self, snapshot: &allot_policy::Snapshot, now: f64) {
+        if snapshot.preemption.is_none() {
+            return;
+        }
+        let revocations = match self.running.revoke(snapshot) {
+            Ok(r) => r,
+            Err(f) => {
+                tracing::warn!(policy = %self.running.reference.name, error = %f, "policy revoke failed");
+                return;
+            }
+        };
+        if revocations.is_empty() {
+            return;
+        }
+        let (accepted, refused) = self.books.apply_revocations(
+            snapshot,
+            revocations,
+            now,
+            REVOCATION_PENDING.as_secs_f64(),
+        );
+        for (r, why) in &refused {
+            M.revocations_refused.with_label_values(&[why]).inc();
+            tracing::warn!(policy = %self.running.reference.name, task = r.task, reason = why, "revocation refused");
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let tasks = accepted
+            .into_iter()
+            .map(|(t, message)| {
+                M.preemptions.with_label_values(&[&t.role]).inc();
+                tracing::info!(framework = %t.framework, task = %t.id, agent = %t.agent, role = %t.role,
+                    %message, "task preempted");
+                RevokedTask {
+                    framework_id: t.framework,
+                    task_id: t.id,
+                    agent_id: t.agent,
+                    message,
+                }
+            })
+            .collect();
+        self.emit(allocator_event::Event::Revoke(RevokeTasks { tasks }));
     }
 
     /// Updates each wanting framework's count of cycles in which it held no CPUs it could use (reset when it
@@ -1078,6 +1134,11 @@ async fn run(
 /// Cycles that events bring forward run at least this fraction of the allocation interval apart (25 ms at the
 /// local deploy's 250 ms), so that a stream of ended tasks costs at most ten cycles per interval.
 pub const MIN_GAP_FRACTION: f64 = 0.1;
+
+/// How long a revoked task is not offered to the policy for revocation again: time for the broker to kill it
+/// (kill grace periods included) and for its end to come back. A task still running after that (the kill was
+/// lost with a crashed broker) may be revoked again.
+pub const REVOCATION_PENDING: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

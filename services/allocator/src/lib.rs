@@ -77,6 +77,14 @@ pub struct Config {
     /// How long one policy call may take before the cycle falls back to the last good policy.
     #[arg(long, env = "ALLOT_POLICY_TIMEOUT", default_value = "1s", value_parser = allot_server::config::parse_duration)]
     pub policy_timeout: Duration,
+    /// Preemption: once a framework has wanted offers and been offered no CPUs for this long, the policy may
+    /// revoke tasks of roles above their weighted fair share for it (the built-in `drf` and `priority` do;
+    /// policies of the released plugin interfaces never preempt). Unset: no preemption (Mesos' behaviour).
+    #[arg(long, env = "ALLOT_PREEMPTION_GRACE", value_parser = allot_server::config::parse_duration)]
+    pub preemption_grace: Option<Duration>,
+    /// Preemption never revokes a task that has run less than this.
+    #[arg(long, env = "ALLOT_PREEMPTION_MIN_RUNTIME", default_value = "10s", value_parser = allot_server::config::parse_duration)]
+    pub preemption_min_runtime: Duration,
 }
 
 /// Runs the allocator on `listener` until `shutdown` resolves: a standby until it wins the election among
@@ -104,6 +112,12 @@ pub async fn run(
         config.policy_timeout,
         config.policy_dir.clone(),
     );
+    engine.send(engine::Command::SetPreemption(config.preemption_grace.map(
+        |grace| allot_policy::Preemption {
+            grace_seconds: grace.as_secs_f64(),
+            min_runtime_seconds: config.preemption_min_runtime.as_secs_f64(),
+        },
+    )));
     let admin = grpc::PolicyAdminService(
         admin::PolicyAdmin::new(store.clone(), engine.clone(), config.policy_dir.clone()),
         acls.clone(),

@@ -7,6 +7,8 @@
 //! | `allot_allocation_cycle_duration_seconds` | histogram | | snapshot, policy call and grant validation of one cycle |
 //! | `allot_allocation_grants_total` | counter | | grants that became offers |
 //! | `allot_allocation_grants_dropped_total` | counter | `policy`, `reason` | grants the host refused |
+//! | `allot_preemptions_total` | counter | `role` | tasks revoked (preempted), by the role they were taken from |
+//! | `allot_revocations_refused_total` | counter | `reason` | revocations a policy made that the host refused |
 //! | `allot_policy_call_duration_seconds` | histogram | `policy`, `kind` | one call of a policy (built-in, native or WASM) |
 //! | `allot_policy_failures_total` | counter | `policy`, `reason` | calls that failed (`error`, `timeout`, `panic`, `trap`, `malformed`) |
 //! | `allot_policy_fallbacks_total` | counter | | cycles that used the last good policy instead of the active one |
@@ -36,6 +38,8 @@ pub(crate) struct Metrics {
     pub cycle_seconds: Histogram,
     pub grants: IntCounter,
     pub grants_dropped: IntCounterVec,
+    pub preemptions: IntCounterVec,
+    pub revocations_refused: IntCounterVec,
     pub policy_seconds: HistogramVec,
     pub policy_failures: IntCounterVec,
     pub fallbacks: IntCounter,
@@ -65,6 +69,16 @@ pub(crate) static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "allot_allocation_grants_dropped_total",
         "Grants the host refused, by policy and reason",
         &["policy", "reason"],
+    ),
+    preemptions: counter_vec(
+        "allot_preemptions_total",
+        "Tasks revoked (preempted), by the role they were taken from",
+        &["role"],
+    ),
+    revocations_refused: counter_vec(
+        "allot_revocations_refused_total",
+        "Revocations a policy made that the host refused, by reason",
+        &["reason"],
     ),
     policy_seconds: histogram_vec(
         "allot_policy_call_duration_seconds",

@@ -105,8 +105,19 @@ impl Broker {
         fw: &str,
         task: &str,
     ) -> Result<Killed, Error> {
+        self.kill_on_agent_for(agent_id, (fw, task), ("", "")).await
+    }
+
+    /// As [`Broker::kill_on_agent`], with the `(reason, message)` its final status carries (e.g.
+    /// `REASON_PREEMPTED`).
+    pub(crate) async fn kill_on_agent_for(
+        &self,
+        agent_id: &str,
+        task: (&str, &str),
+        why: (&str, &str),
+    ) -> Result<Killed, Error> {
         let addr = self.agent_address(agent_id).await;
-        self.agents.kill(agent_id, addr.as_deref(), fw, task).await
+        self.agents.kill(agent_id, addr.as_deref(), task, why).await
     }
 
     /// Groups `items`, each with its agent, by the agent's address (a simulator serves many agents at one

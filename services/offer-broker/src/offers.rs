@@ -80,7 +80,7 @@ impl Broker {
         }
     }
 
-    async fn on_allocator_event(&self, ev: Option<allocator_event::Event>) {
+    async fn on_allocator_event(self: &Arc<Self>, ev: Option<allocator_event::Event>) {
         match ev {
             Some(allocator_event::Event::Grants(g)) => self.offer(g.grants).await,
             Some(allocator_event::Event::Rescind(r)) => {
@@ -90,7 +90,40 @@ impl Broker {
                     self.send(&fw, event::Event::Rescind(pb::Rescind { offer_id }));
                 }
             }
+            Some(allocator_event::Event::Revoke(r)) => self.revoke(r.tasks),
             None => {}
+        }
+    }
+
+    /// Kills the tasks the allocator revoked (preemption), each after its kill grace period, without waiting:
+    /// each ends TASK_KILLED with `REASON_PREEMPTED` and the allocator's message, through the usual status
+    /// updates. A task that already ended is left alone; a kill that fails is logged (the allocator revokes
+    /// again later if the task still runs).
+    fn revoke(self: &Arc<Self>, tasks: Vec<allot_proto::allocator::RevokedTask>) {
+        for t in tasks {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let span = tracing::info_span!("preempt task", allot.framework.id = %t.framework_id,
+                    allot.task.id = %t.task_id, allot.agent.id = %t.agent_id);
+                let killed = me
+                    .kill_on_agent_for(
+                        &t.agent_id,
+                        (&t.framework_id, &t.task_id),
+                        ("REASON_PREEMPTED", &t.message),
+                    )
+                    .instrument(span)
+                    .await;
+                match killed {
+                    Ok(_) => {
+                        tracing::info!(framework = %t.framework_id, task = %t.task_id, message = %t.message,
+                        "killing a preempted task")
+                    }
+                    Err(e) => {
+                        tracing::warn!(framework = %t.framework_id, task = %t.task_id, error = %e,
+                        "cannot kill a preempted task")
+                    }
+                }
+            });
         }
     }
 

@@ -97,7 +97,8 @@ impl AgentLink {
         }
     }
 
-    /// Asks agent `agent_id` at `addr` to kill task `task` of `fw`.
+    /// Asks agent `agent_id` at `addr` to kill task `task` of `fw`; `(reason, message)` go into its final
+    /// status (empty: `REASON_TASK_KILLED`).
     ///
     /// # Errors
     /// [`Error::UnknownAgent`] without an address; [`Error::AgentUnreachable`] if the agent cannot be reached;
@@ -106,8 +107,8 @@ impl AgentLink {
         &self,
         agent_id: &str,
         addr: Option<&str>,
-        fw: &str,
-        task: &str,
+        (fw, task): (&str, &str),
+        (reason, message): (&str, &str),
     ) -> Result<Killed, Error> {
         let mut c = addr
             .and_then(|a| self.client(a))
@@ -115,6 +116,8 @@ impl AgentLink {
         let req = KillTaskRequest {
             framework_id: fw.to_string(),
             task_id: task.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
         };
         match c.kill_task(req).await {
             Ok(_) => Ok(Killed::Killing),
