@@ -3,9 +3,11 @@
 #
 # Builds Allot, starts etcd, the registry, the allocator, the offer-broker and three agents (each given a slice
 # of this machine) on free loopback ports, then runs two batch frameworks in two roles over every file under
-# /usr/share: one checksums them (role "analytics", weight 2), one compresses them (role "archive", weight 1).
-# While they run it samples each role's dominant share; at the end it prints the results and the shares, then
-# tears everything down. Ctrl-C at any point stops everything it started.
+# /usr/share: one compresses them (role "archive", weight 1), and a few seconds later, once archive holds every
+# CPU, one checksums them (role "analytics", weight 2). The allocator preempts (grace 3 s): analytics gets its
+# weighted share back from archive's running tasks, which `allot batch` launches again. While they run it samples
+# each role's dominant share; at the end it prints the results, how long analytics took to reach its weighted
+# share, and the shares, then tears everything down. Ctrl-C at any point stops everything it started.
 #
 # Every link is mutual TLS (docs/security.md): the script makes the cluster's certificate authority and
 # certificates in .allot/demo/tls (`allot certs init`), runs etcd with --client-cert-auth, and every process
@@ -42,6 +44,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 files_root=/usr/share
 ntasks=32
+preemption_grace=3s
 keep=0
 prometheus=0
 traces=0
@@ -282,7 +285,7 @@ i=0
 for a in ${ALLOT_ALLOCATOR//,/ }; do
   metrics_port allot-allocator
   supervise "allocator$i" "$bin/allot-allocator" --listen "$a" --allocation-interval 250ms \
-    --metrics-listen "$host:$mport"
+    --preemption-grace "$preemption_grace" --preemption-min-runtime 1s --metrics-listen "$host:$mport"
   i=$((i + 1))
 done
 i=0
@@ -383,12 +386,19 @@ compress_cmd() { echo "tar --null -T '$1' -czf '$run/out/archive/$2.tar.gz' 2> e
 job_file "$run/checksum.toml" checksum analytics "cpus:0.25;mem:64" sha256 checksum_cmd
 job_file "$run/compress.toml" compress archive "cpus:0.5;mem:128" gzip compress_cmd
 
-echo "==> running both frameworks ($nfiles files); sampling dominant shares twice a second"
+echo "==> running both frameworks ($nfiles files): compress (archive) first, checksum (analytics) once archive"
+echo "    holds every CPU; sampling dominant shares twice a second"
 start_s=$(date +%s)
-"$bin/allot" batch "$run/checksum.toml" --quiet >"$run/checksum.summary" 2>"$run/logs/checksum.log" &
-pids+=($!); sha_pid=$!
 "$bin/allot" batch "$run/compress.toml" --quiet >"$run/compress.summary" 2>"$run/logs/compress.log" &
 pids+=($!); gz_pid=$!
+# Until archive holds (nearly) every CPU, or 10 s.
+for _ in $(seq 20); do
+  "$bin/allot" roles --json 2>/dev/null | tr -d ' \n' | grep -Eq '"role":"archive"[^}]*"dominant_share":(0\.(8|9)|1)' && break
+  sleep 0.5
+done
+sha_start_s=$(date +%s.%N)
+"$bin/allot" batch "$run/checksum.toml" --quiet >"$run/checksum.summary" 2>"$run/logs/checksum.log" &
+pids+=($!); sha_pid=$!
 : >"$run/shares.tsv"
 while kill -0 "$sha_pid" 2>/dev/null || kill -0 "$gz_pid" 2>/dev/null; do
   t=$(( $(date +%s) - start_s ))
@@ -396,10 +406,13 @@ while kill -0 "$sha_pid" 2>/dev/null || kill -0 "$gz_pid" 2>/dev/null; do
   kill -0 "$sha_pid" 2>/dev/null && kill -0 "$gz_pid" 2>/dev/null && both=1
   # One JSON object per role; keys may come in any order, so print at the end of each object. The last column
   # says whether both frameworks were still running.
-  "$bin/allot" roles --json 2>/dev/null | awk -v t="$t" -v both="$both" '
+  # Columns: t (s), role, dominant share (offered + used), both running, share its tasks use, t (s.ns).
+  "$bin/allot" roles --json 2>/dev/null | awk -v t="$t" -v both="$both" -v tf="$(date +%s.%N)" '
     /"role":/ { gsub(/[",]/, "", $2); role = $2 }
     /"dominant_share":/ { gsub(/,/, "", $2); share = $2 }
-    /^  }/ { if (role != "") printf "%s\t%s\t%s\t%s\n", t, role, share, both; role = ""; share = 0 }' >>"$run/shares.tsv" || true
+    /"used_share":/ { gsub(/,/, "", $2); used = $2 }
+    /^  }/ { if (role != "") printf "%s\t%s\t%s\t%s\t%s\t%s\n", t, role, share, both, used, tf; role = ""; share = 0; used = 0 }' \
+    >>"$run/shares.tsv" || true
   line=$(awk -v t="$t" -F'\t' '$1 == t { v[$2] = $3 } END { for (r in v) printf "%s %3.0f%%  ", r, v[r] * 100 }' "$run/shares.tsv")
   if [[ -t 1 ]]; then
     printf '\r  t=%3ss  dominant shares: %-44s' "$t" "$line"
@@ -430,8 +443,21 @@ echo "==> dominant share per role while both frameworks ran (DRF; weights analyt
 awk -F'\t' '$4 == 1 && ($2 == "analytics" || $2 == "archive") { n[$2]++; s[$2] += $3; if ($3 > m[$2]) m[$2] = $3 }
   END { for (r in n) printf "    %-10s mean %5.1f%%  peak %5.1f%%  (%d samples)\n", r, 100 * s[r] / n[r], 100 * m[r], n[r] }' \
   "$run/shares.tsv" | sort
-echo "    (no preemption: the framework that subscribes first takes the idle cluster; after that DRF gives each"
-echo "     freed resource to the role with the lowest dominant share / weight)"
+# analytics' weighted share while both run: 2/3 of the CPUs by weight, or what its 8 concurrent tasks of 0.25 CPU
+# can use if that is less; reached when its running tasks hold it, give or take one task.
+total_cpus=$(awk -v c="$cpus" -v n="$nagents" 'BEGIN { print c * n }')
+target=$(awk -v t="$total_cpus" 'BEGIN { x = 2 / t; print (x < 2 / 3 ? x : 2 / 3) }')
+reached=$(awk -F'\t' -v from="$sha_start_s" -v want="$target" -v task="$(awk -v t="$total_cpus" 'BEGIN { print 0.25 / t }')" \
+  '$2 == "analytics" && $4 == 1 && $5 >= want - task - 1e-9 { printf "%.1f", $6 - from; exit }' "$run/shares.tsv")
+printf '    analytics subscribed when archive held every CPU; its weighted share is %.0f%% of the CPUs\n' \
+  "$(awk -v x="$target" 'BEGIN { print 100 * x }')"
+if [[ -n $reached ]]; then
+  echo "    its tasks held it (within one task) ${reached}s after it subscribed: preemption grace $preemption_grace,"
+  echo "    then archive's youngest tasks were revoked (TASK_KILLED, REASON_PREEMPTED) and launched again later"
+else
+  echo "    its tasks did not hold it while both ran (its job may have ended first)"
+fi
+grep -c "preempted for role" "$run/logs/compress.log" 2>/dev/null | awk '{ print "    archive tasks preempted: " $1 }' || true
 "$bin/allot" frameworks || true
 
 if ((prometheus)); then

@@ -917,7 +917,8 @@ impl Books {
     /// revocation is refused when it names no task of the snapshot, names one twice, a task that ended or is
     /// younger than the minimum runtime, a task of a role at or below its weighted fair share
     /// ([`allot_policy::fair_shares`]), or once the shares already revoked cover what the starved roles lack:
-    /// whatever the policy, preemption never takes more than restores the shares.
+    /// whatever the policy, preemption never takes more than restores the shares. The starved frameworks'
+    /// offer filters on the agents of accepted revocations are cleared, so that what is freed reaches them.
     pub fn apply_revocations(
         &mut self,
         snapshot: &Snapshot,
@@ -983,6 +984,19 @@ impl Books {
             }
             task.revoked_until = now + pending;
             accepted.push((t.clone(), r.message));
+        }
+        // What is revoked is for the starved frameworks: their offer filters on those agents (from declining
+        // what they could not use) no longer keep it from them.
+        for f in snapshot
+            .frameworks
+            .iter()
+            .filter(|f| f.starved_seconds >= p.grace_seconds)
+        {
+            if let Some(fw) = self.frameworks.get_mut(&f.id) {
+                for (t, _) in &accepted {
+                    fw.filters.remove(&t.agent);
+                }
+            }
         }
         (accepted, refused)
     }

@@ -11,8 +11,12 @@
 //! - TASK_UNREACHABLE for longer than the unreachable timeout (the agent is partitioned away; if the old
 //!   launch comes back, it is killed, as a Mesos partition-aware framework does).
 //!
+//! A task preempted (TASK_KILLED with REASON_PREEMPTED: the allocator took its resources back for a starved
+//! role) is launched again too, without counting against `max_retries`: it did nothing wrong and may be
+//! preempted more than once.
+//!
 //! A task that failed by its own doing (a non-zero exit, a signal, the memory limit) or was refused as
-//! invalid (TASK_ERROR) or killed is not launched again: it would fail the same way.
+//! invalid (TASK_ERROR) or killed otherwise is not launched again: it would fail the same way.
 
 use allot_sdk::{TaskState, TaskStatus};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -87,6 +91,8 @@ pub struct Attempts {
     tries: BTreeMap<String, u32>,
     /// Launches given up (retried after TASK_UNREACHABLE): if they show up live, they are killed.
     abandoned: HashSet<String>,
+    /// Job task -> launches of it that were preempted (not counted against `max_retries`).
+    preempted: BTreeMap<String, u32>,
 }
 
 impl Attempts {
@@ -99,6 +105,7 @@ impl Attempts {
             live: HashMap::new(),
             tries: BTreeMap::new(),
             abandoned: HashSet::new(),
+            preempted: BTreeMap::new(),
         }
     }
 
@@ -144,6 +151,10 @@ impl Attempts {
             return Next::Nothing;
         }
         let live = self.live.remove(&status.task_id).expect("live");
+        if state == TaskState::TaskKilled && status.reason == "REASON_PREEMPTED" {
+            *self.preempted.entry(live.job.clone()).or_default() += 1;
+            return Next::Retry(live.job, live.attempt + 1);
+        }
         self.after_end(live, through_no_fault(state, &status.reason))
     }
 
@@ -170,7 +181,8 @@ impl Attempts {
     }
 
     fn after_end(&mut self, live: Live, retry: bool) -> Next {
-        if retry && live.attempt <= self.max_retries {
+        let preempted = self.preempted.get(&live.job).copied().unwrap_or(0);
+        if retry && live.attempt - preempted.min(live.attempt) <= self.max_retries {
             Next::Retry(live.job, live.attempt + 1)
         } else {
             Next::Ended(live.job, live.attempt)
@@ -190,6 +202,30 @@ mod tests {
             reason: reason.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_preempted_task_is_launched_again_without_using_a_retry() {
+        let mut a = Attempts::new(1, 60.0);
+        let preempted = |id: &str| status(id, TaskState::TaskKilled, "REASON_PREEMPTED");
+        a.launched("t", 1);
+        assert_eq!(a.update(&preempted("t"), 1.0), Next::Retry("t".into(), 2));
+        a.launched("t", 2);
+        assert_eq!(
+            a.update(&preempted("t-retry1"), 2.0),
+            Next::Retry("t".into(), 3)
+        );
+        // Its one retry is still there for a loss.
+        a.launched("t", 3);
+        let lost = status("t-retry2", TaskState::TaskLost, "");
+        assert_eq!(a.update(&lost, 3.0), Next::Retry("t".into(), 4));
+        a.launched("t", 4);
+        let lost = status("t-retry3", TaskState::TaskLost, "");
+        assert_eq!(a.update(&lost, 4.0), Next::Ended("t".into(), 4));
+        // A kill for any other reason is not retried.
+        a.launched("u", 1);
+        let killed = status("u", TaskState::TaskKilled, "REASON_TASK_KILLED");
+        assert_eq!(a.update(&killed, 5.0), Next::Ended("u".into(), 1));
     }
 
     #[test]

@@ -346,13 +346,21 @@ pub async fn roles(
         .map(|name| {
             let cfg = configured.iter().find(|r| r.name == name);
             // What the subtree holds: a quota limit caps it, and a parent's share is its subtree's.
-            let mut alloc = allot_resources::Resources::new();
+            let in_subtree =
+                |r: &str| r == name || r.strip_prefix(&*name).is_some_and(|s| s.starts_with('/'));
+            let (mut alloc, mut used) = Default::default();
             for (r, a) in &shares.allocation {
-                if *r == name || r.strip_prefix(&*name).is_some_and(|s| s.starts_with('/')) {
-                    alloc.add(a);
+                if in_subtree(r) {
+                    allot_resources::Resources::add(&mut alloc, a);
+                }
+            }
+            for (r, a) in &shares.used {
+                if in_subtree(r) {
+                    allot_resources::Resources::add(&mut used, a);
                 }
             }
             let share = allot_policy::dominant_share(&alloc, &shares.total);
+            let used_share = allot_policy::dominant_share(&used, &shares.total);
             let parent = allot_policy::role_ancestors(&name)
                 .next()
                 .map(str::to_string);
@@ -368,6 +376,7 @@ pub async fn roles(
                     .unwrap_or_default(),
                 allocated: alloc.to_string(),
                 share,
+                used_share,
                 name,
             }
         })
@@ -377,7 +386,7 @@ pub async fn roles(
             .iter()
             .map(|r| {
                 json!({"role": r.name, "parent": r.parent, "weight": r.weight, "quota_limit": r.quota,
-                       "allocated": r.allocated, "dominant_share": r.share})
+                       "allocated": r.allocated, "dominant_share": r.share, "used_share": r.used_share})
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -507,6 +516,8 @@ struct RoleRow {
     allocated: String,
     /// The dominant share of `allocated`, in `[0, 1]`.
     share: f64,
+    /// The dominant share of what the subtree's tasks use (offers left out), in `[0, 1]`.
+    used_share: f64,
 }
 
 /// What each role holds (used plus offered) and the cluster's total over reachable agents.
@@ -515,6 +526,8 @@ pub struct RoleShares {
     pub total: allot_resources::Resources,
     /// Role name -> its frameworks' used and offered resources.
     pub allocation: std::collections::BTreeMap<String, allot_resources::Resources>,
+    /// Role name -> what its frameworks' tasks use (offers left out).
+    pub used: std::collections::BTreeMap<String, allot_resources::Resources>,
 }
 
 /// Reads [`RoleShares`] from the registry at `registry_addr` and the broker at `broker_addr`.
@@ -545,15 +558,22 @@ pub async fn role_shares(registry_addr: &str, broker_addr: &str) -> anyhow::Resu
         .frameworks;
     let mut allocation: std::collections::BTreeMap<String, allot_resources::Resources> =
         Default::default();
+    let mut used = allocation.clone();
     for f in frameworks {
         let role = f
             .record
             .and_then(|r| r.info)
             .and_then(|i| i.roles.first().cloned())
             .unwrap_or_else(|| "*".into());
+        let u = resources_from_proto(&f.used).unwrap_or_default();
+        used.entry(role.clone()).or_default().add(&u);
         let entry = allocation.entry(role).or_default();
-        entry.add(&resources_from_proto(&f.used).unwrap_or_default());
+        entry.add(&u);
         entry.add(&resources_from_proto(&f.offered).unwrap_or_default());
     }
-    Ok(RoleShares { total, allocation })
+    Ok(RoleShares {
+        total,
+        allocation,
+        used,
+    })
 }
