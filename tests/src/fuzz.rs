@@ -141,6 +141,7 @@ pub fn policy_output(data: &[u8]) -> Reached {
         allot_allocator::books::RoleConfig {
             weight: 1.0,
             quota_limit: Some("cpus:1;mem:256".parse().unwrap()),
+            preemptible: true,
         },
     );
     let snap = books.snapshot(0.0);

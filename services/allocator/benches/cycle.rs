@@ -57,12 +57,14 @@ fn books(agents: usize, frameworks: usize, tree: bool) -> Books {
                 RoleConfig {
                     weight,
                     quota_limit: None,
+                    preemptible: true,
                 },
             );
             for t in 0..5 {
                 let team = RoleConfig {
                     weight: (t + 1) as f64,
                     quota_limit: Some(unreachable.clone()),
+                    preemptible: true,
                 };
                 b.set_role(&format!("dept-{d}/team-{t}"), team);
             }

@@ -250,6 +250,9 @@ pub struct RoleConfig {
     pub weight: f64,
     /// Quota limit, if any: a scalar at 0 allows none of it, one not named is not limited.
     pub quota_limit: Option<Limits>,
+    /// Whether preemption may revoke tasks of this role (and of the roles below it: any ancestor that says
+    /// no protects its subtree). True by default.
+    pub preemptible: bool,
 }
 
 /// A revocation the host refused, and why (see [`Books::apply_revocations`]).
@@ -614,6 +617,7 @@ impl Books {
     /// A role's configuration (weight 1 and no limit when none is set).
     pub fn role_config(&self, name: &str) -> RoleConfig {
         self.roles.get(name).cloned().unwrap_or(RoleConfig {
+            preemptible: true,
             weight: 1.0,
             quota_limit: None,
         })
@@ -886,8 +890,9 @@ impl Books {
         self.preemption = preemption;
     }
 
-    /// The tasks a policy may revoke at `now`: running for at least the minimum runtime and not already
-    /// being revoked, sorted by framework then task ID.
+    /// The tasks a policy may revoke at `now`: running for at least the minimum runtime, not already being
+    /// revoked, and of a role that neither it nor an ancestor protects from preemption; sorted by framework
+    /// then task ID.
     fn revocable_tasks(&self, p: Preemption, now: f64) -> Vec<TaskView> {
         let mut out = Vec::new();
         for ((fw, id), t) in self.tasks.iter() {
@@ -898,6 +903,12 @@ impl Books {
             let Some(f) = self.frameworks.get(fw) else {
                 continue;
             };
+            let protected = std::iter::once(&*f.role)
+                .chain(role_ancestors(&f.role))
+                .any(|r| self.roles.get(r).is_some_and(|c| !c.preemptible));
+            if protected {
+                continue;
+            }
             out.push(TaskView {
                 framework: fw.clone(),
                 id: id.clone(),
@@ -1397,6 +1408,7 @@ mod tests {
             RoleConfig {
                 weight: 1.0,
                 quota_limit: Some("cpus:3".parse().unwrap()),
+                preemptible: true,
             },
         );
         let s = b.snapshot(0.0);
@@ -1549,6 +1561,16 @@ mod tests {
         // Revoked tasks are not offered for revocation again while their kill is in flight.
         let s = b.snapshot(4.0);
         assert_eq!(s.tasks.len(), 2);
+        // A role protected from preemption has no revocable task.
+        b.set_role(
+            "*",
+            RoleConfig {
+                preemptible: false,
+                ..b.role_config("*")
+            },
+        );
+        let s = b.snapshot(4.5);
+        assert!(s.preemption.is_some() && s.tasks.is_empty());
     }
 
     #[test]

@@ -338,6 +338,7 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
                 Some(RoleConfig {
                     weight: if role.weight > 0.0 { role.weight } else { 1.0 },
                     quota_limit: (!limit.is_empty()).then_some(limit),
+                    preemptible: !role.no_preemption,
                 }),
             ))
         }

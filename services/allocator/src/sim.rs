@@ -19,6 +19,7 @@
 //!   - revive: {framework: f1}
 //!   - update_weights: {batch: 1, service: 3}
 //!   - update_quota: {role: batch, limit: {cpus: 2, mem: 0}}   # 0: none of it; absent: unlimited
+//!   - update_preemption: {role: batch, preemptible: false}   # its tasks (and its subtree's) are never revoked
 //!   - remove_agent: {id: a1}
 //!   - remove_framework: {id: f1}
 //!   - advance: 10
@@ -245,6 +246,10 @@ enum Event {
         role: String,
         limit: ResMap,
     },
+    UpdatePreemption {
+        role: String,
+        preemptible: bool,
+    },
     Advance(f64),
 }
 
@@ -262,6 +267,7 @@ impl Event {
             Event::Revive { .. } => "revive",
             Event::UpdateWeights(_) => "update_weights",
             Event::UpdateQuota { .. } => "update_quota",
+            Event::UpdatePreemption { .. } => "update_preemption",
             Event::Advance(_) => "advance",
         }
     }
@@ -722,6 +728,13 @@ impl Sim<'_> {
                     cfg.weight = weight;
                     self.books.set_role(&role, cfg);
                 }
+            }
+            Event::UpdatePreemption { role, preemptible } => {
+                let cfg = RoleConfig {
+                    preemptible,
+                    ..self.books.role_config(&role)
+                };
+                self.books.set_role(&role, cfg);
             }
             Event::UpdateQuota { role, limit } => {
                 let limit = to_limits(&limit)?;

@@ -113,12 +113,18 @@ fn a_starved_role_gets_its_fair_share_back_by_preemption_after_the_grace() {
     };
     assert_eq!(launches("f-batch"), [0.0; 8]);
     assert_eq!(launches("f-web"), [6.0; 4], "{lines:#?}");
-    // Without preemption, web waits for ever.
+    // Without preemption, or with batch protected from it, web waits for ever.
     let scenario =
         example("preemption.yaml").replace("preemption: {grace: 3, min_runtime: 1}\n", "");
-    let lines = sim(&scenario);
-    assert!(of(&lines, "preempt").is_empty());
-    assert_eq!(count(&lines, "launch", "f-web"), 0);
+    let protected = example("preemption.yaml").replace(
+        "events:\n",
+        "events:\n  - update_preemption: {role: batch, preemptible: false}\n",
+    );
+    for scenario in [scenario, protected] {
+        let lines = sim(&scenario);
+        assert!(of(&lines, "preempt").is_empty());
+        assert_eq!(count(&lines, "launch", "f-web"), 0);
+    }
 }
 
 #[test]

@@ -27,6 +27,10 @@ pub enum RolesCommand {
         /// no CPUs at all; a resource not named is not limited.
         #[arg(long)]
         quota: Option<String>,
+        /// Preemption never revokes tasks of this role or of the roles below it (the allocator's
+        /// `--preemption-grace` turns preemption on).
+        #[arg(long)]
+        no_preemption: bool,
     },
 }
 
@@ -300,6 +304,7 @@ pub async fn roles(
         role,
         weight,
         quota,
+        no_preemption,
     }) = set
     {
         let quota_limit = match quota {
@@ -315,6 +320,7 @@ pub async fn roles(
                     name: role.clone(),
                     weight,
                     quota_limit,
+                    no_preemption,
                 }),
             })
             .await
@@ -366,6 +372,7 @@ pub async fn roles(
                 .map(str::to_string);
             RoleRow {
                 parent,
+                preemptible: !cfg.is_some_and(|r| r.no_preemption),
                 weight: cfg.map(|r| r.weight).unwrap_or(1.0),
                 quota: cfg
                     .map(|r| {
@@ -386,7 +393,8 @@ pub async fn roles(
             .iter()
             .map(|r| {
                 json!({"role": r.name, "parent": r.parent, "weight": r.weight, "quota_limit": r.quota,
-                       "allocated": r.allocated, "dominant_share": r.share, "used_share": r.used_share})
+                       "allocated": r.allocated, "dominant_share": r.share, "used_share": r.used_share,
+                       "preemptible": r.preemptible})
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -402,7 +410,16 @@ pub async fn roles(
     for r in rows {
         let depth = r.name.matches('/').count();
         t.add_row(vec![
-            format!("{}{}", "  ".repeat(depth), r.name),
+            format!(
+                "{}{}{}",
+                "  ".repeat(depth),
+                r.name,
+                if r.preemptible {
+                    ""
+                } else {
+                    " (no preemption)"
+                }
+            ),
             r.weight.to_string(),
             r.quota,
             r.allocated,
@@ -518,6 +535,8 @@ struct RoleRow {
     share: f64,
     /// The dominant share of what the subtree's tasks use (offers left out), in `[0, 1]`.
     used_share: f64,
+    /// False when `allot roles set --no-preemption` protects the role's tasks from preemption.
+    preemptible: bool,
 }
 
 /// What each role holds (used plus offered) and the cluster's total over reachable agents.
