@@ -64,41 +64,68 @@ pub fn revocations(s: &Snapshot, by_priority: bool) -> Vec<Revocation> {
     let Some(p) = s.preemption else {
         return Vec::new();
     };
-    let fair = allot_policy::fair_shares(s);
-    let mut share: BTreeMap<String, f64> = allot_policy::subtree_allocations(s)
-        .into_iter()
-        .map(|(r, a)| (r, allot_policy::dominant_share(&a, &s.total)))
+    // Roles by index (every role of the snapshot and every ancestor), with shares, fair shares and ancestors.
+    let fair_by_name = allot_policy::fair_shares(s);
+    let held = allot_policy::subtree_allocations(s);
+    let names: Vec<&str> = held.keys().map(String::as_str).collect();
+    let index: std::collections::HashMap<&str, usize> =
+        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let fair: Vec<f64> = names.iter().map(|n| fair_by_name[*n]).collect();
+    let mut share: Vec<f64> = held
+        .values()
+        .map(|a| allot_policy::dominant_share(a, &s.total))
         .collect();
-    // Starved roles, each with its longest-starved framework's priority class.
-    let mut starved: Vec<(&str, i32, f64)> = Vec::new();
+    let ancestors: Vec<Vec<usize>> = names
+        .iter()
+        .map(|n| {
+            allot_policy::role_ancestors(n)
+                .filter_map(|a| index.get(a).copied())
+                .collect()
+        })
+        .collect();
+    let related =
+        |a: usize, b: usize| a == b || ancestors[a].contains(&b) || ancestors[b].contains(&a);
+    // Starved roles, each with its starved frameworks' highest priority class and longest wait.
+    let mut starved: Vec<(usize, i32, f64)> = Vec::new();
     for f in s
         .frameworks
         .iter()
         .filter(|f| f.starved_seconds >= p.grace_seconds)
     {
-        let (have, owed) = (share[&f.role], fair[&f.role]);
-        if have >= owed {
+        let Some(&r) = index.get(f.role.as_str()) else {
+            continue;
+        };
+        if share[r] >= fair[r] {
             continue;
         }
-        match starved.iter_mut().find(|(r, _, _)| *r == f.role) {
-            Some(e) => e.1 = e.1.max(f.priority),
-            None => starved.push((&f.role, f.priority, f.starved_seconds)),
+        match starved.iter_mut().find(|e| e.0 == r) {
+            Some(e) => {
+                e.1 = e.1.max(f.priority);
+                e.2 = e.2.max(f.starved_seconds);
+            }
+            None => starved.push((r, f.priority, f.starved_seconds)),
         }
     }
+    // Most starved first (lowest share / fair share), ties by name.
     starved.sort_by(|a, b| {
-        let ratio = |r: &str| share[r] / fair[r];
-        ratio(a.0).total_cmp(&ratio(b.0)).then(a.0.cmp(b.0))
+        let ratio = |r: usize| share[r] / fair[r];
+        ratio(a.0).total_cmp(&ratio(b.0)).then(a.0.cmp(&b.0))
     });
-    let related = |a: &str, b: &str| {
-        a == b
-            || allot_policy::role_ancestors(a).any(|x| x == b)
-            || allot_policy::role_ancestors(b).any(|x| x == a)
-    };
+    let task_role: Vec<Option<usize>> = s
+        .tasks
+        .iter()
+        .map(|t| index.get(t.role.as_str()).copied())
+        .collect();
+    let task_share: Vec<f64> = s
+        .tasks
+        .iter()
+        .map(|t| allot_policy::dominant_share(&t.resources, &s.total))
+        .collect();
     // Candidates, in the order they are taken.
+    let class = |t: &allot_policy::TaskView| if by_priority { t.priority } else { 0 };
     let mut order: Vec<usize> = (0..s.tasks.len()).collect();
     order.sort_by(|&a, &b| {
         let (ta, tb) = (&s.tasks[a], &s.tasks[b]);
-        let class = |t: &allot_policy::TaskView| if by_priority { t.priority } else { 0 };
         class(ta)
             .cmp(&class(tb))
             .then(ta.running_seconds.total_cmp(&tb.running_seconds))
@@ -106,40 +133,48 @@ pub fn revocations(s: &Snapshot, by_priority: bool) -> Vec<Revocation> {
             .then(ta.id.cmp(&tb.id))
     });
     let mut taken = vec![false; s.tasks.len()];
+    // Every candidate before `first` is taken.
+    let mut first = 0;
     let mut out = Vec::new();
-    for (role, class, waited) in starved {
+    for (role, top_class, waited) in starved {
         let mut need = fair[role] - share[role];
-        for &i in &order {
+        for &i in &order[first..] {
             if need <= 0.0 {
                 break;
             }
-            let t = &s.tasks[i];
-            if taken[i] || related(&t.role, role) || (by_priority && t.priority > class) {
+            let Some(v) = task_role[i] else {
+                continue;
+            };
+            if taken[i]
+                || share[v] <= fair[v]
+                || related(v, role)
+                || (by_priority && s.tasks[i].priority > top_class)
+            {
                 continue;
             }
-            let (v_share, v_fair) = (share[&t.role], fair[&t.role]);
-            if v_share <= v_fair {
-                continue;
-            }
-            let freed = allot_policy::dominant_share(&t.resources, &s.total);
+            let freed = task_share[i];
             taken[i] = true;
             need -= freed;
-            for r in std::iter::once(t.role.as_str()).chain(allot_policy::role_ancestors(&t.role)) {
-                if let Some(x) = share.get_mut(r) {
-                    *x -= freed;
-                }
+            let before = share[v];
+            share[v] -= freed;
+            for &a in &ancestors[v] {
+                share[a] -= freed;
             }
             out.push(Revocation {
                 task: i,
                 message: format!(
-                    "preempted for role {role}: below its fair share of {:.1}% for {waited:.0} s; role {} held \
+                    "preempted for role {}: below its fair share of {:.1}% for {waited:.0} s; role {} held \
                      {:.1}%, over its {:.1}%",
+                    names[role],
                     fair[role] * 100.0,
-                    t.role,
-                    v_share * 100.0,
-                    v_fair * 100.0
+                    names[v],
+                    before * 100.0,
+                    fair[v] * 100.0
                 ),
             });
+        }
+        while first < order.len() && taken[order[first]] {
+            first += 1;
         }
     }
     out

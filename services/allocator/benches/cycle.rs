@@ -13,7 +13,9 @@
 //! `--phases` adds, for the built-in, where the time goes (snapshot / policy / validation into offers; each the
 //! median of its own runs); `--tree` puts the frameworks in a role tree three levels deep instead of 10 flat
 //! roles (`dept-{0,1}/team-{0..4}/role-{0..9}`: 2 departments of 5 teams of 10 roles, weights on the
-//! departments and teams, a quota limit on each team that its subtree cannot reach).
+//! departments and teams, a quota limit on each team that its subtree cannot reach); `--preemption` turns
+//! preemption on with half the agents used whole by tasks of the first role, so that every cycle also revokes
+//! (the policy's `revoke` and the host's checks are timed too).
 //! Anchor: Mesos 1.x needs about 1.06 s for 10,000 agents x 1,000 frameworks in its own allocator benchmark.
 
 use allot_allocator::books::Books;
@@ -24,6 +26,30 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use allot_allocator::policy::Loaded;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// With `--preemption`: preemption on (no grace, no minimum runtime) and the first half of the agents each
+/// run one task that uses it whole, all of frameworks of the first role, so that every other role is starved
+/// and the cycle also revokes (about four-fifths of those tasks, to bring the first role down to its fair
+/// share).
+fn preempting(mut b: Books, agents: usize, frameworks: usize) -> Books {
+    use allot_allocator::books::Piece;
+    b.set_preemption(Some(allot_policy::Preemption {
+        grace_seconds: 0.0,
+        min_runtime_seconds: 0.0,
+    }));
+    for i in 0..agents / 2 {
+        // Frameworks 0, 10, 20, ... are the first role's (role-0, or dept-0/team-0/role-0 in a tree).
+        let fw = format!("fw-{:05}", (i * 10) % frameworks.max(1));
+        let piece = Piece::unreserved("cpus:24;mem:4096".parse().expect("resources"));
+        b.add_task(
+            &fw,
+            &format!("task-{i:06}"),
+            &format!("agent-{i:06}"),
+            piece,
+        );
+    }
+    b
+}
 
 fn books(agents: usize, frameworks: usize, tree: bool) -> Books {
     let mut b = Books::new("bench");
@@ -81,13 +107,29 @@ fn cycle(template: &Books, policy: &Loaded) -> (Duration, usize) {
         .call(&snapshot, Duration::from_secs(600))
         .expect("the policy runs");
     let (offers, rejected) = b.apply_grants(&snapshot, grants, 0.0);
+    let revoked = revoke(&mut b, &snapshot, policy);
     let took = started.elapsed();
     assert!(rejected.is_empty(), "{} grants rejected", rejected.len());
+    if snapshot.preemption.is_some() {
+        assert!(revoked > 0, "the cycle revokes tasks");
+    }
     (took, offers.len())
 }
 
-/// The three phases of one built-in cycle: snapshot, policy, validation into offers.
-fn phases(template: &Books, policy: &Loaded) -> [Duration; 3] {
+/// The preemption part of a cycle, as the engine runs it: the policy's revocations, checked. Returns how many
+/// were accepted.
+fn revoke(b: &mut Books, snapshot: &allot_policy::Snapshot, policy: &Loaded) -> usize {
+    if snapshot.preemption.is_none() {
+        return 0;
+    }
+    let revocations = policy.revoke(snapshot).expect("the policy revokes");
+    let (accepted, refused) = b.apply_revocations(snapshot, revocations, 0.0, 60.0);
+    assert!(refused.is_empty(), "{} revocations refused", refused.len());
+    accepted.len()
+}
+
+/// The phases of one built-in cycle: snapshot, policy, validation into offers, preemption.
+fn phases(template: &Books, policy: &Loaded) -> [Duration; 4] {
     let mut b = template.clone();
     let t0 = Instant::now();
     let snapshot = Arc::new(b.snapshot(0.0));
@@ -97,7 +139,9 @@ fn phases(template: &Books, policy: &Loaded) -> [Duration; 3] {
         .expect("the policy runs");
     let t2 = Instant::now();
     let _ = b.apply_grants(&snapshot, grants, 0.0);
-    [t1 - t0, t2 - t1, t2.elapsed()]
+    let t3 = Instant::now();
+    revoke(&mut b, &snapshot, policy);
+    [t1 - t0, t2 - t1, t3 - t2, t3.elapsed()]
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -110,6 +154,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let show_phases = args.iter().any(|a| a == "--phases");
     let tree = args.iter().any(|a| a == "--tree");
+    let preemption = args.iter().any(|a| a == "--preemption");
     let only_builtin = args.iter().any(|a| a == "--builtin-only");
     let runs: usize = args
         .iter()
@@ -175,7 +220,10 @@ fn main() {
             .collect(),
     };
     for (agents, frameworks) in sizes {
-        let template = books(agents, frameworks, tree);
+        let mut template = books(agents, frameworks, tree);
+        if preemption {
+            template = preempting(template, agents, frameworks);
+        }
         // Round-robin over the policies, so that a slow spell of the machine hits each of them alike.
         let policies: Vec<Option<&Loaded>> = vec![Some(&builtin), native.as_ref(), wasm.as_ref()];
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); policies.len()];
@@ -211,15 +259,16 @@ fn main() {
                 .unwrap_or("-".into()),
         );
         if show_phases {
-            let all: Vec<[Duration; 3]> = (0..runs).map(|_| phases(&template, &builtin)).collect();
-            let p: Vec<Duration> = (0..3)
+            let all: Vec<[Duration; 4]> = (0..runs).map(|_| phases(&template, &builtin)).collect();
+            let p: Vec<Duration> = (0..4)
                 .map(|i| median(all.iter().map(|p| p[i]).collect()))
                 .collect();
             println!(
-                "        builtin phases: snapshot {:.2} ms, policy {:.2} ms, validation {:.2} ms",
+                "        builtin phases: snapshot {:.2} ms, policy {:.2} ms, validation {:.2} ms, preemption {:.2} ms",
                 p[0].as_secs_f64() * 1e3,
                 p[1].as_secs_f64() * 1e3,
-                p[2].as_secs_f64() * 1e3
+                p[2].as_secs_f64() * 1e3,
+                p[3].as_secs_f64() * 1e3
             );
         }
     }

@@ -998,15 +998,16 @@ impl Books {
         }
         // What is revoked is for the starved frameworks: their offer filters on those agents (from declining
         // what they could not use) no longer keep it from them.
+        let agents: std::collections::HashSet<&str> =
+            accepted.iter().map(|(t, _)| t.agent.as_str()).collect();
         for f in snapshot
             .frameworks
             .iter()
             .filter(|f| f.starved_seconds >= p.grace_seconds)
         {
             if let Some(fw) = self.frameworks.get_mut(&f.id) {
-                for (t, _) in &accepted {
-                    fw.filters.remove(&t.agent);
-                }
+                fw.filters
+                    .retain(|agent, _| !agents.contains(agent.as_str()));
             }
         }
         (accepted, refused)
