@@ -142,6 +142,7 @@ pub fn policy_output(data: &[u8]) -> Reached {
             weight: 1.0,
             quota_limit: Some("cpus:1;mem:256".parse().unwrap()),
             preemptible: true,
+            quota_guarantee: None,
         },
     );
     let snap = books.snapshot(0.0);

@@ -596,6 +596,59 @@ async fn a_quota_limit_on_an_inner_role_caps_its_whole_subtree() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_guarantee_set_with_the_cli_is_served_before_weights() {
+    let mut cluster = Cluster::start().await;
+    // By weight alone batch (3) would be offered two of the three agents and prod (1) one.
+    cluster.allot(&["roles", "set", "batch", "--weight", "3"]);
+    cluster.allot(&["roles", "set", "prod", "--guarantee", "cpus:2"]);
+    let listed = cluster.allot(&["roles", "--json"]);
+    assert!(
+        listed.contains("\"quota_guarantee\": \"cpus:2\""),
+        "{listed}"
+    );
+    let mut batch = TestFramework::subscribe(&cluster, "batch", "batch").await;
+    let mut prod = TestFramework::subscribe(&cluster, "prod", "prod").await;
+    for _ in 0..3 {
+        cluster.add_agent("cpus:1;mem:256").await;
+    }
+    let (mut got_prod, mut got_batch) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + allot_tests::PATIENCE;
+    while got_prod.len() + got_batch.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "every agent is offered: prod {got_prod:?}, batch {got_batch:?}"
+        );
+        if let Some(o) = prod.offers_within(Duration::from_millis(100)).await {
+            got_prod.extend(o);
+        }
+        if let Some(o) = batch.offers_within(Duration::from_millis(100)).await {
+            got_batch.extend(o);
+        }
+    }
+    assert_eq!(
+        (cpus_and_mem(&got_prod).0, cpus_and_mem(&got_batch).0),
+        (2.0, 1.0),
+        "prod's guarantee first: prod {got_prod:?}, batch {got_batch:?}"
+    );
+    // A guarantee above the limit is refused with the reason.
+    let out = std::process::Command::new(allot_tests::procs::bin_dir().join("allot"))
+        .args(cluster.cli_args())
+        .args([
+            "roles",
+            "set",
+            "prod",
+            "--quota",
+            "cpus:1",
+            "--guarantee",
+            "cpus:2",
+        ])
+        .output()
+        .expect("allot runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("above the limit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_framework_runs_tasks_acknowledges_and_tears_down() {
     let mut cluster = Cluster::start().await;
     cluster.add_agent("cpus:2;mem:512").await;

@@ -278,6 +278,10 @@ struct Node<'a> {
     weight: f64,
     /// The role's quota limit (-1 where a kind is not limited), capping its subtree; none on a virtual leaf.
     limit: Option<&'a [i64]>,
+    /// Its quota guarantee (0 where it names no amount of a kind).
+    guarantee: Option<&'a [i64]>,
+    /// What of its guarantee the subtree still lacks (0 where none), while it has a guarantee.
+    unsatisfied: Option<Vec<i64>>,
     /// What the subtree holds (the role's own allocation for a virtual leaf).
     allocation: Vec<i64>,
     /// Dominant share of `allocation`.
@@ -306,6 +310,8 @@ impl<'a> Tree<'a> {
                 parent: None,
                 weight: if r.weight > 0.0 { r.weight } else { 1.0 },
                 limit: r.quota_limit,
+                guarantee: r.quota_guarantee,
+                unsatisfied: r.quota_guarantee.map(<[i64]>::to_vec),
                 allocation: r.allocation.to_vec(),
                 share: 0.0,
                 rank: 0,
@@ -321,6 +327,8 @@ impl<'a> Tree<'a> {
                         parent: None,
                         weight: 1.0,
                         limit: None,
+                        guarantee: None,
+                        unsatisfied: None,
                         allocation: vec![0; n],
                         share: 0.0,
                         rank: 0,
@@ -346,6 +354,8 @@ impl<'a> Tree<'a> {
                     parent: Some(ri),
                     weight: nodes[ri].weight,
                     limit: None,
+                    guarantee: None,
+                    unsatisfied: None,
                     allocation: r.allocation.to_vec(),
                     share: 0.0,
                     rank: 0,
@@ -369,6 +379,11 @@ impl<'a> Tree<'a> {
         }
         for node in &mut nodes {
             node.share = share(&node.allocation, v.total);
+            if let Some(u) = &mut node.unsatisfied {
+                for (u, a) in u.iter_mut().zip(&node.allocation) {
+                    *u = (*u - a).max(0);
+                }
+            }
         }
         Tree { nodes, leaf }
     }
@@ -418,7 +433,7 @@ impl<'a> Tree<'a> {
         kids
     }
 
-    /// Charges `granted` to role `ri`'s leaf and every node above it.
+    /// Charges `granted` to role `ri`'s leaf and every node above it (their unsatisfied guarantees shrink).
     fn charge(&mut self, ri: usize, granted: &[i64], total: &[i64]) {
         let mut at = Some(self.leaf[ri]);
         while let Some(i) = at {
@@ -426,9 +441,64 @@ impl<'a> Tree<'a> {
             for (a, g) in node.allocation.iter_mut().zip(granted) {
                 *a += g;
             }
+            if let Some(u) = &mut node.unsatisfied {
+                for (u, g) in u.iter_mut().zip(granted) {
+                    *u = (*u - g).max(0);
+                }
+            }
             node.share = share(&node.allocation, total);
             at = node.parent;
         }
+    }
+
+    /// How much of kind `k` role `ri` is still owed by the guarantees of its own role and its ancestors (the
+    /// least of them: a child's guarantee is contained in its parent's); `None` when none guarantees `k`.
+    fn owed(&self, ri: usize, k: usize) -> Option<i64> {
+        let mut owed: Option<i64> = None;
+        let mut at = Some(ri);
+        while let Some(i) = at {
+            let node = &self.nodes[i];
+            if let (Some(u), Some(g)) = (&node.unsatisfied, node.guarantee)
+                && g[k] > 0
+            {
+                owed = Some(owed.map_or(u[k], |o| o.min(u[k])));
+            }
+            at = node.parent;
+        }
+        owed
+    }
+
+    /// What every top-most guaranteed role with demand (a framework in `wanting`, by role) still lacks, kind by
+    /// kind: the resources held back from everyone else (Mesos' required quota headroom).
+    fn required_headroom(&self, wanting: &[bool], n: usize) -> Vec<i64> {
+        let mut demand = vec![false; self.nodes.len()];
+        for (ri, w) in wanting.iter().enumerate() {
+            if *w {
+                let mut at = Some(self.leaf[ri]);
+                while let Some(i) = at {
+                    demand[i] = true;
+                    at = self.nodes[i].parent;
+                }
+            }
+        }
+        let mut out = vec![0; n];
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(u) = &node.unsatisfied else {
+                continue;
+            };
+            let mut up = node.parent;
+            let mut covered = false;
+            while let Some(p) = up {
+                covered |= self.nodes[p].unsatisfied.is_some();
+                up = self.nodes[p].parent;
+            }
+            if demand[i] && !covered {
+                for (o, x) in out.iter_mut().zip(u) {
+                    *o += x;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -529,10 +599,88 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
     let mut reserved: Vec<(u32, &[i64])> = Vec::new();
     // The depth-first walk: (node, position of the next child to visit).
     let mut stack: Vec<(usize, usize)> = Vec::new();
+    // Quota guarantees (Mesos 1.8 `docs/quota.md`): roles still owed part of their guarantee are served first
+    // on every agent, and what they are owed (the required headroom) is held back from everyone else while
+    // they have demand: other roles are offered only what the cluster has free beyond it.
+    let guaranteed = tree.nodes.iter().any(|node| node.unsatisfied.is_some());
+    let wanting: Vec<bool> = roles.iter().map(|r| !r.queues.is_empty()).collect();
+    let mut required = vec![0; n];
+    let mut available = vec![0; n];
+    let mut owed_roles: Vec<usize> = Vec::new();
+    if guaranteed {
+        required = tree.required_headroom(&wanting, n);
+        for a in &v.agents {
+            for (x, y) in available.iter_mut().zip(a.available) {
+                *x += y;
+            }
+        }
+        owed_roles = (0..roles.len())
+            .filter(|&ri| wanting[ri] && (0..n).any(|k| tree.owed(ri, k).is_some_and(|o| o > 0)))
+            .collect();
+    }
     for (ai, agent) in v.agents.iter().enumerate() {
         unreserved.copy_from_slice(agent.available);
         reserved.clear();
         reserved.extend_from_slice(&agent.reserved);
+        if !owed_roles.is_empty() {
+            // Most owed first: lowest weighted share, ties by name.
+            owed_roles.sort_by(|&a, &b| {
+                let (ka, kb) = (tree.key(a), tree.key(b));
+                ka.0.total_cmp(&kb.0).then(ka.1.cmp(&kb.1))
+            });
+            for &ri in &owed_roles {
+                // What it is owed of each guaranteed kind, and of the others what the surplus allows.
+                let mut owed_here = false;
+                for k in 0..n {
+                    let surplus = (available[k] - required[k]).max(0);
+                    free[k] = match tree.owed(ri, k) {
+                        Some(o) => {
+                            let g = unreserved[k].min(o);
+                            owed_here |= g > 0;
+                            g
+                        }
+                        None => unreserved[k].min(surplus),
+                    };
+                    if let Some(room) = tree.room(ri, &zero, k) {
+                        free[k] = free[k].min(room);
+                    }
+                    granted[k] = free[k];
+                }
+                if !owed_here || !allocatable(&granted, cpus, mem) {
+                    continue;
+                }
+                let found = roles[ri].queues.iter().rev().find_map(|(class, q)| {
+                    q.iter()
+                        .find(|k| {
+                            let f = &v.frameworks[index_of[k.rank as usize]];
+                            f.filtered.binary_search(&(ai as u32)).is_err()
+                        })
+                        .map(|key| (*class, *key))
+                });
+                let Some((class, key)) = found else {
+                    continue;
+                };
+                let i = index_of[key.rank as usize];
+                let fw = &mut fws[i];
+                for k in 0..n {
+                    fw.allocation[k] += granted[k];
+                    unreserved[k] -= free[k];
+                    available[k] -= free[k];
+                }
+                let queue = roles[ri].queues.get_mut(&class).expect("class queue");
+                queue.remove(&key);
+                fw.key = Key {
+                    share: share(&fw.allocation, v.total),
+                    allocations: key.allocations + 1,
+                    ..key
+                };
+                queue.insert(fw.key);
+                tree.charge(ri, &granted, v.total);
+                grants.push(i as u32, ai as u32, &free, &zero);
+                required = tree.required_headroom(&wanting, n);
+            }
+            owed_roles.retain(|&ri| (0..n).any(|k| tree.owed(ri, k).is_some_and(|o| o > 0)));
+        }
         'classes: for (&class, kids) in classes.iter().zip(&mut kids) {
             // Depth first, lowest weighted dominant share first at every level of the tree, ties by name; a
             // node's children are ordered when the walk reaches it.
@@ -559,11 +707,15 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                 }
                 let own_at = reserved.iter().position(|&(r, _)| r as usize == ri);
                 let own: &[i64] = own_at.map_or(&zero, |i| reserved[i].1);
-                // The unreserved part, cut down to what the quota limits of the role and its ancestors leave.
+                // The unreserved part, cut down to what the quota limits of the role and its ancestors leave
+                // and, while guarantees are owed, to what the cluster has free beyond them.
                 for k in 0..n {
                     free[k] = unreserved[k];
                     if let Some(room) = tree.room(ri, own, k) {
                         free[k] = free[k].min(room);
+                    }
+                    if guaranteed {
+                        free[k] = free[k].min((available[k] - required[k]).max(0));
                     }
                     granted[k] = free[k] + own[k];
                 }
@@ -586,6 +738,7 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                 for k in 0..n {
                     fw.allocation[k] += granted[k];
                     unreserved[k] -= free[k];
+                    available[k] -= free[k];
                 }
                 queue.remove(&key);
                 fw.key = Key {
@@ -648,6 +801,7 @@ mod tests {
             name: name.into(),
             weight,
             quota_limit: None,
+            quota_guarantee: None,
             allocation: r(alloc),
         }
     }
@@ -948,6 +1102,66 @@ mod tests {
         assert!(Priority.revoke(&full_cluster(60.0, 0)).is_empty());
         assert_eq!(Priority.revoke(&full_cluster(60.0, 1)).len(), 2);
         assert_eq!(Drf.revoke(&full_cluster(60.0, 0)).len(), 2);
+    }
+
+    /// Four agents of 4 cpus; role prod (weight 1) is guaranteed 8 cpus, batch weighs 3.
+    fn guaranteed(prod_filtered: bool) -> Snapshot {
+        let mut prod = role("prod", 1.0, "");
+        prod.quota_guarantee = Some(r("cpus:8"));
+        let mut p = fw("p", "prod", "");
+        if prod_filtered {
+            p.filtered_agents = (1..=4).map(|i| format!("ag{i}")).collect();
+        }
+        snapshot(
+            (1..=4)
+                .map(|i| agent(&format!("ag{i}"), "cpus:4;mem:1024"))
+                .collect(),
+            vec![fw("b", "batch", ""), p],
+            vec![role("batch", 3.0, ""), prod],
+        )
+    }
+
+    fn cpus_of(s: &Snapshot, g: &[Grant], framework: &str) -> f64 {
+        g.iter()
+            .filter(|g| s.frameworks[g.framework].id == framework)
+            .map(|g| g.resources.scalar("cpus"))
+            .sum()
+    }
+
+    #[test]
+    fn a_guarantee_is_met_before_weights_divide_the_rest() {
+        // By weight alone batch would take three agents of four; prod's guarantee of 8 cpus comes first.
+        let s = guaranteed(false);
+        let g = Drf.allocate(&s);
+        assert_eq!(
+            (cpus_of(&s, &g, "p"), cpus_of(&s, &g, "b")),
+            (8.0, 8.0),
+            "{g:?}"
+        );
+        let mut none = guaranteed(false);
+        none.roles[1].quota_guarantee = None;
+        let g = Drf.allocate(&none);
+        assert_eq!(
+            (cpus_of(&none, &g, "p"), cpus_of(&none, &g, "b")),
+            (4.0, 12.0)
+        );
+    }
+
+    #[test]
+    fn what_a_role_is_owed_is_held_back_while_it_has_demand() {
+        // prod declined every agent (filters): its 8 cpus are laid away, not offered to batch.
+        let s = guaranteed(true);
+        let g = Drf.allocate(&s);
+        assert_eq!(
+            (cpus_of(&s, &g, "p"), cpus_of(&s, &g, "b")),
+            (0.0, 8.0),
+            "{g:?}"
+        );
+        // Without demand (prod wants no offers), nothing is held back.
+        let mut idle = guaranteed(false);
+        idle.frameworks.retain(|f| f.id != "p");
+        let g = Drf.allocate(&idle);
+        assert_eq!(cpus_of(&idle, &g, "b"), 16.0);
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct RoleRow<'a> {
     pub weight: f64,
     /// Its quota limit, one amount per kind, -1 where the kind is not limited; `None`: no limit at all.
     pub quota_limit: Option<&'a [i64]>,
+    /// Its quota guarantee, one amount per kind (0 where none); `None`: no guarantee (always `None` from the
+    /// plugin interfaces, which do not carry guarantees yet).
+    pub quota_guarantee: Option<&'a [i64]>,
     /// What the role holds now.
     pub allocation: &'a [i64],
 }
@@ -218,6 +221,7 @@ impl View<'_> {
                 name: r.name.to_string(),
                 weight: r.weight,
                 quota_limit: r.quota_limit.map(|l| limit_resources(&kinds, l)),
+                quota_guarantee: r.quota_guarantee.map(bag),
                 allocation: bag(r.allocation),
             })
             .collect();
@@ -424,6 +428,8 @@ pub struct Layout {
     pub frameworks: Vec<(u32, usize, Range<usize>)>,
     /// Every framework's filtered agent indices, sorted per framework.
     pub filtered: Vec<u32>,
+    /// Per role (as `roles`): offset of its quota guarantee, if it has one.
+    pub guarantees: Vec<Option<usize>>,
 }
 
 impl Layout {
@@ -453,6 +459,11 @@ impl Layout {
                 )
             })
             .collect();
+        let guaranteed: HashMap<&str, &Resources> = snap
+            .roles
+            .iter()
+            .filter_map(|r| Some((r.name.as_str(), r.quota_guarantee.as_ref()?)))
+            .collect();
         let listed: BTreeSet<&str> = roles.iter().map(|r| r.0).collect();
         let mut missing: HashMap<&str, Resources> = HashMap::new();
         for f in &snap.frameworks {
@@ -480,6 +491,10 @@ impl Layout {
             }
             agents.push((t, av, start..reservations.len()));
         }
+        let guarantees = roles
+            .iter()
+            .map(|r| guaranteed.get(r.0).map(|g| put(g, &mut flat)))
+            .collect();
         let roles = roles
             .into_iter()
             .map(|(name, weight, limit, allocation)| {
@@ -515,6 +530,7 @@ impl Layout {
             roles,
             frameworks,
             filtered: filtered_all,
+            guarantees,
         }
     }
 
@@ -545,10 +561,12 @@ impl Layout {
             roles: self
                 .roles
                 .iter()
-                .map(|(name, weight, lim, alloc)| RoleRow {
+                .zip(&self.guarantees)
+                .map(|((name, weight, lim, alloc), g)| RoleRow {
                     name,
                     weight: *weight,
                     quota_limit: lim.map(|at| self.amounts(at)),
+                    quota_guarantee: g.map(|at| self.amounts(at)),
                     allocation: self.amounts(*alloc),
                 })
                 .collect(),

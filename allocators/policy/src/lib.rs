@@ -96,6 +96,10 @@ pub struct RoleView {
     /// names; a limit of 0 allows none, a scalar the limit does not name is not limited. `None` (or an empty
     /// limit) means no limit at all.
     pub quota_limit: Option<Limits>,
+    /// Its quota guarantee (scalars): what the role's subtree is owed while it has demand; unallocated
+    /// resources are held back from other roles until it has them (Mesos' quota guarantees and headroom,
+    /// `docs/quota.md` of Mesos 1.8). `None`: no guarantee.
+    pub quota_guarantee: Option<Resources>,
     /// What the role holds now, offered and used, across all its own frameworks (not its descendants': a
     /// subtree's allocation is the sum over the role and every role below it). With preemption on, tasks whose
     /// revocation is in flight are left out: they are as good as ended.
@@ -322,6 +326,7 @@ mod tests {
             name: name.into(),
             weight,
             quota_limit: None,
+            quota_guarantee: None,
             allocation: alloc.parse().unwrap(),
         };
         s.roles = vec![

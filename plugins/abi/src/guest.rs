@@ -64,6 +64,7 @@ unsafe fn borrow_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
                 name: unsafe { text(r.name) }?,
                 weight: r.weight,
                 quota_limit: (!r.quota_limit.is_null()).then(|| amounts(r.quota_limit)),
+                quota_guarantee: None,
                 allocation: amounts(r.allocation),
             })
         })

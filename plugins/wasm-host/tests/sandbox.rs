@@ -45,6 +45,7 @@ fn role(name: &str, weight: f64) -> RoleView {
         name: name.into(),
         weight,
         quota_limit: None,
+        quota_guarantee: None,
         allocation: Resources::new(),
     }
 }

@@ -84,6 +84,7 @@ fn books(agents: usize, frameworks: usize, tree: bool) -> Books {
                     weight,
                     quota_limit: None,
                     preemptible: true,
+                    quota_guarantee: None,
                 },
             );
             for t in 0..5 {
@@ -91,6 +92,7 @@ fn books(agents: usize, frameworks: usize, tree: bool) -> Books {
                     weight: (t + 1) as f64,
                     quota_limit: Some(unreachable.clone()),
                     preemptible: true,
+                    quota_guarantee: None,
                 };
                 b.set_role(&format!("dept-{d}/team-{t}"), team);
             }

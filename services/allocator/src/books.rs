@@ -250,6 +250,9 @@ pub struct RoleConfig {
     pub weight: f64,
     /// Quota limit, if any: a scalar at 0 allows none of it, one not named is not limited.
     pub quota_limit: Option<Limits>,
+    /// Quota guarantee, if any (scalars): served first, and held back from other roles while the role has
+    /// demand.
+    pub quota_guarantee: Option<Resources>,
     /// Whether preemption may revoke tasks of this role (and of the roles below it: any ancestor that says
     /// no protects its subtree). True by default.
     pub preemptible: bool,
@@ -618,6 +621,7 @@ impl Books {
     pub fn role_config(&self, name: &str) -> RoleConfig {
         self.roles.get(name).cloned().unwrap_or(RoleConfig {
             preemptible: true,
+            quota_guarantee: None,
             weight: 1.0,
             quota_limit: None,
         })
@@ -855,6 +859,7 @@ impl Books {
                 RoleView {
                     weight: cfg.map(|c| c.weight).unwrap_or(1.0),
                     quota_limit: cfg.and_then(|c| c.quota_limit.clone()),
+                    quota_guarantee: cfg.and_then(|c| c.quota_guarantee.clone()),
                     name,
                     allocation,
                 }
@@ -1410,6 +1415,7 @@ mod tests {
                 weight: 1.0,
                 quota_limit: Some("cpus:3".parse().unwrap()),
                 preemptible: true,
+                quota_guarantee: None,
             },
         );
         let s = b.snapshot(0.0);
@@ -1567,6 +1573,7 @@ mod tests {
             "*",
             RoleConfig {
                 preemptible: false,
+                quota_guarantee: None,
                 ..b.role_config("*")
             },
         );

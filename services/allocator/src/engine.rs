@@ -333,12 +333,14 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
         (Kind::Roles, Some(v)) => {
             let role: Role = decode(id.as_bytes(), v).ok()?;
             let limit = limits_from_proto(&role.quota_limit).ok()?;
+            let (guarantee, _) = pieces_from_proto(&role.quota_guarantee).ok()?;
             Some(Command::Role(
                 id.to_string(),
                 Some(RoleConfig {
                     weight: if role.weight > 0.0 { role.weight } else { 1.0 },
                     quota_limit: (!limit.is_empty()).then_some(limit),
                     preemptible: !role.no_preemption,
+                    quota_guarantee: (!guarantee.is_empty()).then_some(guarantee),
                 }),
             ))
         }

@@ -19,6 +19,7 @@
 //!   - revive: {framework: f1}
 //!   - update_weights: {batch: 1, service: 3}
 //!   - update_quota: {role: batch, limit: {cpus: 2, mem: 0}}   # 0: none of it; absent: unlimited
+//!   - update_quota: {role: prod, guarantee: {cpus: 8}}         # served first, held back while prod has demand
 //!   - update_preemption: {role: batch, preemptible: false}   # its tasks (and its subtree's) are never revoked
 //!   - remove_agent: {id: a1}
 //!   - remove_framework: {id: f1}
@@ -244,7 +245,10 @@ enum Event {
     UpdateWeights(BTreeMap<String, f64>),
     UpdateQuota {
         role: String,
-        limit: ResMap,
+        #[serde(default)]
+        limit: Option<ResMap>,
+        #[serde(default)]
+        guarantee: Option<ResMap>,
     },
     UpdatePreemption {
         role: String,
@@ -736,12 +740,24 @@ impl Sim<'_> {
                 };
                 self.books.set_role(&role, cfg);
             }
-            Event::UpdateQuota { role, limit } => {
-                let limit = to_limits(&limit)?;
-                let cfg = RoleConfig {
-                    quota_limit: Some(limit),
-                    ..self.books.role_config(&role)
-                };
+            Event::UpdateQuota {
+                role,
+                limit,
+                guarantee,
+            } => {
+                let mut cfg = self.books.role_config(&role);
+                if let Some(limit) = limit {
+                    cfg.quota_limit = Some(to_limits(&limit)?);
+                }
+                if let Some(g) = guarantee {
+                    let g = to_resources(&g)?;
+                    if g.ranges().next().is_some() {
+                        return Err(EventError::Invalid(
+                            "a quota guarantee is scalars (ranges cannot be guaranteed)".into(),
+                        ));
+                    }
+                    cfg.quota_guarantee = (!g.is_empty()).then_some(g);
+                }
                 self.books.set_role(&role, cfg);
             }
             Event::Advance(s) => {

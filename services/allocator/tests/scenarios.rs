@@ -128,6 +128,34 @@ fn a_starved_role_gets_its_fair_share_back_by_preemption_after_the_grace() {
 }
 
 #[test]
+fn a_quota_guarantee_is_served_first_and_nothing_is_held_without_demand() {
+    let lines = sim(&example("quota-guarantee.yaml"));
+    let cpus_at = |t: u64, f: &str| -> f64 {
+        of(&lines, "offer")
+            .iter()
+            .filter(|l| l["t"] == t && l["framework"] == f)
+            .map(|l| l["resources"]["cpus"].as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    assert_eq!(
+        (cpus_at(1, "f-prod"), cpus_at(1, "f-batch")),
+        (8.0, 8.0),
+        "{lines:#?}"
+    );
+    assert_eq!(cpus_at(2, "f-batch"), 16.0, "{lines:#?}");
+    // Without the guarantee, weights alone give batch three agents.
+    let plain = example("quota-guarantee.yaml")
+        .replace("  - update_quota: {role: prod, guarantee: {cpus: 8}}\n", "");
+    let lines = sim(&plain);
+    let cpus: f64 = of(&lines, "offer")
+        .iter()
+        .filter(|l| l["t"] == 1 && l["framework"] == "f-batch")
+        .map(|l| l["resources"]["cpus"].as_f64().unwrap_or(0.0))
+        .sum();
+    assert_eq!(cpus, 12.0, "{lines:#?}");
+}
+
+#[test]
 fn filters_last_at_least_the_allocation_interval() {
     // Mesos: a filter lasts max(refuse_seconds, allocation_interval). Declined at t=1 for 0.5 s, it still
     // covers the cycle at t=2 (until t=3); the agent comes back at t=4.
@@ -373,6 +401,8 @@ fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
     } else {
         eprintln!("SKIP the WASM drf: target/wasm/drf.wasm not built (no wasm32 Rust target)");
     }
+    // Not preemption.yaml (plugins of the released interfaces never preempt) nor quota-guarantee.yaml (they
+    // are not given guarantees): those differ by design.
     for name in [
         "drf-paper.yaml",
         "offer-filter.yaml",

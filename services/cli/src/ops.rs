@@ -27,6 +27,10 @@ pub enum RolesCommand {
         /// no CPUs at all; a resource not named is not limited.
         #[arg(long)]
         quota: Option<String>,
+        /// Quota guarantee, e.g. `cpus:8;mem:16384`: what the role is served first and what is held back
+        /// from other roles while it has demand (at most the limit).
+        #[arg(long)]
+        guarantee: Option<String>,
         /// Preemption never revokes tasks of this role or of the roles below it (the allocator's
         /// `--preemption-grace` turns preemption on).
         #[arg(long)]
@@ -304,6 +308,7 @@ pub async fn roles(
         role,
         weight,
         quota,
+        guarantee,
         no_preemption,
     }) = set
     {
@@ -321,6 +326,13 @@ pub async fn roles(
                     weight,
                     quota_limit,
                     no_preemption,
+                    quota_guarantee: match guarantee {
+                        Some(g) => allot_common::convert::resources_to_proto(
+                            &g.parse::<allot_resources::Resources>()
+                                .with_context(|| format!("--guarantee '{g}'"))?,
+                        ),
+                        None => Vec::new(),
+                    },
                 }),
             })
             .await
@@ -373,6 +385,13 @@ pub async fn roles(
             RoleRow {
                 parent,
                 preemptible: !cfg.is_some_and(|r| r.no_preemption),
+                guarantee: cfg
+                    .map(|r| {
+                        resources_from_proto(&r.quota_guarantee)
+                            .map(|g| g.to_string())
+                            .unwrap_or_else(|e| format!("<{e}>"))
+                    })
+                    .unwrap_or_default(),
                 weight: cfg.map(|r| r.weight).unwrap_or(1.0),
                 quota: cfg
                     .map(|r| {
@@ -394,7 +413,7 @@ pub async fn roles(
             .map(|r| {
                 json!({"role": r.name, "parent": r.parent, "weight": r.weight, "quota_limit": r.quota,
                        "allocated": r.allocated, "dominant_share": r.share, "used_share": r.used_share,
-                       "preemptible": r.preemptible})
+                       "preemptible": r.preemptible, "quota_guarantee": r.guarantee})
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -404,6 +423,7 @@ pub async fn roles(
         "ROLE",
         "WEIGHT",
         "QUOTA LIMIT",
+        "GUARANTEE",
         "ALLOCATED",
         "DOMINANT SHARE",
     ]);
@@ -422,6 +442,7 @@ pub async fn roles(
             ),
             r.weight.to_string(),
             r.quota,
+            r.guarantee,
             r.allocated,
             format!("{:.1}%", r.share * 100.0),
         ]);
@@ -537,6 +558,8 @@ struct RoleRow {
     used_share: f64,
     /// False when `allot roles set --no-preemption` protects the role's tasks from preemption.
     preemptible: bool,
+    /// The quota guarantee in text form, empty when none.
+    guarantee: String,
 }
 
 /// What each role holds (used plus offered) and the cluster's total over reachable agents.

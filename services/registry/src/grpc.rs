@@ -137,15 +137,16 @@ impl registry_server::Registry for RegistryService {
             .role
             .ok_or_else(|| Status::invalid_argument("SetRole needs `role`"))?;
         let object = format!("role '{}' (weight {})", role.name, role.weight);
-        let action = match role.quota_limit.is_empty() {
-            true => "update_weights",
-            false => "update_quotas",
+        let quota = !role.quota_limit.is_empty() || !role.quota_guarantee.is_empty();
+        let action = match quota {
+            true => "update_quotas",
+            false => "update_weights",
         };
         let result = async {
             caller.require(&["operator"], "update_weights", &object)?;
             let acls = self.1.as_deref();
             authz::check_acl(acls, &caller, "update_weights", &[&role.name], &object)?;
-            if !role.quota_limit.is_empty() {
+            if quota {
                 authz::check_acl(acls, &caller, "update_quotas", &[&role.name], &object)?;
             }
             self.registry()?.set_role(role).await?;

@@ -268,8 +268,29 @@ fn check_role(role: &Role) -> Result<(), Error> {
             role.weight
         )));
     }
-    limits_from_proto(&role.quota_limit)
+    let limit = limits_from_proto(&role.quota_limit)
         .map_err(|e| Error::Invalid(format!("quota_limit: {e}")))?;
+    if role
+        .quota_guarantee
+        .iter()
+        .any(|r| !r.role.is_empty() || !r.ranges.is_empty())
+    {
+        return Err(Error::Invalid(
+            "quota_guarantee: scalars only, without a role tag".into(),
+        ));
+    }
+    let guarantee = resources_from_proto(&role.quota_guarantee)
+        .map_err(|e| Error::Invalid(format!("quota_guarantee: {e}")))?;
+    // A guarantee above the limit could never be met (Mesos refuses it too).
+    for (kind, amount) in guarantee.scalars() {
+        if limit.get_milli(kind).is_some_and(|cap| amount > cap) {
+            return Err(Error::Invalid(format!(
+                "quota_guarantee: {kind} {} is above the limit {}",
+                amount as f64 / 1000.0,
+                limit.get_milli(kind).unwrap_or(0) as f64 / 1000.0
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -293,6 +314,20 @@ mod tests {
         ] {
             let e = check_role(&bad).unwrap_err();
             assert!(matches!(&e, Error::Invalid(m) if m.contains(what)), "{e}");
+        }
+        // A guarantee at most the limit is fine; above it, or with ranges, it is refused.
+        let quota = |limit: &str, guarantee: &str| Role {
+            quota_limit: allot_common::convert::limits_to_proto(&limit.parse().unwrap()),
+            quota_guarantee: allot_common::convert::resources_to_proto(&guarantee.parse().unwrap()),
+            ..role("prod", 1.0)
+        };
+        assert!(check_role(&quota("cpus:8", "cpus:8;mem:512")).is_ok());
+        for bad in [quota("cpus:4", "cpus:8"), quota("", "ports:[1-2]")] {
+            let e = check_role(&bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::Invalid(m) if m.contains("quota_guarantee")),
+                "{e}"
+            );
         }
     }
 }

@@ -131,6 +131,7 @@ pub fn view_of(s: &wit::Snapshot) -> Result<View<'_>, String> {
                 name: name(r.name, &what)?,
                 weight: r.weight,
                 quota_limit: r.quota_limit.map(|at| amounts(at, &what)).transpose()?,
+                quota_guarantee: None,
                 allocation: amounts(r.allocation, &what)?,
             })
         })
