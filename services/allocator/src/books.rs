@@ -952,6 +952,8 @@ impl Books {
             .into_iter()
             .map(|(r, a)| (r, allot_policy::dominant_share(&a, &snapshot.total)))
             .collect();
+        let initial = share.clone();
+        let starting_share = |role: &str| initial.get(role).copied().unwrap_or(0.0);
         let mut lacking = 0.0;
         let mut counted = std::collections::BTreeSet::new();
         for f in snapshot
@@ -1005,11 +1007,12 @@ impl Books {
         // what they could not use) no longer keep it from them.
         let agents: std::collections::HashSet<&str> =
             accepted.iter().map(|(t, _)| t.agent.as_str()).collect();
-        for f in snapshot
-            .frameworks
-            .iter()
-            .filter(|f| f.starved_seconds >= p.grace_seconds)
-        {
+        // Only the frameworks preempted for: starved, of a role below its fair share (a framework that filtered
+        // an agent itself, as a role at its share does after taking what it wanted, keeps its filters).
+        for f in snapshot.frameworks.iter().filter(|f| {
+            f.starved_seconds >= p.grace_seconds
+                && fair.get(&f.role).copied().unwrap_or(0.0) > starting_share(&f.role) + 1e-9
+        }) {
             if let Some(fw) = self.frameworks.get_mut(&f.id) {
                 fw.filters
                     .retain(|agent, _| !agents.contains(agent.as_str()));
