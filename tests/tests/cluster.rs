@@ -855,16 +855,17 @@ async fn a_starved_role_reaches_its_fair_share_by_preemption_within_the_grace() 
         "web is offered its fair share, half the CPUs, no more: {cpus}"
     );
     // Two of batch's tasks (enough to restore web's share, no more) ended TASK_KILLED with REASON_PREEMPTED.
+    let killed = |e: &event::Event| match e {
+        event::Event::Update(u) => u
+            .status
+            .clone()
+            .filter(|s| s.state() == TaskState::TaskKilled),
+        _ => None,
+    };
     let mut preempted = Vec::new();
     while preempted.len() < 2 {
         let s = batch
-            .wait_for(allot_tests::PATIENCE, |e| match e {
-                event::Event::Update(u) => u
-                    .status
-                    .clone()
-                    .filter(|s| s.state() == TaskState::TaskKilled),
-                _ => None,
-            })
+            .wait_for(allot_tests::PATIENCE, killed)
             .await
             .expect("a preempted task's end");
         assert_eq!(s.reason, "REASON_PREEMPTED", "{s:?}");
@@ -874,13 +875,7 @@ async fn a_starved_role_reaches_its_fair_share_by_preemption_within_the_grace() 
     }
     assert!(
         batch
-            .wait_for(Duration::from_secs(1), |e| match e {
-                event::Event::Update(u) => u
-                    .status
-                    .clone()
-                    .filter(|s| s.state() == TaskState::TaskKilled),
-                _ => None,
-            })
+            .wait_for(Duration::from_secs(1), killed)
             .await
             .is_none(),
         "no third task is preempted"

@@ -959,10 +959,21 @@ mod tests {
             .collect()
     }
 
-    fn four_agents() -> Vec<AgentView> {
-        (1..=4)
+    /// `n` agents of cpus 1 / mem 256.
+    fn small_agents(n: usize) -> Vec<AgentView> {
+        (1..=n)
             .map(|i| agent(&format!("ag{i}"), "cpus:1;mem:256"))
             .collect()
+    }
+
+    /// One framework in each of `roles` (IDs: their first letters).
+    fn one_each(roles: &[&str]) -> Vec<FrameworkView> {
+        let mut fws: Vec<FrameworkView> = roles
+            .iter()
+            .map(|r| fw(&r.rsplit('/').next().unwrap_or(r)[..1], r, ""))
+            .collect();
+        fws.sort_by(|a, b| a.id.cmp(&b.id));
+        fws
     }
 
     #[test]
@@ -971,12 +982,8 @@ mod tests {
         // other half (Mesos' hierarchical DRF: shares compared among siblings, a parent's share is its
         // subtree's).
         let s = snapshot(
-            four_agents(),
-            vec![
-                fw("b", "eng/batch", ""),
-                fw("o", "ops", ""),
-                fw("w", "eng/web", ""),
-            ],
+            small_agents(4),
+            one_each(&["eng/batch", "ops", "eng/web"]),
             vec![],
         );
         assert_eq!(winners(&s), ["eng/batch", "ops", "eng/web", "ops"]);
@@ -986,16 +993,9 @@ mod tests {
     fn weights_apply_among_siblings_at_every_level() {
         let mut roles = vec![role("eng", 3.0, ""), role("eng/web", 2.0, "")];
         roles.push(role("ops", 1.0, ""));
-        let agents = (1..=8)
-            .map(|i| agent(&format!("ag{i}"), "cpus:1;mem:256"))
-            .collect();
         let s = snapshot(
-            agents,
-            vec![
-                fw("b", "eng/batch", ""),
-                fw("o", "ops", ""),
-                fw("w", "eng/web", ""),
-            ],
+            small_agents(8),
+            one_each(&["eng/batch", "ops", "eng/web"]),
             roles,
         );
         let won = winners(&s);
@@ -1011,12 +1011,8 @@ mod tests {
     #[test]
     fn an_inner_role_s_own_frameworks_are_a_sibling_of_its_children() {
         let s = snapshot(
-            four_agents(),
-            vec![
-                fw("e", "eng", ""),
-                fw("o", "ops", ""),
-                fw("w", "eng/web", ""),
-            ],
+            small_agents(4),
+            one_each(&["eng", "ops", "eng/web"]),
             vec![],
         );
         // eng's own framework and eng/web split eng's half.
