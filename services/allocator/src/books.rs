@@ -1032,8 +1032,8 @@ impl Books {
         g: &Grant,
         now: f64,
     ) -> Result<Arc<Offer>, GrantRejection> {
-        let mut role_alloc = self.role_allocations();
-        self.apply_grant_with(snapshot, g.clone(), now, &mut role_alloc)
+        let mut quotas = self.role_allocations();
+        self.apply_grant_with(snapshot, g.clone(), now, &mut quotas)
             .map_err(|(_, why)| why)
     }
 
@@ -1041,17 +1041,24 @@ impl Books {
     /// subtree (the role and every role below it in its role tree: a limit caps the subtree, as Mesos charges
     /// a role's consumption to its ancestors): what validation checks limits against. Roles without a limit
     /// are not summed.
-    fn role_allocations(&self) -> HashMap<Id, Resources> {
-        let mut out: HashMap<Id, Resources> = HashMap::new();
+    /// Also resolves, once per call, the chain of limits over every framework's role, so that validating a
+    /// grant looks its role up once instead of the role and each ancestor by name.
+    fn role_allocations(&self) -> Quotas {
+        let mut out = Quotas::default();
         if self.roles.values().all(|r| r.quota_limit.is_none()) {
             return out;
         }
         for f in self.frameworks.values() {
-            for (role, _) in limits_over(&self.roles, &f.role) {
-                match out.get_mut(role) {
+            let chain = out.chains.entry(f.role.clone()).or_insert_with(|| {
+                limits_over(&self.roles, &f.role)
+                    .map(|(r, l)| (Id::from(r), l.clone()))
+                    .collect()
+            });
+            for (role, _) in chain.iter() {
+                match out.held.get_mut(role) {
                     Some(held) => held.add(&f.allocation),
                     None => {
-                        out.insert(role.into(), f.allocation.clone());
+                        out.held.insert(role.clone(), f.allocation.clone());
                     }
                 }
             }
@@ -1071,7 +1078,7 @@ impl Books {
         snapshot: &Snapshot,
         g: Grant,
         now: f64,
-        role_alloc: &mut HashMap<Id, Resources>,
+        quotas: &mut Quotas,
     ) -> Result<Arc<Offer>, (Grant, GrantRejection)> {
         if g.resources.is_empty() && g.reserved.is_empty() {
             return Err((g, GrantRejection::Empty));
@@ -1110,21 +1117,29 @@ impl Books {
             return Err((g, GrantRejection::Overcommit));
         }
         // The role's quota limit and its ancestors' (each caps its subtree).
-        let none = Resources::new();
-        if limits_over(&self.roles, &role).any(|(r, limit)| {
-            let held = role_alloc.get(r).unwrap_or(&none);
-            !limit.allows_sum(&[held, &g.resources, &g.reserved])
-        }) {
-            return Err((g, GrantRejection::Quota));
-        }
-        for (r, _) in limits_over(&self.roles, &role) {
-            match role_alloc.get_mut(r) {
-                Some(held) => {
-                    held.add(&g.resources);
-                    held.add(&g.reserved);
-                }
-                None => {
-                    role_alloc.insert(Id::from(r), g.total());
+        if !quotas.chains.is_empty() {
+            let chain = match quotas.chains.get(&role) {
+                Some(c) => c.clone(),
+                None => limits_over(&self.roles, &role)
+                    .map(|(r, l)| (Id::from(r), l.clone()))
+                    .collect(),
+            };
+            let none = Resources::new();
+            if chain.iter().any(|(r, limit)| {
+                let held = quotas.held.get(r).unwrap_or(&none);
+                !limit.allows_sum(&[held, &g.resources, &g.reserved])
+            }) {
+                return Err((g, GrantRejection::Quota));
+            }
+            for (r, _) in chain.iter() {
+                match quotas.held.get_mut(r) {
+                    Some(held) => {
+                        held.add(&g.resources);
+                        held.add(&g.reserved);
+                    }
+                    None => {
+                        quotas.held.insert(r.clone(), g.total());
+                    }
                 }
             }
         }
@@ -1170,10 +1185,10 @@ impl Books {
     ) -> (Vec<Arc<Offer>>, Vec<(Grant, GrantRejection)>) {
         let mut offers = Vec::with_capacity(grants.len());
         let mut rejected = Vec::new();
-        let mut role_alloc = self.role_allocations();
+        let mut quotas = self.role_allocations();
         self.offers.reserve(grants.len());
         for g in grants {
-            match self.apply_grant_with(snapshot, g, now, &mut role_alloc) {
+            match self.apply_grant_with(snapshot, g, now, &mut quotas) {
                 Ok(o) => offers.push(o),
                 Err(refused) => rejected.push(refused),
             }
@@ -1277,6 +1292,14 @@ impl Books {
         }
         Ok(())
     }
+}
+
+/// What validation checks quota limits with: what every limited role's subtree holds, and the chain of limits
+/// (the role's own and its ancestors') over each framework role, resolved once per batch of grants.
+#[derive(Debug, Default)]
+struct Quotas {
+    held: HashMap<Id, Resources>,
+    chains: HashMap<Id, std::rc::Rc<[(Id, Limits)]>>,
 }
 
 /// The quota limits that apply to a framework of `role` (configurations `roles`): its own and its ancestors',
