@@ -50,14 +50,15 @@ impl Policy for Drf {
 }
 
 /// Preemption for weighted DRF and its priority variant: which running tasks to end so that starved roles get
-/// back to their weighted fair share ([`allot_policy::fair_shares`]).
+/// back to what they are entitled to: their weighted fair share or their quota guarantee, whichever is more
+/// ([`allot_policy::entitled_shares`]).
 ///
 /// A role is starved when one of its frameworks has wanted offers and been offered nothing for at least the
-/// grace, and its subtree's dominant share is below its fair share. For each starved role, most starved
-/// first (lowest share / fair share), tasks are taken from roles above their fair share, neither the starved
+/// grace, and its subtree's dominant share is below its entitled share. For each starved role, most starved
+/// first (lowest share / entitled share), tasks are taken from roles above theirs, neither the starved
 /// role nor one of its ancestors or descendants, youngest first (the least work lost; with `by_priority`, the
 /// lowest priority class first, and never a class above the starved framework's), until the dominant shares
-/// freed cover the starved role's deficit; a victim role stops giving once it is at or below its fair share
+/// freed cover the starved role's deficit; a victim role stops giving once it is at or below its entitled share
 /// (so it goes at most one task below it). Tasks younger than the minimum runtime are not in the snapshot.
 /// Source of the idea: YARN's fair scheduler preemption (`fairSharePreemptionTimeout`); Mesos never preempted.
 pub fn revocations(s: &Snapshot, by_priority: bool) -> Vec<Revocation> {
@@ -65,7 +66,7 @@ pub fn revocations(s: &Snapshot, by_priority: bool) -> Vec<Revocation> {
         return Vec::new();
     };
     // Roles by index (every role of the snapshot and every ancestor), with shares, fair shares and ancestors.
-    let fair_by_name = allot_policy::fair_shares(s);
+    let fair_by_name = allot_policy::entitled_shares(s);
     let held = allot_policy::subtree_allocations(s);
     let names: Vec<&str> = held.keys().map(String::as_str).collect();
     let index: std::collections::HashMap<&str, usize> =
@@ -163,8 +164,8 @@ pub fn revocations(s: &Snapshot, by_priority: bool) -> Vec<Revocation> {
             out.push(Revocation {
                 task: i,
                 message: format!(
-                    "preempted for role {}: below its fair share of {:.1}% for {waited:.0} s; role {} held \
-                     {:.1}%, over its {:.1}%",
+                    "preempted for role {}: below its share of {:.1}% (weighted fair share or guarantee) for \
+                     {waited:.0} s; role {} held {:.1}%, over its {:.1}%",
                     names[role],
                     fair[role] * 100.0,
                     names[v],
@@ -1082,6 +1083,14 @@ mod tests {
         // b's fair share is half the cluster: two of a's four tasks, the two youngest.
         assert_eq!(revoked, ["t1", "t2"]);
         assert!(Drf.revoke(&s)[0].message.contains("role b"));
+    }
+
+    #[test]
+    fn a_guarantee_above_the_fair_share_is_restored_too() {
+        // b weighs as much as a (fair share half) but is guaranteed three of the four cpus.
+        let mut s = full_cluster(6.0, 0);
+        s.roles[1].quota_guarantee = Some(r("cpus:3"));
+        assert_eq!(Drf.revoke(&s).len(), 3);
     }
 
     #[test]

@@ -298,6 +298,41 @@ pub fn fair_shares(s: &Snapshot) -> BTreeMap<String, f64> {
     out
 }
 
+/// What each role is entitled to hold, in `[0, 1]` of the cluster's dominant resource, quota guarantees first
+/// and weighted fair shares of the rest (as Mesos serves quota before DRF): an active role with a guarantee is
+/// entitled to the larger of its fair share ([`fair_shares`]) and its guarantee's dominant share; every other
+/// role to its fair share of what those guarantees leave (its fair share scaled down by the guarantees' excess
+/// over their own fair shares). What preemption restores, and never takes a role below. Nested guarantees
+/// are summed as if they were siblings (an approximation: a child's guarantee is inside its parent's).
+pub fn entitled_shares(s: &Snapshot) -> BTreeMap<String, f64> {
+    let fair = fair_shares(s);
+    let guaranteed: BTreeMap<&str, f64> = s
+        .roles
+        .iter()
+        .filter(|r| fair.get(&r.name).is_some_and(|f| *f > 0.0))
+        .filter_map(|r| {
+            Some((
+                r.name.as_str(),
+                dominant_share(r.quota_guarantee.as_ref()?, &s.total).min(1.0),
+            ))
+        })
+        .collect();
+    let excess: f64 = guaranteed
+        .iter()
+        .map(|(r, g)| (g - fair[*r]).max(0.0))
+        .sum::<f64>()
+        .min(1.0);
+    fair.iter()
+        .map(|(r, f)| {
+            let e = match guaranteed.get(r.as_str()) {
+                Some(g) => f.max(*g),
+                None => f * (1.0 - excess),
+            };
+            (r.clone(), e)
+        })
+        .collect()
+}
+
 /// The dominant share of `allocation` in `total` (DRF, Ghodsi et al., NSDI 2011): the largest fraction of
 /// any one resource kind, in `[0, ∞)`. Kinds absent from `total` are ignored.
 pub fn dominant_share(allocation: &Resources, total: &Resources) -> f64 {
@@ -347,6 +382,12 @@ mod tests {
         assert!(near(fair["eng/web"], 0.375) && near(fair["eng/batch"], 0.375));
         assert_eq!(fair["idle"], 0.0);
         assert_eq!(subtree_allocations(&s)["eng"], "cpus:2".parse().unwrap());
+        // ops guaranteed half the cluster, over its quarter: ops is entitled to half, eng to 3/4 of the other
+        // half's worth of its fair share (the guarantee's excess, 1/4, comes out of everyone else's).
+        s.roles[4].quota_guarantee = Some("cpus:5".parse().unwrap());
+        let e = entitled_shares(&s);
+        assert!(near(e["ops"], 0.5) && near(e["eng"], 0.75 * 0.75), "{e:?}");
+        assert_eq!(e["idle"], 0.0);
     }
 
     #[test]

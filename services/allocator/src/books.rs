@@ -932,7 +932,8 @@ impl Books {
     /// accepted ones as in flight for `pending` seconds (not offered for revocation again meanwhile). A
     /// revocation is refused when it names no task of the snapshot, names one twice, a task that ended or is
     /// younger than the minimum runtime, a task of a role at or below its weighted fair share
-    /// ([`allot_policy::fair_shares`]), or once the shares already revoked cover what the starved roles lack:
+    /// or guarantee ([`allot_policy::entitled_shares`]), or once the shares already revoked cover what the
+    /// starved roles lack:
     /// whatever the policy, preemption never takes more than restores the shares. The starved frameworks'
     /// offer filters on the agents of accepted revocations are cleared, so that what is freed reaches them.
     pub fn apply_revocations(
@@ -947,7 +948,7 @@ impl Books {
             refused.extend(revocations.into_iter().map(|r| (r, "preemption is off")));
             return (accepted, refused);
         };
-        let fair = allot_policy::fair_shares(snapshot);
+        let fair = allot_policy::entitled_shares(snapshot);
         let mut share: BTreeMap<String, f64> = allot_policy::subtree_allocations(snapshot)
             .into_iter()
             .map(|(r, a)| (r, allot_policy::dominant_share(&a, &snapshot.total)))
