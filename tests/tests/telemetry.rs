@@ -460,6 +460,7 @@ async fn every_service_serves_metrics_that_move_with_work() {
         "allot_policy_failures_total",
         "allot_allocation_grants_dropped_total",
         "allot_framework_starved_cycles",
+        "allot_preemptions_total",
     ];
     for name in referenced_series() {
         assert!(
