@@ -324,6 +324,9 @@ pub struct Books {
     preemption: Option<Preemption>,
     /// The time of the last snapshot (books' clock, seconds): when a task added since started, near enough.
     clock: f64,
+    /// Until when some revocation may still be in flight (the latest `Task::revoked_until`): before then a
+    /// snapshot looks for in-flight tasks, after it does not.
+    revoking_until: f64,
     /// Dynamic reservations (operator `allot reserve`), by agent then role: carved out of the agent's
     /// unreserved resources. Kept apart from the agents so that they outlive an agent's record.
     dynamic: BTreeMap<String, BTreeMap<String, Resources>>,
@@ -828,7 +831,7 @@ impl Books {
             });
             framework_slots.push(slot);
         }
-        if self.preemption.is_some() {
+        if self.preemption.is_some() && self.revoking_until > now {
             // Tasks whose revocation is in flight are as good as ended for fairness: their roles' shares leave
             // them out, so that neither the policy nor the host revokes again for what they will free.
             for t in self.tasks.values().filter(|t| t.revoked_until > now) {
@@ -1002,6 +1005,7 @@ impl Books {
                 }
             }
             task.revoked_until = now + pending;
+            self.revoking_until = self.revoking_until.max(task.revoked_until);
             accepted.push((t.clone(), r.message));
         }
         // What is revoked is for the starved frameworks: their offer filters on those agents (from declining
