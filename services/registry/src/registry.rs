@@ -229,13 +229,20 @@ impl Registry {
             .collect())
     }
 
-    /// Creates or replaces `role` (weight, quota limit).
+    /// Creates or replaces `role` (weight, quota limit and guarantee, preemption).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a bad name, a weight that is not a positive number, or a malformed quota limit;
-    /// [`Error::Store`] if etcd cannot record it.
+    /// [`Error::Invalid`] for a bad name, a weight that is not a positive number, a malformed quota, or
+    /// guarantees that do not nest (see [`check_guarantees_nest`]); [`Error::Store`] if etcd cannot be read or
+    /// cannot record it.
     pub async fn set_role(&self, role: Role) -> Result<(), Error> {
         check_role(&role)?;
+        if !role.quota_guarantee.is_empty() || role.name.contains('/') {
+            let mut others = self.roles().await?;
+            others.retain(|r| r.name != role.name);
+            others.push(role.clone());
+            check_guarantees_nest(&others)?;
+        }
         self.store
             .put(&self.store.key(Kind::Roles, &role.name), &role, None)
             .await?;
@@ -294,6 +301,36 @@ fn check_role(role: &Role) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks that the quota guarantees of a role tree nest, as Mesos' quota tree does: a role's guarantee holds
+/// the sum of its children's (a guarantee is for the whole subtree, so children cannot be promised more than
+/// their parent). Roles without a guarantee constrain nothing.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the parent whose guarantee is short.
+fn check_guarantees_nest(roles: &[Role]) -> Result<(), Error> {
+    let guarantee = |r: &Role| resources_from_proto(&r.quota_guarantee).unwrap_or_default();
+    for parent in roles.iter().filter(|r| !r.quota_guarantee.is_empty()) {
+        let mut children = allot_resources::Resources::new();
+        for child in roles {
+            if child
+                .name
+                .rsplit_once('/')
+                .is_some_and(|(p, _)| p == parent.name)
+            {
+                children.add(&guarantee(child));
+            }
+        }
+        let own = guarantee(parent);
+        if !own.contains(&children) {
+            return Err(Error::Invalid(format!(
+                "quota_guarantee: role {}'s guarantee ({own}) does not hold the sum of its children's ({children})",
+                parent.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +359,23 @@ mod tests {
             ..role("prod", 1.0)
         };
         assert!(check_role(&quota("cpus:8", "cpus:8;mem:512")).is_ok());
+        // Guarantees nest: eng's holds the sum of eng/web's and eng/batch's.
+        let named = |name: &str, guarantee: &str| Role {
+            name: name.into(),
+            ..quota("", guarantee)
+        };
+        let tree = [
+            named("eng", "cpus:4"),
+            named("eng/web", "cpus:2"),
+            named("eng/batch", "cpus:2"),
+        ];
+        assert!(check_guarantees_nest(&tree).is_ok());
+        let e = check_guarantees_nest(&[named("eng", "cpus:3"), tree[1].clone(), tree[2].clone()])
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.contains("role eng's guarantee")),
+            "{e}"
+        );
         for bad in [quota("cpus:4", "cpus:8"), quota("", "ports:[1-2]")] {
             let e = check_role(&bad).unwrap_err();
             assert!(
