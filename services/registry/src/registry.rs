@@ -233,8 +233,8 @@ impl Registry {
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad name, a weight that is not a positive number, a malformed quota, or
-    /// guarantees that do not nest (see [`check_guarantees_nest`]); [`Error::Store`] if etcd cannot be read or
-    /// cannot record it.
+    /// guarantees that do not nest (a parent's guarantee must hold the sum of its children's);
+    /// [`Error::Store`] if etcd cannot be read or cannot record it.
     pub async fn set_role(&self, role: Role) -> Result<(), Error> {
         check_role(&role)?;
         if !role.quota_guarantee.is_empty() || role.name.contains('/') {
