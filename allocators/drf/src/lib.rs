@@ -66,12 +66,12 @@ pub fn revocations(s: &Snapshot, by_priority: bool) -> Vec<Revocation> {
         return Vec::new();
     };
     // Roles by index (every role of the snapshot and every ancestor), with shares, fair shares and ancestors.
-    let fair_by_name = allot_policy::entitled_shares(s);
+    let entitled = allot_policy::entitled_shares(s);
     let held = allot_policy::subtree_allocations(s);
     let names: Vec<&str> = held.keys().map(String::as_str).collect();
     let index: std::collections::HashMap<&str, usize> =
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let fair: Vec<f64> = names.iter().map(|n| fair_by_name[*n]).collect();
+    let fair: Vec<f64> = names.iter().map(|n| entitled[*n]).collect();
     let mut share: Vec<f64> = held
         .values()
         .map(|a| allot_policy::dominant_share(a, &s.total))
@@ -269,6 +269,23 @@ struct FrameworkState {
     key: Key,
 }
 
+impl FrameworkState {
+    /// Adds `granted` (amounts in kind order) to the framework's allocation and moves it to its new place in
+    /// its role's `queue` (one more allocation, its new dominant share of `total`).
+    fn take(&mut self, granted: &[i64], total: &[i64], queue: &mut BTreeSet<Key>) {
+        for (a, g) in self.allocation.iter_mut().zip(granted) {
+            *a += g;
+        }
+        queue.remove(&self.key);
+        self.key = Key {
+            share: share(&self.allocation, total),
+            allocations: self.key.allocations + 1,
+            ..self.key
+        };
+        queue.insert(self.key);
+    }
+}
+
 /// A node of the role tree (Mesos 1.6+ hierarchical roles, `/` between components): a role of the view, an
 /// inner role that only its descendants name, or the virtual leaf that holds an inner role's own frameworks
 /// (Mesos' sorter's `a/.`), a sibling of the role's children.
@@ -407,10 +424,14 @@ impl<'a> Tree<'a> {
         room
     }
 
-    /// Node `n`'s place among its siblings: weighted dominant share of its subtree, then name.
-    fn key(&self, n: usize) -> (f64, u32) {
-        let node = &self.nodes[n];
-        (node.share / node.weight, node.rank)
+    /// Orders nodes `a` and `b` as siblings: lower weighted dominant share of the subtree first, then name.
+    fn cmp(&self, a: usize, b: usize) -> std::cmp::Ordering {
+        let key = |n: usize| {
+            let node = &self.nodes[n];
+            (node.share / node.weight, node.rank)
+        };
+        let (ka, kb) = (key(a), key(b));
+        ka.0.total_cmp(&kb.0).then(ka.1.cmp(&kb.1))
     }
 
     /// The tree cut down to the leaves of `roles`: each node's children that lead to one of them, the top
@@ -520,9 +541,10 @@ pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
 /// the first role in that depth-first order that can use it; a role's quota limit caps its subtree; a role
 /// with children keeps its own frameworks in a virtual leaf beside them (Mesos' sorter does the same).
 ///
-/// Cost: per agent, sorting the roles of each class (comparisons walk the role paths, so `O(R log R · d)` for
-/// trees `d` deep) plus `O(log F)` to pick a framework (more only when frameworks at the head of a role's queue
-/// filtered the agent), all on vectors of amounts: no resource bag or ID is built.
+/// Cost: per agent, re-sorting the children of the nodes its depth-first walk reaches (kept in order from agent
+/// to agent, so close to linear; most agents go to the first leaf) plus `O(log F)` to pick a framework (more
+/// only when frameworks at the head of a role's queue filtered the agent), all on vectors of amounts: no
+/// resource bag or ID is built.
 pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
     let n = v.kinds.len();
     let kind = |name: &str| v.kinds.iter().position(|k| *k == name);
@@ -625,10 +647,7 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
         reserved.extend_from_slice(&agent.reserved);
         if !owed_roles.is_empty() {
             // Most owed first: lowest weighted share, ties by name.
-            owed_roles.sort_by(|&a, &b| {
-                let (ka, kb) = (tree.key(a), tree.key(b));
-                ka.0.total_cmp(&kb.0).then(ka.1.cmp(&kb.1))
-            });
+            owed_roles.sort_by(|&a, &b| tree.cmp(a, b));
             for &ri in &owed_roles {
                 // What it is owed of each guaranteed kind, and of the others what the surplus allows.
                 let mut owed_here = false;
@@ -662,20 +681,12 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                     continue;
                 };
                 let i = index_of[key.rank as usize];
-                let fw = &mut fws[i];
+                let queue = roles[ri].queues.get_mut(&class).expect("class queue");
+                fws[i].take(&granted, v.total, queue);
                 for k in 0..n {
-                    fw.allocation[k] += granted[k];
                     unreserved[k] -= free[k];
                     available[k] -= free[k];
                 }
-                let queue = roles[ri].queues.get_mut(&class).expect("class queue");
-                queue.remove(&key);
-                fw.key = Key {
-                    share: share(&fw.allocation, v.total),
-                    allocations: key.allocations + 1,
-                    ..key
-                };
-                queue.insert(fw.key);
                 tree.charge(ri, &granted, v.total);
                 grants.push(i as u32, ai as u32, &free, &zero);
                 required = tree.required_headroom(&wanting, n);
@@ -687,11 +698,7 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
             // node's children are ordered when the walk reaches it.
             stack.clear();
             stack.push((top, 0));
-            let by_key = |tree: &Tree<'_>, a: &usize, b: &usize| {
-                let (ka, kb) = (tree.key(*a), tree.key(*b));
-                ka.0.total_cmp(&kb.0).then(ka.1.cmp(&kb.1))
-            };
-            kids[top].sort_by(|a, b| by_key(&tree, a, b));
+            kids[top].sort_by(|&a, &b| tree.cmp(a, b));
             while let Some((at, next)) = stack.last_mut() {
                 let Some(&child) = kids[*at].get(*next) else {
                     stack.pop();
@@ -699,7 +706,7 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                 };
                 *next += 1;
                 let Some(ri) = client_of[child] else {
-                    kids[child].sort_by(|a, b| by_key(&tree, a, b));
+                    kids[child].sort_by(|&a, &b| tree.cmp(a, b));
                     stack.push((child, 0));
                     continue;
                 };
@@ -735,19 +742,11 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                     continue;
                 };
                 let i = index_of[key.rank as usize];
-                let fw = &mut fws[i];
+                fws[i].take(&granted, v.total, queue);
                 for k in 0..n {
-                    fw.allocation[k] += granted[k];
                     unreserved[k] -= free[k];
                     available[k] -= free[k];
                 }
-                queue.remove(&key);
-                fw.key = Key {
-                    share: share(&fw.allocation, v.total),
-                    allocations: key.allocations + 1,
-                    ..key
-                };
-                queue.insert(fw.key);
                 tree.charge(ri, &granted, v.total);
                 grants.push(i as u32, ai as u32, &free, own);
                 if let Some(at) = own_at {
