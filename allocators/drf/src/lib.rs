@@ -67,15 +67,12 @@ pub fn revocations(s: &Snapshot, by_priority: bool) -> Vec<Revocation> {
     };
     // Roles by index (every role of the snapshot and every ancestor), with shares, fair shares and ancestors.
     let entitled = allot_policy::entitled_shares(s);
-    let held = allot_policy::subtree_allocations(s);
-    let names: Vec<&str> = held.keys().map(String::as_str).collect();
+    let shares = allot_policy::subtree_shares(s);
+    let names: Vec<&str> = shares.keys().map(String::as_str).collect();
     let index: std::collections::HashMap<&str, usize> =
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let fair: Vec<f64> = names.iter().map(|n| entitled[*n]).collect();
-    let mut share: Vec<f64> = held
-        .values()
-        .map(|a| allot_policy::dominant_share(a, &s.total))
-        .collect();
+    let mut share: Vec<f64> = shares.values().copied().collect();
     let ancestors: Vec<Vec<usize>> = names
         .iter()
         .map(|n| {

@@ -247,6 +247,15 @@ pub fn subtree_allocations(s: &Snapshot) -> BTreeMap<String, Resources> {
     out
 }
 
+/// The dominant share of what each role's subtree holds ([`subtree_allocations`]) in the snapshot's total, by
+/// role name.
+pub fn subtree_shares(s: &Snapshot) -> BTreeMap<String, f64> {
+    subtree_allocations(s)
+        .into_iter()
+        .map(|(r, a)| (r, dominant_share(&a, &s.total)))
+        .collect()
+}
+
 /// Each role's weighted fair share of the cluster, in `[0, 1]` of its dominant resource, as hierarchical
 /// weighted DRF entitles it: at each level of the role tree, the roles that are active (in their subtree, a
 /// framework wants offers or something is held) split their parent's share in proportion to their weights

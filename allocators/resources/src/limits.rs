@@ -76,9 +76,7 @@ impl Limits {
 
     /// Whether a role holding `held` is within the limit.
     pub fn allows(&self, held: &Resources) -> bool {
-        self.scalars
-            .iter()
-            .all(|&(k, cap)| held.scalar_milli(k) <= cap)
+        self.allows_sum(&[held])
     }
 
     /// Whether a role holding the sum of `parts` is within the limit (as [`Limits::allows`] on the sum,

@@ -157,6 +157,15 @@ struct Agent {
 }
 
 impl Agent {
+    /// Everything but the static reservations: what dynamic reservations are carved from.
+    fn statically_unreserved(&self) -> Resources {
+        let mut r = self.total.clone();
+        for v in self.static_reserved.values() {
+            r.subtract(v);
+        }
+        r
+    }
+
     fn unreserved_total(&self) -> Resources {
         let mut r = self.total.clone();
         for v in self.reserved.values() {
@@ -389,13 +398,11 @@ impl Books {
         let a = self.agents.entry(id);
         a.reserved = a.static_reserved.clone();
         if let Some(dynamic) = dynamic {
-            let mut unreserved = a.unreserved_total();
             let mut sum = Resources::new();
             for r in dynamic.values() {
                 sum.add(r);
             }
-            if unreserved.contains(&sum) {
-                unreserved.subtract(&sum);
+            if a.statically_unreserved().contains(&sum) {
                 for (role, r) in dynamic {
                     a.reserved.entry(role.clone()).or_default().add(r);
                 }
@@ -453,10 +460,7 @@ impl Books {
             for r in reserved.values() {
                 wanted.add(r);
             }
-            let mut unreserved = a.total.clone();
-            for r in a.static_reserved.values() {
-                unreserved.subtract(r);
-            }
+            let mut unreserved = a.statically_unreserved();
             if !unreserved.contains(&wanted) {
                 return Err(format!(
                     "agent {id} has {unreserved} unreserved, not the {wanted} these reservations need"
@@ -799,8 +803,6 @@ impl Books {
         let mut framework_slots = Vec::new();
         for f in self.frameworks.values_mut() {
             f.filters.retain(|_, until| *until > now);
-        }
-        for f in self.frameworks.values_mut() {
             if !f.wants_offers() {
                 f.starved_since = None;
             } else if f.starved_since.is_none() {
@@ -952,23 +954,17 @@ impl Books {
             return (accepted, refused);
         };
         let fair = allot_policy::entitled_shares(snapshot);
-        let mut share: BTreeMap<String, f64> = allot_policy::subtree_allocations(snapshot)
-            .into_iter()
-            .map(|(r, a)| (r, allot_policy::dominant_share(&a, &snapshot.total)))
-            .collect();
-        let initial = share.clone();
-        let starting_share = |role: &str| initial.get(role).copied().unwrap_or(0.0);
-        let mut lacking = 0.0;
-        let mut counted = std::collections::BTreeSet::new();
-        for f in snapshot
+        let mut share = allot_policy::subtree_shares(snapshot);
+        // The roles preempted for: of a framework starved past the grace, and below what they are entitled to.
+        let starved: std::collections::BTreeSet<&str> = snapshot
             .frameworks
             .iter()
-            .filter(|f| f.starved_seconds >= p.grace_seconds)
-        {
-            if counted.insert(f.role.as_str()) {
-                lacking += (fair[&f.role] - share[&f.role]).max(0.0);
-            }
-        }
+            .filter(|f| {
+                f.starved_seconds >= p.grace_seconds && fair[&f.role] > share[&f.role] + 1e-9
+            })
+            .map(|f| f.role.as_str())
+            .collect();
+        let mut lacking: f64 = starved.iter().map(|r| fair[*r] - share[*r]).sum();
         let mut seen = std::collections::BTreeSet::new();
         for r in revocations {
             let Some(t) = snapshot.tasks.get(r.task) else {
@@ -1012,12 +1008,13 @@ impl Books {
         // what they could not use) no longer keep it from them.
         let agents: std::collections::HashSet<&str> =
             accepted.iter().map(|(t, _)| t.agent.as_str()).collect();
-        // Only the frameworks preempted for: starved, of a role below its fair share (a framework that filtered
-        // an agent itself, as a role at its share does after taking what it wanted, keeps its filters).
-        for f in snapshot.frameworks.iter().filter(|f| {
-            f.starved_seconds >= p.grace_seconds
-                && fair.get(&f.role).copied().unwrap_or(0.0) > starting_share(&f.role) + 1e-9
-        }) {
+        // Only the frameworks preempted for: starved, of a role below its share (a framework that filtered an
+        // agent itself, as a role at its share does after taking what it wanted, keeps its filters).
+        for f in snapshot
+            .frameworks
+            .iter()
+            .filter(|f| f.starved_seconds >= p.grace_seconds && starved.contains(f.role.as_str()))
+        {
             if let Some(fw) = self.frameworks.get_mut(&f.id) {
                 fw.filters
                     .retain(|agent, _| !agents.contains(agent.as_str()));
@@ -1122,13 +1119,8 @@ impl Books {
             return Err((g, GrantRejection::Overcommit));
         }
         // The role's quota limit and its ancestors' (each caps its subtree).
-        if !quotas.chains.is_empty() {
-            let chain = match quotas.chains.get(&role) {
-                Some(c) => c.clone(),
-                None => limits_over(&self.roles, &role)
-                    .map(|(r, l)| (Id::from(r), l.clone()))
-                    .collect(),
-            };
+        // Every framework's role has its chain when any role has a limit (`role_allocations`).
+        if let Some(chain) = quotas.chains.get(&role).cloned() {
             let none = Resources::new();
             if chain.iter().any(|(r, limit)| {
                 let held = quotas.held.get(r).unwrap_or(&none);
