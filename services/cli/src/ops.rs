@@ -364,19 +364,18 @@ pub async fn roles(
         .map(|name| {
             let cfg = configured.iter().find(|r| r.name == name);
             // What the subtree holds: a quota limit caps it, and a parent's share is its subtree's.
-            let in_subtree =
-                |r: &str| r == name || r.strip_prefix(&*name).is_some_and(|s| s.starts_with('/'));
-            let (mut alloc, mut used) = Default::default();
-            for (r, a) in &shares.allocation {
-                if in_subtree(r) {
-                    allot_resources::Resources::add(&mut alloc, a);
-                }
-            }
-            for (r, a) in &shares.used {
-                if in_subtree(r) {
-                    allot_resources::Resources::add(&mut used, a);
-                }
-            }
+            let subtree =
+                |by_role: &std::collections::BTreeMap<String, allot_resources::Resources>| {
+                    let mut sum = allot_resources::Resources::new();
+                    for (r, a) in by_role {
+                        if *r == name || r.strip_prefix(&*name).is_some_and(|s| s.starts_with('/'))
+                        {
+                            sum.add(a);
+                        }
+                    }
+                    sum
+                };
+            let (alloc, used) = (subtree(&shares.allocation), subtree(&shares.used));
             let share = allot_policy::dominant_share(&alloc, &shares.total);
             let used_share = allot_policy::dominant_share(&used, &shares.total);
             let parent = allot_policy::role_ancestors(&name)
@@ -385,13 +384,7 @@ pub async fn roles(
             RoleRow {
                 parent,
                 preemptible: !cfg.is_some_and(|r| r.no_preemption),
-                guarantee: cfg
-                    .map(|r| {
-                        resources_from_proto(&r.quota_guarantee)
-                            .map(|g| g.to_string())
-                            .unwrap_or_else(|e| format!("<{e}>"))
-                    })
-                    .unwrap_or_default(),
+                guarantee: cfg.map(|r| res(&r.quota_guarantee)).unwrap_or_default(),
                 weight: cfg.map(|r| r.weight).unwrap_or(1.0),
                 quota: cfg
                     .map(|r| {

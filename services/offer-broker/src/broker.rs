@@ -95,22 +95,12 @@ impl Broker {
         }
     }
 
-    /// Asks agent `agent_id` (found by [`Broker::agent_address`]) to kill task `task` of `fw`.
+    /// Asks agent `agent_id` (found by [`Broker::agent_address`]) to kill `(framework, task)`; `why` is the
+    /// `(reason, message)` its final status carries (e.g. `REASON_PREEMPTED`; empty: `REASON_TASK_KILLED`).
     ///
     /// # Errors
     /// As [`AgentLink::kill`].
     pub(crate) async fn kill_on_agent(
-        &self,
-        agent_id: &str,
-        fw: &str,
-        task: &str,
-    ) -> Result<Killed, Error> {
-        self.kill_on_agent_for(agent_id, (fw, task), ("", "")).await
-    }
-
-    /// As [`Broker::kill_on_agent`], with the `(reason, message)` its final status carries (e.g.
-    /// `REASON_PREEMPTED`).
-    pub(crate) async fn kill_on_agent_for(
         &self,
         agent_id: &str,
         task: (&str, &str),

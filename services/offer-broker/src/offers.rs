@@ -106,7 +106,7 @@ impl Broker {
                 let span = tracing::info_span!("preempt task", allot.framework.id = %t.framework_id,
                     allot.task.id = %t.task_id, allot.agent.id = %t.agent_id);
                 let killed = me
-                    .kill_on_agent_for(
+                    .kill_on_agent(
                         &t.agent_id,
                         (&t.framework_id, &t.task_id),
                         ("REASON_PREEMPTED", &t.message),
@@ -114,7 +114,11 @@ impl Broker {
                     .instrument(span)
                     .await;
                 match killed {
-                    Ok(_) => {
+                    Ok(crate::link::agents::Killed::Unknown(why)) => {
+                        tracing::debug!(framework = %t.framework_id, task = %t.task_id, %why,
+                            "a preempted task had already ended")
+                    }
+                    Ok(crate::link::agents::Killed::Killing) => {
                         tracing::info!(framework = %t.framework_id, task = %t.task_id, message = %t.message,
                         "killing a preempted task")
                     }

@@ -148,7 +148,7 @@ impl Broker {
             return Ok(());
         }
         let agent_id = rec.task.as_ref().map_or("", |t| t.agent_id.as_str());
-        match self.kill_on_agent(agent_id, fw, task).await? {
+        match self.kill_on_agent(agent_id, (fw, task), ("", "")).await? {
             Killed::Killing => Ok(()),
             Killed::Unknown(why) => {
                 let lost = self.master_statuses(
@@ -213,7 +213,7 @@ impl Broker {
         self.allocator.deactivate(fw).await;
         self.allocator.recover(offers, 0.0, Vec::new()).await;
         for (task, agent) in live {
-            let _ = self.kill_on_agent(&agent, fw, &task).await;
+            let _ = self.kill_on_agent(&agent, (fw, &task), ("", "")).await;
         }
         tracing::info!(framework = %fw, "framework torn down");
         Ok(())

@@ -135,7 +135,7 @@ impl Broker {
             M.stale_killed.inc();
             let me = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = me.kill_on_agent(&agent, &fw, &task).await {
+                if let Err(e) = me.kill_on_agent(&agent, (&fw, &task), ("", "")).await {
                     tracing::warn!(framework = %fw, %task, %agent, error = %e, "cannot kill it");
                 }
             });

@@ -237,7 +237,8 @@ impl Registry {
     /// [`Error::Store`] if etcd cannot be read or cannot record it.
     pub async fn set_role(&self, role: Role) -> Result<(), Error> {
         check_role(&role)?;
-        if !role.quota_guarantee.is_empty() || role.name.contains('/') {
+        // Only a role with a guarantee can break the nesting (dropping one never does).
+        if !role.quota_guarantee.is_empty() {
             let mut others = self.roles().await?;
             others.retain(|r| r.name != role.name);
             others.push(role.clone());
@@ -289,12 +290,13 @@ fn check_role(role: &Role) -> Result<(), Error> {
     let guarantee = resources_from_proto(&role.quota_guarantee)
         .map_err(|e| Error::Invalid(format!("quota_guarantee: {e}")))?;
     // A guarantee above the limit could never be met (Mesos refuses it too).
+    let scale = allot_resources::SCALE as f64;
     for (kind, amount) in guarantee.scalars() {
-        if limit.get_milli(kind).is_some_and(|cap| amount > cap) {
+        if let Some(cap) = limit.get_milli(kind).filter(|cap| amount > *cap) {
             return Err(Error::Invalid(format!(
                 "quota_guarantee: {kind} {} is above the limit {}",
-                amount as f64 / 1000.0,
-                limit.get_milli(kind).unwrap_or(0) as f64 / 1000.0
+                amount as f64 / scale,
+                cap as f64 / scale
             )));
         }
     }
