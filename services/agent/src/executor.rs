@@ -270,22 +270,20 @@ fn final_status(
             "REASON_EXECUTOR_TERMINATED",
             None,
         ),
-        Ok(_) if killed => match l.kill_reason.get() {
-            Some((reason, why)) if !reason.is_empty() => status(
+        Ok(_) if killed => {
+            // KillTask sets a reason only when it was given one.
+            let (reason, why) = match l.kill_reason.get() {
+                Some((reason, why)) => (reason.as_str(), format!(": {why}")),
+                None => ("REASON_TASK_KILLED", String::new()),
+            };
+            status(
                 l,
                 TaskState::TaskKilled,
-                format!("Command killed: {why}{note}"),
+                format!("Command killed{why}{note}"),
                 reason,
                 None,
-            ),
-            _ => status(
-                l,
-                TaskState::TaskKilled,
-                format!("Command killed{note}"),
-                "REASON_TASK_KILLED",
-                None,
-            ),
-        },
+            )
+        }
         Ok(_) if oom => failed(
             format!(
                 "Memory limit of {} MiB exceeded: the kernel's OOM killer ended the command",
