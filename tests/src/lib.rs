@@ -1124,6 +1124,8 @@ impl Cluster {
             // Short, so that tests which restart the broker see updates re-sent within a second.
             status_update_retry_interval: Duration::from_secs(1),
             switch_user: true,
+            executor_listen: "127.0.0.1:0".into(),
+            executor_registration_timeout: Duration::from_secs(20),
         }
     }
 

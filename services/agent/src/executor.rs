@@ -200,6 +200,7 @@ fn status(
         timestamp: allot_common::now_secs(),
         uuid: allot_common::new_status_uuid(),
         exit_code,
+        ..Default::default()
     }
 }
 
@@ -317,6 +318,63 @@ fn final_status(
     }
 }
 
+/// The argv that runs command `cmd_info` under the wrapper (which writes its exit status to `exit_file`),
+/// under `iso`'s rlimits if any, as `run_as` if given; and whether the command waits at the gate (a cgroup:
+/// the caller attaches the pid, then writes a line to the child's stdin).
+pub(crate) fn wrapped_argv(
+    cmd_info: &allot_proto::common::CommandInfo,
+    exit_file: &Path,
+    iso: &TaskIsolation,
+    run_as: Option<&RunAs>,
+) -> (Vec<String>, bool) {
+    let shell = cmd_info.shell || cmd_info.arguments.is_empty();
+    // Under prlimit the command must be a program to exec: the shell.
+    let in_wrapper = shell && !matches!(iso, TaskIsolation::Prlimit { .. });
+    let mut argv: Vec<String> = if in_wrapper {
+        vec![cmd_info.value.clone()]
+    } else if shell {
+        vec!["/bin/sh".into(), "-c".into(), cmd_info.value.clone()]
+    } else {
+        let mut v = vec![cmd_info.value.clone()];
+        v.extend(cmd_info.arguments.iter().skip(1).cloned());
+        v
+    };
+    if let TaskIsolation::Prlimit { program, bytes } = iso {
+        let mut wrapped = vec![program.clone(), format!("--as={bytes}"), "--".into()];
+        wrapped.append(&mut argv);
+        argv = wrapped;
+    }
+    // With a cgroup, the command waits at a gate until its process is in the cgroup, so that nothing it forks
+    // can escape: the wrapper reads one line from a pipe before it starts the command. The agent writes the
+    // line after attaching the pid.
+    let gated = matches!(iso, TaskIsolation::Cgroup(_));
+    let script = WRAPPER
+        .replace("GATE", if gated { "read -r _ || true\n" } else { "" })
+        .replace("RUN", if in_wrapper { RUN_SHELL } else { RUN_ARGV });
+    let mut wrapped: Vec<String> = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        script,
+        "allot-executor".into(),
+        exit_file.display().to_string(),
+    ];
+    wrapped.append(&mut argv);
+    // As the task's user: util-linux's setpriv sets the uid, gid and the user's groups (initgroups) and execs
+    // the wrapper, keeping the pid the agent puts in the cgroup.
+    if let Some(who) = &run_as {
+        let mut switched = vec![
+            "setpriv".to_string(),
+            format!("--reuid={}", who.uid),
+            format!("--regid={}", who.gid),
+            "--init-groups".into(),
+            "--".into(),
+        ];
+        switched.append(&mut wrapped);
+        wrapped = switched;
+    }
+    (wrapped, gated)
+}
+
 /// A task's command, started: the child (its stdin the gate, when the command waits at one), its isolation
 /// and its pid.
 struct Started {
@@ -368,52 +426,7 @@ fn start(
         }
     };
     let cmd_info = l.task.command.clone().unwrap_or_default();
-    let shell = cmd_info.shell || cmd_info.arguments.is_empty();
-    // Under prlimit the command must be a program to exec: the shell.
-    let in_wrapper = shell && !matches!(iso, TaskIsolation::Prlimit { .. });
-    let mut argv: Vec<String> = if in_wrapper {
-        vec![cmd_info.value.clone()]
-    } else if shell {
-        vec!["/bin/sh".into(), "-c".into(), cmd_info.value.clone()]
-    } else {
-        let mut v = vec![cmd_info.value.clone()];
-        v.extend(cmd_info.arguments.iter().skip(1).cloned());
-        v
-    };
-    if let TaskIsolation::Prlimit { program, bytes } = &iso {
-        let mut wrapped = vec![program.clone(), format!("--as={bytes}"), "--".into()];
-        wrapped.append(&mut argv);
-        argv = wrapped;
-    }
-    // With a cgroup, the command waits at a gate until its process is in the cgroup, so that nothing it forks
-    // can escape: the wrapper reads one line from a pipe before it starts the command. The agent writes the
-    // line after attaching the pid.
-    let gated = matches!(iso, TaskIsolation::Cgroup(_));
-    let script = WRAPPER
-        .replace("GATE", if gated { "read -r _ || true\n" } else { "" })
-        .replace("RUN", if in_wrapper { RUN_SHELL } else { RUN_ARGV });
-    let mut wrapped: Vec<String> = vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        script,
-        "allot-executor".into(),
-        exit_file.display().to_string(),
-    ];
-    wrapped.append(&mut argv);
-    // As the task's user: util-linux's setpriv sets the uid, gid and the user's groups (initgroups) and execs
-    // the wrapper, keeping the pid the agent puts in the cgroup.
-    if let Some(who) = &run_as {
-        let mut switched = vec![
-            "setpriv".to_string(),
-            format!("--reuid={}", who.uid),
-            format!("--regid={}", who.gid),
-            "--init-groups".into(),
-            "--".into(),
-        ];
-        switched.append(&mut wrapped);
-        wrapped = switched;
-    }
-    let argv = wrapped;
+    let (argv, gated) = wrapped_argv(&cmd_info, &exit_file, &iso, run_as.as_ref());
     let open = |name: &str| std::fs::File::create(l.sandbox.join(name));
     let (stdout, stderr) = match (open("stdout"), open("stderr")) {
         (Ok(o), Ok(e)) => (o, e),
@@ -616,14 +629,22 @@ pub enum Recovered {
 /// Whether `pid` is a live process (not a zombie) of task `task_id` of `framework_id`: its environment names
 /// both, so that a recycled pid is never taken for the task.
 fn is_task(pid: i32, framework_id: &str, task_id: &str) -> bool {
+    has_environment(
+        pid,
+        &[
+            format!("ALLOT_TASK_ID={task_id}"),
+            format!("ALLOT_FRAMEWORK_ID={framework_id}"),
+        ],
+    )
+}
+
+/// Whether `pid` is a live process (not a zombie) whose environment holds every `NAME=value` of `vars`.
+pub(crate) fn has_environment(pid: i32, vars: &[String]) -> bool {
     let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
-    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-    let has = |v: String| vars.contains(&v.as_bytes());
-    has(format!("ALLOT_TASK_ID={task_id}"))
-        && has(format!("ALLOT_FRAMEWORK_ID={framework_id}"))
-        && alive(Pid::from_raw(pid))
+    let found: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    vars.iter().all(|v| found.contains(&v.as_bytes())) && alive(Pid::from_raw(pid))
 }
 
 /// Whether `pid` runs (exists and is not a zombie waiting for its parent).

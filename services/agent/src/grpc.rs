@@ -97,18 +97,17 @@ impl agent_server::Agent for AgentService {
                 "launch refused: {refusal}"
             )));
         }
-        let framework_user = r
-            .framework_info
-            .as_ref()
-            .map(|f| f.user.clone())
-            .unwrap_or_default();
+        let framework_info = r.framework_info.clone().unwrap_or_default();
+        let framework_user = framework_info.user.clone();
         for mut task in r.tasks {
             let task_id = task.task_id.clone();
             // The task runs as its command's user, else its framework's (Mesos); recorded in the task, so that
-            // its checkpoint names the user it runs as.
-            let command = task.command.get_or_insert_with(Default::default);
-            if command.user.is_empty() {
-                command.user = framework_user.clone();
+            // its checkpoint names the user it runs as. A task of an executor runs as its executor does.
+            if task.executor.is_none() {
+                let command = task.command.get_or_insert_with(Default::default);
+                if command.user.is_empty() {
+                    command.user = framework_user.clone();
+                }
             }
             // A launch sent again (the broker did not hear the first answered) of a task that has run and
             // ended, or has updates waiting: it is not run twice. Its updates reach the broker on their own.
@@ -132,9 +131,21 @@ impl agent_server::Agent for AgentService {
             let isolator = agent.isolator.clone();
             // The task's life in this agent, its start-up steps as children (`sandbox`, `isolate`, `spawn`).
             let run_span = tracing::info_span!(parent: &span, "run task", allot.task.id = %task_id);
-            if !agent.supervise(launch, context, |l, kill, tx| {
-                tracing::Instrument::instrument(run_task(l, isolator, kill, tx), run_span)
-            }) {
+            let supervised = match launch.task.executor.is_some() {
+                true => {
+                    let (me, framework) = (agent.clone(), framework_info.clone());
+                    agent.supervise(launch, context, |l, kill, tx| {
+                        tracing::Instrument::instrument(
+                            me.run_executor_task(l, framework, kill, tx),
+                            run_span,
+                        )
+                    })
+                }
+                false => agent.supervise(launch, context, |l, kill, tx| {
+                    tracing::Instrument::instrument(run_task(l, isolator, kill, tx), run_span)
+                }),
+            };
+            if !supervised {
                 tracing::warn!(task = %task_id, "launch of a known task ignored");
             }
             drop(span);
@@ -150,8 +161,12 @@ impl agent_server::Agent for AgentService {
             .0
             .updates
             .acknowledge_all(request.into_inner().acknowledgements);
-        for state in acked {
+        for ((fw, task), uuid, state) in acked {
             M.updates.with_label_values(&[state.as_str_name()]).inc();
+            // An executor's own updates are acknowledged to it too (its ACKNOWLEDGED event).
+            for c in self.0.executors.of(&fw, "") {
+                c.acknowledged(&task, &uuid, state.is_terminal());
+            }
         }
         Ok(Response::new(AcknowledgeStatusUpdatesResponse {}))
     }
@@ -167,6 +182,43 @@ impl agent_server::Agent for AgentService {
             |k| tasks.contains_key(k),
             request.into_inner().tasks,
         )))
+    }
+
+    async fn framework_to_executor(
+        &self,
+        request: Request<FrameworkToExecutorRequest>,
+    ) -> Result<Response<FrameworkToExecutorResponse>, Status> {
+        let r = request.into_inner();
+        let sent = self
+            .0
+            .executors
+            .get(&(r.framework_id.clone(), r.executor_id.clone()))
+            .is_some_and(|c| c.send(allot_mesos::executor::Event::message(r.data)));
+        match sent {
+            true => Ok(Response::new(FrameworkToExecutorResponse {})),
+            false => Err(Status::not_found(format!(
+                "executor {} of framework {} is not running (or not subscribed) on this agent",
+                r.executor_id, r.framework_id
+            ))),
+        }
+    }
+
+    async fn shutdown_executor(
+        &self,
+        request: Request<ShutdownExecutorRequest>,
+    ) -> Result<Response<ShutdownExecutorResponse>, Status> {
+        let r = request.into_inner();
+        let found = self.0.executors.of(&r.framework_id, &r.executor_id);
+        if found.is_empty() && !r.executor_id.is_empty() {
+            return Err(Status::not_found(format!(
+                "executor {} of framework {} is not running on this agent",
+                r.executor_id, r.framework_id
+            )));
+        }
+        for c in found {
+            c.shutdown("asked by the framework or the broker");
+        }
+        Ok(Response::new(ShutdownExecutorResponse {}))
     }
 
     async fn kill_task(

@@ -93,6 +93,14 @@ pub enum IsolationError {
         /// What cgroups-rs reported.
         source: CgroupError,
     },
+    /// An executor container's limits cannot be changed.
+    #[error("cannot resize cgroup {path}: {source}")]
+    Resize {
+        /// The cgroup's path, relative to each controller's root.
+        path: String,
+        /// What cgroups-rs reported.
+        source: CgroupError,
+    },
 }
 
 /// Chooses the isolator for `mode`; `parent` is the cgroup path for this agent's tasks.
@@ -253,6 +261,45 @@ impl TaskIsolation {
         std::fs::read_to_string(m.path().join(file))
             .map(|text| oom_kills(&text) > 0)
             .unwrap_or(false)
+    }
+
+    /// Sets the cgroup's limits to `cpus` cores (CPU shares) and `mem_mib` MiB (0: unlimited): an executor's
+    /// container grows and shrinks with its tasks. A no-op without a cgroup (rlimits are fixed at exec).
+    ///
+    /// # Errors
+    /// [`IsolationError::Resize`] if the kernel refuses a limit (e.g. memory below what is in use).
+    pub fn resize(&self, cpus: f64, mem_mib: f64) -> Result<(), IsolationError> {
+        let TaskIsolation::Cgroup(cg) = self else {
+            return Ok(());
+        };
+        let resize = |source| IsolationError::Resize {
+            path: cg.path().to_string(),
+            source,
+        };
+        if let Some(m) = cg.controller_of::<MemController>() {
+            let bytes = if mem_mib > 0.0 {
+                (mem_mib * 1024.0 * 1024.0) as i64
+            } else {
+                -1
+            };
+            // Swap (v1: memory+swap) first when growing, last when shrinking: it may never be below memory.
+            let current = m.memory_stat().limit_in_bytes;
+            let grow = bytes < 0 || bytes > current;
+            if grow {
+                let _ = m.set_memswap_limit(bytes);
+            }
+            m.set_limit(bytes).map_err(resize)?;
+            if !grow {
+                m.set_memswap_limit(bytes).map_err(resize)?;
+            }
+        }
+        if cpus > 0.0
+            && let Some(c) = cg.controller_of::<cgroups_rs::fs::cpu::CpuController>()
+        {
+            c.set_shares(((cpus * 1024.0) as u64).max(2))
+                .map_err(resize)?;
+        }
+        Ok(())
     }
 
     /// Removes the task's cgroup; every process in it must be gone.

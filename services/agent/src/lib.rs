@@ -3,6 +3,8 @@
 //!
 //! Layout:
 //! - [`executor`]: the command executor (one process group per task, sandbox, exit codes, kill);
+//! - [`executors`]: frameworks' own executors (one per framework and executor ID, its tasks in its container);
+//! - [`executor_api`]: Mesos' v1 executor HTTP API, which those executors call;
 //! - [`isolation`]: cgroups or rlimits per task;
 //! - [`fence`]: launches run only by the registration they were meant for (no task started by a launch
 //!   a network partition held up after the broker gave it up);
@@ -17,6 +19,8 @@
 //! it was down (`recover_tasks`, [`executor`]'s checkpoints).
 
 pub mod executor;
+pub mod executor_api;
+pub mod executors;
 pub mod fence;
 pub mod grpc;
 pub mod isolation;
@@ -81,6 +85,16 @@ pub struct Config {
     /// Attributes, `key:value;key:value`.
     #[arg(long, env = "ALLOT_ATTRIBUTES", default_value = "")]
     pub attributes: String,
+    /// Address (loopback by default) to serve the executor API on (Mesos' `POST /api/v1/executor`, for
+    /// frameworks' own executors; their `MESOS_AGENT_ENDPOINT`). Port 0: a free port, checkpointed in the
+    /// work directory (`executor_endpoint`) and bound again after a restart, because running executors
+    /// subscribe to the same endpoint again.
+    #[arg(long, env = "ALLOT_EXECUTOR_LISTEN", default_value = "127.0.0.1:0")]
+    pub executor_listen: String,
+    /// How long a started executor has to subscribe (also after an agent restart) before it is killed and
+    /// its tasks fail (Mesos' `--executor_registration_timeout`).
+    #[arg(long, env = "ALLOT_EXECUTOR_REGISTRATION_TIMEOUT", default_value = "1m", value_parser = allot_server::config::parse_duration)]
+    pub executor_registration_timeout: Duration,
     /// Hostname reported in offers; default: this machine's.
     #[arg(long, env = "ALLOT_HOSTNAME")]
     pub hostname: Option<String>,
@@ -201,6 +215,16 @@ pub struct Agent {
     pub(crate) tasks: Mutex<HashMap<(String, String), Running>>,
     /// The address the broker reaches this agent at (the `agent` label of its series).
     pub(crate) address: String,
+    /// This node's hostname.
+    pub(crate) hostname: String,
+    /// Frameworks' own executors.
+    pub(crate) executors: executors::Executors,
+    /// `ip:port` of the executor API (`MESOS_AGENT_ENDPOINT`).
+    pub(crate) executor_endpoint: String,
+    /// How long a started executor has to subscribe.
+    pub(crate) executor_registration_timeout: Duration,
+    /// The broker replicas (executors' messages and exits go there).
+    pub(crate) brokers: allot_common::grpc::Replicas,
     pub(crate) total: Resources,
 }
 
@@ -415,6 +439,13 @@ fn recover_tasks(agent: &Arc<Agent>) {
             });
         tracing::info!(framework = %fw, task = %task_id, ?found, "recovering a task left by an earlier agent process");
         let isolator = agent.isolator.clone();
+        if launch.task.executor.is_some() {
+            let me = agent.clone();
+            agent.supervise(launch, HashMap::new(), |l, kill, tx| {
+                me.recover_executor_task(l, kill, tx)
+            });
+            continue;
+        }
         match found {
             executor::Recovered::Running(pid) => {
                 agent.supervise(launch, HashMap::new(), |l, kill, tx| {
@@ -565,7 +596,12 @@ pub async fn run(
     );
     let brokers = dialer.replicas(&config.broker)?;
     // Aborted with `run`: a crashed agent sends nothing more (its checkpoint has what is left).
-    let sending = updates.start(move |due| deliver(brokers.clone(), due));
+    let sending = {
+        let brokers = brokers.clone();
+        updates.start(move |due| deliver(brokers.clone(), due))
+    };
+    let (executor_listener, executor_endpoint) =
+        bind_executor_api(&config.executor_listen, &work_dir.join("executor_endpoint")).await?;
     let agent = Arc::new(Agent {
         agent_id: Mutex::new(checkpointed.clone()),
         fence: fence::Fence::default(),
@@ -576,9 +612,24 @@ pub async fn run(
         updates: updates.clone(),
         tasks: Mutex::new(HashMap::new()),
         address: address.clone(),
+        hostname: info.hostname.clone(),
+        executors: Default::default(),
+        executor_endpoint,
+        executor_registration_timeout: config.executor_registration_timeout,
+        brokers,
         total: resources.clone(),
     });
+    agent.recover_executors();
     recover_tasks(&agent);
+    // Served until `run` returns (aborted with it): executors reach their agent here.
+    let _executor_api = {
+        let router = executor_api::router(agent.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = axum::serve(executor_listener, router).await {
+                tracing::error!(error = %e, "the executor API stopped");
+            }
+        }))
+    };
     agent.refresh_usage();
     tracing::info!(%address, %resources, ?reserved, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
 
@@ -613,6 +664,9 @@ pub async fn run(
                 for running in agent.tasks.lock().expect("tasks poisoned").values() {
                     running.kill.cancel();
                 }
+                for executor in agent.executors.all() {
+                    executor.shutdown("the agent is stopping (--kill-tasks-on-stop)");
+                }
                 // The tasks end within their grace periods; their final updates get a few seconds more.
                 let within = agent.grace + Duration::from_secs(5);
                 sending.drain(within, || agent.running() > 0).await;
@@ -630,6 +684,55 @@ pub async fn run(
     drop(liveness);
     result?;
     Ok(())
+}
+
+/// Binds the executor API on `listen`; with port 0, on the endpoint checkpointed in `file` by an earlier
+/// agent process if it is free (its executors subscribe there again), else on a free port, checkpointed.
+/// Returns the listener and its `ip:port`.
+///
+/// # Errors
+/// [`Error::Config`] when `listen` cannot be bound.
+async fn bind_executor_api(
+    listen: &str,
+    file: &std::path::Path,
+) -> Result<(tokio::net::TcpListener, String), Error> {
+    let bind = |addr: String| async move {
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on --executor-listen {addr}: {e}")))
+    };
+    let ephemeral = listen.ends_with(":0");
+    let earlier = std::fs::read_to_string(file)
+        .ok()
+        .map(|s| s.trim().to_string());
+    let listener = match (ephemeral, earlier) {
+        (true, Some(addr)) if !addr.is_empty() => {
+            // The last agent process's socket may take a moment to go.
+            let mut tries = 0;
+            loop {
+                match bind(addr.clone()).await {
+                    Ok(l) => break l,
+                    Err(_) if tries < 10 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "cannot bind the executor API where the last agent process served it; running executors will not find this agent");
+                        break bind(listen.to_string()).await?;
+                    }
+                }
+            }
+        }
+        _ => bind(listen.to_string()).await?,
+    };
+    let endpoint = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| listen.to_string());
+    if let Err(e) = std::fs::write(file, &endpoint) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot checkpoint the executor API's endpoint");
+    }
+    Ok((listener, endpoint))
 }
 
 /// Where [`keep_registered`] keeps what the registry answers.

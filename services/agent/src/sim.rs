@@ -202,6 +202,24 @@ struct SimService(Arc<Sim>);
 
 #[tonic::async_trait]
 impl agent_server::Agent for SimService {
+    async fn framework_to_executor(
+        &self,
+        _: Request<allot_proto::agent::FrameworkToExecutorRequest>,
+    ) -> Result<Response<allot_proto::agent::FrameworkToExecutorResponse>, Status> {
+        Err(Status::not_found(
+            "simulated agents run no executors of frameworks' own",
+        ))
+    }
+
+    async fn shutdown_executor(
+        &self,
+        _: Request<allot_proto::agent::ShutdownExecutorRequest>,
+    ) -> Result<Response<allot_proto::agent::ShutdownExecutorResponse>, Status> {
+        Ok(Response::new(
+            allot_proto::agent::ShutdownExecutorResponse {},
+        ))
+    }
+
     async fn launch_tasks(
         &self,
         request: Request<LaunchTasksRequest>,

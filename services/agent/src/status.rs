@@ -480,27 +480,27 @@ impl StatusUpdateManager {
     }
 
     /// `Agent.AcknowledgeStatusUpdates`: each acknowledgement as by [`StatusUpdateManager::acknowledge`], all
-    /// under one lock; returns the states of the updates it dropped.
+    /// under one lock; returns the updates it dropped: task, uuid and state.
     pub fn acknowledge_all(
         &self,
         acks: impl IntoIterator<Item = StatusUpdateAcknowledgement>,
-    ) -> Vec<TaskState> {
+    ) -> Vec<(TaskKey, Vec<u8>, TaskState)> {
         let mut streams = self.streams.lock().expect("streams poisoned");
         let mut wake = false;
-        let states = acks
+        let acked = acks
             .into_iter()
             .filter_map(|a| {
-                let (state, next) =
-                    self.acknowledge_locked(&mut streams, &(a.framework_id, a.task_id), &a.uuid);
+                let key = (a.framework_id, a.task_id);
+                let (state, next) = self.acknowledge_locked(&mut streams, &key, &a.uuid);
                 wake |= next;
-                state
+                Some((key, a.uuid, state?))
             })
             .collect();
         drop(streams);
         if wake {
             self.wake.notify_one();
         }
-        states
+        acked
     }
 
     /// Updates not yet acknowledged, over all tasks.
@@ -549,6 +549,17 @@ impl StatusUpdateManager {
                 Some(pending) => Some((pending, false)),
                 None => s.acknowledged.clone().map(|a| (a, true)),
             })
+    }
+
+    /// Whether update `uuid` of task `key` is here: waiting in its stream, or its latest acknowledged one (an
+    /// executor lists the updates it has not seen acknowledged when it subscribes again; those the agent has
+    /// are not taken twice).
+    pub fn knows_update(&self, key: &TaskKey, uuid: &[u8]) -> bool {
+        let streams = self.streams.lock().expect("streams poisoned");
+        streams.tasks.get(key).is_some_and(|s| {
+            s.updates.iter().any(|u| status_of(u).uuid == uuid)
+                || s.acknowledged.as_ref().is_some_and(|a| a.uuid == uuid)
+        })
     }
 
     /// Whether this manager has seen task `key`: it has a stream for it, or the task ended (its terminal update

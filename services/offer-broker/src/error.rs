@@ -35,6 +35,14 @@ pub enum Error {
     /// An agent whose address the broker cannot find (`UNAVAILABLE`).
     #[error("agent {0} is unknown")]
     UnknownAgent(String),
+    /// The agent does not run (or has not yet subscribed) that executor of the framework (`NOT_FOUND`).
+    #[error("executor {executor} is not running on agent {agent}")]
+    UnknownExecutor {
+        /// The executor ID.
+        executor: String,
+        /// The agent ID.
+        agent: String,
+    },
     /// An agent that could not be reached or did not answer in time: the call may be made again
     /// (`UNAVAILABLE`).
     #[error("agent {agent} is unreachable: {message}")]

@@ -4,7 +4,8 @@
 use crate::broker::Broker;
 use crate::error::Error;
 use allot_proto::agent::{
-    StatusUpdateBatchRequest, StatusUpdateRequest, StatusUpdateResponse,
+    ExecutorToFrameworkRequest, ExecutorToFrameworkResponse, ExitedExecutorRequest,
+    ExitedExecutorResponse, StatusUpdateBatchRequest, StatusUpdateRequest, StatusUpdateResponse,
     status_updates_server::StatusUpdates,
 };
 use allot_proto::operator::{self as op, operator_server::Operator};
@@ -26,7 +27,8 @@ impl From<Error> for Status {
             | Error::UnknownFramework(_)
             | Error::UnknownOffer(_)
             | Error::Rescinded
-            | Error::UnknownTask(_) => Status::not_found(text),
+            | Error::UnknownTask(_)
+            | Error::UnknownExecutor { .. } => Status::not_found(text),
             Error::UnknownAgent(_)
             | Error::Agent { .. }
             | Error::AgentUnreachable { .. }
@@ -236,6 +238,32 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(pb::KillResponse {}))
     }
 
+    async fn message(
+        &self,
+        request: Request<pb::MessageRequest>,
+    ) -> Result<Response<pb::MessageResponse>, Status> {
+        let caller = authz::caller(&request);
+        let r = request.into_inner();
+        self.authorize(&caller, &r.framework_id, "send_messages")?;
+        self.0
+            .message(&r.framework_id, &r.agent_id, &r.executor_id, r.data)
+            .await?;
+        Ok(Response::new(pb::MessageResponse {}))
+    }
+
+    async fn shutdown(
+        &self,
+        request: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        let caller = authz::caller(&request);
+        let r = request.into_inner();
+        self.authorize(&caller, &r.framework_id, "shutdown_executors")?;
+        self.0
+            .shutdown_executor(&r.framework_id, &r.agent_id, &r.executor_id)
+            .await?;
+        Ok(Response::new(pb::ShutdownResponse {}))
+    }
+
     async fn acknowledge(
         &self,
         request: Request<pb::AcknowledgeRequest>,
@@ -354,6 +382,30 @@ impl StatusUpdates for StatusService {
         self.own_agents(&caller, updates.iter().map(|(s, _, _)| s.agent_id.as_str()))?;
         self.0.status_updates(updates);
         Ok(Response::new(StatusUpdateResponse {}))
+    }
+
+    async fn executor_to_framework(
+        &self,
+        request: Request<ExecutorToFrameworkRequest>,
+    ) -> Result<Response<ExecutorToFrameworkResponse>, Status> {
+        let caller = authz::caller(&request);
+        caller.require(&AGENT_KINDS, "update_status", "(an executor's message)")?;
+        let r = request.into_inner();
+        self.own_agents(&caller, [r.agent_id.as_str()])?;
+        self.0.executor_message(r);
+        Ok(Response::new(ExecutorToFrameworkResponse {}))
+    }
+
+    async fn exited_executor(
+        &self,
+        request: Request<ExitedExecutorRequest>,
+    ) -> Result<Response<ExitedExecutorResponse>, Status> {
+        let caller = authz::caller(&request);
+        caller.require(&AGENT_KINDS, "update_status", "(an executor's exit)")?;
+        let r = request.into_inner();
+        self.own_agents(&caller, [r.agent_id.as_str()])?;
+        self.0.executor_exited(r);
+        Ok(Response::new(ExitedExecutorResponse {}))
     }
 }
 

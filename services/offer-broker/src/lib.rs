@@ -11,7 +11,7 @@
 //!   [`updates`] (status updates and the acknowledgement protocol), [`offers`] (grants, ACCEPT, DECLINE),
 //!   [`scheduler`] (SUBSCRIBE, failover timeouts, SUPPRESS/REVIVE, KILL, RECONCILE, TEARDOWN, heartbeats),
 //!   [`recovery`] (the leader's start, reconciliation with agents, agents lost, back or restarted),
-//!   [`views`] (operator views);
+//!   [`views`] (operator views), [`executors`] (framework messages both ways, SHUTDOWN, executors' exits);
 //! - [`grpc`]: the tonic services `allot.scheduler.v1.Scheduler` (frameworks), `allot.agent.v1.StatusUpdates`
 //!   (agents) and `allot.operator.v1.Operator` (operators), and the mapping of [`Error`] to status codes.
 //!
@@ -21,6 +21,7 @@
 
 pub mod broker;
 pub mod error;
+pub mod executors;
 pub mod grpc;
 pub mod link;
 mod metrics;

@@ -194,7 +194,8 @@ impl Broker {
         self.teardown(fw).await
     }
 
-    /// TEARDOWN: kills every live task of the framework, returns its offers and marks it removed.
+    /// TEARDOWN: kills every live task of the framework, shuts its executors down, returns its offers and
+    /// marks it removed.
     ///
     /// # Errors
     /// [`Error::UnknownFramework`]; [`Error::Store`] if etcd cannot record the removal.
@@ -215,6 +216,7 @@ impl Broker {
         for (task, agent) in live {
             let _ = self.kill_on_agent(&agent, (fw, &task), ("", "")).await;
         }
+        self.shutdown_executors_of(fw);
         tracing::info!(framework = %fw, "framework torn down");
         Ok(())
     }

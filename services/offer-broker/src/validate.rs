@@ -17,13 +17,49 @@ pub struct ValidTask {
     pub resources: Resources,
 }
 
+/// Checks the ExecutorInfo of task `task_id` and returns the executor's own resources.
+///
+/// # Errors
+/// [`Error::Invalid`]: an invalid executor ID, no command, a negative or non-finite shutdown grace period,
+/// invalid resources.
+fn check_executor(
+    task_id: &str,
+    e: &allot_proto::common::ExecutorInfo,
+) -> Result<Resources, Error> {
+    let bad = |why: String| Error::Invalid(format!("task '{task_id}': executor {why}"));
+    if !valid_id(&e.executor_id) {
+        return Err(bad(format!(
+            "ID '{}' must be 1-128 characters of [A-Za-z0-9._-]",
+            e.executor_id
+        )));
+    }
+    if e.command.as_ref().is_none_or(|c| c.value.trim().is_empty()) {
+        return Err(bad(format!(
+            "'{}' has no command (CommandInfo.value is empty)",
+            e.executor_id
+        )));
+    }
+    if !(e.shutdown_grace_period.is_finite() && e.shutdown_grace_period >= 0.0) {
+        return Err(bad(
+            "shutdown_grace_period must be a finite number of seconds >= 0".into(),
+        ));
+    }
+    resources_from_proto(&e.resources).map_err(|err| bad(format!("resources: {err}")))
+}
+
 /// Checks `tasks` launched on `agent_id` from offers totalling `offered`.
 ///
 /// `is_live(task_id)` tells whether the framework already has a non-terminal task with that ID.
 ///
 /// # Errors
 /// [`Error::Invalid`] naming the first problem: a bad or duplicate task ID, a task for another agent, a task
-/// with no command, invalid or empty resources, or tasks that together ask for more than the offers hold.
+/// with neither or both of a command and an executor, an invalid executor, invalid or empty resources, or tasks
+/// that together ask for more than the offers hold.
+///
+/// A task run by an executor of the framework's own is charged the executor's resources too (they join the
+/// task's, in the returned `resources` and in the task as recorded): Allot charges them with every task
+/// launched on the executor, where Mesos charges them once per running executor, so a framework never
+/// overcommits an agent by launching onto an executor (and an executor's resources are best kept small).
 pub fn validate_launch(
     agent_id: &str,
     offered: &Resources,
@@ -54,11 +90,20 @@ pub fn validate_launch(
                 t.task_id, t.agent_id
             )));
         }
-        match &t.command {
-            Some(c) if !c.value.trim().is_empty() => {}
+        let mut res = resources_from_proto(&t.resources)
+            .map_err(|e| Error::Invalid(format!("task '{}': {e}", t.task_id)))?;
+        match (&t.command, &t.executor) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(format!(
+                    "task '{}' sets both a command and an executor; set one",
+                    t.task_id
+                )));
+            }
+            (Some(c), None) if !c.value.trim().is_empty() => {}
+            (None, Some(e)) => res.add(&check_executor(&t.task_id, e)?),
             _ => {
                 return Err(Error::Invalid(format!(
-                    "task '{}' has no command (CommandInfo.value is empty)",
+                    "task '{}' has no command (CommandInfo.value is empty) and no executor",
                     t.task_id
                 )));
             }
@@ -69,8 +114,6 @@ pub fn validate_launch(
                 t.task_id
             )));
         }
-        let res = resources_from_proto(&t.resources)
-            .map_err(|e| Error::Invalid(format!("task '{}': {e}", t.task_id)))?;
         if res.scalar("cpus") <= 0.0 && res.scalar("mem") <= 0.0 {
             return Err(Error::Invalid(format!(
                 "task '{}' must ask for some cpus or mem",
@@ -175,5 +218,46 @@ mod tests {
             .unwrap_err(),
         );
         assert!(e.message().contains("already in use"));
+    }
+
+    #[test]
+    fn an_executor_task_is_charged_its_executor_and_must_name_one_runner() {
+        let executor = |id: &str, cmd: &str| allot_proto::common::ExecutorInfo {
+            executor_id: id.into(),
+            command: Some(CommandInfo {
+                value: cmd.into(),
+                shell: true,
+                ..Default::default()
+            }),
+            resources: resources_to_proto(&"cpus:0.5;mem:32".parse().unwrap()),
+            ..Default::default()
+        };
+        let mut t = task("t1", "cpus:1;mem:128");
+        t.command = None;
+        t.executor = Some(executor("e1", "./worker"));
+        let v = validate_launch("a1", &offered(), vec![t.clone()], |_| false).unwrap();
+        assert_eq!(v[0].resources, "cpus:1.5;mem:160".parse().unwrap());
+        let mut big = t.clone();
+        big.resources = resources_to_proto(&"cpus:1.75".parse().unwrap());
+        let e = tonic::Status::from(
+            validate_launch("a1", &offered(), vec![big], |_| false).unwrap_err(),
+        );
+        assert!(e.message().contains("overcommits"), "{}", e.message());
+        let mut both = t.clone();
+        both.command = task("x", "cpus:1").command;
+        let mut bad_id = t.clone();
+        bad_id.executor = Some(executor("e/1", "./w"));
+        let mut no_cmd = t.clone();
+        no_cmd.executor = Some(executor("e1", " "));
+        for (task, want) in [
+            (both, "both"),
+            (bad_id, "executor ID"),
+            (no_cmd, "no command"),
+        ] {
+            let e = tonic::Status::from(
+                validate_launch("a1", &offered(), vec![task], |_| false).unwrap_err(),
+            );
+            assert!(e.message().contains(want), "{} lacks {want}", e.message());
+        }
     }
 }

@@ -33,8 +33,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod executor;
+
 pub use allot_proto::common::{
-    CommandInfo, FrameworkInfo, Resource, TaskInfo, TaskState, TaskStatus,
+    CommandInfo, ExecutorInfo, FrameworkInfo, Resource, TaskInfo, TaskState, TaskStatus,
 };
 pub use allot_proto::scheduler::Offer;
 
@@ -63,6 +65,29 @@ pub trait Scheduler: Send {
     fn error(&mut self, _driver: &Driver, _message: &str) {}
     /// The connection to the broker dropped; the driver is re-subscribing.
     fn disconnected(&mut self, _driver: &Driver) {}
+    /// MESSAGE: `data` from the framework's executor `executor_id` on agent `agent_id` (best effort, as in
+    /// Mesos' `frameworkMessage`).
+    fn framework_message(
+        &mut self,
+        _driver: &Driver,
+        _executor_id: &str,
+        _agent_id: &str,
+        _data: &[u8],
+    ) {
+    }
+    /// FAILURE with an executor: executor `executor_id` on agent `agent_id` exited, with wait `status` (exit
+    /// code << 8, or the signal number) when the agent saw it (Mesos' `executorLost`). Its tasks' final
+    /// updates come as status updates (REASON_EXECUTOR_TERMINATED).
+    fn executor_lost(
+        &mut self,
+        _driver: &Driver,
+        _executor_id: &str,
+        _agent_id: &str,
+        _status: Option<i32>,
+    ) {
+    }
+    /// FAILURE without an executor: agent `agent_id` was lost (Mesos' `slaveLost`).
+    fn agent_lost(&mut self, _driver: &Driver, _agent_id: &str) {}
     /// Called about once a second while subscribed, for the framework's own timers (for example, giving up on
     /// a task that has stayed TASK_UNREACHABLE too long). Not a Mesos callback.
     fn tick(&mut self, _driver: &Driver) {}
@@ -170,6 +195,10 @@ enum Call {
     /// `(agent_id, task_id, uuid)`, and more gathered from the queue when it is sent.
     Acknowledge(String, String, Vec<u8>, Vec<pb::Acknowledgement>),
     Reconcile(Vec<(String, String)>),
+    /// `(agent_id, executor_id, data)`.
+    Message(String, String, Vec<u8>),
+    /// `(agent_id, executor_id)`.
+    Shutdown(String, String),
     Teardown,
 }
 
@@ -194,6 +223,8 @@ impl Call {
             Call::Kill(..) => "KILL",
             Call::Acknowledge(..) => "ACKNOWLEDGE",
             Call::Reconcile(..) => "RECONCILE",
+            Call::Message(..) => "MESSAGE",
+            Call::Shutdown(..) => "SHUTDOWN",
             Call::Teardown => "TEARDOWN",
         }
     }
@@ -256,6 +287,19 @@ impl Driver {
     /// RECONCILE `(task_id, agent_id)` pairs, or every task when empty.
     pub fn reconcile(&self, tasks: Vec<(String, String)>) {
         self.call(Call::Reconcile(tasks));
+    }
+
+    /// MESSAGE: sends `data` to the framework's executor `executor_id` on agent `agent_id` (its MESSAGE event).
+    /// Best effort, as in Mesos: a message to an executor that is not running is reported to
+    /// [`Scheduler::error`], one lost later is not reported.
+    pub fn send_framework_message(&self, executor_id: &str, agent_id: &str, data: Vec<u8>) {
+        self.call(Call::Message(agent_id.into(), executor_id.into(), data));
+    }
+
+    /// SHUTDOWN: executor `executor_id` on agent `agent_id` gets its SHUTDOWN event and is killed after its
+    /// grace period; its live tasks end.
+    pub fn shutdown_executor(&self, executor_id: &str, agent_id: &str) {
+        self.call(Call::Shutdown(agent_id.into(), executor_id.into()));
     }
 
     /// TEARDOWN the framework (kills its tasks), then stop the driver. Acknowledgements of updates already
@@ -480,6 +524,23 @@ async fn run_calls(
                     })
                     .await
                     .map(|_| ()),
+                Call::Message(agent_id, executor_id, data) => client
+                    .message(pb::MessageRequest {
+                        framework_id: fw,
+                        agent_id,
+                        executor_id,
+                        data,
+                    })
+                    .await
+                    .map(|_| ()),
+                Call::Shutdown(agent_id, executor_id) => client
+                    .shutdown(pb::ShutdownRequest {
+                        framework_id: fw,
+                        agent_id,
+                        executor_id,
+                    })
+                    .await
+                    .map(|_| ()),
                 Call::Teardown => {
                     let r = client
                         .teardown(pb::TeardownRequest { framework_id: fw })
@@ -655,7 +716,16 @@ pub async fn run<S: Scheduler>(config: DriverConfig, mut scheduler: S) -> Result
                     }
                 }
                 Some(event::Event::Error(e)) => scheduler.error(&driver, &e.message),
-                Some(event::Event::Failure(_)) | Some(event::Event::Heartbeat(_)) | None => {}
+                Some(event::Event::Message(m)) => {
+                    scheduler.framework_message(&driver, &m.executor_id, &m.agent_id, &m.data)
+                }
+                Some(event::Event::Failure(f)) if f.executor_id.is_empty() => {
+                    scheduler.agent_lost(&driver, &f.agent_id)
+                }
+                Some(event::Event::Failure(f)) => {
+                    scheduler.executor_lost(&driver, &f.executor_id, &f.agent_id, f.status)
+                }
+                Some(event::Event::Heartbeat(_)) | None => {}
             }
         }
         scheduler.disconnected(&driver);
@@ -751,6 +821,20 @@ mod tests {
             if self.fail_accepts {
                 return Err(Status::unavailable("not the leader any more"));
             }
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn message(
+            &self,
+            _: Request<pb::MessageRequest>,
+        ) -> Result<Response<pb::MessageResponse>, Status> {
+            Ok(Response::new(Default::default()))
+        }
+
+        async fn shutdown(
+            &self,
+            _: Request<pb::ShutdownRequest>,
+        ) -> Result<Response<pb::ShutdownResponse>, Status> {
             Ok(Response::new(Default::default()))
         }
 

@@ -4,8 +4,9 @@
 use crate::error::Error;
 use allot_common::grpc::Channel;
 use allot_proto::agent::{
-    AcknowledgeStatusUpdatesRequest, KillTaskRequest, LaunchTasksRequest, ReconcileTasksRequest,
-    ReconcileTasksResponse, StatusUpdateAcknowledgement, agent_client::AgentClient,
+    AcknowledgeStatusUpdatesRequest, FrameworkToExecutorRequest, KillTaskRequest,
+    LaunchTasksRequest, ReconcileTasksRequest, ReconcileTasksResponse, ShutdownExecutorRequest,
+    StatusUpdateAcknowledgement, agent_client::AgentClient,
 };
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -122,6 +123,56 @@ impl AgentLink {
         match c.kill_task(req).await {
             Ok(_) => Ok(Killed::Killing),
             Err(e) if e.code() == tonic::Code::NotFound => Ok(Killed::Unknown(e.message().into())),
+            Err(e) => Err(failed(agent_id, &e)),
+        }
+    }
+
+    /// Passes a framework's message to its executor on agent `agent_id` at `addr`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownAgent`] without an address; [`Error::UnknownExecutor`] when the agent does not run that
+    /// executor; [`Error::AgentUnreachable`] or [`Error::Agent`] when the call fails.
+    pub async fn framework_to_executor(
+        &self,
+        agent_id: &str,
+        addr: Option<&str>,
+        req: FrameworkToExecutorRequest,
+    ) -> Result<(), Error> {
+        let mut c = addr
+            .and_then(|a| self.client(a))
+            .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
+        let executor = req.executor_id.clone();
+        match c.framework_to_executor(req).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::NotFound => Err(Error::UnknownExecutor {
+                executor,
+                agent: agent_id.to_string(),
+            }),
+            Err(e) => Err(failed(agent_id, &e)),
+        }
+    }
+
+    /// Shuts down `req`'s executor (or every executor of its framework) on the agent at `addr`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownAgent`] without an address; [`Error::UnknownExecutor`] when the agent does not run that
+    /// executor; [`Error::AgentUnreachable`] or [`Error::Agent`] when the call fails.
+    pub async fn shutdown_executor(
+        &self,
+        agent_id: &str,
+        addr: Option<&str>,
+        req: ShutdownExecutorRequest,
+    ) -> Result<(), Error> {
+        let mut c = addr
+            .and_then(|a| self.client(a))
+            .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
+        let executor = req.executor_id.clone();
+        match c.shutdown_executor(req).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::NotFound => Err(Error::UnknownExecutor {
+                executor,
+                agent: agent_id.to_string(),
+            }),
             Err(e) => Err(failed(agent_id, &e)),
         }
     }

@@ -30,7 +30,7 @@ impl State {
                 framework_id: fw.to_string(),
                 timestamp: now,
                 uuid: Vec::new(),
-                exit_code: None,
+                ..Default::default()
             })
             .collect()
     }
@@ -264,7 +264,7 @@ impl State {
                     framework_id: fw.clone(),
                     timestamp: now,
                     uuid: new_uuid(),
-                    exit_code: None,
+                    ..Default::default()
                 }
             })
             .collect()

@@ -1,0 +1,261 @@
+//! The executor API: Mesos' v1 executor HTTP API (`POST /api/v1/executor`, JSON, RecordIO event stream; Mesos
+//! `docs/executor-http-api.md`, `../shared/mesos-v1-api.md` section 3), served on `--executor-listen`
+//! (loopback by default) for the executors this agent starts ([`crate::executors`]).
+//!
+//! Request checks, in Mesos' order: `405` (with `Allow: POST`) for another method; `400` without a
+//! `Content-Type`, `415` for one other than `application/json` (protobuf is not supported yet); `400` for a
+//! body that is not JSON or not a Call, or a Call that fails validation (`Failed to validate
+//! executor::Call: ...`); `400` for an unknown framework or executor; `401` unless the call carries the
+//! executor's secret (`Authorization: Bearer <MESOS_EXECUTOR_AUTHENTICATION_TOKEN>`), so that no other local
+//! process can speak for an executor; `403` for a call of an executor that has not subscribed; then SUBSCRIBE
+//! opens the event stream (`200`, chunked, one RecordIO record per chunk) and every other call is `202`.
+
+use crate::Agent;
+use crate::executors::Container;
+use allot_mesos::executor::{Call, Event, Valid};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// The executor API's routes (Mesos also answers under its process prefix, `/slave(1)/api/v1/executor`).
+pub fn router(agent: Arc<Agent>) -> axum::Router {
+    axum::Router::new()
+        .route("/api/v1/executor", axum::routing::post(call))
+        .route("/slave(1)/api/v1/executor", axum::routing::post(call))
+        .with_state(agent)
+}
+
+/// A plain-text error answer.
+fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.into(),
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/executor`.
+async fn call(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match content_type.as_deref() {
+        None => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "Expecting 'Content-Type' to be present",
+            );
+        }
+        Some("application/json") => {}
+        Some("application/x-protobuf") => {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Allot's executor API speaks application/json only (not application/x-protobuf yet)",
+            );
+        }
+        Some(other) => {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Expecting 'Content-Type' of application/json; got '{other}'"),
+            );
+        }
+    }
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to parse body into JSON: {e}"),
+            );
+        }
+    };
+    let parsed: Call = match serde_json::from_value(value) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to convert JSON into Call protobuf: {e}"),
+            );
+        }
+    };
+    let (framework_id, executor_id, valid) = match parsed.validate() {
+        Ok(v) => v,
+        Err(why) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to validate executor::Call: {why}"),
+            );
+        }
+    };
+    let key = (framework_id, executor_id);
+    let Some(container) = agent.executors.get(&key) else {
+        let framework_known = !agent.executors.of(&key.0, "").is_empty();
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            if framework_known {
+                "Executor cannot be found"
+            } else {
+                "Framework cannot be found"
+            },
+        );
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if token != Some(container.token.as_str()) {
+        let mut r = refuse(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: an executor call must carry 'Authorization: Bearer' with the executor's \
+             MESOS_EXECUTOR_AUTHENTICATION_TOKEN",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"allot-executor\""),
+        );
+        return r;
+    }
+    match valid {
+        Valid::Subscribe(s) => subscribe(&agent, container, s).await,
+        _ if !container.subscribed() => refuse(StatusCode::FORBIDDEN, "Executor is not subscribed"),
+        Valid::Update(status) => {
+            let mut status = allot_mesos::convert::status_from_v1(&status);
+            fill(&agent, &container, &mut status);
+            match container.update(status).await {
+                Ok(()) => StatusCode::ACCEPTED.into_response(),
+                Err(why) => refuse(StatusCode::BAD_REQUEST, why),
+            }
+        }
+        Valid::Message(data) => {
+            forward_message(&agent, &container, data);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Valid::Heartbeat => StatusCode::ACCEPTED.into_response(),
+    }
+}
+
+/// Completes an executor's status: the agent, framework and executor IDs, the source, a timestamp.
+fn fill(agent: &Agent, c: &Container, status: &mut allot_proto::common::TaskStatus) {
+    status.agent_id = agent.id();
+    status.framework_id = c.framework_id.clone();
+    status.executor_id = c.info.executor_id.clone();
+    status.source = allot_proto::common::StatusSource::SourceExecutor as i32;
+    if status.timestamp <= 0.0 {
+        status.timestamp = allot_common::now_secs();
+    }
+}
+
+/// SUBSCRIBE: the stream of SUBSCRIBED, LAUNCH, ... events. Unacknowledged updates the executor lists and the
+/// agent has not checkpointed (its UPDATE call was lost) are taken as if sent now.
+async fn subscribe(
+    agent: &Arc<Agent>,
+    c: Arc<Container>,
+    s: allot_mesos::executor::Subscribe,
+) -> Response {
+    let unacknowledged: HashSet<String> = s
+        .unacknowledged_tasks
+        .iter()
+        .map(|t| t.task_id.value.clone())
+        .collect();
+    let subscribed = Event {
+        kind: "SUBSCRIBED".into(),
+        subscribed: Some(allot_mesos::executor::Subscribed {
+            executor_info: allot_mesos::convert::executor_to_v1(&c.framework_id, &c.info),
+            framework_info: allot_mesos::convert::framework_to_v1(
+                &c.framework_id,
+                &c.framework_info,
+            ),
+            agent_info: allot_mesos::v1::AgentInfo {
+                hostname: agent.hostname.clone(),
+                port: agent
+                    .executor_endpoint
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok()),
+                id: Some(allot_mesos::v1::Id::of(agent.id())),
+                ..Default::default()
+            },
+            container_id: Some(allot_mesos::v1::Id::of(&c.container_id)),
+        }),
+        ..Default::default()
+    };
+    let (n, rx) = c.subscribe(subscribed, &unacknowledged);
+    tracing::info!(framework = %c.framework_id, executor = %c.info.executor_id, subscription = n, "executor subscribed");
+    for u in s.unacknowledged_updates {
+        let key = (c.framework_id.clone(), u.status.task_id.value.clone());
+        let uuid = u.status.uuid.clone().unwrap_or_default().0;
+        if uuid.len() != 16 || !c.knows(&key.1) || agent.updates.knows_update(&key, &uuid) {
+            continue;
+        }
+        let mut status = allot_mesos::convert::status_from_v1(&u.status);
+        fill(agent, &c, &mut status);
+        let _ = c.update(status).await;
+    }
+    let stream = EventStream {
+        rx,
+        container: c,
+        subscription: n,
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// An executor's MESSAGE for its framework, to the broker (best effort: one try).
+fn forward_message(agent: &Agent, c: &Container, data: Vec<u8>) {
+    let req = allot_proto::agent::ExecutorToFrameworkRequest {
+        agent_id: agent.id(),
+        framework_id: c.framework_id.clone(),
+        executor_id: c.info.executor_id.clone(),
+        data,
+    };
+    let brokers = agent.brokers.clone();
+    tokio::spawn(async move {
+        let mut client =
+            allot_proto::agent::status_updates_client::StatusUpdatesClient::new(brokers.channel());
+        if let Err(e) = client.executor_to_framework(req).await {
+            brokers.failed(&e);
+            tracing::debug!(error = %e.message(), "an executor's message to its framework was lost");
+        }
+    });
+}
+
+/// A subscription's events as RecordIO records, one per chunk; dropping it (the executor went away) ends
+/// the subscription.
+struct EventStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    container: Arc<Container>,
+    subscription: u64,
+}
+
+impl tokio_stream::Stream for EventStream {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|ev| ev.map(|ev| Ok(Bytes::from(ev.record()))))
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.container.unsubscribed(self.subscription);
+    }
+}

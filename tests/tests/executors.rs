@@ -1,0 +1,247 @@
+//! Frameworks' own executors end to end (issue 26): real agents start `allot-test-executor` (the SDK's
+//! executor driver speaking Mesos' v1 executor HTTP API to the agent), which runs several tasks in one
+//! process, exchanges framework messages with the scheduler, and is reattached to after an agent crash.
+
+use allot_proto::common::{CommandInfo, ExecutorInfo, Resource, StatusSource, TaskInfo, TaskState};
+use allot_proto::scheduler::{self as pb, event};
+use allot_tests::{Cluster, PATIENCE, TestFramework};
+use std::time::Duration;
+use tonic::Code;
+
+/// Task `id` of executor `executor`, doing `what` (see the test executor), with 0.2 CPUs and 32 MiB; the
+/// executor itself takes 0.1 CPUs and 32 MiB.
+fn executor_task(id: &str, executor: &str, what: &str) -> TaskInfo {
+    let res = |cpus: f64, mem: f64| {
+        vec![
+            Resource {
+                name: "cpus".into(),
+                scalar: cpus,
+                ..Default::default()
+            },
+            Resource {
+                name: "mem".into(),
+                scalar: mem,
+                ..Default::default()
+            },
+        ]
+    };
+    TaskInfo {
+        name: id.into(),
+        task_id: id.into(),
+        resources: res(0.2, 32.0),
+        executor: Some(ExecutorInfo {
+            executor_id: executor.into(),
+            name: "test executor".into(),
+            command: Some(CommandInfo {
+                value: env!("CARGO_BIN_EXE_allot-test-executor").into(),
+                shell: true,
+                ..Default::default()
+            }),
+            resources: res(0.1, 32.0),
+            shutdown_grace_period: 1.0,
+            ..Default::default()
+        }),
+        data: what.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The next MESSAGE event from an executor.
+async fn message(fw: &mut TestFramework) -> pb::Message {
+    fw.wait_for(PATIENCE, |e| match e {
+        event::Event::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await
+    .expect("a message from the executor")
+}
+
+/// The executor's pid, from its `hello <pid>` message.
+async fn hello(fw: &mut TestFramework) -> String {
+    let m = message(fw).await;
+    let text = String::from_utf8(m.data).expect("text");
+    text.strip_prefix("hello ")
+        .unwrap_or_else(|| panic!("not a hello: {text}"))
+        .to_string()
+}
+
+/// The next FAILURE event naming an executor.
+async fn executor_lost(fw: &mut TestFramework) -> pb::Failure {
+    fw.wait_for(PATIENCE, |e| match e {
+        event::Event::Failure(f) if !f.executor_id.is_empty() => Some(f.clone()),
+        _ => None,
+    })
+    .await
+    .expect("FAILURE for the executor")
+}
+
+async fn send(
+    fw: &mut TestFramework,
+    agent_id: &str,
+    executor: &str,
+    data: &[u8],
+) -> Result<(), tonic::Status> {
+    fw.client
+        .message(pb::MessageRequest {
+            framework_id: fw.id.clone(),
+            agent_id: agent_id.into(),
+            executor_id: executor.into(),
+            data: data.to_vec(),
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_runs_many_tasks_in_one_process_talks_to_its_framework_and_its_exit_ends_its_tasks()
+ {
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    let mut fw = TestFramework::subscribe(&cluster, "warm", "*").await;
+    let offer = fw.offers().await.remove(0);
+    let agent_id = offer.agent_id.clone();
+    let tasks = vec![
+        executor_task("t1", "warm", "run:0.2"),
+        executor_task("t2", "warm", "run:0.2"),
+        executor_task("t3", "warm", "hang"),
+    ];
+    fw.accept(&offer.offer_id, tasks, 1.0)
+        .await
+        .expect("accept");
+    let pid = hello(&mut fw).await;
+    for t in ["t1", "t2", "t3"] {
+        let running = fw.await_state(t, TaskState::TaskRunning).await;
+        assert_eq!(running.data, pid.as_bytes(), "{t} runs in the one executor");
+        assert_eq!(running.executor_id, "warm");
+        assert_eq!(running.source(), StatusSource::SourceExecutor);
+        assert_eq!(running.agent_id, agent_id);
+    }
+    for t in ["t1", "t2"] {
+        fw.await_state(t, TaskState::TaskFinished).await;
+    }
+    // Framework messages both ways.
+    send(&mut fw, &agent_id, "warm", b"ping")
+        .await
+        .expect("message");
+    let echo = message(&mut fw).await;
+    assert_eq!(
+        (echo.data.as_slice(), echo.executor_id.as_str()),
+        (&b"echo:ping"[..], "warm")
+    );
+    let e = send(&mut fw, &agent_id, "cold", b"x").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // KILL goes to the executor, which reports TASK_KILLED.
+    fw.kill("t3").await.expect("kill");
+    let killed = fw.await_state("t3", TaskState::TaskKilled).await;
+    assert_eq!(killed.source(), StatusSource::SourceExecutor);
+    // The executor exits (code 7) with a task still running: the agent ends that task and the framework
+    // hears of the exit.
+    let offer = fw.offers().await.remove(0);
+    let tasks = vec![
+        executor_task("t4", "warm", "hang"),
+        executor_task("t5", "warm", "exit:7"),
+    ];
+    fw.accept(&offer.offer_id, tasks, 1.0)
+        .await
+        .expect("accept");
+    fw.await_state("t4", TaskState::TaskRunning).await;
+    let lost = executor_lost(&mut fw).await;
+    assert_eq!(
+        (lost.executor_id.as_str(), lost.agent_id.as_str()),
+        ("warm", agent_id.as_str())
+    );
+    assert_eq!(lost.status, Some(7 << 8), "the wait status of exit(7)");
+    for t in ["t4", "t5"] {
+        let failed = fw.await_state(t, TaskState::TaskFailed).await;
+        assert_eq!(failed.reason, "REASON_EXECUTOR_TERMINATED", "{t}");
+        assert_eq!(failed.source(), StatusSource::SourceAgent);
+        assert!(failed.message.contains("status 7"), "{}", failed.message);
+    }
+    // The next task of that executor ID starts a new instance.
+    let offer = fw.offers().await.remove(0);
+    fw.accept(
+        &offer.offer_id,
+        vec![executor_task("t6", "warm", "run:0.1")],
+        1.0,
+    )
+    .await
+    .expect("accept");
+    let again = hello(&mut fw).await;
+    assert_ne!(again, pid, "a new executor process");
+    fw.await_state("t6", TaskState::TaskFinished).await;
+    // An executor task that names both a command and an executor is refused.
+    let offer = fw.offers().await.remove(0);
+    let mut both = executor_task("t7", "warm", "run:0");
+    both.command = allot_tests::task("x", "true", 0.1, 32.0).command;
+    let e = fw
+        .accept(&offer.offer_id, vec![both], 1.0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let refused = fw.await_state("t7", TaskState::TaskError).await;
+    assert!(
+        refused.message.contains("both a command and an executor"),
+        "{}",
+        refused.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_agent_reattaches_to_its_running_executor_which_subscribes_again() {
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().expect("work dir");
+    let leave = |c: &mut allot_agent::Config| c.kill_tasks_on_stop = false;
+    let agent = cluster
+        .start_agent_with("cpus:2;mem:512", dir.path().to_path_buf(), leave)
+        .await;
+    let mut fw = TestFramework::subscribe(&cluster, "reattached", "*").await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(
+        &offer.offer_id,
+        vec![executor_task("t1", "warm", "hang")],
+        1.0,
+    )
+    .await
+    .expect("accept");
+    let pid = hello(&mut fw).await;
+    fw.await_state("t1", TaskState::TaskRunning).await;
+    agent.service.crash();
+    let _again = cluster
+        .start_agent_with("cpus:2;mem:512", dir.path().to_path_buf(), leave)
+        .await;
+    // The same executor process subscribes to the new agent process.
+    assert_eq!(hello(&mut fw).await, pid, "the executor outlived the agent");
+    // Its task is still its own: a kill reaches it through the new agent.
+    let mut attempts = 0;
+    while let Err(e) = fw.kill("t1").await {
+        attempts += 1;
+        assert!(attempts < 50, "the kill never reached the agent: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed = fw.await_state("t1", TaskState::TaskKilled).await;
+    assert_eq!(killed.source(), StatusSource::SourceExecutor);
+    // A new task goes to the same process.
+    let offer = fw.offers().await.remove(0);
+    let agent_id = offer.agent_id.clone();
+    fw.accept(
+        &offer.offer_id,
+        vec![executor_task("t2", "warm", "run:0.1")],
+        1.0,
+    )
+    .await
+    .expect("accept");
+    let running = fw.await_state("t2", TaskState::TaskRunning).await;
+    assert_eq!(running.data, pid.as_bytes());
+    fw.await_state("t2", TaskState::TaskFinished).await;
+    // SHUTDOWN: the executor ends and the framework hears of it.
+    fw.client
+        .shutdown(pb::ShutdownRequest {
+            framework_id: fw.id.clone(),
+            agent_id,
+            executor_id: "warm".into(),
+        })
+        .await
+        .expect("shutdown");
+    let lost = executor_lost(&mut fw).await;
+    assert_eq!(lost.executor_id, "warm");
+}
