@@ -184,6 +184,168 @@ async fn an_executor_runs_many_tasks_in_one_process_talks_to_its_framework_and_i
         "{}",
         refused.message
     );
+    // TEARDOWN shuts the framework's executors down.
+    let pid: i32 = again.parse().expect("pid");
+    assert!(running(pid));
+    fw.client
+        .teardown(pb::TeardownRequest {
+            framework_id: fw.id.clone(),
+        })
+        .await
+        .expect("teardown");
+    allot_tests::eventually("the executor is gone after TEARDOWN", || async {
+        !running(pid)
+    })
+    .await;
+}
+
+fn running(pid: i32) -> bool {
+    allot_agent::executor::alive(nix::unistd::Pid::from_raw(pid))
+}
+
+/// One raw HTTP/1.1 request to `addr`: `(status, headers and body as text)`.
+async fn http(addr: &str, request: String) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// A POST of `body` to the executor API with `headers` (each ending in CRLF); the connection closes after.
+fn post(addr: &str, headers: &str, body: &str) -> String {
+    format!(
+        "POST /api/v1/executor HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executor_api_checks_calls_as_mesos_does_and_an_executor_that_never_subscribes_is_killed()
+ {
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().expect("work dir");
+    let soon =
+        |c: &mut allot_agent::Config| c.executor_registration_timeout = Duration::from_secs(3);
+    cluster
+        .start_agent_with("cpus:2;mem:512", dir.path().to_path_buf(), soon)
+        .await;
+    let addr = std::fs::read_to_string(dir.path().join("executor_endpoint")).expect("endpoint");
+    let mut fw = TestFramework::subscribe(&cluster, "mute", "*").await;
+    // An executor that never subscribes.
+    let mut mute = executor_task("t1", "mute", "hang");
+    mute.executor
+        .as_mut()
+        .unwrap()
+        .command
+        .as_mut()
+        .unwrap()
+        .value = "exec sleep 60".into();
+    fw.launch(mute).await;
+    let checkpoint = dir
+        .path()
+        .join("meta/frameworks")
+        .join(&fw.id)
+        .join("executors/mute/executor");
+    allot_tests::eventually("the executor is checkpointed", || async {
+        checkpoint.exists()
+    })
+    .await;
+    let record: allot_proto::agent::ExecutorCheckpoint =
+        prost::Message::decode(std::fs::read(&checkpoint).unwrap().as_slice()).unwrap();
+    let json = "Content-Type: application/json\r\n";
+    let token = format!("{json}Authorization: Bearer {}\r\n", record.token);
+    let update = format!(
+        r#"{{"type":"UPDATE","framework_id":{{"value":"{}"}},"executor_id":{{"value":"mute"}},"update":{{"status":{{"task_id":{{"value":"t1"}},"state":"TASK_RUNNING","uuid":"AAECAwQFBgcICQoLDA0ODw==","source":"SOURCE_EXECUTOR"}}}}}}"#,
+        fw.id
+    );
+    let stranger = update.replace(&fw.id, "someone-else");
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            format!("GET /api/v1/executor HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+            405,
+            "allow: POST",
+        ),
+        (post(&addr, "", &update), 400, "Content-Type"),
+        (
+            post(&addr, "Content-Type: application/unknown\r\n", &update),
+            415,
+            "",
+        ),
+        (
+            post(&addr, json, "MALFORMED"),
+            400,
+            "Failed to parse body into JSON",
+        ),
+        (
+            post(&addr, json, r#"{"string":"valid_json"}"#),
+            400,
+            "Failed to validate executor::Call",
+        ),
+        (
+            post(
+                &addr,
+                json,
+                &update.replace(r#","update":{"#, r#","nothing":{"#),
+            ),
+            400,
+            "'update'",
+        ),
+        (
+            post(
+                &addr,
+                json,
+                &update.replace("AAECAwQFBgcICQoLDA0ODw==", "AAEC"),
+            ),
+            400,
+            "Not a valid UUID",
+        ),
+        (
+            post(&addr, json, &update.replace("TASK_RUNNING", "TASK_STAGING")),
+            400,
+            "TASK_STAGING",
+        ),
+        (
+            post(&addr, json, &stranger),
+            400,
+            "Framework cannot be found",
+        ),
+        (
+            post(&addr, json, &update),
+            401,
+            "MESOS_EXECUTOR_AUTHENTICATION_TOKEN",
+        ),
+        (
+            post(
+                &addr,
+                &json.replace("\r\n", "\r\nAuthorization: Bearer forged\r\n"),
+                &update,
+            ),
+            401,
+            "",
+        ),
+        (post(&addr, &token, &update), 403, "not subscribed"),
+    ];
+    for (request, want, says) in cases {
+        let (code, text) = http(&addr, request.clone()).await;
+        assert_eq!(code, want, "{request}\n->\n{text}");
+        assert!(
+            text.to_lowercase().contains(&says.to_lowercase()),
+            "{text} lacks {says}"
+        );
+    }
+    // It did not subscribe in time: killed, its task failed, its framework told.
+    let failed = fw.await_state("t1", TaskState::TaskFailed).await;
+    assert_eq!(failed.reason, "REASON_EXECUTOR_REGISTRATION_TIMEOUT");
+    let lost = executor_lost(&mut fw).await;
+    assert_eq!(lost.status, Some(9), "killed by SIGKILL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
