@@ -1,6 +1,6 @@
 //! Fuzz target bodies. Each takes arbitrary bytes, must never panic, and checks the invariant it names.
 //!
-//! `fuzz/` runs them under libFuzzer (`cargo fuzz run accept|resources|policy_output|credentials|acls`, which needs a nightly
+//! `fuzz/` runs them under libFuzzer (`cargo fuzz run accept|resources|policy_output|credentials|acls|executor_call`, which needs a nightly
 //! toolchain and cargo-fuzz); `tests/tests/fuzz.rs` runs them in every CI run on stable, over a corpus of
 //! adversarial inputs and deterministic pseudo-random ones. Each returns what the input reached, so that the
 //! stable run can check that its inputs reach both the accepting and the refusing side.
@@ -228,6 +228,38 @@ pub fn acls(data: &[u8]) -> Reached {
                 if set.rules.get(action).is_none_or(|r| r.is_empty()) {
                     assert_eq!(d == Decision::Allow, set.permissive, "{action}: {text:?}");
                 }
+            }
+            Reached::Accepted
+        }
+    }
+}
+
+/// An executor API request body (Mesos' v1 executor `Call` in JSON, `allot_mesos::executor`), and the same
+/// bytes as a RecordIO event stream. Never panics; a call that validates converts to Allot's protocol (an
+/// UPDATE's status keeps its task ID and 16-byte uuid and is never TASK_STAGING), and a stream yields only
+/// whole, non-empty records.
+pub fn executor_call(data: &[u8]) -> Reached {
+    use allot_mesos::executor::{Call, Valid};
+    let mut stream = allot_mesos::recordio::Decoder::new(1 << 16);
+    stream.push(data);
+    while let Ok(Some(record)) = stream.next_record() {
+        assert!(!record.is_empty());
+    }
+    let Ok(call) = serde_json::from_slice::<Call>(data) else {
+        return Reached::Undecoded;
+    };
+    match call.validate() {
+        Err(why) => {
+            assert!(!why.is_empty());
+            Reached::Refused
+        }
+        Ok((framework, executor, valid)) => {
+            assert!(!framework.is_empty() && !executor.is_empty());
+            if let Valid::Update(status) = valid {
+                let s = allot_mesos::convert::status_from_v1(&status);
+                assert_eq!(s.uuid.len(), 16);
+                assert_eq!(s.task_id, status.task_id.value);
+                assert_ne!(s.state(), allot_proto::common::TaskState::TaskStaging);
             }
             Reached::Accepted
         }

@@ -273,3 +273,33 @@ fn absurd_resources_are_refused_with_a_clear_error() {
         assert!(e.to_string().contains("cpus"), "{e}");
     }
 }
+
+#[test]
+fn executor_calls_and_event_streams_never_panic() {
+    let uuid = "AAECAwQFBgcICQoLDA0ODw==";
+    let ids = r#""framework_id":{"value":"f"},"executor_id":{"value":"e"}"#;
+    let seeds = [
+        format!(
+            r#"{{"type":"SUBSCRIBE",{ids},"subscribe":{{"unacknowledged_tasks":[{{"name":"t","task_id":{{"value":"t"}},"agent_id":{{"value":"a"}},"resources":[{{"name":"cpus","type":"SCALAR","scalar":{{"value":0.5}}}}]}}],"unacknowledged_updates":[]}}}}"#
+        ),
+        format!(
+            r#"{{"type":"UPDATE",{ids},"update":{{"status":{{"task_id":{{"value":"t"}},"state":"TASK_RUNNING","uuid":"{uuid}","data":"aGk="}}}}}}"#
+        ),
+        format!(
+            r#"{{"type":"UPDATE",{ids},"update":{{"status":{{"task_id":{{"value":"t"}},"state":"TASK_STAGING","uuid":"{uuid}"}}}}}}"#
+        ),
+        format!(
+            r#"{{"type":"UPDATE",{ids},"update":{{"status":{{"task_id":{{"value":"t"}},"state":"TASK_BOGUS","uuid":"AAEC"}}}}}}"#
+        ),
+        format!(r#"{{"type":"MESSAGE",{ids},"message":{{"data":"cGluZw=="}}}}"#),
+        format!(r#"{{"type":"HEARTBEAT",{ids}}}"#),
+        format!(r#"{{"type":"NONSENSE",{ids},"update":7}}"#),
+        "20\n{\"type\":\"HEARTBEAT\"}".into(),
+        "3\n{}\n0\n99999999999999999999\n".into(),
+    ];
+    run_on(
+        fuzz::executor_call,
+        0x5eed_0006,
+        seeds.iter().map(|s| s.as_bytes().to_vec()).collect(),
+    );
+}

@@ -29,10 +29,18 @@ impl std::error::Error for Malformed {}
 pub struct Decoder {
     buf: Vec<u8>,
     /// The largest record accepted, in bytes; 0: 64 MiB.
-    pub max_record: usize,
+    max_record: usize,
 }
 
 impl Decoder {
+    /// A decoder that refuses records over `max_record` bytes (0: 64 MiB, as [`Decoder::default`]).
+    pub fn new(max_record: usize) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            max_record,
+        }
+    }
+
     /// Adds the next bytes of the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

@@ -97,7 +97,12 @@ impl Scheduler for Pool {
                     .insert((status.agent_id.clone(), status.executor_id.clone()));
             }
             s if s.is_terminal() => {
-                eprintln!("{} ended {}: {}", status.task_id, s.as_str_name(), status.message);
+                eprintln!(
+                    "{} ended {}: {}",
+                    status.task_id,
+                    s.as_str_name(),
+                    status.message
+                );
                 driver.teardown();
             }
             _ => {}
@@ -111,8 +116,10 @@ impl Scheduler for Pool {
     }
 
     fn framework_message(&mut self, driver: &Driver, _executor: &str, agent: &str, data: &[u8]) {
-        self.answers
-            .insert(agent.to_string(), String::from_utf8_lossy(data).into_owned());
+        self.answers.insert(
+            agent.to_string(),
+            String::from_utf8_lossy(data).into_owned(),
+        );
         if self.answers.len() == self.executors.len() {
             for (agent, answer) in &self.answers {
                 println!("executor on agent {agent}: {answer}");
@@ -174,7 +181,10 @@ impl Executor for Worker {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("MESOS_EXECUTOR_ID").is_some() {
-        run_executor(Worker { ran: Arc::default() }).await?;
+        run_executor(Worker {
+            ran: Arc::default(),
+        })
+        .await?;
         return Ok(());
     }
     let args: Vec<String> = std::env::args().collect();

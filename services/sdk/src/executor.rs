@@ -414,7 +414,7 @@ pub async fn run_executor_with<E: Executor>(
         backoff = Duration::from_millis(100);
         let mut body = response.into_body();
         let mut decoder = allot_mesos::recordio::Decoder::default();
-        loop {
+        'stream: loop {
             let frame = tokio::select! {
                 f = body.frame() => f,
                 Some(e) = err_rx.recv() => { executor.error(&driver, &e); continue; }
@@ -437,8 +437,9 @@ pub async fn run_executor_with<E: Executor>(
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(e) => {
+                        // Nothing after a broken frame can be trusted: subscribe again.
                         executor.error(&driver, &e.to_string());
-                        break;
+                        break 'stream;
                     }
                 };
                 let ev: Event = match serde_json::from_slice(&record) {
