@@ -164,10 +164,17 @@ async fn subscribe(
     c: Arc<Container>,
     s: allot_mesos::executor::Subscribe,
 ) -> Response {
+    // The tasks the executor has: given and not reported on, or reported on in an update it still holds (one
+    // whose UPDATE call may never have reached the agent). None of them is launched again.
     let unacknowledged: HashSet<String> = s
         .unacknowledged_tasks
         .iter()
         .map(|t| t.task_id.value.clone())
+        .chain(
+            s.unacknowledged_updates
+                .iter()
+                .map(|u| u.status.task_id.value.clone()),
+        )
         .collect();
     let subscribed = Event {
         kind: "SUBSCRIBED".into(),

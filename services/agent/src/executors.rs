@@ -960,6 +960,78 @@ fn recorded_status(dir: &Path) -> Option<i32> {
 mod tests {
     use super::*;
 
+    fn container() -> Container {
+        Container {
+            framework_id: "f".into(),
+            info: ExecutorInfo {
+                executor_id: "e".into(),
+                ..Default::default()
+            },
+            framework_info: FrameworkInfo::default(),
+            token: "secret".into(),
+            container_id: "c".into(),
+            sandbox: PathBuf::new(),
+            checkpoint: PathBuf::new(),
+            pid: Pid::from_raw(0),
+            inner: Mutex::default(),
+            exited: CancellationToken::new(),
+            iso: Mutex::new(None),
+        }
+    }
+
+    fn updates(task: &str) -> TaskUpdates {
+        TaskUpdates {
+            key: ("f".into(), task.into()),
+            manager: Arc::new(crate::status::StatusUpdateManager::in_memory(
+                Duration::from_secs(1),
+            )),
+            sandbox: Arc::from(""),
+            context: Arc::default(),
+        }
+    }
+
+    fn task(id: &str) -> TaskInfo {
+        TaskInfo {
+            task_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn launched(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            out.push(match ev.launch {
+                Some(l) => l.task.task_id.value,
+                None => ev.kind,
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_new_subscription_launches_only_what_the_executor_cannot_have() {
+        let c = container();
+        // Recovered after an agent restart: assumed given.
+        for t in ["heard", "listed", "reported", "lost"] {
+            c.add(task(t), updates(t), true);
+        }
+        c.add(task("new"), updates("new"), false);
+        let (n, _rx) = c.subscribe(Event::bare("SUBSCRIBED"), &HashSet::new());
+        c.unsubscribed(n);
+        c.lock().tasks.get_mut("heard").unwrap().heard = true;
+        c.lock().tasks.get_mut("lost").unwrap().given = true;
+        // What the executor says it holds: a task it has not reported on, a task whose update it still holds.
+        let has: HashSet<String> = ["listed", "reported"].map(String::from).into();
+        let (_, mut rx) = c.subscribe(Event::bare("SUBSCRIBED"), &has);
+        // "new" went out on the first subscription, which the executor does not list: it never got it.
+        assert_eq!(launched(&mut rx), ["SUBSCRIBED", "lost", "new"]);
+        // While subscribed, a task goes out at once; a stream that ended is forgotten only if it is the current one.
+        c.add(task("later"), updates("later"), false);
+        assert_eq!(launched(&mut rx), ["later"]);
+        c.unsubscribed(n);
+        assert!(c.subscribed());
+    }
+
     #[test]
     fn a_recorded_exit_status_is_a_wait_status() {
         let dir = tempfile::tempdir().unwrap();
