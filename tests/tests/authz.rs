@@ -488,6 +488,21 @@ async fn the_acl_file_decides_roles_users_and_weights_and_is_read_again_when_it_
         "a task as root",
         a.accept(&offer.offer_id, vec![as_root], 0.0).await,
     );
+    let executor_as_root = {
+        let mut t = task("xroot", "true", 0.5, 64.0);
+        let mut command = t.command.take().unwrap();
+        command.user = "root".into();
+        t.executor = Some(allot_proto::common::ExecutorInfo {
+            executor_id: "e".into(),
+            command: Some(command),
+            ..Default::default()
+        });
+        t
+    };
+    denied(
+        "a task whose executor runs as root",
+        a.accept(&offer.offer_id, vec![executor_as_root], 0.0).await,
+    );
     let mut as_nobody = task("ok", "true", 0.5, 64.0);
     as_nobody.command.as_mut().unwrap().user = "nobody".into();
     a.accept(&offer.offer_id, vec![as_nobody], 0.0)

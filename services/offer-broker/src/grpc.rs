@@ -167,13 +167,20 @@ impl Scheduler for SchedulerService {
             }
         }
         if self.1.is_some() && caller.principal().is_some() {
-            // run_tasks: every task's user (its command's, else its framework's) must be allowed.
+            // run_tasks: every task's user (its command's, or its executor's command's for a task of a framework's
+            // own executor, else its framework's) must be allowed.
             let framework_user = self.0.framework_user(&r.framework_id).unwrap_or_default();
             let distinct: Vec<&str> = tasks
                 .iter()
-                .map(|t| match t.command.as_ref().map(|c| c.user.as_str()) {
-                    Some(u) if !u.is_empty() => u,
-                    _ => framework_user.as_str(),
+                .map(|t| {
+                    let command = t
+                        .command
+                        .as_ref()
+                        .or_else(|| t.executor.as_ref().and_then(|e| e.command.as_ref()));
+                    match command.map(|c| c.user.as_str()) {
+                        Some(u) if !u.is_empty() => u,
+                        _ => framework_user.as_str(),
+                    }
                 })
                 .collect::<std::collections::BTreeSet<&str>>()
                 .into_iter()
