@@ -725,6 +725,9 @@ pub struct ClusterOptions {
     pub acls: Option<String>,
     /// The allocator's `--preemption-grace` (none: no preemption, the default); its minimum task runtime is 0.
     pub preemption_grace: Option<Duration>,
+    /// Serve Mesos' v1 scheduler HTTP API on the leading broker ([`Cluster::mesos_addr`]), with a credentials
+    /// file of this text (`principal secret` lines).
+    pub mesos_credentials: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -740,6 +743,7 @@ impl Default for ClusterOptions {
             etcd_members: 1,
             acls: None,
             preemption_grace: None,
+            mesos_credentials: None,
         }
     }
 }
@@ -766,6 +770,8 @@ pub struct Cluster {
     registry_addrs: String,
     allocator_addrs: String,
     broker_addrs: String,
+    /// Where the leading broker serves Mesos' HTTP API (with [`ClusterOptions::mesos_credentials`]).
+    pub mesos_addr: Option<SocketAddr>,
     dir: tempfile::TempDir,
     agents: usize,
     opts: ClusterOptions,
@@ -853,7 +859,22 @@ async fn start_broker(
     allocators: &str,
     addr: SocketAddr,
 ) -> Service {
+    start_broker_with(etcd, opts, allocators, addr, None).await
+}
+
+/// [`start_broker`], serving Mesos' HTTP API at `mesos` (its address and credentials file) if given.
+async fn start_broker_with(
+    etcd: &Wiring,
+    opts: &ClusterOptions,
+    allocators: &str,
+    addr: SocketAddr,
+    mesos: Option<(SocketAddr, PathBuf)>,
+) -> Service {
     let cfg = allot_offer_broker::Config {
+        mesos_listen: mesos.as_ref().map(|(a, _)| a.to_string()),
+        credentials: allot_server::config::CredentialsArgs {
+            credentials: mesos.map(|(_, c)| c),
+        },
         config: None,
         listen: String::new(),
         metrics: Default::default(),
@@ -967,8 +988,20 @@ impl Cluster {
         }
         let allocator_addrs = join(allocators.iter().map(|a| a.addr));
         let mut brokers = Vec::new();
-        for _ in 0..opts.replicas.max(1) {
-            let b = start_broker(&services_etcd, &opts, &allocator_addrs, any_port()).await;
+        let mesos_addr: Option<SocketAddr> = opts.mesos_credentials.as_ref().map(|_| {
+            format!("127.0.0.1:{}", free_port())
+                .parse()
+                .expect("address")
+        });
+        let mesos = opts.mesos_credentials.as_ref().map(|text| {
+            let path = dir.path().join("credentials");
+            std::fs::write(&path, text).expect("credentials file");
+            (mesos_addr.expect("address"), path)
+        });
+        for i in 0..opts.replicas.max(1) {
+            let mesos = if i == 0 { mesos.clone() } else { None };
+            let b =
+                start_broker_with(&services_etcd, &opts, &allocator_addrs, any_port(), mesos).await;
             if brokers.is_empty() {
                 await_leader(&services_etcd.dialer("operator"), &b.addr.to_string()).await;
             }
@@ -989,6 +1022,7 @@ impl Cluster {
             registry_addrs,
             allocator_addrs,
             broker_addrs,
+            mesos_addr,
             dir,
             agents: 0,
             opts,

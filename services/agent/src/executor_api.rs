@@ -28,6 +28,11 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
         .with_state(agent)
 }
 
+/// The HTTP status of a refusal's number.
+pub(crate) fn code_of(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 /// A plain-text error answer.
 fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
     (
@@ -40,54 +45,16 @@ fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
 
 /// `POST /api/v1/executor`.
 async fn call(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        });
-    match content_type.as_deref() {
-        None => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "Expecting 'Content-Type' to be present",
-            );
-        }
-        Some("application/json") => {}
-        Some("application/x-protobuf") => {
-            return refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Allot's executor API speaks application/json only (not application/x-protobuf yet)",
-            );
-        }
-        Some(other) => {
-            return refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Expecting 'Content-Type' of application/json; got '{other}'"),
-            );
-        }
-    }
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("Failed to parse body into JSON: {e}"),
-            );
-        }
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
     };
-    let parsed: Call = match serde_json::from_value(value) {
+    let parsed: Call = match allot_mesos::http::check_content_type(header(header::CONTENT_TYPE))
+        .and_then(|()| allot_mesos::http::parse_call(&body))
+    {
         Ok(c) => c,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("Failed to convert JSON into Call protobuf: {e}"),
-            );
-        }
+        Err((code, message)) => return refuse(code_of(code), message),
     };
     let (framework_id, executor_id, valid) = match parsed.validate() {
         Ok(v) => v,

@@ -299,6 +299,144 @@ pub fn framework_to_v1(framework_id: &str, f: &pb::FrameworkInfo) -> v1::Framewo
     }
 }
 
+/// A Mesos FrameworkInfo in Allot's form: `roles` (MULTI_ROLE), else `role`, else `*`; `id` becomes
+/// `framework_id`.
+pub fn framework_from_v1(f: &v1::FrameworkInfo) -> pb::FrameworkInfo {
+    let roles = match (&f.roles, &f.role) {
+        (roles, _) if !roles.is_empty() => roles.clone(),
+        (_, Some(role)) if !role.is_empty() => vec![role.clone()],
+        _ => vec!["*".into()],
+    };
+    pb::FrameworkInfo {
+        name: f.name.clone(),
+        user: f.user.clone(),
+        roles,
+        principal: f.principal.clone().unwrap_or_default(),
+        failover_timeout: f.failover_timeout.unwrap_or(0.0),
+        checkpoint: f.checkpoint.unwrap_or(false),
+        framework_id: f.id.as_ref().map(|i| i.value.clone()).unwrap_or_default(),
+        hostname: f.hostname.clone().unwrap_or_default(),
+        priority: 0,
+    }
+}
+
+/// Whether a framework with `capabilities` knows the partition-aware task states (Mesos' PARTITION_AWARE).
+pub fn partition_aware(capabilities: &[v1::Capability]) -> bool {
+    capabilities.iter().any(|c| c.kind == "PARTITION_AWARE")
+}
+
+/// The state a framework sees: one that is not PARTITION_AWARE gets TASK_LOST instead of TASK_DROPPED,
+/// TASK_UNREACHABLE, TASK_GONE, TASK_GONE_BY_OPERATOR and TASK_UNKNOWN, as from Mesos' master.
+pub fn state_for(state: pb::TaskState, partition_aware: bool) -> pb::TaskState {
+    use pb::TaskState::*;
+    match state {
+        TaskDropped | TaskUnreachable | TaskGone | TaskGoneByOperator | TaskUnknown
+            if !partition_aware =>
+        {
+            TaskLost
+        }
+        s => s,
+    }
+}
+
+/// An Allot offer in Mesos' form, allocated to `role`; attributes become TEXT attributes.
+pub fn offer_to_v1(o: &allot_proto::scheduler::Offer, role: &str) -> crate::scheduler::Offer {
+    let mut resources = resources_to_v1(&o.resources);
+    for r in &mut resources {
+        r.allocation_info = Some(v1::AllocationInfo {
+            role: Some(role.to_string()),
+        });
+    }
+    let mut attributes: Vec<v1::Attribute> = o
+        .attributes
+        .iter()
+        .map(|(name, value)| v1::Attribute {
+            name: name.clone(),
+            kind: "TEXT".into(),
+            text: Some(v1::Text {
+                value: value.clone(),
+            }),
+        })
+        .collect();
+    attributes.sort_by(|a, b| a.name.cmp(&b.name));
+    crate::scheduler::Offer {
+        id: v1::Id::of(&o.offer_id),
+        framework_id: v1::Id::of(&o.framework_id),
+        agent_id: v1::Id::of(&o.agent_id),
+        hostname: o.hostname.clone(),
+        resources,
+        attributes,
+        executor_ids: Vec::new(),
+        allocation_info: Some(v1::AllocationInfo {
+            role: Some(role.to_string()),
+        }),
+    }
+}
+
+/// An Allot scheduler event in Mesos' form, for a framework in `role` that is (or is not) `partition_aware`;
+/// `master` goes into SUBSCRIBED. `None` for an empty event.
+pub fn event_to_v1(
+    ev: &allot_proto::scheduler::Event,
+    role: &str,
+    partition_aware: bool,
+    master: &crate::scheduler::MasterInfo,
+) -> Option<crate::scheduler::Event> {
+    use crate::scheduler as s;
+    use allot_proto::scheduler::event::Event as E;
+    let mut out = s::Event::default();
+    match ev.event.as_ref()? {
+        E::Subscribed(x) => {
+            out.kind = "SUBSCRIBED".into();
+            out.subscribed = Some(s::Subscribed {
+                framework_id: v1::Id::of(&x.framework_id),
+                heartbeat_interval_seconds: x.heartbeat_interval_seconds,
+                master_info: Some(master.clone()),
+            });
+        }
+        E::Offers(x) => {
+            out.kind = "OFFERS".into();
+            out.offers = Some(s::Offers {
+                offers: x.offers.iter().map(|o| offer_to_v1(o, role)).collect(),
+            });
+        }
+        E::Rescind(x) => {
+            out.kind = "RESCIND".into();
+            out.rescind = Some(s::Rescind {
+                offer_id: v1::Id::of(&x.offer_id),
+            });
+        }
+        E::Update(x) => {
+            let status = x.status.as_ref()?;
+            let mut status = status.clone();
+            status.state = state_for(status.state(), partition_aware) as i32;
+            out.kind = "UPDATE".into();
+            out.update = Some(s::Update {
+                status: status_to_v1(&status),
+            });
+        }
+        E::Message(x) => {
+            out.kind = "MESSAGE".into();
+            out.message = Some(s::EventMessage {
+                agent_id: v1::Id::of(&x.agent_id),
+                executor_id: v1::Id::of(&x.executor_id),
+                data: v1::Bytes(x.data.clone()),
+            });
+        }
+        E::Failure(x) => {
+            out.kind = "FAILURE".into();
+            let some = |v: &str| (!v.is_empty()).then(|| v1::Id::of(v));
+            out.failure = Some(s::Failure {
+                agent_id: some(&x.agent_id),
+                executor_id: some(&x.executor_id),
+                status: x.status,
+            });
+        }
+        E::Error(x) => out = s::Event::error(x.message.clone()),
+        E::Heartbeat(_) => out.kind = "HEARTBEAT".into(),
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +515,53 @@ mod tests {
         assert_eq!(v.state, "TASK_FAILED");
         assert_eq!(v.source.as_deref(), Some("SOURCE_AGENT"));
         assert_eq!(status_from_v1(&v), s);
+    }
+
+    #[test]
+    fn a_framework_that_is_not_partition_aware_sees_task_lost() {
+        use allot_proto::scheduler as sp;
+        let master = crate::scheduler::MasterInfo::default();
+        let update = |state: pb::TaskState| sp::Event {
+            event: Some(sp::event::Event::Update(sp::Update {
+                status: Some(pb::TaskStatus {
+                    task_id: "t".into(),
+                    state: state as i32,
+                    ..Default::default()
+                }),
+            })),
+            ..Default::default()
+        };
+        for (state, aware, want) in [
+            (pb::TaskState::TaskUnreachable, false, "TASK_LOST"),
+            (pb::TaskState::TaskUnknown, false, "TASK_LOST"),
+            (pb::TaskState::TaskDropped, false, "TASK_LOST"),
+            (pb::TaskState::TaskUnreachable, true, "TASK_UNREACHABLE"),
+            (pb::TaskState::TaskFinished, false, "TASK_FINISHED"),
+        ] {
+            let ev = event_to_v1(&update(state), "*", aware, &master).unwrap();
+            assert_eq!(ev.update.unwrap().status.state, want);
+        }
+        let offer = sp::Event {
+            event: Some(sp::event::Event::Offers(sp::Offers {
+                offers: vec![sp::Offer {
+                    offer_id: "o".into(),
+                    attributes: [("rack".to_string(), "r1".to_string())].into(),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        };
+        let json =
+            serde_json::to_value(event_to_v1(&offer, "web", false, &master).unwrap()).unwrap();
+        assert_eq!(json["type"], "OFFERS");
+        assert_eq!(json["offers"]["offers"][0]["id"]["value"], "o");
+        assert_eq!(
+            json["offers"]["offers"][0]["attributes"][0]["text"]["value"],
+            "r1"
+        );
+        assert_eq!(
+            json["offers"]["offers"][0]["allocation_info"]["role"],
+            "web"
+        );
     }
 }

@@ -8,9 +8,12 @@
 //! are left out on output.
 //!
 //! Layout: [`recordio`] (framing), [`v1`] (the shared messages: IDs, resources, TaskInfo, TaskStatus, ...),
-//! [`executor`] (the executor API's calls and events), [`convert`] (to and from `allot.common.v1`).
+//! [`executor`] (the executor API's calls and events), [`scheduler`] (the scheduler API's), [`http`] (the
+//! request checks both APIs share), [`convert`] (to and from `allot.common.v1` and `allot.scheduler.v1`).
 
 pub mod convert;
 pub mod executor;
+pub mod http;
 pub mod recordio;
+pub mod scheduler;
 pub mod v1;

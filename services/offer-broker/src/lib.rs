@@ -13,7 +13,8 @@
 //!   [`recovery`] (the leader's start, reconciliation with agents, agents lost, back or restarted),
 //!   [`views`] (operator views), [`executors`] (framework messages both ways, SHUTDOWN, executors' exits);
 //! - [`grpc`]: the tonic services `allot.scheduler.v1.Scheduler` (frameworks), `allot.agent.v1.StatusUpdates`
-//!   (agents) and `allot.operator.v1.Operator` (operators), and the mapping of [`Error`] to status codes.
+//!   (agents) and `allot.operator.v1.Operator` (operators), and the mapping of [`Error`] to status codes;
+//! - [`mesos_api`]: Mesos' v1 scheduler HTTP API, translated onto the `Scheduler` service (`--mesos-listen`).
 //!
 //! Durable state lives in etcd: framework records and task records (each task's latest status and whether the
 //! framework acknowledged it). Offers are soft: they come from the allocator's decision stream, and when that
@@ -24,6 +25,7 @@ pub mod error;
 pub mod executors;
 pub mod grpc;
 pub mod link;
+pub mod mesos_api;
 mod metrics;
 pub mod offers;
 pub mod recovery;
@@ -74,6 +76,15 @@ pub struct Config {
     /// Leader election among broker replicas (one leads; standbys point callers to it).
     #[command(flatten)]
     pub election: allot_server::leader::ElectionArgs,
+    /// Address to serve Mesos' v1 scheduler HTTP API on (`POST /api/v1/scheduler`, `/version`, `/health`), for
+    /// Mesos frameworks such as pymesos; off unless given (Mesos' master port is 5050). Callers authenticate
+    /// with HTTP basic credentials from --credentials (unless --insecure); served over plain HTTP, so bind it to
+    /// a trusted network.
+    #[arg(long, env = "ALLOT_MESOS_LISTEN")]
+    pub mesos_listen: Option<String>,
+    /// Credentials for the Mesos HTTP API.
+    #[command(flatten)]
+    pub credentials: allot_server::config::CredentialsArgs,
     /// Time between HEARTBEAT events on each framework's stream; unacknowledged updates are re-sent as often.
     #[arg(long, env = "ALLOT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = allot_server::config::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -114,17 +125,41 @@ pub async fn run(
         operator::operator_server::OperatorServer, scheduler::scheduler_server::SchedulerServer,
     };
     let max = allot_common::grpc::MAX_MESSAGE_BYTES;
+    let scheduler = Arc::new(grpc::SchedulerService(
+        broker.clone(),
+        acls,
+        allot_server::audit::Audit::new(store.clone(), "offer-broker"),
+    ));
+    // Mesos' HTTP API, served until `run` returns (aborted with it).
+    let _mesos_api = match &config.mesos_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                ServiceError::Listen(format!("cannot listen on --mesos-listen {addr}: {e}"))
+            })?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| ServiceError::Listen(format!("--mesos-listen {addr}: {e}")))?;
+            let api = Arc::new(mesos_api::MesosApi::new(
+                scheduler.clone(),
+                broker.clone(),
+                leadership.clone(),
+                config.credentials.open()?,
+                !config.tls.insecure,
+                local,
+            ));
+            tracing::info!(addr = %local, "serving Mesos' v1 scheduler HTTP API");
+            Some(allot_common::AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, mesos_api::router(api)).await {
+                    tracing::error!(error = %e, "the Mesos HTTP API stopped");
+                }
+            })))
+        }
+        None => None,
+    };
     let router = allot_server::grpc::replicated_server(&leadership)
         .add_service(allot_server::grpc::health().await)
         .add_service(allot_server::grpc::probe())
-        .add_service(
-            SchedulerServer::new(grpc::SchedulerService(
-                broker.clone(),
-                acls,
-                allot_server::audit::Audit::new(store.clone(), "offer-broker"),
-            ))
-            .max_decoding_message_size(max),
-        )
+        .add_service(SchedulerServer::from_arc(scheduler).max_decoding_message_size(max))
         .add_service(
             StatusUpdatesServer::new(grpc::StatusService(broker.clone()))
                 .max_decoding_message_size(max),

@@ -243,6 +243,33 @@ impl AclArgs {
     }
 }
 
+/// The credentials file for HTTP basic authentication (see [`crate::credentials`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CredentialsArgs {
+    /// Framework credentials for the Mesos v1 HTTP API (`principal secret` lines, or Mesos' JSON
+    /// `{"credentials": [{"principal", "secret"}]}`), read again when it changes. Without it, a secured
+    /// service accepts no HTTP basic authentication.
+    #[arg(long, env = "ALLOT_CREDENTIALS")]
+    pub credentials: Option<std::path::PathBuf>,
+}
+
+impl CredentialsArgs {
+    /// Reads the file, if one is given.
+    ///
+    /// # Errors
+    /// [`crate::ServiceError::Credentials`] when it cannot be read or parsed.
+    pub fn open(
+        &self,
+    ) -> Result<Option<std::sync::Arc<crate::credentials::Credentials>>, crate::ServiceError> {
+        match &self.credentials {
+            Some(path) => Ok(Some(std::sync::Arc::new(
+                crate::credentials::Credentials::open(path)?,
+            ))),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Where etcd is: the flags every control-plane service shares (`#[command(flatten)]`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {

@@ -111,10 +111,14 @@ pub async fn serve_tls(
     result
 }
 
-/// The principal whose certificate the caller of `request` presented (served by [`serve_tls`]); `None`
-/// for a plaintext connection.
+/// The principal whose certificate the caller of `request` presented (served by [`serve_tls`]), or the one
+/// an in-process front end authenticated and put in the request's extensions (the Mesos HTTP API, after HTTP
+/// basic authentication: no remote caller can set an extension); `None` for a plaintext connection.
 pub fn peer_principal<T>(request: &tonic::Request<T>) -> Option<allot_common::tls::Principal> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    if let Some(p) = request.extensions().get::<allot_common::tls::Principal>() {
+        return Some(p.clone());
+    }
     let certs = request
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()?

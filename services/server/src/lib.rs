@@ -18,6 +18,7 @@ pub mod audit;
 pub mod authz;
 pub mod certs;
 pub mod config;
+pub mod credentials;
 pub mod grpc;
 pub mod leader;
 pub mod shutdown;
@@ -38,12 +39,18 @@ pub enum ServiceError {
     /// The `/metrics` endpoint could not start.
     #[error("{0}")]
     Metrics(String),
+    /// Another listener (e.g. `--mesos-listen`) could not be bound.
+    #[error("{0}")]
+    Listen(String),
     /// The TLS material is missing or does not load (and `--insecure` was not given).
     #[error(transparent)]
     Tls(#[from] allot_common::tls::TlsError),
     /// The ACL file cannot be read or parsed.
     #[error(transparent)]
     Acl(#[from] crate::acl::AclError),
+    /// The credentials file cannot be read or parsed.
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialsError),
     /// This replica led, and could not renew its leadership lease for a whole lease time, or found a write
     /// fenced off: a standby may lead now. The process should exit and be restarted (it then campaigns again).
     #[error(

@@ -1,0 +1,641 @@
+//! The Mesos v1 scheduler HTTP API (issue 26): `POST /api/v1/scheduler` (also `/master/api/v1/scheduler`),
+//! `GET /version` and `GET /health`, on `--mesos-listen`, so that a Mesos framework (pymesos, mesos-go, ...)
+//! runs with nothing changed but the master's address.
+//!
+//! A translation, not a second implementation: each call becomes the `allot.scheduler.v1` request the gRPC API
+//! takes and goes through the same [`SchedulerService`] (its authorization, the ACL file, the audit trail, the
+//! broker's flows); each event of the framework's stream goes out in Mesos' JSON (`allot_mesos::convert`),
+//! one RecordIO record per HTTP chunk.
+//!
+//! The rules are Mesos' (`../shared/mesos-v1-api.md` sections 1, 2 and 6): `503` from a standby, `405` for
+//! another method, `400`/`415` for the media type, `400` for a body that is not a valid Call, `401` for a
+//! caller that does not authenticate, `406` for a SUBSCRIBE that does not accept JSON, `400` for a SUBSCRIBE
+//! with a `Mesos-Stream-Id` or a call without the current one, `400` for an unknown framework and `403` for
+//! one not subscribed here; SUBSCRIBE answers `200` with a `Mesos-Stream-Id` and the stream (SUBSCRIBED, then a
+//! HEARTBEAT at once, then the events; a subscription the broker refuses gets an ERROR event and the stream
+//! ends); every other call `202`. Outcomes Mesos reports as events are reported as events: the tasks of a
+//! refused ACCEPT get TASK_ERROR or TASK_DROPPED updates, a KILL of an unknown task a TASK_LOST update.
+//!
+//! Authentication: a broker with TLS material (the default) takes HTTP basic authentication against
+//! `--credentials` (what pymesos sends: `principal`, `secret`); the principal is of kind `framework` and is
+//! authorized as a certificate's would be. A broker run `--insecure` takes anonymous calls. HTTPS is not served
+//! yet: on a secured broker, bind `--mesos-listen` to a trusted network, since basic credentials travel in
+//! the clear.
+
+use crate::broker::Broker;
+use crate::grpc::{EventStream, SchedulerService};
+use allot_mesos::scheduler::{self as s, Valid};
+use allot_proto::scheduler::{self as pb, scheduler_server::Scheduler as _};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// The header naming a subscription.
+const STREAM_ID: &str = "mesos-stream-id";
+
+/// The Mesos version Allot speaks (`/version`, SUBSCRIBED's `master_info`).
+pub const MESOS_VERSION: &str = "1.11.0";
+
+/// An open subscription over HTTP.
+struct Subscription {
+    stream_id: String,
+    /// Events the front end itself sends on the stream (TASK_LOST for a KILL of an unknown task, ...).
+    inject: mpsc::UnboundedSender<s::Event>,
+}
+
+/// The front end's state.
+pub struct MesosApi {
+    service: Arc<SchedulerService>,
+    broker: Arc<Broker>,
+    leadership: allot_server::standby::Leadership,
+    credentials: Option<Arc<allot_server::credentials::Credentials>>,
+    /// Whether callers must authenticate (a broker with TLS material).
+    secured: bool,
+    master: s::MasterInfo,
+    streams: Mutex<HashMap<String, Subscription>>,
+}
+
+impl MesosApi {
+    /// A front end for `service` (and its `broker`), served at `addr` (for SUBSCRIBED's `master_info`),
+    /// answering `503` while `leadership` says standby; callers authenticate against `credentials` when
+    /// `secured`.
+    pub fn new(
+        service: Arc<SchedulerService>,
+        broker: Arc<Broker>,
+        leadership: allot_server::standby::Leadership,
+        credentials: Option<Arc<allot_server::credentials::Credentials>>,
+        secured: bool,
+        addr: std::net::SocketAddr,
+    ) -> MesosApi {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(v4) => u32::from_le_bytes(v4.octets()),
+            std::net::IpAddr::V6(_) => 0,
+        };
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| addr.ip().to_string());
+        MesosApi {
+            service,
+            broker,
+            leadership,
+            credentials,
+            secured,
+            master: s::MasterInfo {
+                id: allot_common::new_id("master"),
+                ip,
+                port: u32::from(addr.port()),
+                pid: Some(format!("master@{addr}")),
+                hostname: Some(hostname.clone()),
+                version: Some(MESOS_VERSION.into()),
+                address: Some(s::Address {
+                    hostname: Some(hostname),
+                    ip: Some(addr.ip().to_string()),
+                    port: i32::from(addr.port()),
+                }),
+            },
+            streams: Mutex::default(),
+        }
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscription>> {
+        self.streams.lock().expect("streams poisoned")
+    }
+
+    /// Sends `ev` on framework `fw`'s HTTP stream, if it has one.
+    fn inject(&self, fw: &str, ev: s::Event) {
+        if let Some(sub) = self.streams().get(fw) {
+            let _ = sub.inject.send(ev);
+        }
+    }
+}
+
+/// The routes.
+pub fn router(api: Arc<MesosApi>) -> axum::Router {
+    axum::Router::new()
+        .route("/api/v1/scheduler", axum::routing::post(scheduler))
+        .route("/master/api/v1/scheduler", axum::routing::post(scheduler))
+        .route("/version", axum::routing::get(version))
+        .route("/health", axum::routing::get(|| async { StatusCode::OK }))
+        .with_state(api)
+}
+
+/// `GET /version`: a Mesos-style version (pymesos parses it as integers) and Allot's own.
+async fn version() -> Response {
+    let body = serde_json::json!({
+        "version": MESOS_VERSION,
+        "allot_version": env!("CARGO_PKG_VERSION"),
+        "build_date": "",
+        "build_time": 0,
+        "build_user": "allot",
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Who calls: the principal HTTP authentication established, if any, which each gRPC request carries.
+struct Caller(Option<allot_common::tls::Principal>);
+
+impl Caller {
+    /// `message` as a request of this caller.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(p) = &self.0 {
+            r.extensions_mut().insert(p.clone());
+        }
+        r
+    }
+}
+
+/// A plain-text refusal.
+fn refuse(code: u16, message: impl Into<String>) -> Response {
+    let mut r = (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.into(),
+    )
+        .into_response();
+    if code == 401 {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"allot\""),
+        );
+    }
+    r
+}
+
+/// The HTTP answer to a call the gRPC service refused with `status`.
+fn refusal(status: &tonic::Status) -> Response {
+    use tonic::Code;
+    let code = match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => 400,
+        Code::PermissionDenied | Code::FailedPrecondition => 403,
+        Code::Unauthenticated => 401,
+        Code::Unavailable | Code::DeadlineExceeded => 503,
+        _ => 500,
+    };
+    refuse(code, status.message().to_string())
+}
+
+/// `202 Accepted`, with `Connection: close` (pymesos reuses one connection and dies on one closed under it;
+/// a fresh one per call is always safe).
+fn accepted() -> Response {
+    (StatusCode::ACCEPTED, [(header::CONNECTION, "close")]).into_response()
+}
+
+/// `POST /api/v1/scheduler`.
+async fn scheduler(State(api): State<Arc<MesosApi>>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(rejection) = api.leadership.rejection() {
+        return refuse(503, rejection.message().to_string());
+    }
+    let call: s::Call = match allot_mesos::http::check_content_type(header("content-type"))
+        .and_then(|()| allot_mesos::http::parse_call(&body))
+    {
+        Ok(c) => c,
+        Err((code, message)) => return refuse(code, message),
+    };
+    let principal = match (&api.credentials, header("authorization")) {
+        (Some(c), Some(auth)) => match c.authenticate(Some(auth)) {
+            Some(p) => Some(p),
+            None => return refuse(401, "Unauthorized: wrong principal or secret"),
+        },
+        _ if api.secured => {
+            return refuse(
+                401,
+                "Unauthorized: this broker requires HTTP basic authentication (a principal and secret from \
+                 its --credentials file)",
+            );
+        }
+        _ => None,
+    };
+    let framework = call.framework().unwrap_or_default().to_string();
+    let valid = match call.validate() {
+        Ok(v) => v,
+        Err(why) => return refuse(400, format!("Failed to validate scheduler::Call: {why}")),
+    };
+    let caller = Caller(principal);
+    if let Valid::Subscribe(info) = valid {
+        if header(STREAM_ID).is_some() {
+            return refuse(
+                400,
+                "Subscribe calls should not include the 'Mesos-Stream-Id' header",
+            );
+        }
+        if let Err((code, message)) = allot_mesos::http::check_accept(header("accept")) {
+            return refuse(code, message);
+        }
+        return subscribe(api.clone(), info, &caller).await;
+    }
+    // Every other call: on the framework's current subscription here.
+    let current = api.streams().get(&framework).map(|s| s.stream_id.clone());
+    match (current, header(STREAM_ID)) {
+        (None, _) if api.broker.framework_user(&framework).is_none() => {
+            return refuse(400, "Framework cannot be found");
+        }
+        (None, _) => return refuse(403, "Framework is not subscribed"),
+        (Some(_), None) => {
+            return refuse(
+                400,
+                "All non-subscribe calls should include the 'Mesos-Stream-Id' header",
+            );
+        }
+        (Some(current), Some(given)) if current != given => {
+            return refuse(
+                400,
+                format!(
+                    "The stream ID '{given}' included in this request didn't match the stream ID currently \
+                     associated with framework ID {framework}"
+                ),
+            );
+        }
+        _ => {}
+    }
+    let svc = &api.service;
+    let fw = framework.clone();
+    let outcome = match valid {
+        Valid::Subscribe(_) => unreachable!("handled above"),
+        Valid::Teardown => svc
+            .teardown(caller.request(pb::TeardownRequest { framework_id: fw }))
+            .await
+            .map(drop),
+        Valid::Accept(offer_ids, operations, refuse_seconds) => {
+            return accept(
+                &api,
+                &framework,
+                offer_ids,
+                operations,
+                refuse_seconds,
+                &caller,
+            )
+            .await;
+        }
+        Valid::Decline(offer_ids, refuse_seconds) => svc
+            .decline(caller.request(pb::DeclineRequest {
+                framework_id: fw,
+                offer_ids,
+                filters: Some(pb::Filters { refuse_seconds }),
+            }))
+            .await
+            .map(drop)
+            // An offer already gone needs no decline.
+            .or_else(|e| match e.code() {
+                tonic::Code::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        Valid::Revive => svc
+            .revive(caller.request(pb::ReviveRequest { framework_id: fw }))
+            .await
+            .map(drop),
+        Valid::Suppress => svc
+            .suppress(caller.request(pb::SuppressRequest { framework_id: fw }))
+            .await
+            .map(drop),
+        Valid::Kill(task_id, agent_id) => {
+            let killed = svc
+                .kill(caller.request(pb::KillRequest {
+                    framework_id: fw,
+                    task_id: task_id.clone(),
+                    agent_id: agent_id.clone(),
+                }))
+                .await;
+            match killed {
+                // Mesos answers the kill of a task it does not know with TASK_LOST.
+                Err(e) if e.code() == tonic::Code::NotFound => {
+                    api.inject(&framework, lost(&task_id, &agent_id, e.message()));
+                    Ok(())
+                }
+                r => r.map(drop),
+            }
+        }
+        Valid::Shutdown(agent_id, executor_id) => best_effort(
+            svc.shutdown(caller.request(pb::ShutdownRequest {
+                framework_id: fw,
+                agent_id,
+                executor_id,
+            }))
+            .await
+            .map(drop),
+        ),
+        Valid::Acknowledge(agent_id, task_id, uuid) => svc
+            .acknowledge(caller.request(pb::AcknowledgeRequest {
+                framework_id: fw,
+                agent_id,
+                task_id,
+                uuid,
+                more: Vec::new(),
+            }))
+            .await
+            .map(drop),
+        Valid::Reconcile(tasks) => svc
+            .reconcile(
+                caller.request(pb::ReconcileRequest {
+                    framework_id: fw,
+                    tasks: tasks
+                        .into_iter()
+                        .map(|(task_id, agent_id)| pb::ReconcileTask { task_id, agent_id })
+                        .collect(),
+                }),
+            )
+            .await
+            .map(drop),
+        Valid::Message(agent_id, executor_id, data) => best_effort(
+            svc.message(caller.request(pb::MessageRequest {
+                framework_id: fw,
+                agent_id,
+                executor_id,
+                data,
+            }))
+            .await
+            .map(drop),
+        ),
+        Valid::Ignored(kind) => {
+            tracing::debug!(framework = %framework, call = %kind, "a Mesos call Allot accepts and ignores");
+            Ok(())
+        }
+    };
+    match outcome {
+        Ok(()) => accepted(),
+        Err(e) => refusal(&e),
+    }
+}
+
+/// A best-effort call (MESSAGE, SHUTDOWN): an executor that is not there is not an error, as in Mesos.
+fn best_effort(r: Result<(), tonic::Status>) -> Result<(), tonic::Status> {
+    match r {
+        Err(e) if e.code() == tonic::Code::NotFound => {
+            tracing::debug!(error = %e.message(), "a best-effort call found nothing to act on");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// A TASK_LOST update from the master (no uuid: nothing to acknowledge).
+fn lost(task_id: &str, agent_id: &str, why: &str) -> s::Event {
+    let status = allot_proto::common::TaskStatus {
+        task_id: task_id.into(),
+        state: allot_proto::common::TaskState::TaskLost as i32,
+        message: why.into(),
+        source: allot_proto::common::StatusSource::SourceMaster as i32,
+        reason: "REASON_RECONCILIATION".into(),
+        agent_id: agent_id.into(),
+        timestamp: allot_common::now_secs(),
+        ..Default::default()
+    };
+    s::Event {
+        kind: "UPDATE".into(),
+        update: Some(s::Update {
+            status: allot_mesos::convert::status_to_v1(&status),
+        }),
+        ..Default::default()
+    }
+}
+
+/// ACCEPT: LAUNCH operations become one gRPC ACCEPT. A task Allot cannot take (a Mesos feature it does not
+/// support) fails the whole ACCEPT: each task gets TASK_ERROR with the reason and the offers are declined.
+/// The broker's own refusals are already answered on the stream (TASK_ERROR, TASK_DROPPED), so they are `202`
+/// here, as in Mesos.
+async fn accept(
+    api: &MesosApi,
+    framework: &str,
+    offer_ids: Vec<String>,
+    operations: Vec<s::Operation>,
+    refuse_seconds: Option<f64>,
+    caller: &Caller,
+) -> Response {
+    let mut tasks = Vec::new();
+    let mut unsupported = None;
+    for op in operations {
+        match (op.kind.as_deref(), op.launch) {
+            (Some("LAUNCH") | None, Some(l)) => tasks.extend(l.task_infos),
+            (kind, _) => {
+                unsupported = Some(format!(
+                    "operation {} is not supported by Allot (LAUNCH is)",
+                    kind.unwrap_or("without a type")
+                ))
+            }
+        }
+    }
+    let converted: Result<Vec<_>, String> = match unsupported {
+        Some(why) => Err(why),
+        None => tasks
+            .iter()
+            .map(allot_mesos::convert::task_from_v1)
+            .collect(),
+    };
+    let tasks = match converted {
+        Ok(t) => t,
+        Err(why) => {
+            for t in &tasks {
+                let status = allot_proto::common::TaskStatus {
+                    task_id: t.task_id.value.clone(),
+                    state: allot_proto::common::TaskState::TaskError as i32,
+                    message: why.clone(),
+                    source: allot_proto::common::StatusSource::SourceMaster as i32,
+                    reason: "REASON_TASK_INVALID".into(),
+                    agent_id: t.agent_id.value.clone(),
+                    timestamp: allot_common::now_secs(),
+                    ..Default::default()
+                };
+                api.inject(
+                    framework,
+                    s::Event {
+                        kind: "UPDATE".into(),
+                        update: Some(s::Update {
+                            status: allot_mesos::convert::status_to_v1(&status),
+                        }),
+                        ..Default::default()
+                    },
+                );
+            }
+            let declined = api
+                .service
+                .decline(caller.request(pb::DeclineRequest {
+                    framework_id: framework.into(),
+                    offer_ids,
+                    filters: Some(pb::Filters { refuse_seconds }),
+                }))
+                .await;
+            if let Err(e) = declined {
+                tracing::debug!(error = %e.message(), "declining the offers of a refused ACCEPT");
+            }
+            return match tasks.is_empty() {
+                true => refuse(400, why),
+                false => accepted(),
+            };
+        }
+    };
+    let r = api
+        .service
+        .accept(caller.request(pb::AcceptRequest {
+            framework_id: framework.into(),
+            offer_ids,
+            operations: vec![pb::Operation {
+                operation: Some(pb::operation::Operation::Launch(pb::Launch {
+                    task_infos: tasks,
+                })),
+            }],
+            filters: Some(pb::Filters { refuse_seconds }),
+        }))
+        .await;
+    match r {
+        Ok(_) => accepted(),
+        Err(e)
+            if matches!(
+                e.code(),
+                tonic::Code::InvalidArgument | tonic::Code::NotFound
+            ) =>
+        {
+            accepted()
+        }
+        Err(e) => refusal(&e),
+    }
+}
+
+/// SUBSCRIBE: the broker's subscription, as a Mesos event stream.
+async fn subscribe(
+    api: Arc<MesosApi>,
+    info: allot_mesos::v1::FrameworkInfo,
+    caller: &Caller,
+) -> Response {
+    use tokio_stream::StreamExt as _;
+    let aware = allot_mesos::convert::partition_aware(&info.capabilities);
+    let info = allot_mesos::convert::framework_from_v1(&info);
+    let role = info.roles.first().cloned().unwrap_or_else(|| "*".into());
+    let events = api
+        .service
+        .subscribe(caller.request(pb::SubscribeRequest {
+            framework_info: Some(info),
+        }))
+        .await;
+    let stream_id = uuid::Uuid::new_v4().to_string();
+    let mut events = match events {
+        Ok(r) => r.into_inner(),
+        Err(e)
+            if matches!(
+                e.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ) =>
+        {
+            return refusal(&e);
+        }
+        Err(e) if e.code() == tonic::Code::Unavailable => return refusal(&e),
+        Err(e) => {
+            // Mesos: a SUBSCRIBE that passed HTTP validation gets 200 and an ERROR event, then the stream ends.
+            let record = Bytes::from(s::Event::error(e.message().to_string()).record());
+            let once = tokio_stream::once(Ok::<_, std::convert::Infallible>(record));
+            return stream_response(&stream_id, Body::from_stream(once));
+        }
+    };
+    let Some(Ok(first)) = events.next().await else {
+        return refuse(503, "the subscription ended before it began; retry");
+    };
+    let framework = match &first.event {
+        Some(pb::event::Event::Subscribed(s)) => s.framework_id.clone(),
+        _ => return refuse(500, "the subscription did not begin with SUBSCRIBED"),
+    };
+    let (inject, injected) = mpsc::unbounded_channel();
+    api.streams().insert(
+        framework.clone(),
+        Subscription {
+            stream_id: stream_id.clone(),
+            inject,
+        },
+    );
+    let mut head = std::collections::VecDeque::new();
+    if let Some(ev) = allot_mesos::convert::event_to_v1(&first, &role, aware, &api.master) {
+        head.push_back(Bytes::from(ev.record()));
+    }
+    // Mesos sends a HEARTBEAT right after SUBSCRIBED.
+    head.push_back(Bytes::from(s::Event::bare("HEARTBEAT").record()));
+    let stream = HttpEvents {
+        head,
+        events,
+        injected,
+        role,
+        aware,
+        api: api.clone(),
+        framework,
+        stream_id: stream_id.clone(),
+    };
+    stream_response(&stream_id, Body::from_stream(stream))
+}
+
+/// `200`, JSON, `Mesos-Stream-Id`, chunked `body`.
+fn stream_response(stream_id: &str, body: Body) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(stream_id) {
+        h.insert(STREAM_ID, v);
+    }
+    r
+}
+
+/// A subscription's events as RecordIO records, one per chunk: the first ones, then what the front end
+/// injects and what the broker sends. Ends when the broker's stream does (TEARDOWN, a newer subscription);
+/// dropping it (the framework went away) ends the subscription here and at the broker.
+struct HttpEvents {
+    head: std::collections::VecDeque<Bytes>,
+    events: EventStream,
+    injected: mpsc::UnboundedReceiver<s::Event>,
+    role: String,
+    aware: bool,
+    api: Arc<MesosApi>,
+    framework: String,
+    stream_id: String,
+}
+
+impl tokio_stream::Stream for HttpEvents {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Some(b) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(b)));
+        }
+        if let Poll::Ready(Some(ev)) = self.injected.poll_recv(cx) {
+            return Poll::Ready(Some(Ok(Bytes::from(ev.record()))));
+        }
+        loop {
+            match std::pin::Pin::new(&mut self.events).poll_next(cx) {
+                Poll::Ready(Some(Ok(ev))) => {
+                    let me = &*self;
+                    if let Some(out) =
+                        allot_mesos::convert::event_to_v1(&ev, &me.role, me.aware, &me.api.master)
+                    {
+                        return Poll::Ready(Some(Ok(Bytes::from(out.record()))));
+                    }
+                }
+                Poll::Ready(_) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for HttpEvents {
+    fn drop(&mut self) {
+        let mut streams = self.api.streams();
+        if streams
+            .get(&self.framework)
+            .is_some_and(|s| s.stream_id == self.stream_id)
+        {
+            streams.remove(&self.framework);
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! Mesos' v1 scheduler HTTP API on the offer-broker (issue 26), over raw HTTP/1.1 on a real socket, as a Mesos
+//! framework speaks it: the protocol rules of Mesos' own tests (`scheduler_http_api_tests.cpp`;
+//! `../shared/mesos-v1-api.md` section 6) and a task run end to end.
+
+use allot_tests::{Cluster, ClusterOptions, PATIENCE};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+
+const CREDENTIALS: &str = "framework-mesos s3cret\n";
+
+/// `Authorization` for `principal:secret`.
+fn basic(principal_secret: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(principal_secret)
+    )
+}
+
+/// An HTTP response: status, headers (lowercased names), and the reader positioned at the body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    reader: BufReader<tokio::net::TcpStream>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The whole body (Content-Length or until close; not for streams).
+    async fn body(mut self) -> String {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, self.reader.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The next chunk of a chunked body; `None` at its end.
+    async fn chunk(&mut self) -> Option<Vec<u8>> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).await.ok()?;
+        let size = usize::from_str_radix(line.trim(), 16).ok()?;
+        let mut data = vec![0; size + 2];
+        self.reader.read_exact(&mut data).await.ok()?;
+        data.truncate(size);
+        (size > 0).then_some(data)
+    }
+
+    /// The next event of a SUBSCRIBE stream: one RecordIO record per chunk, as Mesos sends.
+    async fn event(&mut self) -> Option<Value> {
+        let chunk = tokio::time::timeout(PATIENCE, self.chunk())
+            .await
+            .expect("an event within patience")?;
+        let text = String::from_utf8(chunk).expect("text");
+        let (len, record) = text.split_once('\n').expect("a RecordIO record");
+        assert_eq!(len.parse::<usize>().unwrap(), record.len(), "{text}");
+        Some(serde_json::from_str(record).expect("JSON"))
+    }
+
+    /// The next event of type `kind`, skipping others (HEARTBEAT, OFFERS, ...).
+    async fn next(&mut self, kind: &str) -> Value {
+        loop {
+            let ev = self
+                .event()
+                .await
+                .unwrap_or_else(|| panic!("the stream ended before {kind}"));
+            if ev["type"] == kind {
+                return ev;
+            }
+        }
+    }
+}
+
+/// Sends `method path` with `headers` (each ending in CRLF) and `body`.
+async fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> Answer {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut reader = BufReader::new(s);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).await.expect("status");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.expect("header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    Answer {
+        status,
+        headers,
+        reader,
+    }
+}
+
+/// A POST of `call` to the scheduler API as `framework-mesos`, with `extra` headers.
+async fn call(addr: SocketAddr, extra: &str, call: &Value) -> Answer {
+    let headers = format!(
+        "Content-Type: application/json\r\nConnection: close\r\n{}{extra}",
+        basic("framework-mesos:s3cret")
+    );
+    http(
+        addr,
+        "POST",
+        "/api/v1/scheduler",
+        &headers,
+        &call.to_string(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        mesos_credentials: Some(CREDENTIALS.into()),
+        ..Default::default()
+    })
+    .await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    let addr = cluster.mesos_addr.expect("the Mesos API");
+    let user = allot_tests::current_user();
+
+    // pymesos asks for /version and parses it.
+    let version = http(addr, "GET", "/version", "Connection: close\r\n", "").await;
+    assert_eq!(version.status, 200);
+    let v: Value = serde_json::from_str(&version.body().await).unwrap();
+    assert_eq!(v["version"], "1.11.0");
+
+    let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {
+        "user": user, "name": "mesos-http", "roles": ["*"], "capabilities": [{"type": "MULTI_ROLE"}]}}});
+    // The protocol rules, each as Mesos answers.
+    let json_type = "Content-Type: application/json\r\nConnection: close\r\n";
+    let cases: Vec<(Answer, u16, &str)> = vec![
+        (
+            http(
+                addr,
+                "GET",
+                "/api/v1/scheduler",
+                "Connection: close\r\n",
+                "",
+            )
+            .await,
+            405,
+            "GET",
+        ),
+        (
+            http(
+                addr,
+                "POST",
+                "/api/v1/scheduler",
+                json_type,
+                &subscribe.to_string(),
+            )
+            .await,
+            401,
+            "no credentials",
+        ),
+        (
+            http(
+                addr,
+                "POST",
+                "/api/v1/scheduler",
+                &format!("{json_type}{}", basic("framework-mesos:nope")),
+                &subscribe.to_string(),
+            )
+            .await,
+            401,
+            "a wrong secret",
+        ),
+        (
+            http(
+                addr,
+                "POST",
+                "/api/v1/scheduler",
+                &format!("Connection: close\r\n{}", basic("framework-mesos:s3cret")),
+                &subscribe.to_string(),
+            )
+            .await,
+            400,
+            "no Content-Type",
+        ),
+        (
+            http(
+                addr,
+                "POST",
+                "/api/v1/scheduler",
+                &format!(
+                    "Content-Type: application/unknown-media-type\r\nConnection: close\r\n{}",
+                    basic("framework-mesos:s3cret")
+                ),
+                "{}",
+            )
+            .await,
+            415,
+            "an unknown media type",
+        ),
+        (
+            call(addr, "", &json!("MALFORMED_CONTENT")).await,
+            400,
+            "malformed content",
+        ),
+        (
+            call(addr, "", &json!({"string": "valid_json"})).await,
+            400,
+            "JSON that is no Call",
+        ),
+        (
+            call(addr, "Accept: foo\r\n", &subscribe).await,
+            406,
+            "Accept: foo",
+        ),
+        (
+            call(addr, "Mesos-Stream-Id: x\r\n", &subscribe).await,
+            400,
+            "SUBSCRIBE with a stream ID",
+        ),
+        (
+            call(
+                addr,
+                "",
+                &json!({"type": "TEARDOWN", "framework_id": {"value": "no-such-framework"}}),
+            )
+            .await,
+            400,
+            "an unknown framework",
+        ),
+    ];
+    for (answer, want, what) in cases {
+        let status = answer.status;
+        assert_eq!(status, want, "{what}: {}", answer.body().await);
+    }
+    let mut bad_role = subscribe.clone();
+    bad_role["subscribe"]["framework_info"]["roles"] = json!(["/test/test1"]);
+    let mut refused = call(addr, "", &bad_role).await;
+    assert_eq!(refused.status, 200, "a refused SUBSCRIBE still streams");
+    assert_eq!(
+        refused.next("ERROR").await["error"]["message"]
+            .as_str()
+            .map(|m| !m.is_empty()),
+        Some(true)
+    );
+    assert!(refused.event().await.is_none(), "and then ends");
+
+    // A subscription: 200, chunked, a stream ID, SUBSCRIBED then HEARTBEAT at once, then offers.
+    let mut stream = call(addr, "", &subscribe).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(stream.header("content-type"), Some("application/json"));
+    let stream_id = stream
+        .header("mesos-stream-id")
+        .expect("a stream ID")
+        .to_string();
+    let subscribed = stream.event().await.unwrap();
+    assert_eq!(subscribed["type"], "SUBSCRIBED");
+    let fw = subscribed["subscribed"]["framework_id"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!fw.is_empty());
+    assert_eq!(subscribed["subscribed"]["master_info"]["version"], "1.11.0");
+    assert_eq!(stream.event().await.unwrap()["type"], "HEARTBEAT");
+    let offers = stream.next("OFFERS").await;
+    let offer = &offers["offers"]["offers"][0];
+    assert_eq!(offer["allocation_info"]["role"], "*");
+    assert_eq!(offer["resources"][0]["type"], "SCALAR");
+    let with_id = format!("Mesos-Stream-Id: {stream_id}\r\n");
+
+    // Calls need the current stream ID.
+    let task = json!({"name": "hello", "task_id": {"value": "t1"}, "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 64}}],
+        "command": {"value": "echo hello from $MESOS_SANDBOX"}});
+    let accept = json!({"type": "ACCEPT", "framework_id": {"value": fw}, "accept": {
+        "offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
+        "filters": {"refuse_seconds": 1}}});
+    assert_eq!(call(addr, "", &accept).await.status, 400, "no stream ID");
+    assert_eq!(
+        call(addr, "Mesos-Stream-Id: stale\r\n", &accept)
+            .await
+            .status,
+        400,
+        "another stream ID"
+    );
+    let accepted = call(addr, &with_id, &accept).await;
+    let status = accepted.status;
+    assert_eq!(status, 202, "{}", accepted.body().await);
+    // Every update is acknowledged, as pymesos does; the task finishes.
+    loop {
+        let update = stream.next("UPDATE").await;
+        let status = &update["update"]["status"];
+        assert_eq!(status["task_id"]["value"], "t1");
+        let ack = json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw}, "acknowledge": {
+            "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}});
+        assert_eq!(call(addr, &with_id, &ack).await.status, 202);
+        if status["state"] == "TASK_FINISHED" {
+            break;
+        }
+        assert!(
+            ["TASK_STARTING", "TASK_RUNNING"].contains(&status["state"].as_str().unwrap()),
+            "{status}"
+        );
+    }
+    let bad_uuid = json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw}, "acknowledge": {
+        "agent_id": {"value": "a"}, "task_id": {"value": "t1"}, "uuid": "YmFkLXV1aWQ="}});
+    let answer = call(addr, &with_id, &bad_uuid).await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.body().await.contains("Not a valid UUID"));
+    // Explicit reconciliation: the latest state, without a uuid.
+    let reconcile = json!({"type": "RECONCILE", "framework_id": {"value": fw}, "reconcile": {
+        "tasks": [{"task_id": {"value": "t1"}}]}});
+    assert_eq!(call(addr, &with_id, &reconcile).await.status, 202);
+    let update = stream.next("UPDATE").await;
+    assert_eq!(update["update"]["status"]["state"], "TASK_FINISHED");
+    assert!(update["update"]["status"].get("uuid").is_none());
+    // KILL of a task the cluster does not know: TASK_LOST.
+    let kill = json!({"type": "KILL", "framework_id": {"value": fw}, "kill": {"task_id": {"value": "nope"}}});
+    assert_eq!(call(addr, &with_id, &kill).await.status, 202);
+    let lost = stream.next("UPDATE").await;
+    assert_eq!(lost["update"]["status"]["state"], "TASK_LOST");
+    assert_eq!(lost["update"]["status"]["task_id"]["value"], "nope");
+    // A Mesos feature Allot lacks is refused with a clear TASK_ERROR.
+    let offers = stream.next("OFFERS").await;
+    let offer = &offers["offers"]["offers"][0];
+    let mut fetching = json!({"name": "f", "task_id": {"value": "t2"}, "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
+        "command": {"value": "true", "uris": [{"value": "http://example.invalid/f.tgz"}]}});
+    let accept = json!({"type": "ACCEPT", "framework_id": {"value": fw}, "accept": {
+        "offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH", "launch": {"task_infos": [fetching.take()]}}]}});
+    assert_eq!(call(addr, &with_id, &accept).await.status, 202);
+    let error = stream.next("UPDATE").await;
+    assert_eq!(error["update"]["status"]["state"], "TASK_ERROR");
+    assert!(
+        error["update"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("uris"),
+        "{error}"
+    );
+    // TEARDOWN ends the stream.
+    let teardown = json!({"type": "TEARDOWN", "framework_id": {"value": fw}});
+    assert_eq!(call(addr, &with_id, &teardown).await.status, 202);
+    while stream.event().await.is_some() {}
+}
