@@ -44,7 +44,12 @@ fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// `POST /api/v1/executor`.
-async fn call(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn call(
+    State(agent): State<Arc<Agent>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let header = |name| {
         headers
             .get(name)
@@ -82,11 +87,21 @@ async fn call(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if token != Some(container.token.as_str()) {
+    let authentic = match token {
+        Some(t) => t == container.token,
+        // No token (pymesos sends none): the process at the other end of the connection must be one of the
+        // executor's (its process group), which no other local process can join.
+        None => peer_in_group(
+            peer,
+            agent.executor_endpoint.parse().ok(),
+            container.pid.as_raw(),
+        ),
+    };
+    if !authentic {
         let mut r = refuse(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: an executor call must carry 'Authorization: Bearer' with the executor's \
-             MESOS_EXECUTOR_AUTHENTICATION_TOKEN",
+             MESOS_EXECUTOR_AUTHENTICATION_TOKEN, or come from a process of the executor",
         );
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -111,6 +126,74 @@ async fn call(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) 
         }
         Valid::Heartbeat => StatusCode::ACCEPTED.into_response(),
     }
+}
+
+/// Whether the TCP connection from `peer` to `local` (the executor API's address) belongs to a process in
+/// process group `pgid`: its socket is found in `/proc/net/tcp` (or `tcp6`) by its two ends, and its inode
+/// among the open files of the group's processes.
+fn peer_in_group(
+    peer: std::net::SocketAddr,
+    local: Option<std::net::SocketAddr>,
+    pgid: i32,
+) -> bool {
+    let Some(local) = local else { return false };
+    let Some(inode) = socket_inode(peer, local) else {
+        return false;
+    };
+    let target = format!("socket:[{inode}]");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let in_group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // `pid (comm) state ppid pgrp ...`: comm may hold anything; fields follow the last `)`.
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+            })
+            == Some(pgid);
+        if !in_group {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The inode of the socket whose local end is `from` and remote end `to`, from `/proc/net/tcp{,6}`.
+fn socket_inode(from: std::net::SocketAddr, to: std::net::SocketAddr) -> Option<u64> {
+    let (file, from_hex, to_hex) = match (from, to) {
+        (std::net::SocketAddr::V4(f), std::net::SocketAddr::V4(t)) => {
+            let hex = |a: std::net::SocketAddrV4| {
+                format!(
+                    "{:08X}:{:04X}",
+                    u32::from_le_bytes(a.ip().octets()),
+                    a.port()
+                )
+            };
+            ("/proc/net/tcp", hex(f), hex(t))
+        }
+        _ => return None,
+    };
+    let table = std::fs::read_to_string(file).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(1) == Some(&from_hex.as_str()) && cols.get(2) == Some(&to_hex.as_str()))
+            .then(|| cols.get(9)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Completes an executor's status: the agent, framework and executor IDs, the source, a timestamp.

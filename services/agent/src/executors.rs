@@ -157,7 +157,7 @@ pub struct Container {
     /// Its checkpoint directory.
     checkpoint: PathBuf,
     /// The leader of its process group.
-    pid: Pid,
+    pub pid: Pid,
     inner: Mutex<Inner>,
     /// Cancelled once its process group leader is gone.
     pub exited: CancellationToken,

@@ -625,7 +625,8 @@ pub async fn run(
     let _executor_api = {
         let router = executor_api::router(agent.clone());
         AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = axum::serve(executor_listener, router).await {
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = axum::serve(executor_listener, service).await {
                 tracing::error!(error = %e, "the executor API stopped");
             }
         }))
