@@ -101,3 +101,15 @@ allot_http_get() {
   answer=$(exec 3<>"/dev/tcp/${1%:*}/${1##*:}" && printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3 && cat <&3) || return 1
   printf '%s' "${answer#*$'\r\n\r\n'}"
 }
+
+# Python with venv and pip (Debian's python3-venv brings ensurepip): the pymesos tests make an environment
+# with pymesos in target/pymesos (tests/pymesos/setup.sh).
+allot_ensure_python_venv() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo"
+    echo "==> installing python3-venv (Debian package)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+  fi
+}
