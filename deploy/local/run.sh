@@ -288,11 +288,17 @@ for a in ${ALLOT_ALLOCATOR//,/ }; do
     --preemption-grace "$preemption_grace" --preemption-min-runtime 1s --metrics-listen "$host:$mport"
   i=$((i + 1))
 done
+# Mesos frameworks (pymesos, ...) reach the brokers' Mesos v1 HTTP API with this principal and secret.
+secret=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+(umask 077; echo "framework-mesos $secret" >"$run/credentials")
+mesos=()
 i=0
 for a in ${ALLOT_BROKER//,/ }; do
   metrics_port allot-offer-broker
+  free_port port; mesos+=("$host:$port")
   supervise "broker$i" "$bin/allot-offer-broker" --listen "$a" --allocator "$ALLOT_ALLOCATOR" \
-    --heartbeat-interval 5s --metrics-listen "$host:$mport"
+    --heartbeat-interval 5s --metrics-listen "$host:$mport" \
+    --mesos-listen "$host:$port" --credentials "$run/credentials"
   i=$((i + 1))
 done
 for a in ${ALLOT_REGISTRY//,/ } ${ALLOT_ALLOCATOR//,/ } ${ALLOT_BROKER//,/ }; do wait_port "${a##*:}" "the service at $a"; done
@@ -354,6 +360,7 @@ fi
   echo "export ALLOT_TLS_DIR=$ALLOT_TLS_DIR"
   echo "export ALLOT_REGISTRY=$ALLOT_REGISTRY ALLOT_ALLOCATOR=$ALLOT_ALLOCATOR ALLOT_BROKER=$ALLOT_BROKER"
   echo "export PATH=$bin:\$PATH"
+  echo "export ALLOT_MESOS_MASTER=${mesos[0]} ALLOT_MESOS_PRINCIPAL=framework-mesos ALLOT_MESOS_SECRET=$secret"
   ((traces)) && echo "export ALLOT_TRACES_DIR=$ALLOT_TRACES_DIR OTEL_EXPORTER_OTLP_ENDPOINT=$OTEL_EXPORTER_OTLP_ENDPOINT"
   for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
     echo "metrics_${job//-/_}=\"${metrics[$job]}\""
