@@ -81,6 +81,11 @@ class TestScheduler(Scheduler):
         task_id = update.task_id.value
         state = update.state
         if 'uuid' in update:
+            # Updates are delivered at least once (re-sent until acknowledged, as in Mesos): a repeat carries
+            # the same uuid and is not news.
+            if update.uuid in self.uuids:
+                return
+            self.uuids[update.uuid] = task_id
             self.states.setdefault(task_id, []).append(state)
         else:
             self.reconciled.append((task_id, state))

@@ -30,7 +30,12 @@ async fn a_pymesos_framework_and_its_pymesos_executor_run_unchanged() {
     );
     let run = tokio::process::Command::new(&python)
         .arg(repo.join("tests/pymesos/scheduler.py"))
-        .args([master.as_str(), "framework-pymesos", "pymesos-secret", &executor])
+        .args([
+            master.as_str(),
+            "framework-pymesos",
+            "pymesos-secret",
+            &executor,
+        ])
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(150), run)
