@@ -7,7 +7,8 @@ resourceOffers launches tasks), run against Allot's Mesos API unmodified: only t
 It launches, on its first offer, command tasks that finish, fail and are killed, and two tasks of its own
 executor (tests/pymesos/executor.py); exchanges framework messages with the executor, makes it exit and
 expects executorLost and the second task's TASK_FAILED; reconciles explicitly and implicitly; declines with
-a filter; and tears down. It prints what it saw as JSON and exits 0 only if everything came as Mesos says.
+a filter; stops with failover=True and re-subscribes with a new driver and the framework's ID
+(reregistered); suppresses offers, revives them and gets one; and tears down. It prints what it saw as JSON and exits 0 only if everything came as Mesos says.
 """
 import getpass
 import json
@@ -117,6 +118,41 @@ class TestScheduler(Scheduler):
             threading.Timer(1.0, self.done.set).start()
 
 
+class FailoverScheduler(Scheduler):
+    """The framework's second scheduler, after the first stopped with failover=True: it re-subscribes with the
+    framework's ID, suppresses offers, and revives them (which also clears the first one's decline filter)."""
+
+    def __init__(self):
+        self.reregistered = False
+        self.suppressed = False
+        self.offers_while_suppressed = 0
+        self.revived_offer = False
+        self.done = threading.Event()
+
+    def registered(self, driver, framework_id, master_info):
+        pass
+
+    def reregistered(self, driver, master_info):
+        self.reregistered = True
+        self.suppressed = True
+        driver.suppressOffers()
+
+        def revive():
+            self.suppressed = False
+            driver.reviveOffers()
+
+        threading.Timer(3.0, revive).start()
+
+    def resourceOffers(self, driver, offers):
+        for offer in offers:
+            if self.suppressed:
+                self.offers_while_suppressed += 1
+            else:
+                self.revived_offer = True
+                self.done.set()
+            driver.declineOffer(offer.id, Dict(refuse_seconds=60))
+
+
 def main():
     master, principal, secret, executor_command = sys.argv[1:5]
     framework = Dict()
@@ -129,10 +165,22 @@ def main():
                                   principal=principal, secret=secret)
     driver.start()
     finished = scheduler.done.wait(90)
-    driver.stop()
+    # Fail over: this scheduler goes away leaving the framework (within its failover_timeout), and a new one
+    # re-subscribes with the framework's ID.
+    driver.stop(failover=True)
+    driver.join()
+    framework.id = Dict(value=scheduler.framework_id)
+    second = FailoverScheduler()
+    driver = MesosSchedulerDriver(second, framework, master, use_addict=True,
+                                  principal=principal, secret=secret)
+    driver.start()
+    failed_over = second.done.wait(60)
+    driver.stop()  # TEARDOWN
     driver.join()
     seen = dict(states=scheduler.states, messages=scheduler.messages, lost=scheduler.lost,
-                reconciled=scheduler.reconciled, errors=scheduler.errors, finished=finished)
+                reconciled=scheduler.reconciled, errors=scheduler.errors, finished=finished,
+                reregistered=second.reregistered, offers_while_suppressed=second.offers_while_suppressed,
+                revived_offer=second.revived_offer)
     print(json.dumps(seen))
     expect = {
         'ok': ['TASK_STARTING', 'TASK_RUNNING', 'TASK_FINISHED'],
@@ -151,6 +199,10 @@ def main():
         problems.append('executorLost: %s' % scheduler.lost)
     if ('ok', 'TASK_FINISHED') not in scheduler.reconciled:
         problems.append('explicit reconciliation: %s' % scheduler.reconciled)
+    if not (failed_over and second.reregistered and second.revived_offer):
+        problems.append('failover, suppress and revive: %s' % seen)
+    if second.offers_while_suppressed:
+        problems.append('%d offers while suppressed' % second.offers_while_suppressed)
     for p in problems:
         print('PROBLEM: ' + p, file=sys.stderr)
     sys.exit(1 if problems else 0)

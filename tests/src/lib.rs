@@ -772,6 +772,8 @@ pub struct Cluster {
     broker_addrs: String,
     /// Where the leading broker serves Mesos' HTTP API (with [`ClusterOptions::mesos_credentials`]).
     pub mesos_addr: Option<SocketAddr>,
+    /// Where the standby brokers serve it.
+    pub mesos_standby_addrs: Vec<SocketAddr>,
     dir: tempfile::TempDir,
     agents: usize,
     opts: ClusterOptions,
@@ -988,20 +990,28 @@ impl Cluster {
         }
         let allocator_addrs = join(allocators.iter().map(|a| a.addr));
         let mut brokers = Vec::new();
-        let mesos_addr: Option<SocketAddr> = opts.mesos_credentials.as_ref().map(|_| {
-            format!("127.0.0.1:{}", free_port())
-                .parse()
-                .expect("address")
-        });
-        let mesos = opts.mesos_credentials.as_ref().map(|text| {
+        let credentials = opts.mesos_credentials.as_ref().map(|text| {
             let path = dir.path().join("credentials");
             std::fs::write(&path, text).expect("credentials file");
-            (mesos_addr.expect("address"), path)
+            path
         });
-        for i in 0..opts.replicas.max(1) {
-            let mesos = if i == 0 { mesos.clone() } else { None };
+        let mut mesos_addrs: Vec<SocketAddr> = Vec::new();
+        for _ in 0..opts.replicas.max(1) {
+            let mesos = credentials.clone().map(|path| {
+                let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+                    .parse()
+                    .expect("address");
+                mesos_addrs.push(addr);
+                (addr, path)
+            });
             let b =
                 start_broker_with(&services_etcd, &opts, &allocator_addrs, any_port(), mesos).await;
+            if let Some(addr) = mesos_addrs.last().copied() {
+                eventually("the broker serves the Mesos API", || async move {
+                    tokio::net::TcpStream::connect(addr).await.is_ok()
+                })
+                .await;
+            }
             if brokers.is_empty() {
                 await_leader(&services_etcd.dialer("operator"), &b.addr.to_string()).await;
             }
@@ -1022,7 +1032,8 @@ impl Cluster {
             registry_addrs,
             allocator_addrs,
             broker_addrs,
-            mesos_addr,
+            mesos_addr: mesos_addrs.first().copied(),
+            mesos_standby_addrs: mesos_addrs.into_iter().skip(1).collect(),
             dir,
             agents: 0,
             opts,

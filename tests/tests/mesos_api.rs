@@ -359,3 +359,49 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
     assert_eq!(call(addr, &with_id, &teardown).await.status, 202);
     while stream.event().await.is_some() {}
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_broker_redirects_mesos_frameworks_to_the_leader() {
+    let cluster = Cluster::start_with(ClusterOptions {
+        mesos_credentials: Some(CREDENTIALS.into()),
+        replicas: 2,
+        ..Default::default()
+    })
+    .await;
+    let leader = cluster.mesos_addr.expect("the leader's Mesos API");
+    let standby = cluster.mesos_standby_addrs[0];
+    let subscribe =
+        json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "u", "name": "n"}}});
+    // A SUBSCRIBE to the standby: 307 to the same path on the leader, protocol-relative, as Mesos answers.
+    let moved = call(standby, "", &subscribe).await;
+    assert_eq!(moved.status, 307);
+    assert_eq!(
+        moved.header("location"),
+        Some(format!("//{leader}/api/v1/scheduler").as_str())
+    );
+    let via_prefix = http(
+        standby,
+        "POST",
+        "/master/api/v1/scheduler",
+        &format!(
+            "Content-Type: application/json\r\nConnection: close\r\n{}",
+            basic("framework-mesos:s3cret")
+        ),
+        &subscribe.to_string(),
+    )
+    .await;
+    assert_eq!(
+        via_prefix.header("location"),
+        Some(format!("//{leader}/master/api/v1/scheduler").as_str())
+    );
+    // /redirect names the leader from either replica.
+    for at in [standby, leader] {
+        let r = http(at, "GET", "/redirect", "Connection: close\r\n", "").await;
+        assert_eq!(r.status, 307);
+        assert_eq!(r.header("location"), Some(format!("//{leader}").as_str()));
+    }
+    // The leader serves.
+    let mut stream = call(leader, "", &subscribe).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.event().await.unwrap()["type"], "SUBSCRIBED");
+}

@@ -373,7 +373,7 @@ fn to_command(kind: Kind, id: &str, value: Option<&[u8]>) -> Option<Command> {
             Some(Command::Reservations(id.to_string(), Some(reserved)))
         }
         (Kind::Reservations, None) => Some(Command::Reservations(id.to_string(), None)),
-        (Kind::Policy | Kind::Artifacts | Kind::Audit, _) => None,
+        (Kind::Policy | Kind::Artifacts | Kind::Audit | Kind::MesosEndpoints, _) => None,
     }
 }
 

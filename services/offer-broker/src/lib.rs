@@ -115,6 +115,10 @@ pub async fn run(
         config.heartbeat_interval,
     ));
     let leadership = allot_server::standby::Leadership::new();
+    let listener_addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         allocator = %config.allocator,
@@ -141,6 +145,7 @@ pub async fn run(
                 .map_err(|e| ServiceError::Listen(format!("--mesos-listen {addr}: {e}")))?;
             let api = Arc::new(mesos_api::MesosApi::new(
                 scheduler.clone(),
+                store.clone(),
                 broker.clone(),
                 leadership.clone(),
                 config.credentials.open()?,
@@ -148,6 +153,11 @@ pub async fn run(
                 local,
             ));
             tracing::info!(addr = %local, "serving Mesos' v1 scheduler HTTP API");
+            let advertised = match &config.election.advertise {
+                Some(a) => a.clone(),
+                None => listener_addr.clone(),
+            };
+            api.announce(&advertised).await;
             Some(allot_common::AbortOnDrop(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, mesos_api::router(api)).await {
                     tracing::error!(error = %e, "the Mesos HTTP API stopped");

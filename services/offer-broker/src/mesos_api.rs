@@ -7,7 +7,9 @@
 //! broker's flows); each event of the framework's stream goes out in Mesos' JSON (`allot_mesos::convert`),
 //! one RecordIO record per HTTP chunk.
 //!
-//! The rules are Mesos' (`../shared/mesos-v1-api.md` sections 1, 2 and 6): `503` from a standby, `405` for
+//! The rules are Mesos' (`../shared/mesos-v1-api.md` sections 1, 2 and 6): from a standby, `307` to the same
+//! path on the leader's Mesos API (`Location: //host:port/path`; each replica records where it serves it in
+//! etcd, `mesos_endpoints/<its gRPC address>`), or `503` while no leader is known; `405` for
 //! another method, `400`/`415` for the media type, `400` for a body that is not a valid Call, `401` for a
 //! caller that does not authenticate, `406` for a SUBSCRIBE that does not accept JSON, `400` for a SUBSCRIBE
 //! with a `Mesos-Stream-Id` or a call without the current one, `400` for an unknown framework and `403` for
@@ -50,6 +52,9 @@ struct Subscription {
 /// The front end's state.
 pub struct MesosApi {
     service: Arc<SchedulerService>,
+    store: allot_server::Store,
+    /// This replica's own `host:port`.
+    own: String,
     broker: Arc<Broker>,
     leadership: allot_server::standby::Leadership,
     credentials: Option<Arc<allot_server::credentials::Credentials>>,
@@ -60,11 +65,13 @@ pub struct MesosApi {
 }
 
 impl MesosApi {
-    /// A front end for `service` (and its `broker`), served at `addr` (for SUBSCRIBED's `master_info`),
-    /// answering `503` while `leadership` says standby; callers authenticate against `credentials` when
-    /// `secured`.
+    /// A front end for `service` (and its `broker`), served at `addr` (for SUBSCRIBED's `master_info` and
+    /// `/redirect`), redirecting to the leader's (found in `store`) while `leadership` says standby; callers
+    /// authenticate against `credentials` when `secured`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         service: Arc<SchedulerService>,
+        store: allot_server::Store,
         broker: Arc<Broker>,
         leadership: allot_server::standby::Leadership,
         credentials: Option<Arc<allot_server::credentials::Credentials>>,
@@ -80,6 +87,8 @@ impl MesosApi {
             .unwrap_or_else(|_| addr.ip().to_string());
         MesosApi {
             service,
+            store,
+            own: addr.to_string(),
             broker,
             leadership,
             credentials,
@@ -101,6 +110,51 @@ impl MesosApi {
         }
     }
 
+    /// Records in etcd that the replica advertised as `grpc` serves the Mesos API here, so that standbys can
+    /// redirect to it once it leads. Best effort: without the record a standby answers `503` instead of `307`.
+    pub async fn announce(&self, grpc: &str) {
+        let key = self
+            .store
+            .key(allot_server::store::Kind::MesosEndpoints, grpc);
+        if let Err(e) = self
+            .store
+            .put_bytes(&key, self.own.clone().into_bytes())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record where this broker serves the Mesos API; standbys will answer 503, not redirect");
+        }
+    }
+
+    /// Where the leader serves the Mesos API: `Ok(None)` while this replica leads; `Err` with a `503` when no
+    /// leader, or no record of its Mesos API, is known.
+    async fn leader(&self) -> Result<Option<String>, Response> {
+        let leader = match self.leadership.leader_if_standby() {
+            None => return Ok(None),
+            Some(Some(l)) => l,
+            Some(None) => {
+                return Err(refuse(
+                    503,
+                    "not the leader, and no leader is elected yet; retry",
+                ));
+            }
+        };
+        let key = self
+            .store
+            .key(allot_server::store::Kind::MesosEndpoints, &leader);
+        let found = self.store.list_bytes(&key).await.ok().and_then(|kvs| {
+            kvs.into_iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| String::from_utf8(v).ok())
+        });
+        match found {
+            Some(addr) => Ok(Some(addr)),
+            None => Err(refuse(
+                503,
+                format!("not the leader; the leader ({leader}) does not serve the Mesos API"),
+            )),
+        }
+    }
+
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscription>> {
         self.streams.lock().expect("streams poisoned")
     }
@@ -119,6 +173,8 @@ pub fn router(api: Arc<MesosApi>) -> axum::Router {
         .route("/api/v1/scheduler", axum::routing::post(scheduler))
         .route("/master/api/v1/scheduler", axum::routing::post(scheduler))
         .route("/version", axum::routing::get(version))
+        .route("/redirect", axum::routing::get(redirect))
+        .route("/master/redirect", axum::routing::get(redirect))
         .route("/health", axum::routing::get(|| async { StatusCode::OK }))
         .with_state(api)
 }
@@ -150,6 +206,29 @@ impl Caller {
             r.extensions_mut().insert(p.clone());
         }
         r
+    }
+}
+
+/// `307` to `//addr` + `path`, as Mesos redirects (protocol-relative).
+fn redirect_to(addr: &str, path: &str) -> Response {
+    let location = format!("//{addr}{path}");
+    let mut r = (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::CONNECTION, "close")],
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// `GET /redirect`: `307` to the leading master's Mesos API (this replica's own when it leads).
+async fn redirect(State(api): State<Arc<MesosApi>>) -> Response {
+    match api.leader().await {
+        Ok(None) => redirect_to(&api.own, ""),
+        Ok(Some(leader)) => redirect_to(&leader, ""),
+        Err(r) => r,
     }
 }
 
@@ -190,10 +269,17 @@ fn accepted() -> Response {
 }
 
 /// `POST /api/v1/scheduler`.
-async fn scheduler(State(api): State<Arc<MesosApi>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn scheduler(
+    State(api): State<Arc<MesosApi>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(rejection) = api.leadership.rejection() {
-        return refuse(503, rejection.message().to_string());
+    match api.leader().await {
+        Ok(None) => {}
+        Ok(Some(leader)) => return redirect_to(&leader, uri.path()),
+        Err(r) => return r,
     }
     let call: s::Call = match allot_mesos::http::check_content_type(header("content-type"))
         .and_then(|()| allot_mesos::http::parse_call(&body))

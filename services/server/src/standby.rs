@@ -77,6 +77,15 @@ impl Leadership {
         Some(status)
     }
 
+    /// `None` while this replica leads; otherwise the leader's advertised address, when one is known
+    /// (`Some(None)`: no leader elected yet).
+    pub fn leader_if_standby(&self) -> Option<Option<String>> {
+        match &*self.state.read().expect("leadership poisoned") {
+            Role::Leader => None,
+            Role::Standby(leader) => Some(leader.clone()),
+        }
+    }
+
     /// This replica is a standby, and `leader` leads (if known).
     pub(crate) fn set_standby(&self, leader: Option<String>) {
         self.set(Role::Standby(leader));

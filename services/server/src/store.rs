@@ -12,6 +12,7 @@
 //! | `reservations/<agent_id>` | `AgentReservations`: the agent's dynamic reservations | allocator (reservations API) |
 //! | `policy/active` | `PolicyRecord` | allocator (admin API) |
 //! | `policies/meta/<sha256>`, `policies/chunk/<sha256>/<n>` | `PolicyArtifact`, raw bytes | allocator |
+//! | `mesos_endpoints/<advertised gRPC address>` | raw `host:port` of that broker's Mesos HTTP API | offer-broker |
 
 use etcd_client::{
     Client, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
@@ -156,6 +157,9 @@ pub enum Kind {
     Audit,
     /// `reservations/`: dynamic reservations by agent (the allocator's).
     Reservations,
+    /// `mesos_endpoints/<advertised gRPC address>`: where that broker replica serves Mesos' HTTP API (raw
+    /// `host:port`), so that a standby can redirect Mesos frameworks to the leader's.
+    MesosEndpoints,
 }
 
 impl Kind {
@@ -170,6 +174,7 @@ impl Kind {
             Kind::Artifacts => "policies",
             Kind::Audit => "audit",
             Kind::Reservations => "reservations",
+            Kind::MesosEndpoints => "mesos_endpoints",
         }
     }
 }
