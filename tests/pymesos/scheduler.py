@@ -8,7 +8,8 @@ It launches, on its first offer, command tasks that finish, fail and are killed,
 executor (tests/pymesos/executor.py); exchanges framework messages with the executor, makes it exit and
 expects executorLost and the second task's TASK_FAILED; reconciles explicitly and implicitly; declines with
 a filter; stops with failover=True and re-subscribes with a new driver and the framework's ID
-(reregistered); suppresses offers, revives them and gets one; and tears down. It prints what it saw as JSON and exits 0 only if everything came as Mesos says.
+(reregistered); suppresses offers, revives them and gets one; and tears down. It prints what it saw as
+JSON and exits 0 only if everything came as Mesos says.
 """
 import getpass
 import json
@@ -123,7 +124,7 @@ class FailoverScheduler(Scheduler):
     framework's ID, suppresses offers, and revives them (which also clears the first one's decline filter)."""
 
     def __init__(self):
-        self.reregistered = False
+        self.did_reregister = False
         self.suppressed = False
         self.offers_while_suppressed = 0
         self.revived_offer = False
@@ -133,7 +134,7 @@ class FailoverScheduler(Scheduler):
         pass
 
     def reregistered(self, driver, master_info):
-        self.reregistered = True
+        self.did_reregister = True
         self.suppressed = True
         driver.suppressOffers()
 
@@ -179,7 +180,7 @@ def main():
     driver.join()
     seen = dict(states=scheduler.states, messages=scheduler.messages, lost=scheduler.lost,
                 reconciled=scheduler.reconciled, errors=scheduler.errors, finished=finished,
-                reregistered=second.reregistered, offers_while_suppressed=second.offers_while_suppressed,
+                reregistered=second.did_reregister, offers_while_suppressed=second.offers_while_suppressed,
                 revived_offer=second.revived_offer)
     print(json.dumps(seen))
     expect = {
@@ -199,7 +200,7 @@ def main():
         problems.append('executorLost: %s' % scheduler.lost)
     if ('ok', 'TASK_FINISHED') not in scheduler.reconciled:
         problems.append('explicit reconciliation: %s' % scheduler.reconciled)
-    if not (failed_over and second.reregistered and second.revived_offer):
+    if not (failed_over and second.did_reregister and second.revived_offer):
         problems.append('failover, suppress and revive: %s' % seen)
     if second.offers_while_suppressed:
         problems.append('%d offers while suppressed' % second.offers_while_suppressed)
