@@ -330,6 +330,58 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
     let update = stream.next("UPDATE").await;
     assert_eq!(update["update"]["status"]["state"], "TASK_FINISHED");
     assert!(update["update"]["status"].get("uuid").is_none());
+    // The read-only master views tools read, authenticated like the scheduler API.
+    let authed = format!("Connection: close\r\n{}", basic("framework-mesos:s3cret"));
+    assert_eq!(
+        http(addr, "GET", "/master/state", "Connection: close\r\n", "")
+            .await
+            .status,
+        401
+    );
+    let state: Value = serde_json::from_str(
+        &http(addr, "GET", "/master/state", &authed, "")
+            .await
+            .body()
+            .await,
+    )
+    .unwrap();
+    assert_eq!(state["version"], "1.11.0");
+    assert_eq!(state["activated_slaves"], 1);
+    assert_eq!(state["slaves"][0]["id"], offer["agent_id"]["value"]);
+    let mine = &state["frameworks"][0];
+    assert_eq!(
+        (mine["id"].as_str(), mine["name"].as_str()),
+        (Some(fw.as_str()), Some("mesos-http"))
+    );
+    assert_eq!(mine["completed_tasks"][0]["state"], "TASK_FINISHED");
+    let tasks: Value = serde_json::from_str(
+        &http(
+            addr,
+            "GET",
+            &format!("/master/tasks?framework_id={fw}&task_id=t1"),
+            &authed,
+            "",
+        )
+        .await
+        .body()
+        .await,
+    )
+    .unwrap();
+    assert_eq!(tasks["tasks"][0]["id"], "t1");
+    let slaves: Value =
+        serde_json::from_str(&http(addr, "GET", "/slaves", &authed, "").await.body().await)
+            .unwrap();
+    assert_eq!(slaves["slaves"][0]["active"], true);
+    let metrics: Value = serde_json::from_str(
+        &http(addr, "GET", "/metrics/snapshot", &authed, "")
+            .await
+            .body()
+            .await,
+    )
+    .unwrap();
+    assert_eq!(metrics["master/elected"], 1.0);
+    assert_eq!(metrics["master/tasks_finished"], 1.0);
+    assert_eq!(metrics["master/frameworks_connected"], 1.0);
     // KILL of a task the cluster does not know: TASK_LOST.
     let kill = json!({"type": "KILL", "framework_id": {"value": fw}, "kill": {"task_id": {"value": "nope"}}});
     assert_eq!(call(addr, &with_id, &kill).await.status, 202);

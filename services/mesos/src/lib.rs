@@ -11,6 +11,10 @@
 //! [`executor`] (the executor API's calls and events), [`scheduler`] (the scheduler API's), [`http`] (the
 //! request checks both APIs share), [`convert`] (to and from `allot.common.v1` and `allot.scheduler.v1`).
 
+/// The Mesos version Allot speaks (`/version`, SUBSCRIBED's `master_info`, the agents in `/master/state`):
+/// the last release, 1.11.0. Digits and dots only: pymesos parses each part as an integer.
+pub const MESOS_VERSION: &str = "1.11.0";
+
 pub mod convert;
 pub mod executor;
 pub mod http;

@@ -14,7 +14,9 @@
 //!   [`views`] (operator views), [`executors`] (framework messages both ways, SHUTDOWN, executors' exits);
 //! - [`grpc`]: the tonic services `allot.scheduler.v1.Scheduler` (frameworks), `allot.agent.v1.StatusUpdates`
 //!   (agents) and `allot.operator.v1.Operator` (operators), and the mapping of [`Error`] to status codes;
-//! - [`mesos_api`]: Mesos' v1 scheduler HTTP API, translated onto the `Scheduler` service (`--mesos-listen`).
+//! - [`mesos_state`]: the read-only master views Mesos tools read (`/master/state`, ...), pure;
+//! - [`mesos_api`]: Mesos' v1 scheduler HTTP API, translated onto the `Scheduler` service, and those views
+//!   (`--mesos-listen`).
 //!
 //! Durable state lives in etcd: framework records and task records (each task's latest status and whether the
 //! framework acknowledged it). Offers are soft: they come from the allocator's decision stream, and when that
@@ -26,6 +28,7 @@ pub mod executors;
 pub mod grpc;
 pub mod link;
 pub mod mesos_api;
+pub mod mesos_state;
 mod metrics;
 pub mod offers;
 pub mod recovery;

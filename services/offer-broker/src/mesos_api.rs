@@ -26,6 +26,7 @@
 
 use crate::broker::Broker;
 use crate::grpc::{EventStream, SchedulerService};
+use allot_mesos::http::Refusal;
 use allot_mesos::scheduler::{self as s, Valid};
 use allot_proto::scheduler::{self as pb, scheduler_server::Scheduler as _};
 use axum::body::{Body, Bytes};
@@ -38,9 +39,6 @@ use tokio::sync::mpsc;
 
 /// The header naming a subscription.
 const STREAM_ID: &str = "mesos-stream-id";
-
-/// The Mesos version Allot speaks (`/version`, SUBSCRIBED's `master_info`).
-pub const MESOS_VERSION: &str = "1.11.0";
 
 /// An open subscription over HTTP.
 struct Subscription {
@@ -62,6 +60,7 @@ pub struct MesosApi {
     secured: bool,
     master: s::MasterInfo,
     streams: Mutex<HashMap<String, Subscription>>,
+    started: std::time::Instant,
 }
 
 impl MesosApi {
@@ -99,7 +98,7 @@ impl MesosApi {
                 port: u32::from(addr.port()),
                 pid: Some(format!("master@{addr}")),
                 hostname: Some(hostname.clone()),
-                version: Some(MESOS_VERSION.into()),
+                version: Some(allot_mesos::MESOS_VERSION.into()),
                 address: Some(s::Address {
                     hostname: Some(hostname),
                     ip: Some(addr.ip().to_string()),
@@ -107,6 +106,38 @@ impl MesosApi {
                 }),
             },
             streams: Mutex::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Who calls, from the `Authorization` header: a principal of the credentials file, or anonymous on an
+    /// insecure broker.
+    ///
+    /// # Errors
+    /// `401` for a wrong credential, or none on a secured broker.
+    fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Refusal> {
+        match (&self.credentials, authorization) {
+            (Some(c), Some(auth)) => match c.authenticate(Some(auth)) {
+                Some(p) => Ok(Caller(Some(p))),
+                None => Err((401, "Unauthorized: wrong principal or secret".into())),
+            },
+            _ if self.secured => Err((
+                401,
+                "Unauthorized: this broker requires HTTP basic authentication (a principal and secret from \
+                 its --credentials file)"
+                    .into(),
+            )),
+            _ => Ok(Caller(None)),
+        }
+    }
+
+    /// What the operator views are made of, now.
+    fn snapshot(&self) -> crate::mesos_state::Snapshot {
+        crate::mesos_state::Snapshot {
+            frameworks: self.broker.frameworks(),
+            tasks: self.broker.tasks(""),
+            offers: self.broker.offers(),
+            agents: self.broker.agents(),
         }
     }
 
@@ -127,14 +158,14 @@ impl MesosApi {
 
     /// Where the leader serves the Mesos API: `Ok(None)` while this replica leads; `Err` with a `503` when no
     /// leader, or no record of its Mesos API, is known.
-    async fn leader(&self) -> Result<Option<String>, Response> {
+    async fn leader(&self) -> Result<Option<String>, Refusal> {
         let leader = match self.leadership.leader_if_standby() {
             None => return Ok(None),
             Some(Some(l)) => l,
             Some(None) => {
-                return Err(refuse(
+                return Err((
                     503,
-                    "not the leader, and no leader is elected yet; retry",
+                    "not the leader, and no leader is elected yet; retry".into(),
                 ));
             }
         };
@@ -148,7 +179,7 @@ impl MesosApi {
         });
         match found {
             Some(addr) => Ok(Some(addr)),
-            None => Err(refuse(
+            None => Err((
                 503,
                 format!("not the leader; the leader ({leader}) does not serve the Mesos API"),
             )),
@@ -176,13 +207,27 @@ pub fn router(api: Arc<MesosApi>) -> axum::Router {
         .route("/redirect", axum::routing::get(redirect))
         .route("/master/redirect", axum::routing::get(redirect))
         .route("/health", axum::routing::get(|| async { StatusCode::OK }))
+        .route(
+            "/master/health",
+            axum::routing::get(|| async { StatusCode::OK }),
+        )
+        .route("/metrics/snapshot", axum::routing::get(metrics))
+        .route("/master/state", axum::routing::get(view))
+        .route("/state", axum::routing::get(view))
+        .route("/master/state-summary", axum::routing::get(view))
+        .route("/master/frameworks", axum::routing::get(view))
+        .route("/frameworks", axum::routing::get(view))
+        .route("/master/slaves", axum::routing::get(view))
+        .route("/slaves", axum::routing::get(view))
+        .route("/master/tasks", axum::routing::get(view))
+        .route("/tasks", axum::routing::get(view))
         .with_state(api)
 }
 
 /// `GET /version`: a Mesos-style version (pymesos parses it as integers) and Allot's own.
 async fn version() -> Response {
     let body = serde_json::json!({
-        "version": MESOS_VERSION,
+        "version": allot_mesos::MESOS_VERSION,
         "allot_version": env!("CARGO_PKG_VERSION"),
         "build_date": "",
         "build_time": 0,
@@ -228,8 +273,78 @@ async fn redirect(State(api): State<Arc<MesosApi>>) -> Response {
     match api.leader().await {
         Ok(None) => redirect_to(&api.own, ""),
         Ok(Some(leader)) => redirect_to(&leader, ""),
-        Err(r) => r,
+        Err((code, message)) => refuse(code, message),
     }
+}
+
+/// JSON `body`, `200`.
+fn json_response(body: &serde_json::Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The query parameters of `uri` (IDs and numbers: no percent-decoding needed).
+fn query(uri: &axum::http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `GET /metrics/snapshot`: answered by any replica (`master/elected` says which leads), authenticated.
+async fn metrics(State(api): State<Arc<MesosApi>>, headers: HeaderMap) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if let Err((code, message)) = api.authenticate(auth) {
+        return refuse(code, message);
+    }
+    let elected = api.leadership.leader_if_standby().is_none();
+    let snapshot = match elected {
+        true => api.snapshot(),
+        false => Default::default(),
+    };
+    json_response(&crate::mesos_state::metrics(
+        &snapshot,
+        elected,
+        api.started.elapsed().as_secs_f64(),
+    ))
+}
+
+/// The read-only master views (`/master/state`, `/master/frameworks`, `/master/slaves`, `/master/tasks`,
+/// `/master/state-summary`, and their short aliases): authenticated as the scheduler API is; a standby
+/// redirects to the leader.
+async fn view(
+    State(api): State<Arc<MesosApi>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if let Err((code, message)) = api.authenticate(auth) {
+        return refuse(code, message);
+    }
+    match api.leader().await {
+        Ok(None) => {}
+        Ok(Some(leader)) => {
+            let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+            return redirect_to(&leader, path);
+        }
+        Err((code, message)) => return refuse(code, message),
+    }
+    let q = query(&uri);
+    let s = api.snapshot();
+    use crate::mesos_state as v;
+    let body = match uri.path().trim_start_matches("/master") {
+        "/state" => v::state(&s, &api.master),
+        "/state-summary" => v::state_summary(&s, &api.master),
+        "/frameworks" => v::frameworks(&s, q.get("framework_id").map(String::as_str)),
+        "/slaves" => v::slaves(&s, q.get("slave_id").map(String::as_str)),
+        _ => v::tasks(&s, &q),
+    };
+    json_response(&body)
 }
 
 /// A plain-text refusal.
@@ -279,7 +394,7 @@ async fn scheduler(
     match api.leader().await {
         Ok(None) => {}
         Ok(Some(leader)) => return redirect_to(&leader, uri.path()),
-        Err(r) => return r,
+        Err((code, message)) => return refuse(code, message),
     }
     let call: s::Call = match allot_mesos::http::check_content_type(header("content-type"))
         .and_then(|()| allot_mesos::http::parse_call(&body))
@@ -287,26 +402,15 @@ async fn scheduler(
         Ok(c) => c,
         Err((code, message)) => return refuse(code, message),
     };
-    let principal = match (&api.credentials, header("authorization")) {
-        (Some(c), Some(auth)) => match c.authenticate(Some(auth)) {
-            Some(p) => Some(p),
-            None => return refuse(401, "Unauthorized: wrong principal or secret"),
-        },
-        _ if api.secured => {
-            return refuse(
-                401,
-                "Unauthorized: this broker requires HTTP basic authentication (a principal and secret from \
-                 its --credentials file)",
-            );
-        }
-        _ => None,
+    let caller = match api.authenticate(header("authorization")) {
+        Ok(c) => c,
+        Err((code, message)) => return refuse(code, message),
     };
     let framework = call.framework().unwrap_or_default().to_string();
     let valid = match call.validate() {
         Ok(v) => v,
         Err(why) => return refuse(400, format!("Failed to validate scheduler::Call: {why}")),
     };
-    let caller = Caller(principal);
     if let Valid::Subscribe(info) = valid {
         if header(STREAM_ID).is_some() {
             return refuse(

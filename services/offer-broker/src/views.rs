@@ -98,6 +98,18 @@ impl Broker {
         out
     }
 
+    /// Every agent the broker knows, with whether it is alive (its `alive` key present), by agent ID.
+    pub fn agents(&self) -> Vec<(allot_proto::common::AgentRecord, bool)> {
+        let state = self.lock();
+        let mut out: Vec<_> = state
+            .agents
+            .values()
+            .map(|a| (a.clone(), state.alive.contains_key(&a.agent_id)))
+            .collect();
+        out.sort_by(|a, b| a.0.agent_id.cmp(&b.0.agent_id));
+        out
+    }
+
     /// Every outstanding offer.
     pub fn offers(&self) -> Vec<pb::Offer> {
         self.lock()
