@@ -319,14 +319,14 @@ fn final_status(
 }
 
 /// The argv that runs command `cmd_info` under the wrapper (which writes its exit status to `exit_file`),
-/// under `iso`'s rlimits if any, as `run_as` if given; and whether the command waits at the gate (a cgroup:
-/// the caller attaches the pid, then writes a line to the child's stdin).
+/// under `iso`'s rlimits if any, as `run_as` if given. The command waits at the gate, its stdin: the caller
+/// records the pid and attaches it to the cgroup, then writes a line to the child's stdin.
 pub(crate) fn wrapped_argv(
     cmd_info: &allot_proto::common::CommandInfo,
     exit_file: &Path,
     iso: &TaskIsolation,
     run_as: Option<&RunAs>,
-) -> (Vec<String>, bool) {
+) -> Vec<String> {
     let shell = cmd_info.shell || cmd_info.arguments.is_empty();
     // Under prlimit the command must be a program to exec: the shell.
     let in_wrapper = shell && !matches!(iso, TaskIsolation::Prlimit { .. });
@@ -344,12 +344,13 @@ pub(crate) fn wrapped_argv(
         wrapped.append(&mut argv);
         argv = wrapped;
     }
-    // With a cgroup, the command waits at a gate until its process is in the cgroup, so that nothing it forks
-    // can escape: the wrapper reads one line from a pipe before it starts the command. The agent writes the
-    // line after attaching the pid.
-    let gated = matches!(iso, TaskIsolation::Cgroup(_));
+    // The command waits at a gate until the agent has checkpointed its pid and moved it into its cgroup, so
+    // that nothing it forks escapes the cgroup and no command runs that a restarted agent cannot find: the
+    // wrapper reads one line from a pipe before it starts the command, which the agent writes after those
+    // steps. If the agent dies first, the pipe closes unwritten and the wrapper exits without running the
+    // command (and without an exit status: the restarted agent reports the task as never started).
     let script = WRAPPER
-        .replace("GATE", if gated { "read -r _ || true\n" } else { "" })
+        .replace("GATE", "read -r _ || exit 125\n")
         .replace("RUN", if in_wrapper { RUN_SHELL } else { RUN_ARGV });
     let mut wrapped: Vec<String> = vec![
         "/bin/sh".into(),
@@ -372,10 +373,10 @@ pub(crate) fn wrapped_argv(
         switched.append(&mut wrapped);
         wrapped = switched;
     }
-    (wrapped, gated)
+    wrapped
 }
 
-/// A task's command, started: the child (its stdin the gate, when the command waits at one), its isolation
+/// A task's command, started: the child (its stdin the gate the command waits at), its isolation
 /// and its pid.
 struct Started {
     child: tokio::process::Child,
@@ -426,7 +427,7 @@ fn start(
         }
     };
     let cmd_info = l.task.command.clone().unwrap_or_default();
-    let (argv, gated) = wrapped_argv(&cmd_info, &exit_file, &iso, run_as.as_ref());
+    let argv = wrapped_argv(&cmd_info, &exit_file, &iso, run_as.as_ref());
     let open = |name: &str| std::fs::File::create(l.sandbox.join(name));
     let (stdout, stderr) = match (open("stdout"), open("stderr")) {
         (Ok(o), Ok(e)) => (o, e),
@@ -470,7 +471,7 @@ fn start(
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&l.sandbox)
-        .stdin(if gated { Stdio::piped() } else { Stdio::null() })
+        .stdin(Stdio::piped())
         .stdout(stdout)
         .stderr(stderr)
         .envs(&cmd_info.environment)
@@ -519,7 +520,8 @@ pub async fn run_task(
     let started = tokio::task::spawn_blocking(move || {
         span.in_scope(|| match start(&launch, &isolator, &up) {
             Ok(mut s) => {
-                // The command waits at the gate until it is in its cgroup (attached in `start`): open it.
+                // The command waits at the gate until its pid is checkpointed and it is in its cgroup (both in
+                // `start`): open it.
                 // Three bytes into an empty pipe never block; dropping the pipe closes the command's stdin.
                 if let Some(gate) = s.child.stdin.take()
                     && let Err(e) = nix::unistd::write(&gate, b"go\n")
@@ -802,6 +804,38 @@ mod tests {
             recover(&dir.path().join("missing"), None, "fw", "t"),
             Recovered::Ended(Exit::Unknown)
         ));
+    }
+
+    #[test]
+    fn a_command_runs_only_once_its_gate_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let exit_file = dir.path().join("exit");
+        let ran = dir.path().join("ran");
+        let command = allot_proto::common::CommandInfo {
+            value: format!("touch {}", ran.display()),
+            shell: true,
+            ..Default::default()
+        };
+        let argv = wrapped_argv(&command, &exit_file, &TaskIsolation::None, None);
+        let spawn = || {
+            std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        // The agent died before opening the gate: its end of the pipe closes unwritten.
+        let mut closed = spawn();
+        drop(closed.stdin.take());
+        assert_eq!(closed.wait().unwrap().code(), Some(125));
+        assert!(!ran.exists(), "the command ran without its gate");
+        assert!(!exit_file.exists(), "no exit status: the command never ran");
+        let mut opened = spawn();
+        std::io::Write::write_all(opened.stdin.as_mut().unwrap(), b"go\n").unwrap();
+        drop(opened.stdin.take());
+        assert_eq!(opened.wait().unwrap().code(), Some(0));
+        assert!(ran.exists());
+        assert_eq!(std::fs::read_to_string(&exit_file).unwrap().trim(), "0");
     }
 
     #[test]

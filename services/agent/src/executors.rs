@@ -595,7 +595,7 @@ impl Agent {
                 .map_err(|e| format!("cannot isolate the executor: {e}"))?,
         };
         let exit_file = checkpoint.join("exit");
-        let (argv, gated) = wrapped_argv(&command, &exit_file, &iso, run_as.as_ref());
+        let argv = wrapped_argv(&command, &exit_file, &iso, run_as.as_ref());
         let open = |name: &str| std::fs::File::create(sandbox.join(name));
         let (stdout, stderr) = match (open("stdout"), open("stderr")) {
             (Ok(o), Ok(e)) => (o, e),
@@ -630,7 +630,7 @@ impl Agent {
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(&sandbox)
-            .stdin(if gated { Stdio::piped() } else { Stdio::null() })
+            .stdin(Stdio::piped())
             .stdout(stdout)
             .stderr(stderr)
             .envs(&command.environment)
@@ -679,11 +679,6 @@ impl Agent {
         if let Err(e) = iso.attach(pid) {
             tracing::warn!(executor = %key.1, error = %e, "cannot move the executor into its cgroup");
         }
-        if let Some(gate) = child.stdin.take()
-            && let Err(e) = nix::unistd::write(&gate, b"go\n")
-        {
-            tracing::warn!(executor = %key.1, error = %e, "cannot open the executor's gate");
-        }
         let record = ExecutorCheckpoint {
             framework_id: key.0.clone(),
             info: Some(info.clone()),
@@ -692,6 +687,12 @@ impl Agent {
             token: token.clone(),
         };
         write_checkpoint(&checkpoint, &record, &container_id, &sandbox);
+        // Checkpointed and in its cgroup: the executor may start (see `wrapped_argv`).
+        if let Some(gate) = child.stdin.take()
+            && let Err(e) = nix::unistd::write(&gate, b"go\n")
+        {
+            tracing::warn!(executor = %key.1, error = %e, "cannot open the executor's gate");
+        }
         let c = Arc::new(Container {
             framework_id: key.0.clone(),
             info,
