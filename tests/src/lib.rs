@@ -1121,11 +1121,16 @@ impl Cluster {
     /// address; frameworks re-subscribe and agents re-send what is not acknowledged.
     pub async fn restart_broker(&mut self) {
         self.broker.kill().await;
-        self.broker = start_broker(
+        // It serves Mesos' HTTP API again where it did.
+        let mesos = self
+            .mesos_addr
+            .map(|a| (a, self.dir.path().join("credentials")));
+        self.broker = start_broker_with(
             &self.services_etcd(),
             &self.opts,
             &self.allocator_addrs,
             self.broker.addr,
+            mesos,
         )
         .await;
         // The crashed broker's leadership lease lingers until it expires (`leader_lease`).

@@ -424,6 +424,14 @@ async fn a_standby_broker_redirects_mesos_frameworks_to_the_leader() {
     let standby = cluster.mesos_standby_addrs[0];
     let subscribe =
         json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "u", "name": "n"}}});
+    // Until the standby has seen the election it answers 503 (no leader known), then it redirects.
+    allot_tests::eventually("the standby knows the leader", || async move {
+        http(standby, "GET", "/redirect", "Connection: close\r\n", "")
+            .await
+            .status
+            == 307
+    })
+    .await;
     // A SUBSCRIBE to the standby: 307 to the same path on the leader, protocol-relative, as Mesos answers.
     let moved = call(standby, "", &subscribe).await;
     assert_eq!(moved.status, 307);
@@ -456,4 +464,85 @@ async fn a_standby_broker_redirects_mesos_frameworks_to_the_leader() {
     let mut stream = call(leader, "", &subscribe).await;
     assert_eq!(stream.status, 200);
     assert_eq!(stream.event().await.unwrap()["type"], "SUBSCRIBED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesos_framework_re_subscribes_after_the_broker_is_killed_and_its_task_is_not_lost() {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        mesos_credentials: Some(CREDENTIALS.into()),
+        ..Default::default()
+    })
+    .await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    let addr = cluster.mesos_addr.expect("the Mesos API");
+    let info =
+        json!({"user": allot_tests::current_user(), "name": "survivor", "failover_timeout": 60});
+    let mut stream = call(
+        addr,
+        "",
+        &json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": info}}),
+    )
+    .await;
+    let stream_id = stream.header("mesos-stream-id").unwrap().to_string();
+    let fw = stream.next("SUBSCRIBED").await["subscribed"]["framework_id"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let offers = stream.next("OFFERS").await;
+    let offer = &offers["offers"]["offers"][0];
+    let task = json!({"name": "long", "task_id": {"value": "long"}, "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
+        "command": {"value": "sleep 2"}});
+    let accept = json!({"type": "ACCEPT", "framework_id": {"value": fw}, "accept": {
+        "offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}]}});
+    assert_eq!(
+        call(addr, &format!("Mesos-Stream-Id: {stream_id}\r\n"), &accept)
+            .await
+            .status,
+        202
+    );
+    // The broker dies (kill -9) while the task runs; the stream ends.
+    cluster.restart_broker().await;
+    while stream.event().await.is_some() {}
+    // The framework subscribes again with its ID, as pymesos does: same framework, a new stream ID.
+    let mut again_info = info.clone();
+    again_info["id"] = json!({"value": fw});
+    let resubscribe = json!({"type": "SUBSCRIBE", "framework_id": {"value": fw},
+        "subscribe": {"framework_info": again_info}});
+    let mut stream = call(addr, "", &resubscribe).await;
+    assert_eq!(stream.status, 200);
+    let new_id = stream.header("mesos-stream-id").unwrap().to_string();
+    assert_ne!(new_id, stream_id);
+    assert_eq!(
+        stream.next("SUBSCRIBED").await["subscribed"]["framework_id"]["value"],
+        fw.as_str()
+    );
+    // The old stream ID is refused; the task's updates arrive and end in TASK_FINISHED.
+    let reconcile =
+        json!({"type": "RECONCILE", "framework_id": {"value": fw}, "reconcile": {"tasks": []}});
+    assert_eq!(
+        call(
+            addr,
+            &format!("Mesos-Stream-Id: {stream_id}\r\n"),
+            &reconcile
+        )
+        .await
+        .status,
+        400
+    );
+    let with_id = format!("Mesos-Stream-Id: {new_id}\r\n");
+    loop {
+        let update = stream.next("UPDATE").await;
+        let status = &update["update"]["status"];
+        assert_eq!(status["task_id"]["value"], "long");
+        if let Some(uuid) = status.get("uuid") {
+            let ack = json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw}, "acknowledge": {
+                "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": uuid}});
+            assert_eq!(call(addr, &with_id, &ack).await.status, 202);
+        }
+        if status["state"] == "TASK_FINISHED" {
+            break;
+        }
+        assert_ne!(status["state"], "TASK_LOST", "{status}");
+    }
 }
