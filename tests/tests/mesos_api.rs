@@ -546,3 +546,89 @@ async fn a_mesos_framework_re_subscribes_after_the_broker_is_killed_and_its_task
         assert_ne!(status["state"], "TASK_LOST", "{status}");
     }
 }
+
+/// One HTTPS request to `addr` as a client of `config` (with its certificate, or none): the status and the
+/// whole response.
+async fn https(
+    addr: SocketAddr,
+    config: tokio_rustls::rustls::ClientConfig,
+    request: String,
+) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesos_api_serves_https_on_the_same_port_with_a_client_certificate_or_basic_credentials()
+ {
+    let cluster = Cluster::start_with(ClusterOptions {
+        mesos_credentials: Some(CREDENTIALS.into()),
+        ..Default::default()
+    })
+    .await;
+    let addr = cluster.mesos_addr.expect("the Mesos API");
+    let material = cluster
+        .dialer("framework-tls")
+        .material()
+        .cloned()
+        .expect("TLS material");
+    let with_cert = {
+        let mut c = (*material.configs().client).clone();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c
+    };
+    let without_cert = {
+        let roots = {
+            let mut r = tokio_rustls::rustls::RootCertStore::empty();
+            let ca = std::fs::read(cluster.etcd.tls_dir().unwrap().join("ca.pem")).unwrap();
+            for c in tokio_rustls::rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+                r.add(c.unwrap()).unwrap();
+            }
+            r
+        };
+        let mut c = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c
+    };
+    let get = |extra: &str| {
+        format!("GET /master/state HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n")
+    };
+    // A certificate of the cluster's authority is enough.
+    let (code, text) = https(addr, with_cert, get("")).await;
+    assert_eq!(code, 200, "{text}");
+    // Without one, HTTP basic credentials over HTTPS; neither: 401.
+    assert_eq!(https(addr, without_cert.clone(), get("")).await.0, 401);
+    let (code, text) = https(addr, without_cert, get(&basic("framework-mesos:s3cret"))).await;
+    assert_eq!(code, 200, "{text}");
+    // Plain HTTP on the same port still works for clients that cannot do TLS.
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/master/state",
+            &format!("Connection: close\r\n{}", basic("framework-mesos:s3cret")),
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+}

@@ -133,6 +133,10 @@ pub struct TlsConfigs {
     pub server: Arc<rustls::ServerConfig>,
     /// Presents the certificate; trusts servers signed by the authority only.
     pub client: Arc<rustls::ClientConfig>,
+    /// HTTPS for clients that may not hold a certificate (the Mesos HTTP API): presents the certificate,
+    /// verifies a client certificate when one is presented (it must be the authority's) and accepts clients
+    /// without one, who then authenticate in HTTP; HTTP/1.1 by ALPN.
+    pub https: Arc<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for TlsConfigs {
@@ -218,6 +222,18 @@ pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<TlsConfigs, TlsErr
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())?;
     server.alpn_protocols = vec![b"h2".to_vec()];
+    let optional = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut https = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(optional)
+        .with_single_cert(chain.clone(), key.clone_key())?;
+    https.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
@@ -226,6 +242,7 @@ pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<TlsConfigs, TlsErr
     Ok(TlsConfigs {
         server: Arc::new(server),
         client: Arc::new(client),
+        https: Arc::new(https),
     })
 }
 

@@ -79,10 +79,11 @@ pub struct Config {
     /// Leader election among broker replicas (one leads; standbys point callers to it).
     #[command(flatten)]
     pub election: allot_server::leader::ElectionArgs,
-    /// Address to serve Mesos' v1 scheduler HTTP API on (`POST /api/v1/scheduler`, `/version`, `/health`), for
-    /// Mesos frameworks such as pymesos; off unless given (Mesos' master port is 5050). Callers authenticate
-    /// with HTTP basic credentials from --credentials (unless --insecure); served over plain HTTP, so bind it to
-    /// a trusted network.
+    /// Address to serve Mesos' v1 scheduler HTTP API on (`POST /api/v1/scheduler`, the master views,
+    /// `/version`, `/health`), for Mesos frameworks such as pymesos; off unless given (Mesos' master port is
+    /// 5050). HTTPS and HTTP on the one port (unless --insecure: HTTP only); callers authenticate with a client
+    /// certificate (HTTPS) or HTTP basic credentials from --credentials. Basic credentials over HTTP travel in
+    /// the clear: bind it to a trusted network when clients use HTTP.
     #[arg(long, env = "ALLOT_MESOS_LISTEN")]
     pub mesos_listen: Option<String>,
     /// Credentials for the Mesos HTTP API.
@@ -161,11 +162,12 @@ pub async fn run(
                 None => listener_addr.clone(),
             };
             api.announce(&advertised).await;
-            Some(allot_common::AbortOnDrop(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, mesos_api::router(api)).await {
-                    tracing::error!(error = %e, "the Mesos HTTP API stopped");
-                }
-            })))
+            let tls = dialer.material().cloned();
+            Some(allot_common::AbortOnDrop(tokio::spawn(mesos_api::serve(
+                listener,
+                mesos_api::router(api),
+                tls,
+            ))))
         }
         None => None,
     };

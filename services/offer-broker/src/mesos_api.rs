@@ -18,11 +18,13 @@
 //! ends); every other call `202`. Outcomes Mesos reports as events are reported as events: the tasks of a
 //! refused ACCEPT get TASK_ERROR or TASK_DROPPED updates, a KILL of an unknown task a TASK_LOST update.
 //!
-//! Authentication: a broker with TLS material (the default) takes HTTP basic authentication against
-//! `--credentials` (what pymesos sends: `principal`, `secret`); the principal is of kind `framework` and is
-//! authorized as a certificate's would be. A broker run `--insecure` takes anonymous calls. HTTPS is not served
-//! yet: on a secured broker, bind `--mesos-listen` to a trusted network, since basic credentials travel in
-//! the clear.
+//! Authentication: a broker with TLS material (the default) serves HTTPS and HTTP on the one port ([`serve`]
+//! tells them apart by the first byte). Over HTTPS a client may present a certificate of the cluster's
+//! authority, whose principal it then is; a client without one (over HTTPS, or HTTP as pymesos speaks) sends
+//! HTTP basic credentials from `--credentials` (`principal`, `secret`), a principal of kind `framework`; either
+//! is authorized as a certificate's would be on the gRPC API. A broker run `--insecure` serves HTTP only and
+//! takes anonymous calls. Basic credentials over plain HTTP travel in the clear: bind `--mesos-listen` to a
+//! trusted network when clients use HTTP.
 
 use crate::broker::Broker;
 use crate::grpc::{EventStream, SchedulerService};
@@ -110,12 +112,19 @@ impl MesosApi {
         }
     }
 
-    /// Who calls, from the `Authorization` header: a principal of the credentials file, or anonymous on an
-    /// insecure broker.
+    /// Who calls: the principal of the client certificate of an HTTPS connection (`peer`), else from the
+    /// `Authorization` header a principal of the credentials file, or anonymous on an insecure broker.
     ///
     /// # Errors
     /// `401` for a wrong credential, or none on a secured broker.
-    fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Refusal> {
+    fn authenticate(
+        &self,
+        peer: Option<axum::Extension<TlsPeer>>,
+        authorization: Option<&str>,
+    ) -> Result<Caller, Refusal> {
+        if let Some(axum::Extension(TlsPeer(p))) = peer {
+            return Ok(Caller(Some(p)));
+        }
         match (&self.credentials, authorization) {
             (Some(c), Some(auth)) => match c.authenticate(Some(auth)) {
                 Some(p) => Ok(Caller(Some(p))),
@@ -240,6 +249,84 @@ async fn version() -> Response {
         .into_response()
 }
 
+/// The principal of the client certificate presented on an HTTPS connection, put in each of its requests.
+#[derive(Debug, Clone)]
+pub struct TlsPeer(pub allot_common::tls::Principal);
+
+/// Serves `router` on `listener` until the process ends: HTTPS (a client certificate optional, see
+/// `allot_common::tls::TlsConfigs::https`) for a connection whose first byte opens a TLS handshake, when
+/// `tls` is given, and plain HTTP otherwise. A handshake that fails or does not finish within
+/// `allot_server::grpc::TLS_HANDSHAKE_TIMEOUT` drops that connection only.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<Arc<allot_common::tls::Tls>>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "the Mesos API cannot accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (router, tls) = (router.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let timeout = allot_server::grpc::TLS_HANDSHAKE_TIMEOUT;
+            let mut first = [0u8; 1];
+            let https = match (
+                &tls,
+                tokio::time::timeout(timeout, tcp.peek(&mut first)).await,
+            ) {
+                (Some(_), Ok(Ok(1))) => first[0] == 0x16,
+                (_, Ok(Ok(_))) => false,
+                _ => return,
+            };
+            let served = match (https, tls) {
+                (true, Some(tls)) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.configs().https);
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let principal = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| allot_common::tls::principal_of(c));
+                    let router = match principal {
+                        Some(p) => router.layer(axum::Extension(TlsPeer(p))),
+                        None => router,
+                    };
+                    serve_connection(stream, router).await
+                }
+                _ => serve_connection(tcp, router).await,
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "a Mesos API connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Serves one HTTP/1.1 connection.
+async fn serve_connection<S>(stream: S, router: axum::Router) -> Result<(), hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await
+}
+
 /// Who calls: the principal HTTP authentication established, if any, which each gRPC request carries.
 struct Caller(Option<allot_common::tls::Principal>);
 
@@ -297,9 +384,13 @@ fn query(uri: &axum::http::Uri) -> HashMap<String, String> {
 }
 
 /// `GET /metrics/snapshot`: answered by any replica (`master/elected` says which leads), authenticated.
-async fn metrics(State(api): State<Arc<MesosApi>>, headers: HeaderMap) -> Response {
+async fn metrics(
+    State(api): State<Arc<MesosApi>>,
+    peer: Option<axum::Extension<TlsPeer>>,
+    headers: HeaderMap,
+) -> Response {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err((code, message)) = api.authenticate(auth) {
+    if let Err((code, message)) = api.authenticate(peer, auth) {
         return refuse(code, message);
     }
     let elected = api.leadership.leader_if_standby().is_none();
@@ -319,11 +410,12 @@ async fn metrics(State(api): State<Arc<MesosApi>>, headers: HeaderMap) -> Respon
 /// redirects to the leader.
 async fn view(
     State(api): State<Arc<MesosApi>>,
+    peer: Option<axum::Extension<TlsPeer>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err((code, message)) = api.authenticate(auth) {
+    if let Err((code, message)) = api.authenticate(peer, auth) {
         return refuse(code, message);
     }
     match api.leader().await {
@@ -386,6 +478,7 @@ fn accepted() -> Response {
 /// `POST /api/v1/scheduler`.
 async fn scheduler(
     State(api): State<Arc<MesosApi>>,
+    peer: Option<axum::Extension<TlsPeer>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -402,7 +495,7 @@ async fn scheduler(
         Ok(c) => c,
         Err((code, message)) => return refuse(code, message),
     };
-    let caller = match api.authenticate(header("authorization")) {
+    let caller = match api.authenticate(peer, header("authorization")) {
         Ok(c) => c,
         Err((code, message)) => return refuse(code, message),
     };
