@@ -1709,23 +1709,41 @@ impl TestFramework {
     }
 }
 
+/// `cpus` CPUs and `mem` MiB, as protocol resources.
+pub fn cpus_mem(cpus: f64, mem: f64) -> Vec<Resource> {
+    let scalar = |name: &str, scalar| Resource {
+        name: name.into(),
+        scalar,
+        ..Default::default()
+    };
+    vec![scalar("cpus", cpus), scalar("mem", mem)]
+}
+
+/// Writes `request` (raw HTTP/1.1, ending the connection after the answer) on `stream` and reads the whole
+/// answer, within [`PATIENCE`]: its status code (0 if none) and text.
+pub async fn raw_exchange<S>(mut stream: S, request: &str) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
 /// A shell task `id` running `command` with `cpus` and `mem` (MiB).
 pub fn task(id: &str, command: &str, cpus: f64, mem: f64) -> TaskInfo {
     TaskInfo {
         name: id.into(),
         task_id: id.into(),
-        resources: vec![
-            Resource {
-                name: "cpus".into(),
-                scalar: cpus,
-                ..Default::default()
-            },
-            Resource {
-                name: "mem".into(),
-                scalar: mem,
-                ..Default::default()
-            },
-        ],
+        resources: cpus_mem(cpus, mem),
         command: Some(CommandInfo {
             value: command.into(),
             shell: true,

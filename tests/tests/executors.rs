@@ -2,7 +2,7 @@
 //! executor driver speaking Mesos' v1 executor HTTP API to the agent), which runs several tasks in one
 //! process, exchanges framework messages with the scheduler, and is reattached to after an agent crash.
 
-use allot_proto::common::{CommandInfo, ExecutorInfo, Resource, StatusSource, TaskInfo, TaskState};
+use allot_proto::common::{CommandInfo, ExecutorInfo, StatusSource, TaskInfo, TaskState};
 use allot_proto::scheduler::{self as pb, event};
 use allot_tests::{Cluster, PATIENCE, TestFramework};
 use std::time::Duration;
@@ -11,20 +11,7 @@ use tonic::Code;
 /// Task `id` of executor `executor`, doing `what` (see the test executor), with 0.2 CPUs and 32 MiB; the
 /// executor itself takes 0.1 CPUs and 32 MiB.
 fn executor_task(id: &str, executor: &str, what: &str) -> TaskInfo {
-    let res = |cpus: f64, mem: f64| {
-        vec![
-            Resource {
-                name: "cpus".into(),
-                scalar: cpus,
-                ..Default::default()
-            },
-            Resource {
-                name: "mem".into(),
-                scalar: mem,
-                ..Default::default()
-            },
-        ]
-    };
+    let res = allot_tests::cpus_mem;
     TaskInfo {
         name: id.into(),
         task_id: id.into(),
@@ -205,18 +192,8 @@ fn running(pid: i32) -> bool {
 
 /// One raw HTTP/1.1 request to `addr`: `(status, headers and body as text)`.
 async fn http(addr: &str, request: String) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    allot_tests::raw_exchange(s, &request).await
 }
 
 /// A POST of `body` to the executor API with `headers` (each ending in CRLF); the connection closes after.

@@ -111,20 +111,18 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &
     }
 }
 
+/// A POST of `body` to the scheduler API with `headers`.
+async fn post(addr: SocketAddr, headers: &str, body: &str) -> Answer {
+    http(addr, "POST", "/api/v1/scheduler", headers, body).await
+}
+
 /// A POST of `call` to the scheduler API as `framework-mesos`, with `extra` headers.
 async fn call(addr: SocketAddr, extra: &str, call: &Value) -> Answer {
     let headers = format!(
         "Content-Type: application/json\r\nConnection: close\r\n{}{extra}",
         basic("framework-mesos:s3cret")
     );
-    http(
-        addr,
-        "POST",
-        "/api/v1/scheduler",
-        &headers,
-        &call.to_string(),
-    )
-    .await
+    post(addr, &headers, &call.to_string()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,22 +160,13 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
             "GET",
         ),
         (
-            http(
-                addr,
-                "POST",
-                "/api/v1/scheduler",
-                json_type,
-                &subscribe.to_string(),
-            )
-            .await,
+            post(addr, json_type, &subscribe.to_string()).await,
             401,
             "no credentials",
         ),
         (
-            http(
+            post(
                 addr,
-                "POST",
-                "/api/v1/scheduler",
                 &format!("{json_type}{}", basic("framework-mesos:nope")),
                 &subscribe.to_string(),
             )
@@ -186,10 +175,8 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
             "a wrong secret",
         ),
         (
-            http(
+            post(
                 addr,
-                "POST",
-                "/api/v1/scheduler",
                 &format!("Connection: close\r\n{}", basic("framework-mesos:s3cret")),
                 &subscribe.to_string(),
             )
@@ -198,10 +185,8 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
             "no Content-Type",
         ),
         (
-            http(
+            post(
                 addr,
-                "POST",
-                "/api/v1/scheduler",
                 &format!(
                     "Content-Type: application/unknown-media-type\r\nConnection: close\r\n{}",
                     basic("framework-mesos:s3cret")
@@ -557,17 +542,8 @@ async fn https(
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    tls.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    allot_tests::raw_exchange(tls, &request).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

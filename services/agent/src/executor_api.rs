@@ -279,14 +279,9 @@ fn forward_message(agent: &Agent, c: &Container, data: Vec<u8>) {
         executor_id: c.info.executor_id.clone(),
         data,
     };
-    let brokers = agent.brokers.clone();
-    tokio::spawn(async move {
-        let mut client =
-            allot_proto::agent::status_updates_client::StatusUpdatesClient::new(brokers.channel());
-        if let Err(e) = client.executor_to_framework(req).await {
-            brokers.failed(&e);
-            tracing::debug!(error = %e.message(), "an executor's message to its framework was lost");
-        }
+    agent.tell_broker("an executor's message", 1, move |mut client| {
+        let req = req.clone();
+        async move { client.executor_to_framework(req).await.map(drop) }
     });
 }
 

@@ -35,6 +35,7 @@ use crate::executor::{KillReason, Launch, RunAs, TaskUpdates, alive, switch_user
 use crate::isolation::TaskIsolation;
 use allot_mesos::executor::Event;
 use allot_proto::agent::ExecutorCheckpoint;
+use allot_proto::agent::status_updates_client::StatusUpdatesClient;
 use allot_proto::common::{
     ExecutorInfo, FrameworkInfo, StatusSource, TaskInfo, TaskState, TaskStatus,
 };
@@ -771,24 +772,35 @@ impl Agent {
             executor_id: c.info.executor_id.clone(),
             status,
         };
+        self.tell_broker("an executor's exit", 5, move |mut client| {
+            let req = req.clone();
+            async move { client.exited_executor(req).await.map(drop) }
+        });
+    }
+
+    /// Makes `call` to the leading broker on a task of its own, up to `attempts` times with backoff (best
+    /// effort: `what` is logged when every attempt failed).
+    pub(crate) fn tell_broker<F, Fut>(&self, what: &'static str, attempts: usize, call: F)
+    where
+        F: Fn(StatusUpdatesClient<allot_common::grpc::Channel>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+    {
         let brokers = self.brokers.clone();
         tokio::spawn(async move {
             let mut delays = allot_common::retry_delays(Duration::from_millis(200));
-            for _ in 0..5 {
-                let call = allot_proto::agent::status_updates_client::StatusUpdatesClient::new(
-                    brokers.channel(),
-                )
-                .exited_executor(req.clone())
-                .await;
-                match call {
-                    Ok(_) => return,
+            for attempt in 1..=attempts {
+                match call(StatusUpdatesClient::new(brokers.channel())).await {
+                    Ok(()) => return,
                     Err(e) => {
                         brokers.failed(&e);
+                        if attempt == attempts {
+                            tracing::warn!(error = %e.message(), "cannot tell the broker of {what}");
+                            return;
+                        }
                         tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
                     }
                 }
             }
-            tracing::warn!(executor = %req.executor_id, "cannot tell the broker an executor exited");
         });
     }
 

@@ -286,7 +286,7 @@ impl Event {
 
     /// The event as one RecordIO record of compact JSON (no newline inside).
     pub fn record(&self) -> Vec<u8> {
-        crate::recordio::encode(&serde_json::to_vec(self).expect("an event serializes"))
+        crate::recordio::json(self)
     }
 }
 

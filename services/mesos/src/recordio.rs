@@ -12,6 +12,11 @@ pub fn encode(record: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `value` as one record of compact JSON (serde_json writes no newline inside).
+pub fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    encode(&serde_json::to_vec(value).expect("a protocol message serializes"))
+}
+
 /// A malformed stream: what stands where a length should.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed(pub String);

@@ -2,7 +2,7 @@
 //! events on the stream its SUBSCRIBE opens (Mesos `docs/scheduler-http-api.md`, `../shared/mesos-v1-api.md`
 //! section 2).
 
-use crate::v1::{Attribute, Bytes, FrameworkInfo, Id, Resource, TaskInfo, TaskStatus};
+use crate::v1::{Attribute, Bytes, FrameworkInfo, Id, Resource, TaskInfo};
 use serde::{Deserialize, Serialize};
 
 /// `Filters`.
@@ -418,13 +418,8 @@ pub struct Rescind {
     pub offer_id: Id,
 }
 
-/// `Event.Update`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Update {
-    /// The status.
-    pub status: TaskStatus,
-}
+/// `Event.Update`: the same shape as the executor's `Call.Update`.
+pub use crate::executor::Update;
 
 /// `Event.Message`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -456,7 +451,7 @@ pub struct Failure {
 impl Event {
     /// The event as one RecordIO record of compact JSON (no newline inside).
     pub fn record(&self) -> Vec<u8> {
-        crate::recordio::encode(&serde_json::to_vec(self).expect("an event serializes"))
+        crate::recordio::json(self)
     }
 
     /// An event of type `kind` with no payload (HEARTBEAT).

@@ -278,6 +278,16 @@ async fn post(
         .map_err(|e| format!("HTTP: {e}"))
 }
 
+/// The status and text of a refused call's response.
+async fn refusal(r: hyper::Response<hyper::body::Incoming>) -> (hyper::StatusCode, String) {
+    let code = r.status();
+    let body = r.into_body().collect().await.map(|b| b.to_bytes());
+    let text = body
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    (code, text)
+}
+
 /// A call of this executor with `kind` and nothing else yet.
 fn call(env: &ExecutorEnv, kind: &str) -> Call {
     Call {
@@ -313,11 +323,7 @@ async fn send_calls(
         match post(&env, &c).await {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => {
-                let code = r.status();
-                let body = r.into_body().collect().await.map(|b| b.to_bytes());
-                let text = body
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
+                let (code, text) = refusal(r).await;
                 let _ = errors.send(format!("{what} refused ({code}): {text}"));
             }
             Err(e) => {
@@ -390,11 +396,7 @@ pub async fn run_executor_with<E: Executor>(
                 continue;
             }
             Ok(r) => {
-                let code = r.status();
-                let body = r.into_body().collect().await.map(|b| b.to_bytes());
-                let text = body
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
+                let (code, text) = refusal(r).await;
                 // Another agent process on the same endpoint may not have recovered this executor yet.
                 if away_since.is_some() && code == hyper::StatusCode::BAD_REQUEST {
                     tokio::time::sleep(backoff).await;
