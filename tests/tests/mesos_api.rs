@@ -367,6 +367,28 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
     assert_eq!(metrics["master/elected"], 1.0);
     assert_eq!(metrics["master/tasks_finished"], 1.0);
     assert_eq!(metrics["master/frameworks_connected"], 1.0);
+    // The operator API's read calls, in protobuf JSON.
+    let operator = |body: Value| {
+        let headers = format!("Content-Type: application/json\r\n{authed}");
+        async move { http(addr, "POST", "/api/v1", &headers, &body.to_string()).await }
+    };
+    let answer = operator(json!({"type": "GET_STATE"})).await;
+    assert_eq!(answer.status, 200);
+    let state: Value = serde_json::from_str(&answer.body().await).unwrap();
+    let st = &state["get_state"];
+    assert_eq!(
+        st["get_tasks"]["completed_tasks"][0]["task_id"]["value"],
+        "t1"
+    );
+    assert_eq!(
+        st["get_frameworks"]["frameworks"][0]["framework_info"]["id"]["value"],
+        fw.as_str()
+    );
+    assert_eq!(
+        st["get_agents"]["agents"][0]["agent_info"]["id"],
+        offer["agent_id"]
+    );
+    assert_eq!(operator(json!({"type": "SUBSCRIBE"})).await.status, 400);
     // KILL of a task the cluster does not know: TASK_LOST.
     let kill = json!({"type": "KILL", "framework_id": {"value": fw}, "kill": {"task_id": {"value": "nope"}}});
     assert_eq!(call(addr, &with_id, &kill).await.status, 202);

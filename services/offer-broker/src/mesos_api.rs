@@ -212,6 +212,8 @@ pub fn router(api: Arc<MesosApi>) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/scheduler", axum::routing::post(scheduler))
         .route("/master/api/v1/scheduler", axum::routing::post(scheduler))
+        .route("/api/v1", axum::routing::post(operator))
+        .route("/master/api/v1", axum::routing::post(operator))
         .route("/version", axum::routing::get(version))
         .route("/redirect", axum::routing::get(redirect))
         .route("/master/redirect", axum::routing::get(redirect))
@@ -437,6 +439,45 @@ async fn view(
         _ => v::tasks(&s, &q),
     };
     json_response(&body)
+}
+
+/// `POST /api/v1`: Mesos' operator API, its read calls (see `mesos_state::operator`), authenticated like the
+/// scheduler API; a standby redirects to the leader.
+async fn operator(
+    State(api): State<Arc<MesosApi>>,
+    peer: Option<axum::Extension<TlsPeer>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err((code, message)) = api.authenticate(peer, header("authorization")) {
+        return refuse(code, message);
+    }
+    match api.leader().await {
+        Ok(None) => {}
+        Ok(Some(leader)) => return redirect_to(&leader, uri.path()),
+        Err((code, message)) => return refuse(code, message),
+    }
+    let call: serde_json::Value =
+        match allot_mesos::http::check_content_type(header("content-type"))
+            .and_then(|()| allot_mesos::http::parse_call(&body))
+        {
+            Ok(c) => c,
+            Err((code, message)) => return refuse(code, message),
+        };
+    let Some(kind) = call.get("type").and_then(|t| t.as_str()) else {
+        return refuse(
+            400,
+            "Failed to validate master::Call: Expecting 'type' to be present",
+        );
+    };
+    let elected = api.leadership.leader_if_standby().is_none();
+    let uptime = api.started.elapsed().as_secs_f64();
+    match crate::mesos_state::operator(kind, &api.snapshot(), &api.master, elected, uptime) {
+        Ok(answer) => json_response(&answer),
+        Err(why) => refuse(400, why),
+    }
 }
 
 /// A plain-text refusal.

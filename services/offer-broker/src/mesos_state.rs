@@ -1,7 +1,8 @@
-//! The read-only operator endpoints Mesos tools use, in the flat JSON of Mesos' master (not protobuf JSON;
-//! `../shared/mesos-v1-api.md` section 4): `/master/state`, `/master/frameworks`, `/master/slaves`,
-//! `/master/tasks`, `/master/state-summary`, `/metrics/snapshot`. Pure: each view is a function of a
-//! [`Snapshot`] of the broker's state, unit tested.
+//! The read-only operator endpoints Mesos tools use (`../shared/mesos-v1-api.md` section 4): in the flat JSON
+//! of Mesos' master, `/master/state`, `/master/frameworks`, `/master/slaves`, `/master/tasks`,
+//! `/master/state-summary`, `/metrics/snapshot`; in protobuf JSON, the operator API's read calls
+//! ([`operator`]: GET_STATE, GET_TASKS, ...). Pure: each view is a function of a [`Snapshot`] of the broker's
+//! state, unit tested.
 //!
 //! Resources are flat objects, `{"cpus": 2, "gpus": 0, "mem": 1024, "disk": 0, "ports": "[31000-32000]"}`
 //! (cpus, gpus, mem and disk always present; mem and disk in MiB; ranges as text). A task's `statuses` holds
@@ -432,6 +433,160 @@ pub fn metrics(s: &Snapshot, elected: bool, uptime_secs: f64) -> Value {
     Value::Object(m)
 }
 
+/// A `TimeInfo` (`{"nanoseconds": n}`) of Unix milliseconds.
+fn time_info(ms: i64) -> Value {
+    json!({"nanoseconds": ms.saturating_mul(1_000_000)})
+}
+
+/// A task in the operator API's protobuf JSON (`mesos.v1.Task`).
+fn task_v1(t: &TaskRecord) -> Value {
+    let info = t.task.clone().unwrap_or_default();
+    let status = t.status.clone().unwrap_or_default();
+    let mut v = json!({
+        "name": info.name,
+        "task_id": {"value": info.task_id},
+        "framework_id": {"value": t.framework_id},
+        "agent_id": {"value": info.agent_id},
+        "state": status.state().as_str_name(),
+        "resources": allot_mesos::convert::resources_to_v1(&info.resources),
+        "statuses": [allot_mesos::convert::status_to_v1(&status)],
+    });
+    if let Some(e) = &info.executor {
+        v["executor_id"] = json!({"value": e.executor_id});
+    }
+    v
+}
+
+/// GET_TASKS' payload.
+fn get_tasks(s: &Snapshot) -> Value {
+    let (live_tasks, done): (Vec<&TaskRecord>, Vec<&TaskRecord>) =
+        s.tasks.iter().partition(|t| live(t));
+    json!({
+        "tasks": live_tasks.into_iter().map(task_v1).collect::<Vec<_>>(),
+        "completed_tasks": done.into_iter().map(task_v1).collect::<Vec<_>>(),
+    })
+}
+
+/// GET_FRAMEWORKS' payload.
+fn get_frameworks(s: &Snapshot) -> Value {
+    let (mut active, mut completed) = (Vec::new(), Vec::new());
+    for f in &s.frameworks {
+        let record = f.record.clone().unwrap_or_default();
+        let info = record.info.clone().unwrap_or_default();
+        let v = json!({
+            "framework_info": allot_mesos::convert::framework_to_v1(&record.framework_id, &info),
+            "active": record.active,
+            "connected": f.connected,
+            "recovered": false,
+            "registered_time": time_info(record.registered_at_ms),
+        });
+        match record.active {
+            true => active.push(v),
+            false => completed.push(v),
+        }
+    }
+    json!({"frameworks": active, "completed_frameworks": completed})
+}
+
+/// GET_AGENTS' payload.
+fn get_agents(s: &Snapshot) -> Value {
+    let agents: Vec<Value> = s
+        .agents
+        .iter()
+        .map(|(a, alive)| {
+            let info = a.info.clone().unwrap_or_default();
+            let port: i64 = info
+                .address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(0);
+            let mut allocated = Vec::new();
+            for t in s.tasks.iter().filter(|t| live(t)) {
+                if let Some(i) = t.task.as_ref().filter(|i| i.agent_id == a.agent_id) {
+                    allocated.extend(allot_mesos::convert::resources_to_v1(&i.resources));
+                }
+            }
+            let offered: Vec<_> = s
+                .offers
+                .iter()
+                .filter(|o| o.agent_id == a.agent_id)
+                .flat_map(|o| allot_mesos::convert::resources_to_v1(&o.resources))
+                .collect();
+            let mut attributes: Vec<(&String, &String)> = info.attributes.iter().collect();
+            attributes.sort();
+            json!({
+                "agent_info": {
+                    "hostname": info.hostname,
+                    "port": port,
+                    "id": {"value": a.agent_id},
+                    "resources": allot_mesos::convert::resources_to_v1(&info.resources),
+                    "attributes": attributes.into_iter().map(|(k, v)| json!({
+                        "name": k, "type": "TEXT", "text": {"value": v}})).collect::<Vec<_>>(),
+                },
+                "active": alive,
+                "version": allot_mesos::MESOS_VERSION,
+                "pid": format!("slave(1)@{}", info.address),
+                "registered_time": time_info(a.registered_at_ms),
+                "total_resources": allot_mesos::convert::resources_to_v1(&info.resources),
+                "allocated_resources": allocated,
+                "offered_resources": offered,
+            })
+        })
+        .collect();
+    json!({"agents": agents, "recovered_agents": []})
+}
+
+/// The answer of Mesos' operator API (`POST /api/v1`, `mesos.v1.master.Call`) to a call of type `kind`:
+/// `{"type": kind, "<lowercased kind>": payload}` in protobuf JSON. GET_HEALTH, GET_VERSION, GET_METRICS,
+/// GET_MASTER, GET_FRAMEWORKS, GET_AGENTS, GET_TASKS, GET_EXECUTORS and GET_STATE.
+///
+/// # Errors
+/// A message naming a call type Allot does not answer (SUBSCRIBE and the calls that change the cluster).
+pub fn operator(
+    kind: &str,
+    s: &Snapshot,
+    master: &allot_mesos::scheduler::MasterInfo,
+    elected: bool,
+    uptime_secs: f64,
+) -> Result<Value, String> {
+    let payload = match kind {
+        "GET_HEALTH" => json!({"healthy": true}),
+        "GET_VERSION" => json!({"version_info": {"version": allot_mesos::MESOS_VERSION,
+            "build_date": "", "build_time": 0.0, "build_user": "allot"}}),
+        "GET_METRICS" => {
+            let flat = metrics(s, elected, uptime_secs);
+            let list: Vec<Value> = flat
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect();
+            json!({"metrics": list})
+        }
+        "GET_MASTER" => json!({"master_info": master}),
+        "GET_FRAMEWORKS" => get_frameworks(s),
+        "GET_AGENTS" => get_agents(s),
+        "GET_TASKS" => get_tasks(s),
+        "GET_EXECUTORS" => json!({"executors": [], "orphan_executors": []}),
+        "GET_STATE" => json!({
+            "get_tasks": get_tasks(s),
+            "get_executors": {"executors": []},
+            "get_frameworks": get_frameworks(s),
+            "get_agents": get_agents(s),
+        }),
+        other => {
+            return Err(format!(
+                "operator call type '{other}' is not supported by Allot (GET_HEALTH, GET_VERSION, \
+                 GET_METRICS, GET_MASTER, GET_FRAMEWORKS, GET_AGENTS, GET_TASKS, GET_EXECUTORS, GET_STATE are)"
+            ));
+        }
+    };
+    let mut out = Map::new();
+    out.insert("type".into(), json!(kind));
+    out.insert(kind.to_ascii_lowercase(), payload);
+    Ok(Value::Object(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,5 +703,54 @@ mod tests {
         assert_eq!(summary["slaves"][0]["framework_ids"], json!(["f1"]));
         assert_eq!(summary["frameworks"][0]["slave_ids"], json!(["a1"]));
         assert!(summary["frameworks"][0].get("tasks").is_none());
+    }
+
+    #[test]
+    fn the_operator_api_answers_in_protobuf_json() {
+        let s = snapshot();
+        let master = allot_mesos::scheduler::MasterInfo::default();
+        let state = operator("GET_STATE", &s, &master, true, 1.0).unwrap();
+        assert_eq!(state["type"], "GET_STATE");
+        let st = &state["get_state"];
+        assert_eq!(st["get_tasks"]["tasks"][0]["task_id"]["value"], "new");
+        assert_eq!(
+            st["get_tasks"]["completed_tasks"][0]["state"],
+            "TASK_FINISHED"
+        );
+        assert_eq!(
+            st["get_frameworks"]["frameworks"][0]["framework_info"]["id"]["value"],
+            "f1"
+        );
+        assert_eq!(
+            st["get_frameworks"]["frameworks"][0]["registered_time"]["nanoseconds"],
+            1_500_000_000i64
+        );
+        assert_eq!(
+            st["get_agents"]["agents"][0]["agent_info"]["id"]["value"],
+            "a1"
+        );
+        assert_eq!(
+            st["get_agents"]["agents"][0]["agent_info"]["attributes"][0]["text"]["value"],
+            "r1"
+        );
+        assert_eq!(
+            st["get_agents"]["agents"][0]["allocated_resources"][0]["name"],
+            "cpus"
+        );
+        let health = operator("GET_HEALTH", &s, &master, true, 1.0).unwrap();
+        assert_eq!(health["get_health"]["healthy"], true);
+        let m = operator("GET_METRICS", &s, &master, true, 1.0).unwrap();
+        assert!(
+            m["get_metrics"]["metrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == "master/elected")
+        );
+        assert!(
+            operator("SUBSCRIBE", &s, &master, true, 1.0)
+                .unwrap_err()
+                .contains("not supported")
+        );
     }
 }
