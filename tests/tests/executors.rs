@@ -318,6 +318,28 @@ async fn the_executor_api_checks_calls_as_mesos_does_and_an_executor_that_never_
             "{text} lacks {says}"
         );
     }
+    // The agent's /state is for its executors: with the executor's token, not without.
+    let get_state = |auth: String| {
+        format!("GET /state HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n")
+    };
+    assert_eq!(http(&addr, get_state(String::new())).await.0, 401);
+    let (code, text) = http(
+        &addr,
+        get_state(format!("Authorization: Bearer {}\r\n", record.token)),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    let state: serde_json::Value =
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let executor = &state["frameworks"][0]["executors"][0];
+    assert_eq!(executor["id"], "mute");
+    assert_eq!(executor["tasks"][0]["id"], "t1");
+    assert!(
+        executor["directory"]
+            .as_str()
+            .unwrap()
+            .contains("/executors/")
+    );
     // It did not subscribe in time: killed, its task failed, its framework told.
     let failed = fw.await_state("t1", TaskState::TaskFailed).await;
     assert_eq!(failed.reason, "REASON_EXECUTOR_REGISTRATION_TIMEOUT");

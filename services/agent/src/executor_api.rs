@@ -25,6 +25,8 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/executor", axum::routing::post(call))
         .route("/slave(1)/api/v1/executor", axum::routing::post(call))
+        .route("/state", axum::routing::get(state))
+        .route("/slave(1)/state", axum::routing::get(state))
         .with_state(agent)
 }
 
@@ -126,6 +128,84 @@ async fn call(
         }
         Valid::Heartbeat => StatusCode::ACCEPTED.into_response(),
     }
+}
+
+/// `GET /state`: the agent as Mesos' agent describes itself (its ID, resources, and each framework's executors
+/// with their sandboxes and tasks), for its executors only (Toil's executor reads it at start): a caller with
+/// one of their tokens, or connecting from one of their process groups; `401` otherwise.
+async fn state(
+    State(agent): State<Arc<Agent>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let local = agent.executor_endpoint.parse().ok();
+    let executors = agent.executors.all();
+    let known = executors.iter().any(|c| match token {
+        Some(t) => t == c.token,
+        None => peer_in_group(peer, local, c.pid.as_raw()),
+    });
+    if !known {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: this agent's /state is for its executors",
+        );
+    }
+    let mut frameworks: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+        Default::default();
+    for c in &executors {
+        let (mut live, mut done) = (Vec::new(), Vec::new());
+        let mut used = allot_resources::Resources::new();
+        for (t, ended) in c.tasks() {
+            let res = allot_common::convert::resources_from_proto(&t.resources).unwrap_or_default();
+            let v = serde_json::json!({
+                "id": t.task_id, "name": t.name, "framework_id": c.framework_id,
+                "executor_id": c.info.executor_id, "slave_id": agent.id(),
+                "resources": allot_mesos::convert::flat_resources(&res),
+            });
+            match ended {
+                true => done.push(v),
+                false => {
+                    used.add(&res);
+                    live.push(v)
+                }
+            }
+        }
+        frameworks
+            .entry(c.framework_id.clone())
+            .or_default()
+            .push(serde_json::json!({
+                "id": c.info.executor_id,
+                "name": c.info.name,
+                "source": "",
+                "container": c.container_id,
+                "directory": c.sandbox.display().to_string(),
+                "resources": allot_mesos::convert::flat_resources(&used),
+                "tasks": live,
+                "queued_tasks": [],
+                "completed_tasks": done,
+            }));
+    }
+    let body = serde_json::json!({
+        "id": agent.id(),
+        "pid": format!("slave(1)@{}", agent.executor_endpoint),
+        "hostname": agent.hostname,
+        "version": allot_mesos::MESOS_VERSION,
+        "resources": allot_mesos::convert::flat_resources(&agent.total),
+        "attributes": {},
+        "frameworks": frameworks.into_iter().map(|(id, executors)| serde_json::json!({
+            "id": id, "executors": executors, "completed_executors": []})).collect::<Vec<_>>(),
+        "completed_frameworks": [],
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Whether the TCP connection from `peer` to `local` (the executor API's address) belongs to a process in

@@ -351,6 +351,15 @@ impl Container {
         }
     }
 
+    /// Its tasks the agent follows, with whether each has ended (its final update made).
+    pub fn tasks(&self) -> Vec<(TaskInfo, bool)> {
+        self.lock()
+            .tasks
+            .values()
+            .map(|s| (s.task.clone(), s.ended))
+            .collect()
+    }
+
     /// Whether the executor has task `task_id` live and reported on it (for unacknowledged updates listed at
     /// SUBSCRIBE).
     pub fn knows(&self, task_id: &str) -> bool {

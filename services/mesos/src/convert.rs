@@ -42,6 +42,27 @@ pub fn resources_to_v1(resources: &[pb::Resource]) -> Vec<v1::Resource> {
         .collect()
 }
 
+/// Resources as Mesos' HTTP views (`/master/state`, the agent's `/state`) print them: one flat object,
+/// scalars as numbers (`cpus`, `gpus`, `mem` and `disk` always present; mem and disk in MiB), ranges as text:
+/// `{"cpus": 2, "gpus": 0, "mem": 1024, "disk": 0, "ports": "[31000-32000]"}`.
+pub fn flat_resources(r: &allot_resources::Resources) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for name in ["cpus", "gpus", "mem", "disk"] {
+        out.insert(name.into(), serde_json::json!(r.scalar(name)));
+    }
+    for (name, milli) in r.scalars() {
+        out.insert(name.into(), serde_json::json!(milli as f64 / 1000.0));
+    }
+    for (name, ranges) in r.ranges() {
+        let text: Vec<String> = ranges.iter().map(|(b, e)| format!("{b}-{e}")).collect();
+        out.insert(
+            name.into(),
+            serde_json::json!(format!("[{}]", text.join(", "))),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
 /// Mesos' resources in Allot's form. The reservation is the last of `reservations`, else `role`.
 ///
 /// # Errors

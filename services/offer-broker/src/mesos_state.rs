@@ -4,9 +4,8 @@
 //! ([`operator`]: GET_STATE, GET_TASKS, ...). Pure: each view is a function of a [`Snapshot`] of the broker's
 //! state, unit tested.
 //!
-//! Resources are flat objects, `{"cpus": 2, "gpus": 0, "mem": 1024, "disk": 0, "ports": "[31000-32000]"}`
-//! (cpus, gpus, mem and disk always present; mem and disk in MiB; ranges as text). A task's `statuses` holds
-//! its latest status only (the broker keeps no history).
+//! Resources in the flat views are flat objects (`allot_mesos::convert::flat_resources`). A task's `statuses`
+//! holds its latest status only (the broker keeps no history).
 
 use allot_common::convert::{pieces_from_proto, resources_from_proto};
 use allot_proto::common::{AgentRecord, TaskRecord, TaskState};
@@ -29,20 +28,9 @@ pub struct Snapshot {
     pub agents: Vec<(AgentRecord, bool)>,
 }
 
-/// Resources as Mesos' views print them.
-pub fn flat(r: &Resources) -> Value {
-    let mut out = Map::new();
-    for name in ["cpus", "gpus", "mem", "disk"] {
-        out.insert(name.into(), json!(r.scalar(name)));
-    }
-    for (name, milli) in r.scalars() {
-        out.insert(name.into(), json!(milli as f64 / 1000.0));
-    }
-    for (name, ranges) in r.ranges() {
-        let text: Vec<String> = ranges.iter().map(|(b, e)| format!("{b}-{e}")).collect();
-        out.insert(name.into(), json!(format!("[{}]", text.join(", "))));
-    }
-    Value::Object(out)
+/// Resources as Mesos' views print them (`allot_mesos::convert::flat_resources`).
+fn flat(r: &Resources) -> Value {
+    allot_mesos::convert::flat_resources(r)
 }
 
 fn parsed(list: &[allot_proto::common::Resource]) -> Resources {
