@@ -33,6 +33,24 @@ fn executor_task(id: &str, executor: &str, what: &str) -> TaskInfo {
     }
 }
 
+/// A reader of the memory limit (bytes) of executor `executor` of framework `fw`'s container, when the agents
+/// here isolate with cgroups (v1 `memory.limit_in_bytes` or v2 `memory.max` under the tests' cgroup root).
+fn container_memory_limit(fw: &str, executor: &str) -> Option<impl Fn() -> Option<u64> + use<>> {
+    let name = format!("executor+{fw}+{executor}");
+    let file = [
+        ("/sys/fs/cgroup/memory/allot-test", "memory.limit_in_bytes"),
+        ("/sys/fs/cgroup/allot-test", "memory.max"),
+    ]
+    .into_iter()
+    .find_map(|(root, file)| {
+        std::fs::read_dir(root).ok()?.flatten().find_map(|agent| {
+            let path = agent.path().join(&name).join(file);
+            path.exists().then_some(path)
+        })
+    })?;
+    Some(move || std::fs::read_to_string(&file).ok()?.trim().parse().ok())
+}
+
 /// The next MESSAGE event from an executor.
 async fn message(fw: &mut TestFramework) -> pb::Message {
     fw.wait_for(PATIENCE, |e| match e {
@@ -103,8 +121,23 @@ async fn an_executor_runs_many_tasks_in_one_process_talks_to_its_framework_and_i
         assert_eq!(running.source(), StatusSource::SourceExecutor);
         assert_eq!(running.agent_id, agent_id);
     }
+    // The container's memory limit is its live tasks' (each 32 MiB and the executor's 32 MiB).
+    let limit = container_memory_limit(&fw.id, "warm");
+    if let Some(limit) = &limit {
+        assert_eq!(limit(), Some(3 * 64 << 20), "three tasks");
+    }
     for t in ["t1", "t2"] {
         fw.await_state(t, TaskState::TaskFinished).await;
+    }
+    // ...and shrinks as they end.
+    match limit {
+        Some(limit) => {
+            allot_tests::eventually("the container shrinks to one task", || async {
+                limit() == Some(64 << 20)
+            })
+            .await
+        }
+        None => eprintln!("no memory cgroups here: the container's resizing is not checked"),
     }
     // Framework messages both ways.
     send(&mut fw, &agent_id, "warm", b"ping")
