@@ -124,7 +124,7 @@ async fn an_executor_runs_many_tasks_in_one_process_talks_to_its_framework_and_i
     // The container's memory limit is its live tasks' (each 32 MiB and the executor's 32 MiB).
     let limit = container_memory_limit(&fw.id, "warm");
     if let Some(limit) = &limit {
-        assert_eq!(limit(), Some(3 * 64 << 20), "three tasks");
+        assert_eq!(limit(), Some((3 * 64) << 20), "three tasks");
     }
     for t in ["t1", "t2"] {
         fw.await_state(t, TaskState::TaskFinished).await;
