@@ -106,8 +106,8 @@ async fn an_executor_runs_many_tasks_in_one_process_talks_to_its_framework_and_i
     let offer = fw.offers().await.remove(0);
     let agent_id = offer.agent_id.clone();
     let tasks = vec![
-        executor_task("t1", "warm", "run:0.2"),
-        executor_task("t2", "warm", "run:0.2"),
+        executor_task("t1", "warm", "run:2"),
+        executor_task("t2", "warm", "run:2"),
         executor_task("t3", "warm", "hang"),
     ];
     fw.accept(&offer.offer_id, tasks, 1.0)
@@ -121,7 +121,8 @@ async fn an_executor_runs_many_tasks_in_one_process_talks_to_its_framework_and_i
         assert_eq!(running.source(), StatusSource::SourceExecutor);
         assert_eq!(running.agent_id, agent_id);
     }
-    // The container's memory limit is its live tasks' (each 32 MiB and the executor's 32 MiB).
+    // The container's memory limit is its live tasks' (each 32 MiB and the executor's 32 MiB; t1 and t2 run
+    // for 2 s).
     let limit = container_memory_limit(&fw.id, "warm");
     if let Some(limit) = &limit {
         assert_eq!(limit(), Some((3 * 64) << 20), "three tasks");

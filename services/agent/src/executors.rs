@@ -116,6 +116,8 @@ struct Slot {
     heard: bool,
     /// Whether its final update is made (by the executor, or by the agent for it).
     ended: bool,
+    /// A KILL asked for while the executor had no subscription, with its grace period: sent at the next one.
+    kill: Option<Option<f64>>,
     /// Notified once the executor's terminal update of it is checkpointed.
     done: Arc<Notify>,
     /// Its resources (task and executor share).
@@ -235,6 +237,7 @@ impl Container {
                     given,
                     heard: false,
                     ended: false,
+                    kill: None,
                     done: done.clone(),
                     resources,
                 },
@@ -248,6 +251,26 @@ impl Container {
     fn forget(&self, task_id: &str) {
         self.lock().tasks.remove(task_id);
         self.resize();
+    }
+
+    /// KILL of task `task_id`: sent to the executor when subscribed; kept for its next subscription when it
+    /// has the task but no subscription now (an agent restart, a dropped stream); `true` when the executor was
+    /// never given the task, which the caller then ends itself (marked ended here).
+    fn kill(&self, task_id: &str, grace: Option<f64>) -> bool {
+        let mut inner = self.lock();
+        let stream = inner.stream.as_ref().map(|(_, tx)| tx.clone());
+        let Some(slot) = inner.tasks.get_mut(task_id).filter(|s| !s.ended) else {
+            return false;
+        };
+        if !slot.given {
+            slot.ended = true;
+            return true;
+        }
+        let sent = stream.is_some_and(|tx| tx.send(Event::kill(task_id, grace)).is_ok());
+        if !sent {
+            slot.kill = Some(grace);
+        }
+        false
     }
 
     /// Marks task `task_id` ended if it was not: `true` when the caller is to make its final update.
@@ -291,6 +314,9 @@ impl Container {
                     &slot.task,
                 )));
                 slot.given = true;
+            }
+            if let Some(grace) = slot.kill.take().filter(|_| !slot.ended) {
+                let _ = tx.send(Event::kill(&slot.task.task_id, grace));
             }
         }
         inner.stream = Some((n, tx));
@@ -487,8 +513,9 @@ impl Agent {
     }
 
     /// Follows task `l` of `container` to its end: `given` for a task recovered after a restart (the executor
-    /// is assumed to have it). KILL goes to the executor (a task it was not given yet ends at once,
-    /// TASK_KILLED); the executor's exit ends the task if the executor did not.
+    /// is assumed to have it). KILL goes to the executor (at its next subscription if it has none now; a task
+    /// it was never given ends at once, TASK_KILLED); the executor's exit ends the task if the executor did
+    /// not.
     async fn follow_task(
         &self,
         container: Arc<Container>,
@@ -506,7 +533,7 @@ impl Agent {
                 _ = kill.cancelled(), if !kill_sent => {
                     kill_sent = true;
                     let grace = (l.task.kill_grace_period > 0.0).then_some(l.task.kill_grace_period);
-                    if !container.send(Event::kill(&task_id, grace)) && container.end(&task_id) {
+                    if container.kill(&task_id, grace) {
                         let why = kill_message(&l.kill_reason);
                         let ending = Ending { state: TaskState::TaskKilled, reason: why.0, message: why.1 };
                         updates.push_async(vec![agent_status(&container, &l.task, &l.agent_id, &ending)]).await;
@@ -1052,6 +1079,29 @@ mod tests {
         assert_eq!(launched(&mut rx), ["later"]);
         c.unsubscribed(n);
         assert!(c.subscribed());
+    }
+
+    #[tokio::test]
+    async fn a_kill_while_the_executor_is_away_waits_for_its_next_subscription() {
+        let c = container();
+        c.add(task("running"), updates("running"), true);
+        c.add(task("queued"), updates("queued"), false);
+        // No subscription: the task it has is killed at its return; the one it never got ends now.
+        assert!(!c.kill("running", Some(2.0)));
+        assert!(c.kill("queued", None));
+        let has: HashSet<String> = ["running".to_string()].into();
+        let (_, mut rx) = c.subscribe(Event::bare("SUBSCRIBED"), &has);
+        let mut seen = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            seen.push((ev.kind.clone(), ev.kill.map(|k| k.task_id.value)));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("SUBSCRIBED".to_string(), None),
+                ("KILL".to_string(), Some("running".to_string()))
+            ]
+        );
     }
 
     #[test]
