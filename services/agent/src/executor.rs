@@ -128,6 +128,10 @@ pub struct Launch {
     /// Why a kill was asked for, if it said: the `(reason, message)` of the TASK_KILLED (set by KillTask before
     /// it cancels the task; e.g. `REASON_PREEMPTED`). Unset: `REASON_TASK_KILLED`.
     pub kill_reason: KillReason,
+    /// Cancelled once the agent process stopped: a start-up still under way on a blocking thread then neither
+    /// spawns the command nor opens its gate, as if the process had died there (the restarted agent reports
+    /// the task as never started).
+    pub stopped: CancellationToken,
 }
 
 /// The reason a kill gives, shared between the agent's KillTask and the task's executor.
@@ -468,6 +472,13 @@ fn start(
     }
     drop(isolate_span);
     let spawn_span = tracing::info_span!("spawn");
+    if l.stopped.is_cancelled() {
+        iso.release();
+        return Err(fail(
+            "the agent stopped before the task started".into(),
+            "REASON_AGENT_RESTARTED",
+        ));
+    }
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&l.sandbox)
@@ -523,7 +534,8 @@ pub async fn run_task(
                 // The command waits at the gate until its pid is checkpointed and it is in its cgroup (both in
                 // `start`): open it.
                 // Three bytes into an empty pipe never block; dropping the pipe closes the command's stdin.
-                if let Some(gate) = s.child.stdin.take()
+                // A stopped agent leaves the gate shut: the wrapper exits without running the command.
+                if let Some(gate) = s.child.stdin.take().filter(|_| !launch.stopped.is_cancelled())
                     && let Err(e) = nix::unistd::write(&gate, b"go\n")
                 {
                     tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");

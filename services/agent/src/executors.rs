@@ -705,6 +705,10 @@ impl Agent {
         if let Some(who) = &run_as {
             cmd.env("USER", &who.name).env("LOGNAME", &who.name);
         }
+        if self.stopped.is_cancelled() {
+            iso.release();
+            return Err("the agent stopped before the executor started".into());
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -725,7 +729,7 @@ impl Agent {
         };
         write_checkpoint(&checkpoint, &record, &container_id, &sandbox);
         // Checkpointed and in its cgroup: the executor may start (see `wrapped_argv`).
-        if let Some(gate) = child.stdin.take()
+        if let Some(gate) = child.stdin.take().filter(|_| !self.stopped.is_cancelled())
             && let Err(e) = nix::unistd::write(&gate, b"go\n")
         {
             tracing::warn!(executor = %key.1, error = %e, "cannot open the executor's gate");

@@ -225,6 +225,9 @@ pub struct Agent {
     pub(crate) executor_registration_timeout: Duration,
     /// The broker replicas (executors' messages and exits go there).
     pub(crate) brokers: allot_common::grpc::Replicas,
+    /// Cancelled when this agent process stops serving (`run` returned or was dropped): a command whose
+    /// start-up is still under way on a blocking thread is then not started (see `executor::Launch::stopped`).
+    pub(crate) stopped: CancellationToken,
     pub(crate) total: Resources,
 }
 
@@ -266,6 +269,7 @@ impl Agent {
             }),
             task,
             kill_reason: Default::default(),
+            stopped: self.stopped.clone(),
         }
     }
 
@@ -618,7 +622,10 @@ pub async fn run(
         executor_registration_timeout: config.executor_registration_timeout,
         brokers,
         total: resources.clone(),
+        stopped: CancellationToken::new(),
     });
+    // However `run` ends (returns, or is dropped as a crashed process would be), the agent has stopped.
+    let _stopped = agent.stopped.clone().drop_guard();
     agent.recover_executors();
     recover_tasks(&agent);
     // Served until `run` returns (aborted with it): executors reach their agent here.
