@@ -140,6 +140,30 @@ impl MesosApi {
         }
     }
 
+    /// What every request of a leader-only endpoint goes through: a standby redirects to the leader's same
+    /// path and query (`503` while none is known); then the caller authenticates ([`MesosApi::authenticate`]).
+    ///
+    /// # Errors
+    /// The answer to give instead: the redirect, or the refusal.
+    async fn admit(
+        &self,
+        peer: Option<axum::Extension<TlsPeer>>,
+        headers: &HeaderMap,
+        uri: &axum::http::Uri,
+    ) -> Result<Caller, Box<Response>> {
+        match self.leader().await {
+            Ok(None) => {}
+            Ok(Some(leader)) => {
+                let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+                return Err(Box::new(redirect_to(&leader, path)));
+            }
+            Err((code, message)) => return Err(Box::new(refuse(code, message))),
+        }
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        self.authenticate(peer, auth)
+            .map_err(|(code, message)| Box::new(refuse(code, message)))
+    }
+
     /// What the operator views are made of, now.
     fn snapshot(&self) -> crate::mesos_state::Snapshot {
         crate::mesos_state::Snapshot {
@@ -416,17 +440,8 @@ async fn view(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err((code, message)) = api.authenticate(peer, auth) {
-        return refuse(code, message);
-    }
-    match api.leader().await {
-        Ok(None) => {}
-        Ok(Some(leader)) => {
-            let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-            return redirect_to(&leader, path);
-        }
-        Err((code, message)) => return refuse(code, message),
+    if let Err(answer) = api.admit(peer, &headers, &uri).await {
+        return *answer;
     }
     let q = query(&uri);
     let s = api.snapshot();
@@ -450,15 +465,10 @@ async fn operator(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(answer) = api.admit(peer, &headers, &uri).await {
+        return *answer;
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err((code, message)) = api.authenticate(peer, header("authorization")) {
-        return refuse(code, message);
-    }
-    match api.leader().await {
-        Ok(None) => {}
-        Ok(Some(leader)) => return redirect_to(&leader, uri.path()),
-        Err((code, message)) => return refuse(code, message),
-    }
     let call: serde_json::Value =
         match allot_mesos::http::check_content_type(header("content-type"))
             .and_then(|()| allot_mesos::http::parse_call(&body))
@@ -525,18 +535,13 @@ async fn scheduler(
     body: Bytes,
 ) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    match api.leader().await {
-        Ok(None) => {}
-        Ok(Some(leader)) => return redirect_to(&leader, uri.path()),
-        Err((code, message)) => return refuse(code, message),
-    }
+    let caller = match api.admit(peer, &headers, &uri).await {
+        Ok(c) => c,
+        Err(answer) => return *answer,
+    };
     let call: s::Call = match allot_mesos::http::check_content_type(header("content-type"))
         .and_then(|()| allot_mesos::http::parse_call(&body))
     {
-        Ok(c) => c,
-        Err((code, message)) => return refuse(code, message),
-    };
-    let caller = match api.authenticate(peer, header("authorization")) {
         Ok(c) => c,
         Err((code, message)) => return refuse(code, message),
     };
