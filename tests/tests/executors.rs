@@ -140,6 +140,18 @@ async fn an_executor_runs_many_tasks_in_one_process_talks_to_its_framework_and_i
         }
         None => eprintln!("no memory cgroups here: the container's resizing is not checked"),
     }
+    // Its tasks' sandbox is the executor's directory (its runs below it).
+    let records = cluster.tasks(&fw.id).await;
+    let sandbox = &records
+        .iter()
+        .find(|r| r.task.as_ref().unwrap().task_id == "t1")
+        .unwrap()
+        .sandbox;
+    assert!(
+        sandbox.ends_with(&format!("/executors/{}/warm", fw.id)),
+        "{sandbox}"
+    );
+    assert!(std::path::Path::new(sandbox).is_dir());
     // Framework messages both ways.
     send(&mut fw, &agent_id, "warm", b"ping")
         .await

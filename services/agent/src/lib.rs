@@ -254,7 +254,15 @@ impl Agent {
         executor::Launch {
             framework_id: framework_id.to_string(),
             agent_id: agent_id.to_string(),
-            sandbox: executor::sandbox_path(&self.work_dir, framework_id, &task.task_id),
+            // A task of a framework's own executor lives in the executor's directory (its runs below it).
+            sandbox: match &task.executor {
+                Some(e) => self
+                    .work_dir
+                    .join("executors")
+                    .join(framework_id)
+                    .join(&e.executor_id),
+                None => executor::sandbox_path(&self.work_dir, framework_id, &task.task_id),
+            },
             grace: if task.kill_grace_period > 0.0 {
                 Duration::from_secs_f64(task.kill_grace_period)
             } else {

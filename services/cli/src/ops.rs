@@ -236,6 +236,7 @@ pub async fn tasks(addr: &str, framework: Option<&str>, as_json: bool) -> anyhow
                 let i = t.task.clone().unwrap_or_default();
                 let s = t.status.clone().unwrap_or_default();
                 json!({"framework_id": t.framework_id, "task_id": i.task_id, "agent_id": i.agent_id,
+                       "executor_id": i.executor.as_ref().map(|e| e.executor_id.clone()),
                        "state": s.state().as_str_name(), "message": s.message, "exit_code": s.exit_code,
                        "resources": res(&i.resources), "sandbox": t.sandbox})
             })
