@@ -417,19 +417,24 @@ impl Container {
     }
 }
 
-/// A status the agent makes for task `task` of executor `c`.
-fn agent_status(c: &Container, task: &TaskInfo, agent_id: &str, e: &Ending) -> TaskStatus {
+/// A status the agent makes for task `l` of a framework's executor.
+fn agent_status(l: &Launch, e: &Ending) -> TaskStatus {
     TaskStatus {
-        task_id: task.task_id.clone(),
+        task_id: l.task.task_id.clone(),
         state: e.state as i32,
         message: e.message.clone(),
         source: StatusSource::SourceAgent as i32,
         reason: e.reason.into(),
-        agent_id: agent_id.to_string(),
-        framework_id: c.framework_id.clone(),
+        agent_id: l.agent_id.clone(),
+        framework_id: l.framework_id.clone(),
         timestamp: allot_common::now_secs(),
         uuid: allot_common::new_status_uuid(),
-        executor_id: c.info.executor_id.clone(),
+        executor_id: l
+            .task
+            .executor
+            .as_ref()
+            .map(|x| x.executor_id.clone())
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -487,25 +492,12 @@ impl Agent {
         let container = match started {
             Ok(c) => c,
             Err(message) => {
-                let failed = TaskStatus {
-                    task_id: l.task.task_id.clone(),
-                    state: TaskState::TaskFailed as i32,
+                let ending = Ending {
+                    state: TaskState::TaskFailed,
+                    reason: "REASON_EXECUTOR_TERMINATED",
                     message,
-                    source: StatusSource::SourceAgent as i32,
-                    reason: "REASON_EXECUTOR_TERMINATED".into(),
-                    agent_id: l.agent_id.clone(),
-                    framework_id: l.framework_id.clone(),
-                    timestamp: allot_common::now_secs(),
-                    uuid: allot_common::new_status_uuid(),
-                    executor_id: l
-                        .task
-                        .executor
-                        .as_ref()
-                        .map(|e| e.executor_id.clone())
-                        .unwrap_or_default(),
-                    ..Default::default()
                 };
-                updates.push_async(vec![failed]).await;
+                updates.push_async(vec![agent_status(&l, &ending)]).await;
                 return;
             }
         };
@@ -536,7 +528,7 @@ impl Agent {
                     if container.kill(&task_id, grace) {
                         let why = kill_message(&l.kill_reason);
                         let ending = Ending { state: TaskState::TaskKilled, reason: why.0, message: why.1 };
-                        updates.push_async(vec![agent_status(&container, &l.task, &l.agent_id, &ending)]).await;
+                        updates.push_async(vec![agent_status(&l, &ending)]).await;
                         break;
                     }
                 }
@@ -547,7 +539,7 @@ impl Agent {
                             reason: "REASON_EXECUTOR_TERMINATED",
                             message: "Executor terminated".into(),
                         });
-                        updates.push_async(vec![agent_status(&container, &l.task, &l.agent_id, &ending)]).await;
+                        updates.push_async(vec![agent_status(&l, &ending)]).await;
                     }
                     break;
                 }
@@ -936,20 +928,7 @@ impl Agent {
                     reason: "REASON_EXECUTOR_TERMINATED",
                     message: "The agent restarted and found the task's executor gone".into(),
                 };
-                let mut s = TaskStatus {
-                    task_id: l.task.task_id.clone(),
-                    state: ending.state as i32,
-                    message: ending.message,
-                    source: StatusSource::SourceAgent as i32,
-                    reason: ending.reason.into(),
-                    agent_id: l.agent_id.clone(),
-                    framework_id: l.framework_id.clone(),
-                    timestamp: allot_common::now_secs(),
-                    uuid: allot_common::new_status_uuid(),
-                    ..Default::default()
-                };
-                s.executor_id = key.1;
-                updates.push_async(vec![s]).await;
+                updates.push_async(vec![agent_status(&l, &ending)]).await;
             }
         }
     }
