@@ -84,22 +84,7 @@ async fn call(
             },
         );
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let authentic = match token {
-        Some(t) => t == container.token,
-        // No token (pymesos sends none): the process at the other end of the connection must be one of the
-        // executor's (its process group), which no other local process can join.
-        None => peer_in_group(
-            peer,
-            agent.executor_endpoint.parse().ok(),
-            container.pid.as_raw(),
-        ),
-    };
-    if !authentic {
+    if !is_executor(&agent, peer, &headers, std::slice::from_ref(&container)).await {
         let mut r = refuse(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: an executor call must carry 'Authorization: Bearer' with the executor's \
@@ -138,18 +123,8 @@ async fn state(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let local = agent.executor_endpoint.parse().ok();
     let executors = agent.executors.all();
-    let known = executors.iter().any(|c| match token {
-        Some(t) => t == c.token,
-        None => peer_in_group(peer, local, c.pid.as_raw()),
-    });
-    if !known {
+    if !is_executor(&agent, peer, &headers, &executors).await {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: this agent's /state is for its executors",
@@ -208,15 +183,36 @@ async fn state(
         .into_response()
 }
 
-/// Whether the TCP connection from `peer` to `local` (the executor API's address) belongs to a process in
-/// process group `pgid`: its socket is found in `/proc/net/tcp` (or `tcp6`) by its two ends, and its inode
-/// among the open files of the group's processes.
-fn peer_in_group(
+/// Whether the caller is one of `executors`: it sends one's token (`Authorization: Bearer`), or, sending none
+/// (pymesos), the process at the other end of its connection from `peer` is in one's process group, which no
+/// other local process can join ([`peer_in_groups`], one pass over `/proc` on a blocking thread).
+async fn is_executor(
+    agent: &Agent,
     peer: std::net::SocketAddr,
-    local: Option<std::net::SocketAddr>,
-    pgid: i32,
+    headers: &HeaderMap,
+    executors: &[Arc<Container>],
 ) -> bool {
-    let Some(local) = local else { return false };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let Some(t) = token {
+        return executors.iter().any(|c| c.token == t);
+    }
+    let Ok(local) = agent.executor_endpoint.parse() else {
+        return false;
+    };
+    let groups: Vec<i32> = executors.iter().map(|c| c.pid.as_raw()).collect();
+    tokio::task::spawn_blocking(move || peer_in_groups(peer, local, &groups))
+        .await
+        .unwrap_or(false)
+}
+
+/// Whether the TCP connection from `peer` to `local` (the executor API's address) belongs to a process in
+/// one of the process groups `pgids`: its socket is found in `/proc/net/tcp` by its two ends, and its inode
+/// among the open files of the groups' processes. Blocking.
+fn peer_in_groups(peer: std::net::SocketAddr, local: std::net::SocketAddr, pgids: &[i32]) -> bool {
     let Some(inode) = socket_inode(peer, local) else {
         return false;
     };
@@ -228,15 +224,14 @@ fn peer_in_group(
         let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        let in_group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        let group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|stat| {
                 // `pid (comm) state ppid pgrp ...`: comm may hold anything; fields follow the last `)`.
                 let (_, rest) = stat.rsplit_once(')')?;
                 rest.split_whitespace().nth(2)?.parse::<i32>().ok()
-            })
-            == Some(pgid);
-        if !in_group {
+            });
+        if !group.is_some_and(|g| pgids.contains(&g)) {
             continue;
         }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
