@@ -191,8 +191,15 @@ impl Container {
         self.lock().stream.is_some()
     }
 
-    /// Sets the cgroup's limits from the live tasks' resources (at least the executor's own).
-    fn resize(&self) {
+    /// Sets the cgroup's limits from the live tasks' resources (at least the executor's own), on a blocking
+    /// thread (cgroup file writes stay off the async workers).
+    async fn resize(self: &Arc<Self>) {
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.resize_now()).await;
+    }
+
+    /// [`Container::resize`], here. Blocking.
+    fn resize_now(&self) {
         let mut sum =
             allot_common::convert::resources_from_proto(&self.info.resources).unwrap_or_default();
         {
@@ -211,7 +218,8 @@ impl Container {
         }
     }
 
-    /// Adds `task` (its updates going to `updates`): LAUNCH now if subscribed, else at the SUBSCRIBE.
+    /// Adds `task` (its updates going to `updates`): LAUNCH now if subscribed, else at the SUBSCRIBE (the
+    /// caller grows the container, [`Container::resize`]).
     /// `given`: a recovered task the executor is assumed to have. Returns what is notified when the executor
     /// ends it.
     fn add(&self, task: TaskInfo, updates: TaskUpdates, given: bool) -> Arc<Notify> {
@@ -243,14 +251,12 @@ impl Container {
                 },
             );
         }
-        self.resize();
         done
     }
 
-    /// The task is over for the agent: forgets it and shrinks the container.
+    /// The task is over for the agent: forgets it (the caller shrinks the container, [`Container::resize`]).
     fn forget(&self, task_id: &str) {
         self.lock().tasks.remove(task_id);
-        self.resize();
     }
 
     /// KILL of task `task_id`: sent to the executor when subscribed; kept for its next subscription when it
@@ -518,6 +524,7 @@ impl Agent {
     ) {
         let task_id = l.task.task_id.clone();
         let done = container.add(l.task.clone(), updates.clone(), given);
+        container.resize().await;
         let mut kill_sent = false;
         loop {
             tokio::select! {
@@ -546,6 +553,7 @@ impl Agent {
             }
         }
         container.forget(&task_id);
+        container.resize().await;
     }
 
     /// The running executor for task `l`, or a new one started for it. Blocking (fork, files, cgroup).
