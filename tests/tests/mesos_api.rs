@@ -62,6 +62,37 @@ impl Answer {
         Some(serde_json::from_str(record).expect("JSON"))
     }
 
+    /// The next event of a stream in protobuf, as JSON (through `allot_mesos::protobuf`, which reads Mesos'
+    /// field numbers).
+    async fn proto_event(&mut self) -> Option<Value> {
+        let chunk = tokio::time::timeout(PATIENCE, self.chunk())
+            .await
+            .expect("an event within patience")?;
+        let nl = chunk
+            .iter()
+            .position(|b| *b == b'\n')
+            .expect("a RecordIO record");
+        let len: usize = std::str::from_utf8(&chunk[..nl]).unwrap().parse().unwrap();
+        assert_eq!(len, chunk.len() - nl - 1);
+        Some(
+            allot_mesos::protobuf::to_json("mesos.v1.scheduler.Event", &chunk[nl + 1..])
+                .expect("protobuf"),
+        )
+    }
+
+    /// The next protobuf event of type `kind`, skipping others.
+    async fn next_proto(&mut self, kind: &str) -> Value {
+        loop {
+            let ev = self
+                .proto_event()
+                .await
+                .unwrap_or_else(|| panic!("the stream ended before {kind}"));
+            if ev["type"] == kind {
+                return ev;
+            }
+        }
+    }
+
     /// The next event of type `kind`, skipping others (HEARTBEAT, OFFERS, ...).
     async fn next(&mut self, kind: &str) -> Value {
         loop {
@@ -78,12 +109,25 @@ impl Answer {
 
 /// Sends `method path` with `headers` (each ending in CRLF) and `body`.
 async fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> Answer {
+    http_bytes(addr, method, path, headers, body.as_bytes()).await
+}
+
+/// [`http`] with a body of bytes (protobuf).
+async fn http_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> Answer {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
-    );
-    s.write_all(request.as_bytes()).await.expect("write");
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    s.write_all(&request).await.expect("write");
     let mut reader = BufReader::new(s);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).await.expect("status");
@@ -417,6 +461,96 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
     let teardown = json!({"type": "TEARDOWN", "framework_id": {"value": fw}});
     assert_eq!(call(addr, &with_id, &teardown).await.status, 202);
     while stream.event().await.is_some() {}
+}
+
+/// A POST of `call` (its JSON form) to the scheduler API as `framework-mesos`, encoded as protobuf.
+async fn proto_call(addr: SocketAddr, extra: &str, call: &Value) -> Answer {
+    let headers = format!(
+        "Content-Type: application/x-protobuf\r\nConnection: close\r\n{}{extra}",
+        basic("framework-mesos:s3cret")
+    );
+    let body = allot_mesos::protobuf::from_json("mesos.v1.scheduler.Call", call, true).unwrap();
+    http_bytes(addr, "POST", "/api/v1/scheduler", &headers, &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesos_framework_runs_a_task_speaking_protobuf() {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        mesos_credentials: Some(CREDENTIALS.into()),
+        ..Default::default()
+    })
+    .await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    let addr = cluster.mesos_addr.expect("the Mesos API");
+    let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {
+        "user": allot_tests::current_user(), "name": "mesos-protobuf", "roles": ["*"],
+        "capabilities": [{"type": "MULTI_ROLE"}]}}});
+    // A protobuf body that is not a Call.
+    let garbage = http_bytes(
+        addr,
+        "POST",
+        "/api/v1/scheduler",
+        &format!(
+            "Content-Type: application/x-protobuf\r\nConnection: close\r\n{}",
+            basic("framework-mesos:s3cret")
+        ),
+        &[0xff, 0xff, 0xff],
+    )
+    .await;
+    assert_eq!(garbage.status, 400);
+    assert!(garbage.body().await.contains("Call protobuf"));
+
+    // Accept: protobuf only -> a protobuf stream (a JSON SUBSCRIBE may ask for one too).
+    let mut stream = proto_call(addr, "Accept: application/x-protobuf\r\n", &subscribe).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(
+        stream.header("content-type"),
+        Some("application/x-protobuf")
+    );
+    let stream_id = stream.header("mesos-stream-id").unwrap().to_string();
+    let subscribed = stream.proto_event().await.unwrap();
+    assert_eq!(subscribed["type"], "SUBSCRIBED", "{subscribed}");
+    let fw = subscribed["subscribed"]["framework_id"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(subscribed["subscribed"]["master_info"]["version"], "1.11.0");
+    assert_eq!(stream.proto_event().await.unwrap()["type"], "HEARTBEAT");
+    let offers = stream.next_proto("OFFERS").await;
+    let offer = &offers["offers"]["offers"][0];
+    assert_eq!(offer["resources"][0]["type"], "SCALAR");
+    let with_id = format!("Mesos-Stream-Id: {stream_id}\r\n");
+    let task = json!({"name": "hello", "task_id": {"value": "p1"}, "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 64}}],
+        "command": {"value": "test \"$GREETING\" = hi",
+            "environment": {"variables": [{"name": "GREETING", "value": "hi"}]}},
+        "data": "aGk="});
+    let accept = json!({"type": "ACCEPT", "framework_id": {"value": fw}, "accept": {
+        "offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
+        "filters": {"refuse_seconds": 1}}});
+    let accepted = proto_call(addr, &with_id, &accept).await;
+    let status = accepted.status;
+    assert_eq!(status, 202, "{}", accepted.body().await);
+    loop {
+        let update = stream.next_proto("UPDATE").await;
+        let status = &update["update"]["status"];
+        assert_eq!(status["task_id"]["value"], "p1");
+        // uuid: 16 bytes, base64 in the JSON form; the protobuf ACKNOWLEDGE carries the raw bytes.
+        let ack = json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw}, "acknowledge": {
+            "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}});
+        assert_eq!(proto_call(addr, &with_id, &ack).await.status, 202);
+        if status["state"] == "TASK_FINISHED" {
+            break;
+        }
+        assert!(
+            ["TASK_STARTING", "TASK_RUNNING"].contains(&status["state"].as_str().unwrap()),
+            "the command sees its environment: {status}"
+        );
+    }
+    let teardown = json!({"type": "TEARDOWN", "framework_id": {"value": fw}});
+    assert_eq!(proto_call(addr, &with_id, &teardown).await.status, 202);
+    while stream.proto_event().await.is_some() {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,10 @@
-//! The executor API: Mesos' v1 executor HTTP API (`POST /api/v1/executor`, JSON, RecordIO event stream; Mesos
+//! The executor API: Mesos' v1 executor HTTP API (`POST /api/v1/executor`, JSON or protobuf, RecordIO event
+//! stream; Mesos
 //! `docs/executor-http-api.md`, `../shared/mesos-v1-api.md` section 3), served on `--executor-listen`
 //! (loopback by default) for the executors this agent starts ([`crate::executors`]).
 //!
 //! Request checks, in Mesos' order: `405` (with `Allow: POST`) for another method; `400` without a
-//! `Content-Type`, `415` for one other than `application/json` (protobuf is not supported yet); `400` for a
+//! `Content-Type`, `415` for one other than `application/json` or `application/x-protobuf`; `400` for a
 //! body that is not JSON or not a Call, or a Call that fails validation (`Failed to validate
 //! executor::Call: ...`); `400` for an unknown framework or executor; `401` unless the call carries the
 //! executor's secret (`Authorization: Bearer <MESOS_EXECUTOR_AUTHENTICATION_TOKEN>`), so that no other local
@@ -13,6 +14,7 @@
 use crate::Agent;
 use crate::executors::Container;
 use allot_mesos::executor::{Call, Event, Valid};
+use allot_mesos::http::Encoding;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -58,7 +60,7 @@ async fn call(
             .and_then(|v: &header::HeaderValue| v.to_str().ok())
     };
     let parsed: Call = match allot_mesos::http::check_content_type(header(header::CONTENT_TYPE))
-        .and_then(|()| allot_mesos::http::parse_call(&body))
+        .and_then(|e| allot_mesos::http::parse_call(&body, e))
     {
         Ok(c) => c,
         Err((code, message)) => return refuse(code_of(code), message),
@@ -97,7 +99,10 @@ async fn call(
         return r;
     }
     match valid {
-        Valid::Subscribe(s) => subscribe(&agent, container, s).await,
+        Valid::Subscribe(s) => match allot_mesos::http::check_accept(header(header::ACCEPT)) {
+            Ok(encoding) => subscribe(&agent, container, s, encoding).await,
+            Err((code, message)) => refuse(code_of(code), message),
+        },
         _ if !container.subscribed() => refuse(StatusCode::FORBIDDEN, "Executor is not subscribed"),
         Valid::Update(status) => {
             let mut status = allot_mesos::convert::status_from_v1(&status);
@@ -288,6 +293,7 @@ async fn subscribe(
     agent: &Arc<Agent>,
     c: Arc<Container>,
     s: allot_mesos::executor::Subscribe,
+    encoding: Encoding,
 ) -> Response {
     // The tasks the executor has: given and not reported on, or reported on in an update it still holds (one
     // whose UPDATE call may never have reached the agent). None of them is launched again.
@@ -338,10 +344,11 @@ async fn subscribe(
         rx,
         container: c,
         subscription: n,
+        encoding,
     };
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, encoding.media_type())
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
@@ -366,6 +373,7 @@ struct EventStream {
     rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
     container: Arc<Container>,
     subscription: u64,
+    encoding: Encoding,
 }
 
 impl tokio_stream::Stream for EventStream {
@@ -375,9 +383,22 @@ impl tokio_stream::Stream for EventStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|ev| ev.map(|ev| Ok(Bytes::from(ev.record()))))
+        use std::task::Poll;
+        loop {
+            let Poll::Ready(ev) = self.rx.poll_recv(cx) else {
+                return Poll::Pending;
+            };
+            let Some(ev) = ev else {
+                return Poll::Ready(None);
+            };
+            match ev.record(self.encoding) {
+                Ok(r) => return Poll::Ready(Some(Ok(Bytes::from(r)))),
+                // Ruled out for every event the agent writes by allot-mesos' tests.
+                Err(e) => {
+                    tracing::error!(event = %ev.kind, error = %e, "an event could not be encoded; it is left out")
+                }
+            }
+        }
     }
 }
 

@@ -261,7 +261,7 @@ pub fn status_to_v1(s: &pb::TaskStatus) -> v1::TaskStatus {
             pb::StatusSource::SourceUnspecified => None,
             other => Some(other.as_str_name().into()),
         },
-        reason: some(&s.reason),
+        reason: reason_to_v1(&s.reason),
         data: (!s.data.is_empty()).then(|| v1::Bytes(s.data.clone())),
         agent_id: some(&s.agent_id).map(v1::Id::of),
         executor_id: some(&s.executor_id).map(v1::Id::of),
@@ -269,6 +269,20 @@ pub fn status_to_v1(s: &pb::TaskStatus) -> v1::TaskStatus {
         uuid: (!s.uuid.is_empty()).then(|| v1::Bytes(s.uuid.clone())),
         healthy: None,
     }
+}
+
+/// An Allot reason as one of Mesos' `TaskStatus.Reason` names: Mesos' own pass; Allot's own become the
+/// nearest Mesos one (`REASON_PREEMPTED` -> `REASON_CONTAINER_PREEMPTED`, `REASON_AGENT_UNREACHABLE` ->
+/// `REASON_AGENT_DISCONNECTED`) or none (`REASON_TASK_KILLED`, `REASON_STORE_UNAVAILABLE`: the state and
+/// message say it), since a Mesos client may refuse an enum name it does not know.
+pub fn reason_to_v1(reason: &str) -> Option<String> {
+    let mapped = match reason {
+        "" => return None,
+        "REASON_PREEMPTED" => "REASON_CONTAINER_PREEMPTED",
+        "REASON_AGENT_UNREACHABLE" => "REASON_AGENT_DISCONNECTED",
+        other => other,
+    };
+    crate::protobuf::is_enum_value("mesos.v1.TaskStatus.Reason", mapped).then(|| mapped.to_string())
 }
 
 /// A Mesos status in Allot's form (unknown state or source names become unspecified).
@@ -536,6 +550,20 @@ mod tests {
         assert_eq!(v.state, "TASK_FAILED");
         assert_eq!(v.source.as_deref(), Some("SOURCE_AGENT"));
         assert_eq!(status_from_v1(&v), s);
+    }
+
+    #[test]
+    fn reasons_are_mesos_names() {
+        assert_eq!(
+            reason_to_v1("REASON_RECONCILIATION").as_deref(),
+            Some("REASON_RECONCILIATION")
+        );
+        assert_eq!(
+            reason_to_v1("REASON_PREEMPTED").as_deref(),
+            Some("REASON_CONTAINER_PREEMPTED")
+        );
+        assert_eq!(reason_to_v1("REASON_TASK_KILLED"), None);
+        assert_eq!(reason_to_v1(""), None);
     }
 
     #[test]

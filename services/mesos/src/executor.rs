@@ -284,9 +284,12 @@ impl Event {
         }
     }
 
-    /// The event as one RecordIO record of compact JSON (no newline inside).
-    pub fn record(&self) -> Vec<u8> {
-        crate::recordio::json(self)
+    /// The event as one RecordIO record in `encoding` (JSON: compact, no newline inside).
+    ///
+    /// # Errors
+    /// As [`crate::http::Encoding::record`].
+    pub fn record(&self, encoding: crate::http::Encoding) -> Result<Vec<u8>, String> {
+        encoding.record(self)
     }
 }
 
@@ -342,7 +345,7 @@ mod tests {
     #[test]
     fn events_nest_their_payload_under_the_lowercased_type() {
         let ev = Event::acknowledged("t1", vec![7; 16]);
-        let record = ev.record();
+        let record = ev.record(crate::http::Encoding::Json).unwrap();
         let nl = record.iter().position(|b| *b == b'\n').unwrap();
         let json: serde_json::Value = serde_json::from_slice(&record[nl + 1..]).unwrap();
         assert_eq!(record[..nl], *record[nl + 1..].len().to_string().as_bytes());

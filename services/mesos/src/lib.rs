@@ -9,7 +9,8 @@
 //!
 //! Layout: [`recordio`] (framing), [`v1`] (the shared messages: IDs, resources, TaskInfo, TaskStatus, ...),
 //! [`executor`] (the executor API's calls and events), [`scheduler`] (the scheduler API's), [`http`] (the
-//! request checks both APIs share), [`convert`] (to and from `allot.common.v1` and `allot.scheduler.v1`).
+//! request checks both APIs share), [`protobuf`] (the `application/x-protobuf` encoding, by transcoding to
+//! and from the JSON form), [`convert`] (to and from `allot.common.v1` and `allot.scheduler.v1`).
 
 /// The Mesos version Allot speaks (`/version`, SUBSCRIBED's `master_info`, the agents in `/master/state`):
 /// the last release, 1.11.0. Digits and dots only: pymesos parses each part as an integer.
@@ -18,6 +19,7 @@ pub const MESOS_VERSION: &str = "1.11.0";
 pub mod convert;
 pub mod executor;
 pub mod http;
+pub mod protobuf;
 pub mod recordio;
 pub mod scheduler;
 pub mod v1;

@@ -449,9 +449,12 @@ pub struct Failure {
 }
 
 impl Event {
-    /// The event as one RecordIO record of compact JSON (no newline inside).
-    pub fn record(&self) -> Vec<u8> {
-        crate::recordio::json(self)
+    /// The event as one RecordIO record in `encoding` (JSON: compact, no newline inside).
+    ///
+    /// # Errors
+    /// As [`crate::http::Encoding::record`].
+    pub fn record(&self, encoding: crate::http::Encoding) -> Result<Vec<u8>, String> {
+        encoding.record(self)
     }
 
     /// An event of type `kind` with no payload (HEARTBEAT).
