@@ -288,7 +288,8 @@ for a in ${ALLOT_ALLOCATOR//,/ }; do
     --preemption-grace "$preemption_grace" --preemption-min-runtime 1s --metrics-listen "$host:$mport"
   i=$((i + 1))
 done
-# Mesos frameworks (pymesos, ...) reach the brokers' Mesos v1 HTTP API with this principal and secret.
+# Mesos frameworks (pymesos, ...) reach the brokers' Mesos v1 HTTP API with this principal and secret; with it
+# they (and the operator) also read the agents' sandboxes (/files/*, /state on each agent's executor API).
 secret=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 (umask 077; echo "framework-mesos $secret" >"$run/credentials")
 mesos=()
@@ -317,7 +318,8 @@ for ((i = 1; i <= nagents; i++)); do
   metrics_port allot-agent "$at"; agent_m=$mport
   supervise "agent$i" "${in_netns[@]}" "$bin/allot-agent" --listen "$at:$port" --work-dir "$run/agent$i" \
     --resources "cpus:$cpus;mem:$mem_mib;disk:4096;ports:[$lo-$hi]" --attributes "rack:r$i" --hostname "agent$i" \
-    --tls-name "agent-node$i" --kill-tasks-on-stop --metrics-listen "$at:$agent_m"
+    --tls-name "agent-node$i" --kill-tasks-on-stop --metrics-listen "$at:$agent_m" \
+    --credentials "$run/credentials"
 done
 for job in allot-registry allot-allocator allot-offer-broker allot-agent; do
   echo "    metrics $job: $(sed 's#\([^ ]*\)#http://\1/metrics#g' <<<"${metrics[$job]}")"

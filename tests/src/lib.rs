@@ -1176,6 +1176,10 @@ impl Cluster {
             switch_user: true,
             executor_listen: "127.0.0.1:0".into(),
             executor_registration_timeout: Duration::from_secs(20),
+            // The cluster's Mesos credentials (`ClusterOptions::mesos_credentials`) also read sandboxes.
+            credentials: allot_server::config::CredentialsArgs {
+                credentials: Some(self.dir.path().join("credentials")).filter(|p| p.exists()),
+            },
         }
     }
 

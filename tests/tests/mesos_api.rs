@@ -764,3 +764,137 @@ async fn the_mesos_api_serves_https_on_the_same_port_with_a_client_certificate_o
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_sandboxes_and_its_state_to_operators_as_mesos_does() {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        mesos_credentials: Some(CREDENTIALS.into()),
+        ..Default::default()
+    })
+    .await;
+    let agent = cluster.add_agent("cpus:2;mem:512").await;
+    let addr: SocketAddr = std::fs::read_to_string(agent.work_dir.join("executor_endpoint"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut fw = allot_tests::TestFramework::subscribe(&cluster, "files", "*").await;
+    fw.launch(allot_tests::task(
+        "f1",
+        "echo hello from the sandbox; ln -s /etc/passwd escape; sleep 60",
+        0.1,
+        32.0,
+    ))
+    .await;
+    fw.await_state("f1", allot_proto::common::TaskState::TaskRunning)
+        .await;
+    let authed = format!("Connection: close\r\n{}", basic("framework-mesos:s3cret"));
+    let get = |path: String, headers: String| async move {
+        let answer = http(addr, "GET", &path, &headers, "").await;
+        let status = answer.status;
+        (status, answer.body().await)
+    };
+    // Anonymous callers and wrong secrets are refused.
+    assert_eq!(
+        get("/state".into(), "Connection: close\r\n".into()).await.0,
+        401
+    );
+    assert_eq!(
+        get(
+            "/files/debug".into(),
+            format!("Connection: close\r\n{}", basic("framework-mesos:nope"))
+        )
+        .await
+        .0,
+        401
+    );
+    // /state names the command task's sandbox, as Mesos' agent does.
+    let (status, body) = get("/state".into(), authed.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let state: Value = serde_json::from_str(&body).unwrap();
+    let executor = &state["frameworks"][0]["executors"][0];
+    assert_eq!(executor["id"], "f1");
+    assert_eq!(executor["tasks"][0]["state"], "TASK_RUNNING");
+    let dir = executor["directory"].as_str().unwrap().to_string();
+    let debug: Value =
+        serde_json::from_str(&get("/files/debug".into(), authed.clone()).await.1).unwrap();
+    assert!(debug.get(&dir).is_some(), "{debug}");
+    let (_, listing) = get(format!("/files/browse?path={dir}"), authed.clone()).await;
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    let names: Vec<&str> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&format!("{dir}/stdout").as_str()),
+        "{listing}"
+    );
+    let stdout = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == format!("{dir}/stdout"))
+        .unwrap();
+    assert!(
+        stdout["mode"].as_str().unwrap().starts_with("-rw"),
+        "{stdout}"
+    );
+    // read: from an offset, with a length; offset -1 asks for the size.
+    let (status, read) = get(
+        format!("/files/read?path={dir}/stdout&offset=6&length=4"),
+        authed.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{read}");
+    let read: Value = serde_json::from_str(&read).unwrap();
+    assert_eq!(
+        (read["data"].as_str(), read["offset"].as_u64()),
+        (Some("from"), Some(6))
+    );
+    let size: Value = serde_json::from_str(
+        &get(
+            format!("/files/read.json?path={dir}/stdout&offset=-1"),
+            authed.clone(),
+        )
+        .await
+        .1,
+    )
+    .unwrap();
+    assert_eq!(size["offset"], "hello from the sandbox\n".len());
+    assert_eq!(size["data"], "");
+    let (status, bytes) = get(format!("/files/download?path={dir}/stdout"), authed.clone()).await;
+    assert_eq!((status, bytes.as_str()), (200, "hello from the sandbox\n"));
+    // Confined to sandboxes: no way out by `..`, by a link the task made, or to the agent's own files.
+    let work_dir = agent.work_dir.display();
+    for outside in [
+        format!("/files/read?path={dir}/escape"),
+        format!("/files/read?path={dir}/../../../agent_id"),
+        format!("/files/read?path={work_dir}/agent_id"),
+        format!("/files/browse?path={work_dir}/meta"),
+        format!("/files/browse?path={work_dir}/sandboxes"),
+        "/files/read?path=/etc/passwd".to_string(),
+    ] {
+        let (status, body) = get(outside.clone(), authed.clone()).await;
+        assert_eq!(status, 404, "{outside}: {body}");
+    }
+    // Mesos' errors: no path, a directory read, a bad offset.
+    assert_eq!(get("/files/read".into(), authed.clone()).await.0, 400);
+    assert_eq!(
+        get(format!("/files/read?path={dir}"), authed.clone())
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        get(
+            format!("/files/read?path={dir}/stdout&offset=x"),
+            authed.clone()
+        )
+        .await
+        .0,
+        400
+    );
+    fw.kill("f1").await.unwrap();
+}

@@ -121,20 +121,45 @@ async fn call(
 }
 
 /// `GET /state`: the agent as Mesos' agent describes itself (its ID, resources, and each framework's executors
-/// with their sandboxes and tasks), for its executors only (Toil's executor reads it at start): a caller with
-/// one of their tokens, or connecting from one of their process groups; `401` otherwise.
+/// with their sandboxes and tasks). For its executors (Toil's executor reads it at start: a caller with one
+/// of their tokens, or connecting from one of their process groups), the frameworks' executors; for a
+/// principal of `--credentials` (HTTP basic), also each running command task, as Mesos shows it: an executor
+/// whose ID is the task's, with the task's sandbox as its `directory` (readable through `/files`). `401`
+/// otherwise.
 async fn state(
     State(agent): State<Arc<Agent>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     let executors = agent.executors.all();
-    if !is_executor(&agent, peer, &headers, &executors).await {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized: this agent's /state is for its executors",
-        );
-    }
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| a.starts_with("Basic "));
+    let operator = match basic {
+        Some(auth) => {
+            if agent
+                .credentials
+                .as_ref()
+                .and_then(|c| c.authenticate(Some(auth)))
+                .is_none()
+            {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized: wrong principal or secret",
+                );
+            }
+            true
+        }
+        None if is_executor(&agent, peer, &headers, &executors).await => false,
+        None => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: this agent's /state is for its executors and for principals of its \
+                 --credentials file (HTTP basic)",
+            );
+        }
+    };
     let mut frameworks: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
         Default::default();
     for c in &executors {
@@ -170,6 +195,37 @@ async fn state(
                 "completed_tasks": done,
             }));
     }
+    if operator {
+        let running: Vec<((String, String), allot_resources::Resources)> = agent
+            .tasks
+            .lock()
+            .expect("tasks poisoned")
+            .iter()
+            .filter(|((fw, _), _)| !fw.is_empty())
+            .map(|(k, r)| (k.clone(), r.resources.clone()))
+            .collect();
+        for ((fw, task), res) in running {
+            if executors
+                .iter()
+                .any(|c| c.framework_id == fw && c.knows(&task))
+            {
+                continue;
+            }
+            let resources = allot_mesos::convert::flat_resources(&res);
+            frameworks.entry(fw.clone()).or_default().push(serde_json::json!({
+                "id": task,
+                "name": format!("Command Executor (Task: {task})"),
+                "source": task,
+                "container": "",
+                "directory": crate::executor::sandbox_path(&agent.work_dir, &fw, &task).display().to_string(),
+                "resources": resources,
+                "tasks": [{"id": task, "framework_id": fw, "executor_id": "", "slave_id": agent.id(),
+                    "state": "TASK_RUNNING", "resources": resources}],
+                "queued_tasks": [],
+                "completed_tasks": [],
+            }));
+        }
+    }
     let body = serde_json::json!({
         "id": agent.id(),
         "pid": format!("slave(1)@{}", agent.executor_endpoint),
@@ -188,43 +244,54 @@ async fn state(
         .into_response()
 }
 
-/// Whether the caller is one of `executors`: it sends one's token (`Authorization: Bearer`), or, sending none
-/// (pymesos), the process at the other end of its connection from `peer` is in one's process group, which no
-/// other local process can join ([`peer_in_groups`], one pass over `/proc` on a blocking thread).
+/// Whether the caller is one of `executors` ([`which_executor`]).
 async fn is_executor(
     agent: &Agent,
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
     executors: &[Arc<Container>],
 ) -> bool {
+    which_executor(agent, peer, headers, executors)
+        .await
+        .is_some()
+}
+
+/// Which of `executors` the caller is: the one whose token it sends (`Authorization: Bearer`), or, sending
+/// none (pymesos), the one in whose process group the process at the other end of its connection from `peer`
+/// is, which no other local process can join ([`peer_in_groups`], one pass over `/proc` on a blocking thread).
+pub(crate) async fn which_executor(
+    agent: &Agent,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    executors: &[Arc<Container>],
+) -> Option<Arc<Container>> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     if let Some(t) = token {
-        return executors.iter().any(|c| c.token == t);
+        return executors.iter().find(|c| c.token == t).cloned();
     }
-    let Ok(local) = agent.executor_endpoint.parse() else {
-        return false;
-    };
+    let local = agent.executor_endpoint.parse().ok()?;
     let groups: Vec<i32> = executors.iter().map(|c| c.pid.as_raw()).collect();
-    tokio::task::spawn_blocking(move || peer_in_groups(peer, local, &groups))
+    let group = tokio::task::spawn_blocking(move || peer_in_groups(peer, local, &groups))
         .await
-        .unwrap_or(false)
+        .ok()??;
+    executors.iter().find(|c| c.pid.as_raw() == group).cloned()
 }
 
-/// Whether the TCP connection from `peer` to `local` (the executor API's address) belongs to a process in
-/// one of the process groups `pgids`: its socket is found in `/proc/net/tcp` by its two ends, and its inode
-/// among the open files of the groups' processes. Blocking.
-fn peer_in_groups(peer: std::net::SocketAddr, local: std::net::SocketAddr, pgids: &[i32]) -> bool {
-    let Some(inode) = socket_inode(peer, local) else {
-        return false;
-    };
+/// Which of the process groups `pgids` the TCP connection from `peer` to `local` (the executor API's
+/// address) belongs to: its socket is found in `/proc/net/tcp` by its two ends, and its inode among the open
+/// files of the groups' processes. Blocking.
+fn peer_in_groups(
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    pgids: &[i32],
+) -> Option<i32> {
+    let inode = socket_inode(peer, local)?;
     let target = format!("socket:[{inode}]");
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
+    let procs = std::fs::read_dir("/proc").ok()?;
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
@@ -236,9 +303,9 @@ fn peer_in_groups(peer: std::net::SocketAddr, local: std::net::SocketAddr, pgids
                 let (_, rest) = stat.rsplit_once(')')?;
                 rest.split_whitespace().nth(2)?.parse::<i32>().ok()
             });
-        if !group.is_some_and(|g| pgids.contains(&g)) {
+        let Some(group) = group.filter(|g| pgids.contains(g)) else {
             continue;
-        }
+        };
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
@@ -246,10 +313,10 @@ fn peer_in_groups(peer: std::net::SocketAddr, local: std::net::SocketAddr, pgids
             .flatten()
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
         {
-            return true;
+            return Some(group);
         }
     }
-    false
+    None
 }
 
 /// The inode of the socket whose local end is `from` and remote end `to`, from `/proc/net/tcp{,6}`.

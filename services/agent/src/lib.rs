@@ -5,6 +5,7 @@
 //! - [`executor`]: the command executor (one process group per task, sandbox, exit codes, kill);
 //! - [`executors`]: frameworks' own executors (one per framework and executor ID, its tasks in its container);
 //! - [`executor_api`]: Mesos' v1 executor HTTP API, which those executors call;
+//! - [`files`]: the sandboxes over HTTP (`/files/browse`, `read`, `download`, `debug`), as Mesos' agent serves them;
 //! - [`isolation`]: cgroups or rlimits per task;
 //! - [`fence`]: launches run only by the registration they were meant for (no task started by a launch
 //!   a network partition held up after the broker gave it up);
@@ -22,6 +23,7 @@ pub mod executor;
 pub mod executor_api;
 pub mod executors;
 pub mod fence;
+pub mod files;
 pub mod grpc;
 pub mod isolation;
 pub mod sim;
@@ -63,6 +65,10 @@ pub struct Config {
     /// --insecure.
     #[command(flatten)]
     pub tls: allot_server::config::TlsArgs,
+    /// Who may read every sandbox over `/files` and the whole `/state` on the executor API's address
+    /// (HTTP basic; Mesos' `--http_credentials`). Without it, only executors, each its own sandbox.
+    #[command(flatten)]
+    pub credentials: allot_server::config::CredentialsArgs,
     /// Address the broker uses to reach this agent; default: the bound listen address.
     #[arg(long, env = "ALLOT_ADVERTISE")]
     pub advertise: Option<String>,
@@ -229,6 +235,8 @@ pub struct Agent {
     /// start-up is still under way on a blocking thread is then not started (see `executor::Launch::stopped`).
     pub(crate) stopped: CancellationToken,
     pub(crate) total: Resources,
+    /// Principals who may read every sandbox (`--credentials`).
+    pub(crate) credentials: Option<Arc<allot_server::credentials::Credentials>>,
 }
 
 impl Agent {
@@ -631,6 +639,7 @@ pub async fn run(
         brokers,
         total: resources.clone(),
         stopped: CancellationToken::new(),
+        credentials: config.credentials.open()?,
     });
     // However `run` ends (returns, or is dropped as a crashed process would be), the agent has stopped.
     let _stopped = agent.stopped.clone().drop_guard();
@@ -638,7 +647,7 @@ pub async fn run(
     recover_tasks(&agent);
     // Served until `run` returns (aborted with it): executors reach their agent here.
     let _executor_api = {
-        let router = executor_api::router(agent.clone());
+        let router = executor_api::router(agent.clone()).merge(files::router(agent.clone()));
         AbortOnDrop(tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
             if let Err(e) = axum::serve(executor_listener, service).await {
