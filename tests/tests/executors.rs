@@ -454,3 +454,55 @@ async fn a_crashed_agent_reattaches_to_its_running_executor_which_subscribes_aga
     let lost = executor_lost(&mut fw).await;
     assert_eq!(lost.executor_id, "warm");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_that_speaks_protobuf_runs_tasks_and_gets_a_heartbeat() {
+    let cluster = Cluster::start().await;
+    let mut cluster = cluster;
+    let agent = cluster.add_agent("cpus:2;mem:512").await;
+    let mut fw = TestFramework::subscribe(&cluster, "protobuf-executor", "*").await;
+    let mut task = executor_task("p1", "proto", "payload");
+    task.executor.as_mut().unwrap().command = Some(CommandInfo {
+        value: env!("CARGO_BIN_EXE_allot-proto-executor").into(),
+        shell: true,
+        ..Default::default()
+    });
+    fw.launch(task).await;
+    let running = fw.await_state("p1", TaskState::TaskRunning).await;
+    assert_eq!(running.source, StatusSource::SourceExecutor as i32);
+    assert_eq!(running.data, b"payload", "the executor's data");
+    fw.await_state("p1", TaskState::TaskFinished).await;
+    // What the executor received, decoded from protobuf: SUBSCRIBED, the LAUNCH, then a HEARTBEAT at once.
+    let runs = agent
+        .work_dir
+        .join("executors")
+        .join(&fw.id)
+        .join("proto")
+        .join("runs");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("its sandbox");
+    let text =
+        std::fs::read_to_string(run.path().join("events")).expect("the executor's event log");
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds[..3], ["SUBSCRIBED", "LAUNCH", "HEARTBEAT"], "{text}");
+    let subscribed: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        subscribed["subscribed"]["executor_info"]["executor_id"]["value"],
+        "proto"
+    );
+    assert_eq!(
+        subscribed["subscribed"]["framework_info"]["id"]["value"],
+        fw.id.as_str()
+    );
+}

@@ -412,6 +412,8 @@ async fn subscribe(
         container: c,
         subscription: n,
         encoding,
+        // Its first tick is at once: a HEARTBEAT right after the events already queued (SUBSCRIBED, LAUNCH).
+        heartbeat: tokio::time::interval(EXECUTOR_HEARTBEAT_INTERVAL),
     };
     Response::builder()
         .status(StatusCode::OK)
@@ -434,13 +436,19 @@ fn forward_message(agent: &Agent, c: &Container, data: Vec<u8>) {
     });
 }
 
-/// A subscription's events as RecordIO records, one per chunk; dropping it (the executor went away) ends
-/// the subscription.
+/// How often an executor's stream carries a HEARTBEAT event (Mesos' `DEFAULT_EXECUTOR_HEARTBEAT_INTERVAL`), so
+/// that proxies and executors see a live connection; the first follows SUBSCRIBED at once.
+pub const EXECUTOR_HEARTBEAT_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(30 * 60);
+
+/// A subscription's events as RecordIO records, one per chunk, and a HEARTBEAT every
+/// [`EXECUTOR_HEARTBEAT_INTERVAL`]; dropping it (the executor went away) ends the subscription.
 struct EventStream {
     rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
     container: Arc<Container>,
     subscription: u64,
     encoding: Encoding,
+    heartbeat: tokio::time::Interval,
 }
 
 impl tokio_stream::Stream for EventStream {
@@ -452,11 +460,13 @@ impl tokio_stream::Stream for EventStream {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         loop {
-            let Poll::Ready(ev) = self.rx.poll_recv(cx) else {
-                return Poll::Pending;
-            };
-            let Some(ev) = ev else {
-                return Poll::Ready(None);
+            let ev = match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => ev,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => match self.heartbeat.poll_tick(cx) {
+                    Poll::Ready(_) => Event::bare("HEARTBEAT"),
+                    Poll::Pending => return Poll::Pending,
+                },
             };
             match ev.record(self.encoding) {
                 Ok(r) => return Poll::Ready(Some(Ok(Bytes::from(r)))),

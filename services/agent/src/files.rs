@@ -9,9 +9,9 @@
 //!
 //! Paths are the sandbox directories the agent reports (`directory` in its `/state`, `sandbox` in `allot
 //! tasks --json`) and what lies under them: `<work_dir>/sandboxes/<framework>/<task>` for command tasks,
-//! `<work_dir>/executors/<framework>/<executor>` for frameworks' executors. A path is resolved (symbolic links
-//! followed) before it is checked, so neither `..` nor a link a task left in its sandbox reaches anything
-//! else: such a path is `404`, as an unknown one is.
+//! `<work_dir>/executors/<framework>/<executor>/runs/<container>` for frameworks' executors. A path is
+//! resolved (symbolic links followed) before it is checked, so neither `..` nor a link a task left in its
+//! sandbox reaches anything else: such a path is `404`, as an unknown one is.
 //!
 //! Who may read: an operator or framework with HTTP basic credentials from the agent's `--credentials` (Mesos'
 //! `--http_credentials`), every sandbox; an executor (its bearer token, or a connection from its process
@@ -61,7 +61,7 @@ async fn reader(
     agent: &Agent,
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
-) -> Result<Reader, Response> {
+) -> Result<Reader, Refusal> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -85,22 +85,37 @@ async fn reader(
     }
 }
 
-fn unauthorized(why: &str) -> Response {
-    let mut r = plain(StatusCode::UNAUTHORIZED, format!("Unauthorized: {why}"));
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"allot-agent\""),
-    );
-    r
+/// A refusal: the status and a plain-text body (a `401` also names the Basic scheme).
+type Refusal = (StatusCode, String);
+
+fn unauthorized(why: &str) -> Refusal {
+    (StatusCode::UNAUTHORIZED, format!("Unauthorized: {why}"))
 }
 
-fn plain(code: StatusCode, message: impl Into<String>) -> Response {
-    (
+fn plain(code: StatusCode, message: impl Into<String>) -> Refusal {
+    (code, message.into())
+}
+
+/// A plain-text error answer.
+fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
+    answer(plain(code, message))
+}
+
+/// The HTTP answer for a refusal.
+fn answer((code, message): Refusal) -> Response {
+    let mut r = (
         code,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        message.into(),
+        message,
     )
-        .into_response()
+        .into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"allot-agent\""),
+        );
+    }
+    r
 }
 
 fn json(body: &serde_json::Value) -> Response {
@@ -126,7 +141,7 @@ fn roots(work_dir: &Path, reader: &Reader) -> Vec<PathBuf> {
 ///
 /// # Errors
 /// `400` for an empty path, `404` otherwise.
-fn resolve(work_dir: &Path, reader: &Reader, path: &str) -> Result<PathBuf, Response> {
+fn resolve(work_dir: &Path, reader: &Reader, path: &str) -> Result<PathBuf, Refusal> {
     let trimmed = path.trim_end_matches('/');
     if trimmed.is_empty() {
         return Err(plain(
@@ -156,7 +171,7 @@ fn resolve(work_dir: &Path, reader: &Reader, path: &str) -> Result<PathBuf, Resp
 }
 
 /// The `path` query parameter.
-fn path_of(q: &HashMap<String, String>) -> Result<&str, Response> {
+fn path_of(q: &HashMap<String, String>) -> Result<&str, Refusal> {
     q.get("path").map(String::as_str).ok_or_else(|| {
         plain(
             StatusCode::BAD_REQUEST,
@@ -169,7 +184,7 @@ fn path_of(q: &HashMap<String, String>) -> Result<&str, Response> {
 async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"))
+        .unwrap_or_else(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"))
 }
 
 /// `GET /files/browse?path=DIR`.
@@ -181,17 +196,17 @@ async fn browse(
 ) -> Response {
     let reader = match reader(&agent, peer, &headers).await {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(refusal) => return answer(refusal),
     };
     let path = match path_of(&q) {
         Ok(p) => p.trim_end_matches('/').to_string(),
-        Err(answer) => return answer,
+        Err(refusal) => return answer(refusal),
     };
     let work_dir = agent.work_dir.clone();
     blocking(move || {
         let real = match resolve(&work_dir, &reader, &path) {
             Ok(r) => r,
-            Err(answer) => return answer,
+            Err(refusal) => return answer(refusal),
         };
         let mut listing = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&real) {
@@ -260,7 +275,7 @@ fn file_info(path: &str, meta: &std::fs::Metadata) -> serde_json::Value {
 }
 
 /// A query number: absent, or a decimal integer.
-fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Response> {
+fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Refusal> {
     q.get(name)
         .map(|v| {
             v.parse::<i64>().map_err(|e| {
@@ -282,14 +297,14 @@ async fn read(
 ) -> Response {
     let reader = match reader(&agent, peer, &headers).await {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(refusal) => return answer(refusal),
     };
     let (path, offset, length) = match (path_of(&q), number(&q, "offset"), number(&q, "length")) {
         (Ok(p), Ok(o), Ok(l)) => (p.to_string(), o, l),
-        (Err(a), _, _) | (_, Err(a), _) | (_, _, Err(a)) => return a,
+        (Err(a), _, _) | (_, Err(a), _) | (_, _, Err(a)) => return answer(a),
     };
     if offset.is_some_and(|o| o < -1) {
-        return plain(
+        return refuse(
             StatusCode::BAD_REQUEST,
             format!(
                 "Negative offset provided: {}.\n",
@@ -298,7 +313,7 @@ async fn read(
         );
     }
     if length.is_some_and(|l| l < -1) {
-        return plain(
+        return refuse(
             StatusCode::BAD_REQUEST,
             format!(
                 "Negative length provided: {}.\n",
@@ -311,15 +326,15 @@ async fn read(
         use std::io::{Read as _, Seek as _};
         let real = match resolve(&work_dir, &reader, &path) {
             Ok(r) => r,
-            Err(answer) => return answer,
+            Err(refusal) => return answer(refusal),
         };
         if real.is_dir() {
-            return plain(StatusCode::BAD_REQUEST, "Cannot read a directory.\n");
+            return refuse(StatusCode::BAD_REQUEST, "Cannot read a directory.\n");
         }
         let mut file = match std::fs::File::open(&real) {
             Ok(f) => f,
             Err(e) => {
-                return plain(
+                return refuse(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("Failed to open file at '{path}': {e}.\n"),
                 );
@@ -355,11 +370,11 @@ async fn download(
 ) -> Response {
     let reader = match reader(&agent, peer, &headers).await {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(refusal) => return answer(refusal),
     };
     let path = match path_of(&q) {
         Ok(p) => p.to_string(),
-        Err(answer) => return answer,
+        Err(refusal) => return answer(refusal),
     };
     let work_dir = agent.work_dir.clone();
     let resolved = tokio::task::spawn_blocking(move || {
@@ -374,13 +389,13 @@ async fn download(
     .await;
     let real = match resolved {
         Ok(Ok(real)) => real,
-        Ok(Err(answer)) => return answer,
-        Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"),
+        Ok(Err(refusal)) => return answer(refusal),
+        Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"),
     };
     let file = match tokio::fs::File::open(&real).await {
         Ok(f) => f,
         Err(e) => {
-            return plain(
+            return refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("Failed to open file: {e}.\n"),
             );
@@ -415,7 +430,7 @@ async fn debug(
 ) -> Response {
     let reader = match reader(&agent, peer, &headers).await {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(refusal) => return answer(refusal),
     };
     let work_dir = agent.work_dir.clone();
     blocking(move || {
@@ -427,15 +442,19 @@ async fn debug(
         match &reader {
             Reader::Only(sandbox) => add(sandbox.clone()),
             Reader::All => {
-                for d in ["sandboxes", "executors"] {
-                    for fw in std::fs::read_dir(work_dir.join(d))
+                let ls = |p: PathBuf| {
+                    std::fs::read_dir(p)
                         .into_iter()
                         .flatten()
                         .flatten()
-                    {
-                        for one in std::fs::read_dir(fw.path()).into_iter().flatten().flatten() {
-                            add(one.path());
-                        }
+                        .map(|e| e.path())
+                };
+                for fw in ls(work_dir.join("sandboxes")) {
+                    ls(fw).for_each(&mut add);
+                }
+                for fw in ls(work_dir.join("executors")) {
+                    for executor in ls(fw) {
+                        ls(executor.join("runs")).for_each(&mut add);
                     }
                 }
             }
@@ -466,16 +485,28 @@ mod tests {
         let executor = Reader::Only(mine.clone());
         assert!(ok(&executor, &mine));
         assert!(ok(&executor, &mine.join("stdout")));
-        assert!(!ok(&executor, &theirs.join("stdout")), "another executor's sandbox");
-        assert!(!ok(&executor, &mine.join("link")), "a link out of the sandbox");
-        assert!(!ok(&executor, &mine.join("../e2/stdout")), "`..` out of the sandbox");
+        assert!(
+            !ok(&executor, &theirs.join("stdout")),
+            "another executor's sandbox"
+        );
+        assert!(
+            !ok(&executor, &mine.join("link")),
+            "a link out of the sandbox"
+        );
+        assert!(
+            !ok(&executor, &mine.join("../e2/stdout")),
+            "`..` out of the sandbox"
+        );
         assert!(!ok(&executor, &task));
         assert!(ok(&Reader::All, &theirs.join("stdout")));
         assert!(ok(&Reader::All, &task));
         assert!(!ok(&Reader::All, &w.join("meta")), "the agent's own files");
-        assert!(!ok(&Reader::All, &w.join("executors/fw")), "what holds sandboxes");
+        assert!(
+            !ok(&Reader::All, &w.join("executors/fw")),
+            "what holds sandboxes"
+        );
         assert_eq!(
-            resolve(w, &Reader::All, "").unwrap_err().status(),
+            resolve(w, &Reader::All, "").unwrap_err().0,
             StatusCode::BAD_REQUEST
         );
     }
