@@ -104,6 +104,17 @@ allot_http_get() {
 
 # Python with venv and pip (Debian's python3-venv brings ensurepip): the pymesos tests make an environment
 # with pymesos in target/pymesos (tests/pymesos/setup.sh).
+# Node.js and npm (Debian's nodejs and npm), for the Node.js Mesos client the tests run (tests/mesos-framework).
+allot_ensure_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo"
+    echo "==> installing nodejs and npm (Debian packages)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+  fi
+}
+
 allot_ensure_python_venv() {
   if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     local sudo=""

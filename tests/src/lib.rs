@@ -728,6 +728,8 @@ pub struct ClusterOptions {
     /// Serve Mesos' v1 scheduler HTTP API on the leading broker ([`Cluster::mesos_addr`]), with a credentials
     /// file of this text (`principal secret` lines).
     pub mesos_credentials: Option<String>,
+    /// The brokers' `--mesos-anonymous-principal`: Mesos HTTP calls without credentials act as it.
+    pub mesos_anonymous_principal: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -744,6 +746,7 @@ impl Default for ClusterOptions {
             acls: None,
             preemption_grace: None,
             mesos_credentials: None,
+            mesos_anonymous_principal: None,
         }
     }
 }
@@ -886,6 +889,7 @@ async fn start_broker_with(
         allocator: allocators.to_string(),
         heartbeat_interval: opts.heartbeat_interval,
         election: election(opts),
+        mesos_anonymous_principal: opts.mesos_anonymous_principal.clone(),
     };
     Service::spawn_at(addr, move |l, stop| {
         let cfg = cfg.clone();

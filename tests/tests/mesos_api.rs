@@ -310,6 +310,11 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
     let offer = &offers["offers"]["offers"][0];
     assert_eq!(offer["allocation_info"]["role"], "*");
     assert_eq!(offer["resources"][0]["type"], "SCALAR");
+    // The agent's HTTP endpoint, as Mesos' master gives it.
+    assert_eq!(offer["url"]["scheme"], "http");
+    assert_eq!(offer["url"]["path"], "/slave(1)");
+    assert_eq!(offer["url"]["address"]["ip"], "127.0.0.1");
+    assert!(offer["url"]["address"]["port"].as_u64().unwrap() > 0);
     let with_id = format!("Mesos-Stream-Id: {stream_id}\r\n");
 
     // Calls need the current stream ID.

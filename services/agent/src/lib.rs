@@ -558,10 +558,24 @@ impl Node {
                 address,
                 resources: all,
                 attributes: attributes.into_iter().collect(),
+                // Known once the executor API is bound (`run`).
+                http_address: String::new(),
             },
             resources,
             reserved,
         })
+    }
+}
+
+/// The address others reach the agent's HTTP endpoint at: `bound` (`ip:port`), or, bound to every address
+/// (`0.0.0.0`, `::`), the host of `advertised` (the gRPC address the broker uses) with its port.
+fn advertised_http(bound: &str, advertised: &str) -> String {
+    match bound.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let host = advertised.rsplit_once(':').map_or(advertised, |(h, _)| h);
+            format!("{host}:{}", a.port())
+        }
+        _ => bound.to_string(),
     }
 }
 
@@ -594,7 +608,7 @@ pub async fn run(
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let Node {
-        info,
+        mut info,
         resources,
         reserved,
     } = node;
@@ -622,6 +636,7 @@ pub async fn run(
     };
     let (executor_listener, executor_endpoint) =
         bind_executor_api(&config.executor_listen, &work_dir.join("executor_endpoint")).await?;
+    info.http_address = advertised_http(&executor_endpoint, &info.address);
     let agent = Arc::new(Agent {
         agent_id: Mutex::new(checkpointed.clone()),
         fence: fence::Fence::default(),

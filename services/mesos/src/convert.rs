@@ -405,7 +405,22 @@ pub fn offer_to_v1(o: &allot_proto::scheduler::Offer, role: &str) -> crate::sche
         allocation_info: Some(v1::AllocationInfo {
             role: Some(role.to_string()),
         }),
+        url: agent_url(&o.agent_http_address, &o.hostname),
     }
+}
+
+/// An agent's HTTP endpoint `host:port` (none if empty or without a port) as Mesos' `URL`, with `hostname`.
+pub fn agent_url(http_address: &str, hostname: &str) -> Option<crate::scheduler::Url> {
+    let (host, port) = http_address.rsplit_once(':')?;
+    Some(crate::scheduler::Url {
+        scheme: "http".into(),
+        address: crate::scheduler::Address {
+            hostname: Some(hostname.to_string()),
+            ip: Some(host.trim_matches(['[', ']']).to_string()),
+            port: port.parse().ok()?,
+        },
+        path: Some("/slave(1)".into()),
+    })
 }
 
 /// An Allot scheduler event in Mesos' form, for a framework in `role` that is (or is not) `partition_aware`;

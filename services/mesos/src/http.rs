@@ -83,19 +83,34 @@ pub fn parse_call<T: serde::de::DeserializeOwned + Protobuf>(
     }
 }
 
-/// Parses `body` as JSON, then as `T` (the operator API, which speaks JSON only).
+/// Parses `body` as JSON, then as `T` (the operator API, which speaks JSON only). A field whose value is
+/// `null` is taken as absent, as Mesos' JSON parser takes it (clients such as the Node.js `mesos-framework`
+/// send every unset field as `null`).
 ///
 /// # Errors
 /// `400 Failed to parse body into JSON: ...` or `400 Failed to convert JSON into Call protobuf: ...`.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
-    let value: serde_json::Value = serde_json::from_slice(body)
+    let mut value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| (400, format!("Failed to parse body into JSON: {e}")))?;
+    drop_nulls(&mut value);
     serde_json::from_value(value).map_err(|e| {
         (
             400,
             format!("Failed to convert JSON into Call protobuf: {e}"),
         )
     })
+}
+
+/// Removes every object member whose value is `null`, at any depth.
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(members) => {
+            members.retain(|_, v| !v.is_null());
+            members.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 /// For a SUBSCRIBE: the event stream's encoding from its `Accept` header, as Mesos chooses it: JSON when the
@@ -171,6 +186,14 @@ mod tests {
                 .1
                 .contains("convert JSON")
         );
+        // null is absent, as in Mesos.
+        let call: crate::scheduler::Call = parse_call(
+            br#"{"type": "SUBSCRIBE", "framework_id": null, "subscribe": {"framework_info":
+                {"user": "u", "name": "n", "id": null, "capabilities": null, "role": null}}}"#,
+            Encoding::Json,
+        )
+        .unwrap();
+        assert_eq!(call.subscribe.unwrap().framework_info.unwrap().id, None);
         // Field 2 (type) as a length-delimited field: not a Call.
         assert!(
             parse_call::<crate::scheduler::Call>(&[0x12, 0x05, b'h'], Encoding::Protobuf)

@@ -165,7 +165,9 @@ mod tests {
             "id": {"value": "o1"}, "framework_id": {"value": "f1"}, "agent_id": {"value": "a1"},
             "hostname": "h", "resources": resources(),
             "attributes": [{"name": "rack", "type": "TEXT", "text": {"value": "r1"}}],
-            "executor_ids": [{"value": "e1"}], "allocation_info": {"role": "batch"}}]}}));
+            "executor_ids": [{"value": "e1"}], "allocation_info": {"role": "batch"},
+            "url": {"scheme": "http", "address": {"hostname": "h", "ip": "10.0.0.1", "port": 5051},
+                "path": "/slave(1)"}}]}}));
         round_trip::<Event>(json!({"type": "RESCIND", "rescind": {"offer_id": {"value": "o1"}}}));
         round_trip::<Event>(json!({"type": "UPDATE", "update": {"status": status()}}));
         round_trip::<Event>(

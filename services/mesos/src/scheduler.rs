@@ -319,6 +319,22 @@ pub struct Offer {
     /// The role it is allocated to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocation_info: Option<crate::v1::AllocationInfo>,
+    /// The agent's HTTP endpoint (its `/state`, its sandboxes under `/files`), as Mesos' master sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Url>,
+}
+
+/// `URL`: where an agent serves HTTP (`http`, its address, path `/slave(1)`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Url {
+    /// `http`.
+    pub scheme: String,
+    /// Host and port.
+    pub address: Address,
+    /// The agent's process path, `/slave(1)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// `MasterInfo`'s address.

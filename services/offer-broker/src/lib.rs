@@ -89,6 +89,12 @@ pub struct Config {
     /// Credentials for the Mesos HTTP API.
     #[command(flatten)]
     pub credentials: allot_server::config::CredentialsArgs,
+    /// Take Mesos HTTP API calls that carry no credentials as this framework principal (Mesos'
+    /// `--authenticate_http_frameworks=false`, its default, for frameworks that cannot authenticate); the
+    /// ACL file still applies to it. Off by default: such calls are `401`. Wrong credentials are `401`
+    /// either way.
+    #[arg(long, env = "ALLOT_MESOS_ANONYMOUS_PRINCIPAL")]
+    pub mesos_anonymous_principal: Option<String>,
     /// Time between HEARTBEAT events on each framework's stream; unacknowledged updates are re-sent as often.
     #[arg(long, env = "ALLOT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = allot_server::config::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -154,6 +160,7 @@ pub async fn run(
                 leadership.clone(),
                 config.credentials.open()?,
                 !config.tls.insecure,
+                config.mesos_anonymous_principal.clone(),
                 local,
             ));
             tracing::info!(addr = %local, "serving Mesos' v1 scheduler HTTP API");

@@ -61,6 +61,9 @@ pub struct MesosApi {
     credentials: Option<Arc<allot_server::credentials::Credentials>>,
     /// Whether callers must authenticate (a broker with TLS material).
     secured: bool,
+    /// The framework principal callers without credentials are taken as, if any
+    /// (`--mesos-anonymous-principal`).
+    anonymous: Option<String>,
     master: s::MasterInfo,
     streams: Mutex<HashMap<String, Subscription>>,
     started: std::time::Instant,
@@ -69,7 +72,7 @@ pub struct MesosApi {
 impl MesosApi {
     /// A front end for `service` (and its `broker`), served at `addr` (for SUBSCRIBED's `master_info` and
     /// `/redirect`), redirecting to the leader's (found in `store`) while `leadership` says standby; callers
-    /// authenticate against `credentials` when `secured`.
+    /// authenticate against `credentials` when `secured`, or, sending none, are `anonymous` if given.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         service: Arc<SchedulerService>,
@@ -78,6 +81,7 @@ impl MesosApi {
         leadership: allot_server::standby::Leadership,
         credentials: Option<Arc<allot_server::credentials::Credentials>>,
         secured: bool,
+        anonymous: Option<String>,
         addr: std::net::SocketAddr,
     ) -> MesosApi {
         let ip = match addr.ip() {
@@ -95,6 +99,7 @@ impl MesosApi {
             leadership,
             credentials,
             secured,
+            anonymous,
             master: s::MasterInfo {
                 id: allot_common::new_id("master"),
                 ip,
@@ -114,7 +119,8 @@ impl MesosApi {
     }
 
     /// Who calls: the principal of the client certificate of an HTTPS connection (`peer`), else from the
-    /// `Authorization` header a principal of the credentials file, or anonymous on an insecure broker.
+    /// `Authorization` header a principal of the credentials file; without one, the anonymous principal
+    /// (`--mesos-anonymous-principal`) if there is one, or nobody on an insecure broker.
     ///
     /// # Errors
     /// `401` for a wrong credential, or none on a secured broker.
@@ -131,6 +137,12 @@ impl MesosApi {
                 Some(p) => Ok(Caller(Some(p))),
                 None => Err((401, "Unauthorized: wrong principal or secret".into())),
             },
+            (_, None) if self.anonymous.is_some() => Ok(Caller(self.anonymous.as_ref().map(|name| {
+                allot_common::tls::Principal {
+                    name: name.clone(),
+                    kind: "framework".into(),
+                }
+            }))),
             _ if self.secured => Err((
                 401,
                 "Unauthorized: this broker requires HTTP basic authentication (a principal and secret from \

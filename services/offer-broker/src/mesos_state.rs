@@ -141,8 +141,7 @@ fn agent(a: &AgentRecord, alive: bool, s: &Snapshot) -> Value {
     for o in s.offers.iter().filter(|o| o.agent_id == a.agent_id) {
         offered.add(&parsed(&o.resources));
     }
-    let port: u64 = info
-        .address
+    let port: u64 = agent_http(&info)
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or(0);
@@ -153,7 +152,7 @@ fn agent(a: &AgentRecord, alive: bool, s: &Snapshot) -> Value {
         "id": a.agent_id,
         "hostname": info.hostname,
         "port": port,
-        "pid": format!("slave(1)@{}", info.address),
+        "pid": format!("slave(1)@{}", agent_http(&info)),
         "attributes": attributes,
         "registered_time": a.registered_at_ms as f64 / 1000.0,
         "resources": flat(&total),
@@ -483,8 +482,7 @@ fn get_agents(s: &Snapshot) -> Value {
         .iter()
         .map(|(a, alive)| {
             let info = a.info.clone().unwrap_or_default();
-            let port: i64 = info
-                .address
+            let port: i64 = agent_http(&info)
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse().ok())
                 .unwrap_or(0);
@@ -513,7 +511,7 @@ fn get_agents(s: &Snapshot) -> Value {
                 },
                 "active": alive,
                 "version": allot_mesos::MESOS_VERSION,
-                "pid": format!("slave(1)@{}", info.address),
+                "pid": format!("slave(1)@{}", agent_http(&info)),
                 "registered_time": time_info(a.registered_at_ms),
                 "total_resources": allot_mesos::convert::resources_to_v1(&info.resources),
                 "allocated_resources": allocated,
@@ -573,6 +571,15 @@ pub fn operator(
     out.insert("type".into(), json!(kind));
     out.insert(kind.to_ascii_lowercase(), payload);
     Ok(Value::Object(out))
+}
+
+/// Where an agent serves HTTP (Mesos' agent port: its `/state`, `/files`, executor API), or its gRPC address
+/// for an agent that serves none.
+fn agent_http(info: &allot_proto::common::AgentInfo) -> &str {
+    match info.http_address.is_empty() {
+        true => &info.address,
+        false => &info.http_address,
+    }
 }
 
 #[cfg(test)]
@@ -645,6 +652,7 @@ mod tests {
                         address: "10.0.0.1:5053".into(),
                         resources: res("cpus:2;mem:1024;ports:[31000-31005]"),
                         attributes: [("rack".to_string(), "r1".to_string())].into(),
+                        http_address: "10.0.0.1:5051".into(),
                     }),
                     ..Default::default()
                 },
@@ -658,8 +666,9 @@ mod tests {
         let s = snapshot();
         let slaves = slaves(&s, None);
         let a = &slaves["slaves"][0];
-        assert_eq!(a["pid"], "slave(1)@10.0.0.1:5053");
-        assert_eq!(a["port"], 5053);
+        // The agent's HTTP endpoint, where Mesos tools find its /state and /files.
+        assert_eq!(a["pid"], "slave(1)@10.0.0.1:5051");
+        assert_eq!(a["port"], 5051);
         assert_eq!(a["attributes"]["rack"], "r1");
         assert_eq!(a["resources"]["cpus"], 2.0);
         assert_eq!(a["resources"]["gpus"], 0.0);

@@ -169,6 +169,7 @@ impl Broker {
                     hostname: info.hostname,
                     resources: grant.resources,
                     attributes: info.attributes,
+                    agent_http_address: info.http_address,
                 };
                 state.offers.insert(
                     grant.offer_id,
