@@ -462,6 +462,9 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
             .contains("uris"),
         "{error}"
     );
+    // HEARTBEATs keep coming, one per interval (the harness's 2 s, as SUBSCRIBED said).
+    assert_eq!(subscribed["subscribed"]["heartbeat_interval_seconds"], 2.0);
+    stream.next("HEARTBEAT").await;
     // TEARDOWN ends the stream.
     let teardown = json!({"type": "TEARDOWN", "framework_id": {"value": fw}});
     assert_eq!(call(addr, &with_id, &teardown).await.status, 202);
