@@ -293,6 +293,14 @@ impl Event {
     }
 }
 
+impl crate::protobuf::Protobuf for Call {
+    const NAME: &'static str = "mesos.v1.executor.Call";
+}
+
+impl crate::protobuf::Protobuf for Event {
+    const NAME: &'static str = "mesos.v1.executor.Event";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

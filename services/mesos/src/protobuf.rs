@@ -12,23 +12,11 @@ use std::sync::LazyLock;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 
-/// A message of Mesos' HTTP APIs that also has a protobuf form.
+/// A message of Mesos' HTTP APIs that also has a protobuf form (the calls and events of
+/// [`crate::scheduler`] and [`crate::executor`]).
 pub trait Protobuf {
     /// Its full protobuf name, e.g. `mesos.v1.scheduler.Call`.
     const NAME: &'static str;
-}
-
-impl Protobuf for crate::scheduler::Call {
-    const NAME: &'static str = "mesos.v1.scheduler.Call";
-}
-impl Protobuf for crate::scheduler::Event {
-    const NAME: &'static str = "mesos.v1.scheduler.Event";
-}
-impl Protobuf for crate::executor::Call {
-    const NAME: &'static str = "mesos.v1.executor.Call";
-}
-impl Protobuf for crate::executor::Event {
-    const NAME: &'static str = "mesos.v1.executor.Event";
 }
 
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {

@@ -493,6 +493,14 @@ impl Event {
     }
 }
 
+impl crate::protobuf::Protobuf for Call {
+    const NAME: &'static str = "mesos.v1.scheduler.Call";
+}
+
+impl crate::protobuf::Protobuf for Event {
+    const NAME: &'static str = "mesos.v1.scheduler.Event";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
