@@ -503,6 +503,26 @@ async fn the_acl_file_decides_roles_users_and_weights_and_is_read_again_when_it_
         "a task whose executor runs as root",
         a.accept(&offer.offer_id, vec![executor_as_root], 0.0).await,
     );
+    // No reserve_resources rule names framework-a: its RESERVE is refused, and the offer stays its.
+    let reserve = pb::AcceptRequest {
+        framework_id: a.id.clone(),
+        offer_ids: vec![offer.offer_id.clone()],
+        operations: vec![pb::Operation {
+            operation: Some(pb::operation::Operation::Reserve(pb::Reserve {
+                resources: vec![allot_proto::common::Resource {
+                    name: "cpus".into(),
+                    scalar: 1.0,
+                    role: "a".into(),
+                    ..Default::default()
+                }],
+            })),
+        }],
+        filters: None,
+    };
+    denied(
+        "a RESERVE without a reserve_resources rule",
+        a.client.accept(reserve).await,
+    );
     let mut as_nobody = task("ok", "true", 0.5, 64.0);
     as_nobody.command.as_mut().unwrap().user = "nobody".into();
     a.accept(&offer.offer_id, vec![as_nobody], 0.0)

@@ -802,6 +802,109 @@ async fn an_operator_s_dynamic_reservation_goes_to_its_role_and_survives_an_allo
     );
 }
 
+/// ACCEPT with one RESERVE or UNRESERVE operation of `resources` on `offer`.
+async fn change_reservation(
+    fw: &mut TestFramework,
+    offer: &str,
+    reserve: bool,
+    resources: &str,
+    role: &str,
+) -> Result<(), tonic::Status> {
+    let (amount, _) = allot_resources::parse_reservations(resources).expect("resources");
+    let resources = allot_common::convert::piece_to_proto(&Default::default(), &amount, role);
+    let operation = match reserve {
+        true => pb::operation::Operation::Reserve(pb::Reserve { resources }),
+        false => pb::operation::Operation::Unreserve(pb::Unreserve { resources }),
+    };
+    fw.client
+        .accept(pb::AcceptRequest {
+            framework_id: fw.id.clone(),
+            offer_ids: vec![offer.to_string()],
+            operations: vec![pb::Operation {
+                operation: Some(operation),
+            }],
+            filters: None,
+        })
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_reserves_part_of_an_offer_for_its_role_and_unreserves_it() {
+    let mut cluster = Cluster::start().await;
+    let mut db = TestFramework::subscribe(&cluster, "db", "db").await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    let offer = db.offers().await.remove(0);
+    // What the offer does not hold, a role that is not the framework's, untagged resources: refused, and
+    // the offer stays the framework's.
+    for (resources, role, why) in [
+        ("cpus:3", "db", "more than offered"),
+        ("cpus:1", "web", "another role"),
+    ] {
+        let e = change_reservation(&mut db, &offer.offer_id, true, resources, role)
+            .await
+            .expect_err(why);
+        assert_eq!(e.code(), Code::InvalidArgument, "{why}: {e:?}");
+    }
+    change_reservation(&mut db, &offer.offer_id, true, "cpus:1;mem:128", "db")
+        .await
+        .expect("RESERVE");
+    // The next offers carry the reservation, tagged with the role; a task launched on it keeps the tag.
+    let reserved_offer = loop {
+        let offers = db.offers().await;
+        if let Some(o) = offers.into_iter().find(|o| {
+            o.resources
+                .iter()
+                .any(|r| r.role == "db" && r.name == "cpus" && r.scalar == 1.0)
+        }) {
+            break o;
+        }
+    };
+    let listed = cluster.allot(&["reservations", "--json"]);
+    assert!(listed.contains("\"cpus:1;mem:128\""), "{listed}");
+    // A second framework of another role is offered only the unreserved rest.
+    let mut web = TestFramework::subscribe(&cluster, "web", "web").await;
+    db.decline(&reserved_offer.offer_id, 3600.0)
+        .await
+        .expect("decline");
+    let web_offer = web.offers().await.remove(0);
+    assert!(
+        web_offer.resources.iter().all(|r| r.role.is_empty()),
+        "web is offered nothing reserved: {:?}",
+        web_offer.resources
+    );
+    web.decline(&web_offer.offer_id, 3600.0)
+        .await
+        .expect("decline");
+    // UNRESERVE gives the resources back to everyone.
+    db.client
+        .revive(pb::ReviveRequest {
+            framework_id: db.id.clone(),
+        })
+        .await
+        .expect("revive");
+    let again = loop {
+        let offers = db.offers().await;
+        if let Some(o) = offers
+            .into_iter()
+            .find(|o| o.resources.iter().any(|r| r.role == "db"))
+        {
+            break o;
+        }
+    };
+    let e = change_reservation(&mut db, &again.offer_id, false, "cpus:2", "db")
+        .await
+        .expect_err("more than is reserved");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    change_reservation(&mut db, &again.offer_id, false, "cpus:1;mem:128", "db")
+        .await
+        .expect("UNRESERVE");
+    eventually("the reservation is gone", || async {
+        cluster.allot(&["reservations", "--json"]).trim() == "[]"
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starved_role_reaches_its_fair_share_by_preemption_within_the_grace() {
     let grace = Duration::from_secs(2);

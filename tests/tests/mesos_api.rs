@@ -906,3 +906,71 @@ async fn the_agent_serves_sandboxes_and_its_state_to_operators_as_mesos_does() {
     );
     fw.kill("f1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesos_framework_reserves_and_unreserves_with_accept() {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        mesos_credentials: Some(CREDENTIALS.into()),
+        ..Default::default()
+    })
+    .await;
+    cluster.add_agent("cpus:2;mem:512").await;
+    let addr = cluster.mesos_addr.expect("the Mesos API");
+    let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {
+        "user": allot_tests::current_user(), "name": "reserver", "roles": ["db"],
+        "capabilities": [{"type": "MULTI_ROLE"}]}}});
+    let mut stream = call(addr, "", &subscribe).await;
+    assert_eq!(stream.status, 200);
+    let stream_id = stream.header("mesos-stream-id").unwrap().to_string();
+    let fw = stream.next("SUBSCRIBED").await["subscribed"]["framework_id"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with_id = format!("Mesos-Stream-Id: {stream_id}\r\n");
+    let cpus = |role: &str| {
+        json!([{"name": "cpus", "type": "SCALAR", "scalar": {"value": 1.0},
+            "reservations": [{"type": "DYNAMIC", "role": role}]}])
+    };
+    let op = |kind: &str, offer: &Value, resources: Value| {
+        let key = kind.to_ascii_lowercase();
+        json!({"type": "ACCEPT", "framework_id": {"value": fw}, "accept": {
+            "offer_ids": [offer["id"]],
+            "operations": [{"type": kind, key: {"resources": resources}}],
+            "filters": {"refuse_seconds": 0}}})
+    };
+    let offers = stream.next("OFFERS").await;
+    let offer = offers["offers"]["offers"][0].clone();
+    // For a role the framework is not in: 400, the offer is still its.
+    let answer = call(addr, &with_id, &op("RESERVE", &offer, cpus("web"))).await;
+    let status = answer.status;
+    assert_eq!(status, 400, "{}", answer.body().await);
+    let answer = call(addr, &with_id, &op("RESERVE", &offer, cpus("db"))).await;
+    let status = answer.status;
+    assert_eq!(status, 202, "{}", answer.body().await);
+    // The next offer holds one CPU reserved for db.
+    let reserved = loop {
+        let offers = stream.next("OFFERS").await;
+        let o = offers["offers"]["offers"][0].clone();
+        if o["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "cpus" && r["role"] == "db")
+        {
+            break o;
+        }
+    };
+    let answer = call(addr, &with_id, &op("UNRESERVE", &reserved, cpus("db"))).await;
+    let status = answer.status;
+    assert_eq!(status, 202, "{}", answer.body().await);
+    let offers = stream.next("OFFERS").await;
+    let o = &offers["offers"]["offers"][0];
+    assert!(
+        o["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["role"] == "*"),
+        "unreserved again: {o}"
+    );
+}

@@ -334,7 +334,7 @@ impl ReservationsService {
         } else {
             "unreserve_resources"
         };
-        let object = format!(
+        let mut object = format!(
             "{} on agent {} for role {}",
             allot_common::convert::pieces_from_proto(&r.resources)
                 .map(|(u, _)| u.to_string())
@@ -342,15 +342,22 @@ impl ReservationsService {
             r.agent_id,
             r.role
         );
+        if !r.principal.is_empty() {
+            object.push_str(&format!(" (framework principal {})", r.principal));
+        }
         let result = async {
-            caller.require(&["operator"], action, &object)?;
-            allot_server::authz::check_acl(
-                self.1.as_deref(),
-                &caller,
-                action,
-                &[&r.role],
-                &object,
-            )?;
+            // An operator, or the offer-broker for a framework's RESERVE or UNRESERVE, which it authorized
+            // against the ACL file for the framework's principal.
+            caller.require(&["operator", "service"], action, &object)?;
+            if !caller.is(&["service"]) {
+                allot_server::authz::check_acl(
+                    self.1.as_deref(),
+                    &caller,
+                    action,
+                    &[&r.role],
+                    &object,
+                )?;
+            }
             let reservations = self
                 .0
                 .change(&r.agent_id, &r.role, &r.resources, reserve)

@@ -508,6 +508,7 @@ pub async fn reserve(
         agent_id: args.agent.clone(),
         role: args.role.clone(),
         resources,
+        principal: String::new(),
     };
     let mut client = ReservationsClient::new(leader(addr).await?);
     let answer = if reserve {

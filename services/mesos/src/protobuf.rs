@@ -214,7 +214,9 @@ mod tests {
         round_trip::<Call>(
             json!({"type": "ACCEPT", "framework_id": {"value": "f1"}, "accept": {
             "offer_ids": [{"value": "o1"}],
-            "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task()]}}],
+            "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task()]}},
+                {"type": "RESERVE", "reserve": {"resources": resources()}},
+                {"type": "UNRESERVE", "unreserve": {"resources": resources()}}],
             "filters": {"refuse_seconds": 1.0}}}),
         );
         round_trip::<Call>(json!({"type": "DECLINE", "framework_id": {"value": "f1"},

@@ -22,7 +22,16 @@ pub struct Launch {
     pub task_infos: Vec<TaskInfo>,
 }
 
-/// `Offer.Operation`: Allot carries `LAUNCH`.
+/// `Offer.Operation.Reserve` and `.Unreserve`: resources with their reservation (`reservations`, the last
+/// one's role; or the pre-1.9 `role`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Reservation {
+    /// The resources.
+    pub resources: Vec<crate::v1::Resource>,
+}
+
+/// `Offer.Operation`: Allot carries `LAUNCH`, `RESERVE` and `UNRESERVE`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Operation {
@@ -32,6 +41,12 @@ pub struct Operation {
     /// For LAUNCH.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub launch: Option<Launch>,
+    /// For RESERVE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<Reservation>,
+    /// For UNRESERVE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreserve: Option<Reservation>,
 }
 
 /// `Call.Subscribe`.

@@ -156,15 +156,61 @@ impl Scheduler for SchedulerService {
         let r = request.into_inner();
         self.authorize(&caller, &r.framework_id, "run_tasks")?;
         let mut tasks = Vec::new();
+        let mut reservations = Vec::new();
         for op in r.operations {
             match op.operation {
                 Some(operation::Operation::Launch(l)) => tasks.extend(l.task_infos),
+                Some(operation::Operation::Reserve(x)) => reservations.push((true, x.resources)),
+                Some(operation::Operation::Unreserve(x)) => reservations.push((false, x.resources)),
                 None => {
                     return Err(Status::invalid_argument(
-                        "an operation has no type (expected LAUNCH)",
+                        "an operation has no type (expected LAUNCH, RESERVE or UNRESERVE)",
                     ));
                 }
             }
+        }
+        if !reservations.is_empty() {
+            if !tasks.is_empty() {
+                return Err(Status::invalid_argument(
+                    "RESERVE and UNRESERVE cannot share an ACCEPT with LAUNCH: reserve first, then launch on the \
+                     offers that follow (they carry the reservation)",
+                ));
+            }
+            // reserve_resources / unreserve_resources for each role named, as for an operator's reservation.
+            for (reserve, resources) in &reservations {
+                let action = match reserve {
+                    true => "reserve_resources",
+                    false => "unreserve_resources",
+                };
+                let roles: std::collections::BTreeSet<&str> = resources
+                    .iter()
+                    .map(|r| r.role.as_str())
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                let roles: Vec<&str> = roles.into_iter().collect();
+                authz::check_acl(
+                    self.1.as_deref(),
+                    &caller,
+                    action,
+                    &roles,
+                    &format!("for role(s) {}", roles.join(", ")),
+                )?;
+            }
+            let principal = caller
+                .principal()
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            let refuse = r.filters.and_then(|f| f.refuse_seconds);
+            self.0
+                .accept_reservations(
+                    &r.framework_id,
+                    r.offer_ids,
+                    reservations,
+                    refuse,
+                    &principal,
+                )
+                .await?;
+            return Ok(Response::new(pb::AcceptResponse {}));
         }
         if self.1.is_some() && caller.principal().is_some() {
             // run_tasks: every task's user (its command's, or its executor's command's for a task of a framework's

@@ -713,6 +713,45 @@ async fn scheduler(
     }
 }
 
+/// ACCEPT with RESERVE and UNRESERVE operations only: `202` when the broker applied them (the offers come
+/// again with the reservation), `400` with the reason when it refused them (as Mesos' validation does for
+/// an invalid operation), `503` when the allocator cannot be reached.
+async fn accept_reservations(
+    api: &MesosApi,
+    framework: &str,
+    offer_ids: Vec<String>,
+    reservations: Vec<(bool, Vec<allot_mesos::v1::Resource>)>,
+    refuse_seconds: Option<f64>,
+    caller: &Caller,
+) -> Response {
+    let mut operations = Vec::new();
+    for (reserve, resources) in reservations {
+        let resources = match allot_mesos::convert::resources_from_v1(&resources) {
+            Ok(r) => r,
+            Err(why) => return refuse(400, format!("Failed to validate scheduler::Call: {why}")),
+        };
+        operations.push(pb::Operation {
+            operation: Some(match reserve {
+                true => pb::operation::Operation::Reserve(pb::Reserve { resources }),
+                false => pb::operation::Operation::Unreserve(pb::Unreserve { resources }),
+            }),
+        });
+    }
+    let r = api
+        .service
+        .accept(caller.request(pb::AcceptRequest {
+            framework_id: framework.into(),
+            offer_ids,
+            operations,
+            filters: Some(pb::Filters { refuse_seconds }),
+        }))
+        .await;
+    match r {
+        Ok(_) => accepted(),
+        Err(e) => refusal(&e),
+    }
+}
+
 /// A best-effort call (MESSAGE, SHUTDOWN): an executor that is not there is not an error, as in Mesos.
 fn best_effort(r: Result<(), tonic::Status>) -> Result<(), tonic::Status> {
     match r {
@@ -759,16 +798,37 @@ async fn accept(
 ) -> Response {
     let mut tasks = Vec::new();
     let mut unsupported = None;
+    let mut reservations = Vec::new();
     for op in operations {
-        match (op.kind.as_deref(), op.launch) {
-            (Some("LAUNCH") | None, Some(l)) => tasks.extend(l.task_infos),
-            (kind, _) => {
+        match (op.kind.as_deref(), op.launch, op.reserve, op.unreserve) {
+            (Some("LAUNCH") | None, Some(l), ..) => tasks.extend(l.task_infos),
+            (Some("RESERVE"), _, Some(r), _) => reservations.push((true, r.resources)),
+            (Some("UNRESERVE"), _, _, Some(r)) => reservations.push((false, r.resources)),
+            (kind, ..) => {
                 unsupported = Some(format!(
-                    "operation {} is not supported by Allot (LAUNCH is)",
+                    "operation {} is not supported by Allot (LAUNCH, RESERVE and UNRESERVE are)",
                     kind.unwrap_or("without a type")
                 ))
             }
         }
+    }
+    if unsupported.is_none() && !reservations.is_empty() && tasks.is_empty() {
+        return accept_reservations(
+            api,
+            framework,
+            offer_ids,
+            reservations,
+            refuse_seconds,
+            caller,
+        )
+        .await;
+    }
+    if !reservations.is_empty() && unsupported.is_none() {
+        unsupported = Some(
+            "RESERVE and UNRESERVE cannot share an ACCEPT with LAUNCH in Allot: reserve first, then launch on \
+             the offers that follow"
+                .into(),
+        );
     }
     let converted: Result<Vec<_>, String> = match unsupported {
         Some(why) => Err(why),

@@ -304,6 +304,107 @@ impl Broker {
         Ok(n)
     }
 
+    /// ACCEPT with RESERVE and UNRESERVE operations (Mesos' dynamic reservations by a framework, its
+    /// `docs/reservation.md`): each of `changes` is (`reserve`, resources of the offers, each tagged with one of
+    /// the framework's roles), applied in order through the allocator for framework principal `principal`. The
+    /// offers are used up: the allocator rescinds them as it changes the agent's reservations, and offers the
+    /// agent again with its resources reserved (or no longer) for the role. Returns the number of changes made.
+    ///
+    /// # Errors
+    /// [`Error::NotSubscribed`], [`Error::TornDown`], [`Error::UnknownOffer`], [`Error::Rescinded`];
+    /// [`Error::Invalid`] for resources that are not scalars tagged with one of the framework's roles, that the
+    /// offers do not hold unreserved (RESERVE) or reserved for the role (UNRESERVE), or that the allocator
+    /// refuses (its reason); [`Error::Allocator`]. Changes made before a failing one stay; the offers go back
+    /// to the allocator.
+    pub async fn accept_reservations(
+        self: &Arc<Self>,
+        fw: &str,
+        offer_ids: Vec<String>,
+        changes: Vec<(bool, Vec<allot_proto::common::Resource>)>,
+        refuse_seconds: Option<f64>,
+        principal: &str,
+    ) -> Result<usize, Error> {
+        let (agent_id, refuse, planned) = {
+            let mut state = self.lock();
+            state.check_subscribed(fw)?;
+            let refuse = refuse_of(refuse_seconds, DEFAULT_REFUSE_SECONDS)?;
+            let (agent_id, _) = state.check_offers(fw, &offer_ids)?;
+            let roles = state
+                .frameworks
+                .get(fw)
+                .and_then(|f| f.record.info.as_ref())
+                .map(|i| i.roles.clone())
+                .unwrap_or_default();
+            let mut offered: Vec<allot_proto::common::Resource> = Vec::new();
+            for id in &offer_ids {
+                offered.extend(state.offer(fw, id)?.offer.resources.iter().cloned());
+            }
+            let (mut free, mut held) = allot_common::convert::pieces_from_proto(&offered)
+                .map_err(|e| Error::Invalid(format!("the offers' resources: {e}")))?;
+            let mut planned = Vec::new();
+            for (reserve, resources) in changes {
+                let op = if reserve { "RESERVE" } else { "UNRESERVE" };
+                let (untagged, tagged) = allot_common::convert::pieces_from_proto(&resources)
+                    .map_err(|e| Error::Invalid(format!("{op}: {e}")))?;
+                let mut tagged = tagged.into_iter();
+                let (role, amount) = match (untagged.is_empty(), tagged.next(), tagged.next()) {
+                    (true, Some(one), None) => one,
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "{op}: give resources tagged with one role, the one to reserve them for"
+                        )));
+                    }
+                };
+                if !roles.contains(&role) {
+                    return Err(Error::Invalid(format!(
+                        "{op}: role {role} is not one of the framework's roles ({})",
+                        roles.join(", ")
+                    )));
+                }
+                let role_held = held.entry(role.clone()).or_default();
+                if reserve {
+                    if !free.contains(&amount) {
+                        return Err(Error::Invalid(format!(
+                            "RESERVE of {amount}: the offers hold {free} unreserved"
+                        )));
+                    }
+                    free.subtract(&amount);
+                    role_held.add(&amount);
+                } else {
+                    if !role_held.contains(&amount) {
+                        return Err(Error::Invalid(format!(
+                            "UNRESERVE of {amount}: the offers hold {role_held} reserved for role {role}"
+                        )));
+                    }
+                    role_held.subtract(&amount);
+                    free.add(&amount);
+                }
+                planned.push((
+                    reserve,
+                    role,
+                    allot_common::convert::resources_to_proto(&amount),
+                ));
+            }
+            state.take_offers_for_accept(&offer_ids)?;
+            (agent_id, refuse, planned)
+        };
+        let mut done = 0;
+        for (reserve, role, resources) in planned {
+            if let Err(e) = self
+                .allocator
+                .change_reservation(&agent_id, &role, resources, reserve, principal)
+                .await
+            {
+                self.allocator.recover(offer_ids, 0.0, Vec::new()).await;
+                return Err(e);
+            }
+            done += 1;
+        }
+        // Rescinded by the allocator as it applied the changes: the filter applies to what remains, if any.
+        self.allocator.recover(offer_ids, refuse, Vec::new()).await;
+        Ok(done)
+    }
+
     /// Answers each task of a refused ACCEPT with TASK_ERROR or TASK_DROPPED (see [`Broker::accept`]).
     fn answer_refused(&self, fw: &str, asked: &[(String, String)], e: &Error) {
         let (state, reason) = match e {

@@ -465,7 +465,7 @@ impl State {
     ///
     /// # Errors
     /// [`Error::UnknownOffer`] if it is not outstanding or is another framework's.
-    fn offer(&self, fw: &str, id: &str) -> Result<&OfferEntry, Error> {
+    pub(crate) fn offer(&self, fw: &str, id: &str) -> Result<&OfferEntry, Error> {
         self.offers
             .get(id)
             .filter(|o| o.offer.framework_id == fw)

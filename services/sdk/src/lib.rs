@@ -188,6 +188,9 @@ const MAX_ACKS_PER_CALL: usize = 1024;
 #[derive(Debug)]
 enum Call {
     Accept(Vec<String>, Vec<TaskInfo>, Option<f64>),
+    /// An ACCEPT with RESERVE (`true`) or UNRESERVE operations: `(offer_ids, reserve, resources tagged with
+    /// the role)`.
+    Reservation(Vec<String>, bool, Vec<Resource>),
     Decline(Vec<String>, Option<f64>),
     Revive,
     Suppress,
@@ -209,14 +212,14 @@ impl Call {
     fn pipelined(&self) -> bool {
         matches!(
             self,
-            Call::Accept(..) | Call::Decline(..) | Call::Acknowledge(..)
+            Call::Accept(..) | Call::Reservation(..) | Call::Decline(..) | Call::Acknowledge(..)
         )
     }
 
     /// The call's name in the scheduler API (`ACCEPT`, `ACKNOWLEDGE`, ...).
     fn name(&self) -> &'static str {
         match self {
-            Call::Accept(..) => "ACCEPT",
+            Call::Accept(..) | Call::Reservation(..) => "ACCEPT",
             Call::Decline(..) => "DECLINE",
             Call::Revive => "REVIVE",
             Call::Suppress => "SUPPRESS",
@@ -262,6 +265,27 @@ impl Driver {
         refuse_seconds: Option<f64>,
     ) {
         self.call(Call::Accept(offer_ids, tasks, refuse_seconds));
+    }
+
+    /// ACCEPT `offer_ids` (all on one agent) with a RESERVE (`reserve`) or UNRESERVE of `resources` for `role`
+    /// (Mesos' dynamic reservation, one of the framework's roles; `resources` as `cpus:1;mem:512`, scalars,
+    /// mem in MiB). The offers are used up; the agent comes back in later offers with the resources reserved
+    /// for the role (or no longer). A refusal (resources the offers do not hold, another role, the ACL file)
+    /// is reported to [`Scheduler::error`].
+    ///
+    /// # Errors
+    /// `resources` that do not parse (nothing is sent).
+    pub fn reserve(
+        &self,
+        offer_ids: Vec<String>,
+        reserve: bool,
+        role: &str,
+        resources: &str,
+    ) -> Result<(), allot_resources::ResourcesError> {
+        let amount: allot_resources::Resources = resources.parse()?;
+        let tagged = allot_common::convert::piece_to_proto(&Default::default(), &amount, role);
+        self.call(Call::Reservation(offer_ids, reserve, tagged));
+        Ok(())
     }
 
     /// DECLINE `offer_ids`, filtering their agents for `refuse_seconds` (default 5; 0 for no filter).
@@ -477,6 +501,22 @@ async fn run_calls(
                             })),
                         }],
                         filters: filters(r),
+                    })
+                    .await
+                    .map(|_| ()),
+                Call::Reservation(offer_ids, reserve, resources) => client
+                    .accept(pb::AcceptRequest {
+                        framework_id: fw,
+                        offer_ids,
+                        operations: vec![Operation {
+                            operation: Some(match reserve {
+                                true => operation::Operation::Reserve(pb::Reserve { resources }),
+                                false => {
+                                    operation::Operation::Unreserve(pb::Unreserve { resources })
+                                }
+                            }),
+                        }],
+                        filters: None,
                     })
                     .await
                     .map(|_| ()),
@@ -811,8 +851,18 @@ mod tests {
         ) -> Result<Response<pb::AcceptResponse>, Status> {
             {
                 let mut seen = self.seen.lock().unwrap();
-                seen.calls
-                    .push(format!("ACCEPT {}", r.get_ref().offer_ids.join(",")));
+                let mut note = format!("ACCEPT {}", r.get_ref().offer_ids.join(","));
+                for op in &r.get_ref().operations {
+                    let (kind, resources) = match &op.operation {
+                        Some(operation::Operation::Reserve(x)) => ("RESERVE", &x.resources),
+                        Some(operation::Operation::Unreserve(x)) => ("UNRESERVE", &x.resources),
+                        _ => continue,
+                    };
+                    for r in resources {
+                        note.push_str(&format!(" {kind} {}:{}({})", r.name, r.scalar, r.role));
+                    }
+                }
+                seen.calls.push(note);
                 seen.accepts_open += 1;
                 seen.most_accepts_open = seen.most_accepts_open.max(seen.accepts_open);
             }
@@ -1029,6 +1079,67 @@ mod tests {
         let expected: Vec<String> = (1..=6).map(|i| format!("ACCEPT o{i}")).collect();
         assert_eq!(accepts, expected);
         assert_eq!(seen.calls[6..], ["SUPPRESS", "ACKNOWLEDGE x2", "TEARDOWN"]);
+        server.abort();
+    }
+
+    /// Reserves a CPU of the first offer for role `db`, then tears down.
+    struct ReserveOne;
+
+    impl Scheduler for ReserveOne {
+        fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
+            assert!(
+                driver
+                    .reserve(vec![offers[0].offer_id.clone()], true, "db", "cpus:x")
+                    .is_err(),
+                "resources that do not parse are refused before anything is sent"
+            );
+            driver
+                .reserve(vec![offers[0].offer_id.clone()], true, "db", "cpus:1")
+                .expect("resources");
+            driver.teardown();
+        }
+
+        fn status_update(&mut self, _: &Driver, _: &TaskStatus) {}
+    }
+
+    #[tokio::test]
+    async fn a_reservation_is_an_accept_with_a_reserve_operation_tagged_with_the_role() {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let events = Arc::new(Mutex::new(None));
+        let (addr, server) = serve(Recorder {
+            seen: seen.clone(),
+            gate: Arc::new(Semaphore::new(100)),
+            events: events.clone(),
+            fail_accepts: false,
+        })
+        .await;
+        let driver = tokio::spawn(run(
+            DriverConfig::new(&addr, framework_info("reserve-one", "db"))
+                .with_dialer(allot_common::grpc::Dialer::plaintext()),
+            ReserveOne,
+        ));
+        until(|| events.lock().unwrap().is_some()).await;
+        let offer = Offer {
+            offer_id: "o1".into(),
+            agent_id: "a1".into(),
+            ..Default::default()
+        };
+        push(
+            &events,
+            event::Event::Offers(pb::Offers {
+                offers: vec![offer],
+            }),
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .expect("the driver ends after TEARDOWN")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            seen.lock().unwrap().calls,
+            ["ACCEPT o1 RESERVE cpus:1(db)", "TEARDOWN"]
+        );
         server.abort();
     }
 

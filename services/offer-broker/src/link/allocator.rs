@@ -81,6 +81,51 @@ impl AllocatorLink {
         }
     }
 
+    /// Changes role `role`'s dynamic reservation on agent `agent` by `resources` (untagged scalars): adds them
+    /// (`reserve`) or takes them away, for framework principal `principal` (a framework's RESERVE or UNRESERVE,
+    /// which the broker authorized). The allocator checks the agent's books, applies the change, rescinds the
+    /// agent's outstanding offers and records it in etcd.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] with the allocator's reason when it refuses the change (the resources are not free,
+    /// or not reserved for the role); [`Error::Allocator`] when it cannot be reached.
+    pub async fn change_reservation(
+        &self,
+        agent: &str,
+        role: &str,
+        resources: Vec<allot_proto::common::Resource>,
+        reserve: bool,
+        principal: &str,
+    ) -> Result<(), Error> {
+        use allot_proto::allocator::{ReserveRequest, reservations_client::ReservationsClient};
+        let req = ReserveRequest {
+            agent_id: agent.to_string(),
+            role: role.to_string(),
+            resources,
+            principal: principal.to_string(),
+        };
+        let answer = self
+            .replicas
+            .call(|ch| {
+                let req = req.clone();
+                async move {
+                    let mut c = ReservationsClient::new(ch);
+                    match reserve {
+                        true => c.reserve(req).await,
+                        false => c.unreserve(req).await,
+                    }
+                }
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(s) if !allot_common::grpc::transient(s.code()) => {
+                Err(Error::Invalid(s.message().to_string()))
+            }
+            Err(s) => Err(Error::Allocator(s.message().to_string())),
+        }
+    }
+
     /// The replicas (to learn from a failed stream).
     pub fn replicas(&self) -> &Replicas {
         &self.replicas
