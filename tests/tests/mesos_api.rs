@@ -337,21 +337,7 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
     let status = accepted.status;
     assert_eq!(status, 202, "{}", accepted.body().await);
     // Every update is acknowledged, as pymesos does; the task finishes.
-    loop {
-        let update = stream.next("UPDATE").await;
-        let status = &update["update"]["status"];
-        assert_eq!(status["task_id"]["value"], "t1");
-        let ack = json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw}, "acknowledge": {
-            "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}});
-        assert_eq!(call(addr, &with_id, &ack).await.status, 202);
-        if status["state"] == "TASK_FINISHED" {
-            break;
-        }
-        assert!(
-            ["TASK_STARTING", "TASK_RUNNING"].contains(&status["state"].as_str().unwrap()),
-            "{status}"
-        );
-    }
+    ack_until_finished(&mut stream, false, addr, &with_id, &fw, "t1").await;
     let bad_uuid = json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw}, "acknowledge": {
         "agent_id": {"value": "a"}, "task_id": {"value": "t1"}, "uuid": "YmFkLXV1aWQ="}});
     let answer = call(addr, &with_id, &bad_uuid).await;
@@ -471,6 +457,41 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
     while stream.event().await.is_some() {}
 }
 
+/// Acknowledges every update of task `task` on `stream` (in protobuf when `protobuf`), as pymesos does, until
+/// TASK_FINISHED; the updates before it must be TASK_STARTING or TASK_RUNNING.
+async fn ack_until_finished(
+    stream: &mut Answer,
+    protobuf: bool,
+    addr: SocketAddr,
+    with_id: &str,
+    fw: &str,
+    task: &str,
+) {
+    loop {
+        let update = match protobuf {
+            true => stream.next_proto("UPDATE").await,
+            false => stream.next("UPDATE").await,
+        };
+        let status = &update["update"]["status"];
+        assert_eq!(status["task_id"]["value"], task);
+        // uuid: 16 bytes, base64 in the JSON form; a protobuf ACKNOWLEDGE carries the raw bytes.
+        let ack = json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw}, "acknowledge": {
+            "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}});
+        let answer = match protobuf {
+            true => proto_call(addr, with_id, &ack).await,
+            false => call(addr, with_id, &ack).await,
+        };
+        assert_eq!(answer.status, 202);
+        if status["state"] == "TASK_FINISHED" {
+            return;
+        }
+        assert!(
+            ["TASK_STARTING", "TASK_RUNNING"].contains(&status["state"].as_str().unwrap()),
+            "{status}"
+        );
+    }
+}
+
 /// A POST of `call` (its JSON form) to the scheduler API as `framework-mesos`, encoded as protobuf.
 async fn proto_call(addr: SocketAddr, extra: &str, call: &Value) -> Answer {
     let headers = format!(
@@ -540,22 +561,8 @@ async fn a_mesos_framework_runs_a_task_speaking_protobuf() {
     let accepted = proto_call(addr, &with_id, &accept).await;
     let status = accepted.status;
     assert_eq!(status, 202, "{}", accepted.body().await);
-    loop {
-        let update = stream.next_proto("UPDATE").await;
-        let status = &update["update"]["status"];
-        assert_eq!(status["task_id"]["value"], "p1");
-        // uuid: 16 bytes, base64 in the JSON form; the protobuf ACKNOWLEDGE carries the raw bytes.
-        let ack = json!({"type": "ACKNOWLEDGE", "framework_id": {"value": fw}, "acknowledge": {
-            "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}});
-        assert_eq!(proto_call(addr, &with_id, &ack).await.status, 202);
-        if status["state"] == "TASK_FINISHED" {
-            break;
-        }
-        assert!(
-            ["TASK_STARTING", "TASK_RUNNING"].contains(&status["state"].as_str().unwrap()),
-            "the command sees its environment: {status}"
-        );
-    }
+    // (The command sees its environment: it would fail otherwise.)
+    ack_until_finished(&mut stream, true, addr, &with_id, &fw, "p1").await;
     let teardown = json!({"type": "TEARDOWN", "framework_id": {"value": fw}});
     assert_eq!(proto_call(addr, &with_id, &teardown).await.status, 202);
     while stream.proto_event().await.is_some() {}

@@ -187,6 +187,20 @@ async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
         .unwrap_or_else(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"))
 }
 
+/// Who calls (see [`reader`]) and the `path` they ask for.
+///
+/// # Errors
+/// `401` from [`reader`], then `400` without a path.
+async fn reader_and_path(
+    agent: &Agent,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<(Reader, String), Refusal> {
+    let reader = reader(agent, peer, headers).await?;
+    Ok((reader, path_of(q)?.to_string()))
+}
+
 /// `GET /files/browse?path=DIR`.
 async fn browse(
     State(agent): State<Arc<Agent>>,
@@ -194,12 +208,8 @@ async fn browse(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let reader = match reader(&agent, peer, &headers).await {
-        Ok(r) => r,
-        Err(refusal) => return answer(refusal),
-    };
-    let path = match path_of(&q) {
-        Ok(p) => p.trim_end_matches('/').to_string(),
+    let (reader, path) = match reader_and_path(&agent, peer, &headers, &q).await {
+        Ok((r, p)) => (r, p.trim_end_matches('/').to_string()),
         Err(refusal) => return answer(refusal),
     };
     let work_dir = agent.work_dir.clone();
@@ -295,13 +305,13 @@ async fn read(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let reader = match reader(&agent, peer, &headers).await {
-        Ok(r) => r,
+    let (reader, path) = match reader_and_path(&agent, peer, &headers, &q).await {
+        Ok(rp) => rp,
         Err(refusal) => return answer(refusal),
     };
-    let (path, offset, length) = match (path_of(&q), number(&q, "offset"), number(&q, "length")) {
-        (Ok(p), Ok(o), Ok(l)) => (p.to_string(), o, l),
-        (Err(a), _, _) | (_, Err(a), _) | (_, _, Err(a)) => return answer(a),
+    let (offset, length) = match (number(&q, "offset"), number(&q, "length")) {
+        (Ok(o), Ok(l)) => (o, l),
+        (Err(a), _) | (_, Err(a)) => return answer(a),
     };
     if offset.is_some_and(|o| o < -1) {
         return refuse(
@@ -368,12 +378,8 @@ async fn download(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let reader = match reader(&agent, peer, &headers).await {
-        Ok(r) => r,
-        Err(refusal) => return answer(refusal),
-    };
-    let path = match path_of(&q) {
-        Ok(p) => p.to_string(),
+    let (reader, path) = match reader_and_path(&agent, peer, &headers, &q).await {
+        Ok(rp) => rp,
         Err(refusal) => return answer(refusal),
     };
     let work_dir = agent.work_dir.clone();
