@@ -1050,19 +1050,22 @@ impl Books {
         if self.roles.values().all(|r| r.quota_limit.is_none()) {
             return out;
         }
+        // Each limited role's place in `out.held`.
+        let mut place: HashMap<&str, usize> = HashMap::new();
         for f in self.frameworks.values() {
             let chain = out.chains.entry(f.role.clone()).or_insert_with(|| {
                 limits_over(&self.roles, &f.role)
-                    .map(|(r, l)| (Id::from(r), l.clone()))
+                    .map(|(r, l)| {
+                        let i = *place.entry(r).or_insert_with(|| {
+                            out.held.push(Resources::new());
+                            out.held.len() - 1
+                        });
+                        (i, l.clone())
+                    })
                     .collect()
             });
-            for (role, _) in chain.iter() {
-                match out.held.get_mut(role) {
-                    Some(held) => held.add(&f.allocation),
-                    None => {
-                        out.held.insert(role.clone(), f.allocation.clone());
-                    }
-                }
+            for (i, _) in chain.iter() {
+                out.held[*i].add(&f.allocation);
             }
         }
         out
@@ -1121,23 +1124,16 @@ impl Books {
         // The role's quota limit and its ancestors' (each caps its subtree).
         // Every framework's role has its chain when any role has a limit (`role_allocations`).
         if let Some(chain) = quotas.chains.get(&role).cloned() {
-            let none = Resources::new();
-            if chain.iter().any(|(r, limit)| {
-                let held = quotas.held.get(r).unwrap_or(&none);
-                !limit.allows_sum(&[held, &g.resources, &g.reserved])
-            }) {
+            if chain
+                .iter()
+                .any(|(i, limit)| !limit.allows_sum(&[&quotas.held[*i], &g.resources, &g.reserved]))
+            {
                 return Err((g, GrantRejection::Quota));
             }
-            for (r, _) in chain.iter() {
-                match quotas.held.get_mut(r) {
-                    Some(held) => {
-                        held.add(&g.resources);
-                        held.add(&g.reserved);
-                    }
-                    None => {
-                        quotas.held.insert(r.clone(), g.total());
-                    }
-                }
+            for (i, _) in chain.iter() {
+                let held = &mut quotas.held[*i];
+                held.add(&g.resources);
+                held.add(&g.reserved);
             }
         }
         self.next_offer += 1;
@@ -1292,11 +1288,12 @@ impl Books {
 }
 
 /// What validation checks quota limits with: what every limited role's subtree holds, and the chain of limits
-/// (the role's own and its ancestors') over each framework role, resolved once per batch of grants.
+/// (the role's own and its ancestors') over each framework role, resolved once per batch of grants, each
+/// naming its roles by their place in `held`, so that validating a grant hashes no role name but its own.
 #[derive(Debug, Default)]
 struct Quotas {
-    held: HashMap<Id, Resources>,
-    chains: HashMap<Id, std::rc::Rc<[(Id, Limits)]>>,
+    held: Vec<Resources>,
+    chains: HashMap<Id, std::rc::Rc<[(usize, Limits)]>>,
 }
 
 /// The quota limits that apply to a framework of `role` (configurations `roles`): its own and its ancestors',
