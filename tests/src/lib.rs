@@ -1180,6 +1180,9 @@ impl Cluster {
             switch_user: true,
             executor_listen: "127.0.0.1:0".into(),
             executor_registration_timeout: Duration::from_secs(20),
+            gc_delay: Duration::from_secs(7 * 24 * 3600),
+            gc_disk_headroom: 0.1,
+            disk_watch_interval: Duration::from_secs(60),
             // The cluster's Mesos credentials (`ClusterOptions::mesos_credentials`) also read sandboxes.
             credentials: allot_server::config::CredentialsArgs {
                 credentials: Some(self.dir.path().join("credentials")).filter(|p| p.exists()),

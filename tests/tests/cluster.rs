@@ -37,6 +37,78 @@ async fn task_runs_to_finished_with_its_output_in_the_sandbox() {
     assert_eq!(stdout.trim(), "hello from t1");
 }
 
+/// Sets the modification time of `dir` and its files to `ago` in the past.
+fn age_sandbox(dir: &std::path::Path, ago: Duration) {
+    let then = std::time::SystemTime::now() - ago;
+    for p in std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .chain([dir.to_path_buf()])
+    {
+        std::fs::File::open(&p)
+            .and_then(|f| f.set_modified(then))
+            .expect("set the mtime");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sandboxes_are_collected_after_the_gc_delay_and_live_ones_kept() {
+    let cluster = Cluster::start().await;
+    let work_dir = tempfile::tempdir().expect("a work directory");
+    let _agent = cluster
+        .start_agent_with("cpus:2;mem:512", work_dir.path().to_path_buf(), |c| {
+            c.gc_delay = Duration::from_secs(3600);
+            c.disk_watch_interval = Duration::from_millis(300);
+        })
+        .await;
+    let mut fw = TestFramework::subscribe(&cluster, "gc", "*").await;
+    let offer = fw.offers().await.remove(0);
+    fw.accept(
+        &offer.offer_id,
+        vec![
+            task("done", "echo done", 0.5, 64.0),
+            task("live", "sleep 60", 0.5, 64.0),
+        ],
+        5.0,
+    )
+    .await
+    .expect("accept");
+    fw.await_state("done", TaskState::TaskFinished).await;
+    fw.await_state("live", TaskState::TaskRunning).await;
+    let tasks = cluster.tasks(&fw.id).await;
+    let sandbox = |id: &str| {
+        std::path::PathBuf::from(
+            &tasks
+                .iter()
+                .find(|t| t.task.as_ref().is_some_and(|i| i.task_id == id))
+                .expect("the task")
+                .sandbox,
+        )
+    };
+    let (done, live) = (sandbox("done"), sandbox("live"));
+    eventually("the finished task is acknowledged", || async {
+        cluster
+            .tasks(&fw.id)
+            .await
+            .iter()
+            .any(|t| t.acknowledged && t.task.as_ref().is_some_and(|i| i.task_id == "done"))
+    })
+    .await;
+    // Two hours old, with an hour allowed: the finished sandbox goes, the running task's stays.
+    age_sandbox(&done, Duration::from_secs(7200));
+    age_sandbox(&live, Duration::from_secs(7200));
+    eventually("the finished sandbox is removed", || async {
+        !done.exists()
+    })
+    .await;
+    assert!(
+        live.join("stdout").exists(),
+        "a live task's sandbox is kept"
+    );
+    fw.kill("live").await.expect("kill");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_command_ends_failed_with_its_exit_code() {
     let mut cluster = Cluster::start().await;

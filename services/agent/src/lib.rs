@@ -6,6 +6,7 @@
 //! - [`executors`]: frameworks' own executors (one per framework and executor ID, its tasks in its container);
 //! - [`executor_api`]: Mesos' v1 executor HTTP API, which those executors call;
 //! - [`files`]: the sandboxes over HTTP (`/files/browse`, `read`, `download`, `debug`), as Mesos' agent serves them;
+//! - [`gc`]: finished sandboxes removed after `--gc-delay`, sooner as the disk fills;
 //! - [`isolation`]: cgroups or rlimits per task;
 //! - [`fence`]: launches run only by the registration they were meant for (no task started by a launch
 //!   a network partition held up after the broker gave it up);
@@ -24,6 +25,7 @@ pub mod executor_api;
 pub mod executors;
 pub mod fence;
 pub mod files;
+pub mod gc;
 pub mod grpc;
 pub mod isolation;
 pub mod sim;
@@ -101,6 +103,17 @@ pub struct Config {
     /// its tasks fail (Mesos' `--executor_registration_timeout`).
     #[arg(long, env = "ALLOT_EXECUTOR_REGISTRATION_TIMEOUT", default_value = "1m", value_parser = allot_server::config::parse_duration)]
     pub executor_registration_timeout: Duration,
+    /// How long a finished task's or executor's sandbox is kept at most (Mesos' `--gc_delay`); less as the disk
+    /// fills (see `--gc-disk-headroom`).
+    #[arg(long, env = "ALLOT_GC_DELAY", default_value = "1week", value_parser = allot_server::config::parse_duration)]
+    pub gc_delay: Duration,
+    /// The fraction of the disk to keep free (Mesos' `--gc_disk_headroom`): sandboxes older than
+    /// `gc_delay * max(0, 1 - headroom - disk usage)` are removed at each disk check.
+    #[arg(long, env = "ALLOT_GC_DISK_HEADROOM", default_value_t = 0.1)]
+    pub gc_disk_headroom: f64,
+    /// Time between disk checks and sandbox collections (Mesos' `--disk_watch_interval`).
+    #[arg(long, env = "ALLOT_DISK_WATCH_INTERVAL", default_value = "1m", value_parser = allot_server::config::parse_duration)]
+    pub disk_watch_interval: Duration,
     /// Hostname reported in offers; default: this machine's.
     #[arg(long, env = "ALLOT_HOSTNAME")]
     pub hostname: Option<String>,
@@ -240,6 +253,38 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// One sandbox collection ([`gc`]): what is live is read here, the file system is walked on a blocking
+    /// thread.
+    async fn collect_sandboxes(self: &Arc<Self>, delay: Duration, headroom: f64) {
+        let mut live = gc::Live::default();
+        live.tasks
+            .extend(self.tasks.lock().expect("tasks poisoned").keys().cloned());
+        live.tasks.extend(self.updates.streams());
+        live.sandboxes
+            .extend(self.executors.all().iter().map(|c| c.sandbox.clone()));
+        let work_dir = self.work_dir.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let usage = gc::disk_usage(&work_dir).unwrap_or(0.0);
+            let age = gc::max_age(delay, headroom, usage);
+            (
+                usage,
+                age,
+                gc::collect(&work_dir, &live, age, std::time::SystemTime::now()),
+            )
+        })
+        .await;
+        if let Ok((usage, age, removed)) = done
+            && removed > 0
+        {
+            tracing::info!(
+                removed,
+                disk_usage = usage,
+                max_age_s = age.as_secs(),
+                "finished sandboxes removed"
+            );
+        }
+    }
+
     /// The AgentID (empty until the first registration).
     pub fn id(&self) -> String {
         self.agent_id.lock().expect("agent id poisoned").clone()
@@ -667,6 +712,23 @@ pub async fn run(
             let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
             if let Err(e) = axum::serve(executor_listener, service).await {
                 tracing::error!(error = %e, "the executor API stopped");
+            }
+        }))
+    };
+    // Sandbox collection, until `run` returns (aborted with it).
+    let _gc = {
+        let agent = agent.clone();
+        let (delay, headroom, every) = (
+            config.gc_delay,
+            config.gc_disk_headroom,
+            config.disk_watch_interval,
+        );
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                agent.collect_sandboxes(delay, headroom).await;
             }
         }))
     };

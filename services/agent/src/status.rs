@@ -514,6 +514,17 @@ impl StatusUpdateManager {
             .sum()
     }
 
+    /// Every task with a stream here: running, or with updates not yet acknowledged.
+    pub fn streams(&self) -> Vec<TaskKey> {
+        self.streams
+            .lock()
+            .expect("streams poisoned")
+            .tasks
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Tasks whose latest update (acknowledged or not) is not terminal, with that update, or that have made no
     /// update at all (`None`: launched, checkpointed, then the agent died): after a restart, the tasks an
     /// earlier agent process left running.
