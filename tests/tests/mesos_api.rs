@@ -169,8 +169,9 @@ async fn call(addr: SocketAddr, extra: &str, call: &Value) -> Answer {
     post(addr, &headers, &call.to_string()).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
+/// A cluster serving the Mesos API with [`CREDENTIALS`] and one agent of 2 CPUs and 512 MiB; the Mesos API's
+/// address.
+async fn mesos_cluster() -> (Cluster, SocketAddr) {
     let mut cluster = Cluster::start_with(ClusterOptions {
         mesos_credentials: Some(CREDENTIALS.into()),
         ..Default::default()
@@ -178,6 +179,12 @@ async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
     .await;
     cluster.add_agent("cpus:2;mem:512").await;
     let addr = cluster.mesos_addr.expect("the Mesos API");
+    (cluster, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesos_framework_runs_a_task_over_the_v1_scheduler_http_api() {
+    let (_cluster, addr) = mesos_cluster().await;
     let user = allot_tests::current_user();
 
     // pymesos asks for /version and parses it.
@@ -504,13 +511,7 @@ async fn proto_call(addr: SocketAddr, extra: &str, call: &Value) -> Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesos_framework_runs_a_task_speaking_protobuf() {
-    let mut cluster = Cluster::start_with(ClusterOptions {
-        mesos_credentials: Some(CREDENTIALS.into()),
-        ..Default::default()
-    })
-    .await;
-    cluster.add_agent("cpus:2;mem:512").await;
-    let addr = cluster.mesos_addr.expect("the Mesos API");
+    let (_cluster, addr) = mesos_cluster().await;
     let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {
         "user": allot_tests::current_user(), "name": "mesos-protobuf", "roles": ["*"],
         "capabilities": [{"type": "MULTI_ROLE"}]}}});
@@ -624,13 +625,7 @@ async fn a_standby_broker_redirects_mesos_frameworks_to_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesos_framework_re_subscribes_after_the_broker_is_killed_and_its_task_is_not_lost() {
-    let mut cluster = Cluster::start_with(ClusterOptions {
-        mesos_credentials: Some(CREDENTIALS.into()),
-        ..Default::default()
-    })
-    .await;
-    cluster.add_agent("cpus:2;mem:512").await;
-    let addr = cluster.mesos_addr.expect("the Mesos API");
+    let (mut cluster, addr) = mesos_cluster().await;
     let info =
         json!({"user": allot_tests::current_user(), "name": "survivor", "failover_timeout": 60});
     let mut stream = call(
@@ -916,13 +911,7 @@ async fn the_agent_serves_sandboxes_and_its_state_to_operators_as_mesos_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesos_framework_reserves_and_unreserves_with_accept() {
-    let mut cluster = Cluster::start_with(ClusterOptions {
-        mesos_credentials: Some(CREDENTIALS.into()),
-        ..Default::default()
-    })
-    .await;
-    cluster.add_agent("cpus:2;mem:512").await;
-    let addr = cluster.mesos_addr.expect("the Mesos API");
+    let (_cluster, addr) = mesos_cluster().await;
     let subscribe = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {
         "user": allot_tests::current_user(), "name": "reserver", "roles": ["db"],
         "capabilities": [{"type": "MULTI_ROLE"}]}}});
