@@ -484,8 +484,13 @@ async fn an_executor_that_speaks_protobuf_runs_tasks_and_gets_a_heartbeat() {
         .flatten()
         .next()
         .expect("its sandbox");
-    let text =
-        std::fs::read_to_string(run.path().join("events")).expect("the executor's event log");
+    // The executor logs the HEARTBEAT once it is done posting its updates, which the framework may see first.
+    let log = run.path().join("events");
+    allot_tests::eventually("the executor logged three events", || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 3)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).expect("the executor's event log");
     let kinds: Vec<String> = text
         .lines()
         .map(|l| {

@@ -395,6 +395,8 @@ async fn subscribe(
         }),
         ..Default::default()
     };
+    // The container is sized for every task it holds before the tasks not yet given go out as LAUNCH events.
+    c.resize().await;
     let (n, rx) = c.subscribe(subscribed, &unacknowledged);
     tracing::info!(framework = %c.framework_id, executor = %c.info.executor_id, subscription = n, "executor subscribed");
     for u in s.unacknowledged_updates {

@@ -193,13 +193,16 @@ impl Container {
 
     /// Sets the cgroup's limits from the live tasks' resources (at least the executor's own), on a blocking
     /// thread (cgroup file writes stay off the async workers).
-    async fn resize(self: &Arc<Self>) {
+    pub(crate) async fn resize(self: &Arc<Self>) {
         let me = self.clone();
         let _ = tokio::task::spawn_blocking(move || me.resize_now()).await;
     }
 
     /// [`Container::resize`], here. Blocking.
     fn resize_now(&self) {
+        // Resizes are serialized and each reads the tasks after the one before it wrote: the last write is
+        // always of the latest tasks, whatever order concurrent resizes started in.
+        let iso = self.iso.lock().expect("iso poisoned");
         let mut sum =
             allot_common::convert::resources_from_proto(&self.info.resources).unwrap_or_default();
         {
@@ -211,32 +214,23 @@ impl Container {
                 }
             }
         }
-        if let Some(iso) = self.iso.lock().expect("iso poisoned").as_ref()
+        if let Some(iso) = iso.as_ref()
             && let Err(e) = iso.resize(sum.scalar("cpus"), sum.scalar("mem"))
         {
             tracing::warn!(executor = %self.info.executor_id, error = %e, "cannot resize the executor's container");
         }
     }
 
-    /// Adds `task` (its updates going to `updates`): LAUNCH now if subscribed, else at the SUBSCRIBE (the
-    /// caller grows the container, [`Container::resize`]).
-    /// `given`: a recovered task the executor is assumed to have. Returns what is notified when the executor
-    /// ends it.
+    /// Adds `task` (its updates going to `updates`), not yet given to the executor: the caller grows the
+    /// container ([`Container::resize`]), then gives it ([`Container::give`]), so that the task never runs
+    /// under the smaller limits. `given`: a recovered task the executor is assumed to have. Returns what is
+    /// notified when the executor ends it.
     fn add(&self, task: TaskInfo, updates: TaskUpdates, given: bool) -> Arc<Notify> {
         let done = Arc::new(Notify::new());
         let resources =
             allot_common::convert::resources_from_proto(&task.resources).unwrap_or_default();
         {
             let mut inner = self.lock();
-            let mut given = given;
-            if !given && let Some((_, tx)) = &inner.stream {
-                given = tx
-                    .send(Event::launch(allot_mesos::convert::task_to_v1(
-                        &self.framework_id,
-                        &task,
-                    )))
-                    .is_ok();
-            }
             inner.tasks.insert(
                 task.task_id.clone(),
                 Slot {
@@ -252,6 +246,23 @@ impl Container {
             );
         }
         done
+    }
+
+    /// LAUNCH for task `task_id` if the executor is subscribed and does not have it yet (else its SUBSCRIBE
+    /// gives it).
+    fn give(&self, task_id: &str) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if let (Some((_, tx)), Some(slot)) = (&inner.stream, inner.tasks.get_mut(task_id))
+            && !slot.given
+        {
+            slot.given = tx
+                .send(Event::launch(allot_mesos::convert::task_to_v1(
+                    &self.framework_id,
+                    &slot.task,
+                )))
+                .is_ok();
+        }
     }
 
     /// The task is over for the agent: forgets it (the caller shrinks the container, [`Container::resize`]).
@@ -525,6 +536,7 @@ impl Agent {
         let task_id = l.task.task_id.clone();
         let done = container.add(l.task.clone(), updates.clone(), given);
         container.resize().await;
+        container.give(&task_id);
         let mut kill_sent = false;
         loop {
             tokio::select! {
