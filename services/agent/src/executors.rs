@@ -1077,8 +1077,12 @@ mod tests {
         let (_, mut rx) = c.subscribe(Event::bare("SUBSCRIBED"), &has);
         // "new" went out on the first subscription, which the executor does not list: it never got it.
         assert_eq!(launched(&mut rx), ["SUBSCRIBED", "lost", "new"]);
-        // While subscribed, a task goes out at once; a stream that ended is forgotten only if it is the current one.
+        // While subscribed, a task goes out once it is given (after the container grew for it), once; a stream
+        // that ended is forgotten only if it is the current one.
         c.add(task("later"), updates("later"), false);
+        assert!(launched(&mut rx).is_empty(), "not before it is given");
+        c.give("later");
+        c.give("later");
         assert_eq!(launched(&mut rx), ["later"]);
         c.unsubscribed(n);
         assert!(c.subscribed());
