@@ -132,31 +132,13 @@ async fn state(
     headers: HeaderMap,
 ) -> Response {
     let executors = agent.executors.all();
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .filter(|a| a.starts_with("Basic "));
-    let operator = match basic {
-        Some(auth) => {
-            if agent
-                .credentials
-                .as_ref()
-                .and_then(|c| c.authenticate(Some(auth)))
-                .is_none()
-            {
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized: wrong principal or secret",
-                );
-            }
-            true
-        }
-        None if is_executor(&agent, peer, &headers, &executors).await => false,
-        None => {
+    let operator = match reader(&agent, peer, &headers, &executors).await {
+        Ok(Reader::Operator) => true,
+        Ok(Reader::Executor(_)) => false,
+        Err(why) => {
             return refuse(
                 StatusCode::UNAUTHORIZED,
-                "Unauthorized: this agent's /state is for its executors and for principals of its \
-                 --credentials file (HTTP basic)",
+                format!("Unauthorized: {}", why.unwrap_or(NOT_A_READER)),
             );
         }
     };
@@ -242,6 +224,48 @@ async fn state(
         body.to_string(),
     )
         .into_response()
+}
+
+/// Who may read the agent's `/state` and sandboxes (`/files`): a principal of `--credentials`, or an executor.
+pub(crate) enum Reader {
+    /// A principal of the agent's `--credentials` (HTTP basic): everything.
+    Operator,
+    /// One of the agent's executors: its own.
+    Executor(Arc<Container>),
+}
+
+/// Why a caller without credentials or an executor's identity is refused.
+pub(crate) const NOT_A_READER: &str = "the agent's /state and files are for its executors and for principals of its --credentials file (HTTP basic)";
+
+/// The caller of a read-only endpoint: HTTP basic credentials of the agent's `--credentials`, else one of
+/// `executors` ([`which_executor`]).
+///
+/// # Errors
+/// `Some(why)` for wrong credentials; `None` for a caller that is neither.
+pub(crate) async fn reader(
+    agent: &Agent,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    executors: &[Arc<Container>],
+) -> Result<Reader, Option<&'static str>> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| a.starts_with("Basic "));
+    if let Some(auth) = basic {
+        return match agent
+            .credentials
+            .as_ref()
+            .and_then(|c| c.authenticate(Some(auth)))
+        {
+            Some(_) => Ok(Reader::Operator),
+            None => Err(Some("wrong principal or secret")),
+        };
+    }
+    match which_executor(agent, peer, headers, executors).await {
+        Some(c) => Ok(Reader::Executor(c)),
+        None => Err(None),
+    }
 }
 
 /// Whether the caller is one of `executors` ([`which_executor`]).

@@ -62,26 +62,11 @@ async fn reader(
     peer: std::net::SocketAddr,
     headers: &HeaderMap,
 ) -> Result<Reader, Refusal> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Some(auth) = authorization.filter(|a| a.starts_with("Basic ")) {
-        return match agent
-            .credentials
-            .as_ref()
-            .and_then(|c| c.authenticate(Some(auth)))
-        {
-            Some(_) => Ok(Reader::All),
-            None => Err(unauthorized("wrong principal or secret")),
-        };
-    }
-    let executors = agent.executors.all();
-    match crate::executor_api::which_executor(agent, peer, headers, &executors).await {
-        Some(c) => Ok(Reader::Only(c.sandbox.clone())),
-        None => Err(unauthorized(
-            "the agent's files are for its executors and for principals of its --credentials file \
-             (HTTP basic)",
-        )),
+    use crate::executor_api::{NOT_A_READER, Reader as Caller};
+    match crate::executor_api::reader(agent, peer, headers, &agent.executors.all()).await {
+        Ok(Caller::Operator) => Ok(Reader::All),
+        Ok(Caller::Executor(c)) => Ok(Reader::Only(c.sandbox.clone())),
+        Err(why) => Err(unauthorized(why.unwrap_or(NOT_A_READER))),
     }
 }
 
