@@ -6,8 +6,8 @@
 //! or of a task whose updates are not yet acknowledged, is never removed.
 //!
 //! Sandboxes are `<work_dir>/sandboxes/<framework>/<task>` and `<work_dir>/executors/<framework>/<executor>/
-//! runs/<container>`; their age is the newest modification time of the directory and its files (a task's
-//! last output). Directories left empty above them are removed too.
+//! runs/<container>`; a sandbox is as old as the newest modification time of the directory and its files (a
+//! task's last output). Directories left empty above them are removed too.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ pub struct Live {
 /// than [`YOUNGEST`]) at `now`; returns how many. Blocking (file system walks).
 pub fn collect(work_dir: &Path, live: &Live, max_age: Duration, now: SystemTime) -> usize {
     let max_age = max_age.max(YOUNGEST);
-    let old = |dir: &Path| age(dir, now).is_some_and(|a| a >= max_age);
+    let old = |dir: &Path| older_than(dir, now, max_age);
     let mut removed = 0;
     for fw in children(&work_dir.join("sandboxes")) {
         let fw_id = name(&fw);
@@ -86,17 +86,20 @@ fn name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// How long ago `dir` or one of its files last changed.
-fn age(dir: &Path, now: SystemTime) -> Option<Duration> {
-    let mtime = |p: &Path| std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
-    let newest = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| mtime(&e.path()))
-        .chain(mtime(dir))
-        .max()?;
-    Some(now.duration_since(newest).unwrap_or_default())
+/// Whether `dir` and each of its files last changed at least `max_age` before `now`. The directory is looked
+/// at first, so that a young sandbox (most of them, at each check) costs one `stat` and no listing.
+fn older_than(dir: &Path, now: SystemTime, max_age: Duration) -> bool {
+    let old = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= max_age)
+    };
+    old(dir)
+        && std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .all(|e| old(&e.path()))
 }
 
 fn remove(dir: &Path) -> bool {
