@@ -1392,13 +1392,18 @@ pub fn current_user() -> String {
 }
 
 /// The pid an agent with `work_dir` checkpointed for task `task` (of whichever framework ran it): the pid record
-/// of the task's update stream file (`<work_dir>/meta/frameworks/<fw>/tasks/<task>/updates`), the wrapper that
-/// leads the task's process group.
+/// of the task's update stream file (in its checkpoint slot, `<work_dir>/meta/slots/<n>/updates`), the wrapper
+/// that leads the task's process group.
 pub fn checkpointed_pid(work_dir: &std::path::Path, task: &str) -> Option<i32> {
-    let frameworks = std::fs::read_dir(work_dir.join("meta/frameworks")).ok()?;
-    frameworks
+    std::fs::read_dir(work_dir.join("meta/slots"))
+        .ok()?
         .flatten()
-        .find_map(|fw| allot_agent::executor::checkpointed(&fw.path().join("tasks").join(task)).pid)
+        .find_map(|slot| {
+            let updates = std::fs::read(slot.path().join("updates")).ok()?;
+            let replayed = allot_agent::status::replay(&updates);
+            let pid = replayed.pid?;
+            (replayed.owner?.task_id == task).then(|| i32::try_from(pid).ok())?
+        })
 }
 
 /// Waits until `cond` holds, checking every 50 ms, for at most [`PATIENCE`].

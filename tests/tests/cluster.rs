@@ -1143,14 +1143,15 @@ async fn updates_within(fw: &mut TestFramework, task: &str, within: Duration) ->
     }
 }
 
-/// Where `agent` checkpoints task `task` of framework `fw` (its status updates and pid).
-fn checkpoint_of(agent: &allot_tests::AgentHandle, fw: &str, task: &str) -> std::path::PathBuf {
-    agent
-        .work_dir
-        .join("meta/frameworks")
-        .join(fw)
-        .join("tasks")
-        .join(task)
+/// Where `agent` checkpoints task `task` of framework `fw` (its status updates and pid): its slot, while its
+/// stream has not ended.
+fn checkpoint_of(
+    agent: &allot_tests::AgentHandle,
+    fw: &str,
+    task: &str,
+) -> Option<std::path::PathBuf> {
+    let key = (fw.to_string(), task.to_string());
+    allot_agent::status::find_checkpoint(&agent.work_dir.join("meta"), &key)
 }
 
 /// The pid the agent checkpointed for `task` (its wrapper, the leader of the task's process group).
@@ -1178,14 +1179,16 @@ async fn an_agent_keeps_each_update_until_the_framework_acknowledges_it() {
         Some(TaskState::TaskStarting)
     );
     // The agent holds the rest in its checkpoint.
-    let stream = checkpoint_of(&agent, &fw.id, "t").join("updates");
-    assert!(stream.exists(), "{} is checkpointed", stream.display());
+    assert!(
+        checkpoint_of(&agent, &fw.id, "t").is_some(),
+        "the stream is checkpointed"
+    );
     // Acknowledging each update as it comes lets the next one go, up to the end.
     let done = fw.await_state("t", TaskState::TaskFinished).await;
     assert_eq!(done.exit_code, Some(0));
     eventually(
-        "the acknowledged stream leaves the agent's checkpoint",
-        || async { !stream.exists() },
+        "the acknowledged stream leaves the agent's checkpoint (its slot is emptied)",
+        || async { checkpoint_of(&agent, &fw.id, "t").is_none() },
     )
     .await;
 }

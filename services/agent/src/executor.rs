@@ -82,11 +82,14 @@ impl TaskUpdates {
     }
 
     /// The task is being launched: its stream begins with the task as launched (see
-    /// [`crate::status::StatusUpdateManager::begin`]). Blocking.
-    pub fn begin(&self, task: &TaskInfo) {
-        if let Err(e) = self.manager.begin(&self.key, &self.context, task) {
-            tracing::warn!(task = %task.task_id, error = %e, "cannot checkpoint the task");
-        }
+    /// [`crate::status::StatusUpdateManager::begin`]). Returns the task's checkpoint directory (`None`
+    /// without checkpoints, or if it could not be written). Blocking.
+    pub fn begin(&self, task: &TaskInfo) -> Option<PathBuf> {
+        self.manager
+            .begin(&self.key, &self.context, task)
+            .inspect_err(|e| tracing::warn!(task = %task.task_id, error = %e, "cannot checkpoint the task"))
+            .ok()
+            .flatten()
     }
 
     /// Records the pid of the task's wrapper in its checkpoint. Blocking.
@@ -118,9 +121,10 @@ pub struct Launch {
     pub sandbox: PathBuf,
     /// Seconds between SIGTERM and SIGKILL on a kill.
     pub grace: Duration,
-    /// The task's checkpoint directory (`<work_dir>/meta/frameworks/<fw>/tasks/<task>`), where its `updates`
-    /// (with the launch and pid records) and `exit` files go so that a restarted agent can reattach; `None` to
-    /// not checkpoint.
+    /// The task's checkpoint directory, when the launch reattaches to a task an earlier agent process started
+    /// (its slot `<work_dir>/meta/slots/<n>`, or an earlier agent's `<work_dir>/meta/frameworks/<fw>/tasks/
+    /// <task>`), where its `updates` (with the launch and pid records) and `exit` files are; `None` for a new
+    /// launch (it is given a slot when it starts) or without checkpoints.
     pub checkpoint: Option<PathBuf>,
     /// The Unix user to run the task as (its `CommandInfo.user`, see [`switch_user`]); `None`: the agent's own
     /// (`--switch-user=false`).
@@ -405,10 +409,10 @@ fn start(
             "REASON_EXECUTOR_TERMINATED",
         ));
     }
-    // The task is checkpointed before it starts (the first record of its update stream's file, which makes its
-    // checkpoint directory), so that a restarted agent knows what it holds.
-    updates.begin(&l.task);
-    let exit_file = match &l.checkpoint {
+    // The task is checkpointed before it starts (the first record of its update stream's file, in the
+    // checkpoint slot it is given), so that a restarted agent knows what it holds.
+    let checkpoint = updates.begin(&l.task);
+    let exit_file = match &checkpoint {
         Some(dir) => dir.join("exit"),
         None => PathBuf::from("/dev/null"),
     };
@@ -446,7 +450,7 @@ fn start(
     // The sandbox (and the file the wrapper writes the exit status to) belong to the task's user.
     if let Some(who) = &run_as {
         // The wrapper, running as the user, writes the exit status into a file made for it here.
-        let exit_made = match l.checkpoint.is_some() {
+        let exit_made = match checkpoint.is_some() {
             true => std::fs::write(&exit_file, b"").map(|()| Some(exit_file.clone())),
             false => Ok(None),
         };

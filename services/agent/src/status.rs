@@ -11,23 +11,29 @@
 //! soon as a call succeeds again.
 //!
 //! A real agent checkpoints each stream (Mesos' `--checkpoint`): every update, and every acknowledgement, is
-//! appended to `<work_dir>/meta/frameworks/<framework_id>/tasks/<task_id>/updates` (length-delimited
-//! `allot.agent.v1.StatusUpdateCheckpoint` records) before it takes effect, an update synced to disk before it
-//! is sent (an acknowledgement need not be: see `append`), and [`StatusUpdateManager::recover`]
-//! rebuilds the streams from those files after a restart. A stream whose terminal update is acknowledged is
-//! removed with its file; its task is remembered in memory for [`REMEMBER_ENDED`], so that a launch of it the
-//! broker sends again (it could not know whether its first call got through) does not run it twice. Simulated
-//! agents keep their streams in memory only.
+//! appended to the `updates` file of the stream's checkpoint slot, `<work_dir>/meta/slots/<n>/`
+//! (length-delimited `allot.agent.v1.StatusUpdateCheckpoint` records, the first naming the task), before it
+//! takes effect, an update synced to disk before it is sent (an acknowledgement need not be: see `append`), and
+//! [`StatusUpdateManager::recover`] rebuilds the streams from those files after a restart. A stream whose
+//! terminal update is acknowledged is removed: its slot's file is emptied, and the slot (a directory with its
+//! `updates` and the wrapper's `exit` file, see [`crate::executor`]) serves the next task. Slots are reused,
+//! not made and removed per task, because on a file system that must skip recently freed inodes when it makes
+//! new ones (ext4 without a journal), three inodes freed per task made every later file cost more: at 200
+//! tasks/s a third of the agent's CPU went to finding a free inode (issue 24). Agents before slots kept one
+//! directory per task, `<work_dir>/meta/frameworks/<framework_id>/tasks/<task_id>/`; those are still
+//! recovered, and removed when their stream ends. An ended task is remembered in memory for
+//! [`REMEMBER_ENDED`], so that a launch of it the broker sends again (it could not know whether its first call
+//! got through) does not run it twice. Simulated agents keep their streams in memory only.
 
 use allot_common::AbortOnDrop;
 use allot_proto::agent::{
-    StatusUpdateAcknowledgement, StatusUpdateCheckpoint, StatusUpdateRequest,
+    CheckpointOwner, StatusUpdateAcknowledgement, StatusUpdateCheckpoint, StatusUpdateRequest,
     status_update_checkpoint,
 };
 use allot_proto::common::{TaskInfo, TaskState, TaskStatus};
 use prost::Message as _;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -76,6 +82,10 @@ struct Stream {
     /// The checkpoint file, appended to (real agents only); shared so that updates are written and synced
     /// outside the lock every task's stream sits behind.
     file: Option<Arc<std::fs::File>>,
+    /// The directory `file` is in: a slot, `<meta>/slots/<n>`, or an earlier agent's task directory.
+    dir: Option<PathBuf>,
+    /// The slot's number, if the stream is in one (emptied and freed when the stream ends).
+    slot: Option<usize>,
 }
 
 impl Stream {
@@ -92,6 +102,8 @@ impl Stream {
             due: None,
             backoff,
             file,
+            dir: None,
+            slot: None,
         }
     }
 }
@@ -110,6 +122,10 @@ struct Streams {
     ended: VecDeque<(Instant, TaskKey)>,
     /// The keys of `ended`.
     ended_keys: HashSet<TaskKey>,
+    /// Checkpoint slots made and free (their `updates` empty), lowest first.
+    free_slots: BTreeSet<usize>,
+    /// One past the highest slot made.
+    next_slot: usize,
 }
 
 impl Streams {
@@ -181,16 +197,20 @@ impl StatusUpdateManager {
         }
     }
 
-    /// A checkpointing manager under `meta` (`<work_dir>/meta`), with the streams found there: every
-    /// unacknowledged update is sent again, in order. Unreadable records end a file's replay (a torn last
-    /// record after a crash); what was read before them is kept.
+    /// A checkpointing manager under `meta` (`<work_dir>/meta`), with the streams found there (in its slots and
+    /// in earlier agents' task directories): every unacknowledged update is sent again, in order. Unreadable
+    /// records end a file's replay (a torn last record after a crash); what was read before them is kept. A
+    /// slot whose stream ended (or never began) is emptied and free.
     ///
     /// # Errors
-    /// The I/O error if `meta` cannot be created or listed.
+    /// The I/O error if `meta` cannot be created or listed, or a file to keep cannot be opened.
     pub fn recover(meta: &Path, retry_min: Duration) -> std::io::Result<StatusUpdateManager> {
         let frameworks = meta.join("frameworks");
+        let slots = meta.join("slots");
         std::fs::create_dir_all(&frameworks)?;
+        std::fs::create_dir_all(&slots)?;
         let mut streams = HashMap::new();
+        let mut found = Vec::new();
         for fw in std::fs::read_dir(&frameworks)? {
             let fw = fw?;
             let Ok(tasks) = std::fs::read_dir(fw.path().join("tasks")) else {
@@ -198,43 +218,72 @@ impl StatusUpdateManager {
             };
             for task in tasks {
                 let task = task?;
-                let path = task.path().join("updates");
                 let key = (
                     fw.file_name().to_string_lossy().into_owned(),
                     task.file_name().to_string_lossy().into_owned(),
                 );
-                let Replayed {
-                    updates,
-                    acknowledged,
-                    task: launched,
-                    valid,
-                    ..
-                } = replay(&std::fs::read(&path).unwrap_or_default());
-                // A task launched (its TaskInfo checkpointed) that made no update yet is kept: its process may
-                // run, and a launch of it sent again must not start it a second time.
-                let launched_silent = updates.is_empty()
-                    && acknowledged.is_none()
-                    && (launched.is_some() || task.path().join("task").exists());
-                if updates.is_empty()
-                    && acknowledged
-                        .as_ref()
-                        .is_none_or(|s| s.state().is_terminal())
-                    && !launched_silent
-                {
-                    let _ = std::fs::remove_dir_all(task.path());
-                    continue;
-                }
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
-                // Later records go right after the last good one, not after a torn one.
-                file.set_len(valid as u64)?;
-                let mut stream = Stream::new(HashMap::new(), Some(Arc::new(file)), retry_min);
-                stream.updates = updates;
-                stream.acknowledged = acknowledged;
-                streams.insert(key, stream);
+                found.push((Some(key), task.path(), None));
             }
+        }
+        let (mut free_slots, mut next_slot) = (BTreeSet::new(), 0);
+        for slot in std::fs::read_dir(&slots)? {
+            let slot = slot?;
+            let Some(n) = slot.file_name().to_str().and_then(|n| n.parse::<usize>().ok()) else {
+                continue;
+            };
+            next_slot = next_slot.max(n + 1);
+            found.push((None, slot.path(), Some(n)));
+        }
+        for (key, dir, slot) in found {
+            let path = dir.join("updates");
+            let Replayed {
+                updates,
+                acknowledged,
+                task: launched,
+                owner,
+                valid,
+                ..
+            } = replay(&std::fs::read(&path).unwrap_or_default());
+            // A task launched (its TaskInfo checkpointed) that made no update yet is kept: its process may
+            // run, and a launch of it sent again must not start it a second time.
+            let launched_silent = updates.is_empty()
+                && acknowledged.is_none()
+                && (launched.is_some() || dir.join("task").exists());
+            let ended = updates.is_empty()
+                && acknowledged
+                    .as_ref()
+                    .is_none_or(|s| s.state().is_terminal())
+                && !launched_silent;
+            let key = key.or_else(|| owner.map(|o| (o.framework_id, o.task_id)));
+            let Some(key) = key.filter(|k| !ended && !streams.contains_key(k)) else {
+                match slot {
+                    Some(n) => {
+                        free_slots.insert(n);
+                        if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                            std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(&path)?
+                                .set_len(0)?;
+                        }
+                    }
+                    None => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                }
+                continue;
+            };
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            // Later records go right after the last good one, not after a torn one.
+            file.set_len(valid as u64)?;
+            let mut stream = Stream::new(HashMap::new(), Some(Arc::new(file)), retry_min);
+            stream.updates = updates;
+            stream.acknowledged = acknowledged;
+            stream.dir = Some(dir);
+            stream.slot = slot;
+            streams.insert(key, stream);
         }
         if !streams.is_empty() {
             tracing::info!(
@@ -251,6 +300,8 @@ impl StatusUpdateManager {
             streams: Mutex::new(Streams {
                 tasks: streams,
                 ready,
+                free_slots,
+                next_slot,
                 ..Streams::default()
             }),
             wake: Notify::new(),
@@ -259,18 +310,17 @@ impl StatusUpdateManager {
         })
     }
 
-    /// Task `key`'s checkpoint directory, `<meta>/frameworks/<fw>/tasks/<task>`, holding its `updates` and
-    /// the executor's checkpoints (see [`crate::executor`]); removed when the task's terminal update is
-    /// acknowledged. `None` without checkpoints.
-    pub fn task_dir(&self, (fw, task): &TaskKey) -> Option<PathBuf> {
-        Some(
-            self.meta
-                .as_ref()?
-                .join("frameworks")
-                .join(fw)
-                .join("tasks")
-                .join(task),
-        )
+    /// Task `key`'s checkpoint directory, holding its `updates` and the wrapper's `exit` file (see
+    /// [`crate::executor`]): its slot, `<meta>/slots/<n>`, or the task directory an earlier agent made.
+    /// `None` without checkpoints, or before the task has a stream ([`StatusUpdateManager::begin`] gives it
+    /// one).
+    pub fn task_dir(&self, key: &TaskKey) -> Option<PathBuf> {
+        self.streams
+            .lock()
+            .expect("streams poisoned")
+            .tasks
+            .get(key)
+            .and_then(|s| s.dir.clone())
     }
 
     /// Adds `status` (with the task's `sandbox` path and launch trace `context`) to the end of its task's
@@ -317,13 +367,15 @@ impl StatusUpdateManager {
                 ..Default::default()
             })
             .collect();
-        let (file, mut result) = self.stream_file(&key, context);
+        let (file, owner, mut result) = self.stream_file(&key, context);
         if let Some(file) = &file
             && let Err(e) = append(
                 file,
-                requests
-                    .iter()
-                    .map(|r| status_update_checkpoint::Record::Update(r.clone())),
+                owner.into_iter().chain(
+                    requests
+                        .iter()
+                        .map(|r| status_update_checkpoint::Record::Update(r.clone())),
+                ),
             )
         {
             result = Err(e);
@@ -347,52 +399,98 @@ impl StatusUpdateManager {
     }
 
     /// The checkpoint file of task `key`'s stream. A task without a stream gets one now (with the launch's
-    /// trace `context` and no updates), its directory made and its file opened outside the lock.
+    /// trace `context` and no updates) in a free checkpoint slot, or a new one (its directory made outside the
+    /// lock), whose `exit` file is emptied (the previous task's status must not be taken for this one's);
+    /// then the record naming the task, which must be the first written to the file, is returned too.
     ///
     /// # Errors
-    /// The I/O error if the file cannot be made; the stream is still made, without a file.
+    /// The I/O error if the slot cannot be made or opened; the stream is still made, without a file.
     fn stream_file(
         &self,
         key: &TaskKey,
         context: &HashMap<String, String>,
-    ) -> (Option<Arc<std::fs::File>>, std::io::Result<()>) {
-        if let Some(s) = self
-            .streams
-            .lock()
-            .expect("streams poisoned")
-            .tasks
-            .get(key)
-        {
-            return (s.file.clone(), Ok(()));
-        }
+    ) -> (
+        Option<Arc<std::fs::File>>,
+        Option<status_update_checkpoint::Record>,
+        std::io::Result<()>,
+    ) {
+        let slot = {
+            let mut streams = self.streams.lock().expect("streams poisoned");
+            if let Some(s) = streams.tasks.get(key) {
+                return (s.file.clone(), None, Ok(()));
+            }
+            self.meta.as_ref().map(|_| match streams.free_slots.pop_first() {
+                Some(n) => (n, false),
+                None => {
+                    streams.next_slot += 1;
+                    (streams.next_slot - 1, true)
+                }
+            })
+        };
         let mut result = Ok(());
-        let file = self.task_dir(key).and_then(|dir| {
-            let open = std::fs::create_dir_all(&dir).and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join("updates"))
-            });
-            match open {
-                Ok(f) => Some(Arc::new(f)),
-                Err(e) => {
-                    result = Err(e);
-                    None
+        let opened = match (&self.meta, slot) {
+            (Some(meta), Some((n, new))) => {
+                let dir = meta.join("slots").join(n.to_string());
+                let open = (if new {
+                    std::fs::create_dir_all(&dir)
+                } else {
+                    Ok(())
+                })
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(dir.join("exit"))?;
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("updates"))
+                });
+                match open {
+                    Ok(f) => Some((Arc::new(f), dir, n)),
+                    Err(e) => {
+                        result = Err(e);
+                        None
+                    }
                 }
             }
-        });
+            _ => None,
+        };
         let mut streams = self.streams.lock().expect("streams poisoned");
-        let stream = streams
-            .tasks
-            .entry(key.clone())
-            .or_insert_with(|| Stream::new(context.clone(), file, self.retry_min));
-        (stream.file.clone(), result)
+        let streams = &mut *streams;
+        if let Some(s) = streams.tasks.get(key) {
+            // Made meanwhile by another call for the same task: the slot taken here goes back.
+            if let Some((n, _)) = slot {
+                streams.free_slots.insert(n);
+            }
+            return (s.file.clone(), None, result);
+        }
+        let mut stream = Stream::new(context.clone(), None, self.retry_min);
+        let owner = opened.map(|(file, dir, n)| {
+            stream.file = Some(file);
+            stream.dir = Some(dir);
+            stream.slot = Some(n);
+            status_update_checkpoint::Record::Owner(CheckpointOwner {
+                framework_id: key.0.clone(),
+                task_id: key.1.clone(),
+            })
+        });
+        if owner.is_none()
+            && let Some((n, _)) = slot
+        {
+            streams.free_slots.insert(n);
+        }
+        let file = stream.file.clone();
+        streams.tasks.insert(key.clone(), stream);
+        (file, owner, result)
     }
 
     /// Task `key` is being launched: its stream is made (with the launch's trace `context`) and `task`, as
-    /// launched, becomes the first record of its checkpoint file, so that a restarted agent knows what it holds
-    /// even before the task's first update. Not synced: the first update's sync takes it along, and a task
-    /// whose record was lost in a crash never started its command (the record is written first).
+    /// launched, becomes the first record of its checkpoint file after the task's name, so that a restarted
+    /// agent knows what it holds even before the task's first update. Not synced: the first update's sync
+    /// takes it along, and a task whose record was lost in a crash never started its command (the record is
+    /// written first). Returns the task's checkpoint directory ([`StatusUpdateManager::task_dir`]).
     ///
     /// # Errors
     /// The I/O error if the checkpoint cannot be written.
@@ -401,13 +499,18 @@ impl StatusUpdateManager {
         key: &TaskKey,
         context: &HashMap<String, String>,
         task: &TaskInfo,
-    ) -> std::io::Result<()> {
-        let (file, result) = self.stream_file(key, context);
+    ) -> std::io::Result<Option<PathBuf>> {
+        let (file, owner, result) = self.stream_file(key, context);
         result?;
-        match file {
-            Some(f) => append(&f, [status_update_checkpoint::Record::Task(task.clone())]),
-            None => Ok(()),
+        if let Some(f) = file {
+            append(
+                &f,
+                owner
+                    .into_iter()
+                    .chain([status_update_checkpoint::Record::Task(task.clone())]),
+            )?;
         }
+        Ok(self.task_dir(key))
     }
 
     /// Records the pid of task `key`'s wrapper in its checkpoint file (after [`StatusUpdateManager::begin`]),
@@ -468,10 +571,22 @@ impl StatusUpdateManager {
         stream.backoff = self.retry_min;
         let next = !stream.updates.is_empty();
         if !next && state.is_terminal() {
-            streams.tasks.remove(key);
+            let stream = streams.tasks.remove(key).expect("the stream");
             streams.ended(key.clone(), Instant::now());
-            if let Some(dir) = self.task_dir(key) {
-                let _ = std::fs::remove_dir_all(dir);
+            match (stream.slot, stream.file, stream.dir) {
+                // Emptied, the slot is free for the next task (see the module docs).
+                (Some(n), Some(file), _) => match file.set_len(0) {
+                    Ok(()) => {
+                        streams.free_slots.insert(n);
+                    }
+                    Err(e) => {
+                        tracing::warn!(slot = n, error = %e, "cannot empty a checkpoint slot; it is not reused");
+                    }
+                },
+                (None, _, Some(dir)) => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                _ => {}
             }
         } else if next {
             streams.ready.push_back(key.clone());
@@ -779,8 +894,29 @@ pub struct Replayed {
     pub task: Option<TaskInfo>,
     /// The pid of the task's wrapper (its `pid` record), if written.
     pub pid: Option<u32>,
+    /// The task a checkpoint slot belongs to (its `owner` record), if written.
+    pub owner: Option<CheckpointOwner>,
     /// The length of the file's readable prefix.
     pub valid: usize,
+}
+
+/// The checkpoint directory that holds task `key`'s stream under `meta` (`<work_dir>/meta`), read from the
+/// files: the slot whose `updates` file names the task, or an earlier agent's task directory that has an
+/// `updates` file. `None` once the stream ended (its slot emptied) or before it began. Reads every slot: for
+/// tests and tools, not for the agent's own path.
+pub fn find_checkpoint(meta: &Path, (fw, task): &TaskKey) -> Option<PathBuf> {
+    let old = meta.join("frameworks").join(fw).join("tasks").join(task);
+    if old.join("updates").exists() {
+        return Some(old);
+    }
+    std::fs::read_dir(meta.join("slots"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|dir| {
+            let owner = replay(&std::fs::read(dir.join("updates")).unwrap_or_default()).owner;
+            owner.is_some_and(|o| o.framework_id == *fw && o.task_id == *task)
+        })
 }
 
 /// Reads a checkpoint file's records (a torn last record ends the readable prefix).
@@ -803,6 +939,7 @@ pub fn replay(all: &[u8]) -> Replayed {
             Some(status_update_checkpoint::Record::Ack(_)) => {}
             Some(status_update_checkpoint::Record::Task(t)) => r.task = Some(t),
             Some(status_update_checkpoint::Record::Pid(p)) => r.pid = Some(p),
+            Some(status_update_checkpoint::Record::Owner(o)) => r.owner = Some(o),
             None => {}
         }
         r.valid = all.len() - bytes.len();
@@ -935,9 +1072,9 @@ mod tests {
             assert!(m.acknowledge(&key("t2"), b"r2").is_some());
             assert!(m.acknowledge(&key("t2"), b"x2").is_some());
         }
-        assert!(!meta.join("frameworks/fw/tasks/t2").exists());
+        assert_eq!(find_checkpoint(&meta, &key("t2")), None, "t2 ended");
         // A torn record at the end of t1's file (a crash in the middle of a write) is ignored.
-        let file = meta.join("frameworks/fw/tasks/t1/updates");
+        let file = find_checkpoint(&meta, &key("t1")).unwrap().join("updates");
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&file)
@@ -955,7 +1092,51 @@ mod tests {
         assert_eq!(uuids(&out), ["f1"]);
         assert_eq!(out[0].request.sandbox, "/sb");
         assert!(m.acknowledge(&key("t1"), b"f1").is_some());
-        assert!(!meta.join("frameworks/fw/tasks/t1").exists());
+        assert_eq!(find_checkpoint(&meta, &key("t1")), None);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "the slot is emptied");
+    }
+
+    /// A stream ended frees its slot for the next task: tasks one after another use one slot directory, and
+    /// the next task's `exit` file does not hold the previous task's status.
+    #[test]
+    fn checkpoint_slots_are_reused_and_their_exit_file_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta");
+        let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
+        let none = HashMap::new();
+        for t in ["t1", "t2", "t3"] {
+            let task = TaskInfo {
+                task_id: t.into(),
+                ..Default::default()
+            };
+            let slot = m.begin(&key(t), &none, &task).unwrap().unwrap();
+            assert_eq!(slot, meta.join("slots/0"), "{t} reuses the first slot");
+            assert_eq!(std::fs::read(slot.join("exit")).unwrap(), b"", "{t}");
+            std::fs::write(slot.join("exit"), b"0\n").unwrap();
+            m.push(update(t, TaskState::TaskFinished, t), "", &none)
+                .unwrap();
+            assert_eq!(find_checkpoint(&meta, &key(t)), Some(slot));
+            assert!(m.acknowledge(&key(t), t.as_bytes()).is_some());
+        }
+        // Two at once take two slots; after a restart the free one is found free and the other kept.
+        for t in ["a", "b"] {
+            m.push(update(t, TaskState::TaskRunning, t), "", &none)
+                .unwrap();
+        }
+        assert!(m.acknowledge(&key("a"), b"a").is_some());
+        m.push(update("a", TaskState::TaskFinished, "af"), "", &none)
+            .unwrap();
+        assert!(m.acknowledge(&key("a"), b"af").is_some());
+        drop(m);
+        let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
+        assert_eq!(m.streams(), [key("b")]);
+        let slots = std::fs::read_dir(meta.join("slots")).unwrap().count();
+        assert_eq!(slots, 2);
+        let c = m
+            .begin(&key("c"), &none, &TaskInfo::default())
+            .unwrap()
+            .unwrap();
+        assert_ne!(Some(c), m.task_dir(&key("b")), "b's slot is not given away");
     }
 
     #[test]
@@ -964,6 +1145,7 @@ mod tests {
         let meta = dir.path().join("meta");
         // The agent checkpointed the task and started it, then died before its first update; an empty
         // directory (no TaskInfo) is left from nothing worth keeping.
+        // (These are the directories agents before checkpoint slots made per task.)
         let launched = meta.join("frameworks/fw/tasks/t1");
         std::fs::create_dir_all(&launched).unwrap();
         std::fs::write(launched.join("task"), b"").unwrap();
@@ -975,6 +1157,17 @@ mod tests {
             "a launch of it sent again is ignored"
         );
         assert!(!meta.join("frameworks/fw/tasks/t2").exists());
+        // Its stream goes on in the earlier agent's directory, removed when it ends.
+        assert_eq!(m.task_dir(&key("t1")), Some(launched.clone()));
+        m.push(
+            update("t1", TaskState::TaskFailed, "x"),
+            "",
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert!(launched.join("updates").exists());
+        assert!(m.acknowledge(&key("t1"), b"x").is_some());
+        assert!(!launched.exists());
     }
 
     /// The launch and the pid are the first records of the update stream's file (no `task` or `pid` file):
@@ -988,14 +1181,15 @@ mod tests {
             task_id: "t1".into(),
             ..Default::default()
         };
-        m.begin(&key("t1"), &HashMap::new(), &task).unwrap();
+        let checkpoint = m.begin(&key("t1"), &HashMap::new(), &task).unwrap().unwrap();
         m.record_pid(&key("t1"), 4242).unwrap();
-        let checkpoint = m.task_dir(&key("t1")).unwrap();
-        let files: Vec<String> = std::fs::read_dir(&checkpoint)
+        assert_eq!(m.task_dir(&key("t1")), Some(checkpoint.clone()));
+        let mut files: Vec<String> = std::fs::read_dir(&checkpoint)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(files, ["updates"]);
+        files.sort();
+        assert_eq!(files, ["exit", "updates"]);
         drop(m);
         let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
         assert_eq!(
