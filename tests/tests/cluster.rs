@@ -157,6 +157,60 @@ async fn a_task_over_its_memory_limit_fails_with_the_memory_limitation() {
     }
 }
 
+/// An agent keeps each checkpoint slot's cgroup for the slot's next task (issue 24), which must get its own
+/// limits and none of the earlier task's history: one after another on one slot, a task of 128 MiB uses 96,
+/// then a task of 32 MiB asking for 96 is ended by the kernel, then a task after that OOM finishes (its cgroup
+/// is not marked by the earlier kill) and a task that leaves a process behind does not leave it in the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_one_after_another_in_a_kept_cgroup_get_their_own_limits() {
+    let mut cluster = Cluster::start().await;
+    let agent = cluster.add_agent("cpus:1;mem:512").await;
+    let mut fw = TestFramework::subscribe(&cluster, "one-slot", "*").await;
+    let cgroups = std::path::Path::new("/sys/fs/cgroup/memory/allot").exists()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+            .is_ok_and(|c| c.contains("memory"));
+    let uses_96 = "dd if=/dev/zero of=/dev/null bs=96M count=1";
+    let steps: [(&str, &str, f64, TaskState); 4] = [
+        ("roomy", uses_96, 128.0, TaskState::TaskFinished),
+        ("tight", uses_96, 32.0, TaskState::TaskFailed),
+        ("after", "true", 32.0, TaskState::TaskFinished),
+        (
+            "leaver",
+            "sleep 30 & echo left",
+            32.0,
+            TaskState::TaskFinished,
+        ),
+    ];
+    for (id, command, mem, state) in steps {
+        fw.launch(task(id, command, 0.1, mem)).await;
+        let end = fw.await_state(id, state).await;
+        if id == "tight" && cgroups {
+            assert_eq!(end.reason, "REASON_CONTAINER_LIMITATION_MEMORY", "{end:?}");
+        }
+        // The slot is free again once the terminal update is acknowledged: the next task takes it.
+        eventually("the task's checkpoint slot is emptied", || async {
+            allot_agent::status::find_checkpoint(
+                &agent.work_dir.join("meta"),
+                &(fw.id.clone(), id.to_string()),
+            )
+            .is_none()
+        })
+        .await;
+    }
+    let slots = std::fs::read_dir(agent.work_dir.join("meta/slots"))
+        .unwrap()
+        .count();
+    assert_eq!(slots, 1, "every task used the same slot");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "^sleep 30$"])
+        .output()
+        .unwrap();
+    assert!(
+        !left.status.success(),
+        "the process the last task left behind is killed with its cgroup's task"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_ends_killed() {
     let mut cluster = Cluster::start().await;

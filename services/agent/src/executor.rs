@@ -33,12 +33,15 @@ use tokio_util::sync::CancellationToken;
 /// How often a task recovered after an agent restart (not the agent's child, so not waited for) is checked.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
-/// The wrapper around every command. Arguments: the exit file, then the command. It ignores nothing (a trap
-/// is reset in the command), but a SIGTERM sent to the process group waits in the trap until the command has
-/// handled its own, so a graceful kill keeps its grace period. `RUN` is [`RUN_ARGV`] or [`RUN_SHELL`].
+/// The wrapper around every command. Arguments: the exit file, then the command's program and arguments (none
+/// for a shell command, which is in the script: see [`shell_run`]). It ignores nothing (a trap is reset in the
+/// command), but a SIGTERM sent to the process group waits in the trap until the command has handled its own,
+/// so a graceful kill keeps its grace period. `GATE` is the gate (its own line, run before the line with the
+/// command is read), `RUN` is [`RUN_ARGV`] or [`shell_run`]'s.
 const WRAPPER: &str = r#"exit_file=$1; shift
 trap 'true' TERM
-GATERUN; s=$?
+GATE
+RUN; s=$?
 echo "$s" > "$exit_file"
 if [ "$s" -gt 128 ]; then trap - TERM; kill -$((s - 128)) $$; fi
 exit "$s""#;
@@ -46,12 +49,19 @@ exit "$s""#;
 /// How the wrapper runs a command given as a program and its arguments.
 const RUN_ARGV: &str = r#""$@""#;
 
-/// How the wrapper runs a shell command (`CommandInfo.shell`, the one argument after the exit file): in a
-/// subshell of the wrapper itself, which is what `sh -c` would be without one more `exec` of the shell per
-/// task (issue 24). The subshell sees none of the wrapper's variables or positional parameters (the command
-/// is evaluated after `set --`), its traps are reset, and its exit status (or signal) is the command's;
-/// `exit` and `exec` in the command end or replace the subshell only.
-const RUN_SHELL: &str = r#"( unset exit_file; eval 'set --;' "$1" )"#;
+/// How the wrapper runs shell command `command` (`CommandInfo.shell`): in a subshell of the wrapper itself,
+/// which is what `sh -c` would be without one more `exec` of the shell per task, with the command's text in
+/// the script, as `sh -c` has it, not `eval`ed from an argument: then the shell runs the command's last
+/// program in the subshell's own process, as `sh -c` does, where `eval` forks once more (that fork was a
+/// quarter of a short task's CPU, issue 24). The subshell sees none of the wrapper's variables or positional
+/// parameters (`unset`, `set --`), its traps are reset, and its exit status (or signal) is the command's;
+/// `exit` and `exec` in the command end or replace the subshell only. The command starts on a line of its
+/// own and the subshell closes two lines below it, so that a comment or a trailing backslash in it cannot
+/// swallow the closing parenthesis. A command that is not valid shell fails to parse, as under `sh -c`: the
+/// wrapper exits with status 2 (the agent reports it), having run nothing of it.
+fn shell_run(command: &str) -> String {
+    format!("( unset exit_file; set --\n{command}\n\n)")
+}
 
 /// Where one task's status updates go: its stream in the agent's status update manager, with its sandbox path
 /// and the launch's trace context. [`TaskUpdates::push`] checkpoints (a file write and a sync), so it is called
@@ -87,7 +97,9 @@ impl TaskUpdates {
     pub fn begin(&self, task: &TaskInfo) -> Option<PathBuf> {
         self.manager
             .begin(&self.key, &self.context, task)
-            .inspect_err(|e| tracing::warn!(task = %task.task_id, error = %e, "cannot checkpoint the task"))
+            .inspect_err(
+                |e| tracing::warn!(task = %task.task_id, error = %e, "cannot checkpoint the task"),
+            )
             .ok()
             .flatten()
     }
@@ -220,9 +232,14 @@ fn scalar(task: &TaskInfo, name: &str) -> f64 {
         .sum()
 }
 
-/// The name of a task's cgroup under the agent's parent cgroup.
-fn cgroup_name(l: &Launch) -> String {
-    format!("{}.{}", l.framework_id, l.task.task_id)
+/// The name of a task's cgroup under the agent's parent cgroup, and whether it is kept for the next task
+/// (see [`crate::isolation`]): `slot-<n>` for a task checkpointed in slot `n` (`checkpoint`), kept and
+/// reused with the slot; else `<framework>.<task>` (a task an earlier agent started, or no checkpoint).
+fn cgroup_of(l: &Launch, checkpoint: Option<&Path>) -> (String, bool) {
+    match checkpoint.and_then(crate::status::slot_number) {
+        Some(n) => (format!("slot-{n}"), true),
+        None => (format!("{}.{}", l.framework_id, l.task.task_id), false),
+    }
 }
 
 /// How a task's command ended, as far as the agent can tell.
@@ -339,7 +356,7 @@ pub(crate) fn wrapped_argv(
     // Under prlimit the command must be a program to exec: the shell.
     let in_wrapper = shell && !matches!(iso, TaskIsolation::Prlimit { .. });
     let mut argv: Vec<String> = if in_wrapper {
-        vec![cmd_info.value.clone()]
+        Vec::new()
     } else if shell {
         vec!["/bin/sh".into(), "-c".into(), cmd_info.value.clone()]
     } else {
@@ -357,9 +374,13 @@ pub(crate) fn wrapped_argv(
     // wrapper reads one line from a pipe before it starts the command, which the agent writes after those
     // steps. If the agent dies first, the pipe closes unwritten and the wrapper exits without running the
     // command (and without an exit status: the restarted agent reports the task as never started).
+    let run = match in_wrapper {
+        true => shell_run(&cmd_info.value),
+        false => RUN_ARGV.to_string(),
+    };
     let script = WRAPPER
-        .replace("GATE", "read -r _ || exit 125\n")
-        .replace("RUN", if in_wrapper { RUN_SHELL } else { RUN_ARGV });
+        .replacen("GATE", "read -r _ || exit 125", 1)
+        .replacen("RUN", &run, 1);
     let mut wrapped: Vec<String> = vec![
         "/bin/sh".into(),
         "-c".into(),
@@ -425,7 +446,8 @@ fn start(
     let (cpus, mem) = (scalar(&l.task, "cpus"), scalar(&l.task, "mem"));
     drop(sandbox_span);
     let isolate_span = tracing::info_span!("isolate").entered();
-    let iso = match isolator.prepare(&cgroup_name(l), cpus, mem) {
+    let (cgroup, keep) = cgroup_of(l, checkpoint.as_deref());
+    let iso = match isolator.prepare(&cgroup, cpus, mem, keep) {
         Ok(i) => i,
         Err(e) => {
             return Err(fail(
@@ -729,7 +751,10 @@ pub fn recover(
 pub async fn report_ended(l: Launch, isolator: Isolator, exit: Exit, updates: TaskUpdates) {
     let ended = tokio::task::spawn_blocking(move || {
         // In a cgroup, whatever the command left behind is killed by the release.
-        let iso = isolator.reopen(&cgroup_name(&l));
+        let iso = {
+            let (cgroup, keep) = cgroup_of(&l, l.checkpoint.as_deref());
+            isolator.reopen(&cgroup, keep)
+        };
         let oom = iso.oom_killed();
         iso.release();
         let last = if exit == Exit::Unknown {
@@ -770,7 +795,10 @@ pub async fn watch_task(
     kill: CancellationToken,
     updates: TaskUpdates,
 ) {
-    let iso = isolator.reopen(&cgroup_name(&l));
+    let iso = {
+        let (cgroup, keep) = cgroup_of(&l, l.checkpoint.as_deref());
+        isolator.reopen(&cgroup, keep)
+    };
     tracing::info!(task = %l.task.task_id, %pid, "reattached to a running task");
     let gone = || async {
         while alive(pid) {
@@ -852,6 +880,57 @@ mod tests {
         assert_eq!(opened.wait().unwrap().code(), Some(0));
         assert!(ran.exists());
         assert_eq!(std::fs::read_to_string(&exit_file).unwrap().trim(), "0");
+    }
+
+    /// A shell command in the wrapper behaves as under `sh -c`: its exit status, `exit`, here-documents, a
+    /// trailing comment or backslash, none of the wrapper's variables; and the wrapper records the status.
+    #[test]
+    fn a_shell_command_in_the_wrapper_runs_as_under_sh_c() {
+        let dir = tempfile::tempdir().unwrap();
+        let exit_file = dir.path().join("exit");
+        let run = |cmd: &str| {
+            let command = allot_proto::common::CommandInfo {
+                value: cmd.into(),
+                shell: true,
+                ..Default::default()
+            };
+            let argv = wrapped_argv(&command, &exit_file, &TaskIsolation::None, None);
+            let mut child = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+            drop(child.stdin.take());
+            let out = child.wait_with_output().unwrap();
+            let recorded = std::fs::read_to_string(&exit_file).unwrap_or_default();
+            let _ = std::fs::remove_file(&exit_file);
+            (
+                out.status.code(),
+                String::from_utf8(out.stdout).unwrap(),
+                recorded.trim().to_string(),
+            )
+        };
+        assert_eq!(run("exit 3"), (Some(3), "".into(), "3".into()));
+        assert_eq!(
+            run("true; exit 0; echo never"),
+            (Some(0), "".into(), "0".into())
+        );
+        assert_eq!(
+            run(r#"echo "[$exit_file][$1][$#]" # a comment"#),
+            (Some(0), "[][][0]\n".into(), "0".into())
+        );
+        assert_eq!(run("echo a \\"), (Some(0), "a\n".into(), "0".into()));
+        assert_eq!(
+            run("cat <<EOF\nhere\nEOF"),
+            (Some(0), "here\n".into(), "0".into())
+        );
+        assert_eq!(run("sh -c 'exit 4'"), (Some(4), "".into(), "4".into()));
+        // Not valid shell: status 2, as `sh -c` gives, and nothing of it runs.
+        let (code, out, _) = run("echo ran; if");
+        assert_eq!((code, out.as_str()), (Some(2), ""));
     }
 
     #[test]

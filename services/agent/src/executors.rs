@@ -640,7 +640,12 @@ impl Agent {
         let iso = match &self.isolator {
             crate::isolation::Isolator::Rlimits(_) => TaskIsolation::None,
             isolator => isolator
-                .prepare(&cgroup_name(key), own.scalar("cpus"), own.scalar("mem"))
+                .prepare(
+                    &cgroup_name(key),
+                    own.scalar("cpus"),
+                    own.scalar("mem"),
+                    false,
+                )
                 .map_err(|e| format!("cannot isolate the executor: {e}"))?,
         };
         let exit_file = checkpoint.join("exit");
@@ -899,7 +904,7 @@ impl Agent {
                     pid: Pid::from_raw(record.pid as i32),
                     inner: Mutex::default(),
                     exited: CancellationToken::new(),
-                    iso: Mutex::new(Some(self.isolator.reopen(&cgroup_name(&key)))),
+                    iso: Mutex::new(Some(self.isolator.reopen(&cgroup_name(&key), false))),
                 });
                 self.executors
                     .running

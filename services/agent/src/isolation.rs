@@ -1,10 +1,17 @@
 //! Resource isolation for tasks: cgroups (v1 or v2, through cgroups-rs) where the host allows it, otherwise
 //! an address-space rlimit set by `prlimit(1)`, otherwise none.
 //!
-//! With cgroups, each task gets `<cgroup_root>/<agent>/<task>` with `memory` limited to the task's `mem`
+//! With cgroups, each task gets `<cgroup_root>/<agent>/<name>` with `memory` limited to the task's `mem`
 //! (MiB) and `cpu` shares of `1024 x cpus` (v1; the v2 equivalent is a weight). With rlimits, only memory is
 //! limited (`RLIMIT_AS`, which also counts address space reserved but never used: a fallback, not a match for
 //! cgroups).
+//!
+//! A cgroup prepared with `keep` (a command task's, named after its checkpoint slot) is not removed when its
+//! task ends but emptied and left for the slot's next task, which sets its own limits on it: making and
+//! removing a cgroup v1 (two controllers, each a directory of some thirty files, under the kernel's one
+//! cgroup lock) was an eighth of the agent's CPU per short task and serialized concurrent starts (issue 24).
+//! One whose task the OOM killer hit is removed all the same, so that a kept cgroup's `oom_kill` count is
+//! always its current task's.
 
 use cgroups_rs::fs::error::Error as CgroupError;
 use cgroups_rs::fs::{
@@ -163,10 +170,26 @@ impl Isolator {
         task: &str,
         cpus: f64,
         mem_mib: f64,
+        keep: bool,
     ) -> Result<TaskIsolation, IsolationError> {
         match self {
             Isolator::Cgroups { parent, hierarchy } => {
                 let path = format!("{parent}/{task}");
+                if keep {
+                    let kept = Cgroup::load_with_specified_controllers(
+                        hierarchy.boxed(),
+                        &path,
+                        vec!["cpu".into(), "memory".into()],
+                    );
+                    if kept.exists() {
+                        let iso = TaskIsolation::Cgroup { cg: kept, keep };
+                        // Nothing of an earlier task may be left in it (its end emptied it).
+                        iso.kill_all();
+                        iso.set_limits(cpus, mem_mib)
+                            .map_err(|source| IsolationError::Prepare { path, source })?;
+                        return Ok(iso);
+                    }
+                }
                 let mut b = CgroupBuilder::new(&path)
                     .set_specified_controllers(vec!["cpu".into(), "memory".into()]);
                 if mem_mib > 0.0 {
@@ -183,7 +206,7 @@ impl Isolator {
                 let cg = b
                     .build(hierarchy.boxed())
                     .map_err(|source| IsolationError::Prepare { path, source })?;
-                Ok(TaskIsolation::Cgroup(cg))
+                Ok(TaskIsolation::Cgroup { cg, keep })
             }
             Isolator::Rlimits(prlimit) if mem_mib > 0.0 => Ok(TaskIsolation::Prlimit {
                 program: prlimit.clone(),
@@ -193,13 +216,15 @@ impl Isolator {
         }
     }
 
-    /// The isolation of task `task` prepared by an earlier agent process, to watch and release it after a
-    /// restart: its cgroup, if this agent uses cgroups (rlimits were applied when the command started).
-    pub fn reopen(&self, task: &str) -> TaskIsolation {
+    /// The isolation of task `task` prepared by an earlier agent process (with `keep` as it was prepared), to
+    /// watch and release it after a restart: its cgroup, if this agent uses cgroups (rlimits were applied when
+    /// the command started).
+    pub fn reopen(&self, task: &str, keep: bool) -> TaskIsolation {
         match self {
-            Isolator::Cgroups { parent, hierarchy } => {
-                TaskIsolation::Cgroup(Cgroup::load(hierarchy.boxed(), format!("{parent}/{task}")))
-            }
+            Isolator::Cgroups { parent, hierarchy } => TaskIsolation::Cgroup {
+                cg: Cgroup::load(hierarchy.boxed(), format!("{parent}/{task}")),
+                keep,
+            },
             _ => TaskIsolation::None,
         }
     }
@@ -209,7 +234,12 @@ impl Isolator {
 #[derive(Debug)]
 pub enum TaskIsolation {
     /// The task's cgroup.
-    Cgroup(Cgroup),
+    Cgroup {
+        /// The cgroup.
+        cg: Cgroup,
+        /// Left, emptied, for the next task of its name when this one ends (see the module docs).
+        keep: bool,
+    },
     /// Run the command under `program --as=bytes --`.
     Prlimit {
         /// Path of `prlimit`.
@@ -236,7 +266,7 @@ impl TaskIsolation {
     /// [`IsolationError::Attach`] if the cgroup refuses the process.
     pub fn attach(&self, pid: u32) -> Result<(), IsolationError> {
         match self {
-            TaskIsolation::Cgroup(cg) => cg
+            TaskIsolation::Cgroup { cg, .. } => cg
                 .add_task_by_tgid(cgroups_rs::CgroupPid::from(pid as u64))
                 .map_err(|source| IsolationError::Attach { pid, source }),
             _ => Ok(()),
@@ -247,7 +277,7 @@ impl TaskIsolation {
     /// the task's memory cgroup, read from the one file that holds it (`memory.oom_control` on v1,
     /// `memory.events` on v2; cgroups-rs' `memory_stat` reads a dozen files, and on v2 leaves the count out).
     pub fn oom_killed(&self) -> bool {
-        let TaskIsolation::Cgroup(cg) = self else {
+        let TaskIsolation::Cgroup { cg, .. } = self else {
             return false;
         };
         let Some(m) = cg.controller_of::<MemController>() else {
@@ -269,7 +299,7 @@ impl TaskIsolation {
     /// # Errors
     /// [`IsolationError::Resize`] if the kernel refuses a limit (e.g. memory below what is in use).
     pub fn resize(&self, cpus: f64, mem_mib: f64) -> Result<(), IsolationError> {
-        let TaskIsolation::Cgroup(cg) = self else {
+        let TaskIsolation::Cgroup { cg, .. } = self else {
             return Ok(());
         };
         let resize = |source| IsolationError::Resize {
@@ -302,23 +332,70 @@ impl TaskIsolation {
         Ok(())
     }
 
-    /// Removes the task's cgroup; every process in it must be gone.
-    pub fn release(self) {
-        if let TaskIsolation::Cgroup(cg) = self {
-            for pid in cg.procs() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            for _ in 0..50 {
-                if cg.delete().is_ok() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            tracing::warn!(path = cg.path(), "cannot remove task cgroup");
+    /// Sets a kept cgroup's limits for its next task, `cpus` cores and `mem_mib` MiB (0: unlimited), without
+    /// reading the earlier ones: memory+swap unlimited first (v1 refuses a memory limit above it), then memory,
+    /// then memory+swap, then the CPU shares.
+    fn set_limits(&self, cpus: f64, mem_mib: f64) -> Result<(), CgroupError> {
+        let TaskIsolation::Cgroup { cg, .. } = self else {
+            return Ok(());
+        };
+        if let Some(m) = cg.controller_of::<MemController>() {
+            let bytes = if mem_mib > 0.0 {
+                (mem_mib * 1024.0 * 1024.0) as i64
+            } else {
+                -1
+            };
+            let _ = m.set_memswap_limit(-1);
+            m.set_limit(bytes)?;
+            m.set_memswap_limit(bytes)?;
         }
+        if let Some(c) = cg.controller_of::<cgroups_rs::fs::cpu::CpuController>() {
+            // A task without cpus gets the kernel's default weight, as a new cgroup would.
+            let shares = if cpus > 0.0 {
+                (cpus * 1024.0) as u64
+            } else {
+                1024
+            };
+            c.set_shares(shares.max(2))?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs every process in the task's cgroup (none without one). Returns whether there were any.
+    fn kill_all(&self) -> bool {
+        let TaskIsolation::Cgroup { cg, .. } = self else {
+            return false;
+        };
+        let procs = cg.procs();
+        for pid in &procs {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        !procs.is_empty()
+    }
+
+    /// Ends the task's isolation: kills whatever is left in its cgroup, then removes the cgroup, or, for one
+    /// prepared with `keep` whose task the OOM killer spared, leaves it empty for the next task (see the
+    /// module docs).
+    pub fn release(self) {
+        let keep = matches!(self, TaskIsolation::Cgroup { keep: true, .. }) && !self.oom_killed();
+        let TaskIsolation::Cgroup { cg, .. } = &self else {
+            return;
+        };
+        let mut left = self.kill_all();
+        for _ in 0..50 {
+            if keep && !left {
+                return;
+            }
+            if !keep && cg.delete().is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            left = keep && !cg.procs().is_empty();
+        }
+        tracing::warn!(path = cg.path(), "cannot empty or remove a task's cgroup");
     }
 }
 

@@ -228,7 +228,11 @@ impl StatusUpdateManager {
         let (mut free_slots, mut next_slot) = (BTreeSet::new(), 0);
         for slot in std::fs::read_dir(&slots)? {
             let slot = slot?;
-            let Some(n) = slot.file_name().to_str().and_then(|n| n.parse::<usize>().ok()) else {
+            let Some(n) = slot
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
                 continue;
             };
             next_slot = next_slot.max(n + 1);
@@ -419,13 +423,15 @@ impl StatusUpdateManager {
             if let Some(s) = streams.tasks.get(key) {
                 return (s.file.clone(), None, Ok(()));
             }
-            self.meta.as_ref().map(|_| match streams.free_slots.pop_first() {
-                Some(n) => (n, false),
-                None => {
-                    streams.next_slot += 1;
-                    (streams.next_slot - 1, true)
-                }
-            })
+            self.meta
+                .as_ref()
+                .map(|_| match streams.free_slots.pop_first() {
+                    Some(n) => (n, false),
+                    None => {
+                        streams.next_slot += 1;
+                        (streams.next_slot - 1, true)
+                    }
+                })
         };
         let mut result = Ok(());
         let opened = match (&self.meta, slot) {
@@ -900,6 +906,15 @@ pub struct Replayed {
     pub valid: usize,
 }
 
+/// The number of checkpoint slot `dir` (`<meta>/slots/<n>`); `None` for another directory (an earlier agent's
+/// task directory).
+pub fn slot_number(dir: &Path) -> Option<usize> {
+    if dir.parent()?.file_name()? != "slots" {
+        return None;
+    }
+    dir.file_name()?.to_str()?.parse().ok()
+}
+
 /// The checkpoint directory that holds task `key`'s stream under `meta` (`<work_dir>/meta`), read from the
 /// files: the slot whose `updates` file names the task, or an earlier agent's task directory that has an
 /// `updates` file. `None` once the stream ended (its slot emptied) or before it began. Reads every slot: for
@@ -1093,7 +1108,11 @@ mod tests {
         assert_eq!(out[0].request.sandbox, "/sb");
         assert!(m.acknowledge(&key("t1"), b"f1").is_some());
         assert_eq!(find_checkpoint(&meta, &key("t1")), None);
-        assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "the slot is emptied");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            0,
+            "the slot is emptied"
+        );
     }
 
     /// A stream ended frees its slot for the next task: tasks one after another use one slot directory, and
@@ -1181,7 +1200,10 @@ mod tests {
             task_id: "t1".into(),
             ..Default::default()
         };
-        let checkpoint = m.begin(&key("t1"), &HashMap::new(), &task).unwrap().unwrap();
+        let checkpoint = m
+            .begin(&key("t1"), &HashMap::new(), &task)
+            .unwrap()
+            .unwrap();
         m.record_pid(&key("t1"), 4242).unwrap();
         assert_eq!(m.task_dir(&key("t1")), Some(checkpoint.clone()));
         let mut files: Vec<String> = std::fs::read_dir(&checkpoint)
