@@ -1109,6 +1109,12 @@ async fn a_starved_role_reaches_its_fair_share_by_preemption_within_the_grace() 
             .is_none(),
         "no third task is preempted"
     );
+    // The two left are killed, so that no `sleep 600` outlives the test (its agent is dropped like a crash,
+    // which leaves tasks running).
+    for id in long.iter().filter(|id| !preempted.contains(id)) {
+        batch.kill(id).await.expect("kill");
+        batch.await_state(id, TaskState::TaskKilled).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
