@@ -36,15 +36,22 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// The wrapper around every command. Arguments: the exit file, then the command's program and arguments (none
 /// for a shell command, which is in the script: see [`shell_run`]). It ignores nothing (a trap is reset in the
 /// command), but a SIGTERM sent to the process group waits in the trap until the command has handled its own,
-/// so a graceful kill keeps its grace period. `GATE` is the gate (its own line, run before the line with the
+/// so a graceful kill keeps its grace period. The status is written as four bytes (`printf '%3d\n'`) over the
+/// exit file's first bytes, not into a truncated file (`1<>`; emptying a file frees its block, which the write
+/// then allocates again): the agent blanks the file with four spaces' worth when it gives the slot to a task
+/// (see [`crate::status`]), and a status is at most `255`. `GATE` is the gate (its own line, run before the line with the
 /// command is read), `RUN` is [`RUN_ARGV`] or [`shell_run`]'s.
 const WRAPPER: &str = r#"exit_file=$1; shift
 trap 'true' TERM
 GATE
 RUN; s=$?
-echo "$s" > "$exit_file"
+printf '%3d\n' "$s" 1<> "$exit_file"
 if [ "$s" -gt 128 ]; then trap - TERM; kill -$((s - 128)) $$; fi
 exit "$s""#;
+
+/// What the agent writes into a command's gate to open it: one newline, which `read` takes in one system call
+/// (it reads a byte at a time).
+pub(crate) const GATE_OPEN: &[u8] = b"\n";
 
 /// How the wrapper runs a command given as a program and its arguments.
 const RUN_ARGV: &str = r#""$@""#;
@@ -471,22 +478,18 @@ fn start(
     };
     // The sandbox (and the file the wrapper writes the exit status to) belong to the task's user.
     if let Some(who) = &run_as {
-        // The wrapper, running as the user, writes the exit status into a file made for it here.
-        let exit_made = match checkpoint.is_some() {
-            true => std::fs::write(&exit_file, b"").map(|()| Some(exit_file.clone())),
-            false => Ok(None),
-        };
-        let owned = exit_made.and_then(|exit| {
-            [
-                l.sandbox.clone(),
-                l.sandbox.join("stdout"),
-                l.sandbox.join("stderr"),
-            ]
-            .into_iter()
-            .chain(exit)
-            .try_for_each(|p| {
-                nix::unistd::chown(&p, Some(who.uid), Some(who.gid)).map_err(std::io::Error::from)
-            })
+        // The wrapper, running as the user, writes the exit status into the slot's file (made, blank, when
+        // the task was given the slot).
+        let exit = checkpoint.is_some().then(|| exit_file.clone());
+        let owned = [
+            l.sandbox.clone(),
+            l.sandbox.join("stdout"),
+            l.sandbox.join("stderr"),
+        ]
+        .into_iter()
+        .chain(exit)
+        .try_for_each(|p| {
+            nix::unistd::chown(&p, Some(who.uid), Some(who.gid)).map_err(std::io::Error::from)
         });
         if let Err(e) = owned {
             iso.release();
@@ -559,10 +562,10 @@ pub async fn run_task(
             Ok(mut s) => {
                 // The command waits at the gate until its pid is checkpointed and it is in its cgroup (both in
                 // `start`): open it.
-                // Three bytes into an empty pipe never block; dropping the pipe closes the command's stdin.
+                // A byte into an empty pipe never blocks; dropping the pipe closes the command's stdin.
                 // A stopped agent leaves the gate shut: the wrapper exits without running the command.
                 if let Some(gate) = s.child.stdin.take().filter(|_| !launch.stopped.is_cancelled())
-                    && let Err(e) = nix::unistd::write(&gate, b"go\n")
+                    && let Err(e) = nix::unistd::write(&gate, GATE_OPEN)
                 {
                     tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");
                 }
@@ -875,7 +878,7 @@ mod tests {
         assert!(!ran.exists(), "the command ran without its gate");
         assert!(!exit_file.exists(), "no exit status: the command never ran");
         let mut opened = spawn();
-        std::io::Write::write_all(opened.stdin.as_mut().unwrap(), b"go\n").unwrap();
+        std::io::Write::write_all(opened.stdin.as_mut().unwrap(), GATE_OPEN).unwrap();
         drop(opened.stdin.take());
         assert_eq!(opened.wait().unwrap().code(), Some(0));
         assert!(ran.exists());
@@ -902,7 +905,7 @@ mod tests {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), GATE_OPEN).unwrap();
             drop(child.stdin.take());
             let out = child.wait_with_output().unwrap();
             let recorded = std::fs::read_to_string(&exit_file).unwrap_or_default();

@@ -747,7 +747,7 @@ impl Agent {
         write_checkpoint(&checkpoint, &record, &container_id, &sandbox);
         // Checkpointed and in its cgroup: the executor may start (see `wrapped_argv`).
         if let Some(gate) = child.stdin.take().filter(|_| !self.stopped.is_cancelled())
-            && let Err(e) = nix::unistd::write(&gate, b"go\n")
+            && let Err(e) = nix::unistd::write(&gate, crate::executor::GATE_OPEN)
         {
             tracing::warn!(executor = %key.1, error = %e, "cannot open the executor's gate");
         }

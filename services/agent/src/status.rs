@@ -46,6 +46,10 @@ pub const RETRY_MIN: Duration = Duration::from_secs(10);
 /// Longest wait between re-sends, as Mesos' `STATUS_UPDATE_RETRY_INTERVAL_MAX` (10 min).
 pub const RETRY_MAX: Duration = Duration::from_secs(600);
 
+/// What a checkpoint slot's `exit` file holds while its task has recorded no exit status: as long as the longest
+/// status a wrapper writes (`255\n`), blank, so that it reads as no status whatever was there before.
+pub const EXIT_BLANK: &[u8] = b"   \n";
+
 /// The most updates one send takes from the manager.
 pub const MAX_PER_SEND: usize = 1024;
 
@@ -443,11 +447,16 @@ impl StatusUpdateManager {
                     Ok(())
                 })
                 .and_then(|()| {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(dir.join("exit"))?;
+                    // Blanked, not truncated (see `crate::executor`'s wrapper): the file keeps its block.
+                    std::os::unix::fs::FileExt::write_all_at(
+                        &std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .open(dir.join("exit"))?,
+                        EXIT_BLANK,
+                        0,
+                    )?;
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
@@ -1130,8 +1139,9 @@ mod tests {
             };
             let slot = m.begin(&key(t), &none, &task).unwrap().unwrap();
             assert_eq!(slot, meta.join("slots/0"), "{t} reuses the first slot");
-            assert_eq!(std::fs::read(slot.join("exit")).unwrap(), b"", "{t}");
-            std::fs::write(slot.join("exit"), b"0\n").unwrap();
+            let blank = std::fs::read_to_string(slot.join("exit")).unwrap();
+            assert_eq!(blank.trim(), "", "{t}");
+            std::fs::write(slot.join("exit"), b"137\n").unwrap();
             m.push(update(t, TaskState::TaskFinished, t), "", &none)
                 .unwrap();
             assert_eq!(find_checkpoint(&meta, &key(t)), Some(slot));
