@@ -647,8 +647,7 @@ async fn finish(
         span.in_scope(|| {
             // Whatever the command left behind in its process group goes with it.
             let _ = killpg(pgid, Signal::SIGKILL);
-            let oom = iso.oom_killed();
-            tracing::info_span!("release").in_scope(|| iso.release());
+            let oom = tracing::info_span!("release").in_scope(|| iso.release());
             let last = final_status(&l, exit, killed, oom, "");
             tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended");
             updates.push(vec![last]);
@@ -758,8 +757,7 @@ pub async fn report_ended(l: Launch, isolator: Isolator, exit: Exit, updates: Ta
             let (cgroup, keep) = cgroup_of(&l, l.checkpoint.as_deref());
             isolator.reopen(&cgroup, keep)
         };
-        let oom = iso.oom_killed();
-        iso.release();
+        let oom = iso.release();
         let last = if exit == Exit::Unknown {
             let mut s = status(
                 &l,

@@ -43,6 +43,9 @@ pub enum Isolator {
         /// The host's cgroup hierarchy, found once at start (finding it reads `/proc/self/mountinfo`, which a
         /// task's start need not pay for).
         hierarchy: Hier,
+        /// The limits (cores, MiB) this agent process last wrote to each kept cgroup, by path: a slot's next
+        /// task of the same shape writes none.
+        written: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (f64, f64)>>>,
     },
     /// `prlimit` at this path.
     Rlimits(String),
@@ -131,6 +134,7 @@ pub fn detect(mode: Mode, parent: &str) -> Result<Isolator, IsolationError> {
         Ok(Isolator::Cgroups {
             parent: parent.to_string(),
             hierarchy: Hier::detect(),
+            written: Default::default(),
         })
     };
     Ok(match mode {
@@ -173,8 +177,21 @@ impl Isolator {
         keep: bool,
     ) -> Result<TaskIsolation, IsolationError> {
         match self {
-            Isolator::Cgroups { parent, hierarchy } => {
+            Isolator::Cgroups {
+                parent,
+                hierarchy,
+                written,
+            } => {
                 let path = format!("{parent}/{task}");
+                // The map is locked only to read or write it: a kept cgroup serves one task at a time.
+                let last = || written.lock().expect("limits poisoned").get(&path).copied();
+                let remember = |limits: Option<(f64, f64)>| {
+                    let mut map = written.lock().expect("limits poisoned");
+                    match limits {
+                        Some(l) => map.insert(path.clone(), l),
+                        None => map.remove(&path),
+                    };
+                };
                 if keep {
                     let kept = Cgroup::load_with_specified_controllers(
                         hierarchy.boxed(),
@@ -185,8 +202,16 @@ impl Isolator {
                         let iso = TaskIsolation::Cgroup { cg: kept, keep };
                         // Nothing of an earlier task may be left in it (its end emptied it).
                         iso.kill_all();
-                        iso.set_limits(cpus, mem_mib)
-                            .map_err(|source| IsolationError::Prepare { path, source })?;
+                        if last() != Some((cpus, mem_mib)) {
+                            remember(None);
+                            iso.set_limits(cpus, mem_mib).map_err(|source| {
+                                IsolationError::Prepare {
+                                    path: path.clone(),
+                                    source,
+                                }
+                            })?;
+                            remember(Some((cpus, mem_mib)));
+                        }
                         return Ok(iso);
                     }
                 }
@@ -205,7 +230,13 @@ impl Isolator {
                 }
                 let cg = b
                     .build(hierarchy.boxed())
-                    .map_err(|source| IsolationError::Prepare { path, source })?;
+                    .map_err(|source| IsolationError::Prepare {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if keep {
+                    remember(Some((cpus, mem_mib)));
+                }
                 Ok(TaskIsolation::Cgroup { cg, keep })
             }
             Isolator::Rlimits(prlimit) if mem_mib > 0.0 => Ok(TaskIsolation::Prlimit {
@@ -221,7 +252,9 @@ impl Isolator {
     /// the command started).
     pub fn reopen(&self, task: &str, keep: bool) -> TaskIsolation {
         match self {
-            Isolator::Cgroups { parent, hierarchy } => TaskIsolation::Cgroup {
+            Isolator::Cgroups {
+                parent, hierarchy, ..
+            } => TaskIsolation::Cgroup {
                 cg: Cgroup::load(hierarchy.boxed(), format!("{parent}/{task}")),
                 keep,
             },
@@ -378,24 +411,27 @@ impl TaskIsolation {
 
     /// Ends the task's isolation: kills whatever is left in its cgroup, then removes the cgroup, or, for one
     /// prepared with `keep` whose task the OOM killer spared, leaves it empty for the next task (see the
-    /// module docs).
-    pub fn release(self) {
-        let keep = matches!(self, TaskIsolation::Cgroup { keep: true, .. }) && !self.oom_killed();
+    /// module docs). Returns whether the OOM killer hit the task ([`TaskIsolation::oom_killed`], read once
+    /// before the cgroup goes).
+    pub fn release(self) -> bool {
+        let oom = self.oom_killed();
+        let keep = matches!(self, TaskIsolation::Cgroup { keep: true, .. }) && !oom;
         let TaskIsolation::Cgroup { cg, .. } = &self else {
-            return;
+            return oom;
         };
         let mut left = self.kill_all();
         for _ in 0..50 {
             if keep && !left {
-                return;
+                return oom;
             }
             if !keep && cg.delete().is_ok() {
-                return;
+                return oom;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
             left = keep && !cg.procs().is_empty();
         }
         tracing::warn!(path = cg.path(), "cannot empty or remove a task's cgroup");
+        oom
     }
 }
 
