@@ -858,6 +858,50 @@ async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_ta
     );
 }
 
+/// Mesos offers a role's reservation to frameworks of its descendant roles (`docs/reservation.md`): a framework
+/// of `eng/web` is offered `eng`'s reservation, tagged `eng`, and its task runs on it; a framework of another
+/// role never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_s_reservation_is_offered_to_its_descendant_roles() {
+    let mut cluster = Cluster::start().await;
+    let mut web = TestFramework::subscribe(&cluster, "web", "eng/web").await;
+    let mut ops = TestFramework::subscribe(&cluster, "ops", "ops").await;
+    cluster
+        .add_agent("cpus:1;mem:256;cpus(eng):1;mem(eng):256")
+        .await;
+    let offer = web.offers().await.remove(0);
+    let reserved: Vec<_> = offer.resources.iter().filter(|r| r.role == "eng").collect();
+    assert_eq!(
+        reserved.len(),
+        2,
+        "eng/web is offered eng's reservation: {:?}",
+        offer.resources
+    );
+    web.accept(
+        &offer.offer_id,
+        vec![task("on-eng", "true", 0.5, 128.0)],
+        5.0,
+    )
+    .await
+    .expect("accept");
+    web.await_state("on-eng", TaskState::TaskFinished).await;
+    let tasks = cluster.tasks(&web.id).await;
+    let res = &tasks[0].task.as_ref().expect("task").resources;
+    assert!(
+        res.iter().all(|r| r.role == "eng"),
+        "the task runs on eng's reservation: {res:?}"
+    );
+    if let Some(offers) = ops.offers_within(Duration::from_secs(2)).await {
+        for o in offers {
+            assert!(
+                o.resources.iter().all(|r| r.role.is_empty()),
+                "ops is offered nothing reserved: {:?}",
+                o.resources
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_s_dynamic_reservation_goes_to_its_role_and_survives_an_allocator_failover() {
     let mut cluster = Cluster::start_with(ClusterOptions {

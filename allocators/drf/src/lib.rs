@@ -9,8 +9,9 @@
 //!    gets what the classes above left on the agent;
 //! 2. roles (with a framework in the class) are ordered by weighted dominant share (`share / weight`), ties by
 //!    name;
-//! 3. each role in that order is offered its reservation on the agent plus all the unreserved resources still
-//!    there (whole-agent offers), cut down where the role's quota limit requires; inside the role the framework
+//! 3. each role in that order is offered its reservation on the agent (or, without one, its nearest
+//!    ancestor's: Mesos offers a role's reservation to its descendants, `docs/reservation.md`) plus all the
+//!    unreserved resources still there (whole-agent offers), cut down where the role's quota limit requires; inside the role the framework
 //!    with the lowest dominant share gets it, ties to fewer allocations so far, then to the lower ID; frameworks
 //!    with an offer filter on the agent are skipped;
 //! 4. shares are updated before the next role and agent.
@@ -710,7 +711,10 @@ pub fn hierarchical_indexed(v: &View<'_>, by_priority: bool) -> IndexedGrants {
                 if reserved.is_empty() && !allocatable(&unreserved, cpus, mem) {
                     break 'classes;
                 }
-                let own_at = reserved.iter().position(|&(r, _)| r as usize == ri);
+                // The role's own reservation on the agent, else its nearest ancestor's (Mesos offers a role's
+                // reservation to its descendants too, `docs/reservation.md`).
+                let own_at = std::iter::successors(Some(ri), |&i| tree.nodes[i].parent)
+                    .find_map(|i| reserved.iter().position(|&(r, _)| r as usize == i));
                 let own: &[i64] = own_at.map_or(&zero, |i| reserved[i].1);
                 // The unreserved part, cut down to what the quota limits of the role and its ancestors leave
                 // and, while guarantees are owed, to what the cluster has free beyond them.
@@ -927,6 +931,30 @@ mod tests {
         assert_eq!(s.frameworks[g[1].framework].id, "d");
         assert!(g[1].resources.is_empty());
         assert_eq!(g[1].reserved, r("cpus:2;mem:512"));
+    }
+
+    /// Mesos offers a role's reservation to its descendant roles too (`docs/reservation.md`), never to a
+    /// sibling's or to an unrelated role.
+    #[test]
+    fn a_reservation_of_a_role_goes_to_its_descendants_not_to_siblings() {
+        let mut a = agent("ag1", "cpus:4;mem:1024");
+        a.available = Resources::new();
+        a.reserved.insert("eng".into(), r("cpus:2;mem:512"));
+        a.reserved.insert("ops/batch".into(), r("cpus:2;mem:512"));
+        let s = snapshot(
+            vec![a],
+            vec![
+                fw("o", "other", ""),
+                fw("s", "ops/web", ""),
+                fw("w", "eng/web", ""),
+            ],
+            vec![],
+        );
+        let g = Drf.allocate(&s);
+        assert_eq!(g.len(), 1, "only eng's reservation has a taker: {g:?}");
+        assert_eq!(s.frameworks[g[0].framework].id, "w");
+        assert!(g[0].resources.is_empty());
+        assert_eq!(g[0].reserved, r("cpus:2;mem:512"));
     }
 
     #[test]

@@ -471,6 +471,20 @@ impl Layout {
                 missing.entry(&f.role).or_default().add(&f.allocation);
             }
         }
+        // And a role that holds a reservation and is an ancestor of a framework's role: its reservation may
+        // go to the descendant (Mesos offers a role's reservation to its descendants too).
+        let ancestors: BTreeSet<&str> = snap
+            .frameworks
+            .iter()
+            .flat_map(|f| crate::role_ancestors(&f.role))
+            .collect();
+        for a in &snap.agents {
+            for role in a.reserved.keys() {
+                if ancestors.contains(role.as_str()) && !listed.contains(role.as_str()) {
+                    missing.entry(role).or_default();
+                }
+            }
+        }
         roles.extend(missing.into_iter().map(|(n, a)| (n, 1.0, None, a)));
         roles.sort_by(|a, b| a.0.cmp(b.0));
         let role_index: HashMap<&str, u32> = roles

@@ -104,7 +104,8 @@ pub struct Piece {
     pub unreserved: Resources,
     /// Resources reserved for `role`.
     pub reserved: Resources,
-    /// The role the reserved part belongs to (the framework's role).
+    /// The role the reserved part belongs to: the framework's role, or the ancestor of it whose reservation
+    /// was offered (Mesos offers a role's reservation to its descendant roles too).
     pub role: Id,
 }
 
@@ -1116,11 +1117,20 @@ impl Books {
         if !(a.registered && a.reachable) {
             return Err((g, GrantRejection::Agent));
         }
-        if !a.free.contains(&g.resources)
-            || (!g.reserved.is_empty() && !a.reserved_available(&f.role).contains(&g.reserved))
-        {
+        // The reserved part comes from the reservation of the framework's role, or else of its nearest
+        // ancestor that has it available: Mesos offers a role's reservation to its descendants too
+        // (`docs/reservation.md`, hierarchical roles), and the offer says whose reservation it is.
+        let reservation_role = match g.reserved.is_empty() {
+            true => Some(f.role.clone()),
+            false => std::iter::once(&*f.role)
+                .chain(allot_policy::role_ancestors(&f.role))
+                .find(|r| a.reserved_available(r).contains(&g.reserved))
+                .map(Id::from),
+        };
+        let Some(reservation_role) = reservation_role.filter(|_| a.free.contains(&g.resources))
+        else {
             return Err((g, GrantRejection::Overcommit));
-        }
+        };
         // The role's quota limit and its ancestors' (each caps its subtree).
         // Every framework's role has its chain when any role has a limit (`role_allocations`).
         if let Some(chain) = quotas.chains.get(&role).cloned() {
@@ -1150,7 +1160,7 @@ impl Books {
             piece: Piece {
                 unreserved: g.resources,
                 reserved: g.reserved,
-                role: f.role.clone(),
+                role: reservation_role,
             },
         });
         a.hold(&offer.piece);
@@ -1398,6 +1408,37 @@ mod tests {
             resources: r(resources),
             reserved: Resources::new(),
         }
+    }
+
+    /// Mesos offers a role's reservation to its descendant roles: a grant of it to a framework of `eng/web` is
+    /// valid and its offer names `eng` as the reservation's role; an unrelated role's framework cannot have it.
+    #[test]
+    fn a_grant_of_an_ancestor_roles_reservation_is_offered_as_that_roles() {
+        let mut b = Books::new("o");
+        let reserved = [("eng".to_string(), r("cpus:2;mem:512"))]
+            .into_iter()
+            .collect();
+        b.set_agent("a1", r("cpus:4;mem:1024"), reserved);
+        b.set_reachable("a1", true);
+        for (id, role) in [("f1", "eng/web"), ("f2", "ops")] {
+            b.add_framework(id, role, 0);
+            b.activate(id, false);
+        }
+        let s = b.snapshot(0.0);
+        let of = |id: &str| s.frameworks.iter().position(|f| f.id == id).unwrap();
+        let take = |framework, resources: &str| Grant {
+            framework,
+            agent: 0,
+            resources: r(resources),
+            reserved: r("cpus:2;mem:512"),
+        };
+        assert_eq!(
+            b.apply_grant(&s, &take(of("f2"), ""), 0.0).unwrap_err(),
+            GrantRejection::Overcommit
+        );
+        let offer = b.apply_grant(&s, &take(of("f1"), "cpus:1"), 0.0).unwrap();
+        assert_eq!(offer.piece.role.to_string(), "eng");
+        b.check_invariants().unwrap();
     }
 
     #[test]
