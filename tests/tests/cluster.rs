@@ -831,29 +831,36 @@ async fn reserved_resources_are_offered_only_to_their_role_and_tasks_keep_the_ta
         web_offer.resources
     );
     let db_offer = db.offers().await.remove(0);
-    let reserved: Vec<_> = db_offer
-        .resources
-        .iter()
-        .filter(|r| r.role == "db")
-        .collect();
+    runs_on_the_reservation(&cluster, &mut db, &db_offer, "db").await;
+}
+
+/// `offer` (to `fw`) holds cpus and mem reserved for `role`; a task of half of them launched on it finishes, and
+/// its resources keep the reservation's tag.
+async fn runs_on_the_reservation(
+    cluster: &Cluster,
+    fw: &mut TestFramework,
+    offer: &pb::Offer,
+    role: &str,
+) {
+    let reserved = offer.resources.iter().filter(|r| r.role == role).count();
     assert_eq!(
-        reserved.len(),
-        2,
-        "db is offered its reservation: {:?}",
-        db_offer.resources
+        reserved, 2,
+        "{} is offered {role}'s reservation: {:?}",
+        fw.id, offer.resources
     );
-    db.accept(
-        &db_offer.offer_id,
-        vec![task("in-db", "true", 0.5, 128.0)],
+    fw.accept(
+        &offer.offer_id,
+        vec![task("on-reservation", "true", 0.5, 128.0)],
         5.0,
     )
     .await
     .expect("accept");
-    db.await_state("in-db", TaskState::TaskFinished).await;
-    let tasks = cluster.tasks("").await;
+    fw.await_state("on-reservation", TaskState::TaskFinished)
+        .await;
+    let tasks = cluster.tasks(&fw.id).await;
     let res = &tasks[0].task.as_ref().expect("task").resources;
     assert!(
-        res.iter().all(|r| r.role == "db"),
+        res.iter().all(|r| r.role == role),
         "the task runs on the reservation: {res:?}"
     );
 }
@@ -870,27 +877,7 @@ async fn a_role_s_reservation_is_offered_to_its_descendant_roles() {
         .add_agent("cpus:1;mem:256;cpus(eng):1;mem(eng):256")
         .await;
     let offer = web.offers().await.remove(0);
-    let reserved: Vec<_> = offer.resources.iter().filter(|r| r.role == "eng").collect();
-    assert_eq!(
-        reserved.len(),
-        2,
-        "eng/web is offered eng's reservation: {:?}",
-        offer.resources
-    );
-    web.accept(
-        &offer.offer_id,
-        vec![task("on-eng", "true", 0.5, 128.0)],
-        5.0,
-    )
-    .await
-    .expect("accept");
-    web.await_state("on-eng", TaskState::TaskFinished).await;
-    let tasks = cluster.tasks(&web.id).await;
-    let res = &tasks[0].task.as_ref().expect("task").resources;
-    assert!(
-        res.iter().all(|r| r.role == "eng"),
-        "the task runs on eng's reservation: {res:?}"
-    );
+    runs_on_the_reservation(&cluster, &mut web, &offer, "eng").await;
     if let Some(offers) = ops.offers_within(Duration::from_secs(2)).await {
         for o in offers {
             assert!(
