@@ -1395,15 +1395,10 @@ pub fn current_user() -> String {
 /// of the task's update stream file (in its checkpoint slot, `<work_dir>/meta/slots/<n>/updates`), the wrapper
 /// that leads the task's process group.
 pub fn checkpointed_pid(work_dir: &std::path::Path, task: &str) -> Option<i32> {
-    std::fs::read_dir(work_dir.join("meta/slots"))
-        .ok()?
-        .flatten()
-        .find_map(|slot| {
-            let updates = std::fs::read(slot.path().join("updates")).ok()?;
-            let replayed = allot_agent::status::replay(&updates);
-            let pid = replayed.pid?;
-            (replayed.owner?.task_id == task).then(|| i32::try_from(pid).ok())?
-        })
+    allot_agent::status::slot_checkpoints(&work_dir.join("meta"))
+        .into_iter()
+        .find(|(_, r)| r.owner.as_ref().is_some_and(|o| o.task_id == task))
+        .and_then(|(_, r)| i32::try_from(r.pid?).ok())
 }
 
 /// Waits until `cond` holds, checking every 50 ms, for at most [`PATIENCE`].

@@ -86,10 +86,9 @@ struct Stream {
     /// The checkpoint file, appended to (real agents only); shared so that updates are written and synced
     /// outside the lock every task's stream sits behind.
     file: Option<Arc<std::fs::File>>,
-    /// The directory `file` is in: a slot, `<meta>/slots/<n>`, or an earlier agent's task directory.
+    /// The directory `file` is in: a slot, `<meta>/slots/<n>` (emptied and freed when the stream ends), or an
+    /// earlier agent's task directory (removed then).
     dir: Option<PathBuf>,
-    /// The slot's number, if the stream is in one (emptied and freed when the stream ends).
-    slot: Option<usize>,
 }
 
 impl Stream {
@@ -107,7 +106,6 @@ impl Stream {
             backoff,
             file,
             dir: None,
-            slot: None,
         }
     }
 }
@@ -190,6 +188,25 @@ fn append(
     Ok(())
 }
 
+/// A stream's checkpoint as [`StatusUpdateManager::stream_file`] finds or makes it.
+struct StreamFile {
+    file: Option<Arc<std::fs::File>>,
+    dir: Option<PathBuf>,
+    /// The record naming the task, to write first, when the stream was just given a slot.
+    owner: Option<status_update_checkpoint::Record>,
+}
+
+impl StreamFile {
+    /// `stream`'s file and directory, with nothing to write first.
+    fn of(stream: &Stream) -> StreamFile {
+        StreamFile {
+            file: stream.file.clone(),
+            dir: stream.dir.clone(),
+            owner: None,
+        }
+    }
+}
+
 impl StatusUpdateManager {
     /// A manager without checkpoints (simulated agents, tests); heads are re-sent after `retry_min`, doubling.
     pub fn in_memory(retry_min: Duration) -> StatusUpdateManager {
@@ -210,9 +227,8 @@ impl StatusUpdateManager {
     /// The I/O error if `meta` cannot be created or listed, or a file to keep cannot be opened.
     pub fn recover(meta: &Path, retry_min: Duration) -> std::io::Result<StatusUpdateManager> {
         let frameworks = meta.join("frameworks");
-        let slots = meta.join("slots");
         std::fs::create_dir_all(&frameworks)?;
-        std::fs::create_dir_all(&slots)?;
+        std::fs::create_dir_all(meta.join("slots"))?;
         let mut streams = HashMap::new();
         let mut found = Vec::new();
         for fw in std::fs::read_dir(&frameworks)? {
@@ -230,20 +246,13 @@ impl StatusUpdateManager {
             }
         }
         let (mut free_slots, mut next_slot) = (BTreeSet::new(), 0);
-        for slot in std::fs::read_dir(&slots)? {
-            let slot = slot?;
-            let Some(n) = slot
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<usize>().ok())
-            else {
-                continue;
-            };
+        for (n, dir) in slot_dirs(meta)? {
             next_slot = next_slot.max(n + 1);
-            found.push((None, slot.path(), Some(n)));
+            found.push((None, dir, Some(n)));
         }
         for (key, dir, slot) in found {
             let path = dir.join("updates");
+            let bytes = std::fs::read(&path).unwrap_or_default();
             let Replayed {
                 updates,
                 acknowledged,
@@ -251,7 +260,7 @@ impl StatusUpdateManager {
                 owner,
                 valid,
                 ..
-            } = replay(&std::fs::read(&path).unwrap_or_default());
+            } = replay(&bytes);
             // A task launched (its TaskInfo checkpointed) that made no update yet is kept: its process may
             // run, and a launch of it sent again must not start it a second time.
             let launched_silent = updates.is_empty()
@@ -267,7 +276,7 @@ impl StatusUpdateManager {
                 match slot {
                     Some(n) => {
                         free_slots.insert(n);
-                        if std::fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+                        if !bytes.is_empty() {
                             std::fs::OpenOptions::new()
                                 .write(true)
                                 .open(&path)?
@@ -290,7 +299,6 @@ impl StatusUpdateManager {
             stream.updates = updates;
             stream.acknowledged = acknowledged;
             stream.dir = Some(dir);
-            stream.slot = slot;
             streams.insert(key, stream);
         }
         if !streams.is_empty() {
@@ -375,11 +383,11 @@ impl StatusUpdateManager {
                 ..Default::default()
             })
             .collect();
-        let (file, owner, mut result) = self.stream_file(&key, context);
-        if let Some(file) = &file
+        let (found, mut result) = self.stream_file(&key, context);
+        if let Some(file) = &found.file
             && let Err(e) = append(
                 file,
-                owner.into_iter().chain(
+                found.owner.into_iter().chain(
                     requests
                         .iter()
                         .map(|r| status_update_checkpoint::Record::Update(r.clone())),
@@ -408,8 +416,8 @@ impl StatusUpdateManager {
 
     /// The checkpoint file of task `key`'s stream. A task without a stream gets one now (with the launch's
     /// trace `context` and no updates) in a free checkpoint slot, or a new one (its directory made outside the
-    /// lock), whose `exit` file is emptied (the previous task's status must not be taken for this one's);
-    /// then the record naming the task, which must be the first written to the file, is returned too.
+    /// lock), whose `exit` file is blanked (the previous task's status must not be taken for this one's); then
+    /// the record naming the task, which must be the first written to the file, comes with it.
     ///
     /// # Errors
     /// The I/O error if the slot cannot be made or opened; the stream is still made, without a file.
@@ -417,15 +425,11 @@ impl StatusUpdateManager {
         &self,
         key: &TaskKey,
         context: &HashMap<String, String>,
-    ) -> (
-        Option<Arc<std::fs::File>>,
-        Option<status_update_checkpoint::Record>,
-        std::io::Result<()>,
-    ) {
+    ) -> (StreamFile, std::io::Result<()>) {
         let slot = {
             let mut streams = self.streams.lock().expect("streams poisoned");
             if let Some(s) = streams.tasks.get(key) {
-                return (s.file.clone(), None, Ok(()));
+                return (StreamFile::of(s), Ok(()));
             }
             self.meta
                 .as_ref()
@@ -463,7 +467,7 @@ impl StatusUpdateManager {
                         .open(dir.join("updates"))
                 });
                 match open {
-                    Ok(f) => Some((Arc::new(f), dir, n)),
+                    Ok(f) => Some((Arc::new(f), dir)),
                     Err(e) => {
                         result = Err(e);
                         None
@@ -474,31 +478,31 @@ impl StatusUpdateManager {
         };
         let mut streams = self.streams.lock().expect("streams poisoned");
         let streams = &mut *streams;
-        if let Some(s) = streams.tasks.get(key) {
-            // Made meanwhile by another call for the same task: the slot taken here goes back.
-            if let Some((n, _)) = slot {
-                streams.free_slots.insert(n);
-            }
-            return (s.file.clone(), None, result);
+        // Made meanwhile by another call for the same task, or not opened: the slot taken here goes back.
+        let made = streams.tasks.contains_key(key);
+        if (made || opened.is_none())
+            && let Some((n, _)) = slot
+        {
+            streams.free_slots.insert(n);
+        }
+        if made {
+            return (StreamFile::of(&streams.tasks[key]), result);
         }
         let mut stream = Stream::new(context.clone(), None, self.retry_min);
-        let owner = opened.map(|(file, dir, n)| {
+        let owner = opened.map(|(file, dir)| {
             stream.file = Some(file);
             stream.dir = Some(dir);
-            stream.slot = Some(n);
             status_update_checkpoint::Record::Owner(CheckpointOwner {
                 framework_id: key.0.clone(),
                 task_id: key.1.clone(),
             })
         });
-        if owner.is_none()
-            && let Some((n, _)) = slot
-        {
-            streams.free_slots.insert(n);
-        }
-        let file = stream.file.clone();
+        let found = StreamFile {
+            owner,
+            ..StreamFile::of(&stream)
+        };
         streams.tasks.insert(key.clone(), stream);
-        (file, owner, result)
+        (found, result)
     }
 
     /// Task `key` is being launched: its stream is made (with the launch's trace `context`) and `task`, as
@@ -515,17 +519,18 @@ impl StatusUpdateManager {
         context: &HashMap<String, String>,
         task: &TaskInfo,
     ) -> std::io::Result<Option<PathBuf>> {
-        let (file, owner, result) = self.stream_file(key, context);
+        let (found, result) = self.stream_file(key, context);
         result?;
-        if let Some(f) = file {
+        if let Some(f) = &found.file {
             append(
-                &f,
-                owner
+                f,
+                found
+                    .owner
                     .into_iter()
                     .chain([status_update_checkpoint::Record::Task(task.clone())]),
             )?;
         }
-        Ok(self.task_dir(key))
+        Ok(found.dir)
     }
 
     /// Records the pid of task `key`'s wrapper in its checkpoint file (after [`StatusUpdateManager::begin`]),
@@ -552,8 +557,10 @@ impl StatusUpdateManager {
     /// acknowledgements (repeats, stale or unknown ones) change nothing and return `None`.
     pub fn acknowledge(&self, key: &TaskKey, uuid: &[u8]) -> Option<TaskState> {
         let mut streams = self.streams.lock().expect("streams poisoned");
-        let (state, next) = self.acknowledge_locked(&mut streams, key, uuid);
+        let mut ended = Vec::new();
+        let (state, next) = self.acknowledge_locked(&mut streams, key, uuid, &mut ended);
         drop(streams);
+        self.close_checkpoints(ended);
         if next {
             self.wake.notify_one();
         }
@@ -561,12 +568,14 @@ impl StatusUpdateManager {
     }
 
     /// [`StatusUpdateManager::acknowledge`] under the caller's lock; also says whether another update of the
-    /// task is now ready to send.
+    /// task is now ready to send. A stream that ends goes to `ended`, whose checkpoints the caller closes once
+    /// it has let go of the lock ([`StatusUpdateManager::close_checkpoints`]).
     fn acknowledge_locked(
         &self,
         streams: &mut Streams,
         key: &TaskKey,
         uuid: &[u8],
+        ended: &mut Vec<Stream>,
     ) -> (Option<TaskState>, bool) {
         let Some(stream) = streams.tasks.get_mut(key) else {
             return (None, false);
@@ -586,27 +595,39 @@ impl StatusUpdateManager {
         stream.backoff = self.retry_min;
         let next = !stream.updates.is_empty();
         if !next && state.is_terminal() {
-            let stream = streams.tasks.remove(key).expect("the stream");
+            ended.extend(streams.tasks.remove(key));
             streams.ended(key.clone(), Instant::now());
-            match (stream.slot, stream.file, stream.dir) {
-                // Emptied, the slot is free for the next task (see the module docs).
-                (Some(n), Some(file), _) => match file.set_len(0) {
-                    Ok(()) => {
-                        streams.free_slots.insert(n);
-                    }
-                    Err(e) => {
-                        tracing::warn!(slot = n, error = %e, "cannot empty a checkpoint slot; it is not reused");
-                    }
-                },
-                (None, _, Some(dir)) => {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-                _ => {}
-            }
         } else if next {
             streams.ready.push_back(key.clone());
         }
         (Some(state), next)
+    }
+
+    /// Closes the checkpoints of `ended` streams (their terminal updates acknowledged), outside the lock every
+    /// stream sits behind: a slot's file is emptied and the slot freed for the next task (see the module docs);
+    /// an earlier agent's task directory is removed. A crash in between leaves an ended stream in its slot,
+    /// which [`StatusUpdateManager::recover`] frees.
+    fn close_checkpoints(&self, ended: Vec<Stream>) {
+        let mut freed = Vec::new();
+        for stream in ended {
+            let Some(dir) = stream.dir else { continue };
+            match (slot_number(&dir), stream.file) {
+                (Some(n), Some(file)) => match file.set_len(0) {
+                    Ok(()) => freed.push(n),
+                    Err(e) => {
+                        tracing::warn!(slot = n, error = %e, "cannot empty a checkpoint slot; it is not reused");
+                    }
+                },
+                (None, _) => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                (Some(_), None) => {}
+            }
+        }
+        if !freed.is_empty() {
+            let mut streams = self.streams.lock().expect("streams poisoned");
+            streams.free_slots.extend(freed);
+        }
     }
 
     /// `Agent.AcknowledgeStatusUpdates`: each acknowledgement as by [`StatusUpdateManager::acknowledge`], all
@@ -617,16 +638,19 @@ impl StatusUpdateManager {
     ) -> Vec<(TaskKey, Vec<u8>, TaskState)> {
         let mut streams = self.streams.lock().expect("streams poisoned");
         let mut wake = false;
+        let mut ended = Vec::new();
         let acked = acks
             .into_iter()
             .filter_map(|a| {
                 let key = (a.framework_id, a.task_id);
-                let (state, next) = self.acknowledge_locked(&mut streams, &key, &a.uuid);
+                let (state, next) =
+                    self.acknowledge_locked(&mut streams, &key, &a.uuid, &mut ended);
                 wake |= next;
                 Some((key, a.uuid, state?))
             })
             .collect();
         drop(streams);
+        self.close_checkpoints(ended);
         if wake {
             self.wake.notify_one();
         }
@@ -924,6 +948,34 @@ pub fn slot_number(dir: &Path) -> Option<usize> {
     dir.file_name()?.to_str()?.parse().ok()
 }
 
+/// The checkpoint slots under `meta` (`<work_dir>/meta`): `(n, <meta>/slots/<n>)`, in no order.
+///
+/// # Errors
+/// The I/O error if the slots' directory cannot be listed.
+fn slot_dirs(meta: &Path) -> std::io::Result<Vec<(usize, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(meta.join("slots"))? {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+            out.push((n, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// Every checkpoint slot under `meta` whose file names a task (its `owner` record), with what the file holds.
+/// Reads every slot: for tests and tools, not for the agent's own path.
+pub fn slot_checkpoints(meta: &Path) -> Vec<(PathBuf, Replayed)> {
+    slot_dirs(meta)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, dir)| {
+            let r = replay(&std::fs::read(dir.join("updates")).unwrap_or_default());
+            r.owner.is_some().then_some((dir, r))
+        })
+        .collect()
+}
+
 /// The checkpoint directory that holds task `key`'s stream under `meta` (`<work_dir>/meta`), read from the
 /// files: the slot whose `updates` file names the task, or an earlier agent's task directory that has an
 /// `updates` file. `None` once the stream ended (its slot emptied) or before it began. Reads every slot: for
@@ -933,14 +985,14 @@ pub fn find_checkpoint(meta: &Path, (fw, task): &TaskKey) -> Option<PathBuf> {
     if old.join("updates").exists() {
         return Some(old);
     }
-    std::fs::read_dir(meta.join("slots"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|dir| {
-            let owner = replay(&std::fs::read(dir.join("updates")).unwrap_or_default()).owner;
-            owner.is_some_and(|o| o.framework_id == *fw && o.task_id == *task)
+    slot_checkpoints(meta)
+        .into_iter()
+        .find(|(_, r)| {
+            r.owner
+                .as_ref()
+                .is_some_and(|o| o.framework_id == *fw && o.task_id == *task)
         })
+        .map(|(dir, _)| dir)
 }
 
 /// Reads a checkpoint file's records (a torn last record ends the readable prefix).
