@@ -367,7 +367,8 @@ impl TaskIsolation {
 
     /// Sets a kept cgroup's limits for its next task, `cpus` cores and `mem_mib` MiB (0: unlimited), without
     /// reading the earlier ones: memory+swap unlimited first (v1 refuses a memory limit above it), then memory,
-    /// then memory+swap, then the CPU shares.
+    /// then memory+swap, then the CPU shares. The memory+swap writes may fail where the kernel does not account
+    /// swap (`swapaccount=0`), as the builder that made the cgroup lets them.
     fn set_limits(&self, cpus: f64, mem_mib: f64) -> Result<(), CgroupError> {
         let TaskIsolation::Cgroup { cg, .. } = self else {
             return Ok(());
@@ -380,7 +381,7 @@ impl TaskIsolation {
             };
             let _ = m.set_memswap_limit(-1);
             m.set_limit(bytes)?;
-            m.set_memswap_limit(bytes)?;
+            let _ = m.set_memswap_limit(bytes);
         }
         if let Some(c) = cg.controller_of::<cgroups_rs::fs::cpu::CpuController>() {
             // A task without cpus gets the kernel's default weight, as a new cgroup would.
