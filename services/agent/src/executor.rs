@@ -249,6 +249,12 @@ fn cgroup_of(l: &Launch, checkpoint: Option<&Path>) -> (String, bool) {
     }
 }
 
+/// The isolation of recovered task `l` (started by an earlier agent process), from its checkpoint's cgroup.
+fn reopen(l: &Launch, isolator: &Isolator) -> TaskIsolation {
+    let (cgroup, keep) = cgroup_of(l, l.checkpoint.as_deref());
+    isolator.reopen(&cgroup, keep)
+}
+
 /// How a task's command ended, as far as the agent can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -753,10 +759,7 @@ pub fn recover(
 pub async fn report_ended(l: Launch, isolator: Isolator, exit: Exit, updates: TaskUpdates) {
     let ended = tokio::task::spawn_blocking(move || {
         // In a cgroup, whatever the command left behind is killed by the release.
-        let iso = {
-            let (cgroup, keep) = cgroup_of(&l, l.checkpoint.as_deref());
-            isolator.reopen(&cgroup, keep)
-        };
+        let iso = reopen(&l, &isolator);
         let oom = iso.release();
         let last = if exit == Exit::Unknown {
             let mut s = status(
@@ -796,10 +799,7 @@ pub async fn watch_task(
     kill: CancellationToken,
     updates: TaskUpdates,
 ) {
-    let iso = {
-        let (cgroup, keep) = cgroup_of(&l, l.checkpoint.as_deref());
-        isolator.reopen(&cgroup, keep)
-    };
+    let iso = reopen(&l, &isolator);
     tracing::info!(task = %l.task.task_id, %pid, "reattached to a running task");
     let gone = || async {
         while alive(pid) {
