@@ -1120,16 +1120,19 @@ impl Books {
         // The reserved part comes from the reservation of the framework's role, or else of its nearest
         // ancestor that has it available: Mesos offers a role's reservation to its descendants too
         // (`docs/reservation.md`, hierarchical roles), and the offer says whose reservation it is.
-        let reservation_role = match g.reserved.is_empty() {
-            true => Some(f.role.clone()),
-            false => std::iter::once(&*f.role)
-                .chain(allot_policy::role_ancestors(&f.role))
-                .find(|r| a.reserved_available(r).contains(&g.reserved))
-                .map(Id::from),
-        };
-        let Some(reservation_role) = reservation_role.filter(|_| a.free.contains(&g.resources))
-        else {
+        if !a.free.contains(&g.resources) {
             return Err((g, GrantRejection::Overcommit));
+        }
+        let reservation_role = if g.reserved.is_empty() {
+            f.role.clone()
+        } else {
+            let found = std::iter::once(&*f.role)
+                .chain(allot_policy::role_ancestors(&f.role))
+                .find(|r| a.reserved_available(r).contains(&g.reserved));
+            match found {
+                Some(r) => Id::from(r),
+                None => return Err((g, GrantRejection::Overcommit)),
+            }
         };
         // The role's quota limit and its ancestors' (each caps its subtree).
         // Every framework's role has its chain when any role has a limit (`role_allocations`).
