@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds Allot's WASM policies (components of plugins/wit/<version>, world `policy`) into target/wasm/:
-#   fairshare-c.wasm             a policy written in C against allot:policy@0.2.0, built with Debian's clang
-#   fairshare-c-0.1.0.wasm       the C policy as it was written against the frozen allot:policy@0.1.0
-#                                (c/v0.1.0/): hosts must keep loading it
-#   fault-{trap,loop,oom,garbage,error,overcommit,columns}.wasm   C fixtures that misbehave, for the containment tests
+#   fairshare-c.wasm             a policy written in C against allot:policy@0.3.0 (it preempts), built with
+#                                Debian's clang
+#   fairshare-c-0.2.0.wasm, fairshare-c-0.1.0.wasm   the C policy as it was written against the frozen
+#                                allot:policy@0.2.0 and 0.1.0 (c/v0.2.0/, c/v0.1.0/): hosts must keep loading them
+#   fault-{trap,loop,oom,garbage,error,overcommit,columns,revocation}.wasm   C fixtures that misbehave, for the
+#                                containment tests
 #   wrong-version.wasm           fairshare-c built against allot:policy@0.9.0, which hosts must refuse
 #   drf.wasm, priority.wasm      the built-in Rust policies (allocators/drf), when the Rust target
 #                                wasm32-unknown-unknown is installed or `rustup target add` can fetch it
@@ -24,10 +26,12 @@ echo "==> allot-wasm-tool"
 cargo build -q --target-dir "$build" -p allot-wasm-tool
 tool="$build/debug/allot-wasm-tool"
 
-echo "==> C bindings of plugins/wit/0.2.0 and the frozen 0.1.0"
+echo "==> C bindings of plugins/wit/0.3.0 and the frozen 0.2.0 and 0.1.0"
 gen="$build/c-bindings"
-"$tool" c-bindings "$repo/plugins/wit/0.2.0" "$gen" >/dev/null
-"$tool" c-bindings "$repo/plugins/wit/0.1.0" "$build/c-bindings-0.1.0" >/dev/null
+"$tool" c-bindings "$repo/plugins/wit/0.3.0" "$gen" >/dev/null
+for v in 0.2.0 0.1.0; do
+  "$tool" c-bindings "$repo/plugins/wit/$v" "$build/c-bindings-$v" >/dev/null
+done
 
 c_policy() { # NAME SOURCE [CFLAGS...]
   local name=$1 src=$2
@@ -39,15 +43,17 @@ c_policy() { # NAME SOURCE [CFLAGS...]
 }
 echo "==> C policies (clang --target=wasm32-wasi)"
 c_policy fairshare-c c/fairshare.c
-for fault in trap loop oom garbage error overcommit columns; do
+for fault in trap loop oom garbage error overcommit columns revocation; do
   c_policy "fault-$fault" c/fault.c "-DFAULT_$(echo "$fault" | tr a-z A-Z)"
 done
-gen="$build/c-bindings-0.1.0" c_policy fairshare-c-0.1.0 c/v0.1.0/fairshare.c
+for v in 0.2.0 0.1.0; do
+  gen="$build/c-bindings-$v" c_policy "fairshare-c-$v" "c/v$v/fairshare.c"
+done
 
 # The same C policy against the WIT package at another version: hosts must refuse it.
 other="$build/wit-0.9.0"
 mkdir -p "$other"
-sed 's/^package allot:policy@0.2.0;/package allot:policy@0.9.0;/' "$repo/plugins/wit/0.2.0/policy.wit" >"$other/policy.wit"
+sed 's/^package allot:policy@0.3.0;/package allot:policy@0.9.0;/' "$repo/plugins/wit/0.3.0/policy.wit" >"$other/policy.wit"
 "$tool" c-bindings "$other" "$build/c-bindings-0.9.0" >/dev/null
 gen="$build/c-bindings-0.9.0" c_policy wrong-version c/fairshare.c
 

@@ -187,6 +187,13 @@ impl IndexedPolicy for Drf {
     fn allocate_indexed(&mut self, view: &View<'_>) -> IndexedGrants {
         hierarchical_indexed(view, false)
     }
+
+    /// [`revocations`] on the view's [`Snapshot`] (preemption is rare: the IDs and bags are built only then).
+    fn revoke_indexed(&mut self, view: &View<'_>) -> Vec<Revocation> {
+        view.to_snapshot()
+            .map(|s| revocations(&s, false))
+            .unwrap_or_default()
+    }
 }
 
 impl Policy for Priority {
@@ -210,6 +217,13 @@ impl IndexedPolicy for Priority {
 
     fn allocate_indexed(&mut self, view: &View<'_>) -> IndexedGrants {
         hierarchical_indexed(view, true)
+    }
+
+    /// [`revocations`] on the view's [`Snapshot`] (preemption is rare: the IDs and bags are built only then).
+    fn revoke_indexed(&mut self, view: &View<'_>) -> Vec<Revocation> {
+        view.to_snapshot()
+            .map(|s| revocations(&s, true))
+            .unwrap_or_default()
     }
 }
 

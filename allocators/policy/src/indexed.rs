@@ -10,7 +10,9 @@
 //! and WASM builds read the host's buffers as they are, and neither side builds a [`Snapshot`] of bags and
 //! IDs on the way (the built-in `drf` and `priority` do this).
 
-use crate::{AgentView, FrameworkView, Grant, Kind, Limits, Resources, RoleView, Snapshot};
+use crate::{
+    AgentView, FrameworkView, Grant, Kind, Limits, Preemption, Resources, RoleView, Snapshot, TaskView,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
@@ -100,7 +102,7 @@ pub struct RoleRow<'a> {
     /// Its quota limit, one amount per kind, -1 where the kind is not limited; `None`: no limit at all.
     pub quota_limit: Option<&'a [i64]>,
     /// Its quota guarantee, one amount per kind (0 where none); `None`: no guarantee (always `None` from the
-    /// plugin interfaces, which do not carry guarantees yet).
+    /// interfaces older than WIT `allot:policy@0.3.0`, which do not carry guarantees).
     pub quota_guarantee: Option<&'a [i64]>,
     /// What the role holds now.
     pub allocation: &'a [i64],
@@ -121,6 +123,28 @@ pub struct FrameworkRow<'a> {
     pub allocation: &'a [i64],
     /// Indices of the agents it is filtered from, sorted.
     pub filtered: &'a [u32],
+    /// Seconds it has been starved ([`FrameworkView::starved_seconds`]); 0 from the interfaces older than
+    /// WIT `allot:policy@0.3.0`.
+    pub starved_seconds: f64,
+}
+
+/// One running task of a [`View`] that a policy may revoke ([`TaskView`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow<'a> {
+    /// The task's ID.
+    pub id: &'a str,
+    /// Its framework's ID.
+    pub framework: &'a str,
+    /// The ID of the agent it runs on.
+    pub agent: &'a str,
+    /// Index of its framework's role.
+    pub role: u32,
+    /// Its framework's priority class.
+    pub priority: i32,
+    /// What it holds, reserved included, one amount per kind.
+    pub resources: &'a [i64],
+    /// Seconds since it was launched.
+    pub running_seconds: f64,
 }
 
 /// A snapshot in index form, borrowed from wherever its numbers live: a [`Layout`] of a [`Snapshot`], the
@@ -138,6 +162,11 @@ pub struct View<'a> {
     pub roles: Vec<RoleRow<'a>>,
     /// Frameworks that want offers, sorted by ID.
     pub frameworks: Vec<FrameworkRow<'a>>,
+    /// The host's preemption settings, when a policy may revoke in this cycle ([`Snapshot::preemption`]).
+    pub preemption: Option<Preemption>,
+    /// The running tasks a policy may revoke, sorted by framework then task ID; empty unless `preemption`
+    /// is set.
+    pub tasks: Vec<TaskRow<'a>>,
 }
 
 impl View<'_> {
@@ -191,6 +220,16 @@ impl View<'_> {
             }
             if !f.filtered.is_sorted() || f.filtered.last().is_some_and(|&a| a as usize >= na) {
                 return Err(IndexError::Filtered(i));
+            }
+        }
+        for (i, t) in self.tasks.iter().enumerate() {
+            len(t.resources, &|| format!("task {i}"))?;
+            if t.role as usize >= nr {
+                return Err(IndexError::Index {
+                    what: format!("task {i}"),
+                    of: "role",
+                    index: t.role as usize,
+                });
             }
         }
         Ok(())
@@ -260,15 +299,31 @@ impl View<'_> {
                 allocations: f.allocations,
                 filtered_agents,
                 priority: f.priority,
-                starved_seconds: 0.0,
+                starved_seconds: f.starved_seconds,
             });
         }
+        let tasks = self
+            .tasks
+            .iter()
+            .map(|t| {
+                Ok(TaskView {
+                    framework: t.framework.to_string(),
+                    id: t.id.to_string(),
+                    agent: t.agent.to_string(),
+                    role: role(t.role)?,
+                    priority: t.priority,
+                    resources: bag(t.resources),
+                    running_seconds: t.running_seconds,
+                })
+            })
+            .collect::<Result<_, IndexError>>()?;
         Ok(Snapshot {
             total: bag(self.total),
             agents,
             frameworks,
             roles,
-            ..Snapshot::default()
+            preemption: self.preemption,
+            tasks,
         })
     }
 }
@@ -405,6 +460,14 @@ pub trait IndexedPolicy: Send {
     fn name(&self) -> &str;
     /// Runs one allocation cycle over `view`.
     fn allocate_indexed(&mut self, view: &View<'_>) -> IndexedGrants;
+
+    /// Tasks to end so that starved frameworks get their share back, by index into `view.tasks`
+    /// ([`crate::Policy::revoke`] on the index form): called after [`IndexedPolicy::allocate_indexed`], on
+    /// the same view, only when `view.preemption` is set. The default revokes nothing.
+    fn revoke_indexed(&mut self, view: &View<'_>) -> Vec<crate::Revocation> {
+        let _ = view;
+        Vec::new()
+    }
 }
 
 /// A [`Snapshot`] laid out in index form: every amount in one flat vector. [`Layout::view`] borrows it as a
@@ -430,11 +493,14 @@ pub struct Layout {
     pub filtered: Vec<u32>,
     /// Per role (as `roles`): offset of its quota guarantee, if it has one.
     pub guarantees: Vec<Option<usize>>,
+    /// Per task of the snapshot's revocable tasks, in order: its role's index and the offset of its
+    /// resources.
+    pub tasks: Vec<(u32, usize)>,
 }
 
 impl Layout {
     /// Lays `snap` out. A role a framework names but `snap.roles` lacks is added with weight 1, no limit and
-    /// the sum of its frameworks' allocations.
+    /// the sum of its frameworks' allocations (and one only a revocable task names, with nothing).
     pub fn new(snap: &Snapshot) -> Self {
         let interned = interned_kinds(snap);
         let kinds: Vec<String> = interned.iter().map(|k| k.name().to_string()).collect();
@@ -483,6 +549,11 @@ impl Layout {
                 if ancestors.contains(role.as_str()) && !listed.contains(role.as_str()) {
                     missing.entry(role).or_default();
                 }
+            }
+        }
+        for t in &snap.tasks {
+            if !listed.contains(t.role.as_str()) {
+                missing.entry(&t.role).or_default();
             }
         }
         roles.extend(missing.into_iter().map(|(n, a)| (n, 1.0, None, a)));
@@ -535,6 +606,11 @@ impl Layout {
                 )
             })
             .collect();
+        let tasks = snap
+            .tasks
+            .iter()
+            .map(|t| (role_index[t.role.as_str()], put(&t.resources, &mut flat)))
+            .collect();
         Self {
             kinds,
             flat,
@@ -545,6 +621,7 @@ impl Layout {
             frameworks,
             filtered: filtered_all,
             guarantees,
+            tasks,
         }
     }
 
@@ -595,6 +672,22 @@ impl Layout {
                     allocations: f.allocations,
                     allocation: self.amounts(*alloc),
                     filtered: &self.filtered[filtered.clone()],
+                    starved_seconds: f.starved_seconds,
+                })
+                .collect(),
+            preemption: snap.preemption,
+            tasks: snap
+                .tasks
+                .iter()
+                .zip(&self.tasks)
+                .map(|(t, &(role, at))| TaskRow {
+                    id: &t.id,
+                    framework: &t.framework,
+                    agent: &t.agent,
+                    role,
+                    priority: t.priority,
+                    resources: self.amounts(at),
+                    running_seconds: t.running_seconds,
                 })
                 .collect(),
         }

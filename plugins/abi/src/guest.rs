@@ -79,6 +79,7 @@ unsafe fn borrow_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
                 allocations: f.allocations,
                 allocation: amounts(f.allocation),
                 filtered: unsafe { slice(f.filtered, f.n_filtered) },
+                starved_seconds: 0.0,
             })
         })
         .collect::<Result<_, i32>>()?;
@@ -88,6 +89,8 @@ unsafe fn borrow_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
         agents,
         roles,
         frameworks,
+        preemption: None,
+        tasks: Vec::new(),
     })
 }
 

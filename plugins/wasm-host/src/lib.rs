@@ -1,9 +1,10 @@
 //! The WebAssembly policy host: components of the `allot:policy` world, compiled and run with wasmtime.
 //!
 //! Every released version of the interface keeps loading ([`INTERFACES`]): each lives frozen in its own
-//! folder of `plugins/wit/` (`0.1.0/policy.wit`, `0.2.0/policy.wit`), the host has bindings for each, and a
-//! component is run through the bindings of the version it exports (`allot:policy/allocator@<version>`).
-//! A new version sits beside the older ones; none is ever edited in place.
+//! folder of `plugins/wit/` (`0.1.0/policy.wit`, `0.2.0/policy.wit`, `0.3.0/policy.wit`), the host has
+//! bindings for each, and a component is run through the bindings of the version it exports
+//! (`allot:policy/allocator@<version>`). A new version sits beside the older ones; none is ever edited in
+//! place. Only 0.3.0 has `revoke` (preemption): a component of an older version never preempts.
 //!
 //! Every call runs in a fresh store and instance (its linear memory zeroed, taken from a pool of slots kept
 //! mapped between calls, see [`KEEP_RESIDENT`]), so a policy keeps no state between cycles and a trap cannot
@@ -18,7 +19,7 @@
 //! by offset. Every grant's indices and amounts are checked on the way back ([`WasmError::BadGrant`]). The
 //! allocator then validates grants against its books like those of any policy.
 
-use allot_policy::{Grant, Snapshot, indexed};
+use allot_policy::{Grant, Revocation, Snapshot, indexed};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
@@ -35,7 +36,7 @@ mod v0_1_0 {
     });
 }
 
-/// Bindings of `allot:policy@0.2.0`: the flat layout.
+/// Bindings of `allot:policy@0.2.0` (frozen): the flat layout.
 mod v0_2_0 {
     wasmtime::component::bindgen!({
         path: "../wit/0.2.0",
@@ -43,11 +44,23 @@ mod v0_2_0 {
     });
 }
 
-use v0_2_0::allot::policy::types as wit;
+/// Bindings of `allot:policy@0.3.0`: the flat layout, guarantees, tasks and `revoke`.
+mod v0_3_0 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.3.0",
+        world: "policy",
+    });
+}
+
+use v0_3_0::allot::policy::types as wit;
 
 /// The interface versions this host loads, oldest first. A component exports the `allocator` interface of
 /// exactly one of them.
-pub const INTERFACES: [&str; 2] = ["allot:policy@0.1.0", "allot:policy@0.2.0"];
+pub const INTERFACES: [&str; 3] = [
+    "allot:policy@0.1.0",
+    "allot:policy@0.2.0",
+    "allot:policy@0.3.0",
+];
 
 /// How often the epoch ticker advances the engine's epoch: the resolution of call deadlines.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -85,7 +98,7 @@ pub enum WasmError {
     /// The component does not target the `policy` world of a version in [`INTERFACES`], or imports
     /// something.
     #[error(
-        "the component does not implement allot:policy@0.1.0 or allot:policy@0.2.0 (world `policy`) without imports: {0}"
+        "the component does not implement allot:policy@0.1.0, 0.2.0 or 0.3.0 (world `policy`) without imports: {0}"
     )]
     Interface(String),
     /// The policy trapped (unreachable, out of bounds, out of memory, ...).
@@ -100,6 +113,9 @@ pub enum WasmError {
     /// The policy returned a grant that names no framework or agent of the snapshot, or bad amounts.
     #[error("the policy returned a malformed grant: {0}")]
     BadGrant(String),
+    /// The policy revoked a task index the snapshot does not have.
+    #[error("the policy returned a malformed revocation: {0}")]
+    BadRevocation(String),
 }
 
 /// The process-wide engine, with epoch interruption on and its ticker thread running.
@@ -174,12 +190,14 @@ impl Drop for Permit {
 enum Pre {
     V0_1(v0_1_0::PolicyPre<State>),
     V0_2(v0_2_0::PolicyPre<State>),
+    V0_3(v0_3_0::PolicyPre<State>),
 }
 
 /// A live instance of either version.
 enum Instance {
     V0_1(v0_1_0::Policy),
     V0_2(v0_2_0::Policy),
+    V0_3(v0_3_0::Policy),
 }
 
 /// A live instance: its store, dropped (giving the pool slot back) before the permit.
@@ -195,6 +213,7 @@ impl Call {
         match &self.instance {
             Instance::V0_1(i) => i.allot_policy_allocator().call_name(&mut self.store),
             Instance::V0_2(i) => i.allot_policy_allocator().call_name(&mut self.store),
+            Instance::V0_3(i) => i.allot_policy_allocator().call_name(&mut self.store),
         }
     }
 }
@@ -243,7 +262,8 @@ impl WasmPolicy {
         let interface = |e: wasmtime::Error| WasmError::Interface(format!("{e:#}"));
         let pre = match version.as_str() {
             "0.1.0" => Pre::V0_1(v0_1_0::PolicyPre::new(pre).map_err(interface)?),
-            _ => Pre::V0_2(v0_2_0::PolicyPre::new(pre).map_err(interface)?),
+            "0.2.0" => Pre::V0_2(v0_2_0::PolicyPre::new(pre).map_err(interface)?),
+            _ => Pre::V0_3(v0_3_0::PolicyPre::new(pre).map_err(interface)?),
         };
         let mut policy = Self {
             pre,
@@ -260,7 +280,13 @@ impl WasmPolicy {
         match self.pre {
             Pre::V0_1(_) => INTERFACES[0],
             Pre::V0_2(_) => INTERFACES[1],
+            Pre::V0_3(_) => INTERFACES[2],
         }
+    }
+
+    /// Whether the component can preempt: its interface version has `revoke` (0.3.0 and later).
+    pub fn revokes(&self) -> bool {
+        matches!(self.pre, Pre::V0_3(_))
     }
 
     fn instantiate(&self, deadline: Duration) -> Result<Call, WasmError> {
@@ -283,6 +309,7 @@ impl WasmPolicy {
         let instance = match &self.pre {
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
             Pre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
+            Pre::V0_3(pre) => pre.instantiate(&mut store).map(Instance::V0_3),
         }
         .map_err(|e| describe(e, deadline))?;
         Ok(Call {
@@ -304,32 +331,69 @@ impl WasmPolicy {
     /// [`WasmError::BadGrant`].
     pub fn allocate(&self, snap: &Snapshot, deadline: Duration) -> Result<Vec<Grant>, WasmError> {
         let layout = indexed::Layout::new(snap);
-        match &self.pre {
-            Pre::V0_1(_) => self.allocate_v0_1(snap, layout, deadline),
-            Pre::V0_2(_) => self.allocate_v0_2(snap, layout, deadline),
+        if let Pre::V0_1(_) = &self.pre {
+            return self.allocate_v0_1(snap, layout, deadline);
         }
-    }
-
-    fn allocate_v0_2(
-        &self,
-        snap: &Snapshot,
-        layout: indexed::Layout,
-        deadline: Duration,
-    ) -> Result<Vec<Grant>, WasmError> {
         let n = layout.kinds.len();
         let (input, kinds) = to_wit(snap, layout);
         let mut call = self.instantiate(deadline)?;
-        let Instance::V0_2(instance) = &call.instance else {
-            unreachable!("a 0.2.0 component instantiates as 0.2.0");
+        let out = match &call.instance {
+            Instance::V0_3(i) => i
+                .allot_policy_allocator()
+                .call_allocate(&mut call.store, &input)
+                .map(|r| r.map(|g| (g.framework, g.agent, g.amounts))),
+            Instance::V0_2(i) => i
+                .allot_policy_allocator()
+                .call_allocate(&mut call.store, &to_wit_v0_2(input))
+                .map(|r| r.map(|g| (g.framework, g.agent, g.amounts))),
+            Instance::V0_1(_) => unreachable!("a 0.1.0 component was called above"),
+        };
+        let (framework, agent, amounts) = out
+            .map_err(|e| describe(e, deadline))?
+            .map_err(WasmError::Error)?;
+        indexed::IndexedGrants::from_columns(n, framework, agent, amounts)
+            .and_then(|grants| grants.to_grants(snap, &kinds))
+            .map_err(|e| WasmError::BadGrant(e.to_string()))
+    }
+
+    /// The tasks the policy revokes on `snap` (preemption) in a fresh instance, trapping it at `deadline`:
+    /// nothing when the snapshot has no preemption settings or the component's interface has no `revoke`
+    /// (versions before 0.3.0). Each revocation's task index is checked against `snap.tasks`; the allocator
+    /// then checks them against its books like those of any policy.
+    ///
+    /// # Errors
+    /// [`WasmError::Trap`], [`WasmError::Timeout`], [`WasmError::Error`] (the policy's own `err`) and
+    /// [`WasmError::BadRevocation`] for a task index beyond the snapshot's tasks.
+    pub fn revoke(&self, snap: &Snapshot, deadline: Duration) -> Result<Vec<Revocation>, WasmError> {
+        if snap.preemption.is_none() || !self.revokes() {
+            return Ok(Vec::new());
+        }
+        let (input, _) = to_wit(snap, indexed::Layout::new(snap));
+        let mut call = self.instantiate(deadline)?;
+        let Instance::V0_3(instance) = &call.instance else {
+            unreachable!("only a 0.3.0 component revokes");
         };
         let out = instance
             .allot_policy_allocator()
-            .call_allocate(&mut call.store, &input)
+            .call_revoke(&mut call.store, &input)
             .map_err(|e| describe(e, deadline))?
             .map_err(WasmError::Error)?;
-        indexed::IndexedGrants::from_columns(n, out.framework, out.agent, out.amounts)
-            .and_then(|grants| grants.to_grants(snap, &kinds))
-            .map_err(|e| WasmError::BadGrant(e.to_string()))
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let task = r.task as usize;
+                if task >= snap.tasks.len() {
+                    return Err(WasmError::BadRevocation(format!(
+                        "revocation {i} names task index {task} of {}",
+                        snap.tasks.len()
+                    )));
+                }
+                Ok(Revocation {
+                    task,
+                    message: r.message,
+                })
+            })
+            .collect()
     }
 
     fn allocate_v0_1(
@@ -358,7 +422,8 @@ impl WasmPolicy {
     }
 }
 
-/// The version of `allot:policy` whose `allocator` interface `component` exports (`0.1.0`, `0.2.0`).
+/// The version of `allot:policy` whose `allocator` interface `component` exports (`0.1.0`, `0.2.0`,
+/// `0.3.0`).
 ///
 /// # Errors
 /// [`WasmError::Interface`] when it exports none, or one of a version this host does not know.
@@ -475,10 +540,12 @@ fn to_wit(snap: &Snapshot, l: indexed::Layout) -> (wit::Snapshot, Vec<String>) {
     let roles = l
         .roles
         .iter()
-        .map(|(role, weight, limit, allocation)| wit::Role {
+        .zip(&l.guarantees)
+        .map(|((role, weight, limit, allocation), guarantee)| wit::Role {
             name: name(role),
             weight: *weight,
             quota_limit: limit.map(at),
+            quota_guarantee: guarantee.map(at),
             allocation: at(*allocation),
         })
         .collect();
@@ -493,6 +560,21 @@ fn to_wit(snap: &Snapshot, l: indexed::Layout) -> (wit::Snapshot, Vec<String>) {
             allocations: f.allocations,
             allocation: at(*allocation),
             filtered: span(filtered.clone()),
+            starved_seconds: f.starved_seconds,
+        })
+        .collect();
+    let tasks = snap
+        .tasks
+        .iter()
+        .zip(&l.tasks)
+        .map(|(t, &(role, resources))| wit::Task {
+            id: name(&t.id),
+            framework: name(&t.framework),
+            agent: name(&t.agent),
+            role,
+            priority: t.priority,
+            resources: at(resources),
+            running_seconds: t.running_seconds,
         })
         .collect();
     let input = wit::Snapshot {
@@ -504,6 +586,59 @@ fn to_wit(snap: &Snapshot, l: indexed::Layout) -> (wit::Snapshot, Vec<String>) {
         roles,
         frameworks,
         filtered: l.filtered,
+        preemption: snap.preemption.map(|p| wit::Preemption {
+            grace_seconds: p.grace_seconds,
+            min_runtime_seconds: p.min_runtime_seconds,
+        }),
+        tasks,
     };
     (input, l.kinds)
+}
+
+/// A 0.3.0 snapshot as the frozen 0.2.0 record: the same flat layout without guarantees, starvation,
+/// preemption settings and tasks (every column moves as it is).
+fn to_wit_v0_2(s: wit::Snapshot) -> v0_2_0::allot::policy::types::Snapshot {
+    use v0_2_0::allot::policy::types as old;
+    let span = |r: wit::Span| old::Span {
+        start: r.start,
+        end: r.end,
+    };
+    let a = s.agents;
+    old::Snapshot {
+        kinds: s.kinds,
+        amounts: s.amounts,
+        names: s.names,
+        total: s.total,
+        agents: old::Agents {
+            id: a.id,
+            total: a.total,
+            available: a.available,
+            reservations: a.reservations,
+            reservation_role: a.reservation_role,
+            reservation_available: a.reservation_available,
+        },
+        roles: s
+            .roles
+            .into_iter()
+            .map(|r| old::Role {
+                name: span(r.name),
+                weight: r.weight,
+                quota_limit: r.quota_limit,
+                allocation: r.allocation,
+            })
+            .collect(),
+        frameworks: s
+            .frameworks
+            .into_iter()
+            .map(|f| old::Framework {
+                id: span(f.id),
+                role: f.role,
+                priority: f.priority,
+                allocations: f.allocations,
+                allocation: f.allocation,
+                filtered: span(f.filtered),
+            })
+            .collect(),
+        filtered: s.filtered,
+    }
 }

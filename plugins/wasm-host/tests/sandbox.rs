@@ -1,9 +1,11 @@
 //! The WASM host against real components built by `bash plugins/wasm/build.sh` (target/wasm/): the C policy,
 //! the built-in Rust policies compiled to WASM (compared grant for grant with the same policies run
 //! natively), and C fixtures that trap, loop, exhaust memory, return garbage or an error, or were built
-//! against another interface version.
+//! against another interface version; and preemption through `allot:policy@0.3.0`'s `revoke`.
 
-use allot_policy::{AgentView, FrameworkView, Policy, Resources, RoleView, Snapshot};
+use allot_policy::{
+    AgentView, FrameworkView, Policy, Preemption, Resources, RoleView, Snapshot, TaskView,
+};
 use allot_policy_wasm::{Limits, WasmError, WasmPolicy};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -158,13 +160,17 @@ fn the_c_policy_respects_quota_filters_and_reservations() {
     assert!(web_cpus <= 20_000, "the web quota limit holds: {web_cpus}");
 }
 
-/// A quota limit of 0 crosses both interface versions as 0, not as "no limit": no policy, C or Rust, old
+/// A quota limit of 0 crosses every interface version as 0, not as "no limit": no policy, C or Rust, old
 /// interface or new, gives the role any CPU or memory.
 #[test]
 fn a_zero_quota_limit_reaches_every_policy_as_none() {
     let mut s = mixed();
     s.roles[2].quota_limit = Some("cpus:0;mem:0".parse().unwrap());
-    let mut policies = vec![load("fairshare-c"), load("fairshare-c-0.1.0")];
+    let mut policies = vec![
+        load("fairshare-c"),
+        load("fairshare-c-0.2.0"),
+        load("fairshare-c-0.1.0"),
+    ];
     policies.extend(
         ["drf", "priority"]
             .into_iter()
@@ -189,20 +195,92 @@ fn a_zero_quota_limit_reaches_every_policy_as_none() {
     }
 }
 
-/// A component built against the frozen `allot:policy@0.1.0` (c/v0.1.0/fairshare.c, compiled by
-/// plugins/wasm/build.sh from plugins/wit/0.1.0) still loads, runs through the 0.1.0 bindings, and decides
-/// exactly like the same policy written against 0.2.0.
+/// Components built against the frozen `allot:policy@0.1.0` and `@0.2.0` (c/v0.1.0/ and c/v0.2.0/
+/// fairshare.c, compiled by plugins/wasm/build.sh from plugins/wit/0.1.0 and 0.2.0) still load, run through
+/// their own bindings, and decide exactly like the same policy written against 0.3.0; they never preempt.
 #[test]
-fn a_policy_built_against_the_frozen_0_1_0_interface_loads_and_allocates() {
-    let old = load("fairshare-c-0.1.0");
-    assert_eq!(old.interface(), "allot:policy@0.1.0");
-    assert_eq!(old.name(), "fairshare-c");
+fn policies_built_against_the_frozen_interfaces_load_and_allocate() {
     let new = load("fairshare-c");
-    assert_eq!(new.interface(), "allot:policy@0.2.0");
-    for s in [small(4), small(100), mixed()] {
-        let a = old.allocate(&s, DEADLINE).expect("0.1.0 allocates");
-        assert!(!a.is_empty());
-        assert_eq!(a, new.allocate(&s, DEADLINE).expect("0.2.0 allocates"));
+    assert_eq!(new.interface(), "allot:policy@0.3.0");
+    assert!(new.revokes());
+    for (name, version) in [
+        ("fairshare-c-0.1.0", "allot:policy@0.1.0"),
+        ("fairshare-c-0.2.0", "allot:policy@0.2.0"),
+    ] {
+        let old = load(name);
+        assert_eq!(old.interface(), version);
+        assert_eq!(old.name(), "fairshare-c");
+        assert!(!old.revokes());
+        for s in [small(4), small(100), mixed(), held_by_batch()] {
+            let a = old.allocate(&s, DEADLINE).expect("the old version allocates");
+            assert_eq!(a, new.allocate(&s, DEADLINE).expect("0.3.0 allocates"));
+        }
+        assert_eq!(old.revoke(&held_by_batch(), DEADLINE), Ok(Vec::new()));
+    }
+}
+
+/// A full cluster: 4 agents of cpus 4 / mem 1024, all of it used by eight tasks (cpus 2, mem 512 each, the
+/// youngest first by index: 100 s, 101 s, ...) of framework `fb` in role `batch`; framework `fw` of role
+/// `web` has wanted offers for 60 s and been offered nothing, past the 30 s grace.
+fn held_by_batch() -> Snapshot {
+    let mut s = Snapshot {
+        total: r("cpus:16;mem:4096"),
+        frameworks: vec![FrameworkView {
+            starved_seconds: 60.0,
+            ..framework("fw", "web", 0)
+        }],
+        roles: vec![role("batch", 1.0), role("web", 1.0)],
+        preemption: Some(Preemption {
+            grace_seconds: 30.0,
+            min_runtime_seconds: 10.0,
+        }),
+        ..Snapshot::default()
+    };
+    s.roles[0].allocation = r("cpus:16;mem:4096");
+    s.tasks = (0..8)
+        .map(|i| TaskView {
+            framework: "fb".into(),
+            id: format!("t{i}"),
+            agent: format!("a{:03}", i / 2),
+            role: "batch".into(),
+            priority: 0,
+            resources: r("cpus:2;mem:512"),
+            running_seconds: 100.0 + i as f64,
+        })
+        .collect();
+    s
+}
+
+/// A 0.3.0 policy preempts: the C policy takes back batch's four youngest tasks for the starved web role
+/// (which then holds as much as batch), with a message naming the role; the Rust policies compiled to WASM
+/// revoke exactly what the built-ins do. Without preemption settings no policy is asked.
+#[test]
+fn a_0_3_0_policy_revokes_tasks_for_a_starved_role() {
+    let s = held_by_batch();
+    let c = load("fairshare-c").revoke(&s, DEADLINE).expect("revokes");
+    let tasks: Vec<&str> = c.iter().map(|r| s.tasks[r.task].id.as_str()).collect();
+    assert_eq!(tasks, ["t0", "t1", "t2", "t3"]);
+    assert!(c[3].message.contains("for role web"), "{:?}", c[3]);
+    assert!(c[3].message.ends_with("0.500"), "{:?}", c[3]);
+    let calm = Snapshot {
+        preemption: None,
+        ..held_by_batch()
+    };
+    assert_eq!(load("fairshare-c").revoke(&calm, DEADLINE), Ok(Vec::new()));
+    let cases: [(&str, Box<dyn Policy>); 2] = [
+        ("drf", Box::new(allot_drf::Drf)),
+        ("priority", Box::new(allot_drf::Priority)),
+    ];
+    for (name, mut native) in cases {
+        let Some(bytes) = artifact(name) else {
+            eprintln!("SKIP {name}.wasm: not built (no wasm32-unknown-unknown Rust target here)");
+            continue;
+        };
+        let wasm = WasmPolicy::load(&bytes, Limits::default(), DEADLINE).expect("loads");
+        assert_eq!(wasm.interface(), "allot:policy@0.3.0");
+        let want = native.revoke(&s);
+        assert!(!want.is_empty(), "{name}");
+        assert_eq!(wasm.revoke(&s, DEADLINE).expect("revokes"), want, "{name}");
     }
 }
 
@@ -288,6 +366,10 @@ fn garbage_and_errors_are_reported() {
         load("fault-error").allocate(&small(2), DEADLINE),
         Err(WasmError::Error("fault injected".into()))
     );
+    match load("fault-revocation").revoke(&held_by_batch(), DEADLINE) {
+        Err(WasmError::BadRevocation(m)) => assert!(m.contains("task index 9999 of 8"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -315,7 +397,7 @@ fn calls_beyond_the_concurrent_limit_wait_for_a_slot() {
 fn other_interface_versions_and_non_components_are_refused() {
     match WasmPolicy::load(&c_built("wrong-version"), Limits::default(), DEADLINE) {
         Err(WasmError::Interface(m)) => {
-            assert!(m.contains("0.2.0") || m.contains("allocator"), "{m}")
+            assert!(m.contains("0.9.0") && m.contains("0.3.0"), "{m}")
         }
         other => panic!("{other:?}"),
     }

@@ -8,6 +8,14 @@
  * so far, then snapshot order. The framework gets the agent's unreserved resources and its role's
  * reservation there; a role's quota limit caps what it is given. Shares are updated after each grant.
  *
+ * It preempts (allot:policy@0.3.0's `revoke`): for the framework starved longest past the host's grace, it
+ * takes back the youngest revocable tasks of other roles, one by one, as long as the task's role would stay at
+ * least as well off as the starved role, by weighted dominant share, after the task's resources moved over.
+ * The host checks every revocation against the roles' entitled shares and refuses the rest.
+ *
+ * c/v0.2.0/fairshare.c is this policy as it was written against allot:policy@0.2.0 (no `revoke`), kept to
+ * prove that hosts still load it.
+ *
  * Memory: each call runs in a fresh instance, so nothing is freed.
  */
 #include "policy.h"
@@ -104,5 +112,100 @@ bool exports_allot_policy_allocator_allocate(snapshot_t *s, allot_policy_types_g
     ret->framework = (policy_list_u32_t){out_fw, n};
     ret->agent = (policy_list_u32_t){out_agent, n};
     ret->amounts = (policy_list_s64_t){out, 2 * nk * n};
+    return true;
+}
+
+/* The tasks, youngest first: qsort's comparison reads them through this pointer (one call at a time). */
+static const snapshot_t *sorting;
+
+static int younger_first(const void *a, const void *b) {
+    double x = sorting->tasks.ptr[*(const uint32_t *)a].running_seconds;
+    double y = sorting->tasks.ptr[*(const uint32_t *)b].running_seconds;
+    return (x > y) - (x < y);
+}
+
+/* Appends `len` bytes of `text` to `buf` at *at, within `cap` (no stdio: the component imports nothing). */
+static void append(char *buf, size_t cap, size_t *at, const char *text, size_t len) {
+    for (size_t i = 0; i < len && *at + 1 < cap; i++) buf[(*at)++] = text[i];
+    buf[*at] = 0;
+}
+
+/* Appends `x` (>= 0) with three decimals. */
+static void append_fixed3(char *buf, size_t cap, size_t *at, double x) {
+    unsigned long milli = (unsigned long)(x * 1000 + 0.5);
+    char digits[32];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + milli % 10);
+        milli /= 10;
+        if (n == 3) digits[n++] = '.';
+    } while (milli > 0 || n <= 4);
+    while (n > 0) append(buf, cap, at, &digits[--n], 1);
+}
+
+/* Role r's weighted dominant share if it held `alloc` plus `sign` times `delta`. */
+static double weighted(const snapshot_t *s, uint32_t r, const int64_t *alloc, const int64_t *delta, int sign,
+                       int64_t *scratch) {
+    for (size_t k = 0; k < s->kinds.len; k++) scratch[k] = alloc[k] + sign * delta[k];
+    double w = s->roles.ptr[r].weight;
+    return share(s, scratch) / (w > 0 ? w : 1);
+}
+
+bool exports_allot_policy_allocator_revoke(snapshot_t *s, exports_allot_policy_allocator_list_revocation_t *ret,
+                                           policy_string_t *err) {
+    ret->ptr = NULL;
+    ret->len = 0;
+    if (!s->preemption.is_some) return true;
+    size_t nk = s->kinds.len, nr = s->roles.len, nt = s->tasks.len;
+    long starved = -1;
+    double longest = 0;
+    for (size_t f = 0; f < s->frameworks.len; f++) {
+        double t = s->frameworks.ptr[f].starved_seconds;
+        if (t >= s->preemption.val.grace_seconds && t > longest && s->frameworks.ptr[f].role < nr) {
+            starved = (long)f;
+            longest = t;
+        }
+    }
+    if (starved < 0 || nt == 0) return true;
+    uint32_t sr = s->frameworks.ptr[starved].role;
+    int64_t *role_alloc = calloc(nr * nk + 1, sizeof(int64_t)), *scratch = calloc(nk + 1, sizeof(int64_t));
+    uint32_t *order = calloc(nt, sizeof(uint32_t));
+    exports_allot_policy_allocator_revocation_t *out = calloc(nt, sizeof(*out));
+    if (!role_alloc || !scratch || !order || !out) {
+        policy_string_dup(err, "fairshare-c: out of memory");
+        return false;
+    }
+    for (size_t r = 0; r < nr; r++)
+        memcpy(&role_alloc[r * nk], amounts(s, s->roles.ptr[r].allocation), nk * sizeof(int64_t));
+    for (uint32_t t = 0; t < nt; t++) order[t] = t;
+    sorting = s;
+    qsort(order, nt, sizeof(uint32_t), younger_first);
+    const allot_policy_types_span_t name = s->roles.ptr[sr].name;
+    size_t n = 0;
+    for (size_t i = 0; i < nt; i++) {
+        const allot_policy_types_task_t *task = &s->tasks.ptr[order[i]];
+        uint32_t r = task->role;
+        if (r == sr || r >= nr) continue;
+        const int64_t *res = amounts(s, task->resources);
+        double giver = weighted(s, r, &role_alloc[r * nk], res, -1, scratch);
+        double taker = weighted(s, sr, &role_alloc[sr * nk], res, +1, scratch);
+        if (giver < taker) continue;
+        for (size_t k = 0; k < nk; k++) {
+            role_alloc[r * nk + k] -= res[k];
+            role_alloc[sr * nk + k] += res[k];
+        }
+        char message[160];
+        size_t at = 0;
+        const char *prefix = "fairshare-c: for role ", *middle = ", its weighted share now ";
+        append(message, sizeof message, &at, prefix, strlen(prefix));
+        append(message, sizeof message, &at, (const char *)s->names.ptr + name.start, name.end - name.start);
+        append(message, sizeof message, &at, middle, strlen(middle));
+        append_fixed3(message, sizeof message, &at, taker);
+        out[n].task = order[i];
+        policy_string_dup(&out[n].message, message);
+        n++;
+    }
+    ret->ptr = out;
+    ret->len = n;
     return true;
 }

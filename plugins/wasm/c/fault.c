@@ -10,7 +10,9 @@
  *   FAULT_GARBAGE   names framework index 9999;
  *   FAULT_ERROR     returns err("fault injected");
  *   FAULT_OVERCOMMIT grants twice what each agent has;
- *   FAULT_COLUMNS   returns one amount fewer than its grants need.
+ *   FAULT_COLUMNS   returns one amount fewer than its grants need;
+ *   FAULT_REVOCATION allocates as told above, and revokes task index 9999 whenever the host asks.
+ * Only FAULT_REVOCATION revokes anything.
  */
 #include "policy.h"
 
@@ -30,6 +32,8 @@
 #define NAME "fault-overcommit"
 #elif defined(FAULT_COLUMNS)
 #define NAME "fault-columns"
+#elif defined(FAULT_REVOCATION)
+#define NAME "fault-revocation"
 #else
 #error "define one FAULT_*"
 #endif
@@ -88,6 +92,22 @@ bool exports_allot_policy_allocator_allocate(allot_policy_types_snapshot_t *s, a
     ret->amounts = (policy_list_s64_t){out, 2 * nk * n};
 #if defined(FAULT_COLUMNS)
     if (misbehave && ret->amounts.len > 0) ret->amounts.len--;
+#endif
+    return true;
+}
+
+bool exports_allot_policy_allocator_revoke(allot_policy_types_snapshot_t *s,
+                                           exports_allot_policy_allocator_list_revocation_t *ret,
+                                           policy_string_t *err) {
+    (void)s;
+    (void)err;
+    ret->ptr = NULL;
+    ret->len = 0;
+#if defined(FAULT_REVOCATION)
+    ret->ptr = calloc(1, sizeof(*ret->ptr));
+    ret->ptr[0].task = 9999u;
+    policy_string_dup(&ret->ptr[0].message, "fault injected");
+    ret->len = 1;
 #endif
     return true;
 }

@@ -905,7 +905,7 @@ impl State {
         if snapshot.preemption.is_none() {
             return;
         }
-        let revocations = match self.running.revoke(snapshot) {
+        let revocations = match self.running.revoke(snapshot, self.deadline) {
             Ok(r) => r,
             Err(f) => {
                 tracing::warn!(policy = %self.running.reference.name, error = %f, "policy revoke failed");

@@ -204,30 +204,63 @@ impl Loaded {
         result
     }
 
-    /// The tasks the policy revokes on `snapshot` (preemption), inside a `policy revoke` span; nothing when
-    /// the snapshot has no preemption settings. Only the built-in policies preempt: the released native (C
-    /// ABI v1) and WASM (`allot:policy@0.1.0`, `@0.2.0`) interfaces carry no revocations, so such a policy
-    /// never preempts.
+    /// Whether the policy can preempt: a built-in, or a WASM component of `allot:policy@0.3.0` (which has
+    /// `revoke`). The native C ABI v1 and WASM `allot:policy@0.1.0` and `@0.2.0` carry no revocations, so
+    /// such a policy never preempts.
+    pub fn revokes(&self) -> bool {
+        match &self.imp {
+            Implementation::Builtin(_) => true,
+            Implementation::Wasm(p) => p.revokes(),
+            Implementation::Native(_) => false,
+        }
+    }
+
+    /// The tasks the policy revokes on `snapshot` (preemption), inside a `policy revoke` span, giving a WASM
+    /// policy at most `deadline`; nothing when the snapshot has no preemption settings, the policy cannot
+    /// preempt ([`Loaded::revokes`]) or it is broken.
     ///
     /// # Errors
-    /// [`Failure::Panic`] when the built-in panics.
-    pub fn revoke(&self, snapshot: &Snapshot) -> Result<Vec<allot_policy::Revocation>, Failure> {
-        let (Implementation::Builtin(name), Some(_)) = (&self.imp, snapshot.preemption) else {
+    /// [`Failure::Panic`] when the built-in panics; [`Failure::Trap`], [`Failure::Timeout`],
+    /// [`Failure::Error`] and [`Failure::Malformed`] (a task index beyond the snapshot's) from a WASM policy.
+    pub fn revoke(
+        &self,
+        snapshot: &Snapshot,
+        deadline: Duration,
+    ) -> Result<Vec<allot_policy::Revocation>, Failure> {
+        if snapshot.preemption.is_none() || !self.revokes() || self.broken {
             return Ok(Vec::new());
-        };
+        }
+        let r = &self.reference;
         let span = tracing::info_span!(
             "policy revoke",
-            allot.policy.name = %name,
+            allot.policy.name = %r.name,
+            allot.policy.kind = %r.kind,
+            allot.policy.version = self.interface_version(),
             allot.tasks = snapshot.tasks.len(),
             allot.revocations = tracing::field::Empty,
+            allot.policy.failure = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let mut policy = builtin_policy(name).expect("built-in exists");
-        let out =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.revoke(snapshot)))
-                .map_err(|p| Failure::Panic(panic_text(&p)))?;
-        span.record("allot.revocations", out.len());
-        Ok(out)
+        let out = match &self.imp {
+            Implementation::Builtin(name) => {
+                let mut policy = builtin_policy(name).expect("built-in exists");
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.revoke(snapshot)))
+                    .map_err(|p| Failure::Panic(panic_text(&p)))
+            }
+            Implementation::Wasm(p) => p.revoke(snapshot, deadline).map_err(wasm_failure),
+            Implementation::Native(_) => Ok(Vec::new()),
+        };
+        match &out {
+            Ok(revocations) => {
+                span.record("allot.revocations", revocations.len());
+            }
+            Err(f) => {
+                span.record("allot.policy.failure", tracing::field::display(f));
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        out
     }
 
     fn call_untraced(
@@ -246,13 +279,7 @@ impl Loaded {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.allocate(snapshot)))
                     .map_err(|p| Failure::Panic(panic_text(&p)))
             }
-            Implementation::Wasm(p) => p.allocate(snapshot, deadline).map_err(|e| match e {
-                WasmError::Timeout(d) => Failure::Timeout(d),
-                WasmError::Trap(m) => Failure::Trap(m),
-                WasmError::Error(m) => Failure::Error(m),
-                WasmError::BadGrant(m) => Failure::Malformed(m),
-                other => Failure::Error(other.to_string()),
-            }),
+            Implementation::Wasm(p) => p.allocate(snapshot, deadline).map_err(wasm_failure),
             Implementation::Native(p) => {
                 let (tx, rx) = std::sync::mpsc::channel();
                 let (p, snap) = (p.clone(), snapshot.clone());
@@ -277,6 +304,17 @@ impl Loaded {
                 }
             }
         }
+    }
+}
+
+/// A WASM policy's error as the [`Failure`] of a call.
+fn wasm_failure(e: WasmError) -> Failure {
+    match e {
+        WasmError::Timeout(d) => Failure::Timeout(d),
+        WasmError::Trap(m) => Failure::Trap(m),
+        WasmError::Error(m) => Failure::Error(m),
+        WasmError::BadGrant(m) | WasmError::BadRevocation(m) => Failure::Malformed(m),
+        other => Failure::Error(other.to_string()),
     }
 }
 

@@ -414,7 +414,7 @@ impl Sim<'_> {
     /// `revocation_refused` line.
     fn preempt(&mut self, snapshot: &allot_policy::Snapshot) -> Result<(), SimError> {
         let now = self.now();
-        let revocations = self.policy.revoke(snapshot).map_err(|f| {
+        let revocations = self.policy.revoke(snapshot, std::time::Duration::from_secs(10)).map_err(|f| {
             SimError::Policy(format!(
                 "{} failed to revoke at t={now}: {f}",
                 self.policy.reference.name

@@ -1,4 +1,4 @@
-//! Rust guest bindings of the `allot:policy@0.2.0` world (`plugins/wit/0.2.0/policy.wit`).
+//! Rust guest bindings of the `allot:policy@0.3.0` world (`plugins/wit/0.3.0/policy.wit`).
 //!
 //! A policy crate builds as a `cdylib` for `wasm32-unknown-unknown` and exports any
 //! [`allot_policy::Policy`] that implements `Default` with:
@@ -11,10 +11,12 @@
 //! then wraps the core module into a component (`allot-wasm-tool component`, see `plugins/wasm/build.sh`).
 //! [`Export`] converts the index form of the WIT snapshot into an [`allot_policy::Snapshot`] and the
 //! policy's grants back into indices, through the same [`View`] as the native ABI's guest side;
-//! [`ExportIndexed`] hands an [`IndexedPolicy`] the [`View`] itself.
+//! [`ExportIndexed`] hands an [`IndexedPolicy`] the [`View`] itself. Both export `revoke` (preemption, new in
+//! 0.3.0) from the policy's own [`Policy::revoke`] or [`IndexedPolicy::revoke_indexed`]: a policy that does not
+//! implement it revokes nothing.
 
 wit_bindgen::generate!({
-    path: "../../wit/0.2.0",
+    path: "../../wit/0.3.0",
     world: "policy",
     pub_export_macro: true,
     export_macro_name: "export_policy",
@@ -23,7 +25,10 @@ wit_bindgen::generate!({
 
 use allot::policy::types as wit;
 use allot_policy::Policy;
-use allot_policy::indexed::{AgentRow, FrameworkRow, IndexedGrants, IndexedPolicy, RoleRow, View};
+use allot_policy::indexed::{
+    AgentRow, FrameworkRow, IndexedGrants, IndexedPolicy, RoleRow, TaskRow, View,
+};
+use allot_policy::{Preemption, Revocation};
 use exports::allot::policy::allocator::Guest;
 use std::marker::PhantomData;
 
@@ -47,6 +52,11 @@ impl<P: Policy + Default> Guest for Export<P> {
         }
         Ok(wit_grants(IndexedGrants::from_grants(&grants, &s.kinds)))
     }
+
+    fn revoke(s: wit::Snapshot) -> Result<Vec<wit::Revocation>, String> {
+        let snap = view_of(&s)?.to_snapshot().map_err(|e| e.to_string())?;
+        Ok(wit_revocations(P::default().revoke(&snap)))
+    }
 }
 
 /// Exports index-form policy `P` through the WIT world: it decides on a [`View`] of the WIT snapshot's
@@ -62,6 +72,12 @@ impl<P: IndexedPolicy + Default> Guest for ExportIndexed<P> {
         let view = view_of(&s)?;
         view.check().map_err(|e| e.to_string())?;
         Ok(wit_grants(P::default().allocate_indexed(&view)))
+    }
+
+    fn revoke(s: wit::Snapshot) -> Result<Vec<wit::Revocation>, String> {
+        let view = view_of(&s)?;
+        view.check().map_err(|e| e.to_string())?;
+        Ok(wit_revocations(P::default().revoke_indexed(&view)))
     }
 }
 
@@ -131,7 +147,10 @@ pub fn view_of(s: &wit::Snapshot) -> Result<View<'_>, String> {
                 name: name(r.name, &what)?,
                 weight: r.weight,
                 quota_limit: r.quota_limit.map(|at| amounts(at, &what)).transpose()?,
-                quota_guarantee: None,
+                quota_guarantee: r
+                    .quota_guarantee
+                    .map(|at| amounts(at, &what))
+                    .transpose()?,
                 allocation: amounts(r.allocation, &what)?,
             })
         })
@@ -149,6 +168,24 @@ pub fn view_of(s: &wit::Snapshot) -> Result<View<'_>, String> {
                 allocations: f.allocations,
                 allocation: amounts(f.allocation, &what)?,
                 filtered: range(&s.filtered, f.filtered, &what)?,
+                starved_seconds: f.starved_seconds,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let tasks = s
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let what = || format!("task {i}");
+            Ok(TaskRow {
+                id: name(t.id, &what)?,
+                framework: name(t.framework, &what)?,
+                agent: name(t.agent, &what)?,
+                role: t.role,
+                priority: t.priority,
+                resources: amounts(t.resources, &what)?,
+                running_seconds: t.running_seconds,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -158,7 +195,23 @@ pub fn view_of(s: &wit::Snapshot) -> Result<View<'_>, String> {
         agents,
         roles,
         frameworks,
+        preemption: s.preemption.map(|p| Preemption {
+            grace_seconds: p.grace_seconds,
+            min_runtime_seconds: p.min_runtime_seconds,
+        }),
+        tasks,
     })
+}
+
+/// Revocations as the WIT answer.
+fn wit_revocations(revocations: Vec<Revocation>) -> Vec<wit::Revocation> {
+    revocations
+        .into_iter()
+        .map(|r| wit::Revocation {
+            task: u32::try_from(r.task).unwrap_or(u32::MAX),
+            message: r.message,
+        })
+        .collect()
 }
 
 /// Index-form grants as the WIT answer: the amounts move as they are.
