@@ -348,7 +348,7 @@ async fn wasm_artifacts_of_another_interface_version_are_refused() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
-        e.message().contains("allot:policy@0.2.0"),
+        e.message().contains("allot:policy@0.3.0"),
         "{}",
         e.message()
     );

@@ -11,7 +11,8 @@
 //! IDs on the way (the built-in `drf` and `priority` do this).
 
 use crate::{
-    AgentView, FrameworkView, Grant, Kind, Limits, Preemption, Resources, RoleView, Snapshot, TaskView,
+    AgentView, FrameworkView, Grant, Kind, Limits, Preemption, Resources, RoleView, Snapshot,
+    TaskView,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;

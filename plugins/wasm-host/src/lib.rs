@@ -364,7 +364,11 @@ impl WasmPolicy {
     /// # Errors
     /// [`WasmError::Trap`], [`WasmError::Timeout`], [`WasmError::Error`] (the policy's own `err`) and
     /// [`WasmError::BadRevocation`] for a task index beyond the snapshot's tasks.
-    pub fn revoke(&self, snap: &Snapshot, deadline: Duration) -> Result<Vec<Revocation>, WasmError> {
+    pub fn revoke(
+        &self,
+        snap: &Snapshot,
+        deadline: Duration,
+    ) -> Result<Vec<Revocation>, WasmError> {
         if snap.preemption.is_none() || !self.revokes() {
             return Ok(Vec::new());
         }

@@ -212,7 +212,9 @@ fn policies_built_against_the_frozen_interfaces_load_and_allocate() {
         assert_eq!(old.name(), "fairshare-c");
         assert!(!old.revokes());
         for s in [small(4), small(100), mixed(), held_by_batch()] {
-            let a = old.allocate(&s, DEADLINE).expect("the old version allocates");
+            let a = old
+                .allocate(&s, DEADLINE)
+                .expect("the old version allocates");
             assert_eq!(a, new.allocate(&s, DEADLINE).expect("0.3.0 allocates"));
         }
         assert_eq!(old.revoke(&held_by_batch(), DEADLINE), Ok(Vec::new()));

@@ -6,11 +6,15 @@
  * DRF: every agent, in the host's order, goes whole to the framework whose role has the lowest weighted
  * dominant share (DRF, Ghodsi et al., NSDI 2011), ties to the framework's own lower share, then fewer offers
  * so far, then snapshot order. The framework gets the agent's unreserved resources and its role's
- * reservation there; a role's quota limit caps what it is given. Shares are updated after each grant.
+ * reservation there; a role's quota limit caps what it is given. Shares are updated after each grant. An
+ * agent without free CPUs is not offered (no task runs on memory alone, and a framework holding such an offer
+ * would look served).
  *
- * It preempts (allot:policy@0.3.0's `revoke`): for the framework starved longest past the host's grace, it
- * takes back the youngest revocable tasks of other roles, one by one, as long as the task's role would stay at
+ * It preempts (allot:policy@0.3.0's `revoke`): for the role with the lowest weighted dominant share among
+ * those with a framework starved past the host's grace, it takes back the youngest revocable tasks of other roles, one by one, as long as the task's role would stay at
  * least as well off as the starved role, by weighted dominant share, after the task's resources moved over.
+ * Resources still free on agents with free CPUs count as the starved role's already (this cycle's grants
+ * offer them).
  * The host checks every revocation against the roles' entitled shares and refuses the rest.
  *
  * c/v0.2.0/fairshare.c is this policy as it was written against allot:policy@0.2.0 (no `revoke`), kept to
@@ -43,6 +47,13 @@ static int filtered(const snapshot_t *s, const framework_t *f, uint32_t agent) {
     return 0;
 }
 
+/* The index of kind `cpus`, or -1. */
+static long cpus_kind(const snapshot_t *s) {
+    for (size_t k = 0; k < s->kinds.len; k++)
+        if (s->kinds.ptr[k].len == 4 && memcmp(s->kinds.ptr[k].ptr, "cpus", 4) == 0) return (long)k;
+    return -1;
+}
+
 void exports_allot_policy_allocator_name(policy_string_t *ret) { policy_string_dup(ret, "fairshare-c"); }
 
 bool exports_allot_policy_allocator_allocate(snapshot_t *s, allot_policy_types_grants_t *ret, policy_string_t *err) {
@@ -62,8 +73,10 @@ bool exports_allot_policy_allocator_allocate(snapshot_t *s, allot_policy_types_g
         memcpy(&fw_alloc[f * nk], amounts(s, s->frameworks.ptr[f].allocation), nk * sizeof(int64_t));
     for (size_t r = 0; r < nr; r++)
         memcpy(&role_alloc[r * nk], amounts(s, s->roles.ptr[r].allocation), nk * sizeof(int64_t));
+    long cpus = cpus_kind(s);
     size_t n = 0;
     for (uint32_t a = 0; a < na; a++) {
+        if (cpus >= 0 && amounts(s, agents->available.ptr[a])[cpus] <= 0) continue;
         long best = -1;
         double best_role = 0, best_fw = 0;
         for (size_t f = 0; f < nf; f++) {
@@ -157,17 +170,20 @@ bool exports_allot_policy_allocator_revoke(snapshot_t *s, exports_allot_policy_a
     ret->len = 0;
     if (!s->preemption.is_some) return true;
     size_t nk = s->kinds.len, nr = s->roles.len, nt = s->tasks.len;
-    long starved = -1;
-    double longest = 0;
+    /* The neediest starved role: the lowest weighted dominant share, ties to the lower index. */
+    long sr = -1;
+    double lowest = 0;
     for (size_t f = 0; f < s->frameworks.len; f++) {
-        double t = s->frameworks.ptr[f].starved_seconds;
-        if (t >= s->preemption.val.grace_seconds && t > longest && s->frameworks.ptr[f].role < nr) {
-            starved = (long)f;
-            longest = t;
+        const framework_t *fw = &s->frameworks.ptr[f];
+        if (fw->starved_seconds < s->preemption.val.grace_seconds || fw->role >= nr) continue;
+        double w = s->roles.ptr[fw->role].weight;
+        double ws = share(s, amounts(s, s->roles.ptr[fw->role].allocation)) / (w > 0 ? w : 1);
+        if (sr < 0 || ws < lowest || (ws == lowest && fw->role < sr)) {
+            sr = fw->role;
+            lowest = ws;
         }
     }
-    if (starved < 0 || nt == 0) return true;
-    uint32_t sr = s->frameworks.ptr[starved].role;
+    if (sr < 0 || nt == 0) return true;
     int64_t *role_alloc = calloc(nr * nk + 1, sizeof(int64_t)), *scratch = calloc(nk + 1, sizeof(int64_t));
     uint32_t *order = calloc(nt, sizeof(uint32_t));
     exports_allot_policy_allocator_revocation_t *out = calloc(nt, sizeof(*out));
@@ -177,6 +193,12 @@ bool exports_allot_policy_allocator_revoke(snapshot_t *s, exports_allot_policy_a
     }
     for (size_t r = 0; r < nr; r++)
         memcpy(&role_alloc[r * nk], amounts(s, s->roles.ptr[r].allocation), nk * sizeof(int64_t));
+    long cpus = cpus_kind(s);
+    for (size_t a = 0; a < s->agents.total.len; a++) {
+        const int64_t *free = amounts(s, s->agents.available.ptr[a]);
+        if (cpus >= 0 && free[cpus] <= 0) continue;
+        for (size_t k = 0; k < nk; k++) role_alloc[sr * nk + k] += free[k];
+    }
     for (uint32_t t = 0; t < nt; t++) order[t] = t;
     sorting = s;
     qsort(order, nt, sizeof(uint32_t), younger_first);
@@ -185,7 +207,7 @@ bool exports_allot_policy_allocator_revoke(snapshot_t *s, exports_allot_policy_a
     for (size_t i = 0; i < nt; i++) {
         const allot_policy_types_task_t *task = &s->tasks.ptr[order[i]];
         uint32_t r = task->role;
-        if (r == sr || r >= nr) continue;
+        if (r == (uint32_t)sr || r >= nr) continue;
         const int64_t *res = amounts(s, task->resources);
         double giver = weighted(s, r, &role_alloc[r * nk], res, -1, scratch);
         double taker = weighted(s, sr, &role_alloc[sr * nk], res, +1, scratch);

@@ -124,7 +124,9 @@ fn revoke(b: &mut Books, snapshot: &allot_policy::Snapshot, policy: &Loaded) -> 
     if snapshot.preemption.is_none() {
         return 0;
     }
-    let revocations = policy.revoke(snapshot, Duration::from_secs(600)).expect("the policy revokes");
+    let revocations = policy
+        .revoke(snapshot, Duration::from_secs(600))
+        .expect("the policy revokes");
     let (accepted, refused) = b.apply_revocations(snapshot, revocations, 0.0, 60.0);
     assert!(refused.is_empty(), "{} revocations refused", refused.len());
     accepted.len()

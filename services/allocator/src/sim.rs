@@ -361,7 +361,10 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn rescinded(&mut self, offers: Vec<Arc<Offer>>) -> Result<(), SimError> {
+    /// Writes a `rescind` line per offer, sorted by framework then agent (the books hand them over in no set
+    /// order), so that a scenario's output is the same on every run.
+    fn rescinded(&mut self, mut offers: Vec<Arc<Offer>>) -> Result<(), SimError> {
+        offers.sort_by(|a, b| (&a.framework, &a.agent).cmp(&(&b.framework, &b.agent)));
         for o in offers {
             self.line(json!({"type": "rescind", "t": secs(self.now_ms), "framework": &*o.framework, "agent": &*o.agent}))?;
         }
@@ -414,12 +417,15 @@ impl Sim<'_> {
     /// `revocation_refused` line.
     fn preempt(&mut self, snapshot: &allot_policy::Snapshot) -> Result<(), SimError> {
         let now = self.now();
-        let revocations = self.policy.revoke(snapshot, std::time::Duration::from_secs(10)).map_err(|f| {
-            SimError::Policy(format!(
-                "{} failed to revoke at t={now}: {f}",
-                self.policy.reference.name
-            ))
-        })?;
+        let revocations = self
+            .policy
+            .revoke(snapshot, std::time::Duration::from_secs(10))
+            .map_err(|f| {
+                SimError::Policy(format!(
+                    "{} failed to revoke at t={now}: {f}",
+                    self.policy.reference.name
+                ))
+            })?;
         let (accepted, refused) =
             self.books
                 .apply_revocations(snapshot, revocations, now, f64::INFINITY);

@@ -93,6 +93,50 @@ fn a_role_tree_splits_by_weight_among_siblings_and_a_parent_limit_caps_its_subtr
     assert_eq!(offers_at(&lines, 2, &fws), [6, 1, 1], "{lines:#?}");
 }
 
+/// The C policy compiled against `allot:policy@0.3.0` (plugins/wasm/c/fairshare.c) preempts through the
+/// WASM host as the built-in does: web, starved past the grace, gets four of batch's tasks back at t=5 and
+/// launches on them at t=6. The same policy built against the frozen 0.2.0 still loads and allocates, and
+/// never preempts.
+#[test]
+fn a_wasm_policy_of_0_3_0_preempts_and_one_of_0_2_0_does_not() {
+    let wasm = |name: &str| {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| repo.join("target"));
+        let path = target.join(format!("wasm/{name}.wasm"));
+        assert!(
+            path.exists(),
+            "{} is missing: run `bash plugins/wasm/build.sh` (tests/run.sh does)",
+            path.display()
+        );
+        SimOptions {
+            policy: Some(path.display().to_string()),
+            ..SimOptions::default()
+        }
+    };
+    let lines = sim_with(&example("preemption.yaml"), &wasm("fairshare-c"));
+    let preempted = of(&lines, "preempt");
+    assert_eq!(preempted.len(), 4, "{lines:#?}");
+    assert!(
+        preempted
+            .iter()
+            .all(|p| p["t"] == 5 && p["framework"] == "f-batch"),
+        "{preempted:#?}"
+    );
+    assert!(of(&lines, "revocation_refused").is_empty(), "{lines:#?}");
+    let web: Vec<f64> = of(&lines, "launch")
+        .into_iter()
+        .filter(|l| l["framework"] == "f-web")
+        .map(|l| l["t"].as_f64().unwrap())
+        .collect();
+    assert_eq!(web, [6.0; 4], "{lines:#?}");
+    let lines = sim_with(&example("preemption.yaml"), &wasm("fairshare-c-0.2.0"));
+    assert_eq!(count(&lines, "launch", "f-batch"), 8, "{lines:#?}");
+    assert!(of(&lines, "preempt").is_empty());
+    assert_eq!(count(&lines, "launch", "f-web"), 0);
+}
+
 #[test]
 fn a_starved_role_gets_its_fair_share_back_by_preemption_after_the_grace() {
     let lines = sim(&example("preemption.yaml"));
@@ -394,24 +438,27 @@ fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
             .success();
         assert!(ok, "building allot-drf-native");
     }
-    let mut plugins = vec![lib];
+    // The native library (C ABI v1) is given neither guarantees nor tasks and never preempts, so it runs
+    // every scenario but preemption.yaml and quota-guarantee.yaml like the built-in; the WASM component
+    // (allot:policy@0.3.0) runs all of them like it.
+    let mut plugins = vec![(lib, false)];
     let component = target.join("wasm/drf.wasm");
     if component.exists() {
-        plugins.push(component);
+        plugins.push((component, true));
     } else {
         eprintln!("SKIP the WASM drf: target/wasm/drf.wasm not built (no wasm32 Rust target)");
     }
-    // Not preemption.yaml (plugins of the released interfaces never preempt) nor quota-guarantee.yaml (they
-    // are not given guarantees): those differ by design.
-    for name in [
-        "drf-paper.yaml",
-        "offer-filter.yaml",
-        "two-roles-weights.yaml",
-        "zero-quota.yaml",
-        "role-tree.yaml",
+    for (name, all) in [
+        ("drf-paper.yaml", false),
+        ("offer-filter.yaml", false),
+        ("two-roles-weights.yaml", false),
+        ("zero-quota.yaml", false),
+        ("role-tree.yaml", false),
+        ("preemption.yaml", true),
+        ("quota-guarantee.yaml", true),
     ] {
         let builtin = sim(&example(name));
-        for plugin in &plugins {
+        for (plugin, _) in plugins.iter().filter(|(_, preempts)| *preempts || !all) {
             let other = sim_with(
                 &example(name),
                 &SimOptions {
