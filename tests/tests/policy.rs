@@ -26,19 +26,18 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|_| repo().join("target"))
 }
 
-/// The native build of a built-in policy (`drf` or `priority`), built on demand.
+/// The native build of a built-in policy (`drf` or `priority`), built every time (a no-op when fresh: a
+/// library left from an older build would speak an older ABI).
 fn native(name: &str) -> Vec<u8> {
     let path = target_dir()
         .join("debug")
         .join(format!("liballot_{name}_native.so"));
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", &format!("allot-{name}-native")])
-            .current_dir(repo())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building allot-{name}-native");
-    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-p", &format!("allot-{name}-native")])
+        .current_dir(repo())
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building allot-{name}-native");
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

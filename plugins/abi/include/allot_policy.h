@@ -1,14 +1,27 @@
 /*
- * allot_policy.h: the native allocation policy ABI of Allot, version 1.
+ * allot_policy.h: the native allocation policy ABI of Allot, version 2.
  *
- * A native policy is a shared library (cdylib) exporting three functions:
+ * A native policy is a shared library (cdylib) exporting three functions, and optionally a fourth:
  *
  *   uint32_t    allot_policy_abi_version(void);   // must return ALLOT_POLICY_ABI_VERSION
  *   const char *allot_policy_name(void);          // NUL-terminated, static, e.g. "drf"
  *   int32_t     allot_policy_allocate(const allot_snapshot *snapshot, allot_grants *out);
+ *   int32_t     allot_policy_revoke(const allot_snapshot *snapshot, allot_revocations *out);   // optional
  *
  * allot_policy_allocate is a pure function of the snapshot: it writes grants into `out` and returns 0, or
  * returns a non-zero error code. It must not keep pointers into the snapshot after it returns.
+ *
+ * allot_policy_revoke (preemption, new in version 2) is called after allot_policy_allocate on the same
+ * snapshot, only when snapshot->preemption is set (the allocator runs with --preemption-grace and a framework
+ * has been starved past it): it writes the tasks to end so that starved frameworks get their share back. A
+ * library without it never preempts. The host checks every revocation (a task of the snapshot, once; of a
+ * role above its weighted fair share or guarantee; never more than restores the starved roles' shares) and
+ * drops refused ones; each accepted task is killed after its kill grace period and ends TASK_KILLED with
+ * REASON_PREEMPTED.
+ *
+ * Version 1 (include/v1/allot_policy.h, frozen) is version 2 without the snapshot's trailing fields and
+ * without allot_policy_revoke; the host keeps loading version-1 libraries and hands them the same snapshot
+ * with abi_version 1 (they never read past `frameworks`).
  *
  * Resources are vectors of int64 thousandths (cpus in thousandths of a core, mem and disk in thousandths of a
  * MiB), one entry per resource kind in snapshot->kinds, in that order. Port ranges are not shown to policies:
@@ -23,7 +36,10 @@
 
 #include <stdint.h>
 
-#define ALLOT_POLICY_ABI_VERSION 1u
+#define ALLOT_POLICY_ABI_VERSION 2u
+
+/* Bytes of host memory for each revocation's message, its NUL included. */
+#define ALLOT_POLICY_MESSAGE_BYTES 256u
 
 /* UTF-8 text, not NUL-terminated. */
 typedef struct allot_str {
@@ -62,8 +78,25 @@ typedef struct allot_framework {
     const uint32_t *filtered;   /* sorted agent indices this framework must not be offered now */
 } allot_framework;
 
+/* The host's preemption settings (allocator flags --preemption-grace, --preemption-min-runtime). */
+typedef struct allot_preemption {
+    double grace_seconds;       /* how long a framework must have been starved before revocations for it */
+    double min_runtime_seconds; /* tasks younger than this are never revoked (nor listed) */
+} allot_preemption;
+
+/* A running task a policy may revoke. */
+typedef struct allot_task {
+    allot_str id;
+    allot_str framework;        /* its framework's ID (which need not be in snapshot->frameworks) */
+    allot_str agent;            /* the ID of the agent it runs on */
+    uint32_t role;              /* its framework's role: index into snapshot->roles */
+    int32_t priority;           /* its framework's priority class */
+    const int64_t *resources;   /* [n_kinds], reserved included */
+    double running_seconds;     /* since it was launched */
+} allot_task;
+
 typedef struct allot_snapshot {
-    uint32_t abi_version;
+    uint32_t abi_version;       /* the version the library reported: 1 or 2 */
     uint32_t n_kinds;
     const allot_str *kinds;     /* resource kind names, sorted: e.g. "cpus", "disk", "mem" */
     const int64_t *total;       /* [n_kinds], the cluster's total: the denominator of every share */
@@ -73,6 +106,12 @@ typedef struct allot_snapshot {
     const allot_role *roles;
     uint32_t n_frameworks;
     const allot_framework *frameworks;
+    /* Since version 2. */
+    const int64_t *const *quota_guarantees; /* [n_roles]: role i's guarantee ([n_kinds], 0 where none) or NULL */
+    const double *starved_seconds;          /* [n_frameworks]: how long each has wanted offers and got no CPUs */
+    const allot_preemption *preemption;     /* NULL unless the host calls allot_policy_revoke this cycle */
+    uint32_t n_tasks;
+    const allot_task *tasks;                /* [n_tasks] revocable, sorted by framework then task ID */
 } allot_snapshot;
 
 /* One grant: offer `resources` (unreserved) and `reserved` (from the framework's role's reservation) of an
@@ -90,7 +129,19 @@ typedef struct allot_grants {
     allot_grant *grants;
 } allot_grants;
 
-/* Return codes of allot_policy_allocate. */
+/* One revocation: end task snapshot->tasks[task], for the reason written into `message`. */
+typedef struct allot_revocation {
+    uint32_t task;              /* index into snapshot->tasks */
+    char *message;              /* host memory of ALLOT_POLICY_MESSAGE_BYTES, zeroed: a NUL-terminated UTF-8 reason */
+} allot_revocation;
+
+typedef struct allot_revocations {
+    uint32_t capacity;          /* number of entries in `revocations`: snapshot->n_tasks */
+    uint32_t len;               /* revocations written: set by the policy, at most capacity */
+    allot_revocation *revocations;
+} allot_revocations;
+
+/* Return codes of allot_policy_allocate and allot_policy_revoke. */
 #define ALLOT_POLICY_OK 0
 #define ALLOT_POLICY_ERR_INPUT 1     /* the snapshot is not understood */
 #define ALLOT_POLICY_ERR_CAPACITY 2  /* more grants than out->capacity */

@@ -1,8 +1,10 @@
 //! The guest side: a policy written in Rust reads the host's C snapshot and writes grants back.
 
 use crate::*;
-use allot_policy::indexed::{AgentRow, FrameworkRow, IndexedGrants, IndexedPolicy, RoleRow, View};
-use allot_policy::{Grant, Policy, Snapshot};
+use allot_policy::indexed::{
+    AgentRow, FrameworkRow, IndexedGrants, IndexedPolicy, RoleRow, TaskRow, View,
+};
+use allot_policy::{Grant, Policy, Preemption, Revocation, Snapshot};
 
 /// Reads `n` entries at `ptr` (an empty slice for a null pointer or `n == 0`).
 ///
@@ -25,13 +27,14 @@ unsafe fn text<'a>(s: AllotStr) -> Result<&'a str, i32> {
     std::str::from_utf8(bytes).map_err(|_| ERR_INPUT)
 }
 
-/// Borrows the host's C snapshot as a [`View`] (no amount is copied), without [`View::check`].
+/// Borrows the host's C snapshot as a [`View`] (no amount is copied), without [`View::check`]. The fields
+/// of version 2 (guarantees, starvation, preemption, tasks) are read when they are not null.
 ///
 /// # Safety
 /// `s` must be valid as `allot_policy.h` describes, for `'a`.
 ///
 /// # Errors
-/// [`ERR_INPUT`] for a different ABI version or text that is not UTF-8.
+/// [`ERR_INPUT`] for an ABI version other than [`ABI_VERSION`] or text that is not UTF-8.
 unsafe fn borrow_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
     if s.abi_version != ABI_VERSION {
         return Err(ERR_INPUT);
@@ -57,21 +60,26 @@ unsafe fn borrow_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
             })
         })
         .collect::<Result<_, i32>>()?;
+    let guarantees = unsafe { slice(s.quota_guarantees, s.n_roles) };
     let roles = unsafe { slice(s.roles, s.n_roles) }
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
+            let guarantee = guarantees.get(i).copied().unwrap_or(std::ptr::null());
             Ok(RoleRow {
                 name: unsafe { text(r.name) }?,
                 weight: r.weight,
                 quota_limit: (!r.quota_limit.is_null()).then(|| amounts(r.quota_limit)),
-                quota_guarantee: None,
+                quota_guarantee: (!guarantee.is_null()).then(|| amounts(guarantee)),
                 allocation: amounts(r.allocation),
             })
         })
         .collect::<Result<_, i32>>()?;
+    let starved = unsafe { slice(s.starved_seconds, s.n_frameworks) };
     let frameworks = unsafe { slice(s.frameworks, s.n_frameworks) }
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             Ok(FrameworkRow {
                 id: unsafe { text(f.id) }?,
                 role: f.role,
@@ -79,18 +87,37 @@ unsafe fn borrow_view<'a>(s: &'a AllotSnapshot) -> Result<View<'a>, i32> {
                 allocations: f.allocations,
                 allocation: amounts(f.allocation),
                 filtered: unsafe { slice(f.filtered, f.n_filtered) },
-                starved_seconds: 0.0,
+                starved_seconds: starved.get(i).copied().unwrap_or(0.0),
             })
         })
         .collect::<Result<_, i32>>()?;
+    let tasks = unsafe { slice(s.tasks, s.n_tasks) }
+        .iter()
+        .map(|t| {
+            Ok(TaskRow {
+                id: unsafe { text(t.id) }?,
+                framework: unsafe { text(t.framework) }?,
+                agent: unsafe { text(t.agent) }?,
+                role: t.role,
+                priority: t.priority,
+                resources: amounts(t.resources),
+                running_seconds: t.running_seconds,
+            })
+        })
+        .collect::<Result<_, i32>>()?;
+    // SAFETY: null or a valid pointer, as the ABI requires.
+    let preemption = unsafe { s.preemption.as_ref() }.map(|p| Preemption {
+        grace_seconds: p.grace_seconds,
+        min_runtime_seconds: p.min_runtime_seconds,
+    });
     Ok(View {
         kinds,
         total: amounts(s.total),
         agents,
         roles,
         frameworks,
-        preemption: None,
-        tasks: Vec::new(),
+        preemption,
+        tasks,
     })
 }
 
@@ -173,15 +200,16 @@ pub unsafe fn write_grants(
     unsafe { write_indexed_grants(na, nf, kinds.len(), &indexed, out) }
 }
 
-/// Runs `body` on the host's snapshot and grant buffer, checking both pointers for null and turning a panic
-/// into [`ERR_PANIC`]: the frame of every `allot_policy_allocate`.
+/// Runs `body` on the host's snapshot and answer buffer (grants or revocations), checking both pointers for
+/// null and turning a panic into [`ERR_PANIC`]: the frame of every `allot_policy_allocate` and
+/// `allot_policy_revoke`.
 ///
 /// # Safety
 /// `snapshot` and `out` must be valid as `allot_policy.h` describes.
-unsafe fn guarded(
+unsafe fn guarded<O>(
     snapshot: *const AllotSnapshot,
-    out: *mut AllotGrants,
-    body: impl FnOnce(&AllotSnapshot, &mut AllotGrants) -> Result<(), i32>,
+    out: *mut O,
+    body: impl FnOnce(&AllotSnapshot, &mut O) -> Result<(), i32>,
 ) -> i32 {
     if snapshot.is_null() || out.is_null() {
         return ERR_INPUT;
@@ -236,6 +264,83 @@ pub unsafe fn allocate(
             let (snap, kinds) = read_snapshot(s)?;
             let grants = policy.allocate(&snap);
             write_grants(&snap, &kinds, &grants, out)
+        })
+    }
+}
+
+/// Writes `revocations` over a snapshot of `n_tasks` tasks into `out`, each message cut to fit
+/// [`MESSAGE_BYTES`] (at a character boundary, its NUL included).
+///
+/// # Safety
+/// `out` and the message buffers it points to must be valid as `allot_policy.h` describes.
+///
+/// # Errors
+/// [`ERR_CAPACITY`] when there are more revocations than room; [`ERR_INPUT`] for a task index beyond the
+/// snapshot's.
+pub unsafe fn write_revocations(
+    n_tasks: usize,
+    revocations: &[Revocation],
+    out: &mut AllotRevocations,
+) -> Result<(), i32> {
+    if revocations.len() > out.capacity as usize {
+        return Err(ERR_CAPACITY);
+    }
+    // SAFETY: the host made `capacity` entries, each pointing at MESSAGE_BYTES writable bytes.
+    let slots = unsafe { std::slice::from_raw_parts_mut(out.revocations, out.capacity as usize) };
+    for (slot, r) in slots.iter_mut().zip(revocations) {
+        if r.task >= n_tasks {
+            return Err(ERR_INPUT);
+        }
+        slot.task = r.task as u32;
+        let mut end = r.message.len().min(MESSAGE_BYTES as usize - 1);
+        while !r.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(slot.message.cast::<u8>(), MESSAGE_BYTES as usize)
+        };
+        buf[..end].copy_from_slice(&r.message.as_bytes()[..end]);
+        buf[end] = 0;
+    }
+    out.len = revocations.len() as u32;
+    Ok(())
+}
+
+/// Runs index-form `policy`'s [`IndexedPolicy::revoke_indexed`] on the host's snapshot, read in place, and
+/// writes its revocations: the body of `allot_policy_revoke` for an [`IndexedPolicy`]. A panic is reported as
+/// [`ERR_PANIC`].
+///
+/// # Safety
+/// `snapshot` and `out` must be valid as `allot_policy.h` describes.
+pub unsafe fn revoke_indexed(
+    policy: &mut dyn IndexedPolicy,
+    snapshot: *const AllotSnapshot,
+    out: *mut AllotRevocations,
+) -> i32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        guarded(snapshot, out, |s, out| {
+            let view = read_view(s)?;
+            write_revocations(view.tasks.len(), &policy.revoke_indexed(&view), out)
+        })
+    }
+}
+
+/// Runs `policy`'s [`Policy::revoke`] on the host's snapshot and writes its revocations: the body of
+/// `allot_policy_revoke` for a Rust policy. A panic is reported as [`ERR_PANIC`].
+///
+/// # Safety
+/// `snapshot` and `out` must be valid as `allot_policy.h` describes.
+pub unsafe fn revoke(
+    policy: &mut dyn Policy,
+    snapshot: *const AllotSnapshot,
+    out: *mut AllotRevocations,
+) -> i32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        guarded(snapshot, out, |s, out| {
+            let (snap, _) = read_snapshot(s)?;
+            write_revocations(snap.tasks.len(), &policy.revoke(&snap), out)
         })
     }
 }

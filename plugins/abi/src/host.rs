@@ -2,7 +2,7 @@
 //! back, checking every index and amount.
 
 use crate::*;
-use allot_policy::{Grant, Snapshot, indexed};
+use allot_policy::{Grant, Revocation, Snapshot, indexed};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,8 +17,8 @@ pub enum AbiError {
         /// What failed.
         message: String,
     },
-    /// The library speaks another ABI version.
-    #[error("ABI version {found}, this allocator speaks {ABI_VERSION}")]
+    /// The library speaks an ABI version this host does not load ([`SUPPORTED_VERSIONS`]).
+    #[error("ABI version {found}, this allocator loads versions 1 and 2")]
     Version {
         /// The library's version.
         found: u32,
@@ -29,6 +29,9 @@ pub enum AbiError {
     /// The policy wrote a grant that names no framework or agent of the snapshot, or a negative amount.
     #[error("the policy returned a malformed grant: {0}")]
     BadGrant(String),
+    /// The policy revoked a task index beyond the snapshot's tasks, or wrote more than its room.
+    #[error("the policy returned a malformed revocation: {0}")]
+    BadRevocation(String),
 }
 
 /// A snapshot laid out for the C ABI. Owns every array the pointers in [`CSnapshot::as_ptr`] point into, but
@@ -40,6 +43,10 @@ pub struct CSnapshot<'a> {
     _agents: Vec<AllotAgent>,
     _roles: Vec<AllotRole>,
     _frameworks: Vec<AllotFramework>,
+    _guarantees: Vec<*const i64>,
+    _starved: Vec<f64>,
+    _preemption: Option<Box<AllotPreemption>>,
+    _tasks: Vec<AllotTask>,
     raw: AllotSnapshot,
     _ids: std::marker::PhantomData<&'a Snapshot>,
 }
@@ -57,9 +64,10 @@ fn s(t: &str) -> AllotStr {
 }
 
 impl<'a> CSnapshot<'a> {
-    /// Lays out `snap` for the C ABI ([`indexed::Layout`]). Agent and framework IDs point into `snap`, which
-    /// the result borrows.
-    pub fn new(snap: &'a Snapshot) -> Self {
+    /// Lays out `snap` for the C ABI ([`indexed::Layout`]), for a library of ABI `version` (the snapshot's
+    /// `abi_version`; the fields of version 2 are filled in either way, and a version-1 library never reads
+    /// them). IDs point into `snap`, which the result borrows.
+    pub fn new(snap: &'a Snapshot, version: u32) -> Self {
         let layout = indexed::Layout::new(snap);
         let l = &layout;
         let p = |at: usize| l.flat[at..].as_ptr();
@@ -108,8 +116,34 @@ impl<'a> CSnapshot<'a> {
                 filtered: l.filtered[filtered.start..].as_ptr(),
             })
             .collect();
+        let guarantees: Vec<*const i64> = l
+            .guarantees
+            .iter()
+            .map(|g| g.map_or(std::ptr::null(), p))
+            .collect();
+        let starved: Vec<f64> = snap.frameworks.iter().map(|f| f.starved_seconds).collect();
+        let preemption = snap.preemption.map(|p| {
+            Box::new(AllotPreemption {
+                grace_seconds: p.grace_seconds,
+                min_runtime_seconds: p.min_runtime_seconds,
+            })
+        });
+        let tasks: Vec<AllotTask> = snap
+            .tasks
+            .iter()
+            .zip(&l.tasks)
+            .map(|(t, &(role, at))| AllotTask {
+                id: s(&t.id),
+                framework: s(&t.framework),
+                agent: s(&t.agent),
+                role,
+                priority: t.priority,
+                resources: p(at),
+                running_seconds: t.running_seconds,
+            })
+            .collect();
         let raw = AllotSnapshot {
-            abi_version: ABI_VERSION,
+            abi_version: version,
             n_kinds: l.kinds.len() as u32,
             kinds: kind_strs.as_ptr(),
             total: p(l.total),
@@ -119,6 +153,13 @@ impl<'a> CSnapshot<'a> {
             roles: roles.as_ptr(),
             n_frameworks: frameworks.len() as u32,
             frameworks: frameworks.as_ptr(),
+            quota_guarantees: guarantees.as_ptr(),
+            starved_seconds: starved.as_ptr(),
+            preemption: preemption
+                .as_deref()
+                .map_or(std::ptr::null(), |p| p as *const AllotPreemption),
+            n_tasks: tasks.len() as u32,
+            tasks: tasks.as_ptr(),
         };
         Self {
             layout,
@@ -127,6 +168,10 @@ impl<'a> CSnapshot<'a> {
             _agents: agents,
             _roles: roles,
             _frameworks: frameworks,
+            _guarantees: guarantees,
+            _starved: starved,
+            _preemption: preemption,
+            _tasks: tasks,
             raw,
             _ids: std::marker::PhantomData,
         }
@@ -224,12 +269,91 @@ impl GrantBuffer {
     }
 }
 
+/// Room for a policy's revocations: `capacity` entries, each with [`MESSAGE_BYTES`] of message.
+pub struct RevocationBuffer {
+    messages: Vec<u8>,
+    revocations: Vec<AllotRevocation>,
+    raw: AllotRevocations,
+}
+
+// SAFETY: the raw pointers point into heap buffers owned by the same value.
+#[allow(unsafe_code)]
+unsafe impl Send for RevocationBuffer {}
+
+impl RevocationBuffer {
+    /// Room for `capacity` revocations, zeroed.
+    pub fn new(capacity: usize) -> Self {
+        let bytes = MESSAGE_BYTES as usize;
+        let mut messages = vec![0u8; capacity * bytes];
+        let base = messages.as_mut_ptr();
+        let mut revocations: Vec<AllotRevocation> = (0..capacity)
+            .map(|i| AllotRevocation {
+                task: u32::MAX,
+                // SAFETY: offsets stay within `messages` (MESSAGE_BYTES per entry).
+                #[allow(unsafe_code)]
+                message: unsafe { base.add(i * bytes) }.cast(),
+            })
+            .collect();
+        let raw = AllotRevocations {
+            capacity: capacity as u32,
+            len: 0,
+            revocations: revocations.as_mut_ptr(),
+        };
+        Self {
+            messages,
+            revocations,
+            raw,
+        }
+    }
+
+    /// The buffer for the C call.
+    pub fn as_mut_ptr(&mut self) -> *mut AllotRevocations {
+        &mut self.raw
+    }
+
+    /// Reads the revocations written over a snapshot of `n_tasks` tasks; a message runs to its first NUL (or
+    /// the whole buffer), invalid UTF-8 replaced.
+    ///
+    /// # Errors
+    /// [`AbiError::BadRevocation`] for a length beyond capacity or a task index out of range.
+    pub fn read(&self, n_tasks: usize) -> Result<Vec<Revocation>, AbiError> {
+        let len = self.raw.len as usize;
+        if len > self.revocations.len() {
+            return Err(AbiError::BadRevocation(format!(
+                "{len} revocations for a capacity of {}",
+                self.revocations.len()
+            )));
+        }
+        let bytes = MESSAGE_BYTES as usize;
+        self.revocations[..len]
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let task = r.task as usize;
+                if task >= n_tasks {
+                    return Err(AbiError::BadRevocation(format!(
+                        "revocation {i} names task index {task} of {n_tasks}"
+                    )));
+                }
+                let m = &self.messages[i * bytes..(i + 1) * bytes];
+                let end = m.iter().position(|&b| b == 0).unwrap_or(bytes);
+                Ok(Revocation {
+                    task,
+                    message: String::from_utf8_lossy(&m[..end]).into_owned(),
+                })
+            })
+            .collect()
+    }
+}
+
 /// A native policy library, loaded and checked.
 #[derive(Clone)]
 pub struct NativePolicy {
     _lib: Arc<libloading::Library>,
     name: String,
+    version: u32,
     allocate: AllocateFn,
+    revoke: Option<RevokeFn>,
 }
 
 impl std::fmt::Debug for NativePolicy {
@@ -241,7 +365,8 @@ impl std::fmt::Debug for NativePolicy {
 }
 
 impl NativePolicy {
-    /// Loads the library at `path` and checks its ABI version.
+    /// Loads the library at `path` and checks its ABI version (one of [`SUPPORTED_VERSIONS`]); a library of
+    /// version 2 may export `allot_policy_revoke`.
     ///
     /// Loading runs the library's initialisers: only load libraries you trust.
     ///
@@ -270,9 +395,17 @@ impl NativePolicy {
         };
         // SAFETY: calling the library's exports as declared.
         let found = unsafe { version() };
-        if found != ABI_VERSION {
+        if !SUPPORTED_VERSIONS.contains(&found) {
             return Err(AbiError::Version { found });
         }
+        // SAFETY: the symbol has the type `allot_policy.h` declares; optional since version 2.
+        let revoke = (found >= 2)
+            .then(|| {
+                unsafe { lib.get::<RevokeFn>(b"allot_policy_revoke\0") }
+                    .ok()
+                    .map(|f| *f)
+            })
+            .flatten();
         let name_ptr = unsafe { name() };
         let name = if name_ptr.is_null() {
             "unnamed".to_string()
@@ -285,7 +418,9 @@ impl NativePolicy {
         Ok(Self {
             _lib: Arc::new(lib),
             name,
+            version: found,
             allocate,
+            revoke,
         })
     }
 
@@ -294,13 +429,43 @@ impl NativePolicy {
         &self.name
     }
 
+    /// The ABI version the library reports (1 or 2).
+    pub fn abi_version(&self) -> u32 {
+        self.version
+    }
+
+    /// Whether the library can preempt: it exports `allot_policy_revoke` (ABI version 2).
+    pub fn revokes(&self) -> bool {
+        self.revoke.is_some()
+    }
+
+    /// The tasks the library revokes on `snap` (preemption): nothing when the snapshot has no preemption
+    /// settings or the library has no `allot_policy_revoke`.
+    ///
+    /// # Errors
+    /// [`AbiError::Code`] for an error code from the policy; [`AbiError::BadRevocation`] for a task index
+    /// beyond the snapshot's or more revocations than room.
+    #[allow(unsafe_code)]
+    pub fn revoke(&self, snap: &Snapshot) -> Result<Vec<Revocation>, AbiError> {
+        let (Some(revoke), Some(_)) = (self.revoke, snap.preemption) else {
+            return Ok(Vec::new());
+        };
+        let c = CSnapshot::new(snap, self.version);
+        let mut buf = RevocationBuffer::new(snap.tasks.len());
+        // SAFETY: both pointers are valid for the call and the library is loaded.
+        match unsafe { revoke(c.as_ptr(), buf.as_mut_ptr()) } {
+            OK => buf.read(snap.tasks.len()),
+            code => Err(AbiError::Code(code)),
+        }
+    }
+
     /// Runs one cycle over `snap`.
     ///
     /// # Errors
     /// [`AbiError::Code`] for an error code from the policy; [`AbiError::BadGrant`] for malformed grants.
     #[allow(unsafe_code)]
     pub fn allocate(&self, snap: &Snapshot) -> Result<Vec<Grant>, AbiError> {
-        let c = CSnapshot::new(snap);
+        let c = CSnapshot::new(snap, self.version);
         let mut capacity = snap.agents.len() * 4 + 64;
         loop {
             let mut buf = GrantBuffer::new(capacity, c.kinds().len());

@@ -89,7 +89,40 @@ fn rust_layouts() -> Vec<Layout> {
                 n_roles,
                 roles,
                 n_frameworks,
-                frameworks
+                frameworks,
+                quota_guarantees,
+                starved_seconds,
+                preemption,
+                n_tasks,
+                tasks
+            }
+        ),
+        layout!(
+            "allot_preemption",
+            abi::AllotPreemption {
+                grace_seconds,
+                min_runtime_seconds
+            }
+        ),
+        layout!(
+            "allot_task",
+            abi::AllotTask {
+                id,
+                framework,
+                agent,
+                role,
+                priority,
+                resources,
+                running_seconds
+            }
+        ),
+        layout!("allot_revocation", abi::AllotRevocation { task, message }),
+        layout!(
+            "allot_revocations",
+            abi::AllotRevocations {
+                capacity,
+                len,
+                revocations
             }
         ),
         layout!(
@@ -116,6 +149,7 @@ fn rust_layouts() -> Vec<Layout> {
 fn rust_constants() -> Vec<(&'static str, i64)> {
     vec![
         ("ALLOT_POLICY_ABI_VERSION", abi::ABI_VERSION.into()),
+        ("ALLOT_POLICY_MESSAGE_BYTES", abi::MESSAGE_BYTES.into()),
         ("ALLOT_POLICY_OK", abi::OK.into()),
         ("ALLOT_POLICY_ERR_INPUT", abi::ERR_INPUT.into()),
         ("ALLOT_POLICY_ERR_CAPACITY", abi::ERR_CAPACITY.into()),

@@ -7,7 +7,7 @@
 //! is interrupted by its epoch deadline (allot-policy-wasm).
 
 use allot_policy::{Grant, Policy, Snapshot};
-use allot_policy_abi::host::NativePolicy;
+use allot_policy_abi::host::{AbiError, NativePolicy};
 use allot_policy_wasm::{Limits, WasmError, WasmPolicy};
 use allot_proto::allocator::{PolicyArtifact, PolicyRef};
 use allot_server::Store;
@@ -153,12 +153,13 @@ impl Loaded {
     }
 
     /// The version of the interface the policy is called through: the allocator's own version for a
-    /// built-in, `abi-v1` (C ABI) for a native library, the WIT package the component exports for WASM
-    /// (`allot:policy@0.1.0` or `allot:policy@0.2.0`).
+    /// built-in, `abi-v1` or `abi-v2` (C ABI) for a native library, the WIT package the component exports
+    /// for WASM (`allot:policy@0.1.0`, `@0.2.0` or `@0.3.0`).
     pub fn interface_version(&self) -> &'static str {
         match &self.imp {
             Implementation::Builtin(_) => env!("CARGO_PKG_VERSION"),
-            Implementation::Native(_) => "abi-v1",
+            Implementation::Native(p) if p.abi_version() == 1 => "abi-v1",
+            Implementation::Native(_) => "abi-v2",
             Implementation::Wasm(p) => p.interface(),
         }
     }
@@ -204,24 +205,24 @@ impl Loaded {
         result
     }
 
-    /// Whether the policy can preempt: a built-in, or a WASM component of `allot:policy@0.3.0` (which has
-    /// `revoke`). The native C ABI v1 and WASM `allot:policy@0.1.0` and `@0.2.0` carry no revocations, so
-    /// such a policy never preempts.
+    /// Whether the policy can preempt: a built-in, a WASM component of `allot:policy@0.3.0` (which has
+    /// `revoke`) or a native library of C ABI v2 that exports `allot_policy_revoke`. C ABI v1 and WASM
+    /// `allot:policy@0.1.0` and `@0.2.0` carry no revocations, so such a policy never preempts.
     pub fn revokes(&self) -> bool {
         match &self.imp {
             Implementation::Builtin(_) => true,
             Implementation::Wasm(p) => p.revokes(),
-            Implementation::Native(_) => false,
+            Implementation::Native(p) => p.revokes(),
         }
     }
 
-    /// The tasks the policy revokes on `snapshot` (preemption), inside a `policy revoke` span, giving a WASM
-    /// policy at most `deadline`; nothing when the snapshot has no preemption settings, the policy cannot
-    /// preempt ([`Loaded::revokes`]) or it is broken.
+    /// The tasks the policy revokes on `snapshot` (preemption), inside a `policy revoke` span, giving a native
+    /// or WASM policy at most `deadline`; nothing when the snapshot has no preemption settings, the policy
+    /// cannot preempt ([`Loaded::revokes`]) or it is broken.
     ///
     /// # Errors
     /// [`Failure::Panic`] when the built-in panics; [`Failure::Trap`], [`Failure::Timeout`],
-    /// [`Failure::Error`] and [`Failure::Malformed`] (a task index beyond the snapshot's) from a WASM policy.
+    /// [`Failure::Error`] and [`Failure::Malformed`] (a task index beyond the snapshot's) from a plugin.
     pub fn revoke(
         &self,
         snapshot: &Snapshot,
@@ -249,7 +250,10 @@ impl Loaded {
                     .map_err(|p| Failure::Panic(panic_text(&p)))
             }
             Implementation::Wasm(p) => p.revoke(snapshot, deadline).map_err(wasm_failure),
-            Implementation::Native(_) => Ok(Vec::new()),
+            Implementation::Native(p) => {
+                let (p, snap) = (p.clone(), snapshot.clone());
+                self.on_thread(deadline, move || p.revoke(&snap))
+            }
         };
         match &out {
             Ok(revocations) => {
@@ -281,28 +285,36 @@ impl Loaded {
             }
             Implementation::Wasm(p) => p.allocate(snapshot, deadline).map_err(wasm_failure),
             Implementation::Native(p) => {
-                let (tx, rx) = std::sync::mpsc::channel();
                 let (p, snap) = (p.clone(), snapshot.clone());
-                std::thread::Builder::new()
-                    .name(format!("policy-{}", self.reference.name))
-                    .spawn(move || {
-                        let _ = tx.send(p.allocate(&snap));
-                    })
-                    .map_err(|e| Failure::Error(format!("cannot start the policy thread: {e}")))?;
-                match rx.recv_timeout(deadline) {
-                    Ok(Ok(grants)) => Ok(grants),
-                    Ok(Err(allot_policy_abi::host::AbiError::BadGrant(m))) => {
-                        Err(Failure::Malformed(m))
-                    }
-                    Ok(Err(e)) => Err(Failure::Error(e.to_string())),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        Err(Failure::Timeout(deadline))
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Failure::Panic(
-                        "the policy thread ended without an answer".into(),
-                    )),
-                }
+                self.on_thread(deadline, move || p.allocate(&snap))
             }
+        }
+    }
+
+    /// Runs a native library's call `f` on a thread of its own and waits at most `deadline` for it (a call
+    /// that does not answer is abandoned on its thread: native code cannot be interrupted).
+    fn on_thread<T: Send + 'static>(
+        &self,
+        deadline: Duration,
+        f: impl FnOnce() -> Result<T, AbiError> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("policy-{}", self.reference.name))
+            .spawn(move || {
+                let _ = tx.send(f());
+            })
+            .map_err(|e| Failure::Error(format!("cannot start the policy thread: {e}")))?;
+        match rx.recv_timeout(deadline) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(AbiError::BadGrant(m) | AbiError::BadRevocation(m))) => {
+                Err(Failure::Malformed(m))
+            }
+            Ok(Err(e)) => Err(Failure::Error(e.to_string())),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Failure::Timeout(deadline)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Failure::Panic(
+                "the policy thread ended without an answer".into(),
+            )),
         }
     }
 }

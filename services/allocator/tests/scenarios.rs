@@ -429,36 +429,34 @@ fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| repo.join("target"));
     let lib = target.join("debug/liballot_drf_native.so");
-    if !lib.exists() {
-        let ok = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "allot-drf-native"])
-            .current_dir(&repo)
-            .status()
-            .expect("cargo runs")
-            .success();
-        assert!(ok, "building allot-drf-native");
-    }
-    // The native library (C ABI v1) is given neither guarantees nor tasks and never preempts, so it runs
-    // every scenario but preemption.yaml and quota-guarantee.yaml like the built-in; the WASM component
-    // (allot:policy@0.3.0) runs all of them like it.
-    let mut plugins = vec![(lib, false)];
+    // Built every time (a no-op when fresh): a library left from an older build would speak an older ABI.
+    let ok = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-p", "allot-drf-native"])
+        .current_dir(&repo)
+        .status()
+        .expect("cargo runs")
+        .success();
+    assert!(ok, "building allot-drf-native");
+    // Both carry guarantees, tasks and revocations (C ABI v2, allot:policy@0.3.0), so preemption and
+    // guarantees decide alike too.
+    let mut plugins = vec![lib];
     let component = target.join("wasm/drf.wasm");
     if component.exists() {
-        plugins.push((component, true));
+        plugins.push(component);
     } else {
         eprintln!("SKIP the WASM drf: target/wasm/drf.wasm not built (no wasm32 Rust target)");
     }
-    for (name, all) in [
-        ("drf-paper.yaml", false),
-        ("offer-filter.yaml", false),
-        ("two-roles-weights.yaml", false),
-        ("zero-quota.yaml", false),
-        ("role-tree.yaml", false),
-        ("preemption.yaml", true),
-        ("quota-guarantee.yaml", true),
+    for name in [
+        "drf-paper.yaml",
+        "offer-filter.yaml",
+        "two-roles-weights.yaml",
+        "zero-quota.yaml",
+        "role-tree.yaml",
+        "preemption.yaml",
+        "quota-guarantee.yaml",
     ] {
         let builtin = sim(&example(name));
-        for (plugin, _) in plugins.iter().filter(|(_, preempts)| *preempts || !all) {
+        for plugin in &plugins {
             let other = sim_with(
                 &example(name),
                 &SimOptions {
