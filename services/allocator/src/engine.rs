@@ -754,6 +754,14 @@ impl State {
     }
 
     fn fail(&mut self, f: &Failure) {
+        self.count_failure(f);
+        tracing::warn!(policy = %self.running.reference.name, reason = f.reason(), error = %f,
+            fallback = %self.last_good.reference.name, "policy failed; this cycle uses the last good policy");
+    }
+
+    /// Counts a failed call of the running policy (status, `allot_policy_failures_total`); a timeout marks it
+    /// broken.
+    fn count_failure(&mut self, f: &Failure) {
         self.stats.failures += 1;
         M.policy_failures
             .with_label_values(&[&self.running.reference.name, f.reason()])
@@ -768,8 +776,6 @@ impl State {
         if matches!(f, Failure::Timeout(_)) {
             self.running.broken = true;
         }
-        tracing::warn!(policy = %self.running.reference.name, reason = f.reason(), error = %f,
-            fallback = %self.last_good.reference.name, "policy failed; this cycle uses the last good policy");
     }
 
     fn allocate(&mut self) {
@@ -908,7 +914,9 @@ impl State {
         let revocations = match self.running.revoke(snapshot, self.deadline) {
             Ok(r) => r,
             Err(f) => {
-                tracing::warn!(policy = %self.running.reference.name, error = %f, "policy revoke failed");
+                self.count_failure(&f);
+                tracing::warn!(policy = %self.running.reference.name, reason = f.reason(), error = %f,
+                    "policy revoke failed; nothing is revoked this cycle");
                 return;
             }
         };
