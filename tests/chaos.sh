@@ -9,11 +9,19 @@
 # blackhole route each way, so packets vanish as on a partitioned network; it needs root and `ip netns`, and is
 # skipped with a message without them).
 #
-# Each task appends "<unix time> <task id>" to a ledger when it starts. The test asserts that the batch exits 0
-# (every task finished), that no task of the job started twice (a task launched again after TASK_DROPPED or
-# TASK_LOST is counted under its job ID), and that no pause in task starts after a fault is longer than 3 s
-# (after the whole-etcd restart: the time etcd took to answer again plus 1 s): the longest wait between task
-# starts in the 5 s after each fault. It prints those pauses; docs/reliability.md has the figures.
+# Preemption runs through all of it: before the job, a second `allot batch` of role `hog` takes every CPU of
+# the cluster with long tasks, so that the job's framework is starved; the allocator (grace 3 s) revokes hog's
+# youngest tasks for it, they end TASK_KILLED with REASON_PREEMPTED and the hog batch launches them again, while
+# the faults go on.
+#
+# Each task appends "<unix time> <task id>" to a ledger when it starts (the job's and the hog's each their
+# own). The test asserts that both batches exit 0 (every task finished), that no launch (task ID) started twice
+# in either, that no task of the job started twice (a task launched again after TASK_DROPPED or TASK_LOST is
+# counted under its job ID), that a hog task started again only after a preemption of it (starts of a job task
+# <= 1 + its launches the allocators logged as preempted) and at least one was preempted, and that no pause in
+# the job's task starts after a fault is longer than 3 s (after the whole-etcd restart: the time etcd took to
+# answer again plus 1 s): the longest wait between task starts in the 5 s after each fault. It prints those
+# pauses; docs/reliability.md has the figures.
 #
 # Usage: bash tests/chaos.sh [--tasks N] [--task-seconds S] [--concurrency C] [--short]
 #   default   1,500 tasks of 1 s, 24 at a time (about 75 s)
@@ -31,7 +39,7 @@ while (($#)); do
     --task-seconds) task_seconds=$2; shift 2 ;;
     --concurrency) concurrency=$2; shift 2 ;;
     --short) tasks=1200; task_seconds=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -64,9 +72,10 @@ netns_up() {
     ip netns exec "$ns" ip addr add "$ns_agent/30" dev allot-chaos1 &&
     ip netns exec "$ns" ip link set allot-chaos1 up && ip netns exec "$ns" ip link set lo up
 }
-# cut / heal: packets between the agent's namespace and the host vanish / flow again.
-cut() { ip route add blackhole "$ns_agent/32" && ip netns exec "$ns" ip route add blackhole "$ns_host/32"; }
-heal() {
+# net_cut / net_heal: packets between the agent's namespace and the host vanish / flow again. (Not `cut`: that
+# would shadow coreutils' cut, which the checks below use.)
+net_cut() { ip route add blackhole "$ns_agent/32" && ip netns exec "$ns" ip route add blackhole "$ns_host/32"; }
+net_heal() {
   ip route del blackhole "$ns_agent/32" 2>/dev/null || true
   ip netns exec "$ns" ip route del blackhole "$ns_host/32" 2>/dev/null || true
 }
@@ -85,15 +94,17 @@ echo "==> starting a replicated cluster (deploy/local/run.sh ${cluster_args[*]};
 bash "$repo/deploy/local/run.sh" "${cluster_args[@]}" >"$out/cluster.log" 2>&1 &
 cluster=$!
 batch=""
+hog=""
 healer=""
 finish() {
   local code=$?
   trap - EXIT INT TERM
   [[ -n $batch ]] && { kill -TERM "$batch" 2>/dev/null || true; }
+  [[ -n $hog ]] && { kill -TERM "$hog" 2>/dev/null || true; }
   [[ -n $healer ]] && { kill -TERM "$healer" 2>/dev/null || true; }
   kill -TERM "$cluster" 2>/dev/null || true
   wait 2>/dev/null || true
-  ((network_cut)) && { heal; netns_down; }
+  ((network_cut)) && { net_heal; netns_down; }
   exit "$code"
 }
 trap finish EXIT
@@ -154,6 +165,34 @@ etcd_healthy() { # every member answers /health with a leader
     grep -q '"health":"true"' <<<"$body" || return 1
   done
 }
+
+# The hog: tasks of 15 s, cpus 0.1 each, as many at a time as fill every CPU of the agents (each has
+# max(1, cores / 3) CPUs), in a role of its own.
+agent_cpus=$(awk -v c="$(nproc)" 'BEGIN { x = c / 3; if (x < 1) x = 1; printf "%.2f", x }')
+hog_concurrency=$(awk -v a="$agent_cpus" 'BEGIN { printf "%d", 3 * a / 0.1 }')
+hog_tasks=$((2 * hog_concurrency))
+hog_ledger="$out/hog-ledger"
+: >"$hog_ledger"
+{
+  echo 'name = "chaos-hog"'
+  echo 'role = "hog"'
+  echo "concurrency = $hog_concurrency"
+  echo 'resources = "cpus:0.1;mem:16"'
+  for ((i = 1; i <= hog_tasks; i++)); do
+    echo "[[tasks]]"
+    echo "id = \"h$i\""
+    echo "command = \"echo \$(date +%s.%N) \$ALLOT_TASK_ID >> $hog_ledger; sleep 15\""
+  done
+} >"$out/hog.toml"
+echo "==> the hog: $hog_tasks tasks of 15 s, $hog_concurrency at a time (every CPU), role hog"
+allot batch "$out/hog.toml" --quiet --json >"$out/hog-summary.json" 2>"$out/hog-batch.log" &
+hog=$!
+for _ in $(seq 600); do
+  (( $(wc -l <"$hog_ledger") >= hog_concurrency )) && break
+  kill -0 "$hog" 2>/dev/null || { echo "the hog batch ended early; see $out/hog-batch.log" >&2; exit 1; }
+  sleep 0.1
+done
+(( $(wc -l <"$hog_ledger") >= hog_concurrency )) || { echo "the hog did not take the cluster in 60 s" >&2; exit 1; }
 
 echo "==> the job: $tasks tasks of ${task_seconds}s, $concurrency at a time"
 ledger="$out/ledger"
@@ -235,8 +274,8 @@ for ((f = 0; f < ${#faults[@]}; f++)); do
   fi
   at=$(now)
   if [[ $fault == "agent network cut" ]]; then
-    cut
-    (sleep "$cut_seconds"; heal) &
+    net_cut
+    (sleep "$cut_seconds"; net_heal) &
     healer=$!
     printf '    %-20s %s, for %s s\n' "$fault" "$target" "$cut_seconds"
     fault_at+=("$at"); fault_limit+=("$limit")
@@ -267,6 +306,18 @@ fi
 wait "$batch" || code=$?
 batch=""
 echo "    allot batch exited $code: $(tail -n 3 "$out/batch.log" | tr '\n' ' ' | cut -c1-200)"
+# The hog's tasks are 15 s each: give it as long as its work takes again, and a minute more.
+hog_code=0
+deadline=$(( $(date +%s) + 2 * hog_tasks * 15 / hog_concurrency + 60 ))
+while kill -0 "$hog" 2>/dev/null && (( $(date +%s) < deadline )); do sleep 0.5; done
+if kill -0 "$hog" 2>/dev/null; then
+  echo "FAIL: the hog batch did not finish in time"
+  kill -TERM "$hog" 2>/dev/null || true
+  hog_code=124
+fi
+wait "$hog" || hog_code=$?
+hog=""
+echo "    hog batch exited $hog_code: $(tail -n 3 "$out/hog-batch.log" | tr '\n' ' ' | cut -c1-200)"
 
 if ((network_cut)); then
   # What the cut did: launches the cut-off agent refused (held up, then fenced off: allot_agent::fence), and
@@ -276,9 +327,24 @@ if ((network_cut)); then
   echo "    the cut-off agent refused $refused launch call(s); the broker killed $stale task(s) it had ended"
 fi
 
-echo "==> checking the ledger ($(started) task starts)"
+echo "==> checking the ledgers ($(started) task starts of the job, $(wc -l <"$hog_ledger") of the hog)"
 failed=0
 ((code == 0)) || { echo "FAIL: allot batch exited $code (see $out/batch.log, $out/summary.json)"; failed=1; }
+((hog_code == 0)) || { echo "FAIL: the hog batch exited $hog_code (see $out/hog-batch.log)"; failed=1; }
+# No launch started twice, in either ledger.
+relaunched=$(awk '{ n[$2]++ } END { for (i in n) if (n[i] > 1) print i, n[i] }' "$ledger" "$hog_ledger")
+[[ -z $relaunched ]] || { echo "FAIL: launches that started twice: $(echo $relaunched | cut -c1-300)"; failed=1; }
+# The launches the allocators revoked (their `task preempted` log lines), and the hog's job tasks that started
+# more often than once plus their preempted launches.
+sed 's/\x1b\[[0-9;]*m//g' "$demo"/logs/allocator*.log | grep "task preempted" | grep -o 'task=[^ ]*' |
+  cut -d= -f2 | sort -u >"$out/preempted" || true
+preempted=$(wc -l <"$out/preempted")
+hog_twice=$(awk 'FNR == NR { id = $1; sub(/-retry[0-9]+$/, "", id); p[id]++; next }
+  { id = $2; sub(/-retry[0-9]+$/, "", id); n[id]++ }
+  END { for (i in n) if (n[i] > 1 + p[i]) print i, n[i], "starts,", p[i] + 0, "preempted" }' "$out/preempted" "$hog_ledger")
+[[ -z $hog_twice ]] || { echo "FAIL: hog tasks started again without a preemption: $(echo $hog_twice | cut -c1-300)"; failed=1; }
+echo "    the allocators preempted $preempted launch(es) ($(grep -c '^h' "$out/preempted" || true) of the hog)"
+((preempted > 0)) || { echo "FAIL: nothing was preempted: the job's framework was never starved past the grace"; failed=1; }
 # Every job task started exactly once, whatever task ID its launch had.
 twice=$(awk '{ id = $2; sub(/-retry[0-9]+$/, "", id); n[id]++ } END { for (i in n) if (n[i] > 1) print i, n[i] }' "$ledger")
 missing=$(awk -v t="$tasks" '{ id = $2; sub(/-retry[0-9]+$/, "", id); seen[id] = 1 }
