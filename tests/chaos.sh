@@ -292,32 +292,28 @@ for ((f = 0; f < ${#faults[@]}; f++)); do
   fault_at+=("$at"); fault_limit+=("$limit")
 done
 
+# await_batch NAME PID SECONDS LOG: waits at most SECONDS for the batch PID to end, stops it past them, and sets
+# `exit_code` to its exit status (124 when it had to be stopped).
+await_batch() {
+  local name=$1 pid=$2 seconds=$3 log=$4 deadline=$(( $(date +%s) + $3 ))
+  while kill -0 "$pid" 2>/dev/null && (( $(date +%s) < deadline )); do sleep 0.5; done
+  exit_code=0
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "FAIL: $name did not finish within ${seconds}s"
+    kill -TERM "$pid" 2>/dev/null || true
+    exit_code=124
+  fi
+  wait "$pid" || exit_code=$?
+  echo "    $name exited $exit_code: $(tail -n 3 "$log" | tr '\n' ' ' | cut -c1-200)"
+}
 # The job takes tasks * seconds / concurrency; give it three times that and two minutes more.
 patience=$(awk -v n="$tasks" -v s="$task_seconds" -v c="$concurrency" 'BEGIN { printf "%d", 3 * n * s / c + 120 }')
 echo "==> waiting for the batch (at most ${patience}s)"
-deadline=$(( $(date +%s) + patience ))
-while kill -0 "$batch" 2>/dev/null && (( $(date +%s) < deadline )); do sleep 0.5; done
-code=0
-if kill -0 "$batch" 2>/dev/null; then
-  echo "FAIL: allot batch did not finish within ${patience}s"
-  kill -TERM "$batch" 2>/dev/null || true
-  code=124
-fi
-wait "$batch" || code=$?
-batch=""
-echo "    allot batch exited $code: $(tail -n 3 "$out/batch.log" | tr '\n' ' ' | cut -c1-200)"
+await_batch "allot batch" "$batch" "$patience" "$out/batch.log"
+code=$exit_code batch=""
 # The hog's tasks are 15 s each: give it as long as its work takes again, and a minute more.
-hog_code=0
-deadline=$(( $(date +%s) + 2 * hog_tasks * 15 / hog_concurrency + 60 ))
-while kill -0 "$hog" 2>/dev/null && (( $(date +%s) < deadline )); do sleep 0.5; done
-if kill -0 "$hog" 2>/dev/null; then
-  echo "FAIL: the hog batch did not finish in time"
-  kill -TERM "$hog" 2>/dev/null || true
-  hog_code=124
-fi
-wait "$hog" || hog_code=$?
-hog=""
-echo "    hog batch exited $hog_code: $(tail -n 3 "$out/hog-batch.log" | tr '\n' ' ' | cut -c1-200)"
+await_batch "the hog batch" "$hog" $((2 * hog_tasks * 15 / hog_concurrency + 60)) "$out/hog-batch.log"
+hog_code=$exit_code hog=""
 
 if ((network_cut)); then
   # What the cut did: launches the cut-off agent refused (held up, then fenced off: allot_agent::fence), and

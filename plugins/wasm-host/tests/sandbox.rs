@@ -269,16 +269,7 @@ fn a_0_3_0_policy_revokes_tasks_for_a_starved_role() {
         ..held_by_batch()
     };
     assert_eq!(load("fairshare-c").revoke(&calm, DEADLINE), Ok(Vec::new()));
-    let cases: [(&str, Box<dyn Policy>); 2] = [
-        ("drf", Box::new(allot_drf::Drf)),
-        ("priority", Box::new(allot_drf::Priority)),
-    ];
-    for (name, mut native) in cases {
-        let Some(bytes) = artifact(name) else {
-            eprintln!("SKIP {name}.wasm: not built (no wasm32-unknown-unknown Rust target here)");
-            continue;
-        };
-        let wasm = WasmPolicy::load(&bytes, Limits::default(), DEADLINE).expect("loads");
+    for (name, mut native, wasm) in rust_builds() {
         assert_eq!(wasm.interface(), "allot:policy@0.3.0");
         let want = native.revoke(&s);
         assert!(!want.is_empty(), "{name}");
@@ -286,19 +277,32 @@ fn a_0_3_0_policy_revokes_tasks_for_a_starved_role() {
     }
 }
 
-/// The built-in Rust policies compiled to WASM decide exactly like the native code.
-#[test]
-fn rust_policies_in_wasm_match_the_built_ins() {
+/// The built-in Rust policies, each with its WASM build (`drf.wasm`, `priority.wasm`): those built here (they
+/// need the wasm32-unknown-unknown Rust target).
+fn rust_builds() -> Vec<(&'static str, Box<dyn Policy>, WasmPolicy)> {
     let cases: [(&str, Box<dyn Policy>); 2] = [
         ("drf", Box::new(allot_drf::Drf)),
         ("priority", Box::new(allot_drf::Priority)),
     ];
-    for (name, mut native) in cases {
-        let Some(bytes) = artifact(name) else {
-            eprintln!("SKIP {name}.wasm: not built (no wasm32-unknown-unknown Rust target here)");
-            continue;
-        };
-        let wasm = WasmPolicy::load(&bytes, Limits::default(), DEADLINE).expect("loads");
+    cases
+        .into_iter()
+        .filter_map(|(name, native)| {
+            let Some(bytes) = artifact(name) else {
+                eprintln!(
+                    "SKIP {name}.wasm: not built (no wasm32-unknown-unknown Rust target here)"
+                );
+                return None;
+            };
+            let wasm = WasmPolicy::load(&bytes, Limits::default(), DEADLINE).expect("loads");
+            Some((name, native, wasm))
+        })
+        .collect()
+}
+
+/// The built-in Rust policies compiled to WASM decide exactly like the native code.
+#[test]
+fn rust_policies_in_wasm_match_the_built_ins() {
+    for (name, mut native, wasm) in rust_builds() {
         assert_eq!(wasm.name(), name);
         for snap in [small(6), mixed()] {
             let want = native.allocate(&snap);
