@@ -21,6 +21,8 @@
 //!   - update_quota: {role: batch, limit: {cpus: 2, mem: 0}}   # 0: none of it; absent: unlimited
 //!   - update_quota: {role: prod, guarantee: {cpus: 8}}         # served first, held back while prod has demand
 //!   - update_preemption: {role: batch, preemptible: false}   # its tasks (and its subtree's) are never revoked
+//!   - reserve: {agent: a1, role: db, resources: {cpus: 2, mem: 1024}}     # a dynamic reservation
+//!   - unreserve: {agent: a1, role: db, resources: {cpus: 2, mem: 1024}}
 //!   - remove_agent: {id: a1}
 //!   - remove_framework: {id: f1}
 //!   - advance: 10
@@ -39,13 +41,18 @@
 //!   that fit (while `count` lasts), returns the rest with no filter, and releases each task after `duration`
 //!   seconds (never, if absent).
 //!
+//! - `reserve` and `unreserve` change an agent's dynamic reservations as the operator's `allot reserve` /
+//!   `allot unreserve` (or a framework's RESERVE / UNRESERVE) do, through the same checks
+//!   (`Books::set_dynamic_reservations`): resources a running task uses can be neither reserved nor released,
+//!   and the agent's outstanding offers are rescinded; an event the checks refuse fails the scenario;
 //! - with `preemption`, a framework that has wanted offers and been offered nothing for `grace` seconds may
 //!   have the policy revoke other roles' tasks (running at least `min_runtime`) for it at the next cycle; the
 //!   host checks every revocation (`Books::apply_revocations`) and a revoked task ends at once.
 //!
 //! Output, one JSON object per line: `{"type":"offer","t":..,"framework":..,"agent":..,"resources":{..},
 //! "reserved":{role:{..}}}` (`reserved` only when some are), `{"type":"launch",...,"resources":{..}}`,
-//! `{"type":"rescind","t":..,"framework":..,"agent":..}`, `{"type":"preempt","t":..,"framework":..,"task":..,
+//! `{"type":"rescind","t":..,"framework":..,"agent":..}`, `{"type":"reserve"|"unreserve","t":..,"agent":..,
+//! "role":..,"resources":{..}}`, `{"type":"preempt","t":..,"framework":..,"task":..,
 //! "agent":..,"resources":{..},"message":..}` for a revoked task, `{"type":"revocation_refused",..,"reason":..}`
 //! for a revocation the host refused, `{"type":"rejected",..,"reason":..}` for a grant the
 //! host refused (overcommit, filtered, quota, ...), and with `--summary` a final `{"type":"summary",..}`
@@ -254,6 +261,16 @@ enum Event {
         role: String,
         preemptible: bool,
     },
+    Reserve {
+        agent: String,
+        role: String,
+        resources: ResMap,
+    },
+    Unreserve {
+        agent: String,
+        role: String,
+        resources: ResMap,
+    },
     Advance(f64),
 }
 
@@ -272,6 +289,8 @@ impl Event {
             Event::UpdateWeights(_) => "update_weights",
             Event::UpdateQuota { .. } => "update_quota",
             Event::UpdatePreemption { .. } => "update_preemption",
+            Event::Reserve { .. } => "reserve",
+            Event::Unreserve { .. } => "unreserve",
             Event::Advance(_) => "advance",
         }
     }
@@ -358,6 +377,43 @@ impl Sim<'_> {
     fn line(&mut self, v: Value) -> Result<(), SimError> {
         serde_json::to_writer(&mut *self.out, &v).map_err(std::io::Error::from)?;
         self.out.write_all(b"\n")?;
+        Ok(())
+    }
+
+    /// Reserves (`reserve`) or releases `amount` of agent `agent` for `role` as a dynamic reservation, through
+    /// the allocator's own checks, and writes a `reserve` or `unreserve` line and the offers it rescinded.
+    ///
+    /// # Errors
+    /// [`EventError::Invalid`] with the reason the checks refuse it (or, to release, that the role's dynamic
+    /// reservation there does not hold `amount`).
+    fn change_reservation(
+        &mut self,
+        agent: &str,
+        role: &str,
+        amount: &ResMap,
+        reserve: bool,
+    ) -> Result<(), EventError> {
+        let amount = to_resources(amount)?;
+        let mut dynamic = self.books.dynamic_reservations(agent);
+        let held = dynamic.entry(role.to_string()).or_default();
+        if reserve {
+            held.add(&amount);
+        } else if held.contains(&amount) {
+            held.subtract(&amount);
+        } else {
+            return Err(EventError::Invalid(format!(
+                "unreserve of {amount} on {agent}: role {role} holds {held} reserved there dynamically"
+            )));
+        }
+        let rescinded = self
+            .books
+            .set_dynamic_reservations(agent, dynamic, true)
+            .map_err(EventError::Invalid)?;
+        let kind = if reserve { "reserve" } else { "unreserve" };
+        let line = json!({"type": kind, "t": secs(self.now_ms), "agent": agent, "role": role,
+                          "resources": resources_json(&amount)});
+        self.line(line)?;
+        self.rescinded(rescinded)?;
         Ok(())
     }
 
@@ -766,6 +822,16 @@ impl Sim<'_> {
                 }
                 self.books.set_role(&role, cfg);
             }
+            Event::Reserve {
+                agent,
+                role,
+                resources,
+            } => self.change_reservation(&agent, &role, &resources, true)?,
+            Event::Unreserve {
+                agent,
+                role,
+                resources,
+            } => self.change_reservation(&agent, &role, &resources, false)?,
             Event::Advance(s) => {
                 let ms = to_ms(s)?;
                 self.advance(ms)?;

@@ -454,6 +454,7 @@ fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
         "role-tree.yaml",
         "preemption.yaml",
         "quota-guarantee.yaml",
+        "reservations.yaml",
     ] {
         let builtin = sim(&example(name));
         for plugin in &plugins {
@@ -472,4 +473,60 @@ fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
             );
         }
     }
+}
+
+/// Dynamic reservations through the simulator's `reserve` and `unreserve` events (Mesos' `docs/reservation.md`):
+/// the reserved half of the agent goes to its role's framework only, and to anyone once released; releasing
+/// what a running task uses, or more than is reserved, fails the scenario with the allocator's reason.
+#[test]
+fn a_dynamic_reservation_goes_to_its_role_only_until_it_is_released() {
+    let lines = sim(&example("reservations.yaml"));
+    let launches = |f: &str| {
+        of(&lines, "launch")
+            .into_iter()
+            .filter(|l| l["framework"] == f)
+            .map(|l| l["t"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(launches("f-web"), [0.0, 0.0, 5.0, 5.0], "{lines:#?}");
+    assert_eq!(launches("f-db"), [1.0, 1.0], "{lines:#?}");
+    for o in of(&lines, "offer") {
+        if o["framework"] == "f-web" {
+            assert!(o.get("reserved").is_none(), "{o}");
+            let t = o["t"].as_f64().unwrap();
+            assert!(
+                t >= 5.0 || o["resources"]["cpus"].as_f64().unwrap_or(0.0) <= 2.0,
+                "{o}"
+            );
+        } else {
+            assert!(o["reserved"]["db"].is_object(), "{o}");
+        }
+    }
+    let db = of(&lines, "offer")
+        .into_iter()
+        .find(|o| o["framework"] == "f-db")
+        .expect("f-db is offered");
+    assert_eq!(db["reserved"]["db"]["cpus"], 2, "{db}");
+    assert_eq!(
+        (of(&lines, "reserve").len(), of(&lines, "unreserve").len()),
+        (1, 1)
+    );
+    let refused = |scenario: String| {
+        let mut out = Vec::new();
+        run(&scenario, &SimOptions::default(), &mut out)
+            .expect_err("refused")
+            .to_string()
+    };
+    // db's tasks still run on the reservation (they never end and f-db stays): it cannot be released.
+    let busy = example("reservations.yaml")
+        .replace("duration: 2}", "}")
+        .replace("  - remove_framework: {id: f-db}\n", "");
+    let e = refused(busy);
+    assert!(e.contains("tasks of role db use"), "{e}");
+    let more = example("reservations.yaml").replace(
+        "unreserve: {agent: a1, role: db, resources: {cpus: 2,",
+        "unreserve: {agent: a1, role: db, resources: {cpus: 3,",
+    );
+    let e = refused(more);
+    assert!(e.contains("unreserve of"), "{e}");
 }
