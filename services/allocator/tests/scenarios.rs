@@ -30,6 +30,15 @@ fn of<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     lines.iter().filter(|l| l["type"] == kind).collect()
 }
 
+/// The times of `framework`'s launches, in order.
+fn launch_times(lines: &[Value], framework: &str) -> Vec<f64> {
+    of(lines, "launch")
+        .into_iter()
+        .filter(|l| l["framework"] == framework)
+        .map(|l| l["t"].as_f64().unwrap())
+        .collect()
+}
+
 fn count(lines: &[Value], kind: &str, framework: &str) -> usize {
     of(lines, kind)
         .iter()
@@ -125,12 +134,7 @@ fn a_wasm_policy_of_0_3_0_preempts_and_one_of_0_2_0_does_not() {
         "{preempted:#?}"
     );
     assert!(of(&lines, "revocation_refused").is_empty(), "{lines:#?}");
-    let web: Vec<f64> = of(&lines, "launch")
-        .into_iter()
-        .filter(|l| l["framework"] == "f-web")
-        .map(|l| l["t"].as_f64().unwrap())
-        .collect();
-    assert_eq!(web, [6.0; 4], "{lines:#?}");
+    assert_eq!(launch_times(&lines, "f-web"), [6.0; 4], "{lines:#?}");
     let lines = sim_with(&example("preemption.yaml"), &wasm("fairshare-c-0.2.0"));
     assert_eq!(count(&lines, "launch", "f-batch"), 8, "{lines:#?}");
     assert!(of(&lines, "preempt").is_empty());
@@ -148,13 +152,7 @@ fn a_starved_role_gets_its_fair_share_back_by_preemption_after_the_grace() {
             .all(|p| p["t"] == 5 && p["framework"] == "f-batch")
     );
     assert!(of(&lines, "revocation_refused").is_empty(), "{lines:#?}");
-    let launches = |f: &str| {
-        of(&lines, "launch")
-            .into_iter()
-            .filter(|l| l["framework"] == f)
-            .map(|l| l["t"].as_f64().unwrap())
-            .collect::<Vec<_>>()
-    };
+    let launches = |f: &str| launch_times(&lines, f);
     assert_eq!(launches("f-batch"), [0.0; 8]);
     assert_eq!(launches("f-web"), [6.0; 4], "{lines:#?}");
     // Without preemption, or with batch protected from it, web waits for ever.
@@ -481,13 +479,7 @@ fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
 #[test]
 fn a_dynamic_reservation_goes_to_its_role_only_until_it_is_released() {
     let lines = sim(&example("reservations.yaml"));
-    let launches = |f: &str| {
-        of(&lines, "launch")
-            .into_iter()
-            .filter(|l| l["framework"] == f)
-            .map(|l| l["t"].as_f64().unwrap())
-            .collect::<Vec<_>>()
-    };
+    let launches = |f: &str| launch_times(&lines, f);
     assert_eq!(launches("f-web"), [0.0, 0.0, 5.0, 5.0], "{lines:#?}");
     assert_eq!(launches("f-db"), [1.0, 1.0], "{lines:#?}");
     for o in of(&lines, "offer") {
