@@ -1309,6 +1309,40 @@ struct Quotas {
     chains: HashMap<Id, std::rc::Rc<[(usize, Limits)]>>,
 }
 
+/// Applies one change to agent `agent`'s dynamic reservations `reserved` (by role): `amount` reserved for
+/// `role` (`reserve`), or released from it (an empty `amount` releases all of the role's); a role left with
+/// nothing is dropped. The operator's `allot reserve` / `allot unreserve` and the simulator's `reserve` /
+/// `unreserve` events change reservations so; whether the agent allows the result is for
+/// [`Books::set_dynamic_reservations`] to say.
+///
+/// # Errors
+/// Releasing more than the role has reserved there, in words; `reserved` then holds what it held.
+pub fn change_reservation(
+    reserved: &mut BTreeMap<String, Resources>,
+    agent: &str,
+    role: &str,
+    amount: &Resources,
+    reserve: bool,
+) -> Result<(), String> {
+    let held = reserved.entry(role.to_string()).or_default();
+    let changed = if reserve {
+        held.add(amount);
+        Ok(())
+    } else if amount.is_empty() {
+        *held = Resources::new();
+        Ok(())
+    } else if held.contains(amount) {
+        held.subtract(amount);
+        Ok(())
+    } else {
+        Err(format!(
+            "role {role} has {held} reserved on agent {agent}, not {amount}"
+        ))
+    };
+    reserved.retain(|_, r| !r.is_empty());
+    changed
+}
+
 /// The quota limits that apply to a framework of `role` (configurations `roles`): its own and its ancestors',
 /// as `(role, limit)`.
 fn limits_over<'a>(

@@ -7,6 +7,7 @@
 //! the write fails, the books go back to what they were. One change at a time per leader, so that the records
 //! are written in the order the books took them.
 
+use crate::books::change_reservation;
 use crate::engine::{Command, Engine};
 use crate::error::Error;
 use allot_common::convert::{piece_to_proto, pieces_from_proto};
@@ -81,19 +82,7 @@ impl ReservationAdmin {
         self.engine
             .send(Command::DynamicReservations(agent.to_string(), tx));
         let mut reserved = rx.await.map_err(|_| Error::EngineStopped)?;
-        let held = reserved.entry(role.to_string()).or_default();
-        if reserve {
-            held.add(&amount);
-        } else if amount.is_empty() {
-            *held = Resources::new();
-        } else if held.contains(&amount) {
-            held.subtract(&amount);
-        } else {
-            return Err(Error::Invalid(format!(
-                "role {role} has {held} reserved on agent {agent}, not {amount}"
-            )));
-        }
-        reserved.retain(|_, r| !r.is_empty());
+        change_reservation(&mut reserved, agent, role, &amount, reserve).map_err(Error::Invalid)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.engine.send(Command::Reserve {
             agent: agent.to_string(),

@@ -59,7 +59,7 @@
 //! with offers and launches per framework, dominant shares per framework and role at the end, and Jain's
 //! fairness index of the frameworks' weighted dominant shares (Jain, Chiu, Hawe, DEC-TR-301, 1984).
 
-use crate::books::{Books, Offer, Piece, RoleConfig};
+use crate::books::{Books, Offer, Piece, RoleConfig, change_reservation};
 use crate::policy::Loaded;
 use allot_policy::{Limits, Resources, dominant_share};
 use serde::Deserialize;
@@ -385,7 +385,7 @@ impl Sim<'_> {
     ///
     /// # Errors
     /// [`EventError::Invalid`] with the reason the checks refuse it (or, to release, that the role's dynamic
-    /// reservation there does not hold `amount`).
+    /// reservation there does not hold `amount`: [`change_reservation`]).
     fn change_reservation(
         &mut self,
         agent: &str,
@@ -395,16 +395,9 @@ impl Sim<'_> {
     ) -> Result<(), EventError> {
         let amount = to_resources(amount)?;
         let mut dynamic = self.books.dynamic_reservations(agent);
-        let held = dynamic.entry(role.to_string()).or_default();
-        if reserve {
-            held.add(&amount);
-        } else if held.contains(&amount) {
-            held.subtract(&amount);
-        } else {
-            return Err(EventError::Invalid(format!(
-                "unreserve of {amount} on {agent}: role {role} holds {held} reserved there dynamically"
-            )));
-        }
+        change_reservation(&mut dynamic, agent, role, &amount, reserve).map_err(|why| {
+            EventError::Invalid(format!("unreserve of {amount} on {agent}: {why}"))
+        })?;
         let rescinded = self
             .books
             .set_dynamic_reservations(agent, dynamic, true)
