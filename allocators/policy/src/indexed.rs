@@ -70,6 +70,16 @@ pub enum IndexError {
         /// The number of kinds.
         kinds: usize,
     },
+    /// A revocation naming a task the snapshot does not list.
+    #[error("revocation {revocation} names task index {task} of {tasks}")]
+    Revocation {
+        /// The revocation's position in the answer.
+        revocation: usize,
+        /// The task index it names.
+        task: usize,
+        /// How many revocable tasks the snapshot lists.
+        tasks: usize,
+    },
     /// A negative amount in a grant.
     #[error("grant {grant} has a negative amount of {kind}")]
     Negative {
@@ -452,6 +462,28 @@ impl IndexedGrants {
         }
         Ok(out)
     }
+}
+
+/// The `i`-th revocation of a plugin's answer, naming task index `task` with `message`, checked against a
+/// snapshot of `n_tasks` revocable tasks: the way back of revocations, as [`GrantReader`] is of grants.
+///
+/// # Errors
+/// [`IndexError::Revocation`] for a task index beyond them.
+pub fn read_revocation(
+    i: usize,
+    task: u32,
+    message: String,
+    n_tasks: usize,
+) -> Result<crate::Revocation, IndexError> {
+    let task = task as usize;
+    if task >= n_tasks {
+        return Err(IndexError::Revocation {
+            revocation: i,
+            task,
+            tasks: n_tasks,
+        });
+    }
+    Ok(crate::Revocation { task, message })
 }
 
 /// A policy that decides on the index form. Implementations must be deterministic and may assume a view

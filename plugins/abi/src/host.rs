@@ -329,18 +329,11 @@ impl RevocationBuffer {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let task = r.task as usize;
-                if task >= n_tasks {
-                    return Err(AbiError::BadRevocation(format!(
-                        "revocation {i} names task index {task} of {n_tasks}"
-                    )));
-                }
                 let m = &self.messages[i * bytes..(i + 1) * bytes];
                 let end = m.iter().position(|&b| b == 0).unwrap_or(bytes);
-                Ok(Revocation {
-                    task,
-                    message: String::from_utf8_lossy(&m[..end]).into_owned(),
-                })
+                let message = String::from_utf8_lossy(&m[..end]).into_owned();
+                indexed::read_revocation(i, r.task, message, n_tasks)
+                    .map_err(|e| AbiError::BadRevocation(e.to_string()))
             })
             .collect()
     }

@@ -384,20 +384,9 @@ impl WasmPolicy {
             .map_err(WasmError::Error)?;
         out.into_iter()
             .enumerate()
-            .map(|(i, r)| {
-                let task = r.task as usize;
-                if task >= snap.tasks.len() {
-                    return Err(WasmError::BadRevocation(format!(
-                        "revocation {i} names task index {task} of {}",
-                        snap.tasks.len()
-                    )));
-                }
-                Ok(Revocation {
-                    task,
-                    message: r.message,
-                })
-            })
-            .collect()
+            .map(|(i, r)| indexed::read_revocation(i, r.task, r.message, snap.tasks.len()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| WasmError::BadRevocation(e.to_string()))
     }
 
     fn allocate_v0_1(
