@@ -122,7 +122,7 @@ fn cycle(template: &Books, policy: &Loaded) -> (Duration, usize) {
 
 /// The preemption part of a cycle, as the engine runs it: the policy's revocations, checked. Returns how many
 /// were accepted.
-fn revoke(b: &mut Books, snapshot: &allot_policy::Snapshot, policy: &Loaded) -> usize {
+fn revoke(b: &mut Books, snapshot: &Arc<allot_policy::Snapshot>, policy: &Loaded) -> usize {
     if snapshot.preemption.is_none() {
         return 0;
     }

@@ -907,7 +907,7 @@ impl State {
     /// on and some framework has been starved past the grace), checks them (`Books::apply_revocations`) and
     /// sends the accepted ones to the broker, which kills each task: it ends TASK_KILLED with
     /// REASON_PREEMPTED. Counted in `allot_preemptions_total` and `allot_revocations_refused_total`.
-    fn preempt(&mut self, snapshot: &allot_policy::Snapshot, now: f64) {
+    fn preempt(&mut self, snapshot: &Arc<allot_policy::Snapshot>, now: f64) {
         if snapshot.preemption.is_none() {
             return;
         }

@@ -225,7 +225,7 @@ impl Loaded {
     /// [`Failure::Error`] and [`Failure::Malformed`] (a task index beyond the snapshot's) from a plugin.
     pub fn revoke(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         deadline: Duration,
     ) -> Result<Vec<allot_policy::Revocation>, Failure> {
         if snapshot.preemption.is_none() || !self.revokes() || self.broken {

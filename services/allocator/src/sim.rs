@@ -464,7 +464,7 @@ impl Sim<'_> {
     /// Runs the policy's revocations on `snapshot` through the host's checks; each accepted one ends its
     /// task at once (as a kill would) and is written as a `preempt` line, each refused one as a
     /// `revocation_refused` line.
-    fn preempt(&mut self, snapshot: &allot_policy::Snapshot) -> Result<(), SimError> {
+    fn preempt(&mut self, snapshot: &Arc<allot_policy::Snapshot>) -> Result<(), SimError> {
         let now = self.now();
         let revocations = self
             .policy
