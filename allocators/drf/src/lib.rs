@@ -50,6 +50,14 @@ impl Policy for Drf {
     }
 }
 
+/// [`revocations`] on the [`Snapshot`] of index-form `view` (preemption is rare: the IDs and bags are built
+/// only then); nothing for a view whose indices do not hold.
+pub fn revocations_of_view(view: &View<'_>, by_priority: bool) -> Vec<Revocation> {
+    view.to_snapshot()
+        .map(|s| revocations(&s, by_priority))
+        .unwrap_or_default()
+}
+
 /// Preemption for weighted DRF and its priority variant: which running tasks to end so that starved roles get
 /// back to what they are entitled to: their weighted fair share or their quota guarantee, whichever is more
 /// ([`allot_policy::entitled_shares`]).
@@ -188,11 +196,9 @@ impl IndexedPolicy for Drf {
         hierarchical_indexed(view, false)
     }
 
-    /// [`revocations`] on the view's [`Snapshot`] (preemption is rare: the IDs and bags are built only then).
+    /// [`revocations`] on the view's [`Snapshot`] ([`revocations_of_view`]).
     fn revoke_indexed(&mut self, view: &View<'_>) -> Vec<Revocation> {
-        view.to_snapshot()
-            .map(|s| revocations(&s, false))
-            .unwrap_or_default()
+        revocations_of_view(view, false)
     }
 }
 
@@ -219,11 +225,9 @@ impl IndexedPolicy for Priority {
         hierarchical_indexed(view, true)
     }
 
-    /// [`revocations`] on the view's [`Snapshot`] (preemption is rare: the IDs and bags are built only then).
+    /// [`revocations`] on the view's [`Snapshot`] ([`revocations_of_view`]).
     fn revoke_indexed(&mut self, view: &View<'_>) -> Vec<Revocation> {
-        view.to_snapshot()
-            .map(|s| revocations(&s, true))
-            .unwrap_or_default()
+        revocations_of_view(view, true)
     }
 }
 
@@ -539,7 +543,7 @@ impl<'a> Tree<'a> {
 /// One cycle of hierarchical DRF over `s`; with `by_priority`, priority classes come first. Lays the
 /// snapshot out in index form and runs [`hierarchical_indexed`].
 pub fn hierarchical(s: &Snapshot, by_priority: bool) -> Vec<Grant> {
-    let layout = Layout::new(s);
+    let layout = Layout::for_allocation(s);
     let grants = hierarchical_indexed(&layout.view(s), by_priority);
     grants
         .to_grants(s, &layout.kinds)

@@ -200,17 +200,22 @@ impl View<'_> {
                 })
             }
         };
+        let role = |r: u32, what: &dyn Fn() -> String| {
+            if (r as usize) < nr {
+                Ok(())
+            } else {
+                Err(IndexError::Index {
+                    what: what(),
+                    of: "role",
+                    index: r as usize,
+                })
+            }
+        };
         len(self.total, &|| "the total".into())?;
         for (i, a) in self.agents.iter().enumerate() {
             len(a.available, &|| format!("agent {i}"))?;
             for &(r, v) in &a.reserved {
-                if r as usize >= nr {
-                    return Err(IndexError::Index {
-                        what: format!("agent {i}'s reservation"),
-                        of: "role",
-                        index: r as usize,
-                    });
-                }
+                role(r, &|| format!("agent {i}'s reservation"))?;
                 len(v, &|| format!("agent {i}'s reservation"))?;
             }
         }
@@ -222,26 +227,14 @@ impl View<'_> {
         }
         for (i, f) in self.frameworks.iter().enumerate() {
             len(f.allocation, &|| format!("framework {i}"))?;
-            if f.role as usize >= nr {
-                return Err(IndexError::Index {
-                    what: format!("framework {i}"),
-                    of: "role",
-                    index: f.role as usize,
-                });
-            }
+            role(f.role, &|| format!("framework {i}"))?;
             if !f.filtered.is_sorted() || f.filtered.last().is_some_and(|&a| a as usize >= na) {
                 return Err(IndexError::Filtered(i));
             }
         }
         for (i, t) in self.tasks.iter().enumerate() {
             len(t.resources, &|| format!("task {i}"))?;
-            if t.role as usize >= nr {
-                return Err(IndexError::Index {
-                    what: format!("task {i}"),
-                    of: "role",
-                    index: t.role as usize,
-                });
-            }
+            role(t.role, &|| format!("task {i}"))?;
         }
         Ok(())
     }
@@ -527,7 +520,7 @@ pub struct Layout {
     /// Per role (as `roles`): offset of its quota guarantee, if it has one.
     pub guarantees: Vec<Option<usize>>,
     /// Per task of the snapshot's revocable tasks, in order: its role's index and the offset of its
-    /// resources.
+    /// resources (none from [`Layout::for_allocation`]).
     pub tasks: Vec<(u32, usize)>,
 }
 
@@ -535,6 +528,17 @@ impl Layout {
     /// Lays `snap` out. A role a framework names but `snap.roles` lacks is added with weight 1, no limit and
     /// the sum of its frameworks' allocations (and one only a revocable task names, with nothing).
     pub fn new(snap: &Snapshot) -> Self {
+        Self::build(snap, true)
+    }
+
+    /// [`Layout::new`] without the revocable tasks (its [`View`] lists none): for an allocation that does not
+    /// read them, such as the built-in `drf`'s, which then lays out nothing more in a cycle with preemption.
+    pub fn for_allocation(snap: &Snapshot) -> Self {
+        Self::build(snap, false)
+    }
+
+    fn build(snap: &Snapshot, with_tasks: bool) -> Self {
+        let tasks: &[TaskView] = if with_tasks { &snap.tasks } else { &[] };
         let interned = interned_kinds(snap);
         let kinds: Vec<String> = interned.iter().map(|k| k.name().to_string()).collect();
         let mut flat =
@@ -584,7 +588,7 @@ impl Layout {
                 }
             }
         }
-        for t in &snap.tasks {
+        for t in tasks {
             if !listed.contains(t.role.as_str()) {
                 missing.entry(&t.role).or_default();
             }
@@ -639,8 +643,7 @@ impl Layout {
                 )
             })
             .collect();
-        let tasks = snap
-            .tasks
+        let tasks = tasks
             .iter()
             .map(|t| (role_index[t.role.as_str()], put(&t.resources, &mut flat)))
             .collect();
