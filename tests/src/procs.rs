@@ -50,6 +50,18 @@ impl Drop for Proc {
     }
 }
 
+/// Where `bash plugins/wasm/build.sh` (which `tests/run.sh` runs) puts WASM policy component `name`:
+/// `target/wasm/<name>.wasm`, beside the profile directory of [`bin_dir`]. It may not be there (the Rust
+/// components need the wasm32 target).
+///
+/// # Panics
+/// As [`bin_dir`].
+pub fn wasm_path(name: &str) -> PathBuf {
+    let bin = bin_dir();
+    let target = bin.parent().expect("target/<profile> is in target/");
+    target.join("wasm").join(format!("{name}.wasm"))
+}
+
 /// The directory holding the service binaries (`target/<profile>`), found from this executable's path.
 ///
 /// # Panics

@@ -1086,10 +1086,7 @@ async fn starved_role_reaches_its_fair_share(wasm: Option<&str>) {
     })
     .await;
     if let Some(name) = wasm {
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        let path = target.join(format!("wasm/{name}.wasm"));
+        let path = allot_tests::procs::wasm_path(name);
         assert!(
             path.exists(),
             "{} is missing: run `bash plugins/wasm/build.sh` (tests/run.sh does)",

@@ -304,7 +304,7 @@ async fn swapping_native_policies_under_a_running_workload_loses_no_offer() {
 
 /// A WASM component built by `bash plugins/wasm/build.sh` (tests/run.sh runs it first).
 fn wasm(name: &str) -> Option<Vec<u8>> {
-    std::fs::read(target_dir().join("wasm").join(format!("{name}.wasm"))).ok()
+    std::fs::read(allot_tests::procs::wasm_path(name)).ok()
 }
 
 fn c_wasm(name: &str) -> Vec<u8> {

@@ -30,6 +30,18 @@ fn of<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     lines.iter().filter(|l| l["type"] == kind).collect()
 }
 
+/// The build's target directory (`$CARGO_TARGET_DIR`, else the repository's `target/`).
+fn target_dir() -> std::path::PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target"))
+}
+
+/// The repository's root.
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// The times of `framework`'s launches, in order.
 fn launch_times(lines: &[Value], framework: &str) -> Vec<f64> {
     of(lines, "launch")
@@ -109,11 +121,7 @@ fn a_role_tree_splits_by_weight_among_siblings_and_a_parent_limit_caps_its_subtr
 #[test]
 fn a_wasm_policy_of_0_3_0_preempts_and_one_of_0_2_0_does_not() {
     let wasm = |name: &str| {
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| repo.join("target"));
-        let path = target.join(format!("wasm/{name}.wasm"));
+        let path = target_dir().join(format!("wasm/{name}.wasm"));
         assert!(
             path.exists(),
             "{} is missing: run `bash plugins/wasm/build.sh` (tests/run.sh does)",
@@ -422,15 +430,12 @@ fn bad_scenarios_are_clear_errors() {
 /// of the built-in drf: each decides every example scenario exactly like the built-in.
 #[test]
 fn native_and_wasm_builds_of_drf_run_in_the_simulator_like_the_builtin() {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo.join("target"));
+    let target = target_dir();
     let lib = target.join("debug/liballot_drf_native.so");
     // Built every time (a no-op when fresh): a library left from an older build would speak an older ABI.
     let ok = std::process::Command::new(env!("CARGO"))
         .args(["build", "-p", "allot-drf-native"])
-        .current_dir(&repo)
+        .current_dir(repo())
         .status()
         .expect("cargo runs")
         .success();
