@@ -49,6 +49,9 @@ rm -rf "$out"; mkdir -p "$out"
 
 cluster_args=(--cluster-only --agents "$agents")
 ((phases)) && cluster_args+=(--traces)
+# etcd and protoc, when missing (the release build below needs protoc before run.sh would install it).
+source "$repo/deploy/local/ensure-deps.sh"
+allot_ensure_deps
 if ((release)); then
   echo "==> building release binaries"
   cargo build --release --bins --quiet
@@ -99,7 +102,11 @@ for r in $(seq "$rounds"); do
   t1=$(now)
   cpu >"$out/cpu0"
   TIMEFORMAT='%U %S'
-  { time allot batch "$out/job.toml" --quiet --json >"$out/batch-$r.json" 2>"$out/batch-$r.log"; } 2>"$out/time-$r"
+  if ! { time allot batch "$out/job.toml" --quiet --json >"$out/batch-$r.json" 2>"$out/batch-$r.log"; } 2>"$out/time-$r"; then
+    echo "allot batch failed in round $r (not every task finished): $out/batch-$r.log ends" >&2
+    tail -n 5 "$out/batch-$r.log" >&2
+    exit 1
+  fi
   t2=$(now)
   cpu >"$out/cpu1"
   grep -o '"seconds": [0-9.e-]*' "$out/batch-$r.json" | head -n "$tasks" | awk '{print $2 * 1000}' | sort -n >"$out/lat-$r.txt"
