@@ -1682,9 +1682,14 @@ async fn a_restarted_agent_reports_the_tasks_it_finds_nothing_of() {
     fw.launch(task("t", "sleep 60", 0.1, 32.0)).await;
     fw.await_state("t", TaskState::TaskRunning).await;
     let pid = checkpointed_pid(&agent, "t");
-    // The agent dies, and the task's whole process group with it (as on a reboot): no exit status is left.
+    // The agent dies, and the task's whole process group and the agent's task reaper with it (as on a
+    // reboot): no exit status is left.
     let dir = agent.work_dir.clone();
     agent.service.crash();
+    let reaper = allot_agent::reaper::socket_name(&std::path::absolute(&dir).expect("absolute"));
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &reaper])
+        .status();
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

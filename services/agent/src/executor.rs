@@ -7,14 +7,17 @@
 //!
 //! # Surviving an agent restart
 //! A task outlives the agent process that started it (Mesos' agent recovery, `--recover=reconnect`). The
-//! command runs under a small `/bin/sh` wrapper, the leader of the task's process group, that writes the
-//! command's exit status to the task's checkpoint directory (`exit`) when it ends, so that an agent that was
-//! not the wrapper's parent still learns how the task ended. Beside it the agent checkpoints the task (the
-//! `TaskInfo`) before it starts and the wrapper's pid once it runs, as the first records of the task's update
-//! stream file (`updates`; agents before issue 24 wrote `task` and `pid` files, which are still read). A
-//! restarted agent calls [`recover`] for each task whose last update is not terminal: a task still running is
-//! watched again ([`watch_task`]: polled every [`WATCH_INTERVAL`], killed by process group), a task that
-//! ended while the agent was down is reported from its `exit` file.
+//! command is started by the agent's task reaper ([`crate::reaper`]), a process that outlives the agent too,
+//! as `/bin/sh -c` behind a gate (`direct_argv`); the reaper writes the command's exit status to the task's
+//! checkpoint slot (`exit`) before it reaps it, so that an agent that was not watching still learns how the
+//! task ended. Where no reaper program is found (or with `ALLOT_REAPER=none`) the command runs under a small
+//! `/bin/sh` wrapper instead, the agent's child and the leader of the task's process group, that writes the
+//! same `exit` file when the command ends. Beside it the agent checkpoints the task (the `TaskInfo`) before it
+//! starts and its pid once it runs, as the first records of the task's update stream file (`updates`; agents
+//! before issue 24 wrote `task` and `pid` files, which are still read). A restarted agent calls [`recover`]
+//! for each task whose last update is not terminal: a task still running is watched again ([`watch_task`]:
+//! polled every [`WATCH_INTERVAL`], killed by process group), a task that ended while the agent was down is
+//! reported from its `exit` file.
 //!
 //! As in a shell, a status above 128 means the command was ended by signal `status - 128`; the wrapper
 //! re-raises that signal on itself so that the agent that waits for it sees the signal too.
@@ -155,6 +158,9 @@ pub struct Launch {
     /// spawns the command nor opens its gate, as if the process had died there (the restarted agent reports
     /// the task as never started).
     pub stopped: CancellationToken,
+    /// The agent's task reaper, which starts the command ([`crate::reaper`]); `None`: the wrapper shell does,
+    /// as the agent's child.
+    pub reaper: Option<std::sync::Arc<crate::reaper::Client>>,
 }
 
 /// The reason a kill gives, shared between the agent's KillTask and the task's executor.
@@ -418,12 +424,136 @@ pub(crate) fn wrapped_argv(
     wrapped
 }
 
-/// A task's command, started: the child (its stdin the gate the command waits at), its isolation
-/// and its pid.
+/// A task's command, started: how to wait for it, its isolation and its pid.
 struct Started {
-    child: tokio::process::Child,
+    waiter: Waiter,
     iso: TaskIsolation,
     pid: u32,
+}
+
+/// How the agent learns that a task's command ended.
+enum Waiter {
+    /// The wrapper shell is the agent's child (its stdin the gate the command waits at).
+    Child(tokio::process::Child),
+    /// The reaper started the command (spawn `id`, at its gate until opened) and says how it ended; if the
+    /// reaper goes away first (`ended` fails), the pid is watched and the exit file read.
+    Reaped {
+        id: u64,
+        ended: Option<tokio::sync::oneshot::Receiver<crate::reaper::Ended>>,
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+impl Waiter {
+    /// Waits for the command (pid `pid`) to end. Cancel-safe: may be called again after being dropped.
+    async fn wait(&mut self, pid: u32) -> std::io::Result<Exit> {
+        match self {
+            Waiter::Child(c) => c.wait().await.map(|s| match (s.code(), s.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(sig)) => Exit::Signal(sig),
+                (None, None) => Exit::Unknown,
+            }),
+            Waiter::Reaped {
+                ended, checkpoint, ..
+            } => {
+                if let Some(rx) = ended {
+                    match rx.await {
+                        Ok(e) => {
+                            return Ok(match (e.code, e.signal) {
+                                (Some(c), _) => Exit::Code(c),
+                                (None, Some(s)) => Exit::Signal(s),
+                                (None, None) => Exit::Unknown,
+                            });
+                        }
+                        Err(_) => *ended = None,
+                    }
+                }
+                tracing::warn!(pid, "the task reaper went away: watching the task's pid");
+                let pid = Pid::from_raw(pid as i32);
+                while alive(pid) {
+                    tokio::time::sleep(WATCH_INTERVAL).await;
+                }
+                Ok(exit_recorded_for(checkpoint.as_deref(), pid).await)
+            }
+        }
+    }
+}
+
+/// The gate of a command the reaper starts (the first line of its `sh -c` script): the shell reads one line
+/// from standard input (the reaper's pipe) before anything of the task runs, and exits with 125 if the pipe
+/// closes unwritten; then it writes its own pid into each of `procs` (the task's `cgroup.procs` files), so
+/// that everything of the task runs in its cgroups (joining from inside costs the kernel less than being
+/// moved by the agent, issue 24), and exits with 126 if it cannot.
+fn direct_gate(procs: &[PathBuf]) -> String {
+    let mut gate = String::from("read -r _ || exit 125");
+    if !procs.is_empty() {
+        let joins: Vec<String> = procs
+            .iter()
+            .map(|p| format!("echo $$ > {}", shell_quote(&p.display().to_string())))
+            .collect();
+        gate.push_str(&format!(
+            "\n{{ {}; }} || {{ echo 'allot: cannot join the task cgroups' >&2; exit 126; }}",
+            joins.join(" && ")
+        ));
+    }
+    gate
+}
+
+/// `s` as one single-quoted shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The argv that runs command `cmd_info` through the reaper (see [`crate::reaper`]), joining `iso`'s cgroups
+/// (unless it runs as another user, whom the agent moves instead), under `iso`'s rlimits if any, as `run_as` if given: `/bin/sh -c '<gate>\n<command>'` for a shell
+/// command ([`direct_gate`]), so that the shell runs the command as `sh -c '<command>'` would, its last program
+/// in the shell's own process (one `/bin/sh` and the command's programs, as under `xargs`); `/bin/sh -c
+/// '<gate>\nexec "$@"' allot-executor <program> <args>` for a program and its arguments. The command starts
+/// on a line of its own, after the gate's.
+fn direct_argv(
+    cmd_info: &allot_proto::common::CommandInfo,
+    iso: &TaskIsolation,
+    run_as: Option<&RunAs>,
+) -> Vec<String> {
+    // A command switched to another user could not write the cgroup files (root's): the agent moves it.
+    let gate = direct_gate(&match run_as {
+        None => iso.procs_files(),
+        Some(_) => Vec::new(),
+    });
+    let mut argv: Vec<String> = if cmd_info.shell || cmd_info.arguments.is_empty() {
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("{gate}\n{}", cmd_info.value),
+        ]
+    } else {
+        let mut v = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("{gate}\nexec \"$@\""),
+            "allot-executor".into(),
+            cmd_info.value.clone(),
+        ];
+        v.extend(cmd_info.arguments.iter().skip(1).cloned());
+        v
+    };
+    if let TaskIsolation::Prlimit { program, bytes } = iso {
+        let mut wrapped = vec![program.clone(), format!("--as={bytes}"), "--".into()];
+        wrapped.append(&mut argv);
+        argv = wrapped;
+    }
+    if let Some(who) = run_as {
+        let mut switched = vec![
+            "setpriv".to_string(),
+            format!("--reuid={}", who.uid),
+            format!("--regid={}", who.gid),
+            "--init-groups".into(),
+            "--".into(),
+        ];
+        switched.append(&mut argv);
+        argv = switched;
+    }
+    argv
 }
 
 /// The steps before the command runs (sandbox, checkpoint, user, cgroup, fork and exec, cgroup attach): file
@@ -470,7 +600,6 @@ fn start(
         }
     };
     let cmd_info = l.task.command.clone().unwrap_or_default();
-    let argv = wrapped_argv(&cmd_info, &exit_file, &iso, run_as.as_ref());
     let open = |name: &str| std::fs::File::create(l.sandbox.join(name));
     let (stdout, stderr) = match (open("stdout"), open("stderr")) {
         (Ok(o), Ok(e)) => (o, e),
@@ -514,6 +643,66 @@ fn start(
             "REASON_AGENT_RESTARTED",
         ));
     }
+    let mut env: Vec<(String, String)> = vec![
+        ("ALLOT_SANDBOX".into(), l.sandbox.display().to_string()),
+        ("MESOS_SANDBOX".into(), l.sandbox.display().to_string()),
+        ("ALLOT_TASK_ID".into(), l.task.task_id.clone()),
+        ("ALLOT_FRAMEWORK_ID".into(), l.framework_id.clone()),
+        ("ALLOT_AGENT_ID".into(), l.agent_id.clone()),
+    ];
+    if let Some(who) = &run_as {
+        env.push(("USER".into(), who.name.clone()));
+        env.push(("LOGNAME".into(), who.name.clone()));
+    }
+    if let Some(reaper) = &l.reaper {
+        // The command's environment: the agent's (the reaper has it), the task's, then the agent's own
+        // variables, later ones winning (as the wrapper's child got it).
+        let mut all: Vec<(String, String)> = cmd_info
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.extend(env.iter().cloned());
+        let spawn = crate::reaper::Spawn {
+            id: 0,
+            argv: direct_argv(&cmd_info, &iso, run_as.as_ref()),
+            env: all,
+            cwd: l.sandbox.clone(),
+            stdout: l.sandbox.join("stdout"),
+            stderr: l.sandbox.join("stderr"),
+            exit: checkpoint.as_ref().map(|_| exit_file.clone()),
+        };
+        drop((stdout, stderr));
+        match spawn_span.in_scope(|| reaper.spawn(spawn)) {
+            Ok(started) => {
+                // The command joins its cgroups itself once its gate opens (`direct_gate`), unless it runs
+                // as another user: then the agent moves it, as for the wrapper.
+                updates.record_pid(started.pid);
+                if run_as.is_some()
+                    && let Err(e) = spawn_span.in_scope(|| iso.attach(started.pid))
+                {
+                    tracing::warn!(task = %l.task.task_id, error = %e, "cannot move the task into its cgroup");
+                }
+                return Ok(Started {
+                    waiter: Waiter::Reaped {
+                        id: started.id,
+                        ended: Some(started.ended),
+                        checkpoint,
+                    },
+                    iso,
+                    pid: started.pid,
+                });
+            }
+            Err(e) => {
+                iso.release();
+                return Err(fail(
+                    format!("cannot start the task through the task reaper: {e}"),
+                    "REASON_EXECUTOR_TERMINATED",
+                ));
+            }
+        }
+    }
+    let argv = wrapped_argv(&cmd_info, &exit_file, &iso, run_as.as_ref());
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .current_dir(&l.sandbox)
@@ -521,16 +710,9 @@ fn start(
         .stdout(stdout)
         .stderr(stderr)
         .envs(&cmd_info.environment)
-        .env("ALLOT_SANDBOX", &l.sandbox)
-        .env("MESOS_SANDBOX", &l.sandbox)
-        .env("ALLOT_TASK_ID", &l.task.task_id)
-        .env("ALLOT_FRAMEWORK_ID", &l.framework_id)
-        .env("ALLOT_AGENT_ID", &l.agent_id)
+        .envs(env)
         // No kill_on_drop: a task outlives a crashed agent, and the next agent process reattaches to it.
         .process_group(0);
-    if let Some(who) = &run_as {
-        cmd.env("USER", &who.name).env("LOGNAME", &who.name);
-    }
     let child = match spawn_span.in_scope(|| cmd.spawn()) {
         Ok(c) => c,
         Err(e) => {
@@ -547,7 +729,11 @@ fn start(
         tracing::warn!(task = %l.task.task_id, error = %e, "cannot move the task into its cgroup");
     }
     drop(spawn_span);
-    Ok(Started { child, iso, pid })
+    Ok(Started {
+        waiter: Waiter::Child(child),
+        iso,
+        pid,
+    })
 }
 
 /// Runs the task to its end, pushing every status to `updates` in order. `kill` starts a graceful kill.
@@ -570,10 +756,22 @@ pub async fn run_task(
                 // `start`): open it.
                 // A byte into an empty pipe never blocks; dropping the pipe closes the command's stdin.
                 // A stopped agent leaves the gate shut: the wrapper exits without running the command.
-                if let Some(gate) = s.child.stdin.take().filter(|_| !launch.stopped.is_cancelled())
-                    && let Err(e) = nix::unistd::write(&gate, GATE_OPEN)
-                {
-                    tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");
+                let stopped = launch.stopped.is_cancelled();
+                match (&mut s.waiter, &launch.reaper) {
+                    (Waiter::Child(child), _) => {
+                        if let Some(gate) = child.stdin.take().filter(|_| !stopped)
+                            && let Err(e) = nix::unistd::write(&gate, GATE_OPEN)
+                        {
+                            tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");
+                        }
+                    }
+                    (Waiter::Reaped { id, .. }, Some(reaper)) if stopped => reaper.abort(*id),
+                    (Waiter::Reaped { id, .. }, Some(reaper)) => {
+                        if let Err(e) = reaper.open(*id) {
+                            tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");
+                        }
+                    }
+                    (Waiter::Reaped { .. }, None) => {}
                 }
                 up.push(vec![
                     status(&launch, TaskState::TaskStarting, String::new(), "", None),
@@ -596,7 +794,7 @@ pub async fn run_task(
     })
     .await;
     let Started {
-        mut child,
+        mut waiter,
         iso,
         pid,
     } = match started {
@@ -617,24 +815,19 @@ pub async fn run_task(
     let pgid = Pid::from_raw(pid as i32);
     let mut killed = false;
     let exit = tokio::select! {
-        r = child.wait() => r,
+        r = waiter.wait(pid) => r,
         _ = kill.cancelled() => {
             killed = true;
             let _ = killpg(pgid, Signal::SIGTERM);
-            match tokio::time::timeout(l.grace, child.wait()).await {
+            match tokio::time::timeout(l.grace, waiter.wait(pid)).await {
                 Ok(r) => r,
                 Err(_) => {
                     let _ = killpg(pgid, Signal::SIGKILL);
-                    child.wait().await
+                    waiter.wait(pid).await
                 }
             }
         }
     };
-    let exit = exit.map(|s| match (s.code(), s.signal()) {
-        (Some(c), _) => Exit::Code(c),
-        (None, Some(sig)) => Exit::Signal(sig),
-        (None, None) => Exit::Unknown,
-    });
     finish(l, pgid, iso, exit, killed, updates).await;
 }
 
@@ -663,6 +856,22 @@ async fn finish(
     if let Err(e) = ended {
         tracing::error!(error = %e, "ending a task failed");
     }
+}
+
+/// The exit status recorded in `checkpoint` for a process `pid` that no longer runs. The task reaper writes it
+/// while the process is a zombie, just before reaping it, so while `pid` is still a zombie this waits (up to
+/// a second) for the file; `Exit::Unknown` if none is recorded.
+async fn exit_recorded_for(checkpoint: Option<&Path>, pid: Pid) -> Exit {
+    for _ in 0..50 {
+        if let Some(e) = checkpoint.and_then(recorded_exit) {
+            return e;
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    checkpoint.and_then(recorded_exit).unwrap_or(Exit::Unknown)
 }
 
 /// What a restarted agent finds of a task an earlier agent process started.
@@ -818,11 +1027,7 @@ pub async fn watch_task(
             }
         }
     }
-    let exit = l
-        .checkpoint
-        .as_deref()
-        .and_then(recorded_exit)
-        .unwrap_or(Exit::Unknown);
+    let exit = exit_recorded_for(l.checkpoint.as_deref(), pid).await;
     finish(l, pid, iso, Ok(exit), killed, updates).await;
 }
 
@@ -849,6 +1054,71 @@ mod tests {
             recover(&dir.path().join("missing"), None, "fw", "t"),
             Recovered::Ended(Exit::Unknown)
         ));
+    }
+
+    #[test]
+    fn a_gated_command_joins_its_cgroups_then_runs_as_under_sh_c() {
+        let dir = tempfile::tempdir().unwrap();
+        // Stand-ins for two hierarchies' cgroup.procs (one with a quote in its path).
+        let procs = [dir.path().join("cpu.procs"), dir.path().join("it's.procs")];
+        let run = |command: allot_proto::common::CommandInfo, procs: &[PathBuf], open: bool| {
+            let mut argv = direct_argv(&command, &TaskIsolation::None, None);
+            // direct_argv reads the procs files from the isolation; put the stand-ins' gate in its place.
+            argv[2] = argv[2].replacen("read -r _ || exit 125", &direct_gate(procs), 1);
+            let mut child = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            if open {
+                std::io::Write::write_all(child.stdin.as_mut().unwrap(), GATE_OPEN).unwrap();
+            }
+            drop(child.stdin.take());
+            let pid = child.id();
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8(out.stderr).unwrap();
+            (
+                out.status.code(),
+                String::from_utf8(out.stdout).unwrap(),
+                err,
+                pid,
+            )
+        };
+        let shell = |cmd: &str| allot_proto::common::CommandInfo {
+            value: cmd.into(),
+            shell: true,
+            ..Default::default()
+        };
+        let (code, out, _, pid) = run(shell("echo $$; exit 4"), &procs, true);
+        assert_eq!((code, out), (Some(4), format!("{pid}\n")));
+        for p in &procs {
+            assert_eq!(std::fs::read_to_string(p).unwrap(), format!("{pid}\n"));
+        }
+        // A program and its arguments, passed through unchanged.
+        let program = allot_proto::common::CommandInfo {
+            value: "printf".into(),
+            arguments: vec!["printf".into(), "%s|".into(), "a b".into(), "$HOME".into()],
+            shell: false,
+            ..Default::default()
+        };
+        let (code, out, _, _) = run(program, &procs, true);
+        assert_eq!((code, out.as_str()), (Some(0), "a b|$HOME|"));
+        // A gate closed unopened: status 125, nothing run, no cgroup joined.
+        let marker = dir.path().join("ran");
+        let touch = format!("touch {}", marker.display());
+        std::fs::remove_file(&procs[0]).unwrap();
+        let (code, ..) = run(shell(&touch), &procs, false);
+        assert_eq!(code, Some(125));
+        assert!(!marker.exists() && !procs[0].exists());
+        // A cgroup that cannot be joined: status 126, nothing run.
+        let (code, _, err, _) = run(shell(&touch), &[dir.path().to_path_buf()], true);
+        assert_eq!(code, Some(126));
+        assert!(err.contains("cannot join the task cgroups"), "{err}");
+        assert!(!marker.exists());
+        // No cgroups: the gate alone.
+        assert_eq!(run(shell("exit 0"), &[], true).0, Some(0));
     }
 
     #[test]

@@ -306,6 +306,23 @@ impl TaskIsolation {
         }
     }
 
+    /// The `cgroup.procs` file of each of the task's cgroups (one per hierarchy on cgroup v1, one on v2; none
+    /// without a cgroup): a process writes its pid there to join (a command the task reaper starts joins
+    /// itself, see `executor::direct_argv`).
+    pub fn procs_files(&self) -> Vec<std::path::PathBuf> {
+        let TaskIsolation::Cgroup { cg, .. } = self else {
+            return Vec::new();
+        };
+        let mut files: Vec<std::path::PathBuf> = cg
+            .subsystems()
+            .iter()
+            .map(|s| s.to_controller().path().join("cgroup.procs"))
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// Whether the kernel's OOM killer killed a process of this task (cgroups only): the `oom_kill` count of
     /// the task's memory cgroup, read from the one file that holds it (`memory.oom_control` on v1,
     /// `memory.events` on v2; cgroups-rs' `memory_stat` reads a dozen files, and on v2 leaves the count out).

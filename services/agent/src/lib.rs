@@ -28,6 +28,7 @@ pub mod files;
 pub mod gc;
 pub mod grpc;
 pub mod isolation;
+pub mod reaper;
 pub mod sim;
 pub mod status;
 
@@ -250,6 +251,9 @@ pub struct Agent {
     pub(crate) total: Resources,
     /// Principals who may read every sandbox (`--credentials`).
     pub(crate) credentials: Option<Arc<allot_server::credentials::Credentials>>,
+    /// The task reaper that starts command tasks ([`reaper`]); `None` where its program is not found (command
+    /// tasks then run under the wrapper shell, see [`executor`]).
+    pub(crate) reaper: Option<Arc<reaper::Client>>,
 }
 
 impl Agent {
@@ -331,6 +335,7 @@ impl Agent {
             task,
             kill_reason: Default::default(),
             stopped: self.stopped.clone(),
+            reaper: self.reaper.clone(),
         }
     }
 
@@ -700,6 +705,7 @@ pub async fn run(
         total: resources.clone(),
         stopped: CancellationToken::new(),
         credentials: config.credentials.open()?,
+        reaper: reaper::find_program().map(|p| Arc::new(reaper::Client::new(p, &work_dir))),
     });
     // However `run` ends (returns, or is dropped as a crashed process would be), the agent has stopped.
     let _stopped = agent.stopped.clone().drop_guard();
@@ -733,7 +739,7 @@ pub async fn run(
         }))
     };
     agent.refresh_usage();
-    tracing::info!(%address, %resources, ?reserved, isolation = agent.isolator.name(), work_dir = %work_dir.display(), "agent starting");
+    tracing::info!(%address, %resources, ?reserved, isolation = agent.isolator.name(), reaper = agent.reaper.is_some(), work_dir = %work_dir.display(), "agent starting");
 
     let registry = dialer.replicas(&config.registry)?;
     // Aborted when `run` returns or is dropped: a crashed agent must stop heartbeating.
