@@ -1391,9 +1391,19 @@ pub fn current_user() -> String {
         .map_or_else(|| "root".to_string(), |u| u.name)
 }
 
+/// Kills the task reaper of agent work directory `work_dir` (`allot_agent::reaper`), as a reboot would: the
+/// tasks it started then leave no exit status when they die. Call it before killing the tasks.
+pub fn kill_reaper(work_dir: &std::path::Path) {
+    let dir = std::path::absolute(work_dir).expect("absolute work directory");
+    let name = allot_agent::reaper::socket_name(&dir);
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &name])
+        .status();
+}
+
 /// The pid an agent with `work_dir` checkpointed for task `task` (of whichever framework ran it): the pid record
-/// of the task's update stream file (in its checkpoint slot, `<work_dir>/meta/slots/<n>/updates`), the wrapper
-/// that leads the task's process group.
+/// of the task's update stream file (in its checkpoint slot, `<work_dir>/meta/slots/<n>/updates`): the process
+/// that leads the task's process group (the command the task reaper started, or the wrapper).
 pub fn checkpointed_pid(work_dir: &std::path::Path, task: &str) -> Option<i32> {
     allot_agent::status::slot_checkpoints(&work_dir.join("meta"))
         .into_iter()

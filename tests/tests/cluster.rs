@@ -1686,10 +1686,7 @@ async fn a_restarted_agent_reports_the_tasks_it_finds_nothing_of() {
     // reboot): no exit status is left.
     let dir = agent.work_dir.clone();
     agent.service.crash();
-    let reaper = allot_agent::reaper::socket_name(&std::path::absolute(&dir).expect("absolute"));
-    let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", &reaper])
-        .status();
+    allot_tests::kill_reaper(&dir);
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

@@ -144,9 +144,9 @@ async fn batch_launches_again_a_task_its_agent_lost_and_not_one_that_failed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = dir.path().join("ledger");
     let job = dir.path().join("job.toml");
-    // `t` runs until its agent dies with all of its processes (as on a reboot): the restarted agent finds no
-    // exit status and reports TASK_FAILED (REASON_AGENT_RESTARTED), no fault of the task; the batch launches it
-    // again as `t-retry1`. `bad` fails by its own exit code: it is not launched again.
+    // `t` runs until its agent dies with all of its processes and its task reaper (as on a reboot): the
+    // restarted agent finds no exit status and reports TASK_FAILED (REASON_AGENT_RESTARTED), no fault of the
+    // task; the batch launches it again as `t-retry1`. `bad` fails by its own exit code: it is not launched again.
     let d = dir.path().display();
     let text = format!(
         "name = \"retrying\"\nconcurrency = 2\nresources = \"cpus:0.25;mem:32\"\n\
@@ -165,6 +165,7 @@ async fn batch_launches_again_a_task_its_agent_lost_and_not_one_that_failed() {
     let work_dir = agent.work_dir.clone();
     let pid = allot_tests::checkpointed_pid(&work_dir, "t").expect("t's pid is checkpointed");
     agent.service.crash();
+    allot_tests::kill_reaper(&work_dir);
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
