@@ -904,6 +904,26 @@ pub(crate) fn has_environment(pid: i32, vars: &[String]) -> bool {
     vars.iter().all(|v| found.contains(&v.as_bytes())) && alive(Pid::from_raw(pid))
 }
 
+/// Whether `pid` is a zombie whose parent is a task reaper: a task that just ended, whose exit status the
+/// reaper is about to record (it writes the exit file before it reaps). Such a task is watched
+/// ([`watch_task`] waits for the file), not reported as having left no status.
+fn ended_under_reaper(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let mut rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace())
+        .into_iter()
+        .flatten();
+    let (Some(state), Some(ppid)) = (rest.next(), rest.next()) else {
+        return false;
+    };
+    state == "Z"
+        && std::fs::read_to_string(format!("/proc/{ppid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "allot-reaper")
+}
+
 /// Whether `pid` runs (exists and is not a zombie waiting for its parent).
 pub fn alive(pid: Pid) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -956,7 +976,8 @@ pub fn recover(
     task_id: &str,
 ) -> Recovered {
     if let Some(pid) = pid.filter(|p| *p > 1)
-        && is_task(pid, framework_id, task_id)
+        && (is_task(pid, framework_id, task_id)
+            || (recorded_exit(checkpoint).is_none() && ended_under_reaper(pid)))
     {
         return Recovered::Running(Pid::from_raw(pid));
     }
