@@ -383,10 +383,8 @@ pub(crate) fn wrapped_argv(
         v.extend(cmd_info.arguments.iter().skip(1).cloned());
         v
     };
-    if let TaskIsolation::Prlimit { program, bytes } = iso {
-        let mut wrapped = vec![program.clone(), format!("--as={bytes}"), "--".into()];
-        wrapped.append(&mut argv);
-        argv = wrapped;
+    if matches!(iso, TaskIsolation::Prlimit { .. }) {
+        argv = confined(argv, iso, None);
     }
     // The command waits at a gate until the agent has checkpointed its pid and moved it into its cgroup, so
     // that nothing it forks escapes the cgroup and no command runs that a restarted agent cannot find: the
@@ -408,9 +406,20 @@ pub(crate) fn wrapped_argv(
         exit_file.display().to_string(),
     ];
     wrapped.append(&mut argv);
-    // As the task's user: util-linux's setpriv sets the uid, gid and the user's groups (initgroups) and execs
-    // the wrapper, keeping the pid the agent puts in the cgroup.
-    if let Some(who) = &run_as {
+    // As the task's user, around the wrapper (the rlimit is around the command, inside it).
+    confined(wrapped, &TaskIsolation::None, run_as)
+}
+
+/// `argv` prefixed so that it runs under `iso`'s address-space rlimit (`prlimit --as=<bytes> --`, when
+/// isolation is by rlimits), then as `run_as` (util-linux's `setpriv`, which sets the uid, gid and the user's
+/// groups (initgroups) and execs the rest, keeping the pid the agent records and puts in the cgroup).
+fn confined(mut argv: Vec<String>, iso: &TaskIsolation, run_as: Option<&RunAs>) -> Vec<String> {
+    if let TaskIsolation::Prlimit { program, bytes } = iso {
+        let mut wrapped = vec![program.clone(), format!("--as={bytes}"), "--".into()];
+        wrapped.append(&mut argv);
+        argv = wrapped;
+    }
+    if let Some(who) = run_as {
         let mut switched = vec![
             "setpriv".to_string(),
             format!("--reuid={}", who.uid),
@@ -418,10 +427,10 @@ pub(crate) fn wrapped_argv(
             "--init-groups".into(),
             "--".into(),
         ];
-        switched.append(&mut wrapped);
-        wrapped = switched;
+        switched.append(&mut argv);
+        argv = switched;
     }
-    wrapped
+    argv
 }
 
 /// A task's command, started: how to wait for it, its isolation and its pid.
@@ -520,7 +529,7 @@ fn direct_argv(
         None => iso.procs_files(),
         Some(_) => Vec::new(),
     });
-    let mut argv: Vec<String> = if cmd_info.shell || cmd_info.arguments.is_empty() {
+    let argv: Vec<String> = if cmd_info.shell || cmd_info.arguments.is_empty() {
         vec![
             "/bin/sh".into(),
             "-c".into(),
@@ -537,23 +546,7 @@ fn direct_argv(
         v.extend(cmd_info.arguments.iter().skip(1).cloned());
         v
     };
-    if let TaskIsolation::Prlimit { program, bytes } = iso {
-        let mut wrapped = vec![program.clone(), format!("--as={bytes}"), "--".into()];
-        wrapped.append(&mut argv);
-        argv = wrapped;
-    }
-    if let Some(who) = run_as {
-        let mut switched = vec![
-            "setpriv".to_string(),
-            format!("--reuid={}", who.uid),
-            format!("--regid={}", who.gid),
-            "--init-groups".into(),
-            "--".into(),
-        ];
-        switched.append(&mut argv);
-        argv = switched;
-    }
-    argv
+    confined(argv, iso, run_as)
 }
 
 /// The steps before the command runs (sandbox, checkpoint, user, cgroup, fork and exec, cgroup attach): file
