@@ -274,6 +274,15 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// From a wait status's exit `code` or terminating `signal` (neither: unknown).
+    pub(crate) fn of(code: Option<i32>, signal: Option<i32>) -> Exit {
+        match (code, signal) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            (None, None) => Exit::Unknown,
+        }
+    }
+
     /// From a status the wrapper recorded: above 128 is a signal, as in a shell.
     fn from_recorded(s: i32) -> Exit {
         if (129..=128 + 64).contains(&s) {
@@ -440,13 +449,14 @@ struct Started {
     pid: u32,
 }
 
-/// How the agent learns that a task's command ended.
+/// How the agent opens a task's gate and learns that its command ended.
 enum Waiter {
     /// The wrapper shell is the agent's child (its stdin the gate the command waits at).
     Child(tokio::process::Child),
-    /// The reaper started the command (spawn `id`, at its gate until opened) and says how it ended; if the
+    /// `reaper` started the command (spawn `id`, at its gate until opened) and says how it ended; if the
     /// reaper goes away first (`ended` fails), the pid is watched and the exit file read.
     Reaped {
+        reaper: std::sync::Arc<crate::reaper::Client>,
         id: u64,
         ended: Option<tokio::sync::oneshot::Receiver<crate::reaper::Ended>>,
         checkpoint: Option<PathBuf>,
@@ -454,35 +464,43 @@ enum Waiter {
 }
 
 impl Waiter {
+    /// Opens the command's gate, or, for a `stopped` agent, closes it unopened (the command exits without
+    /// running). A byte into an empty pipe never blocks; dropping the pipe closes the command's stdin.
+    fn open_gate(&mut self, stopped: bool) -> std::io::Result<()> {
+        match self {
+            Waiter::Child(child) => match child.stdin.take().filter(|_| !stopped) {
+                Some(gate) => nix::unistd::write(&gate, GATE_OPEN)
+                    .map(drop)
+                    .map_err(std::io::Error::from),
+                None => Ok(()),
+            },
+            Waiter::Reaped { reaper, id, .. } if stopped => {
+                reaper.abort(*id);
+                Ok(())
+            }
+            Waiter::Reaped { reaper, id, .. } => reaper.open(*id),
+        }
+    }
+
     /// Waits for the command (pid `pid`) to end. Cancel-safe: may be called again after being dropped.
     async fn wait(&mut self, pid: u32) -> std::io::Result<Exit> {
         match self {
-            Waiter::Child(c) => c.wait().await.map(|s| match (s.code(), s.signal()) {
-                (Some(c), _) => Exit::Code(c),
-                (None, Some(sig)) => Exit::Signal(sig),
-                (None, None) => Exit::Unknown,
-            }),
+            Waiter::Child(c) => c.wait().await.map(|s| Exit::of(s.code(), s.signal())),
             Waiter::Reaped {
                 ended, checkpoint, ..
             } => {
                 if let Some(rx) = ended {
                     match rx.await {
-                        Ok(e) => {
-                            return Ok(match (e.code, e.signal) {
-                                (Some(c), _) => Exit::Code(c),
-                                (None, Some(s)) => Exit::Signal(s),
-                                (None, None) => Exit::Unknown,
-                            });
-                        }
+                        Ok(e) => return Ok(Exit::of(e.code, e.signal)),
                         Err(_) => *ended = None,
                     }
                 }
                 tracing::warn!(pid, "the task reaper went away: watching the task's pid");
-                let pid = Pid::from_raw(pid as i32);
-                while alive(pid) {
-                    tokio::time::sleep(WATCH_INTERVAL).await;
-                }
-                Ok(exit_recorded_for(checkpoint.as_deref(), pid).await)
+                until_gone(Pid::from_raw(pid as i32)).await;
+                Ok(checkpoint
+                    .as_deref()
+                    .and_then(recorded_exit)
+                    .unwrap_or(Exit::Unknown))
             }
         }
     }
@@ -636,30 +654,29 @@ fn start(
             "REASON_AGENT_RESTARTED",
         ));
     }
-    let mut env: Vec<(String, String)> = vec![
+    // On top of the agent's environment: the task's, then the agent's own variables, later ones winning.
+    let mut env: Vec<(String, String)> = cmd_info
+        .environment
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
         ("ALLOT_SANDBOX".into(), l.sandbox.display().to_string()),
         ("MESOS_SANDBOX".into(), l.sandbox.display().to_string()),
         ("ALLOT_TASK_ID".into(), l.task.task_id.clone()),
         ("ALLOT_FRAMEWORK_ID".into(), l.framework_id.clone()),
         ("ALLOT_AGENT_ID".into(), l.agent_id.clone()),
-    ];
+    ]);
     if let Some(who) = &run_as {
         env.push(("USER".into(), who.name.clone()));
         env.push(("LOGNAME".into(), who.name.clone()));
     }
     if let Some(reaper) = &l.reaper {
-        // The command's environment: the agent's (the reaper has it), the task's, then the agent's own
-        // variables, later ones winning (as the wrapper's child got it).
-        let mut all: Vec<(String, String)> = cmd_info
-            .environment
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        all.extend(env.iter().cloned());
+        // The reaper has the agent's environment (it inherited it).
         let spawn = crate::reaper::Spawn {
             id: 0,
             argv: direct_argv(&cmd_info, &iso, run_as.as_ref()),
-            env: all,
+            env,
             cwd: l.sandbox.clone(),
             stdout: l.sandbox.join("stdout"),
             stderr: l.sandbox.join("stderr"),
@@ -678,6 +695,7 @@ fn start(
                 }
                 return Ok(Started {
                     waiter: Waiter::Reaped {
+                        reaper: reaper.clone(),
                         id: started.id,
                         ended: Some(started.ended),
                         checkpoint,
@@ -702,7 +720,6 @@ fn start(
         .stdin(Stdio::piped())
         .stdout(stdout)
         .stderr(stderr)
-        .envs(&cmd_info.environment)
         .envs(env)
         // No kill_on_drop: a task outlives a crashed agent, and the next agent process reattaches to it.
         .process_group(0);
@@ -749,22 +766,8 @@ pub async fn run_task(
                 // `start`): open it.
                 // A byte into an empty pipe never blocks; dropping the pipe closes the command's stdin.
                 // A stopped agent leaves the gate shut: the wrapper exits without running the command.
-                let stopped = launch.stopped.is_cancelled();
-                match (&mut s.waiter, &launch.reaper) {
-                    (Waiter::Child(child), _) => {
-                        if let Some(gate) = child.stdin.take().filter(|_| !stopped)
-                            && let Err(e) = nix::unistd::write(&gate, GATE_OPEN)
-                        {
-                            tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");
-                        }
-                    }
-                    (Waiter::Reaped { id, .. }, Some(reaper)) if stopped => reaper.abort(*id),
-                    (Waiter::Reaped { id, .. }, Some(reaper)) => {
-                        if let Err(e) = reaper.open(*id) {
-                            tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");
-                        }
-                    }
-                    (Waiter::Reaped { .. }, None) => {}
+                if let Err(e) = s.waiter.open_gate(launch.stopped.is_cancelled()) {
+                    tracing::warn!(task = %launch.task.task_id, error = %e, "cannot open the task's gate");
                 }
                 up.push(vec![
                     status(&launch, TaskState::TaskStarting, String::new(), "", None),
@@ -851,20 +854,13 @@ async fn finish(
     }
 }
 
-/// The exit status recorded in `checkpoint` for a process `pid` that no longer runs. The task reaper writes it
-/// while the process is a zombie, just before reaping it, so while `pid` is still a zombie this waits (up to
-/// a second) for the file; `Exit::Unknown` if none is recorded.
-async fn exit_recorded_for(checkpoint: Option<&Path>, pid: Pid) -> Exit {
-    for _ in 0..50 {
-        if let Some(e) = checkpoint.and_then(recorded_exit) {
-            return e;
-        }
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Waits until process `pid` is gone, polling every [`WATCH_INTERVAL`]: neither running nor a zombie the
+/// task reaper has yet to reap (it writes the exit file before it reaps, so once this returns the file is
+/// written, unless the reaper itself died).
+async fn until_gone(pid: Pid) {
+    while alive(pid) || ended_under_reaper(pid.as_raw()) {
+        tokio::time::sleep(WATCH_INTERVAL).await;
     }
-    checkpoint.and_then(recorded_exit).unwrap_or(Exit::Unknown)
 }
 
 /// What a restarted agent finds of a task an earlier agent process started.
@@ -901,31 +897,25 @@ pub(crate) fn has_environment(pid: i32, vars: &[String]) -> bool {
 /// reaper is about to record (it writes the exit file before it reaps). Such a task is watched
 /// ([`watch_task`] waits for the file), not reported as having left no status.
 fn ended_under_reaper(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let mut rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace())
-        .into_iter()
-        .flatten();
-    let (Some(state), Some(ppid)) = (rest.next(), rest.next()) else {
-        return false;
-    };
-    state == "Z"
-        && std::fs::read_to_string(format!("/proc/{ppid}/comm"))
-            .is_ok_and(|comm| comm.trim() == "allot-reaper")
+    proc_stat(pid).is_some_and(|(state, ppid)| {
+        state == "Z"
+            && std::fs::read_to_string(format!("/proc/{ppid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "allot-reaper")
+    })
+}
+
+/// Process `pid`'s state letter and parent pid, from `/proc/<pid>/stat` (`pid (comm) S ppid …`: the state
+/// follows the last parenthesis, as comm may hold any character); `None` if there is no such process.
+fn proc_stat(pid: i32) -> Option<(String, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.to_string();
+    Some((state, rest.next()?.parse().ok()?))
 }
 
 /// Whether `pid` runs (exists and is not a zombie waiting for its parent).
 pub fn alive(pid: Pid) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // `pid (comm) S …`: the state follows the last parenthesis (comm may hold any character).
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+    proc_stat(pid.as_raw()).is_some_and(|(state, _)| state != "Z" && state != "X")
 }
 
 /// What a task's checkpoint directory says of its launch, read once: the task as launched and the pid of its
@@ -968,13 +958,13 @@ pub fn recover(
     framework_id: &str,
     task_id: &str,
 ) -> Recovered {
+    let recorded = recorded_exit(checkpoint);
     if let Some(pid) = pid.filter(|p| *p > 1)
-        && (is_task(pid, framework_id, task_id)
-            || (recorded_exit(checkpoint).is_none() && ended_under_reaper(pid)))
+        && (is_task(pid, framework_id, task_id) || (recorded.is_none() && ended_under_reaper(pid)))
     {
         return Recovered::Running(Pid::from_raw(pid));
     }
-    Recovered::Ended(recorded_exit(checkpoint).unwrap_or(Exit::Unknown))
+    Recovered::Ended(recorded.unwrap_or(Exit::Unknown))
 }
 
 /// Sends the final update of a task that ended while no agent was watching (see [`recover`]): from its
@@ -1024,11 +1014,7 @@ pub async fn watch_task(
 ) {
     let iso = reopen(&l, &isolator);
     tracing::info!(task = %l.task.task_id, %pid, "reattached to a running task");
-    let gone = || async {
-        while alive(pid) {
-            tokio::time::sleep(WATCH_INTERVAL).await;
-        }
-    };
+    let gone = || until_gone(pid);
     let mut killed = false;
     tokio::select! {
         _ = gone() => {}
@@ -1041,7 +1027,11 @@ pub async fn watch_task(
             }
         }
     }
-    let exit = exit_recorded_for(l.checkpoint.as_deref(), pid).await;
+    let exit = l
+        .checkpoint
+        .as_deref()
+        .and_then(recorded_exit)
+        .unwrap_or(Exit::Unknown);
     finish(l, pid, iso, Ok(exit), killed, updates).await;
 }
 

@@ -138,12 +138,20 @@ fn write_exit(path: &Path, status: i32) -> std::io::Result<()> {
 // ------------------------------------------------------------------------------------------------------------
 // The reaper process.
 
-/// One spawned child, as the reaper keeps it.
+/// One spawned child, as the reaper keeps it (by pid).
 struct Child {
+    /// The spawn's ID.
+    id: u64,
     exit: Option<PathBuf>,
     /// The write end of its gate, until opened or aborted.
     gate: Option<std::process::ChildStdin>,
-    id: u64,
+}
+
+/// The child of spawn `id` whose gate is still shut.
+fn gated(children: &mut HashMap<u32, Child>, id: u64) -> Option<&mut Child> {
+    children
+        .values_mut()
+        .find(|c| c.id == id && c.gate.is_some())
 }
 
 /// Runs the reaper for socket `name` until it has been idle ([`IDLE_EXIT`]). Returns at once (`Ok`) if another
@@ -169,7 +177,6 @@ pub fn serve(name: &str) -> std::io::Result<()> {
         .map_err(std::io::Error::from)?;
     let mut conn: Option<(UnixStream, Vec<u8>)> = None;
     let mut children: HashMap<u32, Child> = HashMap::new();
-    let mut by_id: HashMap<u64, u32> = HashMap::new();
     let mut idle_since = Instant::now();
     loop {
         if conn.is_none() && children.is_empty() && idle_since.elapsed() >= IDLE_EXIT {
@@ -198,24 +205,19 @@ pub fn serve(name: &str) -> std::io::Result<()> {
         drop(fds);
         if sig {
             while let Ok(Some(_)) = sigfd.read_signal() {}
-            reap(&mut children, &mut by_id, &mut conn);
+            reap(&mut children, &mut conn);
         }
         if data {
-            let mut lost = false;
-            if let Some((s, buf)) = &mut conn {
-                let mut chunk = [0u8; 64 * 1024];
-                match s.read(&mut chunk) {
-                    Ok(0) => lost = true,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => lost = true,
-                }
-            }
-            if !lost {
-                lost = !handle_lines(&mut conn, &mut children, &mut by_id);
-            }
-            if lost {
-                drop_agent(&mut conn, &mut children, &mut by_id);
+            // The socket is non-blocking: everything available is appended, then WouldBlock; Ok is the end of
+            // the connection. The lines that came before its end are handled first (an Open just before an
+            // agent goes away still opens its gate).
+            let ended = match &mut conn {
+                Some((s, buf)) => !matches!(s.read_to_end(buf),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                None => false,
+            };
+            if !handle_lines(&mut conn, &mut children) || ended {
+                drop_agent(&mut conn, &mut children);
                 idle_since = Instant::now();
             }
         }
@@ -225,7 +227,7 @@ pub fn serve(name: &str) -> std::io::Result<()> {
                     .is_ok_and(|c| c.uid() == nix::unistd::geteuid().as_raw());
             if same_user && s.set_nonblocking(true).is_ok() {
                 // The newest agent process is the one that counts; an older connection's gates close.
-                drop_agent(&mut conn, &mut children, &mut by_id);
+                drop_agent(&mut conn, &mut children);
                 conn = Some((s, Vec::new()));
             }
         }
@@ -240,7 +242,6 @@ pub fn serve(name: &str) -> std::io::Result<()> {
 fn handle_lines(
     conn: &mut Option<(UnixStream, Vec<u8>)>,
     children: &mut HashMap<u32, Child>,
-    by_id: &mut HashMap<u64, u32>,
 ) -> bool {
     let Some((s, buf)) = conn else { return true };
     let mut answers = Vec::new();
@@ -250,13 +251,12 @@ fn handle_lines(
         match serde_json::from_slice::<ToReaper>(&line) {
             Ok(ToReaper::Spawn(sp)) => match spawn_child(&sp) {
                 Ok((pid, gate)) => {
-                    by_id.insert(sp.id, pid);
                     children.insert(
                         pid,
                         Child {
+                            id: sp.id,
                             exit: sp.exit.clone(),
                             gate: Some(gate),
-                            id: sp.id,
                         },
                     );
                     answers.push(FromReaper::Started { id: sp.id, pid });
@@ -267,18 +267,14 @@ fn handle_lines(
                 }),
             },
             Ok(ToReaper::Open { id }) => {
-                if let Some(gate) = by_id
-                    .remove(&id)
-                    .and_then(|pid| children.get_mut(&pid))
-                    .and_then(|c| c.gate.take())
-                {
+                if let Some(gate) = gated(children, id).and_then(|c| c.gate.take()) {
                     // One byte into an empty pipe never blocks; dropping the pipe then closes the command's
                     // standard input.
                     let _ = (&gate).write_all(b"\n");
                 }
             }
             Ok(ToReaper::Abort { id }) => {
-                if let Some(c) = by_id.remove(&id).and_then(|pid| children.get_mut(&pid)) {
+                if let Some(c) = gated(children, id) {
                     c.gate = None;
                 }
             }
@@ -327,26 +323,17 @@ fn send(s: &mut UnixStream, answers: &[FromReaper]) -> bool {
 }
 
 /// The agent is gone: every gate still shut closes (those children exit without running anything).
-fn drop_agent(
-    conn: &mut Option<(UnixStream, Vec<u8>)>,
-    children: &mut HashMap<u32, Child>,
-    by_id: &mut HashMap<u64, u32>,
-) {
+fn drop_agent(conn: &mut Option<(UnixStream, Vec<u8>)>, children: &mut HashMap<u32, Child>) {
     if conn.take().is_none() {
         return;
     }
     for c in children.values_mut() {
         c.gate = None;
     }
-    by_id.clear();
 }
 
 /// Records and reaps every child that has ended.
-fn reap(
-    children: &mut HashMap<u32, Child>,
-    by_id: &mut HashMap<u64, u32>,
-    conn: &mut Option<(UnixStream, Vec<u8>)>,
-) {
+fn reap(children: &mut HashMap<u32, Child>, conn: &mut Option<(UnixStream, Vec<u8>)>) {
     use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
     let mut answers = Vec::new();
     loop {
@@ -370,9 +357,6 @@ fn reap(
             if let Some(exit) = &child.exit {
                 let _ = write_exit(exit, recorded_status(code, signal));
             }
-            if child.gate.is_some() {
-                by_id.remove(&child.id);
-            }
             answers.push(FromReaper::Exited {
                 pid: raw,
                 code,
@@ -386,7 +370,7 @@ fn reap(
         None => false,
     };
     if lost {
-        drop_agent(conn, children, by_id);
+        drop_agent(conn, children);
     }
 }
 
@@ -434,7 +418,6 @@ type Pending = Arc<Mutex<HashMap<u64, (std::sync::mpsc::Sender<Result<u32, Strin
 /// A connection to the reaper, shared by the agent's tasks.
 struct Conn {
     writer: UnixStream,
-    /// Answers awaited, by spawn ID: where the pid goes, and where the exit will go.
     pending: Pending,
     alive: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -591,8 +574,7 @@ impl Client {
     }
 
     fn write(&self, msg: &ToReaper) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+        let line = line_of(msg)?;
         self.on_conn(|c| c.writer.write_all(&line))
     }
 
@@ -607,9 +589,7 @@ impl Client {
         spawn.id = id;
         let (pid_tx, pid_rx) = std::sync::mpsc::channel();
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
-        let mut line =
-            serde_json::to_vec(&ToReaper::Spawn(spawn)).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+        let line = line_of(&ToReaper::Spawn(spawn))?;
         // Registered on the connection the request goes out on, before it goes out; once more on a new
         // connection if the reaper had gone away unnoticed.
         let mut waiters = Some((pid_tx, exit_tx));
@@ -650,6 +630,13 @@ impl Client {
     pub fn abort(&self, id: u64) {
         let _ = self.write(&ToReaper::Abort { id });
     }
+}
+
+/// `msg` as one JSON line.
+fn line_of(msg: &ToReaper) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// The reader thread of one connection: answers to their waiters until the connection ends.
