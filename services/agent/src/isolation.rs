@@ -18,7 +18,9 @@ use cgroups_rs::fs::{
     Cgroup, Controller, Hierarchy, cgroup_builder::CgroupBuilder, hierarchies,
     memory::MemController,
 };
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// The isolation the agent applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,14 +45,25 @@ pub enum Isolator {
         /// The host's cgroup hierarchy, found once at start (finding it reads `/proc/self/mountinfo`, which a
         /// task's start need not pay for).
         hierarchy: Hier,
-        /// The limits (cores, MiB) this agent process last wrote to each kept cgroup, by path: a slot's next
-        /// task of the same shape writes none.
-        written: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (f64, f64)>>>,
+        /// What this agent process knows of its kept cgroups.
+        kept: Arc<Mutex<KeptCgroups>>,
     },
     /// `prlimit` at this path.
     Rlimits(String),
     /// Nothing.
     None,
+}
+
+/// What an agent process knows of the cgroups it keeps for its checkpoint slots (see the module docs), by
+/// cgroup path. Lost with the process: a restarted agent writes every limit once more and looks for processes
+/// in every kept cgroup before its next task.
+#[derive(Debug, Default)]
+pub struct KeptCgroups {
+    /// The limits (cores, MiB) last written to each: a slot's next task of the same shape writes none.
+    written: HashMap<String, (f64, f64)>,
+    /// Those the release of their last task found empty: the slot's next task need not kill what is in them
+    /// (reading a v1 cgroup's `cgroup.procs` in each hierarchy was 5% of the agent's CPU, issue 24).
+    emptied: HashSet<String>,
 }
 
 /// The cgroup hierarchy found at start: v1 (with the mount points of its controllers) or v2 (unified).
@@ -134,7 +147,7 @@ pub fn detect(mode: Mode, parent: &str) -> Result<Isolator, IsolationError> {
         Ok(Isolator::Cgroups {
             parent: parent.to_string(),
             hierarchy: Hier::detect(),
-            written: Default::default(),
+            kept: Default::default(),
         })
     };
     Ok(match mode {
@@ -180,28 +193,34 @@ impl Isolator {
             Isolator::Cgroups {
                 parent,
                 hierarchy,
-                written,
+                kept: known,
             } => {
                 let path = format!("{parent}/{task}");
-                // The map is locked only to read or write it: a kept cgroup serves one task at a time.
-                let last = || written.lock().expect("limits poisoned").get(&path).copied();
+                // Locked only to read or write it: a kept cgroup serves one task at a time.
+                let known_of = || known.lock().expect("kept cgroups poisoned");
+                let last = || known_of().written.get(&path).copied();
                 let remember = |limits: Option<(f64, f64)>| {
-                    let mut map = written.lock().expect("limits poisoned");
+                    let mut k = known_of();
                     match limits {
-                        Some(l) => map.insert(path.clone(), l),
-                        None => map.remove(&path),
+                        Some(l) => k.written.insert(path.clone(), l),
+                        None => k.written.remove(&path),
                     };
                 };
-                if keep {
+                let keep = keep.then(|| known.clone());
+                if keep.is_some() {
                     let kept = Cgroup::load_with_specified_controllers(
                         hierarchy.boxed(),
                         &path,
                         vec!["cpu".into(), "memory".into()],
                     );
                     if kept.exists() {
+                        let emptied = known_of().emptied.remove(&path);
                         let iso = TaskIsolation::Cgroup { cg: kept, keep };
-                        // Nothing of an earlier task may be left in it (its end emptied it).
-                        iso.kill_all();
+                        // Nothing of an earlier task may be left in it: its release emptied it, or, if this
+                        // agent process did not see that, whatever is in it is killed now.
+                        if !emptied {
+                            iso.kill_all();
+                        }
                         if last() != Some((cpus, mem_mib)) {
                             remember(None);
                             iso.set_limits(cpus, mem_mib).map_err(|source| {
@@ -234,7 +253,7 @@ impl Isolator {
                         path: path.clone(),
                         source,
                     })?;
-                if keep {
+                if keep.is_some() {
                     remember(Some((cpus, mem_mib)));
                 }
                 Ok(TaskIsolation::Cgroup { cg, keep })
@@ -253,10 +272,12 @@ impl Isolator {
     pub fn reopen(&self, task: &str, keep: bool) -> TaskIsolation {
         match self {
             Isolator::Cgroups {
-                parent, hierarchy, ..
+                parent,
+                hierarchy,
+                kept,
             } => TaskIsolation::Cgroup {
                 cg: Cgroup::load(hierarchy.boxed(), format!("{parent}/{task}")),
-                keep,
+                keep: keep.then(|| kept.clone()),
             },
             _ => TaskIsolation::None,
         }
@@ -270,8 +291,9 @@ pub enum TaskIsolation {
     Cgroup {
         /// The cgroup.
         cg: Cgroup,
-        /// Left, emptied, for the next task of its name when this one ends (see the module docs).
-        keep: bool,
+        /// Left, emptied, for the next task of its name when this one ends (see the module docs): with the
+        /// agent's record of its kept cgroups, where the release notes that it emptied it.
+        keep: Option<Arc<Mutex<KeptCgroups>>>,
     },
     /// Run the command under `program --as=bytes --`.
     Prlimit {
@@ -433,13 +455,19 @@ impl TaskIsolation {
     /// before the cgroup goes).
     pub fn release(self) -> bool {
         let oom = self.oom_killed();
-        let keep = matches!(self, TaskIsolation::Cgroup { keep: true, .. }) && !oom;
-        let TaskIsolation::Cgroup { cg, .. } = &self else {
+        let TaskIsolation::Cgroup { cg, keep: kept } = &self else {
             return oom;
         };
+        let keep = kept.is_some() && !oom;
         let mut left = self.kill_all();
         for _ in 0..50 {
             if keep && !left {
+                if let Some(k) = kept {
+                    k.lock()
+                        .expect("kept cgroups poisoned")
+                        .emptied
+                        .insert(cg.path().to_string());
+                }
                 return oom;
             }
             if !keep && cg.delete().is_ok() {

@@ -123,7 +123,7 @@ pub fn peer_principal<T>(request: &tonic::Request<T>) -> Option<allot_common::tl
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()?
         .peer_certs()?;
-    allot_common::tls::principal_of(certs.first()?)
+    allot_common::tls::principal_of_cached(certs.first()?)
 }
 
 /// A server builder with Allot's defaults (TCP no-delay, HTTP/2 keepalive) whose every call gets a server
