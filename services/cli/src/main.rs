@@ -160,7 +160,9 @@ fn sim(
     Ok(0)
 }
 
-#[tokio::main]
+// The CLI's work is one framework or one call at a time: one thread, no hand-offs between threads (on a
+// multi-threaded runtime context switches were about a fifth of `allot batch`'s CPU; issue 24).
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli: Cli = allot_server::config::parse();
     let telemetry = allot_telemetry::init("allot", env!("CARGO_PKG_VERSION"));
