@@ -335,8 +335,9 @@ pub fn principal_of(cert: &[u8]) -> Option<Principal> {
 pub fn principal_of_cached(cert: &[u8]) -> Option<Principal> {
     use std::collections::HashMap;
     use std::sync::{LazyLock, Mutex};
-    static CACHE: LazyLock<Mutex<HashMap<Box<[u8]>, Option<Principal>>>> =
-        LazyLock::new(Default::default);
+    /// A certificate's DER and the principal it names (or `None`: it names none).
+    type Remembered = HashMap<Box<[u8]>, Option<Principal>>;
+    static CACHE: LazyLock<Mutex<Remembered>> = LazyLock::new(Default::default);
     if let Some(p) = CACHE.lock().expect("principal cache poisoned").get(cert) {
         return p.clone();
     }
