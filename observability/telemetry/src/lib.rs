@@ -3,8 +3,10 @@
 //! - Logs ([`init`]): a `tracing` subscriber writing to standard error; the filter comes from `ALLOT_LOG` (or
 //!   `RUST_LOG`), default `info`, in `tracing_subscriber::EnvFilter` syntax; `ALLOT_LOG_FORMAT=json` gives one
 //!   JSON object per line. The log filter never hides spans from the trace exporter. The log leaves out
-//!   each gRPC call's span (`rpc`, target `allot_telemetry::grpc`; `ALLOT_LOG=info,allot_telemetry::grpc=info`
-//!   shows it): an event inside a call shows the spans within it, not the call's method.
+//!   the spans made per call and per status update ([`LOG_QUIET`]: `rpc`, target `allot_telemetry::grpc`;
+//!   `status update`, target `allot_common::status`), unless the filter names their target
+//!   (`ALLOT_LOG=info,allot_telemetry::grpc=info,allot_common::status=info` shows both): an event inside
+//!   them shows the spans around them, not the call's method or the update's task.
 //! - Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, every span
 //!   of an `allot*` target at INFO or above is exported over OTLP/gRPC through a batch span processor. The
 //!   standard variables are honoured by the OpenTelemetry SDK: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
@@ -140,18 +142,31 @@ pub fn init(service: &'static str, version: &'static str) -> Guard {
     init_with(service, version, Settings::from_env())
 }
 
+/// Targets whose spans the log leaves out unless its filter names them: each gRPC call's `rpc` span
+/// (`allot_telemetry::grpc`) and each status update's `status update` span (`allot_common::status`, made by
+/// the agent, the offer-broker and the SDK). Neither target logs events of its own. The log's formatter writes
+/// a span's fields out when the span is made, whether or not anything is logged inside it: that was about 5%
+/// of the offer-broker's CPU for the calls and a tenth of `allot batch`'s for the updates (issue 24). Without a
+/// trace exporter nothing else wants these spans, which then cost nothing; with one they are exported as
+/// before.
+pub const LOG_QUIET: [&str; 2] = ["allot_telemetry::grpc", "allot_common::status"];
+
+/// The log's `EnvFilter` directives for the user's `filter`: `filter`, then `<target>=off` for each
+/// [`LOG_QUIET`] target it does not name. Directives, not a filter function, so that the filter's answer
+/// stays cached per call site.
+fn log_directives(filter: &str) -> String {
+    let mut directives = filter.to_string();
+    for target in LOG_QUIET {
+        if !filter.contains(target) {
+            directives.push_str(&format!(",{target}=off"));
+        }
+    }
+    directives
+}
+
 /// [`init`] with explicit settings (tests point the exporter at their own receiver this way).
 pub fn init_with(service: &'static str, version: &'static str, settings: Settings) -> Guard {
-    let filter = settings.log_filter.as_deref().unwrap_or("info");
-    // The log leaves out the span of each gRPC call (target `allot_telemetry::grpc`, which logs nothing
-    // else), unless the filter names that target: formatting its seven fields at every call was 5% of the
-    // offer-broker's CPU, and without a trace exporter nothing else wants the span, which then costs nothing
-    // (issue 24). A directive, not a filter function: the filter's answer stays cached per call site.
-    let filter = if filter.contains("allot_telemetry::grpc") {
-        filter.to_string()
-    } else {
-        format!("{filter},allot_telemetry::grpc=off")
-    };
+    let filter = log_directives(settings.log_filter.as_deref().unwrap_or("info"));
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if settings.json_logs {
@@ -212,5 +227,27 @@ pub fn init_with(service: &'static str, version: &'static str, settings: Setting
     Guard {
         provider,
         exporter_runtime,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_leaves_out_per_call_and_per_update_spans_unless_the_filter_names_them() {
+        assert_eq!(
+            log_directives("info"),
+            "info,allot_telemetry::grpc=off,allot_common::status=off"
+        );
+        assert_eq!(
+            log_directives("debug,allot_common::status=info"),
+            "debug,allot_common::status=info,allot_telemetry::grpc=off"
+        );
+        let all = "info,allot_telemetry::grpc=debug,allot_common::status=info";
+        assert_eq!(log_directives(all), all);
+        for d in ["info", "warn,allot_agent=debug"] {
+            assert!(EnvFilter::try_new(log_directives(d)).is_ok(), "{d}");
+        }
     }
 }

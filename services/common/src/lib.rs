@@ -18,12 +18,15 @@ pub mod tls;
 
 /// The `status update` span of one task status update, the same on the agent (which sends it), the
 /// offer-broker (which records and forwards it) and the framework (which receives it): `otel.kind` is
-/// `internal` or, at the framework, `consumer`; `allot.attempts` is recorded by the agent's retries.
+/// `internal` or, at the framework, `consumer`; `allot.attempts` is recorded by the agent's retries. Its
+/// target is `allot_common::status`, which Allot's log leaves out unless its filter names it (see
+/// `allot_telemetry::LOG_QUIET`); a trace exporter gets it in any case.
 pub fn status_update_span(
     status: &allot_proto::common::TaskStatus,
     kind: &'static str,
 ) -> tracing::Span {
     tracing::info_span!(
+        target: "allot_common::status",
         "status update",
         otel.kind = kind,
         allot.framework.id = %status.framework_id,
