@@ -328,32 +328,6 @@ pub fn principal_of(cert: &[u8]) -> Option<Principal> {
     Some(Principal { name, kind })
 }
 
-/// [`principal_of`], remembered per certificate: a server asks for its caller's principal on every call, and
-/// parsing the certificate was 4% of the offer-broker's CPU (issue 24). The cache is keyed by the whole DER
-/// (a certificate that differs in any byte is parsed afresh) and holds at most [`PRINCIPAL_CACHE`]
-/// certificates: when full it is emptied and fills again.
-pub fn principal_of_cached(cert: &[u8]) -> Option<Principal> {
-    use std::collections::HashMap;
-    use std::sync::{LazyLock, Mutex};
-    /// A certificate's DER and the principal it names (or `None`: it names none).
-    type Remembered = HashMap<Box<[u8]>, Option<Principal>>;
-    static CACHE: LazyLock<Mutex<Remembered>> = LazyLock::new(Default::default);
-    if let Some(p) = CACHE.lock().expect("principal cache poisoned").get(cert) {
-        return p.clone();
-    }
-    let p = principal_of(cert);
-    let mut cache = CACHE.lock().expect("principal cache poisoned");
-    if cache.len() >= PRINCIPAL_CACHE {
-        cache.clear();
-    }
-    cache.insert(cert.into(), p.clone());
-    p
-}
-
-/// How many certificates [`principal_of_cached`] remembers (1,024: the agents, services and frameworks of a
-/// large cluster talk to one server at a time, each with its one certificate).
-pub const PRINCIPAL_CACHE: usize = 1024;
-
 /// The principal the first certificate in `pem` names (see [`principal_of`]).
 pub fn principal_of_pem(pem: &[u8]) -> Option<Principal> {
     let der = CertificateDer::from_pem_slice(pem).ok()?;
@@ -435,9 +409,6 @@ mod tests {
                 kind: "service".into()
             })
         );
-        // Parsed once, then remembered: the same answer both times.
-        assert_eq!(principal_of_cached(&seen), principal_of(&seen));
-        assert_eq!(principal_of_cached(&seen), principal_of(&seen));
     }
 
     #[test]
@@ -471,7 +442,6 @@ mod tests {
         let e = load(&write(dir.path(), "a", &(ca, cert, other_key))).unwrap_err();
         assert!(matches!(e, TlsError::Config(_)), "{e}");
         assert_eq!(principal_of(b"not a certificate"), None);
-        assert_eq!(principal_of_cached(b"not a certificate"), None);
     }
 
     #[test]

@@ -339,7 +339,7 @@ pub async fn serve(
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|c| allot_common::tls::principal_of_cached(c));
+                        .and_then(|c| allot_common::tls::principal_of(c));
                     let router = match principal {
                         Some(p) => router.layer(axum::Extension(TlsPeer(p))),
                         None => router,
