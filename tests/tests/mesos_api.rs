@@ -826,6 +826,13 @@ async fn the_agent_serves_sandboxes_and_its_state_to_operators_as_mesos_does() {
     assert_eq!(executor["id"], "f1");
     assert_eq!(executor["tasks"][0]["state"], "TASK_RUNNING");
     let dir = executor["directory"].as_str().unwrap().to_string();
+    // TASK_RUNNING comes when the command's gate opens, before its first line is written: wait for it.
+    for _ in 0..200 {
+        if std::fs::metadata(format!("{dir}/stdout")).is_ok_and(|m| m.len() > 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let debug: Value =
         serde_json::from_str(&get("/files/debug".into(), authed.clone()).await.1).unwrap();
     assert!(debug.get(&dir).is_some(), "{debug}");
