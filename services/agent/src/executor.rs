@@ -52,6 +52,14 @@ printf '%3d\n' "$s" 1<> "$exit_file"
 if [ "$s" -gt 128 ]; then trap - TERM; kill -$((s - 128)) $$; fi
 exit "$s""#;
 
+/// What an exit file holds in place of a status for a command whose gate never opened (the agent went away
+/// before it opened it): the command ran nothing. No exit status is negative, so it cannot be a command's.
+pub(crate) const NEVER_STARTED: i32 = -1;
+
+/// The wrapper's gate: it reads one line, or, the pipe closed unwritten, records [`NEVER_STARTED`] and exits
+/// with 125, having run nothing.
+const WRAPPER_GATE: &str = r#"read -r _ || { printf '%3d\n' -1 1<> "$exit_file"; exit 125; }"#;
+
 /// What the agent writes into a command's gate to open it: one newline, which `read` takes in one system call
 /// (it reads a byte at a time).
 pub(crate) const GATE_OPEN: &[u8] = b"\n";
@@ -271,6 +279,9 @@ pub enum Exit {
     /// Its processes are gone and left no exit status (the wrapper was killed too, e.g. by SIGKILL to the
     /// process group while no agent was watching).
     Unknown,
+    /// It never started: its gate closed unopened because the agent went away first
+    /// ([`NEVER_STARTED`] recorded). Nothing of the command ran.
+    NeverStarted,
 }
 
 impl Exit {
@@ -285,7 +296,9 @@ impl Exit {
 
     /// From a status the wrapper recorded: above 128 is a signal, as in a shell.
     fn from_recorded(s: i32) -> Exit {
-        if (129..=128 + 64).contains(&s) {
+        if s == NEVER_STARTED {
+            Exit::NeverStarted
+        } else if (129..=128 + 64).contains(&s) {
             Exit::Signal(s - 128)
         } else {
             Exit::Code(s)
@@ -368,6 +381,11 @@ fn final_status(
             "REASON_EXECUTOR_TERMINATED",
             None,
         ),
+        Ok(Exit::NeverStarted) => failed(
+            "The agent went away before the command started; nothing of it ran".into(),
+            "REASON_AGENT_RESTARTED",
+            None,
+        ),
     }
 }
 
@@ -405,7 +423,7 @@ pub(crate) fn wrapped_argv(
         false => RUN_ARGV.to_string(),
     };
     let script = WRAPPER
-        .replacen("GATE", "read -r _ || exit 125", 1)
+        .replacen("GATE", WRAPPER_GATE, 1)
         .replacen("RUN", &run, 1);
     let mut wrapped: Vec<String> = vec![
         "/bin/sh".into(),
@@ -968,7 +986,8 @@ pub fn recover(
 }
 
 /// Sends the final update of a task that ended while no agent was watching (see [`recover`]): from its
-/// recorded exit status, or, with none, TASK_FAILED with reason REASON_AGENT_RESTARTED.
+/// recorded exit status, or, with none or with [`NEVER_STARTED`] (its gate never opened), TASK_FAILED with
+/// reason REASON_AGENT_RESTARTED.
 pub async fn report_ended(l: Launch, isolator: Isolator, exit: Exit, updates: TaskUpdates) {
     let ended = tokio::task::spawn_blocking(move || {
         // In a cgroup, whatever the command left behind is killed by the release.
@@ -982,6 +1001,10 @@ pub async fn report_ended(l: Launch, isolator: Isolator, exit: Exit, updates: Ta
                 "REASON_AGENT_RESTARTED",
                 None,
             );
+            s.source = StatusSource::SourceAgent as i32;
+            s
+        } else if exit == Exit::NeverStarted {
+            let mut s = final_status(&l, Ok(exit), false, false, "");
             s.source = StatusSource::SourceAgent as i32;
             s
         } else {
@@ -1148,7 +1171,11 @@ mod tests {
         drop(closed.stdin.take());
         assert_eq!(closed.wait().unwrap().code(), Some(125));
         assert!(!ran.exists(), "the command ran without its gate");
-        assert!(!exit_file.exists(), "no exit status: the command never ran");
+        assert_eq!(
+            recorded_exit(dir.path()),
+            Some(Exit::NeverStarted),
+            "recorded as never started: the command never ran"
+        );
         let mut opened = spawn();
         std::io::Write::write_all(opened.stdin.as_mut().unwrap(), GATE_OPEN).unwrap();
         drop(opened.stdin.take());
@@ -1214,6 +1241,7 @@ mod tests {
         assert_eq!(Exit::from_recorded(128), Exit::Code(128));
         assert_eq!(Exit::from_recorded(137), Exit::Signal(9));
         assert_eq!(Exit::from_recorded(255), Exit::Code(255));
+        assert_eq!(Exit::from_recorded(NEVER_STARTED), Exit::NeverStarted);
         assert!(alive(Pid::this()));
         assert!(!alive(Pid::from_raw(i32::MAX)));
     }

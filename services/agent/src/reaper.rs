@@ -20,7 +20,9 @@
 //! pipe, then writes its own pid into the task's cgroups, before it runs anything of the task. The agent
 //! checkpoints the pid, then sends [`ToReaper::Open`]: so no command runs that a restarted agent cannot find,
 //! and none runs outside its cgroups. If the agent goes away first, the gate closes unopened and the shell
-//! exits with status 125, having run nothing. When a task's process ends the reaper writes its exit file, reaps it and sends
+//! exits with status 125, having run nothing. When a task's process ends the reaper writes its exit file (for
+//! a child whose gate never opened, the marker [`crate::executor::NEVER_STARTED`] in place of a status, so
+//! that a restarted agent does not take it for the command's own 125), reaps it and sends
 //! [`FromReaper::Exited`]. With no agent connected and no children, the reaper exits after [`IDLE_EXIT`].
 
 use serde::{Deserialize, Serialize};
@@ -129,6 +131,7 @@ fn recorded_status(code: Option<i32>, signal: Option<i32>) -> i32 {
 }
 
 /// Writes `status` over the first bytes of exit file `path` (as the wrapper does; the file exists, blank).
+/// [`crate::executor::NEVER_STARTED`] records a child whose gate never opened.
 fn write_exit(path: &Path, status: i32) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(path)?;
@@ -145,6 +148,8 @@ struct Child {
     exit: Option<PathBuf>,
     /// The write end of its gate, until opened or aborted.
     gate: Option<std::process::ChildStdin>,
+    /// Whether its gate was opened (else it ran nothing, whatever its exit status).
+    opened: bool,
 }
 
 /// The child of spawn `id` whose gate is still shut.
@@ -257,6 +262,7 @@ fn handle_lines(
                             id: sp.id,
                             exit: sp.exit.clone(),
                             gate: Some(gate),
+                            opened: false,
                         },
                     );
                     answers.push(FromReaper::Started { id: sp.id, pid });
@@ -267,10 +273,13 @@ fn handle_lines(
                 }),
             },
             Ok(ToReaper::Open { id }) => {
-                if let Some(gate) = gated(children, id).and_then(|c| c.gate.take()) {
+                if let Some(c) = gated(children, id)
+                    && let Some(gate) = c.gate.take()
+                {
                     // One byte into an empty pipe never blocks; dropping the pipe then closes the command's
                     // standard input.
                     let _ = (&gate).write_all(b"\n");
+                    c.opened = true;
                 }
             }
             Ok(ToReaper::Abort { id }) => {
@@ -355,7 +364,13 @@ fn reap(children: &mut HashMap<u32, Child>, conn: &mut Option<(UnixStream, Vec<u
         let raw = pid.as_raw() as u32;
         if let Some(child) = children.remove(&raw) {
             if let Some(exit) = &child.exit {
-                let _ = write_exit(exit, recorded_status(code, signal));
+                // A child whose gate never opened exited 125 having run nothing; a command's own 125 must
+                // not be taken for that after an agent restart (nor that for a failure of the command).
+                let status = match child.opened {
+                    true => recorded_status(code, signal),
+                    false => crate::executor::NEVER_STARTED,
+                };
+                let _ = write_exit(exit, status);
             }
             answers.push(FromReaper::Exited {
                 pid: raw,

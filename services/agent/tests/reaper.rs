@@ -85,6 +85,8 @@ async fn an_aborted_gate_runs_nothing_a_missing_program_is_127_and_a_signal_is_1
     let ended = held.ended.await.unwrap();
     assert_eq!(ended.code, Some(125));
     assert!(!marker.exists(), "an aborted command must not run");
+    // Recorded as never started, not as status 125.
+    assert_eq!(std::fs::read_to_string(a.join("exit")).unwrap(), " -1\n");
 
     let b = sandbox(dir.path(), "b");
     let missing = client
@@ -137,4 +139,37 @@ async fn a_task_outlives_its_agent_and_its_exit_file_is_written_for_the_next_age
     }
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     assert_eq!(std::fs::read_to_string(s.join("exit")).unwrap(), "  7\n");
+}
+
+/// The agent goes away after the reaper started a command and before it opened the gate (killed between
+/// checkpointing the pid and sending `Open`): the command runs nothing, and its exit file says it never
+/// started, which the next agent reports as REASON_AGENT_RESTARTED; a command's own exit status 125 after an
+/// opened gate stays 125.
+#[tokio::test]
+async fn a_gate_its_agent_never_opened_is_recorded_as_never_started_not_as_status_125() {
+    let dir = work_dir();
+    let s = sandbox(dir.path(), "a");
+    let marker = dir.path().join("ran");
+    let pid = {
+        let first = Client::new(program(), dir.path());
+        let started = first
+            .spawn(spawn_of(&s, &format!("touch {}", marker.display())))
+            .unwrap();
+        started.pid
+    };
+    let next = Client::new(program(), dir.path());
+    let s2 = sandbox(dir.path(), "b");
+    let own = next.spawn(spawn_of(&s2, "exit 125")).unwrap();
+    next.open(own.id).unwrap();
+    assert_eq!(own.ended.await.unwrap().code, Some(125));
+    assert_eq!(std::fs::read_to_string(s2.join("exit")).unwrap(), "125\n");
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(!marker.exists(), "a command whose gate never opened ran");
+    assert_eq!(std::fs::read_to_string(s.join("exit")).unwrap(), " -1\n");
 }
