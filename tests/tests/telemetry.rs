@@ -138,6 +138,9 @@ async fn one_task_trace_runs_from_accept_to_running_through_three_processes() {
         })
         .expect("the framework's TASK_RUNNING span is in the ACCEPT's trace");
     let chain = ancestry(running, &by_id);
+    // The agent's update goes up its status update stream (no call of its own between the agent's span and
+    // the broker's), or by an `Update` call if the stream was not open yet.
+    let by_call = |(_, b): &(String, String)| b != "allot.agent.v1.StatusUpdates/Update";
     let expected: Vec<(String, String)> = [
         (FRAMEWORK, "status update"),
         (BROKER, "status update"),
@@ -156,7 +159,11 @@ async fn one_task_trace_runs_from_accept_to_running_through_three_processes() {
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
-    assert_eq!(chain, expected);
+    let streamed: Vec<(String, String)> = expected.iter().filter(|x| by_call(x)).cloned().collect();
+    assert!(
+        chain == streamed || chain == expected,
+        "{chain:?} is neither {streamed:?} nor {expected:?}"
+    );
 
     // RPC spans carry the semantic conventions' attributes and kinds.
     for s in trace
@@ -330,6 +337,11 @@ async fn every_service_serves_metrics_that_move_with_work() {
         );
     }
     grew(broker0, broker1, "allot_tasks_launched_total", &[]);
+    assert_eq!(
+        v(broker1, "allot_agent_streams_open", &[]),
+        1.0,
+        "the agent's status update stream is open"
+    );
     grew(
         broker0,
         broker1,
@@ -433,12 +445,6 @@ async fn every_service_serves_metrics_that_move_with_work() {
         agent1,
         "allot_agent_status_updates_total",
         &[("state", "TASK_RUNNING")],
-    );
-    grew(
-        agent0,
-        agent1,
-        "allot_rpc_client_requests_total",
-        &[("rpc_method", "Update"), ("grpc_code", "OK")],
     );
     cluster.stop();
     // Every series the alert rules and the dashboard use is one the services export.

@@ -1,7 +1,7 @@
 //! `allot.agent.v1.Agent`: the offer-broker launches and kills tasks here.
 
+use crate::Agent;
 use crate::executor::run_task;
-use crate::{Agent, M};
 use allot_common::valid_id;
 use allot_proto::agent::{agent_server, *};
 use std::sync::Arc;
@@ -157,17 +157,7 @@ impl agent_server::Agent for AgentService {
         &self,
         request: Request<AcknowledgeStatusUpdatesRequest>,
     ) -> Result<Response<AcknowledgeStatusUpdatesResponse>, Status> {
-        let acked = self
-            .0
-            .updates
-            .acknowledge_all(request.into_inner().acknowledgements);
-        for ((fw, task), uuid, state) in acked {
-            M.updates.with_label_values(&[state.as_str_name()]).inc();
-            // An executor's own updates are acknowledged to it too (its ACKNOWLEDGED event).
-            for c in self.0.executors.of(&fw, "") {
-                c.acknowledged(&task, &uuid, state.is_terminal());
-            }
-        }
+        self.0.acknowledged(request.into_inner().acknowledgements);
         Ok(Response::new(AcknowledgeStatusUpdatesResponse {}))
     }
 

@@ -31,6 +31,7 @@ pub mod isolation;
 pub mod reaper;
 pub mod sim;
 pub mod status;
+pub mod uplink;
 
 use allot_common::AbortOnDrop;
 use allot_common::convert::resources_to_proto;
@@ -245,6 +246,8 @@ pub struct Agent {
     pub(crate) executor_registration_timeout: Duration,
     /// The broker replicas (executors' messages and exits go there).
     pub(crate) brokers: allot_common::grpc::Replicas,
+    /// The status update stream to the leading broker, while open ([`uplink`]).
+    pub(crate) uplink: Arc<uplink::Uplink>,
     /// Cancelled when this agent process stops serving (`run` returned or was dropped): a command whose
     /// start-up is still under way on a blocking thread is then not started (see `executor::Launch::stopped`).
     pub(crate) stopped: CancellationToken,
@@ -286,6 +289,21 @@ impl Agent {
                 max_age_s = age.as_secs(),
                 "finished sandboxes removed"
             );
+        }
+    }
+
+    /// The broker's acknowledgements of status updates (by call or down the [`uplink`]): each acknowledged
+    /// update leaves the status update manager, which sends its task's next one; an executor hears of its
+    /// own updates' (its ACKNOWLEDGED event). Unknown or stale acknowledgements are ignored.
+    pub(crate) fn acknowledged(
+        &self,
+        acknowledgements: Vec<allot_proto::agent::StatusUpdateAcknowledgement>,
+    ) {
+        for ((fw, task), uuid, state) in self.updates.acknowledge_all(acknowledgements) {
+            M.updates.with_label_values(&[state.as_str_name()]).inc();
+            for c in self.executors.of(&fw, "") {
+                c.acknowledged(&task, &uuid, state.is_terminal());
+            }
         }
     }
 
@@ -410,10 +428,11 @@ impl Agent {
     }
 }
 
-/// Delivers `due` status updates to the broker in order: one `Update` call for a single update, one
-/// `UpdateBatch` call for several (the heads of many tasks' streams, due together under load: one call instead
-/// of one per update, issue 24). Each update is a `status update` span whose parent is the task's launch (its
-/// W3C context), so the update joins the trace of the ACCEPT that launched the task; in a batch each update
+/// Delivers `due` status updates to the broker in order: as one message up the agent's status update stream
+/// while it is open ([`uplink`]), else by call: one `Update` call for a single update, one `UpdateBatch` call
+/// for several (the heads of many tasks' streams, due together under load: one call instead of one per update,
+/// issue 24). Each update is a `status update` span whose parent is the task's launch (its W3C context), so the
+/// update joins the trace of the ACCEPT that launched the task; on the stream and in a batch each update
 /// carries its span's context in `trace_context`. Returns the updates the broker refused as malformed (and
 /// those without IDs, which are never sent).
 ///
@@ -421,10 +440,10 @@ impl Agent {
 /// The failed call's status; the manager re-sends every head after a backoff.
 async fn deliver(
     brokers: allot_common::grpc::Replicas,
+    uplink: Arc<uplink::Uplink>,
     due: Vec<status::Outgoing>,
 ) -> Result<Vec<status::Refused>, tonic::Status> {
     use tracing::Instrument as _;
-    let mut client = StatusUpdatesClient::new(brokers.channel());
     let mut refused = Vec::new();
     let mut batch = Vec::with_capacity(due.len());
     for o in due {
@@ -440,8 +459,24 @@ async fn deliver(
         allot_telemetry::propagation::set_parent_from_map(&span, &o.context);
         batch.push((o, span));
     }
+    if batch.is_empty() {
+        return Ok(refused);
+    }
+    if uplink.is_open() {
+        let updates = batch
+            .iter()
+            .map(|(o, span)| {
+                let mut request = o.request.clone();
+                request.trace_context = allot_telemetry::propagation::to_map(span);
+                request
+            })
+            .collect();
+        if uplink.send(updates).is_ok() {
+            return Ok(refused);
+        }
+    }
+    let mut client = StatusUpdatesClient::new(brokers.channel());
     let result = match batch.len() {
-        0 => return Ok(refused),
         1 => {
             let (o, span) = batch.pop().expect("one");
             let dropped = o.refused();
@@ -679,10 +714,11 @@ pub async fn run(
         )?,
     );
     let brokers = dialer.replicas(&config.broker)?;
+    let uplink = Arc::new(uplink::Uplink::default());
     // Aborted with `run`: a crashed agent sends nothing more (its checkpoint has what is left).
     let sending = {
-        let brokers = brokers.clone();
-        updates.start(move |due| deliver(brokers.clone(), due))
+        let (brokers, uplink) = (brokers.clone(), uplink.clone());
+        updates.start(move |due| deliver(brokers.clone(), uplink.clone(), due))
     };
     let (executor_listener, executor_endpoint) =
         bind_executor_api(&config.executor_listen, &work_dir.join("executor_endpoint")).await?;
@@ -702,6 +738,7 @@ pub async fn run(
         executor_endpoint,
         executor_registration_timeout: config.executor_registration_timeout,
         brokers,
+        uplink,
         total: resources.clone(),
         stopped: CancellationToken::new(),
         credentials: config.credentials.open()?,
@@ -754,6 +791,8 @@ pub async fn run(
             keep_registered(registry, info, registration, None).await
         }))
     };
+    // The status update stream to the broker, until `run` returns (aborted with it).
+    let _uplink = AbortOnDrop(tokio::spawn(uplink::keep_open(agent.clone())));
     let router = allot_server::grpc::server()
         .add_service(allot_server::grpc::health().await)
         .add_service(allot_server::grpc::probe())

@@ -798,7 +798,8 @@ impl StatusUpdateManager {
         (out, next)
     }
 
-    /// A send failed: every head is due again at once (the caller waits its own backoff first).
+    /// A send failed, or a stream that carried sends broke: every head is due again at once (after a failed
+    /// send, the sender waits its own backoff first).
     pub fn resend_all(&self) {
         let mut streams = self.streams.lock().expect("streams poisoned");
         let Streams {
@@ -815,6 +816,8 @@ impl StatusUpdateManager {
                 ready.push_back(key.clone());
             }
         }
+        drop(streams);
+        self.wake.notify_one();
     }
 
     /// Starts sending due heads with `send` (see `StatusUpdateManager::run`) on a task of its own; the

@@ -5,7 +5,8 @@ use crate::broker::Broker;
 use crate::error::Error;
 use allot_proto::agent::{
     ExecutorToFrameworkRequest, ExecutorToFrameworkResponse, ExitedExecutorRequest,
-    ExitedExecutorResponse, StatusUpdateBatchRequest, StatusUpdateRequest, StatusUpdateResponse,
+    ExitedExecutorResponse, StatusUpdateAcknowledgements, StatusUpdateBatchRequest,
+    StatusUpdateRequest, StatusUpdateResponse, StatusUpdateStreamRequest,
     status_updates_server::StatusUpdates,
 };
 use allot_proto::operator::{self as op, operator_server::Operator};
@@ -403,8 +404,116 @@ impl StatusService {
 /// Principal kinds that may deliver status updates.
 const AGENT_KINDS: [&str; 2] = ["agent", "service"];
 
+/// How often the broker sends an empty message down an agent's status update stream, so that the agent can
+/// tell a live stream from a dead connection (it gives a stream up after three silent intervals).
+pub const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What goes down an agent's status update stream: its acknowledgements and heartbeats.
+pub type AckStream = tokio_stream::wrappers::ReceiverStream<crate::link::agents::StreamItem>;
+
+/// The updates of one stream message that are agent `agent`'s, as [`Broker::status_updates`] takes them;
+/// the others are dropped with a warning (a stream carries one agent's updates).
+fn own_updates(
+    agent: &str,
+    message: StatusUpdateStreamRequest,
+) -> Vec<(
+    allot_proto::common::TaskStatus,
+    String,
+    std::collections::HashMap<String, String>,
+)> {
+    message
+        .updates
+        .into_iter()
+        .filter_map(|u| {
+            let status = u.status?;
+            if status.agent_id != agent {
+                tracing::warn!(stream = %agent, agent = %status.agent_id, task = %status.task_id,
+                    "a status update for another agent on an agent's stream; dropped");
+                return None;
+            }
+            Some((status, u.sandbox, u.trace_context))
+        })
+        .collect()
+}
+
+/// Serves one agent's status update stream until the agent ends it or the connection breaks: its updates
+/// go to the broker as they come, and a heartbeat goes down every [`STREAM_HEARTBEAT`] beside the
+/// acknowledgements ([`crate::link::agents::AckStreams`]).
+async fn serve_stream(
+    broker: Arc<Broker>,
+    agent: String,
+    n: u64,
+    mut inbound: tonic::Streaming<StatusUpdateStreamRequest>,
+) {
+    let Some(heartbeats) = broker.agents.streams.sender(&agent) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(STREAM_HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopping = broker.agents.streams.stopping.clone();
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => break,
+            m = inbound.message() => match m {
+                Ok(Some(message)) => {
+                    let updates = own_updates(&agent, message);
+                    if !updates.is_empty() {
+                        broker.status_updates(updates);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%agent, error = %e.message(), "an agent's status update stream broke");
+                    break;
+                }
+            },
+            _ = tick.tick() => {
+                if heartbeats.send(Ok(StatusUpdateAcknowledgements::default())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    broker.agents.streams.close(&agent, n);
+    tracing::debug!(%agent, "an agent's status update stream ended");
+}
+
 #[tonic::async_trait]
 impl StatusUpdates for StatusService {
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        request: Request<tonic::Streaming<StatusUpdateStreamRequest>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let caller = authz::caller(&request);
+        caller.require(&AGENT_KINDS, "update_status", "of tasks")?;
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("a status update stream ended before its first message")
+        })?;
+        if first.agent_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "the first message of a status update stream names its agent (agent_id)",
+            ));
+        }
+        self.own_agents(&caller, [first.agent_id.as_str()])?;
+        if self.0.agents.streams.stopping.is_cancelled() {
+            return Err(Status::unavailable("the broker is stopping"));
+        }
+        let agent = first.agent_id.clone();
+        let (n, rx) = self.0.agents.streams.open(&agent);
+        tracing::debug!(%agent, "an agent opened its status update stream");
+        let updates = own_updates(&agent, first);
+        if !updates.is_empty() {
+            self.0.status_updates(updates);
+        }
+        tokio::spawn(serve_stream(self.0.clone(), agent, n, inbound));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn update(
         &self,
         request: Request<StatusUpdateRequest>,

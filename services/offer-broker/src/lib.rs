@@ -201,6 +201,14 @@ pub async fn run(
             .collect();
         Ok(background)
     };
+    // A graceful shutdown waits for every open stream: agents' status update streams end first.
+    let shutdown = {
+        let broker = broker.clone();
+        async move {
+            shutdown.await;
+            broker.agents.streams.close_all();
+        }
+    };
     allot_server::leader::serve_replicated(
         router,
         listener,

@@ -12,6 +12,7 @@
 //! | `allot_tasks` | gauge | `state` | tasks the broker knows, by latest state (`TASK_RUNNING`, ...) |
 //! | `allot_frameworks_connected` | gauge | | frameworks with an open event stream |
 //! | `allot_agents_alive` | gauge | | agents whose liveness key is present |
+//! | `allot_agent_streams_open` | gauge | | agents with an open status update stream (`StatusUpdates.Stream`) |
 //! | `allot_stale_tasks_killed_total` | counter | | tasks an agent reported live that the broker holds ended or does not know (a launch held up in a partition, a torn-down framework's task), killed |
 //!
 //! Gauges are refreshed after each batch of grants and on every heartbeat tick.
@@ -31,6 +32,7 @@ pub(crate) struct Metrics {
     pub tasks: GaugeVec,
     pub connected: Gauge,
     pub agents_alive: Gauge,
+    pub agent_streams: Gauge,
     pub stale_killed: IntCounter,
 }
 
@@ -65,6 +67,10 @@ pub(crate) static M: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "Frameworks with an open event stream",
     ),
     agents_alive: gauge("allot_agents_alive", "Agents whose liveness key is present"),
+    agent_streams: gauge(
+        "allot_agent_streams_open",
+        "Agents with an open status update stream",
+    ),
     stale_killed: counter(
         "allot_stale_tasks_killed_total",
         "Tasks an agent reported live that the broker holds ended or does not know, killed",

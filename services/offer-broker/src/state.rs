@@ -381,13 +381,21 @@ impl State {
         statuses: impl IntoIterator<Item = TaskStatus>,
         trace_context: &HashMap<String, String>,
     ) {
-        for status in statuses {
+        self.send_traced_updates(statuses.into_iter().map(|s| (s, trace_context.clone())));
+    }
+
+    /// Like [`State::send_updates`], each status with its own trace context.
+    pub fn send_traced_updates(
+        &self,
+        statuses: impl IntoIterator<Item = (TaskStatus, HashMap<String, String>)>,
+    ) {
+        for (status, trace_context) in statuses {
             if let Some(tx) = self
                 .frameworks
                 .get(&status.framework_id)
                 .and_then(|f| f.sender.as_ref())
             {
-                let _ = tx.send(update_event(status, trace_context.clone()));
+                let _ = tx.send(update_event(status, trace_context));
             }
         }
     }

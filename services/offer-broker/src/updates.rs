@@ -5,13 +5,15 @@
 //! framework's acknowledgement comes back through the broker (Mesos' status update manager). The broker's
 //! part:
 //!
-//! 1. **Receive** (`Agent -> StatusUpdates.Update/UpdateBatch`): the update takes effect in memory at once
+//! 1. **Receive** (`Agent -> StatusUpdates.Stream`, the agent's long-lived stream, or `Update`/`UpdateBatch`
+//!    calls while it has none): the update takes effect in memory at once
 //!    ([`State::apply_updates`](crate::state::State::apply_updates)) and is forwarded to the framework as an
 //!    UPDATE; a terminal one frees the task's resources in the allocator at once (`TasksEnded`). Nothing is
 //!    written yet.
 //! 2. **Acknowledge** (`Scheduler.Acknowledge`): the framework's acknowledgement also takes effect in memory
 //!    at once. An acknowledged intermediate state (TASK_STARTING, TASK_RUNNING) is not written at all: its
-//!    acknowledgement goes on to the agent at once (`Agent.AcknowledgeStatusUpdates`, `Broker::pass_acks`),
+//!    acknowledgement goes on to the agent at once (`Broker::pass_acks`: down the agent's stream, or by an
+//!    `Agent.AcknowledgeStatusUpdates` call to an agent without one),
 //!    which remembers it, tells a restarted broker (`Agent.ReconcileTasks`), and sends the task's next update.
 //!    Waiting for the flush here cost every task up to two flush intervals between TASK_STARTING and its end
 //!    (issue 24).
@@ -37,8 +39,12 @@ use crate::metrics::M;
 use crate::state::{TaskKey, agent_ack};
 use allot_proto::agent::StatusUpdateAcknowledgement;
 use allot_proto::common::{TaskState, TaskStatus};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// W3C trace contexts of updates, by task ID and uuid.
+type TraceContexts = HashMap<(String, Vec<u8>), HashMap<String, String>>;
 
 /// How often acknowledged updates reach etcd and agents (see the module documentation).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -68,14 +74,15 @@ impl Broker {
         }
         let span = allot_common::status_update_span(&status, "internal");
         let _entered = span.enter();
-        self.receive_updates(vec![(status, sandbox)]);
+        self.receive_updates(vec![(status, sandbox)], HashMap::new());
         Ok(())
     }
 
-    /// A batch of status updates from one agent, in order, each with its sandbox and the W3C trace context of
-    /// the agent's span for it (empty: none), each handled as by [`Broker::status_update`]; each update with a
-    /// context is recorded as a `status update` span in its own task's trace. Updates without IDs are dropped
-    /// with a warning.
+    /// A batch of status updates from one agent (an `UpdateBatch` call or a message of its stream), in order,
+    /// each with its sandbox and the W3C trace context of the agent's span for it (empty: none), each handled
+    /// as by [`Broker::status_update`]; each update with a context is recorded as a `status update` span in its
+    /// own task's trace, and the framework's UPDATE continues that span. Updates without IDs are dropped with a
+    /// warning.
     pub fn status_updates(
         self: &Arc<Self>,
         updates: Vec<(
@@ -86,6 +93,7 @@ impl Broker {
     ) {
         let span = tracing::info_span!("status updates", allot.updates = updates.len());
         let _entered = span.enter();
+        let mut contexts = HashMap::new();
         let updates: Vec<(TaskStatus, Option<String>)> = updates
             .into_iter()
             .filter(|(s, _, _)| {
@@ -99,16 +107,25 @@ impl Broker {
                 if !context.is_empty() {
                     let one = allot_common::status_update_span(&s, "internal");
                     allot_telemetry::propagation::set_parent_from_map(&one, &context);
+                    let mine = allot_telemetry::propagation::to_map(&one);
+                    if !mine.is_empty() {
+                        contexts.insert((s.task_id.clone(), s.uuid.clone()), mine);
+                    }
                 }
                 (s, Some(sandbox))
             })
             .collect();
-        self.receive_updates(updates);
+        self.receive_updates(updates, contexts);
     }
 
-    /// Applies agents' `updates` in memory, marks their tasks for the next flush and forwards them; tells
-    /// agents to kill the tasks they report live that the broker holds ended.
-    fn receive_updates(self: &Arc<Self>, updates: Vec<(TaskStatus, Option<String>)>) {
+    /// Applies agents' `updates` in memory, marks their tasks for the next flush and forwards them, each with
+    /// its trace context in `contexts` (by task ID and uuid; else the current span's); tells agents to kill the
+    /// tasks they report live that the broker holds ended.
+    fn receive_updates(
+        self: &Arc<Self>,
+        updates: Vec<(TaskStatus, Option<String>)>,
+        mut contexts: TraceContexts,
+    ) {
         let (applied, acks_ready) = {
             let mut state = self.lock();
             let applied = state.apply_updates(updates, allot_common::new_status_uuid);
@@ -127,7 +144,18 @@ impl Broker {
                 state = status.state().as_str_name(), "status update");
         }
         tracing::debug!(updates = applied.forward.len(), "status updates received");
-        self.send_updates(applied.forward);
+        if contexts.is_empty() {
+            self.send_updates(applied.forward);
+        } else {
+            let current = allot_telemetry::propagation::current_map();
+            let traced = applied.forward.into_iter().map(|s| {
+                let c = contexts
+                    .remove(&(s.task_id.clone(), s.uuid.clone()))
+                    .unwrap_or_else(|| current.clone());
+                (s, c)
+            });
+            self.lock().send_traced_updates(traced);
+        }
         self.allocator.tell_ended(applied.ended);
         for (fw, task, agent) in applied.kill {
             tracing::warn!(framework = %fw, %task, %agent,
@@ -221,8 +249,13 @@ impl Broker {
         self.send_agent_acks(acks).await;
     }
 
-    /// Passes acknowledgements on to agents: one call per agent address (a simulator holds many agents).
+    /// Passes acknowledgements on to agents: down each agent's status update stream if it has one open, else
+    /// one call per agent address (a simulator holds many agents).
     async fn send_agent_acks(&self, acks: Vec<StatusUpdateAcknowledgement>) {
+        if acks.is_empty() {
+            return;
+        }
+        let acks = self.agents.streams.send(acks);
         if acks.is_empty() {
             return;
         }

@@ -1,12 +1,14 @@
 //! The broker's link to agents: launches, kills, reconciliation and acknowledgements, each to an agent's (or
-//! a simulator's) address, over one cached channel per address.
+//! a simulator's) address, over one cached channel per address; acknowledgements go down an agent's own
+//! status update stream (`StatusUpdates.Stream`, [`AckStreams`]) while it has one open.
 
 use crate::error::Error;
+use crate::metrics::M;
 use allot_common::grpc::Channel;
 use allot_proto::agent::{
     AcknowledgeStatusUpdatesRequest, FrameworkToExecutorRequest, KillTaskRequest,
     LaunchTasksRequest, ReconcileTasksRequest, ReconcileTasksResponse, ShutdownExecutorRequest,
-    StatusUpdateAcknowledgement, agent_client::AgentClient,
+    StatusUpdateAcknowledgement, StatusUpdateAcknowledgements, agent_client::AgentClient,
 };
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,12 +46,103 @@ pub enum Killed {
     Unknown(String),
 }
 
-/// Clients of the agents, one per address, made on first use.
+/// How many messages an agent's stream holds unsent before acknowledgements for it go by call instead.
+pub const STREAM_BUFFER: usize = 256;
+
+/// What goes down an agent's status update stream.
+pub type StreamItem = Result<StatusUpdateAcknowledgements, tonic::Status>;
+
+/// The agents' open status update streams (`StatusUpdates.Stream`), by agent ID: acknowledgements for an
+/// agent go down its stream as one message, without a call (issue 24). An agent has at most one stream; a
+/// newer one replaces the older.
+#[derive(Default)]
+pub struct AckStreams {
+    /// Each agent's stream: the number it was opened with and its sender.
+    open: Mutex<HashMap<String, (u64, tokio::sync::mpsc::Sender<StreamItem>)>>,
+    next: std::sync::atomic::AtomicU64,
+    /// Cancelled when the broker stops: every stream ends (a graceful shutdown waits for open streams).
+    pub stopping: tokio_util::sync::CancellationToken,
+}
+
+impl AckStreams {
+    /// Ends every stream and refuses new ones, for a graceful shutdown (the server waits for every open
+    /// stream to end; their agents re-send what is unacknowledged to the next leader).
+    pub fn close_all(&self) {
+        self.stopping.cancel();
+        self.streams().clear();
+        M.agent_streams.set(0.0);
+    }
+
+    /// Registers a stream for `agent_id` (replacing any older one): its number, for [`AckStreams::close`],
+    /// and the receiver of what goes down it.
+    pub fn open(&self, agent_id: &str) -> (u64, tokio::sync::mpsc::Receiver<StreamItem>) {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let mut open = self.streams();
+        open.insert(agent_id.to_string(), (n, tx));
+        M.agent_streams.set(open.len() as f64);
+        (n, rx)
+    }
+
+    /// Forgets stream `n` of `agent_id`, unless a newer one has replaced it.
+    pub fn close(&self, agent_id: &str, n: u64) {
+        let mut open = self.streams();
+        if open.get(agent_id).is_some_and(|(m, _)| *m == n) {
+            open.remove(agent_id);
+        }
+        M.agent_streams.set(open.len() as f64);
+    }
+
+    /// The sender of `agent_id`'s stream, if open.
+    pub fn sender(&self, agent_id: &str) -> Option<tokio::sync::mpsc::Sender<StreamItem>> {
+        self.streams().get(agent_id).map(|(_, tx)| tx.clone())
+    }
+
+    /// Sends each of `acks` down its agent's stream, one message per agent; returns those whose agent has
+    /// no open stream, or one too full or closed to take them, for the caller to pass on by call.
+    pub fn send(&self, acks: Vec<StatusUpdateAcknowledgement>) -> Vec<StatusUpdateAcknowledgement> {
+        let mut by_agent: HashMap<String, Vec<StatusUpdateAcknowledgement>> = HashMap::new();
+        for a in acks {
+            by_agent.entry(a.agent_id.clone()).or_default().push(a);
+        }
+        let mut rest = Vec::new();
+        let mut open = self.streams();
+        for (agent, acknowledgements) in by_agent {
+            let Some((_, tx)) = open.get(&agent) else {
+                rest.extend(acknowledgements);
+                continue;
+            };
+            use tokio::sync::mpsc::error::TrySendError;
+            match tx.try_send(Ok(StatusUpdateAcknowledgements { acknowledgements })) {
+                Ok(()) => {}
+                Err(TrySendError::Full(Ok(m))) => rest.extend(m.acknowledgements),
+                Err(TrySendError::Closed(Ok(m))) => {
+                    open.remove(&agent);
+                    M.agent_streams.set(open.len() as f64);
+                    rest.extend(m.acknowledgements);
+                }
+                Err(_) => {}
+            }
+        }
+        rest
+    }
+
+    fn streams(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, tokio::sync::mpsc::Sender<StreamItem>)>>
+    {
+        self.open.lock().expect("ack streams poisoned")
+    }
+}
+
+/// Clients of the agents, one per address, made on first use, and the agents' open status update streams.
 #[derive(Default)]
 pub struct AgentLink {
     clients: Mutex<HashMap<String, AgentClient<Channel>>>,
     /// How channels are made: mutual TLS with the broker's certificate, or plaintext (`--insecure`).
     dialer: allot_common::grpc::Dialer,
+    /// The agents' status update streams, down which their acknowledgements go.
+    pub streams: AckStreams,
 }
 
 impl AgentLink {
@@ -58,6 +151,7 @@ impl AgentLink {
         Self {
             clients: Mutex::default(),
             dialer,
+            streams: AckStreams::default(),
         }
     }
 
@@ -214,5 +308,46 @@ impl AgentLink {
                 tracing::debug!(agent = %addr, acknowledgements = n, error = %e.message(), "cannot pass acknowledgements on; the agent will re-send");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(agent: &str, task: &str) -> StatusUpdateAcknowledgement {
+        StatusUpdateAcknowledgement {
+            agent_id: agent.into(),
+            framework_id: "fw".into(),
+            task_id: task.into(),
+            uuid: vec![1],
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_go_down_their_agents_stream_and_the_rest_come_back() {
+        let streams = AckStreams::default();
+        let (n1, mut rx1) = streams.open("a1");
+        let rest = streams.send(vec![ack("a1", "t1"), ack("a2", "t2"), ack("a1", "t3")]);
+        // a2 has no stream: its acknowledgement goes by call.
+        assert_eq!(rest, vec![ack("a2", "t2")]);
+        let m = rx1.recv().await.unwrap().unwrap();
+        assert_eq!(m.acknowledgements, vec![ack("a1", "t1"), ack("a1", "t3")]);
+        // A newer stream replaces the older; closing the older leaves the newer.
+        let (n2, mut rx2) = streams.open("a1");
+        streams.close("a1", n1);
+        assert!(streams.send(vec![ack("a1", "t4")]).is_empty());
+        assert_eq!(rx2.recv().await.unwrap().unwrap().acknowledgements.len(), 1);
+        // A stream whose receiver went (the agent's connection ended) gives its acknowledgements back.
+        drop(rx2);
+        assert_eq!(streams.send(vec![ack("a1", "t5")]), vec![ack("a1", "t5")]);
+        assert!(streams.sender("a1").is_none());
+        streams.close("a1", n2);
+        // A full stream gives them back too (the agent is not reading).
+        let (_, _rx3) = streams.open("a3");
+        for i in 0..STREAM_BUFFER {
+            assert!(streams.send(vec![ack("a3", &i.to_string())]).is_empty());
+        }
+        assert_eq!(streams.send(vec![ack("a3", "x")]), vec![ack("a3", "x")]);
     }
 }
