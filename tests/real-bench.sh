@@ -5,7 +5,8 @@
 # then, for each round: the command N times through `xargs -P C` (no cluster: the ceiling), and the same N
 # commands as one `allot batch` job with concurrency C. Prints per round tasks/s of each, Allot's share of the
 # ceiling, and p50/p99 of each task's launch-to-terminal-seen time as `allot batch` measures it (from the
-# ACCEPT that launched it to its terminal update at the framework); then the median round.
+# ACCEPT that launched it to its terminal update at the framework); then the median round (by Allot's rate)
+# and the median of the rounds' shares.
 #
 # Usage: bash tests/real-bench.sh [--tasks N] [--concurrency C] [--command CMD] [--resources R] [--rounds K]
 #                                 [--release] [--phases] [--slurm] [--agents N]
@@ -130,6 +131,10 @@ done
 sort -t$'\t' -k3,3n "$out/rounds.tsv" | awk -F'\t' -v k="$rounds" 'NR == int((k + 1) / 2) {
   printf "==> median round: xargs %.1f tasks/s, allot %.1f tasks/s (%.0f%% of xargs), p50 %.1f ms, p99 %.1f ms\n",
     $2, $3, 100 * $3 / $2, $4, $5 }'
+# Each round pairs xargs and Allot within seconds of each other; the median of the rounds' shares is the
+# steadier figure on a machine whose speed drifts between rounds.
+awk -F'\t' '{ print 100 * $3 / $2 }' "$out/rounds.tsv" | sort -n | awk -v k="$rounds" '
+  { s[NR] = $1 } END { printf "==> median share of the rounds: %.0f%% of xargs (rounds %.0f-%.0f%%)\n", s[int((k + 1) / 2)], s[1], s[NR] }'
 echo "    per-task outcomes: $out/batch-*.json"
 if ((slurm)); then
   echo "==> the same $tasks commands through Slurm (tests/slurm-peer.sh)"
