@@ -468,7 +468,11 @@ async fn serve_stream(
                 }
             },
             _ = tick.tick() => {
-                if heartbeats.send(Ok(StatusUpdateAcknowledgements::default())).await.is_err() {
+                // A full stream needs no heartbeat (what is queued will do); a closed one has ended.
+                use tokio::sync::mpsc::error::TrySendError;
+                if let Err(TrySendError::Closed(_)) =
+                    heartbeats.try_send(Ok(StatusUpdateAcknowledgements::default()))
+                {
                     break;
                 }
             }
