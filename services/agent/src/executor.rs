@@ -23,6 +23,7 @@
 //! re-raises that signal on itself so that the agent that waits for it sees the signal too.
 
 use crate::isolation::{Isolator, TaskIsolation};
+use crate::reaper::NEVER_STARTED;
 use allot_proto::common::{StatusSource, TaskInfo, TaskState, TaskStatus};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -51,10 +52,6 @@ RUN; s=$?
 printf '%3d\n' "$s" 1<> "$exit_file"
 if [ "$s" -gt 128 ]; then trap - TERM; kill -$((s - 128)) $$; fi
 exit "$s""#;
-
-/// What an exit file holds in place of a status for a command whose gate never opened (the agent went away
-/// before it opened it): the command ran nothing. No exit status is negative, so it cannot be a command's.
-pub(crate) const NEVER_STARTED: i32 = -1;
 
 /// The wrapper's gate: it reads one line, or, the pipe closed unwritten, records [`NEVER_STARTED`] and exits
 /// with 125, having run nothing.

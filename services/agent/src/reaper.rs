@@ -21,7 +21,7 @@
 //! checkpoints the pid, then sends [`ToReaper::Open`]: so no command runs that a restarted agent cannot find,
 //! and none runs outside its cgroups. If the agent goes away first, the gate closes unopened and the shell
 //! exits with status 125, having run nothing. When a task's process ends the reaper writes its exit file (for
-//! a child whose gate never opened, the marker [`crate::executor::NEVER_STARTED`] in place of a status, so
+//! a child whose gate never opened, the marker [`NEVER_STARTED`] in place of a status, so
 //! that a restarted agent does not take it for the command's own 125), reaps it and sends
 //! [`FromReaper::Exited`]. With no agent connected and no children, the reaper exits after [`IDLE_EXIT`].
 
@@ -33,6 +33,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What an exit file holds in place of a status for a command whose gate never opened (the agent went away
+/// before it opened it): the command ran nothing. No exit status is negative, so it cannot be a command's.
+pub const NEVER_STARTED: i32 = -1;
 
 /// How long a reaper with no agent connected and no children waits before it exits.
 pub const IDLE_EXIT: Duration = Duration::from_secs(3);
@@ -131,7 +135,7 @@ fn recorded_status(code: Option<i32>, signal: Option<i32>) -> i32 {
 }
 
 /// Writes `status` over the first bytes of exit file `path` (as the wrapper does; the file exists, blank).
-/// [`crate::executor::NEVER_STARTED`] records a child whose gate never opened.
+/// [`NEVER_STARTED`] records a child whose gate never opened.
 fn write_exit(path: &Path, status: i32) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(path)?;
@@ -368,7 +372,7 @@ fn reap(children: &mut HashMap<u32, Child>, conn: &mut Option<(UnixStream, Vec<u
                 // not be taken for that after an agent restart (nor that for a failure of the command).
                 let status = match child.opened {
                     true => recorded_status(code, signal),
-                    false => crate::executor::NEVER_STARTED,
+                    false => NEVER_STARTED,
                 };
                 let _ = write_exit(exit, status);
             }
