@@ -462,17 +462,22 @@ async fn deliver(
     if batch.is_empty() {
         return Ok(refused);
     }
-    if uplink.is_open() {
-        let updates = batch
+    // Each update with its own span's context, for the stream and for a batch.
+    let traced = |batch: &[(status::Outgoing, tracing::Span)]| -> Vec<_> {
+        batch
             .iter()
             .map(|(o, span)| {
                 let mut request = o.request.clone();
                 request.trace_context = allot_telemetry::propagation::to_map(span);
                 request
             })
-            .collect();
-        if uplink.send(updates).is_ok() {
-            return Ok(refused);
+            .collect()
+    };
+    let mut unsent = None;
+    if uplink.is_open() {
+        match uplink.send(traced(&batch)) {
+            Ok(()) => return Ok(refused),
+            Err(updates) => unsent = Some(updates),
         }
     }
     let mut client = StatusUpdatesClient::new(brokers.channel());
@@ -490,14 +495,7 @@ async fn deliver(
             }
         }
         n => {
-            let updates = batch
-                .iter()
-                .map(|(o, span)| {
-                    let mut request = o.request.clone();
-                    request.trace_context = allot_telemetry::propagation::to_map(span);
-                    request
-                })
-                .collect();
+            let updates = unsent.unwrap_or_else(|| traced(&batch));
             let span = tracing::info_span!("status updates", allot.updates = n);
             client
                 .update_batch(allot_proto::agent::StatusUpdateBatchRequest { updates })

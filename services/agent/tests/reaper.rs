@@ -39,6 +39,18 @@ fn spawn_of(sandbox: &Path, script: &str) -> Spawn {
     }
 }
 
+/// Waits (at most 5 s) until process `pid` is gone, and asserts that it is.
+async fn until_gone(pid: u32) {
+    let alive = || Path::new(&format!("/proc/{pid}")).exists();
+    for _ in 0..100 {
+        if !alive() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(), "process {pid} is still there");
+}
+
 fn work_dir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(d.path().join("meta")).unwrap();
@@ -131,13 +143,7 @@ async fn a_task_outlives_its_agent_and_its_exit_file_is_written_for_the_next_age
     let other = next.spawn(spawn_of(&s2, "true")).unwrap();
     next.open(other.id).unwrap();
     assert_eq!(other.ended.await.unwrap().code, Some(0));
-    for _ in 0..100 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    until_gone(pid).await;
     assert_eq!(std::fs::read_to_string(s.join("exit")).unwrap(), "  7\n");
 }
 
@@ -163,13 +169,7 @@ async fn a_gate_its_agent_never_opened_is_recorded_as_never_started_not_as_statu
     next.open(own.id).unwrap();
     assert_eq!(own.ended.await.unwrap().code, Some(125));
     assert_eq!(std::fs::read_to_string(s2.join("exit")).unwrap(), "125\n");
-    for _ in 0..100 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    until_gone(pid).await;
     assert!(!marker.exists(), "a command whose gate never opened ran");
     assert_eq!(std::fs::read_to_string(s.join("exit")).unwrap(), " -1\n");
 }
