@@ -8,6 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // It starts no processes, which would inherit this (see the function).
+    allot_server::memory::no_huge_pages();
     let config: allot_allocator::Config = allot_server::config::parse();
     let _telemetry = allot_telemetry::init("allot-allocator", env!("CARGO_PKG_VERSION"));
     let listener = tokio::net::TcpListener::bind(&config.listen)

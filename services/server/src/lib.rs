@@ -21,6 +21,7 @@ pub mod config;
 pub mod credentials;
 pub mod grpc;
 pub mod leader;
+pub mod memory;
 pub mod shutdown;
 pub mod standby;
 pub mod store;
