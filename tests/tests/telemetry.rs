@@ -715,3 +715,40 @@ async fn the_trace_store_says_why_a_task_is_on_its_agent() {
         "a clean exit on SIGTERM"
     );
 }
+
+/// A graceful stop (SIGTERM, as `systemctl restart` sends) of a broker with long-lived streams open (a
+/// framework's event stream, the agent's status update stream) ends within the drain timeout: the streams
+/// never end by themselves, and the server used to wait for them until the supervisor's SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_with_streams_open_stops_gracefully_within_the_drain_timeout() {
+    use allot_proto::scheduler::{SubscribeRequest, scheduler_client::SchedulerClient};
+    let mut cluster = ProcessCluster::start(1, &[]).await;
+    let mut client = SchedulerClient::new(
+        cluster
+            .etcd
+            .dialer("framework-default")
+            .channel(&cluster.broker.addr)
+            .expect("channel"),
+    );
+    let mut events = client
+        .subscribe(SubscribeRequest {
+            framework_info: Some(allot_sdk::framework_info("held-open", "*")),
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    events
+        .message()
+        .await
+        .expect("SUBSCRIBED")
+        .expect("an event");
+    let stopped = std::time::Instant::now();
+    // SIGTERM, then at most 10 s before SIGKILL.
+    cluster.broker.stop();
+    let took = stopped.elapsed();
+    assert!(
+        took < allot_server::grpc::DRAIN_TIMEOUT + Duration::from_secs(3),
+        "the broker took {took:?} to stop"
+    );
+    cluster.stop();
+}

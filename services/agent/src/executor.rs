@@ -990,28 +990,26 @@ pub async fn report_ended(l: Launch, isolator: Isolator, exit: Exit, updates: Ta
         // In a cgroup, whatever the command left behind is killed by the release.
         let iso = reopen(&l, &isolator);
         let oom = iso.release();
-        let last = if exit == Exit::Unknown {
-            let mut s = status(
+        let by_agent = |mut s: TaskStatus| {
+            s.source = StatusSource::SourceAgent as i32;
+            s
+        };
+        let last = match exit {
+            Exit::Unknown => by_agent(status(
                 &l,
                 TaskState::TaskFailed,
                 "The agent restarted and found none of the task's processes, and no exit status".into(),
                 "REASON_AGENT_RESTARTED",
                 None,
-            );
-            s.source = StatusSource::SourceAgent as i32;
-            s
-        } else if exit == Exit::NeverStarted {
-            let mut s = final_status(&l, Ok(exit), false, false, "");
-            s.source = StatusSource::SourceAgent as i32;
-            s
-        } else {
-            final_status(
+            )),
+            Exit::NeverStarted => by_agent(final_status(&l, Ok(exit), false, false, "")),
+            _ => final_status(
                 &l,
                 Ok(exit),
                 false,
                 oom,
                 " (it ended while the agent was down)",
-            )
+            ),
         };
         tracing::info!(task = %l.task.task_id, state = last.state().as_str_name(), message = %last.message, "task ended while the agent was down");
         updates.push(vec![last]);

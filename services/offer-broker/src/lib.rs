@@ -201,7 +201,8 @@ pub async fn run(
             .collect();
         Ok(background)
     };
-    // A graceful shutdown waits for every open stream: agents' status update streams end first.
+    // A graceful shutdown waits for open streams (at most `allot_server::grpc::DRAIN_TIMEOUT`): the agents'
+    // status update streams end at once, so that without frameworks connected the standby takes over at once.
     let shutdown = {
         let broker = broker.clone();
         async move {

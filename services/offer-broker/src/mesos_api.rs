@@ -334,12 +334,7 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    let principal = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| allot_common::tls::principal_of(c));
+                    let principal = allot_server::grpc::principal_of_tls(&stream);
                     let router = match principal {
                         Some(p) => router.layer(axum::Extension(TlsPeer(p))),
                         None => router,

@@ -15,8 +15,14 @@ pub type Layers = tower::layer::util::Stack<
 /// A router built on [`server`].
 pub type Router = tonic::transport::server::Router<Layers>;
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight calls: over mutual TLS
-/// with `tls` ([`serve_tls`]) when given, in plaintext ([`serve_plaintext`], `--insecure`) otherwise.
+/// How long a server that was told to stop waits for its calls in flight before it closes their connections:
+/// a long-lived stream (a framework's event stream, an agent's status update stream, the broker's allocator
+/// subscription) never ends by itself, and its client reconnects (to the next leader) when it is cut.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight calls for at most
+/// [`DRAIN_TIMEOUT`]: over mutual TLS with `tls` ([`serve_tls`]) when given, in plaintext ([`serve_plaintext`],
+/// `--insecure`) otherwise.
 ///
 /// The router should already hold the service's health service (see [`health`]).
 ///
@@ -28,10 +34,44 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     tls: Option<&std::sync::Arc<allot_common::tls::Tls>>,
 ) -> Result<(), tonic::transport::Error> {
-    match tls {
-        Some(tls) => serve_tls(router, listener, shutdown, tls.clone()).await,
-        None => serve_plaintext(router, listener, shutdown).await,
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let serving = match tls {
+        Some(tls) => {
+            futures::future::Either::Left(serve_tls(router, listener, shutdown, tls.clone()))
+        }
+        None => futures::future::Either::Right(serve_plaintext(router, listener, shutdown)),
+    };
+    let drained = async {
+        match stopped.await {
+            Ok(()) => tokio::time::sleep(DRAIN_TIMEOUT).await,
+            // The server ended before it was told to stop: `serving` has the answer.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = serving => r,
+        _ = drained => {
+            tracing::info!(drain = ?DRAIN_TIMEOUT, "calls still open after the drain (long-lived streams); closing them");
+            Ok(())
+        }
     }
+}
+
+/// The principal the client certificate of TLS connection `stream` names, if any (see
+/// `allot_common::tls::principal_of`).
+pub fn principal_of_tls<IO>(
+    stream: &tokio_rustls::server::TlsStream<IO>,
+) -> Option<allot_common::tls::Principal> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| allot_common::tls::principal_of(c))
 }
 
 /// Serves `router` on `listener` in plaintext until `shutdown` resolves, then drains in-flight calls.
@@ -119,15 +159,9 @@ struct Authenticated {
 
 impl Authenticated {
     fn new(stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Authenticated {
-        let principal = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| allot_common::tls::principal_of(c));
         Authenticated {
+            principal: PeerPrincipal(principal_of_tls(&stream)),
             stream,
-            principal: PeerPrincipal(principal),
         }
     }
 }

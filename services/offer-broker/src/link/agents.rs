@@ -60,13 +60,13 @@ pub struct AckStreams {
     /// Each agent's stream: the number it was opened with and its sender.
     open: Mutex<HashMap<String, (u64, tokio::sync::mpsc::Sender<StreamItem>)>>,
     next: std::sync::atomic::AtomicU64,
-    /// Cancelled when the broker stops: every stream ends (a graceful shutdown waits for open streams).
+    /// Cancelled when the broker stops: every stream ends (see [`AckStreams::close_all`]).
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl AckStreams {
-    /// Ends every stream and refuses new ones, for a graceful shutdown (the server waits for every open
-    /// stream to end; their agents re-send what is unacknowledged to the next leader).
+    /// Ends every stream and refuses new ones, for a graceful shutdown (the server waits for open streams, up
+    /// to its drain timeout; their agents re-send what is unacknowledged to the next leader).
     pub fn close_all(&self) {
         self.stopping.cancel();
         self.streams().clear();
