@@ -34,6 +34,19 @@ async fn run_tasks(cluster: &ProcessCluster, commands: &[&str]) {
     assert_eq!(done.finished, commands.len());
 }
 
+/// A scheduler API client of `cluster`'s broker, as the default framework principal.
+fn scheduler_client(
+    cluster: &ProcessCluster,
+) -> allot_proto::scheduler::scheduler_client::SchedulerClient<allot_common::grpc::Channel> {
+    allot_proto::scheduler::scheduler_client::SchedulerClient::new(
+        cluster
+            .etcd
+            .dialer("framework-default")
+            .channel(&cluster.broker.addr)
+            .expect("channel"),
+    )
+}
+
 /// The chain of `(service, span name)` from `span` up to its trace's root.
 fn ancestry<'a>(
     span: &'a SpanRecord,
@@ -360,14 +373,8 @@ async fn every_service_serves_metrics_that_move_with_work() {
     );
     // Errors are counted by code: an ACCEPT of an unknown offer is NOT_FOUND.
     {
-        use allot_proto::scheduler::{AcceptRequest, scheduler_client::SchedulerClient};
-        let mut c = SchedulerClient::new(
-            cluster
-                .etcd
-                .dialer("framework-default")
-                .channel(&cluster.broker.addr)
-                .expect("channel"),
-        );
+        use allot_proto::scheduler::AcceptRequest;
+        let mut c = scheduler_client(&cluster);
         let err = c
             .accept(AcceptRequest {
                 framework_id: "nobody".into(),
@@ -721,15 +728,9 @@ async fn the_trace_store_says_why_a_task_is_on_its_agent() {
 /// never end by themselves, and the server used to wait for them until the supervisor's SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_with_streams_open_stops_gracefully_within_the_drain_timeout() {
-    use allot_proto::scheduler::{SubscribeRequest, scheduler_client::SchedulerClient};
+    use allot_proto::scheduler::SubscribeRequest;
     let mut cluster = ProcessCluster::start(1, &[]).await;
-    let mut client = SchedulerClient::new(
-        cluster
-            .etcd
-            .dialer("framework-default")
-            .channel(&cluster.broker.addr)
-            .expect("channel"),
-    );
+    let mut client = scheduler_client(&cluster);
     let mut events = client
         .subscribe(SubscribeRequest {
             framework_info: Some(allot_sdk::framework_info("held-open", "*")),
