@@ -275,17 +275,24 @@ metrics_port() { # job [address]: sets $mport to a free port and records address
 }
 
 echo "==> starting registry $ALLOT_REGISTRY, allocator $ALLOT_ALLOCATOR, offer-broker $ALLOT_BROKER"
+# Every service, etcd, the agents and the tasks share this machine's cores: each service runs one async worker
+# thread (its --worker-threads; the agents are single-threaded already). More workers wake each other to steal
+# work, and those context switches cost the tasks' throughput (issue 24, docs/benchmarks.md). A service on a
+# machine of its own keeps the default, one worker per core. ALLOT_WORKER_THREADS overrides it here.
+workers=${ALLOT_WORKER_THREADS:-1}
 i=0
 for a in ${ALLOT_REGISTRY//,/ }; do
   metrics_port allot-registry
-  supervise "registry$i" "$bin/allot-registry" --listen "$a" --agent-timeout 5s --metrics-listen "$host:$mport"
+  supervise "registry$i" "$bin/allot-registry" --listen "$a" --agent-timeout 5s --metrics-listen "$host:$mport" \
+    --worker-threads "$workers"
   i=$((i + 1))
 done
 i=0
 for a in ${ALLOT_ALLOCATOR//,/ }; do
   metrics_port allot-allocator
   supervise "allocator$i" "$bin/allot-allocator" --listen "$a" --allocation-interval 250ms \
-    --preemption-grace "$preemption_grace" --preemption-min-runtime 1s --metrics-listen "$host:$mport"
+    --preemption-grace "$preemption_grace" --preemption-min-runtime 1s --metrics-listen "$host:$mport" \
+    --worker-threads "$workers"
   i=$((i + 1))
 done
 # Mesos frameworks (pymesos, ...) reach the brokers' Mesos v1 HTTP API with this principal and secret; with it
@@ -298,7 +305,7 @@ for a in ${ALLOT_BROKER//,/ }; do
   metrics_port allot-offer-broker
   free_port port; mesos+=("$host:$port")
   supervise "broker$i" "$bin/allot-offer-broker" --listen "$a" --allocator "$ALLOT_ALLOCATOR" \
-    --heartbeat-interval 5s --metrics-listen "$host:$mport" \
+    --heartbeat-interval 5s --metrics-listen "$host:$mport" --worker-threads "$workers" \
     --mesos-listen "$host:$port" --credentials "$run/credentials"
   i=$((i + 1))
 done

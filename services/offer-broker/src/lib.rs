@@ -63,6 +63,9 @@ pub struct Config {
     /// Where to serve Prometheus metrics.
     #[command(flatten)]
     pub metrics: allot_server::config::MetricsArgs,
+    /// Its async runtime's worker threads.
+    #[command(flatten)]
+    pub runtime: allot_server::config::RuntimeArgs,
     /// Where etcd is.
     #[command(flatten)]
     pub etcd: allot_server::config::EtcdArgs,

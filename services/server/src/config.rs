@@ -329,6 +329,34 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
     })
 }
 
+/// How many threads a service's async runtime runs on, flattened into the configs of the registry, the
+/// allocator and the offer-broker.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RuntimeArgs {
+    /// Async worker threads (tokio's multi-threaded runtime; blocking work still goes to its blocking pool).
+    /// Default: one per CPU this process may use. A machine that also runs other services and tasks (the
+    /// local deploy runs every service, etcd, the agents and their tasks on one machine) does better with 1:
+    /// each extra worker is woken to steal work, and on 2 cores those context switches cost the tasks about a
+    /// tenth of their throughput (issue 24, `docs/benchmarks.md`).
+    #[arg(long, env = "ALLOT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+}
+
+impl RuntimeArgs {
+    /// Builds the runtime a service's `main` blocks on: multi-threaded with `worker_threads` workers (or
+    /// tokio's default), I/O and timers on.
+    ///
+    /// # Errors
+    /// The I/O error when the runtime's threads or its I/O driver cannot be created.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = self.worker_threads {
+            b.worker_threads(usize::from(n));
+        }
+        b.enable_all().build()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,5 +404,22 @@ mod tests {
         let e =
             try_parse_from::<T>(vec!["t".into(), "--interval".into(), "soon".into()]).unwrap_err();
         assert!(e.to_string().contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn worker_threads_sets_the_runtime_s_workers_and_zero_is_refused() {
+        #[derive(Parser, Debug)]
+        struct R {
+            #[command(flatten)]
+            runtime: RuntimeArgs,
+        }
+        let r = R::try_parse_from(["x", "--worker-threads", "1"]).unwrap();
+        let rt = r.runtime.runtime().unwrap();
+        assert_eq!(rt.metrics().num_workers(), 1);
+        let e = R::try_parse_from(["x", "--worker-threads", "0"]).unwrap_err();
+        assert!(e.to_string().contains("worker-threads"), "{e}");
+        let d = R::try_parse_from(["x"]).unwrap();
+        assert!(d.runtime.worker_threads.is_none());
+        assert!(d.runtime.runtime().unwrap().metrics().num_workers() >= 1);
     }
 }

@@ -11,6 +11,11 @@
 /// zeroes 4 KiB. The services' heaps are small enough that huge pages gain them little in TLB misses.
 /// A kernel that does not know the call leaves things as they were: the error is ignored.
 ///
+/// mimalloc is also built without its `madvise(MADV_HUGEPAGE)` calls (its `no_thp` feature, in the workspace's
+/// `Cargo.toml`), which covers the agent too where the kernel gives huge pages only on request
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`, Debian's default); this call also covers
+/// kernels set to `always`.
+///
 /// Children inherit the setting, across `execve` too: not for a process that starts others' programs (the
 /// agent starts tasks and executors, which must get the node's own memory settings).
 pub fn no_huge_pages() {
