@@ -6,10 +6,14 @@
 # commands as one `allot batch` job with concurrency C. Prints per round tasks/s of each, Allot's share of the
 # ceiling, and p50/p99 of each task's launch-to-terminal-seen time as `allot batch` measures it (from the
 # ACCEPT that launched it to its terminal update at the framework); then the median round (by Allot's rate)
-# and the median of the rounds' shares.
+# and the median of the rounds' shares. Then the latency of one task alone: the same command L times, one at a
+# time, through `allot batch` (p50/p99 launch-to-terminal-seen, as above) and through `xargs -P 1` (its mean
+# per command). At concurrency C a task's time is mostly its wait for a CPU (Little's law: C tasks in flight at
+# R tasks/s take C/R seconds each, 20/650 s = 31 ms even under `xargs`), so Allot's own overhead per task shows
+# only in this probe.
 #
 # Usage: bash tests/real-bench.sh [--tasks N] [--concurrency C] [--command CMD] [--resources R] [--rounds K]
-#                                 [--release] [--phases] [--slurm] [--agents N]
+#                                 [--release] [--phases] [--slurm] [--agents N] [--latency L]
 #   defaults: 1,000 tasks of `sha256sum /etc/os-release > /dev/null`, 20 at a time, cpus:0.05;mem:16 each,
 #   3 rounds; --release builds and runs the release binaries (what docs/benchmarks.md reports). Every round
 #   also prints the CPU each process spent per task (ms, from /proc: self, and children for agents: the
@@ -18,6 +22,7 @@
 #   how many, p50/p99/mean and total milliseconds. --slurm ends with the same commands through a local Slurm
 #   (tests/slurm-peer.sh: installs and configures Debian's slurm-wlm; root) and Allot's rate over Slurm's.
 #   --agents N runs N agents instead of three (e.g. --agents 4 --concurrency 200 --resources 'cpus:0.01;mem:8').
+#   --latency L sets the one-at-a-time probe's task count (default 200; 0 skips it).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tasks=1000
@@ -29,6 +34,7 @@ release=0
 phases=0
 slurm=0
 agents=3
+latency=200
 while (($#)); do
   case "$1" in
     --tasks) tasks=$2; shift 2 ;;
@@ -40,6 +46,7 @@ while (($#)); do
     --phases) phases=1; shift ;;
     --slurm) slurm=1; shift ;;
     --agents) agents=$2; shift 2 ;;
+    --latency) latency=$2; shift 2 ;;
     -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
@@ -136,6 +143,25 @@ sort -t$'\t' -k3,3n "$out/rounds.tsv" | awk -F'\t' -v k="$rounds" 'NR == int((k 
 awk -F'\t' '{ print 100 * $3 / $2 }' "$out/rounds.tsv" | sort -n | awk -v k="$rounds" '
   { s[NR] = $1 } END { printf "==> median share of the rounds: %.0f%% of xargs (rounds %.0f-%.0f%%)\n", s[int((k + 1) / 2)], s[1], s[NR] }'
 echo "    per-task outcomes: $out/batch-*.json"
+if ((latency > 0)); then
+  echo "==> one task at a time, $latency tasks: launch to terminal seen (the overhead per task, without queueing)"
+  sed -e "s/^concurrency = .*/concurrency = 1/" -e '/^\[\[tasks\]\]/,$d' "$out/job.toml" >"$out/latency.toml"
+  for i in $(seq "$latency"); do echo "[[tasks]]"; echo "id = \"l$i\""; grep -m1 '^command = ' "$out/job.toml"; done \
+    >>"$out/latency.toml"
+  t0=$(now)
+  seq "$latency" | xargs -P 1 -I{} sh -c "$command"
+  t1=$(now)
+  if ! allot batch "$out/latency.toml" --quiet --json >"$out/latency.json" 2>"$out/latency.log"; then
+    echo "allot batch failed in the latency probe: $out/latency.log ends" >&2
+    tail -n 5 "$out/latency.log" >&2
+    exit 1
+  fi
+  grep -o '"seconds": [0-9.e-]*' "$out/latency.json" | head -n "$latency" | awk '{print $2 * 1000}' | sort -n \
+    >"$out/lat-1.txt"
+  awk -v a="$t0" -v b="$t1" -v n="$latency" '{ v[NR] = $1 } END {
+    printf "==> alone: allot p50 %.1f ms, p99 %.1f ms launch to terminal seen; xargs -P 1 %.1f ms per command\n",
+      v[int(NR * 0.50 + 0.5)], v[int(NR * 0.99 + 0.5)], (b - a) * 1000 / n }' "$out/lat-1.txt"
+fi
 if ((slurm)); then
   echo "==> the same $tasks commands through Slurm (tests/slurm-peer.sh)"
   if bash "$repo/tests/slurm-peer.sh" --tasks "$tasks" --concurrency "$concurrency" --command "$command" \
