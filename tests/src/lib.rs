@@ -514,6 +514,9 @@ async fn stop_signal(rx: oneshot::Receiver<()>) {
 /// What a service's stop signal is: a future every incarnation of the service shares.
 pub type Stop = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
+/// How long [`Service::crash_and_wait`] waits for a crashed incarnation's blocking work to end.
+const CRASH_BLOCKING_WAIT: Duration = Duration::from_secs(15);
+
 /// A service running in this process, each incarnation on a Tokio runtime of its own: its address and the
 /// way to stop it.
 ///
@@ -619,8 +622,22 @@ impl Service {
     }
 
     /// Crashes the service in place (what is left is inert) and waits until its address is free again.
+    ///
+    /// A process killed with `kill -9` loses its threads at once. A runtime shut down in place loses its async
+    /// tasks but not the work on its blocking threads, which cannot be interrupted: an agent's task start-up
+    /// there would go on (checkpoint its pid, open the command's gate) after the "crash", while the next
+    /// incarnation recovers the same checkpoint, a mix no real crash makes. So the crash waits (up to
+    /// [`CRASH_BLOCKING_WAIT`]) for the blocking work to end before the address is given back: what it did is
+    /// what a process killed just after it would have left.
     async fn kill(&mut self) -> SocketAddr {
-        self.shut_down();
+        if let Some(s) = self.supervisor.take() {
+            s.abort();
+        }
+        let rt = self.runtime.lock().expect("runtime slot").take();
+        if let Some(rt) = rt {
+            let _ =
+                tokio::task::spawn_blocking(move || rt.shutdown_timeout(CRASH_BLOCKING_WAIT)).await;
+        }
         drop(bind_when_free(self.addr).await);
         self.addr
     }
