@@ -979,6 +979,12 @@ pub fn recover(
     {
         return Recovered::Running(Pid::from_raw(pid));
     }
+    if recorded.is_none()
+        && let Some(pid) = pid
+    {
+        // What the process was, for the log: "none of the task's processes" should be true.
+        tracing::info!(pid, stat = ?proc_stat(pid), task = task_id, "a checkpointed task's pid is not the task and left no exit status");
+    }
     Recovered::Ended(recorded.unwrap_or(Exit::Unknown))
 }
 

@@ -1,5 +1,4 @@
 //! `allot-allocator`: see the library crate.
-use anyhow::Context;
 
 // Allocation cycles make and drop tens of thousands of small values (offers, grants, IDs): mimalloc keeps
 // them off the system allocator's slow paths (docs/benchmarks.md has the figures).
@@ -10,16 +9,10 @@ fn main() -> anyhow::Result<()> {
     // It starts no processes, which would inherit this (see the function).
     allot_server::memory::no_huge_pages();
     let config: allot_allocator::Config = allot_server::config::parse();
-    let runtime = config
-        .runtime
-        .runtime()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let _telemetry = allot_telemetry::init("allot-allocator", env!("CARGO_PKG_VERSION"));
-        let listener = tokio::net::TcpListener::bind(&config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        allot_allocator::run(config, listener, allot_server::shutdown::signal()).await?;
-        Ok(())
-    })
+    let (runtime, listen) = (config.runtime.clone(), config.listen.clone());
+    runtime
+        .run_service("allot-allocator", env!("CARGO_PKG_VERSION"), &listen, |l| {
+            allot_allocator::run(config, l, allot_server::shutdown::signal())
+        })
+        .map_err(anyhow::Error::from_boxed)
 }

@@ -355,6 +355,37 @@ impl RuntimeArgs {
         }
         b.enable_all().build()
     }
+
+    /// The body of a service's `main`: on the runtime of [`RuntimeArgs::runtime`], starts its telemetry
+    /// (`allot_telemetry::init(service, version)`, kept until the service ends), binds `listen` and runs `run`
+    /// with the listener until it returns.
+    ///
+    /// # Errors
+    /// The runtime cannot start, `listen` cannot be bound ("cannot listen on ADDR: ..."), or `run`'s error.
+    pub fn run_service<F, Fut, E>(
+        &self,
+        service: &'static str,
+        version: &'static str,
+        listen: &str,
+        run: F,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    where
+        F: FnOnce(tokio::net::TcpListener) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let runtime = self
+            .runtime()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(async {
+            let _telemetry = allot_telemetry::init(service, version);
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            run(listener).await?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
