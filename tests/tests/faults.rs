@@ -179,6 +179,27 @@ async fn every_task_ends_exactly_once_through_every_fault() {
         .iter()
         .filter(|(id, r)| *r == "REASON_AGENT_RESTARTED" && ran.contains_key(id.as_str()))
         .collect();
+    if !abandoned.is_empty() {
+        // What the restarted agent's checkpoint and task reaper say (docs/reliability.md: an open failure).
+        let meta = crashable.work_dir.join("meta");
+        let reaper_log = std::fs::read_to_string(meta.join("reaper.log")).unwrap_or_default();
+        eprintln!("reaper.log of the restarted agent:\n{reaper_log}");
+        if let Ok(slots) = std::fs::read_dir(meta.join("slots")) {
+            for slot in slots.flatten() {
+                let exit = std::fs::read_to_string(slot.path().join("exit")).unwrap_or_default();
+                let updates = std::fs::read(slot.path().join("updates")).unwrap_or_default();
+                let named: Vec<_> = abandoned
+                    .iter()
+                    .filter(|(id, _)| updates.windows(id.len()).any(|w| w == id.as_bytes()))
+                    .collect();
+                eprintln!(
+                    "slot {}: exit {exit:?}, updates {} bytes, names {named:?}",
+                    slot.path().display(),
+                    updates.len()
+                );
+            }
+        }
+    }
     assert!(
         abandoned.is_empty(),
         "tasks that ran and that the restarted agent lost: {abandoned:?}"

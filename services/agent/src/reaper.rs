@@ -374,7 +374,13 @@ fn reap(children: &mut HashMap<u32, Child>, conn: &mut Option<(UnixStream, Vec<u
                     true => recorded_status(code, signal),
                     false => NEVER_STARTED,
                 };
-                let _ = write_exit(exit, status);
+                if let Err(e) = write_exit(exit, status) {
+                    // The reaper's log (`<work_dir>/meta/reaper.log`): a restarted agent will find no status.
+                    eprintln!(
+                        "allot-reaper: cannot record the exit of pid {raw} in {}: {e}",
+                        exit.display()
+                    );
+                }
             }
             answers.push(FromReaper::Exited {
                 pid: raw,
