@@ -899,13 +899,29 @@ fn is_task(pid: i32, framework_id: &str, task_id: &str) -> bool {
     )
 }
 
+/// How long [`has_environment`] looks again at a live process whose environment reads empty.
+const EXEC_WINDOW: Duration = Duration::from_millis(200);
+
 /// Whether `pid` is a live process (not a zombie) whose environment holds every `NAME=value` of `vars`.
+///
+/// A process in the middle of an `execve` (a task's shell replacing itself with its last program) has, for a
+/// moment, a new address space whose environment is not set up yet: `/proc/<pid>/environ` reads empty (or
+/// cannot be opened while the exec holds the process). Taken at its word, a restarted agent reported a running
+/// task TASK_FAILED (REASON_AGENT_RESTARTED); the fault-injection suite caught it with the process in state R.
+/// A live process whose environment reads empty or not at all is so read again, every 2 ms for up to
+/// [`EXEC_WINDOW`], before it is taken for another process.
 pub(crate) fn has_environment(pid: i32, vars: &[String]) -> bool {
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let found: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-    vars.iter().all(|v| found.contains(&v.as_bytes())) && alive(Pid::from_raw(pid))
+    let deadline = std::time::Instant::now() + EXEC_WINDOW;
+    loop {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let live = alive(Pid::from_raw(pid));
+        if environ.is_empty() && live && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let found: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        return vars.iter().all(|v| found.contains(&v.as_bytes())) && live;
+    }
 }
 
 /// Whether `pid` is a zombie whose parent is a task reaper: a task that just ended, whose exit status the
@@ -979,6 +995,9 @@ pub fn recover(
     {
         return Recovered::Running(Pid::from_raw(pid));
     }
+    // Read again: the task may have ended, and its reaper recorded and reaped it, since the first read. The
+    // reaper writes the file before it reaps, so a process gone now has left its status there.
+    let recorded = recorded.or_else(|| recorded_exit(checkpoint));
     if recorded.is_none()
         && let Some(pid) = pid
     {
@@ -1062,6 +1081,37 @@ pub async fn watch_task(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_process_with_an_empty_environment_is_looked_at_again_within_a_bound() {
+        let mut with = std::process::Command::new("sleep")
+            .arg("5")
+            .env("ALLOT_PROBE", "1")
+            .spawn()
+            .unwrap();
+        let mut without = std::process::Command::new("sleep")
+            .arg("5")
+            .env_clear()
+            .spawn()
+            .unwrap();
+        let vars = ["ALLOT_PROBE=1".to_string()];
+        std::thread::sleep(Duration::from_millis(100));
+        let t = std::time::Instant::now();
+        assert!(has_environment(with.id() as i32, &vars));
+        assert!(
+            t.elapsed() < EXEC_WINDOW,
+            "a readable environment is not waited on"
+        );
+        // An environment that stays empty (here by choice) is read again until EXEC_WINDOW, then is not the task's.
+        let t = std::time::Instant::now();
+        assert!(!has_environment(without.id() as i32, &vars));
+        assert!(t.elapsed() >= EXEC_WINDOW);
+        assert!(t.elapsed() < EXEC_WINDOW * 5);
+        for c in [&mut with, &mut without] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 
     #[test]
     fn a_checkpointed_pid_that_is_not_the_task_is_never_taken_for_it() {
