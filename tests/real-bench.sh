@@ -85,11 +85,31 @@ for _ in $(seq 1200); do
 done
 source .allot/demo/cluster.env
 
-{
-  echo "name = \"real-bench\""; echo "concurrency = $concurrency"; echo "resources = \"$resources\""
-  esc=${command//\\/\\\\}; esc=${esc//\"/\\\"}
-  for i in $(seq "$tasks"); do echo "[[tasks]]"; echo "id = \"t$i\""; echo "command = \"$esc\""; done
-} >"$out/job.toml"
+# A job file of N tasks of the command, at concurrency C, their IDs <prefix>1..N: job_file N C PREFIX.
+esc=${command//\\/\\\\}; esc=${esc//\"/\\\"}
+job_file() {
+  echo "name = \"real-bench\""; echo "concurrency = $2"; echo "resources = \"$resources\""
+  for i in $(seq "$1"); do echo "[[tasks]]"; echo "id = \"$3$i\""; echo "command = \"$esc\""; done
+}
+job_file "$tasks" "$concurrency" t >"$out/job.toml"
+# Runs job file $1 with `allot batch`, its JSON summary to $2.json, its log to $2.log; exits naming $3 if not
+# every task finished (the message to fd 3, the script's stderr: a round times this with stderr in a file).
+exec 3>&2
+run_batch() {
+  if ! allot batch "$1" --quiet --json >"$2.json" 2>"$2.log"; then
+    echo "allot batch failed in $3 (not every task finished): $2.log ends" >&3
+    tail -n 5 "$2.log" >&3
+    exit 1
+  fi
+}
+# Each task's launch-to-terminal-seen time (ms, sorted) from batch summary $1 of $2 tasks.
+latencies() {
+  grep -o '"seconds": [0-9.e-]*' "$1" | head -n "$2" | awk '{print $2 * 1000}' | sort -n
+}
+# Quantile $2 (0-1) of the sorted numbers in file $1.
+quantile() {
+  awk -v q="$2" '{ v[NR] = $1 } END { print v[int(NR * q + 0.5)] }' "$1"
+}
 
 now() { date +%s.%N; }
 # "pid name self children" in clock ticks, for etcd and every Allot process of the cluster.
@@ -110,17 +130,12 @@ for r in $(seq "$rounds"); do
   t1=$(now)
   cpu >"$out/cpu0"
   TIMEFORMAT='%U %S'
-  if ! { time allot batch "$out/job.toml" --quiet --json >"$out/batch-$r.json" 2>"$out/batch-$r.log"; } 2>"$out/time-$r"; then
-    echo "allot batch failed in round $r (not every task finished): $out/batch-$r.log ends" >&2
-    tail -n 5 "$out/batch-$r.log" >&2
-    exit 1
-  fi
+  { time run_batch "$out/job.toml" "$out/batch-$r" "round $r"; } 2>"$out/time-$r"
   t2=$(now)
   cpu >"$out/cpu1"
-  grep -o '"seconds": [0-9.e-]*' "$out/batch-$r.json" | head -n "$tasks" | awk '{print $2 * 1000}' | sort -n >"$out/lat-$r.txt"
-  n=$(wc -l <"$out/lat-$r.txt")
-  p50=$(awk -v n="$n" 'NR == int(n * 0.50 + 0.5) {print; exit}' "$out/lat-$r.txt")
-  p99=$(awk -v n="$n" 'NR == int(n * 0.99 + 0.5) {print; exit}' "$out/lat-$r.txt")
+  latencies "$out/batch-$r.json" "$tasks" >"$out/lat-$r.txt"
+  p50=$(quantile "$out/lat-$r.txt" 0.50)
+  p99=$(quantile "$out/lat-$r.txt" 0.99)
   awk -v r="$r" -v n="$tasks" -v a="$t0" -v b="$t1" -v c="$t2" -v p50="$p50" -v p99="$p99" 'BEGIN {
     x = n / (b - a); y = n / (c - b)
     printf "    %-6s %12.1f %12.1f %7.0f%% %10.1f %10.1f\n", r, x, y, 100 * y / x, p50, p99
@@ -145,22 +160,16 @@ awk -F'\t' '{ print 100 * $3 / $2 }' "$out/rounds.tsv" | sort -n | awk -v k="$ro
 echo "    per-task outcomes: $out/batch-*.json"
 if ((latency > 0)); then
   echo "==> one task at a time, $latency tasks: launch to terminal seen (the overhead per task, without queueing)"
-  sed -e "s/^concurrency = .*/concurrency = 1/" -e '/^\[\[tasks\]\]/,$d' "$out/job.toml" >"$out/latency.toml"
-  for i in $(seq "$latency"); do echo "[[tasks]]"; echo "id = \"l$i\""; grep -m1 '^command = ' "$out/job.toml"; done \
-    >>"$out/latency.toml"
+  job_file "$latency" 1 l >"$out/latency.toml"
   t0=$(now)
   seq "$latency" | xargs -P 1 -I{} sh -c "$command"
   t1=$(now)
-  if ! allot batch "$out/latency.toml" --quiet --json >"$out/latency.json" 2>"$out/latency.log"; then
-    echo "allot batch failed in the latency probe: $out/latency.log ends" >&2
-    tail -n 5 "$out/latency.log" >&2
-    exit 1
-  fi
-  grep -o '"seconds": [0-9.e-]*' "$out/latency.json" | head -n "$latency" | awk '{print $2 * 1000}' | sort -n \
-    >"$out/lat-1.txt"
-  awk -v a="$t0" -v b="$t1" -v n="$latency" '{ v[NR] = $1 } END {
+  run_batch "$out/latency.toml" "$out/latency" "the latency probe"
+  latencies "$out/latency.json" "$latency" >"$out/lat-alone.txt"
+  awk -v a="$t0" -v b="$t1" -v n="$latency" -v p50="$(quantile "$out/lat-alone.txt" 0.50)" \
+    -v p99="$(quantile "$out/lat-alone.txt" 0.99)" 'BEGIN {
     printf "==> alone: allot p50 %.1f ms, p99 %.1f ms launch to terminal seen; xargs -P 1 %.1f ms per command\n",
-      v[int(NR * 0.50 + 0.5)], v[int(NR * 0.99 + 0.5)], (b - a) * 1000 / n }' "$out/lat-1.txt"
+      p50, p99, (b - a) * 1000 / n }'
 fi
 if ((slurm)); then
   echo "==> the same $tasks commands through Slurm (tests/slurm-peer.sh)"
