@@ -514,7 +514,7 @@ async fn stop_signal(rx: oneshot::Receiver<()>) {
 /// What a service's stop signal is: a future every incarnation of the service shares.
 pub type Stop = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
-/// How long [`Service::crash_and_wait`] waits for a crashed incarnation's blocking work to end.
+/// How long a crash of an in-process service waits for its incarnation's blocking work to end (`Service::shut_down`).
 const CRASH_BLOCKING_WAIT: Duration = Duration::from_secs(15);
 
 /// A service running in this process, each incarnation on a Tokio runtime of its own: its address and the
@@ -591,12 +591,24 @@ impl Service {
         }
     }
 
-    fn shut_down(&mut self) {
+    /// Stops the supervisor and takes the current incarnation's runtime out of its slot.
+    fn take_runtime(&mut self) -> Option<tokio::runtime::Runtime> {
         if let Some(s) = self.supervisor.take() {
             s.abort();
         }
-        if let Some(rt) = self.runtime.lock().expect("runtime slot").take() {
-            rt.shutdown_background();
+        self.runtime.lock().expect("runtime slot").take()
+    }
+
+    /// Ends the current incarnation as `kill -9` ends a process. A process killed so loses its threads at once;
+    /// a runtime shut down in place loses its async tasks but not the work on its blocking threads, which
+    /// cannot be interrupted: an agent's task start-up there would go on (checkpoint its pid, open the
+    /// command's gate) after the "crash", while the next incarnation recovers the same checkpoint, a mix no
+    /// real crash makes. So this waits (up to [`CRASH_BLOCKING_WAIT`], on a thread of its own: a runtime
+    /// cannot be shut down from inside another) for the blocking work to end: what it did is what a process
+    /// killed just after it would have left.
+    fn shut_down(&mut self) {
+        if let Some(rt) = self.take_runtime() {
+            let _ = std::thread::spawn(move || rt.shutdown_timeout(CRASH_BLOCKING_WAIT)).join();
         }
     }
 
@@ -611,7 +623,8 @@ impl Service {
         self.shut_down();
     }
 
-    /// Ends the service abruptly, as `kill -9` would: no goodbye, no drain.
+    /// Ends the service abruptly, as `kill -9` would: no goodbye, no drain (what its blocking threads were
+    /// doing ends first, see `Service::shut_down`).
     pub fn crash(mut self) {
         self.shut_down();
     }
@@ -621,20 +634,10 @@ impl Service {
         self.kill().await
     }
 
-    /// Crashes the service in place (what is left is inert) and waits until its address is free again.
-    ///
-    /// A process killed with `kill -9` loses its threads at once. A runtime shut down in place loses its async
-    /// tasks but not the work on its blocking threads, which cannot be interrupted: an agent's task start-up
-    /// there would go on (checkpoint its pid, open the command's gate) after the "crash", while the next
-    /// incarnation recovers the same checkpoint, a mix no real crash makes. So the crash waits (up to
-    /// [`CRASH_BLOCKING_WAIT`]) for the blocking work to end before the address is given back: what it did is
-    /// what a process killed just after it would have left.
+    /// Crashes the service in place (what is left is inert, see [`Service::crash`]) and waits until its
+    /// address is free again.
     async fn kill(&mut self) -> SocketAddr {
-        if let Some(s) = self.supervisor.take() {
-            s.abort();
-        }
-        let rt = self.runtime.lock().expect("runtime slot").take();
-        if let Some(rt) = rt {
+        if let Some(rt) = self.take_runtime() {
             let _ =
                 tokio::task::spawn_blocking(move || rt.shutdown_timeout(CRASH_BLOCKING_WAIT)).await;
         }
