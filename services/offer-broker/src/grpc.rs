@@ -413,25 +413,20 @@ pub type AckStream = tokio_stream::wrappers::ReceiverStream<crate::link::agents:
 
 /// The updates of one stream message that are agent `agent`'s, as [`Broker::status_updates`] takes them;
 /// the others are dropped with a warning (a stream carries one agent's updates).
-fn own_updates(
-    agent: &str,
-    message: StatusUpdateStreamRequest,
-) -> Vec<(
-    allot_proto::common::TaskStatus,
-    String,
-    std::collections::HashMap<String, String>,
-)> {
+fn own_updates(agent: &str, message: StatusUpdateStreamRequest) -> Vec<StatusUpdateRequest> {
     message
         .updates
         .into_iter()
-        .filter_map(|u| {
-            let status = u.status?;
+        .filter(|u| {
+            let Some(status) = &u.status else {
+                return false;
+            };
             if status.agent_id != agent {
                 tracing::warn!(stream = %agent, agent = %status.agent_id, task = %status.task_id,
                     "a status update for another agent on an agent's stream; dropped");
-                return None;
+                return false;
             }
-            Some((status, u.sandbox, u.trace_context))
+            true
         })
         .collect()
 }
@@ -529,7 +524,7 @@ impl StatusUpdates for StatusService {
             .status
             .ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
         self.own_agents(&caller, [status.agent_id.as_str()])?;
-        self.0.status_update(status, Some(r.sandbox))?;
+        self.0.status_update(status, Some(r.sandbox), r.sequence)?;
         Ok(Response::new(StatusUpdateResponse {}))
     }
 
@@ -543,9 +538,14 @@ impl StatusUpdates for StatusService {
             .into_inner()
             .updates
             .into_iter()
-            .filter_map(|u| Some((u.status?, u.sandbox, u.trace_context)))
+            .filter(|u| u.status.is_some())
             .collect();
-        self.own_agents(&caller, updates.iter().map(|(s, _, _)| s.agent_id.as_str()))?;
+        self.own_agents(
+            &caller,
+            updates
+                .iter()
+                .filter_map(|u| u.status.as_ref().map(|s| s.agent_id.as_str())),
+        )?;
         self.0.status_updates(updates);
         Ok(Response::new(StatusUpdateResponse {}))
     }
