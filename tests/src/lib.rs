@@ -1646,8 +1646,8 @@ impl TestFramework {
     }
 
     /// Waits for an UPDATE of `task` to `state`, acknowledging every update of that task as it comes (as the
-    /// SDK's implicit acknowledgements do: the broker holds back the acknowledgement of an update until every
-    /// update of the task before it is acknowledged).
+    /// SDK's implicit acknowledgements do: the agent sends a task's next update only after the previous one is
+    /// acknowledged).
     ///
     /// # Panics
     /// If it does not come within [`PATIENCE`].

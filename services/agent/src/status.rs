@@ -1,20 +1,14 @@
 //! The status update manager (Mesos' `StatusUpdateManager`): every status update of a task is kept until the
 //! framework has acknowledged it, and re-sent until then.
 //!
-//! Each task has one stream of updates, in the order the executor produced them, numbered from 1
-//! (`StatusUpdateRequest.sequence`). Every update of a stream is sent as soon as it is pushed, in order, without
-//! waiting for the acknowledgement of the one before it, and acknowledgements are cumulative: the
-//! acknowledgement of an update drops it and every update before it. (Mesos' status update manager keeps only
-//! the head of a stream in flight, which cost a short task three round trips to its framework one after the
-//! other, TASK_STARTING, TASK_RUNNING, then its end: issue 24.) The broker still delivers every update to the
-//! framework, in order, and acknowledges an update to the agent only once the framework has acknowledged it
-//! and every update before it; it drops an update whose sequence is not above the latest it applied, so that a
-//! batch sent again cannot move a task back. The acknowledgement comes back from the offer-broker
+//! Each task has one stream of updates, in the order the executor produced them. Only the head of a stream is
+//! ever in flight: the next update of the task is sent once the head is acknowledged, so a framework sees a
+//! task's updates in order. The acknowledgement comes back from the offer-broker
 //! (`Agent.AcknowledgeStatusUpdates`) after the framework's ACKNOWLEDGE is recorded in etcd; an OK answer to
-//! the `Update` call itself only says the broker received the update. A stream's unacknowledged updates are
-//! re-sent after [`RETRY_MIN`], then after twice as long each time, up to [`RETRY_MAX`] (Mesos'
-//! `STATUS_UPDATE_RETRY_INTERVAL_MIN` and `_MAX`). When a call fails (the broker is down or restarting), every
-//! unacknowledged update is re-sent as soon as a call succeeds again.
+//! the `Update` call itself only says the broker received the update. An unacknowledged head is re-sent after
+//! [`RETRY_MIN`], then after twice as long each time, up to [`RETRY_MAX`] (Mesos' `STATUS_UPDATE_RETRY_INTERVAL_MIN`
+//! and `_MAX`). When a call fails (the broker is down or restarting), every unacknowledged head is re-sent as
+//! soon as a call succeeds again.
 //!
 //! A real agent checkpoints each stream (Mesos' `--checkpoint`): every update, and every acknowledgement, is
 //! appended to the `updates` file of the stream's checkpoint slot, `<work_dir>/meta/slots/<n>/`
@@ -56,8 +50,7 @@ pub const RETRY_MAX: Duration = Duration::from_secs(600);
 /// status a wrapper writes (`255\n`), blank, so that it reads as no status whatever was there before.
 pub const EXIT_BLANK: &[u8] = b"   \n";
 
-/// The most updates one send takes from the manager (a stream's updates go together, so one send may take a
-/// few more).
+/// The most updates one send takes from the manager.
 pub const MAX_PER_SEND: usize = 1024;
 
 /// How long the manager remembers a task whose terminal update was acknowledged (15 min), so that a launch
@@ -83,20 +76,12 @@ pub struct Outgoing {
 
 struct Stream {
     updates: VecDeque<StatusUpdateRequest>,
-    /// How many of `updates`, from the front, have been sent since they were last due: the rest wait in
-    /// [`Streams::ready`].
-    sent: usize,
-    /// The sequence number of the next update pushed (see the module docs).
-    next_sequence: u64,
-    /// Held while an update is numbered, checkpointed and queued, so that the three orders agree when two
-    /// threads push updates of the same task.
-    order: Arc<Mutex<()>>,
     /// The latest acknowledged update.
     acknowledged: Option<TaskStatus>,
     context: HashMap<String, String>,
-    /// When the updates sent are due to be sent again; `None` while none is in flight.
+    /// When the head is due to be (re-)sent; `None` until it was sent once.
     due: Option<Instant>,
-    /// The wait before the next re-send.
+    /// The wait before the next re-send of the head.
     backoff: Duration,
     /// The checkpoint file, appended to (real agents only); shared so that updates are written and synced
     /// outside the lock every task's stream sits behind.
@@ -115,9 +100,6 @@ impl Stream {
     ) -> Stream {
         Stream {
             updates: VecDeque::new(),
-            sent: 0,
-            next_sequence: 1,
-            order: Arc::default(),
             acknowledged: None,
             context,
             due: None,
@@ -132,8 +114,8 @@ impl Stream {
 #[derive(Default)]
 struct Streams {
     tasks: HashMap<TaskKey, Stream>,
-    /// Tasks with updates to send at once (new ones, or all of them after a failed call). An entry counts only
-    /// while its stream has updates not sent (`sent` is below their number).
+    /// Tasks whose head is to be sent at once (a new head, or every head after a failed call). An entry counts
+    /// only while its task's head has not been sent (`due` is `None`).
     ready: VecDeque<TaskKey>,
     /// Re-send deadlines, earliest first. An entry counts only while its task's `due` is still that instant
     /// (an acknowledgement or a failure makes it stale).
@@ -216,8 +198,6 @@ fn append(
 struct StreamFile {
     file: Option<Arc<std::fs::File>>,
     dir: Option<PathBuf>,
-    /// The stream's [`Stream::order`].
-    order: Arc<Mutex<()>>,
     /// The record naming the task, to write first, when the stream was just given a slot.
     owner: Option<status_update_checkpoint::Record>,
 }
@@ -228,7 +208,6 @@ impl StreamFile {
         StreamFile {
             file: stream.file.clone(),
             dir: stream.dir.clone(),
-            order: stream.order.clone(),
             owner: None,
         }
     }
@@ -286,7 +265,6 @@ impl StatusUpdateManager {
                 task: launched,
                 owner,
                 valid,
-                next_sequence,
                 ..
             } = replay(&bytes);
             // A task launched (its TaskInfo checkpointed) that made no update yet is kept: its process may
@@ -326,7 +304,6 @@ impl StatusUpdateManager {
             let mut stream = Stream::new(HashMap::new(), Some(Arc::new(file)), retry_min);
             stream.updates = updates;
             stream.acknowledged = acknowledged;
-            stream.next_sequence = next_sequence;
             stream.dir = Some(dir);
             streams.insert(key, stream);
         }
@@ -404,29 +381,15 @@ impl StatusUpdateManager {
                 .all(|s| s.framework_id == key.0 && s.task_id == key.1),
             "push_all takes one task's updates"
         );
-        let (found, mut result) = self.stream_file(&key, context);
-        let order = found.order.clone();
-        let _in_order = order.lock().expect("stream order poisoned");
-        let first = {
-            let mut streams = self.streams.lock().expect("streams poisoned");
-            let stream = streams
-                .tasks
-                .entry(key.clone())
-                .or_insert_with(|| Stream::new(context.clone(), None, self.retry_min));
-            let first = stream.next_sequence;
-            stream.next_sequence += statuses.len() as u64;
-            first
-        };
         let requests: Vec<StatusUpdateRequest> = statuses
             .into_iter()
-            .zip(first..)
-            .map(|(status, sequence)| StatusUpdateRequest {
+            .map(|status| StatusUpdateRequest {
                 status: Some(status),
                 sandbox: sandbox.to_string(),
-                sequence,
                 ..Default::default()
             })
             .collect();
+        let (found, mut result) = self.stream_file(&key, context);
         if let Some(file) = &found.file
             && let Err(e) = append(
                 file,
@@ -446,10 +409,10 @@ impl StatusUpdateManager {
                 .tasks
                 .entry(key.clone())
                 .or_insert_with(|| Stream::new(context.clone(), None, self.retry_min));
-            // A stream with nothing waiting to go is not in `ready`; one with updates not sent yet is.
-            let idle = stream.sent >= stream.updates.len();
+            let was_empty = stream.updates.is_empty();
             stream.updates.extend(requests);
-            if idle {
+            if was_empty {
+                stream.due = None;
                 streams.ready.push_back(key);
             }
         }
@@ -595,66 +558,55 @@ impl StatusUpdateManager {
         }
     }
 
-    /// The framework acknowledged update `uuid` of task `key`: drops it and every update of the stream before
-    /// it (acknowledgements are cumulative, see the module docs). Returns the updates dropped, oldest first,
-    /// with their uuids and states; an acknowledgement of an update the stream no longer holds (a repeat, a
-    /// stale or unknown one) changes nothing and returns none.
-    pub fn acknowledge(&self, key: &TaskKey, uuid: &[u8]) -> Vec<(Vec<u8>, TaskState)> {
+    /// The framework acknowledged update `uuid` of task `key`: drops it if it is the head of the stream, so
+    /// that the next update can go. Returns the state of the acknowledged update when it was the head; other
+    /// acknowledgements (repeats, stale or unknown ones) change nothing and return `None`.
+    pub fn acknowledge(&self, key: &TaskKey, uuid: &[u8]) -> Option<TaskState> {
         let mut streams = self.streams.lock().expect("streams poisoned");
         let mut ended = Vec::new();
-        let dropped = self.acknowledge_locked(&mut streams, key, uuid, Instant::now(), &mut ended);
+        let (state, next) = self.acknowledge_locked(&mut streams, key, uuid, &mut ended);
         drop(streams);
         self.close_checkpoints(ended);
-        dropped
+        if next {
+            self.wake.notify_one();
+        }
+        state
     }
 
-    /// [`StatusUpdateManager::acknowledge`] at `now` under the caller's lock. A stream that ends goes to
-    /// `ended`, whose checkpoints the caller closes once it has let go of the lock
-    /// ([`StatusUpdateManager::close_checkpoints`]). Updates of the stream still in flight are due again
-    /// [`Self::retry_min`] from `now`; those not sent yet are already in [`Streams::ready`].
+    /// [`StatusUpdateManager::acknowledge`] under the caller's lock; also says whether another update of the
+    /// task is now ready to send. A stream that ends goes to `ended`, whose checkpoints the caller closes once
+    /// it has let go of the lock ([`StatusUpdateManager::close_checkpoints`]).
     fn acknowledge_locked(
         &self,
         streams: &mut Streams,
         key: &TaskKey,
         uuid: &[u8],
-        now: Instant,
         ended: &mut Vec<Stream>,
-    ) -> Vec<(Vec<u8>, TaskState)> {
+    ) -> (Option<TaskState>, bool) {
         let Some(stream) = streams.tasks.get_mut(key) else {
-            return Vec::new();
+            return (None, false);
         };
-        let Some(at) = stream
-            .updates
-            .iter()
-            .position(|r| status_of(r).uuid.as_slice() == uuid)
-        else {
-            return Vec::new();
-        };
+        if stream.updates.front().map(|r| status_of(r).uuid.as_slice()) != Some(uuid) {
+            return (None, false);
+        }
         if let Some(file) = &stream.file
             && let Err(e) = append(file, [status_update_checkpoint::Record::Ack(uuid.to_vec())])
         {
             tracing::warn!(task = %key.1, error = %e, "cannot checkpoint a status update acknowledgement");
         }
-        let mut dropped = Vec::with_capacity(at + 1);
-        for update in stream.updates.drain(..=at) {
-            dropped.push((status_of(&update).uuid.clone(), status_of(&update).state()));
-            stream.acknowledged = update.status;
-        }
-        stream.sent = stream.sent.saturating_sub(at + 1);
-        stream.backoff = self.retry_min;
+        let head = stream.updates.pop_front().expect("head");
+        let state = status_of(&head).state();
+        stream.acknowledged = head.status;
         stream.due = None;
-        if stream.sent > 0 {
-            let due = now + stream.backoff;
-            stream.due = Some(due);
-            stream.backoff = (stream.backoff * 2).min(RETRY_MAX);
-            streams.timers.push(Reverse((due, key.clone())));
-        }
-        let terminal = dropped.last().is_some_and(|(_, s)| s.is_terminal());
-        if stream.updates.is_empty() && terminal {
+        stream.backoff = self.retry_min;
+        let next = !stream.updates.is_empty();
+        if !next && state.is_terminal() {
             ended.extend(streams.tasks.remove(key));
-            streams.ended(key.clone(), now);
+            streams.ended(key.clone(), Instant::now());
+        } else if next {
+            streams.ready.push_back(key.clone());
         }
-        dropped
+        (Some(state), next)
     }
 
     /// Closes the checkpoints of `ended` streams (their terminal updates acknowledged), outside the lock every
@@ -685,25 +637,29 @@ impl StatusUpdateManager {
     }
 
     /// `Agent.AcknowledgeStatusUpdates`: each acknowledgement as by [`StatusUpdateManager::acknowledge`], all
-    /// under one lock; returns every update dropped: task, uuid and state.
+    /// under one lock; returns the updates it dropped: task, uuid and state.
     pub fn acknowledge_all(
         &self,
         acks: impl IntoIterator<Item = StatusUpdateAcknowledgement>,
     ) -> Vec<(TaskKey, Vec<u8>, TaskState)> {
         let mut streams = self.streams.lock().expect("streams poisoned");
+        let mut wake = false;
         let mut ended = Vec::new();
-        let now = Instant::now();
-        let mut acked = Vec::new();
-        for a in acks {
-            let key = (a.framework_id, a.task_id);
-            for (uuid, state) in
-                self.acknowledge_locked(&mut streams, &key, &a.uuid, now, &mut ended)
-            {
-                acked.push((key.clone(), uuid, state));
-            }
-        }
+        let acked = acks
+            .into_iter()
+            .filter_map(|a| {
+                let key = (a.framework_id, a.task_id);
+                let (state, next) =
+                    self.acknowledge_locked(&mut streams, &key, &a.uuid, &mut ended);
+                wake |= next;
+                Some((key, a.uuid, state?))
+            })
+            .collect();
         drop(streams);
         self.close_checkpoints(ended);
+        if wake {
+            self.wake.notify_one();
+        }
         acked
     }
 
@@ -784,10 +740,8 @@ impl StatusUpdateManager {
         streams.tasks.contains_key(key) || streams.ended_keys.contains(key)
     }
 
-    /// Takes the updates due at `now`, a stream's together, until `max` or more are taken: those of every
-    /// stream not sent yet, and every unacknowledged update of a stream not acknowledged in time. Schedules
-    /// their re-send, and returns them, each stream's in order, with the earliest time another update may
-    /// fall due.
+    /// Takes up to `max` heads that are due at `now` (never sent, or not acknowledged in time) and schedules
+    /// their next re-send; returns them with the earliest time another head may fall due.
     pub fn take_due(&self, now: Instant, max: usize) -> (Vec<Outgoing>, Option<Instant>) {
         let mut streams = self.streams.lock().expect("streams poisoned");
         let Streams {
@@ -797,33 +751,29 @@ impl StatusUpdateManager {
             ..
         } = &mut *streams;
         let mut out = Vec::new();
-        // Sends the stream's updates from `from` on, and schedules their re-send unless one is scheduled and
-        // only new updates go now (the re-send takes them along).
+        // Sends the head and schedules its re-send.
         let take = |out: &mut Vec<Outgoing>,
                     key: TaskKey,
                     stream: &mut Stream,
-                    from: usize,
                     timers: &mut BinaryHeap<_>| {
-            if from >= stream.updates.len() {
+            let Some(head) = stream.updates.front() else {
                 return;
-            }
-            out.extend(stream.updates.range(from..).map(|u| Outgoing {
-                request: u.clone(),
+            };
+            out.push(Outgoing {
+                request: head.clone(),
                 context: stream.context.clone(),
-            }));
-            stream.sent = stream.updates.len();
-            if from == 0 || stream.due.is_none() {
-                let at = now + stream.backoff;
-                stream.due = Some(at);
-                stream.backoff = (stream.backoff * 2).min(RETRY_MAX);
-                timers.push(Reverse((at, key)));
-            }
+            });
+            let at = now + stream.backoff;
+            stream.due = Some(at);
+            stream.backoff = (stream.backoff * 2).min(RETRY_MAX);
+            timers.push(Reverse((at, key)));
         };
         while out.len() < max {
             let Some(key) = ready.pop_front() else { break };
-            if let Some(stream) = tasks.get_mut(&key) {
-                let from = stream.sent;
-                take(&mut out, key, stream, from, timers);
+            if let Some(stream) = tasks.get_mut(&key)
+                && stream.due.is_none()
+            {
+                take(&mut out, key, stream, timers);
             }
         }
         while out.len() < max {
@@ -837,7 +787,7 @@ impl StatusUpdateManager {
             if let Some(stream) = tasks.get_mut(&key)
                 && stream.due == Some(at)
             {
-                take(&mut out, key, stream, 0, timers);
+                take(&mut out, key, stream, timers);
             }
         }
         let next = if ready.is_empty() {
@@ -848,8 +798,8 @@ impl StatusUpdateManager {
         (out, next)
     }
 
-    /// A send failed, or a stream that carried sends broke: every unacknowledged update is due again at once
-    /// (after a failed send, the sender waits its own backoff first).
+    /// A send failed, or a stream that carried sends broke: every head is due again at once (after a failed
+    /// send, the sender waits its own backoff first).
     pub fn resend_all(&self) {
         let mut streams = self.streams.lock().expect("streams poisoned");
         let Streams {
@@ -861,9 +811,8 @@ impl StatusUpdateManager {
         ready.clear();
         timers.clear();
         for (key, stream) in tasks.iter_mut() {
-            stream.due = None;
-            stream.sent = 0;
             if !stream.updates.is_empty() {
+                stream.due = None;
                 ready.push_back(key.clone());
             }
         }
@@ -985,11 +934,8 @@ impl Sending {
 /// What one checkpoint file holds.
 #[derive(Debug, Default)]
 pub struct Replayed {
-    /// The unacknowledged updates, in order, each with its sequence number (one an agent before numbering
-    /// wrote gets its place among the file's updates).
+    /// The unacknowledged updates, in order.
     pub updates: VecDeque<StatusUpdateRequest>,
-    /// The sequence number of the task's next update: one past the highest in the file (1 for none).
-    pub next_sequence: u64,
     /// The latest acknowledged update.
     pub acknowledged: Option<TaskStatus>,
     /// The task as launched (its `task` record), if written.
@@ -1060,10 +1006,7 @@ pub fn find_checkpoint(meta: &Path, (fw, task): &TaskKey) -> Option<PathBuf> {
 
 /// Reads a checkpoint file's records (a torn last record ends the readable prefix).
 pub fn replay(all: &[u8]) -> Replayed {
-    let mut r = Replayed {
-        next_sequence: 1,
-        ..Replayed::default()
-    };
+    let mut r = Replayed::default();
     let mut bytes = all;
     while !bytes.is_empty() {
         let Ok(rec) = StatusUpdateCheckpoint::decode_length_delimited(&mut bytes) else {
@@ -1071,19 +1014,14 @@ pub fn replay(all: &[u8]) -> Replayed {
             break;
         };
         match rec.record {
-            Some(status_update_checkpoint::Record::Update(mut u)) => {
-                if u.sequence == 0 {
-                    u.sequence = r.next_sequence;
-                }
-                r.next_sequence = r.next_sequence.max(u.sequence + 1);
-                r.updates.push_back(u);
+            Some(status_update_checkpoint::Record::Update(u)) => r.updates.push_back(u),
+            Some(status_update_checkpoint::Record::Ack(uuid))
+                if r.updates.front().map(|u| status_of(u).uuid.as_slice())
+                    == Some(uuid.as_slice()) =>
+            {
+                r.acknowledged = r.updates.pop_front().and_then(|u| u.status);
             }
-            Some(status_update_checkpoint::Record::Ack(uuid)) => {
-                // Cumulative: the named update and every one before it.
-                if let Some(at) = r.updates.iter().position(|u| status_of(u).uuid == uuid) {
-                    r.acknowledged = r.updates.drain(..=at).last().and_then(|u| u.status);
-                }
-            }
+            Some(status_update_checkpoint::Record::Ack(_)) => {}
             Some(status_update_checkpoint::Record::Task(t)) => r.task = Some(t),
             Some(status_update_checkpoint::Record::Pid(p)) => r.pid = Some(p),
             Some(status_update_checkpoint::Record::Owner(o)) => r.owner = Some(o),
@@ -1122,23 +1060,9 @@ mod tests {
         ("fw".into(), task.into())
     }
 
-    /// The sequence number of each of `out`, by uuid.
-    fn sequences(out: &[Outgoing]) -> Vec<(String, u64)> {
-        let mut v: Vec<_> = out
-            .iter()
-            .map(|o| {
-                let uuid = String::from_utf8(status_of(&o.request).uuid.clone()).unwrap();
-                (uuid, o.request.sequence)
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
     #[test]
-    fn every_update_of_a_stream_goes_at_once_and_an_acknowledgement_is_cumulative() {
-        let retry = Duration::from_secs(10);
-        let m = StatusUpdateManager::in_memory(retry);
+    fn only_the_head_of_a_stream_is_in_flight_and_an_ack_releases_the_next() {
+        let m = StatusUpdateManager::in_memory(Duration::from_secs(10));
         let none = HashMap::new();
         m.push(update("t1", TaskState::TaskRunning, "r1"), "", &none)
             .unwrap();
@@ -1148,43 +1072,34 @@ mod tests {
             .unwrap();
         let now = Instant::now();
         let (out, next) = m.take_due(now, 100);
-        // Each stream's updates in order, numbered from 1.
-        assert_eq!(
-            sequences(&out),
-            [("f1".into(), 2), ("r1".into(), 1), ("r2".into(), 1)]
-        );
-        assert_eq!(next, Some(now + retry));
+        assert_eq!(uuids(&out), ["r1", "r2"]);
+        assert_eq!(next, Some(now + Duration::from_secs(10)));
+        // Nothing is due again before the retry interval.
         assert!(m.take_due(now + Duration::from_secs(9), 100).0.is_empty());
-        // A new update of a stream in flight goes at once, alone; the re-send keeps its time.
-        m.push(update("t2", TaskState::TaskFailed, "x2"), "", &none)
-            .unwrap();
-        let (out, next) = m.take_due(now + Duration::from_secs(1), 100);
-        assert_eq!(sequences(&out), [("x2".into(), 2)]);
-        assert_eq!(next, Some(now + retry));
-        // Stale or foreign acknowledgements change nothing.
-        assert!(m.acknowledge(&key("t1"), b"zz").is_empty());
-        assert!(m.acknowledge(&key("t9"), b"r1").is_empty());
-        // The end's acknowledgement drops the update before it too, and ends the stream.
-        let dropped = m.acknowledge(&key("t1"), b"f1");
-        assert_eq!(
-            dropped,
-            [
-                (b"r1".to_vec(), TaskState::TaskRunning),
-                (b"f1".to_vec(), TaskState::TaskFinished)
-            ]
-        );
-        assert!(m.acknowledge(&key("t1"), b"r1").is_empty(), "a repeat");
+        // A stale or foreign acknowledgement changes nothing; the head's releases the next update.
+        assert_eq!(m.acknowledge(&key("t1"), b"f1"), None);
+        assert_eq!(m.acknowledge(&key("t9"), b"r1"), None);
+        assert!(m.acknowledge(&key("t1"), b"r1").is_some());
+        assert_eq!(m.acknowledge(&key("t1"), b"r1"), None);
+        let (out, _) = m.take_due(now + Duration::from_secs(1), 100);
+        assert_eq!(uuids(&out), ["f1"]);
+        let (latest, acked) = m
+            .known(&key("t1"))
+            .expect("t1 is known")
+            .expect("an update");
+        assert_eq!((latest.uuid.as_slice(), acked), (&b"f1"[..], false));
+        let (latest, acked) = m
+            .known(&key("t2"))
+            .expect("t2 is known")
+            .expect("an update");
+        assert_eq!((latest.uuid.as_slice(), acked), (&b"r2"[..], false));
+        assert_eq!(m.known(&key("t9")), None);
+        // The terminal update's acknowledgement ends the stream.
+        assert!(m.acknowledge(&key("t1"), b"f1").is_some());
         assert_eq!(m.known(&key("t1")), None, "the stream has ended");
-        assert!(m.has_seen(&key("t1")), "an ended task is still seen");
-        // r2's acknowledgement leaves x2 in flight, due again a retry interval after the acknowledgement.
-        assert_eq!(m.acknowledge(&key("t2"), b"r2").len(), 1);
-        let acked_at = Instant::now();
         assert_eq!(m.pending(), 1);
-        let (latest, acked) = m.known(&key("t2")).flatten().expect("t2's latest");
-        assert_eq!((latest.uuid.as_slice(), acked), (&b"x2"[..], false));
-        assert!(m.take_due(now + Duration::from_secs(9), 100).0.is_empty());
-        let (out, _) = m.take_due(acked_at + retry, 100);
-        assert_eq!(uuids(&out), ["x2"]);
+        // An ended task is still seen, so that a launch of it sent again is not run twice.
+        assert!(m.has_seen(&key("t1")) && m.has_seen(&key("t2")));
         assert!(!m.has_seen(&key("t9")));
     }
 
@@ -1238,16 +1153,9 @@ mod tests {
                 .unwrap();
             m.push(update("t2", TaskState::TaskFailed, "x2"), "", &none)
                 .unwrap();
-            assert!(!m.acknowledge(&key("t1"), b"r1").is_empty());
-            // Cumulative: x2's acknowledgement drops r2 too.
-            assert_eq!(m.acknowledge(&key("t2"), b"x2").len(), 2);
-            m.push(update("t3", TaskState::TaskStarting, "s3"), "", &none)
-                .unwrap();
-            m.push(update("t3", TaskState::TaskRunning, "r3"), "", &none)
-                .unwrap();
-            m.push(update("t3", TaskState::TaskFinished, "f3"), "", &none)
-                .unwrap();
-            assert_eq!(m.acknowledge(&key("t3"), b"r3").len(), 2);
+            assert!(m.acknowledge(&key("t1"), b"r1").is_some());
+            assert!(m.acknowledge(&key("t2"), b"r2").is_some());
+            assert!(m.acknowledge(&key("t2"), b"x2").is_some());
         }
         assert_eq!(find_checkpoint(&meta, &key("t2")), None, "t2 ended");
         // A torn record at the end of t1's file (a crash in the middle of a write) is ignored.
@@ -1258,27 +1166,17 @@ mod tests {
             .unwrap();
         f.write_all(&[0x7f, 0x0a, 0x01]).unwrap();
         let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
-        assert_eq!(m.pending(), 2);
-        // t3's cumulative acknowledgement is replayed as one: f3 is left, with its number, and the task's
-        // next update follows it.
-        let (out, _) = m.take_due(Instant::now(), 10);
-        assert_eq!(sequences(&out), [("f1".into(), 2), ("f3".into(), 3)]);
-        m.push(update("t3", TaskState::TaskFinished, "g3"), "", &none)
-            .unwrap();
-        let (out, _) = m.take_due(Instant::now(), 10);
-        assert_eq!(sequences(&out), [("g3".into(), 4)]);
-        assert_eq!(m.acknowledge(&key("t3"), b"g3").len(), 2);
+        assert_eq!(m.pending(), 1);
         // t1 has r1 acknowledged and f1 still to go.
         let (latest, acked) = m
             .known(&key("t1"))
             .flatten()
             .expect("t1 survives the restart");
         assert_eq!((latest.uuid.as_slice(), acked), (&b"f1"[..], false));
-        m.resend_all();
         let (out, _) = m.take_due(Instant::now(), 10);
         assert_eq!(uuids(&out), ["f1"]);
         assert_eq!(out[0].request.sandbox, "/sb");
-        assert!(!m.acknowledge(&key("t1"), b"f1").is_empty());
+        assert!(m.acknowledge(&key("t1"), b"f1").is_some());
         assert_eq!(find_checkpoint(&meta, &key("t1")), None);
         assert_eq!(
             std::fs::metadata(&file).unwrap().len(),
@@ -1308,17 +1206,17 @@ mod tests {
             m.push(update(t, TaskState::TaskFinished, t), "", &none)
                 .unwrap();
             assert_eq!(find_checkpoint(&meta, &key(t)), Some(slot));
-            assert!(!m.acknowledge(&key(t), t.as_bytes()).is_empty());
+            assert!(m.acknowledge(&key(t), t.as_bytes()).is_some());
         }
         // Two at once take two slots; after a restart the free one is found free and the other kept.
         for t in ["a", "b"] {
             m.push(update(t, TaskState::TaskRunning, t), "", &none)
                 .unwrap();
         }
-        assert!(!m.acknowledge(&key("a"), b"a").is_empty());
+        assert!(m.acknowledge(&key("a"), b"a").is_some());
         m.push(update("a", TaskState::TaskFinished, "af"), "", &none)
             .unwrap();
-        assert!(!m.acknowledge(&key("a"), b"af").is_empty());
+        assert!(m.acknowledge(&key("a"), b"af").is_some());
         drop(m);
         let m = StatusUpdateManager::recover(&meta, Duration::from_secs(10)).unwrap();
         assert_eq!(m.streams(), [key("b")]);
@@ -1358,7 +1256,7 @@ mod tests {
         )
         .unwrap();
         assert!(launched.join("updates").exists());
-        assert!(!m.acknowledge(&key("t1"), b"x").is_empty());
+        assert!(m.acknowledge(&key("t1"), b"x").is_some());
         assert!(!launched.exists());
     }
 

@@ -4,9 +4,8 @@
 //! transport was most of the broker's CPU per task).
 //!
 //! Delivery stays at least once and in order: the status update manager ([`crate::status`]) keeps every update
-//! until its acknowledgement (or a later update's: they are cumulative) comes, a task's updates are numbered so
-//! that the broker drops one that arrives after a newer one, and the stream is only a faster way to send and to
-//! hear back. When the stream breaks (the broker died or lost leadership, the
+//! until its acknowledgement comes, only a task's oldest unacknowledged update is in flight, and the stream is
+//! only a faster way to send and to hear back. When the stream breaks (the broker died or lost leadership, the
 //! connection broke, or the broker was silent for [`SILENCE`]: it sends a heartbeat every second), the agent
 //! forgets it, makes every unacknowledged update due again at once (some may have gone down the broken
 //! stream) and opens another, to the leader a standby names. Meanwhile updates go by `UpdateBatch` calls and

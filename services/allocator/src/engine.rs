@@ -1185,7 +1185,6 @@ mod tests {
             }),
             acknowledged: true,
             sandbox: "/tmp/x".into(),
-            agent_sequence: 0,
         };
         prost::Message::encode_to_vec(&rec)
     }

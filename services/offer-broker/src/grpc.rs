@@ -413,20 +413,25 @@ pub type AckStream = tokio_stream::wrappers::ReceiverStream<crate::link::agents:
 
 /// The updates of one stream message that are agent `agent`'s, as [`Broker::status_updates`] takes them;
 /// the others are dropped with a warning (a stream carries one agent's updates).
-fn own_updates(agent: &str, message: StatusUpdateStreamRequest) -> Vec<StatusUpdateRequest> {
+fn own_updates(
+    agent: &str,
+    message: StatusUpdateStreamRequest,
+) -> Vec<(
+    allot_proto::common::TaskStatus,
+    String,
+    std::collections::HashMap<String, String>,
+)> {
     message
         .updates
         .into_iter()
-        .filter(|u| {
-            let Some(status) = &u.status else {
-                return false;
-            };
+        .filter_map(|u| {
+            let status = u.status?;
             if status.agent_id != agent {
                 tracing::warn!(stream = %agent, agent = %status.agent_id, task = %status.task_id,
                     "a status update for another agent on an agent's stream; dropped");
-                return false;
+                return None;
             }
-            true
+            Some((status, u.sandbox, u.trace_context))
         })
         .collect()
 }
@@ -524,7 +529,7 @@ impl StatusUpdates for StatusService {
             .status
             .ok_or_else(|| Status::invalid_argument("an update needs a status"))?;
         self.own_agents(&caller, [status.agent_id.as_str()])?;
-        self.0.status_update(status, Some(r.sandbox), r.sequence)?;
+        self.0.status_update(status, Some(r.sandbox))?;
         Ok(Response::new(StatusUpdateResponse {}))
     }
 
@@ -538,14 +543,9 @@ impl StatusUpdates for StatusService {
             .into_inner()
             .updates
             .into_iter()
-            .filter(|u| u.status.is_some())
+            .filter_map(|u| Some((u.status?, u.sandbox, u.trace_context)))
             .collect();
-        self.own_agents(
-            &caller,
-            updates
-                .iter()
-                .filter_map(|u| u.status.as_ref().map(|s| s.agent_id.as_str())),
-        )?;
+        self.own_agents(&caller, updates.iter().map(|(s, _, _)| s.agent_id.as_str()))?;
         self.0.status_updates(updates);
         Ok(Response::new(StatusUpdateResponse {}))
     }

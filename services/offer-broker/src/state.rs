@@ -134,25 +134,6 @@ pub struct State {
     /// yet. Until it has, the agent may not know the task, so asking it (`Agent.ReconcileTasks`) would call a
     /// launch in flight TASK_LOST.
     pub launching: FastSet<TaskKey>,
-    /// Tasks with updates forwarded before their latest one that wait for their framework's acknowledgement
-    /// (see [`Earlier`]).
-    pub earlier: FastMap<TaskKey, Earlier>,
-}
-
-/// A task's updates that its framework was sent before its latest one (`TaskRecord::status`) and that it has
-/// not yet acknowledged together with every update before them. An agent sends every update of a task without
-/// waiting for acknowledgements, and takes an acknowledgement as cumulative (`allot_agent::status`), so the
-/// broker passes one on only for an update that the framework has acknowledged with all those before it: each
-/// update still reaches the framework at least once, in order (Mesos' guarantee), and a framework that
-/// acknowledges out of order loses nothing. In memory only: an agent sends again what it holds unacknowledged
-/// to a restarted broker.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Earlier {
-    /// The updates, oldest first, each with whether the framework acknowledged it.
-    pub updates: std::collections::VecDeque<(TaskStatus, bool)>,
-    /// The framework acknowledged the task's latest update while some of these were not: that
-    /// acknowledgement takes effect once they are.
-    pub latest_acknowledged: bool,
 }
 
 /// The acknowledgement for the agent of `status` (`None` for an update the broker made itself).
@@ -235,7 +216,6 @@ pub fn staging_record(fw: &str, agent_id: &str, task: TaskInfo, now: f64) -> Tas
         task: Some(task),
         acknowledged: true,
         sandbox: String::new(),
-        agent_sequence: 0,
     }
 }
 
@@ -310,32 +290,13 @@ impl State {
         (epoch, old, self.unacknowledged(&id))
     }
 
-    /// The updates of `fw`'s tasks that it has not acknowledged, each task's in order: those before a task's
-    /// latest ([`Earlier`]), then the latest.
+    /// The latest statuses of `fw`'s tasks that it has not acknowledged.
     pub fn unacknowledged(&self, fw: &str) -> Vec<TaskStatus> {
-        let mut out = Vec::new();
-        for (key, t) in self.tasks.iter().filter(|(k, _)| k.0 == fw) {
-            self.unacknowledged_of(key, t, |s| out.push(s.clone()));
-        }
-        out
-    }
-
-    /// Calls `each` with every update of task `key` (record `t`) that its framework has not acknowledged, in
-    /// order (see [`State::unacknowledged`]).
-    fn unacknowledged_of(&self, key: &TaskKey, t: &TaskRecord, mut each: impl FnMut(&TaskStatus)) {
-        let earlier = self.earlier.get(key);
-        if let Some(e) = earlier {
-            e.updates
-                .iter()
-                .filter(|(_, a)| !a)
-                .for_each(|(s, _)| each(s));
-        }
-        if !t.acknowledged
-            && !earlier.is_some_and(|e| e.latest_acknowledged)
-            && let Some(s) = &t.status
-        {
-            each(s);
-        }
+        self.tasks
+            .values()
+            .filter(|t| t.framework_id == fw && !t.acknowledged)
+            .filter_map(|t| t.status.clone())
+            .collect()
     }
 
     /// The event stream of connection `epoch` of `fw` closed: if that is still its connection, it is
@@ -447,18 +408,14 @@ impl State {
                 let _ = tx.send(plain(event::Event::Heartbeat(pb::Heartbeat {})));
             }
         }
-        for (key, t) in &self.tasks {
-            if t.acknowledged && !self.earlier.contains_key(key) {
-                continue;
-            }
-            if let Some(tx) = self
-                .frameworks
-                .get(&t.framework_id)
-                .and_then(|f| f.sender.as_ref())
-            {
-                self.unacknowledged_of(key, t, |s| {
-                    let _ = tx.send(update_event(s.clone(), HashMap::new()));
-                });
+        for t in self.tasks.values().filter(|t| !t.acknowledged) {
+            if let (Some(status), Some(tx)) = (
+                &t.status,
+                self.frameworks
+                    .get(&t.framework_id)
+                    .and_then(|f| f.sender.as_ref()),
+            ) {
+                let _ = tx.send(update_event(status.clone(), HashMap::new()));
             }
         }
     }

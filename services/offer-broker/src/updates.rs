@@ -1,24 +1,20 @@
 //! Status updates and the acknowledgement protocol.
 //!
 //! Updates are at least once and in order per task, end to end. An agent's status update manager checkpoints
-//! each update of a task, sends it at once (numbered: `StatusUpdateRequest.sequence`), and re-sends what is
-//! unacknowledged until the framework's acknowledgement comes back through the broker; an acknowledgement is
-//! cumulative there (Mesos' status update manager, which keeps only one update per task in flight). The
-//! broker's part:
+//! each update of a task and keeps its oldest unacknowledged one in flight, re-sending it until the
+//! framework's acknowledgement comes back through the broker (Mesos' status update manager). The broker's
+//! part:
 //!
 //! 1. **Receive** (`Agent -> StatusUpdates.Stream`, the agent's long-lived stream, or `Update`/`UpdateBatch`
 //!    calls while it has none): the update takes effect in memory at once
 //!    ([`State::apply_updates`](crate::state::State::apply_updates)) and is forwarded to the framework as an
 //!    UPDATE; a terminal one frees the task's resources in the allocator at once (`TasksEnded`). Nothing is
-//!    written yet. An update numbered at most the task's latest (an agent's batch sent again, arriving after a
-//!    newer one) is dropped, so a task never moves back.
+//!    written yet.
 //! 2. **Acknowledge** (`Scheduler.Acknowledge`): the framework's acknowledgement also takes effect in memory
-//!    at once. Since the agent takes an acknowledgement as cumulative, an update counts as acknowledged only
-//!    once every update of its task forwarded before it is ([`State::earlier`](crate::state::State::earlier));
-//!    the broker sends the others again on heartbeats. An acknowledged intermediate state (TASK_STARTING, TASK_RUNNING) is not written at all: its
+//!    at once. An acknowledged intermediate state (TASK_STARTING, TASK_RUNNING) is not written at all: its
 //!    acknowledgement goes on to the agent at once (`Broker::pass_acks`: down the agent's stream, or by an
 //!    `Agent.AcknowledgeStatusUpdates` call to an agent without one),
-//!    which remembers it and tells a restarted broker (`Agent.ReconcileTasks`).
+//!    which remembers it, tells a restarted broker (`Agent.ReconcileTasks`), and sends the task's next update.
 //!    Waiting for the flush here cost every task up to two flush intervals between TASK_STARTING and its end
 //!    (issue 24).
 //! 3. **Flush**, every [`FLUSH_INTERVAL`]: each task whose terminal update is acknowledged is written, state
@@ -41,7 +37,7 @@ use crate::broker::Broker;
 use crate::error::Error;
 use crate::metrics::M;
 use crate::state::{TaskKey, agent_ack};
-use allot_proto::agent::{StatusUpdateAcknowledgement, StatusUpdateRequest};
+use allot_proto::agent::StatusUpdateAcknowledgement;
 use allot_proto::common::{TaskState, TaskStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,7 +66,6 @@ impl Broker {
         self: &Arc<Self>,
         status: TaskStatus,
         sandbox: Option<String>,
-        sequence: u64,
     ) -> Result<(), Error> {
         if status.task_id.is_empty() || status.framework_id.is_empty() {
             return Err(Error::Invalid(
@@ -79,30 +74,36 @@ impl Broker {
         }
         let span = allot_common::status_update_span(&status, "internal");
         let _entered = span.enter();
-        self.receive_updates(vec![(status, sandbox, sequence)], HashMap::new());
+        self.receive_updates(vec![(status, sandbox)], HashMap::new());
         Ok(())
     }
 
     /// A batch of status updates from one agent (an `UpdateBatch` call or a message of its stream), in order,
-    /// each with its sandbox, sequence number and the W3C trace context of the agent's span for it (empty:
-    /// none), each handled as by [`Broker::status_update`]; each update with a context is recorded as a
-    /// `status update` span in its own task's trace, and the framework's UPDATE continues that span. Updates
-    /// without a status or IDs are dropped with a warning.
-    pub fn status_updates(self: &Arc<Self>, updates: Vec<StatusUpdateRequest>) {
+    /// each with its sandbox and the W3C trace context of the agent's span for it (empty: none), each handled
+    /// as by [`Broker::status_update`]; each update with a context is recorded as a `status update` span in its
+    /// own task's trace, and the framework's UPDATE continues that span. Updates without IDs are dropped with a
+    /// warning.
+    pub fn status_updates(
+        self: &Arc<Self>,
+        updates: Vec<(
+            TaskStatus,
+            String,
+            std::collections::HashMap<String, String>,
+        )>,
+    ) {
         let span = tracing::info_span!("status updates", allot.updates = updates.len());
         let _entered = span.enter();
         let mut contexts = HashMap::new();
-        let updates: Vec<(TaskStatus, Option<String>, u64)> = updates
+        let updates: Vec<(TaskStatus, Option<String>)> = updates
             .into_iter()
-            .filter_map(|u| {
-                let s = u.status.unwrap_or_default();
+            .filter(|(s, _, _)| {
                 let ok = !s.task_id.is_empty() && !s.framework_id.is_empty();
                 if !ok {
                     tracing::warn!(task = %s.task_id, framework = %s.framework_id, "status update without task_id or framework_id dropped");
                 }
-                ok.then_some((s, u.sandbox, u.sequence, u.trace_context))
+                ok
             })
-            .map(|(s, sandbox, sequence, context)| {
+            .map(|(s, sandbox, context)| {
                 if !context.is_empty() {
                     let one = allot_common::status_update_span(&s, "internal");
                     allot_telemetry::propagation::set_parent_from_map(&one, &context);
@@ -111,7 +112,7 @@ impl Broker {
                         contexts.insert((s.task_id.clone(), s.uuid.clone()), mine);
                     }
                 }
-                (s, Some(sandbox), sequence)
+                (s, Some(sandbox))
             })
             .collect();
         self.receive_updates(updates, contexts);
@@ -122,7 +123,7 @@ impl Broker {
     /// tasks they report live that the broker holds ended.
     fn receive_updates(
         self: &Arc<Self>,
-        updates: Vec<(TaskStatus, Option<String>, u64)>,
+        updates: Vec<(TaskStatus, Option<String>)>,
         mut contexts: TraceContexts,
     ) {
         let (applied, acks_ready) = {
@@ -170,10 +171,10 @@ impl Broker {
     }
 
     /// ACKNOWLEDGE: the framework has seen the updates `(task_id, uuid)` of `acks`. Takes effect in memory at
-    /// once, as [`State::acknowledge`](crate::state::State::acknowledge) says: an update counts once those of
-    /// its task before it do. The acknowledgement of an intermediate state (TASK_STARTING, TASK_RUNNING) goes
-    /// on to the agent at once, so that it can forget it; that of a terminal state reaches etcd, then the
-    /// agent, with the next flush. An acknowledgement of an update the broker no longer waits for is ignored.
+    /// once. The acknowledgement of an intermediate state (TASK_STARTING, TASK_RUNNING) goes on to the agent at
+    /// once, so that it sends the task's next update without waiting; that of a terminal state reaches etcd,
+    /// then the agent, with the next flush. An acknowledgement of an update that is not the task's latest is
+    /// ignored.
     ///
     /// # Errors
     /// [`Error::NotSubscribed`] or [`Error::TornDown`]; [`Error::UnknownTask`] if any task is unknown

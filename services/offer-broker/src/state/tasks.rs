@@ -51,28 +51,24 @@ impl State {
         }
     }
 
-    /// Applies agents' `updates` (each with its sandbox and the agent's sequence number, 0 for none) in memory,
-    /// in order, and marks their tasks for the next flush:
-    /// - an update for an unknown task, or after a terminal state, is acknowledged to its agent (unless the
-    ///   framework has yet to acknowledge an earlier update of the task, see [`State::earlier`]) and dropped;
+    /// Applies agents' `updates` (each with its sandbox) in memory, in order, and marks their tasks for the
+    /// next flush:
+    /// - an update for an unknown task, or after a terminal state, is acknowledged to its agent and dropped;
     ///   if it says the task is live and the broker ended it by its own decision or does not know it, the
     ///   task is killed: the framework was told it ended (TASK_LOST after its agent came back without it,
     ///   say) or it was torn down, and may have launched it again elsewhere
     ///   (a Mesos master likewise kills, on re-registration, tasks an agent runs that it counts as gone);
     /// - a repeat of the task's latest update is dropped; if that update is acknowledged and written already,
     ///   the acknowledgement goes to the agent again;
-    /// - an update numbered at most the task's latest (an agent's batch sent again, arriving after a newer one)
-    ///   is dropped: it was applied and forwarded before, and the acknowledgement of a later update covers it;
     /// - a new update replaces the task's status, unacknowledged (a torn-down framework acknowledges nothing:
-    ///   the broker acknowledges for it and does not forward), and is forwarded; the update it replaces, if
-    ///   the framework has not acknowledged it, is kept in [`State::earlier`]; a terminal (or unreachable) one
-    ///   ends the task for the allocator.
+    ///   the broker acknowledges for it and does not forward), and is forwarded; a terminal (or unreachable)
+    ///   one ends the task for the allocator.
     ///
     /// An update without a uuid gets one (nothing can acknowledge it to its sender; it still reaches the
     /// framework once).
     pub fn apply_updates(
         &mut self,
-        updates: Vec<(TaskStatus, Option<String>, u64)>,
+        updates: Vec<(TaskStatus, Option<String>)>,
         new_uuid: impl Fn() -> Vec<u8>,
     ) -> Applied {
         let mut out = Applied {
@@ -88,7 +84,7 @@ impl State {
                 ));
             }
         };
-        for (mut status, sandbox, sequence) in updates {
+        for (mut status, sandbox) in updates {
             if status.uuid.is_empty() {
                 status.uuid = new_uuid();
             }
@@ -109,11 +105,7 @@ impl State {
                     continue;
                 }
                 if cur.state().is_terminal() {
-                    // Not while the framework has yet to acknowledge an earlier update: the agent takes an
-                    // acknowledgement as cumulative, and must keep those until it has.
-                    if !self.earlier.contains_key(&key) {
-                        self.agent_acks.extend(agent_ack(&status));
-                    }
+                    self.agent_acks.extend(agent_ack(&status));
                     // Ended by the broker's own decision (TASK_LOST, TASK_DROPPED, ...), yet live on its agent:
                     // kill it. Ended by its agent's word, a live update is an older one sent again.
                     if cur.source() == StatusSource::SourceMaster {
@@ -121,20 +113,6 @@ impl State {
                     }
                     continue;
                 }
-                if sequence != 0 && sequence <= rec.agent_sequence {
-                    continue;
-                }
-                // Replaced before the framework acknowledged it (or while an acknowledgement of it waits for
-                // those of earlier updates): kept until it is acknowledged in turn.
-                let waiting = self.earlier.get(&key);
-                if !cur.uuid.is_empty() && (!rec.acknowledged || waiting.is_some()) {
-                    let e = self.earlier.entry(key.clone()).or_default();
-                    let acked = rec.acknowledged || std::mem::take(&mut e.latest_acknowledged);
-                    e.updates.push_back((cur.clone(), acked));
-                }
-            }
-            if sequence != 0 {
-                rec.agent_sequence = sequence;
             }
             let state = status.state();
             if rec.status.as_ref().map(|c| c.state()) == Some(TaskState::TaskUnreachable)
@@ -156,9 +134,6 @@ impl State {
                 .get(&key.0)
                 .is_some_and(|f| !f.record.active);
             rec.acknowledged = torn_down;
-            if torn_down {
-                self.earlier.remove(&key);
-            }
             if let Some(s) = sandbox.filter(|s| !s.is_empty()) {
                 rec.sandbox = s;
             }
@@ -170,14 +145,12 @@ impl State {
         out
     }
 
-    /// ACKNOWLEDGE by `fw` of its updates `(task_id, uuid)`, in any order. An update counts as acknowledged
-    /// once it and every update of its task forwarded before it are (see [`Earlier`]); an acknowledgement of
-    /// an update the broker no longer waits for (a repeat, or one superseded) is ignored. When the task's
-    /// latest update counts as acknowledged: an intermediate state (TASK_STARTING, TASK_RUNNING) needs no
-    /// write, and its acknowledgement joins [`State::agent_acks`], to go to the agent at once, as a flush would
-    /// have passed it on; a terminal one, or one that must be written first (back from TASK_UNREACHABLE, a
-    /// failed write), is marked for the next flush. When only earlier updates do, the acknowledgement of the
-    /// last of them goes to the agent at once. Returns whether any acknowledgement is ready for an agent.
+    /// ACKNOWLEDGE by `fw` of its updates `(task_id, uuid)`: each task whose latest update has that uuid is
+    /// acknowledged; an acknowledgement of an older update is ignored. An acknowledged intermediate state
+    /// (TASK_STARTING, TASK_RUNNING) needs no write: its acknowledgement joins [`State::agent_acks`], to go to
+    /// the agent at once (the agent keeps it and sends the task's next update), as a flush would have passed
+    /// it on; a terminal one, or one that must be written first (back from TASK_UNREACHABLE, a failed write),
+    /// is marked for the next flush. Returns whether any acknowledgement is ready for an agent.
     ///
     /// # Errors
     /// [`Error::UnknownTask`] if any task is unknown; nothing is acknowledged then.
@@ -191,31 +164,10 @@ impl State {
         }
         let mut ready = false;
         for (key, uuid) in acks {
-            let Some(rec) = self.tasks.get_mut(&key) else {
-                continue;
-            };
-            let latest = rec.status.as_ref().map(|s| &s.uuid) == Some(&uuid);
-            let mut latest_acked = latest && !rec.acknowledged;
-            if let Some(e) = self.earlier.get_mut(&key) {
-                if latest {
-                    e.latest_acknowledged |= latest_acked;
-                } else if let Some(u) = e.updates.iter_mut().find(|(s, _)| s.uuid == uuid) {
-                    u.1 = true;
-                }
-                let mut last = None;
-                while e.updates.front().is_some_and(|(_, acked)| *acked) {
-                    last = e.updates.pop_front().map(|(s, _)| s);
-                }
-                latest_acked = e.updates.is_empty() && e.latest_acknowledged;
-                if e.updates.is_empty() {
-                    self.earlier.remove(&key);
-                }
-                if !latest_acked && let Some(ack) = last.as_ref().and_then(agent_ack) {
-                    self.agent_acks.push(ack);
-                    ready = true;
-                }
-            }
-            if latest_acked {
+            if let Some(rec) = self.tasks.get_mut(&key)
+                && !rec.acknowledged
+                && rec.status.as_ref().map(|s| &s.uuid) == Some(&uuid)
+            {
                 rec.acknowledged = true;
                 let terminal = rec.status.as_ref().is_some_and(|s| s.state().is_terminal());
                 if terminal || self.must_write.contains(&key) {
@@ -341,9 +293,6 @@ impl State {
             let mut rec = current.clone();
             rec.status = Some(status);
             rec.acknowledged = false;
-            // The agent's updates are compared with this one no longer: one it sends again after coming back
-            // (from TASK_UNREACHABLE, say) applies.
-            rec.agent_sequence = 0;
             records.push(rec);
         }
         records
@@ -352,11 +301,7 @@ impl State {
     /// Replaces the records of `records`' tasks (written to etcd already).
     pub fn put_records(&mut self, records: impl IntoIterator<Item = TaskRecord>) {
         for rec in records {
-            let key = task_key(&rec);
-            // The broker's own update supersedes what the task's agent said: the framework is sent it, and
-            // the agent's updates are acknowledged when they come again (after a terminal state) or with a later one.
-            self.earlier.remove(&key);
-            self.tasks.insert(key, rec);
+            self.tasks.insert(task_key(&rec), rec);
         }
     }
 

@@ -99,7 +99,7 @@ fn stage(s: &mut State, task: &str) {
 
 /// Applies one update of `task` from `AGENT`, with uuid `[n; 16]`.
 fn apply(s: &mut State, task: &str, state: TaskState, n: u8) -> Applied {
-    s.apply_updates(vec![(update(task, state, n), None, 0)], || uuid(0))
+    s.apply_updates(vec![(update(task, state, n), None)], || uuid(0))
 }
 
 /// `FW` acknowledges the update `[n; 16]` of `task`.
@@ -300,9 +300,8 @@ fn updates_are_forwarded_once_and_a_terminal_one_ends_the_task() {
             (
                 update("t1", TaskState::TaskRunning, 1),
                 Some("/sandbox".into()),
-                0,
             ),
-            (update("t1", TaskState::TaskRunning, 1), None, 0),
+            (update("t1", TaskState::TaskRunning, 1), None),
         ],
         || uuid(0),
     );
@@ -310,16 +309,13 @@ fn updates_are_forwarded_once_and_a_terminal_one_ends_the_task() {
     assert!(a.ended.is_empty());
     assert_eq!(s.tasks[&key("t1")].sandbox, "/sandbox");
     assert!(!s.tasks[&key("t1")].acknowledged);
-    ack(&mut s, "t1", 1);
-    s.take_agent_acks();
     let a = apply(&mut s, "t1", TaskState::TaskFinished, 2);
     assert_eq!(a.forward.len(), 1);
     assert_eq!(a.ended.len(), 1, "the allocator frees its resources");
     // After a terminal state, anything more is acknowledged to the agent and dropped.
-    let a = s.apply_updates(
-        vec![(update("t1", TaskState::TaskFailed, 3), None, 0)],
-        || uuid(0),
-    );
+    let a = s.apply_updates(vec![(update("t1", TaskState::TaskFailed, 3), None)], || {
+        uuid(0)
+    });
     assert!(a.forward.is_empty());
     assert_eq!(status_of(&s, "t1").state(), TaskState::TaskFinished);
     assert_eq!(s.agent_acks.len(), 1);
@@ -329,7 +325,7 @@ fn updates_are_forwarded_once_and_a_terminal_one_ends_the_task() {
         "an ended task reported ended is not killed"
     );
     let a = s.apply_updates(
-        vec![(update("t1", TaskState::TaskRunning, 4), None, 0)],
+        vec![(update("t1", TaskState::TaskRunning, 4), None)],
         || uuid(0),
     );
     assert!(
@@ -377,10 +373,9 @@ fn an_update_for_an_unknown_task_is_acknowledged_and_dropped() {
 fn a_torn_down_framework_is_acknowledged_for_and_not_forwarded() {
     let (mut s, _rx) = with_task();
     s.tear_down(FW, record(FW, false));
-    let a = s.apply_updates(
-        vec![(update("t1", TaskState::TaskKilled, 1), None, 0)],
-        || uuid(0),
-    );
+    let a = s.apply_updates(vec![(update("t1", TaskState::TaskKilled, 1), None)], || {
+        uuid(0)
+    });
     assert!(a.forward.is_empty());
     assert_eq!(a.ended.len(), 1);
     assert!(s.tasks[&key("t1")].acknowledged);
@@ -393,7 +388,7 @@ fn an_update_without_a_uuid_gets_one() {
     assert_eq!(a.forward[0].uuid, uuid(1));
     let mut no_uuid = update("t1", TaskState::TaskFinished, 0);
     no_uuid.uuid.clear();
-    let a = s.apply_updates(vec![(no_uuid, None, 0)], || uuid(9));
+    let a = s.apply_updates(vec![(no_uuid, None)], || uuid(9));
     assert_eq!(a.forward[0].uuid, uuid(9));
 }
 
@@ -442,150 +437,6 @@ fn intermediate_acknowledgements_go_on_at_once_and_acknowledged_ends_wait_for_th
     assert_eq!(written, [key("t1")]);
     assert!(acks.is_empty());
     assert!(s.dirty.is_empty());
-}
-
-/// Applies updates of `t1` from `AGENT` in one batch: `(state, uuid [n; 16], agent's sequence)` each.
-fn apply_batch(s: &mut State, updates: &[(TaskState, u8, u64)]) -> Applied {
-    let batch = updates
-        .iter()
-        .map(|&(state, n, seq)| (update("t1", state, n), None, seq))
-        .collect();
-    s.apply_updates(batch, || uuid(0))
-}
-
-/// The uuids' first bytes of `statuses`.
-fn firsts(statuses: &[TaskStatus]) -> Vec<u8> {
-    statuses.iter().map(|s| s.uuid[0]).collect()
-}
-
-#[test]
-fn pipelined_updates_all_reach_the_framework_and_the_agent_hears_only_of_an_acknowledged_prefix() {
-    let (mut s, _rx) = with_task();
-    let a = apply_batch(
-        &mut s,
-        &[
-            (TaskState::TaskStarting, 1, 1),
-            (TaskState::TaskRunning, 2, 2),
-        ],
-    );
-    assert_eq!(firsts(&a.forward), [1, 2]);
-    let a = apply_batch(&mut s, &[(TaskState::TaskFinished, 3, 3)]);
-    assert_eq!(firsts(&a.forward), [3]);
-    assert_eq!(firsts(&s.unacknowledged(FW)), [1, 2, 3]);
-    // Out of order: the end and TASK_RUNNING first. Nothing goes to the agent, which takes an acknowledgement
-    // as cumulative, while TASK_STARTING is not acknowledged; nothing is written either.
-    assert!(!s.acknowledge(FW, vec![("t1".into(), uuid(3))]).unwrap());
-    assert!(!s.acknowledge(FW, vec![("t1".into(), uuid(2))]).unwrap());
-    assert!(s.take_agent_acks().is_empty());
-    assert_eq!(due(&mut s, 25), (vec![], vec![]));
-    assert_eq!(
-        firsts(&s.unacknowledged(FW)),
-        [1],
-        "sent again until acknowledged"
-    );
-    assert!(!s.tasks[&key("t1")].acknowledged);
-    // TASK_STARTING's acknowledgement completes the prefix: the acknowledged end is written, then passed on.
-    ack(&mut s, "t1", 1);
-    assert!(s.earlier.is_empty());
-    assert!(s.tasks[&key("t1")].acknowledged);
-    assert!(
-        s.take_agent_acks().is_empty(),
-        "not before etcd holds the end"
-    );
-    let (written, acks) = due(&mut s, 25);
-    assert_eq!(
-        written,
-        [key("t1")],
-        "written acknowledged: the flush passes the end's acknowledgement on"
-    );
-    assert!(acks.is_empty());
-    assert!(s.unacknowledged(FW).is_empty());
-}
-
-#[test]
-fn updates_sent_again_after_the_end_are_not_acknowledged_to_the_agent_before_the_framework_has() {
-    let (mut s, _rx) = with_task();
-    let batch = [
-        (TaskState::TaskStarting, 1, 1),
-        (TaskState::TaskRunning, 2, 2),
-        (TaskState::TaskFinished, 3, 3),
-    ];
-    apply_batch(&mut s, &batch);
-    // The agent's re-send, the framework silent: acknowledging TASK_STARTING to the agent would let it
-    // forget an update the framework may not have.
-    let a = apply_batch(&mut s, &batch);
-    assert!(a.forward.is_empty());
-    assert!(s.take_agent_acks().is_empty());
-    s.acknowledge(FW, vec![("t1".into(), uuid(1)), ("t1".into(), uuid(2))])
-        .unwrap();
-    assert_eq!(firsts_of(&s.take_agent_acks()), [1, 2]);
-    // Now the agent's re-send of them is acknowledged again.
-    apply_batch(&mut s, &batch[..2]);
-    assert_eq!(firsts_of(&s.take_agent_acks()), [1, 2]);
-}
-
-#[test]
-fn an_agent_update_after_the_brokers_own_applies_whatever_its_number() {
-    let (mut s, _rx) = with_task();
-    apply_batch(&mut s, &[(TaskState::TaskRunning, 1, 2)]);
-    make_unreachable(&mut s, "t1");
-    // The agent comes back and sends its unacknowledged TASK_RUNNING again.
-    let a = apply_batch(&mut s, &[(TaskState::TaskRunning, 1, 2)]);
-    assert_eq!(firsts(&a.forward), [1]);
-    assert_eq!(status_of(&s, "t1").state(), TaskState::TaskRunning);
-}
-
-#[test]
-fn an_acknowledged_prefix_of_intermediate_updates_goes_to_the_agent_at_once() {
-    let (mut s, _rx) = with_task();
-    apply_batch(
-        &mut s,
-        &[
-            (TaskState::TaskStarting, 1, 1),
-            (TaskState::TaskRunning, 2, 2),
-        ],
-    );
-    assert!(s.acknowledge(FW, vec![("t1".into(), uuid(1))]).unwrap());
-    assert_eq!(firsts_of(&s.take_agent_acks()), [1]);
-    assert!(s.acknowledge(FW, vec![("t1".into(), uuid(2))]).unwrap());
-    assert_eq!(firsts_of(&s.take_agent_acks()), [2]);
-    assert!(s.earlier.is_empty() && s.tasks[&key("t1")].acknowledged);
-    // A repeat changes nothing.
-    assert!(!s.acknowledge(FW, vec![("t1".into(), uuid(1))]).unwrap());
-}
-
-/// The uuids' first bytes of agent acknowledgements.
-fn firsts_of(acks: &[StatusUpdateAcknowledgement]) -> Vec<u8> {
-    acks.iter().map(|a| a.uuid[0]).collect()
-}
-
-#[test]
-fn an_older_update_sent_again_after_a_newer_one_is_dropped() {
-    let (mut s, _rx) = with_task();
-    apply_batch(
-        &mut s,
-        &[
-            (TaskState::TaskStarting, 1, 1),
-            (TaskState::TaskRunning, 2, 2),
-        ],
-    );
-    // The agent's first batch, late, after the same batch sent again: neither moves the task back.
-    let a = apply_batch(
-        &mut s,
-        &[
-            (TaskState::TaskStarting, 1, 1),
-            (TaskState::TaskRunning, 2, 2),
-        ],
-    );
-    assert!(a.forward.is_empty());
-    let a = apply_batch(&mut s, &[(TaskState::TaskStarting, 1, 1)]);
-    assert!(a.forward.is_empty());
-    assert_eq!(status_of(&s, "t1").state(), TaskState::TaskRunning);
-    assert_eq!(firsts(&s.unacknowledged(FW)), [1, 2]);
-    // The next one applies.
-    let a = apply_batch(&mut s, &[(TaskState::TaskFinished, 3, 3)]);
-    assert_eq!(firsts(&a.forward), [3]);
-    assert_eq!(s.tasks[&key("t1")].agent_sequence, 3);
 }
 
 #[test]
