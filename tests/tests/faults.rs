@@ -184,20 +184,19 @@ async fn every_task_ends_exactly_once_through_every_fault() {
         let meta = crashable.work_dir.join("meta");
         let reaper_log = std::fs::read_to_string(meta.join("reaper.log")).unwrap_or_default();
         eprintln!("reaper.log of the restarted agent:\n{reaper_log}");
-        if let Ok(slots) = std::fs::read_dir(meta.join("slots")) {
-            for slot in slots.flatten() {
-                let exit = std::fs::read_to_string(slot.path().join("exit")).unwrap_or_default();
-                let updates = std::fs::read(slot.path().join("updates")).unwrap_or_default();
-                let named: Vec<_> = abandoned
-                    .iter()
-                    .filter(|(id, _)| updates.windows(id.len()).any(|w| w == id.as_bytes()))
-                    .collect();
-                eprintln!(
-                    "slot {}: exit {exit:?}, updates {} bytes, names {named:?}",
-                    slot.path().display(),
-                    updates.len()
-                );
-            }
+        for (slot, r) in allot_agent::status::slot_checkpoints(&meta) {
+            let exit = std::fs::read_to_string(slot.join("exit")).unwrap_or_default();
+            let states: Vec<_> = r
+                .updates
+                .iter()
+                .filter_map(|u| u.status.as_ref().map(|s| s.state().as_str_name()))
+                .collect();
+            eprintln!(
+                "slot {}: task {:?}, pid {:?}, exit {exit:?}, unacknowledged {states:?}",
+                slot.display(),
+                r.owner.map(|o| o.task_id),
+                r.pid
+            );
         }
     }
     assert!(
