@@ -936,6 +936,7 @@ async fn start_allocator(
         tls: etcd.tls("allocator"),
         acls: etcd.acls(),
         allocation_interval: opts.allocation_interval,
+        min_cycle_gap: None,
         policy: "drf".into(),
         policy_dir: dir.join("policies"),
         policy_timeout: opts.policy_timeout,

@@ -4,7 +4,8 @@
 //! A cycle runs every allocation interval, and soon after a batch of commands that added supply or demand
 //! (an agent came, a framework activated or revived, tasks ended, offers came back unused): commands are
 //! drained in batches, so at most one cycle is pending however many events arrive, and cycles that events
-//! bring forward are at least [`MIN_GAP_FRACTION`] of the interval apart. Freed resources are so offered
+//! bring forward are at least the minimum cycle gap apart (`--min-cycle-gap`; by default
+//! [`MIN_GAP_FRACTION`] of the interval). Freed resources are so offered
 //! again within a few milliseconds instead of at the next tick, which is what short tasks wait on (issue 24);
 //! Mesos' allocator waits for its interval there.
 
@@ -146,18 +147,18 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the engine and its etcd followers. `default_policy` runs until an active-policy record says
-    /// otherwise; a policy call gets at most `deadline`; artifacts are cached in `cache_dir`.
+    /// otherwise; cycles run every `cycles.interval` and, brought forward by events, at least
+    /// `cycles.min_gap` apart; a policy call gets at most `deadline`; artifacts are cached in `cache_dir`.
     pub fn start(
         store: Store,
         default_policy: Loaded,
-        interval: Duration,
+        cycles: Cycles,
         deadline: Duration,
         cache_dir: std::path::PathBuf,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut handles = Vec::new();
-        handles
-            .push(tokio::spawn(run(rx, default_policy.clone(), interval, deadline)).abort_handle());
+        handles.push(tokio::spawn(run(rx, default_policy.clone(), cycles, deadline)).abort_handle());
         let policy_tx = tx.clone();
         let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let policy_store = store.clone();
@@ -1085,9 +1086,10 @@ fn set_active(old: Option<&PolicyRef>, new: &PolicyRef) {
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Command>,
     policy: Loaded,
-    interval: Duration,
+    cycles: Cycles,
     deadline: Duration,
 ) {
+    let Cycles { interval, min_gap } = cycles;
     let mut state = State {
         books: Books::new(&allot_common::new_id("offer")),
         last_good: policy.clone(),
@@ -1112,7 +1114,6 @@ async fn run(
     set_active(None, &state.running.reference);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let min_gap = interval.mul_f64(MIN_GAP_FRACTION);
     let mut last_cycle = tokio::time::Instant::now();
     // A cycle that events asked for within `min_gap` of the last one: run when the gap has passed.
     let mut pending = false;
@@ -1142,8 +1143,41 @@ async fn run(
     }
 }
 
-/// Cycles that events bring forward run at least this fraction of the allocation interval apart (25 ms at the
-/// local deploy's 250 ms), so that a stream of ended tasks costs at most ten cycles per interval.
+/// When allocation cycles run (Mesos' `--allocation_interval`, plus event-driven cycles, which Mesos has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cycles {
+    /// Time between periodic cycles.
+    pub interval: Duration,
+    /// The least time between the start of one cycle and the start of a cycle that events brought forward.
+    /// A shorter gap offers freed resources sooner (what a framework running many short tasks waits on);
+    /// a longer one batches more of them into each cycle, offer and ACCEPT, which costs less CPU.
+    pub min_gap: Duration,
+}
+
+impl Cycles {
+    /// Cycles every `interval`, and brought forward at least `min_gap` apart; without `min_gap`,
+    /// [`MIN_GAP_FRACTION`] of the interval.
+    ///
+    /// # Errors
+    /// A message naming both flags if `interval` is zero or `min_gap` is longer than `interval` (cycles could
+    /// then not run every interval).
+    pub fn new(interval: Duration, min_gap: Option<Duration>) -> Result<Cycles, String> {
+        if interval.is_zero() {
+            return Err("--allocation-interval must be more than 0".into());
+        }
+        let min_gap = min_gap.unwrap_or_else(|| interval.mul_f64(MIN_GAP_FRACTION));
+        if min_gap > interval {
+            return Err(format!(
+                "--min-cycle-gap ({min_gap:?}) must not be longer than --allocation-interval ({interval:?})"
+            ));
+        }
+        Ok(Cycles { interval, min_gap })
+    }
+}
+
+/// Without `--min-cycle-gap`, cycles that events bring forward run at least this fraction of the allocation
+/// interval apart (100 ms at the default 1 s), so that a stream of ended tasks costs at most ten cycles per
+/// interval.
 pub const MIN_GAP_FRACTION: f64 = 0.1;
 
 /// How long a revoked task is not offered to the policy for revocation again: time for the broker to kill it
@@ -1154,6 +1188,24 @@ pub const REVOCATION_PENDING: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_minimum_cycle_gap_defaults_to_a_tenth_of_the_interval_and_may_not_exceed_it() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            Cycles::new(ms(250), None),
+            Ok(Cycles {
+                interval: ms(250),
+                min_gap: ms(25)
+            })
+        );
+        assert_eq!(Cycles::new(ms(250), Some(ms(10))).unwrap().min_gap, ms(10));
+        assert_eq!(Cycles::new(ms(250), Some(ms(250))).unwrap().min_gap, ms(250));
+        assert_eq!(Cycles::new(ms(250), Some(Duration::ZERO)).unwrap().min_gap, Duration::ZERO);
+        let e = Cycles::new(ms(250), Some(ms(251))).unwrap_err();
+        assert!(e.contains("--min-cycle-gap") && e.contains("--allocation-interval"), "{e}");
+        assert!(Cycles::new(Duration::ZERO, None).is_err());
+    }
     use allot_proto::common::{CommandInfo, TaskInfo, TaskRecord, TaskStatus};
 
     fn resources() -> Vec<allot_proto::common::Resource> {

@@ -43,6 +43,10 @@ pub enum ServiceError {
     /// Another listener (e.g. `--mesos-listen`) could not be bound.
     #[error("{0}")]
     Listen(String),
+    /// Flags that are valid one by one but not together (e.g. the allocator's `--min-cycle-gap` longer than
+    /// its `--allocation-interval`).
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The TLS material is missing or does not load (and `--insecure` was not given).
     #[error(transparent)]
     Tls(#[from] allot_common::tls::TlsError),
