@@ -672,7 +672,7 @@ impl Books {
     }
 
     /// Adds an offer filter: `agent` is not offered to `framework` before `until` (seconds) unless it has more
-    /// to offer it than now (resources freed there lift the filter, as with Mesos' `RefusedOfferFilter`).
+    /// to offer it than now (see [`Filter`]).
     pub fn filter(&mut self, framework: &str, agent: &str, until: f64) {
         let Some(f) = self.frameworks.get_mut(framework) else {
             return;
@@ -689,7 +689,7 @@ impl Books {
     /// Offers come back (declined, rescinded by the broker, or accepted). Tasks launched from them keep their
     /// resources allocated; the rest returns to the pool, filtered from the framework on that agent for
     /// `refuse_seconds` (at least `min_filter`, the allocation interval, as in Mesos) when `refuse_seconds > 0`,
-    /// or until the agent has more to offer it than was refused.
+    /// until the agent has more to offer it (see [`Filter`]).
     /// Unknown offer IDs are ignored (already rescinded). Returns how many offers were recovered.
     pub fn recover_offers<S: AsRef<str>>(
         &mut self,
