@@ -53,9 +53,7 @@ pub struct FrameworkView {
     pub allocation: Resources,
     /// How many offers it has received so far (DRF's tie-breaker: fewer goes first).
     pub allocations: u64,
-    /// Agents it must not be offered now, sorted: offer filters (from a DECLINE, or the unused rest of an
-    /// ACCEPT, with `refuse_seconds`) that still hold, as in Mesos only while the agent has no more to offer
-    /// the framework than it refused.
+    /// Agents it must not be offered now (offer filters from DECLINE with `refuse_seconds`), sorted.
     pub filtered_agents: Vec<String>,
     /// Priority class: higher goes first under the `priority` policy; ignored by `drf`. Default 0.
     pub priority: i32,

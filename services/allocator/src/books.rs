@@ -210,26 +210,6 @@ impl Agent {
         }
         r
     }
-
-    /// What the agent could offer a framework of `role` now: its unreserved free resources and the role's
-    /// own reservation's. An offer filter compares this with what the framework refused.
-    fn offerable(&self, role: &str) -> Resources {
-        let mut r = self.free.clone();
-        r.add(&self.reserved_available(role));
-        r
-    }
-}
-
-/// An offer filter (Mesos' `Filters.refuse_seconds`, set by a DECLINE or by the unused rest of an ACCEPT):
-/// until `until` (seconds, books' clock) the agent is not offered to the framework as long as what it could
-/// offer it is within `refused`, what it could offer when the filter was set. As in Mesos' allocator (a
-/// `RefusedOfferFilter` holds only for resources the refused ones contain), resources freed on the agent
-/// later (a task of any framework ended there) lift the filter: a framework that declined an agent at its
-/// concurrency cap is offered that agent again once one of its tasks there ends, without a REVIVE.
-#[derive(Debug, Clone)]
-struct Filter {
-    until: f64,
-    refused: Resources,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -243,8 +223,8 @@ struct Framework {
     suppressed: bool,
     allocation: Resources,
     allocations: u64,
-    /// Agent ID -> its offer filter.
-    filters: HashMap<String, Filter>,
+    /// Agent ID -> time (seconds) until which the agent is filtered.
+    filters: HashMap<String, f64>,
     /// It returned an offer holding CPUs unused (declined it) and has launched nothing since: the offers it
     /// holds are not ones it can use (issue 27: starvation that users feel).
     declined_cpus: bool,
@@ -671,25 +651,16 @@ impl Books {
         self.offers.get(id).map(|o| &**o)
     }
 
-    /// Adds an offer filter: `agent` is not offered to `framework` before `until` (seconds) unless it has more
-    /// to offer it than now (see [`Filter`]).
+    /// Adds an offer filter: `agent` is not offered to `framework` before `until` (seconds).
     pub fn filter(&mut self, framework: &str, agent: &str, until: f64) {
-        let Some(f) = self.frameworks.get_mut(framework) else {
-            return;
-        };
-        let refused = self
-            .agents
-            .get(agent)
-            .map(|a| a.offerable(&f.role))
-            .unwrap_or_default();
-        f.filters
-            .insert(agent.to_string(), Filter { until, refused });
+        if let Some(f) = self.frameworks.get_mut(framework) {
+            f.filters.insert(agent.to_string(), until);
+        }
     }
 
     /// Offers come back (declined, rescinded by the broker, or accepted). Tasks launched from them keep their
     /// resources allocated; the rest returns to the pool, filtered from the framework on that agent for
-    /// `refuse_seconds` (at least `min_filter`, the allocation interval, as in Mesos) when `refuse_seconds > 0`,
-    /// until the agent has more to offer it (see [`Filter`]).
+    /// `refuse_seconds` (at least `min_filter`, the allocation interval, as in Mesos) when `refuse_seconds > 0`.
     /// Unknown offer IDs are ignored (already rescinded). Returns how many offers were recovered.
     pub fn recover_offers<S: AsRef<str>>(
         &mut self,
@@ -700,14 +671,13 @@ impl Books {
         now: f64,
     ) -> usize {
         let mut n = 0;
-        let mut filters = Vec::new();
         for id in offer_ids {
             let Some(o) = self.take_offer(id.as_ref()) else {
                 continue;
             };
             n += 1;
             if refuse_seconds > 0.0 {
-                filters.push(o.clone());
+                self.filter(&o.framework, &o.agent, now + refuse_seconds.max(min_filter));
             }
             if o.piece.total().scalar("cpus") > 0.0
                 && !launched.iter().any(|(f, ..)| **f == *o.framework)
@@ -721,10 +691,6 @@ impl Books {
             if let Some(f) = self.frameworks.get_mut(framework) {
                 f.declined_cpus = false;
             }
-        }
-        // After the launches, so that what is refused is what the agent has left.
-        for o in filters {
-            self.filter(&o.framework, &o.agent, now + refuse_seconds.max(min_filter));
         }
         n
     }
@@ -837,7 +803,7 @@ impl Books {
         let mut frameworks = Vec::new();
         let mut framework_slots = Vec::new();
         for f in self.frameworks.values_mut() {
-            f.filters.retain(|_, x| x.until > now);
+            f.filters.retain(|_, until| *until > now);
             if !f.wants_offers() {
                 f.starved_since = None;
             } else if f.starved_since.is_none() {
@@ -855,17 +821,7 @@ impl Books {
             }
             let starved_seconds = f.starved_since.map_or(0.0, |t| now - t);
             starved_longest = starved_longest.max(starved_seconds);
-            // A filter holds while the agent has no more to offer than was refused.
-            let mut filtered: Vec<String> = f
-                .filters
-                .iter()
-                .filter(|(agent, x)| {
-                    self.agents
-                        .get(agent)
-                        .is_none_or(|a| x.refused.contains(&a.offerable(&f.role)))
-                })
-                .map(|(agent, _)| agent.clone())
-                .collect();
+            let mut filtered: Vec<String> = f.filters.keys().cloned().collect();
             filtered.sort();
             frameworks.push(FrameworkView {
                 id: id.to_string(),
@@ -1148,15 +1104,7 @@ impl Books {
         if !f.wants_offers() {
             return Err((g, GrantRejection::Framework));
         }
-        // A filter still in force that held when the snapshot was taken (a grant earlier in this cycle may
-        // since have taken part of the agent, which does not make the framework's filter hold again).
-        if f.filters.get(agent_id).is_some_and(|x| x.until > now)
-            && snapshot.frameworks.get(g.framework).is_some_and(|v| {
-                v.filtered_agents
-                    .binary_search_by(|a| a.as_str().cmp(agent_id))
-                    .is_ok()
-            })
-        {
+        if f.filters.get(agent_id).is_some_and(|until| *until > now) {
             return Err((g, GrantRejection::Filtered));
         }
         let role = f.role.clone();
@@ -1464,73 +1412,6 @@ mod tests {
         b.recover_offers(std::slice::from_ref(&o.id), 0.1, 1.0, &[], 0.0);
         assert!(cycle(&mut b, 0.5).is_empty());
         assert_eq!(cycle(&mut b, 1.5).len(), 1);
-    }
-
-    #[test]
-    fn a_filter_holds_only_while_the_agent_has_no_more_to_offer_than_was_refused() {
-        // Mesos' RefusedOfferFilter: f1 launched one task and refused the rest for 60 s; its task's end frees
-        // resources on the agent, which is then offered again at once (no REVIVE), all of it.
-        let mut b = books();
-        let o = cycle(&mut b, 0.0).remove(0);
-        let launched = vec![(
-            "f1".into(),
-            "t1".into(),
-            "a1".into(),
-            Piece::unreserved(r("cpus:1;mem:128")),
-        )];
-        b.recover_offers(std::slice::from_ref(&o.id), 60.0, 1.0, &launched, 0.0);
-        assert_eq!(b.snapshot(1.0).frameworks[0].filtered_agents, vec!["a1"]);
-        assert!(cycle(&mut b, 1.0).is_empty());
-        b.remove_task("f1", "t1");
-        assert!(b.snapshot(2.0).frameworks[0].filtered_agents.is_empty());
-        let again = cycle(&mut b, 2.0);
-        assert_eq!(again[0].piece.unreserved, r("cpus:4;mem:1024"));
-        // Declined whole: filtered while nothing changes on the agent, however many cycles run.
-        b.recover_offers(std::slice::from_ref(&again[0].id), 60.0, 1.0, &[], 2.0);
-        assert!(cycle(&mut b, 3.0).is_empty());
-        assert!(cycle(&mut b, 30.0).is_empty());
-        assert_eq!(
-            cycle(&mut b, 62.5).len(),
-            1,
-            "the filter ends after refuse_seconds"
-        );
-        b.check_invariants().unwrap();
-    }
-
-    #[test]
-    fn resources_freed_elsewhere_do_not_lift_a_filter() {
-        // f1 declined a1 and filled a2, both filtered for 60 s: its task's end on a2 lifts a2's filter only.
-        let mut b = books();
-        b.set_agent("a2", r("cpus:4;mem:1024"), Default::default());
-        b.set_reachable("a2", true);
-        let offers = cycle(&mut b, 0.0);
-        assert_eq!(offers.len(), 2);
-        let on = |agent: &str| {
-            offers
-                .iter()
-                .find(|o| &*o.agent == agent)
-                .unwrap()
-                .id
-                .clone()
-        };
-        let launched = vec![(
-            "f1".into(),
-            "t1".into(),
-            "a2".into(),
-            Piece::unreserved(r("cpus:4;mem:1024")),
-        )];
-        b.recover_offers(&[on("a1")], 60.0, 1.0, &[], 0.0);
-        b.recover_offers(&[on("a2")], 60.0, 1.0, &launched, 0.0);
-        assert_eq!(
-            b.snapshot(1.0).frameworks[0].filtered_agents,
-            vec!["a1", "a2"]
-        );
-        b.remove_task("f1", "t1");
-        assert_eq!(b.snapshot(2.0).frameworks[0].filtered_agents, vec!["a1"]);
-        let again = cycle(&mut b, 2.0);
-        assert_eq!(again.len(), 1);
-        assert_eq!(&*again[0].agent, "a2");
-        b.check_invariants().unwrap();
     }
 
     #[test]

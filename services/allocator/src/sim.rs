@@ -34,9 +34,7 @@
 //! - an allocation runs after `add_agent`, `add_framework` and `revive`, and at every multiple of
 //!   `allocation_interval` that `advance` crosses; other events do not trigger one;
 //! - `decline` returns all of the framework's outstanding offers (or those on one agent); `refuse_seconds`
-//!   defaults to 5 and 0 means no filter; a filter lasts `max(refuse_seconds, allocation_interval)`, and
-//!   holds only while the agent has no more to offer the framework than it refused (a task ended there lifts
-//!   it);
+//!   defaults to 5 and 0 means no filter; a filter lasts `max(refuse_seconds, allocation_interval)`;
 //! - `accept` launches a task of `resources` from the framework's outstanding offer on the agent (its role's
 //!   reservation is used first); the rest of the offer returns, filtered for `refuse_seconds` (default 5);
 //! - a `workload` makes the framework accept by itself: from each offer it launches up to `per_offer` tasks
