@@ -158,7 +158,8 @@ impl Engine {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut handles = Vec::new();
-        handles.push(tokio::spawn(run(rx, default_policy.clone(), cycles, deadline)).abort_handle());
+        handles
+            .push(tokio::spawn(run(rx, default_policy.clone(), cycles, deadline)).abort_handle());
         let policy_tx = tx.clone();
         let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let policy_store = store.clone();
@@ -1200,10 +1201,19 @@ mod tests {
             })
         );
         assert_eq!(Cycles::new(ms(250), Some(ms(10))).unwrap().min_gap, ms(10));
-        assert_eq!(Cycles::new(ms(250), Some(ms(250))).unwrap().min_gap, ms(250));
-        assert_eq!(Cycles::new(ms(250), Some(Duration::ZERO)).unwrap().min_gap, Duration::ZERO);
+        assert_eq!(
+            Cycles::new(ms(250), Some(ms(250))).unwrap().min_gap,
+            ms(250)
+        );
+        assert_eq!(
+            Cycles::new(ms(250), Some(Duration::ZERO)).unwrap().min_gap,
+            Duration::ZERO
+        );
         let e = Cycles::new(ms(250), Some(ms(251))).unwrap_err();
-        assert!(e.contains("--min-cycle-gap") && e.contains("--allocation-interval"), "{e}");
+        assert!(
+            e.contains("--min-cycle-gap") && e.contains("--allocation-interval"),
+            "{e}"
+        );
         assert!(Cycles::new(Duration::ZERO, None).is_err());
     }
     use allot_proto::common::{CommandInfo, TaskInfo, TaskRecord, TaskStatus};
