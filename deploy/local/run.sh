@@ -290,7 +290,8 @@ done
 i=0
 for a in ${ALLOT_ALLOCATOR//,/ }; do
   metrics_port allot-allocator
-  supervise "allocator$i" "$bin/allot-allocator" --listen "$a" --allocation-interval 250ms --min-cycle-gap "${ALLOT_MIN_CYCLE_GAP:-10ms}" \
+  supervise "allocator$i" "$bin/allot-allocator" --listen "$a" --allocation-interval 250ms \
+    --min-cycle-gap "${ALLOT_MIN_CYCLE_GAP:-10ms}" \
     --preemption-grace "$preemption_grace" --preemption-min-runtime 1s --metrics-listen "$host:$mport" \
     --worker-threads "$workers"
   i=$((i + 1))

@@ -5,9 +5,9 @@
 //! (an agent came, a framework activated or revived, tasks ended, offers came back unused): commands are
 //! drained in batches, so at most one cycle is pending however many events arrive, and cycles that events
 //! bring forward are at least the minimum cycle gap apart (`--min-cycle-gap`; by default
-//! [`MIN_GAP_FRACTION`] of the interval). Freed resources are so offered
-//! again within a few milliseconds instead of at the next tick, which is what short tasks wait on (issue 24);
-//! Mesos' allocator waits for its interval there.
+//! [`MIN_GAP_FRACTION`] of the interval). Freed resources are so offered again within a few milliseconds
+//! instead of at the next tick, which is what short tasks wait on (issue 24); Mesos' allocator waits for its
+//! interval there.
 
 use crate::books::{Books, Piece, RoleConfig};
 use crate::metrics::M;
@@ -1189,6 +1189,7 @@ pub const REVOCATION_PENDING: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use allot_proto::common::{CommandInfo, TaskInfo, TaskRecord, TaskStatus};
 
     #[test]
     fn the_minimum_cycle_gap_defaults_to_a_tenth_of_the_interval_and_may_not_exceed_it() {
@@ -1216,7 +1217,6 @@ mod tests {
         );
         assert!(Cycles::new(Duration::ZERO, None).is_err());
     }
-    use allot_proto::common::{CommandInfo, TaskInfo, TaskRecord, TaskStatus};
 
     fn resources() -> Vec<allot_proto::common::Resource> {
         allot_common::convert::resources_to_proto(
