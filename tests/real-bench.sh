@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real tasks through real agents, beside the machine's own limit for the same work (issue 24).
 #
-# Starts the local cluster (deploy/local/run.sh --cluster-only: etcd, the services, three agents, mutual TLS),
+# Starts the local cluster (deploy/local/run.sh --cluster-only: etcd, the services, one agent of the whole
+# machine as issue 24 measured its baseline, mutual TLS),
 # then, for each round: the command N times through `xargs -P C` (no cluster: the ceiling), and the same N
 # commands as one `allot batch` job with concurrency C. Prints per round tasks/s of each, Allot's share of the
 # ceiling, and p50/p99 of each task's launch-to-terminal-seen time as `allot batch` measures it (from the
@@ -21,7 +22,10 @@
 #   spans, which costs CPU, so rates are lower) and ends with `allot traces phases`: per service and step,
 #   how many, p50/p99/mean and total milliseconds. --slurm ends with the same commands through a local Slurm
 #   (tests/slurm-peer.sh: installs and configures Debian's slurm-wlm; root) and Allot's rate over Slurm's.
-#   --agents N runs N agents instead of three (e.g. --agents 4 --concurrency 200 --resources 'cpus:0.01;mem:8').
+#   --agents N runs N agents instead of one, each an N-th of the machine (e.g. --agents 4 --concurrency 200
+#   --resources 'cpus:0.01;mem:8', the issue's larger shape). With more agents than one, a job capped below
+#   what the cluster could run is offered every agent with room after each REVIVE and declines all but one
+#   (docs/benchmarks.md, session 33), which costs CPU the tasks then miss.
 #   --latency L sets the one-at-a-time probe's task count (default 200; 0 skips it).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,7 +37,7 @@ rounds=3
 release=0
 phases=0
 slurm=0
-agents=3
+agents=1
 latency=200
 while (($#)); do
   case "$1" in
@@ -47,7 +51,7 @@ while (($#)); do
     --slurm) slurm=1; shift ;;
     --agents) agents=$2; shift 2 ;;
     --latency) latency=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
