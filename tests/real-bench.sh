@@ -15,6 +15,7 @@
 #
 # Usage: bash tests/real-bench.sh [--tasks N] [--concurrency C] [--command CMD] [--resources R] [--rounds K]
 #                                 [--release] [--phases] [--slurm] [--agents N] [--latency L]
+#                                 [--no-wait]
 #   defaults: 1,000 tasks of `sha256sum /etc/os-release > /dev/null`, 20 at a time, cpus:0.05;mem:16 each,
 #   3 rounds; --release builds and runs the release binaries (what docs/benchmarks.md reports). Every round
 #   also prints the CPU each process spent per task (ms, from /proc: self, and children for agents: the
@@ -26,7 +27,9 @@
 #   --resources 'cpus:0.01;mem:8', the issue's larger shape). With more agents than one, a job capped below
 #   what the cluster could run is offered every agent with room after each REVIVE and declines all but one
 #   (docs/benchmarks.md, session 33), which costs CPU the tasks then miss.
-#   --latency L sets the one-at-a-time probe's task count (default 200; 0 skips it).
+#   --latency L sets the one-at-a-time probe's task count (default 200; 0 skips it). A run that starts within
+#   5 minutes of the previous one's end waits out the rest first (its deleted files slow new ones on ext4
+#   without a journal; see below); --no-wait skips that.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tasks=1000
@@ -39,6 +42,7 @@ phases=0
 slurm=0
 agents=1
 latency=200
+wait_deletion=1
 while (($#)); do
   case "$1" in
     --tasks) tasks=$2; shift 2 ;;
@@ -51,7 +55,8 @@ while (($#)); do
     --slurm) slurm=1; shift ;;
     --agents) agents=$2; shift 2 ;;
     --latency) latency=$2; shift 2 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --no-wait) wait_deletion=0; shift ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -74,14 +79,23 @@ echo "==> starting the cluster (log: $out/cluster.log)"
 # deleted while the rounds run: on ext4 without a journal, making a file skips every inode freed in the last
 # 5 minutes (`recently_deleted`), so a deletion just before the rounds slows the agents' sandboxes (one such
 # run measured 3.5-4 ms of agent CPU per task instead of 2.2). Back-to-back runs there still see the previous
-# run's deletion: leave 5 minutes between them.
+# run's deletion (agents 0.72-0.80 ms per task against about 0.5, session 33): a run started within 5 minutes
+# of the last one's end waits out the rest, unless --no-wait.
+deleted_at=.allot/real-bench-deleted-at
+if ((wait_deletion)) && [[ -f $deleted_at ]]; then
+  left=$(($(<"$deleted_at") + 300 - $(date +%s)))
+  if ((left > 0)); then
+    echo "==> the last run deleted its cluster's files under 5 minutes ago: waiting ${left}s (--no-wait skips)"
+    sleep "$left"
+  fi
+fi
 if [[ -d .allot/demo ]]; then
   mkdir -p .allot/old
   mv .allot/demo ".allot/old/demo-$(date +%s%N)"
 fi
 setsid bash deploy/local/run.sh "${cluster_args[@]}" >"$out/cluster.log" 2>&1 &
 cluster=$!
-trap 'kill -TERM -- "-$cluster" 2>/dev/null || true; wait "$cluster" 2>/dev/null || true; rm -rf .allot/old' EXIT
+trap 'kill -TERM -- "-$cluster" 2>/dev/null || true; wait "$cluster" 2>/dev/null || true; rm -rf .allot/old; date +%s >"$deleted_at"' EXIT
 for _ in $(seq 1200); do
   [[ -f .allot/demo/cluster.env ]] && grep -q "cluster up" "$out/cluster.log" && break
   kill -0 "$cluster" 2>/dev/null || { tail -n 20 "$out/cluster.log" >&2; exit 1; }
