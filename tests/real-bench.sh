@@ -74,7 +74,6 @@ if ((release)); then
   cargo build --release --bins --quiet
   cluster_args+=(--release)
 fi
-echo "==> starting the cluster (log: $out/cluster.log)"
 # The previous cluster's files (thousands of sandboxes) are moved aside now and deleted at the end, not
 # deleted while the rounds run: on ext4 without a journal, making a file skips every inode freed in the last
 # 5 minutes (`recently_deleted`), so a deletion just before the rounds slows the agents' sandboxes (one such
@@ -89,6 +88,7 @@ if ((wait_deletion)) && [[ -f $deleted_at ]]; then
     sleep "$left"
   fi
 fi
+echo "==> starting the cluster (log: $out/cluster.log)"
 if [[ -d .allot/demo ]]; then
   mkdir -p .allot/old
   mv .allot/demo ".allot/old/demo-$(date +%s%N)"
