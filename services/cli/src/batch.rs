@@ -25,7 +25,7 @@
 //! running again a task that ended.
 
 use crate::attempts::{Attempts, Next, attempt_id, given_up};
-use crate::fit::{Pending, take_fitting};
+use crate::fit::{Pending, plan_offers};
 use crate::journal::{Entry, Journal, Replayed};
 use allot_sdk::{Driver, Offer, Scheduler, TaskState, TaskStatus};
 use anyhow::{Context, bail};
@@ -314,20 +314,9 @@ impl Scheduler for Batch {
     }
 
     fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
-        for offer in offers {
-            let room = self.concurrency.saturating_sub(self.running.len());
-            let offered =
-                allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
-            let tasks = take_fitting(&offered, &mut self.pending, room, |p| &p.0.resources);
-            if tasks.is_empty() {
-                // At the concurrency cap: stay away until a task ends (then we revive). Otherwise the offer is
-                // too small for the next task: no filter, so that the agent comes back when it has more free.
-                // A filter here would keep us off exactly the agents where resources are about to free up.
-                let refuse = if room == 0 { 5.0 } else { 0.0 };
-                self.filtered |= refuse > 0.0;
-                driver.decline(vec![offer.offer_id], Some(refuse));
-                continue;
-            }
+        let room = self.concurrency.saturating_sub(self.running.len());
+        let plan = plan_offers(offers, &mut self.pending, room, |p| &p.0.resources);
+        for (offer, tasks) in plan.launches {
             let mut launches = Vec::with_capacity(tasks.len());
             for (t, job, attempt) in tasks {
                 // Journaled before it is sent: a batch resumed after a kill knows the launch may exist.
@@ -347,6 +336,16 @@ impl Scheduler for Batch {
             }
             driver.accept(vec![offer.offer_id], launches, Some(1.0));
             self.filtered = true;
+        }
+        // At the concurrency cap: stay away until a task ends (then we revive). An offer declined with room
+        // to spare was too small for the next task: no filter, so that the agent comes back when it has more
+        // free (a filter would keep us off exactly the agents where resources are about to free up).
+        if !plan.at_cap.is_empty() {
+            self.filtered = true;
+            driver.decline(plan.at_cap, Some(5.0));
+        }
+        if !plan.too_small.is_empty() {
+            driver.decline(plan.too_small, Some(0.0));
         }
         if self.pending.is_empty() {
             self.filtered = true;

@@ -4,7 +4,7 @@
 //! under a new task ID, up to `--max-retries` times.
 
 use crate::attempts::{Attempts, Next, attempt_id, given_up};
-use crate::fit::{Pending, take_fitting};
+use crate::fit::{Pending, plan_offers};
 use allot_sdk::{Driver, Offer, Scheduler, TaskState, TaskStatus};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -103,17 +103,8 @@ impl Scheduler for Execute {
     }
 
     fn resource_offers(&mut self, driver: &Driver, offers: Vec<Offer>) {
-        for offer in offers {
-            let offered =
-                allot_common::convert::resources_from_proto(&offer.resources).unwrap_or_default();
-            let tasks = take_fitting(&offered, &mut self.pending, usize::MAX, |p| &p.0.resources);
-            if tasks.is_empty() {
-                // Nothing left to launch: stay away. Otherwise the offer is too small: no filter, so the agent
-                // comes back as soon as it has more free.
-                let refuse = if self.pending.is_empty() { 60.0 } else { 0.0 };
-                driver.decline(vec![offer.offer_id], Some(refuse));
-                continue;
-            }
+        let plan = plan_offers(offers, &mut self.pending, usize::MAX, |p| &p.0.resources);
+        for (offer, tasks) in plan.launches {
             let mut launches = Vec::with_capacity(tasks.len());
             for (t, job, attempt) in tasks {
                 eprintln!(
@@ -126,6 +117,12 @@ impl Scheduler for Execute {
                 launches.push(t.info);
             }
             driver.accept(vec![offer.offer_id], launches, Some(0.0));
+        }
+        if !plan.too_small.is_empty() {
+            // Nothing left to launch: stay away. Otherwise the offers are too small: no filter, so that their
+            // agents come back as soon as they have more free.
+            let refuse = if self.pending.is_empty() { 60.0 } else { 0.0 };
+            driver.decline(plan.too_small, Some(refuse));
         }
         if self.pending.is_empty() {
             driver.suppress();
