@@ -1,4 +1,5 @@
-//! Packing pending tasks into an offer, shared by `allot execute` and `allot batch`.
+//! Packing pending tasks into offers (one offer, or a whole OFFERS event), shared by `allot execute` and `allot
+//! batch`.
 
 use allot_resources::Resources;
 use allot_sdk::{Offer, TaskInfo};
