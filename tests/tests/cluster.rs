@@ -278,6 +278,39 @@ async fn decline_with_a_filter_keeps_the_agent_away_for_refuse_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_naming_an_offer_no_longer_valid_still_declines_the_others() {
+    // A framework declines a whole OFFERS event in one call (`allot batch` does); one offer in it may have
+    // been rescinded meanwhile. As in Mesos, the others are declined all the same: the call reports the
+    // unknown offer, and the agent is not left held by an offer nobody answers.
+    let mut cluster = Cluster::start().await;
+    cluster.add_agent("cpus:1;mem:256").await;
+    let mut fw = TestFramework::subscribe(&cluster, "wholesale", "*").await;
+    let offer = fw.offers().await.remove(0);
+    let e = fw
+        .client
+        .decline(pb::DeclineRequest {
+            framework_id: fw.id.clone(),
+            offer_ids: vec![offer.offer_id.clone(), "offer-rescinded-meanwhile".into()],
+            filters: Some(pb::Filters {
+                refuse_seconds: Some(0.0),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    assert!(
+        e.message().contains("offer-rescinded-meanwhile"),
+        "{}",
+        e.message()
+    );
+    let again = fw
+        .offers_within(Duration::from_secs(3))
+        .await
+        .expect("the declined offer's agent is offered again");
+    assert_eq!(again[0].agent_id, offer.agent_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_loses_nothing() {
     let mut cluster = Cluster::start().await;
     cluster.add_agent("cpus:1;mem:256").await;

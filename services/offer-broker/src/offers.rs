@@ -570,26 +570,31 @@ impl Broker {
     }
 
     /// DECLINE of `offer_ids`, filtering their agent for `refuse_seconds` (default
-    /// [`DEFAULT_REFUSE_SECONDS`]).
+    /// [`DEFAULT_REFUSE_SECONDS`]). Every named offer still outstanding for `fw` is declined, even when another
+    /// is not (see [`State::take_declined_offers`](crate::state::State::take_declined_offers)).
     ///
     /// # Errors
-    /// [`Error::NotSubscribed`] or [`Error::TornDown`]; [`Error::UnknownOffer`]; [`Error::Invalid`] for no
-    /// offers or a bad filter.
+    /// [`Error::NotSubscribed`] or [`Error::TornDown`]; [`Error::Invalid`] for no offers or a bad filter
+    /// (nothing is declined); [`Error::UnknownOffer`] naming the first offer that is not outstanding for `fw`,
+    /// after the others were declined.
     pub async fn decline(
         &self,
         fw: &str,
         offer_ids: Vec<String>,
         refuse_seconds: Option<f64>,
     ) -> Result<(), Error> {
-        let taken = {
+        let (taken, refuse, unknown) = {
             let mut state = self.lock();
             state.check_subscribed(fw)?;
             let refuse = refuse_of(refuse_seconds, DEFAULT_REFUSE_SECONDS)?;
-            state.check_offers_owned(fw, &offer_ids)?;
-            (state.take_offers(offer_ids), refuse)
+            let (taken, unknown) = state.take_declined_offers(fw, offer_ids)?;
+            (taken, refuse, unknown)
         };
-        M.declined.inc_by(taken.0.len() as u64);
-        self.allocator.recover(taken.0, taken.1, Vec::new()).await;
-        Ok(())
+        M.declined.inc_by(taken.len() as u64);
+        self.allocator.recover(taken, refuse, Vec::new()).await;
+        match unknown {
+            Some(id) => Err(Error::UnknownOffer(id)),
+            None => Ok(()),
+        }
     }
 }

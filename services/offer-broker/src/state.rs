@@ -480,18 +480,26 @@ impl State {
             .ok_or_else(|| Error::UnknownOffer(id.to_string()))
     }
 
-    /// Checks that every offer of a DECLINE exists and belongs to `fw`.
+    /// Takes the offers of a DECLINE: removes those of `offer_ids` that are outstanding and belong to `fw`, and
+    /// returns their IDs, with the first ID that is neither (gone: accepted, declined, rescinded; or another
+    /// framework's, which stays untouched). As Mesos' master, a DECLINE still declines its valid offers when
+    /// it also names one no longer valid: a framework declining a whole OFFERS event at once must not leave
+    /// the rest outstanding because one of them was rescinded meanwhile.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for no offers; [`Error::UnknownOffer`].
-    pub fn check_offers_owned(&self, fw: &str, offer_ids: &[String]) -> Result<(), Error> {
+    /// [`Error::Invalid`] for no offers (nothing is taken).
+    pub fn take_declined_offers(
+        &mut self,
+        fw: &str,
+        offer_ids: Vec<String>,
+    ) -> Result<(Vec<String>, Option<String>), Error> {
         if offer_ids.is_empty() {
             return Err(Error::Invalid("no offer_ids given".into()));
         }
-        for id in offer_ids {
-            self.offer(fw, id)?;
-        }
-        Ok(())
+        let (own, unknown): (Vec<String>, Vec<String>) = offer_ids
+            .into_iter()
+            .partition(|id| self.offer(fw, id).is_ok());
+        Ok((self.take_offers(own), unknown.into_iter().next()))
     }
 
     /// Checks the offers of an ACCEPT: each exists, belongs to `fw` and is named once, and all are of one

@@ -252,6 +252,27 @@ fn accept_checks_every_offer_and_takes_them_all_or_none() {
 }
 
 #[test]
+fn a_decline_takes_its_valid_offers_even_beside_one_no_longer_valid() {
+    let (mut s, _rx) = subscribed();
+    offer(&mut s, "o1", FW, "cpus:1");
+    offer(&mut s, "o2", FW, "cpus:1");
+    offer(&mut s, "theirs", "other", "cpus:1");
+    assert!(matches!(
+        s.take_declined_offers(FW, Vec::new()),
+        Err(Error::Invalid(_))
+    ));
+    let ids = ["o1", "gone", "theirs", "o2"].map(String::from).to_vec();
+    let (taken, unknown) = s.take_declined_offers(FW, ids).unwrap();
+    assert_eq!(taken, ["o1", "o2"]);
+    assert_eq!(unknown.as_deref(), Some("gone"));
+    assert!(!s.offers.contains_key("o1") && !s.offers.contains_key("o2"));
+    assert!(
+        s.offers.contains_key("theirs"),
+        "another framework's offer is not declined"
+    );
+}
+
+#[test]
 fn launched_tasks_draw_on_the_role_reservation_first() {
     let reserved: Resources = "cpus:1".parse().unwrap();
     let unreserved: Resources = "cpus:2;mem:128".parse().unwrap();
